@@ -1,0 +1,134 @@
+"""One typed settings object, built once; ``WFLO_*`` variables are read when it is built.
+
+``wflo.configure(...)`` replaces it (and the store it opened). Nothing is read at import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .store import Store
+
+DEFAULT_DATABASE = "sqlite:///.wflo/wflo.db"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """wflo's configuration. Build with ``wflo.configure(...)`` or from ``WFLO_*`` variables."""
+
+    database: str = DEFAULT_DATABASE
+    """Store URL: ``sqlite:///path.db`` (default ``./.wflo/wflo.db``) or ``postgresql://…``.
+    Env: ``WFLO_DATABASE_URL``."""
+
+    principal: str = ""
+    """Who this process acts as (approvals, audit). Env: ``WFLO_PRINCIPAL``; default
+    ``user:<login name>``."""
+
+    lease_seconds: float = 30.0
+    """How long a worker's hold on a run lasts without a heartbeat; a dead worker's runs are
+    recovered after this. Env: ``WFLO_LEASE_SECONDS``."""
+
+    auto_migrate: bool = True
+    """Bring an older store schema up to date on open (else refuse and name the fix).
+    Env: ``WFLO_AUTO_MIGRATE`` (``0``/``1``)."""
+
+    poll_interval: float = 0.2
+    """How often an idle worker polls SQLite for work (PostgreSQL uses LISTEN/NOTIFY).
+    Env: ``WFLO_POLL_INTERVAL``."""
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0:
+            raise ConfigurationError(f"lease_seconds must be positive, got {self.lease_seconds}")
+        if self.poll_interval <= 0:
+            raise ConfigurationError(f"poll_interval must be positive, got {self.poll_interval}")
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        env = os.environ
+        values: dict[str, Any] = {}
+        if "WFLO_DATABASE_URL" in env:
+            values["database"] = env["WFLO_DATABASE_URL"]
+        if "WFLO_PRINCIPAL" in env:
+            values["principal"] = env["WFLO_PRINCIPAL"]
+        for key, name, kind in (
+            ("lease_seconds", "WFLO_LEASE_SECONDS", float),
+            ("poll_interval", "WFLO_POLL_INTERVAL", float),
+        ):
+            if name in env:
+                try:
+                    values[key] = kind(env[name])
+                except ValueError:
+                    raise ConfigurationError(f"{name}={env[name]!r} is not a number") from None
+        if "WFLO_AUTO_MIGRATE" in env:
+            values["auto_migrate"] = env["WFLO_AUTO_MIGRATE"].strip().lower() not in ("0", "false", "no")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigurationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        settings = cls(**values)
+        if not settings.principal:
+            try:
+                login = getpass.getuser()
+            except Exception:
+                login = "unknown"
+            settings = dataclasses.replace(settings, principal=f"user:{login}")
+        return settings
+
+
+_lock = threading.RLock()
+_settings: Settings | None = None
+_store: Store | None = None
+
+
+def configure(**options: Any) -> Settings:
+    """Set wflo's configuration for this process (unset options come from ``WFLO_*``/defaults).
+
+    Example: ``wflo.configure(database="postgresql://localhost/wflo")``.
+    """
+    global _settings, _store
+    with _lock:
+        new = Settings.from_env(**options)
+        if _store is not None:
+            _store.close()
+            _store = None
+        _settings = new
+        return new
+
+
+def settings() -> Settings:
+    """The current settings (built from the environment on first use)."""
+    global _settings
+    with _lock:
+        if _settings is None:
+            _settings = Settings.from_env()
+        return _settings
+
+
+def get_store() -> Store:
+    """The store of the current settings, opened (and migrated) on first use."""
+    global _store
+    with _lock:
+        if _store is None:
+            from .store import open_store
+
+            cfg = settings()
+            _store = open_store(cfg.database, migrate=cfg.auto_migrate)
+        return _store
+
+
+def reset() -> None:
+    """Forget settings and close the store (tests use this between cases)."""
+    global _settings, _store
+    with _lock:
+        if _store is not None:
+            _store.close()
+        _store = None
+        _settings = None

@@ -1,0 +1,471 @@
+"""Every error wflo raises, in one tree.
+
+Errors are split three ways, as in pydantic-ai: misuse (``UserError``), failures of a run or
+an operation (the other ``WfloError`` subclasses), and control-flow signals that agent code
+must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``BaseException``).
+
+::
+
+    WfloError (Exception)
+    ├── UserError                      bad arguments, configuration or input: fix the call
+    │   ├── ConfigurationError
+    │   ├── SerializationError         a step input/output that cannot be stored
+    │   └── UnknownWorkflowError       no workflow of that name is registered here
+    ├── StoreError                     the database could not be used
+    │   ├── StoreUnavailableError      cannot connect
+    │   └── SchemaVersionError         the schema is older/newer than this wflo
+    ├── RunNotFoundError
+    ├── RunFailedError                 handle.result() of a run that failed
+    ├── ResultTimeoutError             handle.result(timeout=...) elapsed (also a TimeoutError)
+    ├── NonDeterminismError            replay reached a different call than the journal holds
+    ├── StepFailedError                a recorded step error whose class cannot be rebuilt
+    ├── AtMostOnceError                an at-most-once step was in flight when the run died
+    ├── BudgetError
+    │   ├── BudgetExceededError        a call would take a scope past its limit
+    │   └── UnknownPriceError          no price known for a model: refused (fail closed)
+    ├── LoopDetectedError              a runaway detector or cap fired; the run is stopped
+    ├── ApprovalError
+    │   ├── ApprovalRejected           a human said no (carries the reason)
+    │   ├── ApprovalNotFoundError
+    │   ├── ApprovalClosedError        already decided or expired
+    │   ├── ApprovalForbiddenError     wrong person/role, or the requester deciding
+    │   └── ActionMismatchError        the decision is for another action hash
+    ├── GuardError
+    │   ├── CircuitOpenError
+    │   └── RateLimitedError
+    ├── SandboxError
+    │   ├── SandboxUnavailableError    the isolation asked for is not available here
+    │   └── SandboxSetupError
+    ├── ToolDeniedError                a secure tool refused its input (SQL write, SSRF, …)
+    └── AuditError
+        └── ChainBrokenError
+
+    WfloInterrupt (BaseException)      control flow; never caught by ``except Exception``
+    ├── RunCancelled                   the run was cancelled; it stops at the next step boundary
+    ├── LeaseLost                      another worker owns this run now; stop touching it
+    └── RunSuspended                   the run waits (approval, timer); the worker lets it go
+
+Each error keeps its domain values as attributes, builds its own message, pickles cleanly
+(errors cross process boundaries) and has a stable ``code`` used for the CLI's exit status
+and the API's JSON.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, ClassVar
+
+__all__ = [
+    "ActionMismatchError",
+    "ApprovalClosedError",
+    "ApprovalError",
+    "ApprovalForbiddenError",
+    "ApprovalNotFoundError",
+    "ApprovalRejected",
+    "AtMostOnceError",
+    "AuditError",
+    "BudgetError",
+    "BudgetExceededError",
+    "ChainBrokenError",
+    "CircuitOpenError",
+    "ConfigurationError",
+    "GuardError",
+    "LeaseLost",
+    "LoopDetectedError",
+    "NonDeterminismError",
+    "RateLimitedError",
+    "ResultTimeoutError",
+    "RunCancelled",
+    "RunFailedError",
+    "RunNotFoundError",
+    "RunSuspended",
+    "SandboxError",
+    "SandboxSetupError",
+    "SandboxUnavailableError",
+    "SchemaVersionError",
+    "SerializationError",
+    "StepFailedError",
+    "StoreError",
+    "StoreUnavailableError",
+    "ToolDeniedError",
+    "UnknownPriceError",
+    "UnknownWorkflowError",
+    "UserError",
+    "WfloError",
+    "WfloInterrupt",
+    "exit_code_for",
+]
+
+
+def _rebuild(cls: type[BaseException], kwargs: dict[str, Any]) -> BaseException:
+    return cls(**kwargs)
+
+
+class _Structured:
+    """Mixin: keyword fields become attributes, the message is built from them, pickle works."""
+
+    code: ClassVar[str] = "error"
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        for name in self._fields:
+            setattr(self, name, fields.pop(name, None))
+        if fields:
+            raise TypeError(f"{type(self).__name__} got unexpected fields: {sorted(fields)}")
+        self._explicit = message
+        super().__init__(message if message is not None else self._message())
+
+    def _message(self) -> str:
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as JSON-ready data (used by the journal, the CLI and the API)."""
+        data: dict[str, Any] = {"code": self.code, "type": type(self).__name__, "message": str(self)}
+        for name in self._fields:
+            value = getattr(self, name)
+            data[name] = str(value) if isinstance(value, Decimal) else value
+        return data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        kwargs = {name: getattr(self, name) for name in self._fields}
+        if self._explicit is not None:
+            kwargs["message"] = self._explicit
+        return (_rebuild, (type(self), kwargs))
+
+
+class WfloError(_Structured, Exception):
+    """Base of every error wflo raises (except the ``WfloInterrupt`` signals)."""
+
+    code = "error"
+
+    def _message(self) -> str:
+        return "wflo error"
+
+
+class UserError(WfloError):
+    """The call, configuration or input is wrong; the message says how to fix it."""
+
+    code = "user_error"
+
+
+class ConfigurationError(UserError):
+    code = "configuration_error"
+
+
+class SerializationError(UserError):
+    """A value crossing the journal cannot be serialized (or read back)."""
+
+    code = "serialization_error"
+    _fields = ("step", "what", "detail")
+
+    def _message(self) -> str:
+        return (
+            f"cannot serialize the {self.what} of step {self.step!r}: {self.detail}. "
+            "Return plain JSON data (dict, list, str, int, float, bool, None), "
+            "or declare the step with serializer='pickle'."
+        )
+
+
+class UnknownWorkflowError(UserError):
+    code = "unknown_workflow"
+    _fields = ("name", "known")
+
+    def _message(self) -> str:
+        known = ", ".join(sorted(self.known or [])) or "none"
+        return (
+            f"no workflow named {self.name!r} is registered in this process "
+            f"(known: {known}); import the module that defines it (wflo worker --import MODULE)"
+        )
+
+
+class StoreError(WfloError):
+    code = "store_error"
+
+
+class StoreUnavailableError(StoreError):
+    code = "store_unavailable"
+    _fields = ("url", "detail")
+
+    def _message(self) -> str:
+        return f"cannot open the wflo store at {self.url}: {self.detail}"
+
+
+class SchemaVersionError(StoreError):
+    code = "schema_version"
+    _fields = ("url", "found", "expected")
+
+    def _message(self) -> str:
+        if (self.found or 0) > (self.expected or 0):
+            fix = "upgrade wflo (pip install -U wflo)"
+        else:
+            fix = "run `wflo db migrate`"
+        return (
+            f"the store at {self.url} has schema version {self.found}, this wflo needs "
+            f"{self.expected}: {fix}"
+        )
+
+
+class RunNotFoundError(WfloError):
+    code = "not_found"
+    _fields = ("run_id",)
+
+    def _message(self) -> str:
+        return f"no run with id {self.run_id!r}"
+
+
+class RunFailedError(WfloError):
+    code = "run_failed"
+    _fields = ("run_id", "status", "error")
+
+    def _message(self) -> str:
+        err = self.error or {}
+        detail = f"{err.get('type', 'error')}: {err.get('message', '')}" if err else ""
+        return f"run {self.run_id} ended {self.status}" + (f" ({detail})" if detail else "")
+
+
+class ResultTimeoutError(WfloError, TimeoutError):
+    code = "timeout"
+    _fields = ("run_id", "timeout", "status")
+
+    def _message(self) -> str:
+        return f"run {self.run_id} still {self.status} after {self.timeout}s"
+
+
+class NonDeterminismError(WfloError):
+    code = "non_determinism"
+    _fields = ("run_id", "call_id", "expected", "found")
+
+    def _message(self) -> str:
+        return (
+            f"run {self.run_id} is not deterministic at call {self.call_id}: the journal holds "
+            f"{self.expected!r} but the code now calls {self.found!r}. Finish the run with the "
+            "code version that started it, or cancel it."
+        )
+
+
+class StepFailedError(WfloError):
+    code = "step_failed"
+    _fields = ("step", "error_type", "detail")
+
+    def _message(self) -> str:
+        return f"step {self.step!r} failed: {self.error_type}: {self.detail}"
+
+
+class AtMostOnceError(WfloError):
+    code = "at_most_once"
+    _fields = ("run_id", "step", "call_id")
+
+    def _message(self) -> str:
+        return (
+            f"step {self.step!r} (call {self.call_id}) of run {self.run_id} is at-most-once and "
+            "was in flight when the run was interrupted; it is not run again. Check its effect "
+            "by hand, then cancel or restart the run."
+        )
+
+
+class BudgetError(WfloError):
+    code = "budget"
+
+
+class BudgetExceededError(BudgetError):
+    """A call would take a budget scope past its limit; it was refused before it was made."""
+
+    code = "budget_exceeded"
+    _fields = ("scope", "limit", "spent", "reserved", "requested")
+
+    def _message(self) -> str:
+        return (
+            f"budget {self.scope} would be exceeded: limit ${self.limit}, spent ${self.spent}, "
+            f"reserved ${self.reserved}, this call needs ${self.requested}"
+        )
+
+
+class UnknownPriceError(BudgetError):
+    code = "unknown_price"
+    _fields = ("model", "provider")
+
+    def _message(self) -> str:
+        where = f" (provider {self.provider})" if self.provider else ""
+        return (
+            f"no price is known for model {self.model!r}{where}, so its cost cannot be bounded "
+            f"and the call was refused. Set one: wflo.prices.set({self.model!r}, "
+            "input_per_mtok=..., output_per_mtok=...) or configure a fallback price."
+        )
+
+
+class LoopDetectedError(WfloError):
+    """A runaway detector or cap fired. The run is stopped; later guarded calls fail too."""
+
+    code = "loop_detected"
+    _fields = ("detector", "evidence", "run_id")
+
+    def _message(self) -> str:
+        ev = self.evidence or {}
+        summary = ev.get("summary") if isinstance(ev, dict) else None
+        return f"runaway stopped by {self.detector}" + (f": {summary}" if summary else "")
+
+
+class ApprovalError(WfloError):
+    code = "approval"
+
+
+class ApprovalRejected(ApprovalError):
+    code = "approval_rejected"
+    _fields = ("approval_id", "reason", "decided_by")
+
+    def _message(self) -> str:
+        who = f" by {self.decided_by}" if self.decided_by else ""
+        return f"approval {self.approval_id} rejected{who}: {self.reason or 'no reason given'}"
+
+
+class ApprovalNotFoundError(ApprovalError):
+    code = "not_found"
+    _fields = ("approval_id",)
+
+    def _message(self) -> str:
+        return f"no approval request with id {self.approval_id!r}"
+
+
+class ApprovalClosedError(ApprovalError):
+    code = "approval_closed"
+    _fields = ("approval_id", "status")
+
+    def _message(self) -> str:
+        return f"approval {self.approval_id} is already {self.status}"
+
+
+class ApprovalForbiddenError(ApprovalError):
+    code = "forbidden"
+    _fields = ("approval_id", "principal", "detail")
+
+    def _message(self) -> str:
+        return f"{self.principal} may not decide approval {self.approval_id}: {self.detail}"
+
+
+class ActionMismatchError(ApprovalError):
+    code = "action_mismatch"
+    _fields = ("approval_id", "expected", "found")
+
+    def _message(self) -> str:
+        return (
+            f"approval {self.approval_id} is for action {self.expected}, not {self.found}; "
+            "a decision binds to the exact action it was shown"
+        )
+
+
+class GuardError(WfloError):
+    code = "guard"
+
+
+class CircuitOpenError(GuardError):
+    code = "circuit_open"
+    _fields = ("key", "retry_at")
+
+    def _message(self) -> str:
+        return f"circuit {self.key} is open (failing); next probe at {self.retry_at}"
+
+
+class RateLimitedError(GuardError):
+    code = "rate_limited"
+    _fields = ("key", "limit", "retry_after")
+
+    def _message(self) -> str:
+        return f"rate limit {self.limit} for {self.key} reached; retry after {self.retry_after}s"
+
+
+class SandboxError(WfloError):
+    code = "sandbox"
+
+
+class SandboxUnavailableError(SandboxError):
+    code = "sandbox_unavailable"
+    _fields = ("backend", "detail", "hint")
+
+    def _message(self) -> str:
+        hint = f" {self.hint}" if self.hint else ""
+        return f"sandbox backend {self.backend!r} cannot run here: {self.detail}.{hint}"
+
+
+class SandboxSetupError(SandboxError):
+    code = "sandbox_setup"
+    _fields = ("backend", "detail")
+
+    def _message(self) -> str:
+        return f"sandbox backend {self.backend!r} failed to start: {self.detail}"
+
+
+class ToolDeniedError(WfloError):
+    code = "tool_denied"
+    _fields = ("tool", "reason")
+
+    def _message(self) -> str:
+        return f"tool {self.tool!r} refused the call: {self.reason}"
+
+
+class AuditError(WfloError):
+    code = "audit"
+
+
+class ChainBrokenError(AuditError):
+    code = "chain_broken"
+    _fields = ("chain", "seq", "expected", "found", "kind")
+
+    def _message(self) -> str:
+        return (
+            f"audit chain {self.chain} broken at seq {self.seq} ({self.kind}): "
+            f"expected {self.expected}, found {self.found}"
+        )
+
+
+class WfloInterrupt(_Structured, BaseException):
+    """Control-flow signal; derives from BaseException so ``except Exception`` can't eat it."""
+
+    code = "interrupt"
+
+
+class RunCancelled(WfloInterrupt):
+    code = "cancelled"
+    _fields = ("run_id",)
+
+    def _message(self) -> str:
+        return f"run {self.run_id} was cancelled"
+
+
+class LeaseLost(WfloInterrupt):
+    code = "lease_lost"
+    _fields = ("run_id", "owner")
+
+    def _message(self) -> str:
+        return f"this worker ({self.owner}) no longer holds run {self.run_id}; it stops here"
+
+
+class RunSuspended(WfloInterrupt):
+    code = "suspended"
+    _fields = ("run_id", "reason", "wait")
+
+    def _message(self) -> str:
+        return f"run {self.run_id} is waiting: {self.reason}"
+
+
+_EXIT_CODES = {
+    "user_error": 2,
+    "configuration_error": 2,
+    "serialization_error": 2,
+    "unknown_workflow": 2,
+    "not_found": 3,
+    "store_error": 4,
+    "store_unavailable": 4,
+    "schema_version": 5,
+    "run_failed": 6,
+    "budget_exceeded": 7,
+    "unknown_price": 7,
+    "loop_detected": 8,
+    "approval_rejected": 9,
+    "chain_broken": 10,
+}
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The CLI exit status for an error: stable per ``code``, 1 for anything else."""
+    code = getattr(error, "code", None)
+    return _EXIT_CODES.get(code, 1) if isinstance(code, str) else 1

@@ -1,0 +1,15 @@
+"""The ``wflo`` command line."""
+
+from __future__ import annotations
+
+from ._app import cli
+
+# Each module adds its commands to ``cli`` when imported.
+from . import _db, _runs  # noqa: E402,F401  isort: skip
+
+__all__ = ["cli", "main"]
+
+
+def main() -> None:
+    """Entry point of the ``wflo`` script."""
+    cli(prog_name="wflo")

@@ -1,0 +1,84 @@
+"""``wflo db …`` and ``wflo worker``."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+import click
+
+from .. import _config
+from ..store import SCHEMA_VERSION, RunRecord, open_store
+from ._app import cli, console, handle_errors, import_modules
+
+
+@cli.group()
+def db() -> None:
+    """Create, upgrade and check the store's schema."""
+
+
+@db.command("migrate")
+@handle_errors
+def db_migrate() -> None:
+    """Bring the schema up to date (safe to run while workers run)."""
+    store = open_store(_config.settings().database, migrate=False)
+    try:
+        applied = store.migrate()
+    finally:
+        store.close()
+    if applied:
+        console.print(f"applied {', '.join(applied)}; schema version {SCHEMA_VERSION}")
+    else:
+        console.print(f"schema is up to date (version {SCHEMA_VERSION})")
+
+
+@db.command("check")
+@handle_errors
+def db_check() -> None:
+    """Exit 0 if the store is reachable and its schema is this wflo's, else say how to fix it."""
+    store = open_store(_config.settings().database, migrate=False)
+    try:
+        version = store.check()
+        counts = store.count_runs_by_status()
+    finally:
+        store.close()
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
+    console.print(f"ok: {_config.settings().database} schema version {version}; {summary}")
+
+
+@cli.command("worker")
+@click.option("--import", "-i", "modules", multiple=True, metavar="MODULE", required=True,
+              help="Module(s) whose workflows this worker serves (repeatable).")  # fmt: skip
+@click.option("--concurrency", "-c", default=4, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--max-runs", type=click.IntRange(1), help="Exit after this many runs.")
+@click.option("--idle-exit", type=click.FloatRange(0), metavar="SECONDS", help="Exit after this long with nothing to do.")
+@click.option("--quiet", "-q", is_flag=True)
+@handle_errors
+def worker_cmd(modules: tuple[str, ...], concurrency: int, max_runs: int | None, idle_exit: float | None, quiet: bool) -> None:
+    """Serve queued runs, and recover the runs of workers that died."""
+    import_modules(modules)
+    from ..engine import Worker, registered_workflows
+
+    names = sorted(registered_workflows())
+    if not names:
+        from .._errors import UserError
+
+        raise UserError(f"no @wflo.workflow found in {', '.join(modules)}")
+
+    def progress(kind: str, run: RunRecord) -> None:
+        if not quiet:
+            console.print(f"{kind:8} {run.id} {run.workflow} {run.status}")
+
+    worker = Worker(concurrency=concurrency, on_event=progress)
+
+    def stop(*_: Any) -> None:
+        console.print("stopping: finishing runs in progress …")
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if not quiet:
+        console.print(f"wflo worker {worker.owner}: {len(names)} workflow(s) on {_config.settings().database}")
+    done = worker.run(max_runs=max_runs, idle_timeout=idle_exit)
+    if not quiet:
+        console.print(f"worker exiting after {done} run(s)")

@@ -1,0 +1,195 @@
+"""``wflo runs …`` and ``wflo run``: list, inspect, resume and cancel runs; start one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .. import _config
+from .._errors import UserError
+from ..engine import RunHandle, get_workflow, resume
+from ..engine._executor import owner_is_dead_here
+from ..store import RUN_STATUSES, RunRecord
+from ._app import cli, console, dump_json, handle_errors, import_modules
+
+_STATUS_STYLE = {
+    "succeeded": "green", "failed": "red", "cancelled": "yellow", "stopped": "magenta",
+    "running": "cyan", "waiting": "blue", "queued": "white",
+}  # fmt: skip
+
+
+def _status(status: str) -> str:
+    return f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def _run_json(r: RunRecord) -> dict[str, Any]:
+    return {
+        "id": r.id, "workflow": r.workflow, "status": r.status, "created_at": r.created_at,
+        "updated_at": r.updated_at, "finished_at": r.finished_at, "attempts": r.attempts,
+        "tenant": r.tenant, "parent_id": r.parent_id, "input": r.input, "output": r.output,
+        "error": r.error, "lease_owner": r.lease_owner, "events": r.last_seq,
+    }  # fmt: skip
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@cli.group()
+def runs() -> None:
+    """List, inspect, resume and cancel runs."""
+
+
+@runs.command("list")
+@click.option("--status", type=click.Choice(RUN_STATUSES), help="Only runs in this status.")
+@click.option("--workflow", "-w", help="Only runs of this workflow.")
+@click.option("--limit", "-n", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def runs_list(status: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
+    """List recent runs, newest first."""
+    records = _config.get_store().list_runs(status=status, workflow=workflow, limit=limit)
+    if as_json:
+        dump_json([_run_json(r) for r in records])
+        return
+    if not records:
+        console.print("no runs")
+        return
+    table = Table(box=None, header_style="bold")
+    table.add_column("id", no_wrap=True, min_width=36)
+    for col in ("workflow", "status", "created", "events", "error"):
+        table.add_column(col)
+    for r in records:
+        err = (r.error or {}).get("message", "") if r.error else ""
+        table.add_row(r.id, r.workflow, _status(r.status), r.created_at[:19].replace("T", " "), str(r.last_seq), _short(err, 50))
+    console.print(table)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the run and its events as JSON.")
+@handle_errors
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Show a run: status, input, output or error, and each step with its duration."""
+    store = _config.get_store()
+    r = store.find_run(run_id)
+    events = store.events(r.id)
+    if as_json:
+        data = _run_json(r)
+        data["events"] = [{"seq": e.seq, "type": e.type, "at": e.at, "data": e.data, "hash": e.hash} for e in events]
+        dump_json(data)
+        return
+    console.print(f"[bold]run[/] {r.id}  {_status(r.status)}")
+    console.print(f"workflow  {r.workflow}")
+    console.print(f"created   {r.created_at}   attempts {r.attempts}" + (f"   finished {r.finished_at}" if r.finished_at else ""))
+    if r.tenant:
+        console.print(f"tenant    {r.tenant}")
+    if r.parent_id:
+        console.print(f"parent    {r.parent_id}")
+    if r.lease_owner and not r.done:
+        dead = " (dead: resumable now)" if owner_is_dead_here(r.lease_owner) else ""
+        console.print(f"held by   {r.lease_owner} until {r.lease_expires_at}{dead}")
+    console.print(f"input     {_short(r.input, 100)}")
+    if r.status == "succeeded":
+        console.print(f"output    {_short(r.output, 100)}")
+    if r.error:
+        console.print(f"[red]error[/]     {r.error.get('type')}: {r.error.get('message')}")
+    table = Table(box=None, header_style="bold", title="journal", title_justify="left")
+    for col in ("seq", "at", "event", "call", "name", "ms", "detail"):
+        table.add_column(col)
+    for e in events:
+        d = e.data
+        if e.type.startswith("call."):
+            detail = d.get("error", {}).get("message", "") if "error" in d else _short(d.get("output"), 40)
+            if d.get("cost_usd"):
+                detail = f"${d['cost_usd']} " + detail
+            row = (d.get("call", ""), d.get("name", ""), str(d.get("ms", "")), detail)
+        else:
+            extra = {k: v for k, v in d.items() if k not in ("input", "output")}
+            row = ("", "", "", _short(extra, 60) if extra else "")
+        table.add_row(str(e.seq), e.at[11:23], e.type, *row)
+    console.print(table)
+
+
+@runs.command("cancel")
+@click.argument("run_id")
+@handle_errors
+def runs_cancel(run_id: str) -> None:
+    """Cancel a run: it stops at its next step boundary (at once if queued or waiting)."""
+    store = _config.get_store()
+    r = store.find_run(run_id)
+    if r.done:
+        raise UserError(f"run {r.id} already ended ({r.status})")
+    status = RunHandle(r.id, store).cancel()
+    console.print(f"run {r.id}: cancel requested; status {_status(status)}")
+
+
+@runs.command("resume")
+@click.argument("run_id")
+@click.option("--import", "-i", "modules", multiple=True, metavar="MODULE", help="Module(s) defining the workflow.")
+@handle_errors
+def runs_resume(run_id: str, modules: tuple[str, ...]) -> None:
+    """Resume an interrupted run in this process (finished steps are replayed, not re-run)."""
+    import_modules(modules)
+    store = _config.get_store()
+    r = store.find_run(run_id)
+    if r.done:
+        raise UserError(f"run {r.id} already ended ({r.status}); nothing to resume")
+    get_workflow(r.workflow)
+    console.print(f"resuming run {r.id} ({r.workflow}) …")
+    try:
+        value = resume(r.id)
+    except Exception:
+        r = store.get_run(r.id)
+        console.print(f"run {r.id}: {_status(r.status)}")
+        raise
+    console.print(f"run {r.id}: {_status('succeeded')}")
+    dump_json(value)
+
+
+def _parse_input(text: str | None) -> tuple[list[Any], dict[str, Any]]:
+    if text is None:
+        return [], {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--input is not valid JSON: {exc.msg} (line {exc.lineno} column {exc.colno})") from None
+    if isinstance(value, dict):
+        return [], value
+    if isinstance(value, list):
+        return value, {}
+    return [value], {}
+
+
+@cli.command("run")
+@click.argument("target", metavar="MODULE:FUNCTION")
+@click.option("--input", "input_json", metavar="JSON",
+              help="Arguments: a JSON object (keyword args), array (positional) or a single value.")  # fmt: skip
+@click.option("--id", "run_id", help="Run id (idempotency key): an existing run with this id is resumed or returned.")
+@click.option("--start", "enqueue", is_flag=True, help="Only enqueue for a worker; print the run id.")
+@handle_errors
+def run_cmd(target: str, input_json: str | None, run_id: str | None, enqueue: bool) -> None:
+    """Run a workflow: `wflo run myapp.agents:research --input '{"topic": "otters"}'`."""
+    if ":" not in target:
+        raise UserError(f"{target!r} is not MODULE:FUNCTION (e.g. myapp.agents:research)")
+    module, _, attr = target.partition(":")
+    import_modules((module,))
+    import importlib
+
+    wf = getattr(importlib.import_module(module), attr, None)
+    from ..engine import Workflow
+
+    if not isinstance(wf, Workflow):
+        raise UserError(f"{target} is not a @wflo.workflow")
+    args, kwargs = _parse_input(input_json)
+    bound = wf.options(id=run_id)
+    if enqueue:
+        handle = bound.start(*args, **kwargs)
+        console.print(handle.id)
+        return
+    value = bound.run(*args, **kwargs)
+    dump_json(value)

@@ -1,0 +1,42 @@
+"""The durable engine: workflows, steps, the call boundary, replay, leases and workers."""
+
+from ._boundary import Call, Guard, Outcome, aguarded_call, guarded_call
+from ._context import JournalEntry, RunContext, current_run
+from ._executor import add_guard_factory, process_owner
+from ._worker import Worker
+from ._workflow import (
+    BoundWorkflow,
+    RunHandle,
+    RunOptions,
+    Step,
+    Workflow,
+    get_workflow,
+    registered_workflows,
+    resume,
+    step,
+    workflow,
+)
+
+__all__ = [
+    "BoundWorkflow",
+    "Call",
+    "Guard",
+    "JournalEntry",
+    "Outcome",
+    "RunContext",
+    "RunHandle",
+    "RunOptions",
+    "Step",
+    "Worker",
+    "Workflow",
+    "add_guard_factory",
+    "aguarded_call",
+    "current_run",
+    "get_workflow",
+    "guarded_call",
+    "process_owner",
+    "registered_workflows",
+    "resume",
+    "step",
+    "workflow",
+]

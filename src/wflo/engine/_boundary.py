@@ -1,0 +1,272 @@
+"""The call boundary: one path for every guarded operation of a run.
+
+Every explicit step, intercepted LLM call, tool call and sandbox execution goes through
+``guarded_call`` (or ``aguarded_call``)::
+
+    journal (replay?) → guards' before() in order → execute (retries) → guards' after() in
+    reverse → record the completion event (with the guards' extra data and store ops, in one
+    transaction)
+
+A :class:`Guard` says what it checks *before* the call (it may refuse it, or change its
+arguments, e.g. lower ``max_tokens``) and what it does *after* it (settle, count, detect).
+Guards are hooks rather than wrappers so that sync and async calls share one implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import (
+    AtMostOnceError,
+    NonDeterminismError,
+    SerializationError,
+    WfloError,
+    WfloInterrupt,
+)
+from ..store import NewEvent, StoreOp, canonical_json
+from ._context import JournalEntry, RunContext, _call_path
+from ._serialize import decode, encode, error_data, rebuild_error
+
+
+@dataclass(slots=True)
+class Call:
+    """One guarded operation, as the guards see it."""
+
+    kind: str
+    """``"step"``, ``"llm"``, ``"tool"``, ``"sandbox"`` or ``"child"``."""
+    name: str
+    """Step or tool name; the model for an LLM call."""
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    run: RunContext
+    call_id: str = ""
+    serializer: str = "json"
+    at_most_once: bool = False
+    retries: int = 0
+    retry_delay: float = 0.5
+    record_input: bool = True
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Free-form facts for guards (provider, request body, tool manifest, …)."""
+    event: dict[str, Any] = field(default_factory=dict)
+    """Extra fields guards add to the completion event (cost, usage, clamp, …)."""
+    ops: list[StoreOp] = field(default_factory=list)
+    """Store writes committed in the same transaction as the completion event."""
+
+    @property
+    def args_digest(self) -> str:
+        """SHA-256 of the canonical JSON of the arguments (the loop detectors' key)."""
+        cached = self.meta.get("_args_digest")
+        if cached is None:
+            try:
+                text = canonical_json([list(self.args), self.kwargs])
+            except (TypeError, ValueError):
+                text = repr((self.args, sorted(self.kwargs.items())))
+            cached = hashlib.sha256(text.encode()).hexdigest()
+            self.meta["_args_digest"] = cached
+        return cached
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a call ended, for the guards' ``after``."""
+
+    value: Any = None
+    error: BaseException | None = None
+    duration_ms: float = 0.0
+    attempts: int = 1
+
+
+class Guard:
+    """A link of the guard chain. Override what you need; both hooks default to nothing."""
+
+    def before(self, call: Call) -> None:
+        """Checked before the call runs; raise to refuse it (nothing is executed or paid)."""
+
+    def after(self, call: Call, outcome: Outcome) -> None:
+        """Runs after the call (success or failure), before its event is recorded."""
+
+    def replayed(self, call: Call, entry: JournalEntry) -> None:
+        """A finished call was replayed from the journal (rebuild counters; never refuse)."""
+
+
+_NOT_REPLAYED = object()
+
+
+def _replay(call: Call, entry: JournalEntry | None) -> Any:
+    """The recorded result of ``call`` if the journal has one, else ``_NOT_REPLAYED``."""
+    ctx = call.run
+    if entry is None:
+        return _NOT_REPLAYED
+    if entry.name != call.name or entry.kind != call.kind:
+        raise NonDeterminismError(
+            run_id=ctx.run_id, call_id=call.call_id,
+            expected=f"{entry.kind} {entry.name}", found=f"{call.kind} {call.name}",
+        )  # fmt: skip
+    if entry.status == "completed":
+        for guard in ctx.guards:
+            guard.replayed(call, entry)
+        return decode(entry.data.get("output"))
+    if entry.status == "failed":
+        for guard in ctx.guards:
+            guard.replayed(call, entry)
+        raise rebuild_error(entry.data.get("error") or {}, call.name)
+    # "started" without an end: the call was in flight when the run died.
+    if call.at_most_once:
+        err = AtMostOnceError(run_id=ctx.run_id, step=call.name, call_id=call.call_id)
+        ctx.append([NewEvent("call.failed", _end_data(call, error=err, duration_ms=0.0, attempts=0))])
+        raise err
+    return _NOT_REPLAYED
+
+
+def _start(call: Call) -> Any:
+    """Number the call, replay it if finished, else run the guards' checks. Returns the
+    replayed value or ``_NOT_REPLAYED``."""
+    ctx = call.run
+    ctx.check_cancelled()
+    call.call_id = ctx.next_call_id()
+    value = _replay(call, ctx.journal.get(call.call_id))
+    if value is not _NOT_REPLAYED:
+        return value
+    if call.record_input:
+        # Encoded before the call runs, so an input that cannot be stored fails before any effect.
+        call.meta["_input"] = encode({"args": list(call.args), "kwargs": call.kwargs}, serializer=call.serializer, step=call.name, what="input")
+    entered: list[Guard] = []
+    try:
+        for guard in ctx.guards:
+            guard.before(call)
+            entered.append(guard)
+    except BaseException as exc:
+        _after(call, Outcome(error=exc), entered)
+        _record(call, Outcome(error=exc))
+        raise
+    if call.at_most_once:
+        ctx.append([NewEvent("call.started", {"call": call.call_id, "name": call.name, "kind": call.kind})])
+    return _NOT_REPLAYED
+
+
+def _after(call: Call, outcome: Outcome, guards: list[Guard]) -> None:
+    for guard in reversed(guards):
+        try:
+            guard.after(call, outcome)
+        except BaseException as exc:
+            if outcome.error is None:
+                outcome.error = exc
+                outcome.value = None
+
+
+def _end_data(call: Call, *, output: Any = None, error: BaseException | None = None, duration_ms: float, attempts: int) -> dict[str, Any]:
+    data: dict[str, Any] = {"call": call.call_id, "name": call.name, "kind": call.kind, "ms": round(duration_ms, 3)}
+    if attempts != 1:
+        data["attempts"] = attempts
+    if "_input" in call.meta:
+        data["input"] = call.meta["_input"]
+    else:
+        data["args_digest"] = call.args_digest
+    if error is None:
+        data["output"] = output
+    else:
+        data["error"] = error_data(error)
+    data.update(call.event)
+    return data
+
+
+def _record(call: Call, outcome: Outcome) -> None:
+    ctx = call.run
+    output = None
+    if outcome.error is None:
+        try:
+            output = encode(outcome.value, serializer=call.serializer, step=call.name, what="output")
+        except SerializationError as exc:
+            outcome.error, outcome.value = exc, None
+    if outcome.error is None:
+        ev = NewEvent("call.completed", _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts))
+    else:
+        if isinstance(outcome.error, WfloInterrupt) and not isinstance(outcome.error, WfloError):
+            # Cancellation, lease loss and suspension are not results of the call: nothing
+            # is recorded, so a resumed run runs the call again.
+            return
+        ev = NewEvent("call.failed", _end_data(call, error=outcome.error, duration_ms=outcome.duration_ms, attempts=outcome.attempts))
+    ctx.append([ev], ops=call.ops)
+
+
+def _retryable(call: Call, exc: BaseException, attempt: int) -> bool:
+    return attempt <= call.retries and isinstance(exc, Exception) and not isinstance(exc, WfloError)
+
+
+def _note_retry(call: Call, attempt: int, exc: BaseException, delay: float) -> None:
+    call.run.append([NewEvent("call.retry", {
+        "call": call.call_id, "name": call.name, "kind": call.kind, "attempt": attempt,
+        "error": error_data(exc), "delay_s": round(delay, 3),
+    })])  # fmt: skip
+
+
+def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
+    """Run ``fn(*call.args, **call.kwargs)`` through the journal and the guard chain."""
+    replayed = _start(call)
+    if replayed is not _NOT_REPLAYED:
+        return replayed
+    token = _call_path.set(call.call_id)
+    t0 = time.perf_counter()
+    attempt = 0
+    outcome = Outcome()
+    try:
+        while True:
+            attempt += 1
+            try:
+                outcome.value = fn(*call.args, **call.kwargs)
+                break
+            except BaseException as exc:
+                if not _retryable(call, exc, attempt):
+                    outcome.error = exc
+                    break
+                delay = call.retry_delay * (2 ** (attempt - 1))
+                _note_retry(call, attempt, exc, delay)
+                time.sleep(delay)
+    finally:
+        _call_path.reset(token)
+    outcome.duration_ms = (time.perf_counter() - t0) * 1000
+    outcome.attempts = attempt
+    return _finish(call, outcome)
+
+
+async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
+    """The async twin of :func:`guarded_call` (same journal, same guards)."""
+    replayed = _start(call)
+    if replayed is not _NOT_REPLAYED:
+        return replayed
+    token = _call_path.set(call.call_id)
+    t0 = time.perf_counter()
+    attempt = 0
+    outcome = Outcome()
+    try:
+        while True:
+            attempt += 1
+            try:
+                outcome.value = await fn(*call.args, **call.kwargs)
+                break
+            except BaseException as exc:
+                if not _retryable(call, exc, attempt):
+                    outcome.error = exc
+                    break
+                delay = call.retry_delay * (2 ** (attempt - 1))
+                _note_retry(call, attempt, exc, delay)
+                await asyncio.sleep(delay)
+    finally:
+        _call_path.reset(token)
+    outcome.duration_ms = (time.perf_counter() - t0) * 1000
+    outcome.attempts = attempt
+    return _finish(call, outcome)
+
+
+def _finish(call: Call, outcome: Outcome) -> Any:
+    _after(call, outcome, call.run.guards)
+    _record(call, outcome)
+    if outcome.error is not None:
+        raise outcome.error
+    call.run.check_cancelled()
+    return outcome.value

@@ -1,0 +1,201 @@
+"""Executing a claimed run: load its journal, run the workflow function, record how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._errors import (
+    LeaseLost,
+    LoopDetectedError,
+    RunCancelled,
+    RunSuspended,
+    SerializationError,
+)
+from ..store import NewEvent, RunRecord, Store
+from ._context import RunContext, _call_path, _current_run
+from ._heartbeat import heartbeats
+from ._serialize import decode, encode, error_data
+
+if TYPE_CHECKING:
+    from ._workflow import Workflow
+
+# Hooks later layers use to add guards to every run (budgets, loop guards, …).
+GuardFactory = Callable[["Workflow", RunRecord], list[Any]]
+_guard_factories: list[GuardFactory] = []
+
+
+def add_guard_factory(factory: GuardFactory) -> None:
+    """Register a function that returns the guards for a run (called once per execution)."""
+    if factory not in _guard_factories:
+        _guard_factories.append(factory)
+
+
+def _guards_for(wf: Workflow, record: RunRecord) -> list[Any]:
+    guards: list[Any] = []
+    for factory in _guard_factories:
+        guards.extend(factory(wf, record))
+    return guards
+
+
+_process_owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+_owner_pid = os.getpid()
+
+
+def process_owner() -> str:
+    """This process's lease-owner name (``host:pid:nonce``), renewed after a fork."""
+    global _process_owner, _owner_pid
+    if os.getpid() != _owner_pid:
+        _owner_pid = os.getpid()
+        _process_owner = f"{socket.gethostname()}:{_owner_pid}:{uuid.uuid4().hex[:6]}"
+    return _process_owner
+
+
+def owner_is_dead_here(owner: str | None) -> bool:
+    """True when ``owner`` is a process on this host that no longer exists."""
+    if not owner:
+        return False
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname():
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return owner != process_owner() and not owner.startswith(f"{parts[0]}:{pid}:worker")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _prepare(store: Store, wf: Workflow, record: RunRecord, owner: str) -> RunContext:
+    ctx = RunContext.load(store, record, owner, _guards_for(wf, record))
+    if ctx.last_event_type != "run.started":
+        if record.attempts <= 1 and not ctx.journal:
+            ctx.append([NewEvent("run.started", {"attempt": record.attempts, "worker": owner})])
+        else:
+            ctx.append([NewEvent("run.resumed", {"attempt": record.attempts, "worker": owner, "replayable_calls": len(ctx.journal)})])
+    return ctx
+
+
+def _finish_ok(ctx: RunContext, wf: Workflow, value: Any) -> Any:
+    try:
+        output = encode(value, serializer=wf.serializer, step=wf.name, what="result")
+    except SerializationError as exc:
+        _finish_error(ctx, exc)
+        raise
+    ctx.append([NewEvent("run.completed", {"output": output})], status="succeeded", output=output, finish=True)
+    return value
+
+
+def _finish_error(ctx: RunContext, exc: BaseException) -> None:
+    if isinstance(exc, LeaseLost):
+        return  # another worker owns the run now; we must not write
+    err = error_data(exc)
+    if isinstance(exc, RunSuspended):
+        ctx.append([NewEvent("run.waiting", {"reason": exc.reason, "wait": exc.wait})], status="waiting", release=True)
+        return
+    if isinstance(exc, RunCancelled):
+        kind, status = "run.cancelled", "cancelled"
+    elif isinstance(exc, LoopDetectedError):
+        kind, status = "run.stopped", "stopped"
+    elif isinstance(exc, Exception):
+        kind, status = "run.failed", "failed"
+    else:
+        # KeyboardInterrupt, SystemExit…: the process is going away, not the run failing.
+        # Let the lease go so another worker (or a rerun) resumes it at once.
+        try:
+            ctx.store.release(ctx.run_id, ctx.owner)
+        except Exception:  # noqa: S110 - best effort while the process exits; the lease expires anyway
+            pass
+        return
+    ctx.append([NewEvent(kind, {"error": err})], status=status, error=err, finish=True)
+
+
+def _args(record: RunRecord) -> tuple[list[Any], dict[str, Any]]:
+    data = decode(record.input) if record.input is not None else {}
+    return list(data.get("args", [])), dict(data.get("kwargs", {}))
+
+
+def execute(store: Store, wf: Workflow, record: RunRecord, owner: str) -> Any:
+    """Run ``record`` (whose lease ``owner`` holds) to its end, or until it waits or is lost.
+
+    Returns the workflow's value; raises its exception (after recording it).
+    """
+    if wf.is_async:
+        return _run_coroutine(aexecute(store, wf, record, owner))
+    ctx = _prepare(store, wf, record, owner)
+    args, kwargs = _args(record)
+    heartbeats.track(store, owner, ctx)
+    run_token = _current_run.set(ctx)
+    path_token = _call_path.set("")
+    try:
+        ctx.check_cancelled()
+        value = wf.fn(*args, **kwargs)
+    except BaseException as exc:
+        _finish_error(ctx, exc)
+        raise
+    finally:
+        _call_path.reset(path_token)
+        _current_run.reset(run_token)
+        heartbeats.untrack(ctx)
+    return _finish_ok(ctx, wf, value)
+
+
+async def aexecute(store: Store, wf: Workflow, record: RunRecord, owner: str) -> Any:
+    """The async twin of :func:`execute`."""
+    if not wf.is_async:
+        return await asyncio.to_thread(execute, store, wf, record, owner)
+    ctx = _prepare(store, wf, record, owner)
+    args, kwargs = _args(record)
+    heartbeats.track(store, owner, ctx)
+    run_token = _current_run.set(ctx)
+    path_token = _call_path.set("")
+    try:
+        ctx.check_cancelled()
+        value = await wf.fn(*args, **kwargs)
+    except BaseException as exc:
+        _finish_error(ctx, exc)
+        raise
+    finally:
+        _call_path.reset(path_token)
+        _current_run.reset(run_token)
+        heartbeats.untrack(ctx)
+    return _finish_ok(ctx, wf, value)
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Run a coroutine from sync code: here if no loop runs, else in a fresh thread's loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: dict[str, Any] = {}
+
+    def runner() -> None:
+        try:
+            result["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=runner, name="wflo-async-run")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
+def is_async_callable(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))

@@ -1,0 +1,65 @@
+"""One thread per process keeps the leases of the runs it executes alive."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from .._config import settings
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from ._context import RunContext
+
+log = logging.getLogger("wflo.heartbeat")
+
+
+class Heartbeats:
+    """Renews every tracked run's lease each ``lease_seconds / 3``.
+
+    A run whose lease was taken over (we were too slow, or paused) is marked lost, so its
+    next journal write stops it; a cancel request seen here stops it at the next step.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[int, RunContext] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def track(self, store: Store, owner: str, ctx: RunContext) -> None:
+        with self._lock:
+            self._runs[id(ctx)] = ctx
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="wflo-heartbeat", daemon=True)
+                self._thread.start()
+
+    def untrack(self, ctx: RunContext) -> None:
+        with self._lock:
+            self._runs.pop(id(ctx), None)
+
+    def _loop(self) -> None:
+        while True:
+            lease = settings().lease_seconds
+            self._wake.wait(lease / 3)
+            with self._lock:
+                runs = list(self._runs.values())
+            groups: dict[tuple[int, str], list[RunContext]] = {}
+            for ctx in runs:
+                groups.setdefault((id(ctx.store), ctx.owner), []).append(ctx)
+            for contexts in groups.values():
+                first = contexts[0]
+                try:
+                    held = first.store.heartbeat(first.owner, [c.run_id for c in contexts], lease)
+                except Exception as exc:  # the next beat retries; the lease has slack for it
+                    log.warning("wflo heartbeat failed: %s", exc)
+                    continue
+                for ctx in contexts:
+                    if ctx.run_id not in held:
+                        ctx.lease_lost = True
+                    elif held[ctx.run_id]:
+                        ctx.cancel_requested = True
+
+
+heartbeats = Heartbeats()

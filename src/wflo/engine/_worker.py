@@ -1,0 +1,130 @@
+"""Workers: claim queued and recoverable runs from the store and execute them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .._config import get_store, settings
+from .._errors import LeaseLost, WfloInterrupt
+from ..store import RunRecord, Store
+from ._executor import execute
+from ._workflow import get_workflow, registered_workflows
+
+log = logging.getLogger("wflo.worker")
+
+
+class Worker:
+    """Runs workflows from the store: queued runs, woken runs, and runs whose owner died.
+
+    Several workers (processes, machines) can share one store: a run is claimed under a
+    lease, renewed by heartbeats; a dead worker's runs become claimable when its lease
+    expires. On PostgreSQL claiming uses ``FOR UPDATE SKIP LOCKED`` and idle workers wake on
+    ``LISTEN/NOTIFY``; on SQLite they poll every ``poll_interval`` seconds.
+
+    Args:
+        concurrency: runs executed at once (threads).
+        workflows: names to serve (default: every workflow imported in this process).
+        store: the store (default: the configured one).
+        on_event: called with ``(kind, run)`` for ``claimed``/``finished``/``failed`` (progress output).
+    """
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 4,
+        workflows: Sequence[str] | None = None,
+        store: Store | None = None,
+        on_event: Callable[[str, RunRecord], None] | None = None,
+    ) -> None:
+        self.concurrency = max(1, concurrency)
+        self.workflows = list(workflows) if workflows else None
+        self.store = store or get_store()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:worker-{uuid.uuid4().hex[:6]}"
+        self.on_event = on_event
+        self._stop = threading.Event()
+        self._active: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+        self.completed = 0
+
+    def stop(self) -> None:
+        """Ask the loop to stop claiming; runs in progress finish first."""
+        self._stop.set()
+
+    def _names(self) -> list[str]:
+        return self.workflows or sorted(registered_workflows())
+
+    def run(self, *, max_runs: int | None = None, idle_timeout: float | None = None) -> int:
+        """Serve until stopped (or ``max_runs`` finished, or idle for ``idle_timeout`` s).
+
+        Returns the number of runs this worker executed to an end.
+        """
+        cfg = settings()
+        idle_since = time.monotonic()
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="wflo-run") as pool:
+            while not self._stop.is_set():
+                if max_runs is not None and self.completed >= max_runs:
+                    break
+                with self._lock:
+                    free = self.concurrency - len(self._active)
+                claimed = None
+                if free > 0 and (max_runs is None or self.completed + len(self._active) < max_runs):
+                    names = self._names()
+                    if names:
+                        try:
+                            claimed = self.store.claim_next(self.owner, cfg.lease_seconds, names)
+                        except Exception as exc:
+                            log.warning("wflo worker: claiming failed: %s", exc)
+                if claimed is not None:
+                    idle_since = time.monotonic()
+                    self._submit(pool, claimed)
+                    continue
+                with self._lock:
+                    busy = bool(self._active)
+                if not busy and idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
+                    break
+                if busy and free <= 0:
+                    time.sleep(0.01)
+                else:
+                    self.store.wait_for_notification(cfg.poll_interval)
+            with self._lock:
+                pending = list(self._active.values())
+            for fut in pending:
+                fut.result()
+        return self.completed
+
+    def _submit(self, pool: ThreadPoolExecutor, record: RunRecord) -> None:
+        if self.on_event:
+            self.on_event("claimed", record)
+        fut = pool.submit(self._execute, record)
+        with self._lock:
+            self._active[record.id] = fut
+
+    def _execute(self, record: RunRecord) -> None:
+        try:
+            wf = get_workflow(record.workflow)
+            execute(self.store, wf, record, self.owner)
+            self.completed += 1
+            if self.on_event:
+                self.on_event("finished", self.store.get_run(record.id))
+        except LeaseLost:
+            log.info("wflo worker: lost the lease of run %s; another worker has it", record.id)
+        except WfloInterrupt as exc:
+            # Suspended (waiting) or cancelled: recorded by the executor already.
+            self.completed += 1
+            if self.on_event:
+                self.on_event("finished", self.store.get_run(record.id))
+            log.debug("wflo worker: run %s: %s", record.id, exc)
+        except Exception:
+            self.completed += 1
+            if self.on_event:
+                self.on_event("failed", self.store.get_run(record.id))
+        finally:
+            with self._lock:
+                self._active.pop(record.id, None)

@@ -1,0 +1,361 @@
+"""``@wflo.workflow`` and ``@wflo.step``: the decorators users type, and run handles."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .._config import get_store, settings
+from .._errors import (
+    ConfigurationError,
+    ResultTimeoutError,
+    RunFailedError,
+    UnknownWorkflowError,
+    UserError,
+)
+from ..store import Event, RunRecord, Store, new_id
+from ._boundary import Call, aguarded_call, guarded_call
+from ._context import _call_path, current_run
+from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, process_owner
+from ._serialize import check_serializer, decode, encode
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_registry: dict[str, Workflow[Any, Any]] = {}
+_registry_lock = threading.Lock()
+
+
+def registered_workflows() -> dict[str, Workflow[Any, Any]]:
+    """The workflows defined (imported) in this process, by name."""
+    with _registry_lock:
+        return dict(_registry)
+
+
+def get_workflow(name: str) -> Workflow[Any, Any]:
+    with _registry_lock:
+        wf = _registry.get(name)
+        if wf is None:
+            raise UnknownWorkflowError(name=name, known=list(_registry))
+        return wf
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    if module == "__main__":
+        return fn.__qualname__
+    return f"{module}.{fn.__qualname__}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Per-start options: ``research.options(id="ticket-42", tenant="acme").run(...)``."""
+
+    id: str | None = None
+    """Run id (an idempotency key): starting an id that exists returns that run."""
+    tenant: str | None = None
+    """Tenant the run's spend and records belong to."""
+
+
+class Workflow(Generic[P, R]):
+    """A durable workflow: each run is journaled and resumes after a crash."""
+
+    def __init__(self, fn: Callable[P, R], *, name: str | None = None, serializer: str = "json", **extra: Any) -> None:
+        self.fn = fn
+        self.name = name or _qualname(fn)
+        self.serializer = check_serializer(serializer)
+        self.is_async = is_async_callable(fn)
+        self.extra = extra  # options owned by other layers (budget, guards, on_loop, …)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        with _registry_lock:
+            existing = _registry.get(self.name)
+            if existing is not None and existing.fn is not fn and _qualname(existing.fn) != _qualname(fn):
+                raise ConfigurationError(f"two different workflows are named {self.name!r}; give one another name=")
+            _registry[self.name] = self
+
+    def __repr__(self) -> str:
+        return f"<wflo.Workflow {self.name}>"
+
+    def options(self, **options: Any) -> BoundWorkflow[P, R]:
+        """This workflow with start options (``id=``, ``tenant=``)."""
+        return BoundWorkflow(self, RunOptions(**options))
+
+    # --------------------------------------------------------------- calling
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Inside a workflow: run as a child workflow. Outside: the same as ``run``."""
+        return self.options().run(*args, **kwargs)
+
+    def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run durably in this process and return the result (or raise the workflow's error)."""
+        return self.options().run(*args, **kwargs)
+
+    async def arun(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Async ``run``: async workflows run on the current event loop."""
+        return await self.options().arun(*args, **kwargs)
+
+    def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle:
+        """Enqueue a run for a worker and return its handle at once."""
+        return self.options().start(*args, **kwargs)
+
+
+class BoundWorkflow(Generic[P, R]):
+    """A workflow with start options bound (see :meth:`Workflow.options`)."""
+
+    def __init__(self, wf: Workflow[P, R], opts: RunOptions) -> None:
+        self.wf = wf
+        self.opts = opts
+
+    def _create(self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str | None) -> tuple[Store, RunRecord, bool]:
+        wf = self.wf
+        store = get_store()
+        payload = encode({"args": list(args), "kwargs": kwargs}, serializer=wf.serializer, step=wf.name, what="input")
+        parent = current_run()
+        run_id = self.opts.id
+        parent_id = None
+        tenant = self.opts.tenant
+        if parent is not None:
+            parent_id = parent.run_id
+            tenant = tenant or parent.record.tenant
+            if run_id is None:
+                # A child's id is derived from its parent and call position, so a replayed
+                # parent finds the same child instead of starting another.
+                run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wflo:{parent.run_id}:{_call_path.get()}"))
+        record, created = store.create_run(
+            run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
+            tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds,
+            options={"serializer": wf.serializer},
+        )  # fmt: skip
+        if not created and record.workflow != wf.name:
+            raise UserError(f"run id {record.id!r} already belongs to workflow {record.workflow!r}")
+        return store, record, created
+
+    def _claim_existing(self, store: Store, record: RunRecord, owner: str) -> RunRecord:
+        """Hold an existing run: at once if it is free or its owner died on this host,
+        else when its owner's lease expires (unless it finishes first)."""
+        while not record.done and record.lease_owner != owner:
+            if record.lease_owner is not None and owner_is_dead_here(record.lease_owner):
+                store.release(record.id, record.lease_owner)
+            record = store.claim(record.id, owner, settings().lease_seconds)
+            if record.done or record.lease_owner == owner:
+                break
+            time.sleep(min(1.0, settings().lease_seconds / 4))
+            record = store.get_run(record.id)
+        return record
+
+    def _child_call(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call | None:
+        parent = current_run()
+        if parent is None:
+            return None
+        return Call(kind=kind, name=self.wf.name, args=args, kwargs=kwargs, run=parent, serializer=self.wf.serializer, record_input=False)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        call = self._child_call("child", args, kwargs)
+        if call is not None:
+            return guarded_call(call, lambda *a, **k: self._run_here(a, k))
+        return self._run_here(args, kwargs)
+
+    def _run_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        owner = process_owner()
+        store, record, created = self._create(args, kwargs, owner)
+        if not created:
+            record = self._claim_existing(store, record, owner)
+            if record.done:
+                return _result_of(record)
+        return execute(store, self.wf, record, owner)
+
+    async def arun(self, *args: Any, **kwargs: Any) -> Any:
+        call = self._child_call("child", args, kwargs)
+        if call is not None:
+            return await aguarded_call(call, lambda *a, **k: self._arun_here(a, k))
+        return await self._arun_here(args, kwargs)
+
+    async def _arun_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        owner = process_owner()
+        store, record, created = self._create(args, kwargs, owner)
+        if not created:
+            record = await asyncio.to_thread(self._claim_existing, store, record, owner)
+            if record.done:
+                return _result_of(record)
+        return await aexecute(store, self.wf, record, owner)
+
+    def start(self, *args: Any, **kwargs: Any) -> RunHandle:
+        call = self._child_call("child.start", args, kwargs)
+        if call is not None:
+            run_id = guarded_call(call, lambda *a, **k: self._create(a, k, None)[1].id)
+            return RunHandle(run_id, get_store())
+        store, record, _ = self._create(args, kwargs, None)
+        return RunHandle(record.id, store)
+
+
+def _result_of(record: RunRecord) -> Any:
+    if record.status == "succeeded":
+        return decode(record.output)
+    raise RunFailedError(run_id=record.id, status=record.status, error=record.error)
+
+
+class RunHandle:
+    """A run somewhere (queued, running on a worker, finished). Cheap to create by id."""
+
+    def __init__(self, run_id: str, store: Store | None = None) -> None:
+        self.id = run_id
+        self._store = store
+
+    @property
+    def store(self) -> Store:
+        return self._store or get_store()
+
+    def __repr__(self) -> str:
+        return f"<wflo.RunHandle {self.id}>"
+
+    def record(self) -> RunRecord:
+        return self.store.get_run(self.id)
+
+    def status(self) -> str:
+        """``queued``, ``running``, ``waiting``, ``succeeded``, ``failed``, ``cancelled`` or ``stopped``."""
+        return self.record().status
+
+    def events(self) -> list[Event]:
+        """The run's journal (its hash chain), in order."""
+        return self.store.events(self.id)
+
+    def cancel(self) -> str:
+        """Ask the run to stop at its next step boundary; returns its status now."""
+        return self.store.request_cancel(self.id).status
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to end; return its result or raise ``RunFailedError``.
+
+        Raises ``ResultTimeoutError`` when ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            record = self.record()
+            if record.done:
+                return _result_of(record)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeoutError(run_id=self.id, timeout=timeout, status=record.status)
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay = min(delay * 2, 0.25)
+
+    async def aresult(self, timeout: float | None = None) -> Any:
+        """Async ``result``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            record = self.record()
+            if record.done:
+                return _result_of(record)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeoutError(run_id=self.id, timeout=timeout, status=record.status)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+
+def resume(run_id: str) -> Any:
+    """Resume an interrupted run in this process and return its result.
+
+    Finished steps are replayed from the journal; the run continues from where it stopped.
+    The workflow's module must be imported here. If another live process holds the run,
+    this waits until it finishes or its lease expires.
+    """
+    store = get_store()
+    record = store.find_run(run_id)
+    if record.done:
+        return _result_of(record)
+    bound = BoundWorkflow(get_workflow(record.workflow), RunOptions(id=record.id))
+    owner = process_owner()
+    record = bound._claim_existing(store, record, owner)
+    if record.done:
+        return _result_of(record)
+    return execute(store, bound.wf, record, owner)
+
+
+# ------------------------------------------------------------------------- steps
+class Step(Generic[P, R]):
+    """A journaled unit of work: run once, replayed from the journal after a crash."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_delay: float = 0.5,
+        at_most_once: bool = False,
+        serializer: str = "json",
+        kind: str = "step",
+    ) -> None:
+        if retries < 0:
+            raise UserError(f"retries must be >= 0, got {retries}")
+        self.fn = fn
+        self.name = name or _qualname(fn)
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.at_most_once = at_most_once
+        self.serializer = check_serializer(serializer)
+        self.kind = kind
+        self.is_async = is_async_callable(fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"<wflo.Step {self.name}>"
+
+    def __get__(self, obj: Any, objtype: Any = None) -> Any:
+        if obj is None:
+            return self
+        return functools.partial(self.__call__, obj)
+
+    def _call(self, ctx: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        return Call(
+            kind=self.kind, name=self.name, args=args, kwargs=kwargs, run=ctx,
+            serializer=self.serializer, at_most_once=self.at_most_once,
+            retries=self.retries, retry_delay=self.retry_delay,
+        )  # fmt: skip
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        ctx = current_run()
+        if ctx is None:
+            return self.fn(*args, **kwargs)  # outside a workflow a step is a plain function
+        if self.is_async:
+            return aguarded_call(self._call(ctx, args, kwargs), self.fn)  # type: ignore[return-value]
+        return guarded_call(self._call(ctx, args, kwargs), self.fn)  # type: ignore[no-any-return]
+
+
+@overload
+def step(fn: Callable[P, R], /) -> Step[P, R]: ...
+@overload
+def step(*, name: str | None = ..., retries: int = ..., retry_delay: float = ..., at_most_once: bool = ..., serializer: str = ...) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+def step(fn: Any = None, /, **options: Any) -> Any:
+    """Make a function a durable step: ``@wflo.step`` or ``@wflo.step(retries=3)``.
+
+    Args:
+        name: journal name (default ``module.qualname``).
+        retries: extra attempts on an exception (not on wflo's own errors), with backoff.
+        retry_delay: first backoff in seconds (doubles each attempt).
+        at_most_once: if the run dies while this step is in flight, do not run it again;
+            fail the run with ``AtMostOnceError`` instead (for effects that must not repeat).
+        serializer: ``"json"`` (default) or ``"pickle"`` for the step's input and output.
+    """
+    if fn is not None:
+        return Step(fn)
+    return lambda f: Step(f, **options)
+
+
+@overload
+def workflow(fn: Callable[P, R], /) -> Workflow[P, R]: ...
+@overload
+def workflow(*, name: str | None = ..., serializer: str = ..., **extra: Any) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
+def workflow(fn: Any = None, /, **options: Any) -> Any:
+    """Make a function a durable workflow: ``@wflo.workflow`` or ``@wflo.workflow(name=...)``."""
+    if fn is not None:
+        return Workflow(fn)
+    return lambda f: Workflow(f, **options)
+

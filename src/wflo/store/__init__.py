@@ -1,0 +1,82 @@
+"""The store: runs, their hash-chained journals, and the system chain, in SQLite or PostgreSQL.
+
+``open_store(url)`` picks the backend from the URL and imports its driver only then.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlparse
+
+from .._errors import ConfigurationError
+from ._base import SYSTEM_CHAIN, Store, StoreOp
+from ._chain import GENESIS, canonical_json, event_hash, link_hash
+from ._migrations import MIGRATIONS, SCHEMA_VERSION
+from ._records import (
+    FINAL_STATUSES,
+    RUN_STATUSES,
+    Event,
+    Head,
+    NewEvent,
+    RunRecord,
+    new_id,
+    now_iso,
+    parse_iso,
+)
+
+__all__ = [
+    "FINAL_STATUSES",
+    "GENESIS",
+    "MIGRATIONS",
+    "RUN_STATUSES",
+    "SCHEMA_VERSION",
+    "SYSTEM_CHAIN",
+    "Event",
+    "Head",
+    "NewEvent",
+    "RunRecord",
+    "Store",
+    "StoreOp",
+    "canonical_json",
+    "event_hash",
+    "link_hash",
+    "new_id",
+    "now_iso",
+    "open_store",
+    "parse_iso",
+]
+
+
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Open the store at ``url`` (``sqlite:///path.db`` or ``postgresql://…``).
+
+    With ``migrate`` (the default) a new or older schema is brought up to date; a newer one
+    raises ``SchemaVersionError``. Unreachable databases raise ``StoreUnavailableError``.
+    """
+    store = _make(url)
+    try:
+        store.ensure_schema(auto_migrate=migrate)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def _make(url: str) -> Store:
+    parsed = urlparse(url)
+    scheme = parsed.scheme.split("+", 1)[0]
+    if scheme == "sqlite":
+        # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory: is refused
+        # (each connection would get its own empty database).
+        path = unquote(url.split("://", 1)[1])[1:]
+        if not path or path == ":memory:":
+            raise ConfigurationError(f"{url!r} names no database file; use sqlite:///path/to/wflo.db")
+        from ._sqlite import SQLiteStore
+
+        return SQLiteStore(url, path)
+    if scheme in ("postgresql", "postgres"):
+        from ._postgres import PostgresStore
+
+        return PostgresStore("postgresql://" + url.split("://", 1)[1])
+    raise ConfigurationError(
+        f"unsupported database URL {url!r}: use sqlite:///path/to/wflo.db or postgresql://user@host/db"
+    )

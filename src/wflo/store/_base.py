@@ -1,0 +1,590 @@
+"""The store base class: every query and all shared logic; backends add only dialect hooks.
+
+Concurrency model. Each thread uses its own connection. A run's journal has one writer at a
+time, the holder of the run's lease; every append is fenced on ``(lease_owner, last_seq)`` in
+the same statement that advances the run's head, so a worker whose lease was taken over
+cannot write another event (it gets ``LeaseLost``), and two writers can never both extend
+the same link. The events and the ``runs`` projection change in one transaction.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from .._errors import LeaseLost, RunNotFoundError, SchemaVersionError
+from ._chain import GENESIS, canonical_json, link_hash
+from ._migrations import MIGRATIONS, SCHEMA_VERSION
+from ._records import (
+    RUN_COLUMNS,
+    Event,
+    Head,
+    NewEvent,
+    RunRecord,
+    now_iso,
+)
+
+T = TypeVar("T")
+
+SYSTEM_CHAIN = "system"
+
+# A write to run in the same transaction as an append (e.g. a budget settlement).
+StoreOp = Callable[[Any], None]
+
+
+class Store(abc.ABC):
+    """A wflo store: runs, their hash-chained journals, and the system chain.
+
+    Subclasses implement only the dialect hooks (connecting, beginning a write transaction,
+    claiming the next run, notifying waiters, telling a lost connection apart).
+    """
+
+    dialect: str = "abstract"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._local = threading.local()
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
+        self._sql_cache: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- dialect hooks
+    @abc.abstractmethod
+    def _connect(self) -> Any:
+        """A new DB-API connection in autocommit mode."""
+
+    @abc.abstractmethod
+    def _begin(self, cur: Any) -> None:
+        """Begin a transaction that may write."""
+
+    @abc.abstractmethod
+    def _claim_next_sql(self) -> str:
+        """SELECT the id of the next claimable run (``?`` params: now, now)."""
+
+    def _is_disconnect(self, error: BaseException) -> bool:
+        """True when ``error`` means the connection is gone and the operation may be retried."""
+        return False
+
+    def _notify(self, cur: Any, channel: str, payload: str) -> None:
+        """Tell waiting workers that something changed (PostgreSQL NOTIFY); default: nothing."""
+
+    def wait_for_notification(self, timeout: float) -> bool:
+        """Block up to ``timeout`` s for a notification; True if one came. Default: sleep."""
+        time.sleep(timeout)
+        return False
+
+    placeholder = "?"
+
+    # ----------------------------------------------------------------- connections
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _drop_conn(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with self._conns_lock:
+                if conn in self._conns:
+                    self._conns.remove(conn)
+            try:
+                conn.close()
+            except Exception:  # noqa: S110 - the connection is already broken; dropping it is the point
+                pass
+
+    def close(self) -> None:
+        """Close every connection this store opened (in any thread)."""
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # noqa: S110 - closing a connection another thread broke
+                pass
+        self._local = threading.local()
+
+    def _sql(self, sql: str) -> str:
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            cached = sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+            self._sql_cache[sql] = cached
+        return cached
+
+    def _retrying(self, fn: Callable[[], T], attempts: int = 5) -> T:
+        """Run ``fn``; on a lost connection reconnect and try again (with backoff)."""
+        delay = 0.05
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except Exception as exc:
+                if not self._is_disconnect(exc) or attempt == attempts - 1:
+                    raise
+                self._drop_conn()
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        conn = self._conn()
+        cur = conn.cursor()
+        self._begin(cur)
+        try:
+            yield cur
+        except BaseException:
+            try:
+                cur.execute("ROLLBACK")
+            except Exception:  # noqa: S110 - the original error matters more than the rollback's
+                pass
+            raise
+        else:
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def go() -> list[tuple[Any, ...]]:
+            cur = self._conn().cursor()
+            try:
+                cur.execute(self._sql(sql), tuple(params))
+                return list(cur.fetchall())
+            finally:
+                cur.close()
+
+        return self._retrying(go)
+
+    def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    def execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement on a transaction's cursor (for ``StoreOp`` writers)."""
+        cur.execute(self._sql(sql), tuple(params))
+        return cur
+
+    # ----------------------------------------------------------------- schema
+    def schema_version(self) -> int:
+        def go() -> int:
+            cur = self._conn().cursor()
+            try:
+                try:
+                    cur.execute("SELECT value FROM wflo_meta WHERE key = 'schema_version'")
+                except Exception:
+                    self._rollback_quietly()
+                    return 0
+                row = cur.fetchone()
+                return int(row[0]) if row else 0
+            finally:
+                cur.close()
+
+        return self._retrying(go)
+
+    def _rollback_quietly(self) -> None:
+        """After a failed read, leave the connection usable (PostgreSQL aborts the tx)."""
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations this store lacks; return their names. Safe to run concurrently."""
+        applied: list[str] = []
+        with self._tx() as cur:
+            self._lock_for_migration(cur)
+            cur.execute("CREATE TABLE IF NOT EXISTS wflo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            cur.execute("SELECT value FROM wflo_meta WHERE key = 'schema_version'")
+            row = cur.fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(url=self.url, found=version, expected=SCHEMA_VERSION)
+            for migration in MIGRATIONS[version:]:
+                for statement in migration.statements(self.dialect):
+                    cur.execute(statement)
+                applied.append(migration.name)
+            if applied:
+                if row:
+                    self.execute(cur, "UPDATE wflo_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                else:
+                    self.execute(cur, "INSERT INTO wflo_meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        return applied
+
+    def _lock_for_migration(self, cur: Any) -> None:
+        """Serialise concurrent migrations (PostgreSQL: advisory lock; SQLite: the write lock)."""
+
+    def check(self) -> int:
+        """Raise ``SchemaVersionError`` unless the schema is exactly this wflo's; return it."""
+        version = self.schema_version()
+        if version != SCHEMA_VERSION:
+            raise SchemaVersionError(url=self.url, found=version, expected=SCHEMA_VERSION)
+        return version
+
+    def ensure_schema(self, auto_migrate: bool = True) -> None:
+        version = self.schema_version()
+        if version == SCHEMA_VERSION:
+            return
+        if version < SCHEMA_VERSION and auto_migrate:
+            self.migrate()
+            return
+        raise SchemaVersionError(url=self.url, found=version, expected=SCHEMA_VERSION)
+
+    # ----------------------------------------------------------------- chains
+    @staticmethod
+    def _link(chain: str, head: Head, events: Sequence[NewEvent]) -> tuple[Head, list[tuple[Any, ...]]]:
+        """Number and hash ``events`` after ``head``: the rows to insert and the new head."""
+        seq, prev = head.seq, head.hash
+        rows = []
+        for ev in events:
+            seq += 1
+            at = ev.at or now_iso()
+            data_json = canonical_json(ev.data)
+            digest = link_hash(prev, chain, seq, ev.type, at, data_json)
+            rows.append((chain, seq, ev.type, at, data_json, prev, digest))
+            prev = digest
+        return Head(seq, prev), rows
+
+    def _insert_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
+        cur.executemany(
+            self._sql("INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+            rows,
+        )
+
+    def _insert_events(self, cur: Any, chain: str, head: Head, events: Sequence[NewEvent]) -> Head:
+        new, rows = self._link(chain, head, events)
+        self._insert_rows(cur, rows)
+        return new
+
+    def events(self, chain: str, after_seq: int = 0, limit: int | None = None) -> list[Event]:
+        """The events of a chain (a run id or ``"system"``) in order."""
+        sql = "SELECT chain, seq, type, at, data, prev_hash, hash FROM events WHERE chain = ? AND seq > ? ORDER BY seq"
+        params: list[Any] = [chain, after_seq]
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [
+            Event(r[0], int(r[1]), r[2], r[3], json.loads(r[4]), r[5], r[6], data_json=r[4])
+            for r in self._fetchall(sql, params)
+        ]
+
+    def append_system(self, events: Sequence[NewEvent], ops: Sequence[StoreOp] = ()) -> Head:
+        """Append events to the system chain (logins, budget and policy changes, exports)."""
+        return self.append_chain(SYSTEM_CHAIN, events, ops)
+
+    def append_chain(self, chain: str, events: Sequence[NewEvent], ops: Sequence[StoreOp] = ()) -> Head:
+        """Append to a chain that is not a run's (its head lives in ``chain_heads``)."""
+
+        def go() -> Head:
+            with self._tx() as cur:
+                self._lock_chain_head(cur, chain)
+                self.execute(cur, "SELECT last_seq, last_hash FROM chain_heads WHERE chain = ?", (chain,))
+                row = cur.fetchone()
+                head = Head(int(row[0]), row[1]) if row else Head(0, GENESIS)
+                new = self._insert_events(cur, chain, head, events)
+                if row:
+                    self.execute(cur, "UPDATE chain_heads SET last_seq = ?, last_hash = ? WHERE chain = ?", (new.seq, new.hash, chain))
+                else:
+                    self.execute(cur, "INSERT INTO chain_heads (chain, last_seq, last_hash) VALUES (?, ?, ?)", (chain, new.seq, new.hash))
+                for op in ops:
+                    op(cur)
+                return new
+
+        return self._retrying(go)
+
+    def _lock_chain_head(self, cur: Any, chain: str) -> None:
+        """PostgreSQL: make concurrent appenders of one chain wait for each other."""
+
+    # ----------------------------------------------------------------- runs
+    def create_run(
+        self,
+        *,
+        run_id: str,
+        workflow: str,
+        input: Any,
+        options: dict[str, Any] | None = None,
+        parent_id: str | None = None,
+        tenant: str | None = None,
+        owner: str | None = None,
+        lease_seconds: float = 30.0,
+        event_data: dict[str, Any] | None = None,
+    ) -> tuple[RunRecord, bool]:
+        """Create a run (queued, or running under ``owner``); idempotent on ``run_id``.
+
+        Returns the run and whether this call created it.
+        """
+        now = now_iso()
+        input_json = canonical_json(input)
+        options_json = canonical_json(options or {})
+        created_data = {"workflow": workflow, "input": input, "parent_id": parent_id, "tenant": tenant}
+        created_data.update(event_data or {})
+        new_events = [NewEvent("run.created", created_data, now)]
+        if owner is not None:
+            new_events.append(NewEvent("run.started", {"attempt": 1, "worker": owner}, now))
+        status = "running" if owner is not None else "queued"
+        lease = now_iso(lease_seconds) if owner is not None else None
+
+        def go() -> tuple[RunRecord, bool]:
+            with self._tx() as cur:
+                self.execute(cur, "SELECT 1 FROM runs WHERE id = ?", (run_id,))
+                if cur.fetchone():
+                    created = False
+                else:
+                    head = self._insert_events(cur, run_id, Head(0, GENESIS), new_events)
+                    self.execute(
+                        cur,
+                        f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?, NULL)",
+                        (run_id, workflow, status, input_json, parent_id, tenant, options_json, owner,
+                         lease, head.seq, head.hash, 1 if owner else 0, now, now),
+                    )  # fmt: skip
+                    if owner is None:
+                        self._notify(cur, "wflo_runs", run_id)
+                    created = True
+            return self.get_run(run_id), created
+
+        return self._retrying(go)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        row = self._fetchone(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        if row is None:
+            raise RunNotFoundError(run_id=run_id)
+        return RunRecord.from_row(row)
+
+    def find_run(self, prefix: str) -> RunRecord:
+        """A run by full id or by a unique id prefix (as the CLI accepts)."""
+        row = self._fetchone(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (prefix,))
+        if row is not None:
+            return RunRecord.from_row(row)
+        if len(prefix) >= 4:
+            rows = self._fetchall(f"SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ? LIMIT 2", (prefix + "%",))
+            if len(rows) == 1:
+                return RunRecord.from_row(rows[0])
+        raise RunNotFoundError(run_id=prefix)
+
+    def list_runs(
+        self,
+        *,
+        status: str | None = None,
+        workflow: str | None = None,
+        parent_id: str | None = None,
+        limit: int = 50,
+    ) -> list[RunRecord]:
+        where, params = [], []
+        for column, value in (("status", status), ("workflow", workflow), ("parent_id", parent_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT {RUN_COLUMNS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        return [RunRecord.from_row(r) for r in self._fetchall(sql, params)]
+
+    def append(
+        self,
+        run_id: str,
+        head: Head,
+        events: Sequence[NewEvent],
+        *,
+        owner: str | None,
+        status: str | None = None,
+        output: Any = None,
+        error: dict[str, Any] | None = None,
+        finish: bool = False,
+        release: bool = False,
+        wake_at: str | None = None,
+        ops: Sequence[StoreOp] = (),
+    ) -> Head:
+        """Append events to a run's journal and update its projection, atomically.
+
+        Fenced: succeeds only while ``owner`` holds the lease (``None``: while nobody does)
+        and the run's head is still ``head``. Raises ``LeaseLost`` otherwise.
+        """
+        now = now_iso()
+
+        def go() -> Head:
+            new, rows = self._link(run_id, head, events)
+            with self._tx() as cur:
+                sets = ["last_seq = ?", "last_hash = ?", "updated_at = ?"]
+                params: list[Any] = [new.seq, new.hash, now]
+                if status is not None:
+                    sets.append("status = ?")
+                    params.append(status)
+                if finish:
+                    sets += ["output = ?", "error = ?", "finished_at = ?", "wake_at = NULL"]
+                    params += [None if error is not None else canonical_json(output),
+                               canonical_json(error) if error is not None else None, now]  # fmt: skip
+                if release or finish:
+                    sets += ["lease_owner = NULL", "lease_expires_at = NULL"]
+                if wake_at is not None:
+                    sets.append("wake_at = ?")
+                    params.append(wake_at)
+                fence = "lease_owner = ?" if owner is not None else "lease_owner IS NULL"
+                params += [run_id, head.seq] + ([owner] if owner is not None else [])
+                self.execute(
+                    cur,
+                    f"UPDATE runs SET {', '.join(sets)} WHERE id = ? AND last_seq = ? AND {fence} RETURNING cancel_requested",
+                    params,
+                )
+                row = cur.fetchone()
+                if row is None:
+                    raise LeaseLost(run_id=run_id, owner=owner)
+                # The fenced UPDATE above holds the run's row lock, so no other writer can
+                # be inserting these sequence numbers now.
+                self._insert_rows(cur, rows)
+                for op in ops:
+                    op(cur)
+                if finish or status == "waiting":
+                    self._notify(cur, "wflo_runs", run_id)
+                return Head(new.seq, new.hash, bool(row[0]))
+
+        try:
+            return self._retrying(go)
+        except LeaseLost:
+            # After a reconnect the first attempt may have committed without our knowing:
+            # if the journal holds exactly our first event at head.seq + 1, it did.
+            if events:
+                got = self.events(run_id, after_seq=head.seq, limit=len(events))
+                if len(got) == len(events) and all(g.type == e.type for g, e in zip(got, events, strict=True)) and got[0].prev_hash == head.hash:
+                    run = self.get_run(run_id)
+                    if run.last_seq == got[-1].seq and run.lease_owner in (owner, None):
+                        return Head(got[-1].seq, got[-1].hash, run.cancel_requested)
+            raise
+
+    # ----------------------------------------------------------------- leases
+    def claim_next(self, owner: str, lease_seconds: float, workflows: Sequence[str] | None = None) -> RunRecord | None:
+        """Take the lease of the next runnable run: queued, woken, or abandoned by a dead owner."""
+        now = now_iso()
+
+        def go() -> RunRecord | None:
+            with self._tx() as cur:
+                sql = self._claim_next_sql()
+                params: list[Any] = [now, now]
+                if workflows:
+                    sql = sql.replace("/*WORKFLOWS*/", f"AND workflow IN ({', '.join('?' * len(workflows))})")
+                    params += list(workflows)
+                self.execute(cur, sql, params)
+                row = cur.fetchone()
+                if row is None:
+                    return None
+                run_id = row[0]
+                self.execute(
+                    cur,
+                    "UPDATE runs SET lease_owner = ?, lease_expires_at = ?, status = 'running', "
+                    "attempts = attempts + 1, wake_at = NULL, updated_at = ? WHERE id = ?",
+                    (owner, now_iso(lease_seconds), now, run_id),
+                )
+                self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+                return RunRecord.from_row(cur.fetchone())
+
+        return self._retrying(go)
+
+    def claim(self, run_id: str, owner: str, lease_seconds: float) -> RunRecord:
+        """Take the lease of one run if it is free, expired, or already ours."""
+        now = now_iso()
+
+        def go() -> RunRecord:
+            with self._tx() as cur:
+                self.execute(
+                    cur,
+                    "UPDATE runs SET lease_owner = ?, lease_expires_at = ?, status = 'running', "
+                    "attempts = attempts + 1, wake_at = NULL, updated_at = ? WHERE id = ? "
+                    "AND status NOT IN ('succeeded', 'failed', 'cancelled', 'stopped') "
+                    "AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at < ?)",
+                    (owner, now_iso(lease_seconds), now, run_id, owner, now),
+                )
+                self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+                row = cur.fetchone()
+                if row is None:
+                    raise RunNotFoundError(run_id=run_id)
+                return RunRecord.from_row(row)
+
+        return self._retrying(go)
+
+    def heartbeat(self, owner: str, run_ids: Sequence[str], lease_seconds: float) -> dict[str, bool]:
+        """Extend our leases; return the ids we still hold, each with its cancel request."""
+        if not run_ids:
+            return {}
+        until = now_iso(lease_seconds)
+        marks = ", ".join("?" * len(run_ids))
+
+        def go() -> dict[str, bool]:
+            with self._tx() as cur:
+                self.execute(
+                    cur,
+                    f"UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND id IN ({marks})",
+                    [until, owner, *run_ids],
+                )
+                self.execute(cur, f"SELECT id, cancel_requested FROM runs WHERE lease_owner = ? AND id IN ({marks})", [owner, *run_ids])
+                return {r[0]: bool(r[1]) for r in cur.fetchall()}
+
+        return self._retrying(go)
+
+    def release(self, run_id: str, owner: str) -> None:
+        """Give up a lease without changing the run (it becomes claimable at once)."""
+        self._retrying(lambda: self._write(
+            "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?",
+            (run_id, owner),
+        ))  # fmt: skip
+
+    def _write(self, sql: str, params: Sequence[Any]) -> int:
+        with self._tx() as cur:
+            self.execute(cur, sql, params)
+            return int(cur.rowcount)
+
+    def request_cancel(self, run_id: str) -> RunRecord:
+        """Ask a run to stop at its next step boundary; a queued/waiting run stops at once."""
+        run = self.get_run(run_id)
+        if run.done:
+            return run
+        self._retrying(lambda: self._write("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,)))
+        for _ in range(20):
+            run = self.get_run(run_id)
+            if run.done or run.lease_owner is not None:
+                return run  # its executor (or the next claimer) stops it at a step boundary
+            # Nobody is executing it: finish it here, fenced on its head like any writer.
+            try:
+                self.append(
+                    run_id,
+                    Head(run.last_seq, run.last_hash),
+                    [NewEvent("run.cancelled", {"by": "request", "status_before": run.status})],
+                    owner=None,
+                    status="cancelled",
+                    error={"type": "RunCancelled", "code": "cancelled", "message": f"run {run_id} was cancelled"},
+                    finish=True,
+                )
+                return self.get_run(run_id)
+            except LeaseLost:
+                continue
+        return self.get_run(run_id)
+
+    def set_wake(self, run_id: str, wake_at: str) -> None:
+        """Make a waiting run claimable at ``wake_at`` (now: at once)."""
+        self._retrying(lambda: self._write(
+            "UPDATE runs SET wake_at = ? WHERE id = ? AND status = 'waiting'", (wake_at, run_id)
+        ))  # fmt: skip
+        self._retrying(self._notify_now)
+
+    def _notify_now(self) -> None:
+        with self._tx() as cur:
+            self._notify(cur, "wflo_runs", "")
+
+    def count_runs_by_status(self) -> dict[str, int]:
+        return {r[0]: int(r[1]) for r in self._fetchall("SELECT status, COUNT(*) FROM runs GROUP BY status")}
+
+    def ping(self) -> None:
+        self._fetchone("SELECT 1")
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"
+

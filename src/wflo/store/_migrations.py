@@ -1,0 +1,87 @@
+"""Named, append-only schema migrations shared by both stores.
+
+A migration is never edited once released: a change is a new entry at the end. Each entry
+holds portable SQL (statements separated by ``;\\n``) and optional per-dialect statements (for
+example the PostgreSQL trigger that refuses UPDATE and DELETE on events).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    name: str
+    sql: str
+    dialect_sql: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def statements(self, dialect: str) -> list[str]:
+        portable = [s.strip() for s in self.sql.split(";\n") if s.strip()]
+        return portable + [s.strip() for s in self.dialect_sql.get(dialect, ())]
+
+
+M001_INITIAL = Migration(
+    "m001_initial",
+    """
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    parent_id TEXT,
+    tenant TEXT,
+    options TEXT,
+    lease_owner TEXT,
+    lease_expires_at TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    wake_at TEXT,
+    last_seq BIGINT NOT NULL,
+    last_hash TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    finished_at TEXT
+);
+CREATE INDEX runs_claim ON runs (status, created_at);
+CREATE INDEX runs_workflow ON runs (workflow, created_at);
+CREATE INDEX runs_parent ON runs (parent_id);
+CREATE TABLE events (
+    chain TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    type TEXT NOT NULL,
+    at TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (chain, seq)
+);
+CREATE INDEX events_at ON events (at);
+CREATE TABLE chain_heads (
+    chain TEXT PRIMARY KEY,
+    last_seq BIGINT NOT NULL,
+    last_hash TEXT NOT NULL
+)
+""",
+    {
+        "postgresql": (
+            """
+CREATE OR REPLACE FUNCTION wflo_events_append_only() RETURNS trigger AS $$
+BEGIN
+    IF current_setting('wflo.prune', true) = 'on' AND TG_OP = 'DELETE' THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'wflo events are append-only (% refused)', TG_OP;
+END;
+$$ LANGUAGE plpgsql""",
+            """
+CREATE TRIGGER wflo_events_append_only BEFORE UPDATE OR DELETE ON events
+    FOR EACH ROW EXECUTE FUNCTION wflo_events_append_only()""",
+        )
+    },
+)
+
+MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL,)
+SCHEMA_VERSION = len(MIGRATIONS)
