@@ -26,7 +26,6 @@ from .._errors import (
     NonDeterminismError,
     SerializationError,
     WfloError,
-    WfloInterrupt,
 )
 from ..store import NewEvent, StoreOp, canonical_json
 from ._context import JournalEntry, RunContext, _call_path
@@ -186,9 +185,9 @@ def _record(call: Call, outcome: Outcome) -> None:
     if outcome.error is None:
         ev = NewEvent("call.completed", _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts))
     else:
-        if isinstance(outcome.error, WfloInterrupt) and not isinstance(outcome.error, WfloError):
-            # Cancellation, lease loss and suspension are not results of the call: nothing
-            # is recorded, so a resumed run runs the call again.
+        if not isinstance(outcome.error, Exception):
+            # Cancellation, lease loss, suspension, KeyboardInterrupt, SystemExit: not results
+            # of the call. Nothing is recorded, so a resumed run runs the call again.
             return
         ev = NewEvent("call.failed", _end_data(call, error=outcome.error, duration_ms=outcome.duration_ms, attempts=outcome.attempts))
     ctx.append([ev], ops=call.ops)
@@ -196,6 +195,8 @@ def _record(call: Call, outcome: Outcome) -> None:
 
 def _retryable(call: Call, exc: BaseException, attempt: int) -> bool:
     return attempt <= call.retries and isinstance(exc, Exception) and not isinstance(exc, WfloError)
+
+
 
 
 def _note_retry(call: Call, attempt: int, exc: BaseException, delay: float) -> None:

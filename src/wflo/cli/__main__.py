@@ -1,0 +1,5 @@
+"""python -m wflo.cli"""
+
+from . import main
+
+main()
