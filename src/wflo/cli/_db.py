@@ -21,7 +21,7 @@ def db() -> None:
 @handle_errors
 def db_migrate() -> None:
     """Bring the schema up to date (safe to run while workers run)."""
-    store = open_store(_config.settings().database, migrate=False)
+    store = open_store(_config.settings().database, verify=False)
     try:
         applied = store.migrate()
     finally:
@@ -36,7 +36,7 @@ def db_migrate() -> None:
 @handle_errors
 def db_check() -> None:
     """Exit 0 if the store is reachable and its schema is this wflo's, else say how to fix it."""
-    store = open_store(_config.settings().database, migrate=False)
+    store = open_store(_config.settings().database, verify=False)
     try:
         version = store.check()
         counts = store.count_runs_by_status()

@@ -1,6 +1,6 @@
 """The durable engine: workflows, steps, the call boundary, replay, leases and workers."""
 
-from ._boundary import Call, Guard, Outcome, aguarded_call, guarded_call
+from ._boundary import NOT_REPLAYED, Call, Guard, Outcome, aguarded_call, finish_call, guarded_call, start_call
 from ._context import JournalEntry, RunContext, current_run
 from ._executor import add_guard_factory, process_owner
 from ._worker import Worker
@@ -18,6 +18,7 @@ from ._workflow import (
 )
 
 __all__ = [
+    "NOT_REPLAYED",
     "BoundWorkflow",
     "Call",
     "Guard",
@@ -32,11 +33,13 @@ __all__ = [
     "add_guard_factory",
     "aguarded_call",
     "current_run",
+    "finish_call",
     "get_workflow",
     "guarded_call",
     "process_owner",
     "registered_workflows",
     "resume",
+    "start_call",
     "step",
     "workflow",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from .._errors import (
 from ..store import NewEvent, StoreOp, canonical_json
 from ._context import JournalEntry, RunContext, _call_path
 from ._serialize import decode, encode, error_data, rebuild_error
+
+log = logging.getLogger("wflo")
 
 
 @dataclass(slots=True)
@@ -92,8 +95,13 @@ class Guard:
     def replayed(self, call: Call, entry: JournalEntry) -> None:
         """A finished call was replayed from the journal (rebuild counters; never refuse)."""
 
+    def recorded(self, call: Call, outcome: Outcome) -> None:
+        """The call's event is committed (notify, alert). Errors here are logged, not raised."""
 
-_NOT_REPLAYED = object()
+
+NOT_REPLAYED: Any = object()
+"""What :func:`start_call` returns when the call must really run."""
+_NOT_REPLAYED = NOT_REPLAYED
 
 
 def _replay(call: Call, entry: JournalEntry | None) -> Any:
@@ -122,9 +130,10 @@ def _replay(call: Call, entry: JournalEntry | None) -> Any:
     return _NOT_REPLAYED
 
 
-def _start(call: Call) -> Any:
-    """Number the call, replay it if finished, else run the guards' checks. Returns the
-    replayed value or ``_NOT_REPLAYED``."""
+def start_call(call: Call) -> Any:
+    """Begin a call: number it, replay it if the journal has its end, else run the guards'
+    ``before`` checks. Returns the replayed value, or ``NOT_REPLAYED`` when the caller must
+    execute the call and then pass its outcome to :func:`finish_call`."""
     ctx = call.run
     ctx.check_cancelled()
     call.call_id = ctx.next_call_id()
@@ -191,6 +200,11 @@ def _record(call: Call, outcome: Outcome) -> None:
             return
         ev = NewEvent("call.failed", _end_data(call, error=outcome.error, duration_ms=outcome.duration_ms, attempts=outcome.attempts))
     ctx.append([ev], ops=call.ops)
+    for guard in ctx.guards:
+        try:
+            guard.recorded(call, outcome)
+        except Exception:
+            log.exception("wflo: guard %r failed after recording call %s", guard, call.call_id)
 
 
 def _retryable(call: Call, exc: BaseException, attempt: int) -> bool:
@@ -208,7 +222,7 @@ def _note_retry(call: Call, attempt: int, exc: BaseException, delay: float) -> N
 
 def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
     """Run ``fn(*call.args, **call.kwargs)`` through the journal and the guard chain."""
-    replayed = _start(call)
+    replayed = start_call(call)
     if replayed is not _NOT_REPLAYED:
         return replayed
     token = _call_path.set(call.call_id)
@@ -232,12 +246,12 @@ def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
         _call_path.reset(token)
     outcome.duration_ms = (time.perf_counter() - t0) * 1000
     outcome.attempts = attempt
-    return _finish(call, outcome)
+    return finish_call(call, outcome)
 
 
 async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
     """The async twin of :func:`guarded_call` (same journal, same guards)."""
-    replayed = _start(call)
+    replayed = start_call(call)
     if replayed is not _NOT_REPLAYED:
         return replayed
     token = _call_path.set(call.call_id)
@@ -261,13 +275,18 @@ async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
         _call_path.reset(token)
     outcome.duration_ms = (time.perf_counter() - t0) * 1000
     outcome.attempts = attempt
-    return _finish(call, outcome)
+    return finish_call(call, outcome)
 
 
-def _finish(call: Call, outcome: Outcome) -> Any:
+def finish_call(call: Call, outcome: Outcome, *, check_cancel: bool = True) -> Any:
+    """End a call begun with :func:`start_call`: guards' ``after``, then record it.
+
+    Raises the call's error, if any; returns its value.
+    """
     _after(call, outcome, call.run.guards)
     _record(call, outcome)
     if outcome.error is not None:
         raise outcome.error
-    call.run.check_cancelled()
+    if check_cancel:
+        call.run.check_cancelled()
     return outcome.value

@@ -82,6 +82,21 @@ class Workflow(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<wflo.Workflow {self.name}>"
 
+    def run_options(self) -> dict[str, Any]:
+        """Options stored with each run, so any worker resumes it under the same rules.
+
+        Option objects of other layers (``Budget``, ``LoopGuard``, …) contribute through
+        their ``to_run_options()``.
+        """
+        options: dict[str, Any] = {"serializer": self.serializer}
+        for key, value in self.extra.items():
+            to_options = getattr(value, "to_run_options", None)
+            if to_options is not None:
+                options.update(to_options())
+            elif value is not None and isinstance(value, str | int | float | bool):
+                options[key] = value
+        return options
+
     def options(self, **options: Any) -> BoundWorkflow[P, R]:
         """This workflow with start options (``id=``, ``tenant=``)."""
         return BoundWorkflow(self, RunOptions(**options))
@@ -129,7 +144,7 @@ class BoundWorkflow(Generic[P, R]):
         record, created = store.create_run(
             run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
             tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds,
-            options={"serializer": wf.serializer},
+            options=wf.run_options(),
         )  # fmt: skip
         if not created and record.workflow != wf.name:
             raise UserError(f"run id {record.id!r} already belongs to workflow {record.workflow!r}")

@@ -46,13 +46,17 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, migrate: bool = True) -> Store:
+def open_store(url: str, *, migrate: bool = True, verify: bool = True) -> Store:
     """Open the store at ``url`` (``sqlite:///path.db`` or ``postgresql://…``).
 
     With ``migrate`` (the default) a new or older schema is brought up to date; a newer one
-    raises ``SchemaVersionError``. Unreachable databases raise ``StoreUnavailableError``.
+    raises ``SchemaVersionError``, as does an older one when ``migrate`` is off. With
+    ``verify=False`` the schema is not looked at (``wflo db migrate|check`` do that
+    themselves). Unreachable databases raise ``StoreUnavailableError``.
     """
     store = _make(url)
+    if not verify:
+        return store
     try:
         store.ensure_schema(auto_migrate=migrate)
     except BaseException:

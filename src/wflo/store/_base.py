@@ -79,6 +79,9 @@ class Store(abc.ABC):
         return False
 
     placeholder = "?"
+    for_update = ""
+    """Suffix that locks selected rows until commit (PostgreSQL); SQLite's write transaction
+    already holds the whole database."""
 
     # ----------------------------------------------------------------- connections
     def _conn(self) -> Any:
@@ -166,6 +169,19 @@ class Store(abc.ABC):
     def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         rows = self._fetchall(sql, params)
         return rows[0] if rows else None
+
+    def write(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(cursor)`` in one write transaction (retried whole on a lost connection)."""
+
+        def go() -> T:
+            with self._tx() as cur:
+                return fn(cur)
+
+        return self._retrying(go)
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query (``?`` placeholders on every backend)."""
+        return self._fetchall(sql, params)
 
     def execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement on a transaction's cursor (for ``StoreOp`` writers)."""

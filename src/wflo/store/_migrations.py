@@ -83,5 +83,39 @@ CREATE TRIGGER wflo_events_append_only BEFORE UPDATE OR DELETE ON events
     },
 )
 
-MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL,)
+M002_BUDGETS = Migration(
+    "m002_budgets",
+    """
+CREATE TABLE budget_limits (
+    scope TEXT PRIMARY KEY,
+    limit_usd TEXT NOT NULL,
+    period TEXT NOT NULL,
+    max_reservation_usd TEXT,
+    alerts TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL
+);
+CREATE TABLE budget_usage (
+    scope TEXT NOT NULL,
+    period_start TEXT NOT NULL,
+    limit_usd TEXT NOT NULL,
+    spent_usd TEXT NOT NULL,
+    reserved_usd TEXT NOT NULL,
+    alerted TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (scope, period_start)
+);
+CREATE TABLE reservations (
+    id TEXT PRIMARY KEY,
+    run_id TEXT,
+    scopes TEXT NOT NULL,
+    amount_usd TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX reservations_expiry ON reservations (expires_at)
+""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL, M002_BUDGETS)
 SCHEMA_VERSION = len(MIGRATIONS)

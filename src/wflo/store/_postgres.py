@@ -41,6 +41,7 @@ class PostgresStore(Store):
 
     dialect = "postgresql"
     placeholder = "%s"
+    for_update = " FOR UPDATE"
 
     def __init__(self, url: str) -> None:
         super().__init__(url)

@@ -1,0 +1,105 @@
+"""``wflo budgets …`` and ``wflo costs``."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from decimal import Decimal
+
+import click
+from rich.table import Table
+
+from .. import _config
+from .._errors import UserError
+from ..cost._api import budgets as api
+from ..cost._ledger import PERIODS, usd_str
+from ._app import cli, console, dump_json, handle_errors
+
+
+@cli.group()
+def budgets() -> None:
+    """Set and inspect budget limits (tenant, workflow, agent, project, global)."""
+
+
+@budgets.command("set")
+@click.argument("scope")
+@click.option("--usd", required=True, help="Limit in USD, e.g. 20.00")
+@click.option("--period", type=click.Choice(PERIODS), default="none", show_default=True)
+@click.option("--max-reservation", "max_reservation", help="Cap on what one call may reserve (USD).")
+@handle_errors
+def budgets_set(scope: str, usd: str, period: str, max_reservation: str | None) -> None:
+    """Set a limit: `wflo budgets set tenant:acme --usd 20 --period day`."""
+    lim = api.set(scope, usd=usd, period=period, max_reservation_usd=max_reservation)
+    console.print(f"budget {lim.scope}: ${usd_str(lim.limit)} per {lim.period if lim.period != 'none' else 'total'}")
+
+
+@budgets.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def budgets_list(as_json: bool) -> None:
+    """Every limited scope with its spend and open reservations this period."""
+    rows = api.usage()
+    if as_json:
+        dump_json([{"scope": u.scope, "period": u.period, "period_start": u.period_start, "limit_usd": usd_str(u.limit),
+                    "spent_usd": usd_str(u.spent), "reserved_usd": usd_str(u.reserved)} for u in rows])  # fmt: skip
+        return
+    if not rows:
+        console.print("no budgets set (wflo budgets set SCOPE --usd N)")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("scope", "period", "limit", "spent", "reserved", "used"):
+        table.add_column(col)
+    for u in rows:
+        pct = (u.spent / u.limit * 100) if u.limit else Decimal(0)
+        style = "red" if pct >= 100 else "yellow" if pct >= 80 else "green"
+        table.add_row(u.scope, u.period_start or "total", f"${usd_str(u.limit)}", f"${usd_str(u.spent)}", f"${usd_str(u.reserved)}", f"[{style}]{pct:.1f}%[/]")
+    console.print(table)
+
+
+@budgets.command("show")
+@click.argument("scope")
+@handle_errors
+def budgets_show(scope: str) -> None:
+    """One scope's limit and current period."""
+    rows = api.usage(scope)
+    if not rows:
+        raise UserError(f"no budget is set for {scope!r}")
+    u = rows[0]
+    console.print(f"{u.scope}: limit ${usd_str(u.limit)} ({u.period}), spent ${usd_str(u.spent)}, reserved ${usd_str(u.reserved)}, remaining ${usd_str(u.remaining)}")
+
+
+@cli.command("costs")
+@click.option("--by", "group", type=click.Choice(["model", "workflow", "tenant", "run"]), default="model", show_default=True)
+@click.option("--since", help="Only calls at or after this UTC date/time (e.g. 2026-11-01).")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def costs(group: str, since: str | None, as_json: bool) -> None:
+    """Spend on LLM calls, grouped by model, workflow, tenant or run."""
+    store = _config.get_store()
+    sql = "SELECT e.data, r.workflow, r.tenant, r.id FROM events e JOIN runs r ON r.id = e.chain WHERE e.type = 'call.completed'"
+    params: list[str] = []
+    if since:
+        sql += " AND e.at >= ?"
+        params.append(since)
+    totals: dict[str, dict[str, Decimal]] = defaultdict(lambda: {"calls": Decimal(0), "usd": Decimal(0), "input": Decimal(0), "output": Decimal(0)})
+    for data_json, workflow, tenant, run_id in store.read(sql, params):
+        data = json.loads(data_json)
+        if data.get("kind") != "llm":
+            continue
+        key = {"model": data.get("name"), "workflow": workflow, "tenant": tenant or "-", "run": run_id}[group]
+        row = totals[str(key)]
+        row["calls"] += 1
+        row["usd"] += Decimal(data.get("cost_usd") or 0)
+        usage = data.get("usage") or {}
+        row["input"] += usage.get("input_tokens", 0)
+        row["output"] += usage.get("output_tokens", 0)
+    ordered = sorted(totals.items(), key=lambda kv: kv[1]["usd"], reverse=True)
+    if as_json:
+        dump_json([{group: k, "calls": int(v["calls"]), "cost_usd": usd_str(v["usd"]), "input_tokens": int(v["input"]), "output_tokens": int(v["output"])} for k, v in ordered])
+        return
+    table = Table(box=None, header_style="bold")
+    for col in (group, "calls", "input tokens", "output tokens", "cost"):
+        table.add_column(col)
+    for k, v in ordered:
+        table.add_row(k, str(v["calls"]), str(v["input"]), str(v["output"]), f"${usd_str(v['usd'])}")
+    console.print(table if ordered else "no LLM calls recorded")

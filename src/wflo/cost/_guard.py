@@ -1,0 +1,131 @@
+"""The budget guard: the link of the call boundary that keeps promise P1 for LLM calls."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import Any
+
+from .._errors import UnknownPriceError
+from .._scope import current_scope
+from ..engine import Call, Guard, Outcome
+from ..store import NewEvent
+from . import _llm
+from ._ledger import Budget, Ledger, Limit, Reservation, usd_str
+
+log = logging.getLogger("wflo.budget")
+
+_CAP_FIELDS = {"chat": ("max_completion_tokens", "max_tokens"), "responses": ("max_output_tokens",), "messages": ("max_tokens",)}
+
+
+class BudgetGuard(Guard):
+    """Before an LLM call: price it (an unknown model is refused when any limit applies:
+    fail closed), estimate its worst case (input estimate + output cap), reserve that on
+    every limited scope atomically, lowering ``max_tokens`` to fit or refusing the call.
+
+    After it: compute the real cost from the provider's reported usage (stream included,
+    and a stream abandoned half way), record model, usage, cost and price source in the
+    call's event, and settle the reservation in the same transaction as that event.
+    """
+
+    def __init__(self, ledger: Ledger, *, run_id: str, workflow: str, tenant: str | None, budget: Budget | None) -> None:
+        self.ledger = ledger
+        self.run_id = run_id
+        self.workflow = workflow
+        self.tenant = tenant
+        self.run_limit = (
+            Limit(f"run:{run_id}", budget.usd, "none", budget.max_reservation_usd, budget.alerts) if budget is not None else None
+        )
+
+    def __repr__(self) -> str:
+        return f"<BudgetGuard run={self.run_id}>"
+
+    def scopes(self) -> list[str]:
+        names = [f"workflow:{self.workflow}", "global"]
+        sc = current_scope()
+        tenant = sc.get("tenant") or self.tenant
+        if tenant:
+            names.append(f"tenant:{tenant}")
+        for key in ("agent", "project", "user"):
+            if sc.get(key):
+                names.append(f"{key}:{sc[key]}")
+        return names
+
+    def before(self, call: Call) -> None:
+        if call.kind != "llm":
+            return
+        body: dict[str, Any] = call.meta["body"]
+        api, provider, model = call.meta["api"], call.meta["provider"], call.name
+        extra = [self.run_limit] if self.run_limit is not None else []
+        try:
+            price = _llm.lookup_price(model, provider)
+        except UnknownPriceError:
+            if extra or self._any_limit():
+                raise
+            call.event["cost_usd"] = None
+            call.event["price_source"] = "unknown"
+            return
+        call.meta["price"] = price
+        input_tokens = _llm.estimate_input(provider, model, body)
+        cap_field, cap = _cap(api, body, model, provider)
+        request = _llm.cost_request(price, input_tokens, cap)
+        res = self.ledger.reserve(run_id=self.run_id, scopes=self.scopes(), extra_limits=extra, cost=request)
+        if res is None:
+            return
+        call.meta["reservation"] = res
+        call.event["reserved_usd"] = usd_str(res.amount)
+        if res.clamped and res.output_cap is not None:
+            body[cap_field] = res.output_cap
+            call.meta["body_changed"] = True
+            call.event["clamped"] = {"field": cap_field, "from": cap, "to": res.output_cap}
+
+    def _any_limit(self) -> bool:
+        names = self.scopes()
+        rows = self.ledger.store.read(f"SELECT COUNT(*) FROM budget_limits WHERE scope IN ({', '.join('?' * len(names))})", names)
+        return bool(rows and rows[0][0])
+
+    def after(self, call: Call, outcome: Outcome) -> None:
+        if call.kind != "llm":
+            return
+        res: Reservation | None = call.meta.get("reservation")
+        value = outcome.value if isinstance(outcome.value, dict) else None
+        usage = _llm.usage_of(call.meta["api"], value) if value else None
+        price = call.meta.get("price")
+        call.event["provider"] = call.meta["provider"]
+        if usage is not None:
+            call.event["usage"] = _llm.usage_dict(usage)
+        if price is None:
+            if res is not None:
+                call.ops.append(self.ledger.settle_op(res, Decimal(0)))
+            return
+        cost = _llm.cost_of(call.name, call.meta["provider"], usage) if usage is not None else None
+        if cost is None:
+            # No usage reported (a failed request, a stream cut before its usage event): charge
+            # what the response shows at most, else the input estimate, never a silent $0 for
+            # a call that reached the provider with a body.
+            cost = _llm.fallback_cost(price, call.meta["body"], call.meta["provider"], value)
+            call.event["cost_estimated"] = True
+        call.event["cost_usd"] = usd_str(cost)
+        call.event["price_source"] = getattr(price, "source", "unknown")
+        call.event["price_version"] = getattr(price, "source_version", None)
+        if res is not None:
+            call.ops.append(self.ledger.settle_op(res, cost))
+
+    def recorded(self, call: Call, outcome: Outcome) -> None:
+        res: Reservation | None = call.meta.get("reservation")
+        if res is None or not res.alerts_crossed:
+            return
+        events = [NewEvent("budget.threshold", {**alert, "call": call.call_id}) for alert in res.alerts_crossed]
+        call.run.append(events)
+        from ._alerts import notify_thresholds
+
+        notify_thresholds(res.alerts_crossed, run_id=self.run_id)
+
+
+def _cap(api: str, body: dict[str, Any], model: str, provider: str) -> tuple[str, int]:
+    fields = _CAP_FIELDS.get(api, ("max_tokens",))
+    for name in fields:
+        value = body.get(name)
+        if isinstance(value, int) and value > 0:
+            return name, value
+    return fields[0], _llm.default_output_cap(model, provider)

@@ -1,0 +1,412 @@
+"""The budget ledger: reserve before a call, settle after it, in the store, atomically.
+
+Every scope that has a limit keeps ``spent`` and ``reserved`` per period (``none``, ``day``,
+``month``, in UTC). A call reserves its worst-case cost on *all* its scopes in one write
+transaction (all or none), so concurrent calls in any number of processes can never together
+commit more than a limit: the sum of settled spend and open reservations never exceeds it.
+When the worst case does not fit, the output cap is lowered until it does, or the call is
+refused. Settling replaces the reservation by the real cost in the same transaction as the
+call's journal event. Reservations of a process that died expire and are released by the
+next reserve on the store.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import ROUND_FLOOR, Decimal
+from typing import Any
+
+from .._errors import BudgetExceededError, UserError
+from ..store import NewEvent, Store, StoreOp, new_id, now_iso
+
+PERIODS = ("none", "day", "month")
+DEFAULT_ALERTS = (50, 80, 100)
+
+
+def to_usd(value: Any, what: str = "amount") -> Decimal:
+    """A USD amount as an exact ``Decimal`` (str/int/Decimal; float through its repr)."""
+    if isinstance(value, bool):
+        raise UserError(f"{what} must be a number of USD, got {value!r}")
+    try:
+        amount = Decimal(str(value)) if isinstance(value, int | float | str) else Decimal(value)
+    except Exception:
+        raise UserError(f"{what} must be a number of USD, got {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise UserError(f"{what} must be a finite, non-negative USD amount, got {value!r}")
+    return amount
+
+
+def usd_str(amount: Decimal) -> str:
+    """Exact text form of an amount (no exponent)."""
+    text = format(amount, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def period_start(period: str, at: datetime | None = None) -> str:
+    at = at or datetime.now(UTC)
+    if period == "day":
+        return at.strftime("%Y-%m-%d")
+    if period == "month":
+        return at.strftime("%Y-%m")
+    return ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """A spending limit for each run of a workflow: ``@wflo.workflow(budget=wflo.Budget(usd="0.50"))``.
+
+    Checked *before* every LLM call of the run (its worst-case cost is reserved; the output
+    cap is lowered to fit, or the call is refused) and settled *after* it on the provider's
+    reported usage.
+    """
+
+    usd: Decimal
+    """The limit in USD (str, int or Decimal; never a float rounding surprise)."""
+    max_reservation_usd: Decimal | None = None
+    """Cap on what one call may reserve (``None``: no cap): one long-context call can't lock
+    the whole budget."""
+    alerts: tuple[int, ...] = DEFAULT_ALERTS
+    """Percentages at which a ``budget.threshold`` event is recorded (and a webhook sent)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "usd", to_usd(self.usd, "Budget(usd=...)"))
+        if self.max_reservation_usd is not None:
+            object.__setattr__(self, "max_reservation_usd", to_usd(self.max_reservation_usd, "max_reservation_usd"))
+        object.__setattr__(self, "alerts", tuple(sorted({int(a) for a in self.alerts})))
+
+    def to_run_options(self) -> dict[str, Any]:
+        """How the budget is stored with each run (so any worker enforces the same limit)."""
+        return {"budget": {
+            "usd": usd_str(self.usd),
+            "max_reservation_usd": None if self.max_reservation_usd is None else usd_str(self.max_reservation_usd),
+            "alerts": list(self.alerts),
+        }}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    scope: str
+    limit: Decimal
+    period: str = "none"
+    max_reservation: Decimal | None = None
+    alerts: tuple[int, ...] = DEFAULT_ALERTS
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    """A scope's current period: its limit, what is spent and what is reserved."""
+
+    scope: str
+    period: str
+    period_start: str
+    limit: Decimal
+    spent: Decimal
+    reserved: Decimal
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.limit - self.spent - self.reserved
+
+
+@dataclass(slots=True)
+class Reservation:
+    """Money held for one call on every scope it touches."""
+
+    id: str
+    amount: Decimal
+    scopes: list[tuple[str, str]]  # (scope, period_start)
+    output_cap: int | None
+    clamped: bool = False
+    alerts_crossed: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CostRequest:
+    """What the budget needs to know about a call to bound its cost."""
+
+    input_cost: Decimal
+    """Worst-case cost of the input (estimated tokens × input price)."""
+    output_price_per_token: Decimal
+    output_cap: int | None
+    """The request's output cap in tokens (after defaults)."""
+    min_output_tokens: int = 16
+    """Below this, a clamped call is refused rather than sent (it could not answer)."""
+
+    def worst(self, cap: int | None = None) -> Decimal:
+        tokens = self.output_cap if cap is None else cap
+        return self.input_cost + self.output_price_per_token * (tokens or 0)
+
+
+class Ledger:
+    """The budget tables of one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # ------------------------------------------------------------- limits
+    def set_limit(
+        self,
+        scope: str,
+        usd: Any,
+        *,
+        period: str = "none",
+        max_reservation_usd: Any = None,
+        alerts: Sequence[int] = DEFAULT_ALERTS,
+        by: str = "unknown",
+    ) -> Limit:
+        scope = _check_scope(scope)
+        if period not in PERIODS:
+            raise UserError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
+        limit = to_usd(usd, "usd")
+        max_res = None if max_reservation_usd is None else to_usd(max_reservation_usd, "max_reservation_usd")
+        alert_list = sorted({int(a) for a in alerts})
+        now = now_iso()
+        before = self.get_limit(scope)
+
+        def op(cur: Any) -> None:
+            st = self.store
+            st.execute(cur, "DELETE FROM budget_limits WHERE scope = ?", (scope,))
+            st.execute(
+                cur,
+                "INSERT INTO budget_limits (scope, limit_usd, period, max_reservation_usd, alerts, updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (scope, usd_str(limit), period, None if max_res is None else usd_str(max_res), json.dumps(alert_list), now, by),
+            )
+            st.execute(cur, "UPDATE budget_usage SET limit_usd = ? WHERE scope = ? AND period_start = ?", (usd_str(limit), scope, period_start(period)))
+
+        self.store.append_system(
+            [NewEvent("budget.set", {
+                "scope": scope, "usd": usd_str(limit), "period": period, "by": by,
+                "max_reservation_usd": None if max_res is None else usd_str(max_res),
+                "before": None if before is None else {"usd": usd_str(before.limit), "period": before.period},
+            })],
+            ops=[op],
+        )  # fmt: skip
+        return Limit(scope, limit, period, max_res, tuple(alert_list))
+
+    def remove_limit(self, scope: str, *, by: str = "unknown") -> bool:
+        before = self.get_limit(scope)
+        if before is None:
+            return False
+
+        def op(cur: Any) -> None:
+            self.store.execute(cur, "DELETE FROM budget_limits WHERE scope = ?", (scope,))
+
+        self.store.append_system([NewEvent("budget.removed", {"scope": scope, "by": by, "usd": usd_str(before.limit)})], ops=[op])
+        return True
+
+    def get_limit(self, scope: str) -> Limit | None:
+        rows = self.store.read("SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits WHERE scope = ?", (scope,))
+        return _limit_row(rows[0]) if rows else None
+
+    def limits(self) -> list[Limit]:
+        rows = self.store.read("SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits ORDER BY scope")
+        return [_limit_row(r) for r in rows]
+
+    def usage(self, scope: str | None = None) -> list[BudgetUsage]:
+        """Current-period usage of every limited scope (or one)."""
+        self.expire()
+        result = []
+        for lim in self.limits() if scope is None else [x for x in [self.get_limit(scope)] if x]:
+            start = period_start(lim.period)
+            rows = self.store.read("SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?", (lim.scope, start))
+            spent, reserved = (Decimal(rows[0][0]), Decimal(rows[0][1])) if rows else (Decimal(0), Decimal(0))
+            result.append(BudgetUsage(lim.scope, lim.period, start, lim.limit, spent, reserved))
+        return result
+
+    def scope_usage(self, scope: str, period_start_: str = "") -> BudgetUsage | None:
+        rows = self.store.read(
+            "SELECT limit_usd, spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?", (scope, period_start_)
+        )
+        if not rows:
+            return None
+        return BudgetUsage(scope, "none", period_start_, Decimal(rows[0][0]), Decimal(rows[0][1]), Decimal(rows[0][2]))
+
+    # ------------------------------------------------------------- reserve / settle
+    def reserve(
+        self,
+        *,
+        run_id: str | None,
+        scopes: Sequence[str],
+        extra_limits: Sequence[Limit] = (),
+        cost: CostRequest,
+        ttl_seconds: float = 600.0,
+    ) -> Reservation | None:
+        """Hold the worst-case cost of a call on every limited scope, all or none.
+
+        Returns ``None`` when no scope has a limit. Lowers the output cap when the worst case
+        does not fit; raises ``BudgetExceededError`` when even ``min_output_tokens`` do not.
+        """
+        now = now_iso()
+
+        def txn(cur: Any) -> Reservation | None:
+            st = self.store
+            self._expire(cur, now)
+            limits = {lim.scope: lim for lim in extra_limits}
+            names = [s for s in scopes if s not in limits]
+            if names:
+                st.execute(
+                    cur,
+                    f"SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits WHERE scope IN ({', '.join('?' * len(names))})",
+                    names,
+                )
+                for row in cur.fetchall():
+                    limits[row[0]] = _limit_row(row)
+            if not limits:
+                return None
+            rows: list[tuple[Limit, str, Decimal, Decimal]] = []
+            for scope in sorted(limits):  # a fixed lock order: no deadlocks between reservers
+                lim = limits[scope]
+                start = period_start(lim.period)
+                spent, reserved = self._lock_usage(cur, lim, start, now)
+                rows.append((lim, start, spent, reserved))
+            room: Decimal | None = None
+            binding = rows[0]
+            for lim, start, spent, reserved in rows:
+                avail = lim.limit - spent - reserved
+                if lim.max_reservation is not None:
+                    avail = min(avail, lim.max_reservation)
+                if room is None or avail < room:
+                    room, binding = avail, (lim, start, spent, reserved)
+            assert room is not None
+            needed = cost.worst()
+            cap, clamped = cost.output_cap, False
+            if needed > room:
+                if cost.output_price_per_token > 0:
+                    fit = ((room - cost.input_cost) / cost.output_price_per_token).to_integral_value(rounding=ROUND_FLOOR)
+                    tokens = int(fit) if fit > 0 else 0
+                else:
+                    tokens = 0
+                if cost.output_cap is not None and cost.output_price_per_token > 0 and tokens >= cost.min_output_tokens:
+                    cap, clamped = tokens, True
+                    needed = cost.worst(cap)
+                else:
+                    lim, _, spent, reserved = binding
+                    raise BudgetExceededError(scope=lim.scope, limit=lim.limit, spent=spent, reserved=reserved, requested=needed)
+            res = Reservation(new_id(), needed, [(lim.scope, start) for lim, start, _, _ in rows], cap, clamped)
+            for lim, start, _, reserved in rows:
+                st.execute(
+                    cur,
+                    "UPDATE budget_usage SET reserved_usd = ?, updated_at = ? WHERE scope = ? AND period_start = ?",
+                    (usd_str(reserved + needed), now, lim.scope, start),
+                )
+            st.execute(
+                cur,
+                "INSERT INTO reservations (id, run_id, scopes, amount_usd, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (res.id, run_id, json.dumps(res.scopes), usd_str(needed), now_iso(ttl_seconds), now),
+            )
+            return res
+
+        return self.store.write(txn)
+
+    def _lock_usage(self, cur: Any, lim: Limit, start: str, now: str) -> tuple[Decimal, Decimal]:
+        st = self.store
+        st.execute(cur, f"SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}", (lim.scope, start))
+        row = cur.fetchone()
+        if row is None:
+            st.execute(
+                cur,
+                "INSERT INTO budget_usage (scope, period_start, limit_usd, spent_usd, reserved_usd, alerted, updated_at) "
+                "VALUES (?, ?, ?, '0', '0', '[]', ?) ON CONFLICT (scope, period_start) DO NOTHING",
+                (lim.scope, start, usd_str(lim.limit), now),
+            )
+            st.execute(cur, f"SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}", (lim.scope, start))
+            row = cur.fetchone()
+        return Decimal(row[0]), Decimal(row[1])
+
+    def settle_op(self, res: Reservation, actual: Decimal) -> StoreOp:
+        """A store op that replaces the reservation by the real cost (run it in the event's tx).
+
+        If the reservation already expired (and was released by someone else), only the
+        spend is added. Crossed alert thresholds are noted in ``res.alerts_crossed``.
+        """
+
+        def op(cur: Any) -> None:
+            st = self.store
+            st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res.id,))
+            still_held = (cur.rowcount or 0) > 0
+            now = now_iso()
+            for scope, start in sorted(res.scopes):
+                st.execute(
+                    cur,
+                    f"SELECT limit_usd, spent_usd, reserved_usd, alerted FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}",
+                    (scope, start),
+                )
+                row = cur.fetchone()
+                if row is None:
+                    continue
+                limit, spent, reserved = Decimal(row[0]), Decimal(row[1]), Decimal(row[2])
+                alerted = set(json.loads(row[3]))
+                new_spent = spent + actual
+                new_reserved = max(Decimal(0), reserved - res.amount) if still_held else reserved
+                lim = self._alerts_for(cur, scope)
+                for pct in lim:
+                    if pct not in alerted and limit > 0 and new_spent * 100 >= limit * pct:
+                        alerted.add(pct)
+                        res.alerts_crossed.append({"scope": scope, "percent": pct, "spent": usd_str(new_spent), "limit": usd_str(limit)})
+                st.execute(
+                    cur,
+                    "UPDATE budget_usage SET spent_usd = ?, reserved_usd = ?, alerted = ?, updated_at = ? WHERE scope = ? AND period_start = ?",
+                    (usd_str(new_spent), usd_str(new_reserved), json.dumps(sorted(alerted)), now, scope, start),
+                )
+
+        return op
+
+    def _alerts_for(self, cur: Any, scope: str) -> tuple[int, ...]:
+        self.store.execute(cur, "SELECT alerts FROM budget_limits WHERE scope = ?", (scope,))
+        row = cur.fetchone()
+        return tuple(json.loads(row[0])) if row else DEFAULT_ALERTS
+
+    def settle(self, res: Reservation, actual: Decimal) -> None:
+        """Settle outside a journal append (calls made outside any run)."""
+        op = self.settle_op(res, actual)
+        self.store.write(op)
+
+    def expire(self) -> int:
+        """Release every reservation past its expiry; return how many."""
+        return self.store.write(lambda cur: self._expire(cur, now_iso()))
+
+    def _expire(self, cur: Any, now: str) -> int:
+        st = self.store
+        st.execute(cur, "SELECT id, scopes, amount_usd FROM reservations WHERE expires_at < ?", (now,))
+        stale = cur.fetchall()
+        for res_id, scopes_json, amount_text in stale:
+            amount = Decimal(amount_text)
+            for scope, start in sorted(tuple(s) for s in json.loads(scopes_json)):
+                st.execute(cur, f"SELECT reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}", (scope, start))
+                row = cur.fetchone()
+                if row is not None:
+                    st.execute(
+                        cur,
+                        "UPDATE budget_usage SET reserved_usd = ? WHERE scope = ? AND period_start = ?",
+                        (usd_str(max(Decimal(0), Decimal(row[0]) - amount)), scope, start),
+                    )
+            st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res_id,))
+        return len(stale)
+
+    def open_reservations(self) -> int:
+        return int(self.store.read("SELECT COUNT(*) FROM reservations")[0][0])
+
+
+def _limit_row(row: Sequence[Any]) -> Limit:
+    return Limit(
+        scope=row[0],
+        limit=Decimal(row[1]),
+        period=row[2],
+        max_reservation=None if row[3] is None else Decimal(row[3]),
+        alerts=tuple(json.loads(row[4])),
+    )
+
+
+_SCOPE_KINDS = ("run", "workflow", "tenant", "agent", "global", "user", "project")
+
+
+def _check_scope(scope: str) -> str:
+    kind = scope.split(":", 1)[0]
+    if scope != "global" and (":" not in scope or kind not in _SCOPE_KINDS or not scope.split(":", 1)[1]):
+        raise UserError(f"budget scope {scope!r} must look like 'tenant:acme', 'workflow:NAME', 'agent:NAME', 'project:NAME' or 'global'")
+    return scope

@@ -1,0 +1,237 @@
+"""Provider-client interception at the HTTP layer: the universal way wflo sees LLM calls.
+
+The ``openai`` and ``anthropic`` SDKs (and LiteLLM, and frameworks built on them) send every
+request through ``httpx``/``httpx2`` ``Client.send``. wflo wraps ``send`` once per process:
+a POST to ``…/chat/completions``, ``…/responses`` or ``…/messages`` made inside a run becomes
+a guarded, journaled call of kind ``llm``:
+
+* before it is sent, the guard chain runs (loop guard, approvals, budget reserve, which may
+  lower the body's ``max_tokens``/``max_output_tokens``, or refuse the call: then nothing is
+  sent);
+* the response (status, a few headers, the body; for a stream the whole event stream, kept
+  as it passes through to the caller) is recorded, and the guards settle on the usage the
+  provider reported;
+* on replay the recorded response is returned without any HTTP request, so the SDK parses
+  the same bytes again and a resumed run never pays twice for a finished call.
+
+Working at this layer keeps wflo independent of each SDK's method surface (sync, async,
+streaming, ``with_raw_response``, Responses and Chat Completions all share it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
+
+_PATHS = (("/chat/completions", "chat"), ("/responses", "responses"), ("/messages", "messages"))
+_KEEP_HEADERS = ("content-type", "retry-after", "x-request-id", "request-id")
+_installed: set[str] = set()
+_lock = threading.Lock()
+
+# Set by wflo.init(): a run to record calls made outside any workflow.
+implicit_run: Callable[[], Any] | None = None
+
+
+def llm_api(method: str, path: str) -> str | None:
+    """Which LLM API a request is (``chat``, ``responses``, ``messages``), or ``None``."""
+    if method != "POST":
+        return None
+    for suffix, api in _PATHS:
+        if path.endswith(suffix):
+            return api
+    return None
+
+
+def provider_of(api: str, host: str) -> str:
+    if api == "messages" or "anthropic" in host:
+        return "anthropic"
+    for name in ("openai", "groq", "mistral", "deepseek", "together", "fireworks", "openrouter", "x.ai", "google"):
+        if name in host:
+            return name.replace("x.ai", "xai")
+    return "openai"
+
+
+def install() -> list[str]:
+    """Wrap ``send`` of ``httpx``/``httpx2`` clients (whichever are installed). Idempotent."""
+    with _lock:
+        for name in ("httpx2", "httpx"):
+            if name in _installed:
+                continue
+            try:
+                mod = importlib.import_module(name)
+            except ImportError:
+                continue
+            _wrap(mod)
+            _installed.add(name)
+        return sorted(_installed)
+
+
+def _wrap(mod: Any) -> None:
+    sync_send = mod.Client.send
+    async_send = mod.AsyncClient.send
+
+    def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        api = llm_api(request.method, request.url.path)
+        ctx = current_run() if api else None
+        if ctx is None and api and implicit_run is not None:
+            ctx = implicit_run()
+        if ctx is None:
+            return sync_send(self, request, *args, **kwargs)
+        call, request, replayed = _begin(mod, ctx, api, request)
+        if replayed is not NOT_REPLAYED:
+            return replayed
+        t0 = time.perf_counter()
+        try:
+            response = sync_send(self, request, *args, **kwargs)
+        except BaseException as exc:
+            finish_call(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
+            raise
+        if _is_stream(response):
+            response.stream = _SyncRecorder(response, call, t0)
+            return response
+        response.read()
+        _end(call, response, response.content, True, t0)
+        return response
+
+    async def asend(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        api = llm_api(request.method, request.url.path)
+        ctx = current_run() if api else None
+        if ctx is None and api and implicit_run is not None:
+            ctx = implicit_run()
+        if ctx is None:
+            return await async_send(self, request, *args, **kwargs)
+        call, request, replayed = _begin(mod, ctx, api, request)
+        if replayed is not NOT_REPLAYED:
+            return replayed
+        t0 = time.perf_counter()
+        try:
+            response = await async_send(self, request, *args, **kwargs)
+        except BaseException as exc:
+            finish_call(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
+            raise
+        if _is_stream(response):
+            response.stream = _AsyncRecorder(response, call, t0)
+            return response
+        await response.aread()
+        _end(call, response, response.content, True, t0)
+        return response
+
+    send.__wflo_wrapped__ = sync_send  # type: ignore[attr-defined]
+    asend.__wflo_wrapped__ = async_send  # type: ignore[attr-defined]
+    mod.Client.send = send
+    mod.AsyncClient.send = asend
+
+
+def _is_stream(response: Any) -> bool:
+    return "text/event-stream" in response.headers.get("content-type", "")
+
+
+def _begin(mod: Any, ctx: Any, api: str, request: Any) -> tuple[Call, Any, Any]:
+    try:
+        body = json.loads(request.content or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    model = str(body.get("model", "unknown"))
+    call = Call(
+        kind="llm", name=model, args=(), kwargs={}, run=ctx, record_input=False,
+        meta={"api": api, "provider": provider_of(api, request.url.host), "body": body, "url": str(request.url)},
+    )  # fmt: skip
+    replayed = start_call(call)
+    if replayed is not NOT_REPLAYED:
+        return call, request, _response(mod, replayed, request)
+    if call.meta.get("body_changed"):
+        request = _with_body(mod, request, call.meta["body"])
+    return call, request, NOT_REPLAYED
+
+
+def _with_body(mod: Any, request: Any, body: dict[str, Any]) -> Any:
+    content = json.dumps(body).encode()
+    headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+    return mod.Request(request.method, request.url, headers=headers, content=content, extensions=request.extensions)
+
+
+def _response(mod: Any, recorded: dict[str, Any], request: Any) -> Any:
+    body = recorded.get("body", "")
+    return mod.Response(recorded.get("status", 200), headers=recorded.get("headers", {}), content=body.encode(), request=request)
+
+
+def _end(call: Call, response: Any, content: bytes, complete: bool, t0: float) -> None:
+    headers = {k: response.headers[k] for k in _KEEP_HEADERS if k in response.headers}
+    value = {"status": response.status_code, "headers": headers, "body": content.decode("utf-8", "replace")}
+    if not complete:
+        value["complete"] = False
+    finish_call(call, Outcome(value=value, duration_ms=(time.perf_counter() - t0) * 1000), check_cancel=False)
+
+
+class _SyncRecorder:
+    """Passes a response stream through to the SDK, keeping a copy; settles when it ends."""
+
+    def __init__(self, response: Any, call: Call, t0: float) -> None:
+        self._inner = response.stream
+        self._response = response
+        self._call = call
+        self._t0 = t0
+        self._chunks: list[bytes] = []
+        self._done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._inner:
+                self._chunks.append(chunk)
+                yield chunk
+        except Exception:
+            self._finish(False)
+            raise
+        self._finish(True)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._finish(False)
+
+    def _finish(self, complete: bool) -> None:
+        if not self._done:
+            self._done = True
+            _end(self._call, self._response, b"".join(self._chunks), complete, self._t0)
+
+
+class _AsyncRecorder:
+    """The async twin of :class:`_SyncRecorder`."""
+
+    def __init__(self, response: Any, call: Call, t0: float) -> None:
+        self._inner = response.stream
+        self._response = response
+        self._call = call
+        self._t0 = t0
+        self._chunks: list[bytes] = []
+        self._done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                self._chunks.append(chunk)
+                yield chunk
+        except Exception:
+            self._finish(False)
+            raise
+        self._finish(True)
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            self._finish(False)
+
+    def _finish(self, complete: bool) -> None:
+        if not self._done:
+            self._done = True
+            _end(self._call, self._response, b"".join(self._chunks), complete, self._t0)

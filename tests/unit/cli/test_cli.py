@@ -1,0 +1,86 @@
+"""The `wflo` command as users run it: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+def wflo(*args: str, db: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env["WFLO_DATABASE_URL"] = db
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
+    proc = subprocess.run([sys.executable, "-m", "wflo.cli", *args], env=env, cwd=HERE, capture_output=True, text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert text in proc.stderr
+    assert proc.stderr.strip().startswith("error:")
+
+
+def test_run_list_show(store_url: str) -> None:
+    out = wflo("run", "cliapp:greet", "--input", '{"name": "otter"}', "--id", "g1", db=store_url, check=True)
+    assert json.loads(out.stdout) == "HELLO OTTER!"
+    listed = json.loads(wflo("runs", "list", "--json", db=store_url, check=True).stdout)
+    assert [r["id"] for r in listed] == ["g1"] and listed[0]["status"] == "succeeded"
+    shown = json.loads(wflo("runs", "show", "g1", "--json", db=store_url, check=True).stdout)
+    assert [e["type"] for e in shown["events"]] == ["run.created", "run.started", "call.completed", "run.completed"]
+    text = wflo("runs", "show", "g1", db=store_url, check=True).stdout
+    assert "succeeded" in text and "shout" in text
+
+
+def test_start_worker_and_cancel(store_url: str) -> None:
+    run_id = wflo("run", "cliapp:greet", "--input", '["worker"]', "--start", db=store_url, check=True).stdout.strip()
+    other = wflo("run", "cliapp:greet", "--input", '["never"]', "--start", db=store_url, check=True).stdout.strip()
+    assert "cancelled" in wflo("runs", "cancel", other, db=store_url, check=True).stdout
+    wflo("worker", "-i", "cliapp", "--idle-exit", "0.5", "-q", db=store_url, check=True)
+    shown = json.loads(wflo("runs", "show", run_id, "--json", db=store_url, check=True).stdout)
+    assert shown["status"] == "succeeded" and shown["output"] == "HELLO WORKER!"
+    assert json.loads(wflo("runs", "show", other, "--json", db=store_url, check=True).stdout)["status"] == "cancelled"
+    assert_one_line_error(wflo("runs", "cancel", other, db=store_url), 2, "already ended")
+
+
+def test_failed_workflow_exit_status(store_url: str) -> None:
+    proc = wflo("run", "cliapp:explode", db=store_url)
+    assert proc.returncode != 0
+    assert "kaboom" in proc.stderr
+    listed = json.loads(wflo("runs", "list", "--status", "failed", "--json", db=store_url, check=True).stdout)
+    assert listed[0]["error"]["message"] == "kaboom"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (("runs", "show", "no-such-run"), 3, "no run with id"),
+        (("runs", "resume", "no-such-run"), 3, "no run with id"),
+        (("runs", "cancel", "no-such-run"), 3, "no run with id"),
+        (("run", "cliapp:greet", "--input", "{bad json"), 2, "not valid JSON"),
+        (("run", "cliapp-greet"), 2, "is not MODULE:FUNCTION"),
+        (("run", "nosuchmodule:x"), 2, "cannot import"),
+        (("run", "cliapp:shout"), 2, "is not a @wflo.workflow"),
+        (("worker", "-i", "nosuchmodule"), 2, "cannot import"),
+    ],
+)
+def test_user_mistakes_get_one_line_errors(sqlite_url: str, args: tuple[str, ...], code: int, text: str) -> None:
+    assert_one_line_error(wflo(*args, db=sqlite_url), code, text)
+
+
+def test_unreachable_database_and_schema_checks(tmp_path: Path) -> None:
+    assert_one_line_error(wflo("runs", "list", db="postgresql://x:pw@127.0.0.1:1/none"), 4, "cannot open the wflo store")
+    fresh = f"sqlite:///{tmp_path}/fresh.db"
+    assert_one_line_error(wflo("db", "check", db=fresh), 5, "wflo db migrate")
+    assert "applied m001_initial, m002_budgets" in wflo("db", "migrate", db=fresh, check=True).stdout
+    assert "ok:" in wflo("db", "check", db=fresh, check=True).stdout
+    assert_one_line_error(wflo("runs", "list", db="mysql://nope"), 2, "unsupported database URL")
