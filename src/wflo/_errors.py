@@ -199,10 +199,7 @@ class SchemaVersionError(StoreError):
             fix = "upgrade wflo (pip install -U wflo)"
         else:
             fix = "run `wflo db migrate`"
-        return (
-            f"the store at {self.url} has schema version {self.found}, this wflo needs "
-            f"{self.expected}: {fix}"
-        )
+        return f"the store at {self.url} has schema version {self.found}, this wflo needs {self.expected}: {fix}"
 
 
 class RunNotFoundError(WfloError):

@@ -98,7 +98,13 @@ def test_workers_racing_for_recoverable_runs_never_run_one_twice(store_url: str,
     effects = tmp_path / "effects.log"
     ids = []
     for n in range(8):
-        run, _ = store.create_run(run_id=f"race-{n}", workflow="crashapp", input={"args": [3], "kwargs": {}}, owner="deadhost:1:x", lease_seconds=0.3)
+        run, _ = store.create_run(
+            run_id=f"race-{n}",
+            workflow="crashapp",
+            input={"args": [3], "kwargs": {}},
+            owner="deadhost:1:x",
+            lease_seconds=0.3,
+        )
         ids.append(run.id)
     time.sleep(0.4)  # the dead owner's leases expire
     env = _env(store_url)

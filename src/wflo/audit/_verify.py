@@ -45,7 +45,16 @@ def verify_chain(store: Store, chain: str, *, recorded_head: tuple[int, str] | N
     if recorded_head is None:
         recorded_head = _recorded_head(store, chain)
     if recorded_head is not None and (recorded_head[0] != count or recorded_head[1] != prev):
-        return ChainReport(chain, count, False, prev, count + 1, "head", f"{recorded_head[0]}:{recorded_head[1][:16]}", f"{count}:{prev[:16]}")
+        return ChainReport(
+            chain,
+            count,
+            False,
+            prev,
+            count + 1,
+            "head",
+            f"{recorded_head[0]}:{recorded_head[1][:16]}",
+            f"{count}:{prev[:16]}",
+        )
     return ChainReport(chain, count, True, prev)
 
 

@@ -52,7 +52,14 @@ def budgets_list(as_json: bool) -> None:
     for u in rows:
         pct = (u.spent / u.limit * 100) if u.limit else Decimal(0)
         style = "red" if pct >= 100 else "yellow" if pct >= 80 else "green"
-        table.add_row(u.scope, u.period_start or "total", f"${usd_str(u.limit)}", f"${usd_str(u.spent)}", f"${usd_str(u.reserved)}", f"[{style}]{pct:.1f}%[/]")
+        table.add_row(
+            u.scope,
+            u.period_start or "total",
+            f"${usd_str(u.limit)}",
+            f"${usd_str(u.spent)}",
+            f"${usd_str(u.reserved)}",
+            f"[{style}]{pct:.1f}%[/]",
+        )
     console.print(table)
 
 
@@ -65,11 +72,15 @@ def budgets_show(scope: str) -> None:
     if not rows:
         raise UserError(f"no budget is set for {scope!r}")
     u = rows[0]
-    console.print(f"{u.scope}: limit ${usd_str(u.limit)} ({u.period}), spent ${usd_str(u.spent)}, reserved ${usd_str(u.reserved)}, remaining ${usd_str(u.remaining)}")
+    console.print(
+        f"{u.scope}: limit ${usd_str(u.limit)} ({u.period}), spent ${usd_str(u.spent)}, reserved ${usd_str(u.reserved)}, remaining ${usd_str(u.remaining)}"
+    )
 
 
 @cli.command("costs")
-@click.option("--by", "group", type=click.Choice(["model", "workflow", "tenant", "run"]), default="model", show_default=True)
+@click.option(
+    "--by", "group", type=click.Choice(["model", "workflow", "tenant", "run"]), default="model", show_default=True
+)
 @click.option("--since", help="Only calls at or after this UTC date/time (e.g. 2026-11-01).")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
@@ -81,7 +92,9 @@ def costs(group: str, since: str | None, as_json: bool) -> None:
     if since:
         sql += " AND e.at >= ?"
         params.append(since)
-    totals: dict[str, dict[str, Decimal]] = defaultdict(lambda: {"calls": Decimal(0), "usd": Decimal(0), "input": Decimal(0), "output": Decimal(0)})
+    totals: dict[str, dict[str, Decimal]] = defaultdict(
+        lambda: {"calls": Decimal(0), "usd": Decimal(0), "input": Decimal(0), "output": Decimal(0)}
+    )
     for data_json, workflow, tenant, run_id in store.read(sql, params):
         data = json.loads(data_json)
         if data.get("kind") != "llm":
@@ -95,7 +108,18 @@ def costs(group: str, since: str | None, as_json: bool) -> None:
         row["output"] += usage.get("output_tokens", 0)
     ordered = sorted(totals.items(), key=lambda kv: kv[1]["usd"], reverse=True)
     if as_json:
-        dump_json([{group: k, "calls": int(v["calls"]), "cost_usd": usd_str(v["usd"]), "input_tokens": int(v["input"]), "output_tokens": int(v["output"])} for k, v in ordered])
+        dump_json(
+            [
+                {
+                    group: k,
+                    "calls": int(v["calls"]),
+                    "cost_usd": usd_str(v["usd"]),
+                    "input_tokens": int(v["input"]),
+                    "output_tokens": int(v["output"]),
+                }
+                for k, v in ordered
+            ]
+        )
         return
     table = Table(box=None, header_style="bold")
     for col in (group, "calls", "input tokens", "output tokens", "cost"):

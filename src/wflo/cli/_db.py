@@ -51,10 +51,14 @@ def db_check() -> None:
               help="Module(s) whose workflows this worker serves (repeatable).")  # fmt: skip
 @click.option("--concurrency", "-c", default=4, show_default=True, type=click.IntRange(1, 1024))
 @click.option("--max-runs", type=click.IntRange(1), help="Exit after this many runs.")
-@click.option("--idle-exit", type=click.FloatRange(0), metavar="SECONDS", help="Exit after this long with nothing to do.")
+@click.option(
+    "--idle-exit", type=click.FloatRange(0), metavar="SECONDS", help="Exit after this long with nothing to do."
+)
 @click.option("--quiet", "-q", is_flag=True)
 @handle_errors
-def worker_cmd(modules: tuple[str, ...], concurrency: int, max_runs: int | None, idle_exit: float | None, quiet: bool) -> None:
+def worker_cmd(
+    modules: tuple[str, ...], concurrency: int, max_runs: int | None, idle_exit: float | None, quiet: bool
+) -> None:
     """Serve queued runs, and recover the runs of workers that died."""
     import_modules(modules)
     from ..engine import Worker, registered_workflows

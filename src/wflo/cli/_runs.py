@@ -65,7 +65,9 @@ def runs_list(status: str | None, workflow: str | None, limit: int, as_json: boo
         table.add_column(col)
     for r in records:
         err = (r.error or {}).get("message", "") if r.error else ""
-        table.add_row(r.id, r.workflow, _status(r.status), r.created_at[:19].replace("T", " "), str(r.last_seq), _short(err, 50))
+        table.add_row(
+            r.id, r.workflow, _status(r.status), r.created_at[:19].replace("T", " "), str(r.last_seq), _short(err, 50)
+        )
     console.print(table)
 
 
@@ -85,7 +87,9 @@ def runs_show(run_id: str, as_json: bool) -> None:
         return
     console.print(f"[bold]run[/] {r.id}  {_status(r.status)}")
     console.print(f"workflow  {r.workflow}")
-    console.print(f"created   {r.created_at}   attempts {r.attempts}" + (f"   finished {r.finished_at}" if r.finished_at else ""))
+    console.print(
+        f"created   {r.created_at}   attempts {r.attempts}" + (f"   finished {r.finished_at}" if r.finished_at else "")
+    )
     if r.tenant:
         console.print(f"tenant    {r.tenant}")
     if r.parent_id:

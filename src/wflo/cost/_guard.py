@@ -15,7 +15,11 @@ from ._ledger import Budget, Ledger, Limit, Reservation, usd_str
 
 log = logging.getLogger("wflo.budget")
 
-_CAP_FIELDS = {"chat": ("max_completion_tokens", "max_tokens"), "responses": ("max_output_tokens",), "messages": ("max_tokens",)}
+_CAP_FIELDS = {
+    "chat": ("max_completion_tokens", "max_tokens"),
+    "responses": ("max_output_tokens",),
+    "messages": ("max_tokens",),
+}
 
 
 class BudgetGuard(Guard):
@@ -28,13 +32,17 @@ class BudgetGuard(Guard):
     call's event, and settle the reservation in the same transaction as that event.
     """
 
-    def __init__(self, ledger: Ledger, *, run_id: str, workflow: str, tenant: str | None, budget: Budget | None) -> None:
+    def __init__(
+        self, ledger: Ledger, *, run_id: str, workflow: str, tenant: str | None, budget: Budget | None
+    ) -> None:
         self.ledger = ledger
         self.run_id = run_id
         self.workflow = workflow
         self.tenant = tenant
         self.run_limit = (
-            Limit(f"run:{run_id}", budget.usd, "none", budget.max_reservation_usd, budget.alerts) if budget is not None else None
+            Limit(f"run:{run_id}", budget.usd, "none", budget.max_reservation_usd, budget.alerts)
+            if budget is not None
+            else None
         )
 
     def __repr__(self) -> str:
@@ -81,7 +89,9 @@ class BudgetGuard(Guard):
 
     def _any_limit(self) -> bool:
         names = self.scopes()
-        rows = self.ledger.store.read(f"SELECT COUNT(*) FROM budget_limits WHERE scope IN ({', '.join('?' * len(names))})", names)
+        rows = self.ledger.store.read(
+            f"SELECT COUNT(*) FROM budget_limits WHERE scope IN ({', '.join('?' * len(names))})", names
+        )
         return bool(rows and rows[0][0])
 
     def after(self, call: Call, outcome: Outcome) -> None:

@@ -130,7 +130,7 @@ class CostRequest:
     """What the budget needs to know about a call to bound its cost."""
 
     input_cost: Decimal
-    """Worst-case cost of the input (estimated tokens × input price)."""
+    """Worst-case cost of the input (estimated tokens x input price)."""
     output_price_per_token: Decimal
     output_cap: int | None
     """The request's output cap in tokens (after defaults)."""
@@ -174,9 +174,21 @@ class Ledger:
             st.execute(
                 cur,
                 "INSERT INTO budget_limits (scope, limit_usd, period, max_reservation_usd, alerts, updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (scope, usd_str(limit), period, None if max_res is None else usd_str(max_res), json.dumps(alert_list), now, by),
+                (
+                    scope,
+                    usd_str(limit),
+                    period,
+                    None if max_res is None else usd_str(max_res),
+                    json.dumps(alert_list),
+                    now,
+                    by,
+                ),
             )
-            st.execute(cur, "UPDATE budget_usage SET limit_usd = ? WHERE scope = ? AND period_start = ?", (usd_str(limit), scope, period_start(period)))
+            st.execute(
+                cur,
+                "UPDATE budget_usage SET limit_usd = ? WHERE scope = ? AND period_start = ?",
+                (usd_str(limit), scope, period_start(period)),
+            )
 
         self.store.append_system(
             [NewEvent("budget.set", {
@@ -196,15 +208,21 @@ class Ledger:
         def op(cur: Any) -> None:
             self.store.execute(cur, "DELETE FROM budget_limits WHERE scope = ?", (scope,))
 
-        self.store.append_system([NewEvent("budget.removed", {"scope": scope, "by": by, "usd": usd_str(before.limit)})], ops=[op])
+        self.store.append_system(
+            [NewEvent("budget.removed", {"scope": scope, "by": by, "usd": usd_str(before.limit)})], ops=[op]
+        )
         return True
 
     def get_limit(self, scope: str) -> Limit | None:
-        rows = self.store.read("SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits WHERE scope = ?", (scope,))
+        rows = self.store.read(
+            "SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits WHERE scope = ?", (scope,)
+        )
         return _limit_row(rows[0]) if rows else None
 
     def limits(self) -> list[Limit]:
-        rows = self.store.read("SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits ORDER BY scope")
+        rows = self.store.read(
+            "SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits ORDER BY scope"
+        )
         return [_limit_row(r) for r in rows]
 
     def usage(self, scope: str | None = None) -> list[BudgetUsage]:
@@ -213,14 +231,18 @@ class Ledger:
         result = []
         for lim in self.limits() if scope is None else [x for x in [self.get_limit(scope)] if x]:
             start = period_start(lim.period)
-            rows = self.store.read("SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?", (lim.scope, start))
+            rows = self.store.read(
+                "SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?",
+                (lim.scope, start),
+            )
             spent, reserved = (Decimal(rows[0][0]), Decimal(rows[0][1])) if rows else (Decimal(0), Decimal(0))
             result.append(BudgetUsage(lim.scope, lim.period, start, lim.limit, spent, reserved))
         return result
 
     def scope_usage(self, scope: str, period_start_: str = "") -> BudgetUsage | None:
         rows = self.store.read(
-            "SELECT limit_usd, spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?", (scope, period_start_)
+            "SELECT limit_usd, spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?",
+            (scope, period_start_),
         )
         if not rows:
             return None
@@ -277,7 +299,9 @@ class Ledger:
             cap, clamped = cost.output_cap, False
             if needed > room:
                 if cost.output_price_per_token > 0:
-                    fit = ((room - cost.input_cost) / cost.output_price_per_token).to_integral_value(rounding=ROUND_FLOOR)
+                    fit = ((room - cost.input_cost) / cost.output_price_per_token).to_integral_value(
+                        rounding=ROUND_FLOOR
+                    )
                     tokens = int(fit) if fit > 0 else 0
                 else:
                     tokens = 0
@@ -286,7 +310,9 @@ class Ledger:
                     needed = cost.worst(cap)
                 else:
                     lim, _, spent, reserved = binding
-                    raise BudgetExceededError(scope=lim.scope, limit=lim.limit, spent=spent, reserved=reserved, requested=needed)
+                    raise BudgetExceededError(
+                        scope=lim.scope, limit=lim.limit, spent=spent, reserved=reserved, requested=needed
+                    )
             res = Reservation(new_id(), needed, [(lim.scope, start) for lim, start, _, _ in rows], cap, clamped)
             for lim, start, _, reserved in rows:
                 st.execute(
@@ -305,7 +331,11 @@ class Ledger:
 
     def _lock_usage(self, cur: Any, lim: Limit, start: str, now: str) -> tuple[Decimal, Decimal]:
         st = self.store
-        st.execute(cur, f"SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}", (lim.scope, start))
+        st.execute(
+            cur,
+            f"SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}",
+            (lim.scope, start),
+        )
         row = cur.fetchone()
         if row is None:
             st.execute(
@@ -314,7 +344,11 @@ class Ledger:
                 "VALUES (?, ?, ?, '0', '0', '[]', ?) ON CONFLICT (scope, period_start) DO NOTHING",
                 (lim.scope, start, usd_str(lim.limit), now),
             )
-            st.execute(cur, f"SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}", (lim.scope, start))
+            st.execute(
+                cur,
+                f"SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}",
+                (lim.scope, start),
+            )
             row = cur.fetchone()
         return Decimal(row[0]), Decimal(row[1])
 
@@ -347,7 +381,9 @@ class Ledger:
                 for pct in lim:
                     if pct not in alerted and limit > 0 and new_spent * 100 >= limit * pct:
                         alerted.add(pct)
-                        res.alerts_crossed.append({"scope": scope, "percent": pct, "spent": usd_str(new_spent), "limit": usd_str(limit)})
+                        res.alerts_crossed.append(
+                            {"scope": scope, "percent": pct, "spent": usd_str(new_spent), "limit": usd_str(limit)}
+                        )
                 st.execute(
                     cur,
                     "UPDATE budget_usage SET spent_usd = ?, reserved_usd = ?, alerted = ?, updated_at = ? WHERE scope = ? AND period_start = ?",
@@ -377,7 +413,11 @@ class Ledger:
         for res_id, scopes_json, amount_text in stale:
             amount = Decimal(amount_text)
             for scope, start in sorted(tuple(s) for s in json.loads(scopes_json)):
-                st.execute(cur, f"SELECT reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}", (scope, start))
+                st.execute(
+                    cur,
+                    f"SELECT reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}",
+                    (scope, start),
+                )
                 row = cur.fetchone()
                 if row is not None:
                     st.execute(
@@ -408,5 +448,7 @@ _SCOPE_KINDS = ("run", "workflow", "tenant", "agent", "global", "user", "project
 def _check_scope(scope: str) -> str:
     kind = scope.split(":", 1)[0]
     if scope != "global" and (":" not in scope or kind not in _SCOPE_KINDS or not scope.split(":", 1)[1]):
-        raise UserError(f"budget scope {scope!r} must look like 'tenant:acme', 'workflow:NAME', 'agent:NAME', 'project:NAME' or 'global'")
+        raise UserError(
+            f"budget scope {scope!r} must look like 'tenant:acme', 'workflow:NAME', 'agent:NAME', 'project:NAME' or 'global'"
+        )
     return scope

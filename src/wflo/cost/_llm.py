@@ -11,7 +11,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from ._estimate import estimate_input_tokens, estimate_text_tokens, default_output_tokens
+from ._estimate import default_output_tokens, estimate_input_tokens, estimate_text_tokens
 from ._ledger import CostRequest
 from ._prices import Price, prices
 from ._usage import Usage, usage_from_anthropic, usage_from_openai_chat, usage_from_openai_responses
@@ -76,7 +76,11 @@ def usage_of(api: str, recorded: dict[str, Any]) -> Usage | None:
 
 def _stream_usage(api: str, events: list[dict[str, Any]]) -> Usage | None:
     if api == "messages":
-        return usage_from_anthropic(events) if any(e.get("type") in ("message_start", "message_delta") for e in events) else None
+        return (
+            usage_from_anthropic(events)
+            if any(e.get("type") in ("message_start", "message_delta") for e in events)
+            else None
+        )
     if api == "responses":
         for ev in reversed(events):
             response = ev.get("response")
@@ -137,4 +141,3 @@ def fallback_cost(price: Price, body: dict[str, Any], provider: str, recorded: d
     output_tokens = estimate_text_tokens(model, text) if text else 0
     cost = price.input_per_mtok * input_tokens / _PER_TOKEN + price.output_per_mtok * output_tokens / _PER_TOKEN
     return cost if cost == cost else Decimal(0)
-

@@ -18,11 +18,11 @@ from ._workflow import (
 )
 
 __all__ = [
-    "NOT_REPLAYED",
     "BoundWorkflow",
     "Call",
     "Guard",
     "JournalEntry",
+    "NOT_REPLAYED",
     "Outcome",
     "RunContext",
     "RunHandle",

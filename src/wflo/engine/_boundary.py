@@ -142,7 +142,9 @@ def start_call(call: Call) -> Any:
         return value
     if call.record_input:
         # Encoded before the call runs, so an input that cannot be stored fails before any effect.
-        call.meta["_input"] = encode({"args": list(call.args), "kwargs": call.kwargs}, serializer=call.serializer, step=call.name, what="input")
+        call.meta["_input"] = encode(
+            {"args": list(call.args), "kwargs": call.kwargs}, serializer=call.serializer, step=call.name, what="input"
+        )
     entered: list[Guard] = []
     try:
         for guard in ctx.guards:
@@ -167,7 +169,9 @@ def _after(call: Call, outcome: Outcome, guards: list[Guard]) -> None:
                 outcome.value = None
 
 
-def _end_data(call: Call, *, output: Any = None, error: BaseException | None = None, duration_ms: float, attempts: int) -> dict[str, Any]:
+def _end_data(
+    call: Call, *, output: Any = None, error: BaseException | None = None, duration_ms: float, attempts: int
+) -> dict[str, Any]:
     data: dict[str, Any] = {"call": call.call_id, "name": call.name, "kind": call.kind, "ms": round(duration_ms, 3)}
     if attempts != 1:
         data["attempts"] = attempts
@@ -192,13 +196,18 @@ def _record(call: Call, outcome: Outcome) -> None:
         except SerializationError as exc:
             outcome.error, outcome.value = exc, None
     if outcome.error is None:
-        ev = NewEvent("call.completed", _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts))
+        ev = NewEvent(
+            "call.completed", _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts)
+        )
     else:
         if not isinstance(outcome.error, Exception):
             # Cancellation, lease loss, suspension, KeyboardInterrupt, SystemExit: not results
             # of the call. Nothing is recorded, so a resumed run runs the call again.
             return
-        ev = NewEvent("call.failed", _end_data(call, error=outcome.error, duration_ms=outcome.duration_ms, attempts=outcome.attempts))
+        ev = NewEvent(
+            "call.failed",
+            _end_data(call, error=outcome.error, duration_ms=outcome.duration_ms, attempts=outcome.attempts),
+        )
     ctx.append([ev], ops=call.ops)
     for guard in ctx.guards:
         try:
@@ -209,8 +218,6 @@ def _record(call: Call, outcome: Outcome) -> None:
 
 def _retryable(call: Call, exc: BaseException, attempt: int) -> bool:
     return attempt <= call.retries and isinstance(exc, Exception) and not isinstance(exc, WfloError)
-
-
 
 
 def _note_retry(call: Call, attempt: int, exc: BaseException, delay: float) -> None:

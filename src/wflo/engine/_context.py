@@ -40,7 +40,14 @@ class JournalEntry:
 class RunContext:
     """Everything a running workflow needs; one per run execution, shared by its threads/tasks."""
 
-    def __init__(self, store: Store, record: RunRecord, owner: str, journal: dict[str, JournalEntry], guards: Sequence[Guard] = ()) -> None:
+    def __init__(
+        self,
+        store: Store,
+        record: RunRecord,
+        owner: str,
+        journal: dict[str, JournalEntry],
+        guards: Sequence[Guard] = (),
+    ) -> None:
         self.store = store
         self.run_id = record.id
         self.workflow = record.workflow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import socket
@@ -85,7 +86,14 @@ def _prepare(store: Store, wf: Workflow, record: RunRecord, owner: str) -> RunCo
         if record.attempts <= 1 and not ctx.journal:
             ctx.append([NewEvent("run.started", {"attempt": record.attempts, "worker": owner})])
         else:
-            ctx.append([NewEvent("run.resumed", {"attempt": record.attempts, "worker": owner, "replayable_calls": len(ctx.journal)})])
+            ctx.append(
+                [
+                    NewEvent(
+                        "run.resumed",
+                        {"attempt": record.attempts, "worker": owner, "replayable_calls": len(ctx.journal)},
+                    )
+                ]
+            )
     return ctx
 
 
@@ -115,10 +123,8 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
     else:
         # KeyboardInterrupt, SystemExit…: the process is going away, not the run failing.
         # Let the lease go so another worker (or a rerun) resumes it at once.
-        try:
+        with contextlib.suppress(Exception):
             ctx.store.release(ctx.run_id, ctx.owner)
-        except Exception:  # noqa: S110 - best effort while the process exits; the lease expires anyway
-            pass
         return
     ctx.append([NewEvent(kind, {"error": err})], status=status, error=err, finish=True)
 
@@ -198,4 +204,4 @@ def _run_coroutine(coro: Any) -> Any:
 
 
 def is_async_callable(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or (callable(fn) and inspect.iscoroutinefunction(type(fn).__call__))

@@ -16,7 +16,9 @@ _PICKLE_KEY = "__wflo_pickle__"
 
 def check_serializer(name: str) -> str:
     if name not in SERIALIZERS:
-        raise SerializationError(step="?", what="serializer", detail=f"unknown serializer {name!r}; use one of {SERIALIZERS}")
+        raise SerializationError(
+            step="?", what="serializer", detail=f"unknown serializer {name!r}; use one of {SERIALIZERS}"
+        )
     return name
 
 
@@ -38,7 +40,7 @@ def encode(value: Any, *, serializer: str, step: str, what: str) -> Any:
 def decode(data: Any) -> Any:
     """The value ``encode`` stored (JSON data comes back as lists/dicts)."""
     if isinstance(data, dict) and len(data) == 1 and _PICKLE_KEY in data:
-        return pickle.loads(base64.b64decode(data[_PICKLE_KEY]))  # noqa: S301 - opted in per step; our own store
+        return pickle.loads(base64.b64decode(data[_PICKLE_KEY]))
     return data
 
 
@@ -74,10 +76,10 @@ def rebuild_error(data: dict[str, Any], step: str) -> BaseException:
         if issubclass(cls, WfloError) and "fields" in data:
             try:
                 return cls(**data["fields"])
-            except Exception:  # noqa: S110 - fall through to the message-only rebuild
+            except Exception:
                 pass
         try:
             return cls(message)
-        except Exception:  # noqa: S110 - classes with other signatures fall back below
+        except Exception:
             pass
     return StepFailedError(step=step, error_type=f"{module}.{qualname}", detail=message)

@@ -126,7 +126,9 @@ class BoundWorkflow(Generic[P, R]):
         self.wf = wf
         self.opts = opts
 
-    def _create(self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str | None) -> tuple[Store, RunRecord, bool]:
+    def _create(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str | None
+    ) -> tuple[Store, RunRecord, bool]:
         wf = self.wf
         store = get_store()
         payload = encode({"args": list(args), "kwargs": kwargs}, serializer=wf.serializer, step=wf.name, what="input")
@@ -167,7 +169,15 @@ class BoundWorkflow(Generic[P, R]):
         parent = current_run()
         if parent is None:
             return None
-        return Call(kind=kind, name=self.wf.name, args=args, kwargs=kwargs, run=parent, serializer=self.wf.serializer, record_input=False)
+        return Call(
+            kind=kind,
+            name=self.wf.name,
+            args=args,
+            kwargs=kwargs,
+            run=parent,
+            serializer=self.wf.serializer,
+            record_input=False,
+        )
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
@@ -347,7 +357,14 @@ class Step(Generic[P, R]):
 @overload
 def step(fn: Callable[P, R], /) -> Step[P, R]: ...
 @overload
-def step(*, name: str | None = ..., retries: int = ..., retry_delay: float = ..., at_most_once: bool = ..., serializer: str = ...) -> Callable[[Callable[P, R]], Step[P, R]]: ...
+def step(
+    *,
+    name: str | None = ...,
+    retries: int = ...,
+    retry_delay: float = ...,
+    at_most_once: bool = ...,
+    serializer: str = ...,
+) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 def step(fn: Any = None, /, **options: Any) -> Any:
     """Make a function a durable step: ``@wflo.step`` or ``@wflo.step(retries=3)``.
 
@@ -367,10 +384,11 @@ def step(fn: Any = None, /, **options: Any) -> Any:
 @overload
 def workflow(fn: Callable[P, R], /) -> Workflow[P, R]: ...
 @overload
-def workflow(*, name: str | None = ..., serializer: str = ..., **extra: Any) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
+def workflow(
+    *, name: str | None = ..., serializer: str = ..., **extra: Any
+) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
 def workflow(fn: Any = None, /, **options: Any) -> Any:
     """Make a function a durable workflow: ``@wflo.workflow`` or ``@wflo.workflow(name=...)``."""
     if fn is not None:
         return Workflow(fn)
     return lambda f: Workflow(f, **options)
-

@@ -160,7 +160,9 @@ def _with_body(mod: Any, request: Any, body: dict[str, Any]) -> Any:
 
 def _response(mod: Any, recorded: dict[str, Any], request: Any) -> Any:
     body = recorded.get("body", "")
-    return mod.Response(recorded.get("status", 200), headers=recorded.get("headers", {}), content=body.encode(), request=request)
+    return mod.Response(
+        recorded.get("status", 200), headers=recorded.get("headers", {}), content=body.encode(), request=request
+    )
 
 
 def _end(call: Call, response: Any, content: bytes, complete: bool, t0: float) -> None:

@@ -24,16 +24,16 @@ from ._records import (
 )
 
 __all__ = [
+    "Event",
     "FINAL_STATUSES",
     "GENESIS",
+    "Head",
     "MIGRATIONS",
+    "NewEvent",
     "RUN_STATUSES",
+    "RunRecord",
     "SCHEMA_VERSION",
     "SYSTEM_CHAIN",
-    "Event",
-    "Head",
-    "NewEvent",
-    "RunRecord",
     "Store",
     "StoreOp",
     "canonical_json",

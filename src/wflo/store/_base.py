@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 from .._errors import LeaseLost, RunNotFoundError, SchemaVersionError
@@ -70,7 +70,7 @@ class Store(abc.ABC):
         """True when ``error`` means the connection is gone and the operation may be retried."""
         return False
 
-    def _notify(self, cur: Any, channel: str, payload: str) -> None:
+    def _notify(self, cur: Any, channel: str, payload: str) -> None:  # noqa: B027 - optional dialect hook
         """Tell waiting workers that something changed (PostgreSQL NOTIFY); default: nothing."""
 
     def wait_for_notification(self, timeout: float) -> bool:
@@ -100,20 +100,16 @@ class Store(abc.ABC):
             with self._conns_lock:
                 if conn in self._conns:
                     self._conns.remove(conn)
-            try:
+            with suppress(Exception):
                 conn.close()
-            except Exception:  # noqa: S110 - the connection is already broken; dropping it is the point
-                pass
 
     def close(self) -> None:
         """Close every connection this store opened (in any thread)."""
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn in conns:
-            try:
+            with suppress(Exception):
                 conn.close()
-            except Exception:  # noqa: S110 - closing a connection another thread broke
-                pass
         self._local = threading.local()
 
     def _sql(self, sql: str) -> str:
@@ -145,10 +141,8 @@ class Store(abc.ABC):
         try:
             yield cur
         except BaseException:
-            try:
+            with suppress(Exception):
                 cur.execute("ROLLBACK")
-            except Exception:  # noqa: S110 - the original error matters more than the rollback's
-                pass
             raise
         else:
             cur.execute("COMMIT")
@@ -205,7 +199,7 @@ class Store(abc.ABC):
 
         return self._retrying(go)
 
-    def _rollback_quietly(self) -> None:
+    def _rollback_quietly(self) -> None:  # noqa: B027 - optional dialect hook
         """After a failed read, leave the connection usable (PostgreSQL aborts the tx)."""
 
     def migrate(self) -> list[str]:
@@ -225,12 +219,16 @@ class Store(abc.ABC):
                 applied.append(migration.name)
             if applied:
                 if row:
-                    self.execute(cur, "UPDATE wflo_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+                    self.execute(
+                        cur, "UPDATE wflo_meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                    )
                 else:
-                    self.execute(cur, "INSERT INTO wflo_meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    self.execute(
+                        cur, "INSERT INTO wflo_meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
         return applied
 
-    def _lock_for_migration(self, cur: Any) -> None:
+    def _lock_for_migration(self, cur: Any) -> None:  # noqa: B027 - optional dialect hook
         """Serialise concurrent migrations (PostgreSQL: advisory lock; SQLite: the write lock)."""
 
     def check(self) -> int:
@@ -302,16 +300,24 @@ class Store(abc.ABC):
                 head = Head(int(row[0]), row[1]) if row else Head(0, GENESIS)
                 new = self._insert_events(cur, chain, head, events)
                 if row:
-                    self.execute(cur, "UPDATE chain_heads SET last_seq = ?, last_hash = ? WHERE chain = ?", (new.seq, new.hash, chain))
+                    self.execute(
+                        cur,
+                        "UPDATE chain_heads SET last_seq = ?, last_hash = ? WHERE chain = ?",
+                        (new.seq, new.hash, chain),
+                    )
                 else:
-                    self.execute(cur, "INSERT INTO chain_heads (chain, last_seq, last_hash) VALUES (?, ?, ?)", (chain, new.seq, new.hash))
+                    self.execute(
+                        cur,
+                        "INSERT INTO chain_heads (chain, last_seq, last_hash) VALUES (?, ?, ?)",
+                        (chain, new.seq, new.hash),
+                    )
                 for op in ops:
                     op(cur)
                 return new
 
         return self._retrying(go)
 
-    def _lock_chain_head(self, cur: Any, chain: str) -> None:
+    def _lock_chain_head(self, cur: Any, chain: str) -> None:  # noqa: B027 - optional dialect hook
         """PostgreSQL: make concurrent appenders of one chain wait for each other."""
 
     # ----------------------------------------------------------------- runs
@@ -465,7 +471,11 @@ class Store(abc.ABC):
             # if the journal holds exactly our first event at head.seq + 1, it did.
             if events:
                 got = self.events(run_id, after_seq=head.seq, limit=len(events))
-                if len(got) == len(events) and all(g.type == e.type for g, e in zip(got, events, strict=True)) and got[0].prev_hash == head.hash:
+                if (
+                    len(got) == len(events)
+                    and all(g.type == e.type for g, e in zip(got, events, strict=True))
+                    and got[0].prev_hash == head.hash
+                ):
                     run = self.get_run(run_id)
                     if run.last_seq == got[-1].seq and run.lease_owner in (owner, None):
                         return Head(got[-1].seq, got[-1].hash, run.cancel_requested)
@@ -535,7 +545,11 @@ class Store(abc.ABC):
                     f"UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND id IN ({marks})",
                     [until, owner, *run_ids],
                 )
-                self.execute(cur, f"SELECT id, cancel_requested FROM runs WHERE lease_owner = ? AND id IN ({marks})", [owner, *run_ids])
+                self.execute(
+                    cur,
+                    f"SELECT id, cancel_requested FROM runs WHERE lease_owner = ? AND id IN ({marks})",
+                    [owner, *run_ids],
+                )
                 return {r[0]: bool(r[1]) for r in cur.fetchall()}
 
         return self._retrying(go)
@@ -603,4 +617,3 @@ class Store(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url}>"
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -24,9 +25,7 @@ def _psycopg() -> Any:
     try:
         import psycopg
     except ImportError:
-        raise ConfigurationError(
-            "the PostgreSQL store needs psycopg 3: pip install 'wflo[postgres]'"
-        ) from None
+        raise ConfigurationError("the PostgreSQL store needs psycopg 3: pip install 'wflo[postgres]'") from None
     return psycopg
 
 
@@ -72,10 +71,8 @@ class PostgresStore(Store):
     def _rollback_quietly(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 conn.execute("ROLLBACK")
-            except Exception:  # noqa: S110 - nothing to roll back is fine
-                pass
 
     def _lock_for_migration(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(7412001)")
@@ -110,10 +107,8 @@ class PostgresStore(Store):
     def close(self) -> None:
         with self._listen_lock:
             if self._listen_conn is not None:
-                try:
+                with contextlib.suppress(Exception):
                     self._listen_conn.close()
-                except Exception:  # noqa: S110 - closing a broken listener
-                    pass
                 self._listen_conn = None
         super().close()
 
@@ -126,4 +121,3 @@ def _redact(url: str) -> str:
         user = creds.split(":", 1)[0]
         return f"{scheme}://{user}:***@{host}" if ":" in creds else url
     return url
-

@@ -107,7 +107,12 @@ def test_run_limit_and_max_reservation(store_url: str) -> None:
     with open_store(store_url) as store:
         ledger = Ledger(store)
         req = CostRequest(input_cost=Decimal("0.01"), output_price_per_token=Decimal("0.0001"), output_cap=1000)
-        res = ledger.reserve(run_id="r", scopes=[], extra_limits=[Limit("run:r", Decimal("1"), max_reservation=Decimal("0.05"))], cost=req)
+        res = ledger.reserve(
+            run_id="r",
+            scopes=[],
+            extra_limits=[Limit("run:r", Decimal("1"), max_reservation=Decimal("0.05"))],
+            cost=req,
+        )
         assert res is not None and res.output_cap == 400 and res.amount == Decimal("0.05")
 
 

@@ -17,7 +17,9 @@ def wflo(*args: str, db: str, check: bool = False) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
     env["WFLO_DATABASE_URL"] = db
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
-    proc = subprocess.run([sys.executable, "-m", "wflo.cli", *args], env=env, cwd=HERE, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "wflo.cli", *args], env=env, cwd=HERE, capture_output=True, text=True, timeout=60
+    )
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -78,7 +80,9 @@ def test_user_mistakes_get_one_line_errors(sqlite_url: str, args: tuple[str, ...
 
 
 def test_unreachable_database_and_schema_checks(tmp_path: Path) -> None:
-    assert_one_line_error(wflo("runs", "list", db="postgresql://x:pw@127.0.0.1:1/none"), 4, "cannot open the wflo store")
+    assert_one_line_error(
+        wflo("runs", "list", db="postgresql://x:pw@127.0.0.1:1/none"), 4, "cannot open the wflo store"
+    )
     fresh = f"sqlite:///{tmp_path}/fresh.db"
     assert_one_line_error(wflo("db", "check", db=fresh), 5, "wflo db migrate")
     assert "applied m001_initial, m002_budgets" in wflo("db", "migrate", db=fresh, check=True).stdout

@@ -234,7 +234,7 @@ def test_retries_then_success_are_journaled(configured: str) -> None:
     assert flow.options(id="rt-1").run() == "ok"
     types = [e.type for e in _config.get_store().events("rt-1")]
     assert types.count("call.retry") == 2
-    done = [e for e in _config.get_store().events("rt-1") if e.type == "call.completed"][0]
+    done = next(e for e in _config.get_store().events("rt-1") if e.type == "call.completed")
     assert done.data["attempts"] == 3
 
 

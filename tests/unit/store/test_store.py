@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -60,13 +61,20 @@ def test_events_form_a_verifiable_hash_chain(store_url: str) -> None:
         run, created = store.create_run(run_id="r1", workflow="w", input={"a": 1.5, "é": [1, None]}, owner="me")
         assert created
         head = Head(run.last_seq, run.last_hash)
-        head = store.append("r1", head, [NewEvent("call.completed", {"call": "1", "output": {"z": 1, "a": 2}}), NewEvent("x", {})], owner="me")
+        head = store.append(
+            "r1",
+            head,
+            [NewEvent("call.completed", {"call": "1", "output": {"z": 1, "a": 2}}), NewEvent("x", {})],
+            owner="me",
+        )
         events = store.events("r1")
         assert [e.seq for e in events] == [1, 2, 3, 4]
         assert events[0].prev_hash == GENESIS
-        for prev, ev in zip(events, events[1:], strict=False):
+        for prev, ev in itertools.pairwise(events):
             assert ev.prev_hash == prev.hash
-        assert events[2].hash == event_hash(events[1].hash, "r1", 3, events[2].type, events[2].at, {"call": "1", "output": {"a": 2, "z": 1}})
+        assert events[2].hash == event_hash(
+            events[1].hash, "r1", 3, events[2].type, events[2].at, {"call": "1", "output": {"a": 2, "z": 1}}
+        )
         assert verify_chain(store, "r1").ok
         assert store.get_run("r1").last_hash == head.hash
 
@@ -133,7 +141,14 @@ def test_expired_lease_is_recoverable_and_heartbeat_keeps_it(store_url: str) -> 
 def test_waiting_run_is_claimable_when_woken(store_url: str) -> None:
     with open_store(store_url) as store:
         run, _ = store.create_run(run_id="wt", workflow="w", input={}, owner="a")
-        store.append("wt", Head(run.last_seq, run.last_hash), [NewEvent("run.waiting", {})], owner="a", status="waiting", release=True)
+        store.append(
+            "wt",
+            Head(run.last_seq, run.last_hash),
+            [NewEvent("run.waiting", {})],
+            owner="a",
+            status="waiting",
+            release=True,
+        )
         assert store.claim_next("b", 5) is None
         store.set_wake("wt", "2000-01-01T00:00:00.000000Z")
         got = store.claim_next("b", 5)

@@ -1,0 +1,35 @@
+"""Generate ``docs/cli.md`` from the command line itself: ``python -m wflo.cli._docs > docs/cli.md``.
+
+A test regenerates it and compares, so the reference never drifts from the code.
+"""
+
+from __future__ import annotations
+
+import click
+
+from . import cli
+
+
+def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
+    out = [(path, cmd)]
+    if isinstance(cmd, click.Group):
+        for name in sorted(cmd.commands):
+            out += _walk(cmd.commands[name], [*path, name])
+    return out
+
+
+def render() -> str:
+    lines = [
+        "# Command line reference",
+        "",
+        "Generated from `wflo --help` by `python -m wflo.cli._docs > docs/cli.md`; a test checks it is current.",
+        "",
+    ]
+    for path, cmd in _walk(cli, ["wflo"]):
+        ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+        lines += [f"## `{' '.join(path)}`", "", "```text", cmd.get_help(ctx).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
