@@ -4,6 +4,7 @@ Budgets that hold, runaway protection, crash recovery, sandboxed code, human app
 tamper-evident record, added to the agent code you already have.
 """
 
+from . import _wiring  # noqa: F401  connects the layers (guards, HTTP interception)
 from ._config import Settings, configure, settings
 from ._errors import (
     ApprovalRejected,
@@ -21,13 +22,21 @@ from ._errors import (
     UserError,
     WfloError,
 )
+from ._init import init
+from ._scope import scope
+from .approvals import Approval, approval, approvals
+from .cost._api import budgets
+from .cost._ledger import Budget
 from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
+from .tools import Tool, tool
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Approval",
     "ApprovalRejected",
     "AtMostOnceError",
+    "Budget",
     "BudgetExceededError",
     "ConfigurationError",
     "LoopDetectedError",
@@ -40,15 +49,22 @@ __all__ = [
     "SerializationError",
     "Settings",
     "Step",
+    "Tool",
     "UnknownPriceError",
     "UserError",
     "WfloError",
     "Worker",
     "Workflow",
+    "approval",
+    "approvals",
+    "budgets",
     "configure",
     "current_run",
+    "init",
     "resume",
+    "scope",
     "settings",
     "step",
+    "tool",
     "workflow",
 ]

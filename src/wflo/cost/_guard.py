@@ -10,7 +10,6 @@ from .._errors import UnknownPriceError
 from .._scope import current_scope
 from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
-from . import _llm
 from ._ledger import Budget, Ledger, Limit, Reservation, usd_str
 
 log = logging.getLogger("wflo.budget")
@@ -62,6 +61,8 @@ class BudgetGuard(Guard):
     def before(self, call: Call) -> None:
         if call.kind != "llm":
             return
+        from . import _llm
+
         body: dict[str, Any] = call.meta["body"]
         api, provider, model = call.meta["api"], call.meta["provider"], call.name
         extra = [self.run_limit] if self.run_limit is not None else []
@@ -97,6 +98,8 @@ class BudgetGuard(Guard):
     def after(self, call: Call, outcome: Outcome) -> None:
         if call.kind != "llm":
             return
+        from . import _llm
+
         res: Reservation | None = call.meta.get("reservation")
         value = outcome.value if isinstance(outcome.value, dict) else None
         usage = _llm.usage_of(call.meta["api"], value) if value else None
@@ -138,4 +141,6 @@ def _cap(api: str, body: dict[str, Any], model: str, provider: str) -> tuple[str
         value = body.get(name)
         if isinstance(value, int) and value > 0:
             return name, value
+    from . import _llm
+
     return fields[0], _llm.default_output_cap(model, provider)

@@ -227,11 +227,24 @@ def _note_retry(call: Call, attempt: int, exc: BaseException, delay: float) -> N
     })])  # fmt: skip
 
 
+_OVERRIDE = "result_override"
+
+
+def _overridden(call: Call) -> Any:
+    """A guard may answer a call without running it (e.g. a rejection returned as text)."""
+    if _OVERRIDE in call.meta:
+        return finish_call(call, Outcome(value=call.meta[_OVERRIDE]))
+    return _NOT_REPLAYED
+
+
 def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
     """Run ``fn(*call.args, **call.kwargs)`` through the journal and the guard chain."""
     replayed = start_call(call)
     if replayed is not _NOT_REPLAYED:
         return replayed
+    answered = _overridden(call)
+    if answered is not _NOT_REPLAYED:
+        return answered
     token = _call_path.set(call.call_id)
     t0 = time.perf_counter()
     attempt = 0
@@ -261,6 +274,9 @@ async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
     replayed = start_call(call)
     if replayed is not _NOT_REPLAYED:
         return replayed
+    answered = _overridden(call)
+    if answered is not _NOT_REPLAYED:
+        return answered
     token = _call_path.set(call.call_id)
     t0 = time.perf_counter()
     attempt = 0

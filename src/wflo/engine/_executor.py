@@ -112,7 +112,13 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
         return  # another worker owns the run now; we must not write
     err = error_data(exc)
     if isinstance(exc, RunSuspended):
-        ctx.append([NewEvent("run.waiting", {"reason": exc.reason, "wait": exc.wait})], status="waiting", release=True)
+        wake_at = (exc.wait or {}).get("wake_at")
+        ctx.append(
+            [NewEvent("run.waiting", {"reason": exc.reason, "wait": exc.wait})],
+            status="waiting",
+            release=True,
+            wake_at=wake_at,
+        )
         return
     if isinstance(exc, RunCancelled):
         kind, status = "run.cancelled", "cancelled"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 import threading
 import time
 import uuid
@@ -16,10 +17,11 @@ from .._errors import (
     ConfigurationError,
     ResultTimeoutError,
     RunFailedError,
+    RunSuspended,
     UnknownWorkflowError,
     UserError,
 )
-from ..store import Event, RunRecord, Store, new_id
+from ..store import Event, RunRecord, Store, new_id, now_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import _call_path, current_run
 from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, process_owner
@@ -146,7 +148,7 @@ class BoundWorkflow(Generic[P, R]):
         record, created = store.create_run(
             run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
             tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds,
-            options=wf.run_options(),
+            options={**wf.run_options(), "started_by": settings().principal},
         )  # fmt: skip
         if not created and record.workflow != wf.name:
             raise UserError(f"run id {record.id!r} already belongs to workflow {record.workflow!r}")
@@ -192,7 +194,16 @@ class BoundWorkflow(Generic[P, R]):
             record = self._claim_existing(store, record, owner)
             if record.done:
                 return _result_of(record)
-        return execute(store, self.wf, record, owner)
+        while True:
+            try:
+                return execute(store, self.wf, record, owner)
+            except RunSuspended as pause:
+                if current_run() is not None:
+                    raise  # a child waits by suspending its parent too
+                woken = _wait_until_woken(store, record.id, owner, pause)
+                if woken.done:
+                    return _result_of(woken)
+                record = woken
 
     async def arun(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
@@ -216,6 +227,30 @@ class BoundWorkflow(Generic[P, R]):
             return RunHandle(run_id, get_store())
         store, record, _ = self._create(args, kwargs, None)
         return RunHandle(record.id, store)
+
+
+def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended) -> RunRecord:
+    """In a script, wait for a suspended run's decision instead of exiting.
+
+    Prints a visible line (with how to decide) once, then polls until the run is woken (and
+    claims it to continue here) or another worker finished it.
+    """
+    wait = pause.wait or {}
+    lines = [f"wflo: run {run_id} is waiting: {pause.reason}"]
+    if wait.get("approval_id"):
+        lines.append(
+            f"wflo: decide with `wflo approve {wait['approval_id']}` or `wflo reject {wait['approval_id']} --reason ...`"
+        )
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    while True:
+        record = store.get_run(run_id)
+        if record.done:
+            return record
+        if record.status == "waiting" and record.wake_at is not None and record.wake_at <= now_iso():
+            claimed = store.claim(run_id, owner, settings().lease_seconds)
+            if claimed.lease_owner == owner:
+                return claimed
+        time.sleep(settings().poll_interval)
 
 
 def _result_of(record: RunRecord) -> Any:

@@ -443,8 +443,9 @@ class Store(abc.ABC):
                 if release or finish:
                     sets += ["lease_owner = NULL", "lease_expires_at = NULL"]
                 if wake_at is not None:
-                    sets.append("wake_at = ?")
-                    params.append(wake_at)
+                    # Keep an earlier wake-up (a decision that came in while we were running).
+                    sets.append("wake_at = CASE WHEN wake_at IS NOT NULL AND wake_at < ? THEN wake_at ELSE ? END")
+                    params += [wake_at, wake_at]
                 fence = "lease_owner = ?" if owner is not None else "lease_owner IS NULL"
                 params += [run_id, head.seq] + ([owner] if owner is not None else [])
                 self.execute(
@@ -595,7 +596,7 @@ class Store(abc.ABC):
     def set_wake(self, run_id: str, wake_at: str) -> None:
         """Make a waiting run claimable at ``wake_at`` (now: at once)."""
         self._retrying(lambda: self._write(
-            "UPDATE runs SET wake_at = ? WHERE id = ? AND status = 'waiting'", (wake_at, run_id)
+            "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')", (wake_at, run_id)
         ))  # fmt: skip
         self._retrying(self._notify_now)
 

@@ -117,5 +117,55 @@ CREATE INDEX reservations_expiry ON reservations (expires_at)
 """,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL, M002_BUDGETS)
+M003_APPROVALS = Migration(
+    "m003_approvals",
+    """
+CREATE TABLE approvals (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    tool TEXT NOT NULL,
+    message TEXT NOT NULL,
+    action TEXT NOT NULL,
+    action_hash TEXT NOT NULL,
+    approvers TEXT NOT NULL,
+    quorum INTEGER NOT NULL,
+    requested_by TEXT NOT NULL,
+    status TEXT NOT NULL,
+    decision_action TEXT,
+    decision_hash TEXT,
+    reason TEXT,
+    decided_by TEXT,
+    decided_at TEXT,
+    via TEXT,
+    timeout_at TEXT,
+    on_timeout TEXT NOT NULL,
+    escalate_to TEXT,
+    escalations INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX approvals_status ON approvals (status, created_at);
+CREATE INDEX approvals_run ON approvals (run_id);
+CREATE TABLE approval_votes (
+    approval_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT,
+    action_hash TEXT NOT NULL,
+    via TEXT NOT NULL,
+    shown TEXT,
+    at TEXT NOT NULL,
+    PRIMARY KEY (approval_id, principal)
+);
+CREATE TABLE principals (
+    id TEXT PRIMARY KEY,
+    roles TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+)
+""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL, M002_BUDGETS, M003_APPROVALS)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -85,6 +85,6 @@ def test_unreachable_database_and_schema_checks(tmp_path: Path) -> None:
     )
     fresh = f"sqlite:///{tmp_path}/fresh.db"
     assert_one_line_error(wflo("db", "check", db=fresh), 5, "wflo db migrate")
-    assert "applied m001_initial, m002_budgets" in wflo("db", "migrate", db=fresh, check=True).stdout
+    assert "applied m001_initial, m002_budgets, m003_approvals" in wflo("db", "migrate", db=fresh, check=True).stdout
     assert "ok:" in wflo("db", "check", db=fresh, check=True).stdout
     assert_one_line_error(wflo("runs", "list", db="mysql://nope"), 2, "unsupported database URL")

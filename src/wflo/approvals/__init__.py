@@ -1,0 +1,23 @@
+"""Human approval: policies, the durable inbox, decisions, notifications."""
+
+from ._api import Approvals, Decision, approval, approvals, inbox
+from ._guard import ApprovalGuard, approval_id_for
+from ._inbox import ApprovalRequest, Inbox
+from ._notify import wait_for_notifications
+from ._policy import Approval, action_hash, parse_duration
+
+__all__ = [
+    "Approval",
+    "ApprovalGuard",
+    "ApprovalRequest",
+    "Approvals",
+    "Decision",
+    "Inbox",
+    "action_hash",
+    "approval",
+    "approval_id_for",
+    "approvals",
+    "inbox",
+    "parse_duration",
+    "wait_for_notifications",
+]

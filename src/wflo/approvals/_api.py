@@ -1,0 +1,122 @@
+"""``wflo.approvals`` and ``wflo.approval(...)``: decide requests, and ask inline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .._config import get_store, settings
+from .._errors import UserError
+from ..engine import Call, current_run, guarded_call
+from ._inbox import ApprovalRequest, Inbox
+from ._policy import Approval
+
+
+def inbox() -> Inbox:
+    return Inbox(get_store())
+
+
+class Approvals:
+    """The approval inbox of the configured store, deciding as the configured principal
+    (``WFLO_PRINCIPAL`` locally; the server authenticates its users)."""
+
+    def list(
+        self, *, status: str | None = "pending", mine: bool = False, run_id: str | None = None
+    ) -> list[ApprovalRequest]:
+        """Requests (pending by default); ``mine``: only those the current principal may decide."""
+        box = inbox()
+        found = box.list(status=status, run_id=run_id)
+        if mine:
+            me = settings().principal
+            found = [r for r in found if r.requested_by != me and box.may_decide(r, me)]
+        return found
+
+    def get(self, approval_id: str) -> ApprovalRequest:
+        return inbox().get(approval_id)
+
+    def decide(
+        self,
+        approval_id: str,
+        decision: str,
+        *,
+        reason: str | None = None,
+        args: dict[str, Any] | None = None,
+        action_hash: str | None = None,
+        principal: str | None = None,
+        via: str = "api",
+        shown: str | None = None,
+    ) -> ApprovalRequest:
+        """Approve or reject a request.
+
+        Args:
+            decision: ``"approve"`` or ``"reject"`` (a rejection needs a ``reason``).
+            args: approve with these keyword arguments changed (a new action hash).
+            action_hash: the hash of the action the decider was shown; the decision is
+                refused if the request is for another action.
+            principal: who decides (default: the configured principal).
+            via: where the decision came from (``cli``, ``api``, ``panel``).
+        """
+        return inbox().decide(
+            approval_id, decision, principal=principal or settings().principal, reason=reason,
+            expected_hash=action_hash, edited_kwargs=args, via=via, shown=shown,
+        )  # fmt: skip
+
+    def approve(self, approval_id: str, **kwargs: Any) -> ApprovalRequest:
+        return self.decide(approval_id, "approve", **kwargs)
+
+    def reject(self, approval_id: str, *, reason: str, **kwargs: Any) -> ApprovalRequest:
+        return self.decide(approval_id, "reject", reason=reason, **kwargs)
+
+    def grant(self, principal: str, role: str) -> set[str]:
+        """Give a principal a role (``wflo.approvals.grant("user:alice", "finance")``)."""
+        return inbox().grant(principal, role, by=settings().principal)
+
+
+approvals = Approvals()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What an inline ``wflo.approval(...)`` returns when approved."""
+
+    approved: bool
+    data: Any
+
+
+def approval(
+    message: str,
+    *,
+    data: Any = None,
+    approvers: Sequence[str] = (),
+    quorum: int = 1,
+    timeout: float | str | None = "24h",
+    on_timeout: str = "reject",
+    escalate_to: Sequence[str] = (),
+) -> Decision:
+    """Pause the run until a person approves ``message`` (with ``data``, which they may edit).
+
+    Must be called inside a workflow. Raises ``ApprovalRejected`` on rejection.
+    ``decision = wflo.approval("Delete 512 rows from prod.customers?", data={...}, approvers=["role:dba"])``
+    """
+    ctx = current_run()
+    if ctx is None:
+        raise UserError("wflo.approval() pauses a run, so it must be called inside a @wflo.workflow")
+    policy = Approval(
+        approvers=tuple(approvers),
+        quorum=quorum,
+        timeout=timeout,
+        on_timeout=on_timeout,
+        escalate_to=tuple(escalate_to),
+        message=message,
+    )
+    call = Call(
+        kind="approval",
+        name="approval",
+        args=(),
+        kwargs={"message": message, "data": data},
+        run=ctx,
+        meta={"approval": policy, "message": message},
+    )
+    result = guarded_call(call, lambda message, data: {"approved": True, "data": data})
+    return Decision(approved=bool(result["approved"]), data=result["data"])

@@ -1,0 +1,339 @@
+"""The approval inbox: requests, votes and decisions, kept in the store.
+
+A decision is taken in one write transaction that locks the request's row, so any number of
+concurrent deciders (CLI, API, several machines) produce exactly one outcome. Every vote and
+decision is also an event on the system audit chain with who, when, from where and what they
+were shown; the run's own chain records the decision when the run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import (
+    ActionMismatchError,
+    ApprovalClosedError,
+    ApprovalForbiddenError,
+    ApprovalNotFoundError,
+    UserError,
+)
+from ..store import NewEvent, Store, canonical_json, now_iso
+from ._policy import action_hash
+
+_COLUMNS = (
+    "id, run_id, call_id, tool, message, action, action_hash, approvers, quorum, requested_by, status, "
+    "decision_action, decision_hash, reason, decided_by, decided_at, via, timeout_at, on_timeout, "
+    "escalate_to, escalations, created_at, updated_at"
+)
+DECISIONS = ("approve", "reject")
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """One request in the inbox."""
+
+    id: str
+    run_id: str
+    call_id: str
+    tool: str
+    message: str
+    action: dict[str, Any]
+    action_hash: str
+    approvers: list[str]
+    quorum: int
+    requested_by: str
+    status: str  # pending | approved | rejected | expired
+    decision_action: dict[str, Any] | None
+    decision_hash: str | None
+    reason: str | None
+    decided_by: str | None
+    decided_at: str | None
+    via: str | None
+    timeout_at: str | None
+    on_timeout: str
+    escalate_to: list[str]
+    escalations: int
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_row(cls, r: tuple[Any, ...]) -> ApprovalRequest:
+        return cls(
+            id=r[0], run_id=r[1], call_id=r[2], tool=r[3], message=r[4], action=json.loads(r[5]),
+            action_hash=r[6], approvers=json.loads(r[7]), quorum=int(r[8]), requested_by=r[9], status=r[10],
+            decision_action=json.loads(r[11]) if r[11] else None, decision_hash=r[12], reason=r[13],
+            decided_by=r[14], decided_at=r[15], via=r[16], timeout_at=r[17], on_timeout=r[18],
+            escalate_to=json.loads(r[19]) if r[19] else [], escalations=int(r[20]), created_at=r[21], updated_at=r[22],
+        )  # fmt: skip
+
+
+class Inbox:
+    """Approval requests of one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # ----------------------------------------------------------------- reading
+    def get(self, approval_id: str) -> ApprovalRequest:
+        rows = self.store.read(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,))
+        if not rows and len(approval_id) >= 4:
+            rows = self.store.read(f"SELECT {_COLUMNS} FROM approvals WHERE id LIKE ? LIMIT 2", (approval_id + "%",))
+            rows = rows if len(rows) == 1 else []
+        if not rows:
+            raise ApprovalNotFoundError(approval_id=approval_id)
+        return ApprovalRequest.from_row(rows[0])
+
+    def list(
+        self, *, status: str | None = "pending", run_id: str | None = None, limit: int = 100
+    ) -> list[ApprovalRequest]:
+        sql, params = f"SELECT {_COLUMNS} FROM approvals", []
+        where = []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if run_id:
+            where.append("run_id = ?")
+            params.append(run_id)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        params.append(limit)
+        return [ApprovalRequest.from_row(r) for r in self.store.read(sql, params)]
+
+    def votes(self, approval_id: str) -> list[dict[str, Any]]:
+        rows = self.store.read(
+            "SELECT principal, decision, reason, action_hash, via, at FROM approval_votes WHERE approval_id = ? ORDER BY at",
+            (approval_id,),
+        )
+        return [
+            dict(zip(("principal", "decision", "reason", "action_hash", "via", "at"), r, strict=True)) for r in rows
+        ]
+
+    # ----------------------------------------------------------------- principals
+    def roles_of(self, principal: str) -> set[str]:
+        rows = self.store.read("SELECT roles FROM principals WHERE id = ?", (principal,))
+        return set(json.loads(rows[0][0])) if rows else set()
+
+    def grant(self, principal: str, role: str, *, by: str) -> set[str]:
+        """Give ``principal`` (``user:alice``) the ``role`` (``finance`` or ``role:finance``)."""
+        if ":" not in principal:
+            raise UserError(f"principal must look like 'user:alice', got {principal!r}")
+        role = role.removeprefix("role:")
+        if not role:
+            raise UserError("role must not be empty")
+        now = now_iso()
+        roles = self.roles_of(principal) | {role}
+
+        def op(cur: Any) -> None:
+            self.store.execute(cur, "DELETE FROM principals WHERE id = ?", (principal,))
+            self.store.execute(
+                cur,
+                "INSERT INTO principals (id, roles, created_at, updated_at) VALUES (?, ?, ?, ?)",
+                (principal, json.dumps(sorted(roles)), now, now),
+            )
+
+        self.store.append_system(
+            [NewEvent("principal.granted", {"principal": principal, "role": role, "by": by})], ops=[op]
+        )
+        return roles
+
+    def may_decide(self, req: ApprovalRequest, principal: str) -> bool:
+        if not req.approvers:
+            return True
+        if principal in req.approvers:
+            return True
+        roles = self.roles_of(principal)
+        return any(a.startswith("role:") and a[5:] in roles for a in req.approvers)
+
+    # ----------------------------------------------------------------- writing
+    def create(
+        self,
+        *,
+        approval_id: str,
+        run_id: str,
+        call_id: str,
+        tool: str,
+        message: str,
+        action: dict[str, Any],
+        approvers: list[str],
+        quorum: int,
+        requested_by: str,
+        timeout_at: str | None,
+        on_timeout: str,
+        escalate_to: list[str],
+    ) -> tuple[ApprovalRequest, bool]:
+        """Create the request (idempotent on ``approval_id``); returns it and whether it is new."""
+        now = now_iso()
+
+        def txn(cur: Any) -> bool:
+            self.store.execute(cur, "SELECT 1 FROM approvals WHERE id = ?", (approval_id,))
+            if cur.fetchone():
+                return False
+            self.store.execute(
+                cur,
+                f"INSERT INTO approvals ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, NULL, NULL, NULL, NULL, ?, ?, ?, 0, ?, ?)",
+                (approval_id, run_id, call_id, tool, message, canonical_json(action), action_hash(action),
+                 json.dumps(approvers), quorum, requested_by, timeout_at, on_timeout, json.dumps(escalate_to), now, now),
+            )  # fmt: skip
+            return True
+
+        created = self.store.write(txn)
+        return self.get(approval_id), created
+
+    def decide(
+        self,
+        approval_id: str,
+        decision: str,
+        *,
+        principal: str,
+        reason: str | None = None,
+        expected_hash: str | None = None,
+        edited_kwargs: dict[str, Any] | None = None,
+        via: str = "api",
+        shown: str | None = None,
+    ) -> ApprovalRequest:
+        """Record ``principal``'s vote and, when it settles the request, the decision.
+
+        ``expected_hash`` binds the vote to the action the decider saw; ``edited_kwargs``
+        approves the call with changed arguments (a new action hash). Raises when the
+        request is unknown, closed, expired, the principal may not decide it (or requested
+        it), or the hash does not match.
+        """
+        if decision not in DECISIONS:
+            raise UserError(f"decision must be 'approve' or 'reject', got {decision!r}")
+        if decision == "reject" and not reason:
+            raise UserError("a rejection needs a reason (it is returned to the agent)")
+        if edited_kwargs is not None and decision != "approve":
+            raise UserError("edited arguments go with an approval")
+        req = self.get(approval_id)
+        approval_id = req.id
+        now = now_iso()
+        allowed = self.may_decide(req, principal)
+        outcome: dict[str, Any] = {}
+
+        def txn(cur: Any) -> None:
+            st = self.store
+            st.execute(cur, f"SELECT {_COLUMNS} FROM approvals WHERE id = ?{st.for_update}", (approval_id,))
+            cur_req = ApprovalRequest.from_row(cur.fetchone())
+            if cur_req.status != "pending":
+                raise ApprovalClosedError(approval_id=approval_id, status=cur_req.status)
+            if cur_req.timeout_at and cur_req.timeout_at < now:
+                raise ApprovalClosedError(approval_id=approval_id, status="expired (its timeout passed)")
+            if principal == cur_req.requested_by:
+                raise ApprovalForbiddenError(
+                    approval_id=approval_id, principal=principal, detail="the requester cannot decide their own request"
+                )
+            if not allowed:
+                raise ApprovalForbiddenError(
+                    approval_id=approval_id,
+                    principal=principal,
+                    detail=f"not one of the approvers {', '.join(cur_req.approvers)}",
+                )
+            if expected_hash is not None and expected_hash != cur_req.action_hash:
+                raise ActionMismatchError(approval_id=approval_id, expected=cur_req.action_hash, found=expected_hash)
+            decided_action = None
+            if edited_kwargs is not None:
+                decided_action = {**cur_req.action, "kwargs": {**cur_req.action.get("kwargs", {}), **edited_kwargs}}
+            vote_hash = action_hash(decided_action) if decided_action else cur_req.action_hash
+            st.execute(
+                cur, "SELECT 1 FROM approval_votes WHERE approval_id = ? AND principal = ?", (approval_id, principal)
+            )
+            if cur.fetchone():
+                raise ApprovalForbiddenError(
+                    approval_id=approval_id, principal=principal, detail="already voted on this request"
+                )
+            st.execute(
+                cur,
+                "INSERT INTO approval_votes (approval_id, principal, decision, reason, action_hash, via, shown, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (approval_id, principal, decision, reason, vote_hash, via, shown, now),
+            )
+            st.execute(cur, "SELECT decision, action_hash FROM approval_votes WHERE approval_id = ?", (approval_id,))
+            votes = cur.fetchall()
+            approvals = [v for v in votes if v[0] == "approve"]
+            status = "pending"
+            if decision == "reject":
+                status = "rejected"
+            elif len({v[1] for v in approvals}) > 1:
+                raise ActionMismatchError(approval_id=approval_id, expected=approvals[0][1], found=vote_hash)
+            elif len(approvals) >= cur_req.quorum:
+                status = "approved"
+            if status != "pending":
+                st.execute(
+                    cur,
+                    "UPDATE approvals SET status = ?, decision_action = ?, decision_hash = ?, reason = ?, decided_by = ?, "
+                    "decided_at = ?, via = ?, updated_at = ? WHERE id = ?",
+                    (
+                        status,
+                        canonical_json(decided_action) if decided_action else None,
+                        vote_hash,
+                        reason,
+                        principal,
+                        now,
+                        via,
+                        now,
+                        approval_id,
+                    ),
+                )
+            outcome.update(status=status, vote_hash=vote_hash, votes=len(votes))
+            if status != "pending":
+                # Wake the run, whether it is already waiting or still on its way there.
+                st.execute(
+                    cur,
+                    "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')",
+                    (now, cur_req.run_id),
+                )
+
+        self.store.write(txn)
+        kind = "approval.decided" if outcome["status"] != "pending" else "approval.voted"
+        self.store.append_system(
+            [NewEvent(kind, {
+                "approval_id": approval_id, "run_id": req.run_id, "decision": decision, "status": outcome["status"],
+                "by": principal, "via": via, "reason": reason, "action_hash": outcome["vote_hash"], "shown": shown,
+                "votes": outcome["votes"], "quorum": req.quorum,
+            })]
+        )  # fmt: skip
+        if outcome["status"] != "pending":
+            self.store.set_wake(req.run_id, now)
+        return self.get(approval_id)
+
+    def close(self, approval_id: str, status: str, *, by: str, reason: str) -> ApprovalRequest:
+        """Close a pending request by policy (timeout): ``approved``, ``rejected`` or ``expired``."""
+        now = now_iso()
+
+        def txn(cur: Any) -> bool:
+            self.store.execute(
+                cur,
+                "UPDATE approvals SET status = ?, reason = ?, decided_by = ?, decided_at = ?, via = 'policy', updated_at = ? WHERE id = ? AND status = 'pending'",
+                (status, reason, by, now, now, approval_id),
+            )
+            return bool(cur.rowcount)
+
+        if self.store.write(txn):
+            self.store.append_system(
+                [
+                    NewEvent(
+                        "approval.expired", {"approval_id": approval_id, "status": status, "by": by, "reason": reason}
+                    )
+                ]
+            )
+        return self.get(approval_id)
+
+    def escalate(self, approval_id: str, approvers: list[str], timeout_at: str | None) -> ApprovalRequest:
+        now = now_iso()
+        self.store.write(
+            lambda cur: self.store.execute(
+                cur,
+                "UPDATE approvals SET approvers = ?, timeout_at = ?, escalations = escalations + 1, updated_at = ? WHERE id = ? AND status = 'pending'",
+                (json.dumps(approvers), timeout_at, now, approval_id),
+            )
+        )
+        self.store.append_system(
+            [
+                NewEvent(
+                    "approval.escalated", {"approval_id": approval_id, "approvers": approvers, "timeout_at": timeout_at}
+                )
+            ]
+        )
+        return self.get(approval_id)

@@ -1,0 +1,147 @@
+"""``wflo approvals …``, ``wflo approve`` and ``wflo reject``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+from rich.table import Table
+
+from ..approvals import ApprovalRequest, approvals
+from ._app import cli, console, dump_json, handle_errors
+
+
+def _as_json(r: ApprovalRequest) -> dict[str, Any]:
+    return {
+        "id": r.id, "run_id": r.run_id, "tool": r.tool, "message": r.message, "action": r.action,
+        "action_hash": r.action_hash, "status": r.status, "approvers": r.approvers, "quorum": r.quorum,
+        "requested_by": r.requested_by, "decided_by": r.decided_by, "reason": r.reason, "via": r.via,
+        "created_at": r.created_at, "decided_at": r.decided_at, "timeout_at": r.timeout_at,
+        "decision_action": r.decision_action,
+    }  # fmt: skip
+
+
+def _shown(r: ApprovalRequest) -> str:
+    return f"{r.message} | action {json.dumps(r.action, sort_keys=True)}"
+
+
+@cli.group("approvals")
+def approvals_group() -> None:
+    """The approval inbox: requests waiting for a human decision."""
+
+
+@approvals_group.command("list")
+@click.option("--mine", is_flag=True, help="Only requests you (WFLO_PRINCIPAL) may decide.")
+@click.option(
+    "--status",
+    type=click.Choice(["pending", "approved", "rejected", "expired", "all"]),
+    default="pending",
+    show_default=True,
+)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def approvals_list(mine: bool, status: str, as_json: bool) -> None:
+    """List approval requests (pending by default)."""
+    found = approvals.list(status=None if status == "all" else status, mine=mine)
+    if as_json:
+        dump_json([_as_json(r) for r in found])
+        return
+    if not found:
+        console.print(f"no {'' if status == 'all' else status + ' '}approval requests")
+        return
+    table = Table(box=None, header_style="bold")
+    table.add_column("id", no_wrap=True, min_width=36)
+    for col in ("tool", "status", "requested", "approvers", "message"):
+        table.add_column(col)
+    for r in found:
+        table.add_row(
+            r.id,
+            r.tool,
+            r.status,
+            r.created_at[:19].replace("T", " "),
+            ", ".join(r.approvers) or "anyone",
+            r.message[:60],
+        )
+    console.print(table)
+
+
+@approvals_group.command("show")
+@click.argument("approval_id")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def approvals_show(approval_id: str, as_json: bool) -> None:
+    """One request: the exact action, who may decide, votes so far."""
+    r = approvals.get(approval_id)
+    if as_json:
+        data = _as_json(r)
+        from ..approvals import inbox
+
+        data["votes"] = inbox().votes(r.id)
+        dump_json(data)
+        return
+    console.print(f"[bold]approval[/] {r.id}  {r.status}")
+    console.print(f"run        {r.run_id}")
+    console.print(f"message    {r.message}")
+    console.print(f"action     {json.dumps(r.action, sort_keys=True)}")
+    console.print(f"hash       {r.action_hash}")
+    console.print(f"approvers  {', '.join(r.approvers) or 'anyone but the requester'} (quorum {r.quorum})")
+    console.print(
+        f"requested  {r.created_at} by {r.requested_by}"
+        + (f"; times out {r.timeout_at} → {r.on_timeout}" if r.timeout_at else "")
+    )
+    if r.decided_by:
+        console.print(
+            f"decided    {r.status} by {r.decided_by} via {r.via} at {r.decided_at}"
+            + (f": {r.reason}" if r.reason else "")
+        )
+
+
+@cli.command("approve")
+@click.argument("approval_id")
+@click.option("--reason", help="Why (recorded).")
+@click.option("--args", "args_json", metavar="JSON", help="Approve with these arguments changed (a JSON object).")
+@handle_errors
+def approve_cmd(approval_id: str, reason: str | None, args_json: str | None) -> None:
+    """Approve a request as WFLO_PRINCIPAL (bound to the exact action shown)."""
+    r = approvals.get(approval_id)
+    edited = None
+    if args_json is not None:
+        try:
+            edited = json.loads(args_json)
+        except json.JSONDecodeError as exc:
+            from .._errors import UserError
+
+            raise UserError(f"--args is not valid JSON: {exc.msg}") from None
+        if not isinstance(edited, dict):
+            from .._errors import UserError
+
+            raise UserError("--args must be a JSON object of argument names to values")
+    console.print(f"approving {r.tool}: {_shown(r)}")
+    done = approvals.decide(
+        r.id, "approve", reason=reason, args=edited, action_hash=r.action_hash, via="cli", shown=_shown(r)
+    )
+    console.print(
+        f"approval {done.id}: {done.status}" + (" (waiting for more approvers)" if done.status == "pending" else "")
+    )
+
+
+@cli.command("reject")
+@click.argument("approval_id")
+@click.option("--reason", required=True, help="Why (returned to the agent).")
+@handle_errors
+def reject_cmd(approval_id: str, reason: str) -> None:
+    """Reject a request as WFLO_PRINCIPAL, with a reason the agent receives."""
+    r = approvals.get(approval_id)
+    done = approvals.decide(r.id, "reject", reason=reason, action_hash=r.action_hash, via="cli", shown=_shown(r))
+    console.print(f"approval {done.id}: {done.status}")
+
+
+@cli.command("grant")
+@click.argument("principal")
+@click.argument("role")
+@handle_errors
+def grant_cmd(principal: str, role: str) -> None:
+    """Give a principal a role: `wflo grant user:alice finance` (recorded on the audit chain)."""
+    roles = approvals.grant(principal, role)
+    console.print(f"{principal}: roles {', '.join(sorted(roles))}")

@@ -1,0 +1,98 @@
+"""``@wflo.tool``: a journaled step that an agent (or an LLM) calls, with a manifest and policies."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from .._errors import UserError
+from ..approvals._policy import Approval
+from ..engine import Call, Step
+
+P = ParamSpec("P")
+R = TypeVar("R")
+RISKS = ("low", "medium", "high")
+_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+
+
+class Tool(Step[P, R]):
+    """A tool: journaled like a step, guarded (loop guard, approval policy), described by a
+    manifest that converts to an OpenAI tool schema."""
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        description: str | None = None,
+        approval: Approval | None = None,
+        risk: str = "low",
+        **options: Any,
+    ) -> None:
+        if approval is not None and not isinstance(approval, Approval):
+            raise UserError("approval= takes a wflo.Approval(...)")
+        if risk not in RISKS:
+            raise UserError(f"risk must be one of {', '.join(RISKS)}, got {risk!r}")
+        name = options.pop("name", None) or fn.__name__
+        super().__init__(fn, name=name, kind="tool", **options)
+        self.description = description or inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0] or name
+        self.approval = approval
+        self.risk = risk
+
+    def _call(self, ctx: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
+        call = super()._call(ctx, args, kwargs)
+        call.meta["fn"] = self.fn
+        if self.approval is not None:
+            call.meta["approval"] = self.approval
+        return call
+
+    def parameters(self) -> dict[str, Any]:
+        """JSON schema of the arguments, from the signature's annotations."""
+        hints = typing.get_type_hints(self.fn)
+        props: dict[str, Any] = {}
+        required = []
+        for pname, param in inspect.signature(self.fn).parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            kind = _JSON_TYPES.get(typing.get_origin(hints.get(pname)) or hints.get(pname), "string")  # type: ignore[call-overload]
+            props[pname] = {"type": kind}
+            if param.default is param.empty:
+                required.append(pname)
+        return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+    def manifest(self) -> dict[str, Any]:
+        """Name, description, argument schema, risk level and default approval policy."""
+        policy = None
+        if self.approval is not None:
+            a = self.approval
+            policy = {"approvers": list(a.approvers), "quorum": a.quorum, "timeout_s": a.timeout_seconds,
+                      "on_timeout": a.on_timeout, "conditional": a.when is not None}  # fmt: skip
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters(),
+            "risk": self.risk,
+            "approval": policy,
+        }
+
+    def openai_schema(self) -> dict[str, Any]:
+        """The tool as an OpenAI ``tools=[...]`` entry."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters()},
+        }
+
+
+@overload
+def tool(fn: Callable[P, R], /) -> Tool[P, R]: ...
+@overload
+def tool(
+    *, name: str | None = ..., description: str | None = ..., approval: Approval | None = ..., risk: str = ...,
+    retries: int = ..., at_most_once: bool = ...,
+) -> Callable[[Callable[P, R]], Tool[P, R]]: ...  # fmt: skip
+def tool(fn: Any = None, /, **options: Any) -> Any:
+    """Make a function a guarded, journaled tool: ``@wflo.tool`` or ``@wflo.tool(approval=wflo.Approval(...))``."""
+    if fn is not None:
+        return Tool(fn)
+    return lambda f: Tool(f, **options)
