@@ -33,7 +33,9 @@ def _clean_env() -> dict[str, str]:
 def test_runnable_doc_blocks(where: str, code: str, tmp_path: Path) -> None:
     script = tmp_path / "block.py"
     script.write_text(code)
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, f"{where} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
@@ -52,5 +54,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
 def test_examples_run(example: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, str(example)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(example)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, f"{example.name} failed:\n{proc.stdout}\n{proc.stderr}"

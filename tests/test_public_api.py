@@ -35,7 +35,9 @@ def test_errors_pickle_and_carry_codes() -> None:
     import pickle
     from decimal import Decimal
 
-    err = wflo.BudgetExceededError(scope="tenant:a", limit=Decimal("1"), spent=Decimal("0.5"), reserved=Decimal("0.4"), requested=Decimal("0.2"))
+    err = wflo.BudgetExceededError(
+        scope="tenant:a", limit=Decimal("1"), spent=Decimal("0.5"), reserved=Decimal("0.4"), requested=Decimal("0.2")
+    )
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is type(err) and back.scope == "tenant:a" and back.requested == Decimal("0.2")
     assert str(back) == str(err) and back.code == "budget_exceeded"

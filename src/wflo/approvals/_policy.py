@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import re
@@ -103,10 +104,8 @@ class Approval:
             return True
         named = dict(kwargs)
         if fn is not None and args:
-            try:
+            with contextlib.suppress(TypeError):
                 named = dict(inspect.signature(fn).bind_partial(*args, **kwargs).arguments)
-            except TypeError:
-                pass
         return bool(self.when(**named))
 
 

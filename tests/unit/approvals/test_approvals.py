@@ -204,7 +204,7 @@ def test_unknown_approval_is_clear(app: str) -> None:
 
 
 def test_inline_approval_outside_a_workflow_is_a_user_error(app: str) -> None:
-    with pytest.raises(UserError, match="inside a @wflo.workflow"):
+    with pytest.raises(UserError, match=r"inside a @wflo\.workflow"):
         wflo.approval("x")
 
 
