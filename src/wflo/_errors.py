@@ -113,7 +113,7 @@ class _Structured:
         if fields:
             raise TypeError(f"{type(self).__name__} got unexpected fields: {sorted(fields)}")
         self._explicit = message
-        super().__init__(message if message is not None else self._message())
+        super().__init__(message if message is not None else self._message())  # type: ignore[call-arg]
 
     def _message(self) -> str:
         return type(self).__name__
@@ -157,6 +157,9 @@ class SerializationError(UserError):
 
     code = "serialization_error"
     _fields = ("step", "what", "detail")
+    step: Any
+    what: Any
+    detail: Any
 
     def _message(self) -> str:
         return (
@@ -169,6 +172,8 @@ class SerializationError(UserError):
 class UnknownWorkflowError(UserError):
     code = "unknown_workflow"
     _fields = ("name", "known")
+    name: Any
+    known: Any
 
     def _message(self) -> str:
         known = ", ".join(sorted(self.known or [])) or "none"
@@ -185,6 +190,8 @@ class StoreError(WfloError):
 class StoreUnavailableError(StoreError):
     code = "store_unavailable"
     _fields = ("url", "detail")
+    url: Any
+    detail: Any
 
     def _message(self) -> str:
         return f"cannot open the wflo store at {self.url}: {self.detail}"
@@ -193,6 +200,9 @@ class StoreUnavailableError(StoreError):
 class SchemaVersionError(StoreError):
     code = "schema_version"
     _fields = ("url", "found", "expected")
+    url: Any
+    found: Any
+    expected: Any
 
     def _message(self) -> str:
         if (self.found or 0) > (self.expected or 0):
@@ -205,6 +215,7 @@ class SchemaVersionError(StoreError):
 class RunNotFoundError(WfloError):
     code = "not_found"
     _fields = ("run_id",)
+    run_id: Any
 
     def _message(self) -> str:
         return f"no run with id {self.run_id!r}"
@@ -213,6 +224,9 @@ class RunNotFoundError(WfloError):
 class RunFailedError(WfloError):
     code = "run_failed"
     _fields = ("run_id", "status", "error")
+    run_id: Any
+    status: Any
+    error: Any
 
     def _message(self) -> str:
         err = self.error or {}
@@ -223,6 +237,9 @@ class RunFailedError(WfloError):
 class ResultTimeoutError(WfloError, TimeoutError):
     code = "timeout"
     _fields = ("run_id", "timeout", "status")
+    run_id: Any
+    timeout: Any
+    status: Any
 
     def _message(self) -> str:
         return f"run {self.run_id} still {self.status} after {self.timeout}s"
@@ -231,6 +248,10 @@ class ResultTimeoutError(WfloError, TimeoutError):
 class NonDeterminismError(WfloError):
     code = "non_determinism"
     _fields = ("run_id", "call_id", "expected", "found")
+    run_id: Any
+    call_id: Any
+    expected: Any
+    found: Any
 
     def _message(self) -> str:
         return (
@@ -243,6 +264,9 @@ class NonDeterminismError(WfloError):
 class StepFailedError(WfloError):
     code = "step_failed"
     _fields = ("step", "error_type", "detail")
+    step: Any
+    error_type: Any
+    detail: Any
 
     def _message(self) -> str:
         return f"step {self.step!r} failed: {self.error_type}: {self.detail}"
@@ -251,6 +275,9 @@ class StepFailedError(WfloError):
 class AtMostOnceError(WfloError):
     code = "at_most_once"
     _fields = ("run_id", "step", "call_id")
+    run_id: Any
+    step: Any
+    call_id: Any
 
     def _message(self) -> str:
         return (
@@ -269,6 +296,11 @@ class BudgetExceededError(BudgetError):
 
     code = "budget_exceeded"
     _fields = ("scope", "limit", "spent", "reserved", "requested")
+    scope: Any
+    limit: Any
+    spent: Any
+    reserved: Any
+    requested: Any
 
     def _message(self) -> str:
         return (
@@ -280,6 +312,8 @@ class BudgetExceededError(BudgetError):
 class UnknownPriceError(BudgetError):
     code = "unknown_price"
     _fields = ("model", "provider")
+    model: Any
+    provider: Any
 
     def _message(self) -> str:
         where = f" (provider {self.provider})" if self.provider else ""
@@ -295,6 +329,9 @@ class LoopDetectedError(WfloError):
 
     code = "loop_detected"
     _fields = ("detector", "evidence", "run_id")
+    detector: Any
+    evidence: Any
+    run_id: Any
 
     def _message(self) -> str:
         ev = self.evidence or {}
@@ -309,6 +346,9 @@ class ApprovalError(WfloError):
 class ApprovalRejected(ApprovalError):
     code = "approval_rejected"
     _fields = ("approval_id", "reason", "decided_by")
+    approval_id: Any
+    reason: Any
+    decided_by: Any
 
     def _message(self) -> str:
         who = f" by {self.decided_by}" if self.decided_by else ""
@@ -318,6 +358,7 @@ class ApprovalRejected(ApprovalError):
 class ApprovalNotFoundError(ApprovalError):
     code = "not_found"
     _fields = ("approval_id",)
+    approval_id: Any
 
     def _message(self) -> str:
         return f"no approval request with id {self.approval_id!r}"
@@ -326,6 +367,8 @@ class ApprovalNotFoundError(ApprovalError):
 class ApprovalClosedError(ApprovalError):
     code = "approval_closed"
     _fields = ("approval_id", "status")
+    approval_id: Any
+    status: Any
 
     def _message(self) -> str:
         return f"approval {self.approval_id} is already {self.status}"
@@ -334,6 +377,9 @@ class ApprovalClosedError(ApprovalError):
 class ApprovalForbiddenError(ApprovalError):
     code = "forbidden"
     _fields = ("approval_id", "principal", "detail")
+    approval_id: Any
+    principal: Any
+    detail: Any
 
     def _message(self) -> str:
         return f"{self.principal} may not decide approval {self.approval_id}: {self.detail}"
@@ -342,6 +388,9 @@ class ApprovalForbiddenError(ApprovalError):
 class ActionMismatchError(ApprovalError):
     code = "action_mismatch"
     _fields = ("approval_id", "expected", "found")
+    approval_id: Any
+    expected: Any
+    found: Any
 
     def _message(self) -> str:
         return (
@@ -357,6 +406,8 @@ class GuardError(WfloError):
 class CircuitOpenError(GuardError):
     code = "circuit_open"
     _fields = ("key", "retry_at")
+    key: Any
+    retry_at: Any
 
     def _message(self) -> str:
         return f"circuit {self.key} is open (failing); next probe at {self.retry_at}"
@@ -365,6 +416,9 @@ class CircuitOpenError(GuardError):
 class RateLimitedError(GuardError):
     code = "rate_limited"
     _fields = ("key", "limit", "retry_after")
+    key: Any
+    limit: Any
+    retry_after: Any
 
     def _message(self) -> str:
         return f"rate limit {self.limit} for {self.key} reached; retry after {self.retry_after}s"
@@ -377,6 +431,9 @@ class SandboxError(WfloError):
 class SandboxUnavailableError(SandboxError):
     code = "sandbox_unavailable"
     _fields = ("backend", "detail", "hint")
+    backend: Any
+    detail: Any
+    hint: Any
 
     def _message(self) -> str:
         hint = f" {self.hint}" if self.hint else ""
@@ -386,6 +443,8 @@ class SandboxUnavailableError(SandboxError):
 class SandboxSetupError(SandboxError):
     code = "sandbox_setup"
     _fields = ("backend", "detail")
+    backend: Any
+    detail: Any
 
     def _message(self) -> str:
         return f"sandbox backend {self.backend!r} failed to start: {self.detail}"
@@ -394,6 +453,8 @@ class SandboxSetupError(SandboxError):
 class ToolDeniedError(WfloError):
     code = "tool_denied"
     _fields = ("tool", "reason")
+    tool: Any
+    reason: Any
 
     def _message(self) -> str:
         return f"tool {self.tool!r} refused the call: {self.reason}"
@@ -406,6 +467,11 @@ class AuditError(WfloError):
 class ChainBrokenError(AuditError):
     code = "chain_broken"
     _fields = ("chain", "seq", "expected", "found", "kind")
+    chain: Any
+    seq: Any
+    expected: Any
+    found: Any
+    kind: Any
 
     def _message(self) -> str:
         return (
@@ -423,6 +489,7 @@ class WfloInterrupt(_Structured, BaseException):
 class RunCancelled(WfloInterrupt):
     code = "cancelled"
     _fields = ("run_id",)
+    run_id: Any
 
     def _message(self) -> str:
         return f"run {self.run_id} was cancelled"
@@ -431,6 +498,8 @@ class RunCancelled(WfloInterrupt):
 class LeaseLost(WfloInterrupt):
     code = "lease_lost"
     _fields = ("run_id", "owner")
+    run_id: Any
+    owner: Any
 
     def _message(self) -> str:
         return f"this worker ({self.owner}) no longer holds run {self.run_id}; it stops here"
@@ -439,6 +508,9 @@ class LeaseLost(WfloInterrupt):
 class RunSuspended(WfloInterrupt):
     code = "suspended"
     _fields = ("run_id", "reason", "wait")
+    run_id: Any
+    reason: Any
+    wait: Any
 
     def _message(self) -> str:
         return f"run {self.run_id} is waiting: {self.reason}"

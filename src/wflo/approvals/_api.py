@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ class Approvals:
 
     def list(
         self, *, status: str | None = "pending", mine: bool = False, run_id: str | None = None
-    ) -> list[ApprovalRequest]:
+    ) -> builtins.list[ApprovalRequest]:
         """Requests (pending by default); ``mine``: only those the current principal may decide."""
         box = inbox()
         found = box.list(status=status, run_id=run_id)

@@ -8,6 +8,7 @@ were shown; the run's own chain records the decision when the run resumes.
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -87,9 +88,10 @@ class Inbox:
 
     def list(
         self, *, status: str | None = "pending", run_id: str | None = None, limit: int = 100
-    ) -> list[ApprovalRequest]:
-        sql, params = f"SELECT {_COLUMNS} FROM approvals", []
-        where = []
+    ) -> builtins.list[ApprovalRequest]:
+        sql = f"SELECT {_COLUMNS} FROM approvals"
+        params: builtins.list[Any] = []
+        where: builtins.list[str] = []
         if status:
             where.append("status = ?")
             params.append(status)
@@ -102,7 +104,7 @@ class Inbox:
         params.append(limit)
         return [ApprovalRequest.from_row(r) for r in self.store.read(sql, params)]
 
-    def votes(self, approval_id: str) -> list[dict[str, Any]]:
+    def votes(self, approval_id: str) -> builtins.list[dict[str, Any]]:
         rows = self.store.read(
             "SELECT principal, decision, reason, action_hash, via, at FROM approval_votes WHERE approval_id = ? ORDER BY at",
             (approval_id,),
@@ -157,12 +159,12 @@ class Inbox:
         tool: str,
         message: str,
         action: dict[str, Any],
-        approvers: list[str],
+        approvers: builtins.list[str],
         quorum: int,
         requested_by: str,
         timeout_at: str | None,
         on_timeout: str,
-        escalate_to: list[str],
+        escalate_to: builtins.list[str],
     ) -> tuple[ApprovalRequest, bool]:
         """Create the request (idempotent on ``approval_id``); returns it and whether it is new."""
         now = now_iso()
@@ -320,7 +322,7 @@ class Inbox:
             )
         return self.get(approval_id)
 
-    def escalate(self, approval_id: str, approvers: list[str], timeout_at: str | None) -> ApprovalRequest:
+    def escalate(self, approval_id: str, approvers: builtins.list[str], timeout_at: str | None) -> ApprovalRequest:
         now = now_iso()
         self.store.write(
             lambda cur: self.store.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,10 +44,10 @@ class Budgets:
     def get(self, scope: str) -> Limit | None:
         return ledger().get_limit(scope)
 
-    def list(self) -> list[Limit]:
+    def list(self) -> builtins.list[Limit]:
         return ledger().limits()
 
-    def usage(self, scope: str | None = None) -> list[BudgetUsage]:
+    def usage(self, scope: str | None = None) -> builtins.list[BudgetUsage]:
         """Spent and reserved in the current period of each limited scope (or one)."""
         return ledger().usage(scope)
 

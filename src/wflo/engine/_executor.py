@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ._workflow import Workflow
 
 # Hooks later layers use to add guards to every run (budgets, loop guards, …).
-GuardFactory = Callable[["Workflow", RunRecord], list[Any]]
+GuardFactory = Callable[["Workflow[Any, Any]", RunRecord], list[Any]]
 _guard_factories: list[GuardFactory] = []
 
 
@@ -38,7 +38,7 @@ def add_guard_factory(factory: GuardFactory) -> None:
         _guard_factories.append(factory)
 
 
-def _guards_for(wf: Workflow, record: RunRecord) -> list[Any]:
+def _guards_for(wf: Workflow[Any, Any], record: RunRecord) -> list[Any]:
     guards: list[Any] = []
     for factory in _guard_factories:
         guards.extend(factory(wf, record))
@@ -80,7 +80,7 @@ def owner_is_dead_here(owner: str | None) -> bool:
     return False
 
 
-def _prepare(store: Store, wf: Workflow, record: RunRecord, owner: str) -> RunContext:
+def _prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str) -> RunContext:
     ctx = RunContext.load(store, record, owner, _guards_for(wf, record))
     if ctx.last_event_type != "run.started":
         if record.attempts <= 1 and not ctx.journal:
@@ -97,7 +97,7 @@ def _prepare(store: Store, wf: Workflow, record: RunRecord, owner: str) -> RunCo
     return ctx
 
 
-def _finish_ok(ctx: RunContext, wf: Workflow, value: Any) -> Any:
+def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
     try:
         output = encode(value, serializer=wf.serializer, step=wf.name, what="result")
     except SerializationError as exc:
@@ -140,7 +140,7 @@ def _args(record: RunRecord) -> tuple[list[Any], dict[str, Any]]:
     return list(data.get("args", [])), dict(data.get("kwargs", {}))
 
 
-def execute(store: Store, wf: Workflow, record: RunRecord, owner: str) -> Any:
+def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str) -> Any:
     """Run ``record`` (whose lease ``owner`` holds) to its end, or until it waits or is lost.
 
     Returns the workflow's value; raises its exception (after recording it).
@@ -165,7 +165,7 @@ def execute(store: Store, wf: Workflow, record: RunRecord, owner: str) -> Any:
     return _finish_ok(ctx, wf, value)
 
 
-async def aexecute(store: Store, wf: Workflow, record: RunRecord, owner: str) -> Any:
+async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str) -> Any:
     """The async twin of :func:`execute`."""
     if not wf.is_async:
         return await asyncio.to_thread(execute, store, wf, record, owner)

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from .._config import get_store, settings
 from .._errors import (
@@ -74,7 +74,7 @@ class Workflow(Generic[P, R]):
         self.serializer = check_serializer(serializer)
         self.is_async = is_async_callable(fn)
         self.extra = extra  # options owned by other layers (budget, guards, on_loop, …)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
         with _registry_lock:
             existing = _registry.get(self.name)
             if existing is not None and existing.fn is not fn and _qualname(existing.fn) != _qualname(fn):
@@ -106,15 +106,15 @@ class Workflow(Generic[P, R]):
     # --------------------------------------------------------------- calling
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Inside a workflow: run as a child workflow. Outside: the same as ``run``."""
-        return self.options().run(*args, **kwargs)
+        return cast(R, self.options().run(*args, **kwargs))
 
     def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run durably in this process and return the result (or raise the workflow's error)."""
-        return self.options().run(*args, **kwargs)
+        return cast(R, self.options().run(*args, **kwargs))
 
     async def arun(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Async ``run``: async workflows run on the current event loop."""
-        return await self.options().arun(*args, **kwargs)
+        return cast(R, await self.options().arun(*args, **kwargs))
 
     def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle:
         """Enqueue a run for a worker and return its handle at once."""
@@ -330,7 +330,7 @@ def resume(run_id: str) -> Any:
     record = store.find_run(run_id)
     if record.done:
         return _result_of(record)
-    bound = BoundWorkflow(get_workflow(record.workflow), RunOptions(id=record.id))
+    bound: BoundWorkflow[Any, Any] = BoundWorkflow(get_workflow(record.workflow), RunOptions(id=record.id))
     owner = process_owner()
     record = bound._claim_existing(store, record, owner)
     if record.done:
@@ -363,7 +363,7 @@ class Step(Generic[P, R]):
         self.serializer = check_serializer(serializer)
         self.kind = kind
         self.is_async = is_async_callable(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
         return f"<wflo.Step {self.name}>"
@@ -385,8 +385,8 @@ class Step(Generic[P, R]):
         if ctx is None:
             return self.fn(*args, **kwargs)  # outside a workflow a step is a plain function
         if self.is_async:
-            return aguarded_call(self._call(ctx, args, kwargs), self.fn)  # type: ignore[return-value]
-        return guarded_call(self._call(ctx, args, kwargs), self.fn)  # type: ignore[no-any-return]
+            return cast(R, aguarded_call(self._call(ctx, args, kwargs), cast(Any, self.fn)))
+        return cast(R, guarded_call(self._call(ctx, args, kwargs), self.fn))
 
 
 @overload

@@ -81,7 +81,7 @@ def _wrap(mod: Any) -> None:
         ctx = current_run() if api else None
         if ctx is None and api and implicit_run is not None:
             ctx = implicit_run()
-        if ctx is None:
+        if ctx is None or api is None:
             return sync_send(self, request, *args, **kwargs)
         call, request, replayed = _begin(mod, ctx, api, request)
         if replayed is not NOT_REPLAYED:
@@ -104,7 +104,7 @@ def _wrap(mod: Any) -> None:
         ctx = current_run() if api else None
         if ctx is None and api and implicit_run is not None:
             ctx = implicit_run()
-        if ctx is None:
+        if ctx is None or api is None:
             return await async_send(self, request, *args, **kwargs)
         call, request, replayed = _begin(mod, ctx, api, request)
         if replayed is not NOT_REPLAYED:

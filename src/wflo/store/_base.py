@@ -394,7 +394,8 @@ class Store(abc.ABC):
         parent_id: str | None = None,
         limit: int = 50,
     ) -> list[RunRecord]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         for column, value in (("status", status), ("workflow", workflow), ("parent_id", parent_id)):
             if value is not None:
                 where.append(f"{column} = ?")

@@ -14,7 +14,14 @@ from ..engine import Call, Step
 P = ParamSpec("P")
 R = TypeVar("R")
 RISKS = ("low", "medium", "high")
-_JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array", dict: "object"}
+_JSON_TYPES: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
 
 
 class Tool(Step[P, R]):
@@ -55,7 +62,8 @@ class Tool(Step[P, R]):
         for pname, param in inspect.signature(self.fn).parameters.items():
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 continue
-            kind = _JSON_TYPES.get(typing.get_origin(hints.get(pname)) or hints.get(pname), "string")  # type: ignore[call-overload]
+            hint = hints.get(pname)
+            kind = _JSON_TYPES.get(typing.get_origin(hint) or hint, "string")
             props[pname] = {"type": kind}
             if param.default is param.empty:
                 required.append(pname)
