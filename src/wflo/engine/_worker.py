@@ -102,27 +102,32 @@ class Worker:
     def _submit(self, pool: ThreadPoolExecutor, record: RunRecord) -> None:
         if self.on_event:
             self.on_event("claimed", record)
-        fut = pool.submit(self._execute, record)
+        # Submit and register under the lock: the run's own clean-up (which takes the lock)
+        # cannot run before it is registered, even if it finishes at once.
         with self._lock:
-            self._active[record.id] = fut
+            self._active[record.id] = pool.submit(self._execute, record)
+
+    def _count(self) -> None:
+        with self._lock:
+            self.completed += 1
 
     def _execute(self, record: RunRecord) -> None:
         try:
             wf = get_workflow(record.workflow)
             execute(self.store, wf, record, self.owner)
-            self.completed += 1
+            self._count()
             if self.on_event:
                 self.on_event("finished", self.store.get_run(record.id))
         except LeaseLost:
             log.info("wflo worker: lost the lease of run %s; another worker has it", record.id)
         except WfloInterrupt as exc:
             # Suspended (waiting) or cancelled: recorded by the executor already.
-            self.completed += 1
+            self._count()
             if self.on_event:
                 self.on_event("finished", self.store.get_run(record.id))
             log.debug("wflo worker: run %s: %s", record.id, exc)
         except Exception:
-            self.completed += 1
+            self._count()
             if self.on_event:
                 self.on_event("failed", self.store.get_run(record.id))
         finally:

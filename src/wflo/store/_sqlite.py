@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
+import time
 from typing import Any
 
 from .._errors import StoreUnavailableError
@@ -37,6 +39,7 @@ class SQLiteStore(Store):
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
+        self._wal_checked = False
         if path != ":memory:":
             directory = os.path.dirname(os.path.abspath(path))
             try:
@@ -44,7 +47,22 @@ class SQLiteStore(Store):
             except OSError as exc:
                 raise StoreUnavailableError(url=url, detail=str(exc)) from None
 
+    def _is_disconnect(self, error: BaseException) -> bool:
+        # SQLite answers SQLITE_BUSY without waiting in a few cases (WAL recovery, a reader
+        # upgrading to a writer); the whole operation is safe to run again.
+        return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
     def _connect(self) -> Any:
+        for attempt in range(40):
+            try:
+                return self._open()
+            except StoreUnavailableError as exc:
+                if "locked" not in str(exc) or attempt == 39:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _open(self) -> Any:
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
@@ -56,6 +74,28 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreUnavailableError(url=self.url, detail=str(exc)) from None
         return conn
+
+    def _ensure_wal(self) -> None:
+        """Switch the file to WAL once, under a file lock.
+
+        WAL mode is stored in the database file. Switching needs an exclusive lock, so many
+        processes opening a new database at once would otherwise wait on each other's
+        transactions; here exactly one switches it and the others find it done.
+        """
+        with open(self.path + ".wflo-lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout_ms / 1000)
+                try:
+                    conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                    if str(mode).lower() != "wal":
+                        conn.execute("PRAGMA journal_mode = WAL")
+                finally:
+                    conn.close()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        self._wal_checked = True
 
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN IMMEDIATE")
