@@ -27,6 +27,7 @@ from ._scope import scope
 from .approvals import Approval, approval, approvals
 from .cost._api import budgets
 from .cost._ledger import Budget
+from .cost._prices import prices
 from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
 from .tools import Tool, tool
 
@@ -61,6 +62,7 @@ __all__ = [
     "configure",
     "current_run",
     "init",
+    "prices",
     "resume",
     "scope",
     "settings",

@@ -10,7 +10,9 @@ from .._errors import UnknownPriceError
 from .._scope import current_scope
 from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
+from ._estimate import DEFAULT_OUTPUT_CAP
 from ._ledger import Budget, Ledger, Limit, Reservation, usd_str
+from ._prices import prices
 
 log = logging.getLogger("wflo.budget")
 
@@ -67,7 +69,7 @@ class BudgetGuard(Guard):
         api, provider, model = call.meta["api"], call.meta["provider"], call.name
         extra = [self.run_limit] if self.run_limit is not None else []
         try:
-            price = _llm.lookup_price(model, provider)
+            price = prices.lookup(model, provider)
         except UnknownPriceError:
             if extra or self._any_limit():
                 raise
@@ -75,9 +77,13 @@ class BudgetGuard(Guard):
             call.event["price_source"] = "unknown"
             return
         call.meta["price"] = price
-        input_tokens = _llm.estimate_input(provider, model, body)
-        cap_field, cap = _cap(api, body, model, provider)
-        request = _llm.cost_request(price, input_tokens, cap)
+        cap_field, cap = _cap(api, body, provider)
+        if cap_field not in body:
+            # The bound needs a cap: a request without one gets the default written in.
+            body[cap_field] = cap
+            call.meta["body_changed"] = True
+            call.event["cap_added"] = {"field": cap_field, "value": cap}
+        request = _llm.cost_request(price, provider, body, cap)
         res = self.ledger.reserve(run_id=self.run_id, scopes=self.scopes(), extra_limits=extra, cost=request)
         if res is None:
             return
@@ -106,21 +112,21 @@ class BudgetGuard(Guard):
         price = call.meta.get("price")
         call.event["provider"] = call.meta["provider"]
         if usage is not None:
-            call.event["usage"] = _llm.usage_dict(usage)
+            call.event["usage"] = usage.as_dict()
         if price is None:
             if res is not None:
                 call.ops.append(self.ledger.settle_op(res, Decimal(0)))
             return
-        cost = _llm.cost_of(call.name, call.meta["provider"], usage) if usage is not None else None
-        if cost is None:
-            # No usage reported (a failed request, a stream cut before its usage event): charge
-            # what the response shows at most, else the input estimate, never a silent $0 for
-            # a call that reached the provider with a body.
-            cost = _llm.fallback_cost(price, call.meta["body"], call.meta["provider"], value)
+        if usage is not None:
+            cost = prices.cost(price.model, usage, price.provider).total
+        else:
+            # No usage reported (an error status, a stream cut before its usage event):
+            # the input bound plus the output seen, never a silent $0 for a billed call.
+            cost = _llm.fallback_cost(price, call.meta["provider"], call.meta["body"], value)
             call.event["cost_estimated"] = True
         call.event["cost_usd"] = usd_str(cost)
-        call.event["price_source"] = getattr(price, "source", "unknown")
-        call.event["price_version"] = getattr(price, "source_version", None)
+        call.event["price_source"] = price.source
+        call.event["price_version"] = price.source_version
         if res is not None:
             call.ops.append(self.ledger.settle_op(res, cost))
 
@@ -135,12 +141,12 @@ class BudgetGuard(Guard):
         notify_thresholds(res.alerts_crossed, run_id=self.run_id)
 
 
-def _cap(api: str, body: dict[str, Any], model: str, provider: str) -> tuple[str, int]:
+def _cap(api: str, body: dict[str, Any], provider: str) -> tuple[str, int]:
     fields = _CAP_FIELDS.get(api, ("max_tokens",))
     for name in fields:
         value = body.get(name)
         if isinstance(value, int) and value > 0:
             return name, value
-    from . import _llm
-
-    return fields[0], _llm.default_output_cap(model, provider)
+    # OpenAI's own chat API wants max_completion_tokens; compatible servers know max_tokens.
+    name = fields[0] if provider == "openai" or api != "chat" else "max_tokens"
+    return name, DEFAULT_OUTPUT_CAP

@@ -75,6 +75,9 @@ def install() -> list[str]:
 def _wrap(mod: Any) -> None:
     sync_send = mod.Client.send
     async_send = mod.AsyncClient.send
+    # The response's stream must stay an instance of the library's own stream classes.
+    sync_recorder = type("SyncRecorder", (_SyncRecorder, mod.SyncByteStream), {})
+    async_recorder = type("AsyncRecorder", (_AsyncRecorder, mod.AsyncByteStream), {})
 
     def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         api = llm_api(request.method, request.url.path)
@@ -93,7 +96,7 @@ def _wrap(mod: Any) -> None:
             finish_call(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
             raise
         if _is_stream(response):
-            response.stream = _SyncRecorder(response, call, t0)
+            response.stream = sync_recorder(response, call, t0)
             return response
         response.read()
         _end(call, response, response.content, True, t0)
@@ -116,7 +119,7 @@ def _wrap(mod: Any) -> None:
             finish_call(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
             raise
         if _is_stream(response):
-            response.stream = _AsyncRecorder(response, call, t0)
+            response.stream = async_recorder(response, call, t0)
             return response
         await response.aread()
         _end(call, response, response.content, True, t0)

@@ -1,0 +1,61 @@
+"""Agents for the budget tests: unchanged OpenAI/Anthropic SDK code inside wflo workflows."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import anthropic
+import openai
+
+import wflo
+
+BASE = os.environ.get("LLMAPP_BASE", "http://127.0.0.1:1")
+
+
+def oai() -> openai.OpenAI:
+    return openai.OpenAI(base_url=BASE + "/v1", api_key="test", max_retries=0)
+
+
+@wflo.step
+def maybe_die(marker: str) -> None:
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@wflo.workflow(name="three-calls", budget=wflo.Budget(usd="1.00"))
+def three_calls(marker: str) -> list[str]:
+    client = oai()
+    out = []
+    for i in range(3):
+        reply = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=50
+        )
+        out.append(reply.choices[0].message.content)
+        if i == 1:
+            maybe_die(marker)
+    return out
+
+
+@wflo.workflow(name="tenant-calls")
+def tenant_calls(n: int) -> int:
+    client = oai()
+    done = 0
+    with wflo.scope(tenant="race"):
+        for _ in range(n):
+            try:
+                client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there " * 20}], max_tokens=200
+                )
+                done += 1
+            except wflo.BudgetExceededError:
+                pass
+    return done
+
+
+@wflo.workflow(name="claude")
+def claude() -> str:
+    client = anthropic.Anthropic(base_url=BASE, api_key="test", max_retries=0)
+    msg = client.messages.create(model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+    return msg.content[0].text
