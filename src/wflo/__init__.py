@@ -29,6 +29,7 @@ from .cost._api import budgets
 from .cost._ledger import Budget
 from .cost._prices import prices
 from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
+from .guards import LoopGuard
 from .tools import Tool, tool
 
 __version__ = "0.1.0.dev0"
@@ -41,6 +42,7 @@ __all__ = [
     "BudgetExceededError",
     "ConfigurationError",
     "LoopDetectedError",
+    "LoopGuard",
     "NonDeterminismError",
     "ResultTimeoutError",
     "RunCancelled",

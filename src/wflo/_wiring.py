@@ -10,6 +10,7 @@ from .cost._api import ledger
 from .cost._guard import BudgetGuard
 from .cost._ledger import Budget
 from .engine import Guard, add_guard_factory
+from .guards import LoopGuard, LoopGuardGuard
 from .integrations import _http
 
 
@@ -18,11 +19,17 @@ def _run_guards(wf: Any, record: Any) -> list[Guard]:
     opts = record.options.get("budget")
     budget = Budget(**opts) if isinstance(opts, dict) else None
     requester = record.options.get("started_by") or settings().principal
+    loop_opts = record.options.get("loop_guard")
+    loop = LoopGuard(**loop_opts) if isinstance(loop_opts, dict) else LoopGuard()
     # Order matters: a call waits for its approval before any money is reserved for it.
-    return [
-        ApprovalGuard(inbox(), requested_by=requester),
-        BudgetGuard(ledger(), run_id=record.id, workflow=record.workflow, tenant=record.tenant, budget=budget),
-    ]
+    guards: list[Guard] = (
+        [] if loop_opts is False else [LoopGuardGuard(loop, run_id=record.id, created_at=record.created_at)]
+    )
+    guards.append(ApprovalGuard(inbox(), requested_by=requester))
+    guards.append(
+        BudgetGuard(ledger(), run_id=record.id, workflow=record.workflow, tenant=record.tenant, budget=budget)
+    )
+    return guards
 
 
 add_guard_factory(_run_guards)

@@ -43,14 +43,16 @@ def tenant_calls(n: int) -> int:
     client = oai()
     done = 0
     with wflo.scope(tenant="race"):
-        for _ in range(n):
+        for i in range(n):
             try:
                 client.chat.completions.create(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there " * 20}], max_tokens=200
+                    model="gpt-4o-mini",
+                    messages=[{"role": "user", "content": f"hello there {i} " * 20}],
+                    max_tokens=200,
                 )
                 done += 1
             except wflo.BudgetExceededError:
-                pass
+                break  # the tenant's money is gone (retrying the same refusal would be a runaway)
     return done
 
 

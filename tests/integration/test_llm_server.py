@@ -23,7 +23,10 @@ def llm() -> LLMServer:
 
 def test_chat_text_tools_usage_and_truncation(llm: LLMServer) -> None:
     client = openai.OpenAI(base_url=llm.openai_url, api_key="t", max_retries=0)
-    llm.script(Reply("one two three four", cached_tokens=3, reasoning_tokens=1), Reply(tool_calls=[ToolCall("search", {"q": "otters"})]))
+    llm.script(
+        Reply("one two three four", cached_tokens=3, reasoning_tokens=1),
+        Reply(tool_calls=[ToolCall("search", {"q": "otters"})]),
+    )
     r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert r.choices[0].message.content == "one two" and r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 2 and r.usage.prompt_tokens_details.cached_tokens == 3
@@ -37,7 +40,9 @@ def test_chat_text_tools_usage_and_truncation(llm: LLMServer) -> None:
 def test_chat_stream_with_usage_and_async(llm: LLMServer) -> None:
     llm.script(Reply("a b c", input_tokens=7), Reply("async!"))
     client = openai.OpenAI(base_url=llm.openai_url, api_key="t", max_retries=0)
-    chunks = list(client.chat.completions.create(model="m", messages=[], stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(model="m", messages=[], stream=True, stream_options={"include_usage": True})
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a b c"
     assert chunks[-1].usage.prompt_tokens == 7 and chunks[-1].usage.completion_tokens == 3
     client.close()
@@ -64,11 +69,17 @@ def test_responses_plain_and_stream(llm: LLMServer) -> None:
 
 def test_anthropic_messages_stream_tools_and_cache_usage(llm: LLMServer) -> None:
     client = anthropic.Anthropic(base_url=llm.anthropic_url, api_key="t", max_retries=0)
-    llm.script(Reply("hi there", input_tokens=20, cached_tokens=5, cache_write_tokens=3), Reply("x y z"), Reply(tool_calls=[ToolCall("t", {"n": 1})]))
+    llm.script(
+        Reply("hi there", input_tokens=20, cached_tokens=5, cache_write_tokens=3),
+        Reply("x y z"),
+        Reply(tool_calls=[ToolCall("t", {"n": 1})]),
+    )
     m = client.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert m.content[0].text == "hi there"
     assert (m.usage.input_tokens, m.usage.cache_read_input_tokens, m.usage.cache_creation_input_tokens) == (12, 5, 3)
-    with client.messages.stream(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as s:
+    with client.messages.stream(
+        model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    ) as s:
         assert s.get_final_text() == "x y z"
     m = client.messages.create(model="claude-haiku-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
     assert m.content[0].type == "tool_use" and m.content[0].input == {"n": 1} and m.stop_reason == "tool_use"

@@ -164,7 +164,9 @@ def _after(call: Call, outcome: Outcome, guards: list[Guard]) -> None:
         try:
             guard.after(call, outcome)
         except BaseException as exc:
-            if outcome.error is None:
+            # A guard's own refusal (a loop stop, say) wins over the call's error: it is
+            # deliberate, and it is what the agent and the journal must see.
+            if outcome.error is None or isinstance(exc, WfloError):
                 outcome.error = exc
                 outcome.value = None
 
@@ -172,7 +174,13 @@ def _after(call: Call, outcome: Outcome, guards: list[Guard]) -> None:
 def _end_data(
     call: Call, *, output: Any = None, error: BaseException | None = None, duration_ms: float, attempts: int
 ) -> dict[str, Any]:
-    data: dict[str, Any] = {"call": call.call_id, "name": call.name, "kind": call.kind, "ms": round(duration_ms, 3)}
+    data: dict[str, Any] = {
+        "call": call.call_id,
+        "name": call.name,
+        "kind": call.kind,
+        "ms": round(duration_ms, 3),
+        "digest": call.args_digest,
+    }
     if attempts != 1:
         data["attempts"] = attempts
     if "_input" in call.meta:

@@ -98,6 +98,11 @@ def _prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str
 
 
 def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
+    stopped = ctx.state.get("stopped")
+    if stopped is not None:
+        # The code caught the stop and returned anyway: the run still ends stopped.
+        _finish_error(ctx, stopped)
+        raise stopped
     try:
         output = encode(value, serializer=wf.serializer, step=wf.name, what="result")
     except SerializationError as exc:

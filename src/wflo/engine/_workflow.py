@@ -95,6 +95,8 @@ class Workflow(Generic[P, R]):
             to_options = getattr(value, "to_run_options", None)
             if to_options is not None:
                 options.update(to_options())
+            elif key == "guards" and value is False:
+                options["loop_guard"] = False  # runaway protection switched off on purpose
             elif value is not None and isinstance(value, str | int | float | bool):
                 options[key] = value
         return options

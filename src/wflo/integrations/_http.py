@@ -20,6 +20,7 @@ streaming, ``with_raw_response``, Responses and Chat Completions all share it).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import threading
@@ -147,6 +148,7 @@ def _begin(mod: Any, ctx: Any, api: str, request: Any) -> tuple[Call, Any, Any]:
         kind="llm", name=model, args=(), kwargs={}, run=ctx, record_input=False,
         meta={"api": api, "provider": provider_of(api, request.url.host), "body": body, "url": str(request.url)},
     )  # fmt: skip
+    call.meta["_args_digest"] = hashlib.sha256(request.content or b"").hexdigest()
     replayed = start_call(call)
     if replayed is not NOT_REPLAYED:
         return call, request, _response(mod, replayed, request)

@@ -1,0 +1,104 @@
+"""The loop guard as a link of the call boundary."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from .._errors import LoopDetectedError
+from ..engine import Call, Guard, JournalEntry, Outcome
+from ..store import NewEvent, parse_iso
+from ._loop import LoopGuard, LoopState, Signature, digest, now
+
+_COUNTED = frozenset({"step", "llm", "tool", "sandbox", "child"})
+
+
+def _llm_content(value: dict[str, Any]) -> Any:
+    """What an LLM answered (text and tool calls), without ids and timestamps that always differ."""
+    body = value.get("body") or ""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body  # a stream: its text is what it is
+    if not isinstance(doc, dict):
+        return doc
+    if "choices" in doc:
+        return [c.get("message") for c in doc["choices"]]
+    if "content" in doc:
+        return doc["content"]
+    if "output" in doc:
+        return [{k: v for k, v in item.items() if k not in ("id",)} for item in doc.get("output") or []]
+    return doc
+
+
+def _error_key(kind: str, error: Any, value: Any) -> str | None:
+    if error is not None:
+        if isinstance(error, dict):
+            return f"{error.get('type')}: {error.get('message')}"
+        return f"{type(error).__name__}: {error}"
+    if kind == "llm" and isinstance(value, dict) and int(value.get("status", 200)) >= 400:
+        return f"HTTP {value.get('status')}"
+    return None
+
+
+def _output_digest(kind: str, value: Any) -> str | None:
+    if kind == "llm" and isinstance(value, dict):
+        return digest(_llm_content(value))
+    return digest(value) if kind in ("tool",) else None
+
+
+class LoopGuardGuard(Guard):
+    """Runaway detection at the call boundary; see ``wflo.guards._loop`` for what it checks."""
+
+    def __init__(self, options: LoopGuard, *, run_id: str, created_at: str) -> None:
+        self.state = LoopState(options, parse_iso(created_at).timestamp())
+        self.run_id = run_id
+
+    def _sig(self, call: Call) -> Signature:
+        return Signature(call.call_id, call.kind, call.name, call.args_digest)
+
+    def before(self, call: Call) -> None:
+        if call.kind not in _COUNTED:
+            return
+        sig = self._sig(call)
+        try:
+            self.state.before(sig, now(), self.run_id)
+        except LoopDetectedError as exc:
+            self._stopped(call, exc)
+            raise
+        self.state.accept(sig)
+
+    def after(self, call: Call, outcome: Outcome) -> None:
+        if call.kind not in _COUNTED or isinstance(outcome.error, LoopDetectedError):
+            return
+        cost = call.event.get("cost_usd")
+        try:
+            self.state.after(
+                self._sig(call), _error_key(call.kind, outcome.error, outcome.value),
+                _output_digest(call.kind, outcome.value), Decimal(cost) if cost else None, now(), self.run_id,
+            )  # fmt: skip
+        except LoopDetectedError as exc:
+            self._stopped(call, exc)
+            raise
+
+    def replayed(self, call: Call, entry: JournalEntry) -> None:
+        if entry.kind not in _COUNTED:
+            return
+        data = entry.data
+        sig = Signature(entry.call, entry.kind, entry.name, data.get("digest") or call.args_digest)
+        self.state.accept(sig)
+        from ..engine._serialize import decode
+
+        output = decode(data.get("output")) if "output" in data else None
+        cost = data.get("cost_usd")
+        self.state.after(sig, _error_key(entry.kind, data.get("error"), output), _output_digest(entry.kind, output),
+                         Decimal(cost) if cost else None, 0.0, self.run_id, check=False)  # fmt: skip
+
+    def _stopped(self, call: Call, exc: LoopDetectedError) -> None:
+        ctx = call.run
+        if ctx.state.get("stopped") is None:
+            ctx.state["stopped"] = exc
+            ctx.append(
+                [NewEvent("loop.stopped", {"detector": exc.detector, "evidence": exc.evidence, "call": call.call_id})]
+            )
