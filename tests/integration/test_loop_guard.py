@@ -96,7 +96,7 @@ def test_repeating_the_same_tool_call_is_stopped_with_evidence(configured: str, 
     err = _run(wflo.LoopGuard(max_repeats=3), llm, 50, "rep")
     assert err is not None and err.detector == "max_repeats"
     ev = err.evidence
-    assert ev["name"] == "search" and ev["count"] == 4 and len(ev["seqs"]) == 3
+    assert ev["name"] == "search" and ev["count"] == 4 and len(ev["calls"]) == 3
     run = _config.get_store().get_run("rep")
     assert run.status == "stopped" and run.error["type"] == "LoopDetectedError"
     assert _stop_event("rep")["detector"] == "max_repeats"

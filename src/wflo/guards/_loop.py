@@ -98,7 +98,8 @@ class LoopGuard:
 
 @dataclass(frozen=True, slots=True)
 class Signature:
-    seq: int
+    seq: str
+    """The call's id in the run (``3``, ``3.1``): evidence names calls by it."""
     kind: str
     name: str
     digest: str
@@ -131,8 +132,8 @@ class LoopState:
         self.error_key: str | None = None
         self.error_streak: list[Any] = []
         self.outputs: deque[str] = deque(maxlen=self.WINDOW)
-        self.no_progress: list[int] = []
-        self.spend: deque[tuple[float, Decimal, int]] = deque()
+        self.no_progress: list[str] = []
+        self.spend: deque[tuple[float, Decimal, str]] = deque()
         self.stopped: LoopDetectedError | None = None
         self.rate = parse_rate(guard.max_spend_rate) if guard.max_spend_rate else None
         self.max_duration = parse_duration(guard.max_duration) if guard.max_duration is not None else None
@@ -158,7 +159,7 @@ class LoopState:
                 self._fire("max_repeats", run_id,
                            f"{sig.kind} {sig.name} called {len(same) + 1} times with the same arguments in the last {g.repeat_window} calls",
                            {"kind": sig.kind, "name": sig.name, "args_digest": sig.digest[:16], "count": len(same) + 1,
-                            "seqs": [s.seq for s in same], "window": g.repeat_window})  # fmt: skip
+                            "calls": [s.seq for s in same], "window": g.repeat_window})  # fmt: skip
         if g.max_oscillation is not None:
             self._check_oscillation(sig, run_id)
 
@@ -179,7 +180,7 @@ class LoopState:
                 self._fire("max_oscillation", run_id,
                            f"calls cycle with period {period} ({' -> '.join(k[1] for k in cycle)}) {g.max_oscillation} times",
                            {"period": period, "cycles": g.max_oscillation, "cycle": [{"kind": k[0], "name": k[1], "args_digest": k[2][:16]} for k in cycle],
-                            "seqs": [s.seq for s in calls]})  # fmt: skip
+                            "calls": [s.seq for s in calls]})  # fmt: skip
 
     def accept(self, sig: Signature) -> None:
         """Count a call that passed ``before`` (or was replayed)."""
@@ -227,15 +228,15 @@ class LoopState:
             return
         if g.max_same_error is not None and len(self.error_streak) >= g.max_same_error:
             self._fire("max_same_error", run_id, f"the same error {len(self.error_streak)} times in a row: {self.error_key}",
-                       {"error": self.error_key, "count": len(self.error_streak), "seqs": list(self.error_streak)})  # fmt: skip
+                       {"error": self.error_key, "count": len(self.error_streak), "calls": list(self.error_streak)})  # fmt: skip
         if g.max_no_progress is not None and len(self.no_progress) >= g.max_no_progress:
             self._fire("max_no_progress", run_id, f"{len(self.no_progress)} results in a row repeated earlier output",
-                       {"count": len(self.no_progress), "seqs": list(self.no_progress), "output_digest": (output_digest or "")[:16]})  # fmt: skip
+                       {"count": len(self.no_progress), "calls": list(self.no_progress), "output_digest": (output_digest or "")[:16]})  # fmt: skip
         if self.rate is not None:
             total = sum((c for _, c, _ in self.spend), Decimal(0))
             if total > self.rate[0]:
                 self._fire("max_spend_rate", run_id, f"spent ${total} within {self.rate[1]:.0f}s, over {g.max_spend_rate}",
-                           {"spent": str(total), "window_s": self.rate[1], "limit": g.max_spend_rate, "seqs": [s for _, _, s in self.spend]})  # fmt: skip
+                           {"spent": str(total), "window_s": self.rate[1], "limit": g.max_spend_rate, "calls": [s for _, _, s in self.spend]})  # fmt: skip
 
     # ------------------------------------------------------------------ firing
     def _fire_if(self, cond: bool, detector: str, run_id: str, summary: str, evidence: dict[str, Any]) -> None:
