@@ -4,7 +4,10 @@ Budgets that hold, runaway protection, crash recovery, sandboxed code, human app
 tamper-evident record, added to the agent code you already have.
 """
 
-from . import _wiring  # noqa: F401  connects the layers (guards, HTTP interception)
+from . import (
+    _wiring,  # noqa: F401  connects the layers (guards, HTTP interception)
+    cost,
+)
 from ._config import Settings, configure, settings
 from ._errors import (
     ApprovalRejected,

@@ -1,0 +1,112 @@
+"""The demo's research agent: plain OpenAI SDK code, made durable and guarded by wflo.
+
+Every function here is ordinary agent code; the decorators are all wflo adds. The demo
+points the SDK at wflo's scripted test server, so no API key or network is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import openai
+
+import wflo
+
+BASE = os.environ.get("WFLO_DEMO_LLM", "http://127.0.0.1:1/v1")
+
+
+def client() -> openai.OpenAI:
+    return openai.OpenAI(base_url=os.environ.get("WFLO_DEMO_LLM", BASE), api_key="demo", max_retries=0)
+
+
+@wflo.tool
+def search(query: str) -> str:
+    """Search the web."""
+    return f"3 results about {query}"
+
+
+@wflo.tool(approval=wflo.Approval(when=lambda amount, **_: amount > 100, approvers=["role:finance"], timeout="1h"))
+def refund(order_id: str, amount: float) -> str:
+    """Refund a customer order (over $100 needs finance's approval)."""
+    return f"refunded ${amount:.2f} on order {order_id}"
+
+
+@wflo.workflow(name="demo.spend", budget=wflo.Budget(usd="0.0030"), guards=wflo.LoopGuard(max_repeats=None))
+def spend(questions: int) -> dict:
+    """Asks one question after another until the run's budget refuses the next call."""
+    answers = 0
+    try:
+        for i in range(questions):
+            client().chat.completions.create(
+                model="gpt-4o-mini",
+                messages=[{"role": "user", "content": f"Question {i}: summarise otter research."}],
+                max_tokens=800,
+            )
+            answers += 1
+    except wflo.BudgetExceededError as exc:
+        return {
+            "answers": answers,
+            "refused": {
+                "scope": exc.scope,
+                "limit": str(exc.limit),
+                "spent": str(exc.spent),
+                "requested": str(exc.requested),
+            },
+        }
+    return {"answers": answers, "refused": None}
+
+
+@wflo.workflow(name="demo.loop", guards=wflo.LoopGuard(max_repeats=3))
+def loop(turns: int) -> str:
+    """A tool-calling agent whose model keeps asking for the same search."""
+    messages: list[dict] = [{"role": "user", "content": "Find otter facts."}]
+    for _ in range(turns):
+        msg = (
+            client()
+            .chat.completions.create(
+                model="gpt-4o-mini", messages=messages, tools=[search.openai_schema()], max_tokens=100
+            )
+            .choices[0]
+            .message
+        )
+        if not msg.tool_calls:
+            return msg.content or ""
+        messages.append(
+            {"role": "assistant", "content": None, "tool_calls": [tc.model_dump() for tc in msg.tool_calls]}
+        )
+        for tc in msg.tool_calls:
+            messages.append(
+                {"role": "tool", "tool_call_id": tc.id, "content": search(**json.loads(tc.function.arguments))}
+            )
+    return "gave up"
+
+
+@wflo.workflow(name="demo.refund")
+def refund_flow(order_id: str, amount: float) -> str:
+    """An agent step that needs a human: a large refund."""
+    return refund(order_id, amount)
+
+
+@wflo.step
+def crash_once(marker: str) -> None:
+    """Kills this process (SIGKILL, no clean-up) the first time it runs."""
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@wflo.workflow(name="demo.crash", budget=wflo.Budget(usd="0.05"))
+def crashy(marker: str) -> list[str]:
+    """Three LLM calls; the process dies after the second."""
+    out = []
+    for i in range(3):
+        reply = client().chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"Step {i} of the report."}], max_tokens=50
+        )
+        out.append(reply.choices[0].message.content or "")
+        if i == 1:
+            crash_once(marker)
+    return out
