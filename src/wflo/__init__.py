@@ -4,10 +4,8 @@ Budgets that hold, runaway protection, crash recovery, sandboxed code, human app
 tamper-evident record, added to the agent code you already have.
 """
 
-from . import (
-    _wiring,  # noqa: F401  connects the layers (guards, HTTP interception)
-    cost,
-)
+from . import _wiring  # noqa: F401  connects the layers (guards, HTTP interception)
+from . import cost as cost  # wflo.cost.ledger(), wflo.cost.prices
 from ._config import Settings, configure, settings
 from ._errors import (
     ApprovalRejected,

@@ -65,7 +65,7 @@ class Approval:
 
     when: Callable[..., bool] | None = None
     """Risk rule on the call's arguments (called with them as keywords); ``None``: always."""
-    approvers: tuple[str, ...] = ()
+    approvers: Sequence[str] = ()
     """Who may decide: ``role:NAME`` or ``user:NAME`` entries. Empty: anyone but the requester."""
     quorum: int = 1
     """Distinct approvers needed (four-eyes: 2). One rejection rejects."""
@@ -73,7 +73,7 @@ class Approval:
     """How long to wait for a decision (``None``: forever)."""
     on_timeout: str = "reject"
     """``"reject"`` (default), ``"approve"`` or ``"escalate"`` (to ``escalate_to``, one more ``timeout``)."""
-    escalate_to: tuple[str, ...] = ()
+    escalate_to: Sequence[str] = ()
     """Approvers who take over when the request escalates."""
     on_reject: str = "raise"
     """``"raise"``: the call raises ``ApprovalRejected``; ``"return"``: it returns the reason as

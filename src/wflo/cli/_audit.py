@@ -26,10 +26,7 @@ def audit() -> None:
 def verify_cmd(run_id: str | None, all_chains: bool, as_json: bool) -> None:
     """Exit 0 only if every chain is intact; else name the first broken link (exit 10)."""
     store = _config.get_store()
-    if run_id and not all_chains:
-        reports = [verify_chain(store, store.find_run(run_id).id)]
-    else:
-        reports = verify_all(store)
+    reports = [verify_chain(store, store.find_run(run_id).id)] if run_id and not all_chains else verify_all(store)
     broken = [r for r in reports if not r.ok]
     if as_json:
         dump_json({"ok": not broken, "chains": len(reports), "events": sum(r.count for r in reports),

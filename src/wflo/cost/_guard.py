@@ -41,7 +41,13 @@ class BudgetGuard(Guard):
         self.workflow = workflow
         self.tenant = tenant
         self.run_limit = (
-            Limit(f"run:{run_id}", budget.usd, "none", budget.max_reservation_usd, budget.alerts)
+            Limit(
+                f"run:{run_id}",
+                Decimal(budget.usd),
+                "none",
+                None if budget.max_reservation_usd is None else Decimal(budget.max_reservation_usd),
+                budget.alerts,
+            )
             if budget is not None
             else None
         )

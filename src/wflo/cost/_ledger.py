@@ -65,9 +65,9 @@ class Budget:
     reported usage.
     """
 
-    usd: Decimal
-    """The limit in USD (str, int or Decimal; never a float rounding surprise)."""
-    max_reservation_usd: Decimal | None = None
+    usd: Decimal | str | int
+    """The limit in USD (str, int or Decimal; kept as an exact Decimal)."""
+    max_reservation_usd: Decimal | str | int | None = None
     """Cap on what one call may reserve (``None``: no cap): one long-context call can't lock
     the whole budget."""
     alerts: tuple[int, ...] = DEFAULT_ALERTS
@@ -82,8 +82,8 @@ class Budget:
     def to_run_options(self) -> dict[str, Any]:
         """How the budget is stored with each run (so any worker enforces the same limit)."""
         return {"budget": {
-            "usd": usd_str(self.usd),
-            "max_reservation_usd": None if self.max_reservation_usd is None else usd_str(self.max_reservation_usd),
+            "usd": usd_str(Decimal(self.usd)),
+            "max_reservation_usd": None if self.max_reservation_usd is None else usd_str(Decimal(self.max_reservation_usd)),
             "alerts": list(self.alerts),
         }}  # fmt: skip
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from typing import Any
 
 import openai
 
@@ -34,7 +35,7 @@ def refund(order_id: str, amount: float) -> str:
 
 
 @wflo.workflow(name="demo.spend", budget=wflo.Budget(usd="0.0030"), guards=wflo.LoopGuard(max_repeats=None))
-def spend(questions: int) -> dict:
+def spend(questions: int) -> dict[str, Any]:
     """Asks one question after another until the run's budget refuses the next call."""
     answers = 0
     try:
@@ -61,13 +62,12 @@ def spend(questions: int) -> dict:
 @wflo.workflow(name="demo.loop", guards=wflo.LoopGuard(max_repeats=3))
 def loop(turns: int) -> str:
     """A tool-calling agent whose model keeps asking for the same search."""
-    messages: list[dict] = [{"role": "user", "content": "Find otter facts."}]
+    messages: list[Any] = [{"role": "user", "content": "Find otter facts."}]
+    tools: list[Any] = [search.openai_schema()]
     for _ in range(turns):
         msg = (
             client()
-            .chat.completions.create(
-                model="gpt-4o-mini", messages=messages, tools=[search.openai_schema()], max_tokens=100
-            )
+            .chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools, max_tokens=100)
             .choices[0]
             .message
         )
@@ -77,9 +77,8 @@ def loop(turns: int) -> str:
             {"role": "assistant", "content": None, "tool_calls": [tc.model_dump() for tc in msg.tool_calls]}
         )
         for tc in msg.tool_calls:
-            messages.append(
-                {"role": "tool", "tool_call_id": tc.id, "content": search(**json.loads(tc.function.arguments))}
-            )
+            arguments = json.loads(tc.function.arguments) if tc.type == "function" else {}
+            messages.append({"role": "tool", "tool_call_id": tc.id, "content": search(**arguments)})
     return "gave up"
 
 
