@@ -43,7 +43,8 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     WfloInterrupt (BaseException)      control flow; never caught by ``except Exception``
     ├── RunCancelled                   the run was cancelled; it stops at the next step boundary
     ├── LeaseLost                      another worker owns this run now; stop touching it
-    └── RunSuspended                   the run waits (approval, timer); the worker lets it go
+    ├── RunSuspended                   the run waits (approval, timer); the worker lets it go
+    └── RunStopped                     a guarded call after a loop stop: the run is over
 
 Each error keeps its domain values as attributes, builds its own message, pickles cleanly
 (errors cross process boundaries) and has a stable ``code`` used for the CLI's exit status
@@ -78,6 +79,7 @@ __all__ = [
     "RunCancelled",
     "RunFailedError",
     "RunNotFoundError",
+    "RunStopped",
     "RunSuspended",
     "SandboxError",
     "SandboxSetupError",
@@ -514,6 +516,23 @@ class RunSuspended(WfloInterrupt):
 
     def _message(self) -> str:
         return f"run {self.run_id} is waiting: {self.reason}"
+
+
+class RunStopped(WfloInterrupt):
+    """Raised by every guarded call after a runaway stop was caught by the agent's code.
+
+    The first stop is a ``LoopDetectedError`` (an ``Exception``, so clean-up code can see it);
+    if the code swallows it and carries on, its next guarded call raises this
+    ``BaseException``, which ``except Exception`` cannot catch, and the run ends.
+    """
+
+    code = "stopped"
+    _fields = ("run_id", "detector")
+    run_id: Any
+    detector: Any
+
+    def _message(self) -> str:
+        return f"run {self.run_id} was stopped by {self.detector} and makes no more calls"
 
 
 _EXIT_CODES = {

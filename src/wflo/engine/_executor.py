@@ -16,6 +16,7 @@ from .._errors import (
     LeaseLost,
     LoopDetectedError,
     RunCancelled,
+    RunStopped,
     RunSuspended,
     SerializationError,
 )
@@ -127,8 +128,11 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
         return
     if isinstance(exc, RunCancelled):
         kind, status = "run.cancelled", "cancelled"
-    elif isinstance(exc, LoopDetectedError):
+    elif isinstance(exc, LoopDetectedError | RunStopped):
         kind, status = "run.stopped", "stopped"
+        stop = ctx.state.get("stopped")
+        if isinstance(exc, RunStopped) and stop is not None:
+            err = error_data(stop)
     elif isinstance(exc, Exception):
         kind, status = "run.failed", "failed"
     else:
@@ -138,6 +142,13 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
             ctx.store.release(ctx.run_id, ctx.owner)
         return
     ctx.append([NewEvent(kind, {"error": err})], status=status, error=err, finish=True)
+
+
+def _raise_stop(ctx: RunContext, exc: BaseException) -> None:
+    """The caller of a stopped run sees the ``LoopDetectedError`` with its evidence."""
+    stop = ctx.state.get("stopped")
+    if isinstance(exc, RunStopped) and stop is not None:
+        raise stop from None
 
 
 def _args(record: RunRecord) -> tuple[list[Any], dict[str, Any]]:
@@ -162,6 +173,7 @@ def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str)
         value = wf.fn(*args, **kwargs)
     except BaseException as exc:
         _finish_error(ctx, exc)
+        _raise_stop(ctx, exc)
         raise
     finally:
         _call_path.reset(path_token)
@@ -184,6 +196,7 @@ async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owne
         value = await wf.fn(*args, **kwargs)
     except BaseException as exc:
         _finish_error(ctx, exc)
+        _raise_stop(ctx, exc)
         raise
     finally:
         _call_path.reset(path_token)

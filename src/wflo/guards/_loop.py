@@ -12,8 +12,8 @@ same error in a row, no new output across turns, and the spend rate.
 
 When a detector fires the run is **stopped**: ``LoopDetectedError`` is raised, a
 ``loop.stopped`` event with the evidence is journaled, and the stop is latched: every later
-guarded call of the run raises it again, so agent code that catches it with
-``except Exception`` cannot keep looping; the run ends ``stopped`` even if the code returns.
+guarded call of the run raises ``RunStopped``, a ``BaseException`` that agent code's
+``except Exception`` cannot swallow; the run ends ``stopped`` even if the code returns.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from .._errors import LoopDetectedError, UserError
+from .._errors import LoopDetectedError, RunStopped, UserError
 from ..approvals._policy import parse_duration
 
 _RATE = re.compile(r"^\s*\$?(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
@@ -141,7 +141,7 @@ class LoopState:
     # ------------------------------------------------------------------ before
     def before(self, sig: Signature, now: float, run_id: str) -> None:
         if self.stopped is not None:
-            raise self.stopped
+            raise RunStopped(run_id=run_id, detector=self.stopped.detector)
         g = self.g
         self._fire_if(g.max_steps is not None and self.total + 1 > g.max_steps, "max_steps", run_id,
                       f"call {self.total + 1} exceeds max_steps={g.max_steps}", {"count": self.total, "limit": g.max_steps})  # fmt: skip
