@@ -49,6 +49,9 @@ __all__ = [
 def open_store(url: str, *, migrate: bool = True, verify: bool = True) -> Store:
     """Open the store at ``url`` (``sqlite:///path.db`` or ``postgresql://…``).
 
+    SQLite takes ``?synchronous=FULL`` to fsync every commit (survives power loss; the
+    default ``NORMAL`` survives process crashes).
+
     With ``migrate`` (the default) a new or older schema is brought up to date; a newer one
     raises ``SchemaVersionError``, as does an older one when ``migrate`` is off. With
     ``verify=False`` the schema is not looked at (``wflo db migrate|check`` do that
@@ -71,12 +74,17 @@ def _make(url: str) -> Store:
     if scheme == "sqlite":
         # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory: is refused
         # (each connection would get its own empty database).
-        path = unquote(url.split("://", 1)[1])[1:]
+        rest, _, query = url.split("://", 1)[1].partition("?")
+        path = unquote(rest)[1:]
+        params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        sync = params.get("synchronous", "NORMAL").upper()
+        if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigurationError(f"synchronous must be NORMAL, FULL or EXTRA in {url!r}")
         if not path or path == ":memory:":
             raise ConfigurationError(f"{url!r} names no database file; use sqlite:///path/to/wflo.db")
         from ._sqlite import SQLiteStore
 
-        return SQLiteStore(url, path)
+        return SQLiteStore(url, path, synchronous=sync)
     if scheme in ("postgresql", "postgres"):
         from ._postgres import PostgresStore
 

@@ -388,6 +388,9 @@ def _error_body(api: str, status: int, message: str) -> dict[str, Any]:
 def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes; without this, Nagle's algorithm and the
+        # client's delayed ACK add ~40 ms to every response.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args: Any) -> None:
             pass
