@@ -40,6 +40,10 @@ class Settings:
     """Bring an older store schema up to date on open (else refuse and name the fix).
     Env: ``WFLO_AUTO_MIGRATE`` (``0``/``1``)."""
 
+    reservation_ttl: float = 600.0
+    """How long a budget reservation outlives a process that died mid-call before it is
+    released. Env: ``WFLO_RESERVATION_TTL``."""
+
     poll_interval: float = 0.2
     """How often an idle worker polls SQLite for work (PostgreSQL uses LISTEN/NOTIFY).
     Env: ``WFLO_POLL_INTERVAL``."""
@@ -47,6 +51,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be positive, got {self.lease_seconds}")
+        if self.reservation_ttl <= 0:
+            raise ConfigurationError(f"reservation_ttl must be positive, got {self.reservation_ttl}")
         if self.poll_interval <= 0:
             raise ConfigurationError(f"poll_interval must be positive, got {self.poll_interval}")
 
@@ -61,6 +67,7 @@ class Settings:
         for key, name, kind in (
             ("lease_seconds", "WFLO_LEASE_SECONDS", float),
             ("poll_interval", "WFLO_POLL_INTERVAL", float),
+            ("reservation_ttl", "WFLO_RESERVATION_TTL", float),
         ):
             if name in env:
                 try:

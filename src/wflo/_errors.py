@@ -132,7 +132,8 @@ class _Structured:
         kwargs = {name: getattr(self, name) for name in self._fields}
         if self._explicit is not None:
             kwargs["message"] = self._explicit
-        return (_rebuild, (type(self), kwargs))
+        # An error re-raised through a provider SDK is a private subclass; it pickles as itself.
+        return (_rebuild, (getattr(self, "_wflo_class", type(self)), kwargs))
 
 
 class WfloError(_Structured, Exception):

@@ -288,3 +288,37 @@ def test_init_two_line_mode(sqlite_url: str, llm: LLMServer, tmp_path: Path) -> 
     run = _config.get_store().get_run(lines[-1])
     assert run.status == "succeeded"
     assert len(_llm_events(run.id)) >= 1
+
+
+def test_sigkill_mid_call_reservation_expires_and_resume_settles(
+    configured: str, llm: LLMServer, tmp_path: Path
+) -> None:
+    """A process killed while its call is in flight leaks no money: the hold expires."""
+    import signal
+    import time
+
+    llm.script(Reply("slow answer", output_tokens=2, delay=30))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update({"WFLO_DATABASE_URL": configured, "LLMAPP_BASE": llm.url, "WFLO_RESERVATION_TTL": "1",
+                "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])})  # fmt: skip
+    code = "import llmapp; print(llmapp.three_calls.options(id='midcall').run(''))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 30
+    while llm.request_count == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = ledger().scope_usage("run:midcall")
+    assert held is not None and held.reserved > 0  # the worst case is held while the call is out
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    time.sleep(1.2)  # past the reservation's expiry
+    assert ledger().expire() == 1  # what any later reservation, or `wflo budgets list`, does first
+    after = ledger().scope_usage("run:midcall")
+    assert after is not None and after.reserved == 0 and ledger().open_reservations() == 0
+    llm.responder = lambda r: Reply("fast", output_tokens=1)
+    second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    final = ledger().scope_usage("run:midcall")
+    assert final.reserved == 0 and final.spent > 0
+    assert len(_llm_events("midcall")) == 3

@@ -6,6 +6,7 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+from .._config import settings
 from .._errors import UnknownPriceError
 from .._scope import current_scope
 from ..engine import Call, Guard, Outcome
@@ -90,7 +91,13 @@ class BudgetGuard(Guard):
             call.meta["body_changed"] = True
             call.event["cap_added"] = {"field": cap_field, "value": cap}
         request = _llm.cost_request(price, provider, body, cap)
-        res = self.ledger.reserve(run_id=self.run_id, scopes=self.scopes(), extra_limits=extra, cost=request)
+        res = self.ledger.reserve(
+            run_id=self.run_id,
+            scopes=self.scopes(),
+            extra_limits=extra,
+            cost=request,
+            ttl_seconds=settings().reservation_ttl,
+        )
         if res is None:
             return
         call.meta["reservation"] = res

@@ -23,11 +23,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+from .._errors import WfloError
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
 
 _PATHS = (("/chat/completions", "chat"), ("/responses", "responses"), ("/messages", "messages"))
@@ -94,7 +96,7 @@ def _wrap(mod: Any) -> None:
         try:
             response = sync_send(self, request, *args, **kwargs)
         except BaseException as exc:
-            finish_call(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
+            _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
             raise
         if _is_stream(response):
             response.stream = sync_recorder(response, call, t0)
@@ -117,7 +119,7 @@ def _wrap(mod: Any) -> None:
         try:
             response = await async_send(self, request, *args, **kwargs)
         except BaseException as exc:
-            finish_call(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
+            _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
             raise
         if _is_stream(response):
             response.stream = async_recorder(response, call, t0)
@@ -130,6 +132,42 @@ def _wrap(mod: Any) -> None:
     asend.__wflo_wrapped__ = async_send  # type: ignore[attr-defined]
     mod.Client.send = send
     mod.AsyncClient.send = asend
+
+
+_sdk_types: dict[type, type] = {}
+
+
+def _sdk_bases() -> tuple[type, ...]:
+    bases = []
+    for module, name in (("openai", "OpenAIError"), ("anthropic", "AnthropicError")):
+        mod = sys.modules.get(module)
+        base = getattr(mod, name, None) if mod is not None else None
+        if isinstance(base, type):
+            bases.append(base)
+    return tuple(bases)
+
+
+def sdk_visible(exc: WfloError) -> WfloError:
+    """The same refusal, as an instance that is also each loaded SDK's own error type.
+
+    The SDKs wrap anything else raised inside ``send`` as a connection error (and retry it);
+    their own error types they pass through unchanged. So a budget refusal or a loop stop
+    reaches the agent as ``wflo.BudgetExceededError`` (catchable as such), not as
+    "Connection error", and is not retried.
+    """
+    bases = _sdk_bases()
+    cls = type(exc)
+    if not bases or isinstance(exc, bases):
+        return exc
+    sub = _sdk_types.get(cls)
+    if sub is None:
+        sub = type(cls.__name__, (cls, *bases), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
+        _sdk_types[cls] = sub
+    new: WfloError = sub.__new__(sub)
+    new.__dict__.update(exc.__dict__)
+    new.args = exc.args
+    new._wflo_class = cls  # type: ignore[attr-defined]  # read by WfloError.__reduce__
+    return new
 
 
 def _is_stream(response: Any) -> bool:
@@ -149,7 +187,10 @@ def _begin(mod: Any, ctx: Any, api: str, request: Any) -> tuple[Call, Any, Any]:
         meta={"api": api, "provider": provider_of(api, request.url.host), "body": body, "url": str(request.url)},
     )  # fmt: skip
     call.meta["_args_digest"] = hashlib.sha256(request.content or b"").hexdigest()
-    replayed = start_call(call)
+    try:
+        replayed = start_call(call)
+    except WfloError as exc:
+        raise sdk_visible(exc) from None
     if replayed is not NOT_REPLAYED:
         return call, request, _response(mod, replayed, request)
     if call.meta.get("body_changed"):
@@ -175,7 +216,17 @@ def _end(call: Call, response: Any, content: bytes, complete: bool, t0: float) -
     value = {"status": response.status_code, "headers": headers, "body": content.decode("utf-8", "replace")}
     if not complete:
         value["complete"] = False
-    finish_call(call, Outcome(value=value, duration_ms=(time.perf_counter() - t0) * 1000), check_cancel=False)
+    _finish(call, Outcome(value=value, duration_ms=(time.perf_counter() - t0) * 1000))
+
+
+def _finish(call: Call, outcome: Outcome) -> None:
+    original = outcome.error
+    try:
+        finish_call(call, outcome, check_cancel=False)
+    except WfloError as exc:
+        if exc is original:
+            raise
+        raise sdk_visible(exc) from None
 
 
 class _SyncRecorder:

@@ -88,3 +88,17 @@ def test_unreachable_database_and_schema_checks(tmp_path: Path) -> None:
     assert "applied m001_initial, m002_budgets, m003_approvals" in wflo("db", "migrate", db=fresh, check=True).stdout
     assert "ok:" in wflo("db", "check", db=fresh, check=True).stdout
     assert_one_line_error(wflo("runs", "list", db="mysql://nope"), 2, "unsupported database URL")
+
+
+def test_budgets_and_costs_commands(store_url: str) -> None:
+    out = wflo("budgets", "set", "tenant:acme", "--usd", "20", "--period", "day", db=store_url, check=True)
+    assert "tenant:acme: $20 per day" in out.stdout
+    listed = json.loads(wflo("budgets", "list", "--json", db=store_url, check=True).stdout)
+    assert listed[0]["scope"] == "tenant:acme" and listed[0]["limit_usd"] == "20" and listed[0]["spent_usd"] == "0"
+    assert "remaining $20" in wflo("budgets", "show", "tenant:acme", db=store_url, check=True).stdout
+    assert_one_line_error(wflo("budgets", "set", "acme", "--usd", "1", db=store_url), 2, "scope")
+    assert_one_line_error(wflo("budgets", "set", "tenant:x", "--usd", "-3", db=store_url), 2, "non-negative")
+    assert_one_line_error(wflo("budgets", "show", "tenant:none", db=store_url), 2, "no budget is set")
+    assert json.loads(wflo("costs", "--json", db=store_url, check=True).stdout) == []
+    system = json.loads(wflo("audit", "verify", "--json", db=store_url, check=True).stdout)
+    assert system["ok"] is True and system["events"] >= 1
