@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
 from .._errors import WfloError
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
@@ -163,7 +163,7 @@ def sdk_visible(exc: WfloError) -> WfloError:
     if sub is None:
         sub = type(cls.__name__, (cls, *bases), {"__module__": cls.__module__, "__qualname__": cls.__qualname__})
         _sdk_types[cls] = sub
-    new = cast(WfloError, Exception.__new__(sub))
+    new: WfloError = Exception.__new__(sub)
     new.__dict__.update(exc.__dict__)
     new.args = exc.args
     new._wflo_class = cls  # type: ignore[attr-defined]  # read by WfloError.__reduce__
