@@ -10,6 +10,10 @@ PostgreSQL workers wake on LISTEN/NOTIFY; SQLite workers poll every WFLO_POLL_IN
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).parent))
 import argparse
 import json
 import os
@@ -19,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import fresh_pg
 
 HERE = Path(__file__).parent
 APP = """
@@ -32,16 +38,6 @@ def act(i: int) -> int:
 def flow(i: int) -> int:
     return act(i)
 """
-PG = os.environ.get("WFLO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _pg_url() -> str:
-    import psycopg
-
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS wflo_bench_approvals")
-        conn.execute("CREATE DATABASE wflo_bench_approvals")
-    return PG.rsplit("/", 1)[0] + "/wflo_bench_approvals"
 
 
 def measure(url: str, runs: int, workdir: Path) -> dict[str, float]:
@@ -100,7 +96,7 @@ def main() -> None:
     results = {}
     for store in args.stores.split(","):
         with tempfile.TemporaryDirectory() as tmp:
-            url = f"sqlite:///{tmp}/bench.db" if store == "sqlite" else _pg_url()
+            url = f"sqlite:///{tmp}/bench.db" if store == "sqlite" else fresh_pg("wflo_bench_approvals")
             results[store] = measure(url, args.runs, Path(tmp))
     if args.json:
         print(json.dumps(results, indent=2))

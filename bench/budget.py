@@ -9,35 +9,23 @@ reservation, settlement and journal event). Added latency = (b) - (a), median an
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).parent))
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
 from typing import Any
 
 import openai
+from _common import fresh_pg, pct
 
 import wflo
 from wflo import _config
 from wflo.testing import LLMServer, Reply
-
-PG = os.environ.get("WFLO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
-def _fresh_pg(name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    return PG.rsplit("/", 1)[0] + "/" + name
 
 
 def _timed(client: openai.OpenAI, calls: int) -> list[float]:
@@ -71,7 +59,7 @@ def measure(url: str, calls: int, llm: LLMServer) -> dict[str, Any]:
     g = result["guarded"]
     return {
         "unguarded_median_us": statistics.median(plain), "guarded_median_us": statistics.median(g),
-        "added_median_us": statistics.median(g) - statistics.median(plain), "added_p99_us": _pct(g, 0.99) - _pct(plain, 0.99),
+        "added_median_us": statistics.median(g) - statistics.median(plain), "added_p99_us": pct(g, 0.99) - pct(plain, 0.99),
     }  # fmt: skip
 
 
@@ -85,7 +73,7 @@ def main() -> None:
     with LLMServer() as llm:
         llm.responder = lambda r: Reply("fine thanks", output_tokens=2)
         for store in args.stores.split(","):
-            url = f"sqlite:///{tempfile.mkdtemp()}/bench.db" if store == "sqlite" else _fresh_pg("wflo_bench_budget")
+            url = f"sqlite:///{tempfile.mkdtemp()}/bench.db" if store == "sqlite" else fresh_pg("wflo_bench_budget")
             rows[store] = measure(url, args.calls, llm)
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -14,10 +14,13 @@ commits). On PostgreSQL both commit synchronously (``synchronous_commit=on``).
 
 from __future__ import annotations
 
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).parent))
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -25,13 +28,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-PG = os.environ.get("WFLO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+from _common import fresh_pg, pct
+
 STEPS = 10
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 def _measure(run_once: Callable[[], Any], runs: int, baseline_ns: float) -> dict[str, float]:
@@ -46,7 +45,7 @@ def _measure(run_once: Callable[[], Any], runs: int, baseline_ns: float) -> dict
     elapsed = time.perf_counter() - t_all
     return {
         "step_median_us": statistics.median(per_step),
-        "step_p99_us": _pct(per_step, 0.99),
+        "step_p99_us": pct(per_step, 0.99),
         "workflows_per_s": runs / elapsed,
     }
 
@@ -61,15 +60,6 @@ def _baseline() -> float:
         body()
         samples.append(time.perf_counter_ns() - t0)
     return statistics.median(samples)
-
-
-def _fresh_pg(name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    return PG.rsplit("/", 1)[0] + "/" + name
 
 
 def bench_wflo(url: str, runs: int, baseline: float) -> dict[str, float]:
@@ -136,8 +126,8 @@ def main() -> None:
             ]
         else:
             cases = [
-                ("wflo", lambda: bench_wflo(_fresh_pg("wflo_bench_engine"), args.runs, baseline)),
-                ("DBOS Transact", lambda: bench_dbos(_fresh_pg("dbos_bench_engine"), args.runs, baseline)),
+                ("wflo", lambda: bench_wflo(fresh_pg("wflo_bench_engine"), args.runs, baseline)),
+                ("DBOS Transact", lambda: bench_dbos(fresh_pg("dbos_bench_engine"), args.runs, baseline)),
             ]
         for engine, fn in cases:
             result = fn()

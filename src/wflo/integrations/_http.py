@@ -229,8 +229,9 @@ def _finish(call: Call, outcome: Outcome) -> None:
         raise sdk_visible(exc) from None
 
 
-class _SyncRecorder:
-    """Passes a response stream through to the SDK, keeping a copy; settles when it ends."""
+class _Recorder:
+    """Passes a response stream through to the SDK, keeping a copy; settles when it ends
+    (fully read: complete; closed early or failed: as far as it went)."""
 
     def __init__(self, response: Any, call: Call, t0: float) -> None:
         self._inner = response.stream
@@ -240,6 +241,13 @@ class _SyncRecorder:
         self._chunks: list[bytes] = []
         self._done = False
 
+    def _finish(self, complete: bool) -> None:
+        if not self._done:
+            self._done = True
+            _end(self._call, self._response, b"".join(self._chunks), complete, self._t0)
+
+
+class _SyncRecorder(_Recorder):
     def __iter__(self) -> Iterator[bytes]:
         try:
             for chunk in self._inner:
@@ -256,23 +264,8 @@ class _SyncRecorder:
         finally:
             self._finish(False)
 
-    def _finish(self, complete: bool) -> None:
-        if not self._done:
-            self._done = True
-            _end(self._call, self._response, b"".join(self._chunks), complete, self._t0)
 
-
-class _AsyncRecorder:
-    """The async twin of :class:`_SyncRecorder`."""
-
-    def __init__(self, response: Any, call: Call, t0: float) -> None:
-        self._inner = response.stream
-        self._response = response
-        self._call = call
-        self._t0 = t0
-        self._chunks: list[bytes] = []
-        self._done = False
-
+class _AsyncRecorder(_Recorder):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._inner:
@@ -288,8 +281,3 @@ class _AsyncRecorder:
             await self._inner.aclose()
         finally:
             self._finish(False)
-
-    def _finish(self, complete: bool) -> None:
-        if not self._done:
-            self._done = True
-            _end(self._call, self._response, b"".join(self._chunks), complete, self._t0)
