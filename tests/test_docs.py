@@ -58,3 +58,11 @@ def test_examples_run(example: Path, tmp_path: Path) -> None:
         [sys.executable, str(example)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, f"{example.name} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_mkdocs_site_builds_strict(tmp_path: Path) -> None:
+    """Every page is in the nav and every link resolves (`mkdocs build --strict`)."""
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "site" / "budgets" / "index.html").exists()
