@@ -31,7 +31,7 @@ from .cost._api import budgets
 from .cost._ledger import Budget
 from .cost._prices import prices
 from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
-from .guards import LoopGuard
+from .guards import LoopGuard, RetryPolicy
 from .tools import Tool, tool
 
 __version__ = "0.1.0.dev0"
@@ -47,6 +47,7 @@ __all__ = [
     "LoopGuard",
     "NonDeterminismError",
     "ResultTimeoutError",
+    "RetryPolicy",
     "RunCancelled",
     "RunFailedError",
     "RunHandle",

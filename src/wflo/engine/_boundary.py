@@ -49,8 +49,11 @@ class Call:
     call_id: str = ""
     serializer: str = "json"
     at_most_once: bool = False
-    retries: int = 0
-    retry_delay: float = 0.5
+    retry: Any = None
+    """A retry policy (``wflo.guards.RetryPolicy``): ``next_delay(attempt, error)`` says how
+    long to wait before the next attempt, or ``None`` to give up."""
+    timeout: Any = None
+    """A ``wflo.guards.Timeout`` for each attempt (``None``: no limit)."""
     record_input: bool = True
     meta: dict[str, Any] = field(default_factory=dict)
     """Free-form facts for guards (provider, request body, tool manifest, …)."""
@@ -224,8 +227,12 @@ def _record(call: Call, outcome: Outcome) -> None:
             log.exception("wflo: guard %r failed after recording call %s", guard, call.call_id)
 
 
-def _retryable(call: Call, exc: BaseException, attempt: int) -> bool:
-    return attempt <= call.retries and isinstance(exc, Exception) and not isinstance(exc, WfloError)
+def _retry_delay(call: Call, exc: BaseException, attempt: int) -> float | None:
+    """Seconds before the next attempt, or ``None`` (no policy, a signal, or the policy says no)."""
+    if call.retry is None or not isinstance(exc, Exception) or isinstance(exc, WfloError):
+        return None
+    delay = call.retry.next_delay(attempt, exc)
+    return None if delay is None else float(delay)
 
 
 def _note_retry(call: Call, attempt: int, exc: BaseException, delay: float) -> None:
@@ -261,13 +268,16 @@ def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
         while True:
             attempt += 1
             try:
-                outcome.value = fn(*call.args, **call.kwargs)
+                if call.timeout is None:
+                    outcome.value = fn(*call.args, **call.kwargs)
+                else:
+                    outcome.value = call.timeout.call(fn, *call.args, **call.kwargs)
                 break
             except BaseException as exc:
-                if not _retryable(call, exc, attempt):
+                delay = _retry_delay(call, exc, attempt)
+                if delay is None:
                     outcome.error = exc
                     break
-                delay = call.retry_delay * (2 ** (attempt - 1))
                 _note_retry(call, attempt, exc, delay)
                 time.sleep(delay)
     finally:
@@ -293,13 +303,16 @@ async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
         while True:
             attempt += 1
             try:
-                outcome.value = await fn(*call.args, **call.kwargs)
+                if call.timeout is None:
+                    outcome.value = await fn(*call.args, **call.kwargs)
+                else:
+                    outcome.value = await call.timeout.acall(fn, *call.args, **call.kwargs)
                 break
             except BaseException as exc:
-                if not _retryable(call, exc, attempt):
+                delay = _retry_delay(call, exc, attempt)
+                if delay is None:
                     outcome.error = exc
                     break
-                delay = call.retry_delay * (2 ** (attempt - 1))
                 _note_retry(call, attempt, exc, delay)
                 await asyncio.sleep(delay)
     finally:

@@ -351,16 +351,34 @@ class Step(Generic[P, R]):
         name: str | None = None,
         retries: int = 0,
         retry_delay: float = 0.5,
+        retry: Any = None,
+        timeout: float | str | None = None,
         at_most_once: bool = False,
         serializer: str = "json",
         kind: str = "step",
     ) -> None:
-        if retries < 0:
-            raise UserError(f"retries must be >= 0, got {retries}")
+        if not isinstance(retries, int) or retries < 0:
+            raise UserError(f"retries must be an integer >= 0, got {retries!r}")
+        if retries and retry is not None:
+            raise UserError("give either retries=N (any exception, doubling delay) or retry=RetryPolicy(...), not both")
+        from ..guards._retry import RetryPolicy
+        from ..guards._timeout import timeout as make_timeout
+
+        if retries:
+            # retries=N: retry any exception of the step's own code, N times, doubling the delay.
+            retry = RetryPolicy(
+                attempts=retries + 1,
+                backoff=retry_delay,
+                max_backoff=max(retry_delay, 3600.0),
+                jitter=False,
+                retry_on=(Exception,),
+            )
+        elif retry is not None and not isinstance(retry, RetryPolicy):
+            raise UserError("retry= takes a wflo.RetryPolicy(...)")
+        self.retry = retry
+        self.timeout = None if timeout is None else make_timeout(timeout)
         self.fn = fn
         self.name = name or _qualname(fn)
-        self.retries = retries
-        self.retry_delay = retry_delay
         self.at_most_once = at_most_once
         self.serializer = check_serializer(serializer)
         self.kind = kind
@@ -378,8 +396,7 @@ class Step(Generic[P, R]):
     def _call(self, ctx: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         return Call(
             kind=self.kind, name=self.name, args=args, kwargs=kwargs, run=ctx,
-            serializer=self.serializer, at_most_once=self.at_most_once,
-            retries=self.retries, retry_delay=self.retry_delay,
+            serializer=self.serializer, at_most_once=self.at_most_once, retry=self.retry, timeout=self.timeout,
         )  # fmt: skip
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -407,8 +424,11 @@ def step(fn: Any = None, /, **options: Any) -> Any:
 
     Args:
         name: journal name (default ``module.qualname``).
-        retries: extra attempts on an exception (not on wflo's own errors), with backoff.
+        retries: extra attempts on any exception of the step (not wflo's own), with backoff.
         retry_delay: first backoff in seconds (doubles each attempt).
+        retry: a ``wflo.RetryPolicy`` instead: retries only retryable errors (timeouts,
+            connection errors, 408/409/429/5xx), honours ``Retry-After``, jitters.
+        timeout: limit for each attempt (``"30s"``); exceeding it raises ``TimeoutError``.
         at_most_once: if the run dies while this step is in flight, do not run it again;
             fail the run with ``AtMostOnceError`` instead (for effects that must not repeat).
         serializer: ``"json"`` (default) or ``"pickle"`` for the step's input and output.
