@@ -140,6 +140,8 @@ def test_postgres_connection_killed_mid_run(pg_url: str) -> None:
     killed = threading.Event()
 
     def killer() -> None:
+        while not counts:  # kill mid-run, once steps are running
+            time.sleep(0.005)
         with psycopg.connect(pg_url, autocommit=True) as admin:
             for _ in range(3):
                 time.sleep(0.08)

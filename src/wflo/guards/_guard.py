@@ -7,9 +7,10 @@ from decimal import Decimal
 from typing import Any
 
 from .._errors import LoopDetectedError
-from ..engine import Call, Guard, JournalEntry, Outcome
+from ..engine import Call, Guard, JournalEntry
+from ..engine import Outcome as CallOutcome
 from ..store import NewEvent, parse_iso
-from ._loop import LoopGuard, LoopState, Signature, digest, now
+from ._loop import LoopGuard, LoopState, Outcome, Signature, digest, now
 
 _COUNTED = frozenset({"step", "llm", "tool", "sandbox", "child"})
 
@@ -48,11 +49,17 @@ def _output_digest(kind: str, value: Any) -> str | None:
     return digest(value) if kind in ("tool",) else None
 
 
+def _outcome(kind: str, error: Any, value: Any, cost: Any, at: float) -> Outcome:
+    key = _error_key(kind, error, value)
+    return Outcome(ok=key is None, error_message=key, output_digest=_output_digest(kind, value),
+                   cost_usd=Decimal(cost) if cost else Decimal(0), at=at)  # fmt: skip
+
+
 class LoopGuardGuard(Guard):
     """Runaway detection at the call boundary; see ``wflo.guards._loop`` for what it checks."""
 
     def __init__(self, options: LoopGuard, *, run_id: str, created_at: str) -> None:
-        self.state = LoopState(options, parse_iso(created_at).timestamp())
+        self.state = LoopState(options, parse_iso(created_at).timestamp(), run_id=run_id)
         self.run_id = run_id
 
     def _sig(self, call: Call) -> Signature:
@@ -61,23 +68,19 @@ class LoopGuardGuard(Guard):
     def before(self, call: Call) -> None:
         if call.kind not in _COUNTED:
             return
-        sig = self._sig(call)
         try:
-            self.state.before(sig, now(), self.run_id)
+            self.state.before(self._sig(call))
         except LoopDetectedError as exc:
             self._stopped(call, exc)
             raise
-        self.state.accept(sig)
 
-    def after(self, call: Call, outcome: Outcome) -> None:
+    def after(self, call: Call, outcome: CallOutcome) -> None:
         if call.kind not in _COUNTED or isinstance(outcome.error, LoopDetectedError):
             return
         cost = call.event.get("cost_usd")
+        result = _outcome(call.kind, outcome.error, outcome.value, cost, now())
         try:
-            self.state.after(
-                self._sig(call), _error_key(call.kind, outcome.error, outcome.value),
-                _output_digest(call.kind, outcome.value), Decimal(cost) if cost else None, now(), self.run_id,
-            )  # fmt: skip
+            self.state.after(self._sig(call), result)
         except LoopDetectedError as exc:
             self._stopped(call, exc)
             raise
@@ -87,13 +90,11 @@ class LoopGuardGuard(Guard):
             return
         data = entry.data
         sig = Signature(entry.call, entry.kind, entry.name, data.get("digest") or call.args_digest)
-        self.state.accept(sig)
         from ..engine._serialize import decode
 
         output = decode(data.get("output")) if "output" in data else None
-        cost = data.get("cost_usd")
-        self.state.after(sig, _error_key(entry.kind, data.get("error"), output), _output_digest(entry.kind, output),
-                         Decimal(cost) if cost else None, 0.0, self.run_id, check=False)  # fmt: skip
+        # Replayed spend is old: time 0 keeps it out of the spend-rate window.
+        self.state.replay([(sig, _outcome(entry.kind, data.get("error"), output, data.get("cost_usd"), 0.0))])
 
     def _stopped(self, call: Call, exc: LoopDetectedError) -> None:
         ctx = call.run

@@ -303,7 +303,7 @@ class LoopState:
         """Calls accepted so far: ``{"total": 12, "llm": 6, "tool": 6}``."""
         return {"total": self._total, **self._counts}
 
-    def before(self, sig: Signature, *legacy: Any) -> None:
+    def before(self, sig: Signature) -> None:
         """Check a call before it runs; count it if it may run.
 
         Raises:
@@ -312,16 +312,10 @@ class LoopState:
             RunStopped: the state was already stopped (by this or an earlier error).
         """
         with self._lock:
-            if legacy:
-                # The engine link of today calls before(sig, now, run_id) and then accept(sig).
-                # TODO(lead): drop once _guard.py calls before(sig) with Signature.at set.
-                self.run_id = self.run_id or legacy[1]
-                self._check_before(sig, legacy[0])
-                return
             self._check_before(sig, self._time(sig.at))
             self._accept(sig)
 
-    def after(self, sig: Signature, outcome: Outcome | str | None, *legacy: Any, check: bool = True) -> None:
+    def after(self, sig: Signature, outcome: Outcome, *, check: bool = True) -> None:
         """Record how a call (that passed :meth:`before`) ended; check the after-detectors.
 
         Does nothing once the state is stopped (a call that was in flight when another one
@@ -331,12 +325,6 @@ class LoopState:
             LoopDetectedError: ``max_same_error``, ``max_no_progress`` or ``max_spend_rate``
                 fired on this outcome; the state is now stopped.
         """
-        if not isinstance(outcome, Outcome):
-            # Legacy form: after(sig, error_key, output_digest, cost, now, run_id, check=...).
-            output_digest, cost, at, run_id = legacy
-            self.run_id = self.run_id or run_id
-            outcome = Outcome(ok=outcome is None, error_message=outcome, output_digest=output_digest,
-                              cost_usd=cost or Decimal(0), at=at)  # fmt: skip
         with self._lock:
             if self._stopped is not None:
                 return

@@ -203,7 +203,13 @@ class Store(abc.ABC):
         """After a failed read, leave the connection usable (PostgreSQL aborts the tx)."""
 
     def migrate(self) -> list[str]:
-        """Apply the migrations this store lacks; return their names. Safe to run concurrently."""
+        """Apply the migrations this store lacks; return their names. Safe to run concurrently.
+
+        A connection dropped mid-migration rolls the whole migration back; it is run again.
+        """
+        return self._retrying(self._migrate_once)
+
+    def _migrate_once(self) -> list[str]:
         applied: list[str] = []
         with self._tx() as cur:
             self._lock_for_migration(cur)

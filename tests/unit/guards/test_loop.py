@@ -390,23 +390,6 @@ def test_duration_starts_at_the_first_call_when_the_start_is_not_given() -> None
 
 
 # ---------------------------------------------------------------- the engine link's form
-def test_legacy_form_used_by_the_engine_link_still_works() -> None:
-    state = LoopState(LoopGuard(max_repeats=2, max_same_error=2), 0.0)
-    for i in range(2):
-        s = Signature(str(i), "tool", "t", "d")
-        state.before(s, 1.0, "r9")
-        state.accept(s)
-        if i == 0:
-            state.after(s, "ValueError: x", None, None, 1.0, "r9")
-            assert state.stopped is None
-    with pytest.raises(LoopDetectedError):
-        state.after(s, "ValueError: x", None, None, 1.0, "r9")  # the 2nd in a row
-    with pytest.raises(RunStopped):
-        state.before(Signature("3", "tool", "t", "e"), 1.0, "r9")
-    assert state.stopped is not None and state.stopped.detector == "max_same_error"
-    assert state.stopped.run_id == "r9"
-
-
 # ---------------------------------------------------------------- options
 @pytest.mark.parametrize(
     "kwargs",
