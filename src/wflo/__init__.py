@@ -32,6 +32,7 @@ from .cost._ledger import Budget
 from .cost._prices import prices
 from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
 from .guards import LoopGuard, RetryPolicy
+from .sandbox import Sandbox
 from .tools import Tool, tool
 
 __version__ = "0.1.0.dev0"
@@ -53,6 +54,7 @@ __all__ = [
     "RunHandle",
     "RunNotFoundError",
     "RunStopped",
+    "Sandbox",
     "SerializationError",
     "Settings",
     "Step",

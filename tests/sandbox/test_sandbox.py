@@ -1,0 +1,190 @@
+"""The sandbox API: files in and out, limits, the warm pool, backends, and journaling in runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+import wflo
+from wflo import UserError, _config
+from wflo.sandbox import Limits, Sandbox, SandboxBackend, SandboxResult, register_backend
+
+HERE = Path(__file__).parent
+
+
+def test_files_in_and_out() -> None:
+    box = Sandbox(files={"/work/data.csv": "a,b\n1,2\n", "/work/sub/x.txt": b"x"})
+    result = box.run_python(
+        "import csv, os\n"
+        "rows = list(csv.reader(open('data.csv')))\n"
+        "os.mkdir('out')\n"
+        "open('/work/out/sum.txt', 'w').write(str(sum(int(v) for v in rows[1])))\n"
+        "print(open('sub/x.txt').read())"
+    )
+    assert result.ok, result.stderr
+    assert result.stdout == "x\n"
+    assert result.files["/work/out/sum.txt"] == b"3"
+    assert result.files["/work/data.csv"] == b"a,b\n1,2\n"
+
+
+def test_command_with_stdin_and_exit_code() -> None:
+    result = Sandbox().run(["sh", "-c", "read x; echo got $x; exit 3"], stdin="hello\n")
+    assert result.stdout == "got hello\n"
+    assert result.exit_code == 3 and result.killed_by is None and not result.ok
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"memory": "lots"}, "memory must be a size"),
+        ({"memory": -1}, "memory must be positive"),
+        ({"cpu_seconds": 0}, "cpu_seconds must be a positive integer"),
+        ({"wall": "soon"}, "wall must be a duration"),
+        ({"processes": "many"}, "processes must be a positive integer"),
+        ({"files": {"/etc/passwd": b"x"}}, "sandbox files go under /work/"),
+        ({"files": {"/work/../etc/x": b"x"}}, "sandbox files go under /work/"),
+        ({"backend": "docker"}, "unknown sandbox backend 'docker'"),
+        ({"pool": -1}, "pool must be"),
+    ],
+)
+def test_bad_settings_are_user_errors(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        box = Sandbox(**kwargs)  # type: ignore[arg-type]
+        box.run_python("pass")
+
+
+def test_bad_arguments_are_user_errors() -> None:
+    box = Sandbox()
+    with pytest.raises(UserError, match="argv must be"):
+        box.run([])
+    with pytest.raises(UserError, match="code must be a string"):
+        box.run_python(b"print(1)")  # type: ignore[arg-type]
+
+
+def test_killed_by_reports_the_limit() -> None:
+    box = Sandbox(memory="128MiB", cpu_seconds=1, wall="20s", output="4KiB")
+    assert box.run_python("while True: pass").killed_by == "cpu"
+    assert box.run_python("while True: print('y' * 100)").killed_by == "output"
+    assert box.run_python("b = bytearray(512 * 1024 * 1024)").killed_by == "memory"
+    result = Sandbox(wall="1s").run_python("import time; time.sleep(30)")
+    assert result.killed_by == "timeout"
+    assert result.exit_code is None and 900 < result.duration_ms < 5000
+
+
+def test_warm_pool_runs_each_program_in_a_fresh_sandbox() -> None:
+    with Sandbox(pool=2, wall="5s", files={"/work/seed.txt": "seed"}) as box:
+        time.sleep(0.5)  # let the pool fill
+        first = box.run_python("open('left-behind.txt', 'w').write('x'); print(open('seed.txt').read())")
+        second = box.run_python("import os; print(sorted(os.listdir('.')))")
+        third = box.run(["sh", "-c", "cat; echo"], stdin="piped")
+        spin = box.run_python("while True: pass")
+    assert first.stdout == "seed\n" and first.files["/work/left-behind.txt"] == b"x"
+    assert second.stdout == "['seed.txt']\n", "a warm sandbox saw the previous program's files"
+    assert third.stdout == "piped\n"
+    assert spin.killed_by in ("cpu", "timeout")
+    # The same boundary holds in a warm sandbox: no host files, no network.
+    with Sandbox(pool=1) as box:
+        time.sleep(0.3)
+        probe = box.run_python(
+            "import os, socket\nprint(os.path.exists('/etc/shadow'))\nsocket.create_connection(('127.0.0.1', 5432), 1)"
+        )
+    assert probe.stdout == "False\n" and probe.exit_code != 0
+
+
+def test_pool_is_only_for_bwrap() -> None:
+    with pytest.raises(UserError, match="pool= is available with the bwrap backend"):
+        Sandbox(backend="runsc", pool=2)
+
+
+class _EchoBackend(SandboxBackend):
+    """A backend registered by name, as a remote sandbox service would be."""
+
+    name = "echo"
+    calls: ClassVar[list[list[str]]] = []
+
+    def check(self) -> None:
+        return None
+
+    def run(
+        self, argv: Sequence[str], *, limits: Limits, files: dict[str, bytes], network: bool, stdin: bytes | None
+    ) -> SandboxResult:  # type: ignore[override]
+        self.calls.append(list(argv))
+        return SandboxResult(
+            stdout=" ".join(argv[-1:]), stderr="", exit_code=0, killed_by=None, duration_ms=0.1, backend=self.name
+        )
+
+
+def test_backend_plugin_interface() -> None:
+    register_backend("echo", _EchoBackend)
+    result = Sandbox(backend="echo").run(["say", "hi"])
+    assert result.stdout == "hi" and result.backend == "echo" and _EchoBackend.calls == [["say", "hi"]]
+    with pytest.raises(UserError, match="available: bwrap, runsc, echo"):
+        Sandbox(backend="nope")
+    register_backend("broken", lambda: object())  # type: ignore[arg-type,return-value]
+    with pytest.raises(UserError, match="not a SandboxBackend"):
+        Sandbox(backend="broken")
+
+
+def test_journaled_in_a_run_and_not_run_again_after_a_crash(sqlite_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update(
+        {
+            "WFLO_DATABASE_URL": sqlite_url,
+            "WFLO_LEASE_SECONDS": "1",
+            "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
+        }
+    )
+    crashed = subprocess.run([sys.executable, str(HERE / "sbxapp.py"), "sbx-1"], env={**env, "SBX_CRASH": "1"},
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    time.sleep(1.2)  # the dead process's lease runs out
+    resumed = subprocess.run(
+        [sys.executable, str(HERE / "sbxapp.py"), "sbx-1"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.strip().splitlines()[-1] == "42 done"
+
+    _config.configure(database=sqlite_url)
+    events = list(_config.get_store().events("sbx-1"))
+    completed = [e.data for e in events if e.type == "call.completed" and e.data["kind"] == "sandbox"]
+    assert [c["call"] for c in completed] == ["1", "2"], "finished sandboxed code ran again after the resume"
+    starts = [e.seq for e in events if e.type in ("run.started", "run.resumed")]
+    first_done = next(e.seq for e in events if e.type == "call.completed" and e.data["call"] == "1")
+    assert len(starts) == 2 and starts[0] < first_done < starts[1], "call 1 was journaled by the first (killed) process"
+    first = completed[0]["sandbox"]
+    assert first["exit_code"] == 0 and first["killed_by"] is None and first["stdout_bytes"] == 3
+    assert len(first["code_sha256"]) == 64 and completed[0]["limits"]["wall"] == 5.0
+
+
+def test_runsc_backend_runs_code_in_gvisor() -> None:
+    if shutil.which("runsc") is None:
+        if os.environ.get("CI"):
+            pytest.fail("runsc (Debian package runsc) is required in CI")
+        pytest.skip("gVisor's runsc is not installed (apt-get install runsc)")
+    box = Sandbox(backend="runsc", wall="10s", files={"/work/in.txt": "in"})
+    result = box.run_python(
+        "import os\nprint(os.getuid(), open('in.txt').read(), os.path.exists('/etc/shadow'), 'WFLO' in str(os.environ))\n"
+        "open('out.txt', 'w').write('out')"
+    )
+    assert result.ok, result.stderr
+    assert result.stdout == "65534 in False False\n" and result.backend == "runsc"
+    assert result.files["/work/out.txt"] == b"out"
+    net = box.run_python("import socket; socket.create_connection(('127.0.0.1', 5432), 1); print('ESCAPED')")
+    assert "ESCAPED" not in net.stdout and net.exit_code != 0
+    slow = Sandbox(backend="runsc", wall="2s").run_python("import time; time.sleep(30)")
+    assert slow.killed_by == "timeout"
+    with pytest.raises(UserError, match="no network"):
+        Sandbox(backend="runsc", network=True).run_python("pass")
+
+
+def test_wflo_exports_sandbox() -> None:
+    assert wflo.Sandbox is Sandbox
