@@ -115,8 +115,8 @@ class _EchoBackend(SandboxBackend):
         return None
 
     def run(
-        self, argv: Sequence[str], *, limits: Limits, files: dict[str, bytes], network: bool, stdin: bytes | None
-    ) -> SandboxResult:  # type: ignore[override]
+        self, argv: Sequence[str], *, limits: Limits, files: Mapping[str, bytes], network: bool, stdin: bytes | None
+    ) -> SandboxResult:
         self.calls.append(list(argv))
         return SandboxResult(
             stdout=" ".join(argv[-1:]), stderr="", exit_code=0, killed_by=None, duration_ms=0.1, backend=self.name
