@@ -1,5 +1,47 @@
-"""Tools: the ``@wflo.tool`` decorator and the catalog of secure tools."""
+"""Tools: the ``@wflo.tool`` decorator and the catalog of secure tools.
 
+The secure tools are factories: the developer configures them (a database, an allowlist, a
+root directory), the agent calls the tool they return with simple arguments. Each one checks
+its input before acting and raises ``ToolRefused`` when it will not act.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._errors import ToolRefused
+from ._files import files
+from ._http import http_get
+from ._python import python
+from ._sql import sql_query
 from ._tool import Tool, tool
 
-__all__ = ["Tool", "tool"]
+__all__ = ["Tool", "ToolRefused", "catalog", "files", "http_get", "python", "sql_query", "tool"]
+
+_FACTORIES = {
+    "sql_query": "wflo.tools.sql_query(database_url, max_rows=1000, timeout='5s')",
+    "http_get": "wflo.tools.http_get(allow=[...], max_bytes='1MiB', timeout='10s', max_redirects=3)",
+    "read_file": "wflo.tools.files(root)",
+    "list_dir": "wflo.tools.files(root)",
+    "write_file": "wflo.tools.files(root, writable=True)",
+    "python": "wflo.tools.python(wflo.Sandbox(...))",
+}
+
+
+def _builtin_tools() -> list[Tool[..., Any]]:
+    """One instance of each built-in tool, configured with placeholders (nothing is opened)."""
+    return [
+        sql_query("sqlite:///example.db"),
+        http_get(allow=["example.com"]),
+        *files("/", writable=True),
+        python(),
+    ]
+
+
+def catalog() -> list[dict[str, Any]]:
+    """The built-in tools: name, description, risk, default approval policy, argument schema
+    and the factory that builds each (what ``wflo tools list`` prints)."""
+    entries = [t.manifest() for t in _builtin_tools()]
+    for entry in entries:
+        entry["factory"] = _FACTORIES[entry["name"]]
+    return entries
