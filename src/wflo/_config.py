@@ -48,6 +48,11 @@ class Settings:
     """How often an idle worker polls SQLite for work (PostgreSQL uses LISTEN/NOTIFY).
     Env: ``WFLO_POLL_INTERVAL``."""
 
+    otel: bool = False
+    """Export each run as OpenTelemetry spans (GenAI conventions) over OTLP/HTTP, configured by
+    the standard ``OTEL_EXPORTER_OTLP_*`` variables; needs ``wflo[otel]``.
+    Env: ``WFLO_OTEL`` (``0``/``1``)."""
+
     def __post_init__(self) -> None:
         if self.lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be positive, got {self.lease_seconds}")
@@ -76,6 +81,8 @@ class Settings:
                     raise ConfigurationError(f"{name}={env[name]!r} is not a number") from None
         if "WFLO_AUTO_MIGRATE" in env:
             values["auto_migrate"] = env["WFLO_AUTO_MIGRATE"].strip().lower() not in ("0", "false", "no")
+        if "WFLO_OTEL" in env:
+            values["otel"] = env["WFLO_OTEL"].strip().lower() not in ("", "0", "false", "no")
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

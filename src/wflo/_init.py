@@ -26,6 +26,7 @@ def init(
     database: str | None = None,
     tenant: str | None = None,
     name: str | None = None,
+    otel: bool = False,
 ) -> RunHandle:
     """Guard and record every LLM call this process makes, with no decorator.
 
@@ -34,6 +35,9 @@ def init(
     (budget ``budget_usd`` for the whole process, plus any ``wflo.budgets`` limits). The run
     ends ``succeeded`` when the process exits normally, ``failed`` on an uncaught exception.
 
+    ``otel=True`` also exports every run as OpenTelemetry spans (needs ``wflo[otel]``; see
+    the observability docs).
+
     Returns the run's handle (``wflo runs show <id>`` shows every call and its cost).
     """
     global _ctx
@@ -41,6 +45,10 @@ def init(
         if database is not None:
             _config.configure(database=database)
         _http.install()
+        if otel:
+            from . import observability
+
+            observability.enable()  # before atexit.register(_finish): the spans flush after the run ends
         if _ctx is not None:
             return RunHandle(_ctx.run_id, _ctx.store)
         store = _config.get_store()
@@ -78,4 +86,7 @@ def _finish() -> None:
         else:
             ctx.append([NewEvent("run.completed", {"output": None})], status="succeeded", output=None, finish=True)
     except Exception:
-        pass
+        return
+    from . import observability
+
+    observability.run_finished(ctx.store, ctx.run_id)

@@ -55,12 +55,25 @@ def db_check() -> None:
     "--idle-exit", type=click.FloatRange(0), metavar="SECONDS", help="Exit after this long with nothing to do."
 )
 @click.option("--quiet", "-q", is_flag=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve Prometheus metrics (computed from the store) on this port; needs wflo[otel].")  # fmt: skip
 @handle_errors
 def worker_cmd(
-    modules: tuple[str, ...], concurrency: int, max_runs: int | None, idle_exit: float | None, quiet: bool
+    modules: tuple[str, ...],
+    concurrency: int,
+    max_runs: int | None,
+    idle_exit: float | None,
+    quiet: bool,
+    metrics_port: int | None = None,
 ) -> None:
     """Serve queued runs, and recover the runs of workers that died."""
     import_modules(modules)
+    if metrics_port is not None:
+        from ..observability import serve_metrics
+
+        serve_metrics(metrics_port)
+        if not quiet:
+            console.print(f"metrics on http://0.0.0.0:{metrics_port}/metrics")
     from ..engine import Worker, registered_workflows
 
     names = sorted(registered_workflows())

@@ -110,6 +110,7 @@ def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
         _finish_error(ctx, exc)
         raise
     ctx.append([NewEvent("run.completed", {"output": output})], status="succeeded", output=output, finish=True)
+    _ended(ctx)
     return value
 
 
@@ -125,6 +126,7 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
             release=True,
             wake_at=wake_at,
         )
+        _ended(ctx)
         return
     if isinstance(exc, RunCancelled):
         kind, status = "run.cancelled", "cancelled"
@@ -142,6 +144,14 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
             ctx.store.release(ctx.run_id, ctx.owner)
         return
     ctx.append([NewEvent(kind, {"error": err})], status=status, error=err, finish=True)
+    _ended(ctx)
+
+
+def _ended(ctx: RunContext) -> None:
+    """The run ended, stopped, failed or waits: export it (a no-op unless export is on; never raises)."""
+    from ..observability import run_finished
+
+    run_finished(ctx.store, ctx.run_id)
 
 
 def _raise_stop(ctx: RunContext, exc: BaseException) -> None:
