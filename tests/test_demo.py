@@ -18,7 +18,8 @@ def test_demo_holds_every_promise(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
     assert report["held"] is True
-    assert set(report["promises"]) == {"budget", "loop", "approval", "crash", "audit"}
+    assert set(report["promises"]) == {"budget", "loop", "approval", "crash", "sandbox", "audit"}
+    assert report["promises"]["sandbox"]["refused"] == 4
     assert report["promises"]["crash"]["requests"] == 3
     assert report["promises"]["audit"]["tamper_detected_at"] is not None
     # The demo's store is left for inspection and passes the CLI's own verification.

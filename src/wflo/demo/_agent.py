@@ -88,6 +88,31 @@ def refund_flow(order_id: str, amount: float) -> str:
     return refund(order_id, amount)
 
 
+@wflo.workflow(name="demo.analyst")
+def analyst(task: str) -> list[dict[str, Any]]:
+    """A data agent whose model writes Python; wflo runs it in the sandbox (``wflo.tools.python``)."""
+    from ..tools._python import python
+
+    run_code = python(wflo.Sandbox(memory="256MiB", cpu_seconds=5, wall="15s", output="64KiB"))
+    messages: list[Any] = [{"role": "user", "content": task}]
+    ran: list[dict[str, Any]] = []
+    for _ in range(4):
+        msg = client().chat.completions.create(
+            model="gpt-4o-mini", messages=messages, tools=[run_code.openai_schema()], max_tokens=200
+        ).choices[0].message  # fmt: skip
+        if not msg.tool_calls:
+            break
+        messages.append(
+            {"role": "assistant", "content": None, "tool_calls": [tc.model_dump() for tc in msg.tool_calls]}
+        )
+        for tc in msg.tool_calls:
+            arguments = json.loads(tc.function.arguments) if tc.type == "function" else {}
+            result = run_code(**arguments)
+            ran.append(result)
+            messages.append({"role": "tool", "tool_call_id": tc.id, "content": json.dumps(result)})
+    return ran
+
+
 @wflo.step
 def crash_once(marker: str) -> None:
     """Kills this process (SIGKILL, no clean-up) the first time it runs."""

@@ -167,10 +167,49 @@ class Demo:
         ok = first.returncode == -9 and second.returncode == 0 and total == 3 and len(events) == 3
         self.held("crash", ok, requests=total, journaled_calls=len(events), killed_exit=first.returncode)
 
+    def sandbox(self) -> None:
+        from . import _agent
+
+        self.say("[bold]5. Code runs in a sandbox[/]  the model writes Python; then it tries to break out")
+        escape = (
+            "import os, socket\n"
+            "for what, attempt in [('read /etc/shadow', lambda: open('/etc/shadow').read()),\n"
+            "                      ('read the agent\\'s API key', lambda: os.environ['OPENAI_API_KEY']),\n"
+            "                      ('connect to PostgreSQL', lambda: socket.create_connection(('127.0.0.1', 5432), 1)),\n"
+            "                      ('write /proc/sys/kernel/core_pattern', lambda: open('/proc/sys/kernel/core_pattern', 'w').write('|/x'))]:\n"
+            "    try:\n        attempt(); print('ESCAPED', what)\n"
+            "    except Exception as e:\n        print('refused', what, '-', type(e).__name__)\n"
+        )
+        script = iter([
+            Reply(tool_calls=[ToolCall("python", {"code": "import statistics\nprint(statistics.mean([3, 1, 4, 1, 5, 9, 2, 6]))"})]),
+            Reply(tool_calls=[ToolCall("python", {"code": escape})]),
+            Reply("The mean is 3.875.", output_tokens=8),
+        ])  # fmt: skip
+        self.llm.responder = lambda r: next(script)
+        os.environ["OPENAI_API_KEY"] = "sk-demo-secret-must-not-leak"
+        try:
+            ran = _agent.analyst.options(id="demo-sandbox").run("What is the mean of 3 1 4 1 5 9 2 6?")
+        finally:
+            os.environ.pop("OPENAI_API_KEY", None)
+        computed, attempt = ran[0], ran[1]
+        self.say(f"  the model's code computed {computed['stdout'].strip()} in the sandbox")
+        for line in attempt["stdout"].splitlines():
+            colour = "red" if line.startswith("ESCAPED") else "green"
+            self.say(f"  [{colour}]{line}[/]")
+        events = [e.data for e in _config.get_store().events("demo-sandbox") if e.data.get("kind") == "sandbox"]
+        self.say(f"  {len(events)} sandboxed executions in the run's journal, each with code and output digests")
+        ok = (
+            computed["stdout"].strip() == "3.875"
+            and "ESCAPED" not in attempt["stdout"]
+            and attempt["stdout"].count("refused") == 4
+            and "sk-demo" not in attempt["stdout"]
+        )
+        self.held("sandbox", ok, escape_attempts=4, refused=attempt["stdout"].count("refused"))
+
     def audit(self) -> None:
         from ..audit import verify_all
 
-        self.say("[bold]5. Everything is on the record[/]  every run above is a SHA-256 hash chain")
+        self.say("[bold]6. Everything is on the record[/]  every run above is a SHA-256 hash chain")
         store = _config.get_store()
         reports = verify_all(store)
         intact = all(r.ok for r in reports)
@@ -216,7 +255,7 @@ def run_demo(*, directory: str | None = None, auto_approve: bool = False, as_jso
     )
     t0 = time.monotonic()
     try:
-        for scene in (demo.budget, demo.loop, demo.approval, demo.crash, demo.audit):
+        for scene in (demo.budget, demo.loop, demo.approval, demo.crash, demo.sandbox, demo.audit):
             try:
                 scene()
             except KeyboardInterrupt:
