@@ -1,11 +1,23 @@
-"""Recompute hash chains and report the first broken link."""
+"""Recompute hash chains and report the first broken link.
+
+A chain whose events were deleted on purpose by ``wflo audit prune`` is not broken: the prune
+is itself an ``audit.pruned`` event on the (verified) system chain that names each pruned chain
+with its event count and head hash, and the run's recorded head must still match that record.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from ..store import GENESIS, Store, link_hash
+from ..store import GENESIS, Store
 from ..store._base import SYSTEM_CHAIN
+
+PAGE = 5000
+"""Events read per query while verifying (keeps memory flat on long chains)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,30 +32,111 @@ class ChainReport:
     """First broken sequence number (``None`` when intact)."""
     kind: str | None = None
     """``hash`` (content changed), ``link`` (prev_hash mismatch), ``gap`` (missing seq),
-    ``head`` (the recorded head is past the last event: truncated tail)."""
+    ``head`` (the recorded head is past the last event: truncated tail); against a checkpoint:
+    ``truncated`` (fewer events than signed), ``rewritten`` (another hash at the signed head),
+    ``missing`` (the chain is gone and no prune recorded it)."""
     expected: str | None = None
     found: str | None = None
+    pruned: bool = False
+    """The chain's events were removed by a recorded ``wflo audit prune``."""
 
     def describe(self) -> str:
         if self.ok:
+            if self.pruned:
+                return f"{self.chain}: pruned ({self.count} events, head {self.head[:16]})"
             return f"{self.chain}: ok ({self.count} events)"
         return f"{self.chain}: BROKEN at seq {self.seq} ({self.kind}): expected {self.expected}, found {self.found}"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chain": self.chain,
+            "count": self.count,
+            "ok": self.ok,
+            "head": self.head,
+            "seq": self.seq,
+            "kind": self.kind,
+            "expected": self.expected,
+            "found": self.found,
+            "pruned": self.pruned,
+        }
 
-def verify_chain(store: Store, chain: str, *, recorded_head: tuple[int, str] | None = None) -> ChainReport:
-    """Verify one chain: every link's hash, every prev_hash, no gaps, and its recorded head."""
+
+def iter_links(store: Store, chain: str) -> Any:
+    """``(seq, type, at, data_json, prev_hash, hash)`` rows of a chain in order, page by page.
+
+    Raw rows (data stays text) so that a damaged JSON document is reported as a broken hash,
+    not raised as a parse error.
+    """
+    after = 0
+    while True:
+        rows = store._fetchall(
+            "SELECT seq, type, at, data, prev_hash, hash FROM events WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (chain, after, PAGE),
+        )
+        yield from rows
+        if len(rows) < PAGE:
+            return
+        after = int(rows[-1][0])
+
+
+def chain_hasher(chain: str) -> Callable[[str, int, str, str, str], str]:
+    """``link_hash`` specialised to one chain: the same bytes, with the chain's and each event
+    type's JSON encoded once instead of per event (verification spends its time here)."""
+    middle = b',"chain":' + json.dumps(chain, ensure_ascii=False).encode() + b',"data":'
+    tails: dict[str, bytes] = {}
+    sha256, dumps = hashlib.sha256, json.dumps
+
+    def digest(prev_hash: str, seq: int, type_: str, at: str, data_json: str) -> str:
+        tail = tails.get(type_)
+        if tail is None:
+            tail = tails[type_] = b',"type":' + dumps(type_, ensure_ascii=False).encode() + b"}"
+        return sha256(
+            b"".join((prev_hash.encode("ascii"), b'{"at":', dumps(at).encode(), middle, data_json.encode(),
+                      b',"seq":', str(int(seq)).encode(), tail))
+        ).hexdigest()  # fmt: skip
+
+    return digest
+
+
+def verify_chain(
+    store: Store,
+    chain: str,
+    *,
+    recorded_head: tuple[int, str] | None = None,
+    pruned: tuple[int, str] | None = None,
+) -> ChainReport:
+    """Verify one chain: every link's hash, every prev_hash, no gaps, and its recorded head.
+
+    ``pruned`` is the ``(count, head)`` an ``audit.pruned`` event recorded for this chain (see
+    :func:`pruned_chains`); a chain with no events left that matches it is reported as pruned.
+    """
     prev, expected_seq, count = GENESIS, 1, 0
-    for ev in store.events(chain):
-        if ev.seq != expected_seq:
-            return ChainReport(chain, count, False, prev, expected_seq, "gap", str(expected_seq), str(ev.seq))
-        if ev.prev_hash != prev:
-            return ChainReport(chain, count, False, prev, ev.seq, "link", prev, ev.prev_hash)
-        digest = link_hash(prev, ev.chain, ev.seq, ev.type, ev.at, ev.data_json)
-        if digest != ev.hash:
-            return ChainReport(chain, count, False, prev, ev.seq, "hash", digest, ev.hash)
-        prev, expected_seq, count = ev.hash, expected_seq + 1, count + 1
+    link = chain_hasher(chain)
+    for seq, type_, at, data_json, prev_hash, hash_ in iter_links(store, chain):
+        seq = int(seq)
+        if seq != expected_seq:
+            return ChainReport(chain, count, False, prev, expected_seq, "gap", str(expected_seq), str(seq))
+        if prev_hash != prev:
+            return ChainReport(chain, count, False, prev, seq, "link", prev, prev_hash)
+        digest = link(prev, seq, type_, at, data_json)
+        if digest != hash_:
+            return ChainReport(chain, count, False, prev, seq, "hash", digest, hash_)
+        prev, expected_seq, count = hash_, expected_seq + 1, count + 1
     if recorded_head is None:
         recorded_head = _recorded_head(store, chain)
+    if count == 0 and pruned is not None:
+        if recorded_head is None or recorded_head == pruned:
+            return ChainReport(chain, pruned[0], True, pruned[1], pruned=True)
+        return ChainReport(
+            chain,
+            0,
+            False,
+            GENESIS,
+            1,
+            "head",
+            f"{recorded_head[0]}:{recorded_head[1][:16]}",
+            f"pruned {pruned[0]}:{pruned[1][:16]}",
+        )
     if recorded_head is not None and (recorded_head[0] != count or recorded_head[1] != prev):
         return ChainReport(
             chain,
@@ -66,11 +159,34 @@ def _recorded_head(store: Store, chain: str) -> tuple[int, str] | None:
     return (int(row[0]), row[1]) if row else None
 
 
+def pruned_chains(store: Store) -> dict[str, tuple[int, str]]:
+    """Every chain an ``audit.pruned`` event on the system chain names: ``{chain: (count, head)}``."""
+    out: dict[str, tuple[int, str]] = {}
+    rows = store._fetchall(
+        "SELECT data FROM events WHERE chain = ? AND type = 'audit.pruned' ORDER BY seq", (SYSTEM_CHAIN,)
+    )
+    for (data_json,) in rows:
+        try:
+            data = json.loads(data_json)
+            for item in data.get("chains", []):
+                out[str(item["chain"])] = (int(item["count"]), str(item["head"]))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # a damaged prune record: the system chain's own verification reports it
+    return out
+
+
+def verify_run(store: Store, run_id: str) -> ChainReport:
+    """Verify one run's chain, knowing whether it was pruned."""
+    return verify_chain(store, run_id, pruned=pruned_chains(store).get(run_id))
+
+
 def verify_all(store: Store) -> list[ChainReport]:
-    """Verify every run's chain and the system chain."""
+    """Verify every run's chain and the system chain (pruned chains are reported as such)."""
     chains = [r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events ORDER BY chain")]
     heads = {r[0] for r in store._fetchall("SELECT id FROM runs")}
+    pruned = pruned_chains(store)
     missing = sorted(heads - set(chains))
     reports = [verify_chain(store, chain) for chain in chains]
-    reports += [verify_chain(store, chain) for chain in missing]  # runs whose events all vanished
+    # Runs whose events all vanished: deliberately (a recorded prune) or not.
+    reports += [verify_chain(store, chain, pruned=pruned.get(chain)) for chain in missing]
     return reports

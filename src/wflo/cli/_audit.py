@@ -1,19 +1,41 @@
-"""``wflo audit verify``: recompute the hash chains and report the first broken link."""
+"""``wflo audit …`` (verify, keygen, checkpoint, prune, export) and ``wflo report``."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 import click
 
 from .. import _config
-from ..audit import verify_all, verify_chain
-from ._app import cli, console, dump_json, err_console, handle_errors
+from .._errors import UserError
+from ..audit import (
+    build_report,
+    export,
+    generate_key,
+    prune,
+    read_checkpoint,
+    render_html,
+    verify_all,
+    verify_checkpoint,
+    verify_run,
+    write_checkpoint,
+)
+from ..audit._checkpoint import load_public_key
+from ..audit._dates import parse_when
+from ..audit._export import count_events
+from ..audit._prune import prune_candidates
+from ._app import cli, console, dump_json, err_console, fail, handle_errors
+
+
+def _principal() -> str:
+    return _config.settings().principal or "unknown"
 
 
 @cli.group()
 def audit() -> None:
-    """The flight recorder: verify the tamper-evident history."""
+    """The flight recorder: verify, sign, prune and export the tamper-evident history."""
 
 
 @audit.command("verify")
@@ -21,22 +43,226 @@ def audit() -> None:
 @click.option(
     "--all", "all_chains", is_flag=True, help="Every run's chain and the system chain (the default without RUN_ID)."
 )
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    metavar="FILE",
+    help="Also check the signed checkpoint FILE and that the database still extends it.",
+)
+@click.option(
+    "--public-key",
+    "public_key_path",
+    metavar="PEM",
+    help="Pin the checkpoint's signer (else the key inside the file is used).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def verify_cmd(run_id: str | None, all_chains: bool, as_json: bool) -> None:
-    """Exit 0 only if every chain is intact; else name the first broken link (exit 10)."""
+def verify_cmd(
+    run_id: str | None, all_chains: bool, checkpoint_path: str | None, public_key_path: str | None, as_json: bool
+) -> None:
+    """Exit 0 only if every chain is intact (and extends the checkpoint); else name the first
+    broken link of each chain (exit 10)."""
+    if public_key_path and not checkpoint_path:
+        raise UserError("--public-key pins a checkpoint's signer: give --checkpoint FILE too")
+    doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
+    key = load_public_key(public_key_path) if public_key_path else None
     store = _config.get_store()
-    reports = [verify_chain(store, store.find_run(run_id).id)] if run_id and not all_chains else verify_all(store)
+    reports = [verify_run(store, store.find_run(run_id).id)] if run_id and not all_chains else verify_all(store)
     broken = [r for r in reports if not r.ok]
+    cp = verify_checkpoint(store, doc, key) if doc is not None else None
+    ok = not broken and (cp is None or cp.ok)
+    events = sum(r.count for r in reports if not r.pruned)
+    pruned = sum(1 for r in reports if r.pruned)
     if as_json:
-        dump_json({"ok": not broken, "chains": len(reports), "events": sum(r.count for r in reports),
-                   "broken": [{"chain": r.chain, "seq": r.seq, "kind": r.kind, "expected": r.expected, "found": r.found} for r in broken]})  # fmt: skip
+        dump_json(
+            {
+                "ok": ok,
+                "chains": len(reports),
+                "events": events,
+                "pruned": pruned,
+                "broken": [
+                    {"chain": r.chain, "seq": r.seq, "kind": r.kind, "expected": r.expected, "found": r.found}
+                    for r in broken
+                ],
+                "checkpoint": cp.to_dict() if cp is not None else None,
+            }
+        )
     else:
         for r in broken:
-            err_console.print(f"[red]BROKEN[/] {r.describe()}")
-        total = sum(r.count for r in reports)
+            err_console.print(f"[red]BROKEN[/] {r.describe()}", soft_wrap=True)
+        note = f" ({pruned} pruned on record)" if pruned else ""
         console.print(
-            f"{'[green]intact[/]' if not broken else '[red]broken[/]'}: {len(reports)} chains, {total} events verified"
+            f"{'[green]intact[/]' if not broken else '[red]broken[/]'}: {len(reports)} chains, {events} events verified{note}"
         )
-    if broken:
+        if cp is not None:
+            if cp.problem:
+                err_console.print(f"[red]CHECKPOINT REFUSED[/] {checkpoint_path}: {cp.problem}", soft_wrap=True)
+            for r in cp.reports:
+                err_console.print(f"[red]NOT EXTENDED[/] {r.describe()}", soft_wrap=True)
+            if cp.ok:
+                console.print(
+                    f"[green]extends checkpoint[/] of {cp.at}: {cp.chains} chains, signature valid"
+                    f"{' (pinned key)' if cp.pinned else ' (key from the file)'}"
+                )
+    if not ok:
         sys.exit(10)
+
+
+@audit.command("keygen")
+@click.option("--out", "out", required=True, metavar="FILE", help="Where to write the private key (mode 0600).")
+@handle_errors
+def keygen_cmd(out: str) -> None:
+    """Make an Ed25519 signing key for checkpoints; print its public key (PEM)."""
+    click.echo(generate_key(out), nl=False)
+    err_console.print(f"private key written to {out} (mode 0600); keep it away from the database host")
+
+
+@audit.command("checkpoint")
+@click.option("--key", "key_path", required=True, metavar="PEM", help="The private key from `wflo audit keygen`.")
+@click.option("--out", "out", required=True, metavar="FILE", help="Where to write the signed checkpoint (JSON).")
+@handle_errors
+def checkpoint_cmd(key_path: str, out: str) -> None:
+    """Sign every chain's (count, head) now; keep the file outside the database host.
+
+    Refused (exit 10) if a chain does not verify. `wflo audit verify --checkpoint FILE` later
+    proves the database still extends it: no truncated tail, no rewritten chain.
+    """
+    if not Path(key_path).is_file():
+        raise UserError(f"key file {key_path} not found (make one with: wflo audit keygen --out {key_path})")
+    doc = write_checkpoint(_config.get_store(), key_path, out, by=_principal())
+    console.print(
+        f"checkpoint {out}: {len(doc['chains'])} chains, {doc['events']} events, Merkle root {doc['merkle_root'][:16]}…"
+    )
+
+
+@audit.command("prune")
+@click.option(
+    "--before",
+    required=True,
+    metavar="DATE",
+    help="Prune finished runs whose last event is before DATE (YYYY-MM-DD, ISO time, or an age: 90d).",
+)
+@click.option("--yes", is_flag=True, help="Delete without asking (required without a terminal).")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def prune_cmd(before: str, yes: bool, as_json: bool) -> None:
+    """Delete the events of finished runs, on the record (an `audit.pruned` system event).
+
+    Only succeeded, failed, cancelled and stopped runs are pruned, and only chains that
+    verify. Their `runs` rows stay; `verify` reports them as pruned, not broken.
+    """
+    cutoff = parse_when(before, option="--before")
+    store = _config.get_store()
+    candidates = prune_candidates(store, cutoff)
+    if not candidates:
+        if as_json:
+            dump_json({"before": cutoff, "pruned": [], "events": 0, "skipped": []})
+        else:
+            console.print(f"nothing to prune before {cutoff}")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"{len(candidates)} runs would be pruned; add --yes to confirm", 2)
+        click.confirm(f"Delete the events of {len(candidates)} finished runs (before {cutoff})?", abort=True)
+    result = prune(store, cutoff, by=_principal())
+    if as_json:
+        dump_json(
+            {
+                "before": cutoff,
+                "events": result.events,
+                "skipped": [r.to_dict() for r in result.skipped],
+                "pruned": [{"chain": c, "count": n, "head": h} for c, n, h in result.pruned],
+            }
+        )
+    else:
+        for r in result.skipped:
+            err_console.print(f"[red]skipped[/] (does not verify) {r.describe()}", soft_wrap=True)
+        console.print(
+            f"pruned {len(result.pruned)} runs ({result.events} events) before {cutoff}; recorded on the system chain"
+        )
+    if result.skipped:
+        sys.exit(10)
+
+
+@audit.command("export")
+@click.option("--run", "run_id", metavar="ID", help="Only this run's chain.")
+@click.option("--since", metavar="DATE", help="Only events at or after DATE.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--out", "out", required=True, metavar="DIR", help="An empty (or new) directory.")
+@handle_errors
+def export_cmd(run_id: str | None, since: str | None, fmt: str, out: str) -> None:
+    """Write events and a manifest.json (SHA-256 of each file, chain heads); recorded as
+    `audit.exported` on the system chain."""
+    cutoff = parse_when(since, option="--since") if since else None
+    store = _config.get_store()
+    rid = store.find_run(run_id).id if run_id else None
+    total = count_events(store, run_id=rid, since=cutoff)
+    progress: Any = None
+    if console.is_terminal and total > 0:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("exporting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
+    if progress is None:
+        manifest = export(store, out, fmt=fmt, run_id=rid, since=cutoff, by=_principal())
+    else:
+        with progress:
+            task = progress.add_task("export", total=total)
+            manifest = export(
+                store,
+                out,
+                fmt=fmt,
+                run_id=rid,
+                since=cutoff,
+                by=_principal(),
+                on_progress=lambda n: progress.advance(task, n),
+            )
+    console.print(
+        f"exported {manifest['events']} events of {len(manifest['chains'])} chains to {out} "
+        f"({', '.join(f['name'] for f in manifest['files'])} + manifest.json)"
+    )
+
+
+@cli.command("report")
+@click.option(
+    "--since", required=True, metavar="DATE", help="Start of the period (YYYY-MM-DD, ISO time, or an age: 30d)."
+)
+@click.option("--until", metavar="DATE", help="End of the period (exclusive; default: now).")
+@click.option("--format", "fmt", type=click.Choice(["html", "json"]), default="html", show_default=True)
+@click.option("--out", "out", metavar="FILE", help="Write here instead of stdout.")
+@click.option("--checkpoint", "checkpoint_path", metavar="FILE", help="Also verify against this signed checkpoint.")
+@click.option("--public-key", "public_key_path", metavar="PEM", help="Pin the checkpoint's signer.")
+@handle_errors
+def report_cmd(
+    since: str, until: str | None, fmt: str, out: str | None, checkpoint_path: str | None, public_key_path: str | None
+) -> None:
+    """A compliance report: runs, spend against budgets, approvals, loop stops, budget refusals,
+    sandbox denials, configuration changes and the verification result."""
+    start = parse_when(since, option="--since")
+    end = parse_when(until, option="--until") if until else None
+    if end is not None and end <= start:
+        raise UserError(f"--until ({until}) must be after --since ({since})")
+    doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
+    key = load_public_key(public_key_path) if public_key_path else None
+    report = build_report(_config.get_store(), since=start, until=end, checkpoint=doc, public_key=key, by=_principal())
+    if fmt == "html":
+        text = render_html(report)
+    else:
+        import json
+
+        text = json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(out).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror}") from None
+    ok = report["verification"]["ok"]
+    console.print(f"report written to {out} (history {'[green]intact[/]' if ok else '[red]BROKEN[/]'})")

@@ -1,0 +1,157 @@
+"""The flight recorder's costs: appending to a hash chain, and verifying a large history.
+
+Method. *Append*: ``--appends`` events appended to one chain through ``Store.append_chain``
+(each in its own transaction, then in batches of 100), after a warm-up, on each store; the
+cost per event is the median (and p99) of the per-call time divided by the events per call.
+The pure hashing cost (canonical JSON + SHA-256 of one event) is shown beside it. *Verify*:
+``--events`` events (1,000,000 by default: 1,000 chains of 1,000 events with ~250-byte
+payloads and real link hashes) are inserted with ``executemany`` into a SQLite file in a
+temporary directory, then ``verify_all`` recomputes every hash; throughput = events / wall
+time. On PostgreSQL (if reachable) the same is done with ``--pg-events`` events. The signed
+checkpoint of the same store (every chain's head, Merkle root, Ed25519) is timed too.
+
+    python bench/audit.py [--events 1000000] [--pg-events 200000] [--appends 2000] [--json]
+"""
+
+from __future__ import annotations
+
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).parent))
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+from _common import fresh_pg, pct
+
+from wflo.audit import make_checkpoint, verify_all
+from wflo.store import GENESIS, NewEvent, Store, canonical_json, link_hash, now_iso, open_store
+
+PER_CHAIN = 1000
+
+
+def _payload(i: int) -> dict[str, Any]:
+    return {"call": str(i), "kind": "llm", "name": "gpt-4o-mini", "cost_usd": "0.0004836", "ms": 3.4,
+            "args_digest": f"{i:064x}", "usage": {"input_tokens": 120, "output_tokens": 80}}  # fmt: skip
+
+
+def bench_append(store: Store, n: int) -> dict[str, float]:
+    one: list[float] = []
+    for i in range(n // 10):  # warm-up
+        store.append_chain("_bench_warm", [NewEvent("bench.event", _payload(i))])
+    for i in range(n):
+        ev = [NewEvent("bench.event", _payload(i))]
+        t0 = time.perf_counter_ns()
+        store.append_chain("_bench_one", ev)
+        one.append((time.perf_counter_ns() - t0) / 1000)
+    batched: list[float] = []
+    for b in range(max(1, n // 100)):
+        evs = [NewEvent("bench.event", _payload(b * 100 + i)) for i in range(100)]
+        t0 = time.perf_counter_ns()
+        store.append_chain("_bench_batch", evs)
+        batched.append((time.perf_counter_ns() - t0) / 1000 / 100)
+    at = now_iso()
+    t0 = time.perf_counter_ns()
+    prev = GENESIS
+    for i in range(n):
+        prev = link_hash(prev, "_bench_hash", i + 1, "bench.event", at, canonical_json(_payload(i)))
+    hash_us = (time.perf_counter_ns() - t0) / 1000 / n
+    return {
+        "append_one_median_us": statistics.median(one),
+        "append_one_p99_us": pct(one, 0.99),
+        "append_batch100_median_us": statistics.median(batched),
+        "hash_only_us": hash_us,
+    }
+
+
+def fill(store: Store, events: int) -> float:
+    """Insert ``events`` real hash-chained events quickly; return the seconds it took."""
+    t0 = time.perf_counter()
+    at = now_iso()
+    data_json = canonical_json(_payload(0))
+    conn = store._conn()
+    cur = conn.cursor()
+    sql = store._sql("INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    chains = max(1, events // PER_CHAIN)
+    store._begin(cur)
+    for c in range(chains):
+        chain = f"_bench_{c:05d}"
+        prev, rows = GENESIS, []
+        for seq in range(1, PER_CHAIN + 1):
+            digest = link_hash(prev, chain, seq, "call.completed", at, data_json)
+            rows.append((chain, seq, "call.completed", at, data_json, prev, digest))
+            prev = digest
+        cur.executemany(sql, rows)
+        cur.execute(store._sql("INSERT INTO chain_heads (chain, last_seq, last_hash) VALUES (?, ?, ?)"),
+                    (chain, PER_CHAIN, prev))  # fmt: skip
+    cur.execute("COMMIT")
+    cur.close()
+    return time.perf_counter() - t0
+
+
+def bench_verify(store: Store, events: int) -> dict[str, float]:
+    fill_s = fill(store, events)
+    t0 = time.perf_counter()
+    reports = verify_all(store)
+    verify_s = time.perf_counter() - t0
+    assert all(r.ok for r in reports), [r.describe() for r in reports if not r.ok][:3]
+    total = sum(r.count for r in reports)
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    t0 = time.perf_counter()
+    make_checkpoint(store, ed25519.Ed25519PrivateKey.generate(), by="bench", verify=False)
+    checkpoint_s = time.perf_counter() - t0
+    return {"events": total, "fill_s": fill_s, "verify_s": verify_s, "verify_events_per_s": total / verify_s,
+            "checkpoint_s": checkpoint_s}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--pg-events", type=int, default=200_000)
+    parser.add_argument("--appends", type=int, default=2000)
+    parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.stores.split(","):
+            row: dict[str, Any] = {"store": name}
+            try:
+                if name == "sqlite":
+                    append_url, verify_url, n = f"sqlite:///{tmp}/append.db", f"sqlite:///{tmp}/verify.db", args.events
+                else:
+                    append_url, verify_url, n = (
+                        fresh_pg("wflo_bench_audit_a"),
+                        fresh_pg("wflo_bench_audit_v"),
+                        args.pg_events,
+                    )
+                with open_store(append_url) as store:
+                    row.update(bench_append(store, args.appends))
+                with open_store(verify_url) as store:
+                    row.update(bench_verify(store, n))
+            except Exception as exc:  # a store that is not reachable is reported, not fatal
+                row["error"] = f"{type(exc).__name__}: {exc}"
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"flight recorder costs (python {sys.version.split()[0]})")
+    print(f"{'store':9} {'append µs':>10} {'p99 µs':>8} {'batch100 µs':>12} {'hash µs':>8} "
+          f"{'events':>9} {'verify s':>9} {'events/s':>10} {'checkpoint s':>13}")  # fmt: skip
+    for r in rows:
+        if "error" in r:
+            print(f"{r['store']:9} {r['error']}")
+            continue
+        print(f"{r['store']:9} {r['append_one_median_us']:10.0f} {r['append_one_p99_us']:8.0f} "
+              f"{r['append_batch100_median_us']:12.1f} {r['hash_only_us']:8.1f} {r['events']:9d} "
+              f"{r['verify_s']:9.1f} {r['verify_events_per_s']:10.0f} {r['checkpoint_s']:13.2f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""``wflo audit prune``: delete the journals of finished runs older than a date, on the record.
+
+Only runs in a final status (succeeded, failed, cancelled, stopped) whose *last* event is
+before the cut-off are pruned, and only if their chain verifies (pruning a tampered chain
+would launder it). Each batch is one transaction: the events are deleted and an
+``audit.pruned`` event on the system chain names every pruned chain with its event count and
+head hash, so ``verify`` (and a checkpoint taken earlier) know the chain was removed on
+purpose. The ``runs`` rows stay, so run listings and the recorded heads survive.
+
+On PostgreSQL the events table refuses DELETE (a trigger) unless the transaction has set
+``wflo.prune = 'on'``, which only this code does, with ``SET LOCAL``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import AuditError
+from ..store import FINAL_STATUSES, NewEvent, Store
+from ._verify import ChainReport, verify_chain
+
+BATCH = 500
+"""Chains per transaction (and per ``audit.pruned`` event)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    before: str
+    pruned: list[tuple[str, int, str]] = field(default_factory=list)
+    """``(chain, count, head)`` of every pruned chain."""
+    skipped: list[ChainReport] = field(default_factory=list)
+    """Candidates left alone because their chain does not verify."""
+
+    @property
+    def events(self) -> int:
+        return sum(n for _, n, _ in self.pruned)
+
+
+def prune_candidates(store: Store, before: str) -> list[tuple[str, int, str]]:
+    """``(run id, last_seq, last_hash)`` of finished runs whose last event is before ``before``."""
+    finals = sorted(FINAL_STATUSES)
+    marks = ", ".join("?" * len(finals))
+    rows = store._fetchall(
+        f"SELECT r.id, r.last_seq, r.last_hash FROM runs r JOIN events e ON e.chain = r.id AND e.seq = r.last_seq "
+        f"WHERE r.status IN ({marks}) AND e.at < ? ORDER BY r.id",
+        (*finals, before),
+    )
+    return [(str(i), int(n), str(h)) for i, n, h in rows]
+
+
+def prune(
+    store: Store,
+    before: str,
+    *,
+    by: str,
+    dry_run: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> PruneResult:
+    """Prune finished runs whose last event is before ``before`` (store time text, UTC)."""
+    result = PruneResult(before)
+    ready: list[tuple[str, int, str]] = []
+    for chain, count, head in prune_candidates(store, before):
+        report = verify_chain(store, chain, recorded_head=(count, head))
+        if report.ok:
+            ready.append((chain, count, head))
+        else:
+            result.skipped.append(report)
+    if dry_run:
+        result.pruned.extend(ready)
+        return result
+    for start in range(0, len(ready), BATCH):
+        batch = ready[start : start + BATCH]
+        _prune_batch(store, batch, before=before, by=by)
+        result.pruned.extend(batch)
+        if on_progress is not None:
+            on_progress(len(batch))
+    return result
+
+
+class _Moved(AuditError):
+    """A chain changed between verification and deletion: the batch is rolled back."""
+
+    _fields = ("chain",)
+    chain: Any
+
+    def _message(self) -> str:
+        return f"run {self.chain} changed while it was being pruned; nothing was deleted, run prune again"
+
+
+def _prune_batch(store: Store, batch: list[tuple[str, int, str]], *, before: str, by: str) -> None:
+    def op(cur: Any) -> None:
+        if store.dialect == "postgresql":
+            cur.execute("SET LOCAL wflo.prune = 'on'")
+        for chain, count, head in batch:
+            store.execute(cur, "SELECT last_seq, last_hash FROM runs WHERE id = ?" + store.for_update, (chain,))
+            row = cur.fetchone()
+            if row is None or int(row[0]) != count or row[1] != head:
+                raise _Moved(chain=chain)
+            store.execute(cur, "DELETE FROM events WHERE chain = ? AND seq <= ?", (chain, count))
+            if cur.rowcount != count:
+                raise _Moved(chain=chain)
+
+    event = NewEvent(
+        "audit.pruned",
+        {
+            "by": by,
+            "before": before,
+            "events": sum(n for _, n, _ in batch),
+            "chains": [{"chain": c, "count": n, "head": h} for c, n, h in batch],
+        },
+    )
+    store.append_system([event], ops=[op])

@@ -1,0 +1,102 @@
+"""`wflo audit …` and `wflo report` as users run them: real processes, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from auditkit import admin, make_run
+
+from wflo.store import open_store
+
+OLD = "2020-01-01T00:00:00.000000Z"
+
+
+def wflo(*args: str, db: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update(WFLO_DATABASE_URL=db, WFLO_PRINCIPAL="user:auditor", PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-m", "wflo.cli", *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().startswith("error:") and text in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_keygen_checkpoint_verify_and_truncation(store_url: str, tmp_path: Path) -> None:
+    with open_store(store_url) as store:
+        make_run(store, "r1")
+        make_run(store, "r2")
+    keygen = wflo("audit", "keygen", "--out", "key.pem", db=store_url, cwd=tmp_path)
+    assert keygen.returncode == 0 and keygen.stdout.startswith("-----BEGIN PUBLIC KEY-----")
+    (tmp_path / "pub.pem").write_text(keygen.stdout)
+    made = wflo("audit", "checkpoint", "--key", "key.pem", "--out", "cp.json", db=store_url, cwd=tmp_path)
+    assert made.returncode == 0 and "2 chains" in made.stdout
+    ok = wflo("audit", "verify", "--checkpoint", "cp.json", "--public-key", "pub.pem", db=store_url, cwd=tmp_path)
+    assert ok.returncode == 0 and "extends checkpoint" in ok.stdout and "pinned" in ok.stdout
+    with admin(store_url) as db:
+        db.run("DELETE FROM events WHERE chain = 'r2' AND seq > 6")
+        db.set_run_head("r2", 6, db.hash_at("r2", 6))
+    plain = wflo("audit", "verify", db=store_url, cwd=tmp_path)
+    assert plain.returncode == 0  # the chains alone look fine
+    bad = wflo("audit", "verify", "--checkpoint", "cp.json", "--json", db=store_url, cwd=tmp_path)
+    assert bad.returncode == 10
+    out = json.loads(bad.stdout)
+    assert not out["ok"] and out["checkpoint"]["broken"][0]["chain"] == "r2"
+    assert out["checkpoint"]["broken"][0]["kind"] == "truncated"
+    text = wflo("audit", "verify", "--checkpoint", "cp.json", db=store_url, cwd=tmp_path)
+    assert text.returncode == 10 and "r2" in text.stderr and "truncated" in text.stderr
+    wrong = wflo("audit", "keygen", "--out", "other.pem", db=store_url, cwd=tmp_path)
+    (tmp_path / "other.pub").write_text(wrong.stdout)
+    pinned = wflo("audit", "verify", "--checkpoint", "cp.json", "--public-key", "other.pub", db=store_url, cwd=tmp_path)
+    assert pinned.returncode == 10 and "pinned public key" in pinned.stderr
+
+
+def test_prune_export_report_commands(sqlite_url: str, tmp_path: Path) -> None:
+    with open_store(sqlite_url) as store:
+        make_run(store, "old", at=OLD)
+        make_run(store, "new")
+    asked = wflo("audit", "prune", "--before", "2021-01-01", db=sqlite_url, cwd=tmp_path)
+    one_line_error(asked, 2, "add --yes")
+    done = wflo("audit", "prune", "--before", "2021-01-01", "--yes", "--json", db=sqlite_url, cwd=tmp_path)
+    assert done.returncode == 0 and [p["chain"] for p in json.loads(done.stdout)["pruned"]] == ["old"]
+    verify = wflo("audit", "verify", db=sqlite_url, cwd=tmp_path)
+    assert verify.returncode == 0 and "1 pruned on record" in verify.stdout
+    exported = wflo("audit", "export", "--format", "csv", "--out", "ex", db=sqlite_url, cwd=tmp_path)
+    assert exported.returncode == 0 and (tmp_path / "ex" / "manifest.json").exists()
+    assert json.loads((tmp_path / "ex" / "manifest.json").read_text())["by"] == "user:auditor"
+    rep = wflo("report", "--since", "2000-01-01", "--out", "r.html", db=sqlite_url, cwd=tmp_path)
+    assert rep.returncode == 0 and "intact" in rep.stdout
+    page = (tmp_path / "r.html").read_text()
+    assert "Configuration changes" in page and "audit.pruned" in page and "audit.exported" in page
+    js = wflo("report", "--since", "30d", "--format", "json", db=sqlite_url, cwd=tmp_path)
+    assert json.loads(js.stdout)["verification"]["ok"] is True
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (["report", "--since", "last tuesday"], 2, "invalid --since 'last tuesday'"),
+        (["report", "--since", "2026-02-01", "--until", "2026-01-01"], 2, "must be after"),
+        (["audit", "prune", "--before", "2026-13-45", "--yes"], 2, "invalid --before"),
+        (["audit", "export", "--since", "soon", "--out", "x"], 2, "invalid --since"),
+        (["audit", "checkpoint", "--key", "missing.pem", "--out", "cp.json"], 2, "key file missing.pem not found"),
+        (["audit", "checkpoint", "--key", "garbage.txt", "--out", "cp.json"], 2, "not an unencrypted PEM private key"),
+        (["audit", "verify", "--checkpoint", "nope.json"], 2, "cannot read checkpoint nope.json"),
+        (["audit", "verify", "--checkpoint", "garbage.txt"], 2, "is not JSON"),
+        (["audit", "verify", "--checkpoint", "other.json"], 2, "not a wflo checkpoint"),
+        (["audit", "verify", "--public-key", "k.pub"], 2, "give --checkpoint FILE too"),
+        (["report", "--since", "1d", "--checkpoint", "garbage.txt"], 2, "is not JSON"),
+    ],
+)
+def test_bad_input_is_one_line(sqlite_url: str, tmp_path: Path, args: list[str], code: int, text: str) -> None:
+    (tmp_path / "garbage.txt").write_text("this is not a key or JSON")
+    (tmp_path / "other.json").write_text('{"hello": 1}')
+    one_line_error(wflo(*args, db=sqlite_url, cwd=tmp_path), code, text)
