@@ -32,6 +32,7 @@ from .cost._ledger import Budget
 from .cost._prices import prices
 from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
 from .guards import LoopGuard, RetryPolicy
+from .integrations._wrap import wrap
 from .sandbox import Sandbox
 from .tools import Tool, tool
 
@@ -77,4 +78,5 @@ __all__ = [
     "step",
     "tool",
     "workflow",
+    "wrap",
 ]

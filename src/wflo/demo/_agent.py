@@ -95,10 +95,11 @@ def analyst(task: str) -> list[dict[str, Any]]:
 
     run_code = python(wflo.Sandbox(memory="256MiB", cpu_seconds=5, wall="15s", output="64KiB"))
     messages: list[Any] = [{"role": "user", "content": task}]
+    tools: list[Any] = [run_code.openai_schema()]
     ran: list[dict[str, Any]] = []
     for _ in range(4):
         msg = client().chat.completions.create(
-            model="gpt-4o-mini", messages=messages, tools=[run_code.openai_schema()], max_tokens=200
+            model="gpt-4o-mini", messages=messages, tools=tools, max_tokens=200
         ).choices[0].message  # fmt: skip
         if not msg.tool_calls:
             break

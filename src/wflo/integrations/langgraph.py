@@ -1,0 +1,759 @@
+"""LangGraph under wflo: ``wflo.wrap(graph)`` and a checkpointer on wflo's store.
+
+``wrap(graph)`` returns an object with the compiled graph's API (``invoke``, ``ainvoke``,
+``stream``, ``astream``, every other attribute passed through) where each invocation is one
+wflo run:
+
+* LLM calls made through the ``openai``/``anthropic`` SDKs (``langchain-openai``,
+  ``langchain-anthropic``) are intercepted at the HTTP layer: budgeted, loop-guarded and
+  journaled, replayed byte for byte on resume;
+* each tool a ``ToolNode`` executes is a journaled wflo call of kind ``tool``: loop-guarded,
+  approval-gated (``approvals={"tool_name": wflo.Approval(...)}``) and replayed on resume;
+* the run id is the ``thread_id`` of ``config["configurable"]``: invoking again with the same
+  thread after a crash (or while an approval is pending) resumes that run; once it finished, the
+  next invocation on the thread is a new run (``<thread_id>#2``, ``#3``…), like a new turn.
+
+``Checkpointer(url)`` is a LangGraph ``BaseCheckpointSaver`` that keeps checkpoints in wflo's
+store (SQLite or PostgreSQL), so LangGraph's own resume and ``interrupt()`` work on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import pickle
+import queue
+import random
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.messages import ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+)
+from langgraph.prebuilt import ToolNode
+
+from .._config import get_store
+from .._errors import ApprovalRejected, RunNotFoundError, RunSuspended, UserError, WfloError, WfloInterrupt
+from ..approvals._policy import Approval
+from ..engine import Call, Step, Workflow, aguarded_call, current_run, guarded_call
+from ..engine._context import RunContext
+from ..engine._executor import aexecute, process_owner
+from ..engine._workflow import BoundWorkflow, _result_of, _wait_until_woken
+from ..store import Store, new_id, open_store
+
+__all__ = ["Checkpointer", "WrappedGraph", "wrap"]
+
+_MARK = "__wflo_wrapped__"
+
+
+def wrap(
+    graph: Any,
+    *,
+    budget: Any = None,
+    guards: Any = None,
+    name: str | None = None,
+    tenant: str | None = None,
+    approvals: dict[str, Approval] | None = None,
+) -> WrappedGraph:
+    """Put a compiled LangGraph graph under wflo (see the module docs)."""
+    return WrappedGraph(graph, budget=budget, guards=guards, name=name, tenant=tenant, approvals=approvals)
+
+
+# --------------------------------------------------------------------- JSON views
+def jsonable(value: Any) -> Any:
+    """A JSON view of a framework value for the run record (messages, models, dataclasses)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        try:
+            return jsonable(dump(mode="json"))
+        except Exception:
+            pass
+    try:
+        import pydantic_core
+
+        return pydantic_core.to_jsonable_python(value, fallback=repr)
+    except Exception:
+        return repr(value)
+
+
+def _pack(value: Any) -> dict[str, Any]:
+    """A tool node's result as JSON for the journal (a ``ToolMessage`` stays readable)."""
+    if isinstance(value, ToolMessage):
+        doc: dict[str, Any] = {"type": "tool_message", "content": value.content, "status": value.status,
+                               "name": value.name}  # fmt: skip
+        if value.artifact is None:
+            try:
+                json.dumps(doc)
+                return doc
+            except (TypeError, ValueError):
+                pass
+    return {"type": "pickle", "data": base64.b64encode(pickle.dumps(value)).decode()}
+
+
+def _unpack(doc: Any, tool_call: dict[str, Any]) -> Any:
+    if isinstance(doc, dict) and doc.get("type") == "tool_message":
+        return ToolMessage(
+            content=doc["content"], status=doc.get("status", "success"), name=doc.get("name"),
+            tool_call_id=tool_call.get("id") or "",
+        )  # fmt: skip
+    if isinstance(doc, dict) and doc.get("type") == "pickle":
+        return pickle.loads(base64.b64decode(doc["data"]))
+    return doc
+
+
+# --------------------------------------------------------------------- errors out of a node
+class _Escape(WfloInterrupt):
+    """Carries a wflo refusal (budget, loop stop) past LangGraph's tool-error handling."""
+
+    code = "escape"
+    _fields = ("error",)
+    error: Any
+
+
+def _escape(exc: BaseException) -> BaseException:
+    if isinstance(exc, WfloError) and not isinstance(exc, ApprovalRejected):
+        return _Escape(error=exc)
+    return exc
+
+
+def _unescape(exc: BaseException) -> BaseException:
+    seen = 0
+    while seen < 10:
+        seen += 1
+        if isinstance(exc, _Escape):
+            return exc.error  # type: ignore[no-any-return]
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+# --------------------------------------------------------------------- tools
+def _tool_call(ctx: RunContext, tool_call: dict[str, Any], tool: Any, approvals: dict[str, Approval]) -> Call:
+    name = str(tool_call.get("name", "tool"))
+    meta: dict[str, Any] = {"framework": "langgraph"}
+    policy = approvals.get(name)
+    if policy is not None:
+        meta["approval"] = policy
+    fn = getattr(tool, "func", None) or getattr(tool, "coroutine", None)
+    if fn is not None:
+        meta["fn"] = fn
+    return Call(kind="tool", name=name, args=(), kwargs=dict(tool_call.get("args") or {}), run=ctx, meta=meta)
+
+
+def _with_args(request: Any, kwargs: dict[str, Any]) -> Any:
+    if kwargs == (request.tool_call.get("args") or {}):
+        return request
+    return request.override(tool_call={**request.tool_call, "args": kwargs})
+
+
+def guard_tool_node(node: ToolNode, approvals: dict[str, Approval]) -> None:
+    """Make each tool call of ``node`` a guarded, journaled wflo call (once per node)."""
+    if getattr(node, _MARK, None) is not None:
+        getattr(node, _MARK).update(approvals)
+        return
+    policies = dict(approvals)
+    inner_sync: Any = node._wrap_tool_call
+    inner_async: Any = node._awrap_tool_call
+
+    def wrap_sync(request: Any, execute: Callable[[Any], Any]) -> Any:
+        ctx = current_run()
+        if ctx is None:
+            return inner_sync(request, execute) if inner_sync else execute(request)
+
+        def run(**kwargs: Any) -> Any:
+            req = _with_args(request, kwargs)
+            return _pack(inner_sync(req, execute) if inner_sync else execute(req))
+
+        try:
+            value = guarded_call(_tool_call(ctx, request.tool_call, request.tool, policies), run)
+        except WfloError as exc:
+            raise _escape(exc) from exc
+        return _unpack(value, request.tool_call)
+
+    async def wrap_async(request: Any, execute: Callable[[Any], Any]) -> Any:
+        ctx = current_run()
+        if ctx is None:
+            if inner_async:
+                return await inner_async(request, execute)
+            return await execute(request)
+
+        async def run(**kwargs: Any) -> Any:
+            req = _with_args(request, kwargs)
+            return _pack(await inner_async(req, execute) if inner_async else await execute(req))
+
+        try:
+            value = await aguarded_call(_tool_call(ctx, request.tool_call, request.tool, policies), run)
+        except WfloError as exc:
+            raise _escape(exc) from exc
+        return _unpack(value, request.tool_call)
+
+    if inner_sync is not None and inner_async is None:
+        # LangGraph runs a sync-only wrapper from async code through a thread; keep that.
+        wrap_async = None  # type: ignore[assignment]
+    node._wrap_tool_call = wrap_sync
+    node._awrap_tool_call = wrap_async
+    setattr(node, _MARK, policies)
+
+
+def tool_nodes(graph: Any) -> list[ToolNode]:
+    """The ``ToolNode``\\ s of a compiled graph (and of its compiled subgraphs)."""
+    found: list[ToolNode] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if obj is None or id(obj) in seen or depth > 6:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, ToolNode):
+            found.append(obj)
+            return
+        nodes = getattr(obj, "nodes", None)
+        if isinstance(nodes, dict):
+            for node in nodes.values():
+                visit(getattr(node, "bound", node), depth + 1)
+        for attr in ("steps", "runnable", "bound"):
+            inner = getattr(obj, attr, None) if attr != "bound" or not isinstance(obj, dict) else None
+            if isinstance(inner, list | tuple):
+                for item in inner:
+                    visit(item, depth + 1)
+            elif inner is not None and not isinstance(inner, str | int | float | bool | dict):
+                visit(inner, depth + 1)
+
+    visit(graph, 0)
+    return found
+
+
+# --------------------------------------------------------------------- the wrapper
+@dataclass
+class _Job:
+    mode: str
+    input: Any
+    config: dict[str, Any]
+    kwargs: dict[str, Any]
+    result: Any = None
+    chunks: Any = None  # queue.Queue (stream) or asyncio.Queue (astream)
+    closed: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
+
+
+_END = object()
+
+
+class WrappedGraph:
+    """A compiled LangGraph graph whose invocations are wflo runs (made by :func:`wrap`)."""
+
+    def __init__(
+        self,
+        graph: Any,
+        *,
+        budget: Any = None,
+        guards: Any = None,
+        name: str | None = None,
+        tenant: str | None = None,
+        approvals: dict[str, Approval] | None = None,
+    ) -> None:
+        if isinstance(graph, WrappedGraph):
+            graph = graph.graph
+        if not callable(getattr(graph, "invoke", None)):
+            raise UserError(f"wflo.wrap expects a compiled LangGraph graph (with .invoke), got {type(graph).__name__}")
+        for key, policy in (approvals or {}).items():
+            if not isinstance(policy, Approval):
+                raise UserError(f"approvals[{key!r}] must be a wflo.Approval(...), got {type(policy).__name__}")
+        self.graph: Any = graph
+        self.tenant = tenant
+        self.approvals = dict(approvals or {})
+        self._jobs: dict[str, _Job] = {}
+        extra: dict[str, Any] = {}
+        if budget is not None:
+            extra["budget"] = budget
+        if guards is not None:
+            extra["guards"] = guards
+        graph_name = getattr(graph, "name", None) or "graph"
+        self.workflow: Workflow[..., Any] = Workflow(self._body, name=name or f"langgraph.{graph_name}", **extra)
+        self.tool_nodes = tool_nodes(graph)
+        for node in self.tool_nodes:
+            guard_tool_node(node, self.approvals)
+        self._pin = Step(self._latest_checkpoint, name="langgraph.checkpoint")
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self.graph, item)
+
+    def __repr__(self) -> str:
+        return f"<wflo.wrap {self.workflow.name} of {self.graph!r}>"
+
+    # ----------------------------------------------------------------- run ids
+    def run_id_for(self, config: dict[str, Any] | None) -> str:
+        """The wflo run an invocation with ``config`` belongs to (resumed if unfinished)."""
+        conf = dict((config or {}).get("configurable") or {})
+        if conf.get("wflo_run_id"):
+            return str(conf["wflo_run_id"])
+        thread = conf.get("thread_id")
+        if thread is None:
+            return new_id()
+        store = get_store()
+        turn, run_id = 1, str(thread)
+        while True:
+            try:
+                record = store.get_run(run_id)
+            except RunNotFoundError:
+                return run_id
+            if not record.done:
+                return run_id
+            turn += 1
+            run_id = f"{thread}#{turn}"
+
+    def _job(self, mode: str, input: Any, config: Any, kwargs: dict[str, Any]) -> tuple[str, _Job]:
+        run_id = self.run_id_for(config)
+        job = _Job(mode, input, dict(config or {}), kwargs)
+        self._jobs[run_id] = job
+        return run_id, job
+
+    def _bound(self, run_id: str) -> BoundWorkflow[..., Any]:
+        return self.workflow.options(id=run_id, tenant=self.tenant)
+
+    @staticmethod
+    def _request(job: _Job) -> dict[str, Any]:
+        conf = job.config.get("configurable") or {}
+        return {"mode": job.mode, "input": jsonable(job.input), "thread_id": jsonable(conf.get("thread_id"))}
+
+    # ----------------------------------------------------------------- the run's body
+    async def _latest_checkpoint(self, thread_id: str, checkpoint_ns: str) -> str | None:
+        saver = self.graph.checkpointer
+        config: RunnableConfig = {"configurable": {"thread_id": thread_id, "checkpoint_ns": checkpoint_ns}}
+        try:
+            found = await saver.aget_tuple(config)
+        except NotImplementedError:
+            found = await asyncio.to_thread(saver.get_tuple, config)
+        return None if found is None else str(found.config["configurable"]["checkpoint_id"])
+
+    async def _config(self, ctx: RunContext, job: _Job) -> dict[str, Any]:
+        """With a checkpointer, pin the checkpoint the run started from (journaled), so a
+        resumed run re-executes from the same state and its calls replay in the same order."""
+        saver = getattr(self.graph, "checkpointer", None)
+        conf = dict(job.config.get("configurable") or {})
+        conf.pop("wflo_run_id", None)
+        config = {**job.config, "configurable": conf}
+        if not isinstance(saver, BaseCheckpointSaver) or "thread_id" not in conf or conf.get("checkpoint_id"):
+            return config
+        resumed = bool(ctx.journal)
+        pinned = await self._pin(str(conf["thread_id"]), str(conf.get("checkpoint_ns", "")))
+        if not resumed:
+            return config
+        if pinned is None:
+            # Nothing was checkpointed before this run: all there is came from its dead attempt.
+            try:
+                await saver.adelete_thread(str(conf["thread_id"]))
+            except NotImplementedError:
+                await asyncio.to_thread(saver.delete_thread, str(conf["thread_id"]))
+            return config
+        conf["checkpoint_id"] = pinned
+        return config
+
+    async def _body(self, request: dict[str, Any]) -> Any:
+        ctx = current_run()
+        job = self._jobs.get(ctx.run_id) if ctx is not None else None
+        if ctx is None or job is None:
+            raise UserError(
+                "a wrapped LangGraph run resumes when the graph is invoked again with the same "
+                "config (thread_id); it cannot be resumed by a worker or `wflo resume`"
+            )
+        config = await self._config(ctx, job)
+        graph = self.graph
+        try:
+            if job.mode == "invoke":
+                job.result = await asyncio.to_thread(graph.invoke, job.input, config, **job.kwargs)
+            elif job.mode == "ainvoke":
+                job.result = await graph.ainvoke(job.input, config, **job.kwargs)
+            elif job.mode == "stream":
+                job.result = await asyncio.to_thread(self._pump, job, config)
+            else:
+                out = []
+                async for chunk in graph.astream(job.input, config, **job.kwargs):
+                    out.append(chunk)
+                    await job.chunks.put(chunk)
+                    if job.closed.is_set():
+                        break
+                job.result = out
+        except BaseException as exc:
+            raise _unescape(exc) from None
+        return jsonable(job.result)
+
+    def _pump(self, job: _Job, config: dict[str, Any]) -> list[Any]:
+        out = []
+        for chunk in self.graph.stream(job.input, config, **job.kwargs):
+            out.append(chunk)
+            job.chunks.put(chunk)
+            if job.closed.is_set():
+                break
+        return out
+
+    # ----------------------------------------------------------------- the graph's API
+    def invoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        """``graph.invoke`` as one wflo run (resumed if the thread's run is unfinished)."""
+        run_id, job = self._job("invoke", input, config, kwargs)
+        try:
+            value = self._bound(run_id).run(self._request(job))
+        finally:
+            self._jobs.pop(run_id, None)
+        return job.result if job.result is not None else value
+
+    async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+        """``graph.ainvoke`` as one wflo run."""
+        run_id, job = self._job("ainvoke", input, config, kwargs)
+        try:
+            value = await _arun(self._bound(run_id), self._request(job))
+        finally:
+            self._jobs.pop(run_id, None)
+        return job.result if job.result is not None else value
+
+    def stream(self, input: Any, config: Any = None, **kwargs: Any) -> Iterator[Any]:
+        """``graph.stream`` as one wflo run: chunks are passed on as the graph makes them."""
+        run_id, job = self._job("stream", input, config, kwargs)
+        chunks: queue.Queue[Any] = queue.Queue()
+        job.chunks = chunks
+        outcome: dict[str, Any] = {}
+
+        def runner() -> None:
+            try:
+                outcome["value"] = self._bound(run_id).run(self._request(job))
+            except BaseException as exc:
+                outcome["error"] = exc
+            finally:
+                chunks.put(_END)
+
+        thread = threading.Thread(target=runner, name=f"wflo-langgraph-{run_id}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                chunk = chunks.get()
+                if chunk is _END:
+                    break
+                yield chunk
+        finally:
+            job.closed.set()
+            thread.join()
+            self._jobs.pop(run_id, None)
+        if "error" in outcome:
+            raise outcome["error"]
+        if job.result is None and isinstance(outcome.get("value"), list):
+            yield from outcome["value"]  # a finished run: its recorded chunks
+
+    async def astream(self, input: Any, config: Any = None, **kwargs: Any) -> AsyncIterator[Any]:
+        """``graph.astream`` as one wflo run."""
+        run_id, job = self._job("astream", input, config, kwargs)
+        chunks: asyncio.Queue[Any] = asyncio.Queue()
+        job.chunks = chunks
+
+        async def runner() -> Any:
+            try:
+                return await _arun(self._bound(run_id), self._request(job))
+            finally:
+                await chunks.put(_END)
+
+        task = asyncio.ensure_future(runner())
+        try:
+            while True:
+                chunk = await chunks.get()
+                if chunk is _END:
+                    break
+                yield chunk
+        finally:
+            job.closed.set()
+            if not task.done():
+                await asyncio.wait([task])
+            self._jobs.pop(run_id, None)
+        value = task.result()
+        if job.result is None and isinstance(value, list):
+            for chunk in value:
+                yield chunk
+
+
+async def _arun(bound: BoundWorkflow[..., Any], request: Any) -> Any:
+    """``bound.arun`` that, like ``run``, waits in-process for a pending approval."""
+    try:
+        return await bound.arun(request)
+    except RunSuspended as pause:
+        if current_run() is not None:
+            raise
+        store = get_store()
+        run_id = str(bound.opts.id)
+        owner = process_owner()
+        while True:
+            woken = await asyncio.to_thread(_wait_until_woken, store, run_id, owner, pause)
+            if woken.done:
+                return _result_of(woken)
+            try:
+                return await aexecute(store, bound.wf, woken, owner)
+            except RunSuspended as again:
+                pause = again
+
+
+# --------------------------------------------------------------------- the checkpointer
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS wflo_lg_checkpoints (
+        thread_id TEXT NOT NULL, checkpoint_ns TEXT NOT NULL DEFAULT '', checkpoint_id TEXT NOT NULL,
+        parent_checkpoint_id TEXT, type TEXT, checkpoint TEXT NOT NULL, metadata TEXT NOT NULL,
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id))""",
+    """CREATE TABLE IF NOT EXISTS wflo_lg_writes (
+        thread_id TEXT NOT NULL, checkpoint_ns TEXT NOT NULL DEFAULT '', checkpoint_id TEXT NOT NULL,
+        task_id TEXT NOT NULL, idx INTEGER NOT NULL, channel TEXT NOT NULL, type TEXT, value TEXT NOT NULL,
+        task_path TEXT NOT NULL DEFAULT '', PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx))""",
+)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+class Checkpointer(BaseCheckpointSaver[str]):
+    """A LangGraph checkpoint saver on wflo's store (SQLite or PostgreSQL).
+
+    ``Checkpointer()`` uses the configured store (``wflo.configure`` / ``WFLO_DATABASE_URL``);
+    ``Checkpointer("postgresql://…")`` opens its own. Checkpoints live in two tables of their
+    own (``wflo_lg_checkpoints``, ``wflo_lg_writes``), created on first use. The async methods
+    run the sync ones in a thread.
+    """
+
+    def __init__(self, url: str | None = None, *, serde: Any = None) -> None:
+        super().__init__(serde=serde)
+        self.url = url
+        self._store: Store | None = None
+        self._ready = False
+        self._lock = threading.Lock()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.url) if self.url else get_store()
+        if not self._ready:
+            with self._lock:
+                if not self._ready:
+                    store = self._store
+
+                    def create(cur: Any) -> None:
+                        for sql in _TABLES:
+                            store.execute(cur, sql)
+
+                    store.write(create)
+                    self._ready = True
+        return self._store
+
+    def close(self) -> None:
+        """Close a store this checkpointer opened itself (``Checkpointer(url)``)."""
+        if self._store is not None and self.url:
+            self._store.close()
+        self._store = None
+        self._ready = False
+
+    # ----------------------------------------------------------------- reading
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        conf = config.get("configurable") or {}
+        thread_id = str(conf["thread_id"])
+        ns = str(conf.get("checkpoint_ns", ""))
+        checkpoint_id = get_checkpoint_id(config)
+        sql = ("SELECT checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata FROM wflo_lg_checkpoints "
+               "WHERE thread_id = ? AND checkpoint_ns = ?")  # fmt: skip
+        params: list[Any] = [thread_id, ns]
+        if checkpoint_id:
+            sql += " AND checkpoint_id = ?"
+            params.append(checkpoint_id)
+        else:
+            sql += " ORDER BY checkpoint_id DESC LIMIT 1"
+        rows = self.store.read(sql, params)
+        if not rows:
+            return None
+        return self._tuple(thread_id, ns, rows[0])
+
+    def _tuple(self, thread_id: str, ns: str, row: Sequence[Any]) -> CheckpointTuple:
+        checkpoint_id, parent_id, type_, blob, metadata = row
+        writes = self.store.read(
+            "SELECT task_id, channel, type, value FROM wflo_lg_writes WHERE thread_id = ? AND checkpoint_ns = ? "
+            "AND checkpoint_id = ? ORDER BY task_id, idx",
+            [thread_id, ns, checkpoint_id],
+        )
+        return CheckpointTuple(
+            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}},
+            checkpoint=self.serde.loads_typed((type_, _unb64(blob))),
+            metadata=json.loads(metadata),
+            parent_config=(
+                {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
+                if parent_id
+                else None
+            ),
+            pending_writes=[(t, c, self.serde.loads_typed((ty, _unb64(v)))) for t, c, ty, v in writes],
+        )
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        sql = ("SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata "
+               "FROM wflo_lg_checkpoints WHERE 1 = 1")  # fmt: skip
+        params: list[Any] = []
+        conf = (config or {}).get("configurable") or {}
+        if conf.get("thread_id") is not None:
+            sql += " AND thread_id = ?"
+            params.append(str(conf["thread_id"]))
+        if conf.get("checkpoint_ns") is not None:
+            sql += " AND checkpoint_ns = ?"
+            params.append(str(conf["checkpoint_ns"]))
+        if conf.get("checkpoint_id"):
+            sql += " AND checkpoint_id = ?"
+            params.append(str(conf["checkpoint_id"]))
+        if before is not None and get_checkpoint_id(before):
+            sql += " AND checkpoint_id < ?"
+            params.append(get_checkpoint_id(before))
+        sql += " ORDER BY checkpoint_id DESC"
+        count = 0
+        for row in self.store.read(sql, params):
+            metadata = json.loads(row[6])
+            if filter and any(metadata.get(k) != v for k, v in filter.items()):
+                continue
+            yield self._tuple(row[0], row[1], row[2:])
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+    # ----------------------------------------------------------------- writing
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        conf = config.get("configurable") or {}
+        thread_id = str(conf["thread_id"])
+        ns = str(conf.get("checkpoint_ns", ""))
+        parent = conf.get("checkpoint_id")
+        type_, blob = self.serde.dumps_typed(checkpoint)
+        meta = json.dumps(jsonable(get_checkpoint_metadata(config, metadata)))
+        store = self.store
+        row = [thread_id, ns, checkpoint["id"], parent, type_, _b64(blob), meta]
+
+        def go(cur: Any) -> None:
+            store.execute(
+                cur,
+                "DELETE FROM wflo_lg_checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
+                row[:3],
+            )
+            store.execute(cur, "INSERT INTO wflo_lg_checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
+                               "parent_checkpoint_id, type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+
+        store.write(go)
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        conf = config.get("configurable") or {}
+        key = [str(conf["thread_id"]), str(conf.get("checkpoint_ns", "")), str(conf["checkpoint_id"])]
+        store = self.store
+        rows: list[list[Any]] = []
+        for i, (channel, value) in enumerate(writes):
+            type_, blob = self.serde.dumps_typed(value)
+            rows.append([*key, task_id, WRITES_IDX_MAP.get(channel, i), channel, type_, _b64(blob), task_path])
+
+        def go(cur: Any) -> None:
+            for row in rows:
+                special = row[4] < 0  # errors/interrupts etc. replace; ordinary writes are kept once
+                exists = store.execute(
+                    cur, "SELECT 1 FROM wflo_lg_writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ? "
+                         "AND task_id = ? AND idx = ?", row[:5],
+                ).fetchone()  # fmt: skip
+                if exists and not special:
+                    continue
+                if exists:
+                    store.execute(cur, "DELETE FROM wflo_lg_writes WHERE thread_id = ? AND checkpoint_ns = ? "
+                                       "AND checkpoint_id = ? AND task_id = ? AND idx = ?", row[:5])  # fmt: skip
+                store.execute(cur, "INSERT INTO wflo_lg_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, "
+                                   "channel, type, value, task_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+
+        store.write(go)
+
+    def delete_thread(self, thread_id: str) -> None:
+        store = self.store
+
+        def go(cur: Any) -> None:
+            store.execute(cur, "DELETE FROM wflo_lg_checkpoints WHERE thread_id = ?", [str(thread_id)])
+            store.execute(cur, "DELETE FROM wflo_lg_writes WHERE thread_id = ?", [str(thread_id)])
+
+        store.write(go)
+
+    def get_next_version(self, current: str | None, channel: None = None) -> str:
+        if current is None:
+            current_v = 0
+        elif isinstance(current, int):
+            current_v = current
+        else:
+            current_v = int(str(current).split(".")[0])
+        return f"{current_v + 1:032}.{random.random():016}"
+
+    # ----------------------------------------------------------------- async twins
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        items = await asyncio.to_thread(lambda: list(self.list(config, filter=filter, before=before, limit=limit)))
+        for item in items:
+            yield item
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)

@@ -1,0 +1,220 @@
+"""pydantic-ai under wflo: ``wflo.wrap(agent)``.
+
+``wrap(agent)`` returns an object with the agent's API (``run``, ``run_sync``, every other
+attribute passed through) where each run is one wflo run:
+
+* the model's requests go through the ``openai``/``anthropic`` SDKs, which wflo intercepts at
+  the HTTP layer: budgeted, loop-guarded, journaled and replayed byte for byte on resume;
+* each tool call is a journaled wflo call of kind ``tool`` (through a pydantic-ai capability
+  whose ``wrap_tool_execute`` hook runs the tool inside wflo's call boundary): the loop guard
+  sees it, ``approvals={"tool_name": wflo.Approval(...)}`` pauses the run durably until a
+  person decides, and a resumed run returns the recorded result instead of running it again;
+* ``run_id=`` (pydantic-ai's own run id) is also the wflo run id: running again with the same
+  ``run_id`` after a crash (or while an approval is pending) resumes that run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic_ai.capabilities import AbstractCapability
+
+from .._config import get_store
+from .._errors import RunNotFoundError, RunSuspended, UserError
+from ..approvals._policy import Approval
+from ..engine import Call, Workflow, aguarded_call, current_run
+from ..engine._executor import aexecute, process_owner
+from ..engine._workflow import BoundWorkflow, _result_of, _wait_until_woken
+from ..store import new_id
+
+__all__ = ["WfloCapability", "WrappedAgent", "wrap"]
+
+_PICKLED = "__wflo_pickle__"
+
+
+def wrap(
+    agent: Any,
+    *,
+    budget: Any = None,
+    guards: Any = None,
+    name: str | None = None,
+    tenant: str | None = None,
+    approvals: dict[str, Approval] | None = None,
+) -> WrappedAgent:
+    """Put a pydantic-ai ``Agent`` under wflo (see the module docs)."""
+    return WrappedAgent(agent, budget=budget, guards=guards, name=name, tenant=tenant, approvals=approvals)
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON view of a framework value for the run record (messages, models, dataclasses)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    try:
+        import pydantic_core
+
+        return pydantic_core.to_jsonable_python(value, fallback=repr)
+    except Exception:
+        return repr(value)
+
+
+async def _arun(bound: BoundWorkflow[..., Any], request: Any) -> Any:
+    """``bound.arun`` that, like ``run``, waits in-process for a pending approval."""
+    try:
+        return await bound.arun(request)
+    except RunSuspended as pause:
+        if current_run() is not None:
+            raise
+        store = get_store()
+        run_id = str(bound.opts.id)
+        owner = process_owner()
+        while True:
+            woken = await asyncio.to_thread(_wait_until_woken, store, run_id, owner, pause)
+            if woken.done:
+                return _result_of(woken)
+            try:
+                return await aexecute(store, bound.wf, woken, owner)
+            except RunSuspended as again:
+                pause = again
+
+
+def _pack(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return {_PICKLED: base64.b64encode(pickle.dumps(value)).decode()}
+
+
+def _unpack(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {_PICKLED}:
+        return pickle.loads(base64.b64decode(value[_PICKLED]))
+    return value
+
+
+@dataclass(init=False)
+class WfloCapability(AbstractCapability[Any]):
+    """Runs each tool call of an agent run inside wflo's call boundary (journal, loop guard,
+    approvals). Outside a wflo run it does nothing."""
+
+    approvals: dict[str, Approval]
+
+    def __init__(self, approvals: dict[str, Approval] | None = None) -> None:
+        self.approvals = dict(approvals or {})
+
+    async def wrap_tool_execute(self, ctx: Any, *, call: Any, tool_def: Any, args: Any, handler: Any) -> Any:
+        run = current_run()
+        if run is None:
+            return await handler(args)
+        kwargs = dict(args) if isinstance(args, dict) else {"args": jsonable(args)}
+        meta: dict[str, Any] = {"framework": "pydantic-ai"}
+        policy = self.approvals.get(call.tool_name)
+        if policy is not None:
+            meta["approval"] = policy
+        guarded = Call(kind="tool", name=str(call.tool_name), args=(), kwargs=kwargs, run=run, meta=meta)
+
+        async def execute(**given: Any) -> Any:
+            return _pack(await handler(given if isinstance(args, dict) else args))
+
+        return _unpack(await aguarded_call(guarded, execute))
+
+
+class WrappedAgent:
+    """A pydantic-ai agent whose runs are wflo runs (made by :func:`wrap`)."""
+
+    def __init__(
+        self,
+        agent: Any,
+        *,
+        budget: Any = None,
+        guards: Any = None,
+        name: str | None = None,
+        tenant: str | None = None,
+        approvals: dict[str, Approval] | None = None,
+    ) -> None:
+        if isinstance(agent, WrappedAgent):
+            agent = agent.agent
+        if not callable(getattr(agent, "run", None)):
+            raise UserError(f"wflo.wrap expects a pydantic-ai Agent (with .run), got {type(agent).__name__}")
+        for key, policy in (approvals or {}).items():
+            if not isinstance(policy, Approval):
+                raise UserError(f"approvals[{key!r}] must be a wflo.Approval(...), got {type(policy).__name__}")
+        self.agent: Any = agent
+        self.tenant = tenant
+        self.capability = WfloCapability(approvals)
+        self._jobs: dict[str, tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]] = {}
+        extra: dict[str, Any] = {}
+        if budget is not None:
+            extra["budget"] = budget
+        if guards is not None:
+            extra["guards"] = guards
+        agent_name = getattr(agent, "name", None) or "agent"
+        self.workflow: Workflow[..., Any] = Workflow(self._body, name=name or f"pydantic-ai.{agent_name}", **extra)
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self.agent, item)
+
+    def __repr__(self) -> str:
+        return f"<wflo.wrap {self.workflow.name} of {self.agent!r}>"
+
+    async def _body(self, request: dict[str, Any]) -> Any:
+        ctx = current_run()
+        job = self._jobs.get(ctx.run_id) if ctx is not None else None
+        if ctx is None or job is None:
+            raise UserError(
+                "a wrapped pydantic-ai run resumes when the agent is run again with the same run_id; "
+                "it cannot be resumed by a worker or `wflo resume`"
+            )
+        args, kwargs, holder = job
+        capabilities = [*(kwargs.pop("capabilities", None) or ()), self.capability]
+        result = await self.agent.run(*args, capabilities=capabilities, **kwargs)
+        holder["result"] = result
+        return {"output": jsonable(getattr(result, "output", result))}
+
+    def _prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[BoundWorkflow[..., Any], str, dict[str, Any], dict[str, Any]]:
+        run_id = str(kwargs.get("run_id") or new_id())
+        if kwargs.get("run_id"):
+            try:
+                record = get_store().get_run(run_id)
+            except RunNotFoundError:
+                record = None
+            if record is not None and record.done:
+                raise UserError(
+                    f"run {run_id!r} already ended ({record.status}); read it with wflo.RunHandle({run_id!r}).result(), "
+                    "or give a new run_id"
+                )
+        holder: dict[str, Any] = {}
+        self._jobs[run_id] = (args, dict(kwargs), holder)
+        prompt = args[0] if args else kwargs.get("user_prompt")
+        request = {"user_prompt": jsonable(prompt)}
+        return self.workflow.options(id=run_id, tenant=self.tenant), run_id, holder, request
+
+    async def run(self, *args: Any, **kwargs: Any) -> Any:
+        """``agent.run`` as one wflo run; returns the agent's ``AgentRunResult``."""
+        bound, run_id, holder, request = self._prepare(args, kwargs)
+        try:
+            value = await _arun(bound, request)
+        finally:
+            self._jobs.pop(run_id, None)
+        return holder.get("result", value)
+
+    def run_sync(self, *args: Any, **kwargs: Any) -> Any:
+        """``agent.run_sync`` as one wflo run (waits in-process for a pending approval).
+
+        Like pydantic-ai's own ``run_sync``, it drives :meth:`run` on the thread's event loop.
+        """
+        try:
+            from pydantic_ai._utils import run_until_complete
+        except ImportError:  # pragma: no cover - older pydantic-ai
+            return asyncio.run(self.run(*args, **kwargs))
+        return run_until_complete(self.run(*args, **kwargs))

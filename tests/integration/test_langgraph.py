@@ -1,0 +1,309 @@
+"""wflo.wrap on a real LangGraph graph (langchain-openai → openai SDK → wflo.testing's server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("langgraph")
+pytest.importorskip("langchain_openai")
+
+import genai_prices
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.types import Command, interrupt
+
+import wflo
+from wflo import _config
+from wflo.approvals import approvals
+from wflo.cost._api import ledger
+from wflo.integrations.langgraph import Checkpointer, WrappedGraph
+from wflo.testing import LLMServer, Reply, ToolCall
+
+wrap = wflo.wrap
+
+
+@pytest.fixture
+def llm() -> Iterator[LLMServer]:
+    with LLMServer() as server:
+        yield server
+
+
+executed: list[tuple[str, dict[str, Any]]] = []
+
+
+@tool
+def search(query: str) -> str:
+    """Search the web for a query."""
+    executed.append(("search", {"query": query}))
+    return f"results for {query}"
+
+
+@tool
+def send_email(to: str, body: str) -> str:
+    """Send an email."""
+    executed.append(("send_email", {"to": to, "body": body}))
+    return f"sent to {to}"
+
+
+def build(llm: LLMServer, *, max_tokens: int | None = None, checkpointer: Any = None) -> Any:
+    executed.clear()
+    tools = [search, send_email]
+    model = ChatOpenAI(model="gpt-4o-mini", base_url=llm.openai_url, api_key="test", max_retries=0,
+                       max_tokens=max_tokens).bind_tools(tools)  # fmt: skip
+
+    def agent(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [model.invoke(state["messages"])]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("agent", agent)
+    g.add_node("tools", ToolNode(tools))
+    g.add_edge(START, "agent")
+    g.add_conditional_edges("agent", tools_condition)
+    g.add_edge("tools", "agent")
+    return g.compile(checkpointer=checkpointer, name="research")
+
+
+def _calls(run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+    return [
+        e.data
+        for e in _config.get_store().events(run_id)
+        if e.type in ("call.completed", "call.failed") and (kind is None or e.data["kind"] == kind)
+    ]
+
+
+def _thread(tid: str) -> dict[str, Any]:
+    return {"configurable": {"thread_id": tid}}
+
+
+def test_wrap_unknown_object_names_supported_frameworks() -> None:
+    with pytest.raises(wflo.UserError) as info:
+        wrap(object())
+    for name in ("LangGraph", "pydantic-ai", "CrewAI", "OpenAI Agents SDK"):
+        assert name in str(info.value)
+
+
+def test_tokens_and_cost_per_call_equal_server_usage(configured: str, llm: LLMServer) -> None:
+    llm.script(
+        Reply(tool_calls=[ToolCall("search", {"query": "otters"})], input_tokens=1200, output_tokens=7),
+        Reply("Otters use rocks.", input_tokens=1500, output_tokens=3),
+    )
+    graph = wrap(build(llm), budget=wflo.Budget(usd="1"))
+    assert isinstance(graph, WrappedGraph)
+    out = graph.invoke({"messages": [("user", "What do otters use?")]}, _thread("lg-cost"))
+    assert out["messages"][-1].content == "Otters use rocks."
+    assert graph.get_graph() is not None  # attribute passthrough
+    llm_calls = _calls("lg-cost", "llm")
+    assert [(c["usage"]["input_tokens"], c["usage"]["output_tokens"]) for c in llm_calls] == [(1200, 7), (1500, 3)]
+    for call, (inp, outp) in zip(llm_calls, [(1200, 7), (1500, 3)], strict=True):
+        price = genai_prices.calc_price(genai_prices.Usage(input_tokens=inp, output_tokens=outp),
+                                        model_ref="gpt-4o-mini", provider_id="openai")  # fmt: skip
+        assert Decimal(call["cost_usd"]) == Decimal(price.total_price)
+    (tool_call,) = _calls("lg-cost", "tool")
+    assert tool_call["name"] == "search" and tool_call["output"]["content"] == "results for otters"
+    assert ledger().scope_usage("run:lg-cost").spent == sum(Decimal(c["cost_usd"]) for c in llm_calls)
+    assert wflo.RunHandle("lg-cost").status() == "succeeded"
+
+
+def test_budget_allows_two_calls_and_refuses_the_third_before_sending(configured: str, llm: LLMServer) -> None:
+    llm.script(
+        Reply(tool_calls=[ToolCall("search", {"query": "a"})], input_tokens=10, output_tokens=1000),
+        Reply(tool_calls=[ToolCall("search", {"query": "b"})], input_tokens=10, output_tokens=1000),
+        Reply("never sent", input_tokens=10, output_tokens=1000),
+    )
+    graph = wrap(build(llm, max_tokens=1000), budget=wflo.Budget(usd="0.00121"))
+    with pytest.raises(wflo.BudgetExceededError) as info:
+        graph.invoke({"messages": [("user", "go")]}, _thread("lg-budget"))
+    assert llm.request_count == 2
+    assert info.value.scope == "run:lg-budget"
+    usage = ledger().scope_usage("run:lg-budget")
+    assert usage.spent <= Decimal("0.00121") and usage.reserved == 0
+    assert wflo.RunHandle("lg-budget").status() == "failed"
+
+
+def test_repeated_tool_call_stopped_by_loop_guard(configured: str, llm: LLMServer) -> None:
+    llm.responder = lambda request: Reply(tool_calls=[ToolCall("search", {"query": "same"})])
+    graph = wrap(build(llm), guards=wflo.LoopGuard(max_repeats=3))
+    with pytest.raises(wflo.LoopDetectedError) as info:
+        graph.invoke({"messages": [("user", "loop")]}, _thread("lg-loop"))
+    assert info.value.detector == "max_repeats"
+    assert executed == [("search", {"query": "same"})] * 3  # the fourth never ran
+    assert wflo.RunHandle("lg-loop").status() == "stopped"
+
+
+def test_tool_approval_pauses_then_resumes(configured: str, llm: LLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WFLO_PRINCIPAL", "user:agent-owner")
+    _config.configure(database=configured, lease_seconds=5.0, poll_interval=0.05)
+    approvals.grant("user:fin", "finance")
+    llm.script(
+        Reply(tool_calls=[ToolCall("send_email", {"to": "boss@corp.com", "body": "hi"})]),
+        Reply("Email sent."),
+    )
+    graph = wrap(build(llm), approvals={"send_email": wflo.Approval(approvers=["role:finance"])})
+    result: dict[str, Any] = {}
+
+    def agent() -> None:
+        try:
+            result["out"] = graph.invoke({"messages": [("user", "mail the boss")]}, _thread("lg-approve"))
+        except BaseException as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=agent)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not approvals.list(run_id="lg-approve") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (request,) = approvals.list(run_id="lg-approve")
+    assert wflo.RunHandle("lg-approve").status() == "waiting"
+    assert executed == [] and llm.request_count == 1
+    assert request.tool == "send_email"
+    approvals.approve(request.id, principal="user:fin", action_hash=request.action_hash)
+    t.join(30)
+    assert "error" not in result, result
+    assert result["out"]["messages"][-1].content == "Email sent."
+    assert executed == [("send_email", {"to": "boss@corp.com", "body": "hi"})]
+    assert llm.request_count == 2  # the first LLM call was replayed, not re-sent
+    assert wflo.RunHandle("lg-approve").status() == "succeeded"
+
+
+CRASH_APP = """
+import os, signal, sys
+import wflo
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+from langgraph.graph import START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+
+effects, marker, base = sys.argv[1], sys.argv[2], sys.argv[3]
+
+@tool
+def search(query: str) -> str:
+    \"\"\"Search.\"\"\"
+    with open(effects, "a") as f:
+        f.write("search " + query + "\\n")
+    return "found " + query
+
+@tool
+def fetch(url: str) -> str:
+    \"\"\"Fetch a page.\"\"\"
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(effects, "a") as f:
+        f.write("fetch " + url + "\\n")
+    return "page " + url
+
+model = ChatOpenAI(model="gpt-4o-mini", base_url=base, api_key="t", max_retries=0).bind_tools([search, fetch])
+g = StateGraph(MessagesState)
+g.add_node("agent", lambda s: {"messages": [model.invoke(s["messages"])]})
+g.add_node("tools", ToolNode([search, fetch]))
+g.add_edge(START, "agent")
+g.add_conditional_edges("agent", tools_condition)
+g.add_edge("tools", "agent")
+graph = wflo.wrap(g.compile(name="crashy"), budget=wflo.Budget(usd="1"))
+out = graph.invoke({"messages": [("user", "research")]}, {"configurable": {"thread_id": "lg-crash"}})
+print(out["messages"][-1].content)
+"""
+
+
+def test_sigkill_mid_run_then_resume_resends_no_finished_call(configured: str, llm: LLMServer, tmp_path: Path) -> None:
+    llm.script(
+        Reply(tool_calls=[ToolCall("search", {"query": "otters"})]),
+        Reply(tool_calls=[ToolCall("fetch", {"url": "https://otters.example"})]),
+        Reply("Otters use rocks."),
+    )
+    script = tmp_path / "app.py"
+    script.write_text(CRASH_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update({"WFLO_DATABASE_URL": configured, "PYTHONPATH": os.pathsep.join(sys.path)})
+    effects, marker = tmp_path / "effects.log", tmp_path / "died-once"
+    argv = [sys.executable, str(script), str(effects), str(marker), llm.openai_url]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == -9, first.stderr
+    assert llm.request_count == 2
+    assert effects.read_text().splitlines() == ["search otters"]
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip().splitlines()[-1] == "Otters use rocks."
+    assert llm.request_count == 3  # the two finished LLM calls were replayed from the journal
+    assert effects.read_text().splitlines() == ["search otters", "fetch https://otters.example"]
+    assert len(_calls("lg-crash", "llm")) == 3 and len(_calls("lg-crash", "tool")) == 2
+
+
+def test_async_invoke_and_stream(configured: str, llm: LLMServer) -> None:
+    import asyncio
+
+    llm.script(Reply("first"), Reply("second"), Reply("third"))
+    graph = wrap(build(llm))
+
+    async def go() -> tuple[Any, list[Any]]:
+        out = await graph.ainvoke({"messages": [("user", "a")]}, _thread("lg-async"))
+        chunks = [c async for c in graph.astream({"messages": [("user", "b")]}, _thread("lg-astream"))]
+        return out, chunks
+
+    out, achunks = asyncio.run(go())
+    assert out["messages"][-1].content == "first"
+    assert achunks[-1]["agent"]["messages"][-1].content == "second"
+    chunks = list(graph.stream({"messages": [("user", "c")]}, _thread("lg-stream")))
+    assert chunks[-1]["agent"]["messages"][-1].content == "third"
+    for run_id in ("lg-async", "lg-astream", "lg-stream"):
+        assert wflo.RunHandle(run_id).status() == "succeeded"
+        assert len(_calls(run_id, "llm")) == 1
+
+
+def test_checkpointer_resume_and_interrupt(store_url: str) -> None:
+    """LangGraph's own persistence on wflo's store: multi-turn threads and interrupt()."""
+    wflo.configure(database=store_url)
+    saver = Checkpointer()
+
+    class State(MessagesState):
+        approved: str
+
+    def ask(state: State) -> dict[str, Any]:
+        answer = interrupt({"question": "send it?"})
+        return {"approved": answer}
+
+    g = StateGraph(State)
+    g.add_node("ask", ask)
+    g.add_edge(START, "ask")
+    graph = g.compile(checkpointer=saver)
+    config = _thread("cp-1")
+    first = graph.invoke({"messages": [("user", "hello")]}, config)
+    assert "__interrupt__" in first
+    assert graph.get_state(config).next == ("ask",)
+    done = graph.invoke(Command(resume="yes"), config)
+    assert done["approved"] == "yes"
+    history = list(saver.list(config))
+    assert len(history) >= 3
+    assert saver.get_tuple(config) is not None
+    # a fresh saver on the same store sees the same thread
+    again = Checkpointer(store_url)
+    try:
+        state = g.compile(checkpointer=again).get_state(config)
+        assert state.values["approved"] == "yes" and len(state.values["messages"]) == 1
+    finally:
+        again.close()
+    saver.delete_thread("cp-1")
+    assert saver.get_tuple(config) is None
+
+
+def test_wrapped_graph_with_checkpointer_has_one_run_per_turn(configured: str, llm: LLMServer) -> None:
+    llm.script(Reply("hello there"), Reply("and again"))
+    graph = wrap(build(llm, checkpointer=Checkpointer()))
+    config = _thread("lg-turns")
+    graph.invoke({"messages": [("user", "hi")]}, config)
+    out = graph.invoke({"messages": [("user", "more")]}, config)
+    assert [m.content for m in out["messages"]] == ["hi", "hello there", "more", "and again"]
+    assert wflo.RunHandle("lg-turns").status() == "succeeded"
+    assert wflo.RunHandle("lg-turns#2").status() == "succeeded"

@@ -1,0 +1,249 @@
+"""wflo.wrap on a real pydantic-ai agent (OpenAIChatModel → openai SDK → wflo.testing's server)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pydantic_ai")
+
+import genai_prices
+import httpx2
+from pydantic_ai import Agent
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+import wflo
+from wflo import _config
+from wflo.approvals import approvals
+from wflo.cost._api import ledger
+from wflo.integrations.pydantic_ai import WrappedAgent
+from wflo.testing import LLMServer, Reply, ToolCall
+
+wrap = wflo.wrap
+
+
+@pytest.fixture
+def llm() -> Iterator[LLMServer]:
+    with LLMServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _close_run_sync_loop() -> Iterator[None]:
+    """run_sync (like pydantic-ai's own) leaves this thread an event loop: close it after each test."""
+    yield
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        return  # no loop left behind
+    if not loop.is_running():
+        loop.close()
+    asyncio.set_event_loop(None)
+
+
+executed: list[tuple[str, dict[str, Any]]] = []
+
+
+def build(llm: LLMServer, *, max_tokens: int | None = None) -> Agent[None, str]:
+    executed.clear()
+    # No kept-alive connections: the test leaves no socket open when its event loop goes.
+    http = httpx2.AsyncClient(limits=httpx2.Limits(max_keepalive_connections=0))
+    provider = OpenAIProvider(base_url=llm.openai_url, api_key="test", http_client=http)
+    settings: Any = {"max_tokens": max_tokens} if max_tokens else None
+    agent: Agent[None, str] = Agent(OpenAIChatModel("gpt-4o-mini", provider=provider), name="researcher",
+                                    model_settings=settings)  # fmt: skip
+
+    @agent.tool_plain
+    def search(query: str) -> str:
+        """Search the web for a query."""
+        executed.append(("search", {"query": query}))
+        return f"results for {query}"
+
+    @agent.tool_plain
+    def send_email(to: str, body: str) -> str:
+        """Send an email."""
+        executed.append(("send_email", {"to": to, "body": body}))
+        return f"sent to {to}"
+
+    return agent
+
+
+def _calls(run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+    return [
+        e.data
+        for e in _config.get_store().events(run_id)
+        if e.type in ("call.completed", "call.failed") and (kind is None or e.data["kind"] == kind)
+    ]
+
+
+def test_wrap_unknown_object_is_a_clear_error() -> None:
+    with pytest.raises(wflo.UserError, match=r"supports: .*pydantic-ai"):
+        wrap(object())
+
+
+def test_tokens_and_cost_per_call_equal_server_usage(configured: str, llm: LLMServer) -> None:
+    llm.script(
+        Reply(tool_calls=[ToolCall("search", {"query": "otters"})], input_tokens=1200, output_tokens=7),
+        Reply("Otters use rocks.", input_tokens=1500, output_tokens=3),
+    )
+    agent = wrap(build(llm), budget=wflo.Budget(usd="1"))
+    assert isinstance(agent, WrappedAgent) and agent.name == "researcher"  # attribute passthrough
+    result = agent.run_sync("What do otters use?", run_id="pa-cost")
+    assert result.output == "Otters use rocks."
+    llm_calls = _calls("pa-cost", "llm")
+    assert [(c["usage"]["input_tokens"], c["usage"]["output_tokens"]) for c in llm_calls] == [(1200, 7), (1500, 3)]
+    for call, (inp, outp) in zip(llm_calls, [(1200, 7), (1500, 3)], strict=True):
+        price = genai_prices.calc_price(genai_prices.Usage(input_tokens=inp, output_tokens=outp),
+                                        model_ref="gpt-4o-mini", provider_id="openai")  # fmt: skip
+        assert Decimal(call["cost_usd"]) == Decimal(price.total_price)
+    (tool_call,) = _calls("pa-cost", "tool")
+    assert tool_call["name"] == "search" and tool_call["output"] == "results for otters"
+    assert ledger().scope_usage("run:pa-cost").spent == sum(Decimal(c["cost_usd"]) for c in llm_calls)
+    assert executed == [("search", {"query": "otters"})]
+
+
+def test_async_run(configured: str, llm: LLMServer) -> None:
+    llm.script(Reply("async answer"))
+    agent = wrap(build(llm))
+    result = asyncio.run(agent.run("hi", run_id="pa-async"))
+    assert result.output == "async answer"
+    assert wflo.RunHandle("pa-async").status() == "succeeded" and len(_calls("pa-async", "llm")) == 1
+
+
+def test_budget_allows_two_calls_and_refuses_the_third_before_sending(configured: str, llm: LLMServer) -> None:
+    llm.script(
+        Reply(tool_calls=[ToolCall("search", {"query": "a"})], input_tokens=10, output_tokens=1000),
+        Reply(tool_calls=[ToolCall("search", {"query": "b"})], input_tokens=10, output_tokens=1000),
+        Reply("never sent", input_tokens=10, output_tokens=1000),
+    )
+    agent = wrap(build(llm, max_tokens=1000), budget=wflo.Budget(usd="0.00121"))
+    with pytest.raises(wflo.BudgetExceededError) as info:
+        agent.run_sync("go", run_id="pa-budget")
+    assert llm.request_count == 2
+    assert info.value.scope == "run:pa-budget"
+    usage = ledger().scope_usage("run:pa-budget")
+    assert usage.spent <= Decimal("0.00121") and usage.reserved == 0
+
+
+def test_repeated_tool_call_stopped_by_loop_guard(configured: str, llm: LLMServer) -> None:
+    llm.responder = lambda request: Reply(tool_calls=[ToolCall("search", {"query": "same"})])
+    agent = wrap(build(llm), guards=wflo.LoopGuard(max_repeats=3))
+    with pytest.raises(wflo.LoopDetectedError) as info:
+        agent.run_sync("loop", run_id="pa-loop")
+    assert info.value.detector == "max_repeats"
+    assert executed == [("search", {"query": "same"})] * 3
+    assert wflo.RunHandle("pa-loop").status() == "stopped"
+
+
+def test_tool_approval_pauses_then_resumes(configured: str, llm: LLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WFLO_PRINCIPAL", "user:agent-owner")
+    _config.configure(database=configured, lease_seconds=5.0, poll_interval=0.05)
+    approvals.grant("user:fin", "finance")
+    llm.script(
+        Reply(tool_calls=[ToolCall("send_email", {"to": "boss@corp.com", "body": "hi"})]),
+        Reply("Email sent."),
+    )
+    agent = wrap(build(llm), approvals={"send_email": wflo.Approval(approvers=["role:finance"])})
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["out"] = agent.run_sync("mail the boss", run_id="pa-approve")
+        except BaseException as exc:
+            result["error"] = exc
+        finally:
+            asyncio.get_event_loop().close()  # the thread's loop, made by run_sync
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not approvals.list(run_id="pa-approve") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (request,) = approvals.list(run_id="pa-approve")
+    assert wflo.RunHandle("pa-approve").status() == "waiting"
+    assert executed == [] and llm.request_count == 1
+    approvals.approve(request.id, principal="user:fin", action_hash=request.action_hash)
+    t.join(30)
+    assert "error" not in result, result
+    assert result["out"].output == "Email sent."
+    assert executed == [("send_email", {"to": "boss@corp.com", "body": "hi"})]
+    assert llm.request_count == 2  # the first LLM call was replayed, not re-sent
+    assert wflo.RunHandle("pa-approve").status() == "succeeded"
+
+
+CRASH_APP = """
+import os, signal, sys
+import wflo
+from pydantic_ai import Agent
+from pydantic_ai.models.openai import OpenAIChatModel
+from pydantic_ai.providers.openai import OpenAIProvider
+
+effects, marker, base = sys.argv[1], sys.argv[2], sys.argv[3]
+agent = Agent(OpenAIChatModel("gpt-4o-mini", provider=OpenAIProvider(base_url=base, api_key="t")), name="crashy")
+
+@agent.tool_plain
+def search(query: str) -> str:
+    \"\"\"Search.\"\"\"
+    with open(effects, "a") as f:
+        f.write("search " + query + "\\n")
+    return "found " + query
+
+@agent.tool_plain
+def fetch(url: str) -> str:
+    \"\"\"Fetch a page.\"\"\"
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(effects, "a") as f:
+        f.write("fetch " + url + "\\n")
+    return "page " + url
+
+wrapped = wflo.wrap(agent, budget=wflo.Budget(usd="1"))
+print(wrapped.run_sync("research", run_id="pa-crash").output)
+"""
+
+
+def test_sigkill_mid_run_then_resume_resends_no_finished_call(configured: str, llm: LLMServer, tmp_path: Path) -> None:
+    llm.script(
+        Reply(tool_calls=[ToolCall("search", {"query": "otters"})]),
+        Reply(tool_calls=[ToolCall("fetch", {"url": "https://otters.example"})]),
+        Reply("Otters use rocks."),
+    )
+    script = tmp_path / "app.py"
+    script.write_text(CRASH_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update({"WFLO_DATABASE_URL": configured, "PYTHONPATH": os.pathsep.join(sys.path)})
+    effects, marker = tmp_path / "effects.log", tmp_path / "died-once"
+    argv = [sys.executable, str(script), str(effects), str(marker), llm.openai_url]
+    first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == -9, first.stderr
+    assert llm.request_count == 2
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.strip().splitlines()[-1] == "Otters use rocks."
+    assert llm.request_count == 3  # the two finished LLM calls were replayed from the journal
+    assert effects.read_text().splitlines() == ["search otters", "fetch https://otters.example"]
+    assert len(_calls("pa-crash", "llm")) == 3 and len(_calls("pa-crash", "tool")) == 2
+
+
+def test_finished_run_id_is_not_rerun(configured: str, llm: LLMServer) -> None:
+    llm.script(Reply("once"))
+    agent = wrap(build(llm))
+    assert agent.run_sync("hi", run_id="pa-once").output == "once"
+    with pytest.raises(wflo.UserError, match="already ended"):
+        agent.run_sync("hi", run_id="pa-once")
+    assert llm.request_count == 1
