@@ -11,9 +11,11 @@ from ._errors import (
     ApprovalRejected,
     AtMostOnceError,
     BudgetExceededError,
+    CircuitOpenError,
     ConfigurationError,
     LoopDetectedError,
     NonDeterminismError,
+    RateLimitedError,
     ResultTimeoutError,
     RunCancelled,
     RunFailedError,
@@ -32,6 +34,8 @@ from .cost._ledger import Budget
 from .cost._prices import prices
 from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
 from .guards import LoopGuard, RetryPolicy
+from .guards._policies import policies
+from .integrations._http import fallback
 from .integrations._wrap import wrap
 from .sandbox import Sandbox
 from .tools import Tool, tool
@@ -44,10 +48,12 @@ __all__ = [
     "AtMostOnceError",
     "Budget",
     "BudgetExceededError",
+    "CircuitOpenError",
     "ConfigurationError",
     "LoopDetectedError",
     "LoopGuard",
     "NonDeterminismError",
+    "RateLimitedError",
     "ResultTimeoutError",
     "RetryPolicy",
     "RunCancelled",
@@ -70,7 +76,9 @@ __all__ = [
     "budgets",
     "configure",
     "current_run",
+    "fallback",
     "init",
+    "policies",
     "prices",
     "resume",
     "scope",

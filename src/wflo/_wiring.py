@@ -11,6 +11,7 @@ from .cost._guard import BudgetGuard
 from .cost._ledger import Budget
 from .engine import Guard, add_guard_factory
 from .guards import LoopGuard, LoopGuardGuard
+from .guards._policies import PolicyGuard, policies
 from .integrations import _http
 
 
@@ -21,11 +22,13 @@ def _run_guards(wf: Any, record: Any) -> list[Guard]:
     requester = record.options.get("started_by") or settings().principal
     loop_opts = record.options.get("loop_guard")
     loop = LoopGuard(**loop_opts) if isinstance(loop_opts, dict) else LoopGuard()
-    # Order matters: a call waits for its approval before any money is reserved for it.
+    # Order matters: a call waits for its approval before it takes a rate-limit turn, and both
+    # before any money is reserved for it.
     guards: list[Guard] = (
         [] if loop_opts is False else [LoopGuardGuard(loop, run_id=record.id, created_at=record.created_at)]
     )
     guards.append(ApprovalGuard(inbox(), requested_by=requester))
+    guards.append(PolicyGuard(policies))  # breakers and shared rate limits (wflo.policies)
     guards.append(
         BudgetGuard(ledger(), run_id=record.id, workflow=record.workflow, tenant=record.tenant, budget=budget)
     )

@@ -20,8 +20,12 @@ streaming, ``with_raw_response``, Responses and Chat Completions all share it).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import hashlib
 import importlib
+import inspect
 import json
 import sys
 import threading
@@ -29,8 +33,9 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from .._errors import WfloError
+from .._errors import UserError, WfloError
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
+from ..guards._retry import is_retryable
 
 _PATHS = (("/chat/completions", "chat"), ("/responses", "responses"), ("/messages", "messages"))
 _KEEP_HEADERS = ("content-type", "retry-after", "x-request-id", "request-id")
@@ -90,14 +95,27 @@ def _wrap(mod: Any) -> None:
         if ctx is None or api is None:
             return sync_send(self, request, *args, **kwargs)
         call, request, replayed = _begin(mod, ctx, api, request)
+        nxt = _next_model(call.name)
         if replayed is not NOT_REPLAYED:
-            return replayed
+            if nxt is None or not _failed_status(replayed.status_code):
+                return replayed
+            with _falling_back(call.name):
+                return send(self, _swap_model(mod, request, nxt), *args, **kwargs)
         t0 = time.perf_counter()
         try:
             response = sync_send(self, request, *args, **kwargs)
         except BaseException as exc:
             _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
-            raise
+            if nxt is None or not isinstance(exc, Exception) or not is_retryable(exc):
+                raise
+            with _falling_back(call.name):
+                return send(self, _swap_model(mod, request, nxt), *args, **kwargs)
+        if nxt is not None and _failed_status(response.status_code):
+            response.read()
+            _end(call, response, response.content, True, t0)
+            response.close()
+            with _falling_back(call.name):
+                return send(self, _swap_model(mod, request, nxt), *args, **kwargs)
         if _is_stream(response):
             response.stream = sync_recorder(response, call, t0)
             return response
@@ -113,14 +131,27 @@ def _wrap(mod: Any) -> None:
         if ctx is None or api is None:
             return await async_send(self, request, *args, **kwargs)
         call, request, replayed = _begin(mod, ctx, api, request)
+        nxt = _next_model(call.name)
         if replayed is not NOT_REPLAYED:
-            return replayed
+            if nxt is None or not _failed_status(replayed.status_code):
+                return replayed
+            with _falling_back(call.name):
+                return await asend(self, _swap_model(mod, request, nxt), *args, **kwargs)
         t0 = time.perf_counter()
         try:
             response = await async_send(self, request, *args, **kwargs)
         except BaseException as exc:
             _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
-            raise
+            if nxt is None or not isinstance(exc, Exception) or not is_retryable(exc):
+                raise
+            with _falling_back(call.name):
+                return await asend(self, _swap_model(mod, request, nxt), *args, **kwargs)
+        if nxt is not None and _failed_status(response.status_code):
+            await response.aread()
+            _end(call, response, response.content, True, t0)
+            await response.aclose()
+            with _falling_back(call.name):
+                return await asend(self, _swap_model(mod, request, nxt), *args, **kwargs)
         if _is_stream(response):
             response.stream = async_recorder(response, call, t0)
             return response
@@ -187,6 +218,9 @@ def _begin(mod: Any, ctx: Any, api: str, request: Any) -> tuple[Call, Any, Any]:
         meta={"api": api, "provider": provider_of(api, request.url.host), "body": body, "url": str(request.url)},
     )  # fmt: skip
     call.meta["_args_digest"] = hashlib.sha256(request.content or b"").hexdigest()
+    replaced = _from.get()
+    if replaced is not None:
+        call.event["fallback_from"] = replaced
     try:
         replayed = start_call(call)
     except WfloError as exc:
@@ -196,6 +230,78 @@ def _begin(mod: Any, ctx: Any, api: str, request: Any) -> tuple[Call, Any, Any]:
     if call.meta.get("body_changed"):
         request = _with_body(mod, request, call.meta["body"])
     return call, request, NOT_REPLAYED
+
+
+# ----------------------------------------------------------------------------- model fallback
+_chain: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("wflo_fallback_chain", default={})  # noqa: B039
+_from: contextvars.ContextVar[str | None] = contextvars.ContextVar("wflo_fallback_from", default=None)
+
+
+class fallback:
+    """``wflo.fallback("gpt-4o", "gpt-4o-mini")``: inside it (a ``with`` block or a decorated
+    function), an LLM call to ``gpt-4o`` that fails with a retryable provider error (HTTP 408,
+    409, 429 or 5xx, a timeout or a dropped connection) is sent again with ``gpt-4o-mini``, and so
+    on down the list. Each attempt is its own journaled, budgeted and priced LLM call; the
+    fallback's event names the model it replaced (``fallback_from``). The SDK sees only the
+    last answer. Set the SDK's own retries to 0 (``max_retries=0``) to fall back at once."""
+
+    def __init__(self, *models: str) -> None:
+        if len(models) < 2 or not all(isinstance(m, str) and m for m in models) or len(set(models)) != len(models):
+            raise UserError(f"wflo.fallback takes two or more different model names, got {models!r}")
+        self.models = models
+        self._tokens: list[contextvars.Token[dict[str, str]]] = []
+
+    def __enter__(self) -> fallback:
+        chain = dict(_chain.get())
+        chain.update(zip(self.models, self.models[1:], strict=False))
+        self._tokens.append(_chain.set(chain))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _chain.reset(self._tokens.pop())
+
+    def __call__(self, fn: Any) -> Any:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def awrapper(*args: Any, **kwargs: Any) -> Any:
+                with fallback(*self.models):
+                    return await fn(*args, **kwargs)
+
+            return awrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with fallback(*self.models):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def _next_model(model: str) -> str | None:
+    chain = _chain.get()
+    return chain.get(model) if chain else None
+
+
+def _failed_status(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+@contextlib.contextmanager
+def _falling_back(model: str) -> Iterator[None]:
+    token = _from.set(model)
+    try:
+        yield
+    finally:
+        _from.reset(token)
+
+
+def _swap_model(mod: Any, request: Any, model: str) -> Any:
+    try:
+        body = json.loads(request.content or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        body = {}
+    return _with_body(mod, request, {**body, "model": model})
 
 
 def _with_body(mod: Any, request: Any, body: dict[str, Any]) -> Any:

@@ -167,5 +167,16 @@ CREATE TABLE principals (
 """,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL, M002_BUDGETS, M003_APPROVALS)
+M004_RATE_LIMITS = Migration(
+    "m004_rate_limits",
+    """
+CREATE TABLE rate_buckets (
+    key TEXT PRIMARY KEY,
+    tokens DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+)
+""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL, M002_BUDGETS, M003_APPROVALS, M004_RATE_LIMITS)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,328 @@
+"""Resilience policies by target, wired into every run's guard chain.
+
+``wflo.policies.breaker("model:gpt-4o", failures=5, reset="30s")`` and
+``wflo.policies.rate_limit("provider:openai", requests_per_minute=500, tokens_per_minute=200_000)``
+apply to every matching guarded call of every run in the process: intercepted LLM calls
+(targets ``model:NAME`` and ``provider:NAME``), tools (``tool:NAME``), steps (``step:NAME``) and
+sandbox runs (``sandbox:BACKEND``); ``NAME`` may be ``*``.
+
+- A **circuit breaker** is per process (it reacts to what this process sees). A call counts as
+  failed when it raises a retryable error or, for an LLM call, when the provider answers 429 or
+  5xx. An open circuit refuses the call (``CircuitOpenError``) before anything is sent; each
+  state change is a ``breaker.transition`` event in the run that caused it.
+- A **rate limit** is shared by every process on the store: its token buckets are rows of
+  ``rate_buckets``, taken in a transaction, so three workers with ``requests_per_minute=60``
+  send 60 a minute between them, not 180. A call waits for its turn (a ``rate_limit`` field in
+  its event says how long) up to ``max_wait``, then fails with ``RateLimitedError``. Tokens are
+  estimated before the call (request bytes / 4 + its output cap) and corrected from the
+  reported usage after it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .._errors import UserError
+from ..engine import Call, Guard, Outcome
+from ..store import NewEvent
+from ._breaker import CircuitBreaker, Transition
+from ._parse import parse_duration
+from ._ratelimit import Bucket, take
+from ._retry import is_retryable
+
+KINDS = ("model", "provider", "tool", "step", "sandbox")
+_pending: contextvars.ContextVar[list[Transition] | None] = contextvars.ContextVar("wflo_breaker_pending", default=None)
+
+
+class ProviderStatusError(Exception):
+    """An LLM call answered with a retryable HTTP status (what a breaker counts as a failure)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"provider answered HTTP {status}")
+        self.status_code = status
+
+
+class _NotACall(BaseException):
+    """Reported for a permit whose call never ran (a breaker counts it as neither outcome)."""
+
+
+_NEUTRAL = _NotACall()
+
+
+def _is_failure(error: BaseException) -> bool:
+    return isinstance(error, ProviderStatusError) or is_retryable(error)
+
+
+def _check_target(target: Any) -> str:
+    if (
+        not isinstance(target, str)
+        or ":" not in target
+        or target.split(":", 1)[0] not in KINDS
+        or not target.split(":", 1)[1]
+    ):
+        raise UserError(
+            f"a policy target is KIND:NAME with KIND one of {', '.join(KINDS)} (NAME may be *), got {target!r}"
+        )
+    return target
+
+
+def _keys(call: Call) -> list[str]:
+    if call.kind == "llm":
+        return [f"model:{call.name}", f"provider:{call.meta.get('provider', '')}"]
+    short = call.name.rsplit(".", 1)[-1]  # steps are named module.qualname; "step:fetch" matches too
+    return [f"{call.kind}:{call.name}", f"{call.kind}:{short}"]
+
+
+def _matches(target: str, keys: list[str]) -> bool:
+    kind, name = target.split(":", 1)
+    return any(k == target or (name == "*" and k.startswith(kind + ":")) for k in keys)
+
+
+@dataclass(frozen=True)
+class SharedRateLimit:
+    """Requests and tokens per minute for one target, in the store (all processes share it)."""
+
+    target: str
+    requests_per_minute: float | None
+    tokens_per_minute: float | None
+    max_wait: float
+
+    def _buckets(self, tokens: float) -> list[tuple[str, float, float]]:
+        out = []
+        if self.requests_per_minute is not None:
+            out.append((f"{self.target}#requests", 1.0, float(self.requests_per_minute)))
+        if self.tokens_per_minute is not None and tokens > 0:
+            out.append((f"{self.target}#tokens", tokens, float(self.tokens_per_minute)))
+        return out
+
+    def try_take(self, store: Any, tokens: float) -> float:
+        """Take one request and ``tokens`` (all or nothing); 0.0 if taken, else seconds to wait."""
+        buckets = self._buckets(tokens)
+        if not buckets:
+            return 0.0
+
+        def txn(cur: Any) -> float:
+            now = time.time()
+            taken: list[tuple[str, Bucket]] = []
+            wait = 0.0
+            for key, amount, per_minute in sorted(buckets):  # a fixed lock order
+                store.execute(cur, "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                              (key, per_minute, now))  # fmt: skip
+                store.execute(
+                    cur, f"SELECT tokens, updated_at FROM rate_buckets WHERE key = ?{store.for_update}", (key,)
+                )
+                row = cur.fetchone()
+                bucket, w = take(
+                    Bucket(float(row[0]), float(row[1])),
+                    amount,
+                    capacity=per_minute,
+                    per_second=per_minute / 60,
+                    now=now,
+                )
+                wait = max(wait, w)
+                taken.append((key, bucket))
+            if wait > 0:
+                return wait
+            for key, bucket in taken:
+                store.execute(
+                    cur,
+                    "UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE key = ?",
+                    (bucket.tokens, bucket.updated_at, key),
+                )
+            return 0.0
+
+        result: float = store.write(txn)
+        return result
+
+    def acquire(self, store: Any, tokens: float) -> float:
+        """Wait for a turn (up to ``max_wait``); returns the seconds waited."""
+        from .._errors import RateLimitedError
+
+        waited = 0.0
+        while (wait := self.try_take(store, tokens)) > 0:
+            if waited + wait > self.max_wait:
+                limit = " and ".join(
+                    f"{v:g} {what}/min"
+                    for v, what in ((self.requests_per_minute, "requests"), (self.tokens_per_minute, "tokens"))
+                    if v
+                )
+                raise RateLimitedError(key=self.target, limit=limit, retry_after=round(wait, 3))
+            time.sleep(wait)
+            waited += wait
+        return waited
+
+    def adjust(self, store: Any, tokens: float) -> None:
+        """After the call: take ``tokens`` more tokens (or give them back when negative)."""
+        if self.tokens_per_minute is None or not tokens:
+            return
+        key, tpm = f"{self.target}#tokens", float(self.tokens_per_minute)
+
+        def txn(cur: Any) -> None:
+            store.execute(cur, f"SELECT tokens, updated_at FROM rate_buckets WHERE key = ?{store.for_update}", (key,))
+            row = cur.fetchone()
+            if row is None:
+                return
+            now = time.time()
+            elapsed = max(0.0, now - float(row[1]))
+            level = min(tpm, float(row[0]) + elapsed * tpm / 60) - tokens
+            store.execute(
+                cur,
+                "UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE key = ?",
+                (min(tpm, level), max(now, float(row[1])), key),
+            )
+
+        store.write(txn)
+
+
+class Policies:
+    """The process's resilience policies (``wflo.policies``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._limits: dict[str, SharedRateLimit] = {}
+
+    def breaker(self, target: str, *, failures: int = 5, reset: float | str = "30s") -> CircuitBreaker:
+        """Open the circuit of ``target`` after ``failures`` failed calls in a row; after
+        ``reset``, admit exactly one probe call; close on its success."""
+        target = _check_target(target)
+        breaker = CircuitBreaker(target, failure_threshold=failures, reset_timeout=parse_duration(reset, "reset"),
+                                 is_failure=_is_failure, on_transition=_collect)  # fmt: skip
+        with self._lock:
+            self._breakers[target] = breaker
+        return breaker
+
+    def rate_limit(
+        self,
+        target: str,
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        max_wait: float | str = "60s",
+    ) -> SharedRateLimit:
+        """Limit ``target`` to so many requests and/or tokens per minute, across all processes on the store."""
+        target = _check_target(target)
+        for name, value in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+                raise UserError(f"rate_limit({name}=...) must be a positive number or None, got {value!r}")
+        if requests_per_minute is None and tokens_per_minute is None:
+            raise UserError("rate_limit needs requests_per_minute=, tokens_per_minute= or both")
+        wait = 0.0 if max_wait in (0, "0") else parse_duration(max_wait, "max_wait")
+        limit = SharedRateLimit(target, requests_per_minute, tokens_per_minute, wait)
+        with self._lock:
+            self._limits[target] = limit
+        return limit
+
+    def clear(self) -> None:
+        """Forget every policy of this process (the shared buckets stay in the store)."""
+        with self._lock:
+            self._breakers.clear()
+            self._limits.clear()
+
+    def matching(self, call: Call) -> tuple[list[CircuitBreaker], list[SharedRateLimit]]:
+        if not self._breakers and not self._limits:
+            return [], []
+        keys = _keys(call)
+        with self._lock:
+            breakers = [b for t, b in sorted(self._breakers.items()) if _matches(t, keys)]
+            limits = [v for t, v in sorted(self._limits.items()) if _matches(t, keys)]
+        return breakers, limits
+
+
+policies = Policies()
+
+
+def _collect(transition: Transition) -> None:
+    pending = _pending.get()
+    if pending is not None:
+        pending.append(transition)
+
+
+def _estimate_tokens(call: Call) -> float:
+    if call.kind != "llm":
+        return 0.0
+    body = call.meta.get("body") or {}
+    cap = 0
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        if isinstance(body.get(field), int):
+            cap = body[field]
+    return len(json.dumps(body)) / 4 + cap
+
+
+def _used_tokens(call: Call) -> float | None:
+    usage = call.event.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return float((usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0))
+
+
+class PolicyGuard(Guard):
+    """Applies ``wflo.policies`` to a run's calls (placed after the approval guard: a call
+    that waits for a person does not hold a rate-limit turn meanwhile)."""
+
+    def __init__(self, registry: Policies) -> None:
+        self.registry = registry
+
+    def before(self, call: Call) -> None:
+        breakers, limits = self.registry.matching(call)
+        if not breakers and not limits:
+            return
+        tokens = _estimate_tokens(call)
+        store = call.run.store
+        for limit in limits:
+            waited = limit.acquire(store, tokens)
+            if waited:
+                call.event.setdefault("rate_limit", []).append({"target": limit.target, "waited_s": round(waited, 3)})
+        permits = []
+        pending: list[Transition] = []
+        token = _pending.set(pending)
+        try:
+            for breaker in breakers:
+                permits.append((breaker, breaker.allow()))
+        except BaseException:
+            for breaker, permit in permits:  # admitted by one, refused by another: not a result
+                breaker.report(permit, _NEUTRAL)
+            raise
+        finally:
+            _pending.reset(token)
+            self._record(call, pending)
+        call.meta["_policies"] = (permits, limits, tokens)
+
+    def after(self, call: Call, outcome: Outcome) -> None:
+        state = call.meta.pop("_policies", None)
+        if state is None:
+            return
+        permits, limits, tokens = state
+        error = outcome.error
+        if error is None and call.kind == "llm" and isinstance(outcome.value, dict):
+            status = outcome.value.get("status")
+            if isinstance(status, int) and (status == 429 or status >= 500):
+                error = ProviderStatusError(status)
+        pending: list[Transition] = []
+        token = _pending.set(pending)
+        try:
+            for breaker, permit in permits:
+                breaker.report(permit, error)
+        finally:
+            _pending.reset(token)
+        self._record(call, pending)
+        used = _used_tokens(call)
+        if used is not None:
+            for limit in limits:
+                limit.adjust(call.run.store, used - tokens)
+
+    @staticmethod
+    def _record(call: Call, transitions: list[Transition]) -> None:
+        if not transitions:
+            return
+        data = [
+            {"target": t.key, "from": t.old, "to": t.new, "failures": t.failures, "retry_at": t.retry_at}
+            for t in transitions
+        ]
+        call.event.setdefault("breaker", []).extend(data)
+        call.run.append([NewEvent("breaker.transition", {"call": call.call_id, **d}) for d in data])
