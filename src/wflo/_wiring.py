@@ -25,7 +25,13 @@ def _run_guards(wf: Any, record: Any) -> list[Guard]:
     # Order matters: a call waits for its approval before it takes a rate-limit turn, and both
     # before any money is reserved for it.
     guards: list[Guard] = (
-        [] if loop_opts is False else [LoopGuardGuard(loop, run_id=record.id, created_at=record.created_at)]
+        []
+        if loop_opts is False
+        else [
+            LoopGuardGuard(
+                loop, run_id=record.id, created_at=record.created_at, on_loop=record.options.get("on_loop", "stop")
+            )
+        ]
     )
     guards.append(ApprovalGuard(inbox(), requested_by=requester))
     guards.append(PolicyGuard(policies))  # breakers and shared rate limits (wflo.policies)

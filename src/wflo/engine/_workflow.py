@@ -74,6 +74,8 @@ class Workflow(Generic[P, R]):
         self.serializer = check_serializer(serializer)
         self.is_async = is_async_callable(fn)
         self.extra = extra  # options owned by other layers (budget, guards, on_loop, …)
+        if extra.get("on_loop", "stop") not in ("stop", "pause"):
+            raise UserError(f"on_loop must be 'stop' or 'pause', got {extra['on_loop']!r}")
         functools.update_wrapper(self, fn)
         with _registry_lock:
             existing = _registry.get(self.name)

@@ -6,7 +6,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from .._errors import LoopDetectedError
+from .._errors import LoopDetectedError, UserError
 from ..engine import Call, Guard, JournalEntry
 from ..engine import Outcome as CallOutcome
 from ..store import NewEvent, parse_iso
@@ -55,12 +55,28 @@ def _outcome(kind: str, error: Any, value: Any, cost: Any, at: float) -> Outcome
                    cost_usd=Decimal(cost) if cost else Decimal(0), at=at)  # fmt: skip
 
 
-class LoopGuardGuard(Guard):
-    """Runaway detection at the call boundary; see ``wflo.guards._loop`` for what it checks."""
+ON_LOOP = ("stop", "pause")
 
-    def __init__(self, options: LoopGuard, *, run_id: str, created_at: str) -> None:
-        self.state = LoopState(options, parse_iso(created_at).timestamp(), run_id=run_id)
+
+class LoopGuardGuard(Guard):
+    """Runaway detection at the call boundary; see ``wflo.guards._loop`` for what it checks.
+
+    ``on_loop="stop"`` (the default) ends the run at the first detection. ``on_loop="pause"``
+    turns a detection made *before* a call (caps, ``max_repeats``, ``max_oscillation``) into an
+    approval request on that call: the run waits, durably, for a person. Allowed: the call runs
+    and the detectors start counting afresh from it. Rejected: the run stops as with ``"stop"``.
+    Detections made *after* a call (same error, no progress, spend rate) always stop: the call
+    has already happened, and there is nothing left to hold back.
+    """
+
+    def __init__(self, options: LoopGuard, *, run_id: str, created_at: str, on_loop: str = "stop") -> None:
+        if on_loop not in ON_LOOP:
+            raise UserError(f"on_loop must be 'stop' or 'pause', got {on_loop!r}")
+        self.options = options
+        self.created = parse_iso(created_at).timestamp()
+        self.state = LoopState(options, self.created, run_id=run_id)
         self.run_id = run_id
+        self.on_loop = on_loop
 
     def _sig(self, call: Call) -> Signature:
         return Signature(call.call_id, call.kind, call.name, call.args_digest)
@@ -71,10 +87,34 @@ class LoopGuardGuard(Guard):
         try:
             self.state.before(self._sig(call))
         except LoopDetectedError as exc:
+            if self.on_loop == "pause":
+                self._pause(call, exc)
+                return
             self._stopped(call, exc)
             raise
 
+    def _pause(self, call: Call, exc: LoopDetectedError) -> None:
+        from ..approvals._policy import Approval
+
+        self._restart()
+        self.state.accept(self._sig(call))
+        summary = exc.evidence.get("summary", exc.detector)
+        call.meta["approval"] = Approval(
+            message=f"Loop guard ({exc.detector}): {summary}. Let the run go on?", on_reject="return"
+        )
+        call.meta["loop_pause"] = exc
+        call.event["loop_pause"] = {"detector": exc.detector, "summary": summary}
+
+    def _restart(self) -> None:
+        self.state = LoopState(self.options, self.created, run_id=self.run_id)
+
     def after(self, call: Call, outcome: CallOutcome) -> None:
+        paused = call.meta.get("loop_pause")
+        if paused is not None and "approval" not in call.event and outcome.error is None:
+            # The person said no (the approval guard answered instead of running the call).
+            self.state.stop(paused)
+            self._stopped(call, paused)
+            raise paused
         if call.kind not in _COUNTED or isinstance(outcome.error, LoopDetectedError):
             return
         cost = call.event.get("cost_usd")
@@ -89,6 +129,8 @@ class LoopGuardGuard(Guard):
         if entry.kind not in _COUNTED:
             return
         data = entry.data
+        if data.get("loop_pause"):
+            self._restart()  # a person let the run go on here: counting started afresh
         sig = Signature(entry.call, entry.kind, entry.name, data.get("digest") or call.args_digest)
         from ..engine._serialize import decode
 

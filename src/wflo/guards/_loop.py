@@ -332,6 +332,11 @@ class LoopState:
             if check:
                 self._check_after(sig, outcome)
 
+    def stop(self, error: LoopDetectedError) -> None:
+        """Latch a stop decided elsewhere (a person refused to let a paused run go on)."""
+        with self._lock:
+            self._stopped = error
+
     def accept(self, sig: Signature) -> None:
         """Count a call without checking it (a call the journal says was already made)."""
         with self._lock:
