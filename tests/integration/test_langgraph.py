@@ -165,6 +165,9 @@ def test_tool_approval_pauses_then_resumes(configured: str, llm: LLMServer, monk
     while not approvals.list(run_id="lg-approve") and time.monotonic() < deadline:
         time.sleep(0.05)
     (request,) = approvals.list(run_id="lg-approve")
+    # The request is filed just before the run is marked waiting: give the mark a moment.
+    while wflo.RunHandle("lg-approve").status() != "waiting" and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert wflo.RunHandle("lg-approve").status() == "waiting"
     assert executed == [] and llm.request_count == 1
     assert request.tool == "send_email"

@@ -174,6 +174,9 @@ def test_tool_approval_pauses_then_resumes(configured: str, llm: LLMServer, monk
     while not approvals.list(run_id="pa-approve") and time.monotonic() < deadline:
         time.sleep(0.05)
     (request,) = approvals.list(run_id="pa-approve")
+    # The request is filed just before the run is marked waiting: give the mark a moment.
+    while wflo.RunHandle("pa-approve").status() != "waiting" and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert wflo.RunHandle("pa-approve").status() == "waiting"
     assert executed == [] and llm.request_count == 1
     approvals.approve(request.id, principal="user:fin", action_hash=request.action_hash)

@@ -222,7 +222,16 @@ class BoundWorkflow(Generic[P, R]):
             record = await asyncio.to_thread(self._claim_existing, store, record, owner)
             if record.done:
                 return _result_of(record)
-        return await aexecute(store, self.wf, record, owner)
+        while True:
+            try:
+                return await aexecute(store, self.wf, record, owner)
+            except RunSuspended as pause:
+                if current_run() is not None:
+                    raise  # a child waits by suspending its parent too
+                woken = await asyncio.to_thread(_wait_until_woken, store, record.id, owner, pause)
+                if woken.done:
+                    return _result_of(woken)
+                record = woken
 
     def start(self, *args: Any, **kwargs: Any) -> RunHandle:
         call = self._child_call("child.start", args, kwargs)

@@ -36,6 +36,7 @@ from .._errors import UserError, WfloError
 from ..approvals._policy import Approval
 from ..engine import Call, Workflow, aguarded_call, current_run
 from ..store import canonical_json
+from ._common import check_approvals
 
 __all__ = ["WrappedAgent", "wrap"]
 
@@ -163,9 +164,7 @@ class WrappedAgent:
         tenant: str | None = None,
         approvals: dict[str, Approval] | None = None,
     ) -> None:
-        for tool_name, policy in (approvals or {}).items():
-            if not isinstance(policy, Approval):
-                raise UserError(f"approvals[{tool_name!r}] must be a wflo.Approval(...), got {policy!r}")
+        approvals = check_approvals(approvals)
         sdk = _sdk()
         if not isinstance(agent, sdk.Agent):
             raise UserError(f"wflo.wrap takes an agents.Agent, got {type(agent).__qualname__}")

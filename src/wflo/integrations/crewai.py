@@ -29,6 +29,7 @@ from typing import Any
 from .._errors import UserError, WfloError
 from ..approvals._policy import Approval
 from ..engine import NOT_REPLAYED, Call, Outcome, Workflow, current_run, finish_call, start_call
+from ._common import check_approvals
 
 __all__ = ["WrappedCrew", "wrap"]
 
@@ -122,9 +123,7 @@ class WrappedCrew:
         approvals: dict[str, Approval] | None = None,
         run_id: str | None = None,
     ) -> None:
-        for tool_name, policy in (approvals or {}).items():
-            if not isinstance(policy, Approval):
-                raise UserError(f"approvals[{tool_name!r}] must be a wflo.Approval(...), got {policy!r}")
+        approvals = check_approvals(approvals)
         self._crew = crew
         self._budget = budget
         self._guards = guards

@@ -45,13 +45,13 @@ from langgraph.checkpoint.base import (
 from langgraph.prebuilt import ToolNode
 
 from .._config import get_store
-from .._errors import ApprovalRejected, RunNotFoundError, RunSuspended, UserError, WfloError, WfloInterrupt
+from .._errors import ApprovalRejected, RunNotFoundError, UserError, WfloError, WfloInterrupt
 from ..approvals._policy import Approval
 from ..engine import Call, Step, Workflow, aguarded_call, current_run, guarded_call
 from ..engine._context import RunContext
-from ..engine._executor import aexecute, process_owner
-from ..engine._workflow import BoundWorkflow, _result_of, _wait_until_woken
+from ..engine._workflow import BoundWorkflow
 from ..store import Store, new_id, open_store
+from ._common import check_approvals, jsonable
 
 __all__ = ["Checkpointer", "WrappedGraph", "wrap"]
 
@@ -72,28 +72,6 @@ def wrap(
 
 
 # --------------------------------------------------------------------- JSON views
-def jsonable(value: Any) -> Any:
-    """A JSON view of a framework value for the run record (messages, models, dataclasses)."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        try:
-            return jsonable(dump(mode="json"))
-        except Exception:
-            pass
-    try:
-        import pydantic_core
-
-        return pydantic_core.to_jsonable_python(value, fallback=repr)
-    except Exception:
-        return repr(value)
-
-
 def _pack(value: Any) -> dict[str, Any]:
     """A tool node's result as JSON for the journal (a ``ToolMessage`` stays readable)."""
     if isinstance(value, ToolMessage):
@@ -276,9 +254,7 @@ class WrappedGraph:
             graph = graph.graph
         if not callable(getattr(graph, "invoke", None)):
             raise UserError(f"wflo.wrap expects a compiled LangGraph graph (with .invoke), got {type(graph).__name__}")
-        for key, policy in (approvals or {}).items():
-            if not isinstance(policy, Approval):
-                raise UserError(f"approvals[{key!r}] must be a wflo.Approval(...), got {type(policy).__name__}")
+        approvals = check_approvals(approvals)
         self.graph: Any = graph
         self.tenant = tenant
         self.approvals = dict(approvals or {})
@@ -489,23 +465,8 @@ class WrappedGraph:
 
 
 async def _arun(bound: BoundWorkflow[..., Any], request: Any) -> Any:
-    """``bound.arun`` that, like ``run``, waits in-process for a pending approval."""
-    try:
-        return await bound.arun(request)
-    except RunSuspended as pause:
-        if current_run() is not None:
-            raise
-        store = get_store()
-        run_id = str(bound.opts.id)
-        owner = process_owner()
-        while True:
-            woken = await asyncio.to_thread(_wait_until_woken, store, run_id, owner, pause)
-            if woken.done:
-                return _result_of(woken)
-            try:
-                return await aexecute(store, bound.wf, woken, owner)
-            except RunSuspended as again:
-                pause = again
+    """``bound.arun`` (which waits in-process for a pending approval, as ``run`` does)."""
+    return await bound.arun(request)
 
 
 # --------------------------------------------------------------------- the checkpointer

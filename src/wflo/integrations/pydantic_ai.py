@@ -25,12 +25,12 @@ from typing import Any
 from pydantic_ai.capabilities import AbstractCapability
 
 from .._config import get_store
-from .._errors import RunNotFoundError, RunSuspended, UserError
+from .._errors import RunNotFoundError, UserError
 from ..approvals._policy import Approval
 from ..engine import Call, Workflow, aguarded_call, current_run
-from ..engine._executor import aexecute, process_owner
-from ..engine._workflow import BoundWorkflow, _result_of, _wait_until_woken
+from ..engine._workflow import BoundWorkflow
 from ..store import new_id
+from ._common import check_approvals, jsonable
 
 __all__ = ["WfloCapability", "WrappedAgent", "wrap"]
 
@@ -50,40 +50,9 @@ def wrap(
     return WrappedAgent(agent, budget=budget, guards=guards, name=name, tenant=tenant, approvals=approvals)
 
 
-def jsonable(value: Any) -> Any:
-    """A JSON view of a framework value for the run record (messages, models, dataclasses)."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
-    try:
-        import pydantic_core
-
-        return pydantic_core.to_jsonable_python(value, fallback=repr)
-    except Exception:
-        return repr(value)
-
-
 async def _arun(bound: BoundWorkflow[..., Any], request: Any) -> Any:
-    """``bound.arun`` that, like ``run``, waits in-process for a pending approval."""
-    try:
-        return await bound.arun(request)
-    except RunSuspended as pause:
-        if current_run() is not None:
-            raise
-        store = get_store()
-        run_id = str(bound.opts.id)
-        owner = process_owner()
-        while True:
-            woken = await asyncio.to_thread(_wait_until_woken, store, run_id, owner, pause)
-            if woken.done:
-                return _result_of(woken)
-            try:
-                return await aexecute(store, bound.wf, woken, owner)
-            except RunSuspended as again:
-                pause = again
+    """``bound.arun`` (which waits in-process for a pending approval, as ``run`` does)."""
+    return await bound.arun(request)
 
 
 def _pack(value: Any) -> Any:
@@ -144,9 +113,7 @@ class WrappedAgent:
             agent = agent.agent
         if not callable(getattr(agent, "run", None)):
             raise UserError(f"wflo.wrap expects a pydantic-ai Agent (with .run), got {type(agent).__name__}")
-        for key, policy in (approvals or {}).items():
-            if not isinstance(policy, Approval):
-                raise UserError(f"approvals[{key!r}] must be a wflo.Approval(...), got {type(policy).__name__}")
+        approvals = check_approvals(approvals)
         self.agent: Any = agent
         self.tenant = tenant
         self.capability = WfloCapability(approvals)
