@@ -188,3 +188,15 @@ def test_runsc_backend_runs_code_in_gvisor() -> None:
 
 def test_wflo_exports_sandbox() -> None:
     assert wflo.Sandbox is Sandbox
+
+
+def test_nothing_left_behind_after_the_process_exits(tmp_path: Path) -> None:
+    """Scratch directories and cgroups are removed (some off the caller's path) before exit."""
+    code = (
+        'import wflo\nbox = wflo.Sandbox()\nfor i in range(5):\n    box.run_python(f\'open("f{i}", "w").write("x")\')\n'
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.iterdir()) == [], "a scratch directory outlived the process"
+    assert not list(Path("/sys/fs/cgroup").glob("**/wflo-sbx-*")), "a sandbox cgroup outlived the process"

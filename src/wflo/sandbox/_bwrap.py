@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import queue
 import resource
@@ -42,7 +43,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .._errors import SandboxUnavailableError, UserError
@@ -50,6 +51,7 @@ from . import _cgroup, _seccomp
 from ._base import Limits, SandboxBackend, SandboxResult
 
 PYTHON = "/usr/bin/python3"
+log = logging.getLogger("wflo")
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
 _MAX_FILES_BACK = 16 * 1024 * 1024
@@ -230,9 +232,11 @@ class _Started:
                 killed_by=killed_by, duration_ms=duration, files=_files_back(self.scratch), backend=self.backend,
             )  # fmt: skip
         finally:
-            self.close()
+            self.close(later=True)
 
-    def close(self) -> None:
+    def close(self, *, later: bool = False) -> None:
+        """Kill the sandbox (now, always). Removing its cgroup and scratch directory takes a
+        few milliseconds more; with ``later=True`` that is done off the caller's path."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
@@ -241,9 +245,55 @@ class _Started:
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+        if later:
+            _janitor.put(self._remove)
+        else:
+            self._remove()
+
+    def _remove(self) -> None:
         if self.group is not None:
-            self.group.close()
+            self.group.close()  # also kills anything that left the process group
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class _Janitor:
+    """One background thread that removes finished sandboxes' cgroups and scratch directories;
+    what is still queued at exit is removed before the process ends."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._busy = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def put(self, job: Callable[[], None]) -> None:
+        self._queue.put(job)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="wflo-sandbox-janitor", daemon=True)
+                self._thread.start()
+                atexit.register(self.drain)
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                with self._busy:
+                    job()
+            except Exception:  # a directory that will not go away must not stop the others
+                log.exception("wflo sandbox: clean-up failed")
+
+    def drain(self) -> None:
+        with self._busy:  # the job in hand finishes first
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                job()
+
+
+_janitor = _Janitor()
 
 
 class BwrapPool:

@@ -87,8 +87,8 @@ class RunscBackend(SandboxBackend):
 class _RunscStarted(_Started):
     cleanup: object = None
 
-    def close(self) -> None:
-        super().close()
+    def _remove(self) -> None:
+        super()._remove()
         if callable(self.cleanup):
             self.cleanup()
 
