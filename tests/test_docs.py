@@ -66,3 +66,13 @@ def test_mkdocs_site_builds_strict(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "budgets" / "index.html").exists()
+
+
+def test_configuration_reference_lists_every_setting() -> None:
+    import dataclasses
+
+    from wflo._config import Settings
+
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Settings) if f"| `{f.name}` |" not in page]
+    assert not missing, f"docs/configuration.md does not document: {missing}"

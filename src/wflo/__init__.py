@@ -29,6 +29,7 @@ from ._errors import (
 from ._init import init
 from ._scope import scope
 from .approvals import Approval, approval, approvals
+from .audit._content import add_redactor
 from .cost._api import budgets
 from .cost._ledger import Budget
 from .cost._prices import prices
@@ -71,6 +72,7 @@ __all__ = [
     "WfloError",
     "Worker",
     "Workflow",
+    "add_redactor",
     "approval",
     "approvals",
     "budgets",

@@ -53,7 +53,16 @@ class Settings:
     the standard ``OTEL_EXPORTER_OTLP_*`` variables; needs ``wflo[otel]``.
     Env: ``WFLO_OTEL`` (``0``/``1``)."""
 
+    content: str = "full"
+    """What the journal keeps of LLM completions: ``full`` (the response, secrets such as API
+    keys redacted), ``redacted`` (also passed through your ``wflo.add_redactor`` functions) or
+    ``hash_only`` (only its SHA-256). Prompts are never stored, only their digest. The exact
+    response is kept apart from the chain while the run may still need to replay it, and
+    removed when the run ends. Env: ``WFLO_CONTENT``."""
+
     def __post_init__(self) -> None:
+        if self.content not in ("full", "redacted", "hash_only"):
+            raise ConfigurationError(f"content must be 'full', 'redacted' or 'hash_only', got {self.content!r}")
         if self.lease_seconds <= 0:
             raise ConfigurationError(f"lease_seconds must be positive, got {self.lease_seconds}")
         if self.reservation_ttl <= 0:
@@ -79,6 +88,8 @@ class Settings:
                     values[key] = kind(env[name])
                 except ValueError:
                     raise ConfigurationError(f"{name}={env[name]!r} is not a number") from None
+        if "WFLO_CONTENT" in env:
+            values["content"] = env["WFLO_CONTENT"].strip().lower()
         if "WFLO_AUTO_MIGRATE" in env:
             values["auto_migrate"] = env["WFLO_AUTO_MIGRATE"].strip().lower() not in ("0", "false", "no")
         if "WFLO_OTEL" in env:

@@ -6,10 +6,11 @@ from typing import Any
 
 from ._config import settings
 from .approvals import ApprovalGuard, inbox
+from .audit._content import ContentGuard, drop_payloads
 from .cost._api import ledger
 from .cost._guard import BudgetGuard
 from .cost._ledger import Budget
-from .engine import Guard, add_guard_factory
+from .engine import Guard, add_finish_op, add_guard_factory
 from .guards import LoopGuard, LoopGuardGuard
 from .guards._policies import PolicyGuard, policies
 from .integrations import _http
@@ -24,7 +25,8 @@ def _run_guards(wf: Any, record: Any) -> list[Guard]:
     loop = LoopGuard(**loop_opts) if isinstance(loop_opts, dict) else LoopGuard()
     # Order matters: a call waits for its approval before it takes a rate-limit turn, and both
     # before any money is reserved for it.
-    guards: list[Guard] = (
+    guards: list[Guard] = [ContentGuard(settings().content)]  # first: its after() runs last
+    guards += (
         []
         if loop_opts is False
         else [
@@ -42,3 +44,4 @@ def _run_guards(wf: Any, record: Any) -> list[Guard]:
 
 
 add_guard_factory(_run_guards)
+add_finish_op(drop_payloads)

@@ -101,6 +101,7 @@ def _prune_batch(store: Store, batch: list[tuple[str, int, str]], *, before: str
             store.execute(cur, "DELETE FROM events WHERE chain = ? AND seq <= ?", (chain, count))
             if cur.rowcount != count:
                 raise _Moved(chain=chain)
+            store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", (chain,))
 
     event = NewEvent(
         "audit.pruned",

@@ -20,7 +20,7 @@ from .._errors import (
     RunSuspended,
     SerializationError,
 )
-from ..store import NewEvent, RunRecord, Store
+from ..store import NewEvent, RunRecord, Store, StoreOp
 from ._context import RunContext, _call_path, _current_run
 from ._heartbeat import heartbeats
 from ._serialize import decode, encode, error_data
@@ -98,6 +98,19 @@ def _prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str
     return ctx
 
 
+_finish_ops: list[Callable[[Store, str, str], StoreOp | None]] = []
+
+
+def add_finish_op(factory: Callable[[Store, str, str], StoreOp | None]) -> None:
+    """``factory(store, run_id, status)`` gives a store write committed with a run's final
+    event (``status``: succeeded, failed, stopped or cancelled), or ``None``."""
+    _finish_ops.append(factory)
+
+
+def _final_ops(ctx: RunContext, status: str) -> list[StoreOp]:
+    return [op for f in _finish_ops if (op := f(ctx.store, ctx.run_id, status)) is not None]
+
+
 def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
     stopped = ctx.state.get("stopped")
     if stopped is not None:
@@ -109,7 +122,13 @@ def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
     except SerializationError as exc:
         _finish_error(ctx, exc)
         raise
-    ctx.append([NewEvent("run.completed", {"output": output})], status="succeeded", output=output, finish=True)
+    ctx.append(
+        [NewEvent("run.completed", {"output": output})],
+        ops=_final_ops(ctx, "succeeded"),
+        status="succeeded",
+        output=output,
+        finish=True,
+    )
     _ended(ctx)
     return value
 
@@ -143,7 +162,7 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
         with contextlib.suppress(Exception):
             ctx.store.release(ctx.run_id, ctx.owner)
         return
-    ctx.append([NewEvent(kind, {"error": err})], status=status, error=err, finish=True)
+    ctx.append([NewEvent(kind, {"error": err})], ops=_final_ops(ctx, status), status=status, error=err, finish=True)
     _ended(ctx)
 
 

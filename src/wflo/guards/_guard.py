@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from decimal import Decimal
 from typing import Any
@@ -119,6 +120,9 @@ class LoopGuardGuard(Guard):
             return
         cost = call.event.get("cost_usd")
         result = _outcome(call.kind, outcome.error, outcome.value, cost, now())
+        if call.kind == "llm" and result.output_digest is not None:
+            # Recorded: the content policy may keep less of the answer than was hashed here.
+            call.event["output_digest"] = result.output_digest
         try:
             self.state.after(self._sig(call), result)
         except LoopDetectedError as exc:
@@ -136,7 +140,10 @@ class LoopGuardGuard(Guard):
 
         output = decode(data.get("output")) if "output" in data else None
         # Replayed spend is old: time 0 keeps it out of the spend-rate window.
-        self.state.replay([(sig, _outcome(entry.kind, data.get("error"), output, data.get("cost_usd"), 0.0))])
+        outcome = _outcome(entry.kind, data.get("error"), output, data.get("cost_usd"), 0.0)
+        if data.get("output_digest"):
+            outcome = dataclasses.replace(outcome, output_digest=data["output_digest"])
+        self.state.replay([(sig, outcome)])
 
     def _stopped(self, call: Call, exc: LoopDetectedError) -> None:
         ctx = call.run

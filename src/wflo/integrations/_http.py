@@ -226,6 +226,14 @@ def _begin(mod: Any, ctx: Any, api: str, request: Any) -> tuple[Call, Any, Any]:
     except WfloError as exc:
         raise sdk_visible(exc) from None
     if replayed is not NOT_REPLAYED:
+        if isinstance(replayed, dict) and replayed.get("body_sha256"):
+            # The chain keeps less than the response (the content policy): the exact one is
+            # kept apart while the run can still be replayed.
+            from ..audit._content import payload
+
+            exact = payload(ctx.store, ctx.run_id, call.call_id)
+            if exact is not None:
+                replayed = {**replayed, "body": exact}
         return call, request, _response(mod, replayed, request)
     if call.meta.get("body_changed"):
         request = _with_body(mod, request, call.meta["body"])

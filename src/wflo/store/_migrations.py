@@ -178,5 +178,17 @@ CREATE TABLE rate_buckets (
 """,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL, M002_BUDGETS, M003_APPROVALS, M004_RATE_LIMITS)
+M005_PAYLOADS = Migration(
+    "m005_payloads",
+    """
+CREATE TABLE payloads (
+    run_id TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (run_id, call_id)
+)
+""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL, M002_BUDGETS, M003_APPROVALS, M004_RATE_LIMITS, M005_PAYLOADS)
 SCHEMA_VERSION = len(MIGRATIONS)
