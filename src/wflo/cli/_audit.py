@@ -55,10 +55,16 @@ def audit() -> None:
     metavar="PEM",
     help="Pin the checkpoint's signer (else the key inside the file is used).",
 )
+@click.option("--since", metavar="DATE", help="Only chains with events at or after DATE (each verified whole).")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def verify_cmd(
-    run_id: str | None, all_chains: bool, checkpoint_path: str | None, public_key_path: str | None, as_json: bool
+    run_id: str | None,
+    all_chains: bool,
+    checkpoint_path: str | None,
+    public_key_path: str | None,
+    since: str | None,
+    as_json: bool,
 ) -> None:
     """Exit 0 only if every chain is intact (and extends the checkpoint); else name the first
     broken link of each chain (exit 10)."""
@@ -67,7 +73,11 @@ def verify_cmd(
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     key = load_public_key(public_key_path) if public_key_path else None
     store = _config.get_store()
-    reports = [verify_run(store, store.find_run(run_id).id)] if run_id and not all_chains else verify_all(store)
+    cutoff = parse_when(since, option="--since") if since else None
+    if run_id and not all_chains:
+        reports = [verify_run(store, store.find_run(run_id).id)]
+    else:
+        reports = verify_all(store, since=cutoff)
     broken = [r for r in reports if not r.ok]
     cp = verify_checkpoint(store, doc, key) if doc is not None else None
     ok = not broken and (cp is None or cp.ok)

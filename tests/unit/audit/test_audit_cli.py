@@ -100,3 +100,20 @@ def test_bad_input_is_one_line(sqlite_url: str, tmp_path: Path, args: list[str],
     (tmp_path / "garbage.txt").write_text("this is not a key or JSON")
     (tmp_path / "other.json").write_text('{"hello": 1}')
     one_line_error(wflo(*args, db=sqlite_url, cwd=tmp_path), code, text)
+
+
+def test_verify_since_checks_only_recent_chains_whole(store_url: str, tmp_path: Path) -> None:
+    with open_store(store_url) as store:
+        make_run(store, "r1")
+        make_run(store, "r2")
+    every = json.loads(wflo("audit", "verify", "--json", db=store_url, cwd=tmp_path).stdout)
+    recent = json.loads(wflo("audit", "verify", "--since", "1d", "--json", db=store_url, cwd=tmp_path).stdout)
+    future = json.loads(wflo("audit", "verify", "--since", "2999-01-01", "--json", db=store_url, cwd=tmp_path).stdout)
+    assert every["ok"] and recent["ok"] and future["ok"]
+    assert recent["chains"] == every["chains"] and recent["events"] == every["events"]
+    assert future["chains"] == 0  # no run has events that late (and no system events exist here)
+    with admin(store_url) as db:  # an old link broken in a recent chain is still found
+        db.run("UPDATE events SET type = 'run.edited' WHERE chain = 'r1' AND seq = 1")
+    broken = wflo("audit", "verify", "--since", "1d", db=store_url, cwd=tmp_path)
+    assert broken.returncode == 10 and "r1" in broken.stderr
+    one_line_error(wflo("audit", "verify", "--since", "yesterday-ish", db=store_url, cwd=tmp_path), 2, "--since")
