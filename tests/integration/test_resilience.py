@@ -201,3 +201,76 @@ def test_fallback_after_a_crash_replays_both_attempts(store_url: str, llm: LLMSe
 def test_bad_policy_settings_are_user_errors(build: object, message: str) -> None:
     with pytest.raises(UserError, match=message):
         build()  # type: ignore[operator]
+
+
+def test_model_retry_policy_each_attempt_journaled_and_replayed(store_url: str, llm: LLMServer) -> None:
+    wflo.configure(database=store_url)
+    wflo.policies.retry("model:gpt-4o-mini", wflo.RetryPolicy(attempts=3, backoff=0.01))
+    llm.script(Reply(error=503), Reply(error=429, retry_after=0.3), Reply("third time"))
+    crash = {"armed": True}
+
+    @wflo.step
+    def after() -> None:
+        if crash["armed"]:
+            crash["armed"] = False
+            raise KeyboardInterrupt("simulated crash")
+
+    @wflo.workflow(name="model-retry")
+    def flow() -> str:
+        text = _ask(llm.openai_url)
+        after()
+        return text
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        flow.options(id="mr").run()
+    assert time.monotonic() - t0 >= 0.3, "Retry-After was not honoured"
+    assert llm.request_count == 3
+    assert flow.options(id="mr").run() == "third time"
+    assert llm.request_count == 3, "a resumed run sent an attempt again"
+    calls = [e.data for e in _config.get_store().events("mr") if e.type == "call.completed" and e.data["kind"] == "llm"]
+    assert [c.get("next", {}).get("retry") for c in calls] == [2, 3, None]
+    assert calls[1]["next"]["delay_s"] >= 0.3
+
+
+def test_model_retry_gives_up_then_falls_back(store_url: str, llm: LLMServer) -> None:
+    wflo.configure(database=store_url)
+    wflo.policies.retry("provider:*", wflo.RetryPolicy(attempts=2, backoff=0.01))
+    llm.responder = lambda r: Reply(error=500) if r.model == "gpt-4o" else Reply("mini")
+
+    @wflo.workflow(name="retry-then-fallback")
+    def flow() -> str:
+        with wflo.fallback("gpt-4o", "gpt-4o-mini"):
+            return _ask(llm.openai_url, model="gpt-4o")
+
+    assert flow.run() == "mini"
+    assert [r.model for r in llm.requests] == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
+
+
+def test_model_timeout_policy(store_url: str, llm: LLMServer) -> None:
+    wflo.configure(database=store_url)
+    wflo.policies.timeout("model:gpt-4o-mini", "300ms")
+    llm.responder = lambda r: Reply("slow", delay=3)
+
+    @wflo.workflow(name="model-timeout")
+    def flow() -> str:
+        return _ask(llm.openai_url)
+
+    t0 = time.monotonic()
+    with pytest.raises(openai.APITimeoutError):
+        flow.run()
+    assert time.monotonic() - t0 < 2.5
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: wflo.policies.retry("tool:search", wflo.RetryPolicy()), "for LLM calls"),
+        (lambda: wflo.policies.retry("model:x", 3), "takes a wflo.RetryPolicy"),
+        (lambda: wflo.policies.timeout("step:x", "1s"), "for LLM calls"),
+        (lambda: wflo.policies.timeout("model:x", "soon"), "timeout must be a duration"),
+    ],
+)
+def test_bad_model_policies_are_user_errors(build: object, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        build()  # type: ignore[operator]

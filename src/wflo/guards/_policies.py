@@ -33,7 +33,7 @@ from ..store import NewEvent
 from ._breaker import CircuitBreaker, Transition
 from ._parse import parse_duration
 from ._ratelimit import Bucket, take
-from ._retry import is_retryable
+from ._retry import RetryPolicy, is_retryable
 
 KINDS = ("model", "provider", "tool", "step", "sandbox")
 _pending: contextvars.ContextVar[list[Transition] | None] = contextvars.ContextVar("wflo_breaker_pending", default=None)
@@ -186,6 +186,8 @@ class Policies:
         self._lock = threading.Lock()
         self._breakers: dict[str, CircuitBreaker] = {}
         self._limits: dict[str, SharedRateLimit] = {}
+        self._retries: dict[str, RetryPolicy] = {}
+        self._timeouts: dict[str, float] = {}
 
     def breaker(self, target: str, *, failures: int = 5, reset: float | str = "30s") -> CircuitBreaker:
         """Open the circuit of ``target`` after ``failures`` failed calls in a row; after
@@ -218,11 +220,60 @@ class Policies:
             self._limits[target] = limit
         return limit
 
+    def retry(self, target: str, policy: RetryPolicy) -> RetryPolicy:
+        """Retry failed LLM calls of ``target`` (``model:…`` or ``provider:…``) by ``policy``:
+        connection errors, timeouts and 408/409/429/5xx answers, honouring ``Retry-After``.
+        Each attempt is its own journaled, budgeted call. (Steps and tools take ``retry=`` where
+        they are declared.) Give the SDK ``max_retries=0`` so the two do not multiply."""
+        target = _check_target(target)
+        if target.split(":", 1)[0] not in ("model", "provider"):
+            raise UserError(
+                f"policies.retry is for LLM calls (model:… or provider:…); steps and tools take retry=, got {target!r}"
+            )
+        if not isinstance(policy, RetryPolicy):
+            raise UserError(f"policies.retry takes a wflo.RetryPolicy(...), got {policy!r}")
+        with self._lock:
+            self._retries[target] = policy
+        return policy
+
+    def timeout(self, target: str, seconds: float | str) -> float:
+        """Bound every phase (connect, write, each read, pool) of ``target``'s LLM requests."""
+        target = _check_target(target)
+        if target.split(":", 1)[0] not in ("model", "provider"):
+            raise UserError(
+                f"policies.timeout is for LLM calls (model:… or provider:…); steps and tools take timeout=, got {target!r}"
+            )
+        value = parse_duration(seconds, "timeout")
+        with self._lock:
+            self._timeouts[target] = value
+        return value
+
+    def retry_for(self, call: Call) -> RetryPolicy | None:
+        policy: RetryPolicy | None = self._first(self._retries, call)
+        return policy
+
+    def timeout_for(self, call: Call) -> float | None:
+        seconds: float | None = self._first(self._timeouts, call)
+        return seconds
+
+    def _first(self, table: dict[str, Any], call: Call) -> Any:
+        if not table:
+            return None
+        keys = _keys(call)
+        with self._lock:
+            # The most specific target wins: model:NAME, then provider:NAME, then the * forms.
+            for target in sorted(table, key=lambda t: (t.endswith(":*"), not t.startswith("model:"))):
+                if _matches(target, keys):
+                    return table[target]
+        return None
+
     def clear(self) -> None:
         """Forget every policy of this process (the shared buckets stay in the store)."""
         with self._lock:
             self._breakers.clear()
             self._limits.clear()
+            self._retries.clear()
+            self._timeouts.clear()
 
     def matching(self, call: Call) -> tuple[list[CircuitBreaker], list[SharedRateLimit]]:
         if not self._breakers and not self._limits:

@@ -20,7 +20,7 @@ streaming, ``with_raw_response``, Responses and Chat Completions all share it).
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import contextvars
 import functools
 import hashlib
@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._errors import UserError, WfloError
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
@@ -94,34 +94,44 @@ def _wrap(mod: Any) -> None:
             ctx = implicit_run()
         if ctx is None or api is None:
             return sync_send(self, request, *args, **kwargs)
-        call, request, replayed = _begin(mod, ctx, api, request)
-        nxt = _next_model(call.name)
-        if replayed is not NOT_REPLAYED:
-            if nxt is None or not _failed_status(replayed.status_code):
-                return replayed
-            with _falling_back(call.name):
-                return send(self, _swap_model(mod, request, nxt), *args, **kwargs)
-        t0 = time.perf_counter()
-        try:
-            response = sync_send(self, request, *args, **kwargs)
-        except BaseException as exc:
-            _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
-            if nxt is None or not isinstance(exc, Exception) or not is_retryable(exc):
-                raise
-            with _falling_back(call.name):
-                return send(self, _swap_model(mod, request, nxt), *args, **kwargs)
-        if nxt is not None and _failed_status(response.status_code):
+        attempt, replaced = 0, None
+        while True:
+            attempt += 1
+            call, request, replayed = _begin(mod, ctx, api, request, replaced)
+            if replayed is not NOT_REPLAYED:
+                after = _after_failure(call, mod, request, attempt, None, None, live=False)
+                if after is None:
+                    if isinstance(replayed, _ReplayedFailure):
+                        raise replayed.error
+                    return replayed
+                request, attempt, _, replaced = after
+                continue
+            _set_timeout(call, request)
+            t0 = time.perf_counter()
+            try:
+                response = sync_send(self, request, *args, **kwargs)
+            except BaseException as exc:
+                after = _after_failure(call, mod, request, attempt, None, exc, live=True)
+                _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
+                if after is None:
+                    raise
+                time.sleep(after.delay)
+                request, attempt, _, replaced = after
+                continue
+            after = _after_failure(call, mod, request, attempt, response, None, live=True)
+            if after is not None:
+                response.read()
+                _end(call, response, response.content, True, t0)
+                response.close()
+                time.sleep(after.delay)
+                request, attempt, _, replaced = after
+                continue
+            if _is_stream(response):
+                response.stream = sync_recorder(response, call, t0)
+                return response
             response.read()
             _end(call, response, response.content, True, t0)
-            response.close()
-            with _falling_back(call.name):
-                return send(self, _swap_model(mod, request, nxt), *args, **kwargs)
-        if _is_stream(response):
-            response.stream = sync_recorder(response, call, t0)
             return response
-        response.read()
-        _end(call, response, response.content, True, t0)
-        return response
 
     async def asend(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         api = llm_api(request.method, request.url.path)
@@ -130,34 +140,44 @@ def _wrap(mod: Any) -> None:
             ctx = implicit_run()
         if ctx is None or api is None:
             return await async_send(self, request, *args, **kwargs)
-        call, request, replayed = _begin(mod, ctx, api, request)
-        nxt = _next_model(call.name)
-        if replayed is not NOT_REPLAYED:
-            if nxt is None or not _failed_status(replayed.status_code):
-                return replayed
-            with _falling_back(call.name):
-                return await asend(self, _swap_model(mod, request, nxt), *args, **kwargs)
-        t0 = time.perf_counter()
-        try:
-            response = await async_send(self, request, *args, **kwargs)
-        except BaseException as exc:
-            _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
-            if nxt is None or not isinstance(exc, Exception) or not is_retryable(exc):
-                raise
-            with _falling_back(call.name):
-                return await asend(self, _swap_model(mod, request, nxt), *args, **kwargs)
-        if nxt is not None and _failed_status(response.status_code):
+        attempt, replaced = 0, None
+        while True:
+            attempt += 1
+            call, request, replayed = _begin(mod, ctx, api, request, replaced)
+            if replayed is not NOT_REPLAYED:
+                after = _after_failure(call, mod, request, attempt, None, None, live=False)
+                if after is None:
+                    if isinstance(replayed, _ReplayedFailure):
+                        raise replayed.error
+                    return replayed
+                request, attempt, _, replaced = after
+                continue
+            _set_timeout(call, request)
+            t0 = time.perf_counter()
+            try:
+                response = await async_send(self, request, *args, **kwargs)
+            except BaseException as exc:
+                after = _after_failure(call, mod, request, attempt, None, exc, live=True)
+                _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
+                if after is None:
+                    raise
+                await asyncio.sleep(after.delay)
+                request, attempt, _, replaced = after
+                continue
+            after = _after_failure(call, mod, request, attempt, response, None, live=True)
+            if after is not None:
+                await response.aread()
+                _end(call, response, response.content, True, t0)
+                await response.aclose()
+                await asyncio.sleep(after.delay)
+                request, attempt, _, replaced = after
+                continue
+            if _is_stream(response):
+                response.stream = async_recorder(response, call, t0)
+                return response
             await response.aread()
             _end(call, response, response.content, True, t0)
-            await response.aclose()
-            with _falling_back(call.name):
-                return await asend(self, _swap_model(mod, request, nxt), *args, **kwargs)
-        if _is_stream(response):
-            response.stream = async_recorder(response, call, t0)
             return response
-        await response.aread()
-        _end(call, response, response.content, True, t0)
-        return response
 
     send.__wflo_wrapped__ = sync_send  # type: ignore[attr-defined]
     asend.__wflo_wrapped__ = async_send  # type: ignore[attr-defined]
@@ -205,7 +225,7 @@ def _is_stream(response: Any) -> bool:
     return "text/event-stream" in response.headers.get("content-type", "")
 
 
-def _begin(mod: Any, ctx: Any, api: str, request: Any) -> tuple[Call, Any, Any]:
+def _begin(mod: Any, ctx: Any, api: str, request: Any, replaced: str | None = None) -> tuple[Call, Any, Any]:
     try:
         body = json.loads(request.content or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -218,13 +238,17 @@ def _begin(mod: Any, ctx: Any, api: str, request: Any) -> tuple[Call, Any, Any]:
         meta={"api": api, "provider": provider_of(api, request.url.host), "body": body, "url": str(request.url)},
     )  # fmt: skip
     call.meta["_args_digest"] = hashlib.sha256(request.content or b"").hexdigest()
-    replaced = _from.get()
     if replaced is not None:
         call.event["fallback_from"] = replaced
     try:
         replayed = start_call(call)
-    except WfloError as exc:
-        raise sdk_visible(exc) from None
+    except Exception as exc:
+        entry = ctx.journal.get(call.call_id) if call.call_id else None
+        if entry is not None and entry.status == "failed":
+            return call, request, _ReplayedFailure(call, sdk_visible(exc) if isinstance(exc, WfloError) else exc)
+        if isinstance(exc, WfloError):
+            raise sdk_visible(exc) from None
+        raise
     if replayed is not NOT_REPLAYED:
         if isinstance(replayed, dict) and replayed.get("body_sha256"):
             # The chain keeps less than the response (the content policy): the exact one is
@@ -242,7 +266,6 @@ def _begin(mod: Any, ctx: Any, api: str, request: Any) -> tuple[Call, Any, Any]:
 
 # ----------------------------------------------------------------------------- model fallback
 _chain: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("wflo_fallback_chain", default={})  # noqa: B039
-_from: contextvars.ContextVar[str | None] = contextvars.ContextVar("wflo_fallback_from", default=None)
 
 
 class fallback:
@@ -291,17 +314,83 @@ def _next_model(model: str) -> str | None:
     return chain.get(model) if chain else None
 
 
+class _Next(NamedTuple):
+    """What to send after a failed attempt."""
+
+    request: Any
+    attempt: int
+    """Attempts already made at this model (0 after a switch to the fallback model)."""
+    delay: float
+    replaced: str | None
+    """The model this attempt falls back from (recorded as ``fallback_from``)."""
+
+
+def _after_failure(
+    call: Call, mod: Any, request: Any, attempt: int, response: Any, error: BaseException | None, *, live: bool
+) -> _Next | None:
+    """After a failed attempt (an exception, or a 408/409/429/5xx answer): the model's retry
+    policy (``wflo.policies.retry``) first, then ``wflo.fallback``'s next model; ``None`` when
+    neither applies (the failure goes to the SDK as it is). Each attempt is its own journaled
+    call, and the decision is recorded in its event (``next``), so a replay follows it exactly
+    (without the wait)."""
+    if not live:
+        entry = call.run.journal.get(call.call_id)
+        decided = entry.data.get("next") if entry is not None else None
+        if not isinstance(decided, dict):
+            return None
+        if "fallback" in decided:
+            return _Next(_swap_model(mod, request, str(decided["fallback"])), 0, 0.0, call.name)
+        return _Next(request, attempt, 0.0, None)
+    if error is None:
+        if response is None or not _failed_status(response.status_code):
+            return None
+        error = _status_error(response)
+    elif not isinstance(error, Exception) or not is_retryable(error):
+        return None
+    from ..guards._policies import policies
+
+    policy = policies.retry_for(call)
+    delay = policy.next_delay(attempt, error) if policy is not None else None
+    if delay is not None:
+        call.event["next"] = {"retry": attempt + 1, "delay_s": round(delay, 3)}
+        return _Next(request, attempt, delay, None)
+    model = _next_model(call.name)
+    if model is None:
+        return None
+    call.event["next"] = {"fallback": model}
+    return _Next(_swap_model(mod, request, model), 0, 0.0, call.name)
+
+
+class _ReplayedFailure(Exception):
+    """A call the journal says failed: its recorded error, and the call (to follow its ``next``)."""
+
+    def __init__(self, call: Call, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.call, self.error = call, error
+
+
+def _status_error(response: Any) -> Exception:
+    from ..guards._policies import ProviderStatusError
+
+    err = ProviderStatusError(int(response.status_code))
+    err.response = response  # type: ignore[attr-defined]  # Retry-After is read from it
+    return err
+
+
+def _set_timeout(call: Call, request: Any) -> None:
+    """A ``wflo.policies.timeout`` for this model: every phase of the request is bounded."""
+    from ..guards._policies import policies
+
+    seconds = policies.timeout_for(call)
+    if seconds is not None:
+        request.extensions = {
+            **request.extensions,
+            "timeout": dict.fromkeys(("connect", "read", "write", "pool"), seconds),
+        }
+
+
 def _failed_status(status: int) -> bool:
     return status in (408, 409, 429) or status >= 500
-
-
-@contextlib.contextmanager
-def _falling_back(model: str) -> Iterator[None]:
-    token = _from.set(model)
-    try:
-        yield
-    finally:
-        _from.reset(token)
 
 
 def _swap_model(mod: Any, request: Any, model: str) -> Any:
