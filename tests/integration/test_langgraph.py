@@ -310,3 +310,67 @@ def test_wrapped_graph_with_checkpointer_has_one_run_per_turn(configured: str, l
     assert [m.content for m in out["messages"]] == ["hi", "hello there", "more", "and again"]
     assert wflo.RunHandle("lg-turns").status() == "succeeded"
     assert wflo.RunHandle("lg-turns#2").status() == "succeeded"
+
+
+def _refund_graph(saver: Any) -> Any:
+    class State(MessagesState):
+        outcome: str
+
+    def ask(state: State) -> dict[str, Any]:
+        answer = interrupt({"action": "refund", "amount": 250})
+        if answer["approved"]:
+            return {"outcome": f"refunded {answer['value']['amount']}"}
+        return {"outcome": f"not refunded: {answer['reason']}"}
+
+    g = StateGraph(State)
+    g.add_node("ask", ask)
+    g.add_edge(START, "ask")
+    return g.compile(checkpointer=saver, name="refunds")
+
+
+@pytest.mark.parametrize("decision", ["approve", "edit", "reject"])
+def test_interrupt_becomes_a_durable_wflo_approval(
+    configured: str, monkeypatch: pytest.MonkeyPatch, decision: str
+) -> None:
+    monkeypatch.setenv("WFLO_PRINCIPAL", "user:agent-owner")
+    _config.configure(database=configured, lease_seconds=5.0, poll_interval=0.05)
+    approvals.grant("user:fin", "finance")
+    saver = Checkpointer()
+    graph = wflo.wrap(_refund_graph(saver), interrupts=wflo.Approval(approvers=["role:finance"]))
+    run_id = f"lg-intr-{decision}"
+    result: dict[str, Any] = {}
+
+    def agent() -> None:
+        try:
+            result["out"] = graph.invoke({"messages": [("user", "refund order 7")]}, _thread(run_id))
+        except BaseException as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=agent)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not approvals.list(run_id=run_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (request,) = approvals.list(run_id=run_id)
+    assert '"amount": 250' in request.message
+    while wflo.RunHandle(run_id).status() != "waiting" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert wflo.RunHandle(run_id).status() == "waiting"
+    if decision == "approve":
+        approvals.approve(request.id, principal="user:fin", action_hash=request.action_hash)
+    elif decision == "edit":
+        edited = {"data": {"action": "refund", "amount": 100}}  # the approver changes the amount
+        approvals.approve(request.id, principal="user:fin", action_hash=request.action_hash, args=edited)
+    else:
+        approvals.reject(request.id, principal="user:fin", reason="over the limit")
+    t.join(30)
+    assert "error" not in result, result
+    expected = {"approve": "refunded 250", "edit": "refunded 100", "reject": "not refunded: over the limit"}[decision]
+    assert result["out"]["outcome"] == expected
+    assert wflo.RunHandle(run_id).status() == "succeeded"
+    saver.close()
+
+
+def test_interrupts_needs_a_checkpointer(configured: str, llm: LLMServer) -> None:
+    with pytest.raises(wflo.UserError, match="needs a graph compiled with a checkpointer"):
+        wflo.wrap(build(llm), interrupts=wflo.Approval())

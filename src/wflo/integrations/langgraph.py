@@ -66,9 +66,12 @@ def wrap(
     name: str | None = None,
     tenant: str | None = None,
     approvals: dict[str, Approval] | None = None,
+    interrupts: Approval | None = None,
 ) -> WrappedGraph:
     """Put a compiled LangGraph graph under wflo (see the module docs)."""
-    return WrappedGraph(graph, budget=budget, guards=guards, name=name, tenant=tenant, approvals=approvals)
+    return WrappedGraph(
+        graph, budget=budget, guards=guards, name=name, tenant=tenant, approvals=approvals, interrupts=interrupts
+    )
 
 
 # --------------------------------------------------------------------- JSON views
@@ -113,15 +116,14 @@ def _escape(exc: BaseException) -> BaseException:
 
 
 def _unescape(exc: BaseException) -> BaseException:
-    seen = 0
-    while seen < 10:
-        seen += 1
-        if isinstance(exc, _Escape):
-            return exc.error  # type: ignore[no-any-return]
-        nxt = exc.__cause__ or exc.__context__
-        if nxt is None:
+    """The wflo refusal carried in ``exc`` (or in what it was raised from), else ``exc`` itself."""
+    cur: BaseException | None = exc
+    for _ in range(10):
+        if cur is None:
             break
-        exc = nxt
+        if isinstance(cur, _Escape):
+            return cur.error  # type: ignore[no-any-return]
+        cur = cur.__cause__ or cur.__context__
     return exc
 
 
@@ -249,9 +251,16 @@ class WrappedGraph:
         name: str | None = None,
         tenant: str | None = None,
         approvals: dict[str, Approval] | None = None,
+        interrupts: Approval | None = None,
     ) -> None:
         if isinstance(graph, WrappedGraph):
             graph = graph.graph
+        if interrupts is not None:
+            if not isinstance(interrupts, Approval):
+                raise UserError(f"interrupts= takes a wflo.Approval(...) (who answers interrupt()), got {interrupts!r}")
+            if not isinstance(getattr(graph, "checkpointer", None), BaseCheckpointSaver):
+                raise UserError("interrupts= needs a graph compiled with a checkpointer (e.g. wflo's Checkpointer())")
+        self.interrupts = interrupts
         if not callable(getattr(graph, "invoke", None)):
             raise UserError(f"wflo.wrap expects a compiled LangGraph graph (with .invoke), got {type(graph).__name__}")
         approvals = check_approvals(approvals)
@@ -370,9 +379,44 @@ class WrappedGraph:
                     if job.closed.is_set():
                         break
                 job.result = out
+            if self.interrupts is not None and job.mode in ("invoke", "ainvoke"):
+                await self._answer_interrupts(job, config)
         except BaseException as exc:
             raise _unescape(exc) from None
         return jsonable(job.result)
+
+    async def _answer_interrupts(self, job: _Job, config: dict[str, Any]) -> None:
+        """``interrupt(value)`` in a node becomes a wflo approval (durable: the run waits, no
+        process held); the decision resumes the graph, as ``Command(resume=...)``, with
+        ``{"approved": True, "value": <value, as the approver may have edited it>, "by": …}`` or
+        ``{"approved": False, "reason": …, "by": …}``."""
+        from langgraph.types import Command
+
+        from ..approvals import approval
+
+        policy = self.interrupts
+        assert policy is not None
+        conf = {k: v for k, v in (config.get("configurable") or {}).items() if k != "checkpoint_id"}
+        latest = {**config, "configurable": conf}  # go on from where the graph stopped
+        while isinstance(job.result, dict) and job.result.get("__interrupt__"):
+            answers: dict[str, Any] = {}
+            for pending in job.result["__interrupt__"]:
+                value = getattr(pending, "value", pending)
+                message = value if isinstance(value, str) else json.dumps(jsonable(value), sort_keys=True)
+                try:
+                    decision = approval(f"LangGraph interrupt: {message}", data=jsonable(value),
+                                        approvers=policy.approvers, quorum=policy.quorum,
+                                        timeout=policy.timeout_seconds, on_timeout=policy.on_timeout,
+                                        escalate_to=policy.escalate_to)  # fmt: skip
+                    answer: dict[str, Any] = {"approved": True, "value": decision.data}
+                except ApprovalRejected as rejected:
+                    answer = {"approved": False, "reason": rejected.reason, "by": rejected.decided_by}
+                answers[str(getattr(pending, "id", len(answers)))] = answer
+            resume: Any = next(iter(answers.values())) if len(answers) == 1 else answers
+            if job.mode == "invoke":
+                job.result = await asyncio.to_thread(self.graph.invoke, Command(resume=resume), latest, **job.kwargs)
+            else:
+                job.result = await self.graph.ainvoke(Command(resume=resume), latest, **job.kwargs)
 
     def _pump(self, job: _Job, config: dict[str, Any]) -> list[Any]:
         out = []
