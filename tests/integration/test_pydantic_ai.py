@@ -250,3 +250,60 @@ def test_finished_run_id_is_not_rerun(configured: str, llm: LLMServer) -> None:
     with pytest.raises(wflo.UserError, match="already ended"):
         agent.run_sync("hi", run_id="pa-once")
     assert llm.request_count == 1
+
+
+@pytest.mark.parametrize("decision", ["approve", "edit", "reject"])
+def test_requires_approval_tools_become_durable_wflo_approvals(
+    configured: str, llm: LLMServer, monkeypatch: pytest.MonkeyPatch, decision: str
+) -> None:
+    """pydantic-ai's own deferred approvals (requires_approval=True) wait durably in wflo."""
+    from pydantic_ai import DeferredToolRequests
+
+    monkeypatch.setenv("WFLO_PRINCIPAL", "user:agent-owner")
+    _config.configure(database=configured, lease_seconds=5.0, poll_interval=0.05)
+    llm.script(Reply(tool_calls=[ToolCall("delete_file", {"path": "a.txt"})]), Reply("Done."))
+    http = httpx2.AsyncClient(limits=httpx2.Limits(max_keepalive_connections=0))
+    provider = OpenAIProvider(base_url=llm.openai_url, api_key="test", http_client=http)
+    agent: Any = Agent(OpenAIChatModel("gpt-4o-mini", provider=provider), output_type=[str, DeferredToolRequests])
+    deleted: list[str] = []
+
+    @agent.tool_plain(requires_approval=True)
+    def delete_file(path: str) -> str:
+        """Delete a file."""
+        deleted.append(path)
+        return f"deleted {path}"
+
+    wrapped = wrap(agent)
+    run_id = f"pa-deferred-{decision}"
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["out"] = wrapped.run_sync("delete a.txt", run_id=run_id)
+        except BaseException as exc:
+            result["error"] = exc
+        finally:
+            asyncio.get_event_loop().close()
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not approvals.list(run_id=run_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (request,) = approvals.list(run_id=run_id)
+    assert "delete_file" in request.message and deleted == []
+    if decision == "approve":
+        approvals.approve(request.id, principal="user:ops", action_hash=request.action_hash)
+    elif decision == "edit":
+        approvals.approve(request.id, principal="user:ops", action_hash=request.action_hash,
+                          args={"data": {"path": "b.txt"}})  # fmt: skip
+    else:
+        approvals.reject(request.id, principal="user:ops", reason="keep it")
+    t.join(30)
+    assert "error" not in result, result
+    assert result["out"].output == "Done."
+    assert deleted == {"approve": ["a.txt"], "edit": ["b.txt"], "reject": []}[decision]
+    if decision == "reject":
+        tool_reply = [m for m in llm.requests[-1].body["messages"] if m["role"] == "tool"]
+        assert "keep it" in tool_reply[0]["content"]
+    assert wflo.RunHandle(run_id).status() == "succeeded"

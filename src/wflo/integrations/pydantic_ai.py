@@ -25,7 +25,7 @@ from typing import Any
 from pydantic_ai.capabilities import AbstractCapability
 
 from .._config import get_store
-from .._errors import RunNotFoundError, UserError
+from .._errors import ApprovalRejected, RunNotFoundError, UserError
 from ..approvals._policy import Approval
 from ..engine import Call, Workflow, aguarded_call, current_run
 from ..engine._workflow import BoundWorkflow
@@ -86,8 +86,8 @@ class WfloCapability(AbstractCapability[Any]):
         kwargs = dict(args) if isinstance(args, dict) else {"args": jsonable(args)}
         meta: dict[str, Any] = {"framework": "pydantic-ai"}
         policy = self.approvals.get(call.tool_name)
-        if policy is not None:
-            meta["approval"] = policy
+        if policy is not None and getattr(tool_def, "kind", None) != "unapproved":
+            meta["approval"] = policy  # (a requires_approval tool was decided before it got here)
         guarded = Call(kind="tool", name=str(call.tool_name), args=(), kwargs=kwargs, run=run, meta=meta)
 
         async def execute(**given: Any) -> Any:
@@ -140,11 +140,54 @@ class WrappedAgent:
                 "a wrapped pydantic-ai run resumes when the agent is run again with the same run_id; "
                 "it cannot be resumed by a worker or `wflo resume`"
             )
-        args, kwargs, holder = job
+        args, given, holder = job
+        kwargs = dict(given)  # a copy: a resumed execution sees the caller's arguments again
         capabilities = [*(kwargs.pop("capabilities", None) or ()), self.capability]
         result = await self.agent.run(*args, capabilities=capabilities, **kwargs)
+        result = await self._decide_deferred(result, capabilities, kwargs)
         holder["result"] = result
         return {"output": jsonable(getattr(result, "output", result))}
+
+    async def _decide_deferred(self, result: Any, capabilities: list[Any], kwargs: dict[str, Any]) -> Any:
+        """pydantic-ai's own approval flow, made durable: tools declared with
+        ``requires_approval=True`` (or raising ``ApprovalRequired``) end an agent run with
+        ``DeferredToolRequests``; each requested approval becomes a wflo approval (the run waits,
+        no process held), and the agent goes on with the decisions: approved (with the
+        arguments as the approver may have edited them) or denied with the reason. Deferred
+        *external* calls (``calls``) are returned to you as pydantic-ai returns them."""
+        from pydantic_ai import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
+
+        from ..approvals import approval
+
+        extra = {
+            k: v
+            for k, v in kwargs.items()
+            if k not in ("user_prompt", "message_history", "deferred_tool_results", "run_id")
+        }
+        while (
+            isinstance(getattr(result, "output", None), DeferredToolRequests)
+            and result.output.approvals
+            and not result.output.calls
+        ):
+            decisions: dict[str, Any] = {}
+            for part in result.output.approvals:
+                policy = self.capability.approvals.get(part.tool_name) or Approval()
+                requested = part.args_as_dict()
+                try:
+                    decision = approval(
+                        f"{part.tool_name}({part.args_as_json_str()})", data=requested, approvers=policy.approvers,
+                        quorum=policy.quorum, timeout=policy.timeout_seconds, on_timeout=policy.on_timeout,
+                        escalate_to=policy.escalate_to,
+                    )  # fmt: skip
+                    edited = decision.data if isinstance(decision.data, dict) and decision.data != requested else None
+                    decisions[part.tool_call_id] = ToolApproved(override_args=edited)
+                except ApprovalRejected as rejected:
+                    decisions[part.tool_call_id] = ToolDenied(f"Denied by {rejected.decided_by}: {rejected.reason}")
+            result = await self.agent.run(
+                message_history=result.all_messages(), deferred_tool_results=DeferredToolResults(approvals=decisions),
+                capabilities=capabilities, **extra,
+            )  # fmt: skip
+        return result
 
     def _prepare(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
