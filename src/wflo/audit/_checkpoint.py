@@ -158,6 +158,24 @@ def _signed_bytes(doc: dict[str, Any]) -> bytes:
     return canonical_json({k: v for k, v in doc.items() if k != "signature"}).encode()
 
 
+def sign_record(record: dict[str, Any], private_key: Any) -> dict[str, Any]:
+    """``record`` with ``public_key`` and an Ed25519 ``signature`` over the rest (a prune record)."""
+    doc = {**record, "public_key": _raw_public(private_key.public_key())}
+    doc["signature"] = base64.b64encode(private_key.sign(_signed_bytes(doc))).decode()
+    return doc
+
+
+def record_signed_by(record: dict[str, Any], public_key: Any) -> bool:
+    """Whether ``record`` carries a valid signature by ``public_key``."""
+    if record.get("public_key") != _raw_public(public_key) or not isinstance(record.get("signature"), str):
+        return False
+    try:
+        public_key.verify(base64.b64decode(record["signature"]), _signed_bytes(record))
+    except Exception:
+        return False
+    return True
+
+
 def make_checkpoint(store: Store, private_key: Any, *, by: str, verify: bool = True) -> dict[str, Any]:
     """Build and sign a checkpoint of ``store`` now (refused if a chain is broken, with ``verify``).
 

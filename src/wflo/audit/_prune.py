@@ -57,8 +57,14 @@ def prune(
     by: str,
     dry_run: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    private_key: Any = None,
 ) -> PruneResult:
-    """Prune finished runs whose last event is before ``before`` (store time text, UTC)."""
+    """Prune finished runs whose last event is before ``before`` (store time text, UTC).
+
+    With ``private_key`` (the checkpoint key), each ``audit.pruned`` record is signed, so
+    ``verify`` given the public key accepts only prunes made by its holder: a chain deleted
+    by anyone else, with a forged prune record, is reported as missing.
+    """
     result = PruneResult(before)
     ready: list[tuple[str, int, str]] = []
     for chain, count, head in prune_candidates(store, before):
@@ -72,7 +78,7 @@ def prune(
         return result
     for start in range(0, len(ready), BATCH):
         batch = ready[start : start + BATCH]
-        _prune_batch(store, batch, before=before, by=by)
+        _prune_batch(store, batch, before=before, by=by, private_key=private_key)
         result.pruned.extend(batch)
         if on_progress is not None:
             on_progress(len(batch))
@@ -89,7 +95,9 @@ class _Moved(AuditError):
         return f"run {self.chain} changed while it was being pruned; nothing was deleted, run prune again"
 
 
-def _prune_batch(store: Store, batch: list[tuple[str, int, str]], *, before: str, by: str) -> None:
+def _prune_batch(
+    store: Store, batch: list[tuple[str, int, str]], *, before: str, by: str, private_key: Any = None
+) -> None:
     def op(cur: Any) -> None:
         if store.dialect == "postgresql":
             cur.execute("SET LOCAL wflo.prune = 'on'")
@@ -103,13 +111,15 @@ def _prune_batch(store: Store, batch: list[tuple[str, int, str]], *, before: str
                 raise _Moved(chain=chain)
             store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", (chain,))
 
-    event = NewEvent(
-        "audit.pruned",
-        {
-            "by": by,
-            "before": before,
-            "events": sum(n for _, n, _ in batch),
-            "chains": [{"chain": c, "count": n, "head": h} for c, n, h in batch],
-        },
-    )
+    record: dict[str, Any] = {
+        "by": by,
+        "before": before,
+        "events": sum(n for _, n, _ in batch),
+        "chains": [{"chain": c, "count": n, "head": h} for c, n, h in batch],
+    }
+    if private_key is not None:
+        from ._checkpoint import sign_record
+
+        record = sign_record(record, private_key)
+    event = NewEvent("audit.pruned", record)
     store.append_system([event], ops=[op])

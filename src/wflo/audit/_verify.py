@@ -159,8 +159,11 @@ def _recorded_head(store: Store, chain: str) -> tuple[int, str] | None:
     return (int(row[0]), row[1]) if row else None
 
 
-def pruned_chains(store: Store) -> dict[str, tuple[int, str]]:
-    """Every chain an ``audit.pruned`` event on the system chain names: ``{chain: (count, head)}``."""
+def pruned_chains(store: Store, trusted: Any = None) -> dict[str, tuple[int, str]]:
+    """Every chain an ``audit.pruned`` event on the system chain names: ``{chain: (count, head)}``.
+
+    With ``trusted`` (an Ed25519 public key), only prune records signed by it count: a chain
+    deleted under a forged or unsigned record is then reported as missing."""
     out: dict[str, tuple[int, str]] = {}
     rows = store._fetchall(
         "SELECT data FROM events WHERE chain = ? AND type = 'audit.pruned' ORDER BY seq", (SYSTEM_CHAIN,)
@@ -168,6 +171,11 @@ def pruned_chains(store: Store) -> dict[str, tuple[int, str]]:
     for (data_json,) in rows:
         try:
             data = json.loads(data_json)
+            if trusted is not None:
+                from ._checkpoint import record_signed_by
+
+                if not record_signed_by(data, trusted):
+                    continue
             for item in data.get("chains", []):
                 out[str(item["chain"])] = (int(item["count"]), str(item["head"]))
         except (ValueError, TypeError, KeyError, AttributeError):
@@ -175,12 +183,12 @@ def pruned_chains(store: Store) -> dict[str, tuple[int, str]]:
     return out
 
 
-def verify_run(store: Store, run_id: str) -> ChainReport:
-    """Verify one run's chain, knowing whether it was pruned."""
-    return verify_chain(store, run_id, pruned=pruned_chains(store).get(run_id))
+def verify_run(store: Store, run_id: str, *, trusted: Any = None) -> ChainReport:
+    """Verify one run's chain, knowing whether it was pruned (by the ``trusted`` key's holder)."""
+    return verify_chain(store, run_id, pruned=pruned_chains(store, trusted).get(run_id))
 
 
-def verify_all(store: Store, *, since: str | None = None) -> list[ChainReport]:
+def verify_all(store: Store, *, since: str | None = None, trusted: Any = None) -> list[ChainReport]:
     """Verify every run's chain and the system chain (pruned chains are reported as such).
 
     ``since`` (an ISO time): only the chains with an event at or after it, plus the system
@@ -190,10 +198,10 @@ def verify_all(store: Store, *, since: str | None = None) -> list[ChainReport]:
         recent = {r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events WHERE at >= ?", (since,))}
         if store._fetchone("SELECT 1 FROM events WHERE chain = ?", (SYSTEM_CHAIN,)):
             recent.add(SYSTEM_CHAIN)  # configuration changes: always checked
-        return [verify_run(store, chain) for chain in sorted(recent)]
+        return [verify_run(store, chain, trusted=trusted) for chain in sorted(recent)]
     chains = [r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events ORDER BY chain")]
     heads = {r[0] for r in store._fetchall("SELECT id FROM runs")}
-    pruned = pruned_chains(store)
+    pruned = pruned_chains(store, trusted)
     missing = sorted(heads - set(chains))
     reports = [verify_chain(store, chain) for chain in chains]
     # Runs whose events all vanished: deliberately (a recorded prune) or not.

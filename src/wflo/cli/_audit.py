@@ -22,7 +22,7 @@ from ..audit import (
     verify_run,
     write_checkpoint,
 )
-from ..audit._checkpoint import load_public_key
+from ..audit._checkpoint import load_private_key, load_public_key
 from ..audit._dates import parse_when
 from ..audit._export import count_events
 from ..audit._prune import prune_candidates
@@ -53,7 +53,7 @@ def audit() -> None:
     "--public-key",
     "public_key_path",
     metavar="PEM",
-    help="Pin the checkpoint's signer (else the key inside the file is used).",
+    help="The audit key's public half: pins the checkpoint's signer, and only prunes it signed count as prunes.",
 )
 @click.option("--since", metavar="DATE", help="Only chains with events at or after DATE (each verified whole).")
 @click.option("--json", "as_json", is_flag=True)
@@ -68,16 +68,14 @@ def verify_cmd(
 ) -> None:
     """Exit 0 only if every chain is intact (and extends the checkpoint); else name the first
     broken link of each chain (exit 10)."""
-    if public_key_path and not checkpoint_path:
-        raise UserError("--public-key pins a checkpoint's signer: give --checkpoint FILE too")
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     key = load_public_key(public_key_path) if public_key_path else None
     store = _config.get_store()
     cutoff = parse_when(since, option="--since") if since else None
     if run_id and not all_chains:
-        reports = [verify_run(store, store.find_run(run_id).id)]
+        reports = [verify_run(store, store.find_run(run_id).id, trusted=key)]
     else:
-        reports = verify_all(store, since=cutoff)
+        reports = verify_all(store, since=cutoff, trusted=key)
     broken = [r for r in reports if not r.ok]
     cp = verify_checkpoint(store, doc, key) if doc is not None else None
     ok = not broken and (cp is None or cp.ok)
@@ -153,15 +151,20 @@ def checkpoint_cmd(key_path: str, out: str) -> None:
     help="Prune finished runs whose last event is before DATE (YYYY-MM-DD, ISO time, or an age: 90d).",
 )
 @click.option("--yes", is_flag=True, help="Delete without asking (required without a terminal).")
+@click.option(
+    "--key", "key_path", metavar="PEM", help="Sign the prune record with this Ed25519 key (the checkpoint key)."
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def prune_cmd(before: str, yes: bool, as_json: bool) -> None:
+def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> None:
     """Delete the events of finished runs, on the record (an `audit.pruned` system event).
 
     Only succeeded, failed, cancelled and stopped runs are pruned, and only chains that
-    verify. Their `runs` rows stay; `verify` reports them as pruned, not broken.
+    verify. Their `runs` rows stay; `verify` reports them as pruned, not broken. Signed with
+    --key, the record is what `verify --public-key` trusts: a forged prune record is not.
     """
     cutoff = parse_when(before, option="--before")
+    private_key = load_private_key(key_path) if key_path else None
     store = _config.get_store()
     candidates = prune_candidates(store, cutoff)
     if not candidates:
@@ -174,7 +177,7 @@ def prune_cmd(before: str, yes: bool, as_json: bool) -> None:
         if not sys.stdin.isatty():
             fail(f"{len(candidates)} runs would be pruned; add --yes to confirm", 2)
         click.confirm(f"Delete the events of {len(candidates)} finished runs (before {cutoff})?", abort=True)
-    result = prune(store, cutoff, by=_principal())
+    result = prune(store, cutoff, by=_principal(), private_key=private_key)
     if as_json:
         dump_json(
             {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from auditkit import admin, make_run
 
-from wflo.store import open_store
+from wflo.store import NewEvent, open_store
 
 OLD = "2020-01-01T00:00:00.000000Z"
 
@@ -92,7 +92,7 @@ def test_prune_export_report_commands(sqlite_url: str, tmp_path: Path) -> None:
         (["audit", "verify", "--checkpoint", "nope.json"], 2, "cannot read checkpoint nope.json"),
         (["audit", "verify", "--checkpoint", "garbage.txt"], 2, "is not JSON"),
         (["audit", "verify", "--checkpoint", "other.json"], 2, "not a wflo checkpoint"),
-        (["audit", "verify", "--public-key", "k.pub"], 2, "give --checkpoint FILE too"),
+        (["audit", "verify", "--public-key", "k.pub"], 2, "cannot read public key k.pub"),
         (["report", "--since", "1d", "--checkpoint", "garbage.txt"], 2, "is not JSON"),
     ],
 )
@@ -117,3 +117,32 @@ def test_verify_since_checks_only_recent_chains_whole(store_url: str, tmp_path: 
     broken = wflo("audit", "verify", "--since", "1d", db=store_url, cwd=tmp_path)
     assert broken.returncode == 10 and "r1" in broken.stderr
     one_line_error(wflo("audit", "verify", "--since", "yesterday-ish", db=store_url, cwd=tmp_path), 2, "--since")
+
+
+def test_signed_prunes_and_a_forged_prune_record(store_url: str, tmp_path: Path) -> None:
+    """Someone with write access deletes a run's events and files a fake audit.pruned record:
+    plain verify cannot tell, verify --public-key can (only prunes signed by the key count)."""
+    with open_store(store_url) as store:
+        make_run(store, "old", at=OLD)
+        victim = make_run(store, "victim", at=OLD)
+    keygen = wflo("audit", "keygen", "--out", "key.pem", db=store_url, cwd=tmp_path)
+    (tmp_path / "pub.pem").write_text(keygen.stdout)
+    signed = wflo(
+        "audit", "prune", "--before", "2021-01-01", "--yes", "--key", "key.pem", "--json", db=store_url, cwd=tmp_path
+    )
+    assert signed.returncode == 0 and len(json.loads(signed.stdout)["pruned"]) == 2
+    trusted = wflo("audit", "verify", "--public-key", "pub.pem", db=store_url, cwd=tmp_path)
+    assert trusted.returncode == 0 and "2 pruned on record" in trusted.stdout
+
+    # The forgery: a new run's events deleted by hand, an unsigned prune record filed for it.
+    with open_store(store_url) as store:
+        head = make_run(store, "forged")
+        store.append_system([NewEvent("audit.pruned", {"by": "user:mallory", "before": "2999-01-01", "events": head.seq,
+                                                        "chains": [{"chain": "forged", "count": head.seq, "head": head.hash}]})])  # fmt: skip
+    with admin(store_url) as db:
+        db.run("DELETE FROM events WHERE chain = 'forged'")
+    fooled = wflo("audit", "verify", db=store_url, cwd=tmp_path)
+    assert fooled.returncode == 0  # without the key, a prune record is taken at its word
+    caught = wflo("audit", "verify", "--public-key", "pub.pem", db=store_url, cwd=tmp_path)
+    assert caught.returncode == 10 and "forged" in caught.stderr and "victim" not in caught.stderr
+    assert victim.seq > 0
