@@ -184,6 +184,11 @@ CORPUS: list[tuple[str, str, str]] = [
         "import ctypes; libc=ctypes.CDLL(None); r=libc.syscall(425, 8, ctypes.create_string_buffer(120)); print('io_uring fd', r)",
         "contained",
     ),
+    (
+        "mknod a block device",
+        "import os; os.mknod('/work/sda', 0o600 | 0o060000, os.makedev(8, 0)); print('ESCAPED', open('/work/sda', 'rb').read(16))",
+        "contained",
+    ),
     ("setuid to root", "import os; os.setuid(0); print('ESCAPED' if os.getuid() == 0 else '')", "contained"),
 ]
 
