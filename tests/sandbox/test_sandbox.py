@@ -215,3 +215,14 @@ def test_nothing_left_behind_after_the_process_exits(tmp_path: Path) -> None:
     groups = [Path(line) for line in done.stdout.split()]
     assert groups or not CGroup.available(), "no cgroups were made where the host allows them"
     assert [g for g in groups if g.exists()] == [], "a sandbox cgroup outlived the process"
+
+
+def test_a_host_without_bubblewrap_gets_a_clear_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never a silent weaker run: no bwrap, no sandbox, and the error says what to install."""
+    from wflo._errors import SandboxUnavailableError
+    from wflo.sandbox import _bwrap, _sandbox
+
+    monkeypatch.setattr(_sandbox, "_backends", {})
+    monkeypatch.setattr(_bwrap.shutil, "which", lambda name: None)
+    with pytest.raises(SandboxUnavailableError, match="apt-get install bubblewrap"):
+        Sandbox()
