@@ -42,10 +42,10 @@ def _workflow(llm: LLMServer, name: str, crash: dict[str, bool] | None = None) -
 
     @wflo.workflow(name=name)
     def ask() -> str:
-        client = openai.OpenAI(base_url=llm.openai_url, api_key="t", max_retries=0)
-        reply = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "?"}], max_tokens=50
-        )
+        with openai.OpenAI(base_url=llm.openai_url, api_key="t", max_retries=0) as client:
+            reply = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "?"}], max_tokens=50
+            )
         checkpoint()
         return reply.choices[0].message.content or ""
 

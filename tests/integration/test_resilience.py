@@ -20,12 +20,6 @@ from wflo.testing import LLMServer, Reply
 HERE = Path(__file__).parent
 
 
-@pytest.fixture
-def llm() -> Iterator[LLMServer]:
-    with LLMServer() as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
 def _no_policies() -> Iterator[None]:
     wflo.policies.clear()
@@ -34,8 +28,8 @@ def _no_policies() -> Iterator[None]:
 
 
 def _ask(base_url: str, model: str = "gpt-4o-mini") -> str:
-    client = openai.OpenAI(base_url=base_url, api_key="t", max_retries=0)
-    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=20)
+    with openai.OpenAI(base_url=base_url, api_key="t", max_retries=0) as client:  # closed: no socket left behind
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=20)
     return reply.choices[0].message.content or ""
 
 
