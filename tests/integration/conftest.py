@@ -1,10 +1,22 @@
-"""Integration tests: frameworks that cannot share this environment run in their own."""
+"""Integration tests: the scripted LLM server fixture, and frameworks that cannot share this environment."""
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+
+import pytest
+
+from wflo.testing import LLMServer
 
 # crewai pins openai<3, which the Agents SDK here cannot live with: where crewai is missing,
 # test_crewai_env.py builds a virtualenv with it and runs test_crewai.py there (every test must
 # pass, none skip), so the file is not collected here as well.
 collect_ignore = [] if importlib.util.find_spec("crewai") is not None else ["test_crewai.py"]
+
+
+@pytest.fixture
+def llm() -> Iterator[LLMServer]:
+    """wflo's scripted OpenAI/Anthropic-compatible server, on a free port, for one test."""
+    with LLMServer() as server:
+        yield server

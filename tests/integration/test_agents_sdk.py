@@ -30,12 +30,6 @@ agents.set_tracing_disabled(True)  # the SDK's tracing would export to OpenAI's 
 EFFECTS: list[str] = []
 
 
-@pytest.fixture
-def llm() -> Any:
-    with LLMServer() as server:
-        yield server
-
-
 @agents.function_tool
 def search(query: str) -> str:
     """Search the web for a query."""

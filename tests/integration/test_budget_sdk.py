@@ -24,12 +24,6 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 
-@pytest.fixture
-def llm() -> LLMServer:
-    with LLMServer() as server:
-        yield server
-
-
 def _price(model: str, provider: str, **usage: int) -> Decimal:
     calc = genai_prices.calc_price(genai_prices.Usage(**usage), model_ref=model, provider_id=provider)
     return Decimal(calc.total_price)

@@ -40,12 +40,6 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
 
 
-@pytest.fixture
-def llm() -> Any:
-    with LLMServer() as server:
-        yield server
-
-
 EFFECTS: list[str] = []
 
 

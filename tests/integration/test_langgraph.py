@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -32,12 +31,6 @@ from wflo.integrations.langgraph import Checkpointer, WrappedGraph
 from wflo.testing import LLMServer, Reply, ToolCall
 
 wrap = wflo.wrap
-
-
-@pytest.fixture
-def llm() -> Iterator[LLMServer]:
-    with LLMServer() as server:
-        yield server
 
 
 executed: list[tuple[str, dict[str, Any]]] = []

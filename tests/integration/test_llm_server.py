@@ -15,12 +15,6 @@ import pytest
 from wflo.testing import LLMServer, Reply, ToolCall
 
 
-@pytest.fixture
-def llm() -> LLMServer:
-    with LLMServer() as server:
-        yield server
-
-
 def test_chat_text_tools_usage_and_truncation(llm: LLMServer) -> None:
     client = openai.OpenAI(base_url=llm.openai_url, api_key="t", max_retries=0)
     llm.script(

@@ -65,12 +65,6 @@ def _tool(name: str, **args: object) -> Reply:
     return Reply(tool_calls=[ToolCall(name, args)])
 
 
-@pytest.fixture
-def llm() -> LLMServer:
-    with LLMServer() as server:
-        yield server
-
-
 def _run(
     guard: wflo.LoopGuard, llm: LLMServer, turns: int, run_id: str, *, swallow: bool = False
 ) -> wflo.LoopDetectedError | None:

@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,6 @@ import wflo
 import wflo.observability as obs
 from wflo import _config
 from wflo.testing import LLMServer, Reply
-
-
-@pytest.fixture
-def llm() -> Iterator[LLMServer]:
-    with LLMServer() as server:
-        yield server
 
 
 @wflo.tool

@@ -111,12 +111,6 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     r.close()
 
 
-@pytest.fixture
-def llm() -> Iterator[LLMServer]:
-    with LLMServer() as server:
-        yield server
-
-
 @wflo.tool
 def search(q: str) -> str:
     """Search the web."""

@@ -34,12 +34,6 @@ from wflo.testing import LLMServer, Reply, ToolCall
 wrap = wflo.wrap
 
 
-@pytest.fixture
-def llm() -> Iterator[LLMServer]:
-    with LLMServer() as server:
-        yield server
-
-
 @pytest.fixture(autouse=True)
 def _close_run_sync_loop() -> Iterator[None]:
     """run_sync (like pydantic-ai's own) leaves this thread an event loop: close it after each test."""

@@ -32,7 +32,7 @@ from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
 from ._breaker import CircuitBreaker, Transition
 from ._parse import parse_duration
-from ._ratelimit import Bucket, take
+from ._ratelimit import Bucket, charge, check_rates, describe, take
 from ._retry import RetryPolicy, is_retryable
 
 KINDS = ("model", "provider", "tool", "step", "sandbox")
@@ -146,11 +146,7 @@ class SharedRateLimit:
         waited = 0.0
         while (wait := self.try_take(store, tokens)) > 0:
             if waited + wait > self.max_wait:
-                limit = " and ".join(
-                    f"{v:g} {what}/min"
-                    for v, what in ((self.requests_per_minute, "requests"), (self.tokens_per_minute, "tokens"))
-                    if v
-                )
+                limit = describe(self.requests_per_minute, self.tokens_per_minute)
                 raise RateLimitedError(key=self.target, limit=limit, retry_after=round(wait, 3))
             time.sleep(wait)
             waited += wait
@@ -167,13 +163,13 @@ class SharedRateLimit:
             row = cur.fetchone()
             if row is None:
                 return
-            now = time.time()
-            elapsed = max(0.0, now - float(row[1]))
-            level = min(tpm, float(row[0]) + elapsed * tpm / 60) - tokens
+            bucket = charge(
+                Bucket(float(row[0]), float(row[1])), tokens, capacity=tpm, per_second=tpm / 60, now=time.time()
+            )
             store.execute(
                 cur,
                 "UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE key = ?",
-                (min(tpm, level), max(now, float(row[1])), key),
+                (bucket.tokens, bucket.updated_at, key),
             )
 
         store.write(txn)
@@ -209,9 +205,7 @@ class Policies:
     ) -> SharedRateLimit:
         """Limit ``target`` to so many requests and/or tokens per minute, across all processes on the store."""
         target = _check_target(target)
-        for name, value in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
-            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
-                raise UserError(f"rate_limit({name}=...) must be a positive number or None, got {value!r}")
+        check_rates("rate_limit", requests_per_minute, tokens_per_minute)
         if requests_per_minute is None and tokens_per_minute is None:
             raise UserError("rate_limit needs requests_per_minute=, tokens_per_minute= or both")
         wait = 0.0 if max_wait in (0, "0") else parse_duration(max_wait, "max_wait")

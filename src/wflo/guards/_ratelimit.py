@@ -21,7 +21,7 @@ from typing import Any
 
 from .._errors import RateLimitedError, UserError
 
-__all__ = ["Bucket", "RateLimiter", "refill", "take"]
+__all__ = ["Bucket", "RateLimiter", "charge", "check_rates", "describe", "refill", "take"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +60,30 @@ def take(
     return b, (need - b.tokens) / per_second
 
 
+def charge(bucket: Bucket | None, amount: float, *, capacity: float, per_second: float, now: float) -> Bucket:
+    """Refill, then take ``amount`` whatever is there (negative: give it back), never above
+    ``capacity``: the correction after a call used more or fewer tokens than estimated."""
+    b = refill(bucket, capacity=capacity, per_second=per_second, now=now)
+    return Bucket(min(capacity, b.tokens - amount), b.updated_at)
+
+
+def check_rates(where: str, requests_per_minute: Any, tokens_per_minute: Any) -> None:
+    """Refuse a rate that is not a positive number (``None`` means no limit)."""
+    for name, value in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+            raise UserError(f"{where}({name}=...) must be a positive number or None, got {value!r}")
+
+
+def describe(requests_per_minute: float | None, tokens_per_minute: float | None) -> str:
+    """``"500 requests/min and 200000 tokens/min"`` (``"none"`` without a limit)."""
+    parts = []
+    if requests_per_minute is not None:
+        parts.append(f"{requests_per_minute:g} requests/min")
+    if tokens_per_minute is not None:
+        parts.append(f"{tokens_per_minute:g} tokens/min")
+    return " and ".join(parts) or "none"
+
+
 class RateLimiter:
     """In-process limits for one key (a provider, a model, a tool).
 
@@ -84,9 +108,7 @@ class RateLimiter:
         sleep: Callable[[float], Any] = time.sleep,
         asleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
-        for name, value in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
-            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
-                raise UserError(f"RateLimiter({name}=...) must be a positive number or None, got {value!r}")
+        check_rates("RateLimiter", requests_per_minute, tokens_per_minute)
         self.key = key
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
@@ -101,12 +123,7 @@ class RateLimiter:
         return f"RateLimiter({self.key!r}, rpm={self.requests_per_minute}, tpm={self.tokens_per_minute})"
 
     def _limit(self) -> str:
-        parts = []
-        if self.requests_per_minute is not None:
-            parts.append(f"{self.requests_per_minute:g} requests/min")
-        if self.tokens_per_minute is not None:
-            parts.append(f"{self.tokens_per_minute:g} tokens/min")
-        return " and ".join(parts) or "none"
+        return describe(self.requests_per_minute, self.tokens_per_minute)
 
     def try_acquire(self, tokens: float = 0) -> float:
         """Take one request and ``tokens`` tokens if both are there (all or nothing).
@@ -138,8 +155,7 @@ class RateLimiter:
             return
         with self._lock:
             tpm = float(self.tokens_per_minute)
-            b = refill(self._tokens, capacity=tpm, per_second=tpm / 60, now=self._clock())
-            self._tokens = Bucket(min(tpm, b.tokens - tokens), b.updated_at)
+            self._tokens = charge(self._tokens, tokens, capacity=tpm, per_second=tpm / 60, now=self._clock())
 
     def _refuse(self, wait: float) -> RateLimitedError:
         return RateLimitedError(key=self.key, limit=self._limit(), retry_after=round(wait, 3))

@@ -51,6 +51,11 @@ _TRANSIENT_NAMES = frozenset(
 _RETRYABLE_4XX = frozenset({408, 409, 429})
 
 
+def retryable_status(status: int) -> bool:
+    """Whether an HTTP status means "try again later": 408, 409, 429 or any 5xx."""
+    return status in _RETRYABLE_4XX or status >= 500
+
+
 def status_code(error: BaseException) -> int | None:
     """The HTTP status an error carries (``status_code``, ``status`` or ``response.status_code``)."""
     for holder in (error, getattr(error, "response", None)):
@@ -77,7 +82,7 @@ def is_retryable(error: BaseException) -> bool:
         return True  # RateLimitedError, CircuitOpenError: "later", with a time
     status = status_code(error)
     if status is not None:
-        return status in _RETRYABLE_4XX or status >= 500
+        return retryable_status(status)
     if isinstance(error, TimeoutError | ConnectionError):
         return True
     return any(cls.__name__ in _TRANSIENT_NAMES for cls in type(error).__mro__)

@@ -35,7 +35,8 @@ from typing import Any, NamedTuple
 
 from .._errors import UserError, WfloError
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
-from ..guards._retry import is_retryable
+from ..guards._policies import ProviderStatusError, policies
+from ..guards._retry import is_retryable, retryable_status
 
 _PATHS = (("/chat/completions", "chat"), ("/responses", "responses"), ("/messages", "messages"))
 _KEEP_HEADERS = ("content-type", "retry-after", "x-request-id", "request-id")
@@ -245,7 +246,7 @@ def _begin(mod: Any, ctx: Any, api: str, request: Any, replaced: str | None = No
     except Exception as exc:
         entry = ctx.journal.get(call.call_id) if call.call_id else None
         if entry is not None and entry.status == "failed":
-            return call, request, _ReplayedFailure(call, sdk_visible(exc) if isinstance(exc, WfloError) else exc)
+            return call, request, _ReplayedFailure(sdk_visible(exc) if isinstance(exc, WfloError) else exc)
         if isinstance(exc, WfloError):
             raise sdk_visible(exc) from None
         raise
@@ -342,13 +343,11 @@ def _after_failure(
             return _Next(_swap_model(mod, request, str(decided["fallback"])), 0, 0.0, call.name)
         return _Next(request, attempt, 0.0, None)
     if error is None:
-        if response is None or not _failed_status(response.status_code):
+        if response is None or not retryable_status(response.status_code):
             return None
         error = _status_error(response)
     elif not isinstance(error, Exception) or not is_retryable(error):
         return None
-    from ..guards._policies import policies
-
     policy = policies.retry_for(call)
     delay = policy.next_delay(attempt, error) if policy is not None else None
     if delay is not None:
@@ -361,17 +360,14 @@ def _after_failure(
     return _Next(_swap_model(mod, request, model), 0, 0.0, call.name)
 
 
-class _ReplayedFailure(Exception):
-    """A call the journal says failed: its recorded error, and the call (to follow its ``next``)."""
+class _ReplayedFailure(NamedTuple):
+    """What ``_begin`` returns for a call the journal says failed: its recorded error, raised
+    unless the call's recorded ``next`` says what was sent after it."""
 
-    def __init__(self, call: Call, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.call, self.error = call, error
+    error: BaseException
 
 
 def _status_error(response: Any) -> Exception:
-    from ..guards._policies import ProviderStatusError
-
     err = ProviderStatusError(int(response.status_code))
     err.response = response  # type: ignore[attr-defined]  # Retry-After is read from it
     return err
@@ -379,18 +375,12 @@ def _status_error(response: Any) -> Exception:
 
 def _set_timeout(call: Call, request: Any) -> None:
     """A ``wflo.policies.timeout`` for this model: every phase of the request is bounded."""
-    from ..guards._policies import policies
-
     seconds = policies.timeout_for(call)
     if seconds is not None:
         request.extensions = {
             **request.extensions,
             "timeout": dict.fromkeys(("connect", "read", "write", "pool"), seconds),
         }
-
-
-def _failed_status(status: int) -> bool:
-    return status in (408, 409, 429) or status >= 500
 
 
 def _swap_model(mod: Any, request: Any, model: str) -> Any:

@@ -65,6 +65,18 @@ def _work_path(path: str) -> str:
     return norm
 
 
+def fill_scratch(scratch: Path, files: Mapping[str, bytes]) -> None:
+    """Put the granted ``files`` in the scratch directory and, when wflo runs as root, hand
+    it all to the sandbox's uid (links are not followed)."""
+    for path, content in files.items():
+        target = scratch / _work_path(path)[len("/work/") :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    if os.getuid() == 0:
+        for p in [scratch, *scratch.rglob("*")]:
+            os.chown(p, SANDBOX_UID, SANDBOX_GID, follow_symlinks=False)
+
+
 # A warm sandbox's first program: read one header line from fd 0 (unbuffered, so the rest of
 # stdin stays for the program), then run Python source in this interpreter or exec a command.
 _LOADER = """def _load():
@@ -152,13 +164,7 @@ class BwrapBackend(SandboxBackend):
         """Start a sandbox running ``argv`` (a warm one runs the loader and waits for its header)."""
         scratch = Path(tempfile.mkdtemp(prefix="wflo-sbx-"))
         try:
-            for path, content in files.items():
-                target = scratch / _work_path(path)[len("/work/") :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content)
-            if os.getuid() == 0:
-                for p in [scratch, *scratch.rglob("*")]:
-                    os.chown(p, SANDBOX_UID, SANDBOX_GID, follow_symlinks=False)
+            fill_scratch(scratch, files)
             os.chmod(scratch, 0o700)
             group = _cgroup.CGroup.create(limits.memory, limits.processes)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .._errors import SandboxUnavailableError, UserError
 from ._base import Limits, SandboxBackend, SandboxResult
-from ._bwrap import SANDBOX_GID, SANDBOX_UID, _Started, _work_path
+from ._bwrap import SANDBOX_GID, SANDBOX_UID, _Started, fill_scratch
 
 
 class RunscBackend(SandboxBackend):
@@ -62,12 +62,7 @@ class RunscBackend(SandboxBackend):
             for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")):
                 (rootfs / link).symlink_to(target)
             scratch.mkdir()
-            for path, content in files.items():
-                target_path = scratch / _work_path(path)[len("/work/") :]
-                target_path.parent.mkdir(parents=True, exist_ok=True)
-                target_path.write_bytes(content)
-            for p in [scratch, *scratch.rglob("*")]:
-                os.chown(p, SANDBOX_UID, SANDBOX_GID, follow_symlinks=False)
+            fill_scratch(scratch, files)  # runsc runs as root here (check()), so this chowns too
             (bundle / "config.json").write_text(json.dumps(_config(list(argv), limits, scratch)))
         except BaseException:
             shutil.rmtree(bundle, ignore_errors=True)
