@@ -226,3 +226,15 @@ def test_a_host_without_bubblewrap_gets_a_clear_refusal(monkeypatch: pytest.Monk
     monkeypatch.setattr(_bwrap.shutil, "which", lambda name: None)
     with pytest.raises(SandboxUnavailableError, match="apt-get install bubblewrap"):
         Sandbox()
+
+
+def test_runs_from_a_process_with_many_open_files() -> None:
+    """A worker holds connections, sockets and files: more descriptors than the sandbox may
+    open. The limit must not stop the supervisor's own set-up in the child before exec."""
+    held = [open(os.devnull) for _ in range(200)]  # noqa: SIM115
+    try:
+        result = Sandbox(wall="10s").run_python("print('ok')")
+    finally:
+        for fh in held:
+            fh.close()
+    assert result.ok and result.stdout == "ok\n", result.stderr

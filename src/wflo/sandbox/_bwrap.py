@@ -172,13 +172,16 @@ class BwrapBackend(SandboxBackend):
                 resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
                 resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size))
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
                 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
                 if group is not None:
                     group.join()
                 self._drop_privileges()
                 # After the switch: the process count is per uid, so it is set for the sandbox's.
                 resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+                # Last: the parent's descriptors are still open here (they are closed just before
+                # exec), so a lower limit set earlier would make join()'s open() fail with EMFILE
+                # in a process that holds many files or sockets.
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
 
             seccomp_fd = _seccomp.program_fd(network)
             try:
