@@ -135,11 +135,11 @@ def test_backend_plugin_interface() -> None:
         Sandbox(backend="broken")
 
 
-def test_journaled_in_a_run_and_not_run_again_after_a_crash(sqlite_url: str) -> None:
+def test_journaled_in_a_run_and_not_run_again_after_a_crash(store_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
     env.update(
         {
-            "WFLO_DATABASE_URL": sqlite_url,
+            "WFLO_DATABASE_URL": store_url,
             "WFLO_LEASE_SECONDS": "1",
             "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
         }
@@ -154,7 +154,7 @@ def test_journaled_in_a_run_and_not_run_again_after_a_crash(sqlite_url: str) -> 
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stdout.strip().splitlines()[-1] == "42 done"
 
-    _config.configure(database=sqlite_url)
+    _config.configure(database=store_url)
     events = list(_config.get_store().events("sbx-1"))
     completed = [e.data for e in events if e.type == "call.completed" and e.data["kind"] == "sandbox"]
     assert [c["call"] for c in completed] == ["1", "2"], "finished sandboxed code ran again after the resume"
