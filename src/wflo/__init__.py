@@ -36,6 +36,7 @@ from .cost._prices import prices
 from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
 from .guards import LoopGuard, RetryPolicy
 from .guards._policies import policies
+from .integrations._egress import egress
 from .integrations._http import fallback
 from .integrations._wrap import wrap
 from .sandbox import Sandbox
@@ -78,6 +79,7 @@ __all__ = [
     "budgets",
     "configure",
     "current_run",
+    "egress",
     "fallback",
     "init",
     "policies",
