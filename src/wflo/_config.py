@@ -60,6 +60,11 @@ class Settings:
     response is kept apart from the chain while the run may still need to replay it, and
     removed when the run ends. Env: ``WFLO_CONTENT``."""
 
+    egress_allow: tuple[str, ...] = ()
+    """Hosts opted out of the closed world of guarded runs: their LLM requests pass unguarded
+    and unpriced, each one recorded on its run (``egress.opted_out``). Also
+    ``wflo.egress.allow(host)``. Env: ``WFLO_EGRESS_ALLOW`` (comma-separated)."""
+
     def __post_init__(self) -> None:
         if self.content not in ("full", "redacted", "hash_only"):
             raise ConfigurationError(f"content must be 'full', 'redacted' or 'hash_only', got {self.content!r}")
@@ -90,6 +95,8 @@ class Settings:
                     raise ConfigurationError(f"{name}={env[name]!r} is not a number") from None
         if "WFLO_CONTENT" in env:
             values["content"] = env["WFLO_CONTENT"].strip().lower()
+        if "WFLO_EGRESS_ALLOW" in env:
+            values["egress_allow"] = tuple(h.strip() for h in env["WFLO_EGRESS_ALLOW"].split(",") if h.strip())
         if "WFLO_AUTO_MIGRATE" in env:
             values["auto_migrate"] = env["WFLO_AUTO_MIGRATE"].strip().lower() not in ("0", "false", "no")
         if "WFLO_OTEL" in env:

@@ -18,7 +18,6 @@ from ._prices import prices
 log = logging.getLogger("wflo.budget")
 
 
-
 class BudgetGuard(Guard):
     """Before an LLM call: price it (an unknown model is refused when any limit applies:
     fail closed), estimate its worst case (input estimate + output cap), reserve that on
@@ -201,4 +200,3 @@ class BudgetGuard(Guard):
         from ._alerts import notify_thresholds
 
         notify_thresholds(res.alerts_crossed, run_id=self.run_id)
-

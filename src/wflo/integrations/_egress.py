@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextvars
 import http.client
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ KNOWN_HOSTS: dict[str, str] = {
     "services.ai.azure.com": "azure",
     "api.anthropic.com": "anthropic",
     "generativelanguage.googleapis.com": "google",
-    "aiplatform.googleapis.com": "google",
+    "aiplatform.googleapis.com": "google",  # and regional: us-central1-aiplatform…
     "bedrock-runtime": "aws",
     "api.mistral.ai": "mistral",
     "api.groq.com": "groq",
@@ -114,7 +113,7 @@ class Egress:
             if netloc in (host, f"{host}:{port}") and path.startswith(prefix):
                 return provider
         for known, provider in KNOWN_HOSTS.items():
-            if host == known or host.endswith("." + known) or (known == "bedrock-runtime" and known in host):
+            if host == known or host.endswith(("." + known, "-" + known)) or (known == "bedrock-runtime" and known in host):
                 return provider
         return None
 
@@ -124,9 +123,10 @@ class Egress:
             reason = _allowed.get(host)
         if reason is not None:
             return reason
-        env = os.environ.get("WFLO_EGRESS_ALLOW", "")
-        if host in {_host_of(h) for h in env.split(",") if h.strip()}:
-            return "opted out with WFLO_EGRESS_ALLOW"
+        from .._config import settings
+
+        if host in {_host_of(h.strip()) for h in settings().egress_allow}:
+            return "opted out with the egress_allow setting (WFLO_EGRESS_ALLOW)"
         return None
 
 
@@ -173,12 +173,10 @@ def check(client: str, method: str, host: str, port: int | None, path: str) -> N
 def _record_opt_out(ctx: Any, client: str, method: str, host: str, path: str, reason: str) -> None:
     from ..store import NewEvent
 
-    try:
-        ctx.append([NewEvent("egress.opted_out", {
-            "client": client, "method": method, "host": _host_of(host), "path": path, "reason": reason,
-        })])  # fmt: skip
-    except Exception:  # the record must not turn an allowed request into a failed one
-        pass
+    # Recorded before the request goes out: an opt-out that cannot be recorded is not taken.
+    ctx.append([NewEvent("egress.opted_out", {
+        "client": client, "method": method, "host": _host_of(host), "path": path, "reason": reason,
+    })])  # fmt: skip
 
 
 _LIBS = (("botocore", "botocore"), ("aiohttp", "aiohttp"), ("requests", "requests"), ("urllib3", "urllib3"),

@@ -38,8 +38,8 @@ from ..cost._formats import Format, LLMRequest, detect
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
 from ..guards._policies import ProviderStatusError, policies
 from ..guards._retry import is_retryable, retryable_status
-from ._egress import check as _egress_check
 from . import _egress
+from ._egress import check as _egress_check
 from ._egress import egress, understood
 
 _KEEP_HEADERS = ("content-type", "retry-after", "x-request-id", "request-id")

@@ -127,7 +127,9 @@ class Format:
         """Upper bound on the input tokens billed (server-side state included)."""
         if has_media(req.body):
             if context_window is None:
-                raise self.unbounded(req, "it has an image, file or audio part and the model's context window is unknown")
+                raise self.unbounded(
+                    req, "it has an image, file or audio part and the model's context window is unknown"
+                )
             req.notes["input_bound"] = "context_window"
             return context_window
         total = body_bound(req.body) + req.state_tokens
