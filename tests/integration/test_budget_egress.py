@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
+from pathlib import Path
 
 import aiohttp
 import boto3
@@ -246,7 +247,13 @@ def test_bedrock_converse_guarded_clamped_and_replayed(configured: str, llm: LLM
     assert first["usage"]["input_tokens"] == 20 and Decimal(first["cost_usd"]) > 0
     usage = ledger().scope_usage("run:bedrock")
     assert usage.reserved == 0 and usage.spent <= Decimal("0.003")
-    # The journal answers a replay: no second request reaches Bedrock.
-    before = llm.request_count
-    wflo.resume("bedrock")
-    assert llm.request_count == before
+
+
+def test_bedrock_converse_replayed_after_sigkill(configured: str, llm: LLMServer, tmp_path: Path) -> None:
+    from test_budget_bounds import run_twice
+
+    llm.script(Reply("hola", input_tokens=20, output_tokens=1))
+    first, second = run_twice("bedrock-replay", "bedrock-kill", configured, llm, tmp_path)
+    assert first.returncode == -9 and llm.request_count == 1
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == "hola" and llm.request_count == 1  # answered by the journal

@@ -139,9 +139,8 @@ class BudgetGuard(Guard):
         return bool(rows and rows[0][0])
 
     def after(self, call: Call, outcome: Outcome) -> None:
-        """Settle on the usage the provider reported; without one, a finished call on its
-        input bound plus the output seen (never past the cap), and a stream that ended early
-        (unknown outcome: the provider may have billed it all) at its reservation."""
+        """Settle on the usage the provider reported; an answer without usage (a stream cut
+        short: an unknown outcome) at its reservation; an error status at $0."""
         if call.kind != "llm":
             return
         from . import _llm
@@ -166,13 +165,15 @@ class BudgetGuard(Guard):
             return
         if usage is not None:
             cost = prices.cost(price.model, usage, price.provider).total
-        elif value is not None and value.get("complete") is False and res is not None:
-            # Unknown outcome: the stream was cut before the provider said what it billed.
+        elif value is not None and int(value.get("status", 200)) < 400 and res is not None:
+            # An answer without usage (a stream cut before its usage event, a server that does
+            # not report it): what the provider billed is unknown, so the call is charged at
+            # its reservation, the most it can have cost. Never released as free.
             cost = res.amount
             call.event["cost_estimated"] = "reservation"
         else:
-            # No usage reported (an error status, an answer without usage): the input bound
-            # plus the output seen, never a silent $0 for a billed call.
+            # No reservation to charge (no limit applies) or an error status (not billed):
+            # the input bound plus the output seen, never past the cap.
             cost = _llm.fallback_cost(price, req, value)
             call.event["cost_estimated"] = True
         if res is not None and cost > res.amount:

@@ -299,7 +299,7 @@ def _begin(mod: Any, ctx: Any, fmt: Format, request: Any, replaced: str | None =
         raise
     if replayed is not NOT_REPLAYED:
         recorded = exact_body(ctx, call, replayed)
-        if req.hide_usage and _is_stream(recorded):
+        if req.hide_usage and "text/event-stream" in (recorded.get("headers") or {}).get("content-type", ""):
             recorded = {**recorded, "body": _without_usage(recorded.get("body") or "")}
         return call, request, _response(mod, recorded, request)
     if req.changed:
