@@ -163,12 +163,15 @@ class BudgetGuard(Guard):
             if res is not None:
                 call.ops.append(self.ledger.settle_op(res, Decimal(0)))
             return
-        if usage is not None:
-            cost = prices.cost(price.model, usage, price.provider).total
+        cost = _priced(price, usage)
+        if cost is None and usage is not None:
+            call.event["usage_invalid"] = True  # more cached than input tokens, say
+        if cost is not None:
+            pass
         elif value is not None and int(value.get("status", 200)) < 400 and res is not None:
-            # An answer without usage (a stream cut before its usage event, a server that does
-            # not report it): what the provider billed is unknown, so the call is charged at
-            # its reservation, the most it can have cost. Never released as free.
+            # An answer without (valid) usage: a stream cut before its usage event, a server
+            # that does not report it. What the provider billed is unknown, so the call is
+            # charged at its reservation, the most it can have cost; never released as free.
             cost = res.amount
             call.event["cost_estimated"] = "reservation"
         else:
@@ -201,3 +204,12 @@ class BudgetGuard(Guard):
         from ._alerts import notify_thresholds
 
         notify_thresholds(res.alerts_crossed, run_id=self.run_id)
+
+
+def _priced(price: Any, usage: Any) -> Decimal | None:
+    if usage is None:
+        return None
+    try:
+        return prices.cost(price.model, usage, price.provider).total
+    except ValueError:  # genai-prices refuses inconsistent usage
+        return None

@@ -204,7 +204,7 @@ def install() -> None:
         if "http.client" not in _installed:
             _wrap_http_client()
             _installed.add("http.client")
-    for name, wrap in (("aiohttp", _wrap_aiohttp), ("botocore.client", _wrap_botocore)):
+    for name, wrap in (("aiohttp", _wrap_aiohttp), ("botocore.client", _wrap_botocore), (_LITELLM, _wrap_litellm)):
         if name in sys.modules:
             _once(name, wrap, sys.modules[name])
         else:
@@ -260,6 +260,15 @@ def _wrap_botocore(client_module: Any) -> None:
     from . import _botocore
 
     _botocore.wrap(client_module)
+
+
+_LITELLM = "litellm.litellm_core_utils.exception_mapping_utils"
+
+
+def _wrap_litellm(module: Any) -> None:
+    from . import litellm
+
+    litellm.wrap(module)
 
 
 class _Finder:

@@ -153,7 +153,8 @@ def bill(reply: Reply, body: dict[str, Any], choices: int = 1, state: int = 0) -
     out = reply.output_tokens if reply.output_tokens is not None else len(words) + _tool_tokens(reply)
     if limit is not None:
         out = min(out, limit)  # a real provider never bills more output than the request allowed
-    return Billing(input_tokens(reply, body, state), out * choices, out, cut, words)
+    inp = max(input_tokens(reply, body, state), reply.cached_tokens + reply.cache_write_tokens)
+    return Billing(inp, out * choices, out, cut, words)
 
 
 def _int(value: Any, default: int = 1) -> int:
