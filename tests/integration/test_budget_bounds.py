@@ -29,7 +29,9 @@ HERE = Path(__file__).parent
 def run_twice(flow: str, run_id: str, store: str, llm: LLMServer, tmp: Path) -> list[subprocess.CompletedProcess[str]]:
     """Run ``egressapp``'s ``flow`` in a process that dies by SIGKILL after its calls, then resume it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
-    env.update({"WFLO_DATABASE_URL": store, "LLMAPP_BASE": llm.url, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])})
+    env.update(
+        {"WFLO_DATABASE_URL": store, "LLMAPP_BASE": llm.url, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    )
     args = [sys.executable, str(HERE / "egressapp.py"), flow, run_id, str(tmp / "died")]
     return [subprocess.run(args, env=env, capture_output=True, text=True, timeout=60) for _ in range(2)]
 
@@ -241,6 +243,7 @@ def test_fallback_estimate_never_exceeds_the_cap(configured: str, llm: LLMServer
     recorded = {"status": 200, "headers": {"content-type": "text/event-stream"}, "body": text}
     price = prices.lookup("gpt-4o-mini", "openai")
     inp = BY_API["chat"].input_tokens(req, price.context_window)
-    assert fallback_cost(price, req, recorded) == prices.cost(
-        "gpt-4o-mini", wflo.cost.Usage(input_tokens=inp, output_tokens=5), "openai"
-    ).total
+    assert (
+        fallback_cost(price, req, recorded)
+        == prices.cost("gpt-4o-mini", wflo.cost.Usage(input_tokens=inp, output_tokens=5), "openai").total
+    )

@@ -63,7 +63,9 @@ def _send_requests(llm: LLMServer) -> None:
 
 def _send_urllib(llm: LLMServer) -> None:
     req = urllib.request.Request(
-        llm.openai_url + "/chat/completions", data=json.dumps(CHAT).encode(), headers={"Content-Type": "application/json"}
+        llm.openai_url + "/chat/completions",
+        data=json.dumps(CHAT).encode(),
+        headers={"Content-Type": "application/json"},
     )
     urllib.request.urlopen(req, timeout=5).close()
 
@@ -75,9 +77,11 @@ def _send_urllib3(llm: LLMServer) -> None:
 
 def _send_aiohttp(llm: LLMServer) -> None:
     async def go() -> None:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(llm.openai_url + "/chat/completions", json=CHAT) as resp:
-                await resp.read()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(llm.openai_url + "/chat/completions", json=CHAT) as r,
+        ):
+            await r.read()
 
     asyncio.run(go())
 
@@ -96,7 +100,9 @@ def _send_bedrock_invoke(llm: LLMServer) -> None:
         ("botocore", _send_bedrock_invoke, "/InvokeModel"),
     ],
 )
-def test_other_clients_are_refused_before_sending(configured: str, llm: LLMServer, client: str, send, path: str) -> None:
+def test_other_clients_are_refused_before_sending(
+    configured: str, llm: LLMServer, client: str, send, path: str
+) -> None:
     @wflo.workflow(budget=wflo.Budget(usd="1"))
     def flow() -> None:
         send(llm)

@@ -113,7 +113,11 @@ class Egress:
             if netloc in (host, f"{host}:{port}") and path.startswith(prefix):
                 return provider
         for known, provider in KNOWN_HOSTS.items():
-            if host == known or host.endswith(("." + known, "-" + known)) or (known == "bedrock-runtime" and known in host):
+            if (
+                host == known
+                or host.endswith(("." + known, "-" + known))
+                or (known == "bedrock-runtime" and known in host)
+            ):
                 return provider
         return None
 

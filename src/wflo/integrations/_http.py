@@ -1,21 +1,25 @@
 """Provider-client interception at the HTTP layer: the universal way wflo sees LLM calls.
 
-The ``openai`` and ``anthropic`` SDKs (and LiteLLM, and frameworks built on them) send every
-request through ``httpx``/``httpx2`` ``Client.send``. wflo wraps ``send`` once per process:
-a POST to ``…/chat/completions``, ``…/responses`` or ``…/messages`` made inside a run becomes
-a guarded, journaled call of kind ``llm``:
+The ``openai`` and ``anthropic`` SDKs (and LiteLLM, google-genai, and frameworks built on them)
+send every request through ``httpx``/``httpx2`` ``Client.send``. wflo wraps ``send`` once per
+process: a request of an API format wflo understands (``wflo.cost._formats``: chat
+completions, responses, legacy completions, embeddings, messages, Gemini, Bedrock Converse)
+made inside a run becomes a guarded, journaled call of kind ``llm``, carrying a typed
+:class:`~wflo.cost._formats.LLMRequest`:
 
 * before it is sent, the guard chain runs (loop guard, approvals, budget reserve, which may
-  lower the body's ``max_tokens``/``max_output_tokens``, or refuse the call: then nothing is
-  sent);
+  write or lower the body's output cap, or refuse the call: then nothing is sent); a stream
+  is asked for its usage (``stream_options.include_usage``), the extra chunk kept from a
+  caller who did not ask for it;
 * the response (status, a few headers, the body; for a stream the whole event stream, kept
   as it passes through to the caller) is recorded, and the guards settle on the usage the
   provider reported;
 * on replay the recorded response is returned without any HTTP request, so the SDK parses
   the same bytes again and a resumed run never pays twice for a finished call.
 
+Any other request to an LLM provider inside a run is refused before it is sent (``_egress``).
 Working at this layer keeps wflo independent of each SDK's method surface (sync, async,
-streaming, ``with_raw_response``, Responses and Chat Completions all share it).
+streaming, ``with_raw_response``, every endpoint shares it).
 """
 
 from __future__ import annotations

@@ -48,4 +48,4 @@ def wrap(module: Any) -> None:
     exception_type.__wflo_wrapped__ = original  # type: ignore[attr-defined]
     for name, mod in list(sys.modules.items()):
         if (name == "litellm" or name.startswith("litellm.")) and getattr(mod, "exception_type", None) is original:
-            mod.exception_type = exception_type
+            mod.exception_type = exception_type  # type: ignore[attr-defined]  # LiteLLM's own modules
