@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -114,6 +115,44 @@ def test_other_clients_are_refused_before_sending(
     assert isinstance(err, BudgetError)
     assert (err.client, err.path) == (client, path) and err.host == "127.0.0.1"
     assert "wflo.egress.allow('127.0.0.1'" in str(err) and client in str(err)
+
+
+@pytest.mark.parametrize("client", ["requests", "urllib.request", "aiohttp", "httpx"])
+def test_real_provider_hosts_refused_before_any_connection(
+    configured: str, monkeypatch: pytest.MonkeyPatch, client: str
+) -> None:
+    # No name lookup may happen: were the gate to let the request through, it would fail on
+    # this instead of reaching the network.
+    def no_network(*args: object, **kwargs: object) -> object:
+        raise OSError("the test forbids name lookups")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    url = (
+        "https://api.openai.com/v1/images/generations"
+        if client == "httpx"
+        else "https://api.openai.com/v1/chat/completions"
+    )
+
+    @wflo.workflow(budget=wflo.Budget(usd="1"))
+    def flow() -> None:
+        if client == "requests":
+            requests.post(url, json=CHAT, timeout=5)
+        elif client == "urllib.request":
+            urllib.request.urlopen(urllib.request.Request(url, data=b"{}"), timeout=5)
+        elif client == "aiohttp":
+
+            async def go() -> None:
+                async with aiohttp.ClientSession() as session, session.post(url, json=CHAT) as r:
+                    await r.read()
+
+            asyncio.run(go())
+        else:
+            with httpx.Client() as c:
+                c.post(url, json={"prompt": "otter"})
+
+    with pytest.raises(wflo.EgressRefusedError) as info:
+        flow.options(id=f"real-{client}").run()
+    assert info.value.host == "api.openai.com" and info.value.client == client
 
 
 def test_unpriced_endpoint_of_a_provider_refused_through_httpx(configured: str, llm: LLMServer) -> None:

@@ -13,8 +13,9 @@ to a path of a known LLM API on any host. Reads (``GET``/``HEAD``) and free endp
 counting, model lists) bill nothing and pass. A host opted out (``wflo.egress.allow`` or
 ``WFLO_EGRESS_ALLOW``) passes unguarded, and each such request is recorded on the run.
 
-The checks sit at the lowest layer each client family shares: ``http.client.HTTPConnection``
-(``urllib.request``, ``requests``, ``urllib3``, botocore and anything built on them) and
+The checks sit at the lowest layer each client family shares, before any connection is
+opened: ``http.client.HTTPConnection.putrequest`` (``urllib.request`` and anything built on
+``http.client``), ``urllib3``'s ``HTTPConnectionPool.urlopen`` (``requests``, botocore) and
 ``aiohttp.ClientSession._request``. wflo's own understood paths mark the requests they send
 (a context variable), so the gate lets exactly those through.
 """
@@ -208,7 +209,9 @@ def install() -> None:
         if "http.client" not in _installed:
             _wrap_http_client()
             _installed.add("http.client")
-    for name, wrap in (("aiohttp", _wrap_aiohttp), ("botocore.client", _wrap_botocore), (_LITELLM, _wrap_litellm)):
+    hooks = (("urllib3", _wrap_urllib3), ("aiohttp", _wrap_aiohttp), ("botocore.client", _wrap_botocore),
+             (_LITELLM, _wrap_litellm))  # fmt: skip
+    for name, wrap in hooks:
         if name in sys.modules:
             _once(name, wrap, sys.modules[name])
         else:
@@ -240,6 +243,25 @@ def _wrap_http_client() -> None:
 
     putrequest.__wflo_wrapped__ = original  # type: ignore[attr-defined]
     http.client.HTTPConnection.putrequest = putrequest  # type: ignore[method-assign]
+
+
+def _wrap_urllib3(urllib3: Any) -> None:
+    # urllib3 opens (and TLS-handshakes) an HTTPS connection before it writes the request
+    # line; checking here refuses before any connection to the provider is made.
+    pool = urllib3.HTTPConnectionPool
+    original = pool.urlopen
+
+    def urlopen(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if not _inside.get() and current_run is not None:
+            parts = urlsplit(url)
+            host = parts.hostname or self.host
+            check(client_name("urllib3"), method, host, parts.port or self.port, parts.path or "/")
+            with understood():  # checked (and an opt-out recorded) once, not again by http.client
+                return original(self, method, url, *args, **kwargs)
+        return original(self, method, url, *args, **kwargs)
+
+    urlopen.__wflo_wrapped__ = original  # type: ignore[attr-defined]
+    pool.urlopen = urlopen
 
 
 def _wrap_aiohttp(aiohttp: Any) -> None:
