@@ -8,6 +8,7 @@ reached it). On main before this change every refused case below reached the ser
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import urllib.error
@@ -76,6 +77,16 @@ def _send_urllib3(llm: LLMServer) -> None:
         pool.request("POST", llm.openai_url + "/chat/completions", json=CHAT, retries=False)
 
 
+def _send_http_client(llm: LLMServer) -> None:
+    host, port = llm.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        conn.request("POST", "/v1/messages", body=json.dumps(CHAT), headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+    finally:
+        conn.close()
+
+
 def _send_aiohttp(llm: LLMServer) -> None:
     async def go() -> None:
         async with (
@@ -97,6 +108,7 @@ def _send_bedrock_invoke(llm: LLMServer) -> None:
         ("requests", _send_requests, "/v1/chat/completions"),
         ("urllib.request", _send_urllib, "/v1/chat/completions"),
         ("urllib3", _send_urllib3, "/v1/chat/completions"),
+        ("http.client", _send_http_client, "/v1/messages"),
         ("aiohttp", _send_aiohttp, "/v1/chat/completions"),
         ("botocore", _send_bedrock_invoke, "/InvokeModel"),
     ],

@@ -1,7 +1,7 @@
 """The closed world of a guarded run: every request to an LLM provider is understood or refused.
 
 wflo understands LLM requests it can price and bound (see ``wflo.cost._formats``) sent
-through ``httpx`` (the openai, anthropic, google-genai and LiteLLM clients) and Bedrock's
+through ``httpx`` (the openai, anthropic and LiteLLM clients, raw httpx) and Bedrock's
 ``Converse`` through botocore. Everything else that reaches an LLM provider from inside a
 guarded run (``requests``, ``urllib``, ``urllib3``, ``aiohttp``, another botocore operation, an
 endpoint wflo cannot price) is refused here *before it is sent*, with an error that names the

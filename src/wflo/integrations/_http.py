@@ -1,6 +1,6 @@
 """Provider-client interception at the HTTP layer: the universal way wflo sees LLM calls.
 
-The ``openai`` and ``anthropic`` SDKs (and LiteLLM, google-genai, and frameworks built on them)
+The ``openai`` and ``anthropic`` SDKs (and LiteLLM, and frameworks built on them)
 send every request through ``httpx``/``httpx2`` ``Client.send``. wflo wraps ``send`` once per
 process: a request of an API format wflo understands (``wflo.cost._formats``: chat
 completions, responses, legacy completions, embeddings, messages, Gemini, Bedrock Converse)

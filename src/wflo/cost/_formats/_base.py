@@ -93,7 +93,11 @@ class Format:
         raise NotImplementedError
 
     def model(self, body: dict[str, Any], path: str) -> str:
-        return str(body.get("model") or "unknown")
+        if body.get("model"):
+            return str(body["model"])
+        if "/deployments/" in path:  # Azure OpenAI names the deployment in the path
+            return path.split("/deployments/", 1)[1].split("/", 1)[0]
+        return "unknown"
 
     def is_stream(self, body: dict[str, Any], path: str) -> bool:
         return bool(body.get("stream"))
