@@ -120,6 +120,10 @@ def test_refused_shapes() -> None:
     with pytest.raises(wflo.UnboundedRequestError, match="billed per use"):
         BY_API["gemini"].check(_req("gemini", {"tools": [{"googleSearch": {}}]}))
     BY_API["gemini"].check(_req("gemini", {"tools": [{"functionDeclarations": []}]}))
+    with pytest.raises(wflo.UnboundedRequestError, match="priority"):
+        BY_API["responses"].check(_req("responses", {"service_tier": "priority"}))
+    with pytest.raises(wflo.UnboundedRequestError, match="prediction"):
+        BY_API["chat"].check(_req("chat", {"prediction": {"type": "content", "content": "x"}}))
 
 
 def test_registered_base_url_matches_host_port_and_prefix() -> None:

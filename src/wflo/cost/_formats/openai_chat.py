@@ -33,6 +33,7 @@ class OpenAIChat(Format):
             raise self.unbounded(req, "audio output is billed at audio-token rates wflo does not bound")
         if req.body.get("web_search_options") is not None:
             raise self.unbounded(req, "web search is billed per search, outside the token caps")
+        check_openai_pricing(self, req)
 
     def prepare_stream(self, req: LLMRequest) -> None:
         ask_usage(req)
@@ -64,3 +65,11 @@ def ask_usage(req: LLMRequest) -> None:
     req.body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     req.hide_usage = True
     req.changed = True
+
+
+def check_openai_pricing(fmt: Format, req: LLMRequest) -> None:
+    """Options that bill outside the price book's token rates or the output cap."""
+    if req.body.get("service_tier") == "priority":
+        raise fmt.unbounded(req, "the priority service tier is billed above the model's listed rates")
+    if req.body.get("prediction") is not None:
+        raise fmt.unbounded(req, "rejected prediction tokens are billed outside the output cap")

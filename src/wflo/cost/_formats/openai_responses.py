@@ -12,6 +12,7 @@ from typing import Any
 
 from .._usage import Usage, usage_from_response
 from ._base import Format, LLMRequest
+from .openai_chat import check_openai_pricing
 
 # Built-in tools billed per use (searches, containers, generated images), outside token caps.
 _BILLED_TOOLS = ("web_search", "file_search", "code_interpreter", "image_generation", "computer_use", "mcp")
@@ -30,6 +31,7 @@ class OpenAIResponses(Format):
             raise self.unbounded(req, "a stored conversation is server-side state wflo has no record of")
         if body.get("background"):
             raise self.unbounded(req, "a background response is billed after this request returns")
+        check_openai_pricing(self, req)
         for tool in body.get("tools") or []:
             kind = str(tool.get("type", "")) if isinstance(tool, dict) else ""
             if kind.startswith(_BILLED_TOOLS):
