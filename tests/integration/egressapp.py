@@ -51,6 +51,17 @@ def bedrock_replay(marker: str) -> str:
     return str(r["output"]["message"]["content"][0]["text"])
 
 
+@wflo.workflow(name="requests-replay", budget=wflo.Budget(usd="1"))
+def requests_replay(marker: str) -> str:
+    import requests
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+    r = requests.post(BASE + "/v1/chat/completions", json=body, timeout=10)
+    maybe_die(marker)
+    return str(r.json()["choices"][0]["message"]["content"])
+
+
 if __name__ == "__main__":
-    flow = {"hidden-usage": hidden_usage, "bedrock-replay": bedrock_replay}[sys.argv[1]]
+    flows = {"hidden-usage": hidden_usage, "bedrock-replay": bedrock_replay, "requests-replay": requests_replay}
+    flow = flows[sys.argv[1]]
     print(json.dumps(flow.options(id=sys.argv[2]).run(sys.argv[3])))

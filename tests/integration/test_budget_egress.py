@@ -60,7 +60,8 @@ def _bedrock(llm: LLMServer) -> object:
 
 # ----------------------------------------------------------------------------- refused
 def _send_requests(llm: LLMServer) -> None:
-    requests.post(llm.openai_url + "/chat/completions", json=CHAT, timeout=5)
+    wflo.egress.register(llm.url)  # an endpoint wflo cannot price, on a registered provider
+    requests.post(llm.openai_url + "/images/generations", json={"prompt": "otter"}, timeout=5)
 
 
 def _send_urllib(llm: LLMServer) -> None:
@@ -105,7 +106,7 @@ def _send_bedrock_invoke(llm: LLMServer) -> None:
 @pytest.mark.parametrize(
     ("client", "send", "path"),
     [
-        ("requests", _send_requests, "/v1/chat/completions"),
+        ("requests", _send_requests, "/v1/images/generations"),
         ("urllib.request", _send_urllib, "/v1/chat/completions"),
         ("urllib3", _send_urllib3, "/v1/chat/completions"),
         ("http.client", _send_http_client, "/v1/messages"),
@@ -139,11 +140,9 @@ def test_real_provider_hosts_refused_before_any_connection(
         raise OSError("the test forbids name lookups")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    url = (
-        "https://api.openai.com/v1/images/generations"
-        if client == "httpx"
-        else "https://api.openai.com/v1/chat/completions"
-    )
+    # httpx and requests guard chat completions (they would be sent); an unpriced endpoint is not.
+    path = "/v1/images/generations" if client in ("httpx", "requests") else "/v1/chat/completions"
+    url = "https://api.openai.com" + path
 
     @wflo.workflow(budget=wflo.Budget(usd="1"))
     def flow() -> None:
@@ -191,12 +190,13 @@ def test_opt_out_lets_a_host_through_and_is_recorded(configured: str, llm: LLMSe
 
     @wflo.workflow(budget=wflo.Budget(usd="1"))
     def flow() -> int:
-        return requests.post(llm.openai_url + "/chat/completions", json=CHAT, timeout=5).status_code
+        _send_urllib(llm)  # refused without the opt-out (see above)
+        return llm.request_count
 
-    assert flow.options(id="optout").run() == 200
-    assert llm.request_count == 1
+    assert flow.options(id="optout").run() == 1
     (ev,) = _events("optout", "egress.opted_out")
-    assert ev["client"] == "requests" and ev["host"] == "127.0.0.1" and ev["reason"] == "local test server"
+    assert ev["client"] == "urllib.request" and ev["host"] == "127.0.0.1" and ev["reason"] == "local test server"
+    assert _llm("optout") == []  # passed unguarded: no LLM call on the record, only the opt-out
 
 
 def test_opt_out_by_setting(configured: str, llm: LLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,9 +205,10 @@ def test_opt_out_by_setting(configured: str, llm: LLMServer, monkeypatch: pytest
 
     @wflo.workflow(budget=wflo.Budget(usd="1"))
     def flow() -> int:
-        return requests.post(llm.openai_url + "/chat/completions", json=CHAT, timeout=5).status_code
+        _send_urllib3(llm)
+        return llm.request_count
 
-    assert flow.options(id="optout-env").run() == 200
+    assert flow.options(id="optout-env").run() == 1
     (ev,) = _events("optout-env", "egress.opted_out")
     assert ev["reason"] == "opted out with the egress_allow setting (WFLO_EGRESS_ALLOW)"
 
@@ -227,6 +228,53 @@ def test_known_provider_hosts_are_providers() -> None:
 
 
 # ----------------------------------------------------------------------------- understood
+def test_requests_chat_completion_guarded_clamped_and_refused(configured: str, llm: LLMServer) -> None:
+    llm.script(Reply("short answer", input_tokens=10, output_tokens=2))
+    url = llm.openai_url + "/chat/completions"
+
+    @wflo.workflow(budget=wflo.Budget(usd="0.0006"))
+    def flow() -> str:
+        r = requests.post(url, json={**CHAT, "max_tokens": 4000}, timeout=5)
+        text = str(r.json()["choices"][0]["message"]["content"])
+        try:
+            requests.post(url, json={**CHAT, "messages": [{"role": "user", "content": "x" * 20_000}]}, timeout=5)
+        except wflo.BudgetExceededError as exc:
+            text += f" / refused on {exc.scope}"
+        return text
+
+    assert flow.options(id="req").run() == "short answer / refused on run:req"
+    assert llm.request_count == 1
+    call, refused = _llm("req")
+    assert refused["error"]["type"] == "BudgetExceededError"
+    assert call["api"] == "chat" and call["usage"]["input_tokens"] == 10
+    assert llm.requests[0].body["max_tokens"] == call["clamped"]["to"] < 4000
+    assert Decimal(call["cost_usd"]) <= Decimal(call["reserved_usd"])
+
+
+def test_requests_call_replayed_after_sigkill(configured: str, llm: LLMServer, tmp_path: Path) -> None:
+    from test_budget_bounds import run_twice
+
+    llm.script(Reply("once", input_tokens=20, output_tokens=1))
+    first, second = run_twice("requests-replay", "req-kill", configured, llm, tmp_path)
+    assert first.returncode == -9 and llm.request_count == 1
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout) == "once" and llm.request_count == 1  # answered by the journal
+
+
+def test_requests_stream_usage_hidden(configured: str, llm: LLMServer) -> None:
+    llm.script(Reply("a b", input_tokens=5, output_tokens=2))
+
+    @wflo.workflow(budget=wflo.Budget(usd="1"))
+    def flow() -> list[str]:
+        r = requests.post(llm.openai_url + "/chat/completions", json={**CHAT, "stream": True}, timeout=5, stream=True)
+        return [line.decode() for line in r.iter_lines() if line]
+
+    lines = flow.options(id="req-stream").run()
+    assert lines[-1] == "data: [DONE]" and not any('"usage"' in line for line in lines)
+    (call,) = _llm("req-stream")
+    assert call["usage"]["output_tokens"] == 2 and "cost_estimated" not in call
+
+
 def test_legacy_completions_and_embeddings_are_guarded(configured: str, llm: LLMServer) -> None:
     llm.script(Reply("a b c", input_tokens=10), Reply(input_tokens=7))
 

@@ -1,10 +1,10 @@
 """The closed world of a guarded run: every request to an LLM provider is understood or refused.
 
 wflo understands LLM requests it can price and bound (see ``wflo.cost._formats``) sent
-through ``httpx`` (the openai, anthropic and LiteLLM clients, raw httpx) and Bedrock's
-``Converse`` through botocore. Everything else that reaches an LLM provider from inside a
-guarded run (``requests``, ``urllib``, ``urllib3``, ``aiohttp``, another botocore operation, an
-endpoint wflo cannot price) is refused here *before it is sent*, with an error that names the
+through ``httpx`` (the openai, anthropic and LiteLLM clients, raw httpx), ``requests`` and
+Bedrock's ``Converse`` through botocore. Everything else that reaches an LLM provider from
+inside a guarded run (``urllib``, ``urllib3``, ``http.client``, ``aiohttp``, another botocore
+operation, an endpoint wflo cannot price) is refused here *before it is sent*, with an error that names the
 client, host and path and says how to allow it.
 
 "An LLM provider" is a request to a known provider host (:data:`KNOWN_HOSTS`), to a base URL
@@ -171,7 +171,7 @@ def check(client: str, method: str, host: str, port: int | None, path: str) -> N
     if fmt is None:
         why = "wflo cannot price this endpoint"
     else:
-        why = f"{client} is not a client wflo can guard ({fmt.api} requests are guarded through httpx-based SDKs)"
+        why = f"{client} is not a client wflo can guard ({fmt.api} requests are guarded through httpx or requests)"
     raise EgressRefusedError(client=client, method=method, host=_host_of(host), path=path, reason=why)
 
 
@@ -209,8 +209,8 @@ def install() -> None:
         if "http.client" not in _installed:
             _wrap_http_client()
             _installed.add("http.client")
-    hooks = (("urllib3", _wrap_urllib3), ("aiohttp", _wrap_aiohttp), ("botocore.client", _wrap_botocore),
-             (_LITELLM, _wrap_litellm))  # fmt: skip
+    hooks = (("urllib3", _wrap_urllib3), ("requests.adapters", _wrap_requests), ("aiohttp", _wrap_aiohttp),
+             ("botocore.client", _wrap_botocore), (_LITELLM, _wrap_litellm))  # fmt: skip
     for name, wrap in hooks:
         if name in sys.modules:
             _once(name, wrap, sys.modules[name])
@@ -280,6 +280,12 @@ def _wrap_aiohttp(aiohttp: Any) -> None:
 
     _request.__wflo_wrapped__ = original  # type: ignore[attr-defined]
     session._request = _request
+
+
+def _wrap_requests(adapters: Any) -> None:
+    from . import _requests
+
+    _requests.wrap(adapters)
 
 
 def _wrap_botocore(client_module: Any) -> None:
