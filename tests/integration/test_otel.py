@@ -562,3 +562,38 @@ def test_agent_runs_are_invoke_agent_and_children_link_to_their_parent(sqlite_ur
     assert child["links"] == [
         (f"{trace_id_of('ag-1'):032x}", f"{root_span_id_of('ag-1'):016x}", {"wflo.link": "caller"})
     ]
+
+
+def test_async_run_under_an_application_span(sqlite_url: str, receiver: Receiver) -> None:
+    """arun() inside a task with the application's span current: the same split is avoided."""
+    import asyncio
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from wflo.observability._link import trace_id_of
+
+    _config.configure(database=sqlite_url)
+    obs.enable(batch=False)
+    app_spans = InMemorySpanExporter()
+    app = TracerProvider()
+    app.add_span_processor(SimpleSpanProcessor(app_spans))
+
+    @wflo.workflow(name="async-linked")
+    async def linked(x: int) -> int:
+        note(text="hi")
+        return x
+
+    async def handler() -> int:
+        with app.get_tracer("app").start_as_current_span("job"):
+            return await linked.options(id="as-1").arun(3)
+
+    assert asyncio.run(handler()) == 3
+    (job,) = app_spans.get_finished_spans()
+    assert job.attributes is not None and job.attributes["wflo.run.id"] == "as-1"
+    ours = [s for s in receiver.spans if s["attrs"].get("wflo.run.id") == "as-1"]
+    assert len(ours) == 2 and {s["trace_id"] for s in ours} == {f"{trace_id_of('as-1'):032x}"}
+    (root,) = [s for s in ours if s["parent"] == ""]
+    ctx = job.get_span_context()
+    assert root["links"] == [(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", {"wflo.link": "caller"})]
