@@ -60,7 +60,21 @@ class Settings:
     response is kept apart from the chain while the run may still need to replay it, and
     removed when the run ends. Env: ``WFLO_CONTENT``."""
 
+    max_value_bytes: int | None = 4_000_000
+    """The largest workflow input or result, or step input or output, the journal accepts
+    (bytes of its JSON text, or of its base64 pickle); larger is refused with a
+    ``SerializationError`` before anything is written. ``None``: no cap.
+    Env: ``WFLO_MAX_VALUE_BYTES`` (``none`` for no cap)."""
+
     def __post_init__(self) -> None:
+        if self.max_value_bytes is not None and (
+            isinstance(self.max_value_bytes, bool)
+            or not isinstance(self.max_value_bytes, int)
+            or self.max_value_bytes < 1
+        ):
+            raise ConfigurationError(
+                f"max_value_bytes must be a positive integer or None, got {self.max_value_bytes!r}"
+            )
         if self.content not in ("full", "redacted", "hash_only"):
             raise ConfigurationError(f"content must be 'full', 'redacted' or 'hash_only', got {self.content!r}")
         if self.lease_seconds <= 0:
@@ -88,6 +102,12 @@ class Settings:
                     values[key] = kind(env[name])
                 except ValueError:
                     raise ConfigurationError(f"{name}={env[name]!r} is not a number") from None
+        if "WFLO_MAX_VALUE_BYTES" in env:
+            raw = env["WFLO_MAX_VALUE_BYTES"].strip().lower()
+            try:
+                values["max_value_bytes"] = None if raw in ("none", "") else int(raw.replace("_", ""))
+            except ValueError:
+                raise ConfigurationError(f"WFLO_MAX_VALUE_BYTES={raw!r} is not a whole number of bytes") from None
         if "WFLO_CONTENT" in env:
             values["content"] = env["WFLO_CONTENT"].strip().lower()
         if "WFLO_AUTO_MIGRATE" in env:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import reprlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,9 +70,14 @@ class Call:
         if cached is None:
             try:
                 text = canonical_json([list(self.args), self.kwargs])
-            except (TypeError, ValueError):
-                text = repr((self.args, sorted(self.kwargs.items())))
-            cached = hashlib.sha256(text.encode()).hexdigest()
+            except (TypeError, ValueError, RecursionError):
+                try:
+                    text = repr((self.args, sorted(self.kwargs.items())))
+                except RecursionError:  # absurdly deep arguments: refused when encoded, not here
+                    text = reprlib.repr((self.args, sorted(self.kwargs.items())))
+            # surrogatepass: a lone surrogate is refused by encode() with a SerializationError,
+            # not by the digest with a UnicodeEncodeError
+            cached = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
             self.meta["_args_digest"] = cached
         return cached
 

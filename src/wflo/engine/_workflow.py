@@ -21,6 +21,7 @@ from .._errors import (
     UnknownWorkflowError,
     UserError,
 )
+from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, RunRecord, Store, new_id, now_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import _call_path, current_run
@@ -63,6 +64,10 @@ class RunOptions:
     """Run id (an idempotency key): starting an id that exists returns that run."""
     tenant: str | None = None
     """Tenant the run's spend and records belong to."""
+    traceparent: str | None = None
+    """W3C ``traceparent`` of the caller's span (e.g. the incoming request's header): every
+    stretch's root span links to it. Default: the OpenTelemetry span current at the start
+    (a child run: its parent run's root); ``""`` for no link."""
 
 
 class Workflow(Generic[P, R]):
@@ -149,11 +154,16 @@ class BoundWorkflow(Generic[P, R]):
                 # A child's id is derived from its parent and call position, so a replayed
                 # parent finds the same child instead of starting another.
                 run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wflo:{parent.run_id}:{_call_path.get()}"))
+        options = {**wf.run_options(), "started_by": settings().principal}
+        link = link_for_start(self.opts.traceparent, parent_id)
+        if link is not None:
+            options[LINK_OPTION] = link
         record, created = store.create_run(
             run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
-            tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds,
-            options={**wf.run_options(), "started_by": settings().principal},
+            tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds, options=options,
         )  # fmt: skip
+        if parent is None:
+            note_on_caller(record.id, wf.name)
         if not created and record.workflow != wf.name:
             raise UserError(f"run id {record.id!r} already belongs to workflow {record.workflow!r}")
         return store, record, created
