@@ -49,14 +49,49 @@ def handle_errors(fn: F) -> F:
 
 
 def import_modules(modules: tuple[str, ...]) -> None:
-    """Import user modules so their workflows register (the working directory is importable)."""
+    """Import user modules so their workflows register (the working directory is importable).
+
+    Each is a module name (``myapp.agents``) or a Python file (``path/to/script.py``). A file
+    is imported under its file name as module name, with its directory importable: the name
+    its functions also get when the file runs as a script, so a run started by
+    ``python path/to/script.py`` resumes here with the same workflow and step names.
+    """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for name in modules:
+        if name.endswith(".py") or os.sep in name:
+            _import_file(name)
+            continue
         try:
             importlib.import_module(name)
         except ImportError as exc:
             raise UserError(f"cannot import {name!r}: {exc}") from None
+
+
+def _import_file(path: str) -> None:
+    import importlib.util
+
+    file = os.path.abspath(path)
+    if not os.path.isfile(file):
+        raise UserError(f"cannot import {path!r}: no such file")
+    module = os.path.splitext(os.path.basename(file))[0]
+    if not module.isidentifier():
+        raise UserError(f"cannot import {path!r}: {module!r} is not a valid module name")
+    folder = os.path.dirname(file)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    if module in sys.modules and os.path.abspath(getattr(sys.modules[module], "__file__", "") or "") == file:
+        return
+    spec = importlib.util.spec_from_file_location(module, file)
+    if spec is None or spec.loader is None:
+        raise UserError(f"cannot import {path!r}: not a Python module")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except ImportError as exc:
+        del sys.modules[module]
+        raise UserError(f"cannot import {path!r}: {exc}") from None
 
 
 def dump_json(value: Any) -> None:
@@ -70,4 +105,11 @@ def dump_json(value: Any) -> None:
 @click.version_option(package_name="wflo", prog_name="wflo")
 def cli(database: str | None) -> None:
     """wflo: budgets, loop guards, crash recovery, approvals and an audit trail for AI agents."""
-    _config.configure(database=database)
+    # Piped or captured output keeps whole lines: tables are not cut at 80 columns.
+    for c in (console, err_console):
+        c.width = 10_000 if not c.is_terminal and not os.environ.get("COLUMNS") else None  # type: ignore[assignment]
+    try:
+        # Every setting is validated here, before any command runs: one line naming it.
+        _config.configure(database=database)
+    except WfloError as exc:
+        fail(str(exc), exit_code_for(exc))
