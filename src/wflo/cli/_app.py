@@ -94,6 +94,11 @@ def _import_file(path: str) -> None:
         raise UserError(f"cannot import {path!r}: {exc}") from None
 
 
+def plural(n: int, word: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def dump_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
