@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -10,11 +11,11 @@ import click
 from rich.table import Table
 
 from .. import _config
-from .._errors import RunSuspended, UserError, exit_code_for
+from .._errors import RunSuspended, UserError, WfloError, exit_code_for
 from ..engine import RunHandle, get_workflow, resume
 from ..engine._executor import owner_is_dead_here
 from ..store import RUN_STATUSES, RunRecord, new_id
-from ._app import cli, console, dump_json, err_console, handle_errors, import_modules
+from ._app import cli, console, dump_json, err_console, fail, handle_errors, import_modules
 
 _STATUS_STYLE = {
     "succeeded": "green", "failed": "red", "cancelled": "yellow", "stopped": "magenta",
@@ -168,10 +169,12 @@ def runs_resume(run_id: str, modules: tuple[str, ...], no_wait: bool) -> None:
         sys.exit(exit_code_for(pause))
     except KeyboardInterrupt:
         _interrupted(r.id, modules)
-    except Exception:
+    except Exception as exc:
         r = store.get_run(r.id)
         console.print(f"run {r.id}: {_status(r.status)}")
-        raise
+        if isinstance(exc, WfloError):
+            raise
+        _run_failed(r.id, exc)
     console.print(f"run {r.id}: {_status('succeeded')}")
     dump_json(value)
 
@@ -246,4 +249,18 @@ def run_cmd(target: str, input_json: str | None, run_id: str | None, enqueue: bo
         value = bound.run(*args, **kwargs)
     except KeyboardInterrupt:
         _interrupted(run_id, (module,))
+    except WfloError:
+        raise
+    except Exception as exc:
+        _run_failed(run_id, exc)
     dump_json(value)
+
+
+def _run_failed(run_id: str, exc: Exception) -> None:
+    """The workflow's own code raised: the run is recorded failed; say so in one line (exit 6).
+
+    ``WFLO_DEBUG=1`` shows the traceback; `wflo runs show ID` shows the journal."""
+    if os.environ.get("WFLO_DEBUG"):
+        raise exc
+    message = " ".join(str(exc).split())
+    fail(f"run {run_id} failed: {type(exc).__name__}: {message} (wflo runs show {run_id})", 6)
