@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .. import _config
 from .._errors import UserError, WfloError, exit_code_for
@@ -24,7 +25,8 @@ err_console = Console(stderr=True, highlight=False)
 
 def fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    # The message is text, not markup: "pip install 'wflo[otel]'" must not lose its "[otel]".
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 

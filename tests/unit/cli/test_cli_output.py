@@ -126,3 +126,29 @@ def test_every_setting_is_checked_at_start(sqlite_url: str, var: str, value: str
     line = result.stderr.strip()
     assert line.startswith(f"error: {var}={value!r} is not a valid") and accepted in line
     assert len(line.splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_error_text_is_not_read_as_markup(sqlite_url: str) -> None:
+    result = invoke("runs", "show", "wflo[otel]", db=sqlite_url)
+    assert result.exit_code == 3 and "no run with id 'wflo[otel]'" in result.stderr
+
+
+def test_metrics_port_without_the_extra_names_it(sqlite_url: str) -> None:
+    """Without prometheus_client/opentelemetry (as on a core install): the message names wflo[otel]."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('prometheus_client', 'opentelemetry'):\n"
+        "    sys.modules[name] = None\n"
+        "from wflo.cli import main\n"
+        "sys.argv = ['wflo', 'worker', '-i', 'cliapp', '--metrics-port', '9', '--idle-exit', '0']\n"
+        "main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update(WFLO_DATABASE_URL=sqlite_url, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "pip install 'wflo[otel]'" in proc.stderr
