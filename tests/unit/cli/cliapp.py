@@ -26,3 +26,14 @@ def wait_for_ctrl_c() -> None:
 @wflo.workflow(name="interrupted")
 def interrupted() -> None:
     wait_for_ctrl_c()
+
+
+@wflo.tool(approval=wflo.Approval(when=lambda amount, **_: amount > 100, approvers=["role:finance"], timeout="1h"))
+def refund(order_id: str, amount: float) -> str:
+    """Refund an order (over $100 needs finance)."""
+    return f"refunded {amount:.2f} on {order_id}"
+
+
+@wflo.workflow(name="refund_flow")
+def refund_flow(order_id: str, amount: float) -> str:
+    return refund(order_id, amount)
