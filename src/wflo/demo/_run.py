@@ -223,7 +223,17 @@ class Demo:
             and attempt["stdout"].count("refused") == 4
             and "sk-demo" not in attempt["stdout"]
         )
-        self.held("sandbox", ok, escape_attempts=4, refused=attempt["stdout"].count("refused"))
+        why = None
+        for program in (computed, attempt):
+            if program.get("exit_code") != 0 or program.get("killed_by"):
+                err = (program.get("stderr") or "").strip().splitlines()
+                why = (
+                    f"a sandboxed program ended with exit {program.get('exit_code')}"
+                    + (f", killed by its {program['killed_by']} limit" if program.get("killed_by") else "")
+                    + (f": {err[-1][:200]}" if err else "")
+                )
+                break
+        self.held("sandbox", ok, why=why, escape_attempts=4, refused=attempt["stdout"].count("refused"))
 
     def audit(self) -> None:
         from ..audit import verify_all
