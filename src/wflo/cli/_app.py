@@ -54,9 +54,10 @@ def import_modules(modules: tuple[str, ...]) -> None:
     """Import user modules so their workflows register (the working directory is importable).
 
     Each is a module name (``myapp.agents``) or a Python file (``path/to/script.py``). A file
-    is imported under its file name as module name, with its directory importable: the name
-    its functions also get when the file runs as a script, so a run started by
-    ``python path/to/script.py`` resumes here with the same workflow and step names.
+    is imported under the module name it has when imported normally (its file name, prefixed
+    by its packages when its directory has an ``__init__.py``), which is also the name its
+    functions get when it runs as a script: a run started by ``python path/to/script.py``
+    resumes here with the same workflow and step names.
     """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -71,29 +72,23 @@ def import_modules(modules: tuple[str, ...]) -> None:
 
 
 def _import_file(path: str) -> None:
-    import importlib.util
+    from ..engine._workflow import module_for_file
 
     file = os.path.abspath(path)
     if not os.path.isfile(file):
         raise UserError(f"cannot import {path!r}: no such file")
-    module = os.path.splitext(os.path.basename(file))[0]
-    if not module.isidentifier():
+    root, module = module_for_file(file)
+    if not all(part.isidentifier() for part in module.split(".")):
         raise UserError(f"cannot import {path!r}: {module!r} is not a valid module name")
-    folder = os.path.dirname(file)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    if module in sys.modules and os.path.abspath(getattr(sys.modules[module], "__file__", "") or "") == file:
-        return
-    spec = importlib.util.spec_from_file_location(module, file)
-    if spec is None or spec.loader is None:
-        raise UserError(f"cannot import {path!r}: not a Python module")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[module] = mod
+    if root not in sys.path:
+        sys.path.insert(0, root)
     try:
-        spec.loader.exec_module(mod)
+        importlib.import_module(module)
     except ImportError as exc:
-        del sys.modules[module]
-        raise UserError(f"cannot import {path!r}: {exc}") from None
+        raise UserError(f"cannot import {path!r} (as {module}): {exc}") from None
+    loaded = getattr(sys.modules.get(module), "__file__", None)
+    if loaded is None or os.path.abspath(loaded) != file:
+        raise UserError(f"cannot import {path!r}: the module {module!r} found first is {loaded}")
 
 
 def plural(n: int, word: str) -> str:

@@ -72,8 +72,20 @@ def main_module_name() -> str:
         return str(spec.name)
     file = getattr(main, "__file__", None)
     if file:
-        return os.path.splitext(os.path.basename(str(file)))[0]
+        return module_for_file(str(file))[1]
     return "__main__"  # an interactive session: nothing else can import it anyway
+
+
+def module_for_file(path: str) -> tuple[str, str]:
+    """``(import root, dotted module name)`` of a Python file: ``app/pkg/flow.py`` with
+    ``app/pkg/__init__.py`` is ``("app", "pkg.flow")``, the name it is imported by from ``app``."""
+    file = os.path.abspath(path)
+    folder, name = os.path.split(os.path.splitext(file)[0])
+    parts = [name]
+    while os.path.isfile(os.path.join(folder, "__init__.py")):
+        folder, package = os.path.split(folder)
+        parts.insert(0, package)
+    return folder, ".".join(parts)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -39,9 +39,13 @@ def _env(db: str, marker: Path) -> dict[str, str]:
     return env
 
 
-def _killed_run(tmp_path: Path, db: str, run_id: str) -> tuple[Path, dict[str, str]]:
+def _killed_run(tmp_path: Path, db: str, run_id: str, package: bool = False) -> tuple[Path, dict[str, str]]:
     app = tmp_path / "app"
-    app.mkdir(exist_ok=True)
+    if package:  # app/pkg/slowflow.py, imported as pkg.slowflow
+        app = app / "pkg"
+    app.mkdir(parents=True, exist_ok=True)
+    if package:
+        (app / "__init__.py").write_text("")
     (app / "slowflow.py").write_text(SCRIPT)
     env = _env(db, tmp_path / f"{run_id}.marker")
     first = subprocess.run(
@@ -58,23 +62,29 @@ def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
     )
 
 
-@pytest.mark.parametrize("how", ["module", "file"])
-def test_a_script_run_killed_with_sigkill_resumes_from_the_cli(store_url: str, tmp_path: Path, how: str) -> None:
-    app, env = _killed_run(tmp_path, store_url, f"kill-{how}")
-    shown = json.loads(_cli("runs", "show", f"kill-{how}", "--json", env=env, cwd=tmp_path).stdout)
-    assert shown["status"] == "running" and shown["workflow"] == "slowflow.slow_sum"
-    # By module name (from the script's directory) or by file path (from anywhere).
-    if how == "module":
-        proc = _cli("runs", "resume", f"kill-{how}", "--import", "slowflow", env=env, cwd=app)
+@pytest.mark.parametrize("how", ["module", "file", "package module", "package file"])
+def test_a_script_run_killed_with_sigkill_resumes_from_the_cli(sqlite_url: str, tmp_path: Path, how: str) -> None:
+    # Naming does not involve the store: SQLite only (the blocked-run test below runs on both).
+    store_url = sqlite_url
+    package = how.startswith("package")
+    run_id = f"kill-{how.replace(' ', '-')}"
+    app, env = _killed_run(tmp_path, store_url, run_id, package=package)
+    module = "pkg.slowflow" if package else "slowflow"
+    shown = json.loads(_cli("runs", "show", run_id, "--json", env=env, cwd=tmp_path).stdout)
+    assert shown["status"] == "running" and shown["workflow"] == f"{module}.slow_sum"
+    # By module name (from the import root) or by file path (from anywhere).
+    if how.endswith("module"):
+        root = app.parent if package else app
+        proc = _cli("runs", "resume", run_id, "--import", module, env=env, cwd=root)
     else:
-        proc = _cli("runs", "resume", f"kill-{how}", "--import", str(app / "slowflow.py"), env=env, cwd=tmp_path)
+        proc = _cli("runs", "resume", run_id, "--import", str(app / "slowflow.py"), env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
     assert json.loads(proc.stdout.splitlines()[-1]) == 0 + 1 + 4 + 9
-    done = json.loads(_cli("runs", "show", f"kill-{how}", "--json", env=env, cwd=tmp_path).stdout)
+    done = json.loads(_cli("runs", "show", run_id, "--json", env=env, cwd=tmp_path).stdout)
     assert done["status"] == "succeeded"
     steps = [e["data"]["name"] for e in done["events"] if e["type"] == "call.completed"]
-    assert steps == ["slowflow.work"] * 4  # one name for the step, whichever way it was loaded
+    assert steps == [f"{module}.work"] * 4  # one name for the step, whichever way it was loaded
 
 
 def test_changed_code_leaves_the_run_blocked_and_fixed_code_finishes_it(store_url: str, tmp_path: Path) -> None:
