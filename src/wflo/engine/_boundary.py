@@ -218,9 +218,14 @@ def _record(call: Call, outcome: Outcome) -> None:
             "call.completed", _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts)
         )
     else:
-        if not isinstance(outcome.error, Exception) or disk_full(outcome.error) is not None:
-            # Cancellation, lease loss, suspension, KeyboardInterrupt, SystemExit, a full disk:
-            # not results of the call. Nothing is recorded, so a resumed run runs it again.
+        if (
+            not isinstance(outcome.error, Exception)
+            or isinstance(outcome.error, NonDeterminismError)
+            or disk_full(outcome.error) is not None
+        ):
+            # Cancellation, lease loss, suspension, KeyboardInterrupt, SystemExit, a full disk,
+            # a child run's code not matching its journal: not results of the call. Nothing is
+            # recorded, so a resumed run runs it again.
             return
         ev = NewEvent(
             "call.failed",

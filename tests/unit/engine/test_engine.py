@@ -464,3 +464,44 @@ def test_stale_owner_cannot_write(configured: str) -> None:
 
     with pytest.raises(LeaseLost):
         store.append(first.id, Head(first.last_seq, first.last_hash), [NewEvent("x", {})], owner="worker-a")
+
+
+def test_nondeterminism_in_a_child_blocks_parent_and_child_and_fixed_code_finishes_both(configured: str) -> None:
+    mode = {"v": 1}
+
+    @wflo.step
+    def a() -> int:
+        return 1
+
+    @wflo.step
+    def b() -> int:
+        return 2
+
+    @wflo.step
+    def stop() -> None:
+        if mode["v"] == 1:
+            raise KeyboardInterrupt
+
+    @wflo.workflow(name="nd-child")
+    def child() -> int:
+        x = b() if mode["v"] == 2 else a()
+        stop()
+        return x
+
+    @wflo.workflow(name="nd-parent")
+    def parent() -> int:
+        return child() + 10
+
+    with pytest.raises(KeyboardInterrupt):
+        parent.options(id="nd-p").run()
+    mode["v"] = 2
+    with pytest.raises(wflo.NonDeterminismError):
+        wflo.resume("nd-p")
+    store = _config.get_store()
+    child_id = next(r.id for r in store.list_runs(workflow="nd-child"))
+    assert store.get_run("nd-p").status == "blocked" and store.get_run(child_id).status == "blocked"
+    # Not journaled as the child call's result: the parent would re-raise it forever on replay.
+    assert not [e for e in store.events("nd-p") if e.type == "call.failed"]
+    mode["v"] = 3
+    assert wflo.resume("nd-p") == 11
+    assert store.get_run(child_id).status == "succeeded"
