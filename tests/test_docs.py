@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -78,7 +79,8 @@ def _closure(dists: list[str]) -> set[str]:
     return seen
 
 
-def blocked_modules(named: set[str]) -> list[str]:
+@functools.cache
+def blocked_modules(named: frozenset[str]) -> list[str]:
     """Top-level modules installed only by extras the page does not name."""
     import importlib.metadata as md
 
@@ -107,7 +109,7 @@ del _sys, _OnlyNamedExtras
 
 def run_with_extras(code: str, named: set[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "block.py"
-    script.write_text(_PRELUDE % (blocked_modules(named),) + code)
+    script.write_text(_PRELUDE % (blocked_modules(frozenset(named)),) + code)
     return subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120
     )

@@ -177,7 +177,13 @@ class Demo:
             f"  resumed: {len(events)} LLM calls in the journal, {total} requests paid in all: [bold]none paid twice[/]"
         )
         ok = first.returncode == -9 and second.returncode == 0 and total == 3 and len(events) == 3
-        self.held("crash", ok, requests=total, journaled_calls=len(events), killed_exit=first.returncode)
+        why = None
+        for proc, expected in ((first, -9), (second, 0)):
+            if proc.returncode != expected:
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                why = f"a demo process exited {proc.returncode} (expected {expected}): {last[:200]}"
+                break
+        self.held("crash", ok, why=why, requests=total, journaled_calls=len(events), killed_exit=first.returncode)
 
     def sandbox(self) -> None:
         from . import _agent
