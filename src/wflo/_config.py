@@ -67,57 +67,24 @@ class Settings:
     Env: ``WFLO_MAX_VALUE_BYTES`` (``none`` for no cap)."""
 
     def __post_init__(self) -> None:
-        if self.max_value_bytes is not None and (
-            isinstance(self.max_value_bytes, bool)
-            or not isinstance(self.max_value_bytes, int)
-            or self.max_value_bytes < 1
-        ):
-            raise ConfigurationError(
-                f"max_value_bytes must be a positive integer or None, got {self.max_value_bytes!r}"
-            )
-        if self.content not in ("full", "redacted", "hash_only"):
-            raise ConfigurationError(f"content must be 'full', 'redacted' or 'hash_only', got {self.content!r}")
-        if self.lease_seconds <= 0:
-            raise ConfigurationError(f"lease_seconds must be positive, got {self.lease_seconds}")
-        if self.reservation_ttl <= 0:
-            raise ConfigurationError(f"reservation_ttl must be positive, got {self.reservation_ttl}")
-        if self.poll_interval <= 0:
-            raise ConfigurationError(f"poll_interval must be positive, got {self.poll_interval}")
+        # Every field is checked by its declared type (and its choices), so a setting added
+        # later is validated the same way without code here.
+        for field in dataclasses.fields(self):
+            _check(field, getattr(self, field.name))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         env = os.environ
         values: dict[str, Any] = {}
-        if "WFLO_DATABASE_URL" in env:
-            values["database"] = env["WFLO_DATABASE_URL"]
-        if "WFLO_PRINCIPAL" in env:
-            values["principal"] = env["WFLO_PRINCIPAL"]
-        for key, name, kind in (
-            ("lease_seconds", "WFLO_LEASE_SECONDS", float),
-            ("poll_interval", "WFLO_POLL_INTERVAL", float),
-            ("reservation_ttl", "WFLO_RESERVATION_TTL", float),
-        ):
+        for field in dataclasses.fields(cls):
+            name = env_name(field)
             if name in env:
-                try:
-                    values[key] = kind(env[name])
-                except ValueError:
-                    raise ConfigurationError(f"{name}={env[name]!r} is not a number") from None
-        if "WFLO_MAX_VALUE_BYTES" in env:
-            raw = env["WFLO_MAX_VALUE_BYTES"].strip().lower()
-            try:
-                values["max_value_bytes"] = None if raw in ("none", "") else int(raw.replace("_", ""))
-            except ValueError:
-                raise ConfigurationError(f"WFLO_MAX_VALUE_BYTES={raw!r} is not a whole number of bytes") from None
-        if "WFLO_CONTENT" in env:
-            values["content"] = env["WFLO_CONTENT"].strip().lower()
-        if "WFLO_AUTO_MIGRATE" in env:
-            values["auto_migrate"] = env["WFLO_AUTO_MIGRATE"].strip().lower() not in ("0", "false", "no")
-        if "WFLO_OTEL" in env:
-            values["otel"] = env["WFLO_OTEL"].strip().lower() not in ("", "0", "false", "no")
+                values[field.name] = _parse_env(field, name, env[name])
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ConfigurationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigurationError(f"unknown setting(s): {', '.join(sorted(unknown))} (known: {known})")
         settings = cls(**values)
         if not settings.principal:
             try:
@@ -126,6 +93,98 @@ class Settings:
                 login = "unknown"
             settings = dataclasses.replace(settings, principal=f"user:{login}")
         return settings
+
+
+# Settings whose environment variable is not simply WFLO_<NAME>.
+_ENV_NAMES = {"database": "WFLO_DATABASE_URL"}
+# Settings that take one of a few words.
+_CHOICES: dict[str, tuple[str, ...]] = {"content": ("full", "redacted", "hash_only")}
+# Numbers that must be > 0 (all numeric settings unless listed in _NON_NEGATIVE).
+_NON_NEGATIVE: set[str] = set()
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def env_name(field: dataclasses.Field[Any]) -> str:
+    """The ``WFLO_*`` variable of a setting."""
+    return _ENV_NAMES.get(field.name, f"WFLO_{field.name.upper()}")
+
+
+def _kind(field: dataclasses.Field[Any]) -> str:
+    """``bool``, ``int``, ``float`` or ``str`` from the field's annotation (``X | None`` too)."""
+    text = str(field.type).replace("Optional[", "").replace("]", "")
+    first = text.split("|")[0].strip()
+    return first if first in ("bool", "int", "float") else "str"
+
+
+def _optional(field: dataclasses.Field[Any]) -> bool:
+    return "None" in str(field.type)
+
+
+def _accepted(field: dataclasses.Field[Any]) -> str:
+    kind = _kind(field)
+    if field.name in _CHOICES:
+        text = ", ".join(_CHOICES[field.name])
+    elif kind == "bool":
+        text = "1/0, true/false, yes/no, on/off"
+    elif kind == "int":
+        text = "a whole number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
+    elif kind == "float":
+        text = "a number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
+    else:
+        text = "text"
+    return text + (" (or empty or 'none' for none)" if _optional(field) and kind != "str" else "")
+
+
+def _bad(field: dataclasses.Field[Any], shown: str) -> ConfigurationError:
+    return ConfigurationError(f"{shown} is not a valid {field.name} setting; accepted: {_accepted(field)}")
+
+
+def _parse_env(field: dataclasses.Field[Any], name: str, raw: str) -> Any:
+    """A ``WFLO_*`` value as the setting's type; a bad one is refused, naming what is accepted."""
+    text = raw.strip()
+    kind = _kind(field)
+    shown = f"{name}={raw!r}"
+    if kind != "str" and text.lower() in ("", "none") and _optional(field):
+        return None
+    if kind == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise _bad(field, shown)
+    if kind in ("int", "float"):
+        try:
+            number: Any = int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise _bad(field, shown) from None
+        _check(field, number, shown)
+        return number
+    if field.name in _CHOICES:
+        text = text.lower()
+        _check(field, text, shown)
+        return text
+    return raw
+
+
+def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) -> None:
+    shown = shown or f"{field.name}={value!r}"
+    kind = _kind(field)
+    if value is None:
+        if _optional(field):
+            return
+        raise _bad(field, shown)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _bad(field, shown)
+    elif kind in ("int", "float"):
+        ok_type = isinstance(value, int) if kind == "int" else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type or value != value or value in (float("inf"), float("-inf")):
+            raise _bad(field, shown)
+        if value < 0 or (value == 0 and field.name not in _NON_NEGATIVE):
+            raise _bad(field, shown)
+    elif not isinstance(value, str) or (field.name in _CHOICES and value not in _CHOICES[field.name]):
+        raise _bad(field, shown)
 
 
 _lock = threading.RLock()

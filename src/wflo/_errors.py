@@ -182,7 +182,8 @@ class UnknownWorkflowError(UserError):
         known = ", ".join(sorted(self.known or [])) or "none"
         return (
             f"no workflow named {self.name!r} is registered in this process "
-            f"(known: {known}); import the module that defines it (wflo worker --import MODULE)"
+            f"(known: {known}); import the module that defines it: --import MODULE or --import path/to/file.py "
+            "(wflo runs resume, wflo worker)"
         )
 
 
@@ -259,8 +260,9 @@ class NonDeterminismError(WfloError):
     def _message(self) -> str:
         return (
             f"run {self.run_id} is not deterministic at call {self.call_id}: the journal holds "
-            f"{self.expected!r} but the code now calls {self.found!r}. Finish the run with the "
-            "code version that started it, or cancel it."
+            f"{self.expected!r} but the code now calls {self.found!r}. The run is left blocked, not "
+            f"failed: resume it with the code version that started it (wflo runs resume {self.run_id} "
+            "--import MODULE_OR_FILE), or cancel it."
         )
 
 
@@ -551,6 +553,8 @@ _EXIT_CODES = {
     "loop_detected": 8,
     "approval_rejected": 9,
     "chain_broken": 10,
+    "suspended": 11,
+    "non_determinism": 12,
 }
 
 

@@ -26,7 +26,8 @@ from ..audit._checkpoint import load_private_key, load_public_key
 from ..audit._dates import parse_when
 from ..audit._export import count_events
 from ..audit._prune import prune_candidates
-from ._app import cli, console, dump_json, err_console, fail, handle_errors
+from ..audit._verify import pruned_chains
+from ._app import cli, console, dump_json, err_console, fail, handle_errors, plural
 
 
 def _principal() -> str:
@@ -96,11 +97,16 @@ def verify_cmd(
             }
         )
     else:
+        unsigned = set(pruned_chains(store)) if key is not None else set()
         for r in broken:
-            err_console.print(f"[red]BROKEN[/] {r.describe()}", soft_wrap=True)
+            cause = ""
+            if r.chain in unsigned and r.count == 0:
+                # Gone under a prune record the pinned key did not sign (unsigned, or another key).
+                cause = "; its events were deleted under a prune record not signed by the pinned key (--public-key)"
+            err_console.print(f"[red]BROKEN[/] {r.describe()}{cause}", soft_wrap=True, markup=True)
         note = f" ({pruned} pruned on record)" if pruned else ""
         console.print(
-            f"{'[green]intact[/]' if not broken else '[red]broken[/]'}: {len(reports)} chains, {events} events verified{note}"
+            f"{'[green]intact[/]' if not broken else '[red]broken[/]'}: {plural(len(reports), 'chain')}, {plural(events, 'event')} verified{note}"
         )
         if cp is not None:
             if cp.problem:
@@ -109,7 +115,7 @@ def verify_cmd(
                 err_console.print(f"[red]NOT EXTENDED[/] {r.describe()}", soft_wrap=True)
             if cp.ok:
                 console.print(
-                    f"[green]extends checkpoint[/] of {cp.at}: {cp.chains} chains, signature valid"
+                    f"[green]extends checkpoint[/] of {cp.at}: {plural(cp.chains, 'chain')}, signature valid"
                     f"{' (pinned key)' if cp.pinned else ' (key from the file)'}"
                 )
     if not ok:
@@ -139,7 +145,7 @@ def checkpoint_cmd(key_path: str, out: str) -> None:
         raise UserError(f"key file {key_path} not found (make one with: wflo audit keygen --out {key_path})")
     doc = write_checkpoint(_config.get_store(), key_path, out, by=_principal())
     console.print(
-        f"checkpoint {out}: {len(doc['chains'])} chains, {doc['events']} events, Merkle root {doc['merkle_root'][:16]}…"
+        f"checkpoint {out}: {plural(len(doc['chains']), 'chain')}, {plural(doc['events'], 'event')}, Merkle root {doc['merkle_root'][:16]}…"
     )
 
 
@@ -175,8 +181,8 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> No
         return
     if not yes:
         if not sys.stdin.isatty():
-            fail(f"{len(candidates)} runs would be pruned; add --yes to confirm", 2)
-        click.confirm(f"Delete the events of {len(candidates)} finished runs (before {cutoff})?", abort=True)
+            fail(f"{plural(len(candidates), 'run')} would be pruned; add --yes to confirm", 2)
+        click.confirm(f"Delete the events of {plural(len(candidates), 'finished run')} (before {cutoff})?", abort=True)
     result = prune(store, cutoff, by=_principal(), private_key=private_key)
     if as_json:
         dump_json(
@@ -191,7 +197,7 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> No
         for r in result.skipped:
             err_console.print(f"[red]skipped[/] (does not verify) {r.describe()}", soft_wrap=True)
         console.print(
-            f"pruned {len(result.pruned)} runs ({result.events} events) before {cutoff}; recorded on the system chain"
+            f"pruned {plural(len(result.pruned), 'run')} ({plural(result.events, 'event')}) before {cutoff}; recorded on the system chain"
         )
     if result.skipped:
         sys.exit(10)
@@ -237,7 +243,7 @@ def export_cmd(run_id: str | None, since: str | None, fmt: str, out: str) -> Non
                 on_progress=lambda n: progress.advance(task, n),
             )
     console.print(
-        f"exported {manifest['events']} events of {len(manifest['chains'])} chains to {out} "
+        f"exported {plural(manifest['events'], 'event')} of {plural(len(manifest['chains']), 'chain')} to {out} "
         f"({', '.join(f['name'] for f in manifest['files'])} + manifest.json)"
     )
 

@@ -10,10 +10,12 @@ import click
 from rich.table import Table
 
 from .. import _config
-from .._errors import UserError
+from .._errors import RunNotFoundError, UserError
+from ..audit._dates import parse_when
 from ..cost._api import budgets as api
-from ..cost._ledger import PERIODS, usd_str
-from ._app import cli, console, dump_json, handle_errors
+from ..cost._api import ledger as api_ledger
+from ..cost._ledger import PERIODS, BudgetUsage, usd_str
+from ._app import cli, console, dump_json, err_console, handle_errors, plural
 
 
 @cli.group()
@@ -69,12 +71,35 @@ def budgets_list(as_json: bool) -> None:
 def budgets_show(scope: str) -> None:
     """One scope's limit and current period."""
     rows = api.usage(scope)
+    note = ""
     if not rows:
-        raise UserError(f"no budget is set for {scope!r}")
+        # A run's own budget (``Budget(usd=…)`` on its workflow) lives in the ledger, not among
+        # the limits set with `budgets set`: show it too (the report lists it).
+        own = _run_budget(scope)
+        if own is None:
+            raise UserError(f"no budget is set for {scope!r} (wflo budgets list shows the scopes that have one)")
+        rows, note = [own], " (the run's own budget, from its workflow)"
     u = rows[0]
     console.print(
-        f"{u.scope}: limit ${usd_str(u.limit)} ({u.period}), spent ${usd_str(u.spent)}, reserved ${usd_str(u.reserved)}, remaining ${usd_str(u.remaining)}"
+        f"{u.scope}: limit ${usd_str(u.limit)} ({u.period}), spent ${usd_str(u.spent)}, reserved ${usd_str(u.reserved)}, remaining ${usd_str(u.remaining)}{note}"
     )
+
+
+def _run_budget(scope: str) -> BudgetUsage | None:
+    """``run:ID``: the limit stored with the run, and what the ledger holds for it."""
+    if not scope.startswith("run:"):
+        return None
+    try:
+        run = _config.get_store().find_run(scope[4:])
+    except RunNotFoundError:
+        return None
+    usd = ((run.options or {}).get("budget") or {}).get("usd")
+    used = api_ledger().scope_usage(scope)
+    if usd is None and used is None:
+        return None
+    limit = Decimal(usd) if usd is not None else used.limit  # type: ignore[union-attr]
+    spent, reserved = (used.spent, used.reserved) if used is not None else (Decimal(0), Decimal(0))
+    return BudgetUsage(scope, "none", "", limit, spent, reserved)
 
 
 @cli.command("costs")
@@ -91,7 +116,7 @@ def costs(group: str, since: str | None, as_json: bool) -> None:
     params: list[str] = []
     if since:
         sql += " AND e.at >= ?"
-        params.append(since)
+        params.append(parse_when(since, option="--since"))
     totals: dict[str, dict[str, Decimal]] = defaultdict(
         lambda: {"calls": Decimal(0), "usd": Decimal(0), "input": Decimal(0), "output": Decimal(0)}
     )
@@ -107,6 +132,15 @@ def costs(group: str, since: str | None, as_json: bool) -> None:
         row["input"] += usage.get("input_tokens", 0)
         row["output"] += usage.get("output_tokens", 0)
     ordered = sorted(totals.items(), key=lambda kv: kv[1]["usd"], reverse=True)
+    # Pruned runs keep their `runs` row but not their events, which is what is summed here.
+    pruned = store.read("SELECT COUNT(*) FROM runs r WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.chain = r.id)")
+    n_pruned = int(pruned[0][0]) if pruned else 0
+    if n_pruned:
+        err_console.print(
+            f"note: {plural(n_pruned, 'run')} pruned by `wflo audit prune` {'is' if n_pruned == 1 else 'are'} not "
+            "included (costs are summed from the journal; a run's spend under a budget stays in `wflo budgets list`)",
+            soft_wrap=True,
+        )
     if as_json:
         dump_json(
             [

@@ -31,6 +31,7 @@ from .._errors import (
 )
 from ..store import NewEvent, StoreOp, canonical_json
 from ._context import JournalEntry, RunContext, _call_path
+from ._executor import disk_full
 from ._serialize import decode, encode, error_data, rebuild_error
 
 log = logging.getLogger("wflo")
@@ -119,10 +120,14 @@ def _replay(call: Call, entry: JournalEntry | None) -> Any:
     if entry is None:
         return _NOT_REPLAYED
     if entry.name != call.name or entry.kind != call.kind:
-        raise NonDeterminismError(
+        mismatch = NonDeterminismError(
             run_id=ctx.run_id, call_id=call.call_id,
             expected=f"{entry.kind} {entry.name}", found=f"{call.kind} {call.name}",
         )  # fmt: skip
+        # Latched: code that catches it cannot go on and finish the run with a mixed journal;
+        # the executor leaves the run blocked for fixed code.
+        ctx.state.setdefault("non_determinism", mismatch)
+        raise mismatch
     if entry.status == "completed":
         for guard in ctx.guards:
             guard.replayed(call, entry)
@@ -145,6 +150,8 @@ def start_call(call: Call) -> Any:
     execute the call and then pass its outcome to :func:`finish_call`."""
     ctx = call.run
     ctx.check_cancelled()
+    if "non_determinism" in ctx.state:
+        raise ctx.state["non_determinism"]
     call.call_id = ctx.next_call_id()
     value = _replay(call, ctx.journal.get(call.call_id))
     if value is not _NOT_REPLAYED:
@@ -217,9 +224,14 @@ def _record(call: Call, outcome: Outcome) -> None:
             "call.completed", _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts)
         )
     else:
-        if not isinstance(outcome.error, Exception):
-            # Cancellation, lease loss, suspension, KeyboardInterrupt, SystemExit: not results
-            # of the call. Nothing is recorded, so a resumed run runs the call again.
+        if (
+            not isinstance(outcome.error, Exception)
+            or isinstance(outcome.error, NonDeterminismError)
+            or disk_full(outcome.error) is not None
+        ):
+            # Cancellation, lease loss, suspension, KeyboardInterrupt, SystemExit, a full disk,
+            # a child run's code not matching its journal: not results of the call. Nothing is
+            # recorded, so a resumed run runs it again.
             return
         ev = NewEvent(
             "call.failed",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import os
 import sys
 import threading
 import time
@@ -50,10 +52,41 @@ def get_workflow(name: str) -> Workflow[Any, Any]:
 
 
 def _qualname(fn: Callable[..., Any]) -> str:
-    module = getattr(fn, "__module__", None) or "?"
+    """``module.qualname``: a workflow's or step's default name, the same however it was loaded.
+
+    A script run as ``python path/to/flow.py`` is module ``__main__``; it is named by its
+    file (``flow``), the name it has when imported (``import flow``, ``--import flow`` or
+    ``--import path/to/flow.py``), so a run started by the script resumes after a crash from
+    the command line or a worker. ``python -m pkg.flow`` names it ``pkg.flow``.
+    """
+    module = str(getattr(fn, "__module__", None) or "?")
     if module == "__main__":
-        return fn.__qualname__
+        module = main_module_name()
     return f"{module}.{fn.__qualname__}"
+
+
+def main_module_name() -> str:
+    """The importable name of the ``__main__`` module (``python -m x.y``: ``x.y``; a script: its file name)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", None) and spec.name != "__main__":
+        return str(spec.name)
+    file = getattr(main, "__file__", None)
+    if file:
+        return module_for_file(str(file))[1]
+    return "__main__"  # an interactive session: nothing else can import it anyway
+
+
+def module_for_file(path: str) -> tuple[str, str]:
+    """``(import root, dotted module name)`` of a Python file: ``app/pkg/flow.py`` with
+    ``app/pkg/__init__.py`` is ``("app", "pkg.flow")``, the name it is imported by from ``app``."""
+    file = os.path.abspath(path)
+    folder, name = os.path.split(os.path.splitext(file)[0])
+    parts = [name]
+    while os.path.isfile(os.path.join(folder, "__init__.py")):
+        folder, package = os.path.split(folder)
+        parts.insert(0, package)
+    return folder, ".".join(parts)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +123,17 @@ class Workflow(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<wflo.Workflow {self.name}>"
+
+    def check_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Refuse inputs the function cannot take, before a run is created for them."""
+        try:
+            signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            return  # a builtin or C callable without a signature: let the call decide
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise UserError(f"workflow {self.name!r} cannot take these inputs: {exc} (it takes {signature})") from None
 
     def run_options(self) -> dict[str, Any]:
         """Options stored with each run, so any worker resumes it under the same rules.
@@ -141,6 +185,7 @@ class BoundWorkflow(Generic[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str | None
     ) -> tuple[Store, RunRecord, bool]:
         wf = self.wf
+        wf.check_inputs(args, kwargs)
         store = get_store()
         payload = encode({"args": list(args), "kwargs": kwargs}, serializer=wf.serializer, step=wf.name, what="input")
         parent = current_run()
@@ -342,12 +387,15 @@ class RunHandle:
             delay = min(delay * 2, 0.25)
 
 
-def resume(run_id: str) -> Any:
-    """Resume an interrupted run in this process and return its result.
+def resume(run_id: str, *, wait: bool = True) -> Any:
+    """Resume an interrupted (or blocked) run in this process and return its result.
 
     Finished steps are replayed from the journal; the run continues from where it stopped.
     The workflow's module must be imported here. If another live process holds the run,
-    this waits until it finishes or its lease expires.
+    this waits until it finishes or its lease expires. A run that reaches a wait (an
+    approval, a timer) is waited for here, as ``.run()`` does, printing how to decide; with
+    ``wait=False`` the ``RunSuspended`` signal is raised instead (the run stays ``waiting``
+    for a worker).
     """
     store = get_store()
     record = store.find_run(run_id)
@@ -356,9 +404,14 @@ def resume(run_id: str) -> Any:
     bound: BoundWorkflow[Any, Any] = BoundWorkflow(get_workflow(record.workflow), RunOptions(id=record.id))
     owner = process_owner()
     record = bound._claim_existing(store, record, owner)
-    if record.done:
-        return _result_of(record)
-    return execute(store, bound.wf, record, owner)
+    while not record.done:
+        try:
+            return execute(store, bound.wf, record, owner)
+        except RunSuspended as pause:
+            if not wait:
+                raise
+            record = _wait_until_woken(store, record.id, owner, pause)
+    return _result_of(record)
 
 
 # ------------------------------------------------------------------------- steps

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-RUN_STATUSES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled", "stopped")
+RUN_STATUSES = ("queued", "running", "waiting", "blocked", "succeeded", "failed", "cancelled", "stopped")
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "stopped"})
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
