@@ -60,6 +60,12 @@ class Settings:
     response is kept apart from the chain while the run may still need to replay it, and
     removed when the run ends. Env: ``WFLO_CONTENT``."""
 
+    require_auth: bool = False
+    """Decisions must come from authenticated principals: single-user local conveniences
+    (``wflo approve --as-self-local``: a requester deciding their own test request) are refused.
+    Set it wherever more than one person uses the store. Env: ``WFLO_REQUIRE_AUTH``
+    (``0``/``1``)."""
+
     def __post_init__(self) -> None:
         if self.content not in ("full", "redacted", "hash_only"):
             raise ConfigurationError(f"content must be 'full', 'redacted' or 'hash_only', got {self.content!r}")
@@ -92,6 +98,11 @@ class Settings:
             values["content"] = env["WFLO_CONTENT"].strip().lower()
         if "WFLO_AUTO_MIGRATE" in env:
             values["auto_migrate"] = env["WFLO_AUTO_MIGRATE"].strip().lower() not in ("0", "false", "no")
+        if "WFLO_REQUIRE_AUTH" in env:
+            flag = env["WFLO_REQUIRE_AUTH"].strip().lower()
+            if flag not in ("0", "1", "true", "false", "yes", "no"):
+                raise ConfigurationError(f"WFLO_REQUIRE_AUTH must be 0 or 1, got {env['WFLO_REQUIRE_AUTH']!r}")
+            values["require_auth"] = flag in ("1", "true", "yes")
         if "WFLO_OTEL" in env:
             values["otel"] = env["WFLO_OTEL"].strip().lower() not in ("", "0", "false", "no")
         values.update({k: v for k, v in overrides.items() if v is not None})
