@@ -199,7 +199,8 @@ def test_the_decided_action_is_shown_stored_and_run(app: str) -> None:
     system = [e for e in _config.get_store().events("system") if e.type == "approval.decided"]
     assert "120.0" in system[-1].data["shown"] and system[-1].data["action_hash"] == req.decision_hash
     Worker(concurrency=1).run(max_runs=1, idle_timeout=1.0)
-    assert handle.result(timeout=5) == "refunded 120.0 on A-1017"
+    # A fresh handle: the CLI reconfigured wflo and closed the store `handle` was bound to.
+    assert RunHandle(handle.id).result(timeout=5) == "refunded 120.0 on A-1017"
 
 
 def test_code_reverting_to_the_first_action_reopens_its_request(app: str, tmp_path: Path) -> None:
