@@ -121,6 +121,17 @@ def test_edited_arguments_stay_the_approved_action_across_processes(app: str, tm
     assert _effects(effects) == ["refund A-17 100.0"]
 
 
+def test_an_edited_approval_does_not_cover_a_changed_action(app: str, tmp_path: Path) -> None:
+    effects = tmp_path / "effects.log"
+    handle, approval_id = _waiting_and_approved(approvalapp.refunds, tmp_path, app, args={"amount": 100})
+    _worker_process(app, effects, APPROVALAPP_AMOUNT="99999")
+    assert _effects(effects) == [] and handle.status() == "waiting"
+    again = approvals.list(run_id=handle.id)[0]
+    assert again.action["kwargs"]["amount"] == 99999.0
+    assert again.supersedes is not None and again.supersedes["action"]["kwargs"]["amount"] == 100.0  # what was decided
+    assert again.supersedes["id"] == approval_id
+
+
 def test_a_forged_decision_row_does_not_run(app: str, tmp_path: Path) -> None:
     """Someone with write access to the table swaps the approved action behind the inbox."""
     effects = tmp_path / "effects.log"
