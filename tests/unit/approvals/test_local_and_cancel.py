@@ -49,7 +49,7 @@ def _script_waits(run_id: str, result: dict[str, object]) -> threading.Thread:
     def target() -> None:
         result["value"] = approvalapp.refunds.options(id=run_id).run("o5", 300.0)
 
-    t = threading.Thread(target=target)
+    t = threading.Thread(target=target, daemon=True)  # a failed test must not hang the process
     t.start()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not approvals.list(run_id=run_id):
@@ -61,11 +61,22 @@ def _hint_commands(err: str) -> list[str]:
     return re.findall(r"`(wflo approve [^`]*)`", err)
 
 
+def _printed_hint(capfd: pytest.CaptureFixture[str]) -> str:
+    """What the waiting script printed on stderr, once it printed how to decide."""
+    err = ""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        err += capfd.readouterr().err
+        if "wflo approve" in err and err.endswith("\n"):
+            return err
+        time.sleep(0.05)
+    return err
+
+
 def test_the_printed_hints_work_for_a_developer_alone(app: str, capfd: pytest.CaptureFixture[str]) -> None:
     result: dict[str, object] = {}
     t = _script_waits("alone", result)
-    time.sleep(0.3)
-    err = capfd.readouterr().err
+    err = _printed_hint(capfd)
     commands = _hint_commands(err)
     approval_id = approvals.list(run_id="alone")[0].id
     assert commands == [f"wflo approve {approval_id}", f"wflo approve {approval_id} --as-self-local"], err
@@ -90,8 +101,7 @@ def test_the_printed_hints_work_for_a_developer_alone(app: str, capfd: pytest.Ca
 def test_the_approver_hint_works(app: str, capfd: pytest.CaptureFixture[str]) -> None:
     result: dict[str, object] = {}
     t = _script_waits("approver", result)
-    time.sleep(0.3)
-    command = _hint_commands(capfd.readouterr().err)[0]
+    command = _hint_commands(_printed_hint(capfd))[0]
     ok = _wflo(app, *command.split()[1:], principal="user:fin1")
     assert ok.returncode == 0, ok.stderr
     t.join(15)
