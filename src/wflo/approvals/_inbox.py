@@ -169,24 +169,23 @@ class Inbox:
         result: set[str] = set()
 
         def op(cur: Any) -> None:
-            # Read the current roles inside the transaction that writes the new set: the
-            # system chain's head lock (taken first by append_system) serialises every grant,
-            # so two concurrent grants cannot both start from the same old set.
-            self.store.execute(cur, "SELECT roles, created_at FROM principals WHERE id = ?", (principal,))
-            row = cur.fetchone()
-            roles = (set(json.loads(row[0])) if row else set()) | {role}
-            if row:
-                self.store.execute(
-                    cur,
-                    "UPDATE principals SET roles = ?, updated_at = ? WHERE id = ?",
-                    (json.dumps(sorted(roles)), now, principal),
-                )
-            else:
-                self.store.execute(
-                    cur,
-                    "INSERT INTO principals (id, roles, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                    (principal, json.dumps(sorted(roles)), now, now),
-                )
+            # Read the current roles inside the transaction that writes the new set, with the
+            # row locked (and the system chain's head lock, taken first by append_system,
+            # serialising grants anyway): two concurrent grants never start from one old set.
+            st = self.store
+            st.execute(
+                cur,
+                "INSERT INTO principals (id, roles, created_at, updated_at) VALUES (?, '[]', ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (principal, now, now),
+            )
+            st.execute(cur, f"SELECT roles FROM principals WHERE id = ?{st.for_update}", (principal,))
+            roles = set(json.loads(cur.fetchone()[0])) | {role}
+            st.execute(
+                cur,
+                "UPDATE principals SET roles = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(sorted(roles)), now, principal),
+            )
             result.clear()
             result.update(roles)
 
@@ -337,7 +336,7 @@ class Inbox:
             if cur_req.status != "pending":
                 raise ApprovalClosedError(approval_id=approval_id, status=cur_req.status)
             if run is not None and (run[0] in _ENDED or run[1]):
-                outcome["run_ended"] = run[0] if run[0] in _ENDED else "cancel requested"
+                outcome["run_ended"] = run[0] if run[0] in _ENDED else "cancelled"
                 return
             if cur_req.timeout_at and cur_req.timeout_at < now:
                 raise ApprovalClosedError(approval_id=approval_id, status="expired (its timeout passed)")

@@ -88,6 +88,9 @@ def test_approved_action_changed_in_another_process_asks_again(app: str, tmp_pat
     assert _effects(effects) == ["refund A-17 99999.0"]
     completed = next(e for e in handle.events() if e.type == "call.completed" and e.data.get("name") == "refund")
     assert completed.data["approval"]["id"] == again[0].id
+    code, shown = _cli(app, "approvals", "show", again[0].id, principal="user:fin1")  # last: it reconfigures
+    assert code == 0 and "amount=99999.0" in shown
+    assert f"replaces   {first_id} (approved) for refund(amount=250.0, order_id='A-17')" in shown
 
 
 def test_changed_action_can_stop_the_run_instead(app: str, tmp_path: Path) -> None:
