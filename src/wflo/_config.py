@@ -66,6 +66,12 @@ class Settings:
     ``SerializationError`` before anything is written. ``None``: no cap.
     Env: ``WFLO_MAX_VALUE_BYTES`` (``none`` for no cap)."""
 
+    require_auth: bool = False
+    """Decisions must come from authenticated principals: single-user local conveniences
+    (``wflo approve --as-self-local``: a requester deciding their own test request) are refused.
+    Set it wherever more than one person uses the store. Env: ``WFLO_REQUIRE_AUTH``
+    (``0``/``1``)."""
+
     def __post_init__(self) -> None:
         # Every field is checked by its declared type (and its choices), so a setting added
         # later is validated the same way without code here.

@@ -305,7 +305,9 @@ def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended
     """
     wait = pause.wait or {}
     lines = [f"wflo: run {run_id} is waiting: {pause.reason}"]
-    if wait.get("approval_id"):
+    if wait.get("hint"):
+        lines.append(str(wait["hint"]))  # the guard that suspended the run knows how to wake it
+    elif wait.get("approval_id"):
         lines.append(
             f"wflo: decide with `wflo approve {wait['approval_id']}` or `wflo reject {wait['approval_id']} --reason ...`"
         )
@@ -325,6 +327,15 @@ def _result_of(record: RunRecord) -> Any:
     if record.status == "succeeded":
         return decode(record.output)
     raise RunFailedError(run_id=record.id, status=record.status, error=record.error)
+
+
+_cancel_hooks: list[Callable[[Store, str], None]] = []
+
+
+def add_cancel_hook(hook: Callable[[Store, str], None]) -> None:
+    """``hook(store, run_id)`` runs after a run was asked to cancel (it closes what waits on
+    the run, such as its pending approvals; the engine knows no such thing by name)."""
+    _cancel_hooks.append(hook)
 
 
 class RunHandle:
@@ -354,7 +365,11 @@ class RunHandle:
 
     def cancel(self) -> str:
         """Ask the run to stop at its next step boundary; returns its status now."""
-        return self.store.request_cancel(self.id).status
+        record = self.store.request_cancel(self.id)
+        if record.status == "cancelled" or record.cancel_requested:
+            for hook in _cancel_hooks:
+                hook(self.store, self.id)
+        return record.status
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to end; return its result or raise ``RunFailedError``.

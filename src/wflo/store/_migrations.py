@@ -190,5 +190,22 @@ CREATE TABLE payloads (
 """,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL, M002_BUDGETS, M003_APPROVALS, M004_RATE_LIMITS, M005_PAYLOADS)
+# An approval request keeps the tool's parameters (JSON schema, to validate an approver's edits
+# from any process) and the request it replaced when the action changed before it ran.
+M006_APPROVALS_BIND = Migration(
+    "m006_approvals_bind",
+    """
+ALTER TABLE approvals ADD COLUMN params TEXT;
+ALTER TABLE approvals ADD COLUMN supersedes TEXT
+""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    M001_INITIAL,
+    M002_BUDGETS,
+    M003_APPROVALS,
+    M004_RATE_LIMITS,
+    M005_PAYLOADS,
+    M006_APPROVALS_BIND,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
