@@ -31,6 +31,7 @@ a program's own failure is never confused with it (the launcher's ready byte tel
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import random
@@ -179,7 +180,15 @@ class BwrapBackend(SandboxBackend):
         ``python`` is set), starting it again if bwrap itself could not start."""
         payload = _launcher.header(argv, python) + (stdin or b"")
         for attempt in range(ATTEMPTS):
-            result = self.start(limits=limits, files=files, egress=egress).finish(payload)
+            try:
+                started = self.start(limits=limits, files=files, egress=egress)
+            except OSError as exc:  # fork itself failed: no process left for bwrap
+                if exc.errno not in (errno.EAGAIN, errno.ENOMEM):
+                    raise
+                result = SandboxResult(stdout="", stderr=f"cannot start bwrap: {exc.strerror}", exit_code=None,
+                                       killed_by="unavailable", duration_ms=0.0, backend=self.name)  # fmt: skip
+            else:
+                result = started.finish(payload)
             if result.killed_by != "unavailable":
                 return result
             if attempt + 1 < ATTEMPTS and any(t in result.stderr for t in TRANSIENT):
