@@ -102,8 +102,8 @@ def refusal(address: str) -> str | None:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address} is not an IP address"
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
-    if isinstance(ip, ipaddress.IPv6Address):
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    if isinstance(ip, ipaddress.IPv6Address):  # the embedded IPv4 address first: it says more
         if ip.ipv4_mapped:
             candidates.append(ip.ipv4_mapped)
         if ip.sixtofour:
@@ -112,10 +112,11 @@ def refusal(address: str) -> str | None:
             candidates.extend(ip.teredo)
         if ip in NAT64:
             candidates.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    candidates.append(ip)
     for c in candidates:
         if c in METADATA:
             return f"{address} is a cloud metadata address"
-        for what in ("loopback", "link_local", "private", "multicast", "unspecified", "reserved"):
+        for what in ("loopback", "link_local", "unspecified", "multicast", "reserved", "private"):
             if getattr(c, f"is_{what}"):
                 return f"{address} is a {what.replace('_', '-')} address"
         if not c.is_global:
