@@ -42,12 +42,12 @@ class BwrapPool:
         egress: _egress.Egress | None,
     ) -> None:
         self.backend, self.size, self.limits, self.files, self.egress = backend, size, limits, dict(files), egress
-        self._ready: queue.Queue[Started] = queue.Queue()
+        self._ready: queue.Queue[Started | None] = queue.Queue()  # None: a start failed, go cold
         self._free = threading.Semaphore(size)  # places in the pool no sandbox fills yet
         self._starting = 0
+        self._waiting = 0
         self._lock = threading.Lock()
         self._closed = False
-        self._start_ms = 50.0  # a running estimate of how long a start takes
         self._threads = [
             threading.Thread(target=self._fill, name=f"wflo-sandbox-pool-{i}", daemon=True)
             for i in range(max(1, min(size, os.cpu_count() or 1)))
@@ -65,25 +65,26 @@ class BwrapPool:
             with self._lock:
                 self._starting += 1
             started: Started | None = None
-            t0 = time.perf_counter()
             try:
                 started = self.backend.start(limits=self.limits, files=self.files, egress=self.egress)
                 ok = started.wait_ready(READY_TIMEOUT)
             except Exception:
                 log.debug("wflo sandbox pool: start failed", exc_info=True)
                 ok = False
-            finally:
-                with self._lock:
-                    self._starting -= 1
             if ok and started is not None and not self._closed:
-                self._start_ms = 0.8 * self._start_ms + 0.2 * (time.perf_counter() - t0) * 1000
-                self._ready.put(started)
+                with self._lock:  # counted as starting until it is in the queue
+                    self._ready.put(started)
+                    self._starting -= 1
                 failures = 0
                 if self._closed:
                     self._drain()
                 continue
             if started is not None:
                 started.close(later=True)
+            with self._lock:
+                self._starting -= 1
+                if self._waiting:  # a caller waits for the start that failed: let it go cold
+                    self._ready.put(None)
             self._free.release()
             if self._closed:
                 return
@@ -97,13 +98,20 @@ class BwrapPool:
                 started = self._ready.get_nowait()
             except queue.Empty:
                 with self._lock:
-                    starting = self._starting
-                if not starting or self._closed:
+                    # Wait only for a sandbox no other waiting caller will take first.
+                    wait = self._starting > self._waiting and not self._closed
+                    self._waiting += wait
+                if not wait:
                     return None
                 try:  # one is on its way: sooner than starting another from nothing
-                    started = self._ready.get(timeout=self._start_ms * 2 / 1000)
+                    started = self._ready.get(timeout=READY_TIMEOUT)
                 except queue.Empty:
                     return None
+                finally:
+                    with self._lock:
+                        self._waiting -= 1
+            if started is None:
+                return None
             self._free.release()
             if started.alive():
                 return started
@@ -129,6 +137,8 @@ class BwrapPool:
     def _drain(self) -> None:
         while True:
             try:
-                self._ready.get_nowait().close()
+                started = self._ready.get_nowait()
             except queue.Empty:
                 break
+            if started is not None:
+                started.close()
