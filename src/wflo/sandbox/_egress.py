@@ -37,7 +37,6 @@ from urllib.parse import urlsplit
 from .._errors import UserError
 
 METADATA = {ipaddress.ip_address("168.63.129.16"), ipaddress.ip_address("fd00:ec2::254")}
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
 MAX_HEADER = 16 * 1024
 MAX_CONNECTIONS = 32
 
@@ -98,30 +97,17 @@ def _entry(value: object) -> str:
 
 def refusal(address: str) -> str | None:
     """Why the proxy will not connect to ``address`` (an IP), or ``None`` if it is public."""
+    # The one address check wflo has (``http_get`` uses it too); imported here because the
+    # tools package imports the sandbox.
+    from ..tools._http import address_problem
+
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address} is not an IP address"
-    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    if isinstance(ip, ipaddress.IPv6Address):  # the embedded IPv4 address first: it says more
-        if ip.ipv4_mapped:
-            candidates.append(ip.ipv4_mapped)
-        if ip.sixtofour:
-            candidates.append(ip.sixtofour)
-        if ip.teredo:
-            candidates.extend(ip.teredo)
-        if ip in NAT64:
-            candidates.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    candidates.append(ip)
-    for c in candidates:
-        if c in METADATA:
-            return f"{address} is a cloud metadata address"
-        for what in ("loopback", "link_local", "unspecified", "multicast", "reserved", "private"):
-            if getattr(c, f"is_{what}"):
-                return f"{address} is a {what.replace('_', '-')} address"
-        if not c.is_global:
-            return f"{address} is not a public address"
-    return None
+    if ip in METADATA or (isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped in METADATA):
+        return f"{address} is a cloud metadata address"
+    return address_problem(ip)
 
 
 class EgressProxy:

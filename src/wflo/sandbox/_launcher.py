@@ -12,19 +12,20 @@
    connection to the host's egress proxy through the Unix socket bound at ``FORWARD``;
 3. writes one byte to ``STATUS_FD``: the sandbox exists (the supervisor tells "bwrap could not
    start" from "the program failed" by this byte) and, for a warm sandbox, is ready;
-4. reads one header from stdin (``LENGTH\\n`` then that many bytes of JSON; the rest of stdin is
-   the program's) and runs the Python source in this interpreter or ``exec``s the command.
+4. reads one header from stdin (``LENGTH\\n`` then that many bytes of ``marshal`` data, which
+   needs no import, unlike ``json``; the rest of stdin is the program's) and runs the Python
+   source in this interpreter or ``exec``s the command.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 
 FORWARD_PORT = 3128
 SOCKET = "/run/wflo/egress.sock"
 
 SOURCE = r"""def _wflo_start():
-    import json, os, resource, sys
+    import marshal, os, resource, sys
     nproc, status, forward = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     if nproc:
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
@@ -45,7 +46,7 @@ SOURCE = r"""def _wflo_start():
     size = b""
     while not size.endswith(b"\n"):
         size += read(1)
-    h = json.loads(read(int(size)))
+    h = marshal.loads(read(int(size)))
     if h["python"] is None:
         try:
             os.execvp(h["argv"][0], h["argv"])
@@ -116,5 +117,5 @@ exec(_wflo_start(), __import__("sys").modules["__main__"].__dict__)
 
 def header(argv: list[str], python: str | None) -> bytes:
     """What the supervisor writes to the launcher's stdin before the program's own stdin."""
-    body = json.dumps({"argv": argv, "python": python}).encode()
+    body = marshal.dumps({"argv": list(argv), "python": python})
     return str(len(body)).encode() + b"\n" + body
