@@ -135,6 +135,8 @@ class Sandbox:
         call = Call(kind="sandbox", name=self.backend.name, args=(), kwargs={}, run=ctx, record_input=False,
                     meta={"_args_digest": digest})  # fmt: skip
         call.event["limits"] = asdict(self.limits)
+        if self.network is not None:  # what the code could reach is part of the record
+            call.event["network"] = list(self.network.allow)
 
         def execute() -> dict[str, Any]:
             result = self._execute(argv, stdin, digest, python)
