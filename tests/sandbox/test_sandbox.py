@@ -195,7 +195,7 @@ def test_wflo_exports_sandbox() -> None:
 def test_nothing_left_behind_after_the_process_exits() -> None:
     """Scratch directories and cgroups are removed (some off the caller's path) before exit."""
     tmp_path = Path(tempfile.mkdtemp(prefix="wflo-test-"))
-    tmp_path.chmod(0o711)  # the sandbox's uid (nobody, as root) must reach its scratch under it
+    tmp_path.chmod(0o711)  # the sandbox's uid (as root, one of its own) must reach its scratch under it
     code = (
         "import wflo\n"
         "from wflo.sandbox import _cgroup\n"

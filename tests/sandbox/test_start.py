@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import socket
 import subprocess
 import sys
 import time
@@ -154,6 +155,25 @@ def test_200_back_to_back_pool_runs() -> None:
     assert not bad, f"{len(bad)} of 200 failed, e.g. {bad[:3]}"
 
 
+def test_each_sandbox_has_a_uid_of_its_own() -> None:
+    """As root: never 0, never nobody (which host daemons use), never another sandbox's at the
+    same time; and the uid is free again afterwards."""
+    if os.getuid() != 0:
+        assert Sandbox().run_python("import os; print(os.getuid())").stdout == f"{os.getuid()}\n"
+        return
+    box = Sandbox(wall="20s")
+    with ThreadPoolExecutor(8) as pool:
+        uids = list(pool.map(lambda _: box.run_python("import os, time; time.sleep(1); print(os.getuid())"), range(8)))
+    seen = [int(r.stdout) for r in uids]
+    assert len(set(seen)) == 8, seen
+    assert all(_bwrap.UID_BASE <= uid < _bwrap.UID_BASE + _bwrap.UID_COUNT for uid in seen), seen
+    janitor.drain()
+    for uid in seen:  # released: the name can be taken again
+        probe = socket.socket(socket.AF_UNIX)
+        probe.bind(f"\0wflo-sandbox-uid-{uid}")
+        probe.close()
+
+
 def test_pool_burst_from_threads() -> None:
     """The burst that ended in BrokenPipeError: more callers than warm sandboxes, at once."""
     with Sandbox(pool=2, wall="30s") as box, ThreadPoolExecutor(8) as pool:
@@ -162,7 +182,7 @@ def test_pool_burst_from_threads() -> None:
 
 
 def test_escape_corpus_4_at_a_time() -> None:
-    """The boundary holds when sandboxes run side by side (they share nobody's uid as root)."""
+    """The boundary holds when sandboxes run side by side."""
     SECRET.write_text("host-secret-value")
     os.environ["WFLO_SECRET_TOKEN"] = "sk-do-not-leak"
     sleeps_before = _sleepers()

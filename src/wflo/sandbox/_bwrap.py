@@ -11,8 +11,10 @@ the host's egress proxy (``_egress.py``). Never the host's.
 
 **Never as root.** bwrap started by root maps the sandbox to host uid 0 (a known escape: the
 code could write ``/proc/sys/kernel/core_pattern``). When wflo runs as root, the supervisor
-switches to the unprivileged ``nobody`` uid (65534) before starting bwrap; the scratch
-directory is handed to that uid.
+switches to an unprivileged uid of the sandbox's own before starting bwrap: one from wflo's
+reserved range (``SandboxUid``, like systemd's ``DynamicUser``), held for the sandbox's life,
+with group ``nogroup`` (65534); the scratch directory is handed to that uid. No account, file
+or other process on the host has that uid, not even another sandbox.
 
 Limits: rlimits on address space, CPU time, file size and open files, set before bwrap; the
 process limit is set by the launcher (``_launcher.py``) *inside* the sandbox's user namespace,
@@ -36,7 +38,9 @@ import functools
 import os
 import random
 import resource
+import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -49,8 +53,12 @@ from ._base import Limits, SandboxBackend, SandboxResult
 from ._supervise import Started, remove_tree
 
 PYTHON = "/usr/bin/python3"
-SANDBOX_UID = 65534
+SANDBOX_UID = 65534  # the runsc backend's (gVisor maps it inside its own kernel)
 SANDBOX_GID = 65534
+UID_BASE = 0x7FF00000
+"""wflo's reserved uids: ``UID_BASE`` to ``UID_BASE + UID_COUNT - 1`` (2146435072 to 2146500607), in
+the range systemd leaves unused (1879048192 to 2147483647)."""
+UID_COUNT = 65536
 ATTEMPTS = 6
 # bwrap's words for a shortage that passes (EAGAIN from clone, fork or namespace creation).
 TRANSIENT = ("Resource temporarily unavailable", "Can't fork", "No space left on device", "Cannot allocate memory")
@@ -64,7 +72,7 @@ def _work_path(path: str) -> str:
     return norm
 
 
-def fill_scratch(scratch: Path, files: Mapping[str, bytes]) -> None:
+def fill_scratch(scratch: Path, files: Mapping[str, bytes], uid: int = SANDBOX_UID) -> None:
     """Put the granted ``files`` in the scratch directory and, when wflo runs as root, hand
     it all to the sandbox's uid (links are not followed)."""
     for path, content in files.items():
@@ -73,7 +81,40 @@ def fill_scratch(scratch: Path, files: Mapping[str, bytes]) -> None:
         target.write_bytes(content)
     if os.getuid() == 0:
         for p in [scratch, *scratch.rglob("*")]:
-            os.chown(p, SANDBOX_UID, SANDBOX_GID, follow_symlinks=False)
+            os.chown(p, uid, SANDBOX_GID, follow_symlinks=False)
+
+
+class SandboxUid:
+    """A host uid for one sandbox (wflo as root), from wflo's reserved range.
+
+    Held through an abstract Unix socket named after it: binding the name fails while another
+    process on this host (in this network namespace) holds it, and the kernel frees it when the
+    holder exits, even by SIGKILL, so a crashed supervisor leaks nothing. Released after the
+    sandbox's processes are gone."""
+
+    def __init__(self, uid: int, lock: socket.socket | None) -> None:
+        self.uid, self._lock = uid, lock
+
+    @classmethod
+    def allocate(cls) -> SandboxUid:
+        if os.getuid() != 0:
+            return cls(os.getuid(), None)  # an ordinary user cannot switch: the sandbox is theirs
+        for _ in range(64):
+            uid = UID_BASE + secrets.randbelow(UID_COUNT)
+            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                lock.bind(f"\0wflo-sandbox-uid-{uid}")
+            except OSError:
+                lock.close()
+                continue
+            return cls(uid, lock)
+        raise SandboxUnavailableError(backend="bwrap", detail="no free uid in wflo's reserved range",
+                                      hint="More than 65,536 sandboxes at once on one host?")  # fmt: skip
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 @functools.cache
@@ -130,11 +171,11 @@ class BwrapBackend(SandboxBackend):
         self._checked = True
 
     @staticmethod
-    def _drop_privileges() -> None:
+    def _drop_privileges(uid: int = SANDBOX_UID) -> None:
         if os.getuid() == 0:
             os.setgroups([])
             os.setgid(SANDBOX_GID)
-            os.setuid(SANDBOX_UID)
+            os.setuid(uid)
 
     def _flags(self, scratch: Path, limits: Limits, proxy: _egress.EgressProxy | None, seccomp_fd: int) -> list[str]:
         flags = [
@@ -202,10 +243,11 @@ class BwrapBackend(SandboxBackend):
         scratch = Path(tempfile.mkdtemp(prefix="wflo-sbx-"))
         group: _cgroup.CGroup | None = None
         status_r = status_w = -1
+        owner = SandboxUid.allocate()
         try:
-            fill_scratch(scratch, files)
+            fill_scratch(scratch, files, owner.uid)
             os.chmod(scratch, 0o700)
-            proxy = _egress.proxy_for(egress, SANDBOX_UID if os.getuid() == 0 else None) if egress else None
+            proxy = _egress.proxy_for(egress, SANDBOX_GID if os.getuid() == 0 else None) if egress else None
             group = _cgroup.CGroup.create(limits.memory, limits.processes)
             # Counted inside the sandbox's namespace: its bwrap init, the forwarder, the code.
             nproc = limits.processes + 2 if namespaced_nproc() or group is None else 0
@@ -217,7 +259,7 @@ class BwrapBackend(SandboxBackend):
                 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
                 if group is not None:
                     group.join()
-                self._drop_privileges()
+                self._drop_privileges(owner.uid)
                 # Last: the parent's descriptors are still open here (they are closed just before
                 # exec), so a lower limit set earlier would make join()'s open() fail with EMFILE
                 # in a process that holds many files or sockets.
@@ -241,8 +283,11 @@ class BwrapBackend(SandboxBackend):
             if status_r >= 0:
                 os.close(status_r)
             remove_tree(scratch)
+            owner.release()
             raise
-        return Started(self.name, proc, scratch, limits, group, status_r)
+        started = Started(self.name, proc, scratch, limits, group, status_r)
+        started.cleanup = owner.release  # after the group is emptied and the scratch removed
+        return started
 
 
 def unavailable(stderr: str, attempts: int) -> SandboxUnavailableError:

@@ -113,15 +113,16 @@ def refusal(address: str) -> str | None:
 class EgressProxy:
     """The host side: an HTTP proxy on a Unix socket, one per allow-list, for this process."""
 
-    def __init__(self, egress: Egress, uid: int | None) -> None:
+    def __init__(self, egress: Egress, gid: int | None) -> None:
         self.egress = egress
         self._dir = Path(tempfile.mkdtemp(prefix="wflo-egress-"))
         self.path = self._dir / "egress.sock"
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(str(self.path))
         os.chmod(self.path, 0o600)
-        if uid is not None:
-            os.chown(self.path, uid, uid)
+        if gid is not None:  # wflo as root: each sandbox has a uid of its own, all share this group
+            os.chown(self.path, 0, gid)
+            os.chmod(self.path, 0o660)
             os.chmod(self._dir, 0o711)
         self._sock.listen(64)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -247,11 +248,11 @@ _proxies: dict[Egress, EgressProxy] = {}
 _lock = threading.Lock()
 
 
-def proxy_for(egress: Egress, uid: int | None) -> EgressProxy:
+def proxy_for(egress: Egress, gid: int | None) -> EgressProxy:
     """The process's proxy for this allow-list (started on first use, stopped at exit)."""
     with _lock:
         if egress not in _proxies:
-            _proxies[egress] = EgressProxy(egress, uid)
+            _proxies[egress] = EgressProxy(egress, gid)
             if len(_proxies) == 1:
                 atexit.register(_close_all)
         return _proxies[egress]

@@ -4,9 +4,8 @@
 
 1. sets ``RLIMIT_NPROC`` *inside the sandbox's user namespace*. Since Linux 5.14 the kernel
    counts processes per (user namespace, uid), so the limit counts only this sandbox's
-   processes, whoever else runs as the same host uid (a laptop user's hundreds of processes,
-   or every other sandbox running as ``nobody``). Set outside, before bwrap, it counted them
-   all and sandboxes failed to start;
+   processes, whoever else runs as the same host uid (a laptop user's hundreds of processes).
+   Set outside, before bwrap, it counted them all and sandboxes failed to start;
 2. with an egress allow-list, starts the forwarder: a process listening on the sandbox's own
    loopback (``127.0.0.1:3128``, a network namespace with nothing else in it) that carries each
    connection to the host's egress proxy through the Unix socket bound at ``FORWARD``;
