@@ -134,3 +134,32 @@ def test_cpu_spin_is_cpu_even_on_a_loaded_host() -> None:
             hog.wait()
     assert spin.killed_by == "cpu", spin
     assert sleep.killed_by == "timeout", sleep
+
+
+def test_files_back_never_follows_a_directory_swapped_for_a_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a dying sandbox could try: /work/a is a directory when listed and a link to a
+    host directory when the supervisor descends into it."""
+    from wflo.sandbox import _supervise
+
+    outside = tmp_path / "host"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("host secret")
+    scratch = tmp_path / "scratch"
+    (scratch / "a").mkdir(parents=True)
+    (scratch / "a" / "secret.txt").write_text("sandbox's own")
+    real_open = os.open
+    swapped: list[bool] = []
+
+    def swap_then_open(path: str, flags: int, *args: int, **kwargs: int) -> int:
+        if path == "a" and not swapped:  # listed and stat'ed as a directory; now it is a link
+            swapped.append(True)
+            (scratch / "a" / "secret.txt").unlink()
+            (scratch / "a").rmdir()
+            (scratch / "a").symlink_to(outside)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(_supervise.os, "open", swap_then_open)
+    got = files_back(scratch)
+    assert swapped and b"host secret" not in got.values(), got

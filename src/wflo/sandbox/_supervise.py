@@ -350,32 +350,74 @@ def _classify(code: int, stderr: str) -> str | None:
 
 
 def files_back(scratch: Path) -> dict[str, bytes]:
-    """Regular files the code left in /work. Links are never followed (one could point at a
-    host file, and this runs with the supervisor's rights); FIFOs, sockets and device nodes
-    are never opened (opening a FIFO blocks until a writer comes)."""
+    """Regular files the code left in /work. Links are never followed, at any depth: each
+    directory is opened relative to its parent's descriptor with ``O_NOFOLLOW``, so a directory
+    swapped for a link to ``/etc`` while the walk runs leads nowhere (this runs with the
+    supervisor's rights). FIFOs, sockets and device nodes are never opened (opening a FIFO
+    blocks until a writer comes). Files deeper than ``MAX_DEPTH`` directories are not returned."""
     out: dict[str, bytes] = {}
-    budget = MAX_FILES_BACK
-    for rel, st in _walk(scratch)[:MAX_ENTRIES]:
-        if not stat.S_ISREG(st.st_mode) or st.st_size > budget:
-            continue
-        try:
-            fd = os.open(scratch / rel, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
-        except OSError:
-            continue
-        try:
-            now = os.fstat(fd)
-            if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-                continue  # swapped since the walk
-            data = bytearray()
-            while len(data) < min(now.st_size, budget):
-                chunk = os.read(fd, min(1 << 20, budget - len(data)))
-                if not chunk:
-                    break
-                data += chunk
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-        budget -= len(data)
-        out["/work/" + rel] = bytes(data)
+    budget = [MAX_FILES_BACK, MAX_ENTRIES]
+    try:
+        top = os.open(scratch, _DIR)
+    except OSError:
+        return out
+    _take_back(top, "", 0, out, budget)
     return out
+
+
+MAX_DEPTH = 64
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+
+
+def _take_back(dirfd: int, rel: str, depth: int, out: dict[str, bytes], budget: list[int]) -> None:
+    """Read back the regular files under ``dirfd`` (closed here); ``budget`` is [bytes, entries]."""
+    try:
+        with os.scandir(dirfd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            budget[1] -= 1
+            if budget[1] < 0:
+                return
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if depth < MAX_DEPTH:
+                    with contextlib.suppress(OSError):
+                        _take_back(os.open(entry.name, _DIR, dir_fd=dirfd), path, depth + 1, out, budget)
+                continue
+            if not stat.S_ISREG(st.st_mode) or st.st_size > budget[0]:
+                continue
+            data = _read_regular(dirfd, entry.name, st, budget[0])
+            if data is not None:
+                budget[0] -= len(data)
+                out["/work/" + path] = data
+    except OSError:
+        return
+    finally:
+        os.close(dirfd)
+
+
+def _read_regular(dirfd: int, name: str, seen: os.stat_result, limit: int) -> bytes | None:
+    try:
+        fd = os.open(name, _FILE, dir_fd=dirfd)
+    except OSError:
+        return None
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (seen.st_dev, seen.st_ino):
+            return None  # swapped since the directory was read
+        data = bytearray()
+        while len(data) < min(now.st_size, limit):
+            chunk = os.read(fd, min(1 << 20, limit - len(data)))
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
