@@ -130,6 +130,27 @@ def test_allowed_local_server_through_the_test_escape_hatch(server: int) -> None
     ]
 
 
+def test_proxy_edge_requests(server: int) -> None:
+    """Bytes sent right behind a CONNECT (as TLS clients may) go through; a malformed request
+    gets a 403, not a dead proxy thread."""
+    egress = Egress(allow=(f"127.0.0.1:{server}",), unsafe_allow_private=True)
+    result = Sandbox(network=egress, wall="15s").run_python(
+        "import socket\n"
+        "s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n"
+        f"s.sendall(b'CONNECT 127.0.0.1:{server} HTTP/1.1\\r\\n\\r\\nGET /pipelined HTTP/1.0\\r\\n\\r\\n')\n"
+        "data = b''\n"
+        "while chunk := s.recv(4096):\n    data += chunk\n"
+        "print(data.split(b'\\r\\n')[0].decode(), data.rsplit(b'\\r\\n', 1)[-1].decode())\n"
+        "for bad in (b'GET http://127.0.0.1:x/ HTTP/1.1', b'GET ftp://a/ HTTP/1.1', b'NONSENSE'):\n"
+        "    s = socket.create_connection(('127.0.0.1', 3128), timeout=10)\n"
+        "    s.sendall(bad + b'\\r\\n\\r\\n')\n"
+        "    print(s.recv(4096).split(b'\\r\\n')[0].decode())\n"
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == "HTTP/1.1 200 Connection established hello from the test server /pipelined", result
+    assert [line.split(":", 1)[0] for line in lines[1:]] == ["HTTP/1.1 403 wflo egress"] * 3, result
+
+
 def test_allow_list_in_a_warm_sandbox(server: int) -> None:
     egress = Egress(allow=(f"127.0.0.1:{server}",), unsafe_allow_private=True)
     with Sandbox(network=egress, pool=1, wall="15s") as box:

@@ -156,9 +156,10 @@ class EgressProxy:
                 conn.sendall(f"HTTP/1.1 403 wflo egress: {upstream}\r\nContent-Length: 0\r\n\r\n".encode())
                 return
             with upstream:
-                if rest is None:
+                if rest is None:  # CONNECT: what the client sent after its request goes on through
                     conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                else:
+                    rest = head.split(b"\r\n\r\n", 1)[1]
+                if rest:
                     upstream.sendall(rest)
                 _pump(conn, upstream)
         except OSError:
@@ -182,7 +183,10 @@ class EgressProxy:
             url = urlsplit(target)
             if url.scheme != "http" or not url.hostname:
                 return "only CONNECT and absolute http:// requests are proxied", None
-            host, port_s = url.hostname, str(url.port or 80)
+            try:
+                host, port_s = url.hostname, str(url.port or 80)
+            except ValueError:
+                return "malformed destination", None
             path = url.path or "/"
             rest = f"{method} {path}{'?' + url.query if url.query else ''} {version}\r\n".encode() + after
         host = host.strip("[]")

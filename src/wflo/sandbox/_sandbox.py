@@ -57,9 +57,10 @@ class Sandbox:
     ``wflo.Sandbox(memory="256MiB", cpu_seconds=5, wall="10s", processes=32, output="1MiB",
     files={"/work/data.csv": b"..."}, network=None)``. ``network`` is ``None`` (no network, the
     default) or an allow-list ``["api.example.com:443"]`` (or an ``Egress``) reached through a
-    host-side proxy that refuses loopback, private and metadata addresses; never the host's. Inside a workflow each execution is a
-    journaled call (kind ``sandbox``): a resumed run does not run finished code again, and
-    the event records digests of the code and output, the limits and how it ended.
+    host-side proxy that refuses loopback, private and metadata addresses; never the host's.
+    Inside a workflow each execution is a journaled call (kind ``sandbox``): a resumed run does
+    not run finished code again, and the event records digests of the code and output, the
+    limits, the allow-list and how it ended.
     """
 
     def __init__(
