@@ -1,7 +1,9 @@
 """The store base class: every query and all shared logic; backends add only dialect hooks.
 
-Concurrency model. Each thread uses its own connection. A run's journal has one writer at a
-time, the holder of the run's lease; every append is fenced on ``(lease_owner, last_seq)`` in
+Concurrency model. Connections come from a bounded pool per store and process, one per
+transaction (see ``_pool``). A run's journal has one writer at a time, the holder of the run's
+lease; lease times are read from the store's clock (``_clock``), never a worker's, so a
+worker whose clock runs ahead cannot see a live lease as expired; every append is fenced on ``(lease_owner, last_seq)`` in
 the same statement that advances the run's head, so a worker whose lease was taken over
 cannot write another event (it gets ``LeaseLost``), and two writers can never both extend
 the same link. The events and the ``runs`` projection change in one transaction.
@@ -11,21 +13,25 @@ from __future__ import annotations
 
 import abc
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from .._errors import LeaseLost, RunNotFoundError, SchemaVersionError
 from ._chain import GENESIS, canonical_json, link_hash
 from ._migrations import MIGRATIONS, SCHEMA_VERSION
+from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, BoundedPool
 from ._records import (
     RUN_COLUMNS,
     Event,
     Head,
     NewEvent,
     RunRecord,
+    iso,
     now_iso,
 )
 
@@ -46,11 +52,16 @@ class Store(abc.ABC):
 
     dialect: str = "abstract"
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    ) -> None:
         self.url = url
+        self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
         self._local = threading.local()
-        self._conns: list[Any] = []
-        self._conns_lock = threading.Lock()
+        self._pool: Any = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
         self._sql_cache: dict[str, str] = {}
 
     # ----------------------------------------------------------------- dialect hooks
@@ -65,6 +76,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def _claim_next_sql(self) -> str:
         """SELECT the id of the next claimable run (``?`` params: now, now)."""
+
+    def _clock(self, cur: Any) -> datetime:
+        """Now by the store's clock, read inside the transaction ``cur`` belongs to.
+
+        Lease expiry is judged on this clock only. The default is this machine's clock: an
+        embedded SQLite store has one machine, whose clock every process on it shares.
+        """
+        return datetime.now(UTC)
 
     def _is_disconnect(self, error: BaseException) -> bool:
         """True when ``error`` means the connection is gone and the operation may be retried."""
@@ -83,33 +102,63 @@ class Store(abc.ABC):
     """Suffix that locks selected rows until commit (PostgreSQL); SQLite's write transaction
     already holds the whole database."""
 
-    # ----------------------------------------------------------------- connections
-    def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
+    def _translate_error(self, error: BaseException) -> BaseException | None:
+        """A clearer error for ``error`` (a damaged database file), or ``None``."""
+        return None
 
-    def _drop_conn(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with self._conns_lock:
-                if conn in self._conns:
-                    self._conns.remove(conn)
-            with suppress(Exception):
-                conn.close()
+    def _conn_broken(self, conn: Any) -> bool:
+        """True when ``conn`` can no longer be used (it is then closed, not pooled)."""
+        return False
+
+    def _make_pool(self) -> Any:
+        """The pool connections come from (``get``/``put``/``discard_idle``/``close``)."""
+        return BoundedPool(
+            self._connect, size=self.pool_size, timeout=self.pool_timeout, url=self.url, close=lambda c: c.close()
+        )
+
+    # ----------------------------------------------------------------- connections
+    def _get_pool(self) -> Any:
+        pool = self._pool
+        if pool is None or self._pool_pid != os.getpid():
+            with self._pool_lock:
+                # After a fork the parent's connections are not ours to use: a new pool.
+                if self._pool is None or self._pool_pid != os.getpid():
+                    self._pool = self._make_pool()
+                    self._pool_pid = os.getpid()
+                pool = self._pool
+        return pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection for one transaction or read, returned to the pool afterwards.
+
+        Re-entrant per thread: a read made inside a write transaction (a ``StoreOp`` asking
+        the store something) uses the transaction's connection, so it sees the transaction's
+        own writes and a thread never waits on the pool while holding a connection.
+        """
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            yield held
+            return
+        pool = self._get_pool()
+        conn = pool.get()
+        self._local.held = conn
+        broken = False
+        try:
+            yield conn
+        except BaseException as exc:
+            broken = self._is_disconnect(exc) or self._conn_broken(conn)
+            raise
+        finally:
+            self._local.held = None
+            pool.put(conn, broken=broken)
 
     def close(self) -> None:
-        """Close every connection this store opened (in any thread)."""
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            with suppress(Exception):
-                conn.close()
+        """Close every pooled connection (a later call opens a new pool)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         self._local = threading.local()
 
     def _sql(self, sql: str) -> str:
@@ -126,37 +175,43 @@ class Store(abc.ABC):
             try:
                 return fn()
             except Exception as exc:
+                better = self._translate_error(exc)
+                if better is not None:
+                    raise better from None
                 if not self._is_disconnect(exc) or attempt == attempts - 1:
                     raise
-                self._drop_conn()
+                # The server went away: the idle connections are as dead as this one.
+                with suppress(Exception):
+                    self._get_pool().discard_idle()
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
         raise AssertionError("unreachable")
 
     @contextmanager
     def _tx(self) -> Iterator[Any]:
-        conn = self._conn()
-        cur = conn.cursor()
-        self._begin(cur)
-        try:
-            yield cur
-        except BaseException:
-            with suppress(Exception):
-                cur.execute("ROLLBACK")
-            raise
-        else:
-            cur.execute("COMMIT")
-        finally:
-            cur.close()
+        with self._connection() as conn:
+            cur = conn.cursor()
+            self._begin(cur)
+            try:
+                yield cur
+            except BaseException:
+                with suppress(Exception):
+                    cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
 
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         def go() -> list[tuple[Any, ...]]:
-            cur = self._conn().cursor()
-            try:
-                cur.execute(self._sql(sql), tuple(params))
-                return list(cur.fetchall())
-            finally:
-                cur.close()
+            with self._connection() as conn:
+                cur = conn.cursor()
+                try:
+                    cur.execute(self._sql(sql), tuple(params))
+                    return list(cur.fetchall())
+                finally:
+                    cur.close()
 
         return self._retrying(go)
 
@@ -185,21 +240,24 @@ class Store(abc.ABC):
     # ----------------------------------------------------------------- schema
     def schema_version(self) -> int:
         def go() -> int:
-            cur = self._conn().cursor()
-            try:
+            with self._connection() as conn:
+                cur = conn.cursor()
                 try:
-                    cur.execute("SELECT value FROM wflo_meta WHERE key = 'schema_version'")
-                except Exception:
-                    self._rollback_quietly()
-                    return 0
-                row = cur.fetchone()
-                return int(row[0]) if row else 0
-            finally:
-                cur.close()
+                    try:
+                        cur.execute("SELECT value FROM wflo_meta WHERE key = 'schema_version'")
+                    except Exception as exc:
+                        if self._translate_error(exc) is not None or self._is_disconnect(exc):
+                            raise
+                        self._rollback_quietly(conn)
+                        return 0  # no wflo_meta table: a new, empty store
+                    row = cur.fetchone()
+                    return int(row[0]) if row else 0
+                finally:
+                    cur.close()
 
         return self._retrying(go)
 
-    def _rollback_quietly(self) -> None:  # noqa: B027 - optional dialect hook
+    def _rollback_quietly(self, conn: Any) -> None:  # noqa: B027 - optional dialect hook
         """After a failed read, leave the connection usable (PostgreSQL aborts the tx)."""
 
     def migrate(self) -> list[str]:
@@ -353,10 +411,10 @@ class Store(abc.ABC):
         if owner is not None:
             new_events.append(NewEvent("run.started", {"attempt": 1, "worker": owner}, now))
         status = "running" if owner is not None else "queued"
-        lease = now_iso(lease_seconds) if owner is not None else None
 
         def go() -> tuple[RunRecord, bool]:
             with self._tx() as cur:
+                lease = iso(self._clock(cur), lease_seconds) if owner is not None else None
                 self.execute(cur, "SELECT 1 FROM runs WHERE id = ?", (run_id,))
                 if cur.fetchone():
                     created = False
@@ -492,10 +550,11 @@ class Store(abc.ABC):
     # ----------------------------------------------------------------- leases
     def claim_next(self, owner: str, lease_seconds: float, workflows: Sequence[str] | None = None) -> RunRecord | None:
         """Take the lease of the next runnable run: queued, woken, or abandoned by a dead owner."""
-        now = now_iso()
 
         def go() -> RunRecord | None:
             with self._tx() as cur:
+                clock = self._clock(cur)
+                now = iso(clock)
                 sql = self._claim_next_sql()
                 params: list[Any] = [now, now]
                 if workflows:
@@ -510,7 +569,7 @@ class Store(abc.ABC):
                     cur,
                     "UPDATE runs SET lease_owner = ?, lease_expires_at = ?, status = 'running', "
                     "attempts = attempts + 1, wake_at = NULL, updated_at = ? WHERE id = ?",
-                    (owner, now_iso(lease_seconds), now, run_id),
+                    (owner, iso(clock, lease_seconds), now, run_id),
                 )
                 self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
                 return RunRecord.from_row(cur.fetchone())
@@ -518,18 +577,19 @@ class Store(abc.ABC):
         return self._retrying(go)
 
     def claim(self, run_id: str, owner: str, lease_seconds: float) -> RunRecord:
-        """Take the lease of one run if it is free, expired, or already ours."""
-        now = now_iso()
+        """Take the lease of one run if it is free, expired (by the store's clock), or already ours."""
 
         def go() -> RunRecord:
             with self._tx() as cur:
+                clock = self._clock(cur)
+                now = iso(clock)
                 self.execute(
                     cur,
                     "UPDATE runs SET lease_owner = ?, lease_expires_at = ?, status = 'running', "
                     "attempts = attempts + 1, wake_at = NULL, updated_at = ? WHERE id = ? "
                     "AND status NOT IN ('succeeded', 'failed', 'cancelled', 'stopped') "
                     "AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at < ?)",
-                    (owner, now_iso(lease_seconds), now, run_id, owner, now),
+                    (owner, iso(clock, lease_seconds), now, run_id, owner, now),
                 )
                 self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
                 row = cur.fetchone()
@@ -543,11 +603,11 @@ class Store(abc.ABC):
         """Extend our leases; return the ids we still hold, each with its cancel request."""
         if not run_ids:
             return {}
-        until = now_iso(lease_seconds)
         marks = ", ".join("?" * len(run_ids))
 
         def go() -> dict[str, bool]:
             with self._tx() as cur:
+                until = iso(self._clock(cur), lease_seconds)
                 self.execute(
                     cur,
                     f"UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND id IN ({marks})",
