@@ -9,6 +9,8 @@ disabling or dropping the trigger, calling the prune function, deleting the ``ru
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +39,10 @@ class Deployment:
 @pytest.fixture
 def deployment(pg_url: str) -> Iterator[Deployment]:
     """Roles and a schema of this test's own (``pg_url`` only checks that PostgreSQL is up)."""
+    yield from _deploy(via_cli=False)
+
+
+def _deploy(*, via_cli: bool) -> Iterator[Deployment]:
     import psycopg
 
     tag = uuid.uuid4().hex[:10]
@@ -47,8 +53,15 @@ def deployment(pg_url: str) -> Iterator[Deployment]:
     try:
         with open_store(dep.url(dep.owner)) as owner_store:  # `wflo db migrate` as the owner
             owner_store.migrate()
-        with open_store(f"{PG_URL}?options=-csearch_path%3D{dep.schema}") as admin:  # as a superuser
-            apply_roles(admin, owner=dep.owner, app=dep.app, auditor=dep.auditor)
+        admin_url = f"{PG_URL}?options=-csearch_path%3D{dep.schema}"  # a superuser
+        if via_cli:
+            env = {"WFLO_DATABASE_URL": admin_url, "PYTHONPATH": os.pathsep.join(sys.path)}
+            proc = subprocess.run([sys.executable, "-m", "wflo.cli", "db", "roles", "--app", dep.app,
+                                   "--auditor", dep.auditor], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert proc.returncode == 0 and f"tables owned by {dep.owner}" in " ".join(proc.stdout.split()), proc.stderr
+        else:
+            with open_store(admin_url) as admin:
+                apply_roles(admin, owner=dep.owner, app=dep.app, auditor=dep.auditor)
         yield dep
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
@@ -147,3 +160,15 @@ def test_only_the_auditor_prunes_and_only_finished_runs(deployment: Deployment, 
         with psycopg.connect(deployment.url(deployment.auditor)) as conn:
             with pytest.raises(psycopg.Error, match="not finished"):
                 conn.execute("SELECT wflo_prune_chain(%s, %s, %s)", ("live", live.last_seq, live.last_hash))
+
+
+@pytest.mark.postgres
+def test_wflo_db_roles_sets_the_roles_up(pg_url: str) -> None:
+    import psycopg
+
+    for dep in _deploy(via_cli=True):
+        _finished_run(dep.url(dep.app), "r1")
+        with psycopg.connect(dep.url(dep.app)) as conn:
+            conn.execute("SET LOCAL wflo.prune = 'on'")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("DELETE FROM events WHERE chain = 'r1'")
