@@ -83,7 +83,14 @@ class Worker:
                             log.warning("wflo worker: claiming failed: %s", exc)
                 if claimed is not None:
                     idle_since = time.monotonic()
-                    self._submit(pool, claimed)
+                    with self._lock:
+                        ours = claimed.id in self._active
+                    # Our own lease lapsed (heartbeats failed while the database was away) and
+                    # we took the run back under the same owner name: the thread running it
+                    # carries on. Fencing cannot tell two threads of one owner apart, so a
+                    # second thread would run its steps twice, at the same time.
+                    if not ours:
+                        self._submit(pool, claimed)
                     continue
                 with self._lock:
                     busy = bool(self._active)
