@@ -49,5 +49,7 @@ def chaosapp(i: int) -> int:
     if _client is None:
         _client = openai.OpenAI(base_url=os.environ["CHAOS_LLM"], api_key="test", max_retries=5)
     a = prepare(i)
-    _client.chat.completions.create(model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": f"run {i}"}])
+    _client.chat.completions.create(
+        model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": f"run {i}"}]
+    )
     return a + settle(i)

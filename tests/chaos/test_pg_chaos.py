@@ -10,6 +10,7 @@ port) so that restarting it disturbs nobody else's tests.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import pwd
 import random
@@ -206,7 +207,7 @@ def test_four_workers_drain_1000_runs_through_restarts_and_kills(private_pg: Clu
             spans[(step, i)].append((began, killed.get(int(pid), float("inf")), pid))
         for key, runs_of_step in spans.items():
             runs_of_step.sort()
-            for (_, end, pid), (begin, _, other) in zip(runs_of_step, runs_of_step[1:], strict=False):
+            for (_, end, pid), (begin, _, other) in itertools.pairwise(runs_of_step):
                 assert begin >= end, f"step {key} ran on workers {pid} and {other} at once"
         assert len(spans) == 2 * RUNS
 

@@ -68,7 +68,9 @@ def db_roles(app: str, auditor: str, owner: str | None, print_only: bool, no_cre
         if store.dialect != "postgresql":
             apply_roles(store, owner="-", app=app, auditor=auditor)  # raises the SQLite explanation
         if owner is None:
-            row = store.read("SELECT tableowner FROM pg_tables WHERE tablename = 'events' AND schemaname = current_schema()")
+            row = store.read(
+                "SELECT tableowner FROM pg_tables WHERE tablename = 'events' AND schemaname = current_schema()"
+            )
             owner = str(row[0][0]) if row else "postgres"
         if print_only:
             schema = str(store.read("SELECT current_schema()")[0][0])

@@ -141,9 +141,7 @@ class _PsycopgPool:
         try:
             from psycopg_pool import ConnectionPool, PoolTimeout
         except ImportError:
-            raise ConfigurationError(
-                "the PostgreSQL store needs psycopg_pool: pip install 'wflo[postgres]'"
-            ) from None
+            raise ConfigurationError("the PostgreSQL store needs psycopg_pool: pip install 'wflo[postgres]'") from None
         self._timeout_error = PoolTimeout
         self._store = store
         # One direct connection first: an unreachable server or a wrong password is then a

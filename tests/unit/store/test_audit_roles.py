@@ -157,9 +157,11 @@ def test_only_the_auditor_prunes_and_only_finished_runs(deployment: Deployment, 
         live = auditor.get_run("live")
         import psycopg
 
-        with psycopg.connect(deployment.url(deployment.auditor)) as conn:
-            with pytest.raises(psycopg.Error, match="not finished"):
-                conn.execute("SELECT wflo_prune_chain(%s, %s, %s)", ("live", live.last_seq, live.last_hash))
+        with (
+            psycopg.connect(deployment.url(deployment.auditor)) as conn,
+            pytest.raises(psycopg.Error, match="not finished"),
+        ):
+            conn.execute("SELECT wflo_prune_chain(%s, %s, %s)", ("live", live.last_seq, live.last_hash))
 
 
 @pytest.mark.postgres

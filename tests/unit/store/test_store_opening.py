@@ -31,7 +31,7 @@ def test_misspelt_sqlite_urls_are_refused_with_the_right_spelling(
     url: str, hint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigurationError, match="sqlite:///relative/path.db") as info:
+    with pytest.raises(ConfigurationError, match=r"sqlite:///relative/path\.db") as info:
         open_store(url)
     assert hint in str(info.value)
     assert "\n" not in str(info.value)
@@ -92,9 +92,8 @@ def _filled(tmp_path: Path) -> Path:
 
 def test_a_damaged_page_is_a_store_corrupt_error(tmp_path: Path) -> None:
     path = _filled(tmp_path)
-    with pytest.raises(StoreCorruptError, match="is damaged") as info:
-        with open_store(f"sqlite:///{path}") as store:
-            store.list_runs(limit=500)
+    with pytest.raises(StoreCorruptError, match="is damaged") as info, open_store(f"sqlite:///{path}") as store:
+        store.list_runs(limit=500)
     assert str(path) in str(info.value)
 
 
