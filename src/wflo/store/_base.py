@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import abc
 import json
-import os
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from .._errors import LeaseLost, RunNotFoundError, SchemaVersionError
 from ._chain import GENESIS, canonical_json, link_hash
+from ._conn import Connections
 from ._migrations import MIGRATIONS, SCHEMA_VERSION
-from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, BoundedPool
 from ._records import (
     RUN_COLUMNS,
     Event,
@@ -43,7 +40,7 @@ SYSTEM_CHAIN = "system"
 StoreOp = Callable[[Any], None]
 
 
-class Store(abc.ABC):
+class Store(Connections):
     """A wflo store: runs, their hash-chained journals, and the system chain.
 
     Subclasses implement only the dialect hooks (connecting, beginning a write transaction,
@@ -52,27 +49,7 @@ class Store(abc.ABC):
 
     dialect: str = "abstract"
 
-    def __init__(
-        self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, pool_timeout: float = DEFAULT_POOL_TIMEOUT
-    ) -> None:
-        self.url = url
-        self.pool_size = pool_size
-        self.pool_timeout = pool_timeout
-        self._local = threading.local()
-        self._pool: Any = None
-        self._pool_pid = 0
-        self._pool_lock = threading.Lock()
-        self._sql_cache: dict[str, str] = {}
-
     # ----------------------------------------------------------------- dialect hooks
-    @abc.abstractmethod
-    def _connect(self) -> Any:
-        """A new DB-API connection in autocommit mode."""
-
-    @abc.abstractmethod
-    def _begin(self, cur: Any) -> None:
-        """Begin a transaction that may write."""
-
     @abc.abstractmethod
     def _claim_next_sql(self) -> str:
         """SELECT the id of the next claimable run (``?`` params: now, now)."""
@@ -85,157 +62,13 @@ class Store(abc.ABC):
         """
         return datetime.now(UTC)
 
-    def _is_disconnect(self, error: BaseException) -> bool:
-        """True when ``error`` means the connection is gone and the operation may be retried."""
-        return False
-
-    def _notify(self, cur: Any, channel: str, payload: str) -> None:  # noqa: B027 - optional dialect hook
+    def _notify(self, cur: Any, channel: str, payload: str) -> None:
         """Tell waiting workers that something changed (PostgreSQL NOTIFY); default: nothing."""
 
     def wait_for_notification(self, timeout: float) -> bool:
         """Block up to ``timeout`` s for a notification; True if one came. Default: sleep."""
         time.sleep(timeout)
         return False
-
-    placeholder = "?"
-    for_update = ""
-    """Suffix that locks selected rows until commit (PostgreSQL); SQLite's write transaction
-    already holds the whole database."""
-
-    def _translate_error(self, error: BaseException) -> BaseException | None:
-        """A clearer error for ``error`` (a damaged database file), or ``None``."""
-        return None
-
-    def _conn_broken(self, conn: Any) -> bool:
-        """True when ``conn`` can no longer be used (it is then closed, not pooled)."""
-        return False
-
-    def _make_pool(self) -> Any:
-        """The pool connections come from (``get``/``put``/``discard_idle``/``close``)."""
-        return BoundedPool(
-            self._connect, size=self.pool_size, timeout=self.pool_timeout, url=self.url, close=lambda c: c.close()
-        )
-
-    # ----------------------------------------------------------------- connections
-    def _get_pool(self) -> Any:
-        pool = self._pool
-        if pool is None or self._pool_pid != os.getpid():
-            with self._pool_lock:
-                # After a fork the parent's connections are not ours to use: a new pool.
-                if self._pool is None or self._pool_pid != os.getpid():
-                    self._pool = self._make_pool()
-                    self._pool_pid = os.getpid()
-                pool = self._pool
-        return pool
-
-    @contextmanager
-    def _connection(self) -> Iterator[Any]:
-        """A pooled connection for one transaction or read, returned to the pool afterwards.
-
-        Re-entrant per thread: a read made inside a write transaction (a ``StoreOp`` asking
-        the store something) uses the transaction's connection, so it sees the transaction's
-        own writes and a thread never waits on the pool while holding a connection.
-        """
-        held = getattr(self._local, "held", None)
-        if held is not None:
-            yield held
-            return
-        pool = self._get_pool()
-        conn = pool.get()
-        self._local.held = conn
-        broken = False
-        try:
-            yield conn
-        except BaseException as exc:
-            broken = self._is_disconnect(exc) or self._conn_broken(conn)
-            raise
-        finally:
-            self._local.held = None
-            pool.put(conn, broken=broken)
-
-    def close(self) -> None:
-        """Close every pooled connection (a later call opens a new pool)."""
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
-        self._local = threading.local()
-
-    def _sql(self, sql: str) -> str:
-        cached = self._sql_cache.get(sql)
-        if cached is None:
-            cached = sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
-            self._sql_cache[sql] = cached
-        return cached
-
-    def _retrying(self, fn: Callable[[], T], attempts: int = 5) -> T:
-        """Run ``fn``; on a lost connection reconnect and try again (with backoff)."""
-        delay = 0.05
-        for attempt in range(attempts):
-            try:
-                return fn()
-            except Exception as exc:
-                better = self._translate_error(exc)
-                if better is not None:
-                    raise better from None
-                if not self._is_disconnect(exc) or attempt == attempts - 1:
-                    raise
-                # The server went away: the idle connections are as dead as this one.
-                with suppress(Exception):
-                    self._get_pool().discard_idle()
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        with self._connection() as conn:
-            cur = conn.cursor()
-            self._begin(cur)
-            try:
-                yield cur
-            except BaseException:
-                with suppress(Exception):
-                    cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
-            finally:
-                cur.close()
-
-    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        def go() -> list[tuple[Any, ...]]:
-            with self._connection() as conn:
-                cur = conn.cursor()
-                try:
-                    cur.execute(self._sql(sql), tuple(params))
-                    return list(cur.fetchall())
-                finally:
-                    cur.close()
-
-        return self._retrying(go)
-
-    def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        rows = self._fetchall(sql, params)
-        return rows[0] if rows else None
-
-    def write(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(cursor)`` in one write transaction (retried whole on a lost connection)."""
-
-        def go() -> T:
-            with self._tx() as cur:
-                return fn(cur)
-
-        return self._retrying(go)
-
-    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a read-only query (``?`` placeholders on every backend)."""
-        return self._fetchall(sql, params)
-
-    def execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Run one statement on a transaction's cursor (for ``StoreOp`` writers)."""
-        cur.execute(self._sql(sql), tuple(params))
-        return cur
 
     # ----------------------------------------------------------------- schema
     def schema_version(self) -> int:
@@ -257,7 +90,7 @@ class Store(abc.ABC):
 
         return self._retrying(go)
 
-    def _rollback_quietly(self, conn: Any) -> None:  # noqa: B027 - optional dialect hook
+    def _rollback_quietly(self, conn: Any) -> None:
         """After a failed read, leave the connection usable (PostgreSQL aborts the tx)."""
 
     def migrate(self) -> list[str]:
@@ -292,7 +125,7 @@ class Store(abc.ABC):
                     )
         return applied
 
-    def _lock_for_migration(self, cur: Any) -> None:  # noqa: B027 - optional dialect hook
+    def _lock_for_migration(self, cur: Any) -> None:
         """Serialise concurrent migrations (PostgreSQL: advisory lock; SQLite: the write lock)."""
 
     def check(self) -> int:
@@ -381,7 +214,7 @@ class Store(abc.ABC):
 
         return self._retrying(go)
 
-    def _lock_chain_head(self, cur: Any, chain: str) -> None:  # noqa: B027 - optional dialect hook
+    def _lock_chain_head(self, cur: Any, chain: str) -> None:
         """PostgreSQL: make concurrent appenders of one chain wait for each other."""
 
     # ----------------------------------------------------------------- runs
@@ -621,6 +454,18 @@ class Store(abc.ABC):
                 return {r[0]: bool(r[1]) for r in cur.fetchall()}
 
         return self._retrying(go)
+
+    def fence(self, cur: Any, run_id: str, owner: str) -> None:
+        """Inside a write transaction: raise ``LeaseLost`` unless ``owner`` holds ``run_id``'s lease.
+
+        Locks the run's row until commit, so the lease cannot change hands before the
+        transaction's other writes land. For writes a worker makes outside ``append`` (an
+        integration's own tables): ``store.write(lambda cur: (store.fence(cur, rid, me), ...))``.
+        """
+        self.execute(cur, "SELECT lease_owner FROM runs WHERE id = ?" + self.for_update, (run_id,))
+        row = cur.fetchone()
+        if row is None or row[0] != owner:
+            raise LeaseLost(run_id=run_id, owner=owner)
 
     def release(self, run_id: str, owner: str) -> None:
         """Give up a lease without changing the run (it becomes claimable at once)."""

@@ -55,3 +55,19 @@ def test_a_worker_does_not_run_its_own_run_twice_after_its_lease_lapsed(configur
             worker.stop()
             thread.join(20)
     assert started == [1], f"the step ran {len(started)} times"
+
+
+def test_fence_refuses_a_write_after_the_lease_moved(store_url: str) -> None:
+    import pytest
+
+    from wflo._errors import LeaseLost
+    from wflo.store import open_store
+
+    with open_store(store_url) as store:
+        store.create_run(run_id="f1", workflow="w", input={}, owner="a", lease_seconds=30)
+        store.write(lambda cur: store.fence(cur, "f1", "a"))
+        store._write("UPDATE runs SET lease_owner = ? WHERE id = ?", ("b", "f1"))  # another worker took it
+        with pytest.raises(LeaseLost):
+            store.write(lambda cur: store.fence(cur, "f1", "a"))
+        with pytest.raises(LeaseLost):
+            store.write(lambda cur: store.fence(cur, "nope", "a"))
