@@ -132,6 +132,13 @@ def _chaos(
             mode = ("immediate", "fast")[len(restarts)]
             cluster.restart(mode)
             restarts.append(f"{mode} at {done}")
+        for n, proc in enumerate(workers):
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                # Exit 4: a replacement that started while the database was down refused to
+                # start (StoreUnavailableError, one line); a supervisor would start it again.
+                assert proc.returncode == 4 and "cannot open the wflo store" in err, err[-2000:]
+                workers[n] = _worker(env)
         if time.monotonic() >= next_kill and len(killed) < 8:
             victim = rng.randrange(len(workers))
             proc = workers[victim]
