@@ -236,4 +236,10 @@ def verify_all(store: Store, *, since: str | None = None, trusted: Any = None) -
     reports = [verify_chain(store, chain) for chain in chains]
     # Runs whose events all vanished: deliberately (a recorded prune) or not.
     reports += [verify_chain(store, chain, pruned=pruned.get(chain)) for chain in missing]
+    if trusted is not None:
+        # A run deleted whole (events and runs row) under an untrusted prune record: the
+        # record itself names it.
+        claimed = pruned_chains(store)
+        known = set(chains) | set(missing)
+        reports += [unsigned_prune(c, claimed[c][0]) for c in sorted(set(claimed) - set(pruned) - known)]
     return _explain(reports, store, trusted)

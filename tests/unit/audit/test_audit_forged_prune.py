@@ -52,6 +52,12 @@ def test_a_run_deleted_under_a_forged_prune_fails_the_pinned_checkpoint(
         assert [(r.chain, r.kind) for r in result.reports] == [("victim", "unsigned-prune")]
         assert "not signed by the pinned key" in result.reports[0].describe()
 
+        # The forged record itself names the run: verify with the key catches it without a checkpoint.
+        from wflo.audit import verify_all
+
+        broken = [r for r in verify_all(store, trusted=load_public_key(tmp_path / "pub.pem")) if not r.ok]
+        assert [(r.chain, r.kind) for r in broken] == [("victim", "unsigned-prune")]
+
     env = {"WFLO_DATABASE_URL": store_url, "WFLO_PRINCIPAL": "user:auditor", "PYTHONPATH": ":".join(sys.path)}
     proc = subprocess.run(
         [sys.executable, "-m", "wflo.cli", "audit", "verify", "--checkpoint", "cp.json", "--public-key", "pub.pem"],
