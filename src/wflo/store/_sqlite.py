@@ -72,6 +72,10 @@ class SQLiteStore(Store):
         except OSError as exc:
             raise StoreUnavailableError(url=url, detail=f"cannot create {directory}: {exc.strerror}") from None
 
+    def _conn_broken(self, conn: Any) -> bool:
+        # A transaction the failed operation could not roll back must not reach the next user.
+        return bool(conn.in_transaction)
+
     def _translate_error(self, error: BaseException) -> BaseException | None:
         if isinstance(error, sqlite3.DatabaseError) and any(m in str(error) for m in _CORRUPT):
             return StoreCorruptError(path=self.path, detail=str(error))
