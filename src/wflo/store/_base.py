@@ -1,12 +1,13 @@
 """The store base class: every query and all shared logic; backends add only dialect hooks.
 
 Concurrency model. Connections come from a bounded pool per store and process, one per
-transaction (see ``_pool``). A run's journal has one writer at a time, the holder of the run's
-lease; lease times are read from the store's clock (``_clock``), never a worker's, so a
-worker whose clock runs ahead cannot see a live lease as expired; every append is fenced on ``(lease_owner, last_seq)`` in
-the same statement that advances the run's head, so a worker whose lease was taken over
-cannot write another event (it gets ``LeaseLost``), and two writers can never both extend
-the same link. The events and the ``runs`` projection change in one transaction.
+transaction (see ``_conn`` and ``_pool``). A run's journal has one writer at a time, the
+holder of the run's lease. Lease times are read from the store's clock (``_clock``), never a
+worker's, so a worker whose clock runs ahead cannot see a live lease as expired. Every append
+is fenced on ``(lease_owner, last_seq)`` in the same statement that advances the run's head,
+so a worker whose lease was taken over cannot write another event (it gets ``LeaseLost``),
+and two writers can never both extend the same link. The events and the ``runs`` projection
+change in one transaction.
 """
 
 from __future__ import annotations
