@@ -52,11 +52,13 @@ def test_a_worker_120s_ahead_does_not_take_a_live_run(pg_url: str, tmp_path: Pat
     assert float(ahead.stdout) - time.time() > 100
 
     store = open_store(pg_url)
+    procs: list[subprocess.Popen[str]] = []
     try:
         store.create_run(run_id="skew-1", workflow="skewapp", input={"args": [STEPS], "kwargs": {}})
         worker = [sys.executable, "-m", "wflo.cli", "worker", "-i", "skewapp", "-q", "-c", "1"]
         alive = subprocess.Popen([*worker, "--max-runs", "1"], env=env, cwd=HERE,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        procs.append(alive)
         deadline = time.monotonic() + 30
         while store.get_run("skew-1").lease_owner is None:
             assert time.monotonic() < deadline, "the first worker never claimed the run"
@@ -65,13 +67,12 @@ def test_a_worker_120s_ahead_does_not_take_a_live_run(pg_url: str, tmp_path: Pat
         # The skewed worker polls for claimable runs for the whole of the live run.
         ahead_worker = subprocess.Popen([*skewed, *worker, "--idle-exit", str(STEPS + 2)], env=env, cwd=HERE,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        procs.append(ahead_worker)
         _, err = ahead_worker.communicate(timeout=90)
         assert ahead_worker.returncode == 0, err
         try:
             _, err = alive.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            alive.kill()
-            alive.communicate()
             pytest.fail(f"the live worker lost its run to the skewed one: {effects.read_text().splitlines()}")
         assert alive.returncode == 0, err
 
@@ -83,4 +84,8 @@ def test_a_worker_120s_ahead_does_not_take_a_live_run(pg_url: str, tmp_path: Pat
         assert starts == Counter(range(STEPS)), f"a step ran twice: {lines}"
         assert len({line.split()[2] for line in lines}) == 1, f"two workers ran steps: {lines}"
     finally:
+        for proc in procs:  # a worker left waiting for a run it lost must not outlive the test
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
         store.close()
