@@ -13,6 +13,8 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     │   └── UnknownWorkflowError       no workflow of that name is registered here
     ├── StoreError                     the database could not be used
     │   ├── StoreUnavailableError      cannot connect
+    │   ├── StoreNotFoundError         a read-only use named a store that does not exist
+    │   ├── StoreCorruptError          the SQLite file is damaged or not a database
     │   └── SchemaVersionError         the schema is older/newer than this wflo
     ├── RunNotFoundError
     ├── RunFailedError                 handle.result() of a run that failed
@@ -87,7 +89,9 @@ __all__ = [
     "SchemaVersionError",
     "SerializationError",
     "StepFailedError",
+    "StoreCorruptError",
     "StoreError",
+    "StoreNotFoundError",
     "StoreUnavailableError",
     "ToolDeniedError",
     "UnknownPriceError",
@@ -199,6 +203,39 @@ class StoreUnavailableError(StoreError):
 
     def _message(self) -> str:
         return f"cannot open the wflo store at {self.url}: {self.detail}"
+
+
+class StoreNotFoundError(StoreError):
+    """A read-only use (listing runs, showing one) named a store that does not exist.
+
+    Refused rather than created: a typo in the URL must not leave an empty database (and its
+    directories) behind and answer "no runs"."""
+
+    code = "store_not_found"
+    _fields = ("url", "path")
+    url: Any
+    path: Any
+
+    def _message(self) -> str:
+        return (
+            f"no wflo store at {self.path} (from {self.url}): check WFLO_DATABASE_URL / --database, "
+            "or create it with `wflo db migrate`"
+        )
+
+
+class StoreCorruptError(StoreError):
+    """The SQLite file is damaged or is not a SQLite database at all."""
+
+    code = "store_corrupt"
+    _fields = ("path", "detail")
+    path: Any
+    detail: Any
+
+    def _message(self) -> str:
+        return (
+            f"the wflo store {self.path} is damaged ({self.detail}): restore it from a backup, or move it "
+            f"aside to start a new one (`sqlite3 {self.path} .recover` may rescue its rows)"
+        )
 
 
 class SchemaVersionError(StoreError):
@@ -546,6 +583,8 @@ _EXIT_CODES = {
     "not_found": 3,
     "store_error": 4,
     "store_unavailable": 4,
+    "store_not_found": 4,
+    "store_corrupt": 4,
     "schema_version": 5,
     "run_failed": 6,
     "budget_exceeded": 7,

@@ -7,8 +7,11 @@ would launder it). Each batch is one transaction: the events are deleted and an
 head hash, so ``verify`` (and a checkpoint taken earlier) know the chain was removed on
 purpose. The ``runs`` rows stay, so run listings and the recorded heads survive.
 
-On PostgreSQL the events table refuses DELETE (a trigger) unless the transaction has set
-``wflo.prune = 'on'``, which only this code does, with ``SET LOCAL``.
+On PostgreSQL the events table refuses DELETE; the only way is the ``wflo_prune_chain``
+function (``SECURITY DEFINER``, owned by the tables' owner, executable only by the auditor
+role; see docs/deployment.md), which deletes one finished run's events if its head still
+matches. The application role cannot call it. Sign the record with the checkpoint key
+(``private_key``): ``verify --public-key`` trusts no other prune record.
 """
 
 from __future__ import annotations
@@ -100,7 +103,19 @@ def _prune_batch(
 ) -> None:
     def op(cur: Any) -> None:
         if store.dialect == "postgresql":
-            cur.execute("SET LOCAL wflo.prune = 'on'")
+            for chain, count, head in batch:
+                try:
+                    cur.execute("SELECT wflo_prune_chain(%s, %s, %s)", (chain, count, head))
+                except Exception as exc:
+                    if getattr(exc, "sqlstate", None) == "WF001":
+                        raise _Moved(chain=chain) from None
+                    if getattr(exc, "sqlstate", None) == "42501":  # insufficient_privilege
+                        raise AuditError(
+                            "this database role may not prune: run `wflo audit prune` as the auditor role "
+                            "(see `wflo db roles` in docs/deployment.md)"
+                        ) from None
+                    raise
+            return
         for chain, count, head in batch:
             store.execute(cur, "SELECT last_seq, last_hash FROM runs WHERE id = ?" + store.for_update, (chain,))
             row = cur.fetchone()

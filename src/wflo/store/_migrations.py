@@ -200,6 +200,66 @@ ALTER TABLE approvals ADD COLUMN supersedes TEXT
 """,
 )
 
+M007_AUDIT_ROLES = Migration(
+    "m007_store_audit_roles",
+    "",
+    {
+        # The append-only trigger no longer trusts a setting any role can make: a DELETE
+        # passes only when it runs as the table's owner with ``wflo.prune`` set, which in
+        # practice means inside ``wflo_prune_chain`` (SECURITY DEFINER, owned by the owner,
+        # executable only by the roles it is granted to: the auditor). The application role,
+        # which does not own the table, cannot delete, update, truncate or disable anything.
+        "postgresql": (
+            """
+CREATE OR REPLACE FUNCTION wflo_events_append_only() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND current_setting('wflo.prune', true) = 'on'
+       AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class WHERE oid = TG_RELID) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'wflo events are append-only (% refused)', TG_OP;
+END;
+$$ LANGUAGE plpgsql""",
+            """
+CREATE TRIGGER wflo_events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION wflo_events_append_only()""",
+            """
+CREATE OR REPLACE FUNCTION wflo_prune_chain(p_chain text, p_count bigint, p_head text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER AS $$
+DECLARE
+    r record;
+    n bigint;
+BEGIN
+    SELECT status, last_seq, last_hash INTO r FROM runs WHERE id = p_chain FOR UPDATE;
+    IF NOT FOUND OR r.last_seq <> p_count OR r.last_hash <> p_head THEN
+        RAISE EXCEPTION 'wflo prune: run % changed while it was being pruned', p_chain USING ERRCODE = 'WF001';
+    END IF;
+    IF r.status NOT IN ('succeeded', 'failed', 'cancelled', 'stopped') THEN
+        RAISE EXCEPTION 'wflo prune: run % is not finished', p_chain USING ERRCODE = 'WF001';
+    END IF;
+    PERFORM set_config('wflo.prune', 'on', true);
+    DELETE FROM events WHERE chain = p_chain AND seq <= p_count;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM set_config('wflo.prune', 'off', true);
+    IF n <> p_count THEN
+        RAISE EXCEPTION 'wflo prune: run % changed while it was being pruned', p_chain USING ERRCODE = 'WF001';
+    END IF;
+    DELETE FROM payloads WHERE run_id = p_chain;
+    RETURN n;
+END;
+$$""",
+            # Resolve names in this schema only: a caller's search_path must not point the
+            # function at look-alike tables.
+            """
+DO $$ BEGIN
+    EXECUTE format('ALTER FUNCTION wflo_prune_chain(text, bigint, text) SET search_path = %I, pg_temp',
+                   current_schema());
+END $$""",
+            "REVOKE ALL ON FUNCTION wflo_prune_chain(text, bigint, text) FROM PUBLIC",
+        )
+    },
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -207,5 +267,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M004_RATE_LIMITS,
     M005_PAYLOADS,
     M006_APPROVALS_BIND,
+    M007_AUDIT_ROLES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

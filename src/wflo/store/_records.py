@@ -24,6 +24,13 @@ def now_iso(offset_seconds: float = 0.0) -> str:
     return moment.strftime(_TIME_FORMAT)
 
 
+def iso(moment: datetime, offset_seconds: float = 0.0) -> str:
+    """``moment`` (plus an offset) in the store's UTC text form."""
+    if offset_seconds:
+        moment += timedelta(seconds=offset_seconds)
+    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
 def parse_iso(text: str) -> datetime:
     return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
 
