@@ -66,7 +66,39 @@ class Settings:
     ``SerializationError`` before anything is written. ``None``: no cap.
     Env: ``WFLO_MAX_VALUE_BYTES`` (``none`` for no cap)."""
 
+    # -- compliance (wflo.compliance): retention and scheduled evidence packs
+    retention_days: int = 183
+    """How long audit records must be kept: ``wflo audit prune`` refuses a cut-off younger
+    than this (about 6 months, the EU AI Act Art. 19 minimum) unless given a recorded
+    override reason. Env: ``WFLO_RETENTION_DAYS``."""
+
+    compliance_schedule: str | None = None
+    """``daily``, ``weekly`` or ``monthly``: ``wflo worker`` makes an evidence pack for each
+    finished period. ``None``: no scheduled packs. Env: ``WFLO_COMPLIANCE_SCHEDULE``."""
+
+    compliance_dir: str | None = None
+    """Where scheduled packs are written (one folder per period).
+    Env: ``WFLO_COMPLIANCE_DIR``; default ``./.wflo/compliance``."""
+
+    compliance_key: str | None = None
+    """The audit key (Ed25519 PEM from ``wflo audit keygen``) that signs packs.
+    Env: ``WFLO_AUDIT_KEY``."""
+
+    compliance_framework: str = "all"
+    """Which framework scheduled packs map to (``eu-ai-act``, ``soc2``, ``iso42001``, ``all``).
+    Env: ``WFLO_COMPLIANCE_FRAMEWORK``."""
+
+    compliance_notify: bool = False
+    """Also send each scheduled pack through the webhook/SMTP notifiers
+    (``WFLO_APPROVAL_WEBHOOK``, ``WFLO_SMTP_*``). Env: ``WFLO_COMPLIANCE_NOTIFY`` (``0``/``1``)."""
+
     def __post_init__(self) -> None:
+        if isinstance(self.retention_days, bool) or not isinstance(self.retention_days, int) or self.retention_days < 0:
+            raise ConfigurationError(f"retention_days must be a whole number of days >= 0, got {self.retention_days!r}")
+        if self.compliance_schedule not in (None, "daily", "weekly", "monthly"):
+            raise ConfigurationError(
+                f"compliance_schedule must be 'daily', 'weekly' or 'monthly', got {self.compliance_schedule!r}"
+            )
         if self.max_value_bytes is not None and (
             isinstance(self.max_value_bytes, bool)
             or not isinstance(self.max_value_bytes, int)
@@ -114,6 +146,23 @@ class Settings:
             values["auto_migrate"] = env["WFLO_AUTO_MIGRATE"].strip().lower() not in ("0", "false", "no")
         if "WFLO_OTEL" in env:
             values["otel"] = env["WFLO_OTEL"].strip().lower() not in ("", "0", "false", "no")
+        if "WFLO_RETENTION_DAYS" in env:
+            try:
+                values["retention_days"] = int(env["WFLO_RETENTION_DAYS"])
+            except ValueError:
+                raise ConfigurationError(
+                    f"WFLO_RETENTION_DAYS={env['WFLO_RETENTION_DAYS']!r} is not a whole number"
+                ) from None
+        for key, name in (
+            ("compliance_schedule", "WFLO_COMPLIANCE_SCHEDULE"),
+            ("compliance_dir", "WFLO_COMPLIANCE_DIR"),
+            ("compliance_key", "WFLO_AUDIT_KEY"),
+            ("compliance_framework", "WFLO_COMPLIANCE_FRAMEWORK"),
+        ):
+            if env.get(name, "").strip():
+                values[key] = env[name].strip()
+        if "WFLO_COMPLIANCE_NOTIFY" in env:
+            values["compliance_notify"] = env["WFLO_COMPLIANCE_NOTIFY"].strip().lower() not in ("", "0", "false", "no")
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
