@@ -6,7 +6,7 @@ import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..store import parse_iso
+from ..store import Store, parse_iso
 
 _WINDOW_SQL = "SELECT chain, seq, type, at, data FROM events WHERE at >= ? AND at < ? ORDER BY at, chain, seq"
 _FINAL_EVENTS = {"run.completed", "run.failed", "run.cancelled", "run.stopped"}
@@ -78,3 +78,14 @@ class _Events:
 
     def of(self, *types: str) -> list[tuple[str, int, str, str, dict[str, Any]]]:
         return [r for r in self.rows if r[2] in types]
+
+
+def run_info(store: Store, chains: list[str]) -> dict[str, tuple[Any, Any]]:
+    """``{run id: (workflow, tenant)}`` for the given chains (the ``runs`` projection)."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for start in range(0, len(chains), 500):
+        part = chains[start : start + 500]
+        marks = ", ".join("?" * len(part))
+        for i, w, t in store._fetchall(f"SELECT id, workflow, tenant FROM runs WHERE id IN ({marks})", part):
+            out[str(i)] = (w, t)
+    return out

@@ -116,7 +116,7 @@ def build_evidence(
             store, events, since, until, retention_days, gap_seconds, checkpoint, public_key, cites
         ),
         "human_oversight": lambda: _oversight(events, cites),
-        "inventory": lambda: _inventory(events, cites),
+        "inventory": lambda: _inventory(store, events, cites),
         "access": lambda: _access(store, events, cites),
         "monitoring": lambda: _monitoring(store, events, previous, cites),
         "cost": lambda: _cost(store, events, until, cites),

@@ -9,11 +9,11 @@ from typing import Any
 
 from ..store import Store
 from ..store._base import SYSTEM_CHAIN
-from ._common import _ACCESS_PREFIXES, _WINDOW_SQL, INCIDENT_KINDS, _dec, _Events, _load, _obj, classify
+from ._common import _ACCESS_PREFIXES, _WINDOW_SQL, INCIDENT_KINDS, _dec, _Events, _load, _obj, classify, run_info
 
 
 # --------------------------------------------------------------------------- inventory
-def _inventory(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
+def _inventory(store: Store, events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
     from importlib import metadata
 
     def use(table: dict[str, dict[str, Any]], name: str, at: str) -> dict[str, Any]:
@@ -28,13 +28,15 @@ def _inventory(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
     sandboxes: dict[str, dict[str, Any]] = {}
     for chain, seq, type_, at, data in events.rows:
         if type_ == "run.created":
-            use(workflows, str(data.get("workflow")), at)
             cites.add((chain, seq))
         elif type_ in ("call.completed", "call.failed"):
             kind, name = data.get("kind"), str(data.get("name"))
             if kind == "llm":
-                m = use(models, f"{data.get('provider') or '?'} / {name}", at)
-                m.setdefault("prices", set()).add(f"{data.get('price_source')} ({data.get('price_version')})")
+                m = use(models, name, at)
+                if data.get("provider"):
+                    m.setdefault("providers", set()).add(str(data["provider"]))
+                if data.get("price_source"):
+                    m.setdefault("prices", set()).add(f"{data.get('price_source')} ({data.get('price_version')})")
                 usage = _obj(data.get("usage"))
                 m["input_tokens"] = m.get("input_tokens", 0) + int(usage.get("input_tokens") or 0)
                 m["output_tokens"] = m.get("output_tokens", 0) + int(usage.get("output_tokens") or 0)
@@ -43,6 +45,16 @@ def _inventory(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
                 use(tools, name, at)
             elif kind == "sandbox":
                 use(sandboxes, name, at)
+    first_last: dict[str, list[str]] = {}
+    for chain, _seq, _type, at, _data in events.rows:
+        if chain != SYSTEM_CHAIN:
+            span = first_last.setdefault(chain, [at, at])
+            span[0], span[1] = min(span[0], at), max(span[1], at)
+    for chain, (workflow, _tenant) in run_info(store, list(first_last)).items():
+        entry = workflows.setdefault(str(workflow), {"uses": 0, "first": first_last[chain][0], "last": first_last[chain][1]})
+        entry["uses"] += 1
+        entry["first"] = min(entry["first"], first_last[chain][0])
+        entry["last"] = max(entry["last"], first_last[chain][1])
     try:
         from ..tools import catalog
 
@@ -77,13 +89,14 @@ def _inventory(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
         "tables": [
             {
                 "title": "Workflows",
-                "columns": ["workflow", "runs", "first", "last"],
+                "columns": ["workflow", "runs with events", "first", "last"],
                 "rows": [[k, v["uses"], v["first"], v["last"]] for k, v in sorted(workflows.items())],
             },
             {
                 "title": "Models and providers",
                 "columns": [
-                    "provider / model",
+                    "model",
+                    "providers",
                     "calls",
                     "input tokens",
                     "output tokens",
@@ -95,11 +108,12 @@ def _inventory(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
                 "rows": [
                     [
                         k,
+                        ", ".join(sorted(v.get("providers", ()))),
                         v["uses"],
                         v["input_tokens"],
                         v["output_tokens"],
                         str(v["usd"]),
-                        ", ".join(sorted(v["prices"])),
+                        ", ".join(sorted(v.get("prices", ()))),
                         v["first"],
                         v["last"],
                     ]
@@ -259,10 +273,7 @@ def _monitoring(
 
 # --------------------------------------------------------------------------- cost
 def _cost(store: Store, events: _Events, until: str, cites: set[tuple[str, int]]) -> dict[str, Any]:
-    run_info = {
-        str(i): (w, t)
-        for i, w, t in store._fetchall("SELECT id, workflow, tenant FROM runs WHERE created_at < ?", (until,))
-    }
+    runs = run_info(store, sorted({r[0] for r in events.rows if r[2] == "call.completed"}))
     spend: dict[str, dict[str, list[Decimal]]] = {k: defaultdict(lambda: [Decimal(0), Decimal(0)]) for k in
                                                   ("workflow", "model", "tenant")}  # fmt: skip
     total = Decimal(0)
@@ -272,7 +283,7 @@ def _cost(store: Store, events: _Events, until: str, cites: set[tuple[str, int]]
         usd = _dec(data["cost_usd"])
         total += usd
         cites.add((chain, seq))
-        workflow, tenant = run_info.get(chain, (None, None))
+        workflow, tenant = runs.get(chain, (None, None))
         model = data.get("name") if data.get("kind") == "llm" else None
         for key, value in (("workflow", workflow), ("model", model), ("tenant", tenant)):
             bucket = spend[key][str(value) if value is not None else "(none)"]
