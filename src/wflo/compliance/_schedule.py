@@ -21,6 +21,7 @@ import logging
 import os
 import smtplib
 import time
+import weakref
 import zipfile
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -34,7 +35,8 @@ from ..store._records import _TIME_FORMAT
 log = logging.getLogger("wflo.compliance")
 CHECK_EVERY = 60.0
 """Seconds between two looks at the schedule from one worker."""
-_last_check: dict[int, float] = {}
+_last_check: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionary()
+"""When each open store's schedule was last looked at (a closed store is forgotten)."""
 
 
 def due_period(schedule: str, now: datetime | None = None) -> tuple[str, str]:
@@ -84,9 +86,10 @@ def run_schedule(store: Store, *, now: datetime | None = None, force: bool = Fal
     if not cfg.compliance_schedule:
         return None
     clock = time.monotonic()
-    if not force and clock - _last_check.get(id(store), -CHECK_EVERY) < CHECK_EVERY:
+    last = _last_check.get(store)
+    if not force and last is not None and clock - last < CHECK_EVERY:
         return None
-    _last_check[id(store)] = clock
+    _last_check[store] = clock
     try:
         return _generate(store, cfg, now)
     except Exception as exc:  # the worker's runs matter more; the next check tries again
