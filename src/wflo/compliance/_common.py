@@ -89,3 +89,8 @@ def run_info(store: Store, chains: list[str]) -> dict[str, tuple[Any, Any]]:
         for i, w, t in store._fetchall(f"SELECT id, workflow, tenant FROM runs WHERE id IN ({marks})", part):
             out[str(i)] = (w, t)
     return out
+
+
+def n(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 event``, ``2 events``: a count with its noun."""
+    return f"{count} {singular if count == 1 else (plural or singular + 's')}"

@@ -22,7 +22,7 @@ from typing import Any
 from ..store import Store, now_iso, parse_iso
 from ..store._base import SYSTEM_CHAIN
 from ..store._records import _TIME_FORMAT
-from ._common import _IDLE_EVENTS, _WINDOW_SQL, _Events, _load, _seconds
+from ._common import _IDLE_EVENTS, _WINDOW_SQL, _Events, _load, _seconds, n
 from ._sections import _access, _cost, _inventory, _monitoring
 
 FRAMEWORKS = ("eu-ai-act", "soc2", "iso42001")
@@ -247,10 +247,10 @@ def _record_keeping(
     }
     state = "intact" if ok else "BROKEN"
     summary = (
-        f"{len(events.rows)} events were recorded automatically on {len(chains)} chains in the period; the whole "
-        f"history ({len(reports)} chains) verifies as {state}. Records are kept for at least {retention_days} days; "
-        f"{len(prunes)} prunes are on record and {len(gaps)} silent gaps longer than {int(gap_seconds)} s were found "
-        "while runs were active."
+        f"The period holds {n(len(events.rows), 'event')} on {n(len(chains), 'chain')}, all recorded automatically; "
+        f"the whole history ({n(len(reports), 'chain')}) verifies as {state}. Records are kept for at least "
+        f"{n(retention_days, 'day')}. On record: {n(len(prunes), 'prune')}, {n(len(overrides), 'retention override')}; "
+        f"{n(len(gaps), 'silent gap')} longer than {int(gap_seconds)} s while runs were active."
     )
     tables = [
         {
@@ -362,10 +362,10 @@ def _oversight(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
         "cancellations": len(cancels),
     }
     summary = (
-        f"{figures['approval_requests']} actions asked for a human decision; people decided {len(decided)} "
-        f"({figures['approved']} approved, {figures['rejected']} rejected, {figures['edited']} with edited arguments), "
-        f"{figures['timed_out']} timed out and {figures['pending_at_end']} were still waiting at the end of the period. "
-        f"{len(cancels)} runs were cancelled on request."
+        f"{n(figures['approval_requests'], 'action')} asked for a human decision. People decided {len(decided)}: "
+        f"{figures['approved']} approved, {figures['rejected']} rejected, {figures['edited']} with edited arguments. "
+        f"Timed out: {figures['timed_out']}; still waiting at the end of the period: {figures['pending_at_end']}; "
+        f"runs cancelled on request: {len(cancels)}."
     )
     rows = [
         [a.get("requested_at"), a["id"], a.get("run"), a.get("tool"), a.get("requested_by"), a.get("status", "pending"),

@@ -76,14 +76,14 @@ def overview(evidence: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]]
     if rk:
         f = rk["figures"]
         numbers += [("Record", "intact" if f["history_intact"] else "BROKEN"), ("Events recorded", str(f["events"])),
-                    ("Gaps while runs were live", str(f["gaps"]))]  # fmt: skip
+                    ("Silent gaps", str(f["gaps"]))]  # fmt: skip
     ho = by_key.get("human_oversight")
     if ho:
         numbers += [("Human decisions", str(ho["figures"]["decisions_by_a_person"])),
                     ("Approvals timed out", str(ho["figures"]["timed_out"]))]  # fmt: skip
     mo = by_key.get("monitoring")
     if mo:
-        numbers += [("Incidents (previous period)", f"{mo['figures']['total']} ({mo['figures']['previous_total']})")]
+        numbers += [("Incidents (before)", f"{mo['figures']['total']} ({mo['figures']['previous_total']})")]
     co = by_key.get("cost")
     if co:
         numbers += [("Spend (USD)", co["figures"]["total_usd"])]

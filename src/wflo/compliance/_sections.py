@@ -9,7 +9,7 @@ from typing import Any
 
 from ..store import Store
 from ..store._base import SYSTEM_CHAIN
-from ._common import _ACCESS_PREFIXES, _WINDOW_SQL, INCIDENT_KINDS, _dec, _Events, _load, _obj, classify, run_info
+from ._common import _ACCESS_PREFIXES, _WINDOW_SQL, INCIDENT_KINDS, _dec, _Events, _load, _obj, classify, n, run_info
 
 
 # --------------------------------------------------------------------------- inventory
@@ -51,7 +51,9 @@ def _inventory(store: Store, events: _Events, cites: set[tuple[str, int]]) -> di
             span = first_last.setdefault(chain, [at, at])
             span[0], span[1] = min(span[0], at), max(span[1], at)
     for chain, (workflow, _tenant) in run_info(store, list(first_last)).items():
-        entry = workflows.setdefault(str(workflow), {"uses": 0, "first": first_last[chain][0], "last": first_last[chain][1]})
+        entry = workflows.setdefault(
+            str(workflow), {"uses": 0, "first": first_last[chain][0], "last": first_last[chain][1]}
+        )
         entry["uses"] += 1
         entry["first"] = min(entry["first"], first_last[chain][0])
         entry["last"] = max(entry["last"], first_last[chain][1])
@@ -82,8 +84,8 @@ def _inventory(store: Store, events: _Events, cites: set[tuple[str, int]]) -> di
             "importlib.metadata.version(...) of wflo and its integrations, at generation time",
         ],
         "summary": (
-            f"{len(workflows)} workflows ran in the period, calling {len(models)} models and {len(tools)} tools"
-            f"{f' and {len(sandboxes)} sandbox backends' if sandboxes else ''}."
+            f"In the period: {n(len(workflows), 'workflow')}, {n(len(models), 'model')}, {n(len(tools), 'tool')}"
+            f" and {n(len(sandboxes), 'sandbox backend')} were used."
         ),
         "figures": figures,
         "tables": [
@@ -172,8 +174,9 @@ def _access(store: Store, events: _Events, cites: set[tuple[str, int]]) -> dict[
             "'approval.voted') GROUP BY 1, 2",
         ],
         "summary": (
-            f"{len(roles)} principals hold roles; {grants} grants and {removals} removals were recorded in the period, "
-            f"and {sum(decisions.values())} approval votes were cast by {len({p for p, _ in decisions})} principals."
+            f"{n(len(roles), 'principal')} now hold roles. In the period: {n(grants, 'grant')}, "
+            f"{n(removals, 'removal')}, and {n(sum(decisions.values()), 'approval vote')} cast by "
+            f"{n(len({p for p, _ in decisions}), 'principal')}."
         ),
         "figures": {
             "principals_with_roles": len(roles),
@@ -250,10 +253,10 @@ def _monitoring(
             "the same over the previous period of equal length, for the trend",
         ],
         "summary": (
-            f"{total} incidents were recorded in the period against {prev_total} in the previous period of the same "
-            f"length: {now['budget_refusals']} budget refusals, {now['loop_stops']} loop stops, "
-            f"{now['breaker_openings']} circuit-breaker openings, {now['sandbox_kills'] + now['sandbox_refusals']} "
-            f"sandbox stops and {now['failed_runs']} failed runs."
+            f"Incidents recorded: {total} (previous period of the same length: {prev_total}). Budget refusals: "
+            f"{now['budget_refusals']}; loop stops: {now['loop_stops']}; circuit-breaker openings: "
+            f"{now['breaker_openings']}; sandbox stops: {now['sandbox_kills'] + now['sandbox_refusals']}; "
+            f"failed runs: {now['failed_runs']}."
         ),
         "figures": {**{k: now[k] for k in INCIDENT_KINDS}, "total": total, "previous_total": prev_total},
         "tables": [
@@ -316,8 +319,8 @@ def _cost(store: Store, events: _Events, until: str, cites: set[tuple[str, int]]
             "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage WHERE period_start < :until",
         ],
         "summary": (
-            f"${total} was spent on recorded calls in the period across {len(spend['workflow'])} workflows; "
-            f"{len(limits)} budget limits are set and {over} budget periods ended above their limit."
+            f"Spent on recorded calls in the period: ${total}, across {n(len(spend['workflow']), 'workflow')}. "
+            f"Budget limits set: {len(limits)}; budget periods above their limit: {over}."
         ),
         "figures": {
             "total_usd": str(total),

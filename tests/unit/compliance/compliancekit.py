@@ -80,11 +80,16 @@ def scripted_month(store: Store) -> dict[str, Any]:
     }  # fmt: skip
     start = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
     with clock(start - timedelta(hours=1)):
-        store.append_system([NewEvent("principal.granted", {"principal": "user:ann", "role": "approver", "by": "user:admin"})])
+        store.append_system(
+            [NewEvent("principal.granted", {"principal": "user:ann", "role": "approver", "by": "user:admin"})]
+        )
     for day in range(30):
         at = start + timedelta(days=day)
         rid = f"m{day:02d}"
-        body = [_llm("1", "0.01"), NewEvent("call.completed", {"call": "2", "kind": "tool", "name": "search", "output": "ok"})]
+        body = [
+            _llm("1", "0.01"),
+            NewEvent("call.completed", {"call": "2", "kind": "tool", "name": "search", "output": "ok"}),
+        ]
         expect["llm_calls"] += 1
         end = "succeeded"
         later: list[tuple[datetime, list[NewEvent]]] = []
@@ -93,7 +98,9 @@ def scripted_month(store: Store) -> dict[str, Any]:
                 "code": "budget_exceeded", "fields": {"scope": "tenant:acme", "limit": "1", "spent": "0.99", "requested": "0.02"}}}))  # fmt: skip
             expect["budget_refusals"] += 1
         if day % 5 == 0:
-            body.append(NewEvent("budget.threshold", {"scope": "tenant:acme", "percent": 80, "limit": "1", "spent": "0.8"}))
+            body.append(
+                NewEvent("budget.threshold", {"scope": "tenant:acme", "percent": 80, "limit": "1", "spent": "0.8"})
+            )
             expect["budget_thresholds"] += 1
         if day % 10 == 5:
             body.append(NewEvent("loop.stopped", {"detector": "max_repeats", "evidence": {"summary": "search x4"}}))
@@ -105,7 +112,11 @@ def scripted_month(store: Store) -> dict[str, Any]:
         elif day == 20:
             end = "cancelled"
         if day == 12:
-            body.append(NewEvent("breaker.transition", {"target": "api.openai.com", "from": "closed", "to": "open", "failures": 5}))
+            body.append(
+                NewEvent(
+                    "breaker.transition", {"target": "api.openai.com", "from": "closed", "to": "open", "failures": 5}
+                )
+            )
             body.append(NewEvent("breaker.transition", {"target": "api.openai.com", "from": "open", "to": "half_open", "failures": 5}))  # fmt: skip
         if day == 14:
             body.append(NewEvent("call.completed", {"call": "4", "kind": "sandbox", "name": "bwrap",
@@ -138,7 +149,9 @@ def scripted_month(store: Store) -> dict[str, Any]:
         expect["runs"] += 1
     expect["usd"] = str(Decimal("0.01") * expect["llm_calls"])
     with clock(start + timedelta(days=15)):
-        store.append_system([NewEvent("principal.revoked", {"principal": "user:bob", "role": "approver", "by": "user:admin"})])
+        store.append_system(
+            [NewEvent("principal.revoked", {"principal": "user:bob", "role": "approver", "by": "user:admin"})]
+        )
     for i in range(2):  # February: the previous period
         _run(store, f"feb{i}", datetime(2026, 2, 10 + i, 9, tzinfo=UTC), "support",
              [NewEvent("loop.stopped", {"detector": "max_steps"})], end="stopped")  # fmt: skip

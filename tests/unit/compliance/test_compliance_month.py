@@ -84,7 +84,9 @@ def test_month_on_both_stores(store_url: str, tmp_path: Path) -> None:
         workflows = {w for (w,) in store._fetchall("SELECT DISTINCT workflow FROM runs WHERE id IN (SELECT chain FROM events WHERE at >= ? AND at < ?)", MONTH)}  # fmt: skip
         assert inv["figures"]["workflows"] == len(workflows)
         cited = {(c, s_) for c, s_ in evidence["cited"]}
-        assert cited >= {(c, s_) for c, s_, t, _a, _d in raw if t in ("loop.stopped", "approval.requested", "run.failed")}
+        assert cited >= {
+            (c, s_) for c, s_, t, _a, _d in raw if t in ("loop.stopped", "approval.requested", "run.failed")
+        }
 
         # -- the pack: written, signed, verified offline, on the record
         manifest = build_pack(store, tmp_path / "pack", since=MONTH[0], until=MONTH[1], private_key=key, fmt="html",
@@ -102,7 +104,12 @@ def test_framework_packs_hold_only_their_sections(sqlite_url: str) -> None:
     with open_store(sqlite_url) as store:
         scripted_month(store)
         ai_act = build_evidence(store, since=MONTH[0], until=MONTH[1], framework="eu-ai-act")
-        assert [s["key"] for s in ai_act["sections"]] == ["record_keeping", "human_oversight", "inventory", "monitoring"]
+        assert [s["key"] for s in ai_act["sections"]] == [
+            "record_keeping",
+            "human_oversight",
+            "inventory",
+            "monitoring",
+        ]
         assert all(c.startswith("EU AI Act") for s in ai_act["sections"] for c in s["controls"])
         soc2 = _sections(build_evidence(store, since=MONTH[0], until=MONTH[1], framework="soc2"))
         assert soc2["access"]["controls"][:3] == ["SOC 2 CC6.1 (logical access)", "SOC 2 CC6.2 (granting access)",

@@ -50,7 +50,7 @@ def test_prune_inside_retention_is_refused_and_an_override_recorded(store_url: s
         assert [c for c, _n, _h in result.pruned] == ["recent"]
         kinds = [(e.type, e.data.get("by")) for e in store.events(SYSTEM_CHAIN)]
         assert kinds[-2:] == [("audit.retention_overridden", "user:ops"), ("audit.pruned", "user:ops")]
-        override = [e for e in store.events(SYSTEM_CHAIN) if e.type == "audit.retention_overridden"][0]
+        override = next(e for e in store.events(SYSTEM_CHAIN) if e.type == "audit.retention_overridden")
         assert override.data["reason"].startswith("court order") and override.data["retention_days"] == 183
         # the pack's record-keeping section lists both prunes and the override, with who did them
         ev = build_evidence(store, since=iso(now - timedelta(days=1)), until=now_iso())

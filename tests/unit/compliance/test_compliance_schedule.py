@@ -74,7 +74,9 @@ def test_next_pack_is_checked_against_the_previous_checkpoint(sqlite_url: str, t
     assert rk["figures"]["checkpoint_checked"] is True and rk["figures"]["checkpoint_ok"] is True
 
 
-def test_no_key_no_pack_and_the_worker_goes_on(sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_key_no_pack_and_the_worker_goes_on(
+    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _config.configure(database=sqlite_url, compliance_schedule="daily", compliance_dir=str(tmp_path / "packs"))
     assert run_schedule(_config.get_store(), force=True) is None
     assert "no audit key" in caplog.text and not (tmp_path / "packs").exists()
