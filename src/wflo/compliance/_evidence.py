@@ -349,7 +349,7 @@ def _oversight(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
     latencies = [a["latency_s"] for a in decided if a["latency_s"] is not None]
     cancels = events.of("run.cancelled")
     cites.update((c, s) for c, s, *_ in cancels)
-    figures = {
+    figures: dict[str, Any] = {
         "approval_requests": sum(1 for a in approvals.values() if a.get("requested_at")),
         "decisions_by_a_person": len(decided),
         "approved": sum(1 for a in decided if a.get("status") == "approved"),
@@ -362,7 +362,7 @@ def _oversight(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
         "cancellations": len(cancels),
     }
     summary = (
-        f"{n(figures['approval_requests'], 'action')} asked for a human decision. People decided {len(decided)}: "
+        f"{n(int(figures['approval_requests']), 'action')} asked for a human decision. People decided {len(decided)}: "
         f"{figures['approved']} approved, {figures['rejected']} rejected, {figures['edited']} with edited arguments. "
         f"Timed out: {figures['timed_out']}; still waiting at the end of the period: {figures['pending_at_end']}; "
         f"runs cancelled on request: {len(cancels)}."
