@@ -61,7 +61,7 @@ class _Doc:
         self.pdf.ln(1.5)
         self.pdf.set_text_color(27, 31, 36)
 
-    def table(self, columns: list[str], rows: list[list[Any]]) -> None:
+    def table(self, columns: list[str], rows: list[list[Any]], width: float | None = None) -> None:
         from fpdf.enums import WrapMode
 
         if not rows:
@@ -70,7 +70,8 @@ class _Doc:
         self.font(7.5)
         with self.pdf.table(
             headings_style=_heading_style(self.family), line_height=3.6, wrapmode=WrapMode.CHAR, padding=0.8,
-            first_row_as_headings=True,
+            first_row_as_headings=True, width=width, col_widths=(3, 2) if width else None,
+            align="LEFT",
         ) as table:  # fmt: skip
             row = table.row()
             for c in columns:
@@ -113,7 +114,7 @@ def render_pdf(evidence: dict[str, Any], records: list[dict[str, Any]], path: st
         doc.para(s["title"], 14, bold=True)
         doc.para("Controls: " + "; ".join(s["controls"]), 9, color=(5, 80, 174))
         doc.para(s["summary"], 10)
-        doc.table(["figure", "value"], [[label(k), v] for k, v in s["figures"].items()])
+        doc.table(["figure", "value"], [[label(k), v] for k, v in s["figures"].items()], width=130)
         for t in s["tables"]:
             doc.para(t["title"], 10.5, bold=True)
             doc.table(t["columns"], t["rows"])
