@@ -82,9 +82,12 @@ def verify_cmd(directory: str, public_key_path: str | None, as_json: bool) -> No
     key = load_public_key(public_key_path) if public_key_path else None
     result = verify_pack(directory, key)
     if as_json:
-        dump_json({"ok": result.ok, "problem": result.problem, "files": result.files, "records": result.records})
+        dump_json({"ok": result.ok, "problem": result.problem, "files": result.files, "records": result.records,
+                   "signer": result.signer, "pinned": result.pinned})  # fmt: skip
     elif result.ok:
         console.print(f"[green]intact[/]: {result.files} files and {result.records} records match the signed manifest")
+        if not result.pinned:  # anyone can sign a manifest: only a pinned key says it was the audit key
+            err_console.print(f"signed by key {result.signer}; pass --public-key to check it is your audit key")
     else:
         err_console.print(f"[red]NOT INTACT[/] {directory}: {result.problem}", soft_wrap=True)
     if not result.ok:

@@ -164,6 +164,10 @@ class PackResult:
     problem: str | None = None
     files: int = 0
     records: int = 0
+    signer: str | None = None
+    """The signing key (base64 of the raw Ed25519 public key) named in the manifest."""
+    pinned: bool = False
+    """The signer was checked against a key the caller gave (else the manifest's own key)."""
 
 
 def _fail(problem: str) -> PackResult:
@@ -232,4 +236,4 @@ def verify_pack(directory: str | os.PathLike[str], public_key: Any | None = None
                 if not ok:
                     return _fail(f"records.jsonl line {n}: the record's hash is not its link hash")
                 count += 1
-    return PackResult(True, None, len(listed), count)
+    return PackResult(True, None, len(listed), count, str(manifest["public_key"]), public_key is not None)

@@ -58,6 +58,9 @@ def test_prune_inside_retention_is_refused_and_an_override_recorded(store_url: s
         assert rk["figures"]["prunes_on_record"] == 2 and rk["figures"]["retention_overrides"] == 1
         tables = {t["title"]: t["rows"] for t in rk["tables"]}
         assert [r[1] for r in tables["Prunes on record"]] == ["user:ops", "user:ops"]
+        assert [r[5] for r in tables["Prunes on record"]] == ["unsigned", "unsigned"]
+        assert rk["figures"]["prunes_not_signed_by_audit_key"] == 2 and rk["figures"]["history_intact"]
+        assert any("not signed by the audit key" in note for note in rk["notes"])
         assert tables["Retention overrides"][0][4].startswith("court order")
 
 
@@ -108,3 +111,23 @@ def test_cli_refuses_before_asking_and_records_an_override(sqlite_url: str, tmp_
     assert done.returncode == 0 and "pruned 1 runs" in done.stdout, done.stderr
     with open_store(sqlite_url) as store:
         assert [e.type for e in store.events(SYSTEM_CHAIN)] == ["audit.retention_overridden", "audit.pruned"]
+
+
+def test_signed_prunes_are_told_apart_from_forged_ones(sqlite_url: str, tmp_path: Path) -> None:
+    from wflo.audit import generate_key
+    from wflo.audit._checkpoint import load_private_key
+
+    generate_key(tmp_path / "audit.pem")
+    generate_key(tmp_path / "other.pem")
+    audit, other = load_private_key(tmp_path / "audit.pem"), load_private_key(tmp_path / "other.pem")
+    old = datetime.now(UTC) - timedelta(days=400)
+    with open_store(sqlite_url) as store:
+        _finished_run(store, "a", old)
+        prune(store, iso(old + timedelta(days=1)), by="user:auditor", private_key=audit)
+        _finished_run(store, "b", old)
+        prune(store, iso(old + timedelta(days=1)), by="user:mallory", private_key=other)
+        ev = build_evidence(store, since=iso(old), until=now_iso(), public_key=audit.public_key())
+        (rk,) = [s for s in ev["sections"] if s["key"] == "record_keeping"]
+        rows = {r[1]: r[5] for r in next(t for t in rk["tables"] if t["title"] == "Prunes on record")["rows"]}
+        assert rows == {"user:auditor": "audit key", "user:mallory": "NOT the audit key"}
+        assert rk["figures"]["prunes_not_signed_by_audit_key"] == 1
