@@ -7,7 +7,7 @@ See docs/compliance.md.
 from ._evidence import CONTROLS, FRAMEWORKS, build_evidence, find_gaps, sections_for
 from ._pack import PackResult, build_pack, verify_pack
 from ._retention import check_retention, earliest_cutoff
-from ._schedule import due_period, run_schedule
+from ._schedule import due_period, run_schedule, wait_for_packs
 
 __all__ = [
     "CONTROLS",
@@ -22,4 +22,5 @@ __all__ = [
     "run_schedule",
     "sections_for",
     "verify_pack",
+    "wait_for_packs",
 ]

@@ -19,7 +19,9 @@ import io
 import json
 import logging
 import os
+import shutil
 import smtplib
+import threading
 import time
 import weakref
 import zipfile
@@ -37,6 +39,9 @@ CHECK_EVERY = 60.0
 """Seconds between two looks at the schedule from one worker."""
 _last_check: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionary()
 """When each open store's schedule was last looked at (a closed store is forgotten)."""
+_threads: weakref.WeakKeyDictionary[Store, threading.Thread] = weakref.WeakKeyDictionary()
+PARTIAL_AGE = 3600.0
+"""Seconds after which a half-made pack folder is taken as abandoned."""
 
 
 def due_period(schedule: str, now: datetime | None = None) -> tuple[str, str]:
@@ -74,12 +79,20 @@ def _already_made(store: Store, framework: str, since: str, until: str) -> bool:
 def _previous_checkpoint(root: Path, before: str) -> dict[str, Any] | None:
     from ..audit._checkpoint import read_checkpoint
 
-    found = sorted(p for p in root.glob("*/checkpoint.json") if p.parent.name < before)
+    found = sorted(
+        p for p in root.glob("*/checkpoint.json") if p.parent.name < before and p.parent.suffix != ".partial"
+    )
     return read_checkpoint(found[-1]) if found else None
 
 
-def run_schedule(store: Store, *, now: datetime | None = None, force: bool = False) -> Path | None:
-    """Make the due scheduled pack, if any; return its folder. Never raises (logs instead)."""
+def run_schedule(
+    store: Store, *, now: datetime | None = None, force: bool = False, background: bool = False
+) -> Path | None:
+    """Make the due scheduled pack, if any; return its folder. Never raises (logs instead).
+
+    With ``background`` (the worker's call) the pack is made in a thread, so runs keep being
+    claimed meanwhile; one at a time per store. ``wait_for_packs`` waits for it.
+    """
     from .._config import settings
 
     cfg = settings()
@@ -90,11 +103,48 @@ def run_schedule(store: Store, *, now: datetime | None = None, force: bool = Fal
     if not force and last is not None and clock - last < CHECK_EVERY:
         return None
     _last_check[store] = clock
+    if background:
+        running = _threads.get(store)
+        if running is not None and running.is_alive():
+            return None
+        thread = threading.Thread(target=_safely, args=(store, cfg, now), name="wflo-compliance-pack", daemon=True)
+        _threads[store] = thread
+        thread.start()
+        return None
+    return _safely(store, cfg, now)
+
+
+def wait_for_packs(timeout: float = 60.0) -> None:
+    """Wait for packs being made in the background (tests, and before a script exits)."""
+    deadline = time.monotonic() + timeout
+    for thread in list(_threads.values()):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _safely(store: Store, cfg: Any, now: datetime | None) -> Path | None:
     try:
         return _generate(store, cfg, now)
     except Exception as exc:  # the worker's runs matter more; the next check tries again
         log.warning("wflo compliance: scheduled pack failed: %s", exc)
         return None
+
+
+def _tidy(root: Path) -> None:
+    """Finish or clear packs a stopped process left half-made (``<name>.partial``).
+
+    A pack is written into ``<name>.partial`` and renamed when complete, so a folder without
+    the suffix is always whole. A partial one with its manifest only missed the rename; one
+    without, older than an hour (not another worker's pack in progress), is removed.
+    """
+    for partial in root.glob("*.partial"):
+        final = partial.with_suffix("")
+        try:
+            if (partial / "manifest.json").exists() and not final.exists():
+                partial.rename(final)
+            elif time.time() - partial.stat().st_mtime > PARTIAL_AGE:
+                shutil.rmtree(partial)
+        except OSError as exc:
+            log.warning("wflo compliance: cannot tidy %s: %s", partial, exc)
 
 
 def _generate(store: Store, cfg: Any, now: datetime | None) -> Path | None:
@@ -103,13 +153,15 @@ def _generate(store: Store, cfg: Any, now: datetime | None) -> Path | None:
 
     framework = cfg.compliance_framework
     since, until = due_period(cfg.compliance_schedule, now)
+    root = Path(cfg.compliance_dir or os.path.join(".wflo", "compliance"))
+    if root.is_dir():
+        _tidy(root)
     if _already_made(store, framework, since, until):
         return None
     if not cfg.compliance_key:
         log.warning("wflo compliance: a pack is due but no audit key is set (WFLO_AUDIT_KEY)")
         return None
     key = load_private_key(cfg.compliance_key)
-    root = Path(cfg.compliance_dir or os.path.join(".wflo", "compliance"))
     name = f"{framework}-{cfg.compliance_schedule}-{since[:10]}"
     folder = root / name
     if (folder / "manifest.json").exists():
@@ -121,10 +173,12 @@ def _generate(store: Store, cfg: Any, now: datetime | None) -> Path | None:
     except ImportError:
         fmt = "html"
     checkpoint = _previous_checkpoint(root, name) if root.is_dir() else None
+    partial = root / f"{name}.partial"
     build_pack(
-        store, folder, since=since, until=until, private_key=key, framework=framework, fmt=fmt,
+        store, partial, since=since, until=until, private_key=key, framework=framework, fmt=fmt,
         checkpoint=checkpoint, retention_days=cfg.retention_days, by=f"{cfg.principal} (scheduled)", scheduled=True,
     )  # fmt: skip
+    partial.rename(folder)
     if cfg.compliance_notify:
         send_pack(store, folder)
     return folder

@@ -71,7 +71,7 @@ class Worker:
         idle_since = time.monotonic()
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="wflo-run") as pool:
             while not self._stop.is_set():
-                run_schedule(self.store)  # a no-op unless compliance_schedule is set; at most once a minute
+                run_schedule(self.store, background=True)  # no-op unless compliance_schedule is set
                 if max_runs is not None and self.completed >= max_runs:
                     break
                 with self._lock:

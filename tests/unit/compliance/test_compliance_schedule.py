@@ -12,7 +12,7 @@ from compliancekit import SMTP, Hook, clock
 
 from wflo import _config
 from wflo.audit import generate_key
-from wflo.compliance import due_period, run_schedule, verify_pack
+from wflo.compliance import due_period, run_schedule, verify_pack, wait_for_packs
 from wflo.engine import Worker
 from wflo.store import SYSTEM_CHAIN, Head, NewEvent
 
@@ -44,6 +44,7 @@ def test_worker_makes_the_daily_pack_once(store_url: str, tmp_path: Path) -> Non
     _configure(store_url, tmp_path)
     _yesterday_run("y1")
     Worker(concurrency=1).run(idle_timeout=0.3)
+    wait_for_packs()  # made in a thread, so the worker kept claiming runs meanwhile
     since, _until = due_period("daily")
     (folder,) = (tmp_path / "packs").iterdir()
     assert folder.name == f"all-daily-{since[:10]}"
@@ -59,6 +60,7 @@ def test_worker_makes_the_daily_pack_once(store_url: str, tmp_path: Path) -> Non
     # another worker (or the next check) does not make it again
     assert run_schedule(store, force=True) is None
     Worker(concurrency=1).run(idle_timeout=0.2)
+    wait_for_packs()
     assert len([e for e in store.events(SYSTEM_CHAIN) if e.type == "compliance.pack"]) == 1
 
 
@@ -114,3 +116,31 @@ def test_a_failed_send_is_recorded(sqlite_url: str, tmp_path: Path, monkeypatch:
     assert folder is not None and verify_pack(folder).ok  # the pack is on disk either way
     failed = [e for e in _config.get_store().events(SYSTEM_CHAIN) if e.type == "compliance.send_failed"]
     assert failed and failed[0].data["notifier"] == "webhook"
+
+
+def test_half_made_packs_are_finished_or_cleared(sqlite_url: str, tmp_path: Path) -> None:
+    """A process killed mid-pack leaves `<name>.partial`: never mistaken for a whole pack."""
+    import os
+
+    from wflo.compliance import _schedule
+
+    _configure(sqlite_url, tmp_path)
+    store = _config.get_store()
+    made = run_schedule(store, now=datetime(2026, 3, 2, 1, tzinfo=UTC), force=True)
+    assert made is not None
+    # killed after the pack and its event were written, before the rename: finished on the next look
+    made.rename(made.with_name(made.name + ".partial"))
+    assert run_schedule(store, now=datetime(2026, 3, 2, 1, tzinfo=UTC), force=True) is None  # already on record
+    assert made.exists() and verify_pack(made).ok
+    # killed half-way (no manifest): left alone while it may be another worker's pack in progress ...
+    half = tmp_path / "packs" / "all-daily-2026-03-02.partial"
+    half.mkdir()
+    (half / "evidence.json").write_text("{")
+    assert run_schedule(store, now=datetime(2026, 3, 3, 1, tzinfo=UTC), force=True) is None
+    assert half.exists() and not (tmp_path / "packs" / "all-daily-2026-03-02").exists()
+    # ... and removed once older than that could be, then the pack is made whole
+    stale = os.path.getmtime(half) - _schedule.PARTIAL_AGE - 10
+    os.utime(half, (stale, stale))
+    fresh = run_schedule(store, now=datetime(2026, 3, 3, 1, tzinfo=UTC), force=True)
+    assert fresh is not None and fresh.name == "all-daily-2026-03-02" and verify_pack(fresh).ok
+    assert not half.exists()
