@@ -96,14 +96,16 @@ class _Events:
         return [r for r in self.rows if r[2] in types]
 
 
-def run_info(store: Store, chains: list[str]) -> dict[str, tuple[Any, Any]]:
-    """``{run id: (workflow, tenant)}`` for the given chains (the ``runs`` projection)."""
-    out: dict[str, tuple[Any, Any]] = {}
+def run_info(store: Store, chains: list[str]) -> dict[str, tuple[Any, Any, Any]]:
+    """``{run id: (workflow, tenant, agent)}`` for the given chains (the ``runs`` projection;
+    the agent is the one a framework integration named in the run's options)."""
+    out: dict[str, tuple[Any, Any, Any]] = {}
     for start in range(0, len(chains), 500):
         part = chains[start : start + 500]
         marks = ", ".join("?" * len(part))
-        for i, w, t in store._fetchall(f"SELECT id, workflow, tenant FROM runs WHERE id IN ({marks})", part):
-            out[str(i)] = (w, t)
+        sql = f"SELECT id, workflow, tenant, options FROM runs WHERE id IN ({marks})"
+        for i, w, t, options in store._fetchall(sql, part):
+            out[str(i)] = (w, t, _load(options).get("agent"))
     return out
 
 

@@ -187,6 +187,11 @@ def _record_keeping(
     from ..audit._verify import verify_all
 
     by_type = Counter(r[2] for r in events.rows)
+    per_day = Counter(r[3][:10] for r in events.rows)
+    runs_per_day: dict[str, set[str]] = defaultdict(set)
+    for chain, _seq, _type, at, _data in events.rows:
+        if chain != SYSTEM_CHAIN:
+            runs_per_day[at[:10]].add(chain)
     chains = {r[0] for r in events.rows}
     # Prunes count as prunes here whoever signed them; the table below says which the audit key
     # signed, so a legitimate unsigned prune is shown as such instead of as a broken history.
@@ -269,7 +274,12 @@ def _record_keeping(
         {
             "title": "Events by type",
             "columns": ["type", "events"],
-            "rows": [[t, n] for t, n in sorted(by_type.items())],
+            "rows": [[t, count] for t, count in sorted(by_type.items())],
+        },
+        {
+            "title": "Events per day",
+            "columns": ["day (UTC)", "events", "runs with events"],
+            "rows": [[d, per_day[d], len(runs_per_day[d])] for d in sorted(per_day)],
         },
         {
             "title": "Broken links",
@@ -419,6 +429,7 @@ def _oversight(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
         ],
         "notes": [
             "A decision's person is the principal the store recorded; until sign-in lands (the identity issue) "
-            "a local decision names the configured principal (via: local/cli)."
+            "a local decision names the configured principal (via: local/cli). A cancellation record does not yet "
+            "name who asked for it (the store records by: request)."
         ],
     }

@@ -50,7 +50,15 @@ def _inventory(store: Store, events: _Events, cites: set[tuple[str, int]]) -> di
         if chain != SYSTEM_CHAIN:
             span = first_last.setdefault(chain, [at, at])
             span[0], span[1] = min(span[0], at), max(span[1], at)
-    for chain, (workflow, _tenant) in run_info(store, list(first_last)).items():
+    agents: dict[str, dict[str, Any]] = {}
+    for chain, (workflow, _tenant, agent) in run_info(store, list(first_last)).items():
+        if isinstance(agent, str) and agent:
+            a = agents.setdefault(
+                agent, {"uses": 0, "workflows": set(), "first": first_last[chain][0], "last": first_last[chain][1]}
+            )
+            a["uses"] += 1
+            a["workflows"].add(str(workflow))
+            a["first"], a["last"] = min(a["first"], first_last[chain][0]), max(a["last"], first_last[chain][1])
         entry = workflows.setdefault(
             str(workflow), {"uses": 0, "first": first_last[chain][0], "last": first_last[chain][1]}
         )
@@ -72,6 +80,7 @@ def _inventory(store: Store, events: _Events, cites: set[tuple[str, int]]) -> di
             continue
     figures = {
         "workflows": len(workflows),
+        "agents": len(agents),
         "models": len(models),
         "tools": len(tools),
         "sandbox_backends": len(sandboxes),
@@ -120,6 +129,14 @@ def _inventory(store: Store, events: _Events, cites: set[tuple[str, int]]) -> di
                         v["last"],
                     ]
                     for k, v in sorted(models.items())
+                ],
+            },
+            {
+                "title": "Agents (named by a framework integration)",
+                "columns": ["agent", "runs", "workflows", "first", "last"],
+                "rows": [
+                    [k, v["uses"], ", ".join(sorted(v["workflows"])), v["first"], v["last"]]
+                    for k, v in sorted(agents.items())
                 ],
             },
             {
@@ -286,7 +303,7 @@ def _cost(store: Store, events: _Events, until: str, cites: set[tuple[str, int]]
         usd = _dec(data["cost_usd"])
         total += usd
         cites.add((chain, seq))
-        workflow, tenant = runs.get(chain, (None, None))
+        workflow, tenant, _agent = runs.get(chain, (None, None, None))
         model = data.get("name") if data.get("kind") == "llm" else None
         for key, value in (("workflow", workflow), ("model", model), ("tenant", tenant)):
             bucket = spend[key][str(value) if value is not None else "(none)"]

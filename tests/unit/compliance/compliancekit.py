@@ -56,7 +56,10 @@ def _llm(call: str, usd: str) -> NewEvent:
 def _run(store: Store, run_id: str, at: datetime, workflow: str,
          body: list[NewEvent], *, end: str = "succeeded", later: list[tuple[datetime, list[NewEvent]]] = ()) -> None:  # type: ignore[assignment]  # fmt: skip
     with clock(at):
-        run, _ = store.create_run(run_id=run_id, workflow=workflow, input={}, tenant="acme", owner="w1")
+        options = {"agent": "billing-bot"} if workflow == "billing" else None  # as wflo.wrap(...) names it
+        run, _ = store.create_run(
+            run_id=run_id, workflow=workflow, input={}, tenant="acme", owner="w1", options=options
+        )
         head = store.append(run_id, Head(run.last_seq, run.last_hash), body, owner="w1")
     for moment, events in later:
         with clock(moment):

@@ -55,7 +55,9 @@ def test_month_on_both_stores(store_url: str, tmp_path: Path) -> None:
         acc = s["access"]["figures"]
         assert (acc["grants"], acc["removals"]) == (expect["grants"], expect["removals"])
         inv = s["inventory"]
-        assert inv["figures"]["workflows"] == 2 and inv["figures"]["models"] == 1
+        assert inv["figures"]["workflows"] == 2 and inv["figures"]["models"] == 1 and inv["figures"]["agents"] == 1
+        (agent,) = next(t for t in inv["tables"] if t["title"].startswith("Agents"))["rows"]
+        assert agent[:3] == ["billing-bot", 15, "billing"]
         (model,) = inv["tables"][1]["rows"]
         assert model[:3] == ["gpt-4o-mini", "openai", expect["llm_calls"] + expect["budget_refusals"]]
 
@@ -64,6 +66,8 @@ def test_month_on_both_stores(store_url: str, tmp_path: Path) -> None:
         types = Counter(t for _c, _s, t, _a, _d in raw)
         assert rk["events"] == len(raw) and rk["chains"] == len({c for c, *_ in raw})
         assert dict(sorted(types.items())) == dict(s["record_keeping"]["tables"][0]["rows"])
+        per_day = Counter(a[:10] for _c, _s, _t, a, _d in raw)
+        assert {r[0]: r[1] for r in s["record_keeping"]["tables"][1]["rows"]} == per_day and len(per_day) == 30
         assert mo["loop_stops"] == types["loop.stopped"] and mo["failed_runs"] == types["run.failed"]
         assert mo["stopped_runs"] == types["run.stopped"] and mo["budget_thresholds"] == types["budget.threshold"]
         assert mo["budget_refusals"] == sum(1 for *_x, t, _a, d in raw if t == "call.failed" and d.get("error", {}).get("code") == "budget_exceeded")  # fmt: skip
