@@ -120,3 +120,22 @@ def test_demo_pack_html_in_chromium(demo_store: str, tmp_path: Path) -> None:
 def test_demo_pack_as_json_only(demo_store: str, tmp_path: Path) -> None:
     manifest = _pack(demo_store, tmp_path / "pack", "json")
     assert [f["name"] for f in manifest["files"]] == ["checkpoint.json", "evidence.json", "records.jsonl"]
+
+
+def test_demo_figures_match_wflo_report(demo_store: str) -> None:
+    """`wflo report` (a separate implementation over the projections) counts the same things."""
+    from wflo.audit import build_report
+    from wflo.compliance import build_evidence
+
+    with open_store(demo_store) as store:
+        until = now_iso()
+        old = build_report(store, since=SINCE, until=until)
+        new = {s["key"]: s for s in build_evidence(store, since=SINCE, until=until)["sections"]}
+    mon, ho, cost = new["monitoring"]["figures"], new["human_oversight"]["figures"], new["cost"]["figures"]
+    assert mon["loop_stops"] == len(old["loop_stops"]) == 1
+    assert mon["budget_refusals"] == len(old["budget_refusals"]) == 1
+    assert ho["approval_requests"] == len(old["approvals"]) == 1
+    assert ho["approved"] == sum(1 for a in old["approvals"] if a["status"] == "approved")
+    assert cost["total_usd"] == old["spend"]["total_usd"]
+    assert new["record_keeping"]["figures"]["history_intact"] is old["verification"]["ok"] is True
+    assert mon["stopped_runs"] == old["runs"]["by_status"].get("stopped", 0)

@@ -83,6 +83,8 @@ def test_month_on_both_stores(store_url: str, tmp_path: Path) -> None:
             1 for t, d in system if t == "approval.decided" and d["action_hash"] != requested[d["approval_id"]]
         )
         assert ho["approval_requests"] == types["approval.requested"] and ho["cancellations"] == types["run.cancelled"]
+        assert acc["grants"] == sum(1 for t, _d in system if t == "principal.granted")
+        assert acc["removals"] == sum(1 for t, _d in system if t == "principal.revoked")
         spent = sum(Decimal(d["cost_usd"]) for *_x, t, _a, d in raw if t == "call.completed" and "cost_usd" in d)
         assert Decimal(co["total_usd"]) == spent
         workflows = {w for (w,) in store._fetchall("SELECT DISTINCT workflow FROM runs WHERE id IN (SELECT chain FROM events WHERE at >= ? AND at < ?)", MONTH)}  # fmt: skip
