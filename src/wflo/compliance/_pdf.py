@@ -129,6 +129,15 @@ def render_pdf(evidence: dict[str, Any], records: list[dict[str, Any]], path: st
     doc.para(f"{len(records)} records are cited; each is in records.jsonl with its stored data and link hashes.{more}")
     doc.table(
         ["chain", "seq", "type", "at", "hash"],
-        [[r["chain"], r["seq"], r["type"], r["at"], r["hash"][:16] + "..."] for r in records[:APPENDIX_ROWS]],
+        [
+            [
+                r["chain"],
+                r["seq"],
+                r["type"],
+                r["at"],
+                r["hash"][:16] + "..." + (" DOES NOT HASH" if r.get("hash_mismatch_in_store") else ""),
+            ]
+            for r in records[:APPENDIX_ROWS]
+        ],
     )
     pdf.output(os.fspath(path))

@@ -155,7 +155,16 @@ def render_html(evidence: dict[str, Any], records: list[dict[str, Any]]) -> str:
     out.append(
         _table(
             ["chain", "seq", "type", "at", "hash"],
-            [[r["chain"], r["seq"], r["type"], r["at"], r["hash"][:16] + "…"] for r in records[:APPENDIX_ROWS]],
+            [
+                [
+                    r["chain"],
+                    r["seq"],
+                    r["type"],
+                    r["at"],
+                    r["hash"][:16] + "…" + (" DOES NOT HASH" if r.get("hash_mismatch_in_store") else ""),
+                ]
+                for r in records[:APPENDIX_ROWS]
+            ],
         )
     )
     out.append("</section></body></html>\n")

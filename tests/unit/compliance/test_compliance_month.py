@@ -125,3 +125,35 @@ def test_framework_packs_hold_only_their_sections(sqlite_url: str) -> None:
         assert "ISO/IEC 42001 A.6.2.8 (AI system recording of event logs)" in iso["record_keeping"]["controls"]
         for section in iso.values():
             assert section["query"] and section["summary"]
+
+
+def test_a_tampered_history_gives_a_pack_that_says_so(store_url: str, tmp_path: Path) -> None:
+    """A DBA edits a recorded event: the pack is still made (and intact as a pack), says BROKEN,
+    names the chain, and carries no checkpoint (nothing broken is ever signed as a checkpoint)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "audit"))
+    from auditkit import admin
+
+    generate_key(tmp_path / "k.pem")
+    key = load_private_key(tmp_path / "k.pem")
+    with open_store(store_url) as store:
+        scripted_month(store)
+        with admin(store_url) as db:
+            db.run("UPDATE events SET data = ? WHERE chain = 'm07' AND seq = 3", ('{"call":"1","kind":"llm"}',))
+            # and a cited record: the loop stop of day 5 now claims another detector
+            db.run("UPDATE events SET data = replace(data, 'max_repeats', 'max_steps') WHERE chain = 'm05' AND type = 'loop.stopped'")  # fmt: skip
+        manifest = build_pack(store, tmp_path / "pack", since=MONTH[0], until=MONTH[1], private_key=key, fmt="html")
+    assert "checkpoint.json" not in [f["name"] for f in manifest["files"]]
+    assert verify_pack(tmp_path / "pack").ok  # the pack is what was found; what was found is a break
+    evidence = json.loads((tmp_path / "pack" / "evidence.json").read_text())
+    (rk,) = [s for s in evidence["sections"] if s["key"] == "record_keeping"]
+    assert rk["figures"]["history_intact"] is False and rk["figures"]["broken_chains"] == 2
+    assert [r[0] for r in next(t for t in rk["tables"] if t["title"] == "Broken links")["rows"]] == ["m05", "m07"]
+    records = [json.loads(line) for line in (tmp_path / "pack" / "records.jsonl").read_text().splitlines()]
+    marked = [(r["chain"], r["type"]) for r in records if r.get("hash_mismatch_in_store")]
+    assert marked == [("m05", "loop.stopped")]
+    page = (tmp_path / "pack" / "report.html").read_text()
+    overview = page.split('<section id="record_keeping">')[0]
+    assert "BROKEN" in overview
+    assert "DOES NOT HASH" in page.split('id="appendix"')[1]
