@@ -191,7 +191,7 @@ def _access(store: Store, events: _Events, cites: set[tuple[str, int]]) -> dict[
             "'approval.voted') GROUP BY 1, 2",
         ],
         "summary": (
-            f"{n(len(roles), 'principal')} now hold roles. In the period: {n(grants, 'grant')}, "
+            f"{n(len(roles), 'principal')} now {'holds' if len(roles) == 1 else 'hold'} roles. In the period: {n(grants, 'grant')}, "
             f"{n(removals, 'removal')}, and {n(sum(decisions.values()), 'approval vote')} cast by "
             f"{n(len({p for p, _ in decisions}), 'principal')}."
         ),
