@@ -174,6 +174,10 @@ def _generate(store: Store, cfg: Any, now: datetime | None) -> Path | None:
         fmt = "html"
     checkpoint = _previous_checkpoint(root, name) if root.is_dir() else None
     partial = root / f"{name}.partial"
+    try:
+        partial.mkdir(parents=True)  # exclusive: of two workers due at once, one makes the pack
+    except FileExistsError:
+        return None
     build_pack(
         store, partial, since=since, until=until, private_key=key, framework=framework, fmt=fmt,
         checkpoint=checkpoint, retention_days=cfg.retention_days, by=f"{cfg.principal} (scheduled)", scheduled=True,

@@ -144,3 +144,34 @@ def test_half_made_packs_are_finished_or_cleared(sqlite_url: str, tmp_path: Path
     fresh = run_schedule(store, now=datetime(2026, 3, 3, 1, tzinfo=UTC), force=True)
     assert fresh is not None and fresh.name == "all-daily-2026-03-02" and verify_pack(fresh).ok
     assert not half.exists()
+
+
+def test_two_workers_due_at_once_make_one_pack(store_url: str, tmp_path: Path) -> None:
+    import threading
+
+    from wflo.store import open_store
+
+    _configure(store_url, tmp_path)
+    _yesterday_run("y3")
+    stores = [open_store(store_url) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+    made: list[object] = []
+
+    def go(store: object) -> None:
+        barrier.wait()
+        made.append(run_schedule(store, force=True))  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=go, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        folders = [m for m in made if m is not None]
+        assert len(folders) == 1 and verify_pack(folders[0]).ok  # type: ignore[arg-type]
+        assert [p.name for p in (tmp_path / "packs").iterdir()] == [folders[0].name]  # type: ignore[attr-defined]
+        packs = [e for e in stores[0].events(SYSTEM_CHAIN) if e.type == "compliance.pack"]
+        assert len(packs) == 1
+    finally:
+        for s in stores:
+            s.close()
