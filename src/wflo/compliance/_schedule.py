@@ -9,7 +9,8 @@ signed checkpoint when there is one, and, with ``compliance_notify``, sends it t
 webhook and SMTP settings the approval notifiers use. Each send (or failure) is a
 ``compliance.sent`` / ``compliance.send_failed`` event.
 
-Two workers may race to the same period; both packs are then valid and both are on record.
+Of workers due at once on one directory, the one that creates ``<name>.partial`` makes the
+pack; workers with different directories may each make one (each valid, each on record).
 A failure is logged and tried again at the next check; it never stops the worker.
 """
 
