@@ -72,6 +72,32 @@ class Settings:
     Set it wherever more than one person uses the store. Env: ``WFLO_REQUIRE_AUTH``
     (``0``/``1``)."""
 
+    # -- compliance (wflo.compliance): retention and scheduled evidence packs
+    retention_days: int = 183
+    """How long audit records must be kept: ``wflo audit prune`` refuses a cut-off younger
+    than this (about 6 months, the EU AI Act Art. 19 minimum) unless given a recorded
+    override reason. Env: ``WFLO_RETENTION_DAYS``."""
+
+    compliance_schedule: str | None = None
+    """``daily``, ``weekly`` or ``monthly``: ``wflo worker`` makes an evidence pack for each
+    finished period. ``None``: no scheduled packs. Env: ``WFLO_COMPLIANCE_SCHEDULE``."""
+
+    compliance_dir: str | None = None
+    """Where scheduled packs are written (one folder per period).
+    Env: ``WFLO_COMPLIANCE_DIR``; default ``./.wflo/compliance``."""
+
+    compliance_key: str | None = None
+    """The audit key (Ed25519 PEM from ``wflo audit keygen``) that signs packs.
+    Env: ``WFLO_AUDIT_KEY``."""
+
+    compliance_framework: str = "all"
+    """Which framework scheduled packs map to (``eu-ai-act``, ``soc2``, ``iso42001``, ``all``).
+    Env: ``WFLO_COMPLIANCE_FRAMEWORK``."""
+
+    compliance_notify: bool = False
+    """Also send each scheduled pack through the webhook/SMTP notifiers
+    (``WFLO_APPROVAL_WEBHOOK``, ``WFLO_SMTP_*``). Env: ``WFLO_COMPLIANCE_NOTIFY`` (``0``/``1``)."""
+
     def __post_init__(self) -> None:
         # Every field is checked by its declared type (and its choices), so a setting added
         # later is validated the same way without code here.
@@ -102,11 +128,15 @@ class Settings:
 
 
 # Settings whose environment variable is not simply WFLO_<NAME>.
-_ENV_NAMES = {"database": "WFLO_DATABASE_URL"}
+_ENV_NAMES = {"database": "WFLO_DATABASE_URL", "compliance_key": "WFLO_AUDIT_KEY"}
 # Settings that take one of a few words.
-_CHOICES: dict[str, tuple[str, ...]] = {"content": ("full", "redacted", "hash_only")}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "content": ("full", "redacted", "hash_only"),
+    "compliance_schedule": ("daily", "weekly", "monthly"),
+    "compliance_framework": ("eu-ai-act", "soc2", "iso42001", "all"),
+}
 # Numbers that must be > 0 (all numeric settings unless listed in _NON_NEGATIVE).
-_NON_NEGATIVE: set[str] = set()
+_NON_NEGATIVE: set[str] = {"retention_days"}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -151,7 +181,7 @@ def _parse_env(field: dataclasses.Field[Any], name: str, raw: str) -> Any:
     text = raw.strip()
     kind = _kind(field)
     shown = f"{name}={raw!r}"
-    if kind != "str" and text.lower() in ("", "none") and _optional(field):
+    if text.lower() in ("", "none") and _optional(field) and (kind != "str" or field.name in _CHOICES):
         return None
     if kind == "bool":
         if text.lower() in _TRUE:

@@ -40,7 +40,8 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     │   └── SandboxSetupError
     ├── ToolDeniedError                a secure tool refused its input (SQL write, SSRF, …)
     └── AuditError
-        └── ChainBrokenError
+        ├── ChainBrokenError
+        └── RetentionError             a prune that would delete records still under retention
 
     WfloInterrupt (BaseException)      control flow; never caught by ``except Exception``
     ├── RunCancelled                   the run was cancelled; it stops at the next step boundary
@@ -78,6 +79,7 @@ __all__ = [
     "NonDeterminismError",
     "RateLimitedError",
     "ResultTimeoutError",
+    "RetentionError",
     "RunCancelled",
     "RunFailedError",
     "RunNotFoundError",
@@ -522,6 +524,23 @@ class ChainBrokenError(AuditError):
         )
 
 
+class RetentionError(AuditError):
+    """A prune cut-off inside the retention period (``Settings.retention_days``)."""
+
+    code = "retention"
+    _fields = ("before", "earliest", "days")
+    before: Any
+    earliest: Any
+    days: Any
+
+    def _message(self) -> str:
+        return (
+            f"pruning before {self.before} would delete records younger than the {self.days}-day retention "
+            f"period (the earliest cut-off allowed now is {self.earliest}); to override, pass a reason "
+            "(wflo audit prune --override-retention REASON), which is recorded"
+        )
+
+
 class WfloInterrupt(_Structured, BaseException):
     """Control-flow signal; derives from BaseException so ``except Exception`` can't eat it."""
 
@@ -594,6 +613,7 @@ _EXIT_CODES = {
     "chain_broken": 10,
     "suspended": 11,
     "non_determinism": 12,
+    "retention": 2,
 }
 
 

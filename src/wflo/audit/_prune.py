@@ -61,13 +61,21 @@ def prune(
     dry_run: bool = False,
     on_progress: Callable[[int], None] | None = None,
     private_key: Any = None,
+    retention_override: str | None = None,
 ) -> PruneResult:
     """Prune finished runs whose last event is before ``before`` (store time text, UTC).
 
     With ``private_key`` (the checkpoint key), each ``audit.pruned`` record is signed, so
     ``verify`` given the public key accepts only prunes made by its holder: a chain deleted
     by anyone else, with a forged prune record, is reported as missing.
+
+    A cut-off inside the retention period (``Settings.retention_days``) is refused with
+    ``RetentionError`` unless ``retention_override`` gives a reason, which is recorded.
     """
+    if not dry_run:  # the retention policy (docs/compliance.md) comes before anything is read
+        from ..compliance._retention import enforce_retention
+
+        enforce_retention(store, before, by=by, override=retention_override)
     result = PruneResult(before)
     ready: list[tuple[str, int, str]] = []
     for chain, count, head in prune_candidates(store, before):

@@ -160,9 +160,15 @@ def checkpoint_cmd(key_path: str, out: str) -> None:
 @click.option(
     "--key", "key_path", metavar="PEM", help="Sign the prune record with this Ed25519 key (the checkpoint key)."
 )
+@click.option(
+    "--override-retention",
+    "override",
+    metavar="REASON",
+    help="Prune inside the retention period (WFLO_RETENTION_DAYS); the reason is recorded on the system chain.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> None:
+def prune_cmd(before: str, yes: bool, key_path: str | None, override: str | None, as_json: bool) -> None:
     """Delete the events of finished runs, on the record (an `audit.pruned` system event).
 
     Only succeeded, failed, cancelled and stopped runs are pruned, and only chains that
@@ -172,6 +178,10 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> No
     cutoff = parse_when(before, option="--before")
     private_key = load_private_key(key_path) if key_path else None
     store = _config.get_store()
+    if override is None:  # refuse before asking (prune() checks again, and records an override)
+        from ..compliance._retention import enforce_retention
+
+        enforce_retention(store, cutoff, by=_principal())
     candidates = prune_candidates(store, cutoff)
     if not candidates:
         if as_json:
@@ -183,7 +193,7 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> No
         if not sys.stdin.isatty():
             fail(f"{plural(len(candidates), 'run')} would be pruned; add --yes to confirm", 2)
         click.confirm(f"Delete the events of {plural(len(candidates), 'finished run')} (before {cutoff})?", abort=True)
-    result = prune(store, cutoff, by=_principal(), private_key=private_key)
+    result = prune(store, cutoff, by=_principal(), private_key=private_key, retention_override=override)
     if as_json:
         dump_json(
             {

@@ -65,10 +65,13 @@ class Worker:
 
         Returns the number of runs this worker executed to an end.
         """
+        from ..compliance import run_schedule  # scheduled evidence packs (docs/compliance.md)
+
         cfg = settings()
         idle_since = time.monotonic()
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="wflo-run") as pool:
             while not self._stop.is_set():
+                run_schedule(self.store, background=True)  # no-op unless compliance_schedule is set
                 if max_runs is not None and self.completed >= max_runs:
                     break
                 with self._lock:
