@@ -108,7 +108,7 @@ def test_cli_refuses_before_asking_and_records_an_override(sqlite_url: str, tmp_
     assert len(refused.stderr.strip().splitlines()) <= 2 and "Traceback" not in refused.stderr
     done = subprocess.run([*base, "--yes", "--override-retention", "test data"], env=env, capture_output=True,
                           text=True, timeout=60, cwd=tmp_path)  # fmt: skip
-    assert done.returncode == 0 and "pruned 1 runs" in done.stdout, done.stderr
+    assert done.returncode == 0 and "pruned 1 run " in done.stdout, done.stderr
     with open_store(sqlite_url) as store:
         assert [e.type for e in store.events(SYSTEM_CHAIN)] == ["audit.retention_overridden", "audit.pruned"]
 
