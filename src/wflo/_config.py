@@ -252,15 +252,20 @@ def settings() -> Settings:
         return _settings
 
 
-def get_store() -> Store:
-    """The store of the current settings, opened (and migrated) on first use."""
+def get_store(*, create: bool = True) -> Store:
+    """The store of the current settings, opened (and migrated) on first use.
+
+    ``create=False`` is for uses that only read or act on what is there (``wflo runs list``,
+    ``audit verify`` …): a SQLite store that does not exist is refused with
+    ``StoreNotFoundError`` rather than created, directories and all, at a mistyped path.
+    """
     global _store
     with _lock:
         if _store is None:
             from .store import open_store
 
             cfg = settings()
-            _store = open_store(cfg.database, migrate=cfg.auto_migrate)
+            _store = open_store(cfg.database, migrate=cfg.auto_migrate, create=create)
         return _store
 
 

@@ -90,7 +90,7 @@ def _run_budget(scope: str) -> BudgetUsage | None:
     if not scope.startswith("run:"):
         return None
     try:
-        run = _config.get_store().find_run(scope[4:])
+        run = _config.get_store(create=False).find_run(scope[4:])
     except RunNotFoundError:
         return None
     usd = ((run.options or {}).get("budget") or {}).get("usd")
@@ -111,7 +111,7 @@ def _run_budget(scope: str) -> BudgetUsage | None:
 @handle_errors
 def costs(group: str, since: str | None, as_json: bool) -> None:
     """Spend on LLM calls, grouped by model, workflow, tenant or run."""
-    store = _config.get_store()
+    store = _config.get_store(create=False)
     sql = "SELECT e.data, r.workflow, r.tenant, r.id FROM events e JOIN runs r ON r.id = e.chain WHERE e.type = 'call.completed'"
     params: list[str] = []
     if since:

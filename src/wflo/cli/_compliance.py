@@ -62,7 +62,7 @@ def report_cmd(
     key = load_private_key(key_path)
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     manifest = build_pack(
-        _config.get_store(), out, since=start, until=end, private_key=key, framework=framework, fmt=fmt,
+        _config.get_store(create=False), out, since=start, until=end, private_key=key, framework=framework, fmt=fmt,
         checkpoint=doc, retention_days=cfg.retention_days, by=cfg.principal or "unknown",
     )  # fmt: skip
     if as_json:

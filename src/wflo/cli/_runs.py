@@ -54,7 +54,7 @@ def runs() -> None:
 @handle_errors
 def runs_list(status: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
     """List recent runs, newest first."""
-    records = _config.get_store().list_runs(status=status, workflow=workflow, limit=limit)
+    records = _config.get_store(create=False).list_runs(status=status, workflow=workflow, limit=limit)
     if as_json:
         dump_json([_run_json(r) for r in records])
         return
@@ -79,7 +79,7 @@ def runs_list(status: str | None, workflow: str | None, limit: int, as_json: boo
 @handle_errors
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show a run: status, input, output or error, and each step with its duration."""
-    store = _config.get_store()
+    store = _config.get_store(create=False)
     r = store.find_run(run_id)
     events = store.events(r.id)
     if as_json:
@@ -134,7 +134,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
 @handle_errors
 def runs_cancel(run_id: str) -> None:
     """Cancel a run: it stops at its next step boundary (at once if queued or waiting)."""
-    store = _config.get_store()
+    store = _config.get_store(create=False)
     r = store.find_run(run_id)
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status})")
@@ -156,7 +156,7 @@ def runs_resume(run_id: str, modules: tuple[str, ...], no_wait: bool) -> None:
     code that started it (the run stays blocked), 130 interrupted (Ctrl-C).
     """
     import_modules(modules)
-    store = _config.get_store()
+    store = _config.get_store(create=False)
     r = store.find_run(run_id)
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status}); nothing to resume")

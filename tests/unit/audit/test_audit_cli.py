@@ -29,7 +29,9 @@ def wflo(*args: str, db: str, cwd: Path) -> Proc:
 
     from wflo import _config
     from wflo.cli import cli
+    from wflo.store import open_store
 
+    open_store(db).close()  # reading commands refuse a missing store; these tests start from an empty one
     before = os.getcwd()
     os.chdir(cwd)  # relative paths (key.pem, cp.json) resolve there, as in a shell
     try:

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from wflo import _config
 from wflo.cli import cli
+from wflo.store import open_store
 
 HERE = Path(__file__).parent
 
@@ -34,7 +35,9 @@ class Proc:
     stderr: str
 
 
-def wflo(*args: str, db: str, check: bool = False) -> Proc:
+def wflo(*args: str, db: str, check: bool = False, create: bool = True) -> Proc:
+    if create:
+        open_store(db).close()  # reading commands refuse a missing store; these tests start from an empty one
     result = CliRunner().invoke(cli, list(args), env={"WFLO_DATABASE_URL": db})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # a traceback in a terminal: the test fails with it
@@ -99,13 +102,16 @@ def test_user_mistakes_get_one_line_errors(sqlite_url: str, args: tuple[str, ...
 
 def test_unreachable_database_and_schema_checks(tmp_path: Path) -> None:
     assert_one_line_error(
-        wflo("runs", "list", db="postgresql://x:pw@127.0.0.1:1/none"), 4, "cannot open the wflo store"
+        wflo("runs", "list", db="postgresql://x:pw@127.0.0.1:1/none", create=False), 4, "cannot open the wflo store"
     )
     fresh = f"sqlite:///{tmp_path}/fresh.db"
-    assert_one_line_error(wflo("db", "check", db=fresh), 5, "wflo db migrate")
-    assert "applied m001_initial, m002_budgets, m003_approvals" in wflo("db", "migrate", db=fresh, check=True).stdout
-    assert "ok:" in wflo("db", "check", db=fresh, check=True).stdout
-    assert_one_line_error(wflo("runs", "list", db="mysql://nope"), 2, "unsupported database URL")
+    assert_one_line_error(wflo("db", "check", db=fresh, create=False), 5, "wflo db migrate")
+    assert (
+        "applied m001_initial, m002_budgets, m003_approvals"
+        in wflo("db", "migrate", db=fresh, check=True, create=False).stdout
+    )
+    assert "ok:" in wflo("db", "check", db=fresh, check=True, create=False).stdout
+    assert_one_line_error(wflo("runs", "list", db="mysql://nope", create=False), 2, "unsupported database URL")
 
 
 def test_budgets_and_costs_commands(store_url: str) -> None:

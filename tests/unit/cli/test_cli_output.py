@@ -15,7 +15,9 @@ from wflo.store import Head, NewEvent, open_store
 HERE = Path(__file__).parent
 
 
-def invoke(*args: str, db: str, principal: str = "user:ops") -> Result:
+def invoke(*args: str, db: str, principal: str = "user:ops", create: bool = True) -> Result:
+    if create:  # reading commands refuse a missing store; these tests start from an empty one
+        open_store(db).close()
     runner = CliRunner()
     return runner.invoke(cli, list(args), env={"WFLO_DATABASE_URL": db, "WFLO_PRINCIPAL": principal})
 
@@ -54,7 +56,7 @@ def test_prune_wording_costs_note_and_unsigned_prune_cause(sqlite_url: str, tmp_
     (tmp_path / "k.pub").write_text(key.stdout)
     verify = invoke("audit", "verify", "--public-key", str(tmp_path / "k.pub"), db=sqlite_url)
     assert verify.exit_code == 10
-    assert "old: BROKEN at seq 1 (head)" in verify.stderr
+    assert "old: BROKEN at seq 1 (unsigned-prune)" in verify.stderr
     assert "not signed by the pinned key" in verify.stderr
 
 
@@ -152,3 +154,16 @@ def test_metrics_port_without_the_extra_names_it(sqlite_url: str) -> None:
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "pip install 'wflo[otel]'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("runs", "list"), ("runs", "show", "r1"), ("costs",), ("audit", "verify"), ("runs", "cancel", "r1")],
+)
+def test_reading_commands_create_no_store(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """A mistyped store path is refused in one line; no directory or database appears there."""
+    missing = tmp_path / "no" / "such" / "dir" / "x.db"
+    result = invoke(*args, db=f"sqlite:///{missing}", create=False)
+    assert result.exit_code == 4, result.output
+    assert "no wflo store at" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "no").exists()
