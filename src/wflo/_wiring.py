@@ -10,7 +10,7 @@ from .audit._content import ContentGuard, drop_payloads
 from .cost._api import ledger
 from .cost._guard import BudgetGuard
 from .cost._ledger import Budget
-from .engine import Guard, add_finish_op, add_guard_factory
+from .engine import Guard, add_finish_op, add_guard_factory, add_resume_hook
 from .guards import LoopGuard, LoopGuardGuard
 from .guards._policies import PolicyGuard, policies
 from .integrations import _http
@@ -45,3 +45,4 @@ def _run_guards(wf: Any, record: Any) -> list[Guard]:
 
 add_guard_factory(_run_guards)
 add_finish_op(drop_payloads)
+add_resume_hook(lambda store, run_id: ledger().orphans(run_id))

@@ -139,8 +139,8 @@ def start_call(call: Call) -> Any:
     execute the call and then pass its outcome to :func:`finish_call`."""
     ctx = call.run
     ctx.check_cancelled()
-    call.call_id = ctx.next_call_id()
-    value = _replay(call, ctx.journal.get(call.call_id))
+    call.call_id, entry = ctx.position(call.name, call.kind, lambda: call.args_digest)
+    value = _replay(call, entry)
     if value is not _NOT_REPLAYED:
         return value
     if call.record_input:

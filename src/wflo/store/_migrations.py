@@ -190,5 +190,35 @@ CREATE TABLE payloads (
 """,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (M001_INITIAL, M002_BUDGETS, M003_APPROVALS, M004_RATE_LIMITS, M005_PAYLOADS)
+M006_UNKNOWN_OUTCOMES = Migration(
+    "m006_budgetctx_unknown_outcomes",
+    """
+ALTER TABLE reservations ADD COLUMN call_id TEXT;
+ALTER TABLE reservations ADD COLUMN model TEXT;
+CREATE INDEX reservations_run ON reservations (run_id);
+CREATE TABLE budget_unknown (
+    id TEXT PRIMARY KEY,
+    run_id TEXT,
+    call_id TEXT,
+    model TEXT,
+    scopes TEXT NOT NULL,
+    amount_usd TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actual_usd TEXT,
+    recorded INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    resolved_at TEXT
+);
+CREATE INDEX budget_unknown_run ON budget_unknown (run_id)
+""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    M001_INITIAL,
+    M002_BUDGETS,
+    M003_APPROVALS,
+    M004_RATE_LIMITS,
+    M005_PAYLOADS,
+    M006_UNKNOWN_OUTCOMES,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
