@@ -68,7 +68,7 @@ def queue_calls(count: int) -> dict[str, str]:
     return answers
 
 
-@wflo.workflow(name="race-calls", guards=NO_LOOP_STOP)
+@wflo.workflow(name="race-calls", guards=NO_LOOP_STOP, budget=wflo.Budget(usd="0.00025"))
 def race_calls(proc: int, threads: int, calls: int) -> dict[str, int]:
     """The race test's worker: ``threads`` threads, half of them plain threads and half pool
     tasks, each making ``calls`` calls under the tenant ``race`` (plain, ``n=2``, streamed)."""
@@ -95,3 +95,8 @@ def race_calls(proc: int, threads: int, calls: int) -> dict[str, int]:
     for t in plain:
         t.join()
     return stats
+
+
+@wflo.workflow(name="one-call", budget=wflo.Budget(usd="1"))
+def one_call() -> str:
+    return ask("the one question")

@@ -93,21 +93,21 @@ def add_resume_hook(hook: Callable[[Store, str], tuple[list[NewEvent], StoreOp |
 
 def _prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str) -> RunContext:
     ctx = RunContext.load(store, record, owner, _guards_for(wf, record))
-    if ctx.last_event_type != "run.started":
-        if record.attempts <= 1 and not ctx.journal:
+    if record.attempts <= 1 and not ctx.journal:
+        if ctx.last_event_type != "run.started":
             ctx.append([NewEvent("run.started", {"attempt": record.attempts, "worker": owner})])
-        else:
-            events = [
-                NewEvent(
-                    "run.resumed", {"attempt": record.attempts, "worker": owner, "replayable_calls": len(ctx.journal)}
-                )
-            ]
-            ops: list[StoreOp] = []
-            for hook in _resume_hooks:
-                more, op = hook(store, record.id)
-                events += more
-                ops += [op] if op is not None else []
-            ctx.append(events, ops=ops)
+        return ctx
+    events: list[NewEvent] = []
+    ops: list[StoreOp] = []
+    for hook in _resume_hooks:
+        more, op = hook(store, record.id)
+        events += more
+        ops += [op] if op is not None else []
+    if ctx.last_event_type != "run.started":
+        resumed = {"attempt": record.attempts, "worker": owner, "replayable_calls": len(ctx.journal)}
+        events.insert(0, NewEvent("run.resumed", resumed))
+    if events:
+        ctx.append(events, ops=ops)
     return ctx
 
 
