@@ -266,7 +266,11 @@ def test_replay_after_sigkill_with_calls_in_threads(configured: str, llm: LLMSer
     second = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 0, second.stderr
     answers = json.loads(second.stdout.strip().splitlines()[-1])
-    pairs = answers.items() if isinstance(answers, dict) else zip([f"prompt {i}" for i in range(count)], answers)
+    pairs = (
+        answers.items()
+        if isinstance(answers, dict)
+        else zip([f"prompt {i}" for i in range(count)], answers, strict=True)
+    )
     for prompt, answer in pairs:
         assert answer == f"answer to {prompt}"
     sent = Counter(r.body["messages"][-1]["content"] for r in llm.requests)

@@ -244,11 +244,10 @@ def in_lane(ctx: RunContext, lane: str, fn: Callable[..., Any]) -> Callable[...,
 
         return run
 
-    bound = getattr(fn, "func", None) if isinstance(fn, functools.partial) else None
-    inner = getattr(bound, "__self__", None)
-    if isinstance(inner, contextvars.Context) and getattr(bound, "__name__", "") == "run" and fn.args:  # type: ignore[union-attr]
-        part: functools.partial[Any] = fn  # type: ignore[assignment]
-        return functools.partial(inner.run, entered(part.args[0]), *part.args[1:], **part.keywords)
+    if isinstance(fn, functools.partial) and fn.args:
+        inner = getattr(fn.func, "__self__", None)
+        if isinstance(inner, contextvars.Context) and getattr(fn.func, "__name__", "") == "run":
+            return functools.partial(inner.run, entered(fn.args[0]), *fn.args[1:], **fn.keywords)
     return functools.partial(contextvars.copy_context().run, entered(fn))
 
 
