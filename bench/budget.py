@@ -52,6 +52,10 @@ class _SqliteCursor(sqlite3.Cursor):
         _count(sql)
         return super().execute(sql, params)
 
+    def executemany(self, sql: str, params: Any, /) -> Any:  # type: ignore[override]
+        _count(sql)
+        return super().executemany(sql, params)
+
 
 class _SqliteConnection(sqlite3.Connection):
     def cursor(self, factory: Any = _SqliteCursor) -> Any:  # type: ignore[override]
@@ -79,6 +83,10 @@ def _install_counters() -> None:
         def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
             _count(str(query))
             return super().execute(query, params, **kwargs)
+
+        def executemany(self, query: Any, params_seq: Any, **kwargs: Any) -> Any:
+            _count(str(query))  # one round trip per row unless pipelined; counted once
+            return super().executemany(query, params_seq, **kwargs)
 
     pg_connect = psycopg.connect
 

@@ -288,6 +288,8 @@ class Ledger:
         """
         now = now_iso()
         self._maybe_expire()
+        if self.store.dialect == "postgresql":
+            return self._reserve_pg(run_id, scopes, extra_limits, cost, now, now_iso(ttl_seconds), call_id, model)
 
         def txn(cur: Any) -> Reservation | None:
             st = self.store
@@ -355,6 +357,46 @@ class Ledger:
 
         return self.store.write(txn)
 
+    def _reserve_pg(
+        self,
+        run_id: str | None,
+        scopes: Sequence[str],
+        extra_limits: Sequence[Limit],
+        cost: CostRequest,
+        now: str,
+        expires: str,
+        call_id: str | None,
+        model: str | None,
+    ) -> Reservation | None:
+        """``reserve`` as one statement (the ``wflo_reserve`` function, migration m006): one
+        round trip, committed on its own. Sent again after a lost connection, it finds its
+        reservation (same id) instead of holding the money twice."""
+        extra = [
+            {"scope": lim.scope, "limit": usd_str(lim.limit), "period": lim.period,
+             "max_res": None if lim.max_reservation is None else usd_str(lim.max_reservation)}
+            for lim in extra_limits
+        ]  # fmt: skip
+        res_id = new_id()
+        at = datetime.now(UTC)
+        rows = self.store.read(
+            "SELECT * FROM wflo_reserve(?, ?, ?, ?, ?::text[], ?::jsonb, ?::numeric, ?::numeric, ?, ?, ?, ?, ?, ?)",
+            (res_id, run_id, call_id, model, [s for s in scopes], json.dumps(extra), cost.input_cost,
+             cost.output_price_per_token, cost.output_cap, cost.min_output_tokens, period_start("day", at),
+             period_start("month", at), now, expires),
+        )  # fmt: skip
+        status, amount, cap, clamped, scopes_json, b_scope, b_limit, b_spent, b_reserved = rows[0]
+        if status == "none":
+            return None
+        if status == "refused":
+            raise BudgetExceededError(
+                scope=b_scope, limit=Decimal(b_limit), spent=Decimal(b_spent), reserved=Decimal(b_reserved),
+                requested=Decimal(amount),
+            )  # fmt: skip
+        held = [(str(a), str(b)) for a, b in json.loads(scopes_json)]
+        return Reservation(
+            res_id, Decimal(amount), held, cap, bool(clamped), run_id=run_id, call_id=call_id, model=model
+        )
+
     def _lock_usage(self, cur: Any, lim: Limit, start: str, now: str) -> tuple[Decimal, Decimal]:
         st = self.store
         st.execute(
@@ -387,6 +429,15 @@ class Ledger:
 
         def op(cur: Any) -> None:
             st = self.store
+            if st.dialect == "postgresql":
+                st.execute(
+                    cur,
+                    "SELECT * FROM wflo_settle(?, ?::numeric, ?::numeric, ?, ?)",
+                    (res.id, actual, res.amount, json.dumps(res.scopes), now_iso()),
+                )
+                for scope, pct, spent, limit in cur.fetchall():
+                    res.alerts_crossed.append({"scope": scope, "percent": pct, "spent": spent, "limit": limit})
+                return
             st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res.id,))
             if (cur.rowcount or 0) > 0:
                 self._charge(cur, res, actual, release=res.amount)
