@@ -1,5 +1,5 @@
-"""P1 under a race: 3 processes x 8 threads (half of them pool tasks), plain, ``n=2`` and streamed
-calls through the real openai SDK, one more process SIGKILLed mid-call; SQLite and PostgreSQL.
+"""P1 under a race: 3 processes x 8 threads (half of them pool tasks), chat (plain, ``n=2``,
+streamed) and responses calls through the real openai SDK, one more process SIGKILLed mid-call; SQLite and PostgreSQL.
 
 Afterwards, on every scope: settled spend <= limit, recorded spend >= what the server billed,
 nothing left reserved once the dead process's holds expire.
@@ -29,8 +29,12 @@ RUN_LIMIT = Decimal("0.00025")  # threadapp.race_calls's Budget
 PROCS, THREADS, CALLS = 3, 8, 4
 
 
+def _prompt(rec: Any) -> str:
+    return str(rec.body["messages"][-1]["content"] if "messages" in rec.body else rec.body["input"])
+
+
 def _respond(rec: Any) -> Reply:
-    prompt = rec.body["messages"][-1]["content"]
+    prompt = _prompt(rec)
     return Reply(ANSWER.text, delay=30 if prompt.startswith("p9 ") else 0)
 
 
@@ -57,7 +61,7 @@ def test_three_processes_eight_threads_never_overspend(configured: str, llm: LLM
         for p in range(PROCS)
     ]  # fmt: skip
     deadline = time.monotonic() + 40
-    while sum(r.body["messages"][-1]["content"].startswith("p9 ") for r in list(llm.requests)) < 2:
+    while sum(_prompt(r).startswith("p9 ") for r in list(llm.requests)) < 2:
         assert victim.poll() is None and time.monotonic() < deadline, victim.communicate()
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)

@@ -15,9 +15,11 @@ BASE = os.environ.get("LLMAPP_BASE", "http://127.0.0.1:1")
 NO_LOOP_STOP = wflo.LoopGuard(max_repeats=None, max_same_error=None, max_steps=None)
 
 
-def ask(prompt: str, *, n: int | None = None, stream: bool = False) -> str:
+def ask(prompt: str, *, n: int | None = None, stream: bool = False, responses: bool = False) -> str:
     client = openai.OpenAI(base_url=BASE + "/v1", api_key="test", max_retries=0)
     try:
+        if responses:
+            return client.responses.create(model="gpt-4o-mini", input=prompt, max_output_tokens=60).output_text
         extra = {"n": n} if n else {}
         if stream:
             chunks = client.chat.completions.create(
@@ -71,16 +73,17 @@ def queue_calls(count: int) -> dict[str, str]:
 @wflo.workflow(name="race-calls", guards=NO_LOOP_STOP, budget=wflo.Budget(usd="0.00025"))
 def race_calls(proc: int, threads: int, calls: int) -> dict[str, int]:
     """The race test's worker: ``threads`` threads, half of them plain threads and half pool
-    tasks, each making ``calls`` calls under the tenant ``race`` (plain, ``n=2``, streamed)."""
+    tasks, each making ``calls`` calls under the tenant ``race`` (chat, chat ``n=2``, chat
+    streamed, responses)."""
     stats = {"ok": 0, "refused": 0}
     lock = threading.Lock()
 
     def one(tid: int) -> None:
         with wflo.scope(tenant="race"):
             for i in range(calls):
-                kind = (tid + i) % 3
+                kind = (tid + i) % 4
                 try:
-                    ask(f"p{proc} t{tid} c{i} " * 5, n=2 if kind == 1 else None, stream=kind == 2)
+                    ask(f"p{proc} t{tid} c{i} " * 5, n=2 if kind == 1 else None, stream=kind == 2, responses=kind == 3)
                     with lock:
                         stats["ok"] += 1
                 except wflo.BudgetExceededError:
