@@ -9,7 +9,7 @@ from .approvals import ApprovalGuard, inbox
 from .audit._content import ContentGuard, drop_payloads
 from .cost._api import ledger
 from .cost._guard import BudgetGuard
-from .cost._ledger import Budget
+from .cost._ledger import Budget, Ledger
 from .engine import Guard, add_finish_op, add_guard_factory, add_resume_hook
 from .guards import LoopGuard, LoopGuardGuard
 from .guards._policies import PolicyGuard, policies
@@ -45,4 +45,4 @@ def _run_guards(wf: Any, record: Any) -> list[Guard]:
 
 add_guard_factory(_run_guards)
 add_finish_op(drop_payloads)
-add_resume_hook(lambda store, run_id: ledger().orphans(run_id))
+add_resume_hook(lambda store, run_id: Ledger(store).orphans(run_id))

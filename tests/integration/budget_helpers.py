@@ -41,8 +41,9 @@ def llm_events(run_id: str, types: tuple[str, ...] = ("call.completed", "call.fa
     return [e.data for e in _config.get_store().events(run_id) if e.type in types and e.data.get("kind") == "llm"]
 
 
-def subprocess_env(store_url: str, llm: LLMServer, **extra: str) -> dict[str, str]:
+def subprocess_env(store_url: str, llm: LLMServer | None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
-    env.update({"WFLO_DATABASE_URL": store_url, "LLMAPP_BASE": llm.url,
-                "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]), **extra})  # fmt: skip
+    env.update({"WFLO_DATABASE_URL": store_url, "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]), **extra})
+    if llm is not None:
+        env["LLMAPP_BASE"] = llm.url
     return env

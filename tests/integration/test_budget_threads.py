@@ -282,3 +282,25 @@ def test_replay_after_sigkill_with_calls_in_threads(configured: str, llm: LLMSer
             assert sent[prompt] == first[prompt] + 1
     events = llm_events(f"killed-{app}", ("call.completed",))
     assert len({e["call"] for e in events}) == len(events) == done_before + (count - done_before)
+
+
+def test_nested_lanes_are_numbered_from_their_spawning_point(configured: str) -> None:
+    @wflo.step
+    def work(tag: str) -> str:
+        return tag
+
+    @wflo.workflow
+    def flow() -> list[str]:
+        first = work("main")
+
+        def inner(tag: str) -> str:
+            with cf.ThreadPoolExecutor(2) as pool:
+                return "+".join(pool.map(work, [f"{tag}.a", f"{tag}.b"]))
+
+        with cf.ThreadPoolExecutor(2) as pool:
+            nested = list(pool.map(inner, ["x", "y"]))
+        return [first, *nested, work("last")]
+
+    assert flow.options(id="nested").run() == ["main", "x.a+x.b", "y.a+y.b", "last"]
+    ids = {e.data["output"]: e.data["call"] for e in _config.get_store().events("nested") if e.type == "call.completed"}
+    assert ids == {"main": "1", "x.a": "t1.t1.1", "x.b": "t1.t2.1", "y.a": "t2.t1.1", "y.b": "t2.t2.1", "last": "2"}

@@ -18,17 +18,23 @@ from typing import Any
 import openai
 import pytest
 from budget_helpers import ANSWER, HERE, billed, llm_events, subprocess_env
-from click.testing import CliRunner
 
 import wflo
 from wflo import _config
-from wflo.cli import cli
 from wflo.cost._api import ledger
 from wflo.testing import LLMServer, Reply
 
 sys.path.insert(0, str(HERE))
 
 CODE = "import threadapp; print(threadapp.one_call.options(id='lost').run())"
+
+
+def _wflo(db: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real command (a subprocess, as users run it), on the test's store."""
+    env = subprocess_env(db, None, COLUMNS="200")
+    return subprocess.run(
+        [sys.executable, "-m", "wflo.cli", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def _slow(rec: Any) -> Reply:
@@ -79,13 +85,12 @@ def test_kill9_mid_call_is_charged_at_its_reservation(configured: str, llm: LLMS
     assert {e["unknown_outcome"] for e in lost} == {"expired", "lost"}
 
     # What people read: estimates are named as such.
-    runner = CliRunner()
-    costs = runner.invoke(cli, ["-d", configured, "costs", "--by", "run", "--json"])
-    assert costs.exit_code == 0, costs.output
-    (line,) = json.loads(costs.output)
+    costs = _wflo(configured, "costs", "--by", "run", "--json")
+    assert costs.returncode == 0, costs.stderr
+    (line,) = json.loads(costs.stdout)
     assert Decimal(line["cost_usd"]) == usage.spent and Decimal(line["estimated_usd"]) == first + second
-    shown = runner.invoke(cli, ["-d", configured, "runs", "show", "lost"], terminal_width=200)
-    assert shown.exit_code == 0 and shown.output.count("estimate") == 2, shown.output
+    shown = _wflo(configured, "runs", "show", "lost")
+    assert shown.returncode == 0 and shown.stdout.count("estimate") == 2, shown.stdout
 
 
 def test_expired_and_unrecorded_loss_shows_in_costs(configured: str, llm: LLMServer) -> None:
@@ -94,10 +99,10 @@ def test_expired_and_unrecorded_loss_shows_in_costs(configured: str, llm: LLMSer
     held = _start_and_kill(env, llm)
     time.sleep(1.2)
     assert ledger().expire() == 1  # what any reservation, `wflo budgets list` or a resume does
-    (line,) = json.loads(CliRunner().invoke(cli, ["-d", configured, "costs", "--by", "run", "--json"]).output)
+    (line,) = json.loads(_wflo(configured, "costs", "--by", "run", "--json").stdout)
     assert Decimal(line["estimated_usd"]) == held == Decimal(line["cost_usd"])
-    shown = CliRunner().invoke(cli, ["-d", configured, "runs", "show", "lost"], terminal_width=200)
-    assert "charged at its reservation (estimate: expired)" in shown.output
+    shown = _wflo(configured, "runs", "show", "lost")
+    assert "charged at its reservation (estimate: expired)" in shown.stdout, shown.stdout
 
 
 def test_timeout_after_sending_is_charged_at_its_reservation(configured: str, llm: LLMServer) -> None:
