@@ -492,8 +492,11 @@ class Ledger:
 
         return op
 
-    def _charge(self, cur: Any, res: Reservation, spend: Decimal, *, release: Decimal) -> None:
-        """Add ``spend`` and release ``release`` of the reservation on each of its scopes."""
+    def _charge(self, cur: Any, res: Reservation, spend: Decimal, *, release: Decimal, alerts: bool = True) -> None:
+        """Add ``spend`` and release ``release`` of the reservation on each of its scopes.
+
+        ``alerts=False`` (a charge made where no event can announce it: an expiry, a resume)
+        leaves thresholds unmarked, so the next settled call that is past one announces it."""
         st = self.store
         now = now_iso()
         for scope, start in sorted(res.scopes):
@@ -510,8 +513,8 @@ class Ledger:
             alerted = set(json.loads(row[3]))
             new_spent = spent + spend
             new_reserved = max(Decimal(0), reserved - release)
-            alerts = tuple(json.loads(row[4])) if row[4] else DEFAULT_ALERTS
-            for pct in alerts:
+            thresholds = (tuple(json.loads(row[4])) if row[4] else DEFAULT_ALERTS) if alerts else ()
+            for pct in thresholds:
                 if pct not in alerted and limit > 0 and new_spent * 100 >= limit * pct:
                     alerted.add(pct)
                     res.alerts_crossed.append(
@@ -551,7 +554,7 @@ class Ledger:
                 "VALUES (?, ?, ?, ?, ?, ?, 'expired', 0, ?)",
                 (res_id, run_id, call_id, model, scopes_json, amount_text, now),
             )
-            self._charge(cur, res, res.amount, release=res.amount)
+            self._charge(cur, res, res.amount, release=res.amount, alerts=False)
         return len(stale)
 
     def orphans(self, run_id: str) -> tuple[list[NewEvent], StoreOp | None]:
@@ -588,7 +591,7 @@ class Ledger:
                         (res_id, run, call_id, model, scopes_json, amount, now),
                     )
                     res = _stale(res_id, run, call_id, model, scopes_json, amount)
-                    self._charge(cur, res, res.amount, release=res.amount)
+                    self._charge(cur, res, res.amount, release=res.amount, alerts=False)
                 else:
                     st.execute(cur, "UPDATE budget_unknown SET recorded = 1 WHERE id = ?", (res_id,))
 
