@@ -12,7 +12,8 @@ from .._scope import current_scope
 from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
 from ._estimate import DEFAULT_OUTPUT_CAP
-from ._ledger import Budget, Ledger, Limit, Reservation, unknown_outcome, usd_str
+from ._ledger import Budget, Ledger, Limit, Reservation, usd_str
+from ._outcomes import unknown_outcome
 from ._prices import prices
 
 log = logging.getLogger("wflo.budget")

@@ -289,7 +289,9 @@ class Ledger:
         now = now_iso()
         self._maybe_expire()
         if self.store.dialect == "postgresql":
-            return self._reserve_pg(run_id, scopes, extra_limits, cost, now, now_iso(ttl_seconds), call_id, model)
+            from ._ledger_pg import reserve
+
+            return reserve(self.store, run_id, scopes, extra_limits, cost, now, now_iso(ttl_seconds), call_id, model)
 
         def txn(cur: Any) -> Reservation | None:
             st = self.store
@@ -356,46 +358,6 @@ class Ledger:
             return res
 
         return self.store.write(txn)
-
-    def _reserve_pg(
-        self,
-        run_id: str | None,
-        scopes: Sequence[str],
-        extra_limits: Sequence[Limit],
-        cost: CostRequest,
-        now: str,
-        expires: str,
-        call_id: str | None,
-        model: str | None,
-    ) -> Reservation | None:
-        """``reserve`` as one statement (the ``wflo_reserve`` function, migration m006): one
-        round trip, committed on its own. Sent again after a lost connection, it finds its
-        reservation (same id) instead of holding the money twice."""
-        extra = [
-            {"scope": lim.scope, "limit": usd_str(lim.limit), "period": lim.period,
-             "max_res": None if lim.max_reservation is None else usd_str(lim.max_reservation)}
-            for lim in extra_limits
-        ]  # fmt: skip
-        res_id = new_id()
-        at = datetime.now(UTC)
-        rows = self.store.read(
-            "SELECT * FROM wflo_reserve(?, ?, ?, ?, ?::text[], ?::jsonb, ?::numeric, ?::numeric, ?, ?, ?, ?, ?, ?)",
-            (res_id, run_id, call_id, model, [s for s in scopes], json.dumps(extra), cost.input_cost,
-             cost.output_price_per_token, cost.output_cap, cost.min_output_tokens, period_start("day", at),
-             period_start("month", at), now, expires),
-        )  # fmt: skip
-        status, amount, cap, clamped, scopes_json, b_scope, b_limit, b_spent, b_reserved = rows[0]
-        if status == "none":
-            return None
-        if status == "refused":
-            raise BudgetExceededError(
-                scope=b_scope, limit=Decimal(b_limit), spent=Decimal(b_spent), reserved=Decimal(b_reserved),
-                requested=Decimal(amount),
-            )  # fmt: skip
-        held = [(str(a), str(b)) for a, b in json.loads(scopes_json)]
-        return Reservation(
-            res_id, Decimal(amount), held, cap, bool(clamped), run_id=run_id, call_id=call_id, model=model
-        )
 
     def _lock_usage(self, cur: Any, lim: Limit, start: str, now: str) -> tuple[Decimal, Decimal]:
         st = self.store
@@ -608,26 +570,6 @@ class Ledger:
 
     def open_reservations(self) -> int:
         return int(self.store.read("SELECT COUNT(*) FROM reservations")[0][0])
-
-
-_NOT_SENT = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout", "UnsupportedProtocol", "ProxyError",
-                       "LocalProtocolError", "InvalidURL"})  # fmt: skip
-_LOST = frozenset({"TimeoutException", "TimeoutError", "NetworkError", "RemoteProtocolError", "ProtocolError",
-                   "ReadError", "WriteError", "CloseError", "ReadTimeout", "WriteTimeout"})  # fmt: skip
-
-
-def unknown_outcome(error: BaseException | None) -> str | None:
-    """Why a failed call's outcome is unknown (``"timeout"``, ``"connection lost"``), or ``None``
-    when the request surely never reached the provider (it could not connect) or no error.
-
-    By class name along the MRO, so ``httpx`` and ``httpx2`` (and ``TimeoutError``) are alike.
-    """
-    if error is None:
-        return None
-    names = {c.__name__ for c in type(error).__mro__}
-    if names & _NOT_SENT or not names & _LOST:
-        return None
-    return "timeout" if "TimeoutException" in names or "TimeoutError" in names else "connection lost"
 
 
 def _stale(
