@@ -304,3 +304,14 @@ def test_nested_lanes_are_numbered_from_their_spawning_point(configured: str) ->
     assert flow.options(id="nested").run() == ["main", "x.a+x.b", "y.a+y.b", "last"]
     ids = {e.data["output"]: e.data["call"] for e in _config.get_store().events("nested") if e.type == "call.completed"}
     assert ids == {"main": "1", "x.a": "t1.t1.1", "x.b": "t1.t2.1", "y.a": "t2.t1.1", "y.b": "t2.t2.1", "last": "2"}
+
+
+def test_importing_wflo_patches_no_thread_machinery() -> None:
+    """Propagation is installed by the first run (or wflo.init()), never by ``import wflo``."""
+    code = (
+        "import threading, concurrent.futures.thread as t; start, submit = threading.Thread.start, "
+        "t.ThreadPoolExecutor.submit; import wflo, wflo.cli; "
+        "assert threading.Thread.start is start and t.ThreadPoolExecutor.submit is submit; print('clean')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "clean", proc.stderr
