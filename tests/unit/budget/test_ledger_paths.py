@@ -59,3 +59,18 @@ def test_same_books_on_both_stores(store_url: str) -> None:
         reasons = sorted((u["reason"], u["actual_usd"]) for u in led.unknown_outcomes())
         assert reasons == [("expired", "0.25"), ("timeout", None)]
         assert led.open_reservations() == 0
+
+
+def test_postgres_reserve_sent_twice_holds_once(pg_url: str) -> None:
+    """A reservation resent after a lost connection (same id) is not held twice."""
+    import json
+
+    with open_store(pg_url) as store:
+        Ledger(store).set_limit("tenant:twice", "1", by="test")
+        sql = "SELECT status, amount FROM wflo_reserve(?, NULL, NULL, NULL, ?::text[], ?::jsonb, ?::numeric, ?::numeric, ?, 16, '', '', 'now', 'z')"
+        args = ("res-1", ["tenant:twice"], json.dumps([]), Decimal("0.1"), Decimal("0.001"), 100)
+        assert store.read(sql, args) == [("ok", "0.2")]
+        assert store.read(sql, args) == [("ok", "0.2")]
+        usage = Ledger(store).scope_usage("tenant:twice")
+        assert usage is not None and usage.reserved == Decimal("0.2")
+        assert Ledger(store).open_reservations() == 1
