@@ -22,6 +22,7 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     ├── NonDeterminismError            replay reached a different call than the journal holds
     ├── StepFailedError                a recorded step error whose class cannot be rebuilt
     ├── AtMostOnceError                an at-most-once step was in flight when the run died
+    ├── RunEndedError                  a call from a thread or task of a run that already ended
     ├── BudgetError
     │   ├── BudgetExceededError        a call would take a scope past its limit
     │   └── UnknownPriceError          no price known for a model: refused (fail closed)
@@ -81,6 +82,7 @@ __all__ = [
     "ResultTimeoutError",
     "RetentionError",
     "RunCancelled",
+    "RunEndedError",
     "RunFailedError",
     "RunNotFoundError",
     "RunStopped",
@@ -328,6 +330,20 @@ class AtMostOnceError(WfloError):
             f"step {self.step!r} (call {self.call_id}) of run {self.run_id} is at-most-once and "
             "was in flight when the run was interrupted; it is not run again. Check its effect "
             "by hand, then cancel or restart the run."
+        )
+
+
+class RunEndedError(WfloError):
+    code = "run_ended"
+    _fields = ("run_id", "name")
+    run_id: Any
+    name: Any
+
+    def _message(self) -> str:
+        return (
+            f"call {self.name!r} refused: it comes from a thread or task of run {self.run_id}, which "
+            "already ended. Wait for the threads a workflow starts (join them, or leave the executor's "
+            "`with` block) before it returns."
         )
 
 

@@ -9,8 +9,8 @@ from .approvals import ApprovalGuard, Inbox, inbox
 from .audit._content import ContentGuard, drop_payloads
 from .cost._api import ledger
 from .cost._guard import BudgetGuard
-from .cost._ledger import Budget
-from .engine import Guard, add_cancel_hook, add_finish_op, add_guard_factory
+from .cost._ledger import Budget, Ledger
+from .engine import Guard, add_cancel_hook, add_finish_op, add_guard_factory, add_resume_hook
 from .guards import LoopGuard, LoopGuardGuard
 from .guards._policies import PolicyGuard, policies
 from .integrations import _http
@@ -53,3 +53,5 @@ def _close_approvals(store: Any, run_id: str) -> None:
 
 
 add_cancel_hook(_close_approvals)
+
+add_resume_hook(lambda store, run_id: Ledger(store).orphans(run_id))

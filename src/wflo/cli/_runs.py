@@ -120,13 +120,25 @@ def runs_show(run_id: str, as_json: bool) -> None:
         if e.type.startswith("call."):
             detail = d.get("error", {}).get("message", "") if "error" in d else _short(d.get("output"), 40)
             if d.get("cost_usd"):
-                detail = f"${d['cost_usd']} " + detail
+                est = f" (estimate: {d['unknown_outcome']})" if d.get("unknown_outcome") else ""
+                detail = f"${d['cost_usd']}{est} " + detail
             row = (d.get("call", ""), d.get("name", ""), str(d.get("ms", "")), detail)
+        elif e.type == "budget.unknown_outcome":
+            detail = f"${d.get('cost_usd')} (estimate: {d.get('unknown_outcome')}, charged at its reservation)"
+            row = (d.get("call") or "", d.get("name") or "", "", detail)
         else:
             extra = {k: v for k, v in d.items() if k not in ("input", "output")}
             row = ("", "", "", _short(extra, 60) if extra else "")
         table.add_row(str(e.seq), e.at[11:23], e.type, *row)
     console.print(table)
+    pending = store.read(
+        "SELECT call_id, model, amount_usd, reason FROM budget_unknown WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL",
+        (r.id,),
+    )
+    for call_id, model, amount, reason in pending:
+        console.print(
+            f"call {call_id or '?'} ({model or '?'}): ${amount} charged at its reservation (estimate: {reason})"
+        )
 
 
 @runs.command("cancel")

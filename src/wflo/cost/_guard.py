@@ -13,6 +13,7 @@ from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
 from ._estimate import DEFAULT_OUTPUT_CAP
 from ._ledger import Budget, Ledger, Limit, Reservation, usd_str
+from ._outcomes import unknown_outcome
 from ._prices import prices
 
 log = logging.getLogger("wflo.budget")
@@ -97,6 +98,8 @@ class BudgetGuard(Guard):
             extra_limits=extra,
             cost=request,
             ttl_seconds=settings().reservation_ttl,
+            call_id=call.call_id,
+            model=model,
         )
         if res is None:
             return
@@ -126,6 +129,12 @@ class BudgetGuard(Guard):
         call.event["provider"] = call.meta["provider"]
         if usage is not None:
             call.event["usage"] = usage.as_dict()
+        lost = unknown_outcome(outcome.error) if usage is None else None
+        if lost is not None and res is not None:
+            # Sent, then the answer was lost: the provider may have billed the worst case.
+            call.event.update(cost_usd=usd_str(res.amount), cost_estimated=True, unknown_outcome=lost)
+            call.ops.append(self.ledger.settle_unknown_op(res, lost))
+            return
         if price is None:
             if res is not None:
                 call.ops.append(self.ledger.settle_op(res, Decimal(0)))

@@ -152,8 +152,8 @@ def start_call(call: Call) -> Any:
     ctx.check_cancelled()
     if "non_determinism" in ctx.state:
         raise ctx.state["non_determinism"]
-    call.call_id = ctx.next_call_id()
-    value = _replay(call, ctx.journal.get(call.call_id))
+    call.call_id, entry = ctx.position(call.name, call.kind, lambda: call.args_digest)
+    value = _replay(call, entry)
     if value is not _NOT_REPLAYED:
         return value
     if call.record_input:

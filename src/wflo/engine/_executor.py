@@ -83,20 +83,33 @@ def owner_is_dead_here(owner: str | None) -> bool:
     return False
 
 
+_resume_hooks: list[Callable[[Store, str], tuple[list[NewEvent], StoreOp | None]]] = []
+
+
+def add_resume_hook(hook: Callable[[Store, str], tuple[list[NewEvent], StoreOp | None]]) -> None:
+    """``hook(store, run_id)`` gives events and a store write committed with a run's
+    ``run.resumed`` event (e.g. charging the calls a dead execution left in flight)."""
+    if hook not in _resume_hooks:
+        _resume_hooks.append(hook)
+
+
 def _prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str) -> RunContext:
     ctx = RunContext.load(store, record, owner, _guards_for(wf, record))
-    if ctx.last_event_type != "run.started":
-        if record.attempts <= 1 and not ctx.journal:
+    if record.attempts <= 1 and not ctx.journal:
+        if ctx.last_event_type != "run.started":
             ctx.append([NewEvent("run.started", {"attempt": record.attempts, "worker": owner})])
-        else:
-            ctx.append(
-                [
-                    NewEvent(
-                        "run.resumed",
-                        {"attempt": record.attempts, "worker": owner, "replayable_calls": len(ctx.journal)},
-                    )
-                ]
-            )
+        return ctx
+    events: list[NewEvent] = []
+    ops: list[StoreOp] = []
+    for hook in _resume_hooks:
+        more, op = hook(store, record.id)
+        events += more
+        ops += [op] if op is not None else []
+    if ctx.last_event_type != "run.started":
+        resumed = {"attempt": record.attempts, "worker": owner, "replayable_calls": len(ctx.journal)}
+        events.insert(0, NewEvent("run.resumed", resumed))
+    if events:
+        ctx.append(events, ops=ops)
     return ctx
 
 
@@ -274,6 +287,7 @@ def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str)
         ctx.check_cancelled()
         value = wf.fn(*args, **kwargs)
     except BaseException as exc:
+        ctx.close()
         _finish_error(ctx, exc)
         _raise_stop(ctx, exc)
         raise
@@ -281,6 +295,7 @@ def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str)
         _call_path.reset(path_token)
         _current_run.reset(run_token)
         heartbeats.untrack(ctx)
+    ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
     return _finish_ok(ctx, wf, value)
 
 
@@ -297,6 +312,7 @@ async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owne
         ctx.check_cancelled()
         value = await wf.fn(*args, **kwargs)
     except BaseException as exc:
+        ctx.close()
         _finish_error(ctx, exc)
         _raise_stop(ctx, exc)
         raise
@@ -304,6 +320,7 @@ async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owne
         _call_path.reset(path_token)
         _current_run.reset(run_token)
         heartbeats.untrack(ctx)
+    ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
     return _finish_ok(ctx, wf, value)
 
 
