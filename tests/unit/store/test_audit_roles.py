@@ -145,10 +145,12 @@ def test_only_the_auditor_prunes_and_only_finished_runs(deployment: Deployment, 
     with open_store(deployment.url(deployment.app)) as app:
         app.create_run(run_id="live", workflow="w", input={}, owner="w1")
         with pytest.raises(AuditError, match="auditor role"):
-            prune(app, "2999-01-01T00:00:00.000000Z", by="user:app", private_key=key)
+            prune(app, "2999-01-01T00:00:00.000000Z", by="user:app", private_key=key, retention_override="test runs")
         assert len(app.events("done")) == 4
     with open_store(deployment.url(deployment.auditor)) as auditor:
-        result = prune(auditor, "2999-01-01T00:00:00.000000Z", by="user:auditor", private_key=key)
+        result = prune(
+            auditor, "2999-01-01T00:00:00.000000Z", by="user:auditor", private_key=key, retention_override="test runs"
+        )
         assert [c for c, _, _ in result.pruned] == ["done"]  # the live run is not a candidate
         assert auditor.events("done") == [] and len(auditor.events("live")) == 2
         reports = {r.chain: r for r in verify_all(auditor, trusted=load_public_key(tmp_path / "pub.pem"))}
