@@ -275,7 +275,9 @@ def report_cmd(
         raise UserError(f"--until ({until}) must be after --since ({since})")
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     key = load_public_key(public_key_path) if public_key_path else None
-    report = build_report(_config.get_store(create=False), since=start, until=end, checkpoint=doc, public_key=key, by=_principal())
+    report = build_report(
+        _config.get_store(create=False), since=start, until=end, checkpoint=doc, public_key=key, by=_principal()
+    )
     if fmt == "html":
         text = render_html(report)
     else:
