@@ -1,4 +1,5 @@
-"""Run untrusted code in wflo.Sandbox: results, files, limits, and an escape attempt refused.
+"""Run untrusted code in wflo.Sandbox: results, files, limits, escape attempts refused, and a
+network allow-list that still refuses the host's loopback.
 
 python examples/sandbox.py
 """
@@ -29,6 +30,17 @@ def main() -> None:
         outcome = f"killed by {r.killed_by}" if r.killed_by else f"refused: {r.stderr.strip().splitlines()[-1]}"
         assert r.exit_code != 0, what
         print(f"{what:28} -> {outcome}")
+
+    # An allow-list, with the store listed by mistake: the egress proxy still refuses loopback.
+    online = wflo.Sandbox(network=["api.example.com:443", "localhost:5432"], wall="10s")
+    r = online.run_python(
+        "import socket\n"
+        "s = socket.create_connection(('127.0.0.1', 3128), timeout=5)\n"
+        "s.sendall(b'CONNECT localhost:5432 HTTP/1.1\\r\\n\\r\\n')\n"
+        "print(s.recv(200).split(b'\\r\\n')[0].decode())"
+    )
+    assert "403" in r.stdout, r
+    print(f"{'allow-listed localhost:5432':28} -> {r.stdout.strip()}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,20 @@ import pytest
 
 import wflo._config as config
 
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Announce the optional environment a plain `pytest` builds (tests/integration/test_crewai_env.py)."""
+    import importlib.util
+
+    if importlib.util.find_spec("crewai") is not None:
+        return None
+    return (
+        "optional environment: tests/integration/test_crewai_env.py builds .venv-crewai (crewai pins openai<3, "
+        "which the dev extra cannot hold) in the background while the other tests run; "
+        "leave it out with --deselect tests/integration/test_crewai_env.py"
+    )
+
+
 PG_URL = os.environ.get("WFLO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -29,14 +30,116 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize(("where", "code"), _blocks(), ids=[w for w, _ in _blocks()])
-def test_runnable_doc_blocks(where: str, code: str, tmp_path: Path) -> None:
+# ----------------------------------------------------------- extras each page needs
+# A page whose examples need an optional dependency says so twice: in its prose
+# (`pip install 'wflo[audit]'`, for readers) and in a marker (`<!-- extras: audit -->`, for this
+# test). Its runnable blocks then run with the modules of every *other* extra made
+# unimportable, as on a machine where only the named extras are installed.
+_EXTRAS_MARK = re.compile(r"<!-- extras: ([\w\-, ]+) -->")
+_NOT_EXTRAS = {"dev", "bench", "sandbox"}  # the test tooling, the benchmark peers, and a marker
+
+
+def page_extras(page: Path) -> set[str]:
+    match = _EXTRAS_MARK.search(page.read_text())
+    return {e.strip() for e in match.group(1).replace(",", " ").split()} if match else set()
+
+
+def _extras() -> dict[str, list[str]]:
+    """Each extra of pyproject.toml and the distributions it adds (names normalised)."""
+    import tomllib
+
+    table = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return {
+        extra: [_norm(re.split(r"[\[<>=!~; ]", req, maxsplit=1)[0]) for req in reqs]
+        for extra, reqs in table.items()
+        if extra not in _NOT_EXTRAS
+    }
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closure(dists: list[str]) -> set[str]:
+    """The distributions and everything they require (unconditionally), installed here."""
+    import importlib.metadata as md
+
+    seen: set[str] = set()
+    todo = list(dists)
+    while todo:
+        name = _norm(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = md.requires(name) or []
+        except md.PackageNotFoundError:
+            continue
+        todo += [re.split(r"[\[<>=!~; (]", r, maxsplit=1)[0] for r in requires if "extra ==" not in r]
+    return seen
+
+
+@functools.cache
+def blocked_modules(named: frozenset[str]) -> list[str]:
+    """Top-level modules installed only by extras the page does not name."""
+    import importlib.metadata as md
+
+    extras = _extras()
+    allowed = _closure([d for e in named for d in extras[e]]) | _closure(["wflo"])
+    unnamed = {d for e, dists in extras.items() if e not in named for d in dists} - allowed
+    return sorted(
+        module
+        for module, dists in md.packages_distributions().items()
+        if {_norm(d) for d in dists} & unnamed and not {_norm(d) for d in dists} & allowed
+    )
+
+
+_PRELUDE = """\
+import sys as _sys
+class _OnlyNamedExtras:
+    blocked = frozenset(%r)
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.blocked:
+            raise ModuleNotFoundError(f"No module named {name!r} (this page does not name the extra that installs it)")
+        return None
+_sys.meta_path.insert(0, _OnlyNamedExtras())
+del _sys, _OnlyNamedExtras
+"""
+
+
+def run_with_extras(code: str, named: set[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "block.py"
-    script.write_text(code)
-    proc = subprocess.run(
+    script.write_text(_PRELUDE % (blocked_modules(frozenset(named)),) + code)
+    return subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode == 0, f"{where} failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.mark.parametrize(("where", "code"), _blocks(), ids=[w for w, _ in _blocks()])
+def test_runnable_doc_blocks(where: str, code: str, tmp_path: Path) -> None:
+    named = page_extras(ROOT / where.split("#")[0])
+    proc = run_with_extras(code, named, tmp_path)
+    assert proc.returncode == 0, f"{where} failed with only the extras {sorted(named)}:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_each_page_names_the_extras_its_examples_need() -> None:
+    extras = _extras()
+    for page in DOCS:
+        text = page.read_text()
+        for extra in page_extras(page):
+            assert extra in extras, f"{page.name}: no extra named {extra!r} in pyproject.toml"
+            named_in_prose = re.search(r"wflo\[[\w\-,]*\b" + re.escape(extra) + r"\b[\w\-,]*\]", text)
+            assert named_in_prose, (
+                f"{page.name} needs wflo[{extra}] but never tells the reader (pip install 'wflo[{extra}]')"
+            )
+
+
+def test_a_page_that_does_not_name_its_extra_fails(tmp_path: Path) -> None:
+    """The check bites: an example importing openai on a page that names no extra fails."""
+    proc = run_with_extras("import openai\n", set(), tmp_path)
+    assert proc.returncode != 0 and "this page does not name the extra" in proc.stderr
+    proc = run_with_extras("import openai\n", {"openai"}, tmp_path)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_there_are_runnable_blocks() -> None:

@@ -60,51 +60,68 @@ class Settings:
     response is kept apart from the chain while the run may still need to replay it, and
     removed when the run ends. Env: ``WFLO_CONTENT``."""
 
+    max_value_bytes: int | None = 4_000_000
+    """The largest workflow input or result, or step input or output, the journal accepts
+    (bytes of its JSON text, or of its base64 pickle); larger is refused with a
+    ``SerializationError`` before anything is written. ``None``: no cap.
+    Env: ``WFLO_MAX_VALUE_BYTES`` (``none`` for no cap)."""
+
+    require_auth: bool = False
+    """Decisions must come from authenticated principals: single-user local conveniences
+    (``wflo approve --as-self-local``: a requester deciding their own test request) are refused.
+    Set it wherever more than one person uses the store. Env: ``WFLO_REQUIRE_AUTH``
+    (``0``/``1``)."""
+
+    # -- compliance (wflo.compliance): retention and scheduled evidence packs
+    retention_days: int = 183
+    """How long audit records must be kept: ``wflo audit prune`` refuses a cut-off younger
+    than this (about 6 months, the EU AI Act Art. 19 minimum) unless given a recorded
+    override reason. Env: ``WFLO_RETENTION_DAYS``."""
+
+    compliance_schedule: str | None = None
+    """``daily``, ``weekly`` or ``monthly``: ``wflo worker`` makes an evidence pack for each
+    finished period. ``None``: no scheduled packs. Env: ``WFLO_COMPLIANCE_SCHEDULE``."""
+
+    compliance_dir: str | None = None
+    """Where scheduled packs are written (one folder per period).
+    Env: ``WFLO_COMPLIANCE_DIR``; default ``./.wflo/compliance``."""
+
+    compliance_key: str | None = None
+    """The audit key (Ed25519 PEM from ``wflo audit keygen``) that signs packs.
+    Env: ``WFLO_AUDIT_KEY``."""
+
+    compliance_framework: str = "all"
+    """Which framework scheduled packs map to (``eu-ai-act``, ``soc2``, ``iso42001``, ``all``).
+    Env: ``WFLO_COMPLIANCE_FRAMEWORK``."""
+
+    compliance_notify: bool = False
+    """Also send each scheduled pack through the webhook/SMTP notifiers
+    (``WFLO_APPROVAL_WEBHOOK``, ``WFLO_SMTP_*``). Env: ``WFLO_COMPLIANCE_NOTIFY`` (``0``/``1``)."""
+
     egress_allow: tuple[str, ...] = ()
     """Hosts opted out of the closed world of guarded runs: their LLM requests pass unguarded
     and unpriced, each one recorded on its run (``egress.opted_out``). Also
     ``wflo.egress.allow(host)``. Env: ``WFLO_EGRESS_ALLOW`` (comma-separated)."""
 
     def __post_init__(self) -> None:
-        if self.content not in ("full", "redacted", "hash_only"):
-            raise ConfigurationError(f"content must be 'full', 'redacted' or 'hash_only', got {self.content!r}")
-        if self.lease_seconds <= 0:
-            raise ConfigurationError(f"lease_seconds must be positive, got {self.lease_seconds}")
-        if self.reservation_ttl <= 0:
-            raise ConfigurationError(f"reservation_ttl must be positive, got {self.reservation_ttl}")
-        if self.poll_interval <= 0:
-            raise ConfigurationError(f"poll_interval must be positive, got {self.poll_interval}")
+        # Every field is checked by its declared type (and its choices), so a setting added
+        # later is validated the same way without code here.
+        for field in dataclasses.fields(self):
+            _check(field, getattr(self, field.name))
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         env = os.environ
         values: dict[str, Any] = {}
-        if "WFLO_DATABASE_URL" in env:
-            values["database"] = env["WFLO_DATABASE_URL"]
-        if "WFLO_PRINCIPAL" in env:
-            values["principal"] = env["WFLO_PRINCIPAL"]
-        for key, name, kind in (
-            ("lease_seconds", "WFLO_LEASE_SECONDS", float),
-            ("poll_interval", "WFLO_POLL_INTERVAL", float),
-            ("reservation_ttl", "WFLO_RESERVATION_TTL", float),
-        ):
+        for field in dataclasses.fields(cls):
+            name = env_name(field)
             if name in env:
-                try:
-                    values[key] = kind(env[name])
-                except ValueError:
-                    raise ConfigurationError(f"{name}={env[name]!r} is not a number") from None
-        if "WFLO_CONTENT" in env:
-            values["content"] = env["WFLO_CONTENT"].strip().lower()
-        if "WFLO_EGRESS_ALLOW" in env:
-            values["egress_allow"] = tuple(h.strip() for h in env["WFLO_EGRESS_ALLOW"].split(",") if h.strip())
-        if "WFLO_AUTO_MIGRATE" in env:
-            values["auto_migrate"] = env["WFLO_AUTO_MIGRATE"].strip().lower() not in ("0", "false", "no")
-        if "WFLO_OTEL" in env:
-            values["otel"] = env["WFLO_OTEL"].strip().lower() not in ("", "0", "false", "no")
+                values[field.name] = _parse_env(field, name, env[name])
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ConfigurationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise ConfigurationError(f"unknown setting(s): {', '.join(sorted(unknown))} (known: {known})")
         settings = cls(**values)
         if not settings.principal:
             try:
@@ -113,6 +130,111 @@ class Settings:
                 login = "unknown"
             settings = dataclasses.replace(settings, principal=f"user:{login}")
         return settings
+
+
+# Settings whose environment variable is not simply WFLO_<NAME>.
+_ENV_NAMES = {"database": "WFLO_DATABASE_URL", "compliance_key": "WFLO_AUDIT_KEY"}
+# Settings that take one of a few words.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "content": ("full", "redacted", "hash_only"),
+    "compliance_schedule": ("daily", "weekly", "monthly"),
+    "compliance_framework": ("eu-ai-act", "soc2", "iso42001", "all"),
+}
+# Numbers that must be > 0 (all numeric settings unless listed in _NON_NEGATIVE).
+_NON_NEGATIVE: set[str] = {"retention_days"}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def env_name(field: dataclasses.Field[Any]) -> str:
+    """The ``WFLO_*`` variable of a setting."""
+    return _ENV_NAMES.get(field.name, f"WFLO_{field.name.upper()}")
+
+
+def _kind(field: dataclasses.Field[Any]) -> str:
+    """``bool``, ``int``, ``float`` or ``str`` from the field's annotation (``X | None`` too)."""
+    if str(field.type).startswith("tuple[str"):
+        return "list"  # comma-separated in the environment
+    text = str(field.type).replace("Optional[", "").replace("]", "")
+    first = text.split("|")[0].strip()
+    return first if first in ("bool", "int", "float") else "str"
+
+
+def _optional(field: dataclasses.Field[Any]) -> bool:
+    return "None" in str(field.type)
+
+
+def _accepted(field: dataclasses.Field[Any]) -> str:
+    kind = _kind(field)
+    if field.name in _CHOICES:
+        text = ", ".join(_CHOICES[field.name])
+    elif kind == "bool":
+        text = "1/0, true/false, yes/no, on/off"
+    elif kind == "int":
+        text = "a whole number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
+    elif kind == "float":
+        text = "a number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
+    elif kind == "list":
+        text = "a comma-separated list"
+    else:
+        text = "text"
+    return text + (" (or empty or 'none' for none)" if _optional(field) and kind != "str" else "")
+
+
+def _bad(field: dataclasses.Field[Any], shown: str) -> ConfigurationError:
+    return ConfigurationError(f"{shown} is not a valid {field.name} setting; accepted: {_accepted(field)}")
+
+
+def _parse_env(field: dataclasses.Field[Any], name: str, raw: str) -> Any:
+    """A ``WFLO_*`` value as the setting's type; a bad one is refused, naming what is accepted."""
+    text = raw.strip()
+    kind = _kind(field)
+    shown = f"{name}={raw!r}"
+    if text.lower() in ("", "none") and _optional(field) and (kind != "str" or field.name in _CHOICES):
+        return None
+    if kind == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise _bad(field, shown)
+    if kind in ("int", "float"):
+        try:
+            number: Any = int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise _bad(field, shown) from None
+        _check(field, number, shown)
+        return number
+    if kind == "list":
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    if field.name in _CHOICES:
+        text = text.lower()
+        _check(field, text, shown)
+        return text
+    return raw
+
+
+def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) -> None:
+    shown = shown or f"{field.name}={value!r}"
+    kind = _kind(field)
+    if value is None:
+        if _optional(field):
+            return
+        raise _bad(field, shown)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _bad(field, shown)
+    elif kind in ("int", "float"):
+        ok_type = isinstance(value, int) if kind == "int" else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok_type or value != value or value in (float("inf"), float("-inf")):
+            raise _bad(field, shown)
+        if value < 0 or (value == 0 and field.name not in _NON_NEGATIVE):
+            raise _bad(field, shown)
+    elif kind == "list":
+        if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+            raise _bad(field, shown)
+    elif not isinstance(value, str) or (field.name in _CHOICES and value not in _CHOICES[field.name]):
+        raise _bad(field, shown)
 
 
 _lock = threading.RLock()
@@ -144,15 +266,20 @@ def settings() -> Settings:
         return _settings
 
 
-def get_store() -> Store:
-    """The store of the current settings, opened (and migrated) on first use."""
+def get_store(*, create: bool = True) -> Store:
+    """The store of the current settings, opened (and migrated) on first use.
+
+    ``create=False`` is for uses that only read or act on what is there (``wflo runs list``,
+    ``audit verify`` …): a SQLite store that does not exist is refused with
+    ``StoreNotFoundError`` rather than created, directories and all, at a mistyped path.
+    """
     global _store
     with _lock:
         if _store is None:
             from .store import open_store
 
             cfg = settings()
-            _store = open_store(cfg.database, migrate=cfg.auto_migrate)
+            _store = open_store(cfg.database, migrate=cfg.auto_migrate, create=create)
         return _store
 
 

@@ -13,6 +13,8 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     │   └── UnknownWorkflowError       no workflow of that name is registered here
     ├── StoreError                     the database could not be used
     │   ├── StoreUnavailableError      cannot connect
+    │   ├── StoreNotFoundError         a read-only use named a store that does not exist
+    │   ├── StoreCorruptError          the SQLite file is damaged or not a database
     │   └── SchemaVersionError         the schema is older/newer than this wflo
     ├── RunNotFoundError
     ├── RunFailedError                 handle.result() of a run that failed
@@ -20,6 +22,7 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     ├── NonDeterminismError            replay reached a different call than the journal holds
     ├── StepFailedError                a recorded step error whose class cannot be rebuilt
     ├── AtMostOnceError                an at-most-once step was in flight when the run died
+    ├── RunEndedError                  a call from a thread or task of a run that already ended
     ├── BudgetError
     │   ├── BudgetExceededError        a call would take a scope past its limit
     │   ├── UnknownPriceError          no price known for a model: refused (fail closed)
@@ -40,7 +43,8 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     │   └── SandboxSetupError
     ├── ToolDeniedError                a secure tool refused its input (SQL write, SSRF, …)
     └── AuditError
-        └── ChainBrokenError
+        ├── ChainBrokenError
+        └── RetentionError             a prune that would delete records still under retention
 
     WfloInterrupt (BaseException)      control flow; never caught by ``except Exception``
     ├── RunCancelled                   the run was cancelled; it stops at the next step boundary
@@ -79,7 +83,9 @@ __all__ = [
     "NonDeterminismError",
     "RateLimitedError",
     "ResultTimeoutError",
+    "RetentionError",
     "RunCancelled",
+    "RunEndedError",
     "RunFailedError",
     "RunNotFoundError",
     "RunStopped",
@@ -90,7 +96,9 @@ __all__ = [
     "SchemaVersionError",
     "SerializationError",
     "StepFailedError",
+    "StoreCorruptError",
     "StoreError",
+    "StoreNotFoundError",
     "StoreUnavailableError",
     "ToolDeniedError",
     "UnboundedRequestError",
@@ -186,7 +194,8 @@ class UnknownWorkflowError(UserError):
         known = ", ".join(sorted(self.known or [])) or "none"
         return (
             f"no workflow named {self.name!r} is registered in this process "
-            f"(known: {known}); import the module that defines it (wflo worker --import MODULE)"
+            f"(known: {known}); import the module that defines it: --import MODULE or --import path/to/file.py "
+            "(wflo runs resume, wflo worker)"
         )
 
 
@@ -202,6 +211,39 @@ class StoreUnavailableError(StoreError):
 
     def _message(self) -> str:
         return f"cannot open the wflo store at {self.url}: {self.detail}"
+
+
+class StoreNotFoundError(StoreError):
+    """A read-only use (listing runs, showing one) named a store that does not exist.
+
+    Refused rather than created: a typo in the URL must not leave an empty database (and its
+    directories) behind and answer "no runs"."""
+
+    code = "store_not_found"
+    _fields = ("url", "path")
+    url: Any
+    path: Any
+
+    def _message(self) -> str:
+        return (
+            f"no wflo store at {self.path} (from {self.url}): check WFLO_DATABASE_URL / --database, "
+            "or create it with `wflo db migrate`"
+        )
+
+
+class StoreCorruptError(StoreError):
+    """The SQLite file is damaged or is not a SQLite database at all."""
+
+    code = "store_corrupt"
+    _fields = ("path", "detail")
+    path: Any
+    detail: Any
+
+    def _message(self) -> str:
+        return (
+            f"the wflo store {self.path} is damaged ({self.detail}): restore it from a backup, or move it "
+            f"aside to start a new one (`sqlite3 {self.path} .recover` may rescue its rows)"
+        )
 
 
 class SchemaVersionError(StoreError):
@@ -263,8 +305,9 @@ class NonDeterminismError(WfloError):
     def _message(self) -> str:
         return (
             f"run {self.run_id} is not deterministic at call {self.call_id}: the journal holds "
-            f"{self.expected!r} but the code now calls {self.found!r}. Finish the run with the "
-            "code version that started it, or cancel it."
+            f"{self.expected!r} but the code now calls {self.found!r}. The run is left blocked, not "
+            f"failed: resume it with the code version that started it (wflo runs resume {self.run_id} "
+            "--import MODULE_OR_FILE), or cancel it."
         )
 
 
@@ -291,6 +334,20 @@ class AtMostOnceError(WfloError):
             f"step {self.step!r} (call {self.call_id}) of run {self.run_id} is at-most-once and "
             "was in flight when the run was interrupted; it is not run again. Check its effect "
             "by hand, then cancel or restart the run."
+        )
+
+
+class RunEndedError(WfloError):
+    code = "run_ended"
+    _fields = ("run_id", "name")
+    run_id: Any
+    name: Any
+
+    def _message(self) -> str:
+        return (
+            f"call {self.name!r} refused: it comes from a thread or task of run {self.run_id}, which "
+            "already ended. Wait for the threads a workflow starts (join them, or leave the executor's "
+            "`with` block) before it returns."
         )
 
 
@@ -526,6 +583,23 @@ class ChainBrokenError(AuditError):
         )
 
 
+class RetentionError(AuditError):
+    """A prune cut-off inside the retention period (``Settings.retention_days``)."""
+
+    code = "retention"
+    _fields = ("before", "earliest", "days")
+    before: Any
+    earliest: Any
+    days: Any
+
+    def _message(self) -> str:
+        return (
+            f"pruning before {self.before} would delete records younger than the {self.days}-day retention "
+            f"period (the earliest cut-off allowed now is {self.earliest}); to override, pass a reason "
+            "(wflo audit prune --override-retention REASON), which is recorded"
+        )
+
+
 class WfloInterrupt(_Structured, BaseException):
     """Control-flow signal; derives from BaseException so ``except Exception`` can't eat it."""
 
@@ -587,6 +661,8 @@ _EXIT_CODES = {
     "not_found": 3,
     "store_error": 4,
     "store_unavailable": 4,
+    "store_not_found": 4,
+    "store_corrupt": 4,
     "schema_version": 5,
     "run_failed": 6,
     "budget_exceeded": 7,
@@ -596,6 +672,9 @@ _EXIT_CODES = {
     "loop_detected": 8,
     "approval_rejected": 9,
     "chain_broken": 10,
+    "suspended": 11,
+    "non_determinism": 12,
+    "retention": 2,
 }
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from ._config import settings
-from .approvals import ApprovalGuard, inbox
+from .approvals import ApprovalGuard, Inbox, inbox
 from .audit._content import ContentGuard, drop_payloads
 from .cost._api import ledger
 from .cost._guard import BudgetGuard
-from .cost._ledger import Budget
-from .engine import Guard, add_finish_op, add_guard_factory
+from .cost._ledger import Budget, Ledger
+from .engine import Guard, add_cancel_hook, add_finish_op, add_guard_factory, add_resume_hook
 from .guards import LoopGuard, LoopGuardGuard
 from .guards._policies import PolicyGuard, policies
 from .integrations import _http
@@ -45,3 +45,13 @@ def _run_guards(wf: Any, record: Any) -> list[Guard]:
 
 add_guard_factory(_run_guards)
 add_finish_op(drop_payloads)
+
+
+def _close_approvals(store: Any, run_id: str) -> None:
+    # A cancelled run will never run the action: its pending requests close, on the record.
+    Inbox(store).close_for_run(run_id, by=settings().principal, reason="its run was cancelled")
+
+
+add_cancel_hook(_close_approvals)
+
+add_resume_hook(lambda store, run_id: Ledger(store).orphans(run_id))

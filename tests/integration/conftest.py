@@ -15,6 +15,20 @@ from wflo.testing import LLMServer
 collect_ignore = [] if importlib.util.find_spec("crewai") is not None else ["test_crewai.py"]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Start building the CrewAI environment as soon as its test is selected (announced, not silent)."""
+    for item in items:
+        module = getattr(item, "module", None)
+        if item.nodeid.endswith("test_crewai_env.py::test_crewai_suite_in_its_own_environment") and module:
+            if module.needed():
+                module.start_build()
+                reporter = config.pluginmanager.get_plugin("terminalreporter")
+                if reporter is not None:
+                    reporter.write_line(f"wflo: building {module.VENV} in the background (log: {module.LOG})")
+                config.add_cleanup(module.stop_build)
+            return
+
+
 @pytest.fixture
 def llm() -> Iterator[LLMServer]:
     """wflo's scripted OpenAI/Anthropic-compatible server, on a free port, for one test."""

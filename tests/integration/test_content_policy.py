@@ -119,8 +119,31 @@ def test_redacted_applies_your_redactors(store_url: str, llm: LLMServer) -> None
     assert exact == [] and len(str(raw["body_sha256"])) == 64
 
 
+def test_a_failed_run_drops_its_exact_answers(store_url: str, llm: LLMServer) -> None:
+    """A failed run is never resumed (`wflo runs resume` refuses it), so it keeps no payloads."""
+    wflo.configure(database=store_url, content="hash_only")
+
+    @wflo.step
+    def checkpoint() -> None:
+        raise ValueError("the agent's own bug")
+
+    @wflo.workflow(name="content-failed")
+    def ask() -> str:
+        with openai.OpenAI(base_url=llm.openai_url, api_key="t", max_retries=0) as client:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "?"}], max_tokens=50
+            )
+        checkpoint()
+        return "never"
+
+    with pytest.raises(ValueError, match="own bug"):
+        ask.options(id="c-failed").run()
+    assert _config.get_store().get_run("c-failed").status == "failed"
+    assert _payload_rows("c-failed") == 0
+
+
 def test_a_bad_policy_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="content must be"):
+    with pytest.raises(ConfigurationError, match="not a valid content setting; accepted: full, redacted, hash_only"):
         wflo.configure(content="everything")
     with pytest.raises(wflo.UserError, match="add_redactor takes"):
         wflo.add_redactor("not a function")  # type: ignore[arg-type]

@@ -367,3 +367,41 @@ def test_interrupt_becomes_a_durable_wflo_approval(
 def test_interrupts_needs_a_checkpointer(configured: str, llm: LLMServer) -> None:
     with pytest.raises(wflo.UserError, match="needs a graph compiled with a checkpointer"):
         wflo.wrap(build(llm), interrupts=wflo.Approval())
+
+
+def test_checkpoint_writes_are_fenced_on_the_runs_lease(configured: str) -> None:
+    """A worker that lost its run's lease cannot write the graph's state under the new holder."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from wflo._errors import LeaseLost
+    from wflo.engine import current_run
+
+    saver = Checkpointer()
+    config: Any = {"configurable": {"thread_id": "fenced", "checkpoint_ns": ""}}
+    seen: dict[str, object] = {}
+
+    @wflo.workflow(name="lg_fenced")
+    def fenced() -> str:
+        ctx = current_run()
+        assert ctx is not None
+        saver.put(config, empty_checkpoint(), {}, {})  # the lease is ours: written
+        # Another worker takes the run over (this one stalled past its lease).
+        ctx.store.read("UPDATE runs SET lease_owner = 'worker:thief' WHERE id = ? RETURNING id", [ctx.run_id])
+        try:
+            saver.put(config, empty_checkpoint(), {}, {})
+        except LeaseLost as exc:
+            seen["put"] = exc.owner
+        try:
+            saver.put_writes({"configurable": {**config["configurable"], "checkpoint_id": "x"}}, [("c", 1)], "t1")
+        except LeaseLost as exc:
+            seen["put_writes"] = exc.owner
+        return "done"
+
+    with pytest.raises(LeaseLost):  # the journal's own append is fenced the same way
+        fenced.run()
+    assert set(seen) == {"put", "put_writes"}
+    rows = saver.store.read("SELECT COUNT(*) FROM wflo_lg_checkpoints WHERE thread_id = 'fenced'", [])
+    assert rows[0][0] == 1  # only the write made under the lease
+    assert saver.store.read("SELECT COUNT(*) FROM wflo_lg_writes WHERE thread_id = 'fenced'", [])[0][0] == 0
+    # Outside any run there is no lease to check.
+    saver.put(config, empty_checkpoint(), {}, {})

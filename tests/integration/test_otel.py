@@ -82,6 +82,8 @@ class Receiver:
                             "status_message": s.status.message,
                             "attrs": {a.key: _value(a.value) for a in s.attributes},
                             "events": [(e.name, {a.key: _value(a.value) for a in e.attributes}) for e in s.events],
+                            "links": [(k.trace_id.hex(), k.span_id.hex(), {a.key: _value(a.value) for a in k.attributes})
+                                      for k in s.links],
                             "resource": resource,
                             "schema_url": ss.schema_url,
                         })  # fmt: skip
@@ -366,3 +368,232 @@ def test_a_run_that_waits_exports_each_stretch_once(
     assert len([s for s in receiver.spans if s["name"] == "execute_tool note"]) == 1
     (paid,) = [s for s in receiver.spans if s["name"] == "execute_tool pay"]
     assert paid["parent"] == second["span_id"]
+
+
+# --------------------------------------------------------------------------- one run, one trace
+
+_FLOWS = '''
+import wflo
+
+@wflo.tool(approval=wflo.Approval())
+def transfer(usd: int) -> str:
+    """Move money."""
+    return f"moved {usd}"
+
+@wflo.tool
+def lookup(who: str) -> str:
+    """Find an account."""
+    return who
+
+@wflo.workflow(name="linked_payer")
+def linked_payer(usd: int) -> str:
+    lookup(who="acme")
+    return transfer(usd=usd)
+'''
+
+# The application: its own global TracerProvider (service "shop") exporting to the same
+# receiver, a request span open around run(). The run waits for an approval; the process is
+# then interrupted (a web server restarted) and the run is finished by a worker elsewhere.
+_APP = """
+import sys
+
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+import flows
+
+provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter()))
+trace.set_tracer_provider(provider)
+with trace.get_tracer("shop").start_as_current_span("POST /pay") as span:
+    try:
+        flows.linked_payer.options(id=sys.argv[1]).run(500)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+_WORKER = """
+import flows
+from wflo.engine import Worker
+
+Worker(concurrency=1).run(max_runs=1, idle_timeout=3.0)
+"""
+
+
+def _env(tmp_path: Path, url: str, receiver: Receiver) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WFLO_", "OTEL_"))}
+    env.update(
+        WFLO_OTEL="1",
+        WFLO_DATABASE_URL=url,
+        WFLO_PRINCIPAL="user:agent",
+        WFLO_POLL_INTERVAL="0.05",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]),
+    )
+    return env
+
+
+def test_one_run_one_trace_with_an_application_span_open(tmp_path: Path, store_url: str, receiver: Receiver) -> None:
+    """Issue 22: an app span around run(), a wait for approval, the rest in another process.
+    Every stretch is in the run's trace; each root links to the app's span; the app's span
+    names the run."""
+    import signal
+
+    from wflo.approvals import approvals
+    from wflo.observability._link import root_span_id_of, trace_id_of
+
+    for name, text in (("flows.py", _FLOWS), ("app.py", _APP), ("worker.py", _WORKER)):
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    env = _env(tmp_path, store_url, receiver)
+    app = subprocess.Popen(
+        [sys.executable, str(tmp_path / "app.py"), "link-1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert app.stderr is not None
+        seen = []
+        for line in app.stderr:  # the run's first stretch ended (and was exported): it waits
+            seen.append(line)
+            if "is waiting" in line:
+                break
+        else:
+            pytest.fail(f"the app never waited: {''.join(seen)}")
+        app.send_signal(signal.SIGINT)
+        out, err = app.communicate(timeout=30)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+    assert "interrupted" in out, err
+
+    _config.configure(database=store_url)
+    (req,) = approvals.list(run_id="link-1")
+    approvals.approve(req.id, principal="user:boss")
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "worker.py")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = wflo.RunHandle("link-1").events()
+    started = next(e for e in events if e.type == "run.started")
+    resumed = next(e for e in events if e.type == "run.resumed")
+    assert started.data["worker"].split(":")[1] != resumed.data["worker"].split(":")[1]  # two processes
+    assert wflo.RunHandle("link-1").result(timeout=5) == "moved 500"
+
+    (request,) = [s for s in receiver.spans if s["resource"].get("service.name") == "shop"]
+    assert request["name"] == "POST /pay"
+    assert request["attrs"]["wflo.run.id"] == "link-1"  # the request finds its run
+    assert ("wflo.run.started", {"wflo.run.id": "link-1", "gen_ai.workflow.name": "linked_payer"}) in request["events"]
+    ours = [s for s in receiver.spans if s["resource"].get("service.name") == "wflo"]
+    assert {s["trace_id"] for s in ours} == {f"{trace_id_of('link-1'):032x}"}  # one trace, the run's
+    assert request["trace_id"] not in {s["trace_id"] for s in ours}
+    roots = sorted((s for s in ours if s["name"] == "invoke_workflow linked_payer"), key=lambda s: s["start"])
+    assert len(roots) == 2
+    first, second = roots
+    assert first["span_id"] == f"{root_span_id_of('link-1'):016x}" and first["parent"] == ""
+    assert second["parent"] == first["span_id"]
+    for root in roots:
+        assert root["attrs"]["gen_ai.operation.name"] == "invoke_workflow"
+        assert root["links"] == [(request["trace_id"], request["span_id"], {"wflo.link": "caller"})]
+    names = sorted(s["name"] for s in ours)
+    assert names == ["execute_tool lookup", "execute_tool transfer", *["invoke_workflow linked_payer"] * 2]
+
+
+def test_traceparent_option_links_and_is_checked(sqlite_url: str, receiver: Receiver) -> None:
+    """The hook for a server: the incoming W3C traceparent, passed at start, is what every
+    stretch links to; a malformed one is a one-line UserError; '' records no link."""
+    from opentelemetry import trace
+
+    from wflo.engine import Worker
+
+    _config.configure(database=sqlite_url, poll_interval=0.05)
+    obs.enable(batch=False)
+
+    @wflo.workflow(name="served")
+    def served(x: int) -> int:
+        return x + 1
+
+    header = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    # a span of the application's own is current, yet the given header wins
+    app = trace.NonRecordingSpan(trace.SpanContext(0x1234, 0x5678, is_remote=False, trace_flags=trace.TraceFlags(1)))
+    with trace.use_span(app):
+        handle = served.options(id="srv-1", traceparent=header).start(1)
+        served.options(id="srv-2", traceparent="").start(2)
+        inherited = served.options(id="srv-3").start(3)
+    Worker(concurrency=1).run(max_runs=3, idle_timeout=1.0)
+    assert handle.result(timeout=5) == 2 and inherited.result(timeout=5) == 4
+    roots = {s["attrs"]["wflo.run.id"]: s for s in receiver.spans if s["name"] == "invoke_workflow served"}
+    assert roots["srv-1"]["links"] == [
+        ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", {"wflo.link": "caller"})
+    ]
+    assert roots["srv-2"]["links"] == []
+    assert roots["srv-3"]["links"] == [(f"{0x1234:032x}", f"{0x5678:016x}", {"wflo.link": "caller"})]
+    for bad in ("not-a-header", "00-" + "0" * 32 + "-b7ad6b7169203331-01", header.upper()):
+        with pytest.raises(wflo.UserError, match="traceparent"):
+            served.options(id="srv-bad", traceparent=bad).start(1)
+
+
+def test_agent_runs_are_invoke_agent_and_children_link_to_their_parent(sqlite_url: str, receiver: Receiver) -> None:
+    from wflo.observability._link import root_span_id_of, trace_id_of
+
+    _config.configure(database=sqlite_url)
+    obs.enable(batch=False)
+
+    @wflo.workflow(name="helper")
+    def helper(x: int) -> int:
+        return x * 2
+
+    @wflo.workflow(name="researcher-run", agent="researcher")
+    def researcher(x: int) -> int:
+        return helper(x) + 1
+
+    assert researcher.options(id="ag-1").run(2) == 5
+    (root,) = [s for s in receiver.spans if s["attrs"].get("wflo.run.id") == "ag-1" and s["parent"] == ""]
+    assert root["name"] == "invoke_agent researcher"
+    assert root["attrs"]["gen_ai.operation.name"] == "invoke_agent"
+    assert root["attrs"]["gen_ai.agent.name"] == "researcher"
+    assert root["attrs"]["gen_ai.workflow.name"] == "researcher-run"
+    (child,) = [s for s in receiver.spans if s["name"] == "invoke_workflow helper"]
+    assert child["trace_id"] == f"{trace_id_of(child['attrs']['wflo.run.id']):032x}"
+    assert child["links"] == [
+        (f"{trace_id_of('ag-1'):032x}", f"{root_span_id_of('ag-1'):016x}", {"wflo.link": "caller"})
+    ]
+
+
+def test_async_run_under_an_application_span(sqlite_url: str, receiver: Receiver) -> None:
+    """arun() inside a task with the application's span current: the same split is avoided."""
+    import asyncio
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from wflo.observability._link import trace_id_of
+
+    _config.configure(database=sqlite_url)
+    obs.enable(batch=False)
+    app_spans = InMemorySpanExporter()
+    app = TracerProvider()
+    app.add_span_processor(SimpleSpanProcessor(app_spans))
+
+    @wflo.workflow(name="async-linked")
+    async def linked(x: int) -> int:
+        note(text="hi")
+        return x
+
+    async def handler() -> int:
+        with app.get_tracer("app").start_as_current_span("job"):
+            return await linked.options(id="as-1").arun(3)
+
+    assert asyncio.run(handler()) == 3
+    (job,) = app_spans.get_finished_spans()
+    assert job.attributes is not None and job.attributes["wflo.run.id"] == "as-1"
+    ours = [s for s in receiver.spans if s["attrs"].get("wflo.run.id") == "as-1"]
+    assert len(ours) == 2 and {s["trace_id"] for s in ours} == {f"{trace_id_of('as-1'):032x}"}
+    (root,) = [s for s in ours if s["parent"] == ""]
+    ctx = job.get_span_context()
+    assert root["links"] == [(f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}", {"wflo.link": "caller"})]

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -184,15 +185,17 @@ def test_runsc_backend_runs_code_in_gvisor() -> None:
     slow = Sandbox(backend="runsc", wall="2s").run_python("import time; time.sleep(30)")
     assert slow.killed_by == "timeout"
     with pytest.raises(UserError, match="no network"):
-        Sandbox(backend="runsc", network=True).run_python("pass")
+        Sandbox(backend="runsc", network=["example.com:443"]).run_python("pass")
 
 
 def test_wflo_exports_sandbox() -> None:
     assert wflo.Sandbox is Sandbox
 
 
-def test_nothing_left_behind_after_the_process_exits(tmp_path: Path) -> None:
+def test_nothing_left_behind_after_the_process_exits() -> None:
     """Scratch directories and cgroups are removed (some off the caller's path) before exit."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="wflo-test-"))
+    tmp_path.chmod(0o711)  # the sandbox's uid (as root, one of its own) must reach its scratch under it
     code = (
         "import wflo\n"
         "from wflo.sandbox import _cgroup\n"
@@ -205,13 +208,14 @@ def test_nothing_left_behind_after_the_process_exits(tmp_path: Path) -> None:
         "_cgroup.CGroup.create = classmethod(spy)\n"
         "box = wflo.Sandbox()\n"
         "for i in range(5):\n"
-        '    box.run_python(f\'open("f{i}", "w").write("x")\')\n'
+        '    assert box.run_python(f\'open("f{i}", "w").write("x")\').ok\n'
         "print('\\n'.join(sorted(set(made))))\n"
     )
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert list(tmp_path.iterdir()) == [], "a scratch directory outlived the process"
+    tmp_path.rmdir()
     groups = [Path(line) for line in done.stdout.split()]
     assert groups or not CGroup.available(), "no cgroups were made where the host allows them"
     assert [g for g in groups if g.exists()] == [], "a sandbox cgroup outlived the process"

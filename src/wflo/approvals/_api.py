@@ -47,6 +47,7 @@ class Approvals:
         principal: str | None = None,
         via: str = "api",
         shown: str | None = None,
+        self_local: bool = False,
     ) -> ApprovalRequest:
         """Approve or reject a request.
 
@@ -57,10 +58,12 @@ class Approvals:
                 refused if the request is for another action.
             principal: who decides (default: the configured principal).
             via: where the decision came from (``cli``, ``api``, ``panel``).
+            self_local: decide your own request alone, in single-user local mode (recorded
+                as such with the OS user and ``via: local``; refused when ``require_auth``).
         """
         return inbox().decide(
             approval_id, decision, principal=principal or settings().principal, reason=reason,
-            expected_hash=action_hash, edited_kwargs=args, via=via, shown=shown,
+            expected_hash=action_hash, edited_kwargs=args, via=via, shown=shown, self_local=self_local,
         )  # fmt: skip
 
     def approve(self, approval_id: str, **kwargs: Any) -> ApprovalRequest:

@@ -9,10 +9,13 @@ were shown; the run's own chain records the decision when the run resumes.
 from __future__ import annotations
 
 import builtins
+import getpass
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
+from .._config import settings
 from .._errors import (
     ActionMismatchError,
     ApprovalClosedError,
@@ -21,14 +24,27 @@ from .._errors import (
     UserError,
 )
 from ..store import NewEvent, Store, canonical_json, now_iso
+from ._params import edited_action
 from ._policy import action_hash
 
 _COLUMNS = (
     "id, run_id, call_id, tool, message, action, action_hash, approvers, quorum, requested_by, status, "
     "decision_action, decision_hash, reason, decided_by, decided_at, via, timeout_at, on_timeout, "
-    "escalate_to, escalations, created_at, updated_at"
+    "escalate_to, escalations, created_at, updated_at, params, supersedes"
 )
 DECISIONS = ("approve", "reject")
+_ENDED = ("succeeded", "failed", "cancelled", "stopped")
+
+
+class _Raced(Exception):
+    """A concurrent decision changed the rows a transaction meant to close."""
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in this environment (some containers)
+        return f"uid:{os.getuid()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +61,7 @@ class ApprovalRequest:
     approvers: list[str]
     quorum: int
     requested_by: str
-    status: str  # pending | approved | rejected | expired
+    status: str  # pending | approved | rejected | expired | superseded | cancelled
     decision_action: dict[str, Any] | None
     decision_hash: str | None
     reason: str | None
@@ -58,6 +74,16 @@ class ApprovalRequest:
     escalations: int
     created_at: str
     updated_at: str
+    params: dict[str, Any] | None = None
+    """The tool's parameters (JSON schema) an edit is checked against; ``None``: not known."""
+    supersedes: dict[str, Any] | None = None
+    """The request this one replaced because the action changed (``id``, ``action``,
+    ``action_hash``, ``status``), so the approver sees both actions."""
+
+    @property
+    def decided_action(self) -> dict[str, Any]:
+        """The action that runs if approved: the approver's edit, else the requested action."""
+        return self.decision_action or self.action
 
     @classmethod
     def from_row(cls, r: tuple[Any, ...]) -> ApprovalRequest:
@@ -67,6 +93,7 @@ class ApprovalRequest:
             decision_action=json.loads(r[11]) if r[11] else None, decision_hash=r[12], reason=r[13],
             decided_by=r[14], decided_at=r[15], via=r[16], timeout_at=r[17], on_timeout=r[18],
             escalate_to=json.loads(r[19]) if r[19] else [], escalations=int(r[20]), created_at=r[21], updated_at=r[22],
+            params=json.loads(r[23]) if r[23] else None, supersedes=json.loads(r[24]) if r[24] else None,
         )  # fmt: skip
 
 
@@ -85,6 +112,19 @@ class Inbox:
         if not rows:
             raise ApprovalNotFoundError(approval_id=approval_id)
         return ApprovalRequest.from_row(rows[0])
+
+    def find(self, approval_id: str) -> ApprovalRequest | None:
+        """The request with exactly this id, or ``None``."""
+        rows = self.store.read(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,))
+        return ApprovalRequest.from_row(rows[0]) if rows else None
+
+    def for_call(self, run_id: str, call_id: str) -> builtins.list[ApprovalRequest]:
+        """Every request filed for one call of a run, oldest first."""
+        rows = self.store.read(
+            f"SELECT {_COLUMNS} FROM approvals WHERE run_id = ? AND call_id = ? ORDER BY created_at, id",
+            (run_id, call_id),
+        )
+        return [ApprovalRequest.from_row(r) for r in rows]
 
     def list(
         self, *, status: str | None = "pending", run_id: str | None = None, limit: int = 100
@@ -126,20 +166,33 @@ class Inbox:
         if not role:
             raise UserError("role must not be empty")
         now = now_iso()
-        roles = self.roles_of(principal) | {role}
+        result: set[str] = set()
 
         def op(cur: Any) -> None:
-            self.store.execute(cur, "DELETE FROM principals WHERE id = ?", (principal,))
-            self.store.execute(
+            # Read the current roles inside the transaction that writes the new set, with the
+            # row locked (and the system chain's head lock, taken first by append_system,
+            # serialising grants anyway): two concurrent grants never start from one old set.
+            st = self.store
+            st.execute(
                 cur,
-                "INSERT INTO principals (id, roles, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (principal, json.dumps(sorted(roles)), now, now),
+                "INSERT INTO principals (id, roles, created_at, updated_at) VALUES (?, '[]', ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (principal, now, now),
             )
+            st.execute(cur, f"SELECT roles FROM principals WHERE id = ?{st.for_update}", (principal,))
+            roles = set(json.loads(cur.fetchone()[0])) | {role}
+            st.execute(
+                cur,
+                "UPDATE principals SET roles = ?, updated_at = ? WHERE id = ?",
+                (json.dumps(sorted(roles)), now, principal),
+            )
+            result.clear()
+            result.update(roles)
 
         self.store.append_system(
             [NewEvent("principal.granted", {"principal": principal, "role": role, "by": by})], ops=[op]
         )
-        return roles
+        return set(result)
 
     def may_decide(self, req: ApprovalRequest, principal: str) -> bool:
         if not req.approvers:
@@ -165,24 +218,64 @@ class Inbox:
         timeout_at: str | None,
         on_timeout: str,
         escalate_to: builtins.list[str],
+        params: dict[str, Any] | None = None,
+        supersedes: dict[str, Any] | None = None,
     ) -> tuple[ApprovalRequest, bool]:
-        """Create the request (idempotent on ``approval_id``); returns it and whether it is new."""
+        """Create the request (idempotent on ``approval_id``); returns it and whether it is new.
+
+        The call's other pending requests (for actions it no longer computes) are closed as
+        ``superseded`` in the same transaction, and a superseded request for this very action
+        is reopened, so a call has at most one pending request: the one for what would run.
+        """
         now = now_iso()
 
         def txn(cur: Any) -> bool:
-            self.store.execute(cur, "SELECT 1 FROM approvals WHERE id = ?", (approval_id,))
+            st = self.store
+            st.execute(
+                cur,
+                "UPDATE approvals SET status = 'superseded', updated_at = ? WHERE run_id = ? AND call_id = ? "
+                "AND status = 'pending' AND id <> ?",
+                (now, run_id, call_id, approval_id),
+            )
+            st.execute(
+                cur,
+                "UPDATE approvals SET status = 'pending', updated_at = ? WHERE id = ? AND status = 'superseded'",
+                (now, approval_id),
+            )
+            st.execute(cur, "SELECT 1 FROM approvals WHERE id = ?", (approval_id,))
             if cur.fetchone():
                 return False
-            self.store.execute(
+            st.execute(
                 cur,
-                f"INSERT INTO approvals ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, NULL, NULL, NULL, NULL, ?, ?, ?, 0, ?, ?)",
+                f"INSERT INTO approvals ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, NULL, NULL, NULL, NULL, ?, ?, ?, 0, ?, ?, ?, ?)",
                 (approval_id, run_id, call_id, tool, message, canonical_json(action), action_hash(action),
-                 json.dumps(approvers), quorum, requested_by, timeout_at, on_timeout, json.dumps(escalate_to), now, now),
+                 json.dumps(approvers), quorum, requested_by, timeout_at, on_timeout, json.dumps(escalate_to), now, now,
+                 canonical_json(params) if params is not None else None,
+                 canonical_json(supersedes) if supersedes is not None else None),
             )  # fmt: skip
             return True
 
         created = self.store.write(txn)
         return self.get(approval_id), created
+
+    def supersede(self, run_id: str, call_id: str, *, keep: str) -> None:
+        """Close a call's pending requests other than ``keep`` (for actions it no longer computes)."""
+        now = now_iso()
+        self.store.write(
+            lambda cur: self.store.execute(
+                cur,
+                "UPDATE approvals SET status = 'superseded', updated_at = ? WHERE run_id = ? AND call_id = ? "
+                "AND status = 'pending' AND id <> ?",
+                (now, run_id, call_id, keep),
+            )
+        )
+
+    def preview(self, approval_id: str, edits: dict[str, Any] | None) -> tuple[ApprovalRequest, dict[str, Any]]:
+        """The request and the action an approval with ``edits`` would decide (validated)."""
+        req = self.get(approval_id)
+        if edits is None:
+            return req, req.action
+        return req, edited_action(req.action, edits, req.params)
 
     def decide(
         self,
@@ -195,13 +288,17 @@ class Inbox:
         edited_kwargs: dict[str, Any] | None = None,
         via: str = "api",
         shown: str | None = None,
+        self_local: bool = False,
     ) -> ApprovalRequest:
         """Record ``principal``'s vote and, when it settles the request, the decision.
 
         ``expected_hash`` binds the vote to the action the decider saw; ``edited_kwargs``
-        approves the call with changed arguments (a new action hash). Raises when the
-        request is unknown, closed, expired, the principal may not decide it (or requested
-        it), or the hash does not match.
+        approves the call with changed arguments (validated against the tool's signature; the
+        edited action and its hash are what is stored, shown and run). ``self_local``: the
+        requester decides their own request alone, in single-user local mode (refused when
+        ``require_auth`` is set). Raises when the request is unknown, closed, expired, its run
+        ended or is being cancelled, the principal may not decide it (or requested it), or
+        the hash does not match.
         """
         if decision not in DECISIONS:
             raise UserError(f"decision must be 'approve' or 'reject', got {decision!r}")
@@ -209,21 +306,41 @@ class Inbox:
             raise UserError("a rejection needs a reason (it is returned to the agent)")
         if edited_kwargs is not None and decision != "approve":
             raise UserError("edited arguments go with an approval")
-        req = self.get(approval_id)
+        req, _ = self.preview(approval_id, edited_kwargs)  # a bad edit fails before anything is written
         approval_id = req.id
+        os_user = None
+        if self_local:
+            if settings().require_auth:
+                raise ApprovalForbiddenError(
+                    approval_id=approval_id, principal=principal,
+                    detail="local self-approval is off where authentication is required (require_auth is set)",
+                )  # fmt: skip
+            if principal != req.requested_by:
+                raise ApprovalForbiddenError(
+                    approval_id=approval_id, principal=principal,
+                    detail=f"--as-self-local decides only your own requests (this one was requested by {req.requested_by})",
+                )  # fmt: skip
+            via, os_user = "local", _os_user()
         now = now_iso()
-        allowed = self.may_decide(req, principal)
+        allowed = self_local or self.may_decide(req, principal)
         outcome: dict[str, Any] = {}
 
         def txn(cur: Any) -> None:
             st = self.store
+            # The run's row first (the order every writer of both rows uses): a cancel that
+            # committed before us is seen here, one that comes after waits for our decision.
+            st.execute(cur, f"SELECT status, cancel_requested FROM runs WHERE id = ?{st.for_update}", (req.run_id,))
+            run = cur.fetchone()
             st.execute(cur, f"SELECT {_COLUMNS} FROM approvals WHERE id = ?{st.for_update}", (approval_id,))
             cur_req = ApprovalRequest.from_row(cur.fetchone())
             if cur_req.status != "pending":
                 raise ApprovalClosedError(approval_id=approval_id, status=cur_req.status)
+            if run is not None and (run[0] in _ENDED or run[1]):
+                outcome["run_ended"] = run[0] if run[0] in _ENDED else "cancelled"
+                return
             if cur_req.timeout_at and cur_req.timeout_at < now:
                 raise ApprovalClosedError(approval_id=approval_id, status="expired (its timeout passed)")
-            if principal == cur_req.requested_by:
+            if principal == cur_req.requested_by and not self_local:
                 raise ApprovalForbiddenError(
                     approval_id=approval_id, principal=principal, detail="the requester cannot decide their own request"
                 )
@@ -237,7 +354,7 @@ class Inbox:
                 raise ActionMismatchError(approval_id=approval_id, expected=cur_req.action_hash, found=expected_hash)
             decided_action = None
             if edited_kwargs is not None:
-                decided_action = {**cur_req.action, "kwargs": {**cur_req.action.get("kwargs", {}), **edited_kwargs}}
+                decided_action = edited_action(cur_req.action, edited_kwargs, cur_req.params)
             vote_hash = action_hash(decided_action) if decided_action else cur_req.action_hash
             st.execute(
                 cur, "SELECT 1 FROM approval_votes WHERE approval_id = ? AND principal = ?", (approval_id, principal)
@@ -259,46 +376,76 @@ class Inbox:
                 status = "rejected"
             elif len({v[1] for v in approvals}) > 1:
                 raise ActionMismatchError(approval_id=approval_id, expected=approvals[0][1], found=vote_hash)
-            elif len(approvals) >= cur_req.quorum:
+            elif len(approvals) >= cur_req.quorum or self_local:
                 status = "approved"
             if status != "pending":
                 st.execute(
                     cur,
                     "UPDATE approvals SET status = ?, decision_action = ?, decision_hash = ?, reason = ?, decided_by = ?, "
                     "decided_at = ?, via = ?, updated_at = ? WHERE id = ?",
-                    (
-                        status,
-                        canonical_json(decided_action) if decided_action else None,
-                        vote_hash,
-                        reason,
-                        principal,
-                        now,
-                        via,
-                        now,
-                        approval_id,
-                    ),
-                )
-            outcome.update(status=status, vote_hash=vote_hash, votes=len(votes))
-            if status != "pending":
+                    (status, canonical_json(decided_action) if decided_action else None, vote_hash, reason, principal,
+                     now, via, now, approval_id),
+                )  # fmt: skip
                 # Wake the run, whether it is already waiting or still on its way there.
                 st.execute(
                     cur,
                     "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')",
                     (now, cur_req.run_id),
                 )
+            outcome.update(status=status, vote_hash=vote_hash, votes=len(votes))
 
         self.store.write(txn)
+        if "run_ended" in outcome:
+            ended = outcome["run_ended"]
+            self.close_for_run(req.run_id, by="system:run-ended", reason=f"its run was {ended}")
+            raise ApprovalClosedError(approval_id=approval_id, status=f"cancelled (its run {req.run_id} was {ended})")
         kind = "approval.decided" if outcome["status"] != "pending" else "approval.voted"
-        self.store.append_system(
-            [NewEvent(kind, {
-                "approval_id": approval_id, "run_id": req.run_id, "decision": decision, "status": outcome["status"],
-                "by": principal, "via": via, "reason": reason, "action_hash": outcome["vote_hash"], "shown": shown,
-                "votes": outcome["votes"], "quorum": req.quorum,
-            })]
-        )  # fmt: skip
+        data = {
+            "approval_id": approval_id, "run_id": req.run_id, "decision": decision, "status": outcome["status"],
+            "by": principal, "via": via, "reason": reason, "action_hash": outcome["vote_hash"], "shown": shown,
+            "votes": outcome["votes"], "quorum": req.quorum,
+        }  # fmt: skip
+        if self_local:
+            # Single-user local mode: nobody else checked this decision; the record says so.
+            data.update(self_local=True, os_user=os_user)
+        self.store.append_system([NewEvent(kind, data)])
         if outcome["status"] != "pending":
             self.store.set_wake(req.run_id, now)
         return self.get(approval_id)
+
+    def close_for_run(self, run_id: str, *, by: str, reason: str) -> builtins.list[str]:
+        """Cancel the pending requests of a run that ended (or is being cancelled).
+
+        The closures and their ``approval.cancelled`` events on the system chain are written
+        in one transaction. Returns the ids closed.
+        """
+        for _ in range(5):
+            pending = [r.id for r in self.list(status="pending", run_id=run_id, limit=1000)]
+            if not pending:
+                return []
+            now = now_iso()
+
+            def op(cur: Any, ids: builtins.list[str] = pending, at: str = now) -> None:
+                marks = ", ".join("?" for _ in ids)
+                self.store.execute(
+                    cur,
+                    "UPDATE approvals SET status = 'cancelled', reason = ?, decided_by = ?, decided_at = ?, "
+                    f"via = 'run', updated_at = ? WHERE status = 'pending' AND id IN ({marks})",
+                    (reason, by, at, at, *ids),
+                )
+                if cur.rowcount != len(ids):
+                    raise _Raced  # one was decided meanwhile: roll back, look again
+
+            events = [
+                NewEvent("approval.cancelled", {"approval_id": i, "run_id": run_id, "by": by, "reason": reason})
+                for i in pending
+            ]
+            try:
+                self.store.append_system(events, ops=[op])
+            except _Raced:
+                continue
+            return pending
+        return []
 
     def close(self, approval_id: str, status: str, *, by: str, reason: str) -> ApprovalRequest:
         """Close a pending request by policy (timeout): ``approved``, ``rejected`` or ``expired``."""

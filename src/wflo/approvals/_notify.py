@@ -34,7 +34,10 @@ def _text(kind: str, req: ApprovalRequest) -> str:
         "escalated": "was escalated and needs a decision",
         "expired": f"timed out ({req.status})",
     }[kind]
-    return f"wflo approval {req.id} {verb}: {req.message} [approvers: {who}]\nDecide with: wflo approve {req.id}   or   wflo reject {req.id} --reason '...'"
+    return (
+        f"wflo approval {req.id} {verb}: {req.message} [approvers: {who}; not the requester {req.requested_by}]\n"
+        f"Decide with: wflo approve {req.id}   or   wflo reject {req.id} --reason '...'"
+    )
 
 
 def _webhook(url: str) -> Callable[[str, ApprovalRequest], None]:

@@ -15,6 +15,7 @@ from ..store import canonical_json
 
 ON_TIMEOUT = ("reject", "approve", "escalate")
 ON_REJECT = ("raise", "return")
+ON_CHANGE = ("ask", "stop")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|m|min|h|d|w)?\s*$")
 _UNITS = {
     None: 1.0,
@@ -80,6 +81,11 @@ class Approval:
     text (for tools an LLM calls, so the model reads why it was refused)."""
     message: str | None = None
     """What the approver is shown (default: the tool and its arguments)."""
+    on_change: str = "ask"
+    """When the action about to run is not the one decided (the code or its inputs changed
+    while the run waited): ``"ask"`` files a new request showing both actions; ``"stop"``
+    ends the run as ``stopped``. Either way the decision is not used and the journal says
+    which (``approval.action_changed``)."""
     timeout_seconds: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +99,8 @@ class Approval:
             raise UserError("on_timeout='escalate' needs escalate_to=[...] approvers")
         if self.on_reject not in ON_REJECT:
             raise UserError(f"on_reject must be 'raise' or 'return', got {self.on_reject!r}")
+        if self.on_change not in ON_CHANGE:
+            raise UserError(f"on_change must be 'ask' or 'stop', got {self.on_change!r}")
         if self.when is not None and not callable(self.when):
             raise UserError("when must be a callable taking the call's arguments as keywords")
         seconds = None if self.timeout is None else parse_duration(self.timeout, "timeout")

@@ -32,7 +32,7 @@ from typing import Any
 from .._errors import ChainBrokenError, ConfigurationError, UserError
 from ..store import NewEvent, Store, canonical_json, now_iso
 from ..store._base import SYSTEM_CHAIN
-from ._verify import ChainReport, pruned_chains, verify_all
+from ._verify import ChainReport, pruned_chains, unsigned_prune, verify_all
 
 FORMAT = "wflo-checkpoint"
 VERSION = 1
@@ -319,10 +319,15 @@ def verify_checkpoint(store: Store, doc: dict[str, Any], public_key: Any | None 
         )
     if merkle_root(leaves) != doc["merkle_root"]:
         return CheckpointResult(True, problem="the Merkle root does not match the listed chains", **base)
-    pruned = pruned_chains(store)
+    # With a pinned key, only prunes signed by it excuse a missing chain: anyone who can write
+    # the database can append an unsigned (or self-signed) audit.pruned record.
+    pruned = pruned_chains(store, public_key)
+    claimed = pruned_chains(store) if public_key is not None else pruned
     reports = []
     for chain, count, head in sorted(leaves):
         report = _check_extends(store, chain, count, head, pruned.get(chain))
+        if report is not None and report.kind == "missing" and chain in claimed:
+            report = unsigned_prune(chain, count)
         if report is not None:
             reports.append(report)
     return CheckpointResult(True, reports=reports, **base)

@@ -118,10 +118,9 @@ def payload(store: Any, run_id: str, call_id: str) -> str | None:
 
 
 def drop_payloads(store: Any, run_id: str, status: str) -> Any:
-    """The finish op: a run that cannot resume any more (not ``failed``: ``wflo runs resume``
-    may run it again) no longer needs its exact responses."""
-    if status == "failed":
-        return None
+    """The finish op: a run that ended (any final status, ``failed`` included: a failed run is
+    never resumed) no longer needs its exact responses. A run that may still resume (``blocked``
+    by non-determinism or a full disk, ``waiting``, interrupted) has not ended and keeps them."""
 
     def op(cur: Any) -> None:
         store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", (run_id,))

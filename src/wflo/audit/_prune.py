@@ -7,8 +7,11 @@ would launder it). Each batch is one transaction: the events are deleted and an
 head hash, so ``verify`` (and a checkpoint taken earlier) know the chain was removed on
 purpose. The ``runs`` rows stay, so run listings and the recorded heads survive.
 
-On PostgreSQL the events table refuses DELETE (a trigger) unless the transaction has set
-``wflo.prune = 'on'``, which only this code does, with ``SET LOCAL``.
+On PostgreSQL the events table refuses DELETE; the only way is the ``wflo_prune_chain``
+function (``SECURITY DEFINER``, owned by the tables' owner, executable only by the auditor
+role; see docs/deployment.md), which deletes one finished run's events if its head still
+matches. The application role cannot call it. Sign the record with the checkpoint key
+(``private_key``): ``verify --public-key`` trusts no other prune record.
 """
 
 from __future__ import annotations
@@ -58,13 +61,21 @@ def prune(
     dry_run: bool = False,
     on_progress: Callable[[int], None] | None = None,
     private_key: Any = None,
+    retention_override: str | None = None,
 ) -> PruneResult:
     """Prune finished runs whose last event is before ``before`` (store time text, UTC).
 
     With ``private_key`` (the checkpoint key), each ``audit.pruned`` record is signed, so
     ``verify`` given the public key accepts only prunes made by its holder: a chain deleted
     by anyone else, with a forged prune record, is reported as missing.
+
+    A cut-off inside the retention period (``Settings.retention_days``) is refused with
+    ``RetentionError`` unless ``retention_override`` gives a reason, which is recorded.
     """
+    if not dry_run:  # the retention policy (docs/compliance.md) comes before anything is read
+        from ..compliance._retention import enforce_retention
+
+        enforce_retention(store, before, by=by, override=retention_override)
     result = PruneResult(before)
     ready: list[tuple[str, int, str]] = []
     for chain, count, head in prune_candidates(store, before):
@@ -100,7 +111,19 @@ def _prune_batch(
 ) -> None:
     def op(cur: Any) -> None:
         if store.dialect == "postgresql":
-            cur.execute("SET LOCAL wflo.prune = 'on'")
+            for chain, count, head in batch:
+                try:
+                    cur.execute("SELECT wflo_prune_chain(%s, %s, %s)", (chain, count, head))
+                except Exception as exc:
+                    if getattr(exc, "sqlstate", None) == "WF001":
+                        raise _Moved(chain=chain) from None
+                    if getattr(exc, "sqlstate", None) == "42501":  # insufficient_privilege
+                        raise AuditError(
+                            "this database role may not prune: run `wflo audit prune` as the auditor role "
+                            "(see `wflo db roles` in docs/deployment.md)"
+                        ) from None
+                    raise
+            return
         for chain, count, head in batch:
             store.execute(cur, "SELECT last_seq, last_hash FROM runs WHERE id = ?" + store.for_update, (chain,))
             row = cur.fetchone()

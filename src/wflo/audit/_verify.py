@@ -34,7 +34,8 @@ class ChainReport:
     """``hash`` (content changed), ``link`` (prev_hash mismatch), ``gap`` (missing seq),
     ``head`` (the recorded head is past the last event: truncated tail); against a checkpoint:
     ``truncated`` (fewer events than signed), ``rewritten`` (another hash at the signed head),
-    ``missing`` (the chain is gone and no prune recorded it)."""
+    ``missing`` (the chain is gone and no prune recorded it); ``unsigned-prune`` (the chain is
+    gone and only a prune record *not* signed by the pinned key names it)."""
     expected: str | None = None
     found: str | None = None
     pruned: bool = False
@@ -183,9 +184,38 @@ def pruned_chains(store: Store, trusted: Any = None) -> dict[str, tuple[int, str
     return out
 
 
+def unsigned_prune(chain: str, count: int) -> ChainReport:
+    """The report for a chain that only an untrusted (unsigned or forged) prune record names."""
+    return ChainReport(
+        chain,
+        0,
+        False,
+        GENESIS,
+        1,
+        "unsigned-prune",
+        f"{count} events, or a prune record signed by the pinned key",
+        "no events; the only prune record naming this chain is not signed by the pinned key",
+    )
+
+
+def _explain(reports: list[ChainReport], store: Store, trusted: Any) -> list[ChainReport]:
+    """With a pinned key, say so when a broken chain was "pruned" by an untrusted record."""
+    if trusted is None or all(r.ok for r in reports):
+        return reports
+    claimed = pruned_chains(store)
+    out = []
+    for r in reports:
+        if not r.ok and r.count == 0 and r.chain in claimed:
+            out.append(unsigned_prune(r.chain, claimed[r.chain][0]))
+        else:
+            out.append(r)
+    return out
+
+
 def verify_run(store: Store, run_id: str, *, trusted: Any = None) -> ChainReport:
     """Verify one run's chain, knowing whether it was pruned (by the ``trusted`` key's holder)."""
-    return verify_chain(store, run_id, pruned=pruned_chains(store, trusted).get(run_id))
+    report = verify_chain(store, run_id, pruned=pruned_chains(store, trusted).get(run_id))
+    return _explain([report], store, trusted)[0]
 
 
 def verify_all(store: Store, *, since: str | None = None, trusted: Any = None) -> list[ChainReport]:
@@ -198,7 +228,7 @@ def verify_all(store: Store, *, since: str | None = None, trusted: Any = None) -
         recent = {r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events WHERE at >= ?", (since,))}
         if store._fetchone("SELECT 1 FROM events WHERE chain = ?", (SYSTEM_CHAIN,)):
             recent.add(SYSTEM_CHAIN)  # configuration changes: always checked
-        return [verify_run(store, chain, trusted=trusted) for chain in sorted(recent)]
+        return _explain([verify_run(store, chain, trusted=trusted) for chain in sorted(recent)], store, trusted)
     chains = [r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events ORDER BY chain")]
     heads = {r[0] for r in store._fetchall("SELECT id FROM runs")}
     pruned = pruned_chains(store, trusted)
@@ -206,4 +236,10 @@ def verify_all(store: Store, *, since: str | None = None, trusted: Any = None) -
     reports = [verify_chain(store, chain) for chain in chains]
     # Runs whose events all vanished: deliberately (a recorded prune) or not.
     reports += [verify_chain(store, chain, pruned=pruned.get(chain)) for chain in missing]
-    return reports
+    if trusted is not None:
+        # A run deleted whole (events and runs row) under an untrusted prune record: the
+        # record itself names it.
+        claimed = pruned_chains(store)
+        known = set(chains) | set(missing)
+        reports += [unsigned_prune(c, claimed[c][0]) for c in sorted(set(claimed) - set(pruned) - known)]
+    return _explain(reports, store, trusted)

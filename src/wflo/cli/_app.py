@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .. import _config
 from .._errors import UserError, WfloError, exit_code_for
@@ -24,7 +25,8 @@ err_console = Console(stderr=True, highlight=False)
 
 def fail(message: str, code: int = 2) -> None:
     """Print ``error: message`` on stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    # The message is text, not markup: "pip install 'wflo[otel]'" must not lose its "[otel]".
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     sys.exit(code)
 
 
@@ -49,14 +51,49 @@ def handle_errors(fn: F) -> F:
 
 
 def import_modules(modules: tuple[str, ...]) -> None:
-    """Import user modules so their workflows register (the working directory is importable)."""
+    """Import user modules so their workflows register (the working directory is importable).
+
+    Each is a module name (``myapp.agents``) or a Python file (``path/to/script.py``). A file
+    is imported under the module name it has when imported normally (its file name, prefixed
+    by its packages when its directory has an ``__init__.py``), which is also the name its
+    functions get when it runs as a script: a run started by ``python path/to/script.py``
+    resumes here with the same workflow and step names.
+    """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for name in modules:
+        if name.endswith(".py") or os.sep in name:
+            _import_file(name)
+            continue
         try:
             importlib.import_module(name)
         except ImportError as exc:
             raise UserError(f"cannot import {name!r}: {exc}") from None
+
+
+def _import_file(path: str) -> None:
+    from ..engine._workflow import module_for_file
+
+    file = os.path.abspath(path)
+    if not os.path.isfile(file):
+        raise UserError(f"cannot import {path!r}: no such file")
+    root, module = module_for_file(file)
+    if not all(part.isidentifier() for part in module.split(".")):
+        raise UserError(f"cannot import {path!r}: {module!r} is not a valid module name")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise UserError(f"cannot import {path!r} (as {module}): {exc}") from None
+    loaded = getattr(sys.modules.get(module), "__file__", None)
+    if loaded is None or os.path.abspath(loaded) != file:
+        raise UserError(f"cannot import {path!r}: the module {module!r} found first is {loaded}")
+
+
+def plural(n: int, word: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def dump_json(value: Any) -> None:
@@ -70,4 +107,11 @@ def dump_json(value: Any) -> None:
 @click.version_option(package_name="wflo", prog_name="wflo")
 def cli(database: str | None) -> None:
     """wflo: budgets, loop guards, crash recovery, approvals and an audit trail for AI agents."""
-    _config.configure(database=database)
+    # Piped or captured output keeps whole lines: tables are not cut at 80 columns.
+    for c in (console, err_console):
+        c.width = 10_000 if not c.is_terminal and not os.environ.get("COLUMNS") else None  # type: ignore[assignment]
+    try:
+        # Every setting is validated here, before any command runs: one line naming it.
+        _config.configure(database=database)
+    except WfloError as exc:
+        fail(str(exc), exit_code_for(exc))

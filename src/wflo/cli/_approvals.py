@@ -8,8 +8,12 @@ from typing import Any
 import click
 from rich.table import Table
 
-from ..approvals import ApprovalRequest, approvals
+from .._errors import UserError
+from ..approvals import ApprovalRequest, approvals, inbox
+from ..approvals._params import action_text
 from ._app import cli, console, dump_json, handle_errors
+
+_STATUSES = ["pending", "approved", "rejected", "expired", "superseded", "cancelled", "all"]
 
 
 def _as_json(r: ApprovalRequest) -> dict[str, Any]:
@@ -18,12 +22,30 @@ def _as_json(r: ApprovalRequest) -> dict[str, Any]:
         "action_hash": r.action_hash, "status": r.status, "approvers": r.approvers, "quorum": r.quorum,
         "requested_by": r.requested_by, "decided_by": r.decided_by, "reason": r.reason, "via": r.via,
         "created_at": r.created_at, "decided_at": r.decided_at, "timeout_at": r.timeout_at,
-        "decision_action": r.decision_action,
+        "decision_action": r.decision_action, "decision_hash": r.decision_hash,
+        "decided_action": r.decided_action, "supersedes": r.supersedes,
     }  # fmt: skip
 
 
-def _shown(r: ApprovalRequest) -> str:
-    return f"{r.message} | action {json.dumps(r.action, sort_keys=True)}"
+def _shown(action: dict[str, Any], message: str) -> str:
+    return f"{message} | action {json.dumps(action, sort_keys=True)}"
+
+
+def _edits(args_json: str | None) -> dict[str, Any] | None:
+    if args_json is None:
+        return None
+    try:
+        edited = json.loads(args_json)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--args is not valid JSON: {exc.msg}") from None
+    if not isinstance(edited, dict):
+        raise UserError("--args must be a JSON object of argument names to values")
+    return edited
+
+
+def _changes(before: dict[str, Any], after: dict[str, Any]) -> str:
+    old, new = before.get("kwargs", {}), after.get("kwargs", {})
+    return ", ".join(f"{k} {old.get(k)!r} → {v!r}" for k, v in new.items() if k not in old or old[k] != v)
 
 
 @cli.group("approvals")
@@ -35,7 +57,7 @@ def approvals_group() -> None:
 @click.option("--mine", is_flag=True, help="Only requests you (WFLO_PRINCIPAL) may decide.")
 @click.option(
     "--status",
-    type=click.Choice(["pending", "approved", "rejected", "expired", "all"]),
+    type=click.Choice(_STATUSES),
     default="pending",
     show_default=True,
 )
@@ -52,17 +74,12 @@ def approvals_list(mine: bool, status: str, as_json: bool) -> None:
         return
     table = Table(box=None, header_style="bold")
     table.add_column("id", no_wrap=True, min_width=36)
-    for col in ("tool", "status", "requested", "approvers", "message"):
+    for col in ("status", "requested", "approvers", "action"):
         table.add_column(col)
     for r in found:
-        table.add_row(
-            r.id,
-            r.tool,
-            r.status,
-            r.created_at[:19].replace("T", " "),
-            ", ".join(r.approvers) or "anyone",
-            r.message[:60],
-        )
+        # The action that runs if approved: an approver's edit, not the request, once decided.
+        text = action_text(r.decided_action, 80) + (" (edited)" if r.decision_action else "")
+        table.add_row(r.id, r.status, r.created_at[:19].replace("T", " "), ", ".join(r.approvers) or "anyone", text)
     console.print(table)
 
 
@@ -75,16 +92,26 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
     r = approvals.get(approval_id)
     if as_json:
         data = _as_json(r)
-        from ..approvals import inbox
-
         data["votes"] = inbox().votes(r.id)
         dump_json(data)
         return
     console.print(f"[bold]approval[/] {r.id}  {r.status}")
     console.print(f"run        {r.run_id}")
-    console.print(f"message    {r.message}")
-    console.print(f"action     {json.dumps(r.action, sort_keys=True)}")
+    console.print(f"message    {r.message}", markup=False, soft_wrap=True)
+    console.print(f"action     {action_text(r.action)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"hash       {r.action_hash}")
+    if r.decision_action:
+        console.print(
+            f"approved   {action_text(r.decision_action)}  (edited by the approver)", markup=False, soft_wrap=True
+        )
+        console.print(f"its hash   {r.decision_hash}")
+    if r.supersedes:
+        prev = r.supersedes
+        console.print(
+            f"replaces   {prev['id']} ({prev['status']}) for {action_text(prev['action'])}: the action changed",
+            markup=False,
+            soft_wrap=True,
+        )
     console.print(f"approvers  {', '.join(r.approvers) or 'anyone but the requester'} (quorum {r.quorum})")
     console.print(
         f"requested  {r.created_at} by {r.requested_by}"
@@ -101,39 +128,44 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
 @click.argument("approval_id")
 @click.option("--reason", help="Why (recorded).")
 @click.option("--args", "args_json", metavar="JSON", help="Approve with these arguments changed (a JSON object).")
+@click.option(
+    "--as-self-local",
+    "self_local",
+    is_flag=True,
+    help="Decide your own request alone (single-user local mode, recorded as a self-approval; "
+    "refused when WFLO_REQUIRE_AUTH is set).",
+)
 @handle_errors
-def approve_cmd(approval_id: str, reason: str | None, args_json: str | None) -> None:
+def approve_cmd(approval_id: str, reason: str | None, args_json: str | None, self_local: bool) -> None:
     """Approve a request as WFLO_PRINCIPAL (bound to the exact action shown)."""
-    r = approvals.get(approval_id)
-    edited = None
-    if args_json is not None:
-        try:
-            edited = json.loads(args_json)
-        except json.JSONDecodeError as exc:
-            from .._errors import UserError
-
-            raise UserError(f"--args is not valid JSON: {exc.msg}") from None
-        if not isinstance(edited, dict):
-            from .._errors import UserError
-
-            raise UserError("--args must be a JSON object of argument names to values")
-    console.print(f"approving {r.tool}: {_shown(r)}")
+    # Validate the edit and show the action that will run *before* deciding.
+    r, action = inbox().preview(approval_id, _edits(args_json))
+    console.print(f"approving {r.id}: {action_text(action)}", markup=False, highlight=False, soft_wrap=True)
+    if r.action != action:
+        console.print(f"  edited: {_changes(r.action, action)}", markup=False, highlight=False, soft_wrap=True)
     done = approvals.decide(
-        r.id, "approve", reason=reason, args=edited, action_hash=r.action_hash, via="cli", shown=_shown(r)
-    )
+        r.id, "approve", reason=reason, args=_edits(args_json), action_hash=r.action_hash, via="cli",
+        shown=_shown(action, r.message), self_local=self_local,
+    )  # fmt: skip
     console.print(
-        f"approval {done.id}: {done.status}" + (" (waiting for more approvers)" if done.status == "pending" else "")
+        f"approval {done.id}: {done.status}"
+        + (" (waiting for more approvers)" if done.status == "pending" else "")
+        + (" as a local self-approval" if self_local else "")
     )
 
 
 @cli.command("reject")
 @click.argument("approval_id")
 @click.option("--reason", required=True, help="Why (returned to the agent).")
+@click.option("--as-self-local", "self_local", is_flag=True, help="Decide your own request alone (see `wflo approve`).")
 @handle_errors
-def reject_cmd(approval_id: str, reason: str) -> None:
+def reject_cmd(approval_id: str, reason: str, self_local: bool) -> None:
     """Reject a request as WFLO_PRINCIPAL, with a reason the agent receives."""
     r = approvals.get(approval_id)
-    done = approvals.decide(r.id, "reject", reason=reason, action_hash=r.action_hash, via="cli", shown=_shown(r))
+    done = approvals.decide(
+        r.id, "reject", reason=reason, action_hash=r.action_hash, via="cli", shown=_shown(r.action, r.message),
+        self_local=self_local,
+    )  # fmt: skip
     console.print(f"approval {done.id}: {done.status}")
 
 

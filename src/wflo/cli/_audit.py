@@ -26,7 +26,7 @@ from ..audit._checkpoint import load_private_key, load_public_key
 from ..audit._dates import parse_when
 from ..audit._export import count_events
 from ..audit._prune import prune_candidates
-from ._app import cli, console, dump_json, err_console, fail, handle_errors
+from ._app import cli, console, dump_json, err_console, fail, handle_errors, plural
 
 
 def _principal() -> str:
@@ -70,7 +70,7 @@ def verify_cmd(
     broken link of each chain (exit 10)."""
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     key = load_public_key(public_key_path) if public_key_path else None
-    store = _config.get_store()
+    store = _config.get_store(create=False)
     cutoff = parse_when(since, option="--since") if since else None
     if run_id and not all_chains:
         reports = [verify_run(store, store.find_run(run_id).id, trusted=key)]
@@ -96,11 +96,13 @@ def verify_cmd(
             }
         )
     else:
+        # A chain gone under a prune record the pinned key did not sign says so itself
+        # (kind ``unsigned-prune``), so the line needs no cause of its own.
         for r in broken:
-            err_console.print(f"[red]BROKEN[/] {r.describe()}", soft_wrap=True)
+            err_console.print(f"[red]BROKEN[/] {r.describe()}", soft_wrap=True, markup=True)
         note = f" ({pruned} pruned on record)" if pruned else ""
         console.print(
-            f"{'[green]intact[/]' if not broken else '[red]broken[/]'}: {len(reports)} chains, {events} events verified{note}"
+            f"{'[green]intact[/]' if not broken else '[red]broken[/]'}: {plural(len(reports), 'chain')}, {plural(events, 'event')} verified{note}"
         )
         if cp is not None:
             if cp.problem:
@@ -109,7 +111,7 @@ def verify_cmd(
                 err_console.print(f"[red]NOT EXTENDED[/] {r.describe()}", soft_wrap=True)
             if cp.ok:
                 console.print(
-                    f"[green]extends checkpoint[/] of {cp.at}: {cp.chains} chains, signature valid"
+                    f"[green]extends checkpoint[/] of {cp.at}: {plural(cp.chains, 'chain')}, signature valid"
                     f"{' (pinned key)' if cp.pinned else ' (key from the file)'}"
                 )
     if not ok:
@@ -137,9 +139,9 @@ def checkpoint_cmd(key_path: str, out: str) -> None:
     """
     if not Path(key_path).is_file():
         raise UserError(f"key file {key_path} not found (make one with: wflo audit keygen --out {key_path})")
-    doc = write_checkpoint(_config.get_store(), key_path, out, by=_principal())
+    doc = write_checkpoint(_config.get_store(create=False), key_path, out, by=_principal())
     console.print(
-        f"checkpoint {out}: {len(doc['chains'])} chains, {doc['events']} events, Merkle root {doc['merkle_root'][:16]}…"
+        f"checkpoint {out}: {plural(len(doc['chains']), 'chain')}, {plural(doc['events'], 'event')}, Merkle root {doc['merkle_root'][:16]}…"
     )
 
 
@@ -154,9 +156,15 @@ def checkpoint_cmd(key_path: str, out: str) -> None:
 @click.option(
     "--key", "key_path", metavar="PEM", help="Sign the prune record with this Ed25519 key (the checkpoint key)."
 )
+@click.option(
+    "--override-retention",
+    "override",
+    metavar="REASON",
+    help="Prune inside the retention period (WFLO_RETENTION_DAYS); the reason is recorded on the system chain.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
-def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> None:
+def prune_cmd(before: str, yes: bool, key_path: str | None, override: str | None, as_json: bool) -> None:
     """Delete the events of finished runs, on the record (an `audit.pruned` system event).
 
     Only succeeded, failed, cancelled and stopped runs are pruned, and only chains that
@@ -165,7 +173,11 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> No
     """
     cutoff = parse_when(before, option="--before")
     private_key = load_private_key(key_path) if key_path else None
-    store = _config.get_store()
+    store = _config.get_store(create=False)
+    if override is None:  # refuse before asking (prune() checks again, and records an override)
+        from ..compliance._retention import enforce_retention
+
+        enforce_retention(store, cutoff, by=_principal())
     candidates = prune_candidates(store, cutoff)
     if not candidates:
         if as_json:
@@ -175,9 +187,9 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> No
         return
     if not yes:
         if not sys.stdin.isatty():
-            fail(f"{len(candidates)} runs would be pruned; add --yes to confirm", 2)
-        click.confirm(f"Delete the events of {len(candidates)} finished runs (before {cutoff})?", abort=True)
-    result = prune(store, cutoff, by=_principal(), private_key=private_key)
+            fail(f"{plural(len(candidates), 'run')} would be pruned; add --yes to confirm", 2)
+        click.confirm(f"Delete the events of {plural(len(candidates), 'finished run')} (before {cutoff})?", abort=True)
+    result = prune(store, cutoff, by=_principal(), private_key=private_key, retention_override=override)
     if as_json:
         dump_json(
             {
@@ -191,7 +203,7 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, as_json: bool) -> No
         for r in result.skipped:
             err_console.print(f"[red]skipped[/] (does not verify) {r.describe()}", soft_wrap=True)
         console.print(
-            f"pruned {len(result.pruned)} runs ({result.events} events) before {cutoff}; recorded on the system chain"
+            f"pruned {plural(len(result.pruned), 'run')} ({plural(result.events, 'event')}) before {cutoff}; recorded on the system chain"
         )
     if result.skipped:
         sys.exit(10)
@@ -207,7 +219,7 @@ def export_cmd(run_id: str | None, since: str | None, fmt: str, out: str) -> Non
     """Write events and a manifest.json (SHA-256 of each file, chain heads); recorded as
     `audit.exported` on the system chain."""
     cutoff = parse_when(since, option="--since") if since else None
-    store = _config.get_store()
+    store = _config.get_store(create=False)
     rid = store.find_run(run_id).id if run_id else None
     total = count_events(store, run_id=rid, since=cutoff)
     progress: Any = None
@@ -237,7 +249,7 @@ def export_cmd(run_id: str | None, since: str | None, fmt: str, out: str) -> Non
                 on_progress=lambda n: progress.advance(task, n),
             )
     console.print(
-        f"exported {manifest['events']} events of {len(manifest['chains'])} chains to {out} "
+        f"exported {plural(manifest['events'], 'event')} of {plural(len(manifest['chains']), 'chain')} to {out} "
         f"({', '.join(f['name'] for f in manifest['files'])} + manifest.json)"
     )
 
@@ -263,7 +275,9 @@ def report_cmd(
         raise UserError(f"--until ({until}) must be after --since ({since})")
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     key = load_public_key(public_key_path) if public_key_path else None
-    report = build_report(_config.get_store(), since=start, until=end, checkpoint=doc, public_key=key, by=_principal())
+    report = build_report(
+        _config.get_store(create=False), since=start, until=end, checkpoint=doc, public_key=key, by=_principal()
+    )
     if fmt == "html":
         text = render_html(report)
     else:

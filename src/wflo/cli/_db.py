@@ -46,6 +46,47 @@ def db_check() -> None:
     console.print(f"ok: {_config.settings().database} schema version {version}; {summary}")
 
 
+@db.command("roles")
+@click.option("--app", "app", default="wflo_app", show_default=True, help="The application role (workers, server).")
+@click.option("--auditor", "auditor", default="wflo_auditor", show_default=True,
+              help="The auditor role (verify, checkpoint, prune).")  # fmt: skip
+@click.option("--owner", "owner", metavar="ROLE", help="The tables' owner (default: the owner of `events`).")
+@click.option("--print", "print_only", is_flag=True, help="Print the SQL instead of running it.")
+@click.option("--no-create", is_flag=True, help="Grant to existing roles; create none.")
+@handle_errors
+def db_roles(app: str, auditor: str, owner: str | None, print_only: bool, no_create: bool) -> None:
+    """PostgreSQL: create the application and auditor roles and grant them (run as a superuser).
+
+    The application role may only append to the journal; only the auditor can prune, through a
+    function the tables' owner defines. Run after `wflo db migrate`; see docs/deployment.md.
+    """
+    from ..store._roles import apply_roles, role_statements
+
+    # Never migrates: the owner runs `wflo db migrate`; this only grants on what exists.
+    store = open_store(_config.settings().database, migrate=False, create=False)
+    try:
+        if store.dialect != "postgresql":
+            apply_roles(store, owner="-", app=app, auditor=auditor)  # raises the SQLite explanation
+        if owner is None:
+            row = store.read(
+                "SELECT tableowner FROM pg_tables WHERE tablename = 'events' AND schemaname = current_schema()"
+            )
+            owner = str(row[0][0]) if row else "postgres"
+        if print_only:
+            schema = str(store.read("SELECT current_schema()")[0][0])
+            for sql in role_statements(schema=schema, owner=owner, app=app, auditor=auditor, create=not no_create):
+                click.echo(sql + ";")
+            return
+        apply_roles(store, owner=owner, app=app, auditor=auditor, create=not no_create)
+    finally:
+        store.close()
+    console.print(
+        f"roles ready: {app} (application: append-only journal), {auditor} (auditor: reads, prunes); "
+        f"tables owned by {owner}. Give them passwords or certificates; keep {owner}'s for migrations.",
+        soft_wrap=True,
+    )
+
+
 @cli.command("worker")
 @click.option("--import", "-i", "modules", multiple=True, metavar="MODULE", required=True,
               help="Module(s) whose workflows this worker serves (repeatable).")  # fmt: skip

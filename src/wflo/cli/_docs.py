@@ -26,7 +26,11 @@ def render() -> str:
         "",
     ]
     for path, cmd in _walk(cli, ["wflo"]):
-        ctx = click.Context(cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100)
+        # The same help option names as the real command line (click caches the help option per
+        # command, so a differently configured context here would depend on what ran first).
+        ctx = click.Context(
+            cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100, help_option_names=["-h", "--help"]
+        )
         lines += [f"## `{' '.join(path)}`", "", "```text", cmd.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(lines)
 

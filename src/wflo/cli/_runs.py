@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 import click
 from rich.table import Table
 
 from .. import _config
-from .._errors import UserError
+from .._errors import RunSuspended, UserError, WfloError, exit_code_for
 from ..engine import RunHandle, get_workflow, resume
 from ..engine._executor import owner_is_dead_here
-from ..store import RUN_STATUSES, RunRecord
-from ._app import cli, console, dump_json, handle_errors, import_modules
+from ..store import RUN_STATUSES, RunRecord, new_id
+from ._app import cli, console, dump_json, err_console, fail, handle_errors, import_modules
 
 _STATUS_STYLE = {
     "succeeded": "green", "failed": "red", "cancelled": "yellow", "stopped": "magenta",
-    "running": "cyan", "waiting": "blue", "queued": "white",
+    "running": "cyan", "waiting": "blue", "queued": "white", "blocked": "bold red",
 }  # fmt: skip
 
 
@@ -52,7 +54,7 @@ def runs() -> None:
 @handle_errors
 def runs_list(status: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
     """List recent runs, newest first."""
-    records = _config.get_store().list_runs(status=status, workflow=workflow, limit=limit)
+    records = _config.get_store(create=False).list_runs(status=status, workflow=workflow, limit=limit)
     if as_json:
         dump_json([_run_json(r) for r in records])
         return
@@ -77,7 +79,7 @@ def runs_list(status: str | None, workflow: str | None, limit: int, as_json: boo
 @handle_errors
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show a run: status, input, output or error, and each step with its duration."""
-    store = _config.get_store()
+    store = _config.get_store(create=False)
     r = store.find_run(run_id)
     events = store.events(r.id)
     if as_json:
@@ -102,6 +104,14 @@ def runs_show(run_id: str, as_json: bool) -> None:
         console.print(f"output    {_short(r.output, 100)}")
     if r.error:
         console.print(f"[red]error[/]     {r.error.get('type')}: {r.error.get('message')}")
+    if r.status == "blocked":
+        blocked = next((e.data for e in reversed(events) if e.type == "run.blocked"), {})
+        err = blocked.get("error") or {}
+        console.print(
+            f"[bold red]blocked[/]   {blocked.get('reason', '?')}: {err.get('type', '')}: {err.get('message', '')}",
+            soft_wrap=True,
+        )
+        console.print(f"fix       {blocked.get('fix', '')}", soft_wrap=True)
     table = Table(box=None, header_style="bold", title="journal", title_justify="left")
     for col in ("seq", "at", "event", "call", "name", "ms", "detail"):
         table.add_column(col)
@@ -110,13 +120,25 @@ def runs_show(run_id: str, as_json: bool) -> None:
         if e.type.startswith("call."):
             detail = d.get("error", {}).get("message", "") if "error" in d else _short(d.get("output"), 40)
             if d.get("cost_usd"):
-                detail = f"${d['cost_usd']} " + detail
+                est = f" (estimate: {d['unknown_outcome']})" if d.get("unknown_outcome") else ""
+                detail = f"${d['cost_usd']}{est} " + detail
             row = (d.get("call", ""), d.get("name", ""), str(d.get("ms", "")), detail)
+        elif e.type == "budget.unknown_outcome":
+            detail = f"${d.get('cost_usd')} (estimate: {d.get('unknown_outcome')}, charged at its reservation)"
+            row = (d.get("call") or "", d.get("name") or "", "", detail)
         else:
             extra = {k: v for k, v in d.items() if k not in ("input", "output")}
             row = ("", "", "", _short(extra, 60) if extra else "")
         table.add_row(str(e.seq), e.at[11:23], e.type, *row)
     console.print(table)
+    pending = store.read(
+        "SELECT call_id, model, amount_usd, reason FROM budget_unknown WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL",
+        (r.id,),
+    )
+    for call_id, model, amount, reason in pending:
+        console.print(
+            f"call {call_id or '?'} ({model or '?'}): ${amount} charged at its reservation (estimate: {reason})"
+        )
 
 
 @runs.command("cancel")
@@ -124,7 +146,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
 @handle_errors
 def runs_cancel(run_id: str) -> None:
     """Cancel a run: it stops at its next step boundary (at once if queued or waiting)."""
-    store = _config.get_store()
+    store = _config.get_store(create=False)
     r = store.find_run(run_id)
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status})")
@@ -134,25 +156,63 @@ def runs_cancel(run_id: str) -> None:
 
 @runs.command("resume")
 @click.argument("run_id")
-@click.option("--import", "-i", "modules", multiple=True, metavar="MODULE", help="Module(s) defining the workflow.")
+@click.option("--import", "-i", "modules", multiple=True, metavar="MODULE_OR_FILE",
+              help="Module (myapp.agents) or file (path/to/script.py) defining the workflow; repeatable.")  # fmt: skip
+@click.option("--no-wait", is_flag=True,
+              help="If the run reaches a wait (an approval), print how to decide and exit 11 instead of waiting.")  # fmt: skip
 @handle_errors
-def runs_resume(run_id: str, modules: tuple[str, ...]) -> None:
-    """Resume an interrupted run in this process (finished steps are replayed, not re-run)."""
+def runs_resume(run_id: str, modules: tuple[str, ...], no_wait: bool) -> None:
+    """Resume an interrupted or blocked run in this process (finished steps are replayed, not re-run).
+
+    Exit status: 0 finished, 6 the run failed, 11 it waits (--no-wait), 12 the code is not the
+    code that started it (the run stays blocked), 130 interrupted (Ctrl-C).
+    """
     import_modules(modules)
-    store = _config.get_store()
+    store = _config.get_store(create=False)
     r = store.find_run(run_id)
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status}); nothing to resume")
     get_workflow(r.workflow)
     console.print(f"resuming run {r.id} ({r.workflow}) …")
     try:
-        value = resume(r.id)
-    except Exception:
+        value = resume(r.id, wait=not no_wait)
+    except RunSuspended as pause:
+        _print_waiting(r.id, pause)
+        sys.exit(exit_code_for(pause))
+    except KeyboardInterrupt:
+        _interrupted(r.id, modules)
+    except Exception as exc:
         r = store.get_run(r.id)
         console.print(f"run {r.id}: {_status(r.status)}")
-        raise
+        if isinstance(exc, WfloError):
+            raise
+        _run_failed(r.id, exc)
     console.print(f"run {r.id}: {_status('succeeded')}")
     dump_json(value)
+
+
+def _print_waiting(run_id: str, pause: RunSuspended) -> None:
+    wait = pause.wait or {}
+    err_console.print(f"run {run_id} is waiting: {pause.reason}", soft_wrap=True, markup=False)
+    if wait.get("approval_id"):
+        aid = wait["approval_id"]
+        err_console.print(
+            f"decide with `wflo approve {aid}` or `wflo reject {aid} --reason ...`; a worker "
+            f"(or `wflo runs resume {run_id}`) continues it",
+            soft_wrap=True,
+            markup=False,
+        )
+
+
+def _interrupted(run_id: str, modules: tuple[str, ...]) -> None:
+    """Ctrl-C: the run is not lost (finished steps are journaled); say how to go on. Exit 130."""
+    imports = " ".join(f"--import {m}" for m in modules) or "--import MODULE"
+    err_console.print(
+        f"interrupted; run {run_id} is kept: resume it with `wflo runs resume {run_id} {imports}`",
+        soft_wrap=True,
+        markup=False,
+    )
+    sys.exit(130)
 
 
 def _parse_input(text: str | None) -> tuple[list[Any], dict[str, Any]]:
@@ -190,10 +250,29 @@ def run_cmd(target: str, input_json: str | None, run_id: str | None, enqueue: bo
     if not isinstance(wf, Workflow):
         raise UserError(f"{target} is not a @wflo.workflow")
     args, kwargs = _parse_input(input_json)
+    wf.check_inputs(tuple(args), kwargs)  # before any run exists: a mistake leaves nothing behind
+    run_id = run_id or new_id()  # known here, so an interrupted run can be named
     bound = wf.options(id=run_id)
     if enqueue:
         handle = bound.start(*args, **kwargs)
         console.print(handle.id)
         return
-    value = bound.run(*args, **kwargs)
+    try:
+        value = bound.run(*args, **kwargs)
+    except KeyboardInterrupt:
+        _interrupted(run_id, (module,))
+    except WfloError:
+        raise
+    except Exception as exc:
+        _run_failed(run_id, exc)
     dump_json(value)
+
+
+def _run_failed(run_id: str, exc: Exception) -> None:
+    """The workflow's own code raised: the run is recorded failed; say so in one line (exit 6).
+
+    ``WFLO_DEBUG=1`` shows the traceback; `wflo runs show ID` shows the journal."""
+    if os.environ.get("WFLO_DEBUG"):
+        raise exc
+    message = " ".join(str(exc).split())
+    fail(f"run {run_id} failed: {type(exc).__name__}: {message} (wflo runs show {run_id})", 6)

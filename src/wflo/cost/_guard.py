@@ -13,6 +13,7 @@ from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
 from ._formats import LLMRequest
 from ._ledger import Budget, Ledger, Limit, Reservation, usd_str
+from ._outcomes import unknown_outcome
 from ._prices import prices
 
 log = logging.getLogger("wflo.budget")
@@ -103,6 +104,8 @@ class BudgetGuard(Guard):
             extra_limits=extra,
             cost=request,
             ttl_seconds=settings().reservation_ttl,
+            call_id=call.call_id,
+            model=req.model,
         )
         if res is None:
             return
@@ -159,11 +162,18 @@ class BudgetGuard(Guard):
             call.event["response_id"] = rid
             if usage is not None:
                 self._responses[rid] = usage.input_tokens + usage.output_tokens
+        lost = unknown_outcome(outcome.error) if usage is None else None
+        if lost is not None and res is not None:
+            # Sent, then the answer was lost: the provider may have billed the worst case.
+            call.event.update(cost_usd=usd_str(res.amount), cost_estimated=True, unknown_outcome=lost)
+            call.ops.append(self.ledger.settle_unknown_op(res, lost))
+            return
         if price is None:
             if res is not None:
                 call.ops.append(self.ledger.settle_op(res, Decimal(0)))
             return
         cost = _priced(price, usage)
+        unknown: str | None = None
         if cost is None and usage is not None:
             call.event["usage_invalid"] = True  # more cached than input tokens, say
         if cost is not None:
@@ -173,7 +183,8 @@ class BudgetGuard(Guard):
             # that does not report it. What the provider billed is unknown, so the call is
             # charged at its reservation, the most it can have cost; never released as free.
             cost = res.amount
-            call.event["cost_estimated"] = "reservation"
+            unknown = "no_usage"
+            call.event.update(cost_estimated="reservation", unknown_outcome=unknown)
         else:
             # No reservation to charge (no limit applies) or an error status (not billed):
             # the input bound plus the output seen, never past the cap.
@@ -187,7 +198,10 @@ class BudgetGuard(Guard):
         call.event["price_source"] = price.source
         call.event["price_version"] = price.source_version
         if res is not None:
-            call.ops.append(self.ledger.settle_op(res, cost))
+            # An estimate is kept as one (budget_unknown) so real usage can replace it later.
+            call.ops.append(
+                self.ledger.settle_unknown_op(res, unknown) if unknown else self.ledger.settle_op(res, cost)
+            )
 
     def replayed(self, call: Call, entry: Any) -> None:
         rid = entry.data.get("response_id") if call.kind == "llm" else None

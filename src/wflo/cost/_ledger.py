@@ -6,13 +6,21 @@ transaction (all or none), so concurrent calls in any number of processes can ne
 commit more than a limit: the sum of settled spend and open reservations never exceeds it.
 When the worst case does not fit, the output cap is lowered until it does, or the call is
 refused. Settling replaces the reservation by the real cost in the same transaction as the
-call's journal event. Reservations of a process that died expire and are released by the
-next reserve on the store.
+call's journal event.
+
+An unknown outcome is charged, never forgiven: a call whose result was lost (its process died
+while it was in flight, it timed out after the request was sent, its stream was cut) is
+settled *at its reservation* and the charge is marked an estimate (``budget_unknown``). A
+reservation left by a dead process is settled so when it expires, or at once when its run is
+resumed (:meth:`Ledger.orphans`); if the call's real cost arrives later (a slow call that
+outlived its reservation), it replaces the estimate.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +31,7 @@ from .._errors import BudgetExceededError, UserError
 from ..store import NewEvent, Store, StoreOp, new_id, now_iso
 
 PERIODS = ("none", "day", "month")
+_next_expiry: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionary()
 DEFAULT_ALERTS = (50, 80, 100)
 
 
@@ -123,6 +132,9 @@ class Reservation:
     output_cap: int | None
     clamped: bool = False
     alerts_crossed: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str | None = None
+    call_id: str | None = None
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +159,15 @@ class Ledger:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    def _maybe_expire(self) -> None:
+        # Expiry charges a lost call (it frees no room: spent rises by what reserved falls), so
+        # a reservation need not wait for it; once a second is enough to keep books current,
+        # in a transaction of its own (no lock-order tangle with the reservation's scopes).
+        now = time.monotonic()
+        if now >= _next_expiry.get(self.store, 0.0):
+            _next_expiry[self.store] = now + 1.0
+            self.expire()
 
     # ------------------------------------------------------------- limits
     def set_limit(
@@ -257,6 +278,8 @@ class Ledger:
         extra_limits: Sequence[Limit] = (),
         cost: CostRequest,
         ttl_seconds: float = 600.0,
+        call_id: str | None = None,
+        model: str | None = None,
     ) -> Reservation | None:
         """Hold the worst-case cost of a call on every limited scope, all or none.
 
@@ -264,10 +287,14 @@ class Ledger:
         does not fit; raises ``BudgetExceededError`` when even ``min_output_tokens`` do not.
         """
         now = now_iso()
+        self._maybe_expire()
+        if self.store.dialect == "postgresql":
+            from ._ledger_pg import reserve
+
+            return reserve(self.store, run_id, scopes, extra_limits, cost, now, now_iso(ttl_seconds), call_id, model)
 
         def txn(cur: Any) -> Reservation | None:
             st = self.store
-            self._expire(cur, now)
             limits = {lim.scope: lim for lim in extra_limits}
             names = [s for s in scopes if s not in limits]
             if names:
@@ -313,7 +340,10 @@ class Ledger:
                     raise BudgetExceededError(
                         scope=lim.scope, limit=lim.limit, spent=spent, reserved=reserved, requested=needed
                     )
-            res = Reservation(new_id(), needed, [(lim.scope, start) for lim, start, _, _ in rows], cap, clamped)
+            res = Reservation(
+                new_id(), needed, [(lim.scope, start) for lim, start, _, _ in rows], cap, clamped,
+                run_id=run_id, call_id=call_id, model=model,
+            )  # fmt: skip
             for lim, start, _, reserved in rows:
                 st.execute(
                     cur,
@@ -322,8 +352,8 @@ class Ledger:
                 )
             st.execute(
                 cur,
-                "INSERT INTO reservations (id, run_id, scopes, amount_usd, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (res.id, run_id, json.dumps(res.scopes), usd_str(needed), now_iso(ttl_seconds), now),
+                "INSERT INTO reservations (id, run_id, scopes, amount_usd, expires_at, created_at, call_id, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (res.id, run_id, json.dumps(res.scopes), usd_str(needed), now_iso(ttl_seconds), now, call_id, model),
             )
             return res
 
@@ -355,47 +385,108 @@ class Ledger:
     def settle_op(self, res: Reservation, actual: Decimal) -> StoreOp:
         """A store op that replaces the reservation by the real cost (run it in the event's tx).
 
-        If the reservation already expired (and was released by someone else), only the
-        spend is added. Crossed alert thresholds are noted in ``res.alerts_crossed``.
+        If the reservation already expired (and was charged as an unknown outcome), the real
+        cost replaces that estimate. Crossed alert thresholds are noted in ``res.alerts_crossed``.
+        """
+
+        def op(cur: Any) -> None:
+            st = self.store
+            if st.dialect == "postgresql":
+                st.execute(
+                    cur,
+                    "SELECT * FROM wflo_settle(?, ?::numeric, ?::numeric, ?, ?)",
+                    (res.id, actual, res.amount, json.dumps(res.scopes), now_iso()),
+                )
+                for scope, pct, spent, limit in cur.fetchall():
+                    res.alerts_crossed.append({"scope": scope, "percent": pct, "spent": spent, "limit": limit})
+                return
+            st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res.id,))
+            if (cur.rowcount or 0) > 0:
+                self._charge(cur, res, actual, release=res.amount)
+                return
+            st.execute(cur, "SELECT amount_usd FROM budget_unknown WHERE id = ? AND actual_usd IS NULL", (res.id,))
+            row = cur.fetchone()
+            if row is not None:
+                # Charged at its reservation when it expired; the real cost is known now.
+                st.execute(
+                    cur,
+                    "UPDATE budget_unknown SET actual_usd = ?, resolved_at = ? WHERE id = ?",
+                    (usd_str(actual), now_iso(), res.id),
+                )
+                self._charge(cur, res, actual - Decimal(row[0]), release=Decimal(0))
+            else:
+                self._charge(cur, res, actual, release=Decimal(0))
+
+        return op
+
+    def settle_unknown_op(self, res: Reservation, reason: str) -> StoreOp:
+        """A store op that settles a call whose outcome is unknown *at its reservation*.
+
+        For a call whose result was lost after its request was sent (a timeout, a dropped
+        connection, a stream cut before its usage): the provider may have billed the worst
+        case, so that is what is charged, and the charge is kept as an estimate
+        (``budget_unknown``, shown by ``wflo costs``). Run it in the transaction of the call's
+        event, which should carry ``unknown_outcome`` and ``cost_estimated``. If the call's real
+        cost becomes known later, :meth:`settle_op` replaces the estimate.
         """
 
         def op(cur: Any) -> None:
             st = self.store
             st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res.id,))
-            still_held = (cur.rowcount or 0) > 0
-            now = now_iso()
-            for scope, start in sorted(res.scopes):
-                st.execute(
-                    cur,
-                    f"SELECT limit_usd, spent_usd, reserved_usd, alerted FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}",
-                    (scope, start),
-                )
-                row = cur.fetchone()
-                if row is None:
-                    continue
-                limit, spent, reserved = Decimal(row[0]), Decimal(row[1]), Decimal(row[2])
-                alerted = set(json.loads(row[3]))
-                new_spent = spent + actual
-                new_reserved = max(Decimal(0), reserved - res.amount) if still_held else reserved
-                lim = self._alerts_for(cur, scope)
-                for pct in lim:
-                    if pct not in alerted and limit > 0 and new_spent * 100 >= limit * pct:
-                        alerted.add(pct)
-                        res.alerts_crossed.append(
-                            {"scope": scope, "percent": pct, "spent": usd_str(new_spent), "limit": usd_str(limit)}
-                        )
-                st.execute(
-                    cur,
-                    "UPDATE budget_usage SET spent_usd = ?, reserved_usd = ?, alerted = ?, updated_at = ? WHERE scope = ? AND period_start = ?",
-                    (usd_str(new_spent), usd_str(new_reserved), json.dumps(sorted(alerted)), now, scope, start),
-                )
+            if not (cur.rowcount or 0):
+                return  # expired meanwhile: already charged as an unknown outcome
+            st.execute(
+                cur,
+                "INSERT INTO budget_unknown (id, run_id, call_id, model, scopes, amount_usd, reason, recorded, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                (
+                    res.id,
+                    res.run_id,
+                    res.call_id,
+                    res.model,
+                    json.dumps(res.scopes),
+                    usd_str(res.amount),
+                    reason,
+                    now_iso(),
+                ),
+            )
+            self._charge(cur, res, res.amount, release=res.amount)
 
         return op
 
-    def _alerts_for(self, cur: Any, scope: str) -> tuple[int, ...]:
-        self.store.execute(cur, "SELECT alerts FROM budget_limits WHERE scope = ?", (scope,))
-        row = cur.fetchone()
-        return tuple(json.loads(row[0])) if row else DEFAULT_ALERTS
+    def _charge(self, cur: Any, res: Reservation, spend: Decimal, *, release: Decimal, alerts: bool = True) -> None:
+        """Add ``spend`` and release ``release`` of the reservation on each of its scopes.
+
+        ``alerts=False`` (a charge made where no event can announce it: an expiry, a resume)
+        leaves thresholds unmarked, so the next settled call that is past one announces it."""
+        st = self.store
+        now = now_iso()
+        for scope, start in sorted(res.scopes):
+            st.execute(
+                cur,
+                f"SELECT u.limit_usd, u.spent_usd, u.reserved_usd, u.alerted, l.alerts FROM budget_usage u "
+                f"LEFT JOIN budget_limits l ON l.scope = u.scope WHERE u.scope = ? AND u.period_start = ?{_lock_u(st)}",
+                (scope, start),
+            )
+            row = cur.fetchone()
+            if row is None:
+                continue
+            limit, spent, reserved = Decimal(row[0]), Decimal(row[1]), Decimal(row[2])
+            alerted = set(json.loads(row[3]))
+            new_spent = spent + spend
+            new_reserved = max(Decimal(0), reserved - release)
+            thresholds = (tuple(json.loads(row[4])) if row[4] else DEFAULT_ALERTS) if alerts else ()
+            for pct in thresholds:
+                if pct not in alerted and limit > 0 and new_spent * 100 >= limit * pct:
+                    alerted.add(pct)
+                    res.alerts_crossed.append(
+                        {"scope": scope, "percent": pct, "spent": usd_str(new_spent), "limit": usd_str(limit)}
+                    )
+            st.execute(
+                cur,
+                "UPDATE budget_usage SET spent_usd = ?, reserved_usd = ?, alerted = ?, updated_at = ? WHERE scope = ? AND period_start = ?",
+                (usd_str(new_spent), usd_str(new_reserved), json.dumps(sorted(alerted)), now, scope, start),
+            )
 
     def settle(self, res: Reservation, actual: Decimal) -> None:
         """Settle outside a journal append (calls made outside any run)."""
@@ -403,33 +494,93 @@ class Ledger:
         self.store.write(op)
 
     def expire(self) -> int:
-        """Release every reservation past its expiry; return how many."""
+        """Settle every reservation past its expiry at its amount (an unknown outcome); return how many."""
         return self.store.write(lambda cur: self._expire(cur, now_iso()))
 
     def _expire(self, cur: Any, now: str) -> int:
         st = self.store
-        st.execute(cur, "SELECT id, scopes, amount_usd FROM reservations WHERE expires_at < ?", (now,))
+        st.execute(
+            cur, "SELECT id, run_id, call_id, model, scopes, amount_usd FROM reservations WHERE expires_at < ?", (now,)
+        )
         stale = cur.fetchall()
-        for res_id, scopes_json, amount_text in stale:
-            amount = Decimal(amount_text)
-            for scope, start in sorted(tuple(s) for s in json.loads(scopes_json)):
-                st.execute(
-                    cur,
-                    f"SELECT reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}",
-                    (scope, start),
-                )
-                row = cur.fetchone()
-                if row is not None:
+        for res_id, run_id, call_id, model, scopes_json, amount_text in stale:
+            res = _stale(res_id, run_id, call_id, model, scopes_json, amount_text)
+            st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res_id,))
+            if not (cur.rowcount or 0):
+                continue
+            # Its process died (or the call outlived its hold): the provider may have billed
+            # it, so it is charged at its reservation, as an estimate, never released as free.
+            st.execute(
+                cur,
+                "INSERT INTO budget_unknown (id, run_id, call_id, model, scopes, amount_usd, reason, recorded, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, 'expired', 0, ?)",
+                (res_id, run_id, call_id, model, scopes_json, amount_text, now),
+            )
+            self._charge(cur, res, res.amount, release=res.amount, alerts=False)
+        return len(stale)
+
+    def orphans(self, run_id: str) -> tuple[list[NewEvent], StoreOp | None]:
+        """Calls of ``run_id`` lost by an earlier execution of the run (its process died while
+        they were in flight): the events that record them as estimated charges, and the store
+        op that settles them at their reservations. Commit both with the run's ``run.resumed``
+        event: only the execution that holds the run's lease can."""
+        rows = self.store.read(
+            "SELECT id, run_id, call_id, model, scopes, amount_usd, 'held' FROM reservations WHERE run_id = ? "
+            "UNION ALL SELECT id, run_id, call_id, model, scopes, amount_usd, reason FROM budget_unknown "
+            "WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL",
+            (run_id, run_id),
+        )
+        if not rows:
+            return [], None
+        events = [
+            NewEvent("budget.unknown_outcome", {
+                "call": call_id, "name": model, "kind": "llm", "cost_usd": amount, "cost_estimated": True,
+                "unknown_outcome": "lost" if state == "held" else state, "reservation": res_id,
+            })
+            for res_id, _, call_id, model, _, amount, state in rows
+        ]  # fmt: skip
+
+        def op(cur: Any) -> None:
+            st = self.store
+            now = now_iso()
+            for res_id, run, call_id, model, scopes_json, amount, _ in rows:
+                st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res_id,))
+                if cur.rowcount:
                     st.execute(
                         cur,
-                        "UPDATE budget_usage SET reserved_usd = ? WHERE scope = ? AND period_start = ?",
-                        (usd_str(max(Decimal(0), Decimal(row[0]) - amount)), scope, start),
+                        "INSERT INTO budget_unknown (id, run_id, call_id, model, scopes, amount_usd, reason, recorded, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, 'lost', 1, ?)",
+                        (res_id, run, call_id, model, scopes_json, amount, now),
                     )
-            st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res_id,))
-        return len(stale)
+                    res = _stale(res_id, run, call_id, model, scopes_json, amount)
+                    self._charge(cur, res, res.amount, release=res.amount, alerts=False)
+                else:
+                    st.execute(cur, "UPDATE budget_unknown SET recorded = 1 WHERE id = ?", (res_id,))
+
+        return events, op
+
+    def unknown_outcomes(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Calls charged at their reservation because their outcome is unknown (estimates)."""
+        sql = "SELECT id, run_id, call_id, model, amount_usd, reason, actual_usd, recorded, created_at FROM budget_unknown"
+        rows = self.store.read(
+            sql + (" WHERE run_id = ?" if run_id else "") + " ORDER BY created_at", (run_id,) if run_id else ()
+        )
+        keys = ("reservation", "run_id", "call", "model", "amount_usd", "reason", "actual_usd", "recorded", "at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def open_reservations(self) -> int:
         return int(self.store.read("SELECT COUNT(*) FROM reservations")[0][0])
+
+
+def _stale(
+    res_id: str, run_id: str | None, call_id: str | None, model: str | None, scopes_json: str, amount: str
+) -> Reservation:
+    scopes = [(str(a), str(b)) for a, b in json.loads(scopes_json)]
+    return Reservation(res_id, Decimal(amount), scopes, None, run_id=run_id, call_id=call_id, model=model)
+
+
+def _lock_u(store: Store) -> str:
+    return " FOR UPDATE OF u" if store.for_update else ""
 
 
 def _limit_row(row: Sequence[Any]) -> Limit:

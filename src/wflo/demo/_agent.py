@@ -1,7 +1,10 @@
-"""The demo's research agent: plain OpenAI SDK code, made durable and guarded by wflo.
+"""The demo's research agent: plain HTTP calls to an OpenAI-compatible API, made durable and guarded by wflo.
 
 Every function here is ordinary agent code; the decorators are all wflo adds. The demo
-points the SDK at wflo's scripted test server, so no API key or network is needed.
+talks to wflo's scripted test server, so no API key or network is needed. It calls the
+Chat Completions API with ``httpx`` (a core dependency) rather than the ``openai`` SDK, so the
+README's first command works with the core install alone; wflo sees the calls the same way
+(it guards LLM requests at the HTTP layer, whichever SDK sends them).
 """
 
 from __future__ import annotations
@@ -11,15 +14,23 @@ import os
 import signal
 from typing import Any
 
-import openai
+import httpx
 
 import wflo
 
 BASE = os.environ.get("WFLO_DEMO_LLM", "http://127.0.0.1:1/v1")
 
 
-def client() -> openai.OpenAI:
-    return openai.OpenAI(base_url=os.environ.get("WFLO_DEMO_LLM", BASE), api_key="demo", max_retries=0)
+def chat(messages: list[Any], *, max_tokens: int, tools: list[Any] | None = None) -> dict[str, Any]:
+    """One Chat Completions call; returns the first choice's message (a dict)."""
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": max_tokens}
+    if tools:
+        body["tools"] = tools
+    with httpx.Client(base_url=os.environ.get("WFLO_DEMO_LLM", BASE), timeout=30) as http:
+        response = http.post("/chat/completions", json=body, headers={"authorization": "Bearer demo"})
+    response.raise_for_status()
+    message: dict[str, Any] = response.json()["choices"][0]["message"]
+    return message
 
 
 @wflo.tool
@@ -40,11 +51,7 @@ def spend(questions: int) -> dict[str, Any]:
     answers = 0
     try:
         for i in range(questions):
-            client().chat.completions.create(
-                model="gpt-4o-mini",
-                messages=[{"role": "user", "content": f"Question {i}: summarise otter research."}],
-                max_tokens=800,
-            )
+            chat([{"role": "user", "content": f"Question {i}: summarise otter research."}], max_tokens=800)
             answers += 1
     except wflo.BudgetExceededError as exc:
         return {
@@ -65,20 +72,13 @@ def loop(turns: int) -> str:
     messages: list[Any] = [{"role": "user", "content": "Find otter facts."}]
     tools: list[Any] = [search.openai_schema()]
     for _ in range(turns):
-        msg = (
-            client()
-            .chat.completions.create(model="gpt-4o-mini", messages=messages, tools=tools, max_tokens=100)
-            .choices[0]
-            .message
-        )
-        if not msg.tool_calls:
-            return msg.content or ""
-        messages.append(
-            {"role": "assistant", "content": None, "tool_calls": [tc.model_dump() for tc in msg.tool_calls]}
-        )
-        for tc in msg.tool_calls:
-            arguments = json.loads(tc.function.arguments) if tc.type == "function" else {}
-            messages.append({"role": "tool", "tool_call_id": tc.id, "content": search(**arguments)})
+        msg = chat(messages, tools=tools, max_tokens=100)
+        if not msg.get("tool_calls"):
+            return str(msg.get("content") or "")
+        messages.append({"role": "assistant", "content": None, "tool_calls": msg["tool_calls"]})
+        for tc in msg["tool_calls"]:
+            arguments = json.loads(tc["function"]["arguments"]) if tc.get("type") == "function" else {}
+            messages.append({"role": "tool", "tool_call_id": tc["id"], "content": search(**arguments)})
     return "gave up"
 
 
@@ -98,19 +98,15 @@ def analyst(task: str) -> list[dict[str, Any]]:
     tools: list[Any] = [run_code.openai_schema()]
     ran: list[dict[str, Any]] = []
     for _ in range(4):
-        msg = client().chat.completions.create(
-            model="gpt-4o-mini", messages=messages, tools=tools, max_tokens=200
-        ).choices[0].message  # fmt: skip
-        if not msg.tool_calls:
+        msg = chat(messages, tools=tools, max_tokens=200)
+        if not msg.get("tool_calls"):
             break
-        messages.append(
-            {"role": "assistant", "content": None, "tool_calls": [tc.model_dump() for tc in msg.tool_calls]}
-        )
-        for tc in msg.tool_calls:
-            arguments = json.loads(tc.function.arguments) if tc.type == "function" else {}
+        messages.append({"role": "assistant", "content": None, "tool_calls": msg["tool_calls"]})
+        for tc in msg["tool_calls"]:
+            arguments = json.loads(tc["function"]["arguments"]) if tc.get("type") == "function" else {}
             result = run_code(**arguments)
             ran.append(result)
-            messages.append({"role": "tool", "tool_call_id": tc.id, "content": json.dumps(result)})
+            messages.append({"role": "tool", "tool_call_id": tc["id"], "content": json.dumps(result)})
     return ran
 
 
@@ -128,10 +124,8 @@ def crashy(marker: str) -> list[str]:
     """Three LLM calls; the process dies after the second."""
     out = []
     for i in range(3):
-        reply = client().chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": f"Step {i} of the report."}], max_tokens=50
-        )
-        out.append(reply.choices[0].message.content or "")
+        reply = chat([{"role": "user", "content": f"Step {i} of the report."}], max_tokens=50)
+        out.append(str(reply.get("content") or ""))
         if i == 1:
             crash_once(marker)
     return out

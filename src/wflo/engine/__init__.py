@@ -2,7 +2,7 @@
 
 from ._boundary import NOT_REPLAYED, Call, Guard, Outcome, aguarded_call, finish_call, guarded_call, start_call
 from ._context import JournalEntry, RunContext, current_run
-from ._executor import add_finish_op, add_guard_factory, process_owner
+from ._executor import add_finish_op, add_guard_factory, add_resume_hook, process_owner
 from ._worker import Worker
 from ._workflow import (
     BoundWorkflow,
@@ -10,6 +10,7 @@ from ._workflow import (
     RunOptions,
     Step,
     Workflow,
+    add_cancel_hook,
     get_workflow,
     registered_workflows,
     resume,
@@ -30,8 +31,10 @@ __all__ = [
     "Step",
     "Worker",
     "Workflow",
+    "add_cancel_hook",
     "add_finish_op",
     "add_guard_factory",
+    "add_resume_hook",
     "aguarded_call",
     "current_run",
     "finish_call",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import reprlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .._errors import (
 )
 from ..store import NewEvent, StoreOp, canonical_json
 from ._context import JournalEntry, RunContext, _call_path
+from ._executor import disk_full
 from ._serialize import decode, encode, error_data, rebuild_error
 
 log = logging.getLogger("wflo")
@@ -69,9 +71,14 @@ class Call:
         if cached is None:
             try:
                 text = canonical_json([list(self.args), self.kwargs])
-            except (TypeError, ValueError):
-                text = repr((self.args, sorted(self.kwargs.items())))
-            cached = hashlib.sha256(text.encode()).hexdigest()
+            except (TypeError, ValueError, RecursionError):
+                try:
+                    text = repr((self.args, sorted(self.kwargs.items())))
+                except RecursionError:  # absurdly deep arguments: refused when encoded, not here
+                    text = reprlib.repr((self.args, sorted(self.kwargs.items())))
+            # surrogatepass: a lone surrogate is refused by encode() with a SerializationError,
+            # not by the digest with a UnicodeEncodeError
+            cached = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
             self.meta["_args_digest"] = cached
         return cached
 
@@ -113,10 +120,14 @@ def _replay(call: Call, entry: JournalEntry | None) -> Any:
     if entry is None:
         return _NOT_REPLAYED
     if entry.name != call.name or entry.kind != call.kind:
-        raise NonDeterminismError(
+        mismatch = NonDeterminismError(
             run_id=ctx.run_id, call_id=call.call_id,
             expected=f"{entry.kind} {entry.name}", found=f"{call.kind} {call.name}",
         )  # fmt: skip
+        # Latched: code that catches it cannot go on and finish the run with a mixed journal;
+        # the executor leaves the run blocked for fixed code.
+        ctx.state.setdefault("non_determinism", mismatch)
+        raise mismatch
     if entry.status == "completed":
         for guard in ctx.guards:
             guard.replayed(call, entry)
@@ -139,8 +150,10 @@ def start_call(call: Call) -> Any:
     execute the call and then pass its outcome to :func:`finish_call`."""
     ctx = call.run
     ctx.check_cancelled()
-    call.call_id = ctx.next_call_id()
-    value = _replay(call, ctx.journal.get(call.call_id))
+    if "non_determinism" in ctx.state:
+        raise ctx.state["non_determinism"]
+    call.call_id, entry = ctx.position(call.name, call.kind, lambda: call.args_digest)
+    value = _replay(call, entry)
     if value is not _NOT_REPLAYED:
         return value
     if call.record_input:
@@ -211,9 +224,14 @@ def _record(call: Call, outcome: Outcome) -> None:
             "call.completed", _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts)
         )
     else:
-        if not isinstance(outcome.error, Exception):
-            # Cancellation, lease loss, suspension, KeyboardInterrupt, SystemExit: not results
-            # of the call. Nothing is recorded, so a resumed run runs the call again.
+        if (
+            not isinstance(outcome.error, Exception)
+            or isinstance(outcome.error, NonDeterminismError)
+            or disk_full(outcome.error) is not None
+        ):
+            # Cancellation, lease loss, suspension, KeyboardInterrupt, SystemExit, a full disk,
+            # a child run's code not matching its journal: not results of the call. Nothing is
+            # recorded, so a resumed run runs it again.
             return
         ev = NewEvent(
             "call.failed",

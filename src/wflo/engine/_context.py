@@ -3,17 +3,28 @@
 Call ids are hierarchical: the workflow's own calls are ``1, 2, 3…``; calls made inside call
 ``3`` (a step calling a step, an LLM call inside a step) are ``3.1, 3.2…``. When a finished
 step is replayed its children are skipped with it, so numbering stays aligned.
+
+Threads and executor tasks started inside a run carry the run with them (see
+:func:`install_propagation`). Each one is a *lane* numbered at its spawning point: the k-th
+thread or task started from position ``P`` is lane ``P.tk`` (``tk`` at the top), and its calls
+are ``P.tk.1, P.tk.2…``. Spawning order is the order of ``start()``/``submit()`` calls in the
+spawning code, so a lane's number does not depend on how the threads were scheduled. In a
+lane, a call is replayed only from an entry of the *same request* (name, kind and argument
+digest): first the entry at its own position, else any unused entry of a sibling lane (same
+spawning point), so work that threads pull from a shared queue is matched by content. A lane
+call with no such entry runs live, at a position no journal entry holds.
 """
 
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._errors import LeaseLost, RunCancelled
+from .._errors import LeaseLost, RunCancelled, RunEndedError
 from ..store import Head, NewEvent, RunRecord, Store, StoreOp
 
 if TYPE_CHECKING:
@@ -61,7 +72,13 @@ class RunContext:
         self._lock = threading.RLock()
         self.cancel_requested = record.cancel_requested
         self.lease_lost = False
+        self.closed = False
+        """True once this execution of the run ended (finished, failed, suspended or lost): a
+        thread it started that calls afterwards is refused (``RunEndedError``)."""
         self.last_event_type = ""
+        self._used: set[str] = set()  # journal entries a lane call has taken (by content)
+        self._siblings: dict[str, list[JournalEntry]] | None = None  # spawning point -> lane entries
+        install_propagation()
 
     @classmethod
     def load(cls, store: Store, record: RunRecord, owner: str, guards: Sequence[Guard] = ()) -> RunContext:
@@ -81,12 +98,84 @@ class RunContext:
         return ctx
 
     # ------------------------------------------------------------------ numbering
-    def next_call_id(self) -> str:
+    def _parent(self) -> str:
         parent = _call_path.get()
+        lane = getattr(_lane, "value", None)
+        if lane is not None and lane[0] is self and parent == lane[2]:
+            # The task runs in a context its executor copied before our lane was set (LangChain's
+            # ContextThreadPoolExecutor.map does): the thread still knows its lane.
+            return str(lane[1])
+        return parent
+
+    def next_call_id(self) -> str:
+        parent = self._parent()
         with self._lock:
             n = self._counters.get(parent, 0) + 1
             self._counters[parent] = n
         return f"{parent}.{n}" if parent else str(n)
+
+    def spawn(self) -> str:
+        """The lane of a thread or task started now from the current position."""
+        parent = self._parent()
+        key = parent + "|spawn"
+        with self._lock:
+            n = self._counters.get(key, 0) + 1
+            self._counters[key] = n
+        return f"{parent}.t{n}" if parent else f"t{n}"
+
+    def position(self, name: str, kind: str, digest: Callable[[], str]) -> tuple[str, JournalEntry | None]:
+        """The id of the next call and the journal entry to replay it from (``None``: run it).
+
+        On the main path this is the entry at the call's position. In a lane (see the module
+        docstring) the entry must be of the same request, found by content among the lanes of
+        the same spawning point; a call with none gets a position that no entry holds.
+        """
+        self.closed_check(name)
+        call_id = self.next_call_id()
+        parent = call_id.rpartition(".")[0]
+        spawn_point, _, lane = parent.rpartition(".")
+        if not (lane.startswith("t") and lane[1:].isdigit()):
+            return call_id, self.journal.get(call_id)
+        want = digest()
+        with self._lock:
+            entry = self.journal.get(call_id)
+            if entry is not None and entry.status == "started" and (entry.name, entry.kind) == (name, kind):
+                return call_id, entry  # an at-most-once call in flight when the run died
+            if entry is not None and call_id not in self._used and _same(entry, name, kind, want):
+                self._used.add(call_id)
+                return call_id, entry
+            for other in self._lane_entries(spawn_point):
+                if other.call not in self._used and _same(other, name, kind, want):
+                    self._used.add(other.call)
+                    return other.call, other
+            # Runs live: skip positions that hold another request's entry.
+            while call_id in self.journal:
+                n = self._counters.get(parent, 0) + 1
+                self._counters[parent] = n
+                call_id = f"{parent}.{n}"
+            self._used.add(call_id)
+            return call_id, None
+
+    def _lane_entries(self, spawn_point: str) -> list[JournalEntry]:
+        if self._siblings is None:
+            index: dict[str, list[JournalEntry]] = {}
+            for entry in self.journal.values():
+                parent = entry.call.rpartition(".")[0]
+                head, _, lane = parent.rpartition(".")
+                if lane.startswith("t") and lane[1:].isdigit() and entry.status != "started":
+                    index.setdefault(head, []).append(entry)
+            for entries in index.values():
+                entries.sort(key=lambda e: e.seq)
+            self._siblings = index
+        return self._siblings.get(spawn_point, [])
+
+    def closed_check(self, name: str) -> None:
+        if self.closed:
+            raise RunEndedError(run_id=self.run_id, name=name)
+
+    def close(self) -> None:
+        """This execution ended: its threads' later calls are refused."""
+        self.closed = True
 
     # ------------------------------------------------------------------ journal writes
     def append(self, events: Sequence[NewEvent], *, ops: Sequence[StoreOp] = (), **projection: Any) -> Head:
@@ -113,4 +202,95 @@ class RunContext:
 
 def current_run() -> RunContext | None:
     """The run the calling code belongs to, or ``None`` outside any workflow."""
-    return _current_run.get()
+    ctx = _current_run.get()
+    if ctx is None:
+        lane = getattr(_lane, "value", None)
+        if lane is not None:
+            return lane[0]  # type: ignore[no-any-return]
+    return ctx
+
+
+def _same(entry: JournalEntry, name: str, kind: str, digest: str) -> bool:
+    return entry.name == name and entry.kind == kind and entry.data.get("digest") == digest
+
+
+# ---------------------------------------------------------------------- propagation
+_installed = False
+_install_lock = threading.Lock()
+_lane = threading.local()
+"""``(run, lane, spawning path)`` while a thread runs a task started inside a run."""
+
+
+def in_lane(ctx: RunContext, lane: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` to run in another thread as lane ``lane`` of ``ctx`` (in a copy of the caller's
+    context, or, for ``functools.partial(context.run, f, …)`` as ``asyncio.to_thread`` and
+    LangChain's executors submit, inside that context, where the work really runs)."""
+
+    base = ctx._parent()
+
+    def entered(f: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            run_token = _current_run.set(ctx)
+            path_token = _call_path.set(lane)
+            outer = getattr(_lane, "value", None)
+            _lane.value = (ctx, lane, base)
+            try:
+                return f(*args, **kwargs)
+            finally:
+                _lane.value = outer
+                _call_path.reset(path_token)
+                _current_run.reset(run_token)
+
+        return run
+
+    if isinstance(fn, functools.partial) and fn.args:
+        inner = getattr(fn.func, "__self__", None)
+        if isinstance(inner, contextvars.Context) and getattr(fn.func, "__name__", "") == "run":
+            return functools.partial(inner.run, entered(fn.args[0]), *fn.args[1:], **fn.keywords)
+    return functools.partial(contextvars.copy_context().run, entered(fn))
+
+
+def install_propagation() -> None:
+    """Make threads and thread-pool tasks started inside a run carry the run (idempotent).
+
+    Wraps ``threading.Thread.start`` and ``concurrent.futures.ThreadPoolExecutor.submit``
+    (which ``asyncio.to_thread``, ``loop.run_in_executor`` and LangChain's, LangGraph's and
+    CrewAI's executors use). Outside a run both behave exactly as before. Installed by the
+    first run of a process (or ``wflo.init()``), not at import. A pool's own worker threads
+    and wflo's threads (``wflo-*``) are not bound to the run that happened to start them:
+    each task carries its own submitter's run.
+    """
+    global _installed
+    if _installed:
+        return
+    with _install_lock:
+        if _installed:
+            return
+        import concurrent.futures.thread as cft
+
+        pool_worker = cft._worker
+        thread_start = threading.Thread.start
+        pool_submit = cft.ThreadPoolExecutor.submit
+
+        def start(self: threading.Thread) -> None:
+            ctx = _current_run.get()
+            if (
+                ctx is not None
+                and getattr(self, "_target", None) is not pool_worker
+                and not self.name.startswith("wflo-")
+            ):
+                self.run = in_lane(ctx, ctx.spawn(), self.run)  # type: ignore[method-assign]
+            thread_start(self)
+
+        def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+            ctx = _current_run.get()
+            if ctx is not None:
+                fn = in_lane(ctx, ctx.spawn(), fn)
+            return pool_submit(self, fn, *args, **kwargs)
+
+        start.__wflo_wrapped__ = thread_start  # type: ignore[attr-defined]
+        submit.__wflo_wrapped__ = pool_submit  # type: ignore[attr-defined]
+        threading.Thread.start = start  # type: ignore[method-assign]
+        cft.ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
+        _installed = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import inspect
 import os
 import socket
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import (
     LeaseLost,
     LoopDetectedError,
+    NonDeterminismError,
     RunCancelled,
     RunStopped,
     RunSuspended,
@@ -81,20 +83,33 @@ def owner_is_dead_here(owner: str | None) -> bool:
     return False
 
 
+_resume_hooks: list[Callable[[Store, str], tuple[list[NewEvent], StoreOp | None]]] = []
+
+
+def add_resume_hook(hook: Callable[[Store, str], tuple[list[NewEvent], StoreOp | None]]) -> None:
+    """``hook(store, run_id)`` gives events and a store write committed with a run's
+    ``run.resumed`` event (e.g. charging the calls a dead execution left in flight)."""
+    if hook not in _resume_hooks:
+        _resume_hooks.append(hook)
+
+
 def _prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str) -> RunContext:
     ctx = RunContext.load(store, record, owner, _guards_for(wf, record))
-    if ctx.last_event_type != "run.started":
-        if record.attempts <= 1 and not ctx.journal:
+    if record.attempts <= 1 and not ctx.journal:
+        if ctx.last_event_type != "run.started":
             ctx.append([NewEvent("run.started", {"attempt": record.attempts, "worker": owner})])
-        else:
-            ctx.append(
-                [
-                    NewEvent(
-                        "run.resumed",
-                        {"attempt": record.attempts, "worker": owner, "replayable_calls": len(ctx.journal)},
-                    )
-                ]
-            )
+        return ctx
+    events: list[NewEvent] = []
+    ops: list[StoreOp] = []
+    for hook in _resume_hooks:
+        more, op = hook(store, record.id)
+        events += more
+        ops += [op] if op is not None else []
+    if ctx.last_event_type != "run.started":
+        resumed = {"attempt": record.attempts, "worker": owner, "replayable_calls": len(ctx.journal)}
+        events.insert(0, NewEvent("run.resumed", resumed))
+    if events:
+        ctx.append(events, ops=ops)
     return ctx
 
 
@@ -111,7 +126,68 @@ def _final_ops(ctx: RunContext, status: str) -> list[StoreOp]:
     return [op for f in _finish_ops if (op := f(ctx.store, ctx.run_id, status)) is not None]
 
 
+def disk_full(exc: BaseException | None) -> BaseException | None:
+    """The "no space left" error in ``exc``'s chain (OSError ENOSPC/EDQUOT, SQLite's
+    "database or disk is full", PostgreSQL's SQLSTATE 53100), or ``None``."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        if getattr(exc, "sqlstate", None) == "53100" or "database or disk is full" in str(exc):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _blocking(ctx: RunContext, exc: BaseException) -> tuple[str, BaseException] | None:
+    """Why the run must be left ``blocked`` (resumable by hand) instead of ending, if it must.
+
+    Non-determinism is a fault of the code, not of the run: fixed code can finish it (as
+    Temporal leaves such a workflow task retrying). A full disk is a fault of the host: once
+    space is freed the run can finish. Neither is a result of the run, so neither ends it.
+    """
+    nd = ctx.state.get("non_determinism")
+    if isinstance(nd, NonDeterminismError) or isinstance(exc, NonDeterminismError):
+        return "non_determinism", nd if isinstance(nd, NonDeterminismError) else exc
+    full = disk_full(exc)
+    if full is not None:
+        return "disk_full", full
+    return None
+
+
+_BLOCKED_FIX = {
+    "non_determinism": "resume it with the code version that started it (or fixed code): wflo runs resume {id} --import MODULE",
+    "disk_full": "free disk space, then resume it: wflo runs resume {id} --import MODULE",
+}
+
+
+def _block(ctx: RunContext, reason: str, cause: BaseException) -> None:
+    """Leave the run ``blocked`` with the evidence; nothing is finished or released as failed.
+
+    A blocked run is not claimed by workers (it would only fail the same way again); it is
+    resumed by ``wflo runs resume`` / ``wflo.resume`` or cancelled. If even this event cannot
+    be written (the disk is still full), the lease is let go, or simply expires: the run then
+    stays ``running`` and resumable, never ``failed``.
+    """
+    data = {"reason": reason, "error": error_data(cause), "fix": _BLOCKED_FIX[reason].format(id=ctx.run_id)}
+    try:
+        ctx.append([NewEvent("run.blocked", data)], status="blocked", release=True)
+    except LeaseLost:
+        return
+    except Exception:
+        with contextlib.suppress(Exception):
+            ctx.store.release(ctx.run_id, ctx.owner)
+        return
+    _ended(ctx)
+
+
 def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
+    nd = ctx.state.get("non_determinism")
+    if isinstance(nd, NonDeterminismError):
+        # The code caught the error and returned anyway: its result mixes two code versions.
+        _block(ctx, "non_determinism", nd)
+        raise nd
     stopped = ctx.state.get("stopped")
     if stopped is not None:
         # The code caught the stop and returned anyway: the run still ends stopped.
@@ -122,13 +198,19 @@ def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
     except SerializationError as exc:
         _finish_error(ctx, exc)
         raise
-    ctx.append(
-        [NewEvent("run.completed", {"output": output})],
-        ops=_final_ops(ctx, "succeeded"),
-        status="succeeded",
-        output=output,
-        finish=True,
-    )
+    try:
+        ctx.append(
+            [NewEvent("run.completed", {"output": output})],
+            ops=_final_ops(ctx, "succeeded"),
+            status="succeeded",
+            output=output,
+            finish=True,
+        )
+    except Exception as exc:
+        if disk_full(exc) is None:
+            raise
+        _block(ctx, "disk_full", exc)
+        raise
     _ended(ctx)
     return value
 
@@ -136,6 +218,10 @@ def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
 def _finish_error(ctx: RunContext, exc: BaseException) -> None:
     if isinstance(exc, LeaseLost):
         return  # another worker owns the run now; we must not write
+    blocking = _blocking(ctx, exc) if isinstance(exc, Exception) else None
+    if blocking is not None:
+        _block(ctx, *blocking)
+        return
     err = error_data(exc)
     if isinstance(exc, RunSuspended):
         wake_at = (exc.wait or {}).get("wake_at")
@@ -201,6 +287,7 @@ def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str)
         ctx.check_cancelled()
         value = wf.fn(*args, **kwargs)
     except BaseException as exc:
+        ctx.close()
         _finish_error(ctx, exc)
         _raise_stop(ctx, exc)
         raise
@@ -208,6 +295,7 @@ def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str)
         _call_path.reset(path_token)
         _current_run.reset(run_token)
         heartbeats.untrack(ctx)
+    ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
     return _finish_ok(ctx, wf, value)
 
 
@@ -224,6 +312,7 @@ async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owne
         ctx.check_cancelled()
         value = await wf.fn(*args, **kwargs)
     except BaseException as exc:
+        ctx.close()
         _finish_error(ctx, exc)
         _raise_stop(ctx, exc)
         raise
@@ -231,6 +320,7 @@ async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owne
         _call_path.reset(path_token)
         _current_run.reset(run_token)
         heartbeats.untrack(ctx)
+    ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
     return _finish_ok(ctx, wf, value)
 
 

@@ -22,18 +22,97 @@ def check_serializer(name: str) -> str:
     return name
 
 
+MAX_DEPTH = 500
+"""Deepest nesting of lists and dicts a journaled value may have: deeper data would make
+``json`` recurse past Python's stack (a ``RecursionError``, here or when read back)."""
+
+
+def _limit() -> int | None:
+    from .._config import settings
+
+    return settings().max_value_bytes
+
+
+def _refuse(step: str, what: str, detail: str, fix: str) -> SerializationError:
+    # An explicit message: the class's default advice (plain JSON or pickle) does not fix these.
+    return SerializationError(
+        f"cannot store the {what} of step {step!r}: {detail}; {fix}", step=step, what=what, detail=detail
+    )
+
+
+def _too_large(step: str, what: str, size: int | None, limit: int) -> SerializationError:
+    return _refuse(
+        step,
+        what,
+        f"it is {size if size is not None else 'more than ' + str(limit)} bytes, over the max_value_bytes={limit} setting",
+        "pass a reference (a path, an id) instead of the data, or raise the cap with "
+        "wflo.configure(max_value_bytes=...) or WFLO_MAX_VALUE_BYTES",
+    )
+
+
+def _precheck(value: Any, limit: int | None, step: str, what: str) -> None:
+    """Walk ``value`` without recursion: refuse nesting past ``MAX_DEPTH``, and a value whose
+    strings alone pass ``limit``, before ``json`` builds a text of it (100 MB of argument
+    would otherwise be copied in full before being refused)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    approx = 0
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            approx += len(item)
+        elif isinstance(item, dict | list | tuple):
+            if depth > MAX_DEPTH:
+                raise _refuse(
+                    step,
+                    what,
+                    f"it is nested more than {MAX_DEPTH} levels deep",
+                    "flatten the data or pass a reference",
+                )
+            if isinstance(item, dict):
+                approx += sum(len(k) for k in item if isinstance(k, str))
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+        if limit is not None and approx > limit:
+            raise _too_large(step, what, None, limit)
+
+
 def encode(value: Any, *, serializer: str, step: str, what: str) -> Any:
-    """Turn ``value`` into JSON-ready data for the journal, or fail naming the step."""
+    """Turn ``value`` into JSON-ready data for the journal, or fail naming the step.
+
+    Refused with ``SerializationError`` (before anything is written): values JSON cannot
+    hold, text that is not valid Unicode (a lone surrogate), nesting deeper than
+    ``MAX_DEPTH``, and a value larger than the ``max_value_bytes`` setting.
+    """
+    limit = _limit()
     if serializer == "pickle":
         try:
             blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
+        except Exception as exc:  # RecursionError included: too deep for pickle too
             raise SerializationError(step=step, what=what, detail=f"{type(exc).__name__}: {exc}") from None
+        stored = (len(blob) + 2) // 3 * 4  # its base64 form, what the journal holds
+        if limit is not None and stored > limit:
+            raise _too_large(step, what, stored, limit)
         return {_PICKLE_KEY: base64.b64encode(blob).decode("ascii")}
+    _precheck(value, limit, step, what)
     try:
-        canonical_json(value)
+        text = canonical_json(value)
+    except RecursionError:
+        raise _refuse(step, what, "it is nested too deeply to encode", "flatten the data or pass a reference") from None
     except (TypeError, ValueError) as exc:
         raise SerializationError(step=step, what=what, detail=str(exc)) from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise _refuse(
+            step,
+            what,
+            f"its text is not valid Unicode (a lone surrogate {bad})",
+            "decode bytes with errors='replace' or pass them as base64",
+        ) from None
+    if limit is not None and size > limit:
+        raise _too_large(step, what, size, limit)
     return value
 
 

@@ -65,10 +65,13 @@ class Worker:
 
         Returns the number of runs this worker executed to an end.
         """
+        from ..compliance import run_schedule  # scheduled evidence packs (docs/compliance.md)
+
         cfg = settings()
         idle_since = time.monotonic()
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="wflo-run") as pool:
             while not self._stop.is_set():
+                run_schedule(self.store, background=True)  # no-op unless compliance_schedule is set
                 if max_runs is not None and self.completed >= max_runs:
                     break
                 with self._lock:
@@ -83,7 +86,14 @@ class Worker:
                             log.warning("wflo worker: claiming failed: %s", exc)
                 if claimed is not None:
                     idle_since = time.monotonic()
-                    self._submit(pool, claimed)
+                    with self._lock:
+                        ours = claimed.id in self._active
+                    # Our own lease lapsed (heartbeats failed while the database was away) and
+                    # we took the run back under the same owner name: the thread running it
+                    # carries on. Fencing cannot tell two threads of one owner apart, so a
+                    # second thread would run its steps twice, at the same time.
+                    if not ours:
+                        self._submit(pool, claimed)
                     continue
                 with self._lock:
                     busy = bool(self._active)
@@ -107,29 +117,39 @@ class Worker:
         with self._lock:
             self._active[record.id] = pool.submit(self._execute, record)
 
+    def _notify(self, kind: str, run_id: str) -> None:
+        """Progress output; a store that is away just now (a restart) costs a line, not the run."""
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(kind, self.store.get_run(run_id))
+        except Exception as exc:
+            log.warning("wflo worker: run %s %s; its status could not be read: %s", run_id, kind, exc)
+
     def _count(self) -> None:
         with self._lock:
             self.completed += 1
 
     def _execute(self, record: RunRecord) -> None:
         try:
-            wf = get_workflow(record.workflow)
-            execute(self.store, wf, record, self.owner)
-            self._count()
-            if self.on_event:
-                self.on_event("finished", self.store.get_run(record.id))
-        except LeaseLost:
-            log.info("wflo worker: lost the lease of run %s; another worker has it", record.id)
-        except WfloInterrupt as exc:
-            # Suspended (waiting) or cancelled: recorded by the executor already.
-            self._count()
-            if self.on_event:
-                self.on_event("finished", self.store.get_run(record.id))
-            log.debug("wflo worker: run %s: %s", record.id, exc)
-        except Exception:
-            self._count()
-            if self.on_event:
-                self.on_event("failed", self.store.get_run(record.id))
+            kind = self._run_one(record)
+            if kind:
+                self._count()
+                self._notify(kind, record.id)
         finally:
             with self._lock:
                 self._active.pop(record.id, None)
+
+    def _run_one(self, record: RunRecord) -> str:
+        """Execute one run; ``finished``, ``failed``, or ``""`` when another worker has it now."""
+        try:
+            execute(self.store, get_workflow(record.workflow), record, self.owner)
+        except LeaseLost:
+            log.info("wflo worker: lost the lease of run %s; another worker has it", record.id)
+            return ""
+        except WfloInterrupt as exc:
+            # Suspended (waiting) or cancelled: recorded by the executor already.
+            log.debug("wflo worker: run %s: %s", record.id, exc)
+        except Exception:
+            return "failed"
+        return "finished"

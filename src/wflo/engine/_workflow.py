@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import os
 import sys
 import threading
 import time
@@ -21,6 +23,7 @@ from .._errors import (
     UnknownWorkflowError,
     UserError,
 )
+from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, RunRecord, Store, new_id, now_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import _call_path, current_run
@@ -49,10 +52,41 @@ def get_workflow(name: str) -> Workflow[Any, Any]:
 
 
 def _qualname(fn: Callable[..., Any]) -> str:
-    module = getattr(fn, "__module__", None) or "?"
+    """``module.qualname``: a workflow's or step's default name, the same however it was loaded.
+
+    A script run as ``python path/to/flow.py`` is module ``__main__``; it is named by its
+    file (``flow``), the name it has when imported (``import flow``, ``--import flow`` or
+    ``--import path/to/flow.py``), so a run started by the script resumes after a crash from
+    the command line or a worker. ``python -m pkg.flow`` names it ``pkg.flow``.
+    """
+    module = str(getattr(fn, "__module__", None) or "?")
     if module == "__main__":
-        return fn.__qualname__
+        module = main_module_name()
     return f"{module}.{fn.__qualname__}"
+
+
+def main_module_name() -> str:
+    """The importable name of the ``__main__`` module (``python -m x.y``: ``x.y``; a script: its file name)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and getattr(spec, "name", None) and spec.name != "__main__":
+        return str(spec.name)
+    file = getattr(main, "__file__", None)
+    if file:
+        return module_for_file(str(file))[1]
+    return "__main__"  # an interactive session: nothing else can import it anyway
+
+
+def module_for_file(path: str) -> tuple[str, str]:
+    """``(import root, dotted module name)`` of a Python file: ``app/pkg/flow.py`` with
+    ``app/pkg/__init__.py`` is ``("app", "pkg.flow")``, the name it is imported by from ``app``."""
+    file = os.path.abspath(path)
+    folder, name = os.path.split(os.path.splitext(file)[0])
+    parts = [name]
+    while os.path.isfile(os.path.join(folder, "__init__.py")):
+        folder, package = os.path.split(folder)
+        parts.insert(0, package)
+    return folder, ".".join(parts)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +97,10 @@ class RunOptions:
     """Run id (an idempotency key): starting an id that exists returns that run."""
     tenant: str | None = None
     """Tenant the run's spend and records belong to."""
+    traceparent: str | None = None
+    """W3C ``traceparent`` of the caller's span (e.g. the incoming request's header): every
+    stretch's root span links to it. Default: the OpenTelemetry span current at the start
+    (a child run: its parent run's root); ``""`` for no link."""
 
 
 class Workflow(Generic[P, R]):
@@ -85,6 +123,17 @@ class Workflow(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<wflo.Workflow {self.name}>"
+
+    def check_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Refuse inputs the function cannot take, before a run is created for them."""
+        try:
+            signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            return  # a builtin or C callable without a signature: let the call decide
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise UserError(f"workflow {self.name!r} cannot take these inputs: {exc} (it takes {signature})") from None
 
     def run_options(self) -> dict[str, Any]:
         """Options stored with each run, so any worker resumes it under the same rules.
@@ -136,6 +185,7 @@ class BoundWorkflow(Generic[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str | None
     ) -> tuple[Store, RunRecord, bool]:
         wf = self.wf
+        wf.check_inputs(args, kwargs)
         store = get_store()
         payload = encode({"args": list(args), "kwargs": kwargs}, serializer=wf.serializer, step=wf.name, what="input")
         parent = current_run()
@@ -149,11 +199,16 @@ class BoundWorkflow(Generic[P, R]):
                 # A child's id is derived from its parent and call position, so a replayed
                 # parent finds the same child instead of starting another.
                 run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wflo:{parent.run_id}:{_call_path.get()}"))
+        options = {**wf.run_options(), "started_by": settings().principal}
+        link = link_for_start(self.opts.traceparent, parent_id)
+        if link is not None:
+            options[LINK_OPTION] = link
         record, created = store.create_run(
             run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
-            tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds,
-            options={**wf.run_options(), "started_by": settings().principal},
+            tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds, options=options,
         )  # fmt: skip
+        if parent is None:
+            note_on_caller(record.id, wf.name)
         if not created and record.workflow != wf.name:
             raise UserError(f"run id {record.id!r} already belongs to workflow {record.workflow!r}")
         return store, record, created
@@ -250,7 +305,9 @@ def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended
     """
     wait = pause.wait or {}
     lines = [f"wflo: run {run_id} is waiting: {pause.reason}"]
-    if wait.get("approval_id"):
+    if wait.get("hint"):
+        lines.append(str(wait["hint"]))  # the guard that suspended the run knows how to wake it
+    elif wait.get("approval_id"):
         lines.append(
             f"wflo: decide with `wflo approve {wait['approval_id']}` or `wflo reject {wait['approval_id']} --reason ...`"
         )
@@ -270,6 +327,15 @@ def _result_of(record: RunRecord) -> Any:
     if record.status == "succeeded":
         return decode(record.output)
     raise RunFailedError(run_id=record.id, status=record.status, error=record.error)
+
+
+_cancel_hooks: list[Callable[[Store, str], None]] = []
+
+
+def add_cancel_hook(hook: Callable[[Store, str], None]) -> None:
+    """``hook(store, run_id)`` runs after a run was asked to cancel (it closes what waits on
+    the run, such as its pending approvals; the engine knows no such thing by name)."""
+    _cancel_hooks.append(hook)
 
 
 class RunHandle:
@@ -299,7 +365,11 @@ class RunHandle:
 
     def cancel(self) -> str:
         """Ask the run to stop at its next step boundary; returns its status now."""
-        return self.store.request_cancel(self.id).status
+        record = self.store.request_cancel(self.id)
+        if record.status == "cancelled" or record.cancel_requested:
+            for hook in _cancel_hooks:
+                hook(self.store, self.id)
+        return record.status
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to end; return its result or raise ``RunFailedError``.
@@ -332,12 +402,15 @@ class RunHandle:
             delay = min(delay * 2, 0.25)
 
 
-def resume(run_id: str) -> Any:
-    """Resume an interrupted run in this process and return its result.
+def resume(run_id: str, *, wait: bool = True) -> Any:
+    """Resume an interrupted (or blocked) run in this process and return its result.
 
     Finished steps are replayed from the journal; the run continues from where it stopped.
     The workflow's module must be imported here. If another live process holds the run,
-    this waits until it finishes or its lease expires.
+    this waits until it finishes or its lease expires. A run that reaches a wait (an
+    approval, a timer) is waited for here, as ``.run()`` does, printing how to decide; with
+    ``wait=False`` the ``RunSuspended`` signal is raised instead (the run stays ``waiting``
+    for a worker).
     """
     store = get_store()
     record = store.find_run(run_id)
@@ -346,9 +419,14 @@ def resume(run_id: str) -> Any:
     bound: BoundWorkflow[Any, Any] = BoundWorkflow(get_workflow(record.workflow), RunOptions(id=record.id))
     owner = process_owner()
     record = bound._claim_existing(store, record, owner)
-    if record.done:
-        return _result_of(record)
-    return execute(store, bound.wf, record, owner)
+    while not record.done:
+        try:
+            return execute(store, bound.wf, record, owner)
+        except RunSuspended as pause:
+            if not wait:
+                raise
+            record = _wait_until_woken(store, record.id, owner, pause)
+    return _result_of(record)
 
 
 # ------------------------------------------------------------------------- steps

@@ -174,7 +174,7 @@ class WrappedAgent:
         self._run_id: str | None = None
         self._local: dict[str, dict[str, Any]] = {}  # run id -> in-process options and result
         self.workflow_name = name or f"agents.{getattr(agent, 'name', None) or 'agent'}"
-        extra: dict[str, Any] = {"budget": budget}
+        extra: dict[str, Any] = {"budget": budget, "agent": getattr(agent, "name", None) or "agent"}
         if guards is not None:
             extra["guards"] = guards
         self.workflow: Workflow[..., Any] = Workflow(self._execute, name=self.workflow_name, **extra)

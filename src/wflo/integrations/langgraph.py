@@ -567,6 +567,21 @@ class Checkpointer(BaseCheckpointSaver[str]):
                     self._ready = True
         return self._store
 
+    def _fence(self) -> Callable[[Any], None]:
+        """The lease check for a checkpoint write made inside a run on this store.
+
+        A worker that lost its run's lease (it stalled, and another worker took the run over)
+        must not keep writing the graph's state under the new holder: like the journal's
+        appends, each write checks the lease in its own transaction and raises ``LeaseLost``.
+        Outside a run, or for a run kept in another store, there is no lease to check.
+        """
+        ctx = current_run()
+        store = self.store
+        if ctx is None or ctx.store.url != store.url:
+            return lambda cur: None
+        run_id, owner = ctx.run_id, ctx.owner
+        return lambda cur: store.fence(cur, run_id, owner)
+
     def close(self) -> None:
         """Close a store this checkpointer opened itself (``Checkpointer(url)``)."""
         if self._store is not None and self.url:
@@ -664,7 +679,10 @@ class Checkpointer(BaseCheckpointSaver[str]):
         store = self.store
         row = [thread_id, ns, checkpoint["id"], parent, type_, _b64(blob), meta]
 
+        fence = self._fence()
+
         def go(cur: Any) -> None:
+            fence(cur)
             store.execute(
                 cur,
                 "DELETE FROM wflo_lg_checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
@@ -691,7 +709,10 @@ class Checkpointer(BaseCheckpointSaver[str]):
             type_, blob = self.serde.dumps_typed(value)
             rows.append([*key, task_id, WRITES_IDX_MAP.get(channel, i), channel, type_, _b64(blob), task_path])
 
+        fence = self._fence()
+
         def go(cur: Any) -> None:
+            fence(cur)
             for row in rows:
                 special = row[4] < 0  # errors/interrupts etc. replace; ordinary writes are kept once
                 exists = store.execute(

@@ -124,7 +124,9 @@ class WrappedAgent:
         if guards is not None:
             extra["guards"] = guards
         agent_name = getattr(agent, "name", None) or "agent"
-        self.workflow: Workflow[..., Any] = Workflow(self._body, name=name or f"pydantic-ai.{agent_name}", **extra)
+        self.workflow: Workflow[..., Any] = Workflow(
+            self._body, name=name or f"pydantic-ai.{agent_name}", agent=agent_name, **extra
+        )
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.agent, item)

@@ -16,7 +16,6 @@ Spans (names and attributes as in semantic conventions ``SEMCONV_VERSION``)::
 from __future__ import annotations
 
 import atexit
-import hashlib
 import json
 import os
 import threading
@@ -24,15 +23,26 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 
 from ..store import Event, RunRecord, Store, parse_iso
 from . import CONTENT_ENV, SEMCONV_SCHEMA_URL
+from ._link import LINK_OPTION, parse_traceparent, root_span_id_of, trace_id_of
 
 _END_TYPES = {
     "run.completed": "succeeded",
@@ -143,20 +153,6 @@ atexit.register(shutdown)  # flushes the batch of the last runs before the proce
 def _ns(at: str) -> int:
     dt = parse_iso(at)
     return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
-
-
-def _hash_int(text: str, hex_digits: int) -> int:
-    value = int(hashlib.sha256(text.encode()).hexdigest()[:hex_digits], 16)
-    return value or 1
-
-
-def trace_id_of(run_id: str) -> int:
-    """The trace id of a run's spans (all its stretches share it)."""
-    return _hash_int(f"wflo-trace:{run_id}", 32)
-
-
-def root_span_id_of(run_id: str) -> int:
-    return _hash_int(f"wflo-root:{run_id}", 16)
 
 
 def _segment(events: list[Event]) -> tuple[list[Event], bool]:
@@ -449,6 +445,17 @@ def _calls(events: Iterable[Event], end_ns: int) -> dict[str, _CallRec]:
     return calls
 
 
+def _caller_links(options: dict[str, Any]) -> list[Link]:
+    """The link to the span that started the run (recorded with the run at its start)."""
+    parsed = parse_traceparent(str(options.get(LINK_OPTION) or ""))
+    if parsed is None:
+        return []
+    trace_id, span_id, sampled = parsed
+    flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    caller = SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+    return [Link(caller, {"wflo.link": "caller"})]
+
+
 def export_run(store: Store, run_id: str) -> int:
     """Build and hand to the exporter the spans of the run's latest stretch; returns the count."""
     current = _active
@@ -469,15 +476,20 @@ def _emit(cur: _Exporting, record: RunRecord, events: list[Event], first: bool) 
     status = _END_TYPES.get(last.type, record.status)
     trace_id, root_id = trace_id_of(record.id), root_span_id_of(record.id)
     calls = _calls(events, end_ns)
-    budget = (record.options or {}).get("budget") or {}
+    options = record.options or {}
+    budget = options.get("budget") or {}
+    agent = options.get("agent")
+    operation = "invoke_agent" if isinstance(agent, str) and agent else "invoke_workflow"
     root_attrs: dict[str, Any] = {
-        "gen_ai.operation.name": "invoke_workflow",
+        "gen_ai.operation.name": operation,
         "gen_ai.workflow.name": record.workflow,
         "wflo.run.id": record.id,
         "wflo.run.status": status,
         "wflo.run.attempts": record.attempts,
         "wflo.run.first_stretch": first,
     }
+    if operation == "invoke_agent":
+        root_attrs["gen_ai.agent.name"] = agent
     if record.tenant:
         root_attrs["wflo.tenant"] = record.tenant
     if record.parent_id:
@@ -491,18 +503,22 @@ def _emit(cur: _Exporting, record: RunRecord, events: list[Event], first: bool) 
     root_attrs["wflo.budget.refusals"] = len(refusals)
 
     if first:
+        # An empty context, not the current one: an application span open around run() (a
+        # request handler, say) must not adopt the run's first stretch into its own trace
+        # while later stretches use the run's; the caller gets a link instead.
         cur.ids.local.trace_id, cur.ids.local.span_id = trace_id, root_id
-        parent_ctx = None
+        parent_ctx = otel_context.Context()
     else:
         parent = SpanContext(trace_id, root_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
-        parent_ctx = trace.set_span_in_context(NonRecordingSpan(parent))
+        parent_ctx = trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
     try:
         root = cur.tracer.start_span(
-            f"invoke_workflow {record.workflow}",
+            f"{operation} {agent if operation == 'invoke_agent' else record.workflow}",
             context=parent_ctx,
             kind=SpanKind.INTERNAL,
             attributes=root_attrs,
             start_time=start_ns,
+            links=_caller_links(options),
         )
     finally:
         cur.ids.local.trace_id = cur.ids.local.span_id = None

@@ -58,7 +58,7 @@ class SandboxResult:
     stderr: str
     exit_code: int | None
     killed_by: str | None
-    """``"timeout"``, ``"memory"``, ``"cpu"``, ``"output"`` or ``None``."""
+    """``"timeout"``, ``"memory"``, ``"cpu"``, ``"output"``, ``"disk"`` or ``None``."""
     duration_ms: float
     files: dict[str, bytes] = field(default_factory=dict)
     """Files the code left in its scratch directory, by sandbox path (``/work/out.png``)."""
@@ -92,6 +92,8 @@ class SandboxBackend(abc.ABC):
 
     @abc.abstractmethod
     def run(
-        self, argv: Sequence[str], *, limits: Limits, files: Mapping[str, bytes], network: bool, stdin: bytes | None
+        self, argv: Sequence[str], *, limits: Limits, files: Mapping[str, bytes], network: Any, stdin: bytes | None
     ) -> SandboxResult:
-        """Run ``argv`` inside the sandbox, with ``files`` placed under ``/work``."""
+        """Run ``argv`` inside the sandbox, with ``files`` placed under ``/work``. ``network`` is
+        ``None`` (no network) or an ``Egress`` allow-list; a backend that cannot hold one to its
+        list refuses it."""

@@ -5,56 +5,63 @@ plus ``--unshare-user``), no nested user namespaces (``--disable-userns``), a ne
 (no terminal injection), death with its parent, an empty environment, a root file system that
 holds only read-only ``/usr`` (and its ``/bin``, ``/lib`` links), a fresh ``/proc`` and
 ``/dev``, a size-capped tmpfs ``/tmp`` and the scratch directory ``/work``. No host ``/etc``,
-home, project files or sockets exist inside. With no network namespace shared there is no
-route anywhere, loopback included.
+home, project files or sockets exist inside. The network namespace is always the sandbox's
+own: empty (no route anywhere, loopback only), or with an egress allow-list, a Unix socket to
+the host's egress proxy (``_egress.py``). Never the host's.
 
 **Never as root.** bwrap started by root maps the sandbox to host uid 0 (a known escape: the
 code could write ``/proc/sys/kernel/core_pattern``). When wflo runs as root, the supervisor
-switches to the unprivileged ``nobody`` uid (65534) before starting bwrap; the scratch
-directory is handed to that uid.
+switches to an unprivileged uid of the sandbox's own before starting bwrap: one from wflo's
+reserved range (``SandboxUid``, like systemd's ``DynamicUser``), held for the sandbox's life,
+with group ``nogroup`` (65534); the scratch directory is handed to that uid. No account, file
+or other process on the host has that uid, not even another sandbox.
 
-Limits: rlimits on address space, CPU time, processes, file size and open files; a wall-clock
-deadline, an output cap and a scratch-disk cap enforced by the supervisor, which kills the
-whole sandbox (its pid namespace dies with bwrap).
+Limits: rlimits on address space, CPU time, file size and open files, set before bwrap; the
+process limit is set by the launcher (``_launcher.py``) *inside* the sandbox's user namespace,
+where the kernel counts only the sandbox's own processes; where root can make cgroups, a pids
+and memory group per execution holds too (``_cgroup.py``). A wall-clock deadline, an output
+cap and a scratch-disk cap are enforced by the supervisor (``_supervise.py``).
 
 A seccomp filter (``_seccomp.py``) refuses the system calls that reach past those namespaces
 (ptrace, mounts, new namespaces, keyrings, BPF, io_uring, perf, ``TIOCSTI``, non-``AF_UNIX``
-sockets), and where the host lets root create cgroups (v1 or v2), each execution gets its own
-memory and pids group (``_cgroup.py``), so the memory limit also bounds the sum of processes.
+sockets, and ``AF_INET`` too unless the sandbox has an allow-list).
 
-Warm pool: ``BwrapPool`` keeps sandboxes started and waiting (namespaces made, interpreter
-loaded, seccomp on) for their one program, which arrives on stdin; each is used once.
+A sandbox that cannot start (bwrap failed: no namespaces left, a full process table) is tried
+again a few times with a growing pause, then ``SandboxUnavailableError`` names bwrap's reason;
+a program's own failure is never confused with it (the launcher's ready byte tells them apart).
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import json
-import logging
+import errno
+import functools
 import os
-import queue
+import random
 import resource
-import selectors
+import secrets
 import shutil
-import signal
-import stat
+import socket
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .._errors import SandboxUnavailableError, UserError
-from . import _cgroup, _seccomp
+from . import _cgroup, _egress, _launcher, _seccomp
 from ._base import Limits, SandboxBackend, SandboxResult
+from ._supervise import Started, remove_tree
 
 PYTHON = "/usr/bin/python3"
-log = logging.getLogger("wflo")
-SANDBOX_UID = 65534
+SANDBOX_UID = 65534  # the runsc backend's (gVisor maps it inside its own kernel)
 SANDBOX_GID = 65534
-_MAX_FILES_BACK = 16 * 1024 * 1024
+UID_BASE = 0x7FF00000
+"""wflo's reserved uids: ``UID_BASE`` to ``UID_BASE + UID_COUNT - 1`` (2146435072 to 2146500607), in
+the range systemd leaves unused (1879048192 to 2147483647)."""
+UID_COUNT = 65536
+ATTEMPTS = 6
+# bwrap's words for a shortage that passes (EAGAIN from clone, fork or namespace creation).
+TRANSIENT = ("Resource temporarily unavailable", "Can't fork", "No space left on device", "Cannot allocate memory")
 
 
 def _work_path(path: str) -> str:
@@ -65,7 +72,7 @@ def _work_path(path: str) -> str:
     return norm
 
 
-def fill_scratch(scratch: Path, files: Mapping[str, bytes]) -> None:
+def fill_scratch(scratch: Path, files: Mapping[str, bytes], uid: int = SANDBOX_UID) -> None:
     """Put the granted ``files`` in the scratch directory and, when wflo runs as root, hand
     it all to the sandbox's uid (links are not followed)."""
     for path, content in files.items():
@@ -74,29 +81,61 @@ def fill_scratch(scratch: Path, files: Mapping[str, bytes]) -> None:
         target.write_bytes(content)
     if os.getuid() == 0:
         for p in [scratch, *scratch.rglob("*")]:
-            os.chown(p, SANDBOX_UID, SANDBOX_GID, follow_symlinks=False)
+            os.chown(p, uid, SANDBOX_GID, follow_symlinks=False)
 
 
-# A warm sandbox's first program: read one header line from fd 0 (unbuffered, so the rest of
-# stdin stays for the program), then run Python source in this interpreter or exec a command.
-_LOADER = """def _load():
-    import json, os, sys
-    b = bytearray()
-    while not b.endswith(b"\\n"):
-        c = os.read(0, 1)
-        if not c:
-            raise SystemExit(0)
-        b += c
-    h = json.loads(b)
-    if h["python"] is None:
-        os.execvp(h["argv"][0], h["argv"])
-    sys.argv = ["-c"]
-    m = sys.modules["__main__"].__dict__
-    for k in [k for k in m if k not in ("__name__", "__doc__", "__builtins__", "__loader__", "__spec__", "__package__")]:
-        del m[k]
-    return compile(h["python"], "<string>", "exec")
-exec(_load(), __import__("sys").modules["__main__"].__dict__)
-"""
+class SandboxUid:
+    """A host uid for one sandbox (wflo as root), from wflo's reserved range.
+
+    Held through an abstract Unix socket named after it: binding the name fails while another
+    process on this host (in this network namespace) holds it, and the kernel frees it when the
+    holder exits, even by SIGKILL, so a crashed supervisor leaks nothing. Released after the
+    sandbox's processes are gone."""
+
+    def __init__(self, uid: int, lock: socket.socket | None) -> None:
+        self.uid, self._lock = uid, lock
+
+    @classmethod
+    def allocate(cls) -> SandboxUid:
+        if os.getuid() != 0:
+            return cls(os.getuid(), None)  # an ordinary user cannot switch: the sandbox is theirs
+        for _ in range(64):
+            uid = UID_BASE + secrets.randbelow(UID_COUNT)
+            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                lock.bind(f"\0wflo-sandbox-uid-{uid}")
+            except OSError:
+                lock.close()
+                continue
+            return cls(uid, lock)
+        raise SandboxUnavailableError(backend="bwrap", detail="no free uid in wflo's reserved range",
+                                      hint="More than 65,536 sandboxes at once on one host?")  # fmt: skip
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+@functools.cache
+def namespaced_nproc() -> bool:
+    """Whether RLIMIT_NPROC set inside a user namespace counts only that namespace's
+    processes (per-namespace ucounts, Linux 5.14 and later)."""
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 14)
+
+
+def process_limit_kind() -> str:
+    """Which process limit holds for a sandbox started by this process on this host."""
+    kinds = []
+    if _cgroup.CGroup.available():
+        kinds.append(f"pids cgroup (v{_cgroup.version()})")
+    if namespaced_nproc():
+        kinds.append("RLIMIT_NPROC in the sandbox's user namespace")
+    return " + ".join(kinds) or "none (kernel before 5.14 and no cgroup)"
 
 
 class BwrapBackend(SandboxBackend):
@@ -114,15 +153,16 @@ class BwrapBackend(SandboxBackend):
                 backend="bwrap", detail="bubblewrap is not installed", hint="Install it: apt-get install bubblewrap"
             )
         seccomp_fd = _seccomp.program_fd(False)
+        limits = Limits(memory=256 << 20, cpu_seconds=5, wall=5, processes=8, output=1024, file_size=1024)
         try:
             probe = subprocess.run(
-                [exe, *self._flags(Path("/tmp"), Limits(memory=256 << 20, cpu_seconds=5, wall=5, processes=8, output=1024, file_size=1024), False, seccomp_fd), "/usr/bin/true"],
+                [exe, *self._flags(Path("/tmp"), limits, None, seccomp_fd), "/usr/bin/true"],
                 capture_output=True, text=True, timeout=20, preexec_fn=self._drop_privileges, start_new_session=True,
                 pass_fds=(seccomp_fd,),
             )  # fmt: skip
         finally:
             os.close(seccomp_fd)
-        if probe.returncode != 0:
+        if probe.returncode != 0 and not any(t in probe.stderr for t in TRANSIENT):
             raise SandboxUnavailableError(
                 backend="bwrap",
                 detail=f"user namespaces are not usable here ({probe.stderr.strip()[:200]})",
@@ -131,13 +171,13 @@ class BwrapBackend(SandboxBackend):
         self._checked = True
 
     @staticmethod
-    def _drop_privileges() -> None:
+    def _drop_privileges(uid: int = SANDBOX_UID) -> None:
         if os.getuid() == 0:
             os.setgroups([])
             os.setgid(SANDBOX_GID)
-            os.setuid(SANDBOX_UID)
+            os.setuid(uid)
 
-    def _flags(self, scratch: Path, limits: Limits, network: bool, seccomp_fd: int) -> list[str]:
+    def _flags(self, scratch: Path, limits: Limits, proxy: _egress.EgressProxy | None, seccomp_fd: int) -> list[str]:
         flags = [
             "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
@@ -147,26 +187,70 @@ class BwrapBackend(SandboxBackend):
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--seccomp", str(seccomp_fd),
         ]  # fmt: skip
-        if network:
-            flags.insert(0, "--share-net")
+        if proxy is not None:
+            # Still its own network namespace (--unshare-all): only the proxy's socket leads out.
+            flags += ["--ro-bind", str(proxy.path), _launcher.SOCKET]
+            url = f"http://127.0.0.1:{_launcher.FORWARD_PORT}"
+            for var in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy", "all_proxy"):
+                flags += ["--setenv", var, url]
         return flags
 
     def run(
-        self, argv: Sequence[str], *, limits: Limits, files: Mapping[str, bytes], network: bool, stdin: bytes | None
+        self,
+        argv: Sequence[str],
+        *,
+        limits: Limits,
+        files: Mapping[str, bytes],
+        network: _egress.Egress | None,
+        stdin: bytes | None,
     ) -> SandboxResult:
         self.check()
-        started = self.start(list(argv), limits=limits, files=files, network=network, stdin_pipe=stdin is not None)
-        return started.finish(stdin)
+        return self.run_program(list(argv), None, limits=limits, files=files, egress=network, stdin=stdin)
 
-    def start(
-        self, argv: list[str], *, limits: Limits, files: Mapping[str, bytes], network: bool, stdin_pipe: bool
-    ) -> _Started:
-        """Start a sandbox running ``argv`` (a warm one runs the loader and waits for its header)."""
+    def run_program(
+        self,
+        argv: list[str],
+        python: str | None,
+        *,
+        limits: Limits,
+        files: Mapping[str, bytes],
+        egress: _egress.Egress | None,
+        stdin: bytes | None,
+    ) -> SandboxResult:
+        """Start a sandbox and run one program in it (a command, or Python source when
+        ``python`` is set), starting it again if bwrap itself could not start."""
+        payload = _launcher.header(argv, python) + (stdin or b"")
+        for attempt in range(ATTEMPTS):
+            try:
+                started = self.start(limits=limits, files=files, egress=egress)
+            except OSError as exc:  # fork itself failed: no process left for bwrap
+                if exc.errno not in (errno.EAGAIN, errno.ENOMEM):
+                    raise
+                result = SandboxResult(stdout="", stderr=f"cannot start bwrap: {exc.strerror}", exit_code=None,
+                                       killed_by="unavailable", duration_ms=0.0, backend=self.name)  # fmt: skip
+            else:
+                result = started.finish(payload)
+            if result.killed_by != "unavailable":
+                return result
+            if attempt + 1 < ATTEMPTS and any(t in result.stderr for t in TRANSIENT):
+                time.sleep(0.02 * 2**attempt * (0.5 + random.random()))
+                continue
+            raise unavailable(result.stderr, attempt + 1)
+        raise AssertionError("unreachable")
+
+    def start(self, *, limits: Limits, files: Mapping[str, bytes], egress: _egress.Egress | None) -> Started:
+        """Start a sandbox running the launcher; it waits for its program's header on stdin."""
         scratch = Path(tempfile.mkdtemp(prefix="wflo-sbx-"))
+        group: _cgroup.CGroup | None = None
+        status_r = status_w = -1
+        owner = SandboxUid.allocate()
         try:
-            fill_scratch(scratch, files)
+            fill_scratch(scratch, files, owner.uid)
             os.chmod(scratch, 0o700)
+            proxy = _egress.proxy_for(egress, SANDBOX_GID if os.getuid() == 0 else None) if egress else None
             group = _cgroup.CGroup.create(limits.memory, limits.processes)
+            # Counted inside the sandbox's namespace: its bwrap init, the forwarder, the code.
+            nproc = limits.processes + 2 if namespaced_nproc() or group is None else 0
 
             def child_setup() -> None:
                 resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
@@ -175,277 +259,46 @@ class BwrapBackend(SandboxBackend):
                 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
                 if group is not None:
                     group.join()
-                self._drop_privileges()
-                # After the switch: the process count is per uid, so it is set for the sandbox's.
-                resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+                self._drop_privileges(owner.uid)
                 # Last: the parent's descriptors are still open here (they are closed just before
                 # exec), so a lower limit set earlier would make join()'s open() fail with EMFILE
                 # in a process that holds many files or sockets.
                 resource.setrlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
 
-            seccomp_fd = _seccomp.program_fd(network)
+            status_r, status_w = os.pipe()
+            seccomp_fd = _seccomp.program_fd(proxy is not None)
+            argv = [PYTHON, "-I", "-c", _launcher.SOURCE, str(nproc), str(status_w), _launcher.SOCKET if proxy else ""]
             try:
                 proc = subprocess.Popen(
-                    ["bwrap", *self._flags(scratch, limits, network, seccomp_fd), *argv],
-                    stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    preexec_fn=child_setup, start_new_session=True, close_fds=True, pass_fds=(seccomp_fd,), env={},
+                    ["bwrap", *self._flags(scratch, limits, proxy, seccomp_fd), *argv],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=child_setup,
+                    start_new_session=True, close_fds=True, pass_fds=(seccomp_fd, status_w), env={},
                 )  # fmt: skip
-            except BaseException:
-                if group is not None:
-                    group.close()
-                raise
             finally:
                 os.close(seccomp_fd)
+                os.close(status_w)
         except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if group is not None:
+                group.close()
+            if status_r >= 0:
+                os.close(status_r)
+            remove_tree(scratch)
+            owner.release()
             raise
-        return _Started(self.name, proc, scratch, limits, group)
+        started = Started(self.name, proc, scratch, limits, group, status_r)
+        started.cleanup = owner.release  # after the group is emptied and the scratch removed
+        return started
 
 
-class _Started:
-    """A running sandbox and the supervisor's view of it."""
-
-    def __init__(
-        self, backend: str, proc: subprocess.Popen[bytes], scratch: Path, limits: Limits, group: _cgroup.CGroup | None
-    ) -> None:
-        self.backend, self.proc, self.scratch, self.limits, self.group = backend, proc, scratch, limits, group
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def finish(self, stdin: bytes | None) -> SandboxResult:
-        """Feed stdin, enforce the wall/output/disk caps, collect the result and clean up."""
-        proc = self.proc
-        t0 = time.perf_counter()
-        try:
-            if stdin is not None and proc.stdin is not None:
-                with contextlib.suppress(BrokenPipeError):
-                    proc.stdin.write(stdin)
-                proc.stdin.close()
-            try:
-                out, err, killed_by = _collect(proc, self.scratch, self.limits, t0)
-                code = proc.wait()
-            finally:
-                for stream in (proc.stdout, proc.stderr):
-                    if stream is not None:
-                        stream.close()
-            duration = (time.perf_counter() - t0) * 1000
-            stderr = err.decode("utf-8", "replace")
-            if killed_by is None and self.group is not None and self.group.memory_exceeded():
-                killed_by = "memory"
-            if killed_by is None:
-                killed_by = _classify(code, stderr)
-            return SandboxResult(
-                stdout=out.decode("utf-8", "replace"), stderr=stderr,
-                exit_code=None if killed_by in ("timeout", "output", "disk") else code,
-                killed_by=killed_by, duration_ms=duration, files=_files_back(self.scratch), backend=self.backend,
-            )  # fmt: skip
-        finally:
-            self.close(later=True)
-
-    def close(self, *, later: bool = False) -> None:
-        """Kill the sandbox (now, always). Removing its cgroup and scratch directory takes a
-        few milliseconds more; with ``later=True`` that is done off the caller's path."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-        if later:
-            _janitor.put(self._remove)
-        else:
-            self._remove()
-
-    def _remove(self) -> None:
-        if self.group is not None:
-            self.group.close()  # also kills anything that left the process group
-        shutil.rmtree(self.scratch, ignore_errors=True)
-
-
-class _Janitor:
-    """One background thread that removes finished sandboxes' cgroups and scratch directories;
-    what is still queued at exit is removed before the process ends."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._busy = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def put(self, job: Callable[[], None]) -> None:
-        self._queue.put(job)
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="wflo-sandbox-janitor", daemon=True)
-                self._thread.start()
-                atexit.register(self.drain)
-
-    def _work(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                with self._busy:
-                    job()
-            except Exception:  # a directory that will not go away must not stop the others
-                log.exception("wflo sandbox: clean-up failed")
-
-    def drain(self) -> None:
-        with self._busy:  # the job in hand finishes first
-            while True:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    return
-                job()
-
-
-_janitor = _Janitor()
-
-
-class BwrapPool:
-    """``size`` warm sandboxes with fixed limits, files and network setting; each is used once
-    and replaced in the background."""
-
-    def __init__(
-        self, backend: BwrapBackend, size: int, *, limits: Limits, files: Mapping[str, bytes], network: bool
-    ) -> None:
-        self.backend, self.size, self.limits, self.files, self.network = backend, size, limits, dict(files), network
-        self._ready: queue.SimpleQueue[_Started] = queue.SimpleQueue()
-        self._wanted = threading.Semaphore(0)
-        self._closed = False
-        self._thread = threading.Thread(target=self._fill, name="wflo-sandbox-pool", daemon=True)
-        for _ in range(size):
-            self._wanted.release()
-        self._thread.start()
-        atexit.register(self.close)
-
-    def _spawn(self) -> _Started:
-        return self.backend.start([PYTHON, "-I", "-c", _LOADER], limits=self.limits, files=self.files,
-                                  network=self.network, stdin_pipe=True)  # fmt: skip
-
-    def _fill(self) -> None:
-        while True:
-            self._wanted.acquire()
-            if self._closed:
-                return
-            try:
-                self._ready.put(self._spawn())
-            except Exception:  # the next take() starts cold and reports the real error
-                time.sleep(0.5)
-                self._wanted.release()
-
-    def take(self) -> _Started | None:
-        """A warm sandbox, or ``None`` if none is ready (the caller starts one cold)."""
-        while True:
-            try:
-                started = self._ready.get_nowait()
-            except queue.Empty:
-                return None
-            self._wanted.release()
-            if started.alive():
-                return started
-            started.close()
-
-    def run(self, argv: list[str], python: str | None, stdin: bytes | None) -> SandboxResult:
-        started = self.take()
-        if started is None:
-            if python is not None:
-                argv = [PYTHON, "-I", "-c", python]
-            return self.backend.run(argv, limits=self.limits, files=self.files, network=self.network, stdin=stdin)
-        header = json.dumps({"argv": argv, "python": python}).encode() + b"\n"
-        return started.finish(header + (stdin or b""))
-
-    def close(self) -> None:
-        self._closed = True
-        self._wanted.release()
-        while True:
-            try:
-                self._ready.get_nowait().close()
-            except queue.Empty:
-                break
-
-
-def _collect(
-    proc: subprocess.Popen[bytes], scratch: Path, limits: Limits, t0: float
-) -> tuple[bytes, bytes, str | None]:
-    sel = selectors.DefaultSelector()
-    assert proc.stdout is not None and proc.stderr is not None
-    sel.register(proc.stdout, selectors.EVENT_READ, "out")
-    sel.register(proc.stderr, selectors.EVENT_READ, "err")
-    bufs = {"out": bytearray(), "err": bytearray()}
-    killed_by: str | None = None
-    open_streams = 2
-    last_disk_check = 0.0
-    while open_streams:
-        remaining = limits.wall - (time.perf_counter() - t0)
-        if remaining <= 0:
-            killed_by = "timeout"
-            break
-        for key, _ in sel.select(timeout=min(remaining, 0.1)):
-            chunk = os.read(key.fileobj.fileno(), 65536)  # type: ignore[union-attr]
-            if not chunk:
-                sel.unregister(key.fileobj)
-                open_streams -= 1
-                continue
-            bufs[key.data] += chunk
-        if len(bufs["out"]) + len(bufs["err"]) > limits.output:
-            killed_by = "output"
-            break
-        now = time.perf_counter()
-        if now - last_disk_check > 0.2:
-            last_disk_check = now
-            if _disk_usage(scratch) > limits.file_size * 4:
-                killed_by = "disk"
-                break
-    sel.close()
-    if killed_by is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    total = limits.output
-    return bytes(bufs["out"][:total]), bytes(bufs["err"][: max(0, total - len(bufs["out"]))]), killed_by
-
-
-def _disk_usage(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, names in os.walk(root):
-        for name in names:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
-
-
-def _classify(code: int, stderr: str) -> str | None:
-    if "MemoryError" in stderr or "Cannot allocate memory" in stderr or "std::bad_alloc" in stderr:
-        return "memory"
-    signum = -code if code < 0 else code - 128 if code > 128 else 0
-    if signum in (signal.SIGXCPU, signal.SIGKILL) and code != 0:
-        return "cpu" if signum == signal.SIGXCPU else None
-    if signum == signal.SIGXFSZ:
-        return "disk"
-    return None
-
-
-def _files_back(scratch: Path) -> dict[str, bytes]:
-    """Regular files the code left in /work. Links are never followed: one could point at a
-    host file, and this runs with the supervisor's rights."""
-    out: dict[str, bytes] = {}
-    budget = _MAX_FILES_BACK
-    for dirpath, _dirs, names in os.walk(scratch):  # followlinks=False
-        for name in sorted(names):
-            path = Path(dirpath) / name
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            with os.fdopen(fd, "rb") as fh:
-                st = os.fstat(fh.fileno())
-                if not stat.S_ISREG(st.st_mode) or st.st_size > budget:
-                    continue
-                budget -= st.st_size
-                out["/work/" + str(path.relative_to(scratch))] = fh.read()
-    return out
+def unavailable(stderr: str, attempts: int) -> SandboxUnavailableError:
+    """The error for a sandbox that did not start, with bwrap's (or the launcher's) reason."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith("bwrap:")), lines[-1] if lines else "no reason given")
+    tries = f" (tried {attempts} times)" if attempts > 1 else ""
+    short = any(t in reason for t in TRANSIENT)
+    return SandboxUnavailableError(
+        backend="bwrap",
+        detail=f"the sandbox could not start{tries}: {reason.strip()[:300]}",
+        hint=("The host is short of processes, memory or namespaces. " if short else "")
+        + "See docs/sandbox.md, 'When a sandbox cannot start'.",
+    )

@@ -31,6 +31,11 @@ def _own_paths() -> dict[str, str]:
     return out
 
 
+def version() -> int:
+    """2 on a unified (cgroup v2) host, 1 on a v1 or hybrid one (v1 controllers)."""
+    return 2 if (ROOT / "cgroup.controllers").exists() else 1
+
+
 class CGroup:
     """One execution's group: ``limit()`` before start, ``join()`` in the child, ``close()`` after."""
 

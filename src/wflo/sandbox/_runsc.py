@@ -8,7 +8,7 @@ sandboxed code talks to gVisor's Sentry, not to the host kernel, so a kernel bug
 from a system call is not a host escape. Costs about 250 ms a start (bwrap: ~30 ms).
 
 Debian's package: ``apt-get install runsc``. wflo runs it as root (its normal mode: the Sentry
-then drops into its own namespaces and seccomp filter). ``network=True`` is refused: this
+then drops into its own namespaces and seccomp filter). An egress allow-list is refused: this
 backend has no network.
 """
 
@@ -26,7 +26,8 @@ from pathlib import Path
 
 from .._errors import SandboxUnavailableError, UserError
 from ._base import Limits, SandboxBackend, SandboxResult
-from ._bwrap import SANDBOX_GID, SANDBOX_UID, _Started, fill_scratch
+from ._bwrap import SANDBOX_GID, SANDBOX_UID, fill_scratch
+from ._supervise import Started
 
 
 class RunscBackend(SandboxBackend):
@@ -48,11 +49,11 @@ class RunscBackend(SandboxBackend):
         self._checked = True
 
     def run(
-        self, argv: Sequence[str], *, limits: Limits, files: Mapping[str, bytes], network: bool, stdin: bytes | None
+        self, argv: Sequence[str], *, limits: Limits, files: Mapping[str, bytes], network: object, stdin: bytes | None
     ) -> SandboxResult:
         self.check()
         if network:
-            raise UserError("the runsc backend has no network; use backend='bwrap' for network=True")
+            raise UserError("the runsc backend has no network; use backend='bwrap' for an egress allow-list")
         bundle = Path(tempfile.mkdtemp(prefix="wflo-runsc-"))
         scratch = bundle / "work"
         try:
@@ -74,18 +75,9 @@ class RunscBackend(SandboxBackend):
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True, close_fds=True, env={"PATH": "/usr/bin:/bin"},
         )  # fmt: skip
-        started = _RunscStarted(self.name, proc, scratch, limits, None)
+        started = Started(self.name, proc, scratch, limits, None)
         started.cleanup = lambda: _delete(base, cid, bundle)
         return started.finish(stdin)
-
-
-class _RunscStarted(_Started):
-    cleanup: object = None
-
-    def _remove(self) -> None:
-        super()._remove()
-        if callable(self.cleanup):
-            self.cleanup()
 
 
 def _delete(base: list[str], cid: str, bundle: Path) -> None:

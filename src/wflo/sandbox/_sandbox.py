@@ -11,6 +11,8 @@ from .._errors import UserError
 from ..engine import Call, current_run, guarded_call
 from ..guards._parse import parse_duration
 from ._base import Limits, SandboxBackend, SandboxResult, parse_size
+from ._bwrap import BwrapBackend
+from ._egress import Egress
 
 PYTHON = "/usr/bin/python3"
 
@@ -31,8 +33,6 @@ def register_backend(name: str, factory: Callable[[], SandboxBackend]) -> None:
 def _backend(name: str) -> SandboxBackend:
     if name not in _backends:
         if name == "bwrap":
-            from ._bwrap import BwrapBackend
-
             _backends[name] = BwrapBackend()
         elif name == "runsc":
             from ._runsc import RunscBackend
@@ -55,9 +55,12 @@ class Sandbox:
     """Runs untrusted code with no host files, no network, no secrets and hard limits.
 
     ``wflo.Sandbox(memory="256MiB", cpu_seconds=5, wall="10s", processes=32, output="1MiB",
-    files={"/work/data.csv": b"..."}, network=False)``. Inside a workflow each execution is a
-    journaled call (kind ``sandbox``): a resumed run does not run finished code again, and
-    the event records digests of the code and output, the limits and how it ended.
+    files={"/work/data.csv": b"..."}, network=None)``. ``network`` is ``None`` (no network, the
+    default) or an allow-list ``["api.example.com:443"]`` (or an ``Egress``) reached through a
+    host-side proxy that refuses loopback, private and metadata addresses; never the host's.
+    Inside a workflow each execution is a journaled call (kind ``sandbox``): a resumed run does
+    not run finished code again, and the event records digests of the code and output, the
+    limits, the allow-list and how it ended.
     """
 
     def __init__(
@@ -70,7 +73,7 @@ class Sandbox:
         output: int | str = "1MiB",
         file_size: int | str = "16MiB",
         files: Mapping[str, bytes | str] | None = None,
-        network: bool = False,
+        network: Sequence[str] | Egress | bool | None = None,
         backend: str = "bwrap",
         pool: int = 0,
     ) -> None:
@@ -86,18 +89,19 @@ class Sandbox:
             path: content.encode() if isinstance(content, str) else bytes(content)
             for path, content in (files or {}).items()
         }
-        self.network = bool(network)
-        self.backend = _backend(backend)
-        self.backend.check()
+        self.network = Egress.parse(network)
         if not isinstance(pool, int) or isinstance(pool, bool) or pool < 0:
             raise UserError(f"pool must be a number of warm sandboxes (0 for none), got {pool!r}")
+        if pool and backend != "bwrap":  # before check(): the answer must not depend on what is installed
+            raise UserError(f"pool= is available with the bwrap backend, not {backend!r}")
+        self.backend = _backend(backend)
+        self.backend.check()
         self._pool: Any = None
         if pool:
-            from ._bwrap import BwrapBackend, BwrapPool
+            from ._pool import BwrapPool
 
-            if not isinstance(self.backend, BwrapBackend):
-                raise UserError(f"pool= is available with the bwrap backend, not {self.backend.name!r}")
-            self._pool = BwrapPool(self.backend, pool, limits=self.limits, files=self.files, network=self.network)
+            assert isinstance(self.backend, BwrapBackend)
+            self._pool = BwrapPool(self.backend, pool, limits=self.limits, files=self.files, egress=self.network)
 
     def close(self) -> None:
         """Stop the warm sandboxes (also done at exit)."""
@@ -132,6 +136,8 @@ class Sandbox:
         call = Call(kind="sandbox", name=self.backend.name, args=(), kwargs={}, run=ctx, record_input=False,
                     meta={"_args_digest": digest})  # fmt: skip
         call.event["limits"] = asdict(self.limits)
+        if self.network is not None:  # what the code could reach is part of the record
+            call.event["network"] = list(self.network.allow)
 
         def execute() -> dict[str, Any]:
             result = self._execute(argv, stdin, digest, python)
@@ -143,6 +149,9 @@ class Sandbox:
     def _execute(self, argv: list[str], stdin: bytes | None, digest: str, python: str | None) -> SandboxResult:
         if self._pool is not None:
             result = self._pool.run(argv if python is None else [], python, stdin)
+        elif isinstance(self.backend, BwrapBackend):
+            result = self.backend.run_program(argv if python is None else [], python, limits=self.limits,
+                                              files=self.files, egress=self.network, stdin=stdin)  # fmt: skip
         else:
             result = self.backend.run(argv, limits=self.limits, files=self.files, network=self.network, stdin=stdin)
         return SandboxResult(**{**result.__dict__, "code_digest": digest})

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 from .._errors import ConfigurationError
 from ._base import SYSTEM_CHAIN, Store, StoreOp
@@ -46,49 +46,81 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, migrate: bool = True, verify: bool = True) -> Store:
+def open_store(url: str, *, migrate: bool = True, verify: bool = True, create: bool = True) -> Store:
     """Open the store at ``url`` (``sqlite:///path.db`` or ``postgresql://…``).
 
     SQLite takes ``?synchronous=FULL`` to fsync every commit (survives power loss; the
-    default ``NORMAL`` survives process crashes).
+    default ``NORMAL`` survives process crashes). Both take ``?pool_size=N``: at most N
+    connections per process (default 10; PostgreSQL adds one for LISTEN).
 
     With ``migrate`` (the default) a new or older schema is brought up to date; a newer one
     raises ``SchemaVersionError``, as does an older one when ``migrate`` is off. With
     ``verify=False`` the schema is not looked at (``wflo db migrate|check`` do that
-    themselves). Unreachable databases raise ``StoreUnavailableError``.
+    themselves). With ``create=False`` (read-only uses) a SQLite file that does not exist is
+    refused (``StoreNotFoundError``) instead of created. Unreachable databases raise
+    ``StoreUnavailableError``; a damaged SQLite file ``StoreCorruptError``.
     """
-    store = _make(url)
+    store = _make(url, create=create)
     if not verify:
         return store
     try:
-        store.ensure_schema(auto_migrate=migrate)
+        store.ensure_schema(auto_migrate=migrate and create)
     except BaseException:
         store.close()
         raise
     return store
 
 
-def _make(url: str) -> Store:
-    parsed = urlparse(url)
-    scheme = parsed.scheme.split("+", 1)[0]
+_SQLITE_HELP = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+
+
+def _pool_size(url: str, params: dict[str, str]) -> int:
+    raw = params.pop("pool_size", "10")
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ConfigurationError(f"pool_size must be a whole number of at least 1 in {url!r}, got {raw!r}")
+    return size
+
+
+def _make(url: str, *, create: bool = True) -> Store:
+    scheme, sep, rest = url.partition(":")
+    scheme = scheme.split("+", 1)[0].lower()
     if scheme == "sqlite":
-        # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory: is refused
-        # (each connection would get its own empty database).
-        rest, _, query = url.split("://", 1)[1].partition("?")
-        path = unquote(rest)[1:]
+        # sqlite:///relative.db and sqlite:////abs/path.db (the path follows the third
+        # slash). Anything else is refused with that spelling rather than guessed at:
+        # sqlite://rel.db used to open "el.db", and sqlite:/abc.db raised IndexError.
+        body, _, query = rest.partition("?")
+        if not body.startswith("///"):
+            hint = body.lstrip("/")
+            raise ConfigurationError(
+                f"{url!r} is not a SQLite URL wflo understands: {_SQLITE_HELP} "
+                f"(did you mean sqlite:///{hint} or sqlite:////{hint}?)"
+            )
+        path = unquote(body[3:])
         params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
-        sync = params.get("synchronous", "NORMAL").upper()
+        sync = params.pop("synchronous", "NORMAL").upper()
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigurationError(f"synchronous must be NORMAL, FULL or EXTRA in {url!r}")
+        size = _pool_size(url, params)
         if not path or path == ":memory:":
-            raise ConfigurationError(f"{url!r} names no database file; use sqlite:///path/to/wflo.db")
+            raise ConfigurationError(f"{url!r} names no database file; {_SQLITE_HELP}")
         from ._sqlite import SQLiteStore
 
-        return SQLiteStore(url, path, synchronous=sync)
-    if scheme in ("postgresql", "postgres"):
+        return SQLiteStore(url, path, synchronous=sync, create=create, pool_size=size)
+    if scheme in ("postgresql", "postgres") and sep:
         from ._postgres import PostgresStore
 
-        return PostgresStore("postgresql://" + url.split("://", 1)[1])
+        pg_url = "postgresql:" + rest
+        base, _, query = pg_url.partition("?")
+        parts = [p for p in query.split("&") if p]
+        params = dict(p.split("=", 1) for p in parts if "=" in p)
+        size = _pool_size(url, params)
+        # pool_size is ours, not libpq's: it must not reach the server's connection string.
+        kept = [p for p in parts if not p.startswith("pool_size=")]
+        return PostgresStore(base + ("?" + "&".join(kept) if kept else ""), pool_size=size)
     raise ConfigurationError(
         f"unsupported database URL {url!r}: use sqlite:///path/to/wflo.db or postgresql://user@host/db"
     )

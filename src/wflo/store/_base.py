@@ -1,24 +1,27 @@
 """The store base class: every query and all shared logic; backends add only dialect hooks.
 
-Concurrency model. Each thread uses its own connection. A run's journal has one writer at a
-time, the holder of the run's lease; every append is fenced on ``(lease_owner, last_seq)`` in
-the same statement that advances the run's head, so a worker whose lease was taken over
-cannot write another event (it gets ``LeaseLost``), and two writers can never both extend
-the same link. The events and the ``runs`` projection change in one transaction.
+Concurrency model. Connections come from a bounded pool per store and process, one per
+transaction (see ``_conn`` and ``_pool``). A run's journal has one writer at a time, the
+holder of the run's lease. Lease times are read from the store's clock (``_clock``), never a
+worker's, so a worker whose clock runs ahead cannot see a live lease as expired. Every append
+is fenced on ``(lease_owner, last_seq)`` in the same statement that advances the run's head,
+so a worker whose lease was taken over cannot write another event (it gets ``LeaseLost``),
+and two writers can never both extend the same link. The events and the ``runs`` projection
+change in one transaction.
 """
 
 from __future__ import annotations
 
 import abc
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from .._errors import LeaseLost, RunNotFoundError, SchemaVersionError
 from ._chain import GENESIS, canonical_json, link_hash
+from ._conn import Connections
 from ._migrations import MIGRATIONS, SCHEMA_VERSION
 from ._records import (
     RUN_COLUMNS,
@@ -26,6 +29,7 @@ from ._records import (
     Head,
     NewEvent,
     RunRecord,
+    iso,
     now_iso,
 )
 
@@ -37,7 +41,7 @@ SYSTEM_CHAIN = "system"
 StoreOp = Callable[[Any], None]
 
 
-class Store(abc.ABC):
+class Store(Connections):
     """A wflo store: runs, their hash-chained journals, and the system chain.
 
     Subclasses implement only the dialect hooks (connecting, beginning a write transaction,
@@ -46,31 +50,20 @@ class Store(abc.ABC):
 
     dialect: str = "abstract"
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._local = threading.local()
-        self._conns: list[Any] = []
-        self._conns_lock = threading.Lock()
-        self._sql_cache: dict[str, str] = {}
-
     # ----------------------------------------------------------------- dialect hooks
-    @abc.abstractmethod
-    def _connect(self) -> Any:
-        """A new DB-API connection in autocommit mode."""
-
-    @abc.abstractmethod
-    def _begin(self, cur: Any) -> None:
-        """Begin a transaction that may write."""
-
     @abc.abstractmethod
     def _claim_next_sql(self) -> str:
         """SELECT the id of the next claimable run (``?`` params: now, now)."""
 
-    def _is_disconnect(self, error: BaseException) -> bool:
-        """True when ``error`` means the connection is gone and the operation may be retried."""
-        return False
+    def _clock(self, cur: Any) -> datetime:
+        """Now by the store's clock, read inside the transaction ``cur`` belongs to.
 
-    def _notify(self, cur: Any, channel: str, payload: str) -> None:  # noqa: B027 - optional dialect hook
+        Lease expiry is judged on this clock only. The default is this machine's clock: an
+        embedded SQLite store has one machine, whose clock every process on it shares.
+        """
+        return datetime.now(UTC)
+
+    def _notify(self, cur: Any, channel: str, payload: str) -> None:
         """Tell waiting workers that something changed (PostgreSQL NOTIFY); default: nothing."""
 
     def wait_for_notification(self, timeout: float) -> bool:
@@ -78,128 +71,27 @@ class Store(abc.ABC):
         time.sleep(timeout)
         return False
 
-    placeholder = "?"
-    for_update = ""
-    """Suffix that locks selected rows until commit (PostgreSQL); SQLite's write transaction
-    already holds the whole database."""
-
-    # ----------------------------------------------------------------- connections
-    def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._connect()
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
-
-    def _drop_conn(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            with self._conns_lock:
-                if conn in self._conns:
-                    self._conns.remove(conn)
-            with suppress(Exception):
-                conn.close()
-
-    def close(self) -> None:
-        """Close every connection this store opened (in any thread)."""
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            with suppress(Exception):
-                conn.close()
-        self._local = threading.local()
-
-    def _sql(self, sql: str) -> str:
-        cached = self._sql_cache.get(sql)
-        if cached is None:
-            cached = sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
-            self._sql_cache[sql] = cached
-        return cached
-
-    def _retrying(self, fn: Callable[[], T], attempts: int = 5) -> T:
-        """Run ``fn``; on a lost connection reconnect and try again (with backoff)."""
-        delay = 0.05
-        for attempt in range(attempts):
-            try:
-                return fn()
-            except Exception as exc:
-                if not self._is_disconnect(exc) or attempt == attempts - 1:
-                    raise
-                self._drop_conn()
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:
-        conn = self._conn()
-        cur = conn.cursor()
-        self._begin(cur)
-        try:
-            yield cur
-        except BaseException:
-            with suppress(Exception):
-                cur.execute("ROLLBACK")
-            raise
-        else:
-            cur.execute("COMMIT")
-        finally:
-            cur.close()
-
-    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        def go() -> list[tuple[Any, ...]]:
-            cur = self._conn().cursor()
-            try:
-                cur.execute(self._sql(sql), tuple(params))
-                return list(cur.fetchall())
-            finally:
-                cur.close()
-
-        return self._retrying(go)
-
-    def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
-        rows = self._fetchall(sql, params)
-        return rows[0] if rows else None
-
-    def write(self, fn: Callable[[Any], T]) -> T:
-        """Run ``fn(cursor)`` in one write transaction (retried whole on a lost connection)."""
-
-        def go() -> T:
-            with self._tx() as cur:
-                return fn(cur)
-
-        return self._retrying(go)
-
-    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a read-only query (``?`` placeholders on every backend)."""
-        return self._fetchall(sql, params)
-
-    def execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Run one statement on a transaction's cursor (for ``StoreOp`` writers)."""
-        cur.execute(self._sql(sql), tuple(params))
-        return cur
-
     # ----------------------------------------------------------------- schema
     def schema_version(self) -> int:
         def go() -> int:
-            cur = self._conn().cursor()
-            try:
+            with self._connection() as conn:
+                cur = conn.cursor()
                 try:
-                    cur.execute("SELECT value FROM wflo_meta WHERE key = 'schema_version'")
-                except Exception:
-                    self._rollback_quietly()
-                    return 0
-                row = cur.fetchone()
-                return int(row[0]) if row else 0
-            finally:
-                cur.close()
+                    try:
+                        cur.execute("SELECT value FROM wflo_meta WHERE key = 'schema_version'")
+                    except Exception as exc:
+                        if self._translate_error(exc) is not None or self._is_disconnect(exc):
+                            raise
+                        self._rollback_quietly(conn)
+                        return 0  # no wflo_meta table: a new, empty store
+                    row = cur.fetchone()
+                    return int(row[0]) if row else 0
+                finally:
+                    cur.close()
 
         return self._retrying(go)
 
-    def _rollback_quietly(self) -> None:  # noqa: B027 - optional dialect hook
+    def _rollback_quietly(self, conn: Any) -> None:
         """After a failed read, leave the connection usable (PostgreSQL aborts the tx)."""
 
     def migrate(self) -> list[str]:
@@ -234,7 +126,7 @@ class Store(abc.ABC):
                     )
         return applied
 
-    def _lock_for_migration(self, cur: Any) -> None:  # noqa: B027 - optional dialect hook
+    def _lock_for_migration(self, cur: Any) -> None:
         """Serialise concurrent migrations (PostgreSQL: advisory lock; SQLite: the write lock)."""
 
     def check(self) -> int:
@@ -323,7 +215,7 @@ class Store(abc.ABC):
 
         return self._retrying(go)
 
-    def _lock_chain_head(self, cur: Any, chain: str) -> None:  # noqa: B027 - optional dialect hook
+    def _lock_chain_head(self, cur: Any, chain: str) -> None:
         """PostgreSQL: make concurrent appenders of one chain wait for each other."""
 
     # ----------------------------------------------------------------- runs
@@ -353,10 +245,10 @@ class Store(abc.ABC):
         if owner is not None:
             new_events.append(NewEvent("run.started", {"attempt": 1, "worker": owner}, now))
         status = "running" if owner is not None else "queued"
-        lease = now_iso(lease_seconds) if owner is not None else None
 
         def go() -> tuple[RunRecord, bool]:
             with self._tx() as cur:
+                lease = iso(self._clock(cur), lease_seconds) if owner is not None else None
                 self.execute(cur, "SELECT 1 FROM runs WHERE id = ?", (run_id,))
                 if cur.fetchone():
                     created = False
@@ -492,10 +384,11 @@ class Store(abc.ABC):
     # ----------------------------------------------------------------- leases
     def claim_next(self, owner: str, lease_seconds: float, workflows: Sequence[str] | None = None) -> RunRecord | None:
         """Take the lease of the next runnable run: queued, woken, or abandoned by a dead owner."""
-        now = now_iso()
 
         def go() -> RunRecord | None:
             with self._tx() as cur:
+                clock = self._clock(cur)
+                now = iso(clock)
                 sql = self._claim_next_sql()
                 params: list[Any] = [now, now]
                 if workflows:
@@ -510,7 +403,7 @@ class Store(abc.ABC):
                     cur,
                     "UPDATE runs SET lease_owner = ?, lease_expires_at = ?, status = 'running', "
                     "attempts = attempts + 1, wake_at = NULL, updated_at = ? WHERE id = ?",
-                    (owner, now_iso(lease_seconds), now, run_id),
+                    (owner, iso(clock, lease_seconds), now, run_id),
                 )
                 self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
                 return RunRecord.from_row(cur.fetchone())
@@ -518,18 +411,19 @@ class Store(abc.ABC):
         return self._retrying(go)
 
     def claim(self, run_id: str, owner: str, lease_seconds: float) -> RunRecord:
-        """Take the lease of one run if it is free, expired, or already ours."""
-        now = now_iso()
+        """Take the lease of one run if it is free, expired (by the store's clock), or already ours."""
 
         def go() -> RunRecord:
             with self._tx() as cur:
+                clock = self._clock(cur)
+                now = iso(clock)
                 self.execute(
                     cur,
                     "UPDATE runs SET lease_owner = ?, lease_expires_at = ?, status = 'running', "
                     "attempts = attempts + 1, wake_at = NULL, updated_at = ? WHERE id = ? "
                     "AND status NOT IN ('succeeded', 'failed', 'cancelled', 'stopped') "
                     "AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at < ?)",
-                    (owner, now_iso(lease_seconds), now, run_id, owner, now),
+                    (owner, iso(clock, lease_seconds), now, run_id, owner, now),
                 )
                 self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
                 row = cur.fetchone()
@@ -543,11 +437,11 @@ class Store(abc.ABC):
         """Extend our leases; return the ids we still hold, each with its cancel request."""
         if not run_ids:
             return {}
-        until = now_iso(lease_seconds)
         marks = ", ".join("?" * len(run_ids))
 
         def go() -> dict[str, bool]:
             with self._tx() as cur:
+                until = iso(self._clock(cur), lease_seconds)
                 self.execute(
                     cur,
                     f"UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND id IN ({marks})",
@@ -561,6 +455,18 @@ class Store(abc.ABC):
                 return {r[0]: bool(r[1]) for r in cur.fetchall()}
 
         return self._retrying(go)
+
+    def fence(self, cur: Any, run_id: str, owner: str) -> None:
+        """Inside a write transaction: raise ``LeaseLost`` unless ``owner`` holds ``run_id``'s lease.
+
+        Locks the run's row until commit, so the lease cannot change hands before the
+        transaction's other writes land. For writes a worker makes outside ``append`` (an
+        integration's own tables): ``store.write(lambda cur: (store.fence(cur, rid, me), ...))``.
+        """
+        self.execute(cur, "SELECT lease_owner FROM runs WHERE id = ?" + self.for_update, (run_id,))
+        row = cur.fetchone()
+        if row is None or row[0] != owner:
+            raise LeaseLost(run_id=run_id, owner=owner)
 
     def release(self, run_id: str, owner: str) -> None:
         """Give up a lease without changing the run (it becomes claimable at once)."""

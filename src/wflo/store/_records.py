@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-RUN_STATUSES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled", "stopped")
+RUN_STATUSES = ("queued", "running", "waiting", "blocked", "succeeded", "failed", "cancelled", "stopped")
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "stopped"})
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -22,6 +22,13 @@ def now_iso(offset_seconds: float = 0.0) -> str:
     if offset_seconds:
         moment += timedelta(seconds=offset_seconds)
     return moment.strftime(_TIME_FORMAT)
+
+
+def iso(moment: datetime, offset_seconds: float = 0.0) -> str:
+    """``moment`` (plus an offset) in the store's UTC text form."""
+    if offset_seconds:
+        moment += timedelta(seconds=offset_seconds)
+    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
 
 
 def parse_iso(text: str) -> datetime:

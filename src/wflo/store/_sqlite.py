@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 import time
 from typing import Any
 
-from .._errors import StoreUnavailableError
+from .._errors import StoreCorruptError, StoreNotFoundError, StoreUnavailableError
 from ._base import Store
+from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
+
+# What SQLite says when the file is not (or no longer) a sound database.
+_CORRUPT = ("file is not a database", "malformed", "database disk image", "file is encrypted")
 
 _CLAIM_NEXT = """
 SELECT id FROM runs
@@ -30,22 +35,53 @@ class SQLiteStore(Store):
     instead of failing half way. ``synchronous=NORMAL`` in WAL mode keeps every committed
     transaction across a process crash (``kill -9``); only an OS crash or power loss can lose
     the last commits, never corrupt the file. Set ``synchronous="FULL"`` to survive those too.
+
+    At most ``pool_size`` connections are open at once (each holds descriptors on the file,
+    its WAL and shared memory); threads take one per transaction. Lease expiry is judged on
+    this machine's clock, which every process using the file shares.
+
+    With ``create=False`` (read-only uses such as listing runs) a missing file is refused
+    with ``StoreNotFoundError`` instead of created, and no directory is made.
     """
 
     dialect = "sqlite"
 
-    def __init__(self, url: str, path: str, *, synchronous: str = "NORMAL", busy_timeout_ms: int = 30_000) -> None:
-        super().__init__(url)
+    def __init__(
+        self,
+        url: str,
+        path: str,
+        *,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 30_000,
+        create: bool = True,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+    ) -> None:
+        super().__init__(url, pool_size=pool_size, pool_timeout=pool_timeout)
         self.path = path
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self._wal_checked = False
-        if path != ":memory:":
-            directory = os.path.dirname(os.path.abspath(path))
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as exc:
-                raise StoreUnavailableError(url=url, detail=str(exc)) from None
+        if not create:
+            if not os.path.isfile(path):
+                raise StoreNotFoundError(url=url, path=path)
+            return
+        directory = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(url=url, detail=f"cannot create {directory}: {exc.strerror}") from None
+
+    def _conn_broken(self, conn: Any) -> bool:
+        # A transaction the failed operation could not roll back must not reach the next user.
+        return bool(conn.in_transaction)
+
+    def _translate_error(self, error: BaseException) -> BaseException | None:
+        if isinstance(error, sqlite3.DatabaseError) and any(m in str(error) for m in _CORRUPT):
+            return StoreCorruptError(path=self.path, detail=str(error))
+        if isinstance(error, StoreUnavailableError) and any(m in str(error.detail) for m in _CORRUPT):
+            return StoreCorruptError(path=self.path, detail=str(error.detail))
+        return None
 
     def _is_disconnect(self, error: BaseException) -> bool:
         # SQLite answers SQLITE_BUSY without waiting in a few cases (WAL recovery, a reader
@@ -63,6 +99,7 @@ class SQLiteStore(Store):
         raise AssertionError("unreachable")
 
     def _open(self) -> Any:
+        conn: Any = None
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000
@@ -72,6 +109,10 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                conn.close()
+            if any(m in str(exc) for m in _CORRUPT):
+                raise StoreCorruptError(path=self.path, detail=str(exc)) from None
             raise StoreUnavailableError(url=self.url, detail=str(exc)) from None
         return conn
 

@@ -22,9 +22,26 @@ def refund(order_id: str, amount: float) -> str:
     return f"refunded {amount} on {order_id}"
 
 
+def _amount(amount: float) -> float:
+    """The attack of issue 14: a process whose code computes another amount for the same call."""
+    override = os.environ.get("APPROVALAPP_AMOUNT")
+    return float(override) if override else amount
+
+
 @wflo.workflow(name="refunds")
 def refunds(order_id: str, amount: float) -> str:
-    return refund(order_id, amount)
+    return refund(order_id, _amount(amount))
+
+
+@wflo.tool(approval=wflo.Approval(approvers=["role:finance"], on_change="stop"))
+def strict_refund(order_id: str, amount: float) -> str:
+    _effect(f"strict_refund {order_id} {amount}")
+    return f"refunded {amount} on {order_id}"
+
+
+@wflo.workflow(name="strict-refunds")
+def strict_refunds(order_id: str, amount: float) -> str:
+    return strict_refund(order_id, _amount(amount))
 
 
 @wflo.tool(approval=wflo.Approval(approvers=["role:finance"], quorum=2))

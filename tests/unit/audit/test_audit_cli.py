@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,36 @@ from wflo.store import NewEvent, open_store
 OLD = "2020-01-01T00:00:00.000000Z"
 
 
-def wflo(*args: str, db: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
-    env.update(WFLO_DATABASE_URL=db, WFLO_PRINCIPAL="user:auditor", PYTHONPATH=os.pathsep.join(sys.path))
-    return subprocess.run([sys.executable, "-m", "wflo.cli", *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+@dataclass
+class Proc:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def one_line_error(proc: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+def wflo(*args: str, db: str, cwd: Path) -> Proc:
+    """The command in-process (click's CliRunner): a subprocess per command added most of this
+    file's time and nothing it checks. An exception escaping a command fails the test."""
+    from click.testing import CliRunner
+
+    from wflo import _config
+    from wflo.cli import cli
+    from wflo.store import open_store
+
+    open_store(db).close()  # reading commands refuse a missing store; these tests start from an empty one
+    before = os.getcwd()
+    os.chdir(cwd)  # relative paths (key.pem, cp.json) resolve there, as in a shell
+    try:
+        result = CliRunner().invoke(cli, list(args), env={"WFLO_DATABASE_URL": db, "WFLO_PRINCIPAL": "user:auditor"})
+    finally:
+        os.chdir(before)
+        _config.reset()
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Proc(result.exit_code, result.stdout, result.stderr)
+
+
+def one_line_error(proc: Proc, code: int, text: str) -> None:
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error:") and text in proc.stderr

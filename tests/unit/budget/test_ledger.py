@@ -124,8 +124,12 @@ def test_dead_process_reservation_expires(store_url: str) -> None:
         ledger.reserve(run_id=None, scopes=["tenant:x"], cost=req, ttl_seconds=0.1)  # never settled
         assert ledger.usage("tenant:x")[0].reserved == Decimal("0.5")
         time.sleep(0.2)
-        assert ledger.usage("tenant:x")[0].reserved == 0
+        usage = ledger.usage("tenant:x")[0]
+        # Charged at its reservation (the provider may have billed it), not released as free.
+        assert usage.reserved == 0 and usage.spent == Decimal("0.5")
         assert ledger.open_reservations() == 0
+        (lost,) = ledger.unknown_outcomes()
+        assert lost["reason"] == "expired" and lost["amount_usd"] == "0.5"
 
 
 def test_daily_period_and_alerts(store_url: str) -> None:

@@ -1,31 +1,53 @@
-"""The `wflo` command as users run it: real processes, exit codes, one-line errors."""
+"""The `wflo` command as users run it: exit codes, one-line errors.
+
+In-process through click's CliRunner: starting an interpreter per command added minutes to
+the suite and nothing these tests check (test_cli_walk.py runs the real entry point once).
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+
+from wflo import _config
+from wflo.cli import cli
+from wflo.store import open_store
 
 HERE = Path(__file__).parent
 
 
-def wflo(*args: str, db: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
-    env["WFLO_DATABASE_URL"] = db
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *sys.path])
-    proc = subprocess.run(
-        [sys.executable, "-m", "wflo.cli", *args], env=env, cwd=HERE, capture_output=True, text=True, timeout=60
-    )
+@pytest.fixture(autouse=True)
+def _cliapp_importable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.syspath_prepend(str(HERE))
+    yield
+    _config.reset()
+
+
+@dataclass
+class Proc:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def wflo(*args: str, db: str, check: bool = False, create: bool = True) -> Proc:
+    if create:
+        open_store(db).close()  # reading commands refuse a missing store; these tests start from an empty one
+    result = CliRunner().invoke(cli, list(args), env={"WFLO_DATABASE_URL": db})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a traceback in a terminal: the test fails with it
+    proc = Proc(result.exit_code, result.stdout, result.stderr)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, text: str) -> None:
+def assert_one_line_error(proc: Proc, code: int, text: str) -> None:
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
     assert text in proc.stderr
@@ -55,9 +77,8 @@ def test_start_worker_and_cancel(store_url: str) -> None:
 
 
 def test_failed_workflow_exit_status(store_url: str) -> None:
-    proc = wflo("run", "cliapp:explode", db=store_url)
-    assert proc.returncode != 0
-    assert "kaboom" in proc.stderr
+    proc = wflo("run", "cliapp:explode", "--id", "boom-1", db=store_url)
+    assert_one_line_error(proc, 6, "run boom-1 failed: ValueError: kaboom")
     listed = json.loads(wflo("runs", "list", "--status", "failed", "--json", db=store_url, check=True).stdout)
     assert listed[0]["error"]["message"] == "kaboom"
 
@@ -81,13 +102,16 @@ def test_user_mistakes_get_one_line_errors(sqlite_url: str, args: tuple[str, ...
 
 def test_unreachable_database_and_schema_checks(tmp_path: Path) -> None:
     assert_one_line_error(
-        wflo("runs", "list", db="postgresql://x:pw@127.0.0.1:1/none"), 4, "cannot open the wflo store"
+        wflo("runs", "list", db="postgresql://x:pw@127.0.0.1:1/none", create=False), 4, "cannot open the wflo store"
     )
     fresh = f"sqlite:///{tmp_path}/fresh.db"
-    assert_one_line_error(wflo("db", "check", db=fresh), 5, "wflo db migrate")
-    assert "applied m001_initial, m002_budgets, m003_approvals" in wflo("db", "migrate", db=fresh, check=True).stdout
-    assert "ok:" in wflo("db", "check", db=fresh, check=True).stdout
-    assert_one_line_error(wflo("runs", "list", db="mysql://nope"), 2, "unsupported database URL")
+    assert_one_line_error(wflo("db", "check", db=fresh, create=False), 5, "wflo db migrate")
+    assert (
+        "applied m001_initial, m002_budgets, m003_approvals"
+        in wflo("db", "migrate", db=fresh, check=True, create=False).stdout
+    )
+    assert "ok:" in wflo("db", "check", db=fresh, check=True, create=False).stdout
+    assert_one_line_error(wflo("runs", "list", db="mysql://nope", create=False), 2, "unsupported database URL")
 
 
 def test_budgets_and_costs_commands(store_url: str) -> None:

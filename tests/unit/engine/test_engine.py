@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import Counter
 
@@ -108,7 +109,7 @@ def test_recorded_error_is_reraised_on_replay(configured: str) -> None:
     assert counts["bad"] == 1
 
 
-def test_nondeterminism_is_detected(configured: str) -> None:
+def test_nondeterminism_is_detected_and_leaves_the_run_blocked_for_fixed_code(configured: str) -> None:
     mode = {"v": 1}
 
     @wflo.step
@@ -126,18 +127,62 @@ def test_nondeterminism_is_detected(configured: str) -> None:
 
     @wflo.workflow
     def flow() -> int:
-        x = a() if mode["v"] == 1 else b()
+        x = b() if mode["v"] == 2 else a()
         stop()
         return x
 
     with pytest.raises(KeyboardInterrupt):
         flow.options(id="nd-1").run()
-    mode["v"] = 2
+    mode["v"] = 2  # a code change: another step where the journal has a()
     with pytest.raises(wflo.NonDeterminismError) as info:
         wflo.resume("nd-1")
     assert info.value.call_id == "1"
     assert "a" in info.value.expected and "b" in info.value.found
-    assert _config.get_store().get_run("nd-1").status == "failed"
+    # Not failed: blocked with the evidence, and no worker claims it in the meantime.
+    store = _config.get_store()
+    run = store.get_run("nd-1")
+    assert run.status == "blocked" and run.error is None and run.lease_owner is None
+    blocked = [e.data for e in store.events("nd-1") if e.type == "run.blocked"]
+    assert blocked[0]["reason"] == "non_determinism" and blocked[0]["error"]["fields"]["call_id"] == "1"
+    assert "wflo runs resume nd-1" in blocked[0]["fix"]
+    assert store.claim_next("someone:1:x", 30) is None
+    # Fixed code (the journal's path again) resumes it to the end.
+    mode["v"] = 3
+    assert wflo.resume("nd-1") == 1
+    assert store.get_run("nd-1").status == "succeeded"
+
+
+def test_nondeterminism_caught_by_the_code_still_blocks_the_run(configured: str) -> None:
+    mode = {"v": 1}
+
+    @wflo.step
+    def a() -> int:
+        return 1
+
+    @wflo.step
+    def b() -> int:
+        return 2
+
+    @wflo.step
+    def stop() -> None:
+        if mode["v"] == 1:
+            raise KeyboardInterrupt
+
+    @wflo.workflow
+    def flow() -> str:
+        with contextlib.suppress(Exception):  # agent code that swallows everything
+            b() if mode["v"] == 2 else a()
+        with contextlib.suppress(Exception):
+            a()  # any later call re-raises: the journal must not mix two code versions
+        stop()
+        return "finished anyway"
+
+    with pytest.raises(KeyboardInterrupt):
+        flow.options(id="nd-2").run()
+    mode["v"] = 2
+    with pytest.raises(wflo.NonDeterminismError):
+        wflo.resume("nd-2")
+    assert _config.get_store().get_run("nd-2").status == "blocked"
 
 
 def test_at_most_once_step_in_flight_fails_loudly(configured: str) -> None:
@@ -419,3 +464,44 @@ def test_stale_owner_cannot_write(configured: str) -> None:
 
     with pytest.raises(LeaseLost):
         store.append(first.id, Head(first.last_seq, first.last_hash), [NewEvent("x", {})], owner="worker-a")
+
+
+def test_nondeterminism_in_a_child_blocks_parent_and_child_and_fixed_code_finishes_both(configured: str) -> None:
+    mode = {"v": 1}
+
+    @wflo.step
+    def a() -> int:
+        return 1
+
+    @wflo.step
+    def b() -> int:
+        return 2
+
+    @wflo.step
+    def stop() -> None:
+        if mode["v"] == 1:
+            raise KeyboardInterrupt
+
+    @wflo.workflow(name="nd-child")
+    def child() -> int:
+        x = b() if mode["v"] == 2 else a()
+        stop()
+        return x
+
+    @wflo.workflow(name="nd-parent")
+    def parent() -> int:
+        return child() + 10
+
+    with pytest.raises(KeyboardInterrupt):
+        parent.options(id="nd-p").run()
+    mode["v"] = 2
+    with pytest.raises(wflo.NonDeterminismError):
+        wflo.resume("nd-p")
+    store = _config.get_store()
+    child_id = next(r.id for r in store.list_runs(workflow="nd-child"))
+    assert store.get_run("nd-p").status == "blocked" and store.get_run(child_id).status == "blocked"
+    # Not journaled as the child call's result: the parent would re-raise it forever on replay.
+    assert not [e for e in store.events("nd-p") if e.type == "call.failed"]
+    mode["v"] = 3
+    assert wflo.resume("nd-p") == 11
+    assert store.get_run(child_id).status == "succeeded"

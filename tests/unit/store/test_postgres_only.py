@@ -13,11 +13,11 @@ def test_events_are_append_only_in_postgres(pg_url: str) -> None:
 
     with open_store(pg_url) as store:
         store.create_run(run_id="ao", workflow="w", input={})
-        conn = store._conn()
-        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
-            conn.execute("UPDATE events SET data = '{}' WHERE chain = 'ao'")
-        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
-            conn.execute("DELETE FROM events WHERE chain = 'ao'")
+        with store._connection() as conn:
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                conn.execute("UPDATE events SET data = '{}' WHERE chain = 'ao'")
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                conn.execute("DELETE FROM events WHERE chain = 'ao'")
         assert len(store.events("ao")) == 1
 
 

@@ -1,0 +1,52 @@
+"""The ledger's reservation on PostgreSQL: one statement, one round trip (``wflo_reserve``,
+created by migration m006; the same rules as the portable path in ``_ledger.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from .._errors import BudgetExceededError
+from ..store import Store, new_id
+from ._ledger import CostRequest, Limit, Reservation, period_start, usd_str
+
+
+def reserve(
+    store: Store,
+    run_id: str | None,
+    scopes: Sequence[str],
+    extra_limits: Sequence[Limit],
+    cost: CostRequest,
+    now: str,
+    expires: str,
+    call_id: str | None,
+    model: str | None,
+) -> Reservation | None:
+    """``reserve`` as one statement (the ``wflo_reserve`` function, migration m006): one
+    round trip, committed on its own. Sent again after a lost connection, it finds its
+    reservation (same id) instead of holding the money twice."""
+    extra = [
+            {"scope": lim.scope, "limit": usd_str(lim.limit), "period": lim.period,
+             "max_res": None if lim.max_reservation is None else usd_str(lim.max_reservation)}
+            for lim in extra_limits
+        ]  # fmt: skip
+    res_id = new_id()
+    at = datetime.now(UTC)
+    rows = store.read(
+            "SELECT * FROM wflo_reserve(?, ?, ?, ?, ?::text[], ?::jsonb, ?::numeric, ?::numeric, ?, ?, ?, ?, ?, ?)",
+            (res_id, run_id, call_id, model, [s for s in scopes], json.dumps(extra), cost.input_cost,
+             cost.output_price_per_token, cost.output_cap, cost.min_output_tokens, period_start("day", at),
+             period_start("month", at), now, expires),
+        )  # fmt: skip
+    status, amount, cap, clamped, scopes_json, b_scope, b_limit, b_spent, b_reserved = rows[0]
+    if status == "none":
+        return None
+    if status == "refused":
+        raise BudgetExceededError(
+                scope=b_scope, limit=Decimal(b_limit), spent=Decimal(b_spent), reserved=Decimal(b_reserved),
+                requested=Decimal(amount),
+            )  # fmt: skip
+    held = [(str(a), str(b)) for a, b in json.loads(scopes_json)]
+    return Reservation(res_id, Decimal(amount), held, cap, bool(clamped), run_id=run_id, call_id=call_id, model=model)

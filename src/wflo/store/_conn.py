@@ -1,0 +1,191 @@
+"""The connection layer every store shares: a bounded pool, transactions, retries.
+
+A thread takes a connection from the pool for one transaction or one read and gives it back
+(see ``_pool``); a read made inside a write transaction reuses the transaction's connection.
+A lost connection (server restart, ``pg_terminate_backend``) is dropped and the operation
+run again; a damaged database file becomes one clear error (``_translate_error``).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+
+from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, BoundedPool
+
+T = TypeVar("T")
+
+
+class Connections(abc.ABC):
+    """Pooled connections, transactions and retries; backends supply the dialect hooks."""
+
+    url: str
+
+    def __init__(
+        self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    ) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
+        self._local = threading.local()
+        self._pool: Any = None
+        self._pool_pid = 0
+        self._pool_lock = threading.Lock()
+        self._sql_cache: dict[str, str] = {}
+
+    @abc.abstractmethod
+    def _connect(self) -> Any:
+        """A new DB-API connection in autocommit mode."""
+
+    @abc.abstractmethod
+    def _begin(self, cur: Any) -> None:
+        """Begin a transaction that may write."""
+
+    def _is_disconnect(self, error: BaseException) -> bool:
+        """True when ``error`` means the connection is gone and the operation may be retried."""
+        return False
+
+    placeholder = "?"
+    for_update = ""
+    """Suffix that locks selected rows until commit (PostgreSQL); SQLite's write transaction
+    already holds the whole database."""
+
+    def _translate_error(self, error: BaseException) -> BaseException | None:
+        """A clearer error for ``error`` (a damaged database file), or ``None``."""
+        return None
+
+    def _conn_broken(self, conn: Any) -> bool:
+        """True when ``conn`` can no longer be used (it is then closed, not pooled)."""
+        return False
+
+    def _make_pool(self) -> Any:
+        """The pool connections come from (``get``/``put``/``discard_idle``/``close``)."""
+        return BoundedPool(
+            self._connect, size=self.pool_size, timeout=self.pool_timeout, url=self.url, close=lambda c: c.close()
+        )
+
+    # ----------------------------------------------------------------- connections
+    def _get_pool(self) -> Any:
+        pool = self._pool
+        if pool is None or self._pool_pid != os.getpid():
+            with self._pool_lock:
+                # After a fork the parent's connections are not ours to use: a new pool.
+                if self._pool is None or self._pool_pid != os.getpid():
+                    self._pool = self._make_pool()
+                    self._pool_pid = os.getpid()
+                pool = self._pool
+        return pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        """A pooled connection for one transaction or read, returned to the pool afterwards.
+
+        Re-entrant per thread: a read made inside a write transaction (a ``StoreOp`` asking
+        the store something) uses the transaction's connection, so it sees the transaction's
+        own writes and a thread never waits on the pool while holding a connection.
+        """
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            yield held
+            return
+        pool = self._get_pool()
+        conn = pool.get()
+        self._local.held = conn
+        broken = False
+        try:
+            yield conn
+        except BaseException as exc:
+            broken = self._is_disconnect(exc) or self._conn_broken(conn)
+            raise
+        finally:
+            self._local.held = None
+            pool.put(conn, broken=broken)
+
+    def close(self) -> None:
+        """Close every pooled connection (a later call opens a new pool)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        self._local = threading.local()
+
+    def _sql(self, sql: str) -> str:
+        cached = self._sql_cache.get(sql)
+        if cached is None:
+            cached = sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+            self._sql_cache[sql] = cached
+        return cached
+
+    def _retrying(self, fn: Callable[[], T], attempts: int = 5) -> T:
+        """Run ``fn``; on a lost connection reconnect and try again (with backoff)."""
+        delay = 0.05
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except Exception as exc:
+                better = self._translate_error(exc)
+                if better is not None:
+                    raise better from None
+                if not self._is_disconnect(exc) or attempt == attempts - 1:
+                    raise
+                # The server went away: the idle connections are as dead as this one.
+                with suppress(Exception):
+                    self._get_pool().discard_idle()
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self._connection() as conn:
+            cur = conn.cursor()
+            self._begin(cur)
+            try:
+                yield cur
+            except BaseException:
+                with suppress(Exception):
+                    cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def go() -> list[tuple[Any, ...]]:
+            with self._connection() as conn:
+                cur = conn.cursor()
+                try:
+                    cur.execute(self._sql(sql), tuple(params))
+                    return list(cur.fetchall())
+                finally:
+                    cur.close()
+
+        return self._retrying(go)
+
+    def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        rows = self._fetchall(sql, params)
+        return rows[0] if rows else None
+
+    def write(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(cursor)`` in one write transaction (retried whole on a lost connection)."""
+
+        def go() -> T:
+            with self._tx() as cur:
+                return fn(cur)
+
+        return self._retrying(go)
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query (``?`` placeholders on every backend)."""
+        return self._fetchall(sql, params)
+
+    def execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run one statement on a transaction's cursor (for ``StoreOp`` writers)."""
+        cur.execute(self._sql(sql), tuple(params))
+        return cur

@@ -1,0 +1,101 @@
+"""Bounded connection pools: a store holds at most ``size`` connections per process.
+
+Connections are checked out for one transaction (or one read) and returned at once, never
+kept per thread: code that starts a new thread for every call (LangGraph writes checkpoints
+from fresh threads) would otherwise open a connection per thread until ``close()``, and a
+PostgreSQL server refuses clients past ``max_connections``.
+
+``BoundedPool`` serves SQLite (a connection is a file handle there, cheap to open, but each
+holds descriptors on the file and its WAL); PostgreSQL uses ``psycopg_pool`` through the
+same small interface (``get``/``put``/``close``/``discard_idle``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any
+
+from .._errors import StoreUnavailableError
+
+DEFAULT_POOL_SIZE = 10
+"""Connections per store per process (a PostgreSQL store adds one for LISTEN)."""
+
+DEFAULT_POOL_TIMEOUT = 30.0
+"""Seconds a thread waits for a free connection before ``StoreUnavailableError``."""
+
+
+class BoundedPool:
+    """At most ``size`` connections made by ``connect``; idle ones are reused (LIFO)."""
+
+    def __init__(
+        self, connect: Callable[[], Any], *, size: int, timeout: float, url: str, close: Callable[[Any], None]
+    ) -> None:
+        self._connect = connect
+        self._close = close
+        self.size = size
+        self.timeout = timeout
+        self.url = url
+        self._idle: list[Any] = []
+        self._open = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def get(self) -> Any:
+        deadline = time.monotonic() + self.timeout
+        with self._cond:
+            while True:
+                if self._idle:
+                    return self._idle.pop()
+                if self._open < self.size:
+                    self._open += 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StoreUnavailableError(
+                        url=self.url,
+                        detail=f"all {self.size} pooled connections stayed busy for {self.timeout:g} s "
+                        "(raise pool_size in the URL, or find the long transaction)",
+                    )
+                self._cond.wait(left)
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify()
+            raise
+
+    def put(self, conn: Any, *, broken: bool = False) -> None:
+        with self._cond:
+            if broken or self._closed:
+                self._open -= 1
+            else:
+                self._idle.append(conn)
+                conn = None
+            self._cond.notify()
+        if conn is not None:
+            with suppress(Exception):
+                self._close(conn)
+
+    def discard_idle(self) -> None:
+        """Close the idle connections (after a lost connection, the others are suspect too)."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            with suppress(Exception):
+                self._close(conn)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+        self.discard_idle()
+
+    @property
+    def open_connections(self) -> int:
+        with self._cond:
+            return self._open

@@ -1,0 +1,73 @@
+"""Leases: a worker that takes back its own lapsed lease does not start a second executor.
+
+Found by the PostgreSQL chaos test: while the database restarted, a worker's heartbeats failed
+and its lease lapsed; its own claim loop then claimed the run again under the same owner name
+and ran it on a second thread, while the first was still running it. Fencing is on the owner
+name, so it could not tell the two apart, and a step ran twice at the same time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import wflo
+from wflo import _config
+
+
+def test_a_worker_does_not_run_its_own_run_twice_after_its_lease_lapsed(configured: str) -> None:
+    started: list[int] = []
+    release = threading.Event()
+
+    @wflo.step
+    def slow(i: int) -> int:
+        started.append(i)
+        release.wait(10)
+        return i
+
+    @wflo.workflow(name="lapsed")
+    def lapsed() -> int:
+        return slow(1)
+
+    handle = lapsed.options(id="lapsed-1").start()
+    worker = wflo.Worker(concurrency=2, workflows=["lapsed"])
+    thread = threading.Thread(target=worker.run, kwargs={"idle_timeout": 10})
+    thread.start()
+    try:
+        store = _config.get_store()
+        deadline = time.monotonic() + 10
+        while not started:
+            assert time.monotonic() < deadline, "the worker never started the step"
+            time.sleep(0.01)
+        # The lease lapses while the step runs (as when heartbeats cannot reach the database).
+        store._write("UPDATE runs SET lease_expires_at = ? WHERE id = ?", ("2000-01-01T00:00:00.000000Z", "lapsed-1"))
+        deadline = time.monotonic() + 10
+        while store.get_run("lapsed-1").lease_expires_at == "2000-01-01T00:00:00.000000Z":
+            assert time.monotonic() < deadline, "the lapsed lease was never taken back"
+            time.sleep(0.01)
+        assert store.get_run("lapsed-1").attempts == 2  # taken back by the claim loop, not a heartbeat
+        time.sleep(0.3)  # time for a second executor to reach the step, if one was started
+    finally:
+        release.set()
+        try:
+            assert handle.result(timeout=10) == 1
+        finally:
+            worker.stop()
+            thread.join(20)
+    assert started == [1], f"the step ran {len(started)} times"
+
+
+def test_fence_refuses_a_write_after_the_lease_moved(store_url: str) -> None:
+    import pytest
+
+    from wflo._errors import LeaseLost
+    from wflo.store import open_store
+
+    with open_store(store_url) as store:
+        store.create_run(run_id="f1", workflow="w", input={}, owner="a", lease_seconds=30)
+        store.write(lambda cur: store.fence(cur, "f1", "a"))
+        store._write("UPDATE runs SET lease_owner = ? WHERE id = ?", ("b", "f1"))  # another worker took it
+        with pytest.raises(LeaseLost):
+            store.write(lambda cur: store.fence(cur, "f1", "a"))
+        with pytest.raises(LeaseLost):
+            store.write(lambda cur: store.fence(cur, "nope", "a"))

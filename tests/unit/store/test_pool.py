@@ -1,0 +1,150 @@
+"""Connections are pooled and bounded per process, held per transaction, never per thread.
+
+Issue 14 finding 4: the store kept one connection per thread until ``close()``; LangGraph
+writes checkpoints from new threads, so PostgreSQL refused clients after ~15 invokes and
+SQLite had 285 connections open after 50. Here the server's own count (``pg_stat_activity``)
+or the process's open descriptors on the database file must stay under the bound.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from wflo.store import NewEvent, open_store
+
+BOUND = 4
+PG_URL = os.environ.get("WFLO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def bounded(store_url: str) -> Iterator[tuple[str, Callable[[], int]]]:
+    """``(url with pool_size=BOUND, count of this store's open connections now)``."""
+    if store_url.startswith("sqlite"):
+        path = store_url.removeprefix("sqlite:///")
+
+        def count() -> int:
+            # Each SQLite connection holds one descriptor on the database file itself.
+            n = 0
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{fd}") == os.path.abspath(path):
+                        n += 1
+                except OSError:
+                    continue
+            return n
+
+        yield f"{store_url}?pool_size={BOUND}", count
+        return
+    import psycopg
+
+    app = f"wflo_pool_{uuid.uuid4().hex[:10]}"
+
+    def count() -> int:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)).fetchone()
+            return int(row[0]) if row else 0
+
+    yield f"{store_url}&application_name={app}&pool_size={BOUND}", count
+
+
+def _drains(count: Callable[[], int], within: float = 5.0) -> bool:
+    """Whether the count reaches 0: a closed PostgreSQL connection leaves pg_stat_activity only
+    once its backend has exited, a moment after the client closed it (a leak never drains)."""
+    deadline = time.monotonic() + within
+    while count() != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_fifty_threads_share_a_bounded_pool(bounded: tuple[str, Callable[[], int]]) -> None:
+    url, count = bounded
+    store = open_store(url)
+    try:
+        start = threading.Barrier(50)
+        hold = threading.Barrier(51)
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                start.wait()
+                run, _ = store.create_run(run_id=f"p{i}", workflow="w", input={"i": i}, owner=f"o{i}")
+                store.append_system([NewEvent("pool.test", {"i": i})])
+                assert store.get_run(run.id).status == "running"
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                hold.wait()  # every thread stays alive while the connections are counted
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        peak = 0
+        while sum(t.is_alive() for t in threads) and hold.n_waiting < 50:
+            peak = max(peak, count())
+        peak = max(peak, count())
+        hold.wait()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert len(store.list_runs(limit=100)) == 50
+        assert 1 <= peak <= BOUND, f"{peak} connections for 50 threads; the bound is {BOUND}"
+    finally:
+        store.close()
+    assert _drains(count), "connections left open after close()"
+
+
+def test_two_hundred_langgraph_invokes_stay_under_the_bound(bounded: tuple[str, Callable[[], int]]) -> None:
+    pytest.importorskip("langgraph")
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    from wflo.integrations.langgraph import Checkpointer
+
+    url, count = bounded
+    saver = Checkpointer(url)
+
+    def node(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [("ai", f"seen {len(state['messages'])}")]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("reply", node)
+    g.add_edge(START, "reply")
+    graph = g.compile(checkpointer=saver)
+    peak = 0
+    try:
+        for i in range(200):
+            out = graph.invoke({"messages": [("user", "hi")]}, {"configurable": {"thread_id": f"t{i % 20}"}})
+            assert out["messages"][-1].content.startswith("seen")
+            if i % 10 == 0:
+                peak = max(peak, count())
+        peak = max(peak, count())
+        assert saver.get_tuple({"configurable": {"thread_id": "t3"}}) is not None
+        assert 1 <= peak <= BOUND, f"{peak} connections after LangGraph invokes; the bound is {BOUND}"
+    finally:
+        saver.close()
+    assert _drains(count), "connections left open after close()"
+
+
+def test_a_pool_reopens_after_close(store_url: str) -> None:
+    """``close()`` then use again (tests and the CLI reuse a store object after closing it)."""
+    store = open_store(store_url)
+    store.create_run(run_id="again", workflow="w", input={})
+    store.close()
+    assert store.get_run("again").status == "queued"
+    store.close()
+
+
+def test_a_bad_pool_size_is_a_one_line_error(store_url: str) -> None:
+    from wflo._errors import ConfigurationError
+
+    sep = "&" if "?" in store_url else "?"
+    with pytest.raises(ConfigurationError, match="pool_size must be"):
+        open_store(f"{store_url}{sep}pool_size=zero")
