@@ -48,7 +48,7 @@ class LLMServer:
         self.context_window = context_window
         """Refuse (HTTP 400, not billed) a request whose input is longer, as a provider does."""
         self._responses: dict[str, int] = {}
-        self.billed: list[dict[str, int]] = []
+        self.billed: list[dict[str, Any]] = []
         """The usage reported for each answered request: ``{"input_tokens", "output_tokens"}``."""
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -254,7 +254,7 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
                 self._json(400, _wire.error_body(api, 400, message))
                 return
             with server._lock:
-                server.billed.append({"input_tokens": used[0], "output_tokens": used[1]})
+                server.billed.append({"model": model, "input_tokens": used[0], "output_tokens": used[1]})
             streamed = stream is not None and (body.get("stream") or (api == "gemini" and "stream" in path.lower()))
             if not streamed:
                 if api == "responses":
