@@ -13,6 +13,7 @@ from ._errors import (
     BudgetExceededError,
     CircuitOpenError,
     ConfigurationError,
+    EgressRefusedError,
     LoopDetectedError,
     NonDeterminismError,
     RateLimitedError,
@@ -23,6 +24,7 @@ from ._errors import (
     RunNotFoundError,
     RunStopped,
     SerializationError,
+    UnboundedRequestError,
     UnknownPriceError,
     UserError,
     WfloError,
@@ -37,6 +39,7 @@ from .cost._prices import prices
 from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
 from .guards import LoopGuard, RetryPolicy
 from .guards._policies import policies
+from .integrations._egress import egress
 from .integrations._http import fallback
 from .integrations._wrap import wrap
 from .sandbox import Sandbox
@@ -52,6 +55,7 @@ __all__ = [
     "BudgetExceededError",
     "CircuitOpenError",
     "ConfigurationError",
+    "EgressRefusedError",
     "LoopDetectedError",
     "LoopGuard",
     "NonDeterminismError",
@@ -69,6 +73,7 @@ __all__ = [
     "Settings",
     "Step",
     "Tool",
+    "UnboundedRequestError",
     "UnknownPriceError",
     "UserError",
     "WfloError",
@@ -80,6 +85,7 @@ __all__ = [
     "budgets",
     "configure",
     "current_run",
+    "egress",
     "fallback",
     "init",
     "policies",

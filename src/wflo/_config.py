@@ -98,6 +98,11 @@ class Settings:
     """Also send each scheduled pack through the webhook/SMTP notifiers
     (``WFLO_APPROVAL_WEBHOOK``, ``WFLO_SMTP_*``). Env: ``WFLO_COMPLIANCE_NOTIFY`` (``0``/``1``)."""
 
+    egress_allow: tuple[str, ...] = ()
+    """Hosts opted out of the closed world of guarded runs: their LLM requests pass unguarded
+    and unpriced, each one recorded on its run (``egress.opted_out``). Also
+    ``wflo.egress.allow(host)``. Env: ``WFLO_EGRESS_ALLOW`` (comma-separated)."""
+
     def __post_init__(self) -> None:
         # Every field is checked by its declared type (and its choices), so a setting added
         # later is validated the same way without code here.
@@ -148,6 +153,8 @@ def env_name(field: dataclasses.Field[Any]) -> str:
 
 def _kind(field: dataclasses.Field[Any]) -> str:
     """``bool``, ``int``, ``float`` or ``str`` from the field's annotation (``X | None`` too)."""
+    if str(field.type).startswith("tuple[str"):
+        return "list"  # comma-separated in the environment
     text = str(field.type).replace("Optional[", "").replace("]", "")
     first = text.split("|")[0].strip()
     return first if first in ("bool", "int", "float") else "str"
@@ -167,6 +174,8 @@ def _accepted(field: dataclasses.Field[Any]) -> str:
         text = "a whole number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
     elif kind == "float":
         text = "a number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
+    elif kind == "list":
+        text = "a comma-separated list"
     else:
         text = "text"
     return text + (" (or empty or 'none' for none)" if _optional(field) and kind != "str" else "")
@@ -196,6 +205,8 @@ def _parse_env(field: dataclasses.Field[Any], name: str, raw: str) -> Any:
             raise _bad(field, shown) from None
         _check(field, number, shown)
         return number
+    if kind == "list":
+        return tuple(part.strip() for part in text.split(",") if part.strip())
     if field.name in _CHOICES:
         text = text.lower()
         _check(field, text, shown)
@@ -218,6 +229,9 @@ def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) 
         if isinstance(value, bool) or not ok_type or value != value or value in (float("inf"), float("-inf")):
             raise _bad(field, shown)
         if value < 0 or (value == 0 and field.name not in _NON_NEGATIVE):
+            raise _bad(field, shown)
+    elif kind == "list":
+        if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
             raise _bad(field, shown)
     elif not isinstance(value, str) or (field.name in _CHOICES and value not in _CHOICES[field.name]):
         raise _bad(field, shown)

@@ -25,7 +25,9 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     ├── RunEndedError                  a call from a thread or task of a run that already ended
     ├── BudgetError
     │   ├── BudgetExceededError        a call would take a scope past its limit
-    │   └── UnknownPriceError          no price known for a model: refused (fail closed)
+    │   ├── UnknownPriceError          no price known for a model: refused (fail closed)
+    │   ├── UnboundedRequestError      an LLM request whose cost wflo cannot bound: refused
+    │   └── EgressRefusedError         an LLM request wflo does not understand: not sent
     ├── LoopDetectedError              a runaway detector or cap fired; the run is stopped
     ├── ApprovalError
     │   ├── ApprovalRejected           a human said no (carries the reason)
@@ -74,6 +76,7 @@ __all__ = [
     "ChainBrokenError",
     "CircuitOpenError",
     "ConfigurationError",
+    "EgressRefusedError",
     "GuardError",
     "LeaseLost",
     "LoopDetectedError",
@@ -98,6 +101,7 @@ __all__ = [
     "StoreNotFoundError",
     "StoreUnavailableError",
     "ToolDeniedError",
+    "UnboundedRequestError",
     "UnknownPriceError",
     "UnknownWorkflowError",
     "UserError",
@@ -384,6 +388,45 @@ class UnknownPriceError(BudgetError):
         )
 
 
+class UnboundedRequestError(BudgetError):
+    """An LLM request of a known API whose worst-case cost wflo cannot bound (server-side state
+    it has no record of, a billed built-in tool, a media part on a model of unknown context
+    window): refused before it is sent while a budget applies."""
+
+    code = "unbounded_request"
+    _fields = ("api", "model", "reason")
+    api: Any
+    model: Any
+    reason: Any
+
+    def _message(self) -> str:
+        return (
+            f"wflo cannot bound the cost of this {self.api} request to {self.model!r}: {self.reason}. "
+            "It was not sent (a budget applies, and a budget only holds for calls it can bound)."
+        )
+
+
+class EgressRefusedError(BudgetError):
+    """Inside a guarded run, a request to an LLM provider that wflo does not understand
+    (another HTTP client, an endpoint it cannot price): refused before it is sent."""
+
+    code = "egress_refused"
+    _fields = ("client", "method", "host", "path", "reason")
+    client: Any
+    method: Any
+    host: Any
+    path: Any
+    reason: Any
+
+    def _message(self) -> str:
+        return (
+            f"wflo refused {self.client} {self.method} {self.host}{self.path} before sending it: {self.reason}. "
+            "Inside a guarded run every request to an LLM provider must be one wflo can price and bound "
+            "(see docs/budgets.md, 'Coverage'). To let this host through unguarded, opt it out: "
+            f"wflo.egress.allow({self.host!r}, reason=...) or WFLO_EGRESS_ALLOW={self.host} (recorded on the run)."
+        )
+
+
 class LoopDetectedError(WfloError):
     """A runaway detector or cap fired. The run is stopped; later guarded calls fail too."""
 
@@ -624,6 +667,8 @@ _EXIT_CODES = {
     "run_failed": 6,
     "budget_exceeded": 7,
     "unknown_price": 7,
+    "unbounded_request": 7,
+    "egress_refused": 7,
     "loop_detected": 8,
     "approval_rejected": 9,
     "chain_broken": 10,

@@ -12,7 +12,6 @@ import genai_prices
 
 from wflo import _config
 from wflo.testing import LLMServer, Reply
-from wflo.testing._llm_server import _truncate, _usage_numbers
 
 HERE = Path(__file__).parent
 ANSWER = Reply("alpha beta gamma delta epsilon zeta eta theta")
@@ -27,14 +26,9 @@ def price(model: str, input_tokens: int, output_tokens: int) -> Decimal:
     return Decimal(calc.total_price)
 
 
-def billed(llm: LLMServer, reply: Reply = ANSWER) -> Decimal:
-    """What the server billed for every request it answered with ``reply`` (as it reports usage)."""
-    total = Decimal(0)
-    for rec in list(llm.requests):
-        words, _ = _truncate(reply, rec.body)
-        inp, out = _usage_numbers(reply, rec.body, len(words))
-        total += price(rec.model, inp, out)
-    return total
+def billed(llm: LLMServer) -> Decimal:
+    """What the server billed, at list price, for every request it answered (as it reported usage)."""
+    return sum((price(b["model"], b["input_tokens"], b["output_tokens"]) for b in list(llm.billed)), Decimal(0))
 
 
 def llm_events(run_id: str, types: tuple[str, ...] = ("call.completed", "call.failed")) -> list[dict[str, Any]]:

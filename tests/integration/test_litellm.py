@@ -71,3 +71,57 @@ def test_litellm_completion_and_acompletion_are_priced_and_bounded(configured: s
             if e.type == "call.failed"
         ]
         assert failed and failed[0]["error"]["type"] == "UnknownPriceError"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
+def test_litellm_refusal_reaches_agent_code_as_budget_exceeded(configured: str) -> None:
+    # On main this surfaced as litellm.InternalServerError: a budget stop looked like an outage.
+    with LLMServer() as llm:
+
+        @wflo.workflow(name="lite-broke", budget=wflo.Budget(usd="0.0000001"))
+        def broke() -> list[str]:
+            caught = []
+            for call in (litellm.completion, litellm.text_completion):
+                try:
+                    kwargs = (
+                        {"prompt": "hi"}
+                        if call is litellm.text_completion
+                        else {"messages": [{"role": "user", "content": "hi"}]}
+                    )
+                    call(model="openai/gpt-4o-mini", api_base=llm.openai_url, api_key="t", max_tokens=20, **kwargs)
+                except wflo.BudgetExceededError as exc:
+                    caught.append(exc.scope)
+
+            async def other() -> None:
+                await litellm.acompletion(
+                    model="openai/gpt-4o-mini", api_base=llm.openai_url, api_key="t",
+                    messages=[{"role": "user", "content": "hi"}], max_tokens=20,
+                )  # fmt: skip
+
+            try:
+                asyncio.run(other())
+            except wflo.BudgetExceededError as exc:
+                caught.append(exc.scope)
+            return caught
+
+        assert broke.options(id="lite-broke").run() == ["run:lite-broke"] * 3
+        assert llm.request_count == 0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::PendingDeprecationWarning")
+def test_litellm_text_completion_is_guarded(configured: str) -> None:
+    with LLMServer() as llm:
+        llm.script(Reply("done", input_tokens=9, output_tokens=1))
+
+        @wflo.workflow(name="lite-text", budget=wflo.Budget(usd="1"))
+        def text() -> str:
+            r = litellm.text_completion(
+                model="openai/gpt-3.5-turbo-instruct", api_base=llm.openai_url, api_key="t", prompt="say", max_tokens=5
+            )
+            return str(r.choices[0].text)
+
+        assert text.options(id="lite-text").run() == "done"
+        calls = [e.data for e in _config.get_store().events("lite-text") if e.type == "call.completed"]
+        assert [c["api"] for c in calls] == ["completions"]
+        assert calls[0]["usage"]["input_tokens"] == 9
+        assert Decimal(calls[0]["cost_usd"]) <= Decimal(calls[0]["reserved_usd"])

@@ -7,22 +7,16 @@ from decimal import Decimal
 from typing import Any
 
 from .._config import settings
-from .._errors import UnknownPriceError
+from .._errors import UnboundedRequestError, UnknownPriceError
 from .._scope import current_scope
 from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
-from ._estimate import DEFAULT_OUTPUT_CAP
+from ._formats import LLMRequest
 from ._ledger import Budget, Ledger, Limit, Reservation, usd_str
 from ._outcomes import unknown_outcome
 from ._prices import prices
 
 log = logging.getLogger("wflo.budget")
-
-_CAP_FIELDS = {
-    "chat": ("max_completion_tokens", "max_tokens"),
-    "responses": ("max_output_tokens",),
-    "messages": ("max_tokens",),
-}
 
 
 class BudgetGuard(Guard):
@@ -53,6 +47,8 @@ class BudgetGuard(Guard):
             if budget is not None
             else None
         )
+        self._responses: dict[str, int] = {}
+        """Responses API ids this run received → input + output tokens (``previous_response_id``)."""
 
     def __repr__(self) -> str:
         return f"<BudgetGuard run={self.run_id}>"
@@ -69,29 +65,39 @@ class BudgetGuard(Guard):
         return names
 
     def before(self, call: Call) -> None:
+        """Price the request, bound it (refusing shapes it cannot bound), reserve the worst
+        case on every limited scope, writing a default output cap in or lowering it to fit."""
         if call.kind != "llm":
             return
         from . import _llm
 
-        body: dict[str, Any] = call.meta["body"]
-        api, provider, model = call.meta["api"], call.meta["provider"], call.name
+        req: LLMRequest = call.meta["request"]
         extra = [self.run_limit] if self.run_limit is not None else []
         try:
-            price = prices.lookup(model, provider)
-        except UnknownPriceError:
+            price = prices.lookup(req.model, req.provider)
+            req.fmt.check(req)
+            self._server_state(req)
+        except (UnknownPriceError, UnboundedRequestError) as exc:
             if extra or self._any_limit():
                 raise
             call.event["cost_usd"] = None
-            call.event["price_source"] = "unknown"
+            call.event["price_source"] = "unknown" if isinstance(exc, UnknownPriceError) else "unbounded"
             return
         call.meta["price"] = price
-        cap_field, cap = _cap(api, body, provider)
-        if cap_field not in body:
+        cap = req.output_cap
+        if cap is None and req.fmt.default_cap is not None:
             # The bound needs a cap: a request without one gets the default written in.
-            body[cap_field] = cap
-            call.meta["body_changed"] = True
-            call.event["cap_added"] = {"field": cap_field, "value": cap}
-        request = _llm.cost_request(price, provider, body, cap)
+            field = req.fmt.cap_field(req.body, req.provider)
+            req.set_output_cap(req.fmt.default_cap)
+            cap = req.fmt.default_cap
+            call.event["cap_added"] = {"field": field, "value": cap}
+        try:
+            request = _llm.cost_request(price, req)
+        except UnboundedRequestError:
+            if extra or self._any_limit():
+                raise
+            call.event["price_source"] = "unbounded"
+            return
         res = self.ledger.reserve(
             run_id=self.run_id,
             scopes=self.scopes(),
@@ -99,16 +105,34 @@ class BudgetGuard(Guard):
             cost=request,
             ttl_seconds=settings().reservation_ttl,
             call_id=call.call_id,
-            model=model,
+            model=req.model,
         )
         if res is None:
             return
         call.meta["reservation"] = res
         call.event["reserved_usd"] = usd_str(res.amount)
-        if res.clamped and res.output_cap is not None:
-            body[cap_field] = res.output_cap
-            call.meta["body_changed"] = True
-            call.event["clamped"] = {"field": cap_field, "from": cap, "to": res.output_cap}
+        call.event["bound"] = req.notes.get("bound")
+        if res.clamped and res.output_cap is not None and cap is not None:
+            field = req.fmt.cap_field(req.body, req.provider)
+            req.set_output_cap(res.output_cap)
+            call.event["clamped"] = {"field": field, "from": cap, "to": res.output_cap}
+
+    def _server_state(self, req: LLMRequest) -> None:
+        """``previous_response_id``: the provider bills the earlier conversation as input; its
+        size is known only from this run's record of that response."""
+        prev = req.body.get("previous_response_id") if req.api == "responses" else None
+        if prev is None:
+            return
+        tokens = self._responses.get(str(prev))
+        if tokens is None:
+            raise req.fmt.unbounded(
+                req,
+                f"previous_response_id {prev!r} is not a response this run received, so the server-side "
+                "conversation it continues (billed as input) has no known size; send the conversation "
+                "as input instead",
+            )
+        req.state_tokens = tokens
+        req.notes["state_tokens"] = tokens
 
     def _any_limit(self) -> bool:
         names = self.scopes()
@@ -118,17 +142,26 @@ class BudgetGuard(Guard):
         return bool(rows and rows[0][0])
 
     def after(self, call: Call, outcome: Outcome) -> None:
+        """Settle on the usage the provider reported; an answer without usage (a stream cut
+        short: an unknown outcome) at its reservation; an error status at $0."""
         if call.kind != "llm":
             return
         from . import _llm
 
+        req: LLMRequest = call.meta["request"]
         res: Reservation | None = call.meta.get("reservation")
         value = outcome.value if isinstance(outcome.value, dict) else None
-        usage = _llm.usage_of(call.meta["api"], value) if value else None
+        usage = _llm.usage_of(req.fmt, value) if value else None
         price = call.meta.get("price")
-        call.event["provider"] = call.meta["provider"]
+        call.event["provider"] = req.provider
+        call.event["api"] = req.api
         if usage is not None:
             call.event["usage"] = usage.as_dict()
+        rid = _llm.response_id(req.fmt, value) if value else None
+        if rid is not None:
+            call.event["response_id"] = rid
+            if usage is not None:
+                self._responses[rid] = usage.input_tokens + usage.output_tokens
         lost = unknown_outcome(outcome.error) if usage is None else None
         if lost is not None and res is not None:
             # Sent, then the answer was lost: the provider may have billed the worst case.
@@ -139,18 +172,42 @@ class BudgetGuard(Guard):
             if res is not None:
                 call.ops.append(self.ledger.settle_op(res, Decimal(0)))
             return
-        if usage is not None:
-            cost = prices.cost(price.model, usage, price.provider).total
+        cost = _priced(price, usage)
+        unknown: str | None = None
+        if cost is None and usage is not None:
+            call.event["usage_invalid"] = True  # more cached than input tokens, say
+        if cost is not None:
+            pass
+        elif value is not None and int(value.get("status", 200)) < 400 and res is not None:
+            # An answer without (valid) usage: a stream cut before its usage event, a server
+            # that does not report it. What the provider billed is unknown, so the call is
+            # charged at its reservation, the most it can have cost; never released as free.
+            cost = res.amount
+            unknown = "no_usage"
+            call.event.update(cost_estimated="reservation", unknown_outcome=unknown)
         else:
-            # No usage reported (an error status, a stream cut before its usage event):
-            # the input bound plus the output seen, never a silent $0 for a billed call.
-            cost = _llm.fallback_cost(price, call.meta["provider"], call.meta["body"], value)
+            # No reservation to charge (no limit applies) or an error status (not billed):
+            # the input bound plus the output seen, never past the cap.
+            cost = _llm.fallback_cost(price, req, value)
             call.event["cost_estimated"] = True
+        if res is not None and cost > res.amount:
+            # A provider's report above the bound would be a bug in a format module; the
+            # ledger still records what was billed.
+            log.warning("wflo: call %s cost %s above its reservation %s", call.call_id, cost, res.amount)
         call.event["cost_usd"] = usd_str(cost)
         call.event["price_source"] = price.source
         call.event["price_version"] = price.source_version
         if res is not None:
-            call.ops.append(self.ledger.settle_op(res, cost))
+            # An estimate is kept as one (budget_unknown) so real usage can replace it later.
+            call.ops.append(
+                self.ledger.settle_unknown_op(res, unknown) if unknown else self.ledger.settle_op(res, cost)
+            )
+
+    def replayed(self, call: Call, entry: Any) -> None:
+        rid = entry.data.get("response_id") if call.kind == "llm" else None
+        usage = entry.data.get("usage")
+        if isinstance(rid, str) and isinstance(usage, dict):
+            self._responses[rid] = int(usage.get("input_tokens") or 0) + int(usage.get("output_tokens") or 0)
 
     def recorded(self, call: Call, outcome: Outcome) -> None:
         res: Reservation | None = call.meta.get("reservation")
@@ -163,12 +220,10 @@ class BudgetGuard(Guard):
         notify_thresholds(res.alerts_crossed, run_id=self.run_id)
 
 
-def _cap(api: str, body: dict[str, Any], provider: str) -> tuple[str, int]:
-    fields = _CAP_FIELDS.get(api, ("max_tokens",))
-    for name in fields:
-        value = body.get(name)
-        if isinstance(value, int) and value > 0:
-            return name, value
-    # OpenAI's own chat API wants max_completion_tokens; compatible servers know max_tokens.
-    name = fields[0] if provider == "openai" or api != "chat" else "max_tokens"
-    return name, DEFAULT_OUTPUT_CAP
+def _priced(price: Any, usage: Any) -> Decimal | None:
+    if usage is None:
+        return None
+    try:
+        return prices.cost(price.model, usage, price.provider).total
+    except ValueError:  # genai-prices refuses inconsistent usage
+        return None

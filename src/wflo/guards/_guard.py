@@ -25,12 +25,16 @@ def _llm_content(value: dict[str, Any]) -> Any:
         return body  # a stream: its text is what it is
     if not isinstance(doc, dict):
         return doc
-    if "choices" in doc:
-        return [c.get("message") for c in doc["choices"]]
+    if "choices" in doc:  # chat (message) and legacy completions (text)
+        return [c.get("message") or c.get("text") for c in doc["choices"] if isinstance(c, dict)]
     if "content" in doc:
         return doc["content"]
-    if "output" in doc:
-        return [{k: v for k, v in item.items() if k not in ("id",)} for item in doc.get("output") or []]
+    if "candidates" in doc:  # Gemini
+        return [c.get("content") for c in doc["candidates"] if isinstance(c, dict)]
+    if isinstance(doc.get("output"), dict):  # Bedrock Converse
+        return doc["output"]
+    if isinstance(doc.get("output"), list):
+        return [{k: v for k, v in item.items() if k != "id"} for item in doc["output"] if isinstance(item, dict)]
     return doc
 
 

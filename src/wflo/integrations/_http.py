@@ -1,21 +1,25 @@
 """Provider-client interception at the HTTP layer: the universal way wflo sees LLM calls.
 
-The ``openai`` and ``anthropic`` SDKs (and LiteLLM, and frameworks built on them) send every
-request through ``httpx``/``httpx2`` ``Client.send``. wflo wraps ``send`` once per process:
-a POST to ``…/chat/completions``, ``…/responses`` or ``…/messages`` made inside a run becomes
-a guarded, journaled call of kind ``llm``:
+The ``openai`` and ``anthropic`` SDKs (and LiteLLM, and frameworks built on them)
+send every request through ``httpx``/``httpx2`` ``Client.send``. wflo wraps ``send`` once per
+process: a request of an API format wflo understands (``wflo.cost._formats``: chat
+completions, responses, legacy completions, embeddings, messages, Gemini, Bedrock Converse)
+made inside a run becomes a guarded, journaled call of kind ``llm``, carrying a typed
+:class:`~wflo.cost._formats.LLMRequest`:
 
 * before it is sent, the guard chain runs (loop guard, approvals, budget reserve, which may
-  lower the body's ``max_tokens``/``max_output_tokens``, or refuse the call: then nothing is
-  sent);
+  write or lower the body's output cap, or refuse the call: then nothing is sent); a stream
+  is asked for its usage (``stream_options.include_usage``), the extra chunk kept from a
+  caller who did not ask for it;
 * the response (status, a few headers, the body; for a stream the whole event stream, kept
   as it passes through to the caller) is recorded, and the guards settle on the usage the
   provider reported;
 * on replay the recorded response is returned without any HTTP request, so the SDK parses
   the same bytes again and a resumed run never pays twice for a finished call.
 
+Any other request to an LLM provider inside a run is refused before it is sent (``_egress``).
 Working at this layer keeps wflo independent of each SDK's method surface (sync, async,
-streaming, ``with_raw_response``, Responses and Chat Completions all share it).
+streaming, ``with_raw_response``, every endpoint shares it).
 """
 
 from __future__ import annotations
@@ -34,11 +38,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NamedTuple
 
 from .._errors import UserError, WfloError
+from ..cost._formats import Format, LLMRequest, detect
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
 from ..guards._policies import ProviderStatusError, policies
 from ..guards._retry import is_retryable, retryable_status
+from . import _egress
+from ._egress import check as _egress_check
+from ._egress import egress, understood
 
-_PATHS = (("/chat/completions", "chat"), ("/responses", "responses"), ("/messages", "messages"))
 _KEEP_HEADERS = ("content-type", "retry-after", "x-request-id", "request-id")
 _installed: set[str] = set()
 _lock = threading.Lock()
@@ -46,28 +53,38 @@ _lock = threading.Lock()
 # Set by wflo.init(): a run to record calls made outside any workflow.
 implicit_run: Callable[[], Any] | None = None
 
-
-def llm_api(method: str, path: str) -> str | None:
-    """Which LLM API a request is (``chat``, ``responses``, ``messages``), or ``None``."""
-    if method != "POST":
-        return None
-    for suffix, api in _PATHS:
-        if path.endswith(suffix):
-            return api
-    return None
+_BY_FORMAT = {"messages": "anthropic", "gemini": "google", "bedrock": "aws"}
+_BY_HOST = (("anthropic", "anthropic"), ("openai.azure", "azure"), ("groq", "groq"), ("mistral", "mistral"),
+            ("deepseek", "deepseek"), ("together", "together"), ("fireworks", "fireworks"),
+            ("openrouter", "openrouter"), ("x.ai", "x-ai"), ("googleapis", "google"), ("cohere", "cohere"),
+            ("openai", "openai"))  # fmt: skip
 
 
-def provider_of(api: str, host: str) -> str:
-    if api == "messages" or "anthropic" in host:
-        return "anthropic"
-    for name in ("openai", "groq", "mistral", "deepseek", "together", "fireworks", "openrouter", "x.ai", "google"):
-        if name in host:
-            return name.replace("x.ai", "xai")
-    return "openai"
+def run_context() -> Any:
+    """The guarded run a request belongs to: the current one, else ``wflo.init()``'s, else ``None``."""
+    ctx = current_run()
+    if ctx is None and implicit_run is not None:
+        ctx = implicit_run()
+    return ctx
+
+
+def provider_of(fmt: Format, host: str, port: int | None = None, path: str = "") -> str:
+    """The price-book provider of a request: the registered base URL's, the known host's, the
+    format's own (Anthropic, Gemini, Bedrock), else OpenAI (compatible servers)."""
+    registered = egress.provider_for(host, port, path)
+    if registered is not None:
+        return registered
+    for needle, name in _BY_HOST:
+        if needle in host:
+            return name
+    return _BY_FORMAT.get(fmt.api, "openai")
 
 
 def install() -> list[str]:
-    """Wrap ``send`` of ``httpx``/``httpx2`` clients (whichever are installed). Idempotent."""
+    """Wrap ``send`` of ``httpx``/``httpx2`` clients (whichever are installed), and put the
+    closed-world gate into the other HTTP clients (``_egress``). Idempotent."""
+    _egress.current_run = run_context
+    _egress.install()
     with _lock:
         for name in ("httpx2", "httpx"):
             if name in _installed:
@@ -89,16 +106,14 @@ def _wrap(mod: Any) -> None:
     async_recorder = type("AsyncRecorder", (_AsyncRecorder, mod.AsyncByteStream), {})
 
     def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        api = llm_api(request.method, request.url.path)
-        ctx = current_run() if api else None
-        if ctx is None and api and implicit_run is not None:
-            ctx = implicit_run()
-        if ctx is None or api is None:
+        fmt = _gate(request)
+        ctx = run_context() if fmt is not None else None
+        if ctx is None or fmt is None:
             return sync_send(self, request, *args, **kwargs)
         attempt, replaced = 0, None
         while True:
             attempt += 1
-            call, request, replayed = _begin(mod, ctx, api, request, replaced)
+            call, request, replayed = _begin(mod, ctx, fmt, request, replaced)
             if replayed is not NOT_REPLAYED:
                 after = _after_failure(call, mod, request, attempt, None, None, live=False)
                 if after is None:
@@ -110,7 +125,8 @@ def _wrap(mod: Any) -> None:
             _set_timeout(call, request)
             t0 = time.perf_counter()
             try:
-                response = sync_send(self, request, *args, **kwargs)
+                with understood():  # a transport below httpx (LiteLLM's aiohttp) must let it pass
+                    response = sync_send(self, request, *args, **kwargs)
             except BaseException as exc:
                 after = _after_failure(call, mod, request, attempt, None, exc, live=True)
                 _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
@@ -128,23 +144,21 @@ def _wrap(mod: Any) -> None:
                 request, attempt, _, replaced = after
                 continue
             if _is_stream(response):
-                response.stream = sync_recorder(response, call, t0)
+                response.stream = sync_recorder(response, call, t0, _hide(call))
                 return response
             response.read()
             _end(call, response, response.content, True, t0)
             return response
 
     async def asend(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
-        api = llm_api(request.method, request.url.path)
-        ctx = current_run() if api else None
-        if ctx is None and api and implicit_run is not None:
-            ctx = implicit_run()
-        if ctx is None or api is None:
+        fmt = _gate(request)
+        ctx = run_context() if fmt is not None else None
+        if ctx is None or fmt is None:
             return await async_send(self, request, *args, **kwargs)
         attempt, replaced = 0, None
         while True:
             attempt += 1
-            call, request, replayed = _begin(mod, ctx, api, request, replaced)
+            call, request, replayed = _begin(mod, ctx, fmt, request, replaced)
             if replayed is not NOT_REPLAYED:
                 after = _after_failure(call, mod, request, attempt, None, None, live=False)
                 if after is None:
@@ -156,7 +170,8 @@ def _wrap(mod: Any) -> None:
             _set_timeout(call, request)
             t0 = time.perf_counter()
             try:
-                response = await async_send(self, request, *args, **kwargs)
+                with understood():
+                    response = await async_send(self, request, *args, **kwargs)
             except BaseException as exc:
                 after = _after_failure(call, mod, request, attempt, None, exc, live=True)
                 _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
@@ -174,7 +189,7 @@ def _wrap(mod: Any) -> None:
                 request, attempt, _, replaced = after
                 continue
             if _is_stream(response):
-                response.stream = async_recorder(response, call, t0)
+                response.stream = async_recorder(response, call, t0, _hide(call))
                 return response
             await response.aread()
             _end(call, response, response.content, True, t0)
@@ -226,17 +241,53 @@ def _is_stream(response: Any) -> bool:
     return "text/event-stream" in response.headers.get("content-type", "")
 
 
-def _begin(mod: Any, ctx: Any, api: str, request: Any, replaced: str | None = None) -> tuple[Call, Any, Any]:
+def _gate(request: Any) -> Format | None:
+    """The format of an LLM request wflo understands, or ``None``; a request to an LLM
+    provider it does not understand, inside a guarded run, is refused here (not sent)."""
+    url = request.url
+    fmt = detect(request.method, url.path)
+    if fmt is None:
+        try:
+            _egress_check("httpx", request.method, url.host, url.port, url.path)
+        except WfloError as exc:
+            raise sdk_visible(exc) from None
+    return fmt
+
+
+def _hide(call: Call) -> bool:
+    req: LLMRequest = call.meta["request"]
+    return req.hide_usage
+
+
+def exact_body(ctx: Any, call: Call, replayed: Any) -> dict[str, Any]:
+    """A replayed recorded response, with its exact body where the chain keeps less."""
+    if isinstance(replayed, dict) and replayed.get("body_sha256"):
+        # The chain keeps less than the response (the content policy): the exact one is
+        # kept apart while the run can still be replayed.
+        from ..audit._content import payload
+
+        exact = payload(ctx.store, ctx.run_id, call.call_id)
+        if exact is not None:
+            replayed = {**replayed, "body": exact}
+    return replayed if isinstance(replayed, dict) else {}
+
+
+def _begin(mod: Any, ctx: Any, fmt: Format, request: Any, replaced: str | None = None) -> tuple[Call, Any, Any]:
     try:
         body = json.loads(request.content or b"{}")
     except (ValueError, UnicodeDecodeError):
         body = {}
     if not isinstance(body, dict):
         body = {}
-    model = str(body.get("model", "unknown"))
+    url = request.url
+    req = LLMRequest(
+        fmt, fmt.model(body, url.path), provider_of(fmt, url.host, url.port, url.path),
+        url.host, url.path, "httpx", body, stream=fmt.is_stream(body, url.path),
+    )  # fmt: skip
+    fmt.prepare_stream(req)  # before the journal: a replay must hide the same chunk
     call = Call(
-        kind="llm", name=model, args=(), kwargs={}, run=ctx, record_input=False,
-        meta={"api": api, "provider": provider_of(api, request.url.host), "body": body, "url": str(request.url)},
+        kind="llm", name=req.model, args=(), kwargs={}, run=ctx, record_input=False,
+        meta={"request": req, "api": fmt.api, "provider": req.provider, "body": body, "url": str(url)},
     )  # fmt: skip
     call.meta["_args_digest"] = hashlib.sha256(request.content or b"").hexdigest()
     if replaced is not None:
@@ -251,18 +302,30 @@ def _begin(mod: Any, ctx: Any, api: str, request: Any, replaced: str | None = No
             raise sdk_visible(exc) from None
         raise
     if replayed is not NOT_REPLAYED:
-        if isinstance(replayed, dict) and replayed.get("body_sha256"):
-            # The chain keeps less than the response (the content policy): the exact one is
-            # kept apart while the run can still be replayed.
-            from ..audit._content import payload
-
-            exact = payload(ctx.store, ctx.run_id, call.call_id)
-            if exact is not None:
-                replayed = {**replayed, "body": exact}
-        return call, request, _response(mod, replayed, request)
-    if call.meta.get("body_changed"):
-        request = _with_body(mod, request, call.meta["body"])
+        recorded = exact_body(ctx, call, replayed)
+        if req.hide_usage and "text/event-stream" in (recorded.get("headers") or {}).get("content-type", ""):
+            recorded = {**recorded, "body": _without_usage(recorded.get("body") or "")}
+        return call, request, _response(mod, recorded, request)
+    if req.changed:
+        request = _with_body(mod, request, req.body)
     return call, request, NOT_REPLAYED
+
+
+def _usage_only(event: bytes) -> bool:
+    """An SSE event that carries only usage (the chunk wflo asked for and the caller did not)."""
+    for line in event.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                doc = json.loads(line[5:])
+            except ValueError:
+                return False
+            return isinstance(doc, dict) and doc.get("choices") == [] and bool(doc.get("usage"))
+    return False
+
+
+def _without_usage(body: str) -> str:
+    events = body.encode().split(b"\n\n")
+    return b"\n\n".join(e for e in events if not _usage_only(e)).decode()
 
 
 # ----------------------------------------------------------------------------- model fallback
@@ -398,7 +461,7 @@ def _with_body(mod: Any, request: Any, body: dict[str, Any]) -> Any:
 
 
 def _response(mod: Any, recorded: dict[str, Any], request: Any) -> Any:
-    body = recorded.get("body", "")
+    body = recorded.get("body") or ""
     return mod.Response(
         recorded.get("status", 200), headers=recorded.get("headers", {}), content=body.encode(), request=request
     )
@@ -426,13 +489,27 @@ class _Recorder:
     """Passes a response stream through to the SDK, keeping a copy; settles when it ends
     (fully read: complete; closed early or failed: as far as it went)."""
 
-    def __init__(self, response: Any, call: Call, t0: float) -> None:
+    def __init__(self, response: Any, call: Call, t0: float, hide_usage: bool = False) -> None:
         self._inner = response.stream
+        self._hide = hide_usage
+        self._pending = b""
         self._response = response
         self._call = call
         self._t0 = t0
         self._chunks: list[bytes] = []
         self._done = False
+
+    def _pass(self, chunk: bytes) -> bytes:
+        """What the caller sees of a chunk: with the usage event taken out if wflo asked for it."""
+        if not self._hide:
+            return chunk
+        data = self._pending + chunk
+        *events, self._pending = data.split(b"\n\n")
+        return b"".join(e + b"\n\n" for e in events if not _usage_only(e))
+
+    def _rest(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return b"" if _usage_only(rest) else rest
 
     def _finish(self, complete: bool) -> None:
         if not self._done:
@@ -445,10 +522,15 @@ class _SyncRecorder(_Recorder):
         try:
             for chunk in self._inner:
                 self._chunks.append(chunk)
-                yield chunk
+                out = self._pass(chunk)
+                if out:
+                    yield out
         except Exception:
             self._finish(False)
             raise
+        rest = self._rest()
+        if rest:
+            yield rest
         self._finish(True)
 
     def close(self) -> None:
@@ -463,10 +545,15 @@ class _AsyncRecorder(_Recorder):
         try:
             async for chunk in self._inner:
                 self._chunks.append(chunk)
-                yield chunk
+                out = self._pass(chunk)
+                if out:
+                    yield out
         except Exception:
             self._finish(False)
             raise
+        rest = self._rest()
+        if rest:
+            yield rest
         self._finish(True)
 
     async def aclose(self) -> None:
