@@ -172,8 +172,11 @@ def reject_cmd(approval_id: str, reason: str, self_local: bool) -> None:
 @cli.command("grant")
 @click.argument("principal")
 @click.argument("role")
+@click.option(
+    "--scope", default="*", show_default=True, help="Where: '*', 'tenant:NAME' or 'tenant:NAME/project:NAME'."
+)
 @handle_errors
-def grant_cmd(principal: str, role: str) -> None:
-    """Give a principal a role: `wflo grant user:alice finance` (recorded on the audit chain)."""
-    roles = approvals.grant(principal, role)
+def grant_cmd(principal: str, role: str, scope: str) -> None:
+    """Give a principal a role: `wflo grant user:alice finance` (needs admin; recorded on the audit chain)."""
+    roles = approvals.grant(principal, role, scope=scope)
     console.print(f"{principal}: roles {', '.join(sorted(roles))}")
