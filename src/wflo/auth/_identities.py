@@ -53,9 +53,7 @@ class ClaimsPolicy:
         """Why these claims may not sign in, or ``None``."""
         email = str(claims.get("email") or "").lower()
         if self.allowed_domains and (
-            not email
-            or claims.get("email_verified") is False
-            or email.rsplit("@", 1)[-1] not in self.allowed_domains
+            not email or claims.get("email_verified") is False or email.rsplit("@", 1)[-1] not in self.allowed_domains
         ):
             return "email domain not allowed"
         if self.allowed_groups and not {g.lower() for g in self.groups(claims)} & self.allowed_groups:
