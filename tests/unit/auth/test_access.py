@@ -253,3 +253,24 @@ def test_local_principal_is_recorded_with_the_os_user(configured: str) -> None:
     assert who.via == "local" and who.os_user
     out = _wflo(configured, "whoami", "--json", principal="user:me")
     assert '"via": "local"' in out.stdout and '"principal": "user:me"' in out.stdout
+
+
+def test_login_from_claims_creates_the_user_and_syncs_mapped_roles(configured: str) -> None:
+    from wflo.auth import Identities
+
+    policy = ClaimsPolicy.parse("wflo-admins=admin, finance=approver@tenant:acme")
+    ids = Identities(access())
+    claims = {"iss": "https://idp", "sub": "1", "email": "Ann@acme.com", "groups": ["wflo-admins", "finance"]}
+    assert ids.login(claims, policy, via="panel", remote="10.0.0.1") == "user:ann@acme.com"
+    assert {(g.role, g.scope, g.source) for g in access().grants("user:ann@acme.com")} == {
+        ("admin", "*", "oidc"),
+        ("approver", "tenant:acme", "oidc"),
+    }
+    # Removed from a group at the provider: the role goes at the next login; manual grants stay.
+    access().grant("user:ann@acme.com", "finance", who=access().local("user:ann@acme.com"))
+    ids.login({**claims, "groups": ["finance"]}, policy, via="panel", remote="10.0.0.1")
+    assert {(g.role, g.source) for g in access().grants("user:ann@acme.com")} == {
+        ("approver", "oidc"),
+        ("finance", "manual"),
+    }
+    assert [e["remote"] for e in _system("auth.login")] == ["10.0.0.1", "10.0.0.1"]
