@@ -8,6 +8,7 @@ sessions. The server (``wflo.server``) and the CLI both go through them.
 from __future__ import annotations
 
 from .._config import get_store
+from .._errors import AccessDeniedError, AccessError, AuthenticationError
 from ._access import Access, Grant, Principal, os_user
 from ._credentials import Credentials, credentials_path, forget_credentials, load_credentials, save_credentials
 from ._identities import ClaimsPolicy, Identities, principal_id
@@ -30,6 +31,9 @@ __all__ = [
     "PERMISSIONS",
     "ROLES",
     "Access",
+    "AccessDeniedError",
+    "AccessError",
+    "AuthenticationError",
     "ClaimsPolicy",
     "Credentials",
     "Grant",
