@@ -218,7 +218,7 @@ def test_cli_login_with_a_token_and_whoami(server: str, tmp_path: Path) -> None:
                               text=True, timeout=60)  # fmt: skip
 
     bad = wflo("login", "--server", server, "--token", "-", stdin="wflo_00000000_" + "x" * 43 + "\n")
-    assert bad.returncode != 0 and "refused the token" in bad.stderr and not creds.exists()
+    assert bad.returncode != 0 and "refused the credentials" in bad.stderr and not creds.exists()
     ok = wflo("login", "--server", server, "--token", "-", stdin=secret + "\n")
     assert ok.returncode == 0 and "service:ci" in ok.stdout, ok.stderr
     assert stat.S_IMODE(creds.stat().st_mode) == 0o600 and secret not in ok.stdout
@@ -226,3 +226,48 @@ def test_cli_login_with_a_token_and_whoami(server: str, tmp_path: Path) -> None:
     assert me["principal"] == "service:ci" and me["via"] == "api"
     assert me["grants"] == [{"role": "operator", "scope": "tenant:acme"}]
     assert wflo("logout").returncode == 0 and not creds.exists()
+
+
+def test_browser_cli_token_then_cli_decides_through_the_server(server: str, browser: Any, tmp_path: Path) -> None:
+    """A person signs in, creates a CLI token, and `wflo approve` decides as them (via: api)."""
+    import subprocess
+    import sys
+
+    from wflo.approvals import inbox
+
+    st = _config.get_store()
+    st.create_run(run_id="r-acme", workflow="refunds", input={}, tenant="acme")
+    st.create_run(run_id="r-globex", workflow="refunds", input={}, tenant="globex")
+    for run in ("r-acme", "r-globex"):
+        inbox().create(
+            approval_id=f"ap-{run}", run_id=run, call_id="c1", tool="refund", message="refund 900",
+            action={"tool": "refund", "kwargs": {"usd": 900}}, approvers=["role:approver"], quorum=1,
+            requested_by="user:agent", timeout_at=None, on_timeout="reject", escalate_to=[],
+        )  # fmt: skip
+    page = browser.new_page()
+    _sign_in(page, server, "ann")
+    page.goto(server + "/auth/cli-token")
+    page.locator("#create").click()
+    secret = page.locator("#token").inner_text().strip()
+    assert secret.startswith("wflo_")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update({"WFLO_CREDENTIALS": str(tmp_path / "c.json"), "PYTHONPATH": os.pathsep.join(sys.path)})
+
+    def wflo(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "wflo.cli", *args], input=stdin, env=env, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    assert wflo("login", "--server", server, "--token", "-", stdin=secret + "\n").returncode == 0
+    ok = wflo("approve", "ap-r-acme", "--reason", "checked")
+    assert ok.returncode == 0 and "approved" in ok.stdout, ok.stderr
+    done = inbox().get("ap-r-acme")
+    assert (done.status, done.decided_by, done.via) == ("approved", "user:ann@acme.com", "api")
+    # ann approves on tenant acme only (finance=approver@tenant:acme); admin@* would allow it,
+    # so take the admin role away first: the personal token follows its owner's roles at each use.
+    st.write(lambda cur: st.execute(cur, "DELETE FROM role_grants WHERE principal = ? AND role = 'admin'",
+                                    ("user:ann@acme.com",)))  # fmt: skip
+    refused = wflo("approve", "ap-r-globex")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert inbox().get("ap-r-globex").status == "pending"
+    assert _system("access.refused")[-1]["by"] == "user:ann@acme.com"

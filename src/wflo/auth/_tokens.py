@@ -24,6 +24,8 @@ from ..store import NewEvent, now_iso
 from ._access import Access, Principal
 from ._roles import GLOBAL, ROLES, check_scope
 
+PERSONAL = "personal"
+"""The role of a personal CLI token: it acts as its owner, with the owner's current grants."""
 TOKEN_RE = re.compile(r"^wflo_([A-Za-z0-9]{8})_([A-Za-z0-9_-]{43})$")
 _TOKEN_COLS = "id, name, principal, prefix, role, scope, created_by, created_at, expires_at, revoked_at, last_used_at"
 
@@ -131,6 +133,38 @@ class Tokens:
         self.store.append_system([NewEvent("token.created", data)], ops=[op])
         return info, secret
 
+    def create_personal(
+        self, who: Principal, *, expires: str = "30d", remote: str | None = None
+    ) -> tuple[TokenInfo, str]:
+        """A token for the CLI that acts as ``who`` itself, with their roles *at each use*
+        (role ``personal``): it can never do more than its owner can right now. Needs a
+        signed-in person (``via: panel``)."""
+        if who.via != "panel" or not who.id.startswith("user:"):
+            raise UserError("a personal CLI token is created by a signed-in person in the browser")
+        expires_at = _iso(_now() + parse_duration(expires))
+        prefix = secrets.token_hex(4)
+        secret = f"wflo_{prefix}_{secrets.token_urlsafe(32)}"
+        info = TokenInfo(
+            id=str(uuid.uuid4()), name=f"cli-{who.id[5:]}"[:60], principal=who.id, prefix=prefix, role=PERSONAL,
+            scope=GLOBAL, created_by=who.id, created_at=now_iso(), expires_at=expires_at, revoked_at=None,
+            last_used_at=None,
+        )  # fmt: skip
+
+        def op(cur: Any) -> None:
+            self.store.execute(
+                cur,
+                f"INSERT INTO api_tokens ({_TOKEN_COLS}, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (info.id, info.name, who.id, prefix, PERSONAL, GLOBAL, who.id, info.created_at, expires_at, None, None,
+                 digest(secret)),
+            )  # fmt: skip
+
+        data = Access._who(who, remote) | {
+            "token_id": info.id, "name": info.name, "prefix": prefix, "principal": who.id, "role": PERSONAL,
+            "scope": GLOBAL, "expires_at": expires_at,
+        }  # fmt: skip
+        self.store.append_system([NewEvent("token.created", data)], ops=[op])
+        return info, secret
+
     def list(self) -> list[TokenInfo]:
         rows = self.store.read(f"SELECT {_TOKEN_COLS} FROM api_tokens ORDER BY created_at")
         return [TokenInfo(*r) for r in rows]
@@ -148,7 +182,8 @@ class Tokens:
 
     def revoke(self, ref: str, *, who: Principal, remote: str | None = None) -> TokenInfo:
         tok = self.find(ref)
-        self.access.authorize(who, "tokens:write", tok.scope, remote=remote)
+        if tok.principal != who.id:  # anyone may revoke their own token
+            self.access.authorize(who, "tokens:write", tok.scope, remote=remote)
         now = now_iso()
 
         def op(cur: Any) -> None:
@@ -193,6 +228,9 @@ class Tokens:
                 cur, "UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now_iso(), row[0])
             )
         )
+        if row[2] == PERSONAL:  # its owner's roles as they are now
+            grants = tuple((g.role, g.scope) for g in self.access.grants(row[1]))
+            return Principal(id=row[1], via=via, grants=grants, token_id=row[0])
         return Principal(id=row[1], via=via, grants=((row[2], row[3]),), token_id=row[0])
 
     # ----------------------------------------------------------------- sessions

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 import click
 from rich.table import Table
 
 from .._config import settings
-from .._errors import AuthenticationError, UserError
+from .._errors import UserError
 from ..auth import (
     GLOBAL,
     ROLES,
@@ -24,6 +21,8 @@ from ..auth import (
     save_credentials,
     tokens,
 )
+from ..auth._access import check_principal
+from ..auth._client import ServerClient
 from ._app import cli, console, dump_json, handle_errors
 
 
@@ -54,7 +53,7 @@ def grants_group() -> None:
 @handle_errors
 def grants_list(principal: str | None, as_json: bool) -> None:
     """List role grants (role, scope, who granted it)."""
-    found = access().grants(principal)
+    found = access().grants(check_principal(principal) if principal else None)
     if as_json:
         dump_json([_grant(g) for g in found])
         return
@@ -160,19 +159,8 @@ def tokens_revoke(token: str) -> None:
 
 # ----------------------------------------------------------------- login
 def _get_me(server: str, token: str) -> dict[str, Any]:
-    req = urllib.request.Request(
-        server.rstrip("/") + "/api/v1/me", headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-            return data
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            raise AuthenticationError(detail=f"the server refused the token (HTTP {exc.code})") from None
-        raise UserError(f"the server answered HTTP {exc.code}") from None
-    except urllib.error.URLError as exc:
-        raise UserError(f"cannot reach {server}: {exc.reason}") from None
+    me: dict[str, Any] = ServerClient(Credentials(server=server, token=token)).call("GET", "/api/v1/me")
+    return me
 
 
 @cli.command("login")
@@ -186,8 +174,10 @@ def login_cmd(server: str, token: str | None) -> None:
     if not token:
         # The browser flow: sign in on the server, which shows a personal token once.
         url = server.rstrip("/") + "/auth/login?next=/auth/cli-token"
-        console.print(f"open {url} in a browser, sign in, then run: wflo login --server {server} --token -")
-        return
+        console.print(f"open {url} in a browser, sign in, create a CLI token, then paste it here:")
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise UserError("no token given")
     me = _get_me(server, token)
     path = save_credentials(Credentials(server=server, token=token))
     console.print(f"signed in to {server} as {me['principal']} (credentials in {path}, mode 0600)")

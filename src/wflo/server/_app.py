@@ -160,6 +160,25 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         resp.delete_cookie(CSRF_COOKIE)
         return resp
 
+    @router.route("GET", "/auth/cli-token", permission=SIGNED_IN, response_class=HTMLResponse)
+    def cli_token_form(request: Request) -> HTMLResponse:
+        csrf = html.escape(request.cookies.get(CSRF_COOKIE, ""))
+        return _page(
+            "<h1>A token for the wflo CLI</h1><p>It acts as you, with your roles, for 30 days.</p>"
+            f"<form method='post' action='/auth/cli-token'><input type='hidden' name='csrf' value='{csrf}'>"
+            "<button id='create' type='submit'>Create a CLI token</button></form>"
+        )
+
+    @router.route("POST", "/auth/cli-token", permission=SIGNED_IN, response_class=HTMLResponse)
+    def cli_token(request: Request) -> HTMLResponse:
+        who = _who(request)
+        if who.via != "panel":
+            return _page("<p id='error'>sign in with the browser to create a CLI token</p>", 400)
+        _, secret = tokens.create_personal(who, remote=client_address(request))
+        return _page(
+            f"<p>Shown once. Paste it into <code>wflo login</code>:</p><pre id='token'>{html.escape(secret)}</pre>"
+        )
+
     # ----------------------------------------------------------------- API
     @router.route("GET", "/api/v1/me", permission=SIGNED_IN)
     def me(request: Request) -> dict[str, Any]:
@@ -187,6 +206,10 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             (request.path_params["approval_id"],),
         )
         return tenant_scope(rows[0][0] if rows else None)
+
+    @router.route("GET", "/api/v1/approvals/{approval_id}", permission="approvals:read", scope=approval_scope)
+    def get_approval(request: Request, approval_id: str) -> dict[str, Any]:
+        return _approval(Inbox(access.store).get(approval_id))
 
     @router.route("POST", "/api/v1/approvals/{approval_id}/decide", permission="approvals:decide", scope=approval_scope)
     def decide(request: Request, approval_id: str, body: DecideBody) -> dict[str, Any]:

@@ -44,7 +44,10 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("GET", "/auth/login"): lambda: ("/auth/login", None),
     ("GET", "/auth/callback"): lambda: ("/auth/callback?state=x&code=y", None),
     ("POST", "/auth/logout"): lambda: ("/auth/logout", None),
+    ("GET", "/auth/cli-token"): lambda: ("/auth/cli-token", None),
+    ("POST", "/auth/cli-token"): lambda: ("/auth/cli-token", None),
     ("GET", "/api/v1/me"): lambda: ("/api/v1/me", None),
+    ("GET", "/api/v1/approvals/{approval_id}"): lambda: (f"/api/v1/approvals/{_approval()}", None),
     ("GET", "/api/v1/approvals"): lambda: ("/api/v1/approvals?tenant=acme", None),
     ("POST", "/api/v1/approvals/{approval_id}/decide"): lambda: (
         f"/api/v1/approvals/{_approval()}/decide", {"decision": "approve"}),
