@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -18,7 +19,7 @@ from .._config import Settings, get_store, settings
 from .._errors import AuthenticationError, WfloError
 from ..approvals import Inbox
 from ..auth import GLOBAL, Access, ClaimsPolicy, Identities, Principal, Tokens, covers, tenant_scope
-from ._oidc import PendingLogins, Provider, RateLimiter
+from ._oidc import PendingLogins, Provider, QueryRedactor, RateLimiter
 from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, SIGNED_IN, Router, body_scope, client_address, tenant_query
 
 _STATUS = {
@@ -268,12 +269,17 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     return app
 
 
+_REDACT = QueryRedactor()
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Store calls run in worker threads, and each thread holds its own database connection:
     # a small pool keeps the server's PostgreSQL connections bounded.
     anyio.to_thread.current_default_thread_limiter().total_tokens = 8
+    logging.getLogger("uvicorn.access").addFilter(_REDACT)
     yield
+    logging.getLogger("uvicorn.access").removeFilter(_REDACT)
 
 
 def _failed(remote: str, reason: str, claims: dict[str, Any] | None) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import secrets
 import threading
 import time
@@ -173,3 +174,13 @@ class RateLimiter:
         """Count a (failed) attempt."""
         with self._lock:
             self._hits.setdefault(key, []).append(time.monotonic())
+
+
+class QueryRedactor(logging.Filter):
+    """Drop query strings from access-log lines: a sign-in callback's URL carries the
+    authorization code and state, which must not reach the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(a.split("?", 1)[0] if isinstance(a, str) and "?" in a else a for a in record.args)
+        return True

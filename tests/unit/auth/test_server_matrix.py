@@ -148,3 +148,17 @@ def test_session_needs_csrf_for_changes(app: FastAPI) -> None:
         "/api/v1/grants", json={**body, "role": "admin"}, headers={"Authorization": f"Bearer {op}"}
     )
     assert resp.status_code == 403
+
+
+def test_access_log_lines_lose_their_query_string() -> None:
+    """A sign-in callback URL carries the authorization code: it never reaches the log."""
+    import logging
+
+    from wflo.server._oidc import QueryRedactor
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/auth/callback?code=SECRETCODE&state=S", "1.1", 303), None,
+    )  # fmt: skip
+    assert QueryRedactor().filter(record)
+    assert "SECRETCODE" not in record.getMessage() and "/auth/callback" in record.getMessage()
