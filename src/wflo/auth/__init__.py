@@ -27,18 +27,18 @@ def tokens() -> Tokens:
 
 
 __all__ = [
-    "GLOBAL",
-    "PERMISSIONS",
-    "ROLES",
     "Access",
     "AccessDeniedError",
     "AccessError",
     "AuthenticationError",
     "ClaimsPolicy",
     "Credentials",
+    "GLOBAL",
     "Grant",
     "Identities",
+    "PERMISSIONS",
     "Principal",
+    "ROLES",
     "Session",
     "TokenInfo",
     "Tokens",

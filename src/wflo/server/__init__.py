@@ -17,4 +17,4 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 from ._app import create_app
 from ._routes import PUBLIC, SIGNED_IN, RouteSpec
 
-__all__ = ["PUBLIC", "SIGNED_IN", "RouteSpec", "create_app"]
+__all__ = ["PUBLIC", "RouteSpec", "SIGNED_IN", "create_app"]
