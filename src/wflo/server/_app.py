@@ -42,6 +42,10 @@ class GrantBody(BaseModel):
     scope: str = GLOBAL
 
 
+class SignOutBody(BaseModel):
+    principal: str
+
+
 class TokenBody(BaseModel):
     name: str
     role: str
@@ -265,6 +269,14 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     @router.route("DELETE", "/api/v1/tokens/{token_id}", permission="tokens:write", scope=token_scope)
     def revoke_token(request: Request, token_id: str) -> dict[str, Any]:
         return _token(tokens.revoke(token_id, who=_who(request), remote=client_address(request)))
+
+    @router.route("POST", "/api/v1/sessions/revoke", permission="sessions:write")
+    def revoke_sessions(request: Request, body: SignOutBody) -> dict[str, Any]:
+        """Sign a person out everywhere (their browser sessions end at once)."""
+        who = _who(request)
+        tokens.end_sessions_of(body.principal)
+        access.record("auth.sessions_revoked", who, remote=client_address(request), principal=body.principal)
+        return {"principal": body.principal, "signed_out": True}
 
     return app
 

@@ -274,3 +274,8 @@ def test_login_from_claims_creates_the_user_and_syncs_mapped_roles(configured: s
         ("finance", "manual"),
     }
     assert [e["remote"] for e in _system("auth.login")] == ["10.0.0.1", "10.0.0.1"]
+
+
+def test_the_client_secret_stays_out_of_the_settings_repr() -> None:
+    s = _config.configure(database="sqlite:///x.db", oidc_client_secret="s3cret-value")
+    assert s.oidc_client_secret == "s3cret-value" and "s3cret-value" not in repr(s)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from wflo import _config
 from wflo.approvals import inbox
-from wflo.auth import PERMISSIONS, ROLES, access, role_allows, tokens
+from wflo.auth import GLOBAL, PERMISSIONS, ROLES, access, covers, role_allows, tokens
 from wflo.server import PUBLIC, SIGNED_IN, create_app
 
 Example = Callable[[], tuple[str, dict[str, Any] | None]]
@@ -56,11 +56,18 @@ EXAMPLES: dict[tuple[str, str], Example] = {
         "/api/v1/grants", {"principal": "user:new", "role": "viewer", "scope": "tenant:acme"}),
     ("POST", "/api/v1/grants/remove"): lambda: (
         "/api/v1/grants/remove", {"principal": "user:new", "role": "viewer", "scope": "tenant:acme"}),
+    ("POST", "/api/v1/sessions/revoke"): lambda: ("/api/v1/sessions/revoke", {"principal": "user:someone"}),
     ("GET", "/api/v1/tokens"): lambda: ("/api/v1/tokens?tenant=acme", None),
     ("POST", "/api/v1/tokens"): lambda: (
         "/api/v1/tokens", {"name": f"n{uuid.uuid4().hex[:6]}", "role": "viewer", "scope": "tenant:acme"}),
     ("DELETE", "/api/v1/tokens/{token_id}"): lambda: (f"/api/v1/tokens/{_token_id()}", None),
 }  # fmt: skip
+
+
+# A token in the resource's tenant, in another tenant, and everywhere.
+SCOPES = {"acme": "tenant:acme", "globex": "tenant:globex", "global": GLOBAL}
+# Routes whose resource belongs to no tenant (people): only global grants reach them.
+GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke")}
 
 
 def undeclared_routes(app: FastAPI) -> list[str]:
@@ -94,21 +101,21 @@ def test_authorization_matrix(app: FastAPI) -> None:
 def _matrix(app: FastAPI, client: TestClient) -> None:
     table = app.state.router.table
     assert {(s.method, s.path) for s in table} == set(EXAMPLES), "add an example for each route"
+    root = access().local("user:root")
     secrets = {
-        (role, tenant): tokens().create(f"{role}-{tenant}", role, f"tenant:{tenant}", who=access().local("user:root"))[
-            1
-        ]
-        for role, tenant in itertools.product(ROLES, ("acme", "globex"))
+        (role, name): tokens().create(f"{role}-{name}", role, scope, who=root)[1]
+        for role, (name, scope) in itertools.product(ROLES, SCOPES.items())
     }
     checked = 0
-    for spec, role, tenant in itertools.product(table, ROLES, ("acme", "globex")):
+    for spec, role, tenant in itertools.product(table, ROLES, SCOPES):
         url, body = EXAMPLES[(spec.method, spec.path)]()
         resp = client.request(spec.method, url, json=body, headers={"Authorization": f"Bearer {secrets[role, tenant]}"},
                               follow_redirects=False)  # fmt: skip
         if spec.permission in (PUBLIC, SIGNED_IN):
             allowed = True
         else:
-            allowed = role_allows(role, spec.permission) and tenant == "acme"
+            resource = GLOBAL if (spec.method, spec.path) in GLOBAL_ROUTES else "tenant:acme"
+            allowed = role_allows(role, spec.permission) and covers(SCOPES[tenant], resource)
         where = f"{spec.method} {spec.path} as {role}@{tenant}: {resp.status_code} {resp.text[:600]}"
         if spec.permission == PUBLIC:  # a sign-in step may answer 401 for a bogus callback, never 403
             assert resp.status_code != 403, where
@@ -117,7 +124,7 @@ def _matrix(app: FastAPI, client: TestClient) -> None:
         else:
             assert resp.status_code == 403, where
         checked += 1
-    assert checked == len(EXAMPLES) * len(ROLES) * 2
+    assert checked == len(EXAMPLES) * len(ROLES) * len(SCOPES)
     refused = [e for e in _config.get_store().events("system") if e.type == "access.refused"]
     assert refused and all(e.data["via"] == "api" and e.data["token_id"] for e in refused)
 
@@ -142,6 +149,11 @@ def test_session_needs_csrf_for_changes(app: FastAPI) -> None:
     assert client.post("/api/v1/grants", json=body, headers={"X-CSRF-Token": "nope"}).status_code == 403
     assert client.post("/api/v1/grants", json=body, headers={"X-CSRF-Token": csrf}).status_code == 201
     assert access().grants("user:x")[0].via == "panel"
+    # An admin signs someone out everywhere: their session dies server-side.
+    other, _ = tokens().open_session("user:other", ttl=__import__("datetime").timedelta(hours=1))
+    out = client.post("/api/v1/sessions/revoke", json={"principal": "user:other"}, headers={"X-CSRF-Token": csrf})
+    assert out.status_code == 200
+    assert TestClient(app, cookies={"wflo_session": other}).get("/api/v1/me").status_code == 401
     # A token cannot give more than it has: an operator token cannot grant admin.
     _, op = tokens().create("op", "operator", who=access().local("user:root"))
     resp = TestClient(app).post(
