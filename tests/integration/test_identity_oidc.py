@@ -152,10 +152,25 @@ def test_login_restricted_to_domains(server: str, browser: Any) -> None:
     assert _system("auth.login") == []
 
 
+def test_next_is_a_local_path_only(server: str, browser: Any) -> None:
+    """No open redirect: after sign-in, ``next`` pointing at another site lands on our home page."""
+    page = browser.new_page()
+    for target in ("https://evil.example/", "//evil.example/"):
+        page.goto(server + f"/auth/login?next={target}")
+        page.get_by_role("button", name="ann", exact=True).click()
+        page.wait_for_url(lambda url: url.startswith(server))
+        assert page.url == server + "/" and page.locator("#who").inner_text() == "user:ann@acme.com"
+
+
 def test_callback_without_the_browser_state_is_refused(server: str) -> None:
     """Login CSRF: a code delivered to a browser that did not start the sign-in is refused."""
     start = httpx.get(server + "/auth/login", follow_redirects=False)
-    state = parse_qs(urlparse(start.headers["location"]).query)["state"][0]
+    query = parse_qs(urlparse(start.headers["location"]).query)
+    state = query["state"][0]
+    assert query["code_challenge_method"] == ["S256"] and len(query["code_challenge"][0]) == 43  # PKCE
+    assert query["nonce"][0] and query["client_id"] == ["wflo"]
+    cookie = start.headers["set-cookie"]
+    assert "wflo_login_state=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
     resp = httpx.get(server + f"/auth/callback?state={state}&code=x")  # no state cookie
     assert resp.status_code == 401 and "unknown or expired sign-in attempt" in resp.text
 
