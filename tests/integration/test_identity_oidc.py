@@ -286,3 +286,29 @@ def test_browser_cli_token_then_cli_decides_through_the_server(server: str, brow
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     assert inbox().get("ap-r-globex").status == "pending"
     assert _system("access.refused")[-1]["by"] == "user:ann@acme.com"
+
+
+def test_wflo_server_command_serves_openapi_31(sqlite_url: str) -> None:
+    import subprocess
+    import sys
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update({"WFLO_DATABASE_URL": sqlite_url, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.Popen([sys.executable, "-m", "wflo.cli", "server", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                resp = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "wflo server did not start"
+                time.sleep(0.2)
+        spec = resp.json()
+        assert spec["openapi"].startswith("3.1") and "/api/v1/approvals/{approval_id}/decide" in spec["paths"]
+        assert httpx.get(f"http://127.0.0.1:{port}/api/v1/me").status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(15)
