@@ -122,11 +122,16 @@ class Access:
     def require_local(self, permission: str, scope: str = GLOBAL) -> Principal:
         """The local principal, refused (and recorded) when ``require_auth`` is set."""
         who = self.local()
-        if settings().require_auth:
-            raise self.refuse(
-                who, permission, scope, "local changes are off where authentication is required (require_auth)"
-            )
+        self._local_allowed(who, permission, scope, None)
         return who
+
+    def _local_allowed(self, who: Principal, permission: str, scope: str, remote: str | None) -> None:
+        """Every local change is refused under ``require_auth``, whichever entry point it took."""
+        if who.via == "local" and settings().require_auth:
+            raise self.refuse(
+                who, permission, scope, "local changes are off where authentication is required (require_auth)",
+                remote=remote,
+            )  # fmt: skip
 
     def record(self, kind: str, who: Principal, *, remote: str | None = None, **data: Any) -> None:
         """One authorization fact on the system chain: who, what, from where."""
@@ -167,6 +172,7 @@ class Access:
         first-run rule; recorded as its own ``principal.granted`` with ``source: bootstrap``).
         """
         check_principal(principal)
+        self._local_allowed(who, "grants:write", scope, remote)
         role = role.removeprefix("role:").strip()
         if not role or any(c.isspace() or c in ":/*" for c in role):
             raise UserError(f"role must be a single word such as 'approver' or 'finance', got {role!r}")
@@ -199,6 +205,7 @@ class Access:
         """Remove a grant (needs ``admin`` in its scope); True when one was removed."""
         role = role.removeprefix("role:")
         scope = check_scope(scope)
+        self._local_allowed(who, "grants:write", scope, remote)
         if not who.allowed("grants:write", scope):
             raise self.refuse(who, "grants:write", scope, "removing a role needs admin", remote=remote)
         removed: list[int] = []

@@ -52,9 +52,11 @@ class ClaimsPolicy:
     def refusal(self, claims: dict[str, Any]) -> str | None:
         """Why these claims may not sign in, or ``None``."""
         email = str(claims.get("email") or "").lower()
-        if self.allowed_domains and (
-            not email or claims.get("email_verified") is False or email.rsplit("@", 1)[-1] not in self.allowed_domains
-        ):
+        # The email names the principal (user:<email>): an address the provider says it has
+        # not verified could be someone else's, so it is refused outright.
+        if email and claims.get("email_verified") is False:
+            return "email not verified by the provider"
+        if self.allowed_domains and (not email or email.rsplit("@", 1)[-1] not in self.allowed_domains):
             return "email domain not allowed"
         if self.allowed_groups and not {g.lower() for g in self.groups(claims)} & self.allowed_groups:
             return "not in an allowed group"

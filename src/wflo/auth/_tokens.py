@@ -108,6 +108,7 @@ class Tokens:
             raise UserError(f"a token's role is one of {', '.join(ROLES)}, got {role!r}")
         scope = check_scope(scope)
         # Creating a token is handing out a role: the same permission as granting it.
+        self.access._local_allowed(who, "tokens:write", scope, remote)
         self.access.authorize(who, "tokens:write", scope, remote=remote)
         expires_at = _iso(_now() + parse_duration(expires)) if expires else None
         prefix = secrets.token_hex(4)
@@ -182,6 +183,7 @@ class Tokens:
 
     def revoke(self, ref: str, *, who: Principal, remote: str | None = None) -> TokenInfo:
         tok = self.find(ref)
+        self.access._local_allowed(who, "tokens:write", tok.scope, remote)
         if tok.principal != who.id:  # anyone may revoke their own token
             self.access.authorize(who, "tokens:write", tok.scope, remote=remote)
         now = now_iso()

@@ -152,6 +152,10 @@ def test_require_auth_refuses_local_grants_decisions_and_budget_changes(
     _config.configure(database=configured, principal="user:root")
     with pytest.raises(AccessDeniedError, match="require_auth"):
         approvals.grant("user:x", "finance")
+    with pytest.raises(AccessDeniedError, match="require_auth"):  # the lower layer refuses too
+        inbox().grant("user:x", "finance", by="user:root")
+    with pytest.raises(AccessDeniedError, match="require_auth"):
+        tokens().create("ci", "viewer", who=access().local("user:root"))
     with pytest.raises(ApprovalForbiddenError, match="require_auth"):
         approvals.approve(rid)
     with pytest.raises(AccessDeniedError, match="require_auth"):
@@ -162,8 +166,8 @@ def test_require_auth_refuses_local_grants_decisions_and_budget_changes(
         assert out.returncode != 0 and "require_auth" in out.stderr and "Traceback" not in out.stderr, args
     assert inbox().get(rid).status == "pending" and access().grants("user:x") == []
     perms = [r["permission"] for r in _system("access.refused")]
-    assert perms.count("grants:write") == 2 and perms.count("approvals:decide") == 2
-    assert perms.count("budgets:write") == 2 and perms.count("tokens:write") == 1
+    assert perms.count("grants:write") == 3 and perms.count("approvals:decide") == 2
+    assert perms.count("budgets:write") == 2 and perms.count("tokens:write") == 2
 
 
 # ----------------------------------------------------------------- tokens
@@ -232,7 +236,8 @@ def test_claims_policy_maps_groups_and_restricts_login() -> None:
     assert policy.refusal(claims) is None
     assert policy.grants(claims) == [("approver", "tenant:acme")]
     assert policy.refusal({**claims, "email": "ann@evil.com"}) == "email domain not allowed"
-    assert policy.refusal({**claims, "email_verified": False}) == "email domain not allowed"
+    assert policy.refusal({**claims, "email_verified": False}) == "email not verified by the provider"
+    assert ClaimsPolicy().refusal({**claims, "email_verified": False}) == "email not verified by the provider"
     assert policy.refusal({**claims, "groups": ["finance"]}) == "not in an allowed group"
     with pytest.raises(wflo.ConfigurationError):
         ClaimsPolicy.parse("finance=superuser")
