@@ -54,6 +54,10 @@ def provider() -> Iterator[str]:
 
 @pytest.fixture
 def server(provider: str, sqlite_url: str) -> Iterator[str]:
+    yield from _serve(provider, sqlite_url)
+
+
+def _serve(provider: str, sqlite_url: str) -> Iterator[str]:
     import uvicorn
 
     port = _free_port()
@@ -312,3 +316,79 @@ def test_wflo_server_command_serves_openapi_31(sqlite_url: str) -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+# ----------------------------------------------------------------- a hostile provider, in the browser
+class Hostile:
+    """WSGI middleware around the real provider that swaps the ID token our server receives:
+    ``tamper`` edits its payload (the signature no longer matches); ``audience`` hands over a
+    genuine token, with our nonce, issued to another client."""
+
+    def __init__(self, app: Any) -> None:
+        self.app, self.mode, self.base, self.foreign = app, "tamper", "", ""
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ["PATH_INFO"]
+        if path == "/oauth2/authorize" and self.mode == "audience":
+            query = parse_qs(environ["QUERY_STRING"])
+            if "nonce" in query and query.get("client_id") == ["wflo"]:
+                if not self.foreign:
+                    self.foreign = _id_token(self.base, "another-app", query["nonce"][0])
+                query.pop("nonce")  # the real code then carries none: only the foreign token has ours
+                environ["QUERY_STRING"] = "&".join(f"{k}={v[0]}" for k, v in query.items())
+        if path != "/oauth2/token" or environ.get("HTTP_AUTHORIZATION", "").find("d2Zsbzp") < 0:
+            return self.app(environ, start_response)  # not our server's code exchange ("wflo:" in Basic auth)
+        seen: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            seen.update(status=status, headers=headers)
+            return lambda data: None
+
+        data = json.loads(b"".join(self.app(environ, capture)))
+        if self.mode == "tamper":
+            head, payload, sig = data["id_token"].split(".")
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            claims["groups"] = ["wflo-admins"]
+            forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+            data["id_token"] = f"{head}.{forged}.{sig}"
+        else:
+            data["id_token"] = self.foreign
+        out = json.dumps(data).encode()
+        headers = [(k, v) for k, v in seen["headers"] if k.lower() != "content-length"]
+        start_response(seen["status"], [*headers, ("Content-Length", str(len(out)))])
+        return [out]
+
+
+@pytest.fixture
+def hostile(sqlite_url: str) -> Iterator[tuple[str, Hostile]]:
+    import werkzeug.serving
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from oidc_provider_mock import app as provider_app
+
+        mw = Hostile(provider_app(user_claims=[User(sub="eve", claims={"email": "eve@acme.com", "groups": []})]))
+        srv = werkzeug.serving.make_server("localhost", _free_port(), mw, threaded=True)
+        mw.base = f"http://localhost:{srv.server_port}"
+        thread = threading.Thread(target=srv.serve_forever, args=(0.1,), daemon=True)
+        thread.start()
+        try:
+            for base in _serve(mw.base, sqlite_url):
+                yield base, mw
+        finally:
+            srv.shutdown()
+            thread.join(10)
+
+
+@pytest.mark.parametrize(("mode", "why"), [("tamper", "ID token refused: "), ("audience", "another audience")])
+def test_browser_sign_in_with_a_tampered_or_foreign_id_token_is_refused(
+    hostile: tuple[str, Hostile], browser: Any, mode: str, why: str
+) -> None:
+    server, mw = hostile
+    mw.mode = mode
+    page = browser.new_page()
+    _sign_in(page, server, "eve")
+    assert why in page.locator("#error").inner_text()
+    assert not any(c["name"] == "wflo_session" for c in page.context.cookies())
+    assert _system("auth.login") == [] and why in _system("auth.failed")[-1]["reason"]
+    assert _config.get_store().read("SELECT COUNT(*) FROM sessions")[0][0] == 0
