@@ -282,6 +282,20 @@ def test_browser_cli_token_then_cli_decides_through_the_server(server: str, brow
     assert ok.returncode == 0 and "approved" in ok.stdout, ok.stderr
     done = inbox().get("ap-r-acme")
     assert (done.status, done.decided_by, done.via) == ("approved", "user:ann@acme.com", "api")
+    # Grants and tokens from the signed-in CLI go through the server too, as ann.
+    assert wflo("grant", "user:bo@acme.com", "viewer", "--scope", "tenant:acme").returncode == 0
+    from wflo.auth import access
+
+    g = access().grants("user:bo@acme.com")[0]
+    assert (g.granted_by, g.via, g.scope) == ("user:ann@acme.com", "api", "tenant:acme")
+    made = wflo("tokens", "create", "--name", "bot", "--role", "viewer", "--tenant", "acme", "--json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["token"].startswith("wflo_")
+    assert "bot" in wflo("tokens", "list").stdout
+    assert wflo("tokens", "revoke", "bot").returncode == 0
+    assert "user:bo@acme.com" in wflo("grants", "list").stdout
+    assert wflo("grants", "remove", "user:bo@acme.com", "viewer", "--scope", "tenant:acme").returncode == 0
+    assert access().grants("user:bo@acme.com") == []
     # ann approves on tenant acme only (finance=approver@tenant:acme); admin@* would allow it,
     # so take the admin role away first: the personal token follows its owner's roles at each use.
     st.write(lambda cur: st.execute(cur, "DELETE FROM role_grants WHERE principal = ? AND role = 'admin'",

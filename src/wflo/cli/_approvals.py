@@ -204,6 +204,14 @@ def reject_cmd(approval_id: str, reason: str, self_local: bool) -> None:
 )
 @handle_errors
 def grant_cmd(principal: str, role: str, scope: str) -> None:
-    """Give a principal a role: `wflo grant user:alice finance` (needs admin; recorded on the audit chain)."""
+    """Give a principal a role: `wflo grant user:alice finance` (needs admin; recorded on the audit chain).
+
+    After `wflo login` the grant goes through the server, as you."""
+    creds = load_credentials()
+    if creds is not None:
+        body = {"principal": principal, "role": role, "scope": scope}
+        g = ServerClient(creds).call("POST", "/api/v1/grants", body)
+        console.print(f"{g['principal']}: {g['role']} on {g['scope']} (granted through {creds.server})")
+        return
     roles = approvals.grant(principal, role, scope=scope)
     console.print(f"{principal}: roles {', '.join(sorted(roles))}")

@@ -14,6 +14,8 @@ from ..auth import (
     GLOBAL,
     ROLES,
     Credentials,
+    Grant,
+    TokenInfo,
     access,
     credentials_path,
     forget_credentials,
@@ -53,7 +55,12 @@ def grants_group() -> None:
 @handle_errors
 def grants_list(principal: str | None, as_json: bool) -> None:
     """List role grants (role, scope, who granted it)."""
-    found = access().grants(check_principal(principal) if principal else None)
+    creds = load_credentials()
+    if creds is not None:
+        found = [Grant(**g) for g in ServerClient(creds).call("GET", "/api/v1/grants")]
+        found = [g for g in found if not principal or g.principal == principal]
+    else:
+        found = access().grants(check_principal(principal) if principal else None)
     if as_json:
         dump_json([_grant(g) for g in found])
         return
@@ -79,6 +86,12 @@ def _grant(g: Any) -> dict[str, Any]:
 @handle_errors
 def grants_remove(principal: str, role: str, scope: str) -> None:
     """Remove a role from a principal (needs admin; recorded)."""
+    creds = load_credentials()
+    if creds is not None:
+        body = {"principal": principal, "role": role, "scope": scope}
+        removed = ServerClient(creds).call("POST", "/api/v1/grants/remove", body)["removed"]
+        console.print(f"{principal}: {'removed' if removed else 'did not hold'} {role} on {scope} (via {creds.server})")
+        return
     acc = access()
     who = acc.require_local("grants:write", scope)
     removed = acc.revoke(principal, role, scope, who=who)
@@ -103,9 +116,16 @@ def tokens_create(name: str, role: str, tenant: str | None, scope: str | None, e
     if tenant and scope:
         raise UserError("give --tenant or --scope, not both")
     where = scope or (f"tenant:{tenant}" if tenant else GLOBAL)
-    acc = access()
-    who = acc.require_local("tokens:write", where)
-    info, secret = tokens().create(name, role, where, expires=None if expires == "never" else expires, who=who)
+    until = None if expires == "never" else expires
+    creds = load_credentials()
+    if creds is not None:  # signed in: created by the server, as you
+        body = {"name": name, "role": role, "scope": where, "expires": until}
+        made = ServerClient(creds).call("POST", "/api/v1/tokens", body)
+        info, secret = TokenInfo(**{k: made[k] for k in _TOKEN_KEYS}), str(made["token"])
+    else:
+        info, secret = tokens().create(
+            name, role, where, expires=until, who=access().require_local("tokens:write", where)
+        )
     if as_json:
         dump_json({"id": info.id, "token": secret, "prefix": info.prefix, "expires_at": info.expires_at})
         return
@@ -119,10 +139,14 @@ def tokens_create(name: str, role: str, tenant: str | None, scope: str | None, e
 @handle_errors
 def tokens_list(as_json: bool) -> None:
     """List tokens (prefix, role, scope, state); never their secrets."""
-    acc = access()
-    if settings().require_auth:
-        acc.require_local("tokens:read")
-    found = tokens().list()
+    creds = load_credentials()
+    if creds is None and settings().require_auth:
+        access().require_local("tokens:read")
+    found = (
+        [TokenInfo(**{k: t[k] for k in _TOKEN_KEYS}) for t in ServerClient(creds).call("GET", "/api/v1/tokens")]
+        if creds is not None
+        else tokens().list()
+    )
     if as_json:
         dump_json([{**_token(t), "state": t.state} for t in found])
         return
@@ -140,10 +164,12 @@ def tokens_list(as_json: bool) -> None:
     console.print(table)
 
 
+_TOKEN_KEYS = ("id", "name", "principal", "prefix", "role", "scope", "created_by", "created_at", "expires_at",
+               "revoked_at", "last_used_at")  # fmt: skip
+
+
 def _token(t: Any) -> dict[str, Any]:
-    keys = ("id", "name", "principal", "prefix", "role", "scope", "created_by", "created_at", "expires_at",
-            "revoked_at", "last_used_at")  # fmt: skip
-    return {k: getattr(t, k) for k in keys}
+    return {k: getattr(t, k) for k in _TOKEN_KEYS}
 
 
 @tokens_group.command("revoke")
@@ -151,6 +177,15 @@ def _token(t: Any) -> dict[str, Any]:
 @handle_errors
 def tokens_revoke(token: str) -> None:
     """Revoke a token by id, prefix or name (it stops working at once; recorded)."""
+    creds = load_credentials()
+    if creds is not None:
+        client = ServerClient(creds)
+        match = [t for t in client.call("GET", "/api/v1/tokens") if token in (t["id"], t["prefix"], t["name"])]
+        if len(match) != 1:
+            raise UserError(f"no single token {token!r} on {creds.server} (wflo tokens list)")
+        done = client.call("DELETE", f"/api/v1/tokens/{match[0]['id']}")
+        console.print(f"token {done['id']} ({done['name']}, wflo_{done['prefix']}_…) revoked")
+        return
     acc = access()
     who = acc.require_local("tokens:write")
     info = tokens().revoke(token, who=who)
