@@ -103,6 +103,45 @@ class Settings:
     and unpriced, each one recorded on its run (``egress.opted_out``). Also
     ``wflo.egress.allow(host)``. Env: ``WFLO_EGRESS_ALLOW`` (comma-separated)."""
 
+    server_url: str = ""
+    """The wflo server the CLI talks to after ``wflo login`` (and the server's own public base
+    URL, used for its OIDC redirect URI). Env: ``WFLO_SERVER_URL``."""
+
+    oidc_issuer: str = ""
+    """The OpenID Connect provider (its ``/.well-known/openid-configuration`` is read) that
+    signs people in to the server. Env: ``WFLO_OIDC_ISSUER``."""
+
+    oidc_client_id: str = ""
+    """The server's client id at the provider; ID tokens for another audience are refused.
+    Env: ``WFLO_OIDC_CLIENT_ID``."""
+
+    oidc_client_secret: str = dataclasses.field(default="", repr=False)
+    """The client secret (a confidential client; PKCE is used as well). Never logged or
+    recorded. Env: ``WFLO_OIDC_CLIENT_SECRET``."""
+
+    oidc_role_map: str = ""
+    """Groups to roles: ``GROUP=ROLE[@SCOPE]`` pairs, comma separated
+    (``wflo-admins=admin, finance=approver@tenant:acme``). Env: ``WFLO_OIDC_ROLE_MAP``."""
+
+    oidc_groups_claim: str = "groups"
+    """The ID token claim that lists the user's groups. Env: ``WFLO_OIDC_GROUPS_CLAIM``."""
+
+    oidc_allowed_groups: str = ""
+    """Only members of these groups (comma separated) may sign in; empty: any group.
+    Env: ``WFLO_OIDC_ALLOWED_GROUPS``."""
+
+    oidc_allowed_domains: str = ""
+    """Only verified emails of these domains (comma separated) may sign in; empty: any.
+    Env: ``WFLO_OIDC_ALLOWED_DOMAINS``."""
+
+    session_hours: float = 8.0
+    """How long a browser session lasts (it is revoked server-side at sign-out).
+    Env: ``WFLO_SESSION_HOURS``."""
+
+    cookie_secure: bool = True
+    """Send session cookies only over HTTPS; turn off only for a server on localhost.
+    Env: ``WFLO_COOKIE_SECURE`` (``0``/``1``)."""
+
     def __post_init__(self) -> None:
         # Every field is checked by its declared type (and its choices), so a setting added
         # later is validated the same way without code here.

@@ -42,6 +42,9 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     │   ├── SandboxUnavailableError    the isolation asked for is not available here
     │   └── SandboxSetupError
     ├── ToolDeniedError                a secure tool refused its input (SQL write, SSRF, …)
+    ├── AccessError
+    │   ├── AuthenticationError        no valid credentials (bad, expired or revoked token/session)
+    │   └── AccessDeniedError          authenticated, but the role does not give the permission
     └── AuditError
         ├── ChainBrokenError
         └── RetentionError             a prune that would delete records still under retention
@@ -63,6 +66,8 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 __all__ = [
+    "AccessDeniedError",
+    "AccessError",
     "ActionMismatchError",
     "ApprovalClosedError",
     "ApprovalError",
@@ -71,6 +76,7 @@ __all__ = [
     "ApprovalRejected",
     "AtMostOnceError",
     "AuditError",
+    "AuthenticationError",
     "BudgetError",
     "BudgetExceededError",
     "ChainBrokenError",
@@ -500,6 +506,36 @@ class ActionMismatchError(ApprovalError):
             f"approval {self.approval_id} is for action {self.expected}, not {self.found}; "
             "a decision binds to the exact action it was shown"
         )
+
+
+class AccessError(WfloError):
+    code = "access"
+
+
+class AuthenticationError(AccessError):
+    """No valid credentials: the token or session is unknown, expired or revoked."""
+
+    code = "unauthenticated"
+    _fields = ("detail",)
+    detail: Any
+
+    def _message(self) -> str:
+        return f"not authenticated: {self.detail}"
+
+
+class AccessDeniedError(AccessError):
+    """The principal lacks the permission in that scope (recorded as ``access.refused``)."""
+
+    code = "forbidden"
+    _fields = ("principal", "permission", "scope", "detail")
+    principal: Any
+    permission: Any
+    scope: Any
+    detail: Any
+
+    def _message(self) -> str:
+        where = f" on {self.scope}" if self.scope and self.scope != "*" else ""
+        return f"{self.principal} may not {self.permission}{where}" + (f": {self.detail}" if self.detail else "")
 
 
 class GuardError(WfloError):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._config import get_store, settings
-from .._errors import UserError
+from .._errors import ApprovalForbiddenError, UserError
 from ..engine import Call, current_run, guarded_call
 from ._inbox import ApprovalRequest, Inbox
 from ._policy import Approval
@@ -61,6 +61,18 @@ class Approvals:
             self_local: decide your own request alone, in single-user local mode (recorded
                 as such with the OS user and ``via: local``; refused when ``require_auth``).
         """
+        if settings().require_auth:
+            # Direct store access cannot prove who is speaking: where authentication is
+            # required, decisions go through the server (recorded refusal).
+            from ..auth import access
+
+            who = access().local(principal or settings().principal)
+            access().refuse(who, "approvals:decide", "*", "local decisions are refused (require_auth)")
+            raise ApprovalForbiddenError(
+                approval_id=approval_id, principal=who.id,
+                detail="local decisions are refused where authentication is required (require_auth is set): "
+                "decide through the server (wflo login)",
+            )  # fmt: skip
         return inbox().decide(
             approval_id, decision, principal=principal or settings().principal, reason=reason,
             expected_hash=action_hash, edited_kwargs=args, via=via, shown=shown, self_local=self_local,
@@ -72,9 +84,16 @@ class Approvals:
     def reject(self, approval_id: str, *, reason: str, **kwargs: Any) -> ApprovalRequest:
         return self.decide(approval_id, "reject", reason=reason, **kwargs)
 
-    def grant(self, principal: str, role: str) -> set[str]:
-        """Give a principal a role (``wflo.approvals.grant("user:alice", "finance")``)."""
-        return inbox().grant(principal, role, by=settings().principal)
+    def grant(self, principal: str, role: str, *, scope: str = "*") -> set[str]:
+        """Give a principal a role (``wflo.approvals.grant("user:alice", "finance")``).
+
+        The configured principal needs ``admin`` (see ``wflo.auth``); refused (and recorded)
+        when ``require_auth`` is set, since a local process cannot prove who it is.
+        """
+        from ..auth import access
+
+        access().require_local("grants:write", scope)
+        return inbox().grant(principal, role, by=settings().principal, scope=scope)
 
 
 approvals = Approvals()

@@ -158,49 +158,53 @@ class Inbox:
         rows = self.store.read("SELECT roles FROM principals WHERE id = ?", (principal,))
         return set(json.loads(rows[0][0])) if rows else set()
 
-    def grant(self, principal: str, role: str, *, by: str) -> set[str]:
-        """Give ``principal`` (``user:alice``) the ``role`` (``finance`` or ``role:finance``)."""
-        if ":" not in principal:
-            raise UserError(f"principal must look like 'user:alice', got {principal!r}")
-        role = role.removeprefix("role:")
-        if not role:
-            raise UserError("role must not be empty")
-        now = now_iso()
-        result: set[str] = set()
+    def grant(self, principal: str, role: str, *, by: str, scope: str = "*") -> set[str]:
+        """Give ``principal`` (``user:alice``) the ``role`` (``finance`` or ``role:finance``).
 
-        def op(cur: Any) -> None:
-            # Read the current roles inside the transaction that writes the new set, with the
-            # row locked (and the system chain's head lock, taken first by append_system,
-            # serialising grants anyway): two concurrent grants never start from one old set.
-            st = self.store
-            st.execute(
-                cur,
-                "INSERT INTO principals (id, roles, created_at, updated_at) VALUES (?, '[]', ?, ?) "
-                "ON CONFLICT (id) DO NOTHING",
-                (principal, now, now),
-            )
-            st.execute(cur, f"SELECT roles FROM principals WHERE id = ?{st.for_update}", (principal,))
-            roles = set(json.loads(cur.fetchone()[0])) | {role}
-            st.execute(
-                cur,
-                "UPDATE principals SET roles = ?, updated_at = ? WHERE id = ?",
-                (json.dumps(sorted(roles)), now, principal),
-            )
-            result.clear()
-            result.update(roles)
+        ``by`` acts locally and needs ``admin`` (``wflo.auth``: the first local grant on a
+        store without an admin makes ``by`` the admin). Returns the principal's role names.
+        """
+        from ..auth import Access
 
-        self.store.append_system(
-            [NewEvent("principal.granted", {"principal": principal, "role": role, "by": by})], ops=[op]
-        )
-        return set(result)
+        access = Access(self.store)
+        access.grant(principal, role, scope, who=access.local(by))
+        return self.roles_of(principal)
 
-    def may_decide(self, req: ApprovalRequest, principal: str) -> bool:
-        if not req.approvers:
-            return True
-        if principal in req.approvers:
-            return True
-        roles = self.roles_of(principal)
-        return any(a.startswith("role:") and a[5:] in roles for a in req.approvers)
+    def _scope_of(self, req: ApprovalRequest) -> str:
+        from ..auth import tenant_scope
+
+        rows = self.store.read("SELECT tenant FROM runs WHERE id = ?", (req.run_id,))
+        return tenant_scope(rows[0][0] if rows else None)
+
+    def may_decide(self, req: ApprovalRequest, principal: str, *, authenticated: bool = False) -> bool:
+        return self.why_not(req, principal, authenticated=authenticated) is None
+
+    def why_not(self, req: ApprovalRequest, principal: str, *, authenticated: bool = False) -> str | None:
+        """Why ``principal`` may not decide ``req`` (``None``: they may).
+
+        A role counts only where it reaches the run's tenant. For an ``authenticated``
+        decider (the server) it also does not count when the requester granted it: a
+        requester cannot hand their own request to a sock puppet they made an approver
+        (issue 16). Local mode trusts ``WFLO_PRINCIPAL`` anyway (anyone with the store could
+        name themselves the admin), so there the rule would prove nothing; ``require_auth``
+        turns local decisions off.
+        """
+        if not req.approvers or principal in req.approvers:
+            return None
+        from ..auth import Access, covers
+
+        wanted = {a[5:] for a in req.approvers if a.startswith("role:")}
+        grants = Access(self.store).grants(principal)
+        scope = self._scope_of(req)
+        usable = [g for g in grants if g.role in wanted and covers(g.scope, scope)]
+        if any(g.granted_by != req.requested_by or not authenticated for g in usable):
+            return None
+        # Roles held from before grants were recorded with their granter (no row in role_grants).
+        if (self.roles_of(principal) - {g.role for g in grants}) & wanted:
+            return None
+        if usable:
+            return f"its role was granted by the requester {req.requested_by}, who cannot approve their own request"
+        return f"not one of the approvers {', '.join(req.approvers)}"
 
     # ----------------------------------------------------------------- writing
     def create(
@@ -289,6 +293,7 @@ class Inbox:
         via: str = "api",
         shown: str | None = None,
         self_local: bool = False,
+        authenticated: bool = False,
     ) -> ApprovalRequest:
         """Record ``principal``'s vote and, when it settles the request, the decision.
 
@@ -298,7 +303,8 @@ class Inbox:
         requester decides their own request alone, in single-user local mode (refused when
         ``require_auth`` is set). Raises when the request is unknown, closed, expired, its run
         ended or is being cancelled, the principal may not decide it (or requested it), or
-        the hash does not match.
+        the hash does not match. ``authenticated``: the server vouches for ``principal``
+        (roles granted by the requester then do not count).
         """
         if decision not in DECISIONS:
             raise UserError(f"decision must be 'approve' or 'reject', got {decision!r}")
@@ -322,7 +328,7 @@ class Inbox:
                 )  # fmt: skip
             via, os_user = "local", _os_user()
         now = now_iso()
-        allowed = self_local or self.may_decide(req, principal)
+        refusal = None if self_local else self.why_not(req, principal, authenticated=authenticated)
         outcome: dict[str, Any] = {}
 
         def txn(cur: Any) -> None:
@@ -344,12 +350,8 @@ class Inbox:
                 raise ApprovalForbiddenError(
                     approval_id=approval_id, principal=principal, detail="the requester cannot decide their own request"
                 )
-            if not allowed:
-                raise ApprovalForbiddenError(
-                    approval_id=approval_id,
-                    principal=principal,
-                    detail=f"not one of the approvers {', '.join(cur_req.approvers)}",
-                )
+            if refusal:
+                raise ApprovalForbiddenError(approval_id=approval_id, principal=principal, detail=refusal)
             if expected_hash is not None and expected_hash != cur_req.action_hash:
                 raise ActionMismatchError(approval_id=approval_id, expected=cur_req.action_hash, found=expected_hash)
             decided_action = None

@@ -11,6 +11,8 @@ from rich.table import Table
 from .._errors import UserError
 from ..approvals import ApprovalRequest, approvals, inbox
 from ..approvals._params import action_text
+from ..auth import load_credentials
+from ..auth._client import ServerClient
 from ._app import cli, console, dump_json, handle_errors
 
 _STATUSES = ["pending", "approved", "rejected", "expired", "superseded", "cancelled", "all"]
@@ -124,6 +126,25 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
         )
 
 
+def _via_server(
+    decision: str, approval_id: str, reason: str | None, edits: dict[str, Any] | None, self_local: bool
+) -> bool:
+    """Decide through the server when the CLI is signed in (``wflo login``): the decision then
+    carries the authenticated identity (``via: api``). False when not signed in."""
+    creds = load_credentials()
+    if creds is None:
+        return False
+    if self_local:
+        raise UserError("--as-self-local is a local-mode convenience; you are signed in to a server (wflo logout)")
+    client = ServerClient(creds)
+    r = client.call("GET", f"/api/v1/approvals/{approval_id}")
+    console.print(f"{decision} {r['id']} on {creds.server}: {action_text(r['action'])}", markup=False, soft_wrap=True)
+    body = {"decision": decision, "reason": reason, "action_hash": r["action_hash"], "args": edits}
+    done = client.call("POST", f"/api/v1/approvals/{r['id']}/decide", body)
+    console.print(f"approval {done['id']}: {done['status']} (decided as {creds.server}'s signed-in principal)")
+    return True
+
+
 @cli.command("approve")
 @click.argument("approval_id")
 @click.option("--reason", help="Why (recorded).")
@@ -137,7 +158,10 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
 )
 @handle_errors
 def approve_cmd(approval_id: str, reason: str | None, args_json: str | None, self_local: bool) -> None:
-    """Approve a request as WFLO_PRINCIPAL (bound to the exact action shown)."""
+    """Approve a request as WFLO_PRINCIPAL, or as you through the server after `wflo login`
+    (bound to the exact action shown)."""
+    if _via_server("approve", approval_id, reason, _edits(args_json), self_local):
+        return
     # Validate the edit and show the action that will run *before* deciding.
     r, action = inbox().preview(approval_id, _edits(args_json))
     console.print(f"approving {r.id}: {action_text(action)}", markup=False, highlight=False, soft_wrap=True)
@@ -160,7 +184,10 @@ def approve_cmd(approval_id: str, reason: str | None, args_json: str | None, sel
 @click.option("--as-self-local", "self_local", is_flag=True, help="Decide your own request alone (see `wflo approve`).")
 @handle_errors
 def reject_cmd(approval_id: str, reason: str, self_local: bool) -> None:
-    """Reject a request as WFLO_PRINCIPAL, with a reason the agent receives."""
+    """Reject a request as WFLO_PRINCIPAL (or through the server after `wflo login`), with a reason
+    the agent receives."""
+    if _via_server("reject", approval_id, reason, None, self_local):
+        return
     r = approvals.get(approval_id)
     done = approvals.decide(
         r.id, "reject", reason=reason, action_hash=r.action_hash, via="cli", shown=_shown(r.action, r.message),
@@ -172,8 +199,19 @@ def reject_cmd(approval_id: str, reason: str, self_local: bool) -> None:
 @cli.command("grant")
 @click.argument("principal")
 @click.argument("role")
+@click.option(
+    "--scope", default="*", show_default=True, help="Where: '*', 'tenant:NAME' or 'tenant:NAME/project:NAME'."
+)
 @handle_errors
-def grant_cmd(principal: str, role: str) -> None:
-    """Give a principal a role: `wflo grant user:alice finance` (recorded on the audit chain)."""
-    roles = approvals.grant(principal, role)
+def grant_cmd(principal: str, role: str, scope: str) -> None:
+    """Give a principal a role: `wflo grant user:alice finance` (needs admin; recorded on the audit chain).
+
+    After `wflo login` the grant goes through the server, as you."""
+    creds = load_credentials()
+    if creds is not None:
+        body = {"principal": principal, "role": role, "scope": scope}
+        g = ServerClient(creds).call("POST", "/api/v1/grants", body)
+        console.print(f"{g['principal']}: {g['role']} on {g['scope']} (granted through {creds.server})")
+        return
+    roles = approvals.grant(principal, role, scope=scope)
     console.print(f"{principal}: roles {', '.join(sorted(roles))}")

@@ -15,6 +15,14 @@ def ledger() -> Ledger:
     return Ledger(get_store())
 
 
+def _local_change_allowed() -> None:
+    """Budget changes from a local process are refused where authentication is required."""
+    if settings().require_auth:
+        from ..auth import access
+
+        access().require_local("budgets:write")
+
+
 class Budgets:
     """Limits on scopes beyond a single run: ``wflo.budgets.set("tenant:acme", usd="20", period="day")``.
 
@@ -32,13 +40,15 @@ class Budgets:
         max_reservation_usd: Any = None,
         alerts: Sequence[int] = DEFAULT_ALERTS,
     ) -> Limit:
-        """Set (or replace) the limit of ``scope``."""
+        """Set (or replace) the limit of ``scope`` (refused, and recorded, under ``require_auth``)."""
+        _local_change_allowed()
         return ledger().set_limit(
             scope, usd, period=period, max_reservation_usd=max_reservation_usd, alerts=alerts, by=settings().principal
         )
 
     def remove(self, scope: str) -> bool:
         """Remove a scope's limit; returns whether it had one."""
+        _local_change_allowed()
         return ledger().remove_limit(scope, by=settings().principal)
 
     def get(self, scope: str) -> Limit | None:

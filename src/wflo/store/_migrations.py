@@ -439,6 +439,63 @@ CREATE INDEX budget_unknown_run ON budget_unknown (run_id)
     {"postgresql": (_PG_RESERVE, _PG_SETTLE)},
 )
 
+# Identity and access (issue 16): who holds which role where (and who granted it), people and
+# service accounts, API tokens and browser sessions. Tokens and session ids are stored only as
+# SHA-256 digests (they are 256-bit random values, so a slow hash adds nothing); ``prefix`` is
+# the visible, non-secret start of a token.
+M009_IDENTITY = Migration(
+    "m009_identity_access",
+    """
+CREATE TABLE identities (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    email TEXT,
+    name TEXT,
+    issuer TEXT,
+    subject TEXT,
+    groups TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    last_login_at TEXT
+);
+CREATE TABLE role_grants (
+    principal TEXT NOT NULL,
+    role TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    granted_by TEXT NOT NULL,
+    via TEXT NOT NULL,
+    source TEXT NOT NULL,
+    granted_at TEXT NOT NULL,
+    PRIMARY KEY (principal, role, scope)
+);
+CREATE INDEX role_grants_role ON role_grants (role);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    role TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT,
+    last_used_at TEXT
+);
+CREATE UNIQUE INDEX api_tokens_digest ON api_tokens (digest);
+CREATE TABLE sessions (
+    digest TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    csrf_digest TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    revoked_at TEXT,
+    remote TEXT
+)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -448,5 +505,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M006_APPROVALS_BIND,
     M007_AUDIT_ROLES,
     M008_UNKNOWN_OUTCOMES,
+    M009_IDENTITY,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -205,7 +205,9 @@ def test_concurrent_grants_lose_no_role(app: str, tmp_path: Path) -> None:
     thread_roles = [[f"t{t}-{i}" for i in range(10)] for t in range(8)]
     proc_roles = [[f"p{p}-{i}" for i in range(15)] for p in range(3)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
-    env.update({"WFLO_DATABASE_URL": app, "WFLO_PRINCIPAL": "user:admin", "PYTHONPATH": os.pathsep.join(sys.path)})
+    # Every granter is the store's one admin (granting needs admin since issue 16).
+    admin = _config.settings().principal
+    env.update({"WFLO_DATABASE_URL": app, "WFLO_PRINCIPAL": admin, "PYTHONPATH": os.pathsep.join(sys.path)})
     procs = [subprocess.Popen([sys.executable, "-c", _GRANT, str(go), *rs], env=env) for rs in proc_roles]
     barrier = threading.Barrier(len(thread_roles) + 1)
 

@@ -1,0 +1,287 @@
+"""API tokens (service accounts) and browser sessions, stored as digests only.
+
+A token is ``wflo_<prefix>_<secret>``: 8 visible characters to tell tokens apart in lists
+and logs, then 32 random bytes. The store keeps its SHA-256 digest (a token is 256 bits of
+randomness, so a slow password hash would add nothing), looks the row up by digest, and
+compares digests in constant time. A token acts as ``service:<name>`` with exactly the role
+and scope written on it, until it expires or is revoked. Sessions work the same way: the
+cookie holds a random id, the store its digest, with an expiry and a revocation time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .._errors import AuthenticationError, UserError
+from ..store import NewEvent, now_iso
+from ._access import Access, Principal
+from ._roles import GLOBAL, ROLES, check_scope
+
+PERSONAL = "personal"
+"""The role of a personal CLI token: it acts as its owner, with the owner's current grants."""
+TOKEN_RE = re.compile(r"^wflo_([A-Za-z0-9]{8})_([A-Za-z0-9_-]{43})$")
+_TOKEN_COLS = "id, name, principal, prefix, role, scope, created_by, created_at, expires_at, revoked_at, last_used_at"
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``3600s`` as a duration (a ``UserError`` otherwise)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
+    if not m or int(m.group(1)) <= 0:
+        raise UserError(f"a duration looks like 30d, 12h, 90m or 3600s, got {text!r}")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+    return timedelta(**{unit: int(m.group(1))})
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An API token as listed (never its secret)."""
+
+    id: str
+    name: str
+    principal: str
+    prefix: str
+    role: str
+    scope: str
+    created_by: str
+    created_at: str
+    expires_at: str | None
+    revoked_at: str | None
+    last_used_at: str | None
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and self.expires_at < now_iso():
+            return "expired"
+        return "active"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    principal: str
+    csrf_digest: str
+    expires_at: str
+
+
+class Tokens:
+    """API tokens and sessions of one store (authorization through ``Access``)."""
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+        self.store = access.store
+
+    # ----------------------------------------------------------------- tokens
+    def create(
+        self,
+        name: str,
+        role: str,
+        scope: str = GLOBAL,
+        *,
+        expires: str | None = "90d",
+        who: Principal,
+        remote: str | None = None,
+    ) -> tuple[TokenInfo, str]:
+        """Create a token; returns it and its secret (shown once, never stored)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", name or ""):
+            raise UserError(f"a token name is letters, digits, '.', '_' or '-', got {name!r}")
+        if role not in ROLES:
+            raise UserError(f"a token's role is one of {', '.join(ROLES)}, got {role!r}")
+        scope = check_scope(scope)
+        # Creating a token is handing out a role: the same permission as granting it.
+        self.access._local_allowed(who, "tokens:write", scope, remote)
+        self.access.authorize(who, "tokens:write", scope, remote=remote)
+        expires_at = _iso(_now() + parse_duration(expires)) if expires else None
+        prefix = secrets.token_hex(4)
+        secret = f"wflo_{prefix}_{secrets.token_urlsafe(32)}"
+        info = TokenInfo(
+            id=str(uuid.uuid4()), name=name, principal=f"service:{name}", prefix=prefix, role=role, scope=scope,
+            created_by=who.id, created_at=now_iso(), expires_at=expires_at, revoked_at=None, last_used_at=None,
+        )  # fmt: skip
+
+        def op(cur: Any) -> None:
+            self.store.execute(
+                cur,
+                f"INSERT INTO api_tokens ({_TOKEN_COLS}, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (info.id, name, info.principal, prefix, role, scope, who.id, info.created_at, expires_at, None, None,
+                 digest(secret)),
+            )  # fmt: skip
+
+        data = Access._who(who, remote) | {
+            "token_id": info.id, "name": name, "prefix": prefix, "principal": info.principal, "role": role,
+            "scope": scope, "expires_at": expires_at,
+        }  # fmt: skip
+        data["by_token"] = who.token_id  # the creator's own token, if any (``token_id`` names the new one)
+        self.store.append_system([NewEvent("token.created", data)], ops=[op])
+        return info, secret
+
+    def create_personal(
+        self, who: Principal, *, expires: str = "30d", remote: str | None = None
+    ) -> tuple[TokenInfo, str]:
+        """A token for the CLI that acts as ``who`` itself, with their roles *at each use*
+        (role ``personal``): it can never do more than its owner can right now. Needs a
+        signed-in person (``via: panel``)."""
+        if who.via != "panel" or not who.id.startswith("user:"):
+            raise UserError("a personal CLI token is created by a signed-in person in the browser")
+        expires_at = _iso(_now() + parse_duration(expires))
+        prefix = secrets.token_hex(4)
+        secret = f"wflo_{prefix}_{secrets.token_urlsafe(32)}"
+        info = TokenInfo(
+            id=str(uuid.uuid4()), name=f"cli-{who.id[5:]}"[:60], principal=who.id, prefix=prefix, role=PERSONAL,
+            scope=GLOBAL, created_by=who.id, created_at=now_iso(), expires_at=expires_at, revoked_at=None,
+            last_used_at=None,
+        )  # fmt: skip
+
+        def op(cur: Any) -> None:
+            self.store.execute(
+                cur,
+                f"INSERT INTO api_tokens ({_TOKEN_COLS}, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (info.id, info.name, who.id, prefix, PERSONAL, GLOBAL, who.id, info.created_at, expires_at, None, None,
+                 digest(secret)),
+            )  # fmt: skip
+
+        data = Access._who(who, remote) | {
+            "token_id": info.id, "name": info.name, "prefix": prefix, "principal": who.id, "role": PERSONAL,
+            "scope": GLOBAL, "expires_at": expires_at,
+        }  # fmt: skip
+        self.store.append_system([NewEvent("token.created", data)], ops=[op])
+        return info, secret
+
+    def list(self) -> list[TokenInfo]:
+        rows = self.store.read(f"SELECT {_TOKEN_COLS} FROM api_tokens ORDER BY created_at")
+        return [TokenInfo(*r) for r in rows]
+
+    def find(self, ref: str) -> TokenInfo:
+        """A token by id, prefix or name (only an unambiguous match)."""
+        rows = self.store.read(
+            f"SELECT {_TOKEN_COLS} FROM api_tokens WHERE id = ? OR prefix = ? OR name = ?", (ref, ref, ref)
+        )
+        if len(rows) != 1:
+            raise UserError(
+                f"no token {ref!r} (wflo tokens list)" if not rows else f"{ref!r} names several tokens: use its id"
+            )
+        return TokenInfo(*rows[0])
+
+    def revoke(self, ref: str, *, who: Principal, remote: str | None = None) -> TokenInfo:
+        tok = self.find(ref)
+        self.access._local_allowed(who, "tokens:write", tok.scope, remote)
+        if tok.principal != who.id:  # anyone may revoke their own token
+            self.access.authorize(who, "tokens:write", tok.scope, remote=remote)
+        now = now_iso()
+
+        def op(cur: Any) -> None:
+            self.store.execute(
+                cur, "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, tok.id)
+            )
+
+        data = Access._who(who, remote) | {"token_id": tok.id, "name": tok.name, "prefix": tok.prefix}
+        self.store.append_system([NewEvent("token.revoked", data)], ops=[op])
+        return self.find(tok.id)
+
+    def authenticate(self, secret: str, *, via: str = "api", remote: str | None = None) -> Principal:
+        """The principal a bearer token speaks for; ``AuthenticationError`` (recorded) otherwise."""
+        m = TOKEN_RE.match(secret or "")
+        row = None
+        if m:
+            want = digest(secret)
+            rows = self.store.read(
+                "SELECT id, principal, role, scope, expires_at, revoked_at, digest, prefix FROM api_tokens "
+                "WHERE digest = ?",
+                (want,),
+            )
+            # The lookup is by digest; the comparison is constant-time all the same.
+            row = rows[0] if rows and hmac.compare_digest(rows[0][6], want) else None
+        problem = (
+            "unknown token"
+            if row is None
+            else "token revoked"
+            if row[5]
+            else "token expired"
+            if row[4] and row[4] < now_iso()
+            else None
+        )
+        if problem or row is None:
+            data: dict[str, Any] = {"via": via, "reason": problem or "unknown token", "remote": remote}
+            if m:
+                data["prefix"] = m.group(1)  # the visible part only: never the secret
+            self.store.append_system([NewEvent("auth.failed", data)])
+            raise AuthenticationError(detail=problem or "unknown token")
+        self.store.write(
+            lambda cur: self.store.execute(
+                cur, "UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now_iso(), row[0])
+            )
+        )
+        if row[2] == PERSONAL:  # its owner's roles as they are now
+            grants = tuple((g.role, g.scope) for g in self.access.grants(row[1]))
+            return Principal(id=row[1], via=via, grants=grants, token_id=row[0])
+        return Principal(id=row[1], via=via, grants=((row[2], row[3]),), token_id=row[0])
+
+    # ----------------------------------------------------------------- sessions
+    def open_session(self, principal: str, *, ttl: timedelta, remote: str | None = None) -> tuple[str, str]:
+        """A new server-side session: returns its id (the cookie) and its CSRF token."""
+        sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        expires = _iso(_now() + ttl)
+        self.store.write(
+            lambda cur: self.store.execute(
+                cur,
+                "INSERT INTO sessions (digest, principal, csrf_digest, created_at, expires_at, revoked_at, remote) "
+                "VALUES (?, ?, ?, ?, ?, NULL, ?)",
+                (digest(sid), principal, digest(csrf), now_iso(), expires, remote),
+            )
+        )
+        return sid, csrf
+
+    def session(self, sid: str) -> Session:
+        """The live session of a cookie value; ``AuthenticationError`` when unknown, expired or revoked."""
+        want = digest(sid or "")
+        rows = self.store.read(
+            "SELECT digest, principal, csrf_digest, expires_at, revoked_at FROM sessions WHERE digest = ?", (want,)
+        )
+        if not rows or not hmac.compare_digest(rows[0][0], want):
+            raise AuthenticationError(detail="no session")
+        if rows[0][4]:
+            raise AuthenticationError(detail="session revoked (signed out)")
+        if rows[0][3] < now_iso():
+            raise AuthenticationError(detail="session expired")
+        return Session(principal=rows[0][1], csrf_digest=rows[0][2], expires_at=rows[0][3])
+
+    def csrf_ok(self, session: Session, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(session.csrf_digest, digest(token or ""))
+
+    def end_session(self, sid: str) -> None:
+        self.store.write(
+            lambda cur: self.store.execute(
+                cur,
+                "UPDATE sessions SET revoked_at = ? WHERE digest = ? AND revoked_at IS NULL",
+                (now_iso(), digest(sid)),
+            )
+        )
+
+    def end_sessions_of(self, principal: str) -> None:
+        """Sign a principal out everywhere (server-side revocation)."""
+        self.store.write(
+            lambda cur: self.store.execute(
+                cur,
+                "UPDATE sessions SET revoked_at = ? WHERE principal = ? AND revoked_at IS NULL",
+                (now_iso(), principal),
+            )
+        )

@@ -1,0 +1,263 @@
+"""``wflo admin``, ``wflo grants``, ``wflo tokens``, ``wflo login``/``logout``/``whoami``, ``wflo server``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .._config import settings
+from .._errors import UserError
+from ..auth import (
+    GLOBAL,
+    ROLES,
+    Credentials,
+    Grant,
+    TokenInfo,
+    access,
+    credentials_path,
+    forget_credentials,
+    load_credentials,
+    save_credentials,
+    tokens,
+)
+from ..auth._access import check_principal
+from ..auth._client import ServerClient
+from ._app import cli, console, dump_json, handle_errors
+
+
+@cli.group("admin")
+def admin_group() -> None:
+    """Identity administration: the first admin."""
+
+
+@admin_group.command("bootstrap")
+@click.option("--principal", help="Who becomes the first admin (default: WFLO_PRINCIPAL).")
+@handle_errors
+def admin_bootstrap(principal: str | None) -> None:
+    """Make the first admin of a store that has none (refused once an admin exists)."""
+    acc = access()
+    who = acc.local()
+    grant = acc.bootstrap(principal or who.id, who=who)
+    console.print(f"{grant.principal} is the admin (recorded; via local as OS user {who.os_user})")
+
+
+@cli.group("grants")
+def grants_group() -> None:
+    """Who holds which role, where."""
+
+
+@grants_group.command("list")
+@click.option("--principal", help="Only this principal's grants.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def grants_list(principal: str | None, as_json: bool) -> None:
+    """List role grants (role, scope, who granted it)."""
+    creds = load_credentials()
+    if creds is not None:
+        found = [Grant(**g) for g in ServerClient(creds).call("GET", "/api/v1/grants")]
+        found = [g for g in found if not principal or g.principal == principal]
+    else:
+        found = access().grants(check_principal(principal) if principal else None)
+    if as_json:
+        dump_json([_grant(g) for g in found])
+        return
+    if not found:
+        console.print("no grants (wflo admin bootstrap makes the first admin)")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("principal", "role", "scope", "granted by", "via", "at"):
+        table.add_column(col)
+    for g in found:
+        table.add_row(g.principal, g.role, g.scope, g.granted_by, f"{g.via}/{g.source}", g.granted_at[:19])
+    console.print(table)
+
+
+def _grant(g: Any) -> dict[str, Any]:
+    return {k: getattr(g, k) for k in ("principal", "role", "scope", "granted_by", "via", "source", "granted_at")}
+
+
+@grants_group.command("remove")
+@click.argument("principal")
+@click.argument("role")
+@click.option("--scope", default=GLOBAL, show_default=True)
+@handle_errors
+def grants_remove(principal: str, role: str, scope: str) -> None:
+    """Remove a role from a principal (needs admin; recorded)."""
+    creds = load_credentials()
+    if creds is not None:
+        body = {"principal": principal, "role": role, "scope": scope}
+        removed = ServerClient(creds).call("POST", "/api/v1/grants/remove", body)["removed"]
+        console.print(f"{principal}: {'removed' if removed else 'did not hold'} {role} on {scope} (via {creds.server})")
+        return
+    acc = access()
+    who = acc.require_local("grants:write", scope)
+    removed = acc.revoke(principal, role, scope, who=who)
+    console.print(f"{principal}: {'removed' if removed else 'did not hold'} {role} on {scope}")
+
+
+@cli.group("tokens")
+def tokens_group() -> None:
+    """API tokens for workers, CI and scripts (service accounts)."""
+
+
+@tokens_group.command("create")
+@click.option("--name", required=True, help="The service account: the token acts as service:NAME.")
+@click.option("--role", required=True, type=click.Choice(list(ROLES)))
+@click.option("--tenant", help="Limit the token to one tenant (default: everywhere).")
+@click.option("--scope", help="Or a full scope: tenant:NAME/project:NAME.")
+@click.option("--expires", default="90d", show_default=True, help="30d, 12h, … or 'never'.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def tokens_create(name: str, role: str, tenant: str | None, scope: str | None, expires: str, as_json: bool) -> None:
+    """Create a token; it is shown once (store it in your secret manager)."""
+    if tenant and scope:
+        raise UserError("give --tenant or --scope, not both")
+    where = scope or (f"tenant:{tenant}" if tenant else GLOBAL)
+    until = None if expires == "never" else expires
+    creds = load_credentials()
+    if creds is not None:  # signed in: created by the server, as you
+        body = {"name": name, "role": role, "scope": where, "expires": until}
+        made = ServerClient(creds).call("POST", "/api/v1/tokens", body)
+        info, secret = TokenInfo(**{k: made[k] for k in _TOKEN_KEYS}), str(made["token"])
+    else:
+        info, secret = tokens().create(
+            name, role, where, expires=until, who=access().require_local("tokens:write", where)
+        )
+    if as_json:
+        dump_json({"id": info.id, "token": secret, "prefix": info.prefix, "expires_at": info.expires_at})
+        return
+    console.print(f"token {info.id} for {info.principal}: {role} on {where}, expires {info.expires_at or 'never'}")
+    console.print("shown once, store it now:")
+    click.echo(secret)
+
+
+@tokens_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def tokens_list(as_json: bool) -> None:
+    """List tokens (prefix, role, scope, state); never their secrets."""
+    creds = load_credentials()
+    if creds is None and settings().require_auth:
+        access().require_local("tokens:read")
+    found = (
+        [TokenInfo(**{k: t[k] for k in _TOKEN_KEYS}) for t in ServerClient(creds).call("GET", "/api/v1/tokens")]
+        if creds is not None
+        else tokens().list()
+    )
+    if as_json:
+        dump_json([{**_token(t), "state": t.state} for t in found])
+        return
+    if not found:
+        console.print("no API tokens (wflo tokens create --name ci --role operator)")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("id", "name", "prefix", "role", "scope", "state", "expires", "last used"):
+        table.add_column(col)
+    for t in found:
+        table.add_row(
+            t.id[:8], t.name, f"wflo_{t.prefix}_…", t.role, t.scope, t.state, (t.expires_at or "never")[:19],
+            (t.last_used_at or "-")[:19],
+        )  # fmt: skip
+    console.print(table)
+
+
+_TOKEN_KEYS = ("id", "name", "principal", "prefix", "role", "scope", "created_by", "created_at", "expires_at",
+               "revoked_at", "last_used_at")  # fmt: skip
+
+
+def _token(t: Any) -> dict[str, Any]:
+    return {k: getattr(t, k) for k in _TOKEN_KEYS}
+
+
+@tokens_group.command("revoke")
+@click.argument("token")
+@handle_errors
+def tokens_revoke(token: str) -> None:
+    """Revoke a token by id, prefix or name (it stops working at once; recorded)."""
+    creds = load_credentials()
+    if creds is not None:
+        client = ServerClient(creds)
+        match = [t for t in client.call("GET", "/api/v1/tokens") if token in (t["id"], t["prefix"], t["name"])]
+        if len(match) != 1:
+            raise UserError(f"no single token {token!r} on {creds.server} (wflo tokens list)")
+        done = client.call("DELETE", f"/api/v1/tokens/{match[0]['id']}")
+        console.print(f"token {done['id']} ({done['name']}, wflo_{done['prefix']}_…) revoked")
+        return
+    acc = access()
+    who = acc.require_local("tokens:write")
+    info = tokens().revoke(token, who=who)
+    console.print(f"token {info.id} ({info.name}, wflo_{info.prefix}_…) revoked")
+
+
+# ----------------------------------------------------------------- login
+def _get_me(server: str, token: str) -> dict[str, Any]:
+    me: dict[str, Any] = ServerClient(Credentials(server=server, token=token)).call("GET", "/api/v1/me")
+    return me
+
+
+@cli.command("login")
+@click.option("--server", required=True, envvar="WFLO_SERVER", help="The wflo server URL.")
+@click.option("--token", "token", help="An API token (wflo tokens create); read from stdin if '-'.")
+@handle_errors
+def login_cmd(server: str, token: str | None) -> None:
+    """Sign the CLI in to a wflo server; the credentials are stored with 0600 permissions."""
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    if not token:
+        # The browser flow: sign in on the server, which shows a personal token once.
+        url = server.rstrip("/") + "/auth/login?next=/auth/cli-token"
+        console.print(f"open {url} in a browser, sign in, create a CLI token, then paste it here:")
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise UserError("no token given")
+    me = _get_me(server, token)
+    path = save_credentials(Credentials(server=server, token=token))
+    console.print(f"signed in to {server} as {me['principal']} (credentials in {path}, mode 0600)")
+
+
+@cli.command("logout")
+@handle_errors
+def logout_cmd() -> None:
+    """Forget the stored credentials."""
+    console.print("signed out" if forget_credentials() else f"not signed in ({credentials_path()} does not exist)")
+
+
+@cli.command("whoami")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def whoami_cmd(as_json: bool) -> None:
+    """Who the CLI speaks as: the signed-in server identity, or the local principal."""
+    creds = load_credentials()
+    if creds:
+        me = _get_me(creds.server, creds.token)
+        me["server"] = creds.server
+    else:
+        who = access().local()
+        me = {
+            "principal": who.id, "via": "local", "os_user": who.os_user,
+            "grants": [{"role": r, "scope": s} for r, s in who.grants], "require_auth": settings().require_auth,
+        }  # fmt: skip
+    if as_json:
+        dump_json(me)
+        return
+    roles = ", ".join(f"{g['role']}@{g['scope']}" for g in me.get("grants", [])) or "no roles"
+    where = f"via {me['via']}" + (f" (OS user {me['os_user']})" if me.get("os_user") else "")
+    console.print(f"{me['principal']} {where}: {roles}" + (f" on {me['server']}" if me.get("server") else ""))
+
+
+@cli.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8700, show_default=True, type=int)
+@handle_errors
+def server_cmd(host: str, port: int) -> None:
+    """Run the wflo API server (needs wflo[server]; OIDC settings: docs/identity.md)."""
+    try:
+        import uvicorn
+
+        from ..server import create_app
+    except ImportError as exc:
+        raise UserError(f"the server needs its extra: pip install 'wflo[server]' ({exc.name} is missing)") from None
+    uvicorn.run(create_app(), host=host, port=port, log_level="info")

@@ -1,0 +1,20 @@
+"""The wflo server (``pip install 'wflo[server]'``): OIDC sign-in, sessions, API tokens, and a
+route table where every endpoint declares its permission. ``wflo server`` runs it.
+"""
+
+from __future__ import annotations
+
+try:
+    import fastapi  # noqa: F401
+    import joserfc  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    from .._errors import ConfigurationError
+
+    raise ConfigurationError(
+        f"the wflo server needs its extra: pip install 'wflo[server]' ({exc.name} is missing)"
+    ) from None
+
+from ._app import create_app
+from ._routes import PUBLIC, SIGNED_IN, RouteSpec
+
+__all__ = ["PUBLIC", "RouteSpec", "SIGNED_IN", "create_app"]

@@ -1,0 +1,141 @@
+"""The route table: every route declares the permission it needs and where it applies.
+
+``Router.route(method, path, permission=..., scope=...)`` registers a FastAPI endpoint and
+records its ``RouteSpec``; the endpoint gets the authenticated, authorized ``Principal`` as
+its ``who`` argument. ``PUBLIC`` routes (sign-in pages) and ``SIGNED_IN`` routes (``/me``)
+say so explicitly; tests/unit/auth/test_server_matrix.py fails for a route missing here.
+
+Authentication, in order: ``Authorization: Bearer wflo_…`` (an API token, ``via: api``),
+else the session cookie (``via: panel``), which must bring the CSRF token (header
+``X-CSRF-Token`` or form field ``csrf``) on every state-changing request. Failed token
+attempts are rate-limited per client address; refusals are recorded on the system chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from .._errors import AuthenticationError
+from ..auth import GLOBAL, Access, Principal, Tokens, tenant_scope
+from ._oidc import RateLimiter
+
+PUBLIC = "public"
+SIGNED_IN = "signed-in"
+SESSION_COOKIE = "wflo_session"
+CSRF_COOKIE = "wflo_csrf"
+_SAFE = ("GET", "HEAD", "OPTIONS")
+
+ScopeFn = Callable[[Request, Access], Awaitable[str]]
+
+
+async def global_scope(request: Request, access: Access) -> str:
+    return GLOBAL
+
+
+async def tenant_query(request: Request, access: Access) -> str:
+    """``?tenant=acme`` → ``tenant:acme``; none: everywhere (needs a global grant)."""
+    return tenant_scope(request.query_params.get("tenant"))
+
+
+async def body_scope(request: Request, access: Access) -> str:
+    """The ``scope`` field of the JSON body (grants, tokens)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise HTTPException(422, "the body must be JSON") from None
+    return str(body.get("scope") or GLOBAL) if isinstance(body, dict) else GLOBAL
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    method: str
+    path: str
+    permission: str
+    """A permission (``approvals:decide``), ``PUBLIC`` or ``SIGNED_IN``."""
+    scope: ScopeFn
+
+
+class Router:
+    def __init__(self, app: FastAPI, access: Access, tokens: Tokens, limiter: RateLimiter) -> None:
+        self.app, self.access, self.tokens, self.limiter = app, access, tokens, limiter
+        self.table: list[RouteSpec] = []
+
+    def route(
+        self, method: str, path: str, *, permission: str, scope: ScopeFn = global_scope, **kwargs: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        spec = RouteSpec(method, path, permission, scope)
+        self.table.append(spec)
+
+        async def check(request: Request) -> None:
+            # Runs before the endpoint, for every route registered here: an endpoint cannot
+            # forget its check. The endpoint reads the principal from ``request.state.who``.
+            request.state.who = await self.authorize(request, spec)
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.app.add_api_route(path, fn, methods=[method], dependencies=[Depends(check)], **kwargs)
+            return fn
+
+        return register
+
+    # ----------------------------------------------------------------- authentication
+    async def principal(self, request: Request, *, required: bool = True) -> Principal | None:
+        remote = client_address(request)
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            # Failed token attempts are counted per address; past the limit even a good
+            # token waits, so guessing is throttled whatever the guesses are.
+            if self.limiter.blocked(f"token:{remote}"):
+                raise HTTPException(429, "too many failed attempts; wait a minute")
+            try:
+                return await run_in_threadpool(self.tokens.authenticate, header[7:].strip(), via="api", remote=remote)
+            except AuthenticationError as exc:
+                self.limiter.hit(f"token:{remote}")
+                raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+        sid = request.cookies.get(SESSION_COOKIE)
+        if sid:
+            try:
+                session = await run_in_threadpool(self.tokens.session, sid)
+            except AuthenticationError as exc:
+                if required:
+                    raise HTTPException(401, str(exc)) from None
+                return None
+            if request.method not in _SAFE:
+                sent = request.headers.get("x-csrf-token")
+                if sent is None and "form" in request.headers.get("content-type", ""):
+                    sent = str((await request.form()).get("csrf") or "") or None
+                if not self.tokens.csrf_ok(session, sent):
+                    raise HTTPException(403, "missing or wrong CSRF token")
+            return await run_in_threadpool(self.access.of, session.principal, "panel")
+        if required:
+            raise HTTPException(
+                401, "sign in (/auth/login) or send a bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return None
+
+    async def authorize(self, request: Request, spec: RouteSpec) -> Principal | None:
+        if spec.permission == PUBLIC:
+            return await self.principal(request, required=False)
+        who = await self.principal(request)
+        assert who is not None
+        if spec.permission == SIGNED_IN:
+            return who
+        scope = await spec.scope(request, self.access)
+        if not who.allowed(spec.permission, scope):
+            await run_in_threadpool(
+                self.access.refuse, who, spec.permission, scope, f"{spec.method} {spec.path}",
+                remote=client_address(request),
+            )  # fmt: skip
+            raise HTTPException(403, f"{who.id} may not {spec.permission} on {scope}")
+        return who
+
+    def spec(self, method: str, path: str) -> RouteSpec:
+        return next(s for s in self.table if s.method == method and s.path == path)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

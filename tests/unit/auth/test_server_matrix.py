@@ -1,0 +1,176 @@
+"""The authorization matrix, generated from the server's route table: every endpoint x every
+role x a token in the resource's tenant or another one -> allowed or 403 (issue 16)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from wflo import _config
+from wflo.approvals import inbox
+from wflo.auth import GLOBAL, PERMISSIONS, ROLES, access, covers, role_allows, tokens
+from wflo.server import PUBLIC, SIGNED_IN, create_app
+
+Example = Callable[[], tuple[str, dict[str, Any] | None]]
+
+
+def _approval(tenant: str = "acme") -> str:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    _config.get_store().create_run(run_id=run_id, workflow="wf", input={}, tenant=tenant)
+    req, _ = inbox().create(
+        approval_id=f"ap-{run_id}", run_id=run_id, call_id="c1", tool="refund", message="refund",
+        action={"tool": "refund", "kwargs": {}}, approvers=[], quorum=1, requested_by="user:requester",
+        timeout_at=None, on_timeout="reject", escalate_to=[],
+    )  # fmt: skip
+    return req.id
+
+
+def _token_id() -> str:
+    info, _ = tokens().create(f"t{uuid.uuid4().hex[:8]}", "viewer", "tenant:acme", who=access().local("user:root"))
+    return info.id
+
+
+# One request per route, aimed at tenant acme. A route missing here fails the matrix.
+EXAMPLES: dict[tuple[str, str], Example] = {
+    ("GET", "/"): lambda: ("/", None),
+    ("GET", "/openapi.json"): lambda: ("/openapi.json", None),
+    ("GET", "/auth/login"): lambda: ("/auth/login", None),
+    ("GET", "/auth/callback"): lambda: ("/auth/callback?state=x&code=y", None),
+    ("POST", "/auth/logout"): lambda: ("/auth/logout", None),
+    ("GET", "/auth/cli-token"): lambda: ("/auth/cli-token", None),
+    ("POST", "/auth/cli-token"): lambda: ("/auth/cli-token", None),
+    ("GET", "/api/v1/me"): lambda: ("/api/v1/me", None),
+    ("GET", "/api/v1/approvals/{approval_id}"): lambda: (f"/api/v1/approvals/{_approval()}", None),
+    ("GET", "/api/v1/approvals"): lambda: ("/api/v1/approvals?tenant=acme", None),
+    ("POST", "/api/v1/approvals/{approval_id}/decide"): lambda: (
+        f"/api/v1/approvals/{_approval()}/decide", {"decision": "approve"}),
+    ("GET", "/api/v1/grants"): lambda: ("/api/v1/grants?tenant=acme", None),
+    ("POST", "/api/v1/grants"): lambda: (
+        "/api/v1/grants", {"principal": "user:new", "role": "viewer", "scope": "tenant:acme"}),
+    ("POST", "/api/v1/grants/remove"): lambda: (
+        "/api/v1/grants/remove", {"principal": "user:new", "role": "viewer", "scope": "tenant:acme"}),
+    ("POST", "/api/v1/sessions/revoke"): lambda: ("/api/v1/sessions/revoke", {"principal": "user:someone"}),
+    ("GET", "/api/v1/tokens"): lambda: ("/api/v1/tokens?tenant=acme", None),
+    ("POST", "/api/v1/tokens"): lambda: (
+        "/api/v1/tokens", {"name": f"n{uuid.uuid4().hex[:6]}", "role": "viewer", "scope": "tenant:acme"}),
+    ("DELETE", "/api/v1/tokens/{token_id}"): lambda: (f"/api/v1/tokens/{_token_id()}", None),
+}  # fmt: skip
+
+
+# A token in the resource's tenant, in another tenant, and everywhere.
+SCOPES = {"acme": "tenant:acme", "globex": "tenant:globex", "global": GLOBAL}
+# Routes whose resource belongs to no tenant (people): only global grants reach them.
+GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke")}
+
+
+def undeclared_routes(app: FastAPI) -> list[str]:
+    """Routes served by ``app`` that are not in its route table (so have no permission)."""
+    declared = {(s.method, s.path) for s in app.state.router.table}
+    found = [(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods]
+    return [f"{m} {p}" for m, p in found if (m, p) not in declared]
+
+
+@pytest.fixture
+def app(configured: str) -> FastAPI:
+    acc = access()
+    acc.bootstrap("user:root", who=acc.local("user:root"))
+    return create_app()
+
+
+def test_every_route_declares_a_known_permission(app: FastAPI) -> None:
+    assert undeclared_routes(app) == []
+    for spec in app.state.router.table:
+        assert spec.permission in PERMISSIONS or spec.permission in (PUBLIC, SIGNED_IN), spec
+    # The check can fail: a route added around the table is caught.
+    app.add_api_route("/api/v1/sneaky", lambda: {"ok": True}, methods=["GET"])
+    assert undeclared_routes(app) == ["GET /api/v1/sneaky"]
+
+
+def test_authorization_matrix(app: FastAPI) -> None:
+    with TestClient(app) as client:
+        _matrix(app, client)
+
+
+def _matrix(app: FastAPI, client: TestClient) -> None:
+    table = app.state.router.table
+    assert {(s.method, s.path) for s in table} == set(EXAMPLES), "add an example for each route"
+    root = access().local("user:root")
+    secrets = {
+        (role, name): tokens().create(f"{role}-{name}", role, scope, who=root)[1]
+        for role, (name, scope) in itertools.product(ROLES, SCOPES.items())
+    }
+    checked = 0
+    for spec, role, tenant in itertools.product(table, ROLES, SCOPES):
+        url, body = EXAMPLES[(spec.method, spec.path)]()
+        resp = client.request(spec.method, url, json=body, headers={"Authorization": f"Bearer {secrets[role, tenant]}"},
+                              follow_redirects=False)  # fmt: skip
+        if spec.permission in (PUBLIC, SIGNED_IN):
+            allowed = True
+        else:
+            resource = GLOBAL if (spec.method, spec.path) in GLOBAL_ROUTES else "tenant:acme"
+            allowed = role_allows(role, spec.permission) and covers(SCOPES[tenant], resource)
+        where = f"{spec.method} {spec.path} as {role}@{tenant}: {resp.status_code} {resp.text[:600]}"
+        if spec.permission == PUBLIC:  # a sign-in step may answer 401 for a bogus callback, never 403
+            assert resp.status_code != 403, where
+        elif allowed:
+            assert resp.status_code not in (401, 403), where
+        else:
+            assert resp.status_code == 403, where
+        checked += 1
+    assert checked == len(EXAMPLES) * len(ROLES) * len(SCOPES)
+    refused = [e for e in _config.get_store().events("system") if e.type == "access.refused"]
+    assert refused and all(e.data["via"] == "api" and e.data["token_id"] for e in refused)
+
+
+def test_no_credentials_is_401_and_bad_tokens_are_rate_limited(app: FastAPI) -> None:
+    client = TestClient(app)
+    for spec in app.state.router.table:
+        if spec.permission == PUBLIC:
+            continue
+        url, body = EXAMPLES[(spec.method, spec.path)]()
+        assert client.request(spec.method, url, json=body).status_code == 401, spec
+    codes = [client.get("/api/v1/me", headers={"Authorization": "Bearer wflo_bad"}).status_code for _ in range(25)]
+    assert codes[:20] == [401] * 20 and codes[20:] == [429] * 5
+
+
+def test_session_needs_csrf_for_changes(app: FastAPI) -> None:
+    sid, csrf = tokens().open_session("user:root", ttl=__import__("datetime").timedelta(hours=1))
+    client = TestClient(app, cookies={"wflo_session": sid})
+    assert client.get("/api/v1/me").json()["via"] == "panel"
+    body = {"principal": "user:x", "role": "viewer", "scope": "*"}
+    assert client.post("/api/v1/grants", json=body).status_code == 403
+    assert client.post("/api/v1/grants", json=body, headers={"X-CSRF-Token": "nope"}).status_code == 403
+    assert client.post("/api/v1/grants", json=body, headers={"X-CSRF-Token": csrf}).status_code == 201
+    assert access().grants("user:x")[0].via == "panel"
+    # An admin signs someone out everywhere: their session dies server-side.
+    other, _ = tokens().open_session("user:other", ttl=__import__("datetime").timedelta(hours=1))
+    out = client.post("/api/v1/sessions/revoke", json={"principal": "user:other"}, headers={"X-CSRF-Token": csrf})
+    assert out.status_code == 200
+    assert TestClient(app, cookies={"wflo_session": other}).get("/api/v1/me").status_code == 401
+    # A token cannot give more than it has: an operator token cannot grant admin.
+    _, op = tokens().create("op", "operator", who=access().local("user:root"))
+    resp = TestClient(app).post(
+        "/api/v1/grants", json={**body, "role": "admin"}, headers={"Authorization": f"Bearer {op}"}
+    )
+    assert resp.status_code == 403
+
+
+def test_access_log_lines_lose_their_query_string() -> None:
+    """A sign-in callback URL carries the authorization code: it never reaches the log."""
+    import logging
+
+    from wflo.server._oidc import QueryRedactor
+
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/auth/callback?code=SECRETCODE&state=S", "1.1", 303), None,
+    )  # fmt: skip
+    assert QueryRedactor().filter(record)
+    assert "SECRETCODE" not in record.getMessage() and "/auth/callback" in record.getMessage()
