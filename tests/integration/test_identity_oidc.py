@@ -296,6 +296,12 @@ def test_browser_cli_token_then_cli_decides_through_the_server(server: str, brow
     assert "user:bo@acme.com" in wflo("grants", "list").stdout
     assert wflo("grants", "remove", "user:bo@acme.com", "viewer", "--scope", "tenant:acme").returncode == 0
     assert access().grants("user:bo@acme.com") == []
+    # So do budget changes: recorded as ann, via the API.
+    budget = wflo("budgets", "set", "tenant:acme", "--usd", "12", "--period", "day")
+    assert budget.returncode == 0 and "set on" in budget.stdout, budget.stderr
+    changed = _system("budget.set")[-1]
+    assert (changed["scope"], changed["usd"], changed["by"], changed["via"]) == (
+        "tenant:acme", "12", "user:ann@acme.com", "api")  # fmt: skip
     # ann approves on tenant acme only (finance=approver@tenant:acme); admin@* would allow it,
     # so take the admin role away first: the personal token follows its owner's roles at each use.
     st.write(lambda cur: st.execute(cur, "DELETE FROM role_grants WHERE principal = ? AND role = 'admin'",

@@ -12,6 +12,8 @@ from rich.table import Table
 from .. import _config
 from .._errors import RunNotFoundError, UserError
 from ..audit._dates import parse_when
+from ..auth import load_credentials
+from ..auth._client import ServerClient
 from ..cost._api import budgets as api
 from ..cost._api import ledger as api_ledger
 from ..cost._ledger import PERIODS, BudgetUsage, usd_str
@@ -30,7 +32,16 @@ def budgets() -> None:
 @click.option("--max-reservation", "max_reservation", help="Cap on what one call may reserve (USD).")
 @handle_errors
 def budgets_set(scope: str, usd: str, period: str, max_reservation: str | None) -> None:
-    """Set a limit: `wflo budgets set tenant:acme --usd 20 --period day`."""
+    """Set a limit: `wflo budgets set tenant:acme --usd 20 --period day`.
+
+    Signed in to a server (`wflo login`), the change goes through it as you (`via: api`)."""
+    creds = load_credentials()
+    if creds is not None:
+        body = {"scope": scope, "usd": usd, "period": period, "max_reservation_usd": max_reservation}
+        done = ServerClient(creds).call("PUT", "/api/v1/budgets", body)
+        per = done["period"] if done["period"] != "none" else "total"
+        console.print(f"budget {done['scope']}: ${done['limit_usd']} per {per} (set on {creds.server})")
+        return
     lim = api.set(scope, usd=usd, period=period, max_reservation_usd=max_reservation)
     console.print(f"budget {lim.scope}: ${usd_str(lim.limit)} per {lim.period if lim.period != 'none' else 'total'}")
 

@@ -179,6 +179,7 @@ class Ledger:
         max_reservation_usd: Any = None,
         alerts: Sequence[int] = DEFAULT_ALERTS,
         by: str = "unknown",
+        via: str | None = None,
     ) -> Limit:
         scope = _check_scope(scope)
         if period not in PERIODS:
@@ -216,6 +217,7 @@ class Ledger:
                 "scope": scope, "usd": usd_str(limit), "period": period, "by": by,
                 "max_reservation_usd": None if max_res is None else usd_str(max_res),
                 "before": None if before is None else {"usd": usd_str(before.limit), "period": before.period},
+                **({"via": via} if via else {}),
             })],
             ops=[op],
         )  # fmt: skip

@@ -19,6 +19,8 @@ from .._config import Settings, get_store, settings
 from .._errors import AuthenticationError, WfloError
 from ..approvals import Inbox
 from ..auth import GLOBAL, Access, ClaimsPolicy, Identities, Principal, Tokens, covers, tenant_scope
+from ..cost._api import ledger
+from ..cost._ledger import usd_str
 from ._oidc import PendingLogins, Provider, QueryRedactor, RateLimiter
 from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, SIGNED_IN, Router, body_scope, client_address, tenant_query
 
@@ -40,6 +42,13 @@ class GrantBody(BaseModel):
     principal: str
     role: str
     scope: str = GLOBAL
+
+
+class BudgetBody(BaseModel):
+    scope: str
+    usd: str
+    period: str = "none"
+    max_reservation_usd: str | None = None
 
 
 class SignOutBody(BaseModel):
@@ -270,6 +279,28 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     def revoke_token(request: Request, token_id: str) -> dict[str, Any]:
         return _token(tokens.revoke(token_id, who=_who(request), remote=client_address(request)))
 
+    async def budget_scope(request: Request, acc: Access) -> str:
+        # A tenant's budget belongs to that tenant; workflow, agent, project and global limits
+        # cut across tenants, so only a global grant may set them.
+        scope = str(await body_scope(request, acc))
+        return scope if scope.startswith("tenant:") else GLOBAL
+
+    @router.route("GET", "/api/v1/budgets", permission="budgets:read", scope=tenant_query)
+    def list_budgets(request: Request, tenant: str | None = None) -> list[dict[str, Any]]:
+        wanted = tenant_scope(tenant)
+        return [
+            _budget(u) for u in ledger().usage() if covers(wanted, u.scope if u.scope.startswith("tenant:") else GLOBAL)
+        ]
+
+    @router.route("PUT", "/api/v1/budgets", permission="budgets:write", scope=budget_scope)
+    def set_budget(request: Request, body: BudgetBody) -> dict[str, Any]:
+        who = _who(request)
+        lim = ledger().set_limit(
+            body.scope, body.usd, period=body.period, max_reservation_usd=body.max_reservation_usd, by=who.id,
+            via=who.via,
+        )  # fmt: skip
+        return {"scope": lim.scope, "limit_usd": usd_str(lim.limit), "period": lim.period}
+
     @router.route("POST", "/api/v1/sessions/revoke", permission="sessions:write")
     def revoke_sessions(request: Request, body: SignOutBody) -> dict[str, Any]:
         """Sign a person out everywhere (their browser sessions end at once)."""
@@ -307,6 +338,13 @@ def _approval(r: Any) -> dict[str, Any]:
     keys = ("id", "run_id", "tool", "message", "action", "action_hash", "status", "approvers", "quorum",
             "requested_by", "decided_by", "reason", "via", "created_at", "decided_at")  # fmt: skip
     return {k: getattr(r, k) for k in keys}
+
+
+def _budget(u: Any) -> dict[str, Any]:
+    return {
+        "scope": u.scope, "period": u.period, "period_start": u.period_start, "limit_usd": usd_str(u.limit),
+        "spent_usd": usd_str(u.spent), "reserved_usd": usd_str(u.reserved),
+    }  # fmt: skip
 
 
 def _grant(g: Any) -> dict[str, Any]:

@@ -61,6 +61,8 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("POST", "/api/v1/tokens"): lambda: (
         "/api/v1/tokens", {"name": f"n{uuid.uuid4().hex[:6]}", "role": "viewer", "scope": "tenant:acme"}),
     ("DELETE", "/api/v1/tokens/{token_id}"): lambda: (f"/api/v1/tokens/{_token_id()}", None),
+    ("GET", "/api/v1/budgets"): lambda: ("/api/v1/budgets?tenant=acme", None),
+    ("PUT", "/api/v1/budgets"): lambda: ("/api/v1/budgets", {"scope": "tenant:acme", "usd": "5", "period": "day"}),
 }  # fmt: skip
 
 
@@ -174,3 +176,29 @@ def test_access_log_lines_lose_their_query_string() -> None:
     )  # fmt: skip
     assert QueryRedactor().filter(record)
     assert "SECRETCODE" not in record.getMessage() and "/auth/callback" in record.getMessage()
+
+
+def test_budgets_through_the_api_are_scoped_and_recorded(app: FastAPI) -> None:
+    """A tenant's budget-admin sets that tenant's limit (recorded with who and via: api), not
+    another tenant's, and not a workflow's limit, which cuts across tenants."""
+    root = access().local("user:root")
+    _, acme = tokens().create("ba-acme", "budget-admin", "tenant:acme", who=root)
+    _, everywhere = tokens().create("ba-all", "budget-admin", GLOBAL, who=root)
+    client = TestClient(app)
+
+    def put(secret: str, scope: str, usd: str = "7") -> int:
+        body = {"scope": scope, "usd": usd, "period": "day"}
+        return client.put("/api/v1/budgets", json=body, headers={"Authorization": f"Bearer {secret}"}).status_code
+
+    assert put(acme, "tenant:acme") == 200
+    assert put(acme, "tenant:globex") == 403
+    assert put(acme, "workflow:refunds") == 403
+    assert put(everywhere, "workflow:refunds") == 200
+    assert put(everywhere, "nonsense") == 400  # a bad scope is the caller's mistake, named
+    set_events = [e.data for e in _config.get_store().events("system") if e.type == "budget.set"]
+    assert [(e["scope"], e["by"], e["via"]) for e in set_events] == [
+        ("tenant:acme", "service:ba-acme", "api"),
+        ("workflow:refunds", "service:ba-all", "api"),
+    ]
+    listed = client.get("/api/v1/budgets?tenant=acme", headers={"Authorization": f"Bearer {acme}"}).json()
+    assert [b["scope"] for b in listed] == ["tenant:acme"] and listed[0]["limit_usd"] == "7"
