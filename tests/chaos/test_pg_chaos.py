@@ -114,6 +114,9 @@ def _chaos(
     restarts: list[str] = []
     started = time.monotonic()
     next_kill = started + rng.uniform(2, 5)
+    # Kills also come with progress, not only with time: a fast machine drains the queue in
+    # seconds, and a chaos run with one kill proves little. One kill in each of four windows.
+    kill_at = [int(RUNS * rng.uniform(lo, hi)) for lo, hi in ((0.05, 0.2), (0.25, 0.4), (0.45, 0.6), (0.7, 0.85))]
     deadline = started + 360
 
     def done_count() -> int:
@@ -139,7 +142,10 @@ def _chaos(
                 # start (StoreUnavailableError, one line); a supervisor would start it again.
                 assert proc.returncode == 4 and "cannot open the wflo store" in err, err[-2000:]
                 workers[n] = _worker(env)
-        if time.monotonic() >= next_kill and len(killed) < 8:
+        due = bool(kill_at) and done >= kill_at[0]
+        if due:
+            kill_at.pop(0)
+        if (due or time.monotonic() >= next_kill) and len(killed) < 8:
             victim = rng.randrange(len(workers))
             proc = workers[victim]
             proc.send_signal(signal.SIGKILL)
