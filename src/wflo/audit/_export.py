@@ -70,6 +70,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def output_dir(out_dir: str | os.PathLike[str], what: str) -> Path:
+    """``out_dir``, created if need be; refused if it already holds ``what`` (a manifest)."""
+    out = Path(out_dir)
+    if (out / "manifest.json").exists():
+        raise UserError(f"{out} already holds {what} (manifest.json); choose an empty directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out}: {exc.strerror}") from None
+    return out
+
+
 def export(
     store: Store,
     out_dir: str | os.PathLike[str],
@@ -86,13 +98,7 @@ def export(
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
-    out = Path(out_dir)
-    if (out / "manifest.json").exists():
-        raise UserError(f"{out} already holds an export (manifest.json); choose an empty directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {out}: {exc.strerror}") from None
+    out = output_dir(out_dir, "an export")
     name = f"events.{fmt}"
     path = out / name
     chains: dict[str, dict[str, Any]] = {}

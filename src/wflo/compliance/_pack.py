@@ -84,16 +84,11 @@ def build_pack(
 ) -> dict[str, Any]:
     """Write an evidence pack for ``[since, until)`` into ``out_dir``; return its manifest."""
     from ..audit._checkpoint import make_checkpoint, sign_record
+    from ..audit._export import output_dir
 
     if fmt not in REPORT_FORMATS:
         raise UserError(f"unknown report format {fmt!r}: use one of {', '.join(REPORT_FORMATS)}")
-    out = Path(out_dir)
-    if (out / "manifest.json").exists():
-        raise UserError(f"{out} already holds a pack (manifest.json); choose an empty directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create {out}: {exc.strerror}") from None
+    out = output_dir(out_dir, "a pack")
     if any(out.iterdir()):
         raise UserError(f"{out} is not empty; a pack needs a folder of its own (verify refuses extra files)")
     if public_key is None:

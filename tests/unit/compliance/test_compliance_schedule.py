@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from compliancekit import SMTP, Hook, clock
+from compliancekit import Hook, clock
 
+from receivers import SMTP
 from wflo import _config
 from wflo.audit import generate_key
 from wflo.compliance import due_period, run_schedule, verify_pack, wait_for_packs
