@@ -372,6 +372,14 @@ def _oversight(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
     latencies = [a["latency_s"] for a in decided if a["latency_s"] is not None]
     cancels = events.of("run.cancelled")
     cites.update((c, s) for c, s, *_ in cancels)
+    # Who asked: the request on the system chain (the run's own event is written by whoever
+    # stopped it, often a worker, and names no person).
+    asked: dict[str, tuple[str, int, dict[str, Any]]] = {}
+    for c, s, _t, _a, d in events.of("run.cancel_requested"):
+        asked.setdefault(str(d.get("run_id")), (c, s, d))
+    for run_id, _s, *_ in cancels:
+        if run_id in asked:
+            cites.add(asked[run_id][:2])
     figures: dict[str, Any] = {
         "approval_requests": sum(1 for a in approvals.values() if a.get("requested_at")),
         "decisions_by_a_person": len(decided),
@@ -383,6 +391,7 @@ def _oversight(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
         "median_latency_s": round(statistics.median(latencies), 3) if latencies else None,
         "max_latency_s": max(latencies) if latencies else None,
         "cancellations": len(cancels),
+        "cancellations_by_a_person": sum(1 for c, *_ in cancels if c in asked),
     }
     summary = (
         f"{n(int(figures['approval_requests']), 'action')} asked for a human decision. People decided {len(decided)}: "
@@ -400,6 +409,8 @@ def _oversight(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
             "SELECT chain, seq, at, data FROM events WHERE at in the period AND type IN ('approval.requested' "
             "(run chains), 'approval.decided', 'approval.expired' (system chain))",
             "SELECT chain, seq, at, data FROM events WHERE at in the period AND type = 'run.cancelled'",
+            "SELECT chain, seq, at, data FROM events WHERE at in the period AND type = 'run.cancel_requested' "
+            "(system chain: who asked)",
         ],
         "summary": summary,
         "figures": figures,
@@ -423,13 +434,22 @@ def _oversight(events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
             },
             {
                 "title": "Cancellations",
-                "columns": ["at", "run", "by", "status before"],
-                "rows": [[a, c, d.get("by"), d.get("status_before")] for c, _s, _t, a, d in cancels],
+                "columns": ["at", "run", "asked by", "via", "status before"],
+                "rows": [
+                    [
+                        a,
+                        c,
+                        asked[c][2].get("by") if c in asked else d.get("by"),
+                        asked[c][2].get("via") if c in asked else None,
+                        d.get("status_before"),
+                    ]
+                    for c, _s, _t, a, d in cancels
+                ],
             },
         ],
         "notes": [
-            "A decision's person is the principal the store recorded; until sign-in lands (the identity issue) "
-            "a local decision names the configured principal (via: local/cli). A cancellation record does not yet "
-            "name who asked for it (the store records by: request)."
+            "A decision's person is the principal the store recorded: signed in to `wflo server`, the authenticated "
+            "person (via: api/panel); locally, the configured principal (via: local/cli). A cancellation names who asked for it "
+            "(run.cancel_requested on the system chain); one made straight in the database names no one (by: request)."
         ],
     }

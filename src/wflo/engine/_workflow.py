@@ -24,7 +24,7 @@ from .._errors import (
     UserError,
 )
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
-from ..store import Event, RunRecord, Store, new_id, now_iso
+from ..store import Event, NewEvent, RunRecord, Store, new_id, now_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import _call_path, current_run
 from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, process_owner
@@ -363,8 +363,16 @@ class RunHandle:
         """The run's journal (its hash chain), in order."""
         return self.store.events(self.id)
 
-    def cancel(self) -> str:
-        """Ask the run to stop at its next step boundary; returns its status now."""
+    def cancel(self, *, by: str | None = None, via: str = "local") -> str:
+        """Ask the run to stop at its next step boundary; returns its status now.
+
+        Who asked (``by``, default the configured principal) is recorded on the system chain
+        (``run.cancel_requested``): the run's own ``run.cancelled`` event is written by whoever
+        stops it, which may be a worker long after, and knows no person.
+        """
+        if not self.store.get_run(self.id).done:
+            who = by or settings().principal
+            self.store.append_system([NewEvent("run.cancel_requested", {"run_id": self.id, "by": who, "via": via})])
         record = self.store.request_cancel(self.id)
         if record.status == "cancelled" or record.cancel_requested:
             for hook in _cancel_hooks:
