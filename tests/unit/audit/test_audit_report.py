@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from auditkit import make_run
 
+from demo_scenes import run_demo_scenes
 from wflo import _config
 from wflo.audit import build_report, generate_key, make_checkpoint, render_html
 from wflo.audit._checkpoint import load_private_key
@@ -23,24 +24,7 @@ SINCE = "2000-01-01T00:00:00.000000Z"
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The demo's budget, loop and approval scenes, run for real (scripted LLM, real SDK)."""
-    from rich.console import Console
-
-    from wflo.demo._run import Demo
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WFLO_DEMO_LLM", "")
-    mp.setenv("WFLO_PRINCIPAL", "user:demo-agent-owner")
-    directory = Path(tmp_path_factory.mktemp("report"))
-    demo = Demo(directory, auto_approve=True, console=Console(quiet=True), quiet=True)
-    try:
-        demo.budget()
-        demo.loop()
-        demo.approval()
-        assert all(r["held"] for r in demo.results.values()), demo.results
-    finally:
-        demo.close()
-        mp.undo()
-    url = demo.url
+    url = run_demo_scenes(Path(tmp_path_factory.mktemp("report")))
     with open_store(url) as store:
         make_run(store, "xss", workflow="<script>alert('x')</script>")
         store.append_system([NewEvent("budget.set", {"scope": "workflow:<b>", "usd": "1", "by": "user:<i>ann</i>"})])

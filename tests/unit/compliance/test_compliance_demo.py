@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from demo_scenes import run_demo_scenes
 from wflo import _config
 from wflo.audit import generate_key
 from wflo.audit._checkpoint import load_private_key
@@ -34,27 +35,11 @@ def _need(tool: str, package: str) -> str:
 
 @pytest.fixture(scope="module")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from rich.console import Console
-
-    from wflo.demo._run import Demo
-
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WFLO_DEMO_LLM", "")
-    mp.setenv("WFLO_PRINCIPAL", "user:demo-agent-owner")
-    directory = Path(tmp_path_factory.mktemp("demo"))
-    demo = Demo(directory, auto_approve=True, console=Console(quiet=True), quiet=True)
-    try:
-        demo.budget()
-        demo.loop()
-        demo.approval()
-        assert all(r["held"] for r in demo.results.values()), demo.results
-    finally:
-        demo.close()
-        mp.undo()
-    with open_store(demo.url) as store:  # hostile text must stay text in every format
+    url = run_demo_scenes(Path(tmp_path_factory.mktemp("demo")))
+    with open_store(url) as store:  # hostile text must stay text in every format
         store.append_system([NewEvent("principal.granted", {"principal": "<script>alert(1)</script>",
                                                             "role": "approver", "by": "user:ünïcödé"})])  # fmt: skip
-    yield demo.url
+    yield url
     _config.reset()
 
 
