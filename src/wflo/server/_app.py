@@ -1,4 +1,8 @@
-"""The ASGI app: OIDC sign-in, sessions, and the first API endpoints, each behind its permission."""
+"""The ASGI app: OIDC sign-in and sessions here; the API and the panel's pages in their modules.
+
+Each module (``_runs``, ``_decisions``, ``_admin``, and ``_panel`` for the shell) has a
+``register(router)`` that adds its routes to the one route table, each with its permission.
+"""
 
 from __future__ import annotations
 
@@ -12,59 +16,19 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel
-from starlette.concurrency import run_in_threadpool
 
 from .._config import Settings, get_store, settings
 from .._errors import AuthenticationError, WfloError
-from ..approvals import Inbox
-from ..auth import GLOBAL, Access, ClaimsPolicy, Identities, Principal, Tokens, covers, tenant_scope
-from ..cost._api import ledger
-from ..cost._ledger import usd_str
+from ..auth import Access, ClaimsPolicy, Identities, Principal, Tokens
+from . import _admin, _decisions, _panel, _runs
 from ._oidc import PendingLogins, Provider, QueryRedactor, RateLimiter
-from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, SIGNED_IN, Router, body_scope, client_address, tenant_query
+from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, SIGNED_IN, Router, client_address, who_of
 
 _STATUS = {
     "forbidden": 403, "unauthenticated": 401, "not_found": 404, "approval_closed": 409, "action_mismatch": 409,
     "user_error": 400, "configuration_error": 500,
 }  # fmt: skip
 _LOGIN_COOKIE = "wflo_login_state"
-
-
-class DecideBody(BaseModel):
-    decision: str
-    reason: str | None = None
-    action_hash: str | None = None
-    args: dict[str, Any] | None = None
-
-
-class GrantBody(BaseModel):
-    principal: str
-    role: str
-    scope: str = GLOBAL
-
-
-class BudgetBody(BaseModel):
-    scope: str
-    usd: str
-    period: str = "none"
-    max_reservation_usd: str | None = None
-
-
-class SignOutBody(BaseModel):
-    principal: str
-
-
-class TokenBody(BaseModel):
-    name: str
-    role: str
-    scope: str = GLOBAL
-    expires: str | None = "90d"
-
-
-def _who(request: Request) -> Principal:
-    who: Principal = request.state.who
-    return who
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:
@@ -113,15 +77,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     def home(request: Request) -> HTMLResponse:
         who: Principal | None = request.state.who
         if who is None:
-            return _page("<h1>wflo</h1><p id='status'>not signed in</p><a id='login' href='/auth/login'>Sign in</a>")
-        roles = ", ".join(f"{r}@{s}" for r, s in who.grants) or "no roles"
-        csrf = html.escape(request.cookies.get(CSRF_COOKIE, ""))
-        return _page(
-            f"<h1>wflo</h1><p id='status'>signed in as <b id='who'>{html.escape(who.id)}</b></p>"
-            f"<p id='roles'>{html.escape(roles)}</p>"
-            f"<form method='post' action='/auth/logout'><input type='hidden' name='csrf' value='{csrf}'>"
-            "<button id='logout' type='submit'>Sign out</button></form>"
-        )
+            return _panel.frame(request, None, title="wflo", body="<p>Sign in to see runs, approvals and costs.</p>")
+        return _panel.frame(
+            request, who, title="Overview", body="<div id='overview' class='cards'></div>", script="overview.js",
+            registered=app.state.pages,
+        )  # fmt: skip
 
     @router.route("GET", "/auth/login", permission=PUBLIC)
     def login(request: Request, next: str = "/") -> Response:
@@ -164,7 +124,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
 
     @router.route("POST", "/auth/logout", permission=SIGNED_IN)
     def logout(request: Request) -> Response:
-        who = _who(request)
+        who = who_of(request)
         sid = request.cookies.get(SESSION_COOKIE)
         if sid:
             tokens.end_session(sid)
@@ -185,7 +145,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
 
     @router.route("POST", "/auth/cli-token", permission=SIGNED_IN, response_class=HTMLResponse)
     def cli_token(request: Request) -> HTMLResponse:
-        who = _who(request)
+        who = who_of(request)
         if who.via != "panel":
             return _page("<p id='error'>sign in with the browser to create a CLI token</p>", 400)
         _, secret = tokens.create_personal(who, remote=client_address(request))
@@ -196,118 +156,14 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     # ----------------------------------------------------------------- API
     @router.route("GET", "/api/v1/me", permission=SIGNED_IN)
     def me(request: Request) -> dict[str, Any]:
-        who = _who(request)
+        who = who_of(request)
         return {
             "principal": who.id, "via": who.via, "token_id": who.token_id,
             "grants": [{"role": r, "scope": s} for r, s in who.grants],
         }  # fmt: skip
 
-    @router.route("GET", "/api/v1/approvals", permission="approvals:read", scope=tenant_query)
-    def list_approvals(request: Request, status: str = "pending", tenant: str | None = None) -> list[dict[str, Any]]:
-        inbox = Inbox(access.store)
-        wanted = tenant_scope(tenant)
-        tenants = dict(access.store.read("SELECT id, tenant FROM runs"))
-        return [
-            _approval(r)
-            for r in inbox.list(status=None if status == "all" else status, limit=500)
-            if covers(wanted, tenant_scope(tenants.get(r.run_id)))
-        ]
-
-    async def approval_scope(request: Request, acc: Access) -> str:
-        rows = await run_in_threadpool(
-            acc.store.read,
-            "SELECT r.tenant FROM approvals a LEFT JOIN runs r ON r.id = a.run_id WHERE a.id = ?",
-            (request.path_params["approval_id"],),
-        )
-        return tenant_scope(rows[0][0] if rows else None)
-
-    @router.route("GET", "/api/v1/approvals/{approval_id}", permission="approvals:read", scope=approval_scope)
-    def get_approval(request: Request, approval_id: str) -> dict[str, Any]:
-        return _approval(Inbox(access.store).get(approval_id))
-
-    @router.route("POST", "/api/v1/approvals/{approval_id}/decide", permission="approvals:decide", scope=approval_scope)
-    def decide(request: Request, approval_id: str, body: DecideBody) -> dict[str, Any]:
-        who = _who(request)
-        inbox = Inbox(access.store)
-        try:
-            done = inbox.decide(
-                approval_id, body.decision, principal=who.id, reason=body.reason, expected_hash=body.action_hash,
-                edited_kwargs=body.args, via=who.via, authenticated=True,
-            )  # fmt: skip
-        except WfloError as exc:
-            if exc.code == "forbidden":
-                access.refuse(who, "approvals:decide", GLOBAL, str(exc), remote=client_address(request))
-            raise
-        return _approval(done)
-
-    @router.route("GET", "/api/v1/grants", permission="grants:read", scope=tenant_query)
-    def list_grants(request: Request, tenant: str | None = None) -> list[dict[str, Any]]:
-        wanted = tenant_scope(tenant)
-        return [_grant(g) for g in access.grants() if covers(wanted, g.scope)]
-
-    @router.route("POST", "/api/v1/grants", permission="grants:write", scope=body_scope, status_code=201)
-    def create_grant(request: Request, body: GrantBody) -> dict[str, Any]:
-        g = access.grant(body.principal, body.role, body.scope, who=_who(request), remote=client_address(request))
-        return _grant(g)
-
-    @router.route("POST", "/api/v1/grants/remove", permission="grants:write", scope=body_scope)
-    def remove_grant(request: Request, body: GrantBody) -> dict[str, Any]:
-        removed = access.revoke(
-            body.principal, body.role, body.scope, who=_who(request), remote=client_address(request)
-        )
-        return {"removed": removed}
-
-    @router.route("GET", "/api/v1/tokens", permission="tokens:read", scope=tenant_query)
-    def list_tokens(request: Request, tenant: str | None = None) -> list[dict[str, Any]]:
-        wanted = tenant_scope(tenant)
-        return [_token(t) for t in tokens.list() if covers(wanted, t.scope)]
-
-    @router.route("POST", "/api/v1/tokens", permission="tokens:write", scope=body_scope, status_code=201)
-    def create_token(request: Request, body: TokenBody) -> dict[str, Any]:
-        info, secret = tokens.create(
-            body.name, body.role, body.scope, expires=body.expires, who=_who(request), remote=client_address(request)
-        )
-        return {**_token(info), "token": secret}
-
-    async def token_scope(request: Request, acc: Access) -> str:
-        rows = await run_in_threadpool(
-            acc.store.read, "SELECT scope FROM api_tokens WHERE id = ?", (request.path_params["token_id"],)
-        )
-        return str(rows[0][0]) if rows else GLOBAL
-
-    @router.route("DELETE", "/api/v1/tokens/{token_id}", permission="tokens:write", scope=token_scope)
-    def revoke_token(request: Request, token_id: str) -> dict[str, Any]:
-        return _token(tokens.revoke(token_id, who=_who(request), remote=client_address(request)))
-
-    async def budget_scope(request: Request, acc: Access) -> str:
-        # A tenant's budget belongs to that tenant; workflow, agent, project and global limits
-        # cut across tenants, so only a global grant may set them.
-        scope = str(await body_scope(request, acc))
-        return scope if scope.startswith("tenant:") else GLOBAL
-
-    @router.route("GET", "/api/v1/budgets", permission="budgets:read", scope=tenant_query)
-    def list_budgets(request: Request, tenant: str | None = None) -> list[dict[str, Any]]:
-        wanted = tenant_scope(tenant)
-        return [
-            _budget(u) for u in ledger().usage() if covers(wanted, u.scope if u.scope.startswith("tenant:") else GLOBAL)
-        ]
-
-    @router.route("PUT", "/api/v1/budgets", permission="budgets:write", scope=budget_scope)
-    def set_budget(request: Request, body: BudgetBody) -> dict[str, Any]:
-        who = _who(request)
-        lim = ledger().set_limit(
-            body.scope, body.usd, period=body.period, max_reservation_usd=body.max_reservation_usd, by=who.id,
-            via=who.via,
-        )  # fmt: skip
-        return {"scope": lim.scope, "limit_usd": usd_str(lim.limit), "period": lim.period}
-
-    @router.route("POST", "/api/v1/sessions/revoke", permission="sessions:write")
-    def revoke_sessions(request: Request, body: SignOutBody) -> dict[str, Any]:
-        """Sign a person out everywhere (their browser sessions end at once)."""
-        who = _who(request)
-        tokens.end_sessions_of(body.principal)
-        access.record("auth.sessions_revoked", who, remote=client_address(request), principal=body.principal)
-        return {"principal": body.principal, "signed_out": True}
+    for module in (_panel, _runs, _decisions, _admin):
+        module.register(router)
 
     return app
 
@@ -332,26 +188,3 @@ def _failed(remote: str, reason: str, claims: dict[str, Any] | None) -> Any:
     if claims:  # who tried (never the token itself)
         data.update({"subject": claims.get("sub"), "email": claims.get("email"), "issuer": claims.get("iss")})
     return NewEvent("auth.failed", data)
-
-
-def _approval(r: Any) -> dict[str, Any]:
-    keys = ("id", "run_id", "tool", "message", "action", "action_hash", "status", "approvers", "quorum",
-            "requested_by", "decided_by", "reason", "via", "created_at", "decided_at")  # fmt: skip
-    return {k: getattr(r, k) for k in keys}
-
-
-def _budget(u: Any) -> dict[str, Any]:
-    return {
-        "scope": u.scope, "period": u.period, "period_start": u.period_start, "limit_usd": usd_str(u.limit),
-        "spent_usd": usd_str(u.spent), "reserved_usd": usd_str(u.reserved),
-    }  # fmt: skip
-
-
-def _grant(g: Any) -> dict[str, Any]:
-    return {k: getattr(g, k) for k in ("principal", "role", "scope", "granted_by", "via", "source", "granted_at")}
-
-
-def _token(t: Any) -> dict[str, Any]:
-    keys = ("id", "name", "principal", "prefix", "role", "scope", "created_by", "created_at", "expires_at",
-            "revoked_at", "last_used_at")  # fmt: skip
-    return {k: getattr(t, k) for k in keys}

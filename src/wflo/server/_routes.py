@@ -137,5 +137,11 @@ class Router:
         return next(s for s in self.table if s.method == method and s.path == path)
 
 
+def who_of(request: Request) -> Principal:
+    """The authenticated principal of a route that needs one (set by the route's check)."""
+    who: Principal = request.state.who
+    return who
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"

@@ -41,6 +41,7 @@ def _token_id() -> str:
 EXAMPLES: dict[tuple[str, str], Example] = {
     ("GET", "/"): lambda: ("/", None),
     ("GET", "/openapi.json"): lambda: ("/openapi.json", None),
+    ("GET", "/static/{name}"): lambda: ("/static/wflo.css", None),
     ("GET", "/auth/login"): lambda: ("/auth/login", None),
     ("GET", "/auth/callback"): lambda: ("/auth/callback?state=x&code=y", None),
     ("POST", "/auth/logout"): lambda: ("/auth/logout", None),

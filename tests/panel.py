@@ -1,0 +1,96 @@
+"""Shared parts of the server and panel tests: a real server on a free port, Debian's
+chromium under Playwright, and a browser context signed in as a given person.
+
+Signing in here opens a server-side session the way the OIDC callback does (the OIDC flow
+itself is tested in tests/integration/test_identity_oidc.py), so each panel test does not pay
+for a provider round trip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wflo import _config
+from wflo.auth import access, tokens
+from wflo.server import create_app
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve(cfg: _config.Settings | None = None) -> Iterator[str]:
+    """The wflo server (uvicorn, in a thread) on the configured store; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert srv.started, "the server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's chromium under Playwright (never a downloaded browser); fails in CI if missing."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is required in CI (.ci/run installs it: apt-get install chromium)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def grant(principal: str, role: str, scope: str = "*") -> None:
+    access().grant(principal, role, scope, who=access().local("user:root"))
+
+
+def signed_in(browser: Any, base: str, principal: str, *, role: str | None = None, scope: str = "*") -> Any:
+    """A new browser context signed in as ``principal`` (granted ``role`` first, if given).
+
+    Console errors and failed requests on any page of the context fail the test that reads
+    ``context.errors`` (a list of strings)."""
+    if role:
+        grant(principal, role, scope)
+    sid, csrf = tokens().open_session(principal, ttl=timedelta(hours=1))
+    ctx = browser.new_context(viewport={"width": 1280, "height": 800})
+    host = base.split("//", 1)[1].split(":")[0]
+    ctx.add_cookies([
+        {"name": "wflo_session", "value": sid, "domain": host, "path": "/", "httpOnly": True},
+        {"name": "wflo_csrf", "value": csrf, "domain": host, "path": "/"},
+    ])  # fmt: skip
+    errors: list[str] = []
+    ctx.errors = errors
+    ctx.on("page", lambda page: page.on("pageerror", lambda exc: errors.append(str(exc))))
+    ctx.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    return ctx
