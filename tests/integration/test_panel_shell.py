@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from panel import chromium, serve, signed_in
 
+from panel import chromium, serve, signed_in
 from wflo import _config
 
 
