@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -35,11 +36,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(cfg: _config.Settings | None = None) -> Iterator[str]:
+def serve(cfg: _config.Settings | None = None, port: int | None = None) -> Iterator[str]:
     """The wflo server (uvicorn, in a thread) on the configured store; yields its base URL."""
     import uvicorn
 
-    port = free_port()
+    port = port or free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -54,13 +55,30 @@ def serve(cfg: _config.Settings | None = None) -> Iterator[str]:
         thread.join(10)
 
 
-@contextmanager
-def chromium() -> Iterator[Any]:
-    """Debian's chromium under Playwright (never a downloaded browser); fails in CI if missing."""
+def require_chromium() -> None:
+    """Skip without Debian's chromium, except in CI, where its absence fails the test."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("chromium is required in CI (.ci/run installs it: apt-get install chromium)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
+
+
+def dump_dom(page: Path, profile: Path) -> tuple[str, str]:
+    """A static page rendered by headless chromium: its DOM after scripts, and the browser's log."""
+    require_chromium()
+    proc = subprocess.run(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+         f"--user-data-dir={profile}", "--no-first-run", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, proc.stderr
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's chromium under Playwright (never a downloaded browser); fails in CI if missing."""
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

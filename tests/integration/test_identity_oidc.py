@@ -7,8 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
-import socket
 import threading
 import time
 import warnings
@@ -20,12 +18,11 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
+from panel import chromium, free_port, serve
 from wflo import _config
 from wflo._errors import AuthenticationError
-from wflo.server import create_app
 from wflo.server._oidc import Provider
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CLIENT_SECRET = "s3cret-client-value"
 
 with warnings.catch_warnings():  # the provider imports authlib.jose, deprecated upstream
@@ -38,17 +35,11 @@ USERS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def provider() -> Iterator[str]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with run_server_in_thread(port=_free_port(), user_claims=USERS) as server:
+        with run_server_in_thread(port=free_port(), user_claims=USERS) as server:
             yield f"http://localhost:{server.server_port}"
 
 
@@ -58,39 +49,21 @@ def server(provider: str, sqlite_url: str) -> Iterator[str]:
 
 
 def _serve(provider: str, sqlite_url: str) -> Iterator[str]:
-    import uvicorn
-
-    port = _free_port()
+    port = free_port()
     base = f"http://localhost:{port}"
     cfg = _config.configure(
         database=sqlite_url, server_url=base, oidc_issuer=provider, oidc_client_id="wflo",
         oidc_client_secret=CLIENT_SECRET, oidc_role_map="wflo-admins=admin, finance=approver@tenant:acme",
         oidc_allowed_domains="acme.com", cookie_secure=False,
     )  # fmt: skip
-    srv = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started
-    yield base
-    srv.should_exit = True
-    thread.join(10)
+    with serve(cfg, port):
+        yield base
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is required in CI (.ci/run installs it: apt-get install chromium)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _system(kind: str) -> list[dict[str, Any]]:
@@ -316,7 +289,7 @@ def test_wflo_server_command_serves_openapi_31(sqlite_url: str) -> None:
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
     env.update({"WFLO_DATABASE_URL": sqlite_url, "PYTHONPATH": os.pathsep.join(sys.path)})
     proc = subprocess.Popen([sys.executable, "-m", "wflo.cli", "server", "--port", str(port)], env=env,
@@ -388,7 +361,7 @@ def hostile(sqlite_url: str) -> Iterator[tuple[str, Hostile]]:
         from oidc_provider_mock import app as provider_app
 
         mw = Hostile(provider_app(user_claims=[User(sub="eve", claims={"email": "eve@acme.com", "groups": []})]))
-        srv = werkzeug.serving.make_server("localhost", _free_port(), mw, threaded=True)
+        srv = werkzeug.serving.make_server("localhost", free_port(), mw, threaded=True)
         mw.base = f"http://localhost:{srv.server_port}"
         thread = threading.Thread(target=srv.serve_forever, args=(0.1,), daemon=True)
         thread.start()
