@@ -89,3 +89,53 @@ def test_a_worker_120s_ahead_does_not_take_a_live_run(pg_url: str, tmp_path: Pat
                 proc.kill()
             proc.communicate()
         store.close()
+
+
+def _skewed_python(offset: str, url: str, code: str) -> str:
+    """Run ``code`` in a Python whose clock is off by ``offset`` (libfaketime); its stdout."""
+    cmd = ["env", "FAKETIME_DONT_FAKE_MONOTONIC=1", "faketime", "-f", offset, sys.executable, "-c", code]
+    env = {**_env(url, Path(os.devnull)), "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip()
+
+
+def test_approval_deadlines_are_judged_on_the_store_clock(pg_url: str) -> None:
+    """A worker 120 s ahead cannot time a request out early (on_timeout="approve" would run the
+    action unreviewed); a decider 120 s behind cannot decide after the deadline."""
+    _faketime()
+    from wflo.approvals import Inbox
+
+    store = open_store(pg_url)
+    try:
+        inbox = Inbox(store)
+        for rid, deadline in (("skew-a", store.now(60)), ("skew-b", store.now(-1))):
+            store.create_run(run_id=rid, workflow="wf", input={})
+            inbox.create(
+                approval_id=f"ap-{rid}", run_id=rid, call_id="c1", tool="refund", message="refund",
+                action={"tool": "refund", "kwargs": {}}, approvers=[], quorum=1, requested_by="user:requester",
+                timeout_at=deadline, on_timeout="approve", escalate_to=[],
+            )  # fmt: skip
+        ahead = _skewed_python("+120s", pg_url, (
+            "import time; from wflo.store import open_store; from wflo.approvals import Inbox\n"
+            f"s = open_store({pg_url!r}); r = Inbox(s).close('ap-skew-a', 'approved', by='policy:timeout', reason='t')\n"
+            "print(r.status, int(time.time()))"
+        ))  # fmt: skip
+        status, seen = ahead.split()
+        assert int(seen) - time.time() > 100, "the clock was not skewed: the test would prove nothing"
+        assert status == "pending" and inbox.get("ap-skew-a").status == "pending"
+
+        behind = _skewed_python("-120s", pg_url, (
+            "from wflo.store import open_store; from wflo.approvals import Inbox\n"
+            f"s = open_store({pg_url!r})\n"
+            "try:\n"
+            "    Inbox(s).decide('ap-skew-b', 'approve', principal='user:bob', authenticated=True)\n"
+            "    print('decided')\n"
+            "except Exception as exc:\n"
+            "    print(type(exc).__name__)"
+        ))  # fmt: skip
+        assert behind == "ApprovalClosedError" and inbox.get("ap-skew-b").status == "pending"
+        # On time, by the store's clock, the policy does close it.
+        assert inbox.close("ap-skew-b", "rejected", by="policy:timeout", reason="t").status == "rejected"
+    finally:
+        store.close()

@@ -9,7 +9,7 @@ from typing import Any
 from .._config import settings
 from .._errors import ActionMismatchError, ApprovalRejected, RunStopped, RunSuspended
 from ..engine import Call, Guard
-from ..store import NewEvent, now_iso, parse_iso
+from ..store import NewEvent, parse_iso
 from ._inbox import ApprovalRequest, Inbox
 from ._notify import notify
 from ._params import action_text, params_of
@@ -52,7 +52,7 @@ class ApprovalGuard(Guard):
         _name_arguments(call)
         action = action_of(call.name, call.args, call.kwargs)
         req = self._request(call, policy, action)
-        if req.status == "pending" and req.timeout_at and req.timeout_at <= now_iso():
+        if req.status == "pending" and req.timeout_at and req.timeout_at <= self.inbox.store.now():
             req = self._timeout(call, policy, req)
         if req.status == "pending":
             raise RunSuspended(
@@ -113,7 +113,8 @@ class ApprovalGuard(Guard):
     def _file(
         self, call: Call, policy: Approval, approval_id: str, action: dict[str, Any], before: dict[str, Any] | None
     ) -> ApprovalRequest:
-        timeout_at = now_iso(policy.timeout_seconds) if policy.timeout_seconds else None
+        # The deadline is on the store's clock, the one every worker and decider compares with.
+        timeout_at = self.inbox.store.now(policy.timeout_seconds) if policy.timeout_seconds else None
         message = policy.message or call.meta.get("message") or action_text(action)
         if before is not None:
             message += (
@@ -138,7 +139,7 @@ class ApprovalGuard(Guard):
 
     def _timeout(self, call: Call, policy: Approval, req: ApprovalRequest) -> ApprovalRequest:
         if req.on_timeout == "escalate" and req.escalations == 0:
-            deadline = now_iso(policy.timeout_seconds) if policy.timeout_seconds else None
+            deadline = self.inbox.store.now(policy.timeout_seconds) if policy.timeout_seconds else None
             req = self.inbox.escalate(req.id, list(req.escalate_to), deadline)
             call.run.append(
                 [

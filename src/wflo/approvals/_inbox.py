@@ -344,7 +344,9 @@ class Inbox:
             if run is not None and (run[0] in _ENDED or run[1]):
                 outcome["run_ended"] = run[0] if run[0] in _ENDED else "cancelled"
                 return
-            if cur_req.timeout_at and cur_req.timeout_at < now:
+            # Judged on the store's clock: a decider whose clock runs late cannot slip a
+            # decision in after the deadline.
+            if cur_req.timeout_at and cur_req.timeout_at < st.now(cur=cur):
                 raise ApprovalClosedError(approval_id=approval_id, status="expired (its timeout passed)")
             if principal == cur_req.requested_by and not self_local:
                 raise ApprovalForbiddenError(
@@ -450,14 +452,17 @@ class Inbox:
         return []
 
     def close(self, approval_id: str, status: str, *, by: str, reason: str) -> ApprovalRequest:
-        """Close a pending request by policy (timeout): ``approved``, ``rejected`` or ``expired``."""
-        now = now_iso()
+        """Close a pending request by policy once its timeout has passed on the store's clock:
+        ``approved``, ``rejected`` or ``expired``. Before the deadline nothing changes (a worker
+        whose clock runs ahead cannot time a request out early)."""
 
         def txn(cur: Any) -> bool:
+            now = self.store.now(cur=cur)
             self.store.execute(
                 cur,
-                "UPDATE approvals SET status = ?, reason = ?, decided_by = ?, decided_at = ?, via = 'policy', updated_at = ? WHERE id = ? AND status = 'pending'",
-                (status, reason, by, now, now, approval_id),
+                "UPDATE approvals SET status = ?, reason = ?, decided_by = ?, decided_at = ?, via = 'policy', updated_at = ? "
+                "WHERE id = ? AND status = 'pending' AND timeout_at IS NOT NULL AND timeout_at <= ?",
+                (status, reason, by, now, now, approval_id, now),
             )
             return bool(cur.rowcount)
 

@@ -63,6 +63,26 @@ class Store(Connections):
         """
         return datetime.now(UTC)
 
+    def now(self, offset_seconds: float = 0.0, cur: Any = None) -> str:
+        """Now (plus an offset) by the store's clock, as stored text.
+
+        Deadlines that several machines judge (leases, approval timeouts, wake-ups) are set
+        and compared on this one clock, so a worker whose own clock is skewed cannot make a
+        deadline pass early or late. ``cur``: read inside that transaction.
+        """
+        if cur is not None:
+            return iso(self._clock(cur), offset_seconds)
+
+        def go() -> datetime:
+            with self._connection() as conn:
+                c = conn.cursor()
+                try:
+                    return self._clock(c)
+                finally:
+                    c.close()
+
+        return iso(self._retrying(go), offset_seconds)
+
     def _notify(self, cur: Any, channel: str, payload: str) -> None:
         """Tell waiting workers that something changed (PostgreSQL NOTIFY); default: nothing."""
 
