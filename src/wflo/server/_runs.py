@@ -155,7 +155,7 @@ def register(router: Router) -> None:
 
         first: list[dict[str, Any]] = []
         if run is not None:
-            if after is None and request.headers.get("last-event-id", "").isdigit():
+            if request.headers.get("last-event-id", "").isdigit():  # a reconnect: go on from there
                 after = int(request.headers["last-event-id"])
             try:
                 r = await run_in_threadpool(store.get_run, run)
