@@ -111,11 +111,11 @@ def typed(e: Event) -> dict[str, Any]:
                          else f"budget: {e.type.split('.', 1)[1].replace('_', ' ')}")  # fmt: skip
     elif family == "loop":
         item.update(kind="loop", detector=d.get("detector"), call=d.get("call"), evidence=d.get("evidence"),
-                    title=f"loop stopped: {d.get('detector')}")  # fmt: skip
+                    title=f"stopped: {d.get('detector')}")  # fmt: skip
     elif family == "breaker":
         item.update(kind="breaker", call=d.get("call"), breaker=d.get("target"), failures=d.get("failures"),
                     from_state=d.get("from"), to_state=d.get("to"),
-                    title=f"breaker {d.get('from', '?')} → {d.get('to', '?')}")  # fmt: skip
+                    title=f"{d.get('target')}: {d.get('from', '?')} → {d.get('to', '?')}")  # fmt: skip
     elif family == "approval":
         item.update(kind="approval", approval_id=d.get("approval_id"), call=d.get("call"), tool=d.get("tool"),
                     message=d.get("message"), status=d.get("status"), by=d.get("by"), via=d.get("via"),
@@ -123,12 +123,10 @@ def typed(e: Event) -> dict[str, Any]:
                     approvers=d.get("approvers"), timeout_at=d.get("timeout_at"))  # fmt: skip
         what = e.type.split(".", 1)[1].replace("_", " ")
         item["title"] = (
-            f"approval {what}"
-            + (f": {d['status']}" if d.get("status") else "")
-            + (f" by {d['by']}" if d.get("by") else "")
+            what + (f": {d['status']}" if d.get("status") else "") + (f" by {d['by']}" if d.get("by") else "")
         )
     elif family == "run":
-        item.update(kind="run", status=e.type.split(".", 1)[1], title=e.type.replace(".", " "))
+        item.update(kind="run", status=e.type.split(".", 1)[1], title=e.type.split(".", 1)[1].replace("_", " "))
         for key in ("attempt", "worker", "reason", "by", "via", "fix", "retry_of", "status_before", "tenant"):
             if key in d:
                 item[key] = d[key]
@@ -161,7 +159,7 @@ def _call(type_: str, d: dict[str, Any]) -> dict[str, Any]:
         )  # fmt: skip
         refused = (d.get("error") or {}).get("code") == "budget_exceeded"
         out["budget"] = {"reserved_usd": d.get("reserved_usd"), "clamped": d.get("clamped"), "refused": refused}
-        title = f"LLM {d.get('name')}"
+        title = str(d.get("name"))
         if phase == "completed":
             title += f" · {usage.get('input_tokens', '?')}→{usage.get('output_tokens', '?')} tokens"
             title += f" · ${d['cost_usd']}" if d.get("cost_usd") else ""
@@ -174,20 +172,25 @@ def _call(type_: str, d: dict[str, Any]) -> dict[str, Any]:
         out.update(limits=d.get("limits"), network=d.get("network"), exit_code=sb.get("exit_code"),
                    killed_by=sb.get("killed_by"), backend=sb.get("backend") or d.get("name"),
                    stdout_bytes=sb.get("stdout_bytes"), stderr_bytes=sb.get("stderr_bytes"))  # fmt: skip
-        title = f"sandbox {out['backend']}"
+        title = str(out["backend"])
         if phase == "completed" or sb:
             title += f" · exit {sb.get('exit_code')}" + (
                 f" · killed by {sb['killed_by']}" if sb.get("killed_by") else ""
             )
     else:
         out.update(input=_shown(d.get("input")), output=_shown(d.get("output")), approval=d.get("approval"))
-        title = f"{'tool' if kind == 'tool' else kind} {d.get('name')}"
+        title = str(d.get("name")) + (f" → {_brief(d['output'])}" if phase == "completed" and "output" in d else "")
     if phase == "failed" and "error" in d:
         title += f" · failed: {out['error'].get('message', '')}"[:200]
     elif phase in ("started", "retry"):
         title += f" · {phase}"
     out["title"] = title
     return out
+
+
+def _brief(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def _error(err: Any) -> dict[str, Any]:

@@ -88,8 +88,8 @@ function sections() {
       ["Status", (r) => h("span", { class: "status " + r.status }, r.status)], ["Cost", (r) => usd(r.cost_usd)],
     ], run.children, { id: "children" }));
   }
-  out.push(h("h2", {}, "Input"), h("pre", {}, JSON.stringify(run.input, null, 2)));
-  if (run.status === "succeeded") out.push(h("h2", {}, "Output"), h("pre", { id: "output" }, JSON.stringify(run.output, null, 2)));
+  out.push(h("details", {}, h("summary", {}, "Input"), h("pre", {}, JSON.stringify(run.input, null, 2))));
+  if (run.status === "succeeded") out.push(h("details", {}, h("summary", {}, "Output"), h("pre", { id: "output" }, JSON.stringify(run.output, null, 2))));
   return out;
 }
 

@@ -126,7 +126,7 @@ async function loadMore() {
 
 function apply() {
   setParams(filter);
-  load().catch((err) => toast(err.message, "error"));
+  load().catch((err) => mount("runs-list", h("div", { class: "empty", id: "list-error" }, err.message)));
   live();
 }
 
