@@ -8,13 +8,16 @@ and ``hash`` so what the panel shows can be checked against ``wflo audit verify`
 from __future__ import annotations
 
 import json
+import threading
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..approvals import Inbox
-from ..audit import verify_run
+from ..audit import ChainReport, verify_run
+from ..audit._verify import chain_hasher
 from ..cost._ledger import Ledger, period_start, usd_str
-from ..store import Event, RunRecord, Store
+from ..store import Event, RunRecord, Store, now_iso
 from ._runs_query import LIST_COLUMNS, _item, run_costs
 
 TEXT_LIMIT = 2000
@@ -38,21 +41,67 @@ def detail(store: Store, r: RunRecord) -> dict[str, Any]:
     children = store.read(
         f"SELECT {LIST_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY created_at, id LIMIT ?", (r.id, CHILDREN_LIMIT)
     )
-    child_costs = run_costs(store, [c[0] for c in children])
+    child_costs = run_costs(store, [c[0] for c in children], {c[0]: int(c[9]) for c in children})
     approvals = Inbox(store).list(status=None, run_id=r.id, limit=100)
     return {
         **run_json(r),
         "cost": cost(store, r),
         "children": [_item(c, child_costs.get(c[0], Decimal(0))) for c in children],
         "approvals": [_approval(a) for a in approvals],
-        "verify": verify_run(store, r.id).to_dict(),
+        "verify": verdict(store, r),
     }
+
+
+FULL_VERIFY_SECONDS = 60.0
+"""How stale a whole-chain verification of a run may be before the run page repeats it."""
+_VERIFIED: dict[tuple[str, str], tuple[int, str, float, str]] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def verdict(store: Store, r: RunRecord) -> dict[str, Any]:
+    """The run's chain verified: whole, at most once a minute per run and server process, and
+    in between only its new links from the last verified head (and always against the head
+    the run records). Anything that does not fit is verified whole at once, and that report
+    (the first broken link) is what is shown. ``wflo audit verify`` always reads it all."""
+    key = (store.url, r.id)
+    with _VERIFIED_LOCK:
+        hit = _VERIFIED.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[2] < FULL_VERIFY_SECONDS and hit[0] <= r.last_seq:
+        seq, prev = hit[0], hit[1]
+        link = chain_hasher(r.id)
+        rows = store.read(
+            "SELECT seq, type, at, data, prev_hash, hash FROM events WHERE chain = ? AND seq > ? AND seq <= ? "
+            "ORDER BY seq",
+            (r.id, seq, r.last_seq),
+        )
+        for row_seq, type_, at, data_json, prev_hash, hash_ in rows:
+            if int(row_seq) != seq + 1 or prev_hash != prev or link(prev, int(row_seq), type_, at, data_json) != hash_:
+                break
+            seq, prev = seq + 1, hash_
+        else:
+            if (seq, prev) == (r.last_seq, r.last_hash):
+                with _VERIFIED_LOCK:
+                    _VERIFIED[key] = (seq, prev, hit[2], hit[3])
+                report = ChainReport(r.id, seq, True, prev).to_dict()
+                return {**report, "whole_chain_verified_at": hit[3]}
+    full = verify_run(store, r.id)
+    out = full.to_dict()
+    out["whole_chain_verified_at"] = now_iso()
+    with _VERIFIED_LOCK:
+        if full.ok and not full.pruned:
+            _VERIFIED[key] = (full.count, full.head, now, out["whole_chain_verified_at"])
+            if len(_VERIFIED) > 10_000:
+                _VERIFIED.pop(next(iter(_VERIFIED)))
+        else:
+            _VERIFIED.pop(key, None)
+    return out
 
 
 def cost(store: Store, r: RunRecord) -> dict[str, Any]:
     """Spent (from the journal), held (open reservations), lost (unknown outcomes charged at
     their reservation) and every limited scope the run draws on, each with its limit."""
-    spent = run_costs(store, [r.id]).get(r.id, Decimal(0))
+    spent = run_costs(store, [r.id], {r.id: r.last_seq}).get(r.id, Decimal(0))
     reserved = _sum(store.read("SELECT amount_usd FROM reservations WHERE run_id = ?", (r.id,)))
     unknown = _sum(store.read(
         "SELECT amount_usd FROM budget_unknown WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL", (r.id,)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -188,7 +190,7 @@ def list_runs(
     rows = store.read(sql, [*params, limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]
-    costs = run_costs(store, [r[0] for r in rows])
+    costs = run_costs(store, [r[0] for r in rows], {r[0]: int(r[9]) for r in rows})
     items = [_item(r, costs.get(r[0], Decimal(0))) for r in rows]
     nxt = encode_cursor(rows[-1][5], rows[-1][0]) if more and rows else None
     return items, nxt
@@ -202,26 +204,91 @@ def ids_matching(store: Store, f: RunFilter, *, limit: int) -> list[tuple[str, s
     return [(r[0], r[1], r[2]) for r in store.read(sql, [*params, limit])]
 
 
-def run_costs(store: Store, run_ids: Sequence[str]) -> dict[str, Decimal]:
-    """Exact spend of each run (the sum of its calls' ``cost_usd``), for up to a page of runs."""
+class _CostCache:
+    """Each run's spend up to a journal position, per process: a journal only grows, so the sum
+    up to ``seq`` never changes, and a run that moved on is summed from where it was, not again
+    from its first event (a 10,000-event run costs one read of its new events)."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, str], tuple[int, Decimal]] = OrderedDict()
+        self._size = size
+
+    def get(self, key: tuple[str, str]) -> tuple[int, Decimal] | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[str, str], seq: int, total: Decimal) -> None:
+        with self._lock:
+            old = self._items.get(key)
+            if old is None or old[0] <= seq:
+                self._items[key] = (seq, total)
+                self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_COSTS = _CostCache()
+
+
+def run_costs(store: Store, run_ids: Sequence[str], heads: Mapping[str, int] | None = None) -> dict[str, Decimal]:
+    """Exact spend of each run (the sum of its calls' ``cost_usd``), for up to a page of runs.
+
+    ``heads`` (each run's ``last_seq``, as just read) lets the sums be kept and continued."""
     if not run_ids:
         return {}
-    out: dict[str, Decimal] = {}
+    if heads is None:
+        heads = {r[0]: int(r[1]) for r in _chunked(store, "SELECT id, last_seq FROM runs WHERE id IN ({})", run_ids)}
     types = ", ".join(f"'{t}'" for t in COST_TYPES)
     pick = "CAST(data AS json)->>'cost_usd'" if store.dialect == "postgresql" else "json_extract(data, '$.cost_usd')"
-    for start in range(0, len(run_ids), 200):
-        chunk = list(run_ids[start : start + 200])
-        rows = store.read(
-            f"SELECT chain, {pick} FROM events WHERE chain IN ({', '.join('?' * len(chunk))}) AND type IN ({types})",
-            chunk,
-        )
-        for chain, cost in rows:
-            if cost is not None:
-                try:
-                    out[chain] = out.get(chain, Decimal(0)) + Decimal(str(cost))
-                except InvalidOperation:
-                    continue  # a damaged value is the audit's finding, not the list's crash
+    out: dict[str, Decimal] = {}
+    fresh: list[str] = []
+    for run_id in run_ids:
+        head = heads.get(run_id, 0)
+        hit = _COSTS.get((store.url, run_id))
+        if hit is not None and hit[0] == head:
+            out[run_id] = hit[1]
+        elif hit is not None and hit[0] < head:
+            rows = store.read(
+                f"SELECT seq, {pick} FROM events WHERE chain = ? AND seq > ? AND seq <= ? AND type IN ({types})",
+                (run_id, hit[0], head),
+            )
+            out[run_id] = hit[1] + _sum(v for _, v in rows)
+            _COSTS.put((store.url, run_id), head, out[run_id])
+        else:
+            fresh.append(run_id)
+    sql = f"SELECT chain, seq, {pick} FROM events WHERE chain IN ({{}}) AND type IN ({types})"
+    found: dict[str, list[Any]] = {}
+    for chain, seq, cost in _chunked(store, sql, fresh):
+        if int(seq) <= heads.get(chain, 0):  # events appended since the head was read: next time
+            found.setdefault(chain, []).append(cost)
+    for run_id in fresh:
+        out[run_id] = _sum(found.get(run_id, []))
+        _COSTS.put((store.url, run_id), heads.get(run_id, 0), out[run_id])
     return out
+
+
+def _chunked(store: Store, sql: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(ids), 200):
+        chunk = list(ids[start : start + 200])
+        rows += store.read(sql.format(", ".join("?" * len(chunk))), chunk)
+    return rows
+
+
+def _sum(values: Iterable[Any]) -> Decimal:
+    total = Decimal(0)
+    for value in values:
+        if value is None:
+            continue
+        try:
+            total += Decimal(str(value))
+        except InvalidOperation:
+            continue  # a damaged value is the audit's finding, not the list's crash
+    return total
 
 
 def _item(r: Sequence[Any], cost: Decimal | None) -> dict[str, Any]:

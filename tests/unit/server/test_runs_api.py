@@ -377,3 +377,43 @@ def test_stream_shows_an_event_appended_by_another_process_within_a_second(
                 if line.startswith("data:") and json.loads(line[5:])["kind"] == "event":
                     assert json.loads(line[5:])["event"]["seq"] == 2
                     break
+
+
+def test_a_rewritten_old_event_shows_once_the_chain_is_verified_whole(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run page verifies the whole chain at most once a minute (new links in between, and
+    always the recorded head); a rewrite of an old link shows at the next whole verification."""
+    from wflo.server import _runs_detail
+
+    rid = make_run()
+    finish(rid, events=[llm_event("1", "0.5")])
+    h = bearer("viewer")
+    first = client.get(f"/api/v1/runs/{rid}", headers=h).json()
+    assert first["verify"]["ok"] is True and first["cost"]["spent_usd"] == "0.5"
+    sql = "UPDATE events SET data = replace(data, '0.5', '0.01') WHERE chain = ? AND seq = 2"
+    if store().dialect == "postgresql":  # the append-only trigger is lifted only to forge the row
+        store().write(lambda cur: (cur.execute("ALTER TABLE events DISABLE TRIGGER USER"),
+                                   store().execute(cur, sql, (rid,)),
+                                   cur.execute("ALTER TABLE events ENABLE TRIGGER USER")))  # fmt: skip
+    else:
+        store().write(lambda cur: store().execute(cur, sql, (rid,)))
+    monkeypatch.setattr(_runs_detail, "FULL_VERIFY_SECONDS", 0.0)
+    bad = client.get(f"/api/v1/runs/{rid}", headers=h).json()["verify"]
+    assert bad["ok"] is False and bad["seq"] == 2 and bad["kind"] == "hash"
+
+
+def test_a_runs_cost_follows_its_journal(client: TestClient) -> None:
+    """Costs are kept per journal position and continued from there as the run goes on."""
+    rid = make_run(workflow="spender")
+    h = bearer("viewer")
+
+    def listed() -> str:
+        return str(client.get("/api/v1/runs?workflow=spender", headers=h).json()["items"][0]["cost_usd"])
+
+    assert listed() == "0"
+    for call, cost, total in (("1", "0.5", "0.5"), ("2", "0.25", "0.75"), ("3", "0.000001", "0.750001")):
+        r = store().get_run(rid)
+        store().append(rid, Head(r.last_seq, r.last_hash), [llm_event(call, cost)], owner=None)
+        assert listed() == total
+        assert client.get(f"/api/v1/runs/{rid}", headers=h).json()["cost"]["spent_usd"] == total
