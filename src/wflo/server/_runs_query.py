@@ -27,6 +27,8 @@ from ..cost._ledger import usd_str
 from ..store import RUN_STATUSES, Store
 
 MAX_LIMIT = 500
+SCAN_WINDOW = 10_000
+"""Runs a page with a text or cost filter reads at most (see ``list_runs``)."""
 DEFAULT_LIMIT = 50
 COST_TYPES = ("call.completed", "call.failed")
 FILTER_KEYS = ("workflow", "status", "tenant", "since", "until", "min_cost_usd", "q")
@@ -137,8 +139,9 @@ def cost_expr(store: Store, alias: str = "e") -> str:
     return f"CAST(json_extract({alias}.data, '$.cost_usd') AS REAL)"
 
 
-def where_sql(store: Store, f: RunFilter) -> tuple[list[str], list[Any]]:
-    """The WHERE conditions (on table ``runs``) and their parameters for ``f``."""
+def where_sql(store: Store, f: RunFilter, *, scans: bool = True) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions (on table ``runs``) and their parameters for ``f``; with
+    ``scans=False`` only those an index serves (not ``q`` nor ``min_cost_usd``)."""
     where: list[str] = []
     params: list[Any] = []
     for column, values in (("workflow", f.workflows), ("status", f.statuses)):
@@ -157,6 +160,17 @@ def where_sql(store: Store, f: RunFilter) -> tuple[list[str], list[Any]]:
     if f.until is not None:
         where.append("created_at < ?")
         params.append(f.until)
+    scan = scan_sql(store, f) if scans else None
+    if scan is not None:
+        where.append(scan[0])
+        params += scan[1]
+    return where, params
+
+
+def scan_sql(store: Store, f: RunFilter) -> tuple[str, list[Any]] | None:
+    """The conditions no index serves (text, cost), as one condition, or ``None``."""
+    where: list[str] = []
+    params: list[Any] = []
     if f.q is not None:
         like = "ILIKE" if store.dialect == "postgresql" else "LIKE"
         pattern = "%" + f.q.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
@@ -171,28 +185,49 @@ def where_sql(store: Store, f: RunFilter) -> tuple[list[str], list[Any]]:
             f"WHERE e.chain = runs.id AND e.type IN ({types})) >= ?"
         )
         params.append(str(f.min_cost_usd) if store.dialect == "postgresql" else float(f.min_cost_usd))
-    return where, params
+    return (" AND ".join(where), params) if where else None
 
 
 def list_runs(
     store: Store, f: RunFilter, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of runs, newest first, and the cursor of the next page (``None``: the last)."""
-    where, params = where_sql(store, f)
+    """One page of runs, newest first, and the cursor of the next page (``None``: the last).
+
+    A text or cost filter is checked run by run (no index serves it), so such a page reads at
+    most ``SCAN_WINDOW`` runs: it may hold fewer than ``limit`` runs and still have a next
+    cursor, which goes on searching from where this page stopped."""
+    where, params = where_sql(store, f, scans=False)
     if cursor:
         created_at, run_id = decode_cursor(cursor)
         where.append("(created_at, id) < (?, ?)")
         params += [created_at, run_id]
-    sql = f"SELECT {LIST_COLUMNS} FROM runs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-    rows = store.read(sql, [*params, limit + 1])
-    more = len(rows) > limit
-    rows = rows[:limit]
+    cond = " WHERE " + " AND ".join(where) if where else ""
+    order = " ORDER BY created_at DESC, id DESC LIMIT ?"
+    scan = scan_sql(store, f)
+    if scan is None:
+        rows = store.read(f"SELECT {LIST_COLUMNS} FROM runs{cond}{order}", [*params, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = encode_cursor(rows[-1][5], rows[-1][0]) if more and rows else None
+    else:
+        window = store.read(
+            f"SELECT id, created_at, CASE WHEN {scan[0]} THEN 1 ELSE 0 END FROM runs{cond}{order}",
+            [*scan[1], *params, SCAN_WINDOW],
+        )
+        hits = [(w[0], w[1]) for w in window if int(w[2])]
+        nxt = None
+        if len(hits) > limit:
+            hits = hits[:limit]
+            nxt = encode_cursor(hits[-1][1], hits[-1][0])
+        elif len(window) == SCAN_WINDOW:
+            nxt = encode_cursor(window[-1][1], window[-1][0])  # searched this far: go on from here
+        found = {
+            r[0]: r
+            for r in _chunked(store, f"SELECT {LIST_COLUMNS} FROM runs WHERE id IN ({{}})", [h[0] for h in hits])
+        }
+        rows = [found[h[0]] for h in hits if h[0] in found]
     costs = run_costs(store, [r[0] for r in rows], {r[0]: int(r[9]) for r in rows})
     items = [_item(r, costs.get(r[0], Decimal(0))) for r in rows]
-    nxt = encode_cursor(rows[-1][5], rows[-1][0]) if more and rows else None
     return items, nxt
 
 

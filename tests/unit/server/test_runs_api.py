@@ -417,3 +417,23 @@ def test_a_runs_cost_follows_its_journal(client: TestClient) -> None:
         store().append(rid, Head(r.last_seq, r.last_hash), [llm_event(call, cost)], owner=None)
         assert listed() == total
         assert client.get(f"/api/v1/runs/{rid}", headers=h).json()["cost"]["spent_usd"] == total
+
+
+def test_a_text_search_reads_a_bounded_window_per_page(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text (or cost) filter no index serves reads at most SCAN_WINDOW runs per page; the
+    cursor goes on from where the page stopped, so every match is found exactly once."""
+    from wflo.server import _runs_query
+
+    monkeypatch.setattr(_runs_query, "SCAN_WINDOW", 3)
+    ids = [make_run(workflow="needle" if i in (1, 6, 7) else "hay") for i in range(9)]
+    h = bearer("viewer")
+    pages, found, cursor = [], [], None
+    while True:
+        body = client.get("/api/v1/runs", params={"q": "needle", "limit": 1, "cursor": cursor}, headers=h).json()
+        pages.append(len(body["items"]))
+        found += [r["id"] for r in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert found == [ids[7], ids[6], ids[1]]  # newest first, each once
+    assert 0 in pages  # a window without a match still hands on its cursor
