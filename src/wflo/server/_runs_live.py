@@ -42,6 +42,7 @@ POLL_SECONDS = 0.2
 FEED_MARGIN_SECONDS = 2.0
 """The feed of all runs reads events stamped this far back, for appends that commit late."""
 KEEPALIVE_SECONDS = 15.0
+MIN_TICK_SECONDS = 0.05
 EVENTS_PER_READ = 1000
 END: dict[str, Any] = {"kind": "end"}
 """The last message of a run's stream, once the run has ended and every event was sent."""
@@ -106,6 +107,7 @@ class Watcher:
 
     def _loop(self) -> None:
         idle_since: float | None = None
+        last = 0.0
         while True:
             with self._lock:
                 subs = list(self._subs)
@@ -118,6 +120,10 @@ class Watcher:
                 else:
                     idle_since = None
             if subs:
+                # A burst of notifications (many runs created at once) wakes the watcher often:
+                # at most 20 looks a second whatever the rate.
+                time.sleep(max(0.0, MIN_TICK_SECONDS - (time.monotonic() - last)))
+                last = time.monotonic()
                 try:
                     self.tick(subs)
                 except Exception:  # a lost connection: the next tick tries again
