@@ -496,6 +496,19 @@ CREATE TABLE sessions (
 """,
 )
 
+# The runs list (issue 17): newest first, optionally filtered by status, workflow or tenant,
+# paged by keyset on (created_at, id). Each index ends with (created_at, id) so that a filtered
+# page is one index range read in order, never a sort of every matching run.
+M010_RUNS_LIST_INDEXES = Migration(
+    "m010_runs_list_indexes",
+    """
+CREATE INDEX runs_list_created ON runs (created_at, id);
+CREATE INDEX runs_list_status ON runs (status, created_at, id);
+CREATE INDEX runs_list_workflow ON runs (workflow, created_at, id);
+CREATE INDEX runs_list_tenant ON runs (tenant, created_at, id)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -506,5 +519,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M007_AUDIT_ROLES,
     M008_UNKNOWN_OUTCOMES,
     M009_IDENTITY,
+    M010_RUNS_LIST_INDEXES,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

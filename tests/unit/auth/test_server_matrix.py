@@ -37,6 +37,19 @@ def _token_id() -> str:
     return info.id
 
 
+def _run(tenant: str = "acme", *, done: bool = False) -> str:
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    store = _config.get_store()
+    store.create_run(run_id=run_id, workflow="wf", input={}, tenant=tenant)
+    if done:
+        from wflo.store import Head, NewEvent
+
+        r = store.get_run(run_id)
+        store.append(run_id, Head(r.last_seq, r.last_hash), [NewEvent("run.completed", {})], owner=None,
+                     status="succeeded", output=1, finish=True)  # fmt: skip
+    return run_id
+
+
 # One request per route, aimed at tenant acme. A route missing here fails the matrix.
 EXAMPLES: dict[tuple[str, str], Example] = {
     ("GET", "/"): lambda: ("/", None),
@@ -64,6 +77,16 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("DELETE", "/api/v1/tokens/{token_id}"): lambda: (f"/api/v1/tokens/{_token_id()}", None),
     ("GET", "/api/v1/budgets"): lambda: ("/api/v1/budgets?tenant=acme", None),
     ("PUT", "/api/v1/budgets"): lambda: ("/api/v1/budgets", {"scope": "tenant:acme", "usd": "5", "period": "day"}),
+    ("GET", "/runs"): lambda: ("/runs", None),
+    ("GET", "/runs/{run_id}"): lambda: (f"/runs/{_run()}", None),
+    ("GET", "/api/v1/runs"): lambda: ("/api/v1/runs?tenant=acme", None),
+    ("GET", "/api/v1/runs/{run_id}"): lambda: (f"/api/v1/runs/{_run()}", None),
+    ("GET", "/api/v1/runs/{run_id}/events"): lambda: (f"/api/v1/runs/{_run()}/events", None),
+    ("POST", "/api/v1/runs/{run_id}/cancel"): lambda: (f"/api/v1/runs/{_run()}/cancel", None),
+    ("POST", "/api/v1/runs/{run_id}/resume"): lambda: (f"/api/v1/runs/{_run()}/resume", None),
+    ("POST", "/api/v1/runs/{run_id}/retry"): lambda: (f"/api/v1/runs/{_run(done=True)}/retry", None),
+    ("POST", "/api/v1/runs/bulk"): lambda: ("/api/v1/runs/bulk", {"action": "cancel", "filter": {"tenant": "acme"}}),
+    ("GET", "/api/v1/stream"): lambda: (f"/api/v1/stream?run={_run(done=True)}", None),
 }  # fmt: skip
 
 

@@ -1,0 +1,342 @@
+"""The runs list: filters, keyset pages on ``(created_at, id)``, and the cost of a run.
+
+A page is one indexed range read (migration ``m010_runs_list_indexes``): newest first, the next
+page starting strictly after the last row of this one. The cursor is that row's ``(created_at,
+id)``, base64-encoded so clients treat it as opaque. ``OFFSET`` is never used: page 2,000 costs
+what page 1 costs, and a run created while someone pages does not shift the pages.
+
+A run's cost is the sum of ``cost_usd`` over its journal's calls (what ``wflo costs`` sums);
+a filter on it is evaluated in SQL, the displayed figure in exact decimals.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .._errors import UserError
+from ..audit._dates import parse_when
+from ..cost._ledger import usd_str
+from ..store import RUN_STATUSES, Store
+
+MAX_LIMIT = 500
+SCAN_WINDOW = 10_000
+"""Runs a page with a text or cost filter reads at most (see ``list_runs``)."""
+DEFAULT_LIMIT = 50
+COST_TYPES = ("call.completed", "call.failed")
+FILTER_KEYS = ("workflow", "status", "tenant", "since", "until", "min_cost_usd", "q")
+
+LIST_COLUMNS = (
+    "id, workflow, status, tenant, parent_id, created_at, updated_at, finished_at, attempts, last_seq, "
+    "cancel_requested, error"
+)
+
+
+class FilterError(UserError):
+    """A filter the caller got wrong (the API answers 422 with this message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Which runs a list (or a bulk action) is about; every field optional."""
+
+    workflows: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    tenant: str | None = None
+    since: str | None = None
+    """Created at or after (the store's UTC text form)."""
+    until: str | None = None
+    """Created before."""
+    min_cost_usd: Decimal | None = None
+    q: str | None = None
+    """Text in the id, the workflow's name or the error."""
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> RunFilter:
+        """From query parameters or a JSON object; a wrong value raises ``FilterError``."""
+        unknown = sorted(set(raw) - set(FILTER_KEYS))
+        if unknown:
+            raise FilterError(f"unknown filter {', '.join(unknown)}: use {', '.join(FILTER_KEYS)}")
+
+        def text(key: str) -> str | None:
+            value = raw.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, str):
+                raise FilterError(f"{key} must be text, got {value!r}")
+            return value.strip() or None
+
+        statuses = _split(text("status"))
+        bad = [s for s in statuses if s not in RUN_STATUSES]
+        if bad:
+            raise FilterError(f"unknown status {', '.join(bad)}: use one or more of {', '.join(RUN_STATUSES)}")
+        since, until = text("since"), text("until")
+        try:
+            since_at = parse_when(since, option="since") if since else None
+            until_at = parse_when(until, option="until") if until else None
+        except UserError as exc:
+            raise FilterError(str(exc)) from None
+        cost = (
+            text("min_cost_usd") if not isinstance(raw.get("min_cost_usd"), int | float) else str(raw["min_cost_usd"])
+        )
+        min_cost = None
+        if cost is not None:
+            try:
+                min_cost = Decimal(cost)
+            except InvalidOperation:
+                min_cost = None
+            if min_cost is None or not min_cost.is_finite() or min_cost < 0:
+                raise FilterError(f"min_cost_usd must be a number of US dollars >= 0, got {cost!r}")
+        q = text("q")
+        if q is not None and len(q) > 200:
+            raise FilterError("q is at most 200 characters")
+        return cls(_split(text("workflow")), statuses, text("tenant"), since_at, until_at, min_cost, q)
+
+    def to_dict(self) -> dict[str, str]:
+        out = {
+            "workflow": ",".join(self.workflows), "status": ",".join(self.statuses), "tenant": self.tenant or "",
+            "since": self.since or "", "until": self.until or "",
+            "min_cost_usd": usd_str(self.min_cost_usd) if self.min_cost_usd is not None else "", "q": self.q or "",
+        }  # fmt: skip
+        return {k: v for k, v in out.items() if v}
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip())) if value else ()
+
+
+def encode_cursor(created_at: str, run_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at, run_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+            return value[0], value[1]
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        pass
+    raise FilterError("cursor is not one this server gave out (pass next_cursor back unchanged)")
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise FilterError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+def cost_expr(store: Store, alias: str = "e") -> str:
+    """SQL for one event's ``cost_usd`` as a number (for filters; totals are summed exactly)."""
+    if store.dialect == "postgresql":
+        return f"CAST(CAST({alias}.data AS json)->>'cost_usd' AS NUMERIC)"
+    return f"CAST(json_extract({alias}.data, '$.cost_usd') AS REAL)"
+
+
+def where_sql(store: Store, f: RunFilter, *, scans: bool = True) -> tuple[list[str], list[Any]]:
+    """The WHERE conditions (on table ``runs``) and their parameters for ``f``; with
+    ``scans=False`` only those an index serves (not ``q`` nor ``min_cost_usd``)."""
+    where: list[str] = []
+    params: list[Any] = []
+    for column, values in (("workflow", f.workflows), ("status", f.statuses)):
+        if len(values) == 1:
+            where.append(f"{column} = ?")
+            params.append(values[0])
+        elif values:
+            where.append(f"{column} IN ({', '.join('?' * len(values))})")
+            params += list(values)
+    if f.tenant is not None:
+        where.append("tenant = ?")
+        params.append(f.tenant)
+    if f.since is not None:
+        where.append("created_at >= ?")
+        params.append(f.since)
+    if f.until is not None:
+        where.append("created_at < ?")
+        params.append(f.until)
+    scan = scan_sql(store, f) if scans else None
+    if scan is not None:
+        where.append(scan[0])
+        params += scan[1]
+    return where, params
+
+
+def scan_sql(store: Store, f: RunFilter) -> tuple[str, list[Any]] | None:
+    """The conditions no index serves (text, cost), as one condition, or ``None``."""
+    where: list[str] = []
+    params: list[Any] = []
+    if f.q is not None:
+        like = "ILIKE" if store.dialect == "postgresql" else "LIKE"
+        pattern = "%" + f.q.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+        where.append(
+            f"(id {like} ? ESCAPE '!' OR workflow {like} ? ESCAPE '!' OR COALESCE(error, '') {like} ? ESCAPE '!')"
+        )
+        params += [pattern] * 3
+    if f.min_cost_usd is not None:
+        types = ", ".join(f"'{t}'" for t in COST_TYPES)
+        where.append(
+            f"(SELECT COALESCE(SUM({cost_expr(store)}), 0) FROM events e "
+            f"WHERE e.chain = runs.id AND e.type IN ({types})) >= ?"
+        )
+        params.append(str(f.min_cost_usd) if store.dialect == "postgresql" else float(f.min_cost_usd))
+    return (" AND ".join(where), params) if where else None
+
+
+def list_runs(
+    store: Store, f: RunFilter, *, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of runs, newest first, and the cursor of the next page (``None``: the last).
+
+    A text or cost filter is checked run by run (no index serves it), so such a page reads at
+    most ``SCAN_WINDOW`` runs: it may hold fewer than ``limit`` runs and still have a next
+    cursor, which goes on searching from where this page stopped."""
+    where, params = where_sql(store, f, scans=False)
+    if cursor:
+        created_at, run_id = decode_cursor(cursor)
+        where.append("(created_at, id) < (?, ?)")
+        params += [created_at, run_id]
+    cond = " WHERE " + " AND ".join(where) if where else ""
+    order = " ORDER BY created_at DESC, id DESC LIMIT ?"
+    scan = scan_sql(store, f)
+    if scan is None:
+        rows = store.read(f"SELECT {LIST_COLUMNS} FROM runs{cond}{order}", [*params, limit + 1])
+        more = len(rows) > limit
+        rows = rows[:limit]
+        nxt = encode_cursor(rows[-1][5], rows[-1][0]) if more and rows else None
+    else:
+        window = store.read(
+            f"SELECT id, created_at, CASE WHEN {scan[0]} THEN 1 ELSE 0 END FROM runs{cond}{order}",
+            [*scan[1], *params, SCAN_WINDOW],
+        )
+        hits = [(w[0], w[1]) for w in window if int(w[2])]
+        nxt = None
+        if len(hits) > limit:
+            hits = hits[:limit]
+            nxt = encode_cursor(hits[-1][1], hits[-1][0])
+        elif len(window) == SCAN_WINDOW:
+            nxt = encode_cursor(window[-1][1], window[-1][0])  # searched this far: go on from here
+        found = {
+            r[0]: r
+            for r in _chunked(store, f"SELECT {LIST_COLUMNS} FROM runs WHERE id IN ({{}})", [h[0] for h in hits])
+        }
+        rows = [found[h[0]] for h in hits if h[0] in found]
+    costs = run_costs(store, [r[0] for r in rows], {r[0]: int(r[9]) for r in rows})
+    items = [_item(r, costs.get(r[0], Decimal(0))) for r in rows]
+    return items, nxt
+
+
+def ids_matching(store: Store, f: RunFilter, *, limit: int) -> list[tuple[str, str | None, str]]:
+    """``(id, tenant, status)`` of up to ``limit`` runs matching ``f`` (bulk actions)."""
+    where, params = where_sql(store, f)
+    sql = "SELECT id, tenant, status FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+    return [(r[0], r[1], r[2]) for r in store.read(sql, [*params, limit])]
+
+
+class _CostCache:
+    """Each run's spend up to a journal position, per process: a journal only grows, so the sum
+    up to ``seq`` never changes, and a run that moved on is summed from where it was, not again
+    from its first event (a 10,000-event run costs one read of its new events)."""
+
+    def __init__(self, size: int = 50_000) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[str, str], tuple[int, Decimal]] = OrderedDict()
+        self._size = size
+
+    def get(self, key: tuple[str, str]) -> tuple[int, Decimal] | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[str, str], seq: int, total: Decimal) -> None:
+        with self._lock:
+            old = self._items.get(key)
+            if old is None or old[0] <= seq:
+                self._items[key] = (seq, total)
+                self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+
+_COSTS = _CostCache()
+
+
+def run_costs(store: Store, run_ids: Sequence[str], heads: Mapping[str, int] | None = None) -> dict[str, Decimal]:
+    """Exact spend of each run (the sum of its calls' ``cost_usd``), for up to a page of runs.
+
+    ``heads`` (each run's ``last_seq``, as just read) lets the sums be kept and continued."""
+    if not run_ids:
+        return {}
+    if heads is None:
+        heads = {r[0]: int(r[1]) for r in _chunked(store, "SELECT id, last_seq FROM runs WHERE id IN ({})", run_ids)}
+    types = ", ".join(f"'{t}'" for t in COST_TYPES)
+    pick = "CAST(data AS json)->>'cost_usd'" if store.dialect == "postgresql" else "json_extract(data, '$.cost_usd')"
+    out: dict[str, Decimal] = {}
+    fresh: list[str] = []
+    for run_id in run_ids:
+        head = heads.get(run_id, 0)
+        hit = _COSTS.get((store.url, run_id))
+        if hit is not None and hit[0] == head:
+            out[run_id] = hit[1]
+        elif hit is not None and hit[0] < head:
+            rows = store.read(
+                f"SELECT seq, {pick} FROM events WHERE chain = ? AND seq > ? AND seq <= ? AND type IN ({types})",
+                (run_id, hit[0], head),
+            )
+            out[run_id] = hit[1] + _sum(v for _, v in rows)
+            _COSTS.put((store.url, run_id), head, out[run_id])
+        else:
+            fresh.append(run_id)
+    sql = f"SELECT chain, seq, {pick} FROM events WHERE chain IN ({{}}) AND type IN ({types})"
+    found: dict[str, list[Any]] = {}
+    for chain, seq, cost in _chunked(store, sql, fresh):
+        if int(seq) <= heads.get(chain, 0):  # events appended since the head was read: next time
+            found.setdefault(chain, []).append(cost)
+    for run_id in fresh:
+        out[run_id] = _sum(found.get(run_id, []))
+        _COSTS.put((store.url, run_id), heads.get(run_id, 0), out[run_id])
+    return out
+
+
+def _chunked(store: Store, sql: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(ids), 200):
+        chunk = list(ids[start : start + 200])
+        rows += store.read(sql.format(", ".join("?" * len(chunk))), chunk)
+    return rows
+
+
+def _sum(values: Iterable[Any]) -> Decimal:
+    total = Decimal(0)
+    for value in values:
+        if value is None:
+            continue
+        try:
+            total += Decimal(str(value))
+        except InvalidOperation:
+            continue  # a damaged value is the audit's finding, not the list's crash
+    return total
+
+
+def _item(r: Sequence[Any], cost: Decimal | None) -> dict[str, Any]:
+    """A list row as JSON (``cost``: ``None`` where it was not summed, as in live updates)."""
+    error = None
+    if r[11]:
+        try:
+            err = json.loads(r[11])
+            error = {"type": err.get("type"), "code": err.get("code"), "message": err.get("message")}
+        except (ValueError, AttributeError):
+            error = {"type": None, "code": None, "message": str(r[11])[:500]}
+    return {
+        "id": r[0], "workflow": r[1], "status": r[2], "tenant": r[3], "parent_id": r[4], "created_at": r[5],
+        "updated_at": r[6], "finished_at": r[7], "attempts": int(r[8]), "events": int(r[9]),
+        "cancel_requested": bool(r[10]), "error": error, "cost_usd": None if cost is None else usd_str(cost),
+    }  # fmt: skip
