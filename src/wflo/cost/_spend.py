@@ -19,7 +19,7 @@ from .._errors import UserError
 from ..store import Store
 from ._ledger import usd_str
 
-GROUPS = ("model", "workflow", "tenant", "day", "run")
+GROUPS = ("model", "workflow", "tenant", "day", "hour", "run")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,7 @@ class Charge:
     def key(self, group: str) -> str:
         return {
             "model": self.model, "workflow": self.workflow, "tenant": self.tenant or "-", "day": self.at[:10],
-            "run": self.run_id,
+            "hour": self.at[:13] + ":00", "run": self.run_id,
         }[group]  # fmt: skip
 
 
@@ -86,7 +86,7 @@ def spend(
     tenant: str | None = None,
     split: str | None = None,
 ) -> dict[str, Any]:
-    """Totals per ``group`` key (most spent first; by date for ``day``), and overall.
+    """Totals per ``group`` key (most spent first; by time for ``day`` and ``hour``), and overall.
 
     ``split`` breaks each row's spend down by a second grouping (``day`` by ``model``: spend
     over time per model). Amounts are decimal strings.
@@ -99,7 +99,9 @@ def spend(
     for c in charges(store, since=since, until=until, tenant=tenant):
         rows[c.key(group)].add(c, split)
         total.add(c, None)
-    ordered = sorted(rows.items(), key=(lambda kv: kv[0]) if group == "day" else (lambda kv: (-kv[1].usd, kv[0])))
+    ordered = sorted(
+        rows.items(), key=(lambda kv: kv[0]) if group in ("day", "hour") else (lambda kv: (-kv[1].usd, kv[0]))
+    )
     return {
         "group": group, "split": split, "since": since, "until": until, "tenant": tenant,
         "rows": [{"key": k, **v.to_dict()} for k, v in ordered], "total": total.to_dict(),

@@ -238,8 +238,8 @@ def _costs(router: Router) -> None:
         request: Request, group: str = "model", split: str | None = None, since: str | None = None,
         until: str | None = None, tenant: str | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """LLM spend (USD, calls, tokens) grouped by ``model``, ``workflow``, ``tenant``, ``day``
-        or ``run``; ``split`` breaks each row down by a second grouping (``group=day&split=model``:
+        """LLM spend (USD, calls, tokens) grouped by ``model``, ``workflow``, ``tenant``, ``day``,
+        ``hour`` or ``run``; ``split`` breaks each row down by a second grouping (``group=day&split=model``:
         spend over time per model). ``since``/``until``: YYYY-MM-DD, ISO time or an age (30d)."""
         start, end = _window(since, until)
         return spend(access.store, group, since=start, until=end, tenant=tenant, split=split or None)
