@@ -33,8 +33,7 @@ from ..approvals._inbox import _COLUMNS
 from ..audit import build_report, export, render_html, verify_all, verify_checkpoint
 from ..audit._dates import parse_when
 from ..auth import GLOBAL, Access, Principal, covers, tenant_scope
-from ..cost._api import ledger
-from ..cost._ledger import usd_str
+from ..cost._ledger import Ledger, usd_str
 from ..cost._spend import spend, top_runs
 from ..store import now_iso
 from ._panel import page_route
@@ -270,7 +269,7 @@ def _costs(router: Router) -> None:
     def list_budgets(request: Request, tenant: str | None = None) -> list[dict[str, Any]]:
         """Every limit with its current period: spent, reserved, remaining, thresholds crossed."""
         wanted = tenant_scope(tenant)
-        limits = {lim.scope: lim for lim in ledger().limits()}
+        limits = {lim.scope: lim for lim in Ledger(access.store).limits()}
         alerted = {
             (s, p): json.loads(a)
             for s, p, a in access.store.read("SELECT scope, period_start, alerted FROM budget_usage")
@@ -279,7 +278,7 @@ def _costs(router: Router) -> None:
             {**_budget(u), "max_reservation_usd": _maybe_usd(limits[u.scope].max_reservation) if u.scope in limits
              else None, "alerts": list(limits[u.scope].alerts) if u.scope in limits else [],
              "alerted": alerted.get((u.scope, u.period_start), [])}
-            for u in ledger().usage()
+            for u in Ledger(access.store).usage()
             if visible(wanted, u.scope)
         ]  # fmt: skip
 
@@ -287,7 +286,7 @@ def _costs(router: Router) -> None:
     def set_budget(request: Request, body: BudgetBody) -> dict[str, Any]:
         """Set (or replace) a scope's limit; recorded on the system chain with who and how."""
         who = who_of(request)
-        lim = ledger().set_limit(
+        lim = Ledger(access.store).set_limit(
             body.scope, body.usd, period=body.period, max_reservation_usd=body.max_reservation_usd, by=who.id,
             via=who.via,
         )  # fmt: skip
