@@ -420,9 +420,8 @@ def _audit(router: Router) -> None:
     @router.route("GET", "/api/v1/audit/report", permission="audit:read", response_class=HTMLResponse)
     def audit_report(request: Request, since: str = "30d", until: str | None = None, format: str = "html") -> Response:
         """The compliance report (``wflo report``) for ``[since, until)``: HTML or JSON."""
-        start, end = _window(since, until)
-        assert start is not None
-        report = build_report(access.store, since=start, until=end, by=who_of(request).id)
+        start, end = _window(since or "30d", until)
+        report = build_report(access.store, since=start or "", until=end, by=who_of(request).id)
         if format == "json":
             return JSONResponse(json.loads(json.dumps(report, default=str)))
         if format != "html":

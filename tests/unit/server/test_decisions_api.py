@@ -323,3 +323,20 @@ def test_verify_names_a_tampered_event(sqlite_url: str, sqlite_env: dict[str, An
     verdict = sqlite_env["auditor"].post("/api/v1/audit/verify", {}).json()
     assert verdict["ok"] is False
     assert [(b["chain"], b["kind"]) for b in verdict["broken"]] == [("tampered", "hash")]
+
+
+def test_the_rule_is_shown_as_written() -> None:
+    from wflo.approvals._policy import Approval, describe_rule
+
+    def over_limit(amount: float, **_: object) -> bool:
+        """Refunds above the desk's limit."""
+        return amount > 100
+
+    assert describe_rule(Approval(when=lambda amount, **_: amount > 100)) == "lambda amount, **_: amount > 100"
+    # Two lambdas on one line: the one with these arguments.
+    pair = (lambda rows, **_: rows > 1000, lambda table, **_: table == "prod")
+    assert describe_rule(Approval(when=pair[1])) == 'lambda table, **_: table == "prod"'
+    assert describe_rule(Approval(when=over_limit)).endswith("over_limit(): Refunds above the desk's limit.")
+    assert describe_rule(Approval()) == "always"
+    made = eval("lambda n: n > 1")  # no source file to read: named, not guessed
+    assert describe_rule(Approval(when=made)) == "<lambda>()"

@@ -46,7 +46,7 @@ function left(iso) {
 const listBox = h("div", { id: "approval-list" });
 const detailBox = h("div", { id: "approval-detail", class: "detail" });
 
-async function load() {
+async function load({ detail = true } = {}) {
   let items;
   try {
     items = await api("GET", "/api/v1/approvals" + query({ status: state.status, tenant: state.tenant, mine: state.mine ? "true" : "" }));
@@ -71,9 +71,13 @@ async function load() {
     });
     mount(listBox, t);
   }
+  if (!detail) return;
   if (!state.id && items.length) select(items[0].id);
   else if (state.id) show(state.id);
 }
+
+// New requests appear without a reload; the open request (and what is typed in it) stays.
+setInterval(() => { if (document.visibilityState === "visible") load({ detail: false }); }, 5000);
 
 function select(id) {
   state.id = id;
