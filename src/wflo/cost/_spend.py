@@ -48,24 +48,31 @@ def charges(
 ) -> Iterator[Charge]:
     """Every charged LLM call in ``[since, until)`` (store time text), of ``tenant``'s runs if given."""
     where, params = _window("e.at", since, until, tenant)
-    sql = (
-        "SELECT e.at, e.data, r.workflow, r.tenant, r.id FROM events e JOIN runs r ON r.id = e.chain "
-        "WHERE e.type IN ('call.completed', 'call.failed', 'budget.unknown_outcome')" + where
-    )
-    for at, data_json, workflow, run_tenant, run_id in store.read(sql, params):
-        try:
-            data = json.loads(data_json)
-        except ValueError:
-            continue  # a damaged event: `wflo audit verify` names it
+    types = "e.type IN ('call.completed', 'call.failed', 'budget.unknown_outcome')"
+    # Only the few fields summed here leave the database (an event also holds the answer).
+    fields = ", ".join(_field(store, f) for f in _FIELDS)
+    try:
+        rows = store.read(
+            f"SELECT e.at, {fields}, r.workflow, r.tenant, r.id FROM events e JOIN runs r ON r.id = e.chain "
+            f"WHERE {types}{where}",
+            params,
+        )
+    except Exception:  # a damaged event (not JSON) fails the database's parse: read them one by one
+        rows = [
+            (at, *_fields_of(data), workflow, run_tenant, run_id)
+            for at, data, workflow, run_tenant, run_id in store.read(
+                f"SELECT e.at, e.data, r.workflow, r.tenant, r.id FROM events e JOIN runs r ON r.id = e.chain "
+                f"WHERE {types}{where}",
+                params,
+            )
+        ]
+    for at, kind, name, cost, estimated, error, tokens_in, tokens_out, workflow, run_tenant, run_id in rows:
         # A failed call counts only when it was charged (an answer lost after sending).
-        if not isinstance(data, dict) or data.get("kind") != "llm" or (data.get("error") and not data.get("cost_usd")):
+        if kind != "llm" or (error and not cost):
             continue
-        usage = data.get("usage")
-        usage = usage if isinstance(usage, dict) else {}
         yield Charge(
-            at=at, model=str(data.get("name") or "?"), usd=_usd(data.get("cost_usd")),
-            estimated=bool(data.get("cost_estimated")), input_tokens=int(usage.get("input_tokens") or 0),
-            output_tokens=int(usage.get("output_tokens") or 0), run_id=run_id, workflow=workflow, tenant=run_tenant,
+            at=at, model=str(name or "?"), usd=_usd(cost), estimated=_true(estimated), input_tokens=_int(tokens_in),
+            output_tokens=_int(tokens_out), run_id=run_id, workflow=workflow, tenant=run_tenant,
         )  # fmt: skip
     # Calls a dead process left in flight, charged at their reservation and not yet journaled.
     where, params = _window("u.created_at", since, until, tenant)
@@ -165,6 +172,42 @@ class _Totals:
         if self.parts:
             out["split"] = {k: usd_str(v) for k, v in sorted(self.parts.items(), key=lambda kv: (-kv[1], kv[0]))}
         return out
+
+
+_FIELDS = ("kind", "name", "cost_usd", "cost_estimated", "error", "usage.input_tokens", "usage.output_tokens")
+
+
+def _field(store: Store, path: str) -> str:
+    """A field of the event's JSON ``data`` as text, extracted by the database."""
+    if store.dialect == "postgresql":
+        return "(e.data::jsonb) #>> '{" + path.replace(".", ",") + "}'"
+    return f"json_extract(e.data, '$.{path}')"
+
+
+def _fields_of(data_json: str) -> tuple[Any, ...]:
+    """``_FIELDS`` of one event's data, read here (``None`` each for a damaged event)."""
+    try:
+        data = json.loads(data_json)
+    except ValueError:
+        data = None
+    out = []
+    for path in _FIELDS:
+        value: Any = data
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        out.append(value)
+    return tuple(out)
+
+
+def _true(value: Any) -> bool:
+    return value not in (None, 0, "0", "false", False, "")
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _window(column: str, since: str | None, until: str | None, tenant: str | None) -> tuple[str, list[Any]]:

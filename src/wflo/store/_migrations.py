@@ -496,6 +496,15 @@ CREATE TABLE sessions (
 """,
 )
 
+# The control plane reads events by type in a time window (spend, budget alerts, checkpoints):
+# without this index each such read scans every event of every run.
+M010_DECISIONS_EVENT_TYPE = Migration(
+    "m010_decisions_event_type",
+    """
+CREATE INDEX events_type_at ON events (type, at)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -506,5 +515,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M007_AUDIT_ROLES,
     M008_UNKNOWN_OUTCOMES,
     M009_IDENTITY,
+    M010_DECISIONS_EVENT_TYPE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

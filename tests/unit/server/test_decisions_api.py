@@ -340,3 +340,21 @@ def test_the_rule_is_shown_as_written() -> None:
     assert describe_rule(Approval()) == "always"
     made = eval("lambda n: n > 1")  # no source file to read: named, not guessed
     assert describe_rule(Approval(when=made)) == "<lambda>()"
+
+
+def test_costs_skip_a_damaged_event(env: dict[str, Any]) -> None:
+    """A forged event that is not JSON (verify names it) does not take the costs page down."""
+    with LLMServer() as llm:
+        _llm_calls(llm)
+    before = env["viewer"].get("/api/v1/costs").json()["total"]
+    store = _config.get_store()
+    store.write(
+        lambda cur: store.execute(
+            cur,
+            "INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ("cost-r1", 999, "call.completed", "2026-11-01T00:00:00.000000Z", "{not json", "x", "y"),
+        )
+    )
+    after = env["viewer"].get("/api/v1/costs")
+    assert after.status_code == 200 and after.json()["total"] == before
+    assert env["viewer"].get("/api/v1/costs/top-runs").json()[0]["run_id"] == "cost-r1"
