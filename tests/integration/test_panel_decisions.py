@@ -168,3 +168,20 @@ def test_verify_and_download_an_export(base: str, browser: Any) -> None:
         assert ctx.errors == []
     finally:
         ctx.close()
+
+
+def test_a_tenants_viewer_sees_their_tenant(base: str, browser: Any) -> None:
+    """Grants in one tenant only: the pages ask for that tenant (never a 403 for every tenant)."""
+    ctx = signed_in(browser, base, "user:tv@globex.com", role="viewer", scope="tenant:globex")
+    try:
+        page = _page(ctx)
+        page.goto(base + "/costs")
+        page.locator("#budgets h2").wait_for()
+        assert page.locator("#f-tenant").input_value() == "globex"
+        assert "unavailable" not in page.locator("#costs").inner_text()
+        page.goto(base + "/approvals")
+        page.locator("#approval-list table, #inbox-empty").first.wait_for()
+        assert page.locator("#f-tenant").input_value() == "globex"
+        assert ctx.errors == []  # a refused request would show as a console error
+    finally:
+        ctx.close()

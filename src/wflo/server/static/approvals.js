@@ -3,11 +3,20 @@
 // was shown (If-Match), so a request that changed meanwhile is refused, not decided blind.
 import { api, h, mount, params, setParams, query, may, when, toast, table, ApiError } from "./wflo.js";
 
+// A person whose grants are all in one tenant sees that tenant by default (the API refuses
+// the every-tenant view to them).
+function defaultTenant() {
+  const scopes = (document.body.dataset.grants || "").split(" ").filter(Boolean).map((g) => g.split("@")[1] || "");
+  if (scopes.includes("*")) return "";
+  const t = scopes.find((s) => s.startsWith("tenant:"));
+  return t ? t.slice(7).split("/")[0] : "";
+}
+
 const root = document.getElementById("approvals");
 const state = {
   status: params().status || "pending",
   mine: params().mine !== undefined ? params().mine === "1" : may("approvals:decide"),
-  tenant: params().tenant || "",
+  tenant: params().tenant ?? defaultTenant(),
   id: params().id || "",
 };
 

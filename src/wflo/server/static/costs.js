@@ -2,8 +2,17 @@
 // runs that spent most, and the budgets with spent, reserved and remaining, and their alerts.
 import { api, h, mount, params, setParams, query, may, usd, when, toast, table } from "./wflo.js";
 
+// A person whose grants are all in one tenant sees that tenant by default (the API refuses
+// the every-tenant view to them).
+function defaultTenant() {
+  const scopes = (document.body.dataset.grants || "").split(" ").filter(Boolean).map((g) => g.split("@")[1] || "");
+  if (scopes.includes("*")) return "";
+  const t = scopes.find((s) => s.startsWith("tenant:"));
+  return t ? t.slice(7).split("/")[0] : "";
+}
+
 const root = document.getElementById("costs");
-const state = { since: params().since || "30d", until: params().until || "", by: params().by || "model", tenant: params().tenant || "" };
+const state = { since: params().since || "30d", until: params().until || "", by: params().by || "model", tenant: params().tenant ?? defaultTenant() };
 const COLORS = ["#2f5bd3", "#e0803a", "#1f9d74", "#b54eb8", "#c9a227", "#4aa3c8", "#d0445a", "#6c757d"];
 
 function filters() {
