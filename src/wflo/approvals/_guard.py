@@ -13,7 +13,7 @@ from ..store import NewEvent, parse_iso
 from ._inbox import ApprovalRequest, Inbox
 from ._notify import notify
 from ._params import action_text, params_of
-from ._policy import Approval, action_hash, action_of
+from ._policy import Approval, action_hash, action_of, describe_rule
 
 
 def approval_id_for(run_id: str, call_id: str, action_hash: str | None = None) -> str:
@@ -131,7 +131,7 @@ class ApprovalGuard(Guard):
             call.run.append([NewEvent("approval.requested", {
                 "approval_id": req.id, "call": call.call_id, "tool": call.name, "message": message,
                 "action_hash": req.action_hash, "approvers": req.approvers, "quorum": req.quorum,
-                "requested_by": req.requested_by, "timeout_at": timeout_at,
+                "requested_by": req.requested_by, "timeout_at": timeout_at, "rule": describe_rule(policy),
                 **({"supersedes": before} if before is not None else {}),
             })])  # fmt: skip
             notify("created", req, self.inbox.store)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import inspect
+import linecache
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -125,3 +128,36 @@ def action_of(tool: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[
 def action_hash(action: dict[str, Any]) -> str:
     """SHA-256 of the canonical JSON of an action."""
     return hashlib.sha256(canonical_json(action).encode()).hexdigest()
+
+
+def describe_rule(policy: Approval) -> str:
+    """The risk rule as its author wrote it (``amount > 100``), for the approver to read.
+
+    A lambda is shown as its source text, a named function by its name and the first line
+    of its docstring; ``always`` when the policy has no ``when``."""
+    when = policy.when
+    if when is None:
+        return "always"
+    code = getattr(when, "__code__", None)
+    if code is not None and when.__name__ == "<lambda>":
+        text = _lambda_source(code.co_filename, code.co_firstlineno, code.co_varnames[: code.co_argcount])
+        if text:
+            return text
+    name = getattr(when, "__qualname__", None) or type(when).__name__
+    doc = (inspect.getdoc(when) or "").strip().splitlines()
+    return f"{name}()" + (f": {doc[0]}" if doc else "")
+
+
+@functools.lru_cache(maxsize=256)
+def _lambda_source(filename: str, line: int, args: tuple[str, ...]) -> str | None:
+    source = "".join(linecache.getlines(filename))
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    for node in ast.walk(tree):
+        named = isinstance(node, ast.Lambda) and node.lineno == line
+        if named and tuple(a.arg for a in node.args.posonlyargs + node.args.args) == args:  # type: ignore[attr-defined]
+            segment = ast.get_source_segment(source, node)
+            return " ".join(segment.split()) if segment else None
+    return None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
 from decimal import Decimal
 
 import click
@@ -17,6 +15,7 @@ from ..auth._client import ServerClient
 from ..cost._api import budgets as api
 from ..cost._api import ledger as api_ledger
 from ..cost._ledger import PERIODS, BudgetUsage, usd_str
+from ..cost._spend import spend
 from ._app import cli, console, dump_json, err_console, handle_errors, plural
 
 
@@ -124,50 +123,10 @@ def costs(group: str, since: str | None, as_json: bool) -> None:
     """Spend on LLM calls, grouped by model, workflow, tenant or run."""
     store = _config.get_store(create=False)
     # Completed calls, failed calls that were charged (an answer lost after sending), and calls
-    # a dead process left in flight (charged at their reservation: estimates).
-    sql = (
-        "SELECT e.data, r.workflow, r.tenant, r.id FROM events e JOIN runs r ON r.id = e.chain "
-        "WHERE e.type IN ('call.completed', 'call.failed', 'budget.unknown_outcome')"
-    )
-    params: list[str] = []
-    if since:
-        sql += " AND e.at >= ?"
-        params.append(parse_when(since, option="--since"))
-    totals: dict[str, dict[str, Decimal]] = defaultdict(
-        lambda: {
-            "calls": Decimal(0),
-            "usd": Decimal(0),
-            "input": Decimal(0),
-            "output": Decimal(0),
-            "estimated": Decimal(0),
-        }
-    )
-
-    def add(data: dict[str, object], workflow: str, tenant: str | None, run_id: str) -> None:
-        key = {"model": data.get("name"), "workflow": workflow, "tenant": tenant or "-", "run": run_id}[group]
-        row = totals[str(key)]
-        row["calls"] += 1
-        cost = Decimal(str(data.get("cost_usd") or 0))
-        row["usd"] += cost
-        if data.get("cost_estimated"):
-            row["estimated"] += cost
-        usage = data.get("usage") or {}
-        assert isinstance(usage, dict)
-        row["input"] += usage.get("input_tokens", 0)
-        row["output"] += usage.get("output_tokens", 0)
-
-    for data_json, workflow, tenant, run_id in store.read(sql, params):
-        data = json.loads(data_json)
-        if data.get("kind") != "llm" or (data.get("error") and not data.get("cost_usd")):
-            continue
-        add(data, workflow, tenant, run_id)
-    lost_sql = (
-        "SELECT u.model, u.amount_usd, r.workflow, r.tenant, r.id FROM budget_unknown u JOIN runs r ON r.id = u.run_id "
-        "WHERE u.recorded = 0 AND u.actual_usd IS NULL" + (" AND u.created_at >= ?" if since else "")
-    )
-    for model, amount, workflow, tenant, run_id in store.read(lost_sql, params):
-        add({"name": model, "cost_usd": amount, "cost_estimated": True}, workflow, tenant, run_id)
-    ordered = sorted(totals.items(), key=lambda kv: kv[1]["usd"], reverse=True)
+    # a dead process left in flight (charged at their reservation: estimates): wflo.cost._spend,
+    # which the server's /api/v1/costs reads too.
+    cutoff = parse_when(since, option="--since") if since else None
+    ordered = spend(store, group, since=cutoff)["rows"]
     # Pruned runs keep their `runs` row but not their events, which is what is summed here.
     pruned = store.read("SELECT COUNT(*) FROM runs r WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.chain = r.id)")
     n_pruned = int(pruned[0][0]) if pruned else 0
@@ -178,28 +137,19 @@ def costs(group: str, since: str | None, as_json: bool) -> None:
             soft_wrap=True,
         )
     if as_json:
-        dump_json(
-            [
-                {
-                    group: k,
-                    "calls": int(v["calls"]),
-                    "cost_usd": usd_str(v["usd"]),
-                    "input_tokens": int(v["input"]),
-                    "output_tokens": int(v["output"]),
-                    "estimated_usd": usd_str(v["estimated"]),
-                }
-                for k, v in ordered
-            ]
-        )
+        keys = ("calls", "cost_usd", "input_tokens", "output_tokens", "estimated_usd")
+        dump_json([{group: r["key"], **{k: r[k] for k in keys}} for r in ordered])
         return
     table = Table(box=None, header_style="bold")
     for col in (group, "calls", "input tokens", "output tokens", "cost", "of which estimated"):
         table.add_column(col)
-    for k, v in ordered:
-        est = f"${usd_str(v['estimated'])}" if v["estimated"] else "-"
-        table.add_row(k, str(v["calls"]), str(v["input"]), str(v["output"]), f"${usd_str(v['usd'])}", est)
+    for r in ordered:
+        est = f"${r['estimated_usd']}" if Decimal(r["estimated_usd"]) else "-"
+        table.add_row(
+            r["key"], str(r["calls"]), str(r["input_tokens"]), str(r["output_tokens"]), f"${r['cost_usd']}", est
+        )
     console.print(table if ordered else "no LLM calls recorded")
-    if any(v["estimated"] for v in totals.values()):
+    if any(Decimal(r["estimated_usd"]) for r in ordered):
         console.print(
             "estimated: calls whose outcome was lost (crash, timeout after sending), charged at their reservation"
         )

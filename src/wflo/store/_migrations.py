@@ -509,6 +509,15 @@ CREATE INDEX runs_list_tenant ON runs (tenant, created_at, id)
 """,
 )
 
+# The control plane reads events by type in a time window (spend, budget alerts, checkpoints):
+# without this index each such read scans every event of every run.
+M011_DECISIONS_EVENT_TYPE = Migration(
+    "m011_decisions_event_type",
+    """
+CREATE INDEX events_type_at ON events (type, at)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -520,5 +529,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M008_UNKNOWN_OUTCOMES,
     M009_IDENTITY,
     M010_RUNS_LIST_INDEXES,
+    M011_DECISIONS_EVENT_TYPE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -87,6 +87,17 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("POST", "/api/v1/runs/{run_id}/retry"): lambda: (f"/api/v1/runs/{_run(done=True)}/retry", None),
     ("POST", "/api/v1/runs/bulk"): lambda: ("/api/v1/runs/bulk", {"action": "cancel", "filter": {"tenant": "acme"}}),
     ("GET", "/api/v1/stream"): lambda: (f"/api/v1/stream?run={_run(done=True)}", None),
+    ("GET", "/approvals"): lambda: ("/approvals", None),
+    ("GET", "/costs"): lambda: ("/costs", None),
+    ("GET", "/audit"): lambda: ("/audit", None),
+    ("GET", "/api/v1/costs"): lambda: ("/api/v1/costs?group=day&tenant=acme", None),
+    ("GET", "/api/v1/costs/top-runs"): lambda: ("/api/v1/costs/top-runs?tenant=acme", None),
+    ("GET", "/api/v1/budgets/usage"): lambda: ("/api/v1/budgets/usage?scope=tenant:acme", None),
+    ("GET", "/api/v1/budgets/alerts"): lambda: ("/api/v1/budgets/alerts?tenant=acme", None),
+    ("POST", "/api/v1/audit/verify"): lambda: ("/api/v1/audit/verify", {"since": "1d"}),
+    ("GET", "/api/v1/audit/checkpoints"): lambda: ("/api/v1/audit/checkpoints", None),
+    ("POST", "/api/v1/audit/export"): lambda: ("/api/v1/audit/export", {"since": "1d"}),
+    ("GET", "/api/v1/audit/report"): lambda: ("/api/v1/audit/report?since=1d", None),
 }  # fmt: skip
 
 
@@ -94,6 +105,9 @@ EXAMPLES: dict[tuple[str, str], Example] = {
 SCOPES = {"acme": "tenant:acme", "globex": "tenant:globex", "global": GLOBAL}
 # Routes whose resource belongs to no tenant (people): only global grants reach them.
 GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke")}
+# The audit record spans every tenant (the system chain holds all their decisions).
+GLOBAL_ROUTES |= {("POST", "/api/v1/audit/verify"), ("GET", "/api/v1/audit/checkpoints"),
+                  ("POST", "/api/v1/audit/export"), ("GET", "/api/v1/audit/report")}  # fmt: skip
 
 
 def undeclared_routes(app: FastAPI) -> list[str]:

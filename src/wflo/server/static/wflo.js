@@ -132,3 +132,27 @@ export function table(columns, rows, attrs = {}) {
     h("tbody", {}, rows.map((r) => h("tr", { dataset: { id: r.id ?? "" } }, columns.map(([, cell]) => h("td", {}, cell(r)))))),
   );
 }
+
+/** POST (or GET) and save the answer as a file (its Content-Disposition name); errors as ApiError. */
+export async function download(method, path, body) {
+  const init = { method, credentials: "same-origin", headers: {} };
+  if (method !== "GET") init.headers["X-CSRF-Token"] = cookie("wflo_csrf");
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, init);
+  if (!resp.ok) {
+    let detail = resp.statusText;
+    try { const data = await resp.json(); detail = data.detail || (data.error && data.error.message) || detail; } catch { /* not JSON */ }
+    throw new ApiError(resp.status, typeof detail === "string" ? detail : resp.statusText);
+  }
+  const match = /filename="?([^";]+)"?/.exec(resp.headers.get("Content-Disposition") || "");
+  const url = URL.createObjectURL(await resp.blob());
+  const a = h("a", { href: url, download: match ? match[1] : "download" });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+  return match ? match[1] : "download";
+}
