@@ -187,7 +187,7 @@ def test_tokens_shown_once_stored_hashed_expire_and_revoke(configured: str) -> N
     # The secret is nowhere in the store: not in a table, not on the chain.
     st = _config.get_store()
     dumped = repr(st.read("SELECT * FROM api_tokens")) + repr([e.data for e in st.events("system")])
-    assert secret not in dumped and secret.split("_")[2] not in dumped
+    assert secret not in dumped and secret.split("_", 2)[2] not in dumped
     listed = _wflo(configured, "tokens", "list", principal="user:root")
     assert "ci" in listed.stdout and secret not in listed.stdout and "active" in listed.stdout
     # Wrong, tampered, expired, revoked: refused, and recorded without the secret.
