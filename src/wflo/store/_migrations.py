@@ -496,6 +496,34 @@ CREATE TABLE sessions (
 """,
 )
 
+# The server's operations (issue 17): ``Idempotency-Key`` answers kept per (principal, key) for
+# 24 h, so a retried POST/PUT/DELETE is answered once; ``status`` is NULL while the first request
+# runs. ``signin_codes`` holds the one-time first-start admin sign-in codes, as digests only.
+M010_ADMIN = Migration(
+    "m010_admin_idempotency",
+    """
+CREATE TABLE idempotency_keys (
+    principal TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status INTEGER,
+    body TEXT,
+    content_type TEXT,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (principal, key)
+);
+CREATE INDEX idempotency_keys_expires ON idempotency_keys (expires_at);
+CREATE TABLE signin_codes (
+    digest TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT
+)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -506,5 +534,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M007_AUDIT_ROLES,
     M008_UNKNOWN_OUTCOMES,
     M009_IDENTITY,
+    M010_ADMIN,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
