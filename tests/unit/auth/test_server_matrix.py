@@ -64,13 +64,19 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("DELETE", "/api/v1/tokens/{token_id}"): lambda: (f"/api/v1/tokens/{_token_id()}", None),
     ("GET", "/api/v1/budgets"): lambda: ("/api/v1/budgets?tenant=acme", None),
     ("PUT", "/api/v1/budgets"): lambda: ("/api/v1/budgets", {"scope": "tenant:acme", "usd": "5", "period": "day"}),
+    ("GET", "/admin"): lambda: ("/admin", None),
+    ("GET", "/workers"): lambda: ("/workers", None),
+    ("GET", "/auth/first"): lambda: ("/auth/first?code=x", None),
+    ("POST", "/auth/first"): lambda: ("/auth/first", None),
+    ("GET", "/api/v1/users"): lambda: ("/api/v1/users", None),
+    ("GET", "/api/v1/workers"): lambda: ("/api/v1/workers", None),
 }  # fmt: skip
 
 
 # A token in the resource's tenant, in another tenant, and everywhere.
 SCOPES = {"acme": "tenant:acme", "globex": "tenant:globex", "global": GLOBAL}
 # Routes whose resource belongs to no tenant (people): only global grants reach them.
-GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke")}
+GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke"), ("GET", "/api/v1/users"), ("GET", "/api/v1/workers")}
 
 
 def undeclared_routes(app: FastAPI) -> list[str]:
