@@ -179,7 +179,8 @@ def workers(access: Access) -> dict[str, Any]:
         w["lease_expires_at"] = max(w["lease_expires_at"], expires)
     for w in found.values():
         beat = parse_iso(w["lease_expires_at"]) - timedelta(seconds=lease)
-        w["last_heartbeat"] = beat.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        # A worker configured with a longer lease than this server's would look ahead of now.
+        w["last_heartbeat"] = min(beat.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now)
     marks = ", ".join("?" * len(_UNFINISHED))
     queues = [
         {"workflow": wf, "status": status, "count": int(n), "oldest": oldest}
