@@ -39,7 +39,12 @@ TTL = 24 * 3600.0
 """How long an answer is kept (seconds)."""
 ABANDONED = 600.0
 """A claim still running after this long is taken to be left by a crashed server (seconds)."""
-_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+METHODS = ("POST", "PUT", "PATCH", "DELETE")
+OPENAPI_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255},
+    "description": "Makes a retry safe: the same key and request within 24 h get the first answer again "
+    "(header Idempotent-Replayed: true); the same key with another request is 422; while the first runs, 409.",
+}  # fmt: skip
 _STATE = "wflo_idempotency"
 
 Scope = MutableMapping[str, Any]
@@ -141,7 +146,7 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 async def check(request: Request, keys: IdempotencyKeys, principal: str | None) -> None:
     """In a route's check, after authorization: claim the request's key (or answer from it)."""
     key = request.headers.get(HEADER)
-    if key is None or request.method not in _METHODS or not request.url.path.startswith("/api/v1/"):
+    if key is None or request.method not in METHODS or not request.url.path.startswith("/api/v1/"):
         return
     if not 1 <= len(key) <= 255 or not key.isprintable():
         raise HTTPException(400, "Idempotency-Key must be 1 to 255 printable characters")
@@ -162,7 +167,7 @@ class IdempotencyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
                        send: Callable[[Message], Awaitable[None]]) -> None:  # fmt: skip
-        if scope["type"] != "http" or scope["method"] not in _METHODS:
+        if scope["type"] != "http" or scope["method"] not in METHODS:
             await self.app(scope, receive, send)
             return
         # The route's check and this middleware share ``scope["state"]`` (``request.state``).
