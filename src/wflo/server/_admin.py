@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
@@ -20,7 +21,7 @@ from ..auth import GLOBAL, Access, covers, tenant_scope
 from ..store import now_iso, parse_iso
 from . import _firstrun
 from ._panel import page_route
-from ._routes import Router, body_scope, client_address, tenant_query, who_of
+from ._routes import PUBLIC, Router, body_scope, client_address, tenant_query, who_of
 
 _UNFINISHED = ("queued", "running", "waiting")
 """Statuses of runs that are not finished: the queues workers serve."""
@@ -48,6 +49,16 @@ def register(router: Router) -> None:
     page_route(router, "/admin", "Admin", script="admin.js", body="<div id='admin'></div>")
     page_route(router, "/workers", "Workers", script="workers.js", body="<div id='workers'></div>")
     _firstrun.register(router)
+
+    @router.route("GET", "/healthz", permission=PUBLIC)
+    def health(request: Request) -> JSONResponse:
+        """For load balancers: 200 when this replica reaches the store, else 503 (no secrets, no data)."""
+        try:
+            access.store.ping()
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "error": {"code": "unavailable",
+                                 "message": f"store unreachable: {type(exc).__name__}"}}, status_code=503)  # fmt: skip
+        return JSONResponse({"status": "ok"})
 
     @router.route("GET", "/api/v1/users", permission="grants:read")
     def list_users(request: Request) -> list[dict[str, Any]]:

@@ -70,6 +70,7 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("POST", "/auth/first"): lambda: ("/auth/first", None),
     ("GET", "/api/v1/users"): lambda: ("/api/v1/users", None),
     ("GET", "/api/v1/workers"): lambda: ("/api/v1/workers", None),
+    ("GET", "/healthz"): lambda: ("/healthz", None),
 }  # fmt: skip
 
 

@@ -176,3 +176,18 @@ def test_wflo_server_prints_a_working_first_signin_link(configured: str) -> None
         if proc.stdout is not None:
             proc.stdout.close()
     assert [g.role for g in access().grants("user:ops")] == ["admin"]
+
+
+def test_health_check_needs_no_credentials_and_says_when_the_store_is_away(
+    app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = TestClient(app)
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+    def away() -> None:
+        raise ConnectionError("database is restarting")
+
+    monkeypatch.setattr(_config.get_store(), "ping", away)  # the fault, injected where the store is reached
+    resp = client.get("/healthz")
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"
+    assert "restarting" not in resp.text  # the cause's type only, never its text (it may hold a DSN)
