@@ -191,3 +191,30 @@ def test_health_check_needs_no_credentials_and_says_when_the_store_is_away(
     resp = client.get("/healthz")
     assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"
     assert "restarting" not in resp.text  # the cause's type only, never its text (it may hold a DSN)
+
+
+def test_two_presses_of_the_link_at_once_make_one_admin(configured: str) -> None:
+    import functools
+    import threading
+
+    first = FirstSignIn(access())
+    code = first.issue("user:admin")
+    assert code
+    barrier = threading.Barrier(4)
+    results: list[str] = []
+
+    def press() -> None:
+        barrier.wait()
+        try:
+            results.append(first.redeem(code, remote="10.0.0.1"))
+        except Exception as exc:
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=functools.partial(press)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["AccessDeniedError"] * 3 + ["user:admin"], results
+    granted = [e for e in _config.get_store().events("system") if e.type == "principal.granted"]
+    assert len(granted) == 1 and granted[0].data["source"] == "bootstrap"

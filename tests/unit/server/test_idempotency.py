@@ -143,3 +143,37 @@ def test_server_error_gives_the_key_back(admin_token: str) -> None:
     assert client.post("/api/v1/flaky", headers=auth).json() == {"calls": 2}
     assert client.post("/api/v1/flaky", headers=auth).headers["Idempotent-Replayed"] == "true"
     assert len(calls) == 2
+
+
+_CLAIMER = """
+import sys
+from wflo import _config
+from wflo.server._idempotency import IdempotencyKeys, fingerprint
+_config.configure(database=sys.argv[1])
+keys = IdempotencyKeys(_config.get_store())
+keys.store.ping()
+fp = fingerprint("POST", "/api/v1/x", "", b"{}")
+print("ready", flush=True)
+sys.stdin.readline()  # "go": every process is ready, so they claim at the same moment
+try:
+    print("run" if keys.claim("user:a", "proc-key", fp) is None else "replay")
+except Exception as exc:
+    print(getattr(exc, "status_code", repr(exc)))
+"""
+
+
+def test_racing_claims_from_processes_one_wins(configured: str) -> None:
+    """Two processes claim one key at the same moment: one runs, the other is told 409."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-c", _CLAIMER, configured]
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert outs == ["409", "run"], outs
