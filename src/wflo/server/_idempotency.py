@@ -46,6 +46,8 @@ OPENAPI_PARAMETER: dict[str, Any] = {
     "(header Idempotent-Replayed: true); the same key with another request is 422; while the first runs, 409.",
 }  # fmt: skip
 _STATE = "wflo_idempotency"
+MAX_KEPT = 1 << 20
+"""The largest answer kept whole (bytes); a larger one is kept as a 409 that says what happened."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -182,8 +184,10 @@ class IdempotencyMiddleware:
                     (v.decode() for k, v in message.get("headers", []) if k.lower() == b"content-type"),
                     "application/json",
                 )
-            elif message["type"] == "http.response.body":
-                chunks.append(message.get("body", b""))
+            elif message["type"] == "http.response.body" and started.setdefault("size", 0) <= MAX_KEPT:
+                chunk = message.get("body", b"")
+                started["size"] += len(chunk)
+                chunks.append(chunk)
             await send(message)
 
         try:
@@ -199,5 +203,16 @@ class IdempotencyMiddleware:
         status = int(started.get("status", 500))
         if status >= 500:
             await run_in_threadpool(self.keys.give_back, claim)
-        else:
-            await run_in_threadpool(self.keys.finish, claim, status, b"".join(chunks), started["type"])
+            return
+        body, kind = b"".join(chunks), started["type"]
+        if len(body) > MAX_KEPT:
+            # Too large to keep, but done: a retry must not do it again, so it learns that instead.
+            message = (
+                f"the request with this Idempotency-Key was done (status {status}); its answer was too large to keep"
+            )
+            body, status, kind = (
+                json.dumps({"error": {"code": "conflict", "message": message}}).encode(),
+                409,
+                "application/json",
+            )
+        await run_in_threadpool(self.keys.finish, claim, status, body, kind)

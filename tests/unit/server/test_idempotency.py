@@ -177,3 +177,20 @@ def test_racing_claims_from_processes_one_wins(configured: str) -> None:
         p.stdin.flush()
     outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert outs == ["409", "run"], outs
+
+
+def test_an_answer_too_large_to_keep_is_not_done_twice(admin_token: str) -> None:
+    app: FastAPI = create_app()
+    calls: list[int] = []
+
+    @app.state.router.route("POST", "/api/v1/big", permission="tokens:write")
+    def big() -> dict[str, str]:
+        calls.append(1)
+        return {"data": "x" * (2 << 20)}
+
+    client = TestClient(app)
+    auth = {"Authorization": f"Bearer {admin_token}", "Idempotency-Key": "big"}
+    assert len(client.post("/api/v1/big", headers=auth).content) > 2 << 20
+    again = client.post("/api/v1/big", headers=auth)
+    assert again.status_code == 409 and "too large to keep" in again.json()["error"]["message"]
+    assert again.headers["Idempotent-Replayed"] == "true" and len(calls) == 1
