@@ -184,7 +184,9 @@ class IdempotencyMiddleware:
                     (v.decode() for k, v in message.get("headers", []) if k.lower() == b"content-type"),
                     "application/json",
                 )
-            elif message["type"] == "http.response.body" and started.setdefault("size", 0) <= MAX_KEPT:
+                # Only a request whose check claimed a key has its answer copied.
+                started["size"] = 0 if _STATE in scope["state"] else MAX_KEPT + 1
+            elif message["type"] == "http.response.body" and started["size"] <= MAX_KEPT:
                 chunk = message.get("body", b"")
                 started["size"] += len(chunk)
                 chunks.append(chunk)
