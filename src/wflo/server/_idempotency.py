@@ -154,7 +154,11 @@ async def check(request: Request, keys: IdempotencyKeys, principal: str | None) 
         raise HTTPException(400, "Idempotency-Key must be 1 to 255 printable characters")
     if principal is None:  # a public route: there is nobody to keep the answer for
         return
-    fp = fingerprint(request.method, request.url.path, request.url.query, await request.body())
+    try:
+        body = await request.body()
+    except RuntimeError:  # a form already parsed for its CSRF field: its fields stand for the body
+        body = json.dumps(sorted((k, str(v)) for k, v in (await request.form()).multi_items())).encode()
+    fp = fingerprint(request.method, request.url.path, request.url.query, body)
     replay = await run_in_threadpool(keys.claim, principal, key, fp)
     if replay is not None:
         raise replay

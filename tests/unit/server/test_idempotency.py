@@ -194,3 +194,24 @@ def test_an_answer_too_large_to_keep_is_not_done_twice(admin_token: str) -> None
     again = client.post("/api/v1/big", headers=auth)
     assert again.status_code == 409 and "too large to keep" in again.json()["error"]["message"]
     assert again.headers["Idempotent-Replayed"] == "true" and len(calls) == 1
+
+
+def test_a_form_post_from_a_session_is_keyed_too(admin_token: str) -> None:
+    """A browser form sends its CSRF token as a field; the key still guards the request."""
+    from datetime import timedelta
+
+    app: FastAPI = create_app()
+    calls: list[int] = []
+
+    @app.state.router.route("POST", "/api/v1/form-thing", permission="tokens:write")
+    def form_thing() -> dict[str, int]:
+        calls.append(1)
+        return {"calls": len(calls)}
+
+    sid, csrf = tokens().open_session("user:root", ttl=timedelta(hours=1))
+    client = TestClient(app, cookies={"wflo_session": sid})
+    key = {"Idempotency-Key": "form-1"}
+    assert client.post("/api/v1/form-thing", data={"csrf": csrf, "a": "1"}, headers=key).json() == {"calls": 1}
+    again = client.post("/api/v1/form-thing", data={"csrf": csrf, "a": "1"}, headers=key)
+    assert again.headers["Idempotent-Replayed"] == "true" and len(calls) == 1
+    assert client.post("/api/v1/form-thing", data={"csrf": csrf, "a": "2"}, headers=key).status_code == 422
