@@ -94,3 +94,23 @@ def test_workers_page_shows_leases_and_queues(base: str) -> None:
         assert "ip-10-0-0-8:977:worker-b81d0e" in page.locator("#worker-list").inner_text()
         page.screenshot(path=str(IMG / "panel-workers.png"), full_page=True)
         assert ctx.errors == []
+
+
+def test_a_tenant_admin_manages_only_their_tenant(base: str) -> None:
+    grant("user:bo@acme.com", "approver", "tenant:acme")
+    grant("user:gx@globex.com", "viewer", "tenant:globex")
+    with chromium() as browser:
+        ctx: Any = signed_in(browser, base, "user:ta@acme.com", role="admin", scope="tenant:acme")
+        page = ctx.new_page()
+        page.goto(base + "/admin")
+        page.locator("#people").wait_for()
+        people = page.locator("#people").inner_text()
+        assert "user:bo@acme.com" in people and "globex" not in people
+        form = page.locator("#token-form")
+        assert form.locator("input[name=scope]").input_value() == "tenant:acme"
+        form.locator("input[name=name]").fill("acme-ci")
+        form.locator("button[type=submit]").click()
+        assert page.locator("#token-secret").inner_text().startswith("wflo_")
+        made = [t for t in tokens().list() if t.name == "acme-ci"]
+        assert [(t.role, t.scope, t.created_by) for t in made] == [("viewer", "tenant:acme", "user:ta@acme.com")]
+        assert ctx.errors == []

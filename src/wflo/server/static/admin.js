@@ -7,6 +7,30 @@ const canGrant = may("grants:write");
 const canToken = may("tokens:write");
 const canSignOut = may("sessions:write");
 
+// An admin or auditor of some tenants only sees and manages those tenants' grants and tokens.
+const myGrants = (document.body.dataset.grants || "").split(" ").filter(Boolean).map((g) => g.split("@"));
+const everywhere = myGrants.some(([role, scope]) => scope === "*" && (role === "admin" || role === "auditor"));
+const tenants = [...new Set(myGrants.filter(([role, scope]) => (role === "admin" || role === "auditor") && scope.startsWith("tenant:"))
+  .map(([, scope]) => scope.split("/")[0].slice("tenant:".length)))];
+const defaultScope = everywhere || !tenants.length ? "*" : "tenant:" + tenants[0];
+
+/** A list from the global route, or (for a tenant's admin) the union of their tenants' lists. */
+async function listed(path) {
+  if (everywhere || !tenants.length) return api("GET", path);
+  const parts = await Promise.all(tenants.map((t) => api("GET", `${path}?tenant=${encodeURIComponent(t)}`)));
+  return parts.flat();
+}
+
+/** People as the global users route gives them, or built from a tenant's grants. */
+async function loadPeople() {
+  if (everywhere || !tenants.length) return api("GET", "/api/v1/users");
+  const byId = {};
+  for (const g of await listed("/api/v1/grants")) {
+    (byId[g.principal] ||= { id: g.principal, kind: g.principal.split(":")[0], grants: [], tokens: "–", sessions: "–" }).grants.push(g);
+  }
+  return Object.values(byId);
+}
+
 /** A fresh Idempotency-Key, so a retried click never grants or creates twice. */
 function idem() {
   const b = crypto.getRandomValues(new Uint8Array(16));
@@ -51,7 +75,7 @@ function grantCell(user) {
 }
 
 async function people() {
-  const users = await api("GET", "/api/v1/users");
+  const users = await loadPeople();
   const cols = [
     ["who", (u) => h("span", {}, h("b", {}, u.id), u.name ? h("div", { class: "muted" }, u.name) : null)],
     ["kind", (u) => u.kind],
@@ -60,18 +84,18 @@ async function people() {
     ["tokens", (u) => String(u.tokens)],
     ["sessions", (u) => String(u.sessions)],
   ];
-  if (canSignOut) cols.push(["", (u) => u.sessions
+  if (canSignOut && everywhere) cols.push(["", (u) => u.sessions
     ? h("button", { class: "danger", onclick: () => confirm(`Sign ${u.id} out everywhere?`) &&
         act(`${u.id} signed out`, () => api("POST", "/api/v1/sessions/revoke", { principal: u.id }, idem())) }, "Sign out everywhere")
     : ""]);
   return h("section", {}, h("h2", {}, "People"), table(cols, users, { id: "people" }),
     canGrant ? form("grant-form", "Grant", [field("principal", { placeholder: "user:ann@example.com", required: true }), roleSelect(),
-      field("scope", { value: "*", size: 16 })],
+      field("scope", { value: defaultScope, size: 16 })],
       (v) => act("role granted", () => api("POST", "/api/v1/grants", v, idem()))) : null);
 }
 
 async function tokenList() {
-  const tokens = await api("GET", "/api/v1/tokens");
+  const tokens = await listed("/api/v1/tokens");
   const cols = [
     ["name", (t) => t.name], ["acts as", (t) => t.principal], ["prefix", (t) => h("code", {}, t.prefix)],
     ["role", (t) => `${t.role}@${t.scope}`], ["expires", (t) => when(t.expires_at)], ["last used", (t) => when(t.last_used_at)],
@@ -82,7 +106,7 @@ async function tokenList() {
   const created = h("div", { id: "new-token" });
   return h("section", {}, h("h2", {}, "API tokens"), table(cols, tokens, { id: "tokens" }),
     canToken ? form("token-form", "Create token", [field("name", { placeholder: "ci-deploy", required: true }), roleSelect(),
-      field("scope", { value: "*", size: 16 }), field("expires", { value: "90d", size: 6 })],
+      field("scope", { value: defaultScope, size: 16 }), field("expires", { value: "90d", size: 6 })],
       async (v) => {
         try {
           const t = await api("POST", "/api/v1/tokens", v, idem());
