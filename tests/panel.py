@@ -112,3 +112,15 @@ def signed_in(browser: Any, base: str, principal: str, *, role: str | None = Non
     ctx.on("page", lambda page: page.on("pageerror", lambda exc: errors.append(str(exc))))
     ctx.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     return ctx
+
+
+def shot(page: Any, name: str) -> Path:
+    """A full-page screenshot: into ``$WFLO_SCREENSHOTS`` (``WFLO_SCREENSHOTS=docs/img`` renews
+    the docs' pictures), else into a temporary folder, so a test run leaves the checkout as it was."""
+    import tempfile
+
+    folder = Path(os.environ.get("WFLO_SCREENSHOTS") or tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    page.screenshot(path=str(path), full_page=True)
+    return path

@@ -251,13 +251,34 @@ def whoami_cmd(as_json: bool) -> None:
 @cli.command("server")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8700, show_default=True, type=int)
+@click.option(
+    "--admin",
+    "admin_principal",
+    help="On a store with no admin: who the one-time sign-in link makes admin (default: WFLO_PRINCIPAL).",
+)
 @handle_errors
-def server_cmd(host: str, port: int) -> None:
-    """Run the wflo API server (needs wflo[server]; OIDC settings: docs/identity.md)."""
+def server_cmd(host: str, port: int, admin_principal: str | None) -> None:
+    """Run the wflo API server and panel (needs wflo[server]; docs/deployment.md).
+
+    On a store with no admin yet it prints a one-time sign-in link (valid one hour, used once)
+    that makes --admin the first admin, so you can sign in before single sign-on is set up.
+    """
     try:
         import uvicorn
 
         from ..server import create_app
+        from ..server._firstrun import PATH, FirstSignIn
     except ImportError as exc:
         raise UserError(f"the server needs its extra: pip install 'wflo[server]' ({exc.name} is missing)") from None
-    uvicorn.run(create_app(), host=host, port=port, log_level="info")
+    app = create_app()  # migrates the store first
+    acc = access()
+    code = FirstSignIn(acc).issue(admin_principal or acc.local().id)
+    if code is not None:
+        base = (settings().server_url or f"http://{host}:{port}").rstrip("/")
+        console.print(
+            f"No admin yet. Open this link within an hour to sign in as {admin_principal or acc.local().id} "
+            f"(it works once):\n  {base}{PATH}?code={code}",
+            soft_wrap=True,
+            markup=False,
+        )
+    uvicorn.run(app, host=host, port=port, log_level="info")

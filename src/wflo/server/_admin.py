@@ -1,15 +1,30 @@
-"""Administration: role grants, API tokens, sessions (and, later, tools, workers and users)."""
+"""Administration and operations: people and their roles, API tokens, sessions, workers.
+
+The ``/admin`` page (people, roles, tokens) and the ``/workers`` page (who runs what, queue
+depth) read and act only through the routes here; the first-start sign-in link is in
+``_firstrun``.
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from .._config import settings
 from ..auth import GLOBAL, Access, covers, tenant_scope
-from ._routes import Router, body_scope, client_address, tenant_query, who_of
+from ..store import now_iso, parse_iso
+from . import _firstrun
+from ._panel import page_route
+from ._routes import PUBLIC, Router, body_scope, client_address, tenant_query, who_of
+
+_UNFINISHED = ("queued", "running", "waiting")
+"""Statuses of runs that are not finished: the queues workers serve."""
 
 
 class GrantBody(BaseModel):
@@ -31,6 +46,29 @@ class TokenBody(BaseModel):
 
 def register(router: Router) -> None:
     access, tokens = router.access, router.tokens
+    page_route(router, "/admin", "Admin", script="admin.js", body="<div id='admin'></div>")
+    page_route(router, "/workers", "Workers", script="workers.js", body="<div id='workers'></div>")
+    _firstrun.register(router)
+
+    @router.route("GET", "/healthz", permission=PUBLIC)
+    def health(request: Request) -> JSONResponse:
+        """For load balancers: 200 when this replica reaches the store, else 503 (no secrets, no data)."""
+        try:
+            access.store.ping()
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "error": {"code": "unavailable",
+                                 "message": f"store unreachable: {type(exc).__name__}"}}, status_code=503)  # fmt: skip
+        return JSONResponse({"status": "ok"})
+
+    @router.route("GET", "/api/v1/users", permission="grants:read")
+    def list_users(request: Request) -> list[dict[str, Any]]:
+        """People and service accounts: who signed in, who holds a role, their tokens and sessions."""
+        return users(access)
+
+    @router.route("GET", "/api/v1/workers", permission="runs:read")
+    def list_workers(request: Request) -> dict[str, Any]:
+        """Workers holding leases now, their runs, and the queue depth per workflow and status."""
+        return workers(access)
 
     @router.route("GET", "/api/v1/grants", permission="grants:read", scope=tenant_query)
     def list_grants(request: Request, tenant: str | None = None) -> list[dict[str, Any]]:
@@ -88,3 +126,88 @@ def _token(t: Any) -> dict[str, Any]:
     keys = ("id", "name", "principal", "prefix", "role", "scope", "created_by", "created_at", "expires_at",
             "revoked_at", "last_used_at")  # fmt: skip
     return {k: getattr(t, k) for k in keys}
+
+
+def users(access: Access) -> list[dict[str, Any]]:
+    """Everyone the server knows: signed-in people (identities), grant holders, token owners."""
+    st = access.store
+    people: dict[str, dict[str, Any]] = {}
+
+    def person(pid: str) -> dict[str, Any]:
+        kind = pid.split(":", 1)[0] if ":" in pid else "user"
+        return people.setdefault(pid, {
+            "id": pid, "kind": kind, "email": None, "name": None, "issuer": None, "groups": [], "disabled": False,
+            "created_at": None, "last_login_at": None, "grants": [], "tokens": 0, "sessions": 0,
+        })  # fmt: skip
+
+    cols = "id, kind, email, name, issuer, groups, disabled, created_at, last_login_at"
+    for row in st.read(f"SELECT {cols} FROM identities ORDER BY id"):
+        person(row[0]).update(
+            kind=row[1], email=row[2], name=row[3], issuer=row[4], groups=json.loads(row[5] or "[]"),
+            disabled=bool(row[6]), created_at=row[7], last_login_at=row[8],
+        )  # fmt: skip
+    for g in access.grants():
+        person(g.principal)["grants"].append(_grant(g))
+    now = now_iso()
+    live_tokens = (
+        "SELECT principal, COUNT(*) FROM api_tokens WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) "
+        "GROUP BY principal"
+    )
+    for pid, n in st.read(live_tokens, (now,)):
+        person(pid)["tokens"] = int(n)
+    live_sessions = (
+        "SELECT principal, COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > ? GROUP BY principal"
+    )
+    for pid, n in st.read(live_sessions, (now,)):
+        person(pid)["sessions"] = int(n)
+    return sorted(people.values(), key=lambda p: (p["kind"] != "user", p["id"]))
+
+
+def workers(access: Access) -> dict[str, Any]:
+    """Workers, from the runs' leases: a worker is alive while it holds an unexpired lease.
+
+    A worker renews its leases on every heartbeat (to now + ``lease_seconds``), so its last
+    heartbeat is its latest lease expiry minus ``lease_seconds`` (this server's setting; an
+    estimate when workers run with another). An idle worker holds no lease and is not listed.
+    A running run whose lease expired waits for another worker to recover it (``orphaned``).
+    """
+    st = access.store
+    now = now_iso()
+    lease = settings().lease_seconds
+    found: dict[str, dict[str, Any]] = {}
+    held = st.read(
+        "SELECT lease_owner, id, workflow, lease_expires_at FROM runs WHERE status IN ('running', 'waiting') "
+        "AND lease_owner IS NOT NULL AND lease_expires_at >= ? ORDER BY lease_owner, id",
+        (now,),
+    )
+    for owner, run_id, workflow, expires in held:
+        host, _, rest = str(owner).partition(":")
+        w = found.setdefault(owner, {"id": owner, "host": host, "pid": rest.split(":", 1)[0], "leases": 0,
+                                     "runs": [], "lease_expires_at": expires})  # fmt: skip
+        w["leases"] += 1
+        if len(w["runs"]) < 50:  # the count is exact; the list is a sample
+            w["runs"].append({"id": run_id, "workflow": workflow, "lease_expires_at": expires})
+        w["lease_expires_at"] = max(w["lease_expires_at"], expires)
+    for w in found.values():
+        beat = parse_iso(w["lease_expires_at"]) - timedelta(seconds=lease)
+        # A worker configured with a longer lease than this server's would look ahead of now.
+        w["last_heartbeat"] = min(beat.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now)
+    marks = ", ".join("?" * len(_UNFINISHED))
+    queues = [
+        {"workflow": wf, "status": status, "count": int(n), "oldest": oldest}
+        for wf, status, n, oldest in st.read(
+            f"SELECT workflow, status, COUNT(*), MIN(created_at) FROM runs WHERE status IN ({marks}) "
+            "GROUP BY workflow, status ORDER BY workflow, status",
+            _UNFINISHED,
+        )
+    ]
+    orphaned = [
+        {"workflow": wf, "count": int(n)}
+        for wf, n in st.read(
+            "SELECT workflow, COUNT(*) FROM runs WHERE status = 'running' AND (lease_owner IS NULL OR "
+            "lease_expires_at < ?) GROUP BY workflow ORDER BY workflow",
+            (now,),
+        )
+    ]
+    return {"now": now, "lease_seconds": lease, "workers": list(found.values()), "queues": queues,
+            "orphaned": orphaned}  # fmt: skip

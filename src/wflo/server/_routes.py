@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .._errors import AuthenticationError
 from ..auth import GLOBAL, Access, Principal, Tokens, tenant_scope
+from . import _errors, _idempotency
 from ._oidc import RateLimiter
 
 PUBLIC = "public"
@@ -64,6 +65,12 @@ class Router:
     def __init__(self, app: FastAPI, access: Access, tokens: Tokens, limiter: RateLimiter) -> None:
         self.app, self.access, self.tokens, self.limiter = app, access, tokens, limiter
         self.table: list[RouteSpec] = []
+        _errors.install(app)  # every refusal answers {"error": {"code", "message"}} (docs/api.md)
+        # Idempotency-Key for every state-changing /api/v1 route: the check below claims the
+        # key, this middleware keeps the answer, the handler replays it (see _idempotency.py).
+        self.idempotency = _idempotency.IdempotencyKeys(access.store)
+        app.add_middleware(_idempotency.IdempotencyMiddleware, keys=self.idempotency)
+        app.add_exception_handler(_idempotency.Replay, lambda request, exc: exc.response())
 
     def route(
         self, method: str, path: str, *, permission: str, scope: ScopeFn = global_scope, **kwargs: Any
@@ -75,8 +82,15 @@ class Router:
             # Runs before the endpoint, for every route registered here: an endpoint cannot
             # forget its check. The endpoint reads the principal from ``request.state.who``.
             request.state.who = await self.authorize(request, spec)
+            who = request.state.who
+            await _idempotency.check(request, self.idempotency, who.id if who is not None else None)
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            # The OpenAPI document says what each operation needs, and that it takes a key.
+            extra: dict[str, Any] = {"x-wflo-permission": permission}
+            if method in _idempotency.METHODS and path.startswith("/api/v1/"):
+                extra["parameters"] = [_idempotency.OPENAPI_PARAMETER]
+            kwargs.setdefault("openapi_extra", extra)
             self.app.add_api_route(path, fn, methods=[method], dependencies=[Depends(check)], **kwargs)
             return fn
 

@@ -518,6 +518,34 @@ CREATE INDEX events_type_at ON events (type, at)
 """,
 )
 
+# The server's operations (issue 17): ``Idempotency-Key`` answers kept per (principal, key) for
+# 24 h, so a retried POST/PUT/DELETE is answered once; ``status`` is NULL while the first request
+# runs. ``signin_codes`` holds the one-time first-start admin sign-in codes, as digests only.
+M012_ADMIN = Migration(
+    "m012_admin_idempotency",
+    """
+CREATE TABLE idempotency_keys (
+    principal TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    status INTEGER,
+    body TEXT,
+    content_type TEXT,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    PRIMARY KEY (principal, key)
+);
+CREATE INDEX idempotency_keys_expires ON idempotency_keys (expires_at);
+CREATE TABLE signin_codes (
+    digest TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used_at TEXT
+)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -530,5 +558,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M009_IDENTITY,
     M010_RUNS_LIST_INDEXES,
     M011_DECISIONS_EVENT_TYPE,
+    M012_ADMIN,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -98,6 +98,13 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("GET", "/api/v1/audit/checkpoints"): lambda: ("/api/v1/audit/checkpoints", None),
     ("POST", "/api/v1/audit/export"): lambda: ("/api/v1/audit/export", {"since": "1d"}),
     ("GET", "/api/v1/audit/report"): lambda: ("/api/v1/audit/report?since=1d", None),
+    ("GET", "/admin"): lambda: ("/admin", None),
+    ("GET", "/workers"): lambda: ("/workers", None),
+    ("GET", "/auth/first"): lambda: ("/auth/first?code=x", None),
+    ("POST", "/auth/first"): lambda: ("/auth/first", None),
+    ("GET", "/api/v1/users"): lambda: ("/api/v1/users", None),
+    ("GET", "/api/v1/workers"): lambda: ("/api/v1/workers", None),
+    ("GET", "/healthz"): lambda: ("/healthz", None),
 }  # fmt: skip
 
 
@@ -108,6 +115,7 @@ GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke")}
 # The audit record spans every tenant (the system chain holds all their decisions).
 GLOBAL_ROUTES |= {("POST", "/api/v1/audit/verify"), ("GET", "/api/v1/audit/checkpoints"),
                   ("POST", "/api/v1/audit/export"), ("GET", "/api/v1/audit/report")}  # fmt: skip
+GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke"), ("GET", "/api/v1/users"), ("GET", "/api/v1/workers")}
 
 
 def undeclared_routes(app: FastAPI) -> list[str]:
