@@ -159,5 +159,6 @@ def _lambda_source(filename: str, line: int, args: tuple[str, ...]) -> str | Non
         named = isinstance(node, ast.Lambda) and node.lineno == line
         if named and tuple(a.arg for a in node.args.posonlyargs + node.args.args) == args:  # type: ignore[attr-defined]
             segment = ast.get_source_segment(source, node)
-            return " ".join(segment.split()) if segment else None
+            text = " ".join(segment.split()) if segment else ""
+            return (text[:497] + "...") if len(text) > 500 else text or None
     return None

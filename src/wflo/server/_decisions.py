@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import Header, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
@@ -140,8 +140,18 @@ def _approvals(router: Router) -> None:
             "may_decide": why is None, "why_not": why,
         }  # fmt: skip
 
-    @router.route("POST", "/api/v1/approvals/{approval_id}/decide", permission="approvals:decide", scope=approval_scope)
-    def decide(request: Request, approval_id: str, body: DecideBody) -> Any:
+    @router.route(
+        "POST", "/api/v1/approvals/{approval_id}/decide", permission="approvals:decide", scope=approval_scope,
+        responses={
+            409: {"description": "already decided (approval_closed), or votes for different actions (action_mismatch)"},
+            412: {"description": "the hash sent is not this request's action (action_mismatch); nothing recorded"},
+            428: {"description": "no If-Match and no action_hash"},
+        },
+    )  # fmt: skip
+    def decide(
+        request: Request, approval_id: str, body: DecideBody,
+        if_match: str | None = Header(None, alias="If-Match", description='"<action hash>": the ETag of the request'),
+    ) -> Any:  # fmt: skip
         """Approve, reject (with a reason) or edit (approve with changed ``args``).
 
         Needs the action hash you were shown: ``If-Match: "<hash>"`` (the ``ETag`` of the
@@ -149,7 +159,7 @@ def _approvals(router: Router) -> None:
         request's action; 409 when the request is already closed (someone else decided)."""
         who = who_of(request)
         inbox = Inbox(access.store)
-        sent = _etag(request.headers.get("if-match")) or body.action_hash
+        sent = _etag(if_match) or body.action_hash
         if not sent:
             return _error(428, "precondition_required",
                           "send the action hash you were shown: If-Match: \"<hash>\" (the request's ETag)")  # fmt: skip
