@@ -496,6 +496,29 @@ CREATE TABLE sessions (
 """,
 )
 
+M010_TOOL_GRANTS = Migration(
+    "m010_marketplace_tool_grants",
+    """
+CREATE TABLE tool_grants (
+    tool TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    approval TEXT,
+    max_calls INTEGER,
+    budget_usd TEXT,
+    granted_by TEXT NOT NULL,
+    granted_at TEXT NOT NULL,
+    PRIMARY KEY (tool, principal)
+);
+CREATE TABLE tool_trust (
+    key_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    trusted_by TEXT NOT NULL,
+    trusted_at TEXT NOT NULL
+)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -506,5 +529,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M007_AUDIT_ROLES,
     M008_UNKNOWN_OUTCOMES,
     M009_IDENTITY,
+    M010_TOOL_GRANTS,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

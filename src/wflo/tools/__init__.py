@@ -9,14 +9,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._errors import ToolRefused
+from ._errors import ToolRefused, UntrustedTool
 from ._files import files
+from ._grants import Grant, grant, grants, revoke
 from ._http import http_get
+from ._manifest import Capabilities, Effects, Manifest
+from ._packages import PackagedTool, ToolPackage, installed, load
 from ._python import python
+from ._signing import sign_package, trust, trusted_keys, untrust
 from ._sql import sql_query
 from ._tool import Tool, tool
 
-__all__ = ["Tool", "ToolRefused", "catalog", "files", "http_get", "python", "sql_query", "tool"]
+__all__ = [
+    "Capabilities",
+    "Effects",
+    "Grant",
+    "Manifest",
+    "PackagedTool",
+    "Tool",
+    "ToolPackage",
+    "ToolRefused",
+    "UntrustedTool",
+    "catalog",
+    "files",
+    "grant",
+    "grants",
+    "http_get",
+    "installed",
+    "load",
+    "python",
+    "revoke",
+    "sign_package",
+    "sql_query",
+    "tool",
+    "trust",
+    "trusted_keys",
+    "untrust",
+]
 
 _FACTORIES = {
     "sql_query": "wflo.tools.sql_query(database_url, max_rows=1000, timeout='5s')",

@@ -67,14 +67,30 @@ def test_every_builtin_tool_converts_to_an_openai_schema(tool: wflo.tools.Tool[.
 def test_public_names() -> None:
     assert wflo.tools.__all__ == sorted(wflo.tools.__all__)
     assert set(wflo.tools.__all__) == {
+        "Capabilities",
+        "Effects",
+        "Grant",
+        "Manifest",
+        "PackagedTool",
         "Tool",
+        "ToolPackage",
         "ToolRefused",
+        "UntrustedTool",
         "catalog",
         "files",
+        "grant",
+        "grants",
         "http_get",
+        "installed",
+        "load",
         "python",
+        "revoke",
+        "sign_package",
         "sql_query",
         "tool",
+        "trust",
+        "trusted_keys",
+        "untrust",
     }
     assert issubclass(wflo.tools.ToolRefused, wflo.UserError)
 
