@@ -165,3 +165,31 @@ def test_cli_grant_list_revoke(configured: str) -> None:
     assert bad.exit_code != 0 and "workflow:NAME" in bad.output and "Traceback" not in bad.output
     assert runner.invoke(cli, ["tools", "revoke", "sql_query", "--to", "workflow:report"]).exit_code == 0
     assert json.loads(runner.invoke(cli, ["tools", "grants", "--json"]).output) == []
+
+
+def test_cli_install_wraps_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real pip install of a real wheel (built here, offline), into a --target directory."""
+    import zipfile
+
+    wheel = tmp_path / "shouty-1.0-py3-none-any.whl"
+    files = {
+        "shouty/__init__.py": "",
+        "shouty/impl.py": CODE,
+        "shouty/wflo_tools.json": json.dumps({"publisher": "T", "tools": [SHOUT]}),
+        "shouty-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: shouty\nVersion: 1.0\n",
+        "shouty-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        "shouty-1.0.dist-info/entry_points.txt": "[wflo.tools]\nshout = shouty.impl:shout\n",
+    }
+    record = "".join(f"{name},,\n" for name in files) + "shouty-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, text in {**files, "shouty-1.0.dist-info/RECORD": record}.items():
+            zf.writestr(name, text)
+    target = tmp_path / "target"
+    monkeypatch.syspath_prepend(str(target))
+    target.mkdir()
+    done = CliRunner().invoke(cli, ["tools", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)])
+    assert done.exit_code == 0, done.output
+    assert "new tools: shout" in done.output
+    assert [p.manifest.name for p in installed()] == ["shout"]
+    failed = CliRunner().invoke(cli, ["tools", "install", "--no-index", str(tmp_path / "nothing.whl")])
+    assert failed.exit_code != 0 and "pip could not install" in failed.output
