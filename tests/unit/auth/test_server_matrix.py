@@ -64,6 +64,13 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("DELETE", "/api/v1/tokens/{token_id}"): lambda: (f"/api/v1/tokens/{_token_id()}", None),
     ("GET", "/api/v1/budgets"): lambda: ("/api/v1/budgets?tenant=acme", None),
     ("PUT", "/api/v1/budgets"): lambda: ("/api/v1/budgets", {"scope": "tenant:acme", "usd": "5", "period": "day"}),
+    ("GET", "/api/v1/tools"): lambda: ("/api/v1/tools?tenant=acme", None),
+    ("GET", "/api/v1/tools/{name}"): lambda: ("/api/v1/tools/sql_query?tenant=acme", None),
+    ("GET", "/api/v1/tools/grants"): lambda: ("/api/v1/tools/grants", None),
+    ("POST", "/api/v1/tools/grants"): lambda: ("/api/v1/tools/grants", {"tool": "sql_query", "to": "workflow:wf"}),
+    ("POST", "/api/v1/tools/grants/remove"): lambda: (
+        "/api/v1/tools/grants/remove", {"tool": "sql_query", "to": "workflow:wf"}),
+    ("GET", "/tools"): lambda: ("/tools", None),
 }  # fmt: skip
 
 
@@ -71,6 +78,12 @@ EXAMPLES: dict[tuple[str, str], Example] = {
 SCOPES = {"acme": "tenant:acme", "globex": "tenant:globex", "global": GLOBAL}
 # Routes whose resource belongs to no tenant (people): only global grants reach them.
 GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke")}
+# Tool grants are the deployment's (issue 18).
+GLOBAL_ROUTES |= {
+    ("GET", "/api/v1/tools/grants"),
+    ("POST", "/api/v1/tools/grants"),
+    ("POST", "/api/v1/tools/grants/remove"),
+}
 
 
 def undeclared_routes(app: FastAPI) -> list[str]:
