@@ -90,12 +90,7 @@ def grant(
 ) -> Grant:
     """Grant ``tool`` to ``to`` (``workflow:NAME``, ``tenant:NAME`` or ``agent:NAME``),
     replacing an earlier grant of the same pair; recorded on the system chain."""
-    from ._manifest import NAME
-
-    if not isinstance(tool, str) or not NAME.match(tool):
-        raise UserError(f"not a tool name: {tool!r}")
-    if not isinstance(to, str) or not _PRINCIPAL.match(to):
-        raise UserError(f"--to must be workflow:NAME, tenant:NAME or agent:NAME, got {to!r}")
+    _check_pair(tool, to)
     approval = _check_approval(approval)
     if max_calls is not None and (isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 1):
         raise UserError(f"max_calls must be a positive integer, got {max_calls!r}")
@@ -120,8 +115,18 @@ def grant(
     return g
 
 
+def _check_pair(tool: Any, to: Any) -> None:
+    from ._manifest import NAME
+
+    if not isinstance(tool, str) or not NAME.match(tool):
+        raise UserError(f"not a tool name: {tool!r}")
+    if not isinstance(to, str) or not _PRINCIPAL.match(to):
+        raise UserError(f"--to must be workflow:NAME, tenant:NAME or agent:NAME, got {to!r}")
+
+
 def revoke(tool: str, to: str, *, store: Store | None = None, by: str | None = None, via: str = "local") -> bool:
     """Remove the grant of ``tool`` to ``to``; returns whether there was one (recorded either way)."""
+    _check_pair(tool, to)
     if via == "local":
         _local_change_allowed("tools:write")
     st = store or get_store()
@@ -140,6 +145,11 @@ def revoke(tool: str, to: str, *, store: Store | None = None, by: str | None = N
 
 def grants(tool: str | None = None, *, store: Store | None = None) -> list[Grant]:
     """The grants (of one tool, or all), ordered by tool and principal."""
+    if tool is not None:
+        from ._manifest import NAME
+
+        if not isinstance(tool, str) or not NAME.match(tool):
+            raise UserError(f"not a tool name: {tool!r}")
     st = store or get_store()
     sql = "SELECT tool, principal, approval, max_calls, budget_usd, granted_by, granted_at FROM tool_grants"
     params: list[Any] = []

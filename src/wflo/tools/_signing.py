@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +106,8 @@ def untrust(kid: str, *, store: Store | None = None, by: str | None = None, via:
         from ..auth import access
 
         access().require_local("tools:write")
+    if not isinstance(kid, str) or not re.fullmatch(r"[0-9a-f]{16}", kid):
+        raise UserError(f"{kid!r} is not a key id (16 hex digits, as `wflo tools trusted` shows)")
     st = store or get_store()
     existed = kid in trusted_keys(store=st)
 
