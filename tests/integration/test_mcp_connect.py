@@ -93,6 +93,19 @@ def poll() -> int:
         return n
 
 
+@wflo.workflow(name="mcp_paid")
+def paid() -> list:
+    conn, tools = _tools(read_only=["count"], prices={"count": "0.40"})
+    with conn:
+        out = []
+        for _ in range(3):
+            try:
+                out.append(tools["count"]())
+            except wflo.tools.ToolRefused as refused:
+                out.append(refused.reason)
+        return out
+
+
 @wflo.workflow(name="mcp_wipe")
 def wipe() -> str:
     conn, tools = _tools(read_only=["count"])
@@ -169,10 +182,22 @@ def test_an_unhinted_tool_is_destructive_and_waits_for_approval(app: Path) -> No
     assert (app / "notes.txt").read_text() == "keep\n"
 
 
+def test_a_priced_tool_is_capped_by_its_grant_budget(app: Path) -> None:
+    import mcp_notes_app as m
+
+    from wflo.tools import grant
+
+    grant("count", "workflow:mcp_paid", budget_usd="1.00")
+    out = m.paid.run()
+    assert out[:2] == [0, 0] and "$1" in out[2] and "per run" in out[2]
+
+
 def test_bad_commands_are_clear_errors(tmp_path: Path) -> None:
     from wflo.mcp import connect
 
     with pytest.raises(UserError, match="as a list"):
         connect("python server.py")  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="decimal string"):
+        connect([sys.executable, "-c", "pass"], prices={"x": 0.1})
     with pytest.raises(UserError, match="did not start"):
         connect([sys.executable, str(tmp_path / "missing.py")], timeout=20)

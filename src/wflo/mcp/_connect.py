@@ -8,6 +8,7 @@ and waits for approval when the tool is destructive or a policy says so.
 
 MCP annotations are hints from the server, not facts: unless ``trust_hints=True``, every tool is
 treated as destructive (so it asks for approval) except those named in ``read_only=``.
+``prices={"search": "0.01"}`` prices a tool's calls, which a grant's ``budget_usd`` then caps.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .._errors import UserError
 from ..approvals._policy import Approval
 from ..tools._errors import ToolRefused
-from ..tools._manifest import Effects
+from ..tools._manifest import Capabilities, Effects
 from ..tools._tool import Tool
 
 
@@ -30,7 +32,14 @@ class MCPTool(Tool[..., Any]):
     """One tool of an external MCP server."""
 
     def __init__(
-        self, conn: Connection, remote: Any, *, name: str, effects: Effects, approval: Approval | None
+        self,
+        conn: Connection,
+        remote: Any,
+        *,
+        name: str,
+        effects: Effects,
+        approval: Approval | None,
+        cost_usd: Decimal | None = None,
     ) -> None:
         self.remote_name = remote.name
         self.schema = dict(remote.input_schema or {"type": "object", "properties": {}})
@@ -43,7 +52,8 @@ class MCPTool(Tool[..., Any]):
 
         call.__name__ = name
         super().__init__(call, name=name, description=remote.description or name, effects=effects,
-                         approval=approval, risk="high" if effects.destructive else "medium")  # fmt: skip
+                         approval=approval, risk="high" if effects.destructive else "medium",
+                         capabilities=Capabilities(cost_usd=cost_usd))  # fmt: skip
 
     def parameters(self) -> dict[str, Any]:
         return self.schema
@@ -62,6 +72,7 @@ class Connection:
         read_only: Sequence[str] = (),
         trust_hints: bool = False,
         approval: Approval | None = None,
+        prices: Mapping[str, Any] | None = None,
         timeout: float = 30.0,
     ) -> None:
         if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
@@ -70,6 +81,7 @@ class Connection:
             from mcp.client.stdio import StdioServerParameters
         except ImportError:
             raise UserError("MCP needs the official SDK: pip install 'wflo[mcp]'") from None
+        costs = {name: _price(name, value) for name, value in (prices or {}).items()}
         self._params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(env or {}), cwd=cwd)
         self._timeout = timeout
         self._loop = asyncio.new_event_loop()
@@ -94,7 +106,9 @@ class Connection:
                 eff = Effects(read_only=True, open_world=True)
             else:
                 eff = Effects(destructive=True, open_world=True)
-            tools.append(MCPTool(self, r, name=prefix + r.name, effects=eff, approval=approval))
+            tools.append(
+                MCPTool(self, r, name=prefix + r.name, effects=eff, approval=approval, cost_usd=costs.get(r.name))
+            )
         self.tools: list[MCPTool] = tools
 
     async def _serve(self, ready: concurrent.futures.Future[list[Any]]) -> None:
@@ -120,7 +134,11 @@ class Connection:
                         fut.set_exception(exc)
         except BaseException as exc:
             if not ready.done():
-                ready.set_exception(UserError(f"the MCP server {self._params.command!r} did not start: {exc}"))
+                leaf: BaseException = exc
+                while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+                    leaf = leaf.exceptions[0]
+                why = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
+                ready.set_exception(UserError(f"the MCP server {self._params.command!r} did not start ({why})"))
             raise
 
     def call(self, name: str, args: dict[str, Any]) -> Any:
@@ -151,6 +169,16 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _price(name: str, value: Any) -> Decimal:
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        price = Decimal(-1)
+    if isinstance(value, bool | float) or not price.is_finite() or price < 0:
+        raise UserError(f"prices[{name!r}] must be a decimal string like '0.01', got {value!r}")
+    return price
 
 
 def connect(command: Sequence[str], **options: Any) -> Connection:
