@@ -142,6 +142,19 @@ class Settings:
     """Send session cookies only over HTTPS; turn off only for a server on localhost.
     Env: ``WFLO_COOKIE_SECURE`` (``0``/``1``)."""
 
+    # -- tools (wflo.tools): grants, signed packages, secrets of packaged tools
+    require_tool_grants: bool = False
+    """Every tool call in a run needs a grant (``wflo tools grant``), built-in and ``@wflo.tool``
+    tools too. Packaged tools always need one. Env: ``WFLO_REQUIRE_TOOL_GRANTS`` (``0``/``1``)."""
+
+    require_signed_tools: bool = False
+    """Refuse a packaged tool whose package is not signed by a trusted publisher key
+    (``wflo tools trust``) or whose files changed since. Env: ``WFLO_REQUIRE_SIGNED_TOOLS``."""
+
+    tool_secrets_file: str | None = None
+    """A file of ``NAME=value`` lines the secrets of packaged tools are read from (before the
+    environment). Env: ``WFLO_TOOL_SECRETS_FILE``."""
+
     def __post_init__(self) -> None:
         # Every field is checked by its declared type (and its choices), so a setting added
         # later is validated the same way without code here.

@@ -21,6 +21,8 @@ PERMISSIONS: dict[str, str] = {
     "approvals:decide": "approve or reject requests routed to you",
     "budgets:read": "see budgets and prices",
     "budgets:write": "set budgets and prices",
+    "tools:read": "see tools and their grants",
+    "tools:write": "grant and revoke tools, trust tool publishers",
     "audit:read": "verify chains, export evidence, read reports",
     "grants:read": "see who holds which role",
     "grants:write": "grant and remove roles",
@@ -31,7 +33,7 @@ PERMISSIONS: dict[str, str] = {
     "admin:*": "everything",
 }
 
-_READ = frozenset({"runs:read", "approvals:read", "budgets:read"})
+_READ = frozenset({"runs:read", "approvals:read", "budgets:read", "tools:read"})
 
 ROLES: dict[str, frozenset[str]] = {
     "viewer": _READ,

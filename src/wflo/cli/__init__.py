@@ -5,7 +5,7 @@ from __future__ import annotations
 from ._app import cli
 
 # Each module adds its commands to ``cli`` when imported.
-from . import _approvals, _audit, _auth, _budgets, _compliance, _db, _demo, _runs, _tools  # noqa: F401  isort: skip
+from . import _approvals, _audit, _auth, _budgets, _compliance, _db, _demo, _mcp, _runs, _tools  # noqa: F401  isort: skip
 
 __all__ = ["cli", "main"]
 

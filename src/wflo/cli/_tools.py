@@ -1,43 +1,234 @@
-"""``wflo tools …``: the built-in secure tools."""
+"""``wflo tools …``: the built-in secure tools, tool packages, grants and trusted publishers."""
 
 from __future__ import annotations
+
+import json
+import sys
+from typing import Any
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
+from .._errors import UserError
 from ..tools import catalog
 from ._app import cli, console, dump_json, handle_errors
 
 
 @cli.group()
 def tools() -> None:
-    """The built-in secure tools an agent can be given (SQL, HTTP, files, Python)."""
+    """Tools an agent can be given: built-ins (SQL, HTTP, files, Python) and installed packages;
+    their grants and trusted publishers."""
+
+
+def _entries() -> list[dict[str, Any]]:
+    from ..tools import installed
+
+    out = catalog()
+    for entry in out:
+        entry["source"] = "built-in"
+    for pkg in installed():
+        entry = pkg.to_dict()
+        entry["source"] = f"{pkg.distribution} {pkg.dist_version}".strip()
+        out.append(entry)
+    return out
 
 
 @tools.command("list")
 @click.option("--json", "as_json", is_flag=True, help="The full catalog (with argument schemas) as JSON.")
 @handle_errors
 def tools_list(as_json: bool) -> None:
-    """Each built-in tool: its arguments, risk level, default approval and what it does."""
-    entries = catalog()
+    """Each tool: where it comes from, its arguments, effects, risk and what it does."""
+    entries = _entries()
     if as_json:
         dump_json(entries)
         return
     table = Table(box=None, header_style="bold")
-    for col in ("tool", "arguments", "risk", "approval", "description"):
+    for col in ("tool", "source", "arguments", "effects", "risk", "approval", "description"):
         table.add_column(col)
     for entry in entries:
-        params = entry["parameters"]
+        params = entry.get("parameters") or entry.get("input_schema") or {}
         required = set(params.get("required", []))
         args = ", ".join(name if name in required else f"[{name}]" for name in params.get("properties", {}))
-        style = {"low": "green", "medium": "yellow", "high": "red"}.get(entry["risk"], "")
+        effects = ",".join(k for k, v in entry["effects"].items() if v) or "-"
+        risk = entry.get("risk", "")
+        style = {"low": "green", "medium": "yellow", "high": "red"}.get(risk, "")
         table.add_row(
             entry["name"],
+            escape(entry["source"]),
             escape(args),
-            f"[{style}]{entry['risk']}[/]",
-            "required" if entry["approval"] else "-",
+            effects,
+            f"[{style}]{risk}[/]" if style else "-",
+            "required" if entry.get("approval") or entry["effects"].get("destructive") else "-",
             escape(entry["description"]),
         )
     console.print(table)
-    console.print("build them with:", ", ".join(sorted({e["factory"].split("(")[0] for e in entries})), soft_wrap=True)
+    factories = sorted({e["factory"].split("(")[0] for e in entries if "factory" in e})
+    console.print("build the built-ins with:", ", ".join(factories), soft_wrap=True)
+
+
+@tools.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="The manifest as JSON.")
+@handle_errors
+def tools_show(name: str, as_json: bool) -> None:
+    """Print a tool's manifest: effects, capabilities, limits, publisher, signature."""
+    entry = next((e for e in _entries() if e["name"] == name), None)
+    if entry is None:
+        names = ", ".join(e["name"] for e in _entries())
+        raise UserError(f"no tool named {name!r} (tools: {names})")
+    if as_json:
+        dump_json(entry)
+        return
+    console.print(json.dumps(entry, indent=2), soft_wrap=True, markup=False, highlight=False)
+
+
+@tools.command("install", context_settings={"ignore_unknown_options": True})
+@click.argument("spec", nargs=-1, required=True)
+@handle_errors
+def tools_install(spec: tuple[str, ...]) -> None:
+    """Install a tool package with pip (this interpreter's): `wflo tools install acme-tools`."""
+    from ..tools._packages import pip
+
+    before = {p.manifest.name for p in _installed_quiet()}
+    if pip(["install", *spec]) != 0:
+        raise UserError(f"pip could not install {' '.join(spec)}")
+    new = sorted({p.manifest.name for p in _installed_quiet()} - before)
+    console.print(f"new tools: {', '.join(new)}" if new else "no new tools (is it a wflo tool package?)")
+    if new:
+        console.print("grant them before a run can use them: wflo tools grant NAME --to workflow:NAME")
+
+
+def _installed_quiet() -> list[Any]:
+    import importlib
+
+    from ..tools import installed
+
+    importlib.invalidate_caches()
+    return installed()
+
+
+@tools.command("remove")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@handle_errors
+def tools_remove(name: str, yes: bool) -> None:
+    """Uninstall the package that provides tool NAME (or the distribution NAME) with pip."""
+    from ..tools._packages import pip
+
+    dist = next((p.distribution for p in _installed_quiet() if p.manifest.name == name), name)
+    if not yes:
+        click.confirm(f"uninstall {dist}?", abort=True)
+    if pip(["uninstall", "-y", dist]) != 0:
+        raise UserError(f"pip could not uninstall {dist}")
+
+
+@tools.command("grant")
+@click.argument("name")
+@click.option("--to", "to", required=True, help="workflow:NAME, tenant:NAME or agent:NAME")
+@click.option("--approval", help="none, required, or approvers: role:ops,user:ana (default: destructive tools ask)")
+@click.option("--max-calls", type=int, help="Calls of the tool allowed per run.")
+@click.option("--budget", help="USD its priced calls may cost per run.")
+@handle_errors
+def tools_grant(name: str, to: str, approval: str | None, max_calls: int | None, budget: str | None) -> None:
+    """Let runs of a workflow (tenant, agent) use a tool; recorded on the audit chain."""
+    from ..tools import grant
+
+    g = grant(name, to, approval=approval, max_calls=max_calls, budget_usd=budget)
+    extra = [f"approval {g.approval}" if g.approval else "", f"max {g.max_calls} calls/run" if g.max_calls else "",
+             f"${g.budget_usd} per run" if g.budget_usd is not None else ""]  # fmt: skip
+    console.print(f"granted {g.tool} to {g.principal}" + "".join(f", {e}" for e in extra if e))
+
+
+@tools.command("revoke")
+@click.argument("name")
+@click.option("--to", "to", required=True, help="workflow:NAME, tenant:NAME or agent:NAME")
+@handle_errors
+def tools_revoke(name: str, to: str) -> None:
+    """Remove a grant; recorded on the audit chain."""
+    from ..tools import revoke
+
+    existed = revoke(name, to)
+    console.print(f"revoked {name} from {to}" if existed else f"{name} was not granted to {to}")
+
+
+@tools.command("grants")
+@click.option("--tool", help="Only this tool's grants.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def tools_grants(tool: str | None, as_json: bool) -> None:
+    """Who may use which tool, under which approval and limits."""
+    from ..tools import grants
+
+    rows = grants(tool)
+    if as_json:
+        dump_json([g.to_dict() for g in rows])
+        return
+    if not rows:
+        console.print("no tool grants (wflo tools grant NAME --to workflow:NAME)")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("tool", "to", "approval", "max calls", "budget", "by", "at"):
+        table.add_column(col)
+    for g in rows:
+        d = g.to_dict()
+        table.add_row(g.tool, g.principal, d["approval"] or "default", str(d["max_calls"] or "-"),
+                      f"${d['budget_usd']}" if d["budget_usd"] else "-", escape(g.granted_by), g.granted_at)  # fmt: skip
+    console.print(table)
+
+
+@tools.command("trust")
+@click.argument("key")
+@click.option("--name", default="", help="Who the key belongs to.")
+@handle_errors
+def tools_trust(key: str, name: str) -> None:
+    """Trust a publisher's Ed25519 public key (a PEM file or base64) for signed tool packages."""
+    from ..tools import trust
+
+    console.print(f"trusted key {trust(key, name=name)}" + (f" ({name})" if name else ""))
+
+
+@tools.command("untrust")
+@click.argument("key_id")
+@handle_errors
+def tools_untrust(key_id: str) -> None:
+    """Stop trusting a publisher key (by the id `wflo tools trusted` shows)."""
+    from ..tools import untrust
+
+    console.print(f"untrusted {key_id}" if untrust(key_id) else f"{key_id} was not trusted")
+
+
+@tools.command("trusted")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def tools_trusted(as_json: bool) -> None:
+    """The publisher keys trusted for signed tool packages."""
+    from ..tools import trusted_keys
+
+    keys = trusted_keys()
+    if as_json:
+        dump_json(keys)
+        return
+    for kid, info in keys.items():
+        console.print(
+            f"{kid}  {escape(info['name'] or '-')}  trusted by {escape(info['trusted_by'])} at {info['trusted_at']}"
+        )
+    if not keys:
+        console.print("no trusted publisher keys (wflo tools trust KEY)")
+
+
+@tools.command("sign")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Ed25519 private key (wflo audit keygen).",
+)
+@handle_errors
+def tools_sign(directory: str, key: str) -> None:
+    """Sign a tool package directory (the one holding wflo_tools.json) before you build it."""
+    from ..tools import sign_package
+
+    out = sign_package(directory, key)
+    print(f"wrote {out}", file=sys.stdout)

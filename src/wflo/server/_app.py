@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from .._config import Settings, get_store, settings
 from .._errors import AuthenticationError, WfloError
 from ..auth import Access, ClaimsPolicy, Identities, Principal, Tokens
-from . import _admin, _decisions, _panel, _runs
+from . import _admin, _decisions, _panel, _runs, _tools
 from ._oidc import PendingLogins, Provider, QueryRedactor, RateLimiter
 from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, SIGNED_IN, Router, client_address, who_of
 
@@ -162,7 +162,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             "grants": [{"role": r, "scope": s} for r, s in who.grants],
         }  # fmt: skip
 
-    for module in (_panel, _runs, _decisions, _admin):
+    for module in (_panel, _runs, _decisions, _admin, _tools):
         module.register(router)
 
     return app

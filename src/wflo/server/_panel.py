@@ -19,7 +19,7 @@ from pathlib import Path
 from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
-from ..auth import Principal
+from ..auth import PERMISSIONS, Principal, role_allows
 from ._routes import CSRF_COOKIE, PUBLIC, Router
 
 STATIC = Path(__file__).parent / "static"
@@ -72,11 +72,13 @@ def frame(request: Request, who: Principal | None, *, title: str, body: str, scr
         )
     mod = f"<script type='module' src='/static/{html.escape(script)}'></script>" if script else ""
     grants = " ".join(f"{r}@{s}" for r, s in who.grants) if who else ""
+    # What the person may do somewhere, for the pages to hide what they may not (the API decides).
+    perms = " ".join(p for p in PERMISSIONS if who and any(role_allows(r, p) for r, _ in who.grants))
     return HTMLResponse(
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)} · wflo</title><link rel='icon' href='data:,'><link rel='stylesheet' href='/static/wflo.css'></head>"
-        f"<body data-principal='{html.escape(who.id if who else '')}' data-grants='{html.escape(grants)}'>"
+        f"<body data-principal='{html.escape(who.id if who else '')}' data-grants='{html.escape(grants)}' data-permissions='{perms}'>"
         f"<header><a class='brand' href='/'>wflo</a><nav>{nav}</nav><div class='user'>{user}</div></header>"
         f"<main id='main'><h1>{html.escape(title)}</h1>{body}</main>{mod}</body></html>",
         status_code=status,

@@ -546,6 +546,29 @@ CREATE TABLE signin_codes (
 """,
 )
 
+M013_TOOL_GRANTS = Migration(
+    "m013_marketplace_tool_grants",
+    """
+CREATE TABLE tool_grants (
+    tool TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    approval TEXT,
+    max_calls INTEGER,
+    budget_usd TEXT,
+    granted_by TEXT NOT NULL,
+    granted_at TEXT NOT NULL,
+    PRIMARY KEY (tool, principal)
+);
+CREATE TABLE tool_trust (
+    key_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    trusted_by TEXT NOT NULL,
+    trusted_at TEXT NOT NULL
+)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -559,5 +582,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M010_RUNS_LIST_INDEXES,
     M011_DECISIONS_EVENT_TYPE,
     M012_ADMIN,
+    M013_TOOL_GRANTS,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

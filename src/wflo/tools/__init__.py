@@ -7,16 +7,50 @@ its input before acting and raises ``ToolRefused`` when it will not act.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from ._errors import ToolRefused
+from ._catalog import csv_stats, git, git_tools, memory
+from ._errors import ToolRefused, UntrustedTool
 from ._files import files
+from ._grants import Grant, grant, grants, revoke
 from ._http import http_get
+from ._manifest import Capabilities, Effects, Manifest
+from ._packages import PackagedTool, ToolPackage, installed, load
 from ._python import python
+from ._signing import sign_package, trust, trusted_keys, untrust
 from ._sql import sql_query
 from ._tool import Tool, tool
 
-__all__ = ["Tool", "ToolRefused", "catalog", "files", "http_get", "python", "sql_query", "tool"]
+__all__ = [
+    "Capabilities",
+    "Effects",
+    "Grant",
+    "Manifest",
+    "PackagedTool",
+    "Tool",
+    "ToolPackage",
+    "ToolRefused",
+    "UntrustedTool",
+    "catalog",
+    "csv_stats",
+    "files",
+    "git",
+    "grant",
+    "grants",
+    "http_get",
+    "installed",
+    "load",
+    "memory",
+    "python",
+    "revoke",
+    "sign_package",
+    "sql_query",
+    "tool",
+    "trust",
+    "trusted_keys",
+    "untrust",
+]
 
 _FACTORIES = {
     "sql_query": "wflo.tools.sql_query(database_url, max_rows=1000, timeout='5s')",
@@ -25,6 +59,14 @@ _FACTORIES = {
     "list_dir": "wflo.tools.files(root)",
     "write_file": "wflo.tools.files(root, writable=True)",
     "python": "wflo.tools.python(wflo.Sandbox(...))",
+    "git_log": "wflo.tools.git(repo)",
+    "git_show": "wflo.tools.git(repo)",
+    "git_diff": "wflo.tools.git(repo)",
+    "csv_stats": "wflo.tools.csv_stats(root)",
+    "memory_get": "wflo.tools.memory(path, agent=NAME)",
+    "memory_set": "wflo.tools.memory(path, agent=NAME)",
+    "memory_list": "wflo.tools.memory(path, agent=NAME)",
+    "memory_delete": "wflo.tools.memory(path, agent=NAME)",
 }
 
 
@@ -35,6 +77,9 @@ def _builtin_tools() -> list[Tool[..., Any]]:
         http_get(allow=["example.com"]),
         *files("/", writable=True),
         python(),
+        *git_tools("/nonexistent", max_bytes="256KiB", timeout="10s", prefix="git_"),
+        csv_stats("/"),
+        *memory(os.devnull, agent="example"),
     ]
 
 

@@ -3,7 +3,8 @@
 ::
 
     ToolDeniedError (wflo._errors)     a secure tool refused its input
-    └── ToolRefused                    also a UserError: the call (the agent's input) is wrong
+    ├── ToolRefused                    also a UserError: the call (the agent's input) is wrong
+    └── UntrustedTool                  also a UserError: a packaged tool failed its signature check
 
 ``ToolRefused`` carries ``tool`` (the tool's name) and ``reason`` (written for the model that
 made the call, so it can correct itself), pickles cleanly and is never retried.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from .._errors import ToolDeniedError, UserError
 
-__all__ = ["ToolRefused"]
+__all__ = ["ToolRefused", "UntrustedTool"]
 
 
 class ToolRefused(ToolDeniedError, UserError):
@@ -21,3 +22,13 @@ class ToolRefused(ToolDeniedError, UserError):
     its root, a limit (rows, bytes, time) that would be exceeded, …"""
 
     code = "tool_denied"
+
+
+class UntrustedTool(ToolDeniedError, UserError):
+    """A packaged tool refused under ``require_signed_tools``: unsigned, signed by a key nobody
+    trusted (``wflo tools trust``), or altered after it was signed (the file is named)."""
+
+    code = "tool_untrusted"
+
+    def _message(self) -> str:
+        return f"tool {self.tool!r} is not trusted: {self.reason}"

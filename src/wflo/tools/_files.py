@@ -24,7 +24,10 @@ from .._errors import UserError
 from ..approvals._policy import Approval
 from ..sandbox._base import parse_size
 from ._errors import ToolRefused
+from ._manifest import Capabilities, Effects
 from ._tool import Tool
+
+_READ = Effects(read_only=True, idempotent=True)
 
 __all__ = ["files"]
 
@@ -221,13 +224,16 @@ def files(
         return where.write(path, content)
 
     tools: list[Tool[..., dict[str, Any]]] = [
-        Tool(read_file, name=prefix + "read_file", risk="low",
+        Tool(read_file, name=prefix + "read_file", risk="low", effects=_READ, capabilities=Capabilities(read=(path,)),
              description=f"Read a text file (path relative to the workspace root); at most {cap} bytes are returned."),
-        Tool(list_dir, name=prefix + "list_dir", risk="low",
+        Tool(list_dir, name=prefix + "list_dir", risk="low", effects=_READ, capabilities=Capabilities(read=(path,)),
              description="List a directory of the workspace (path relative to the root; '.' for the root)."),
     ]  # fmt: skip
     if writable:
         tools.append(Tool(write_file, name=prefix + "write_file", risk="high", approval=write_policy,
+                          effects=Effects(destructive=True, idempotent=True), capabilities=Capabilities(write=(path,)),
                           description=f"Write a text file (path relative to the workspace root; replaced "
                                       f"whole; at most {cap} bytes)."))  # fmt: skip
+    if writable and write_policy is None:
+        tools[-1].approval_waived = True  # the developer said no approval: a grant is not needed to say so
     return tools

@@ -36,6 +36,7 @@ from .._errors import UserError
 from ..approvals._policy import Approval, parse_duration
 from ..sandbox._base import parse_size
 from ._errors import ToolRefused
+from ._manifest import Capabilities, Effects
 from ._tool import Tool
 
 __all__ = ["address_problem", "http_get"]
@@ -310,4 +311,7 @@ def http_get(
         f"Fetch a web page with HTTP GET (hosts allowed: {allowlist.text}) and get "
         f'{{"url", "status", "headers", "text", "truncated"}} back; the body is cut at {fetcher.max_bytes} bytes.'
     )
-    return Tool(fetch_url, name=name, description=text, risk=risk, approval=approval)
+    effects = Effects(read_only=True, idempotent=True, open_world=True)
+    caps = Capabilities(network=tuple(str(a) for a in allow))
+    return Tool(fetch_url, name=name, description=text, risk=risk, approval=approval, effects=effects,
+                capabilities=caps)  # fmt: skip

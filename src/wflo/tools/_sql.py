@@ -38,11 +38,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from .._errors import UserError
 from ..approvals._policy import Approval, parse_duration
 from ._errors import ToolRefused
+from ._manifest import Capabilities, Effects
 from ._tool import Tool
 
 __all__ = ["sql_query"]
@@ -404,4 +405,11 @@ def sql_query(
         f"{max_result_bytes} bytes in all, {seconds:g}s). "
         "Writes, multiple statements and side-effecting functions are refused."
     )
-    return Tool(run_query, name=name, description=text, risk=risk, approval=approval)
+    if path is None:
+        where = urlsplit(database_url)
+        declared = Capabilities(network=(f"{where.hostname or 'localhost'}:{where.port or 5432}",))
+    else:
+        declared = Capabilities(read=(path,))
+    effects = Effects(read_only=True, idempotent=True)
+    return Tool(run_query, name=name, description=text, risk=risk, approval=approval, effects=effects,
+                capabilities=declared)  # fmt: skip

@@ -105,17 +105,29 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("GET", "/api/v1/users"): lambda: ("/api/v1/users", None),
     ("GET", "/api/v1/workers"): lambda: ("/api/v1/workers", None),
     ("GET", "/healthz"): lambda: ("/healthz", None),
+    ("GET", "/api/v1/tools"): lambda: ("/api/v1/tools?tenant=acme", None),
+    ("GET", "/api/v1/tools/{name}"): lambda: ("/api/v1/tools/sql_query?tenant=acme", None),
+    ("GET", "/api/v1/tools/grants"): lambda: ("/api/v1/tools/grants", None),
+    ("POST", "/api/v1/tools/grants"): lambda: ("/api/v1/tools/grants", {"tool": "sql_query", "to": "workflow:wf"}),
+    ("POST", "/api/v1/tools/grants/remove"): lambda: (
+        "/api/v1/tools/grants/remove", {"tool": "sql_query", "to": "workflow:wf"}),
+    ("GET", "/tools"): lambda: ("/tools", None),
 }  # fmt: skip
 
 
 # A token in the resource's tenant, in another tenant, and everywhere.
 SCOPES = {"acme": "tenant:acme", "globex": "tenant:globex", "global": GLOBAL}
 # Routes whose resource belongs to no tenant (people): only global grants reach them.
-GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke")}
+GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke"), ("GET", "/api/v1/users"), ("GET", "/api/v1/workers")}
 # The audit record spans every tenant (the system chain holds all their decisions).
 GLOBAL_ROUTES |= {("POST", "/api/v1/audit/verify"), ("GET", "/api/v1/audit/checkpoints"),
                   ("POST", "/api/v1/audit/export"), ("GET", "/api/v1/audit/report")}  # fmt: skip
-GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke"), ("GET", "/api/v1/users"), ("GET", "/api/v1/workers")}
+# Tool grants are the deployment's (issue 18).
+GLOBAL_ROUTES |= {
+    ("GET", "/api/v1/tools/grants"),
+    ("POST", "/api/v1/tools/grants"),
+    ("POST", "/api/v1/tools/grants/remove"),
+}
 
 
 def undeclared_routes(app: FastAPI) -> list[str]:

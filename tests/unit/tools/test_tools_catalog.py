@@ -13,7 +13,22 @@ import wflo.tools
 from wflo.cli import cli
 from wflo.tools import _builtin_tools, catalog
 
-NAMES = ["sql_query", "http_get", "read_file", "list_dir", "write_file", "python"]
+NAMES = [
+    "sql_query",
+    "http_get",
+    "read_file",
+    "list_dir",
+    "write_file",
+    "python",
+    "git_log",
+    "git_show",
+    "git_diff",
+    "csv_stats",
+    "memory_get",
+    "memory_set",
+    "memory_list",
+    "memory_delete",
+]
 
 
 def _openai_entry(entry: dict[str, Any]) -> dict[str, Any]:
@@ -43,7 +58,7 @@ def test_catalog_lists_every_builtin_tool() -> None:
     assert [e["name"] for e in entries] == NAMES
     risks = {e["name"]: e["risk"] for e in entries}
     assert risks == {"sql_query": "medium", "http_get": "medium", "read_file": "low", "list_dir": "low",
-                     "write_file": "high", "python": "high"}  # fmt: skip
+                     "write_file": "high", "python": "high"} | {n: "low" for n in NAMES[6:]}  # fmt: skip
     approvals = {e["name"] for e in entries if e["approval"]}
     assert approvals == {"write_file"}
     python_entry = next(e for e in entries if e["name"] == "python")
@@ -67,14 +82,33 @@ def test_every_builtin_tool_converts_to_an_openai_schema(tool: wflo.tools.Tool[.
 def test_public_names() -> None:
     assert wflo.tools.__all__ == sorted(wflo.tools.__all__)
     assert set(wflo.tools.__all__) == {
+        "Capabilities",
+        "Effects",
+        "Grant",
+        "Manifest",
+        "PackagedTool",
         "Tool",
+        "ToolPackage",
         "ToolRefused",
+        "UntrustedTool",
         "catalog",
+        "csv_stats",
         "files",
+        "git",
+        "grant",
+        "grants",
         "http_get",
+        "installed",
+        "load",
+        "memory",
         "python",
+        "revoke",
+        "sign_package",
         "sql_query",
         "tool",
+        "trust",
+        "trusted_keys",
+        "untrust",
     }
     assert issubclass(wflo.tools.ToolRefused, wflo.UserError)
 

@@ -89,20 +89,10 @@ export function stream(path, onEvent) {
   return () => es.close();
 }
 
-/** Whether the signed-in person holds `permission` anywhere (the API still decides). */
+/** Whether the signed-in person holds `permission` anywhere (the server lists them on the page;
+ *  the API still decides every call). */
 export function may(permission) {
-  const grants = (document.body.dataset.grants || "").split(" ").filter(Boolean);
-  const roles = {
-    viewer: ["runs:read", "approvals:read", "budgets:read"],
-    operator: ["runs:read", "approvals:read", "budgets:read", "runs:cancel", "runs:resume"],
-    approver: ["runs:read", "approvals:read", "budgets:read", "approvals:decide"],
-    "budget-admin": ["runs:read", "approvals:read", "budgets:read", "budgets:write"],
-    auditor: ["runs:read", "approvals:read", "budgets:read", "audit:read", "grants:read", "tokens:read"],
-  };
-  return grants.some((g) => {
-    const role = g.split("@")[0];
-    return role === "admin" || (roles[role] || []).includes(permission);
-  });
+  return (document.body.dataset.permissions || "").split(" ").includes(permission);
 }
 
 export function usd(value) {

@@ -1,0 +1,1 @@
+"""An example wflo tool package (see docs/tool-authors.md)."""

@@ -1,0 +1,60 @@
+"""``wflo mcp …``: serve granted tools to MCP clients."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from .._errors import UserError
+from ._app import cli, err_console, handle_errors
+
+
+@cli.group()
+def mcp() -> None:
+    """The Model Context Protocol: wflo tools for MCP clients (needs wflo[mcp])."""
+
+
+def _tools_from(spec: str) -> list[Any]:
+    from ..tools import Tool
+
+    module, _, attr = spec.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in (attr or "TOOLS").split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"--tools {spec}: cannot load it ({exc})") from None
+    items = obj() if callable(obj) and not isinstance(obj, Tool) else obj
+    items = list(items) if isinstance(items, list | tuple) else [items]
+    if not all(isinstance(t, Tool) for t in items):
+        raise UserError(f"--tools {spec} must name a wflo.Tool or a list of them")
+    return items
+
+
+@mcp.command("serve")
+@click.option("--workflow", required=True, help="Calls run as this workflow; its grants decide the tools listed.")
+@click.option("--tenant", help="Runs belong to this tenant (its grants count too).")
+@click.option("--agent", help="Calls are made as this agent (its grants count too).")
+@click.option(
+    "--tools", "tools_spec", help="module:ATTR holding wflo.Tool objects to serve besides installed packages."
+)
+@click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="HTTP only.")
+@click.option("--port", default=8765, show_default=True, help="HTTP only (streamable HTTP at /mcp).")
+@handle_errors
+def mcp_serve(workflow: str, tenant: str | None, agent: str | None, tools_spec: str | None, transport: str,
+              host: str, port: int) -> None:  # fmt: skip
+    """Serve the installed tool packages (and --tools) granted to the workflow, tenant or agent.
+    Each call is a journaled run of WORKFLOW: grants, loop guard and approvals apply."""
+    from ..mcp import serve
+    from ..tools import installed, load
+
+    tools: list[Any] = _tools_from(tools_spec) if tools_spec else []
+    for pkg in installed():
+        try:
+            tools.append(load(pkg.manifest.name))
+        except UserError as exc:
+            err_console.print(f"skipped {pkg.manifest.name}: {exc}")
+    serve(tools, workflow=workflow, tenant=tenant, agent=agent, transport=transport, host=host, port=port)

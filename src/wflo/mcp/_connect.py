@@ -1,0 +1,186 @@
+"""MCP in: an external MCP server's tools as ``wflo.Tool`` objects.
+
+``wflo.mcp.connect(["python", "server.py"])`` starts the server over stdio (the official SDK's
+client, on a thread of its own) and returns a ``Connection`` whose ``tools`` an agent calls
+like any other tool. Inside a run each call passes the call boundary: it is journaled (a
+resumed run replays the recorded answer instead of calling the server again), loop-guarded,
+and waits for approval when the tool is destructive or a policy says so.
+
+MCP annotations are hints from the server, not facts: unless ``trust_hints=True``, every tool is
+treated as destructive (so it asks for approval) except those named in ``read_only=``.
+``prices={"search": "0.01"}`` prices a tool's calls, which a grant's ``budget_usd`` then caps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .._errors import UserError
+from ..approvals._policy import Approval
+from ..tools._errors import ToolRefused
+from ..tools._manifest import Capabilities, Effects
+from ..tools._tool import Tool
+
+
+class MCPTool(Tool[..., Any]):
+    """One tool of an external MCP server."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        remote: Any,
+        *,
+        name: str,
+        effects: Effects,
+        approval: Approval | None,
+        cost_usd: Decimal | None = None,
+    ) -> None:
+        self.remote_name = remote.name
+        self.schema = dict(remote.input_schema or {"type": "object", "properties": {}})
+        # The SDK wraps a non-object return value as {"result": value}; the agent gets the value.
+        unwrap = set((remote.output_schema or {}).get("properties") or {}) == {"result"}
+
+        def call(**kwargs: Any) -> Any:
+            value = conn.call(self.remote_name, kwargs)
+            return value["result"] if unwrap and isinstance(value, dict) and set(value) == {"result"} else value
+
+        call.__name__ = name
+        super().__init__(call, name=name, description=remote.description or name, effects=effects,
+                         approval=approval, risk="high" if effects.destructive else "medium",
+                         capabilities=Capabilities(cost_usd=cost_usd))  # fmt: skip
+
+    def parameters(self) -> dict[str, Any]:
+        return self.schema
+
+
+class Connection:
+    """A running stdio MCP server and its tools (``close()`` or ``with`` stops it)."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        prefix: str = "",
+        read_only: Sequence[str] = (),
+        trust_hints: bool = False,
+        approval: Approval | None = None,
+        prices: Mapping[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
+            raise UserError("connect() takes the server's command as a list: ['python', 'server.py']")
+        try:
+            from mcp.client.stdio import StdioServerParameters
+        except ImportError:
+            raise UserError("MCP needs the official SDK: pip install 'wflo[mcp]'") from None
+        costs = {name: _price(name, value) for name, value in (prices or {}).items()}
+        self._params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(env or {}), cwd=cwd)
+        self._timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="wflo-mcp", daemon=True)
+        self._thread.start()
+        self._requests: asyncio.Queue[Any] | None = None
+        ready: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+        self._main = asyncio.run_coroutine_threadsafe(self._serve(ready), self._loop)
+        try:
+            remote = ready.result(timeout)
+        except BaseException:
+            self.close()
+            raise
+        tools = []
+        for r in remote:
+            hints = r.annotations
+            if trust_hints and hints is not None:
+                eff = Effects(read_only=bool(hints.read_only_hint), idempotent=bool(hints.idempotent_hint),
+                              destructive=not hints.read_only_hint and hints.destructive_hint is not False,
+                              open_world=hints.open_world_hint is not False)  # fmt: skip
+            elif r.name in read_only:
+                eff = Effects(read_only=True, open_world=True)
+            else:
+                eff = Effects(destructive=True, open_world=True)
+            tools.append(
+                MCPTool(self, r, name=prefix + r.name, effects=eff, approval=approval, cost_usd=costs.get(r.name))
+            )
+        self.tools: list[MCPTool] = tools
+
+    async def _serve(self, ready: concurrent.futures.Future[list[Any]]) -> None:
+        # One task owns the SDK's contexts from start to end (anyio's scopes must be left by
+        # the task that entered them); calls come in on a queue.
+        from mcp.client.session import ClientSession
+        from mcp.client.stdio import stdio_client
+
+        self._requests = asyncio.Queue()
+        try:
+            async with stdio_client(self._params) as (read, write), ClientSession(read, write) as session:
+                await session.initialize()
+                listed = await session.list_tools()
+                ready.set_result(list(listed.tools))
+                while True:
+                    item = await self._requests.get()
+                    if item is None:
+                        return
+                    name, args, fut = item
+                    try:
+                        fut.set_result(await session.call_tool(name, args))
+                    except Exception as exc:
+                        fut.set_exception(exc)
+        except BaseException as exc:
+            if not ready.done():
+                leaf: BaseException = exc
+                while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+                    leaf = leaf.exceptions[0]
+                why = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
+                ready.set_exception(UserError(f"the MCP server {self._params.command!r} did not start ({why})"))
+            raise
+
+    def call(self, name: str, args: dict[str, Any]) -> Any:
+        """Call a tool of the server (blocking); its structured result, or its text."""
+        if self._requests is None or self._main.done():
+            raise ToolRefused(tool=name, reason="the MCP server is not running")
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._loop.call_soon_threadsafe(self._requests.put_nowait, (name, args, fut))
+        result = fut.result(self._timeout)
+        text = "\n".join(getattr(c, "text", "") for c in result.content if getattr(c, "type", "") == "text")
+        if result.is_error:
+            raise ToolRefused(tool=name, reason=f"the MCP server answered with an error: {text[:1000]}")
+        return result.structured_content if result.structured_content is not None else text
+
+    def close(self) -> None:
+        """Stop the server and the connection's thread."""
+        if self._requests is not None and not self._main.done():
+            self._loop.call_soon_threadsafe(self._requests.put_nowait, None)
+            with contextlib.suppress(Exception):
+                self._main.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._loop.is_running():
+            self._loop.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _price(name: str, value: Any) -> Decimal:
+    try:
+        price = Decimal(str(value))
+    except InvalidOperation:
+        price = Decimal(-1)
+    if isinstance(value, bool | float) or not price.is_finite() or price < 0:
+        raise UserError(f"prices[{name!r}] must be a decimal string like '0.01', got {value!r}")
+    return price
+
+
+def connect(command: Sequence[str], **options: Any) -> Connection:
+    """Start an external stdio MCP server and wrap its tools (see ``Connection``)."""
+    return Connection(command, **options)

@@ -1,0 +1,129 @@
+"""MCP out: wflo tools as an MCP server (the official ``mcp`` SDK, stdio or streamable HTTP).
+
+``wflo mcp serve --workflow research`` exposes the tools granted to ``workflow:research``
+(and to ``--tenant``/``--agent`` when given). Each ``tools/call`` is a durable run of the
+workflow ``research`` holding one tool call, so it passes the call boundary like any other:
+grant check, loop guard, approval (a destructive tool's call waits for a decision), journal.
+A refusal comes back to the MCP client as an error result whose text is the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .. import _config
+from .._errors import UserError, WfloError
+from .._scope import scope
+from ..tools._grants import grants
+from ..tools._tool import Tool
+
+
+def _sdk() -> Any:
+    try:
+        import mcp_types
+        from mcp.server.lowlevel import Server
+    except ImportError:
+        raise UserError("MCP needs the official SDK: pip install 'wflo[mcp]'") from None
+    return mcp_types, Server
+
+
+class ToolServer:
+    """The tools an MCP client may call, for one workflow (and optionally tenant and agent)."""
+
+    def __init__(
+        self, tools: Sequence[Tool[..., Any]], *, workflow: str, tenant: str | None = None, agent: str | None = None
+    ) -> None:
+        import wflo
+
+        if not workflow or ":" in workflow:
+            raise UserError(f"workflow must be a name (the runs' workflow), got {workflow!r}")
+        self.tools = {t.name: t for t in tools}
+        if len(self.tools) != len(tools):
+            raise UserError("two tools have the same name")
+        self.workflow, self.tenant, self.agent = workflow, tenant, agent
+        self.principals = [f"workflow:{workflow}"] + ([f"tenant:{tenant}"] if tenant else []) + (
+            [f"agent:{agent}"] if agent else [])  # fmt: skip
+
+        def call_tool(name: str, arguments: dict[str, Any]) -> Any:
+            with scope(agent=agent) if agent else contextlib.nullcontext():
+                return self.tools[name](**arguments)
+
+        call_tool.__name__ = f"mcp_{workflow}"
+        self._wf = wflo.workflow(name=workflow)(call_tool)
+
+    def visible(self) -> list[Tool[..., Any]]:
+        """The tools this server lists: those granted to one of its principals (and, unless
+        grants are required, the non-packaged ones given to it)."""
+        granted = {g.tool for g in grants() if g.principal in self.principals}
+        required = _config.settings().require_tool_grants
+        return [t for n, t in self.tools.items() if n in granted or not (t.packaged or required)]
+
+    def call(self, name: str, arguments: dict[str, Any]) -> Any:
+        """One call, as a run of the workflow (raises what the tool or a guard raised)."""
+        if name not in {t.name for t in self.visible()}:
+            raise UserError(f"no tool named {name!r} is granted here")
+        return self._wf.options(tenant=self.tenant).run(name, arguments)
+
+    def build(self) -> Any:
+        """The ``mcp.server.lowlevel.Server``."""
+        types, server_cls = _sdk()
+
+        async def list_tools(ctx: Any, params: Any) -> Any:
+            listed = await asyncio.to_thread(self.visible)
+            return types.ListToolsResult(tools=[_describe(types, t) for t in listed])
+
+        async def call_tool(ctx: Any, params: Any) -> Any:
+            try:
+                value = await asyncio.to_thread(self.call, params.name, dict(params.arguments or {}))
+            except (WfloError, UserError) as exc:
+                return types.CallToolResult(content=[types.TextContent(type="text", text=str(exc))], is_error=True)
+            text = value if isinstance(value, str) else json.dumps(value, default=str)
+            structured = value if isinstance(value, dict) else None
+            return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
+                                        structured_content=structured)  # fmt: skip
+
+        return server_cls("wflo", on_list_tools=list_tools, on_call_tool=call_tool)
+
+    async def serve_stdio(self) -> None:
+        from mcp.server.stdio import stdio_server
+
+        server = self.build()
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+    def http_app(self, *, host: str = "127.0.0.1") -> Any:
+        """A Starlette app serving streamable HTTP at ``/mcp``."""
+        return self.build().streamable_http_app(host=host)
+
+
+def _describe(types: Any, t: Tool[..., Any]) -> Any:
+    e = t.effects
+    notes = types.ToolAnnotations(read_only_hint=e.read_only, destructive_hint=e.destructive,
+                                  idempotent_hint=e.idempotent, open_world_hint=e.open_world)  # fmt: skip
+    return types.Tool(name=t.name, description=t.description, input_schema=t.parameters(), annotations=notes)
+
+
+def serve(
+    tools: Sequence[Tool[..., Any]],
+    *,
+    workflow: str,
+    tenant: str | None = None,
+    agent: str | None = None,
+    transport: str = "stdio",
+    host: str = "127.0.0.1",
+    port: int = 8765,
+) -> None:
+    """Serve ``tools`` over MCP until the client goes away (stdio) or the process is stopped (http)."""
+    srv = ToolServer(tools, workflow=workflow, tenant=tenant, agent=agent)
+    if transport == "stdio":
+        asyncio.run(srv.serve_stdio())
+    elif transport == "http":
+        import uvicorn
+
+        uvicorn.run(srv.http_app(host=host), host=host, port=port, log_level="warning")
+    else:
+        raise UserError(f"transport must be 'stdio' or 'http', got {transport!r}")

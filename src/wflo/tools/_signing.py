@@ -1,0 +1,181 @@
+"""Signed tool packages: a publisher's Ed25519 signature over the manifest and every file.
+
+``wflo tools sign DIR --key KEY`` (the key from ``wflo audit keygen``) writes
+``DIR/wflo_tools.sig``: the SHA-256 of each file of the package directory (``__pycache__``
+and ``*.pyc`` excepted; the manifest ``wflo_tools.json`` is one of them), the publisher's
+public key and a signature over both (the audit chain's ``sign_record``). ``wflo tools trust
+KEY`` pins a publisher's key in the store (on the system chain). With ``require_signed_tools``,
+``wflo.tools.load(name)`` refuses a package that is unsigned, signed by an untrusted key, or
+whose files differ from what was signed (changed, added or removed), naming the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._config import get_store, settings
+from .._errors import UserError
+from ..audit._checkpoint import _raw_public, load_private_key, load_public_key, record_signed_by, sign_record
+from ..store import NewEvent
+from ._errors import UntrustedTool
+
+if TYPE_CHECKING:
+    from ..store import Store
+    from ._packages import ToolPackage
+
+SIG_FILE = "wflo_tools.sig"
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """``relative path -> sha256`` of every file a signature covers."""
+    out: dict[str, str] = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory).as_posix()
+        if "__pycache__" in path.parts or path.suffix == ".pyc" or rel == SIG_FILE:
+            continue
+        if path.is_symlink():
+            out[rel] = "symlink:" + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def sign_package(directory: str | os.PathLike[str], key_path: str | os.PathLike[str]) -> Path:
+    """Sign the package directory (the one holding ``wflo_tools.json``); returns the signature file."""
+    root = Path(directory)
+    if not (root / "wflo_tools.json").is_file():
+        raise UserError(f"{root} has no wflo_tools.json: sign the package directory that holds the manifest")
+    key = load_private_key(key_path)
+    doc = sign_record({"kind": "wflo-tool-package", "files": file_digests(root)}, key)
+    out = root / SIG_FILE
+    out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return out
+
+
+def key_id(raw_public_b64: str) -> str:
+    """A short, stable name for a public key (first 16 hex digits of its SHA-256)."""
+    return hashlib.sha256(base64.b64decode(raw_public_b64)).hexdigest()[:16]
+
+
+def _raw_of(key: str) -> str:
+    """A raw base64 Ed25519 public key from a PEM file path or the base64 text itself."""
+    if os.path.exists(key):
+        return _raw_public(load_public_key(key))
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise UserError(f"{key!r} is neither a PEM key file nor a base64 Ed25519 public key (32 bytes)")
+    return key
+
+
+def trust(key: str, *, name: str = "", store: Store | None = None, by: str | None = None, via: str = "local") -> str:
+    """Pin a publisher key (a PEM file or base64); returns its key id. Recorded on the system chain."""
+    if via == "local" and settings().require_auth:
+        from ..auth import access
+
+        access().require_local("tools:write")
+    raw = _raw_of(key)
+    kid = key_id(raw)
+    st = store or get_store()
+    who = by or settings().principal
+    from ..store._records import now_iso
+
+    at = now_iso()
+
+    def op(cur: Any) -> None:
+        st.execute(cur, "DELETE FROM tool_trust WHERE key_id = ?", (kid,))
+        st.execute(cur, "INSERT INTO tool_trust (key_id, public_key, name, trusted_by, trusted_at) VALUES (?, ?, ?, ?, ?)",
+                   (kid, raw, name, who, at))  # fmt: skip
+
+    st.append_system([NewEvent("tool.key_trusted", {"key_id": kid, "public_key": raw, "name": name, "by": who,
+                                                     "via": via})], ops=[op])  # fmt: skip
+    return kid
+
+
+def untrust(kid: str, *, store: Store | None = None, by: str | None = None, via: str = "local") -> bool:
+    """Stop trusting a key id; returns whether it was trusted."""
+    if via == "local" and settings().require_auth:
+        from ..auth import access
+
+        access().require_local("tools:write")
+    if not isinstance(kid, str) or not re.fullmatch(r"[0-9a-f]{16}", kid):
+        raise UserError(f"{kid!r} is not a key id (16 hex digits, as `wflo tools trusted` shows)")
+    st = store or get_store()
+    existed = kid in trusted_keys(store=st)
+
+    def op(cur: Any) -> None:
+        st.execute(cur, "DELETE FROM tool_trust WHERE key_id = ?", (kid,))
+
+    st.append_system([NewEvent("tool.key_untrusted", {"key_id": kid, "existed": existed,
+                                                       "by": by or settings().principal, "via": via})], ops=[op])  # fmt: skip
+    return existed
+
+
+def trusted_keys(*, store: Store | None = None) -> dict[str, dict[str, str]]:
+    """``key_id -> {public_key, name, trusted_by, trusted_at}``."""
+    st = store or get_store()
+    rows = st._fetchall("SELECT key_id, public_key, name, trusted_by, trusted_at FROM tool_trust ORDER BY key_id", [])
+    return {r[0]: {"public_key": r[1], "name": r[2], "trusted_by": r[3], "trusted_at": r[4]} for r in rows}
+
+
+def check_signature(pkg: ToolPackage) -> tuple[str | None, str]:
+    """``(key_id or None, problem)``; an empty problem means the files are exactly what was signed."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    sig = pkg.directory / SIG_FILE
+    if not sig.is_file():
+        return None, "the package is not signed (no wflo_tools.sig)"
+    try:
+        doc = json.loads(sig.read_text())
+        public = ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(doc["public_key"], validate=True))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{sig} is not a valid signature file"
+    kid = key_id(doc["public_key"])
+    if doc.get("kind") != "wflo-tool-package" or not record_signed_by(doc, public):
+        return kid, "the signature does not verify (the signature file was altered)"
+    signed: dict[str, str] = doc.get("files") or {}
+    now = file_digests(pkg.directory)
+    for rel in sorted(set(signed) | set(now)):
+        if rel not in now:
+            return kid, f"{rel} was signed but is missing"
+        if rel not in signed:
+            return kid, f"{rel} was added after signing"
+        if signed[rel] != now[rel]:
+            return kid, f"{rel} was altered after signing"
+    return kid, ""
+
+
+def signature_status(pkg: ToolPackage) -> str:
+    """One line for ``wflo tools show``: unsigned, altered, or signed by a (trusted?) key."""
+    try:
+        kid, problem = check_signature(pkg)
+    except ImportError:  # pragma: no cover - cryptography is in the audit and dev extras
+        return "unknown (pip install 'wflo[audit]')"
+    if problem:
+        return problem
+    try:
+        known = kid in trusted_keys()
+    except Exception:  # no store configured or reachable: say so rather than fail a listing
+        return f"signed by {kid} (trust not checked: no store)"
+    return f"signed by {kid} ({'trusted' if known else 'not trusted: wflo tools trust KEY'})"
+
+
+def verify_package(pkg: ToolPackage, *, store: Store | None = None) -> str:
+    """Raise ``UntrustedTool`` unless ``pkg`` is signed by a trusted key and unaltered; returns the key id."""
+    kid, problem = check_signature(pkg)
+    name = pkg.manifest.name
+    if problem:
+        raise UntrustedTool(tool=name, reason=f"{problem}; require_signed_tools refuses it")
+    assert kid is not None
+    if kid not in trusted_keys(store=store):
+        raise UntrustedTool(tool=name, reason=f"it is signed by key {kid}, which is not trusted "
+                            f"(wflo tools trust PUBLIC_KEY if you trust its publisher)")  # fmt: skip
+    return kid
