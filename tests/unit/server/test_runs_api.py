@@ -370,6 +370,19 @@ def test_stream_shows_an_event_appended_by_another_process_within_a_second(
                 time.sleep(0.01)
             feed_ids = [m["run"]["id"] for _, m in feed if m["kind"] == "run"]
             assert mine in feed_ids and rid in feed_ids and other not in feed_ids
+            req, _ = inbox().create(
+                approval_id=f"ap-{mine}", run_id=mine, call_id="1", tool="refund", message="refund 5",
+                action={"tool": "refund", "kwargs": {}}, approvers=[], quorum=1, requested_by="user:agent",
+                timeout_at=None, on_timeout="reject", escalate_to=[],
+            )  # fmt: skip
+            decided = http.post(f"/api/v1/approvals/{req.id}/decide", json={"decision": "approve"},
+                                headers=bearer("approver", "tenant:acme"))  # fmt: skip
+            assert decided.status_code == 200, decided.text
+            deadline = time.time() + 5
+            while time.time() < deadline and not any(m["kind"] == "approval" for _, m in feed):
+                time.sleep(0.01)
+            approvals = [m["approval"] for _, m in feed if m["kind"] == "approval"]
+            assert approvals and approvals[0] == {"id": req.id, "run_id": mine, "status": "approved", "tool": "refund"}
             stop.set()
         # Reconnecting with Last-Event-ID resumes after that event: nothing is sent twice.
         with http.stream("GET", f"/api/v1/stream?run={rid}", headers={**h, "Last-Event-ID": "1"}) as again:
