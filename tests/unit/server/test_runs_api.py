@@ -450,3 +450,24 @@ def test_a_text_search_reads_a_bounded_window_per_page(client: TestClient, monke
             break
     assert found == [ids[7], ids[6], ids[1]]  # newest first, each once
     assert 0 in pages  # a window without a match still hands on its cursor
+
+
+def test_a_stream_ends_by_itself_so_a_stopping_server_is_not_held(
+    app: FastAPI, configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn lets open responses finish before it stops: a stream that never ended would hold
+    a deploy forever. Each stream ends after STREAM_SECONDS; the browser reconnects."""
+    monkeypatch.setattr(_runs_live, "STREAM_SECONDS", 0.5)
+    rid = make_run()
+    h = bearer("viewer")
+    with serve() as base:
+        t0 = time.monotonic()
+        with httpx.stream("GET", f"{base}/api/v1/stream?run={rid}", headers=h, timeout=10) as resp:
+            lines = list(resp.iter_lines())
+        assert time.monotonic() - t0 < 5 and lines[0] == "retry: 1000"
+        with httpx.stream("GET", f"{base}/api/v1/stream", headers=h, timeout=10) as resp:
+            assert resp.status_code == 200
+            held = threading.Thread(target=lambda: list(resp.iter_lines()), daemon=True)
+            held.start()
+            held.join(5)
+            assert not held.is_alive()
