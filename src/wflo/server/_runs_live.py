@@ -43,6 +43,10 @@ FEED_MARGIN_SECONDS = 2.0
 """The feed of all runs reads events stamped this far back, for appends that commit late."""
 KEEPALIVE_SECONDS = 15.0
 MIN_TICK_SECONDS = 0.05
+STREAM_SECONDS = 25.0
+"""A stream ends after this long and the browser reconnects (going on after its
+``Last-Event-ID``). uvicorn lets open responses finish before it stops, so a server asked to
+stop (a deploy, SIGTERM) is never held longer than this by an open page."""
 EVENTS_PER_READ = 1000
 END: dict[str, Any] = {"kind": "end"}
 """The last message of a run's stream, once the run has ended and every event was sent."""
@@ -252,13 +256,18 @@ async def sse(sub: Subscriber, watcher: Watcher, first: list[dict[str, Any]]) ->
         yield "retry: 1000\n\n" + "".join(_frame(m) for m in first)
         return
     watcher.subscribe(sub)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + STREAM_SECONDS
     try:
         yield "retry: 1000\n\n"
         for msg in first:
             yield _frame(msg)
         while True:
+            left = until - loop.time()
+            if left <= 0:
+                return  # the browser reconnects at once, with Last-Event-ID
             try:
-                msg = await asyncio.wait_for(sub.queue.get(), timeout=KEEPALIVE_SECONDS)
+                msg = await asyncio.wait_for(sub.queue.get(), timeout=min(KEEPALIVE_SECONDS, left))
             except TimeoutError:
                 yield ": keepalive\n\n"
                 continue

@@ -27,7 +27,7 @@ from ..cost._ledger import usd_str
 from ..store import RUN_STATUSES, Store
 
 MAX_LIMIT = 500
-SCAN_WINDOW = 10_000
+SCAN_WINDOW = 5_000
 """Runs a page with a text or cost filter reads at most (see ``list_runs``)."""
 DEFAULT_LIMIT = 50
 COST_TYPES = ("call.completed", "call.failed")

@@ -372,6 +372,19 @@ def test_stream_shows_an_event_appended_by_another_process_within_a_second(
                 time.sleep(0.01)
             feed_ids = [m["run"]["id"] for _, m in feed if m["kind"] == "run"]
             assert mine in feed_ids and rid in feed_ids and other not in feed_ids
+            req, _ = inbox().create(
+                approval_id=f"ap-{mine}", run_id=mine, call_id="1", tool="refund", message="refund 5",
+                action={"tool": "refund", "kwargs": {}}, approvers=[], quorum=1, requested_by="user:agent",
+                timeout_at=None, on_timeout="reject", escalate_to=[],
+            )  # fmt: skip
+            decided = http.post(f"/api/v1/approvals/{req.id}/decide", json={"decision": "approve"},
+                                headers=bearer("approver", "tenant:acme"))  # fmt: skip
+            assert decided.status_code == 200, decided.text
+            deadline = time.time() + 5
+            while time.time() < deadline and not any(m["kind"] == "approval" for _, m in feed):
+                time.sleep(0.01)
+            approvals = [m["approval"] for _, m in feed if m["kind"] == "approval"]
+            assert approvals and approvals[0] == {"id": req.id, "run_id": mine, "status": "approved", "tool": "refund"}
             stop.set()
         # Reconnecting with Last-Event-ID resumes after that event: nothing is sent twice.
         with http.stream("GET", f"/api/v1/stream?run={rid}", headers={**h, "Last-Event-ID": "1"}) as again:
@@ -439,3 +452,24 @@ def test_a_text_search_reads_a_bounded_window_per_page(client: TestClient, monke
             break
     assert found == [ids[7], ids[6], ids[1]]  # newest first, each once
     assert 0 in pages  # a window without a match still hands on its cursor
+
+
+def test_a_stream_ends_by_itself_so_a_stopping_server_is_not_held(
+    app: FastAPI, configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvicorn lets open responses finish before it stops: a stream that never ended would hold
+    a deploy forever. Each stream ends after STREAM_SECONDS; the browser reconnects."""
+    monkeypatch.setattr(_runs_live, "STREAM_SECONDS", 0.5)
+    rid = make_run()
+    h = bearer("viewer")
+    with serve() as base:
+        t0 = time.monotonic()
+        with httpx.stream("GET", f"{base}/api/v1/stream?run={rid}", headers=h, timeout=10) as resp:
+            lines = list(resp.iter_lines())
+        assert time.monotonic() - t0 < 5 and lines[0] == "retry: 1000"
+        with httpx.stream("GET", f"{base}/api/v1/stream", headers=h, timeout=10) as resp:
+            assert resp.status_code == 200
+            held = threading.Thread(target=lambda: list(resp.iter_lines()), daemon=True)
+            held.start()
+            held.join(5)
+            assert not held.is_alive()

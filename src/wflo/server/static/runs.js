@@ -103,7 +103,7 @@ function render() {
   mount("runs-list",
     rows.length
       ? h("table", { id: "runs-table" }, h("thead", {}, h("tr", {}, head.map((t) => h("th", {}, t)))), body)
-      : h("div", { class: "empty", id: "no-runs" }, cursor ? "none found yet: a text or cost search reads 10,000 runs a page" : "no runs match"),
+      : h("div", { class: "empty", id: "no-runs" }, cursor ? "none found yet: a text or cost search reads 5,000 runs a page" : "no runs match"),
     cursor ? h("p", {}, h("button", { id: "more", type: "button", onclick: loadMore }, "Load more")) : null,
   );
 }
