@@ -172,7 +172,7 @@ def workers(access: Access) -> dict[str, Any]:
     A running run whose lease expired waits for another worker to recover it (``orphaned``).
     """
     st = access.store
-    now = now_iso()
+    now = st.now()  # leases are judged on the store's clock, so they are read on it too
     lease = settings().lease_seconds
     found: dict[str, dict[str, Any]] = {}
     held = st.read(

@@ -1,9 +1,10 @@
-"""A realistic store for the approvals, costs and audit pages, and their screenshots.
+"""A realistic store for the panel's pages, and their screenshots (docs/panel.md).
 
-``python tests/integration/decisions_screens.py docs/img`` builds the store (the demo scenes,
+``python tests/integration/panel_screens.py docs/img`` builds the store (the demo scenes,
 two weeks of LLM spend by three workflows of two tenants through the real openai SDK and
-wflo.testing's scripted server, budgets, approvals waiting) and writes
-panel-approvals.png, panel-costs.png and panel-audit.png into the directory given.
+wflo.testing's scripted server, budgets, approvals waiting) and writes panel-overview.png,
+panel-runs.png, panel-run.png, panel-approvals.png, panel-costs.png and panel-audit.png into the
+directory given.
 
 Two weeks of spend are made in a minute by moving the store's clock back while each day's
 runs run: every event is still appended through the normal path, hash chain included.
@@ -135,6 +136,18 @@ def screenshots(url: str, out: Path) -> None:
         ctx: Any = signed_in(browser, base, "user:ann@acme.com")
         page = ctx.new_page()
         page.set_viewport_size({"width": 1400, "height": 900})
+        page.goto(base + "/")
+        page.locator("#pending-approvals").wait_for()
+        page.screenshot(path=str(out / "panel-overview.png"), full_page=True)
+        page.goto(base + "/runs")
+        page.locator("#runs-table tbody tr").first.wait_for()
+        page.screenshot(path=str(out / "panel-runs.png"))
+        rich = _config.get_store().read(
+            "SELECT chain FROM events WHERE type = 'call.completed' GROUP BY chain ORDER BY COUNT(*) DESC LIMIT 1"
+        )[0][0]
+        page.goto(base + f"/runs/{rich}")
+        page.locator(".timeline li").first.wait_for()
+        page.screenshot(path=str(out / "panel-run.png"))
         page.goto(base + "/approvals")
         page.locator("#approval-table tbody tr").nth(2).click()
         page.locator("#detail-rule", has_text="lambda").wait_for()
