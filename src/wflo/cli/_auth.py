@@ -281,4 +281,6 @@ def server_cmd(host: str, port: int, admin_principal: str | None) -> None:
             soft_wrap=True,
             markup=False,
         )
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    # Open live streams (the panel's server-sent events) would otherwise hold a stopping server
+    # until every browser closes; after 5 s they are cut and the browsers reconnect elsewhere.
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
