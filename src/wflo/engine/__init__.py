@@ -3,6 +3,7 @@
 from ._boundary import NOT_REPLAYED, Call, Guard, Outcome, aguarded_call, finish_call, guarded_call, start_call
 from ._context import JournalEntry, RunContext, current_run
 from ._executor import add_finish_op, add_guard_factory, add_resume_hook, process_owner
+from ._options import StepOptions, ToolOptions, WorkflowOptions, check_options
 from ._worker import Worker
 from ._workflow import (
     BoundWorkflow,
@@ -29,13 +30,17 @@ __all__ = [
     "RunHandle",
     "RunOptions",
     "Step",
+    "StepOptions",
+    "ToolOptions",
     "Worker",
     "Workflow",
+    "WorkflowOptions",
     "add_cancel_hook",
     "add_finish_op",
     "add_guard_factory",
     "add_resume_hook",
     "aguarded_call",
+    "check_options",
     "current_run",
     "finish_call",
     "get_workflow",

@@ -9,7 +9,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from .._errors import UserError
 from ..approvals._policy import Approval
-from ..engine import Call, Step
+from ..engine import Call, Step, ToolOptions, check_options
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -103,4 +103,5 @@ def tool(fn: Any = None, /, **options: Any) -> Any:
     """Make a function a guarded, journaled tool: ``@wflo.tool`` or ``@wflo.tool(approval=wflo.Approval(...))``."""
     if fn is not None:
         return Tool(fn)
+    check_options(ToolOptions, options, what="tool")  # a misspelt option fails at the decorator
     return lambda f: Tool(f, **options)
