@@ -55,7 +55,7 @@ class Settings:
 
     content: str = "full"
     """What the journal keeps of LLM completions: ``full`` (the response, secrets such as API
-    keys redacted), ``redacted`` (also passed through your ``wflo.add_redactor`` functions) or
+    keys redacted), ``redacted`` (also passed through your ``wflo.audit.add_redactor`` functions) or
     ``hash_only`` (only its SHA-256). Prompts are never stored, only their digest. The exact
     response is kept apart from the chain while the run may still need to replay it, and
     removed when the run ends. Env: ``WFLO_CONTENT``."""

@@ -404,7 +404,7 @@ class UnknownPriceError(BudgetError):
         where = f" (provider {self.provider})" if self.provider else ""
         return (
             f"no price is known for model {self.model!r}{where}, so its cost cannot be bounded "
-            f"and the call was refused. Set one: wflo.prices.set({self.model!r}, "
+            f"and the call was refused. Set one: wflo.cost.prices.set({self.model!r}, "
             "input_per_mtok=..., output_per_mtok=...) or configure a fallback price."
         )
 

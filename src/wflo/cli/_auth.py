@@ -15,16 +15,16 @@ from ..auth import (
     ROLES,
     Credentials,
     Grant,
+    ServerClient,
     TokenInfo,
     access,
+    check_principal,
     credentials_path,
     forget_credentials,
     load_credentials,
     save_credentials,
     tokens,
 )
-from ..auth._access import check_principal
-from ..auth._client import ServerClient
 from ._app import cli, console, dump_json, handle_errors
 
 

@@ -3,20 +3,21 @@
 from ._api import Budgets, budgets, ledger
 from ._estimate import DEFAULT_OUTPUT_CAP, estimate_input_tokens, estimate_text_tokens
 from ._guard import BudgetGuard
-from ._ledger import Budget, BudgetUsage, CostRequest, Ledger, Limit, Reservation
+from ._ledger import PERIODS, Budget, BudgetUsage, CostRequest, Ledger, Limit, Reservation, usd_str
 from ._prices import Cost, Price, PriceBook, prices
 from ._usage import Usage, usage_from_response
 
 __all__ = [
-    "DEFAULT_OUTPUT_CAP",
     "Budget",
     "BudgetGuard",
     "BudgetUsage",
     "Budgets",
     "Cost",
     "CostRequest",
+    "DEFAULT_OUTPUT_CAP",
     "Ledger",
     "Limit",
+    "PERIODS",
     "Price",
     "PriceBook",
     "Reservation",
@@ -27,4 +28,5 @@ __all__ = [
     "ledger",
     "prices",
     "usage_from_response",
+    "usd_str",
 ]

@@ -2,7 +2,7 @@
 
 from ._boundary import NOT_REPLAYED, Call, Guard, Outcome, aguarded_call, finish_call, guarded_call, start_call
 from ._context import JournalEntry, RunContext, current_run
-from ._executor import add_finish_op, add_guard_factory, add_resume_hook, process_owner
+from ._executor import add_finish_op, add_guard_factory, add_resume_hook, owner_is_dead_here, process_owner
 from ._options import StepOptions, ToolOptions, WorkflowOptions, check_options
 from ._worker import Worker
 from ._workflow import (
@@ -13,6 +13,7 @@ from ._workflow import (
     Workflow,
     add_cancel_hook,
     get_workflow,
+    module_for_file,
     registered_workflows,
     resume,
     step,
@@ -45,6 +46,8 @@ __all__ = [
     "finish_call",
     "get_workflow",
     "guarded_call",
+    "module_for_file",
+    "owner_is_dead_here",
     "process_owner",
     "registered_workflows",
     "resume",

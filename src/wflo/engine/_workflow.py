@@ -126,7 +126,7 @@ class Workflow(Generic[P, R]):
             _registry[self.name] = self
 
     def __repr__(self) -> str:
-        return f"<wflo.Workflow {self.name}>"
+        return f"<wflo.engine.Workflow {self.name}>"
 
     def check_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse inputs the function cannot take, before a run is created for them."""
@@ -453,8 +453,8 @@ class Step(Generic[P, R]):
             raise UserError(f"retries must be an integer >= 0, got {retries!r}")
         if retries and retry is not None:
             raise UserError("give either retries=N (any exception, doubling delay) or retry=RetryPolicy(...), not both")
-        from ..guards._retry import RetryPolicy
-        from ..guards._timeout import timeout as make_timeout
+        from ..guards import RetryPolicy
+        from ..guards import timeout as make_timeout
 
         if retries:
             # retries=N: retry any exception of the step's own code, N times, doubling the delay.
@@ -478,7 +478,7 @@ class Step(Generic[P, R]):
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
-        return f"<wflo.Step {self.name}>"
+        return f"<wflo.engine.Step {self.name}>"
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
@@ -550,7 +550,7 @@ def workflow(fn: Any = None, /, **options: Any) -> Any:
 
     The options are those of :class:`WorkflowOptions` (``name``, ``serializer``, ``budget``,
     ``guards``, ``on_loop``, ``agent``); an unknown one, or a value of the wrong type, raises
-    ``wflo.OptionError`` (a ``TypeError``) here, naming the closest valid option.
+    ``wflo.errors.OptionError`` (a ``TypeError``) here, naming the closest valid option.
     """
     if fn is not None:
         return Workflow(fn)

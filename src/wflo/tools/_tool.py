@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, overload
 
 from .._errors import UserError
-from ..approvals._policy import Approval
+from ..approvals import Approval
 from ..engine import Call, Step, ToolOptions, check_options
 
 P = ParamSpec("P")

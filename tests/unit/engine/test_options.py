@@ -24,7 +24,7 @@ MSG = [{"role": "user", "content": "hi"}]
 def test_misspelt_workflow_options_name_the_close_match() -> None:
     with pytest.raises(TypeError, match=r"unknown option 'budjet'; did you mean 'budget'\?") as info:
         wflo.workflow(budjet=wflo.Budget(usd="1"), max_stepz=3)
-    assert isinstance(info.value, wflo.OptionError) and isinstance(info.value, wflo.UserError)
+    assert isinstance(info.value, wflo.errors.OptionError) and isinstance(info.value, wflo.UserError)
     assert info.value.option == "budjet" and info.value.of == "workflow" and info.value.code == "option_error"
 
 
@@ -35,8 +35,8 @@ def test_an_option_with_no_close_match_lists_the_valid_ones() -> None:
 
 def test_workflow_class_refuses_unknown_options_too() -> None:
     # Integrations build Workflow(...) directly: the same check holds there.
-    with pytest.raises(wflo.OptionError, match="did you mean 'guards'"):
-        wflo.Workflow(lambda: None, name="opt-direct", gaurds=False)
+    with pytest.raises(wflo.errors.OptionError, match="did you mean 'guards'"):
+        wflo.engine.Workflow(lambda: None, name="opt-direct", gaurds=False)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,7 @@ def test_workflow_class_refuses_unknown_options_too() -> None:
     ],
 )
 def test_wrong_types_are_refused_at_the_decorator(decorator: Any, options: dict[str, Any], message: str) -> None:
-    with pytest.raises(wflo.OptionError, match=message):
+    with pytest.raises(wflo.errors.OptionError, match=message):
         decorator(**options)
 
 
