@@ -43,7 +43,7 @@ PINNED: dict[str, set[str]] = {
         "earliest_cutoff", "enforce_retention", "find_gaps", "run_schedule", "sections_for", "verify_pack",
         "wait_for_packs"
     },
-    "wflo.config": {"Settings", "configure", "settings"},
+    "wflo.config": {"Runtime", "Settings", "configure", "runtime", "settings"},
     "wflo.cost": {
         "Budget", "BudgetGuard", "BudgetUsage", "Budgets", "Cost", "CostRequest", "DEFAULT_OUTPUT_CAP", "Ledger",
         "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "Usage", "budgets", "estimate_input_tokens",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import getpass
 import os
@@ -279,6 +280,9 @@ def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) 
 _lock = threading.RLock()
 _settings: Settings | None = None
 _store: Store | None = None
+active_runtime: contextvars.ContextVar[Any] = contextvars.ContextVar("wflo_runtime", default=None)
+"""The ``wflo.config.Runtime`` activated in this context (``rt.activate()``), if any: its
+settings and store win over the process's."""
 
 
 def configure(**options: Any) -> Settings:
@@ -299,6 +303,9 @@ def configure(**options: Any) -> Settings:
 def settings() -> Settings:
     """The current settings (built from the environment on first use)."""
     global _settings
+    active = active_runtime.get()
+    if active is not None:
+        return active.settings  # type: ignore[no-any-return]
     with _lock:
         if _settings is None:
             _settings = Settings.from_env()
@@ -313,6 +320,9 @@ def get_store(*, create: bool = True) -> Store:
     ``StoreNotFoundError`` rather than created, directories and all, at a mistyped path.
     """
     global _store
+    active = active_runtime.get()
+    if active is not None:
+        return active.store  # type: ignore[no-any-return]
     with _lock:
         if _store is None:
             from .store import open_store
