@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # runtime checks resolve these lazily: cost and guards import
     from ..guards import LoopGuard, RetryPolicy
 
 
+# To add an option: one field below (type, default) with a docstring under it; it is checked
+# against its annotation at the decorator, and stored with each run if it is a scalar or has
+# ``to_run_options()``. Name it in the ``workflow()`` overload in _workflow.py for type checkers.
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WorkflowOptions:
     """``@wflo.workflow(...)``'s options."""
