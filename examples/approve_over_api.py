@@ -42,7 +42,7 @@ def main() -> None:
     # The agent asks as itself: whoever granted the approver's role may not be the requester.
     wflo.configure(database=f"sqlite:///{work}/wflo.db", principal="service:refund-agent", poll_interval=0.05)
     run = refunds.options(tenant="acme").start("A-1042", 480.0)
-    worker = wflo.Worker(concurrency=1)
+    worker = wflo.engine.Worker(concurrency=1)
     threading.Thread(target=worker.run, daemon=True).start()
     while run.status() != "waiting":
         time.sleep(0.05)

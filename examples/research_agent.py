@@ -72,7 +72,7 @@ def main() -> None:
             Reply("Done: otters use rocks as tools; the team has the summary."),
         )
         handle = research.options(id="example-research").start("What tools do sea otters use?", llm.openai_url)
-        wflo.Worker().run(max_runs=1, idle_timeout=2)
+        wflo.engine.Worker().run(max_runs=1, idle_timeout=2)
         print(handle.result(timeout=30))
         events = handle.events()
         llm_calls = [e.data for e in events if e.type == "call.completed" and e.data["kind"] == "llm"]

@@ -2,97 +2,59 @@
 
 Budgets that hold, runaway protection, crash recovery, sandboxed code, human approval and a
 tamper-evident record, added to the agent code you already have.
+
+The top level holds the names you type; the rest is one package away: every error in
+``wflo.errors``, settings in ``wflo.config``, the engine (``Workflow``, ``Worker``) in
+``wflo.engine``, and the interface for integration, guard and tool authors in ``wflo.ext``.
 """
 
 from . import _wiring  # noqa: F401  connects the layers (guards, HTTP interception)
+from . import config as config  # wflo.config.settings()
 from . import cost as cost  # wflo.cost.ledger(), wflo.cost.prices
-from ._config import Settings, configure, settings
+from . import errors as errors  # wflo.errors.RunCancelled, …
+from ._config import configure
 from ._errors import (
     ApprovalRejected,
-    AtMostOnceError,
     BudgetExceededError,
-    CircuitOpenError,
-    ConfigurationError,
-    EgressRefusedError,
     LoopDetectedError,
-    NonDeterminismError,
-    RateLimitedError,
-    ResultTimeoutError,
-    RunCancelled,
-    RunEndedError,
     RunFailedError,
-    RunNotFoundError,
-    RunStopped,
-    SerializationError,
-    UnboundedRequestError,
-    UnknownPriceError,
     UserError,
     WfloError,
 )
 from ._init import init
 from ._scope import scope
 from .approvals import Approval, approval, approvals
-from .audit._content import add_redactor
-from .cost._api import budgets
-from .cost._ledger import Budget
-from .cost._prices import prices
-from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
-from .guards import LoopGuard, RetryPolicy
-from .guards._policies import policies
-from .integrations._egress import egress
-from .integrations._http import fallback
-from .integrations._wrap import wrap
+from .cost import Budget, budgets
+from .engine import RunHandle, resume, step, workflow
+from .guards import LoopGuard, RetryPolicy, policies
+from .integrations import egress, wrap
 from .sandbox import Sandbox
-from .tools import Tool, tool
+from .tools import tool
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Approval",
     "ApprovalRejected",
-    "AtMostOnceError",
     "Budget",
     "BudgetExceededError",
-    "CircuitOpenError",
-    "ConfigurationError",
-    "EgressRefusedError",
     "LoopDetectedError",
     "LoopGuard",
-    "NonDeterminismError",
-    "RateLimitedError",
-    "ResultTimeoutError",
     "RetryPolicy",
-    "RunCancelled",
-    "RunEndedError",
     "RunFailedError",
     "RunHandle",
-    "RunNotFoundError",
-    "RunStopped",
     "Sandbox",
-    "SerializationError",
-    "Settings",
-    "Step",
-    "Tool",
-    "UnboundedRequestError",
-    "UnknownPriceError",
     "UserError",
     "WfloError",
-    "Worker",
-    "Workflow",
-    "add_redactor",
     "approval",
     "approvals",
     "budgets",
     "configure",
-    "current_run",
     "egress",
-    "fallback",
     "init",
     "policies",
-    "prices",
     "resume",
     "scope",
-    "settings",
     "step",
     "tool",
     "workflow",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import getpass
 import os
@@ -55,7 +56,7 @@ class Settings:
 
     content: str = "full"
     """What the journal keeps of LLM completions: ``full`` (the response, secrets such as API
-    keys redacted), ``redacted`` (also passed through your ``wflo.add_redactor`` functions) or
+    keys redacted), ``redacted`` (also passed through your ``wflo.audit.add_redactor`` functions) or
     ``hash_only`` (only its SHA-256). Prompts are never stored, only their digest. The exact
     response is kept apart from the chain while the run may still need to replay it, and
     removed when the run ends. Env: ``WFLO_CONTENT``."""
@@ -292,6 +293,9 @@ def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) 
 _lock = threading.RLock()
 _settings: Settings | None = None
 _store: Store | None = None
+active_runtime: contextvars.ContextVar[Any] = contextvars.ContextVar("wflo_runtime", default=None)
+"""The ``wflo.config.Runtime`` activated in this context (``rt.activate()``), if any: its
+settings and store win over the process's."""
 
 
 def configure(**options: Any) -> Settings:
@@ -312,6 +316,9 @@ def configure(**options: Any) -> Settings:
 def settings() -> Settings:
     """The current settings (built from the environment on first use)."""
     global _settings
+    active = active_runtime.get()
+    if active is not None:
+        return active.settings  # type: ignore[no-any-return]
     with _lock:
         if _settings is None:
             _settings = Settings.from_env()
@@ -326,6 +333,9 @@ def get_store(*, create: bool = True) -> Store:
     ``StoreNotFoundError`` rather than created, directories and all, at a mistyped path.
     """
     global _store
+    active = active_runtime.get()
+    if active is not None:
+        return active.store  # type: ignore[no-any-return]
     with _lock:
         if _store is None:
             from .store import open_store

@@ -9,6 +9,7 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     WfloError (Exception)
     ├── UserError                      bad arguments, configuration or input: fix the call
     │   ├── ConfigurationError
+    │   ├── OptionError                an unknown or mistyped decorator option (also a TypeError)
     │   ├── SerializationError         a step input/output that cannot be stored
     │   └── UnknownWorkflowError       no workflow of that name is registered here
     ├── StoreError                     the database could not be used
@@ -87,6 +88,7 @@ __all__ = [
     "LeaseLost",
     "LoopDetectedError",
     "NonDeterminismError",
+    "OptionError",
     "RateLimitedError",
     "ResultTimeoutError",
     "RetentionError",
@@ -171,6 +173,19 @@ class UserError(WfloError):
 
 class ConfigurationError(UserError):
     code = "configuration_error"
+
+
+class OptionError(UserError, TypeError):
+    """``@wflo.workflow``, ``@wflo.step`` or ``@wflo.tool`` got an option it does not know, or a
+    value of the wrong type: refused when the decorator runs, not silently ignored."""
+
+    code = "option_error"
+    _fields = ("option", "of")
+    option: Any
+    of: Any
+
+    def _message(self) -> str:
+        return f"@wflo.{self.of}() got a bad option {self.option!r}"
 
 
 class SerializationError(UserError):
@@ -389,7 +404,7 @@ class UnknownPriceError(BudgetError):
         where = f" (provider {self.provider})" if self.provider else ""
         return (
             f"no price is known for model {self.model!r}{where}, so its cost cannot be bounded "
-            f"and the call was refused. Set one: wflo.prices.set({self.model!r}, "
+            f"and the call was refused. Set one: wflo.cost.prices.set({self.model!r}, "
             "input_per_mtok=..., output_per_mtok=...) or configure a fallback price."
         )
 
@@ -692,6 +707,7 @@ class RunStopped(WfloInterrupt):
 _EXIT_CODES = {
     "user_error": 2,
     "configuration_error": 2,
+    "option_error": 2,
     "serialization_error": 2,
     "unknown_workflow": 2,
     "not_found": 3,

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from . import _config
-from .cost._ledger import Budget
+from .cost import Budget
 from .engine import RunContext, RunHandle, process_owner
 from .engine._executor import _guards_for
 from .engine._heartbeat import heartbeats

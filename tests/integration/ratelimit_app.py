@@ -19,7 +19,7 @@ def burst(n: int) -> int:
         try:
             ping(i)
             ok += 1
-        except wflo.RateLimitedError:
+        except wflo.errors.RateLimitedError:
             pass
     return ok
 

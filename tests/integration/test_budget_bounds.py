@@ -102,7 +102,7 @@ def test_unknown_previous_response_id_is_refused(configured: str, llm: LLMServer
     def flow() -> None:
         client.responses.create(model="gpt-4o-mini", input="go on", previous_response_id="resp_elsewhere")
 
-    with pytest.raises(wflo.UnboundedRequestError, match="resp_elsewhere"):
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="resp_elsewhere"):
         flow.options(id="orphan").run()
     assert llm.request_count == 0
 
@@ -137,7 +137,7 @@ def test_pdf_and_image_parts_are_bounded_by_the_context_window(
 
 
 def test_media_on_a_model_of_unknown_window_is_refused(configured: str, llm: LLMServer, client: openai.OpenAI) -> None:
-    wflo.prices.set("my-vision-ft", input_per_mtok="1", output_per_mtok="1")
+    wflo.cost.prices.set("my-vision-ft", input_per_mtok="1", output_per_mtok="1")
     try:
 
         @wflo.workflow(budget=wflo.Budget(usd="1"))
@@ -145,11 +145,11 @@ def test_media_on_a_model_of_unknown_window_is_refused(configured: str, llm: LLM
             content = [{"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}}]
             client.chat.completions.create(model="my-vision-ft", messages=[{"role": "user", "content": content}])
 
-        with pytest.raises(wflo.UnboundedRequestError, match="context window is unknown"):
+        with pytest.raises(wflo.errors.UnboundedRequestError, match="context window is unknown"):
             flow.options(id="media-unknown").run()
         assert llm.request_count == 0
     finally:
-        wflo.prices.clear()
+        wflo.cost.prices.clear()
 
 
 def test_billed_builtin_tools_are_refused(configured: str, llm: LLMServer, client: openai.OpenAI) -> None:
@@ -157,7 +157,7 @@ def test_billed_builtin_tools_are_refused(configured: str, llm: LLMServer, clien
     def flow() -> None:
         client.responses.create(model="gpt-4o-mini", input="news?", tools=[{"type": "web_search"}])
 
-    with pytest.raises(wflo.UnboundedRequestError, match="web_search"):
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="web_search"):
         flow.options(id="websearch").run()
     assert llm.request_count == 0
 

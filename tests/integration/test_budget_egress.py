@@ -121,7 +121,7 @@ def test_other_clients_are_refused_before_sending(
     def flow() -> None:
         send(llm)
 
-    with pytest.raises(wflo.EgressRefusedError) as info:
+    with pytest.raises(wflo.errors.EgressRefusedError) as info:
         flow.options(id=f"other-{client}").run()
     assert llm.request_count == 0  # nothing reached the provider
     err = info.value
@@ -161,7 +161,7 @@ def test_real_provider_hosts_refused_before_any_connection(
             with httpx.Client() as c:
                 c.post(url, json={"prompt": "otter"})
 
-    with pytest.raises(wflo.EgressRefusedError) as info:
+    with pytest.raises(wflo.errors.EgressRefusedError) as info:
         flow.options(id=f"real-{client}").run()
     assert info.value.host == "api.openai.com" and info.value.client == client
 
@@ -179,7 +179,7 @@ def test_unpriced_endpoint_of_a_provider_refused_through_httpx(configured: str, 
             client.close()
         return 0
 
-    with pytest.raises(wflo.EgressRefusedError) as info:
+    with pytest.raises(wflo.errors.EgressRefusedError) as info:
         flow.options(id="images").run()
     assert [r.path for r in llm.requests] == []  # the GET is not an LLM request; the POST never left
     assert info.value.path == "/v1/images/generations" and info.value.client == "httpx"

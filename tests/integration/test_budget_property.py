@@ -140,7 +140,7 @@ def test_billed_never_exceeds_reserved(configured: str, s: dict[str, Any]) -> No
         def flow() -> None:
             _send(llm, s)
 
-        with contextlib.suppress(wflo.BudgetExceededError, wflo.UnboundedRequestError):
+        with contextlib.suppress(wflo.BudgetExceededError, wflo.errors.UnboundedRequestError):
             flow.options(id=run_id).run()  # a refused call was never sent: nothing billed for it
         calls = [
             e.data

@@ -64,7 +64,7 @@ def test_unknown_model_refused_before_any_request(configured: str, llm: LLMServe
             model="my-secret-finetune-9000", messages=[{"role": "user", "content": "hi"}]
         )
 
-    with pytest.raises(wflo.UnknownPriceError, match="my-secret-finetune-9000"):
+    with pytest.raises(wflo.errors.UnknownPriceError, match="my-secret-finetune-9000"):
         flow.run()
     assert llm.request_count == 0
 

@@ -153,7 +153,7 @@ def test_thread_outliving_its_run_is_refused(configured: str, llm: LLMServer) ->
     assert flow.options(id="outlived").run() == "done"
     go.set()
     holder[0].join(10)
-    assert len(seen) == 1 and isinstance(seen[0], wflo.RunEndedError), seen
+    assert len(seen) == 1 and isinstance(seen[0], wflo.errors.RunEndedError), seen
     assert "outlived" in str(seen[0])
     assert llm.request_count == 0
     assert _config.get_store().events("outlived")[-1].type == "run.completed"
@@ -167,10 +167,10 @@ def test_pool_outside_any_run_is_untouched(configured: str, llm: LLMServer) -> N
 
         @wflo.workflow(budget=wflo.Budget(usd="1"))
         def flow() -> str:
-            return pool.submit(lambda: wflo.current_run().run_id).result()  # type: ignore[union-attr]
+            return pool.submit(lambda: wflo.engine.current_run().run_id).result()  # type: ignore[union-attr]
 
         assert flow.options(id="in-run").run() == "in-run"
-        assert pool.submit(wflo.current_run).result() is None
+        assert pool.submit(wflo.engine.current_run).result() is None
 
 
 # ----------------------------------------------------------------------------- LangGraph

@@ -10,9 +10,10 @@ import openai
 import pytest
 
 import wflo
-from wflo import ConfigurationError, _config
+from wflo import _config
 from wflo.audit import verify_all
 from wflo.audit._content import clear_redactors
+from wflo.errors import ConfigurationError
 from wflo.testing import LLMServer, Reply
 
 SECRET = "sk-proj-" + "A1b2C3d4" * 5
@@ -33,7 +34,7 @@ def _no_redactors() -> Iterator[None]:
     clear_redactors()
 
 
-def _workflow(llm: LLMServer, name: str, crash: dict[str, bool] | None = None) -> wflo.Workflow[[], str]:
+def _workflow(llm: LLMServer, name: str, crash: dict[str, bool] | None = None) -> wflo.engine.Workflow[[], str]:
     @wflo.step
     def checkpoint() -> None:
         if crash and crash.get("armed"):
@@ -107,7 +108,7 @@ def llm_raw_body(event: dict[str, object]) -> dict[str, object]:
 def test_redacted_applies_your_redactors(store_url: str, llm: LLMServer) -> None:
     wflo.configure(database=store_url, content="redacted")
 
-    @wflo.add_redactor
+    @wflo.audit.add_redactor
     def no_emails(text: str) -> str:
         return re.sub(r"[\w.]+@[\w.]+", "[email]", text)
 
@@ -146,4 +147,4 @@ def test_a_bad_policy_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="not a valid content setting; accepted: full, redacted, hash_only"):
         wflo.configure(content="everything")
     with pytest.raises(wflo.UserError, match="add_redactor takes"):
-        wflo.add_redactor("not a function")  # type: ignore[arg-type]
+        wflo.audit.add_redactor("not a function")  # type: ignore[arg-type]

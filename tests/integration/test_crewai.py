@@ -100,7 +100,7 @@ def test_tokens_and_cost_recorded_per_call(configured: str, llm: LLMServer) -> N
 def test_budget_for_two_calls_stops_the_third_before_sending(configured: str, llm: LLMServer) -> None:
     # Input free, output $1/MTok: each call reserves exactly its cap (1000 tokens, $0.001) and
     # settles the same; $0.00201 fits two calls and leaves less than 16 output tokens for a third.
-    wflo.prices.set("wflo-crew-model", input_per_mtok="0", output_per_mtok="1")
+    wflo.cost.prices.set("wflo-crew-model", input_per_mtok="0", output_per_mtok="1")
     for i in range(3):
         llm.script(Reply(tool_calls=[ToolCall("search", {"query": f"q{i}"})], output_tokens=1000))
     crew = wflo.wrap(_crew(llm, model="wflo-crew-model", max_tokens=1000), budget=wflo.Budget(usd="0.00201"))

@@ -24,7 +24,7 @@ def stubborn(turns: int) -> int:
 
 
 def _serve() -> None:
-    wflo.Worker(concurrency=1).run(max_runs=1, idle_timeout=2)
+    wflo.engine.Worker(concurrency=1).run(max_runs=1, idle_timeout=2)
 
 
 def _request(run_id: str) -> wflo.approvals.ApprovalRequest:  # type: ignore[name-defined]

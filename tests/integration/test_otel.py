@@ -119,7 +119,7 @@ def search(q: str) -> str:
     return f"results for {q}"
 
 
-def _agent(llm: LLMServer) -> wflo.Workflow[Any, Any]:
+def _agent(llm: LLMServer) -> wflo.engine.Workflow[Any, Any]:
     llm.script(
         Reply(tool_calls=[ToolCall("search", {"q": "otters"})], input_tokens=120, output_tokens=9,
               cached_tokens=20, reasoning_tokens=4),

@@ -44,7 +44,7 @@ def test_breaker_opens_refuses_before_sending_then_probes_once(store_url: str, l
         for _ in range(4):
             try:
                 seen.append(_ask(llm.openai_url))
-            except wflo.CircuitOpenError:
+            except wflo.errors.CircuitOpenError:
                 seen.append("refused")
             except openai.APIStatusError as exc:
                 seen.append(str(exc.status_code))
@@ -137,7 +137,7 @@ def test_fallback_to_the_next_model_each_attempt_priced(store_url: str, llm: LLM
     llm.responder = lambda r: Reply(error=429) if r.model == "gpt-4o" else Reply("answer from mini", output_tokens=3)
 
     @wflo.workflow(name="fallback-flow")
-    @wflo.fallback("gpt-4o", "gpt-4o-mini")
+    @wflo.integrations.fallback("gpt-4o", "gpt-4o-mini")
     def flow() -> str:
         return _ask(llm.openai_url, model="gpt-4o")
 
@@ -170,7 +170,7 @@ def test_fallback_after_a_crash_replays_both_attempts(store_url: str, llm: LLMSe
 
     @wflo.workflow(name="fallback-crash")
     def flow() -> str:
-        with wflo.fallback("gpt-4o", "gpt-4o-mini"):
+        with wflo.integrations.fallback("gpt-4o", "gpt-4o-mini"):
             text = _ask(llm.openai_url, model="gpt-4o")
         after()
         return text
@@ -184,8 +184,8 @@ def test_fallback_after_a_crash_replays_both_attempts(store_url: str, llm: LLMSe
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: wflo.fallback("gpt-4o"), "two or more different model names"),
-        (lambda: wflo.fallback("gpt-4o", "gpt-4o"), "two or more different model names"),
+        (lambda: wflo.integrations.fallback("gpt-4o"), "two or more different model names"),
+        (lambda: wflo.integrations.fallback("gpt-4o", "gpt-4o"), "two or more different model names"),
         (lambda: wflo.policies.breaker("gpt-4o"), "KIND:NAME"),
         (lambda: wflo.policies.breaker("model:x", failures=0), "failure_threshold"),
         (lambda: wflo.policies.rate_limit("tool:x"), "requests_per_minute=, tokens_per_minute="),
@@ -234,7 +234,7 @@ def test_model_retry_gives_up_then_falls_back(store_url: str, llm: LLMServer) ->
 
     @wflo.workflow(name="retry-then-fallback")
     def flow() -> str:
-        with wflo.fallback("gpt-4o", "gpt-4o-mini"):
+        with wflo.integrations.fallback("gpt-4o", "gpt-4o-mini"):
             return _ask(llm.openai_url, model="gpt-4o")
 
     assert flow.run() == "mini"

@@ -4,6 +4,7 @@ from ._api import Approvals, Decision, approval, approvals, inbox
 from ._guard import ApprovalGuard, approval_id_for
 from ._inbox import ApprovalRequest, Inbox
 from ._notify import wait_for_notifications
+from ._params import action_text
 from ._policy import Approval, action_hash, parse_duration
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "Decision",
     "Inbox",
     "action_hash",
+    "action_text",
     "approval",
     "approval_id_for",
     "approvals",

@@ -3,14 +3,18 @@
 from ._checkpoint import (
     CheckpointResult,
     generate_key,
+    load_private_key,
+    load_public_key,
     make_checkpoint,
     merkle_root,
     read_checkpoint,
     verify_checkpoint,
     write_checkpoint,
 )
-from ._export import export
-from ._prune import PruneResult, prune
+from ._content import add_redactor
+from ._dates import parse_when
+from ._export import count_events, export
+from ._prune import PruneResult, prune, prune_candidates
 from ._report import build_report, render_html
 from ._verify import ChainReport, pruned_chains, verify_all, verify_chain, verify_run
 
@@ -18,12 +22,18 @@ __all__ = [
     "ChainReport",
     "CheckpointResult",
     "PruneResult",
+    "add_redactor",
     "build_report",
+    "count_events",
     "export",
     "generate_key",
+    "load_private_key",
+    "load_public_key",
     "make_checkpoint",
     "merkle_root",
+    "parse_when",
     "prune",
+    "prune_candidates",
     "pruned_chains",
     "read_checkpoint",
     "render_html",

@@ -30,8 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import ChainBrokenError, ConfigurationError, UserError
-from ..store import NewEvent, Store, canonical_json, now_iso
-from ..store._base import SYSTEM_CHAIN
+from ..store import SYSTEM_CHAIN, NewEvent, Store, canonical_json, now_iso
 from ._verify import ChainReport, pruned_chains, unsigned_prune, verify_all
 
 FORMAT = "wflo-checkpoint"
@@ -146,7 +145,7 @@ def merkle_root(leaves: Sequence[tuple[str, int, str]]) -> str:
 # --------------------------------------------------------------------------- heads
 def current_heads(store: Store) -> list[tuple[str, int, str]]:
     """``(chain, count, head)`` of every chain that has events, sorted by chain."""
-    rows = store._fetchall(
+    rows = store.read(
         "SELECT e.chain, e.seq, e.hash FROM events e "
         "JOIN (SELECT chain, MAX(seq) AS m FROM events GROUP BY chain) t ON e.chain = t.chain AND e.seq = t.m "
         "ORDER BY e.chain"
@@ -338,12 +337,12 @@ def _check_extends(
 ) -> ChainReport | None:
     if count == 0:
         return None
-    row = store._fetchone("SELECT hash FROM events WHERE chain = ? AND seq = ?", (chain, count))
+    row = store.read_one("SELECT hash FROM events WHERE chain = ? AND seq = ?", (chain, count))
     if row is not None:
         if row[0] == head:
             return None
         return ChainReport(chain, count, False, str(row[0]), count, "rewritten", head, str(row[0]))
-    last = store._fetchone("SELECT MAX(seq) FROM events WHERE chain = ?", (chain,))
+    last = store.read_one("SELECT MAX(seq) FROM events WHERE chain = ?", (chain,))
     have = int(last[0]) if last and last[0] is not None else 0
     if have == 0 and pruned is not None:
         p_count, p_head = pruned

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import UserError
-from ..store import NewEvent, Store, now_iso
-from ..store._base import SYSTEM_CHAIN
+from ..store import SYSTEM_CHAIN, NewEvent, Store, now_iso
 
 FORMATS = ("jsonl", "csv")
 COLUMNS = ("chain", "seq", "type", "at", "data", "prev_hash", "hash")
@@ -29,7 +28,7 @@ PAGE = 5000
 
 def count_events(store: Store, *, run_id: str | None = None, since: str | None = None) -> int:
     where, params = _filters(run_id, since)
-    row = store._fetchone(f"SELECT COUNT(*) FROM events{where}", params)
+    row = store.read_one(f"SELECT COUNT(*) FROM events{where}", params)
     return int(row[0]) if row else 0
 
 
@@ -55,7 +54,7 @@ def iter_events(store: Store, *, run_id: str | None = None, since: str | None = 
         else:
             sql = f"SELECT {', '.join(COLUMNS)} FROM events{where}{' AND ' if where else ' WHERE '}{key}"
             p = [*params, last[0], last[0], last[1]]
-        rows = store._fetchall(sql + " ORDER BY chain, seq LIMIT ?", [*p, PAGE])
+        rows = store.read(sql + " ORDER BY chain, seq LIMIT ?", [*p, PAGE])
         yield from rows
         if len(rows) < PAGE:
             return

@@ -45,7 +45,7 @@ def prune_candidates(store: Store, before: str) -> list[tuple[str, int, str]]:
     """``(run id, last_seq, last_hash)`` of finished runs whose last event is before ``before``."""
     finals = sorted(FINAL_STATUSES)
     marks = ", ".join("?" * len(finals))
-    rows = store._fetchall(
+    rows = store.read(
         f"SELECT r.id, r.last_seq, r.last_hash FROM runs r JOIN events e ON e.chain = r.id AND e.seq = r.last_seq "
         f"WHERE r.status IN ({marks}) AND e.at < ? ORDER BY r.id",
         (*finals, before),
@@ -73,7 +73,7 @@ def prune(
     ``RetentionError`` unless ``retention_override`` gives a reason, which is recorded.
     """
     if not dry_run:  # the retention policy (docs/compliance.md) comes before anything is read
-        from ..compliance._retention import enforce_retention
+        from ..compliance import enforce_retention
 
         enforce_retention(store, before, by=by, override=retention_override)
     result = PruneResult(before)

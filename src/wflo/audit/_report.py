@@ -16,8 +16,7 @@ from collections import defaultdict
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..store import Store, now_iso, parse_iso
-from ..store._base import SYSTEM_CHAIN
+from ..store import SYSTEM_CHAIN, Store, now_iso, parse_iso
 from ._checkpoint import verify_checkpoint
 from ._verify import verify_all
 
@@ -89,7 +88,7 @@ def build_report(
     # -- runs and outcomes
     by_status: dict[str, int] = defaultdict(int)
     per_workflow: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for workflow, status, n in store._fetchall(
+    for workflow, status, n in store.read(
         "SELECT workflow, status, COUNT(*) FROM runs WHERE created_at >= ? AND created_at < ? GROUP BY workflow, status",
         window,
     ):
@@ -110,7 +109,7 @@ def build_report(
     }
     loops, refusals, sandbox = [], [], []
     marks = ", ".join("?" * len(_RUN_EVENT_TYPES))
-    rows = store._fetchall(
+    rows = store.read(
         "SELECT e.chain, e.seq, e.type, e.at, e.data, r.workflow, r.tenant FROM events e "
         f"LEFT JOIN runs r ON r.id = e.chain WHERE e.at >= ? AND e.at < ? AND e.type IN ({marks}) "
         "ORDER BY e.at, e.chain, e.seq",
@@ -176,13 +175,13 @@ def build_report(
             "reserved_usd": reserved,
             "percent": round(float(_dec(spent) / _dec(lim) * 100), 1) if _dec(lim) else None,
         }
-        for scope, start, lim, spent, reserved in store._fetchall(
+        for scope, start, lim, spent, reserved in store.read(
             "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage ORDER BY scope, period_start"
         )
     ]
     limits = [
         {"scope": s, "limit_usd": lim, "period": p, "updated_at": at, "updated_by": who}
-        for s, lim, p, at, who in store._fetchall(
+        for s, lim, p, at, who in store.read(
             "SELECT scope, limit_usd, period, updated_at, updated_by FROM budget_limits ORDER BY scope"
         )
     ]
@@ -204,7 +203,7 @@ def build_report(
 
     # -- approvals
     votes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for aid, principal, decision, reason, via, at in store._fetchall(
+    for aid, principal, decision, reason, via, at in store.read(
         "SELECT v.approval_id, v.principal, v.decision, v.reason, v.via, v.at FROM approval_votes v "
         "JOIN approvals a ON a.id = v.approval_id WHERE a.created_at >= ? AND a.created_at < ? ORDER BY v.at",
         window,
@@ -226,7 +225,7 @@ def build_report(
             "via": via,
             "votes": votes.get(aid, []),
         }
-        for aid, run_id, tool, message, status, requested_by, decided_by, created, decided, reason, via in store._fetchall(
+        for aid, run_id, tool, message, status, requested_by, decided_by, created, decided, reason, via in store.read(
             "SELECT id, run_id, tool, message, status, requested_by, decided_by, created_at, decided_at, reason, via "
             "FROM approvals WHERE created_at >= ? AND created_at < ? ORDER BY created_at, id",
             window,
@@ -235,7 +234,7 @@ def build_report(
 
     # -- configuration changes (system chain)
     changes = []
-    for seq, type_, at, data_json in store._fetchall(
+    for seq, type_, at, data_json in store.read(
         "SELECT seq, type, at, data FROM events WHERE chain = ? AND at >= ? AND at < ? ORDER BY seq",
         (SYSTEM_CHAIN, *window),
     ):

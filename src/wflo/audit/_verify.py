@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..store import GENESIS, Store
-from ..store._base import SYSTEM_CHAIN
+from ..store import GENESIS, SYSTEM_CHAIN, Store
 
 PAGE = 5000
 """Events read per query while verifying (keeps memory flat on long chains)."""
@@ -70,7 +69,7 @@ def iter_links(store: Store, chain: str) -> Any:
     """
     after = 0
     while True:
-        rows = store._fetchall(
+        rows = store.read(
             "SELECT seq, type, at, data, prev_hash, hash FROM events WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
             (chain, after, PAGE),
         )
@@ -154,9 +153,9 @@ def verify_chain(
 
 def _recorded_head(store: Store, chain: str) -> tuple[int, str] | None:
     if chain == SYSTEM_CHAIN or chain.startswith("_"):
-        row = store._fetchone("SELECT last_seq, last_hash FROM chain_heads WHERE chain = ?", (chain,))
+        row = store.read_one("SELECT last_seq, last_hash FROM chain_heads WHERE chain = ?", (chain,))
     else:
-        row = store._fetchone("SELECT last_seq, last_hash FROM runs WHERE id = ?", (chain,))
+        row = store.read_one("SELECT last_seq, last_hash FROM runs WHERE id = ?", (chain,))
     return (int(row[0]), row[1]) if row else None
 
 
@@ -166,9 +165,7 @@ def pruned_chains(store: Store, trusted: Any = None) -> dict[str, tuple[int, str
     With ``trusted`` (an Ed25519 public key), only prune records signed by it count: a chain
     deleted under a forged or unsigned record is then reported as missing."""
     out: dict[str, tuple[int, str]] = {}
-    rows = store._fetchall(
-        "SELECT data FROM events WHERE chain = ? AND type = 'audit.pruned' ORDER BY seq", (SYSTEM_CHAIN,)
-    )
+    rows = store.read("SELECT data FROM events WHERE chain = ? AND type = 'audit.pruned' ORDER BY seq", (SYSTEM_CHAIN,))
     for (data_json,) in rows:
         try:
             data = json.loads(data_json)
@@ -225,12 +222,12 @@ def verify_all(store: Store, *, since: str | None = None, trusted: Any = None) -
     chain (if it has events); each of those is still verified whole, from its first link.
     """
     if since is not None:
-        recent = {r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events WHERE at >= ?", (since,))}
-        if store._fetchone("SELECT 1 FROM events WHERE chain = ?", (SYSTEM_CHAIN,)):
+        recent = {r[0] for r in store.read("SELECT DISTINCT chain FROM events WHERE at >= ?", (since,))}
+        if store.read_one("SELECT 1 FROM events WHERE chain = ?", (SYSTEM_CHAIN,)):
             recent.add(SYSTEM_CHAIN)  # configuration changes: always checked
         return _explain([verify_run(store, chain, trusted=trusted) for chain in sorted(recent)], store, trusted)
-    chains = [r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events ORDER BY chain")]
-    heads = {r[0] for r in store._fetchall("SELECT id FROM runs")}
+    chains = [r[0] for r in store.read("SELECT DISTINCT chain FROM events ORDER BY chain")]
+    heads = {r[0] for r in store.read("SELECT id FROM runs")}
     pruned = pruned_chains(store, trusted)
     missing = sorted(heads - set(chains))
     reports = [verify_chain(store, chain) for chain in chains]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from .._config import get_store
 from .._errors import AccessDeniedError, AccessError, AuthenticationError
-from ._access import Access, Grant, Principal, os_user
+from ._access import Access, Grant, Principal, check_principal, os_user
+from ._client import ServerClient
 from ._credentials import Credentials, credentials_path, forget_credentials, load_credentials, save_credentials
 from ._identities import ClaimsPolicy, Identities, principal_id
 from ._roles import GLOBAL, PERMISSIONS, ROLES, check_scope, covers, role_allows, tenant_scope
@@ -39,10 +40,12 @@ __all__ = [
     "PERMISSIONS",
     "Principal",
     "ROLES",
+    "ServerClient",
     "Session",
     "TokenInfo",
     "Tokens",
     "access",
+    "check_principal",
     "check_scope",
     "covers",
     "credentials_path",

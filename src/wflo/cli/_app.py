@@ -72,7 +72,7 @@ def import_modules(modules: tuple[str, ...]) -> None:
 
 
 def _import_file(path: str) -> None:
-    from ..engine._workflow import module_for_file
+    from ..engine import module_for_file
 
     file = os.path.abspath(path)
     if not os.path.isfile(file):

@@ -9,10 +9,8 @@ import click
 from rich.table import Table
 
 from .._errors import UserError
-from ..approvals import ApprovalRequest, approvals, inbox
-from ..approvals._params import action_text
-from ..auth import load_credentials
-from ..auth._client import ServerClient
+from ..approvals import ApprovalRequest, action_text, approvals, inbox
+from ..auth import ServerClient, load_credentials
 from ._app import cli, console, dump_json, handle_errors
 
 _STATUSES = ["pending", "approved", "rejected", "expired", "superseded", "cancelled", "all"]

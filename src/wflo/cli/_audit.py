@@ -12,9 +12,14 @@ from .. import _config
 from .._errors import UserError
 from ..audit import (
     build_report,
+    count_events,
     export,
     generate_key,
+    load_private_key,
+    load_public_key,
+    parse_when,
     prune,
+    prune_candidates,
     read_checkpoint,
     render_html,
     verify_all,
@@ -22,10 +27,6 @@ from ..audit import (
     verify_run,
     write_checkpoint,
 )
-from ..audit._checkpoint import load_private_key, load_public_key
-from ..audit._dates import parse_when
-from ..audit._export import count_events
-from ..audit._prune import prune_candidates
 from ._app import cli, console, dump_json, err_console, fail, handle_errors, plural
 
 
@@ -175,7 +176,7 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, override: str | None
     private_key = load_private_key(key_path) if key_path else None
     store = _config.get_store(create=False)
     if override is None:  # refuse before asking (prune() checks again, and records an override)
-        from ..compliance._retention import enforce_retention
+        from ..compliance import enforce_retention
 
         enforce_retention(store, cutoff, by=_principal())
     candidates = prune_candidates(store, cutoff)

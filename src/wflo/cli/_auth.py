@@ -15,16 +15,16 @@ from ..auth import (
     ROLES,
     Credentials,
     Grant,
+    ServerClient,
     TokenInfo,
     access,
+    check_principal,
     credentials_path,
     forget_credentials,
     load_credentials,
     save_credentials,
     tokens,
 )
-from ..auth._access import check_principal
-from ..auth._client import ServerClient
 from ._app import cli, console, dump_json, handle_errors
 
 
@@ -266,8 +266,7 @@ def server_cmd(host: str, port: int, admin_principal: str | None) -> None:
     try:
         import uvicorn
 
-        from ..server import create_app
-        from ..server._firstrun import PATH, FirstSignIn
+        from ..server import FIRST_SIGNIN_PATH, FirstSignIn, create_app
     except ImportError as exc:
         raise UserError(f"the server needs its extra: pip install 'wflo[server]' ({exc.name} is missing)") from None
     app = create_app()  # migrates the store first
@@ -277,7 +276,7 @@ def server_cmd(host: str, port: int, admin_principal: str | None) -> None:
         base = (settings().server_url or f"http://{host}:{port}").rstrip("/")
         console.print(
             f"No admin yet. Open this link within an hour to sign in as {admin_principal or acc.local().id} "
-            f"(it works once):\n  {base}{PATH}?code={code}",
+            f"(it works once):\n  {base}{FIRST_SIGNIN_PATH}?code={code}",
             soft_wrap=True,
             markup=False,
         )

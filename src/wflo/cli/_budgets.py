@@ -9,13 +9,11 @@ from rich.table import Table
 
 from .. import _config
 from .._errors import RunNotFoundError, UserError
-from ..audit._dates import parse_when
-from ..auth import load_credentials
-from ..auth._client import ServerClient
-from ..cost._api import budgets as api
-from ..cost._api import ledger as api_ledger
-from ..cost._ledger import PERIODS, BudgetUsage, usd_str
-from ..cost._spend import spend
+from ..audit import parse_when
+from ..auth import ServerClient, load_credentials
+from ..cost import PERIODS, BudgetUsage, spend, usd_str
+from ..cost import budgets as api
+from ..cost import ledger as api_ledger
 from ._app import cli, console, dump_json, err_console, handle_errors, plural
 
 

@@ -9,8 +9,7 @@ import click
 
 from .. import _config
 from .._errors import UserError
-from ..audit._checkpoint import load_private_key, load_public_key, read_checkpoint
-from ..audit._dates import parse_when
+from ..audit import load_private_key, load_public_key, parse_when, read_checkpoint
 from ..compliance import build_pack, verify_pack
 from ..store import now_iso
 from ._app import cli, console, dump_json, err_console, handle_errors

@@ -60,7 +60,7 @@ def db_roles(app: str, auditor: str, owner: str | None, print_only: bool, no_cre
     The application role may only append to the journal; only the auditor can prune, through a
     function the tables' owner defines. Run after `wflo db migrate`; see docs/deployment.md.
     """
-    from ..store._roles import apply_roles, role_statements
+    from ..store import apply_roles, role_statements
 
     # Never migrates: the owner runs `wflo db migrate`; this only grants on what exists.
     store = open_store(_config.settings().database, migrate=False, create=False)

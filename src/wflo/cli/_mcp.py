@@ -29,7 +29,7 @@ def _tools_from(spec: str) -> list[Any]:
     items = obj() if callable(obj) and not isinstance(obj, Tool) else obj
     items = list(items) if isinstance(items, list | tuple) else [items]
     if not all(isinstance(t, Tool) for t in items):
-        raise UserError(f"--tools {spec} must name a wflo.Tool or a list of them")
+        raise UserError(f"--tools {spec} must name a wflo.tools.Tool or a list of them")
     return items
 
 
@@ -38,7 +38,7 @@ def _tools_from(spec: str) -> list[Any]:
 @click.option("--tenant", help="Runs belong to this tenant (its grants count too).")
 @click.option("--agent", help="Calls are made as this agent (its grants count too).")
 @click.option(
-    "--tools", "tools_spec", help="module:ATTR holding wflo.Tool objects to serve besides installed packages."
+    "--tools", "tools_spec", help="module:ATTR holding wflo.tools.Tool objects to serve besides installed packages."
 )
 @click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP only.")

@@ -12,8 +12,7 @@ from rich.table import Table
 
 from .. import _config
 from .._errors import RunSuspended, UserError, WfloError, exit_code_for
-from ..engine import RunHandle, get_workflow, resume
-from ..engine._executor import owner_is_dead_here
+from ..engine import RunHandle, get_workflow, owner_is_dead_here, resume
 from ..store import RUN_STATUSES, RunRecord, new_id
 from ._app import cli, console, dump_json, err_console, fail, handle_errors, import_modules
 

@@ -88,15 +88,21 @@ def tools_show(name: str, as_json: bool) -> None:
 @handle_errors
 def tools_install(spec: tuple[str, ...]) -> None:
     """Install a tool package with pip (this interpreter's): `wflo tools install acme-tools`."""
-    from ..tools._packages import pip
-
     before = {p.manifest.name for p in _installed_quiet()}
-    if pip(["install", *spec]) != 0:
+    if _pip(["install", *spec]) != 0:
         raise UserError(f"pip could not install {' '.join(spec)}")
     new = sorted({p.manifest.name for p in _installed_quiet()} - before)
     console.print(f"new tools: {', '.join(new)}" if new else "no new tools (is it a wflo tool package?)")
     if new:
         console.print("grant them before a run can use them: wflo tools grant NAME --to workflow:NAME")
+
+
+def _pip(args: list[str]) -> int:
+    """pip of this interpreter, so the tools land where wflo runs."""
+    import subprocess
+    import sys
+
+    return subprocess.call([sys.executable, "-m", "pip", *args])
 
 
 def _installed_quiet() -> list[Any]:
@@ -114,12 +120,10 @@ def _installed_quiet() -> list[Any]:
 @handle_errors
 def tools_remove(name: str, yes: bool) -> None:
     """Uninstall the package that provides tool NAME (or the distribution NAME) with pip."""
-    from ..tools._packages import pip
-
     dist = next((p.distribution for p in _installed_quiet() if p.manifest.name == name), name)
     if not yes:
         click.confirm(f"uninstall {dist}?", abort=True)
-    if pip(["uninstall", "-y", dist]) != 0:
+    if _pip(["uninstall", "-y", dist]) != 0:
         raise UserError(f"pip could not uninstall {dist}")
 
 

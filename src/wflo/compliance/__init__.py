@@ -6,7 +6,7 @@ See docs/compliance.md.
 
 from ._evidence import CONTROLS, FRAMEWORKS, build_evidence, find_gaps, sections_for
 from ._pack import PackResult, build_pack, verify_pack
-from ._retention import check_retention, earliest_cutoff
+from ._retention import check_retention, earliest_cutoff, enforce_retention
 from ._schedule import due_period, run_schedule, wait_for_packs
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "check_retention",
     "due_period",
     "earliest_cutoff",
+    "enforce_retention",
     "find_gaps",
     "run_schedule",
     "sections_for",

@@ -104,7 +104,7 @@ def run_info(store: Store, chains: list[str]) -> dict[str, tuple[Any, Any, Any]]
         part = chains[start : start + 500]
         marks = ", ".join("?" * len(part))
         sql = f"SELECT id, workflow, tenant, options FROM runs WHERE id IN ({marks})"
-        for i, w, t, options in store._fetchall(sql, part):
+        for i, w, t, options in store.read(sql, part):
             out[str(i)] = (w, t, _load(options).get("agent"))
     return out
 

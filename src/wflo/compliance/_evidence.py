@@ -19,8 +19,7 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any
 
-from ..store import Store, now_iso, parse_iso
-from ..store._base import SYSTEM_CHAIN
+from ..store import SYSTEM_CHAIN, Store, now_iso, parse_iso
 from ..store._records import _TIME_FORMAT
 from ._common import _IDLE_EVENTS, _WINDOW_SQL, _Events, _load, _seconds, n
 from ._sections import _access, _cost, _inventory, _monitoring
@@ -109,7 +108,7 @@ def build_evidence(
     until = until or now_iso()
     length = parse_iso(until) - parse_iso(since)
     previous = ((parse_iso(since) - length).strftime(_TIME_FORMAT), since)
-    events = _Events(store._fetchall(_WINDOW_SQL, (since, until)))
+    events = _Events(store.read(_WINDOW_SQL, (since, until)))
     cites: set[tuple[str, int]] = set()
     builders = {
         "record_keeping": lambda: _record_keeping(
@@ -183,8 +182,8 @@ def _record_keeping(
     public_key: Any | None,
     cites: set[tuple[str, int]],
 ) -> dict[str, Any]:
+    from ..audit import verify_all
     from ..audit._checkpoint import record_signed_by, verify_checkpoint
-    from ..audit._verify import verify_all
 
     by_type = Counter(r[2] for r in events.rows)
     per_day = Counter(r[3][:10] for r in events.rows)
@@ -201,7 +200,7 @@ def _record_keeping(
     checked: dict[str, Any] | None = None
     if checkpoint is not None:
         checked = verify_checkpoint(store, checkpoint, public_key).to_dict()
-    last_cp = store._fetchone(
+    last_cp = store.read_one(
         "SELECT seq, at, data FROM events WHERE chain = ? AND type = 'audit.checkpointed' AND at < ? "
         "ORDER BY seq DESC LIMIT 1",
         (SYSTEM_CHAIN, until),
@@ -212,7 +211,7 @@ def _record_keeping(
             "(kept away from the database) also catches a consistent rewrite."
         )
     prunes = []
-    for seq, at, data_json in store._fetchall(
+    for seq, at, data_json in store.read(
         "SELECT seq, at, data FROM events WHERE chain = ? AND type = 'audit.pruned' AND at < ? ORDER BY seq",
         (SYSTEM_CHAIN, until),
     ):
@@ -226,13 +225,13 @@ def _record_keeping(
             signature = "audit key" if record_signed_by(data, public_key) else "NOT the audit key"
         prunes.append([at, data.get("by"), data.get("before"), len(data.get("chains") or []), data.get("events"),
                        signature])  # fmt: skip
-    overrides = store._fetchall(
+    overrides = store.read(
         "SELECT seq, at, data FROM events WHERE chain = ? AND type = 'audit.retention_overridden' AND at < ? ORDER BY seq",
         (SYSTEM_CHAIN, until),
     )
     for seq, _at, _d in overrides:
         cites.add((SYSTEM_CHAIN, int(seq)))
-    oldest = store._fetchone("SELECT MIN(at) FROM events")
+    oldest = store.read_one("SELECT MIN(at) FROM events")
     gaps = find_gaps(events.rows, until=until, gap_seconds=gap_seconds)
     for gap in gaps:
         cites.update((c, s) for c, s, _t, a, _d in events.rows if a in (gap["from"], gap["to"]))

@@ -52,7 +52,7 @@ def _records(store: Store, cited: list[tuple[str, int]]) -> list[dict[str, Any]]
         for start in range(0, len(seqs), 500):
             part = seqs[start : start + 500]
             marks = ", ".join("?" * len(part))
-            rows = store._fetchall(
+            rows = store.read(
                 f"SELECT {', '.join(_RECORD_COLUMNS)} FROM events WHERE chain = ? AND seq IN ({marks}) ORDER BY seq",
                 (chain, *part),
             )

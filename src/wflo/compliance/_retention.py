@@ -22,7 +22,7 @@ from ..store._records import _TIME_FORMAT
 
 def _store_now(store: Store) -> str:
     if store.dialect == "postgresql":
-        row = store._fetchone("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        row = store.read_one("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
         if row and row[0]:
             return str(row[0])
     return now_iso()

@@ -31,8 +31,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from ..store import NewEvent, Store
-from ..store._base import SYSTEM_CHAIN
+from ..store import SYSTEM_CHAIN, NewEvent, Store
 from ..store._records import _TIME_FORMAT
 
 log = logging.getLogger("wflo.compliance")
@@ -63,7 +62,7 @@ def due_period(schedule: str, now: datetime | None = None) -> tuple[str, str]:
 
 
 def _already_made(store: Store, framework: str, since: str, until: str) -> bool:
-    for (data_json,) in store._fetchall(
+    for (data_json,) in store.read(
         "SELECT data FROM events WHERE chain = ? AND type = 'compliance.pack' ORDER BY seq DESC LIMIT 200",
         (SYSTEM_CHAIN,),
     ):
@@ -78,7 +77,7 @@ def _already_made(store: Store, framework: str, since: str, until: str) -> bool:
 
 
 def _previous_checkpoint(root: Path, before: str) -> dict[str, Any] | None:
-    from ..audit._checkpoint import read_checkpoint
+    from ..audit import read_checkpoint
 
     found = sorted(
         p for p in root.glob("*/checkpoint.json") if p.parent.name < before and p.parent.suffix != ".partial"
@@ -149,7 +148,7 @@ def _tidy(root: Path) -> None:
 
 
 def _generate(store: Store, cfg: Any, now: datetime | None) -> Path | None:
-    from ..audit._checkpoint import load_private_key
+    from ..audit import load_private_key
     from ._pack import build_pack
 
     framework = cfg.compliance_framework

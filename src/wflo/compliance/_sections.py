@@ -7,8 +7,7 @@ from collections import Counter, defaultdict
 from decimal import Decimal
 from typing import Any
 
-from ..store import Store
-from ..store._base import SYSTEM_CHAIN
+from ..store import SYSTEM_CHAIN, Store
 from ._common import _ACCESS_PREFIXES, _WINDOW_SQL, INCIDENT_KINDS, _dec, _Events, _load, _obj, classify, n, run_info
 
 
@@ -179,7 +178,7 @@ def _access(store: Store, events: _Events, cites: set[tuple[str, int]]) -> dict[
         if c == SYSTEM_CHAIN and t in ("approval.decided", "approval.voted")
     )
     roles = [[p, ", ".join(json.loads(r) if r else []), created, updated] for p, r, created, updated in
-             store._fetchall("SELECT id, roles, created_at, updated_at FROM principals ORDER BY id")]  # fmt: skip
+             store.read("SELECT id, roles, created_at, updated_at FROM principals ORDER BY id")]  # fmt: skip
     grants = sum(1 for r in changes if r[2].endswith((".granted", ".created")))
     removals = sum(1 for r in changes if r[2].endswith((".revoked", ".removed", ".deleted")))
     return {
@@ -256,7 +255,7 @@ def _monitoring(
         cites.add((chain, seq))
         rows.append([at, kind.replace("_", " "), chain, _incident(type_, data)])
     before: Counter[str] = Counter()
-    for _c, _s, type_, _a, data_json in store._fetchall(_WINDOW_SQL, previous):
+    for _c, _s, type_, _a, data_json in store.read(_WINDOW_SQL, previous):
         kind = classify(type_, _load(data_json))
         if kind is not None:
             before[kind] += 1
@@ -310,14 +309,14 @@ def _cost(store: Store, events: _Events, until: str, cites: set[tuple[str, int]]
             bucket[0] += usd
             bucket[1] += 1
     usage = []
-    for scope, start, lim, spent, reserved in store._fetchall(
+    for scope, start, lim, spent, reserved in store.read(
         "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage WHERE period_start < ? "
         "ORDER BY scope, period_start",
         (until,),
     ):
         pct = round(float(_dec(spent) / _dec(lim) * 100), 1) if _dec(lim) else None
         usage.append([scope, start or None, lim, spent, reserved, pct])
-    limits = [list(r) for r in store._fetchall(
+    limits = [list(r) for r in store.read(
         "SELECT scope, limit_usd, period, updated_at, updated_by FROM budget_limits ORDER BY scope")]  # fmt: skip
     tables = [
         {"title": f"Spend by {k}", "columns": [k, "USD", "calls"],

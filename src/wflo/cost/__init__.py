@@ -3,20 +3,22 @@
 from ._api import Budgets, budgets, ledger
 from ._estimate import DEFAULT_OUTPUT_CAP, estimate_input_tokens, estimate_text_tokens
 from ._guard import BudgetGuard
-from ._ledger import Budget, BudgetUsage, CostRequest, Ledger, Limit, Reservation
+from ._ledger import PERIODS, Budget, BudgetUsage, CostRequest, Ledger, Limit, Reservation, usd_str
 from ._prices import Cost, Price, PriceBook, prices
+from ._spend import spend
 from ._usage import Usage, usage_from_response
 
 __all__ = [
-    "DEFAULT_OUTPUT_CAP",
     "Budget",
     "BudgetGuard",
     "BudgetUsage",
     "Budgets",
     "Cost",
     "CostRequest",
+    "DEFAULT_OUTPUT_CAP",
     "Ledger",
     "Limit",
+    "PERIODS",
     "Price",
     "PriceBook",
     "Reservation",
@@ -26,5 +28,7 @@ __all__ = [
     "estimate_text_tokens",
     "ledger",
     "prices",
+    "spend",
     "usage_from_response",
+    "usd_str",
 ]

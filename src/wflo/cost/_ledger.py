@@ -315,6 +315,8 @@ class Ledger:
                 start = period_start(lim.period)
                 spent, reserved = self._lock_usage(cur, lim, start, now)
                 rows.append((lim, start, spent, reserved))
+            # The call must fit every scope at once, so the scope with the least room left
+            # decides (it is also the one a refusal names).
             room: Decimal | None = None
             binding = rows[0]
             for lim, start, spent, reserved in rows:
@@ -327,6 +329,10 @@ class Ledger:
             needed = cost.worst()
             cap, clamped = cost.output_cap, False
             if needed > room:
+                # worst = input_cost + cap * output_price. The input is what is sent and cannot
+                # shrink, so only the output cap is solved for, rounded down: a cap one token too
+                # high could settle above the limit. A cap under min_output_tokens is refused
+                # rather than sent: the input would be billed for an answer cut to nothing.
                 if cost.output_price_per_token > 0:
                     fit = ((room - cost.input_cost) / cost.output_price_per_token).to_integral_value(
                         rounding=ROUND_FLOOR
@@ -346,6 +352,8 @@ class Ledger:
                 new_id(), needed, [(lim.scope, start) for lim, start, _, _ in rows], cap, clamped,
                 run_id=run_id, call_id=call_id, model=model,
             )  # fmt: skip
+            # The same amount is held on every scope: settlement later swaps that one amount for
+            # the real cost everywhere, which keeps spent + reserved <= limit on each scope.
             for lim, start, _, reserved in rows:
                 st.execute(
                     cur,

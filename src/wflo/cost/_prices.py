@@ -1,6 +1,6 @@
 """Model prices: from the ``genai-prices`` package (offline, bundled data), or set by you.
 
-Lookup order: your prices (``wflo.prices.set``) → ``genai-prices`` → a configured fallback →
+Lookup order: your prices (``wflo.cost.prices.set``) → ``genai-prices`` → a configured fallback →
 ``UnknownPriceError`` (fail closed: a model whose cost cannot be bounded is refused, never
 counted as $0). Every cost carries its source and the data version it came from.
 """
@@ -69,7 +69,7 @@ def _genai_usage(usage: Usage) -> Any:
 
 
 class PriceBook:
-    """Prices by model. Thread-safe; ``wflo.prices`` is the process-wide book."""
+    """Prices by model. Thread-safe; ``wflo.cost.prices`` is the process-wide book."""
 
     def __init__(self) -> None:
         self._user: dict[tuple[str, str | None], Price] = {}
@@ -87,7 +87,7 @@ class PriceBook:
         cache_write_per_mtok: Any = None,
         provider: str | None = None,
     ) -> Price:
-        """Set a model's price (wins over genai-prices): ``wflo.prices.set("my-ft", input_per_mtok="0.3", output_per_mtok="1.2")``."""
+        """Set a model's price (wins over genai-prices): ``wflo.cost.prices.set("my-ft", input_per_mtok="0.3", output_per_mtok="1.2")``."""
         if not model or not isinstance(model, str):
             raise UserError("model must be a non-empty string")
         price = Price(

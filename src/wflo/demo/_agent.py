@@ -91,7 +91,7 @@ def refund_flow(order_id: str, amount: float) -> str:
 @wflo.workflow(name="demo.analyst")
 def analyst(task: str) -> list[dict[str, Any]]:
     """A data agent whose model writes Python; wflo runs it in the sandbox (``wflo.tools.python``)."""
-    from ..tools._python import python
+    from ..tools import python
 
     run_code = python(wflo.Sandbox(memory="256MiB", cpu_seconds=5, wall="15s", output="64KiB"))
     messages: list[Any] = [{"role": "user", "content": task}]

@@ -115,7 +115,7 @@ class Demo:
         self.say("[bold]3. Humans decide[/]  the agent wants to refund $250 (over $100 needs finance)")
         wflo.approvals.grant("user:demo-finance", "finance")
         handle = _agent.refund_flow.start("A-1017", 250.0)
-        worker = wflo.Worker(concurrency=1)
+        worker = wflo.engine.Worker(concurrency=1)
         worker.run(max_runs=1, idle_timeout=2)
         request = next(iter(wflo.approvals.list(run_id=handle.id)), None)
         status = handle.status()
@@ -137,7 +137,7 @@ class Demo:
             while wflo.approvals.get(request.id).status == "pending":
                 time.sleep(0.5)
         t0 = time.monotonic()
-        wflo.Worker(concurrency=1).run(max_runs=1, idle_timeout=5)
+        wflo.engine.Worker(concurrency=1).run(max_runs=1, idle_timeout=5)
         result = handle.result(timeout=10)
         decided = wflo.approvals.get(request.id)
         self.say(

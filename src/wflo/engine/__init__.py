@@ -2,7 +2,8 @@
 
 from ._boundary import NOT_REPLAYED, Call, Guard, Outcome, aguarded_call, finish_call, guarded_call, start_call
 from ._context import JournalEntry, RunContext, current_run
-from ._executor import add_finish_op, add_guard_factory, add_resume_hook, process_owner
+from ._executor import add_finish_op, add_guard_factory, add_resume_hook, owner_is_dead_here, process_owner
+from ._options import StepOptions, ToolOptions, WorkflowOptions, check_options
 from ._worker import Worker
 from ._workflow import (
     BoundWorkflow,
@@ -12,6 +13,7 @@ from ._workflow import (
     Workflow,
     add_cancel_hook,
     get_workflow,
+    module_for_file,
     registered_workflows,
     resume,
     step,
@@ -29,17 +31,23 @@ __all__ = [
     "RunHandle",
     "RunOptions",
     "Step",
+    "StepOptions",
+    "ToolOptions",
     "Worker",
     "Workflow",
+    "WorkflowOptions",
     "add_cancel_hook",
     "add_finish_op",
     "add_guard_factory",
     "add_resume_hook",
     "aguarded_call",
+    "check_options",
     "current_run",
     "finish_call",
     "get_workflow",
     "guarded_call",
+    "module_for_file",
+    "owner_is_dead_here",
     "process_owner",
     "registered_workflows",
     "resume",

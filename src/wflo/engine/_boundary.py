@@ -115,7 +115,23 @@ _NOT_REPLAYED = NOT_REPLAYED
 
 
 def _replay(call: Call, entry: JournalEntry | None) -> Any:
-    """The recorded result of ``call`` if the journal has one, else ``_NOT_REPLAYED``."""
+    """The recorded result of ``call`` if the journal has one, else ``_NOT_REPLAYED``.
+
+    The replay rules, and why:
+
+    - A call is matched by its *position* (its call id) and checked by name and kind only, not
+      by its arguments: prompts legitimately differ between the first run and the replay (a
+      timestamp, a random id), and refusing those would block every such run. A different
+      name or kind at a position means the code changed under the run: that is reported
+      (``NonDeterminismError``), never mixed.
+    - A recorded failure is raised again rather than retried: the workflow already saw that
+      error and may have branched on it; running the call again could take another branch.
+    - A call that started and never ended (the process died in it) runs again: at-least-once
+      is the default because most effects are idempotent or checked, and the alternative loses
+      work. ``at_most_once`` calls journal their start for exactly this case and fail instead.
+    - Guards see replayed calls (``Guard.replayed``) so counters (loop signatures, spend) are
+      rebuilt as they were, without charging or refusing anything a second time.
+    """
     ctx = call.run
     if entry is None:
         return _NOT_REPLAYED

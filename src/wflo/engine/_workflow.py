@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
 
 from .._config import get_store, settings
 from .._errors import (
@@ -28,7 +28,12 @@ from ..store import Event, NewEvent, RunRecord, Store, new_id, now_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import _call_path, current_run
 from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, process_owner
+from ._options import StepOptions, WorkflowOptions, check_options
 from ._serialize import check_serializer, decode, encode
+
+if TYPE_CHECKING:
+    from ..cost import Budget
+    from ..guards import LoopGuard, RetryPolicy
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -106,14 +111,13 @@ class RunOptions:
 class Workflow(Generic[P, R]):
     """A durable workflow: each run is journaled and resumes after a crash."""
 
-    def __init__(self, fn: Callable[P, R], *, name: str | None = None, serializer: str = "json", **extra: Any) -> None:
+    def __init__(self, fn: Callable[P, R], /, **options: Any) -> None:
         self.fn = fn
-        self.name = name or _qualname(fn)
-        self.serializer = check_serializer(serializer)
+        self.config = check_options(WorkflowOptions, options, what="workflow")
+        """The decorator's options, typed and checked (see ``WorkflowOptions``)."""
+        self.name = self.config.name or _qualname(fn)
+        self.serializer = check_serializer(self.config.serializer)
         self.is_async = is_async_callable(fn)
-        self.extra = extra  # options owned by other layers (budget, guards, on_loop, …)
-        if extra.get("on_loop", "stop") not in ("stop", "pause"):
-            raise UserError(f"on_loop must be 'stop' or 'pause', got {extra['on_loop']!r}")
         functools.update_wrapper(self, fn)
         with _registry_lock:
             existing = _registry.get(self.name)
@@ -122,7 +126,7 @@ class Workflow(Generic[P, R]):
             _registry[self.name] = self
 
     def __repr__(self) -> str:
-        return f"<wflo.Workflow {self.name}>"
+        return f"<wflo.engine.Workflow {self.name}>"
 
     def check_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse inputs the function cannot take, before a run is created for them."""
@@ -141,16 +145,7 @@ class Workflow(Generic[P, R]):
         Option objects of other layers (``Budget``, ``LoopGuard``, …) contribute through
         their ``to_run_options()``.
         """
-        options: dict[str, Any] = {"serializer": self.serializer}
-        for key, value in self.extra.items():
-            to_options = getattr(value, "to_run_options", None)
-            if to_options is not None:
-                options.update(to_options())
-            elif key == "guards" and value is False:
-                options["loop_guard"] = False  # runaway protection switched off on purpose
-            elif value is not None and isinstance(value, str | int | float | bool):
-                options[key] = value
-        return options
+        return self.config.run_options()
 
     def options(self, **options: Any) -> BoundWorkflow[P, R]:
         """This workflow with start options (``id=``, ``tenant=``)."""
@@ -458,8 +453,8 @@ class Step(Generic[P, R]):
             raise UserError(f"retries must be an integer >= 0, got {retries!r}")
         if retries and retry is not None:
             raise UserError("give either retries=N (any exception, doubling delay) or retry=RetryPolicy(...), not both")
-        from ..guards._retry import RetryPolicy
-        from ..guards._timeout import timeout as make_timeout
+        from ..guards import RetryPolicy
+        from ..guards import timeout as make_timeout
 
         if retries:
             # retries=N: retry any exception of the step's own code, N times, doubling the delay.
@@ -483,7 +478,7 @@ class Step(Generic[P, R]):
         functools.update_wrapper(self, fn)
 
     def __repr__(self) -> str:
-        return f"<wflo.Step {self.name}>"
+        return f"<wflo.engine.Step {self.name}>"
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
@@ -513,8 +508,10 @@ def step(
     name: str | None = ...,
     retries: int = ...,
     retry_delay: float = ...,
+    retry: RetryPolicy | None = ...,
+    timeout: float | str | None = ...,
     at_most_once: bool = ...,
-    serializer: str = ...,
+    serializer: Literal["json", "pickle"] = ...,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 def step(fn: Any = None, /, **options: Any) -> Any:
     """Make a function a durable step: ``@wflo.step`` or ``@wflo.step(retries=3)``.
@@ -532,6 +529,7 @@ def step(fn: Any = None, /, **options: Any) -> Any:
     """
     if fn is not None:
         return Step(fn)
+    check_options(StepOptions, options, what="step")  # a misspelt option fails here, at the decorator
     return lambda f: Step(f, **options)
 
 
@@ -539,10 +537,22 @@ def step(fn: Any = None, /, **options: Any) -> Any:
 def workflow(fn: Callable[P, R], /) -> Workflow[P, R]: ...
 @overload
 def workflow(
-    *, name: str | None = ..., serializer: str = ..., **extra: Any
+    *,
+    name: str | None = ...,
+    serializer: Literal["json", "pickle"] = ...,
+    budget: Budget | None = ...,
+    guards: LoopGuard | Literal[False] | None = ...,
+    on_loop: Literal["stop", "pause"] = ...,
+    agent: str | None = ...,
 ) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
 def workflow(fn: Any = None, /, **options: Any) -> Any:
-    """Make a function a durable workflow: ``@wflo.workflow`` or ``@wflo.workflow(name=...)``."""
+    """Make a function a durable workflow: ``@wflo.workflow`` or ``@wflo.workflow(name=...)``.
+
+    The options are those of :class:`WorkflowOptions` (``name``, ``serializer``, ``budget``,
+    ``guards``, ``on_loop``, ``agent``); an unknown one, or a value of the wrong type, raises
+    ``wflo.errors.OptionError`` (a ``TypeError``) here, naming the closest valid option.
+    """
     if fn is not None:
         return Workflow(fn)
+    check_options(WorkflowOptions, options, what="workflow")
     return lambda f: Workflow(f, **options)

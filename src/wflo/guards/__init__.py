@@ -12,6 +12,7 @@ from ._breaker import CircuitBreaker, Permit, Transition
 from ._guard import LoopGuardGuard
 from ._loop import LoopGuard, LoopState, Outcome, Signature, digest
 from ._parse import Rate, parse_duration, parse_rate
+from ._policies import Policies, PolicyGuard, policies
 from ._ratelimit import RateLimiter
 from ._retry import RetryPolicy, is_retryable, retry_after
 from ._timeout import Timeout, timeout
@@ -24,6 +25,8 @@ __all__ = [
     "LoopState",
     "Outcome",
     "Permit",
+    "Policies",
+    "PolicyGuard",
     "Rate",
     "RateLimitedError",
     "RateLimiter",
@@ -35,6 +38,7 @@ __all__ = [
     "is_retryable",
     "parse_duration",
     "parse_rate",
+    "policies",
     "retry_after",
     "timeout",
 ]

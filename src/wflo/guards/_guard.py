@@ -99,7 +99,7 @@ class LoopGuardGuard(Guard):
             raise
 
     def _pause(self, call: Call, exc: LoopDetectedError) -> None:
-        from ..approvals._policy import Approval
+        from ..approvals import Approval
 
         self._restart()
         self.state.accept(self._sig(call))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._errors import UserError
-from ..approvals._policy import Approval
+from ..approvals import Approval
 
 
 def jsonable(value: Any) -> Any:

@@ -333,7 +333,7 @@ _chain: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("wflo_fa
 
 
 class fallback:
-    """``wflo.fallback("gpt-4o", "gpt-4o-mini")``: inside it (a ``with`` block or a decorated
+    """``wflo.integrations.fallback("gpt-4o", "gpt-4o-mini")``: inside it (a ``with`` block or a decorated
     function), an LLM call to ``gpt-4o`` that fails with a retryable provider error (HTTP 408,
     409, 429 or 5xx, a timeout or a dropped connection) is sent again with ``gpt-4o-mini``, and so
     on down the list. Each attempt is its own journaled, budgeted and priced LLM call; the
@@ -342,7 +342,7 @@ class fallback:
 
     def __init__(self, *models: str) -> None:
         if len(models) < 2 or not all(isinstance(m, str) and m for m in models) or len(set(models)) != len(models):
-            raise UserError(f"wflo.fallback takes two or more different model names, got {models!r}")
+            raise UserError(f"wflo.integrations.fallback takes two or more different model names, got {models!r}")
         self.models = models
         self._tokens: list[contextvars.Token[dict[str, str]]] = []
 
@@ -393,7 +393,7 @@ def _after_failure(
     call: Call, mod: Any, request: Any, attempt: int, response: Any, error: BaseException | None, *, live: bool
 ) -> _Next | None:
     """After a failed attempt (an exception, or a 408/409/429/5xx answer): the model's retry
-    policy (``wflo.policies.retry``) first, then ``wflo.fallback``'s next model; ``None`` when
+    policy (``wflo.policies.retry``) first, then ``wflo.integrations.fallback``'s next model; ``None`` when
     neither applies (the failure goes to the SDK as it is). Each attempt is its own journaled
     call, and the decision is recorded in its event (``next``), so a replay follows it exactly
     (without the wait)."""

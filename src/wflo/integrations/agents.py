@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from .._errors import UserError, WfloError
-from ..approvals._policy import Approval
+from ..approvals import Approval
 from ..engine import Call, Workflow, aguarded_call, current_run
 from ..store import canonical_json
 from ._common import check_approvals
@@ -268,7 +268,7 @@ class WrappedAgent:
             self._local.pop(run_id, None)
 
     def start(self, input: Any, max_turns: int | None = None) -> Any:
-        """Enqueue the run for a ``wflo.Worker`` and return its ``RunHandle``."""
+        """Enqueue the run for a ``wflo.engine.Worker`` and return its ``RunHandle``."""
         return self.workflow.options(id=self._run_id, tenant=self._tenant).start(input, max_turns)
 
     @property

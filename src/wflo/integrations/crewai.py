@@ -27,7 +27,7 @@ import uuid
 from typing import Any
 
 from .._errors import UserError, WfloError
-from ..approvals._policy import Approval
+from ..approvals import Approval
 from ..engine import NOT_REPLAYED, Call, Outcome, Workflow, current_run, finish_call, start_call
 from ._common import check_approvals
 
@@ -184,7 +184,7 @@ class WrappedCrew:
         return [self.kickoff(item) for item in inputs]
 
     def start(self, inputs: dict[str, Any] | None = None) -> Any:
-        """Enqueue the kickoff for a ``wflo.Worker`` and return its ``RunHandle``."""
+        """Enqueue the kickoff for a ``wflo.engine.Worker`` and return its ``RunHandle``."""
         return self.workflow.options(id=self._run_id, tenant=self._tenant).start(inputs)
 
     @property

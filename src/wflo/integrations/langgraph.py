@@ -46,10 +46,8 @@ from langgraph.prebuilt import ToolNode
 
 from .._config import get_store
 from .._errors import ApprovalRejected, RunNotFoundError, UserError, WfloError, WfloInterrupt
-from ..approvals._policy import Approval
-from ..engine import Call, Step, Workflow, aguarded_call, current_run, guarded_call
-from ..engine._context import RunContext
-from ..engine._workflow import BoundWorkflow
+from ..approvals import Approval
+from ..engine import BoundWorkflow, Call, RunContext, Step, Workflow, aguarded_call, current_run, guarded_call
 from ..store import Store, new_id, open_store
 from ._common import check_approvals, jsonable
 

@@ -26,9 +26,8 @@ from pydantic_ai.capabilities import AbstractCapability
 
 from .._config import get_store
 from .._errors import ApprovalRejected, RunNotFoundError, UserError
-from ..approvals._policy import Approval
-from ..engine import Call, Workflow, aguarded_call, current_run
-from ..engine._workflow import BoundWorkflow
+from ..approvals import Approval
+from ..engine import BoundWorkflow, Call, Workflow, aguarded_call, current_run
 from ..store import new_id
 from ._common import check_approvals, jsonable
 

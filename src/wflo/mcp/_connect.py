@@ -1,4 +1,4 @@
-"""MCP in: an external MCP server's tools as ``wflo.Tool`` objects.
+"""MCP in: an external MCP server's tools as ``wflo.tools.Tool`` objects.
 
 ``wflo.mcp.connect(["python", "server.py"])`` starts the server over stdio (the official SDK's
 client, on a thread of its own) and returns a ``Connection`` whose ``tools`` an agent calls

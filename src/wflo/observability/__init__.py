@@ -22,8 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTENT_ENV",
-    "SEMCONV_VERSION",
     "SEMCONV_SCHEMA_URL",
+    "SEMCONV_VERSION",
     "disable",
     "enable",
     "export_run",

@@ -253,6 +253,10 @@ class BwrapBackend(SandboxBackend):
             nproc = limits.processes + 2 if namespaced_nproc() or group is None else 0
 
             def child_setup() -> None:
+                # The order is the point. Limits first, while still privileged: hard limits set
+                # here can later be lowered by the sandbox's uid, never raised. Then the cgroup,
+                # whose cgroup.procs only root may write, before the first process the code
+                # could start. Privileges go after both, or neither could be done.
                 resource.setrlimit(resource.RLIMIT_AS, (limits.memory, limits.memory))
                 resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size))

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._errors import UserError
 from ..engine import Call, current_run, guarded_call
-from ..guards._parse import parse_duration
+from ..guards import parse_duration
 from ._base import Limits, SandboxBackend, SandboxResult, parse_size
 from ._bwrap import BwrapBackend
 from ._egress import Egress

@@ -15,6 +15,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     ) from None
 
 from ._app import create_app
+from ._firstrun import PATH as FIRST_SIGNIN_PATH
+from ._firstrun import FirstSignIn
 from ._routes import PUBLIC, SIGNED_IN, RouteSpec
 
-__all__ = ["PUBLIC", "RouteSpec", "SIGNED_IN", "create_app"]
+__all__ = ["FIRST_SIGNIN_PATH", "FirstSignIn", "PUBLIC", "RouteSpec", "SIGNED_IN", "create_app"]

@@ -22,6 +22,7 @@ from ._records import (
     now_iso,
     parse_iso,
 )
+from ._roles import apply_roles, role_statements
 
 __all__ = [
     "Event",
@@ -36,6 +37,7 @@ __all__ = [
     "SYSTEM_CHAIN",
     "Store",
     "StoreOp",
+    "apply_roles",
     "canonical_json",
     "event_hash",
     "link_hash",
@@ -43,6 +45,7 @@ __all__ = [
     "now_iso",
     "open_store",
     "parse_iso",
+    "role_statements",
 ]
 
 

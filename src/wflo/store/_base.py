@@ -365,6 +365,9 @@ class Store(Connections):
                     # Keep an earlier wake-up (a decision that came in while we were running).
                     sets.append("wake_at = CASE WHEN wake_at IS NOT NULL AND wake_at < ? THEN wake_at ELSE ? END")
                     params += [wake_at, wake_at]
+                # Fenced on both the lease owner and the head: a worker paused past its lease (GC,
+                # a partition) that wakes up must not write, and two writers that both think they
+                # own the run must not both link to the same head; the chain would fork.
                 fence = "lease_owner = ?" if owner is not None else "lease_owner IS NULL"
                 params += [run_id, head.seq] + ([owner] if owner is not None else [])
                 self.execute(

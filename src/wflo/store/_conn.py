@@ -185,6 +185,10 @@ class Connections(abc.ABC):
         """Rows of a read-only query (``?`` placeholders on every backend)."""
         return self._fetchall(sql, params)
 
+    def read_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        """The first row of a read-only query, or ``None``."""
+        return self._fetchone(sql, params)
+
     def execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement on a transaction's cursor (for ``StoreOp`` writers)."""
         cur.execute(self._sql(sql), tuple(params))

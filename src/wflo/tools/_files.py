@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._errors import UserError
-from ..approvals._policy import Approval
-from ..sandbox._base import parse_size
+from ..approvals import Approval
+from ..sandbox import parse_size
 from ._errors import ToolRefused
 from ._manifest import Capabilities, Effects
 from ._tool import Tool

@@ -33,8 +33,8 @@ from typing import Any
 import httpx
 
 from .._errors import UserError
-from ..approvals._policy import Approval, parse_duration
-from ..sandbox._base import parse_size
+from ..approvals import Approval, parse_duration
+from ..sandbox import parse_size
 from ._errors import ToolRefused
 from ._manifest import Capabilities, Effects
 from ._tool import Tool

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,8 +182,3 @@ def load(name: str) -> PackagedTool:
 
         verify_package(pkg)
     return PackagedTool(pkg)
-
-
-def pip(args: list[str]) -> int:
-    """Run pip of the current interpreter (``wflo tools install|remove``)."""
-    return subprocess.call([sys.executable, "-m", "pip", *args])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..approvals._policy import Approval
+from ..approvals import Approval
 from ..sandbox import Sandbox
 from ._tool import Tool
 

@@ -41,7 +41,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from .._errors import UserError
-from ..approvals._policy import Approval, parse_duration
+from ..approvals import Approval, parse_duration
 from ._errors import ToolRefused
 from ._manifest import Capabilities, Effects
 from ._tool import Tool

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from .._errors import UserError
-from ..approvals._policy import Approval
-from ..engine import Call, Step
+from ..approvals import Approval
+from ..engine import Call, Step, ToolOptions, check_options
 from ._manifest import Capabilities, Effects, Manifest
 
 P = ParamSpec("P")
@@ -154,4 +154,5 @@ def tool(fn: Any = None, /, **options: Any) -> Any:
     """Make a function a guarded, journaled tool: ``@wflo.tool`` or ``@wflo.tool(approval=wflo.Approval(...))``."""
     if fn is not None:
         return Tool(fn)
+    check_options(ToolOptions, options, what="tool")  # a misspelt option fails at the decorator
     return lambda f: Tool(f, **options)

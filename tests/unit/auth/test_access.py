@@ -239,7 +239,7 @@ def test_claims_policy_maps_groups_and_restricts_login() -> None:
     assert policy.refusal({**claims, "email_verified": False}) == "email not verified by the provider"
     assert ClaimsPolicy().refusal({**claims, "email_verified": False}) == "email not verified by the provider"
     assert policy.refusal({**claims, "groups": ["finance"]}) == "not in an allowed group"
-    with pytest.raises(wflo.ConfigurationError):
+    with pytest.raises(wflo.errors.ConfigurationError):
         ClaimsPolicy.parse("finance=superuser")
 
 

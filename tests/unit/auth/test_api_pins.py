@@ -12,8 +12,8 @@ from wflo._errors import AccessDeniedError, AuthenticationError, exit_code_for
 PINNED = {
     "wflo.auth": {
         "GLOBAL", "PERMISSIONS", "ROLES", "Access", "AccessDeniedError", "AccessError", "AuthenticationError",
-        "ClaimsPolicy", "Credentials", "Grant", "Identities", "Principal", "Session", "TokenInfo", "Tokens",
-        "access", "check_scope", "covers", "credentials_path", "forget_credentials", "load_credentials", "os_user",
+        "ClaimsPolicy", "Credentials", "Grant", "Identities", "Principal", "ServerClient", "Session", "TokenInfo", "Tokens",
+        "access", "check_principal", "check_scope", "covers", "credentials_path", "forget_credentials", "load_credentials", "os_user",
         "parse_duration", "principal_id", "role_allows", "save_credentials", "tenant_scope", "tokens",
     },
     "wflo.server": {"PUBLIC", "SIGNED_IN", "RouteSpec", "create_app"},

@@ -79,7 +79,7 @@ def test_text_bound_is_at_least_the_utf8_size() -> None:
 def test_media_bounded_by_the_window_or_refused() -> None:
     req = _req("chat", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})
     assert BY_API["chat"].input_tokens(req, 128_000) == 128_000
-    with pytest.raises(wflo.UnboundedRequestError, match="context window is unknown"):
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="context window is unknown"):
         BY_API["chat"].input_tokens(req, None)
     bedrock = _req(
         "bedrock", {"messages": [{"role": "user", "content": [{"document": {"name": "a", "format": "pdf"}}]}]}
@@ -111,18 +111,18 @@ def test_usage_of_each_format() -> None:
 
 
 def test_refused_shapes() -> None:
-    with pytest.raises(wflo.UnboundedRequestError, match="conversation"):
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="conversation"):
         BY_API["responses"].check(_req("responses", {"conversation": "conv_1"}))
-    with pytest.raises(wflo.UnboundedRequestError, match="web_search"):
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="web_search"):
         BY_API["messages"].check(_req("messages", {"tools": [{"type": "web_search_20250305"}]}))
-    with pytest.raises(wflo.UnboundedRequestError, match="cached content"):
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="cached content"):
         BY_API["gemini"].check(_req("gemini", {"cachedContent": "c/1"}))
-    with pytest.raises(wflo.UnboundedRequestError, match="billed per use"):
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="billed per use"):
         BY_API["gemini"].check(_req("gemini", {"tools": [{"googleSearch": {}}]}))
     BY_API["gemini"].check(_req("gemini", {"tools": [{"functionDeclarations": []}]}))
-    with pytest.raises(wflo.UnboundedRequestError, match="priority"):
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="priority"):
         BY_API["responses"].check(_req("responses", {"service_tier": "priority"}))
-    with pytest.raises(wflo.UnboundedRequestError, match="prediction"):
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="prediction"):
         BY_API["chat"].check(_req("chat", {"prediction": {"type": "content", "content": "x"}}))
 
 

@@ -24,7 +24,7 @@ from wflo._config import _CHOICES, Settings, env_name
     ],
 )
 def test_configure_refuses_bad_values_naming_the_setting(kwargs: dict[str, object], text: str) -> None:
-    with pytest.raises(wflo.ConfigurationError) as info:
+    with pytest.raises(wflo.errors.ConfigurationError) as info:
         wflo.configure(**{"database": "sqlite:///:memory:", **kwargs})
     assert text in str(info.value)
 
@@ -44,6 +44,8 @@ def test_every_setting_has_an_env_variable_that_is_validated(monkeypatch: pytest
         if field.type in ("str", "str | None", "tuple[str, ...]") and field.name not in _CHOICES:
             continue  # free text (or a list of it): nothing to refuse
         monkeypatch.setenv(env_name(field), "not-a-value")
-        with pytest.raises(wflo.ConfigurationError, match=f"{env_name(field)}=.* is not a valid {field.name} setting"):
+        with pytest.raises(
+            wflo.errors.ConfigurationError, match=f"{env_name(field)}=.* is not a valid {field.name} setting"
+        ):
             Settings.from_env()
         monkeypatch.delenv(env_name(field))

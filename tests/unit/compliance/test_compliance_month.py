@@ -24,7 +24,7 @@ def _sections(evidence: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _raw(store: Store, since: str, until: str) -> list[tuple[str, int, str, str, dict[str, Any]]]:
     """The raw events of a window, read without any of the compliance code."""
-    rows = store._fetchall("SELECT chain, seq, type, at, data FROM events WHERE at >= ? AND at < ?", (since, until))
+    rows = store.read("SELECT chain, seq, type, at, data FROM events WHERE at >= ? AND at < ?", (since, until))
     return [(c, int(s), t, a, json.loads(d)) for c, s, t, a, d in rows]
 
 
@@ -87,7 +87,7 @@ def test_month_on_both_stores(store_url: str, tmp_path: Path) -> None:
         assert acc["removals"] == sum(1 for t, _d in system if t == "principal.revoked")
         spent = sum(Decimal(d["cost_usd"]) for *_x, t, _a, d in raw if t == "call.completed" and "cost_usd" in d)
         assert Decimal(co["total_usd"]) == spent
-        workflows = {w for (w,) in store._fetchall("SELECT DISTINCT workflow FROM runs WHERE id IN (SELECT chain FROM events WHERE at >= ? AND at < ?)", MONTH)}  # fmt: skip
+        workflows = {w for (w,) in store.read("SELECT DISTINCT workflow FROM runs WHERE id IN (SELECT chain FROM events WHERE at >= ? AND at < ?)", MONTH)}  # fmt: skip
         assert inv["figures"]["workflows"] == len(workflows)
         cited = {(c, s_) for c, s_ in evidence["cited"]}
         assert cited >= {

@@ -27,7 +27,7 @@ def _finished_run(store: Store, run_id: str, at: datetime) -> None:
 
 
 def _events(store: Store, chain: str) -> int:
-    row = store._fetchone("SELECT COUNT(*) FROM events WHERE chain = ?", (chain,))
+    row = store.read_one("SELECT COUNT(*) FROM events WHERE chain = ?", (chain,))
     return int(row[0]) if row else 0
 
 

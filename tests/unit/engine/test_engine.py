@@ -134,7 +134,7 @@ def test_nondeterminism_is_detected_and_leaves_the_run_blocked_for_fixed_code(co
     with pytest.raises(KeyboardInterrupt):
         flow.options(id="nd-1").run()
     mode["v"] = 2  # a code change: another step where the journal has a()
-    with pytest.raises(wflo.NonDeterminismError) as info:
+    with pytest.raises(wflo.errors.NonDeterminismError) as info:
         wflo.resume("nd-1")
     assert info.value.call_id == "1"
     assert "a" in info.value.expected and "b" in info.value.found
@@ -180,7 +180,7 @@ def test_nondeterminism_caught_by_the_code_still_blocks_the_run(configured: str)
     with pytest.raises(KeyboardInterrupt):
         flow.options(id="nd-2").run()
     mode["v"] = 2
-    with pytest.raises(wflo.NonDeterminismError):
+    with pytest.raises(wflo.errors.NonDeterminismError):
         wflo.resume("nd-2")
     assert _config.get_store().get_run("nd-2").status == "blocked"
 
@@ -199,7 +199,7 @@ def test_at_most_once_step_in_flight_fails_loudly(configured: str) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         flow.options(id="amo-1").run()
-    with pytest.raises(wflo.AtMostOnceError) as info:
+    with pytest.raises(wflo.errors.AtMostOnceError) as info:
         wflo.resume("amo-1")
     assert counts["charge"] == 1
     assert "charge_card" in info.value.step
@@ -215,7 +215,7 @@ def test_unserializable_output_names_the_step(configured: str) -> None:
     def flow() -> None:
         make_lock()
 
-    with pytest.raises(wflo.SerializationError) as info:
+    with pytest.raises(wflo.errors.SerializationError) as info:
         flow.run()
     assert "make_lock" in str(info.value) and "output" in str(info.value)
 
@@ -231,7 +231,7 @@ def test_unserializable_input_fails_before_the_step_runs(configured: str) -> Non
     def flow() -> None:
         use(object())
 
-    with pytest.raises(wflo.SerializationError, match="input of step"):
+    with pytest.raises(wflo.errors.SerializationError, match="input of step"):
         flow.run()
     assert ran == []
 
@@ -380,7 +380,7 @@ def test_start_and_worker(configured: str) -> None:
 
     handles = [double.start(i) for i in range(5)]
     assert all(h.status() == "queued" for h in handles)
-    worker = wflo.Worker(concurrency=2, workflows=["double"])
+    worker = wflo.engine.Worker(concurrency=2, workflows=["double"])
     assert worker.run(max_runs=5, idle_timeout=5) == 5
     assert [h.result(timeout=5) for h in handles] == [0, 2, 4, 6, 8]
 
@@ -391,7 +391,7 @@ def test_result_timeout(configured: str) -> None:
         return None
 
     handle = never.start()
-    with pytest.raises(wflo.ResultTimeoutError):
+    with pytest.raises(wflo.errors.ResultTimeoutError):
         handle.result(timeout=0.05)
 
 
@@ -429,7 +429,7 @@ def test_cancel_stops_at_next_step_boundary(configured: str) -> None:
     assert RunHandle("cx").cancel() == "running"
     release.set()
     t.join(5)
-    assert isinstance(outcome["error"], wflo.RunCancelled)
+    assert isinstance(outcome["error"], wflo.errors.RunCancelled)
     assert not isinstance(outcome["error"], Exception)  # agent code's `except Exception` can't eat it
     assert ran == ["slow"]
     assert _config.get_store().get_run("cx").status == "cancelled"
@@ -495,7 +495,7 @@ def test_nondeterminism_in_a_child_blocks_parent_and_child_and_fixed_code_finish
     with pytest.raises(KeyboardInterrupt):
         parent.options(id="nd-p").run()
     mode["v"] = 2
-    with pytest.raises(wflo.NonDeterminismError):
+    with pytest.raises(wflo.errors.NonDeterminismError):
         wflo.resume("nd-p")
     store = _config.get_store()
     child_id = next(r.id for r in store.list_runs(workflow="nd-child"))

@@ -42,7 +42,7 @@ def test_lone_surrogate_input_is_a_serialization_error_and_no_run(configured: st
     def echo(text: str) -> str:
         return text
 
-    with pytest.raises(wflo.SerializationError) as info:  # today: UnicodeEncodeError from the store
+    with pytest.raises(wflo.errors.SerializationError) as info:  # today: UnicodeEncodeError from the store
         echo.run("bad \ud800 text")
     assert "lone surrogate \\ud800" in _one_line(info.value) and "input of step 'echo'" in str(info.value)
     assert _runs() == 0
@@ -58,7 +58,7 @@ def test_lone_surrogate_step_output_fails_the_call_not_the_store(configured: str
     def reader() -> str:
         return read()
 
-    with pytest.raises(wflo.SerializationError, match=r"output of step .*lone surrogate"):
+    with pytest.raises(wflo.errors.SerializationError, match=r"output of step .*lone surrogate"):
         reader.options(id="sur-1").run()
     handle = wflo.RunHandle("sur-1")
     assert handle.status() == "failed"
@@ -79,7 +79,7 @@ def test_deep_nesting_is_refused_before_the_step_runs(configured: str, make: Any
     def deep(depth: int) -> int:
         return take(make(depth))
 
-    with pytest.raises(wflo.SerializationError) as info:  # today: RecursionError
+    with pytest.raises(wflo.errors.SerializationError) as info:  # today: RecursionError
         deep.options(id="deep-1").run(100_000)
     assert f"nested more than {MAX_DEPTH} levels" in _one_line(info.value)
     assert ran == []
@@ -92,10 +92,10 @@ def test_deep_workflow_input_and_result(configured: str) -> None:
     def deep_io(value: Any, depth: int) -> Any:
         return _nested(depth)
 
-    with pytest.raises(wflo.SerializationError, match="input of step 'deep-io'"):
+    with pytest.raises(wflo.errors.SerializationError, match="input of step 'deep-io'"):
         deep_io.run(_nested(100_000), 1)
     assert _runs() == 0
-    with pytest.raises(wflo.SerializationError, match="result of step 'deep-io'"):
+    with pytest.raises(wflo.errors.SerializationError, match="result of step 'deep-io'"):
         deep_io.options(id="deep-io-1").run(1, 100_000)
     assert wflo.RunHandle("deep-io-1").status() == "failed"
 
@@ -110,7 +110,7 @@ def test_a_100mb_argument_is_refused_before_it_is_copied_or_stored(configured: s
     blob = "x" * 100_000_000
     tracemalloc.start()
     try:
-        with pytest.raises(wflo.SerializationError) as info:
+        with pytest.raises(wflo.errors.SerializationError) as info:
             big.run(blob)
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -134,18 +134,20 @@ def test_step_output_cap_and_configuration(configured: str, monkeypatch: pytest.
     def producer(n: int, pickled: bool) -> int:
         return len(produce_bytes(n) if pickled else produce(n))
 
-    with pytest.raises(wflo.SerializationError, match=r"output of step .*produce'.*over the max_value_bytes=4000000"):
+    with pytest.raises(
+        wflo.errors.SerializationError, match=r"output of step .*produce'.*over the max_value_bytes=4000000"
+    ):
         producer.options(id="p-1").run(5_000_000, False)
     (failed,) = [e for e in wflo.RunHandle("p-1").events() if e.type == "call.failed"]
     assert len(str(failed.data)) < 2000  # the refusal is journaled, not the value
-    with pytest.raises(wflo.SerializationError, match="max_value_bytes=4000000"):
+    with pytest.raises(wflo.errors.SerializationError, match="max_value_bytes=4000000"):
         producer.options(id="p-2").run(3_500_000, True)  # 4.67 MB once in base64
     assert producer.options(id="p-3").run(1_000_000, False) == 1_000_000
 
     _config.configure(database=configured, max_value_bytes=10_000_000)
     assert producer.options(id="p-4").run(5_000_000, False) == 5_000_000
     _config.configure(database=configured, max_value_bytes=1000)
-    with pytest.raises(wflo.SerializationError, match="max_value_bytes=1000 setting"):
+    with pytest.raises(wflo.errors.SerializationError, match="max_value_bytes=1000 setting"):
         producer.options(id="p-5").run(2000, False)
 
     monkeypatch.setenv("WFLO_MAX_VALUE_BYTES", "none")
@@ -155,11 +157,11 @@ def test_step_output_cap_and_configuration(configured: str, monkeypatch: pytest.
     assert _config.configure(database=configured).max_value_bytes == 2000
     for bad in ("lots", "1.5"):
         monkeypatch.setenv("WFLO_MAX_VALUE_BYTES", bad)
-        with pytest.raises(wflo.ConfigurationError, match="WFLO_MAX_VALUE_BYTES"):
+        with pytest.raises(wflo.errors.ConfigurationError, match="WFLO_MAX_VALUE_BYTES"):
             _config.configure(database=configured)
     monkeypatch.delenv("WFLO_MAX_VALUE_BYTES")
     for value in (0, -5, True, "10"):
-        with pytest.raises(wflo.ConfigurationError, match="max_value_bytes"):
+        with pytest.raises(wflo.errors.ConfigurationError, match="max_value_bytes"):
             _config.configure(database=configured, max_value_bytes=value)
 
 
@@ -168,7 +170,7 @@ def test_refusals_pickle_and_keep_their_fields(configured: str) -> None:
 
     from wflo.engine._serialize import encode
 
-    with pytest.raises(wflo.SerializationError) as info:
+    with pytest.raises(wflo.errors.SerializationError) as info:
         encode(["\udc80"], serializer="json", step="s", what="input")
     again = pickle.loads(pickle.dumps(info.value))
     assert str(again) == str(info.value) and again.step == "s" and again.what == "input"
@@ -186,7 +188,7 @@ def test_child_workflow_arguments_are_refused_the_same_way(configured: str) -> N
     def parent(which: str) -> int:
         return kid(_nested(100_000) if which == "deep" else "x\ud800")
 
-    with pytest.raises(wflo.SerializationError, match=r"input of step 'kid'.*nested more than"):
+    with pytest.raises(wflo.errors.SerializationError, match=r"input of step 'kid'.*nested more than"):
         parent.options(id="par-1").run("deep")  # today: RecursionError
-    with pytest.raises(wflo.SerializationError, match=r"input of step 'kid'.*lone surrogate"):
+    with pytest.raises(wflo.errors.SerializationError, match=r"input of step 'kid'.*lone surrogate"):
         parent.options(id="par-2").run("surrogate")  # today: UnicodeEncodeError

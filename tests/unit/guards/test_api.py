@@ -6,9 +6,9 @@ import wflo
 import wflo.guards
 
 EXPECTED = [
-    "CircuitBreaker", "CircuitOpenError", "LoopGuard", "LoopGuardGuard", "LoopState", "Outcome", "Permit", "Rate",
-    "RateLimitedError", "RateLimiter", "RetryPolicy", "Signature", "Timeout", "Transition", "digest", "is_retryable", "parse_duration", "parse_rate",
-    "retry_after", "timeout",
+    "CircuitBreaker", "CircuitOpenError", "LoopGuard", "LoopGuardGuard", "LoopState", "Outcome", "Permit", "Policies",
+    "PolicyGuard", "Rate", "RateLimitedError", "RateLimiter", "RetryPolicy", "Signature", "Timeout", "Transition", "digest", "is_retryable", "parse_duration", "parse_rate",
+    "policies", "retry_after", "timeout",
 ]  # fmt: skip
 
 

@@ -256,7 +256,7 @@ def test_resume_hands_a_blocked_run_to_a_worker(client: TestClient) -> None:
     assert resp.status_code == 200 and resp.json() == {**resp.json(), "status": "queued", "resumed": True}
     last = store().events(rid)[-1]
     assert last.type == "run.resume_requested" and last.data["via"] == "api" and last.data["status_before"] == "blocked"
-    assert wflo.Worker(workflows=["tests.runs_api.blocked"]).run(max_runs=1, idle_timeout=5) == 1
+    assert wflo.engine.Worker(workflows=["tests.runs_api.blocked"]).run(max_runs=1, idle_timeout=5) == 1
     assert store().get_run(rid).status == "succeeded" and store().get_run(rid).output == 10
     assert client.post(f"/api/v1/runs/{rid}/resume", headers=h).status_code == 409  # ended: retry instead
 

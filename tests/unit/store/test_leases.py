@@ -30,7 +30,7 @@ def test_a_worker_does_not_run_its_own_run_twice_after_its_lease_lapsed(configur
         return slow(1)
 
     handle = lapsed.options(id="lapsed-1").start()
-    worker = wflo.Worker(concurrency=2, workflows=["lapsed"])
+    worker = wflo.engine.Worker(concurrency=2, workflows=["lapsed"])
     thread = threading.Thread(target=worker.run, kwargs={"idle_timeout": 10})
     thread.start()
     try:

@@ -1,0 +1,67 @@
+"""Runtimes: isolated settings and stores side by side in one process."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+import wflo
+import wflo.config
+from wflo import _config
+from wflo.config import Runtime, runtime
+
+
+@wflo.workflow(name="rt-echo")
+def echo(x: int) -> dict[str, object]:
+    cfg = wflo.config.settings()
+    return {"x": x, "principal": cfg.principal, "database": cfg.database}
+
+
+def test_process_runtime_is_the_configured_singletons(tmp_path: Path) -> None:
+    _config.configure(database=f"sqlite:///{tmp_path}/p.db", principal="user:proc")
+    rt = runtime()
+    assert rt.settings is _config.settings() and rt.store is _config.get_store()
+    assert rt.prices is wflo.cost.prices and rt.policies is wflo.policies
+
+
+def test_two_runtimes_side_by_side_in_two_threads(tmp_path: Path) -> None:
+    _config.configure(database=f"sqlite:///{tmp_path}/process.db")
+    a = Runtime(database=f"sqlite:///{tmp_path}/a.db", principal="user:a")
+    b = Runtime(database=f"sqlite:///{tmp_path}/b.db", principal="user:b")
+    results: dict[str, object] = {}
+    barrier = threading.Barrier(2)
+
+    def work(rt: Runtime, key: str) -> None:
+        with rt.activate():
+            barrier.wait(timeout=10)  # both runtimes active at once
+            for i in range(3):
+                results[f"{key}{i}"] = echo.options(id=f"{key}-{i}").run(i)
+            results[key] = runtime()
+
+    threads = [threading.Thread(target=work, args=(a, "a")), threading.Thread(target=work, args=(b, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    try:
+        assert results["a"] is a and results["b"] is b
+        assert results["a0"] == {"x": 0, "principal": "user:a", "database": a.settings.database}
+        assert results["b2"] == {"x": 2, "principal": "user:b", "database": b.settings.database}
+        ids_a = {r.id for r in a.store.list_runs()}
+        ids_b = {r.id for r in b.store.list_runs()}
+        assert ids_a == {"a-0", "a-1", "a-2"} and ids_b == {"b-0", "b-1", "b-2"}
+        assert a.store.get_run("a-1").options["started_by"] == "user:a"
+        assert _config.get_store().list_runs() == []  # the process's store saw none of it
+        assert runtime() is not a and runtime().settings is _config.settings()  # deactivated
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_runtime_takes_settings_or_options_not_both() -> None:
+    with pytest.raises(wflo.UserError, match="not both"):
+        Runtime(_config.Settings(), principal="user:x")
+    with pytest.raises(wflo.errors.ConfigurationError):
+        Runtime(lease_seconds="soon")
