@@ -21,8 +21,9 @@ from .._config import Settings, get_store, settings
 from .._errors import AuthenticationError, WfloError
 from ..auth import Access, ClaimsPolicy, Identities, Principal, Tokens
 from . import _admin, _decisions, _panel, _runs, _tools
-from ._oidc import PendingLogins, Provider, QueryRedactor, RateLimiter
+from ._oidc import Provider, QueryRedactor
 from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, SIGNED_IN, Router, client_address, who_of
+from ._signin import PendingLogins, RateLimiter
 
 _STATUS = {
     "forbidden": 403, "unauthenticated": 401, "not_found": 404, "approval_closed": 409, "action_mismatch": 409,
@@ -46,10 +47,11 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     app = FastAPI(title="wflo", version="1", docs_url=None, redoc_url=None, openapi_url=None, lifespan=_lifespan)
     access = Access(get_store())
     tokens = Tokens(access)
-    limiter = RateLimiter(limit=20, window=60.0)
+    # Shared through the store: any process may serve a sign-in's callback or count an attempt.
+    limiter = RateLimiter(access.store, limit=20, window=60.0)
     router = Router(app, access, tokens, limiter)
     app.state.router = router
-    pending = PendingLogins()
+    pending = PendingLogins(access.store)
     provider = Provider(cfg.oidc_issuer, cfg.oidc_client_id, cfg.oidc_client_secret) if cfg.oidc_issuer else None
     policy = ClaimsPolicy.parse(
         cfg.oidc_role_map, cfg.oidc_allowed_groups, cfg.oidc_allowed_domains, cfg.oidc_groups_claim

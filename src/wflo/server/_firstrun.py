@@ -130,7 +130,7 @@ def register(router: Router) -> None:
         from starlette.concurrency import run_in_threadpool
 
         remote = client_address(request)
-        if not router.limiter.allow(f"first:{remote}"):
+        if not await run_in_threadpool(router.limiter.allow, f"first:{remote}"):
             return page("<p id='error'>too many attempts; wait a minute</p>", 429)
         code = str((await request.form()).get("code") or "")
         try:

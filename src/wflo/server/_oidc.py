@@ -13,7 +13,6 @@ import base64
 import hashlib
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,71 +108,6 @@ class Provider:
             if bad:
                 raise AuthenticationError(detail=f"ID token refused: {why}")
         return claims
-
-
-@dataclass(frozen=True, slots=True)
-class PendingLogin:
-    nonce: str
-    verifier: str
-    next: str
-    created: float
-
-
-class PendingLogins:
-    """Logins between the redirect to the provider and the callback (10 minutes at most).
-
-    Kept server-side, keyed by ``state``; the browser also holds ``state`` in a cookie, so a
-    callback carrying someone else's code (login CSRF) does not match.
-    """
-
-    ttl = 600.0
-
-    def __init__(self) -> None:
-        self._items: dict[str, PendingLogin] = {}
-        self._lock = threading.Lock()
-
-    def add(self, next_path: str) -> tuple[str, PendingLogin]:
-        state = secrets.token_urlsafe(24)
-        item = PendingLogin(secrets.token_urlsafe(24), secrets.token_urlsafe(48), next_path, time.monotonic())
-        with self._lock:
-            now = time.monotonic()
-            self._items = {k: v for k, v in self._items.items() if now - v.created < self.ttl}
-            self._items[state] = item
-        return state, item
-
-    def take(self, state: str) -> PendingLogin | None:
-        with self._lock:
-            item = self._items.pop(state, None)
-        return item if item and time.monotonic() - item.created < self.ttl else None
-
-
-class RateLimiter:
-    """At most ``limit`` attempts per ``window`` seconds per key (a client address).
-
-    In-process: with several server processes each counts its own (docs/identity.md)."""
-
-    def __init__(self, limit: int = 20, window: float = 60.0) -> None:
-        self.limit, self.window = limit, window
-        self._hits: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
-
-    def allow(self, key: str) -> bool:
-        """Count an attempt; False when the key is over its limit (the attempt is refused)."""
-        if self.blocked(key):
-            return False
-        self.hit(key)
-        return True
-
-    def blocked(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            hits = self._hits[key] = [t for t in self._hits.get(key, []) if now - t < self.window]
-            return len(hits) >= self.limit
-
-    def hit(self, key: str) -> None:
-        """Count a (failed) attempt."""
-        with self._lock:
-            self._hits.setdefault(key, []).append(time.monotonic())
 
 
 class QueryRedactor(logging.Filter):

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from .._errors import AuthenticationError
 from ..auth import GLOBAL, Access, Principal, Tokens, tenant_scope
 from . import _errors, _idempotency
-from ._oidc import RateLimiter
+from ._signin import RateLimiter
 
 PUBLIC = "public"
 SIGNED_IN = "signed-in"
@@ -103,12 +103,12 @@ class Router:
         if header.lower().startswith("bearer "):
             # Failed token attempts are counted per address; past the limit even a good
             # token waits, so guessing is throttled whatever the guesses are.
-            if self.limiter.blocked(f"token:{remote}"):
+            if await run_in_threadpool(self.limiter.blocked, f"token:{remote}"):
                 raise HTTPException(429, "too many failed attempts; wait a minute")
             try:
                 return await run_in_threadpool(self.tokens.authenticate, header[7:].strip(), via="api", remote=remote)
             except AuthenticationError as exc:
-                self.limiter.hit(f"token:{remote}")
+                await run_in_threadpool(self.limiter.hit, f"token:{remote}")
                 raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
         sid = request.cookies.get(SESSION_COOKIE)
         if sid:

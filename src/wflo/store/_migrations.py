@@ -569,6 +569,32 @@ CREATE TABLE tool_trust (
 """,
 )
 
+# Several server processes behind a load balancer (issue 17) share the sign-in state that was
+# in each process: an OIDC sign-in between the redirect and the callback (keyed by the SHA-256
+# digest of ``state``, never the value itself), and the failed attempts per client address that
+# the server's rate limits count (a sliding log: one row per attempt, epoch seconds on the
+# store's clock). Both are short-lived; expired rows are swept as new ones arrive.
+M014_REPLICAS_SIGNIN_STATE = Migration(
+    "m014_replicas_signin_state",
+    """
+CREATE TABLE signin_pending (
+    digest TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL,
+    verifier TEXT NOT NULL,
+    next_path TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE INDEX signin_pending_expires ON signin_pending (expires_at);
+CREATE TABLE signin_attempts (
+    key TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX signin_attempts_key_at ON signin_attempts (key, at);
+CREATE INDEX signin_attempts_at ON signin_attempts (at)
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -583,5 +609,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M011_DECISIONS_EVENT_TYPE,
     M012_ADMIN,
     M013_TOOL_GRANTS,
+    M014_REPLICAS_SIGNIN_STATE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
