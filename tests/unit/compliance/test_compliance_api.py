@@ -6,18 +6,8 @@ import pickle
 
 import pytest
 
-import wflo.compliance
 from wflo import _config
 from wflo._errors import ConfigurationError, RetentionError, exit_code_for
-
-
-def test_all_is_pinned_and_resolves() -> None:
-    assert wflo.compliance.__all__ == [
-        "CONTROLS", "FRAMEWORKS", "PackResult", "build_evidence", "build_pack", "check_retention", "due_period",
-        "earliest_cutoff", "enforce_retention", "find_gaps", "run_schedule", "sections_for", "verify_pack", "wait_for_packs",
-    ]  # fmt: skip
-    for name in wflo.compliance.__all__:
-        assert hasattr(wflo.compliance, name), name
 
 
 def test_retention_error_pickles_with_its_fields() -> None:

@@ -378,7 +378,7 @@ def test_stream_shows_an_event_appended_by_another_process_within_a_second(
                 timeout_at=None, on_timeout="reject", escalate_to=[],
             )  # fmt: skip
             decided = http.post(f"/api/v1/approvals/{req.id}/decide", json={"decision": "approve"},
-                                headers=bearer("approver", "tenant:acme"))  # fmt: skip
+                                headers={**bearer("approver", "tenant:acme"), "If-Match": req.action_hash})  # fmt: skip
             assert decided.status_code == 200, decided.text
             deadline = time.time() + 5
             while time.time() < deadline and not any(m["kind"] == "approval" for _, m in feed):
