@@ -496,6 +496,55 @@ CREATE TABLE sessions (
 """,
 )
 
+# Fewer round trips on PostgreSQL (issue 20): ``wflo_append`` is a run's fenced append in one
+# statement: the head moves only if ``p_owner`` still holds the lease and the head is still
+# ``p_head`` (else SQLSTATE WF001, which the store raises as ``LeaseLost``), the events are
+# inserted from arrays, and waiting workers are told. Indexes keep lookups of active runs
+# (claiming, waking, the panel's live view) independent of how many finished runs there are.
+_PG_APPEND = """
+CREATE OR REPLACE FUNCTION wflo_append(
+    p_run text, p_head bigint, p_owner text, p_seq bigint, p_hash text, p_now text,
+    p_status text, p_finish boolean, p_output text, p_error text, p_release boolean, p_wake_at text,
+    p_channel text, p_seqs bigint[], p_types text[], p_ats text[], p_data text[], p_prev text[], p_hashes text[])
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_cancel integer;
+BEGIN
+    UPDATE runs SET last_seq = p_seq, last_hash = p_hash, updated_at = p_now,
+           status = coalesce(p_status, status),
+           output = CASE WHEN p_finish THEN p_output ELSE output END,
+           error = CASE WHEN p_finish THEN p_error ELSE error END,
+           finished_at = CASE WHEN p_finish THEN p_now ELSE finished_at END,
+           wake_at = CASE WHEN p_finish THEN NULL
+                          WHEN p_wake_at IS NULL THEN wake_at
+                          WHEN wake_at IS NOT NULL AND wake_at < p_wake_at THEN wake_at
+                          ELSE p_wake_at END,
+           lease_owner = CASE WHEN p_finish OR p_release THEN NULL ELSE lease_owner END,
+           lease_expires_at = CASE WHEN p_finish OR p_release THEN NULL ELSE lease_expires_at END
+     WHERE id = p_run AND last_seq = p_head AND lease_owner IS NOT DISTINCT FROM p_owner
+    RETURNING cancel_requested INTO v_cancel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'wflo: the lease of run % was lost', p_run USING ERRCODE = 'WF001';
+    END IF;
+    INSERT INTO events (chain, seq, type, at, data, prev_hash, hash)
+    SELECT p_run, u.seq, u.type, u.at, u.data, u.prev, u.hash
+      FROM unnest(p_seqs, p_types, p_ats, p_data, p_prev, p_hashes) AS u(seq, type, at, data, prev, hash);
+    IF p_channel IS NOT NULL THEN
+        PERFORM pg_notify(p_channel, p_run);
+    END IF;
+    RETURN v_cancel;
+END
+$$"""
+
+M010_PERFSTORE = Migration(
+    "m010_perfstore_indexes",
+    """
+CREATE INDEX runs_perfstore_active ON runs (status, created_at) WHERE status IN ('queued', 'running', 'waiting', 'blocked')
+""",
+    {"postgresql": (_PG_APPEND,)},
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -506,5 +555,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M007_AUDIT_ROLES,
     M008_UNKNOWN_OUTCOMES,
     M009_IDENTITY,
+    M010_PERFSTORE,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
