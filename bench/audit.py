@@ -4,9 +4,9 @@ Method. *Append*: ``--appends`` events appended to one chain through ``Store.app
 (each in its own transaction, then in batches of 100), after a warm-up, on each store; the
 cost per event is the median (and p99) of the per-call time divided by the events per call.
 The pure hashing cost (canonical JSON + SHA-256 of one event) is shown beside it. *Verify*:
-``--events`` events (1,000,000 by default: 1,000 chains of 1,000 events with ~250-byte
-payloads and real link hashes) are inserted with ``executemany`` into a SQLite file in a
-temporary directory, then ``verify_all`` recomputes every hash; throughput = events / wall
+``--events`` events (1,000,000 by default, in run journals of realistic lengths: log-normal,
+median ~30 events, 3 to 2,000, so ~25,000 runs; ~250-byte payloads and real link hashes) are
+inserted with ``executemany`` into a SQLite file in a temporary directory, with their runs, then ``verify_all`` recomputes every hash; throughput = events / wall
 time. On PostgreSQL (if reachable) the same is done with ``--pg-events`` events. The signed
 checkpoint of the same store (every chain's head, Merkle root, Ed25519) is timed too.
 
@@ -21,6 +21,7 @@ from pathlib import Path as _Path
 _sys.path.insert(0, str(_Path(__file__).parent))
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -31,8 +32,7 @@ from _common import fresh_pg, pct
 
 from wflo.audit import make_checkpoint, verify_all
 from wflo.store import GENESIS, NewEvent, Store, canonical_json, link_hash, now_iso, open_store
-
-PER_CHAIN = 1000
+from wflo.store._records import RUN_COLUMNS
 
 
 def _payload(i: int) -> dict[str, Any]:
@@ -69,33 +69,54 @@ def bench_append(store: Store, n: int) -> dict[str, float]:
     }
 
 
-def fill(store: Store, events: int) -> float:
-    """Insert ``events`` real hash-chained events quickly; return the seconds it took."""
+def chain_lengths(events: int, seed: int = 20) -> list[int]:
+    """Run journals of realistic lengths summing to ``events``: most runs are short (a few
+    LLM and tool calls), a few are long agent loops (log-normal, median ~30, 3 to 2,000)."""
+    rng = random.Random(seed)
+    lengths: list[int] = []
+    left = events
+    while left > 0:
+        n = min(left, max(3, min(2000, int(rng.lognormvariate(3.4, 1.0)))))
+        lengths.append(n)
+        left -= n
+    return lengths
+
+
+def fill(store: Store, events: int) -> tuple[float, int]:
+    """Insert ``events`` real hash-chained events in run journals of realistic lengths, with
+    their runs; return the seconds it took and the number of chains."""
     t0 = time.perf_counter()
     at = now_iso()
     data_json = canonical_json(_payload(0))
-    conn = store._conn()
-    cur = conn.cursor()
     sql = store._sql("INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
-    chains = max(1, events // PER_CHAIN)
-    store._begin(cur)
-    for c in range(chains):
-        chain = f"_bench_{c:05d}"
-        prev, rows = GENESIS, []
-        for seq in range(1, PER_CHAIN + 1):
-            digest = link_hash(prev, chain, seq, "call.completed", at, data_json)
-            rows.append((chain, seq, "call.completed", at, data_json, prev, digest))
-            prev = digest
-        cur.executemany(sql, rows)
-        cur.execute(store._sql("INSERT INTO chain_heads (chain, last_seq, last_hash) VALUES (?, ?, ?)"),
-                    (chain, PER_CHAIN, prev))  # fmt: skip
-    cur.execute("COMMIT")
-    cur.close()
-    return time.perf_counter() - t0
+    run_sql = store._sql(
+        f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, 'bench', 'succeeded', '{{}}', 'null', NULL, NULL, NULL, "
+        "'{}', NULL, NULL, 0, NULL, ?, ?, 1, ?, ?, ?)"
+    )
+    lengths = chain_lengths(events)
+    with store._connection() as conn:
+        cur = conn.cursor()
+        store._begin(cur)
+        for c, length in enumerate(lengths):
+            chain = f"{c:08d}-0000-7000-8000-000000000000"
+            prev, rows = GENESIS, []
+            for seq in range(1, length + 1):
+                type_ = "run.created" if seq == 1 else "run.completed" if seq == length else "call.completed"
+                digest = link_hash(prev, chain, seq, type_, at, data_json)
+                rows.append((chain, seq, type_, at, data_json, prev, digest))
+                prev = digest
+            cur.executemany(sql, rows)
+            cur.execute(run_sql, (chain, length, prev, at, at, at))
+            if c % 1000 == 999:
+                cur.execute("COMMIT")
+                store._begin(cur)
+        cur.execute("COMMIT")
+        cur.close()
+    return time.perf_counter() - t0, len(lengths)
 
 
 def bench_verify(store: Store, events: int) -> dict[str, float]:
-    fill_s = fill(store, events)
+    fill_s, chains = fill(store, events)
     t0 = time.perf_counter()
     reports = verify_all(store)
     verify_s = time.perf_counter() - t0
@@ -106,7 +127,7 @@ def bench_verify(store: Store, events: int) -> dict[str, float]:
     t0 = time.perf_counter()
     make_checkpoint(store, ed25519.Ed25519PrivateKey.generate(), by="bench", verify=False)
     checkpoint_s = time.perf_counter() - t0
-    return {"events": total, "fill_s": fill_s, "verify_s": verify_s, "verify_events_per_s": total / verify_s,
+    return {"events": total, "chains": chains, "fill_s": fill_s, "verify_s": verify_s, "verify_events_per_s": total / verify_s,
             "checkpoint_s": checkpoint_s}  # fmt: skip
 
 
