@@ -30,7 +30,7 @@ from typing import Any
 
 from _common import fresh_pg, pct
 
-from wflo.audit import make_checkpoint, verify_all
+from wflo.audit import make_checkpoint, verify_all, verify_chain
 from wflo.store import GENESIS, NewEvent, Store, canonical_json, link_hash, now_iso, open_store
 from wflo.store._records import RUN_COLUMNS
 
@@ -115,12 +115,22 @@ def fill(store: Store, events: int) -> tuple[float, int]:
     return time.perf_counter() - t0, len(lengths)
 
 
-def bench_verify(store: Store, events: int) -> dict[str, float]:
+def bench_verify(store: Store, events: int, rounds: int) -> dict[str, Any]:
     fill_s, chains = fill(store, events)
-    t0 = time.perf_counter()
+    # The one-pass verify_all beside verifying chain by chain (one query per chain and one per
+    # head, as verify_all did before), alternating, the order flipping every round.
+    ids = [r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events ORDER BY chain")]
+    one_pass: list[float] = []
+    per_chain: list[float] = []
+    for r in range(rounds):
+        sides = [("one", lambda: verify_all(store)), ("per", lambda: [verify_chain(store, c) for c in ids])]
+        for name, fn in sides if r % 2 == 0 else sides[::-1]:
+            t0 = time.perf_counter()
+            reports = fn()
+            (one_pass if name == "one" else per_chain).append(time.perf_counter() - t0)
+            assert all(x.ok for x in reports), [x.describe() for x in reports if not x.ok][:3]
+    verify_s = statistics.median(one_pass)
     reports = verify_all(store)
-    verify_s = time.perf_counter() - t0
-    assert all(r.ok for r in reports), [r.describe() for r in reports if not r.ok][:3]
     total = sum(r.count for r in reports)
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -128,6 +138,8 @@ def bench_verify(store: Store, events: int) -> dict[str, float]:
     make_checkpoint(store, ed25519.Ed25519PrivateKey.generate(), by="bench", verify=False)
     checkpoint_s = time.perf_counter() - t0
     return {"events": total, "chains": chains, "fill_s": fill_s, "verify_s": verify_s, "verify_events_per_s": total / verify_s,
+            "verify_spread_events_per_s": [total / max(one_pass), total / min(one_pass)],
+            "per_chain_events_per_s": total / statistics.median(per_chain),
             "checkpoint_s": checkpoint_s}  # fmt: skip
 
 
@@ -136,6 +148,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--pg-events", type=int, default=200_000)
     parser.add_argument("--appends", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5, help="verification rounds (each side)")
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -155,7 +168,7 @@ def main() -> None:
                 with open_store(append_url) as store:
                     row.update(bench_append(store, args.appends))
                 with open_store(verify_url) as store:
-                    row.update(bench_verify(store, n))
+                    row.update(bench_verify(store, n, args.rounds))
             except Exception as exc:  # a store that is not reachable is reported, not fatal
                 row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
@@ -164,14 +177,17 @@ def main() -> None:
         return
     print(f"flight recorder costs (python {sys.version.split()[0]})")
     print(f"{'store':9} {'append µs':>10} {'p99 µs':>8} {'batch100 µs':>12} {'hash µs':>8} "
-          f"{'events':>9} {'verify s':>9} {'events/s':>10} {'checkpoint s':>13}")  # fmt: skip
+          f"{'events':>9} {'chains':>7} {'verify s':>9} {'events/s':>10} {'spread':>16} {'per chain ev/s':>15} "
+          f"{'checkpoint s':>13}")  # fmt: skip
     for r in rows:
         if "error" in r:
             print(f"{r['store']:9} {r['error']}")
             continue
         print(f"{r['store']:9} {r['append_one_median_us']:10.0f} {r['append_one_p99_us']:8.0f} "
               f"{r['append_batch100_median_us']:12.1f} {r['hash_only_us']:8.1f} {r['events']:9d} "
-              f"{r['verify_s']:9.1f} {r['verify_events_per_s']:10.0f} {r['checkpoint_s']:13.2f}")  # fmt: skip
+              f"{r['chains']:7d} {r['verify_s']:9.1f} {r['verify_events_per_s']:10.0f} "
+              f"{'{:.0f}..{:.0f}'.format(*r['verify_spread_events_per_s']):>16} {r['per_chain_events_per_s']:15.0f} "
+              f"{r['checkpoint_s']:13.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

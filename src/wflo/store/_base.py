@@ -306,6 +306,14 @@ class Store(Connections):
                 self._notify(cur, "wflo_runs", v[0])
             return tuple(row), True
 
+    # A run by id prefix through an index: SQLite's LIKE ignores case, so it cannot use the
+    # primary key's (binary) order; a range over that order can, and LIKE keeps it exact.
+    _prefix_sql = "id >= ? AND id < ? AND id LIKE ? ESCAPE '!'"
+
+    def _prefix_params(self, prefix: str) -> tuple[str, ...]:
+        like = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+        return (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), like)
+
     def get_run(self, run_id: str) -> RunRecord:
         row = self._fetchone(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         if row is None:
@@ -318,7 +326,9 @@ class Store(Connections):
         if row is not None:
             return RunRecord.from_row(row)
         if len(prefix) >= 4:
-            rows = self._fetchall(f"SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ? LIMIT 2", (prefix + "%",))
+            rows = self._fetchall(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE {self._prefix_sql} LIMIT 2", self._prefix_params(prefix)
+            )
             if len(rows) == 1:
                 return RunRecord.from_row(rows[0])
         raise RunNotFoundError(run_id=prefix)
@@ -538,6 +548,11 @@ class Store(Connections):
         if row is None or row[0] != owner:
             raise LeaseLost(run_id=run_id, owner=owner)
 
+    def write_batch(self, fn: Callable[[Any], T]) -> T:
+        """Like :meth:`write`, for a transaction that reads no answers before its commit
+        (inserts, upserts, :meth:`fence`): on PostgreSQL it is sent pipelined, one round trip."""
+        return self.write(fn)
+
     def release(self, run_id: str, owner: str) -> None:
         """Give up a lease without changing the run (it becomes claimable at once)."""
         self._retrying(lambda: self._write(
@@ -588,7 +603,9 @@ class Store(Connections):
             self._notify(cur, "wflo_runs", "")
 
     def count_runs_by_status(self) -> dict[str, int]:
-        return {r[0]: int(r[1]) for r in self._fetchall("SELECT status, COUNT(*) FROM runs GROUP BY status")}
+        """How many runs are in each status (kept by triggers: as fast at a million runs as at ten)."""
+        rows = self._fetchall("SELECT status, SUM(n) FROM run_counts GROUP BY status")
+        return {r[0]: int(r[1]) for r in rows if int(r[1]) > 0}
 
     def ping(self) -> None:
         self._fetchone("SELECT 1")

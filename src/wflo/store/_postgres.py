@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
 from ._base import Store, StoreOp, run_ops
@@ -60,6 +60,8 @@ _APPEND = (
 
 _LEASE_LOST = "WF001"
 
+T = TypeVar("T")
+
 
 def _psycopg() -> Any:
     try:
@@ -85,6 +87,12 @@ class PostgresStore(Store):
     dialect = "postgresql"
     placeholder = "%s"
     for_update = " FOR UPDATE"
+    # The range of the base class follows the database's collation, which may not order
+    # ids by their characters; LIKE uses the text_pattern_ops index of migration m010.
+    _prefix_sql = "id LIKE ? ESCAPE '!'"
+
+    def _prefix_params(self, prefix: str) -> tuple[str, ...]:
+        return (prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%",)
 
     def __init__(
         self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, pool_timeout: float = DEFAULT_POOL_TIMEOUT
@@ -123,6 +131,43 @@ class PostgresStore(Store):
         cur.execute("BEGIN")
 
     # ----------------------------------------------------------------- one round trip each
+    def fence(self, cur: Any, run_id: str, owner: str) -> None:
+        """``wflo_fence`` locks the run's row and raises unless ``owner`` holds its lease; no
+        answer to wait for, so a :meth:`write_batch` stays one round trip."""
+        self._local.fenced = (run_id, owner)
+        try:
+            cur.execute("SELECT wflo_fence(%s, %s)", (run_id, owner))
+        except self._psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) == _LEASE_LOST:
+                raise LeaseLost(run_id=run_id, owner=owner) from None
+            raise
+
+    def write_batch(self, fn: Callable[[Any], T]) -> T:
+        psycopg = self._psycopg
+
+        def go() -> T:
+            self._local.fenced = None
+            with self._connection() as conn:
+                cur = conn.cursor()
+                try:
+                    with conn.pipeline():
+                        cur.execute("BEGIN")
+                        result = fn(cur)
+                        cur.execute("COMMIT")
+                    return result
+                except BaseException as exc:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        with contextlib.suppress(Exception):
+                            conn.execute("ROLLBACK")
+                    fenced = getattr(self._local, "fenced", None)
+                    if isinstance(exc, psycopg.Error) and exc.sqlstate == _LEASE_LOST and fenced:
+                        raise LeaseLost(run_id=fenced[0], owner=fenced[1]) from None
+                    raise
+                finally:
+                    cur.close()
+
+        return self._retrying(go)
+
     def _create_run_once(
         self, values: tuple[Any, ...], rows: list[tuple[Any, ...]], lease_seconds: float | None
     ) -> tuple[tuple[Any, ...] | None, bool]:

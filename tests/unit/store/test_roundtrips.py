@@ -46,7 +46,14 @@ def counting(store: Store) -> Iterator[Counter]:
     def counted_get() -> Any:
         conn = get()
         if store.dialect == "sqlite":
-            conn.set_trace_callback(lambda sql: counter.statements.append(sql) if counter.on else None)
+
+            def trace(sql: str) -> None:
+                # A statement that fires triggers is traced once more per trigger program: the
+                # same text again at once. Counted once.
+                if counter.on and not (counter.statements and counter.statements[-1] == sql):
+                    counter.statements.append(sql)
+
+            conn.set_trace_callback(trace)
             return conn
         if getattr(conn, "_wflo_counted", None) is not counter:
             wait = type(conn).wait.__get__(conn)
