@@ -59,7 +59,7 @@ def settle_op(store: Store, res: Reservation, actual: Decimal) -> StoreOp:
     """``settle_op`` as one ``wflo_settle`` statement whose answer (the alert thresholds the
     charge crossed) is read after the commit, so the append pipelines it with its event."""
 
-    def op(cur: Any) -> Callable[[], None]:
+    def op(cur: Any) -> Callable[[], None] | None:
         own = cur.connection.cursor()  # its own cursor: the answer must outlive later statements
         store.execute(
             own,
@@ -74,6 +74,9 @@ def settle_op(store: Store, res: Reservation, actual: Decimal) -> StoreOp:
             finally:
                 own.close()
 
+        if getattr(cur.connection, "_pipeline", None) is None:
+            then()  # not pipelined (``store.write(op)``): the answer is here already
+            return None
         return then
 
     return op
