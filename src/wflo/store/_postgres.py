@@ -214,10 +214,10 @@ class PostgresStore(Store):
                 else:
                     op_cur = conn.cursor()
                     try:
-                        with conn.pipeline():
+                        with conn.pipeline() as pipeline:
                             op_cur.execute("BEGIN")
                             cur.execute(_APPEND, params)
-                            after = run_ops(ops, op_cur)
+                            after = run_ops(ops, _PipelinedCursor(op_cur, pipeline))
                             op_cur.execute("COMMIT")
                     except BaseException:
                         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -285,6 +285,30 @@ class PostgresStore(Store):
                     self._listen_conn.close()
                 self._listen_conn = None
         super().close()
+
+
+class _PipelinedCursor:
+    """A cursor handed to ops inside a pipeline: reading ``rowcount`` or ``description``
+    first collects the answers sent so far (a round trip), so an op that decides on them
+    sees the real values; ``fetch*`` do so by themselves. Ops that read nothing before the
+    commit cost no extra round trip."""
+
+    def __init__(self, cur: Any, pipeline: Any) -> None:
+        self._cur = cur
+        self._pipeline = pipeline
+
+    @property
+    def rowcount(self) -> int:
+        self._pipeline.sync()
+        return int(self._cur.rowcount)
+
+    @property
+    def description(self) -> Any:
+        self._pipeline.sync()
+        return self._cur.description
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
 
 
 class _PsycopgPool:

@@ -264,3 +264,21 @@ def test_a_queued_run_has_no_lease(store_url: str) -> None:
             "queued", None, None, 0,
         )  # fmt: skip
         assert run == store.get_run("r-q")
+
+
+def test_ops_that_read_answers_see_them_inside_the_append(wflo_store: Store) -> None:
+    """An op that decides on ``rowcount`` or a fetched row sees the real value, pipelined or not."""
+    store = wflo_store
+    run, _ = store.create_run(run_id="r-answers", workflow="w", input={}, owner="a", lease_seconds=30)
+    seen: list[Any] = []
+
+    def op(cur: Any) -> None:
+        store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", ("r-answers",))
+        seen.append(cur.rowcount)
+        store.execute(cur, "INSERT INTO payloads (run_id, call_id, body) VALUES (?, ?, ?)", ("r-answers", "1", "x"))
+        store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", ("r-answers",))
+        seen.append(cur.rowcount)
+        seen.append(store.execute(cur, "SELECT COUNT(*) FROM payloads WHERE run_id = ?", ("r-answers",)).fetchone()[0])
+
+    store.append("r-answers", Head(run.last_seq, run.last_hash), [NewEvent("x", {})], owner="a", ops=[op])
+    assert seen == [0, 1, 0]
