@@ -4,9 +4,9 @@ Method. *Append*: ``--appends`` events appended to one chain through ``Store.app
 (each in its own transaction, then in batches of 100), after a warm-up, on each store; the
 cost per event is the median (and p99) of the per-call time divided by the events per call.
 The pure hashing cost (canonical JSON + SHA-256 of one event) is shown beside it. *Verify*:
-``--events`` events (1,000,000 by default: 1,000 chains of 1,000 events with ~250-byte
-payloads and real link hashes) are inserted with ``executemany`` into a SQLite file in a
-temporary directory, then ``verify_all`` recomputes every hash; throughput = events / wall
+``--events`` events (1,000,000 by default, in run journals of realistic lengths: log-normal,
+median ~30 events, 3 to 2,000, so ~25,000 runs; ~250-byte payloads and real link hashes) are
+inserted with ``executemany`` into a SQLite file in a temporary directory, with their runs, then ``verify_all`` recomputes every hash; throughput = events / wall
 time. On PostgreSQL (if reachable) the same is done with ``--pg-events`` events. The signed
 checkpoint of the same store (every chain's head, Merkle root, Ed25519) is timed too.
 
@@ -21,6 +21,7 @@ from pathlib import Path as _Path
 _sys.path.insert(0, str(_Path(__file__).parent))
 import argparse
 import json
+import random
 import statistics
 import sys
 import tempfile
@@ -29,10 +30,9 @@ from typing import Any
 
 from _common import fresh_pg, pct
 
-from wflo.audit import make_checkpoint, verify_all
+from wflo.audit import make_checkpoint, verify_all, verify_chain
 from wflo.store import GENESIS, NewEvent, Store, canonical_json, link_hash, now_iso, open_store
-
-PER_CHAIN = 1000
+from wflo.store._records import RUN_COLUMNS
 
 
 def _payload(i: int) -> dict[str, Any]:
@@ -69,44 +69,77 @@ def bench_append(store: Store, n: int) -> dict[str, float]:
     }
 
 
-def fill(store: Store, events: int) -> float:
-    """Insert ``events`` real hash-chained events quickly; return the seconds it took."""
+def chain_lengths(events: int, seed: int = 20) -> list[int]:
+    """Run journals of realistic lengths summing to ``events``: most runs are short (a few
+    LLM and tool calls), a few are long agent loops (log-normal, median ~30, 3 to 2,000)."""
+    rng = random.Random(seed)
+    lengths: list[int] = []
+    left = events
+    while left > 0:
+        n = min(left, max(3, min(2000, int(rng.lognormvariate(3.4, 1.0)))))
+        lengths.append(n)
+        left -= n
+    return lengths
+
+
+def fill(store: Store, events: int) -> tuple[float, int]:
+    """Insert ``events`` real hash-chained events in run journals of realistic lengths, with
+    their runs; return the seconds it took and the number of chains."""
     t0 = time.perf_counter()
     at = now_iso()
     data_json = canonical_json(_payload(0))
-    conn = store._conn()
-    cur = conn.cursor()
     sql = store._sql("INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)")
-    chains = max(1, events // PER_CHAIN)
-    store._begin(cur)
-    for c in range(chains):
-        chain = f"_bench_{c:05d}"
-        prev, rows = GENESIS, []
-        for seq in range(1, PER_CHAIN + 1):
-            digest = link_hash(prev, chain, seq, "call.completed", at, data_json)
-            rows.append((chain, seq, "call.completed", at, data_json, prev, digest))
-            prev = digest
-        cur.executemany(sql, rows)
-        cur.execute(store._sql("INSERT INTO chain_heads (chain, last_seq, last_hash) VALUES (?, ?, ?)"),
-                    (chain, PER_CHAIN, prev))  # fmt: skip
-    cur.execute("COMMIT")
-    cur.close()
-    return time.perf_counter() - t0
+    run_sql = store._sql(
+        f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, 'bench', 'succeeded', '{{}}', 'null', NULL, NULL, NULL, "
+        "'{}', NULL, NULL, 0, NULL, ?, ?, 1, ?, ?, ?)"
+    )
+    lengths = chain_lengths(events)
+    with store._connection() as conn:
+        cur = conn.cursor()
+        store._begin(cur)
+        for c, length in enumerate(lengths):
+            chain = f"{c:08d}-0000-7000-8000-000000000000"
+            prev, rows = GENESIS, []
+            for seq in range(1, length + 1):
+                type_ = "run.created" if seq == 1 else "run.completed" if seq == length else "call.completed"
+                digest = link_hash(prev, chain, seq, type_, at, data_json)
+                rows.append((chain, seq, type_, at, data_json, prev, digest))
+                prev = digest
+            cur.executemany(sql, rows)
+            cur.execute(run_sql, (chain, length, prev, at, at, at))
+            if c % 1000 == 999:
+                cur.execute("COMMIT")
+                store._begin(cur)
+        cur.execute("COMMIT")
+        cur.close()
+    return time.perf_counter() - t0, len(lengths)
 
 
-def bench_verify(store: Store, events: int) -> dict[str, float]:
-    fill_s = fill(store, events)
-    t0 = time.perf_counter()
+def bench_verify(store: Store, events: int, rounds: int) -> dict[str, Any]:
+    fill_s, chains = fill(store, events)
+    # The one-pass verify_all beside verifying chain by chain (one query per chain and one per
+    # head, as verify_all did before), alternating, the order flipping every round.
+    ids = [r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events ORDER BY chain")]
+    one_pass: list[float] = []
+    per_chain: list[float] = []
+    for r in range(rounds):
+        sides = [("one", lambda: verify_all(store)), ("per", lambda: [verify_chain(store, c) for c in ids])]
+        for name, fn in sides if r % 2 == 0 else sides[::-1]:
+            t0 = time.perf_counter()
+            reports = fn()
+            (one_pass if name == "one" else per_chain).append(time.perf_counter() - t0)
+            assert all(x.ok for x in reports), [x.describe() for x in reports if not x.ok][:3]
+    verify_s = statistics.median(one_pass)
     reports = verify_all(store)
-    verify_s = time.perf_counter() - t0
-    assert all(r.ok for r in reports), [r.describe() for r in reports if not r.ok][:3]
     total = sum(r.count for r in reports)
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     t0 = time.perf_counter()
     make_checkpoint(store, ed25519.Ed25519PrivateKey.generate(), by="bench", verify=False)
     checkpoint_s = time.perf_counter() - t0
-    return {"events": total, "fill_s": fill_s, "verify_s": verify_s, "verify_events_per_s": total / verify_s,
+    return {"events": total, "chains": chains, "fill_s": fill_s, "verify_s": verify_s, "verify_events_per_s": total / verify_s,
+            "verify_spread_events_per_s": [total / max(one_pass), total / min(one_pass)],
+            "per_chain_events_per_s": total / statistics.median(per_chain),
             "checkpoint_s": checkpoint_s}  # fmt: skip
 
 
@@ -115,6 +148,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--pg-events", type=int, default=200_000)
     parser.add_argument("--appends", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5, help="verification rounds (each side)")
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -134,7 +168,7 @@ def main() -> None:
                 with open_store(append_url) as store:
                     row.update(bench_append(store, args.appends))
                 with open_store(verify_url) as store:
-                    row.update(bench_verify(store, n))
+                    row.update(bench_verify(store, n, args.rounds))
             except Exception as exc:  # a store that is not reachable is reported, not fatal
                 row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
@@ -143,14 +177,17 @@ def main() -> None:
         return
     print(f"flight recorder costs (python {sys.version.split()[0]})")
     print(f"{'store':9} {'append µs':>10} {'p99 µs':>8} {'batch100 µs':>12} {'hash µs':>8} "
-          f"{'events':>9} {'verify s':>9} {'events/s':>10} {'checkpoint s':>13}")  # fmt: skip
+          f"{'events':>9} {'chains':>7} {'verify s':>9} {'events/s':>10} {'spread':>16} {'per chain ev/s':>15} "
+          f"{'checkpoint s':>13}")  # fmt: skip
     for r in rows:
         if "error" in r:
             print(f"{r['store']:9} {r['error']}")
             continue
         print(f"{r['store']:9} {r['append_one_median_us']:10.0f} {r['append_one_p99_us']:8.0f} "
               f"{r['append_batch100_median_us']:12.1f} {r['hash_only_us']:8.1f} {r['events']:9d} "
-              f"{r['verify_s']:9.1f} {r['verify_events_per_s']:10.0f} {r['checkpoint_s']:13.2f}")  # fmt: skip
+              f"{r['chains']:7d} {r['verify_s']:9.1f} {r['verify_events_per_s']:10.0f} "
+              f"{'{:.0f}..{:.0f}'.format(*r['verify_spread_events_per_s']):>16} {r['per_chain_events_per_s']:15.0f} "
+              f"{r['checkpoint_s']:13.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":

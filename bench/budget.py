@@ -7,7 +7,8 @@ without the run), alternating call by call (the order flips every iteration) so 
 of the machine hits both sides alike. Each round reports the added median; the totals are
 the median of the per-iteration differences and the p99 of guarded minus the p99 of
 unguarded, over all rounds. SQL statements are counted at the driver (every ``execute``,
-BEGIN and COMMIT included: on PostgreSQL each is one round trip), for the guarded calls only.
+BEGIN and COMMIT included), for the guarded calls only; on PostgreSQL so are round trips
+(each wait for the server: a statement outside a pipeline, or a pipeline's sync).
 
     python bench/budget.py [--calls 200] [--rounds 5] [--stores sqlite,postgres] [--json]
 """
@@ -38,6 +39,7 @@ from wflo.testing import LLMServer, Reply
 
 # ----------------------------------------------------------------------------- statement counting
 _counts: Counter[str] = Counter()
+_trips = [0]
 _counting = threading.local()
 
 
@@ -88,13 +90,26 @@ def _install_counters() -> None:
             _count(str(query))  # one round trip per row unless pipelined; counted once
             return super().executemany(query, params_seq, **kwargs)
 
-    pg_connect = psycopg.connect
+    # The store's pool opens connections with Connection.connect (not psycopg.connect).
+    # Round trips: every wait for the server outside a pipeline, and each pipeline sync.
+    pg_connect = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
+    syncs = {"_fetch_gen", "_sync_gen", "_exit_gen"}
 
-    def counted_pg(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("cursor_factory", _PgCursor)
-        return pg_connect(*args, **kwargs)
+    def counted_pg(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = pg_connect(cls, *args, **kwargs)
+        conn.cursor_factory = _PgCursor
+        wait = conn.wait
 
-    psycopg.connect = counted_pg  # type: ignore[assignment]
+        def counted_wait(gen: Any, *a: Any, **k: Any) -> Any:
+            name = getattr(gen, "__name__", "")
+            if getattr(_counting, "on", False) and (name in syncs or (conn._pipeline is None and name != "_enter_gen")):
+                _trips[0] += 1
+            return wait(gen, *a, **k)
+
+        conn.wait = counted_wait
+        return conn
+
+    psycopg.Connection.connect = classmethod(counted_pg)  # type: ignore[method-assign, assignment]
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -125,6 +140,7 @@ def measure(url: str, calls: int, rounds: int, llm: LLMServer) -> dict[str, Any]
         diffs: list[float] = []
         per_round: list[float] = []
         _counts.clear()
+        _trips[0] = 0
         for r in range(rounds):
             round_diffs = []
             for i in range(n):
@@ -151,6 +167,7 @@ def measure(url: str, calls: int, rounds: int, llm: LLMServer) -> dict[str, Any]
             round_medians_us=[round(x) for x in per_round],
             statements_per_call=sum(_counts.values()) / total,
             transactions_per_call=_counts["COMMIT"] / total,
+            round_trips_per_call=_trips[0] / total if url.startswith("postgres") else None,
             statements_by_kind={k: round(v / total, 2) for k, v in sorted(_counts.items())},
         )  # fmt: skip
 
@@ -183,13 +200,14 @@ def main() -> None:
     )
     print(
         f"{'store':9} {'unguarded µs':>13} {'guarded µs':>11} {'added median µs':>16} {'added p99 µs':>13} "
-        f"{'round medians µs':>24} {'stmts/call':>10} {'tx/call':>8}"
+        f"{'round medians µs':>24} {'stmts/call':>10} {'tx/call':>8} {'round trips/call':>17}"
     )
     for store, r in rows.items():
         spread = f"{min(r['round_medians_us'])}..{max(r['round_medians_us'])}"
         print(
             f"{store:9} {r['unguarded_median_us']:13.0f} {r['guarded_median_us']:11.0f} {r['added_median_us']:16.0f} "
-            f"{r['added_p99_us']:13.0f} {spread:>24} {r['statements_per_call']:10.1f} {r['transactions_per_call']:8.1f}"
+            f"{r['added_p99_us']:13.0f} {spread:>24} {r['statements_per_call']:10.1f} {r['transactions_per_call']:8.1f} "
+            f"{'-' if r['round_trips_per_call'] is None else format(r['round_trips_per_call'], '.1f'):>17}"
         )
         print(f"{'':9} statements per guarded call: {r['statements_by_kind']}")
 

@@ -1,15 +1,21 @@
-"""Per-step overhead of wflo beside DBOS Transact, on SQLite and PostgreSQL, in one run.
+"""wflo's durable steps and empty workflows beside one raw commit and DBOS Transact, in one run.
 
-Method: a workflow of 10 tiny steps (each returns ``i + 1``) runs ``--runs`` times after a
-warm-up, on each engine and store. Per-step overhead = (median workflow time - the same body
-without any engine) / 10, reported as median and p99 of the per-run figures, plus workflows per
-second (sequential). Durability is matched: every step is committed before the workflow goes
-on, on both engines. On SQLite DBOS uses its default rollback journal with ``synchronous=FULL``
-(an fsync per commit); wflo is measured with ``synchronous=FULL`` (same durability, in WAL
-mode) and with its default ``NORMAL`` (survives process crashes; an OS crash may lose the last
-commits). On PostgreSQL both commit synchronously (``synchronous_commit=on``).
+Method. For each store every case runs once per iteration, in an order that rotates every
+iteration (so drift of a loaded machine hits all cases alike), ``--iterations`` times per
+round, ``--rounds`` rounds. Cases: an empty workflow and a workflow of 10 tiny steps on wflo
+(sync, and async on the same store) and on DBOS Transact (if installed), and one *raw durable
+commit*: an ``INSERT`` of a ~200-byte row committed on its own (SQLite in WAL with
+``synchronous=FULL``, PostgreSQL with ``synchronous_commit=on``: the least any durable step
+can cost). Per durable step = (10-step workflow - empty workflow) / 10, so the workflow's
+start and finish are not spread over its steps. Each round gives medians; the figures are
+the median of the round medians, with their spread (min..max). Durability is matched: on
+SQLite wflo runs with ``synchronous=FULL`` and DBOS with its default (rollback journal,
+``synchronous=FULL``), on PostgreSQL both commit synchronously.
 
-    python bench/engine.py [--runs 200] [--stores sqlite,postgres] [--json]
+    python bench/engine.py [--iterations 60] [--rounds 5] [--stores sqlite,postgres] [--json]
+
+DBOS Transact is an optional peer: ``pip install dbos`` (into a separate environment is fine
+if it can also import wflo).
 """
 
 from __future__ import annotations
@@ -19,8 +25,10 @@ from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).parent))
 import argparse
+import asyncio
 import json
 import logging
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -28,41 +36,40 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import fresh_pg, pct
+from _common import fresh_pg
 
 STEPS = 10
+ROW = "x" * 200
 
 
-def _measure(run_once: Callable[[], Any], runs: int, baseline_ns: float) -> dict[str, float]:
-    for _ in range(max(5, runs // 20)):
-        run_once()
-    per_step = []
-    t_all = time.perf_counter()
-    for _ in range(runs):
-        t0 = time.perf_counter_ns()
-        run_once()
-        per_step.append((time.perf_counter_ns() - t0 - baseline_ns) / STEPS / 1000)
-    elapsed = time.perf_counter() - t_all
-    return {
-        "step_median_us": statistics.median(per_step),
-        "step_p99_us": pct(per_step, 0.99),
-        "workflows_per_s": runs / elapsed,
-    }
+# ----------------------------------------------------------------------------- cases
+def raw_sqlite(path: str) -> Callable[[], Any]:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT)")
+
+    def commit() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t (body) VALUES (?)", (ROW,))
+        conn.execute("COMMIT")
+
+    return commit
 
 
-def _baseline() -> float:
-    def body() -> int:
-        return sum(i + 1 for i in range(STEPS))
+def raw_pg(url: str) -> Callable[[], Any]:
+    import psycopg
 
-    samples = []
-    for _ in range(1000):
-        t0 = time.perf_counter_ns()
-        body()
-        samples.append(time.perf_counter_ns() - t0)
-    return statistics.median(samples)
+    conn = psycopg.connect(url, autocommit=True)
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id bigserial PRIMARY KEY, body text)")
+
+    def commit() -> None:
+        conn.execute("INSERT INTO t (body) VALUES (%s)", (ROW,))  # its own transaction: one round trip
+
+    return commit
 
 
-def bench_wflo(url: str, runs: int, baseline: float) -> dict[str, float]:
+def wflo_cases(url: str) -> dict[str, Callable[[], Any]]:
     import wflo
 
     wflo.configure(database=url)
@@ -71,22 +78,43 @@ def bench_wflo(url: str, runs: int, baseline: float) -> dict[str, float]:
     def tiny(i: int) -> int:
         return i + 1
 
-    @wflo.workflow(name="bench.tiny", guards=False)
-    def flow() -> int:
+    @wflo.workflow(name="bench.empty", guards=False)
+    def empty() -> int:
+        return 0
+
+    @wflo.workflow(name="bench.steps", guards=False)
+    def steps() -> int:
         return sum(tiny(i) for i in range(STEPS))
 
-    result = _measure(flow.run, runs, baseline)
-    from wflo import _config
+    @wflo.step
+    async def atiny(i: int) -> int:
+        return i + 1
 
-    _config.reset()
-    return result
+    @wflo.workflow(name="bench.aempty", guards=False)
+    async def aempty() -> int:
+        return 0
+
+    @wflo.workflow(name="bench.asteps", guards=False)
+    async def asteps() -> int:
+        total = 0
+        for i in range(STEPS):
+            total += await atiny(i)
+        return total
+
+    loop = asyncio.new_event_loop()
+    return {
+        "wflo empty": empty.run,
+        "wflo steps": steps.run,
+        "wflo async empty": lambda: loop.run_until_complete(aempty.arun()),
+        "wflo async steps": lambda: loop.run_until_complete(asteps.arun()),
+    }
 
 
-def bench_dbos(url: str, runs: int, baseline: float) -> dict[str, float] | str:
+def dbos_cases(url: str) -> dict[str, Callable[[], Any]] | str:
     try:
         from dbos import DBOS
     except ImportError:
-        return "dbos not installed (pip install dbos)"
+        return "DBOS Transact not installed (pip install dbos)"
     logging.getLogger("dbos").setLevel(logging.WARNING)
     DBOS(config={"name": "wflobench", "system_database_url": url, "run_admin_server": False})  # type: ignore[typeddict-unknown-key]
 
@@ -95,63 +123,110 @@ def bench_dbos(url: str, runs: int, baseline: float) -> dict[str, float] | str:
         return i + 1
 
     @DBOS.workflow()
-    def flow() -> int:
+    def empty() -> int:
+        return 0
+
+    @DBOS.workflow()
+    def steps() -> int:
         return sum(tiny(i) for i in range(STEPS))
 
     DBOS.launch()
+    return {"DBOS empty": empty, "DBOS steps": steps}
+
+
+def dbos_close() -> None:
     try:
-        return _measure(flow, runs, baseline)
-    finally:
-        DBOS.destroy(destroy_registry=True)
+        from dbos import DBOS
+    except ImportError:
+        return
+    DBOS.destroy(destroy_registry=True)
+
+
+# ----------------------------------------------------------------------------- the loop
+def alternate(cases: dict[str, Callable[[], Any]], iterations: int, rounds: int) -> list[dict[str, float]]:
+    """Per round, the median µs of each case; cases run in a rotating order each iteration."""
+    names = list(cases)
+    for _ in range(max(5, iterations // 10)):  # warm
+        for name in names:
+            cases[name]()
+    out = []
+    for _ in range(rounds):
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        for i in range(iterations):
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
+                t0 = time.perf_counter_ns()
+                cases[name]()
+                samples[name].append((time.perf_counter_ns() - t0) / 1000)
+        out.append({n: statistics.median(v) for n, v in samples.items()})
+    return out
+
+
+def derive(rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """Per-round figures (per step, ratios), then the median and spread of each."""
+    per_round: list[dict[str, float]] = []
+    for r in rounds:
+        d = dict(r)
+        for engine in ("wflo", "wflo async", "DBOS"):
+            if f"{engine} steps" in r:
+                d[f"{engine} per step"] = (r[f"{engine} steps"] - r[f"{engine} empty"]) / STEPS
+        raw = r["raw commit"]
+        for engine in ("wflo", "wflo async"):
+            if f"{engine} per step" in d:
+                d[f"{engine} per step / raw commit"] = d[f"{engine} per step"] / raw
+            if "DBOS empty" in r:
+                d[f"{engine} empty / DBOS empty"] = r[f"{engine} empty"] / r["DBOS empty"]
+                d[f"{engine} per step / DBOS per step"] = d[f"{engine} per step"] / d["DBOS per step"]
+        per_round.append(d)
+    keys = list(per_round[0])
+    return {k: {"median": statistics.median(p[k] for p in per_round),
+                "min": min(p[k] for p in per_round), "max": max(p[k] for p in per_round)} for k in keys}  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--iterations", type=int, default=60, help="iterations per round (each runs every case)")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument("--no-dbos", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    baseline = _baseline()
-    rows: list[dict[str, Any]] = []
     tmp = tempfile.mkdtemp(prefix="wflo-bench-")
+    results: dict[str, Any] = {}
+    notes: dict[str, str] = {}
+    from wflo import _config
+
     for store in args.stores.split(","):
         if store == "sqlite":
-            cases = [
-                (
-                    "wflo (synchronous=FULL)",
-                    lambda: bench_wflo(f"sqlite:///{tmp}/wflo-full.db?synchronous=FULL", args.runs, baseline),
-                ),
-                ("wflo (default, NORMAL)", lambda: bench_wflo(f"sqlite:///{tmp}/wflo.db", args.runs, baseline)),
-                ("DBOS Transact", lambda: bench_dbos(f"sqlite:///{tmp}/dbos.sqlite", args.runs, baseline)),
-            ]
+            cases = {"raw commit": raw_sqlite(f"{tmp}/raw.db")}
+            cases.update(wflo_cases(f"sqlite:///{tmp}/wflo.db?synchronous=FULL"))
+            dbos_url = f"sqlite:///{tmp}/dbos.sqlite"
         else:
-            cases = [
-                ("wflo", lambda: bench_wflo(fresh_pg("wflo_bench_engine"), args.runs, baseline)),
-                ("DBOS Transact", lambda: bench_dbos(fresh_pg("dbos_bench_engine"), args.runs, baseline)),
-            ]
-        for engine, fn in cases:
-            result = fn()
-            rows.append(
-                {"store": store, "engine": engine, **(result if isinstance(result, dict) else {"error": result})}
-            )
-    dbos = {r["store"]: r for r in rows if r["engine"] == "DBOS Transact" and "step_median_us" in r}
-    for r in rows:
-        peer = dbos.get(r["store"])
-        if peer and "step_median_us" in r and r["engine"] != "DBOS Transact":
-            r["ratio_vs_dbos"] = r["step_median_us"] / peer["step_median_us"]
+            cases = {"raw commit": raw_pg(fresh_pg("wflo_bench_raw"))}
+            cases.update(wflo_cases(fresh_pg("wflo_bench_engine")))
+            dbos_url = fresh_pg("dbos_bench_engine")
+        dbos = "skipped (--no-dbos)" if args.no_dbos else dbos_cases(dbos_url)
+        if isinstance(dbos, str):
+            notes[store] = dbos
+        else:
+            cases.update(dbos)
+        try:
+            results[store] = derive(alternate(cases, args.iterations, args.rounds))
+        finally:
+            if not isinstance(dbos, str):
+                dbos_close()
+            _config.reset()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"results": results, "notes": notes}, indent=2))
         return
-    print(f"per-step overhead, {STEPS}-step workflow of tiny steps, {args.runs} runs (python {sys.version.split()[0]})")
-    print(f"{'store':9} {'engine':26} {'median µs':>10} {'p99 µs':>10} {'wf/s':>8} {'wflo/DBOS':>10}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['store']:9} {r['engine']:26} {r['error']}")
-            continue
-        ratio = f"{r['ratio_vs_dbos']:.2f}" if "ratio_vs_dbos" in r else "-"
-        print(
-            f"{r['store']:9} {r['engine']:26} {r['step_median_us']:10.0f} {r['step_p99_us']:10.0f} {r['workflows_per_s']:8.1f} {ratio:>10}"
-        )
+    print(f"engine overhead, alternating per iteration, {args.rounds} rounds x {args.iterations} iterations "
+          f"(python {sys.version.split()[0]}); median of round medians [min..max]")  # fmt: skip
+    for store, figures in results.items():
+        print(f"\n{store}" + (f"  ({notes[store]})" if store in notes else ""))
+        for key, v in figures.items():
+            unit = "" if "/" in key else " µs"
+            fmt = "{:.2f}" if "/" in key else "{:.0f}"
+            print(f"  {key:36} {fmt.format(v['median']):>8}{unit}  [{fmt.format(v['min'])}..{fmt.format(v['max'])}]")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from ..store import GENESIS, SYSTEM_CHAIN, Store
@@ -80,22 +81,83 @@ def iter_links(store: Store, chain: str) -> Any:
 
 
 def chain_hasher(chain: str) -> Callable[[str, int, str, str, str], str]:
-    """``link_hash`` specialised to one chain: the same bytes, with the chain's and each event
-    type's JSON encoded once instead of per event (verification spends its time here)."""
-    middle = b',"chain":' + json.dumps(chain, ensure_ascii=False).encode() + b',"data":'
-    tails: dict[str, bytes] = {}
-    sha256, dumps = hashlib.sha256, json.dumps
+    """``link_hash`` specialised to one chain: the same bytes, built as one string with the
+    chain's and each event type's JSON encoded once (verification spends its time here)."""
+    chain_json = json.dumps(chain, ensure_ascii=False)
+    types: dict[str, str] = {}
+    sha256 = hashlib.sha256
 
     def digest(prev_hash: str, seq: int, type_: str, at: str, data_json: str) -> str:
-        tail = tails.get(type_)
-        if tail is None:
-            tail = tails[type_] = b',"type":' + dumps(type_, ensure_ascii=False).encode() + b"}"
-        return sha256(
-            b"".join((prev_hash.encode("ascii"), b'{"at":', dumps(at).encode(), middle, data_json.encode(),
-                      b',"seq":', str(int(seq)).encode(), tail))
-        ).hexdigest()  # fmt: skip
+        type_json = types.get(type_)
+        if type_json is None:
+            type_json = types[type_] = json.dumps(type_, ensure_ascii=False)
+        text = f'{prev_hash}{{"at":{_ascii_json(at)},"chain":{chain_json},"data":{data_json},"seq":{int(seq)},"type":{type_json}}}'
+        return sha256(text.encode()).hexdigest()
 
     return digest
+
+
+_ascii_json = encode_basestring_ascii
+"""``json.dumps(text)`` for a str, without the generic machinery (the C encoder)."""
+
+
+class _ChainCheck:
+    """Verifies one chain link by link as its rows arrive (memory stays flat on long chains)."""
+
+    __slots__ = ("broken", "chain", "count", "expected_seq", "link", "prev")
+
+    def __init__(self, chain: str) -> None:
+        self.chain = chain
+        self.prev, self.expected_seq, self.count = GENESIS, 1, 0
+        self.link = chain_hasher(chain)
+        self.broken: ChainReport | None = None
+
+    def feed(self, seq: Any, type_: str, at: str, data_json: str, prev_hash: str, hash_: str) -> None:
+        if self.broken is not None:
+            return
+        seq = int(seq)
+        prev = self.prev
+        if seq != self.expected_seq:
+            self.broken = ChainReport(self.chain, self.count, False, prev, self.expected_seq, "gap",
+                                      str(self.expected_seq), str(seq))  # fmt: skip
+        elif prev_hash != prev:
+            self.broken = ChainReport(self.chain, self.count, False, prev, seq, "link", prev, prev_hash)
+        else:
+            digest = self.link(prev, seq, type_, at, data_json)
+            if digest != hash_:
+                self.broken = ChainReport(self.chain, self.count, False, prev, seq, "hash", digest, hash_)
+            else:
+                self.prev, self.expected_seq, self.count = hash_, seq + 1, self.count + 1
+
+    def report(self, recorded_head: tuple[int, str] | None, pruned: tuple[int, str] | None) -> ChainReport:
+        if self.broken is not None:
+            return self.broken
+        chain, count, prev = self.chain, self.count, self.prev
+        if count == 0 and pruned is not None:
+            if recorded_head is None or recorded_head == pruned:
+                return ChainReport(chain, pruned[0], True, pruned[1], pruned=True)
+            return ChainReport(
+                chain,
+                0,
+                False,
+                GENESIS,
+                1,
+                "head",
+                f"{recorded_head[0]}:{recorded_head[1][:16]}",
+                f"pruned {pruned[0]}:{pruned[1][:16]}",
+            )
+        if recorded_head is not None and (recorded_head[0] != count or recorded_head[1] != prev):
+            return ChainReport(
+                chain,
+                count,
+                False,
+                prev,
+                count + 1,
+                "head",
+                f"{recorded_head[0]}:{recorded_head[1][:16]}",
+                f"{count}:{prev[:16]}",
+            )
+        return ChainReport(chain, count, True, prev)
 
 
 def verify_chain(
@@ -110,45 +172,18 @@ def verify_chain(
     ``pruned`` is the ``(count, head)`` an ``audit.pruned`` event recorded for this chain (see
     :func:`pruned_chains`); a chain with no events left that matches it is reported as pruned.
     """
-    prev, expected_seq, count = GENESIS, 1, 0
-    link = chain_hasher(chain)
-    for seq, type_, at, data_json, prev_hash, hash_ in iter_links(store, chain):
-        seq = int(seq)
-        if seq != expected_seq:
-            return ChainReport(chain, count, False, prev, expected_seq, "gap", str(expected_seq), str(seq))
-        if prev_hash != prev:
-            return ChainReport(chain, count, False, prev, seq, "link", prev, prev_hash)
-        digest = link(prev, seq, type_, at, data_json)
-        if digest != hash_:
-            return ChainReport(chain, count, False, prev, seq, "hash", digest, hash_)
-        prev, expected_seq, count = hash_, expected_seq + 1, count + 1
+    check = _ChainCheck(chain)
+    for row in iter_links(store, chain):
+        check.feed(*row)
+        if check.broken is not None:
+            return check.broken
     if recorded_head is None:
         recorded_head = _recorded_head(store, chain)
-    if count == 0 and pruned is not None:
-        if recorded_head is None or recorded_head == pruned:
-            return ChainReport(chain, pruned[0], True, pruned[1], pruned=True)
-        return ChainReport(
-            chain,
-            0,
-            False,
-            GENESIS,
-            1,
-            "head",
-            f"{recorded_head[0]}:{recorded_head[1][:16]}",
-            f"pruned {pruned[0]}:{pruned[1][:16]}",
-        )
-    if recorded_head is not None and (recorded_head[0] != count or recorded_head[1] != prev):
-        return ChainReport(
-            chain,
-            count,
-            False,
-            prev,
-            count + 1,
-            "head",
-            f"{recorded_head[0]}:{recorded_head[1][:16]}",
-            f"{count}:{prev[:16]}",
-        )
-    return ChainReport(chain, count, True, prev)
+    return check.report(recorded_head, pruned)
+
+
+def _is_run(chain: str) -> bool:
+    return not (chain == SYSTEM_CHAIN or chain.startswith("_"))
 
 
 def _recorded_head(store: Store, chain: str) -> tuple[int, str] | None:
@@ -215,6 +250,69 @@ def verify_run(store: Store, run_id: str, *, trusted: Any = None) -> ChainReport
     return _explain([report], store, trusted)[0]
 
 
+SCAN_PAGE = 20000
+"""Events read per query when every chain is verified (one pass in (chain, seq) order)."""
+
+HEADS_BATCH = 500
+"""Recorded heads looked up per query in that pass."""
+
+
+def _verify_every_chain(store: Store) -> list[ChainReport]:
+    """Every chain that has events, verified in one pass over the events in key order.
+
+    Pages are keyset ranges of the primary key (a few dozen queries for a million events,
+    not one per chain), and the recorded heads of finished chains are fetched in batches.
+    """
+    reports: list[ChainReport] = []
+    done: list[_ChainCheck] = []
+
+    def flush() -> None:
+        runs = [c.chain for c in done if _is_run(c.chain)]
+        heads: dict[str, tuple[int, str]] = {}
+        if runs:
+            marks = ", ".join("?" * len(runs))
+            for id_, seq, hash_ in store.read(f"SELECT id, last_seq, last_hash FROM runs WHERE id IN ({marks})", runs):
+                heads[id_] = (int(seq), hash_)
+        for check in done:
+            head = heads.get(check.chain) if _is_run(check.chain) else _recorded_head(store, check.chain)
+            reports.append(check.report(head, None))
+        done.clear()
+
+    after: tuple[str, int] = ("", 0)
+    check: _ChainCheck | None = None
+    while True:
+        page = store.read(
+            "SELECT chain, seq, type, at, data, prev_hash, hash FROM events "
+            "WHERE (chain, seq) > (?, ?) ORDER BY chain, seq LIMIT ?",
+            (after[0], after[1], SCAN_PAGE),
+        )
+        for chain, seq, type_, at, data_json, prev_hash, hash_ in page:
+            if check is None or chain != check.chain:
+                if check is not None:
+                    done.append(check)
+                    if len(done) >= HEADS_BATCH:
+                        flush()
+                check = _ChainCheck(chain)
+                link = check.link
+            # The common case inline (an intact link); anything else goes the careful way.
+            if (
+                check.broken is None
+                and seq == check.expected_seq
+                and prev_hash == check.prev
+                and link(prev_hash, seq, type_, at, data_json) == hash_
+            ):
+                check.prev, check.expected_seq, check.count = hash_, seq + 1, check.count + 1
+            else:
+                check.feed(seq, type_, at, data_json, prev_hash, hash_)
+        if len(page) < SCAN_PAGE:
+            break
+        after = (page[-1][0], int(page[-1][1]))
+    if check is not None:
+        done.append(check)
+    flush()
+    return reports
+
+
 def verify_all(store: Store, *, since: str | None = None, trusted: Any = None) -> list[ChainReport]:
     """Verify every run's chain and the system chain (pruned chains are reported as such).
 
@@ -226,17 +324,18 @@ def verify_all(store: Store, *, since: str | None = None, trusted: Any = None) -
         if store.read_one("SELECT 1 FROM events WHERE chain = ?", (SYSTEM_CHAIN,)):
             recent.add(SYSTEM_CHAIN)  # configuration changes: always checked
         return _explain([verify_run(store, chain, trusted=trusted) for chain in sorted(recent)], store, trusted)
-    chains = [r[0] for r in store.read("SELECT DISTINCT chain FROM events ORDER BY chain")]
-    heads = {r[0] for r in store.read("SELECT id FROM runs")}
     pruned = pruned_chains(store, trusted)
-    missing = sorted(heads - set(chains))
-    reports = [verify_chain(store, chain) for chain in chains]
+    reports = _verify_every_chain(store)
+    chains = {r.chain for r in reports}
     # Runs whose events all vanished: deliberately (a recorded prune) or not.
+    missing = [r[0] for r in store.read(
+        "SELECT id FROM runs WHERE NOT EXISTS (SELECT 1 FROM events WHERE events.chain = runs.id) ORDER BY id"
+    )]  # fmt: skip
     reports += [verify_chain(store, chain, pruned=pruned.get(chain)) for chain in missing]
     if trusted is not None:
         # A run deleted whole (events and runs row) under an untrusted prune record: the
         # record itself names it.
         claimed = pruned_chains(store)
-        known = set(chains) | set(missing)
+        known = chains | set(missing)
         reports += [unsigned_prune(c, claimed[c][0]) for c in sorted(set(claimed) - set(pruned) - known)]
     return _explain(reports, store, trusted)

@@ -399,17 +399,13 @@ class Ledger:
         cost replaces that estimate. Crossed alert thresholds are noted in ``res.alerts_crossed``.
         """
 
+        if self.store.dialect == "postgresql":
+            from ._ledger_pg import settle_op
+
+            return settle_op(self.store, res, actual)
+
         def op(cur: Any) -> None:
             st = self.store
-            if st.dialect == "postgresql":
-                st.execute(
-                    cur,
-                    "SELECT * FROM wflo_settle(?, ?::numeric, ?::numeric, ?, ?)",
-                    (res.id, actual, res.amount, json.dumps(res.scopes), now_iso()),
-                )
-                for scope, pct, spent, limit in cur.fetchall():
-                    res.alerts_crossed.append({"scope": scope, "percent": pct, "spent": spent, "limit": limit})
-                return
             st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res.id,))
             if (cur.rowcount or 0) > 0:
                 self._charge(cur, res, actual, release=res.amount)

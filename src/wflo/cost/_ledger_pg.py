@@ -1,15 +1,18 @@
-"""The ledger's reservation on PostgreSQL: one statement, one round trip (``wflo_reserve``,
-created by migration m006; the same rules as the portable path in ``_ledger.py``)."""
+"""The ledger on PostgreSQL: a reservation is one statement, one round trip (``wflo_reserve``),
+and a settlement is one statement sent in the same round trip as the call's journal event
+(``wflo_settle``; both created by migration m008, the same rules as the portable path in
+``_ledger.py``)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from .._errors import BudgetExceededError
-from ..store import Store, new_id
+from ..store import Store, StoreOp, new_id, now_iso
 from ._ledger import CostRequest, Limit, Reservation, period_start, usd_str
 
 
@@ -50,3 +53,30 @@ def reserve(
             )  # fmt: skip
     held = [(str(a), str(b)) for a, b in json.loads(scopes_json)]
     return Reservation(res_id, Decimal(amount), held, cap, bool(clamped), run_id=run_id, call_id=call_id, model=model)
+
+
+def settle_op(store: Store, res: Reservation, actual: Decimal) -> StoreOp:
+    """``settle_op`` as one ``wflo_settle`` statement whose answer (the alert thresholds the
+    charge crossed) is read after the commit, so the append pipelines it with its event."""
+
+    def op(cur: Any) -> Callable[[], None] | None:
+        own = cur.connection.cursor()  # its own cursor: the answer must outlive later statements
+        store.execute(
+            own,
+            "SELECT * FROM wflo_settle(?, ?::numeric, ?::numeric, ?, ?)",
+            (res.id, actual, res.amount, json.dumps(res.scopes), now_iso()),
+        )
+
+        def then() -> None:
+            try:
+                for scope, pct, spent, limit in own.fetchall():
+                    res.alerts_crossed.append({"scope": scope, "percent": pct, "spent": spent, "limit": limit})
+            finally:
+                own.close()
+
+        if getattr(cur.connection, "_pipeline", None) is None:
+            then()  # not pipelined (``store.write(op)``): the answer is here already
+            return None
+        return then
+
+    return op

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost, RunCancelled, RunEndedError
@@ -34,18 +34,45 @@ _current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar
 _call_path: contextvars.ContextVar[str] = contextvars.ContextVar("wflo_call_path", default="")
 
 CALL_EVENT_TYPES = frozenset({"call.started", "call.completed", "call.failed"})
+_STATUS = {"call.started": "started", "call.completed": "completed", "call.failed": "failed"}
 
 
-@dataclass(frozen=True, slots=True)
 class JournalEntry:
-    """What the journal holds for one call id."""
+    """What the journal holds for one call id.
 
-    call: str
-    name: str
-    kind: str
-    status: str  # "started" | "completed" | "failed"
-    data: dict[str, Any]
-    seq: int
+    Only what matching needs is kept as fields; the event's data (the call's output or
+    error, its usage…) stays as the stored JSON text and is parsed when read, so a resumed
+    run with a long journal holds a few hundred bytes per finished call, not a parsed tree.
+    """
+
+    __slots__ = ("_json", "call", "digest", "kind", "name", "seq", "status")
+
+    def __init__(
+        self,
+        call: str,
+        name: str,
+        kind: str,
+        status: str,  # "started" | "completed" | "failed"
+        data: dict[str, Any] | str,
+        seq: int,
+        digest: str | None = None,
+    ) -> None:
+        self.call = call
+        self.name = name
+        self.kind = kind
+        self.status = status
+        self.seq = seq
+        self._json = data if isinstance(data, str) else json.dumps(data)
+        self.digest = digest if digest is not None or not isinstance(data, dict) else data.get("digest")
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The event's data (parsed on each read; callers read it once per replay)."""
+        value: dict[str, Any] = json.loads(self._json)
+        return value
+
+    def __repr__(self) -> str:
+        return f"JournalEntry(call={self.call!r}, name={self.name!r}, kind={self.kind!r}, status={self.status!r}, seq={self.seq})"
 
 
 class RunContext:
@@ -81,18 +108,32 @@ class RunContext:
         install_propagation()
 
     @classmethod
-    def load(cls, store: Store, record: RunRecord, owner: str, guards: Sequence[Guard] = ()) -> RunContext:
+    def load(
+        cls, store: Store, record: RunRecord, owner: str, guards: Sequence[Guard] = (), *, fresh: bool = False
+    ) -> RunContext:
+        """The context of ``record``, its journal read from the store.
+
+        ``fresh``: the run was just created under ``owner`` (its events are ``run.created``
+        and ``run.started``, no calls), so nothing needs to be read.
+        """
         journal: dict[str, JournalEntry] = {}
-        last_type = ""
-        for ev in store.events(record.id):
-            last_type = ev.type
-            if ev.type in CALL_EVENT_TYPES:
-                d = ev.data
-                status = ev.type.split(".", 1)[1]
+        last_type = "run.started" if fresh else ""
+        names: dict[str, str] = {}  # one string per distinct name, however many calls use it
+        if not fresh:
+            for seq, type_, data_json in store.read(
+                "SELECT seq, type, data FROM events WHERE chain = ? ORDER BY seq", (record.id,)
+            ):
+                last_type = type_
+                if type_ not in CALL_EVENT_TYPES:
+                    continue
+                d = json.loads(data_json)
+                status = _STATUS[type_]
                 prev = journal.get(d["call"])
                 if prev is not None and prev.status != "started" and status == "started":
                     continue
-                journal[d["call"]] = JournalEntry(d["call"], d["name"], d.get("kind", "step"), status, d, ev.seq)
+                name = names.setdefault(d["name"], d["name"])
+                kind = names.setdefault(d.get("kind", "step"), d.get("kind", "step"))
+                journal[d["call"]] = JournalEntry(d["call"], name, kind, status, data_json, int(seq), d.get("digest"))
         ctx = cls(store, record, owner, journal, guards)
         ctx.last_event_type = last_type
         return ctx
@@ -211,7 +252,7 @@ def current_run() -> RunContext | None:
 
 
 def _same(entry: JournalEntry, name: str, kind: str, digest: str) -> bool:
-    return entry.name == name and entry.kind == kind and entry.data.get("digest") == digest
+    return entry.name == name and entry.kind == kind and entry.digest == digest
 
 
 # ---------------------------------------------------------------------- propagation

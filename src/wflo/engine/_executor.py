@@ -93,8 +93,8 @@ def add_resume_hook(hook: Callable[[Store, str], tuple[list[NewEvent], StoreOp |
         _resume_hooks.append(hook)
 
 
-def _prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str) -> RunContext:
-    ctx = RunContext.load(store, record, owner, _guards_for(wf, record))
+def _prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False) -> RunContext:
+    ctx = RunContext.load(store, record, owner, _guards_for(wf, record), fresh=fresh)
     if record.attempts <= 1 and not ctx.journal:
         if ctx.last_event_type != "run.started":
             ctx.append([NewEvent("run.started", {"attempt": record.attempts, "worker": owner})])
@@ -271,14 +271,15 @@ def _args(record: RunRecord) -> tuple[list[Any], dict[str, Any]]:
     return list(data.get("args", [])), dict(data.get("kwargs", {}))
 
 
-def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str) -> Any:
+def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False) -> Any:
     """Run ``record`` (whose lease ``owner`` holds) to its end, or until it waits or is lost.
 
-    Returns the workflow's value; raises its exception (after recording it).
+    ``fresh``: ``owner`` has just created the run (its journal holds no calls yet, so it is
+    not read). Returns the workflow's value; raises its exception (after recording it).
     """
     if wf.is_async:
-        return _run_coroutine(aexecute(store, wf, record, owner))
-    ctx = _prepare(store, wf, record, owner)
+        return _run_coroutine(aexecute(store, wf, record, owner, fresh=fresh))
+    ctx = _prepare(store, wf, record, owner, fresh)
     args, kwargs = _args(record)
     heartbeats.track(store, owner, ctx)
     run_token = _current_run.set(ctx)
@@ -299,11 +300,11 @@ def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str)
     return _finish_ok(ctx, wf, value)
 
 
-async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str) -> Any:
+async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False) -> Any:
     """The async twin of :func:`execute`."""
     if not wf.is_async:
-        return await asyncio.to_thread(execute, store, wf, record, owner)
-    ctx = _prepare(store, wf, record, owner)
+        return await asyncio.to_thread(execute, store, wf, record, owner, fresh=fresh)
+    ctx = _prepare(store, wf, record, owner, fresh)
     args, kwargs = _args(record)
     heartbeats.track(store, owner, ctx)
     run_token = _current_run.set(ctx)

@@ -248,16 +248,17 @@ class BoundWorkflow(Generic[P, R]):
             record = self._claim_existing(store, record, owner)
             if record.done:
                 return _result_of(record)
+        fresh = created
         while True:
             try:
-                return execute(store, self.wf, record, owner)
+                return execute(store, self.wf, record, owner, fresh=fresh)
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
                 woken = _wait_until_woken(store, record.id, owner, pause)
                 if woken.done:
                     return _result_of(woken)
-                record = woken
+                record, fresh = woken, False
 
     async def arun(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
@@ -272,16 +273,17 @@ class BoundWorkflow(Generic[P, R]):
             record = await asyncio.to_thread(self._claim_existing, store, record, owner)
             if record.done:
                 return _result_of(record)
+        fresh = created
         while True:
             try:
-                return await aexecute(store, self.wf, record, owner)
+                return await aexecute(store, self.wf, record, owner, fresh=fresh)
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
                 woken = await asyncio.to_thread(_wait_until_woken, store, record.id, owner, pause)
                 if woken.done:
                     return _result_of(woken)
-                record = woken
+                record, fresh = woken, False
 
     def start(self, *args: Any, **kwargs: Any) -> RunHandle:
         call = self._child_call("child.start", args, kwargs)

@@ -524,6 +524,23 @@ _TABLES = (
 )
 
 
+_PUT_CHECKPOINT = (
+    "INSERT INTO wflo_lg_checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
+    "checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) "
+    "DO UPDATE SET parent_checkpoint_id = excluded.parent_checkpoint_id, type = excluded.type, "
+    "checkpoint = excluded.checkpoint, metadata = excluded.metadata"
+)
+
+# Errors, interrupts and the like (negative idx) replace an earlier write; ordinary writes are
+# kept once (a task run again after a crash writes the same values).
+_PUT_WRITES = (
+    "INSERT INTO wflo_lg_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, value, "
+    "task_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) "
+    "DO UPDATE SET channel = excluded.channel, type = excluded.type, value = excluded.value, "
+    "task_path = excluded.task_path WHERE excluded.idx < 0"
+)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -681,15 +698,9 @@ class Checkpointer(BaseCheckpointSaver[str]):
 
         def go(cur: Any) -> None:
             fence(cur)
-            store.execute(
-                cur,
-                "DELETE FROM wflo_lg_checkpoints WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?",
-                row[:3],
-            )
-            store.execute(cur, "INSERT INTO wflo_lg_checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
-                               "parent_checkpoint_id, type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+            store.execute(cur, _PUT_CHECKPOINT, row)
 
-        store.write(go)
+        store.write_batch(go)  # fence and upsert without waiting in between: one round trip
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
     def put_writes(
@@ -711,21 +722,10 @@ class Checkpointer(BaseCheckpointSaver[str]):
 
         def go(cur: Any) -> None:
             fence(cur)
-            for row in rows:
-                special = row[4] < 0  # errors/interrupts etc. replace; ordinary writes are kept once
-                exists = store.execute(
-                    cur, "SELECT 1 FROM wflo_lg_writes WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ? "
-                         "AND task_id = ? AND idx = ?", row[:5],
-                ).fetchone()  # fmt: skip
-                if exists and not special:
-                    continue
-                if exists:
-                    store.execute(cur, "DELETE FROM wflo_lg_writes WHERE thread_id = ? AND checkpoint_ns = ? "
-                                       "AND checkpoint_id = ? AND task_id = ? AND idx = ?", row[:5])  # fmt: skip
-                store.execute(cur, "INSERT INTO wflo_lg_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, "
-                                   "channel, type, value, task_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+            if rows:
+                cur.executemany(store._sql(_PUT_WRITES), rows)
 
-        store.write(go)
+        store.write_batch(go)
 
     def delete_thread(self, thread_id: str) -> None:
         store = self.store

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from .._errors import ConfigurationError, StoreUnavailableError
-from ._base import Store
+from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
+from ._base import Store, StoreOp, run_ops
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
+from ._records import RUN_COLUMNS, Head
 
 _CLAIM_NEXT = """
 SELECT id FROM runs
@@ -21,6 +23,44 @@ ORDER BY created_at
 LIMIT 1
 FOR UPDATE SKIP LOCKED
 """
+
+
+# The store's UTC text time form, computed by the server (its clock judges leases).
+_PG_TIME = (
+    """to_char(clock_timestamp() AT TIME ZONE 'UTC' + make_interval(secs => %s), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+)
+
+# A new run and its first events in one statement: nothing is inserted if the id exists, in
+# which case the existing row is returned (created = false).
+_CREATE_RUN = f"""
+WITH r AS (
+    INSERT INTO runs ({RUN_COLUMNS})
+    VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s,
+            CASE WHEN %s THEN {_PG_TIME} END, 0, NULL, %s, %s, %s, %s, %s, NULL)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING {RUN_COLUMNS}
+), e AS (
+    INSERT INTO events (chain, seq, type, at, data, prev_hash, hash)
+    SELECT r.id, u.seq, u.type, u.at, u.data, u.prev, u.hash
+      FROM r, unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+           AS u(seq, type, at, data, prev, hash)
+), n AS (
+    SELECT pg_notify('wflo_runs', r.id) FROM r WHERE %s
+)
+SELECT {RUN_COLUMNS}, true, (SELECT count(*) FROM n) FROM r
+UNION ALL
+SELECT {RUN_COLUMNS}, false, 0 FROM runs WHERE id = %s AND NOT EXISTS (SELECT 1 FROM r)
+"""
+
+_APPEND = (
+    "SELECT wflo_append(%s::text, %s::bigint, %s::text, %s::bigint, %s::text, %s::text, %s::text, %s::boolean, "
+    "%s::text, %s::text, %s::boolean, %s::text, %s::text, %s::bigint[], %s::text[], %s::text[], %s::text[], "
+    "%s::text[], %s::text[])"
+)
+
+_LEASE_LOST = "WF001"
+
+T = TypeVar("T")
 
 
 def _psycopg() -> Any:
@@ -47,6 +87,12 @@ class PostgresStore(Store):
     dialect = "postgresql"
     placeholder = "%s"
     for_update = " FOR UPDATE"
+    # The range of the base class follows the database's collation, which may not order
+    # ids by their characters; LIKE uses the text_pattern_ops index of migration m010.
+    _prefix_sql = "id LIKE ? ESCAPE '!'"
+
+    def _prefix_params(self, prefix: str) -> tuple[str, ...]:
+        return (prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%",)
 
     def __init__(
         self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, pool_timeout: float = DEFAULT_POOL_TIMEOUT
@@ -83,6 +129,113 @@ class PostgresStore(Store):
 
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN")
+
+    # ----------------------------------------------------------------- one round trip each
+    def fence(self, cur: Any, run_id: str, owner: str) -> None:
+        """``wflo_fence`` locks the run's row and raises unless ``owner`` holds its lease; no
+        answer to wait for, so a :meth:`write_batch` stays one round trip."""
+        self._local.fenced = (run_id, owner)
+        try:
+            cur.execute("SELECT wflo_fence(%s, %s)", (run_id, owner))
+        except self._psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) == _LEASE_LOST:
+                raise LeaseLost(run_id=run_id, owner=owner) from None
+            raise
+
+    def write_batch(self, fn: Callable[[Any], T]) -> T:
+        psycopg = self._psycopg
+
+        def go() -> T:
+            self._local.fenced = None
+            with self._connection() as conn:
+                cur = conn.cursor()
+                try:
+                    with conn.pipeline():
+                        cur.execute("BEGIN")
+                        result = fn(cur)
+                        cur.execute("COMMIT")
+                    return result
+                except BaseException as exc:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        with contextlib.suppress(Exception):
+                            conn.execute("ROLLBACK")
+                    fenced = getattr(self._local, "fenced", None)
+                    if isinstance(exc, psycopg.Error) and exc.sqlstate == _LEASE_LOST and fenced:
+                        raise LeaseLost(run_id=fenced[0], owner=fenced[1]) from None
+                    raise
+                finally:
+                    cur.close()
+
+        return self._retrying(go)
+
+    def _create_run_once(
+        self, values: tuple[Any, ...], rows: list[tuple[Any, ...]], lease_seconds: float | None
+    ) -> tuple[tuple[Any, ...] | None, bool]:
+        cols = list(zip(*rows, strict=True))
+        params = (*values[:8], lease_seconds is not None, lease_seconds or 0.0, *values[8:],
+                  *[list(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
+        with self._connection() as conn:
+            row = conn.execute(_CREATE_RUN, params).fetchone()
+        if row is None:
+            return None, False
+        return tuple(row[:-2]), bool(row[-2])
+
+    def _append_once(
+        self,
+        run_id: str,
+        head: Head,
+        new: Head,
+        rows: list[tuple[Any, ...]],
+        *,
+        owner: str | None,
+        now: str,
+        status: str | None,
+        finish: bool,
+        output_json: str | None,
+        error_json: str | None,
+        release: bool,
+        wake_at: str | None,
+        notify: bool,
+        ops: Sequence[StoreOp],
+    ) -> bool:
+        """The fenced append as one ``wflo_append`` statement; with ops, that statement, the
+        ops' statements and the commit are pipelined: one round trip unless an op waits for
+        an answer before the commit."""
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
+        params = (run_id, head.seq, owner, new.seq, new.hash, now, status, finish, output_json, error_json,
+                  release, wake_at, "wflo_runs" if notify else None, *[list(c) for c in cols[1:]])  # fmt: skip
+        psycopg = self._psycopg
+        after: list[Callable[[], None]] = []
+        with self._connection() as conn:
+            cur = conn.cursor()
+            try:
+                if not ops:
+                    cur.execute(_APPEND, params)  # autocommit: its own transaction
+                else:
+                    op_cur = conn.cursor()
+                    try:
+                        with conn.pipeline() as pipeline:
+                            op_cur.execute("BEGIN")
+                            cur.execute(_APPEND, params)
+                            after = run_ops(ops, _PipelinedCursor(op_cur, pipeline))
+                            op_cur.execute("COMMIT")
+                    except BaseException:
+                        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                            with contextlib.suppress(Exception):
+                                conn.execute("ROLLBACK")
+                        raise
+                    finally:
+                        op_cur.close()
+                row = cur.fetchone()
+            except psycopg.Error as exc:
+                if getattr(exc, "sqlstate", None) == _LEASE_LOST:
+                    raise LeaseLost(run_id=run_id, owner=owner) from None
+                raise
+            finally:
+                cur.close()
+            for then in after:  # committed; read the ops' answers while the connection is ours
+                then()
+        return bool(row[0])
 
     def _claim_next_sql(self) -> str:
         return _CLAIM_NEXT
@@ -132,6 +285,30 @@ class PostgresStore(Store):
                     self._listen_conn.close()
                 self._listen_conn = None
         super().close()
+
+
+class _PipelinedCursor:
+    """A cursor handed to ops inside a pipeline: reading ``rowcount`` or ``description``
+    first collects the answers sent so far (a round trip), so an op that decides on them
+    sees the real values; ``fetch*`` do so by themselves. Ops that read nothing before the
+    commit cost no extra round trip."""
+
+    def __init__(self, cur: Any, pipeline: Any) -> None:
+        self._cur = cur
+        self._pipeline = pipeline
+
+    @property
+    def rowcount(self) -> int:
+        self._pipeline.sync()
+        return int(self._cur.rowcount)
+
+    @property
+    def description(self) -> Any:
+        self._pipeline.sync()
+        return self._cur.description
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cur, name)
 
 
 class _PsycopgPool:

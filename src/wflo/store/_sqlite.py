@@ -6,7 +6,9 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .._errors import StoreCorruptError, StoreNotFoundError, StoreUnavailableError
@@ -25,6 +27,29 @@ WHERE (status = 'queued'
 ORDER BY created_at
 LIMIT 1
 """
+
+
+_writers: dict[str, threading.RLock] = {}
+_writers_lock = threading.Lock()
+
+
+def _writer_lock(key: str) -> threading.RLock:
+    """One lock per database file and process, taken around each write transaction."""
+    lock = _writers.get(key)
+    if lock is None:
+        with _writers_lock:
+            lock = _writers.setdefault(key, threading.RLock())
+    return lock
+
+
+def _forget_writers() -> None:
+    # A child process must not inherit a lock that a thread of its parent held at the fork.
+    global _writers_lock
+    _writers.clear()
+    _writers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_writers)
 
 
 class SQLiteStore(Store):
@@ -62,6 +87,7 @@ class SQLiteStore(Store):
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
         self._wal_checked = False
+        self._writer_key = os.path.realpath(path)
         if not create:
             if not os.path.isfile(path):
                 raise StoreNotFoundError(url=url, path=path)
@@ -140,6 +166,17 @@ class SQLiteStore(Store):
 
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN IMMEDIATE")
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[Any]:
+        # Writers of this process queue on a lock, woken the moment the writer before them
+        # commits. Left to SQLite, a second writer sleeps in its busy handler with growing
+        # pauses (up to 100 ms) however soon the lock is free: threads writing at once (the
+        # checkpoints LangGraph saves from its own threads) then wait far longer than they
+        # write. Other processes still queue on SQLite's lock, as before. The connection is
+        # taken first: a thread holding the lock never waits for the pool.
+        with self._connection(), _writer_lock(self._writer_key), super()._tx() as cur:
+            yield cur
 
     def _claim_next_sql(self) -> str:
         return _CLAIM_NEXT

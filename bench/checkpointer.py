@@ -1,0 +1,168 @@
+"""wflo's LangGraph ``Checkpointer`` beside LangGraph's own savers, per node.
+
+Method. The same graph (5 nodes in a row, each adds 1 to the state) is compiled once with
+each saver and invoked on a new thread per invocation; per node = invocation time ÷ 5 (a
+checkpoint and the node's writes are saved per step). The savers alternate invocation by
+invocation (the order flips every iteration), ``--iterations`` per round, ``--rounds``
+rounds; figures are the median of the round medians with their spread, and the ratio
+wflo ÷ LangGraph per round. Durability is matched on SQLite (LangGraph's ``SqliteSaver`` on
+a default connection commits with ``synchronous=FULL``; wflo's store is given
+``synchronous=FULL``); on PostgreSQL both commit synchronously. "wflo in a run" is the same
+checkpointer used inside a wflo run, as ``wflo.langgraph.wrap`` uses it: each write is also
+fenced on the run's lease.
+
+    python bench/checkpointer.py [--iterations 40] [--rounds 5] [--stores sqlite,postgres] [--json]
+
+Needs ``langgraph-checkpoint-sqlite`` and ``langgraph-checkpoint-postgres`` for the peers.
+"""
+
+from __future__ import annotations
+
+import sys as _sys
+from pathlib import Path as _Path
+
+_sys.path.insert(0, str(_Path(__file__).parent))
+import argparse
+import contextlib
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypedDict
+
+from _common import fresh_pg
+
+NODES = 5
+
+
+class State(TypedDict):
+    n: int
+
+
+def graph(saver: Any) -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    g = StateGraph(State)
+    for i in range(NODES):
+        g.add_node(f"n{i}", lambda s: {"n": s["n"] + 1})
+    g.add_edge(START, "n0")
+    for i in range(NODES - 1):
+        g.add_edge(f"n{i}", f"n{i + 1}")
+    g.add_edge(f"n{NODES - 1}", END)
+    return g.compile(checkpointer=saver)
+
+
+def invoker(compiled: Any) -> Callable[[], Any]:
+    def once() -> Any:
+        out = compiled.invoke({"n": 0}, {"configurable": {"thread_id": uuid.uuid4().hex}})
+        assert out["n"] == NODES
+        return out
+
+    return once
+
+
+def in_a_run(compiled: Any) -> Callable[[], Any]:
+    import wflo
+
+    @wflo.workflow(name=f"bench.lg.{uuid.uuid4().hex[:6]}", guards=False)
+    def run() -> int:
+        return int(invoker(compiled)()["n"])
+
+    return run.run
+
+
+def cases(store: str, stack: contextlib.ExitStack, tmp: str) -> dict[str, Callable[[], Any]] | str:
+    import wflo
+    from wflo.integrations.langgraph import Checkpointer
+
+    out: dict[str, Callable[[], Any]] = {}
+    if store == "sqlite":
+        try:
+            from langgraph.checkpoint.sqlite import SqliteSaver
+        except ImportError:
+            return "langgraph-checkpoint-sqlite is not installed"
+        wflo.configure(database=f"sqlite:///{tmp}/wflo.db?synchronous=FULL")
+        peer = SqliteSaver(sqlite3.connect(f"{tmp}/lg.db", check_same_thread=False))
+        peer.setup()
+        out["LangGraph SqliteSaver"] = invoker(graph(peer))
+    else:
+        try:
+            from langgraph.checkpoint.postgres import PostgresSaver
+        except ImportError:
+            return "langgraph-checkpoint-postgres is not installed"
+        wflo.configure(database=fresh_pg("wflo_bench_lg"))
+        peer = stack.enter_context(PostgresSaver.from_conn_string(fresh_pg("lg_bench_lg")))
+        peer.setup()
+        out["LangGraph PostgresSaver"] = invoker(graph(peer))
+    saver = Checkpointer()
+    out["wflo Checkpointer"] = invoker(graph(saver))
+    out["wflo in a run"] = in_a_run(graph(saver))
+    return out
+
+
+def alternate(fns: dict[str, Callable[[], Any]], iterations: int, rounds: int) -> list[dict[str, float]]:
+    names = list(fns)
+    for _ in range(5):
+        for name in names:
+            fns[name]()
+    out = []
+    for _ in range(rounds):
+        samples: dict[str, list[float]] = {n: [] for n in names}
+        for i in range(iterations):
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
+                t0 = time.perf_counter_ns()
+                fns[name]()
+                samples[name].append((time.perf_counter_ns() - t0) / 1000 / NODES)
+        out.append({n: statistics.median(v) for n, v in samples.items()})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    from wflo import _config
+
+    tmp = tempfile.mkdtemp(prefix="wflo-bench-")
+    results: dict[str, Any] = {}
+    for store in args.stores.split(","):
+        with contextlib.ExitStack() as stack:
+            fns = cases(store, stack, tmp)
+            if isinstance(fns, str):
+                results[store] = {"error": fns}
+                continue
+            rounds = alternate(fns, args.iterations, args.rounds)
+            peer = next(n for n in fns if n.startswith("LangGraph"))
+            figures: dict[str, Any] = {}
+            for name in fns:
+                meds = [r[name] for r in rounds]
+                ratios = [r[name] / r[peer] for r in rounds]
+                figures[name] = {"per_node_us": statistics.median(meds), "min": min(meds), "max": max(meds),
+                                 "ratio": statistics.median(ratios), "ratio_min": min(ratios),
+                                 "ratio_max": max(ratios)}  # fmt: skip
+            results[store] = figures
+            _config.reset()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"LangGraph checkpoint savers, per node, alternating, {args.rounds} rounds x {args.iterations} invocations "
+          f"of a {NODES}-node graph; median of round medians [spread]")  # fmt: skip
+    for store, figures in results.items():
+        print(f"\n{store}")
+        if "error" in figures:
+            print(f"  {figures['error']}")
+            continue
+        for name, f in figures.items():
+            print(f"  {name:26} {f['per_node_us']:8.0f} µs [{f['min']:.0f}..{f['max']:.0f}]   "
+                  f"÷ LangGraph {f['ratio']:.2f} [{f['ratio_min']:.2f}..{f['ratio_max']:.2f}]")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

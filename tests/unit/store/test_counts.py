@@ -1,0 +1,84 @@
+"""Counting runs by status from trigger-kept counters (issue 20): always equal to counting the
+runs themselves, on both stores, whatever changes them and however many threads at once."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+
+from wflo._errors import RunNotFoundError
+from wflo.store import Head, NewEvent, Store, open_store
+
+
+def _truth(store: Store) -> dict[str, int]:
+    return {s: int(n) for s, n in store.read("SELECT status, COUNT(*) FROM runs GROUP BY status")}
+
+
+def _finish(store: Store, run_id: str, owner: str, status: str = "succeeded") -> None:
+    run = store.get_run(run_id)
+    store.append(run_id, Head(run.last_seq, run.last_hash), [NewEvent(f"run.{status}", {})], owner=owner,
+                 status=status, output=1, finish=True)  # fmt: skip
+
+
+def test_counts_follow_every_change(store_url: str) -> None:
+    with open_store(store_url) as store:
+        assert store.count_runs_by_status() == {}
+        for i in range(5):
+            store.create_run(run_id=f"q{i}", workflow="w", input={})
+        for i in range(4):
+            store.create_run(run_id=f"r{i}", workflow="w", input={}, owner="me")
+        store.create_run(run_id="r0", workflow="w", input={}, owner="me")  # exists: counted once
+        assert store.count_runs_by_status() == {"queued": 5, "running": 4} == _truth(store)
+        claimed = store.claim_next("me", 30)
+        assert claimed is not None
+        _finish(store, "r0", "me")
+        _finish(store, "r1", "me", "failed")
+        store.request_cancel("q4")
+        store.release("r2", "me")
+        assert store.count_runs_by_status() == _truth(store)
+        assert store.count_runs_by_status() == {"queued": 3, "running": 3, "succeeded": 1, "failed": 1,
+                                                "cancelled": 1}  # fmt: skip
+        store.write(lambda cur: store.execute(cur, "DELETE FROM runs WHERE id IN ('q0', 'r0')"))
+        assert store.count_runs_by_status() == _truth(store)
+
+
+@pytest.mark.parametrize("threads", [6])
+def test_counts_stay_exact_when_many_threads_change_statuses_at_once(store_url: str, threads: int) -> None:
+    with open_store(store_url) as store:
+        per = 15
+        errors: list[BaseException] = []
+
+        def worker(t: int) -> None:
+            try:
+                for i in range(per):
+                    rid = f"t{t}-{i}"
+                    store.create_run(run_id=rid, workflow="w", input={}, owner=f"o{t}")
+                    _finish(store, rid, f"o{t}", "succeeded" if i % 3 else "failed")
+                    store.create_run(run_id=f"{rid}-q", workflow="w", input={})
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for th in pool:
+            th.start()
+        for th in pool:
+            th.join()
+        assert errors == []
+        want = Counter({"succeeded": threads * 10, "failed": threads * 5, "queued": threads * per})
+        assert store.count_runs_by_status() == dict(want) == _truth(store)
+
+
+def test_a_run_by_prefix_is_exact_about_wildcards(store_url: str) -> None:
+    with open_store(store_url) as store:
+        for rid in ("abcd_1", "abcdX2", "abce-3", "ab%d-4"):
+            store.create_run(run_id=rid, workflow="w", input={})
+        assert store.find_run("abcd_").id == "abcd_1"  # "_" is not a wildcard
+        assert store.find_run("ab%d").id == "ab%d-4"  # nor is "%"
+        assert store.find_run("abce").id == "abce-3"
+        with pytest.raises(RunNotFoundError):
+            store.find_run("abcd")  # two runs start so: not unique
+        with pytest.raises(RunNotFoundError):
+            store.find_run("abcz")
+        assert store.find_run("abce-3").id == "abce-3"

@@ -1,0 +1,284 @@
+"""How many round trips the store makes, pinned so that they cannot creep back (issue 20).
+
+On PostgreSQL every statement the client waits for is a network round trip. Round trips are
+counted at the driver: each time psycopg waits for the server (a statement outside a
+pipeline, a pipeline's sync or a fetch that forces one). On SQLite statements are counted
+with the connection's trace callback.
+
+Also here: the single-statement paths keep their promises (a fenced append that loses its
+lease writes nothing, its ops included; a run created twice at once is created once).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import openai
+import pytest
+
+import wflo
+from wflo import _config as config
+from wflo._errors import LeaseLost
+from wflo.store import Head, NewEvent, Store, open_store
+from wflo.testing import LLMServer, Reply
+
+_SYNCS = {"_fetch_gen", "_sync_gen", "_exit_gen"}
+
+
+class Counter:
+    """Round trips (PostgreSQL) or statements (SQLite) made through one store's pool."""
+
+    def __init__(self) -> None:
+        self.trips = 0
+        self.statements: list[str] = []
+        self.on = False
+
+
+@contextmanager
+def counting(store: Store) -> Iterator[Counter]:
+    counter = Counter()
+    pool = store._get_pool()
+    get = pool.get
+
+    def counted_get() -> Any:
+        conn = get()
+        if store.dialect == "sqlite":
+
+            def trace(sql: str) -> None:
+                # A statement that fires triggers is traced once more per trigger program: the
+                # same text again at once. Counted once.
+                if counter.on and not (counter.statements and counter.statements[-1] == sql):
+                    counter.statements.append(sql)
+
+            conn.set_trace_callback(trace)
+            return conn
+        if getattr(conn, "_wflo_counted", None) is not counter:
+            wait = type(conn).wait.__get__(conn)
+
+            def counted_wait(gen: Any, *args: Any, **kwargs: Any) -> Any:
+                name = getattr(gen, "__name__", "")
+                if counter.on and (name in _SYNCS or (conn._pipeline is None and name != "_enter_gen")):
+                    counter.trips += 1
+                return wait(gen, *args, **kwargs)
+
+            conn.wait = counted_wait
+            conn._wflo_counted = counter
+        return conn
+
+    pool.get = counted_get
+    try:
+        yield counter
+    finally:
+        pool.get = get
+
+
+@pytest.fixture
+def wflo_store(store_url: str) -> Iterator[Store]:
+    config.configure(database=store_url, lease_seconds=5.0, poll_interval=0.05)
+    try:
+        yield config.get_store()
+    finally:
+        config.reset()
+
+
+def _measure(store: Store, fn: Any) -> Counter:
+    fn()  # warm: the pool, prepared caches, lazy imports
+    with counting(store) as counter:
+        counter.on = True
+        fn()
+        counter.on = False
+    return counter
+
+
+@wflo.workflow(name="tests.roundtrips.empty")
+def empty() -> int:
+    return 1
+
+
+@wflo.step
+def one_step() -> int:
+    return 2
+
+
+@wflo.workflow(name="tests.roundtrips.steps")
+def three_steps() -> int:
+    return one_step() + one_step() + one_step()
+
+
+@pytest.mark.postgres
+def test_an_empty_workflow_is_two_round_trips_on_postgres(pg_url: str) -> None:
+    config.configure(database=pg_url, lease_seconds=5.0)
+    try:
+        counter = _measure(config.get_store(), empty)
+        # The run with its first events in one statement; its end in one pipelined transaction.
+        assert counter.trips == 2
+    finally:
+        config.reset()
+
+
+@pytest.mark.postgres
+def test_each_step_is_one_round_trip_on_postgres(pg_url: str) -> None:
+    config.configure(database=pg_url, lease_seconds=5.0)
+    try:
+        counter = _measure(config.get_store(), three_steps)
+        assert counter.trips == 2 + 3
+    finally:
+        config.reset()
+
+
+def test_an_empty_workflow_writes_few_statements_on_sqlite(sqlite_url: str) -> None:
+    config.configure(database=sqlite_url, lease_seconds=5.0)
+    try:
+        counter = _measure(config.get_store(), empty)
+        # BEGIN, INSERT run RETURNING, INSERT 2 events (traced once per row), COMMIT; BEGIN,
+        # UPDATE, INSERT event, DELETE payloads, COMMIT. Nothing read back.
+        assert len(counter.statements) <= 10, counter.statements
+        assert not any(s.lstrip().upper().startswith("SELECT") for s in counter.statements), counter.statements
+    finally:
+        config.reset()
+
+
+@pytest.mark.postgres
+def test_a_guarded_llm_call_is_two_round_trips_on_postgres(pg_url: str) -> None:
+    config.configure(database=pg_url, lease_seconds=5.0)
+    with LLMServer() as llm:
+        llm.responder = lambda r: Reply("fine", output_tokens=2)
+        client = openai.OpenAI(base_url=llm.openai_url, api_key="t", max_retries=0)
+        trips: list[int] = []
+        store = config.get_store()
+
+        def call(i: int) -> None:
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": f"q{i}"}], max_tokens=20
+            )
+
+        @wflo.workflow(name="tests.roundtrips.guarded", budget=wflo.Budget(usd="10"))
+        def guarded() -> None:
+            call(0)  # warm
+            with counting(store) as counter:
+                for i in range(1, 4):
+                    counter.on, counter.trips = True, 0
+                    call(i)
+                    counter.on = False
+                    trips.append(counter.trips)
+
+        try:
+            guarded()
+        finally:
+            client.close()
+            config.reset()
+    # The reservation (wflo_reserve); the call's event with its settlement (pipelined).
+    assert trips == [2, 2, 2]
+
+
+def test_an_append_that_lost_its_lease_writes_nothing_ops_included(wflo_store: Store) -> None:
+    store = wflo_store
+    run, _ = store.create_run(run_id="r-fence", workflow="w", input={}, owner="a", lease_seconds=30)
+    head = Head(run.last_seq, run.last_hash)
+    answers: list[Any] = []
+
+    def op(cur: Any) -> Any:
+        store.execute(cur, "INSERT INTO payloads (run_id, call_id, body) VALUES (?, ?, ?)", ("r-fence", "1", "x"))
+        return lambda: answers.append("then")
+
+    with pytest.raises(LeaseLost):
+        store.append("r-fence", head, [NewEvent("call.completed", {"call": "1"})], owner="b", ops=[op])
+    assert answers == []
+    assert store.read("SELECT count(*) FROM payloads WHERE run_id = ?", ("r-fence",))[0][0] == 0
+    assert [e.type for e in store.events("r-fence")] == ["run.created", "run.started"]
+    # The connection is fine afterwards; the holder appends, its op's answer is read after commit.
+    new = store.append("r-fence", head, [NewEvent("call.completed", {"call": "1"})], owner="a", ops=[op])
+    assert new.seq == head.seq + 1
+    assert answers == ["then"]
+    assert store.read("SELECT count(*) FROM payloads WHERE run_id = ?", ("r-fence",))[0][0] == 1
+    # A stale head is refused too, even by the holder.
+    with pytest.raises(LeaseLost):
+        store.append("r-fence", head, [NewEvent("call.failed", {"call": "2"})], owner="a")
+
+
+def test_an_ops_error_rolls_the_append_back(wflo_store: Store) -> None:
+    store = wflo_store
+    run, _ = store.create_run(run_id="r-op", workflow="w", input={}, owner="a", lease_seconds=30)
+    head = Head(run.last_seq, run.last_hash)
+
+    def bad(cur: Any) -> None:
+        store.execute(cur, "INSERT INTO no_such_table VALUES (1)")
+
+    with pytest.raises(Exception, match="no_such_table"):
+        store.append("r-op", head, [NewEvent("x", {})], owner="a", ops=[bad])
+    assert store.get_run("r-op").last_seq == head.seq
+    assert store.append("r-op", head, [NewEvent("x", {})], owner="a").seq == head.seq + 1
+
+
+def test_finish_wait_and_release_through_the_one_statement_append(wflo_store: Store) -> None:
+    store = wflo_store
+    run, _ = store.create_run(run_id="r-proj", workflow="w", input={}, owner="a", lease_seconds=30)
+    head = store.append(
+        "r-proj", Head(run.last_seq, run.last_hash), [NewEvent("run.waiting", {})], owner="a",
+        status="waiting", release=True, wake_at="2999-01-01T00:00:00.000000Z",
+    )  # fmt: skip
+    got = store.get_run("r-proj")
+    assert (got.status, got.lease_owner, got.lease_expires_at, got.wake_at) == (
+        "waiting", None, None, "2999-01-01T00:00:00.000000Z",
+    )  # fmt: skip
+    # An earlier wake-up wins over a later one.
+    store.set_wake("r-proj", "2000-01-01T00:00:00.000000Z")
+    head = store.append("r-proj", head, [NewEvent("x", {})], owner=None, wake_at="2999-01-01T00:00:00.000000Z")
+    assert store.get_run("r-proj").wake_at == "2000-01-01T00:00:00.000000Z"
+    store.append("r-proj", head, [NewEvent("run.failed", {})], owner=None, status="failed",
+                 error={"type": "E"}, finish=True)  # fmt: skip
+    got = store.get_run("r-proj")
+    assert (got.status, got.error, got.output, got.wake_at) == ("failed", {"type": "E"}, None, None)
+    assert got.finished_at is not None
+
+
+def test_a_run_created_at_once_by_many_threads_is_created_once(store_url: str) -> None:
+    with open_store(store_url) as store:
+        results: list[tuple[Any, bool]] = []
+        barrier = threading.Barrier(6)
+
+        def go(i: int) -> None:
+            barrier.wait()
+            results.append(store.create_run(run_id="r-once", workflow="w", input={"i": i}, owner=f"o{i}"))
+
+        threads = [threading.Thread(target=go, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(created for _, created in results) == [False] * 5 + [True]
+        winner = next(run for run, created in results if created)
+        assert {run.id for run, _ in results} == {"r-once"}
+        assert all(run.lease_owner == winner.lease_owner for run, _ in results)
+        assert [e.type for e in store.events("r-once")] == ["run.created", "run.started"]
+        assert winner.lease_expires_at is not None and winner.lease_expires_at > winner.created_at
+
+
+def test_a_queued_run_has_no_lease(store_url: str) -> None:
+    with open_store(store_url) as store:
+        run, created = store.create_run(run_id="r-q", workflow="w", input=[1])
+        assert created and (run.status, run.lease_owner, run.lease_expires_at, run.attempts) == (
+            "queued", None, None, 0,
+        )  # fmt: skip
+        assert run == store.get_run("r-q")
+
+
+def test_ops_that_read_answers_see_them_inside_the_append(wflo_store: Store) -> None:
+    """An op that decides on ``rowcount`` or a fetched row sees the real value, pipelined or not."""
+    store = wflo_store
+    run, _ = store.create_run(run_id="r-answers", workflow="w", input={}, owner="a", lease_seconds=30)
+    seen: list[Any] = []
+
+    def op(cur: Any) -> None:
+        store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", ("r-answers",))
+        seen.append(cur.rowcount)
+        store.execute(cur, "INSERT INTO payloads (run_id, call_id, body) VALUES (?, ?, ?)", ("r-answers", "1", "x"))
+        store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", ("r-answers",))
+        seen.append(cur.rowcount)
+        seen.append(store.execute(cur, "SELECT COUNT(*) FROM payloads WHERE run_id = ?", ("r-answers",)).fetchone()[0])
+
+    store.append("r-answers", Head(run.last_seq, run.last_hash), [NewEvent("x", {})], owner="a", ops=[op])
+    assert seen == [0, 1, 0]
