@@ -26,7 +26,7 @@ def wipe(table: str) -> str:
     return f"wiped {table}"
 
 
-@wflo.workflow(name="research")
+@wflo.workflow(name="grants-research")
 def research(key: str) -> list[Any]:
     out: list[Any] = []
     for _ in range(3):
@@ -55,14 +55,14 @@ def test_require_tool_grants_refuses_an_ungranted_tool_and_journals_it(configure
     handle = research.start("a")
     _serve()
     out = handle.result(timeout=5)
-    assert all(o.startswith("refused: tool 'lookup' is not granted to workflow:research") for o in out), out
+    assert all(o.startswith("refused: tool 'lookup' is not granted to workflow:grants-research") for o in out), out
     failed = [e.data for e in handle.events() if e.type == "call.failed"]
     assert len(failed) == 3 and failed[0]["error"]["type"] == "ToolRefused" and failed[0]["grant"] is None
 
 
 def test_a_grant_lets_it_through_with_max_calls_per_run(configured: str) -> None:
     _config.configure(database=configured, require_tool_grants=True)
-    g = grant("lookup", "workflow:research", max_calls=2)
+    g = grant("lookup", "workflow:grants-research", max_calls=2)
     assert g.max_calls == 2 and g.granted_by.startswith("user:")
     out = research.run("a")
     assert out[:2] == ["A", "A"] and "allows 2 call(s)" in out[2]
@@ -70,7 +70,7 @@ def test_a_grant_lets_it_through_with_max_calls_per_run(configured: str) -> None
     store = _config.get_store()
     kinds = [(e.type, e.data.get("tool")) for e in store.events("system")]
     assert ("tool.granted", "lookup") in kinds
-    assert revoke("lookup", "workflow:research") is True
+    assert revoke("lookup", "workflow:grants-research") is True
     assert grants() == []
     assert research.run("a")[0].startswith("refused:")
     assert [e.type for e in store.events("system")][-1] == "tool.revoked"
