@@ -36,7 +36,7 @@ from .audit._content import add_redactor
 from .cost._api import budgets
 from .cost._ledger import Budget
 from .cost._prices import prices
-from .engine import RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
+from .engine import Queue, RunHandle, Step, Worker, Workflow, current_run, resume, step, workflow
 from .guards import LoopGuard, RetryPolicy
 from .guards._policies import policies
 from .integrations._egress import egress
@@ -59,6 +59,7 @@ __all__ = [
     "LoopDetectedError",
     "LoopGuard",
     "NonDeterminismError",
+    "Queue",
     "RateLimitedError",
     "ResultTimeoutError",
     "RetryPolicy",

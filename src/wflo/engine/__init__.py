@@ -3,6 +3,7 @@
 from ._boundary import NOT_REPLAYED, Call, Guard, Outcome, aguarded_call, finish_call, guarded_call, start_call
 from ._context import JournalEntry, RunContext, current_run
 from ._executor import add_finish_op, add_guard_factory, add_resume_hook, process_owner
+from ._queues import Queue, declared_queues
 from ._worker import Worker
 from ._workflow import (
     BoundWorkflow,
@@ -25,6 +26,7 @@ __all__ = [
     "JournalEntry",
     "NOT_REPLAYED",
     "Outcome",
+    "Queue",
     "RunContext",
     "RunHandle",
     "RunOptions",
@@ -37,6 +39,7 @@ __all__ = [
     "add_resume_hook",
     "aguarded_call",
     "current_run",
+    "declared_queues",
     "finish_call",
     "get_workflow",
     "guarded_call",

@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
 from .._errors import ConfigurationError, StoreUnavailableError
 from ._base import Store
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
-
-_CLAIM_NEXT = """
-SELECT id FROM runs
-WHERE (status = 'queued'
-       OR (status = 'running' AND (lease_owner IS NULL OR lease_expires_at < ?))
-       OR (status = 'waiting' AND lease_owner IS NULL AND wake_at IS NOT NULL AND wake_at <= ?))
-  /*WORKFLOWS*/
-ORDER BY created_at
-LIMIT 1
-FOR UPDATE SKIP LOCKED
-"""
 
 
 def _psycopg() -> Any:
@@ -47,14 +35,13 @@ class PostgresStore(Store):
     dialect = "postgresql"
     placeholder = "%s"
     for_update = " FOR UPDATE"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(
         self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, pool_timeout: float = DEFAULT_POOL_TIMEOUT
     ) -> None:
         super().__init__(url, pool_size=pool_size, pool_timeout=pool_timeout)
         self._psycopg = _psycopg()
-        self._listen_conn: Any = None
-        self._listen_lock = threading.Lock()
 
     def _kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
@@ -84,9 +71,6 @@ class PostgresStore(Store):
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN")
 
-    def _claim_next_sql(self) -> str:
-        return _CLAIM_NEXT
-
     def _is_disconnect(self, error: BaseException) -> bool:
         psycopg = self._psycopg
         return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
@@ -101,37 +85,23 @@ class PostgresStore(Store):
     def _lock_chain_head(self, cur: Any, chain: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(7412002, hashtext(%s))", (chain,))
 
+    def _lock_queue(self, cur: Any, queue: str) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(7412003, hashtext(%s))", (queue,))
+
     def _notify(self, cur: Any, channel: str, payload: str) -> None:
         cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
-    def wait_for_notification(self, timeout: float) -> bool:
-        """Block until a NOTIFY on ``wflo_runs`` arrives or ``timeout`` passes."""
-        with self._listen_lock:
-            if self._listen_conn is None or self._listen_conn.closed:
-                try:
-                    self._listen_conn = self._connect()
-                    self._listen_conn.execute("LISTEN wflo_runs")
-                except Exception:
-                    self._listen_conn = None
-                    return super().wait_for_notification(timeout)
-            conn = self._listen_conn
-        try:
-            got = False
-            for _ in conn.notifies(timeout=timeout, stop_after=1):
-                got = True
-            return got
-        except self._psycopg.Error:
-            with self._listen_lock:
-                self._listen_conn = None
-            return False
+    def _open_watch(self) -> Any:
+        conn = self._connect()
+        conn.execute("LISTEN wflo_runs")
+        return conn
 
-    def close(self) -> None:
-        with self._listen_lock:
-            if self._listen_conn is not None:
-                with contextlib.suppress(Exception):
-                    self._listen_conn.close()
-                self._listen_conn = None
-        super().close()
+    def _watch(self, watch: Any, timeout: float) -> list[str | None]:
+        return [n.payload for n in watch.notifies(timeout=timeout, stop_after=1)]
+
+    def _close_watch(self, watch: Any) -> None:
+        if watch is not None:
+            watch.close()
 
 
 class _PsycopgPool:
