@@ -546,10 +546,17 @@ class Store(Connections):
 
     def set_wake(self, run_id: str, wake_at: str) -> None:
         """Make a waiting run claimable at ``wake_at`` (now: at once)."""
-        self._retrying(lambda: self._write(
-            "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')", (wake_at, run_id)
-        ))  # fmt: skip
-        self._retrying(self._notify_now)
+
+        def go() -> None:
+            with self._tx() as cur:
+                self.execute(
+                    cur,
+                    "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')",
+                    (wake_at, run_id),
+                )
+                self._notify(cur, "wflo_runs", run_id)  # delivered at commit, one round trip less
+
+        self._retrying(go)
 
     def _notify_now(self) -> None:
         with self._tx() as cur:

@@ -67,7 +67,7 @@ def claim_next(
     names = [q.name for q in rules]
     # Runs of a queue this worker does not know are not its to take: it cannot hold their limits.
     q_sql = " AND (queue IS NULL" + (f" OR queue IN ({', '.join('?' * len(names))})" if names else "") + ")"
-    scope = _Scope(wf_sql, wf_params, wf_sql + q_sql, wf_params + names, {q.name: q for q in rules})
+    scope = _Scope(wf_sql, wf_params, wf_sql + q_sql, wf_params + names, {q.name: q for q in rules}, [])
     turn = next(_turn)
 
     if store.claim_outside_lock:
@@ -89,9 +89,10 @@ def claim_next(
             run_id = _find(store, cur, scope, clock, turn, lock=True)
             if run_id is None:
                 return None
-            # The clock again: the queue's lock may have been waited for, and started_at is
-            # when the run really got its place (a finished run's place, perhaps, freed since).
-            clock = store._clock(cur)
+            if scope.locked:
+                # The clock again: the queue's lock may have been waited for, and started_at is
+                # when the run really got its place (a finished run's place, perhaps, freed since).
+                clock = store._clock(cur)
             now = iso(clock)
             store.execute(
                 cur,
@@ -112,6 +113,7 @@ class _Scope:
     sql: str  # ... and only runs of no queue or of a queue it knows
     params: list[Any]
     rules: dict[str, QueueRule]
+    locked: list[str]  # the queues whose lock this claim took (filled by ``_room``)
 
 
 def _one(store: Store, cur: Any, sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
@@ -142,7 +144,7 @@ def _find(store: Store, cur: Any, scope: _Scope, clock: datetime, turn: int, *, 
     )
     for run_id, queue, partition in cur.fetchall():
         rule = scope.rules.get(queue) if queue is not None else None
-        if rule is None or _room(store, cur, rule, clock, partition, lock=lock, starting=False):
+        if rule is None or _room(store, cur, scope, rule, clock, partition, lock=lock, starting=False):
             return str(run_id)
 
     order = [None, *sorted(scope.rules)]
@@ -168,7 +170,21 @@ def _queued(
         )
         return None if row is None else str(row[0])
     rule = scope.rules[queue]
-    if rule.limited and not _room(store, cur, rule, clock, None, lock=lock, starting=True):
+    if rule.concurrency is None and rule.rate_limit is None:
+        # No queue-wide limit: the head of the queue is taken without the queue's lock unless
+        # its partition key limits it (many workers then claim side by side, as from no queue).
+        row = _one(
+            store,
+            cur,
+            f"SELECT id, partition_key FROM runs WHERE status = 'queued' AND queue = ?{wf_sql} "
+            f"ORDER BY priority DESC, created_at LIMIT 1{skip}",
+            [queue, *wf_params],
+        )
+        if row is None:
+            return None
+        if row[1] is None or rule.per_partition is None:
+            return str(row[0])
+    if rule.limited and not _room(store, cur, scope, rule, clock, None, lock=lock, starting=True):
         return None
     full_sql, full_params = "", []
     if rule.per_partition is not None:
@@ -193,11 +209,20 @@ def _queued(
 
 
 def _room(
-    store: Store, cur: Any, rule: QueueRule, clock: datetime, partition: str | None, *, lock: bool, starting: bool
+    store: Store,
+    cur: Any,
+    scope: _Scope,
+    rule: QueueRule,
+    clock: datetime,
+    partition: str | None,
+    *,
+    lock: bool,
+    starting: bool,
 ) -> bool:
     """Whether ``rule``'s queue may take one more run now (one of ``partition``, if given)."""
     if lock:
         store._lock_queue(cur, rule.name)
+        scope.locked.append(rule.name)
     if rule.concurrency is not None:
         row = _one(store, cur, "SELECT COUNT(*) FROM runs WHERE status = 'running' AND queue = ?", (rule.name,))
         if row is not None and int(row[0]) >= rule.concurrency:
