@@ -133,3 +133,33 @@ def test_result_waits_on_changes_not_a_poll(configured: str) -> None:
     late = time.monotonic() - done_at[0]
     store.close()
     assert late < 0.15, late
+
+
+def test_the_change_feed_survives_a_terminated_listen_connection(pg_url: str) -> None:
+    """PostgreSQL drops the LISTEN connection (a restart, pg_terminate_backend): waiters are
+    woken to look again, the feed listens anew, and later notifications arrive."""
+    import uuid
+
+    import psycopg
+
+    name = f"wflo-feed-{uuid.uuid4().hex[:8]}"
+    store = open_store(f"{pg_url}&application_name={name}")
+    try:
+        with store.changes("run-x") as waiter:
+            time.sleep(0.3)  # the feed's thread is listening
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = %s AND query = 'LISTEN wflo_runs'",
+                    (name,),
+                ).fetchall()
+            assert killed == [(True,)]
+            assert waiter.wait(5.0)  # told to look again
+            time.sleep(0.5)  # listening again
+            waiter.wait(0)
+            store.set_wake("run-x", now_iso())  # no such run: only the notification matters
+            t0 = time.monotonic()
+            assert waiter.wait(5.0)
+            assert time.monotonic() - t0 < 0.5
+    finally:
+        store.close()
