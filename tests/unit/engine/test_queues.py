@@ -223,3 +223,19 @@ def test_claim_queries_read_only_active_runs(sqlite_url: str) -> None:
         if "status =" in sql:
             assert "runs_queue_started" not in plan, (sql, plan)
     store.close()
+
+
+def test_a_worker_can_serve_only_some_queues(configured: str) -> None:
+    mine, theirs = wflo.Queue("mine"), wflo.Queue("theirs")
+
+    @wflo.workflow(name="q.pick")
+    def pick(i: int) -> int:
+        return i
+
+    a = pick.options(queue=mine).start(1)
+    b = pick.options(queue="theirs").start(2)
+    c = pick.start(3)  # no queue: every worker serves it
+    assert Worker(concurrency=2, queues=[mine]).run(idle_timeout=0.3) == 2
+    assert (a.status(), b.status(), c.status()) == ("succeeded", "queued", "succeeded")
+    assert Worker(concurrency=2, queues=[theirs]).run(max_runs=1, idle_timeout=2) == 1
+    assert b.result(timeout=5) == 2
