@@ -16,7 +16,7 @@ import wflo
 # ``wflo.ext`` the interface for integration, guard and tool authors.
 PINNED: dict[str, set[str]] = {
     "wflo": {
-        "Approval", "ApprovalRejected", "Budget", "BudgetExceededError", "LoopDetectedError", "LoopGuard",
+        "Approval", "ApprovalRejected", "Budget", "BudgetExceededError", "LoopDetectedError", "LoopGuard", "Queue",
         "RetryPolicy", "RunFailedError", "RunHandle", "Sandbox", "UserError", "WfloError", "approval", "approvals",
         "budgets", "configure", "egress", "init", "policies", "resume", "scope", "step", "tool", "workflow", "wrap"
     },
@@ -51,9 +51,10 @@ PINNED: dict[str, set[str]] = {
     },
     "wflo.demo": {"run_demo"},
     "wflo.engine": {
-        "BoundWorkflow", "Call", "Guard", "JournalEntry", "NOT_REPLAYED", "Outcome", "RunContext", "RunHandle",
+        "BoundWorkflow", "Call", "Guard", "JournalEntry", "NOT_REPLAYED", "Outcome", "Queue", "RunContext", "RunHandle",
         "RunOptions", "Step", "StepOptions", "ToolOptions", "Worker", "Workflow", "WorkflowOptions", "add_cancel_hook",
         "add_finish_op", "add_guard_factory", "add_resume_hook", "aguarded_call", "check_options", "current_run",
+        "declared_queues",
         "finish_call", "get_workflow", "guarded_call", "module_for_file", "owner_is_dead_here", "process_owner",
         "registered_workflows", "resume", "start_call", "step", "workflow"
     },

@@ -25,7 +25,7 @@ from ._init import init
 from ._scope import scope
 from .approvals import Approval, approval, approvals
 from .cost import Budget, budgets
-from .engine import RunHandle, resume, step, workflow
+from .engine import Queue, RunHandle, resume, step, workflow
 from .guards import LoopGuard, RetryPolicy, policies
 from .integrations import egress, wrap
 from .sandbox import Sandbox
@@ -40,6 +40,7 @@ __all__ = [
     "BudgetExceededError",
     "LoopDetectedError",
     "LoopGuard",
+    "Queue",
     "RetryPolicy",
     "RunFailedError",
     "RunHandle",

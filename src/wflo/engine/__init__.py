@@ -4,6 +4,7 @@ from ._boundary import NOT_REPLAYED, Call, Guard, Outcome, aguarded_call, finish
 from ._context import JournalEntry, RunContext, current_run
 from ._executor import add_finish_op, add_guard_factory, add_resume_hook, owner_is_dead_here, process_owner
 from ._options import StepOptions, ToolOptions, WorkflowOptions, check_options
+from ._queues import Queue, declared_queues
 from ._worker import Worker
 from ._workflow import (
     BoundWorkflow,
@@ -27,6 +28,7 @@ __all__ = [
     "JournalEntry",
     "NOT_REPLAYED",
     "Outcome",
+    "Queue",
     "RunContext",
     "RunHandle",
     "RunOptions",
@@ -43,6 +45,7 @@ __all__ = [
     "aguarded_call",
     "check_options",
     "current_run",
+    "declared_queues",
     "finish_call",
     "get_workflow",
     "guarded_call",

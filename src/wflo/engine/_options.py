@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # runtime checks resolve these lazily: cost and guards import
     from ..cost import Budget
     from ..guards import LoopGuard, RetryPolicy
     from ..tools import Capabilities, Effects
+    from ._queues import Queue
 
 
 # To add an option: one field below (type, default) with a docstring under it; it is checked
@@ -49,13 +50,15 @@ class WorkflowOptions:
     """What a detected loop does: stop the run, or pause it for a person to decide."""
     agent: str | None = None
     """The agent's name, recorded on the run's spans (``gen_ai.agent.name``)."""
+    queue: Queue | str | None = None
+    """The named queue its runs start on (a ``wflo.Queue`` or its name; default: none)."""
 
     def run_options(self) -> dict[str, Any]:
         """Options stored with each run (only those set away from their default)."""
         options: dict[str, Any] = {"serializer": self.serializer}
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            if field.name in ("name", "serializer") or value == field.default:
+            if field.name in ("name", "serializer", "queue") or value == field.default:  # queue: a column
                 continue
             to_options = getattr(value, "to_run_options", None)
             if to_options is not None:
@@ -134,8 +137,9 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
     from ..cost import Budget
     from ..guards import LoopGuard, RetryPolicy
     from ..tools import Capabilities, Effects
+    from ._queues import Queue
 
-    names = {"Approval": Approval, "Budget": Budget, "LoopGuard": LoopGuard, "RetryPolicy": RetryPolicy,
+    names = {"Queue": Queue, "Approval": Approval, "Budget": Budget, "LoopGuard": LoopGuard, "RetryPolicy": RetryPolicy,
              "Capabilities": Capabilities, "Effects": Effects}  # fmt: skip
     return typing.get_type_hints(cls, localns=names)
 

@@ -8,13 +8,17 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 
 from .._config import get_store, settings
 from .._errors import LeaseLost, WfloInterrupt
-from ..store import RunRecord, Store
+from ..store import RunRecord, Store, parse_iso
+from ..store._claim import QueueRule
 from ._executor import execute
+from ._queues import Queue, check_declared, declared_queues, queue_name
 from ._workflow import get_workflow, registered_workflows
 
 log = logging.getLogger("wflo.worker")
@@ -26,13 +30,17 @@ class Worker:
     Several workers (processes, machines) can share one store: a run is claimed under a
     lease, renewed by heartbeats; a dead worker's runs become claimable when its lease
     expires. On PostgreSQL claiming uses ``FOR UPDATE SKIP LOCKED`` and idle workers wake on
-    ``LISTEN/NOTIFY``; on SQLite they poll every ``poll_interval`` seconds.
+    ``LISTEN/NOTIFY``; on SQLite on a commit seen by the store's change feed (``_feed``),
+    within about 10 ms. Either way they look again every ``poll_interval`` seconds (expired
+    leases) and when the next timer is due.
 
     Args:
         concurrency: runs executed at once (threads).
         workflows: names to serve (default: every workflow imported in this process).
         store: the store (default: the configured one).
         on_event: called with ``(kind, run)`` for ``claimed``/``finished``/``failed`` (progress output).
+        queues: the named queues (``wflo.Queue`` or names) whose runs to take, besides runs
+            of no queue (default: every queue declared in this process).
     """
 
     def __init__(
@@ -42,6 +50,7 @@ class Worker:
         workflows: Sequence[str] | None = None,
         store: Store | None = None,
         on_event: Callable[[str, RunRecord], None] | None = None,
+        queues: Sequence[str | Queue] | None = None,
     ) -> None:
         self.concurrency = max(1, concurrency)
         self.workflows = list(workflows) if workflows else None
@@ -52,6 +61,23 @@ class Worker:
         self._active: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self.completed = 0
+        self.queues = None if queues is None else [queue_name(q, where="Worker") or "" for q in queues]
+        for name in self.queues or ():
+            check_declared(name)
+        self._queue_of: dict[str, str | None] = {}  # active run id -> its queue
+
+    def _rules(self) -> list[QueueRule]:
+        """The queues to claim from now: those served, less those at their worker_concurrency."""
+        declared = declared_queues()
+        names = self.queues if self.queues is not None else sorted(declared)
+        with self._lock:
+            busy = Counter(self._queue_of.values())
+        rules = []
+        for name in names:
+            queue = declared[name]
+            if queue.worker_concurrency is None or busy[name] < queue.worker_concurrency:
+                rules.append(queue.rule())
+        return rules
 
     def stop(self) -> None:
         """Ask the loop to stop claiming; runs in progress finish first."""
@@ -69,7 +95,10 @@ class Worker:
 
         cfg = settings()
         idle_since = time.monotonic()
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="wflo-run") as pool:
+        # Held across the loop: a change committed between a claim that found nothing and the
+        # wait below is not missed (the wait returns at once).
+        changes = self.store.changes()
+        with changes, ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="wflo-run") as pool:
             while not self._stop.is_set():
                 run_schedule(self.store, background=True)  # no-op unless compliance_schedule is set
                 if max_runs is not None and self.completed >= max_runs:
@@ -81,7 +110,7 @@ class Worker:
                     names = self._names()
                     if names:
                         try:
-                            claimed = self.store.claim_next(self.owner, cfg.lease_seconds, names)
+                            claimed = self.store.claim_next(self.owner, cfg.lease_seconds, names, self._rules())
                         except Exception as exc:
                             log.warning("wflo worker: claiming failed: %s", exc)
                 if claimed is not None:
@@ -102,12 +131,22 @@ class Worker:
                 if busy and free <= 0:
                     time.sleep(0.01)
                 else:
-                    self.store.wait_for_notification(cfg.poll_interval)
+                    changes.wait(self._idle_wait(cfg.poll_interval))
             with self._lock:
                 pending = list(self._active.values())
             for fut in pending:
                 fut.result()
         return self.completed
+
+    def _idle_wait(self, poll: float) -> float:
+        """How long to wait for a change: ``poll`` at most, less if a timer is due sooner."""
+        try:
+            wake = self.store.next_wake()
+        except Exception:
+            return poll
+        if wake is None:
+            return poll
+        return max(0.0, min(poll, (parse_iso(wake) - datetime.now(UTC)).total_seconds() + 0.001))
 
     def _submit(self, pool: ThreadPoolExecutor, record: RunRecord) -> None:
         if self.on_event:
@@ -115,6 +154,7 @@ class Worker:
         # Submit and register under the lock: the run's own clean-up (which takes the lock)
         # cannot run before it is registered, even if it finishes at once.
         with self._lock:
+            self._queue_of[record.id] = record.queue
             self._active[record.id] = pool.submit(self._execute, record)
 
     def _notify(self, kind: str, run_id: str) -> None:
@@ -139,6 +179,7 @@ class Worker:
         finally:
             with self._lock:
                 self._active.pop(record.id, None)
+                self._queue_of.pop(record.id, None)
 
     def _run_one(self, record: RunRecord) -> str:
         """Execute one run; ``finished``, ``failed``, or ``""`` when another worker has it now."""

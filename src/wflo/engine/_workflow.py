@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
 
 from .._config import get_store, settings
@@ -24,11 +25,12 @@ from .._errors import (
     UserError,
 )
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
-from ..store import Event, NewEvent, RunRecord, Store, new_id, now_iso
+from ..store import Event, NewEvent, RunRecord, Store, new_id, now_iso, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import _call_path, current_run
 from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, process_owner
 from ._options import StepOptions, WorkflowOptions, check_options
+from ._queues import Queue, queue_name, queue_placement
 from ._serialize import check_serializer, decode, encode
 
 if TYPE_CHECKING:
@@ -106,6 +108,12 @@ class RunOptions:
     """W3C ``traceparent`` of the caller's span (e.g. the incoming request's header): every
     stretch's root span links to it. Default: the OpenTelemetry span current at the start
     (a child run: its parent run's root); ``""`` for no link."""
+    queue: Any = None
+    """A ``wflo.Queue`` (or its name) to start the run on, instead of the workflow's own."""
+    priority: int = 0
+    """Within its queue, a run with a higher priority is started first (then the oldest)."""
+    partition_key: str | None = None
+    """Runs of one queue with the same key execute one at a time (``Queue.per_partition``)."""
 
 
 class Workflow(Generic[P, R]):
@@ -118,6 +126,7 @@ class Workflow(Generic[P, R]):
         self.name = self.config.name or _qualname(fn)
         self.serializer = check_serializer(self.config.serializer)
         self.is_async = is_async_callable(fn)
+        self.queue = queue_name(self.config.queue, where=f"workflow {self.name!r}")
         functools.update_wrapper(self, fn)
         with _registry_lock:
             existing = _registry.get(self.name)
@@ -201,6 +210,7 @@ class BoundWorkflow(Generic[P, R]):
         record, created = store.create_run(
             run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
             tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds, options=options,
+            **queue_placement(self.opts, wf.queue, wf.name),
         )  # fmt: skip
         if parent is None:
             note_on_caller(record.id, wf.name)
@@ -309,15 +319,23 @@ def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended
             f"wflo: decide with `wflo approve {wait['approval_id']}` or `wflo reject {wait['approval_id']} --reason ...`"
         )
     print("\n".join(lines), file=sys.stderr, flush=True)
-    while True:
-        record = store.get_run(run_id)
-        if record.done:
-            return record
-        if record.status == "waiting" and record.wake_at is not None and record.wake_at <= now_iso():
-            claimed = store.claim(run_id, owner, settings().lease_seconds)
-            if claimed.lease_owner == owner:
-                return claimed
-        time.sleep(settings().poll_interval)
+    with store.changes(run_id) as changes:
+        while True:
+            record = store.get_run(run_id)
+            if record.done:
+                return record
+            if record.status == "waiting" and record.wake_at is not None and record.wake_at <= now_iso():
+                claimed = store.claim(run_id, owner, settings().lease_seconds)
+                if claimed.lease_owner == owner:
+                    return claimed
+            changes.wait(_until(record.wake_at, settings().poll_interval))
+
+
+def _until(wake_at: str | None, poll: float) -> float:
+    """Seconds to wait for a change: ``poll`` at most, less if ``wake_at`` comes sooner."""
+    if wake_at is None:
+        return poll
+    return max(0.0, min(poll, (parse_iso(wake_at) - datetime.now(UTC)).total_seconds() + 0.001))
 
 
 def _result_of(record: RunRecord) -> Any:
@@ -382,29 +400,30 @@ class RunHandle:
         Raises ``ResultTimeoutError`` when ``timeout`` seconds pass first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            record = self.record()
-            if record.done:
-                return _result_of(record)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeoutError(run_id=self.id, timeout=timeout, status=record.status)
-            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
-            delay = min(delay * 2, 0.25)
+        # Woken by the run's final commit (LISTEN/NOTIFY, or SQLite's change feed); the
+        # timeout only bounds a missed notification (a reconnect).
+        with self.store.changes(self.id) as changes:
+            while True:
+                record = self.record()
+                if record.done:
+                    return _result_of(record)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ResultTimeoutError(run_id=self.id, timeout=timeout, status=record.status)
+                pause = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+                changes.wait(pause)
 
     async def aresult(self, timeout: float | None = None) -> Any:
         """Async ``result``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            record = self.record()
-            if record.done:
-                return _result_of(record)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ResultTimeoutError(run_id=self.id, timeout=timeout, status=record.status)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.25)
+        with self.store.changes(self.id) as changes:
+            while True:
+                record = await asyncio.to_thread(self.record)
+                if record.done:
+                    return _result_of(record)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ResultTimeoutError(run_id=self.id, timeout=timeout, status=record.status)
+                pause = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
+                await asyncio.to_thread(changes.wait, pause)
 
 
 def resume(run_id: str, *, wait: bool = True) -> Any:
@@ -546,6 +565,7 @@ def workflow(
     guards: LoopGuard | Literal[False] | None = ...,
     on_loop: Literal["stop", "pause"] = ...,
     agent: str | None = ...,
+    queue: Queue | str | None = ...,
 ) -> Callable[[Callable[P, R]], Workflow[P, R]]: ...
 def workflow(fn: Any = None, /, **options: Any) -> Any:
     """Make a function a durable workflow: ``@wflo.workflow`` or ``@wflo.workflow(name=...)``.

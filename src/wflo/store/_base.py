@@ -12,8 +12,8 @@ change in one transaction.
 
 from __future__ import annotations
 
-import abc
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -21,7 +21,9 @@ from typing import Any, TypeVar
 
 from .._errors import LeaseLost, RunNotFoundError, SchemaVersionError
 from ._chain import GENESIS, canonical_json, link_hash
+from ._claim import QueueRule, claim_next
 from ._conn import Connections
+from ._feed import ChangeFeed, Waiter
 from ._migrations import MIGRATIONS, SCHEMA_VERSION
 from ._records import (
     RUN_COLUMNS,
@@ -64,9 +66,15 @@ class Store(Connections):
     dialect: str = "abstract"
 
     # ----------------------------------------------------------------- dialect hooks
-    @abc.abstractmethod
-    def _claim_next_sql(self) -> str:
-        """SELECT the id of the next claimable run (``?`` params: now, now)."""
+    skip_locked = ""
+    """Suffix of a claim's candidate query that passes over rows other claimers hold
+    (PostgreSQL ``FOR UPDATE SKIP LOCKED``); SQLite's write lock already excludes them."""
+
+    claim_outside_lock = False
+    """Look for a claimable run before taking the write lock (SQLite: one writer at a time)."""
+
+    def _lock_queue(self, cur: Any, queue: str) -> None:
+        """Make claims of one named queue wait for each other (its limits are counted inside)."""
 
     def _clock(self, cur: Any) -> datetime:
         """Now by the store's clock, read inside the transaction ``cur`` belongs to.
@@ -100,9 +108,46 @@ class Store(Connections):
         """Tell waiting workers that something changed (PostgreSQL NOTIFY); default: nothing."""
 
     def wait_for_notification(self, timeout: float) -> bool:
-        """Block up to ``timeout`` s for a notification; True if one came. Default: sleep."""
+        """Block up to ``timeout`` s for a change by another connection; True if one came.
+
+        A change committed before this call is not seen; a loop that looks, then waits,
+        should hold one ``changes()`` waiter across its looks instead.
+        """
+        with self.changes() as waiter:
+            return waiter.wait(timeout)
+
+    # ----------------------------------------------------------------- change feed
+    def changes(self, key: str | None = None) -> Waiter:
+        """A waiter woken soon after a change that may concern run ``key`` (``None``: any run)
+        is committed by another connection (see ``_feed``). Close it when done."""
+        feed = self._feed
+        if feed is None or feed.pid != os.getpid():
+            with self._pool_lock:
+                if self._feed is None or self._feed.pid != os.getpid():
+                    self._feed = ChangeFeed(self)
+                feed = self._feed
+        return feed.waiter(key)
+
+    _feed: ChangeFeed | None = None
+
+    def _open_watch(self) -> Any:
+        """A connection (or other handle) the change feed watches; default: none."""
+        return None
+
+    def _watch(self, watch: Any, timeout: float) -> list[str | None]:
+        """Block up to ``timeout`` s for changes on ``watch``; their run ids (``None``: unknown)."""
         time.sleep(timeout)
-        return False
+        return []
+
+    def _close_watch(self, watch: Any) -> None:
+        """Let go of what ``_open_watch`` gave."""
+
+    def next_wake(self) -> str | None:
+        """The earliest time a waiting run becomes claimable (``wake_at``), or ``None``."""
+        row = self._fetchone(
+            "SELECT MIN(wake_at) FROM runs WHERE status = 'waiting' AND lease_owner IS NULL AND wake_at IS NOT NULL"
+        )
+        return None if row is None or row[0] is None else str(row[0])
 
     # ----------------------------------------------------------------- schema
     def schema_version(self) -> int:
@@ -271,9 +316,14 @@ class Store(Connections):
         owner: str | None = None,
         lease_seconds: float = 30.0,
         event_data: dict[str, Any] | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        partition_key: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """Create a run (queued, or running under ``owner``); idempotent on ``run_id``.
 
+        A queued run may belong to a named ``queue`` (claimed highest ``priority`` first, one
+        ``partition_key`` at a time, within the queue's limits; see ``_claim``).
         Returns the run and whether this call created it.
         """
         now = now_iso()
@@ -288,7 +338,8 @@ class Store(Connections):
 
         head, rows = self._link(run_id, Head(0, GENESIS), new_events)
         values = (run_id, workflow, status, input_json, parent_id, tenant, options_json, owner, head.seq,
-                  head.hash, 1 if owner else 0, now, now)  # fmt: skip
+                  head.hash, 1 if owner else 0, now, now, queue, priority, partition_key,
+                  now if owner else None)  # fmt: skip
 
         def go() -> tuple[RunRecord, bool]:
             row, created = self._create_run_once(values, rows, lease_seconds if owner is not None else None)
@@ -304,7 +355,8 @@ class Store(Connections):
         """Insert the run and its first events unless the id exists; (its row, created).
 
         ``values``: id, workflow, status, input, parent_id, tenant, options, lease_owner,
-        last_seq, last_hash, attempts, created_at, updated_at. The lease's expiry is read from
+        last_seq, last_hash, attempts, created_at, updated_at, queue, priority, partition_key,
+        started_at. The lease's expiry is read from
         the store's clock here (``lease_seconds`` None: no lease). Written as one statement
         with ``RETURNING``, so the new run is not read back.
         """
@@ -313,13 +365,14 @@ class Store(Connections):
             v = values
             self.execute(
                 cur,
-                f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?, NULL) "
-                f"ON CONFLICT (id) DO NOTHING RETURNING {RUN_COLUMNS}",
+                f"INSERT INTO runs ({RUN_COLUMNS}, queue, priority, partition_key, started_at) "
+                "VALUES (?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) "
+                f"ON CONFLICT (id) DO NOTHING RETURNING {RUN_COLUMNS}, queue",
                 (*v[:8], lease, *v[8:]),
             )
             row = cur.fetchone()
             if row is None:
-                self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (v[0],))
+                self.execute(cur, f"SELECT {RUN_COLUMNS}, queue FROM runs WHERE id = ?", (v[0],))
                 return cur.fetchone(), False
             self._insert_rows(cur, rows)
             if lease_seconds is None:
@@ -485,33 +538,19 @@ class Store(Connections):
         return bool(row[0])
 
     # ----------------------------------------------------------------- leases
-    def claim_next(self, owner: str, lease_seconds: float, workflows: Sequence[str] | None = None) -> RunRecord | None:
-        """Take the lease of the next runnable run: queued, woken, or abandoned by a dead owner."""
+    def claim_next(
+        self,
+        owner: str,
+        lease_seconds: float,
+        workflows: Sequence[str] | None = None,
+        queues: Sequence[QueueRule] | None = None,
+    ) -> RunRecord | None:
+        """Take the lease of the next runnable run: abandoned by a dead owner, woken, or queued.
 
-        def go() -> RunRecord | None:
-            with self._tx() as cur:
-                clock = self._clock(cur)
-                now = iso(clock)
-                sql = self._claim_next_sql()
-                params: list[Any] = [now, now]
-                if workflows:
-                    sql = sql.replace("/*WORKFLOWS*/", f"AND workflow IN ({', '.join('?' * len(workflows))})")
-                    params += list(workflows)
-                self.execute(cur, sql, params)
-                row = cur.fetchone()
-                if row is None:
-                    return None
-                run_id = row[0]
-                self.execute(
-                    cur,
-                    "UPDATE runs SET lease_owner = ?, lease_expires_at = ?, status = 'running', "
-                    "attempts = attempts + 1, wake_at = NULL, updated_at = ? WHERE id = ?",
-                    (owner, iso(clock, lease_seconds), now, run_id),
-                )
-                self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
-                return RunRecord.from_row(cur.fetchone())
-
-        return self._retrying(go)
+        Only runs of ``workflows`` (default: any) and of no queue or one of ``queues`` are
+        taken; a named queue's limits are checked in the claiming transaction (see ``_claim``).
+        """
+        return claim_next(self, owner, lease_seconds, workflows, queues)
 
     def claim(self, run_id: str, owner: str, lease_seconds: float) -> RunRecord:
         """Take the lease of one run if it is free, expired (by the store's clock), or already ours."""
@@ -616,10 +655,17 @@ class Store(Connections):
 
     def set_wake(self, run_id: str, wake_at: str) -> None:
         """Make a waiting run claimable at ``wake_at`` (now: at once)."""
-        self._retrying(lambda: self._write(
-            "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')", (wake_at, run_id)
-        ))  # fmt: skip
-        self._retrying(self._notify_now)
+
+        def go() -> None:
+            with self._tx() as cur:
+                self.execute(
+                    cur,
+                    "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')",
+                    (wake_at, run_id),
+                )
+                self._notify(cur, "wflo_runs", run_id)  # delivered at commit, one round trip less
+
+        self._retrying(go)
 
     def _notify_now(self) -> None:
         with self._tx() as cur:
@@ -632,6 +678,12 @@ class Store(Connections):
 
     def ping(self) -> None:
         self._fetchone("SELECT 1")
+
+    def close(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is not None and feed.pid == os.getpid():
+            feed.close()
+        super().close()
 
     def __enter__(self) -> Store:
         return self

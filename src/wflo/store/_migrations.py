@@ -732,6 +732,24 @@ END""",
     },
 )
 
+# Queues and claiming (issue 20): a run may belong to a named queue, with a priority and a
+# partition key; ``started_at`` is when a worker first took it (rate limits, enqueue→start).
+# Partial indexes hold only active runs, so claiming costs the same with a million finished
+# runs as with a thousand.
+M016_QUEUES_CLAIM = Migration(
+    "m016_queues_claim",
+    """
+ALTER TABLE runs ADD COLUMN queue TEXT;
+ALTER TABLE runs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN partition_key TEXT;
+ALTER TABLE runs ADD COLUMN started_at TEXT;
+CREATE INDEX runs_queued ON runs (queue, priority DESC, created_at) WHERE status = 'queued';
+CREATE INDEX runs_running ON runs (queue, partition_key) WHERE status = 'running';
+CREATE INDEX runs_waiting ON runs (wake_at) WHERE status = 'waiting';
+CREATE INDEX runs_queue_started ON runs (queue, started_at) WHERE started_at IS NOT NULL
+""",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     M001_INITIAL,
     M002_BUDGETS,
@@ -748,5 +766,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     M013_TOOL_GRANTS,
     M014_REPLICAS_SIGNIN_STATE,
     M015_PERFSTORE,
+    M016_QUEUES_CLAIM,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -12,18 +11,6 @@ from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
 from ._base import Store, StoreOp, run_ops
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
 from ._records import RUN_COLUMNS, Head
-
-_CLAIM_NEXT = """
-SELECT id FROM runs
-WHERE (status = 'queued'
-       OR (status = 'running' AND (lease_owner IS NULL OR lease_expires_at < ?))
-       OR (status = 'waiting' AND lease_owner IS NULL AND wake_at IS NOT NULL AND wake_at <= ?))
-  /*WORKFLOWS*/
-ORDER BY created_at
-LIMIT 1
-FOR UPDATE SKIP LOCKED
-"""
-
 
 # The store's UTC text time form, computed by the server (its clock judges leases).
 _PG_TIME = (
@@ -34,11 +21,11 @@ _PG_TIME = (
 # which case the existing row is returned (created = false).
 _CREATE_RUN = f"""
 WITH r AS (
-    INSERT INTO runs ({RUN_COLUMNS})
+    INSERT INTO runs ({RUN_COLUMNS}, queue, priority, partition_key, started_at)
     VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s,
-            CASE WHEN %s THEN {_PG_TIME} END, 0, NULL, %s, %s, %s, %s, %s, NULL)
+            CASE WHEN %s THEN {_PG_TIME} END, 0, NULL, %s, %s, %s, %s, %s, NULL, %s, %s, %s, %s)
     ON CONFLICT (id) DO NOTHING
-    RETURNING {RUN_COLUMNS}
+    RETURNING {RUN_COLUMNS}, queue
 ), e AS (
     INSERT INTO events (chain, seq, type, at, data, prev_hash, hash)
     SELECT r.id, u.seq, u.type, u.at, u.data, u.prev, u.hash
@@ -47,9 +34,9 @@ WITH r AS (
 ), n AS (
     SELECT pg_notify('wflo_runs', r.id) FROM r WHERE %s
 )
-SELECT {RUN_COLUMNS}, true, (SELECT count(*) FROM n) FROM r
+SELECT {RUN_COLUMNS}, queue, true, (SELECT count(*) FROM n) FROM r
 UNION ALL
-SELECT {RUN_COLUMNS}, false, 0 FROM runs WHERE id = %s AND NOT EXISTS (SELECT 1 FROM r)
+SELECT {RUN_COLUMNS}, queue, false, 0 FROM runs WHERE id = %s AND NOT EXISTS (SELECT 1 FROM r)
 """
 
 _APPEND = (
@@ -94,13 +81,13 @@ class PostgresStore(Store):
     def _prefix_params(self, prefix: str) -> tuple[str, ...]:
         return (prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%",)
 
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+
     def __init__(
         self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, pool_timeout: float = DEFAULT_POOL_TIMEOUT
     ) -> None:
         super().__init__(url, pool_size=pool_size, pool_timeout=pool_timeout)
         self._psycopg = _psycopg()
-        self._listen_conn: Any = None
-        self._listen_lock = threading.Lock()
 
     def _kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
@@ -237,9 +224,6 @@ class PostgresStore(Store):
                 then()
         return bool(row[0])
 
-    def _claim_next_sql(self) -> str:
-        return _CLAIM_NEXT
-
     def _is_disconnect(self, error: BaseException) -> bool:
         psycopg = self._psycopg
         return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
@@ -254,37 +238,23 @@ class PostgresStore(Store):
     def _lock_chain_head(self, cur: Any, chain: str) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(7412002, hashtext(%s))", (chain,))
 
+    def _lock_queue(self, cur: Any, queue: str) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(7412003, hashtext(%s))", (queue,))
+
     def _notify(self, cur: Any, channel: str, payload: str) -> None:
         cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
-    def wait_for_notification(self, timeout: float) -> bool:
-        """Block until a NOTIFY on ``wflo_runs`` arrives or ``timeout`` passes."""
-        with self._listen_lock:
-            if self._listen_conn is None or self._listen_conn.closed:
-                try:
-                    self._listen_conn = self._connect()
-                    self._listen_conn.execute("LISTEN wflo_runs")
-                except Exception:
-                    self._listen_conn = None
-                    return super().wait_for_notification(timeout)
-            conn = self._listen_conn
-        try:
-            got = False
-            for _ in conn.notifies(timeout=timeout, stop_after=1):
-                got = True
-            return got
-        except self._psycopg.Error:
-            with self._listen_lock:
-                self._listen_conn = None
-            return False
+    def _open_watch(self) -> Any:
+        conn = self._connect()
+        conn.execute("LISTEN wflo_runs")
+        return conn
 
-    def close(self) -> None:
-        with self._listen_lock:
-            if self._listen_conn is not None:
-                with contextlib.suppress(Exception):
-                    self._listen_conn.close()
-                self._listen_conn = None
-        super().close()
+    def _watch(self, watch: Any, timeout: float) -> list[str | None]:
+        return [n.payload for n in watch.notifies(timeout=timeout, stop_after=1)]
+
+    def _close_watch(self, watch: Any) -> None:
+        if watch is not None:
+            watch.close()
 
 
 class _PipelinedCursor:

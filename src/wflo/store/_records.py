@@ -72,6 +72,8 @@ class RunRecord:
     created_at: str
     updated_at: str
     finished_at: str | None
+    queue: str | None = None
+    """The named queue the run was started on (filled by claims; ``None`` elsewhere)."""
 
     @property
     def done(self) -> bool:
@@ -81,7 +83,7 @@ class RunRecord:
     def from_row(cls, row: tuple[Any, ...]) -> RunRecord:
         (id_, workflow, status, input_, output, error, parent_id, tenant, options, lease_owner,
          lease_expires_at, cancel_requested, wake_at, last_seq, last_hash, attempts, created_at,
-         updated_at, finished_at) = row  # fmt: skip
+         updated_at, finished_at) = row[:19]  # fmt: skip
         return cls(
             id=id_,
             workflow=workflow,
@@ -102,6 +104,7 @@ class RunRecord:
             created_at=created_at,
             updated_at=updated_at,
             finished_at=finished_at,
+            queue=row[19] if len(row) > 19 else None,
         )
 
 

@@ -13,20 +13,11 @@ from typing import Any
 
 from .._errors import StoreCorruptError, StoreNotFoundError, StoreUnavailableError
 from ._base import Store
+from ._feed import SQLITE_WATCH_INTERVAL
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
 
 # What SQLite says when the file is not (or no longer) a sound database.
 _CORRUPT = ("file is not a database", "malformed", "database disk image", "file is encrypted")
-
-_CLAIM_NEXT = """
-SELECT id FROM runs
-WHERE (status = 'queued'
-       OR (status = 'running' AND (lease_owner IS NULL OR lease_expires_at < ?))
-       OR (status = 'waiting' AND lease_owner IS NULL AND wake_at IS NOT NULL AND wake_at <= ?))
-  /*WORKFLOWS*/
-ORDER BY created_at
-LIMIT 1
-"""
 
 
 _writers: dict[str, threading.RLock] = {}
@@ -70,6 +61,7 @@ class SQLiteStore(Store):
     """
 
     dialect = "sqlite"
+    claim_outside_lock = True
 
     def __init__(
         self,
@@ -164,6 +156,27 @@ class SQLiteStore(Store):
                 fcntl.flock(lock, fcntl.LOCK_UN)
         self._wal_checked = True
 
+    def _open_watch(self) -> Any:
+        conn = self._open()
+        return [conn, conn.execute("PRAGMA data_version").fetchone()[0]]
+
+    def _watch(self, watch: Any, timeout: float) -> list[str | None]:
+        # data_version moves when another connection (any process) commits to the file.
+        conn, seen = watch
+        deadline = time.monotonic() + timeout
+        while True:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != seen:
+                watch[1] = version
+                return [None]
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(SQLITE_WATCH_INTERVAL)
+
+    def _close_watch(self, watch: Any) -> None:
+        if watch is not None:
+            watch[0].close()
+
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN IMMEDIATE")
 
@@ -177,6 +190,3 @@ class SQLiteStore(Store):
         # taken first: a thread holding the lock never waits for the pool.
         with self._connection(), _writer_lock(self._writer_key), super()._tx() as cur:
             yield cur
-
-    def _claim_next_sql(self) -> str:
-        return _CLAIM_NEXT

@@ -156,7 +156,7 @@ def grants(tool: str | None = None, *, store: Store | None = None) -> list[Grant
     if tool is not None:
         sql += " WHERE tool = ?"
         params.append(tool)
-    rows = st._fetchall(sql + " ORDER BY tool, principal", params)
+    rows = st.read(sql + " ORDER BY tool, principal", params)
     return [Grant(r[0], r[1], r[2], None if r[3] is None else int(r[3]), None if r[4] is None else Decimal(r[4]),
                   r[5], r[6]) for r in rows]  # fmt: skip
 

@@ -122,7 +122,7 @@ def untrust(kid: str, *, store: Store | None = None, by: str | None = None, via:
 def trusted_keys(*, store: Store | None = None) -> dict[str, dict[str, str]]:
     """``key_id -> {public_key, name, trusted_by, trusted_at}``."""
     st = store or get_store()
-    rows = st._fetchall("SELECT key_id, public_key, name, trusted_by, trusted_at FROM tool_trust ORDER BY key_id", [])
+    rows = st.read("SELECT key_id, public_key, name, trusted_by, trusted_at FROM tool_trust ORDER BY key_id", [])
     return {r[0]: {"public_key": r[1], "name": r[2], "trusted_by": r[3], "trusted_at": r[4]} for r in rows}
 
 

@@ -29,7 +29,7 @@ def test_misspelt_workflow_options_name_the_close_match() -> None:
 
 
 def test_an_option_with_no_close_match_lists_the_valid_ones() -> None:
-    with pytest.raises(TypeError, match="valid options: agent, budget, guards, name, on_loop, serializer"):
+    with pytest.raises(TypeError, match="valid options: agent, budget, guards, name, on_loop, queue, serializer"):
         wflo.workflow(zzzzzz=1)
 
 
@@ -76,7 +76,7 @@ def test_options_are_frozen_dataclasses_with_a_docstring_per_field() -> None:
         WorkflowOptions().on_loop = "pause"  # type: ignore[misc]
     # The decorators' documented options are exactly the dataclasses' fields.
     assert {f.name for f in dataclasses.fields(WorkflowOptions)} == {
-        "name", "serializer", "budget", "guards", "on_loop", "agent",
+        "name", "serializer", "budget", "guards", "on_loop", "agent", "queue",
     }  # fmt: skip
 
 
