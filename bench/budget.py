@@ -88,13 +88,14 @@ def _install_counters() -> None:
             _count(str(query))  # one round trip per row unless pipelined; counted once
             return super().executemany(query, params_seq, **kwargs)
 
-    pg_connect = psycopg.connect
+    # psycopg.connect is psycopg.Connection.connect, which the store's pool (psycopg_pool) calls.
+    pg_connect = psycopg.Connection.connect.__func__  # type: ignore[attr-defined]
 
-    def counted_pg(*args: Any, **kwargs: Any) -> Any:
+    def counted_pg(cls: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("cursor_factory", _PgCursor)
-        return pg_connect(*args, **kwargs)
+        return pg_connect(cls, *args, **kwargs)
 
-    psycopg.connect = counted_pg  # type: ignore[assignment]
+    psycopg.Connection.connect = classmethod(counted_pg)  # type: ignore[method-assign,assignment]
 
 
 # ----------------------------------------------------------------------------- the loop
