@@ -150,9 +150,11 @@ def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
             response = yield Step("send", request)
         except BaseException as exc:
             after = _after_failure(call, mod, request, attempt, None, exc, live=True)
-            _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
-            if after is None:
-                raise
+            try:  # records the failed attempt, and raises its error (or a guard's refusal)
+                _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
+            except BaseException as raised:
+                if after is None or raised is not exc:
+                    raise
             yield Step("sleep", after.delay)
             request, attempt, _, replaced = after
             continue
