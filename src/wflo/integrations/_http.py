@@ -155,6 +155,8 @@ def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
             except BaseException as raised:
                 if after is None or raised is not exc:
                     raise
+            if after is None:  # finish_call raises the call's error: never reached
+                raise exc
             yield Step("sleep", after.delay)
             request, attempt, _, replaced = after
             continue
