@@ -61,7 +61,49 @@ def requests_replay(marker: str) -> str:
     return str(r.json()["choices"][0]["message"]["content"])
 
 
+def _plain(client: str) -> str:
+    """One chat completion through ``client`` (urllib.request, urllib3, http.client or aiohttp)."""
+    import http.client
+    import urllib.request
+
+    import urllib3
+
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20})
+    if client == "urllib.request":
+        req = urllib.request.Request(BASE + "/v1/chat/completions", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as r:
+            data = r.read()
+    elif client == "aiohttp":
+        import asyncio
+
+        import aiohttp
+
+        async def go() -> bytes:
+            async with aiohttp.ClientSession() as session, session.post(BASE + "/v1/chat/completions", data=body) as r:
+                return await r.read()
+
+        data = asyncio.run(go())
+    elif client == "urllib3":
+        data = urllib3.request("POST", BASE + "/v1/chat/completions", body=body, retries=False).data
+    else:
+        host, port = BASE.removeprefix("http://").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+        data = conn.getresponse().read()
+        conn.close()
+    return str(json.loads(data)["choices"][0]["message"]["content"])
+
+
+@wflo.workflow(name="plain-replay", budget=wflo.Budget(usd="1"))
+def plain_replay(marker: str) -> list[str]:
+    answers = [_plain(client) for client in ("urllib.request", "urllib3", "http.client", "aiohttp")]
+    maybe_die(marker)
+    return answers
+
+
 if __name__ == "__main__":
-    flows = {"hidden-usage": hidden_usage, "bedrock-replay": bedrock_replay, "requests-replay": requests_replay}
+    flows = {"hidden-usage": hidden_usage, "bedrock-replay": bedrock_replay, "requests-replay": requests_replay,
+             "plain-replay": plain_replay}  # fmt: skip
     flow = flows[sys.argv[1]]
     print(json.dumps(flow.options(id=sys.argv[2]).run(sys.argv[3])))

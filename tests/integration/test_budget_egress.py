@@ -64,35 +64,43 @@ def _send_requests(llm: LLMServer) -> None:
     requests.post(llm.openai_url + "/images/generations", json={"prompt": "otter"}, timeout=5)
 
 
+# urllib.request, urllib3 and http.client guard the formats wflo understands (test_budget_clients);
+# an endpoint wflo cannot price, on a registered provider, they refuse.
 def _send_urllib(llm: LLMServer) -> None:
+    wflo.egress.register(llm.url)
     req = urllib.request.Request(
-        llm.openai_url + "/chat/completions",
-        data=json.dumps(CHAT).encode(),
+        llm.openai_url + "/images/generations",
+        data=json.dumps({"prompt": "otter"}).encode(),
         headers={"Content-Type": "application/json"},
     )
     urllib.request.urlopen(req, timeout=5).close()
 
 
 def _send_urllib3(llm: LLMServer) -> None:
+    wflo.egress.register(llm.url)
     with urllib3.PoolManager() as pool:
-        pool.request("POST", llm.openai_url + "/chat/completions", json=CHAT, retries=False)
+        pool.request("POST", llm.openai_url + "/images/generations", json={"prompt": "otter"}, retries=False)
 
 
 def _send_http_client(llm: LLMServer) -> None:
     host, port = llm.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=5)
-    try:
-        conn.request("POST", "/v1/messages", body=json.dumps(CHAT), headers={"Content-Type": "application/json"})
+    try:  # written piece by piece: its body is not known when the request line is
+        conn.putrequest("POST", "/v1/messages")
+        conn.putheader("Content-Type", "application/json")
+        conn.endheaders(json.dumps(CHAT).encode())
         conn.getresponse().read()
     finally:
         conn.close()
 
 
 def _send_aiohttp(llm: LLMServer) -> None:
+    wflo.egress.register(llm.url)
+
     async def go() -> None:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(llm.openai_url + "/chat/completions", json=CHAT) as r,
+            session.post(llm.openai_url + "/images/generations", json={"prompt": "otter"}) as r,
         ):
             await r.read()
 
@@ -107,10 +115,10 @@ def _send_bedrock_invoke(llm: LLMServer) -> None:
     ("client", "send", "path"),
     [
         ("requests", _send_requests, "/v1/images/generations"),
-        ("urllib.request", _send_urllib, "/v1/chat/completions"),
-        ("urllib3", _send_urllib3, "/v1/chat/completions"),
+        ("urllib.request", _send_urllib, "/v1/images/generations"),
+        ("urllib3", _send_urllib3, "/v1/images/generations"),
         ("http.client", _send_http_client, "/v1/messages"),
-        ("aiohttp", _send_aiohttp, "/v1/chat/completions"),
+        ("aiohttp", _send_aiohttp, "/v1/images/generations"),
         ("botocore", _send_bedrock_invoke, "/InvokeModel"),
     ],
 )
@@ -140,8 +148,8 @@ def test_real_provider_hosts_refused_before_any_connection(
         raise OSError("the test forbids name lookups")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    # httpx and requests guard chat completions (they would be sent); an unpriced endpoint is not.
-    path = "/v1/images/generations" if client in ("httpx", "requests") else "/v1/chat/completions"
+    # Every client guards chat completions (they would be sent); an unpriced endpoint is refused.
+    path = "/v1/images/generations"
     url = "https://api.openai.com" + path
 
     @wflo.workflow(budget=wflo.Budget(usd="1"))
@@ -153,7 +161,7 @@ def test_real_provider_hosts_refused_before_any_connection(
         elif client == "aiohttp":
 
             async def go() -> None:
-                async with aiohttp.ClientSession() as session, session.post(url, json=CHAT) as r:
+                async with aiohttp.ClientSession() as session, session.post(url, json={"prompt": "otter"}) as r:
                     await r.read()
 
             asyncio.run(go())
@@ -190,7 +198,8 @@ def test_opt_out_lets_a_host_through_and_is_recorded(configured: str, llm: LLMSe
 
     @wflo.workflow(budget=wflo.Budget(usd="1"))
     def flow() -> int:
-        _send_urllib(llm)  # refused without the opt-out (see above)
+        with pytest.raises(urllib.error.HTTPError):  # the test server has no image endpoint: 404
+            _send_urllib(llm)  # refused without the opt-out (see above)
         return llm.request_count
 
     assert flow.options(id="optout").run() == 1

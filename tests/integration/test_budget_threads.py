@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import dataclasses
 import json
 import signal
 import subprocess
@@ -93,7 +94,10 @@ MECHANISMS: dict[str, Any] = {
 
 @pytest.mark.parametrize("mechanism", sorted(MECHANISMS))
 def test_calls_from_workers_are_guarded_journaled_and_paid(configured: str, llm: LLMServer, mechanism: str) -> None:
-    llm.responder = lambda r: ANSWER
+    # Answers take a while, so the workers' calls overlap whatever the machine's load: the budget
+    # must then refuse some of them (each reserves its 200-token cap while in flight).
+    slow = dataclasses.replace(ANSWER, delay=0.2)
+    llm.responder = lambda r: slow
     body = MECHANISMS[mechanism]
     run_id = f"workers-{mechanism}"
     if asyncio.iscoroutinefunction(body):

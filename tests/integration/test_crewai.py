@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -232,3 +233,80 @@ def test_sigkill_mid_run_then_resume_resends_no_finished_call(configured: str, l
     # "first" finished before the kill: replayed; "second" was in flight: run again once.
     assert effects.read_text().split() == ["first", "second", "second"]
     assert len(_events("crew-crash", "llm")) == 3
+
+
+# ----------------------------------------------------------------------------- CrewAI's threads
+def _expert_client(llm: LLMServer) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=llm.openai_url, api_key="test", max_retries=0)
+
+
+def _threaded_crew(llm: LLMServer) -> Any:
+    """Two tasks run by CrewAI in threads of their own (``async_execution``), the agent's work in
+    CrewAI's pool (``max_execution_time``), and a tool that asks another model."""
+    EFFECTS.clear()
+
+    @crewai_tool("ask_expert")
+    def ask_expert(question: str) -> str:
+        """Ask an expert model a question."""
+        EFFECTS.append(f"expert {question}")
+        with _expert_client(llm) as client:
+            answer = client.chat.completions.create(
+                model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": question}]
+            )
+        return str(answer.choices[0].message.content)
+
+    model_client = crewai.LLM(model="openai/gpt-4o-mini", base_url=llm.openai_url, api_key="test")
+    agents = [
+        crewai.Agent(
+            role=f"researcher {i}",
+            goal="Answer questions",
+            backstory="Careful.",
+            tools=[ask_expert],
+            llm=model_client,
+            verbose=False,
+            max_retry_limit=0,
+            max_execution_time=60,
+        )
+        for i in range(2)
+    ]
+    tasks = [
+        crewai.Task(
+            description=f"Question {i}: what do otters eat?",
+            expected_output="A short answer.",
+            agent=agents[i],
+            async_execution=True,
+        )
+        for i in range(2)
+    ]
+    summary = crewai.Task(description="Summarize the answers.", expected_output="One line.", agent=agents[0],
+                          context=tasks)  # fmt: skip
+    return crewai.Crew(agents=agents, tasks=[*tasks, summary], verbose=False)
+
+
+def _threaded_responder(request: Any) -> Reply:
+    if request.model == "gpt-4o":
+        return Reply("Expert: shellfish.", input_tokens=30, output_tokens=5)
+    said = json.dumps(request.body.get("messages", []))
+    if "Summarize the answers" in said:
+        return Reply("Otters eat shellfish, twice confirmed.", input_tokens=500, output_tokens=8)
+    if "Expert: shellfish." in said:
+        return Reply("Otters eat shellfish.", input_tokens=400, output_tokens=6)
+    return Reply(tool_calls=[ToolCall("ask_expert", {"question": "otter food?"})], input_tokens=300, output_tokens=9)
+
+
+def test_llm_calls_in_crewai_threads_carry_the_run(configured: str, llm: LLMServer) -> None:
+    llm.responder = _threaded_responder
+    crew = wflo.wrap(_threaded_crew(llm), budget=wflo.Budget(usd="1"), name="crew-threads")
+    crew.options(id="crew-threads").kickoff()
+    calls = _events("crew-threads", "llm")
+    # Every call that reached the server is on the run's record: 2 agents, each (tool call + answer),
+    # the expert call each tool made, all from CrewAI's threads (lanes: ``t`` in the id), and the
+    # summary task (sync: on the run's main path).
+    assert llm.request_count == len(calls) == 7
+    assert sorted(c["name"] for c in calls) == ["gpt-4o"] * 2 + ["gpt-4o-mini"] * 5
+    threaded = [c["call"] for c in calls if c["usage"]["input_tokens"] != 500]  # all but the summary task
+    assert len(threaded) == 6 and all("t" in call for call in threaded), threaded
+    assert ledger().scope_usage("run:crew-threads").spent == sum(Decimal(c["cost_usd"]) for c in calls)
+    assert len(_events("crew-threads", "tool")) == 2 and EFFECTS == ["expert otter food?"] * 2

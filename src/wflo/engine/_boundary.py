@@ -14,7 +14,6 @@ Guards are hooks rather than wrappers so that sync and async calls share one imp
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import reprlib
@@ -30,6 +29,7 @@ from .._errors import (
     WfloError,
 )
 from ..store import NewEvent, StoreOp, canonical_json
+from ._attempts import Attempts, Step, adrive, drive
 from ._context import JournalEntry, RunContext, _call_path
 from ._executor import disk_full
 from ._serialize import decode, encode, error_data, rebuild_error
@@ -286,6 +286,48 @@ def _overridden(call: Call) -> Any:
     return _NOT_REPLAYED
 
 
+def _attempts(call: Call) -> Attempts[Outcome]:
+    """The attempts of a step or tool call: run it, and after a failure retry it as its policy
+    says (each retry recorded as ``call.retry``); the outcome is the last attempt's."""
+    t0 = time.perf_counter()
+    attempt = 0
+    outcome = Outcome()
+    while True:
+        attempt += 1
+        try:
+            outcome.value = yield Step("run")
+            break
+        except BaseException as exc:
+            delay = _retry_delay(call, exc, attempt)
+            if delay is None:
+                outcome.error = exc
+                break
+            _note_retry(call, attempt, exc, delay)
+            yield Step("sleep", delay)
+    outcome.duration_ms = (time.perf_counter() - t0) * 1000
+    outcome.attempts = attempt
+    return outcome
+
+
+class _Run:
+    def __init__(self, call: Call, fn: Callable[..., Any]) -> None:
+        self.call, self.fn = call, fn
+
+    def run(self, _: object) -> Any:
+        call = self.call
+        if call.timeout is None:
+            return self.fn(*call.args, **call.kwargs)
+        return call.timeout.call(self.fn, *call.args, **call.kwargs)
+
+
+class _ARun(_Run):
+    async def run(self, _: object) -> Any:
+        call = self.call
+        if call.timeout is None:
+            return await self.fn(*call.args, **call.kwargs)
+        return await call.timeout.acall(self.fn, *call.args, **call.kwargs)
+
+
 def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
     """Run ``fn(*call.args, **call.kwargs)`` through the journal and the guard chain."""
     replayed = start_call(call)
@@ -295,34 +337,15 @@ def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
     if answered is not _NOT_REPLAYED:
         return answered
     token = _call_path.set(call.call_id)
-    t0 = time.perf_counter()
-    attempt = 0
-    outcome = Outcome()
     try:
-        while True:
-            attempt += 1
-            try:
-                if call.timeout is None:
-                    outcome.value = fn(*call.args, **call.kwargs)
-                else:
-                    outcome.value = call.timeout.call(fn, *call.args, **call.kwargs)
-                break
-            except BaseException as exc:
-                delay = _retry_delay(call, exc, attempt)
-                if delay is None:
-                    outcome.error = exc
-                    break
-                _note_retry(call, attempt, exc, delay)
-                time.sleep(delay)
+        outcome = drive(_attempts(call), _Run(call, fn))
     finally:
         _call_path.reset(token)
-    outcome.duration_ms = (time.perf_counter() - t0) * 1000
-    outcome.attempts = attempt
     return finish_call(call, outcome)
 
 
 async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
-    """The async twin of :func:`guarded_call` (same journal, same guards)."""
+    """The async twin of :func:`guarded_call` (same journal, same guards, same attempts)."""
     replayed = start_call(call)
     if replayed is not _NOT_REPLAYED:
         return replayed
@@ -330,29 +353,10 @@ async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
     if answered is not _NOT_REPLAYED:
         return answered
     token = _call_path.set(call.call_id)
-    t0 = time.perf_counter()
-    attempt = 0
-    outcome = Outcome()
     try:
-        while True:
-            attempt += 1
-            try:
-                if call.timeout is None:
-                    outcome.value = await fn(*call.args, **call.kwargs)
-                else:
-                    outcome.value = await call.timeout.acall(fn, *call.args, **call.kwargs)
-                break
-            except BaseException as exc:
-                delay = _retry_delay(call, exc, attempt)
-                if delay is None:
-                    outcome.error = exc
-                    break
-                _note_retry(call, attempt, exc, delay)
-                await asyncio.sleep(delay)
+        outcome = await adrive(_attempts(call), _ARun(call, fn))
     finally:
         _call_path.reset(token)
-    outcome.duration_ms = (time.perf_counter() - t0) * 1000
-    outcome.attempts = attempt
     return finish_call(call, outcome)
 
 

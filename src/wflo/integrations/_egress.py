@@ -1,11 +1,13 @@
 """The closed world of a guarded run: every request to an LLM provider is understood or refused.
 
 wflo understands LLM requests it can price and bound (see ``wflo.cost._formats``) sent
-through ``httpx`` (the openai, anthropic and LiteLLM clients, raw httpx), ``requests`` and
-Bedrock's ``Converse`` through botocore. Everything else that reaches an LLM provider from
-inside a guarded run (``urllib``, ``urllib3``, ``http.client``, ``aiohttp``, another botocore
-operation, an endpoint wflo cannot price) is refused here *before it is sent*, with an error that names the
-client, host and path and says how to allow it.
+through ``httpx`` (the openai, anthropic and LiteLLM clients, raw httpx; ``_http``),
+``requests``, ``urllib3``, ``urllib.request``, ``http.client``'s ``request()`` and ``aiohttp``
+(``_requests``, ``_plain``, ``_aiohttp``, all through ``_whole``) and Bedrock's ``Converse``
+through botocore. Everything else that reaches an LLM provider from inside a guarded run (an
+endpoint wflo cannot price, another botocore operation, a request written piece by piece with
+``http.client``) is refused here *before it is sent*, with an error that names the client,
+host and path and says how to allow it.
 
 "An LLM provider" is a request to a known provider host (:data:`KNOWN_HOSTS`), to a base URL
 the user registered (``wflo.egress.register``: a local vLLM or Ollama server), or a ``POST``
@@ -14,9 +16,10 @@ counting, model lists) bill nothing and pass. A host opted out (``wflo.egress.al
 ``WFLO_EGRESS_ALLOW``) passes unguarded, and each such request is recorded on the run.
 
 The checks sit at the lowest layer each client family shares, before any connection is
-opened: ``http.client.HTTPConnection.putrequest`` (``urllib.request`` and anything built on
-``http.client``), ``urllib3``'s ``HTTPConnectionPool.urlopen`` (``requests``, botocore) and
-``aiohttp.ClientSession._request``. wflo's own understood paths mark the requests they send
+opened: ``http.client.HTTPConnection.request``/``putrequest`` (``urllib.request`` and anything
+built on ``http.client``), ``urllib3``'s ``HTTPConnectionPool.urlopen`` (``requests``, botocore)
+and ``aiohttp.ClientSession._request``. None is installed by ``import wflo``: the first guarded
+run (or ``wflo.init()``) installs them. wflo's own understood paths mark the requests they send
 (a context variable), so the gate lets exactly those through.
 """
 
@@ -171,7 +174,10 @@ def check(client: str, method: str, host: str, port: int | None, path: str) -> N
     if fmt is None:
         why = "wflo cannot price this endpoint"
     else:
-        why = f"{client} is not a client wflo can guard ({fmt.api} requests are guarded through httpx or requests)"
+        why = (
+            f"{client} is not a client wflo can guard ({fmt.api} requests are guarded through httpx, requests, "
+            "urllib3, urllib.request and http.client's request())"
+        )
     raise EgressRefusedError(client=client, method=method, host=_host_of(host), path=path, reason=why)
 
 
@@ -227,22 +233,43 @@ def _once(name: str, wrap: Callable[[Any], None], module: Any) -> None:
 
 
 def _wrap_http_client() -> None:
-    original = http.client.HTTPConnection.putrequest
+    from . import _plain
+
+    conn = http.client.HTTPConnection
+    original = conn.putrequest
+    original_request = conn.request
+    original_getresponse = conn.getresponse
 
     def putrequest(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         if not _inside.get() and current_run is not None:
-            host, port = getattr(self, "_tunnel_host", None) or self.host, self.port
-            if getattr(self, "_tunnel_host", None):
-                port = getattr(self, "_tunnel_port", None)
-            path = url
-            if "://" in url:  # an absolute URL: a request through a plain HTTP proxy
-                parts = urlsplit(url)
-                host, port, path = parts.hostname or host, parts.port, parts.path or "/"
+            host, port, path = _plain.target(self, url)
             check(client_name("http.client"), method, host, port, path)
         return original(self, method, url, *args, **kwargs)
 
+    def request(self: Any, method: str, url: str, body: Any = None, headers: Any = None, **kwargs: Any) -> None:
+        headers = {} if headers is None else headers
+        if not _inside.get() and current_run is not None:
+            fmt = detect(method.upper(), _plain.target(self, url)[2])
+            ctx = current_run() if fmt is not None else None
+            if fmt is not None and ctx is not None:
+                self.__dict__.pop("_wflo_answer", None)
+                return _plain.http_client_send(
+                    ctx, fmt, client_name("http.client"), original_request, original_getresponse, self,
+                    method, url, body, headers, bool(kwargs.get("encode_chunked", False)),
+                )  # fmt: skip
+        self.__dict__.pop("_wflo_answer", None)
+        return original_request(self, method, url, body, headers, **kwargs)
+
+    def getresponse(self: Any) -> Any:
+        answer = self.__dict__.pop("_wflo_answer", None)  # the guarded request's, read whole
+        return answer if answer is not None else original_getresponse(self)
+
     putrequest.__wflo_wrapped__ = original  # type: ignore[attr-defined]
-    http.client.HTTPConnection.putrequest = putrequest  # type: ignore[method-assign]
+    request.__wflo_wrapped__ = original_request  # type: ignore[attr-defined]
+    getresponse.__wflo_wrapped__ = original_getresponse  # type: ignore[attr-defined]
+    conn.putrequest = putrequest  # type: ignore[method-assign]
+    conn.request = request  # type: ignore[method-assign]
+    conn.getresponse = getresponse  # type: ignore[method-assign]
 
 
 def _wrap_urllib3(urllib3: Any) -> None:
@@ -254,8 +281,16 @@ def _wrap_urllib3(urllib3: Any) -> None:
     def urlopen(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         if not _inside.get() and current_run is not None:
             parts = urlsplit(url)
-            host = parts.hostname or self.host
-            check(client_name("urllib3"), method, host, parts.port or self.port, parts.path or "/")
+            host, port, path = parts.hostname or self.host, parts.port or self.port, parts.path or "/"
+            fmt = detect(method.upper(), path)
+            ctx = current_run() if fmt is not None else None
+            if fmt is not None and ctx is not None:
+                from . import _plain
+
+                return _plain.urllib3_send(
+                    ctx, fmt, client_name("urllib3"), original, self, method, url, host, port, path, args, kwargs
+                )
+            check(client_name("urllib3"), method, host, port, path)
             with understood():  # checked (and an opt-out recorded) once, not again by http.client
                 return original(self, method, url, *args, **kwargs)
         return original(self, method, url, *args, **kwargs)
@@ -275,7 +310,16 @@ def _wrap_aiohttp(aiohttp: Any) -> None:
             if base is not None and "://" not in url:
                 url = str(base.join(aiohttp.client.URL(url)))
             parts = urlsplit(url)
-            check("aiohttp", method, parts.hostname or "", parts.port, parts.path or "/")
+            host, path = parts.hostname or "", parts.path or "/"
+            fmt = detect(method.upper(), path)
+            ctx = current_run() if fmt is not None and not args else None
+            if fmt is not None and ctx is not None:
+                from . import _aiohttp
+
+                return await _aiohttp.request(
+                    ctx, fmt, original, self, method, str_or_url, url, host, parts.port, path, kwargs
+                )
+            check("aiohttp", method, host, parts.port, path)
         return await original(self, method, str_or_url, *args, **kwargs)
 
     _request.__wflo_wrapped__ = original  # type: ignore[attr-defined]

@@ -24,7 +24,6 @@ streaming, ``with_raw_response``, every endpoint shares it).
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import hashlib
@@ -40,6 +39,7 @@ from typing import Any, NamedTuple
 from .._errors import UserError, WfloError
 from ..cost._formats import Format, LLMRequest, detect
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
+from ..engine._attempts import Attempts, Step, adrive, drive
 from ..guards._policies import ProviderStatusError, policies
 from ..guards._retry import is_retryable, retryable_status
 from . import _egress
@@ -110,95 +110,113 @@ def _wrap(mod: Any) -> None:
         ctx = run_context() if fmt is not None else None
         if ctx is None or fmt is None:
             return sync_send(self, request, *args, **kwargs)
-        attempt, replaced = 0, None
-        while True:
-            attempt += 1
-            call, request, replayed = _begin(mod, ctx, fmt, request, replaced)
-            if replayed is not NOT_REPLAYED:
-                after = _after_failure(call, mod, request, attempt, None, None, live=False)
-                if after is None:
-                    if isinstance(replayed, _ReplayedFailure):
-                        raise replayed.error
-                    return replayed
-                request, attempt, _, replaced = after
-                continue
-            _set_timeout(call, request)
-            t0 = time.perf_counter()
-            try:
-                with understood():  # a transport below httpx (LiteLLM's aiohttp) must let it pass
-                    response = sync_send(self, request, *args, **kwargs)
-            except BaseException as exc:
-                after = _after_failure(call, mod, request, attempt, None, exc, live=True)
-                _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
-                if after is None:
-                    raise
-                time.sleep(after.delay)
-                request, attempt, _, replaced = after
-                continue
-            after = _after_failure(call, mod, request, attempt, response, None, live=True)
-            if after is not None:
-                response.read()
-                _end(call, response, response.content, True, t0)
-                response.close()
-                time.sleep(after.delay)
-                request, attempt, _, replaced = after
-                continue
-            if _is_stream(response):
-                response.stream = sync_recorder(response, call, t0, _hide(call))
-                return response
-            response.read()
-            _end(call, response, response.content, True, t0)
-            return response
+        io = _SyncIO(lambda r: sync_send(self, r, *args, **kwargs), sync_recorder)
+        return drive(_attempts(mod, ctx, fmt, request), io)
 
     async def asend(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
         fmt = _gate(request)
         ctx = run_context() if fmt is not None else None
         if ctx is None or fmt is None:
             return await async_send(self, request, *args, **kwargs)
-        attempt, replaced = 0, None
-        while True:
-            attempt += 1
-            call, request, replayed = _begin(mod, ctx, fmt, request, replaced)
-            if replayed is not NOT_REPLAYED:
-                after = _after_failure(call, mod, request, attempt, None, None, live=False)
-                if after is None:
-                    if isinstance(replayed, _ReplayedFailure):
-                        raise replayed.error
-                    return replayed
-                request, attempt, _, replaced = after
-                continue
-            _set_timeout(call, request)
-            t0 = time.perf_counter()
-            try:
-                with understood():
-                    response = await async_send(self, request, *args, **kwargs)
-            except BaseException as exc:
-                after = _after_failure(call, mod, request, attempt, None, exc, live=True)
-                _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
-                if after is None:
-                    raise
-                await asyncio.sleep(after.delay)
-                request, attempt, _, replaced = after
-                continue
-            after = _after_failure(call, mod, request, attempt, response, None, live=True)
-            if after is not None:
-                await response.aread()
-                _end(call, response, response.content, True, t0)
-                await response.aclose()
-                await asyncio.sleep(after.delay)
-                request, attempt, _, replaced = after
-                continue
-            if _is_stream(response):
-                response.stream = async_recorder(response, call, t0, _hide(call))
-                return response
-            await response.aread()
-            _end(call, response, response.content, True, t0)
-            return response
+        io = _AsyncIO(lambda r: async_send(self, r, *args, **kwargs), async_recorder)
+        return await adrive(_attempts(mod, ctx, fmt, request), io)
 
     send.__wflo_wrapped__ = sync_send  # type: ignore[attr-defined]
     asend.__wflo_wrapped__ = async_send  # type: ignore[attr-defined]
     mod.Client.send = send
     mod.AsyncClient.send = asend
+
+
+def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
+    """The attempts of one intercepted LLM request, written once for sync and async clients
+    (``wflo.engine._attempts``): each attempt is its own journaled, budgeted call; after a
+    failure the model's retry policy, then ``wflo.integrations.fallback``, say what is sent next (recorded,
+    so a replay follows the same path without waiting)."""
+    attempt, replaced = 0, None
+    while True:
+        attempt += 1
+        call, request, replayed = _begin(mod, ctx, fmt, request, replaced)
+        if replayed is not NOT_REPLAYED:
+            after = _after_failure(call, mod, request, attempt, None, None, live=False)
+            if after is None:
+                if isinstance(replayed, _ReplayedFailure):
+                    raise replayed.error
+                return replayed
+            request, attempt, _, replaced = after
+            continue
+        _set_timeout(call, request)
+        t0 = time.perf_counter()
+        try:
+            response = yield Step("send", request)
+        except BaseException as exc:
+            after = _after_failure(call, mod, request, attempt, None, exc, live=True)
+            try:  # records the failed attempt, and raises its error (or a guard's refusal)
+                _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
+            except BaseException as raised:
+                if after is None or raised is not exc:
+                    raise
+            if after is None:  # finish_call raises the call's error: never reached
+                raise exc
+            yield Step("sleep", after.delay)
+            request, attempt, _, replaced = after
+            continue
+        after = _after_failure(call, mod, request, attempt, response, None, live=True)
+        if after is not None:
+            yield Step("read", response)
+            _end(call, response, response.content, True, t0)
+            yield Step("close", response)
+            yield Step("sleep", after.delay)
+            request, attempt, _, replaced = after
+            continue
+        if _is_stream(response):
+            return (yield Step("record", (response, call, t0)))
+        yield Step("read", response)
+        _end(call, response, response.content, True, t0)
+        return response
+
+
+class _SyncIO:
+    """The effects of :func:`_attempts` for a synchronous httpx client."""
+
+    def __init__(self, send: Callable[[Any], Any], recorder: type[_SyncRecorder]) -> None:
+        self._send, self._recorder = send, recorder
+
+    def send(self, request: Any) -> Any:
+        with understood():  # a transport below httpx (LiteLLM's aiohttp) must let it pass
+            return self._send(request)
+
+    def read(self, response: Any) -> None:
+        response.read()
+
+    def close(self, response: Any) -> None:
+        response.close()
+
+    def record(self, item: tuple[Any, Call, float]) -> Any:
+        response, call, t0 = item
+        response.stream = self._recorder(response, call, t0, _hide(call))
+        return response
+
+
+class _AsyncIO:
+    """The effects of :func:`_attempts` for an asynchronous httpx client."""
+
+    def __init__(self, send: Callable[[Any], Any], recorder: type[_AsyncRecorder]) -> None:
+        self._send, self._recorder = send, recorder
+
+    async def send(self, request: Any) -> Any:
+        with understood():
+            return await self._send(request)
+
+    async def read(self, response: Any) -> None:
+        await response.aread()
+
+    async def close(self, response: Any) -> None:
+        await response.aclose()
+
+    async def record(self, item: tuple[Any, Call, float]) -> Any:
+        response, call, t0 = item
+        response.stream = self._recorder(response, call, t0, _hide(call))
+        return response
 
 
 _sdk_types: dict[type[WfloError], type[WfloError]] = {}

@@ -9,18 +9,12 @@ request to an LLM provider is refused by the gate in ``_egress`` before it is se
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..cost._formats import LLMRequest, detect
-from ..engine import NOT_REPLAYED, Call, Outcome, finish_call, start_call
-from . import _egress
-
-_KEEP = ("content-type", "retry-after", "x-request-id", "request-id")
+from ..cost._formats import detect
+from . import _egress, _whole
 
 
 def wrap(adapters: Any) -> None:
@@ -40,51 +34,25 @@ def wrap(adapters: Any) -> None:
 
 
 def _guarded(ctx: Any, fmt: Any, original: Any, adapter: Any, request: Any, args: Any, kwargs: Any) -> Any:
-    from ._http import _without_usage, exact_body, provider_of
-
     raw = request.body or b""
     raw = raw.encode() if isinstance(raw, str) else raw
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError, TypeError):
-        body = {}
-    if not isinstance(body, dict):
-        body = {}
     parts = urlsplit(request.url)
-    host, port, path = parts.hostname or "", parts.port, parts.path
-    req = LLMRequest(fmt, fmt.model(body, path), provider_of(fmt, host, port, path), host, path, "requests", body,
-                     stream=fmt.is_stream(body, path))  # fmt: skip
-    fmt.prepare_stream(req)
-    call = Call(
-        kind="llm", name=req.model, args=(), kwargs={}, run=ctx, record_input=False,
-        meta={"request": req, "api": fmt.api, "provider": req.provider, "body": body, "url": request.url},
-    )  # fmt: skip
-    call.meta["_args_digest"] = hashlib.sha256(raw).hexdigest()
-    replayed = start_call(call)
-    if replayed is not NOT_REPLAYED:
-        recorded = exact_body(ctx, call, replayed)
-        content = (recorded.get("body") or "").encode()
-        if req.hide_usage:
-            content = _without_usage(content.decode()).encode()
-        return _response(request, int(recorded.get("status", 200)), recorded.get("headers") or {}, content)
-    if req.changed:
-        request = request.copy()
-        request.body = json.dumps(req.body).encode()
-        request.headers["Content-Length"] = str(len(request.body))
-    t0 = time.perf_counter()
-    try:
-        with _egress.understood():
-            response = original(adapter, request, *args, **kwargs)
-            content = response.content  # read whole: the journal keeps it, the caller gets it
-    except BaseException as exc:
-        finish_call(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000), check_cancel=False)
-        raise
-    headers = {k: response.headers[k] for k in _KEEP if k in response.headers}
-    value = {"status": response.status_code, "headers": headers, "body": content.decode("utf-8", "replace")}
-    finish_call(call, Outcome(value=value, duration_ms=(time.perf_counter() - t0) * 1000), check_cancel=False)
-    if req.hide_usage:
-        response._content = _without_usage(content.decode("utf-8", "replace")).encode()
-    return response
+
+    def sender(body: bytes) -> _whole.Answer:
+        sent = request
+        if body is not raw:
+            sent = request.copy()
+            sent.body = body
+            sent.headers["Content-Length"] = str(len(body))
+        response = original(adapter, sent, *args, **kwargs)
+        content = response.content  # read whole: the journal keeps it, the caller gets it
+        return _whole.Answer(response.status_code, response.headers, content, response)
+
+    answer = _whole.send(ctx, fmt, "requests", request.url, parts.hostname or "", parts.port, parts.path, raw, sender)
+    if answer.native is None:
+        return _response(request, answer.status, dict(answer.headers), answer.content)
+    answer.native._content = answer.content  # without the usage chunk wflo asked for
+    return answer.native
 
 
 def _response(request: Any, status: int, headers: dict[str, str], content: bytes) -> Any:

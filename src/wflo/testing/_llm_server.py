@@ -37,6 +37,7 @@ class Recorded:
 
     path: str
     api: str
+    """The API format, or ``""`` for a POST to a path the server has no route for (answered 404)."""
     model: str
     body: dict[str, Any]
     headers: dict[str, str]
@@ -235,7 +236,11 @@ def _handler(server: LLMServer) -> type[BaseHTTPRequestHandler]:
                 self._json(200, {"reset": True})
                 return
             route = _route(path)
-            if route is None:
+            if route is None:  # recorded too: a test can tell that it reached the server
+                with server._lock:
+                    server.requests.append(
+                        Recorded(path, "", "", body, {k.lower(): v for k, v in self.headers.items()})
+                    )
                 self._json(404, {"error": {"message": f"no route {path}"}})
                 return
             api, model, document, stream = route
