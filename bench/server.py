@@ -33,10 +33,8 @@ import asyncio
 import io
 import json
 import random
-import socket
 import statistics
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -159,21 +157,11 @@ def measure(client: Any, headers: dict[str, str], iters: int) -> dict[str, list[
     return times
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def fanout(app: Any, store: Store, headers: dict[str, str], streams: int, rounds: int) -> list[tuple[float, float]]:
     import httpx
-    import uvicorn
 
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=srv.run, daemon=True).start()
-    while not srv.started:
-        time.sleep(0.02)
+    from wflo.server import serve_in_thread
+
     results: list[tuple[float, float]] = []
 
     async def one_round() -> tuple[float, float]:
@@ -197,7 +185,7 @@ def fanout(app: Any, store: Store, headers: dict[str, str], streams: int, rounds
                         return
 
         limits = httpx.Limits(max_connections=streams + 10)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
             tasks = [asyncio.create_task(listen(client)) for _ in range(streams)]
             await asyncio.wait_for(ready.wait(), 60)
             r: RunRecord = await asyncio.to_thread(store.get_run, BIG)
@@ -209,11 +197,9 @@ def fanout(app: Any, store: Store, headers: dict[str, str], streams: int, rounds
         lat = sorted((t - t0) * 1000 for t in got)
         return statistics.median(lat), lat[-1]
 
-    try:
+    with serve_in_thread(app) as base:
         for _ in range(rounds):
             results.append(asyncio.run(one_round()))
-    finally:
-        srv.should_exit = True
     return results
 
 

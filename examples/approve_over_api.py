@@ -7,17 +7,15 @@ Needs wflo[server]; runs offline in a few seconds: python examples/approve_over_
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import threading
 import time
 
 import httpx
-import uvicorn
 
 import wflo
 from wflo import auth
-from wflo.server import create_app
+from wflo.server import create_app, serve_in_thread
 
 
 @wflo.tool(approval=wflo.Approval(when=lambda amount, **_: amount > 100, approvers=["role:finance"]))
@@ -48,36 +46,29 @@ def main() -> None:
         time.sleep(0.05)
     print(f"run {run.id[:8]}: {run.status()} (a refund over $100 needs finance)")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers={"Authorization": f"Bearer {approver}"})
+    with serve_in_thread(create_app()) as base:
+        api = httpx.Client(base_url=base + "/api/v1", headers={"Authorization": f"Bearer {approver}"})
 
-    (item,) = api.get("/approvals", params={"mine": "true", "tenant": "acme"}).json()
-    detail = api.get(f"/approvals/{item['id']}")
-    assert detail.status_code == 200, detail.text
-    print(f"inbox: {item['message']} requested by {item['requested_by']}")
-    print(f"rule: {detail.json()['rule']['when']}; ETag {detail.headers['etag'][:18]}…")
+        (item,) = api.get("/approvals", params={"mine": "true", "tenant": "acme"}).json()
+        detail = api.get(f"/approvals/{item['id']}")
+        assert detail.status_code == 200, detail.text
+        print(f"inbox: {item['message']} requested by {item['requested_by']}")
+        print(f"rule: {detail.json()['rule']['when']}; ETag {detail.headers['etag'][:18]}…")
 
-    stale = api.post(f"/approvals/{item['id']}/decide", json={"decision": "approve"}, headers={"If-Match": '"00"'})
-    print(f"decide with a stale hash: {stale.status_code} {stale.json()['error']['code']}")
-    ok = api.post(
-        f"/approvals/{item['id']}/decide",
-        json={"decision": "edit", "args": {"amount": 240.0}, "reason": "half now, half after the return"},
-        headers={"If-Match": detail.headers["etag"]},
-    )
-    print(f"decide with If-Match: {ok.status_code} {ok.json()['status']} by {ok.json()['decided_by']}")
-    print(f"run {run.id[:8]}: {run.result(timeout=10)}")
+        stale = api.post(f"/approvals/{item['id']}/decide", json={"decision": "approve"}, headers={"If-Match": '"00"'})
+        print(f"decide with a stale hash: {stale.status_code} {stale.json()['error']['code']}")
+        ok = api.post(
+            f"/approvals/{item['id']}/decide",
+            json={"decision": "edit", "args": {"amount": 240.0}, "reason": "half now, half after the return"},
+            headers={"If-Match": detail.headers["etag"]},
+        )
+        print(f"decide with If-Match: {ok.status_code} {ok.json()['status']} by {ok.json()['decided_by']}")
+        print(f"run {run.id[:8]}: {run.result(timeout=10)}")
 
-    audit = httpx.post(f"http://127.0.0.1:{port}/api/v1/audit/verify", json={},
-                       headers={"Authorization": f"Bearer {auditor}"}).json()  # fmt: skip
-    print(f"audit: {'intact' if audit['ok'] else 'BROKEN'}, {audit['chains']} chains, {audit['events']} events")
-    worker.stop()
-    server.should_exit = True
+        audit = httpx.post(base + "/api/v1/audit/verify", json={},
+                           headers={"Authorization": f"Bearer {auditor}"}).json()  # fmt: skip
+        print(f"audit: {'intact' if audit['ok'] else 'BROKEN'}, {audit['chains']} chains, {audit['events']} events")
+        worker.stop()
 
 
 if __name__ == "__main__":

@@ -6,17 +6,13 @@ Needs wflo[server]; runs offline in a few seconds: python examples/identity_toke
 
 from __future__ import annotations
 
-import socket
 import tempfile
-import threading
-import time
 
 import httpx
-import uvicorn
 
 import wflo
 from wflo import auth
-from wflo.server import create_app
+from wflo.server import create_app, serve_in_thread
 
 
 def main() -> None:
@@ -30,33 +26,25 @@ def main() -> None:
     _, admin = auth.tokens().create("provisioner", "admin", "tenant:acme", expires="1d", who=acc.local())
     print(f"tokens: ci (operator on tenant:acme) {operator[:13]}…, provisioner (admin on tenant:acme)")
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
+    with serve_in_thread(create_app()) as base:
 
-    def call(token: str, method: str, path: str, body: dict[str, str] | None = None) -> str:
-        resp = httpx.request(method, base + path, json=body, headers={"Authorization": f"Bearer {token}"})
-        return f"{resp.status_code} {resp.json() if resp.status_code < 300 else resp.json()['detail']}"
+        def call(token: str, method: str, path: str, body: dict[str, str] | None = None) -> str:
+            resp = httpx.request(method, base + path, json=body, headers={"Authorization": f"Bearer {token}"})
+            return f"{resp.status_code} {resp.json() if resp.status_code < 300 else resp.json()['detail']}"
 
-    print("GET /api/v1/me as ci:                ", call(operator, "GET", "/api/v1/me"))
-    grant = {"principal": "user:ann", "role": "approver", "scope": "tenant:acme"}
-    print("POST /api/v1/grants as ci:           ", call(operator, "POST", "/api/v1/grants", grant))
-    print("POST /api/v1/grants as provisioner:  ", call(admin, "POST", "/api/v1/grants", grant)[:60])
-    outside = {**grant, "scope": "tenant:globex"}
-    print("... in another tenant:               ", call(admin, "POST", "/api/v1/grants", outside))
-    server.should_exit = True
+        print("GET /api/v1/me as ci:                ", call(operator, "GET", "/api/v1/me"))
+        grant = {"principal": "user:ann", "role": "approver", "scope": "tenant:acme"}
+        print("POST /api/v1/grants as ci:           ", call(operator, "POST", "/api/v1/grants", grant))
+        print("POST /api/v1/grants as provisioner:  ", call(admin, "POST", "/api/v1/grants", grant)[:60])
+        outside = {**grant, "scope": "tenant:globex"}
+        print("... in another tenant:               ", call(admin, "POST", "/api/v1/grants", outside))
 
-    try:
-        acc.grant("user:sock1", "finance", who=acc.local("user:mallory"))
-    except auth.AccessDeniedError as err:
-        print(f"sock puppet: refused: {err}")
-    refused = [e for e in acc.store.events("system") if e.type == "access.refused"]
-    print(f"on the system chain: {len(refused)} access.refused events, e.g. {refused[-1].data}")
+        try:
+            acc.grant("user:sock1", "finance", who=acc.local("user:mallory"))
+        except auth.AccessDeniedError as err:
+            print(f"sock puppet: refused: {err}")
+        refused = [e for e in acc.store.events("system") if e.type == "access.refused"]
+        print(f"on the system chain: {len(refused)} access.refused events, e.g. {refused[-1].data}")
 
 
 if __name__ == "__main__":

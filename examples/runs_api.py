@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 
 import httpx
-import uvicorn
 
 import wflo
 from wflo import auth
-from wflo.server import create_app
+from wflo.server import create_app, serve_in_thread
 
 gate = threading.Event()
 
@@ -54,39 +51,32 @@ def main() -> None:
     live = threading.Thread(target=lambda: _quietly(answer.options(id="live-1", tenant="acme").run, "A-2"))
     live.start()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1", headers=headers, timeout=10)
+    with serve_in_thread(create_app()) as base:
+        api = httpx.Client(base_url=base + "/api/v1", headers=headers, timeout=10)
 
-    failed = api.get("/runs", params={"tenant": "acme", "status": "failed"}).json()["items"]
-    print("failed runs:", [(r["workflow"], r["error"]["message"]) for r in failed])
-    print("without ?tenant= (needs a global grant):", api.get("/runs").status_code)
+        failed = api.get("/runs", params={"tenant": "acme", "status": "failed"}).json()["items"]
+        print("failed runs:", [(r["workflow"], r["error"]["message"]) for r in failed])
+        print("without ?tenant= (needs a global grant):", api.get("/runs").status_code)
 
-    with api.stream("GET", "/stream", params={"run": "live-1", "after": 0}) as stream:
-        seen = 0
-        for line in stream.iter_lines():
-            if line.startswith("data:"):
-                msg = json.loads(line[5:])
-                if msg["kind"] == "event":
-                    print(f"  live: #{msg['event']['seq']} {msg['event']['kind']:5} {msg['event']['title']}")
-                    seen += 1
-                    if seen == 3:
-                        print("cancel:", api.post("/runs/live-1/cancel").json())
-                        gate.set()  # the run reaches its next step boundary and stops there
-                if msg["kind"] == "end":
-                    break
-    live.join(10)
-    run = api.get("/runs/live-1").json()
-    print(f"live-1 is {run['status']}; chain verifies: {run['verify']['ok']} ({run['verify']['count']} events)")
+        with api.stream("GET", "/stream", params={"run": "live-1", "after": 0}) as stream:
+            seen = 0
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    msg = json.loads(line[5:])
+                    if msg["kind"] == "event":
+                        print(f"  live: #{msg['event']['seq']} {msg['event']['kind']:5} {msg['event']['title']}")
+                        seen += 1
+                        if seen == 3:
+                            print("cancel:", api.post("/runs/live-1/cancel").json())
+                            gate.set()  # the run reaches its next step boundary and stops there
+                    if msg["kind"] == "end":
+                        break
+        live.join(10)
+        run = api.get("/runs/live-1").json()
+        print(f"live-1 is {run['status']}; chain verifies: {run['verify']['ok']} ({run['verify']['count']} events)")
 
-    again = api.post(f"/runs/{failed[0]['id']}/retry", headers={"Idempotency-Key": "retry-A-1"}).json()
-    print(f"retry: new run {again['id'][:13]}… ({again['status']}, retry_of {again['retry_of'][:13]}…)")
-    server.should_exit = True
+        again = api.post(f"/runs/{failed[0]['id']}/retry", headers={"Idempotency-Key": "retry-A-1"}).json()
+        print(f"retry: new run {again['id'][:13]}… ({again['status']}, retry_of {again['retry_of'][:13]}…)")
 
 
 def _quietly(fn: Callable[..., object], *args: object) -> None:

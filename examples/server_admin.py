@@ -7,18 +7,14 @@ Needs wflo[server]; runs offline in a few seconds: python examples/server_admin.
 
 from __future__ import annotations
 
-import socket
 import tempfile
-import threading
-import time
 
 import httpx
-import uvicorn
 
 import wflo
 from wflo import auth
-from wflo.server import create_app
-from wflo.server._firstrun import PATH, FirstSignIn
+from wflo.server import FIRST_SIGNIN_PATH as PATH
+from wflo.server import FirstSignIn, create_app, serve_in_thread
 
 
 def main() -> None:
@@ -27,38 +23,30 @@ def main() -> None:
     app = create_app()
     # What `wflo server --admin user:ops` prints on a store without an admin:
     code = FirstSignIn(auth.access()).issue("user:ops")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    print(f"first start: {base}{PATH}?code={str(code)[:8]}…")
+    with serve_in_thread(app) as base:
+        print(f"first start: {base}{PATH}?code={str(code)[:8]}…")
 
-    with httpx.Client(base_url=base) as browser:
-        signed = browser.post(PATH, data={"code": code})
-        print("sign in with the link:     ", signed.status_code, "->", signed.headers["location"])
-        print("the same link again:       ", httpx.post(base + PATH, data={"code": code}).status_code)
-        csrf = {"X-CSRF-Token": browser.cookies["wflo_csrf"], "Idempotency-Key": "create-ci-token-1"}
-        body = {"name": "ci", "role": "operator", "expires": "1d"}
-        first = browser.post("/api/v1/tokens", json=body, headers=csrf)
-        retry = browser.post("/api/v1/tokens", json=body, headers=csrf)
-        print("create a token:            ", first.status_code, first.json()["prefix"])
-        print("retry with the same key:   ", retry.status_code, retry.json()["prefix"],
-              "replayed:", retry.headers.get("Idempotent-Replayed"))  # fmt: skip
-        other = browser.post("/api/v1/tokens", json={**body, "name": "other"}, headers=csrf)
-        print("same key, other request:   ", other.status_code, other.json()["error"]["code"])
-        token = first.json()["token"]
+        with httpx.Client(base_url=base) as browser:
+            signed = browser.post(PATH, data={"code": code})
+            print("sign in with the link:     ", signed.status_code, "->", signed.headers["location"])
+            print("the same link again:       ", httpx.post(base + PATH, data={"code": code}).status_code)
+            csrf = {"X-CSRF-Token": browser.cookies["wflo_csrf"], "Idempotency-Key": "create-ci-token-1"}
+            body = {"name": "ci", "role": "operator", "expires": "1d"}
+            first = browser.post("/api/v1/tokens", json=body, headers=csrf)
+            retry = browser.post("/api/v1/tokens", json=body, headers=csrf)
+            print("create a token:            ", first.status_code, first.json()["prefix"])
+            print("retry with the same key:   ", retry.status_code, retry.json()["prefix"],
+                  "replayed:", retry.headers.get("Idempotent-Replayed"))  # fmt: skip
+            other = browser.post("/api/v1/tokens", json={**body, "name": "other"}, headers=csrf)
+            print("same key, other request:   ", other.status_code, other.json()["error"]["code"])
+            token = first.json()["token"]
 
-    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
-    print("workers (as the token):    ", api.get("/api/v1/workers").json()["workers"])
-    print("people (operator may not): ", api.get("/api/v1/users").json()["error"])
-    print("health:                    ", httpx.get(base + "/healthz").json())
-    tokens = [t.name for t in auth.tokens().list()]
-    print("tokens in the store:       ", tokens)
-    server.should_exit = True
+        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+        print("workers (as the token):    ", api.get("/api/v1/workers").json()["workers"])
+        print("people (operator may not): ", api.get("/api/v1/users").json()["error"])
+        print("health:                    ", httpx.get(base + "/healthz").json())
+        tokens = [t.name for t in auth.tokens().list()]
+        print("tokens in the store:       ", tokens)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,8 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ import pytest
 
 from wflo import _config
 from wflo.auth import access, tokens
-from wflo.server import create_app
+from wflo.server import create_app, serve_in_thread
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -35,24 +33,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def serve(cfg: _config.Settings | None = None, port: int | None = None) -> Iterator[str]:
+def serve(cfg: _config.Settings | None = None, port: int | None = None) -> AbstractContextManager[str]:
     """The wflo server (uvicorn, in a thread) on the configured store; yields its base URL."""
-    import uvicorn
-
-    port = port or free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert srv.started, "the server did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(10)
+    return serve_in_thread(create_app(cfg), port=port or 0)
 
 
 def require_chromium() -> None:

@@ -90,7 +90,7 @@ PINNED: dict[str, set[str]] = {
     "wflo.sandbox": {
         "Egress", "Limits", "Sandbox", "SandboxBackend", "SandboxResult", "parse_size", "register_backend"
     },
-    "wflo.server": {"FIRST_SIGNIN_PATH", "FirstSignIn", "PUBLIC", "RouteSpec", "SIGNED_IN", "create_app"},
+    "wflo.server": {"FIRST_SIGNIN_PATH", "FirstSignIn", "PUBLIC", "RouteSpec", "SIGNED_IN", "create_app", "serve_in_thread"},
     "wflo.store": {
         "Event", "FINAL_STATUSES", "GENESIS", "Head", "MIGRATIONS", "NewEvent", "RUN_STATUSES", "RunRecord",
         "SCHEMA_VERSION", "SYSTEM_CHAIN", "Store", "StoreOp", "apply_roles", "canonical_json", "event_hash",

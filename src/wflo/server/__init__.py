@@ -18,5 +18,6 @@ from ._app import create_app
 from ._firstrun import PATH as FIRST_SIGNIN_PATH
 from ._firstrun import FirstSignIn
 from ._routes import PUBLIC, SIGNED_IN, RouteSpec
+from ._thread import serve_in_thread
 
-__all__ = ["FIRST_SIGNIN_PATH", "FirstSignIn", "PUBLIC", "RouteSpec", "SIGNED_IN", "create_app"]
+__all__ = ["FIRST_SIGNIN_PATH", "FirstSignIn", "PUBLIC", "RouteSpec", "SIGNED_IN", "create_app", "serve_in_thread"]
