@@ -390,12 +390,9 @@ class Inbox:
                     (status, canonical_json(decided_action) if decided_action else None, vote_hash, reason, principal,
                      now, via, now, approval_id),
                 )  # fmt: skip
-                # Wake the run, whether it is already waiting or still on its way there.
-                st.execute(
-                    cur,
-                    "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')",
-                    (now, cur_req.run_id),
-                )
+                # Wake the run, whether it is already waiting or still on its way there: in
+                # this transaction, so workers hear of it at this commit (not two commits later).
+                st.wake(cur, cur_req.run_id, now)
             outcome.update(status=status, vote_hash=vote_hash, votes=len(votes))
 
         self.store.write(txn)
@@ -413,8 +410,6 @@ class Inbox:
             # Single-user local mode: nobody else checked this decision; the record says so.
             data.update(self_local=True, os_user=os_user)
         self.store.append_system([NewEvent(kind, data)])
-        if outcome["status"] != "pending":
-            self.store.set_wake(req.run_id, now)
         return self.get(approval_id)
 
     def close_for_run(self, run_id: str, *, by: str, reason: str) -> builtins.list[str]:

@@ -658,14 +658,17 @@ class Store(Connections):
 
         def go() -> None:
             with self._tx() as cur:
-                self.execute(
-                    cur,
-                    "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')",
-                    (wake_at, run_id),
-                )
-                self._notify(cur, "wflo_runs", run_id)  # delivered at commit, one round trip less
+                self.wake(cur, run_id, wake_at)
 
         self._retrying(go)
+
+    def wake(self, cur: Any, run_id: str, wake_at: str) -> None:
+        """``set_wake`` inside a caller's transaction: the run becomes claimable, and waiting
+        workers are told, when that transaction commits (not one commit later)."""
+        self.execute(
+            cur, "UPDATE runs SET wake_at = ? WHERE id = ? AND status IN ('running', 'waiting')", (wake_at, run_id)
+        )
+        self._notify(cur, "wflo_runs", run_id)  # delivered at commit
 
     def _notify_now(self) -> None:
         with self._tx() as cur:
