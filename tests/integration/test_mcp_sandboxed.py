@@ -140,6 +140,8 @@ def test_a_refused_reach_is_on_the_record(server: list[str], tmp_path: Path, con
     rows = store.read("SELECT e.type, e.data FROM events e JOIN runs r ON r.id = e.chain "
                       "WHERE r.workflow = ? AND e.type = 'call.failed'", ("mcp-sandboxed",))  # fmt: skip
     assert len(rows) == 1 and "FileNotFoundError" in json.dumps(rows[0][1])
+    data = rows[0][1] if isinstance(rows[0][1], dict) else json.loads(rows[0][1])
+    assert data["sandbox"] == {"read": readable, "write": [], "network": [], "secrets": []}
 
 
 def test_bad_sandbox_arguments_are_clear(server: list[str]) -> None:

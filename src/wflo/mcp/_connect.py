@@ -47,6 +47,7 @@ class MCPTool(Tool[..., Any]):
         cost_usd: Decimal | None = None,
     ) -> None:
         self.remote_name = remote.name
+        self._conn = conn
         self.schema = dict(remote.input_schema or {"type": "object", "properties": {}})
         # The SDK wraps a non-object return value as {"result": value}; the agent gets the value.
         unwrap = set((remote.output_schema or {}).get("properties") or {}) == {"result"}
@@ -62,6 +63,14 @@ class MCPTool(Tool[..., Any]):
 
     def parameters(self) -> dict[str, Any]:
         return self.schema
+
+    def _call(self, ctx: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = super()._call(ctx, args, kwargs)
+        caps = self._conn.sandbox
+        if caps is not None:  # what the server could reach is part of the record (secrets by name)
+            call.event["sandbox"] = {"read": list(caps.read), "write": list(caps.write),
+                                     "network": list(caps.network), "secrets": list(caps.secrets)}  # fmt: skip
+        return call
 
 
 class Connection:

@@ -3,11 +3,15 @@ settled after, refused before they run when the budget cannot hold them."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
+
+from click.testing import CliRunner
 
 import wflo
 from wflo import _config
 from wflo._errors import BudgetExceededError
+from wflo.cli import cli
 from wflo.cost._ledger import Ledger
 from wflo.cost._spend import spend
 from wflo.store import open_store
@@ -67,6 +71,12 @@ def test_a_priced_tool_is_refused_past_the_run_budget(configured: str) -> None:
         assert Ledger(store).open_reservations() == 0
     finally:
         store.close()
+    shown = CliRunner().invoke(cli, ["costs", "--json"], env={"WFLO_DATABASE_URL": configured})
+    assert shown.exit_code == 0, shown.output
+    rows = json.loads(shown.stdout)
+    assert [(r["model"], Decimal(r["cost_usd"]), r["calls"]) for r in rows] == [
+        ("tool:paid_search", Decimal("0.80"), 2)
+    ]
 
 
 def test_a_scope_limit_holds_priced_tools_and_failures_are_free(configured: str) -> None:
