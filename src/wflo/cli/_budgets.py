@@ -118,7 +118,7 @@ def _run_budget(scope: str) -> BudgetUsage | None:
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def costs(group: str, since: str | None, as_json: bool) -> None:
-    """Spend on LLM calls, grouped by model, workflow, tenant or run."""
+    """Spend on LLM and priced tool calls, grouped by model, workflow, tenant or run."""
     store = _config.get_store(create=False)
     # Completed calls, failed calls that were charged (an answer lost after sending), and calls
     # a dead process left in flight (charged at their reservation: estimates): wflo.cost._spend,

@@ -12,7 +12,7 @@ from .._scope import current_scope
 from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
 from ._formats import LLMRequest
-from ._ledger import Budget, Ledger, Limit, Reservation, usd_str
+from ._ledger import Budget, CostRequest, Ledger, Limit, Reservation, usd_str
 from ._outcomes import unknown_outcome
 from ._prices import prices
 
@@ -66,7 +66,11 @@ class BudgetGuard(Guard):
 
     def before(self, call: Call) -> None:
         """Price the request, bound it (refusing shapes it cannot bound), reserve the worst
-        case on every limited scope, writing a default output cap in or lowering it to fit."""
+        case on every limited scope, writing a default output cap in or lowering it to fit.
+        A priced tool call (``cost_usd`` in its manifest) reserves its price the same way."""
+        if call.kind == "tool":
+            self._reserve_tool(call)
+            return
         if call.kind != "llm":
             return
         from . import _llm
@@ -117,6 +121,24 @@ class BudgetGuard(Guard):
             req.set_output_cap(res.output_cap)
             call.event["clamped"] = {"field": field, "from": cap, "to": res.output_cap}
 
+    def _reserve_tool(self, call: Call) -> None:
+        price = call.meta.get("cost_usd")
+        if not isinstance(price, Decimal) or call.meta.get("grant_refused") is not None:
+            return
+        res = self.ledger.reserve(
+            run_id=self.run_id,
+            scopes=self.scopes(),
+            extra_limits=[self.run_limit] if self.run_limit is not None else [],
+            cost=CostRequest(input_cost=price, output_price_per_token=Decimal(0), output_cap=None),
+            ttl_seconds=settings().reservation_ttl,
+            call_id=call.call_id,
+            model=f"tool:{call.name}",
+        )  # a price past a limit raises BudgetExceededError here: the tool does not run
+        call.meta["tool_price"] = price
+        if res is not None:
+            call.meta["reservation"] = res
+            call.event["reserved_usd"] = usd_str(res.amount)
+
     def _server_state(self, req: LLMRequest) -> None:
         """``previous_response_id``: the provider bills the earlier conversation as input; its
         size is known only from this run's record of that response."""
@@ -143,7 +165,17 @@ class BudgetGuard(Guard):
 
     def after(self, call: Call, outcome: Outcome) -> None:
         """Settle on the usage the provider reported; an answer without usage (a stream cut
-        short: an unknown outcome) at its reservation; an error status at $0."""
+        short: an unknown outcome) at its reservation; an error status at $0. A priced tool
+        call is charged its price when it succeeds; a failed or refused one is released at $0."""
+        if call.kind == "tool":
+            price = call.meta.get("tool_price")
+            if isinstance(price, Decimal):
+                charged = price if outcome.error is None else Decimal(0)
+                call.event["cost_usd"] = usd_str(charged)
+                tres: Reservation | None = call.meta.get("reservation")
+                if tres is not None:
+                    call.ops.append(self.ledger.settle_op(tres, charged))
+            return
         if call.kind != "llm":
             return
         from . import _llm

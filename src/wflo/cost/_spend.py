@@ -1,4 +1,5 @@
-"""Spend read back from the journal: LLM calls grouped by model, workflow, tenant, day or run.
+"""Spend read back from the journal: LLM calls grouped by model, workflow, tenant, day or run
+(priced tool calls count too, under ``tool:NAME``).
 
 The budget ledger holds running totals per limited scope; what was spent on which model, by
 which workflow, on which day, is in the runs' chains (each ``call.completed`` event carries
@@ -68,11 +69,12 @@ def charges(
         ]
     for at, kind, name, cost, estimated, error, tokens_in, tokens_out, workflow, run_tenant, run_id in rows:
         # A failed call counts only when it was charged (an answer lost after sending).
-        if kind != "llm" or (error and not cost):
+        if kind not in ("llm", "tool") or (error and not cost) or (kind == "tool" and not _usd(cost)):
             continue
         yield Charge(
-            at=at, model=str(name or "?"), usd=_usd(cost), estimated=_true(estimated), input_tokens=_int(tokens_in),
-            output_tokens=_int(tokens_out), run_id=run_id, workflow=workflow, tenant=run_tenant,
+            at=at, model=str(name or "?") if kind == "llm" else f"tool:{name}", usd=_usd(cost),
+            estimated=_true(estimated), input_tokens=_int(tokens_in), output_tokens=_int(tokens_out), run_id=run_id,
+            workflow=workflow, tenant=run_tenant,
         )  # fmt: skip
     # Calls a dead process left in flight, charged at their reservation and not yet journaled.
     where, params = _window("u.created_at", since, until, tenant)

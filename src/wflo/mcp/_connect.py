@@ -8,7 +8,11 @@ and waits for approval when the tool is destructive or a policy says so.
 
 MCP annotations are hints from the server, not facts: unless ``trust_hints=True``, every tool is
 treated as destructive (so it asks for approval) except those named in ``read_only=``.
-``prices={"search": "0.01"}`` prices a tool's calls, which a grant's ``budget_usd`` then caps.
+``prices={"search": "0.01"}`` prices a tool's calls: the budget ledger reserves and charges
+them like LLM calls, and a grant's ``budget_usd`` caps them too.
+
+``sandbox=Capabilities(...)`` (or a ``Manifest``) starts the server inside wflo's bubblewrap
+sandbox with exactly those capabilities (``_jail.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -24,7 +29,7 @@ from typing import Any
 from .._errors import UserError
 from ..approvals._policy import Approval
 from ..tools._errors import ToolRefused
-from ..tools._manifest import Capabilities, Effects
+from ..tools._manifest import Capabilities, Effects, Manifest
 from ..tools._tool import Tool
 
 
@@ -42,6 +47,7 @@ class MCPTool(Tool[..., Any]):
         cost_usd: Decimal | None = None,
     ) -> None:
         self.remote_name = remote.name
+        self._conn = conn
         self.schema = dict(remote.input_schema or {"type": "object", "properties": {}})
         # The SDK wraps a non-object return value as {"result": value}; the agent gets the value.
         unwrap = set((remote.output_schema or {}).get("properties") or {}) == {"result"}
@@ -58,9 +64,20 @@ class MCPTool(Tool[..., Any]):
     def parameters(self) -> dict[str, Any]:
         return self.schema
 
+    def _call(self, ctx: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = super()._call(ctx, args, kwargs)
+        caps = self._conn.sandbox
+        if caps is not None:  # what the server could reach is part of the record (secrets by name)
+            call.event["sandbox"] = {"read": list(caps.read), "write": list(caps.write),
+                                     "network": list(caps.network), "secrets": list(caps.secrets)}  # fmt: skip
+        return call
+
 
 class Connection:
-    """A running stdio MCP server and its tools (``close()`` or ``with`` stops it)."""
+    """A running stdio MCP server and its tools (``close()`` or ``with`` stops it).
+
+    ``sandbox=`` runs the server in the sandbox with a manifest of its own: only its paths,
+    its network allow-list (or none), its secrets and its limits; ``cwd`` is then ``/work``."""
 
     def __init__(
         self,
@@ -74,6 +91,7 @@ class Connection:
         approval: Approval | None = None,
         prices: Mapping[str, Any] | None = None,
         timeout: float = 30.0,
+        sandbox: Capabilities | Manifest | None = None,
     ) -> None:
         if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
             raise UserError("connect() takes the server's command as a list: ['python', 'server.py']")
@@ -84,6 +102,11 @@ class Connection:
         costs = {name: _price(name, value) for name, value in (prices or {}).items()}
         self._params = StdioServerParameters(command=command[0], args=list(command[1:]), env=dict(env or {}), cwd=cwd)
         self._timeout = timeout
+        self.sandbox: Capabilities | None = None
+        if sandbox is not None:
+            self.sandbox = _checked(sandbox)
+            self._params = _jailed(list(command), self.sandbox, dict(env or {}))
+            self._timeout = min(timeout, self.sandbox.limits.wall)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="wflo-mcp", daemon=True)
         self._thread.start()
@@ -169,6 +192,31 @@ class Connection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _checked(sandbox: Any) -> Capabilities:
+    if isinstance(sandbox, Manifest):
+        sandbox = sandbox.capabilities
+    if not isinstance(sandbox, Capabilities):
+        raise UserError("sandbox= takes a wflo.tools.Capabilities(...) or a Manifest")
+    # Checked like a manifest's (absolute paths, nothing over the sandbox's own tree).
+    return Manifest.from_dict({"name": "mcp-server", "capabilities": Manifest(name="x", capabilities=sandbox)
+                               .to_dict()["capabilities"]}).capabilities  # fmt: skip
+
+
+def _jailed(command: list[str], caps: Capabilities, env: dict[str, str]) -> Any:
+    import sys
+
+    from mcp.client.stdio import StdioServerParameters
+
+    from ..tools._runner import resolve_secrets
+    from . import _jail
+
+    secrets = resolve_secrets(caps.secrets, command[0])
+    jail_env = {_jail.ENV: _jail.config(command, caps, env, secrets)}
+    if "PYTHONPATH" in os.environ:
+        jail_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return StdioServerParameters(command=sys.executable, args=["-m", "wflo.mcp._jail"], env=jail_env)
 
 
 def _price(name: str, value: Any) -> Decimal:

@@ -150,9 +150,9 @@ _out.flush()
 class ToolBackend(BwrapBackend):
     """bwrap with a packaged tool's code and declared paths bound in."""
 
-    def __init__(self, code_dir: Path, package: str, read: tuple[str, ...], write: tuple[str, ...]) -> None:
+    def __init__(self, code_dir: Path | None, package: str, read: tuple[str, ...], write: tuple[str, ...]) -> None:
         super().__init__()
-        self.binds = ["--ro-bind", str(code_dir), f"{CODE_ROOT}/{package}"]
+        self.binds = [] if code_dir is None else ["--ro-bind", str(code_dir), f"{CODE_ROOT}/{package}"]
         for path in read:
             self.binds += ["--ro-bind-try", path, path]
         for path in write:

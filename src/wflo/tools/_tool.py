@@ -58,6 +58,8 @@ class Tool(Step[P, R]):
     def _call(self, ctx: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         call = super()._call(ctx, args, kwargs)
         call.meta["fn"] = self.fn
+        if self.capabilities.cost_usd is not None:  # the budget guard reserves and charges it
+            call.meta["cost_usd"] = self.capabilities.cost_usd
         if self.approval is not None:
             call.meta["approval"] = self.approval
         from ._grants import apply_grant
