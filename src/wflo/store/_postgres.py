@@ -265,7 +265,7 @@ class PostgresStore(Store):
 
     def _open_watch(self) -> Any:
         if self.pooler == "transaction" and not self.listen_url:
-            return _POLL  # LISTEN through a transaction pooler hears nothing: poll instead
+            return _Poll()  # LISTEN through a transaction pooler hears nothing: poll instead
         if self.listen_url:
             try:
                 kwargs = self._kwargs()
@@ -280,17 +280,26 @@ class PostgresStore(Store):
         return conn
 
     def _watch(self, watch: Any, timeout: float) -> list[str | None]:
-        if watch is _POLL:  # no channel: every waiter looks again each poll interval
-            time.sleep(min(timeout, self.poll_interval))
+        if isinstance(watch, _Poll):  # no channel: every waiter looks again each poll interval
+            left = watch.due - time.monotonic()
+            if left > timeout:
+                time.sleep(timeout)
+                return []
+            time.sleep(max(0.0, left))
+            watch.due = time.monotonic() + self.poll_interval
             return [None]
         return [n.payload for n in watch.notifies(timeout=timeout, stop_after=1)]
 
     def _close_watch(self, watch: Any) -> None:
-        if watch is not None and watch is not _POLL:
+        if watch is not None and not isinstance(watch, _Poll):
             watch.close()
 
 
-_POLL = object()  # the change feed's "watch" when there is no LISTEN channel to watch
+class _Poll:
+    """The change feed's "watch" when there is no LISTEN channel: when the next look is due."""
+
+    def __init__(self) -> None:
+        self.due = time.monotonic()
 
 
 class _PipelinedCursor:
