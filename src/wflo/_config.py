@@ -156,6 +156,18 @@ class Settings:
     """A file of ``NAME=value`` lines the secrets of packaged tools are read from (before the
     environment). Env: ``WFLO_TOOL_SECRETS_FILE``."""
 
+    pg_pooler: str = "none"
+    """What sits between wflo and PostgreSQL: ``none``, ``session`` (a session pooler: nothing
+    changes) or ``transaction`` (PgBouncer's ``pool_mode=transaction``: no prepared statements,
+    and the change feed LISTENs on ``pg_listen_url`` or else polls every ``poll_interval``).
+    A store URL's ``?pooler=`` wins. Env: ``WFLO_PG_POOLER``."""
+
+    pg_listen_url: str = ""
+    """A direct connection to the PostgreSQL primary (not through the pooler) for
+    ``LISTEN wflo_runs`` when ``pg_pooler`` is ``transaction``: waits wake in milliseconds
+    instead of a poll interval. A store URL's ``?listen_url=`` (percent-encoded) wins.
+    Env: ``WFLO_PG_LISTEN_URL``."""
+
     def __post_init__(self) -> None:
         # Every field is checked by its declared type (and its choices), so a setting added
         # later is validated the same way without code here.
@@ -192,6 +204,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "content": ("full", "redacted", "hash_only"),
     "compliance_schedule": ("daily", "weekly", "monthly"),
     "compliance_framework": ("eu-ai-act", "soc2", "iso42001", "all"),
+    "pg_pooler": ("none", "session", "transaction"),
 }
 # Numbers that must be > 0 (all numeric settings unless listed in _NON_NEGATIVE).
 _NON_NEGATIVE: set[str] = {"retention_days"}

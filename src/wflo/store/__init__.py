@@ -54,7 +54,9 @@ def open_store(url: str, *, migrate: bool = True, verify: bool = True, create: b
 
     SQLite takes ``?synchronous=FULL`` to fsync every commit (survives power loss; the
     default ``NORMAL`` survives process crashes). Both take ``?pool_size=N``: at most N
-    connections per process (default 10; PostgreSQL adds one for LISTEN).
+    connections per process (default 10; PostgreSQL adds one for LISTEN). PostgreSQL behind
+    PgBouncer in transaction mode takes ``?pooler=transaction`` and, for LISTEN, a direct
+    ``&listen_url=<percent-encoded URL>`` (or the settings ``pg_pooler``/``pg_listen_url``).
 
     With ``migrate`` (the default) a new or older schema is brought up to date; a newer one
     raises ``SchemaVersionError``, as does an older one when ``migrate`` is off. With
@@ -121,9 +123,25 @@ def _make(url: str, *, create: bool = True) -> Store:
         parts = [p for p in query.split("&") if p]
         params = dict(p.split("=", 1) for p in parts if "=" in p)
         size = _pool_size(url, params)
-        # pool_size is ours, not libpq's: it must not reach the server's connection string.
-        kept = [p for p in parts if not p.startswith("pool_size=")]
-        return PostgresStore(base + ("?" + "&".join(kept) if kept else ""), pool_size=size)
+        # pool_size, pooler and listen_url are ours, not libpq's: they must not reach the
+        # server's connection string. Without them in the URL, the settings say (pg_pooler,
+        # pg_listen_url), so every store a process opens on the same URL agrees.
+        from .._config import settings
+
+        cfg = settings()
+        pooler = unquote(params.get("pooler", cfg.pg_pooler)).lower()
+        if pooler not in ("none", "session", "transaction"):
+            raise ConfigurationError(f"pooler must be none, session or transaction in {url!r}, got {pooler!r}")
+        listen_url = unquote(params.get("listen_url", cfg.pg_listen_url))
+        ours = ("pool_size=", "pooler=", "listen_url=")
+        kept = [p for p in parts if not p.startswith(ours)]
+        return PostgresStore(
+            base + ("?" + "&".join(kept) if kept else ""),
+            pool_size=size,
+            pooler=pooler,
+            listen_url=listen_url,
+            poll_interval=cfg.poll_interval,
+        )
     raise ConfigurationError(
         f"unsupported database URL {url!r}: use sqlite:///path/to/wflo.db or postgresql://user@host/db"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -84,13 +85,31 @@ class PostgresStore(Store):
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(
-        self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, pool_timeout: float = DEFAULT_POOL_TIMEOUT
+        self,
+        url: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        pooler: str = "none",
+        listen_url: str = "",
+        poll_interval: float = 0.2,
     ) -> None:
         super().__init__(url, pool_size=pool_size, pool_timeout=pool_timeout)
         self._psycopg = _psycopg()
+        # Behind PgBouncer in transaction mode (pooler="transaction") each statement may run
+        # on a different server connection: psycopg's automatic prepared statements would
+        # name statements another connection never saw (PgBouncer < 1.21 cannot track them),
+        # and LISTEN would subscribe some pooled connection, not ours. So prepared
+        # statements are off and the change feed LISTENs on ``listen_url`` (a direct
+        # connection to the primary) or, without one, looks again every ``poll_interval``.
+        self.pooler = pooler
+        self.listen_url = listen_url
+        self.poll_interval = poll_interval
 
     def _kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"autocommit": True, "connect_timeout": 10}
+        if self.pooler == "transaction":
+            kwargs["prepare_threshold"] = None  # never prepare: see __init__
         if "application_name" not in self.url:
             kwargs["application_name"] = "wflo"  # so operators can find wflo in pg_stat_activity
         return kwargs
@@ -245,16 +264,42 @@ class PostgresStore(Store):
         cur.execute("SELECT pg_notify(%s, %s)", (channel, payload))
 
     def _open_watch(self) -> Any:
-        conn = self._connect()
+        if self.pooler == "transaction" and not self.listen_url:
+            return _Poll()  # LISTEN through a transaction pooler hears nothing: poll instead
+        if self.listen_url:
+            try:
+                kwargs = self._kwargs()
+                if "application_name" in self.listen_url:
+                    kwargs.pop("application_name", None)
+                conn = self._psycopg.connect(self.listen_url, **kwargs)
+            except self._psycopg.Error as exc:
+                raise StoreUnavailableError(url=_redact(self.listen_url), detail=_first_line(exc)) from None
+        else:
+            conn = self._connect()
         conn.execute("LISTEN wflo_runs")
         return conn
 
     def _watch(self, watch: Any, timeout: float) -> list[str | None]:
+        if isinstance(watch, _Poll):  # no channel: every waiter looks again each poll interval
+            left = watch.due - time.monotonic()
+            if left > timeout:
+                time.sleep(timeout)
+                return []
+            time.sleep(max(0.0, left))
+            watch.due = time.monotonic() + self.poll_interval
+            return [None]
         return [n.payload for n in watch.notifies(timeout=timeout, stop_after=1)]
 
     def _close_watch(self, watch: Any) -> None:
-        if watch is not None:
+        if watch is not None and not isinstance(watch, _Poll):
             watch.close()
+
+
+class _Poll:
+    """The change feed's "watch" when there is no LISTEN channel: when the next look is due."""
+
+    def __init__(self) -> None:
+        self.due = time.monotonic()
 
 
 class _PipelinedCursor:
