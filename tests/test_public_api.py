@@ -47,7 +47,7 @@ PINNED: dict[str, set[str]] = {
     "wflo.cost": {
         "Budget", "BudgetGuard", "BudgetUsage", "Budgets", "Cost", "CostRequest", "DEFAULT_OUTPUT_CAP", "Ledger",
         "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "Usage", "budgets", "estimate_input_tokens",
-        "estimate_text_tokens", "ledger", "prices", "spend", "usage_from_response", "usd_str"
+        "estimate_text_tokens", "ledger", "prices", "spend", "sse_events", "usage_from_response", "usd_str"
     },
     "wflo.demo": {"run_demo"},
     "wflo.engine": {

@@ -4,6 +4,7 @@ from ._api import Budgets, budgets, ledger
 from ._estimate import DEFAULT_OUTPUT_CAP, estimate_input_tokens, estimate_text_tokens
 from ._guard import BudgetGuard
 from ._ledger import PERIODS, Budget, BudgetUsage, CostRequest, Ledger, Limit, Reservation, usd_str
+from ._llm import sse_events
 from ._prices import Cost, Price, PriceBook, prices
 from ._spend import spend
 from ._usage import Usage, usage_from_response
@@ -29,6 +30,7 @@ __all__ = [
     "ledger",
     "prices",
     "spend",
+    "sse_events",
     "usage_from_response",
     "usd_str",
 ]

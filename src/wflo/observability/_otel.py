@@ -40,6 +40,7 @@ from opentelemetry.trace import (
     TraceFlags,
 )
 
+from ..cost import sse_events
 from ..store import Event, RunRecord, Store, parse_iso
 from . import CONTENT_ENV, SEMCONV_SCHEMA_URL
 from ._link import LINK_OPTION, parse_traceparent, root_span_id_of, trace_id_of
@@ -223,19 +224,12 @@ def _response_doc(output: Any) -> tuple[dict[str, Any] | None, int]:
     except ValueError:
         pass
     merged: dict[str, Any] = {}
-    for line in body.splitlines():
-        if not line.startswith("data:"):
-            continue
-        try:
-            chunk = json.loads(line[5:].strip())
-        except ValueError:
-            continue
-        if isinstance(chunk, dict):
-            inner = chunk.get("response") or chunk.get("message") or chunk
-            if isinstance(inner, dict):
-                for key in ("id", "model"):
-                    if key in inner and key not in merged:
-                        merged[key] = inner[key]
+    for chunk in sse_events(body):
+        inner = chunk.get("response") or chunk.get("message") or chunk
+        if isinstance(inner, dict):
+            for key in ("id", "model"):
+                if key in inner and key not in merged:
+                    merged[key] = inner[key]
     return (merged or None), status
 
 

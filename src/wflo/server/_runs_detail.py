@@ -16,6 +16,7 @@ from typing import Any
 from ..approvals import Inbox
 from ..audit import ChainReport, verify_run
 from ..audit._verify import chain_hasher
+from ..cost import sse_events
 from ..cost._ledger import Ledger, period_start, usd_str
 from ..store import Event, RunRecord, Store, now_iso
 from ._runs_query import LIST_COLUMNS, _item, run_costs
@@ -295,15 +296,7 @@ def answer(output: Any) -> str | None:
 
 def _streamed(body: str) -> str | None:
     parts: list[str] = []
-    for line in body.splitlines():
-        if not line.startswith("data:"):
-            continue
-        try:
-            chunk = json.loads(line[5:].strip())
-        except ValueError:
-            continue
-        if not isinstance(chunk, dict):
-            continue
+    for chunk in sse_events(body):
         for choice in chunk.get("choices") or []:
             delta = (choice.get("delta") or {}).get("content")
             if delta:
