@@ -16,6 +16,9 @@ from wflo import _config
 
 
 def test_a_worker_does_not_run_its_own_run_twice_after_its_lease_lapsed(configured: str) -> None:
+    # A long lease: its heartbeat (every lease/3 = 10 s) must not renew the lapsed lease before
+    # the claim loop (every 0.05 s) takes it back, or the scenario under test never happens.
+    _config.configure(database=configured, lease_seconds=30.0, poll_interval=0.05)
     started: list[int] = []
     release = threading.Event()
 
