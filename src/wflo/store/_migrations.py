@@ -7,7 +7,10 @@ example the PostgreSQL trigger that refuses UPDATE and DELETE on events).
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 
 @dataclass(frozen=True, slots=True)
@@ -750,22 +753,63 @@ CREATE INDEX runs_queue_started ON runs (queue, started_at) WHERE started_at IS 
 """,
 )
 
-MIGRATIONS: tuple[Migration, ...] = (
-    M001_INITIAL,
-    M002_BUDGETS,
-    M003_APPROVALS,
-    M004_RATE_LIMITS,
-    M005_PAYLOADS,
-    M006_APPROVALS_BIND,
-    M007_AUDIT_ROLES,
-    M008_UNKNOWN_OUTCOMES,
-    M009_IDENTITY,
-    M010_RUNS_LIST_INDEXES,
-    M011_DECISIONS_EVENT_TYPE,
-    M012_ADMIN,
-    M013_TOOL_GRANTS,
-    M014_REPLICAS_SIGNIN_STATE,
-    M015_PERFSTORE,
-    M016_QUEUES_CLAIM,
+class _Migrations(Sequence[Migration]):
+    """The one ordered list of migrations, some of them kept by the package owning their tables.
+
+    A domain (the ledger in ``wflo.cost._tables``, approvals in ``wflo.approvals._tables``, …)
+    keeps its tables' DDL next to the queries on them; the list names such a migration as
+    ``"module:NAME"`` and imports it on first use, so the store imports no package above it
+    (the domains import the store) and the order of every migration is still decided here.
+    """
+
+    def __init__(self, entries: tuple[Migration | str, ...]) -> None:
+        self._entries = entries
+        self._resolved: tuple[Migration, ...] | None = None
+
+    def _all(self) -> tuple[Migration, ...]:
+        if self._resolved is None:
+            resolved = []
+            for entry in self._entries:
+                if isinstance(entry, str):
+                    module, _, name = entry.partition(":")
+                    entry = getattr(importlib.import_module(module), name)
+                    assert isinstance(entry, Migration), name
+                resolved.append(entry)
+            self._resolved = tuple(resolved)
+        return self._resolved
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> Migration: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[Migration, ...]: ...
+    def __getitem__(self, index: int | slice) -> Migration | tuple[Migration, ...]:
+        return self._all()[index]
+
+    def __repr__(self) -> str:
+        return f"<wflo migrations: {len(self)}>"
+
+
+MIGRATIONS: Sequence[Migration] = _Migrations(
+    (
+        M001_INITIAL,
+        M002_BUDGETS,
+        M003_APPROVALS,
+        M004_RATE_LIMITS,
+        M005_PAYLOADS,
+        M006_APPROVALS_BIND,
+        M007_AUDIT_ROLES,
+        M008_UNKNOWN_OUTCOMES,
+        M009_IDENTITY,
+        M010_RUNS_LIST_INDEXES,
+        M011_DECISIONS_EVENT_TYPE,
+        M012_ADMIN,
+        M013_TOOL_GRANTS,
+        M014_REPLICAS_SIGNIN_STATE,
+        M015_PERFSTORE,
+        M016_QUEUES_CLAIM,
+    )
 )
 SCHEMA_VERSION = len(MIGRATIONS)
