@@ -753,6 +753,7 @@ CREATE INDEX runs_queue_started ON runs (queue, started_at) WHERE started_at IS 
 """,
 )
 
+
 class _Migrations(Sequence[Migration]):
     """The one ordered list of migrations, some of them kept by the package owning their tables.
 
@@ -810,6 +811,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         M014_REPLICAS_SIGNIN_STATE,
         M015_PERFSTORE,
         M016_QUEUES_CLAIM,
+        "wflo.integrations._checkpoint_tables:M017_CKPT_BYTES",
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)
