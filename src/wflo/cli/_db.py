@@ -145,9 +145,7 @@ def worker_cmd(
     signal.signal(signal.SIGINT, stop)
     if not quiet:
         served = f", queue(s) {', '.join(worker.queues)}" if worker.queues is not None else ""
-        console.print(
-            f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {_config.settings().database}"
-        )
+        console.print(f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {_config.settings().database}")
     done = worker.run(max_runs=max_runs, idle_timeout=idle_exit)
     if not quiet:
         console.print(f"worker exiting after {done} run(s)")

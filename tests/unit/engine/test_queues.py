@@ -254,7 +254,12 @@ def pick(i: int) -> int:
 
 
 def _worker_cli(url: str, app: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WFLO_DATABASE_URL": url, "WFLO_POLL_INTERVAL": "0.05", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {
+        **os.environ,
+        "WFLO_DATABASE_URL": url,
+        "WFLO_POLL_INTERVAL": "0.05",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
     cmd = [sys.executable, "-m", "wflo.cli", "worker", "--import", str(app), "--idle-exit", "1", *args]
     return subprocess.run(cmd, env=env, cwd=str(app.parent), capture_output=True, text=True, timeout=60)
 
