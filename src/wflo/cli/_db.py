@@ -113,8 +113,8 @@ def worker_cmd(
 ) -> None:
     """Serve queued runs, and recover the runs of workers that died.
 
-    With --queue, runs of other named queues stay queued for other workers; a name no
-    imported module declares is an error (no worker could hold its limits).
+    With --queue, runs of other named queues stay queued for other workers; a name that
+    none of the imported modules declares is an error.
     """
     import_modules(modules)
     if metrics_port is not None:
