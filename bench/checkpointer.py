@@ -28,12 +28,11 @@ import json
 import sqlite3
 import statistics
 import tempfile
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypedDict
 
-from _common import fresh_pg
+from _common import alternate, fresh_pg
 
 NODES = 5
 
@@ -103,24 +102,6 @@ def cases(store: str, stack: contextlib.ExitStack, tmp: str) -> dict[str, Callab
     return out
 
 
-def alternate(fns: dict[str, Callable[[], Any]], iterations: int, rounds: int) -> list[dict[str, float]]:
-    names = list(fns)
-    for _ in range(5):
-        for name in names:
-            fns[name]()
-    out = []
-    for _ in range(rounds):
-        samples: dict[str, list[float]] = {n: [] for n in names}
-        for i in range(iterations):
-            k = i % len(names)
-            for name in names[k:] + names[:k]:
-                t0 = time.perf_counter_ns()
-                fns[name]()
-                samples[name].append((time.perf_counter_ns() - t0) / 1000 / NODES)
-        out.append({n: statistics.median(v) for n, v in samples.items()})
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=40)
@@ -138,7 +119,10 @@ def main() -> None:
             if isinstance(fns, str):
                 results[store] = {"error": fns}
                 continue
-            rounds = alternate(fns, args.iterations, args.rounds)
+            # µs per invocation ÷ NODES: per node (a checkpoint and the node's writes each)
+            rounds = [
+                {n: us / NODES for n, us in r.items()} for r in alternate(fns, args.iterations, args.rounds, warm=5)
+            ]
             peer = next(n for n in fns if n.startswith("LangGraph"))
             figures: dict[str, Any] = {}
             for name in fns:

@@ -32,11 +32,10 @@ import sqlite3
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
-from _common import fresh_pg
+from _common import alternate, fresh_pg
 
 STEPS = 10
 ROW = "x" * 200
@@ -143,25 +142,6 @@ def dbos_close() -> None:
 
 
 # ----------------------------------------------------------------------------- the loop
-def alternate(cases: dict[str, Callable[[], Any]], iterations: int, rounds: int) -> list[dict[str, float]]:
-    """Per round, the median µs of each case; cases run in a rotating order each iteration."""
-    names = list(cases)
-    for _ in range(max(5, iterations // 10)):  # warm
-        for name in names:
-            cases[name]()
-    out = []
-    for _ in range(rounds):
-        samples: dict[str, list[float]] = {n: [] for n in names}
-        for i in range(iterations):
-            k = i % len(names)
-            for name in names[k:] + names[:k]:
-                t0 = time.perf_counter_ns()
-                cases[name]()
-                samples[name].append((time.perf_counter_ns() - t0) / 1000)
-        out.append({n: statistics.median(v) for n, v in samples.items()})
-    return out
-
-
 def derive(rounds: list[dict[str, float]]) -> dict[str, Any]:
     """Per-round figures (per step, ratios), then the median and spread of each."""
     per_round: list[dict[str, float]] = []

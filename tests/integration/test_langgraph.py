@@ -405,3 +405,131 @@ def test_checkpoint_writes_are_fenced_on_the_runs_lease(configured: str) -> None
     assert saver.store.read("SELECT COUNT(*) FROM wflo_lg_writes WHERE thread_id = 'fenced'", [])[0][0] == 0
     # Outside any run there is no lease to check.
     saver.put(config, empty_checkpoint(), {}, {})
+
+
+# The checkpointer's tables as wflo created them before m017_ckpt_bytes: values as base64 text.
+_OLD_TABLES = (
+    """CREATE TABLE IF NOT EXISTS wflo_lg_checkpoints (
+        thread_id TEXT NOT NULL, checkpoint_ns TEXT NOT NULL DEFAULT '', checkpoint_id TEXT NOT NULL,
+        parent_checkpoint_id TEXT, type TEXT, checkpoint TEXT NOT NULL, metadata TEXT NOT NULL,
+        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id))""",
+    """CREATE TABLE IF NOT EXISTS wflo_lg_writes (
+        thread_id TEXT NOT NULL, checkpoint_ns TEXT NOT NULL DEFAULT '', checkpoint_id TEXT NOT NULL,
+        task_id TEXT NOT NULL, idx INTEGER NOT NULL, channel TEXT NOT NULL, type TEXT, value TEXT NOT NULL,
+        task_path TEXT NOT NULL DEFAULT '', PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx))""",
+)
+
+
+def _interrupting_graph() -> StateGraph[Any]:
+    class State(MessagesState):
+        approved: str
+
+    def ask(state: State) -> dict[str, Any]:
+        return {"approved": interrupt({"question": "send it?"})}
+
+    g = StateGraph(State)
+    g.add_node("ask", ask)
+    g.add_edge(START, "ask")
+    return g
+
+
+def test_checkpoints_saved_as_base64_before_m017_resume_after_the_upgrade(store_url: str) -> None:
+    """A thread saved by the old checkpointer (base64 text, schema before m017) resumes after
+    the upgrade; new checkpoints are stored as bytes (BLOB / BYTEA)."""
+    import base64
+    import json
+
+    from langgraph.checkpoint.base import WRITES_IDX_MAP
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    from wflo.integrations._checkpoint_tables import M017_CKPT_BYTES
+    from wflo.store import MIGRATIONS, open_store
+
+    # A thread paused on interrupt(), saved as the old checkpointer saved it.
+    memory = InMemorySaver()
+    config = _thread("old-1")
+    assert "__interrupt__" in _interrupting_graph().compile(checkpointer=memory).invoke(
+        {"messages": [("user", "hi")]}, config
+    )
+    saved = list(memory.list(config))
+    assert saved and any(t.pending_writes for t in saved)
+
+    def b64(value: Any) -> tuple[str, str]:
+        type_, blob = memory.serde.dumps_typed(value)
+        return type_, base64.b64encode(blob).decode()
+
+    before = MIGRATIONS.index(M017_CKPT_BYTES)
+    old = open_store(store_url, verify=False)
+
+    def old_schema(cur: Any) -> None:
+        cur.execute("CREATE TABLE wflo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        for migration in MIGRATIONS[:before]:
+            for statement in migration.statements(old.dialect):
+                cur.execute(statement)
+        old.execute(cur, "INSERT INTO wflo_meta (key, value) VALUES ('schema_version', ?)", [str(before)])
+        for statement in _OLD_TABLES:
+            cur.execute(statement)
+        for t in saved:
+            conf = t.config["configurable"]
+            parent = (t.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+            key = [conf["thread_id"], conf["checkpoint_ns"], conf["checkpoint_id"]]
+            old.execute(
+                cur,
+                "INSERT INTO wflo_lg_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [*key, parent, *b64(t.checkpoint), json.dumps(t.metadata)],
+            )
+            for i, (task_id, channel, value) in enumerate(t.pending_writes or ()):
+                old.execute(
+                    cur,
+                    "INSERT INTO wflo_lg_writes VALUES (?, ?, ?, ?, ?, ?, ?, ?, '')",
+                    [*key, task_id, WRITES_IDX_MAP.get(channel, i), channel, *b64(value)],
+                )
+
+    old.write(old_schema)
+    old.close()
+
+    saver = Checkpointer(store_url)  # opens the store: m017 runs here
+    try:
+        assert saver.store.schema_version() == len(MIGRATIONS)
+        graph = _interrupting_graph().compile(checkpointer=saver)
+        assert graph.get_state(config).next == ("ask",)
+        assert [t.checkpoint["id"] for t in saver.list(config)] == [t.checkpoint["id"] for t in saved]
+        done = graph.invoke(Command(resume="yes"), config)
+        assert done["approved"] == "yes" and done["messages"][0].content == "hi"
+        newest = saver.get_tuple(config)
+        assert newest is not None and newest.checkpoint["id"] not in {t.checkpoint["id"] for t in saved}
+        if saver.store.dialect == "postgresql":
+            types = saver.store.read(
+                "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND column_name IN ('checkpoint', 'value') AND table_name IN ('wflo_lg_checkpoints', 'wflo_lg_writes')"
+            )
+            assert sorted(t for (t,) in types) == ["bytea", "bytea"]
+        else:  # SQLite keeps the old rows' text as it was; every new row is a BLOB
+            kinds = saver.store.read(
+                "SELECT checkpoint_id, typeof(checkpoint) FROM wflo_lg_checkpoints WHERE thread_id = 'old-1'"
+            )
+            old_ids = {t.checkpoint["id"] for t in saved}
+            assert {k for cid, k in kinds if cid in old_ids} == {"text"}
+            assert {k for cid, k in kinds if cid not in old_ids} == {"blob"}
+    finally:
+        saver.close()
+
+
+def test_a_new_store_has_the_checkpoint_tables_as_bytes(store_url: str) -> None:
+    """The store's migrations create the tables (no creation on first use); values are bytes."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from wflo.store import open_store
+
+    with open_store(store_url) as store:
+        assert store.read("SELECT COUNT(*) FROM wflo_lg_checkpoints") == [(0,)]
+    saver = Checkpointer(store_url)
+    try:
+        config = saver.put(_thread("new-1"), empty_checkpoint(), {}, {})
+        saver.put_writes(config, [("c", {"x": 1})], "t1")
+        got = saver.get_tuple(config)
+        assert got is not None and got.pending_writes == [("t1", "c", {"x": 1})]
+        (kind,) = saver.store.read_one("SELECT value FROM wflo_lg_writes") or ()
+        assert isinstance(kind, bytes)
+    finally:
+        saver.close()

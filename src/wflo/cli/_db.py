@@ -95,6 +95,9 @@ def db_roles(app: str, auditor: str, owner: str | None, print_only: bool, no_cre
 @click.option(
     "--idle-exit", type=click.FloatRange(0), metavar="SECONDS", help="Exit after this long with nothing to do."
 )
+@click.option("--queue", "-Q", "queues", multiple=True, metavar="NAME",
+              help="Serve only these declared queues (repeatable), besides runs of no queue; "
+              "default: every queue the imported modules declare.")  # fmt: skip
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics (computed from the store) on this port; needs wflo[otel].")  # fmt: skip
@@ -106,8 +109,13 @@ def worker_cmd(
     idle_exit: float | None,
     quiet: bool,
     metrics_port: int | None = None,
+    queues: tuple[str, ...] = (),
 ) -> None:
-    """Serve queued runs, and recover the runs of workers that died."""
+    """Serve queued runs, and recover the runs of workers that died.
+
+    With --queue, runs of other named queues stay queued for other workers; a name that
+    none of the imported modules declares is an error.
+    """
     import_modules(modules)
     if metrics_port is not None:
         from ..observability import serve_metrics
@@ -127,7 +135,7 @@ def worker_cmd(
         if not quiet:
             console.print(f"{kind:8} {run.id} {run.workflow} {run.status}")
 
-    worker = Worker(concurrency=concurrency, on_event=progress)
+    worker = Worker(concurrency=concurrency, on_event=progress, queues=list(queues) if queues else None)
 
     def stop(*_: Any) -> None:
         console.print("stopping: finishing runs in progress …")
@@ -136,7 +144,8 @@ def worker_cmd(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     if not quiet:
-        console.print(f"wflo worker {worker.owner}: {len(names)} workflow(s) on {_config.settings().database}")
+        served = f", queue(s) {', '.join(worker.queues)}" if worker.queues is not None else ""
+        console.print(f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {_config.settings().database}")
     done = worker.run(max_runs=max_runs, idle_timeout=idle_exit)
     if not quiet:
         console.print(f"worker exiting after {done} run(s)")

@@ -49,6 +49,7 @@ from .._errors import ApprovalRejected, RunNotFoundError, UserError, WfloError, 
 from ..approvals import Approval
 from ..engine import BoundWorkflow, Call, RunContext, Step, Workflow, aguarded_call, current_run, guarded_call
 from ..store import Store, new_id, open_store
+from . import _checkpoint_tables as _tables
 from ._common import check_approvals, jsonable
 
 __all__ = ["Checkpointer", "WrappedGraph", "wrap"]
@@ -512,74 +513,24 @@ async def _arun(bound: BoundWorkflow[..., Any], request: Any) -> Any:
 
 
 # --------------------------------------------------------------------- the checkpointer
-_TABLES = (
-    """CREATE TABLE IF NOT EXISTS wflo_lg_checkpoints (
-        thread_id TEXT NOT NULL, checkpoint_ns TEXT NOT NULL DEFAULT '', checkpoint_id TEXT NOT NULL,
-        parent_checkpoint_id TEXT, type TEXT, checkpoint TEXT NOT NULL, metadata TEXT NOT NULL,
-        PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id))""",
-    """CREATE TABLE IF NOT EXISTS wflo_lg_writes (
-        thread_id TEXT NOT NULL, checkpoint_ns TEXT NOT NULL DEFAULT '', checkpoint_id TEXT NOT NULL,
-        task_id TEXT NOT NULL, idx INTEGER NOT NULL, channel TEXT NOT NULL, type TEXT, value TEXT NOT NULL,
-        task_path TEXT NOT NULL DEFAULT '', PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx))""",
-)
-
-
-_PUT_CHECKPOINT = (
-    "INSERT INTO wflo_lg_checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
-    "checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) "
-    "DO UPDATE SET parent_checkpoint_id = excluded.parent_checkpoint_id, type = excluded.type, "
-    "checkpoint = excluded.checkpoint, metadata = excluded.metadata"
-)
-
-# Errors, interrupts and the like (negative idx) replace an earlier write; ordinary writes are
-# kept once (a task run again after a crash writes the same values).
-_PUT_WRITES = (
-    "INSERT INTO wflo_lg_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, value, "
-    "task_path) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) "
-    "DO UPDATE SET channel = excluded.channel, type = excluded.type, value = excluded.value, "
-    "task_path = excluded.task_path WHERE excluded.idx < 0"
-)
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.b64decode(text)
-
-
 class Checkpointer(BaseCheckpointSaver[str]):
     """A LangGraph checkpoint saver on wflo's store (SQLite or PostgreSQL).
 
     ``Checkpointer()`` uses the configured store (``wflo.configure`` / ``WFLO_DATABASE_URL``);
     ``Checkpointer("postgresql://…")`` opens its own. Checkpoints live in two tables of their
-    own (``wflo_lg_checkpoints``, ``wflo_lg_writes``), created on first use. The async methods
-    run the sync ones in a thread.
+    own (``wflo_lg_checkpoints``, ``wflo_lg_writes``; the store's migrations create them),
+    serialized as bytes. The async methods run the sync ones in a thread.
     """
 
     def __init__(self, url: str | None = None, *, serde: Any = None) -> None:
         super().__init__(serde=serde)
         self.url = url
         self._store: Store | None = None
-        self._ready = False
-        self._lock = threading.Lock()
 
     @property
     def store(self) -> Store:
         if self._store is None:
             self._store = open_store(self.url) if self.url else get_store()
-        if not self._ready:
-            with self._lock:
-                if not self._ready:
-                    store = self._store
-
-                    def create(cur: Any) -> None:
-                        for sql in _TABLES:
-                            store.execute(cur, sql)
-
-                    store.write(create)
-                    self._ready = True
         return self._store
 
     def _fence(self) -> Callable[[Any], None]:
@@ -602,44 +553,28 @@ class Checkpointer(BaseCheckpointSaver[str]):
         if self._store is not None and self.url:
             self._store.close()
         self._store = None
-        self._ready = False
 
     # ----------------------------------------------------------------- reading
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         conf = config.get("configurable") or {}
         thread_id = str(conf["thread_id"])
         ns = str(conf.get("checkpoint_ns", ""))
-        checkpoint_id = get_checkpoint_id(config)
-        sql = ("SELECT checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata FROM wflo_lg_checkpoints "
-               "WHERE thread_id = ? AND checkpoint_ns = ?")  # fmt: skip
-        params: list[Any] = [thread_id, ns]
-        if checkpoint_id:
-            sql += " AND checkpoint_id = ?"
-            params.append(checkpoint_id)
-        else:
-            sql += " ORDER BY checkpoint_id DESC LIMIT 1"
-        rows = self.store.read(sql, params)
-        if not rows:
-            return None
-        return self._tuple(thread_id, ns, rows[0])
+        row = _tables.get_checkpoint(self.store, thread_id, ns, get_checkpoint_id(config))
+        return None if row is None else self._tuple(thread_id, ns, row)
 
-    def _tuple(self, thread_id: str, ns: str, row: Sequence[Any]) -> CheckpointTuple:
+    def _tuple(self, thread_id: str, ns: str, row: _tables.CheckpointRow) -> CheckpointTuple:
         checkpoint_id, parent_id, type_, blob, metadata = row
-        writes = self.store.read(
-            "SELECT task_id, channel, type, value FROM wflo_lg_writes WHERE thread_id = ? AND checkpoint_ns = ? "
-            "AND checkpoint_id = ? ORDER BY task_id, idx",
-            [thread_id, ns, checkpoint_id],
-        )
+        writes = _tables.get_writes(self.store, thread_id, ns, checkpoint_id)
         return CheckpointTuple(
             config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}},
-            checkpoint=self.serde.loads_typed((type_, _unb64(blob))),
+            checkpoint=self.serde.loads_typed((type_, blob)),
             metadata=json.loads(metadata),
             parent_config=(
                 {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": parent_id}}
                 if parent_id
                 else None
             ),
-            pending_writes=[(t, c, self.serde.loads_typed((ty, _unb64(v)))) for t, c, ty, v in writes],
+            pending_writes=[(t, c, self.serde.loads_typed((ty, v))) for t, c, ty, v in writes],
         )
 
     def list(
@@ -650,29 +585,20 @@ class Checkpointer(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        sql = ("SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata "
-               "FROM wflo_lg_checkpoints WHERE 1 = 1")  # fmt: skip
-        params: list[Any] = []
         conf = (config or {}).get("configurable") or {}
-        if conf.get("thread_id") is not None:
-            sql += " AND thread_id = ?"
-            params.append(str(conf["thread_id"]))
-        if conf.get("checkpoint_ns") is not None:
-            sql += " AND checkpoint_ns = ?"
-            params.append(str(conf["checkpoint_ns"]))
-        if conf.get("checkpoint_id"):
-            sql += " AND checkpoint_id = ?"
-            params.append(str(conf["checkpoint_id"]))
-        if before is not None and get_checkpoint_id(before):
-            sql += " AND checkpoint_id < ?"
-            params.append(get_checkpoint_id(before))
-        sql += " ORDER BY checkpoint_id DESC"
+        rows = _tables.list_checkpoints(
+            self.store,
+            thread_id=None if conf.get("thread_id") is None else str(conf["thread_id"]),
+            ns=None if conf.get("checkpoint_ns") is None else str(conf["checkpoint_ns"]),
+            checkpoint_id=str(conf["checkpoint_id"]) if conf.get("checkpoint_id") else None,
+            before=(get_checkpoint_id(before) or None) if before is not None else None,
+        )
         count = 0
-        for row in self.store.read(sql, params):
-            metadata = json.loads(row[6])
+        for thread_id, ns, row in rows:
+            metadata = json.loads(row[4])
             if filter and any(metadata.get(k) != v for k, v in filter.items()):
                 continue
-            yield self._tuple(row[0], row[1], row[2:])
+            yield self._tuple(thread_id, ns, row)
             count += 1
             if limit is not None and count >= limit:
                 return
@@ -692,13 +618,13 @@ class Checkpointer(BaseCheckpointSaver[str]):
         type_, blob = self.serde.dumps_typed(checkpoint)
         meta = json.dumps(jsonable(get_checkpoint_metadata(config, metadata)))
         store = self.store
-        row = [thread_id, ns, checkpoint["id"], parent, type_, _b64(blob), meta]
+        row = [thread_id, ns, checkpoint["id"], parent, type_, blob, meta]
 
         fence = self._fence()
 
         def go(cur: Any) -> None:
             fence(cur)
-            store.execute(cur, _PUT_CHECKPOINT, row)
+            _tables.put_checkpoint(store, cur, row)
 
         store.write_batch(go)  # fence and upsert without waiting in between: one round trip
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
@@ -716,25 +642,19 @@ class Checkpointer(BaseCheckpointSaver[str]):
         rows: list[list[Any]] = []
         for i, (channel, value) in enumerate(writes):
             type_, blob = self.serde.dumps_typed(value)
-            rows.append([*key, task_id, WRITES_IDX_MAP.get(channel, i), channel, type_, _b64(blob), task_path])
+            rows.append([*key, task_id, WRITES_IDX_MAP.get(channel, i), channel, type_, blob, task_path])
 
         fence = self._fence()
 
         def go(cur: Any) -> None:
             fence(cur)
-            if rows:
-                cur.executemany(store._sql(_PUT_WRITES), rows)
+            _tables.put_writes(store, cur, rows)
 
         store.write_batch(go)
 
     def delete_thread(self, thread_id: str) -> None:
         store = self.store
-
-        def go(cur: Any) -> None:
-            store.execute(cur, "DELETE FROM wflo_lg_checkpoints WHERE thread_id = ?", [str(thread_id)])
-            store.execute(cur, "DELETE FROM wflo_lg_writes WHERE thread_id = ?", [str(thread_id)])
-
-        store.write(go)
+        store.write(lambda cur: _tables.delete_thread(store, cur, str(thread_id)))
 
     def get_next_version(self, current: str | None, channel: None = None) -> str:
         if current is None:

@@ -811,6 +811,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         M014_REPLICAS_SIGNIN_STATE,
         M015_PERFSTORE,
         M016_QUEUES_CLAIM,
+        "wflo.integrations._checkpoint_tables:M017_CKPT_BYTES",
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -239,3 +239,63 @@ def test_a_worker_can_serve_only_some_queues(configured: str) -> None:
     assert (a.status(), b.status(), c.status()) == ("succeeded", "queued", "succeeded")
     assert Worker(concurrency=2, queues=[theirs]).run(max_runs=1, idle_timeout=2) == 1
     assert b.result(timeout=5) == 2
+
+
+PICKAPP = """
+import wflo
+
+wflo.Queue("a")
+wflo.Queue("b")
+
+@wflo.workflow(name="q.cli.pick")
+def pick(i: int) -> int:
+    return i
+"""
+
+
+def _worker_cli(url: str, app: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "WFLO_DATABASE_URL": url,
+        "WFLO_POLL_INTERVAL": "0.05",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    cmd = [sys.executable, "-m", "wflo.cli", "worker", "--import", str(app), "--idle-exit", "1", *args]
+    return subprocess.run(cmd, env=env, cwd=str(app.parent), capture_output=True, text=True, timeout=60)
+
+
+def test_worker_cli_serves_only_the_named_queues(tmp_path: Path, store_url: str) -> None:
+    """``wflo worker --queue a`` completes the runs of queue a; those of queue b stay queued."""
+    _config.configure(database=store_url, poll_interval=0.05)
+    app = tmp_path / "pickapp.py"
+    app.write_text(textwrap.dedent(PICKAPP))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import pickapp
+    finally:
+        sys.path.remove(str(tmp_path))
+    try:
+        on_a = [pickapp.pick.options(queue="a").start(i) for i in range(3)]
+        on_b = [pickapp.pick.options(queue="b").start(i) for i in range(3, 5)]
+        done = _worker_cli(store_url, app, "--queue", "a")
+        assert done.returncode == 0, done.stderr
+        assert "queue(s) a " in done.stdout and "after 3 run(s)" in done.stdout, done.stdout
+        assert [h.status() for h in on_a] == ["succeeded"] * 3
+        assert [h.status() for h in on_b] == ["queued"] * 2
+        # A worker for both (-Q is --queue) then takes b's runs.
+        assert _worker_cli(store_url, app, "-q", "-Q", "a", "-Q", "b").returncode == 0
+        assert [h.result(timeout=5) for h in on_b] == [3, 4]
+    finally:
+        sys.modules.pop("pickapp", None)
+        _config.reset()
+
+
+def test_worker_cli_refuses_a_queue_no_module_declares(tmp_path: Path, store_url: str) -> None:
+    """A typo in --queue is a one-line error and a failing exit status, not a traceback nor a
+    worker that idles forever on a queue nobody starts runs on."""
+    app = tmp_path / "pickapp.py"
+    app.write_text(textwrap.dedent(PICKAPP))
+    done = _worker_cli(store_url, app, "--queue", "a", "--queue", "c")
+    assert done.returncode != 0
+    assert "queue 'c' is not declared" in done.stderr and "declared: a, b" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout

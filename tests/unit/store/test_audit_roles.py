@@ -176,3 +176,23 @@ def test_wflo_db_roles_sets_the_roles_up(pg_url: str) -> None:
             conn.execute("SET LOCAL wflo.prune = 'on'")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("DELETE FROM events WHERE chain = 'r1'")
+
+
+def test_the_application_role_keeps_langgraph_checkpoints(deployment: Deployment) -> None:
+    """The checkpointer's tables come with the owner's migrations: the application role, which
+    may create nothing in the schema, saves, reads and deletes checkpoints (it used to need to
+    create the tables on first use)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from wflo.integrations.langgraph import Checkpointer
+
+    saver = Checkpointer(deployment.url(deployment.app))
+    try:
+        config = saver.put({"configurable": {"thread_id": "t1", "checkpoint_ns": ""}}, empty_checkpoint(), {}, {})
+        saver.put_writes(config, [("c", 1)], "task")
+        got = saver.get_tuple(config)
+        assert got is not None and got.pending_writes == [("task", "c", 1)]
+        saver.delete_thread("t1")
+        assert saver.get_tuple(config) is None
+    finally:
+        saver.close()
