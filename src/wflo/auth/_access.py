@@ -14,7 +14,6 @@ needs one.
 from __future__ import annotations
 
 import getpass
-import json
 import os
 from contextlib import suppress
 from dataclasses import dataclass
@@ -230,20 +229,11 @@ class Access:
 
     def _project(self, cur: Any, principal: str) -> None:
         """Keep ``principals.roles`` (the role names approval routing reads) in step."""
-        st = self.store
-        now = now_iso()
-        st.execute(cur, "SELECT DISTINCT role FROM role_grants WHERE principal = ?", (principal,))
+        from ..approvals import Inbox  # the approvals package imports this one
+
+        self.store.execute(cur, "SELECT DISTINCT role FROM role_grants WHERE principal = ?", (principal,))
         roles = sorted({r[0] for r in cur.fetchall()})
-        st.execute(
-            cur,
-            "INSERT INTO principals (id, roles, created_at, updated_at) VALUES (?, '[]', ?, ?) "
-            "ON CONFLICT (id) DO NOTHING",
-            (principal, now, now),
-        )
-        st.execute(cur, f"SELECT roles FROM principals WHERE id = ?{st.for_update}", (principal,))
-        st.execute(
-            cur, "UPDATE principals SET roles = ?, updated_at = ? WHERE id = ?", (json.dumps(roles), now, principal)
-        )
+        Inbox(self.store).set_roles(cur, principal, roles)
 
     def _write_grant(
         self,
