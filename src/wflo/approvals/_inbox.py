@@ -161,11 +161,6 @@ class Inbox:
         roles approval routing reads (``wflo.auth`` keeps them in step with its grants)."""
         return tables.principals(self.store)
 
-    def set_roles(self, cur: Any, principal: str, roles: builtins.list[str]) -> None:
-        """Write ``principal``'s role names in the transaction ``cur`` belongs to (``wflo.auth``
-        calls this with each grant it writes, so routing sees the grant when it commits)."""
-        tables.set_roles(self.store, cur, principal, roles, now=now_iso())
-
     def grant(self, principal: str, role: str, *, by: str, scope: str = "*") -> set[str]:
         """Give ``principal`` (``user:alice``) the ``role`` (``finance`` or ``role:finance``).
 

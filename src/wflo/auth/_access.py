@@ -229,11 +229,13 @@ class Access:
 
     def _project(self, cur: Any, principal: str) -> None:
         """Keep ``principals.roles`` (the role names approval routing reads) in step."""
-        from ..approvals import Inbox  # the approvals package imports this one
+        # The table is the approvals package's; writing it is this module's alone (each grant is
+        # checked and recorded on the system chain here), so the write is not on Inbox's public
+        # face, where it would hand out approval rights unrecorded.
+        from ..approvals._tables import set_roles  # imported here: wflo.approvals imports wflo.auth
 
         self.store.execute(cur, "SELECT DISTINCT role FROM role_grants WHERE principal = ?", (principal,))
-        roles = sorted({r[0] for r in cur.fetchall()})
-        Inbox(self.store).set_roles(cur, principal, roles)
+        set_roles(self.store, cur, principal, sorted({r[0] for r in cur.fetchall()}), now=now_iso())
 
     def _write_grant(
         self,

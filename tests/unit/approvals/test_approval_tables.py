@@ -251,6 +251,6 @@ def test_inbox_reads_for_other_packages(configured: str) -> None:
     assert inbox.summaries(["ap"]) == [{"id": "ap", "run_id": "r1", "status": "pending", "tool": "refund",
                                         "tenant": "acme"}]  # fmt: skip
     assert inbox.pending_by_tool() == {"refund": 1}
-    store.write(lambda cur: inbox.set_roles(cur, "user:a", ["finance"]))
+    store.write(lambda cur: tables.set_roles(store, cur, "user:a", ["finance"], now=store.now()))
     assert inbox.roles_of("user:a") == {"finance"}
     assert [(p, roles) for p, roles, _c, _u in inbox.principals()] == [("user:a", ["finance"])]
