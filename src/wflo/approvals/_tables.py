@@ -100,8 +100,19 @@ def request(store: Store, approval_id: str) -> Row | None:
 
 
 def requests_by_prefix(store: Store, prefix: str) -> list[Row]:
-    """At most two requests whose id starts with ``prefix`` (two: the prefix is ambiguous)."""
-    return store.read(f"SELECT {COLUMNS} FROM approvals WHERE id LIKE ? LIMIT 2", (prefix + "%",))
+    """At most two requests whose id starts with ``prefix`` (two: the prefix is ambiguous).
+
+    ``prefix`` is text, not a pattern: ``%`` and ``_`` in it match only themselves (a bare
+    ``%%%%`` would otherwise name the only request there is). The range keeps the match exact
+    where SQLite's LIKE ignores case, and lets it use the primary key's order.
+    """
+    if not prefix:
+        return []
+    like = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
+    return store.read(
+        f"SELECT {COLUMNS} FROM approvals WHERE id >= ? AND id < ? AND id LIKE ? ESCAPE '!' LIMIT 2",
+        (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), like),
+    )
 
 
 def requests_for_call(store: Store, run_id: str, call_id: str) -> list[Row]:

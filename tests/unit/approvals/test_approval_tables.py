@@ -4,14 +4,16 @@ SQLite and PostgreSQL (decide-once under concurrent deciders included)."""
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from wflo import _config
-from wflo._errors import ApprovalClosedError
+from wflo._errors import ApprovalClosedError, ApprovalNotFoundError
 from wflo.approvals import Inbox
 from wflo.approvals import _tables as tables
 from wflo.store import MIGRATIONS, Store, open_store
@@ -73,6 +75,10 @@ def test_reads(store: Store) -> None:
     assert tables.request(store, "ap-") is None  # exact only
     assert len(tables.requests_by_prefix(store, "ap-")) == 2  # at most two: enough to say "ambiguous"
     assert [r[0] for r in tables.requests_by_prefix(store, "ap-3")] == ["ap-3"]
+    # A prefix is text, not a pattern, and case counts (SQLite's LIKE alone would ignore it).
+    for pattern in ("%", "ap_", "a%-3", "_p-3", "AP-3"):
+        assert tables.requests_by_prefix(store, pattern) == [], pattern
+    assert tables.requests_by_prefix(store, "") == []
     assert [r[0] for r in tables.requests_for_call(store, "r1", "1")] == ["ap-1", "ap-2"]
     assert [r[0] for r in tables.requests(store, status=None, run_id=None, limit=10)] == ["ap-3", "ap-2", "ap-1"]
     assert [r[0] for r in tables.requests(store, status="pending", run_id=None, limit=10)] == ["ap-3", "ap-1"]
@@ -247,6 +253,9 @@ def test_inbox_reads_for_other_packages(configured: str) -> None:
     [(req, tenant, workflow)] = inbox.with_runs(status=None)
     assert (req.id, tenant, workflow) == ("ap", "acme", "refunds")
     assert inbox.with_runs(status="approved") == []
+    assert inbox.get("ap").id == "ap"
+    with pytest.raises(ApprovalNotFoundError):
+        inbox.get("%%%%")  # the only request there is, were the prefix a pattern
     assert inbox.tenant_of("ap") == "acme"
     assert inbox.summaries(["ap"]) == [{"id": "ap", "run_id": "r1", "status": "pending", "tool": "refund",
                                         "tenant": "acme"}]  # fmt: skip
@@ -254,3 +263,9 @@ def test_inbox_reads_for_other_packages(configured: str) -> None:
     store.write(lambda cur: tables.set_roles(store, cur, "user:a", ["finance"], now=store.now()))
     assert inbox.roles_of("user:a") == {"finance"}
     assert [(p, roles) for p, roles, _c, _u in inbox.principals()] == [("user:a", ["finance"])]
+
+
+def test_every_query_here_is_tried_here() -> None:
+    source = Path(__file__).read_text()
+    queries = [n for n, f in vars(tables).items() if inspect.isfunction(f) and f.__module__ == tables.__name__]
+    assert queries and [n for n in queries if f"tables.{n}(" not in source] == []

@@ -4,9 +4,11 @@ and PostgreSQL; shared buckets refill on the store's clock, and workers share th
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +109,9 @@ def test_workers_share_one_bucket(store: Store) -> None:
         t.join(120)
     refilled = (time.time() - started) * 30 / 60
     assert len(taken) == 3 and 30 <= sum(taken) <= 30 + refilled + 1, (taken, refilled)
+
+
+def test_every_query_here_is_tried_here() -> None:
+    source = Path(__file__).read_text()
+    queries = [n for n, f in vars(tables).items() if inspect.isfunction(f) and f.__module__ == tables.__name__]
+    assert queries and [n for n in queries if f"tables.{n}(" not in source] == []
