@@ -24,14 +24,10 @@ from .._errors import (
     UserError,
 )
 from ..store import NewEvent, Store, canonical_json, now_iso
+from . import _tables as tables
 from ._params import edited_action
 from ._policy import action_hash
 
-_COLUMNS = (
-    "id, run_id, call_id, tool, message, action, action_hash, approvers, quorum, requested_by, status, "
-    "decision_action, decision_hash, reason, decided_by, decided_at, via, timeout_at, on_timeout, "
-    "escalate_to, escalations, created_at, updated_at, params, supersedes"
-)
 DECISIONS = ("approve", "reject")
 _ENDED = ("succeeded", "failed", "cancelled", "stopped")
 
@@ -105,58 +101,65 @@ class Inbox:
 
     # ----------------------------------------------------------------- reading
     def get(self, approval_id: str) -> ApprovalRequest:
-        rows = self.store.read(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,))
-        if not rows and len(approval_id) >= 4:
-            rows = self.store.read(f"SELECT {_COLUMNS} FROM approvals WHERE id LIKE ? LIMIT 2", (approval_id + "%",))
-            rows = rows if len(rows) == 1 else []
-        if not rows:
+        """The request with this id, or with the only id this prefix (4+ characters) starts."""
+        row = tables.request(self.store, approval_id)
+        if row is None and len(approval_id) >= 4:
+            rows = tables.requests_by_prefix(self.store, approval_id)
+            row = rows[0] if len(rows) == 1 else None
+        if row is None:
             raise ApprovalNotFoundError(approval_id=approval_id)
-        return ApprovalRequest.from_row(rows[0])
+        return ApprovalRequest.from_row(row)
 
     def find(self, approval_id: str) -> ApprovalRequest | None:
         """The request with exactly this id, or ``None``."""
-        rows = self.store.read(f"SELECT {_COLUMNS} FROM approvals WHERE id = ?", (approval_id,))
-        return ApprovalRequest.from_row(rows[0]) if rows else None
+        row = tables.request(self.store, approval_id)
+        return ApprovalRequest.from_row(row) if row else None
 
     def for_call(self, run_id: str, call_id: str) -> builtins.list[ApprovalRequest]:
         """Every request filed for one call of a run, oldest first."""
-        rows = self.store.read(
-            f"SELECT {_COLUMNS} FROM approvals WHERE run_id = ? AND call_id = ? ORDER BY created_at, id",
-            (run_id, call_id),
-        )
-        return [ApprovalRequest.from_row(r) for r in rows]
+        return [ApprovalRequest.from_row(r) for r in tables.requests_for_call(self.store, run_id, call_id)]
 
     def list(
         self, *, status: str | None = "pending", run_id: str | None = None, limit: int = 100
     ) -> builtins.list[ApprovalRequest]:
-        sql = f"SELECT {_COLUMNS} FROM approvals"
-        params: builtins.list[Any] = []
-        where: builtins.list[str] = []
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        if run_id:
-            where.append("run_id = ?")
-            params.append(run_id)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC LIMIT ?"
-        params.append(limit)
-        return [ApprovalRequest.from_row(r) for r in self.store.read(sql, params)]
+        rows = tables.requests(self.store, status=status, run_id=run_id, limit=limit)
+        return [ApprovalRequest.from_row(r) for r in rows]
+
+    def with_runs(
+        self, *, status: str | None = "pending", tenant: str | None = None, limit: int = 200
+    ) -> builtins.list[tuple[ApprovalRequest, str | None, str | None]]:
+        """Requests newest first, each with its run's tenant and workflow (``None`` for a run
+        that is gone); ``status=None``: any; ``tenant``: only that tenant's runs."""
+        rows = tables.requests_with_runs(self.store, status=status, tenant=tenant, limit=limit)
+        return [(ApprovalRequest.from_row(r[:-2]), r[-2], r[-1]) for r in rows]
+
+    def tenant_of(self, approval_id: str) -> str | None:
+        """The tenant of the run a request belongs to (``None``: none, or no such request)."""
+        return tables.tenant_of_request(self.store, approval_id)
+
+    def summaries(self, ids: builtins.list[str]) -> builtins.list[dict[str, Any]]:
+        """``id``, ``run_id``, ``status``, ``tool`` and ``tenant`` of each of ``ids`` that exists."""
+        keys = ("id", "run_id", "status", "tool", "tenant")
+        return [dict(zip(keys, r, strict=True)) for r in tables.summaries(self.store, ids)]
+
+    def pending_by_tool(self) -> dict[str, int]:
+        """How many requests wait for a decision, by tool."""
+        return tables.pending_by_tool(self.store)
 
     def votes(self, approval_id: str) -> builtins.list[dict[str, Any]]:
-        rows = self.store.read(
-            "SELECT principal, decision, reason, action_hash, via, at FROM approval_votes WHERE approval_id = ? ORDER BY at",
-            (approval_id,),
-        )
         return [
-            dict(zip(("principal", "decision", "reason", "action_hash", "via", "at"), r, strict=True)) for r in rows
+            dict(zip(("principal", "decision", "reason", "action_hash", "via", "at"), r, strict=True))
+            for r in tables.votes(self.store, approval_id)
         ]
 
     # ----------------------------------------------------------------- principals
     def roles_of(self, principal: str) -> set[str]:
-        rows = self.store.read("SELECT roles FROM principals WHERE id = ?", (principal,))
-        return set(json.loads(rows[0][0])) if rows else set()
+        return tables.roles_of(self.store, principal)
+
+    def principals(self) -> builtins.list[tuple[str, builtins.list[str], str, str]]:
+        """``(principal, role names, created_at, updated_at)`` of every principal, by id: the
+        roles approval routing reads (``wflo.auth`` keeps them in step with its grants)."""
+        return tables.principals(self.store)
 
     def grant(self, principal: str, role: str, *, by: str, scope: str = "*") -> set[str]:
         """Give ``principal`` (``user:alice``) the ``role`` (``finance`` or ``role:finance``).
@@ -173,8 +176,7 @@ class Inbox:
     def _scope_of(self, req: ApprovalRequest) -> str:
         from ..auth import tenant_scope
 
-        rows = self.store.read("SELECT tenant FROM runs WHERE id = ?", (req.run_id,))
-        return tenant_scope(rows[0][0] if rows else None)
+        return tenant_scope(tables.run_tenant(self.store, req.run_id))
 
     def may_decide(self, req: ApprovalRequest, principal: str, *, authenticated: bool = False) -> bool:
         return self.why_not(req, principal, authenticated=authenticated) is None
@@ -235,27 +237,16 @@ class Inbox:
 
         def txn(cur: Any) -> bool:
             st = self.store
-            st.execute(
-                cur,
-                "UPDATE approvals SET status = 'superseded', updated_at = ? WHERE run_id = ? AND call_id = ? "
-                "AND status = 'pending' AND id <> ?",
-                (now, run_id, call_id, approval_id),
-            )
-            st.execute(
-                cur,
-                "UPDATE approvals SET status = 'pending', updated_at = ? WHERE id = ? AND status = 'superseded'",
-                (now, approval_id),
-            )
-            st.execute(cur, "SELECT 1 FROM approvals WHERE id = ?", (approval_id,))
-            if cur.fetchone():
+            tables.supersede_pending(st, cur, run_id, call_id, keep=approval_id, now=now)
+            tables.reopen(st, cur, approval_id, now=now)
+            if tables.exists(st, cur, approval_id):
                 return False
-            st.execute(
-                cur,
-                f"INSERT INTO approvals ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, NULL, NULL, NULL, NULL, NULL, ?, ?, ?, 0, ?, ?, ?, ?)",
-                (approval_id, run_id, call_id, tool, message, canonical_json(action), action_hash(action),
-                 json.dumps(approvers), quorum, requested_by, timeout_at, on_timeout, json.dumps(escalate_to), now, now,
-                 canonical_json(params) if params is not None else None,
-                 canonical_json(supersedes) if supersedes is not None else None),
+            tables.insert(
+                st, cur, approval_id=approval_id, run_id=run_id, call_id=call_id, tool=tool, message=message,
+                action=canonical_json(action), action_hash=action_hash(action), approvers=approvers, quorum=quorum,
+                requested_by=requested_by, timeout_at=timeout_at, on_timeout=on_timeout, escalate_to=escalate_to,
+                params=canonical_json(params) if params is not None else None,
+                supersedes=canonical_json(supersedes) if supersedes is not None else None, now=now,
             )  # fmt: skip
             return True
 
@@ -265,14 +256,7 @@ class Inbox:
     def supersede(self, run_id: str, call_id: str, *, keep: str) -> None:
         """Close a call's pending requests other than ``keep`` (for actions it no longer computes)."""
         now = now_iso()
-        self.store.write(
-            lambda cur: self.store.execute(
-                cur,
-                "UPDATE approvals SET status = 'superseded', updated_at = ? WHERE run_id = ? AND call_id = ? "
-                "AND status = 'pending' AND id <> ?",
-                (now, run_id, call_id, keep),
-            )
-        )
+        self.store.write(lambda cur: tables.supersede_pending(self.store, cur, run_id, call_id, keep=keep, now=now))
 
     def preview(self, approval_id: str, edits: dict[str, Any] | None) -> tuple[ApprovalRequest, dict[str, Any]]:
         """The request and the action an approval with ``edits`` would decide (validated)."""
@@ -335,10 +319,11 @@ class Inbox:
             st = self.store
             # The run's row first (the order every writer of both rows uses): a cancel that
             # committed before us is seen here, one that comes after waits for our decision.
-            st.execute(cur, f"SELECT status, cancel_requested FROM runs WHERE id = ?{st.for_update}", (req.run_id,))
-            run = cur.fetchone()
-            st.execute(cur, f"SELECT {_COLUMNS} FROM approvals WHERE id = ?{st.for_update}", (approval_id,))
-            cur_req = ApprovalRequest.from_row(cur.fetchone())
+            run = tables.lock_run(st, cur, req.run_id)
+            row = tables.lock_request(st, cur, approval_id)
+            if row is None:  # removed meanwhile (a store restored from a backup)
+                raise ApprovalNotFoundError(approval_id=approval_id)
+            cur_req = ApprovalRequest.from_row(row)
             if cur_req.status != "pending":
                 raise ApprovalClosedError(approval_id=approval_id, status=cur_req.status)
             if run is not None and (run[0] in _ENDED or run[1]):
@@ -360,20 +345,15 @@ class Inbox:
             if edited_kwargs is not None:
                 decided_action = edited_action(cur_req.action, edited_kwargs, cur_req.params)
             vote_hash = action_hash(decided_action) if decided_action else cur_req.action_hash
-            st.execute(
-                cur, "SELECT 1 FROM approval_votes WHERE approval_id = ? AND principal = ?", (approval_id, principal)
-            )
-            if cur.fetchone():
+            if tables.has_voted(st, cur, approval_id, principal):
                 raise ApprovalForbiddenError(
                     approval_id=approval_id, principal=principal, detail="already voted on this request"
                 )
-            st.execute(
-                cur,
-                "INSERT INTO approval_votes (approval_id, principal, decision, reason, action_hash, via, shown, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (approval_id, principal, decision, reason, vote_hash, via, shown, now),
-            )
-            st.execute(cur, "SELECT decision, action_hash FROM approval_votes WHERE approval_id = ?", (approval_id,))
-            votes = cur.fetchall()
+            tables.insert_vote(
+                st, cur, approval_id, principal, decision=decision, reason=reason, action_hash=vote_hash, via=via,
+                shown=shown, at=now,
+            )  # fmt: skip
+            votes = tables.tally(st, cur, approval_id)
             approvals = [v for v in votes if v[0] == "approve"]
             status = "pending"
             if decision == "reject":
@@ -383,12 +363,10 @@ class Inbox:
             elif len(approvals) >= cur_req.quorum or self_local:
                 status = "approved"
             if status != "pending":
-                st.execute(
-                    cur,
-                    "UPDATE approvals SET status = ?, decision_action = ?, decision_hash = ?, reason = ?, decided_by = ?, "
-                    "decided_at = ?, via = ?, updated_at = ? WHERE id = ?",
-                    (status, canonical_json(decided_action) if decided_action else None, vote_hash, reason, principal,
-                     now, via, now, approval_id),
+                tables.settle(
+                    st, cur, approval_id, status=status,
+                    decision_action=canonical_json(decided_action) if decided_action else None,
+                    decision_hash=vote_hash, reason=reason, by=principal, via=via, at=now,
                 )  # fmt: skip
                 # Wake the run, whether it is already waiting or still on its way there: in
                 # this transaction, so workers hear of it at this commit (not two commits later).
@@ -425,14 +403,7 @@ class Inbox:
             now = now_iso()
 
             def op(cur: Any, ids: builtins.list[str] = pending, at: str = now) -> None:
-                marks = ", ".join("?" for _ in ids)
-                self.store.execute(
-                    cur,
-                    "UPDATE approvals SET status = 'cancelled', reason = ?, decided_by = ?, decided_at = ?, "
-                    f"via = 'run', updated_at = ? WHERE status = 'pending' AND id IN ({marks})",
-                    (reason, by, at, at, *ids),
-                )
-                if cur.rowcount != len(ids):
+                if tables.cancel_pending(self.store, cur, ids, reason=reason, by=by, at=at) != len(ids):
                     raise _Raced  # one was decided meanwhile: roll back, look again
 
             events = [
@@ -453,13 +424,7 @@ class Inbox:
 
         def txn(cur: Any) -> bool:
             now = self.store.now(cur=cur)
-            self.store.execute(
-                cur,
-                "UPDATE approvals SET status = ?, reason = ?, decided_by = ?, decided_at = ?, via = 'policy', updated_at = ? "
-                "WHERE id = ? AND status = 'pending' AND timeout_at IS NOT NULL AND timeout_at <= ?",
-                (status, reason, by, now, now, approval_id, now),
-            )
-            return bool(cur.rowcount)
+            return tables.close_due(self.store, cur, approval_id, status=status, reason=reason, by=by, now=now)
 
         if self.store.write(txn):
             self.store.append_system(
@@ -474,10 +439,8 @@ class Inbox:
     def escalate(self, approval_id: str, approvers: builtins.list[str], timeout_at: str | None) -> ApprovalRequest:
         now = now_iso()
         self.store.write(
-            lambda cur: self.store.execute(
-                cur,
-                "UPDATE approvals SET approvers = ?, timeout_at = ?, escalations = escalations + 1, updated_at = ? WHERE id = ? AND status = 'pending'",
-                (json.dumps(approvers), timeout_at, now, approval_id),
+            lambda cur: tables.escalate(
+                self.store, cur, approval_id, approvers=approvers, timeout_at=timeout_at, now=now
             )
         )
         self.store.append_system(

@@ -14,7 +14,6 @@ needs one.
 from __future__ import annotations
 
 import getpass
-import json
 import os
 from contextlib import suppress
 from dataclasses import dataclass
@@ -230,20 +229,13 @@ class Access:
 
     def _project(self, cur: Any, principal: str) -> None:
         """Keep ``principals.roles`` (the role names approval routing reads) in step."""
-        st = self.store
-        now = now_iso()
-        st.execute(cur, "SELECT DISTINCT role FROM role_grants WHERE principal = ?", (principal,))
-        roles = sorted({r[0] for r in cur.fetchall()})
-        st.execute(
-            cur,
-            "INSERT INTO principals (id, roles, created_at, updated_at) VALUES (?, '[]', ?, ?) "
-            "ON CONFLICT (id) DO NOTHING",
-            (principal, now, now),
-        )
-        st.execute(cur, f"SELECT roles FROM principals WHERE id = ?{st.for_update}", (principal,))
-        st.execute(
-            cur, "UPDATE principals SET roles = ?, updated_at = ? WHERE id = ?", (json.dumps(roles), now, principal)
-        )
+        # The table is the approvals package's; writing it is this module's alone (each grant is
+        # checked and recorded on the system chain here), so the write is not on Inbox's public
+        # face, where it would hand out approval rights unrecorded.
+        from ..approvals._tables import set_roles  # imported here: wflo.approvals imports wflo.auth
+
+        self.store.execute(cur, "SELECT DISTINCT role FROM role_grants WHERE principal = ?", (principal,))
+        set_roles(self.store, cur, principal, sorted({r[0] for r in cur.fetchall()}), now=now_iso())
 
     def _write_grant(
         self,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from decimal import Decimal
 from typing import Any
 
+from ..approvals import Inbox
 from ..store import SYSTEM_CHAIN, Store
 from ._common import _ACCESS_PREFIXES, _WINDOW_SQL, INCIDENT_KINDS, _dec, _Events, _load, _obj, classify, n, run_info
 
@@ -177,8 +177,7 @@ def _access(store: Store, events: _Events, cites: set[tuple[str, int]]) -> dict[
         for c, _s, t, _a, d in events.rows
         if c == SYSTEM_CHAIN and t in ("approval.decided", "approval.voted")
     )
-    roles = [[p, ", ".join(json.loads(r) if r else []), created, updated] for p, r, created, updated in
-             store.read("SELECT id, roles, created_at, updated_at FROM principals ORDER BY id")]  # fmt: skip
+    roles = [[p, ", ".join(names), created, updated] for p, names, created, updated in Inbox(store).principals()]
     grants = sum(1 for r in changes if r[2].endswith((".granted", ".created")))
     removals = sum(1 for r in changes if r[2].endswith((".revoked", ".removed", ".deleted")))
     return {

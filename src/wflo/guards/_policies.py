@@ -11,8 +11,9 @@ sandbox runs (``sandbox:BACKEND``); ``NAME`` may be ``*``.
   5xx. An open circuit refuses the call (``CircuitOpenError``) before anything is sent; each
   state change is a ``breaker.transition`` event in the run that caused it.
 - A **rate limit** is shared by every process on the store: its token buckets are rows of
-  ``rate_buckets``, taken in a transaction, so three workers with ``requests_per_minute=60``
-  send 60 a minute between them, not 180. A call waits for its turn (a ``rate_limit`` field in
+  ``rate_buckets`` (``wflo.guards._tables``), taken in a transaction and refilled on the
+  store's clock, so three workers with ``requests_per_minute=60`` send 60 a minute between
+  them, not 180. A call waits for its turn (a ``rate_limit`` field in
   its event says how long) up to ``max_wait``, then fails with ``RateLimitedError``. Tokens are
   estimated before the call (request bytes / 4 + its output cap) and corrected from the
   reported usage after it.
@@ -30,6 +31,7 @@ from typing import Any
 from .._errors import UserError
 from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
+from . import _tables as tables
 from ._breaker import CircuitBreaker, Transition
 from ._parse import parse_duration
 from ._ratelimit import Bucket, charge, check_rates, describe, take
@@ -107,33 +109,18 @@ class SharedRateLimit:
             return 0.0
 
         def txn(cur: Any) -> float:
-            now = time.time()
+            now = tables.clock(store, cur)
             taken: list[tuple[str, Bucket]] = []
             wait = 0.0
             for key, amount, per_minute in sorted(buckets):  # a fixed lock order
-                store.execute(cur, "INSERT INTO rate_buckets (key, tokens, updated_at) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
-                              (key, per_minute, now))  # fmt: skip
-                store.execute(
-                    cur, f"SELECT tokens, updated_at FROM rate_buckets WHERE key = ?{store.for_update}", (key,)
-                )
-                row = cur.fetchone()
-                bucket, w = take(
-                    Bucket(float(row[0]), float(row[1])),
-                    amount,
-                    capacity=per_minute,
-                    per_second=per_minute / 60,
-                    now=now,
-                )
+                row = tables.lock_or_fill(store, cur, key, capacity=per_minute, now=now)
+                bucket, w = take(row, amount, capacity=per_minute, per_second=per_minute / 60, now=now)
                 wait = max(wait, w)
                 taken.append((key, bucket))
             if wait > 0:
                 return wait
             for key, bucket in taken:
-                store.execute(
-                    cur,
-                    "UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE key = ?",
-                    (bucket.tokens, bucket.updated_at, key),
-                )
+                tables.save_bucket(store, cur, key, bucket)
             return 0.0
 
         result: float = store.write(txn)
@@ -159,18 +146,11 @@ class SharedRateLimit:
         key, tpm = f"{self.target}#tokens", float(self.tokens_per_minute)
 
         def txn(cur: Any) -> None:
-            store.execute(cur, f"SELECT tokens, updated_at FROM rate_buckets WHERE key = ?{store.for_update}", (key,))
-            row = cur.fetchone()
+            row = tables.lock_bucket(store, cur, key)
             if row is None:
                 return
-            bucket = charge(
-                Bucket(float(row[0]), float(row[1])), tokens, capacity=tpm, per_second=tpm / 60, now=time.time()
-            )
-            store.execute(
-                cur,
-                "UPDATE rate_buckets SET tokens = ?, updated_at = ? WHERE key = ?",
-                (bucket.tokens, bucket.updated_at, key),
-            )
+            bucket = charge(row, tokens, capacity=tpm, per_second=tpm / 60, now=tables.clock(store, cur))
+            tables.save_bucket(store, cur, key, bucket)
 
         store.write(txn)
 

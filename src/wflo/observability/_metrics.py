@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .._errors import UserError
+from ..approvals import Inbox
 from ..store import Store
 
 _REFUSALS = ("BudgetExceededError", "UnknownPriceError")
@@ -124,8 +125,8 @@ class StoreCollector(Collector):
         waiting = GaugeMetricFamily(
             "wflo_approvals_waiting", "Approval requests waiting for a decision.", labels=["tool"]
         )
-        for tool, count in store.read("SELECT tool, COUNT(*) FROM approvals WHERE status = 'pending' GROUP BY tool"):
-            waiting.add_metric([str(tool)], float(count))
+        for tool, count in Inbox(store).pending_by_tool().items():
+            waiting.add_metric([tool], float(count))
         yield waiting
 
 

@@ -29,7 +29,6 @@ from starlette.concurrency import run_in_threadpool
 
 from .._errors import UserError, WfloError
 from ..approvals import ApprovalRequest, Inbox
-from ..approvals._inbox import _COLUMNS
 from ..audit import build_report, export, render_html, verify_all, verify_checkpoint
 from ..audit._dates import parse_when
 from ..auth import GLOBAL, Access, Principal, covers, tenant_scope
@@ -92,21 +91,11 @@ def _approvals(router: Router) -> None:
         who = who_of(request)
         inbox = Inbox(access.store)
         wanted = tenant_scope(tenant)
-        sql = f"SELECT {_COLUMNS}, (SELECT tenant FROM runs r WHERE r.id = approvals.run_id), "
-        sql += "(SELECT workflow FROM runs r WHERE r.id = approvals.run_id) FROM approvals"
-        where: list[str] = []
-        params: list[Any] = []
-        if status != "all":
-            where.append("status = ?")
-            params.append(status)
-        if tenant:
-            where.append("run_id IN (SELECT id FROM runs WHERE tenant = ?)")
-            params.append(tenant)
-        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY created_at DESC LIMIT ?"
-        params.append(max(1, min(limit, 1000)))
         out = []
-        for row in access.store.read(sql, params):
-            req, run_tenant, workflow = ApprovalRequest.from_row(row[:-2]), row[-2], row[-1]
+        found = inbox.with_runs(
+            status=None if status == "all" else status, tenant=tenant, limit=max(1, min(limit, 1000))
+        )
+        for req, run_tenant, workflow in found:
             if not covers(wanted, tenant_scope(run_tenant)):
                 continue
             why = _why_not(inbox, req, who, run_tenant)
@@ -116,12 +105,8 @@ def _approvals(router: Router) -> None:
         return out
 
     async def approval_scope(request: Request, acc: Access) -> str:
-        rows = await run_in_threadpool(
-            acc.store.read,
-            "SELECT r.tenant FROM approvals a LEFT JOIN runs r ON r.id = a.run_id WHERE a.id = ?",
-            (request.path_params["approval_id"],),
-        )
-        return tenant_scope(rows[0][0] if rows else None)
+        tenant = await run_in_threadpool(Inbox(acc.store).tenant_of, request.path_params["approval_id"])
+        return tenant_scope(tenant)
 
     @router.route("GET", "/api/v1/approvals/{approval_id}", permission="approvals:read", scope=approval_scope)
     def get_approval(request: Request, approval_id: str, response: Response) -> dict[str, Any]:

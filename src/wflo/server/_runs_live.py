@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..approvals import Inbox
 from ..store import FINAL_STATUSES, Store, now_iso, open_store
 from ._runs_detail import typed
 from ._runs_query import LIST_COLUMNS, _item
@@ -230,13 +231,9 @@ class Watcher:
             with contextlib.suppress(ValueError, AttributeError):
                 ids.append(str(json.loads(d).get("approval_id")))
         if ids:
-            for aid, run_id, status, tool, tenant in self.store.read(
-                "SELECT a.id, a.run_id, a.status, a.tool, r.tenant FROM approvals a LEFT JOIN runs r ON r.id = a.run_id "
-                f"WHERE a.id IN ({', '.join('?' * len(ids))})",
-                ids,
-            ):
-                approval = {"id": aid, "run_id": run_id, "status": status, "tool": tool}
-                messages.append((tenant, {"kind": "approval", "approval": approval}))
+            for summary in Inbox(self.store).summaries(ids):
+                tenant = summary.pop("tenant")
+                messages.append((tenant, {"kind": "approval", "approval": summary}))
         for sub in feed:
             for tenant, msg in messages:
                 if (sub.tenant is None or sub.tenant == tenant) and not sub.push(msg):

@@ -120,67 +120,6 @@ CREATE INDEX reservations_expiry ON reservations (expires_at)
 """,
 )
 
-M003_APPROVALS = Migration(
-    "m003_approvals",
-    """
-CREATE TABLE approvals (
-    id TEXT PRIMARY KEY,
-    run_id TEXT NOT NULL,
-    call_id TEXT NOT NULL,
-    tool TEXT NOT NULL,
-    message TEXT NOT NULL,
-    action TEXT NOT NULL,
-    action_hash TEXT NOT NULL,
-    approvers TEXT NOT NULL,
-    quorum INTEGER NOT NULL,
-    requested_by TEXT NOT NULL,
-    status TEXT NOT NULL,
-    decision_action TEXT,
-    decision_hash TEXT,
-    reason TEXT,
-    decided_by TEXT,
-    decided_at TEXT,
-    via TEXT,
-    timeout_at TEXT,
-    on_timeout TEXT NOT NULL,
-    escalate_to TEXT,
-    escalations INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX approvals_status ON approvals (status, created_at);
-CREATE INDEX approvals_run ON approvals (run_id);
-CREATE TABLE approval_votes (
-    approval_id TEXT NOT NULL,
-    principal TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    reason TEXT,
-    action_hash TEXT NOT NULL,
-    via TEXT NOT NULL,
-    shown TEXT,
-    at TEXT NOT NULL,
-    PRIMARY KEY (approval_id, principal)
-);
-CREATE TABLE principals (
-    id TEXT PRIMARY KEY,
-    roles TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-)
-""",
-)
-
-M004_RATE_LIMITS = Migration(
-    "m004_rate_limits",
-    """
-CREATE TABLE rate_buckets (
-    key TEXT PRIMARY KEY,
-    tokens DOUBLE PRECISION NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL
-)
-""",
-)
-
 M005_PAYLOADS = Migration(
     "m005_payloads",
     """
@@ -190,16 +129,6 @@ CREATE TABLE payloads (
     body TEXT NOT NULL,
     PRIMARY KEY (run_id, call_id)
 )
-""",
-)
-
-# An approval request keeps the tool's parameters (JSON schema, to validate an approver's edits
-# from any process) and the request it replaced when the action changed before it ran.
-M006_APPROVALS_BIND = Migration(
-    "m006_approvals_bind",
-    """
-ALTER TABLE approvals ADD COLUMN params TEXT;
-ALTER TABLE approvals ADD COLUMN supersedes TEXT
 """,
 )
 
@@ -797,10 +726,10 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
     (
         M001_INITIAL,
         M002_BUDGETS,
-        M003_APPROVALS,
-        M004_RATE_LIMITS,
+        "wflo.approvals._tables:M003_APPROVALS",
+        "wflo.guards._tables:M004_RATE_LIMITS",
         M005_PAYLOADS,
-        M006_APPROVALS_BIND,
+        "wflo.approvals._tables:M006_APPROVALS_BIND",
         M007_AUDIT_ROLES,
         M008_UNKNOWN_OUTCOMES,
         M009_IDENTITY,
