@@ -2,6 +2,7 @@
 
 from ._api import Approvals, Decision, approval, approvals, inbox
 from ._guard import ApprovalGuard, approval_id_for
+from ._inbox import _COLUMNS as REQUEST_COLUMNS
 from ._inbox import ApprovalRequest, Inbox
 from ._notify import wait_for_notifications
 from ._params import action_text
@@ -14,6 +15,7 @@ __all__ = [
     "Approvals",
     "Decision",
     "Inbox",
+    "REQUEST_COLUMNS",
     "action_hash",
     "action_text",
     "approval",
