@@ -63,7 +63,7 @@ def _costs(rt: Runtime, run_id: str) -> list[str | None]:
 
 @pytest.fixture
 def answers(llm: LLMServer) -> LLMServer:
-    llm.responder = lambda request: Reply("ok", input_tokens=1000, output_tokens=1000)
+    llm.responder = lambda request: Reply("ok", input_tokens=5, output_tokens=1000)
     return llm
 
 
@@ -71,7 +71,7 @@ def test_two_runtimes_in_two_threads_price_and_limit_by_their_own(tmp_path: Path
     _config.configure(database=f"sqlite:///{tmp_path}/process.db")
     a = Runtime(database=f"sqlite:///{tmp_path}/a.db")
     b = Runtime(database=f"sqlite:///{tmp_path}/b.db")
-    # The same model priced differently: 1000 in + 1000 out costs $0.003 in a, $0.030 in b.
+    # The same model priced differently: 5 in + 1000 out costs $0.002005 in a, $0.02005 in b.
     a.prices.set(MODEL, input_per_mtok="1", output_per_mtok="2")
     b.prices.set(MODEL, input_per_mtok="10", output_per_mtok="20")
     # a admits one request a minute (and waits for none); b has no limit.
@@ -94,10 +94,10 @@ def test_two_runtimes_in_two_threads_price_and_limit_by_their_own(tmp_path: Path
         t.join(timeout=60)
     try:
         assert results == {"a": ["200", "limited"], "b": ["200", "200"]}
-        assert _costs(a, "run-a") == ["0.003"]  # a's book, and a's limit refused its second call
-        assert _costs(b, "run-b") == ["0.03", "0.03"]  # b's book, and no limit
-        assert Ledger(a.store).scope_usage("run:run-a").spent == Decimal("0.003")
-        assert Ledger(b.store).scope_usage("run:run-b").spent == Decimal("0.06")
+        assert _costs(a, "run-a") == ["0.002005"]  # a's book, and a's limit refused its second call
+        assert _costs(b, "run-b") == ["0.02005", "0.02005"]  # b's book, and no limit
+        assert Ledger(a.store).scope_usage("run:run-a").spent == Decimal("0.002005")
+        assert Ledger(b.store).scope_usage("run:run-b").spent == Decimal("0.0401")
         assert answers.request_count == 3  # a's refused call never left
         # The process's book and policies were not touched, nor its store.
         with pytest.raises(wflo.errors.UnknownPriceError):
@@ -134,9 +134,9 @@ def test_a_run_resumed_by_a_worker_uses_the_workers_runtime(tmp_path: Path, answ
     _config.configure(database=f"sqlite:///{tmp_path}/process.db")
     shared = f"sqlite:///{tmp_path}/shared.db"
     starter = Runtime(database=shared)
-    starter.prices.set(MODEL, input_per_mtok="1", output_per_mtok="2")  # $0.003 a call
+    starter.prices.set(MODEL, input_per_mtok="1", output_per_mtok="2")  # $0.002005 a call
     served = Runtime(database=shared)
-    served.prices.set(MODEL, input_per_mtok="10", output_per_mtok="20")  # $0.03 a call
+    served.prices.set(MODEL, input_per_mtok="10", output_per_mtok="20")  # $0.02005 a call
     try:
         _crash.set()
         with starter.activate(), pytest.raises(SystemExit):
@@ -152,10 +152,13 @@ def test_a_run_resumed_by_a_worker_uses_the_workers_runtime(tmp_path: Path, answ
         thread.join(timeout=60)
         record = served.store.get_run("resumed")
         assert done == [1] and record.status == "succeeded", record.error
-        assert _costs(served, "resumed") == ["0.003", "0.03"]  # the first call replayed, the second at served's price
+        assert _costs(served, "resumed") == [
+            "0.002005",
+            "0.02005",
+        ]  # the first call replayed, the second at served's price
         types = [e.type for e in served.store.events("resumed")]
         assert "run.resumed" in types
-        assert Ledger(served.store).scope_usage("run:resumed").spent == Decimal("0.033")
+        assert Ledger(served.store).scope_usage("run:resumed").spent == Decimal("0.022055")
         assert answers.request_count == 2  # the finished call was not sent again
     finally:
         starter.close()
