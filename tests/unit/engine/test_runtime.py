@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,31 @@ def test_a_run_holds_the_runtime_that_started_it(tmp_path: Path) -> None:
             assert runtime() is a
     finally:
         a.close()
+
+
+@wflo.workflow(name="rt-slow")
+def slow() -> str:
+    time.sleep(2.5)
+    return "done"
+
+
+def test_heartbeats_renew_a_run_on_its_runtimes_lease(tmp_path: Path) -> None:
+    """The process's lease is a minute, the runtime's one second: the run's lease is renewed
+    every third of a second, so nobody can take it while it runs."""
+    _config.configure(database=f"sqlite:///{tmp_path}/p.db", lease_seconds=60.0)
+    rt = Runtime(database=f"sqlite:///{tmp_path}/a.db", lease_seconds=1.0)
+    taken: list[str | None] = []
+
+    def thief() -> None:
+        time.sleep(2.0)  # twice the lease: it would have lapsed without a beat
+        taken.append(rt.store.claim("slow-1", "thief:1:x", 1.0).lease_owner)
+
+    try:
+        with rt.activate():
+            other = threading.Thread(target=thief)
+            other.start()
+            assert slow.options(id="slow-1").run() == "done"
+            other.join(timeout=10)
+        assert taken and taken[0] not in (None, "thief:1:x")
+    finally:
+        rt.close()
