@@ -207,3 +207,33 @@ print(json.dumps(report))
     assert report["installed"] == []
     assert report["wiring_imported"] is False
     assert report["after_run"]["send_wrapped"] is True and "httpx" in report["after_run"]["installed"]
+
+
+_seen_in_threads: list[object] = []
+
+
+@wflo.workflow(name="rt-threads", budget=wflo.Budget(usd="5"))
+def in_a_pool(url: str) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(_: int) -> int:
+        _seen_in_threads.append(wflo.config.runtime())
+        return _chat(_Server(url))  # type: ignore[arg-type]
+
+    with ThreadPoolExecutor(2) as pool:
+        return sum(pool.map(call, range(2)))
+
+
+def test_a_runs_threads_use_its_runtime(tmp_path: Path, answers: LLMServer) -> None:
+    """Threads a run starts carry the run, and so its runtime: priced by its book, not the process's."""
+    _config.configure(database=f"sqlite:///{tmp_path}/process.db")
+    rt = Runtime(database=f"sqlite:///{tmp_path}/a.db")
+    rt.prices.set(MODEL, input_per_mtok="1", output_per_mtok="2")
+    _seen_in_threads.clear()
+    try:
+        with rt.activate():
+            assert in_a_pool.options(id="pool").run(answers.openai_url) == 400
+        assert _seen_in_threads == [rt, rt]
+        assert _costs(rt, "pool") == ["0.002005", "0.002005"]
+    finally:
+        rt.close()
