@@ -21,11 +21,13 @@ PINNED: dict[str, set[str]] = {
         "budgets", "configure", "egress", "init", "policies", "resume", "scope", "step", "tool", "workflow", "wrap"
     },
     "wflo.approvals": {
-        "Approval", "ApprovalGuard", "ApprovalRequest", "Approvals", "Decision", "Inbox", "action_hash", "action_text",
+        "Approval", "ApprovalGuard", "ApprovalRequest", "Approvals", "Decision", "Inbox", "action_hash",
+        "action_text",
         "approval", "approval_id_for", "approvals", "inbox", "parse_duration", "wait_for_notifications"
     },
     "wflo.audit": {
-        "ChainReport", "CheckpointResult", "PruneResult", "add_redactor", "build_report", "count_events", "export",
+        "ChainReport", "CheckpointResult", "PruneResult", "add_redactor", "build_report", "chain_hasher", "count_events",
+        "export",
         "generate_key", "load_private_key", "load_public_key", "make_checkpoint", "merkle_root", "parse_when", "prune",
         "prune_candidates", "pruned_chains", "read_checkpoint", "render_html", "verify_all", "verify_chain",
         "verify_checkpoint", "verify_run", "write_checkpoint"
@@ -35,7 +37,7 @@ PINNED: dict[str, set[str]] = {
         "Grant", "Identities", "PERMISSIONS", "Principal", "ROLES", "ServerClient", "Session", "TokenInfo", "Tokens",
         "access", "check_principal", "check_scope", "covers", "credentials_path", "forget_credentials",
         "load_credentials", "os_user", "parse_duration", "principal_id", "role_allows", "save_credentials",
-        "tenant_scope", "tokens"
+        "tenant_scope", "token_digest", "tokens"
     },
     "wflo.cli": {"cli", "main"},
     "wflo.compliance": {
@@ -43,11 +45,12 @@ PINNED: dict[str, set[str]] = {
         "earliest_cutoff", "enforce_retention", "find_gaps", "run_schedule", "sections_for", "verify_pack",
         "wait_for_packs"
     },
-    "wflo.config": {"Runtime", "Settings", "configure", "runtime", "settings"},
+    "wflo.config": {"Runtime", "Settings", "configure", "get_store", "runtime", "settings"},
     "wflo.cost": {
         "Budget", "BudgetGuard", "BudgetUsage", "Budgets", "Cost", "CostRequest", "DEFAULT_OUTPUT_CAP", "Ledger",
         "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "Usage", "budgets", "estimate_input_tokens",
-        "estimate_text_tokens", "ledger", "prices", "spend", "sse_events", "usage_from_response", "usd_str"
+        "estimate_text_tokens", "ledger", "period_start", "prices", "spend", "sse_events", "top_runs",
+        "usage_from_response", "usd_str"
     },
     "wflo.demo": {"run_demo"},
     "wflo.engine": {

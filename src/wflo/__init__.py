@@ -8,7 +8,6 @@ The top level holds the names you type; the rest is one package away: every erro
 ``wflo.engine``, and the interface for integration, guard and tool authors in ``wflo.ext``.
 """
 
-from . import _wiring  # noqa: F401  connects the layers (guards, HTTP interception)
 from . import config as config  # wflo.config.settings()
 from . import cost as cost  # wflo.cost.ledger(), wflo.cost.prices
 from . import errors as errors  # wflo.errors.RunCancelled, …

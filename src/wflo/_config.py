@@ -303,9 +303,21 @@ def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) 
         raise _bad(field, shown)
 
 
-_lock = threading.RLock()
-_settings: Settings | None = None
-_store: Store | None = None
+class _Process:
+    """The process runtime's settings and store (``wflo.configure()`` replaces them)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.settings: Settings | None = None
+        self.store: Store | None = None
+
+    def close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+_process = _Process()
 active_runtime: contextvars.ContextVar[Any] = contextvars.ContextVar("wflo_runtime", default=None)
 """The ``wflo.config.Runtime`` activated in this context (``rt.activate()``), if any: its
 settings and store win over the process's."""
@@ -316,26 +328,22 @@ def configure(**options: Any) -> Settings:
 
     Example: ``wflo.configure(database="postgresql://localhost/wflo")``.
     """
-    global _settings, _store
-    with _lock:
+    with _process.lock:
         new = Settings.from_env(**options)
-        if _store is not None:
-            _store.close()
-            _store = None
-        _settings = new
+        _process.close_store()
+        _process.settings = new
         return new
 
 
 def settings() -> Settings:
     """The current settings (built from the environment on first use)."""
-    global _settings
     active = active_runtime.get()
     if active is not None:
         return active.settings  # type: ignore[no-any-return]
-    with _lock:
-        if _settings is None:
-            _settings = Settings.from_env()
-        return _settings
+    with _process.lock:
+        if _process.settings is None:
+            _process.settings = Settings.from_env()
+        return _process.settings
 
 
 def get_store(*, create: bool = True) -> Store:
@@ -345,24 +353,20 @@ def get_store(*, create: bool = True) -> Store:
     ``audit verify`` …): a SQLite store that does not exist is refused with
     ``StoreNotFoundError`` rather than created, directories and all, at a mistyped path.
     """
-    global _store
     active = active_runtime.get()
     if active is not None:
         return active.store  # type: ignore[no-any-return]
-    with _lock:
-        if _store is None:
+    with _process.lock:
+        if _process.store is None:
             from .store import open_store
 
             cfg = settings()
-            _store = open_store(cfg.database, migrate=cfg.auto_migrate, create=create)
-        return _store
+            _process.store = open_store(cfg.database, migrate=cfg.auto_migrate, create=create)
+        return _process.store
 
 
 def reset() -> None:
     """Forget settings and close the store (tests use this between cases)."""
-    global _settings, _store
-    with _lock:
-        if _store is not None:
-            _store.close()
-        _store = None
-        _settings = None
+    with _process.lock:
+        _process.close_store()
+        _process.settings = None

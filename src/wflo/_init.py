@@ -9,9 +9,10 @@ import threading
 from typing import Any
 
 from . import _config
+from ._runtime import runtime
 from .cost import Budget
 from .engine import RunContext, RunHandle, process_owner
-from .engine._executor import _guards_for
+from .engine._executor import guards_for
 from .engine._heartbeat import heartbeats
 from .integrations import _http
 from .store import NewEvent
@@ -44,14 +45,15 @@ def init(
     with _lock:
         if database is not None:
             _config.configure(database=database)
-        _http.install()
+        rt = runtime()
+        rt.intercept()
         if otel:
             from . import observability
 
             observability.enable()  # before atexit.register(_finish): the spans flush after the run ends
         if _ctx is not None:
             return RunHandle(_ctx.run_id, _ctx.store)
-        store = _config.get_store()
+        store = rt.store
         script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
         options: dict[str, Any] = {"serializer": "json", "implicit": True}
         if budget_usd is not None:
@@ -60,9 +62,9 @@ def init(
 
         record, _ = store.create_run(
             run_id=new_id(), workflow=name or f"init:{script}", input={"argv": sys.argv[1:]},
-            options=options, tenant=tenant, owner=process_owner(), lease_seconds=_config.settings().lease_seconds,
+            options=options, tenant=tenant, owner=process_owner(), lease_seconds=rt.settings.lease_seconds,
         )  # fmt: skip
-        ctx = RunContext.load(store, record, process_owner(), _guards_for(None, record))  # type: ignore[arg-type]
+        ctx = RunContext.load(store, record, process_owner(), guards_for(rt, None, record, store), runtime=rt)
         heartbeats.track(store, ctx.owner, ctx)
         _ctx = ctx
         _http.implicit_run = lambda: _ctx

@@ -1,18 +1,21 @@
-"""``wflo.config.Runtime``: one object owning what wflo runs on (settings, store, prices, policies).
+"""``wflo.config.Runtime``: one object owning what wflo runs on.
 
-wflo keeps its settings and store in module-level singletons, built by ``wflo.configure()`` or
-``wflo.init()`` (or lazily from ``WFLO_*``). A :class:`Runtime` is the façade over them, and
-the first step away from them: ``wflo.config.runtime()`` is the process's runtime (the
-singletons), and ``Runtime(database=...)`` builds another, isolated one. Inside
-``with rt.activate():`` every run started, resumed or read uses that runtime's settings and
-store; the activation is a context variable, so two threads (or asyncio tasks) can each work in
-their own runtime side by side. (A plain thread started inside the block starts outside it, as
-with any context variable; the calls of a run's own threads still reach the run's store.)
+A runtime holds the settings, the store they name, the price book, the resilience policies
+and the guard chain of every run it starts or resumes. ``wflo.config.runtime()`` is the
+process's runtime: its settings and store are what ``wflo.configure()`` / ``wflo.init()``
+build (or ``WFLO_*`` on first use), its price book is ``wflo.cost.prices`` and its policies
+``wflo.policies``. ``Runtime(database=...)`` builds another, isolated one, with a price book
+and policies of its own. Inside ``with rt.activate():`` every run started, resumed or read
+uses that runtime; the activation is a context variable, so two threads (or asyncio tasks)
+can each work in their own runtime side by side. (A plain thread started inside the block
+starts outside it, as with any context variable; a run's own threads carry the run, and its
+runtime, with them.) A :class:`~wflo.engine.Worker` keeps the runtime it was built in.
 
-What is still shared by the whole process, whichever runtime is active: the price book
-(``rt.prices``), the resilience policies (``rt.policies``) and the guard chain's factories
-(connected at import by ``wflo._wiring``); they are reached through the runtime so that code
-written against it keeps working when they move into it.
+The run context (``wflo.engine.RunContext.runtime``) holds the runtime that started or
+resumed the run: its guards price with that runtime's book and limit with its policies.
+
+Importing ``wflo`` changes nothing outside it: the HTTP clients are wrapped by the first run
+(or ``wflo.init()``), through :meth:`Runtime.intercept`.
 """
 
 from __future__ import annotations
@@ -28,24 +31,43 @@ from ._errors import UserError
 
 if TYPE_CHECKING:
     from .cost import PriceBook
+    from .engine import Guard, Workflow
     from .guards import Policies
-    from .store import Store
+    from .store import NewEvent, RunRecord, Store, StoreOp
 
 
 class Runtime:
-    """Settings and the store they name, for the runs started while it is active.
+    """Settings, their store, prices, policies and the guard chain, for the runs it starts.
 
     ``Runtime(database="sqlite:///a.db", principal="user:a")`` takes the options of
     ``wflo.configure`` (unset ones come from ``WFLO_*`` and the defaults), or a ready
-    ``Settings``. The store is opened on first use and closed by :meth:`close`.
+    ``Settings``. The store is opened on first use and closed by :meth:`close`. ``prices``
+    and ``policies`` default to an empty ``PriceBook`` and ``Policies`` of its own
+    (``rt.prices.set(...)``, ``rt.policies.rate_limit(...)``).
+
+    A run's guards come from :meth:`run_guards`; a subclass may override it to change the
+    chain (keep the default's order: content, loop, approval, policies, budget).
     """
 
-    def __init__(self, settings: Settings | None = None, /, **options: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        /,
+        *,
+        prices: PriceBook | None = None,
+        policies: Policies | None = None,
+        **options: Any,
+    ) -> None:
         if settings is not None and options:
             raise UserError("give Runtime either a Settings or configure options, not both")
+        from .cost import PriceBook
+        from .guards import Policies
+
         self._settings = settings if settings is not None else Settings.from_env(**options)
         self._store: Store | None = None
         self._lock = threading.Lock()
+        self._prices = prices if prices is not None else PriceBook()
+        self._policies = policies if policies is not None else Policies()
 
     def __repr__(self) -> str:
         return f"<wflo Runtime {self.settings.database}>"
@@ -66,21 +88,57 @@ class Runtime:
 
     @property
     def prices(self) -> PriceBook:
-        """The price book (shared by the process for now)."""
-        from .cost import prices
-
-        return prices
+        """The price book its runs are charged by."""
+        return self._prices
 
     @property
     def policies(self) -> Policies:
-        """Circuit breakers and rate limits (shared by the process for now)."""
-        from .guards import policies
+        """Circuit breakers, rate limits, LLM retries and timeouts of its runs."""
+        return self._policies
 
-        return policies
+    # ------------------------------------------------------------------ what the engine asks
+    def intercept(self) -> None:
+        """Wrap the HTTP clients so LLM requests made in runs pass the guard chain.
 
+        Process-wide and idempotent (the clients' classes are shared); done by the first
+        run's :meth:`run_guards` or by ``wflo.init()``, never at import. A request is guarded
+        by the runtime of the run it is made in.
+        """
+        from .integrations import _http
+
+        _http.install()
+
+    def run_guards(self, wf: Workflow[Any, Any] | None, record: RunRecord, store: Store) -> list[Guard]:
+        """The guards of one execution of ``record`` on ``store``, in order: the content
+        policy, the loop guard, the approval guard, the policies, the budget guard (see
+        ``wflo._wiring``). Extensions' guards (``wflo.ext.add_guard_factory``) follow them."""
+        from . import _wiring
+
+        self.intercept()
+        return _wiring.run_guards(self, record, store)
+
+    def finish_ops(self, store: Store, run_id: str, status: str) -> list[StoreOp]:
+        """Store writes committed with a run's final event (its kept payloads dropped)."""
+        from . import _wiring
+
+        return _wiring.finish_ops(self, store, run_id, status)
+
+    def resume_ops(self, store: Store, run_id: str) -> tuple[list[NewEvent], list[StoreOp]]:
+        """Events and writes committed with ``run.resumed`` (charging calls left in flight)."""
+        from . import _wiring
+
+        return _wiring.resume_ops(self, store, run_id)
+
+    def cancelled(self, store: Store, run_id: str) -> None:
+        """A run was asked to cancel: close what waits on it (its pending approvals)."""
+        from . import _wiring
+
+        _wiring.cancelled(self, store, run_id)
+
+    # ------------------------------------------------------------------ activation
     @contextmanager
     def activate(self) -> Iterator[Runtime]:
-        """Use this runtime's settings and store inside the block (this thread or task)."""
+        """Use this runtime inside the block (this thread or task)."""
         token = _config.active_runtime.set(self)
         try:
             yield self
@@ -96,9 +154,10 @@ class Runtime:
 
 
 class _ProcessRuntime(Runtime):
-    """The process's runtime: a view of the singletons ``wflo.configure()`` builds."""
+    """The process's runtime: the settings and store ``wflo.configure()`` builds, the price
+    book ``wflo.cost.prices`` and the policies ``wflo.policies``."""
 
-    def __init__(self) -> None:  # no settings or store of its own: it reads the singletons
+    def __init__(self) -> None:  # nothing of its own: it reads the process's objects
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -111,6 +170,27 @@ class _ProcessRuntime(Runtime):
     @property
     def store(self) -> Store:
         return _config.get_store()
+
+    @property
+    def prices(self) -> PriceBook:
+        from .cost import prices
+
+        return prices
+
+    @property
+    def policies(self) -> Policies:
+        from .guards import policies
+
+        return policies
+
+    @contextmanager
+    def activate(self) -> Iterator[Runtime]:
+        """Leave any isolated runtime inside the block: the process's objects answer."""
+        token = _config.active_runtime.set(None)
+        try:
+            yield self
+        finally:
+            _config.active_runtime.reset(token)
 
     def close(self) -> None:
         _config.reset()

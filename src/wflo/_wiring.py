@@ -1,57 +1,65 @@
-"""Connects the layers at import of ``wflo``: the engine knows none of them by name."""
+"""The default wiring of a runtime: the guard chain of a run and the engine's hooks.
+
+``wflo.config.Runtime`` calls these; nothing here runs at import (the engine knows none of
+these layers by name, and importing ``wflo`` registers nothing). The guard order is decided
+here, and only here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from ._config import settings
-from .approvals import ApprovalGuard, Inbox, inbox
+from .approvals import ApprovalGuard, Inbox
 from .audit._content import ContentGuard, drop_payloads
-from .cost._api import ledger
 from .cost._guard import BudgetGuard
 from .cost._ledger import Budget, Ledger
-from .engine import Guard, add_cancel_hook, add_finish_op, add_guard_factory, add_resume_hook
-from .guards import LoopGuard, LoopGuardGuard
-from .guards._policies import PolicyGuard, policies
-from .integrations import _http
+from .engine import Guard
+from .guards import LoopGuard, LoopGuardGuard, PolicyGuard
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+    from .store import NewEvent, RunRecord, Store, StoreOp
 
 
-def _run_guards(wf: Any, record: Any) -> list[Guard]:
-    _http.install()  # idempotent; the first run of a process wraps the HTTP clients
+def run_guards(rt: Runtime, record: RunRecord, store: Store) -> list[Guard]:
+    """A run's guards, on ``store``, with ``rt``'s settings, prices and policies."""
+    cfg = rt.settings
     opts = record.options.get("budget")
     budget = Budget(**opts) if isinstance(opts, dict) else None
-    requester = record.options.get("started_by") or settings().principal
+    requester = record.options.get("started_by") or cfg.principal
     loop_opts = record.options.get("loop_guard")
     loop = LoopGuard(**loop_opts) if isinstance(loop_opts, dict) else LoopGuard()
     # Order matters: a call waits for its approval before it takes a rate-limit turn, and both
     # before any money is reserved for it.
-    guards: list[Guard] = [ContentGuard(settings().content)]  # first: its after() runs last
-    guards += (
-        []
-        if loop_opts is False
-        else [
-            LoopGuardGuard(
-                loop, run_id=record.id, created_at=record.created_at, on_loop=record.options.get("on_loop", "stop")
-            )
-        ]
-    )
-    guards.append(ApprovalGuard(inbox(), requested_by=requester))
-    guards.append(PolicyGuard(policies))  # breakers and shared rate limits (wflo.policies)
+    guards: list[Guard] = [ContentGuard(cfg.content)]  # first: its after() runs last
+    if loop_opts is not False:
+        on_loop = record.options.get("on_loop", "stop")
+        guards.append(LoopGuardGuard(loop, run_id=record.id, created_at=record.created_at, on_loop=on_loop))
+    guards.append(ApprovalGuard(Inbox(store), requested_by=requester))
+    guards.append(PolicyGuard(rt.policies))  # breakers and shared rate limits
     guards.append(
-        BudgetGuard(ledger(), run_id=record.id, workflow=record.workflow, tenant=record.tenant, budget=budget)
+        BudgetGuard(
+            Ledger(store),
+            run_id=record.id,
+            workflow=record.workflow,
+            tenant=record.tenant,
+            budget=budget,
+            prices=rt.prices,
+        )
     )
     return guards
 
 
-add_guard_factory(_run_guards)
-add_finish_op(drop_payloads)
+def finish_ops(rt: Runtime, store: Store, run_id: str, status: str) -> list[StoreOp]:
+    op = drop_payloads(store, run_id, status)
+    return [op] if op is not None else []
 
 
-def _close_approvals(store: Any, run_id: str) -> None:
+def resume_ops(rt: Runtime, store: Store, run_id: str) -> tuple[list[NewEvent], list[StoreOp]]:
+    events, op = Ledger(store).orphans(run_id)
+    return events, [op] if op is not None else []
+
+
+def cancelled(rt: Runtime, store: Store, run_id: str) -> None:
     # A cancelled run will never run the action: its pending requests close, on the record.
-    Inbox(store).close_for_run(run_id, by=settings().principal, reason="its run was cancelled")
-
-
-add_cancel_hook(_close_approvals)
-
-add_resume_hook(lambda store, run_id: Ledger(store).orphans(run_id))
+    Inbox(store).close_for_run(run_id, by=rt.settings.principal, reason="its run was cancelled")

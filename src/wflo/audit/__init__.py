@@ -16,7 +16,7 @@ from ._dates import parse_when
 from ._export import count_events, export
 from ._prune import PruneResult, prune, prune_candidates
 from ._report import build_report, render_html
-from ._verify import ChainReport, pruned_chains, verify_all, verify_chain, verify_run
+from ._verify import ChainReport, chain_hasher, pruned_chains, verify_all, verify_chain, verify_run
 
 __all__ = [
     "ChainReport",
@@ -24,6 +24,7 @@ __all__ = [
     "PruneResult",
     "add_redactor",
     "build_report",
+    "chain_hasher",
     "count_events",
     "export",
     "generate_key",

@@ -15,6 +15,7 @@ from ._credentials import Credentials, credentials_path, forget_credentials, loa
 from ._identities import ClaimsPolicy, Identities, principal_id
 from ._roles import GLOBAL, PERMISSIONS, ROLES, check_scope, covers, role_allows, tenant_scope
 from ._tokens import Session, TokenInfo, Tokens, parse_duration
+from ._tokens import digest as token_digest
 
 
 def access() -> Access:
@@ -57,5 +58,6 @@ __all__ = [
     "role_allows",
     "save_credentials",
     "tenant_scope",
+    "token_digest",
     "tokens",
 ]

@@ -14,8 +14,8 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from .. import _config
-from .._errors import UserError, WfloError, exit_code_for
+from .. import config
+from ..errors import UserError, WfloError, exit_code_for
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,6 +112,6 @@ def cli(database: str | None) -> None:
         c.width = 10_000 if not c.is_terminal and not os.environ.get("COLUMNS") else None  # type: ignore[assignment]
     try:
         # Every setting is validated here, before any command runs: one line naming it.
-        _config.configure(database=database)
+        config.configure(database=database)
     except WfloError as exc:
         fail(str(exc), exit_code_for(exc))

@@ -8,9 +8,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .._errors import UserError
 from ..approvals import ApprovalRequest, action_text, approvals, inbox
 from ..auth import ServerClient, load_credentials
+from ..errors import UserError
 from ._app import cli, console, dump_json, handle_errors
 
 _STATUSES = ["pending", "approved", "rejected", "expired", "superseded", "cancelled", "all"]

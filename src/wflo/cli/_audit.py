@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from .. import _config
-from .._errors import UserError
+from .. import config
 from ..audit import (
     build_report,
     count_events,
@@ -27,11 +26,12 @@ from ..audit import (
     verify_run,
     write_checkpoint,
 )
+from ..errors import UserError
 from ._app import cli, console, dump_json, err_console, fail, handle_errors, plural
 
 
 def _principal() -> str:
-    return _config.settings().principal or "unknown"
+    return config.settings().principal or "unknown"
 
 
 @cli.group()
@@ -71,7 +71,7 @@ def verify_cmd(
     broken link of each chain (exit 10)."""
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     key = load_public_key(public_key_path) if public_key_path else None
-    store = _config.get_store(create=False)
+    store = config.get_store(create=False)
     cutoff = parse_when(since, option="--since") if since else None
     if run_id and not all_chains:
         reports = [verify_run(store, store.find_run(run_id).id, trusted=key)]
@@ -140,7 +140,7 @@ def checkpoint_cmd(key_path: str, out: str) -> None:
     """
     if not Path(key_path).is_file():
         raise UserError(f"key file {key_path} not found (make one with: wflo audit keygen --out {key_path})")
-    doc = write_checkpoint(_config.get_store(create=False), key_path, out, by=_principal())
+    doc = write_checkpoint(config.get_store(create=False), key_path, out, by=_principal())
     console.print(
         f"checkpoint {out}: {plural(len(doc['chains']), 'chain')}, {plural(doc['events'], 'event')}, Merkle root {doc['merkle_root'][:16]}…"
     )
@@ -174,7 +174,7 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, override: str | None
     """
     cutoff = parse_when(before, option="--before")
     private_key = load_private_key(key_path) if key_path else None
-    store = _config.get_store(create=False)
+    store = config.get_store(create=False)
     if override is None:  # refuse before asking (prune() checks again, and records an override)
         from ..compliance import enforce_retention
 
@@ -220,7 +220,7 @@ def export_cmd(run_id: str | None, since: str | None, fmt: str, out: str) -> Non
     """Write events and a manifest.json (SHA-256 of each file, chain heads); recorded as
     `audit.exported` on the system chain."""
     cutoff = parse_when(since, option="--since") if since else None
-    store = _config.get_store(create=False)
+    store = config.get_store(create=False)
     rid = store.find_run(run_id).id if run_id else None
     total = count_events(store, run_id=rid, since=cutoff)
     progress: Any = None
@@ -277,7 +277,7 @@ def report_cmd(
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     key = load_public_key(public_key_path) if public_key_path else None
     report = build_report(
-        _config.get_store(create=False), since=start, until=end, checkpoint=doc, public_key=key, by=_principal()
+        config.get_store(create=False), since=start, until=end, checkpoint=doc, public_key=key, by=_principal()
     )
     if fmt == "html":
         text = render_html(report)

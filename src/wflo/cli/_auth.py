@@ -8,8 +8,6 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .._config import settings
-from .._errors import UserError
 from ..auth import (
     GLOBAL,
     ROLES,
@@ -25,6 +23,8 @@ from ..auth import (
     save_credentials,
     tokens,
 )
+from ..config import settings
+from ..errors import UserError
 from ._app import cli, console, dump_json, handle_errors
 
 

@@ -7,13 +7,13 @@ from decimal import Decimal
 import click
 from rich.table import Table
 
-from .. import _config
-from .._errors import RunNotFoundError, UserError
+from .. import config
 from ..audit import parse_when
 from ..auth import ServerClient, load_credentials
 from ..cost import PERIODS, BudgetUsage, spend, usd_str
 from ..cost import budgets as api
 from ..cost import ledger as api_ledger
+from ..errors import RunNotFoundError, UserError
 from ._app import cli, console, dump_json, err_console, handle_errors, plural
 
 
@@ -98,7 +98,7 @@ def _run_budget(scope: str) -> BudgetUsage | None:
     if not scope.startswith("run:"):
         return None
     try:
-        run = _config.get_store(create=False).find_run(scope[4:])
+        run = config.get_store(create=False).find_run(scope[4:])
     except RunNotFoundError:
         return None
     usd = ((run.options or {}).get("budget") or {}).get("usd")
@@ -119,7 +119,7 @@ def _run_budget(scope: str) -> BudgetUsage | None:
 @handle_errors
 def costs(group: str, since: str | None, as_json: bool) -> None:
     """Spend on LLM and priced tool calls, grouped by model, workflow, tenant or run."""
-    store = _config.get_store(create=False)
+    store = config.get_store(create=False)
     # Completed calls, failed calls that were charged (an answer lost after sending), and calls
     # a dead process left in flight (charged at their reservation: estimates): wflo.cost._spend,
     # which the server's /api/v1/costs reads too.

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from .. import _config
-from .._errors import UserError
+from .. import config
 from ..audit import load_private_key, load_public_key, parse_when, read_checkpoint
 from ..compliance import build_pack, verify_pack
+from ..errors import UserError
 from ..store import now_iso
 from ._app import cli, console, dump_json, err_console, handle_errors
 
@@ -47,7 +47,7 @@ def report_cmd(
     as_json: bool,
 ) -> None:
     """Write an evidence pack: report, evidence.json, cited records, signed manifest."""
-    cfg = _config.settings()
+    cfg = config.settings()
     start = parse_when(since, option="--since")
     end = parse_when(until, option="--until") if until else now_iso()
     if end <= start:
@@ -61,7 +61,7 @@ def report_cmd(
     key = load_private_key(key_path)
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     manifest = build_pack(
-        _config.get_store(create=False), out, since=start, until=end, private_key=key, framework=framework, fmt=fmt,
+        config.get_store(create=False), out, since=start, until=end, private_key=key, framework=framework, fmt=fmt,
         checkpoint=doc, retention_days=cfg.retention_days, by=cfg.principal or "unknown",
     )  # fmt: skip
     if as_json:

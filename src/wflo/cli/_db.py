@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .. import _config
+from .. import config
 from ..store import SCHEMA_VERSION, RunRecord, open_store
 from ._app import cli, console, handle_errors, import_modules
 
@@ -21,7 +21,7 @@ def db() -> None:
 @handle_errors
 def db_migrate() -> None:
     """Bring the schema up to date (safe to run while workers run)."""
-    store = open_store(_config.settings().database, verify=False)
+    store = open_store(config.settings().database, verify=False)
     try:
         applied = store.migrate()
     finally:
@@ -36,14 +36,14 @@ def db_migrate() -> None:
 @handle_errors
 def db_check() -> None:
     """Exit 0 if the store is reachable and its schema is this wflo's, else say how to fix it."""
-    store = open_store(_config.settings().database, verify=False)
+    store = open_store(config.settings().database, verify=False)
     try:
         version = store.check()
         counts = store.count_runs_by_status()
     finally:
         store.close()
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
-    console.print(f"ok: {_config.settings().database} schema version {version}; {summary}")
+    console.print(f"ok: {config.settings().database} schema version {version}; {summary}")
 
 
 @db.command("roles")
@@ -63,7 +63,7 @@ def db_roles(app: str, auditor: str, owner: str | None, print_only: bool, no_cre
     from ..store import apply_roles, role_statements
 
     # Never migrates: the owner runs `wflo db migrate`; this only grants on what exists.
-    store = open_store(_config.settings().database, migrate=False, create=False)
+    store = open_store(config.settings().database, migrate=False, create=False)
     try:
         if store.dialect != "postgresql":
             apply_roles(store, owner="-", app=app, auditor=auditor)  # raises the SQLite explanation
@@ -127,7 +127,7 @@ def worker_cmd(
 
     names = sorted(registered_workflows())
     if not names:
-        from .._errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"no @wflo.workflow found in {', '.join(modules)}")
 
@@ -145,7 +145,7 @@ def worker_cmd(
     signal.signal(signal.SIGINT, stop)
     if not quiet:
         served = f", queue(s) {', '.join(worker.queues)}" if worker.queues is not None else ""
-        console.print(f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {_config.settings().database}")
+        console.print(f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {config.settings().database}")
     done = worker.run(max_runs=max_runs, idle_timeout=idle_exit)
     if not quiet:
         console.print(f"worker exiting after {done} run(s)")

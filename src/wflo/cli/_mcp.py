@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .._errors import UserError
+from ..errors import UserError
 from ._app import cli, err_console, handle_errors
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .. import _config
-from .._errors import RunSuspended, UserError, WfloError, exit_code_for
+from .. import config
 from ..engine import RunHandle, get_workflow, owner_is_dead_here, resume
+from ..errors import RunSuspended, UserError, WfloError, exit_code_for
 from ..store import RUN_STATUSES, RunRecord, new_id
 from ._app import cli, console, dump_json, err_console, fail, handle_errors, import_modules
 
@@ -53,7 +53,7 @@ def runs() -> None:
 @handle_errors
 def runs_list(status: str | None, workflow: str | None, limit: int, as_json: bool) -> None:
     """List recent runs, newest first."""
-    records = _config.get_store(create=False).list_runs(status=status, workflow=workflow, limit=limit)
+    records = config.get_store(create=False).list_runs(status=status, workflow=workflow, limit=limit)
     if as_json:
         dump_json([_run_json(r) for r in records])
         return
@@ -78,7 +78,7 @@ def runs_list(status: str | None, workflow: str | None, limit: int, as_json: boo
 @handle_errors
 def runs_show(run_id: str, as_json: bool) -> None:
     """Show a run: status, input, output or error, and each step with its duration."""
-    store = _config.get_store(create=False)
+    store = config.get_store(create=False)
     r = store.find_run(run_id)
     events = store.events(r.id)
     if as_json:
@@ -145,7 +145,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
 @handle_errors
 def runs_cancel(run_id: str) -> None:
     """Cancel a run: it stops at its next step boundary (at once if queued or waiting)."""
-    store = _config.get_store(create=False)
+    store = config.get_store(create=False)
     r = store.find_run(run_id)
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status})")
@@ -167,7 +167,7 @@ def runs_resume(run_id: str, modules: tuple[str, ...], no_wait: bool) -> None:
     code that started it (the run stays blocked), 130 interrupted (Ctrl-C).
     """
     import_modules(modules)
-    store = _config.get_store(create=False)
+    store = config.get_store(create=False)
     r = store.find_run(run_id)
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status}); nothing to resume")

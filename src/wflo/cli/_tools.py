@@ -10,7 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from .._errors import UserError
+from ..errors import UserError
 from ..tools import catalog
 from ._app import cli, console, dump_json, handle_errors
 

@@ -3,10 +3,10 @@
 from ._api import Budgets, budgets, ledger
 from ._estimate import DEFAULT_OUTPUT_CAP, estimate_input_tokens, estimate_text_tokens
 from ._guard import BudgetGuard
-from ._ledger import PERIODS, Budget, BudgetUsage, CostRequest, Ledger, Limit, Reservation, usd_str
+from ._ledger import PERIODS, Budget, BudgetUsage, CostRequest, Ledger, Limit, Reservation, period_start, usd_str
 from ._llm import sse_events
 from ._prices import Cost, Price, PriceBook, prices
-from ._spend import spend
+from ._spend import spend, top_runs
 from ._usage import Usage, usage_from_response
 
 __all__ = [
@@ -28,9 +28,11 @@ __all__ = [
     "estimate_input_tokens",
     "estimate_text_tokens",
     "ledger",
+    "period_start",
     "prices",
     "spend",
     "sse_events",
+    "top_runs",
     "usage_from_response",
     "usd_str",
 ]

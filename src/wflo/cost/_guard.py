@@ -14,7 +14,8 @@ from ..store import NewEvent
 from ._formats import LLMRequest
 from ._ledger import Budget, CostRequest, Ledger, Limit, Reservation, usd_str
 from ._outcomes import unknown_outcome
-from ._prices import prices
+from ._prices import PriceBook
+from ._prices import prices as default_prices
 
 log = logging.getLogger("wflo.budget")
 
@@ -30,9 +31,18 @@ class BudgetGuard(Guard):
     """
 
     def __init__(
-        self, ledger: Ledger, *, run_id: str, workflow: str, tenant: str | None, budget: Budget | None
+        self,
+        ledger: Ledger,
+        *,
+        run_id: str,
+        workflow: str,
+        tenant: str | None,
+        budget: Budget | None,
+        prices: PriceBook | None = None,
     ) -> None:
         self.ledger = ledger
+        self.prices = prices if prices is not None else default_prices
+        """The price book calls are charged by: the run's runtime's (``rt.prices``)."""
         self.run_id = run_id
         self.workflow = workflow
         self.tenant = tenant
@@ -78,7 +88,7 @@ class BudgetGuard(Guard):
         req: LLMRequest = call.meta["request"]
         extra = [self.run_limit] if self.run_limit is not None else []
         try:
-            price = prices.lookup(req.model, req.provider)
+            price = self.prices.lookup(req.model, req.provider)
             req.fmt.check(req)
             self._server_state(req)
         except (UnknownPriceError, UnboundedRequestError) as exc:
@@ -96,7 +106,7 @@ class BudgetGuard(Guard):
             cap = req.fmt.default_cap
             call.event["cap_added"] = {"field": field, "value": cap}
         try:
-            request = _llm.cost_request(price, req)
+            request = _llm.cost_request(price, req, book=self.prices)
         except UnboundedRequestError:
             if extra or self._any_limit():
                 raise
@@ -204,7 +214,7 @@ class BudgetGuard(Guard):
             if res is not None:
                 call.ops.append(self.ledger.settle_op(res, Decimal(0)))
             return
-        cost = _priced(price, usage)
+        cost = _priced(self.prices, price, usage)
         unknown: str | None = None
         if cost is None and usage is not None:
             call.event["usage_invalid"] = True  # more cached than input tokens, say
@@ -220,7 +230,7 @@ class BudgetGuard(Guard):
         else:
             # No reservation to charge (no limit applies) or an error status (not billed):
             # the input bound plus the output seen, never past the cap.
-            cost = _llm.fallback_cost(price, req, value)
+            cost = _llm.fallback_cost(price, req, value, book=self.prices)
             call.event["cost_estimated"] = True
         if res is not None and cost > res.amount:
             # A provider's report above the bound would be a bug in a format module; the
@@ -252,10 +262,10 @@ class BudgetGuard(Guard):
         notify_thresholds(res.alerts_crossed, run_id=self.run_id)
 
 
-def _priced(price: Any, usage: Any) -> Decimal | None:
+def _priced(book: PriceBook, price: Any, usage: Any) -> Decimal | None:
     if usage is None:
         return None
     try:
-        return prices.cost(price.model, usage, price.provider).total
+        return book.cost(price.model, usage, price.provider).total
     except ValueError:  # genai-prices refuses inconsistent usage
         return None

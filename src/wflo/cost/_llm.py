@@ -15,7 +15,7 @@ from typing import Any
 from ._estimate import estimate_text_tokens
 from ._formats import Format, LLMRequest
 from ._ledger import CostRequest
-from ._prices import Price, prices
+from ._prices import Price, PriceBook, prices
 from ._usage import Usage
 
 _M = Decimal(1_000_000)
@@ -32,16 +32,19 @@ def _cache_write_rate(price: Price, body: dict[str, Any]) -> Decimal | None:
     return max(write, price.input_per_mtok * (2 if one_hour else 1))
 
 
-def cost_request(price: Price, req: LLMRequest) -> CostRequest:
+def cost_request(price: Price, req: LLMRequest, *, book: PriceBook | None = None) -> CostRequest:
     """The worst case of a request: every input token it can be billed (server-side state and
     cache writes included), and ``choices x cap`` output tokens (plus thinking a cap does not
     bound). The per-token output price is multiplied by the choices, so the ledger's clamp
-    lowers the per-choice cap."""
+    lowers the per-choice cap. ``book``: the price book ``price`` came from (default
+    ``wflo.cost.prices``)."""
     fmt = req.fmt
     input_tokens = fmt.input_tokens(req, price.context_window)
     cap = req.output_cap
     choices = fmt.choices(req.body)
-    input_cost, out_per_token = prices.worst_case(price.model, price.provider, input_tokens, (cap or 0) * choices)
+    input_cost, out_per_token = (book or prices).worst_case(
+        price.model, price.provider, input_tokens, (cap or 0) * choices
+    )
     write_rate = _cache_write_rate(price, req.body)
     if write_rate is not None and not price.tiered:
         input_cost = max(input_cost, input_tokens * write_rate / _M)
@@ -106,10 +109,12 @@ def response_id(fmt: Format, recorded: dict[str, Any]) -> str | None:
     return fmt.response_id(doc) if doc is not None else None
 
 
-def fallback_cost(price: Price, req: LLMRequest, recorded: dict[str, Any] | None) -> Decimal:
+def fallback_cost(
+    price: Price, req: LLMRequest, recorded: dict[str, Any] | None, *, book: PriceBook | None = None
+) -> Decimal:
     """Cost of a finished call whose usage is unknown: the input bound plus what was seen of
     the output, never more than the output cap allows; zero for an error status (providers do
-    not bill refusals)."""
+    not bill refusals). ``book``: the price book ``price`` came from."""
     if recorded is None or int(recorded.get("status", 200)) >= 400:
         return Decimal(0)
     fmt = req.fmt
@@ -121,4 +126,4 @@ def fallback_cost(price: Price, req: LLMRequest, recorded: dict[str, Any] | None
     if cap is not None:
         seen = min(seen, cap * max(1, fmt.choices(req.body)) + fmt.extra_output_tokens(req))
     usage = Usage(input_tokens=input_tokens, output_tokens=seen)
-    return prices.cost(price.model, usage, price.provider).total
+    return (book or prices).cost(price.model, usage, price.provider).total

@@ -25,9 +25,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost, RunCancelled, RunEndedError
+from .._runtime import runtime as current_runtime
 from ..store import Head, NewEvent, RunRecord, Store, StoreOp
 
 if TYPE_CHECKING:
+    from .._runtime import Runtime
     from ._boundary import Guard
 
 _current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("wflo_run", default=None)
@@ -85,8 +87,11 @@ class RunContext:
         owner: str,
         journal: dict[str, JournalEntry],
         guards: Sequence[Guard] = (),
+        runtime: Runtime | None = None,
     ) -> None:
         self.store = store
+        self.runtime: Runtime = runtime if runtime is not None else current_runtime()
+        """The runtime that started or resumed this execution: its prices, policies, settings."""
         self.run_id = record.id
         self.workflow = record.workflow
         self.record = record
@@ -109,7 +114,14 @@ class RunContext:
 
     @classmethod
     def load(
-        cls, store: Store, record: RunRecord, owner: str, guards: Sequence[Guard] = (), *, fresh: bool = False
+        cls,
+        store: Store,
+        record: RunRecord,
+        owner: str,
+        guards: Sequence[Guard] = (),
+        *,
+        fresh: bool = False,
+        runtime: Runtime | None = None,
     ) -> RunContext:
         """The context of ``record``, its journal read from the store.
 
@@ -134,7 +146,7 @@ class RunContext:
                 name = names.setdefault(d["name"], d["name"])
                 kind = names.setdefault(d.get("kind", "step"), d.get("kind", "step"))
                 journal[d["call"]] = JournalEntry(d["call"], name, kind, status, data_json, int(seq), d.get("digest"))
-        ctx = cls(store, record, owner, journal, guards)
+        ctx = cls(store, record, owner, journal, guards, runtime)
         ctx.last_event_type = last_type
         return ctx
 

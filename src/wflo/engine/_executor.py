@@ -22,29 +22,35 @@ from .._errors import (
     RunSuspended,
     SerializationError,
 )
+from .._runtime import runtime as current_runtime
 from ..store import NewEvent, RunRecord, Store, StoreOp
 from ._context import RunContext, _call_path, _current_run
 from ._heartbeat import heartbeats
 from ._serialize import decode, encode, error_data
 
 if TYPE_CHECKING:
+    from .._runtime import Runtime
     from ._workflow import Workflow
 
-# Hooks later layers use to add guards to every run (budgets, loop guards, …).
+# Extensions (``wflo.ext``): guards and hooks added to every run of the process, whichever
+# runtime runs it, after the runtime's own (``Runtime.run_guards`` and its hooks). wflo itself
+# adds none: its guard chain is the runtime's.
 GuardFactory = Callable[["Workflow[Any, Any]", RunRecord], list[Any]]
 _guard_factories: list[GuardFactory] = []
 
 
 def add_guard_factory(factory: GuardFactory) -> None:
-    """Register a function that returns the guards for a run (called once per execution)."""
+    """Add guards to every run: ``factory(wf, record)`` returns the extra guards of one
+    execution (after the runtime's chain)."""
     if factory not in _guard_factories:
         _guard_factories.append(factory)
 
 
-def _guards_for(wf: Workflow[Any, Any], record: RunRecord) -> list[Any]:
-    guards: list[Any] = []
+def guards_for(rt: Runtime, wf: Workflow[Any, Any] | None, record: RunRecord, store: Store) -> list[Any]:
+    """The guards of one execution of ``record``: the runtime's chain, then the extensions'."""
+    guards: list[Any] = list(rt.run_guards(wf, record, store))
     for factory in _guard_factories:
-        guards.extend(factory(wf, record))
+        guards.extend(factory(wf, record))  # type: ignore[arg-type]
     return guards
 
 
@@ -93,14 +99,15 @@ def add_resume_hook(hook: Callable[[Store, str], tuple[list[NewEvent], StoreOp |
         _resume_hooks.append(hook)
 
 
-def _prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False) -> RunContext:
-    ctx = RunContext.load(store, record, owner, _guards_for(wf, record), fresh=fresh)
+def _prepare(
+    rt: Runtime, store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False
+) -> RunContext:
+    ctx = RunContext.load(store, record, owner, guards_for(rt, wf, record, store), fresh=fresh, runtime=rt)
     if record.attempts <= 1 and not ctx.journal:
         if ctx.last_event_type != "run.started":
             ctx.append([NewEvent("run.started", {"attempt": record.attempts, "worker": owner})])
         return ctx
-    events: list[NewEvent] = []
-    ops: list[StoreOp] = []
+    events, ops = rt.resume_ops(store, record.id)
     for hook in _resume_hooks:
         more, op = hook(store, record.id)
         events += more
@@ -123,7 +130,8 @@ def add_finish_op(factory: Callable[[Store, str, str], StoreOp | None]) -> None:
 
 
 def _final_ops(ctx: RunContext, status: str) -> list[StoreOp]:
-    return [op for f in _finish_ops if (op := f(ctx.store, ctx.run_id, status)) is not None]
+    ops = ctx.runtime.finish_ops(ctx.store, ctx.run_id, status)
+    return ops + [op for f in _finish_ops if (op := f(ctx.store, ctx.run_id, status)) is not None]
 
 
 def disk_full(exc: BaseException | None) -> BaseException | None:
@@ -271,58 +279,70 @@ def _args(record: RunRecord) -> tuple[list[Any], dict[str, Any]]:
     return list(data.get("args", [])), dict(data.get("kwargs", {}))
 
 
-def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False) -> Any:
+def execute(
+    store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False,
+    runtime: Runtime | None = None,
+) -> Any:  # fmt: skip
     """Run ``record`` (whose lease ``owner`` holds) to its end, or until it waits or is lost.
 
     ``fresh``: ``owner`` has just created the run (its journal holds no calls yet, so it is
-    not read). Returns the workflow's value; raises its exception (after recording it).
+    not read). ``runtime``: the runtime running it (default: the one in use here); its guards
+    and settings apply, and it is active while the workflow's code runs. Returns the
+    workflow's value; raises its exception (after recording it).
     """
+    rt = runtime if runtime is not None else current_runtime()
     if wf.is_async:
-        return _run_coroutine(aexecute(store, wf, record, owner, fresh=fresh))
-    ctx = _prepare(store, wf, record, owner, fresh)
-    args, kwargs = _args(record)
-    heartbeats.track(store, owner, ctx)
-    run_token = _current_run.set(ctx)
-    path_token = _call_path.set("")
-    try:
-        ctx.check_cancelled()
-        value = wf.fn(*args, **kwargs)
-    except BaseException as exc:
-        ctx.close()
-        _finish_error(ctx, exc)
-        _raise_stop(ctx, exc)
-        raise
-    finally:
-        _call_path.reset(path_token)
-        _current_run.reset(run_token)
-        heartbeats.untrack(ctx)
-    ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
-    return _finish_ok(ctx, wf, value)
+        return _run_coroutine(aexecute(store, wf, record, owner, fresh=fresh, runtime=rt))
+    with rt.activate():
+        ctx = _prepare(rt, store, wf, record, owner, fresh)
+        args, kwargs = _args(record)
+        heartbeats.track(store, owner, ctx)
+        run_token = _current_run.set(ctx)
+        path_token = _call_path.set("")
+        try:
+            ctx.check_cancelled()
+            value = wf.fn(*args, **kwargs)
+        except BaseException as exc:
+            ctx.close()
+            _finish_error(ctx, exc)
+            _raise_stop(ctx, exc)
+            raise
+        finally:
+            _call_path.reset(path_token)
+            _current_run.reset(run_token)
+            heartbeats.untrack(ctx)
+        ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
+        return _finish_ok(ctx, wf, value)
 
 
-async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False) -> Any:
+async def aexecute(
+    store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False,
+    runtime: Runtime | None = None,
+) -> Any:  # fmt: skip
     """The async twin of :func:`execute`."""
+    rt = runtime if runtime is not None else current_runtime()
     if not wf.is_async:
-        return await asyncio.to_thread(execute, store, wf, record, owner, fresh=fresh)
-    ctx = _prepare(store, wf, record, owner, fresh)
-    args, kwargs = _args(record)
-    heartbeats.track(store, owner, ctx)
-    run_token = _current_run.set(ctx)
-    path_token = _call_path.set("")
-    try:
-        ctx.check_cancelled()
-        value = await wf.fn(*args, **kwargs)
-    except BaseException as exc:
-        ctx.close()
-        _finish_error(ctx, exc)
-        _raise_stop(ctx, exc)
-        raise
-    finally:
-        _call_path.reset(path_token)
-        _current_run.reset(run_token)
-        heartbeats.untrack(ctx)
-    ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
-    return _finish_ok(ctx, wf, value)
+        return await asyncio.to_thread(execute, store, wf, record, owner, fresh=fresh, runtime=rt)
+    with rt.activate():
+        ctx = _prepare(rt, store, wf, record, owner, fresh)
+        args, kwargs = _args(record)
+        heartbeats.track(store, owner, ctx)
+        run_token = _current_run.set(ctx)
+        path_token = _call_path.set("")
+        try:
+            ctx.check_cancelled()
+            value = await wf.fn(*args, **kwargs)
+        except BaseException as exc:
+            ctx.close()
+            _finish_error(ctx, exc)
+            _raise_stop(ctx, exc)
+            raise
+        finally:
+            _call_path.reset(path_token)
+            _current_run.reset(run_token)
+            heartbeats.untrack(ctx)
+        ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
+        return _finish_ok(ctx, wf, value)
 
 
 def _run_coroutine(coro: Any) -> Any:

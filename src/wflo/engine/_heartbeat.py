@@ -16,7 +16,7 @@ log = logging.getLogger("wflo.heartbeat")
 
 
 class Heartbeats:
-    """Renews every tracked run's lease each ``lease_seconds / 3``.
+    """Renews every tracked run's lease each ``lease_seconds / 3`` (of the run's runtime).
 
     A run whose lease was taken over (we were too slow, or paused) is marked lost, so its
     next journal write stops it; a cancel request seen here stops it at the next step.
@@ -27,10 +27,14 @@ class Heartbeats:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._period = float("inf")  # the current wait between beats
 
     def track(self, store: Store, owner: str, ctx: RunContext) -> None:
+        period = ctx.runtime.settings.lease_seconds / 3
         with self._lock:
             self._runs[id(ctx)] = ctx
+            if period < self._period:
+                self._wake.set()  # a run of a shorter lease: the loop shortens its wait now
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="wflo-heartbeat", daemon=True)
                 self._thread.start()
@@ -41,14 +45,21 @@ class Heartbeats:
 
     def _loop(self) -> None:
         while True:
-            lease = settings().lease_seconds
-            self._wake.wait(lease / 3)
             with self._lock:
                 runs = list(self._runs.values())
-            groups: dict[tuple[int, str], list[RunContext]] = {}
+            # Each run's lease is its runtime's; the beat comes as often as the shortest needs.
+            leases = [ctx.runtime.settings.lease_seconds for ctx in runs] or [settings().lease_seconds]
+            with self._lock:
+                self._period = min(leases) / 3
+            if self._wake.wait(self._period):
+                self._wake.clear()
+                continue  # woken to wait less: the leases just taken have all their time
+            with self._lock:
+                runs = list(self._runs.values())
+            groups: dict[tuple[int, str, float], list[RunContext]] = {}
             for ctx in runs:
-                groups.setdefault((id(ctx.store), ctx.owner), []).append(ctx)
-            for contexts in groups.values():
+                groups.setdefault((id(ctx.store), ctx.owner, ctx.runtime.settings.lease_seconds), []).append(ctx)
+            for (_, _, lease), contexts in groups.items():
                 first = contexts[0]
                 try:
                     held = first.store.heartbeat(first.owner, [c.run_id for c in contexts], lease)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from .._config import get_store, settings
 from .._errors import LeaseLost, WfloInterrupt
+from .._runtime import runtime as current_runtime
 from ..store import RunRecord, Store, parse_iso
 from ..store._claim import QueueRule
 from ._executor import execute
@@ -54,7 +54,10 @@ class Worker:
     ) -> None:
         self.concurrency = max(1, concurrency)
         self.workflows = list(workflows) if workflows else None
-        self.store = store or get_store()
+        self.runtime = current_runtime()
+        """The runtime the worker was built in: the runs it executes use it, whichever thread
+        serves them."""
+        self.store = store or self.runtime.store
         self.owner = f"{socket.gethostname()}:{os.getpid()}:worker-{uuid.uuid4().hex[:6]}"
         self.on_event = on_event
         self._stop = threading.Event()
@@ -91,9 +94,13 @@ class Worker:
 
         Returns the number of runs this worker executed to an end.
         """
+        with self.runtime.activate():
+            return self._serve(max_runs, idle_timeout)
+
+    def _serve(self, max_runs: int | None, idle_timeout: float | None) -> int:
         from ..compliance import run_schedule  # scheduled evidence packs (docs/compliance.md)
 
-        cfg = settings()
+        cfg = self.runtime.settings
         idle_since = time.monotonic()
         # Held across the loop: a change committed between a claim that found nothing and the
         # wait below is not missed (the wait returns at once).
@@ -184,7 +191,7 @@ class Worker:
     def _run_one(self, record: RunRecord) -> str:
         """Execute one run; ``finished``, ``failed``, or ``""`` when another worker has it now."""
         try:
-            execute(self.store, get_workflow(record.workflow), record, self.owner)
+            execute(self.store, get_workflow(record.workflow), record, self.owner, runtime=self.runtime)
         except LeaseLost:
             log.info("wflo worker: lost the lease of run %s; another worker has it", record.id)
             return ""

@@ -24,6 +24,7 @@ from .._errors import (
     UnknownWorkflowError,
     UserError,
 )
+from .._runtime import runtime as current_runtime
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, NewEvent, RunRecord, Store, new_id, now_iso, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
@@ -348,8 +349,8 @@ _cancel_hooks: list[Callable[[Store, str], None]] = []
 
 
 def add_cancel_hook(hook: Callable[[Store, str], None]) -> None:
-    """``hook(store, run_id)`` runs after a run was asked to cancel (it closes what waits on
-    the run, such as its pending approvals; the engine knows no such thing by name)."""
+    """``hook(store, run_id)`` runs after a run was asked to cancel, after the runtime's own
+    (which closes the run's pending approvals; the engine knows no such thing by name)."""
     _cancel_hooks.append(hook)
 
 
@@ -390,6 +391,7 @@ class RunHandle:
             self.store.append_system([NewEvent("run.cancel_requested", {"run_id": self.id, "by": who, "via": via})])
         record = self.store.request_cancel(self.id)
         if record.status == "cancelled" or record.cancel_requested:
+            current_runtime().cancelled(self.store, self.id)
             for hook in _cancel_hooks:
                 hook(self.store, self.id)
         return record.status

@@ -40,7 +40,7 @@ from .._errors import UserError, WfloError
 from ..cost._formats import Format, LLMRequest, detect
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
 from ..engine._attempts import Attempts, Step, adrive, drive
-from ..guards._policies import ProviderStatusError, policies
+from ..guards._policies import ProviderStatusError
 from ..guards._retry import is_retryable, retryable_status
 from . import _egress
 from ._egress import check as _egress_check
@@ -429,7 +429,7 @@ def _after_failure(
         error = _status_error(response)
     elif not isinstance(error, Exception) or not is_retryable(error):
         return None
-    policy = policies.retry_for(call)
+    policy = call.run.runtime.policies.retry_for(call)
     delay = policy.next_delay(attempt, error) if policy is not None else None
     if delay is not None:
         call.event["next"] = {"retry": attempt + 1, "delay_s": round(delay, 3)}
@@ -456,7 +456,7 @@ def _status_error(response: Any) -> Exception:
 
 def _set_timeout(call: Call, request: Any) -> None:
     """A ``wflo.policies.timeout`` for this model: every phase of the request is bounded."""
-    seconds = policies.timeout_for(call)
+    seconds = call.run.runtime.policies.timeout_for(call)
     if seconds is not None:
         request.extensions = {
             **request.extensions,

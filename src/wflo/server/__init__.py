@@ -8,7 +8,7 @@ try:
     import fastapi  # noqa: F401
     import joserfc  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised without the extra
-    from .._errors import ConfigurationError
+    from ..errors import ConfigurationError
 
     raise ConfigurationError(
         f"the wflo server needs its extra: pip install 'wflo[server]' ({exc.name} is missing)"

@@ -16,8 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from .._config import settings
 from ..auth import GLOBAL, Access, covers, tenant_scope
+from ..config import settings
 from ..store import now_iso, parse_iso
 from . import _firstrun
 from ._panel import page_route

@@ -17,9 +17,9 @@ import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from .._config import Settings, get_store, settings
-from .._errors import AuthenticationError, WfloError
 from ..auth import Access, ClaimsPolicy, Identities, Principal, Tokens
+from ..config import Settings, get_store, settings
+from ..errors import AuthenticationError, WfloError
 from . import _admin, _decisions, _panel, _runs, _tools
 from ._oidc import Provider, QueryRedactor
 from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, SIGNED_IN, Router, client_address, who_of

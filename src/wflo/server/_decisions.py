@@ -27,13 +27,11 @@ from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from .._errors import UserError, WfloError
 from ..approvals import ApprovalRequest, Inbox
-from ..audit import build_report, export, render_html, verify_all, verify_checkpoint
-from ..audit._dates import parse_when
+from ..audit import build_report, export, parse_when, render_html, verify_all, verify_checkpoint
 from ..auth import GLOBAL, Access, Principal, covers, tenant_scope
-from ..cost._ledger import Ledger, usd_str
-from ..cost._spend import spend, top_runs
+from ..cost import Ledger, spend, top_runs, usd_str
+from ..errors import UserError, WfloError
 from ..store import now_iso
 from ._panel import page_route
 from ._routes import Router, body_scope, client_address, tenant_query, who_of

@@ -18,11 +18,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from .._config import settings
-from .._errors import AccessDeniedError
-from ..auth import Access, Principal, Tokens
-from ..auth._access import check_principal
-from ..auth._tokens import digest
+from ..auth import Access, Principal, Tokens, check_principal, token_digest
+from ..config import settings
+from ..errors import AccessDeniedError
 from ..store import NewEvent, now_iso
 from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, Router, client_address
 
@@ -49,7 +47,7 @@ class FirstSignIn:
             self.store.execute(
                 cur,
                 "INSERT INTO signin_codes (digest, principal, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, NULL)",
-                (digest(code), principal, now_iso(), expires),
+                (token_digest(code), principal, now_iso(), expires),
             )
 
         event = NewEvent("auth.first_signin_issued", {"principal": principal, "expires_at": expires, "via": "local"})
@@ -62,7 +60,7 @@ class FirstSignIn:
         The code is marked used in the same transaction that checks it, so of two presses at
         once one wins; the refusal of the other is recorded like any failed sign-in.
         """
-        want = digest(code or "")
+        want = token_digest(code or "")
         now = now_iso()
         found: list[str] = []
 

@@ -23,7 +23,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from .._errors import AuthenticationError, ConfigurationError
+from ..errors import AuthenticationError, ConfigurationError
 
 
 @dataclass

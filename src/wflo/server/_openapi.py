@@ -18,15 +18,15 @@ from typing import Any
 
 def document() -> dict[str, Any]:
     """The document, built from an app on a throwaway empty store (routes do not depend on data)."""
-    from .. import _config
+    from .. import config
     from ._app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = _config.configure(database=f"sqlite:///{tmp}/openapi.db")
+        cfg = config.configure(database=f"sqlite:///{tmp}/openapi.db")
         try:
             doc: dict[str, Any] = create_app(cfg).openapi()
         finally:
-            _config.reset()
+            config.runtime().close()
     return doc
 
 

@@ -20,8 +20,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
-from .._errors import AuthenticationError
 from ..auth import GLOBAL, Access, Principal, Tokens, tenant_scope
+from ..errors import AuthenticationError
 from . import _errors, _idempotency
 from ._signin import RateLimiter
 

@@ -17,8 +17,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from .._errors import RunNotFoundError
 from ..auth import GLOBAL, Access, tenant_scope
+from ..errors import RunNotFoundError
 from ..store import Store
 from . import _runs_actions as actions
 from ._panel import page_route

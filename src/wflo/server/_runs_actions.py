@@ -14,9 +14,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import LeaseLost, WfloError
 from ..auth import Principal, tenant_scope
 from ..engine import RunHandle
+from ..errors import LeaseLost, WfloError
 from ..store import Head, NewEvent, RunRecord, Store, new_id
 
 BULK_LIMIT = 1000

@@ -14,10 +14,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..approvals import Inbox
-from ..audit import ChainReport, verify_run
-from ..audit._verify import chain_hasher
-from ..cost import sse_events
-from ..cost._ledger import Ledger, period_start, usd_str
+from ..audit import ChainReport, chain_hasher, verify_run
+from ..cost import Ledger, period_start, sse_events, usd_str
 from ..store import Event, RunRecord, Store, now_iso
 from ._runs_query import LIST_COLUMNS, _item, run_costs
 

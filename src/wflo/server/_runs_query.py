@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .._errors import UserError
-from ..audit._dates import parse_when
-from ..cost._ledger import usd_str
+from ..audit import parse_when
+from ..cost import usd_str
+from ..errors import UserError
 from ..store import RUN_STATUSES, Store
 
 MAX_LIMIT = 500

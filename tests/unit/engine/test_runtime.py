@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,11 @@ import pytest
 import wflo
 import wflo.config
 from wflo import _config
+from wflo._runtime import _PROCESS
 from wflo.config import Runtime, runtime
+from wflo.cost import PriceBook
+from wflo.ext import current_run
+from wflo.guards import Policies
 
 
 @wflo.workflow(name="rt-echo")
@@ -65,3 +70,57 @@ def test_a_runtime_takes_settings_or_options_not_both() -> None:
         Runtime(_config.Settings(), principal="user:x")
     with pytest.raises(wflo.errors.ConfigurationError):
         Runtime(lease_seconds="soon")
+
+
+@wflo.workflow(name="rt-which")
+def which() -> list[bool]:
+    ctx = current_run()
+    assert ctx is not None
+    rt = runtime()
+    return [ctx.runtime is rt, rt.prices is ctx.runtime.prices, rt is wflo.config.runtime()]
+
+
+def test_a_run_holds_the_runtime_that_started_it(tmp_path: Path) -> None:
+    book, rules = PriceBook(), Policies()
+    a = Runtime(database=f"sqlite:///{tmp_path}/a.db", prices=book, policies=rules)
+    try:
+        assert a.prices is book and a.policies is rules
+        assert Runtime().prices is not Runtime().prices  # each runtime its own book by default
+        assert Runtime().prices is not wflo.cost.prices and Runtime().policies is not wflo.policies
+        with a.activate():
+            assert which.options(id="w1").run() == [True, True, True]
+            with runtime().activate():
+                assert runtime() is a
+            with _PROCESS.activate():
+                assert runtime().settings is _config.settings()  # the process's, inside a's block
+            assert runtime() is a
+    finally:
+        a.close()
+
+
+@wflo.workflow(name="rt-slow")
+def slow() -> str:
+    time.sleep(2.5)
+    return "done"
+
+
+def test_heartbeats_renew_a_run_on_its_runtimes_lease(tmp_path: Path) -> None:
+    """The process's lease is a minute, the runtime's one second: the run's lease is renewed
+    every third of a second, so nobody can take it while it runs."""
+    _config.configure(database=f"sqlite:///{tmp_path}/p.db", lease_seconds=60.0)
+    rt = Runtime(database=f"sqlite:///{tmp_path}/a.db", lease_seconds=1.0)
+    taken: list[str | None] = []
+
+    def thief() -> None:
+        time.sleep(2.0)  # twice the lease: it would have lapsed without a beat
+        taken.append(rt.store.claim("slow-1", "thief:1:x", 1.0).lease_owner)
+
+    try:
+        with rt.activate():
+            other = threading.Thread(target=thief)
+            other.start()
+            assert slow.options(id="slow-1").run() == "done"
+            other.join(timeout=10)
+        assert taken and taken[0] not in (None, "thief:1:x")
+    finally:
+        rt.close()
