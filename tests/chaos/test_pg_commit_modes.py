@@ -6,7 +6,8 @@ server is crashed (``pg_ctl -m immediate stop``) right after such a start, befor
 any other commit, on a private cluster whose WAL writer flushes only every 10 s: the start is
 lost, and the caller, whose body goes on, gets ``LeaseLost`` from its next write, never a
 result. What committed synchronously before the crash (an enqueued run, a finished run)
-survives it.
+survives it. Likewise a worker's relaxed claim and ``run.started`` marker: lost with the crash,
+the worker's next write is refused, the run is claimed again and its step journaled once.
 """
 
 from __future__ import annotations
@@ -123,3 +124,39 @@ def test_a_server_crash_after_a_relaxed_start_gives_the_caller_an_error_never_a_
     # The caller may run it again under the same id.
     ran.clear()
     assert body.options(id="lost").run() == 2 and ran == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_server_crash_after_a_relaxed_claim_makes_the_worker_let_go_and_the_run_is_claimed_again(
+    sync_pg: Cluster,
+) -> None:
+    from wflo.engine import Worker
+
+    _config.configure(database=sync_pg.url, lease_seconds=30.0, poll_interval=0.05)
+    store = _config.get_store()
+    started, go = threading.Event(), threading.Event()
+    ran.clear()
+
+    @wflo.workflow(name="chaos.commit.claimed")
+    def claimed() -> int:
+        started.set()
+        assert go.wait(120)
+        return effect(5)
+
+    handle = claimed.start()  # synchronous
+    worker = threading.Thread(target=lambda: Worker(concurrency=1, workflows=None).run(max_runs=1, idle_timeout=20))
+    worker.start()
+    assert started.wait(60)  # claimed (relaxed) and run.started (relaxed): nothing else committed since
+    sync_pg.restart("immediate")
+    go.set()
+    worker.join(180)
+    assert not worker.is_alive()
+
+    assert handle.result(timeout=10) == 6
+    # The first execution's step ran, but its record was refused (the claim was gone); the run
+    # was claimed again and its step ran and was recorded once: at least once, journaled once.
+    assert ran == [5, 5]
+    types = [e.type for e in store.events(handle.id)]
+    assert types == ["run.created", "run.started", "call.completed", "run.completed"], types
+    assert store.get_run(handle.id).attempts == 1  # the lost claim's attempt was lost with it

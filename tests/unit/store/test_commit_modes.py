@@ -197,23 +197,43 @@ def test_an_approval_request_and_decision_are_synchronous_the_resume_relaxed(pg_
     assert {m[3] for m in resumed[3:]} == {"on"}, resumed
 
 
-@wflo.workflow(name="tests.commit_modes.lost")
-def lost_start(i: int) -> int:
-    # What a server crash does to a relaxed start that no synchronous commit followed: the
-    # run is gone (simulated here by deleting it).
+def _forget_this_run() -> None:
+    """What a server crash does to a relaxed start that no synchronous commit followed: the
+    run is gone (simulated by deleting it)."""
     store = config.get_store()
     ctx = current_run()
     assert ctx is not None
     run_id = ctx.run_id
 
     def forget(cur: Any) -> None:
-        if store.dialect == "postgresql":  # the tables' owner may delete events so (as a crash does)
+        if store.dialect == "postgresql":  # the tables' owner may delete events so
             store.execute(cur, "SELECT set_config('wflo.prune', 'on', true)")
         store.execute(cur, "DELETE FROM events WHERE chain = ?", (run_id,))
         store.execute(cur, "DELETE FROM runs WHERE id = ?", (run_id,))
 
     store.write(forget)
+
+
+@wflo.workflow(name="tests.commit_modes.lost")
+def lost_start(i: int) -> int:
+    _forget_this_run()
     return one(i)
+
+
+forget_child = [True]
+
+
+@wflo.workflow(name="tests.commit_modes.child")
+def child(i: int) -> int:
+    if forget_child:
+        forget_child.clear()
+        _forget_this_run()
+    return one(i)
+
+
+@wflo.workflow(name="tests.commit_modes.parent")
+def parent(i: int) -> int:
+    return child(i) + one(10)
 
 
 def test_a_lost_start_gives_its_caller_an_error_never_a_result(configured: str) -> None:
@@ -223,6 +243,21 @@ def test_a_lost_start_gives_its_caller_an_error_never_a_result(configured: str) 
     assert store.read("SELECT count(*) FROM runs WHERE id = ?", ("lost-1",))[0][0] == 0
     # The caller may simply run it again (same id): a new run, whose steps run.
     assert two_steps.options(id="lost-1").run(1) == 3
+
+
+def test_a_lost_child_start_fails_the_parents_caller_not_the_parent(configured: str) -> None:
+    forget_child[:] = [True]
+    with pytest.raises(LeaseLost):
+        parent.options(id="parent-1").run(1)
+    store = config.get_store()
+    run = store.get_run("parent-1")
+    # The parent recorded nothing of the child (a lost lease is no result of the call) and is
+    # not failed: it is resumed (here by its caller again; else by a worker when its lease lapses).
+    assert run.status == "running"
+    assert [e.type for e in store.events("parent-1")] == ["run.created", "run.started"]
+    assert parent.options(id="parent-1").run(1) == 13
+    (kid,) = store.list_runs(parent_id="parent-1")
+    assert kid.status == "succeeded" and kid.output == 2
 
 
 def test_a_caller_killed_right_after_the_start_loses_nothing(store_url: str, tmp_path: Path) -> None:
