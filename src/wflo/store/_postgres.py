@@ -181,7 +181,16 @@ class PostgresStore(Store):
     def _begin_relaxed(self, cur: Any) -> None:
         # Two statements in one message (no parameters: the simple query protocol), so the
         # relaxed transaction costs no round trip more than BEGIN alone. See Commit modes.
-        cur.execute("BEGIN; SET LOCAL synchronous_commit TO off")
+        if self._idle(cur.connection):
+            cur.execute("BEGIN; SET LOCAL synchronous_commit TO off")
+        else:
+            self._begin(cur)
+
+    def _idle(self, conn: Any) -> bool:
+        """Whether ``conn`` is outside any transaction: only then may a statement relax its own
+        commit. Inside a caller's transaction (a store call made from a ``write``), a
+        transaction-local setting would relax the caller's commit too."""
+        return bool(conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
 
     # ----------------------------------------------------------------- one round trip each
     def fence(self, cur: Any, run_id: str, owner: str) -> None:
@@ -229,8 +238,8 @@ class PostgresStore(Store):
                   *[list(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
         # A run its caller executes now (it has an owner) starts relaxed; an enqueued one is
         # durable before its handle is returned. See Commit modes.
-        sql = _CREATE_RUN_RELAXED if lease_seconds is not None else _CREATE_RUN
         with self._connection() as conn:
+            sql = _CREATE_RUN_RELAXED if lease_seconds is not None and self._idle(conn) else _CREATE_RUN
             row = conn.execute(sql, params).fetchone()
         if row is None:
             return None, False
@@ -267,7 +276,8 @@ class PostgresStore(Store):
             cur = conn.cursor()
             try:
                 if not ops:
-                    cur.execute(_APPEND_RELAXED if relaxed else _APPEND, params)  # its own transaction
+                    relax = relaxed and self._idle(conn)
+                    cur.execute(_APPEND_RELAXED if relax else _APPEND, params)  # its own transaction
                 else:
                     op_cur = conn.cursor()
                     try:

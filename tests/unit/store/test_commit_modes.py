@@ -197,6 +197,23 @@ def test_an_approval_request_and_decision_are_synchronous_the_resume_relaxed(pg_
     assert {m[3] for m in resumed[3:]} == {"on"}, resumed
 
 
+@pytest.mark.postgres
+def test_a_store_call_inside_a_callers_transaction_does_not_relax_it(pg_store: Store) -> None:
+    def fn(cur: Any) -> None:
+        pg_store.execute(cur, "UPDATE runs SET priority = 1 WHERE id = ?", ("outer",))
+        pg_store.create_run(run_id="inner", workflow="w", input={}, owner="o")  # on the caller's connection
+
+    pg_store.create_run(run_id="outer", workflow="w", input={})
+    _modes(pg_store)
+    pg_store.write(fn)
+    assert _modes(pg_store) == [
+        ("runs", "UPDATE", "queued", "on"),
+        ("runs", "INSERT", "running", "on"),
+        ("events", "INSERT", "run.created", "on"),
+        ("events", "INSERT", "run.started", "on"),
+    ]
+
+
 def _forget_this_run() -> None:
     """What a server crash does to a relaxed start that no synchronous commit followed: the
     run is gone (simulated by deleting it)."""
