@@ -41,7 +41,9 @@ _PG_TIME = (
 # - a lost start: the caller still runs the body; its next write is fenced on the run's head
 #   and owner and finds no run, so the caller gets ``LeaseLost`` (an error, never a result),
 #   and a step that ran before that write may run again if the caller retries: at least
-#   once, as for any step whose record was not written;
+#   once, as for any step whose record was not written. A caller that died in the same crash
+#   (one machine for both) leaves nobody to resume the run: it is as if never started, but
+#   for what its steps did in that window;
 # - a lost claim: the run is again queued, waiting or held by the lapsed lease it had; the
 #   claimer's next append is fenced on the lease and raises ``LeaseLost``; the next claim
 #   takes the run again. A queue's count of running runs (and a rate limit's ``started_at``)
@@ -50,7 +52,12 @@ _PG_TIME = (
 #   next append is fenced on that head and raises ``LeaseLost``; the run is resumed after its
 #   lease lapses. No other chain refers to it, and anything that read it and then committed
 #   (an audit checkpoint records itself on the system chain before its file is written)
-#   flushed it first.
+#   flushed it first. What only reads (a run listing, ``wflo audit export``, which writes its
+#   files before its own record commits) can see such an event in that window and the store
+#   then lose it: an export taken while the run executes, in the last ~600 ms before a crash.
+#
+# Only a statement or transaction of its own is relaxed: inside a caller's transaction (a store
+# call from a ``write``) it commits as that transaction does (``_idle``).
 #
 # What stays synchronous: enqueueing (``.start()`` returns a handle that a worker must be able
 # to find: ``create_run`` without an owner), every other append, every ``write``/``write_batch``
