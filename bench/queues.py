@@ -331,13 +331,14 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=100_000)
     parser.add_argument("--drain", type=int, default=2_000)
     parser.add_argument("--workers", default="1,2,4,8")
+    parser.add_argument("--samples", type=int, default=30, help="wake-ups measured by `wake`")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="wflo-bench-queues-")
     kinds = args.stores.split(",")
     parts: dict[str, Callable[[], None]] = {
         "claim": lambda: [bench_claim(k, tmp, args.big, args.rounds) for k in kinds] and None,
         "enqueue": lambda: [bench_enqueue(k, tmp, args.rounds) for k in kinds] and None,
-        "wake": lambda: [bench_wake(k, tmp, 30) for k in kinds] and None,
+        "wake": lambda: [bench_wake(k, tmp, args.samples) for k in kinds] and None,
         "drain": lambda: bench_drain(tmp, args.drain, [int(c) for c in args.workers.split(",")], args.rounds),
     }
     for part in args.parts:

@@ -39,6 +39,12 @@ T = TypeVar("T")
 
 SYSTEM_CHAIN = "system"
 
+# The events of an append that may commit without waiting for the disk (PostgreSQL: see
+# "Commit modes" in ``_postgres``): markers that an execution of the run began, written alone
+# (no ops, no change of status, lease or wake-up). Nothing outside the run depends on them
+# before the run's next write, which commits synchronously and so makes them durable too.
+RELAXED_MARKERS = frozenset({"run.started", "run.resumed"})
+
 # A write to run in the same transaction as an append (e.g. a budget settlement). It may
 # return a function to call once the transaction committed: an op that needs what its
 # statements answered reads it there, so that on PostgreSQL the whole append, ops included,
@@ -452,13 +458,19 @@ class Store(Connections):
         output_json = None if not finish or error is not None else canonical_json(output)
         error_json = canonical_json(error) if finish and error is not None else None
         notify = finish or status == "waiting"
+        relaxed = (
+            bool(events)
+            and not ops
+            and not (finish or release or status is not None or wake_at is not None)
+            and all(e.type in RELAXED_MARKERS for e in events)
+        )
 
         def go() -> Head:
             new, rows = self._link(run_id, head, events)
             cancel = self._append_once(
                 run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish,
                 output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
-                notify=notify, ops=ops,
+                notify=notify, ops=ops, relaxed=relaxed,
             )  # fmt: skip
             return Head(new.seq, new.hash, cancel)
 
@@ -496,8 +508,12 @@ class Store(Connections):
         wake_at: str | None,
         notify: bool,
         ops: Sequence[StoreOp],
+        relaxed: bool = False,
     ) -> bool:
-        """One fenced append transaction; returns the run's cancel request (portable SQL)."""
+        """One fenced append transaction; returns the run's cancel request (portable SQL).
+
+        ``relaxed``: the append is a marker (``RELAXED_MARKERS``) whose commit need not wait
+        for the disk; SQLite commits it as any other."""
         with self._connection():  # held past the commit, for the ops' answers
             with self._tx() as cur:
                 sets = ["last_seq = ?", "last_hash = ?", "updated_at = ?"]
@@ -556,7 +572,7 @@ class Store(Connections):
         """Take the lease of one run if it is free, expired (by the store's clock), or already ours."""
 
         def go() -> RunRecord:
-            with self._tx() as cur:
+            with self._tx(relaxed=True) as cur:  # a lease: see "Commit modes" in _postgres
                 clock = self._clock(cur)
                 now = iso(clock)
                 self.execute(

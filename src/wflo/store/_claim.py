@@ -84,7 +84,10 @@ def claim_next(
             return None
 
     def go() -> RunRecord | None:
-        with store._tx() as cur:
+        # A claim commits without waiting for the disk on PostgreSQL ("Commit modes" in
+        # ``_postgres``): a claim lost with the server is caught by the fence of the claimer's
+        # next append, which is also the first write that anything depends on.
+        with store._tx(relaxed=True) as cur:
             clock = store._clock(cur)
             run_id = _find(store, cur, scope, clock, turn, lock=True)
             if run_id is None:

@@ -46,6 +46,11 @@ class Connections(abc.ABC):
     def _begin(self, cur: Any) -> None:
         """Begin a transaction that may write."""
 
+    def _begin_relaxed(self, cur: Any) -> None:
+        """Begin a write transaction whose commit need not wait for the disk (see
+        ``PostgresStore``: commit modes); by default the same as ``_begin``."""
+        self._begin(cur)
+
     def _is_disconnect(self, error: BaseException) -> bool:
         """True when ``error`` means the connection is gone and the operation may be retried."""
         return False
@@ -141,10 +146,14 @@ class Connections(abc.ABC):
         raise AssertionError("unreachable")
 
     @contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, *, relaxed: bool = False) -> Iterator[Any]:
+        """A write transaction; ``relaxed``: one that may commit without waiting for the disk."""
         with self._connection() as conn:
             cur = conn.cursor()
-            self._begin(cur)
+            if relaxed:
+                self._begin_relaxed(cur)
+            else:
+                self._begin(cur)
             try:
                 yield cur
             except BaseException:

@@ -18,9 +18,54 @@ _PG_TIME = (
     """to_char(clock_timestamp() AT TIME ZONE 'UTC' + make_interval(secs => %s), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 )
 
+# Commit modes. Most commits wait for the WAL flush (``synchronous_commit`` as the server
+# has it, ``on`` by default): a few milliseconds each, most of what a short run costs. Three
+# commits here skip that wait (``set_config('synchronous_commit', 'off', true)``, inside the
+# same statement or transaction: no extra round trip):
+#
+# - the start of a run its caller executes at once (``create_run`` with an owner: ``.run()``,
+#   a child's ``.run()``, ``wflo.init()``);
+# - a claim (``claim_next``, ``claim``): a lease, nothing more;
+# - the marker that an execution began (``run.started``/``run.resumed`` appended alone,
+#   ``RELAXED_MARKERS`` in ``_base``).
+#
+# Why that is safe. PostgreSQL's WAL is one sequence: a synchronous commit flushes it up to
+# its own commit record, so every commit before it (asynchronous ones included) is durable
+# when it returns. Nothing outside the run depends on these three before the run's next
+# write, and every write a run makes that anything depends on commits synchronously: a step's
+# result, a budget reservation before an LLM call, an approval request, a decision, the
+# run's end (whose result goes back to the caller). A client that dies (``kill -9`` of a
+# worker) loses nothing: the commit is in the server's WAL. Only a server crash (or a failover)
+# can lose them, and only within about 3 x ``wal_writer_delay`` of their commit:
+#
+# - a lost start: the caller still runs the body; its next write is fenced on the run's head
+#   and owner and finds no run, so the caller gets ``LeaseLost`` (an error, never a result),
+#   and a step that ran before that write may run again if the caller retries: at least
+#   once, as for any step whose record was not written. A caller that died in the same crash
+#   (one machine for both) leaves nobody to resume the run: it is as if never started, but
+#   for what its steps did in that window;
+# - a lost claim: the run is again queued, waiting or held by the lapsed lease it had; the
+#   claimer's next append is fenced on the lease and raises ``LeaseLost``; the next claim
+#   takes the run again. A queue's count of running runs (and a rate limit's ``started_at``)
+#   is then briefly one lower than what executes, as with a lease that lapsed;
+# - a lost marker: the run's head and projection roll back with it (one transaction), the
+#   next append is fenced on that head and raises ``LeaseLost``; the run is resumed after its
+#   lease lapses. No other chain refers to it, and anything that read it and then committed
+#   (an audit checkpoint records itself on the system chain before its file is written)
+#   flushed it first. What only reads (a run listing, ``wflo audit export``, which writes its
+#   files before its own record commits) can see such an event in that window and the store
+#   then lose it: an export taken while the run executes, in the last ~600 ms before a crash.
+#
+# Only a statement or transaction of its own is relaxed: inside a caller's transaction (a store
+# call from a ``write``) it commits as that transaction does (``_idle``).
+#
+# What stays synchronous: enqueueing (``.start()`` returns a handle that a worker must be able
+# to find: ``create_run`` without an owner), every other append, every ``write``/``write_batch``
+# (steps' side tables, reservations, approvals, decisions, wake-ups), heartbeats and releases.
+
 # A new run and its first events in one statement: nothing is inserted if the id exists, in
-# which case the existing row is returned (created = false).
-_CREATE_RUN = f"""
+# which case the existing row is returned (created = false). The relaxed form: see Commit modes.
+_CREATE_RUN_TEMPLATE = f"""
 WITH r AS (
     INSERT INTO runs ({RUN_COLUMNS}, queue, priority, partition_key, started_at)
     VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s,
@@ -34,17 +79,21 @@ WITH r AS (
            AS u(seq, type, at, data, prev, hash)
 ), n AS (
     SELECT pg_notify('wflo_runs', r.id) FROM r WHERE %s
-)
-SELECT {RUN_COLUMNS}, queue, true, (SELECT count(*) FROM n) FROM r
+){{relax_cte}}
+SELECT {RUN_COLUMNS}, queue, true, (SELECT count(*) FROM n) FROM r{{relax_from}}
 UNION ALL
 SELECT {RUN_COLUMNS}, queue, false, 0 FROM runs WHERE id = %s AND NOT EXISTS (SELECT 1 FROM r)
 """
+_RELAX = "set_config('synchronous_commit', 'off', true)"
+_CREATE_RUN = _CREATE_RUN_TEMPLATE.format(relax_cte="", relax_from="")
+_CREATE_RUN_RELAXED = _CREATE_RUN_TEMPLATE.format(relax_cte=f", s AS (SELECT {_RELAX})", relax_from=", s")
 
 _APPEND = (
     "SELECT wflo_append(%s::text, %s::bigint, %s::text, %s::bigint, %s::text, %s::text, %s::text, %s::boolean, "
     "%s::text, %s::text, %s::boolean, %s::text, %s::text, %s::bigint[], %s::text[], %s::text[], %s::text[], "
     "%s::text[], %s::text[])"
 )
+_APPEND_RELAXED = f"{_APPEND}, {_RELAX}"
 
 _LEASE_LOST = "WF001"
 
@@ -136,6 +185,20 @@ class PostgresStore(Store):
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN")
 
+    def _begin_relaxed(self, cur: Any) -> None:
+        # Two statements in one message (no parameters: the simple query protocol), so the
+        # relaxed transaction costs no round trip more than BEGIN alone. See Commit modes.
+        if self._idle(cur.connection):
+            cur.execute("BEGIN; SET LOCAL synchronous_commit TO off")
+        else:
+            self._begin(cur)
+
+    def _idle(self, conn: Any) -> bool:
+        """Whether ``conn`` is outside any transaction: only then may a statement relax its own
+        commit. Inside a caller's transaction (a store call made from a ``write``), a
+        transaction-local setting would relax the caller's commit too."""
+        return bool(conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
+
     # ----------------------------------------------------------------- one round trip each
     def fence(self, cur: Any, run_id: str, owner: str) -> None:
         """``wflo_fence`` locks the run's row and raises unless ``owner`` holds its lease; no
@@ -180,8 +243,11 @@ class PostgresStore(Store):
         cols = list(zip(*rows, strict=True))
         params = (*values[:8], lease_seconds is not None, lease_seconds or 0.0, *values[8:],
                   *[list(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
+        # A run its caller executes now (it has an owner) starts relaxed; an enqueued one is
+        # durable before its handle is returned. See Commit modes.
         with self._connection() as conn:
-            row = conn.execute(_CREATE_RUN, params).fetchone()
+            sql = _CREATE_RUN_RELAXED if lease_seconds is not None and self._idle(conn) else _CREATE_RUN
+            row = conn.execute(sql, params).fetchone()
         if row is None:
             return None, False
         return tuple(row[:-2]), bool(row[-2])
@@ -203,10 +269,11 @@ class PostgresStore(Store):
         wake_at: str | None,
         notify: bool,
         ops: Sequence[StoreOp],
+        relaxed: bool = False,
     ) -> bool:
         """The fenced append as one ``wflo_append`` statement; with ops, that statement, the
         ops' statements and the commit are pipelined: one round trip unless an op waits for
-        an answer before the commit."""
+        an answer before the commit. ``relaxed`` (never with ops): see Commit modes."""
         cols = list(zip(*rows, strict=True)) if rows else [()] * 7
         params = (run_id, head.seq, owner, new.seq, new.hash, now, status, finish, output_json, error_json,
                   release, wake_at, "wflo_runs" if notify else None, *[list(c) for c in cols[1:]])  # fmt: skip
@@ -216,7 +283,8 @@ class PostgresStore(Store):
             cur = conn.cursor()
             try:
                 if not ops:
-                    cur.execute(_APPEND, params)  # autocommit: its own transaction
+                    relax = relaxed and self._idle(conn)
+                    cur.execute(_APPEND_RELAXED if relax else _APPEND, params)  # its own transaction
                 else:
                     op_cur = conn.cursor()
                     try:

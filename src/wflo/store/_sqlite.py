@@ -181,12 +181,12 @@ class SQLiteStore(Store):
         cur.execute("BEGIN IMMEDIATE")
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[Any]:
+    def _tx(self, *, relaxed: bool = False) -> Iterator[Any]:
         # Writers of this process queue on a lock, woken the moment the writer before them
         # commits. Left to SQLite, a second writer sleeps in its busy handler with growing
         # pauses (up to 100 ms) however soon the lock is free: threads writing at once (the
         # checkpoints LangGraph saves from its own threads) then wait far longer than they
         # write. Other processes still queue on SQLite's lock, as before. The connection is
         # taken first: a thread holding the lock never waits for the pool.
-        with self._connection(), _writer_lock(self._writer_key), super()._tx() as cur:
+        with self._connection(), _writer_lock(self._writer_key), super()._tx(relaxed=relaxed) as cur:
             yield cur
