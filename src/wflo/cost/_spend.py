@@ -132,6 +132,36 @@ def spend(
     }  # fmt: skip
 
 
+def journal_spend(
+    store: Store,
+    group: str,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    tenant: str | None = None,
+    split: str | None = None,
+) -> dict[str, Any]:
+    """``spend`` summed from the runs' journals instead of the book (the check of the book,
+    and the benchmark's other side): every charged call's event, by the writer's time."""
+    rows: dict[str, _Totals] = defaultdict(_Totals)
+    total = _Totals()
+    for c in charges(store, since=since, until=until, tenant=tenant):
+        b = _Booked(
+            hour=_tables.hour_of(c.at), run_id=c.run_id, model=c.model, workflow=c.workflow, tenant=c.tenant, calls=1,
+            usd=c.usd, estimated=c.usd if c.estimated else Decimal(0), input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
+        )  # fmt: skip
+        rows[b.key(group)].add(b, split)
+        total.add(b, None)
+    ordered = sorted(
+        rows.items(), key=(lambda kv: kv[0]) if group in ("day", "hour") else (lambda kv: (-kv[1].usd, kv[0]))
+    )
+    return {
+        "group": group, "split": split, "since": since, "until": until, "tenant": tenant,
+        "rows": [{"key": k, **v.to_dict()} for k, v in ordered], "total": total.to_dict(),
+    }  # fmt: skip
+
+
 def top_runs(
     store: Store, *, since: str | None = None, until: str | None = None, tenant: str | None = None, limit: int = 10
 ) -> list[dict[str, Any]]:
