@@ -120,9 +120,9 @@ def spend(
             raise UserError(f"{name} must be one of {', '.join(GROUPS)}, got {value!r}")
     rows: dict[str, _Totals] = defaultdict(_Totals)
     total = _Totals()
-    for b in _booked(store, since, until, tenant):
-        rows[b.key(group)].add(b, split)
-        total.add(b, None)
+    for key, part, *sums in _summed(store, [group, split or group], since, until, tenant):
+        rows[key].add_sums(sums, part if split else None)
+        total.add_sums(sums, None)
     ordered = sorted(
         rows.items(), key=(lambda kv: kv[0]) if group in ("day", "hour") else (lambda kv: (-kv[1].usd, kv[0]))
     )
@@ -167,8 +167,8 @@ def top_runs(
 ) -> list[dict[str, Any]]:
     """The runs that spent most in the window, with their workflow, tenant, status and calls."""
     per_run: dict[str, _Totals] = defaultdict(_Totals)
-    for b in _booked(store, since, until, tenant):
-        per_run[b.run_id].add(b, "model")
+    for run_id, model, *sums in _summed(store, ["run", "model"], since, until, tenant):
+        per_run[run_id].add_sums(sums, model)
     best = sorted(per_run.items(), key=lambda kv: (-kv[1].usd, kv[0]))[: max(1, min(limit, 500))]
     info = _tables.runs_info(store, [k for k, _ in best])
     out = []
@@ -203,15 +203,12 @@ class _Booked:
         }[group]  # fmt: skip
 
 
-def _booked(store: Store, since: str | None, until: str | None, tenant: str | None) -> Iterator[_Booked]:
+def _summed(
+    store: Store, keys: list[str], since: str | None, until: str | None, tenant: str | None
+) -> list[tuple[Any, ...]]:
     lo = _hour(since, up=False) if since else None
     hi = _hour(until, up=True) if until else None
-    for hour, run_id, model, workflow, run_tenant, calls, usd, est, tin, tout in _tables.spend_rows(
-        store, lo, hi, tenant
-    ):
-        yield _Booked(
-            hour, run_id, model, workflow, run_tenant, int(calls), usd_of(usd), usd_of(est), int(tin), int(tout)
-        )
+    return _tables.spend_groups(store, keys, lo, hi, tenant)
 
 
 def _hour(text: str, *, up: bool) -> str:
@@ -249,6 +246,16 @@ class _Totals:
         if split:
             key = b.key(split)
             self.parts[key] = self.parts.get(key, Decimal(0)) + b.usd
+
+    def add_sums(self, sums: list[Any], part: str | None) -> None:
+        calls, usd, estimated, input_tokens, output_tokens = sums
+        self.calls += calls
+        self.usd += usd
+        self.estimated += estimated
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        if part is not None:
+            self.parts[part] = self.parts.get(part, Decimal(0)) + usd
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -322,12 +322,13 @@ def _backfill_spend(store: Store, cur: Any) -> None:
         add(hour_of(at), run_id, str(model or "?"), workflow, tenant, _dec(amount), True, 0, 0)
     for res_id, at, *_ in lost:
         store.execute(cur, "UPDATE budget_unknown SET spend_hour = ? WHERE id = ?", (hour_of(at), res_id))
-    for (hour, run_id, model), (workflow, tenant, calls, usd, est, tin, tout) in totals.items():
-        store.execute(
-            cur,
-            f"INSERT INTO ledger_spend ({SPEND_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (hour, run_id, model, workflow, tenant, calls, _text(usd), _text(est), tin, tout),
-        )
+    rows = [
+        (hour, run_id, model, workflow, tenant, calls, _text(usd), _text(est), tin, tout)
+        for (hour, run_id, model), (workflow, tenant, calls, usd, est, tin, tout) in totals.items()
+    ]
+    insert = f"INSERT INTO ledger_spend ({SPEND_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    for at in range(0, len(rows), 1000):
+        cur.executemany(insert.replace("?", store.placeholder), rows[at : at + 1000])
 
 
 M017_LEDGER_SPEND = Migration(
@@ -649,15 +650,41 @@ def book(
     )  # fmt: skip
 
 
-def spend_rows(store: Store, lo: str | None, hi: str | None, tenant: str | None) -> list[tuple[Any, ...]]:
-    """The book's rows (``SPEND_COLUMNS``) of hours in ``[lo, hi)``, of ``tenant``'s runs if given."""
+_GROUP_COLUMNS = {
+    "model": "model", "workflow": "workflow", "tenant": "coalesce(tenant, '-')", "day": "substr(hour, 1, 10)",
+    "hour": "hour", "run": "run_id",
+}  # fmt: skip
+
+
+def spend_groups(
+    store: Store, keys: Sequence[str], lo: str | None, hi: str | None, tenant: str | None
+) -> list[tuple[Any, ...]]:
+    """The book summed per ``keys`` (groupings: ``model``, ``workflow``, ``tenant``, ``day``,
+    ``hour``, ``run``) over hours in ``[lo, hi)``, of ``tenant``'s runs if given: rows of the
+    keys' values, then calls, cost, estimated (exact ``Decimal``), input and output tokens."""
     where, params = [], []
     for cond, value in (("hour >= ?", lo), ("hour < ?", hi), ("tenant = ?", tenant)):
         if value is not None:
             where.append(cond)
             params.append(value)
-    sql = f"SELECT {SPEND_COLUMNS} FROM ledger_spend" + (" WHERE " + " AND ".join(where) if where else "")
-    return store.read(sql, params)
+    cols = [_GROUP_COLUMNS[k] for k in keys]
+    if store.dialect == "postgresql":
+        money = "sum(cost_usd::numeric), sum(estimated_usd::numeric)"
+    else:  # SQLite sums text as floats: the exact sum is made here from the amounts themselves
+        money = "group_concat(cost_usd, ','), group_concat(estimated_usd, ',')"
+    sql = (
+        f"SELECT {', '.join(cols)}, sum(calls), {money}, sum(input_tokens), sum(output_tokens) FROM ledger_spend"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + f" GROUP BY {', '.join(cols)}"
+    )
+    n = len(keys)
+    out = []
+    for row in store.read(sql, params):
+        cost, est = row[n + 1], row[n + 2]
+        if isinstance(cost, str):
+            cost, est = sum(map(Decimal, cost.split(","))), sum(map(Decimal, est.split(",")))
+        out.append((*row[:n], int(row[n]), Decimal(cost), Decimal(est), int(row[n + 3]), int(row[n + 4])))
+    return out
 
 
 def runs_info(store: Store, run_ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:
