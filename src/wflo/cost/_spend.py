@@ -166,10 +166,13 @@ def top_runs(
     store: Store, *, since: str | None = None, until: str | None = None, tenant: str | None = None, limit: int = 10
 ) -> list[dict[str, Any]]:
     """The runs that spent most in the window, with their workflow, tenant, status and calls."""
-    per_run: dict[str, _Totals] = defaultdict(_Totals)
-    for run_id, model, *sums in _summed(store, ["run", "model"], since, until, tenant):
+    # The runs' totals first; the split by model only for the few shown.
+    ranked = sorted(_summed(store, ["run"], since, until, tenant), key=lambda r: (-r[2], r[0]))
+    chosen = [r[0] for r in ranked[: max(1, min(limit, 500))]]
+    per_run: dict[str, _Totals] = {run_id: _Totals() for run_id in chosen}
+    for run_id, model, *sums in _summed(store, ["run", "model"], since, until, tenant, runs=chosen):
         per_run[run_id].add_sums(sums, model)
-    best = sorted(per_run.items(), key=lambda kv: (-kv[1].usd, kv[0]))[: max(1, min(limit, 500))]
+    best = list(per_run.items())
     info = _tables.runs_info(store, [k for k, _ in best])
     out = []
     for run_id, totals in best:
@@ -204,11 +207,16 @@ class _Booked:
 
 
 def _summed(
-    store: Store, keys: list[str], since: str | None, until: str | None, tenant: str | None
+    store: Store,
+    keys: list[str],
+    since: str | None,
+    until: str | None,
+    tenant: str | None,
+    runs: list[str] | None = None,
 ) -> list[tuple[Any, ...]]:
     lo = _hour(since, up=False) if since else None
     hi = _hour(until, up=True) if until else None
-    return _tables.spend_groups(store, keys, lo, hi, tenant)
+    return _tables.spend_groups(store, keys, lo, hi, tenant, runs)
 
 
 def _hour(text: str, *, up: bool) -> str:

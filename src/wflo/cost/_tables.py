@@ -657,16 +657,25 @@ _GROUP_COLUMNS = {
 
 
 def spend_groups(
-    store: Store, keys: Sequence[str], lo: str | None, hi: str | None, tenant: str | None
+    store: Store,
+    keys: Sequence[str],
+    lo: str | None,
+    hi: str | None,
+    tenant: str | None,
+    runs: Sequence[str] | None = None,
 ) -> list[tuple[Any, ...]]:
     """The book summed per ``keys`` (groupings: ``model``, ``workflow``, ``tenant``, ``day``,
-    ``hour``, ``run``) over hours in ``[lo, hi)``, of ``tenant``'s runs if given: rows of the
-    keys' values, then calls, cost, estimated (exact ``Decimal``), input and output tokens."""
+    ``hour``, ``run``) over hours in ``[lo, hi)``, of ``tenant``'s runs if given (and of
+    ``runs`` only, if given): rows of the keys' values, then calls, cost, estimated (exact
+    ``Decimal``), input and output tokens."""
     where, params = [], []
     for cond, value in (("hour >= ?", lo), ("hour < ?", hi), ("tenant = ?", tenant)):
         if value is not None:
             where.append(cond)
             params.append(value)
+    if runs is not None:
+        where.append(f"run_id IN ({', '.join('?' * len(runs))})" if runs else "1 = 0")
+        params.extend(runs)
     cols = [_GROUP_COLUMNS[k] for k in keys]
     if store.dialect == "postgresql":
         money = "sum(cost_usd::numeric), sum(estimated_usd::numeric)"
