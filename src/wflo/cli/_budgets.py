@@ -114,7 +114,7 @@ def _run_budget(scope: str) -> BudgetUsage | None:
 @click.option(
     "--by", "group", type=click.Choice(["model", "workflow", "tenant", "run"]), default="model", show_default=True
 )
-@click.option("--since", help="Only calls at or after this UTC date/time (e.g. 2026-11-01).")
+@click.option("--since", help="Only calls charged in the hour of this UTC date/time or later (e.g. 2026-11-01).")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def costs(group: str, since: str | None, as_json: bool) -> None:
