@@ -14,7 +14,7 @@ from ..cost import PERIODS, BudgetUsage, spend, usd_str
 from ..cost import budgets as api
 from ..cost import ledger as api_ledger
 from ..errors import RunNotFoundError, UserError
-from ._app import cli, console, dump_json, err_console, handle_errors, plural
+from ._app import cli, console, dump_json, handle_errors
 
 
 @cli.group()
@@ -114,26 +114,17 @@ def _run_budget(scope: str) -> BudgetUsage | None:
 @click.option(
     "--by", "group", type=click.Choice(["model", "workflow", "tenant", "run"]), default="model", show_default=True
 )
-@click.option("--since", help="Only calls at or after this UTC date/time (e.g. 2026-11-01).")
+@click.option("--since", help="Only calls charged in the hour of this UTC date/time or later (e.g. 2026-11-01).")
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def costs(group: str, since: str | None, as_json: bool) -> None:
     """Spend on LLM and priced tool calls, grouped by model, workflow, tenant or run."""
     store = config.get_store(create=False)
-    # Completed calls, failed calls that were charged (an answer lost after sending), and calls
-    # a dead process left in flight (charged at their reservation: estimates): wflo.cost._spend,
-    # which the server's /api/v1/costs reads too.
+    # The spend book (wflo.cost._spend), which the server's /api/v1/costs reads too: completed
+    # calls, failed calls that were charged, and calls a dead process left in flight (charged at
+    # their reservation: estimates). Runs pruned by `wflo audit prune` still count: money was spent.
     cutoff = parse_when(since, option="--since") if since else None
     ordered = spend(store, group, since=cutoff)["rows"]
-    # Pruned runs keep their `runs` row but not their events, which is what is summed here.
-    pruned = store.read("SELECT COUNT(*) FROM runs r WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.chain = r.id)")
-    n_pruned = int(pruned[0][0]) if pruned else 0
-    if n_pruned:
-        err_console.print(
-            f"note: {plural(n_pruned, 'run')} pruned by `wflo audit prune` {'is' if n_pruned == 1 else 'are'} not "
-            "included (costs are summed from the journal; a run's spend under a budget stays in `wflo budgets list`)",
-            soft_wrap=True,
-        )
     if as_json:
         keys = ("calls", "cost_usd", "input_tokens", "output_tokens", "estimated_usd")
         dump_json([{group: r["key"], **{k: r[k] for k in keys}} for r in ordered])

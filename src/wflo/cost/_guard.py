@@ -11,8 +11,9 @@ from .._errors import UnboundedRequestError, UnknownPriceError
 from .._scope import current_scope
 from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
+from . import _spend, _tables
 from ._formats import LLMRequest
-from ._ledger import Budget, CostRequest, Ledger, Limit, Reservation, usd_str
+from ._ledger import Booking, BookingFn, Budget, CostRequest, Ledger, Limit, Reservation, usd_str
 from ._outcomes import unknown_outcome
 from ._prices import PriceBook
 from ._prices import prices as default_prices
@@ -168,15 +169,16 @@ class BudgetGuard(Guard):
 
     def _any_limit(self) -> bool:
         names = self.scopes()
-        rows = self.ledger.store.read(
-            f"SELECT COUNT(*) FROM budget_limits WHERE scope IN ({', '.join('?' * len(names))})", names
-        )
-        return bool(rows and rows[0][0])
+        return _tables.count_limits(self.ledger.store, names) > 0
 
     def after(self, call: Call, outcome: Outcome) -> None:
         """Settle on the usage the provider reported; an answer without usage (a stream cut
         short: an unknown outcome) at its reservation; an error status at $0. A priced tool
-        call is charged its price when it succeeds; a failed or refused one is released at $0."""
+        call is charged its price when it succeeds; a failed or refused one is released at $0.
+
+        Every charged call also goes in the spend book (``wflo.cost._tables``), in the
+        transaction of its event and of its settlement."""
+        book = _booking(call, outcome)
         if call.kind == "tool":
             price = call.meta.get("tool_price")
             if isinstance(price, Decimal):
@@ -184,7 +186,9 @@ class BudgetGuard(Guard):
                 call.event["cost_usd"] = usd_str(charged)
                 tres: Reservation | None = call.meta.get("reservation")
                 if tres is not None:
-                    call.ops.append(self.ledger.settle_op(tres, charged))
+                    call.ops.append(self.ledger.settle_op(tres, charged, book))
+                else:
+                    call.ops.append(self.ledger.book_op(self.run_id, charged, book))
             return
         if call.kind != "llm":
             return
@@ -208,11 +212,13 @@ class BudgetGuard(Guard):
         if lost is not None and res is not None:
             # Sent, then the answer was lost: the provider may have billed the worst case.
             call.event.update(cost_usd=usd_str(res.amount), cost_estimated=True, unknown_outcome=lost)
-            call.ops.append(self.ledger.settle_unknown_op(res, lost))
+            call.ops.append(self.ledger.settle_unknown_op(res, lost, book))
             return
         if price is None:
             if res is not None:
-                call.ops.append(self.ledger.settle_op(res, Decimal(0)))
+                call.ops.append(self.ledger.settle_op(res, Decimal(0), book))
+            else:
+                call.ops.append(self.ledger.book_op(self.run_id, Decimal(0), book))
             return
         cost = _priced(self.prices, price, usage)
         unknown: str | None = None
@@ -242,8 +248,10 @@ class BudgetGuard(Guard):
         if res is not None:
             # An estimate is kept as one (budget_unknown) so real usage can replace it later.
             call.ops.append(
-                self.ledger.settle_unknown_op(res, unknown) if unknown else self.ledger.settle_op(res, cost)
+                self.ledger.settle_unknown_op(res, unknown, book) if unknown else self.ledger.settle_op(res, cost, book)
             )
+        else:
+            call.ops.append(self.ledger.book_op(self.run_id, cost, book))
 
     def replayed(self, call: Call, entry: Any) -> None:
         rid = entry.data.get("response_id") if call.kind == "llm" else None
@@ -260,6 +268,32 @@ class BudgetGuard(Guard):
         from ._alerts import notify_thresholds
 
         notify_thresholds(res.alerts_crossed, run_id=self.run_id)
+
+
+def _booking(call: Call, outcome: Outcome) -> BookingFn:
+    """How the call goes in the spend book, decided when its event is written (a later guard
+    may still turn its outcome into an error): the rules ``wflo.cost._spend`` reads the
+    journal by. A failed call counts only when it was charged; a tool only when it cost
+    something."""
+
+    def make() -> Booking | None:
+        cost = call.event.get("cost_usd")
+        if call.kind not in ("llm", "tool") or (outcome.error is not None and not cost):
+            return None
+        usd = _spend.usd_of(cost)
+        if call.kind == "tool" and not usd:
+            return None
+        usage = call.event.get("usage")
+        usage = usage if isinstance(usage, dict) else {}
+        return Booking(
+            model=str(call.name or "?") if call.kind == "llm" else f"tool:{call.name}",
+            estimated=_spend.truthy(call.event.get("cost_estimated")),
+            input_tokens=_spend.int_of(usage.get("input_tokens")),
+            output_tokens=_spend.int_of(usage.get("output_tokens")),
+            usd=usd,
+        )
+
+    return make
 
 
 def _priced(book: PriceBook, price: Any, usage: Any) -> Decimal | None:

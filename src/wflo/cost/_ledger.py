@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_FLOOR, Decimal
@@ -29,6 +29,7 @@ from typing import Any
 
 from .._errors import BudgetExceededError, UserError
 from ..store import NewEvent, Store, StoreOp, new_id, now_iso
+from . import _tables
 
 PERIODS = ("none", "day", "month")
 _next_expiry: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionary()
@@ -138,6 +139,23 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class Booking:
+    """How a charged call goes in the spend book (``None`` instead: the call is not counted)."""
+
+    model: str
+    """The model, or ``tool:NAME`` for a priced tool call."""
+    estimated: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    usd: Decimal | None = None
+    """The amount, for a call with no reservation (a settled one is booked at what it settled)."""
+
+
+BookingFn = Callable[[], Booking | None]
+"""Called when the store op runs (the call's outcome is final then)."""
+
+
+@dataclass(frozen=True, slots=True)
 class CostRequest:
     """What the budget needs to know about a call to bound its cost."""
 
@@ -191,26 +209,15 @@ class Ledger:
         before = self.get_limit(scope)
 
         def op(cur: Any) -> None:
-            st = self.store
-            st.execute(cur, "DELETE FROM budget_limits WHERE scope = ?", (scope,))
-            st.execute(
-                cur,
-                "INSERT INTO budget_limits (scope, limit_usd, period, max_reservation_usd, alerts, updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    scope,
-                    usd_str(limit),
-                    period,
-                    None if max_res is None else usd_str(max_res),
-                    json.dumps(alert_list),
-                    now,
-                    by,
-                ),
+            row = (
+                usd_str(limit),
+                period,
+                None if max_res is None else usd_str(max_res),
+                json.dumps(alert_list),
+                now,
+                by,
             )
-            st.execute(
-                cur,
-                "UPDATE budget_usage SET limit_usd = ? WHERE scope = ? AND period_start = ?",
-                (usd_str(limit), scope, period_start(period)),
-            )
+            _tables.replace_limit(self.store, cur, scope, row, period_start(period))
 
         self.store.append_system(
             [NewEvent("budget.set", {
@@ -229,7 +236,7 @@ class Ledger:
             return False
 
         def op(cur: Any) -> None:
-            self.store.execute(cur, "DELETE FROM budget_limits WHERE scope = ?", (scope,))
+            _tables.delete_limit(self.store, cur, scope)
 
         self.store.append_system(
             [NewEvent("budget.removed", {"scope": scope, "by": by, "usd": usd_str(before.limit)})], ops=[op]
@@ -237,16 +244,11 @@ class Ledger:
         return True
 
     def get_limit(self, scope: str) -> Limit | None:
-        rows = self.store.read(
-            "SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits WHERE scope = ?", (scope,)
-        )
+        rows = _tables.read_limit(self.store, scope)
         return _limit_row(rows[0]) if rows else None
 
     def limits(self) -> list[Limit]:
-        rows = self.store.read(
-            "SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits ORDER BY scope"
-        )
-        return [_limit_row(r) for r in rows]
+        return [_limit_row(r) for r in _tables.read_limits(self.store)]
 
     def usage(self, scope: str | None = None) -> list[BudgetUsage]:
         """Current-period usage of every limited scope (or one)."""
@@ -254,19 +256,13 @@ class Ledger:
         result = []
         for lim in self.limits() if scope is None else [x for x in [self.get_limit(scope)] if x]:
             start = period_start(lim.period)
-            rows = self.store.read(
-                "SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?",
-                (lim.scope, start),
-            )
+            rows = _tables.read_usage(self.store, lim.scope, start)
             spent, reserved = (Decimal(rows[0][0]), Decimal(rows[0][1])) if rows else (Decimal(0), Decimal(0))
             result.append(BudgetUsage(lim.scope, lim.period, start, lim.limit, spent, reserved))
         return result
 
     def scope_usage(self, scope: str, period_start_: str = "") -> BudgetUsage | None:
-        rows = self.store.read(
-            "SELECT limit_usd, spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?",
-            (scope, period_start_),
-        )
+        rows = _tables.read_scope_usage(self.store, scope, period_start_)
         if not rows:
             return None
         return BudgetUsage(scope, "none", period_start_, Decimal(rows[0][0]), Decimal(rows[0][1]), Decimal(rows[0][2]))
@@ -300,12 +296,7 @@ class Ledger:
             limits = {lim.scope: lim for lim in extra_limits}
             names = [s for s in scopes if s not in limits]
             if names:
-                st.execute(
-                    cur,
-                    f"SELECT scope, limit_usd, period, max_reservation_usd, alerts FROM budget_limits WHERE scope IN ({', '.join('?' * len(names))})",
-                    names,
-                )
-                for row in cur.fetchall():
+                for row in _tables.limits_named(st, cur, names):
                     limits[row[0]] = _limit_row(row)
             if not limits:
                 return None
@@ -355,77 +346,97 @@ class Ledger:
             # The same amount is held on every scope: settlement later swaps that one amount for
             # the real cost everywhere, which keeps spent + reserved <= limit on each scope.
             for lim, start, _, reserved in rows:
-                st.execute(
-                    cur,
-                    "UPDATE budget_usage SET reserved_usd = ?, updated_at = ? WHERE scope = ? AND period_start = ?",
-                    (usd_str(reserved + needed), now, lim.scope, start),
-                )
-            st.execute(
-                cur,
-                "INSERT INTO reservations (id, run_id, scopes, amount_usd, expires_at, created_at, call_id, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                _tables.hold(st, cur, lim.scope, start, usd_str(reserved + needed), now)
+            _tables.insert_reservation(
+                st, cur,
                 (res.id, run_id, json.dumps(res.scopes), usd_str(needed), now_iso(ttl_seconds), now, call_id, model),
-            )
+            )  # fmt: skip
             return res
 
         return self.store.write(txn)
 
     def _lock_usage(self, cur: Any, lim: Limit, start: str, now: str) -> tuple[Decimal, Decimal]:
-        st = self.store
-        st.execute(
-            cur,
-            f"SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}",
-            (lim.scope, start),
-        )
-        row = cur.fetchone()
-        if row is None:
-            st.execute(
-                cur,
-                "INSERT INTO budget_usage (scope, period_start, limit_usd, spent_usd, reserved_usd, alerted, updated_at) "
-                "VALUES (?, ?, ?, '0', '0', '[]', ?) ON CONFLICT (scope, period_start) DO NOTHING",
-                (lim.scope, start, usd_str(lim.limit), now),
-            )
-            st.execute(
-                cur,
-                f"SELECT spent_usd, reserved_usd FROM budget_usage WHERE scope = ? AND period_start = ?{st.for_update}",
-                (lim.scope, start),
-            )
-            row = cur.fetchone()
-        return Decimal(row[0]), Decimal(row[1])
+        spent, reserved = _tables.lock_usage(self.store, cur, lim.scope, start, usd_str(lim.limit), now)
+        return Decimal(spent), Decimal(reserved)
 
-    def settle_op(self, res: Reservation, actual: Decimal) -> StoreOp:
+    def settle_op(self, res: Reservation, actual: Decimal, booking: BookingFn | None = None) -> StoreOp:
         """A store op that replaces the reservation by the real cost (run it in the event's tx).
 
         If the reservation already expired (and was charged as an unknown outcome), the real
         cost replaces that estimate. Crossed alert thresholds are noted in ``res.alerts_crossed``.
+        ``booking`` (called when the op runs) says how the charge goes in the spend book; the
+        book takes the same amount the ledger does, in the same transaction.
         """
 
         if self.store.dialect == "postgresql":
             from ._ledger_pg import settle_op
 
-            return settle_op(self.store, res, actual)
+            return settle_op(self.store, res, actual, booking)
 
         def op(cur: Any) -> None:
             st = self.store
-            st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res.id,))
-            if (cur.rowcount or 0) > 0:
+            if _tables.delete_reservation(st, cur, res.id):
                 self._charge(cur, res, actual, release=res.amount)
+                self._book(cur, res, actual, booking)
                 return
-            st.execute(cur, "SELECT amount_usd FROM budget_unknown WHERE id = ? AND actual_usd IS NULL", (res.id,))
-            row = cur.fetchone()
-            if row is not None:
+            estimate = _tables.open_estimate(st, cur, res.id)
+            if estimate is not None:
                 # Charged at its reservation when it expired; the real cost is known now.
-                st.execute(
-                    cur,
-                    "UPDATE budget_unknown SET actual_usd = ?, resolved_at = ? WHERE id = ?",
-                    (usd_str(actual), now_iso(), res.id),
-                )
-                self._charge(cur, res, actual - Decimal(row[0]), release=Decimal(0))
+                prior = Decimal(estimate[0])
+                _tables.resolve_estimate(st, cur, res.id, usd_str(actual), now_iso())
+                self._charge(cur, res, actual - prior, release=Decimal(0))
+                self._book(cur, res, actual, booking, correct=(prior, estimate[1]))
             else:
                 self._charge(cur, res, actual, release=Decimal(0))
+                self._book(cur, res, actual, booking)
 
         return op
 
-    def settle_unknown_op(self, res: Reservation, reason: str) -> StoreOp:
+    def _book(
+        self,
+        cur: Any,
+        res: Reservation,
+        actual: Decimal,
+        booking: BookingFn | None,
+        *,
+        correct: tuple[Decimal, str | None] | None = None,
+    ) -> None:
+        """Put a settled charge in the spend book: the whole call, or (``correct``: the
+        estimate and the hour it was booked in) the difference between the estimate and it."""
+        b = booking() if booking is not None else None
+        if booking is None:
+            return
+        est = actual if b is not None and b.estimated else Decimal(0)
+        tokens = (b.input_tokens, b.output_tokens) if b is not None else (0, 0)
+        model = b.model if b is not None else (res.model or "?")
+        if correct is not None:
+            prior, hour = correct
+            _tables.book(
+                self.store, cur, res.run_id, model, calls=0 if b is not None else -1, usd=actual - prior,
+                estimated=est - prior, input_tokens=tokens[0], output_tokens=tokens[1], hour=hour,
+            )  # fmt: skip
+        elif b is not None:
+            _tables.book(
+                self.store, cur, res.run_id, model, calls=1, usd=actual, estimated=est,
+                input_tokens=tokens[0], output_tokens=tokens[1],
+            )  # fmt: skip
+
+    def book_op(self, run_id: str, amount: Decimal, booking: BookingFn) -> StoreOp:
+        """A store op that books a charge the ledger holds no reservation for (no limit applied)
+        in the spend book; ``booking`` is called when the op runs."""
+
+        def op(cur: Any) -> None:
+            b = booking()
+            if b is not None:
+                _tables.book(
+                    self.store, cur, run_id, b.model, calls=1, usd=b.usd if b.usd is not None else amount,
+                    estimated=(b.usd if b.usd is not None else amount) if b.estimated else Decimal(0),
+                    input_tokens=b.input_tokens, output_tokens=b.output_tokens,
+                )  # fmt: skip
+
+        return op
+
+    def settle_unknown_op(self, res: Reservation, reason: str, booking: BookingFn | None = None) -> StoreOp:
         """A store op that settles a call whose outcome is unknown *at its reservation*.
 
         For a call whose result was lost after its request was sent (a timeout, a dropped
@@ -438,25 +449,19 @@ class Ledger:
 
         def op(cur: Any) -> None:
             st = self.store
-            st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res.id,))
-            if not (cur.rowcount or 0):
-                return  # expired meanwhile: already charged as an unknown outcome
-            st.execute(
-                cur,
-                "INSERT INTO budget_unknown (id, run_id, call_id, model, scopes, amount_usd, reason, recorded, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                (
-                    res.id,
-                    res.run_id,
-                    res.call_id,
-                    res.model,
-                    json.dumps(res.scopes),
-                    usd_str(res.amount),
-                    reason,
-                    now_iso(),
-                ),
-            )
+            if not _tables.delete_reservation(st, cur, res.id):
+                return  # expired meanwhile: already charged (and booked) as an unknown outcome
+            hour = _tables.store_hour(st, cur)
+            row = (res.id, res.run_id, res.call_id, res.model, json.dumps(res.scopes), usd_str(res.amount))
+            _tables.insert_unknown(st, cur, row, reason, 1, now_iso(), hour)
             self._charge(cur, res, res.amount, release=res.amount)
+            b = booking() if booking is not None else None
+            if booking is None or b is not None:
+                _tables.book(
+                    st, cur, res.run_id, b.model if b is not None else (res.model or "?"), calls=1, usd=res.amount,
+                    estimated=res.amount, input_tokens=b.input_tokens if b else 0,
+                    output_tokens=b.output_tokens if b else 0, hour=hour,
+                )  # fmt: skip
 
         return op
 
@@ -468,13 +473,7 @@ class Ledger:
         st = self.store
         now = now_iso()
         for scope, start in sorted(res.scopes):
-            st.execute(
-                cur,
-                f"SELECT u.limit_usd, u.spent_usd, u.reserved_usd, u.alerted, l.alerts FROM budget_usage u "
-                f"LEFT JOIN budget_limits l ON l.scope = u.scope WHERE u.scope = ? AND u.period_start = ?{_lock_u(st)}",
-                (scope, start),
-            )
-            row = cur.fetchone()
+            row = _tables.lock_usage_alerts(st, cur, scope, start)
             if row is None:
                 continue
             limit, spent, reserved = Decimal(row[0]), Decimal(row[1]), Decimal(row[2])
@@ -488,10 +487,8 @@ class Ledger:
                     res.alerts_crossed.append(
                         {"scope": scope, "percent": pct, "spent": usd_str(new_spent), "limit": usd_str(limit)}
                     )
-            st.execute(
-                cur,
-                "UPDATE budget_usage SET spent_usd = ?, reserved_usd = ?, alerted = ?, updated_at = ? WHERE scope = ? AND period_start = ?",
-                (usd_str(new_spent), usd_str(new_reserved), json.dumps(sorted(alerted)), now, scope, start),
+            _tables.update_usage(
+                st, cur, scope, start, usd_str(new_spent), usd_str(new_reserved), json.dumps(sorted(alerted)), now
             )
 
     def settle(self, res: Reservation, actual: Decimal) -> None:
@@ -505,24 +502,18 @@ class Ledger:
 
     def _expire(self, cur: Any, now: str) -> int:
         st = self.store
-        st.execute(
-            cur, "SELECT id, run_id, call_id, model, scopes, amount_usd FROM reservations WHERE expires_at < ?", (now,)
-        )
-        stale = cur.fetchall()
+        stale = _tables.stale_reservations(st, cur, now)
+        hour = _tables.store_hour(st, cur) if stale else ""
         for res_id, run_id, call_id, model, scopes_json, amount_text in stale:
             res = _stale(res_id, run_id, call_id, model, scopes_json, amount_text)
-            st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res_id,))
-            if not (cur.rowcount or 0):
+            if not _tables.delete_reservation(st, cur, res_id):
                 continue
             # Its process died (or the call outlived its hold): the provider may have billed
             # it, so it is charged at its reservation, as an estimate, never released as free.
-            st.execute(
-                cur,
-                "INSERT INTO budget_unknown (id, run_id, call_id, model, scopes, amount_usd, reason, recorded, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, 'expired', 0, ?)",
-                (res_id, run_id, call_id, model, scopes_json, amount_text, now),
-            )
+            row = (res_id, run_id, call_id, model, scopes_json, amount_text)
+            _tables.insert_unknown(st, cur, row, "expired", 0, now, hour)
             self._charge(cur, res, res.amount, release=res.amount, alerts=False)
+            _tables.book(st, cur, run_id, model or "?", calls=1, usd=res.amount, estimated=res.amount, hour=hour)
         return len(stale)
 
     def orphans(self, run_id: str) -> tuple[list[NewEvent], StoreOp | None]:
@@ -530,12 +521,7 @@ class Ledger:
         they were in flight): the events that record them as estimated charges, and the store
         op that settles them at their reservations. Commit both with the run's ``run.resumed``
         event: only the execution that holds the run's lease can."""
-        rows = self.store.read(
-            "SELECT id, run_id, call_id, model, scopes, amount_usd, 'held' FROM reservations WHERE run_id = ? "
-            "UNION ALL SELECT id, run_id, call_id, model, scopes, amount_usd, reason FROM budget_unknown "
-            "WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL",
-            (run_id, run_id),
-        )
+        rows = _tables.lost_calls(self.store, run_id)
         if not rows:
             return [], None
         events = [
@@ -549,33 +535,28 @@ class Ledger:
         def op(cur: Any) -> None:
             st = self.store
             now = now_iso()
+            hour = _tables.store_hour(st, cur)
             for res_id, run, call_id, model, scopes_json, amount, _ in rows:
-                st.execute(cur, "DELETE FROM reservations WHERE id = ?", (res_id,))
-                if cur.rowcount:
-                    st.execute(
-                        cur,
-                        "INSERT INTO budget_unknown (id, run_id, call_id, model, scopes, amount_usd, reason, recorded, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, 'lost', 1, ?)",
-                        (res_id, run, call_id, model, scopes_json, amount, now),
-                    )
+                if _tables.delete_reservation(st, cur, res_id):
+                    row = (res_id, run, call_id, model, scopes_json, amount)
+                    _tables.insert_unknown(st, cur, row, "lost", 1, now, hour)
                     res = _stale(res_id, run, call_id, model, scopes_json, amount)
                     self._charge(cur, res, res.amount, release=res.amount, alerts=False)
+                    _tables.book(st, cur, run, model or "?", calls=1, usd=res.amount, estimated=res.amount, hour=hour)
                 else:
-                    st.execute(cur, "UPDATE budget_unknown SET recorded = 1 WHERE id = ?", (res_id,))
+                    # Expired earlier: charged, and booked in the spend book, then.
+                    _tables.mark_recorded(st, cur, res_id)
 
         return events, op
 
     def unknown_outcomes(self, run_id: str | None = None) -> list[dict[str, Any]]:
         """Calls charged at their reservation because their outcome is unknown (estimates)."""
-        sql = "SELECT id, run_id, call_id, model, amount_usd, reason, actual_usd, recorded, created_at FROM budget_unknown"
-        rows = self.store.read(
-            sql + (" WHERE run_id = ?" if run_id else "") + " ORDER BY created_at", (run_id,) if run_id else ()
-        )
+        rows = _tables.unknown_outcomes(self.store, run_id)
         keys = ("reservation", "run_id", "call", "model", "amount_usd", "reason", "actual_usd", "recorded", "at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def open_reservations(self) -> int:
-        return int(self.store.read("SELECT COUNT(*) FROM reservations")[0][0])
+        return _tables.count_reservations(self.store)
 
 
 def _stale(
@@ -583,10 +564,6 @@ def _stale(
 ) -> Reservation:
     scopes = [(str(a), str(b)) for a, b in json.loads(scopes_json)]
     return Reservation(res_id, Decimal(amount), scopes, None, run_id=run_id, call_id=call_id, model=model)
-
-
-def _lock_u(store: Store) -> str:
-    return " FOR UPDATE OF u" if store.for_update else ""
 
 
 def _limit_row(row: Sequence[Any]) -> Limit:

@@ -1,7 +1,8 @@
 """The ledger on PostgreSQL: a reservation is one statement, one round trip (``wflo_reserve``),
 and a settlement is one statement sent in the same round trip as the call's journal event
-(``wflo_settle``; both created by migration m008, the same rules as the portable path in
-``_ledger.py``)."""
+(``wflo_settle``, or ``wflo_settle_spend`` which also books the charge in the spend book; created
+by migrations m008 and m017, the same rules as the portable path in ``_ledger.py``; their SQL is
+in ``_tables.py``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 
 from .._errors import BudgetExceededError
 from ..store import Store, StoreOp, new_id, now_iso
-from ._ledger import CostRequest, Limit, Reservation, period_start, usd_str
+from . import _tables
+from ._ledger import BookingFn, CostRequest, Limit, Reservation, period_start, usd_str
 
 
 def reserve(
@@ -37,13 +39,13 @@ def reserve(
         ]  # fmt: skip
     res_id = new_id()
     at = datetime.now(UTC)
-    rows = store.read(
-            "SELECT * FROM wflo_reserve(?, ?, ?, ?, ?::text[], ?::jsonb, ?::numeric, ?::numeric, ?, ?, ?, ?, ?, ?)",
+    row = _tables.pg_reserve(
+            store,
             (res_id, run_id, call_id, model, [s for s in scopes], json.dumps(extra), cost.input_cost,
              cost.output_price_per_token, cost.output_cap, cost.min_output_tokens, period_start("day", at),
              period_start("month", at), now, expires),
         )  # fmt: skip
-    status, amount, cap, clamped, scopes_json, b_scope, b_limit, b_spent, b_reserved = rows[0]
+    status, amount, cap, clamped, scopes_json, b_scope, b_limit, b_spent, b_reserved = row
     if status == "none":
         return None
     if status == "refused":
@@ -55,17 +57,22 @@ def reserve(
     return Reservation(res_id, Decimal(amount), held, cap, bool(clamped), run_id=run_id, call_id=call_id, model=model)
 
 
-def settle_op(store: Store, res: Reservation, actual: Decimal) -> StoreOp:
+def settle_op(store: Store, res: Reservation, actual: Decimal, booking: BookingFn | None = None) -> StoreOp:
     """``settle_op`` as one ``wflo_settle`` statement whose answer (the alert thresholds the
-    charge crossed) is read after the commit, so the append pipelines it with its event."""
+    charge crossed) is read after the commit, so the append pipelines it with its event. With
+    ``booking``, ``wflo_settle_spend`` also books the charge in the spend book (m017)."""
 
     def op(cur: Any) -> Callable[[], None] | None:
         own = cur.connection.cursor()  # its own cursor: the answer must outlive later statements
-        store.execute(
-            own,
-            "SELECT * FROM wflo_settle(?, ?::numeric, ?::numeric, ?, ?)",
-            (res.id, actual, res.amount, json.dumps(res.scopes), now_iso()),
-        )
+        params = (res.id, actual, res.amount, json.dumps(res.scopes), now_iso())
+        if booking is None:
+            _tables.pg_settle(store, own, params)
+        else:
+            b = booking()
+            _tables.pg_settle_spend(store, own, (
+                *params, b is not None, res.run_id, b.model if b is not None else (res.model or "?"),
+                b is not None and b.estimated, b.input_tokens if b else 0, b.output_tokens if b else 0,
+            ))  # fmt: skip
 
         def then() -> None:
             try:

@@ -1,10 +1,21 @@
-"""Spend read back from the journal: LLM calls grouped by model, workflow, tenant, day or run
-(priced tool calls count too, under ``tool:NAME``).
+"""Spend: LLM calls grouped by model, workflow, tenant, day, hour or run (priced tool calls
+count too, under ``tool:NAME``).
 
-The budget ledger holds running totals per limited scope; what was spent on which model, by
-which workflow, on which day, is in the runs' chains (each ``call.completed`` event carries
-its model, usage and ``cost_usd``). Calls whose outcome was lost are charged at their
-reservation and counted as *estimated*. Read-only: nothing here writes to the store.
+What the costs API and ``wflo costs`` report is the *spend book* (``ledger_spend``, kept by
+``wflo.cost._tables``): every charge the ledger makes is added there, in the transaction that
+makes it, to the row of its run and model for the current hour *of the store's clock* (never
+the writer's). So the answer is defined as what the ledger charged:
+
+- a call counts once, when its charge is settled (or, lost with its process, when its
+  reservation expires or its run resumes: at its reservation, as *estimated*); a real cost
+  that arrives after an estimate corrects the estimate's row;
+- a pruned run's spend stays (money was spent; ``wflo audit prune`` removes events, not the
+  book), so totals do not fall when old journals are pruned;
+- windows count whole hours of the store's clock (every hour overlapping ``[since, until)``).
+
+``charges`` reads the same calls back from the runs' journals (each ``call.completed`` event
+carries its model, usage and ``cost_usd``): the check of the book, and what migration m017
+filled the book from on upgrade. Read-only: nothing here writes to the store.
 """
 
 from __future__ import annotations
@@ -13,11 +24,13 @@ import json
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from .._errors import UserError
 from ..store import Store
+from . import _tables
 from ._ledger import usd_str
 
 GROUPS = ("model", "workflow", "tenant", "day", "hour", "run")
@@ -47,43 +60,43 @@ class Charge:
 def charges(
     store: Store, *, since: str | None = None, until: str | None = None, tenant: str | None = None
 ) -> Iterator[Charge]:
-    """Every charged LLM call in ``[since, until)`` (store time text), of ``tenant``'s runs if given."""
+    """Every charged call in the runs' journals in ``[since, until)`` (store time text), of
+    ``tenant``'s runs if given: the journal's view of spend, kept to check the book against
+    (and to fill it on upgrade). Pruned runs' calls are gone from it."""
     where, params = _window("e.at", since, until, tenant)
-    types = "e.type IN ('call.completed', 'call.failed', 'budget.unknown_outcome')"
     # Only the few fields summed here leave the database (an event also holds the answer).
-    fields = ", ".join(_field(store, f) for f in _FIELDS)
+    fields = ", ".join(_tables.json_field(store, f) for f in _FIELDS)
     try:
-        rows = store.read(
-            f"SELECT e.at, {fields}, r.workflow, r.tenant, r.id FROM events e JOIN runs r ON r.id = e.chain "
-            f"WHERE {types}{where}",
-            params,
-        )
+        rows = _tables.journal_rows(store, fields, where, params)
     except Exception:  # a damaged event (not JSON) fails the database's parse: read them one by one
         rows = [
             (at, *_fields_of(data), workflow, run_tenant, run_id)
-            for at, data, workflow, run_tenant, run_id in store.read(
-                f"SELECT e.at, e.data, r.workflow, r.tenant, r.id FROM events e JOIN runs r ON r.id = e.chain "
-                f"WHERE {types}{where}",
-                params,
-            )
+            for at, data, workflow, run_tenant, run_id in _tables.journal_rows(store, "e.data", where, params)
         ]
-    for at, kind, name, cost, estimated, error, tokens_in, tokens_out, workflow, run_tenant, run_id in rows:
-        # A failed call counts only when it was charged (an answer lost after sending).
-        if kind not in ("llm", "tool") or (error and not cost) or (kind == "tool" and not _usd(cost)):
-            continue
-        yield Charge(
-            at=at, model=str(name or "?") if kind == "llm" else f"tool:{name}", usd=_usd(cost),
-            estimated=_true(estimated), input_tokens=_int(tokens_in), output_tokens=_int(tokens_out), run_id=run_id,
-            workflow=workflow, tenant=run_tenant,
-        )  # fmt: skip
-    # Calls a dead process left in flight, charged at their reservation and not yet journaled.
+    for at, *values, workflow, run_tenant, run_id in rows:
+        c = _charge(at, tuple(values), workflow, run_tenant, run_id)
+        if c is not None:
+            yield c
     where, params = _window("u.created_at", since, until, tenant)
-    lost = (
-        "SELECT u.created_at, u.model, u.amount_usd, r.workflow, r.tenant, r.id FROM budget_unknown u "
-        "JOIN runs r ON r.id = u.run_id WHERE u.recorded = 0 AND u.actual_usd IS NULL" + where
-    )
-    for at, model, amount, workflow, run_tenant, run_id in store.read(lost, params):
-        yield Charge(at, str(model or "?"), _usd(amount), True, 0, 0, run_id, workflow, run_tenant)
+    for _, at, model, amount, workflow, run_tenant, run_id in _tables.journal_lost(store, where, params):
+        yield Charge(at, str(model or "?"), usd_of(amount), True, 0, 0, run_id, workflow, run_tenant)
+
+
+def charge_of(at: str, data_json: str, workflow: str, tenant: str | None, run_id: str) -> Charge | None:
+    """The charge one event's JSON records (``None``: not a charged call)."""
+    return _charge(at, _fields_of(data_json), workflow, tenant, run_id)
+
+
+def _charge(at: str, values: tuple[Any, ...], workflow: str, tenant: str | None, run_id: str) -> Charge | None:
+    kind, name, cost, estimated, error, tokens_in, tokens_out = values
+    # A failed call counts only when it was charged (an answer lost after sending).
+    if kind not in ("llm", "tool") or (error and not cost) or (kind == "tool" and not usd_of(cost)):
+        return None
+    return Charge(
+        at=at, model=str(name or "?") if kind == "llm" else f"tool:{name}", usd=usd_of(cost),
+        estimated=truthy(estimated), input_tokens=int_of(tokens_in), output_tokens=int_of(tokens_out), run_id=run_id,
+        workflow=workflow, tenant=tenant,
+    )  # fmt: skip
 
 
 def spend(
@@ -97,17 +110,49 @@ def spend(
 ) -> dict[str, Any]:
     """Totals per ``group`` key (most spent first; by time for ``day`` and ``hour``), and overall.
 
-    ``split`` breaks each row's spend down by a second grouping (``day`` by ``model``: spend
-    over time per model). Amounts are decimal strings.
+    Read from the spend book: what the ledger charged, by the hour of the store's clock. The
+    window counts whole hours: every hour that overlaps ``[since, until)``. ``split`` breaks
+    each row's spend down by a second grouping (``day`` by ``model``: spend over time per
+    model). Amounts are decimal strings.
     """
     for name, value in (("group", group), ("split", split)):
         if value is not None and value not in GROUPS:
             raise UserError(f"{name} must be one of {', '.join(GROUPS)}, got {value!r}")
     rows: dict[str, _Totals] = defaultdict(_Totals)
     total = _Totals()
+    for key, part, *sums in _summed(store, [group, split or group], since, until, tenant):
+        rows[key].add_sums(sums, part if split else None)
+        total.add_sums(sums, None)
+    ordered = sorted(
+        rows.items(), key=(lambda kv: kv[0]) if group in ("day", "hour") else (lambda kv: (-kv[1].usd, kv[0]))
+    )
+    return {
+        "group": group, "split": split, "since": since, "until": until, "tenant": tenant,
+        "rows": [{"key": k, **v.to_dict()} for k, v in ordered], "total": total.to_dict(),
+    }  # fmt: skip
+
+
+def journal_spend(
+    store: Store,
+    group: str,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    tenant: str | None = None,
+    split: str | None = None,
+) -> dict[str, Any]:
+    """``spend`` summed from the runs' journals instead of the book (the check of the book,
+    and the benchmark's other side): every charged call's event, by the writer's time."""
+    rows: dict[str, _Totals] = defaultdict(_Totals)
+    total = _Totals()
     for c in charges(store, since=since, until=until, tenant=tenant):
-        rows[c.key(group)].add(c, split)
-        total.add(c, None)
+        b = _Booked(
+            hour=_tables.hour_of(c.at), run_id=c.run_id, model=c.model, workflow=c.workflow, tenant=c.tenant, calls=1,
+            usd=c.usd, estimated=c.usd if c.estimated else Decimal(0), input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
+        )  # fmt: skip
+        rows[b.key(group)].add(b, split)
+        total.add(b, None)
     ordered = sorted(
         rows.items(), key=(lambda kv: kv[0]) if group in ("day", "hour") else (lambda kv: (-kv[1].usd, kv[0]))
     )
@@ -121,19 +166,14 @@ def top_runs(
     store: Store, *, since: str | None = None, until: str | None = None, tenant: str | None = None, limit: int = 10
 ) -> list[dict[str, Any]]:
     """The runs that spent most in the window, with their workflow, tenant, status and calls."""
-    per_run: dict[str, _Totals] = defaultdict(_Totals)
-    for c in charges(store, since=since, until=until, tenant=tenant):
-        per_run[c.run_id].add(c, "model")
-    best = sorted(per_run.items(), key=lambda kv: (-kv[1].usd, kv[0]))[: max(1, min(limit, 500))]
-    if not best:
-        return []
-    marks = ", ".join("?" for _ in best)
-    info = {
-        r[0]: r[1:]
-        for r in store.read(
-            f"SELECT id, workflow, tenant, status, created_at FROM runs WHERE id IN ({marks})", [k for k, _ in best]
-        )
-    }
+    # The runs' totals first; the split by model only for the few shown.
+    ranked = sorted(_summed(store, ["run"], since, until, tenant), key=lambda r: (-r[2], r[0]))
+    chosen = [r[0] for r in ranked[: max(1, min(limit, 500))]]
+    per_run: dict[str, _Totals] = {run_id: _Totals() for run_id in chosen}
+    for run_id, model, *sums in _summed(store, ["run", "model"], since, until, tenant, runs=chosen):
+        per_run[run_id].add_sums(sums, model)
+    best = list(per_run.items())
+    info = _tables.runs_info(store, [k for k, _ in best])
     out = []
     for run_id, totals in best:
         workflow, run_tenant, status, created_at = info.get(run_id, (None, None, None, None))
@@ -142,6 +182,56 @@ def top_runs(
             **totals.to_dict(),
         })  # fmt: skip
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Booked:
+    """One row of the spend book: a run's calls to one model in one hour."""
+
+    hour: str
+    run_id: str
+    model: str
+    workflow: str
+    tenant: str | None
+    calls: int
+    usd: Decimal
+    estimated: Decimal
+    input_tokens: int
+    output_tokens: int
+
+    def key(self, group: str) -> str:
+        return {
+            "model": self.model, "workflow": self.workflow, "tenant": self.tenant or "-", "day": self.hour[:10],
+            "hour": self.hour, "run": self.run_id,
+        }[group]  # fmt: skip
+
+
+def _summed(
+    store: Store,
+    keys: list[str],
+    since: str | None,
+    until: str | None,
+    tenant: str | None,
+    runs: list[str] | None = None,
+) -> list[tuple[Any, ...]]:
+    lo = _hour(since, up=False) if since else None
+    hi = _hour(until, up=True) if until else None
+    return _tables.spend_groups(store, keys, lo, hi, tenant, runs)
+
+
+def _hour(text: str, *, up: bool) -> str:
+    """The hour bucket a window bound falls in (``up``: the first one after an end that is not
+    the very start of an hour)."""
+    try:
+        moment = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return _tables.hour_of(text)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    start = moment.replace(minute=0, second=0, microsecond=0)
+    if up and start != moment:
+        start += timedelta(hours=1)
+    return start.strftime("%Y-%m-%dT%H:00")
 
 
 class _Totals:
@@ -155,16 +245,25 @@ class _Totals:
         self.output_tokens = 0
         self.parts: dict[str, Decimal] = {}
 
-    def add(self, c: Charge, split: str | None) -> None:
-        self.calls += 1
-        self.usd += c.usd
-        if c.estimated:
-            self.estimated += c.usd
-        self.input_tokens += c.input_tokens
-        self.output_tokens += c.output_tokens
+    def add(self, b: _Booked, split: str | None) -> None:
+        self.calls += b.calls
+        self.usd += b.usd
+        self.estimated += b.estimated
+        self.input_tokens += b.input_tokens
+        self.output_tokens += b.output_tokens
         if split:
-            key = c.key(split)
-            self.parts[key] = self.parts.get(key, Decimal(0)) + c.usd
+            key = b.key(split)
+            self.parts[key] = self.parts.get(key, Decimal(0)) + b.usd
+
+    def add_sums(self, sums: list[Any], part: str | None) -> None:
+        calls, usd, estimated, input_tokens, output_tokens = sums
+        self.calls += calls
+        self.usd += usd
+        self.estimated += estimated
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        if part is not None:
+            self.parts[part] = self.parts.get(part, Decimal(0)) + usd
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -177,13 +276,6 @@ class _Totals:
 
 
 _FIELDS = ("kind", "name", "cost_usd", "cost_estimated", "error", "usage.input_tokens", "usage.output_tokens")
-
-
-def _field(store: Store, path: str) -> str:
-    """A field of the event's JSON ``data`` as text, extracted by the database."""
-    if store.dialect == "postgresql":
-        return "(e.data::jsonb) #>> '{" + path.replace(".", ",") + "}'"
-    return f"json_extract(e.data, '$.{path}')"
 
 
 def _fields_of(data_json: str) -> tuple[Any, ...]:
@@ -201,11 +293,11 @@ def _fields_of(data_json: str) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _true(value: Any) -> bool:
+def truthy(value: Any) -> bool:
     return value not in (None, 0, "0", "false", False, "")
 
 
-def _int(value: Any) -> int:
+def int_of(value: Any) -> int:
     try:
         return int(value or 0)
     except (TypeError, ValueError):
@@ -226,7 +318,7 @@ def _window(column: str, since: str | None, until: str | None, tenant: str | Non
     return where, params
 
 
-def _usd(value: Any) -> Decimal:
+def usd_of(value: Any) -> Decimal:
     try:
         return Decimal(str(value)) if value not in (None, "") else Decimal(0)
     except ArithmeticError:

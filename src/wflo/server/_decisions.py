@@ -5,7 +5,7 @@ Approvals: a request's ``ETag`` is its action hash, and a decision must send it 
 ``412 Precondition Failed`` and nothing is recorded. Of two deciders racing with the same hash
 one wins; the other gets ``409 approval_closed``.
 
-Costs are summed from the runs' journals (``wflo.cost._spend``); budgets come from the ledger.
+Costs are read from the ledger's spend book (``wflo.cost._spend``); budgets from the ledger.
 A tenant's grant sees its tenant's runs and its tenant's budgets only.
 
 Audit routes reuse ``wflo.audit`` (verify, export, report) and are global: the system chain
@@ -230,9 +230,11 @@ def _costs(router: Router) -> None:
         request: Request, group: str = "model", split: str | None = None, since: str | None = None,
         until: str | None = None, tenant: str | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """LLM spend (USD, calls, tokens) grouped by ``model``, ``workflow``, ``tenant``, ``day``,
-        ``hour`` or ``run``; ``split`` breaks each row down by a second grouping (``group=day&split=model``:
-        spend over time per model). ``since``/``until``: YYYY-MM-DD, ISO time or an age (30d)."""
+        """LLM and priced tool spend (USD, calls, tokens) grouped by ``model``, ``workflow``, ``tenant``,
+        ``day``, ``hour`` or ``run``; ``split`` breaks each row down by a second grouping (``group=day&split=model``:
+        spend over time per model). Read from the spend book: what the ledger charged, by the hour of the
+        store's clock (pruned runs included). ``since``/``until``: YYYY-MM-DD, ISO time or an age (30d); the
+        window counts every hour it overlaps."""
         start, end = _window(since, until)
         return spend(access.store, group, since=start, until=end, tenant=tenant, split=split or None)
 

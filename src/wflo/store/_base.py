@@ -198,6 +198,8 @@ class Store(Connections):
             for migration in MIGRATIONS[version:]:
                 for statement in migration.statements(self.dialect):
                     cur.execute(statement)
+                if migration.then is not None:
+                    migration.then(self, cur)
                 applied.append(migration.name)
             if applied:
                 if row:

@@ -8,9 +8,9 @@ example the PostgreSQL trigger that refuses UPDATE and DELETE on events).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import overload
+from typing import Any, overload
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,9 @@ class Migration:
     name: str
     sql: str
     dialect_sql: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    then: Callable[[Any, Any], None] | None = None
+    """Run after the statements, in the same transaction, as ``then(store, cur)``: a backfill
+    whose arithmetic SQL cannot do on every store (exact decimal sums on SQLite)."""
 
     def statements(self, dialect: str) -> list[str]:
         portable = [s.strip() for s in self.sql.split(";\n") if s.strip()]
@@ -84,40 +87,6 @@ CREATE TRIGGER wflo_events_append_only BEFORE UPDATE OR DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION wflo_events_append_only()""",
         )
     },
-)
-
-M002_BUDGETS = Migration(
-    "m002_budgets",
-    """
-CREATE TABLE budget_limits (
-    scope TEXT PRIMARY KEY,
-    limit_usd TEXT NOT NULL,
-    period TEXT NOT NULL,
-    max_reservation_usd TEXT,
-    alerts TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    updated_by TEXT NOT NULL
-);
-CREATE TABLE budget_usage (
-    scope TEXT NOT NULL,
-    period_start TEXT NOT NULL,
-    limit_usd TEXT NOT NULL,
-    spent_usd TEXT NOT NULL,
-    reserved_usd TEXT NOT NULL,
-    alerted TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (scope, period_start)
-);
-CREATE TABLE reservations (
-    id TEXT PRIMARY KEY,
-    run_id TEXT,
-    scopes TEXT NOT NULL,
-    amount_usd TEXT NOT NULL,
-    expires_at TEXT NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE INDEX reservations_expiry ON reservations (expires_at)
-""",
 )
 
 M005_PAYLOADS = Migration(
@@ -190,185 +159,6 @@ END $$""",
             "REVOKE ALL ON FUNCTION wflo_prune_chain(text, bigint, text) FROM PUBLIC",
         )
     },
-)
-
-# The budget ledger's reserve and settle as one statement each on PostgreSQL (one round trip
-# instead of six, and one statement in the journal's transaction instead of three). The same
-# rules as the portable path in wflo/cost/_ledger.py, which SQLite uses; both are tested alike.
-_PG_RESERVE = """
-CREATE OR REPLACE FUNCTION wflo_reserve(
-    p_id text, p_run text, p_call text, p_model text, p_names text[], p_extra jsonb,
-    p_input numeric, p_out_price numeric, p_cap integer, p_min integer,
-    p_day text, p_month text, p_now text, p_expires text
-) RETURNS TABLE (status text, amount text, cap integer, clamped boolean, scopes text,
-                 b_scope text, b_limit text, b_spent text, b_reserved text)
-LANGUAGE plpgsql AS $$
-DECLARE
-    lim record;
-    v_start text;
-    v_spent numeric;
-    v_reserved numeric;
-    v_avail numeric;
-    v_room numeric := NULL;
-    v_needed numeric;
-    v_cap integer := p_cap;
-    v_clamped boolean := false;
-    v_tokens numeric;
-    v_keys text[] := '{}';
-    v_starts text[] := '{}';
-    v_reserveds numeric[] := '{}';
-    v_scopes jsonb := '[]'::jsonb;
-    b record;
-    i integer;
-BEGIN
-    IF EXISTS (SELECT 1 FROM reservations r WHERE r.id = p_id) THEN
-        -- The same reservation sent again after a lost connection: it is already held.
-        RETURN QUERY SELECT 'ok'::text, r.amount_usd, p_cap, false, r.scopes, NULL::text, NULL::text, NULL::text, NULL::text
-            FROM reservations r WHERE r.id = p_id;
-        RETURN;
-    END IF;
-    FOR lim IN
-        SELECT x.scope, x.limit_usd, x.period, x.max_res FROM (
-            SELECT e->>'scope' AS scope, (e->>'limit')::numeric AS limit_usd, e->>'period' AS period,
-                   (e->>'max_res')::numeric AS max_res
-              FROM jsonb_array_elements(p_extra) e
-            UNION ALL
-            SELECT l.scope, l.limit_usd::numeric, l.period, l.max_reservation_usd::numeric
-              FROM budget_limits l
-             WHERE l.scope = ANY(p_names)
-               AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_extra) e WHERE e->>'scope' = l.scope)
-        ) x ORDER BY x.scope COLLATE "C"
-    LOOP
-        v_start := CASE lim.period WHEN 'day' THEN p_day WHEN 'month' THEN p_month ELSE '' END;
-        SELECT u.spent_usd::numeric, u.reserved_usd::numeric INTO v_spent, v_reserved
-          FROM budget_usage u WHERE u.scope = lim.scope AND u.period_start = v_start FOR UPDATE;
-        IF NOT FOUND THEN
-            INSERT INTO budget_usage (scope, period_start, limit_usd, spent_usd, reserved_usd, alerted, updated_at)
-                VALUES (lim.scope, v_start, trim_scale(lim.limit_usd)::text, '0', '0', '[]', p_now)
-                ON CONFLICT (scope, period_start) DO NOTHING;
-            SELECT u.spent_usd::numeric, u.reserved_usd::numeric INTO v_spent, v_reserved
-              FROM budget_usage u WHERE u.scope = lim.scope AND u.period_start = v_start FOR UPDATE;
-        END IF;
-        v_avail := lim.limit_usd - v_spent - v_reserved;
-        IF lim.max_res IS NOT NULL AND lim.max_res < v_avail THEN
-            v_avail := lim.max_res;
-        END IF;
-        IF v_room IS NULL OR v_avail < v_room THEN
-            v_room := v_avail;
-            SELECT lim.scope AS scope, lim.limit_usd AS limit_usd, v_spent AS spent, v_reserved AS reserved INTO b;
-        END IF;
-        v_keys := v_keys || lim.scope;
-        v_starts := v_starts || v_start;
-        v_reserveds := v_reserveds || v_reserved;
-        v_scopes := v_scopes || jsonb_build_array(jsonb_build_array(lim.scope, v_start));
-    END LOOP;
-    IF v_room IS NULL THEN
-        RETURN QUERY SELECT 'none'::text, NULL::text, p_cap, false, NULL::text, NULL::text, NULL::text, NULL::text, NULL::text;
-        RETURN;
-    END IF;
-    v_needed := p_input + p_out_price * coalesce(p_cap, 0);
-    IF v_needed > v_room THEN
-        v_tokens := 0;
-        IF p_out_price > 0 THEN
-            v_tokens := greatest(floor((v_room - p_input) / p_out_price), 0);
-        END IF;
-        IF p_cap IS NOT NULL AND p_out_price > 0 AND v_tokens >= p_min THEN
-            v_cap := v_tokens::integer;
-            v_clamped := true;
-            v_needed := p_input + p_out_price * v_cap;
-        ELSE
-            RETURN QUERY SELECT 'refused'::text, trim_scale(v_needed)::text, p_cap, false, NULL::text,
-                b.scope, trim_scale(b.limit_usd)::text, trim_scale(b.spent)::text, trim_scale(b.reserved)::text;
-            RETURN;
-        END IF;
-    END IF;
-    FOR i IN 1 .. coalesce(array_length(v_keys, 1), 0) LOOP
-        UPDATE budget_usage SET reserved_usd = trim_scale(v_reserveds[i] + v_needed)::text, updated_at = p_now
-         WHERE scope = v_keys[i] AND period_start = v_starts[i];
-    END LOOP;
-    INSERT INTO reservations (id, run_id, scopes, amount_usd, expires_at, created_at, call_id, model)
-        VALUES (p_id, p_run, v_scopes::text, trim_scale(v_needed)::text, p_expires, p_now, p_call, p_model);
-    RETURN QUERY SELECT 'ok'::text, trim_scale(v_needed)::text, v_cap, v_clamped, v_scopes::text,
-        NULL::text, NULL::text, NULL::text, NULL::text;
-END
-$$"""
-
-_PG_SETTLE = """
-CREATE OR REPLACE FUNCTION wflo_settle(p_id text, p_actual numeric, p_amount numeric, p_scopes text, p_now text)
-RETURNS TABLE (scope text, percent integer, spent text, limit_usd text)
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_spend numeric := p_actual;
-    v_release numeric := 0;
-    v_prior text;
-    s jsonb;
-    u record;
-    v_new numeric;
-    v_alerted jsonb;
-    v_pct integer;
-BEGIN
-    DELETE FROM reservations r WHERE r.id = p_id;
-    IF FOUND THEN
-        v_release := p_amount;
-    ELSE
-        SELECT bu.amount_usd INTO v_prior FROM budget_unknown bu WHERE bu.id = p_id AND bu.actual_usd IS NULL;
-        IF FOUND THEN
-            -- Charged at its reservation when it expired; the real cost is known now.
-            UPDATE budget_unknown SET actual_usd = trim_scale(p_actual)::text, resolved_at = p_now WHERE id = p_id;
-            v_spend := p_actual - v_prior::numeric;
-        END IF;
-    END IF;
-    FOR s IN SELECT e FROM jsonb_array_elements(p_scopes::jsonb) e ORDER BY (e->>0) COLLATE "C", (e->>1) COLLATE "C" LOOP
-        SELECT bu.limit_usd::numeric AS lim, bu.spent_usd::numeric AS spent, bu.reserved_usd::numeric AS reserved,
-               bu.alerted::jsonb AS alerted, coalesce(l.alerts, '[50, 80, 100]')::jsonb AS alerts
-          INTO u
-          FROM budget_usage bu LEFT JOIN budget_limits l ON l.scope = bu.scope
-         WHERE bu.scope = s->>0 AND bu.period_start = s->>1
-           FOR UPDATE OF bu;
-        IF NOT FOUND THEN
-            CONTINUE;
-        END IF;
-        v_new := u.spent + v_spend;
-        v_alerted := u.alerted;
-        FOR v_pct IN SELECT a::integer FROM jsonb_array_elements_text(u.alerts) a LOOP
-            IF NOT v_alerted @> to_jsonb(v_pct) AND u.lim > 0 AND v_new * 100 >= u.lim * v_pct THEN
-                v_alerted := v_alerted || to_jsonb(v_pct);
-                scope := s->>0; percent := v_pct; spent := trim_scale(v_new)::text; limit_usd := trim_scale(u.lim)::text;
-                RETURN NEXT;
-            END IF;
-        END LOOP;
-        UPDATE budget_usage bu SET spent_usd = trim_scale(v_new)::text,
-               reserved_usd = trim_scale(greatest(u.reserved - v_release, 0))::text,
-               alerted = (SELECT coalesce(jsonb_agg(x ORDER BY x::integer), '[]'::jsonb)::text
-                            FROM jsonb_array_elements(v_alerted) x),
-               updated_at = p_now
-         WHERE bu.scope = s->>0 AND bu.period_start = s->>1;
-    END LOOP;
-END
-$$"""
-
-M008_UNKNOWN_OUTCOMES = Migration(
-    "m008_budgetctx_unknown_outcomes",
-    """
-ALTER TABLE reservations ADD COLUMN call_id TEXT;
-ALTER TABLE reservations ADD COLUMN model TEXT;
-CREATE INDEX reservations_run ON reservations (run_id);
-CREATE TABLE budget_unknown (
-    id TEXT PRIMARY KEY,
-    run_id TEXT,
-    call_id TEXT,
-    model TEXT,
-    scopes TEXT NOT NULL,
-    amount_usd TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    actual_usd TEXT,
-    recorded INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL,
-    resolved_at TEXT
-);
-CREATE INDEX budget_unknown_run ON budget_unknown (run_id)
-""",
-    {"postgresql": (_PG_RESERVE, _PG_SETTLE)},
 )
 
 # Identity and access (issue 16): who holds which role where (and who granted it), people and
@@ -725,13 +515,13 @@ class _Migrations(Sequence[Migration]):
 MIGRATIONS: Sequence[Migration] = _Migrations(
     (
         M001_INITIAL,
-        M002_BUDGETS,
+        "wflo.cost._tables:M002_BUDGETS",
         "wflo.approvals._tables:M003_APPROVALS",
         "wflo.guards._tables:M004_RATE_LIMITS",
         M005_PAYLOADS,
         "wflo.approvals._tables:M006_APPROVALS_BIND",
         M007_AUDIT_ROLES,
-        M008_UNKNOWN_OUTCOMES,
+        "wflo.cost._tables:M008_UNKNOWN_OUTCOMES",
         M009_IDENTITY,
         M010_RUNS_LIST_INDEXES,
         M011_DECISIONS_EVENT_TYPE,
@@ -741,6 +531,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         M015_PERFSTORE,
         M016_QUEUES_CLAIM,
         "wflo.integrations._checkpoint_tables:M017_CKPT_BYTES",
+        "wflo.cost._tables:M018_LEDGER_SPEND",
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 import wflo
 from wflo.cli import cli
+from wflo.cost import _tables
 from wflo.store import Head, NewEvent, open_store
 
 HERE = Path(__file__).parent
@@ -28,7 +31,12 @@ def llm_run(db: str, run_id: str, *, at: str, cost: str = "0.0100", workflow: st
         head = Head(run.last_seq, run.last_hash)
         call = {"call": "1", "kind": "llm", "name": "gpt-4o-mini", "cost_usd": cost,
                 "usage": {"input_tokens": 10, "output_tokens": 5}}  # fmt: skip
-        head = store.append(run_id, head, [NewEvent("call.completed", call, at)], owner="w1")
+
+        def book(cur: Any) -> None:  # the spend book's row the ledger writes with a charged call's event
+            _tables.book(store, cur, run_id, "gpt-4o-mini", calls=1, usd=Decimal(cost), estimated=Decimal(0),
+                         input_tokens=10, output_tokens=5, hour=at[:13] + ":00")  # fmt: skip
+
+        head = store.append(run_id, head, [NewEvent("call.completed", call, at)], owner="w1", ops=[book])
         store.append(run_id, head, [NewEvent("run.completed", {"output": 1}, at)], owner="w1", status="succeeded",
                      output=1, finish=True)  # fmt: skip
 
@@ -48,9 +56,10 @@ def test_prune_wording_costs_note_and_unsigned_prune_cause(sqlite_url: str, tmp_
     pruned = invoke("audit", "prune", "--before", "2021-01-01", "--yes", db=sqlite_url)
     assert pruned.exit_code == 0, pruned.output
     assert "pruned 1 run (4 events)" in pruned.stdout  # not "1 runs"
-    after = invoke("costs", db=sqlite_url)
+    after = invoke("costs", "--json", db=sqlite_url)
     assert after.exit_code == 0
-    assert "1 run pruned by `wflo audit prune` is not included" in after.stderr
+    # A pruned run's spend stays in the costs: money was spent (the spend book is not pruned).
+    assert json.loads(after.stdout)[0]["calls"] == 2 and "pruned" not in after.stderr
     # The prune record is unsigned: with a pinned key, verify says that is why the chain is broken.
     key = invoke("audit", "keygen", "--out", str(tmp_path / "k.pem"), db=sqlite_url)
     (tmp_path / "k.pub").write_text(key.stdout)
