@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
@@ -353,16 +354,25 @@ class _Child:
         self.out = tempfile.TemporaryFile()  # noqa: SIM115 -- outlives this call; reports() closes it
         src = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+        self.proc: subprocess.Popen[bytes] | None = None
         try:
-            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 [sys.executable, "-c", "from wflo.audit._verify import _child_main; _child_main()"],
                 stdin=subprocess.PIPE, stdout=self.out, stderr=subprocess.DEVNULL, env=env,
             )  # fmt: skip
+        except OSError:
+            return
+        with suppress(OSError):  # a child that died at once: reports() sees its exit status
             assert self.proc.stdin is not None
             self.proc.stdin.write(json.dumps({"url": url, "lo": lo, "below": below}).encode())
             self.proc.stdin.close()
-        except OSError:
-            self.proc = None
+
+    def stop(self) -> None:
+        """End the child if it still runs (the parent failed or was interrupted)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.out.close()
 
     def reports(self, store: Store) -> list[ChainReport]:
         try:
@@ -390,9 +400,13 @@ def _verify_every_chain(store: Store, workers: int | None = None) -> list[ChainR
     (by default two on a machine with two or more cores, from ``PARALLEL_MIN`` events)."""
     ranges = _split(store, workers)
     children = [_Child(store.url, lo, below) for lo, below in ranges[1:]]
-    reports = _scan(store, *ranges[0])
-    for child in children:
-        reports += child.reports(store)
+    try:
+        reports = _scan(store, *ranges[0])
+        for child in children:
+            reports += child.reports(store)
+    finally:
+        for child in children:
+            child.stop()
     return reports
 
 
