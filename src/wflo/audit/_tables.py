@@ -111,3 +111,154 @@ def runs_without_events(store: Store) -> list[str]:
     return [r[0] for r in store.read(
         "SELECT id FROM runs WHERE NOT EXISTS (SELECT 1 FROM events WHERE events.chain = runs.id) ORDER BY id"
     )]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- checkpoints
+def chain_heads_now(store: Store) -> list[Row]:
+    """``(chain, last seq, its hash)`` of every chain that has events, by chain."""
+    return store.read(
+        "SELECT e.chain, e.seq, e.hash FROM events e "
+        "JOIN (SELECT chain, MAX(seq) AS m FROM events GROUP BY chain) t ON e.chain = t.chain AND e.seq = t.m "
+        "ORDER BY e.chain"
+    )
+
+
+def hash_at(store: Store, chain: str, seq: int) -> str | None:
+    row = store.read_one("SELECT hash FROM events WHERE chain = ? AND seq = ?", (chain, seq))
+    return None if row is None else str(row[0])
+
+
+def last_seq(store: Store, chain: str) -> int:
+    """The highest seq of ``chain`` (0 when it has no events)."""
+    row = store.read_one("SELECT MAX(seq) FROM events WHERE chain = ?", (chain,))
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+# --------------------------------------------------------------------------- payloads (content policy)
+def keep_payload(store: Store, cur: Any, run_id: str, call_id: str, body: str) -> None:
+    """Inside the call's write transaction: keep the exact response of one call."""
+    store.execute(cur, "DELETE FROM payloads WHERE run_id = ? AND call_id = ?", (run_id, call_id))
+    store.execute(cur, "INSERT INTO payloads (run_id, call_id, body) VALUES (?, ?, ?)", (run_id, call_id, body))
+
+
+def payload_body(store: Store, run_id: str, call_id: str) -> str | None:
+    rows = store.read("SELECT body FROM payloads WHERE run_id = ? AND call_id = ?", (run_id, call_id))
+    return str(rows[0][0]) if rows else None
+
+
+def drop_payloads(store: Store, cur: Any, run_id: str) -> None:
+    """Inside a write transaction: forget every kept response of a run."""
+    store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", (run_id,))
+
+
+# --------------------------------------------------------------------------- export
+def event_filters(run_id: str | None, since: str | None) -> tuple[str, list[Any]]:
+    """`` WHERE …`` (or nothing) and its parameters for one run and/or events since a time."""
+    clauses, params = [], []
+    if run_id is not None:
+        clauses.append("chain = ?")
+        params.append(run_id)
+    if since is not None:
+        clauses.append("at >= ?")
+        params.append(since)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+EXPORT_COLUMNS = ("chain", "seq", "type", "at", "data", "prev_hash", "hash")
+
+
+def export_page(
+    store: Store, run_id: str | None, since: str | None, last: tuple[str, int] | None, limit: int
+) -> list[Row]:
+    """Raw event rows (``EXPORT_COLUMNS``) ordered by (chain, seq), after the key ``last``."""
+    where, params = event_filters(run_id, since)
+    key = "(chain > ? OR (chain = ? AND seq > ?))"
+    if last is None:
+        sql, p = f"SELECT {', '.join(EXPORT_COLUMNS)} FROM events{where}", list(params)
+    else:
+        sql = f"SELECT {', '.join(EXPORT_COLUMNS)} FROM events{where}{' AND ' if where else ' WHERE '}{key}"
+        p = [*params, last[0], last[0], last[1]]
+    return store.read(sql + " ORDER BY chain, seq LIMIT ?", [*p, limit])
+
+
+# --------------------------------------------------------------------------- prune
+def prune_candidates(store: Store, statuses: Sequence[str], before: str) -> list[Row]:
+    """``(id, last_seq, last_hash)`` of runs in ``statuses`` whose last event is before ``before``."""
+    marks = ", ".join("?" * len(statuses))
+    return store.read(
+        f"SELECT r.id, r.last_seq, r.last_hash FROM runs r JOIN events e ON e.chain = r.id AND e.seq = r.last_seq "
+        f"WHERE r.status IN ({marks}) AND e.at < ? ORDER BY r.id",
+        (*statuses, before),
+    )
+
+
+def prune_chain_postgres(store: Store, cur: Any, chain: str, count: int, head: str) -> None:
+    """Inside a write transaction on PostgreSQL: the one function allowed to delete events
+    (it checks the run's head itself and raises SQLSTATE WF001 if the chain moved)."""
+    store.execute(cur, "SELECT wflo_prune_chain(?, ?, ?)", (chain, count, head))
+
+
+def locked_run_head(store: Store, cur: Any, run_id: str) -> Row | None:
+    """Inside a write transaction: ``(last_seq, last_hash)`` of a run, locked until commit."""
+    store.execute(cur, "SELECT last_seq, last_hash FROM runs WHERE id = ?" + store.for_update, (run_id,))
+    row: Row | None = cur.fetchone()
+    return row
+
+
+def delete_chain_events(store: Store, cur: Any, chain: str, count: int) -> int:
+    """Inside a write transaction (SQLite): delete a chain's first ``count`` events; how many went."""
+    store.execute(cur, "DELETE FROM events WHERE chain = ? AND seq <= ?", (chain, count))
+    return int(cur.rowcount)
+
+
+# --------------------------------------------------------------------------- the compliance report
+def runs_by_workflow_status(store: Store, window: tuple[str, str]) -> list[Row]:
+    return store.read(
+        "SELECT workflow, status, COUNT(*) FROM runs WHERE created_at >= ? AND created_at < ? GROUP BY workflow, status",
+        window,
+    )
+
+
+def run_events_of_types(store: Store, window: tuple[str, str], types: Sequence[str]) -> list[Row]:
+    """``(chain, seq, type, at, data, workflow, tenant)`` of events of ``types`` in the window."""
+    marks = ", ".join("?" * len(types))
+    return store.read(
+        "SELECT e.chain, e.seq, e.type, e.at, e.data, r.workflow, r.tenant FROM events e "
+        f"LEFT JOIN runs r ON r.id = e.chain WHERE e.at >= ? AND e.at < ? AND e.type IN ({marks}) "
+        "ORDER BY e.at, e.chain, e.seq",
+        (*window, *types),
+    )
+
+
+def budget_usage_rows(store: Store) -> list[Row]:
+    return store.read(
+        "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage ORDER BY scope, period_start"
+    )
+
+
+def budget_limit_rows(store: Store) -> list[Row]:
+    return store.read("SELECT scope, limit_usd, period, updated_at, updated_by FROM budget_limits ORDER BY scope")
+
+
+def approval_vote_rows(store: Store, window: tuple[str, str]) -> list[Row]:
+    return store.read(
+        "SELECT v.approval_id, v.principal, v.decision, v.reason, v.via, v.at FROM approval_votes v "
+        "JOIN approvals a ON a.id = v.approval_id WHERE a.created_at >= ? AND a.created_at < ? ORDER BY v.at",
+        window,
+    )
+
+
+def approval_rows(store: Store, window: tuple[str, str]) -> list[Row]:
+    return store.read(
+        "SELECT id, run_id, tool, message, status, requested_by, decided_by, created_at, decided_at, reason, via "
+        "FROM approvals WHERE created_at >= ? AND created_at < ? ORDER BY created_at, id",
+        window,
+    )
+
+
+def system_events(store: Store, window: tuple[str, str]) -> list[Row]:
+    """``(seq, type, at, data)`` of the system chain's events in the window."""
+    return store.read(
+        "SELECT seq, type, at, data FROM events WHERE chain = ? AND at >= ? AND at < ? ORDER BY seq",
+        (SYSTEM_CHAIN, *window),
+    )

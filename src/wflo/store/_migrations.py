@@ -181,18 +181,6 @@ CREATE TABLE rate_buckets (
 """,
 )
 
-M005_PAYLOADS = Migration(
-    "m005_payloads",
-    """
-CREATE TABLE payloads (
-    run_id TEXT NOT NULL,
-    call_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (run_id, call_id)
-)
-""",
-)
-
 # An approval request keeps the tool's parameters (JSON schema, to validate an approver's edits
 # from any process) and the request it replaced when the action changed before it ran.
 M006_APPROVALS_BIND = Migration(
@@ -798,7 +786,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         M002_BUDGETS,
         M003_APPROVALS,
         M004_RATE_LIMITS,
-        M005_PAYLOADS,
+        "wflo.audit._tables:M005_PAYLOADS",
         M006_APPROVALS_BIND,
         M007_AUDIT_ROLES,
         M008_UNKNOWN_OUTCOMES,
