@@ -66,3 +66,20 @@ def test_a_child_that_cannot_run_is_replaced_by_the_parent(store_url: str, monke
             monkeypatch.setattr(sys, "executable", python)
             assert verify_all(store, workers=2) == expected
         assert _broken(expected) == [("r-c", 100, "hash")]
+
+
+def test_forged_columns_of_another_type_are_reported_not_raised(sqlite_url: str) -> None:
+    # SQLite keeps whatever type a row is given: a time that is a number, a seq that is text.
+    with open_store(sqlite_url) as store:
+        for name in ("r-a", "r-b", "r-c"):
+            make_run(store, name, calls=3)
+        with admin(sqlite_url) as db:
+            db.run("UPDATE events SET at = 5 WHERE chain = 'r-a' AND seq = 2")
+            db.run("UPDATE events SET seq = 'x' WHERE chain = 'r-b' AND seq = 6")
+            db.run("UPDATE events SET type = X'00' WHERE chain = 'r-c' AND seq = 3")
+        for workers in (1, 2):
+            assert _broken(verify_all(store, workers=workers)) == [
+                ("r-a", 2, "hash"),
+                ("r-b", 6, "gap"),
+                ("r-c", 3, "hash"),
+            ]
