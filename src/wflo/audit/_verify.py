@@ -325,7 +325,7 @@ def _scan(store: Store, lo: str = "", below: str | None = None) -> list[ChainRep
             careful.feed(*row[1:])
         if len(page) < SCAN_PAGE:
             break
-        after = (page[-1][0], int(page[-1][1]))
+        after = (page[-1][0], page[-1][1])  # as stored: a forged seq that is not a number still sorts
     if chain is not None:
         out.add(careful or _ChainCheck(chain, prev, expected, count))
     return out.flush()
@@ -333,13 +333,13 @@ def _scan(store: Store, lo: str = "", below: str | None = None) -> list[ChainRep
 
 def _split(store: Store, workers: int | None) -> list[tuple[str, str | None]]:
     """Key ranges ``(lo, below)`` of about equal numbers of events, cut between chains."""
-    if workers is None:
-        workers = min(2, os.cpu_count() or 1)
-        if workers > 1 and _tables.count_events(store) < PARALLEL_MIN:
-            workers = 1
+    auto = workers is None
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
     if workers <= 1 or store.dialect not in ("sqlite", "postgresql"):
         return [("", None)]
     total = _tables.count_events(store)
+    if auto and total < PARALLEL_MIN:
+        return [("", None)]
     cuts: list[str] = []
     for i in range(1, workers):
         chain = _tables.chain_at(store, total * i // workers)

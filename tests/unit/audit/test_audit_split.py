@@ -68,8 +68,13 @@ def test_a_child_that_cannot_run_is_replaced_by_the_parent(store_url: str, monke
         assert _broken(expected) == [("r-c", 100, "hash")]
 
 
-def test_forged_columns_of_another_type_are_reported_not_raised(sqlite_url: str) -> None:
-    # SQLite keeps whatever type a row is given: a time that is a number, a seq that is text.
+@pytest.mark.parametrize("page", [1, 20000])
+def test_forged_columns_of_another_type_are_reported_not_raised(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, page: int
+) -> None:
+    # SQLite keeps whatever type a row is given: a time that is a number, a seq that is text
+    # (with pages of one row, the key of the next page).
+    monkeypatch.setattr(_verify, "SCAN_PAGE", page)
     with open_store(sqlite_url) as store:
         for name in ("r-a", "r-b", "r-c"):
             make_run(store, name, calls=3)
