@@ -408,7 +408,10 @@ def _verify_every_chain(store: Store, workers: int | None = None) -> list[ChainR
     """Every chain that has events, verified in key order; split over ``workers`` processes
     (by default two on a machine with two or more cores, from ``PARALLEL_MIN`` events)."""
     ranges = _split(store, workers)
-    children = [_Child(store.url, lo, below) for lo, below in ranges[1:]]
+    url, pooler = store.url, getattr(store, "pooler", "none")
+    if pooler != "none":  # behind PgBouncer: the child must not prepare statements either
+        url += ("&" if "?" in url else "?") + f"pooler={pooler}"
+    children = [_Child(url, lo, below) for lo, below in ranges[1:]]
     try:
         reports = _scan(store, *ranges[0])
         for child in children:

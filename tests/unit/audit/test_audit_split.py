@@ -88,3 +88,18 @@ def test_forged_columns_of_another_type_are_reported_not_raised(
                 ("r-b", 6, "gap"),
                 ("r-c", 3, "hash"),
             ]
+
+
+def test_behind_a_transaction_pooler_the_child_is_told(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    urls: list[str] = []
+    start = _verify._Child.__init__
+
+    def spy(self: Any, url: str, lo: str, below: str | None) -> None:
+        urls.append(url)
+        start(self, url, lo, below)
+
+    monkeypatch.setattr(_verify._Child, "__init__", spy)
+    with open_store(pg_url + "&pooler=transaction") as store:
+        _fill(store)
+        assert all(r.ok for r in verify_all(store, workers=2))
+    assert len(urls) == 1 and urls[0].endswith("pooler=transaction")
