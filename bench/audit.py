@@ -4,13 +4,17 @@ Method. *Append*: ``--appends`` events appended to one chain through ``Store.app
 (each in its own transaction, then in batches of 100), after a warm-up, on each store; the
 cost per event is the median (and p99) of the per-call time divided by the events per call.
 The pure hashing cost (canonical JSON + SHA-256 of one event) is shown beside it. *Verify*:
-``--events`` events (1,000,000 by default, in run journals of realistic lengths: log-normal,
-median ~30 events, 3 to 2,000, so ~25,000 runs; ~250-byte payloads and real link hashes) are
-inserted with ``executemany`` into a SQLite file in a temporary directory, with their runs, then ``verify_all`` recomputes every hash; throughput = events / wall
-time. On PostgreSQL (if reachable) the same is done with ``--pg-events`` events. The signed
-checkpoint of the same store (every chain's head, Merkle root, Ed25519) is timed too.
+``--events`` events on SQLite and ``--pg-events`` on PostgreSQL (1,000,000 by default, in run
+journals of realistic lengths: log-normal, median ~30 events, 3 to 2,000, so ~20,000 runs;
+~250-byte payloads and real link hashes) are inserted with ``executemany``, with their runs.
+Then three sides alternate, the order rotating every round, over ``--rounds`` rounds: wflo's
+``verify_all`` (split over two processes on two or more cores), the same with ``workers=1``,
+and the floor: the same rows read in key order with the bare driver (sqlite3; psycopg with a
+server-side cursor) and one SHA-256 of each row's stored text, nothing checked. Throughput =
+events / wall time; median and the slowest..fastest round. The signed checkpoint of the same
+store (every chain's head, Merkle root, Ed25519) is timed too.
 
-    python bench/audit.py [--events 1000000] [--pg-events 200000] [--appends 2000] [--json]
+    python bench/audit.py [--events 1000000] [--pg-events 1000000] [--appends 2000] [--rounds 5] [--keep DIR] [--json]
 """
 
 from __future__ import annotations
@@ -20,18 +24,23 @@ from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).parent))
 import argparse
+import hashlib
 import json
+import os
 import random
+import resource
+import sqlite3
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
-from _common import fresh_pg, pct
+from _common import PG, fresh_pg, pct
 
-from wflo.audit import make_checkpoint, verify_all, verify_chain
-from wflo.store import GENESIS, NewEvent, Store, canonical_json, link_hash, now_iso, open_store
+from wflo.audit import make_checkpoint, verify_all
+from wflo.store import GENESIS, SYSTEM_CHAIN, NewEvent, Store, canonical_json, link_hash, now_iso, open_store
 from wflo.store._records import RUN_COLUMNS
 
 
@@ -115,40 +124,98 @@ def fill(store: Store, events: int) -> tuple[float, int]:
     return time.perf_counter() - t0, len(lengths)
 
 
-def bench_verify(store: Store, events: int, rounds: int) -> dict[str, Any]:
-    fill_s, chains = fill(store, events)
-    # The one-pass verify_all beside verifying chain by chain (one query per chain and one per
-    # head, as verify_all did before), alternating, the order flipping every round.
-    ids = [r[0] for r in store._fetchall("SELECT DISTINCT chain FROM events ORDER BY chain")]
-    one_pass: list[float] = []
-    per_chain: list[float] = []
+def kept_pg(name: str) -> str:
+    """The URL of PostgreSQL database ``name``, created if missing (kept between runs)."""
+    import psycopg
+
+    with psycopg.connect(PG, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f"CREATE DATABASE {name}")
+    return PG.rsplit("/", 1)[0] + "/" + name
+
+
+def floor(url: str) -> int:
+    """The floor: the same rows read with the bare driver (sqlite3, or psycopg with a server-side
+    cursor) in key order and one SHA-256 of each row's stored text, nothing checked."""
+    sql = "SELECT chain, seq, type, at, data, prev_hash, hash FROM events ORDER BY chain, seq"
+    sha256, n = hashlib.sha256, 0
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.split(":///", 1)[1])
+        try:
+            for _chain, _seq, _type, _at, data, prev_hash, _hash in conn.execute(sql):
+                sha256((prev_hash + data).encode()).hexdigest()
+                n += 1
+        finally:
+            conn.close()
+        return n
+    import psycopg
+
+    with psycopg.connect(url) as pg, pg.cursor(name="floor") as cur:
+        cur.itersize = 20000
+        cur.execute(sql)
+        for _chain, _seq, _type, _at, data, prev_hash, _hash in cur:
+            sha256((prev_hash + data).encode()).hexdigest()
+            n += 1
+    return n
+
+
+def bench_verify(store: Store, url: str, events: int, rounds: int) -> dict[str, Any]:
+    have = store.read_one("SELECT COUNT(*), COUNT(DISTINCT chain) FROM events WHERE chain <> ?", (SYSTEM_CHAIN,))
+    if have and int(have[0]) == events:  # --keep: the history filled by an earlier run (and its checkpoints)
+        fill_s, chains = 0.0, int(have[1])
+    else:
+        fill_s, chains = fill(store, events)
+    # wflo's verify_all (split over two processes on a 2-core machine), the same in one process,
+    # and the floor, alternating, the order rotating every round.
+    times: dict[str, list[float]] = {"wflo": [], "one": [], "floor": []}
+    counts: dict[str, int] = {}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    sides: list[tuple[str, Callable[[], int]]] = [
+        ("wflo", lambda: _checked(verify_all(store))),
+        ("one", lambda: _checked(verify_all(store, workers=1))),
+        ("floor", lambda: floor(url)),
+    ]
     for r in range(rounds):
-        sides = [("one", lambda: verify_all(store)), ("per", lambda: [verify_chain(store, c) for c in ids])]
-        for name, fn in sides if r % 2 == 0 else sides[::-1]:
-            t0 = time.perf_counter()
-            reports = fn()
-            (one_pass if name == "one" else per_chain).append(time.perf_counter() - t0)
-            assert all(x.ok for x in reports), [x.describe() for x in reports if not x.ok][:3]
-    verify_s = statistics.median(one_pass)
-    reports = verify_all(store)
-    total = sum(r.count for r in reports)
+        for name, fn in sides[r % 3 :] + sides[: r % 3]:
+            t0, c0 = time.perf_counter(), _cpu()
+            counts[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(_cpu() - c0)
+    assert counts["wflo"] == counts["one"] == counts["floor"], counts
+    total = counts["wflo"]
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     t0 = time.perf_counter()
     make_checkpoint(store, ed25519.Ed25519PrivateKey.generate(), by="bench", verify=False)
     checkpoint_s = time.perf_counter() - t0
-    return {"events": total, "chains": chains, "fill_s": fill_s, "verify_s": verify_s, "verify_events_per_s": total / verify_s,
-            "verify_spread_events_per_s": [total / max(one_pass), total / min(one_pass)],
-            "per_chain_events_per_s": total / statistics.median(per_chain),
-            "checkpoint_s": checkpoint_s}  # fmt: skip
+    out: dict[str, Any] = {"events": total, "chains": chains, "fill_s": fill_s, "checkpoint_s": checkpoint_s}
+    for name, ts in times.items():
+        out[f"{name}_events_per_s"] = total / statistics.median(ts)
+        out[f"{name}_spread_events_per_s"] = [total / max(ts), total / min(ts)]
+        out[f"{name}_events_per_cpu_s"] = total / statistics.median(cpu[name])
+    return out
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its children that ended (the verify_all child)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _checked(reports: list[Any]) -> int:
+    assert all(x.ok for x in reports), [x.describe() for x in reports if not x.ok][:3]
+    return sum(x.count for x in reports)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--pg-events", type=int, default=200_000)
+    parser.add_argument("--pg-events", type=int, default=1_000_000)
     parser.add_argument("--appends", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5, help="verification rounds (each side)")
+    parser.add_argument(
+        "--keep", default="", help="keep the verified histories (SQLite: in this directory) and reuse them next time"
+    )
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -158,36 +225,48 @@ def main() -> None:
             row: dict[str, Any] = {"store": name}
             try:
                 if name == "sqlite":
-                    append_url, verify_url, n = f"sqlite:///{tmp}/append.db", f"sqlite:///{tmp}/verify.db", args.events
+                    keep = args.keep or tmp
+                    append_url, verify_url, n = f"sqlite:///{tmp}/append.db", f"sqlite:///{keep}/verify.db", args.events
                 else:
                     append_url, verify_url, n = (
                         fresh_pg("wflo_bench_audit_a"),
-                        fresh_pg("wflo_bench_audit_v"),
+                        kept_pg("wflo_bench_audit_v") if args.keep else fresh_pg("wflo_bench_audit_v"),
                         args.pg_events,
                     )
                 with open_store(append_url) as store:
                     row.update(bench_append(store, args.appends))
                 with open_store(verify_url) as store:
-                    row.update(bench_verify(store, n, args.rounds))
+                    row.update(bench_verify(store, verify_url, n, args.rounds))
             except Exception as exc:  # a store that is not reachable is reported, not fatal
                 row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"flight recorder costs (python {sys.version.split()[0]})")
-    print(f"{'store':9} {'append µs':>10} {'p99 µs':>8} {'batch100 µs':>12} {'hash µs':>8} "
-          f"{'events':>9} {'chains':>7} {'verify s':>9} {'events/s':>10} {'spread':>16} {'per chain ev/s':>15} "
-          f"{'checkpoint s':>13}")  # fmt: skip
+    print(f"flight recorder costs (python {sys.version.split()[0]}, {os.cpu_count()} cores)")
+    print(f"{'store':9} {'append µs':>10} {'p99 µs':>8} {'batch100 µs':>12} {'hash µs':>8} {'events':>9} "
+          f"{'chains':>7} {'checkpoint s':>13}")  # fmt: skip
     for r in rows:
         if "error" in r:
             print(f"{r['store']:9} {r['error']}")
             continue
         print(f"{r['store']:9} {r['append_one_median_us']:10.0f} {r['append_one_p99_us']:8.0f} "
               f"{r['append_batch100_median_us']:12.1f} {r['hash_only_us']:8.1f} {r['events']:9d} "
-              f"{r['chains']:7d} {r['verify_s']:9.1f} {r['verify_events_per_s']:10.0f} "
-              f"{'{:.0f}..{:.0f}'.format(*r['verify_spread_events_per_s']):>16} {r['per_chain_events_per_s']:15.0f} "
-              f"{r['checkpoint_s']:13.2f}")  # fmt: skip
+              f"{r['chains']:7d} {r['checkpoint_s']:13.2f}")  # fmt: skip
+    print(f"\nverification, events/s: median (slowest..fastest round) over {args.rounds} rounds")
+    print(f"{'store':9} {'wflo verify_all':>26} {'wflo, one process':>26} {'floor (read + sha256)':>26}")
+    for r in rows:
+        if "error" in r:
+            continue
+        cells = [f"{r[k + '_events_per_s']:,.0f} ({r[k + '_spread_events_per_s'][0]:,.0f}..{r[k + '_spread_events_per_s'][1]:,.0f})"
+                 for k in ("wflo", "one", "floor")]  # fmt: skip
+        print(f"{r['store']:9} " + " ".join(f"{c:>26}" for c in cells))
+    print("\nevents per CPU second of the client processes (the database server's CPU is not counted)")
+    for r in rows:
+        if "error" not in r:
+            print(
+                f"{r['store']:9} " + " ".join(f"{r[k + '_events_per_cpu_s']:>26,.0f}" for k in ("wflo", "one", "floor"))
+            )
 
 
 if __name__ == "__main__":

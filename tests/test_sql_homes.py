@@ -19,6 +19,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # (package, the one module of it allowed to hold SQL)
 SQL_HOMES: list[tuple[str, str]] = [
     ("wflo.approvals", "wflo.approvals._tables"),
+    ("wflo.audit", "wflo.audit._tables"),
     ("wflo.cost", "wflo.cost._tables"),
     ("wflo.guards", "wflo.guards._tables"),
     ("wflo.integrations", "wflo.integrations._checkpoint_tables"),

@@ -19,8 +19,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..store import Store
-from ..store._migrations import Migration
+from ..store import Migration, Store
 
 M003_APPROVALS = Migration(
     "m003_approvals",

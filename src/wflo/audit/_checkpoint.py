@@ -31,6 +31,7 @@ from typing import Any
 
 from .._errors import ChainBrokenError, ConfigurationError, UserError
 from ..store import SYSTEM_CHAIN, NewEvent, Store, canonical_json, now_iso
+from . import _tables
 from ._verify import ChainReport, pruned_chains, unsigned_prune, verify_all
 
 FORMAT = "wflo-checkpoint"
@@ -145,12 +146,7 @@ def merkle_root(leaves: Sequence[tuple[str, int, str]]) -> str:
 # --------------------------------------------------------------------------- heads
 def current_heads(store: Store) -> list[tuple[str, int, str]]:
     """``(chain, count, head)`` of every chain that has events, sorted by chain."""
-    rows = store.read(
-        "SELECT e.chain, e.seq, e.hash FROM events e "
-        "JOIN (SELECT chain, MAX(seq) AS m FROM events GROUP BY chain) t ON e.chain = t.chain AND e.seq = t.m "
-        "ORDER BY e.chain"
-    )
-    return [(str(c), int(s), str(h)) for c, s, h in rows]
+    return [(str(c), int(s), str(h)) for c, s, h in _tables.chain_heads_now(store)]
 
 
 def _signed_bytes(doc: dict[str, Any]) -> bytes:
@@ -337,13 +333,12 @@ def _check_extends(
 ) -> ChainReport | None:
     if count == 0:
         return None
-    row = store.read_one("SELECT hash FROM events WHERE chain = ? AND seq = ?", (chain, count))
-    if row is not None:
-        if row[0] == head:
+    found = _tables.hash_at(store, chain, count)
+    if found is not None:
+        if found == head:
             return None
-        return ChainReport(chain, count, False, str(row[0]), count, "rewritten", head, str(row[0]))
-    last = store.read_one("SELECT MAX(seq) FROM events WHERE chain = ?", (chain,))
-    have = int(last[0]) if last and last[0] is not None else 0
+        return ChainReport(chain, count, False, found, count, "rewritten", head, found)
+    have = _tables.last_seq(store, chain)
     if have == 0 and pruned is not None:
         p_count, p_head = pruned
         if p_count > count or (p_count == count and p_head == head):

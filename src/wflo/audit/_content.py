@@ -18,6 +18,7 @@ from typing import Any
 
 from .._errors import UserError
 from ..engine import Call, Guard, Outcome
+from . import _tables
 
 MODES = ("full", "redacted", "hash_only")
 
@@ -105,16 +106,14 @@ class ContentGuard(Guard):
         store, run_id, call_id = call.run.store, call.run.run_id, call.call_id
 
         def keep_payload(cur: Any) -> None:
-            store.execute(cur, "DELETE FROM payloads WHERE run_id = ? AND call_id = ?", (run_id, call_id))
-            store.execute(cur, "INSERT INTO payloads (run_id, call_id, body) VALUES (?, ?, ?)", (run_id, call_id, body))
+            _tables.keep_payload(store, cur, run_id, call_id, body)
 
         call.ops.append(keep_payload)
 
 
 def payload(store: Any, run_id: str, call_id: str) -> str | None:
     """The exact response of a replayed call whose chained copy was reduced, if still kept."""
-    rows = store.read("SELECT body FROM payloads WHERE run_id = ? AND call_id = ?", (run_id, call_id))
-    return str(rows[0][0]) if rows else None
+    return _tables.payload_body(store, run_id, call_id)
 
 
 def drop_payloads(store: Any, run_id: str, status: str) -> Any:
@@ -123,6 +122,6 @@ def drop_payloads(store: Any, run_id: str, status: str) -> Any:
     by non-determinism or a full disk, ``waiting``, interrupted) has not ended and keeps them."""
 
     def op(cur: Any) -> None:
-        store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", (run_id,))
+        _tables.drop_payloads(store, cur, run_id)
 
     return op

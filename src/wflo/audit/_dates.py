@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime, timedelta
 
 from .._errors import UserError
-from ..store._records import _TIME_FORMAT
+from ..store import iso
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -22,7 +22,7 @@ def parse_when(text: str, *, option: str = "date") -> str:
     match = _RELATIVE.match(value)
     if match:
         moment = datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return moment.strftime(_TIME_FORMAT)
+        return iso(moment)
     try:
         moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
     except ValueError:
@@ -30,4 +30,4 @@ def parse_when(text: str, *, option: str = "date") -> str:
             f"invalid {option} {text!r}: use YYYY-MM-DD, an ISO 8601 time (2026-01-31T12:00:00Z) or an age (30d, 12h)"
         ) from None
     moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return moment.strftime(_TIME_FORMAT)
+    return iso(moment)

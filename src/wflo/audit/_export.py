@@ -20,41 +20,22 @@ from typing import Any
 
 from .._errors import UserError
 from ..store import SYSTEM_CHAIN, NewEvent, Store, now_iso
+from . import _tables
 
 FORMATS = ("jsonl", "csv")
-COLUMNS = ("chain", "seq", "type", "at", "data", "prev_hash", "hash")
+COLUMNS = _tables.EXPORT_COLUMNS
 PAGE = 5000
 
 
 def count_events(store: Store, *, run_id: str | None = None, since: str | None = None) -> int:
-    where, params = _filters(run_id, since)
-    row = store.read_one(f"SELECT COUNT(*) FROM events{where}", params)
-    return int(row[0]) if row else 0
-
-
-def _filters(run_id: str | None, since: str | None) -> tuple[str, list[Any]]:
-    clauses, params = [], []
-    if run_id is not None:
-        clauses.append("chain = ?")
-        params.append(run_id)
-    if since is not None:
-        clauses.append("at >= ?")
-        params.append(since)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+    return _tables.count_events(store, *_tables.event_filters(run_id, since))
 
 
 def iter_events(store: Store, *, run_id: str | None = None, since: str | None = None) -> Iterator[tuple[Any, ...]]:
     """Raw event rows ordered by (chain, seq), page by page (keyset pagination)."""
-    where, params = _filters(run_id, since)
-    key = "(chain > ? OR (chain = ? AND seq > ?))"
     last: tuple[str, int] | None = None
     while True:
-        if last is None:
-            sql, p = f"SELECT {', '.join(COLUMNS)} FROM events{where}", list(params)
-        else:
-            sql = f"SELECT {', '.join(COLUMNS)} FROM events{where}{' AND ' if where else ' WHERE '}{key}"
-            p = [*params, last[0], last[0], last[1]]
-        rows = store.read(sql + " ORDER BY chain, seq LIMIT ?", [*p, PAGE])
+        rows = _tables.export_page(store, run_id, since, last, PAGE)
         yield from rows
         if len(rows) < PAGE:
             return

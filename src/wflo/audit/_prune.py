@@ -22,6 +22,7 @@ from typing import Any
 
 from .._errors import AuditError
 from ..store import FINAL_STATUSES, NewEvent, Store
+from . import _tables
 from ._verify import ChainReport, verify_chain
 
 BATCH = 500
@@ -43,13 +44,7 @@ class PruneResult:
 
 def prune_candidates(store: Store, before: str) -> list[tuple[str, int, str]]:
     """``(run id, last_seq, last_hash)`` of finished runs whose last event is before ``before``."""
-    finals = sorted(FINAL_STATUSES)
-    marks = ", ".join("?" * len(finals))
-    rows = store.read(
-        f"SELECT r.id, r.last_seq, r.last_hash FROM runs r JOIN events e ON e.chain = r.id AND e.seq = r.last_seq "
-        f"WHERE r.status IN ({marks}) AND e.at < ? ORDER BY r.id",
-        (*finals, before),
-    )
+    rows = _tables.prune_candidates(store, sorted(FINAL_STATUSES), before)
     return [(str(i), int(n), str(h)) for i, n, h in rows]
 
 
@@ -113,7 +108,7 @@ def _prune_batch(
         if store.dialect == "postgresql":
             for chain, count, head in batch:
                 try:
-                    cur.execute("SELECT wflo_prune_chain(%s, %s, %s)", (chain, count, head))
+                    _tables.prune_chain_postgres(store, cur, chain, count, head)
                 except Exception as exc:
                     if getattr(exc, "sqlstate", None) == "WF001":
                         raise _Moved(chain=chain) from None
@@ -125,14 +120,12 @@ def _prune_batch(
                     raise
             return
         for chain, count, head in batch:
-            store.execute(cur, "SELECT last_seq, last_hash FROM runs WHERE id = ?" + store.for_update, (chain,))
-            row = cur.fetchone()
+            row = _tables.locked_run_head(store, cur, chain)
             if row is None or int(row[0]) != count or row[1] != head:
                 raise _Moved(chain=chain)
-            store.execute(cur, "DELETE FROM events WHERE chain = ? AND seq <= ?", (chain, count))
-            if cur.rowcount != count:
+            if _tables.delete_chain_events(store, cur, chain, count) != count:
                 raise _Moved(chain=chain)
-            store.execute(cur, "DELETE FROM payloads WHERE run_id = ?", (chain,))
+            _tables.drop_payloads(store, cur, chain)
 
     record: dict[str, Any] = {
         "by": by,

@@ -16,7 +16,8 @@ from collections import defaultdict
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..store import SYSTEM_CHAIN, Store, now_iso, parse_iso
+from ..store import Store, now_iso, parse_iso
+from . import _tables
 from ._checkpoint import verify_checkpoint
 from ._verify import verify_all
 
@@ -88,10 +89,7 @@ def build_report(
     # -- runs and outcomes
     by_status: dict[str, int] = defaultdict(int)
     per_workflow: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for workflow, status, n in store.read(
-        "SELECT workflow, status, COUNT(*) FROM runs WHERE created_at >= ? AND created_at < ? GROUP BY workflow, status",
-        window,
-    ):
+    for workflow, status, n in _tables.runs_by_workflow_status(store, window):
         by_status[status] += int(n)
         per_workflow[workflow][status] += int(n)
     report["runs"] = {
@@ -108,13 +106,7 @@ def build_report(
         k: defaultdict(lambda: [Decimal(0), Decimal(0)]) for k in ("workflow", "model", "tenant")
     }
     loops, refusals, sandbox = [], [], []
-    marks = ", ".join("?" * len(_RUN_EVENT_TYPES))
-    rows = store.read(
-        "SELECT e.chain, e.seq, e.type, e.at, e.data, r.workflow, r.tenant FROM events e "
-        f"LEFT JOIN runs r ON r.id = e.chain WHERE e.at >= ? AND e.at < ? AND e.type IN ({marks}) "
-        "ORDER BY e.at, e.chain, e.seq",
-        (*window, *_RUN_EVENT_TYPES),
-    )
+    rows = _tables.run_events_of_types(store, window, _RUN_EVENT_TYPES)
     for chain, seq, type_, at, data_json, workflow, tenant in rows:
         data = _load(data_json)
         where = {"run_id": chain, "seq": int(seq), "at": at, "workflow": workflow}
@@ -175,15 +167,11 @@ def build_report(
             "reserved_usd": reserved,
             "percent": round(float(_dec(spent) / _dec(lim) * 100), 1) if _dec(lim) else None,
         }
-        for scope, start, lim, spent, reserved in store.read(
-            "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage ORDER BY scope, period_start"
-        )
+        for scope, start, lim, spent, reserved in _tables.budget_usage_rows(store)
     ]
     limits = [
         {"scope": s, "limit_usd": lim, "period": p, "updated_at": at, "updated_by": who}
-        for s, lim, p, at, who in store.read(
-            "SELECT scope, limit_usd, period, updated_at, updated_by FROM budget_limits ORDER BY scope"
-        )
+        for s, lim, p, at, who in _tables.budget_limit_rows(store)
     ]
     report["spend"] = {
         "total_usd": str(sum((v[0] for v in spend["workflow"].values()), Decimal(0))),
@@ -203,11 +191,7 @@ def build_report(
 
     # -- approvals
     votes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for aid, principal, decision, reason, via, at in store.read(
-        "SELECT v.approval_id, v.principal, v.decision, v.reason, v.via, v.at FROM approval_votes v "
-        "JOIN approvals a ON a.id = v.approval_id WHERE a.created_at >= ? AND a.created_at < ? ORDER BY v.at",
-        window,
-    ):
+    for aid, principal, decision, reason, via, at in _tables.approval_vote_rows(store, window):
         votes[aid].append({"principal": principal, "decision": decision, "reason": reason, "via": via, "at": at})
     report["approvals"] = [
         {
@@ -225,19 +209,14 @@ def build_report(
             "via": via,
             "votes": votes.get(aid, []),
         }
-        for aid, run_id, tool, message, status, requested_by, decided_by, created, decided, reason, via in store.read(
-            "SELECT id, run_id, tool, message, status, requested_by, decided_by, created_at, decided_at, reason, via "
-            "FROM approvals WHERE created_at >= ? AND created_at < ? ORDER BY created_at, id",
-            window,
+        for aid, run_id, tool, message, status, requested_by, decided_by, created, decided, reason, via in (
+            _tables.approval_rows(store, window)
         )
     ]
 
     # -- configuration changes (system chain)
     changes = []
-    for seq, type_, at, data_json in store.read(
-        "SELECT seq, type, at, data FROM events WHERE chain = ? AND at >= ? AND at < ? ORDER BY seq",
-        (SYSTEM_CHAIN, *window),
-    ):
+    for seq, type_, at, data_json in _tables.system_events(store, window):
         if type_.startswith(_NOT_CONFIG):
             continue
         data = _load(data_json)

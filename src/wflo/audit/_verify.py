@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
+from pathlib import Path
 from typing import Any
 
 from ..store import GENESIS, SYSTEM_CHAIN, Store
+from . import _tables
 
 PAGE = 5000
 """Events read per query while verifying (keeps memory flat on long chains)."""
@@ -70,10 +77,7 @@ def iter_links(store: Store, chain: str) -> Any:
     """
     after = 0
     while True:
-        rows = store.read(
-            "SELECT seq, type, at, data, prev_hash, hash FROM events WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (chain, after, PAGE),
-        )
+        rows = _tables.chain_links(store, chain, after, PAGE)
         yield from rows
         if len(rows) < PAGE:
             return
@@ -106,16 +110,17 @@ class _ChainCheck:
 
     __slots__ = ("broken", "chain", "count", "expected_seq", "link", "prev")
 
-    def __init__(self, chain: str) -> None:
+    def __init__(self, chain: str, prev: str = GENESIS, expected_seq: int = 1, count: int = 0) -> None:
         self.chain = chain
-        self.prev, self.expected_seq, self.count = GENESIS, 1, 0
+        self.prev, self.expected_seq, self.count = prev, expected_seq, count
         self.link = chain_hasher(chain)
         self.broken: ChainReport | None = None
 
     def feed(self, seq: Any, type_: str, at: str, data_json: str, prev_hash: str, hash_: str) -> None:
         if self.broken is not None:
             return
-        seq = int(seq)
+        with suppress(TypeError, ValueError):  # a forged seq that is not a number stays as it is
+            seq = int(seq)
         prev = self.prev
         if seq != self.expected_seq:
             self.broken = ChainReport(self.chain, self.count, False, prev, self.expected_seq, "gap",
@@ -123,7 +128,8 @@ class _ChainCheck:
         elif prev_hash != prev:
             self.broken = ChainReport(self.chain, self.count, False, prev, seq, "link", prev, prev_hash)
         else:
-            digest = self.link(prev, seq, type_, at, data_json)
+            texts = isinstance(type_, str) and isinstance(at, str) and isinstance(data_json, str)
+            digest = self.link(prev, seq, type_, at, data_json) if texts else "(not text)"
             if digest != hash_:
                 self.broken = ChainReport(self.chain, self.count, False, prev, seq, "hash", digest, hash_)
             else:
@@ -186,12 +192,7 @@ def _is_run(chain: str) -> bool:
     return not (chain == SYSTEM_CHAIN or chain.startswith("_"))
 
 
-def _recorded_head(store: Store, chain: str) -> tuple[int, str] | None:
-    if chain == SYSTEM_CHAIN or chain.startswith("_"):
-        row = store.read_one("SELECT last_seq, last_hash FROM chain_heads WHERE chain = ?", (chain,))
-    else:
-        row = store.read_one("SELECT last_seq, last_hash FROM runs WHERE id = ?", (chain,))
-    return (int(row[0]), row[1]) if row else None
+_recorded_head = _tables.recorded_head
 
 
 def pruned_chains(store: Store, trusted: Any = None) -> dict[str, tuple[int, str]]:
@@ -200,8 +201,7 @@ def pruned_chains(store: Store, trusted: Any = None) -> dict[str, tuple[int, str
     With ``trusted`` (an Ed25519 public key), only prune records signed by it count: a chain
     deleted under a forged or unsigned record is then reported as missing."""
     out: dict[str, tuple[int, str]] = {}
-    rows = store.read("SELECT data FROM events WHERE chain = ? AND type = 'audit.pruned' ORDER BY seq", (SYSTEM_CHAIN,))
-    for (data_json,) in rows:
+    for data_json in _tables.prune_records(store):
         try:
             data = json.loads(data_json)
             if trusted is not None:
@@ -256,81 +256,188 @@ SCAN_PAGE = 20000
 HEADS_BATCH = 500
 """Recorded heads looked up per query in that pass."""
 
+PARALLEL_MIN = 200_000
+"""Events from which ``verify_all`` splits the pass over two processes (on two or more cores)."""
 
-def _verify_every_chain(store: Store) -> list[ChainReport]:
-    """Every chain that has events, verified in one pass over the events in key order.
 
-    Pages are keyset ranges of the primary key (a few dozen queries for a million events,
-    not one per chain), and the recorded heads of finished chains are fetched in batches.
-    """
-    reports: list[ChainReport] = []
-    done: list[_ChainCheck] = []
+class _Reports:
+    """The reports of finished chains, in order; recorded heads are looked up in batches."""
 
-    def flush() -> None:
-        runs = [c.chain for c in done if _is_run(c.chain)]
-        heads: dict[str, tuple[int, str]] = {}
-        if runs:
-            marks = ", ".join("?" * len(runs))
-            for id_, seq, hash_ in store.read(f"SELECT id, last_seq, last_hash FROM runs WHERE id IN ({marks})", runs):
-                heads[id_] = (int(seq), hash_)
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.reports: list[ChainReport] = []
+        self.done: list[_ChainCheck] = []
+
+    def add(self, check: _ChainCheck) -> None:
+        self.done.append(check)
+        if len(self.done) >= HEADS_BATCH:
+            self.flush()
+
+    def flush(self) -> list[ChainReport]:
+        store, done = self.store, self.done
+        heads = _tables.run_heads(store, [c.chain for c in done if _is_run(c.chain)])
         for check in done:
             head = heads.get(check.chain) if _is_run(check.chain) else _recorded_head(store, check.chain)
-            reports.append(check.report(head, None))
+            self.reports.append(check.report(head, None))
         done.clear()
+        return self.reports
 
-    after: tuple[str, int] = ("", 0)
-    check: _ChainCheck | None = None
+
+def _scan(store: Store, lo: str = "", below: str | None = None) -> list[ChainReport]:
+    """Every chain from ``lo`` up to (not including) ``below`` that has events, verified in
+    one pass over its events in key order.
+
+    Pages are keyset ranges of the primary key (a few dozen queries for a million events, not
+    one per chain); the recorded heads of finished chains are fetched in batches. An intact
+    link costs one string, one SHA-256 and three comparisons, on local variables; the first
+    link that is not goes to ``_ChainCheck.feed``, which decides (and reports) the exact way.
+    """
+    out = _Reports(store)
+    sha256, ascii_json, dumps = hashlib.sha256, _ascii_json, json.dumps
+    types: dict[str, str] = {}
+    after: tuple[str, int] | None = None
+    chain: Any = None
+    prev, expected, count = GENESIS, 1, 0
+    careful: _ChainCheck | None = None
+    chain_json = ""
     while True:
-        page = store.read(
-            "SELECT chain, seq, type, at, data, prev_hash, hash FROM events "
-            "WHERE (chain, seq) > (?, ?) ORDER BY chain, seq LIMIT ?",
-            (after[0], after[1], SCAN_PAGE),
-        )
-        for chain, seq, type_, at, data_json, prev_hash, hash_ in page:
-            if check is None or chain != check.chain:
-                if check is not None:
-                    done.append(check)
-                    if len(done) >= HEADS_BATCH:
-                        flush()
-                check = _ChainCheck(chain)
-                link = check.link
-            # The common case inline (an intact link); anything else goes the careful way.
-            if (
-                check.broken is None
-                and seq == check.expected_seq
-                and prev_hash == check.prev
-                and link(prev_hash, seq, type_, at, data_json) == hash_
-            ):
-                check.prev, check.expected_seq, check.count = hash_, seq + 1, check.count + 1
-            else:
-                check.feed(seq, type_, at, data_json, prev_hash, hash_)
+        page = _tables.scan_links(store, lo, after, below, SCAN_PAGE)
+        for row in page:
+            if row[0] != chain:
+                if chain is not None:
+                    out.add(careful or _ChainCheck(chain, prev, expected, count))
+                chain, prev, expected, count, careful = row[0], GENESIS, 1, 0, None
+                chain_json = dumps(chain, ensure_ascii=False)
+            if careful is None:
+                _, seq, type_, at, data_json, prev_hash, hash_ = row
+                try:
+                    type_json = types.get(type_)
+                    if type_json is None:
+                        type_json = types[type_] = dumps(type_, ensure_ascii=False)
+                    text = f'{prev}{{"at":{ascii_json(at)},"chain":{chain_json},"data":{data_json},"seq":{seq},"type":{type_json}}}'
+                    intact = seq == expected and prev_hash == prev and sha256(text.encode()).hexdigest() == hash_
+                except TypeError:  # a forged row whose columns are not text
+                    intact = False
+                if intact:
+                    prev, expected, count = hash_, expected + 1, count + 1
+                    continue
+                careful = _ChainCheck(chain, prev, expected, count)
+            careful.feed(*row[1:])
         if len(page) < SCAN_PAGE:
             break
-        after = (page[-1][0], int(page[-1][1]))
-    if check is not None:
-        done.append(check)
-    flush()
+        after = (page[-1][0], page[-1][1])  # as stored: a forged seq that is not a number still sorts
+    if chain is not None:
+        out.add(careful or _ChainCheck(chain, prev, expected, count))
+    return out.flush()
+
+
+def _split(store: Store, workers: int | None) -> list[tuple[str, str | None]]:
+    """Key ranges ``(lo, below)`` of about equal numbers of events, cut between chains."""
+    auto = workers is None
+    workers = min(2, os.cpu_count() or 1) if workers is None else workers
+    if workers <= 1 or store.dialect not in ("sqlite", "postgresql"):
+        return [("", None)]
+    total = _tables.count_events(store)
+    if auto and total < PARALLEL_MIN:
+        return [("", None)]
+    cuts: list[str] = []
+    for i in range(1, workers):
+        chain = _tables.chain_at(store, total * i // workers)
+        if chain is not None and chain > (cuts[-1] if cuts else ""):
+            cuts.append(chain)
+    return list(zip(["", *cuts], [*cuts, None], strict=True))
+
+
+class _Child:
+    """One key range verified by another Python process (its own connection; SQLite's WAL
+    and PostgreSQL let readers run side by side).
+
+    A plain subprocess, not ``multiprocessing``: nothing of the caller's program is imported
+    again or forked. The URL goes over stdin (not the command line, where ``ps`` shows it);
+    reports come back as JSON in a temporary file. A child that fails for any reason is
+    replaced by verifying its range here, so the result never depends on it.
+    """
+
+    def __init__(self, url: str, lo: str, below: str | None) -> None:
+        self.lo, self.below = lo, below
+        self.out = tempfile.TemporaryFile()  # noqa: SIM115 -- outlives this call; reports() closes it
+        src = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from wflo.audit._verify import _child_main; _child_main()"],
+                stdin=subprocess.PIPE, stdout=self.out, stderr=subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+        except OSError:
+            return
+        with suppress(OSError):  # a child that died at once: reports() sees its exit status
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"url": url, "lo": lo, "below": below}).encode())
+            self.proc.stdin.close()
+
+    def stop(self) -> None:
+        """End the child if it still runs (the parent failed or was interrupted)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.out.close()
+
+    def reports(self, store: Store) -> list[ChainReport]:
+        try:
+            if self.proc is not None and self.proc.wait() == 0:
+                self.out.seek(0)
+                return [ChainReport(*fields) for fields in json.loads(self.out.read())]
+        except (OSError, ValueError, TypeError):
+            pass
+        finally:
+            self.out.close()
+        return _scan(store, self.lo, self.below)
+
+
+def _child_main() -> None:
+    from ..store import open_store
+
+    job = json.loads(sys.stdin.read())
+    with open_store(job["url"], migrate=False, verify=False, create=False) as store:
+        reports = _scan(store, job["lo"], job["below"])
+    sys.stdout.write(json.dumps([list(r.to_dict().values()) for r in reports]))
+
+
+def _verify_every_chain(store: Store, workers: int | None = None) -> list[ChainReport]:
+    """Every chain that has events, verified in key order; split over ``workers`` processes
+    (by default two on a machine with two or more cores, from ``PARALLEL_MIN`` events)."""
+    ranges = _split(store, workers)
+    url, pooler = store.url, getattr(store, "pooler", "none")
+    if pooler != "none":  # behind PgBouncer: the child must not prepare statements either
+        url += ("&" if "?" in url else "?") + f"pooler={pooler}"
+    children = [_Child(url, lo, below) for lo, below in ranges[1:]]
+    try:
+        reports = _scan(store, *ranges[0])
+        for child in children:
+            reports += child.reports(store)
+    finally:
+        for child in children:
+            child.stop()
     return reports
 
 
-def verify_all(store: Store, *, since: str | None = None, trusted: Any = None) -> list[ChainReport]:
+def verify_all(
+    store: Store, *, since: str | None = None, trusted: Any = None, workers: int | None = None
+) -> list[ChainReport]:
     """Verify every run's chain and the system chain (pruned chains are reported as such).
 
     ``since`` (an ISO time): only the chains with an event at or after it, plus the system
     chain (if it has events); each of those is still verified whole, from its first link.
     """
     if since is not None:
-        recent = {r[0] for r in store.read("SELECT DISTINCT chain FROM events WHERE at >= ?", (since,))}
-        if store.read_one("SELECT 1 FROM events WHERE chain = ?", (SYSTEM_CHAIN,)):
-            recent.add(SYSTEM_CHAIN)  # configuration changes: always checked
+        recent = _tables.chains_since(store, since)  # and the system chain: configuration changes
         return _explain([verify_run(store, chain, trusted=trusted) for chain in sorted(recent)], store, trusted)
     pruned = pruned_chains(store, trusted)
-    reports = _verify_every_chain(store)
+    reports = _verify_every_chain(store, workers)
     chains = {r.chain for r in reports}
     # Runs whose events all vanished: deliberately (a recorded prune) or not.
-    missing = [r[0] for r in store.read(
-        "SELECT id FROM runs WHERE NOT EXISTS (SELECT 1 FROM events WHERE events.chain = runs.id) ORDER BY id"
-    )]  # fmt: skip
+    missing = _tables.runs_without_events(store)
     reports += [verify_chain(store, chain, pruned=pruned.get(chain)) for chain in missing]
     if trusted is not None:
         # A run deleted whole (events and runs row) under an untrusted prune record: the

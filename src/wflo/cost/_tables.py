@@ -18,8 +18,7 @@ from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
-from ..store import Store
-from ..store._migrations import Migration
+from ..store import Migration, Store
 
 M002_BUDGETS = Migration(
     "m002_budgets",

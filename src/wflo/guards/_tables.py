@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store import Store, parse_iso
-from ..store._migrations import Migration
+from ..store import Migration, Store, parse_iso
 from ._ratelimit import Bucket
 
 M004_RATE_LIMITS = Migration(

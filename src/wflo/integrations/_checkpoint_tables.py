@@ -20,8 +20,7 @@ import base64
 from collections.abc import Sequence
 from typing import Any
 
-from ..store import Store
-from ..store._migrations import Migration
+from ..store import Migration, Store
 
 # The tables as the checkpointer created them on first use (base64 text), for the stores that
 # never used it, so the conversion below has the same starting point everywhere.

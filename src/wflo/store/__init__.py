@@ -10,7 +10,7 @@ from urllib.parse import unquote
 from .._errors import ConfigurationError
 from ._base import SYSTEM_CHAIN, Store, StoreOp
 from ._chain import GENESIS, canonical_json, event_hash, link_hash
-from ._migrations import MIGRATIONS, SCHEMA_VERSION
+from ._migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from ._records import (
     FINAL_STATUSES,
     RUN_STATUSES,
@@ -18,6 +18,7 @@ from ._records import (
     Head,
     NewEvent,
     RunRecord,
+    iso,
     new_id,
     now_iso,
     parse_iso,
@@ -30,6 +31,7 @@ __all__ = [
     "GENESIS",
     "Head",
     "MIGRATIONS",
+    "Migration",
     "NewEvent",
     "RUN_STATUSES",
     "RunRecord",
@@ -40,6 +42,7 @@ __all__ = [
     "apply_roles",
     "canonical_json",
     "event_hash",
+    "iso",
     "link_hash",
     "new_id",
     "now_iso",

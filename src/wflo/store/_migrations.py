@@ -89,18 +89,6 @@ CREATE TRIGGER wflo_events_append_only BEFORE UPDATE OR DELETE ON events
     },
 )
 
-M005_PAYLOADS = Migration(
-    "m005_payloads",
-    """
-CREATE TABLE payloads (
-    run_id TEXT NOT NULL,
-    call_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (run_id, call_id)
-)
-""",
-)
-
 M007_AUDIT_ROLES = Migration(
     "m007_store_audit_roles",
     "",
@@ -518,7 +506,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         "wflo.cost._tables:M002_BUDGETS",
         "wflo.approvals._tables:M003_APPROVALS",
         "wflo.guards._tables:M004_RATE_LIMITS",
-        M005_PAYLOADS,
+        "wflo.audit._tables:M005_PAYLOADS",
         "wflo.approvals._tables:M006_APPROVALS_BIND",
         M007_AUDIT_ROLES,
         "wflo.cost._tables:M008_UNKNOWN_OUTCOMES",
