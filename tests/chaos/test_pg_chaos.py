@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -73,8 +74,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def private_pg() -> Iterator[Cluster]:
+@contextmanager
+def private_cluster(kind: type[Cluster] = Cluster, prefix: str = "wflo-chaos-pg-") -> Iterator[Cluster]:
+    """A throw-away PostgreSQL cluster of ``kind`` (its ``start`` sets the server's options), on
+    a free port, owned by the ``postgres`` OS user when run as root; stopped and removed after."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
         if os.environ.get("CI"):
@@ -82,7 +85,7 @@ def private_pg() -> Iterator[Cluster]:
         pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
     bindir = os.path.dirname(bins[-1])
     user = None
-    base = tempfile.mkdtemp(prefix="wflo-chaos-pg-")
+    base = tempfile.mkdtemp(prefix=prefix)
     if os.geteuid() == 0:  # initdb refuses to run as root
         user = "postgres"
         pw = pwd.getpwnam(user)
@@ -90,7 +93,7 @@ def private_pg() -> Iterator[Cluster]:
     datadir = os.path.join(base, "data")
     init = [f"{bindir}/initdb", "-D", datadir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]
     subprocess.run(["runuser", "-u", user, "--", *init] if user else init, check=True, capture_output=True, timeout=120)
-    cluster = Cluster(bindir, datadir, _free_port(), user)
+    cluster = kind(bindir, datadir, _free_port(), user)
     cluster.start()
     try:
         yield cluster
@@ -99,6 +102,12 @@ def private_pg() -> Iterator[Cluster]:
             cluster.ctl("-m", "immediate", "stop")
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def private_pg() -> Iterator[Cluster]:
+    with private_cluster() as cluster:
+        yield cluster
 
 
 def _worker(env: dict[str, str]) -> subprocess.Popen[str]:

@@ -12,18 +12,12 @@ the worker's next write is refused, the run is claimed again and its step journa
 
 from __future__ import annotations
 
-import glob
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_pg_chaos import Cluster, _free_port
+from test_pg_chaos import Cluster, private_cluster
 
 import wflo
 from wflo import _config
@@ -43,31 +37,11 @@ class _SyncCluster(Cluster):
 
 @pytest.fixture
 def sync_pg() -> Iterator[Cluster]:
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        if os.environ.get("CI"):
-            pytest.fail("the PostgreSQL server binaries (initdb) are required in CI")
-        pytest.skip("no PostgreSQL server binaries (initdb) on this machine")
-    bindir = os.path.dirname(bins[-1])
-    user = None
-    base = tempfile.mkdtemp(prefix="wflo-commit-pg-")
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        user = "postgres"
-        pw = pwd.getpwnam(user)
-        os.chown(base, pw.pw_uid, pw.pw_gid)
-    datadir = os.path.join(base, "data")
-    init = [f"{bindir}/initdb", "-D", datadir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"]
-    subprocess.run(["runuser", "-u", user, "--", *init] if user else init, check=True, capture_output=True, timeout=120)
-    cluster = _SyncCluster(bindir, datadir, _free_port(), user)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        _config.reset()
+    with private_cluster(_SyncCluster, "wflo-commit-pg-") as cluster:
         try:
-            cluster.ctl("-m", "immediate", "stop")
+            yield cluster
         finally:
-            shutil.rmtree(base, ignore_errors=True)
+            _config.reset()
 
 
 ran: list[int] = []
