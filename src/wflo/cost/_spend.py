@@ -123,13 +123,7 @@ def spend(
     for key, part, *sums in _summed(store, [group, split or group], since, until, tenant):
         rows[key].add_sums(sums, part if split else None)
         total.add_sums(sums, None)
-    ordered = sorted(
-        rows.items(), key=(lambda kv: kv[0]) if group in ("day", "hour") else (lambda kv: (-kv[1].usd, kv[0]))
-    )
-    return {
-        "group": group, "split": split, "since": since, "until": until, "tenant": tenant,
-        "rows": [{"key": k, **v.to_dict()} for k, v in ordered], "total": total.to_dict(),
-    }  # fmt: skip
+    return _answer(rows, total, group=group, split=split, since=since, until=until, tenant=tenant)
 
 
 def journal_spend(
@@ -153,13 +147,15 @@ def journal_spend(
         )  # fmt: skip
         rows[b.key(group)].add(b, split)
         total.add(b, None)
-    ordered = sorted(
-        rows.items(), key=(lambda kv: kv[0]) if group in ("day", "hour") else (lambda kv: (-kv[1].usd, kv[0]))
-    )
-    return {
-        "group": group, "split": split, "since": since, "until": until, "tenant": tenant,
-        "rows": [{"key": k, **v.to_dict()} for k, v in ordered], "total": total.to_dict(),
-    }  # fmt: skip
+    return _answer(rows, total, group=group, split=split, since=since, until=until, tenant=tenant)
+
+
+def _answer(rows: dict[str, _Totals], total: _Totals, **query: Any) -> dict[str, Any]:
+    """The answer's shape, shared by the book and the journal: the query, its rows most spent
+    first (by time for ``day`` and ``hour``), and the total."""
+    by_time = query["group"] in ("day", "hour")
+    ordered = sorted(rows.items(), key=(lambda kv: kv[0]) if by_time else (lambda kv: (-kv[1].usd, kv[0])))
+    return {**query, "rows": [{"key": k, **v.to_dict()} for k, v in ordered], "total": total.to_dict()}
 
 
 def top_runs(
