@@ -19,8 +19,7 @@ import statistics
 from collections import Counter, defaultdict
 from typing import Any
 
-from ..store import SYSTEM_CHAIN, Store, now_iso, parse_iso
-from ..store._records import _TIME_FORMAT
+from ..store import SYSTEM_CHAIN, Store, iso, now_iso, parse_iso
 from ._common import _IDLE_EVENTS, _WINDOW_SQL, _Events, _load, _seconds, n
 from ._sections import _access, _cost, _inventory, _monitoring
 
@@ -107,7 +106,7 @@ def build_evidence(
         raise UserError(f"unknown framework {framework!r}: use one of {', '.join((*FRAMEWORKS, 'all'))}")
     until = until or now_iso()
     length = parse_iso(until) - parse_iso(since)
-    previous = ((parse_iso(since) - length).strftime(_TIME_FORMAT), since)
+    previous = (iso(parse_iso(since) - length), since)
     events = _Events(store.read(_WINDOW_SQL, (since, until)))
     cites: set[tuple[str, int]] = set()
     builders = {

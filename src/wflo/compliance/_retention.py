@@ -16,8 +16,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from .._errors import RetentionError, UserError
-from ..store import NewEvent, Store, now_iso, parse_iso
-from ..store._records import _TIME_FORMAT
+from ..store import NewEvent, Store, iso, now_iso, parse_iso
 
 
 def _store_now(store: Store) -> str:
@@ -30,7 +29,7 @@ def _store_now(store: Store) -> str:
 
 def earliest_cutoff(store: Store, days: int) -> str:
     """The latest ``before`` a prune may use now: ``days`` ago, in store time text."""
-    return (parse_iso(_store_now(store)) - timedelta(days=days)).strftime(_TIME_FORMAT)
+    return iso(parse_iso(_store_now(store)) - timedelta(days=days))
 
 
 def check_retention(store: Store, before: str, *, by: str, days: int, override: str | None = None) -> None:

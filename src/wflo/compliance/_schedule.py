@@ -31,8 +31,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from ..store import SYSTEM_CHAIN, NewEvent, Store
-from ..store._records import _TIME_FORMAT
+from ..store import SYSTEM_CHAIN, NewEvent, Store, iso
 
 log = logging.getLogger("wflo.compliance")
 CHECK_EVERY = 60.0
@@ -58,7 +57,7 @@ def due_period(schedule: str, now: datetime | None = None) -> tuple[str, str]:
         start = (end - timedelta(days=1)).replace(day=1)
     else:
         raise ValueError(f"unknown schedule {schedule!r}")
-    return start.strftime(_TIME_FORMAT), end.strftime(_TIME_FORMAT)
+    return iso(start), iso(end)
 
 
 def _already_made(store: Store, framework: str, since: str, until: str) -> bool:

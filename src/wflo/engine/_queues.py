@@ -21,7 +21,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from .._errors import ConfigurationError, UserError
-from ..store._claim import QueueRule
+from ..store import QueueRule
 
 _queues: dict[str, Queue] = {}
 _lock = threading.Lock()

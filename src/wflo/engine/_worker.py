@@ -15,8 +15,7 @@ from datetime import UTC, datetime
 
 from .._errors import LeaseLost, WfloInterrupt
 from .._runtime import runtime as current_runtime
-from ..store import RunRecord, Store, parse_iso
-from ..store._claim import QueueRule
+from ..store import QueueRule, RunRecord, Store, parse_iso
 from ._executor import execute
 from ._queues import Queue, check_declared, declared_queues, queue_name
 from ._workflow import get_workflow, registered_workflows

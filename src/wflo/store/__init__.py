@@ -10,6 +10,7 @@ from urllib.parse import unquote
 from .._errors import ConfigurationError
 from ._base import SYSTEM_CHAIN, Store, StoreOp
 from ._chain import GENESIS, canonical_json, event_hash, link_hash
+from ._claim import QueueRule
 from ._migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from ._records import (
     FINAL_STATUSES,
@@ -33,6 +34,7 @@ __all__ = [
     "MIGRATIONS",
     "Migration",
     "NewEvent",
+    "QueueRule",
     "RUN_STATUSES",
     "RunRecord",
     "SCHEMA_VERSION",

@@ -98,7 +98,7 @@ def grant(
     if via == "local":
         _local_change_allowed("tools:write")
     st = store or get_store()
-    from ..store._records import now_iso
+    from ..store import now_iso
 
     g = Grant(tool, to, approval, max_calls, budget, by or settings().principal, now_iso())
 
