@@ -301,10 +301,11 @@ def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str,
 
 
 async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False) -> Any:
-    """The async twin of :func:`execute`."""
+    """The async twin of :func:`execute`: the workflow runs on the loop, and its store work
+    (loading the journal, the start and final events) on the store's threads, in order."""
     if not wf.is_async:
         return await asyncio.to_thread(execute, store, wf, record, owner, fresh=fresh)
-    ctx = _prepare(store, wf, record, owner, fresh)
+    ctx = await store.off_loop(_prepare, store, wf, record, owner, fresh, key=record.id)
     args, kwargs = _args(record)
     heartbeats.track(store, owner, ctx)
     run_token = _current_run.set(ctx)
@@ -314,7 +315,7 @@ async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owne
         value = await wf.fn(*args, **kwargs)
     except BaseException as exc:
         ctx.close()
-        _finish_error(ctx, exc)
+        await store.off_loop(_finish_error, ctx, exc, key=record.id)
         _raise_stop(ctx, exc)
         raise
     finally:
@@ -322,7 +323,7 @@ async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owne
         _current_run.reset(run_token)
         heartbeats.untrack(ctx)
     ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
-    return _finish_ok(ctx, wf, value)
+    return await store.off_loop(_finish_ok, ctx, wf, value, key=record.id)
 
 
 def _run_coroutine(coro: Any) -> Any:

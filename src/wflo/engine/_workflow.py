@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import os
@@ -25,7 +26,7 @@ from .._errors import (
     UserError,
 )
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
-from ..store import Event, NewEvent, RunRecord, Store, new_id, now_iso, parse_iso
+from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, now_iso, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import _call_path, current_run
 from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, process_owner
@@ -278,9 +279,13 @@ class BoundWorkflow(Generic[P, R]):
 
     async def _arun_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         owner = process_owner()
-        store, record, created = self._create(args, kwargs, owner)
+        # Opening the store (first use) and creating the run block: not on the loop.
+        context = contextvars.copy_context()
+        store, record, created = await asyncio.wrap_future(
+            _openers.submit(None, functools.partial(context.run, self._create, args, kwargs, owner))
+        )
         if not created:
-            record = await asyncio.to_thread(self._claim_existing, store, record, owner)
+            record = await store.off_loop(self._claim_existing, store, record, owner, key=record.id)
             if record.done:
                 return _result_of(record)
         fresh = created
@@ -302,6 +307,10 @@ class BoundWorkflow(Generic[P, R]):
             return RunHandle(run_id, get_store())
         store, record, _ = self._create(args, kwargs, None)
         return RunHandle(record.id, store)
+
+
+_openers = OrderedExecutor("open", 4)
+"""Threads on which async callers open the store and create runs (before a store is known)."""
 
 
 def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended) -> RunRecord:
@@ -413,17 +422,17 @@ class RunHandle:
                 changes.wait(pause)
 
     async def aresult(self, timeout: float | None = None) -> Any:
-        """Async ``result``."""
+        """Async ``result``: reads on the store's threads, waits on the loop (no thread held)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.store.changes(self.id) as changes:
             while True:
-                record = await asyncio.to_thread(self.record)
+                record = await self.store.off_loop(self.record, key=self.id)
                 if record.done:
                     return _result_of(record)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise ResultTimeoutError(run_id=self.id, timeout=timeout, status=record.status)
                 pause = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
-                await asyncio.to_thread(changes.wait, pause)
+                await changes.await_change(pause)
 
 
 def resume(run_id: str, *, wait: bool = True) -> Any:

@@ -11,6 +11,7 @@ from .._errors import ConfigurationError
 from ._base import SYSTEM_CHAIN, Store, StoreOp
 from ._chain import GENESIS, canonical_json, event_hash, link_hash
 from ._migrations import MIGRATIONS, SCHEMA_VERSION
+from ._offload import OrderedExecutor
 from ._records import (
     FINAL_STATUSES,
     RUN_STATUSES,
@@ -31,6 +32,7 @@ __all__ = [
     "Head",
     "MIGRATIONS",
     "NewEvent",
+    "OrderedExecutor",
     "RUN_STATUSES",
     "RunRecord",
     "SCHEMA_VERSION",
