@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from decimal import Decimal
+from typing import Any
 
 import openai
 import pytest
@@ -245,3 +246,56 @@ def test_ordered_executor_keeps_a_keys_order_and_runs_keys_side_by_side() -> Non
         failing.result(timeout=5)
     assert pool.submit("a", lambda: "after").result(timeout=5) == "after"  # the key is not stuck
     pool.close()
+
+
+def test_a_cancelled_task_lets_a_calls_store_work_finish(configured: str) -> None:
+    """Cancelling the task while its call's guards run on the store's thread does not cut them
+    off: ``before`` finishes, the call is not run, ``after`` settles it, then the task is cancelled."""
+    from wflo.engine import _executor
+    from wflo.ext import Guard
+
+    seen: list[str] = []
+    entered = threading.Event()
+
+    class Slow(Guard):
+        def before(self, call: Any) -> None:
+            if call.kind == "step":
+                entered.set()
+                time.sleep(0.2)  # on the store's thread: the loop cancels the task meanwhile
+                seen.append("before")
+
+        def after(self, call: Any, outcome: Any) -> None:
+            if call.kind == "step":
+                seen.append(f"after {type(outcome.error).__name__}")
+
+    def factory(wf: Any, record: Any) -> list[Any]:
+        return [Slow()] if wf.name == "async-cancel" else []
+
+    ran: list[int] = []
+
+    @wflo.step
+    async def slow_step() -> int:
+        await asyncio.sleep(0)
+        ran.append(1)
+        return 1
+
+    @wflo.workflow(name="async-cancel")
+    async def flow() -> int:
+        return await slow_step()
+
+    async def main() -> None:
+        task = asyncio.create_task(flow.options(id="cancel-1").arun())
+        while not entered.is_set():
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        assert task.cancelled()
+
+    _executor.add_guard_factory(factory)
+    try:
+        asyncio.run(main())
+    finally:
+        _executor._guard_factories.remove(factory)
+    assert seen == ["before", "after CancelledError"]
+    assert ran == []

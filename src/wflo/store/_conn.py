@@ -121,7 +121,9 @@ class Connections(abc.ABC):
         For async code: the event loop goes on running other coroutines while the store
         works. ``fn`` runs in a copy of the caller's context (its run, its call path, its
         runtime). Operations with the same ``key`` (a run id) run in the order they were
-        submitted, one at a time (see ``_offload``).
+        submitted, one at a time (see ``_offload``). Once submitted, the operation runs to its
+        end even if the awaiting task is cancelled meanwhile; the cancellation is then raised at
+        the task's next await.
         """
         executor = self._offload
         if executor is None:
@@ -130,8 +132,21 @@ class Connections(abc.ABC):
                     self._offload = OrderedExecutor(type(self).__name__, self.offload_threads or self.pool_size)
                 executor = self._offload
         context = contextvars.copy_context()
-        future = executor.submit(key, functools.partial(context.run, fn, *args))
-        return await asyncio.wrap_future(future)
+        future: asyncio.Future[T] = asyncio.wrap_future(executor.submit(key, functools.partial(context.run, fn, *args)))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # A store operation is not cut off half-way (a commit that may or may not have
+            # happened, a reservation with no settlement): it runs to its end, and the caller's
+            # cancellation is delivered at its next await instead.
+            task = asyncio.current_task()
+            if task is None or future.cancelled():
+                raise
+            try:
+                return await future
+            finally:
+                task.uncancel()
+                task.cancel()
 
     def close(self) -> None:
         """Close every pooled connection (a later call opens a new pool)."""
