@@ -39,7 +39,7 @@ async def cases(url: str, width: int) -> dict[str, Callable[[], Awaitable[Any]]]
 
     from wflo.store import open_store
 
-    store = open_store(url, migrate=False)
+    store = open_store(url)  # only its threads are used here
     sync = [psycopg.connect(url, autocommit=True) for _ in range(width)]
     sync[0].execute("CREATE TABLE IF NOT EXISTS t (id bigserial PRIMARY KEY, body text)")
     conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(width)]

@@ -753,6 +753,7 @@ CREATE INDEX runs_queue_started ON runs (queue, started_at) WHERE started_at IS 
 """,
 )
 
+
 class _Migrations(Sequence[Migration]):
     """The one ordered list of migrations, some of them kept by the package owning their tables.
 
