@@ -300,12 +300,31 @@ def execute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str,
     return _finish_ok(ctx, wf, value)
 
 
-async def aexecute(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False) -> Any:
+def prepare(store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False) -> RunContext:
+    """The run's context, its journal loaded and its start (or resumption) recorded (blocking)."""
+    return _prepare(store, wf, record, owner, fresh)
+
+
+async def aexecute(
+    store: Store,
+    wf: Workflow[Any, Any],
+    record: RunRecord,
+    owner: str,
+    *,
+    fresh: bool = False,
+    prepared: RunContext | None = None,
+) -> Any:
     """The async twin of :func:`execute`: the workflow runs on the loop, and its store work
-    (loading the journal, the start and final events) on the store's threads, in order."""
+    (loading the journal, the start and final events) on the store's threads, in order.
+
+    ``prepared``: the context :func:`prepare` gave (in the same hop as the run's creation)."""
     if not wf.is_async:
         return await asyncio.to_thread(execute, store, wf, record, owner, fresh=fresh)
-    ctx = await store.off_loop(_prepare, store, wf, record, owner, fresh, key=record.id)
+    ctx = (
+        prepared
+        if prepared is not None
+        else await store.off_loop(_prepare, store, wf, record, owner, fresh, key=record.id)
+    )
     args, kwargs = _args(record)
     heartbeats.track(store, owner, ctx)
     run_token = _current_run.set(ctx)

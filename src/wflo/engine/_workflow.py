@@ -28,8 +28,8 @@ from .._errors import (
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, now_iso, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
-from ._context import _call_path, current_run
-from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, process_owner
+from ._context import RunContext, _call_path, current_run
+from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, prepare, process_owner
 from ._options import StepOptions, WorkflowOptions, check_options
 from ._queues import Queue, queue_name, queue_placement
 from ._serialize import check_serializer, decode, encode
@@ -279,10 +279,11 @@ class BoundWorkflow(Generic[P, R]):
 
     async def _arun_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         owner = process_owner()
-        # Opening the store (first use) and creating the run block: not on the loop.
+        # Opening the store (first use), creating the run and, for a new async run, recording
+        # its start block: one hop off the loop.
         context = contextvars.copy_context()
-        store, record, created = await asyncio.wrap_future(
-            _openers.submit(None, functools.partial(context.run, self._create, args, kwargs, owner))
+        store, record, created, prepared = await asyncio.wrap_future(
+            _openers.submit(None, functools.partial(context.run, self._create_prepared, args, kwargs, owner))
         )
         if not created:
             record = await store.off_loop(self._claim_existing, store, record, owner, key=record.id)
@@ -291,14 +292,21 @@ class BoundWorkflow(Generic[P, R]):
         fresh = created
         while True:
             try:
-                return await aexecute(store, self.wf, record, owner, fresh=fresh)
+                return await aexecute(store, self.wf, record, owner, fresh=fresh, prepared=prepared)
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
                 woken = await asyncio.to_thread(_wait_until_woken, store, record.id, owner, pause)
                 if woken.done:
                     return _result_of(woken)
-                record, fresh = woken, False
+                record, fresh, prepared = woken, False, None
+
+    def _create_prepared(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str
+    ) -> tuple[Store, RunRecord, bool, RunContext | None]:
+        store, record, created = self._create(args, kwargs, owner)
+        prepared = prepare(store, self.wf, record, owner, True) if created and self.wf.is_async else None
+        return store, record, created, prepared
 
     def start(self, *args: Any, **kwargs: Any) -> RunHandle:
         call = self._child_call("child.start", args, kwargs)
