@@ -6,8 +6,11 @@ before) are written once, as a generator of :class:`Step` objects. The generator
 I/O itself: it yields a step (``Step("send", request)``, ``Step("sleep", 1.5)``), the driver
 performs it and sends back the result, or throws in the error it raised. :func:`drive` performs
 steps with plain calls and ``time.sleep``; :func:`adrive` awaits them and uses
-``asyncio.sleep``. The operations other than ``sleep`` are methods of an ``io`` object that each
-caller supplies in a sync and an async flavour (``send``, ``read``, ``close``, …).
+``asyncio.sleep``. ``Step("store", fn)`` asks for ``fn()``, a blocking operation on the run's
+store (begin or record a call): :func:`drive` calls it, :func:`adrive` awaits it on the store's
+own threads (:func:`off_loop`), so an async run never blocks its event loop on the store. The
+other operations are methods of an ``io`` object that each caller supplies in a sync and an
+async flavour (``send``, ``read``, ``close``, …).
 
 Used by the call boundary (a step's or tool's retries), the ``httpx`` interception (an LLM
 call's retries and model fallbacks, each attempt its own journaled call) and the clients whose
@@ -18,8 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+from ._context import _lane, current_run
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 R = TypeVar("R")
 
@@ -28,7 +36,8 @@ class Step(NamedTuple):
     """One effect an attempt generator asks its driver to perform."""
 
     op: str
-    """``"sleep"`` (``arg`` seconds), else the name of a method of the driver's ``io``."""
+    """``"sleep"`` (``arg`` seconds), ``"store"`` (call ``arg()``, which touches the store), else
+    the name of a method of the driver's ``io``."""
     arg: Any = None
 
 
@@ -44,6 +53,8 @@ def drive(steps: Attempts[R], io: Any) -> R:
                 result = None
                 if step.op == "sleep":
                     time.sleep(step.arg)
+                elif step.op == "store":
+                    result = step.arg()
                 else:
                     result = getattr(io, step.op)(step.arg)
             except BaseException as exc:
@@ -63,6 +74,8 @@ async def adrive(steps: Attempts[R], io: Any) -> R:
                 result = None
                 if step.op == "sleep":
                     await asyncio.sleep(step.arg)
+                elif step.op == "store":
+                    result = await off_loop(step.arg, run=getattr(io, "run", None))
                 else:
                     result = await getattr(io, step.op)(step.arg)
             except BaseException as exc:
@@ -71,3 +84,29 @@ async def adrive(steps: Attempts[R], io: Any) -> R:
                 step = steps.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+
+
+async def off_loop(fn: Callable[..., R], *args: Any, run: Any = None) -> R:
+    """Await ``fn(*args)``, blocking work on a run's store, on the store's threads.
+
+    ``run``: the run (default: the current one). In the caller's context, after the run's
+    earlier store operations (they are keyed by its id, so its writes keep the order its code
+    reached them). Outside any run, ``fn`` runs here.
+    """
+    run = run if run is not None else current_run()
+    store: Store | None = None if run is None else run.store
+    if run is None or store is None:
+        return fn(*args)
+    lane = getattr(_lane, "value", None)
+    if lane is not None:  # a run's thread knows its lane by a thread-local: carry it over too
+        return await store.off_loop(_in_lane, lane, fn, *args, key=run.run_id)
+    return await store.off_loop(fn, *args, key=run.run_id)
+
+
+def _in_lane(lane: Any, fn: Callable[..., R], *args: Any) -> R:
+    outer = getattr(_lane, "value", None)
+    _lane.value = lane
+    try:
+        return fn(*args)
+    finally:
+        _lane.value = outer

@@ -14,6 +14,7 @@ Guards are hooks rather than wrappers so that sync and async calls share one imp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import reprlib
@@ -29,7 +30,7 @@ from .._errors import (
     WfloError,
 )
 from ..store import NewEvent, StoreOp, canonical_json
-from ._attempts import Attempts, Step, adrive, drive
+from ._attempts import Attempts, Step, adrive, drive, off_loop
 from ._context import JournalEntry, RunContext, _call_path
 from ._executor import disk_full
 from ._serialize import decode, encode, error_data, rebuild_error
@@ -302,7 +303,7 @@ def _attempts(call: Call) -> Attempts[Outcome]:
             if delay is None:
                 outcome.error = exc
                 break
-            _note_retry(call, attempt, exc, delay)
+            yield Step("store", functools.partial(_note_retry, call, attempt, exc, delay))
             yield Step("sleep", delay)
     outcome.duration_ms = (time.perf_counter() - t0) * 1000
     outcome.attempts = attempt
@@ -345,19 +346,22 @@ def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
 
 
 async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
-    """The async twin of :func:`guarded_call` (same journal, same guards, same attempts)."""
-    replayed = start_call(call)
+    """The async twin of :func:`guarded_call` (same journal, same guards, same attempts).
+
+    What touches the store (the journal, the guards' ``before`` and ``after``, the record) runs
+    on the store's threads, in order for the run (``off_loop``); only ``fn`` runs on the loop.
+    """
+    replayed = await off_loop(start_call, call)
     if replayed is not _NOT_REPLAYED:
         return replayed
-    answered = _overridden(call)
-    if answered is not _NOT_REPLAYED:
-        return answered
+    if _OVERRIDE in call.meta:
+        return await off_loop(_overridden, call)
     token = _call_path.set(call.call_id)
     try:
         outcome = await adrive(_attempts(call), _ARun(call, fn))
     finally:
         _call_path.reset(token)
-    return finish_call(call, outcome)
+    return await off_loop(finish_call, call, outcome)
 
 
 def finish_call(call: Call, outcome: Outcome, *, check_cancel: bool = True) -> Any:

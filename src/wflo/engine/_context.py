@@ -102,6 +102,10 @@ class RunContext:
         self.state: dict[str, Any] = {}  # per-run state of guards (loop counters, …)
         self._counters: dict[str, int] = {}
         self._lock = threading.RLock()
+        # Appends queue on their own lock: one waiting for the store (a slow commit, a lock held
+        # by another connection) must not hold up numbering a call or spawning a lane, which the
+        # event loop of an async run does (``loop.getaddrinfo`` submits to an executor).
+        self._write_lock = threading.RLock()
         self.cancel_requested = record.cancel_requested
         self.lease_lost = False
         self.closed = False
@@ -233,7 +237,7 @@ class RunContext:
     # ------------------------------------------------------------------ journal writes
     def append(self, events: Sequence[NewEvent], *, ops: Sequence[StoreOp] = (), **projection: Any) -> Head:
         """Append to this run's chain under our lease (raises ``LeaseLost`` if it was taken)."""
-        with self._lock:
+        with self._write_lock:
             if self.lease_lost:
                 raise LeaseLost(run_id=self.run_id, owner=self.owner)
             try:

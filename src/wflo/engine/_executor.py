@@ -315,16 +315,39 @@ def execute(
         return _finish_ok(ctx, wf, value)
 
 
-async def aexecute(
-    store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False,
+def prepare(
+    store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False,
     runtime: Runtime | None = None,
-) -> Any:  # fmt: skip
-    """The async twin of :func:`execute`."""
+) -> RunContext:  # fmt: skip
+    """The run's context, its journal loaded and its start (or resumption) recorded (blocking)."""
+    rt = runtime if runtime is not None else current_runtime()
+    with rt.activate():
+        return _prepare(rt, store, wf, record, owner, fresh)
+
+
+async def aexecute(
+    store: Store,
+    wf: Workflow[Any, Any],
+    record: RunRecord,
+    owner: str,
+    *,
+    fresh: bool = False,
+    prepared: RunContext | None = None,
+    runtime: Runtime | None = None,
+) -> Any:
+    """The async twin of :func:`execute`: the workflow runs on the loop, and its store work
+    (loading the journal, the start and final events) on the store's threads, in order.
+
+    ``prepared``: the context :func:`prepare` gave (in the same hop as the run's creation)."""
     rt = runtime if runtime is not None else current_runtime()
     if not wf.is_async:
         return await asyncio.to_thread(execute, store, wf, record, owner, fresh=fresh, runtime=rt)
     with rt.activate():
-        ctx = _prepare(rt, store, wf, record, owner, fresh)
+        ctx = (
+            prepared
+            if prepared is not None
+            else await store.off_loop(_prepare, rt, store, wf, record, owner, fresh, key=record.id)
+        )
         args, kwargs = _args(record)
         heartbeats.track(store, owner, ctx)
         run_token = _current_run.set(ctx)
@@ -334,7 +357,7 @@ async def aexecute(
             value = await wf.fn(*args, **kwargs)
         except BaseException as exc:
             ctx.close()
-            _finish_error(ctx, exc)
+            await store.off_loop(_finish_error, ctx, exc, key=record.id)
             _raise_stop(ctx, exc)
             raise
         finally:
@@ -342,7 +365,7 @@ async def aexecute(
             _current_run.reset(run_token)
             heartbeats.untrack(ctx)
         ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
-        return _finish_ok(ctx, wf, value)
+        return await store.off_loop(_finish_ok, ctx, wf, value, key=record.id)
 
 
 def _run_coroutine(coro: Any) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import os
@@ -26,10 +27,10 @@ from .._errors import (
 )
 from .._runtime import runtime as current_runtime
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
-from ..store import Event, NewEvent, RunRecord, Store, new_id, now_iso, parse_iso
+from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, now_iso, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
-from ._context import _call_path, current_run
-from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, process_owner
+from ._context import RunContext, _call_path, current_run
+from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, prepare, process_owner
 from ._options import StepOptions, WorkflowOptions, check_options
 from ._queues import Queue, queue_name, queue_placement
 from ._serialize import check_serializer, decode, encode
@@ -279,22 +280,34 @@ class BoundWorkflow(Generic[P, R]):
 
     async def _arun_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         owner = process_owner()
-        store, record, created = self._create(args, kwargs, owner)
+        # Opening the store (first use), creating the run and, for a new async run, recording
+        # its start block: one hop off the loop.
+        context = contextvars.copy_context()
+        store, record, created, prepared = await asyncio.wrap_future(
+            _openers.submit(None, functools.partial(context.run, self._create_prepared, args, kwargs, owner))
+        )
         if not created:
-            record = await asyncio.to_thread(self._claim_existing, store, record, owner)
+            record = await store.off_loop(self._claim_existing, store, record, owner, key=record.id)
             if record.done:
                 return _result_of(record)
         fresh = created
         while True:
             try:
-                return await aexecute(store, self.wf, record, owner, fresh=fresh)
+                return await aexecute(store, self.wf, record, owner, fresh=fresh, prepared=prepared)
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
                 woken = await asyncio.to_thread(_wait_until_woken, store, record.id, owner, pause)
                 if woken.done:
                     return _result_of(woken)
-                record, fresh = woken, False
+                record, fresh, prepared = woken, False, None
+
+    def _create_prepared(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str
+    ) -> tuple[Store, RunRecord, bool, RunContext | None]:
+        store, record, created = self._create(args, kwargs, owner)
+        prepared = prepare(store, self.wf, record, owner, True) if created and self.wf.is_async else None
+        return store, record, created, prepared
 
     def start(self, *args: Any, **kwargs: Any) -> RunHandle:
         call = self._child_call("child.start", args, kwargs)
@@ -303,6 +316,10 @@ class BoundWorkflow(Generic[P, R]):
             return RunHandle(run_id, get_store())
         store, record, _ = self._create(args, kwargs, None)
         return RunHandle(record.id, store)
+
+
+_openers = OrderedExecutor("open", 4)
+"""Threads on which async callers open the store and create runs (before a store is known)."""
 
 
 def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended) -> RunRecord:
@@ -415,17 +432,17 @@ class RunHandle:
                 changes.wait(pause)
 
     async def aresult(self, timeout: float | None = None) -> Any:
-        """Async ``result``."""
+        """Async ``result``: reads on the store's threads, waits on the loop (no thread held)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self.store.changes(self.id) as changes:
             while True:
-                record = await asyncio.to_thread(self.record)
+                record = await self.store.off_loop(self.record, key=self.id)
                 if record.done:
                     return _result_of(record)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise ResultTimeoutError(run_id=self.id, timeout=timeout, status=record.status)
                 pause = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
-                await asyncio.to_thread(changes.wait, pause)
+                await changes.await_change(pause)
 
 
 def resume(run_id: str, *, wait: bool = True) -> Any:

@@ -119,6 +119,7 @@ def _wrap(mod: Any) -> None:
         if ctx is None or fmt is None:
             return await async_send(self, request, *args, **kwargs)
         io = _AsyncIO(lambda r: async_send(self, r, *args, **kwargs), async_recorder)
+        io.run = ctx
         return await adrive(_attempts(mod, ctx, fmt, request), io)
 
     send.__wflo_wrapped__ = sync_send  # type: ignore[attr-defined]
@@ -135,7 +136,7 @@ def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
     attempt, replaced = 0, None
     while True:
         attempt += 1
-        call, request, replayed = _begin(mod, ctx, fmt, request, replaced)
+        call, request, replayed = yield Step("store", functools.partial(_begin, mod, ctx, fmt, request, replaced))
         if replayed is not NOT_REPLAYED:
             after = _after_failure(call, mod, request, attempt, None, None, live=False)
             if after is None:
@@ -151,7 +152,8 @@ def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
         except BaseException as exc:
             after = _after_failure(call, mod, request, attempt, None, exc, live=True)
             try:  # records the failed attempt, and raises its error (or a guard's refusal)
-                _finish(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000))
+                outcome = Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000)
+                yield Step("store", functools.partial(_finish, call, outcome))
             except BaseException as raised:
                 if after is None or raised is not exc:
                     raise
@@ -163,7 +165,7 @@ def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
         after = _after_failure(call, mod, request, attempt, response, None, live=True)
         if after is not None:
             yield Step("read", response)
-            _end(call, response, response.content, True, t0)
+            yield Step("store", functools.partial(_end, call, response, response.content, True, t0))
             yield Step("close", response)
             yield Step("sleep", after.delay)
             request, attempt, _, replaced = after
@@ -171,7 +173,7 @@ def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
         if _is_stream(response):
             return (yield Step("record", (response, call, t0)))
         yield Step("read", response)
-        _end(call, response, response.content, True, t0)
+        yield Step("store", functools.partial(_end, call, response, response.content, True, t0))
         return response
 
 
@@ -199,6 +201,9 @@ class _SyncIO:
 
 class _AsyncIO:
     """The effects of :func:`_attempts` for an asynchronous httpx client."""
+
+    run: Any = None
+    """The run whose store the ``"store"`` steps go to (``adrive`` reads it)."""
 
     def __init__(self, send: Callable[[Any], Any], recorder: type[_AsyncRecorder]) -> None:
         self._send, self._recorder = send, recorder
@@ -559,6 +564,12 @@ class _SyncRecorder(_Recorder):
 
 
 class _AsyncRecorder(_Recorder):
+    async def _afinish(self, complete: bool) -> None:
+        """``_finish`` on the store's threads (it records the call): the loop runs on."""
+        if not self._done:
+            run = self._call.run
+            await run.store.off_loop(self._finish, complete, key=run.run_id)
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._inner:
@@ -567,15 +578,15 @@ class _AsyncRecorder(_Recorder):
                 if out:
                     yield out
         except Exception:
-            self._finish(False)
+            await self._afinish(False)
             raise
         rest = self._rest()
         if rest:
             yield rest
-        self._finish(True)
+        await self._afinish(True)
 
     async def aclose(self) -> None:
         try:
             await self._inner.aclose()
         finally:
-            self._finish(False)
+            await self._afinish(False)

@@ -14,6 +14,7 @@ Each client module only adapts its own request and response objects to this.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -68,7 +69,7 @@ def attempt(ctx: Any, fmt: Format, client: str, url: str, host: str, port: int |
         meta={"request": req, "api": fmt.api, "provider": req.provider, "body": body, "url": url},
     )  # fmt: skip
     call.meta["_args_digest"] = hashlib.sha256(raw).hexdigest()
-    replayed = start_call(call)
+    replayed = yield Step("store", functools.partial(start_call, call))
     if replayed is not NOT_REPLAYED:
         recorded = exact_body(ctx, call, replayed)
         content = (recorded.get("body") or "").encode()
@@ -79,12 +80,14 @@ def attempt(ctx: Any, fmt: Format, client: str, url: str, host: str, port: int |
     try:
         answer: Answer = yield Step("send", json.dumps(req.body).encode() if req.changed else raw)
     except BaseException as exc:
-        finish_call(call, Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000), check_cancel=False)
+        failed = Outcome(error=exc, duration_ms=(time.perf_counter() - t0) * 1000)
+        yield Step("store", functools.partial(finish_call, call, failed, check_cancel=False))
         raise
     lower = {k.lower(): v for k, v in answer.headers.items()}
     kept = {k: lower[k] for k in _KEEP if k in lower}
     value = {"status": answer.status, "headers": kept, "body": answer.content.decode("utf-8", "replace")}
-    finish_call(call, Outcome(value=value, duration_ms=(time.perf_counter() - t0) * 1000), check_cancel=False)
+    done = Outcome(value=value, duration_ms=(time.perf_counter() - t0) * 1000)
+    yield Step("store", functools.partial(finish_call, call, done, check_cancel=False))
     if req.hide_usage:
         return answer._replace(content=_without_usage(answer.content.decode("utf-8", "replace")).encode())
     return answer
@@ -100,6 +103,8 @@ class _Sync:
 
 
 class _Async:
+    run: Any = None
+
     def __init__(self, sender: Callable[[bytes], Awaitable[Answer]]) -> None:
         self._sender = sender
 
@@ -117,4 +122,6 @@ def send(ctx: Any, fmt: Format, client: str, url: str, host: str, port: int | No
 async def asend(ctx: Any, fmt: Format, client: str, url: str, host: str, port: int | None, path: str,
                 raw: bytes, sender: Callable[[bytes], Awaitable[Answer]]) -> Answer:  # fmt: skip
     """Send one understood LLM request of a guarded run with an asynchronous client."""
-    return await adrive(attempt(ctx, fmt, client, url, host, port, path, raw), _Async(sender))
+    io = _Async(sender)
+    io.run = ctx  # the run whose store the "store" steps go to
+    return await adrive(attempt(ctx, fmt, client, url, host, port, path, raw), io)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import pickle
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from .._config import get_store
 from .._errors import ApprovalRejected, RunNotFoundError, UserError
 from ..approvals import Approval
 from ..engine import BoundWorkflow, Call, Workflow, aguarded_call, current_run
+from ..engine._attempts import off_loop
 from ..store import new_id
 from ._common import check_approvals, jsonable
 
@@ -175,11 +177,13 @@ class WrappedAgent:
                 policy = self.capability.approvals.get(part.tool_name) or Approval()
                 requested = part.args_as_dict()
                 try:
-                    decision = approval(
+                    # The approval's journal and inbox work runs on the store's threads, not the loop.
+                    decision = await off_loop(functools.partial(
+                        approval,
                         f"{part.tool_name}({part.args_as_json_str()})", data=requested, approvers=policy.approvers,
                         quorum=policy.quorum, timeout=policy.timeout_seconds, on_timeout=policy.on_timeout,
                         escalate_to=policy.escalate_to,
-                    )  # fmt: skip
+                    ))  # fmt: skip
                     edited = decision.data if isinstance(decision.data, dict) and decision.data != requested else None
                     decisions[part.tool_call_id] = ToolApproved(override_args=edited)
                 except ApprovalRejected as rejected:
@@ -212,7 +216,10 @@ class WrappedAgent:
 
     async def run(self, *args: Any, **kwargs: Any) -> Any:
         """``agent.run`` as one wflo run; returns the agent's ``AgentRunResult``."""
-        bound, run_id, holder, request = self._prepare(args, kwargs)
+        if kwargs.get("run_id"):  # looks the run up: on the store's threads, not the loop
+            bound, run_id, holder, request = await asyncio.to_thread(self._prepare, args, kwargs)
+        else:
+            bound, run_id, holder, request = self._prepare(args, kwargs)
         try:
             value = await _arun(bound, request)
         finally:

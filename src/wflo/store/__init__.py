@@ -12,6 +12,7 @@ from ._base import SYSTEM_CHAIN, Store, StoreOp
 from ._chain import GENESIS, canonical_json, event_hash, link_hash
 from ._claim import QueueRule
 from ._migrations import MIGRATIONS, SCHEMA_VERSION, Migration
+from ._offload import OrderedExecutor
 from ._records import (
     FINAL_STATUSES,
     RUN_STATUSES,
@@ -35,6 +36,7 @@ __all__ = [
     "Migration",
     "NewEvent",
     "QueueRule",
+    "OrderedExecutor",
     "RUN_STATUSES",
     "RunRecord",
     "SCHEMA_VERSION",

@@ -9,6 +9,9 @@ run again; a damaged database file becomes one clear error (``_translate_error``
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextvars
+import functools
 import os
 import threading
 import time
@@ -16,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
+from ._offload import OrderedExecutor
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, BoundedPool
 
 T = TypeVar("T")
@@ -37,6 +41,7 @@ class Connections(abc.ABC):
         self._pool_pid = 0
         self._pool_lock = threading.Lock()
         self._sql_cache: dict[str, str] = {}
+        self._offload: OrderedExecutor | None = None
 
     @abc.abstractmethod
     def _connect(self) -> Any:
@@ -111,8 +116,47 @@ class Connections(abc.ABC):
             self._local.held = None
             pool.put(conn, broken=broken)
 
+    # ----------------------------------------------------------------- async callers
+    offload_threads = 0
+    """Threads that run ``off_loop`` operations (0: as many as the pool has connections)."""
+
+    async def off_loop(self, fn: Callable[..., T], /, *args: Any, key: Any = None) -> T:
+        """Await ``fn(*args)``, a blocking operation on this store, run on the store's threads.
+
+        For async code: the event loop goes on running other coroutines while the store
+        works. ``fn`` runs in a copy of the caller's context (its run, its call path, its
+        runtime). Operations with the same ``key`` (a run id) run in the order they were
+        submitted, one at a time (see ``_offload``). Once submitted, the operation runs to its
+        end even if the awaiting task is cancelled meanwhile; the cancellation is then raised at
+        the task's next await.
+        """
+        executor = self._offload
+        if executor is None:
+            with self._pool_lock:
+                if self._offload is None:
+                    self._offload = OrderedExecutor(type(self).__name__, self.offload_threads or self.pool_size)
+                executor = self._offload
+        context = contextvars.copy_context()
+        future: asyncio.Future[T] = asyncio.wrap_future(executor.submit(key, functools.partial(context.run, fn, *args)))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # A store operation is not cut off half-way (a commit that may or may not have
+            # happened, a reservation with no settlement): it runs to its end, and the caller's
+            # cancellation is delivered at its next await instead.
+            task = asyncio.current_task()
+            if task is None or future.cancelled():
+                raise
+            try:
+                return await future
+            finally:
+                task.uncancel()
+                task.cancel()
+
     def close(self) -> None:
         """Close every pooled connection (a later call opens a new pool)."""
+        if self._offload is not None:
+            self._offload.close()
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:

@@ -13,6 +13,7 @@ between looks, so a change committed in between is never missed: ``wait`` then r
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -39,10 +40,27 @@ class Waiter:
         self.key = key
         self._feed = feed
         self._event = threading.Event()
+        self._waking: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
     def wait(self, timeout: float) -> bool:
         """Block up to ``timeout`` s; True if a change came since the last ``wait``."""
         got = self._event.wait(max(0.0, timeout))
+        self._event.clear()
+        return got
+
+    async def await_change(self, timeout: float) -> bool:
+        """``wait`` for async code: the event loop runs on meanwhile (no thread is held)."""
+        if not self._event.is_set():
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self._waking = (loop, future)
+            try:
+                if not self._event.is_set():  # set after our first look: _wake may not have seen us
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(future, max(0.0, timeout))
+            finally:
+                self._waking = None
+        got = self._event.is_set()
         self._event.clear()
         return got
 
@@ -58,6 +76,16 @@ class Waiter:
     def _wake(self, payload: str | None) -> None:
         if self.key is None or payload is None or payload == "" or payload == self.key:
             self._event.set()
+            waking = self._waking
+            if waking is not None:
+                loop, future = waking
+                with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                    loop.call_soon_threadsafe(_resolve, future)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class ChangeFeed:

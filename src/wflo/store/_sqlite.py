@@ -62,6 +62,9 @@ class SQLiteStore(Store):
 
     dialect = "sqlite"
     claim_outside_lock = True
+    offload_threads = 2
+    """SQLite has one writer at a time: one thread for writes (in order, per run) and one so
+    that reads, or a rate limit's wait, are not stuck behind a writer waiting for the lock."""
 
     def __init__(
         self,

@@ -1,0 +1,106 @@
+"""The store's own threads, on which async code awaits blocking store operations.
+
+The store's drivers block (``sqlite3``, psycopg's sync connections). An async workflow must
+not run them on its event loop: a slow commit, a lock held by another connection or a pool
+wait would stall every coroutine of that loop. ``Store.off_loop`` hands such an operation to
+these threads and awaits it.
+
+Order: operations given the same ``key`` (a run id) run one after another, in the order they
+were submitted, as ``aiosqlite`` keeps one connection's statements in order on its one thread.
+A run's writes are therefore committed in the order its code reached them, even when the run's
+tasks submit concurrently (``asyncio.gather`` of steps): call ids are numbered in that order,
+so a replay numbers them the same. Operations of different runs, or with no key, may run side
+by side on different threads (up to ``threads``).
+
+The threads are named ``wflo-store-…`` (a run's thread propagation leaves ``wflo-`` threads
+alone), are started on demand and end after some idle seconds; a fork starts afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from typing import Any
+
+_IDLE_SECONDS = 10.0
+
+_Job = tuple[Hashable | None, Callable[[], Any], "Future[Any]"]
+
+
+class OrderedExecutor:
+    """Up to ``threads`` threads running jobs; jobs of one key run in submission order."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        self.name = name
+        self.threads = max(1, threads)
+        self._lock = threading.Lock()
+        self._ready: deque[_Job] = deque()  # jobs any thread may take
+        self._waiting: dict[Hashable, deque[_Job]] = {}  # key -> jobs behind the one running
+        self._wake = threading.Condition(self._lock)
+        self._alive = 0
+        self._idle = 0
+        self._pid = os.getpid()
+        self._closed = False
+
+    def submit(self, key: Hashable | None, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn()`` on a store thread (after the earlier jobs of ``key``); its future."""
+        future: Future[Any] = Future()
+        job: _Job = (key, fn, future)
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's threads are not here
+                self._pid, self._alive, self._idle = os.getpid(), 0, 0
+                self._ready.clear()
+                self._waiting.clear()
+            self._closed = False
+            if key is not None:
+                behind = self._waiting.get(key)
+                if behind is not None:  # a job of this key is queued or running: wait for it
+                    behind.append(job)
+                    return future
+                self._waiting[key] = deque()
+            self._ready.append(job)
+            if self._idle > 0:
+                self._wake.notify()
+            elif self._alive < self.threads:
+                self._alive += 1
+                n = self._alive
+                threading.Thread(target=self._work, name=f"wflo-store-{self.name}-{n}", daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._ready:
+                    if self._closed:
+                        self._alive -= 1
+                        return
+                    self._idle += 1
+                    woken = self._wake.wait(_IDLE_SECONDS)
+                    self._idle -= 1
+                    if not woken and not self._ready:
+                        self._alive -= 1
+                        return
+                key, fn, future = self._ready.popleft()
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn()
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            if key is not None:
+                with self._lock:
+                    behind = self._waiting.get(key)
+                    if behind:
+                        self._ready.append(behind.popleft())
+                    else:
+                        self._waiting.pop(key, None)
+
+    def close(self) -> None:
+        """Let the idle threads end (a later ``submit`` starts new ones)."""
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
