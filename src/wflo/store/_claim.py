@@ -18,12 +18,12 @@ search repeated, so idle workers polling a busy store never queue behind its wri
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._records import RUN_COLUMNS, RunRecord, iso
+from ._records import RUN_COLUMNS, RunRecord
 
 if TYPE_CHECKING:
     from ._base import Store
@@ -83,30 +83,32 @@ def claim_next(
         if not store._retrying(look):
             return None
 
-    def go() -> RunRecord | None:
+    def body(cur: Any) -> Callable[[], RunRecord | None]:
         # A claim commits without waiting for the disk on PostgreSQL ("Commit modes" in
         # ``_postgres``): a claim lost with the server is caught by the fence of the claimer's
-        # next append, which is also the first write that anything depends on.
-        with store._tx(relaxed=True) as cur:
+        # next append, which is also the first write that anything depends on. There it is
+        # also pipelined (``_claim_tx``) and reads the server's clock inside its statements:
+        # a wake-up is two round trips (the searches; the update with the commit).
+        clock = None if store.server_clock else store._clock(cur)
+        run_id = _find(store, cur, scope, clock, turn, lock=True)
+        if run_id is None:
+            return lambda: None
+        if scope.locked and clock is not None:
+            # The clock again: the queue's lock may have been waited for, and started_at is
+            # when the run really got its place (a finished run's place, perhaps, freed since).
             clock = store._clock(cur)
-            run_id = _find(store, cur, scope, clock, turn, lock=True)
-            if run_id is None:
-                return None
-            if scope.locked:
-                # The clock again: the queue's lock may have been waited for, and started_at is
-                # when the run really got its place (a finished run's place, perhaps, freed since).
-                clock = store._clock(cur)
-            now = iso(clock)
-            store.execute(
-                cur,
-                "UPDATE runs SET lease_owner = ?, lease_expires_at = ?, status = 'running', "
-                "attempts = attempts + 1, wake_at = NULL, updated_at = ?, started_at = COALESCE(started_at, ?) "
-                f"WHERE id = ? RETURNING {RUN_COLUMNS}, queue",
-                (owner, iso(clock, lease_seconds), now, now, run_id),
-            )
-            return RunRecord.from_row(cur.fetchone())
+        now, now_p = store._time_sql(clock)
+        until, until_p = store._time_sql(clock, lease_seconds)
+        store.execute(
+            cur,
+            f"UPDATE runs SET lease_owner = ?, lease_expires_at = {until}, status = 'running', "
+            f"attempts = attempts + 1, wake_at = NULL, updated_at = {now}, started_at = COALESCE(started_at, {now}) "
+            f"WHERE id = ? RETURNING {RUN_COLUMNS}, queue",
+            [owner, *until_p, *now_p, *now_p, run_id],
+        )
+        return lambda: RunRecord.from_row(cur.fetchone())
 
-    return store._retrying(go)
+    return store._claim_tx(body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,30 +127,35 @@ def _one(store: Store, cur: Any, sql: str, params: Sequence[Any]) -> tuple[Any, 
     return row
 
 
-def _find(store: Store, cur: Any, scope: _Scope, clock: datetime, turn: int, *, lock: bool) -> str | None:
+def _find(store: Store, cur: Any, scope: _Scope, clock: datetime | None, turn: int, *, lock: bool) -> str | None:
     """The id of the run to claim now, or ``None``. With ``lock``, inside the claiming transaction."""
-    now = iso(clock)
+    now, now_p = store._time_sql(clock)
     skip = store.skip_locked if lock else ""
-    row = _one(
-        store,
-        cur,
-        "SELECT id FROM runs WHERE status = 'running' AND (lease_owner IS NULL OR lease_expires_at < ?)"
-        f"{scope.sql} ORDER BY created_at LIMIT 1{skip}",
-        [now, *scope.params],
-    )
-    if row is not None:
-        return str(row[0])
-
-    store.execute(
-        cur,
+    expired = f"SELECT id FROM runs WHERE status = 'running' AND (lease_owner IS NULL OR lease_expires_at < {now})"
+    woken = (
         "SELECT id, queue, partition_key FROM runs WHERE status = 'waiting' AND lease_owner IS NULL "
-        f"AND wake_at IS NOT NULL AND wake_at <= ?{scope.sql} ORDER BY wake_at LIMIT 20{skip}",
-        [now, *scope.params],
+        f"AND wake_at IS NOT NULL AND wake_at <= {now}{scope.sql} ORDER BY wake_at LIMIT 20{skip}"
     )
-    for run_id, queue, partition in cur.fetchall():
-        rule = scope.rules.get(queue) if queue is not None else None
-        if rule is None or _room(store, cur, scope, rule, clock, partition, lock=lock, starting=False):
-            return str(run_id)
+    # Pipelined (PostgreSQL), both searches go out and are answered at once: one round trip,
+    # not two. The woken runs it locks when an abandoned one is taken are free at the commit.
+    second = cur.connection.cursor() if store.server_clock else None
+    with store._batch(cur):
+        store.execute(cur, f"{expired}{scope.sql} ORDER BY created_at LIMIT 1{skip}", [*now_p, *scope.params])
+        if second is not None:
+            store.execute(second, woken, [*now_p, *scope.params])
+    try:
+        row = cur.fetchone()
+        if row is not None:
+            return str(row[0])
+        if second is None:
+            second = store.execute(cur, woken, [*now_p, *scope.params])
+        for run_id, queue, partition in second.fetchall():
+            rule = scope.rules.get(queue) if queue is not None else None
+            if rule is None or _room(store, cur, scope, rule, clock, partition, lock=lock, starting=False):
+                return str(run_id)
+    finally:
+        if second is not None and second is not cur:
+            second.close()
 
     order = [None, *sorted(scope.rules)]
     k = turn % len(order)
@@ -160,7 +167,7 @@ def _find(store: Store, cur: Any, scope: _Scope, clock: datetime, turn: int, *, 
 
 
 def _queued(
-    store: Store, cur: Any, scope: _Scope, queue: str | None, clock: datetime, skip: str, *, lock: bool
+    store: Store, cur: Any, scope: _Scope, queue: str | None, clock: datetime | None, skip: str, *, lock: bool
 ) -> str | None:
     wf_sql, wf_params = scope.wf_sql, scope.wf_params
     if queue is None:
@@ -191,16 +198,13 @@ def _queued(
         return None
     full_sql, full_params = "", []
     if rule.per_partition is not None:
-        store.execute(
-            cur,
-            "SELECT partition_key FROM runs WHERE status = 'running' AND queue = ? AND partition_key IS NOT NULL "
-            "GROUP BY partition_key HAVING COUNT(*) >= ?",
-            (queue, rule.per_partition),
+        # The partitions at their limit, in the same statement (one snapshot, one round trip).
+        full_sql = (
+            " AND (partition_key IS NULL OR partition_key NOT IN (SELECT partition_key FROM runs "
+            "WHERE status = 'running' AND queue = ? AND partition_key IS NOT NULL "
+            "GROUP BY partition_key HAVING COUNT(*) >= ?))"
         )
-        full = [r[0] for r in cur.fetchall()]
-        if full:
-            full_sql = f" AND (partition_key IS NULL OR partition_key NOT IN ({', '.join('?' * len(full))}))"
-            full_params = full
+        full_params = [queue, rule.per_partition]
     row = _one(
         store,
         cur,
@@ -216,38 +220,43 @@ def _room(
     cur: Any,
     scope: _Scope,
     rule: QueueRule,
-    clock: datetime,
+    clock: datetime | None,
     partition: str | None,
     *,
     lock: bool,
     starting: bool,
 ) -> bool:
-    """Whether ``rule``'s queue may take one more run now (one of ``partition``, if given)."""
+    """Whether ``rule``'s queue may take one more run now (one of ``partition``, if given).
+
+    The counts are one statement after the queue's lock (a statement of its own: the counts'
+    snapshot is taken once it is held); pipelined, lock and counts are one round trip.
+    """
     if lock:
         store._lock_queue(cur, rule.name)
         scope.locked.append(rule.name)
+    counts: list[tuple[str, list[Any], int]] = []
     if rule.concurrency is not None:
-        row = _one(store, cur, "SELECT COUNT(*) FROM runs WHERE status = 'running' AND queue = ?", (rule.name,))
-        if row is not None and int(row[0]) >= rule.concurrency:
-            return False
-    if partition is not None and rule.per_partition is not None:
-        row = _one(
-            store,
-            cur,
-            "SELECT COUNT(*) FROM runs WHERE status = 'running' AND queue = ? AND partition_key = ?",
-            (rule.name, partition),
+        counts.append(
+            ("SELECT COUNT(*) FROM runs WHERE status = 'running' AND queue = ?", [rule.name], rule.concurrency)
         )
-        if row is not None and int(row[0]) >= rule.per_partition:
-            return False
+    if partition is not None and rule.per_partition is not None:
+        counts.append((
+            "SELECT COUNT(*) FROM runs WHERE status = 'running' AND queue = ? AND partition_key = ?",
+            [rule.name, partition], rule.per_partition,
+        ))  # fmt: skip
     if starting and rule.rate_limit is not None:
         limit, per = rule.rate_limit
-        since = iso(clock - timedelta(seconds=per))
-        row = _one(
-            store,
-            cur,
-            "SELECT COUNT(*) FROM runs WHERE queue = ? AND started_at > ?",
-            (rule.name, since),
+        since, since_p = store._time_sql(clock, -per)
+        counts.append(
+            (f"SELECT COUNT(*) FROM runs WHERE queue = ? AND started_at > {since}", [rule.name, *since_p], limit)
         )
-        if row is not None and int(row[0]) >= limit:
-            return False
-    return True
+    if not counts:
+        return True
+    row = _one(
+        store,
+        cur,
+        "SELECT " + ", ".join(f"({sql})" for sql, _, _ in counts),
+        [p for _, params, _ in counts for p in params],
+    )
+    assert row is not None
+    return all(int(n) < limit for n, (_, _, limit) in zip(row, counts, strict=True))

@@ -193,6 +193,45 @@ class PostgresStore(Store):
         else:
             self._begin(cur)
 
+    server_clock = True
+
+    def _time_sql(self, clock: datetime | None, offset_seconds: float = 0.0) -> tuple[str, list[Any]]:
+        # A scalar subquery: evaluated once per statement (clock_timestamp() is volatile: bare,
+        # it would be read again for every row and keep a comparison off the indexes).
+        return f"(SELECT {_PG_TIME.replace('%s', '?')})", [offset_seconds]
+
+    def _batch(self, cur: Any) -> Any:
+        conn = cur.connection
+        if conn.info.pipeline_status == self._psycopg.pq.PipelineStatus.OFF:
+            return contextlib.nullcontext()
+        return conn.pipeline()  # nested: its end sends a sync and reads every answer
+
+    def _claim_tx(self, fn: Callable[[Any], Callable[[], T]]) -> T:
+        if getattr(self._local, "held", None) is not None:
+            return super()._claim_tx(fn)  # inside a caller's transaction: commits with it
+        psycopg = self._psycopg
+
+        def go() -> T:
+            with self._connection() as conn:
+                cur, end = conn.cursor(), conn.cursor()
+                try:
+                    with conn.pipeline():
+                        cur.execute("BEGIN")
+                        cur.execute(f"SELECT {_RELAX}")  # a claim: see Commit modes
+                        then = fn(cur)
+                        end.execute("COMMIT")
+                    return then()
+                except BaseException:
+                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                        with contextlib.suppress(Exception):
+                            conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    cur.close()
+                    end.close()
+
+        return self._retrying(go)
+
     def _idle(self, conn: Any) -> bool:
         """Whether ``conn`` is outside any transaction: only then may a statement relax its own
         commit. Inside a caller's transaction (a store call made from a ``write``), a

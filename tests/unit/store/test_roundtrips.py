@@ -282,3 +282,51 @@ def test_ops_that_read_answers_see_them_inside_the_append(wflo_store: Store) -> 
 
     store.append("r-answers", Head(run.last_seq, run.last_hash), [NewEvent("x", {})], owner="a", ops=[op])
     assert seen == [0, 1, 0]
+
+
+def _waiting(store: Store, run_id: str, wake_at: str = "2000-01-01T00:00:00.000000Z", **kw: Any) -> None:
+    """A run that waited and whose wake-up has come (as after an approval decision)."""
+    run, _ = store.create_run(run_id=run_id, workflow="w", input={}, owner="x", lease_seconds=30, **kw)
+    store.append(run_id, Head(run.last_seq, run.last_hash), [NewEvent("run.waiting", {})], owner="x",
+                 status="waiting", release=True, wake_at=wake_at)  # fmt: skip
+
+
+def _trips(store: Store, fn: Any) -> tuple[int, Any]:
+    with counting(store) as counter:
+        counter.on = True
+        got = fn()
+        counter.on = False
+    return counter.trips, got
+
+
+@pytest.mark.postgres
+def test_a_claim_is_one_round_trip_and_a_wake_up_two_on_postgres(pg_url: str) -> None:
+    """Issue 20: a woken run's claim was six round trips (clock, searches, update, commit)."""
+    from wflo.store import QueueRule
+
+    with open_store(pg_url) as store:
+        rules = [QueueRule("q", concurrency=2, per_partition=1, rate_limit=(50, 1.0))]
+        for i in range(6):
+            _waiting(store, f"plain-{i}", f"2000-01-01T00:00:0{i}.000000Z")
+            _waiting(store, f"inq-{i}", "2001-01-01T00:00:00.000000Z", queue="q", partition_key=f"k{i}")
+        _waiting(store, "warm", "1999-01-01T00:00:00.000000Z")
+        store.claim_next("warm", 30, ["w"])  # warm: the pool, the prepared statements
+        # A run of no queue: the searches (one message), then the update with the commit.
+        for i in range(3):
+            trips, got = _trips(store, lambda: store.claim_next(f"o{i}", 30, ["w"], rules))
+            assert trips == 2 and got is not None and got.id == f"plain-{i}" and got.status == "running"
+        # A run of a limited queue: its lock and counts in one round trip more.
+        store.write(lambda cur: store.execute(cur, "UPDATE runs SET wake_at = NULL WHERE id LIKE ?", ("plain-%",)))
+        trips, got = _trips(store, lambda: store.claim_next("oq", 30, ["w"], rules))
+        assert trips == 3 and got is not None and got.id == "inq-0"
+        # Nothing to claim: the searches, the queued runs of no queue and of "q", the commit.
+        store.write(lambda cur: store.execute(cur, "UPDATE runs SET wake_at = NULL"))
+        trips, got = _trips(store, lambda: store.claim_next("idle", 30, ["w"], rules))
+        assert got is None and trips <= 5
+        # A direct claim: the update, the read and the commit in one message.
+        trips, got = _trips(store, lambda: store.claim("plain-5", "direct", 30))
+        assert trips == 1 and got.lease_owner == "direct" and got.status == "running"
+        assert got.lease_expires_at is not None and got.lease_expires_at > got.updated_at
+        # Held by another: not taken, the row as it is comes back (still one round trip).
+        trips, got = _trips(store, lambda: store.claim("plain-5", "thief", 30))
+        assert trips == 1 and got.lease_owner == "direct"
