@@ -313,7 +313,7 @@ def test_a_claim_is_one_round_trip_and_a_wake_up_two_on_postgres(pg_url: str) ->
         store.claim_next("warm", 30, ["w"])  # warm: the pool, the prepared statements
         # A run of no queue: the searches (one message), then the update with the commit.
         for i in range(3):
-            trips, got = _trips(store, lambda: store.claim_next(f"o{i}", 30, ["w"], rules))
+            trips, got = _trips(store, lambda i=i: store.claim_next(f"o{i}", 30, ["w"], rules))
             assert trips == 2 and got is not None and got.id == f"plain-{i}" and got.status == "running"
         # A run of a limited queue: its lock and counts in one round trip more.
         store.write(lambda cur: store.execute(cur, "UPDATE runs SET wake_at = NULL WHERE id LIKE ?", ("plain-%",)))
