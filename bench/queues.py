@@ -11,11 +11,15 @@ Transact's ``Queue.enqueue`` (when ``dbos`` is installed) in blocks of 50, ``--r
 decision does) and measures, on the store's clock, commit → ``run.resumed``; and
 ``handle.result()`` returning after the run's final commit.
 
+``wakeclaim``: the claim alone, in this process: ``claim_next`` of a woken run (as an idle
+worker's) and ``claim(run_id)``, ``--samples`` each, alternating; median and p99. To compare two
+versions of the code, run it with each one's ``src`` on ``PYTHONPATH``, alternating.
+
 ``drain``: PostgreSQL only. ``--drain`` runs (default 2,000) of a one-step workflow are
 enqueued on a named queue, then 1, 2, 4 and 8 worker processes drain them; runs/s and
 enqueue → start p50/p99 (``started_at - created_at``, both the server's clock).
 
-    python bench/queues.py [claim|enqueue|wake|drain ...] [--stores sqlite,postgres] [--rounds 5]
+    python bench/queues.py [claim|enqueue|wake|wakeclaim|drain ...] [--stores sqlite,postgres] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -251,6 +255,31 @@ def bench_wake(kind: str, tmp: str, samples: int) -> None:
     )
 
 
+def bench_wakeclaim(kind: str, tmp: str, samples: int) -> None:
+    from wflo.store import Head, NewEvent, open_store
+
+    store = open_store(_url(kind, tmp, "wflo_wakeclaim"))
+    for i in range(2 * samples + 2):
+        run, _ = store.create_run(run_id=f"r{i}", workflow="w", input={}, owner="x", lease_seconds=30)
+        store.append(f"r{i}", Head(run.last_seq, run.last_hash), [NewEvent("run.waiting", {})], owner="x",
+                     status="waiting", release=True, wake_at="2000-01-01T00:00:00.000000Z")  # fmt: skip
+    store.claim_next("warm", 30, ["w"])
+    store.claim("r1", "warm", 30)
+    woken: list[float] = []
+    direct: list[float] = []
+    for i in range(samples):  # alternating the two, claim by claim
+        t = time.perf_counter()
+        assert store.claim_next(f"o{i}", 30, ["w"]) is not None
+        woken.append((time.perf_counter() - t) * 1000)
+        t = time.perf_counter()
+        store.claim(f"r{2 * samples + 1 - i}", f"d{i}", 30)
+        direct.append((time.perf_counter() - t) * 1000)
+    store.close()
+    print(f"claim on {kind}, ms over {samples} claims each:")
+    print(f"  claim_next of a woken run: p50 {pct(woken, 0.5):6.2f}  p99 {pct(woken, 0.99):6.2f}")
+    print(f"  claim(run_id):             p50 {pct(direct, 0.5):6.2f}  p99 {pct(direct, 0.99):6.2f}")
+
+
 # --------------------------------------------------------------------------- drain
 DRAIN_APP = """
 import wflo
@@ -339,6 +368,7 @@ def main() -> None:
         "claim": lambda: [bench_claim(k, tmp, args.big, args.rounds) for k in kinds] and None,
         "enqueue": lambda: [bench_enqueue(k, tmp, args.rounds) for k in kinds] and None,
         "wake": lambda: [bench_wake(k, tmp, args.samples) for k in kinds] and None,
+        "wakeclaim": lambda: [bench_wakeclaim(k, tmp, args.samples) for k in kinds] and None,
         "drain": lambda: bench_drain(tmp, args.drain, [int(c) for c in args.workers.split(",")], args.rounds),
     }
     for part in args.parts:
