@@ -434,9 +434,15 @@ class RunHandle:
     async def aresult(self, timeout: float | None = None) -> Any:
         """Async ``result``: reads on the store's threads, waits on the loop (no thread held)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.store.changes(self.id) as changes:
+        # Opening the store (and migrating it, on first use) is store work too.
+        store = self._store
+        if store is None:
+            context = contextvars.copy_context()
+            opened = _openers.submit(None, functools.partial(context.run, get_store))
+            store = cast(Store, await asyncio.wrap_future(opened))
+        with store.changes(self.id) as changes:
             while True:
-                record = await self.store.off_loop(self.record, key=self.id)
+                record = await store.off_loop(store.get_run, self.id, key=self.id)
                 if record.done:
                     return _result_of(record)
                 if deadline is not None and time.monotonic() >= deadline:
