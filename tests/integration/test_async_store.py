@@ -213,6 +213,38 @@ def test_loop_keeps_ticking_while_an_async_run_asks_for_an_approval(
         assert probe.max_gap >= LOCK_SECONDS / 3, "the sync call did not block the loop: the probe sees nothing"
 
 
+def test_async_runs_waiting_for_approvals_hold_no_thread(configured: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``arun`` waits for a decision on the change feed, on the loop: four runs waiting do not
+    take the two threads of the loop's default executor, which the decider then uses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("WFLO_PRINCIPAL", "user:owner")
+    _config.configure(database=configured, lease_seconds=5.0, poll_interval=5.0)
+
+    @wflo.workflow(name="async-wait-threadless")
+    async def flow(i: int) -> int:
+        decision = await wflo.aapproval(f"go {i}?", approvers=["user:bob"])
+        return int(decision.approved) + i
+
+    def approve_all() -> int:
+        deadline = time.monotonic() + 10
+        while len(pending := wflo.approvals.list()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for req in pending:
+            wflo.approvals.approve(req.id, principal="user:bob")
+        return len(pending)
+
+    async def main() -> list[int]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+        runs = asyncio.gather(*(flow.options(id=f"threadless-{i}").arun(i) for i in range(4)))
+        await asyncio.sleep(0.3)  # all four are waiting now
+        assert await asyncio.wait_for(asyncio.to_thread(approve_all), 10) == 4, "a waiting run holds a thread"
+        return list(await asyncio.wait_for(runs, 10))
+
+    _config.get_store()
+    assert asyncio.run(main()) == [1, 2, 3, 4]
+
+
 def test_concurrent_tasks_of_a_run_are_numbered_in_the_order_they_ran(configured: str) -> None:
     """``asyncio.gather`` of steps: ids follow the order the tasks reached their calls, so a
     replay (which reaches them in the same order) finds each one at its place."""
