@@ -22,7 +22,7 @@ from ._errors import (
 )
 from ._init import init
 from ._scope import scope
-from .approvals import Approval, approval, approvals
+from .approvals import Approval, aapproval, approval, approvals
 from .cost import Budget, budgets
 from .engine import Queue, RunHandle, resume, step, workflow
 from .guards import LoopGuard, RetryPolicy, policies
@@ -46,6 +46,7 @@ __all__ = [
     "Sandbox",
     "UserError",
     "WfloError",
+    "aapproval",
     "approval",
     "approvals",
     "budgets",

@@ -158,6 +158,93 @@ def test_loop_keeps_ticking_while_the_store_is_locked(configured: str, llm: LLMS
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
 
 
+@pytest.mark.parametrize("ask", ["aapproval", "approval"])
+def test_loop_keeps_ticking_while_an_async_run_asks_for_an_approval(
+    configured: str, ask: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``await wflo.aapproval(...)`` finds and files its request, and records its decision,
+    on the store's threads: with the store locked the run waits, the loop does not. The sync
+    ``wflo.approval(...)`` called from the same async workflow blocks the loop for the lock,
+    which shows the probe can see it."""
+    monkeypatch.setenv("WFLO_PRINCIPAL", "user:owner")
+    _config.configure(database=configured, lease_seconds=5.0, poll_interval=0.05)
+
+    held: list[float] = []
+
+    def hold(locked: threading.Event) -> None:
+        with _hold_once(configured):
+            locked.set()
+            t0 = time.perf_counter()
+            time.sleep(LOCK_SECONDS)
+            held.append(time.perf_counter() - t0)
+
+    @wflo.workflow(name=f"async-slow-{ask}")
+    async def flow() -> bool:
+        if not held:  # the first execution asks while another connection holds the lock
+            locked = threading.Event()
+            threading.Thread(target=hold, args=(locked,), name="test-locker").start()
+            await asyncio.to_thread(locked.wait, 5)
+        kwargs: dict[str, Any] = {"approvers": ["user:bob"], "timeout": 0.2, "on_timeout": "approve"}
+        if ask == "aapproval":
+            decision = await wflo.aapproval("go?", **kwargs)
+        else:
+            decision = wflo.approval("go?", **kwargs)
+        return decision.approved
+
+    async def main() -> tuple[bool, float, Probe]:
+        probe = Probe()
+        probe.start()
+        t0 = time.perf_counter()
+        result = await flow.options(id=f"slow-{ask}").arun()
+        elapsed = time.perf_counter() - t0
+        await probe.stop()
+        return result, elapsed, probe
+
+    _config.get_store()  # opened (and migrated) before another connection takes the lock
+    result, elapsed, probe = asyncio.run(main())
+    assert result is True
+    assert held and elapsed >= LOCK_SECONDS * 0.9, "the run never waited for the lock: the test tests nothing"
+    (req,) = wflo.approvals.list(run_id=f"slow-{ask}", status=None)
+    assert req.status == "approved" and req.decided_by == "policy:timeout"
+    if ask == "aapproval":
+        assert probe.max_gap < LOCK_SECONDS / 3, f"the event loop stalled {probe.max_gap * 1000:.0f} ms"
+        assert probe.ticks > 50
+    else:
+        assert probe.max_gap >= LOCK_SECONDS / 3, "the sync call did not block the loop: the probe sees nothing"
+
+
+def test_async_runs_waiting_for_approvals_hold_no_thread(configured: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``arun`` waits for a decision on the change feed, on the loop: four runs waiting do not
+    take the two threads of the loop's default executor, which the decider then uses."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("WFLO_PRINCIPAL", "user:owner")
+    _config.configure(database=configured, lease_seconds=5.0, poll_interval=5.0)
+
+    @wflo.workflow(name="async-wait-threadless")
+    async def flow(i: int) -> int:
+        decision = await wflo.aapproval(f"go {i}?", approvers=["user:bob"])
+        return int(decision.approved) + i
+
+    def approve_all() -> int:
+        deadline = time.monotonic() + 10
+        while len(pending := wflo.approvals.list()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for req in pending:
+            wflo.approvals.approve(req.id, principal="user:bob")
+        return len(pending)
+
+    async def main() -> list[int]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(2))
+        runs = asyncio.gather(*(flow.options(id=f"threadless-{i}").arun(i) for i in range(4)))
+        await asyncio.sleep(0.3)  # all four are waiting now
+        assert await asyncio.wait_for(asyncio.to_thread(approve_all), 10) == 4, "a waiting run holds a thread"
+        return list(await asyncio.wait_for(runs, 10))
+
+    _config.get_store()
+    assert asyncio.run(main()) == [1, 2, 3, 4]
+
+
 def test_concurrent_tasks_of_a_run_are_numbered_in_the_order_they_ran(configured: str) -> None:
     """``asyncio.gather`` of steps: ids follow the order the tasks reached their calls, so a
     replay (which reaches them in the same order) finds each one at its place."""

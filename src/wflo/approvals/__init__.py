@@ -1,6 +1,6 @@
 """Human approval: policies, the durable inbox, decisions, notifications."""
 
-from ._api import Approvals, Decision, approval, approvals, inbox
+from ._api import Approvals, Decision, aapproval, approval, approvals, inbox
 from ._guard import ApprovalGuard, approval_id_for
 from ._inbox import ApprovalRequest, Inbox
 from ._notify import wait_for_notifications
@@ -14,6 +14,7 @@ __all__ = [
     "Approvals",
     "Decision",
     "Inbox",
+    "aapproval",
     "action_hash",
     "action_text",
     "approval",

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._config import get_store, settings
 from .._errors import ApprovalForbiddenError, UserError
-from ..engine import Call, current_run, guarded_call
+from ..engine import Call, aguarded_call, current_run, guarded_call
 from ._inbox import ApprovalRequest, Inbox
 from ._policy import Approval
 
@@ -121,10 +121,53 @@ def approval(
 
     Must be called inside a workflow. Raises ``ApprovalRejected`` on rejection.
     ``decision = wflo.approval("Delete 512 rows from prod.customers?", data={...}, approvers=["role:dba"])``
+    In an ``async def`` workflow use ``await wflo.aapproval(...)``, which keeps the loop free.
     """
+    call = _approval_call("approval", message, data, approvers, quorum, timeout, on_timeout, escalate_to)
+    result = guarded_call(call, lambda message, data: {"approved": True, "data": data})
+    return Decision(approved=bool(result["approved"]), data=result["data"])
+
+
+async def aapproval(
+    message: str,
+    *,
+    data: Any = None,
+    approvers: Sequence[str] = (),
+    quorum: int = 1,
+    timeout: float | str | None = "24h",
+    on_timeout: str = "reject",
+    escalate_to: Sequence[str] = (),
+) -> Decision:
+    """The async twin of :func:`approval` (same arguments, same journal, same request).
+
+    Finding or filing the request, and recording the decision, run on the store's threads in
+    the run's order (``Store.off_loop``), so the event loop never waits for the store. The
+    wait for a person is the run's suspension, as with ``approval``: ``arun`` waits for the
+    decision without blocking the loop.
+    ``decision = await wflo.aapproval("Refund $1,200?", data={...}, approvers=["role:finance"])``
+    """
+    call = _approval_call("aapproval", message, data, approvers, quorum, timeout, on_timeout, escalate_to)
+
+    async def approved(message: str, data: Any) -> dict[str, Any]:
+        return {"approved": True, "data": data}
+
+    result = await aguarded_call(call, approved)
+    return Decision(approved=bool(result["approved"]), data=result["data"])
+
+
+def _approval_call(
+    caller: str,
+    message: str,
+    data: Any,
+    approvers: Sequence[str],
+    quorum: int,
+    timeout: float | str | None,
+    on_timeout: str,
+    escalate_to: Sequence[str],
+) -> Call:
     ctx = current_run()
     if ctx is None:
-        raise UserError("wflo.approval() pauses a run, so it must be called inside a @wflo.workflow")
+        raise UserError(f"wflo.{caller}() pauses a run, so it must be called inside a @wflo.workflow")
     policy = Approval(
         approvers=tuple(approvers),
         quorum=quorum,
@@ -133,7 +176,8 @@ def approval(
         escalate_to=tuple(escalate_to),
         message=message,
     )
-    call = Call(
+    # Both twins journal the same call ("approval"), so a run may move between them.
+    return Call(
         kind="approval",
         name="approval",
         args=(),
@@ -141,5 +185,3 @@ def approval(
         run=ctx,
         meta={"approval": policy, "message": message},
     )
-    result = guarded_call(call, lambda message, data: {"approved": True, "data": data})
-    return Decision(approved=bool(result["approved"]), data=result["data"])

@@ -297,7 +297,7 @@ class BoundWorkflow(Generic[P, R]):
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
-                woken = await asyncio.to_thread(_wait_until_woken, store, record.id, owner, pause)
+                woken = await _await_until_woken(store, record.id, owner, pause)
                 if woken.done:
                     return _result_of(woken)
                 record, fresh, prepared = woken, False, None
@@ -328,15 +328,7 @@ def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended
     Prints a visible line (with how to decide) once, then polls until the run is woken (and
     claims it to continue here) or another worker finished it.
     """
-    wait = pause.wait or {}
-    lines = [f"wflo: run {run_id} is waiting: {pause.reason}"]
-    if wait.get("hint"):
-        lines.append(str(wait["hint"]))  # the guard that suspended the run knows how to wake it
-    elif wait.get("approval_id"):
-        lines.append(
-            f"wflo: decide with `wflo approve {wait['approval_id']}` or `wflo reject {wait['approval_id']} --reason ...`"
-        )
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    _announce(run_id, pause)
     with store.changes(run_id) as changes:
         while True:
             record = store.get_run(run_id)
@@ -347,6 +339,34 @@ def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended
                 if claimed.lease_owner == owner:
                     return claimed
             changes.wait(_until(record.wake_at, settings().poll_interval))
+
+
+async def _await_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended) -> RunRecord:
+    """``_wait_until_woken`` for ``arun``: reads and claims on the store's threads, waits for
+    the change feed on the loop, so a run waiting for a person holds no thread."""
+    _announce(run_id, pause)
+    with store.changes(run_id) as changes:
+        while True:
+            record = await store.off_loop(store.get_run, run_id, key=run_id)
+            if record.done:
+                return record
+            if record.status == "waiting" and record.wake_at is not None and record.wake_at <= now_iso():
+                claimed = await store.off_loop(store.claim, run_id, owner, settings().lease_seconds, key=run_id)
+                if claimed.lease_owner == owner:
+                    return claimed
+            await changes.await_change(_until(record.wake_at, settings().poll_interval))
+
+
+def _announce(run_id: str, pause: RunSuspended) -> None:
+    wait = pause.wait or {}
+    lines = [f"wflo: run {run_id} is waiting: {pause.reason}"]
+    if wait.get("hint"):
+        lines.append(str(wait["hint"]))  # the guard that suspended the run knows how to wake it
+    elif wait.get("approval_id"):
+        lines.append(
+            f"wflo: decide with `wflo approve {wait['approval_id']}` or `wflo reject {wait['approval_id']} --reason ...`"
+        )
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def _until(wake_at: str | None, poll: float) -> float:
@@ -434,9 +454,15 @@ class RunHandle:
     async def aresult(self, timeout: float | None = None) -> Any:
         """Async ``result``: reads on the store's threads, waits on the loop (no thread held)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.store.changes(self.id) as changes:
+        # Opening the store (and migrating it, on first use) is store work too.
+        store = self._store
+        if store is None:
+            context = contextvars.copy_context()
+            opened = _openers.submit(None, functools.partial(context.run, get_store))
+            store = cast(Store, await asyncio.wrap_future(opened))
+        with store.changes(self.id) as changes:
             while True:
-                record = await self.store.off_loop(self.record, key=self.id)
+                record = await store.off_loop(store.get_run, self.id, key=self.id)
                 if record.done:
                     return _result_of(record)
                 if deadline is not None and time.monotonic() >= deadline:
