@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -178,6 +178,40 @@ def top_runs(
             **totals.to_dict(),
         })  # fmt: skip
     return out
+
+
+def run_spend(store: Store, run_ids: Sequence[str]) -> dict[str, Decimal]:
+    """What each run spent, from the spend book (``Decimal(0)`` for a run with no charge):
+    the ``run`` rows of ``spend``, read for a page of runs by their ids. A call lost with its
+    process counts from when it was charged at its reservation, before its run's journal
+    records it."""
+    totals = _tables.run_totals(store, list(dict.fromkeys(run_ids)))
+    return {run_id: totals.get(run_id, Decimal(0)) for run_id in run_ids}
+
+
+def run_spend_sql(store: Store, run_column: str) -> str:
+    """SQL for what the run whose id is in ``run_column`` spent (its book rows summed), for a
+    filter on runs (``min_cost_usd``): exact on PostgreSQL, a float on SQLite."""
+    if not run_column.replace(".", "").replace("_", "").isalnum():
+        raise ValueError(f"not a column name: {run_column!r}")
+    return _tables.run_total_sql(store, run_column)
+
+
+def run_holds(store: Store, run_id: str) -> tuple[Decimal, Decimal]:
+    """``(reserved, unknown)`` of a run: money held for its calls in flight, and what its calls
+    lost with their process were charged (at their reservation) that its journal does not
+    record yet. The second is part of ``run_spend``: the journal's calls and it add up to it."""
+    held, lost = _tables.run_holds(store, run_id)
+    return sum((usd_of(r[0]) for r in held), Decimal(0)), sum((usd_of(r[0]) for r in lost), Decimal(0))
+
+
+def spend_rows(store: Store, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The whole book summed per ``keys`` (each one of ``GROUPS``): rows of the keys' values,
+    then calls, cost and estimated cost (``Decimal``), input and output tokens."""
+    for key in keys:
+        if key not in GROUPS:
+            raise UserError(f"group must be one of {', '.join(GROUPS)}, got {key!r}")
+    return _summed(store, list(keys), None, None, None)
 
 
 @dataclass(frozen=True, slots=True)
