@@ -50,7 +50,7 @@ PINNED: dict[str, set[str]] = {
     "wflo.cost": {
         "Budget", "BudgetGuard", "BudgetUsage", "Budgets", "Cost", "CostRequest", "DEFAULT_OUTPUT_CAP", "Ledger",
         "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "Usage", "budget_records", "budgets",
-        "estimate_input_tokens", "estimate_text_tokens", "ledger", "period_start", "prices", "run_holds", "run_spend",
+        "estimate_input_tokens", "estimate_text_tokens", "ledger", "period_start", "prices", "run_cost", "run_spend",
         "run_spend_sql", "spend", "spend_rows", "sse_events", "top_runs", "usage_from_response", "usd_str"
     },
     "wflo.demo": {"run_demo"},

@@ -7,7 +7,7 @@ from ._ledger import PERIODS, Budget, BudgetUsage, CostRequest, Ledger, Limit, R
 from ._llm import sse_events
 from ._prices import Cost, Price, PriceBook, prices
 from ._records import budget_records
-from ._spend import run_holds, run_spend, run_spend_sql, spend, spend_rows, top_runs
+from ._spend import run_cost, run_spend, run_spend_sql, spend, spend_rows, top_runs
 from ._usage import Usage, usage_from_response
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "ledger",
     "period_start",
     "prices",
-    "run_holds",
+    "run_cost",
     "run_spend",
     "run_spend_sql",
     "spend",

@@ -197,12 +197,12 @@ def run_spend_sql(store: Store, run_column: str) -> str:
     return _tables.run_total_sql(store, run_column)
 
 
-def run_holds(store: Store, run_id: str) -> tuple[Decimal, Decimal]:
-    """``(reserved, unknown)`` of a run: money held for its calls in flight, and what its calls
-    lost with their process were charged (at their reservation) that its journal does not
-    record yet. The second is part of ``run_spend``: the journal's calls and it add up to it."""
-    held, lost = _tables.run_holds(store, run_id)
-    return sum((usd_of(r[0]) for r in held), Decimal(0)), sum((usd_of(r[0]) for r in lost), Decimal(0))
+def run_cost(store: Store, run_id: str) -> tuple[Decimal, Decimal, Decimal]:
+    """``(spent, reserved, unknown)`` of a run, in one read: what it spent (as ``run_spend``),
+    money held for its calls in flight, and the part of ``spent`` charged at a reservation for
+    calls lost with their process that its journal does not record yet (the journal's calls
+    and it add up to ``spent``)."""
+    return _tables.run_amounts(store, run_id)
 
 
 def spend_rows(store: Store, keys: Sequence[str]) -> list[tuple[Any, ...]]:

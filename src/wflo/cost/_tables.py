@@ -738,14 +738,22 @@ def run_total_sql(store: Store, run_column: str) -> str:
     return f"(SELECT COALESCE(SUM({money}), 0) FROM ledger_spend s WHERE s.run_id = {run_column})"
 
 
-def run_holds(store: Store, run_id: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """``(amount,)`` of the run's reservations still held, and of its calls charged at their
-    reservation (expired) whose outcome is not on its journal yet."""
-    held = store.read("SELECT amount_usd FROM reservations WHERE run_id = ?", (run_id,))
-    lost = store.read(
-        "SELECT amount_usd FROM budget_unknown WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL", (run_id,)
+def run_amounts(store: Store, run_id: str) -> tuple[Decimal, Decimal, Decimal]:
+    """In one read: the run's booked spend, its reservations still held, and its calls charged
+    at their reservation (expired) whose outcome is not on its journal yet (exact sums)."""
+    # SQLite's sums are floats: the exact sums are made here from the amounts themselves.
+    agg = "sum({}::numeric)::text" if store.dialect == "postgresql" else "group_concat({}, ',')"
+    row = store.read_one(
+        f"SELECT (SELECT {agg.format('cost_usd')} FROM ledger_spend WHERE run_id = ?), "
+        f"(SELECT {agg.format('amount_usd')} FROM reservations WHERE run_id = ?), "
+        f"(SELECT {agg.format('amount_usd')} FROM budget_unknown "
+        "WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL)",
+        (run_id, run_id, run_id),
     )
-    return held, lost
+    spent, held, lost = (
+        sum(map(_dec, str(v).split(",")), Decimal(0)) if v is not None else Decimal(0) for v in (row or (None,) * 3)
+    )
+    return spent, held, lost
 
 
 def runs_info(store: Store, run_ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:

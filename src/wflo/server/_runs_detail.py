@@ -15,7 +15,7 @@ from typing import Any
 
 from ..approvals import Inbox
 from ..audit import ChainReport, chain_hasher, verify_run
-from ..cost import Ledger, period_start, run_holds, run_spend, sse_events, usd_str
+from ..cost import Ledger, period_start, run_cost, run_spend, sse_events, usd_str
 from ..store import Event, RunRecord, Store, now_iso
 from ._runs_query import LIST_COLUMNS, _item
 
@@ -102,8 +102,7 @@ def cost(store: Store, r: RunRecord) -> dict[str, Any]:
     and ``wflo costs`` show), held (open reservations), unknown (the part of spent charged at
     a reservation for calls lost with their process, not on the journal yet: the timeline's
     call costs and it add up to spent) and every limited scope the run draws on."""
-    spent = run_spend(store, [r.id])[r.id]
-    reserved, unknown = run_holds(store, r.id)
+    spent, reserved, unknown = run_cost(store, r.id)
     ledger = Ledger(store)
     scopes = [f"run:{r.id}", f"workflow:{r.workflow}"] + ([f"tenant:{r.tenant}"] if r.tenant else []) + ["global"]
     budgets = []
