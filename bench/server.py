@@ -3,8 +3,8 @@
 Method. A fresh store gets ``--runs`` runs (100,000 by default: 20 workflows, 10 tenants, the
 eight statuses, spread over 30 days, each with a ``run.created`` and one priced LLM call) and
 one run of ``--events`` events (10,000: LLM calls with their recorded answers, tool calls,
-steps), all with real link hashes, inserted directly (``executemany`` on SQLite, ``COPY`` on
-PostgreSQL). Requests go through the ASGI app (FastAPI ``TestClient``, a bearer token, so
+steps), all with real link hashes, and the spend book's rows for those calls (what the ledger
+would have booked), inserted directly (``executemany`` on SQLite, ``COPY`` on PostgreSQL). Requests go through the ASGI app (FastAPI ``TestClient``, a bearer token, so
 authentication and the route's permission check are included), ``--iters`` per request kind,
 the kinds interleaved request by request; each kind's median and p95 are printed:
 
@@ -37,6 +37,7 @@ import statistics
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from _common import fresh_pg, pct
@@ -72,6 +73,7 @@ def fill(store: Store, runs: int, events: int) -> None:
     start = datetime(2026, 10, 1, tzinfo=UTC)
     run_rows: list[tuple[Any, ...]] = []
     event_rows: list[tuple[Any, ...]] = []
+    book_rows: list[tuple[Any, ...]] = []
     for n in range(runs):
         rid = f"{n:08d}-{rnd.getrandbits(64):016x}"
         created = (start + timedelta(seconds=n * 26 + rnd.random())).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -81,6 +83,7 @@ def fill(store: Store, runs: int, events: int) -> None:
                NewEvent("call.completed", _llm(1, False), created)]  # fmt: skip
         head, rows = Store._link(rid, Head(0, GENESIS), evs)
         event_rows += rows
+        book_rows.append((created[:13] + ":00", rid, "gpt-4o-mini", wf, tenant, 1, "0.0004836", "0", 120, 80))
         err = json.dumps({"type": "ValueError", "message": f"bad input {n}"}) if status == "failed" else None
         run_rows.append((rid, wf, status, '{"args":[],"kwargs":{}}', None, err, None, tenant, "{}", None, None, 0,
                          None, head.seq, head.hash, 1, created, created, created))  # fmt: skip
@@ -99,10 +102,14 @@ def fill(store: Store, runs: int, events: int) -> None:
                                                    "output": {"ok": True, "n": i}}, now))  # fmt: skip
     head, rows = Store._link(BIG, Head(0, GENESIS), big)
     event_rows += rows
+    calls = sum(1 for e in big if e.data.get("kind") == "llm")
+    book_rows.append((now[:13] + ":00", BIG, "gpt-4o-mini", "wf-big", "t0", calls,
+                      str(calls * Decimal("0.0004836")), "0", 120 * calls, 80 * calls))  # fmt: skip
     run_rows.append((BIG, "wf-big", "running", "{}", None, None, None, "t0", "{}", None, None, 0, None, head.seq,
                      head.hash, 1, now, now, None))  # fmt: skip
     cols = RUN_COLUMNS
     ecols = "chain, seq, type, at, data, prev_hash, hash"
+    bcols = "hour, run_id, model, workflow, tenant, calls, cost_usd, estimated_usd, input_tokens, output_tokens"
     if store.dialect == "postgresql":
         import psycopg
 
@@ -113,14 +120,19 @@ def fill(store: Store, runs: int, events: int) -> None:
             with cur.copy(f"COPY events ({ecols}) FROM STDIN") as cp:
                 for r in event_rows:
                     cp.write_row(r)
+            with cur.copy(f"COPY ledger_spend ({bcols}) FROM STDIN") as cp:
+                for r in book_rows:
+                    cp.write_row(r)
             cur.execute("ANALYZE runs")
             cur.execute("ANALYZE events")
+            cur.execute("ANALYZE ledger_spend")
     else:
         marks = ", ".join("?" * 19)
 
         def go(cur: Any) -> None:
             cur.executemany(f"INSERT INTO runs ({cols}) VALUES ({marks})", run_rows)
             cur.executemany(f"INSERT INTO events ({ecols}) VALUES (?, ?, ?, ?, ?, ?, ?)", event_rows)
+            cur.executemany(f"INSERT INTO ledger_spend ({bcols}) VALUES ({', '.join('?' * 10)})", book_rows)
 
         store.write(go)
         store.write(lambda cur: cur.execute("ANALYZE"))
@@ -138,6 +150,7 @@ def measure(client: Any, headers: dict[str, str], iters: int) -> dict[str, list[
         "list: tenant=t3": "/api/v1/runs?limit=50&tenant=t3",
         "list: status=running,blocked": "/api/v1/runs?limit=50&status=running,blocked",
         "list: q=bad input 9999": "/api/v1/runs?limit=50&q=bad%20input%209999",
+        "list: min_cost_usd=0.001": "/api/v1/runs?limit=50&min_cost_usd=0.001",
         "list: page 100 (cursor)": f"/api/v1/runs?limit=50&cursor={cursor}",
         "detail: 10k-event run": f"/api/v1/runs/{BIG}",
         "events: 200 of 10k": f"/api/v1/runs/{BIG}/events?after=5000&limit=200",

@@ -23,7 +23,8 @@ PINNED: dict[str, set[str]] = {
     "wflo.approvals": {
         "Approval", "ApprovalGuard", "ApprovalRequest", "Approvals", "Decision", "Inbox", "action_hash",
         "aapproval", "action_text",
-        "approval", "approval_id_for", "approvals", "inbox", "parse_duration", "wait_for_notifications"
+        "approval", "approval_id_for", "approval_records", "approvals", "inbox", "parse_duration",
+        "wait_for_notifications"
     },
     "wflo.audit": {
         "ChainReport", "CheckpointResult", "PruneResult", "add_redactor", "build_report", "chain_hasher", "count_events",
@@ -48,9 +49,9 @@ PINNED: dict[str, set[str]] = {
     "wflo.config": {"Runtime", "Settings", "configure", "get_store", "runtime", "settings"},
     "wflo.cost": {
         "Budget", "BudgetGuard", "BudgetUsage", "Budgets", "Cost", "CostRequest", "DEFAULT_OUTPUT_CAP", "Ledger",
-        "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "Usage", "budgets", "estimate_input_tokens",
-        "estimate_text_tokens", "ledger", "period_start", "prices", "spend", "sse_events", "top_runs",
-        "usage_from_response", "usd_str"
+        "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "Usage", "budget_records", "budgets",
+        "estimate_input_tokens", "estimate_text_tokens", "ledger", "period_start", "prices", "run_cost", "run_spend",
+        "run_spend_sql", "spend", "spend_rows", "sse_events", "top_runs", "usage_from_response", "usd_str"
     },
     "wflo.demo": {"run_demo"},
     "wflo.engine": {

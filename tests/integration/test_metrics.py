@@ -135,6 +135,53 @@ def test_pending_approvals_gauge(sqlite_url: str) -> None:
     assert 'wflo_approvals_waiting{tool="send_email"} 1.0' in text
 
 
+def test_spend_counters_are_the_books_and_never_fall(store_url: str) -> None:
+    """Spend and tokens come from the spend book: a pruned journal takes nothing from them, a
+    priced tool is not an LLM's spend, and a call lost with its process counts once charged."""
+    from decimal import Decimal
+
+    from prometheus_client import generate_latest
+
+    from wflo.cost import spend
+    from wflo.cost._ledger import Booking, Ledger
+    from wflo.observability._metrics import registry
+    from wflo.store import Head, NewEvent
+
+    _config.configure(database=store_url)
+    store = _config.get_store()
+    store.create_run(run_id="m-1", workflow="books", input={})
+    ledger = Ledger(store)
+    call = {"kind": "llm", "call": "1", "name": "gpt-4o", "cost_usd": "0.5",
+            "usage": {"input_tokens": 7, "output_tokens": 3}}  # fmt: skip
+    ops = [
+        ledger.book_op("m-1", Decimal("0.5"), lambda: Booking("gpt-4o", False, 7, 3)),
+        ledger.book_op("m-1", Decimal("0.25"), lambda: Booking("tool:paid")),
+    ]
+    run = store.get_run("m-1")
+    store.append("m-1", Head(run.last_seq, run.last_hash), [NewEvent("call.completed", call)], owner=None, ops=ops)
+
+    def scrape() -> dict[tuple[str, str], float]:
+        out = {}
+        for family in text_string_to_metric_families(generate_latest(registry(store)).decode()):
+            for sample in family.samples:
+                if sample.name in ("wflo_llm_cost_usd_total", "wflo_llm_tokens_total"):
+                    out[(sample.name, sample.labels.get("type", sample.labels["model"]))] = sample.value
+        return out
+
+    first = scrape()
+    assert first == {("wflo_llm_cost_usd_total", "gpt-4o"): 0.5, ("wflo_llm_tokens_total", "input"): 7.0,
+                     ("wflo_llm_tokens_total", "output"): 3.0}  # fmt: skip
+    assert Decimal(spend(store, "model")["total"]["cost_usd"]) == Decimal("0.75")  # the tool's is in the book
+    sql = "DELETE FROM events WHERE chain = ? AND type = 'call.completed'"
+    if store.dialect == "postgresql":  # the append-only trigger is lifted only for this
+        store.write(lambda cur: (cur.execute("ALTER TABLE events DISABLE TRIGGER USER"),
+                                 store.execute(cur, sql, ("m-1",)),
+                                 cur.execute("ALTER TABLE events ENABLE TRIGGER USER")))  # fmt: skip
+    else:
+        store.write(lambda cur: store.execute(cur, sql, ("m-1",)))
+    assert scrape() == first
+
+
 def test_worker_serves_metrics(tmp_path: Path) -> None:
     (tmp_path / "mwf.py").write_text(
         textwrap.dedent("""

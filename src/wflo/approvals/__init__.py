@@ -6,6 +6,7 @@ from ._inbox import ApprovalRequest, Inbox
 from ._notify import wait_for_notifications
 from ._params import action_text
 from ._policy import Approval, action_hash, parse_duration
+from ._records import approval_records
 
 __all__ = [
     "Approval",
@@ -19,6 +20,7 @@ __all__ = [
     "action_text",
     "approval",
     "approval_id_for",
+    "approval_records",
     "approvals",
     "inbox",
     "parse_duration",

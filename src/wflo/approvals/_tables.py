@@ -183,6 +183,26 @@ def pending_by_tool(store: Store) -> dict[str, int]:
     return {str(tool): int(count) for tool, count in rows}
 
 
+def requests_created(store: Store, since: str, until: str) -> list[Row]:
+    """``(id, run, tool, message, status, requested_by, decided_by, created, decided, reason,
+    via)`` of the requests created in ``[since, until)``, oldest first."""
+    return store.read(
+        "SELECT id, run_id, tool, message, status, requested_by, decided_by, created_at, decided_at, reason, via "
+        "FROM approvals WHERE created_at >= ? AND created_at < ? ORDER BY created_at, id",
+        (since, until),
+    )
+
+
+def votes_on_requests_created(store: Store, since: str, until: str) -> list[Row]:
+    """``(approval_id, principal, decision, reason, via, at)`` of the votes on the requests
+    created in ``[since, until)``, oldest first."""
+    return store.read(
+        "SELECT v.approval_id, v.principal, v.decision, v.reason, v.via, v.at FROM approval_votes v "
+        "JOIN approvals a ON a.id = v.approval_id WHERE a.created_at >= ? AND a.created_at < ? ORDER BY v.at",
+        (since, until),
+    )
+
+
 def votes(store: Store, approval_id: str) -> list[Row]:
     """``(principal, decision, reason, action_hash, via, at)`` of each vote, oldest first."""
     return store.read(

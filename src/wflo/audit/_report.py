@@ -3,7 +3,9 @@
 Sections: runs and outcomes, spend against budget limits, approvals (approver and latency),
 loop stops, budget refusals, sandbox denials, configuration changes on the system chain, and
 the verification result (optionally against a signed checkpoint). Everything comes from the
-store: the ``runs``, ``budget_*`` and ``approval*`` projections and the events themselves.
+store: the ``runs`` projection and the events themselves, read here, and the ledger's limits
+and usage and the approval requests, read through ``wflo.cost`` and ``wflo.approvals`` (each
+domain's tables are read by its own package).
 
 The HTML has inline CSS, no script and no external URL; every value is escaped.
 """
@@ -16,6 +18,8 @@ from collections import defaultdict
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from ..approvals import approval_records
+from ..cost import budget_records
 from ..store import Store, now_iso, parse_iso
 from . import _tables
 from ._checkpoint import verify_checkpoint
@@ -55,15 +59,6 @@ def _load(text: str) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _latency(start: str | None, end: str | None) -> float | None:
-    if not start or not end:
-        return None
-    try:
-        return round((parse_iso(end) - parse_iso(start)).total_seconds(), 3)
-    except ValueError:
-        return None
 
 
 def build_report(
@@ -158,21 +153,7 @@ def build_report(
                 bucket = spend[key][str(value) if value is not None else "(none)"]
                 bucket[0] += usd
                 bucket[1] += 1
-    budgets = [
-        {
-            "scope": scope,
-            "period_start": start or None,
-            "limit_usd": lim,
-            "spent_usd": spent,
-            "reserved_usd": reserved,
-            "percent": round(float(_dec(spent) / _dec(lim) * 100), 1) if _dec(lim) else None,
-        }
-        for scope, start, lim, spent, reserved in _tables.budget_usage_rows(store)
-    ]
-    limits = [
-        {"scope": s, "limit_usd": lim, "period": p, "updated_at": at, "updated_by": who}
-        for s, lim, p, at, who in _tables.budget_limit_rows(store)
-    ]
+    budgets = budget_records(store)
     report["spend"] = {
         "total_usd": str(sum((v[0] for v in spend["workflow"].values()), Decimal(0))),
         **{
@@ -182,37 +163,15 @@ def build_report(
             ]
             for k in ("workflow", "model", "tenant")
         },
-        "limits": limits,
-        "usage": budgets,
+        "limits": budgets["limits"],
+        "usage": budgets["usage"],
     }
     report["loop_stops"] = loops
     report["budget_refusals"] = refusals
     report["sandbox_denials"] = sandbox
 
     # -- approvals
-    votes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for aid, principal, decision, reason, via, at in _tables.approval_vote_rows(store, window):
-        votes[aid].append({"principal": principal, "decision": decision, "reason": reason, "via": via, "at": at})
-    report["approvals"] = [
-        {
-            "id": aid,
-            "run_id": run_id,
-            "tool": tool,
-            "message": message,
-            "status": status,
-            "requested_by": requested_by,
-            "decided_by": decided_by,
-            "created_at": created,
-            "decided_at": decided,
-            "latency_s": _latency(created, decided),
-            "reason": reason,
-            "via": via,
-            "votes": votes.get(aid, []),
-        }
-        for aid, run_id, tool, message, status, requested_by, decided_by, created, decided, reason, via in (
-            _tables.approval_rows(store, window)
-        )
-    ]
+    report["approvals"] = approval_records(store, since, until)
 
     # -- configuration changes (system chain)
     changes = []

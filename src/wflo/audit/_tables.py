@@ -230,32 +230,6 @@ def run_events_of_types(store: Store, window: tuple[str, str], types: Sequence[s
     )
 
 
-def budget_usage_rows(store: Store) -> list[Row]:
-    return store.read(
-        "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage ORDER BY scope, period_start"
-    )
-
-
-def budget_limit_rows(store: Store) -> list[Row]:
-    return store.read("SELECT scope, limit_usd, period, updated_at, updated_by FROM budget_limits ORDER BY scope")
-
-
-def approval_vote_rows(store: Store, window: tuple[str, str]) -> list[Row]:
-    return store.read(
-        "SELECT v.approval_id, v.principal, v.decision, v.reason, v.via, v.at FROM approval_votes v "
-        "JOIN approvals a ON a.id = v.approval_id WHERE a.created_at >= ? AND a.created_at < ? ORDER BY v.at",
-        window,
-    )
-
-
-def approval_rows(store: Store, window: tuple[str, str]) -> list[Row]:
-    return store.read(
-        "SELECT id, run_id, tool, message, status, requested_by, decided_by, created_at, decided_at, reason, via "
-        "FROM approvals WHERE created_at >= ? AND created_at < ? ORDER BY created_at, id",
-        window,
-    )
-
-
 def system_events(store: Store, window: tuple[str, str]) -> list[Row]:
     """``(seq, type, at, data)`` of the system chain's events in the window."""
     return store.read(

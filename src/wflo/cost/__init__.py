@@ -6,7 +6,8 @@ from ._guard import BudgetGuard
 from ._ledger import PERIODS, Budget, BudgetUsage, CostRequest, Ledger, Limit, Reservation, period_start, usd_str
 from ._llm import sse_events
 from ._prices import Cost, Price, PriceBook, prices
-from ._spend import spend, top_runs
+from ._records import budget_records
+from ._spend import run_cost, run_spend, run_spend_sql, spend, spend_rows, top_runs
 from ._usage import Usage, usage_from_response
 
 __all__ = [
@@ -24,13 +25,18 @@ __all__ = [
     "PriceBook",
     "Reservation",
     "Usage",
+    "budget_records",
     "budgets",
     "estimate_input_tokens",
     "estimate_text_tokens",
     "ledger",
     "period_start",
     "prices",
+    "run_cost",
+    "run_spend",
+    "run_spend_sql",
     "spend",
+    "spend_rows",
     "sse_events",
     "top_runs",
     "usage_from_response",

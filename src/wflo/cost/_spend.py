@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -178,6 +178,40 @@ def top_runs(
             **totals.to_dict(),
         })  # fmt: skip
     return out
+
+
+def run_spend(store: Store, run_ids: Sequence[str]) -> dict[str, Decimal]:
+    """What each run spent, from the spend book (``Decimal(0)`` for a run with no charge):
+    the ``run`` rows of ``spend``, read for a page of runs by their ids. A call lost with its
+    process counts from when it was charged at its reservation, before its run's journal
+    records it."""
+    totals = _tables.run_totals(store, list(dict.fromkeys(run_ids)))
+    return {run_id: totals.get(run_id, Decimal(0)) for run_id in run_ids}
+
+
+def run_spend_sql(store: Store, run_column: str) -> str:
+    """SQL for what the run whose id is in ``run_column`` spent (its book rows summed), for a
+    filter on runs (``min_cost_usd``): exact on PostgreSQL, a float on SQLite."""
+    if not run_column.replace(".", "").replace("_", "").isalnum():
+        raise ValueError(f"not a column name: {run_column!r}")
+    return _tables.run_total_sql(store, run_column)
+
+
+def run_cost(store: Store, run_id: str) -> tuple[Decimal, Decimal, Decimal]:
+    """``(spent, reserved, unknown)`` of a run, in one read: what it spent (as ``run_spend``),
+    money held for its calls in flight, and the part of ``spent`` charged at a reservation for
+    calls lost with their process that its journal does not record yet (the journal's calls
+    and it add up to ``spent``)."""
+    return _tables.run_amounts(store, run_id)
+
+
+def spend_rows(store: Store, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The whole book summed per ``keys`` (each one of ``GROUPS``): rows of the keys' values,
+    then calls, cost and estimated cost (``Decimal``), input and output tokens."""
+    for key in keys:
+        if key not in GROUPS:
+            raise UserError(f"group must be one of {', '.join(GROUPS)}, got {key!r}")
+    return _summed(store, list(keys), None, None, None)
 
 
 @dataclass(frozen=True, slots=True)

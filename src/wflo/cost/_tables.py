@@ -354,6 +354,15 @@ ALTER TABLE budget_unknown ADD COLUMN spend_hour TEXT
 )
 
 
+# The runs list and a run's page read each run's total from the book: by run, not by hour.
+M019_SPEND_RUN = Migration(
+    "m019_spenduse_ledger_spend_run",
+    """
+CREATE INDEX ledger_spend_run ON ledger_spend (run_id)
+""",
+)
+
+
 def _text(amount: Decimal) -> str:
     text = format(amount, "f")
     if "." in text:
@@ -423,7 +432,19 @@ def count_limits(store: Store, names: Sequence[str]) -> int:
     return int(rows[0][0]) if rows else 0
 
 
+def limit_records(store: Store) -> list[tuple[Any, ...]]:
+    """``(scope, limit, period, updated_at, updated_by)`` of every limit, by scope, as stored."""
+    return store.read("SELECT scope, limit_usd, period, updated_at, updated_by FROM budget_limits ORDER BY scope")
+
+
 # --------------------------------------------------------------------------- usage
+def usage_records(store: Store) -> list[tuple[Any, ...]]:
+    """``(scope, period_start, limit, spent, reserved)`` of every period of every scope, as stored."""
+    return store.read(
+        "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage ORDER BY scope, period_start"
+    )
+
+
 def read_usage(store: Store, scope: str, period_start: str) -> list[tuple[Any, ...]]:
     """``(spent, reserved)`` of a scope's period, if it has a row."""
     return store.read(
@@ -693,6 +714,46 @@ def spend_groups(
             cost, est = sum(map(Decimal, cost.split(","))), sum(map(Decimal, est.split(",")))
         out.append((*row[:n], int(row[n]), Decimal(cost), Decimal(est), int(row[n + 3]), int(row[n + 4])))
     return out
+
+
+def run_totals(store: Store, run_ids: Sequence[str]) -> dict[str, Decimal]:
+    """Each run's booked spend (exact), for the runs in ``run_ids`` that spent anything."""
+    # SQLite sums text as floats: the exact sum is made here from the amounts themselves.
+    money = "sum(cost_usd::numeric)" if store.dialect == "postgresql" else "group_concat(cost_usd, ',')"
+    out: dict[str, Decimal] = {}
+    for at in range(0, len(run_ids), 200):
+        chunk = list(run_ids[at : at + 200])
+        sql = (
+            f"SELECT run_id, {money} FROM ledger_spend WHERE run_id IN ({', '.join('?' * len(chunk))}) GROUP BY run_id"
+        )
+        for run_id, total in store.read(sql, chunk):
+            out[run_id] = sum(map(_dec, total.split(",")), Decimal(0)) if isinstance(total, str) else _dec(total)
+    return out
+
+
+def run_total_sql(store: Store, run_column: str) -> str:
+    """SQL for the booked spend of the run whose id is in ``run_column``, as a number (for
+    filters: exact on PostgreSQL, a float on SQLite; the totals shown come from ``run_totals``)."""
+    money = "CAST(cost_usd AS NUMERIC)" if store.dialect == "postgresql" else "CAST(cost_usd AS REAL)"
+    return f"(SELECT COALESCE(SUM({money}), 0) FROM ledger_spend s WHERE s.run_id = {run_column})"
+
+
+def run_amounts(store: Store, run_id: str) -> tuple[Decimal, Decimal, Decimal]:
+    """In one read: the run's booked spend, its reservations still held, and its calls charged
+    at their reservation (expired) whose outcome is not on its journal yet (exact sums)."""
+    # SQLite's sums are floats: the exact sums are made here from the amounts themselves.
+    agg = "sum({}::numeric)::text" if store.dialect == "postgresql" else "group_concat({}, ',')"
+    row = store.read_one(
+        f"SELECT (SELECT {agg.format('cost_usd')} FROM ledger_spend WHERE run_id = ?), "
+        f"(SELECT {agg.format('amount_usd')} FROM reservations WHERE run_id = ?), "
+        f"(SELECT {agg.format('amount_usd')} FROM budget_unknown "
+        "WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL)",
+        (run_id, run_id, run_id),
+    )
+    spent, held, lost = (
+        sum(map(_dec, str(v).split(",")), Decimal(0)) if v is not None else Decimal(0) for v in (row or (None,) * 3)
+    )
+    return spent, held, lost
 
 
 def runs_info(store: Store, run_ids: Iterable[str]) -> dict[str, tuple[Any, ...]]:

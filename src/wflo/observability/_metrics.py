@@ -1,8 +1,10 @@
 """Prometheus metrics computed from the store at each scrape.
 
-Every value is read from the store (the runs projection, the journal, the approval inbox),
-not counted in the process: several workers sharing a store all report the same totals, and
-a restarted worker loses nothing.
+Every value is read from the store (the runs projection, the journal, the spend book, the
+approval inbox), not counted in the process: several workers sharing a store all report the
+same totals, and a restarted worker loses nothing. Spend and tokens are the spend book's
+(``wflo.cost.spend_rows``: what the ledger charged, the figures ``wflo costs`` reports), so
+they never fall when old journals are pruned, as a counter must not.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterator
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -19,16 +21,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .._errors import UserError
 from ..approvals import Inbox
+from ..cost import spend_rows
 from ..store import Store
 
 _REFUSALS = ("BudgetExceededError", "UnknownPriceError")
-
-
-def _dec(value: Any) -> Decimal:
-    try:
-        return Decimal(str(value)) if value is not None else Decimal(0)
-    except InvalidOperation:
-        return Decimal(0)
 
 
 def _scope_kind(scope: Any) -> str:
@@ -63,6 +59,12 @@ class StoreCollector(Collector):
 
         spend: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
         tokens: dict[tuple[str, str, str], int] = defaultdict(int)
+        for workflow, model, _, usd, _, tokens_in, tokens_out in spend_rows(store, ["workflow", "model"]):
+            if str(model).startswith("tool:"):  # a priced tool's charge: not an LLM's
+                continue
+            spend[(str(workflow), str(model))] += usd
+            tokens[(str(workflow), str(model), "input")] += int(tokens_in)
+            tokens[(str(workflow), str(model), "output")] += int(tokens_out)
         calls: dict[tuple[str, str, str], int] = defaultdict(int)
         stops: dict[tuple[str, str], int] = defaultdict(int)
         refusals: dict[tuple[str, str, str], int] = defaultdict(int)
@@ -88,12 +90,6 @@ class StoreCollector(Collector):
                 calls[(wf, model, "refused")] += 1
                 continue
             calls[(wf, model, "error" if kind == "call.failed" else "ok")] += 1
-            spend[(wf, model)] += _dec(data.get("cost_usd"))
-            usage = data.get("usage") or {}
-            for field, token_type in (("input_tokens", "input"), ("output_tokens", "output")):
-                value = usage.get(field)
-                if isinstance(value, int):
-                    tokens[(wf, model, token_type)] += value
 
         family = CounterMetricFamily("wflo_llm_cost_usd", "LLM spend in USD.", labels=["workflow", "model"])
         for (wf, model), usd in sorted(spend.items()):

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from ..approvals import Inbox
 from ..audit import ChainReport, chain_hasher, verify_run
-from ..cost import Ledger, period_start, sse_events, usd_str
+from ..cost import Ledger, period_start, run_cost, run_spend, sse_events, usd_str
 from ..store import Event, RunRecord, Store, now_iso
-from ._runs_query import LIST_COLUMNS, _item, run_costs
+from ._runs_query import LIST_COLUMNS, _item
 
 TEXT_LIMIT = 2000
 """Characters of an answer, input or output shown per event (the journal keeps them whole)."""
@@ -40,7 +40,7 @@ def detail(store: Store, r: RunRecord) -> dict[str, Any]:
     children = store.read(
         f"SELECT {LIST_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY created_at, id LIMIT ?", (r.id, CHILDREN_LIMIT)
     )
-    child_costs = run_costs(store, [c[0] for c in children], {c[0]: int(c[9]) for c in children})
+    child_costs = run_spend(store, [c[0] for c in children])
     approvals = Inbox(store).list(status=None, run_id=r.id, limit=100)
     return {
         **run_json(r),
@@ -98,13 +98,11 @@ def verdict(store: Store, r: RunRecord) -> dict[str, Any]:
 
 
 def cost(store: Store, r: RunRecord) -> dict[str, Any]:
-    """Spent (from the journal), held (open reservations), lost (unknown outcomes charged at
-    their reservation) and every limited scope the run draws on, each with its limit."""
-    spent = run_costs(store, [r.id], {r.id: r.last_seq}).get(r.id, Decimal(0))
-    reserved = _sum(store.read("SELECT amount_usd FROM reservations WHERE run_id = ?", (r.id,)))
-    unknown = _sum(store.read(
-        "SELECT amount_usd FROM budget_unknown WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL", (r.id,)
-    ))  # fmt: skip
+    """Spent (what the ledger charged the run: its spend book rows, the figure the runs list
+    and ``wflo costs`` show), held (open reservations), unknown (the part of spent charged at
+    a reservation for calls lost with their process, not on the journal yet: the timeline's
+    call costs and it add up to spent) and every limited scope the run draws on."""
+    spent, reserved, unknown = run_cost(store, r.id)
     ledger = Ledger(store)
     scopes = [f"run:{r.id}", f"workflow:{r.workflow}"] + ([f"tenant:{r.tenant}"] if r.tenant else []) + ["global"]
     budgets = []
@@ -121,16 +119,6 @@ def cost(store: Store, r: RunRecord) -> dict[str, Any]:
         })  # fmt: skip
     return {"spent_usd": usd_str(spent), "reserved_usd": usd_str(reserved), "unknown_usd": usd_str(unknown),
             "budgets": budgets}  # fmt: skip
-
-
-def _sum(rows: list[tuple[Any, ...]]) -> Decimal:
-    total = Decimal(0)
-    for (amount,) in rows:
-        try:
-            total += Decimal(str(amount))
-        except InvalidOperation:
-            continue
-    return total
 
 
 def _approval(a: Any) -> dict[str, Any]:
@@ -227,6 +215,8 @@ def _call(type_: str, d: dict[str, Any]) -> dict[str, Any]:
             )
     else:
         out.update(input=_shown(d.get("input")), output=_shown(d.get("output")), approval=d.get("approval"))
+        if d.get("cost_usd") is not None:  # a priced tool's charge
+            out["cost_usd"] = d["cost_usd"]
         title = str(d.get("name")) + (f" → {_brief(d['output'])}" if phase == "completed" and "output" in d else "")
     if phase == "failed" and "error" in d:
         title += f" · failed: {out['error'].get('message', '')}"[:200]

@@ -5,8 +5,9 @@ page starting strictly after the last row of this one. The cursor is that row's 
 id)``, base64-encoded so clients treat it as opaque. ``OFFSET`` is never used: page 2,000 costs
 what page 1 costs, and a run created while someone pages does not shift the pages.
 
-A run's cost is the sum of ``cost_usd`` over its journal's calls (what ``wflo costs`` sums);
-a filter on it is evaluated in SQL, the displayed figure in exact decimals.
+A run's cost is what the ledger charged it: its rows of the spend book summed (``wflo.cost.
+run_spend``, the ``run`` grouping of ``wflo costs``), a few indexed rows per run however long
+its journal. A filter on it is evaluated in SQL, the displayed figure in exact decimals.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import threading
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ..audit import parse_when
-from ..cost import usd_str
+from ..cost import run_spend, run_spend_sql, usd_str
 from ..errors import UserError
 from ..store import RUN_STATUSES, Store
 
@@ -30,7 +29,6 @@ MAX_LIMIT = 500
 SCAN_WINDOW = 5_000
 """Runs a page with a text or cost filter reads at most (see ``list_runs``)."""
 DEFAULT_LIMIT = 50
-COST_TYPES = ("call.completed", "call.failed")
 FILTER_KEYS = ("workflow", "status", "tenant", "since", "until", "min_cost_usd", "q")
 
 LIST_COLUMNS = (
@@ -132,13 +130,6 @@ def check_limit(limit: int) -> int:
     return limit
 
 
-def cost_expr(store: Store, alias: str = "e") -> str:
-    """SQL for one event's ``cost_usd`` as a number (for filters; totals are summed exactly)."""
-    if store.dialect == "postgresql":
-        return f"CAST(CAST({alias}.data AS json)->>'cost_usd' AS NUMERIC)"
-    return f"CAST(json_extract({alias}.data, '$.cost_usd') AS REAL)"
-
-
 def where_sql(store: Store, f: RunFilter, *, scans: bool = True) -> tuple[list[str], list[Any]]:
     """The WHERE conditions (on table ``runs``) and their parameters for ``f``; with
     ``scans=False`` only those an index serves (not ``q`` nor ``min_cost_usd``)."""
@@ -179,11 +170,7 @@ def scan_sql(store: Store, f: RunFilter) -> tuple[str, list[Any]] | None:
         )
         params += [pattern] * 3
     if f.min_cost_usd is not None:
-        types = ", ".join(f"'{t}'" for t in COST_TYPES)
-        where.append(
-            f"(SELECT COALESCE(SUM({cost_expr(store)}), 0) FROM events e "
-            f"WHERE e.chain = runs.id AND e.type IN ({types})) >= ?"
-        )
+        where.append(f"{run_spend_sql(store, 'runs.id')} >= ?")
         params.append(str(f.min_cost_usd) if store.dialect == "postgresql" else float(f.min_cost_usd))
     return (" AND ".join(where), params) if where else None
 
@@ -226,7 +213,7 @@ def list_runs(
             for r in _chunked(store, f"SELECT {LIST_COLUMNS} FROM runs WHERE id IN ({{}})", [h[0] for h in hits])
         }
         rows = [found[h[0]] for h in hits if h[0] in found]
-    costs = run_costs(store, [r[0] for r in rows], {r[0]: int(r[9]) for r in rows})
+    costs = run_spend(store, [r[0] for r in rows])
     items = [_item(r, costs.get(r[0], Decimal(0))) for r in rows]
     return items, nxt
 
@@ -239,91 +226,12 @@ def ids_matching(store: Store, f: RunFilter, *, limit: int) -> list[tuple[str, s
     return [(r[0], r[1], r[2]) for r in store.read(sql, [*params, limit])]
 
 
-class _CostCache:
-    """Each run's spend up to a journal position, per process: a journal only grows, so the sum
-    up to ``seq`` never changes, and a run that moved on is summed from where it was, not again
-    from its first event (a 10,000-event run costs one read of its new events)."""
-
-    def __init__(self, size: int = 50_000) -> None:
-        self._lock = threading.Lock()
-        self._items: OrderedDict[tuple[str, str], tuple[int, Decimal]] = OrderedDict()
-        self._size = size
-
-    def get(self, key: tuple[str, str]) -> tuple[int, Decimal] | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is not None:
-                self._items.move_to_end(key)
-            return hit
-
-    def put(self, key: tuple[str, str], seq: int, total: Decimal) -> None:
-        with self._lock:
-            old = self._items.get(key)
-            if old is None or old[0] <= seq:
-                self._items[key] = (seq, total)
-                self._items.move_to_end(key)
-            while len(self._items) > self._size:
-                self._items.popitem(last=False)
-
-
-_COSTS = _CostCache()
-
-
-def run_costs(store: Store, run_ids: Sequence[str], heads: Mapping[str, int] | None = None) -> dict[str, Decimal]:
-    """Exact spend of each run (the sum of its calls' ``cost_usd``), for up to a page of runs.
-
-    ``heads`` (each run's ``last_seq``, as just read) lets the sums be kept and continued."""
-    if not run_ids:
-        return {}
-    if heads is None:
-        heads = {r[0]: int(r[1]) for r in _chunked(store, "SELECT id, last_seq FROM runs WHERE id IN ({})", run_ids)}
-    types = ", ".join(f"'{t}'" for t in COST_TYPES)
-    pick = "CAST(data AS json)->>'cost_usd'" if store.dialect == "postgresql" else "json_extract(data, '$.cost_usd')"
-    out: dict[str, Decimal] = {}
-    fresh: list[str] = []
-    for run_id in run_ids:
-        head = heads.get(run_id, 0)
-        hit = _COSTS.get((store.url, run_id))
-        if hit is not None and hit[0] == head:
-            out[run_id] = hit[1]
-        elif hit is not None and hit[0] < head:
-            rows = store.read(
-                f"SELECT seq, {pick} FROM events WHERE chain = ? AND seq > ? AND seq <= ? AND type IN ({types})",
-                (run_id, hit[0], head),
-            )
-            out[run_id] = hit[1] + _sum(v for _, v in rows)
-            _COSTS.put((store.url, run_id), head, out[run_id])
-        else:
-            fresh.append(run_id)
-    sql = f"SELECT chain, seq, {pick} FROM events WHERE chain IN ({{}}) AND type IN ({types})"
-    found: dict[str, list[Any]] = {}
-    for chain, seq, cost in _chunked(store, sql, fresh):
-        if int(seq) <= heads.get(chain, 0):  # events appended since the head was read: next time
-            found.setdefault(chain, []).append(cost)
-    for run_id in fresh:
-        out[run_id] = _sum(found.get(run_id, []))
-        _COSTS.put((store.url, run_id), heads.get(run_id, 0), out[run_id])
-    return out
-
-
 def _chunked(store: Store, sql: str, ids: Sequence[str]) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = []
     for start in range(0, len(ids), 200):
         chunk = list(ids[start : start + 200])
         rows += store.read(sql.format(", ".join("?" * len(chunk))), chunk)
     return rows
-
-
-def _sum(values: Iterable[Any]) -> Decimal:
-    total = Decimal(0)
-    for value in values:
-        if value is None:
-            continue
-        try:
-            total += Decimal(str(value))
-        except InvalidOperation:
-            continue  # a damaged value is the audit's finding, not the list's crash
-    return total
 
 
 def _item(r: Sequence[Any], cost: Decimal | None) -> dict[str, Any]:

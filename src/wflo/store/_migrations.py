@@ -520,6 +520,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         M016_QUEUES_CLAIM,
         "wflo.integrations._checkpoint_tables:M017_CKPT_BYTES",
         "wflo.cost._tables:M018_LEDGER_SPEND",
+        "wflo.cost._tables:M019_SPEND_RUN",
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -99,3 +99,54 @@ def test_report_on_both_stores(store_url: str) -> None:
         broken = build_report(store, since=SINCE)["verification"]
         assert not broken["ok"] and broken["broken"][0]["chain"] == "ok" and broken["broken"][0]["seq"] == 3
         assert "BROKEN" in render_html(build_report(store, since=SINCE))
+
+
+def test_budget_and_approval_sections_are_the_stored_rows(store_url: str) -> None:
+    """The report reads limits, usage and approvals through ``wflo.cost`` and ``wflo.approvals``;
+    what it shows is still exactly what their tables hold (both stores)."""
+    from decimal import Decimal
+
+    from wflo.approvals import Inbox
+    from wflo.cost import CostRequest, Ledger
+
+    with open_store(store_url) as store:
+        store.create_run(run_id="rep-1", workflow="wf", input={})
+        ledger = Ledger(store)
+        ledger.set_limit("global", "5", period="day", by="user:ann")
+        ledger.set_limit("tenant:acme", "0", by="user:bob")
+        ledger.set_limit("run:rep-1", "2.5")
+        cost = CostRequest(input_cost=Decimal("0.01"), output_price_per_token=Decimal("0.001"), output_cap=10)
+        res = ledger.reserve(run_id="rep-1", scopes=["global", "run:rep-1"], cost=cost, model="m")
+        assert res is not None
+        ledger.settle(res, Decimal("0.0125"))
+        assert ledger.reserve(run_id="rep-1", scopes=["run:rep-1"], cost=cost, model="m") is not None  # held
+        inbox = Inbox(store)
+        for n, decision in enumerate(("approve", "reject", None)):
+            inbox.create(
+                approval_id=f"ap-{n}", run_id="rep-1", call_id=str(n), tool="refund", message=f"refund {n}",
+                action={"tool": "refund", "kwargs": {"n": n}}, approvers=["user:carol"], quorum=1, requested_by="user:agent",
+                timeout_at=None, on_timeout="reject", escalate_to=[],
+            )  # fmt: skip
+            if decision:
+                inbox.decide(f"ap-{n}", decision, principal="user:carol", reason="ok")
+        report = build_report(store, since=SINCE)
+        limits = store.read("SELECT scope, limit_usd, period, updated_at, updated_by FROM budget_limits ORDER BY scope")
+        usage = store.read(
+            "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage "
+            "ORDER BY scope, period_start"
+        )
+        approvals = store.read("SELECT id, status, decided_by, reason FROM approvals ORDER BY created_at, id")
+        votes = store.read("SELECT approval_id, principal, decision FROM approval_votes ORDER BY at")
+    spend = report["spend"]
+    assert [tuple(x.values()) for x in spend["limits"]] == [tuple(r) for r in limits] and len(limits) == 3
+    assert [(u["scope"], u["period_start"] or "", u["limit_usd"], u["spent_usd"], u["reserved_usd"])
+            for u in spend["usage"]] == [tuple(r) for r in usage]  # fmt: skip
+    percent = {u["scope"]: u["percent"] for u in spend["usage"]}
+    assert percent == {"global": 0.2, "run:rep-1": 0.5}  # tenant:acme was never charged: no period row
+    assert [(a["id"], a["status"], a["decided_by"], a["reason"]) for a in report["approvals"]] == [
+        tuple(r) for r in approvals
+    ]
+    assert [(a["id"], v["principal"], v["decision"]) for a in report["approvals"] for v in a["votes"]] == [
+        tuple(r) for r in votes
+    ]
+    assert report["approvals"][0]["latency_s"] >= 0 and report["approvals"][2]["latency_s"] is None

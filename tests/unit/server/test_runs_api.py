@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -22,6 +23,8 @@ from panel import serve
 from wflo import _config
 from wflo.approvals import inbox
 from wflo.auth import access, tokens
+from wflo.cost import run_spend, spend
+from wflo.cost._ledger import Booking, CostRequest, Ledger
 from wflo.server import _runs_live, create_app
 from wflo.store import Head, NewEvent, Store
 
@@ -54,6 +57,19 @@ def make_run(workflow: str = "wf", tenant: str | None = None, run_id: str | None
     return rid
 
 
+def charged(run_id: str, events: list[NewEvent]) -> list[Any]:
+    """The store ops that book the priced calls among ``events`` in the spend book, as the
+    engine does in the transaction that records them."""
+    ops = []
+    for e in events:
+        if e.type.startswith("call.") and e.data.get("cost_usd") and e.data.get("kind") in ("llm", "tool"):
+            usage = e.data.get("usage") or {}
+            name = e.data["name"] if e.data["kind"] == "llm" else f"tool:{e.data['name']}"
+            booking = Booking(name, False, int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
+            ops.append(Ledger(store()).book_op(run_id, Decimal(e.data["cost_usd"]), lambda b=booking: b))
+    return ops
+
+
 def finish(
     run_id: str, status: str = "succeeded", error: str | None = None, events: list[NewEvent] | None = None
 ) -> None:
@@ -62,6 +78,7 @@ def finish(
     store().append(
         run_id, Head(r.last_seq, r.last_hash), [*(events or []), NewEvent(f"run.{'completed' if not error else 'failed'}", {})],
         owner=None, status=status, output=None if error else 1, error=err, finish=True,
+        ops=charged(run_id, events or []),
     )  # fmt: skip
 
 
@@ -418,8 +435,8 @@ def test_a_rewritten_old_event_shows_once_the_chain_is_verified_whole(
     assert bad["ok"] is False and bad["seq"] == 2 and bad["kind"] == "hash"
 
 
-def test_a_runs_cost_follows_its_journal(client: TestClient) -> None:
-    """Costs are kept per journal position and continued from there as the run goes on."""
+def test_a_runs_cost_follows_its_charges(client: TestClient) -> None:
+    """A run's cost is what the ledger charged it so far, read afresh as the run goes on."""
     rid = make_run(workflow="spender")
     h = bearer("viewer")
 
@@ -429,7 +446,8 @@ def test_a_runs_cost_follows_its_journal(client: TestClient) -> None:
     assert listed() == "0"
     for call, cost, total in (("1", "0.5", "0.5"), ("2", "0.25", "0.75"), ("3", "0.000001", "0.750001")):
         r = store().get_run(rid)
-        store().append(rid, Head(r.last_seq, r.last_hash), [llm_event(call, cost)], owner=None)
+        event = llm_event(call, cost)
+        store().append(rid, Head(r.last_seq, r.last_hash), [event], owner=None, ops=charged(rid, [event]))
         assert listed() == total
         assert client.get(f"/api/v1/runs/{rid}", headers=h).json()["cost"]["spent_usd"] == total
 
@@ -473,3 +491,90 @@ def test_a_stream_ends_by_itself_so_a_stopping_server_is_not_held(
             held.start()
             held.join(5)
             assert not held.is_alive()
+
+
+# ------------------------------------------------------------------------- cost: the spend book
+def _timeline_cost(client: TestClient, rid: str, h: dict[str, str]) -> Decimal:
+    items = client.get(f"/api/v1/runs/{rid}/events", headers=h).json()["items"]
+    return sum((Decimal(i["cost_usd"]) for i in items if i.get("cost_usd")), Decimal(0))
+
+
+def test_the_lists_cost_is_what_the_ledger_charged(client: TestClient) -> None:
+    """For a mix of runs (LLM calls, a priced tool, a charged failure, nothing, a child), the
+    list, the run page and ``wflo costs`` by run show the same figure, and the run page's
+    per-call costs add up to it."""
+    h = bearer("viewer")
+    plain, mixed, idle = make_run(workflow="mix"), make_run(workflow="mix"), make_run(workflow="mix")
+    child = make_run(workflow="mix", parent_id=mixed)
+    lost_answer = {"kind": "llm", "call": "3", "name": "gpt-4o", "cost_usd": "0.0125", "error": {"type": "Timeout"}}
+    tool = {"kind": "tool", "call": "4", "name": "paid", "cost_usd": "0.25", "output": 1}
+    finish(plain, events=[llm_event("1", "0.000001")])
+    finish(mixed, events=[llm_event("1", "0.5"), llm_event("2", "0.125"), NewEvent("call.failed", lost_answer),
+                          NewEvent("call.completed", tool)])  # fmt: skip
+    finish(child, events=[llm_event("1", "0.0625")])
+    finish(idle)
+    listed = {r["id"]: r["cost_usd"] for r in client.get("/api/v1/runs?workflow=mix", headers=h).json()["items"]}
+    book = {r["key"]: r["cost_usd"] for r in spend(store(), "run")["rows"]}
+    assert listed == {**book, idle: "0"} and listed[mixed] == "0.8875"
+    for rid in (plain, mixed, idle, child):
+        d = client.get(f"/api/v1/runs/{rid}", headers=h).json()
+        assert d["cost"]["spent_usd"] == listed[rid] and d["cost"]["unknown_usd"] == "0"
+        assert _timeline_cost(client, rid, h) == Decimal(listed[rid])
+    page = client.get(f"/api/v1/runs/{mixed}", headers=h).json()
+    assert [(c["id"], c["cost_usd"]) for c in page["children"]] == [(child, "0.0625")]
+    ids = [r["id"] for r in client.get("/api/v1/runs?min_cost_usd=0.0625", headers=h).json()["items"]]
+    assert ids == [child, mixed]
+    assert [r["id"] for r in client.get("/api/v1/runs?min_cost_usd=0.8876", headers=h).json()["items"]] == []
+
+
+def test_a_lost_call_costs_the_same_in_the_list_and_on_the_run_page(client: TestClient) -> None:
+    """A call lost with its process is charged at its reservation when the reservation expires:
+    from then on the list and the run page count it, before the journal records it."""
+    h = bearer("viewer")
+    rid = make_run(workflow="lossy")
+    ledger = Ledger(store())
+    ledger.set_limit(f"run:{rid}", "10")
+    cost = CostRequest(input_cost=Decimal("0.001"), output_price_per_token=Decimal("0.00001"), output_cap=100)
+    res = ledger.reserve(run_id=rid, scopes=[f"run:{rid}"], cost=cost, call_id="1", model="gpt-4o", ttl_seconds=-1)
+    assert res is not None and res.amount == Decimal("0.002")
+    event = llm_event("2", "0.25")
+    r = store().get_run(rid)
+    store().append(rid, Head(r.last_seq, r.last_hash), [event], owner=None, ops=charged(rid, [event]))
+
+    def both() -> tuple[str, dict[str, Any]]:
+        item = client.get("/api/v1/runs?workflow=lossy", headers=h).json()["items"][0]
+        return item["cost_usd"], client.get(f"/api/v1/runs/{rid}", headers=h).json()["cost"]
+
+    listed, page = both()
+    assert listed == page["spent_usd"] == "0.25" and page["reserved_usd"] == "0.002"
+    assert ledger.expire() == 1
+    listed, page = both()
+    assert listed == page["spent_usd"] == "0.252" == run_spend(store(), [rid])[rid].to_eng_string()
+    assert page["unknown_usd"] == "0.002" and page["reserved_usd"] == "0"
+    # The journal's calls and the part not on it yet add up to the run's cost.
+    assert _timeline_cost(client, rid, h) + Decimal(page["unknown_usd"]) == Decimal(listed)
+    # The run resumes: the lost call goes on its journal (at its estimate), nothing counts twice.
+    events, op = ledger.orphans(rid)
+    r = store().get_run(rid)
+    store().append(rid, Head(r.last_seq, r.last_hash), events, owner=None, ops=[op] if op else [])
+    listed, page = both()
+    assert listed == page["spent_usd"] == "0.252" and page["unknown_usd"] == "0"
+    assert _timeline_cost(client, rid, h) == Decimal("0.252")
+    assert [r["id"] for r in client.get("/api/v1/runs?min_cost_usd=0.252", headers=h).json()["items"]] == [rid]
+
+
+def test_a_pruned_runs_cost_stays_in_the_list(client: TestClient) -> None:
+    """The book keeps what was charged when the journal's events are gone (the cost no longer
+    depends on the journal being there)."""
+    h = bearer("viewer")
+    rid = make_run(workflow="gone")
+    finish(rid, events=[llm_event("1", "0.5")])
+    sql = "DELETE FROM events WHERE chain = ? AND type = 'call.completed'"
+    if store().dialect == "postgresql":  # the append-only trigger is lifted only for this
+        store().write(lambda cur: (cur.execute("ALTER TABLE events DISABLE TRIGGER USER"),
+                                   store().execute(cur, sql, (rid,)),
+                                   cur.execute("ALTER TABLE events ENABLE TRIGGER USER")))  # fmt: skip
+    else:
+        store().write(lambda cur: store().execute(cur, sql, (rid,)))
+    assert client.get("/api/v1/runs?workflow=gone", headers=h).json()["items"][0]["cost_usd"] == "0.5"
+    assert client.get(f"/api/v1/runs/{rid}", headers=h).json()["cost"]["spent_usd"] == "0.5"
