@@ -54,3 +54,28 @@ def test_a_run_whose_events_all_vanished_is_still_reported(store_url: str) -> No
             db.run("DELETE FROM events WHERE chain = 'r-gone'")
         broken = [(r.chain, r.kind) for r in verify_all(store) if not r.ok]
         assert broken == [("r-gone", "head")]
+
+
+def test_the_scan_pauses_the_garbage_collector_and_restores_it(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+
+    seen: list[bool] = []
+    scan_links = _verify._tables.scan_links
+
+    def spy(*args: object) -> object:
+        seen.append(gc.isenabled())
+        return scan_links(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_verify._tables, "scan_links", spy)
+    with open_store(sqlite_url) as store:
+        make_run(store, "r1", calls=2)
+        try:
+            for enabled in (True, False):
+                gc.enable() if enabled else gc.disable()
+                assert all(r.ok for r in verify_all(store, workers=1))
+                assert gc.isenabled() is enabled
+        finally:
+            gc.enable()
+    assert seen and not any(seen)

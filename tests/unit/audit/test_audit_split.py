@@ -3,13 +3,15 @@ one process finds, wherever the damage is, and a child that cannot run changes n
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from typing import Any
 
 import pytest
 from auditkit import admin, make_run
 
-from wflo.audit import _verify, verify_all
+from wflo.audit import _verify, verify_all, verify_chain
 from wflo.store import open_store
 
 
@@ -88,6 +90,37 @@ def test_forged_columns_of_another_type_are_reported_not_raised(
                 ("r-b", 6, "gap"),
                 ("r-c", 3, "hash"),
             ]
+
+
+@pytest.mark.parametrize(
+    "column,value,hashed",
+    [("data", "X'7b7d'", "b'{}'"), ("type", "X'78'", "b'x'"), ("at", "X'3030'", "b'00'")],
+)
+def test_a_forged_column_type_hashed_as_the_fast_path_would_print_it_is_still_broken(
+    sqlite_url: str, column: str, value: str, hashed: str
+) -> None:
+    # The last event rewritten with a text column as a BLOB (SQLite keeps it) and a hash over
+    # that value as Python prints it (and the run's head to match): the one-pass scan must not
+    # accept what verifying the chain alone rejects (a value that is not text is never hashed).
+    with open_store(sqlite_url) as store:
+        head = make_run(store, "r-x", calls=5)
+        with admin(sqlite_url) as db:
+            seq, type_, at, data, prev = db.run(
+                "SELECT seq, type, at, data, prev_hash FROM events WHERE chain = 'r-x' AND seq = ?", (head.seq,)
+            )[0]
+            parts = {"at": json.dumps(at), "type": json.dumps(type_), "data": data} | {column: hashed}
+            text = (
+                f'{prev}{{"at":{parts["at"]},"chain":"r-x","data":{parts["data"]},"seq":{seq},"type":{parts["type"]}}}'
+            )
+            forged = hashlib.sha256(text.encode()).hexdigest()
+            db.run(
+                f"UPDATE events SET {column} = {value}, hash = ? WHERE chain = 'r-x' AND seq = ?", (forged, head.seq)
+            )
+            db.run("UPDATE runs SET last_hash = ? WHERE id = 'r-x'", (forged,))
+        alone = verify_chain(store, "r-x")
+        assert not alone.ok and alone.seq == head.seq
+        for workers in (1, 2):
+            assert _broken(verify_all(store, workers=workers)) == [("r-x", head.seq, alone.kind)]
 
 
 def test_behind_a_transaction_pooler_the_child_is_told(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
