@@ -118,6 +118,24 @@ def test_a_call_has_one_pending_request(store: Store) -> None:
     assert not store.write(lambda cur: tables.exists(store, cur, "new"))
 
 
+def test_a_window_of_requests_and_their_votes(store: Store) -> None:
+    _run(store, "r1")
+    _file(store, "early", "r1", call_id="1", now="2026-01-01T00:00:00.000000Z")
+    _file(store, "inside", "r1", call_id="2", now="2026-01-02T00:00:00.000000Z")
+    _file(store, "late", "r1", call_id="3", now="2026-01-03T00:00:00.000000Z")
+    for aid in ("early", "inside"):
+        store.write(lambda cur, aid=aid: tables.insert_vote(store, cur, aid, "user:a", decision="approve", reason="ok",
+                                                            action_hash="h" * 64, via="cli", shown=None,
+                                                            at="2026-01-02T01:00:00.000000Z"))  # fmt: skip
+    since, until = "2026-01-02T00:00:00.000000Z", "2026-01-03T00:00:00.000000Z"  # [since, until)
+    rows = tables.requests_created(store, since, until)
+    assert [(r[0], r[1], r[2], r[7]) for r in rows] == [("inside", "r1", "refund", since)]
+    assert tables.votes_on_requests_created(store, since, until) == [
+        ("inside", "user:a", "approve", "ok", "cli", "2026-01-02T01:00:00.000000Z")
+    ]
+    assert tables.votes_on_requests_created(store, until, "2026-01-04T00:00:00.000000Z") == []
+
+
 def test_votes_tally_and_one_vote_each(store: Store) -> None:
     _run(store, "r1")
     _file(store, "ap", "r1")
