@@ -8,7 +8,11 @@ flips every iteration), ``--iterations`` per round, ``--rounds`` rounds; reporte
 median µs on each and large ÷ small (median of the round ratios, with their spread). Goal
 (issue 20): large ÷ small ≤ 2 for every query.
 
-    python bench/listing.py [--large 1000000] [--small 1000] [--stores sqlite,postgres] [--json]
+``--explain`` (PostgreSQL) adds what does not depend on the machine's load: for each listing
+query, the shared buffers the server touched and its own execution time, on both stores
+(``EXPLAIN (ANALYZE, BUFFERS)`` of the statement ``Store.list_runs`` sends, after a warm-up).
+
+    python bench/listing.py [--large 1000000] [--small 1000] [--stores sqlite,postgres] [--explain] [--json]
 """
 
 from __future__ import annotations
@@ -76,6 +80,36 @@ def queries(store: Store) -> dict[str, Callable[[], Any]]:
     }
 
 
+# The statements ``Store.list_runs`` sends for the listing queries above (kept in step by hand;
+# ``--explain`` only).
+EXPLAINED = {
+    "list_runs (latest 50)": ("", ()),
+    "list_runs status=running": ("WHERE status = %s", ("running",)),
+    "list_runs status=succeeded": ("WHERE status = %s", ("succeeded",)),
+    "list_runs workflow=wf3": ("WHERE workflow = %s", ("wf3",)),
+}
+
+
+def explain(url: str) -> dict[str, tuple[int, float]]:
+    """Per listing query: (shared buffers hit or read, server execution ms), median of 5."""
+    import psycopg
+
+    out: dict[str, tuple[int, float]] = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name, (where, params) in EXPLAINED.items():
+            sql = f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created_at DESC, id DESC LIMIT 50"
+            seen: list[tuple[int, float]] = []
+            for _ in range(6):
+                plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql, params).fetchone()[0][0]
+                top = plan["Plan"]
+                seen.append(
+                    (top.get("Shared Hit Blocks", 0) + top.get("Shared Read Blocks", 0), plan["Execution Time"])
+                )
+            seen = seen[1:]
+            out[name] = (int(statistics.median(b for b, _ in seen)), statistics.median(t for _, t in seen))
+    return out
+
+
 def measure(small: Store, large: Store, iterations: int, rounds: int) -> dict[str, dict[str, Any]]:
     qs, ql = queries(small), queries(large)
     out: dict[str, dict[str, Any]] = {}
@@ -114,6 +148,7 @@ def main() -> None:
         help="add an index on runs (created_at, id) first, as the server's keyset listing brings "
         "(listing the latest runs of all workflows needs one)",
     )
+    parser.add_argument("--explain", action="store_true", help="PostgreSQL: buffers and server time per query")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="wflo-bench-")
@@ -140,6 +175,8 @@ def main() -> None:
                         conn.execute("VACUUM ANALYZE runs")
                         conn.execute("VACUUM ANALYZE run_counts")
             results[backend] = {"fill_s": fill_s, "queries": measure(small, large, args.iterations, args.rounds)}
+            if args.explain and backend in ("postgresql", "postgres"):
+                results[backend]["explain"] = {"small": explain(urls[0]), "large": explain(urls[1])}
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -152,6 +189,11 @@ def main() -> None:
         for name, q in r["queries"].items():
             spread = f"{q['ratio_min']:.2f}..{q['ratio_max']:.2f}"
             print(f"  {name:28} {q['small_us']:9.0f} {q['large_us']:9.0f} {q['ratio']:12.2f} {spread:>14}")
+        if "explain" in r:
+            print("  on the server (EXPLAIN ANALYZE, median of 5): buffers and ms, small vs large")
+            for name, (b_s, t_s) in r["explain"]["small"].items():
+                b_l, t_l = r["explain"]["large"][name]
+                print(f"  {name:28} {b_s:4d} vs {b_l:4d} buffers   {t_s:.3f} vs {t_l:.3f} ms")
 
 
 if __name__ == "__main__":
