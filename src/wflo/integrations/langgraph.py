@@ -20,12 +20,15 @@ store (SQLite or PostgreSQL), so LangGraph's own resume and ``interrupt()`` work
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
+import contextlib
 import json
 import pickle
 import queue
 import random
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -541,6 +544,12 @@ async def _arun(bound: BoundWorkflow[..., Any], request: Any) -> Any:
 #   PostgreSQL's WAL writer does for its relaxed commits; so is one left at interpreter exit.
 FLUSH_AFTER = 0.2
 
+# A flusher's thread ends after this many seconds without a relaxed write.
+_IDLE_EXIT = 30.0
+
+# SQLite ``synchronous`` settings whose commits wait for the disk in WAL mode.
+_SYNCING = ("FULL", "EXTRA", "2", "3")
+
 
 class _Flusher:
     """Flushes relaxed checkpoint writes that no later commit made durable (see above)."""
@@ -556,9 +565,6 @@ class _Flusher:
         self.closed = False
         self.thread: threading.Thread | None = None
         if _Flusher._all is None:
-            import atexit
-            import weakref
-
             _Flusher._all = weakref.WeakSet()
             atexit.register(_flush_all)
         _Flusher._all.add(self)
@@ -601,16 +607,17 @@ class _Flusher:
         with self.cond:
             while not self.closed:
                 if self.idle:
-                    self.cond.wait()
+                    if not self.cond.wait(_IDLE_EXIT) and self.idle:
+                        self.thread = None  # the next relaxed write starts another
+                        return
                     continue
                 target = self.relaxed
                 self.cond.wait(FLUSH_AFTER)
                 if self.durable < target:
                     self.cond.release()
                     try:
-                        self.flush()
-                    except Exception:  # the store went away: its next user finds out
-                        pass
+                        with contextlib.suppress(Exception):  # the store went away: its next user finds out
+                            self.flush()
                     finally:
                         self.cond.acquire()
                 if self.durable >= self.relaxed:
@@ -619,10 +626,8 @@ class _Flusher:
 
 def _flush_all() -> None:
     for flusher in list(_Flusher._all or ()):
-        try:
+        with contextlib.suppress(Exception):  # a store already gone: nothing left to flush
             flusher.flush()
-        except Exception:
-            pass
 
 
 class Checkpointer(BaseCheckpointSaver[str]):
@@ -643,6 +648,7 @@ class Checkpointer(BaseCheckpointSaver[str]):
         self.url = url
         self._store: Store | None = None
         self._flusher: _Flusher | None = None
+        self._flusher_lock = threading.Lock()
 
     @property
     def store(self) -> Store:
@@ -653,14 +659,15 @@ class Checkpointer(BaseCheckpointSaver[str]):
     def _flusher_for(self, store: Store) -> _Flusher | None:
         """The flusher of ``store``'s relaxed writes (SQLite only: PostgreSQL's WAL writer
         flushes its relaxed commits by itself)."""
-        if store.dialect != "sqlite" or str(getattr(store, "synchronous", "")).upper() not in ("FULL", "EXTRA", "2", "3"):
+        if store.dialect != "sqlite" or str(getattr(store, "synchronous", "")).upper() not in _SYNCING:
             return None  # NORMAL: no commit waits for the disk, relaxed or not
-        flusher = self._flusher
-        if flusher is None or flusher.store is not store:
-            if flusher is not None:
-                flusher.close()
-            flusher = self._flusher = _Flusher(store)
-        return flusher
+        with self._flusher_lock:  # LangGraph writes from several threads at once
+            flusher = self._flusher
+            if flusher is None or flusher.store is not store:
+                if flusher is not None:
+                    flusher.close()
+                flusher = self._flusher = _Flusher(store)
+            return flusher
 
     def sync(self) -> None:
         """Make every write this checkpointer made durable now (they are within
