@@ -103,11 +103,12 @@ class SQLiteStore(Store):
         # nor a connection left at a relaxed ``synchronous`` (see ``write_batch``).
         if conn.in_transaction:
             return True
+        if not self._syncing():
+            return False
         try:
-            level = conn.execute("PRAGMA synchronous").fetchone()[0]
+            return int(conn.execute("PRAGMA synchronous").fetchone()[0]) < 2
         except sqlite3.Error:
             return True
-        return bool(self._syncing()) and int(level) < 2
 
     def _syncing(self) -> bool:
         return str(self.synchronous).upper() in _SYNCING
