@@ -20,12 +20,15 @@ store (SQLite or PostgreSQL), so LangGraph's own resume and ``interrupt()`` work
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
+import contextlib
 import json
 import pickle
 import queue
 import random
 import threading
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -513,6 +516,120 @@ async def _arun(bound: BoundWorkflow[..., Any], request: Any) -> Any:
 
 
 # --------------------------------------------------------------------- the checkpointer
+# Durability of each write (issue 20). LangGraph saves, per step, the pending writes of each
+# task as it finishes (``put_writes``) and then the step's checkpoint (``put``). On a store
+# whose commits wait for the disk (SQLite at ``synchronous=FULL``, PostgreSQL), ``put``
+# commits as every store write does, but an ordinary ``put_writes`` commits relaxed
+# (``Store.write_batch(relaxed=True)``): one disk flush per node instead of two.
+#
+# Why that is safe. The WAL (SQLite's and PostgreSQL's) is one sequence: the next commit that
+# waits for the disk, on any connection, flushes every frame before its own, so a relaxed
+# write is durable once a later ``put`` (or delete) returned. A process crash (``kill -9``)
+# loses nothing: the commit is in the OS's page cache (SQLite) or the server (PostgreSQL).
+# Only an OS crash or power loss in between can lose it; LangGraph then finds the task without
+# saved writes and runs it again on resume, as it does for a task that was running at the
+# crash. Inside a wflo run (``wrap``) that costs no paid call: the task's LLM and tool calls
+# were journaled, each in a commit that waited for the disk, before the task returned and its
+# writes were saved, so the re-run task replays them (the journal may be in another file:
+# what matters is that its flush came first, and it did). Nothing wflo journals depends on a
+# pending write.
+#
+# Where nothing is sure to follow, no relaxation:
+# - writes on LangGraph's reserved channels (negative index: an error, ``interrupt()``, a
+#   resume value, a scheduled task) mark where a graph stops or how it goes on after a wait;
+#   they commit like ``put``, and so flush every relaxed write before them;
+# - a task that finishes after a sibling interrupted, or a task whose siblings keep running
+#   for a long time, may leave a relaxed write last. ``_Flusher`` bounds that: a relaxed
+#   write not covered after ``FLUSH_AFTER`` seconds is flushed (``Store.sync``), as
+#   PostgreSQL's WAL writer does for its relaxed commits; so is one left at interpreter exit.
+FLUSH_AFTER = 0.2
+
+# A flusher's thread ends after this many seconds without a relaxed write.
+_IDLE_EXIT = 30.0
+
+# SQLite ``synchronous`` settings whose commits wait for the disk in WAL mode.
+_SYNCING = ("FULL", "EXTRA", "2", "3")
+
+
+class _Flusher:
+    """Flushes relaxed checkpoint writes that no later commit made durable (see above)."""
+
+    _all: Any = None  # WeakSet of live flushers, synced at interpreter exit
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cond = threading.Condition()
+        self.relaxed = 0  # relaxed commits made
+        self.durable = 0  # of which this many are known to be on disk
+        self.idle = True
+        self.closed = False
+        self.thread: threading.Thread | None = None
+        if _Flusher._all is None:
+            _Flusher._all = weakref.WeakSet()
+            atexit.register(_flush_all)
+        _Flusher._all.add(self)
+
+    def made_relaxed(self) -> None:
+        with self.cond:
+            self.relaxed += 1
+            if self.idle and not self.closed:
+                self.idle = False
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, name="wflo-lg-flush", daemon=True)
+                    self.thread.start()
+                self.cond.notify()
+
+    def seen(self) -> int:
+        """Taken before a commit that waits for the disk: the relaxed commits it will cover."""
+        with self.cond:
+            return self.relaxed
+
+    def covered(self, seen: int) -> None:
+        with self.cond:
+            self.durable = max(self.durable, seen)
+
+    def flush(self) -> None:
+        """Make every relaxed commit made so far durable (nothing to do when they are)."""
+        with self.cond:
+            target = self.relaxed
+            if self.durable >= target:
+                return
+        self.store.sync()
+        self.covered(target)
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify()
+        self.flush()
+
+    def _run(self) -> None:
+        with self.cond:
+            while not self.closed:
+                if self.idle:
+                    if not self.cond.wait(_IDLE_EXIT) and self.idle:
+                        self.thread = None  # the next relaxed write starts another
+                        return
+                    continue
+                target = self.relaxed
+                self.cond.wait(FLUSH_AFTER)
+                if self.durable < target:
+                    self.cond.release()
+                    try:
+                        with contextlib.suppress(Exception):  # the store went away: its next user finds out
+                            self.flush()
+                    finally:
+                        self.cond.acquire()
+                if self.durable >= self.relaxed:
+                    self.idle = True
+
+
+def _flush_all() -> None:
+    for flusher in list(_Flusher._all or ()):
+        with contextlib.suppress(Exception):  # a store already gone: nothing left to flush
+            flusher.flush()
+
+
 class Checkpointer(BaseCheckpointSaver[str]):
     """A LangGraph checkpoint saver on wflo's store (SQLite or PostgreSQL).
 
@@ -520,18 +637,43 @@ class Checkpointer(BaseCheckpointSaver[str]):
     ``Checkpointer("postgresql://…")`` opens its own. Checkpoints live in two tables of their
     own (``wflo_lg_checkpoints``, ``wflo_lg_writes``; the store's migrations create them),
     serialized as bytes. The async methods run the sync ones in a thread.
+
+    A checkpoint (``put``) commits as every store write does; a task's ordinary pending
+    writes (``put_writes``) commit relaxed and are made durable by the next checkpoint, or
+    within ``FLUSH_AFTER`` seconds (see "Durability" in the LangGraph docs).
     """
 
     def __init__(self, url: str | None = None, *, serde: Any = None) -> None:
         super().__init__(serde=serde)
         self.url = url
         self._store: Store | None = None
+        self._flusher: _Flusher | None = None
+        self._flusher_lock = threading.Lock()
 
     @property
     def store(self) -> Store:
         if self._store is None:
             self._store = open_store(self.url) if self.url else get_store()
         return self._store
+
+    def _flusher_for(self, store: Store) -> _Flusher | None:
+        """The flusher of ``store``'s relaxed writes (SQLite only: PostgreSQL's WAL writer
+        flushes its relaxed commits by itself)."""
+        if store.dialect != "sqlite" or str(getattr(store, "synchronous", "")).upper() not in _SYNCING:
+            return None  # NORMAL: no commit waits for the disk, relaxed or not
+        with self._flusher_lock:  # LangGraph writes from several threads at once
+            flusher = self._flusher
+            if flusher is None or flusher.store is not store:
+                if flusher is not None:
+                    flusher.close()
+                flusher = self._flusher = _Flusher(store)
+            return flusher
+
+    def sync(self) -> None:
+        """Make every write this checkpointer made durable now (they are within
+        ``FLUSH_AFTER`` seconds anyway)."""
+        if self._flusher is not None:
+            self._flusher.flush()
 
     def _fence(self) -> Callable[[Any], None]:
         """The lease check for a checkpoint write made inside a run on this store.
@@ -549,7 +691,10 @@ class Checkpointer(BaseCheckpointSaver[str]):
         return lambda cur: store.fence(cur, run_id, owner)
 
     def close(self) -> None:
-        """Close a store this checkpointer opened itself (``Checkpointer(url)``)."""
+        """Flush its relaxed writes; close a store this checkpointer opened itself (``Checkpointer(url)``)."""
+        if self._flusher is not None:
+            self._flusher.close()
+            self._flusher = None
         if self._store is not None and self.url:
             self._store.close()
         self._store = None
@@ -626,7 +771,11 @@ class Checkpointer(BaseCheckpointSaver[str]):
             fence(cur)
             _tables.put_checkpoint(store, cur, row)
 
+        flusher = self._flusher_for(store)
+        seen = flusher.seen() if flusher is not None else 0
         store.write_batch(go)  # fence and upsert without waiting in between: one round trip
+        if flusher is not None:
+            flusher.covered(seen)  # its commit waited for the disk: the relaxed ones before it too
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
 
     def put_writes(
@@ -640,9 +789,12 @@ class Checkpointer(BaseCheckpointSaver[str]):
         key = [str(conf["thread_id"]), str(conf.get("checkpoint_ns", "")), str(conf["checkpoint_id"])]
         store = self.store
         rows: list[list[Any]] = []
+        reserved = False
         for i, (channel, value) in enumerate(writes):
             type_, blob = self.serde.dumps_typed(value)
-            rows.append([*key, task_id, WRITES_IDX_MAP.get(channel, i), channel, type_, blob, task_path])
+            idx = WRITES_IDX_MAP.get(channel, i)
+            reserved = reserved or channel in WRITES_IDX_MAP
+            rows.append([*key, task_id, idx, channel, type_, blob, task_path])
 
         fence = self._fence()
 
@@ -650,7 +802,17 @@ class Checkpointer(BaseCheckpointSaver[str]):
             fence(cur)
             _tables.put_writes(store, cur, rows)
 
-        store.write_batch(go)
+        # Relaxed unless a reserved channel (error, interrupt, resume…): see "Durability of each write".
+        flusher = self._flusher_for(store)
+        if reserved:
+            seen = flusher.seen() if flusher is not None else 0
+            store.write_batch(go)
+            if flusher is not None:
+                flusher.covered(seen)
+            return
+        store.write_batch(go, relaxed=True)
+        if flusher is not None:
+            flusher.made_relaxed()
 
     def delete_thread(self, thread_id: str) -> None:
         store = self.store

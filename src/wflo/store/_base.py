@@ -669,10 +669,24 @@ class Store(Connections):
         if row is None or row[0] != owner:
             raise LeaseLost(run_id=run_id, owner=owner)
 
-    def write_batch(self, fn: Callable[[Any], T]) -> T:
+    def write_batch(self, fn: Callable[[Any], T], *, relaxed: bool = False) -> T:
         """Like :meth:`write`, for a transaction that reads no answers before its commit
-        (inserts, upserts, :meth:`fence`): on PostgreSQL it is sent pipelined, one round trip."""
+        (inserts, upserts, :meth:`fence`): on PostgreSQL it is sent pipelined, one round trip.
+
+        ``relaxed``: the commit need not wait for the disk (PostgreSQL: ``synchronous_commit``
+        off, as in "Commit modes" of ``_postgres``; SQLite at ``synchronous=FULL``/``EXTRA``:
+        this one commit at ``NORMAL``). A process crash loses nothing; an OS crash or power
+        loss can lose it, but only together with every later commit up to the next one that
+        waits for the disk (the WAL is one sequence), or until :meth:`sync`. For a write that
+        something later in the same order is sure to cover (the LangGraph checkpointer's
+        pending writes). Inside a caller's transaction it commits as that transaction does.
+        """
         return self.write(fn)
+
+    def sync(self) -> None:
+        """Make every commit made so far durable, relaxed ones included (see
+        :meth:`write_batch`). SQLite: flush the WAL file to disk; PostgreSQL needs nothing
+        here (its WAL writer flushes relaxed commits within about 3 x ``wal_writer_delay``)."""
 
     def release(self, run_id: str, owner: str) -> None:
         """Give up a lease without changing the run (it becomes claimable at once)."""

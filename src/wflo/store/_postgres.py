@@ -250,7 +250,7 @@ class PostgresStore(Store):
                 raise LeaseLost(run_id=run_id, owner=owner) from None
             raise
 
-    def write_batch(self, fn: Callable[[Any], T]) -> T:
+    def write_batch(self, fn: Callable[[Any], T], *, relaxed: bool = False) -> T:
         psycopg = self._psycopg
 
         def go() -> T:
@@ -259,7 +259,10 @@ class PostgresStore(Store):
                 cur = conn.cursor()
                 try:
                     with conn.pipeline():
+                        relax = relaxed and self._idle(conn)
                         cur.execute("BEGIN")
+                        if relax:  # pipelined: no round trip more
+                            cur.execute("SET LOCAL synchronous_commit TO off")
                         result = fn(cur)
                         cur.execute("COMMIT")
                     return result

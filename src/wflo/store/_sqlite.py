@@ -8,13 +8,18 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from .._errors import StoreCorruptError, StoreNotFoundError, StoreUnavailableError
 from ._base import Store
 from ._feed import SQLITE_WATCH_INTERVAL
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
+
+T = TypeVar("T")
+
+# The ``synchronous`` settings whose commits wait for the disk in WAL mode (names and numbers).
+_SYNCING = frozenset({"FULL", "EXTRA", "2", "3"})
 
 # What SQLite says when the file is not (or no longer) a sound database.
 _CORRUPT = ("file is not a database", "malformed", "database disk image", "file is encrypted")
@@ -94,8 +99,55 @@ class SQLiteStore(Store):
             raise StoreUnavailableError(url=url, detail=f"cannot create {directory}: {exc.strerror}") from None
 
     def _conn_broken(self, conn: Any) -> bool:
-        # A transaction the failed operation could not roll back must not reach the next user.
-        return bool(conn.in_transaction)
+        # A transaction the failed operation could not roll back must not reach the next user,
+        # nor a connection left at a relaxed ``synchronous`` (see ``write_batch``).
+        if conn.in_transaction:
+            return True
+        if not self._syncing():
+            return False
+        try:
+            return int(conn.execute("PRAGMA synchronous").fetchone()[0]) < 2
+        except sqlite3.Error:
+            return True
+
+    def _syncing(self) -> bool:
+        return str(self.synchronous).upper() in _SYNCING
+
+    def write_batch(self, fn: Callable[[Any], T], *, relaxed: bool = False) -> T:
+        if not relaxed or not self._syncing():
+            return super().write_batch(fn)
+
+        # ``synchronous`` is per connection and cannot change inside a transaction: it is
+        # lowered on the pooled connection just before BEGIN and put back right after the
+        # commit (or rollback), so no other transaction on that connection commits relaxed; if
+        # putting it back fails, ``_conn_broken`` keeps the connection out of the pool.
+        def go() -> T:
+            with self._connection() as conn:
+                if conn.in_transaction:  # a caller's transaction: commits as it does
+                    return super(SQLiteStore, self).write_batch(fn)
+                conn.execute("PRAGMA synchronous = NORMAL")
+                try:
+                    with self._tx() as cur:
+                        return fn(cur)
+                finally:
+                    conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+
+        return self._retrying(go)
+
+    def sync(self) -> None:
+        # A commit at FULL ends with this same fsync of the WAL: it makes every frame written
+        # before it durable, those of relaxed commits included. No WAL file: its last user
+        # checkpointed it into the database (synced) and removed it.
+        if not self._syncing():
+            return
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            getattr(os, "fdatasync", os.fsync)(fd)
+        finally:
+            os.close(fd)
 
     def _translate_error(self, error: BaseException) -> BaseException | None:
         if isinstance(error, sqlite3.DatabaseError) and any(m in str(error) for m in _CORRUPT):

@@ -1,0 +1,184 @@
+"""Durability of the LangGraph checkpointer's writes (issue 20; "Durability" in docs/langgraph.md).
+
+On SQLite at ``synchronous=FULL`` a checkpoint waits for the disk and a task's ordinary
+pending writes commit relaxed: one WAL flush per node instead of two. Observed with strace
+(every ``fdatasync`` of the WAL file) in a real child process: the count per node, and that
+no WAL write is left unflushed while the caller waits after an ``interrupt()``. A ``kill -9``
+right after ``put_writes`` loses nothing. PostgreSQL: the commit mode of each write, seen by a
+deferred trigger at commit time. The relaxed commit's ``synchronous`` setting does not leak to
+the next transaction on the pooled connection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from wflo.integrations.langgraph import FLUSH_AFTER, Checkpointer
+from wflo.store import Store, open_store
+
+HERE = Path(__file__).parent
+CHILD = HERE / "lg_durability_child.py"
+NODES = 10
+
+
+def _env() -> dict[str, str]:
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    return {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _strace(tmp_path: Path, *args: str) -> list[str]:
+    """The child's WAL writes, WAL flushes and marks (``getppid``), in order, from strace."""
+    strace = shutil.which("strace")
+    assert strace, "strace is needed to count disk flushes (apt-get install strace)"
+    out = tmp_path / "trace"
+    subprocess.run(
+        [strace, "-f", "-y", "-o", str(out), "-e", "trace=fdatasync,fsync,getppid,pwrite64,write",
+         sys.executable, str(CHILD), str(tmp_path / "w.db"), *args],
+        check=True, env=_env(), timeout=120, capture_output=True,
+    )  # fmt: skip
+    events = []
+    for line in out.read_text().splitlines():
+        if re.search(r"getppid\(", line) and "resumed" not in line:
+            events.append("mark")
+        elif re.search(r"\bf(data)?sync\(\d+<[^>]*-wal>\)", line):
+            events.append("sync")
+        elif re.search(r"\b(pwrite64|write)\(\d+<[^>]*-wal>", line):
+            events.append("write")
+    return events
+
+
+def test_one_wal_flush_per_node(tmp_path: Path) -> None:
+    events = _strace(tmp_path, "chain", str(NODES))
+    first, last = events.index("mark"), len(events) - 1 - events[::-1].index("mark")
+    syncs = events[first:last].count("sync")
+    # A checkpoint per step (the input's and one per node) waits for the disk; the pending
+    # writes do not. Before the change: two flushes per node (23 for 10 nodes).
+    assert NODES <= syncs <= NODES + 3, syncs
+
+
+@pytest.mark.parametrize("sibling", [False, True], ids=["interrupt", "interrupt+sibling"])
+def test_nothing_left_unflushed_while_waiting_after_an_interrupt(tmp_path: Path, sibling: bool) -> None:
+    wait = 1.0
+    events = _strace(tmp_path, "interrupt+sibling" if sibling else "interrupt", str(wait))
+    stop, end = [i for i, e in enumerate(events) if e == "mark"][:2]
+    last_write = max(i for i, e in enumerate(events[:end]) if e == "write")
+    assert last_write < stop, events  # nothing written while waiting but a flush
+    flushed = [i for i in range(last_write, end) if events[i] == "sync"]
+    assert flushed, f"a WAL write was left unflushed during the wait: {events[-12:]}"
+    if not sibling:
+        # The interrupt's own write waits for the disk: flushed before the graph returns.
+        assert flushed[0] < stop, events[-12:]
+    assert wait > 2 * FLUSH_AFTER
+
+
+def test_kill_9_right_after_put_writes_loses_nothing(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, str(CHILD), str(tmp_path / "w.db"), "put_writes"],
+        stdout=subprocess.PIPE, env=_env(), text=True,
+    ) as child:  # fmt: skip
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "written"
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    saver = Checkpointer(f"sqlite:///{tmp_path}/w.db?synchronous=FULL")
+    try:
+        found = saver.get_tuple({"configurable": {"thread_id": "t", "checkpoint_ns": ""}})
+        assert found is not None
+        assert sorted(found.pending_writes or []) == [("task-1", "m", "x"), ("task-1", "n", 41)]
+    finally:
+        saver.close()
+
+
+@pytest.fixture
+def full_store(tmp_path: Path) -> Iterator[Store]:
+    store = open_store(f"sqlite:///{tmp_path}/s.db?synchronous=FULL")
+    store.ensure_schema()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _level(cur: object) -> int:
+    return int(cur.execute("PRAGMA synchronous").fetchone()[0])  # type: ignore[attr-defined]
+
+
+def test_relaxed_commit_does_not_leak_to_the_next_transaction(full_store: Store) -> None:
+    assert full_store.write_batch(_level, relaxed=True) == 1  # NORMAL for this commit
+    assert full_store.write_batch(_level) == 2
+    assert full_store.write(_level) == 2
+
+    def fail(cur: object) -> None:
+        assert _level(cur) == 1
+        raise RuntimeError("the batch fails")
+
+    with pytest.raises(RuntimeError):
+        full_store.write_batch(fail, relaxed=True)
+    for _ in range(3):
+        assert full_store.write(_level) == 2
+        assert full_store.read("PRAGMA synchronous") == [(2,)]
+
+
+def test_relaxed_commit_on_a_normal_store_changes_nothing(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/n.db")
+    try:
+        assert store.write_batch(_level, relaxed=True) == 1
+        assert store.write(_level) == 1
+        store.sync()  # nothing to flush: no error
+    finally:
+        store.close()
+
+
+_LOG = """
+CREATE TABLE lg_commit_modes (id bigserial PRIMARY KEY, tbl text, channel text, mode text);
+CREATE FUNCTION lg_log_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO lg_commit_modes (tbl, channel, mode)
+    VALUES (TG_TABLE_NAME, coalesce(to_jsonb(NEW)->>'channel', ''), current_setting('synchronous_commit'));
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER log_mode AFTER INSERT OR UPDATE ON wflo_lg_writes
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION lg_log_commit_mode();
+CREATE CONSTRAINT TRIGGER log_mode AFTER INSERT OR UPDATE ON wflo_lg_checkpoints
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION lg_log_commit_mode();
+"""
+
+
+@pytest.mark.postgres
+def test_postgres_commit_mode_of_each_write(pg_url: str) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = Checkpointer(pg_url)
+    try:
+        saver.store.ensure_schema()
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(_LOG)
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        saved = saver.put(config, empty_checkpoint(), {"step": 0}, {})  # type: ignore[arg-type]
+        saver.put_writes(saved, [("n", 1)], "task-1")
+        saver.put_writes(saved, [("__interrupt__", "ok?")], "task-2")
+        saver.put_writes(saved, [("__error__", "boom")], "task-3")
+        modes = saver.store.read("SELECT tbl, channel, mode FROM lg_commit_modes ORDER BY id")
+        assert modes == [
+            ("wflo_lg_checkpoints", "", "on"),
+            ("wflo_lg_writes", "n", "off"),
+            ("wflo_lg_writes", "__interrupt__", "on"),
+            ("wflo_lg_writes", "__error__", "on"),
+        ]
+        # The next transaction on the pooled connection commits synchronously again.
+        assert saver.store.read("SHOW synchronous_commit") == [("on",)]
+    finally:
+        saver.close()
