@@ -50,3 +50,57 @@ def alternate(
                 samples[name].append((time.perf_counter_ns() - t0) / 1000)
         out.append({n: statistics.median(v) for n, v in samples.items()})
     return out
+
+
+class RunFiller:
+    """Rows of runs with real link hashes, and their spend book rows, inserted in bulk.
+
+    The benches build a large store without running workflows: ``add`` links a run's events as
+    the store would (so the chain verifies) and keeps its ``runs`` row; ``insert`` writes them all
+    at once (``COPY`` on PostgreSQL, ``executemany`` on SQLite) and refreshes the planner's
+    statistics, so the queries measured afterwards see the table sizes.
+    """
+
+    EVENT_COLUMNS = "chain, seq, type, at, data, prev_hash, hash"
+    BOOK_COLUMNS = "hour, run_id, model, workflow, tenant, calls, cost_usd, estimated_usd, input_tokens, output_tokens"
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.book: list[tuple[Any, ...]] = []
+
+    def add(self, run_id: str, workflow: str, status: str, tenant: str, events: list[Any], *, created: str,
+            finished: str | None, input: str = "{}", error: str | None = None) -> None:  # fmt: skip
+        """One run: its ``events`` (``NewEvent``s, the first its ``run.created``) linked from genesis."""
+        from wflo.store import GENESIS, Head, Store
+
+        head, rows = Store._link(run_id, Head(0, GENESIS), events)
+        self.events += rows
+        self.runs.append((run_id, workflow, status, input, None, error, None, tenant, "{}", None, None, 0, None,
+                          head.seq, head.hash, 1, created, created, finished))  # fmt: skip
+
+    def insert(self, store: Any, *, analyze: bool = True) -> None:
+        """Write the rows collected so far into ``store``'s runs, events and ledger_spend tables."""
+        from wflo.store._records import RUN_COLUMNS
+
+        tables = [("runs", RUN_COLUMNS, self.runs), ("events", self.EVENT_COLUMNS, self.events)]
+        if self.book:
+            tables.append(("ledger_spend", self.BOOK_COLUMNS, self.book))
+        if store.dialect == "postgresql":
+            import psycopg
+
+            with psycopg.connect(store.url, autocommit=True) as conn, conn.cursor() as cur:
+                for table, cols, rows in tables:
+                    with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
+                        for r in rows:
+                            cp.write_row(r)
+        else:
+
+            def go(cur: Any) -> None:
+                for table, cols, rows in tables:
+                    marks = ", ".join("?" * len(cols.split(",")))
+                    cur.executemany(f"INSERT INTO {table} ({cols}) VALUES ({marks})", rows)
+
+            store.write(go)
+        if analyze:
+            store.write(lambda cur: cur.execute("ANALYZE"))

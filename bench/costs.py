@@ -31,12 +31,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from _common import fresh_pg
+from _common import RunFiller, fresh_pg
 
 from wflo.cost import _tables
 from wflo.cost._spend import journal_spend, spend, top_runs
-from wflo.store import GENESIS, Head, NewEvent, Store, open_store
-from wflo.store._records import RUN_COLUMNS
+from wflo.store import NewEvent, Store, open_store
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "claude-3-5-haiku-latest", "claude-sonnet-4", "gemini-2.0-flash", "tool:search")
 
@@ -60,8 +59,7 @@ def fill(store: Store, calls: int, per_run: int) -> float:
     """Insert the runs and their calls; fill the book as m017 does. The book's fill time (s)."""
     rnd = random.Random(11)
     start = datetime(2026, 10, 1, tzinfo=UTC)
-    run_rows: list[tuple[Any, ...]] = []
-    event_rows: list[tuple[Any, ...]] = []
+    filler = RunFiller()
     for n in range(calls // per_run):
         rid = f"{n:08d}-{rnd.getrandbits(64):016x}"
         moment = start + timedelta(seconds=n * (30 * 86400 // max(1, calls // per_run)))
@@ -72,29 +70,8 @@ def fill(store: Store, calls: int, per_run: int) -> float:
         for i in range(per_run):
             at = (moment + timedelta(seconds=20 * i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             evs.append(NewEvent("call.completed", _call(i + 1, rnd, models), at))
-        head, rows = Store._link(rid, Head(0, GENESIS), evs)
-        event_rows += rows
-        run_rows.append((rid, wf, "succeeded", "{}", None, None, None, tenant, "{}", None, None, 0, None, head.seq,
-                         head.hash, 1, created, created, created))  # fmt: skip
-    cols, ecols = RUN_COLUMNS, "chain, seq, type, at, data, prev_hash, hash"
-    if store.dialect == "postgresql":
-        import psycopg
-
-        with psycopg.connect(store.url, autocommit=True) as conn, conn.cursor() as cur:
-            with cur.copy(f"COPY runs ({cols}) FROM STDIN") as cp:
-                for r in run_rows:
-                    cp.write_row(r)
-            with cur.copy(f"COPY events ({ecols}) FROM STDIN") as cp:
-                for r in event_rows:
-                    cp.write_row(r)
-    else:
-        marks = ", ".join("?" * len(cols.split(",")))
-
-        def go(cur: Any) -> None:
-            cur.executemany(f"INSERT INTO runs ({cols}) VALUES ({marks})", run_rows)
-            cur.executemany(f"INSERT INTO events ({ecols}) VALUES (?, ?, ?, ?, ?, ?, ?)", event_rows)
-
-        store.write(go)
+        filler.add(rid, wf, "succeeded", tenant, evs, created=created, finished=created)
+    filler.insert(store, analyze=False)
     t0 = time.perf_counter()
     store.write(lambda cur: _tables.M018_LEDGER_SPEND.then(store, cur))  # type: ignore[misc]
     filled = time.perf_counter() - t0

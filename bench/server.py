@@ -40,11 +40,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from _common import fresh_pg, pct
+from _common import RunFiller, fresh_pg, pct
 
 from wflo import _config
-from wflo.store import GENESIS, Head, NewEvent, RunRecord, Store
-from wflo.store._records import RUN_COLUMNS
+from wflo.store import Head, NewEvent, RunRecord, Store
 
 STATUSES = (["succeeded"] * 70 + ["failed"] * 12 + ["running"] * 5 + ["queued"] * 4 + ["waiting"] * 3
             + ["cancelled"] * 3 + ["stopped"] * 2 + ["blocked"])  # fmt: skip
@@ -71,9 +70,7 @@ def _llm(i: int, with_answer: bool) -> dict[str, Any]:
 def fill(store: Store, runs: int, events: int) -> None:
     rnd = random.Random(7)
     start = datetime(2026, 10, 1, tzinfo=UTC)
-    run_rows: list[tuple[Any, ...]] = []
-    event_rows: list[tuple[Any, ...]] = []
-    book_rows: list[tuple[Any, ...]] = []
+    filler = RunFiller()
     for n in range(runs):
         rid = f"{n:08d}-{rnd.getrandbits(64):016x}"
         created = (start + timedelta(seconds=n * 26 + rnd.random())).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -81,12 +78,10 @@ def fill(store: Store, runs: int, events: int) -> None:
         wf, tenant = f"wf-{rnd.randrange(20)}", f"t{rnd.randrange(10)}"
         evs = [NewEvent("run.created", {"workflow": wf, "input": {"args": [n], "kwargs": {}}, "tenant": tenant}, created),
                NewEvent("call.completed", _llm(1, False), created)]  # fmt: skip
-        head, rows = Store._link(rid, Head(0, GENESIS), evs)
-        event_rows += rows
-        book_rows.append((created[:13] + ":00", rid, "gpt-4o-mini", wf, tenant, 1, "0.0004836", "0", 120, 80))
         err = json.dumps({"type": "ValueError", "message": f"bad input {n}"}) if status == "failed" else None
-        run_rows.append((rid, wf, status, '{"args":[],"kwargs":{}}', None, err, None, tenant, "{}", None, None, 0,
-                         None, head.seq, head.hash, 1, created, created, created))  # fmt: skip
+        filler.add(rid, wf, status, tenant, evs, created=created, finished=created, input='{"args":[],"kwargs":{}}',
+                   error=err)  # fmt: skip
+        filler.book.append((created[:13] + ":00", rid, "gpt-4o-mini", wf, tenant, 1, "0.0004836", "0", 120, 80))
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     big = [NewEvent("run.created", {"workflow": "wf-big", "input": {}, "tenant": "t0"}, now)]
     for i in range(1, events):
@@ -100,42 +95,11 @@ def fill(store: Store, runs: int, events: int) -> None:
         else:
             big.append(NewEvent("call.completed", {"kind": "step", "call": str(i), "name": "app.parse", "ms": 0.4,
                                                    "output": {"ok": True, "n": i}}, now))  # fmt: skip
-    head, rows = Store._link(BIG, Head(0, GENESIS), big)
-    event_rows += rows
+    filler.add(BIG, "wf-big", "running", "t0", big, created=now, finished=None)
     calls = sum(1 for e in big if e.data.get("kind") == "llm")
-    book_rows.append((now[:13] + ":00", BIG, "gpt-4o-mini", "wf-big", "t0", calls,
-                      str(calls * Decimal("0.0004836")), "0", 120 * calls, 80 * calls))  # fmt: skip
-    run_rows.append((BIG, "wf-big", "running", "{}", None, None, None, "t0", "{}", None, None, 0, None, head.seq,
-                     head.hash, 1, now, now, None))  # fmt: skip
-    cols = RUN_COLUMNS
-    ecols = "chain, seq, type, at, data, prev_hash, hash"
-    bcols = "hour, run_id, model, workflow, tenant, calls, cost_usd, estimated_usd, input_tokens, output_tokens"
-    if store.dialect == "postgresql":
-        import psycopg
-
-        with psycopg.connect(store.url, autocommit=True) as conn, conn.cursor() as cur:
-            with cur.copy(f"COPY runs ({cols}) FROM STDIN") as cp:
-                for r in run_rows:
-                    cp.write_row(r)
-            with cur.copy(f"COPY events ({ecols}) FROM STDIN") as cp:
-                for r in event_rows:
-                    cp.write_row(r)
-            with cur.copy(f"COPY ledger_spend ({bcols}) FROM STDIN") as cp:
-                for r in book_rows:
-                    cp.write_row(r)
-            cur.execute("ANALYZE runs")
-            cur.execute("ANALYZE events")
-            cur.execute("ANALYZE ledger_spend")
-    else:
-        marks = ", ".join("?" * 19)
-
-        def go(cur: Any) -> None:
-            cur.executemany(f"INSERT INTO runs ({cols}) VALUES ({marks})", run_rows)
-            cur.executemany(f"INSERT INTO events ({ecols}) VALUES (?, ?, ?, ?, ?, ?, ?)", event_rows)
-            cur.executemany(f"INSERT INTO ledger_spend ({bcols}) VALUES ({', '.join('?' * 10)})", book_rows)
-
-        store.write(go)
-        store.write(lambda cur: cur.execute("ANALYZE"))
+    filler.book.append((now[:13] + ":00", BIG, "gpt-4o-mini", "wf-big", "t0", calls,
+                        str(calls * Decimal("0.0004836")), "0", 120 * calls, 80 * calls))  # fmt: skip
+    filler.insert(store)
 
 
 def measure(client: Any, headers: dict[str, str], iters: int) -> dict[str, list[float]]:

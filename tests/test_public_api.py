@@ -49,9 +49,10 @@ PINNED: dict[str, set[str]] = {
     "wflo.config": {"Runtime", "Settings", "configure", "get_store", "runtime", "settings"},
     "wflo.cost": {
         "Budget", "BudgetGuard", "BudgetUsage", "Budgets", "Cost", "CostRequest", "DEFAULT_OUTPUT_CAP", "Ledger",
-        "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "Usage", "budget_records", "budgets",
-        "estimate_input_tokens", "estimate_text_tokens", "ledger", "period_start", "prices", "run_cost", "run_spend",
-        "run_spend_sql", "spend", "spend_rows", "sse_events", "top_runs", "usage_from_response", "usd_str"
+        "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "Usage", "budget_alerted", "budget_periods",
+        "budget_records", "budgets", "estimate_input_tokens", "estimate_text_tokens", "ledger", "period_start", "prices",
+        "run_cost", "run_spend", "run_spend_sql", "spend", "spend_rows", "sse_events", "top_runs",
+        "usage_from_response", "usd_str"
     },
     "wflo.demo": {"run_demo"},
     "wflo.engine": {

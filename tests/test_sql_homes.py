@@ -82,3 +82,92 @@ def test_sql_lives_in_the_domains_tables_module(package: str, home: str) -> None
         if path != home_file and (found := sql_in(path.read_text()))
     }
     assert not strays, f"SQL outside {home} (move it there as a named query): {strays}"
+
+
+# --------------------------------------------------------------------------- no reading across domains
+# Packages whose SQL may name any domain's tables: wflo.store keeps the released migrations
+# (m004's prune function deletes the audit's payloads), and those are frozen text.
+_MAY_NAME_ANY = ("wflo.store",)
+
+
+def domain_tables() -> dict[str, str]:
+    """Each domain table (created in a ``SQL_HOMES`` module) and the package that owns it."""
+    owned = {}
+    for package, home in SQL_HOMES:
+        text = SRC.joinpath(*home.split(".")).with_suffix(".py").read_text()
+        for table in re.findall(r"\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", text):
+            owned[table] = package
+    return owned
+
+
+def foreign_tables(source: str, module: str, owned: dict[str, str]) -> list[tuple[int, str]]:
+    """``(line, table)`` for each SQL string in ``source`` (module ``module``) naming a table owned
+    by another package. The ``"query"`` entries of a report's sections are prose for the reader
+    (what a figure was counted from), not SQL that runs, so they are not read."""
+    tree = ast.parse(source)
+    prose: set[int] = set()  # as in sql_in: docstrings, and f-strings' parts (read with their f-string)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            prose.update(id(v) for v in node.values)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                prose.add(id(first.value))
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "query":
+                    prose.update(id(n) for n in ast.walk(value))
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in prose:
+            continue
+        if isinstance(node, ast.JoinedStr):
+            text = "".join(v.value if isinstance(v, ast.Constant) else " x " for v in node.values)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            text = node.value
+        else:
+            continue
+        if not _SQL.search(text):
+            continue
+        for table, package in owned.items():
+            mine = module == package or module.startswith(package + ".")
+            if not mine and re.search(rf"\b{table}\b", text):
+                found.append((node.lineno, table))
+    return sorted(found)
+
+
+def test_the_cross_domain_check_finds_a_foreign_table() -> None:
+    owned = {"budget_usage": "wflo.cost", "approvals": "wflo.approvals"}
+    source = '''
+"""The docstring may say SELECT spent_usd FROM budget_usage."""
+A = "SELECT scope, alerted FROM budget_usage WHERE scope = ?"
+B = f"UPDATE events SET data = ? WHERE chain IN (SELECT run_id FROM approvals LIMIT {n})"
+C = "SELECT id FROM runs WHERE id = ?"
+D = {"query": ["SELECT scope FROM budget_usage (current)"], "rows": []}
+E = "the approvals inbox, SELECT-ed from nowhere"
+'''
+    assert foreign_tables(source, "wflo.server._decisions", owned) == [(3, "budget_usage"), (4, "approvals")]
+    # The owner itself may, and so may its submodules.
+    assert foreign_tables(source, "wflo.cost._tables", owned) == [(4, "approvals")]
+    assert foreign_tables(source, "wflo.approvals._tables", owned) == [(3, "budget_usage")]
+
+
+def test_the_domain_tables_are_known() -> None:
+    owned = domain_tables()
+    expected = {"approvals": "wflo.approvals", "budget_usage": "wflo.cost", "ledger_spend": "wflo.cost",
+                "budget_unknown": "wflo.cost", "rate_buckets": "wflo.guards", "payloads": "wflo.audit"}  # fmt: skip
+    assert expected.items() <= owned.items(), owned
+
+
+def test_no_package_reads_another_domains_tables_with_its_own_sql() -> None:
+    """The server, the CLI, compliance, the demo (and every other package) reach a domain's tables
+    through that domain's public functions, whose SQL lives in its ``_tables`` module."""
+    owned = domain_tables()
+    strays = {}
+    for path in sorted(SRC.rglob("*.py")):
+        module = ".".join(path.relative_to(SRC).with_suffix("").parts)
+        if module.startswith(_MAY_NAME_ANY):
+            continue
+        if found := foreign_tables(path.read_text(), module, owned):
+            strays[str(path.relative_to(SRC))] = found
+    assert not strays, f"SQL naming another domain's tables (call a public function of that domain): {strays}"

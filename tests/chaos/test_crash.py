@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from _killloop import chaos_env, count_effects, effect_lines, kill_then_finish
 
 import wflo
 from wflo import _config
@@ -23,52 +23,29 @@ STEPS = 40
 EXPECTED = sum(i * i for i in range(STEPS))
 
 
-def _env(url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
-    env.update({
-        "WFLO_DATABASE_URL": url, "WFLO_LEASE_SECONDS": "2", "WFLO_POLL_INTERVAL": "0.05",
-        "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
-    })  # fmt: skip
-    return env
-
-
-def _effects(path: Path) -> tuple[Counter[int], Counter[int]]:
-    starts: Counter[int] = Counter()
-    ends: Counter[int] = Counter()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            kind, i, _pid = line.split()
-            (starts if kind == "start" else ends)[int(i)] += 1
-    return starts, ends
-
-
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume(store_url: str, tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("WFLO_CHAOS_SEED", "1234")))
     effects = tmp_path / "effects.log"
-    env = _env(store_url)
-    kills = 0
-    finished = None
-    for attempt in range(40):
-        proc = subprocess.Popen(
-            [sys.executable, str(APP), "chaos-run", str(effects), str(STEPS)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        if attempt < 12:
-            # Kill somewhere between interpreter start-up and well into the run.
-            time.sleep(rng.uniform(0.12, 0.3))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            _, err = proc.communicate(timeout=30)
-            assert proc.returncode in (0, -signal.SIGKILL), err
-            continue
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        finished = int(out.strip().splitlines()[-1])
-        break
+    env = chaos_env(store_url)
+
+    def wait_before_kill(proc: subprocess.Popen[str]) -> None:
+        # Kill at a random moment of the run's first ~quarter second of steps. The clock starts
+        # at this attempt's first step, not at its launch: interpreter start-up alone can take
+        # longer than the delay on a loaded machine, and kills landing before any step runs
+        # would test no resume at all.
+        started = effect_lines(effects)
+        deadline = time.monotonic() + 20
+        while effect_lines(effects) == started and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.25))
+
+    finished, kills = kill_then_finish(
+        [sys.executable, str(APP), "chaos-run", str(effects), str(STEPS)], env,
+        wait_before_kill=wait_before_kill, kills_wanted=12,
+    )  # fmt: skip
     assert finished == EXPECTED
-    assert kills >= 5, "the kills all landed after the run finished; raise the delays"
+    assert kills >= 5, "the kills all landed after the run finished; lower the delays"
 
     _config.configure(database=store_url)
     store = _config.get_store()
@@ -78,8 +55,10 @@ def test_sigkill_at_random_points_then_resume(store_url: str, tmp_path: Path) ->
     assert sorted(completed) == sorted(str(i + 1) for i in range(STEPS))
     assert set(completed.values()) == {1}, "a call was journaled twice"
 
-    starts, ends = _effects(effects)
+    starts, ends = count_effects(effects)
     assert set(range(STEPS)) <= set(ends)
+    workers = {line.split()[2] for line in effects.read_text().splitlines()}
+    assert len(workers) >= 5, f"only {len(workers)} attempts ran a step: the kills tested little resuming"
     # A step re-runs only if it was in flight when a kill landed: at most one extra run per kill,
     # and never after its completion was journaled.
     extra = sum(n - 1 for n in starts.values())
@@ -107,7 +86,7 @@ def test_workers_racing_for_recoverable_runs_never_run_one_twice(store_url: str,
         )
         ids.append(run.id)
     time.sleep(0.4)  # the dead owner's leases expire
-    env = _env(store_url)
+    env = chaos_env(store_url)
     env["CRASHAPP_EFFECTS"] = str(effects)
     workers = [
         subprocess.Popen([sys.executable, "-m", "wflo.cli", "worker", "-i", "crashapp", "--idle-exit", "1.5", "-q", "-c", "2"],
@@ -120,7 +99,7 @@ def test_workers_racing_for_recoverable_runs_never_run_one_twice(store_url: str,
     for run_id in ids:
         run = store.get_run(run_id)
         assert run.status == "succeeded" and run.output == 0 + 1 + 4
-    starts, _ = _effects(effects)
+    starts, _ = count_effects(effects)
     # 8 runs x 3 steps, each step index 0..2 started exactly 8 times: nobody ran a run twice.
     assert starts == Counter({0: 8, 1: 8, 2: 8})
     pids = {line.split()[2] for line in effects.read_text().splitlines()}

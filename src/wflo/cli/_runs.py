@@ -11,6 +11,7 @@ import click
 from rich.table import Table
 
 from .. import config
+from ..cost import Ledger
 from ..engine import RunHandle, get_workflow, owner_is_dead_here, resume
 from ..errors import RunSuspended, UserError, WfloError, exit_code_for
 from ..store import RUN_STATUSES, RunRecord, new_id
@@ -130,13 +131,13 @@ def runs_show(run_id: str, as_json: bool) -> None:
             row = ("", "", "", _short(extra, 60) if extra else "")
         table.add_row(str(e.seq), e.at[11:23], e.type, *row)
     console.print(table)
-    pending = store.read(
-        "SELECT call_id, model, amount_usd, reason FROM budget_unknown WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL",
-        (r.id,),
-    )
-    for call_id, model, amount, reason in pending:
+    # Estimates not yet on the journal (the run's process is gone): the journal above lacks them.
+    for u in Ledger(store).unknown_outcomes(r.id):
+        if u["recorded"] or u["actual_usd"] is not None:
+            continue
         console.print(
-            f"call {call_id or '?'} ({model or '?'}): ${amount} charged at its reservation (estimate: {reason})"
+            f"call {u['call'] or '?'} ({u['model'] or '?'}): ${u['amount_usd']} charged at its reservation "
+            f"(estimate: {u['reason']})"
         )
 
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..approvals import Inbox
+from ..cost import budget_records
 from ..store import SYSTEM_CHAIN, Store
 from ._common import _ACCESS_PREFIXES, _WINDOW_SQL, INCIDENT_KINDS, _dec, _Events, _load, _obj, classify, n, run_info
 
@@ -307,16 +308,10 @@ def _cost(store: Store, events: _Events, until: str, cites: set[tuple[str, int]]
             bucket = spend[key][str(value) if value is not None else "(none)"]
             bucket[0] += usd
             bucket[1] += 1
-    usage = []
-    for scope, start, lim, spent, reserved in store.read(
-        "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage WHERE period_start < ? "
-        "ORDER BY scope, period_start",
-        (until,),
-    ):
-        pct = round(float(_dec(spent) / _dec(lim) * 100), 1) if _dec(lim) else None
-        usage.append([scope, start or None, lim, spent, reserved, pct])
-    limits = [list(r) for r in store.read(
-        "SELECT scope, limit_usd, period, updated_at, updated_by FROM budget_limits ORDER BY scope")]  # fmt: skip
+    budgets = budget_records(store, until=until)
+    usage = [[u["scope"], u["period_start"], u["limit_usd"], u["spent_usd"], u["reserved_usd"], u["percent"]]
+             for u in budgets["usage"]]  # fmt: skip
+    limits = [[b["scope"], b["limit_usd"], b["period"], b["updated_at"], b["updated_by"]] for b in budgets["limits"]]
     tables = [
         {"title": f"Spend by {k}", "columns": [k, "USD", "calls"],
          "rows": [[n, str(v[0]), int(v[1])] for n, v in sorted(spend[k].items(), key=lambda kv: (-kv[1][0], kv[0]))]}

@@ -6,7 +6,7 @@ from ._guard import BudgetGuard
 from ._ledger import PERIODS, Budget, BudgetUsage, CostRequest, Ledger, Limit, Reservation, period_start, usd_str
 from ._llm import sse_events
 from ._prices import Cost, Price, PriceBook, prices
-from ._records import budget_records
+from ._records import budget_alerted, budget_periods, budget_records
 from ._spend import run_cost, run_spend, run_spend_sql, spend, spend_rows, top_runs
 from ._usage import Usage, usage_from_response
 
@@ -25,6 +25,8 @@ __all__ = [
     "PriceBook",
     "Reservation",
     "Usage",
+    "budget_alerted",
+    "budget_periods",
     "budget_records",
     "budgets",
     "estimate_input_tokens",

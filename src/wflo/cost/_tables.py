@@ -438,10 +438,32 @@ def limit_records(store: Store) -> list[tuple[Any, ...]]:
 
 
 # --------------------------------------------------------------------------- usage
-def usage_records(store: Store) -> list[tuple[Any, ...]]:
-    """``(scope, period_start, limit, spent, reserved)`` of every period of every scope, as stored."""
+def usage_records(store: Store, until: str | None = None) -> list[tuple[Any, ...]]:
+    """``(scope, period_start, limit, spent, reserved)`` of every period of every scope, as stored;
+    ``until``: only the periods that start before it."""
+    if until is None:
+        return store.read(
+            "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage "
+            "ORDER BY scope, period_start"
+        )
     return store.read(
-        "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage ORDER BY scope, period_start"
+        "SELECT scope, period_start, limit_usd, spent_usd, reserved_usd FROM budget_usage WHERE period_start < ? "
+        "ORDER BY scope, period_start",
+        (until,),
+    )
+
+
+def usage_alerted(store: Store) -> list[tuple[Any, ...]]:
+    """``(scope, period_start, alerted)`` of every period: the thresholds already announced (JSON text)."""
+    return store.read("SELECT scope, period_start, alerted FROM budget_usage")
+
+
+def scope_periods(store: Store, scope: str, limit: int) -> list[tuple[Any, ...]]:
+    """``(period_start, limit, spent, reserved, alerted)`` of a scope's ``limit`` newest periods."""
+    return store.read(
+        "SELECT period_start, limit_usd, spent_usd, reserved_usd, alerted FROM budget_usage WHERE scope = ? "
+        "ORDER BY period_start DESC LIMIT ?",
+        (scope, limit),
     )
 
 

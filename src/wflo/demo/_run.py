@@ -256,8 +256,11 @@ class Demo:
         dst = sqlite3.connect(tampered)
         src.backup(dst)
         src.close()
+        # The runs that asked for approval (the refund): their journal is what the edit alters.
+        asked = sorted({a.run_id for a in wflo.approvals.list(status=None)})
         dst.execute(
-            "UPDATE events SET data = replace(data, '250.0', '25000.0') WHERE chain IN (SELECT run_id FROM approvals)"
+            f"UPDATE events SET data = replace(data, '250.0', '25000.0') WHERE chain IN ({', '.join('?' * len(asked))})",
+            asked,
         )
         dst.commit()
         dst.close()

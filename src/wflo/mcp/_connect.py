@@ -27,10 +27,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .._errors import UserError
-from ..approvals._policy import Approval
-from ..tools._errors import ToolRefused
-from ..tools._manifest import Capabilities, Effects, Manifest
-from ..tools._tool import Tool
+from ..approvals import Approval
+from ..tools import Capabilities, Effects, Manifest, Tool, ToolRefused
 
 
 class MCPTool(Tool[..., Any]):

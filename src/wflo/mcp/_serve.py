@@ -18,8 +18,7 @@ from typing import Any
 from .. import _config
 from .._errors import UserError, WfloError
 from .._scope import scope
-from ..tools._grants import grants
-from ..tools._tool import Tool
+from ..tools import Tool, grants
 
 
 def _sdk() -> Any:

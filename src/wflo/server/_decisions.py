@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from ..approvals import ApprovalRequest, Inbox
 from ..audit import build_report, export, parse_when, render_html, verify_all, verify_checkpoint
 from ..auth import GLOBAL, Access, Principal, covers, tenant_scope
-from ..cost import Ledger, spend, top_runs, usd_str
+from ..cost import Ledger, budget_alerted, budget_periods, spend, top_runs, usd_str
 from ..errors import UserError, WfloError
 from ..store import now_iso
 from ._panel import page_route
@@ -265,10 +265,7 @@ def _costs(router: Router) -> None:
         """Every limit with its current period: spent, reserved, remaining, thresholds crossed."""
         wanted = tenant_scope(tenant)
         limits = {lim.scope: lim for lim in Ledger(access.store).limits()}
-        alerted = {
-            (s, p): json.loads(a)
-            for s, p, a in access.store.read("SELECT scope, period_start, alerted FROM budget_usage")
-        }
+        alerted = budget_alerted(access.store)
         return [
             {**_budget(u), "max_reservation_usd": _maybe_usd(limits[u.scope].max_reservation) if u.scope in limits
              else None, "alerts": list(limits[u.scope].alerts) if u.scope in limits else [],
@@ -290,16 +287,7 @@ def _costs(router: Router) -> None:
     @router.route("GET", "/api/v1/budgets/usage", permission="budgets:read", scope=scope_query)
     def budget_usage(request: Request, scope: str, limit: int = 60) -> list[dict[str, Any]]:
         """A scope's usage period by period (newest first): limit, spent, reserved, alerts."""
-        rows = access.store.read(
-            "SELECT period_start, limit_usd, spent_usd, reserved_usd, alerted FROM budget_usage WHERE scope = ? "
-            "ORDER BY period_start DESC LIMIT ?",
-            (scope, max(1, min(limit, 1000))),
-        )
-        return [
-            {"scope": scope, "period_start": p, "limit_usd": lim, "spent_usd": s, "reserved_usd": r,
-             "alerted": json.loads(a)}
-            for p, lim, s, r, a in rows
-        ]  # fmt: skip
+        return budget_periods(access.store, scope, limit=max(1, min(limit, 1000)))
 
     @router.route("GET", "/api/v1/budgets/alerts", permission="budgets:read", scope=tenant_query)
     def budget_alerts(

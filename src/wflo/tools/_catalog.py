@@ -18,8 +18,8 @@ import threading
 from typing import Any
 
 from .._errors import UserError
-from ..approvals._policy import parse_duration
-from ..sandbox._base import parse_size
+from ..approvals import parse_duration
+from ..sandbox import parse_size
 from ._errors import ToolRefused
 from ._files import _Root
 from ._manifest import Capabilities, Effects

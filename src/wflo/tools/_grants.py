@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._config import get_store, settings
 from .._errors import UserError
-from ..approvals._policy import Approval
+from ..approvals import Approval
 from ..cost._ledger import to_usd, usd_str
 from ..store import NewEvent
 from ._errors import ToolRefused

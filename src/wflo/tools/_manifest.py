@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .._errors import UserError
-from ..guards._parse import parse_duration
+from ..guards import parse_duration
 from ..sandbox import parse_size
 
 NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,63}$")

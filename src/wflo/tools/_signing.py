@@ -86,7 +86,7 @@ def trust(key: str, *, name: str = "", store: Store | None = None, by: str | Non
     kid = key_id(raw)
     st = store or get_store()
     who = by or settings().principal
-    from ..store._records import now_iso
+    from ..store import now_iso
 
     at = now_iso()
 
