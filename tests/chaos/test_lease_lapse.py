@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -83,15 +83,14 @@ def _stopped(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
 
 
-def _check_run(store: Any, run_id: str, effects: Path, *, once: bool = True) -> None:
+def _check_run(store: Any, run_id: str, i: int, effects: Path, *, once: bool = True) -> None:
     run = store.get_run(run_id)
     assert run.status == "succeeded" and run.output == "onetwothree", run
     completed = Counter(e.data["name"].rsplit(".", 1)[-1] for e in store.events(run_id) if e.type == "call.completed")
-    assert completed == Counter({"one": 1, "two": 1, "three": 1}), completed
-    assert _overlaps(effects) == []
+    assert completed == Counter({"one": 1, "two": 1, "three": 1}), completed  # each journaled once
     if once:  # no step was in flight when the lease was lost: none ran twice
-        starts = Counter(step for kind, step, _, _ in _lines(effects) if kind == "start")
-        assert starts == Counter({"one": 1, "two": 1, "three": 1}), starts
+        starts = Counter(step for kind, step, _, _ in _lines(effects) if kind == "start" and step.endswith(f".{i}"))
+        assert starts == Counter({f"one.{i}": 1, f"two.{i}": 1, f"three.{i}": 1}), starts
 
 
 @pytest.mark.slow
@@ -102,7 +101,7 @@ def test_worker_frozen_past_its_lease_does_not_start_the_next_step(store_url: st
     _config.configure(database=store_url, lease_seconds=LEASE)
     store = open_store(store_url)
     store.ensure_schema()
-    store.create_run(run_id="frozen-1", workflow="leaseapp", input={"args": [], "kwargs": {}})
+    store.create_run(run_id="frozen-1", workflow="leaseapp", input={"args": [0], "kwargs": {}})
     effects, token = tmp_path / "effects.log", tmp_path / "freeze"
     token.touch()
     # Steps of 0.8 s, not a multiple of the beat (lease / 3): A freezes between beats, not
@@ -114,7 +113,7 @@ def test_worker_frozen_past_its_lease_does_not_start_the_next_step(store_url: st
         _wait("worker A to freeze after step one", lambda: not token.exists() and _stopped(a.pid))
         time.sleep(LEASE * 1.5)  # A's lease lapses while it is frozen
         b = _serve(env, idle=2)
-        _wait("worker B to start step two", lambda: ("start", "two", b.pid) in {r[:3] for r in _lines(effects)})
+        _wait("worker B to start step two", lambda: ("start", "two.0", b.pid) in {r[:3] for r in _lines(effects)})
         os.kill(a.pid, signal.SIGCONT)  # A wakes while B runs step two (0.8 s)
         _, err_a = a.communicate(timeout=60)
         out_b, err_b = b.communicate(timeout=60)
@@ -128,49 +127,74 @@ def test_worker_frozen_past_its_lease_does_not_start_the_next_step(store_url: st
     assert "lost the lease of run frozen-1" in err_a, err_a
     assert "served 1" in out_b, (out_b, err_b)
     a_steps = [step for kind, step, pid, _ in _lines(effects) if pid == a.pid and kind == "start"]
-    assert a_steps == ["one"], f"the frozen worker started {a_steps} (after its lease lapsed)"
-    _check_run(store, "frozen-1", effects)
+    assert a_steps == ["one.0"], f"the frozen worker started {a_steps} (after its lease lapsed)"
+    assert _overlaps(effects) == []
+    _check_run(store, "frozen-1", 0, effects)
+
+
+RUNS = 6
+OUTAGE = LEASE * 3
 
 
 @pytest.mark.slow
 def test_sqlite_store_away_past_the_lease_then_back(sqlite_url: str, tmp_path: Path) -> None:
-    """Heartbeats fail (the database's write lock held by another connection for 3 leases)
-    while worker A is inside step one; worker B polls throughout. When the store is back,
-    A journals step one (nobody claimed yet: its fence passes) but must renew before step two,
-    so the run's steps never overlap, whichever of A and B gets there first."""
-    _store_away(sqlite_url, tmp_path, _hold_sqlite_lock)
+    """The store is away (its write lock held by another connection) for three leases while
+    worker A is inside the first step of 6 runs: A's heartbeats fail (its writes give up on the
+    lock after 50 ms) and B's claims too. When the store is back, A's steps end and A journals
+    them (nobody claimed yet: the fence passes), while B may claim the expired runs. A must
+    renew before its next step, so no step ever runs on both, whichever gets there first.
+
+    This one does not force the losing order (B's claim landing between A's journal write
+    and A's next heartbeat); the SIGSTOP test above does."""
+
+    def outage() -> None:
+        conn = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock: every writer (heartbeats too) waits
+            time.sleep(OUTAGE)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    _store_away(sqlite_url, tmp_path, outage, LEASE_BUSY_MS="50")
 
 
-def _hold_sqlite_lock(url: str, seconds: float) -> None:
-    import sqlite3
+@pytest.mark.slow
+def test_postgres_server_away_past_the_lease_then_back(tmp_path: Path) -> None:
+    """As above with the real PostgreSQL server stopped for three leases (a private cluster:
+    restarting it disturbs nobody), heartbeats and claims failing on refused connections."""
+    from test_pg_chaos import private_cluster
 
-    conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")  # the write lock: every writer (heartbeats too) waits
-        time.sleep(seconds)
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
+    with private_cluster(prefix="wflo-lease-pg-") as cluster:
+
+        def outage() -> None:
+            cluster.ctl("-m", "fast", "stop")
+            time.sleep(OUTAGE)
+            cluster.start()
+
+        _store_away(cluster.url, tmp_path, outage)
 
 
-def _store_away(url: str, tmp_path: Path, outage: Callable[[str, float], None]) -> None:
+def _store_away(url: str, tmp_path: Path, outage: Callable[[], None], **env_extra: str) -> None:
     _config.configure(database=url, lease_seconds=LEASE)
     store = open_store(url)
-    store.ensure_schema()
-    store.create_run(run_id="away-1", workflow="leaseapp", input={"args": [], "kwargs": {}})
+    ids = [f"away-{i}" for i in range(RUNS)]
+    for i, run_id in enumerate(ids):
+        store.create_run(run_id=run_id, workflow="leaseapp", input={"args": [i], "kwargs": {}})
     effects, release = tmp_path / "effects.log", tmp_path / "release-one"
-    env = _env(url, effects, LEASE_HOLD_ONE=str(release), LEASE_STEP_SECONDS="0.3")
-    a = _serve(env, idle=3)
+    env = _env(url, effects, LEASE_HOLD_ONE=str(release), LEASE_STEP_SECONDS="0.3", LEASE_CONCURRENCY=str(RUNS),
+               **env_extra)  # fmt: skip
+    a = _serve(env, idle=4)
     b: subprocess.Popen[str] | None = None
     try:
-        _wait("worker A to start step one", lambda: ("start", "one", a.pid) in {r[:3] for r in _lines(effects)})
-        b = _serve(env, idle=3)
-        time.sleep(1.0)  # B is polling
-        # Step one ends while the store is away: its journal write waits for the store.
-        threading.Timer(LEASE, release.touch).start()
-        outage(url, LEASE * 3)
-        _, err_a = a.communicate(timeout=60)
-        _, err_b = b.communicate(timeout=60)
+        _wait("worker A to start step one of every run",
+              lambda: sum(1 for k, st, pid, _ in _lines(effects) if k == "start" and pid == a.pid) == RUNS)  # fmt: skip
+        b = _serve(env, idle=4)
+        time.sleep(1.0)  # B is up and polling
+        outage()
+        release.touch()  # the steps end as the store comes back
+        _, err_a = a.communicate(timeout=90)
+        _, err_b = b.communicate(timeout=90)
     finally:
         release.touch()
         for p in (a, b):
@@ -178,6 +202,9 @@ def _store_away(url: str, tmp_path: Path, outage: Callable[[str, float], None]) 
                 p.kill()
                 p.wait()
     assert a.returncode == 0 and b.returncode == 0, (err_a, err_b)
-    # Step one may run again (on B, after A's journal write lost the race to B's claim): it
-    # was in flight, not finished. What must hold: never at once, each journaled once.
-    _check_run(store, "away-1", effects, once=False)
+    assert _overlaps(effects) == []
+    store = open_store(url)
+    for i, run_id in enumerate(ids):
+        # Step one may run again (on B, when B's claim beat A's journal write): it was in
+        # flight, not finished. What must hold: never at once, each step journaled once.
+        _check_run(store, run_id, i, effects, once=False)
