@@ -6,6 +6,7 @@ import atexit
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 from . import _config
@@ -60,11 +61,13 @@ def init(
             options.update(Budget(usd=budget_usd).to_run_options())
         from .store import new_id
 
+        sent_at = time.monotonic()  # the new run's lease is counted from here
         record, _ = store.create_run(
             run_id=new_id(), workflow=name or f"init:{script}", input={"argv": sys.argv[1:]},
             options=options, tenant=tenant, owner=process_owner(), lease_seconds=rt.settings.lease_seconds,
         )  # fmt: skip
         ctx = RunContext.load(store, record, process_owner(), guards_for(rt, None, record, store), runtime=rt)
+        ctx.lease_renewed(sent_at)
         heartbeats.track(store, ctx.owner, ctx)
         _ctx = ctx
         _http.implicit_run = lambda: _ctx

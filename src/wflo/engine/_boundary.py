@@ -183,6 +183,9 @@ def start_call(call: Call) -> Any:
         for guard in ctx.guards:
             guard.before(call)
             entered.append(guard)
+        # Last, right before the call's first effect: a guard's before() may have waited (a
+        # rate limit) while the lease ran out.
+        ctx.ensure_lease()
     except BaseException as exc:
         _after(call, Outcome(error=exc), entered)
         _record(call, Outcome(error=exc))
@@ -305,6 +308,12 @@ def _attempts(call: Call) -> Attempts[Outcome]:
                 break
             yield Step("store", functools.partial(_note_retry, call, attempt, exc, delay))
             yield Step("sleep", delay)
+            # The retry is a new start of the call, after a wait the lease may not have outlived.
+            try:
+                yield Step("store", call.run.ensure_lease)
+            except BaseException as lost:
+                outcome.error = lost
+                break
     outcome.duration_ms = (time.perf_counter() - t0) * 1000
     outcome.attempts = attempt
     return outcome

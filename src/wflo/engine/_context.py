@@ -21,6 +21,7 @@ import contextvars
 import functools
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,22 @@ _call_path: contextvars.ContextVar[str] = contextvars.ContextVar("wflo_call_path
 
 CALL_EVENT_TYPES = frozenset({"call.started", "call.completed", "call.failed"})
 _STATUS = {"call.started": "started", "call.completed": "completed", "call.failed": "failed"}
+
+LEASE_MARGIN = 1 / 3
+"""The share of a lease a run does not count on: a lease renewed by a request that left at
+monotonic time ``t`` is trusted until ``t + lease_seconds * (1 - LEASE_MARGIN)``.
+
+Why a third: the heartbeat thread renews every ``lease_seconds / 3``, so in normal operation
+the last renewal is at most a third of a lease (and a round trip) old and a run never pays a
+round trip of its own before a call; it renews by itself only after a beat was missed. The
+third left over is the slack between the check and the call's first effect (the thread being
+descheduled, a GC pause, a slow ``before`` of the last guard) and for the store's clock
+running a little fast against ours (lease expiry is judged on the store's clock). Counting from
+when the request *left* (not when it was answered) errs early: the store stamped the lease
+later than that."""
+
+monotonic = time.monotonic
+"""The clock lease validity is judged on here (a module name, so a test can step it)."""
 
 
 class JournalEntry:
@@ -108,6 +125,10 @@ class RunContext:
         self._write_lock = threading.RLock()
         self.cancel_requested = record.cancel_requested
         self.lease_lost = False
+        self._lease_seconds = self.runtime.settings.lease_seconds
+        # Until a claim or renewal says otherwise the lease is not counted on (the first call
+        # renews): only the paths that know when their claim left pass ``leased_at``.
+        self._lease_valid_until = float("-inf")
         self.closed = False
         """True once this execution of the run ended (finished, failed, suspended or lost): a
         thread it started that calls afterwards is refused (``RunEndedError``)."""
@@ -115,6 +136,42 @@ class RunContext:
         self._used: set[str] = set()  # journal entries a lane call has taken (by content)
         self._siblings: dict[str, list[JournalEntry]] | None = None  # spawning point -> lane entries
         install_propagation()
+
+    # ------------------------------------------------------------------ lease
+    def lease_renewed(self, sent_at: float, lease_seconds: float | None = None) -> None:
+        """A claim or heartbeat of this run, sent at monotonic ``sent_at``, gave us the lease."""
+        lease = self._lease_seconds if lease_seconds is None else lease_seconds
+        until = sent_at + lease * (1 - LEASE_MARGIN)
+        with self._lock:
+            if until > self._lease_valid_until:
+                self._lease_valid_until = until
+
+    def ensure_lease(self) -> None:
+        """Before a call starts: raise ``LeaseLost`` unless the lease is surely still ours.
+
+        The journal's fence only stops *writes*; a call starts without one. A worker whose lease
+        lapsed while its heartbeats failed (the store restarting) or while it was paused would
+        otherwise start the next call while another worker, having claimed the expired run,
+        starts the same one. Fresh lease (the usual case): no round trip. Otherwise renew now;
+        a renewal that is refused (the run is someone else's) or fails (we cannot tell) gives
+        the run up: the journal is intact and the run is claimable again.
+        """
+        if self.lease_lost:
+            raise LeaseLost(run_id=self.run_id, owner=self.owner)
+        if monotonic() < self._lease_valid_until:
+            return
+        sent_at = monotonic()
+        try:
+            held = self.store.heartbeat(self.owner, [self.run_id], self._lease_seconds)
+        except Exception as exc:
+            self.lease_lost = True
+            raise LeaseLost(run_id=self.run_id, owner=self.owner) from exc
+        if self.run_id not in held:
+            self.lease_lost = True
+            raise LeaseLost(run_id=self.run_id, owner=self.owner)
+        if held[self.run_id]:
+            self.cancel_requested = True
+        self.lease_renewed(sent_at)
 
     @classmethod
     def load(

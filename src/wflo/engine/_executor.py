@@ -100,9 +100,12 @@ def add_resume_hook(hook: Callable[[Store, str], tuple[list[NewEvent], StoreOp |
 
 
 def _prepare(
-    rt: Runtime, store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False
-) -> RunContext:
+    rt: Runtime, store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False,
+    leased_at: float | None = None,
+) -> RunContext:  # fmt: skip
     ctx = RunContext.load(store, record, owner, guards_for(rt, wf, record, store), fresh=fresh, runtime=rt)
+    if leased_at is not None:
+        ctx.lease_renewed(leased_at)
     if record.attempts <= 1 and not ctx.journal:
         if ctx.last_event_type != "run.started":
             ctx.append([NewEvent("run.started", {"attempt": record.attempts, "worker": owner})])
@@ -281,20 +284,22 @@ def _args(record: RunRecord) -> tuple[list[Any], dict[str, Any]]:
 
 def execute(
     store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False,
-    runtime: Runtime | None = None,
+    runtime: Runtime | None = None, leased_at: float | None = None,
 ) -> Any:  # fmt: skip
     """Run ``record`` (whose lease ``owner`` holds) to its end, or until it waits or is lost.
 
     ``fresh``: ``owner`` has just created the run (its journal holds no calls yet, so it is
     not read). ``runtime``: the runtime running it (default: the one in use here); its guards
-    and settings apply, and it is active while the workflow's code runs. Returns the
-    workflow's value; raises its exception (after recording it).
+    and settings apply, and it is active while the workflow's code runs. ``leased_at``: the
+    ``time.monotonic()`` at which the request that gave ``owner`` the lease was sent (unknown:
+    the first call renews the lease first). Returns the workflow's value; raises its
+    exception (after recording it).
     """
     rt = runtime if runtime is not None else current_runtime()
     if wf.is_async:
-        return _run_coroutine(aexecute(store, wf, record, owner, fresh=fresh, runtime=rt))
+        return _run_coroutine(aexecute(store, wf, record, owner, fresh=fresh, runtime=rt, leased_at=leased_at))
     with rt.activate():
-        ctx = _prepare(rt, store, wf, record, owner, fresh)
+        ctx = _prepare(rt, store, wf, record, owner, fresh, leased_at)
         args, kwargs = _args(record)
         heartbeats.track(store, owner, ctx)
         run_token = _current_run.set(ctx)
@@ -317,12 +322,12 @@ def execute(
 
 def prepare(
     store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False,
-    runtime: Runtime | None = None,
+    runtime: Runtime | None = None, leased_at: float | None = None,
 ) -> RunContext:  # fmt: skip
     """The run's context, its journal loaded and its start (or resumption) recorded (blocking)."""
     rt = runtime if runtime is not None else current_runtime()
     with rt.activate():
-        return _prepare(rt, store, wf, record, owner, fresh)
+        return _prepare(rt, store, wf, record, owner, fresh, leased_at)
 
 
 async def aexecute(
@@ -334,6 +339,7 @@ async def aexecute(
     fresh: bool = False,
     prepared: RunContext | None = None,
     runtime: Runtime | None = None,
+    leased_at: float | None = None,
 ) -> Any:
     """The async twin of :func:`execute`: the workflow runs on the loop, and its store work
     (loading the journal, the start and final events) on the store's threads, in order.
@@ -341,12 +347,12 @@ async def aexecute(
     ``prepared``: the context :func:`prepare` gave (in the same hop as the run's creation)."""
     rt = runtime if runtime is not None else current_runtime()
     if not wf.is_async:
-        return await asyncio.to_thread(execute, store, wf, record, owner, fresh=fresh, runtime=rt)
+        return await asyncio.to_thread(execute, store, wf, record, owner, fresh=fresh, runtime=rt, leased_at=leased_at)
     with rt.activate():
         ctx = (
             prepared
             if prepared is not None
-            else await store.off_loop(_prepare, rt, store, wf, record, owner, fresh, key=record.id)
+            else await store.off_loop(_prepare, rt, store, wf, record, owner, fresh, leased_at, key=record.id)
         )
         args, kwargs = _args(record)
         heartbeats.track(store, owner, ctx)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from .._config import settings
@@ -61,6 +62,7 @@ class Heartbeats:
                 groups.setdefault((id(ctx.store), ctx.owner, ctx.runtime.settings.lease_seconds), []).append(ctx)
             for (_, _, lease), contexts in groups.items():
                 first = contexts[0]
+                sent_at = time.monotonic()
                 try:
                     held = first.store.heartbeat(first.owner, [c.run_id for c in contexts], lease)
                 except Exception as exc:  # the next beat retries; the lease has slack for it
@@ -69,7 +71,9 @@ class Heartbeats:
                 for ctx in contexts:
                     if ctx.run_id not in held:
                         ctx.lease_lost = True
-                    elif held[ctx.run_id]:
+                        continue
+                    ctx.lease_renewed(sent_at, lease)
+                    if held[ctx.run_id]:
                         ctx.cancel_requested = True
 
 

@@ -112,6 +112,7 @@ class Worker:
                 with self._lock:
                     free = self.concurrency - len(self._active)
                 claimed = None
+                sent_at = time.monotonic()  # the claim's lease is counted from here (RunContext.lease_renewed)
                 if free > 0 and (max_runs is None or self.completed + len(self._active) < max_runs):
                     names = self._names()
                     if names:
@@ -128,7 +129,7 @@ class Worker:
                     # carries on. Fencing cannot tell two threads of one owner apart, so a
                     # second thread would run its steps twice, at the same time.
                     if not ours:
-                        self._submit(pool, claimed)
+                        self._submit(pool, claimed, sent_at)
                     continue
                 with self._lock:
                     busy = bool(self._active)
@@ -154,14 +155,14 @@ class Worker:
             return poll
         return max(0.0, min(poll, (parse_iso(wake) - datetime.now(UTC)).total_seconds() + 0.001))
 
-    def _submit(self, pool: ThreadPoolExecutor, record: RunRecord) -> None:
+    def _submit(self, pool: ThreadPoolExecutor, record: RunRecord, leased_at: float | None = None) -> None:
         if self.on_event:
             self.on_event("claimed", record)
         # Submit and register under the lock: the run's own clean-up (which takes the lock)
         # cannot run before it is registered, even if it finishes at once.
         with self._lock:
             self._queue_of[record.id] = record.queue
-            self._active[record.id] = pool.submit(self._execute, record)
+            self._active[record.id] = pool.submit(self._execute, record, leased_at)
 
     def _notify(self, kind: str, run_id: str) -> None:
         """Progress output; a store that is away just now (a restart) costs a line, not the run."""
@@ -176,9 +177,9 @@ class Worker:
         with self._lock:
             self.completed += 1
 
-    def _execute(self, record: RunRecord) -> None:
+    def _execute(self, record: RunRecord, leased_at: float | None = None) -> None:
         try:
-            kind = self._run_one(record)
+            kind = self._run_one(record, leased_at)
             if kind:
                 self._count()
                 self._notify(kind, record.id)
@@ -187,10 +188,12 @@ class Worker:
                 self._active.pop(record.id, None)
                 self._queue_of.pop(record.id, None)
 
-    def _run_one(self, record: RunRecord) -> str:
+    def _run_one(self, record: RunRecord, leased_at: float | None = None) -> str:
         """Execute one run; ``finished``, ``failed``, or ``""`` when another worker has it now."""
         try:
-            execute(self.store, get_workflow(record.workflow), record, self.owner, runtime=self.runtime)
+            execute(
+                self.store, get_workflow(record.workflow), record, self.owner, runtime=self.runtime, leased_at=leased_at
+            )
         except LeaseLost:
             log.info("wflo worker: lost the lease of run %s; another worker has it", record.id)
             return ""

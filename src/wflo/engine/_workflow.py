@@ -255,22 +255,24 @@ class BoundWorkflow(Generic[P, R]):
 
     def _run_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         owner = process_owner()
+        leased_at: float | None = time.monotonic()  # before the request that gives us the lease
         store, record, created = self._create(args, kwargs, owner)
         if not created:
+            leased_at = time.monotonic()
             record = self._claim_existing(store, record, owner)
             if record.done:
                 return _result_of(record)
         fresh = created
         while True:
             try:
-                return execute(store, self.wf, record, owner, fresh=fresh)
+                return execute(store, self.wf, record, owner, fresh=fresh, leased_at=leased_at)
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
                 woken = _wait_until_woken(store, record.id, owner, pause)
                 if woken.done:
                     return _result_of(woken)
-                record, fresh = woken, False
+                record, fresh, leased_at = woken, False, None
 
     async def arun(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
@@ -286,27 +288,34 @@ class BoundWorkflow(Generic[P, R]):
         store, record, created, prepared = await asyncio.wrap_future(
             _openers.submit(None, functools.partial(context.run, self._create_prepared, args, kwargs, owner))
         )
+        leased_at: float | None = None
         if not created:
+            leased_at = time.monotonic()
             record = await store.off_loop(self._claim_existing, store, record, owner, key=record.id)
             if record.done:
                 return _result_of(record)
         fresh = created
         while True:
             try:
-                return await aexecute(store, self.wf, record, owner, fresh=fresh, prepared=prepared)
+                return await aexecute(
+                    store, self.wf, record, owner, fresh=fresh, prepared=prepared, leased_at=leased_at
+                )
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
                 woken = await _await_until_woken(store, record.id, owner, pause)
                 if woken.done:
                     return _result_of(woken)
-                record, fresh, prepared = woken, False, None
+                record, fresh, prepared, leased_at = woken, False, None, None
 
     def _create_prepared(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str
     ) -> tuple[Store, RunRecord, bool, RunContext | None]:
+        sent_at = time.monotonic()
         store, record, created = self._create(args, kwargs, owner)
-        prepared = prepare(store, self.wf, record, owner, True) if created and self.wf.is_async else None
+        prepared = (
+            prepare(store, self.wf, record, owner, True, leased_at=sent_at) if created and self.wf.is_async else None
+        )
         return store, record, created, prepared
 
     def start(self, *args: Any, **kwargs: Any) -> RunHandle:
