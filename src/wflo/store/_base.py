@@ -101,9 +101,10 @@ class Store(Connections):
     server_clock = False
     """:meth:`_time_sql` needs no clock read beforehand (``clock`` may be ``None``)."""
 
-    def _claim_tx(self, fn: Callable[[Any], Callable[[], T]]) -> T:
-        """Run ``fn(cursor)`` in a relaxed write transaction (a claim: see "Commit modes" in
-        ``_postgres``); call what it returns once the transaction committed and return that.
+    def _claim_tx(self, fn: Callable[[Any], Callable[[], T]], *, relaxed: bool = True) -> T:
+        """Run ``fn(cursor)`` in a write transaction, relaxed by default (a claim: see "Commit
+        modes" in ``_postgres``); call what it returns once the transaction committed and
+        return that.
 
         PostgreSQL sends the transaction pipelined: statements go out without waiting for
         the answers of those before, and only reading an answer waits (one round trip for
@@ -112,7 +113,7 @@ class Store(Connections):
         """
 
         def go() -> T:
-            with self._tx(relaxed=True) as cur:
+            with self._tx(relaxed=relaxed) as cur:
                 return fn(cur)()
 
         return self._retrying(go)
@@ -640,22 +641,22 @@ class Store(Connections):
             return {}
         marks = ", ".join("?" * len(run_ids))
 
-        def go() -> dict[str, bool]:
-            with self._tx() as cur:
-                until = iso(self._clock(cur), lease_seconds)
-                self.execute(
-                    cur,
-                    f"UPDATE runs SET lease_expires_at = ? WHERE lease_owner = ? AND id IN ({marks})",
-                    [until, owner, *run_ids],
-                )
-                self.execute(
-                    cur,
-                    f"SELECT id, cancel_requested FROM runs WHERE lease_owner = ? AND id IN ({marks})",
-                    [owner, *run_ids],
-                )
-                return {r[0]: bool(r[1]) for r in cur.fetchall()}
+        def body(cur: Any) -> Callable[[], dict[str, bool]]:
+            # One statement, sent with its commit on PostgreSQL (``_claim_tx``): a worker frozen
+            # (SIGSTOP, a long GC pause) in the middle of a beat must not hold its runs' rows
+            # locked, or no other worker could claim them until it thaws. Synchronous: a renewal
+            # lost in a server crash would let the worker trust a lease the store has not got.
+            clock = None if self.server_clock else self._clock(cur)
+            until, until_p = self._time_sql(clock, lease_seconds)
+            self.execute(
+                cur,
+                f"UPDATE runs SET lease_expires_at = {until} WHERE lease_owner = ? AND id IN ({marks}) "
+                "RETURNING id, cancel_requested",
+                [*until_p, owner, *run_ids],
+            )
+            return lambda: {r[0]: bool(r[1]) for r in cur.fetchall()}
 
-        return self._retrying(go)
+        return self._claim_tx(body, relaxed=False)
 
     def fence(self, cur: Any, run_id: str, owner: str) -> None:
         """Inside a write transaction: raise ``LeaseLost`` unless ``owner`` holds ``run_id``'s lease.

@@ -206,9 +206,9 @@ class PostgresStore(Store):
             return contextlib.nullcontext()
         return conn.pipeline()  # nested: its end sends a sync and reads every answer
 
-    def _claim_tx(self, fn: Callable[[Any], Callable[[], T]]) -> T:
+    def _claim_tx(self, fn: Callable[[Any], Callable[[], T]], *, relaxed: bool = True) -> T:
         if getattr(self._local, "held", None) is not None:
-            return super()._claim_tx(fn)  # inside a caller's transaction: commits with it
+            return super()._claim_tx(fn, relaxed=relaxed)  # inside a caller's transaction: commits with it
         psycopg = self._psycopg
 
         def go() -> T:
@@ -217,7 +217,8 @@ class PostgresStore(Store):
                 try:
                     with conn.pipeline():
                         cur.execute("BEGIN")
-                        cur.execute(f"SELECT {_RELAX}")  # a claim: see Commit modes
+                        if relaxed:
+                            cur.execute(f"SELECT {_RELAX}")  # a claim: see Commit modes
                         then = fn(cur)
                         end.execute("COMMIT")
                     return then()

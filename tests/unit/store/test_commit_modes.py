@@ -315,3 +315,13 @@ def test_a_caller_killed_right_after_the_start_loses_nothing(store_url: str, tmp
     assert [e.type for e in store.events("killed-1")] == [
         "run.created", "run.started", "call.completed", "call.completed", "call.completed", "run.completed",
     ]  # fmt: skip
+
+
+@pytest.mark.postgres
+def test_a_heartbeat_commits_synchronously(pg_store: Store) -> None:
+    """A renewal lost in a server crash would let its worker trust a lease the store has not
+    got (the engine starts calls without asking while its lease looks fresh)."""
+    pg_store.create_run(run_id="beat", workflow="w", input={}, owner="me", lease_seconds=30)
+    _modes(pg_store)
+    assert pg_store.heartbeat("me", ["beat"], 30) == {"beat": False}
+    assert _modes(pg_store) == [("runs", "UPDATE", "running", "on")]

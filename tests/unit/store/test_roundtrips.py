@@ -330,3 +330,33 @@ def test_a_claim_is_one_round_trip_and_a_wake_up_two_on_postgres(pg_url: str) ->
         # Held by another: not taken, the row as it is comes back (still one round trip).
         trips, got = _trips(store, lambda: store.claim("plain-5", "thief", 30))
         assert trips == 1 and got.lease_owner == "direct"
+
+
+@pytest.mark.postgres
+def test_a_heartbeat_is_one_round_trip_on_postgres(pg_url: str) -> None:
+    """A beat's update, its answer and the commit go in one message, so a worker frozen in the
+    middle of a beat (SIGSTOP) leaves no transaction open on the server holding its runs' rows:
+    claims skip locked rows, and nobody could take those runs back until it thawed."""
+    with open_store(pg_url) as store:
+        for rid, owner in (("hb-1", "me"), ("hb-2", "me"), ("hb-3", "other")):
+            store.create_run(run_id=rid, workflow="w", input={}, owner=owner, lease_seconds=30)
+        store.request_cancel("hb-2")
+        store.heartbeat("me", ["hb-1"], 30)  # warm
+        before = store.get_run("hb-1").lease_expires_at
+        trips, held = _trips(store, lambda: store.heartbeat("me", ["hb-1", "hb-2", "hb-3"], 600))
+        assert trips == 1
+        assert held == {"hb-1": False, "hb-2": True}  # not hb-3: another's lease is not renewed
+        after = store.get_run("hb-1").lease_expires_at
+        assert before is not None and after is not None and after > before
+        assert store.get_run("hb-3").lease_owner == "other"
+
+
+def test_a_heartbeat_renews_only_our_leases(store_url: str) -> None:
+    with open_store(store_url) as store:
+        store.create_run(run_id="hb-a", workflow="w", input={}, owner="me", lease_seconds=1)
+        store.create_run(run_id="hb-b", workflow="w", input={}, owner="other", lease_seconds=1)
+        assert store.heartbeat("me", ["hb-a", "hb-b", "hb-missing"], 600) == {"hb-a": False}
+        a, b = store.get_run("hb-a"), store.get_run("hb-b")
+        assert a.lease_expires_at is not None and b.lease_expires_at is not None
+        assert a.lease_expires_at > b.lease_expires_at
+        assert store.heartbeat("me", [], 600) == {}
