@@ -460,6 +460,18 @@ CREATE INDEX runs_queue_started ON runs (queue, started_at) WHERE started_at IS 
 """,
 )
 
+# Fewer index writes per run (issue 20): a run's insert and each change of its status write
+# every index on ``runs``. Two of them are the leading columns of a later, wider index
+# (m010's ``runs_list_status`` and ``runs_list_workflow`` add ``id``), which answers every
+# query they did in the same order, so they only cost writes.
+M021_PGEMPTY_REDUNDANT_RUN_INDEXES = Migration(
+    "m021_pgempty_redundant_run_indexes",
+    """
+DROP INDEX IF EXISTS runs_claim;
+DROP INDEX IF EXISTS runs_workflow
+""",
+)
+
 
 class _Migrations(Sequence[Migration]):
     """The one ordered list of migrations, some of them kept by the package owning their tables.
@@ -521,6 +533,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         "wflo.integrations._checkpoint_tables:M017_CKPT_BYTES",
         "wflo.cost._tables:M018_LEDGER_SPEND",
         "wflo.cost._tables:M019_SPEND_RUN",
+        M021_PGEMPTY_REDUNDANT_RUN_INDEXES,
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)
