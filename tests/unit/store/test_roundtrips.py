@@ -372,3 +372,34 @@ def test_a_claim_is_one_round_trip_and_a_wake_up_two_on_postgres(pg_url: str) ->
         # Held by another: not taken, the row as it is comes back (still one round trip).
         trips, got = _trips(store, lambda: store.claim("plain-5", "thief", 30))
         assert trips == 1 and got.lease_owner == "direct"
+
+
+# Text that an array literal must not misread: quotes, backslashes, braces, commas, blanks,
+# the word NULL, an empty string, and characters beyond ASCII.
+_AWKWARD = ['"', "\\", '\\"', "{a,b}", "a, b", " ", "NULL", "null", "", "é✓", '{"x": "\\\\n"}', "\t\n"]
+
+
+def test_awkward_text_reaches_the_journal_exactly(store_url: str) -> None:
+    """The run's first events and each append are sent as array parameters; what is read
+    back is what was written, byte for byte, and the hash chain verifies."""
+    from wflo.audit import verify_all
+
+    store = open_store(store_url)
+    try:
+        _run, created = store.create_run(
+            run_id='r-awk"\\{,}', workflow="w", input="{}", owner="o", event_data={"texts": _AWKWARD}
+        )
+        assert created
+        head = Head(_run.last_seq, _run.last_hash)
+        sent = [NewEvent(f"note.{i}", {"text": text, "all": _AWKWARD}) for i, text in enumerate(_AWKWARD)]
+        head = store.append(_run.id, head, sent, owner="o")
+        store.append(_run.id, head, [NewEvent("run.completed", {"output": "\\\"{}"})], owner="o",
+                     status="succeeded", output='"\\', finish=True)  # fmt: skip
+        got = store.events(_run.id)
+        assert got[0].data["texts"] == _AWKWARD
+        assert [(e.type, e.data) for e in got[2:-1]] == [(e.type, e.data) for e in sent]
+        assert got[-1].data == {"output": '\\"{}'}
+        assert store.get_run(_run.id).output == '"\\'
+        assert all(r.ok for r in verify_all(store))
+    finally:
+        store.close()
