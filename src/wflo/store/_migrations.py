@@ -460,15 +460,26 @@ CREATE INDEX runs_queue_started ON runs (queue, started_at) WHERE started_at IS 
 """,
 )
 
-# Fewer index writes per run (issue 20): a run's insert and each change of its status write
-# every index on ``runs``. Two of them are the leading columns of a later, wider index
-# (m010's ``runs_list_status`` and ``runs_list_workflow`` add ``id``), which answers every
-# query they did in the same order, so they only cost writes.
-M021_PGEMPTY_REDUNDANT_RUN_INDEXES = Migration(
-    "m021_pgempty_redundant_run_indexes",
+# Fewer index writes per run (issue 20): a run's insert and each change of its status (the
+# row moves: no HOT update) write every index on ``runs`` whose condition the row meets.
+# - ``runs_claim`` and ``runs_workflow`` are the leading columns of m010's ``runs_list_status``
+#   and ``runs_list_workflow`` (which add ``id``): those answer every query they did, in the
+#   same order, so they only cost writes. Dropped.
+# - The parent, tenant and queue-start indexes serve only queries with ``parent_id = ?``,
+#   ``tenant = ?`` or ``queue = ?`` (which imply the column is not NULL, so both databases use
+#   a partial index for them), while most runs have no parent, tenant or queue: they now hold
+#   only the runs that have one.
+M021_PGEMPTY_RUN_INDEXES = Migration(
+    "m021_pgempty_run_indexes",
     """
 DROP INDEX IF EXISTS runs_claim;
-DROP INDEX IF EXISTS runs_workflow
+DROP INDEX IF EXISTS runs_workflow;
+DROP INDEX IF EXISTS runs_parent;
+CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
+DROP INDEX IF EXISTS runs_list_tenant;
+CREATE INDEX runs_list_tenant ON runs (tenant, created_at, id) WHERE tenant IS NOT NULL;
+DROP INDEX IF EXISTS runs_queue_started;
+CREATE INDEX runs_queue_started ON runs (queue, started_at) WHERE queue IS NOT NULL AND started_at IS NOT NULL
 """,
 )
 
@@ -533,7 +544,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         "wflo.integrations._checkpoint_tables:M017_CKPT_BYTES",
         "wflo.cost._tables:M018_LEDGER_SPEND",
         "wflo.cost._tables:M019_SPEND_RUN",
-        M021_PGEMPTY_REDUNDANT_RUN_INDEXES,
+        M021_PGEMPTY_RUN_INDEXES,
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)
