@@ -9,6 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 PG = os.environ.get("WFLO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+# Prepended to every database name a benchmark creates (and drops first): two benchmarks on
+# one server then cannot drop each other's databases.
+DB_PREFIX = os.environ.get("WFLO_BENCH_DB_PREFIX", "")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -21,6 +24,7 @@ def fresh_pg(name: str) -> str:
     """A URL of a new, empty PostgreSQL database ``name`` (dropped first if it exists)."""
     import psycopg
 
+    name = DB_PREFIX + name
     with psycopg.connect(PG, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         conn.execute(f"CREATE DATABASE {name}")

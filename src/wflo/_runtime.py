@@ -31,7 +31,7 @@ from ._errors import UserError
 
 if TYPE_CHECKING:
     from .cost import PriceBook
-    from .engine import Guard, Workflow
+    from .engine import Guard, RunContext, Workflow
     from .guards import Policies
     from .store import NewEvent, RunRecord, Store, StoreOp
 
@@ -117,11 +117,12 @@ class Runtime:
         self.intercept()
         return _wiring.run_guards(self, record, store)
 
-    def finish_ops(self, store: Store, run_id: str, status: str) -> list[StoreOp]:
-        """Store writes committed with a run's final event (its kept payloads dropped)."""
+    def finish_ops(self, store: Store, run_id: str, status: str, *, run: RunContext | None = None) -> list[StoreOp]:
+        """Store writes committed with a run's final event (its kept payloads dropped).
+        ``run``: the ending execution's context, if known (it may show nothing is to drop)."""
         from . import _wiring
 
-        return _wiring.finish_ops(self, store, run_id, status)
+        return _wiring.finish_ops(self, store, run_id, status, run=run)
 
     def resume_ops(self, store: Store, run_id: str) -> tuple[list[NewEvent], list[StoreOp]]:
         """Events and writes committed with ``run.resumed`` (charging calls left in flight)."""

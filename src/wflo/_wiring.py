@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .approvals import ApprovalGuard, Inbox
-from .audit._content import ContentGuard, drop_payloads
+from .audit._content import PAYLOADS_KEPT, ContentGuard, drop_payloads
 from .cost._guard import BudgetGuard
 from .cost._ledger import Budget, Ledger
-from .engine import Guard
+from .engine import Guard, RunContext
 from .guards import LoopGuard, LoopGuardGuard, PolicyGuard
 
 if TYPE_CHECKING:
@@ -50,7 +50,11 @@ def run_guards(rt: Runtime, record: RunRecord, store: Store) -> list[Guard]:
     return guards
 
 
-def finish_ops(rt: Runtime, store: Store, run_id: str, status: str) -> list[StoreOp]:
+def finish_ops(rt: Runtime, store: Store, run_id: str, status: str, *, run: RunContext | None = None) -> list[StoreOp]:
+    # A run's first execution, begun by its creator, that kept no payload has none to drop:
+    # its end is then the append alone, one statement (issue 20: an empty workflow's cost).
+    if run is not None and run.fresh and not run.state.get(PAYLOADS_KEPT):
+        return []
     op = drop_payloads(store, run_id, status)
     return [op] if op is not None else []
 

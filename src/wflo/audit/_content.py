@@ -22,6 +22,10 @@ from . import _tables
 
 MODES = ("full", "redacted", "hash_only")
 
+PAYLOADS_KEPT = "audit.payloads_kept"
+"""The key, in a run context's ``state``, set once this execution kept a payload: its end
+must then drop them even if the run is fresh (see ``wflo._wiring.finish_ops``)."""
+
 # Credentials that must never land in a permanent record, whatever the policy.
 SECRETS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("anthropic-key", re.compile(r"sk-ant-[A-Za-z0-9_\-]{16,}")),
@@ -109,6 +113,7 @@ class ContentGuard(Guard):
             _tables.keep_payload(store, cur, run_id, call_id, body)
 
         call.ops.append(keep_payload)
+        call.run.state[PAYLOADS_KEPT] = True  # set before the op commits: never missed
 
 
 def payload(store: Any, run_id: str, call_id: str) -> str | None:

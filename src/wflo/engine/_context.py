@@ -133,6 +133,9 @@ class RunContext:
         """True once this execution of the run ended (finished, failed, suspended or lost): a
         thread it started that calls afterwards is refused (``RunEndedError``)."""
         self.last_event_type = ""
+        self.fresh = False
+        """True when this execution is the run's first, begun by the caller that created it: no
+        earlier execution can have left anything behind (kept payloads) for its end to clear."""
         self._used: set[str] = set()  # journal entries a lane call has taken (by content)
         self._siblings: dict[str, list[JournalEntry]] | None = None  # spawning point -> lane entries
         install_propagation()
@@ -209,6 +212,7 @@ class RunContext:
                 journal[d["call"]] = JournalEntry(d["call"], name, kind, status, data_json, int(seq), d.get("digest"))
         ctx = cls(store, record, owner, journal, guards, runtime)
         ctx.last_event_type = last_type
+        ctx.fresh = fresh
         return ctx
 
     # ------------------------------------------------------------------ numbering

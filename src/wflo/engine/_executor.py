@@ -133,7 +133,7 @@ def add_finish_op(factory: Callable[[Store, str, str], StoreOp | None]) -> None:
 
 
 def _final_ops(ctx: RunContext, status: str) -> list[StoreOp]:
-    ops = ctx.runtime.finish_ops(ctx.store, ctx.run_id, status)
+    ops = ctx.runtime.finish_ops(ctx.store, ctx.run_id, status, run=ctx)
     return ops + [op for f in _finish_ops if (op := f(ctx.store, ctx.run_id, status)) is not None]
 
 

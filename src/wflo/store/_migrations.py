@@ -460,6 +460,54 @@ CREATE INDEX runs_queue_started ON runs (queue, started_at) WHERE started_at IS 
 """,
 )
 
+# Fewer index writes per run (issue 20): a run's insert and each change of its status (the
+# row moves: no HOT update) write every index on ``runs`` whose condition the row meets.
+# - ``runs_claim`` and ``runs_workflow`` are the leading columns of m010's ``runs_list_status``
+#   and ``runs_list_workflow`` (which add ``id``): those answer every query they did, in the
+#   same order, so they only cost writes. Dropped.
+# - The parent, tenant and queue-start indexes serve only queries with ``parent_id = ?``,
+#   ``tenant = ?`` or ``queue = ?`` (which imply the column is not NULL, so both databases use
+#   a partial index for them), while most runs have no parent, tenant or queue: they now hold
+#   only the runs that have one.
+# - PostgreSQL's status counters (``wflo_run_counts``, m015): a change of status moves its two
+#   counts in one upsert (rows in status order, as before: two changes never wait on each other
+#   in a cycle) where it took an update and an upsert. The count of a status is the sum of its
+#   shards (``run_counts`` is read only summed), so a shard's row may go below zero.
+_PG_RUN_COUNTS_ONE_STATEMENT = """
+CREATE OR REPLACE FUNCTION wflo_run_counts() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO run_counts (status, shard, n) VALUES (NEW.status, hashtext(NEW.id) & 15, 1)
+            ON CONFLICT (status, shard) DO UPDATE SET n = run_counts.n + 1;
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE run_counts SET n = n - 1 WHERE status = OLD.status AND shard = hashtext(OLD.id) & 15;
+    ELSIF NEW.status <> OLD.status THEN
+        INSERT INTO run_counts AS c (status, shard, n)
+        SELECT v.status, hashtext(NEW.id) & 15, v.n
+          FROM (VALUES (OLD.status, -1), (NEW.status, 1)) AS v(status, n)
+         ORDER BY v.status
+            ON CONFLICT (status, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
+    END IF;
+    RETURN NULL;
+END
+$$"""
+
+M020_PGEMPTY_RUN_WRITES = Migration(
+    "m020_pgempty_run_writes",
+    """
+DROP INDEX IF EXISTS runs_claim;
+DROP INDEX IF EXISTS runs_workflow;
+DROP INDEX IF EXISTS runs_parent;
+CREATE INDEX runs_parent ON runs (parent_id) WHERE parent_id IS NOT NULL;
+DROP INDEX IF EXISTS runs_list_tenant;
+CREATE INDEX runs_list_tenant ON runs (tenant, created_at, id) WHERE tenant IS NOT NULL;
+DROP INDEX IF EXISTS runs_queue_started;
+CREATE INDEX runs_queue_started ON runs (queue, started_at) WHERE queue IS NOT NULL AND started_at IS NOT NULL
+""",
+    {"postgresql": (_PG_RUN_COUNTS_ONE_STATEMENT,)},
+)
+
 
 class _Migrations(Sequence[Migration]):
     """The one ordered list of migrations, some of them kept by the package owning their tables.
@@ -521,6 +569,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         "wflo.integrations._checkpoint_tables:M017_CKPT_BYTES",
         "wflo.cost._tables:M018_LEDGER_SPEND",
         "wflo.cost._tables:M019_SPEND_RUN",
+        M020_PGEMPTY_RUN_WRITES,
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)

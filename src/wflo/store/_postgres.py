@@ -285,7 +285,7 @@ class PostgresStore(Store):
     ) -> tuple[tuple[Any, ...] | None, bool]:
         cols = list(zip(*rows, strict=True))
         params = (*values[:8], lease_seconds is not None, lease_seconds or 0.0, *values[8:],
-                  *[list(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
+                  *[_array(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
         # A run its caller executes now (it has an owner) starts relaxed; an enqueued one is
         # durable before its handle is returned. See Commit modes.
         with self._connection() as conn:
@@ -319,7 +319,7 @@ class PostgresStore(Store):
         an answer before the commit. ``relaxed`` (never with ops): see Commit modes."""
         cols = list(zip(*rows, strict=True)) if rows else [()] * 7
         params = (run_id, head.seq, owner, new.seq, new.hash, now, status, finish, output_json, error_json,
-                  release, wake_at, "wflo_runs" if notify else None, *[list(c) for c in cols[1:]])  # fmt: skip
+                  release, wake_at, "wflo_runs" if notify else None, *[_array(c) for c in cols[1:]])  # fmt: skip
         psycopg = self._psycopg
         after: list[Callable[[], None]] = []
         with self._connection() as conn:
@@ -488,6 +488,19 @@ class _PsycopgPool:
 
     def close(self) -> None:
         self._pool.close(timeout=5.0)
+
+
+def _array(values: Sequence[Any]) -> str:
+    """``values`` as a PostgreSQL array literal, for a parameter the statement casts
+    (``%s::text[]``, ``%s::bigint[]``). Sent as text, the server parses it: psycopg would
+    otherwise inspect every element of every list to choose the array's type, a large part of
+    the client's work for a short run (issue 20). Every element is quoted, so no text can
+    read as NULL, a delimiter or a nested array; ``None`` is NULL."""
+    return "{" + ",".join("NULL" if v is None else _quoted(str(v)) for v in values) + "}"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _first_line(exc: BaseException) -> str:

@@ -44,6 +44,23 @@ def test_counts_follow_every_change(store_url: str) -> None:
         assert store.count_runs_by_status() == _truth(store)
 
 
+@pytest.mark.postgres
+def test_a_run_counted_in_another_shard_still_moves_exactly(pg_url: str) -> None:
+    """Runs counted before the shards existed sit in shard 0 (m015's seed), not their id's
+    shard: moving such a run's status must still leave each status's sum exact (its old
+    shard's row may go below zero; only sums are read)."""
+    with open_store(pg_url) as store:
+        store.create_run(run_id="seeded", workflow="w", input={}, owner="me")
+
+        def to_shard_zero(cur: object) -> None:
+            store.execute(cur, "DELETE FROM run_counts")
+            store.execute(cur, "INSERT INTO run_counts (status, shard, n) VALUES ('running', 0, 1)")
+
+        store.write(to_shard_zero)
+        _finish(store, "seeded", "me")
+        assert store.count_runs_by_status() == {"succeeded": 1} == _truth(store)
+
+
 @pytest.mark.parametrize("threads", [6])
 def test_counts_stay_exact_when_many_threads_change_statuses_at_once(store_url: str, threads: int) -> None:
     with open_store(store_url) as store:
