@@ -319,7 +319,7 @@ class Inbox:
             st = self.store
             # The run's row first (the order every writer of both rows uses): a cancel that
             # committed before us is seen here, one that comes after waits for our decision.
-            run, row, earlier = tables.lock_for_decision(st, cur, req.run_id, approval_id)
+            run, row, earlier, store_now = tables.lock_for_decision(st, cur, req.run_id, approval_id)
             if row is None:  # removed meanwhile (a store restored from a backup)
                 raise ApprovalNotFoundError(approval_id=approval_id)
             cur_req = ApprovalRequest.from_row(row)
@@ -330,7 +330,7 @@ class Inbox:
                 return
             # Judged on the store's clock: a decider whose clock runs late cannot slip a
             # decision in after the deadline.
-            if cur_req.timeout_at and cur_req.timeout_at < st.now(cur=cur):
+            if cur_req.timeout_at and cur_req.timeout_at < store_now:
                 raise ApprovalClosedError(approval_id=approval_id, status="expired (its timeout passed)")
             if principal == cur_req.requested_by and not self_local:
                 raise ApprovalForbiddenError(
@@ -373,8 +373,8 @@ class Inbox:
                 st.wake(cur, cur_req.run_id, now)
             outcome.update(status=status, vote_hash=vote_hash, votes=len(votes))
 
-        # Pipelined on PostgreSQL: the locks and the votes are one round trip, the writes, the
-        # wake-up and the commit another (a deadline adds one, for the store's clock).
+        # Pipelined on PostgreSQL: the locks, the votes and the clock are one round trip, the
+        # writes, the wake-up and the commit another.
         self.store.write_batch(txn)
         if "run_ended" in outcome:
             ended = outcome["run_ended"]

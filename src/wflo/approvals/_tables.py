@@ -269,44 +269,46 @@ def insert(
     )  # fmt: skip
 
 
-def _ask(store: Store, cur: Any, sql: str, params: Sequence[Any]) -> Callable[[], list[tuple[Any, ...]]]:
-    """Send ``sql`` on a cursor of its own; what it returns reads the rows. Statements sent
-    before any answer is read go out together on PostgreSQL (the transaction is pipelined,
-    ``Store.write_batch``): one round trip for all of them, run by the server in order."""
-    own = cur.connection.cursor()
-    store.execute(own, sql, params)
-
-    def answer() -> list[tuple[Any, ...]]:
-        try:
-            return list(own.fetchall())
-        finally:
-            own.close()
-
-    return answer
-
-
 def lock_for_decision(
     store: Store, cur: Any, run_id: str, approval_id: str
-) -> tuple[tuple[str, bool] | None, Row | None, list[tuple[str, str, str]]]:
+) -> tuple[tuple[str, bool] | None, Row | None, list[tuple[str, str, str]], str]:
     """For a decision: ``(status, cancel_requested)`` of the run (``None``: no such run), the
-    request, and its votes so far (``(principal, decision, action_hash)`` each), both rows
-    locked until the transaction ends.
+    request, its votes so far (``(principal, decision, action_hash)`` each), and now by the
+    store's clock; both rows locked until the transaction ends.
 
     The run's row is locked before the request's: the order every writer of both rows uses,
     so a cancel that committed first is seen, and one that comes after waits for the
-    decision. The votes are read once the request's lock is held (statements run in order),
-    so no other vote on it can come in between. Sent together: one round trip.
+    decision. The votes and the clock are read once the request's lock is held (statements
+    run in order), so no other vote on it can come in between, and a decision that waited
+    for the lock is judged on the time it got it. Sent together: one round trip.
     """
-    run = _ask(store, cur, f"SELECT status, cancel_requested FROM runs WHERE id = ?{store.for_update}", (run_id,))
-    request = _ask(store, cur, f"SELECT {COLUMNS} FROM approvals WHERE id = ?{store.for_update}", (approval_id,))
-    votes = _ask(
-        store, cur, "SELECT principal, decision, action_hash FROM approval_votes WHERE approval_id = ?", (approval_id,)
-    )
+
+    def ask(sql: str, params: Sequence[Any]) -> Callable[[], list[tuple[Any, ...]]]:
+        # Sent on a cursor of its own (each answer outlives the statements sent after it);
+        # what it returns reads the rows.
+        own = cur.connection.cursor()
+        store.execute(own, sql, params)
+
+        def answer() -> list[tuple[Any, ...]]:
+            try:
+                return list(own.fetchall())
+            finally:
+                own.close()
+
+        return answer
+
+    run = ask(f"SELECT status, cancel_requested FROM runs WHERE id = ?{store.for_update}", (run_id,))
+    request = ask(f"SELECT {COLUMNS} FROM approvals WHERE id = ?{store.for_update}", (approval_id,))
+    votes = ask("SELECT principal, decision, action_hash FROM approval_votes WHERE approval_id = ?", (approval_id,))
+    clock = store.ask_now(cur)
+    # The last answer first: once it is in, so are the others (one wait, not one per answer).
+    now = clock()
     run_rows, request_rows, vote_rows = run(), request(), votes()
     return (
         (run_rows[0][0], bool(run_rows[0][1])) if run_rows else None,
         request_rows[0] if request_rows else None,
         [(r[0], r[1], r[2]) for r in vote_rows],
+        now,
     )
 
 

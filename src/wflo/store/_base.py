@@ -145,6 +145,13 @@ class Store(Connections):
 
         return iso(self._retrying(go), offset_seconds)
 
+    def ask_now(self, cur: Any) -> Callable[[], str]:
+        """:meth:`now` inside the transaction ``cur`` belongs to, in two halves: the read is
+        sent now, what this returns gives its answer. In a pipelined transaction
+        (:meth:`write_batch` on PostgreSQL) it goes out with the statements sent before it
+        and is run after them (after their locks are held): no round trip of its own."""
+        return lambda: iso(self._clock(cur))
+
     def _notify(self, cur: Any, channel: str, payload: str) -> None:
         """Tell waiting workers that something changed (PostgreSQL NOTIFY); default: nothing."""
 
