@@ -14,7 +14,11 @@ so a wait that fell back to polling fails (as it does with the listener off:
   transaction returned: the decision is durable and visible, and nothing may act on it before):
   within 10 ms on PostgreSQL (``LISTEN/NOTIFY``); the figure from ``decided_at`` is printed
   beside it and held to ``PG_DECIDED_BOUND``: a decision's own durable commit is a disk flush,
-  several milliseconds on a busy machine, and not part of the wake.
+  several milliseconds on a busy machine, and not part of the wake. The commit's moment is taken
+  when the transaction returns to the decider, a little after the server committed (and sent
+  the notification): the woken run can come first, by the decider's own wake-up (a sample a
+  millisecond or so below zero). A decider in the run's own process (this test before) shares
+  its interpreter lock and keeps it busy with what follows its commit: that is not a wait's cost.
 - A timer is counted from the request's deadline (the timer must not fire before it): within
   50 ms on SQLite, 10 ms on PostgreSQL.
 
@@ -23,9 +27,9 @@ bound (it stops at the first that meets it): on a shared machine another job's b
 round trip of a round (each wake is 4 to 6 of them), which says nothing of the wait. Polling,
 which is what the bounds guard against, fails every round.
 
-The time until the workflow's code continues past the approval (the replay, closing a timed-out
-request, recording the decision: a few more commits) is printed beside it (``pytest -s``).
-docs/benchmarks.md ("Waits woken in a script") has the figures.
+For a timer, the time until the workflow's code continues past the approval (the replay,
+closing the timed-out request, recording the decision: a few more commits) is printed beside it
+(``pytest -s``). docs/benchmarks.md ("Waits woken in a script") has the figures.
 """
 
 from __future__ import annotations
