@@ -329,13 +329,15 @@ def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended
     claims it to continue here) or another worker finished it.
     """
     _announce(run_id, pause)
+    refused = 0
     with store.changes(run_id) as changes:
         while True:
             # Claimed at once if its wake-up time has come (one round trip), else read as it is.
             record = store.claim(run_id, owner, settings().lease_seconds, woken=True)
             if record.done or record.lease_owner == owner:
                 return record
-            changes.wait(_next_look(record, settings().poll_interval))
+            wait, refused = _next_look(record, settings().poll_interval, refused)
+            changes.wait(wait)
 
 
 async def _await_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended) -> RunRecord:
@@ -343,12 +345,14 @@ async def _await_until_woken(store: Store, run_id: str, owner: str, pause: RunSu
     the change feed on the loop, so a run waiting for a person holds no thread."""
     _announce(run_id, pause)
     claim = functools.partial(store.claim, run_id, owner, settings().lease_seconds, woken=True)
+    refused = 0
     with store.changes(run_id) as changes:
         while True:
             record = await store.off_loop(claim, key=run_id)
             if record.done or record.lease_owner == owner:
                 return record
-            await changes.await_change(_next_look(record, settings().poll_interval))
+            wait, refused = _next_look(record, settings().poll_interval, refused)
+            await changes.await_change(wait)
 
 
 def _announce(run_id: str, pause: RunSuspended) -> None:
@@ -363,14 +367,18 @@ def _announce(run_id: str, pause: RunSuspended) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def _next_look(record: RunRecord, poll: float) -> float:
-    """How long a run not (yet) claimed back waits for a change before looking again."""
+def _next_look(record: RunRecord, poll: float, refused: int) -> tuple[float, int]:
+    """How long a run not (yet) claimed back waits for a change before looking again, and how
+    many looks in a row found it due by this machine's clock but were refused by the store's.
+
+    Such a refusal means this machine's clock runs ahead of the store's, which judges (or
+    another claimer is at it): the next looks back off (5 ms, doubling, up to ``poll``), so a
+    skewed clock cannot turn the wait into a stream of claims. A change (a decision) still
+    wakes the wait at once."""
     wait = _until(record.wake_at, poll)
     if record.wake_at is not None and wait <= _PAST:
-        # Due by this machine's clock but not taken: the store's clock, which judges, is
-        # behind, or another claimer is at it; look again soon, without spinning.
-        return 0.005
-    return wait
+        return min(poll, 0.005 * 2 ** min(refused, 16)), refused + 1
+    return wait, 0
 
 
 _PAST = 0.0002
