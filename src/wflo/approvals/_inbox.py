@@ -319,8 +319,7 @@ class Inbox:
             st = self.store
             # The run's row first (the order every writer of both rows uses): a cancel that
             # committed before us is seen here, one that comes after waits for our decision.
-            run = tables.lock_run(st, cur, req.run_id)
-            row = tables.lock_request(st, cur, approval_id)
+            run, row, earlier, store_now = tables.lock_for_decision(st, cur, req.run_id, approval_id)
             if row is None:  # removed meanwhile (a store restored from a backup)
                 raise ApprovalNotFoundError(approval_id=approval_id)
             cur_req = ApprovalRequest.from_row(row)
@@ -331,7 +330,7 @@ class Inbox:
                 return
             # Judged on the store's clock: a decider whose clock runs late cannot slip a
             # decision in after the deadline.
-            if cur_req.timeout_at and cur_req.timeout_at < st.now(cur=cur):
+            if cur_req.timeout_at and cur_req.timeout_at < store_now:
                 raise ApprovalClosedError(approval_id=approval_id, status="expired (its timeout passed)")
             if principal == cur_req.requested_by and not self_local:
                 raise ApprovalForbiddenError(
@@ -345,7 +344,7 @@ class Inbox:
             if edited_kwargs is not None:
                 decided_action = edited_action(cur_req.action, edited_kwargs, cur_req.params)
             vote_hash = action_hash(decided_action) if decided_action else cur_req.action_hash
-            if tables.has_voted(st, cur, approval_id, principal):
+            if any(voter == principal for voter, _, _ in earlier):
                 raise ApprovalForbiddenError(
                     approval_id=approval_id, principal=principal, detail="already voted on this request"
                 )
@@ -353,7 +352,8 @@ class Inbox:
                 st, cur, approval_id, principal, decision=decision, reason=reason, action_hash=vote_hash, via=via,
                 shown=shown, at=now,
             )  # fmt: skip
-            votes = tables.tally(st, cur, approval_id)
+            # The votes read under the request's lock, and ours: nobody else can vote meanwhile.
+            votes = [(d, h) for _, d, h in earlier] + [(decision, vote_hash)]
             approvals = [v for v in votes if v[0] == "approve"]
             status = "pending"
             if decision == "reject":
@@ -373,7 +373,9 @@ class Inbox:
                 st.wake(cur, cur_req.run_id, now)
             outcome.update(status=status, vote_hash=vote_hash, votes=len(votes))
 
-        self.store.write(txn)
+        # Pipelined on PostgreSQL: the locks, the votes and the clock are one round trip, the
+        # writes, the wake-up and the commit another.
+        self.store.write_batch(txn)
         if "run_ended" in outcome:
             ended = outcome["run_ended"]
             self.close_for_run(req.run_id, by="system:run-ended", reason=f"its run was {ended}")

@@ -16,7 +16,7 @@ a request belongs to decides whether it may still be decided, and its tenant who
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..store import Migration, Store
@@ -269,26 +269,47 @@ def insert(
     )  # fmt: skip
 
 
-def lock_run(store: Store, cur: Any, run_id: str) -> tuple[str, bool] | None:
-    """``(status, cancel_requested)`` of a run, its row locked (``None``: no such run).
+def lock_for_decision(
+    store: Store, cur: Any, run_id: str, approval_id: str
+) -> tuple[tuple[str, bool] | None, Row | None, list[tuple[str, str, str]], str]:
+    """For a decision: ``(status, cancel_requested)`` of the run (``None``: no such run), the
+    request, its votes so far (``(principal, decision, action_hash)`` each), and now by the
+    store's clock; both rows locked until the transaction ends.
 
-    Taken before the request's row: the order every writer of both rows uses, so a cancel
-    that committed first is seen, and one that comes after waits for the decision."""
-    store.execute(cur, f"SELECT status, cancel_requested FROM runs WHERE id = ?{store.for_update}", (run_id,))
-    row = cur.fetchone()
-    return (row[0], bool(row[1])) if row else None
+    The run's row is locked before the request's: the order every writer of both rows uses,
+    so a cancel that committed first is seen, and one that comes after waits for the
+    decision. The votes and the clock are read once the request's lock is held (statements
+    run in order), so no other vote on it can come in between, and a decision that waited
+    for the lock is judged on the time it got it. Sent together: one round trip.
+    """
 
+    def ask(sql: str, params: Sequence[Any]) -> Callable[[], list[tuple[Any, ...]]]:
+        # Sent on a cursor of its own (each answer outlives the statements sent after it);
+        # what it returns reads the rows.
+        own = cur.connection.cursor()
+        store.execute(own, sql, params)
 
-def lock_request(store: Store, cur: Any, approval_id: str) -> Row | None:
-    """The request, its row locked until the transaction ends."""
-    store.execute(cur, f"SELECT {COLUMNS} FROM approvals WHERE id = ?{store.for_update}", (approval_id,))
-    row: Row | None = cur.fetchone()
-    return row
+        def answer() -> list[tuple[Any, ...]]:
+            try:
+                return list(own.fetchall())
+            finally:
+                own.close()
 
+        return answer
 
-def has_voted(store: Store, cur: Any, approval_id: str, principal: str) -> bool:
-    store.execute(cur, "SELECT 1 FROM approval_votes WHERE approval_id = ? AND principal = ?", (approval_id, principal))
-    return cur.fetchone() is not None
+    run = ask(f"SELECT status, cancel_requested FROM runs WHERE id = ?{store.for_update}", (run_id,))
+    request = ask(f"SELECT {COLUMNS} FROM approvals WHERE id = ?{store.for_update}", (approval_id,))
+    votes = ask("SELECT principal, decision, action_hash FROM approval_votes WHERE approval_id = ?", (approval_id,))
+    clock = store.ask_now(cur)
+    # The last answer first: once it is in, so are the others (one wait, not one per answer).
+    now = clock()
+    run_rows, request_rows, vote_rows = run(), request(), votes()
+    return (
+        (run_rows[0][0], bool(run_rows[0][1])) if run_rows else None,
+        request_rows[0] if request_rows else None,
+        [(r[0], r[1], r[2]) for r in vote_rows],
+        now,
+    )
 
 
 def insert_vote(
@@ -301,12 +322,6 @@ def insert_vote(
         "INSERT INTO approval_votes (approval_id, principal, decision, reason, action_hash, via, shown, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (approval_id, principal, decision, reason, action_hash, via, shown, at),
     )
-
-
-def tally(store: Store, cur: Any, approval_id: str) -> list[tuple[str, str]]:
-    """``(decision, action_hash)`` of every vote on the request."""
-    store.execute(cur, "SELECT decision, action_hash FROM approval_votes WHERE approval_id = ?", (approval_id,))
-    return [(r[0], r[1]) for r in cur.fetchall()]
 
 
 def settle(

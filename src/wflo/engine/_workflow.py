@@ -27,7 +27,7 @@ from .._errors import (
 )
 from .._runtime import runtime as current_runtime
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
-from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, now_iso, parse_iso
+from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import RunContext, _call_path, current_run
 from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, prepare, process_owner
@@ -338,32 +338,30 @@ def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended
     claims it to continue here) or another worker finished it.
     """
     _announce(run_id, pause)
+    refused = 0
     with store.changes(run_id) as changes:
         while True:
-            record = store.get_run(run_id)
-            if record.done:
+            # Claimed at once if its wake-up time has come (one round trip), else read as it is.
+            record = store.claim(run_id, owner, settings().lease_seconds, woken=True)
+            if record.done or record.lease_owner == owner:
                 return record
-            if record.status == "waiting" and record.wake_at is not None and record.wake_at <= now_iso():
-                claimed = store.claim(run_id, owner, settings().lease_seconds)
-                if claimed.lease_owner == owner:
-                    return claimed
-            changes.wait(_until(record.wake_at, settings().poll_interval))
+            wait, refused = _next_look(record, settings().poll_interval, refused)
+            changes.wait(wait)
 
 
 async def _await_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended) -> RunRecord:
     """``_wait_until_woken`` for ``arun``: reads and claims on the store's threads, waits for
     the change feed on the loop, so a run waiting for a person holds no thread."""
     _announce(run_id, pause)
+    claim = functools.partial(store.claim, run_id, owner, settings().lease_seconds, woken=True)
+    refused = 0
     with store.changes(run_id) as changes:
         while True:
-            record = await store.off_loop(store.get_run, run_id, key=run_id)
-            if record.done:
+            record = await store.off_loop(claim, key=run_id)
+            if record.done or record.lease_owner == owner:
                 return record
-            if record.status == "waiting" and record.wake_at is not None and record.wake_at <= now_iso():
-                claimed = await store.off_loop(store.claim, run_id, owner, settings().lease_seconds, key=run_id)
-                if claimed.lease_owner == owner:
-                    return claimed
-            await changes.await_change(_until(record.wake_at, settings().poll_interval))
+            wait, refused = _next_look(record, settings().poll_interval, refused)
+            await changes.await_change(wait)
 
 
 def _announce(run_id: str, pause: RunSuspended) -> None:
@@ -378,11 +376,30 @@ def _announce(run_id: str, pause: RunSuspended) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
+def _next_look(record: RunRecord, poll: float, refused: int) -> tuple[float, int]:
+    """How long a run not (yet) claimed back waits for a change before looking again, and how
+    many looks in a row found it due by this machine's clock but were refused by the store's.
+
+    Such a refusal means this machine's clock runs ahead of the store's, which judges (or
+    another claimer is at it): the next looks back off (5 ms, doubling, up to ``poll``), so a
+    skewed clock cannot turn the wait into a stream of claims. A change (a decision) still
+    wakes the wait at once."""
+    wait = _until(record.wake_at, poll)
+    if record.wake_at is not None and wait <= _PAST:
+        return min(poll, 0.005 * 2 ** min(refused, 16)), refused + 1
+    return wait, 0
+
+
+_PAST = 0.0002
+"""Looks for a wake-up time this long after it (stored to the microsecond): then it has passed,
+and a timer's run is claimed at the first look (a millisecond here was a millisecond late)."""
+
+
 def _until(wake_at: str | None, poll: float) -> float:
     """Seconds to wait for a change: ``poll`` at most, less if ``wake_at`` comes sooner."""
     if wake_at is None:
         return poll
-    return max(0.0, min(poll, (parse_iso(wake_at) - datetime.now(UTC)).total_seconds() + 0.001))
+    return max(0.0, min(poll, (parse_iso(wake_at) - datetime.now(UTC)).total_seconds() + _PAST))
 
 
 def _result_of(record: RunRecord) -> Any:

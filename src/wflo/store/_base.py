@@ -146,6 +146,13 @@ class Store(Connections):
 
         return iso(self._retrying(go), offset_seconds)
 
+    def ask_now(self, cur: Any) -> Callable[[], str]:
+        """:meth:`now` inside the transaction ``cur`` belongs to, in two halves: the read is
+        sent now, what this returns gives its answer. In a pipelined transaction
+        (:meth:`write_batch` on PostgreSQL) it goes out with the statements sent before it
+        and is run after them (after their locks are held): no round trip of its own."""
+        return lambda: iso(self._clock(cur))
+
     def _notify(self, cur: Any, channel: str, payload: str) -> None:
         """Tell waiting workers that something changed (PostgreSQL NOTIFY); default: nothing."""
 
@@ -606,8 +613,19 @@ class Store(Connections):
         """
         return claim_next(self, owner, lease_seconds, workflows, queues)
 
-    def claim(self, run_id: str, owner: str, lease_seconds: float) -> RunRecord:
-        """Take the lease of one run if it is free, expired (by the store's clock), or already ours."""
+    def claim(self, run_id: str, owner: str, lease_seconds: float, *, woken: bool = False) -> RunRecord:
+        """Take the lease of one run if it is free, expired (by the store's clock), or already ours.
+
+        ``woken``: only a ``waiting`` run whose wake-up time has come (by the store's clock) is
+        taken; any other run is returned as it is, untouched. A caller waiting for its run to be
+        woken claims it this way in one round trip instead of reading it first and then
+        claiming it (two). Where a claim takes the database's write lock (SQLite) the run is
+        read first, without it, and the lock is taken only for a run that looks due.
+        """
+        if woken and self.claim_outside_lock:
+            seen = self.get_run(run_id)
+            if seen.status != "waiting" or seen.wake_at is None or seen.wake_at > iso(self._clock(None)):
+                return seen
 
         def body(cur: Any) -> Callable[[], RunRecord]:
             # One round trip on PostgreSQL: the update and the read of the row go with the
@@ -615,13 +633,16 @@ class Store(Connections):
             clock = None if self.server_clock else self._clock(cur)
             now, now_p = self._time_sql(clock)
             until, until_p = self._time_sql(clock, lease_seconds)
+            due, due_p = (
+                (f" AND status = 'waiting' AND wake_at IS NOT NULL AND wake_at <= {now}", now_p) if woken else ("", [])
+            )
             self.execute(
                 cur,
                 f"UPDATE runs SET lease_owner = ?, lease_expires_at = {until}, status = 'running', "
                 f"attempts = attempts + 1, wake_at = NULL, updated_at = {now} WHERE id = ? "
                 "AND status NOT IN ('succeeded', 'failed', 'cancelled', 'stopped') "
-                f"AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at < {now})",
-                [owner, *until_p, *now_p, run_id, owner, *now_p],
+                f"AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at < {now}){due}",
+                [owner, *until_p, *now_p, run_id, owner, *now_p, *due_p],
             )
             self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
 
@@ -673,6 +694,8 @@ class Store(Connections):
     def write_batch(self, fn: Callable[[Any], T], *, relaxed: bool = False) -> T:
         """Like :meth:`write`, for a transaction that reads no answers before its commit
         (inserts, upserts, :meth:`fence`): on PostgreSQL it is sent pipelined, one round trip.
+        A read inside it waits for the answers of everything sent until then (one round trip
+        more), so a transaction that must read sends its reads together, then reads.
 
         ``relaxed``: the commit need not wait for the disk (PostgreSQL: ``synchronous_commit``
         off, as in "Commit modes" of ``_postgres``; SQLite at ``synchronous=FULL``/``EXTRA``:

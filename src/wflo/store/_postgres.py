@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
 from ._base import Store, StoreOp, run_ops
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
-from ._records import RUN_COLUMNS, Head
+from ._records import RUN_COLUMNS, Head, iso
 
 # The store's UTC text time form, computed by the server (its clock judges leases).
 _PG_TIME = (
@@ -181,6 +181,19 @@ class PostgresStore(Store):
         cur.execute("SELECT clock_timestamp()")
         moment: datetime = cur.fetchone()[0]
         return moment.astimezone(UTC)
+
+    def ask_now(self, cur: Any) -> Callable[[], str]:
+        own = cur.connection.cursor()  # its own cursor: the answer must outlive later statements
+        own.execute("SELECT clock_timestamp()")
+
+        def answer() -> str:
+            try:
+                moment: datetime = own.fetchone()[0]
+            finally:
+                own.close()
+            return iso(moment.astimezone(UTC))
+
+        return answer
 
     def _begin(self, cur: Any) -> None:
         cur.execute("BEGIN")

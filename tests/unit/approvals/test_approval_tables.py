@@ -148,12 +148,8 @@ def test_votes_tally_and_one_vote_each(store: Store) -> None:
     vote("user:a", "reject", "2026-01-01T00:00:01.000000Z")
     assert [v[0] for v in tables.votes(store, "ap")] == ["user:a", "user:b"]  # by time
     assert tables.votes(store, "ap")[0] == ("user:a", "reject", None, "h" * 64, "cli", "2026-01-01T00:00:01.000000Z")
-    assert sorted(store.write(lambda cur: tables.tally(store, cur, "ap"))) == [
-        ("approve", "h" * 64),
-        ("reject", "h" * 64),
-    ]
-    assert store.write(lambda cur: tables.has_voted(store, cur, "ap", "user:a"))
-    assert not store.write(lambda cur: tables.has_voted(store, cur, "ap", "user:c"))
+    _, _, votes, _ = store.write_batch(lambda cur: tables.lock_for_decision(store, cur, "r1", "ap"))
+    assert sorted(votes) == [("user:a", "reject", "h" * 64), ("user:b", "approve", "h" * 64)]
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):  # the key refuses a second vote
         vote("user:a", "approve", "2026-01-01T00:00:03.000000Z")
     assert len(tables.votes(store, "ap")) == 2
@@ -162,13 +158,18 @@ def test_votes_tally_and_one_vote_each(store: Store) -> None:
 def test_locks_read_the_rows_a_decision_needs(store: Store) -> None:
     _run(store, "r1")
     _file(store, "ap", "r1")
-    assert store.write(lambda cur: tables.lock_run(store, cur, "r1")) == ("running", False)
-    assert store.write(lambda cur: tables.lock_run(store, cur, "nope")) is None
+
+    def lock(run_id: str, approval_id: str) -> Any:
+        # Pipelined on PostgreSQL (write_batch), as a decision sends it: one round trip.
+        return store.write_batch(lambda cur: tables.lock_for_decision(store, cur, run_id, approval_id))
+
+    run, row, votes, now = lock("r1", "ap")
+    assert run == ("running", False) and row is not None and row[0] == "ap" and votes == []
+    assert now[:2] == "20" and now.endswith("Z")
+    run, row, _, _ = lock("nope", "nope")
+    assert run is None and row is None
     store.request_cancel("r1")
-    assert store.write(lambda cur: tables.lock_run(store, cur, "r1")) == ("running", True)
-    row = store.write(lambda cur: tables.lock_request(store, cur, "ap"))
-    assert row is not None and row[0] == "ap"
-    assert store.write(lambda cur: tables.lock_request(store, cur, "nope")) is None
+    assert lock("r1", "ap")[0] == ("running", True)
 
 
 def test_closing_writes_touch_only_pending_requests(store: Store) -> None:

@@ -163,3 +163,28 @@ def test_the_change_feed_survives_a_terminated_listen_connection(pg_url: str) ->
             assert time.monotonic() - t0 < 0.5
     finally:
         store.close()
+
+
+def test_a_script_ahead_of_the_store_clock_backs_off_instead_of_claiming_in_a_loop(sqlite_url: str) -> None:
+    """A run due by the script's clock but refused by the store's (which judges): the script's
+    next looks back off, 5 ms doubling up to the poll interval, so a clock running ahead cannot
+    turn a wait into a stream of claims; a run not due yet is waited for until its time."""
+    import dataclasses
+    from datetime import UTC, datetime
+
+    from wflo.engine._workflow import _next_look
+    from wflo.store import iso
+
+    with open_store(sqlite_url) as store:
+        record, _ = store.create_run(run_id="r", workflow="w", input={}, owner=None)
+    due = dataclasses.replace(record, status="waiting", wake_at="2000-01-01T00:00:00.000000Z")
+    waits, refused = [], 0
+    for _ in range(12):
+        wait, refused = _next_look(due, 1.0, refused)
+        waits.append(wait)
+    assert waits[:4] == [0.005, 0.01, 0.02, 0.04] and waits[-1] == 1.0 and refused == 12
+    later = dataclasses.replace(record, status="waiting", wake_at=FAR)
+    assert _next_look(later, 1.0, refused) == (1.0, 0)  # the poll, and the count starts again
+    soon = dataclasses.replace(record, status="waiting", wake_at=iso(datetime.now(UTC), 0.3))
+    wait, _ = _next_look(soon, 5.0, 0)
+    assert 0.2 < wait <= 0.3003  # the deadline, and 0.2 ms (then it has passed)

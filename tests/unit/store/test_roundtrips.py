@@ -36,6 +36,7 @@ class Counter:
         self.trips = 0
         self.statements: list[str] = []
         self.on = False
+        self.thread: int | None = None  # count only this thread's (None: every thread's)
 
 
 @contextmanager
@@ -61,7 +62,8 @@ def counting(store: Store) -> Iterator[Counter]:
 
             def counted_wait(gen: Any, *args: Any, **kwargs: Any) -> Any:
                 name = getattr(gen, "__name__", "")
-                if counter.on and (name in _SYNCS or (conn._pipeline is None and name != "_enter_gen")):
+                mine = counter.thread is None or counter.thread == threading.get_ident()
+                if counter.on and mine and (name in _SYNCS or (conn._pipeline is None and name != "_enter_gen")):
                     counter.trips += 1
                 if counter.on and name == "_execute_gen":  # one per statement, pipelined or not
                     counter.statements.append(str(gen.gi_frame.f_locals.get("query", "")))
@@ -404,6 +406,8 @@ def test_a_heartbeat_renews_only_our_leases(store_url: str) -> None:
         assert a.lease_expires_at is not None and b.lease_expires_at is not None
         assert a.lease_expires_at > b.lease_expires_at
         assert store.heartbeat("me", [], 600) == {}
+
+
 # Text that an array literal must not misread: quotes, backslashes, braces, commas, blanks,
 # the word NULL, an empty string, and characters beyond ASCII.
 _AWKWARD = ['"', "\\", '\\"', "{a,b}", "a, b", " ", "NULL", "null", "", "é✓", '{"x": "\\\\n"}', "\t\n"]
@@ -433,3 +437,100 @@ def test_awkward_text_reaches_the_journal_exactly(store_url: str) -> None:
         assert all(r.ok for r in verify_all(store))
     finally:
         store.close()
+
+
+def test_a_woken_claim_takes_only_a_due_waiting_run(store_url: str) -> None:
+    """``claim(woken=True)``: what a script waiting for its run's decision calls. A run whose
+    wake-up is still to come, or that another holds or that ended, is returned untouched."""
+    with open_store(store_url) as store:
+        _waiting(store, "due")
+        _waiting(store, "later", "2999-01-01T00:00:00.000000Z")
+        got = store.claim("later", "me", 30, woken=True)
+        assert got.status == "waiting" and got.lease_owner is None and got.attempts == 1
+        got = store.claim("due", "me", 30, woken=True)
+        assert got.status == "running" and got.lease_owner == "me" and got.wake_at is None
+        got = store.claim("due", "other", 30, woken=True)
+        assert got.lease_owner == "me"  # not waiting any more: not another's to take
+        # Without ``woken`` the claim takes a waiting run whatever its wake-up time (recovery).
+        assert store.claim("later", "me", 30).lease_owner == "me"
+
+
+@pytest.mark.postgres
+def test_a_woken_claim_is_one_round_trip_on_postgres(pg_url: str) -> None:
+    with open_store(pg_url) as store:
+        _waiting(store, "warm")
+        store.claim("warm", "me", 30, woken=True)
+        _waiting(store, "due")
+        _waiting(store, "later", "2999-01-01T00:00:00.000000Z")
+        trips, got = _trips(store, lambda: store.claim("later", "me", 30, woken=True))
+        assert trips == 1 and got.status == "waiting"
+        trips, got = _trips(store, lambda: store.claim("due", "me", 30, woken=True))
+        assert trips == 1 and got.lease_owner == "me"
+
+
+def test_a_woken_claim_of_a_run_not_due_writes_nothing_on_sqlite(sqlite_url: str) -> None:
+    """On SQLite a claim takes the database's write lock: a run not due is only read."""
+    with open_store(sqlite_url) as store:
+        _waiting(store, "later", "2999-01-01T00:00:00.000000Z")
+        store.claim("later", "me", 30, woken=True)
+        with counting(store) as counter:
+            counter.on = True
+            store.claim("later", "me", 30, woken=True)
+            counter.on = False
+        assert counter.statements and all(s.lstrip().upper().startswith("SELECT") for s in counter.statements)
+
+
+@pytest.mark.postgres
+def test_a_decision_is_two_round_trips_on_postgres(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20: a decision's transaction was 11 round trips (each lock, the clock, the
+    has-voted check, the vote, the tally, the request, the wake-up, the commit). Now the locks,
+    the votes so far and the store's clock (for the deadline) go in one message, the writes,
+    the wake-up and the commit in another. ``plain``: the default deadline (24 h);
+    ``deadline``: a deadline of its own."""
+    from wflo.approvals import approvals
+
+    monkeypatch.setenv("WFLO_PRINCIPAL", "user:owner")
+    config.configure(database=pg_url, lease_seconds=5.0, poll_interval=0.05)
+    try:
+        store = config.get_store()
+
+        @wflo.workflow(name="tests.roundtrips.decided")
+        def decided(key: str, timeout: float | None) -> bool:
+            return wflo.approval("go?", approvers=["user:bob"], timeout=timeout).approved
+
+        for key, timeout, expected in (("warm", None, None), ("plain", None, 2), ("deadline", 600.0, 2)):
+            results: list[Any] = []
+            runner = threading.Thread(
+                target=lambda k=key, t=timeout, r=results: r.append(decided.options(id=k).run(k, t))
+            )
+            runner.start()
+            for _ in range(500):
+                pending = approvals.list(run_id=key)
+                if pending:
+                    break
+                threading.Event().wait(0.01)
+            (req,) = pending
+            trips: list[int] = []
+            write_batch = store.write_batch
+
+            def counted(fn: Any, trips: list[int] = trips, write_batch: Any = write_batch) -> Any:
+                with counting(store) as counter:
+                    # The decider's own: the woken run claims itself back at the commit, meanwhile.
+                    counter.thread = threading.get_ident()
+                    counter.on = True
+                    try:
+                        return write_batch(fn)
+                    finally:
+                        counter.on = False
+                        trips.append(counter.trips)
+
+            monkeypatch.setattr(store, "write_batch", counted)
+            approvals.approve(req.id, principal="user:bob")
+            monkeypatch.undo()
+            monkeypatch.setenv("WFLO_PRINCIPAL", "user:owner")
+            runner.join(10)
+            assert results == [True]
+            if expected is not None:
+                assert trips == [expected], f"{key}: {trips}"
+    finally:
+        config.reset()
