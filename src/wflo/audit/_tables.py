@@ -44,10 +44,11 @@ def link_row(store: Store, chain: str, seq: int) -> Row | None:
     return store.read_one("SELECT type, at, data FROM events WHERE chain = ? AND seq = ?", (chain, seq))
 
 
-def scan_links(store: Store, lo: str, below: str | None, batch: int) -> RowStream:
-    """``(chain, seq, type, at, data, prev_hash, hash)`` in key order, from the chain ``lo``
-    (any seq, even a forged 0 or -1) up to the chain ``below``, streamed from one snapshot."""
-    where, params = "chain >= ?", [lo]
+def scan_links(store: Store, lo: str, below: str | None, batch: int, after: tuple[Any, Any] | None = None) -> RowStream:
+    """``(chain, seq, type, at, data, prev_hash, hash)`` in key order, streamed from one
+    snapshot: from the chain ``lo`` (any seq, even a forged 0 or -1), or after the key
+    ``after`` (to go on after a lost connection), up to the chain ``below``."""
+    where, params = ("chain >= ?", [lo]) if after is None else ("(chain, seq) > (?, ?)", [after[0], after[1]])
     if below is not None:
         where += " AND chain < ?"
         params.append(below)

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 
+from .._errors import StoreUnavailableError
 from ..store import GENESIS, SYSTEM_CHAIN, Store
 from . import _tables
 
@@ -327,41 +329,61 @@ def _scan_pass(store: Store, lo: str = "", below: str | None = None) -> list[Cha
     prev, expected = GENESIS, 1  # the events passed so far: expected - 1
     careful: _ChainCheck | None = None
     mid = ""
-    with _tables.scan_links(store, lo, below, SCAN_PAGE) as stream:
-        for batch in stream.batches():
-            for row in batch:
-                chain_, seq, type_, at, data_json, prev_hash, hash_ = row
-                if chain_ != chain:
-                    if chain is not None:
-                        out.add(careful or _ChainCheck(chain, prev, expected, expected - 1))
-                    chain, prev, expected, careful = chain_, GENESIS, 1, None
-                    mid = f',"chain":{dumps(chain, ensure_ascii=False)},"data":'
-                if careful is None:
-                    # seq == expected (an int) and the hashed "seq" is written from expected: a
-                    # forged seq of another type never hashes differently here than in feed().
-                    if seq == expected and prev_hash == prev and data_json.__class__ is text_type:
-                        tail = tails.get(type_, "")
-                        if tail == "":
-                            tail = tails[type_] = (
-                                f',"type":{dumps(type_, ensure_ascii=False)}}}'
-                                if type_.__class__ is text_type
-                                else None
-                            )
-                        if tail is not None:
-                            try:  # at: ascii_json takes text only
-                                digest = sha256(
-                                    f'{prev}{{"at":{ascii_json(at)}{mid}{data_json},"seq":{expected}{tail}'.encode()
-                                ).hexdigest()
-                            except TypeError:  # a forged row whose time is not text
-                                digest = None
-                            if digest == hash_:
-                                prev, expected = hash_, expected + 1
-                                continue
-                    careful = _ChainCheck(chain, prev, expected, expected - 1)
-                careful.feed(*row[1:])
+    for batch in _batches(store, lo, below):
+        for row in batch:
+            chain_, seq, type_, at, data_json, prev_hash, hash_ = row
+            if chain_ != chain:
+                if chain is not None:
+                    out.add(careful or _ChainCheck(chain, prev, expected, expected - 1))
+                chain, prev, expected, careful = chain_, GENESIS, 1, None
+                mid = f',"chain":{dumps(chain, ensure_ascii=False)},"data":'
+            if careful is None:
+                # seq == expected (an int) and the hashed "seq" is written from expected: a
+                # forged seq of another type never hashes differently here than in feed().
+                if seq == expected and prev_hash == prev and data_json.__class__ is text_type:
+                    tail = tails.get(type_, "")
+                    if tail == "":
+                        tail = tails[type_] = (
+                            f',"type":{dumps(type_, ensure_ascii=False)}}}' if type_.__class__ is text_type else None
+                        )
+                    if tail is not None:
+                        try:  # at: ascii_json takes text only
+                            digest = sha256(
+                                f'{prev}{{"at":{ascii_json(at)}{mid}{data_json},"seq":{expected}{tail}'.encode()
+                            ).hexdigest()
+                        except TypeError:  # a forged row whose time is not text
+                            digest = None
+                        if digest == hash_:
+                            prev, expected = hash_, expected + 1
+                            continue
+                careful = _ChainCheck(chain, prev, expected, expected - 1)
+            careful.feed(*row[1:])
     if chain is not None:
         out.add(careful or _ChainCheck(chain, prev, expected, expected - 1))
     return out.flush()
+
+
+RESUMES = 5
+"""Times a scan goes on after the connection it streams from was lost (from the last key)."""
+
+
+def _batches(store: Store, lo: str, below: str | None) -> Iterator[list[Any]]:
+    """The events of the range in batches; a connection lost mid-stream (a server restart,
+    ``pg_terminate_backend``) is replaced and the read goes on after the last key handed out.
+    The rows before and after the loss then come from two snapshots, as keyset pages did;
+    the chains are checked link by link either way."""
+    after: tuple[Any, Any] | None = None
+    for attempt in range(RESUMES + 1):
+        try:
+            with _tables.scan_links(store, lo, below, SCAN_PAGE, after) as stream:
+                for batch in stream.batches():
+                    yield batch
+                    after = (batch[-1][0], batch[-1][1])  # as stored: a forged seq still sorts
+            return
+        except StoreUnavailableError:
+            if attempt == RESUMES:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 1.0))
 
 
 def _split(store: Store, workers: int | None) -> list[tuple[str, str | None]]:

@@ -251,10 +251,14 @@ class Connections(abc.ABC):
         ``with`` block) when leaving early. It holds one pooled connection and one read
         transaction until it ends: SQLite reads one snapshot while writers go on (WAL);
         PostgreSQL fetches from a server-side cursor in a ``READ ONLY`` transaction. Opening
-        is retried on a lost connection; a connection lost mid-stream raises (continue from
-        the last key read with a new stream). See ``wflo.store._stream``.
+        is retried on a lost connection; a connection lost mid-stream raises
+        ``StoreUnavailableError`` (continue from the last key read with a new stream). See ``wflo.store._stream``.
         """
         return RowStream(self, sql, params, batch)
+
+    def _display_url(self) -> str:
+        """The store's URL as error messages show it (without a password)."""
+        return self.url
 
     def _open_stream(self, conn: Any, sql: str, params: tuple[Any, ...], *, own: bool) -> Any:
         """A cursor on ``conn`` that has run ``sql``; ``own``: in a read transaction of its own."""

@@ -373,6 +373,9 @@ class PostgresStore(Store):
             raise
         return cur
 
+    def _display_url(self) -> str:
+        return _redact(self.url)
+
     def _end_stream(self, conn: Any, cur: Any) -> None:
         if cur is not None:
             with contextlib.suppress(Exception):

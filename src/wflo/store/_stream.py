@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
+from .._errors import StoreUnavailableError
+
 if TYPE_CHECKING:
     from ._conn import Connections
 
@@ -87,11 +89,18 @@ class RowStream:
         try:
             rows: list[Row] = self._cur.fetchmany(self.batch)
             return rows
-        except BaseException as exc:
-            self._broken = self._store._is_disconnect(exc)
-            better = self._store._translate_error(exc)
+        except Exception as exc:
+            store = self._store
+            better = store._translate_error(exc)
             if better is not None:
                 raise better from None
+            if store._is_disconnect(exc):
+                # Not retried here (the rows already handed out cannot be taken back): the
+                # caller may open a new stream from the last key it read.
+                self._broken = True
+                raise StoreUnavailableError(
+                    url=store._display_url(), detail=f"the connection was lost while streaming rows ({exc})"
+                ) from exc
             raise
 
     _broken = False

@@ -215,3 +215,27 @@ def test_a_large_result_is_not_held_in_memory(store_url: str) -> None:
 
 def test_the_stream_is_a_public_name() -> None:
     assert isinstance(RowStream, type)
+
+
+def test_a_connection_lost_mid_stream_raises_store_unavailable(pg_url: str) -> None:
+    import psycopg
+
+    from wflo.errors import StoreUnavailableError
+
+    name = f"stream_{uuid.uuid4().hex[:10]}"
+    with open_store(f"{pg_url}&application_name={name}") as store:
+        _fill(store, 300)
+        stream = store.stream("SELECT seq FROM events WHERE chain = ? ORDER BY seq", (CHAIN,), batch=7)
+        batches = stream.batches()
+        next(batches)
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
+                "AND state LIKE 'idle in transaction%%'",
+                (name,),
+            )
+        with pytest.raises(StoreUnavailableError, match="lost while streaming"):
+            next(batches)
+        # The dead connection was not put back: the next reads work.
+        for _ in range(store.pool_size + 1):
+            assert len(list(store.stream("SELECT seq FROM events WHERE chain = ?", (CHAIN,)))) == 300
