@@ -14,7 +14,7 @@ server-side cursor) and one SHA-256 of each row's stored text, nothing checked. 
 events / wall time; median and the slowest..fastest round. The signed checkpoint of the same
 store (every chain's head, Merkle root, Ed25519) is timed too.
 
-    python bench/audit.py [--events 1000000] [--pg-events 1000000] [--appends 2000] [--rounds 5] [--keep DIR] [--json]
+    python bench/audit.py [--events 1000000] [--pg-events 1000000] [--appends 2000] [--rounds 5] [--keep DIR] [--pg-prefix NAME] [--json]
 """
 
 from __future__ import annotations
@@ -217,6 +217,9 @@ def main() -> None:
         "--keep", default="", help="keep the verified histories (SQLite: in this directory) and reuse them next time"
     )
     parser.add_argument("--stores", default="sqlite,postgres")
+    parser.add_argument(
+        "--pg-prefix", default="wflo_bench_audit", help="name prefix of the PostgreSQL databases it drops and creates"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     rows: list[dict[str, Any]] = []
@@ -229,8 +232,8 @@ def main() -> None:
                     append_url, verify_url, n = f"sqlite:///{tmp}/append.db", f"sqlite:///{keep}/verify.db", args.events
                 else:
                     append_url, verify_url, n = (
-                        fresh_pg("wflo_bench_audit_a"),
-                        kept_pg("wflo_bench_audit_v") if args.keep else fresh_pg("wflo_bench_audit_v"),
+                        fresh_pg(f"{args.pg_prefix}_a"),
+                        kept_pg(f"{args.pg_prefix}_v") if args.keep else fresh_pg(f"{args.pg_prefix}_v"),
                         args.pg_events,
                     )
                 with open_store(append_url) as store:

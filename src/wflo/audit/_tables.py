@@ -4,7 +4,7 @@ The audit owns one table, ``payloads`` (the completions the content policy keeps
 chain, see ``_content``); its migration lives here and the store's list names it as
 ``"wflo.audit._tables:M005_PAYLOADS"``. The events table, the chain heads and the runs belong
 to the store; the audit only reads them (and deletes chains through the store's prune path).
-Queries go through ``store.read``/``store.read_one``/``store.write`` and the cursors the store
+Queries go through ``store.read``/``store.read_one``/``store.stream``/``store.write`` and the cursors the store
 hands to ``write`` (``store.execute``); nothing here reaches into the store's private modules.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..store import SYSTEM_CHAIN, Migration, Store
+from ..store import SYSTEM_CHAIN, Migration, RowStream, Store
 
 Row = tuple[Any, ...]
 
@@ -32,11 +32,10 @@ CREATE TABLE payloads (
 
 
 # --------------------------------------------------------------------------- verification
-def chain_links(store: Store, chain: str, after: int, limit: int) -> list[Row]:
-    """``(seq, type, at, data, prev_hash, hash)`` of ``chain`` after ``after``, in order."""
-    return store.read(
-        "SELECT seq, type, at, data, prev_hash, hash FROM events WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
-        (chain, after, limit),
+def chain_links(store: Store, chain: str, batch: int) -> RowStream:
+    """``(seq, type, at, data, prev_hash, hash)`` of ``chain`` in order, streamed."""
+    return store.stream(
+        "SELECT seq, type, at, data, prev_hash, hash FROM events WHERE chain = ? ORDER BY seq", (chain,), batch=batch
     )
 
 
@@ -45,22 +44,18 @@ def link_row(store: Store, chain: str, seq: int) -> Row | None:
     return store.read_one("SELECT type, at, data FROM events WHERE chain = ? AND seq = ?", (chain, seq))
 
 
-def _range(lo: str, after: tuple[str, int] | None, below: str | None) -> tuple[str, list[Any]]:
-    # The first page starts at the chain ``lo`` itself (any seq, even a forged 0 or -1).
+def scan_links(store: Store, lo: str, below: str | None, batch: int, after: tuple[Any, Any] | None = None) -> RowStream:
+    """``(chain, seq, type, at, data, prev_hash, hash)`` in key order, streamed from one
+    snapshot: from the chain ``lo`` (any seq, even a forged 0 or -1), or after the key
+    ``after`` (to go on after a lost connection), up to the chain ``below``."""
     where, params = ("chain >= ?", [lo]) if after is None else ("(chain, seq) > (?, ?)", [after[0], after[1]])
     if below is not None:
         where += " AND chain < ?"
         params.append(below)
-    return where, params
-
-
-def scan_links(store: Store, lo: str, after: tuple[str, int] | None, below: str | None, limit: int) -> list[Row]:
-    """``(chain, seq, type, at, data, prev_hash, hash)`` in key order: from the chain ``lo``
-    (or after the key ``after``) up to the chain ``below``."""
-    where, params = _range(lo, after, below)
-    return store.read(
-        f"SELECT chain, seq, type, at, data, prev_hash, hash FROM events WHERE {where} ORDER BY chain, seq LIMIT ?",
-        [*params, limit],
+    return store.stream(
+        f"SELECT chain, seq, type, at, data, prev_hash, hash FROM events WHERE {where} ORDER BY chain, seq",
+        params,
+        batch=batch,
     )
 
 

@@ -26,6 +26,7 @@ from ._records import (
     parse_iso,
 )
 from ._roles import apply_roles, role_statements
+from ._stream import RowStream
 
 __all__ = [
     "Event",
@@ -38,6 +39,7 @@ __all__ = [
     "OrderedExecutor",
     "QueueRule",
     "RUN_STATUSES",
+    "RowStream",
     "RunRecord",
     "SCHEMA_VERSION",
     "SYSTEM_CHAIN",

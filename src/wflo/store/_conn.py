@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ._offload import OrderedExecutor
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, BoundedPool
+from ._stream import DEFAULT_BATCH, RowStream
 
 T = TypeVar("T")
 
@@ -241,6 +242,47 @@ class Connections(abc.ABC):
     def read_one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         """The first row of a read-only query, or ``None``."""
         return self._fetchone(sql, params)
+
+    def stream(self, sql: str, params: Sequence[Any] = (), *, batch: int = DEFAULT_BATCH) -> RowStream:
+        """The rows of a read-only query as they are consumed, ``batch`` at a time, all from
+        one snapshot (for results too large to hold: :meth:`read` returns every row at once).
+
+        Iterate it for rows, or its ``batches()`` for lists of rows; close it (or open it in a
+        ``with`` block) when leaving early. It holds one pooled connection and one read
+        transaction until it ends: SQLite reads one snapshot while writers go on (WAL);
+        PostgreSQL fetches from a server-side cursor in a ``READ ONLY`` transaction. Opening
+        is retried on a lost connection; a connection lost mid-stream raises
+        ``StoreUnavailableError`` (continue from the last key read with a new stream). See ``wflo.store._stream``.
+        """
+        return RowStream(self, sql, params, batch)
+
+    def _display_url(self) -> str:
+        """The store's URL as error messages show it (without a password)."""
+        return self.url
+
+    def _open_stream(self, conn: Any, sql: str, params: tuple[Any, ...], *, own: bool) -> Any:
+        """A cursor on ``conn`` that has run ``sql``; ``own``: in a read transaction of its own."""
+        cur = conn.cursor()
+        try:
+            if own:
+                cur.execute("BEGIN")  # deferred: the snapshot is taken by the query itself
+            cur.execute(sql, params)
+        except BaseException:
+            cur.close()
+            raise
+        return cur
+
+    def _end_stream(self, conn: Any, cur: Any) -> None:
+        """Close a stream's cursor (if any) and end the read transaction it owned."""
+        with suppress(Exception):
+            if cur is not None:
+                cur.close()
+        with suppress(Exception):
+            end = conn.cursor()
+            try:
+                end.execute("ROLLBACK")  # read-only: nothing to keep, whatever was asked
+            finally:
+                end.close()
 
     def execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run one statement on a transaction's cursor (for ``StoreOp`` writers)."""

@@ -12,6 +12,7 @@ from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
 from ._base import Store, StoreOp, run_ops
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
 from ._records import RUN_COLUMNS, Head, iso
+from ._stream import cursor_name
 
 # The store's UTC text time form, computed by the server (its clock judges leases).
 _PG_TIME = (
@@ -374,6 +375,30 @@ class PostgresStore(Store):
     def _rollback_quietly(self, conn: Any) -> None:
         with contextlib.suppress(Exception):
             conn.execute("ROLLBACK")
+
+    def _open_stream(self, conn: Any, sql: str, params: tuple[Any, ...], *, own: bool) -> Any:
+        # A server-side cursor: the server keeps the result and sends one batch per FETCH.
+        # DECLARE needs a transaction block; its snapshot lasts as long as the cursor.
+        if own:
+            conn.execute("BEGIN READ ONLY")
+        cur = conn.cursor(name=cursor_name())
+        try:
+            cur.execute(sql, params)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cur.close()
+            raise
+        return cur
+
+    def _display_url(self) -> str:
+        return _redact(self.url)
+
+    def _end_stream(self, conn: Any, cur: Any) -> None:
+        if cur is not None:
+            with contextlib.suppress(Exception):
+                cur.close()  # CLOSE on the server, unless the transaction already failed
+        if not conn.closed and not self._idle(conn):
+            self._rollback_quietly(conn)
 
     def _lock_for_migration(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(7412001)")

@@ -136,3 +136,49 @@ def test_behind_a_transaction_pooler_the_child_is_told(pg_url: str, monkeypatch:
         _fill(store)
         assert all(r.ok for r in verify_all(store, workers=2))
     assert len(urls) == 1 and urls[0].endswith("pooler=transaction")
+
+
+def test_a_connection_lost_mid_scan_is_replaced_and_the_scan_goes_on(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server ends the stream's connection after its first batch (a restart, an operator's
+    # pg_terminate_backend): the scan opens a new stream after the last key it verified and
+    # finds exactly what an undisturbed scan finds, damage included.
+    import uuid
+
+    import psycopg
+
+    name = f"verify_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setattr(_verify, "SCAN_PAGE", 50)
+    opened: list[object] = []
+    scan_links = _verify._tables.scan_links
+
+    def killing(*args: Any) -> Any:
+        stream = scan_links(*args)
+        opened.append(args[-1])
+        if len(opened) == 1:
+            real = stream.batches
+
+            def batches() -> Any:
+                for i, batch in enumerate(real()):
+                    yield batch
+                    if i == 0:
+                        with psycopg.connect(pg_url, autocommit=True) as admin:
+                            admin.execute(
+                                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
+                                "AND state LIKE 'idle in transaction%%'",
+                                (name,),
+                            )
+
+            stream.batches = batches
+        return stream
+
+    with open_store(f"{pg_url}&application_name={name}") as store:
+        _fill(store)
+        with admin(pg_url) as db:
+            db.run("UPDATE events SET data = '{}' WHERE chain = 'r-b' AND seq = 100")
+        expected = verify_all(store, workers=1)
+        monkeypatch.setattr(_verify._tables, "scan_links", killing)
+        assert verify_all(store, workers=1) == expected
+    assert opened == [None, ("r-a", 50)]  # the second stream went on after the first batch
+    assert _broken(expected) == [("r-b", 100, "hash")]
