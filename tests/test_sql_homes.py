@@ -32,10 +32,12 @@ _SQL = re.compile(
 )
 
 
-def sql_in(source: str) -> list[tuple[int, str]]:
-    """``(line, text)`` of each string in ``source`` that holds SQL (docstrings and comments aside)."""
+def sql_strings(source: str, *, skip_query_entries: bool = False) -> list[tuple[int, str]]:
+    """``(line, text)`` of each string in ``source`` that holds SQL: docstrings are prose, an
+    f-string is read whole (its literal parts, with ``{…}`` as a blank), and with
+    ``skip_query_entries`` so are the values of ``"query"`` keys (a report section's prose)."""
     tree = ast.parse(source)
-    skip: set[int] = set()  # docstrings, and the literal parts of f-strings (read with their f-string)
+    skip: set[int] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.JoinedStr):
             skip.update(id(v) for v in node.values)
@@ -43,17 +45,28 @@ def sql_in(source: str) -> list[tuple[int, str]]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 skip.add(id(first.value))
+        if skip_query_entries and isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "query":
+                    skip.update(id(n) for n in ast.walk(value))
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.JoinedStr):  # an f-string: its literal parts, with {…} as a blank
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.JoinedStr):
             text = "".join(v.value if isinstance(v, ast.Constant) else " x " for v in node.values)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             text = node.value
         else:
             continue
         if _SQL.search(text):
-            found.append((node.lineno, text.strip().splitlines()[0][:80]))
+            found.append((node.lineno, text))
     return found
+
+
+def sql_in(source: str) -> list[tuple[int, str]]:
+    """``(line, first line of the text)`` of each string in ``source`` that holds SQL."""
+    return [(line, text.strip().splitlines()[0][:80]) for line, text in sql_strings(source)]
 
 
 def test_the_detector_finds_sql() -> None:
@@ -104,35 +117,12 @@ def foreign_tables(source: str, module: str, owned: dict[str, str]) -> list[tupl
     """``(line, table)`` for each SQL string in ``source`` (module ``module``) naming a table owned
     by another package. The ``"query"`` entries of a report's sections are prose for the reader
     (what a figure was counted from), not SQL that runs, so they are not read."""
-    tree = ast.parse(source)
-    prose: set[int] = set()  # as in sql_in: docstrings, and f-strings' parts (read with their f-string)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.JoinedStr):
-            prose.update(id(v) for v in node.values)
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
-                prose.add(id(first.value))
-        if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values, strict=True):
-                if isinstance(key, ast.Constant) and key.value == "query":
-                    prose.update(id(n) for n in ast.walk(value))
     found = []
-    for node in ast.walk(tree):
-        if id(node) in prose:
-            continue
-        if isinstance(node, ast.JoinedStr):
-            text = "".join(v.value if isinstance(v, ast.Constant) else " x " for v in node.values)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            text = node.value
-        else:
-            continue
-        if not _SQL.search(text):
-            continue
+    for line, text in sql_strings(source, skip_query_entries=True):
         for table, package in owned.items():
             mine = module == package or module.startswith(package + ".")
             if not mine and re.search(rf"\b{table}\b", text):
-                found.append((node.lineno, table))
+                found.append((line, table))
     return sorted(found)
 
 

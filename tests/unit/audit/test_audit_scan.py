@@ -4,11 +4,11 @@ verifying each chain alone finds, wherever the page and batch boundaries fall.""
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
 
 import pytest
 from auditkit import admin, make_run
 
+from peaks import peak_bytes
 from wflo.audit import _verify, verify_all, verify_chain
 from wflo.store import NewEvent, Store, open_store
 
@@ -84,22 +84,11 @@ def test_the_scan_pauses_the_garbage_collector_and_restores_it(
 
 def test_verifying_every_chain_holds_a_batch_of_events_not_the_history(store_url: str) -> None:
     # tracemalloc counts what Python holds: all the events read at once, against the scan.
-    import tracemalloc
-
-    def peak(fn: Callable[[], object]) -> int:
-        gc.collect()
-        tracemalloc.start()
-        try:
-            fn()
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-
     with open_store(store_url) as store:
         for i in range(40):
             make_run(store, f"r{i:02d}", calls=500)
-        everything = peak(lambda: store.read("SELECT chain, seq, type, at, data, prev_hash, hash FROM events"))
+        everything = peak_bytes(lambda: store.read("SELECT chain, seq, type, at, data, prev_hash, hash FROM events"))
         scanned: list[int] = []
-        held = peak(lambda: scanned.append(sum(r.count for r in verify_all(store, workers=1))))
+        held = peak_bytes(lambda: scanned.append(sum(r.count for r in verify_all(store, workers=1))))
         assert scanned == [40 * 503]
         assert held < everything / 4, (held, everything)

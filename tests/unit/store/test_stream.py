@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import sqlite3
-import tracemalloc
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from peaks import peak_bytes
 from wflo.store import NewEvent, RowStream, Store, open_store
 
 CHAIN = "_stream"
@@ -189,15 +189,6 @@ def test_a_large_result_is_not_held_in_memory(store_url: str) -> None:
             ))  # fmt: skip
         sql = "SELECT i, body FROM stream_big ORDER BY i"
 
-        def peak(fn: Any) -> int:
-            gc.collect()
-            tracemalloc.start()
-            try:
-                fn()
-                return tracemalloc.get_traced_memory()[1]
-            finally:
-                tracemalloc.stop()
-
         def streamed() -> None:
             total = 0
             for row in store.stream(sql, batch=500):
@@ -207,7 +198,7 @@ def test_a_large_result_is_not_held_in_memory(store_url: str) -> None:
         def whole() -> None:
             assert len(store.read(sql)) == n
 
-        held_all, held_stream = peak(whole), peak(streamed)
+        held_all, held_stream = peak_bytes(whole), peak_bytes(streamed)
         assert held_all > n * 200  # the check can see the rows
         assert held_stream < held_all / 10, (held_stream, held_all)
         assert held_stream < 2_000_000, held_stream
