@@ -223,7 +223,6 @@ class PostgresStore(Store):
     def _claim_tx(self, fn: Callable[[Any], Callable[[], T]], *, relaxed: bool = True) -> T:
         if getattr(self._local, "held", None) is not None:
             return super()._claim_tx(fn, relaxed=relaxed)  # inside a caller's transaction: commits with it
-        psycopg = self._psycopg
 
         def go() -> T:
             with self._connection() as conn:
@@ -237,15 +236,20 @@ class PostgresStore(Store):
                         end.execute("COMMIT")
                     return then()
                 except BaseException:
-                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        with contextlib.suppress(Exception):
-                            conn.execute("ROLLBACK")
+                    self._roll_back(conn)
                     raise
                 finally:
                     cur.close()
                     end.close()
 
         return self._retrying(go)
+
+    def _roll_back(self, conn: Any) -> None:
+        """After a failed pipelined transaction: roll back what it left open on ``conn``, if
+        anything (a failure there is the connection's, found by its next user)."""
+        if not self._idle(conn):
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
 
     def _idle(self, conn: Any) -> bool:
         """Whether ``conn`` is outside any transaction: only then may a statement relax its own
@@ -282,9 +286,7 @@ class PostgresStore(Store):
                         cur.execute("COMMIT")
                     return result
                 except BaseException as exc:
-                    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                        with contextlib.suppress(Exception):
-                            conn.execute("ROLLBACK")
+                    self._roll_back(conn)
                     fenced = getattr(self._local, "fenced", None)
                     if isinstance(exc, psycopg.Error) and exc.sqlstate == _LEASE_LOST and fenced:
                         raise LeaseLost(run_id=fenced[0], owner=fenced[1]) from None
@@ -351,9 +353,7 @@ class PostgresStore(Store):
                             after = run_ops(ops, _PipelinedCursor(op_cur, pipeline))
                             op_cur.execute("COMMIT")
                     except BaseException:
-                        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                            with contextlib.suppress(Exception):
-                                conn.execute("ROLLBACK")
+                        self._roll_back(conn)
                         raise
                     finally:
                         op_cur.close()
