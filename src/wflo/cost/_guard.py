@@ -75,6 +75,10 @@ class BudgetGuard(Guard):
                 names.append(f"{key}:{sc[key]}")
         return names
 
+    def local(self, call: Call) -> bool:
+        # Only LLM calls and priced tool calls reserve (in the store); replaying is in memory.
+        return call.kind != "llm" and not (call.kind == "tool" and isinstance(call.meta.get("cost_usd"), Decimal))
+
     def before(self, call: Call) -> None:
         """Price the request, bound it (refusing shapes it cannot bound), reserve the worst
         case on every limited scope, writing a default output cap in or lowering it to fit.

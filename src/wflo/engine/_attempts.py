@@ -86,12 +86,13 @@ async def adrive(steps: Attempts[R], io: Any) -> R:
         return stop.value  # type: ignore[no-any-return]
 
 
-async def off_loop(fn: Callable[..., R], *args: Any, run: Any = None) -> R:
+async def off_loop(fn: Callable[..., R], *args: Any, run: Any = None, here: bool = False) -> R:
     """Await ``fn(*args)``, blocking work on a run's store, on the store's threads.
 
     ``run``: the run (default: the current one). In the caller's context, after the run's
     earlier store operations (they are keyed by its id, so its writes keep the order its code
-    reached them). Outside any run, ``fn`` runs here.
+    reached them). Outside any run, ``fn`` runs here. ``here``: ``fn`` needs no store; it runs
+    on this thread when nothing of the run waits for the store (``Store.off_loop``).
     """
     run = run if run is not None else current_run()
     store: Store | None = None if run is None else run.store
@@ -99,8 +100,8 @@ async def off_loop(fn: Callable[..., R], *args: Any, run: Any = None) -> R:
         return fn(*args)
     lane = getattr(_lane, "value", None)
     if lane is not None:  # a run's thread knows its lane by a thread-local: carry it over too
-        return await store.off_loop(_in_lane, lane, fn, *args, key=run.run_id)
-    return await store.off_loop(fn, *args, key=run.run_id)
+        return await store.off_loop(_in_lane, lane, fn, *args, key=run.run_id, here=here)
+    return await store.off_loop(fn, *args, key=run.run_id, here=here)
 
 
 def _in_lane(lane: Any, fn: Callable[..., R], *args: Any) -> R:

@@ -21,7 +21,7 @@ import reprlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 from .._errors import (
     AtMostOnceError,
@@ -31,7 +31,7 @@ from .._errors import (
 )
 from ..store import NewEvent, StoreOp, canonical_json
 from ._attempts import Attempts, Step, adrive, drive, off_loop
-from ._context import JournalEntry, RunContext, _call_path
+from ._context import Held, JournalEntry, RunContext, _call_path
 from ._executor import disk_full
 from ._serialize import decode, encode, error_data, rebuild_error
 
@@ -109,6 +109,18 @@ class Guard:
     def recorded(self, call: Call, outcome: Outcome) -> None:
         """The call's event is committed (notify, alert). Errors here are logged, not raised."""
 
+    def local(self, call: Call) -> bool:
+        """True when this guard's ``before`` and ``replayed`` for ``call`` only read and change
+        memory: no store access (but for ``call.run.append``, which may be held back and written
+        later, in order), no waiting, no I/O.
+
+        An async run begins a call on its event loop when every guard says so (and nothing of
+        the run waits for the store), saving a hand-off to the store's threads; otherwise it
+        begins it there. The default is ``True`` only for a guard that overrides neither hook.
+        """
+        cls = type(self)
+        return cls.before is Guard.before and cls.replayed is Guard.replayed
+
 
 NOT_REPLAYED: Any = object()
 """What :func:`start_call` returns when the call must really run."""
@@ -165,6 +177,26 @@ def start_call(call: Call) -> Any:
     """Begin a call: number it, replay it if the journal has its end, else run the guards'
     ``before`` checks. Returns the replayed value, or ``NOT_REPLAYED`` when the caller must
     execute the call and then pass its outcome to :func:`finish_call`."""
+    value = _begin(call)
+    if value is not _NOT_REPLAYED:
+        return value
+    entered: list[Guard] = []
+    try:
+        for guard in call.run.guards:
+            guard.before(call)
+            entered.append(guard)
+        # Last, right before the call's first effect: a guard's before() may have waited (a
+        # rate limit) while the lease ran out.
+        call.run.ensure_lease()
+    except BaseException as exc:
+        _refused(call, exc, entered)
+    _started(call)
+    return _NOT_REPLAYED
+
+
+def _begin(call: Call) -> Any:
+    """Number the call and replay it, or encode its input: the start's part that needs no
+    guard (and, but for an at-most-once call found in flight, no store)."""
     ctx = call.run
     ctx.check_cancelled()
     if "non_determinism" in ctx.state:
@@ -178,21 +210,20 @@ def start_call(call: Call) -> Any:
         call.meta["_input"] = encode(
             {"args": list(call.args), "kwargs": call.kwargs}, serializer=call.serializer, step=call.name, what="input"
         )
-    entered: list[Guard] = []
-    try:
-        for guard in ctx.guards:
-            guard.before(call)
-            entered.append(guard)
-        # Last, right before the call's first effect: a guard's before() may have waited (a
-        # rate limit) while the lease ran out.
-        ctx.ensure_lease()
-    except BaseException as exc:
-        _after(call, Outcome(error=exc), entered)
-        _record(call, Outcome(error=exc))
-        raise
-    if call.at_most_once:
-        ctx.append([NewEvent("call.started", {"call": call.call_id, "name": call.name, "kind": call.kind})])
     return _NOT_REPLAYED
+
+
+def _refused(call: Call, exc: BaseException, entered: list[Guard]) -> NoReturn:
+    """A guard or the lease check refused the call: the guards that let it in see it end, it
+    is recorded (if it is a result), and the error raised."""
+    _after(call, Outcome(error=exc), entered)
+    _record(call, Outcome(error=exc))
+    raise exc
+
+
+def _started(call: Call) -> None:
+    if call.at_most_once:
+        call.run.append([NewEvent("call.started", {"call": call.call_id, "name": call.name, "kind": call.kind})])
 
 
 def _after(call: Call, outcome: Outcome, guards: list[Guard]) -> None:
@@ -357,10 +388,11 @@ def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
 async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
     """The async twin of :func:`guarded_call` (same journal, same guards, same attempts).
 
-    What touches the store (the journal, the guards' ``before`` and ``after``, the record) runs
-    on the store's threads, in order for the run (``off_loop``); only ``fn`` runs on the loop.
+    What touches the store (the guards' ``before`` and ``after`` when they need it, the record)
+    runs on the store's threads, in order for the run (``off_loop``); ``fn`` runs on the loop,
+    and so does the call's start when it needs no store (see :func:`_astart`).
     """
-    replayed = await off_loop(start_call, call)
+    replayed = await _astart(call)
     if replayed is not _NOT_REPLAYED:
         return replayed
     if _OVERRIDE in call.meta:
@@ -371,6 +403,90 @@ async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
     finally:
         _call_path.reset(token)
     return await off_loop(finish_call, call, outcome)
+
+
+def _local_start(call: Call) -> bool:
+    """Whether an async call's start needs no store: see :func:`_astart`."""
+    ctx = call.run
+    return not call.at_most_once and ctx.lease_fresh() and all(guard.local(call) for guard in ctx.guards)
+
+
+class _Begun(NamedTuple):
+    value: Any  # the replayed value, or NOT_REPLAYED
+    held: list[Held]  # appends held back, to write on the store's threads
+    error: BaseException | None
+    entered: list[Guard] | None  # the guards that let the call in (None: none was asked)
+
+
+async def _astart(call: Call) -> Any:
+    """:func:`start_call` for an async call; on the event loop when it needs no store.
+
+    Begun on the store's threads, a call costs a hand-off there and back before it runs and
+    another after it (its record): on a fast store the hand-offs cost as much as the commit.
+    Most calls need the store only for that record: the journal is in memory, a fresh lease
+    needs no renewal, and a step's guards only count it. Such a call (not at-most-once, whose
+    start is written; lease fresh; every guard saying its ``before`` and ``replayed`` need no
+    store, ``Guard.local``) is begun with ``off_loop(..., here=True)``: on the loop's thread at
+    once when nothing of the run is queued or running on the store's threads, else there in its
+    turn. Either way it has the place in the run's order that a start on the store's threads
+    would have had (so the same number), and the task gives way to the loop and is woken the
+    same way: the run's tasks reach their next calls in the same order as before, on the first
+    run and on a replay, whichever starts happened to run where.
+
+    What such a start still writes (a guard's event as it refuses the call, the refused call's
+    record) is held and written on the store's threads before the call runs or its error is
+    raised; a lease that ran out in between is renewed there.
+    """
+    if not _local_start(call):
+        return await off_loop(start_call, call)
+    ctx = call.run
+    begun = await off_loop(_start_here, call, here=True)
+    if begun.error is not None:
+        if begun.entered is not None:  # a guard refused the call: recorded there, then raised
+            await off_loop(_write_then_refuse, call, begun.held, begun.error, begun.entered)
+        elif begun.held:
+            await off_loop(ctx.write_held, begun.held)
+        raise begun.error
+    if begun.value is not _NOT_REPLAYED:
+        if begun.held:
+            await off_loop(ctx.write_held, begun.held)
+        return begun.value
+    if begun.held or not ctx.lease_fresh():  # the lease ran out meanwhile: renewed there
+        await off_loop(_write_then_admit, call, begun.held, begun.entered)
+    return _NOT_REPLAYED
+
+
+def _start_here(call: Call) -> _Begun:
+    """The start of a call that needs no store, wherever it runs: appends are held back."""
+    ctx = call.run
+    entered: list[Guard] | None = None
+    with ctx.hold_appends() as held:
+        try:
+            value = _begin(call)
+            if value is _NOT_REPLAYED:
+                entered = []
+                for guard in ctx.guards:
+                    guard.before(call)
+                    entered.append(guard)
+        except BaseException as exc:
+            return _Begun(_NOT_REPLAYED, held, exc, entered)
+    return _Begun(value, held, None, entered)
+
+
+def _write_then_refuse(call: Call, held: list[Held], exc: BaseException, entered: list[Guard]) -> None:
+    try:
+        call.run.write_held(held)
+    except BaseException as lost:  # the lease was lost: that, not the refusal, is what happened
+        _refused(call, lost, entered)
+    _refused(call, exc, entered)
+
+
+def _write_then_admit(call: Call, held: list[Held], entered: list[Guard] | None) -> None:
+    try:
+        call.run.write_held(held)
+        call.run.ensure_lease()
+    except BaseException as exc:
+        _refused(call, exc, entered or [])
 
 
 def finish_call(call: Call, outcome: Outcome, *, check_cancel: bool = True) -> Any:

@@ -22,7 +22,8 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost, RunCancelled, RunEndedError
@@ -32,6 +33,9 @@ from ..store import Head, NewEvent, RunRecord, Store, StoreOp
 if TYPE_CHECKING:
     from .._runtime import Runtime
     from ._boundary import Guard
+
+Held = tuple[Sequence[NewEvent], Sequence[StoreOp], dict[str, Any]]
+"""An append held back by :meth:`RunContext.hold_appends`: its events, ops and projection."""
 
 _current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("wflo_run", default=None)
 _call_path: contextvars.ContextVar[str] = contextvars.ContextVar("wflo_call_path", default="")
@@ -138,6 +142,7 @@ class RunContext:
         earlier execution can have left anything behind (kept payloads) for its end to clear."""
         self._used: set[str] = set()  # journal entries a lane call has taken (by content)
         self._siblings: dict[str, list[JournalEntry]] | None = None  # spawning point -> lane entries
+        self._held: tuple[int, list[Held]] | None = None  # (thread, appends held back; see hold_appends)
         install_propagation()
 
     # ------------------------------------------------------------------ lease
@@ -175,6 +180,10 @@ class RunContext:
         if held[self.run_id]:
             self.cancel_requested = True
         self.lease_renewed(sent_at)
+
+    def lease_fresh(self) -> bool:
+        """True when :meth:`ensure_lease` would return at once (no round trip, no error)."""
+        return not self.lease_lost and monotonic() < self._lease_valid_until
 
     @classmethod
     def load(
@@ -296,8 +305,36 @@ class RunContext:
         self.closed = True
 
     # ------------------------------------------------------------------ journal writes
+    @contextmanager
+    def hold_appends(self) -> Iterator[list[Held]]:
+        """Inside the block, this thread's :meth:`append` calls are held in the yielded list
+        instead of written (each returns the current head); :meth:`write_held` writes them later.
+
+        For code that runs on an async run's event loop and must not wait for the store there
+        (a call begun on the loop, see ``_boundary``): a guard that records an event as it
+        refuses the call has it written, in order, on the store's threads. Other threads of the
+        run append as usual meanwhile.
+        """
+        held: list[Held] = []
+        outer, self._held = self._held, (threading.get_ident(), held)
+        try:
+            yield held
+        finally:
+            self._held = outer
+
+    def write_held(self, held: Sequence[Held]) -> None:
+        """Write appends held by :meth:`hold_appends`, in the order they were made."""
+        for events, ops, projection in held:
+            self.append(events, ops=ops, **projection)
+
     def append(self, events: Sequence[NewEvent], *, ops: Sequence[StoreOp] = (), **projection: Any) -> Head:
         """Append to this run's chain under our lease (raises ``LeaseLost`` if it was taken)."""
+        held = self._held
+        if held is not None and held[0] == threading.get_ident():
+            if self.lease_lost:
+                raise LeaseLost(run_id=self.run_id, owner=self.owner)
+            held[1].append((events, ops, projection))
+            return self.head
         with self._write_lock:
             if self.lease_lost:
                 raise LeaseLost(run_id=self.run_id, owner=self.owner)

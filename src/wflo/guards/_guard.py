@@ -86,6 +86,11 @@ class LoopGuardGuard(Guard):
     def _sig(self, call: Call) -> Signature:
         return Signature(call.call_id, call.kind, call.name, call.args_digest)
 
+    def local(self, call: Call) -> bool:
+        # Counting is in memory; a stop's event goes through ``run.append``. A pause files an
+        # approval request, which the approval guard writes to the store.
+        return call.kind not in _COUNTED or self.on_loop == "stop"
+
     def before(self, call: Call) -> None:
         if call.kind not in _COUNTED:
             return

@@ -121,7 +121,7 @@ class Connections(abc.ABC):
     offload_threads = 0
     """Threads that run ``off_loop`` operations (0: as many as the pool has connections)."""
 
-    async def off_loop(self, fn: Callable[..., T], /, *args: Any, key: Any = None) -> T:
+    async def off_loop(self, fn: Callable[..., T], /, *args: Any, key: Any = None, here: bool = False) -> T:
         """Await ``fn(*args)``, a blocking operation on this store, run on the store's threads.
 
         For async code: the event loop goes on running other coroutines while the store
@@ -130,6 +130,11 @@ class Connections(abc.ABC):
         submitted, one at a time (see ``_offload``). Once submitted, the operation runs to its
         end even if the awaiting task is cancelled meanwhile; the cancellation is then raised at
         the task's next await.
+
+        ``here``: ``fn`` needs no store and does not block. When nothing of ``key`` is queued or
+        running it runs at once on the caller's thread (no hand-off to a store thread and back);
+        the caller still gives way to the loop and is woken through the same callbacks as after
+        a store thread's run, so the run's tasks resume in the order of their operations.
         """
         executor = self._offload
         if executor is None:
@@ -138,7 +143,8 @@ class Connections(abc.ABC):
                     self._offload = OrderedExecutor(type(self).__name__, self.offload_threads or self.pool_size)
                 executor = self._offload
         context = contextvars.copy_context()
-        future: asyncio.Future[T] = asyncio.wrap_future(executor.submit(key, functools.partial(context.run, fn, *args)))
+        job = functools.partial(context.run, fn, *args)
+        future: asyncio.Future[T] = asyncio.wrap_future(executor.submit(key, job, here=here))
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:

@@ -36,7 +36,7 @@ class OrderedExecutor:
     def __init__(self, name: str, threads: int) -> None:
         self.name = name
         self.threads = max(1, threads)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a future's callback may submit
         self._ready: deque[_Job] = deque()  # jobs any thread may take
         self._waiting: dict[Hashable, deque[_Job]] = {}  # key -> jobs behind the one running
         self._wake = threading.Condition(self._lock)
@@ -45,10 +45,18 @@ class OrderedExecutor:
         self._pid = os.getpid()
         self._closed = False
 
-    def submit(self, key: Hashable | None, fn: Callable[[], Any]) -> Future[Any]:
-        """Run ``fn()`` on a store thread (after the earlier jobs of ``key``); its future."""
+    def submit(self, key: Hashable | None, fn: Callable[[], Any], *, here: bool = False) -> Future[Any]:
+        """Run ``fn()`` on a store thread (after the earlier jobs of ``key``); its future.
+
+        ``here``: ``fn`` does not block (it needs no store). When no job of ``key`` is queued or
+        running, it runs on the calling thread at once, and the future returned is done: the
+        job has the place in the key's order that it would have had on a store thread, without
+        the hand-off there and back. Otherwise it is queued as usual.
+        """
         future: Future[Any] = Future()
         job: _Job = (key, fn, future)
+        if here and key is not None and self._run_here(job):
+            return future
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's threads are not here
                 self._pid, self._alive, self._idle = os.getpid(), 0, 0
@@ -65,10 +73,49 @@ class OrderedExecutor:
             if self._idle > 0:
                 self._wake.notify()
             elif self._alive < self.threads:
-                self._alive += 1
-                n = self._alive
-                threading.Thread(target=self._work, name=f"wflo-store-{self.name}-{n}", daemon=True).start()
+                self._start_thread()
         return future
+
+    def _run_here(self, job: _Job) -> bool:
+        key = job[0]
+        with self._lock:
+            if self._pid != os.getpid() or key in self._waiting:
+                return False  # forked (``submit`` starts afresh), or the key is busy: queue it
+            self._waiting[key] = deque()  # running: jobs of the key submitted meanwhile wait
+        self._run(job, here=True)
+        return True
+
+    def _run(self, job: _Job, *, here: bool = False) -> None:
+        key, fn, future = job
+        outcome: tuple[bool, Any] | None = None
+        if future.set_running_or_notify_cancel():
+            try:
+                outcome = (True, fn())
+            except BaseException as exc:
+                outcome = (False, exc)
+        if key is None:
+            _settle(future, outcome)
+            return
+        # Told and let go at once, under the lock: a job run ``here`` is never told its end
+        # before one that ended earlier (its waiter would wake first), and a waiter woken by
+        # this end finds the key idle, unless more of its jobs are queued.
+        with self._lock:
+            _settle(future, outcome)
+            behind = self._waiting.get(key)
+            if behind:
+                self._ready.append(behind.popleft())
+                if here:  # no store thread is about to look at the ready jobs: wake one
+                    if self._idle > 0:
+                        self._wake.notify()
+                    elif self._alive < self.threads:
+                        self._start_thread()
+            else:
+                self._waiting.pop(key, None)
+
+    def _start_thread(self) -> None:
+        self._alive += 1
+        n = self._alive
+        threading.Thread(target=self._work, name=f"wflo-store-{self.name}-{n}", daemon=True).start()
 
     def _work(self) -> None:
         while True:
@@ -83,24 +130,20 @@ class OrderedExecutor:
                     if not woken and not self._ready:
                         self._alive -= 1
                         return
-                key, fn, future = self._ready.popleft()
-            if future.set_running_or_notify_cancel():
-                try:
-                    result = fn()
-                except BaseException as exc:
-                    future.set_exception(exc)
-                else:
-                    future.set_result(result)
-            if key is not None:
-                with self._lock:
-                    behind = self._waiting.get(key)
-                    if behind:
-                        self._ready.append(behind.popleft())
-                    else:
-                        self._waiting.pop(key, None)
+                job = self._ready.popleft()
+            self._run(job)
 
     def close(self) -> None:
         """Let the idle threads end (a later ``submit`` starts new ones)."""
         with self._lock:
             self._closed = True
             self._wake.notify_all()
+
+
+def _settle(future: Future[Any], outcome: tuple[bool, Any] | None) -> None:
+    if outcome is None:  # cancelled before it ran
+        return
+    if outcome[0]:
+        future.set_result(outcome[1])
+    else:
+        future.set_exception(outcome[1])

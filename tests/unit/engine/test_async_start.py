@@ -1,0 +1,213 @@
+"""An async call begun on the event loop (``_boundary._astart``): when it needs no store, its
+start costs no hand-off to the store's threads, and call numbering stays the order in which the
+run's tasks reached their calls, so a replay after a crash finds every call at its place."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+import wflo
+from wflo import _config
+from wflo.engine import Call, Guard, _context, current_run
+from wflo.errors import LeaseLost, LoopDetectedError
+from wflo.ext import add_guard_factory
+from wflo.store import OrderedExecutor
+
+TASKS = 12
+
+
+def _calls(run_id: str) -> dict[str, dict[str, Any]]:
+    events = _config.get_store().events(run_id)
+    return {e.data["call"]: e.data for e in events if e.type == "call.completed"}
+
+
+@pytest.mark.parametrize("shape", ["plain", "mixed"])
+def test_gathered_tasks_keep_their_call_numbers_on_replay(configured: str, shape: str) -> None:
+    """``asyncio.gather`` of tasks of two steps each. Their first steps are numbered in task
+    order; the second ones as the tasks came back. The process then dies; on resume every call
+    is replayed from its place (none runs again, no ``NonDeterminismError``).
+
+    ``mixed``: every third first step is at-most-once (begun on the store's threads, as a call
+    whose guard needs the store is), so starts on the loop and on the store's threads alternate,
+    and whether a start runs on the loop depends on how soon the store's thread ended the one
+    before. A start on the loop while another task's start waits there would take its number
+    first; one that did not give way to the loop (a replayed call returning at once) would let
+    its task reach its second call before the other tasks reached their first; one woken sooner
+    than a start on the store's threads would reorder the second calls between the first run
+    and the replay.
+
+    (Bodies that await timers are left out: how far each task gets before another one's timer
+    fires depends on timing, on the first run and on the replay alike.)"""
+    ran: Counter[str] = Counter()
+    crash = {"on": True}
+
+    async def body(tag: str, i: int) -> int:
+        ran[f"{tag}{i}"] += 1
+        return i
+
+    @wflo.step(name="astart.first")
+    async def first(i: int) -> int:
+        return await body("first", i)
+
+    @wflo.step(name="astart.first_once", at_most_once=True)
+    async def first_once(i: int) -> int:
+        return await body("first", i)
+
+    @wflo.step(name="astart.second")
+    async def second(i: int) -> int:
+        return await body("second", i) * 10
+
+    async def task(i: int) -> int:
+        one = await (first_once(i) if shape == "mixed" and i % 3 == 0 else first(i))
+        return one + await second(i)
+
+    @wflo.workflow(name=f"astart.gather.{shape}")
+    async def flow() -> list[int]:
+        out = list(await asyncio.gather(*(task(i) for i in range(TASKS))))
+        if crash["on"]:
+            raise KeyboardInterrupt  # the process dies after every call was recorded
+        return out
+
+    run_id = f"astart-{shape}"
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(flow.options(id=run_id).arun())
+    calls = _calls(run_id)
+    assert len(calls) == 2 * TASKS
+    for i in range(TASKS):  # the tasks reached their first calls in their order
+        assert calls[str(i + 1)]["input"]["args"] == [i], "a call took another task's place"
+    crash["on"] = False
+    assert wflo.resume(run_id) == [11 * i for i in range(TASKS)]
+    assert set(ran.values()) == {1}, "a finished call ran again"
+    assert _config.get_store().get_run(run_id).status == "succeeded"
+    assert _calls(run_id) == calls
+
+
+def _hand_offs(monkeypatch: pytest.MonkeyPatch) -> Counter[Any]:
+    """Count, by key, the jobs run on a store thread (not on the thread that submitted them)."""
+    seen: Counter[Any] = Counter()
+    real = OrderedExecutor.submit
+
+    def submit(self: OrderedExecutor, key: Any, fn: Any, **kwargs: Any) -> Any:
+        submitter = threading.current_thread()
+
+        def job() -> Any:
+            if threading.current_thread() is not submitter:
+                seen[key] += 1
+            return fn()
+
+        return real(self, key, job, **kwargs)
+
+    monkeypatch.setattr(OrderedExecutor, "submit", submit)
+    return seen
+
+
+def test_a_plain_async_step_costs_one_hand_off(configured: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Begun on the loop, recorded on the store's threads: one hand-off per step (two before)."""
+    seen = _hand_offs(monkeypatch)
+
+    @wflo.step(name="astart.tiny")
+    async def tiny(i: int) -> int:
+        return i + 1
+
+    @wflo.workflow(name="astart.steps")
+    async def flow(n: int) -> int:
+        return sum([await tiny(i) for i in range(n)])
+
+    async def main() -> None:
+        assert await flow.options(id="astart-0").arun(0) == 0
+        assert await flow.options(id="astart-5").arun(5) == 15
+
+    asyncio.run(main())
+    assert seen["astart-5"] - seen["astart-0"] == 5
+
+
+def test_a_refusal_on_the_loop_is_written_on_the_store_threads(configured: str) -> None:
+    """The loop guard stops the third step before it runs, as its start is made on the loop: its
+    ``loop.stopped`` event and the refused call's record are written, in that order, and not
+    from the loop's thread."""
+    ran: list[int] = []
+    writers: list[tuple[str, str]] = []
+    store = _config.get_store()
+    real = store.append
+
+    def append(run_id: str, head: Any, events: Any, **kwargs: Any) -> Any:
+        writers.extend((e.type, threading.current_thread().name) for e in events)
+        return real(run_id, head, events, **kwargs)
+
+    store.append = append  # type: ignore[method-assign]
+
+    @wflo.step(name="astart.counted")
+    async def counted(i: int) -> int:
+        ran.append(i)
+        return i
+
+    @wflo.workflow(name="astart.capped", guards=wflo.LoopGuard(max_steps=2))
+    async def flow() -> int:
+        return sum([await counted(i) for i in range(3)])
+
+    try:
+        with pytest.raises(LoopDetectedError):
+            asyncio.run(flow.options(id="astart-capped").arun())
+    finally:
+        del store.append
+    assert ran == [0, 1]
+    types = [e.type for e in store.events("astart-capped")]
+    assert types.index("loop.stopped") < types.index("call.failed")
+    assert [e.data["call"] for e in store.events("astart-capped") if e.type == "call.failed"] == ["3"]
+    for type_, thread in writers:
+        if type_ in ("loop.stopped", "call.failed"):
+            assert thread.startswith("wflo-store-"), f"{type_} written on {thread}"
+
+
+class _Lapse(Guard):
+    """A guard that needs no store, during whose ``before`` the lease lapses (the clock jumps)
+    and another worker takes the run: the call, begun on the loop, must not run."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+        self.armed = False
+
+    def local(self, call: Call) -> bool:
+        return True
+
+    def before(self, call: Call) -> None:
+        if self.armed:
+            self.clock[0] += 3600.0
+
+
+def test_a_lease_that_lapses_during_a_start_on_the_loop_is_checked_there(
+    configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [0.0]
+    real_monotonic = _context.monotonic
+    monkeypatch.setattr(_context, "monotonic", lambda: real_monotonic() + clock[0])
+    guard = _Lapse(clock)
+    monkeypatch.setattr("wflo.engine._executor._guard_factories", [])
+    add_guard_factory(lambda wf, record: [guard])
+    ran: list[str] = []
+
+    @wflo.step(name="astart.effect")
+    async def effect() -> str:
+        ran.append("effect")
+        return "done"
+
+    @wflo.workflow(name="astart.lapse")
+    async def flow() -> str:
+        ctx = current_run()
+        assert ctx is not None
+        first = await effect()
+        store = ctx.store
+        await store.off_loop(store.release, ctx.run_id, ctx.owner, key=ctx.run_id)
+        await store.off_loop(store.claim, ctx.run_id, "other", 60.0, key=ctx.run_id)
+        ctx.lease_renewed(_context.monotonic())  # fresh as far as the run knows, till the guard
+        guard.armed = True
+        return first + await effect()
+
+    with pytest.raises(LeaseLost):
+        asyncio.run(flow.arun())
+    assert ran == ["effect"]
