@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
@@ -144,7 +145,16 @@ class Connections(abc.ABC):
                 executor = self._offload
         context = contextvars.copy_context()
         job = functools.partial(context.run, fn, *args)
-        future: asyncio.Future[T] = asyncio.wrap_future(executor.submit(key, job, here=here))
+        done = executor.submit(key, job, here=here)
+        future: asyncio.Future[T]
+        if done.done():
+            # Ended already (run here): the loop is woken as ``wrap_future`` would wake it, by a
+            # callback appended now, but without writing to its wake-up pipe (it is awake).
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            loop.call_soon(_copy_state, done, future)
+        else:
+            future = asyncio.wrap_future(done)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -294,3 +304,15 @@ class Connections(abc.ABC):
         """Run one statement on a transaction's cursor (for ``StoreOp`` writers)."""
         cur.execute(self._sql(sql), tuple(params))
         return cur
+
+
+def _copy_state(source: Future[Any], dest: asyncio.Future[Any]) -> None:
+    """The outcome of a finished ``concurrent.futures`` future into an asyncio one (as
+    ``asyncio.wrap_future`` copies it)."""
+    if dest.cancelled():
+        return
+    error = source.exception()
+    if error is not None:
+        dest.set_exception(error)
+    else:
+        dest.set_result(source.result())

@@ -1,0 +1,79 @@
+"""``OrderedExecutor.submit(..., here=True)`` and ``Store.off_loop(..., here=True)``: a job that
+needs no store runs on the caller's thread when its key has nothing queued or running, in the
+key's order, and the awaiting task is woken without a hand-off through the loop's wake-up pipe."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from wflo import _config
+from wflo.store import OrderedExecutor
+
+
+def test_a_job_runs_here_only_when_its_key_is_idle() -> None:
+    pool = OrderedExecutor("here", 2)
+    me = threading.current_thread()
+    ran: list[tuple[str, bool]] = []
+
+    def job(tag: str) -> str:
+        ran.append((tag, threading.current_thread() is me))
+        return tag
+
+    first = pool.submit("k", lambda: job("first"), here=True)
+    assert first.done() and first.result() == "first"  # idle key: run here, at once
+    gate = threading.Event()
+    blocked = pool.submit("k", lambda: gate.wait(5))
+    queued = pool.submit("k", lambda: job("queued"), here=True)  # busy key: waits its turn
+    other = pool.submit("other", lambda: job("other"), here=True)  # another key is idle
+    assert other.done() and not queued.done()
+    gate.set()
+    assert blocked.result(timeout=5) and queued.result(timeout=5) == "queued"
+    assert ran == [("first", True), ("other", True), ("queued", False)]
+    pool.close()
+
+
+def test_jobs_submitted_while_one_runs_here_wait_for_it() -> None:
+    pool = OrderedExecutor("here", 2)
+    order: list[str] = []
+    inner: list[Any] = []
+
+    def outer() -> None:
+        inner.append(pool.submit("k", lambda: order.append("inner")))  # the key is busy: queued
+        threading.Event().wait(0.05)  # a store thread would run it now if it could
+        order.append("outer")
+
+    assert pool.submit("k", outer, here=True).done()
+    inner[0].result(timeout=5)
+    assert order == ["outer", "inner"]
+    pool.close()
+
+
+@pytest.mark.parametrize("here", [True, False])
+def test_off_loop_here_wakes_the_task_without_the_wake_up_pipe(configured: str, here: bool) -> None:
+    store = _config.get_store()
+
+    async def main() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        wakes = [0]
+        real = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            wakes[0] += 1
+            return real(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        try:
+            # (a job taking a while: a queued one is not over before its caller awaits it)
+            value = await store.off_loop(lambda: time.sleep(0.01) or 7, key="here-test", here=here)
+        finally:
+            del loop.call_soon_threadsafe
+        return value, wakes[0]
+
+    value, wakes = asyncio.run(main())
+    assert value == 7
+    assert (wakes == 0) if here else (wakes >= 1)
