@@ -136,15 +136,20 @@ class Workflow(Generic[P, R]):
                 raise ConfigurationError(f"two different workflows are named {self.name!r}; give one another name=")
             _registry[self.name] = self
 
+    _signature: inspect.Signature | None = None
+    """``fn``'s signature, read on the first start (not on every one)."""
+
     def __repr__(self) -> str:
         return f"<wflo.engine.Workflow {self.name}>"
 
     def check_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse inputs the function cannot take, before a run is created for them."""
-        try:
-            signature = inspect.signature(self.fn)
-        except (TypeError, ValueError):
-            return  # a builtin or C callable without a signature: let the call decide
+        signature = self._signature
+        if signature is None:
+            try:
+                signature = self._signature = inspect.signature(self.fn)
+            except (TypeError, ValueError):
+                return  # a builtin or C callable without a signature: let the call decide
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:

@@ -254,8 +254,9 @@ class PostgresStore(Store):
     def _idle(self, conn: Any) -> bool:
         """Whether ``conn`` is outside any transaction: only then may a statement relax its own
         commit. Inside a caller's transaction (a store call made from a ``write``), a
-        transaction-local setting would relax the caller's commit too."""
-        return bool(conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
+        transaction-local setting would relax the caller's commit too. (Read from ``pgconn``:
+        ``conn.info`` builds an object and an enum on every look, twice per run.)"""
+        return bool(conn.pgconn.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
 
     # ----------------------------------------------------------------- one round trip each
     def fence(self, cur: Any, run_id: str, owner: str) -> None:
@@ -534,7 +535,13 @@ def _array(values: Sequence[Any]) -> str:
     otherwise inspect every element of every list to choose the array's type, a large part of
     the client's work for a short run (issue 20). Every element is quoted, so no text can
     read as NULL, a delimiter or a nested array; ``None`` is NULL."""
-    return "{" + ",".join("NULL" if v is None else _quoted(str(v)) for v in values) + "}"
+    if values and None not in values:
+        # Most columns (numbers, times, hashes, types) hold no quote or backslash: quoted
+        # all at once, escaping nothing.
+        body = '","'.join([v if type(v) is str else str(v) for v in values])
+        if '"' not in body and "\\" not in body:
+            return '{"' + body + '"}'
+    return "{" + ",".join(["NULL" if v is None else _quoted(str(v)) for v in values]) + "}"
 
 
 def _quoted(text: str) -> str:
