@@ -643,7 +643,7 @@ class Store(Connections):
         """:meth:`claim`'s update, as ``(sql, params)``: the clock is ``clock`` or, where the
         store's clock is the server's, read inside the statement (``_time_sql``)."""
         now, now_p = self._time_sql(clock)
-        until, until_p = self._time_sql(clock, lease_seconds)
+        until, until_p = self._time_sql(clock, float(lease_seconds))  # one type: one prepared statement
         due, due_p = (
             (f" AND status = 'waiting' AND wake_at IS NOT NULL AND wake_at <= {now}", now_p) if woken else ("", [])
         )

@@ -294,6 +294,21 @@ class PostgresStore(Store):
             ahead.answers.update(zip(reads, answers, strict=True))  # only a claim that took the run
         return record
 
+    def _warm(self, conn: Any) -> None:
+        """A new pooled connection prepares a woken run's claim (see ``_execute_prepared``) on
+        a run that cannot exist: the connection the pool hands out at a timer's deadline is
+        rarely the one that claimed before (idle connections go out first in, first out), and
+        a statement's first use on a connection is parsed and planned there, milliseconds on a
+        busy server. Nothing is written; a store not migrated yet (no ``runs``) is skipped."""
+        if self.pooler == "transaction":
+            return
+        update, params = self._claim_update(None, "", "", 0.0, True)
+        try:
+            conn.execute(self._sql(_CLAIM.format(update=update)), (*params, ""), prepare=True)
+        except self._psycopg.Error:
+            if not self._idle(conn):
+                conn.rollback()
+
     def _roll_back(self, conn: Any) -> None:
         """After a failed pipelined transaction: roll back what it left open on ``conn``, if
         anything (a failure there is the connection's, found by its next user)."""
@@ -547,6 +562,7 @@ class _PsycopgPool:
             max_idle=60.0,
             num_workers=2,
             name="wflo",
+            configure=store._warm,
             open=False,
         )
         self._pool.open(wait=False)

@@ -588,16 +588,22 @@ def test_reads_sent_ahead_answer_only_a_claim_that_took_its_run(store_url: str) 
 
 
 @pytest.mark.postgres
-def test_a_claim_is_prepared_on_its_connection_at_its_first_use(pg_url: str) -> None:
+def test_a_woken_claim_is_prepared_on_every_pooled_connection(pg_url: str) -> None:
     """psycopg prepares a statement only at its fifth use on a connection, and the pool hands
-    its connections out in turn: a woken run's claim was parsed and planned every time. Not
-    behind a transaction pooler (``pooler=transaction``), which may not know them."""
+    its idle connections out first in, first out: a woken run's claim was parsed and planned
+    every time, and at a timer's deadline the connection was rarely one that had claimed
+    before. Each new pooled connection prepares it now (a claim of no run), and a claim keeps
+    it prepared. Not behind a transaction pooler (``pooler=transaction``), which may not know
+    the connection's prepared statements."""
     prepared = "SELECT count(*) FROM pg_prepared_statements WHERE strpos(statement, 'UPDATE runs SET lease_owner') > 0"
+    open_store(pg_url).close()  # migrated: a new connection finds the runs table
     for url, run_id, expected in (
         (f"{pg_url}&pool_size=1", "direct", 1),
         (f"{pg_url}&pool_size=1&pooler=transaction", "pooled", 0),
     ):
         with open_store(url) as store:  # one connection: the claim's is the one read
+            assert store.read(prepared) == [(expected,)]  # before any claim
             _waiting(store, run_id)
             assert store.claim(run_id, "me", 30, woken=True).lease_owner == "me"
+            assert store.claim(run_id, "me", 30.0, woken=True).lease_owner == "me"  # int or float: one
             assert store.read(prepared) == [(expected,)]
