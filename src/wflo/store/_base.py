@@ -78,7 +78,6 @@ class Store(Connections):
     (PostgreSQL ``FOR UPDATE SKIP LOCKED``); SQLite's write lock already excludes them."""
 
     claim_outside_lock = False
-
     """Look for a claimable run before taking the write lock (SQLite: one writer at a time)."""
 
     def _lock_queue(self, cur: Any, queue: str) -> None:
