@@ -7,7 +7,7 @@ here, and only here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .approvals import ApprovalGuard, Inbox
 from .audit._content import PAYLOADS_KEPT, ContentGuard, drop_payloads
@@ -57,6 +57,10 @@ def finish_ops(rt: Runtime, store: Store, run_id: str, status: str, *, run: RunC
         return []
     op = drop_payloads(store, run_id, status)
     return [op] if op is not None else []
+
+
+def resume_reads(rt: Runtime, store: Store, run_id: str) -> list[tuple[str, tuple[Any, ...]]]:
+    return [Ledger(store).orphans_read(run_id)]
 
 
 def resume_ops(rt: Runtime, store: Store, run_id: str) -> tuple[list[NewEvent], list[StoreOp]]:
