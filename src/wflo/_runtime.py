@@ -124,6 +124,13 @@ class Runtime:
 
         return _wiring.finish_ops(self, store, run_id, status, run=run)
 
+    def resume_reads(self, store: Store, run_id: str) -> list[tuple[str, tuple[Any, ...]]]:
+        """The reads :meth:`resume_ops` makes, as ``(sql, params)``: a woken run sends them
+        with its claim (``Store.read_ahead``: no round trip of their own on PostgreSQL)."""
+        from . import _wiring
+
+        return _wiring.resume_reads(self, store, run_id)
+
     def resume_ops(self, store: Store, run_id: str) -> tuple[list[NewEvent], list[StoreOp]]:
         """Events and writes committed with ``run.resumed`` (charging calls left in flight)."""
         from . import _wiring

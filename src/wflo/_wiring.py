@@ -7,7 +7,7 @@ here, and only here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .approvals import ApprovalGuard, Inbox
 from .audit._content import PAYLOADS_KEPT, ContentGuard, drop_payloads
@@ -28,11 +28,11 @@ def run_guards(rt: Runtime, record: RunRecord, store: Store) -> list[Guard]:
     budget = Budget(**opts) if isinstance(opts, dict) else None
     requester = record.options.get("started_by") or cfg.principal
     loop_opts = record.options.get("loop_guard")
-    loop = LoopGuard(**loop_opts) if isinstance(loop_opts, dict) else LoopGuard()
     # Order matters: a call waits for its approval before it takes a rate-limit turn, and both
     # before any money is reserved for it.
     guards: list[Guard] = [ContentGuard(cfg.content)]  # first: its after() runs last
     if loop_opts is not False:
+        loop = LoopGuard(**loop_opts) if isinstance(loop_opts, dict) else LoopGuard()
         on_loop = record.options.get("on_loop", "stop")
         guards.append(LoopGuardGuard(loop, run_id=record.id, created_at=record.created_at, on_loop=on_loop))
     guards.append(ApprovalGuard(Inbox(store), requested_by=requester))
@@ -57,6 +57,10 @@ def finish_ops(rt: Runtime, store: Store, run_id: str, status: str, *, run: RunC
         return []
     op = drop_payloads(store, run_id, status)
     return [op] if op is not None else []
+
+
+def resume_reads(rt: Runtime, store: Store, run_id: str) -> list[tuple[str, tuple[Any, ...]]]:
+    return [Ledger(store).orphans_read(run_id)]
 
 
 def resume_ops(rt: Runtime, store: Store, run_id: str) -> tuple[list[NewEvent], list[StoreOp]]:

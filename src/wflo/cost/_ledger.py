@@ -516,6 +516,11 @@ class Ledger:
             _tables.book(st, cur, run_id, model or "?", calls=1, usd=res.amount, estimated=res.amount, hour=hour)
         return len(stale)
 
+    def orphans_read(self, run_id: str) -> tuple[str, tuple[Any, ...]]:
+        """The read :meth:`orphans` makes, as ``(sql, params)``: a woken run sends it with its
+        claim (``Store.read_ahead``), so it costs no round trip of its own."""
+        return _tables.lost_calls_read(run_id)
+
     def orphans(self, run_id: str) -> tuple[list[NewEvent], StoreOp | None]:
         """Calls of ``run_id`` lost by an earlier execution of the run (its process died while
         they were in flight): the events that record them as estimated charges, and the store

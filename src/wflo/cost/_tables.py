@@ -592,7 +592,12 @@ def mark_recorded(store: Store, cur: Any, res_id: str) -> None:
 def lost_calls(store: Store, run_id: str) -> list[tuple[Any, ...]]:
     """``(id, run, call, model, scopes, amount, state)`` of the run's calls still held, or
     expired and not yet on its journal (``state``: ``held`` or the estimate's reason)."""
-    return store.read(
+    return store.read(*lost_calls_read(run_id))
+
+
+def lost_calls_read(run_id: str) -> tuple[str, tuple[str, str]]:
+    """:func:`lost_calls`'s read as ``(sql, params)`` (a woken run sends it with its claim)."""
+    return (
         "SELECT id, run_id, call_id, model, scopes, amount_usd, 'held' FROM reservations WHERE run_id = ? "
         "UNION ALL SELECT id, run_id, call_id, model, scopes, amount_usd, reason FROM budget_unknown "
         "WHERE run_id = ? AND recorded = 0 AND actual_usd IS NULL",

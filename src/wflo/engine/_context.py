@@ -98,6 +98,12 @@ class JournalEntry:
         return f"JournalEntry(call={self.call!r}, name={self.name!r}, kind={self.kind!r}, status={self.status!r}, seq={self.seq})"
 
 
+def journal_read(run_id: str) -> tuple[str, tuple[str]]:
+    """The read of a run's journal (what :meth:`RunContext.load` needs), as ``(sql, params)``:
+    a woken run sends it with its claim (``Store.read_ahead``)."""
+    return "SELECT seq, type, data FROM events WHERE chain = ? ORDER BY seq", (run_id,)
+
+
 class RunContext:
     """Everything a running workflow needs; one per run execution, shared by its threads/tasks."""
 
@@ -205,9 +211,7 @@ class RunContext:
         last_type = "run.started" if fresh else ""
         names: dict[str, str] = {}  # one string per distinct name, however many calls use it
         if not fresh:
-            for seq, type_, data_json in store.read(
-                "SELECT seq, type, data FROM events WHERE chain = ? ORDER BY seq", (record.id,)
-            ):
+            for seq, type_, data_json in store.read(*journal_read(record.id)):
                 last_type = type_
                 if type_ not in CALL_EVENT_TYPES:
                     continue

@@ -284,7 +284,7 @@ def _args(record: RunRecord) -> tuple[list[Any], dict[str, Any]]:
 
 def execute(
     store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False,
-    runtime: Runtime | None = None, leased_at: float | None = None,
+    runtime: Runtime | None = None, leased_at: float | None = None, prepared: RunContext | None = None,
 ) -> Any:  # fmt: skip
     """Run ``record`` (whose lease ``owner`` holds) to its end, or until it waits or is lost.
 
@@ -292,14 +292,17 @@ def execute(
     not read). ``runtime``: the runtime running it (default: the one in use here); its guards
     and settings apply, and it is active while the workflow's code runs. ``leased_at``: the
     ``time.monotonic()`` at which the request that gave ``owner`` the lease was sent (unknown:
-    the first call renews the lease first). Returns the workflow's value; raises its
+    the first call renews the lease first). ``prepared``: the context :func:`prepare` gave
+    (with the claim that took the run back). Returns the workflow's value; raises its
     exception (after recording it).
     """
     rt = runtime if runtime is not None else current_runtime()
     if wf.is_async:
-        return _run_coroutine(aexecute(store, wf, record, owner, fresh=fresh, runtime=rt, leased_at=leased_at))
+        return _run_coroutine(
+            aexecute(store, wf, record, owner, fresh=fresh, prepared=prepared, runtime=rt, leased_at=leased_at)
+        )
     with rt.activate():
-        ctx = _prepare(rt, store, wf, record, owner, fresh, leased_at)
+        ctx = prepared if prepared is not None else _prepare(rt, store, wf, record, owner, fresh, leased_at)
         args, kwargs = _args(record)
         heartbeats.track(store, owner, ctx)
         run_token = _current_run.set(ctx)
@@ -344,10 +347,13 @@ async def aexecute(
     """The async twin of :func:`execute`: the workflow runs on the loop, and its store work
     (loading the journal, the start and final events) on the store's threads, in order.
 
-    ``prepared``: the context :func:`prepare` gave (in the same hop as the run's creation)."""
+    ``prepared``: the context :func:`prepare` gave (in the same hop as the run's creation, or
+    as the claim that took it back)."""
     rt = runtime if runtime is not None else current_runtime()
     if not wf.is_async:
-        return await asyncio.to_thread(execute, store, wf, record, owner, fresh=fresh, runtime=rt, leased_at=leased_at)
+        return await asyncio.to_thread(
+            execute, store, wf, record, owner, fresh=fresh, runtime=rt, leased_at=leased_at, prepared=prepared
+        )
     with rt.activate():
         ctx = (
             prepared

@@ -29,7 +29,7 @@ from .._runtime import runtime as current_runtime
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
-from ._context import RunContext, _call_path, current_run
+from ._context import RunContext, _call_path, current_run, journal_read
 from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, prepare, process_owner
 from ._options import StepOptions, WorkflowOptions, check_options
 from ._queues import Queue, queue_name, queue_placement
@@ -136,15 +136,20 @@ class Workflow(Generic[P, R]):
                 raise ConfigurationError(f"two different workflows are named {self.name!r}; give one another name=")
             _registry[self.name] = self
 
+    _signature: inspect.Signature | None = None
+    """``fn``'s signature, read on the first start (not on every one)."""
+
     def __repr__(self) -> str:
         return f"<wflo.engine.Workflow {self.name}>"
 
     def check_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse inputs the function cannot take, before a run is created for them."""
-        try:
-            signature = inspect.signature(self.fn)
-        except (TypeError, ValueError):
-            return  # a builtin or C callable without a signature: let the call decide
+        signature = self._signature
+        if signature is None:
+            try:
+                signature = self._signature = inspect.signature(self.fn)
+            except (TypeError, ValueError):
+                return  # a builtin or C callable without a signature: let the call decide
         try:
             signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -263,16 +268,17 @@ class BoundWorkflow(Generic[P, R]):
             if record.done:
                 return _result_of(record)
         fresh = created
+        prepared: RunContext | None = None
         while True:
             try:
-                return execute(store, self.wf, record, owner, fresh=fresh, leased_at=leased_at)
+                return execute(store, self.wf, record, owner, fresh=fresh, leased_at=leased_at, prepared=prepared)
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
-                woken = _wait_until_woken(store, record.id, owner, pause)
-                if woken.done:
-                    return _result_of(woken)
-                record, fresh, leased_at = woken, False, None
+                record, prepared = _wait_until_woken(store, self.wf, record.id, owner, pause)
+                if prepared is None:
+                    return _result_of(record)
+                fresh, leased_at = False, None
 
     async def arun(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
@@ -303,10 +309,10 @@ class BoundWorkflow(Generic[P, R]):
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
-                woken = await _await_until_woken(store, record.id, owner, pause)
-                if woken.done:
-                    return _result_of(woken)
-                record, fresh, prepared, leased_at = woken, False, None, None
+                record, prepared = await _await_until_woken(store, self.wf, record.id, owner, pause)
+                if prepared is None:
+                    return _result_of(record)
+                fresh, leased_at = False, None
 
     def _create_prepared(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str
@@ -331,37 +337,86 @@ _openers = OrderedExecutor("open", 4)
 """Threads on which async callers open the store and create runs (before a store is known)."""
 
 
-def _wait_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended) -> RunRecord:
+def _wait_until_woken(
+    store: Store, wf: Workflow[Any, Any], run_id: str, owner: str, pause: RunSuspended
+) -> tuple[RunRecord, RunContext | None]:
     """In a script, wait for a suspended run's decision instead of exiting.
 
     Prints a visible line (with how to decide) once, then polls until the run is woken (and
-    claims it to continue here) or another worker finished it.
+    claims it to continue here: the record and its context, ready to execute) or another
+    worker finished it (the record, no context).
     """
     _announce(run_id, pause)
     refused = 0
+    ahead = False
     with store.changes(run_id) as changes:
         while True:
             # Claimed at once if its wake-up time has come (one round trip), else read as it is.
-            record = store.claim(run_id, owner, settings().lease_seconds, woken=True)
-            if record.done or record.lease_owner == owner:
-                return record
+            record, ctx = _claim_woken(store, wf, run_id, owner, ahead)
+            if record.done or ctx is not None:
+                return record, ctx
             wait, refused = _next_look(record, settings().poll_interval, refused)
-            changes.wait(wait)
+            ahead = _likely_due(record, changes.wait(wait))
 
 
-async def _await_until_woken(store: Store, run_id: str, owner: str, pause: RunSuspended) -> RunRecord:
-    """``_wait_until_woken`` for ``arun``: reads and claims on the store's threads, waits for
-    the change feed on the loop, so a run waiting for a person holds no thread."""
+async def _await_until_woken(
+    store: Store, wf: Workflow[Any, Any], run_id: str, owner: str, pause: RunSuspended
+) -> tuple[RunRecord, RunContext | None]:
+    """``_wait_until_woken`` for ``arun``: claims (and prepares) on the store's threads, waits
+    for the change feed on the loop, so a run waiting for a person holds no thread."""
     _announce(run_id, pause)
-    claim = functools.partial(store.claim, run_id, owner, settings().lease_seconds, woken=True)
     refused = 0
+    ahead, at = False, None
     with store.changes(run_id) as changes:
         while True:
-            record = await store.off_loop(claim, key=run_id)
-            if record.done or record.lease_owner == owner:
-                return record
-            wait, refused = _next_look(record, settings().poll_interval, refused)
-            await changes.await_change(wait)
+            record, ctx = await store.off_loop(_claim_woken, store, wf, run_id, owner, ahead, at, key=run_id)
+            if record.done or ctx is not None:
+                return record, ctx
+            poll = settings().poll_interval
+            wait, refused = _next_look(record, poll, refused)
+            # A look at the run's wake-up time (a timer) is handed to a store thread a little
+            # before it, which sleeps the rest (``_HANDOFF``); any other look waits here.
+            timer = record.wake_at is not None and wait < poll
+            due = time.monotonic() + wait
+            changed = await changes.await_change(wait - min(wait, _HANDOFF) if timer else wait)
+            ahead = timer or _likely_due(record, changed)
+            at = due if timer and not changed else None
+
+
+_HANDOFF = 0.005
+"""How long before a timer's deadline an async run hands its look to a store thread, which
+sleeps until the deadline: the loop's own timer (epoll rounds it up to the millisecond) and the
+hop to a thread each wait for a core, 1.5 to 6 ms after the deadline under load, where a
+thread's sleep ends within a fraction of a millisecond. A decision in those last milliseconds
+is looked at with the deadline."""
+
+
+def _claim_woken(
+    store: Store, wf: Workflow[Any, Any], run_id: str, owner: str, ahead: bool, at: float | None = None
+) -> tuple[RunRecord, RunContext | None]:
+    """Claim a waiting run back if its wake-up time has come and, if it was, load its journal
+    and record its resumption (the context to execute it with), on this thread.
+
+    ``ahead``: the run is likely due (see ``_likely_due``): the reads that loading makes (its
+    journal, what the runtime checks on resuming) go with the claim (``Store.read_ahead``),
+    so on PostgreSQL the run is back and loaded in one round trip, then its ``run.resumed``
+    is written. Not on other looks (the first, as the run began to wait), which would read
+    a journal for nothing. ``at``: the ``time.monotonic()`` to look at (sleep until then)."""
+    if at is not None:
+        time.sleep(max(0.0, at - time.monotonic()))
+    reads = [journal_read(run_id), *current_runtime().resume_reads(store, run_id)] if ahead else []
+    sent_at = time.monotonic()
+    with store.read_ahead(reads):
+        record = store.claim(run_id, owner, settings().lease_seconds, woken=True)
+        if record.done or record.lease_owner != owner:
+            return record, None
+        return record, prepare(store, wf, record, owner, leased_at=sent_at)
+
+
+def _likely_due(record: RunRecord, changed: bool) -> bool:
+    """Whether the next look will likely take the run back: a change came (a decision), or
+    the wake-up time it had has passed by this machine's clock (a timer)."""
+    return changed or (record.wake_at is not None and parse_iso(record.wake_at) <= datetime.now(UTC))
 
 
 def _announce(run_id: str, pause: RunSuspended) -> None:
@@ -514,13 +569,14 @@ def resume(run_id: str, *, wait: bool = True) -> Any:
     bound: BoundWorkflow[Any, Any] = BoundWorkflow(get_workflow(record.workflow), RunOptions(id=record.id))
     owner = process_owner()
     record = bound._claim_existing(store, record, owner)
+    prepared: RunContext | None = None
     while not record.done:
         try:
-            return execute(store, bound.wf, record, owner)
+            return execute(store, bound.wf, record, owner, prepared=prepared)
         except RunSuspended as pause:
             if not wait:
                 raise
-            record = _wait_until_woken(store, record.id, owner, pause)
+            record, prepared = _wait_until_woken(store, bound.wf, record.id, owner, pause)
     return _result_of(record)
 
 

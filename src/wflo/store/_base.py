@@ -628,33 +628,37 @@ class Store(Connections):
                 return seen
 
         def body(cur: Any) -> Callable[[], RunRecord]:
-            # One round trip on PostgreSQL: the update and the read of the row go with the
-            # commit (``_claim_tx``), the clock is read inside the statement (``_time_sql``).
             clock = None if self.server_clock else self._clock(cur)
-            now, now_p = self._time_sql(clock)
-            until, until_p = self._time_sql(clock, lease_seconds)
-            due, due_p = (
-                (f" AND status = 'waiting' AND wake_at IS NOT NULL AND wake_at <= {now}", now_p) if woken else ("", [])
-            )
-            self.execute(
-                cur,
-                f"UPDATE runs SET lease_owner = ?, lease_expires_at = {until}, status = 'running', "
-                f"attempts = attempts + 1, wake_at = NULL, updated_at = {now} WHERE id = ? "
-                "AND status NOT IN ('succeeded', 'failed', 'cancelled', 'stopped') "
-                f"AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at < {now}){due}",
-                [owner, *until_p, *now_p, run_id, owner, *now_p, *due_p],
-            )
+            update, params = self._claim_update(clock, run_id, owner, lease_seconds, woken)
+            self.execute(cur, update, params)
             self.execute(cur, f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
-
-            def then() -> RunRecord:
-                row = cur.fetchone()
-                if row is None:
-                    raise RunNotFoundError(run_id=run_id)
-                return RunRecord.from_row(row)
-
-            return then
+            return lambda: self._claimed_record(cur.fetchone(), run_id)
 
         return self._claim_tx(body)
+
+    def _claim_update(
+        self, clock: datetime | None, run_id: str, owner: str, lease_seconds: float, woken: bool
+    ) -> tuple[str, list[Any]]:
+        """:meth:`claim`'s update, as ``(sql, params)``: the clock is ``clock`` or, where the
+        store's clock is the server's, read inside the statement (``_time_sql``)."""
+        now, now_p = self._time_sql(clock)
+        until, until_p = self._time_sql(clock, float(lease_seconds))  # one type: one prepared statement
+        due, due_p = (
+            (f" AND status = 'waiting' AND wake_at IS NOT NULL AND wake_at <= {now}", now_p) if woken else ("", [])
+        )
+        return (
+            f"UPDATE runs SET lease_owner = ?, lease_expires_at = {until}, status = 'running', "
+            f"attempts = attempts + 1, wake_at = NULL, updated_at = {now} WHERE id = ? "
+            "AND status NOT IN ('succeeded', 'failed', 'cancelled', 'stopped') "
+            f"AND (lease_owner IS NULL OR lease_owner = ? OR lease_expires_at < {now}){due}",
+            [owner, *until_p, *now_p, run_id, owner, *now_p, *due_p],
+        )
+
+    @staticmethod
+    def _claimed_record(row: tuple[Any, ...] | None, run_id: str) -> RunRecord:
+        if row is None:
+            raise RunNotFoundError(run_id=run_id)
+        return RunRecord.from_row(row)
 
     def heartbeat(self, owner: str, run_ids: Sequence[str], lease_seconds: float) -> dict[str, bool]:
         """Extend our leases; return the ids we still hold, each with its cancel request."""

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import encode_basestring, encode_basestring_ascii
 from typing import Any
 
 GENESIS = "0" * 64
 
+# ``json.dumps`` with these options builds this very encoder on every call; one kept here gives
+# the same text (the encoder holds only its options, so threads may share it) without the cost
+# of building it, several times per event on the hot path.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
 
 def canonical_json(value: Any) -> str:
     """Serialise ``value`` canonically (sorted keys, no spaces, UTF-8, no NaN)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def link_hash(prev_hash: str, chain: str, seq: int, type_: str, at: str, data_json: str) -> str:
@@ -26,22 +32,15 @@ def link_hash(prev_hash: str, chain: str, seq: int, type_: str, at: str, data_js
     ``data_json`` is the event's data already in canonical form (as stored), so that the
     store does not serialise it twice on the hot path.
     """
-    h = hashlib.sha256()
-    h.update(prev_hash.encode("ascii"))
     # The envelope is written by hand in canonical key order (at, chain, data, seq, type) so
-    # the stored data text is hashed as-is; json.dumps of the same dict gives the same bytes.
-    h.update(b'{"at":')
-    h.update(json.dumps(at).encode())
-    h.update(b',"chain":')
-    h.update(json.dumps(chain, ensure_ascii=False).encode())
-    h.update(b',"data":')
-    h.update(data_json.encode())
-    h.update(b',"seq":')
-    h.update(str(int(seq)).encode())
-    h.update(b',"type":')
-    h.update(json.dumps(type_, ensure_ascii=False).encode())
-    h.update(b"}")
-    return h.hexdigest()
+    # the stored data text is hashed as-is; json.dumps of the same dict gives the same bytes
+    # (``encode_basestring[_ascii]`` is what ``json.dumps`` of a lone string calls). One
+    # ``encode`` of the whole text: the same bytes as feeding the pieces one by one.
+    text = (
+        f'{{"at":{encode_basestring_ascii(at)},"chain":{encode_basestring(chain)},"data":{data_json},'
+        f'"seq":{int(seq)},"type":{encode_basestring(type_)}}}'
+    )
+    return hashlib.sha256(prev_hash.encode("ascii") + text.encode()).hexdigest()
 
 
 def event_hash(prev_hash: str, chain: str, seq: int, type_: str, at: str, data: Any) -> str:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
 from ._base import Store, StoreOp, run_ops
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
-from ._records import RUN_COLUMNS, Head, iso
+from ._records import RUN_COLUMNS, Head, RunRecord, iso
 from ._stream import cursor_name
 
 # The store's UTC text time form, computed by the server (its clock judges leases).
@@ -96,6 +96,15 @@ _APPEND = (
 )
 _APPEND_RELAXED = f"{_APPEND}, {_RELAX}"
 
+# A claim (``claim``): its update, or the row as it is when the update took nothing (not
+# due, another's, ended); relaxed when it took the run (see Commit modes).
+_CLAIM = f"""
+WITH u AS ({{update}} RETURNING {RUN_COLUMNS}), s AS (SELECT {_RELAX})
+SELECT {RUN_COLUMNS} FROM u, s
+UNION ALL
+SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM u)
+"""
+
 _LEASE_LOST = "WF001"
 
 T = TypeVar("T")
@@ -163,6 +172,14 @@ class PostgresStore(Store):
         if "application_name" not in self.url:
             kwargs["application_name"] = "wflo"  # so operators can find wflo in pg_stat_activity
         return kwargs
+
+    def _execute_prepared(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> Any:
+        # psycopg prepares a statement by itself only at its fifth use on one connection
+        # (``prepare_threshold``), and the pool hands its connections out in turn: a statement
+        # sent once per wake-up was parsed and planned every time (~2 ms of a claim). Not
+        # behind a transaction pooler, which may not know the connection's prepared statements.
+        cur.execute(self._sql(sql), tuple(params), prepare=None if self.pooler == "transaction" else True)
+        return cur
 
     def _connect(self) -> Any:
         try:
@@ -244,6 +261,54 @@ class PostgresStore(Store):
 
         return self._retrying(go)
 
+    def claim(self, run_id: str, owner: str, lease_seconds: float, *, woken: bool = False) -> RunRecord:
+        """One statement (the update, the row as it is if it took nothing, the relaxed commit:
+        see Commit modes), prepared on each connection, and after it the reads of
+        ``read_ahead`` (in the same implicit transaction: after the update took the run's row),
+        all in one round trip. The reads' answers are kept only if the run is now ours."""
+        if getattr(self._local, "held", None) is not None:
+            return super().claim(run_id, owner, lease_seconds, woken=woken)  # commits with the caller's
+        update, params = self._claim_update(None, run_id, owner, lease_seconds, woken)
+        ahead = getattr(self._local, "ahead", None)
+        reads = ahead.reads if ahead is not None else []
+
+        def go() -> tuple[RunRecord, list[list[tuple[Any, ...]]]]:
+            with self._connection() as conn:
+                cur = conn.cursor()
+                more = [conn.cursor() for _ in reads]
+                try:
+                    with conn.pipeline():  # statements up to its sync: one implicit transaction
+                        self._execute_prepared(cur, _CLAIM.format(update=update), [*params, run_id])
+                        for c, (sql, read_params) in zip(more, reads, strict=True):
+                            self._execute_prepared(c, sql, read_params)
+                    return self._claimed_record(cur.fetchone(), run_id), [c.fetchall() for c in more]
+                except BaseException:
+                    self._roll_back(conn)
+                    raise
+                finally:
+                    for c in (cur, *more):
+                        c.close()
+
+        record, answers = self._retrying(go)
+        if ahead is not None and record.lease_owner == owner and record.status == "running":
+            ahead.answers.update(zip(reads, answers, strict=True))  # only a claim that took the run
+        return record
+
+    def _warm(self, conn: Any) -> None:
+        """A new pooled connection prepares a woken run's claim (see ``_execute_prepared``) on
+        a run that cannot exist: the connection the pool hands out at a timer's deadline is
+        rarely the one that claimed before (idle connections go out first in, first out), and
+        a statement's first use on a connection is parsed and planned there, milliseconds on a
+        busy server. Nothing is written; a store not migrated yet (no ``runs``) is skipped."""
+        if self.pooler == "transaction":
+            return
+        update, params = self._claim_update(None, "", "", 0.0, True)
+        try:
+            conn.execute(self._sql(_CLAIM.format(update=update)), (*params, ""), prepare=True)
+        except self._psycopg.Error:
+            if not self._idle(conn):
+                conn.rollback()
+
     def _roll_back(self, conn: Any) -> None:
         """After a failed pipelined transaction: roll back what it left open on ``conn``, if
         anything (a failure there is the connection's, found by its next user)."""
@@ -254,8 +319,9 @@ class PostgresStore(Store):
     def _idle(self, conn: Any) -> bool:
         """Whether ``conn`` is outside any transaction: only then may a statement relax its own
         commit. Inside a caller's transaction (a store call made from a ``write``), a
-        transaction-local setting would relax the caller's commit too."""
-        return bool(conn.info.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
+        transaction-local setting would relax the caller's commit too. (Read from ``pgconn``:
+        ``conn.info`` builds an object and an enum on every look, twice per run.)"""
+        return bool(conn.pgconn.transaction_status == self._psycopg.pq.TransactionStatus.IDLE)
 
     # ----------------------------------------------------------------- one round trip each
     def fence(self, cur: Any, run_id: str, owner: str) -> None:
@@ -497,6 +563,7 @@ class _PsycopgPool:
             max_idle=60.0,
             num_workers=2,
             name="wflo",
+            configure=store._warm,
             open=False,
         )
         self._pool.open(wait=False)
@@ -534,7 +601,13 @@ def _array(values: Sequence[Any]) -> str:
     otherwise inspect every element of every list to choose the array's type, a large part of
     the client's work for a short run (issue 20). Every element is quoted, so no text can
     read as NULL, a delimiter or a nested array; ``None`` is NULL."""
-    return "{" + ",".join("NULL" if v is None else _quoted(str(v)) for v in values) + "}"
+    if values and None not in values:
+        # Most columns (numbers, times, hashes, types) hold no quote or backslash: quoted
+        # all at once, escaping nothing.
+        body = '","'.join([v if type(v) is str else str(v) for v in values])
+        if '"' not in body and "\\" not in body:
+            return '{"' + body + '"}'
+    return "{" + ",".join(["NULL" if v is None else _quoted(str(v)) for v in values]) + "}"
 
 
 def _quoted(text: str) -> str:

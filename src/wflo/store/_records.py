@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,14 +20,16 @@ def now_iso(offset_seconds: float = 0.0) -> str:
     moment = datetime.now(UTC)
     if offset_seconds:
         moment += timedelta(seconds=offset_seconds)
-    return moment.strftime(_TIME_FORMAT)
+    # ``isoformat`` with microseconds always written gives ``_TIME_FORMAT``'s text with
+    # ``+00:00`` for ``Z``, in about half the time of ``strftime`` (three calls per run).
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def iso(moment: datetime, offset_seconds: float = 0.0) -> str:
     """``moment`` (plus an offset) in the store's UTC text form."""
     if offset_seconds:
         moment += timedelta(seconds=offset_seconds)
-    return moment.astimezone(UTC).strftime(_TIME_FORMAT)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def parse_iso(text: str) -> datetime:
@@ -42,7 +43,8 @@ def new_id() -> str:
     value = (ms & ((1 << 48) - 1)) << 80 | rand
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # str(uuid.UUID(int=value)), without building the UUID object
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _loads(text: str | None) -> Any:

@@ -534,3 +534,76 @@ def test_a_decision_is_two_round_trips_on_postgres(pg_url: str, monkeypatch: pyt
                 assert trips == [expected], f"{key}: {trips}"
     finally:
         config.reset()
+
+
+@pytest.mark.postgres
+def test_a_woken_run_is_claimed_and_loaded_in_one_round_trip_on_postgres(pg_url: str) -> None:
+    """Issue 20 (a timer wakes its run within 10 ms): between its wake-up and its ``run.resumed``
+    a woken run made three round trips (the claim, its journal, the budget's lost calls), then
+    the marker a fourth. Now the reads go with the claim (``Store.read_ahead``): one, then the
+    marker."""
+    from wflo.engine._workflow import _claim_woken
+
+    config.configure(database=pg_url, lease_seconds=5.0, poll_interval=0.05)
+    try:
+        store = config.get_store()
+        _waiting(store, "warm")
+        _claim_woken(store, empty, "warm", "me", True)  # warm: the pool, lazy imports
+        _waiting(store, "due")
+        trips, (record, ctx) = _trips(store, lambda: _claim_woken(store, empty, "due", "me", True))
+        assert trips == 2
+        assert record.lease_owner == "me" and ctx is not None and ctx.last_event_type == "run.waiting"
+        assert store.events("due")[-1].type == "run.resumed"
+        # A look at a run not due yet reads nothing ahead: it is the claim alone.
+        _waiting(store, "later", "2999-01-01T00:00:00.000000Z")
+        trips, (record, ctx) = _trips(store, lambda: _claim_woken(store, empty, "later", "me", False))
+        assert trips == 1 and ctx is None and record.status == "waiting"
+    finally:
+        config.reset()
+
+
+def test_reads_sent_ahead_answer_only_a_claim_that_took_its_run(store_url: str) -> None:
+    """A read sent with a claim is answered from there once, and only if the claim took the
+    run; outside the block, or a second time, it is asked again (never an old answer)."""
+    with open_store(store_url) as store:
+        _waiting(store, "due")
+        _waiting(store, "later", "2999-01-01T00:00:00.000000Z")
+        journal = ("SELECT seq, type FROM events WHERE chain = ? ORDER BY seq", ("due",))
+        later = ("SELECT seq, type FROM events WHERE chain = ? ORDER BY seq", ("later",))
+        first = store.read(*journal)
+        with store.read_ahead([journal, later]):
+            assert store.claim("later", "me", 30, woken=True).lease_owner is None
+            assert store.claim("due", "me", 30, woken=True).lease_owner == "me"
+            with counting(store) as counter:
+                counter.on = True
+                assert store.read(*journal) == first
+                counter.on = False
+            if store.dialect == "postgresql":
+                assert counter.trips == 0  # answered by the claim
+            rows = store.read(*later)
+        assert rows == store.read(*later)  # asked again: "later" was not taken
+        store.write(lambda cur: store.execute(cur, "INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) "
+                                              "VALUES ('due', 99, 'x', 'now', '{}', '', '')"))  # fmt: skip
+        assert store.read(*journal)[-1] == (99, "x")  # nothing kept past the block
+
+
+@pytest.mark.postgres
+def test_a_woken_claim_is_prepared_on_every_pooled_connection(pg_url: str) -> None:
+    """psycopg prepares a statement only at its fifth use on a connection, and the pool hands
+    its idle connections out first in, first out: a woken run's claim was parsed and planned
+    every time, and at a timer's deadline the connection was rarely one that had claimed
+    before. Each new pooled connection prepares it now (a claim of no run), and a claim keeps
+    it prepared. Not behind a transaction pooler (``pooler=transaction``), which may not know
+    the connection's prepared statements."""
+    prepared = "SELECT count(*) FROM pg_prepared_statements WHERE strpos(statement, 'UPDATE runs SET lease_owner') > 0"
+    open_store(pg_url).close()  # migrated: a new connection finds the runs table
+    for url, run_id, expected in (
+        (f"{pg_url}&pool_size=1", "direct", 1),
+        (f"{pg_url}&pool_size=1&pooler=transaction", "pooled", 0),
+    ):
+        with open_store(url) as store:  # one connection: the claim's is the one read
+            assert store.read(prepared) == [(expected,)]  # before any claim
+            _waiting(store, run_id)
+            assert store.claim(run_id, "me", 30, woken=True).lease_owner == "me"
+            assert store.claim(run_id, "me", 30.0, woken=True).lease_owner == "me"  # int or float: one
+            assert store.read(prepared) == [(expected,)]

@@ -1,0 +1,110 @@
+"""The client's work per run, pinned where it is easy to lose (issue 20: on PostgreSQL an
+empty workflow is CPU-bound, much of it in this process).
+
+Building a ``json.JSONEncoder`` (what ``json.dumps`` with options does on every call), reading
+a workflow's signature, formatting times with ``strftime`` or building ``uuid.UUID`` objects
+cost microseconds each, several times per run; the hot path does none of them. What the
+shortcuts produce is pinned against the slow forms they replace.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+import wflo
+from wflo import _config as config
+from wflo.store import canonical_json, link_hash, open_store
+from wflo.store._records import iso, new_id, now_iso
+
+
+@wflo.workflow(name="tests.client_work.empty")
+def empty(x: int = 0) -> int:
+    return x
+
+
+def test_an_empty_run_builds_no_json_encoder_and_reads_no_signature(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config.configure(database=store_url, lease_seconds=5.0)
+    try:
+        assert empty.run(1) == 1  # the store opened, the signature read once
+        built: list[Any] = []
+        init = json.JSONEncoder.__init__
+
+        def counted(self: json.JSONEncoder, *args: Any, **kwargs: Any) -> None:
+            built.append(kwargs)
+            init(self, *args, **kwargs)
+
+        monkeypatch.setattr(json.JSONEncoder, "__init__", counted)
+        signatures: list[Any] = []
+        read = inspect.signature
+        monkeypatch.setattr(inspect, "signature", lambda *a, **k: signatures.append(a) or read(*a, **k))
+        for i in range(3):
+            assert empty.run(i) == i
+        assert built == []
+        assert signatures == []
+        with pytest.raises(wflo.errors.UserError, match="cannot take these inputs"):
+            empty.run(1, 2)  # the signature kept still refuses what the function cannot take
+    finally:
+        config.reset()
+
+
+def _slow_link_hash(prev_hash: str, chain: str, seq: int, type_: str, at: str, data_json: str) -> str:
+    """The link hash as the audit format defines it, written the slow, obvious way."""
+    import hashlib
+
+    envelope = {"at": at, "chain": chain, "data": json.loads(data_json), "seq": seq, "type": type_}
+    text = json.dumps(envelope, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256((prev_hash + text).encode()).hexdigest()
+
+
+@pytest.mark.parametrize("chain", ["run-1", "é✓\u2028", 'q"\\{,}'])
+@pytest.mark.parametrize("type_", ["run.created", 'x"\\é', "NULL"])
+def test_link_hash_and_canonical_json_match_their_definitions(chain: str, type_: str) -> None:
+    data = {"b": [1, 2.5, None, True, 'é\u2028"\\'], "a": {"z": -0.0, "y": 1e300}}
+    data_json = canonical_json(data)
+    assert data_json == json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    for seq in (1, 10**12):
+        got = link_hash("0" * 64, chain, seq, type_, "2026-11-29T19:49:50.557226Z", data_json)
+        assert got == _slow_link_hash("0" * 64, chain, seq, type_, "2026-11-29T19:49:50.557226Z", data_json)
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
+    with pytest.raises(TypeError):
+        canonical_json({"x": {1, 2}})
+
+
+def test_times_and_ids_keep_their_forms() -> None:
+    for moment in (
+        datetime(2026, 1, 2, 3, 4, 5, 0, tzinfo=UTC),
+        datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ):
+        assert iso(moment) == moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert iso(moment, 1.5) == (moment + timedelta(seconds=1.5)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    local = datetime(2026, 6, 1, 12, 0, 0, 7, tzinfo=UTC).astimezone()  # another zone, same moment
+    assert iso(local) == "2026-06-01T12:00:00.000007Z"
+    now = now_iso()
+    assert len(now) == 27 and now.endswith("Z") and datetime.strptime(now, "%Y-%m-%dT%H:%M:%S.%fZ")
+    for _ in range(100):
+        run_id = new_id()
+        parsed = uuid.UUID(run_id)
+        assert str(parsed) == run_id and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+
+
+@pytest.mark.postgres
+def test_array_literals_read_back_exactly(pg_url: str) -> None:
+    from wflo.store._postgres import _array
+
+    cases: list[tuple[Any, ...]] = [
+        (), ("",), ("NULL",), (None,), ("a", None, "b"), (1, 2, 10**12), ("a,b", "{x}", " ", "\t\n"),
+        ('"', "\\", '\\"', "é✓"), ('{"x":"\\\\n"}', "plain"), ("2026-11-29T19:49:50.557226Z", "0" * 64),
+    ]  # fmt: skip
+    with open_store(pg_url) as store, store._connection() as conn:
+        for values in cases:
+            got = conn.execute("SELECT %s::text[]", (_array(values),)).fetchone()[0]
+            assert got == [None if v is None else str(v) for v in values], values
