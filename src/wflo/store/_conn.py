@@ -146,15 +146,19 @@ class Connections(abc.ABC):
         context = contextvars.copy_context()
         job = functools.partial(context.run, fn, *args)
         done = executor.submit(key, job, here=here)
-        future: asyncio.Future[T]
-        if done.done():
-            # Ended already (run here): the loop is woken as ``wrap_future`` would wake it, by a
-            # callback appended now, but without writing to its wake-up pipe (it is awake).
-            loop = asyncio.get_running_loop()
-            future = loop.create_future()
-            loop.call_soon(_copy_state, done, future)
+        # Woken as ``asyncio.wrap_future`` would wake it (one callback on the loop), which also
+        # tells the executor the caller was woken (see ``OrderedExecutor.told``).
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if done.done():  # ended already (run here): the loop is awake, no need for its pipe
+            loop.call_soon(_woken, executor, key, done, future)
         else:
-            future = asyncio.wrap_future(done)
+
+            def tell(_: Future[Any]) -> None:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_woken, executor, key, done, future)
+
+            done.add_done_callback(tell)
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -344,9 +348,11 @@ class _ReadAhead:
         self.answers: dict[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]]] = {}
 
 
-def _copy_state(source: Future[Any], dest: asyncio.Future[Any]) -> None:
-    """The outcome of a finished ``concurrent.futures`` future into an asyncio one (as
-    ``asyncio.wrap_future`` copies it)."""
+def _woken(executor: OrderedExecutor, key: Any, source: Future[Any], dest: asyncio.Future[Any]) -> None:
+    """On the loop: the job's outcome into the awaited future (as ``asyncio.wrap_future``
+    copies it), and the executor told that its caller is being woken."""
+    if key is not None:
+        executor.told(key, source)
     if dest.cancelled():
         return
     error = source.exception()

@@ -12,6 +12,12 @@ tasks submit concurrently (``asyncio.gather`` of steps): call ids are numbered i
 so a replay numbers them the same. Operations of different runs, or with no key, may run side
 by side on different threads (up to ``threads``).
 
+A job that needs no store (``here``: an async call's start when the journal and the guards
+answer it from memory) runs on the submitting thread at once when nothing of its key is queued,
+or only a job whose caller has already been woken (``told``) while its store thread has yet to
+let the key go: it then has the place in the key's order, and its caller the place among the
+loop's wake-ups, that a store thread running it instantly would have given it.
+
 The threads are named ``wflo-store-…`` (a run's thread propagation leaves ``wflo-`` threads
 alone), are started on demand and end after some idle seconds; a fork starts afresh.
 """
@@ -36,9 +42,11 @@ class OrderedExecutor:
     def __init__(self, name: str, threads: int) -> None:
         self.name = name
         self.threads = max(1, threads)
-        self._lock = threading.RLock()  # re-entrant: a future's callback may submit
+        self._lock = threading.Lock()
         self._ready: deque[_Job] = deque()  # jobs any thread may take
         self._waiting: dict[Hashable, deque[_Job]] = {}  # key -> jobs behind the one running
+        self._running: dict[Hashable, Future[Any]] = {}  # key -> its job in flight (or just ended)
+        self._told: dict[Hashable, Future[Any]] = {}  # key -> that job, once its caller was woken
         self._wake = threading.Condition(self._lock)
         self._alive = 0
         self._idle = 0
@@ -62,6 +70,8 @@ class OrderedExecutor:
                 self._pid, self._alive, self._idle = os.getpid(), 0, 0
                 self._ready.clear()
                 self._waiting.clear()
+                self._running.clear()
+                self._told.clear()
             self._closed = False
             if key is not None:
                 behind = self._waiting.get(key)
@@ -69,6 +79,7 @@ class OrderedExecutor:
                     behind.append(job)
                     return future
                 self._waiting[key] = deque()
+                self._running[key] = future
             self._ready.append(job)
             if self._idle > 0:
                 self._wake.notify()
@@ -76,34 +87,52 @@ class OrderedExecutor:
                 self._start_thread()
         return future
 
-    def _run_here(self, job: _Job) -> bool:
-        key = job[0]
+    def told(self, key: Hashable, future: Future[Any]) -> None:
+        """The caller of ``key``'s job ``future`` has been woken (on its loop, by the callback
+        its end scheduled there): a job of ``key`` may run ``here`` after it even before the
+        store thread that ran it has let the key go."""
         with self._lock:
-            if self._pid != os.getpid() or key in self._waiting:
-                return False  # forked (``submit`` starts afresh), or the key is busy: queue it
-            self._waiting[key] = deque()  # running: jobs of the key submitted meanwhile wait
+            if self._running.get(key) is future:
+                self._told[key] = future
+
+    def _run_here(self, job: _Job) -> bool:
+        key, _, future = job
+        with self._lock:
+            if self._pid != os.getpid():
+                return False  # forked: ``submit`` starts afresh
+            behind = self._waiting.get(key)
+            if behind is not None:
+                running = self._running.get(key)
+                # Busy, unless its job in flight has ended and its caller was woken (a store
+                # thread has only to let the key go), with nothing behind it.
+                if behind or running is None or self._told.get(key) is not running:
+                    return False
+            self._waiting[key] = deque()  # ours now: jobs of the key submitted meanwhile wait
+            self._running[key] = future
+            self._told.pop(key, None)
         self._run(job, here=True)
         return True
 
     def _run(self, job: _Job, *, here: bool = False) -> None:
         key, fn, future = job
-        outcome: tuple[bool, Any] | None = None
         if future.set_running_or_notify_cancel():
             try:
-                outcome = (True, fn())
+                result = fn()
             except BaseException as exc:
-                outcome = (False, exc)
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
         if key is None:
-            _settle(future, outcome)
             return
-        # Told and let go at once, under the lock: a job run ``here`` is never told its end
-        # before one that ended earlier (its waiter would wake first), and a waiter woken by
-        # this end finds the key idle, unless more of its jobs are queued.
         with self._lock:
-            _settle(future, outcome)
+            if self._running.get(key) is not future:
+                return  # a job run here took the key over once this one's caller was woken
+            self._told.pop(key, None)
             behind = self._waiting.get(key)
             if behind:
-                self._ready.append(behind.popleft())
+                following = behind.popleft()
+                self._ready.append(following)
+                self._running[key] = following[2]
                 if here:  # no store thread is about to look at the ready jobs: wake one
                     if self._idle > 0:
                         self._wake.notify()
@@ -111,6 +140,7 @@ class OrderedExecutor:
                         self._start_thread()
             else:
                 self._waiting.pop(key, None)
+                self._running.pop(key, None)
 
     def _start_thread(self) -> None:
         self._alive += 1
@@ -138,12 +168,3 @@ class OrderedExecutor:
         with self._lock:
             self._closed = True
             self._wake.notify_all()
-
-
-def _settle(future: Future[Any], outcome: tuple[bool, Any] | None) -> None:
-    if outcome is None:  # cancelled before it ran
-        return
-    if outcome[0]:
-        future.set_result(outcome[1])
-    else:
-        future.set_exception(outcome[1])

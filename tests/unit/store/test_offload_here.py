@@ -77,3 +77,31 @@ def test_off_loop_here_wakes_the_task_without_the_wake_up_pipe(configured: str, 
     value, wakes = asyncio.run(main())
     assert value == 7
     assert (wakes == 0) if here else (wakes >= 1)
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_a_job_runs_here_once_the_previous_caller_was_woken(told: bool) -> None:
+    """The store thread that ran a job lets its key go after the job's callbacks; a job may run
+    here before that only once the previous job's caller was woken (``told``), else it queues."""
+    pool = OrderedExecutor("here", 2)
+    me = threading.current_thread()
+    woken, gate, go = threading.Event(), threading.Event(), threading.Event()
+    first = pool.submit("k", lambda: go.wait(5))
+
+    def on_end(future: Any) -> None:  # runs on the store thread, before it lets the key go
+        if told:
+            pool.told("k", future)
+        woken.set()
+        gate.wait(5)
+
+    first.add_done_callback(on_end)
+    go.set()
+    assert woken.wait(5)
+    where: list[bool] = []
+    second = pool.submit("k", lambda: where.append(threading.current_thread() is me), here=True)
+    assert second.done() is told
+    gate.set()
+    second.result(timeout=5)
+    assert where == [told]
+    assert pool.submit("k", lambda: "after").result(timeout=5) == "after"  # the key is not stuck
+    pool.close()
