@@ -80,11 +80,11 @@ def test_nothing_left_unflushed_while_waiting_after_an_interrupt(tmp_path: Path,
     assert last_write < stop, events  # nothing written while waiting but a flush
     flushed = [i for i in range(last_write, end) if events[i] == "sync"]
     assert flushed, f"a WAL write was left unflushed during the wait: {events[-12:]}"
-    if not sibling:
-        # The interrupt's own write waits for the disk: flushed by its own commit, at once, not
-        # by the flusher (which waits ``FLUSH_AFTER`` first). LangGraph may save it on its
-        # background thread and return from the graph a moment before that commit's flush.
-        assert times[flushed[0]] - times[last_write] < FLUSH_AFTER / 2, timed[-12:]
+    # Flushed within the flusher's bound, long before the wait ends. Not necessarily by the
+    # interrupt's own commit: LangGraph saves writes on a pool of background threads, so the
+    # first node's relaxed write may land after the interrupt's (seen in CI under load). That
+    # the interrupt's write itself waits for the disk is ``test_sqlite_commit_mode_of_each_write``.
+    assert times[flushed[0]] - times[last_write] < 2 * FLUSH_AFTER, timed[-12:]
     assert wait > 2 * FLUSH_AFTER
 
 
@@ -137,6 +137,36 @@ def test_relaxed_commit_does_not_leak_to_the_next_transaction(full_store: Store)
     for _ in range(3):
         assert full_store.write(_level) == 2
         assert full_store.read("PRAGMA synchronous") == [(2,)]
+
+
+def test_sqlite_commit_mode_of_each_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``synchronous`` level each checkpointer write commits at, read inside its transaction
+    (2 = FULL: waits for the disk; 1 = NORMAL: relaxed)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = Checkpointer(f"sqlite:///{tmp_path}/m.db?synchronous=FULL")
+    try:
+        saver.store.ensure_schema()
+        levels: list[int] = []
+        write_batch = saver.store.write_batch
+
+        def observed(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            def go(cur: Any) -> Any:
+                levels.append(_level(cur))
+                return fn(cur)
+
+            return write_batch(go, *args, **kwargs)
+
+        monkeypatch.setattr(saver.store, "write_batch", observed)
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        saved = saver.put(config, empty_checkpoint(), {"step": 0}, {})  # type: ignore[arg-type]
+        saver.put_writes(saved, [("n", 1)], "task-1")
+        saver.put_writes(saved, [("__interrupt__", "ok?")], "task-2")
+        saver.put_writes(saved, [("__error__", "boom")], "task-3")
+        saver.put_writes(saved, [("n", 2), ("__resume__", "yes")], "task-4")
+        assert levels == [2, 1, 2, 2, 2]
+    finally:
+        saver.close()
 
 
 def test_relaxed_commit_on_a_normal_store_changes_nothing(tmp_path: Path) -> None:
