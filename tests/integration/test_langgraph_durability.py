@@ -139,25 +139,26 @@ def test_relaxed_commit_does_not_leak_to_the_next_transaction(full_store: Store)
         assert full_store.read("PRAGMA synchronous") == [(2,)]
 
 
-def test_sqlite_commit_mode_of_each_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ``synchronous`` level each checkpointer write commits at, read inside its transaction
-    (2 = FULL: waits for the disk; 1 = NORMAL: relaxed)."""
+def test_sqlite_commit_mode_of_each_write(tmp_path: Path) -> None:
+    """The ``synchronous`` level each checkpointer write commits at (2 = FULL: waits for the
+    disk; 1 = NORMAL: relaxed), followed on the store's one connection statement by statement:
+    the level last set when its ``COMMIT`` ran."""
     from langgraph.checkpoint.base import empty_checkpoint
 
-    saver = Checkpointer(f"sqlite:///{tmp_path}/m.db?synchronous=FULL")
+    saver = Checkpointer(f"sqlite:///{tmp_path}/m.db?synchronous=FULL&pool_size=1")
     try:
         saver.store.ensure_schema()
         levels: list[int] = []
-        write_batch = saver.store.write_batch
+        level = [_level_now(saver.store)]
 
-        def observed(fn: Any, *args: Any, **kwargs: Any) -> Any:
-            def go(cur: Any) -> Any:
-                levels.append(_level(cur))
-                return fn(cur)
+        def follow(sql: str) -> None:
+            if sql.startswith("PRAGMA synchronous = "):
+                level[0] = {"NORMAL": 1, "FULL": 2}[sql.rsplit(" ", 1)[1]]
+            elif sql == "COMMIT":
+                levels.append(level[0])
 
-            return write_batch(go, *args, **kwargs)
-
-        monkeypatch.setattr(saver.store, "write_batch", observed)
+        (conn,) = saver.store._get_pool()._idle
+        conn.set_trace_callback(follow)
         config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
         saved = saver.put(config, empty_checkpoint(), {"step": 0}, {})  # type: ignore[arg-type]
         saver.put_writes(saved, [("n", 1)], "task-1")
@@ -165,8 +166,13 @@ def test_sqlite_commit_mode_of_each_write(tmp_path: Path, monkeypatch: pytest.Mo
         saver.put_writes(saved, [("__error__", "boom")], "task-3")
         saver.put_writes(saved, [("n", 2), ("__resume__", "yes")], "task-4")
         assert levels == [2, 1, 2, 2, 2]
+        assert _level_now(saver.store) == 2
     finally:
         saver.close()
+
+
+def _level_now(store: Store) -> int:
+    return int(store.read("PRAGMA synchronous")[0][0])
 
 
 def test_relaxed_commit_on_a_normal_store_changes_nothing(tmp_path: Path) -> None:
