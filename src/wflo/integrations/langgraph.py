@@ -558,7 +558,10 @@ class _Flusher:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.cond = threading.Condition()
+        # The counters are taken under the plain lock (a C call; writes take it on LangGraph's
+        # threads), the flusher's thread waits on the condition built on it.
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.relaxed = 0  # relaxed commits made
         self.durable = 0  # of which this many are known to be on disk
         self.idle = True
@@ -570,7 +573,7 @@ class _Flusher:
         _Flusher._all.add(self)
 
     def made_relaxed(self) -> None:
-        with self.cond:
+        with self.lock:
             self.relaxed += 1
             if self.idle and not self.closed:
                 self.idle = False
@@ -581,16 +584,16 @@ class _Flusher:
 
     def seen(self) -> int:
         """Taken before a commit that waits for the disk: the relaxed commits it will cover."""
-        with self.cond:
+        with self.lock:
             return self.relaxed
 
     def covered(self, seen: int) -> None:
-        with self.cond:
+        with self.lock:
             self.durable = max(self.durable, seen)
 
     def flush(self) -> None:
         """Make every relaxed commit made so far durable (nothing to do when they are)."""
-        with self.cond:
+        with self.lock:
             target = self.relaxed
             if self.durable >= target:
                 return
