@@ -178,3 +178,20 @@ def test_errors_pickle_and_carry_codes() -> None:
     assert type(back) is type(err) and back.scope == "tenant:a" and back.requested == Decimal("0.2")
     assert str(back) == str(err) and back.code == "budget_exceeded"
     assert issubclass(wflo.errors.RunCancelled, BaseException) and not issubclass(wflo.errors.RunCancelled, Exception)
+
+
+def test_the_store_methods_the_domains_write_through_are_pinned() -> None:
+    """The store's interface each domain's ``_tables.py`` uses (docs/architecture.md, "Where
+    the SQL lives"): renaming one breaks every integration that keeps tables of its own."""
+    import inspect
+
+    from wflo.store import Store
+
+    for name in (
+        "ask_now", "execute", "fence", "now", "read", "read_one", "stream", "sync", "wake", "write", "write_batch",
+        "write_rows",
+    ):  # fmt: skip
+        assert callable(getattr(Store, name, None)), name
+    params = inspect.signature(Store.write_rows).parameters
+    assert list(params) == ["self", "sql", "rows", "fence", "relaxed"]
+    assert {params[p].kind for p in ("fence", "relaxed")} == {inspect.Parameter.KEYWORD_ONLY}

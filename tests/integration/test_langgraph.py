@@ -391,15 +391,20 @@ def test_checkpoint_writes_are_fenced_on_the_runs_lease(configured: str) -> None
             saver.put(config, empty_checkpoint(), {}, {})
         except LeaseLost as exc:
             seen["put"] = exc.owner
-        try:
-            saver.put_writes({"configurable": {**config["configurable"], "checkpoint_id": "x"}}, [("c", 1)], "t1")
+        at_x = {"configurable": {**config["configurable"], "checkpoint_id": "x"}}
+        try:  # relaxed (an ordinary write)
+            saver.put_writes(at_x, [("c", 1)], "t1")
         except LeaseLost as exc:
             seen["put_writes"] = exc.owner
+        try:  # waits for the disk (a reserved channel)
+            saver.put_writes(at_x, [("__interrupt__", "ok?")], "t2")
+        except LeaseLost as exc:
+            seen["put_writes reserved"] = exc.owner
         return "done"
 
     with pytest.raises(LeaseLost):  # the journal's own append is fenced the same way
         fenced.run()
-    assert set(seen) == {"put", "put_writes"}
+    assert set(seen) == {"put", "put_writes", "put_writes reserved"}
     rows = saver.store.read("SELECT COUNT(*) FROM wflo_lg_checkpoints WHERE thread_id = 'fenced'", [])
     assert rows[0][0] == 1  # only the write made under the lease
     assert saver.store.read("SELECT COUNT(*) FROM wflo_lg_writes WHERE thread_id = 'fenced'", [])[0][0] == 0

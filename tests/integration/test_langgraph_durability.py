@@ -139,25 +139,26 @@ def test_relaxed_commit_does_not_leak_to_the_next_transaction(full_store: Store)
         assert full_store.read("PRAGMA synchronous") == [(2,)]
 
 
-def test_sqlite_commit_mode_of_each_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ``synchronous`` level each checkpointer write commits at, read inside its transaction
-    (2 = FULL: waits for the disk; 1 = NORMAL: relaxed)."""
+def test_sqlite_commit_mode_of_each_write(tmp_path: Path) -> None:
+    """The ``synchronous`` level each checkpointer write commits at (2 = FULL: waits for the
+    disk; 1 = NORMAL: relaxed), followed on the store's one connection statement by statement:
+    the level last set when its ``COMMIT`` ran."""
     from langgraph.checkpoint.base import empty_checkpoint
 
-    saver = Checkpointer(f"sqlite:///{tmp_path}/m.db?synchronous=FULL")
+    saver = Checkpointer(f"sqlite:///{tmp_path}/m.db?synchronous=FULL&pool_size=1")
     try:
         saver.store.ensure_schema()
         levels: list[int] = []
-        write_batch = saver.store.write_batch
+        level = [_level_now(saver.store)]
 
-        def observed(fn: Any, *args: Any, **kwargs: Any) -> Any:
-            def go(cur: Any) -> Any:
-                levels.append(_level(cur))
-                return fn(cur)
+        def follow(sql: str) -> None:
+            if sql.startswith("PRAGMA synchronous = "):
+                level[0] = {"NORMAL": 1, "FULL": 2}[sql.rsplit(" ", 1)[1]]
+            elif sql == "COMMIT":
+                levels.append(level[0])
 
-            return write_batch(go, *args, **kwargs)
-
-        monkeypatch.setattr(saver.store, "write_batch", observed)
+        (conn,) = saver.store._get_pool()._idle
+        conn.set_trace_callback(follow)
         config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
         saved = saver.put(config, empty_checkpoint(), {"step": 0}, {})  # type: ignore[arg-type]
         saver.put_writes(saved, [("n", 1)], "task-1")
@@ -165,8 +166,13 @@ def test_sqlite_commit_mode_of_each_write(tmp_path: Path, monkeypatch: pytest.Mo
         saver.put_writes(saved, [("__error__", "boom")], "task-3")
         saver.put_writes(saved, [("n", 2), ("__resume__", "yes")], "task-4")
         assert levels == [2, 1, 2, 2, 2]
+        assert _level_now(saver.store) == 2
     finally:
         saver.close()
+
+
+def _level_now(store: Store) -> int:
+    return int(store.read("PRAGMA synchronous")[0][0])
 
 
 def test_relaxed_commit_on_a_normal_store_changes_nothing(tmp_path: Path) -> None:
@@ -217,5 +223,86 @@ def test_postgres_commit_mode_of_each_write(pg_url: str) -> None:
         ]
         # The next transaction on the pooled connection commits synchronously again.
         assert saver.store.read("SHOW synchronous_commit") == [("on",)]
+    finally:
+        saver.close()
+
+
+def _statements(saver: Checkpointer) -> list[str]:
+    """The statements the saver's store runs from now on (its one pooled connection)."""
+    seen: list[str] = []
+    saver.store.read("SELECT 1")
+    (conn,) = saver.store._get_pool()._idle
+    conn.set_trace_callback(lambda sql: seen.append(sql if sql.startswith("PRAGMA") else sql.split(" ")[0]))
+    return seen
+
+
+def test_relaxed_writes_are_counted_and_covered_by_the_next_durable_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from wflo.integrations import langgraph
+
+    monkeypatch.setattr(langgraph, "FLUSH_AFTER", 60.0)  # no flush by time during the test
+    saver = Checkpointer(f"sqlite:///{tmp_path}/b.db?synchronous=FULL&pool_size=1")
+    try:
+        saver.store.ensure_schema()
+        seen = _statements(saver)
+        config: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        saved = saver.put(config, empty_checkpoint(), {"step": 0}, {})
+        flusher = saver._flusher
+        assert flusher is not None and (flusher.relaxed, flusher.durable) == (0, 0)
+        assert seen == ["BEGIN", "INSERT", "COMMIT"]  # at the store's level: FULL
+        saver.put_writes(saved, [("n", 1)], "task-1")
+        saver.put_writes(saved, [("m", 2), ("n", 3)], "task-2")
+        assert (flusher.relaxed, flusher.durable) == (2, 0)
+        relaxed = ["PRAGMA synchronous = NORMAL", "BEGIN", "INSERT", "COMMIT", "PRAGMA synchronous = FULL"]
+        assert seen[3:] == relaxed + relaxed[:3] + ["INSERT"] + relaxed[3:]  # a row each
+        del seen[:]
+        saver.put_writes(saved, [("__error__", "boom")], "task-3")  # waits for the disk: covers both
+        assert seen == ["BEGIN", "INSERT", "COMMIT"]
+        assert (flusher.relaxed, flusher.durable) == (2, 2)
+        saver.put_writes(saved, [("n", 4)], "task-4")
+        assert (flusher.relaxed, flusher.durable) == (3, 2)
+        saver.put(saved, empty_checkpoint(), {"step": 1}, {})
+        assert (flusher.relaxed, flusher.durable) == (3, 3)
+        assert saver._flusher_for(saver.store) is flusher  # one flusher per store, kept
+        assert saver.store.read("PRAGMA synchronous") == [(2,)]
+    finally:
+        saver.close()
+
+
+def test_a_checkpoint_write_takes_a_short_python_path(tmp_path: Path) -> None:
+    """LangGraph saves on a background thread beside the graph's next node, so every Python
+    call a write makes competes with the graph for the interpreter lock (issue 20: ``put`` cost
+    1.06x ``SqliteSaver`` per node). Before: a ``put`` made 20 calls into wflo.store and 16 into
+    ``contextlib`` (``write_batch``, ``write``, ``_tx``, ``_connection``, the fence's closure...)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    saver = Checkpointer(f"sqlite:///{tmp_path}/c.db?synchronous=FULL")
+    try:
+        config: Any = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        saved = saver.put(config, empty_checkpoint(), {"step": 0}, {})
+        saver.put_writes(saved, [("n", 1)], "task-1")
+        for name, write in (
+            ("put", lambda: saver.put(saved, empty_checkpoint(), {"step": 1}, {})),
+            ("put_writes", lambda: saver.put_writes(saved, [("n", 2)], "task-2")),
+        ):
+            calls: dict[str, int] = {"store": 0, "contextlib": 0}
+
+            def count(frame: Any, event: str, arg: Any, calls: dict[str, int] = calls) -> None:
+                if event == "call":
+                    path = frame.f_code.co_filename.replace(os.sep, "/")
+                    if "/wflo/store/" in path:
+                        calls["store"] += 1
+                    elif path.endswith("/contextlib.py"):
+                        calls["contextlib"] += 1
+
+            sys.setprofile(count)
+            try:
+                write()
+            finally:
+                sys.setprofile(None)
+            assert calls["store"] <= 9 and calls["contextlib"] == 0, (name, calls)
     finally:
         saver.close()

@@ -10,8 +10,8 @@ where they were: PostgreSQL decodes the old text in place (``decode(…, 'base64
 which has no base64 in SQL, copies the rows as they are into tables declared ``BLOB``, so a
 value written before the upgrade is still text there, and :func:`_bytes` reads both forms.
 
-Every query takes the store and uses only its public interface (``read``, ``execute`` on a
-write transaction's cursor), so this module is the one place that knows these tables.
+Every query takes the store and uses only its public interface (``read``, ``write_rows``,
+``execute`` on a write transaction's cursor), so this module is the one place that knows these tables.
 """
 
 from __future__ import annotations
@@ -142,21 +142,25 @@ def get_writes(store: Store, thread_id: str, ns: str, checkpoint_id: str) -> lis
     return [(task_id, channel, type_, _bytes(value)) for task_id, channel, type_, value in rows]
 
 
-# ----------------------------------------------------------------- writing (on a write transaction's cursor)
-def put_checkpoint(store: Store, cur: Any, row: Sequence[Any]) -> None:
+# ----------------------------------------------------------------- writing
+# Each write is one transaction of its own (``Store.write_rows``), fenced on a run's lease when
+# ``fence=(run_id, owner)`` is given.
+def put_checkpoint(store: Store, row: Sequence[Any], *, fence: tuple[str, str] | None = None) -> None:
     """Insert or replace a checkpoint: ``(thread_id, checkpoint_ns, checkpoint_id,
-    parent_checkpoint_id, type, checkpoint bytes, metadata JSON)``."""
-    store.execute(cur, _PUT_CHECKPOINT, row)
+    parent_checkpoint_id, type, checkpoint bytes, metadata JSON)``; the commit waits for the disk."""
+    store.write_rows(_PUT_CHECKPOINT, (row,), fence=fence)
 
 
-def put_writes(store: Store, cur: Any, rows: Sequence[Sequence[Any]]) -> None:
+def put_writes(
+    store: Store, rows: Sequence[Sequence[Any]], *, fence: tuple[str, str] | None = None, relaxed: bool = False
+) -> None:
     """Save a task's writes: ``(thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel,
-    type, value bytes, task_path)`` each; a write already saved is kept unless its idx is negative."""
-    for row in rows:
-        store.execute(cur, _PUT_WRITES, row)
+    type, value bytes, task_path)`` each; a write already saved is kept unless its idx is negative.
+    ``relaxed``: the commit need not wait for the disk (``Store.write_batch``)."""
+    store.write_rows(_PUT_WRITES, rows, fence=fence, relaxed=relaxed)
 
 
-def delete_thread(store: Store, cur: Any, thread_id: str) -> None:
+def delete_thread(store: Store, cur: Any, thread_id: str) -> None:  # on a write transaction's cursor
     """Forget a thread: its checkpoints and their writes, in every namespace."""
     store.execute(cur, "DELETE FROM wflo_lg_checkpoints WHERE thread_id = ?", [thread_id])
     store.execute(cur, "DELETE FROM wflo_lg_writes WHERE thread_id = ?", [thread_id])

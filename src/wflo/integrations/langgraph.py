@@ -558,7 +558,10 @@ class _Flusher:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.cond = threading.Condition()
+        # The counters are taken under the plain lock (a C call; writes take it on LangGraph's
+        # threads), the flusher's thread waits on the condition built on it.
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.relaxed = 0  # relaxed commits made
         self.durable = 0  # of which this many are known to be on disk
         self.idle = True
@@ -570,7 +573,7 @@ class _Flusher:
         _Flusher._all.add(self)
 
     def made_relaxed(self) -> None:
-        with self.cond:
+        with self.lock:
             self.relaxed += 1
             if self.idle and not self.closed:
                 self.idle = False
@@ -581,16 +584,16 @@ class _Flusher:
 
     def seen(self) -> int:
         """Taken before a commit that waits for the disk: the relaxed commits it will cover."""
-        with self.cond:
+        with self.lock:
             return self.relaxed
 
     def covered(self, seen: int) -> None:
-        with self.cond:
+        with self.lock:
             self.durable = max(self.durable, seen)
 
     def flush(self) -> None:
         """Make every relaxed commit made so far durable (nothing to do when they are)."""
-        with self.cond:
+        with self.lock:
             target = self.relaxed
             if self.durable >= target:
                 return
@@ -630,6 +633,15 @@ def _flush_all() -> None:
             flusher.flush()
 
 
+def _metadata_json(config: RunnableConfig, metadata: CheckpointMetadata) -> str:
+    """A checkpoint's metadata as LangGraph keeps it (with the config's plain values), as JSON."""
+    found = get_checkpoint_metadata(config, metadata)
+    try:
+        return json.dumps(found)  # plain JSON values: the usual case, in C
+    except (TypeError, ValueError):
+        return json.dumps(jsonable(found))
+
+
 class Checkpointer(BaseCheckpointSaver[str]):
     """A LangGraph checkpoint saver on wflo's store (SQLite or PostgreSQL).
 
@@ -659,6 +671,9 @@ class Checkpointer(BaseCheckpointSaver[str]):
     def _flusher_for(self, store: Store) -> _Flusher | None:
         """The flusher of ``store``'s relaxed writes (SQLite only: PostgreSQL's WAL writer
         flushes its relaxed commits by itself)."""
+        flusher = self._flusher
+        if flusher is not None and flusher.store is store:
+            return flusher
         if store.dialect != "sqlite" or str(getattr(store, "synchronous", "")).upper() not in _SYNCING:
             return None  # NORMAL: no commit waits for the disk, relaxed or not
         with self._flusher_lock:  # LangGraph writes from several threads at once
@@ -675,20 +690,18 @@ class Checkpointer(BaseCheckpointSaver[str]):
         if self._flusher is not None:
             self._flusher.flush()
 
-    def _fence(self) -> Callable[[Any], None]:
-        """The lease check for a checkpoint write made inside a run on this store.
+    def _fence(self, store: Store) -> tuple[str, str] | None:
+        """The lease a checkpoint write made inside a run on this store checks: ``(run_id, owner)``.
 
         A worker that lost its run's lease (it stalled, and another worker took the run over)
         must not keep writing the graph's state under the new holder: like the journal's
         appends, each write checks the lease in its own transaction and raises ``LeaseLost``.
-        Outside a run, or for a run kept in another store, there is no lease to check.
+        Outside a run, or for a run kept in another store, there is no lease to check (``None``).
         """
         ctx = current_run()
-        store = self.store
-        if ctx is None or ctx.store.url != store.url:
-            return lambda cur: None
-        run_id, owner = ctx.run_id, ctx.owner
-        return lambda cur: store.fence(cur, run_id, owner)
+        if ctx is None or (ctx.store is not store and ctx.store.url != store.url):
+            return None
+        return ctx.run_id, ctx.owner
 
     def close(self) -> None:
         """Flush its relaxed writes; close a store this checkpointer opened itself (``Checkpointer(url)``)."""
@@ -759,21 +772,20 @@ class Checkpointer(BaseCheckpointSaver[str]):
         conf = config.get("configurable") or {}
         thread_id = str(conf["thread_id"])
         ns = str(conf.get("checkpoint_ns", ""))
-        parent = conf.get("checkpoint_id")
         type_, blob = self.serde.dumps_typed(checkpoint)
-        meta = json.dumps(jsonable(get_checkpoint_metadata(config, metadata)))
+        row = (
+            thread_id,
+            ns,
+            checkpoint["id"],
+            conf.get("checkpoint_id"),
+            type_,
+            blob,
+            _metadata_json(config, metadata),
+        )
         store = self.store
-        row = [thread_id, ns, checkpoint["id"], parent, type_, blob, meta]
-
-        fence = self._fence()
-
-        def go(cur: Any) -> None:
-            fence(cur)
-            _tables.put_checkpoint(store, cur, row)
-
         flusher = self._flusher_for(store)
         seen = flusher.seen() if flusher is not None else 0
-        store.write_batch(go)  # fence and upsert without waiting in between: one round trip
+        _tables.put_checkpoint(store, row, fence=self._fence(store))  # fence and upsert: one round trip
         if flusher is not None:
             flusher.covered(seen)  # its commit waited for the disk: the relaxed ones before it too
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint["id"]}}
@@ -786,31 +798,33 @@ class Checkpointer(BaseCheckpointSaver[str]):
         task_path: str = "",
     ) -> None:
         conf = config.get("configurable") or {}
-        key = [str(conf["thread_id"]), str(conf.get("checkpoint_ns", "")), str(conf["checkpoint_id"])]
-        store = self.store
-        rows: list[list[Any]] = []
+        thread_id, ns, checkpoint_id = (
+            str(conf["thread_id"]),
+            str(conf.get("checkpoint_ns", "")),
+            str(conf["checkpoint_id"]),
+        )
+        dumps = self.serde.dumps_typed
+        rows: list[tuple[Any, ...]] = []
         reserved = False
         for i, (channel, value) in enumerate(writes):
-            type_, blob = self.serde.dumps_typed(value)
-            idx = WRITES_IDX_MAP.get(channel, i)
-            reserved = reserved or channel in WRITES_IDX_MAP
-            rows.append([*key, task_id, idx, channel, type_, blob, task_path])
-
-        fence = self._fence()
-
-        def go(cur: Any) -> None:
-            fence(cur)
-            _tables.put_writes(store, cur, rows)
-
+            type_, blob = dumps(value)
+            idx = WRITES_IDX_MAP.get(channel)
+            if idx is None:
+                idx = i
+            else:
+                reserved = True
+            rows.append((thread_id, ns, checkpoint_id, task_id, idx, channel, type_, blob, task_path))
+        store = self.store
+        fence = self._fence(store)
         # Relaxed unless a reserved channel (error, interrupt, resume…): see "Durability of each write".
         flusher = self._flusher_for(store)
         if reserved:
             seen = flusher.seen() if flusher is not None else 0
-            store.write_batch(go)
+            _tables.put_writes(store, rows, fence=fence)
             if flusher is not None:
                 flusher.covered(seen)
             return
-        store.write_batch(go, relaxed=True)
+        _tables.put_writes(store, rows, fence=fence, relaxed=True)
         if flusher is not None:
             flusher.made_relaxed()
 

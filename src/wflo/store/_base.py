@@ -711,6 +711,34 @@ class Store(Connections):
         """
         return self.write(fn)
 
+    def write_rows(
+        self,
+        sql: str,
+        rows: Sequence[Sequence[Any]],
+        *,
+        fence: tuple[str, str] | None = None,
+        relaxed: bool = False,
+    ) -> None:
+        """Run ``sql`` (an insert or upsert) once for each of ``rows``, in one write transaction.
+
+        The same as :meth:`write_batch` with a function that calls :meth:`fence` (when
+        ``fence=(run_id, owner)`` is given: ``LeaseLost`` and nothing written unless ``owner``
+        holds the run's lease) and then executes ``sql`` per row; ``relaxed`` as there. For an
+        integration's writes that read nothing back and are made often from threads beside the
+        caller's work (the LangGraph checkpointer's): SQLite runs them on the pooled connection
+        directly, with the same lock, lease check, commit mode and retry, without the general
+        transaction's layers, whose per-call Python competes with those threads for the
+        interpreter lock. PostgreSQL sends them pipelined (one round trip), as ``write_batch``.
+        """
+
+        def go(cur: Any) -> None:
+            if fence is not None:
+                self.fence(cur, *fence)
+            for row in rows:
+                self.execute(cur, sql, row)
+
+        self.write_batch(go, relaxed=relaxed)
+
     def sync(self) -> None:
         """Make every commit made so far durable, relaxed ones included (see
         :meth:`write_batch`). SQLite: flush the WAL file to disk; PostgreSQL needs nothing

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .._errors import StoreCorruptError, StoreNotFoundError, StoreUnavailableError
@@ -131,6 +131,81 @@ class SQLiteStore(Store):
                         return fn(cur)
                 finally:
                     conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+
+        return self._retrying(go)
+
+    def write_rows(
+        self,
+        sql: str,
+        rows: Sequence[Sequence[Any]],
+        *,
+        fence: tuple[str, str] | None = None,
+        relaxed: bool = False,
+    ) -> None:
+        # What ``write_batch`` does through its layers (``_retrying``, ``_connection``, the
+        # writer lock, ``_tx``), in one function: the same pool, lock, BEGIN IMMEDIATE (busy
+        # handling), lease check, retry, and relaxed commit (its level set on the connection
+        # just before BEGIN and put back right after; a connection whose level could not be put
+        # back is closed by ``_conn_broken``).
+        if getattr(self._local, "held", None) is not None:  # inside a caller's transaction
+            return super().write_rows(sql, rows, fence=fence, relaxed=relaxed)
+        relax = relaxed and self._syncing()
+
+        def go() -> None:
+            pool = self._get_pool()
+            conn = pool.get()
+            try:
+                if relax:
+                    conn.execute("PRAGMA synchronous = NORMAL")
+                try:
+                    with _writer_lock(self._writer_key):
+                        cur = conn.cursor()
+                        try:
+                            cur.execute("BEGIN IMMEDIATE")
+                            try:
+                                if fence is not None:
+                                    self.fence(cur, *fence)
+                                cur.executemany(sql, rows)
+                            except BaseException:
+                                with contextlib.suppress(Exception):
+                                    cur.execute("ROLLBACK")
+                                raise
+                            cur.execute("COMMIT")
+                        finally:
+                            cur.close()
+                finally:
+                    if relax:
+                        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            except BaseException as exc:
+                pool.put(conn, broken=self._is_disconnect(exc) or self._conn_broken(conn))
+                raise
+            pool.put(conn)
+
+        self._retrying(go)
+
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        # ``Connections._fetchall`` in one function (reads are on the LangGraph checkpointer's
+        # path too: a graph reads its thread's checkpoint at each invocation): a pooled
+        # connection for the one statement, closed instead of pooled after a failure that
+        # left it unusable, retried when SQLite answered "locked" at once.
+        if getattr(self._local, "held", None) is not None:  # inside this thread's transaction
+            return super()._fetchall(sql, params)
+        args = tuple(params)
+
+        def go() -> list[tuple[Any, ...]]:
+            pool = self._get_pool()
+            conn = pool.get()
+            try:
+                cur = conn.cursor()
+                try:
+                    rows: list[tuple[Any, ...]] = cur.execute(sql, args).fetchall()
+                finally:
+                    cur.close()
+            except BaseException as exc:
+                pool.put(conn, broken=self._is_disconnect(exc) or self._conn_broken(conn))
+                raise
+            pool.put(conn)
+            return rows
 
         return self._retrying(go)
 
