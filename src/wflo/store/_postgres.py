@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -106,6 +108,8 @@ SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM u)
 """
 
 _LEASE_LOST = "WF001"
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name: a prepared statement is gone
+_ALREADY_PREPARED = b"42P05"  # duplicate_prepared_statement
 
 T = TypeVar("T")
 
@@ -302,12 +306,105 @@ class PostgresStore(Store):
         busy server. Nothing is written; a store not migrated yet (no ``runs``) is skipped."""
         if self.pooler == "transaction":
             return
+        prepared = _PREPARED.setdefault(conn, set())
+        for stmt in (*_APPEND_ALONE, *_CREATE_ALONE):  # the statements of ``_direct``
+            try:
+                with conn.lock:
+                    self._prepare(conn, stmt, prepared)
+            except self._psycopg.Error:
+                break  # not migrated yet: prepared at first use instead
         update, params = self._claim_update(None, "", "", 0.0, True)
         try:
             conn.execute(self._sql(_CLAIM.format(update=update)), (*params, ""), prepare=True)
         except self._psycopg.Error:
             if not self._idle(conn):
                 conn.rollback()
+
+    def _alone(self, conn: Any) -> bool:
+        """Whether a statement on ``conn`` may go straight to libpq (``_direct``): outside any
+        transaction and pipeline, with text in UTF-8 (as ``_direct`` encodes it)."""
+        pgconn = conn.pgconn
+        pq = self._psycopg.pq
+        return bool(
+            pgconn.transaction_status == pq.TransactionStatus.IDLE
+            and pgconn.pipeline_status == pq.PipelineStatus.OFF
+            and pgconn.parameter_status(b"client_encoding") == b"UTF8"
+        )
+
+    def _direct(self, conn: Any, stmt: _Statement, params: Sequence[Any]) -> Any:
+        """Run ``stmt`` alone on an idle ``conn`` (see ``_alone``), in one round trip, and
+        return its answer (a libpq result: see ``_value``, ``_row``). The path of the hot
+        append and of a run's creation (issue 20): psycopg's cursor (a cursor object per
+        statement, its adapters, its prepared-statement bookkeeping) cost the client more CPU
+        than the statement's round trip.
+
+        The statement is prepared once per connection under a name of its own (its text's
+        hash), outside psycopg's cache: by ``_warm``, or at its first use, pipelined with that
+        use (no round trip more). Behind a transaction pooler it is sent unprepared (as
+        psycopg would: see ``__init__``). A statement the session lost (``DEALLOCATE ALL``,
+        ``DISCARD ALL``) is refused by the server before anything runs: it is prepared and
+        sent again. Errors are psycopg's (the classes and SQLSTATEs a cursor raises); a
+        connection lost on the way raises ``OperationalError`` and ``_connection`` discards
+        it; an interrupt is handled by psycopg's ``wait`` (the query is cancelled)."""
+        psycopg = self._psycopg
+        values = [_text(v) for v in params]
+        pgconn = conn.pgconn
+        with conn.lock:
+            if pgconn.status != _CONNECTION_OK:
+                raise psycopg.OperationalError("the connection is closed")
+            if self.pooler == "transaction":
+                pgconn.send_query_params(stmt.query, values)
+                return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
+            prepared = _PREPARED.get(conn)
+            if prepared is None:
+                prepared = _PREPARED[conn] = set()
+            if stmt.name in prepared:
+                pgconn.send_query_prepared(stmt.name, values)
+                results = conn.wait(psycopg.generators.execute(pgconn))
+                if not (results and results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT):
+                    return _check(results, stmt, _TUPLES_OK)
+                prepared.discard(stmt.name)  # the session lost it: nothing ran
+            return self._prepare_and_run(conn, stmt, values, prepared)
+
+    def _prepare_and_run(self, conn: Any, stmt: _Statement, values: list[bytes | None], prepared: set[bytes]) -> Any:
+        """Prepare ``stmt`` on ``conn`` and run it, pipelined: one round trip."""
+        psycopg = self._psycopg
+        pgconn = conn.pgconn
+        if not psycopg.Pipeline.is_supported():  # libpq < 14: the preparation on its own first
+            self._prepare(conn, stmt, prepared)
+            pgconn.send_query_prepared(stmt.name, values)
+            return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
+        pgconn.enter_pipeline_mode()
+        try:
+            pgconn.send_prepare(stmt.name, stmt.query)
+            pgconn.send_query_prepared(stmt.name, values)
+            pgconn.pipeline_sync()
+            made, ran, synced = conn.wait(_pipelined(psycopg.generators, pgconn))
+            pgconn.exit_pipeline_mode()
+        except BaseException:
+            # Answers may be left unread: the connection is in no state to be used again.
+            pgconn.finish()
+            raise
+        if not (synced and synced[-1].status == _PIPELINE_SYNC):
+            pgconn.finish()
+            raise psycopg.InterfaceError(f"no pipeline sync after {stmt.sql[:40]!r}")
+        if made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
+            prepared.add(stmt.name)  # the session has it under this name (its text's hash)
+            pgconn.send_query_prepared(stmt.name, values)
+            return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
+        _check(made, stmt, _COMMAND_OK)
+        prepared.add(stmt.name)
+        return _check(ran, stmt, _TUPLES_OK)
+
+    def _prepare(self, conn: Any, stmt: _Statement, prepared: set[bytes]) -> None:
+        """Prepare ``stmt`` on ``conn`` (one round trip), or raise why not. One the session
+        already holds under its name (the name is its text's hash) counts as prepared."""
+        psycopg = self._psycopg
+        conn.pgconn.send_prepare(stmt.name, stmt.query)
+        results = conn.wait(psycopg.generators.execute(conn.pgconn))
+        if not (results and results[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED):
+            _check(results, stmt, _COMMAND_OK)
+        prepared.add(stmt.name)
 
     def _roll_back(self, conn: Any) -> None:
         """After a failed pipelined transaction: roll back what it left open on ``conn``, if
@@ -371,8 +468,11 @@ class PostgresStore(Store):
         # A run its caller executes now (it has an owner) starts relaxed; an enqueued one is
         # durable before its handle is returned. See Commit modes.
         with self._connection() as conn:
-            sql = _CREATE_RUN_RELAXED if lease_seconds is not None and self._idle(conn) else _CREATE_RUN
-            row = conn.execute(sql, params).fetchone()
+            relax = lease_seconds is not None and self._idle(conn)
+            if self._alone(conn):  # straight to libpq: see ``_direct``
+                row = _row(self._direct(conn, _CREATE_ALONE[relax], params))
+            else:
+                row = conn.execute(_CREATE_RUN_RELAXED if relax else _CREATE_RUN, params).fetchone()
         if row is None:
             return None, False
         return tuple(row[:-2]), bool(row[-2])
@@ -405,6 +505,14 @@ class PostgresStore(Store):
         psycopg = self._psycopg
         after: list[Callable[[], None]] = []
         with self._connection() as conn:
+            if not ops and self._alone(conn):  # its own transaction: straight to libpq
+                try:
+                    value = _value(self._direct(conn, _APPEND_ALONE[relaxed], params))
+                except psycopg.Error as exc:
+                    if getattr(exc, "sqlstate", None) == _LEASE_LOST:
+                        raise LeaseLost(run_id=run_id, owner=owner) from None
+                    raise
+                return value is not None and int(value) != 0
             cur = conn.cursor()
             try:
                 if not ops:
@@ -508,6 +616,116 @@ class PostgresStore(Store):
     def _close_watch(self, watch: Any) -> None:
         if watch is not None and not isinstance(watch, _Poll):
             watch.close()
+
+
+class _Statement:
+    """A statement ``_direct`` sends: its text with ``$n`` placeholders and the name it is
+    prepared under on each connection (from its text: one text, one name)."""
+
+    __slots__ = ("name", "query", "sql")
+
+    def __init__(self, sql: str) -> None:
+        parts = sql.split("%s")
+        text = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        self.sql = sql
+        self.query = text.encode()
+        self.name = b"wflo_" + hashlib.sha256(self.query).hexdigest()[:20].encode()
+
+
+# The hot append alone (no ops): durable, and relaxed (see Commit modes), by ``relaxed``.
+_APPEND_ALONE = (_Statement(_APPEND), _Statement(_APPEND_RELAXED))
+# A new run with its first events: durable (enqueued), and relaxed (executed now), by ``relaxed``.
+_CREATE_ALONE = (_Statement(_CREATE_RUN), _Statement(_CREATE_RUN_RELAXED))
+
+# The statements ``_direct`` prepared on each connection (gone with the connection).
+_PREPARED: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+
+_SQLSTATE = ord("C")  # PG_DIAG_SQLSTATE
+# libpq's codes (``psycopg.pq``'s enums compare equal to them; the ints cost no attribute look-ups).
+_CONNECTION_OK = 0  # pq.ConnStatus.OK
+_COMMAND_OK = 1  # pq.ExecStatus.COMMAND_OK
+_TUPLES_OK = 2  # pq.ExecStatus.TUPLES_OK
+_PIPELINE_SYNC = 10  # pq.ExecStatus.PIPELINE_SYNC
+
+
+def _text(value: Any) -> bytes | None:
+    """A parameter as PostgreSQL text (UTF-8), for a statement that casts each one. libpq
+    reads a text parameter up to its first NUL byte: text holding one is refused here, with
+    psycopg's own error, instead of reaching the server cut short."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if "\x00" in value:
+            from psycopg import DataError
+
+            raise DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+        return value.encode()
+    if value is True or value is False:
+        return b"t" if value else b"f"
+    if isinstance(value, int):
+        return str(int(value)).encode()
+    if isinstance(value, float):
+        return repr(float(value)).encode()
+    raise TypeError(f"cannot send {type(value).__name__} as a statement's parameter")
+
+
+def _pipelined(generators: Any, pgconn: Any) -> Any:
+    """Flush a pipeline of two statements and its sync; read the three answers."""
+    yield from generators.send(pgconn)
+    answers = []
+    for _ in range(3):
+        answers.append((yield from generators.fetch_many(pgconn)))
+    return answers
+
+
+def _check(results: list[Any], stmt: _Statement, ok: Any) -> Any:
+    """The last of ``results``, or the error it reports (as psycopg raises it)."""
+    from psycopg import errors, pq
+
+    if not results:
+        raise errors.InterfaceError(f"no result from {stmt.sql[:40]!r}")
+    result = results[-1]
+    if result.status == ok:
+        return result
+    if result.status == pq.ExecStatus.FATAL_ERROR:
+        raise errors.error_from_result(result, encoding="utf-8")
+    raise errors.InterfaceError(f"unexpected result {pq.ExecStatus(result.status).name} from {stmt.sql[:40]!r}")
+
+
+def _value(result: Any) -> bytes | None:
+    """The first column of the first row of a statement's answer, as text."""
+    value: bytes | None = result.get_value(0, 0)
+    return value
+
+
+# Readers of the column types ``_direct``'s statements answer with, by type oid.
+_READERS: dict[int, Callable[[bytes], Any]] = {
+    25: bytes.decode,  # text
+    1043: bytes.decode,  # varchar
+    19: bytes.decode,  # name
+    20: int,  # bigint
+    23: int,  # integer
+    21: int,  # smallint
+    16: lambda v: v == b"t",  # boolean
+}
+
+
+def _row(result: Any) -> tuple[Any, ...] | None:
+    """The first row of a statement's answer as psycopg would load it, or ``None``."""
+    if result.ntuples == 0:
+        return None
+    values = []
+    for i in range(result.nfields):
+        value = result.get_value(0, i)
+        if value is not None:
+            reader = _READERS.get(result.ftype(i))
+            if reader is None:
+                from psycopg import errors
+
+                raise errors.InterfaceError(f"no reader for the type of column {i} (oid {result.ftype(i)})")
+            value = reader(value)
+        values.append(value)
+    return tuple(values)
 
 
 class _Poll:

@@ -74,10 +74,22 @@ def counting(store: Store) -> Iterator[Counter]:
         return conn
 
     pool.get = counted_get
+    direct = getattr(store, "_direct", None)
+    if direct is not None:  # statements sent straight to libpq (PostgreSQL's hot append)
+
+        def counted_direct(conn: Any, stmt: Any, params: Any) -> Any:
+            mine = counter.thread is None or counter.thread == threading.get_ident()
+            if counter.on and mine:
+                counter.statements.append(stmt.sql)
+            return direct(conn, stmt, params)
+
+        store._direct = counted_direct  # type: ignore[attr-defined]
     try:
         yield counter
     finally:
         pool.get = get
+        if direct is not None:
+            del store._direct  # type: ignore[attr-defined]
 
 
 @pytest.fixture
