@@ -324,10 +324,9 @@ class PostgresStore(Store):
         """Whether a statement on ``conn`` may go straight to libpq (``_direct``): outside any
         transaction and pipeline, with text in UTF-8 (as ``_direct`` encodes it)."""
         pgconn = conn.pgconn
-        pq = self._psycopg.pq
         return bool(
-            pgconn.transaction_status == pq.TransactionStatus.IDLE
-            and pgconn.pipeline_status == pq.PipelineStatus.OFF
+            pgconn.transaction_status == _IDLE
+            and pgconn.pipeline_status == _PIPELINE_OFF
             and pgconn.parameter_status(b"client_encoding") == b"UTF8"
         )
 
@@ -643,6 +642,8 @@ _PREPARED: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionar
 _SQLSTATE = ord("C")  # PG_DIAG_SQLSTATE
 # libpq's codes (``psycopg.pq``'s enums compare equal to them; the ints cost no attribute look-ups).
 _CONNECTION_OK = 0  # pq.ConnStatus.OK
+_IDLE = 0  # pq.TransactionStatus.IDLE
+_PIPELINE_OFF = 0  # pq.PipelineStatus.OFF
 _COMMAND_OK = 1  # pq.ExecStatus.COMMAND_OK
 _TUPLES_OK = 2  # pq.ExecStatus.TUPLES_OK
 _PIPELINE_SYNC = 10  # pq.ExecStatus.PIPELINE_SYNC
@@ -722,7 +723,7 @@ def _row(result: Any) -> tuple[Any, ...] | None:
             if reader is None:
                 from psycopg import errors
 
-                raise errors.InterfaceError(f"no reader for the type of column {i} (oid {result.ftype(i)})")
+                raise errors.ProgrammingError(f"no reader for the type of column {i} (oid {result.ftype(i)})")
             value = reader(value)
         values.append(value)
     return tuple(values)

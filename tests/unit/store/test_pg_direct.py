@@ -147,3 +147,20 @@ def test_a_statement_prepared_at_its_first_use_costs_no_round_trip_more(store: P
             del conn.wait
     assert len(waits) == 1, waits  # Parse, Bind/Execute and Sync in one flush
     assert len(_prepared(store)) == 1
+
+
+def test_libpq_codes_match_psycopg() -> None:
+    from psycopg import pq
+
+    from wflo.store import _postgres as p
+
+    assert (p._CONNECTION_OK, p._IDLE, p._PIPELINE_OFF) == (
+        pq.ConnStatus.OK,
+        pq.TransactionStatus.IDLE,
+        pq.PipelineStatus.OFF,
+    )
+    assert (p._COMMAND_OK, p._TUPLES_OK, p._PIPELINE_SYNC) == (
+        pq.ExecStatus.COMMAND_OK,
+        pq.ExecStatus.TUPLES_OK,
+        pq.ExecStatus.PIPELINE_SYNC,
+    )
