@@ -346,7 +346,8 @@ class PostgresStore(Store):
         connection lost on the way raises ``OperationalError`` and ``_connection`` discards
         it; an interrupt is handled by psycopg's ``wait`` (the query is cancelled)."""
         psycopg = self._psycopg
-        values = [_text(v) for v in params]
+        # Text (most parameters) inline, the rest through ``_text``: 20 calls less per append.
+        values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
         pgconn = conn.pgconn
         with conn.lock:
             if pgconn.status != _CONNECTION_OK:
