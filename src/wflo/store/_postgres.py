@@ -459,6 +459,96 @@ class PostgresStore(Store):
 
         return self._retrying(go)
 
+    def write_rows(
+        self,
+        sql: str,
+        rows: Sequence[Sequence[Any]],
+        *,
+        fence: tuple[str, str] | None = None,
+        relaxed: bool = False,
+    ) -> None:
+        # Straight to libpq (issue 20; see ``_direct_rows``): the lease check, the relaxed
+        # commit's setting and one statement per row, pipelined as one implicit transaction
+        # that commits at its sync: one round trip, as ``write_batch``'s pipeline, without its
+        # cursor, BEGIN and COMMIT. Inside a caller's transaction, with nothing to write, or
+        # with a libpq that has no pipeline mode: ``write_batch``, as before.
+        psycopg = self._psycopg
+        if not rows or getattr(self._local, "held", None) is not None or not psycopg.Pipeline.is_supported():
+            return super().write_rows(sql, rows, fence=fence, relaxed=relaxed)
+        stmt = _ROW_STATEMENTS.get(sql)
+        if stmt is None:
+            stmt = _Statement(self._sql(sql))
+            if len(_ROW_STATEMENTS) < 64:  # a few texts (the checkpointer's two): kept
+                _ROW_STATEMENTS[sql] = stmt
+        batch: list[tuple[_Statement, Sequence[Any]]] = []
+        if fence is not None:
+            batch.append((_FENCE_ALONE[relaxed], fence))
+        elif relaxed:
+            batch.append((_RELAX_ALONE, ()))
+        batch.extend((stmt, row) for row in rows)
+
+        def go() -> None:
+            with self._connection() as conn:
+                if not self._alone(conn):
+                    super(PostgresStore, self).write_rows(sql, rows, fence=fence, relaxed=relaxed)
+                    return
+                try:
+                    self._direct_rows(conn, batch)
+                except psycopg.Error as exc:
+                    if fence is not None and getattr(exc, "sqlstate", None) == _LEASE_LOST:
+                        raise LeaseLost(run_id=fence[0], owner=fence[1]) from None
+                    raise
+
+        self._retrying(go)
+
+    def _direct_rows(self, conn: Any, batch: Sequence[tuple[_Statement, Sequence[Any]]]) -> None:
+        """Run ``batch`` (statements, each with its parameters) on an idle ``conn`` (see
+        ``_alone``) in one pipeline ended by one sync: one implicit transaction, one round
+        trip. A statement that fails rolls back the ones before it and skips the rest.
+
+        As ``_direct``: each statement is prepared once per connection under its text's hash,
+        in the same pipeline at its first use (behind a transaction pooler: sent unprepared);
+        a pipeline refused because the session lost a statement (``DEALLOCATE ALL``) or holds
+        one already ran nothing and is sent again; errors are psycopg's; text holding NUL is
+        refused before anything is sent. Bytes go as binary parameters (no hex text to build
+        and parse). A connection left with answers unread is closed (the pool drops it)."""
+        psycopg = self._psycopg
+        sent = [(stmt, *_params(params)) for stmt, params in batch]
+        pgconn = conn.pgconn
+        with conn.lock:
+            if pgconn.status != _CONNECTION_OK:
+                raise psycopg.OperationalError("the connection is closed")
+            unprepared = self.pooler == "transaction"
+            prepared = _PREPARED.get(conn)
+            if prepared is None:
+                prepared = _PREPARED[conn] = set()
+            for _ in range(3):  # at most the two statements to re-prepare, then for real
+                made: list[_Statement] = []
+                pgconn.enter_pipeline_mode()
+                try:
+                    for stmt, values, formats in sent:
+                        if unprepared:
+                            pgconn.send_query_params(stmt.query, values, param_formats=formats)
+                            continue
+                        if stmt.name not in prepared and stmt not in made:
+                            pgconn.send_prepare(stmt.name, stmt.query)
+                            made.append(stmt)
+                        pgconn.send_query_prepared(stmt.name, values, param_formats=formats)
+                    pgconn.pipeline_sync()
+                    answers = conn.wait(_answers(psycopg.generators, pgconn, len(made) + len(sent) + 1))
+                    pgconn.exit_pipeline_mode()
+                except BaseException:
+                    pgconn.finish()  # answers may be left unread: not usable again
+                    raise
+                if not (answers[-1] and answers[-1][-1].status == _PIPELINE_SYNC):
+                    pgconn.finish()
+                    raise psycopg.InterfaceError(f"no pipeline sync after {sent[-1][0].sql[:40]!r}")
+                if _sent_again(answers, made, sent, prepared):
+                    continue
+                _rows_checked(answers, made, sent)
+                return
+            raise psycopg.InterfaceError(f"could not prepare {sent[-1][0].sql[:40]!r}")
+
     def _create_run_once(
         self, values: tuple[Any, ...], rows: list[tuple[Any, ...]], lease_seconds: float | None
     ) -> tuple[tuple[Any, ...] | None, bool]:
@@ -728,6 +818,87 @@ def _row(result: Any) -> tuple[Any, ...] | None:
             value = reader(value)
         values.append(value)
     return tuple(values)
+
+
+# ``write_rows``'s statements before its rows: the lease check (``wflo_fence``) and, for a
+# relaxed write, the commit's setting (see Commit modes), in one statement.
+_FENCE_ALONE = (_Statement("SELECT wflo_fence(%s, %s)"), _Statement(f"SELECT wflo_fence(%s, %s), {_RELAX}"))
+_RELAX_ALONE = _Statement(f"SELECT {_RELAX}")
+# ``write_rows``'s statements by their text as given (``?`` placeholders).
+_ROW_STATEMENTS: dict[str, _Statement] = {}
+
+_FATAL_ERROR = 7  # pq.ExecStatus.FATAL_ERROR
+
+
+def _params(params: Sequence[Any]) -> tuple[list[bytes | None], list[int] | None]:
+    """A statement's parameters for libpq, with their formats: text as ``_direct`` sends it,
+    bytes in binary (``None``: all text)."""
+    values: list[bytes | None] = []
+    formats: list[int] | None = None
+    for i, v in enumerate(params):
+        if type(v) is str and "\x00" not in v:
+            values.append(v.encode())
+        elif isinstance(v, bytes | bytearray | memoryview):
+            if formats is None:
+                formats = [0] * len(params)
+            formats[i] = 1
+            values.append(bytes(v))
+        else:
+            values.append(_text(v))
+    return values, formats
+
+
+def _answers(generators: Any, pgconn: Any, count: int) -> Any:
+    """Flush a pipeline and read ``count`` answers (the last one its sync's)."""
+    yield from generators.send(pgconn)
+    answers = []
+    for _ in range(count):
+        answers.append((yield from generators.fetch_many(pgconn)))
+    return answers
+
+
+def _sent_again(
+    answers: list[Any], made: list[_Statement], sent: list[tuple[_Statement, Any, Any]], prepared: set[bytes]
+) -> bool:
+    """Whether ``_direct_rows``'s pipeline failed only for the session's prepared statements
+    (nothing ran): ``prepared`` is then put right and the pipeline is to be sent again."""
+    names = {s.name for s in made}
+    i = 0
+    for stmt, _, _ in sent:
+        if stmt.name in names:  # its preparation's answer comes first
+            names.discard(stmt.name)
+            results = answers[i]
+            i += 1
+            if results and results[-1].status == _COMMAND_OK:
+                prepared.add(stmt.name)  # kept by the session, whatever follows
+            elif results and results[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
+                prepared.add(stmt.name)
+                return True
+        results = answers[i]
+        i += 1
+        if results and results[-1].status == _FATAL_ERROR:
+            if results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT:
+                prepared.discard(stmt.name)
+                return True
+            return False
+    return False
+
+
+def _rows_checked(answers: list[Any], made: list[_Statement], sent: list[tuple[_Statement, Any, Any]]) -> None:
+    """Raise the first error of ``_direct_rows``'s pipeline, as psycopg raises it."""
+    names = {s.name for s in made}
+    i = 0
+    for stmt, _, _ in sent:
+        if stmt.name in names:
+            names.discard(stmt.name)
+            _check(answers[i], stmt, _COMMAND_OK)
+            i += 1
+        results = answers[i]
+        i += 1
+        _check(results, stmt, results[-1].status if results and results[-1].status in _DONE else _COMMAND_OK)
+
+
+_DONE = (_COMMAND_OK, _TUPLES_OK)
 
 
 class _Poll:
