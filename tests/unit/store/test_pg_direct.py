@@ -2,7 +2,9 @@
 the prepared ``wflo_append`` without psycopg's cursor. What that path must still do: raise
 ``LeaseLost`` for a lost lease, raise other errors as psycopg's classes, survive a session
 that lost its prepared statements and a connection the server dropped, commit relaxed only
-where it did, and prepare nothing behind a transaction pooler."""
+where it did, and prepare nothing behind a transaction pooler. The same for ``write_rows``
+(the LangGraph checkpointer's writes), which pipelines its statements in one implicit
+transaction through ``_direct_rows``."""
 
 from __future__ import annotations
 
@@ -159,8 +161,127 @@ def test_libpq_codes_match_psycopg() -> None:
         pq.TransactionStatus.IDLE,
         pq.PipelineStatus.OFF,
     )
-    assert (p._COMMAND_OK, p._TUPLES_OK, p._PIPELINE_SYNC) == (
+    assert (p._COMMAND_OK, p._TUPLES_OK, p._PIPELINE_SYNC, p._FATAL_ERROR) == (
         pq.ExecStatus.COMMAND_OK,
         pq.ExecStatus.TUPLES_OK,
         pq.ExecStatus.PIPELINE_SYNC,
+        pq.ExecStatus.FATAL_ERROR,
     )
+
+
+# ----------------------------------------------------------------- write_rows (the checkpointer's writes)
+ITEMS = "CREATE TABLE IF NOT EXISTS pd_items (k TEXT PRIMARY KEY, v INTEGER NOT NULL, b BYTEA)"
+UPSERT = "INSERT INTO pd_items (k, v, b) VALUES (?, ?, ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+
+
+def _items(store: PostgresStore) -> list[tuple[Any, ...]]:
+    return store.read("SELECT k, v FROM pd_items ORDER BY k")
+
+
+def _waits(store: PostgresStore) -> tuple[list[str], Any]:
+    """Count the flushes-and-reads (``conn.wait``) of the store's one pooled connection."""
+    waits: list[str] = []
+    with store._connection() as conn:
+        wait = conn.wait
+
+        def counted(gen: Any, *args: Any, **kwargs: Any) -> Any:
+            waits.append(getattr(gen, "__name__", "?"))
+            return wait(gen, *args, **kwargs)
+
+        conn.wait = counted
+    return waits, conn
+
+
+def _rows_store(store: PostgresStore) -> PostgresStore:
+    store.ensure_schema()
+    store.write(lambda cur: store.execute(cur, ITEMS))
+    return store
+
+
+def test_write_rows_is_one_round_trip_with_the_lease_check_and_its_first_preparation(store: PostgresStore) -> None:
+    _rows_store(store)
+    store.create_run(run_id="r-rows", workflow="w", input={}, owner="me", lease_seconds=30)
+    store.write(lambda cur: cur.execute("DEALLOCATE ALL"))
+    waits, conn = _waits(store)
+    try:
+        store.write_rows(UPSERT, [("a", 1, b"\x00\xff"), ("b", 2, None)], fence=("r-rows", "me"), relaxed=True)
+        assert len(waits) == 1, waits  # Parse x2, Bind/Execute x3 and Sync in one flush
+        store.write_rows(UPSERT, [("c", 3, None)], fence=("r-rows", "me"))
+        assert len(waits) == 2, waits
+    finally:
+        del conn.wait
+    assert _items(store) == [("a", 1), ("b", 2), ("c", 3)]
+    assert store.read("SELECT b FROM pd_items WHERE k = 'a'") == [(b"\x00\xff",)]
+    assert store.read("SHOW synchronous_commit") == [("on",)]  # the relaxed setting did not leak
+    assert len(_prepared(store)) == 3  # the fence (relaxed and not) and the upsert, once each
+
+
+def test_write_rows_fenced_on_a_lost_lease_writes_nothing_and_leaves_the_connection_usable(
+    store: PostgresStore,
+) -> None:
+    _rows_store(store)
+    store.create_run(run_id="r-rows-lost", workflow="w", input={}, owner="me", lease_seconds=30)
+    store.write(lambda cur: store.execute(cur, "UPDATE runs SET lease_owner = 'thief' WHERE id = 'r-rows-lost'"))
+    for relaxed in (False, True):
+        with pytest.raises(LeaseLost) as lost:
+            store.write_rows(UPSERT, [("a", 1, None)], fence=("r-rows-lost", "me"), relaxed=relaxed)
+        assert (lost.value.run_id, lost.value.owner) == ("r-rows-lost", "me")
+    assert _items(store) == []
+    with store._connection() as conn:
+        assert store._alone(conn)
+    store.write_rows(UPSERT, [("a", 1, None)], fence=("r-rows-lost", "thief"))
+    assert _items(store) == [("a", 1)]
+
+
+def test_write_rows_refuses_nul_in_text_and_keeps_psycopg_error_classes(store: PostgresStore) -> None:
+    _rows_store(store)
+    with pytest.raises(psycopg.DataError):  # refused before anything is sent, not cut short
+        store.write_rows(UPSERT, [("a", 1, None), ("b\x00c", 2, None)])
+    with pytest.raises(psycopg.errors.NotNullViolation):  # the second row fails: neither is kept
+        store.write_rows(UPSERT, [("a", 1, None), ("b", None, None)])
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        store.write_rows("INSERT INTO pd_nowhere (k) VALUES (?)", [("a",)])
+    assert _items(store) == []
+    store.write_rows(UPSERT, [("a", 1, None)])
+    assert _items(store) == [("a", 1)]
+
+
+def test_write_rows_recovers_prepared_statements_the_session_lost_or_already_had(store: PostgresStore) -> None:
+    from wflo.store import _postgres
+
+    _rows_store(store)
+    store.create_run(run_id="r-rows-prep", workflow="w", input={}, owner="me", lease_seconds=30)
+    store.write_rows(UPSERT, [("a", 1, None)], fence=("r-rows-prep", "me"))
+    store.write(lambda cur: cur.execute("DEALLOCATE ALL"))  # lost: the server refuses the Bind
+    store.write_rows(UPSERT, [("b", 2, None)], fence=("r-rows-prep", "me"))
+    with store._connection() as conn:
+        _postgres._PREPARED.pop(conn, None)  # already there: the server refuses the Parse
+    store.write_rows(UPSERT, [("c", 3, None)], fence=("r-rows-prep", "me"))
+    assert _items(store) == [("a", 1), ("b", 2), ("c", 3)]
+
+
+def test_write_rows_on_a_connection_the_server_dropped_is_retried(store: PostgresStore) -> None:
+    _rows_store(store)
+    store.write_rows(UPSERT, [("a", 1, None)])
+    with store._connection() as conn:
+        pid = conn.info.backend_pid
+    with psycopg.connect(store.url, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    store.write_rows(UPSERT, [("b", 2, None)])
+    assert _items(store) == [("a", 1), ("b", 2)]
+    with store._connection() as conn:
+        assert conn.info.backend_pid != pid
+
+
+def test_write_rows_behind_a_transaction_pooler_prepares_nothing(pg_url: str) -> None:
+    with open_store(f"{pg_url}&pool_size=1&pooler=transaction") as store:
+        assert isinstance(store, PostgresStore)
+        _rows_store(store)
+        store.create_run(run_id="r-rows-pooler", workflow="w", input={}, owner="me", lease_seconds=30)
+        for i in range(8):  # past psycopg's prepare threshold
+            store.write_rows(UPSERT, [(f"k{i}", i, b"\x00")], fence=("r-rows-pooler", "me"), relaxed=i % 2 == 0)
+        with store._connection() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
+        with pytest.raises(LeaseLost):
+            store.write_rows(UPSERT, [("late", 0, None)], fence=("r-rows-pooler", "other"))
+        assert len(_items(store)) == 8

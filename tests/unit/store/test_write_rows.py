@@ -111,3 +111,16 @@ def test_relaxed_on_a_normal_store_changes_nothing(tmp_path: Path) -> None:
         s.write_rows(UPSERT, [("a", 1)], relaxed=True)
         assert [q for q in seen if q.startswith("PRAGMA")] == []
         assert _items(s) == [("a", 1)]
+
+
+def test_bytes_text_and_nulls_come_back_as_written(store: Store) -> None:
+    # PostgreSQL sends bytes as binary parameters (``_direct_rows``): every byte value, NUL and
+    # bytes that are no UTF-8 included, must come back as it went, beside text and NULL.
+    blob = "BYTEA" if store.dialect == "postgresql" else "BLOB"
+    store.write(lambda cur: store.execute(cur, f"CREATE TABLE wr_blobs (k TEXT PRIMARY KEY, b {blob}, t TEXT)"))
+    rows = [("a", bytes(range(256)), "é\\x"), ("b", b"", None), ("c", None, "")]
+    store.write_rows("INSERT INTO wr_blobs (k, b, t) VALUES (?, ?, ?)", rows)
+    back = [
+        (k, None if b is None else bytes(b), t) for k, b, t in store.read("SELECT k, b, t FROM wr_blobs ORDER BY k")
+    ]
+    assert back == rows
