@@ -143,8 +143,8 @@ def get_writes(store: Store, thread_id: str, ns: str, checkpoint_id: str) -> lis
 
 
 # ----------------------------------------------------------------- writing
-# Each write is one transaction of its own (``Store.write_rows``), fenced on a run's lease when
-# ``fence=(run_id, owner)`` is given.
+# Each write is one transaction of its own (``Store.write_rows``: one round trip on PostgreSQL),
+# fenced on a run's lease when ``fence=(run_id, owner)`` is given.
 def put_checkpoint(store: Store, row: Sequence[Any], *, fence: tuple[str, str] | None = None) -> None:
     """Insert or replace a checkpoint: ``(thread_id, checkpoint_ns, checkpoint_id,
     parent_checkpoint_id, type, checkpoint bytes, metadata JSON)``; the commit waits for the disk."""

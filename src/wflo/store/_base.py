@@ -728,7 +728,10 @@ class Store(Connections):
         caller's work (the LangGraph checkpointer's): SQLite runs them on the pooled connection
         directly, with the same lock, lease check, commit mode and retry, without the general
         transaction's layers, whose per-call Python competes with those threads for the
-        interpreter lock. PostgreSQL sends them pipelined (one round trip), as ``write_batch``.
+        interpreter lock. PostgreSQL sends the lease check, the relaxed commit's setting and the
+        rows straight to libpq, prepared, as one implicit transaction (one round trip, no
+        ``BEGIN``/``COMMIT``, no cursor). Inside a caller's transaction both go through
+        ``write_batch``.
         """
 
         def go(cur: Any) -> None:
