@@ -145,31 +145,33 @@ class Connections(abc.ABC):
                 executor = self._offload
         context = contextvars.copy_context()
         job = functools.partial(context.run, fn, *args)
-        done = executor.submit(key, job, here=here)
         # Woken as ``asyncio.wrap_future`` would wake it (one callback on the loop), which also
-        # tells the executor the caller was woken (see ``OrderedExecutor.told``).
+        # tells the executor the caller was woken (see ``OrderedExecutor.told``). Awaited without
+        # ``asyncio.shield`` (its own future and an extra turn of the loop, twice per step): a
+        # cancellation cancels only this loop future, never the job (see ``_cancelled``).
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        waiter: list[asyncio.Future[T]] = [loop.create_future()]
+        done = executor.submit(key, job, here=here)
         if done.done():  # ended already (run here): the loop is awake, no need for its pipe
-            loop.call_soon(_woken, executor, key, done, future)
+            loop.call_soon(_woken, executor, key, done, waiter)
         else:
 
             def tell(_: Future[Any]) -> None:
                 if not loop.is_closed():
-                    loop.call_soon_threadsafe(_woken, executor, key, done, future)
+                    loop.call_soon_threadsafe(_woken, executor, key, done, waiter)
 
             done.add_done_callback(tell)
         try:
-            return await asyncio.shield(future)
+            return await waiter[0]
         except asyncio.CancelledError:
             # A store operation is not cut off half-way (a commit that may or may not have
             # happened, a reservation with no settlement): it runs to its end, and the caller's
             # cancellation is delivered at its next await instead.
             task = asyncio.current_task()
-            if task is None or future.cancelled():
+            if task is None:
                 raise
             try:
-                return await future
+                return await _cancelled(loop, done, waiter)
             finally:
                 task.uncancel()
                 task.cancel()
@@ -348,11 +350,12 @@ class _ReadAhead:
         self.answers: dict[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]]] = {}
 
 
-def _woken(executor: OrderedExecutor, key: Any, source: Future[Any], dest: asyncio.Future[Any]) -> None:
+def _woken(executor: OrderedExecutor, key: Any, source: Future[Any], waiter: list[asyncio.Future[Any]]) -> None:
     """On the loop: the job's outcome into the awaited future (as ``asyncio.wrap_future``
     copies it), and the executor told that its caller is being woken."""
     if key is not None:
         executor.told(key, source)
+    dest = waiter[0]
     if dest.cancelled():
         return
     error = source.exception()
@@ -360,3 +363,23 @@ def _woken(executor: OrderedExecutor, key: Any, source: Future[Any], dest: async
         dest.set_exception(error)
     else:
         dest.set_result(source.result())
+
+
+async def _cancelled(loop: asyncio.AbstractEventLoop, source: Future[Any], waiter: list[asyncio.Future[Any]]) -> Any:
+    """The outcome of ``off_loop``'s job once its caller was cancelled: the job runs to its end.
+
+    The cancellation cancelled the awaited loop future (``waiter[0]``), not the job: while the
+    job runs, a fresh future takes its place (``_woken`` reads ``waiter[0]`` when it runs on
+    the loop, and it runs only once the job has ended); once the job has ended, its outcome is
+    read from ``source`` itself."""
+    while True:
+        future = waiter[0]
+        if not future.cancelled():  # the job had ended (its outcome is there) as the task was cancelled
+            return await future
+        if source.done():
+            return source.result()
+        waiter[0] = loop.create_future()
+        try:
+            return await waiter[0]
+        except asyncio.CancelledError:
+            continue  # cancelled again while the job runs: it still runs to its end

@@ -105,3 +105,61 @@ def test_a_job_runs_here_once_the_previous_caller_was_woken(told: bool) -> None:
     assert where == [told]
     assert pool.submit("k", lambda: "after").result(timeout=5) == "after"  # the key is not stuck
     pool.close()
+
+
+def test_off_loop_wakes_its_caller_in_two_turns_of_the_loop(configured: str) -> None:
+    """A job run here wakes its caller two turns of the loop later (its outcome handed over,
+    then the task resumed), as ``asyncio.wrap_future`` would: no ``asyncio.shield`` future
+    between them (a third turn, and its future, on each of an async step's two hand-offs)."""
+    store = _config.get_store()
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        turns = [0]
+        ticking = [True]
+
+        def tick() -> None:
+            if ticking[0]:
+                turns[0] += 1
+                loop.call_soon(tick)
+
+        loop.call_soon(tick)
+        await asyncio.sleep(0)  # the ticker is running: one turn each
+        before = turns[0]
+        await store.off_loop(lambda: 7, key="turns-test", here=True)
+        ticking[0] = False
+        return turns[0] - before
+
+    assert asyncio.run(main()) == 2
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_cancelled_caller_gets_the_jobs_end_and_then_its_cancellation(configured: str, times: int) -> None:
+    """Cancelled (once, or again while it waits) as its job runs on a store thread: the job runs
+    to its end, the caller gets its value, and the cancellation comes at the caller's next await."""
+    store = _config.get_store()
+    ended = threading.Event()
+
+    def job() -> int:
+        time.sleep(0.1)
+        ended.set()
+        return 7
+
+    got: list[int] = []
+
+    async def caller() -> None:
+        got.append(await store.off_loop(job, key="cancel-test"))
+        await asyncio.sleep(1)  # the cancellation lands here
+        got.append(-1)
+
+    async def main() -> None:
+        task = asyncio.create_task(caller())
+        for _ in range(times):
+            await asyncio.sleep(0.02)
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ended.is_set()
+
+    asyncio.run(main())
+    assert got == [7]
