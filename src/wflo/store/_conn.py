@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ._offload import OrderedExecutor
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, BoundedPool
@@ -171,7 +171,7 @@ class Connections(abc.ABC):
             if task is None:
                 raise
             try:
-                return await _cancelled(loop, done, waiter)
+                return cast(T, await _cancelled(loop, done, waiter))
             finally:
                 task.uncancel()
                 task.cancel()
