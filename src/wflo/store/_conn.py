@@ -20,6 +20,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar, cast
 
+from .._errors import StoreError
 from ._offload import OrderedExecutor
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, BoundedPool
 from ._stream import DEFAULT_BATCH, RowStream
@@ -213,9 +214,28 @@ class Connections(abc.ABC):
         raise AssertionError("unreachable")
 
     @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """This thread's write transaction, refused inside another one of this store.
+
+        A nested write cannot be a transaction of its own: on SQLite its ``BEGIN`` fails, and on
+        PostgreSQL it would commit the outer transaction's work early (its ``BEGIN`` is only a
+        warning there), before the outer one decided. Both stores refuse it the same way."""
+        if getattr(self._local, "writing", False):
+            raise StoreError(
+                "a store write was started inside another write transaction on the same thread; "
+                "nested write transactions are not supported: do the inner writes with the outer "
+                "transaction's cursor"
+            )
+        self._local.writing = True
+        try:
+            yield
+        finally:
+            self._local.writing = False
+
+    @contextmanager
     def _tx(self, *, relaxed: bool = False) -> Iterator[Any]:
         """A write transaction; ``relaxed``: one that may commit without waiting for the disk."""
-        with self._connection() as conn:
+        with self._writing(), self._connection() as conn:
             cur = conn.cursor()
             if relaxed:
                 self._begin_relaxed(cur)

@@ -437,7 +437,7 @@ class PostgresStore(Store):
 
         def go() -> T:
             self._local.fenced = None
-            with self._connection() as conn:
+            with self._writing(), self._connection() as conn:
                 cur = conn.cursor()
                 try:
                     with conn.pipeline():

@@ -124,3 +124,23 @@ def test_bytes_text_and_nulls_come_back_as_written(store: Store) -> None:
         (k, None if b is None else bytes(b), t) for k, b, t in store.read("SELECT k, b, t FROM wr_blobs ORDER BY k")
     ]
     assert back == rows
+
+
+@pytest.mark.parametrize("inner", ["write", "write_batch", "write_rows"])
+def test_a_write_inside_another_write_is_refused_and_commits_nothing(store: Store, inner: str) -> None:
+    # On PostgreSQL the inner transaction's BEGIN is only a warning: its COMMIT used to commit
+    # the outer transaction's rows before the outer one failed.
+    from wflo._errors import StoreError
+
+    def nested(cur: Any) -> None:
+        store.execute(cur, UPSERT, ("outer", 1))
+        if inner == "write_rows":
+            store.write_rows(UPSERT, [("inner", 2)])
+        else:
+            getattr(store, inner)(lambda c: store.execute(c, UPSERT, ("inner", 2)))
+
+    with pytest.raises(StoreError, match="inside another write transaction"):
+        store.write(nested)
+    assert _items(store) == []
+    store.write_rows(UPSERT, [("after", 3)])  # the flag and the pool are left clean
+    assert _items(store) == [("after", 3)]
