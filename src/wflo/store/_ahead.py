@@ -108,12 +108,11 @@ class PgCreationAhead(CreationAhead):
             if self._unknown:
                 self._unknown = False
                 self._again()
-            elif self._conn is not None and not ops:
-                end = _end_params(store, self._conn, self.record.id, head, events, owner, projection)
-                if end is not None:
-                    done = self._read(end)
-                    if done is not None:
-                        return done
+            elif self._conn is not None:
+                end = None if ops else _end_params(store, self.record.id, head, events, owner, projection)
+                done = self._read(end)  # the creation's answer, at least, is read here
+                if done is not None:
+                    return done
         if self._error is not None:
             raise self._error
         return store.append(self.record.id, head, events, owner=owner, ops=ops, **projection)
@@ -131,12 +130,18 @@ class PgCreationAhead(CreationAhead):
         self._conn = None
         try:
             with conn.lock:
+                append = pg._APPEND_ALONE[False]
+                prepare = end is not None and append.name not in pg._PREPARED.get(conn, ())
                 if end is not None:
-                    pgconn.send_query_prepared(pg._APPEND_ALONE[False].name, _encode(end[1]))
+                    if prepare:  # in the same pipeline: no round trip more
+                        pgconn.send_prepare(append.name, append.query)
+                    pgconn.send_query_prepared(append.name, _encode(end[1]))
                     pgconn.pipeline_sync()
                 skip = 1 if self._prepared else 0
-                answers = conn.wait(_answers(psycopg.generators, pgconn, skip + (4 if end is not None else 2)))
+                n = skip + 2 + (2 + prepare if end is not None else 0)
+                answers = conn.wait(_answers(psycopg.generators, pgconn, n))
                 made, answers = answers[:skip], answers[skip:]
+                made_append = answers.pop(2) if prepare else []
                 if any(not a or a[-1].status != pg._PIPELINE_SYNC for a in answers[1::2]):
                     raise psycopg.InterfaceError("no pipeline sync after a run's creation")
                 pgconn.exit_pipeline_mode()
@@ -179,6 +184,12 @@ class PgCreationAhead(CreationAhead):
             return None
         if end is None:
             return None
+        if prepare:
+            if not made_append or made_append[-1].status != pg._COMMAND_OK:
+                if made_append and made_append[-1].error_field(pg._SQLSTATE) == pg._ALREADY_PREPARED:
+                    pg._PREPARED.setdefault(conn, set()).add(append.name)
+                return None  # the end did not run (refused before it): appended the usual way
+            pg._PREPARED.setdefault(conn, set()).add(append.name)
         try:
             value = pg._value(pg._check(answers[2], pg._APPEND_ALONE[False], pg._TUPLES_OK))
         except psycopg.Error as exc:
@@ -224,7 +235,6 @@ def _answers(generators: Any, pgconn: Any, n: int) -> Any:
 
 def _end_params(
     store: PostgresStore,
-    conn: Any,
     run_id: str,
     head: Head,
     events: Sequence[NewEvent],
@@ -247,8 +257,6 @@ def _end_params(
         e.type in RELAXED_MARKERS for e in events
     ):
         return None  # a relaxed marker: the usual path
-    if pg._APPEND_ALONE[False].name not in pg._PREPARED.get(conn, set()):
-        return None
     now = now_iso()
     output_json = None if not finish or error is not None else canonical_json(output)
     error_json = canonical_json(error) if finish and error is not None else None
