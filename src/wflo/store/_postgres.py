@@ -59,6 +59,9 @@ _PG_TIME = (
 #   files before its own record commits) can see such an event in that window and the store
 #   then lose it: an export taken while the run executes, in the last ~600 ms before a crash.
 #
+# A run's start sent ahead of its answer (``create_run_ahead``, see ``_ahead``) commits the same
+# way; its answer is read before any call of the run has an effect, so the above holds as is.
+#
 # Only a statement or transaction of its own is relaxed: inside a caller's transaction (a store
 # call from a ``write``) it commits as that transaction does (``_idle``).
 #

@@ -7,6 +7,7 @@ the existing run without running the body."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -151,3 +152,27 @@ def test_a_given_id_finds_the_existing_run_without_running_the_body(pg: Postgres
 
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def test_a_body_busy_before_its_first_call_gives_its_connection_back_at_the_next_heartbeat(
+    pg_url: str,
+) -> None:
+    from wflo.engine._context import current_run
+
+    config.configure(database=f"{pg_url}&pool_size=2", lease_seconds=0.6, poll_interval=0.05)
+    try:
+        pending: list[bool] = []
+
+        @wflo.workflow
+        def busy() -> int:
+            ctx = current_run()
+            assert ctx is not None
+            pending.append(ctx.ahead is not None)
+            time.sleep(0.8)  # non-wflo work: the heartbeat (every 0.2 s) reads the answer meanwhile
+            pending.append(ctx.ahead is not None)
+            return 4
+
+        assert busy() == 4
+        assert pending == [True, False]
+    finally:
+        config.reset()
