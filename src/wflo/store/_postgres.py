@@ -514,7 +514,8 @@ class PostgresStore(Store):
                     pgconn.send_prepare(stmt.name, stmt.query)
                 pgconn.send_query_prepared(stmt.name, encoded)
                 pgconn.pipeline_sync()
-                conn.wait(psycopg.generators.send(pgconn))
+                if pgconn.flush() != 0:  # not all sent at once (non-blocking): wait until it is
+                    conn.wait(psycopg.generators.send(pgconn))
         except BaseException as exc:
             pgconn.finish()
             pool.put(conn, broken=True)
