@@ -483,14 +483,15 @@ class PostgresStore(Store):
     def create_run_ahead(self, *, run_id: str, owner: str, lease_seconds: float = 30.0, **kwargs: Any) -> Any:
         """The relaxed creation (as ``create_run`` with an owner sends it) pipelined on a
         connection held out of the pool until its answer is read: see ``Store.create_run_ahead``
-        and ``_ahead``. ``None`` (use ``create_run``) behind a transaction pooler, inside a
-        transaction of this thread, or without libpq's pipeline mode. A connection that has not
+        and ``_ahead``. ``None`` (use ``create_run``) behind a transaction pooler, with a pool of
+        one connection, inside a transaction of this thread, or without libpq's pipeline mode. A connection that has not
         prepared the statement yet prepares it in the same pipeline."""
         from ._ahead import PgCreationAhead, ahead_row
 
         psycopg = self._psycopg
         if (
             self.pooler == "transaction"
+            or self.pool_size < 2  # the body's own store calls before its first call need another
             or getattr(self._local, "held", None) is not None
             or not psycopg.Pipeline.is_supported()
         ):
