@@ -103,7 +103,13 @@ def _prepare(
     rt: Runtime, store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False,
     leased_at: float | None = None, ahead: CreationAhead | None = None,
 ) -> RunContext:  # fmt: skip
-    ctx = RunContext.load(store, record, owner, guards_for(rt, wf, record, store), fresh=fresh, runtime=rt)
+    try:
+        ctx = RunContext.load(store, record, owner, guards_for(rt, wf, record, store), fresh=fresh, runtime=rt)
+    except BaseException:
+        if ahead is not None:  # its connection back to the pool (and the creation read) before the error
+            with contextlib.suppress(Exception):
+                ahead.settle()
+        raise
     ctx.ahead = ahead  # fresh: its journal is run.created and run.started, nothing to append now
     if leased_at is not None:
         ctx.lease_renewed(leased_at)
