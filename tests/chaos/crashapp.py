@@ -1,6 +1,6 @@
 """A workflow for the crash tests: each step logs its effects to a file, then sleeps a little.
 
-Usage: python crashapp.py RUN_ID EFFECTS_FILE STEPS   (store from WFLO_DATABASE_URL)
+Usage: python crashapp.py RUN_ID EFFECTS_FILE STEPS   (store from WFLO_DATABASE_URL; RUN_ID "-": generated)
 """
 
 from __future__ import annotations
@@ -41,4 +41,5 @@ def crashapp(steps: int) -> int:
 if __name__ == "__main__":
     run_id, EFFECTS, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     os.environ["CRASHAPP_EFFECTS"] = EFFECTS
-    print(crashapp.options(id=run_id).run(steps))
+    # "-": a generated id (PostgreSQL then sends the run's creation ahead of its answer).
+    print(crashapp.run(steps) if run_id == "-" else crashapp.options(id=run_id).run(steps))

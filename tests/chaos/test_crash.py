@@ -106,6 +106,47 @@ def test_workers_racing_for_recoverable_runs_never_run_one_twice(store_url: str,
     assert len(pids) >= 1
 
 
+def test_sigkill_after_the_first_step_of_a_run_created_ahead_then_a_worker_resumes_it(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """A run with a generated id on PostgreSQL (its creation sent ahead of its answer, read at
+    its first call: ``wflo.store._ahead``), its process killed once the first step is journaled:
+    the run exists, and a worker resumes it without running that step again."""
+    effects = tmp_path / "effects.log"
+    env = chaos_env(pg_url)
+    _config.configure(database=pg_url)
+    store = _config.get_store()
+    proc = subprocess.Popen([sys.executable, str(APP), "-", str(effects), "30"], env=env, cwd=HERE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    err = ""
+    try:
+        deadline = time.monotonic() + 60
+        run_id = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = store.list_runs(workflow="crashapp")
+            if runs and any(e.type == "call.completed" for e in store.events(runs[0].id)):
+                run_id = runs[0].id
+                break
+            time.sleep(0.005)
+    finally:
+        proc.kill()
+        _, err = proc.communicate(timeout=30)
+    assert run_id is not None, err
+    assert store.get_run(run_id).status == "running"
+    journaled = {e.data["call"] for e in store.events(run_id) if e.type == "call.completed"}
+    worker = subprocess.run(
+        [sys.executable, "-m", "wflo.cli", "worker", "-i", "crashapp", "--idle-exit", "3", "-q"],
+        env={**env, "CRASHAPP_EFFECTS": str(effects)}, cwd=HERE, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    run = store.get_run(run_id)
+    assert run.status == "succeeded" and run.output == sum(i * i for i in range(30))
+    starts, _ = count_effects(effects)
+    for call in journaled:  # a step journaled before the kill never ran again
+        assert starts[int(call) - 1] == 1, (call, starts)
+    assert len({line.split()[2] for line in effects.read_text().splitlines()}) == 2  # killed, then resumed
+
+
 def test_postgres_connection_killed_mid_run(pg_url: str) -> None:
     """pg_terminate_backend on the worker's connection mid-run: the run still completes right."""
     import threading

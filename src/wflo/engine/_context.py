@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost, RunCancelled, RunEndedError
 from .._runtime import runtime as current_runtime
-from ..store import Head, NewEvent, RunRecord, Store, StoreOp
+from ..store import CreationAhead, Head, NewEvent, RunRecord, Store, StoreOp
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -149,7 +149,20 @@ class RunContext:
         self._used: set[str] = set()  # journal entries a lane call has taken (by content)
         self._siblings: dict[str, list[JournalEntry]] | None = None  # spawning point -> lane entries
         self._held: tuple[int, list[Held]] | None = None  # (thread, appends held back; see hold_appends)
+        self.ahead: CreationAhead | None = None
+        """The run's creation, sent but its answer not read yet (see ``wflo.store._ahead``):
+        read at the run's first durable interaction (:meth:`settle_creation`)."""
         install_propagation()
+
+    # ------------------------------------------------------------------ creation
+    def settle_creation(self) -> None:
+        """Before anything of the run touches the store or a call has an effect: read the
+        answer to the run's creation if it was sent ahead (``Store.create_run_ahead``), and
+        raise its error (now and at every later interaction: nothing of the run is written)."""
+        ahead = self.ahead
+        if ahead is not None:
+            ahead.settle()
+            self.ahead = None
 
     # ------------------------------------------------------------------ lease
     def lease_renewed(self, sent_at: float, lease_seconds: float | None = None) -> None:
@@ -170,6 +183,7 @@ class RunContext:
         a renewal that is refused (the run is someone else's) or fails (we cannot tell) gives
         the run up: the journal is intact and the run is claimable again.
         """
+        self.settle_creation()
         if self.lease_lost:
             raise LeaseLost(run_id=self.run_id, owner=self.owner)
         if monotonic() < self._lease_valid_until:
@@ -189,7 +203,7 @@ class RunContext:
 
     def lease_fresh(self) -> bool:
         """True when :meth:`ensure_lease` would return at once (no round trip, no error)."""
-        return not self.lease_lost and monotonic() < self._lease_valid_until
+        return self.ahead is None and not self.lease_lost and monotonic() < self._lease_valid_until
 
     @classmethod
     def load(
@@ -343,7 +357,14 @@ class RunContext:
             if self.lease_lost:
                 raise LeaseLost(run_id=self.run_id, owner=self.owner)
             try:
-                self.head = self.store.append(self.run_id, self.head, events, owner=self.owner, ops=ops, **projection)
+                ahead = self.ahead
+                if ahead is not None:  # the creation's answer, and this append in the same round trip
+                    self.head = ahead.append(self.head, events, owner=self.owner, ops=ops, **projection)
+                    self.ahead = None
+                else:
+                    self.head = self.store.append(
+                        self.run_id, self.head, events, owner=self.owner, ops=ops, **projection
+                    )
             except LeaseLost:
                 self.lease_lost = True
                 raise
