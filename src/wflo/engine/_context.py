@@ -17,11 +17,13 @@ call with no such entry runs live, at a position no journal entry holds.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -148,6 +150,8 @@ class RunContext:
         earlier execution can have left anything behind (kept payloads) for its end to clear."""
         self._used: set[str] = set()  # journal entries a lane call has taken (by content)
         self._siblings: dict[str, list[JournalEntry]] | None = None  # spawning point -> lane entries
+        self._by_parent: dict[tuple[str, str, str], deque[JournalEntry]] | None = None  # see _requests
+        self._tasks: dict[str, set[asyncio.Task[Any]]] = {}  # call path -> live tasks started there
         self._held: tuple[int, list[Held]] | None = None  # (thread, appends held back; see hold_appends)
         install_propagation()
 
@@ -257,16 +261,24 @@ class RunContext:
     def position(self, name: str, kind: str, digest: Callable[[], str]) -> tuple[str, JournalEntry | None]:
         """The id of the next call and the journal entry to replay it from (``None``: run it).
 
-        On the main path this is the entry at the call's position. In a lane (see the module
-        docstring) the entry must be of the same request, found by content among the lanes of
-        the same spawning point; a call with none gets a position that no entry holds.
+        On the main path this is the entry at the call's position, unless the journal says
+        otherwise (see the module docstring: tasks): then the entry of the same request, or none.
+        In a lane (see the module docstring) the entry must be of the same request, found by
+        content among the lanes of the same spawning point; a call with none gets a position
+        that no entry holds.
         """
         self.closed_check(name)
         call_id = self.next_call_id()
+        if not self.journal:
+            return call_id, None  # a run's first execution: nothing to replay
         parent = call_id.rpartition(".")[0]
         spawn_point, _, lane = parent.rpartition(".")
         if not (lane.startswith("t") and lane[1:].isdigit()):
-            return call_id, self.journal.get(call_id)
+            entry = self.journal.get(call_id)
+            if entry is not None and call_id not in self._used and not self._racing(parent):
+                self._used.add(call_id)
+                return call_id, entry
+            return self._by_request(call_id, parent, entry, name, kind, digest)
         want = digest()
         with self._lock:
             entry = self.journal.get(call_id)
@@ -286,6 +298,76 @@ class RunContext:
                 call_id = f"{parent}.{n}"
             self._used.add(call_id)
             return call_id, None
+
+    def _by_request(
+        self, call_id: str, parent: str, entry: JournalEntry | None, name: str, kind: str, digest: Callable[[], str]
+    ) -> tuple[str, JournalEntry | None]:
+        """A main-path call whose position may hold another task's call (see the module
+        docstring): the entry of the same request, its own position first, else the earliest
+        unused one of its parent; else its position's entry if no other task can have made it;
+        else none, at an id that no entry holds."""
+        with self._lock:
+            want: str | None = None
+            if entry is not None and call_id not in self._used and (entry.name, entry.kind) == (name, kind):
+                want = digest()
+                if entry.digest == want:
+                    self._used.add(call_id)
+                    return call_id, entry
+            same = self._requests().get((parent, name, kind))
+            if same:
+                while same and same[0].call in self._used:
+                    same.popleft()
+                for other in same:
+                    if other.call not in self._used:
+                        if want is None:
+                            want = digest()
+                        if other.digest == want:
+                            self._used.add(other.call)
+                            return other.call, other
+            if entry is None:
+                return call_id, None
+            if call_id not in self._used and (entry.digest is None or not self._racing(parent)):
+                # No other task can have made this call (or the journal predates digests): the
+                # position decides, as in sequential code (a prompt may differ on replay).
+                self._used.add(call_id)
+                return call_id, entry
+            # Another task's call holds this position: run live where no entry is.
+            key = parent + "|r"
+            while True:
+                n = self._counters.get(key, 0) + 1
+                self._counters[key] = n
+                moved = f"{parent}.r{n}" if parent else f"r{n}"
+                if moved not in self.journal:
+                    return moved, None
+
+    def _requests(self) -> dict[tuple[str, str, str], deque[JournalEntry]]:
+        """The journal's entries by ``(parent, name, kind)``, in journal order (built once)."""
+        if self._by_parent is None:
+            index: dict[tuple[str, str, str], list[JournalEntry]] = {}
+            for entry in self.journal.values():
+                index.setdefault((entry.call.rpartition(".")[0], entry.name, entry.kind), []).append(entry)
+            self._by_parent = {k: deque(sorted(v, key=lambda e: e.seq)) for k, v in index.items()}
+        return self._by_parent
+
+    def _racing(self, parent: str) -> bool:
+        """Whether a task started at ``parent`` (whose calls share its numbering) still runs."""
+        tasks = self._tasks.get(parent)
+        if not tasks:
+            return False
+        with self._lock:
+            return any(not task.done() for task in tasks)
+
+    def task_started(self, task: asyncio.Task[Any], path: str) -> None:
+        """``task`` was created inside this run at call path ``path`` (see ``install_propagation``)."""
+        if task.done():
+            return
+        with self._lock:
+            self._tasks.setdefault(path, set()).add(task)
+        task.add_done_callback(functools.partial(self._task_ended, path))
+
+    def _task_ended(self, path: str, task: asyncio.Task[Any]) -> None:
+        with self._lock:
+            self._tasks.get(path, set()).discard(task)
 
     def _lane_entries(self, spawn_point: str) -> list[JournalEntry]:
         if self._siblings is None:
@@ -431,6 +513,7 @@ def install_propagation() -> None:
         pool_worker = cft._worker
         thread_start = threading.Thread.start
         pool_submit = cft.ThreadPoolExecutor.submit
+        loop_create_task = asyncio.BaseEventLoop.create_task
 
         def start(self: threading.Thread) -> None:
             ctx = _current_run.get()
@@ -448,8 +531,18 @@ def install_propagation() -> None:
                 fn = in_lane(ctx, ctx.spawn(), fn)
             return pool_submit(self, fn, *args, **kwargs)
 
+        def create_task(self: asyncio.BaseEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            task = loop_create_task(self, coro, **kwargs)
+            context = kwargs.get("context")
+            ctx = _current_run.get() if context is None else context.get(_current_run)
+            if ctx is not None:
+                ctx.task_started(task, _call_path.get() if context is None else context.get(_call_path, ""))
+            return task
+
         start.__wflo_wrapped__ = thread_start  # type: ignore[attr-defined]
         submit.__wflo_wrapped__ = pool_submit  # type: ignore[attr-defined]
+        create_task.__wflo_wrapped__ = loop_create_task  # type: ignore[attr-defined]
         threading.Thread.start = start  # type: ignore[method-assign]
         cft.ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
+        asyncio.BaseEventLoop.create_task = create_task  # type: ignore[method-assign]
         _installed = True
