@@ -13,6 +13,20 @@ lane, a call is replayed only from an entry of the *same request* (name, kind an
 digest): first the entry at its own position, else any unused entry of a sibling lane (same
 spawning point), so work that threads pull from a shared queue is matched by content. A lane
 call with no such entry runs live, at a position no journal entry holds.
+
+Asyncio tasks (``asyncio.gather``, ``create_task``, a ``TaskGroup``) are not lanes: they share
+the numbering of the path they were created at, calls numbered in the order they start. That
+order can change on resume when a task's call follows something whose time varies (a live step,
+an LLM call, a timer), so a position may hold another task's call. Replay therefore checks the
+request where that can happen (:meth:`RunContext.position`): while a task created at the call's
+path still runs, or when the call's position holds nothing or was taken by another call, a call
+is replayed from the entry of the same request (name, kind, argument digest), its own position
+first, else the earliest unused entry of its parent, and takes that entry's id (its nested calls
+hang under it). Without such an entry, the position's entry is replayed (name and kind checked,
+as in sequential code, where a prompt may legitimately differ) only if no other task of that
+path runs; otherwise the call runs live at an id no entry holds (``P.rk``). Tasks are seen
+through ``loop.create_task`` (see :func:`install_propagation`). Numbering is unchanged, so
+journals written before replay as they did.
 """
 
 from __future__ import annotations
@@ -497,7 +511,9 @@ def install_propagation() -> None:
 
     Wraps ``threading.Thread.start`` and ``concurrent.futures.ThreadPoolExecutor.submit``
     (which ``asyncio.to_thread``, ``loop.run_in_executor`` and LangChain's, LangGraph's and
-    CrewAI's executors use). Outside a run both behave exactly as before. Installed by the
+    CrewAI's executors use), and ``asyncio.BaseEventLoop.create_task`` (which ``create_task``,
+    ``gather``, ``TaskGroup`` and anyio use) to tell the run which of its tasks still run (the
+    task itself is left alone). Outside a run they behave exactly as before. Installed by the
     first run of a process (or ``wflo.init()``), not at import. A pool's own worker threads
     and wflo's threads (``wflo-*``) are not bound to the run that happened to start them:
     each task carries its own submitter's run.
