@@ -19,14 +19,15 @@ the numbering of the path they were created at, calls numbered in the order they
 order can change on resume when a task's call follows something whose time varies (a live step,
 an LLM call, a timer), so a position may hold another task's call. Replay therefore checks the
 request where that can happen (:meth:`RunContext.position`): while a task created at the call's
-path still runs, or when the call's position holds nothing or was taken by another call, a call
-is replayed from the entry of the same request (name, kind, argument digest), its own position
+path (other than the calling one) still runs, or when the call's position holds nothing or was
+taken by another call, a call is replayed from the entry of the same request (name, kind, argument digest), its own position
 first, else the earliest unused entry of its parent, and takes that entry's id (its nested calls
 hang under it). Without such an entry, the position's entry is replayed (name and kind checked,
 as in sequential code, where a prompt may legitimately differ) only if no other task of that
 path runs; otherwise the call runs live at an id no entry holds (``P.rk``). Tasks are seen
-through ``loop.create_task`` (see :func:`install_propagation`). Numbering is unchanged, so
-journals written before replay as they did.
+through ``loop.create_task``, which also marks each task's context (``_task_mark``) so that a
+call knows its own task (see :func:`install_propagation`). Numbering is unchanged, so journals
+written before replay as they did.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ Held = tuple[Sequence[NewEvent], Sequence[StoreOp], dict[str, Any]]
 
 _current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("wflo_run", default=None)
 _call_path: contextvars.ContextVar[str] = contextvars.ContextVar("wflo_call_path", default="")
+_task_mark: contextvars.ContextVar[object] = contextvars.ContextVar("wflo_task", default=None)
+"""In a task created inside a run, a token of that task (``None`` in the run's own task)."""
 
 CALL_EVENT_TYPES = frozenset({"call.started", "call.completed", "call.failed"})
 _STATUS = {"call.started": "started", "call.completed": "completed", "call.failed": "failed"}
@@ -165,7 +168,7 @@ class RunContext:
         self._used: set[str] = set()  # journal entries a lane call has taken (by content)
         self._siblings: dict[str, list[JournalEntry]] | None = None  # spawning point -> lane entries
         self._by_parent: dict[tuple[str, str, str], deque[JournalEntry]] | None = None  # see _requests
-        self._tasks: dict[str, set[asyncio.Task[Any]]] = {}  # call path -> live tasks started there
+        self._tasks: dict[str, dict[asyncio.Task[Any], object]] = {}  # call path -> live tasks there: marks
         self._held: tuple[int, list[Held]] | None = None  # (thread, appends held back; see hold_appends)
         install_propagation()
 
@@ -364,24 +367,27 @@ class RunContext:
         return self._by_parent
 
     def _racing(self, parent: str) -> bool:
-        """Whether a task started at ``parent`` (whose calls share its numbering) still runs."""
+        """Whether a task started at ``parent`` (whose calls share its numbering), other than the
+        calling one, still runs."""
         tasks = self._tasks.get(parent)
         if not tasks:
             return False
+        mine = _task_mark.get()
         with self._lock:
-            return any(not task.done() for task in tasks)
+            return any(mark is not mine and not task.done() for task, mark in tasks.items())
 
-    def task_started(self, task: asyncio.Task[Any], path: str) -> None:
-        """``task`` was created inside this run at call path ``path`` (see ``install_propagation``)."""
+    def task_started(self, task: asyncio.Task[Any], path: str, mark: object) -> None:
+        """``task`` (known by ``mark`` in its context) was created inside this run at call path
+        ``path`` (see ``install_propagation``)."""
         if task.done():
             return
         with self._lock:
-            self._tasks.setdefault(path, set()).add(task)
+            self._tasks.setdefault(path, {})[task] = mark
         task.add_done_callback(functools.partial(self._task_ended, path))
 
     def _task_ended(self, path: str, task: asyncio.Task[Any]) -> None:
         with self._lock:
-            self._tasks.get(path, set()).discard(task)
+            self._tasks.get(path, {}).pop(task, None)
 
     def _lane_entries(self, spawn_point: str) -> list[JournalEntry]:
         if self._siblings is None:
@@ -548,11 +554,16 @@ def install_propagation() -> None:
             return pool_submit(self, fn, *args, **kwargs)
 
         def create_task(self: asyncio.BaseEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-            task = loop_create_task(self, coro, **kwargs)
             context = kwargs.get("context")
             ctx = _current_run.get() if context is None else context.get(_current_run)
-            if ctx is not None:
-                ctx.task_started(task, _call_path.get() if context is None else context.get(_call_path, ""))
+            if ctx is None:
+                return loop_create_task(self, coro, **kwargs)
+            mark = object()
+            if context is None:  # the copy the task would make, with its mark
+                context = kwargs["context"] = contextvars.copy_context()
+                context.run(_task_mark.set, mark)
+            task = loop_create_task(self, coro, **kwargs)
+            ctx.task_started(task, context.get(_call_path, ""), mark)
             return task
 
         start.__wflo_wrapped__ = thread_start  # type: ignore[attr-defined]

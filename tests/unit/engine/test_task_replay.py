@@ -274,3 +274,35 @@ def test_a_journal_numbered_as_before_resumes_identically(
     assert set(ran.values()) == {1}, f"a finished call ran again: {ran}"
     _succeeded(run_id)
     assert _calls(run_id) == recorded
+
+
+def test_a_lone_task_replays_by_position(configured: str) -> None:
+    """One task, awaited by the workflow, whose calls' arguments differ on replay (a timestamp
+    in a prompt): no other task can have made the calls at its positions, so they replay from
+    there as sequential code does, not run again."""
+    ran: Counter[str] = Counter()
+    stamp = {"now": "09:00"}
+    crash = {"on": True}
+
+    @wflo.step(name="tr.lone.ask")
+    async def ask(prompt: str) -> str:
+        ran[prompt] += 1
+        return f"answer to {prompt}"
+
+    async def task() -> list[str]:
+        return [await ask(f"first, at {stamp['now']}"), await ask(f"then, at {stamp['now']}")]
+
+    @wflo.workflow(name="tr.lone")
+    async def flow() -> list[str]:
+        out = await asyncio.create_task(task())
+        if crash["on"]:
+            raise KeyboardInterrupt
+        return out
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(flow.options(id="tr-lone").arun())
+    crash["on"] = False
+    stamp["now"] = "10:00"
+    assert wflo.resume("tr-lone") == ["answer to first, at 09:00", "answer to then, at 09:00"]
+    assert sum(ran.values()) == 2, f"a call ran again: {ran}"
+    _succeeded("tr-lone")
