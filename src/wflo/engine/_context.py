@@ -20,13 +20,13 @@ order can change on resume when a task's call follows something whose time varie
 an LLM call, a timer), so a position may hold another task's call. Replay therefore checks the
 request where that can happen (:meth:`RunContext.position`): while a task created at the call's
 path (other than the calling one) still runs, or when the call's position holds nothing or was
-taken by another call, a call is replayed from the entry of the same request (name, kind, argument digest), its own position
-first, else the earliest unused entry of its parent, and takes that entry's id (its nested calls
-hang under it). Without such an entry, the position's entry is replayed (name and kind checked,
-as in sequential code, where a prompt may legitimately differ) only if no other task of that
-path runs; otherwise the call runs live at an id no entry holds (``P.rk``). Tasks are seen
-through ``loop.create_task``, which also marks each task's context (``_task_mark``) so that a
-call knows its own task (see :func:`install_propagation`). Numbering is unchanged, so journals
+taken by another call, a call is replayed from the earliest unused entry of its parent for the
+same request (name, kind, argument digest), and takes that entry's id (its nested calls hang
+under it). Without one, the position's entry is replayed (name and kind checked, as in
+sequential code, where a prompt may legitimately differ) only if no other task of that path
+runs; otherwise the call runs live at an id no entry holds (``P.rk``). Tasks are seen through
+``loop.create_task``, which also marks each task's context (``_task_mark``) so that a call
+knows its own task (see :func:`install_propagation`). Numbering is unchanged, so journals
 written before replay as they did.
 """
 
@@ -320,16 +320,12 @@ class RunContext:
         self, call_id: str, parent: str, entry: JournalEntry | None, name: str, kind: str, digest: Callable[[], str]
     ) -> tuple[str, JournalEntry | None]:
         """A main-path call whose position may hold another task's call (see the module
-        docstring): the entry of the same request, its own position first, else the earliest
-        unused one of its parent; else its position's entry if no other task can have made it;
-        else none, at an id that no entry holds."""
+        docstring): the earliest unused entry of its parent for the same request (not the one at
+        its own position first: of a task's identical calls, a poll, that may be a later one);
+        else its position's entry if no other task can have made it; else none, at an id that
+        no entry holds."""
         with self._lock:
             want: str | None = None
-            if entry is not None and call_id not in self._used and (entry.name, entry.kind) == (name, kind):
-                want = digest()
-                if entry.digest == want:
-                    self._used.add(call_id)
-                    return call_id, entry
             same = self._requests().get((parent, name, kind))
             if same:
                 while same and same[0].call in self._used:

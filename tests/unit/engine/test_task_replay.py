@@ -185,7 +185,9 @@ def test_polls_keep_their_order(configured: str) -> None:
     time: on replay each call gets the result recorded at its own place, in the workflow's own
     task (positional, as before) and in tasks whose polls interleave otherwise on resume."""
     polls: Counter[str] = Counter()
-    timing = {"a": 0.01, "b": 0.03}
+    # Recorded a1 b1 a2 a3 b2 a4 b3 b4; replayed a1 b1 b2 a2 b3 …: a2 reaches the place of a3,
+    # whose request is the same, and must still get a2's result.
+    timing = {"a": 0.05, "b": 0.12}
     crash = {"on": True}
 
     @wflo.step(name="tr.poll.check")
@@ -213,7 +215,7 @@ def test_polls_keep_their_order(configured: str) -> None:
         asyncio.run(flow.options(id="tr-poll").arun())
     recorded = _calls("tr-poll")
     crash["on"] = False
-    timing.update(a=0.03, b=0.01)
+    timing.update(a=0.13, b=0.08)
     expected = [[f"root:{k}" for k in (1, 2, 3, 4)], [f"a:{k}" for k in (1, 2, 3, 4)]]
     expected += [[f"b:{k}" for k in (1, 2, 3, 4)], ["root:5"]]
     assert wflo.resume("tr-poll") == expected
