@@ -555,11 +555,16 @@ def install_propagation() -> None:
             if ctx is None:
                 return loop_create_task(self, coro, **kwargs)
             mark = object()
-            if context is None:  # the copy the task would make, with its mark
+            if context is not None or self.get_task_factory() is not None:
+                # A factory may predate ``context=``: the task is not marked, and so not told
+                # from the task that created it (its calls count it as racing them).
+                path = _call_path.get() if context is None else context.get(_call_path, "")
+            else:  # the copy the task would make, with its mark
                 context = kwargs["context"] = contextvars.copy_context()
                 context.run(_task_mark.set, mark)
+                path = context.get(_call_path, "")
             task = loop_create_task(self, coro, **kwargs)
-            ctx.task_started(task, context.get(_call_path, ""), mark)
+            ctx.task_started(task, path, mark)
             return task
 
         start.__wflo_wrapped__ = thread_start  # type: ignore[attr-defined]

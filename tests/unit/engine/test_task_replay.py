@@ -308,3 +308,25 @@ def test_a_lone_task_replays_by_position(configured: str) -> None:
     assert wflo.resume("tr-lone") == ["answer to first, at 09:00", "answer to then, at 09:00"]
     assert sum(ran.values()) == 2, f"a call ran again: {ran}"
     _succeeded("tr-lone")
+
+
+def test_a_task_factory_without_context_still_works(configured: str) -> None:
+    """The run marks each task's context by creating it in a copy it passes on (``context=``),
+    unless the loop has a task factory: one written before Python 3.11 takes no ``context``."""
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=loop)
+
+    @wflo.step(name="tr.factory.echo")
+    async def echo(i: int) -> int:
+        return i
+
+    @wflo.workflow(name="tr.factory")
+    async def flow() -> list[int]:
+        return list(await asyncio.gather(*(echo(i) for i in range(3))))
+
+    async def main() -> list[int]:
+        asyncio.get_running_loop().set_task_factory(factory)  # type: ignore[arg-type]
+        return await flow.options(id="tr-factory").arun()
+
+    assert asyncio.run(main()) == [0, 1, 2]
