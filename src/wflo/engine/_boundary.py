@@ -224,7 +224,8 @@ def _refused(call: Call, exc: BaseException, entered: list[Guard]) -> NoReturn:
 
 def _started(call: Call) -> None:
     if call.at_most_once:
-        call.run.append([NewEvent("call.started", {"call": call.call_id, "name": call.name, "kind": call.kind})])
+        data = {"call": call.call_id, "name": call.name, "kind": call.kind, "digest": call.args_digest}
+        call.run.append([NewEvent("call.started", data)])
 
 
 def _after(call: Call, outcome: Outcome, guards: list[Guard]) -> None:

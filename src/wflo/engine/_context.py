@@ -13,15 +13,32 @@ lane, a call is replayed only from an entry of the *same request* (name, kind an
 digest): first the entry at its own position, else any unused entry of a sibling lane (same
 spawning point), so work that threads pull from a shared queue is matched by content. A lane
 call with no such entry runs live, at a position no journal entry holds.
+
+Asyncio tasks (``asyncio.gather``, ``create_task``, a ``TaskGroup``) are not lanes: they share
+the numbering of the path they were created at, calls numbered in the order they start. That
+order can change on resume when a task's call follows something whose time varies (a live step,
+an LLM call, a timer), so a position may hold another task's call. Replay therefore checks the
+request where that can happen (:meth:`RunContext.position`): while a task created at the call's
+path (other than the calling one) still runs, or when the call's position holds nothing or was
+taken by another call, a call is replayed from the earliest unused entry of its parent for the
+same request (name, kind, argument digest), and takes that entry's id (its nested calls hang
+under it). Without one, the position's entry is replayed (name and kind checked, as in
+sequential code, where a prompt may legitimately differ) only if no other task of that path
+runs; otherwise the call runs live at an id no entry holds (``P.rk``). Tasks are seen through
+``loop.create_task``, which also marks each task's context (``_task_mark``) so that a call
+knows its own task (see :func:`install_propagation`). Numbering is unchanged, so journals
+written before replay as they did.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -39,6 +56,8 @@ Held = tuple[Sequence[NewEvent], Sequence[StoreOp], dict[str, Any]]
 
 _current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("wflo_run", default=None)
 _call_path: contextvars.ContextVar[str] = contextvars.ContextVar("wflo_call_path", default="")
+_task_mark: contextvars.ContextVar[object] = contextvars.ContextVar("wflo_task", default=None)
+"""In a task created inside a run, a token of that task (``None`` in the run's own task)."""
 
 CALL_EVENT_TYPES = frozenset({"call.started", "call.completed", "call.failed"})
 _STATUS = {"call.started": "started", "call.completed": "completed", "call.failed": "failed"}
@@ -148,6 +167,8 @@ class RunContext:
         earlier execution can have left anything behind (kept payloads) for its end to clear."""
         self._used: set[str] = set()  # journal entries a lane call has taken (by content)
         self._siblings: dict[str, list[JournalEntry]] | None = None  # spawning point -> lane entries
+        self._by_parent: dict[tuple[str, str, str], deque[JournalEntry]] | None = None  # see _requests
+        self._tasks: dict[str, dict[asyncio.Task[Any], object]] = {}  # call path -> live tasks there: marks
         self._held: tuple[int, list[Held]] | None = None  # (thread, appends held back; see hold_appends)
         self.ahead: CreationAhead | None = None
         """The run's creation, sent but its answer not read yet (see ``wflo.store._ahead``):
@@ -271,16 +292,24 @@ class RunContext:
     def position(self, name: str, kind: str, digest: Callable[[], str]) -> tuple[str, JournalEntry | None]:
         """The id of the next call and the journal entry to replay it from (``None``: run it).
 
-        On the main path this is the entry at the call's position. In a lane (see the module
-        docstring) the entry must be of the same request, found by content among the lanes of
-        the same spawning point; a call with none gets a position that no entry holds.
+        On the main path this is the entry at the call's position, unless the journal says
+        otherwise (see the module docstring: tasks): then the entry of the same request, or none.
+        In a lane (see the module docstring) the entry must be of the same request, found by
+        content among the lanes of the same spawning point; a call with none gets a position
+        that no entry holds.
         """
         self.closed_check(name)
         call_id = self.next_call_id()
+        if not self.journal:
+            return call_id, None  # a run's first execution: nothing to replay
         parent = call_id.rpartition(".")[0]
         spawn_point, _, lane = parent.rpartition(".")
         if not (lane.startswith("t") and lane[1:].isdigit()):
-            return call_id, self.journal.get(call_id)
+            entry = self.journal.get(call_id)
+            if entry is not None and call_id not in self._used and not self._racing(parent):
+                self._used.add(call_id)
+                return call_id, entry
+            return self._by_request(call_id, parent, entry, name, kind, digest)
         want = digest()
         with self._lock:
             entry = self.journal.get(call_id)
@@ -300,6 +329,75 @@ class RunContext:
                 call_id = f"{parent}.{n}"
             self._used.add(call_id)
             return call_id, None
+
+    def _by_request(
+        self, call_id: str, parent: str, entry: JournalEntry | None, name: str, kind: str, digest: Callable[[], str]
+    ) -> tuple[str, JournalEntry | None]:
+        """A main-path call whose position may hold another task's call (see the module
+        docstring): the earliest unused entry of its parent for the same request (not the one at
+        its own position first: of a task's identical calls, a poll, that may be a later one);
+        else its position's entry if no other task can have made it; else none, at an id that
+        no entry holds."""
+        with self._lock:
+            want: str | None = None
+            same = self._requests().get((parent, name, kind))
+            if same:
+                while same and same[0].call in self._used:
+                    same.popleft()
+                for other in same:
+                    if other.call not in self._used:
+                        if want is None:
+                            want = digest()
+                        if other.digest == want:
+                            self._used.add(other.call)
+                            return other.call, other
+            if entry is None:
+                return call_id, None
+            if call_id not in self._used and (entry.digest is None or not self._racing(parent)):
+                # No other task can have made this call (or the journal predates digests): the
+                # position decides, as in sequential code (a prompt may differ on replay).
+                self._used.add(call_id)
+                return call_id, entry
+            # Another task's call holds this position: run live where no entry is.
+            key = parent + "|r"
+            while True:
+                n = self._counters.get(key, 0) + 1
+                self._counters[key] = n
+                moved = f"{parent}.r{n}" if parent else f"r{n}"
+                if moved not in self.journal:
+                    return moved, None
+
+    def _requests(self) -> dict[tuple[str, str, str], deque[JournalEntry]]:
+        """The journal's entries by ``(parent, name, kind)``, in journal order (built once)."""
+        if self._by_parent is None:
+            index: dict[tuple[str, str, str], list[JournalEntry]] = {}
+            for entry in self.journal.values():
+                index.setdefault((entry.call.rpartition(".")[0], entry.name, entry.kind), []).append(entry)
+            self._by_parent = {k: deque(sorted(v, key=lambda e: e.seq)) for k, v in index.items()}
+        return self._by_parent
+
+    def _racing(self, parent: str) -> bool:
+        """Whether a task started at ``parent`` (whose calls share its numbering), other than the
+        calling one, still runs."""
+        tasks = self._tasks.get(parent)
+        if not tasks:
+            return False
+        mine = _task_mark.get()
+        with self._lock:
+            return any(mark is not mine and not task.done() for task, mark in tasks.items())
+
+    def task_started(self, task: asyncio.Task[Any], path: str, mark: object) -> None:
+        """``task`` (known by ``mark`` in its context) was created inside this run at call path
+        ``path`` (see ``install_propagation``)."""
+        if task.done():
+            return
+        with self._lock:
+            self._tasks.setdefault(path, {})[task] = mark
+        task.add_done_callback(functools.partial(self._task_ended, path))
+
+    def _task_ended(self, path: str, task: asyncio.Task[Any]) -> None:
+        with self._lock:
+            self._tasks.get(path, {}).pop(task, None)
 
     def _lane_entries(self, spawn_point: str) -> list[JournalEntry]:
         if self._siblings is None:
@@ -436,7 +534,9 @@ def install_propagation() -> None:
 
     Wraps ``threading.Thread.start`` and ``concurrent.futures.ThreadPoolExecutor.submit``
     (which ``asyncio.to_thread``, ``loop.run_in_executor`` and LangChain's, LangGraph's and
-    CrewAI's executors use). Outside a run both behave exactly as before. Installed by the
+    CrewAI's executors use), and ``asyncio.BaseEventLoop.create_task`` (which ``create_task``,
+    ``gather``, ``TaskGroup`` and anyio use) to tell the run which of its tasks still run (the
+    task itself is left alone). Outside a run they behave exactly as before. Installed by the
     first run of a process (or ``wflo.init()``), not at import. A pool's own worker threads
     and wflo's threads (``wflo-*``) are not bound to the run that happened to start them:
     each task carries its own submitter's run.
@@ -452,6 +552,7 @@ def install_propagation() -> None:
         pool_worker = cft._worker
         thread_start = threading.Thread.start
         pool_submit = cft.ThreadPoolExecutor.submit
+        loop_create_task = asyncio.BaseEventLoop.create_task
 
         def start(self: threading.Thread) -> None:
             ctx = _current_run.get()
@@ -469,8 +570,28 @@ def install_propagation() -> None:
                 fn = in_lane(ctx, ctx.spawn(), fn)
             return pool_submit(self, fn, *args, **kwargs)
 
+        def create_task(self: asyncio.BaseEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            context = kwargs.get("context")
+            ctx = _current_run.get() if context is None else context.get(_current_run)
+            if ctx is None:
+                return loop_create_task(self, coro, **kwargs)
+            mark = object()
+            if context is not None or self.get_task_factory() is not None:
+                # A factory may predate ``context=``: the task is not marked, and so not told
+                # from the task that created it (its calls count it as racing them).
+                path = _call_path.get() if context is None else context.get(_call_path, "")
+            else:  # the copy the task would make, with its mark
+                context = kwargs["context"] = contextvars.copy_context()
+                context.run(_task_mark.set, mark)
+                path = context.get(_call_path, "")
+            task = loop_create_task(self, coro, **kwargs)
+            ctx.task_started(task, path, mark)
+            return task
+
         start.__wflo_wrapped__ = thread_start  # type: ignore[attr-defined]
         submit.__wflo_wrapped__ = pool_submit  # type: ignore[attr-defined]
+        create_task.__wflo_wrapped__ = loop_create_task  # type: ignore[attr-defined]
         threading.Thread.start = start  # type: ignore[method-assign]
         cft.ThreadPoolExecutor.submit = submit  # type: ignore[method-assign]
+        asyncio.BaseEventLoop.create_task = create_task  # type: ignore[method-assign]
         _installed = True

@@ -9,7 +9,8 @@ Order: operations given the same ``key`` (a run id) run one after another, in th
 were submitted, as ``aiosqlite`` keeps one connection's statements in order on its one thread.
 A run's writes are therefore committed in the order its code reached them, even when the run's
 tasks submit concurrently (``asyncio.gather`` of steps): call ids are numbered in that order,
-so a replay numbers them the same. Operations of different runs, or with no key, may run side
+so a replay whose tasks reach their calls in the same order numbers them the same (one whose
+tasks reach them in another order is matched by request: ``wflo.engine``'s run context). Operations of different runs, or with no key, may run side
 by side on different threads (up to ``threads``).
 
 A job that needs no store (``here``: an async call's start when the journal and the guards
