@@ -1,12 +1,15 @@
 """Two versions of wflo's engine side by side: bench/engine.py's wflo cases, alternating per iteration.
 
-One child process per (version, store) imports its own wflo (``--before SRC``, ``--after SRC``:
+One child process per (version, store, round) imports its own wflo (``--before SRC``, ``--after SRC``:
 ``src`` folders, e.g. of a ``git worktree`` or ``git archive`` of the base commit); the driver
 asks each child in turn to run one case once and time it, alternating the two versions every
-iteration (the order flipping), and the cases in a rotating order. Each round gives medians;
+iteration (the order flipping), and the cases in a rotating order. Each round has its own pair
+of children on fresh databases, their spawning order and database names swapped every other
+round (with one pair for the whole run, the same code read up to 1.2x slower on one side
+under load). Each round gives medians;
 printed: the median of the round medians with their spread, and after/before per round.
 
-    python bench/engine_ab.py --before /tmp/base/src --after src [--iterations 40] [--rounds 5]
+    python bench/engine_ab.py --before /tmp/base/src --after src [--iterations 40] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -41,11 +44,20 @@ FIGURES = ["wflo async empty", "wflo async per step", "wflo empty", "wflo per st
 
 
 def run_store(store: str, sides: dict[str, str], iterations: int, rounds: int) -> list[dict[str, float]]:
+    """Per round, the median µs of each side and case. Each round starts its own pair of
+    processes on fresh databases, spawned in alternating order and given each other's database
+    names every other round: a bias of a process's place (its CPU, its database, being spawned
+    first) falls on both sides alike instead of on one for the whole run."""
+    return [_round(store, sides, iterations, flip=r % 2 == 1) for r in range(rounds)]
+
+
+def _round(store: str, sides: dict[str, str], iterations: int, *, flip: bool) -> dict[str, float]:
     tmp = tempfile.mkdtemp(prefix="wflo-ab-")
+    names = list(sides)[::-1] if flip else list(sides)
     procs: dict[str, Any] = {}
-    for side, src in sides.items():
-        url = f"sqlite:///{tmp}/{side}.db?synchronous=FULL" if store == "sqlite" else fresh_pg(f"wflo_bench_ab_{side}")
-        env = dict(os.environ, PYTHONPATH=str(_Path(src).resolve()))
+    for side, slot in zip(names, ("a", "b"), strict=True):
+        url = f"sqlite:///{tmp}/{slot}.db?synchronous=FULL" if store == "sqlite" else fresh_pg(f"wflo_bench_ab_{slot}")
+        env = dict(os.environ, PYTHONPATH=str(_Path(sides[side]).resolve()))
         procs[side] = subprocess.Popen([sys.executable, "-c", CHILD, url], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
 
@@ -57,26 +69,21 @@ def run_store(store: str, sides: dict[str, str], iterations: int, rounds: int) -
 
     try:
         for _ in range(10):  # warm
-            for side in sides:
+            for side in names:
                 for case in CASES:
                     ask(side, case)
-        out = []
-        for _ in range(rounds):
-            samples: dict[tuple[str, str], list[float]] = {(s, c): [] for s in sides for c in CASES}
-            for i in range(iterations):
-                order = list(sides) if i % 2 == 0 else list(sides)[::-1]
-                k = i % len(CASES)
-                for case in CASES[k:] + CASES[:k]:
-                    for side in order:
-                        samples[(side, case)].append(ask(side, case))
-            med = {f"{s}|{c}": statistics.median(v) for (s, c), v in samples.items()}
-            for side in sides:
-                for engine in ("wflo async", "wflo"):
-                    med[f"{side}|{engine} per step"] = (
-                        med[f"{side}|{engine} steps"] - med[f"{side}|{engine} empty"]
-                    ) / 10
-            out.append(med)
-        return out
+        samples: dict[tuple[str, str], list[float]] = {(s, c): [] for s in sides for c in CASES}
+        for i in range(iterations):
+            order = names if i % 2 == 0 else names[::-1]
+            k = i % len(CASES)
+            for case in CASES[k:] + CASES[:k]:
+                for side in order:
+                    samples[(side, case)].append(ask(side, case))
+        med = {f"{s}|{c}": statistics.median(v) for (s, c), v in samples.items()}
+        for side in sides:
+            for engine in ("wflo async", "wflo"):
+                med[f"{side}|{engine} per step"] = (med[f"{side}|{engine} steps"] - med[f"{side}|{engine} empty"]) / 10
+        return med
     finally:
         for proc in procs.values():
             proc.stdin.close()
@@ -88,7 +95,9 @@ def main() -> None:
     parser.add_argument("--before", required=True, help="the src folder of the base version")
     parser.add_argument("--after", required=True, help="the src folder of the changed version")
     parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="an even number: the children swap places every other round"
+    )
     parser.add_argument("--stores", default="sqlite,postgres")
     args = parser.parse_args()
     sides = {"before": args.before, "after": args.after}
