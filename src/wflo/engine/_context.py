@@ -372,6 +372,28 @@ class RunContext:
                 self.cancel_requested = True
             return self.head
 
+    async def append_on_loop(self, writer: Any, events: Sequence[NewEvent]) -> Head | None:
+        """:meth:`append` from the run's event loop through ``writer`` (``Store.loop_writer``):
+        the statement is awaited, the loop never blocked. ``None`` (nothing written) when
+        another thread of the run is appending now: the caller writes through ``off_loop``.
+        The write lock is held while the append is in flight, so the run's other threads
+        append after it, on the head it leaves."""
+        if not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            if self.lease_lost:
+                raise LeaseLost(run_id=self.run_id, owner=self.owner)
+            try:
+                self.head = await writer.append(self.run_id, self.head, events, owner=self.owner)
+            except LeaseLost:
+                self.lease_lost = True
+                raise
+            if self.head.cancel_requested:
+                self.cancel_requested = True
+            return self.head
+        finally:
+            self._write_lock.release()
+
     def check_cancelled(self) -> None:
         """Raise ``RunCancelled`` if someone asked this run to stop (a step boundary)."""
         if self.cancel_requested:

@@ -177,6 +177,30 @@ class Connections(abc.ABC):
                 task.uncancel()
                 task.cancel()
 
+    def loop_writer(self, key: Any) -> Any:
+        """A writer that appends to a run's journal from the event loop's own thread, holding
+        ``key``'s place in the order of ``off_loop`` operations until it is closed; ``None``
+        when this store has none or cannot give one at once (the caller then writes through
+        :meth:`off_loop`, as before).
+
+        The writer (PostgreSQL's, when a pooled connection is idle and nothing of ``key`` is
+        queued or running on the store's threads): ``await writer.append(run_id, head, events,
+        owner=...)`` writes as :meth:`append` does with no ops and no projection change (fenced,
+        committed as ``append`` commits, ``LeaseLost`` likewise) without blocking the loop and
+        without a hand-off to a store thread; ``writer.close()`` gives the connection and the
+        place back. Here (SQLite): ``None``."""
+        return None
+
+    def _offloader(self) -> OrderedExecutor:
+        """The executor of :meth:`off_loop` (made on first use)."""
+        executor = self._offload
+        if executor is None:
+            with self._pool_lock:
+                if self._offload is None:
+                    self._offload = OrderedExecutor(type(self).__name__, self.offload_threads or self.pool_size)
+                executor = self._offload
+        return executor
+
     def close(self) -> None:
         """Close every pooled connection (a later call opens a new pool)."""
         if self._offload is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
+import os
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -11,9 +14,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
-from ._base import Store, StoreOp, run_ops
+from ._base import RELAXED_MARKERS, Store, StoreOp, run_ops
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
-from ._records import RUN_COLUMNS, Head, RunRecord, iso
+from ._records import RUN_COLUMNS, Head, NewEvent, RunRecord, iso, now_iso
 from ._stream import cursor_name
 
 # The store's UTC text time form, computed by the server (its clock judges leases).
@@ -395,6 +398,81 @@ class PostgresStore(Store):
             prepared.add(stmt.name)  # the session has it under this name (its text's hash)
             pgconn.send_query_prepared(stmt.name, values)
             return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
+        _check(made, stmt, _COMMAND_OK)
+        prepared.add(stmt.name)
+        return _check(ran, stmt, _TUPLES_OK)
+
+    # ----------------------------------------------------------------- on the event loop
+    def loop_writer(self, key: Any) -> _LoopWriter | None:
+        """An async run's appends written from its event loop (see ``Store.loop_writer``):
+        a pooled connection idle at once (no wait for one) and ``key``'s place in the order of
+        the store's threads (nothing of the run queued or running there), else ``None``. Not
+        inside a transaction this thread holds, nor after a fork (the parent's pool)."""
+        if getattr(self._local, "held", None) is not None or self._pool_pid != os.getpid():
+            return None
+        pool = self._pool
+        if not isinstance(pool, _PsycopgPool):
+            return None
+        executor = self._offloader()
+        token = executor.take(key)
+        if token is None:
+            return None
+        conn = pool.get_idle()
+        if conn is None:
+            executor.give_back(key, token)
+            return None
+        return _LoopWriter(self, conn, executor, key, token)
+
+    async def _adirect(self, conn: Any, stmt: _Statement, params: Sequence[Any]) -> Any:
+        """``_direct`` from the event loop: the statement sent on ``conn`` (non-blocking, as
+        psycopg keeps every connection) and its answer awaited with the loop's reader and
+        writer (``psycopg.waiting.wait_async``), never a blocking read. The same statements,
+        preparation (and re-preparation after ``DEALLOCATE ALL``), unprepared behind a
+        transaction pooler, the same errors. The caller owns ``conn`` alone (a pooled
+        connection taken for it) and runs this to its end (``_shielded``): a wait cut off would
+        leave an answer unread."""
+        psycopg = self._psycopg
+        values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
+        pgconn = conn.pgconn
+        if pgconn.status != _CONNECTION_OK:
+            raise psycopg.OperationalError("the connection is closed")
+        if self.pooler == "transaction":
+            pgconn.send_query_params(stmt.query, values)
+            return _check(await _await_gen(psycopg.generators.execute(pgconn), pgconn), stmt, _TUPLES_OK)
+        prepared = _PREPARED.get(conn)
+        if prepared is None:
+            prepared = _PREPARED[conn] = set()
+        if stmt.name in prepared:
+            pgconn.send_query_prepared(stmt.name, values)
+            results = await _await_gen(psycopg.generators.execute(pgconn), pgconn)
+            if not (results and results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT):
+                return _check(results, stmt, _TUPLES_OK)
+            prepared.discard(stmt.name)  # the session lost it: nothing ran
+        if not psycopg.Pipeline.is_supported():  # libpq < 14: the preparation on its own first
+            pgconn.send_prepare(stmt.name, stmt.query)
+            made = await _await_gen(psycopg.generators.execute(pgconn), pgconn)
+            if not (made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED):
+                _check(made, stmt, _COMMAND_OK)
+            prepared.add(stmt.name)
+            pgconn.send_query_prepared(stmt.name, values)
+            return _check(await _await_gen(psycopg.generators.execute(pgconn), pgconn), stmt, _TUPLES_OK)
+        pgconn.enter_pipeline_mode()
+        try:
+            pgconn.send_prepare(stmt.name, stmt.query)
+            pgconn.send_query_prepared(stmt.name, values)
+            pgconn.pipeline_sync()
+            made, ran, synced = await _await_gen(_pipelined(psycopg.generators, pgconn), pgconn)
+            pgconn.exit_pipeline_mode()
+        except BaseException:
+            pgconn.finish()  # answers may be left unread
+            raise
+        if not (synced and synced[-1].status == _PIPELINE_SYNC):
+            pgconn.finish()
+            raise psycopg.InterfaceError(f"no pipeline sync after {stmt.sql[:40]!r}")
+        if made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
+            prepared.add(stmt.name)
+            pgconn.send_query_prepared(stmt.name, values)
+            return _check(await _await_gen(psycopg.generators.execute(pgconn), pgconn), stmt, _TUPLES_OK)
         _check(made, stmt, _COMMAND_OK)
         prepared.add(stmt.name)
         return _check(ran, stmt, _TUPLES_OK)
@@ -953,6 +1031,85 @@ def _rows_checked(answers: list[Any], made: list[_Statement], sent: list[tuple[_
 _DONE = (_COMMAND_OK, _TUPLES_OK)
 
 
+async def _await_gen(gen: Any, pgconn: Any) -> Any:
+    """Run a psycopg generator on ``pgconn`` to its end, waiting on the event loop."""
+    from psycopg.waiting import wait_async
+
+    return await wait_async(gen, pgconn.socket, interval=1.0)
+
+
+async def _shielded(coro: Any) -> Any:
+    """Await ``coro`` run to its end even if the awaiting task is cancelled meanwhile (as
+    ``Store.off_loop`` runs a store operation to its end); the cancellation is raised after."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is None or task.cancelled():
+            raise
+        try:
+            return await task
+        finally:
+            current.uncancel()
+            current.cancel()
+
+
+class _LoopWriter:
+    """A run's appends from its event loop on one pooled connection (``loop_writer``)."""
+
+    def __init__(self, store: PostgresStore, conn: Any, executor: Any, key: Any, token: Any) -> None:
+        self._store = store
+        self._conn = conn
+        self._executor = executor
+        self._key = key
+        self._token = token
+
+    async def append(self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None) -> Head:
+        """``Store.append(run_id, head, events, owner=owner)``: one ``wflo_append``, prepared,
+        committed as ``append`` commits it (durable; relaxed only for a marker alone). A lost
+        connection is dropped and the append made again on a store thread, where ``append``
+        finds out whether the first one committed."""
+        store = self._store
+        psycopg = store._psycopg
+        now = now_iso()
+        relaxed = bool(events) and all(e.type in RELAXED_MARKERS for e in events)
+        new, rows = store._link(run_id, head, events)
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
+        params = (run_id, head.seq, owner, new.seq, new.hash, now, None, False, None, None, False, None, None,
+                  *[_array(c) for c in cols[1:]])  # fmt: skip
+        conn = self._conn
+        if not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
+            raise psycopg.InterfaceError("the connection is in use")
+        try:
+            result = await _shielded(store._adirect(conn, _APPEND_ALONE[relaxed], params))
+        except psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) == _LEASE_LOST:
+                raise LeaseLost(run_id=run_id, owner=owner) from None
+            if not (store._is_disconnect(exc) or store._conn_broken(conn)):
+                raise
+            lost = True
+        else:
+            lost = False
+        finally:
+            conn.lock.release()
+        if lost:  # dropped at once (its pool may have no other), the append made again where it may block
+            self._conn = None
+            store._pool.put(conn, broken=True)
+            return await store.off_loop(functools.partial(store.append, run_id, head, events, owner=owner))
+        value = _value(result)
+        return Head(new.seq, new.hash, value is not None and int(value) != 0)
+
+    def close(self) -> None:
+        """Give the connection back to the pool (dropped if broken) and the place in the order."""
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                self._store._pool.put(conn, broken=self._store._conn_broken(conn))
+        finally:
+            self._executor.give_back(self._key, self._token)
+
+
 class _Poll:
     """The change feed's "watch" when there is no LISTEN channel: when the next look is due."""
 
@@ -982,6 +1139,9 @@ class _PipelinedCursor:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cur, name)
+
+
+_IDLE_GET_TIMEOUT = 0.002  # s: the longest ``get_idle`` can wait, when another thread won the race
 
 
 class _PsycopgPool:
@@ -1024,6 +1184,17 @@ class _PsycopgPool:
                 detail=f"all {self._store.pool_size} pooled connections stayed busy for "
                 f"{self._store.pool_timeout:g} s (raise pool_size in the URL, or find the long transaction)",
             ) from None
+
+    def get_idle(self) -> Any:
+        """A connection only if one is idle in the pool now (never waits for one), else ``None``."""
+        idle = getattr(self._pool, "_pool", None)  # psycopg_pool's idle connections
+        if not idle:
+            return None
+        try:
+            # Another thread may take it meanwhile: a bounded wait, then none.
+            return self._pool.getconn(timeout=_IDLE_GET_TIMEOUT)
+        except self._timeout_error:
+            return None
 
     def put(self, conn: Any, *, broken: bool = False) -> None:
         if broken:
