@@ -429,8 +429,8 @@ class PostgresStore(Store):
         writer (``psycopg.waiting.wait_async``), never a blocking read. The same statements,
         preparation (and re-preparation after ``DEALLOCATE ALL``), unprepared behind a
         transaction pooler, the same errors. The caller owns ``conn`` alone (a pooled
-        connection taken for it) and runs this to its end (``_shielded``): a wait cut off would
-        leave an answer unread."""
+        connection taken for it). A cancellation of the awaiting task is held until the answer
+        is read (``_await_gen``)."""
         psycopg = self._psycopg
         values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
         pgconn = conn.pgconn
@@ -1032,27 +1032,65 @@ _DONE = (_COMMAND_OK, _TUPLES_OK)
 
 
 async def _await_gen(gen: Any, pgconn: Any) -> Any:
-    """Run a psycopg generator on ``pgconn`` to its end, waiting on the event loop."""
-    from psycopg.waiting import wait_async
+    """Run a psycopg generator on ``pgconn`` to its end, waiting for its socket on the event
+    loop (its reader or writer): as ``psycopg.waiting.wait_async``, without its timer.
 
-    return await wait_async(gen, pgconn.socket, interval=1.0)
+    Run to its end even if the awaiting task is cancelled meanwhile (a statement sent must have
+    its answer read, and a commit made must be known, as ``Store.off_loop`` runs an operation
+    to its end): the cancellation is then raised at the task's next await."""
+    from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
 
-
-async def _shielded(coro: Any) -> Any:
-    """Await ``coro`` run to its end even if the awaiting task is cancelled meanwhile (as
-    ``Store.off_loop`` runs a store operation to its end); the cancellation is raised after."""
-    task = asyncio.ensure_future(coro)
     try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is None or task.cancelled():
-            raise
-        try:
-            return await task
-        finally:
-            current.uncancel()
-            current.cancel()
+        state = next(gen)
+    except StopIteration as stop:
+        return stop.value
+    loop = asyncio.get_running_loop()
+    fileno = pgconn.socket
+    ready = 0
+    waiter: asyncio.Future[None] | None = None
+    cancelled = False
+
+    def wake(got: int) -> None:
+        nonlocal ready
+        ready |= got
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    try:
+        while True:
+            ready = 0
+            reading, writing = state & WAIT_R, state & WAIT_W
+            if reading:
+                loop.add_reader(fileno, wake, READY_R)
+            if writing:
+                loop.add_writer(fileno, wake, READY_W)
+            try:
+                while not ready:
+                    waiter = loop.create_future()
+                    try:
+                        await waiter
+                    except asyncio.CancelledError:
+                        cancelled = True  # not cut off half-way: raised once the answer is read
+                    finally:
+                        waiter = None
+            finally:
+                if reading:
+                    loop.remove_reader(fileno)
+                if writing:
+                    loop.remove_writer(fileno)
+            state = gen.send(ready)
+    except StopIteration as stop:
+        return stop.value
+    except OSError as exc:
+        from psycopg import OperationalError
+
+        raise OperationalError("connection socket closed") from exc
+    finally:
+        if cancelled:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+                task.cancel()
 
 
 class _LoopWriter:
@@ -1082,7 +1120,7 @@ class _LoopWriter:
         if not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
             raise psycopg.InterfaceError("the connection is in use")
         try:
-            result = await _shielded(store._adirect(conn, _APPEND_ALONE[relaxed], params))
+            result = await store._adirect(conn, _APPEND_ALONE[relaxed], params)
         except psycopg.Error as exc:
             if getattr(exc, "sqlstate", None) == _LEASE_LOST:
                 raise LeaseLost(run_id=run_id, owner=owner) from None
