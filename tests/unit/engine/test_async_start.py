@@ -212,3 +212,30 @@ def test_a_lease_that_lapses_during_a_start_on_the_loop_is_checked_there(
     with pytest.raises(LeaseLost):
         asyncio.run(flow.arun())
     assert ran == ["effect"]
+
+
+def test_a_record_whose_lease_was_taken_raises_lease_lost(configured: str) -> None:
+    """The lease is taken by another worker while an async step runs: its record (on
+    PostgreSQL written from the loop, ``Store.loop_writer``) is refused with ``LeaseLost``,
+    nothing is written for the step, and the run knows its lease is lost."""
+    seen: dict[str, Any] = {}
+
+    @wflo.step(name="astart.stolen")
+    async def stolen() -> str:
+        ctx = current_run()
+        assert ctx is not None
+        seen["ctx"] = ctx
+        store = ctx.store
+        await store.off_loop(store.release, ctx.run_id, ctx.owner, key=ctx.run_id)
+        await store.off_loop(store.claim, ctx.run_id, "other", 60.0, key=ctx.run_id)
+        return "done"
+
+    @wflo.workflow(name="astart.stolen")
+    async def flow() -> str:
+        return await stolen()
+
+    with pytest.raises(LeaseLost):
+        asyncio.run(flow.options(id="astart-stolen").arun())
+    assert seen["ctx"].lease_lost
+    assert _calls("astart-stolen") == {}
+    assert _config.get_store().get_run("astart-stolen").lease_owner == "other"
