@@ -138,12 +138,7 @@ class Connections(abc.ABC):
         the caller still gives way to the loop and is woken through the same callbacks as after
         a store thread's run, so the run's tasks resume in the order of their operations.
         """
-        executor = self._offload
-        if executor is None:
-            with self._pool_lock:
-                if self._offload is None:
-                    self._offload = OrderedExecutor(type(self).__name__, self.offload_threads or self.pool_size)
-                executor = self._offload
+        executor = self._offload or self._offloader()
         context = contextvars.copy_context()
         job = functools.partial(context.run, fn, *args)
         # Woken as ``asyncio.wrap_future`` would wake it (one callback on the loop), which also
@@ -187,8 +182,10 @@ class Connections(abc.ABC):
         queued or running on the store's threads): ``await writer.append(run_id, head, events,
         owner=...)`` writes as :meth:`append` does with no ops and no projection change (fenced,
         committed as ``append`` commits, ``LeaseLost`` likewise) without blocking the loop and
-        without a hand-off to a store thread; ``writer.close()`` gives the connection and the
-        place back. Here (SQLite): ``None``."""
+        without a hand-off to a store thread (one append per writer); the append is sent at the
+        call, and its ``finish()`` waits for its answer on the calling thread instead (code on
+        the loop's thread that cannot await: the awaiting task then takes that outcome);
+        ``writer.close()`` gives the connection and the place back. Here (SQLite): ``None``."""
         return None
 
     def _offloader(self) -> OrderedExecutor:

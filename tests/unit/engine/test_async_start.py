@@ -239,3 +239,61 @@ def test_a_record_whose_lease_was_taken_raises_lease_lost(configured: str) -> No
     assert seen["ctx"].lease_lost
     assert _calls("astart-stolen") == {}
     assert _config.get_store().get_run("astart-stolen").lease_owner == "other"
+
+
+@pytest.mark.postgres
+def test_a_sync_step_on_the_loop_while_a_record_is_in_flight_appends_after_it(pg_url: str) -> None:
+    """Task A's async step is recorded from the loop (``Store.loop_writer``) and the server
+    holds its commit (a trigger sleeps); meanwhile task B calls a sync step on the loop's
+    thread. B's record must wait for A's (the write lock is re-entrant on that thread): it
+    completes A's exchange first, then appends on the head A left. Both recorded, no
+    ``LeaseLost``; the process then dies and the resume replays both."""
+    wflo.configure(database=pg_url, lease_seconds=5.0, poll_interval=0.05)
+    store = _config.get_store()
+    store.write(
+        lambda cur: cur.execute(
+            "CREATE FUNCTION held() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.type = 'call.completed' AND NEW.data LIKE '%astart.held_a%' "
+            "THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END $$;"
+            "CREATE TRIGGER held BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION held()"
+        )
+    )
+    ran: Counter[str] = Counter()
+    crash = {"on": True}
+    on_loop: dict[str, int] = {}
+
+    @wflo.step(name="astart.held_a")
+    async def held_a() -> str:
+        ran["a"] += 1
+        return "a"
+
+    @wflo.step(name="astart.sync_b")
+    def sync_b() -> str:
+        ran["b"] += 1
+        on_loop["b"] = threading.get_ident()
+        return "b"
+
+    async def task_b() -> str:
+        await asyncio.sleep(0.15)  # A's record is in flight by now (the server sleeps 0.5 s)
+        return sync_b()
+
+    @wflo.workflow(name="astart.held")
+    async def flow() -> list[str]:
+        on_loop["loop"] = threading.get_ident()
+        out = list(await asyncio.gather(held_a(), task_b()))
+        if crash["on"]:
+            raise KeyboardInterrupt  # the process dies after both calls were recorded
+        return out
+
+    run_id = "astart-held"
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(flow.options(id=run_id).arun())
+    assert on_loop["b"] == on_loop["loop"], "the sync step did not run on the loop's thread"
+    events = store.events(run_id)
+    done = [e.data["name"] for e in events if e.type == "call.completed"]
+    assert done == ["astart.held_a", "astart.sync_b"], "B's record did not follow A's"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    crash["on"] = False
+    assert wflo.resume(run_id) == ["a", "b"]
+    assert ran == {"a": 1, "b": 1}, "a recorded call ran again"
+    assert store.get_run(run_id).status == "succeeded"

@@ -38,13 +38,13 @@ def _run(store: PostgresStore, run_id: str) -> Head:
 
 def _sent(store: PostgresStore) -> list[str]:
     sent: list[str] = []
-    real = store._adirect
+    real = store._direct_gen
 
-    async def spy(conn: Any, stmt: Any, params: Any) -> Any:
+    def spy(conn: Any, stmt: Any, params: Any) -> Any:
         sent.append(stmt.sql)
-        return await real(conn, stmt, params)
+        return real(conn, stmt, params)
 
-    store._adirect = spy  # type: ignore[method-assign]
+    store._direct_gen = spy  # type: ignore[method-assign]
     return sent
 
 
@@ -253,3 +253,36 @@ def test_a_cancelled_task_still_commits_its_append(store: PostgresStore) -> None
     assert store.get_run("r-loop-cancel").last_seq == head.seq + 1
     with store._connection() as conn:
         assert store._alone(conn)
+
+
+def test_an_append_finished_on_the_loop_thread_gives_its_outcome_to_the_awaiting_task(store: PostgresStore) -> None:
+    """A sync append on the loop's thread behind one in flight (``RunContext._land``): the
+    append is finished there, blocking, while the server delays its commit; the task awaiting
+    it takes the same head (nothing read twice), and the connection is back in the pool (of
+    one) at once, so a sync append on the same thread gets it."""
+    head = _run(store, "r-loop-finish")
+    store.write(
+        lambda cur: cur.execute(
+            "CREATE FUNCTION slow3() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.type = 'slow' THEN PERFORM pg_sleep(0.3); END IF; RETURN NEW; END $$;"
+            "CREATE TRIGGER slow3 BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow3()"
+        )
+    )
+
+    async def main() -> tuple[Head, Head, Head]:
+        writer = store.loop_writer("r-loop-finish")
+        assert writer is not None
+        pending = writer.append("r-loop-finish", head, [NewEvent("slow", {})], owner="a")
+        awaited = asyncio.ensure_future(pending.wait())
+        await asyncio.sleep(0.05)  # the task waits on the loop's reader now
+        finished = pending.finish()
+        after = store.append("r-loop-finish", finished, [NewEvent("b", {})], owner="a")
+        try:
+            return finished, await awaited, after
+        finally:
+            writer.close()
+
+    finished, awaited, after = asyncio.run(main())
+    assert finished == awaited == Head(head.seq + 1, finished.hash)
+    assert after.seq == head.seq + 2
+    assert [e.type for e in store.events("r-loop-finish")][-2:] == ["slow", "b"]
