@@ -195,3 +195,14 @@ def test_the_store_methods_the_domains_write_through_are_pinned() -> None:
     params = inspect.signature(Store.write_rows).parameters
     assert list(params) == ["self", "sql", "rows", "fence", "relaxed"]
     assert {params[p].kind for p in ("fence", "relaxed")} == {inspect.Parameter.KEYWORD_ONLY}
+
+
+def test_the_store_methods_async_runs_write_through_are_pinned() -> None:
+    """``off_loop`` (an operation on the store's threads, in a run's order) and ``loop_writer``
+    (a run's append from the event loop, ``None`` where the store has none: SQLite)."""
+    import inspect
+
+    from wflo.store import Store
+
+    assert list(inspect.signature(Store.loop_writer).parameters) == ["self", "key"]
+    assert inspect.iscoroutinefunction(Store.off_loop)

@@ -265,7 +265,16 @@ def _end_data(
 
 
 def _record(call: Call, outcome: Outcome) -> None:
-    ctx = call.run
+    ev = _end_event(call, outcome)
+    if ev is None:
+        return
+    call.run.append([ev], ops=call.ops)
+    _recorded(call, outcome)
+
+
+def _end_event(call: Call, outcome: Outcome) -> NewEvent | None:
+    """The event that records how ``call`` ended, or ``None`` when it is not a result (see
+    :func:`_record`)."""
     output = None
     if outcome.error is None:
         try:
@@ -285,12 +294,16 @@ def _record(call: Call, outcome: Outcome) -> None:
             # Cancellation, lease loss, suspension, KeyboardInterrupt, SystemExit, a full disk,
             # a child run's code not matching its journal: not results of the call. Nothing is
             # recorded, so a resumed run runs it again.
-            return
+            return None
         ev = NewEvent(
             "call.failed",
             _end_data(call, error=outcome.error, duration_ms=outcome.duration_ms, attempts=outcome.attempts),
         )
-    ctx.append([ev], ops=call.ops)
+    return ev
+
+
+def _recorded(call: Call, outcome: Outcome) -> None:
+    ctx = call.run
     for guard in ctx.guards:
         try:
             guard.recorded(call, outcome)
@@ -404,7 +417,7 @@ async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
         outcome = await adrive(_attempts(call), _ARun(call, fn))
     finally:
         _call_path.reset(token)
-    return await off_loop(finish_call, call, outcome)
+    return await _afinish(call, outcome)
 
 
 def _local_start(call: Call) -> bool:
@@ -489,6 +502,76 @@ def _write_then_admit(call: Call, held: list[Held], entered: list[Guard] | None)
         call.run.ensure_lease()
     except BaseException as exc:
         _refused(call, exc, entered or [])
+
+
+def _local_end(call: Call) -> bool:
+    """Whether an async call's end needs no store but for its record: every guard says its
+    ``before`` and ``replayed`` for the call are in memory (``Guard.local``), and its ``after``
+    and ``recorded`` are too: wflo's guards keep both to memory for a call they call local (a
+    budget settles, and a loop guard pauses, only calls they are not local for); another
+    guard must not override them."""
+    for guard in call.run.guards:
+        cls = type(guard)
+        if not (cls.__module__.startswith("wflo.") or (cls.after is Guard.after and cls.recorded is Guard.recorded)):
+            return False
+        if not guard.local(call):
+            return False
+    return True
+
+
+async def _afinish(call: Call, outcome: Outcome) -> Any:
+    """:func:`finish_call` for an async call; its record written from the event loop when the
+    store can (``Store.loop_writer``: PostgreSQL with a pooled connection idle, nothing of the
+    run queued or running on the store's threads) and the end needs the store for nothing
+    else (:func:`_local_end`): no hand-off to a store thread and back, and the loop is never
+    blocked (the commit is awaited on its reader). The writer holds the run's place in the
+    order of the store's threads from the guards' ``after`` to the commit, as a job there
+    would. Otherwise, or when the end turns out to need more (an append a guard made, ops
+    to commit with the record, another thread of the run appending), on the store's threads."""
+    ctx = call.run
+    writer = ctx.store.loop_writer(ctx.run_id) if _local_end(call) and not ctx.lease_lost else None
+    if writer is None:
+        return await off_loop(finish_call, call, outcome)
+    try:
+        with ctx.hold_appends() as held:
+            _after(call, outcome, ctx.guards)
+            ev = _end_event(call, outcome)
+        if held or call.ops:
+            writer.close()
+            writer = None
+            return await off_loop(_finish_held, call, outcome, held, ev)
+        if ev is not None:
+            if await ctx.append_on_loop(writer, [ev]) is None:
+                writer.close()
+                writer = None
+                return await off_loop(_finish_held, call, outcome, [], ev)
+            with ctx.hold_appends() as held:
+                _recorded(call, outcome)
+            if held:
+                writer.close()
+                writer = None
+                await off_loop(ctx.write_held, held)
+    finally:
+        if writer is not None:
+            writer.close()
+    if outcome.error is not None:
+        raise outcome.error
+    ctx.check_cancelled()
+    return outcome.value
+
+
+def _finish_held(call: Call, outcome: Outcome, held: list[Held], ev: NewEvent | None) -> Any:
+    """The rest of :func:`finish_call` after :func:`_afinish` ran the guards' ``after`` on the
+    loop: what they appended, then the record (with its ops), on the store's threads."""
+    ctx = call.run
+    ctx.write_held(held)
+    if ev is not None:
+        ctx.append([ev], ops=call.ops)
+        _recorded(call, outcome)
+    if outcome.error is not None:
+        raise outcome.error
+    ctx.check_cancelled()
+    return outcome.value
 
 
 def finish_call(call: Call, outcome: Outcome, *, check_cancel: bool = True) -> Any:

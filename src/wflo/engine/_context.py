@@ -171,6 +171,7 @@ class RunContext:
         self._tasks: dict[str, dict[asyncio.Task[Any], object]] = {}  # call path -> live tasks there: marks
         self._held: tuple[int, list[Held]] | None = None  # (thread, appends held back; see hold_appends)
         self.ahead: CreationAhead | None = None
+        self._in_flight: Any = None  # an append from the loop not answered yet (append_on_loop)
         """The run's creation, sent but its answer not read yet (see ``wflo.store._ahead``):
         read at the run's first durable interaction (:meth:`settle_creation`)."""
         install_propagation()
@@ -452,6 +453,8 @@ class RunContext:
             held[1].append((events, ops, projection))
             return self.head
         with self._write_lock:
+            if self._in_flight is not None:  # this thread's, on the loop (the lock is re-entrant)
+                self._land()
             if self.lease_lost:
                 raise LeaseLost(run_id=self.run_id, owner=self.owner)
             try:
@@ -469,6 +472,58 @@ class RunContext:
             if self.head.cancel_requested:
                 self.cancel_requested = True
             return self.head
+
+    async def append_on_loop(self, writer: Any, events: Sequence[NewEvent]) -> Head | None:
+        """:meth:`append` from the run's event loop through ``writer`` (``Store.loop_writer``):
+        the statement is awaited, the loop never blocked. ``None`` (nothing written) when
+        another thread of the run is appending now, or the run's creation is still to be read
+        (``ahead``): the caller writes through ``off_loop``. The write lock is held while the
+        append is in flight, so the run's other threads append after it, on the head it
+        leaves; code on the loop's own thread that appends meanwhile (a sync call of another
+        task) first ends this append where it stands (:meth:`_land`), then appends after it."""
+        if self.ahead is not None or self._in_flight is not None:
+            return None
+        if not self._write_lock.acquire(blocking=False):
+            return None
+        try:
+            if self.lease_lost:
+                raise LeaseLost(run_id=self.run_id, owner=self.owner)
+            pending = writer.append(self.run_id, self.head, events, owner=self.owner)
+            self._in_flight = pending
+            try:
+                head: Head = await pending
+            except LeaseLost:
+                self.lease_lost = True
+                raise
+            finally:
+                landed = self._in_flight is not pending  # by a sync append meanwhile: applied there
+                self._in_flight = None
+            if not landed:
+                self.head = head
+                if head.cancel_requested:
+                    self.cancel_requested = True
+            return head
+        finally:
+            self._write_lock.release()
+
+    def _land(self) -> None:
+        """End the append in flight from the loop (:meth:`append_on_loop`) on this thread, the
+        loop's, before a sync append made there (the write lock is re-entrant: it would
+        otherwise be written on the head before the one in flight, and refused as a lost
+        lease). Its answer is waited for here, blocking, as the sync append's own will be; the
+        task awaiting it takes the same outcome. Its ``LeaseLost`` is the run's; another error
+        is its own task's (the head stays where it was, as if it had failed on a store thread)."""
+        pending, self._in_flight = self._in_flight, None
+        try:
+            head: Head = pending.finish()
+        except LeaseLost:
+            self.lease_lost = True
+            return
+        except Exception:
+            return
+        self.head = head
+        if head.cancel_requested:
+            self.cancel_requested = True
 
     def check_cancelled(self) -> None:
         """Raise ``RunCancelled`` if someone asked this run to stop (a step boundary)."""

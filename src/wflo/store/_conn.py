@@ -138,12 +138,7 @@ class Connections(abc.ABC):
         the caller still gives way to the loop and is woken through the same callbacks as after
         a store thread's run, so the run's tasks resume in the order of their operations.
         """
-        executor = self._offload
-        if executor is None:
-            with self._pool_lock:
-                if self._offload is None:
-                    self._offload = OrderedExecutor(type(self).__name__, self.offload_threads or self.pool_size)
-                executor = self._offload
+        executor = self._offload or self._offloader()
         context = contextvars.copy_context()
         job = functools.partial(context.run, fn, *args)
         # Woken as ``asyncio.wrap_future`` would wake it (one callback on the loop), which also
@@ -176,6 +171,32 @@ class Connections(abc.ABC):
             finally:
                 task.uncancel()
                 task.cancel()
+
+    def loop_writer(self, key: Any) -> Any:
+        """A writer that appends to a run's journal from the event loop's own thread, holding
+        ``key``'s place in the order of ``off_loop`` operations until it is closed; ``None``
+        when this store has none or cannot give one at once (the caller then writes through
+        :meth:`off_loop`, as before).
+
+        The writer (PostgreSQL's, when a pooled connection is idle and nothing of ``key`` is
+        queued or running on the store's threads): ``await writer.append(run_id, head, events,
+        owner=...)`` writes as :meth:`append` does with no ops and no projection change (fenced,
+        committed as ``append`` commits, ``LeaseLost`` likewise) without blocking the loop and
+        without a hand-off to a store thread (one append per writer); the append is sent at the
+        call, and its ``finish()`` waits for its answer on the calling thread instead (code on
+        the loop's thread that cannot await: the awaiting task then takes that outcome);
+        ``writer.close()`` gives the connection and the place back. Here (SQLite): ``None``."""
+        return None
+
+    def _offloader(self) -> OrderedExecutor:
+        """The executor of :meth:`off_loop` (made on first use)."""
+        executor = self._offload
+        if executor is None:
+            with self._pool_lock:
+                if self._offload is None:
+                    self._offload = OrderedExecutor(type(self).__name__, self.offload_threads or self.pool_size)
+                executor = self._offload
+        return executor
 
     def close(self) -> None:
         """Close every pooled connection (a later call opens a new pool)."""

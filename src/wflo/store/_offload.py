@@ -37,6 +37,10 @@ _IDLE_SECONDS = 10.0
 _Job = tuple[Hashable | None, Callable[[], Any], "Future[Any]"]
 
 
+def _nothing() -> None:
+    return None
+
+
 class OrderedExecutor:
     """Up to ``threads`` threads running jobs; jobs of one key run in submission order."""
 
@@ -95,6 +99,30 @@ class OrderedExecutor:
         with self._lock:
             if self._running.get(key) is future:
                 self._told[key] = future
+
+    def take(self, key: Hashable) -> Future[Any] | None:
+        """Take ``key``'s place in the order for work the caller does itself, on its own
+        thread (an async run's record written from its event loop), by the rule of ``here``:
+        only when nothing of ``key`` is queued or running (or only a job whose caller was
+        already woken, ``told``). Returns the token to hand to :meth:`give_back` once the work
+        is done (jobs of ``key`` submitted meanwhile wait for it), or ``None``: busy."""
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._pid != os.getpid():
+                return None
+            behind = self._waiting.get(key)
+            if behind is not None:
+                running = self._running.get(key)
+                if behind or running is None or self._told.get(key) is not running:
+                    return None
+            self._waiting[key] = deque()
+            self._running[key] = future
+            self._told.pop(key, None)
+        return future
+
+    def give_back(self, key: Hashable, token: Future[Any]) -> None:
+        """The work :meth:`take` made room for is done: the next job of ``key``, if any, may run."""
+        self._run((key, _nothing, token), here=True)
 
     def _run_here(self, job: _Job) -> bool:
         key, _, future = job

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
+import os
+import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -11,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
-from ._base import Store, StoreOp, run_ops
+from ._base import RELAXED_MARKERS, Store, StoreOp, run_ops
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
-from ._records import RUN_COLUMNS, Head, RunRecord, iso
+from ._records import RUN_COLUMNS, Head, NewEvent, RunRecord, iso, now_iso
 from ._stream import cursor_name
 
 # The store's UTC text time form, computed by the server (its clock judges leases).
@@ -395,6 +399,82 @@ class PostgresStore(Store):
             prepared.add(stmt.name)  # the session has it under this name (its text's hash)
             pgconn.send_query_prepared(stmt.name, values)
             return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
+        _check(made, stmt, _COMMAND_OK)
+        prepared.add(stmt.name)
+        return _check(ran, stmt, _TUPLES_OK)
+
+    # ----------------------------------------------------------------- on the event loop
+    def loop_writer(self, key: Any) -> _LoopWriter | None:
+        """An async run's appends written from its event loop (see ``Store.loop_writer``):
+        a pooled connection idle at once (no wait for one) and ``key``'s place in the order of
+        the store's threads (nothing of the run queued or running there), else ``None``. Not
+        inside a transaction this thread holds, nor after a fork (the parent's pool)."""
+        if getattr(self._local, "held", None) is not None or self._pool_pid != os.getpid():
+            return None
+        pool = self._pool
+        if not isinstance(pool, _PsycopgPool):
+            return None
+        executor = self._offloader()
+        token = executor.take(key)
+        if token is None:
+            return None
+        conn = pool.get_idle()
+        if conn is None:
+            executor.give_back(key, token)
+            return None
+        return _LoopWriter(self, conn, executor, key, token)
+
+    def _direct_gen(self, conn: Any, stmt: _Statement, params: Sequence[Any]) -> Any:
+        """``_direct`` as one psycopg generator (it yields what it waits for on ``conn``'s
+        socket, ``psycopg.waiting``'s protocol), to be driven from the event loop
+        (:class:`_Exchange`): the statement sent on ``conn`` (non-blocking, as psycopg keeps
+        every connection), its answer read as the socket becomes ready. The same statements,
+        preparation (and re-preparation after ``DEALLOCATE ALL``), unprepared behind a
+        transaction pooler, the same errors. The caller owns ``conn`` alone (a pooled
+        connection taken for it)."""
+        psycopg = self._psycopg
+        execute = psycopg.generators.execute
+        values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
+        pgconn = conn.pgconn
+        if pgconn.status != _CONNECTION_OK:
+            raise psycopg.OperationalError("the connection is closed")
+        if self.pooler == "transaction":
+            pgconn.send_query_params(stmt.query, values)
+            return _check((yield from execute(pgconn)), stmt, _TUPLES_OK)
+        prepared = _PREPARED.get(conn)
+        if prepared is None:
+            prepared = _PREPARED[conn] = set()
+        if stmt.name in prepared:
+            pgconn.send_query_prepared(stmt.name, values)
+            results = yield from execute(pgconn)
+            if not (results and results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT):
+                return _check(results, stmt, _TUPLES_OK)
+            prepared.discard(stmt.name)  # the session lost it: nothing ran
+        if not psycopg.Pipeline.is_supported():  # libpq < 14: the preparation on its own first
+            pgconn.send_prepare(stmt.name, stmt.query)
+            made = yield from execute(pgconn)
+            if not (made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED):
+                _check(made, stmt, _COMMAND_OK)
+            prepared.add(stmt.name)
+            pgconn.send_query_prepared(stmt.name, values)
+            return _check((yield from execute(pgconn)), stmt, _TUPLES_OK)
+        pgconn.enter_pipeline_mode()
+        try:
+            pgconn.send_prepare(stmt.name, stmt.query)
+            pgconn.send_query_prepared(stmt.name, values)
+            pgconn.pipeline_sync()
+            made, ran, synced = yield from _pipelined(psycopg.generators, pgconn)
+            pgconn.exit_pipeline_mode()
+        except BaseException:
+            pgconn.finish()  # answers may be left unread
+            raise
+        if not (synced and synced[-1].status == _PIPELINE_SYNC):
+            pgconn.finish()
+            raise psycopg.InterfaceError(f"no pipeline sync after {stmt.sql[:40]!r}")
+        if made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
+            prepared.add(stmt.name)
+            pgconn.send_query_prepared(stmt.name, values)
+            return _check((yield from execute(pgconn)), stmt, _TUPLES_OK)
         _check(made, stmt, _COMMAND_OK)
         prepared.add(stmt.name)
         return _check(ran, stmt, _TUPLES_OK)
@@ -953,6 +1033,260 @@ def _rows_checked(answers: list[Any], made: list[_Statement], sent: list[tuple[_
 _DONE = (_COMMAND_OK, _TUPLES_OK)
 
 
+class _Exchange:
+    """One libpq exchange on a connection (a psycopg generator, ``_direct_gen``), begun at once
+    (the statement sent) and driven to its end either from the event loop (:meth:`run`:
+    awaited on the loop's reader or writer, never a blocking read) or, when code on the loop's
+    own thread cannot wait for the loop (a sync step's append behind it), by a blocking wait
+    on the socket (:meth:`finish`). Whichever ends it keeps the outcome; the other takes it."""
+
+    def __init__(self, gen: Any, pgconn: Any) -> None:
+        self._gen = gen
+        self._pgconn = pgconn
+        self._waiter: asyncio.Future[None] | None = None
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._state = 0
+        self._step(None)
+
+    def _step(self, ready: int | None) -> None:
+        """Advance the generator: begin it (``ready`` None), or tell it what is ready."""
+        try:
+            self._state = next(self._gen) if ready is None else self._gen.send(ready)
+        except StopIteration as stop:
+            self._end(stop.value, None)
+        except OSError as exc:
+            from psycopg import OperationalError
+
+            error = OperationalError("connection socket closed")
+            error.__cause__ = exc
+            self._end(None, error)
+        except Exception as exc:
+            self._end(None, exc)
+
+    def _end(self, value: Any, error: BaseException | None) -> None:
+        self.done, self.value, self.error = True, value, error
+        self._gen = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the awaiting task, if any, wakes to the outcome
+
+    async def run(self) -> None:
+        """Drive the exchange to its end from the event loop (as ``psycopg.waiting.wait_async``,
+        without its timer). Run to its end even if the awaiting task is cancelled meanwhile (a
+        statement sent must have its answer read, and a commit made must be known, as
+        ``Store.off_loop`` runs an operation to its end): the cancellation is then raised at the
+        task's next await."""
+        from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
+
+        if self.done:
+            return
+        loop = asyncio.get_running_loop()
+        fileno = self._pgconn.socket
+        ready = 0
+        cancelled = False
+
+        def wake(got: int) -> None:
+            nonlocal ready
+            ready |= got
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        try:
+            while not self.done:
+                ready = 0
+                state = self._state
+                reading, writing = state & WAIT_R, state & WAIT_W
+                if reading:
+                    loop.add_reader(fileno, wake, READY_R)
+                if writing:
+                    loop.add_writer(fileno, wake, READY_W)
+                try:
+                    while not ready and not self.done:
+                        self._waiter = loop.create_future()
+                        try:
+                            await self._waiter
+                        except asyncio.CancelledError:
+                            cancelled = True  # not cut off half-way: raised once the answer is read
+                        finally:
+                            self._waiter = None
+                finally:
+                    if reading:
+                        loop.remove_reader(fileno)
+                    if writing:
+                        loop.remove_writer(fileno)
+                if not self.done:  # else ended by ``finish`` meanwhile
+                    self._step(ready)
+        finally:
+            if cancelled:
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                    task.cancel()
+
+    def finish(self) -> None:
+        """Drive the exchange to its end now, blocking on its socket (``psycopg.waiting.wait``),
+        from the loop's thread; the task awaiting :meth:`run` wakes to the outcome. An interrupt
+        meanwhile leaves answers unread: the connection is closed (the outcome: a lost
+        connection) and the interrupt raised."""
+        if self.done:
+            return
+        from psycopg import OperationalError
+        from psycopg.waiting import wait
+
+        gen = self._gen
+        try:
+            value = wait(_resumed(gen, self._state), self._pgconn.socket, interval=_WAIT_INTERVAL)
+        except OSError as exc:
+            error = OperationalError("connection socket closed")
+            error.__cause__ = exc
+            self._end(None, error)
+        except Exception as exc:
+            self._end(None, exc)
+        except BaseException:
+            self._pgconn.finish()
+            self._end(None, OperationalError("the connection was closed: interrupted while reading"))
+            raise
+        else:
+            self._end(value, None)
+
+
+_WAIT_INTERVAL = 0.1  # s: how often a blocking wait on a socket looks for an interrupt (as psycopg)
+
+
+def _resumed(gen: Any, state: Any) -> Any:
+    """A psycopg generator already begun (waiting for ``state``), as a new one to drive."""
+    while True:
+        ready = yield state
+        try:
+            state = gen.send(ready)
+        except StopIteration as stop:
+            return stop.value
+
+
+class _LoopWriter:
+    """A run's append from its event loop on one pooled connection (``loop_writer``)."""
+
+    def __init__(self, store: PostgresStore, conn: Any, executor: Any, key: Any, token: Any) -> None:
+        self._store = store
+        self._conn = conn
+        self._executor = executor
+        self._key = key
+        self._token = token
+
+    def append(self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None) -> _LoopAppend:
+        """``Store.append(run_id, head, events, owner=owner)``: one ``wflo_append``, prepared,
+        committed as ``append`` commits it (durable; relaxed only for a marker alone), sent now;
+        await the result for the new head (or ``LeaseLost``, psycopg's errors), or call its
+        ``finish()`` to wait for it on this thread. A lost connection is dropped and the append
+        made again on a store thread, where ``append`` finds out whether the first one committed.
+        One append per writer: its connection goes back to the pool with the answer."""
+        store = self._store
+        psycopg = store._psycopg
+        now = now_iso()
+        relaxed = bool(events) and all(e.type in RELAXED_MARKERS for e in events)
+        new, rows = store._link(run_id, head, events)
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
+        params = (run_id, head.seq, owner, new.seq, new.hash, now, None, False, None, None, False, None, None,
+                  *[_array(c) for c in cols[1:]])  # fmt: skip
+        conn = self._conn
+        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
+            raise psycopg.InterfaceError("the connection is in use")
+        self._conn = None  # given back by the append once answered
+        try:
+            exchange = _Exchange(store._direct_gen(conn, _APPEND_ALONE[relaxed], params), conn.pgconn)
+        except BaseException:
+            conn.lock.release()
+            store._pool.put(conn, broken=store._conn_broken(conn))
+            raise
+        return _LoopAppend(store, conn, exchange, functools.partial(store.append, run_id, head, events, owner=owner),
+                           run_id, owner, new)  # fmt: skip
+
+    def close(self) -> None:
+        """Give the connection back to the pool (dropped if broken) and the place in the order."""
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                self._store._pool.put(conn, broken=self._store._conn_broken(conn))
+        finally:
+            self._executor.give_back(self._key, self._token)
+
+
+class _LoopAppend:
+    """An append sent from the event loop (``_LoopWriter.append``), its answer not read yet.
+
+    ``await`` it on the loop (the loop never blocked), or :meth:`finish` it on the loop's thread
+    where code cannot give way to the loop (a sync call's append behind it, see
+    ``RunContext.append``): the same outcome either way, computed once."""
+
+    def __init__(self, store: PostgresStore, conn: Any, exchange: _Exchange, redo: Callable[[], Head],
+                 run_id: str, owner: str | None, new: Head) -> None:  # fmt: skip
+        self._store = store
+        self._conn: Any = conn  # None once back in the pool
+        self._exchange = exchange
+        self._redo = redo
+        self._redone: tuple[Head | None, BaseException | None] | None = None
+        self._redo_lock = threading.Lock()
+        self._run_id = run_id
+        self._owner = owner
+        self._new = new
+        self._redo_needed = False
+
+    def __await__(self) -> Any:
+        return self.wait().__await__()
+
+    async def wait(self) -> Head:
+        """The new head, the answer awaited on the loop."""
+        await self._exchange.run()
+        if self._lost():
+            return await self._store.off_loop(self._again)
+        return self._head()
+
+    def finish(self) -> Head:
+        """The new head, the answer waited for on this thread (blocking, as a sync append)."""
+        self._exchange.finish()
+        if self._lost():
+            return self._again()
+        return self._head()
+
+    def _lost(self) -> bool:
+        """Give the connection back (the exchange ended); whether it was lost on the way."""
+        conn, self._conn = self._conn, None
+        store, error = self._store, self._exchange.error
+        if conn is not None:
+            conn.lock.release()
+            broken = store._conn_broken(conn)
+            lost = isinstance(error, store._psycopg.Error) and (store._is_disconnect(error) or broken)
+            self._redo_needed = lost and getattr(error, "sqlstate", None) != _LEASE_LOST
+            store._pool.put(conn, broken=broken or self._redo_needed)
+        return self._redo_needed
+
+    def _head(self) -> Head:
+        error = self._exchange.error
+        if error is not None:
+            if getattr(error, "sqlstate", None) == _LEASE_LOST:
+                raise LeaseLost(run_id=self._run_id, owner=self._owner) from None
+            raise error
+        value = _value(self._exchange.value)
+        return Head(self._new.seq, self._new.hash, value is not None and int(value) != 0)
+
+    def _again(self) -> Head:
+        """The append made again through ``Store.append`` (once, whoever asks first)."""
+        with self._redo_lock:
+            if self._redone is None:
+                try:
+                    self._redone = (self._redo(), None)
+                except BaseException as exc:
+                    self._redone = (None, exc)
+        head, error = self._redone
+        if error is not None:
+            raise error
+        assert head is not None
+        return head
+
+
 class _Poll:
     """The change feed's "watch" when there is no LISTEN channel: when the next look is due."""
 
@@ -982,6 +1316,9 @@ class _PipelinedCursor:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cur, name)
+
+
+_IDLE_GET_TIMEOUT = 0.002  # s: the longest ``get_idle`` can wait, when another thread won the race
 
 
 class _PsycopgPool:
@@ -1024,6 +1361,17 @@ class _PsycopgPool:
                 detail=f"all {self._store.pool_size} pooled connections stayed busy for "
                 f"{self._store.pool_timeout:g} s (raise pool_size in the URL, or find the long transaction)",
             ) from None
+
+    def get_idle(self) -> Any:
+        """A connection only if one is idle in the pool now (never waits for one), else ``None``."""
+        idle = getattr(self._pool, "_pool", None)  # psycopg_pool's idle connections
+        if not idle:
+            return None
+        try:
+            # Another thread may take it meanwhile: a bounded wait, then none.
+            return self._pool.getconn(timeout=_IDLE_GET_TIMEOUT)
+        except self._timeout_error:
+            return None
 
     def put(self, conn: Any, *, broken: bool = False) -> None:
         if broken:

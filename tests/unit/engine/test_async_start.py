@@ -107,7 +107,8 @@ def _hand_offs(monkeypatch: pytest.MonkeyPatch) -> Counter[Any]:
 
 
 def test_a_plain_async_step_costs_one_hand_off(configured: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Begun on the loop, recorded on the store's threads: one hand-off per step (two before)."""
+    """Begun on the loop, recorded on the store's threads: one hand-off per step (two before);
+    none on PostgreSQL, whose record is written from the loop (``Store.loop_writer``)."""
     seen = _hand_offs(monkeypatch)
 
     @wflo.step(name="astart.tiny")
@@ -123,7 +124,7 @@ def test_a_plain_async_step_costs_one_hand_off(configured: str, monkeypatch: pyt
         assert await flow.options(id="astart-5").arun(5) == 15
 
     asyncio.run(main())
-    assert seen["astart-5"] - seen["astart-0"] == 5
+    assert seen["astart-5"] - seen["astart-0"] == (0 if configured.startswith("postgresql") else 5)
 
 
 def test_a_refusal_on_the_loop_is_written_on_the_store_threads(configured: str) -> None:
@@ -211,3 +212,88 @@ def test_a_lease_that_lapses_during_a_start_on_the_loop_is_checked_there(
     with pytest.raises(LeaseLost):
         asyncio.run(flow.arun())
     assert ran == ["effect"]
+
+
+def test_a_record_whose_lease_was_taken_raises_lease_lost(configured: str) -> None:
+    """The lease is taken by another worker while an async step runs: its record (on
+    PostgreSQL written from the loop, ``Store.loop_writer``) is refused with ``LeaseLost``,
+    nothing is written for the step, and the run knows its lease is lost."""
+    seen: dict[str, Any] = {}
+
+    @wflo.step(name="astart.stolen")
+    async def stolen() -> str:
+        ctx = current_run()
+        assert ctx is not None
+        seen["ctx"] = ctx
+        store = ctx.store
+        await store.off_loop(store.release, ctx.run_id, ctx.owner, key=ctx.run_id)
+        await store.off_loop(store.claim, ctx.run_id, "other", 60.0, key=ctx.run_id)
+        return "done"
+
+    @wflo.workflow(name="astart.stolen")
+    async def flow() -> str:
+        return await stolen()
+
+    with pytest.raises(LeaseLost):
+        asyncio.run(flow.options(id="astart-stolen").arun())
+    assert seen["ctx"].lease_lost
+    assert _calls("astart-stolen") == {}
+    assert _config.get_store().get_run("astart-stolen").lease_owner == "other"
+
+
+@pytest.mark.postgres
+def test_a_sync_step_on_the_loop_while_a_record_is_in_flight_appends_after_it(pg_url: str) -> None:
+    """Task A's async step is recorded from the loop (``Store.loop_writer``) and the server
+    holds its commit (a trigger sleeps); meanwhile task B calls a sync step on the loop's
+    thread. B's record must wait for A's (the write lock is re-entrant on that thread): it
+    completes A's exchange first, then appends on the head A left. Both recorded, no
+    ``LeaseLost``; the process then dies and the resume replays both."""
+    wflo.configure(database=pg_url, lease_seconds=5.0, poll_interval=0.05)
+    store = _config.get_store()
+    store.write(
+        lambda cur: cur.execute(
+            "CREATE FUNCTION held() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.type = 'call.completed' AND NEW.data LIKE '%astart.held_a%' "
+            "THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END $$;"
+            "CREATE TRIGGER held BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION held()"
+        )
+    )
+    ran: Counter[str] = Counter()
+    crash = {"on": True}
+    on_loop: dict[str, int] = {}
+
+    @wflo.step(name="astart.held_a")
+    async def held_a() -> str:
+        ran["a"] += 1
+        return "a"
+
+    @wflo.step(name="astart.sync_b")
+    def sync_b() -> str:
+        ran["b"] += 1
+        on_loop["b"] = threading.get_ident()
+        return "b"
+
+    async def task_b() -> str:
+        await asyncio.sleep(0.15)  # A's record is in flight by now (the server sleeps 0.5 s)
+        return sync_b()
+
+    @wflo.workflow(name="astart.held")
+    async def flow() -> list[str]:
+        on_loop["loop"] = threading.get_ident()
+        out = list(await asyncio.gather(held_a(), task_b()))
+        if crash["on"]:
+            raise KeyboardInterrupt  # the process dies after both calls were recorded
+        return out
+
+    run_id = "astart-held"
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(flow.options(id=run_id).arun())
+    assert on_loop["b"] == on_loop["loop"], "the sync step did not run on the loop's thread"
+    events = store.events(run_id)
+    done = [e.data["name"] for e in events if e.type == "call.completed"]
+    assert done == ["astart.held_a", "astart.sync_b"], "B's record did not follow A's"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    crash["on"] = False
+    assert wflo.resume(run_id) == ["a", "b"]
+    assert ran == {"a": 1, "b": 1}, "a recorded call ran again"
+    assert store.get_run(run_id).status == "succeeded"

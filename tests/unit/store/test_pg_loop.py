@@ -1,0 +1,288 @@
+"""PostgreSQL's on-loop record (issue 20): ``PostgresStore.loop_writer`` appends from the event
+loop's thread, its commit awaited on the loop's reader. What that path must keep, as the sync
+direct path does (``test_pg_direct``): the run's order with the store's threads, ``LeaseLost``,
+psycopg's errors, NUL refused, re-preparing after ``DEALLOCATE ALL``, nothing prepared behind a
+transaction pooler, a dropped connection replaced; and it must never block the loop, nor wait
+for a pooled connection."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from wflo._errors import LeaseLost
+from wflo.store import Head, NewEvent, open_store
+from wflo.store._postgres import _APPEND_ALONE, PostgresStore
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def store(pg_url: str) -> Iterator[PostgresStore]:
+    with open_store(f"{pg_url}&pool_size=1") as opened:
+        assert isinstance(opened, PostgresStore)
+        yield opened
+
+
+def _run(store: PostgresStore, run_id: str) -> Head:
+    run, _ = store.create_run(run_id=run_id, workflow="w", input={}, owner="a", lease_seconds=30)
+    return Head(run.last_seq, run.last_hash)
+
+
+def _sent(store: PostgresStore) -> list[str]:
+    sent: list[str] = []
+    real = store._direct_gen
+
+    def spy(conn: Any, stmt: Any, params: Any) -> Any:
+        sent.append(stmt.sql)
+        return real(conn, stmt, params)
+
+    store._direct_gen = spy  # type: ignore[method-assign]
+    return sent
+
+
+async def _append(store: PostgresStore, run_id: str, head: Head, events: list[NewEvent], owner: str = "a") -> Head:
+    writer = store.loop_writer(run_id)
+    assert writer is not None, "no on-loop writer"
+    try:
+        return await writer.append(run_id, head, events, owner=owner)  # type: ignore[no-any-return]
+    finally:
+        writer.close()
+
+
+def test_an_append_from_the_loop_is_fenced_durable_and_leaves_the_connection_idle(store: PostgresStore) -> None:
+    head = _run(store, "r-loop-fence")
+    sent = _sent(store)
+
+    async def main() -> Head:
+        with pytest.raises(LeaseLost):
+            await _append(store, "r-loop-fence", head, [NewEvent("step.completed", {})], owner="b")
+        with pytest.raises(LeaseLost):  # a stale head, even for the holder
+            await _append(store, "r-loop-fence", Head(head.seq - 1, head.hash), [NewEvent("step.completed", {})])
+        return await _append(store, "r-loop-fence", head, [NewEvent("step.completed", {"n": 1})])
+
+    new = asyncio.run(main())
+    assert new.seq == head.seq + 1
+    assert len(sent) == 3 and all(s == _APPEND_ALONE[0].sql for s in sent)  # durable, not relaxed
+    assert [e.type for e in store.events("r-loop-fence")][-1] == "step.completed"
+    assert store.get_run("r-loop-fence").last_seq == new.seq
+    with store._connection() as conn:
+        assert store._alone(conn)
+
+
+def test_nul_is_refused_with_psycopg_error_and_nothing_is_written(store: PostgresStore) -> None:
+    head = _run(store, "r-loop-nul")
+
+    async def main() -> None:
+        with pytest.raises(psycopg.DataError):
+            await _append(store, "r-loop-nul", head, [NewEvent("x\x00y", {})])
+        assert (await _append(store, "r-loop-nul", head, [NewEvent("x", {})])).seq == head.seq + 1
+
+    asyncio.run(main())
+
+
+def test_a_session_that_lost_its_prepared_statements_recovers(store: PostgresStore) -> None:
+    head = _run(store, "r-loop-dealloc")
+
+    async def main(head: Head) -> Head:
+        head = await _append(store, "r-loop-dealloc", head, [NewEvent("a", {})])
+        store.write(lambda cur: cur.execute("DEALLOCATE ALL"))  # pool_size=1: the same session
+        return await _append(store, "r-loop-dealloc", head, [NewEvent("b", {})])
+
+    head = asyncio.run(main(head))
+    assert [e.type for e in store.events("r-loop-dealloc")][-2:] == ["a", "b"]
+    assert store.get_run("r-loop-dealloc").last_seq == head.seq
+
+
+def test_behind_a_transaction_pooler_nothing_is_prepared(pg_url: str) -> None:
+    with open_store(f"{pg_url}&pool_size=1&pooler=transaction") as store:
+        assert isinstance(store, PostgresStore)
+        head = _run(store, "r-loop-pooler")
+        sent = _sent(store)
+
+        async def main(head: Head) -> Head:
+            for i in range(8):
+                head = await _append(store, "r-loop-pooler", head, [NewEvent(f"e{i}", {"i": i})])
+            with pytest.raises(LeaseLost):
+                await _append(store, "r-loop-pooler", head, [NewEvent("late", {})], owner="b")
+            return head
+
+        asyncio.run(main(head))
+        assert len(sent) == 9
+        with store._connection() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
+
+
+def test_a_connection_the_server_dropped_is_dropped_and_the_append_made_once(store: PostgresStore) -> None:
+    head = _run(store, "r-loop-drop")
+    with store._connection() as conn:
+        pid = conn.info.backend_pid
+    with psycopg.connect(store.url, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    head = asyncio.run(_append(store, "r-loop-drop", head, [NewEvent("b", {})]))
+    assert [e.type for e in store.events("r-loop-drop")].count("b") == 1
+    assert store.get_run("r-loop-drop").last_seq == head.seq
+    with store._connection() as conn:
+        assert conn.info.backend_pid != pid
+
+
+def test_no_writer_while_the_run_has_work_on_the_store_threads_and_none_runs_past_one(store: PostgresStore) -> None:
+    """The order of a run's writes: the loop writes only when nothing of the run is queued or
+    running on the store's threads, and a job of the run submitted while the loop writes waits
+    for it."""
+    head = _run(store, "r-loop-order")
+    gate = threading.Event()
+    order: list[str] = []
+
+    def blocking() -> None:
+        gate.wait(5)
+        order.append("thread-1")
+
+    async def main() -> None:
+        busy = asyncio.ensure_future(store.off_loop(blocking, key="r-loop-order"))
+        await asyncio.sleep(0.05)
+        assert store.loop_writer("r-loop-order") is None  # the run's job is running there
+        gate.set()
+        await busy
+        writer = store.loop_writer("r-loop-order")
+        assert writer is not None
+        try:
+            later = asyncio.ensure_future(store.off_loop(order.append, "thread-2", key="r-loop-order"))
+            await writer.append("r-loop-order", head, [NewEvent("a", {})], owner="a")
+            order.append("loop")
+            await asyncio.sleep(0.05)
+            assert not later.done(), "a job of the run ran while the loop held its place"
+        finally:
+            writer.close()
+        await later
+
+    asyncio.run(main())
+    assert order == ["thread-1", "loop", "thread-2"]
+
+
+def test_no_writer_without_an_idle_connection_and_no_wait_for_one(store: PostgresStore) -> None:
+    _run(store, "r-loop-busy")
+    taken = threading.Event()
+    done = threading.Event()
+
+    def hold() -> None:
+        with store._connection():
+            taken.set()
+            done.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert taken.wait(5)
+        t0 = time.perf_counter()
+        assert store.loop_writer("r-loop-busy") is None
+        assert time.perf_counter() - t0 < 0.05
+        assert store.loop_writer("r-loop-busy") is None  # the place was given back too
+    finally:
+        done.set()
+        holder.join()
+    writer = store.loop_writer("r-loop-busy")
+    assert writer is not None
+    writer.close()
+
+
+def test_the_loop_keeps_running_while_the_server_delays_the_commit(store: PostgresStore) -> None:
+    """A trigger makes the server take 0.4 s over the append: a ticker on the same loop ticks
+    all along (a blocking read on the loop's thread would stop it)."""
+    head = _run(store, "r-loop-slow")
+    store.write(
+        lambda cur: cur.execute(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.type = 'slow' THEN PERFORM pg_sleep(0.4); END IF; RETURN NEW; END $$;"
+            "CREATE TRIGGER slow BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow()"
+        )
+    )
+    ticks: list[float] = []
+
+    async def ticker(stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+            await asyncio.sleep(0.01)
+
+    async def main() -> tuple[float, float]:
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(ticker(stop))
+        await asyncio.sleep(0.02)
+        t0 = time.perf_counter()
+        await _append(store, "r-loop-slow", head, [NewEvent("slow", {})])
+        t1 = time.perf_counter()
+        stop.set()
+        await task
+        return t0, t1
+
+    t0, t1 = asyncio.run(main())
+    assert t1 - t0 >= 0.35
+    during = [t for t in ticks if t0 <= t <= t1]
+    assert len(during) >= 10, f"the loop stalled: {len(during)} ticks in {t1 - t0:.2f} s"
+    gaps = [b - a for a, b in itertools.pairwise(during)]
+    assert max(gaps) < 0.2
+    assert [e.type for e in store.events("r-loop-slow")][-1] == "slow"
+
+
+def test_a_cancelled_task_still_commits_its_append(store: PostgresStore) -> None:
+    """Like ``off_loop``: the append runs to its end, the cancellation is raised after."""
+    head = _run(store, "r-loop-cancel")
+    store.write(
+        lambda cur: cur.execute(
+            "CREATE FUNCTION slow2() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.2); RETURN NEW; END $$;"
+            "CREATE TRIGGER slow2 BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow2()"
+        )
+    )
+
+    async def main() -> None:
+        task = asyncio.ensure_future(_append(store, "r-loop-cancel", head, [NewEvent("a", {})]))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert store.get_run("r-loop-cancel").last_seq == head.seq + 1
+    with store._connection() as conn:
+        assert store._alone(conn)
+
+
+def test_an_append_finished_on_the_loop_thread_gives_its_outcome_to_the_awaiting_task(store: PostgresStore) -> None:
+    """A sync append on the loop's thread behind one in flight (``RunContext._land``): the
+    append is finished there, blocking, while the server delays its commit; the task awaiting
+    it takes the same head (nothing read twice), and the connection is back in the pool (of
+    one) at once, so a sync append on the same thread gets it."""
+    head = _run(store, "r-loop-finish")
+    store.write(
+        lambda cur: cur.execute(
+            "CREATE FUNCTION slow3() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.type = 'slow' THEN PERFORM pg_sleep(0.3); END IF; RETURN NEW; END $$;"
+            "CREATE TRIGGER slow3 BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION slow3()"
+        )
+    )
+
+    async def main() -> tuple[Head, Head, Head]:
+        writer = store.loop_writer("r-loop-finish")
+        assert writer is not None
+        pending = writer.append("r-loop-finish", head, [NewEvent("slow", {})], owner="a")
+        awaited = asyncio.ensure_future(pending.wait())
+        await asyncio.sleep(0.05)  # the task waits on the loop's reader now
+        finished = pending.finish()
+        after = store.append("r-loop-finish", finished, [NewEvent("b", {})], owner="a")
+        try:
+            return finished, await awaited, after
+        finally:
+            writer.close()
+
+    finished, awaited, after = asyncio.run(main())
+    assert finished == awaited == Head(head.seq + 1, finished.hash)
+    assert after.seq == head.seq + 2
+    assert [e.type for e in store.events("r-loop-finish")][-2:] == ["slow", "b"]
