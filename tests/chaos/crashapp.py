@@ -41,5 +41,5 @@ def crashapp(steps: int) -> int:
 if __name__ == "__main__":
     run_id, EFFECTS, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
     os.environ["CRASHAPP_EFFECTS"] = EFFECTS
-    # "-": a generated id (PostgreSQL then sends the run's creation ahead of its answer).
+    # "-": a generated id.
     print(crashapp.run(steps) if run_id == "-" else crashapp.options(id=run_id).run(steps))

@@ -106,12 +106,12 @@ def test_workers_racing_for_recoverable_runs_never_run_one_twice(store_url: str,
     assert len(pids) >= 1
 
 
-def test_sigkill_after_the_first_step_of_a_run_created_ahead_then_a_worker_resumes_it(
+def test_sigkill_after_the_first_step_of_a_run_with_a_generated_id_then_a_worker_resumes_it(
     pg_url: str, tmp_path: Path
 ) -> None:
-    """A run with a generated id on PostgreSQL (its creation sent ahead of its answer, read at
-    its first call: ``wflo.store._ahead``), its process killed once the first step is journaled:
-    the run exists, and a worker resumes it without running that step again."""
+    """A run with a generated id on PostgreSQL (executed at once, so created relaxed), its
+    process killed once the first step is journaled: the run exists, and a worker resumes it
+    without running that step again."""
     effects = tmp_path / "effects.log"
     env = chaos_env(pg_url)
     _config.configure(database=pg_url)

@@ -177,7 +177,6 @@ def start_call(call: Call) -> Any:
     """Begin a call: number it, replay it if the journal has its end, else run the guards'
     ``before`` checks. Returns the replayed value, or ``NOT_REPLAYED`` when the caller must
     execute the call and then pass its outcome to :func:`finish_call`."""
-    call.run.settle_creation()  # a run created ahead exists before any call's first effect
     value = _begin(call)
     if value is not _NOT_REPLAYED:
         return value

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost, RunCancelled, RunEndedError
 from .._runtime import runtime as current_runtime
-from ..store import CreationAhead, Head, NewEvent, RunRecord, Store, StoreOp
+from ..store import Head, NewEvent, RunRecord, Store, StoreOp
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -170,21 +170,8 @@ class RunContext:
         self._by_parent: dict[tuple[str, str, str], deque[JournalEntry]] | None = None  # see _requests
         self._tasks: dict[str, dict[asyncio.Task[Any], object]] = {}  # call path -> live tasks there: marks
         self._held: tuple[int, list[Held]] | None = None  # (thread, appends held back; see hold_appends)
-        self.ahead: CreationAhead | None = None
         self._in_flight: Any = None  # an append from the loop not answered yet (append_on_loop)
-        """The run's creation, sent but its answer not read yet (see ``wflo.store._ahead``):
-        read at the run's first durable interaction (:meth:`settle_creation`)."""
         install_propagation()
-
-    # ------------------------------------------------------------------ creation
-    def settle_creation(self) -> None:
-        """Before anything of the run touches the store or a call has an effect: read the
-        answer to the run's creation if it was sent ahead (``Store.create_run_ahead``), and
-        raise its error (now and at every later interaction: nothing of the run is written)."""
-        ahead = self.ahead
-        if ahead is not None:
-            ahead.settle()
-            self.ahead = None
 
     # ------------------------------------------------------------------ lease
     def lease_renewed(self, sent_at: float, lease_seconds: float | None = None) -> None:
@@ -205,7 +192,6 @@ class RunContext:
         a renewal that is refused (the run is someone else's) or fails (we cannot tell) gives
         the run up: the journal is intact and the run is claimable again.
         """
-        self.settle_creation()
         if self.lease_lost:
             raise LeaseLost(run_id=self.run_id, owner=self.owner)
         if monotonic() < self._lease_valid_until:
@@ -225,7 +211,7 @@ class RunContext:
 
     def lease_fresh(self) -> bool:
         """True when :meth:`ensure_lease` would return at once (no round trip, no error)."""
-        return self.ahead is None and not self.lease_lost and monotonic() < self._lease_valid_until
+        return not self.lease_lost and monotonic() < self._lease_valid_until
 
     @classmethod
     def load(
@@ -458,14 +444,7 @@ class RunContext:
             if self.lease_lost:
                 raise LeaseLost(run_id=self.run_id, owner=self.owner)
             try:
-                ahead = self.ahead
-                if ahead is not None:  # the creation's answer, and this append in the same round trip
-                    self.head = ahead.append(self.head, events, owner=self.owner, ops=ops, **projection)
-                    self.ahead = None
-                else:
-                    self.head = self.store.append(
-                        self.run_id, self.head, events, owner=self.owner, ops=ops, **projection
-                    )
+                self.head = self.store.append(self.run_id, self.head, events, owner=self.owner, ops=ops, **projection)
             except LeaseLost:
                 self.lease_lost = True
                 raise
@@ -476,12 +455,11 @@ class RunContext:
     async def append_on_loop(self, writer: Any, events: Sequence[NewEvent]) -> Head | None:
         """:meth:`append` from the run's event loop through ``writer`` (``Store.loop_writer``):
         the statement is awaited, the loop never blocked. ``None`` (nothing written) when
-        another thread of the run is appending now, or the run's creation is still to be read
-        (``ahead``): the caller writes through ``off_loop``. The write lock is held while the
+        another thread of the run is appending now: the caller writes through ``off_loop``. The write lock is held while the
         append is in flight, so the run's other threads append after it, on the head it
         leaves; code on the loop's own thread that appends meanwhile (a sync call of another
         task) first ends this append where it stands (:meth:`_land`), then appends after it."""
-        if self.ahead is not None or self._in_flight is not None:
+        if self._in_flight is not None:
             return None
         if not self._write_lock.acquire(blocking=False):
             return None

@@ -23,7 +23,7 @@ from .._errors import (
     SerializationError,
 )
 from .._runtime import runtime as current_runtime
-from ..store import CreationAhead, NewEvent, RunRecord, Store, StoreOp
+from ..store import NewEvent, RunRecord, Store, StoreOp
 from ._context import RunContext, _call_path, _current_run
 from ._heartbeat import heartbeats
 from ._serialize import decode, encode, error_data
@@ -101,16 +101,9 @@ def add_resume_hook(hook: Callable[[Store, str], tuple[list[NewEvent], StoreOp |
 
 def _prepare(
     rt: Runtime, store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False,
-    leased_at: float | None = None, ahead: CreationAhead | None = None,
+    leased_at: float | None = None,
 ) -> RunContext:  # fmt: skip
-    try:
-        ctx = RunContext.load(store, record, owner, guards_for(rt, wf, record, store), fresh=fresh, runtime=rt)
-    except BaseException:
-        if ahead is not None:  # its connection back to the pool (and the creation read) before the error
-            with contextlib.suppress(Exception):
-                ahead.settle()
-        raise
-    ctx.ahead = ahead  # fresh: its journal is run.created and run.started, nothing to append now
+    ctx = RunContext.load(store, record, owner, guards_for(rt, wf, record, store), fresh=fresh, runtime=rt)
     if leased_at is not None:
         ctx.lease_renewed(leased_at)
     if record.attempts <= 1 and not ctx.journal:
@@ -195,7 +188,6 @@ def _block(ctx: RunContext, reason: str, cause: BaseException) -> None:
         return
     except Exception:
         with contextlib.suppress(Exception):
-            ctx.settle_creation()
             ctx.store.release(ctx.run_id, ctx.owner)
         return
     _ended(ctx)
@@ -265,7 +257,6 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
         # KeyboardInterrupt, SystemExit…: the process is going away, not the run failing.
         # Let the lease go so another worker (or a rerun) resumes it at once.
         with contextlib.suppress(Exception):
-            ctx.settle_creation()
             ctx.store.release(ctx.run_id, ctx.owner)
         return
     ctx.append([NewEvent(kind, {"error": err})], ops=_final_ops(ctx, status), status=status, error=err, finish=True)
@@ -294,7 +285,6 @@ def _args(record: RunRecord) -> tuple[list[Any], dict[str, Any]]:
 def execute(
     store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, *, fresh: bool = False,
     runtime: Runtime | None = None, leased_at: float | None = None, prepared: RunContext | None = None,
-    ahead: CreationAhead | None = None,
 ) -> Any:  # fmt: skip
     """Run ``record`` (whose lease ``owner`` holds) to its end, or until it waits or is lost.
 
@@ -303,20 +293,16 @@ def execute(
     and settings apply, and it is active while the workflow's code runs. ``leased_at``: the
     ``time.monotonic()`` at which the request that gave ``owner`` the lease was sent (unknown:
     the first call renews the lease first). ``prepared``: the context :func:`prepare` gave
-    (with the claim that took the run back). ``ahead``: the run's creation, sent but not
-    answered yet (``Store.create_run_ahead``; ``record`` is then its local copy): answered at
-    the run's first call or its end. Returns the workflow's value; raises its exception
-    (after recording it).
+    (with the claim that took the run back). Returns the workflow's value; raises its
+    exception (after recording it).
     """
     rt = runtime if runtime is not None else current_runtime()
     if wf.is_async:
         return _run_coroutine(
-            aexecute(
-                store, wf, record, owner, fresh=fresh, prepared=prepared, runtime=rt, leased_at=leased_at, ahead=ahead
-            )
+            aexecute(store, wf, record, owner, fresh=fresh, prepared=prepared, runtime=rt, leased_at=leased_at)
         )
     with rt.activate():
-        ctx = prepared if prepared is not None else _prepare(rt, store, wf, record, owner, fresh, leased_at, ahead)
+        ctx = prepared if prepared is not None else _prepare(rt, store, wf, record, owner, fresh, leased_at)
         args, kwargs = _args(record)
         heartbeats.track(store, owner, ctx)
         run_token = _current_run.set(ctx)
@@ -339,12 +325,12 @@ def execute(
 
 def prepare(
     store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False,
-    runtime: Runtime | None = None, leased_at: float | None = None, ahead: CreationAhead | None = None,
+    runtime: Runtime | None = None, leased_at: float | None = None,
 ) -> RunContext:  # fmt: skip
     """The run's context, its journal loaded and its start (or resumption) recorded (blocking)."""
     rt = runtime if runtime is not None else current_runtime()
     with rt.activate():
-        return _prepare(rt, store, wf, record, owner, fresh, leased_at, ahead)
+        return _prepare(rt, store, wf, record, owner, fresh, leased_at)
 
 
 async def aexecute(
@@ -357,7 +343,6 @@ async def aexecute(
     prepared: RunContext | None = None,
     runtime: Runtime | None = None,
     leased_at: float | None = None,
-    ahead: CreationAhead | None = None,
 ) -> Any:
     """The async twin of :func:`execute`: the workflow runs on the loop, and its store work
     (loading the journal, the start and final events) on the store's threads, in order.
@@ -367,14 +352,13 @@ async def aexecute(
     rt = runtime if runtime is not None else current_runtime()
     if not wf.is_async:
         return await asyncio.to_thread(
-            execute,
-            store, wf, record, owner, fresh=fresh, runtime=rt, leased_at=leased_at, prepared=prepared, ahead=ahead,
-        )  # fmt: skip
+            execute, store, wf, record, owner, fresh=fresh, runtime=rt, leased_at=leased_at, prepared=prepared
+        )
     with rt.activate():
         ctx = (
             prepared
             if prepared is not None
-            else await store.off_loop(_prepare, rt, store, wf, record, owner, fresh, leased_at, ahead, key=record.id)
+            else await store.off_loop(_prepare, rt, store, wf, record, owner, fresh, leased_at, key=record.id)
         )
         args, kwargs = _args(record)
         heartbeats.track(store, owner, ctx)

@@ -59,8 +59,6 @@ class Heartbeats:
                 runs = list(self._runs.values())
             groups: dict[tuple[int, str, float], list[RunContext]] = {}
             for ctx in runs:
-                if not _settled(ctx):
-                    continue
                 groups.setdefault((id(ctx.store), ctx.owner, ctx.runtime.settings.lease_seconds), []).append(ctx)
             for (_, _, lease), contexts in groups.items():
                 first = contexts[0]
@@ -80,14 +78,3 @@ class Heartbeats:
 
 
 heartbeats = Heartbeats()
-
-
-def _settled(ctx: RunContext) -> bool:
-    """Read the answer to a run's creation sent ahead, if its body has not yet (a body busy
-    with its own work before its first call holds a pooled connection until then: at most one
-    beat). False when the creation failed: the run's next interaction raises why."""
-    try:
-        ctx.settle_creation()
-    except Exception:
-        return False
-    return True

@@ -27,7 +27,7 @@ from .._errors import (
 )
 from .._runtime import runtime as current_runtime
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
-from ..store import CreationAhead, Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
+from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import RunContext, _call_path, current_run, journal_read
 from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, prepare, process_owner
@@ -193,12 +193,8 @@ class BoundWorkflow(Generic[P, R]):
         self.opts = opts
 
     def _create(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str | None, *, ahead: bool = False
-    ) -> tuple[Store, RunRecord, bool | CreationAhead]:
-        """Create the run: (its store, its record, whether this call created it). ``ahead``:
-        for a run this caller executes now, with a generated id, the creation may be sent
-        without waiting for its answer (``Store.create_run_ahead``): its third item is then
-        the ``CreationAhead`` (the run counts as created)."""
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str | None
+    ) -> tuple[Store, RunRecord, bool]:
         wf = self.wf
         wf.check_inputs(args, kwargs)
         store = get_store()
@@ -218,18 +214,11 @@ class BoundWorkflow(Generic[P, R]):
         link = link_for_start(self.opts.traceparent, parent_id)
         if link is not None:
             options[LINK_OPTION] = link
-        kwargs = dict(
-            workflow=wf.name, input=payload, parent_id=parent_id, tenant=tenant, owner=owner,
-            lease_seconds=settings().lease_seconds, options=options, **queue_placement(self.opts, wf.queue, wf.name),
+        record, created = store.create_run(
+            run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
+            tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds, options=options,
+            **queue_placement(self.opts, wf.queue, wf.name),
         )  # fmt: skip
-        if ahead and run_id is None and owner is not None:
-            # A fresh id cannot exist yet: the body may start before the creation is answered
-            # (at its first call or its end, see ``wflo.store._ahead``).
-            sent = store.create_run_ahead(run_id=new_id(), **kwargs)
-            if sent is not None:
-                note_on_caller(sent.record.id, wf.name)
-                return store, sent.record, sent
-        record, created = store.create_run(run_id=run_id or new_id(), **kwargs)
         if parent is None:
             note_on_caller(record.id, wf.name)
         if not created and record.workflow != wf.name:
@@ -272,27 +261,24 @@ class BoundWorkflow(Generic[P, R]):
     def _run_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         owner = process_owner()
         leased_at: float | None = time.monotonic()  # before the request that gives us the lease
-        store, record, made = self._create(args, kwargs, owner, ahead=True)
-        ahead = made if isinstance(made, CreationAhead) else None
-        if not made:
+        store, record, created = self._create(args, kwargs, owner)
+        if not created:
             leased_at = time.monotonic()
             record = self._claim_existing(store, record, owner)
             if record.done:
                 return _result_of(record)
-        fresh = bool(made)
+        fresh = created
         prepared: RunContext | None = None
         while True:
             try:
-                return execute(
-                    store, self.wf, record, owner, fresh=fresh, leased_at=leased_at, prepared=prepared, ahead=ahead
-                )
+                return execute(store, self.wf, record, owner, fresh=fresh, leased_at=leased_at, prepared=prepared)
             except RunSuspended as pause:
                 if current_run() is not None:
                     raise  # a child waits by suspending its parent too
                 record, prepared = _wait_until_woken(store, self.wf, record.id, owner, pause)
                 if prepared is None:
                     return _result_of(record)
-                fresh, leased_at, ahead = False, None, None
+                fresh, leased_at = False, None
 
     async def arun(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
@@ -305,7 +291,7 @@ class BoundWorkflow(Generic[P, R]):
         # Opening the store (first use), creating the run and, for a new async run, recording
         # its start block: one hop off the loop.
         context = contextvars.copy_context()
-        store, record, created, prepared, ahead = await asyncio.wrap_future(
+        store, record, created, prepared = await asyncio.wrap_future(
             _openers.submit(None, functools.partial(context.run, self._create_prepared, args, kwargs, owner))
         )
         leased_at: float | None = None
@@ -318,7 +304,7 @@ class BoundWorkflow(Generic[P, R]):
         while True:
             try:
                 return await aexecute(
-                    store, self.wf, record, owner, fresh=fresh, prepared=prepared, leased_at=leased_at, ahead=ahead
+                    store, self.wf, record, owner, fresh=fresh, prepared=prepared, leased_at=leased_at
                 )
             except RunSuspended as pause:
                 if current_run() is not None:
@@ -326,22 +312,17 @@ class BoundWorkflow(Generic[P, R]):
                 record, prepared = await _await_until_woken(store, self.wf, record.id, owner, pause)
                 if prepared is None:
                     return _result_of(record)
-                fresh, leased_at, ahead = False, None, None
+                fresh, leased_at = False, None
 
     def _create_prepared(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str
-    ) -> tuple[Store, RunRecord, bool, RunContext | None, CreationAhead | None]:
+    ) -> tuple[Store, RunRecord, bool, RunContext | None]:
         sent_at = time.monotonic()
-        store, record, made = self._create(args, kwargs, owner, ahead=True)
-        ahead = made if isinstance(made, CreationAhead) else None
+        store, record, created = self._create(args, kwargs, owner)
         prepared = (
-            prepare(store, self.wf, record, owner, True, leased_at=sent_at, ahead=ahead)
-            if made and self.wf.is_async
-            else None
+            prepare(store, self.wf, record, owner, True, leased_at=sent_at) if created and self.wf.is_async else None
         )
-        if prepared is not None:
-            ahead = None  # the context holds it
-        return store, record, bool(made), prepared, ahead
+        return store, record, created, prepared
 
     def start(self, *args: Any, **kwargs: Any) -> RunHandle:
         call = self._child_call("child.start", args, kwargs)

@@ -8,7 +8,6 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 from .._errors import ConfigurationError
-from ._ahead import CreationAhead
 from ._base import SYSTEM_CHAIN, Store, StoreOp
 from ._chain import GENESIS, canonical_json, event_hash, link_hash
 from ._claim import QueueRule
@@ -30,7 +29,6 @@ from ._roles import apply_roles, role_statements
 from ._stream import RowStream
 
 __all__ = [
-    "CreationAhead",
     "Event",
     "FINAL_STATUSES",
     "GENESIS",

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from .._errors import LeaseLost, RunNotFoundError, SchemaVersionError
 from ._chain import GENESIS, canonical_json, link_hash
@@ -35,9 +35,6 @@ from ._records import (
     iso,
     now_iso,
 )
-
-if TYPE_CHECKING:
-    from ._ahead import CreationAhead
 
 T = TypeVar("T")
 
@@ -380,44 +377,6 @@ class Store(Connections):
         ``partition_key`` at a time, within the queue's limits; see ``_claim``).
         Returns the run and whether this call created it.
         """
-        values, rows = self._creation(
-            run_id=run_id, workflow=workflow, input=input, options=options, parent_id=parent_id, tenant=tenant,
-            owner=owner, event_data=event_data, queue=queue, priority=priority, partition_key=partition_key,
-        )  # fmt: skip
-
-        def go() -> tuple[RunRecord, bool]:
-            row, created = self._create_run_once(values, rows, lease_seconds if owner is not None else None)
-            if row is None:  # created by another process at this very moment: read it now
-                return self.get_run(run_id), False
-            return RunRecord.from_row(row), created
-
-        return self._retrying(go)
-
-    def create_run_ahead(self, *, run_id: str, owner: str, **kwargs: Any) -> CreationAhead | None:
-        """Send the creation of a new run that ``owner`` executes at once, without waiting for
-        its answer: a :class:`~wflo.store._ahead.CreationAhead` whose ``settle()`` reads it (and
-        raises what ``create_run`` would have raised), or ``None`` where the store cannot (then
-        call :meth:`create_run`). Arguments: :meth:`create_run`'s. Only for a ``run_id`` that
-        cannot exist yet (freshly generated): the answer's "it existed" is not looked at before
-        the caller goes on. See ``PostgresStore.create_run_ahead``."""
-        return None
-
-    def _creation(
-        self,
-        *,
-        run_id: str,
-        workflow: str,
-        input: Any,
-        options: dict[str, Any] | None = None,
-        parent_id: str | None = None,
-        tenant: str | None = None,
-        owner: str | None = None,
-        event_data: dict[str, Any] | None = None,
-        queue: str | None = None,
-        priority: int = 0,
-        partition_key: str | None = None,
-    ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-        """``_create_run_once``'s values and event rows for :meth:`create_run`'s arguments."""
         now = now_iso()
         input_json = canonical_json(input)
         options_json = canonical_json(options or {})
@@ -432,7 +391,14 @@ class Store(Connections):
         values = (run_id, workflow, status, input_json, parent_id, tenant, options_json, owner, head.seq,
                   head.hash, 1 if owner else 0, now, now, queue, priority, partition_key,
                   now if owner else None)  # fmt: skip
-        return values, rows
+
+        def go() -> tuple[RunRecord, bool]:
+            row, created = self._create_run_once(values, rows, lease_seconds if owner is not None else None)
+            if row is None:  # created by another process at this very moment: read it now
+                return self.get_run(run_id), False
+            return RunRecord.from_row(row), created
+
+        return self._retrying(go)
 
     def _create_run_once(
         self, values: tuple[Any, ...], rows: list[tuple[Any, ...]], lease_seconds: float | None

@@ -63,9 +63,6 @@ _PG_TIME = (
 #   files before its own record commits) can see such an event in that window and the store
 #   then lose it: an export taken while the run executes, in the last ~600 ms before a crash.
 #
-# A run's start sent ahead of its answer (``create_run_ahead``, see ``_ahead``) commits the same
-# way; its answer is read before any call of the run has an effect, so the above holds as is.
-#
 # Only a statement or transaction of its own is relaxed: inside a caller's transaction (a store
 # call from a ``write``) it commits as that transaction does (``_idle``).
 #
@@ -649,55 +646,6 @@ class PostgresStore(Store):
         if row is None:
             return None, False
         return tuple(row[:-2]), bool(row[-2])
-
-    def create_run_ahead(self, *, run_id: str, owner: str, lease_seconds: float = 30.0, **kwargs: Any) -> Any:
-        """The relaxed creation (as ``create_run`` with an owner sends it) pipelined on a
-        connection held out of the pool until its answer is read: see ``Store.create_run_ahead``
-        and ``_ahead``. ``None`` (use ``create_run``) behind a transaction pooler, with a pool of
-        one connection, inside a transaction of this thread, or without libpq's pipeline mode. A connection that has not
-        prepared the statement yet prepares it in the same pipeline."""
-        from ._ahead import PgCreationAhead, ahead_row
-
-        psycopg = self._psycopg
-        if (
-            self.pooler == "transaction"
-            or self.pool_size < 2  # the body's own store calls before its first call need another
-            or getattr(self._local, "held", None) is not None
-            or not psycopg.Pipeline.is_supported()
-        ):
-            return None
-        values, rows = self._creation(run_id=run_id, owner=owner, **kwargs)
-        cols = list(zip(*rows, strict=True))
-        params = (*values[:8], True, lease_seconds, *values[8:], *[_array(c) for c in cols[1:]], False, values[0])
-        encoded = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]  # NUL: raised here
-        stmt = _CREATE_ALONE[True]
-        pool = self._get_pool()
-        conn = pool.get()
-        if not self._alone(conn):
-            pool.put(conn)
-            return None
-        prepare = stmt.name not in _PREPARED.get(conn, ())  # prepared in the same pipeline
-        pgconn = conn.pgconn
-        try:
-            with conn.lock:
-                pgconn.enter_pipeline_mode()
-                if prepare:
-                    pgconn.send_prepare(stmt.name, stmt.query)
-                pgconn.send_query_prepared(stmt.name, encoded)
-                pgconn.pipeline_sync()
-                if pgconn.flush() != 0:  # not all sent at once (non-blocking): wait until it is
-                    conn.wait(psycopg.generators.send(pgconn))
-        except BaseException as exc:
-            pgconn.finish()
-            pool.put(conn, broken=True)
-            if isinstance(exc, Exception) and self._is_disconnect(exc):
-                return None  # ``create_run`` retries (and finds the run if this one got through)
-            raise
-
-        def redo() -> tuple[RunRecord, bool]:
-            return self.create_run(run_id=run_id, owner=owner, lease_seconds=lease_seconds, **kwargs)
-
-        return PgCreationAhead(self, conn, RunRecord.from_row(ahead_row(values)), redo, prepared=prepare)
 
     def _append_once(
         self,

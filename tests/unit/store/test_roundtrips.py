@@ -63,9 +63,7 @@ def counting(store: Store) -> Iterator[Counter]:
             def counted_wait(gen: Any, *args: Any, **kwargs: Any) -> Any:
                 name = getattr(gen, "__name__", "")
                 mine = counter.thread is None or counter.thread == threading.get_ident()
-                # (``send``: a flush of what was sent ahead, waiting for no answer; see ``_ahead``)
-                waits = name in _SYNCS or (conn._pipeline is None and name not in ("_enter_gen", "send"))
-                if counter.on and mine and waits:
+                if counter.on and mine and (name in _SYNCS or (conn._pipeline is None and name != "_enter_gen")):
                     counter.trips += 1
                 if counter.on and name == "_execute_gen":  # one per statement, pipelined or not
                     counter.statements.append(str(gen.gi_frame.f_locals.get("query", "")))
@@ -76,7 +74,6 @@ def counting(store: Store) -> Iterator[Counter]:
         return conn
 
     pool.get = counted_get
-    undo = _count_ahead(store, counter)
     direct = getattr(store, "_direct", None)
     if direct is not None:  # statements sent straight to libpq (PostgreSQL's hot append)
 
@@ -91,40 +88,8 @@ def counting(store: Store) -> Iterator[Counter]:
         yield counter
     finally:
         pool.get = get
-        undo()
         if direct is not None:
             del store._direct  # type: ignore[attr-defined]
-
-
-def _count_ahead(store: Store, counter: Counter) -> Any:
-    """Count the statements a run's creation sent ahead (``wflo.store._ahead``) and an end sent
-    in its pipeline, as ``_direct``'s are counted; returns the undo."""
-    if store.dialect == "sqlite":
-        return lambda: None
-    from wflo.store import _ahead, _postgres
-
-    create_ahead = store.create_run_ahead
-    read = _ahead.PgCreationAhead._read
-
-    def counted_create(**kwargs: Any) -> Any:
-        sent = create_ahead(**kwargs)
-        if sent is not None and counter.on:
-            counter.statements.append(_postgres._CREATE_ALONE[True].sql)
-        return sent
-
-    def counted_read(self: Any, end: Any) -> Any:
-        if end is not None and counter.on:
-            counter.statements.append(_postgres._APPEND_ALONE[False].sql)
-        return read(self, end)
-
-    store.create_run_ahead = counted_create  # type: ignore[method-assign]
-    _ahead.PgCreationAhead._read = counted_read  # type: ignore[method-assign]
-
-    def undo() -> None:
-        del store.create_run_ahead  # type: ignore[attr-defined]
-        _ahead.PgCreationAhead._read = read  # type: ignore[method-assign]
-
-    return undo
 
 
 @pytest.fixture
@@ -161,13 +126,12 @@ def three_steps() -> int:
 
 
 @pytest.mark.postgres
-def test_an_empty_workflow_is_one_round_trip_on_postgres(pg_url: str) -> None:
+def test_an_empty_workflow_is_two_round_trips_on_postgres(pg_url: str) -> None:
     config.configure(database=pg_url, lease_seconds=5.0)
     try:
         counter = _measure(config.get_store(), empty)
-        # The run with its first events in one statement, sent ahead of its answer (``_ahead``);
-        # its end in one more, in the same pipeline: one wait for the server.
-        assert counter.trips == 1
+        # The run with its first events in one statement; its end in one more.
+        assert counter.trips == 2
     finally:
         config.reset()
 
@@ -216,7 +180,7 @@ def test_each_step_is_one_round_trip_on_postgres(pg_url: str) -> None:
     config.configure(database=pg_url, lease_seconds=5.0)
     try:
         counter = _measure(config.get_store(), three_steps)
-        assert counter.trips == 2 + 3  # the creation's answer read at the first step
+        assert counter.trips == 2 + 3
     finally:
         config.reset()
 
