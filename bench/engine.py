@@ -6,9 +6,7 @@ round, ``--rounds`` rounds. Cases: an empty workflow and a workflow of 10 tiny s
 (sync, and async on the same store) and on DBOS Transact (if installed), and one *raw durable
 commit*: an ``INSERT`` of a ~200-byte row committed on its own (SQLite in WAL with
 ``synchronous=FULL``, PostgreSQL with ``synchronous_commit=on``: the least any durable step
-can cost), and the same commit *awaited* from an event loop without blocking it (SQLite: on a
-thread, handed over and back; PostgreSQL: psycopg's async connection), the least an async
-durable step can cost. Per durable step = (10-step workflow - empty workflow) / 10, so the workflow's
+can cost). Per durable step = (10-step workflow - empty workflow) / 10, so the workflow's
 start and finish are not spread over its steps. Each round gives medians; the figures are
 the median of the round medians, with their spread (min..max). Durability is matched: on
 SQLite wflo runs with ``synchronous=FULL`` and DBOS with its default (rollback journal,
@@ -68,35 +66,6 @@ def raw_pg(url: str) -> Callable[[], Any]:
         conn.execute("INSERT INTO t (body) VALUES (%s)", (ROW,))  # its own transaction: one round trip
 
     return commit
-
-
-def raw_awaited(store: str, where: str) -> Callable[[], Any]:
-    """The floor of a durable write an event loop awaits without blocking: ``STEPS`` raw
-    commits, each awaited from a loop. SQLite: the commit on a thread of its own (sqlite3
-    blocks), handed over and back as any async caller must; PostgreSQL: psycopg's
-    ``AsyncConnection`` on the loop (no thread). The case's time is divided by ``STEPS``."""
-    import concurrent.futures
-
-    loop = asyncio.new_event_loop()
-    if store == "sqlite":
-        pool = concurrent.futures.ThreadPoolExecutor(1)
-        commit = pool.submit(raw_sqlite, where).result()  # its connection made on its thread
-
-        async def commits() -> None:
-            for _ in range(STEPS):
-                await loop.run_in_executor(pool, commit)
-
-    else:
-        import psycopg
-
-        aconn = loop.run_until_complete(psycopg.AsyncConnection.connect(where, autocommit=True))
-        loop.run_until_complete(aconn.execute("CREATE TABLE IF NOT EXISTS t (id bigserial PRIMARY KEY, body text)"))
-
-        async def commits() -> None:
-            for _ in range(STEPS):
-                await aconn.execute("INSERT INTO t (body) VALUES (%s)", (ROW,))
-
-    return lambda: loop.run_until_complete(commits())
 
 
 def wflo_cases(url: str) -> dict[str, Callable[[], Any]]:
@@ -182,11 +151,6 @@ def derive(rounds: list[dict[str, float]]) -> dict[str, Any]:
             if f"{engine} steps" in r:
                 d[f"{engine} per step"] = (r[f"{engine} steps"] - r[f"{engine} empty"]) / STEPS
         raw = r["raw commit"]
-        if "raw commits awaited" in r:  # the floor of an awaited durable write (see raw_awaited)
-            d["raw commit awaited"] = r["raw commits awaited"] / STEPS
-            d.pop("raw commits awaited")
-            if "wflo async per step" in d:
-                d["wflo async per step / raw commit awaited"] = d["wflo async per step"] / d["raw commit awaited"]
         for engine in ("wflo", "wflo async"):
             if f"{engine} per step" in d:
                 d[f"{engine} per step / raw commit"] = d[f"{engine} per step"] / raw
@@ -214,15 +178,11 @@ def main() -> None:
 
     for store in args.stores.split(","):
         if store == "sqlite":
-            cases = {
-                "raw commit": raw_sqlite(f"{tmp}/raw.db"),
-                "raw commits awaited": raw_awaited(store, f"{tmp}/raw.db"),
-            }
+            cases = {"raw commit": raw_sqlite(f"{tmp}/raw.db")}
             cases.update(wflo_cases(f"sqlite:///{tmp}/wflo.db?synchronous=FULL"))
             dbos_url = f"sqlite:///{tmp}/dbos.sqlite"
         else:
-            raw_url = fresh_pg("wflo_bench_raw")
-            cases = {"raw commit": raw_pg(raw_url), "raw commits awaited": raw_awaited(store, raw_url)}
+            cases = {"raw commit": raw_pg(fresh_pg("wflo_bench_raw"))}
             cases.update(wflo_cases(fresh_pg("wflo_bench_engine")))
             dbos_url = fresh_pg("dbos_bench_engine")
         dbos = "skipped (--no-dbos)" if args.no_dbos else dbos_cases(dbos_url)
@@ -246,7 +206,7 @@ def main() -> None:
         for key, v in figures.items():
             unit = "" if "/" in key else " µs"
             fmt = "{:.2f}" if "/" in key else "{:.0f}"
-            print(f"  {key:42} {fmt.format(v['median']):>8}{unit}  [{fmt.format(v['min'])}..{fmt.format(v['max'])}]")
+            print(f"  {key:36} {fmt.format(v['median']):>8}{unit}  [{fmt.format(v['min'])}..{fmt.format(v['max'])}]")
 
 
 if __name__ == "__main__":
