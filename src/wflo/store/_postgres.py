@@ -1005,11 +1005,7 @@ class _Exchange:
         except StopIteration as stop:
             self._end(stop.value, None)
         except OSError as exc:
-            from psycopg import OperationalError
-
-            error = OperationalError("connection socket closed")
-            error.__cause__ = exc
-            self._end(None, error)
+            self._end(None, _socket_closed(exc))
         except Exception as exc:
             self._end(None, exc)
 
@@ -1088,9 +1084,7 @@ class _Exchange:
         try:
             value = wait(_resumed(gen, self._state), self._pgconn.socket, interval=_WAIT_INTERVAL)
         except OSError as exc:
-            error = OperationalError("connection socket closed")
-            error.__cause__ = exc
-            self._end(None, error)
+            self._end(None, _socket_closed(exc))
         except Exception as exc:
             self._end(None, exc)
         except BaseException:
@@ -1102,6 +1096,15 @@ class _Exchange:
 
 
 _WAIT_INTERVAL = 0.1  # s: how often a blocking wait on a socket looks for an interrupt (as psycopg)
+
+
+def _socket_closed(exc: OSError) -> Exception:
+    """The error psycopg gives for a socket lost mid-exchange (``OperationalError``), caused by ``exc``."""
+    from psycopg import OperationalError
+
+    error = OperationalError("connection socket closed")
+    error.__cause__ = exc
+    return error
 
 
 def _resumed(gen: Any, state: Any) -> Any:
