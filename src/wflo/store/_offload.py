@@ -10,8 +10,9 @@ were submitted, as ``aiosqlite`` keeps one connection's statements in order on i
 A run's writes are therefore committed in the order its code reached them, even when the run's
 tasks submit concurrently (``asyncio.gather`` of steps): call ids are numbered in that order,
 so a replay whose tasks reach their calls in the same order numbers them the same (one whose
-tasks reach them in another order is matched by request: ``wflo.engine``'s run context). Operations of different runs, or with no key, may run side
-by side on different threads (up to ``threads``).
+tasks reach them in another order is matched by request: ``wflo.engine``'s run context).
+Operations of different runs, or with no key, may run side by side on different threads (up to
+``threads``).
 
 A job that needs no store (``here``: an async call's start when the journal and the guards
 answer it from memory) runs on the submitting thread at once when nothing of its key is queued,
@@ -107,18 +108,7 @@ class OrderedExecutor:
         already woken, ``told``). Returns the token to hand to :meth:`give_back` once the work
         is done (jobs of ``key`` submitted meanwhile wait for it), or ``None``: busy."""
         future: Future[Any] = Future()
-        with self._lock:
-            if self._pid != os.getpid():
-                return None
-            behind = self._waiting.get(key)
-            if behind is not None:
-                running = self._running.get(key)
-                if behind or running is None or self._told.get(key) is not running:
-                    return None
-            self._waiting[key] = deque()
-            self._running[key] = future
-            self._told.pop(key, None)
-        return future
+        return future if self._claim(key, future) else None
 
     def give_back(self, key: Hashable, token: Future[Any]) -> None:
         """The work :meth:`take` made room for is done: the next job of ``key``, if any, may run."""
@@ -126,9 +116,18 @@ class OrderedExecutor:
 
     def _run_here(self, job: _Job) -> bool:
         key, _, future = job
+        if not self._claim(key, future):
+            return False
+        self._run(job, here=True)
+        return True
+
+    def _claim(self, key: Hashable, future: Future[Any]) -> bool:
+        """Give ``key``'s place in the order to ``future`` if nothing of ``key`` is queued or
+        running (the rule of ``here`` and :meth:`take`); False: busy, or forked (``submit``
+        starts afresh)."""
         with self._lock:
             if self._pid != os.getpid():
-                return False  # forked: ``submit`` starts afresh
+                return False
             behind = self._waiting.get(key)
             if behind is not None:
                 running = self._running.get(key)
@@ -139,7 +138,6 @@ class OrderedExecutor:
             self._waiting[key] = deque()  # ours now: jobs of the key submitted meanwhile wait
             self._running[key] = future
             self._told.pop(key, None)
-        self._run(job, here=True)
         return True
 
     def _run(self, job: _Job, *, here: bool = False) -> None:
