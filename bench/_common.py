@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 PG = os.environ.get("WFLO_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Prepended to every database name a benchmark creates (and drops first): two benchmarks on
 # one server then cannot drop each other's databases.
 DB_PREFIX = os.environ.get("WFLO_BENCH_DB_PREFIX", "")
+HERE = Path(__file__).parent
 
 
 def pct(values: list[float], q: float) -> float:
@@ -39,6 +44,23 @@ def alternate(
 
     ``warm`` calls of each case first (default ``max(5, iterations // 10)``).
     """
+    return alternate_timed({name: _timed(fn) for name, fn in cases.items()}, iterations, rounds, warm=warm)
+
+
+def _timed(fn: Callable[[], Any]) -> Callable[[], float]:
+    def timed() -> float:
+        t0 = time.perf_counter_ns()
+        fn()
+        return (time.perf_counter_ns() - t0) / 1000
+
+    return timed
+
+
+def alternate_timed(
+    cases: dict[str, Callable[[], float]], iterations: int, rounds: int, *, warm: int | None = None
+) -> list[dict[str, float]]:
+    """:func:`alternate` for cases that time themselves: each call returns its own µs (a
+    :class:`Child`'s case, timed in its process, without the pipe's cost)."""
     names = list(cases)
     for _ in range(max(5, iterations // 10) if warm is None else warm):
         for name in names:
@@ -49,11 +71,98 @@ def alternate(
         for i in range(iterations):
             k = i % len(names)
             for name in names[k:] + names[:k]:
-                t0 = time.perf_counter_ns()
-                cases[name]()
-                samples[name].append((time.perf_counter_ns() - t0) / 1000)
+                samples[name].append(cases[name]())
         out.append({n: statistics.median(v) for n, v in samples.items()})
     return out
+
+
+_CHILD = """
+import importlib, json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+module, _, factory = sys.argv[2].partition(":")
+cases = getattr(importlib.import_module(module), factory)(*json.loads(sys.argv[3]))
+print(json.dumps(cases if isinstance(cases, str) else list(cases)), flush=True)
+if not isinstance(cases, str):
+    for line in sys.stdin:
+        fn = cases[line.strip()]
+        t0 = time.perf_counter_ns()
+        fn()
+        print((time.perf_counter_ns() - t0) / 1000, flush=True)
+sys.stdout.flush()
+os._exit(0)  # a peer's non-daemon threads must not keep the process alive
+"""
+
+
+class Child:
+    """One side of a benchmark in a process of its own.
+
+    ``factory`` (``"module:function"``, a module of ``bench/``) is called there with ``args``
+    and returns the side's cases (name → callable), or a string saying why there are none
+    (:attr:`skipped`). :meth:`case` gives a callable that runs one case once in that process
+    and returns its µs, timed there: the pipe is not timed. Sides in separate processes do not
+    tax each other: one engine's background threads (pollers, listeners, heartbeats) contend
+    for the other's GIL when both are loaded in one process. ``pythonpath``: the ``src``
+    folder the process imports wflo from (default: as this process does).
+    """
+
+    def __init__(self, factory: str, *args: Any, pythonpath: str | None = None) -> None:
+        env = dict(os.environ)
+        if pythonpath is not None:
+            env["PYTHONPATH"] = str(Path(pythonpath).resolve())
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(HERE), factory, json.dumps(args)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        self._names: Any = None
+
+    @property
+    def names(self) -> list[str]:
+        """The side's case names (none when it is skipped)."""
+        self._started()
+        return [] if isinstance(self._names, str) else list(self._names)
+
+    @property
+    def skipped(self) -> str | None:
+        """Why the side has no cases (its factory's answer), or None."""
+        self._started()
+        return self._names if isinstance(self._names, str) else None
+
+    def _started(self) -> None:
+        if self._names is None:
+            assert self._proc.stdout is not None
+            line = self._proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"benchmark child exited with {self._proc.wait()} before its cases were ready")
+            self._names = json.loads(line)
+
+    def case(self, name: str) -> Callable[[], float]:
+        def run() -> float:
+            self._started()
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._proc.stdin.write(name + "\n")
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"benchmark child exited with {self._proc.wait()} while running {name!r}")
+            return float(line)
+
+        return run
+
+    def cases(self) -> dict[str, Callable[[], float]]:
+        return {name: self.case(name) for name in self.names}
+
+    def close(self) -> None:
+        if self._proc.stdin is not None and not self._proc.stdin.closed:
+            self._proc.stdin.close()
+        self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class RunFiller:

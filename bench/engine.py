@@ -12,7 +12,12 @@ the median of the round medians, with their spread (min..max). Durability is mat
 SQLite wflo runs with ``synchronous=FULL`` and DBOS with its default (rollback journal,
 ``synchronous=FULL``), on PostgreSQL both commit synchronously.
 
-    python bench/engine.py [--iterations 60] [--rounds 5] [--stores sqlite,postgres] [--json]
+Each side (the raw commit, wflo, DBOS) runs in a process of its own (``_common.Child``), as
+each would in production; this process only asks them in turn to run one case, timed in the
+side's process. Loaded in one process, one engine's background threads tax the other:
+``--one-process`` keeps that older method to show how much.
+
+    python bench/engine.py [--iterations 60] [--rounds 5] [--stores sqlite,postgres] [--json] [--one-process]
 
 DBOS Transact is an optional peer: ``pip install dbos`` (into a separate environment is fine
 if it can also import wflo).
@@ -35,7 +40,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from _common import alternate, fresh_pg
+from _common import Child, alternate, alternate_timed, fresh_pg
 
 STEPS = 10
 ROW = "x" * 200
@@ -66,6 +71,11 @@ def raw_pg(url: str) -> Callable[[], Any]:
         conn.execute("INSERT INTO t (body) VALUES (%s)", (ROW,))  # its own transaction: one round trip
 
     return commit
+
+
+def raw_cases(url: str) -> dict[str, Callable[[], Any]]:
+    """The raw durable commit on ``url`` (a ``sqlite:///`` path or a PostgreSQL URL)."""
+    return {"raw commit": raw_sqlite(url.removeprefix("sqlite:///")) if url.startswith("sqlite:") else raw_pg(url)}
 
 
 def wflo_cases(url: str) -> dict[str, Callable[[], Any]]:
@@ -163,6 +173,26 @@ def derive(rounds: list[dict[str, float]]) -> dict[str, Any]:
                 "min": min(p[k] for p in per_round), "max": max(p[k] for p in per_round)} for k in keys}  # fmt: skip
 
 
+def _one_process(store: str, urls: dict[str, str], args: Any, notes: dict[str, str]) -> dict[str, Any]:
+    """``--one-process``: every side loaded in this process (the method before 2026-11-30),
+    kept to show what one engine's background threads cost the other."""
+    from wflo import _config
+
+    cases = dict(raw_cases(urls["raw"]))
+    cases.update(wflo_cases(urls["wflo"]))
+    dbos = "skipped (--no-dbos)" if args.no_dbos else dbos_cases(urls["dbos"])
+    if isinstance(dbos, str):
+        notes[store] = dbos
+    else:
+        cases.update(dbos)
+    try:
+        return derive(alternate(cases, args.iterations, args.rounds))
+    finally:
+        if not isinstance(dbos, str):
+            dbos_close()
+        _config.reset()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=60, help="iterations per round (each runs every case)")
@@ -170,32 +200,39 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgres")
     parser.add_argument("--no-dbos", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--one-process", action="store_true", help="load every side in this process (the old method; biased)"
+    )
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="wflo-bench-")
     results: dict[str, Any] = {}
     notes: dict[str, str] = {}
-    from wflo import _config
 
     for store in args.stores.split(","):
         if store == "sqlite":
-            cases = {"raw commit": raw_sqlite(f"{tmp}/raw.db")}
-            cases.update(wflo_cases(f"sqlite:///{tmp}/wflo.db?synchronous=FULL"))
-            dbos_url = f"sqlite:///{tmp}/dbos.sqlite"
+            urls = {"raw": f"sqlite:///{tmp}/raw.db", "wflo": f"sqlite:///{tmp}/wflo.db?synchronous=FULL",
+                    "dbos": f"sqlite:///{tmp}/dbos.sqlite"}  # fmt: skip
         else:
-            cases = {"raw commit": raw_pg(fresh_pg("wflo_bench_raw"))}
-            cases.update(wflo_cases(fresh_pg("wflo_bench_engine")))
-            dbos_url = fresh_pg("dbos_bench_engine")
-        dbos = "skipped (--no-dbos)" if args.no_dbos else dbos_cases(dbos_url)
-        if isinstance(dbos, str):
-            notes[store] = dbos
-        else:
-            cases.update(dbos)
+            urls = {"raw": fresh_pg("wflo_bench_raw"), "wflo": fresh_pg("wflo_bench_engine"),
+                    "dbos": fresh_pg("dbos_bench_engine")}  # fmt: skip
+        if args.one_process:
+            results[store] = _one_process(store, urls, args, notes)
+            continue
+        sides = {"raw": "engine:raw_cases", "wflo": "engine:wflo_cases", "dbos": "engine:dbos_cases"}
+        if args.no_dbos:
+            del sides["dbos"]
+            notes[store] = "skipped (--no-dbos)"
+        children = {side: Child(factory, urls[side]) for side, factory in sides.items()}
         try:
-            results[store] = derive(alternate(cases, args.iterations, args.rounds))
+            cases: dict[str, Callable[[], float]] = {}
+            for child in children.values():
+                cases.update(child.cases())
+                if child.skipped:
+                    notes[store] = child.skipped
+            results[store] = derive(alternate_timed(cases, args.iterations, args.rounds))
         finally:
-            if not isinstance(dbos, str):
-                dbos_close()
-            _config.reset()
+            for child in children.values():
+                child.close()
     if args.json:
         print(json.dumps({"results": results, "notes": notes}, indent=2))
         return

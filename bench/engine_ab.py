@@ -19,26 +19,12 @@ from pathlib import Path as _Path
 
 _sys.path.insert(0, str(_Path(__file__).parent))
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-from typing import Any
 
-from _common import fresh_pg
+from _common import Child, fresh_pg
 
-HERE = _Path(__file__).parent
-CHILD = f"""
-import sys, time
-sys.path.insert(0, {str(HERE)!r})
-import engine
-cases = engine.wflo_cases(sys.argv[1])
-for line in sys.stdin:
-    t0 = time.perf_counter_ns()
-    cases[line.strip()]()
-    print((time.perf_counter_ns() - t0) / 1000, flush=True)
-"""
 CASES = ["wflo async empty", "wflo async steps", "wflo empty", "wflo steps"]
 FIGURES = ["wflo async empty", "wflo async per step", "wflo empty", "wflo per step"]
 
@@ -54,31 +40,23 @@ def run_store(store: str, sides: dict[str, str], iterations: int, rounds: int) -
 def _round(store: str, sides: dict[str, str], iterations: int, *, flip: bool) -> dict[str, float]:
     tmp = tempfile.mkdtemp(prefix="wflo-ab-")
     names = list(sides)[::-1] if flip else list(sides)
-    procs: dict[str, Any] = {}
+    procs: dict[str, Child] = {}
     for side, slot in zip(names, ("a", "b"), strict=True):
         url = f"sqlite:///{tmp}/{slot}.db?synchronous=FULL" if store == "sqlite" else fresh_pg(f"wflo_bench_ab_{slot}")
-        env = dict(os.environ, PYTHONPATH=str(_Path(sides[side]).resolve()))
-        procs[side] = subprocess.Popen([sys.executable, "-c", CHILD, url], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
-
-    def ask(side: str, case: str) -> float:
-        proc = procs[side]
-        proc.stdin.write(case + "\n")
-        proc.stdin.flush()
-        return float(proc.stdout.readline())
-
+        procs[side] = Child("engine:wflo_cases", url, pythonpath=sides[side])
     try:
+        ask = {(side, case): procs[side].case(case) for side in names for case in CASES}
         for _ in range(10):  # warm
             for side in names:
                 for case in CASES:
-                    ask(side, case)
+                    ask[(side, case)]()
         samples: dict[tuple[str, str], list[float]] = {(s, c): [] for s in sides for c in CASES}
         for i in range(iterations):
             order = names if i % 2 == 0 else names[::-1]
             k = i % len(CASES)
             for case in CASES[k:] + CASES[:k]:
                 for side in order:
-                    samples[(side, case)].append(ask(side, case))
+                    samples[(side, case)].append(ask[(side, case)]())
         med = {f"{s}|{c}": statistics.median(v) for (s, c), v in samples.items()}
         for side in sides:
             for engine in ("wflo async", "wflo"):
@@ -86,8 +64,7 @@ def _round(store: str, sides: dict[str, str], iterations: int, *, flip: bool) ->
         return med
     finally:
         for proc in procs.values():
-            proc.stdin.close()
-            proc.wait()
+            proc.close()
 
 
 def main() -> None:
