@@ -7,7 +7,9 @@ round, ``--rounds`` rounds. Cases: an empty workflow and a workflow of 10 tiny s
 commit*: an ``INSERT`` of a ~200-byte row committed on its own (SQLite in WAL with
 ``synchronous=FULL``, PostgreSQL with ``synchronous_commit=on``: the least any durable step
 can cost). Per durable step = (10-step workflow - empty workflow) / 10, so the workflow's
-start and finish are not spread over its steps. Each round gives medians; the figures are
+start and finish are not spread over its steps. An empty workflow is also given in raw commits:
+a run's creation (before its body runs) and its end (before its value returns) are each a
+durable commit, so 2.0 is the floor on any engine that keeps runs durable. Each round gives medians; the figures are
 the median of the round medians, with their spread (min..max). Durability is matched: on
 SQLite wflo runs with ``synchronous=FULL`` and DBOS with its default (rollback journal,
 ``synchronous=FULL``), on PostgreSQL both commit synchronously.
@@ -161,6 +163,9 @@ def derive(rounds: list[dict[str, float]]) -> dict[str, Any]:
             if f"{engine} steps" in r:
                 d[f"{engine} per step"] = (r[f"{engine} steps"] - r[f"{engine} empty"]) / STEPS
         raw = r["raw commit"]
+        for engine in ("wflo", "wflo async", "DBOS"):
+            if f"{engine} empty" in r:  # a run's creation and its end: two durable commits at least
+                d[f"{engine} empty / raw commit"] = r[f"{engine} empty"] / raw
         for engine in ("wflo", "wflo async"):
             if f"{engine} per step" in d:
                 d[f"{engine} per step / raw commit"] = d[f"{engine} per step"] / raw
