@@ -7,7 +7,7 @@ PostgreSQL server refuses clients past ``max_connections``.
 
 ``BoundedPool`` serves SQLite (a connection is a file handle there, cheap to open, but each
 holds descriptors on the file and its WAL); PostgreSQL uses ``psycopg_pool`` through the
-same small interface (``get``/``put``/``close``/``discard_idle``).
+same small interface (``get``/``put``/``close``/``discard_idle``): ``PsycopgPool``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._errors import StoreUnavailableError
+from .._errors import ConfigurationError, StoreUnavailableError
+
+if TYPE_CHECKING:
+    from ._postgres import PostgresStore
 
 DEFAULT_POOL_SIZE = 10
 """Connections per store per process (a PostgreSQL store adds one for LISTEN)."""
@@ -99,3 +102,71 @@ class BoundedPool:
     def open_connections(self) -> int:
         with self._cond:
             return self._open
+
+
+_IDLE_GET_TIMEOUT = 0.002  # s: the longest ``get_idle`` can wait, when another thread won the race
+
+
+class PsycopgPool:
+    """``psycopg_pool.ConnectionPool`` behind the store's small pool interface."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        try:
+            from psycopg_pool import ConnectionPool, PoolTimeout
+        except ImportError:
+            raise ConfigurationError("the PostgreSQL store needs psycopg_pool: pip install 'wflo[postgres]'") from None
+        self._timeout_error = PoolTimeout
+        self._store = store
+        # One direct connection first: an unreachable server or a wrong password is then a
+        # one-line error at once, not a pool timeout after many silent retries.
+        store._connect().close()
+        self._pool = ConnectionPool(
+            store.url,
+            kwargs=store._kwargs(),
+            min_size=1,
+            max_size=store.pool_size,
+            timeout=store.pool_timeout,
+            max_idle=60.0,
+            num_workers=2,
+            name="wflo",
+            configure=store._warm,
+            open=False,
+        )
+        self._pool.open(wait=False)
+
+    def get(self) -> Any:
+        try:
+            return self._pool.getconn()
+        except self._timeout_error:
+            try:
+                self._store._connect().close()
+            except StoreUnavailableError:
+                raise
+            raise StoreUnavailableError(
+                url=self._store._display_url(),
+                detail=f"all {self._store.pool_size} pooled connections stayed busy for "
+                f"{self._store.pool_timeout:g} s (raise pool_size in the URL, or find the long transaction)",
+            ) from None
+
+    def get_idle(self) -> Any:
+        """A connection only if one is idle in the pool now (never waits for one), else ``None``."""
+        idle = getattr(self._pool, "_pool", None)  # psycopg_pool's idle connections
+        if not idle:
+            return None
+        try:
+            # Another thread may take it meanwhile: a bounded wait, then none.
+            return self._pool.getconn(timeout=_IDLE_GET_TIMEOUT)
+        except self._timeout_error:
+            return None
+
+    def put(self, conn: Any, *, broken: bool = False) -> None:
+        if broken:
+            with suppress(Exception):
+                conn.close()  # the pool then replaces it instead of handing it out again
+        self._pool.putconn(conn)
+
+    def discard_idle(self) -> None:
+        self._pool.check()
+
+    def close(self) -> None:
+        self._pool.close(timeout=5.0)

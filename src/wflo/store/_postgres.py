@@ -1,23 +1,36 @@
-"""PostgreSQL backend: the scale-out store (many workers on many machines)."""
+"""PostgreSQL backend: the scale-out store (many workers on many machines).
+
+The store's hot statements go straight through libpq (``_pgdirect``); its connections come
+from ``psycopg_pool`` (``_pool.PsycopgPool``).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-import hashlib
 import os
-import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
-from ._base import RELAXED_MARKERS, Store, StoreOp, run_ops
-from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
-from ._records import RUN_COLUMNS, Head, NewEvent, RunRecord, iso, now_iso
+from ._base import Store, StoreOp, run_ops
+from ._pgdirect import (
+    LEASE_LOST,
+    PREPARED,
+    LoopWriter,
+    Statement,
+    alone,
+    array_text,
+    direct,
+    direct_gen,
+    direct_rows,
+    first_row,
+    first_value,
+    prepare,
+)
+from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, PsycopgPool
+from ._records import RUN_COLUMNS, Head, RunRecord, iso
 from ._stream import cursor_name
 
 # The store's UTC text time form, computed by the server (its clock judges leases).
@@ -111,9 +124,16 @@ UNION ALL
 SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM u)
 """
 
-_LEASE_LOST = "WF001"
-_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name: a prepared statement is gone
-_ALREADY_PREPARED = b"42P05"  # duplicate_prepared_statement
+# The statements of the direct path (``_pgdirect``): the hot append alone (no ops), and a new
+# run with its first events; each durable, and relaxed (see Commit modes), by ``relaxed``.
+_APPEND_ALONE = (Statement(_APPEND), Statement(_APPEND_RELAXED))
+_CREATE_ALONE = (Statement(_CREATE_RUN), Statement(_CREATE_RUN_RELAXED))
+# ``write_rows``'s statements before its rows: the lease check (``wflo_fence``) and, for a
+# relaxed write, the commit's setting (see Commit modes), in one statement.
+_FENCE_ALONE = (Statement("SELECT wflo_fence(%s, %s)"), Statement(f"SELECT wflo_fence(%s, %s), {_RELAX}"))
+_RELAX_ALONE = Statement(f"SELECT {_RELAX}")
+# ``write_rows``'s statements by their text as given (``?`` placeholders).
+_ROW_STATEMENTS: dict[str, Statement] = {}
 
 T = TypeVar("T")
 
@@ -196,7 +216,7 @@ class PostgresStore(Store):
             raise StoreUnavailableError(url=_redact(self.url), detail=_first_line(exc)) from None
 
     def _make_pool(self) -> Any:
-        return _PsycopgPool(self)
+        return PsycopgPool(self)
 
     def _conn_broken(self, conn: Any) -> bool:
         return bool(conn.closed or conn.broken)
@@ -310,11 +330,11 @@ class PostgresStore(Store):
         busy server. Nothing is written; a store not migrated yet (no ``runs``) is skipped."""
         if self.pooler == "transaction":
             return
-        prepared = _PREPARED.setdefault(conn, set())
+        prepared = PREPARED.setdefault(conn, set())
         for stmt in (*_APPEND_ALONE, *_CREATE_ALONE):  # the statements of ``_direct``
             try:
                 with conn.lock:
-                    self._prepare(conn, stmt, prepared)
+                    prepare(self, conn, stmt, prepared)
             except self._psycopg.Error:
                 break  # not migrated yet: prepared at first use instead
         update, params = self._claim_update(None, "", "", 0.0, True)
@@ -324,84 +344,13 @@ class PostgresStore(Store):
             if not self._idle(conn):
                 conn.rollback()
 
-    def _alone(self, conn: Any) -> bool:
-        """Whether a statement on ``conn`` may go straight to libpq (``_direct``): outside any
-        transaction and pipeline, with text in UTF-8 (as ``_direct`` encodes it)."""
-        pgconn = conn.pgconn
-        return bool(
-            pgconn.transaction_status == _IDLE
-            and pgconn.pipeline_status == _PIPELINE_OFF
-            and pgconn.parameter_status(b"client_encoding") == b"UTF8"
-        )
-
-    def _direct(self, conn: Any, stmt: _Statement, params: Sequence[Any]) -> Any:
-        """Run ``stmt`` alone on an idle ``conn`` (see ``_alone``), in one round trip, and
-        return its answer (a libpq result: see ``_value``, ``_row``). The path of the hot
-        append and of a run's creation (issue 20): psycopg's cursor (a cursor object per
-        statement, its adapters, its prepared-statement bookkeeping) cost the client more CPU
-        than the statement's round trip.
-
-        The statement is prepared once per connection under a name of its own (its text's
-        hash), outside psycopg's cache: by ``_warm``, or at its first use, pipelined with that
-        use (no round trip more). Behind a transaction pooler it is sent unprepared (as
-        psycopg would: see ``__init__``). A statement the session lost (``DEALLOCATE ALL``,
-        ``DISCARD ALL``) is refused by the server before anything runs: it is prepared and
-        sent again. Errors are psycopg's (the classes and SQLSTATEs a cursor raises); a
-        connection lost on the way raises ``OperationalError`` and ``_connection`` discards
-        it; an interrupt is handled by psycopg's ``wait`` (the query is cancelled)."""
-        psycopg = self._psycopg
-        # Text (most parameters) inline, the rest through ``_text``: 20 calls less per append.
-        values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
-        pgconn = conn.pgconn
-        with conn.lock:
-            if pgconn.status != _CONNECTION_OK:
-                raise psycopg.OperationalError("the connection is closed")
-            if self.pooler == "transaction":
-                pgconn.send_query_params(stmt.query, values)
-                return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
-            prepared = _PREPARED.get(conn)
-            if prepared is None:
-                prepared = _PREPARED[conn] = set()
-            if stmt.name in prepared:
-                pgconn.send_query_prepared(stmt.name, values)
-                results = conn.wait(psycopg.generators.execute(pgconn))
-                if not (results and results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT):
-                    return _check(results, stmt, _TUPLES_OK)
-                prepared.discard(stmt.name)  # the session lost it: nothing ran
-            return self._prepare_and_run(conn, stmt, values, prepared)
-
-    def _prepare_and_run(self, conn: Any, stmt: _Statement, values: list[bytes | None], prepared: set[bytes]) -> Any:
-        """Prepare ``stmt`` on ``conn`` and run it, pipelined: one round trip."""
-        psycopg = self._psycopg
-        pgconn = conn.pgconn
-        if not psycopg.Pipeline.is_supported():  # libpq < 14: the preparation on its own first
-            self._prepare(conn, stmt, prepared)
-            pgconn.send_query_prepared(stmt.name, values)
-            return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
-        pgconn.enter_pipeline_mode()
-        try:
-            pgconn.send_prepare(stmt.name, stmt.query)
-            pgconn.send_query_prepared(stmt.name, values)
-            pgconn.pipeline_sync()
-            made, ran, synced = conn.wait(_pipelined(psycopg.generators, pgconn))
-            pgconn.exit_pipeline_mode()
-        except BaseException:
-            # Answers may be left unread: the connection is in no state to be used again.
-            pgconn.finish()
-            raise
-        if not (synced and synced[-1].status == _PIPELINE_SYNC):
-            pgconn.finish()
-            raise psycopg.InterfaceError(f"no pipeline sync after {stmt.sql[:40]!r}")
-        if made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
-            prepared.add(stmt.name)  # the session has it under this name (its text's hash)
-            pgconn.send_query_prepared(stmt.name, values)
-            return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
-        _check(made, stmt, _COMMAND_OK)
-        prepared.add(stmt.name)
-        return _check(ran, stmt, _TUPLES_OK)
+    # The direct path's statement on its own (``_pgdirect``), as this store's methods: a store's
+    # sends go through its own attribute, which a test can replace on that store alone.
+    _direct = direct  # run it on the calling thread
+    _direct_gen = direct_gen  # the same, as a generator to drive from the event loop
 
     # ----------------------------------------------------------------- on the event loop
-    def loop_writer(self, key: Any) -> _LoopWriter | None:
+    def loop_writer(self, key: Any) -> LoopWriter | None:
         """An async run's appends written from its event loop (see ``Store.loop_writer``):
         a pooled connection idle at once (no wait for one) and ``key``'s place in the order of
         the store's threads (nothing of the run queued or running there), else ``None``. Not
@@ -409,7 +358,7 @@ class PostgresStore(Store):
         if getattr(self._local, "held", None) is not None or self._pool_pid != os.getpid():
             return None
         pool = self._pool
-        if not isinstance(pool, _PsycopgPool):
+        if not isinstance(pool, PsycopgPool):
             return None
         executor = self._offloader()
         token = executor.take(key)
@@ -419,72 +368,7 @@ class PostgresStore(Store):
         if conn is None:
             executor.give_back(key, token)
             return None
-        return _LoopWriter(self, conn, executor, key, token)
-
-    def _direct_gen(self, conn: Any, stmt: _Statement, params: Sequence[Any]) -> Any:
-        """``_direct`` as one psycopg generator (it yields what it waits for on ``conn``'s
-        socket, ``psycopg.waiting``'s protocol), to be driven from the event loop
-        (:class:`_Exchange`): the statement sent on ``conn`` (non-blocking, as psycopg keeps
-        every connection), its answer read as the socket becomes ready. The same statements,
-        preparation (and re-preparation after ``DEALLOCATE ALL``), unprepared behind a
-        transaction pooler, the same errors. The caller owns ``conn`` alone (a pooled
-        connection taken for it)."""
-        psycopg = self._psycopg
-        execute = psycopg.generators.execute
-        values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
-        pgconn = conn.pgconn
-        if pgconn.status != _CONNECTION_OK:
-            raise psycopg.OperationalError("the connection is closed")
-        if self.pooler == "transaction":
-            pgconn.send_query_params(stmt.query, values)
-            return _check((yield from execute(pgconn)), stmt, _TUPLES_OK)
-        prepared = _PREPARED.get(conn)
-        if prepared is None:
-            prepared = _PREPARED[conn] = set()
-        if stmt.name in prepared:
-            pgconn.send_query_prepared(stmt.name, values)
-            results = yield from execute(pgconn)
-            if not (results and results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT):
-                return _check(results, stmt, _TUPLES_OK)
-            prepared.discard(stmt.name)  # the session lost it: nothing ran
-        if not psycopg.Pipeline.is_supported():  # libpq < 14: the preparation on its own first
-            pgconn.send_prepare(stmt.name, stmt.query)
-            made = yield from execute(pgconn)
-            if not (made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED):
-                _check(made, stmt, _COMMAND_OK)
-            prepared.add(stmt.name)
-            pgconn.send_query_prepared(stmt.name, values)
-            return _check((yield from execute(pgconn)), stmt, _TUPLES_OK)
-        pgconn.enter_pipeline_mode()
-        try:
-            pgconn.send_prepare(stmt.name, stmt.query)
-            pgconn.send_query_prepared(stmt.name, values)
-            pgconn.pipeline_sync()
-            made, ran, synced = yield from _pipelined(psycopg.generators, pgconn)
-            pgconn.exit_pipeline_mode()
-        except BaseException:
-            pgconn.finish()  # answers may be left unread
-            raise
-        if not (synced and synced[-1].status == _PIPELINE_SYNC):
-            pgconn.finish()
-            raise psycopg.InterfaceError(f"no pipeline sync after {stmt.sql[:40]!r}")
-        if made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
-            prepared.add(stmt.name)
-            pgconn.send_query_prepared(stmt.name, values)
-            return _check((yield from execute(pgconn)), stmt, _TUPLES_OK)
-        _check(made, stmt, _COMMAND_OK)
-        prepared.add(stmt.name)
-        return _check(ran, stmt, _TUPLES_OK)
-
-    def _prepare(self, conn: Any, stmt: _Statement, prepared: set[bytes]) -> None:
-        """Prepare ``stmt`` on ``conn`` (one round trip), or raise why not. One the session
-        already holds under its name (the name is its text's hash) counts as prepared."""
-        psycopg = self._psycopg
-        conn.pgconn.send_prepare(stmt.name, stmt.query)
-        results = conn.wait(psycopg.generators.execute(conn.pgconn))
-        if not (results and results[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED):
-            _check(results, stmt, _COMMAND_OK)
-        prepared.add(stmt.name)
+        return LoopWriter(self, conn, executor, key, token, _APPEND_ALONE)
 
     def _roll_back(self, conn: Any) -> None:
         """After a failed pipelined transaction: roll back what it left open on ``conn``, if
@@ -508,7 +392,7 @@ class PostgresStore(Store):
         try:
             cur.execute("SELECT wflo_fence(%s, %s)", (run_id, owner))
         except self._psycopg.Error as exc:
-            if getattr(exc, "sqlstate", None) == _LEASE_LOST:
+            if getattr(exc, "sqlstate", None) == LEASE_LOST:
                 raise LeaseLost(run_id=run_id, owner=owner) from None
             raise
 
@@ -531,7 +415,7 @@ class PostgresStore(Store):
                 except BaseException as exc:
                     self._roll_back(conn)
                     fenced = getattr(self._local, "fenced", None)
-                    if isinstance(exc, psycopg.Error) and exc.sqlstate == _LEASE_LOST and fenced:
+                    if isinstance(exc, psycopg.Error) and exc.sqlstate == LEASE_LOST and fenced:
                         raise LeaseLost(run_id=fenced[0], owner=fenced[1]) from None
                     raise
                 finally:
@@ -547,7 +431,7 @@ class PostgresStore(Store):
         fence: tuple[str, str] | None = None,
         relaxed: bool = False,
     ) -> None:
-        # Straight to libpq (issue 20; see ``_direct_rows``): the lease check, the relaxed
+        # Straight to libpq (issue 20; see ``_pgdirect.direct_rows``): the lease check, the relaxed
         # commit's setting and one statement per row, pipelined as one implicit transaction
         # that commits at its sync: one round trip, as ``write_batch``'s pipeline, without its
         # cursor, BEGIN and COMMIT. Inside a caller's transaction, with nothing to write, or
@@ -557,10 +441,10 @@ class PostgresStore(Store):
             return super().write_rows(sql, rows, fence=fence, relaxed=relaxed)
         stmt = _ROW_STATEMENTS.get(sql)
         if stmt is None:
-            stmt = _Statement(self._sql(sql))
+            stmt = Statement(self._sql(sql))
             if len(_ROW_STATEMENTS) < 64:  # a few texts (the checkpointer's two): kept
                 _ROW_STATEMENTS[sql] = stmt
-        batch: list[tuple[_Statement, Sequence[Any]]] = []
+        batch: list[tuple[Statement, Sequence[Any]]] = []
         if fence is not None:
             batch.append((_FENCE_ALONE[relaxed], fence))
         elif relaxed:
@@ -569,78 +453,30 @@ class PostgresStore(Store):
 
         def go() -> None:
             with self._connection() as conn:
-                if not self._alone(conn):
+                if not alone(conn):
                     super(PostgresStore, self).write_rows(sql, rows, fence=fence, relaxed=relaxed)
                     return
                 try:
-                    self._direct_rows(conn, batch)
+                    direct_rows(self, conn, batch)
                 except psycopg.Error as exc:
-                    if fence is not None and getattr(exc, "sqlstate", None) == _LEASE_LOST:
+                    if fence is not None and getattr(exc, "sqlstate", None) == LEASE_LOST:
                         raise LeaseLost(run_id=fence[0], owner=fence[1]) from None
                     raise
 
         self._retrying(go)
-
-    def _direct_rows(self, conn: Any, batch: Sequence[tuple[_Statement, Sequence[Any]]]) -> None:
-        """Run ``batch`` (statements, each with its parameters) on an idle ``conn`` (see
-        ``_alone``) in one pipeline ended by one sync: one implicit transaction, one round
-        trip. A statement that fails rolls back the ones before it and skips the rest.
-
-        As ``_direct``: each statement is prepared once per connection under its text's hash,
-        in the same pipeline at its first use (behind a transaction pooler: sent unprepared);
-        a pipeline refused because the session lost a statement (``DEALLOCATE ALL``) or holds
-        one already ran nothing and is sent again; errors are psycopg's; text holding NUL is
-        refused before anything is sent. Bytes go as binary parameters (no hex text to build
-        and parse). A connection left with answers unread is closed (the pool drops it)."""
-        psycopg = self._psycopg
-        sent = [(stmt, *_params(params)) for stmt, params in batch]
-        pgconn = conn.pgconn
-        with conn.lock:
-            if pgconn.status != _CONNECTION_OK:
-                raise psycopg.OperationalError("the connection is closed")
-            unprepared = self.pooler == "transaction"
-            prepared = _PREPARED.get(conn)
-            if prepared is None:
-                prepared = _PREPARED[conn] = set()
-            for _ in range(3):  # at most the two statements to re-prepare, then for real
-                made: list[_Statement] = []
-                pgconn.enter_pipeline_mode()
-                try:
-                    for stmt, values, formats in sent:
-                        if unprepared:
-                            pgconn.send_query_params(stmt.query, values, param_formats=formats)
-                            continue
-                        if stmt.name not in prepared and stmt not in made:
-                            pgconn.send_prepare(stmt.name, stmt.query)
-                            made.append(stmt)
-                        pgconn.send_query_prepared(stmt.name, values, param_formats=formats)
-                    pgconn.pipeline_sync()
-                    answers = conn.wait(_answers(psycopg.generators, pgconn, len(made) + len(sent) + 1))
-                    pgconn.exit_pipeline_mode()
-                except BaseException:
-                    pgconn.finish()  # answers may be left unread: not usable again
-                    raise
-                if not (answers[-1] and answers[-1][-1].status == _PIPELINE_SYNC):
-                    pgconn.finish()
-                    raise psycopg.InterfaceError(f"no pipeline sync after {sent[-1][0].sql[:40]!r}")
-                if _sent_again(answers, made, sent, prepared):
-                    continue
-                _rows_checked(answers, made, sent)
-                return
-            raise psycopg.InterfaceError(f"could not prepare {sent[-1][0].sql[:40]!r}")
 
     def _create_run_once(
         self, values: tuple[Any, ...], rows: list[tuple[Any, ...]], lease_seconds: float | None
     ) -> tuple[tuple[Any, ...] | None, bool]:
         cols = list(zip(*rows, strict=True))
         params = (*values[:8], lease_seconds is not None, lease_seconds or 0.0, *values[8:],
-                  *[_array(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
+                  *[array_text(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
         # A run its caller executes now (it has an owner) starts relaxed; an enqueued one is
         # durable before its handle is returned. See Commit modes.
         with self._connection() as conn:
             relax = lease_seconds is not None and self._idle(conn)
-            if self._alone(conn):  # straight to libpq: see ``_direct``
-                row = _row(self._direct(conn, _CREATE_ALONE[relax], params))
+            if alone(conn):  # straight to libpq: see ``_direct``
+                row = first_row(self._direct(conn, _CREATE_ALONE[relax], params))
             else:
                 row = conn.execute(_CREATE_RUN_RELAXED if relax else _CREATE_RUN, params).fetchone()
         if row is None:
@@ -671,15 +507,15 @@ class PostgresStore(Store):
         an answer before the commit. ``relaxed`` (never with ops): see Commit modes."""
         cols = list(zip(*rows, strict=True)) if rows else [()] * 7
         params = (run_id, head.seq, owner, new.seq, new.hash, now, status, finish, output_json, error_json,
-                  release, wake_at, "wflo_runs" if notify else None, *[_array(c) for c in cols[1:]])  # fmt: skip
+                  release, wake_at, "wflo_runs" if notify else None, *[array_text(c) for c in cols[1:]])  # fmt: skip
         psycopg = self._psycopg
         after: list[Callable[[], None]] = []
         with self._connection() as conn:
-            if not ops and self._alone(conn):  # its own transaction: straight to libpq
+            if not ops and alone(conn):  # its own transaction: straight to libpq
                 try:
-                    value = _value(self._direct(conn, _APPEND_ALONE[relaxed], params))
+                    value = first_value(self._direct(conn, _APPEND_ALONE[relaxed], params))
                 except psycopg.Error as exc:
-                    if getattr(exc, "sqlstate", None) == _LEASE_LOST:
+                    if getattr(exc, "sqlstate", None) == LEASE_LOST:
                         raise LeaseLost(run_id=run_id, owner=owner) from None
                     raise
                 return value is not None and int(value) != 0
@@ -703,7 +539,7 @@ class PostgresStore(Store):
                         op_cur.close()
                 row = cur.fetchone()
             except psycopg.Error as exc:
-                if getattr(exc, "sqlstate", None) == _LEASE_LOST:
+                if getattr(exc, "sqlstate", None) == LEASE_LOST:
                     raise LeaseLost(run_id=run_id, owner=owner) from None
                 raise
             finally:
@@ -788,456 +624,6 @@ class PostgresStore(Store):
             watch.close()
 
 
-class _Statement:
-    """A statement ``_direct`` sends: its text with ``$n`` placeholders and the name it is
-    prepared under on each connection (from its text: one text, one name)."""
-
-    __slots__ = ("name", "query", "sql")
-
-    def __init__(self, sql: str) -> None:
-        parts = sql.split("%s")
-        text = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
-        self.sql = sql
-        self.query = text.encode()
-        self.name = b"wflo_" + hashlib.sha256(self.query).hexdigest()[:20].encode()
-
-
-# The hot append alone (no ops): durable, and relaxed (see Commit modes), by ``relaxed``.
-_APPEND_ALONE = (_Statement(_APPEND), _Statement(_APPEND_RELAXED))
-# A new run with its first events: durable (enqueued), and relaxed (executed now), by ``relaxed``.
-_CREATE_ALONE = (_Statement(_CREATE_RUN), _Statement(_CREATE_RUN_RELAXED))
-
-# The statements ``_direct`` prepared on each connection (gone with the connection).
-_PREPARED: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
-
-_SQLSTATE = ord("C")  # PG_DIAG_SQLSTATE
-# libpq's codes (``psycopg.pq``'s enums compare equal to them; the ints cost no attribute look-ups).
-_CONNECTION_OK = 0  # pq.ConnStatus.OK
-_IDLE = 0  # pq.TransactionStatus.IDLE
-_PIPELINE_OFF = 0  # pq.PipelineStatus.OFF
-_COMMAND_OK = 1  # pq.ExecStatus.COMMAND_OK
-_TUPLES_OK = 2  # pq.ExecStatus.TUPLES_OK
-_PIPELINE_SYNC = 10  # pq.ExecStatus.PIPELINE_SYNC
-
-
-def _text(value: Any) -> bytes | None:
-    """A parameter as PostgreSQL text (UTF-8), for a statement that casts each one. libpq
-    reads a text parameter up to its first NUL byte: text holding one is refused here, with
-    psycopg's own error, instead of reaching the server cut short."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if "\x00" in value:
-            from psycopg import DataError
-
-            raise DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
-        return value.encode()
-    if value is True or value is False:
-        return b"t" if value else b"f"
-    if isinstance(value, int):
-        return str(int(value)).encode()
-    if isinstance(value, float):
-        return repr(float(value)).encode()
-    raise TypeError(f"cannot send {type(value).__name__} as a statement's parameter")
-
-
-def _pipelined(generators: Any, pgconn: Any) -> Any:
-    """Flush a pipeline of two statements and its sync; read the three answers."""
-    yield from generators.send(pgconn)
-    answers = []
-    for _ in range(3):
-        answers.append((yield from generators.fetch_many(pgconn)))
-    return answers
-
-
-def _check(results: list[Any], stmt: _Statement, ok: Any) -> Any:
-    """The last of ``results``, or the error it reports (as psycopg raises it)."""
-    from psycopg import errors, pq
-
-    if not results:
-        raise errors.InterfaceError(f"no result from {stmt.sql[:40]!r}")
-    result = results[-1]
-    if result.status == ok:
-        return result
-    if result.status == pq.ExecStatus.FATAL_ERROR:
-        raise errors.error_from_result(result, encoding="utf-8")
-    raise errors.InterfaceError(f"unexpected result {pq.ExecStatus(result.status).name} from {stmt.sql[:40]!r}")
-
-
-def _value(result: Any) -> bytes | None:
-    """The first column of the first row of a statement's answer, as text."""
-    value: bytes | None = result.get_value(0, 0)
-    return value
-
-
-# Readers of the column types ``_direct``'s statements answer with, by type oid.
-_READERS: dict[int, Callable[[bytes], Any]] = {
-    25: bytes.decode,  # text
-    1043: bytes.decode,  # varchar
-    19: bytes.decode,  # name
-    20: int,  # bigint
-    23: int,  # integer
-    21: int,  # smallint
-    16: lambda v: v == b"t",  # boolean
-}
-
-
-def _row(result: Any) -> tuple[Any, ...] | None:
-    """The first row of a statement's answer as psycopg would load it, or ``None``."""
-    if result.ntuples == 0:
-        return None
-    values = []
-    for i in range(result.nfields):
-        value = result.get_value(0, i)
-        if value is not None:
-            reader = _READERS.get(result.ftype(i))
-            if reader is None:
-                from psycopg import errors
-
-                raise errors.ProgrammingError(f"no reader for the type of column {i} (oid {result.ftype(i)})")
-            value = reader(value)
-        values.append(value)
-    return tuple(values)
-
-
-# ``write_rows``'s statements before its rows: the lease check (``wflo_fence``) and, for a
-# relaxed write, the commit's setting (see Commit modes), in one statement.
-_FENCE_ALONE = (_Statement("SELECT wflo_fence(%s, %s)"), _Statement(f"SELECT wflo_fence(%s, %s), {_RELAX}"))
-_RELAX_ALONE = _Statement(f"SELECT {_RELAX}")
-# ``write_rows``'s statements by their text as given (``?`` placeholders).
-_ROW_STATEMENTS: dict[str, _Statement] = {}
-
-_FATAL_ERROR = 7  # pq.ExecStatus.FATAL_ERROR
-
-
-def _params(params: Sequence[Any]) -> tuple[list[bytes | None], list[int] | None]:
-    """A statement's parameters for libpq, with their formats: text as ``_direct`` sends it,
-    bytes in binary (``None``: all text)."""
-    values: list[bytes | None] = []
-    formats: list[int] | None = None
-    for i, v in enumerate(params):
-        if type(v) is str and "\x00" not in v:
-            values.append(v.encode())
-        elif isinstance(v, bytes | bytearray | memoryview):
-            if formats is None:
-                formats = [0] * len(params)
-            formats[i] = 1
-            values.append(bytes(v))
-        else:
-            values.append(_text(v))
-    return values, formats
-
-
-def _answers(generators: Any, pgconn: Any, count: int) -> Any:
-    """Flush a pipeline and read ``count`` answers (the last one its sync's)."""
-    yield from generators.send(pgconn)
-    answers = []
-    for _ in range(count):
-        answers.append((yield from generators.fetch_many(pgconn)))
-    return answers
-
-
-def _sent_again(
-    answers: list[Any], made: list[_Statement], sent: list[tuple[_Statement, Any, Any]], prepared: set[bytes]
-) -> bool:
-    """Whether ``_direct_rows``'s pipeline failed only for the session's prepared statements
-    (nothing ran): ``prepared`` is then put right and the pipeline is to be sent again."""
-    names = {s.name for s in made}
-    i = 0
-    for stmt, _, _ in sent:
-        if stmt.name in names:  # its preparation's answer comes first
-            names.discard(stmt.name)
-            results = answers[i]
-            i += 1
-            if results and results[-1].status == _COMMAND_OK:
-                prepared.add(stmt.name)  # kept by the session, whatever follows
-            elif results and results[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
-                prepared.add(stmt.name)
-                return True
-        results = answers[i]
-        i += 1
-        if results and results[-1].status == _FATAL_ERROR:
-            if results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT:
-                prepared.discard(stmt.name)
-                return True
-            return False
-    return False
-
-
-def _rows_checked(answers: list[Any], made: list[_Statement], sent: list[tuple[_Statement, Any, Any]]) -> None:
-    """Raise the first error of ``_direct_rows``'s pipeline, as psycopg raises it."""
-    names = {s.name for s in made}
-    i = 0
-    for stmt, _, _ in sent:
-        if stmt.name in names:
-            names.discard(stmt.name)
-            _check(answers[i], stmt, _COMMAND_OK)
-            i += 1
-        results = answers[i]
-        i += 1
-        _check(results, stmt, results[-1].status if results and results[-1].status in _DONE else _COMMAND_OK)
-
-
-_DONE = (_COMMAND_OK, _TUPLES_OK)
-
-
-class _Exchange:
-    """One libpq exchange on a connection (a psycopg generator, ``_direct_gen``), begun at once
-    (the statement sent) and driven to its end either from the event loop (:meth:`run`:
-    awaited on the loop's reader or writer, never a blocking read) or, when code on the loop's
-    own thread cannot wait for the loop (a sync step's append behind it), by a blocking wait
-    on the socket (:meth:`finish`). Whichever ends it keeps the outcome; the other takes it."""
-
-    def __init__(self, gen: Any, pgconn: Any) -> None:
-        self._gen = gen
-        self._pgconn = pgconn
-        self._waiter: asyncio.Future[None] | None = None
-        self.done = False
-        self.value: Any = None
-        self.error: BaseException | None = None
-        self._state = 0
-        self._step(None)
-
-    def _step(self, ready: int | None) -> None:
-        """Advance the generator: begin it (``ready`` None), or tell it what is ready."""
-        try:
-            self._state = next(self._gen) if ready is None else self._gen.send(ready)
-        except StopIteration as stop:
-            self._end(stop.value, None)
-        except OSError as exc:
-            self._end(None, _socket_closed(exc))
-        except Exception as exc:
-            self._end(None, exc)
-
-    def _end(self, value: Any, error: BaseException | None) -> None:
-        self.done, self.value, self.error = True, value, error
-        self._gen = None
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)  # the awaiting task, if any, wakes to the outcome
-
-    async def run(self) -> None:
-        """Drive the exchange to its end from the event loop (as ``psycopg.waiting.wait_async``,
-        without its timer). Run to its end even if the awaiting task is cancelled meanwhile (a
-        statement sent must have its answer read, and a commit made must be known, as
-        ``Store.off_loop`` runs an operation to its end): the cancellation is then raised at the
-        task's next await."""
-        from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
-
-        if self.done:
-            return
-        loop = asyncio.get_running_loop()
-        fileno = self._pgconn.socket
-        ready = 0
-        cancelled = False
-
-        def wake(got: int) -> None:
-            nonlocal ready
-            ready |= got
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
-        try:
-            while not self.done:
-                ready = 0
-                state = self._state
-                reading, writing = state & WAIT_R, state & WAIT_W
-                if reading:
-                    loop.add_reader(fileno, wake, READY_R)
-                if writing:
-                    loop.add_writer(fileno, wake, READY_W)
-                try:
-                    while not ready and not self.done:
-                        self._waiter = loop.create_future()
-                        try:
-                            await self._waiter
-                        except asyncio.CancelledError:
-                            cancelled = True  # not cut off half-way: raised once the answer is read
-                        finally:
-                            self._waiter = None
-                finally:
-                    if reading:
-                        loop.remove_reader(fileno)
-                    if writing:
-                        loop.remove_writer(fileno)
-                if not self.done:  # else ended by ``finish`` meanwhile
-                    self._step(ready)
-        finally:
-            if cancelled:
-                task = asyncio.current_task()
-                if task is not None:
-                    task.uncancel()
-                    task.cancel()
-
-    def finish(self) -> None:
-        """Drive the exchange to its end now, blocking on its socket (``psycopg.waiting.wait``),
-        from the loop's thread; the task awaiting :meth:`run` wakes to the outcome. An interrupt
-        meanwhile leaves answers unread: the connection is closed (the outcome: a lost
-        connection) and the interrupt raised."""
-        if self.done:
-            return
-        from psycopg import OperationalError
-        from psycopg.waiting import wait
-
-        gen = self._gen
-        try:
-            value = wait(_resumed(gen, self._state), self._pgconn.socket, interval=_WAIT_INTERVAL)
-        except OSError as exc:
-            self._end(None, _socket_closed(exc))
-        except Exception as exc:
-            self._end(None, exc)
-        except BaseException:
-            self._pgconn.finish()
-            self._end(None, OperationalError("the connection was closed: interrupted while reading"))
-            raise
-        else:
-            self._end(value, None)
-
-
-_WAIT_INTERVAL = 0.1  # s: how often a blocking wait on a socket looks for an interrupt (as psycopg)
-
-
-def _socket_closed(exc: OSError) -> Exception:
-    """The error psycopg gives for a socket lost mid-exchange (``OperationalError``), caused by ``exc``."""
-    from psycopg import OperationalError
-
-    error = OperationalError("connection socket closed")
-    error.__cause__ = exc
-    return error
-
-
-def _resumed(gen: Any, state: Any) -> Any:
-    """A psycopg generator already begun (waiting for ``state``), as a new one to drive."""
-    while True:
-        ready = yield state
-        try:
-            state = gen.send(ready)
-        except StopIteration as stop:
-            return stop.value
-
-
-class _LoopWriter:
-    """A run's append from its event loop on one pooled connection (``loop_writer``)."""
-
-    def __init__(self, store: PostgresStore, conn: Any, executor: Any, key: Any, token: Any) -> None:
-        self._store = store
-        self._conn = conn
-        self._executor = executor
-        self._key = key
-        self._token = token
-
-    def append(self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None) -> _LoopAppend:
-        """``Store.append(run_id, head, events, owner=owner)``: one ``wflo_append``, prepared,
-        committed as ``append`` commits it (durable; relaxed only for a marker alone), sent now;
-        await the result for the new head (or ``LeaseLost``, psycopg's errors), or call its
-        ``finish()`` to wait for it on this thread. A lost connection is dropped and the append
-        made again on a store thread, where ``append`` finds out whether the first one committed.
-        One append per writer: its connection goes back to the pool with the answer."""
-        store = self._store
-        psycopg = store._psycopg
-        now = now_iso()
-        relaxed = bool(events) and all(e.type in RELAXED_MARKERS for e in events)
-        new, rows = store._link(run_id, head, events)
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
-        params = (run_id, head.seq, owner, new.seq, new.hash, now, None, False, None, None, False, None, None,
-                  *[_array(c) for c in cols[1:]])  # fmt: skip
-        conn = self._conn
-        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
-            raise psycopg.InterfaceError("the connection is in use")
-        self._conn = None  # given back by the append once answered
-        try:
-            exchange = _Exchange(store._direct_gen(conn, _APPEND_ALONE[relaxed], params), conn.pgconn)
-        except BaseException:
-            conn.lock.release()
-            store._pool.put(conn, broken=store._conn_broken(conn))
-            raise
-        return _LoopAppend(store, conn, exchange, functools.partial(store.append, run_id, head, events, owner=owner),
-                           run_id, owner, new)  # fmt: skip
-
-    def close(self) -> None:
-        """Give the connection back to the pool (dropped if broken) and the place in the order."""
-        conn, self._conn = self._conn, None
-        try:
-            if conn is not None:
-                self._store._pool.put(conn, broken=self._store._conn_broken(conn))
-        finally:
-            self._executor.give_back(self._key, self._token)
-
-
-class _LoopAppend:
-    """An append sent from the event loop (``_LoopWriter.append``), its answer not read yet.
-
-    ``await`` it on the loop (the loop never blocked), or :meth:`finish` it on the loop's thread
-    where code cannot give way to the loop (a sync call's append behind it, see
-    ``RunContext.append``): the same outcome either way, computed once."""
-
-    def __init__(self, store: PostgresStore, conn: Any, exchange: _Exchange, redo: Callable[[], Head],
-                 run_id: str, owner: str | None, new: Head) -> None:  # fmt: skip
-        self._store = store
-        self._conn: Any = conn  # None once back in the pool
-        self._exchange = exchange
-        self._redo = redo
-        self._redone: tuple[Head | None, BaseException | None] | None = None
-        self._redo_lock = threading.Lock()
-        self._run_id = run_id
-        self._owner = owner
-        self._new = new
-        self._redo_needed = False
-
-    def __await__(self) -> Any:
-        return self.wait().__await__()
-
-    async def wait(self) -> Head:
-        """The new head, the answer awaited on the loop."""
-        await self._exchange.run()
-        if self._lost():
-            return await self._store.off_loop(self._again)
-        return self._head()
-
-    def finish(self) -> Head:
-        """The new head, the answer waited for on this thread (blocking, as a sync append)."""
-        self._exchange.finish()
-        if self._lost():
-            return self._again()
-        return self._head()
-
-    def _lost(self) -> bool:
-        """Give the connection back (the exchange ended); whether it was lost on the way."""
-        conn, self._conn = self._conn, None
-        store, error = self._store, self._exchange.error
-        if conn is not None:
-            conn.lock.release()
-            broken = store._conn_broken(conn)
-            lost = isinstance(error, store._psycopg.Error) and (store._is_disconnect(error) or broken)
-            self._redo_needed = lost and getattr(error, "sqlstate", None) != _LEASE_LOST
-            store._pool.put(conn, broken=broken or self._redo_needed)
-        return self._redo_needed
-
-    def _head(self) -> Head:
-        error = self._exchange.error
-        if error is not None:
-            if getattr(error, "sqlstate", None) == _LEASE_LOST:
-                raise LeaseLost(run_id=self._run_id, owner=self._owner) from None
-            raise error
-        value = _value(self._exchange.value)
-        return Head(self._new.seq, self._new.hash, value is not None and int(value) != 0)
-
-    def _again(self) -> Head:
-        """The append made again through ``Store.append`` (once, whoever asks first)."""
-        with self._redo_lock:
-            if self._redone is None:
-                try:
-                    self._redone = (self._redo(), None)
-                except BaseException as exc:
-                    self._redone = (None, exc)
-        head, error = self._redone
-        if error is not None:
-            raise error
-        assert head is not None
-        return head
-
-
 class _Poll:
     """The change feed's "watch" when there is no LISTEN channel: when the next look is due."""
 
@@ -1267,93 +653,6 @@ class _PipelinedCursor:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._cur, name)
-
-
-_IDLE_GET_TIMEOUT = 0.002  # s: the longest ``get_idle`` can wait, when another thread won the race
-
-
-class _PsycopgPool:
-    """``psycopg_pool.ConnectionPool`` behind the store's small pool interface."""
-
-    def __init__(self, store: PostgresStore) -> None:
-        try:
-            from psycopg_pool import ConnectionPool, PoolTimeout
-        except ImportError:
-            raise ConfigurationError("the PostgreSQL store needs psycopg_pool: pip install 'wflo[postgres]'") from None
-        self._timeout_error = PoolTimeout
-        self._store = store
-        # One direct connection first: an unreachable server or a wrong password is then a
-        # one-line error at once, not a pool timeout after many silent retries.
-        store._connect().close()
-        self._pool = ConnectionPool(
-            store.url,
-            kwargs=store._kwargs(),
-            min_size=1,
-            max_size=store.pool_size,
-            timeout=store.pool_timeout,
-            max_idle=60.0,
-            num_workers=2,
-            name="wflo",
-            configure=store._warm,
-            open=False,
-        )
-        self._pool.open(wait=False)
-
-    def get(self) -> Any:
-        try:
-            return self._pool.getconn()
-        except self._timeout_error:
-            try:
-                self._store._connect().close()
-            except StoreUnavailableError:
-                raise
-            raise StoreUnavailableError(
-                url=_redact(self._store.url),
-                detail=f"all {self._store.pool_size} pooled connections stayed busy for "
-                f"{self._store.pool_timeout:g} s (raise pool_size in the URL, or find the long transaction)",
-            ) from None
-
-    def get_idle(self) -> Any:
-        """A connection only if one is idle in the pool now (never waits for one), else ``None``."""
-        idle = getattr(self._pool, "_pool", None)  # psycopg_pool's idle connections
-        if not idle:
-            return None
-        try:
-            # Another thread may take it meanwhile: a bounded wait, then none.
-            return self._pool.getconn(timeout=_IDLE_GET_TIMEOUT)
-        except self._timeout_error:
-            return None
-
-    def put(self, conn: Any, *, broken: bool = False) -> None:
-        if broken:
-            with contextlib.suppress(Exception):
-                conn.close()  # the pool then replaces it instead of handing it out again
-        self._pool.putconn(conn)
-
-    def discard_idle(self) -> None:
-        self._pool.check()
-
-    def close(self) -> None:
-        self._pool.close(timeout=5.0)
-
-
-def _array(values: Sequence[Any]) -> str:
-    """``values`` as a PostgreSQL array literal, for a parameter the statement casts
-    (``%s::text[]``, ``%s::bigint[]``). Sent as text, the server parses it: psycopg would
-    otherwise inspect every element of every list to choose the array's type, a large part of
-    the client's work for a short run (issue 20). Every element is quoted, so no text can
-    read as NULL, a delimiter or a nested array; ``None`` is NULL."""
-    if values and None not in values:
-        # Most columns (numbers, times, hashes, types) hold no quote or backslash: quoted
-        # all at once, escaping nothing.
-        body = '","'.join([v if type(v) is str else str(v) for v in values])
-        if '"' not in body and "\\" not in body:
-            return '{"' + body + '"}'
-    return "{" + ",".join(["NULL" if v is None else _quoted(str(v)) for v in values]) + "}"
-
-
-def _quoted(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _first_line(exc: BaseException) -> str:

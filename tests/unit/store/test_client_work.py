@@ -98,7 +98,7 @@ def test_times_and_ids_keep_their_forms() -> None:
 
 @pytest.mark.postgres
 def test_array_literals_read_back_exactly(pg_url: str) -> None:
-    from wflo.store._postgres import _array
+    from wflo.store._pgdirect import array_text
 
     cases: list[tuple[Any, ...]] = [
         (), ("",), ("NULL",), (None,), ("a", None, "b"), (1, 2, 10**12), ("a,b", "{x}", " ", "\t\n"),
@@ -106,5 +106,5 @@ def test_array_literals_read_back_exactly(pg_url: str) -> None:
     ]  # fmt: skip
     with open_store(pg_url) as store, store._connection() as conn:
         for values in cases:
-            got = conn.execute("SELECT %s::text[]", (_array(values),)).fetchone()[0]
+            got = conn.execute("SELECT %s::text[]", (array_text(values),)).fetchone()[0]
             assert got == [None if v is None else str(v) for v in values], values

@@ -4,7 +4,7 @@ the prepared ``wflo_append`` without psycopg's cursor. What that path must still
 that lost its prepared statements and a connection the server dropped, commit relaxed only
 where it did, and prepare nothing behind a transaction pooler. The same for ``write_rows``
 (the LangGraph checkpointer's writes), which pipelines its statements in one implicit
-transaction through ``_direct_rows``."""
+transaction through ``direct_rows`` (both in ``wflo.store._pgdirect``)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 from wflo._errors import LeaseLost
 from wflo.store import Head, NewEvent, open_store
+from wflo.store._pgdirect import alone
 from wflo.store._postgres import PostgresStore
 
 pytestmark = pytest.mark.postgres
@@ -64,7 +65,7 @@ def test_a_lost_lease_still_raises_lease_lost_through_the_direct_path(store: Pos
     assert new.seq == head.seq + 1
     assert [e.type for e in store.events("r-direct-fence")][-1] == "step.completed"
     with store._connection() as conn:  # left idle: no transaction open, nothing pending
-        assert store._alone(conn)
+        assert alone(conn)
 
 
 def test_other_errors_keep_psycopg_classes_and_leave_the_connection_usable(store: PostgresStore) -> None:
@@ -132,9 +133,9 @@ def test_a_statement_prepared_at_its_first_use_costs_no_round_trip_more(store: P
     head = _run(store, "r-direct-first")
     store.write(lambda cur: cur.execute("DEALLOCATE ALL"))
     with store._connection() as conn:
-        from wflo.store import _postgres
+        from wflo.store import _pgdirect
 
-        _postgres._PREPARED.pop(conn, None)  # a connection that never prepared it
+        _pgdirect.PREPARED.pop(conn, None)  # a connection that never prepared it
         waits: list[str] = []
         wait = conn.wait
 
@@ -154,7 +155,7 @@ def test_a_statement_prepared_at_its_first_use_costs_no_round_trip_more(store: P
 def test_libpq_codes_match_psycopg() -> None:
     from psycopg import pq
 
-    from wflo.store import _postgres as p
+    from wflo.store import _pgdirect as p
 
     assert (p._CONNECTION_OK, p._IDLE, p._PIPELINE_OFF) == (
         pq.ConnStatus.OK,
@@ -228,7 +229,7 @@ def test_write_rows_fenced_on_a_lost_lease_writes_nothing_and_leaves_the_connect
         assert (lost.value.run_id, lost.value.owner) == ("r-rows-lost", "me")
     assert _items(store) == []
     with store._connection() as conn:
-        assert store._alone(conn)
+        assert alone(conn)
     store.write_rows(UPSERT, [("a", 1, None)], fence=("r-rows-lost", "thief"))
     assert _items(store) == [("a", 1)]
 
@@ -247,7 +248,7 @@ def test_write_rows_refuses_nul_in_text_and_keeps_psycopg_error_classes(store: P
 
 
 def test_write_rows_recovers_prepared_statements_the_session_lost_or_already_had(store: PostgresStore) -> None:
-    from wflo.store import _postgres
+    from wflo.store import _pgdirect
 
     _rows_store(store)
     store.create_run(run_id="r-rows-prep", workflow="w", input={}, owner="me", lease_seconds=30)
@@ -255,7 +256,7 @@ def test_write_rows_recovers_prepared_statements_the_session_lost_or_already_had
     store.write(lambda cur: cur.execute("DEALLOCATE ALL"))  # lost: the server refuses the Bind
     store.write_rows(UPSERT, [("b", 2, None)], fence=("r-rows-prep", "me"))
     with store._connection() as conn:
-        _postgres._PREPARED.pop(conn, None)  # already there: the server refuses the Parse
+        _pgdirect.PREPARED.pop(conn, None)  # already there: the server refuses the Parse
     store.write_rows(UPSERT, [("c", 3, None)], fence=("r-rows-prep", "me"))
     assert _items(store) == [("a", 1), ("b", 2), ("c", 3)]
 

@@ -19,6 +19,7 @@ import pytest
 
 from wflo._errors import LeaseLost
 from wflo.store import Head, NewEvent, open_store
+from wflo.store._pgdirect import alone
 from wflo.store._postgres import _APPEND_ALONE, PostgresStore
 
 pytestmark = pytest.mark.postgres
@@ -74,7 +75,7 @@ def test_an_append_from_the_loop_is_fenced_durable_and_leaves_the_connection_idl
     assert [e.type for e in store.events("r-loop-fence")][-1] == "step.completed"
     assert store.get_run("r-loop-fence").last_seq == new.seq
     with store._connection() as conn:
-        assert store._alone(conn)
+        assert alone(conn)
 
 
 def test_nul_is_refused_with_psycopg_error_and_nothing_is_written(store: PostgresStore) -> None:
@@ -252,7 +253,7 @@ def test_a_cancelled_task_still_commits_its_append(store: PostgresStore) -> None
     asyncio.run(main())
     assert store.get_run("r-loop-cancel").last_seq == head.seq + 1
     with store._connection() as conn:
-        assert store._alone(conn)
+        assert alone(conn)
 
 
 def test_an_append_finished_on_the_loop_thread_gives_its_outcome_to_the_awaiting_task(store: PostgresStore) -> None:

@@ -114,7 +114,7 @@ def test_relaxed_on_a_normal_store_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_bytes_text_and_nulls_come_back_as_written(store: Store) -> None:
-    # PostgreSQL sends bytes as binary parameters (``_direct_rows``): every byte value, NUL and
+    # PostgreSQL sends bytes as binary parameters (``_pgdirect.direct_rows``): every byte value, NUL and
     # bytes that are no UTF-8 included, must come back as it went, beside text and NULL.
     blob = "BYTEA" if store.dialect == "postgresql" else "BLOB"
     store.write(lambda cur: store.execute(cur, f"CREATE TABLE wr_blobs (k TEXT PRIMARY KEY, b {blob}, t TEXT)"))

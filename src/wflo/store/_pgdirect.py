@@ -1,0 +1,703 @@
+"""PostgreSQL's direct path: one prepared statement sent straight through libpq.
+
+The store's hot statements (a run's append alone, a new run with its first events, the rows of
+``write_rows``) do not go through psycopg's cursor: a cursor object per statement, its adapters
+and its prepared-statement bookkeeping cost the client more CPU than the statement's round trip
+(issue 20). Each is sent here with ``psycopg.pq`` (libpq) on a connection of the store's pool:
+
+- prepared once per connection under a name of its own (its text's hash), outside psycopg's
+  cache, pipelined with its first use (no round trip more); sent unprepared behind a
+  transaction pooler; prepared again when the session lost it (``DEALLOCATE ALL``);
+- its parameters as text the statement casts (``array_text`` for arrays), bytes in binary;
+- its answer read as psycopg would load it (``first_value``, ``first_row``), its errors raised
+  as psycopg's (the classes and SQLSTATEs a cursor raises).
+
+``direct`` runs one statement and waits for its answer on the calling thread; ``direct_rows``
+pipelines several in one implicit transaction. On the event loop, ``direct_gen`` is the same
+exchange as a psycopg generator, driven by ``Exchange`` on the loop's reader and writer (never
+a blocking read): ``LoopWriter`` sends an async run's append from its loop's thread and awaits
+its commit there (``Store.loop_writer``).
+
+The statements' SQL, and which commits may skip the wait for the disk ("Commit modes"), are the
+store's, in ``_postgres``. psycopg is imported lazily, as there: ``wflo.store`` imports without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .._errors import LeaseLost
+from ._base import RELAXED_MARKERS
+from ._records import Head, NewEvent, now_iso
+
+if TYPE_CHECKING:
+    from ._postgres import PostgresStore
+
+LEASE_LOST = "WF001"  # the SQLSTATE of wflo_fence and wflo_append for a lost lease (``LeaseLost``)
+_NO_SUCH_STATEMENT = b"26000"  # invalid_sql_statement_name: a prepared statement is gone
+_ALREADY_PREPARED = b"42P05"  # duplicate_prepared_statement
+
+
+class Statement:
+    """A statement ``direct`` sends: its text with ``$n`` placeholders and the name it is
+    prepared under on each connection (from its text: one text, one name)."""
+
+    __slots__ = ("name", "query", "sql")
+
+    def __init__(self, sql: str) -> None:
+        parts = sql.split("%s")
+        text = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        self.sql = sql
+        self.query = text.encode()
+        self.name = b"wflo_" + hashlib.sha256(self.query).hexdigest()[:20].encode()
+
+
+# The statements ``direct`` prepared on each connection (gone with the connection).
+PREPARED: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+
+_SQLSTATE = ord("C")  # PG_DIAG_SQLSTATE
+# libpq's codes (``psycopg.pq``'s enums compare equal to them; the ints cost no attribute look-ups).
+_CONNECTION_OK = 0  # pq.ConnStatus.OK
+_IDLE = 0  # pq.TransactionStatus.IDLE
+_PIPELINE_OFF = 0  # pq.PipelineStatus.OFF
+_COMMAND_OK = 1  # pq.ExecStatus.COMMAND_OK
+_TUPLES_OK = 2  # pq.ExecStatus.TUPLES_OK
+_PIPELINE_SYNC = 10  # pq.ExecStatus.PIPELINE_SYNC
+_FATAL_ERROR = 7  # pq.ExecStatus.FATAL_ERROR
+
+
+def alone(conn: Any) -> bool:
+    """Whether a statement on ``conn`` may go straight to libpq (``direct``): outside any
+    transaction and pipeline, with text in UTF-8 (as ``direct`` encodes it)."""
+    pgconn = conn.pgconn
+    return bool(
+        pgconn.transaction_status == _IDLE
+        and pgconn.pipeline_status == _PIPELINE_OFF
+        and pgconn.parameter_status(b"client_encoding") == b"UTF8"
+    )
+
+
+def direct(store: PostgresStore, conn: Any, stmt: Statement, params: Sequence[Any]) -> Any:
+    """Run ``stmt`` alone on an idle ``conn`` (see ``alone``), in one round trip, and
+    return its answer (a libpq result: see ``first_value``, ``first_row``). The path of the hot
+    append and of a run's creation (issue 20): psycopg's cursor (a cursor object per
+    statement, its adapters, its prepared-statement bookkeeping) cost the client more CPU
+    than the statement's round trip.
+
+    The statement is prepared once per connection under a name of its own (its text's
+    hash), outside psycopg's cache: by ``PostgresStore._warm``, or at its first use,
+    pipelined with that use (no round trip more). Behind a transaction pooler it is sent
+    unprepared (as psycopg would: see ``PostgresStore.__init__``). A statement the session
+    lost (``DEALLOCATE ALL``, ``DISCARD ALL``) is refused by the server before anything
+    runs: it is prepared and sent again. Errors are psycopg's (the classes and SQLSTATEs a
+    cursor raises); a connection lost on the way raises ``OperationalError`` and the
+    store's ``_connection`` discards it; an interrupt is handled by psycopg's ``wait`` (the
+    query is cancelled)."""
+    psycopg = store._psycopg
+    # Text (most parameters) inline, the rest through ``_text``: 20 calls less per append.
+    values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
+    pgconn = conn.pgconn
+    with conn.lock:
+        if pgconn.status != _CONNECTION_OK:
+            raise psycopg.OperationalError("the connection is closed")
+        if store.pooler == "transaction":
+            pgconn.send_query_params(stmt.query, values)
+            return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
+        prepared = PREPARED.get(conn)
+        if prepared is None:
+            prepared = PREPARED[conn] = set()
+        if stmt.name in prepared:
+            pgconn.send_query_prepared(stmt.name, values)
+            results = conn.wait(psycopg.generators.execute(pgconn))
+            if not (results and results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT):
+                return _check(results, stmt, _TUPLES_OK)
+            prepared.discard(stmt.name)  # the session lost it: nothing ran
+        return _prepare_and_run(store, conn, stmt, values, prepared)
+
+
+def _prepare_and_run(
+    store: PostgresStore, conn: Any, stmt: Statement, values: list[bytes | None], prepared: set[bytes]
+) -> Any:
+    """Prepare ``stmt`` on ``conn`` and run it, pipelined: one round trip."""
+    psycopg = store._psycopg
+    pgconn = conn.pgconn
+    if not psycopg.Pipeline.is_supported():  # libpq < 14: the preparation on its own first
+        prepare(store, conn, stmt, prepared)
+        pgconn.send_query_prepared(stmt.name, values)
+        return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
+    pgconn.enter_pipeline_mode()
+    try:
+        pgconn.send_prepare(stmt.name, stmt.query)
+        pgconn.send_query_prepared(stmt.name, values)
+        pgconn.pipeline_sync()
+        made, ran, synced = conn.wait(_pipelined(psycopg.generators, pgconn))
+        pgconn.exit_pipeline_mode()
+    except BaseException:
+        # Answers may be left unread: the connection is in no state to be used again.
+        pgconn.finish()
+        raise
+    if not (synced and synced[-1].status == _PIPELINE_SYNC):
+        pgconn.finish()
+        raise psycopg.InterfaceError(f"no pipeline sync after {stmt.sql[:40]!r}")
+    if made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
+        prepared.add(stmt.name)  # the session has it under this name (its text's hash)
+        pgconn.send_query_prepared(stmt.name, values)
+        return _check(conn.wait(psycopg.generators.execute(pgconn)), stmt, _TUPLES_OK)
+    _check(made, stmt, _COMMAND_OK)
+    prepared.add(stmt.name)
+    return _check(ran, stmt, _TUPLES_OK)
+
+
+def prepare(store: PostgresStore, conn: Any, stmt: Statement, prepared: set[bytes]) -> None:
+    """Prepare ``stmt`` on ``conn`` (one round trip), or raise why not. One the session
+    already holds under its name (the name is its text's hash) counts as prepared."""
+    psycopg = store._psycopg
+    conn.pgconn.send_prepare(stmt.name, stmt.query)
+    results = conn.wait(psycopg.generators.execute(conn.pgconn))
+    if not (results and results[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED):
+        _check(results, stmt, _COMMAND_OK)
+    prepared.add(stmt.name)
+
+
+def direct_rows(store: PostgresStore, conn: Any, batch: Sequence[tuple[Statement, Sequence[Any]]]) -> None:
+    """Run ``batch`` (statements, each with its parameters) on an idle ``conn`` (see
+    ``alone``) in one pipeline ended by one sync: one implicit transaction, one round
+    trip. A statement that fails rolls back the ones before it and skips the rest.
+
+    As ``direct``: each statement is prepared once per connection under its text's hash,
+    in the same pipeline at its first use (behind a transaction pooler: sent unprepared);
+    a pipeline refused because the session lost a statement (``DEALLOCATE ALL``) or holds
+    one already ran nothing and is sent again; errors are psycopg's; text holding NUL is
+    refused before anything is sent. Bytes go as binary parameters (no hex text to build
+    and parse). A connection left with answers unread is closed (the pool drops it)."""
+    psycopg = store._psycopg
+    sent = [(stmt, *_params(params)) for stmt, params in batch]
+    pgconn = conn.pgconn
+    with conn.lock:
+        if pgconn.status != _CONNECTION_OK:
+            raise psycopg.OperationalError("the connection is closed")
+        unprepared = store.pooler == "transaction"
+        prepared = PREPARED.get(conn)
+        if prepared is None:
+            prepared = PREPARED[conn] = set()
+        for _ in range(3):  # at most the two statements to re-prepare, then for real
+            made: list[Statement] = []
+            pgconn.enter_pipeline_mode()
+            try:
+                for stmt, values, formats in sent:
+                    if unprepared:
+                        pgconn.send_query_params(stmt.query, values, param_formats=formats)
+                        continue
+                    if stmt.name not in prepared and stmt not in made:
+                        pgconn.send_prepare(stmt.name, stmt.query)
+                        made.append(stmt)
+                    pgconn.send_query_prepared(stmt.name, values, param_formats=formats)
+                pgconn.pipeline_sync()
+                answers = conn.wait(_answers(psycopg.generators, pgconn, len(made) + len(sent) + 1))
+                pgconn.exit_pipeline_mode()
+            except BaseException:
+                pgconn.finish()  # answers may be left unread: not usable again
+                raise
+            if not (answers[-1] and answers[-1][-1].status == _PIPELINE_SYNC):
+                pgconn.finish()
+                raise psycopg.InterfaceError(f"no pipeline sync after {sent[-1][0].sql[:40]!r}")
+            if _sent_again(answers, made, sent, prepared):
+                continue
+            _rows_checked(answers, made, sent)
+            return
+        raise psycopg.InterfaceError(f"could not prepare {sent[-1][0].sql[:40]!r}")
+
+
+def _text(value: Any) -> bytes | None:
+    """A parameter as PostgreSQL text (UTF-8), for a statement that casts each one. libpq
+    reads a text parameter up to its first NUL byte: text holding one is refused here, with
+    psycopg's own error, instead of reaching the server cut short."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if "\x00" in value:
+            from psycopg import DataError
+
+            raise DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes")
+        return value.encode()
+    if value is True or value is False:
+        return b"t" if value else b"f"
+    if isinstance(value, int):
+        return str(int(value)).encode()
+    if isinstance(value, float):
+        return repr(float(value)).encode()
+    raise TypeError(f"cannot send {type(value).__name__} as a statement's parameter")
+
+
+def _pipelined(generators: Any, pgconn: Any) -> Any:
+    """Flush a pipeline of two statements and its sync; read the three answers."""
+    yield from generators.send(pgconn)
+    answers = []
+    for _ in range(3):
+        answers.append((yield from generators.fetch_many(pgconn)))
+    return answers
+
+
+def _check(results: list[Any], stmt: Statement, ok: Any) -> Any:
+    """The last of ``results``, or the error it reports (as psycopg raises it)."""
+    from psycopg import errors, pq
+
+    if not results:
+        raise errors.InterfaceError(f"no result from {stmt.sql[:40]!r}")
+    result = results[-1]
+    if result.status == ok:
+        return result
+    if result.status == pq.ExecStatus.FATAL_ERROR:
+        raise errors.error_from_result(result, encoding="utf-8")
+    raise errors.InterfaceError(f"unexpected result {pq.ExecStatus(result.status).name} from {stmt.sql[:40]!r}")
+
+
+def first_value(result: Any) -> bytes | None:
+    """The first column of the first row of a statement's answer, as text."""
+    value: bytes | None = result.get_value(0, 0)
+    return value
+
+
+# Readers of the column types ``direct``'s statements answer with, by type oid.
+_READERS: dict[int, Callable[[bytes], Any]] = {
+    25: bytes.decode,  # text
+    1043: bytes.decode,  # varchar
+    19: bytes.decode,  # name
+    20: int,  # bigint
+    23: int,  # integer
+    21: int,  # smallint
+    16: lambda v: v == b"t",  # boolean
+}
+
+
+def first_row(result: Any) -> tuple[Any, ...] | None:
+    """The first row of a statement's answer as psycopg would load it, or ``None``."""
+    if result.ntuples == 0:
+        return None
+    values = []
+    for i in range(result.nfields):
+        value = result.get_value(0, i)
+        if value is not None:
+            reader = _READERS.get(result.ftype(i))
+            if reader is None:
+                from psycopg import errors
+
+                raise errors.ProgrammingError(f"no reader for the type of column {i} (oid {result.ftype(i)})")
+            value = reader(value)
+        values.append(value)
+    return tuple(values)
+
+
+def _params(params: Sequence[Any]) -> tuple[list[bytes | None], list[int] | None]:
+    """A statement's parameters for libpq, with their formats: text as ``direct`` sends it,
+    bytes in binary (``None``: all text)."""
+    values: list[bytes | None] = []
+    formats: list[int] | None = None
+    for i, v in enumerate(params):
+        if type(v) is str and "\x00" not in v:
+            values.append(v.encode())
+        elif isinstance(v, bytes | bytearray | memoryview):
+            if formats is None:
+                formats = [0] * len(params)
+            formats[i] = 1
+            values.append(bytes(v))
+        else:
+            values.append(_text(v))
+    return values, formats
+
+
+def _answers(generators: Any, pgconn: Any, count: int) -> Any:
+    """Flush a pipeline and read ``count`` answers (the last one its sync's)."""
+    yield from generators.send(pgconn)
+    answers = []
+    for _ in range(count):
+        answers.append((yield from generators.fetch_many(pgconn)))
+    return answers
+
+
+def _sent_again(
+    answers: list[Any], made: list[Statement], sent: list[tuple[Statement, Any, Any]], prepared: set[bytes]
+) -> bool:
+    """Whether ``direct_rows``'s pipeline failed only for the session's prepared statements
+    (nothing ran): ``prepared`` is then put right and the pipeline is to be sent again."""
+    names = {s.name for s in made}
+    i = 0
+    for stmt, _, _ in sent:
+        if stmt.name in names:  # its preparation's answer comes first
+            names.discard(stmt.name)
+            results = answers[i]
+            i += 1
+            if results and results[-1].status == _COMMAND_OK:
+                prepared.add(stmt.name)  # kept by the session, whatever follows
+            elif results and results[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
+                prepared.add(stmt.name)
+                return True
+        results = answers[i]
+        i += 1
+        if results and results[-1].status == _FATAL_ERROR:
+            if results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT:
+                prepared.discard(stmt.name)
+                return True
+            return False
+    return False
+
+
+def _rows_checked(answers: list[Any], made: list[Statement], sent: list[tuple[Statement, Any, Any]]) -> None:
+    """Raise the first error of ``direct_rows``'s pipeline, as psycopg raises it."""
+    names = {s.name for s in made}
+    i = 0
+    for stmt, _, _ in sent:
+        if stmt.name in names:
+            names.discard(stmt.name)
+            _check(answers[i], stmt, _COMMAND_OK)
+            i += 1
+        results = answers[i]
+        i += 1
+        _check(results, stmt, results[-1].status if results and results[-1].status in _DONE else _COMMAND_OK)
+
+
+_DONE = (_COMMAND_OK, _TUPLES_OK)
+
+
+def array_text(values: Sequence[Any]) -> str:
+    """``values`` as a PostgreSQL array literal, for a parameter the statement casts
+    (``%s::text[]``, ``%s::bigint[]``). Sent as text, the server parses it: psycopg would
+    otherwise inspect every element of every list to choose the array's type, a large part of
+    the client's work for a short run (issue 20). Every element is quoted, so no text can
+    read as NULL, a delimiter or a nested array; ``None`` is NULL."""
+    if values and None not in values:
+        # Most columns (numbers, times, hashes, types) hold no quote or backslash: quoted
+        # all at once, escaping nothing.
+        body = '","'.join([v if type(v) is str else str(v) for v in values])
+        if '"' not in body and "\\" not in body:
+            return '{"' + body + '"}'
+    return "{" + ",".join(["NULL" if v is None else _quoted(str(v)) for v in values]) + "}"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# ----------------------------------------------------------------- on the event loop
+def direct_gen(store: PostgresStore, conn: Any, stmt: Statement, params: Sequence[Any]) -> Any:
+    """``direct`` as one psycopg generator (it yields what it waits for on ``conn``'s
+    socket, ``psycopg.waiting``'s protocol), to be driven from the event loop
+    (:class:`Exchange`): the statement sent on ``conn`` (non-blocking, as psycopg keeps
+    every connection), its answer read as the socket becomes ready. The same statements,
+    preparation (and re-preparation after ``DEALLOCATE ALL``), unprepared behind a
+    transaction pooler, the same errors. The caller owns ``conn`` alone (a pooled
+    connection taken for it)."""
+    psycopg = store._psycopg
+    execute = psycopg.generators.execute
+    values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
+    pgconn = conn.pgconn
+    if pgconn.status != _CONNECTION_OK:
+        raise psycopg.OperationalError("the connection is closed")
+    if store.pooler == "transaction":
+        pgconn.send_query_params(stmt.query, values)
+        return _check((yield from execute(pgconn)), stmt, _TUPLES_OK)
+    prepared = PREPARED.get(conn)
+    if prepared is None:
+        prepared = PREPARED[conn] = set()
+    if stmt.name in prepared:
+        pgconn.send_query_prepared(stmt.name, values)
+        results = yield from execute(pgconn)
+        if not (results and results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT):
+            return _check(results, stmt, _TUPLES_OK)
+        prepared.discard(stmt.name)  # the session lost it: nothing ran
+    if not psycopg.Pipeline.is_supported():  # libpq < 14: the preparation on its own first
+        pgconn.send_prepare(stmt.name, stmt.query)
+        made = yield from execute(pgconn)
+        if not (made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED):
+            _check(made, stmt, _COMMAND_OK)
+        prepared.add(stmt.name)
+        pgconn.send_query_prepared(stmt.name, values)
+        return _check((yield from execute(pgconn)), stmt, _TUPLES_OK)
+    pgconn.enter_pipeline_mode()
+    try:
+        pgconn.send_prepare(stmt.name, stmt.query)
+        pgconn.send_query_prepared(stmt.name, values)
+        pgconn.pipeline_sync()
+        made, ran, synced = yield from _pipelined(psycopg.generators, pgconn)
+        pgconn.exit_pipeline_mode()
+    except BaseException:
+        pgconn.finish()  # answers may be left unread
+        raise
+    if not (synced and synced[-1].status == _PIPELINE_SYNC):
+        pgconn.finish()
+        raise psycopg.InterfaceError(f"no pipeline sync after {stmt.sql[:40]!r}")
+    if made and made[-1].error_field(_SQLSTATE) == _ALREADY_PREPARED:
+        prepared.add(stmt.name)
+        pgconn.send_query_prepared(stmt.name, values)
+        return _check((yield from execute(pgconn)), stmt, _TUPLES_OK)
+    _check(made, stmt, _COMMAND_OK)
+    prepared.add(stmt.name)
+    return _check(ran, stmt, _TUPLES_OK)
+
+
+class Exchange:
+    """One libpq exchange on a connection (a psycopg generator, ``direct_gen``), begun at once
+    (the statement sent) and driven to its end either from the event loop (:meth:`run`:
+    awaited on the loop's reader or writer, never a blocking read) or, when code on the loop's
+    own thread cannot wait for the loop (a sync step's append behind it), by a blocking wait
+    on the socket (:meth:`finish`). Whichever ends it keeps the outcome; the other takes it."""
+
+    def __init__(self, gen: Any, pgconn: Any) -> None:
+        self._gen = gen
+        self._pgconn = pgconn
+        self._waiter: asyncio.Future[None] | None = None
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self._state = 0
+        self._step(None)
+
+    def _step(self, ready: int | None) -> None:
+        """Advance the generator: begin it (``ready`` None), or tell it what is ready."""
+        try:
+            self._state = next(self._gen) if ready is None else self._gen.send(ready)
+        except StopIteration as stop:
+            self._end(stop.value, None)
+        except OSError as exc:
+            self._end(None, _socket_closed(exc))
+        except Exception as exc:
+            self._end(None, exc)
+
+    def _end(self, value: Any, error: BaseException | None) -> None:
+        self.done, self.value, self.error = True, value, error
+        self._gen = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # the awaiting task, if any, wakes to the outcome
+
+    async def run(self) -> None:
+        """Drive the exchange to its end from the event loop (as ``psycopg.waiting.wait_async``,
+        without its timer). Run to its end even if the awaiting task is cancelled meanwhile (a
+        statement sent must have its answer read, and a commit made must be known, as
+        ``Store.off_loop`` runs an operation to its end): the cancellation is then raised at the
+        task's next await."""
+        from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
+
+        if self.done:
+            return
+        loop = asyncio.get_running_loop()
+        fileno = self._pgconn.socket
+        ready = 0
+        cancelled = False
+
+        def wake(got: int) -> None:
+            nonlocal ready
+            ready |= got
+            waiter = self._waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        try:
+            while not self.done:
+                ready = 0
+                state = self._state
+                reading, writing = state & WAIT_R, state & WAIT_W
+                if reading:
+                    loop.add_reader(fileno, wake, READY_R)
+                if writing:
+                    loop.add_writer(fileno, wake, READY_W)
+                try:
+                    while not ready and not self.done:
+                        self._waiter = loop.create_future()
+                        try:
+                            await self._waiter
+                        except asyncio.CancelledError:
+                            cancelled = True  # not cut off half-way: raised once the answer is read
+                        finally:
+                            self._waiter = None
+                finally:
+                    if reading:
+                        loop.remove_reader(fileno)
+                    if writing:
+                        loop.remove_writer(fileno)
+                if not self.done:  # else ended by ``finish`` meanwhile
+                    self._step(ready)
+        finally:
+            if cancelled:
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                    task.cancel()
+
+    def finish(self) -> None:
+        """Drive the exchange to its end now, blocking on its socket (``psycopg.waiting.wait``),
+        from the loop's thread; the task awaiting :meth:`run` wakes to the outcome. An interrupt
+        meanwhile leaves answers unread: the connection is closed (the outcome: a lost
+        connection) and the interrupt raised."""
+        if self.done:
+            return
+        from psycopg import OperationalError
+        from psycopg.waiting import wait
+
+        gen = self._gen
+        try:
+            value = wait(_resumed(gen, self._state), self._pgconn.socket, interval=_WAIT_INTERVAL)
+        except OSError as exc:
+            self._end(None, _socket_closed(exc))
+        except Exception as exc:
+            self._end(None, exc)
+        except BaseException:
+            self._pgconn.finish()
+            self._end(None, OperationalError("the connection was closed: interrupted while reading"))
+            raise
+        else:
+            self._end(value, None)
+
+
+_WAIT_INTERVAL = 0.1  # s: how often a blocking wait on a socket looks for an interrupt (as psycopg)
+
+
+def _socket_closed(exc: OSError) -> Exception:
+    """The error psycopg gives for a socket lost mid-exchange (``OperationalError``), caused by ``exc``."""
+    from psycopg import OperationalError
+
+    error = OperationalError("connection socket closed")
+    error.__cause__ = exc
+    return error
+
+
+def _resumed(gen: Any, state: Any) -> Any:
+    """A psycopg generator already begun (waiting for ``state``), as a new one to drive."""
+    while True:
+        ready = yield state
+        try:
+            state = gen.send(ready)
+        except StopIteration as stop:
+            return stop.value
+
+
+class LoopWriter:
+    """A run's append from its event loop on one pooled connection (``PostgresStore.loop_writer``),
+    sent as ``append``, the store's ``wflo_append`` statement (durable, and relaxed: see "Commit
+    modes" in ``_postgres``)."""
+
+    def __init__(
+        self, store: PostgresStore, conn: Any, executor: Any, key: Any, token: Any, append: tuple[Statement, Statement]
+    ) -> None:
+        self._store = store
+        self._append = append
+        self._conn = conn
+        self._executor = executor
+        self._key = key
+        self._token = token
+
+    def append(self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None) -> LoopAppend:
+        """``Store.append(run_id, head, events, owner=owner)``: one ``wflo_append``, prepared,
+        committed as ``append`` commits it (durable; relaxed only for a marker alone), sent now;
+        await the result for the new head (or ``LeaseLost``, psycopg's errors), or call its
+        ``finish()`` to wait for it on this thread. A lost connection is dropped and the append
+        made again on a store thread, where ``append`` finds out whether the first one committed.
+        One append per writer: its connection goes back to the pool with the answer."""
+        store = self._store
+        psycopg = store._psycopg
+        now = now_iso()
+        relaxed = bool(events) and all(e.type in RELAXED_MARKERS for e in events)
+        new, rows = store._link(run_id, head, events)
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
+        params = (run_id, head.seq, owner, new.seq, new.hash, now, None, False, None, None, False, None, None,
+                  *[array_text(c) for c in cols[1:]])  # fmt: skip
+        conn = self._conn
+        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
+            raise psycopg.InterfaceError("the connection is in use")
+        self._conn = None  # given back by the append once answered
+        try:
+            exchange = Exchange(store._direct_gen(conn, self._append[relaxed], params), conn.pgconn)
+        except BaseException:
+            conn.lock.release()
+            store._pool.put(conn, broken=store._conn_broken(conn))
+            raise
+        return LoopAppend(store, conn, exchange, functools.partial(store.append, run_id, head, events, owner=owner),
+                          run_id, owner, new)  # fmt: skip
+
+    def close(self) -> None:
+        """Give the connection back to the pool (dropped if broken) and the place in the order."""
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                self._store._pool.put(conn, broken=self._store._conn_broken(conn))
+        finally:
+            self._executor.give_back(self._key, self._token)
+
+
+class LoopAppend:
+    """An append sent from the event loop (``LoopWriter.append``), its answer not read yet.
+
+    ``await`` it on the loop (the loop never blocked), or :meth:`finish` it on the loop's thread
+    where code cannot give way to the loop (a sync call's append behind it, see
+    ``RunContext.append``): the same outcome either way, computed once."""
+
+    def __init__(self, store: PostgresStore, conn: Any, exchange: Exchange, redo: Callable[[], Head],
+                 run_id: str, owner: str | None, new: Head) -> None:  # fmt: skip
+        self._store = store
+        self._conn: Any = conn  # None once back in the pool
+        self._exchange = exchange
+        self._redo = redo
+        self._redone: tuple[Head | None, BaseException | None] | None = None
+        self._redo_lock = threading.Lock()
+        self._run_id = run_id
+        self._owner = owner
+        self._new = new
+        self._redo_needed = False
+
+    def __await__(self) -> Any:
+        return self.wait().__await__()
+
+    async def wait(self) -> Head:
+        """The new head, the answer awaited on the loop."""
+        await self._exchange.run()
+        if self._lost():
+            return await self._store.off_loop(self._again)
+        return self._head()
+
+    def finish(self) -> Head:
+        """The new head, the answer waited for on this thread (blocking, as a sync append)."""
+        self._exchange.finish()
+        if self._lost():
+            return self._again()
+        return self._head()
+
+    def _lost(self) -> bool:
+        """Give the connection back (the exchange ended); whether it was lost on the way."""
+        conn, self._conn = self._conn, None
+        store, error = self._store, self._exchange.error
+        if conn is not None:
+            conn.lock.release()
+            broken = store._conn_broken(conn)
+            lost = isinstance(error, store._psycopg.Error) and (store._is_disconnect(error) or broken)
+            self._redo_needed = lost and getattr(error, "sqlstate", None) != LEASE_LOST
+            store._pool.put(conn, broken=broken or self._redo_needed)
+        return self._redo_needed
+
+    def _head(self) -> Head:
+        error = self._exchange.error
+        if error is not None:
+            if getattr(error, "sqlstate", None) == LEASE_LOST:
+                raise LeaseLost(run_id=self._run_id, owner=self._owner) from None
+            raise error
+        value = first_value(self._exchange.value)
+        return Head(self._new.seq, self._new.hash, value is not None and int(value) != 0)
+
+    def _again(self) -> Head:
+        """The append made again through ``Store.append`` (once, whoever asks first)."""
+        with self._redo_lock:
+            if self._redone is None:
+                try:
+                    self._redone = (self._redo(), None)
+                except BaseException as exc:
+                    self._redone = (None, exc)
+        head, error = self._redone
+        if error is not None:
+            raise error
+        assert head is not None
+        return head
