@@ -2,14 +2,17 @@
 
 Method. The same graph (5 nodes in a row, each adds 1 to the state) is compiled once with
 each saver and invoked on a new thread per invocation; per node = invocation time ÷ 5 (a
-checkpoint and the node's writes are saved per step). The savers alternate invocation by
-invocation (the order flips every iteration), ``--iterations`` per round, ``--rounds``
-rounds; figures are the median of the round medians with their spread, and the ratio
-wflo ÷ LangGraph per round. Durability is matched on SQLite (LangGraph's ``SqliteSaver`` on
-a default connection commits with ``synchronous=FULL``; wflo's store is given
-``synchronous=FULL``); on PostgreSQL both commit synchronously. "wflo in a run" is the same
-checkpointer used inside a wflo run, as ``wflo.langgraph.wrap`` uses it: each write is also
-fenced on the run's lease.
+checkpoint and the node's writes are saved per step). "continued thread" invokes it again
+and again on one thread per saver, made in setup, as a conversation goes on: each invocation
+first reads the thread's latest checkpoint (``get_tuple`` finds one, where on a new thread
+it finds none); its ratio is against LangGraph's saver continuing a thread of its own. The
+savers alternate invocation by invocation (the order rotates every iteration),
+``--iterations`` per round, ``--rounds`` rounds; figures are the median of the round
+medians with their spread, and the ratio wflo ÷ LangGraph per round. Durability is matched
+on SQLite (LangGraph's ``SqliteSaver`` on a default connection commits with
+``synchronous=FULL``; wflo's store is given ``synchronous=FULL``); on PostgreSQL both
+commit synchronously. "wflo in a run" is the same checkpointer used inside a wflo run, as
+``wflo.langgraph.wrap`` uses it: each write is also fenced on the run's lease.
 
     python bench/checkpointer.py [--iterations 40] [--rounds 5] [--stores sqlite,postgres] [--json]
 
@@ -35,6 +38,7 @@ from typing import Any, TypedDict
 from _common import alternate, fresh_pg
 
 NODES = 5
+CONTINUED = ", continued thread"
 
 
 class State(TypedDict):
@@ -63,6 +67,19 @@ def invoker(compiled: Any) -> Callable[[], Any]:
     return once
 
 
+def continuer(compiled: Any) -> Callable[[], Any]:
+    """Invoke ``compiled`` on one thread, the same each time (so each invocation continues it)."""
+    config = {"configurable": {"thread_id": uuid.uuid4().hex}}
+
+    def once() -> Any:
+        out = compiled.invoke({"n": 0}, config)
+        assert out["n"] == NODES
+        return out
+
+    once()  # the thread holds checkpoints before the first timed invocation
+    return once
+
+
 def in_a_run(compiled: Any) -> Callable[[], Any]:
     import wflo
 
@@ -87,6 +104,7 @@ def cases(store: str, stack: contextlib.ExitStack, tmp: str) -> dict[str, Callab
         peer = SqliteSaver(sqlite3.connect(f"{tmp}/lg.db", check_same_thread=False))
         peer.setup()
         out["LangGraph SqliteSaver"] = invoker(graph(peer))
+        out[f"LangGraph SqliteSaver{CONTINUED}"] = continuer(graph(peer))
     else:
         try:
             from langgraph.checkpoint.postgres import PostgresSaver
@@ -96,10 +114,19 @@ def cases(store: str, stack: contextlib.ExitStack, tmp: str) -> dict[str, Callab
         peer = stack.enter_context(PostgresSaver.from_conn_string(fresh_pg("lg_bench_lg")))
         peer.setup()
         out["LangGraph PostgresSaver"] = invoker(graph(peer))
+        out[f"LangGraph PostgresSaver{CONTINUED}"] = continuer(graph(peer))
     saver = Checkpointer()
     out["wflo Checkpointer"] = invoker(graph(saver))
     out["wflo in a run"] = in_a_run(graph(saver))
+    out[f"wflo Checkpointer{CONTINUED}"] = continuer(graph(saver))
     return out
+
+
+def peer_of(name: str, names: list[str]) -> str:
+    """The LangGraph saver ``name`` is compared with: the one continuing a thread for a
+    continued-thread case, the one on new threads otherwise."""
+    continued = name.endswith(CONTINUED)
+    return next(n for n in names if n.startswith("LangGraph") and n.endswith(CONTINUED) == continued)
 
 
 def main() -> None:
@@ -123,9 +150,9 @@ def main() -> None:
             rounds = [
                 {n: us / NODES for n, us in r.items()} for r in alternate(fns, args.iterations, args.rounds, warm=5)
             ]
-            peer = next(n for n in fns if n.startswith("LangGraph"))
             figures: dict[str, Any] = {}
             for name in fns:
+                peer = peer_of(name, list(fns))
                 meds = [r[name] for r in rounds]
                 ratios = [r[name] / r[peer] for r in rounds]
                 figures[name] = {"per_node_us": statistics.median(meds), "min": min(meds), "max": max(meds),
@@ -144,7 +171,7 @@ def main() -> None:
             print(f"  {figures['error']}")
             continue
         for name, f in figures.items():
-            print(f"  {name:26} {f['per_node_us']:8.0f} µs [{f['min']:.0f}..{f['max']:.0f}]   "
+            print(f"  {name:44} {f['per_node_us']:8.0f} µs [{f['min']:.0f}..{f['max']:.0f}]   "
                   f"÷ LangGraph {f['ratio']:.2f} [{f['ratio_min']:.2f}..{f['ratio_max']:.2f}]")  # fmt: skip
 
 
