@@ -5,7 +5,8 @@ each saver and invoked on a new thread per invocation; per node = invocation tim
 checkpoint and the node's writes are saved per step). "continued thread" invokes it again
 and again on one thread per saver, made in setup, as a conversation goes on: each invocation
 first reads the thread's latest checkpoint (``get_tuple`` finds one, where on a new thread
-it finds none); its ratio is against LangGraph's saver continuing a thread of its own. The
+it finds none); its ratio is against LangGraph's saver continuing a thread of its own.
+"get_tuple" times that read alone, per call, of a checkpoint with 3 pending writes. The
 savers alternate invocation by invocation (the order rotates every iteration),
 ``--iterations`` per round, ``--rounds`` rounds; figures are the median of the round
 medians with their spread, and the ratio wflo ÷ LangGraph per round. Durability is matched
@@ -39,6 +40,7 @@ from _common import alternate, fresh_pg
 
 NODES = 5
 CONTINUED = ", continued thread"
+GET = ", get_tuple"  # a case timing one get_tuple call (not an invocation ÷ NODES)
 
 
 class State(TypedDict):
@@ -80,6 +82,25 @@ def continuer(compiled: Any) -> Callable[[], Any]:
     return once
 
 
+def getter(saver: Any) -> Callable[[], Any]:
+    """``saver.get_tuple`` of a thread's latest checkpoint, which has pending writes (3, from 2
+    tasks, as a node that failed beside one that finished leaves them): the read a graph makes
+    first when it continues or resumes a thread, alone."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    config = {"configurable": {"thread_id": uuid.uuid4().hex, "checkpoint_ns": ""}}
+    saved = saver.put(config, {**empty_checkpoint(), "channel_values": {"n": 1}}, {"step": 1}, {})
+    saver.put_writes(saved, [("n", 2), ("log", "done")], "task-a")
+    saver.put_writes(saved, [("n", 3)], "task-b")
+
+    def once() -> Any:
+        found = saver.get_tuple(config)
+        assert found is not None and len(found.pending_writes) == 3
+        return found
+
+    return once
+
+
 def in_a_run(compiled: Any) -> Callable[[], Any]:
     import wflo
 
@@ -105,6 +126,7 @@ def cases(store: str, stack: contextlib.ExitStack, tmp: str) -> dict[str, Callab
         peer.setup()
         out["LangGraph SqliteSaver"] = invoker(graph(peer))
         out[f"LangGraph SqliteSaver{CONTINUED}"] = continuer(graph(peer))
+        out[f"LangGraph SqliteSaver{GET}"] = getter(peer)
     else:
         try:
             from langgraph.checkpoint.postgres import PostgresSaver
@@ -115,18 +137,23 @@ def cases(store: str, stack: contextlib.ExitStack, tmp: str) -> dict[str, Callab
         peer.setup()
         out["LangGraph PostgresSaver"] = invoker(graph(peer))
         out[f"LangGraph PostgresSaver{CONTINUED}"] = continuer(graph(peer))
+        out[f"LangGraph PostgresSaver{GET}"] = getter(peer)
     saver = Checkpointer()
     out["wflo Checkpointer"] = invoker(graph(saver))
     out["wflo in a run"] = in_a_run(graph(saver))
     out[f"wflo Checkpointer{CONTINUED}"] = continuer(graph(saver))
+    out[f"wflo Checkpointer{GET}"] = getter(saver)
     return out
 
 
+def kind(name: str) -> str:
+    return next((k for k in (CONTINUED, GET) if name.endswith(k)), "")
+
+
 def peer_of(name: str, names: list[str]) -> str:
-    """The LangGraph saver ``name`` is compared with: the one continuing a thread for a
-    continued-thread case, the one on new threads otherwise."""
-    continued = name.endswith(CONTINUED)
-    return next(n for n in names if n.startswith("LangGraph") and n.endswith(CONTINUED) == continued)
+    """The LangGraph case ``name`` is compared with: the same kind (new thread, continued
+    thread, get_tuple alone) on LangGraph's saver."""
+    return next(n for n in names if n.startswith("LangGraph") and kind(n) == kind(name))
 
 
 def main() -> None:
@@ -146,16 +173,17 @@ def main() -> None:
             if isinstance(fns, str):
                 results[store] = {"error": fns}
                 continue
-            # µs per invocation ÷ NODES: per node (a checkpoint and the node's writes each)
+            # µs per invocation ÷ NODES: per node (a checkpoint and the node's writes each); per call for get_tuple
             rounds = [
-                {n: us / NODES for n, us in r.items()} for r in alternate(fns, args.iterations, args.rounds, warm=5)
+                {n: us / (1 if kind(n) == GET else NODES) for n, us in r.items()}
+                for r in alternate(fns, args.iterations, args.rounds, warm=5)
             ]
             figures: dict[str, Any] = {}
             for name in fns:
                 peer = peer_of(name, list(fns))
                 meds = [r[name] for r in rounds]
                 ratios = [r[name] / r[peer] for r in rounds]
-                figures[name] = {"per_node_us": statistics.median(meds), "min": min(meds), "max": max(meds),
+                figures[name] = {"us": statistics.median(meds), "min": min(meds), "max": max(meds),
                                  "ratio": statistics.median(ratios), "ratio_min": min(ratios),
                                  "ratio_max": max(ratios)}  # fmt: skip
             results[store] = figures
@@ -164,14 +192,14 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     print(f"LangGraph checkpoint savers, per node, alternating, {args.rounds} rounds x {args.iterations} invocations "
-          f"of a {NODES}-node graph; median of round medians [spread]")  # fmt: skip
+          f"of a {NODES}-node graph (get_tuple: per call); median of round medians [spread]")  # fmt: skip
     for store, figures in results.items():
         print(f"\n{store}")
         if "error" in figures:
             print(f"  {figures['error']}")
             continue
         for name, f in figures.items():
-            print(f"  {name:44} {f['per_node_us']:8.0f} µs [{f['min']:.0f}..{f['max']:.0f}]   "
+            print(f"  {name:44} {f['us']:8.0f} µs [{f['min']:.0f}..{f['max']:.0f}]   "
                   f"÷ LangGraph {f['ratio']:.2f} [{f['ratio_min']:.2f}..{f['ratio_max']:.2f}]")  # fmt: skip
 
 

@@ -89,6 +89,8 @@ def test_get_tuple_latest_named_and_missing(saver: Checkpointer) -> None:
     assert saver.get_tuple(_config("nobody")) is None
     assert saver.get_tuple(_config("t", "", _id(9))) is None
     assert saver.get_tuple(_config("t", "nowhere")) is None
+    saver.put_writes(_config("t", "", _id(8)), [("x", "orphan")], "task-o")  # writes, no checkpoint 8
+    assert saver.get_tuple(_config("t", "", _id(8))) is None
 
 
 def test_list_filters_order_and_writes(saver: Checkpointer) -> None:

@@ -94,7 +94,7 @@ def _bytes(value: bytes | memoryview | str) -> bytes:
     return bytes(value)
 
 
-# The checkpoints chosen (``c``: ``{where}``, then ``{tail}``) and the writes pending on each,
+# The checkpoints listed (``c``: ``{where}``, then ``{tail}``) and the writes pending on each,
 # in one statement (one round trip on PostgreSQL): one UNION ALL of both, told apart by
 # ``part`` (0: a checkpoint, 1: one of its writes), each checkpoint's writes right after it in
 # (task_id, idx) order. ``name`` is a checkpoint's parent id or a write's channel. A join would
@@ -123,19 +123,40 @@ def _read_with_writes(store: Store, where: str, tail: str, params: Sequence[Any]
     return out
 
 
+# A thread's checkpoint and its pending writes in one statement (one round trip on PostgreSQL):
+# the checkpoint row (``part`` 0) then its writes (``part`` 1) in (task_id, idx) order, as one
+# UNION ALL; ``name`` is the checkpoint's id, a write's channel. Each branch finds its rows by
+# primary key (the latest: ``max(checkpoint_id)`` is the id ``ORDER BY … DESC LIMIT 1`` picks),
+# with no temporary table to sort, which on SQLite costs about what the second query saved.
+_CHECKPOINT_PART = (
+    "SELECT 0 AS part, NULL AS task_id, 0 AS idx, checkpoint_id AS name, parent_checkpoint_id AS parent, type, "
+    "checkpoint AS value, metadata FROM wflo_lg_checkpoints WHERE thread_id = ? AND checkpoint_ns = ?"
+)
+_WRITES_PART = (
+    "SELECT 1, task_id, idx, channel, NULL, type, value, NULL FROM wflo_lg_writes "
+    "WHERE thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = "
+)
+_GET_NAMED = f"{_CHECKPOINT_PART} AND checkpoint_id = ? UNION ALL {_WRITES_PART}? ORDER BY part, task_id, idx"
+_GET_LATEST = (
+    f"SELECT * FROM ({_CHECKPOINT_PART} ORDER BY checkpoint_id DESC LIMIT 1) AS c UNION ALL {_WRITES_PART}"
+    "(SELECT max(checkpoint_id) FROM wflo_lg_checkpoints WHERE thread_id = ? AND checkpoint_ns = ?) "
+    "ORDER BY part, task_id, idx"
+)
+
+
 # ----------------------------------------------------------------- reading
 def get_checkpoint(store: Store, thread_id: str, ns: str, checkpoint_id: str | None) -> Saved | None:
     """The checkpoint ``checkpoint_id`` of the thread, or (``None``) its latest one, with its
     pending writes: one statement."""
     if checkpoint_id:
-        found = _read_with_writes(
-            store, "thread_id = ? AND checkpoint_ns = ? AND checkpoint_id = ?", "", [thread_id, ns, checkpoint_id]
-        )
+        rows = store.read(_GET_NAMED, [thread_id, ns, checkpoint_id, thread_id, ns, checkpoint_id])
     else:
-        found = _read_with_writes(
-            store, "thread_id = ? AND checkpoint_ns = ?", " ORDER BY checkpoint_id DESC LIMIT 1", [thread_id, ns]
-        )
-    return found[0] if found else None
+        rows = store.read(_GET_LATEST, [thread_id, ns, thread_id, ns, thread_id, ns])
+    if not rows or rows[0][0] != 0:  # no such checkpoint (writes without one are not read)
+        return None
+    _, _, _, found_id, parent_id, type_, blob, metadata = rows[0]
+    writes = [(task_id, channel, type_, _bytes(value)) for _, task_id, _, channel, _, type_, value, _ in rows[1:]]
+    return thread_id, ns, (found_id, parent_id, type_, _bytes(blob), metadata), writes
 
 
 def list_checkpoints(
