@@ -717,12 +717,12 @@ class Checkpointer(BaseCheckpointSaver[str]):
         conf = config.get("configurable") or {}
         thread_id = str(conf["thread_id"])
         ns = str(conf.get("checkpoint_ns", ""))
-        row = _tables.get_checkpoint(self.store, thread_id, ns, get_checkpoint_id(config))
-        return None if row is None else self._tuple(thread_id, ns, row)
+        # the checkpoint and its pending writes: one statement (one round trip on PostgreSQL)
+        found = _tables.get_checkpoint(self.store, thread_id, ns, get_checkpoint_id(config))
+        return None if found is None else self._tuple(found)
 
-    def _tuple(self, thread_id: str, ns: str, row: _tables.CheckpointRow) -> CheckpointTuple:
-        checkpoint_id, parent_id, type_, blob, metadata = row
-        writes = _tables.get_writes(self.store, thread_id, ns, checkpoint_id)
+    def _tuple(self, found: _tables.Saved) -> CheckpointTuple:
+        thread_id, ns, (checkpoint_id, parent_id, type_, blob, metadata), writes = found
         return CheckpointTuple(
             config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": checkpoint_id}},
             checkpoint=self.serde.loads_typed((type_, blob)),
@@ -744,19 +744,22 @@ class Checkpointer(BaseCheckpointSaver[str]):
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
         conf = (config or {}).get("configurable") or {}
-        rows = _tables.list_checkpoints(
+        # every checkpoint listed and its pending writes: one statement, not one more per checkpoint
+        found = _tables.list_checkpoints(
             self.store,
             thread_id=None if conf.get("thread_id") is None else str(conf["thread_id"]),
             ns=None if conf.get("checkpoint_ns") is None else str(conf["checkpoint_ns"]),
             checkpoint_id=str(conf["checkpoint_id"]) if conf.get("checkpoint_id") else None,
             before=(get_checkpoint_id(before) or None) if before is not None else None,
+            # the metadata filter is applied here, so the store can stop at ``limit`` only without one
+            limit=max(limit, 1) if limit is not None and not filter else None,
         )
         count = 0
-        for thread_id, ns, row in rows:
-            metadata = json.loads(row[4])
+        for saved in found:
+            metadata = json.loads(saved[2][4])
             if filter and any(metadata.get(k) != v for k, v in filter.items()):
                 continue
-            yield self._tuple(thread_id, ns, row)
+            yield self._tuple(saved)
             count += 1
             if limit is not None and count >= limit:
                 return
