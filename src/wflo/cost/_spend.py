@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -80,6 +80,120 @@ def charges(
     where, params = _window("u.created_at", since, until, tenant)
     for _, at, model, amount, workflow, run_tenant, run_id in _tables.journal_lost(store, where, params):
         yield Charge(at, str(model or "?"), usd_of(amount), True, 0, 0, run_id, workflow, run_tenant)
+
+
+def _range_charges(store: Store, lo: str | None, hi: str | None, only: str | None) -> Iterator[tuple[Charge, bool]]:
+    """``charges`` of the runs whose id is in ``(lo, hi]`` or is ``only`` (no window, no
+    tenant), each with whether an event records it (else: lost, charged, not journaled yet)."""
+    fields = ", ".join(_tables.json_field(store, f) for f in _FIELDS)
+    try:
+        rows = _tables.journal_range(store, fields, lo, hi, only)
+    except Exception:  # a damaged event (not JSON): read them one by one, as ``charges`` does
+        rows = [
+            (at, *_fields_of(data), workflow, run_tenant, run_id)
+            for at, data, workflow, run_tenant, run_id in _tables.journal_range(store, "e.data", lo, hi, only)
+        ]
+    for at, *values, workflow, run_tenant, run_id in rows:
+        c = _charge(at, tuple(values), workflow, run_tenant, run_id)
+        if c is not None:
+            yield c, True
+    for _, at, model, amount, workflow, run_tenant, run_id in _tables.journal_lost_range(store, lo, hi, only):
+        yield Charge(at, str(model or "?"), usd_of(amount), True, 0, 0, run_id, workflow, run_tenant), False
+
+
+@dataclass(slots=True)
+class SpendLine:
+    """A run's spend on one model: book rows (or journal calls) summed, and their hours."""
+
+    calls: int = 0
+    usd: Decimal = Decimal(0)
+    estimated: Decimal = Decimal(0)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    hours: set[str] = field(default_factory=set)
+
+    def add(
+        self, calls: int, usd: Decimal, estimated: Decimal, input_tokens: int, output_tokens: int, hour: str
+    ) -> None:
+        self.calls += calls
+        self.usd += usd
+        self.estimated += estimated
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.hours.add(hour)
+
+    def figures(self) -> dict[str, Any]:
+        """What is compared, exactly (money as ``Decimal``)."""
+        return {
+            "calls": self.calls, "cost_usd": self.usd, "estimated_usd": self.estimated,
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+        }  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures as JSON (money as exact decimal strings)."""
+        return {k: usd_str(v) if isinstance(v, Decimal) else v for k, v in self.figures().items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpendLine:
+        """The inverse of ``to_dict`` (a prune record's figures)."""
+        return cls(
+            int(data["calls"]), Decimal(str(data["cost_usd"])), Decimal(str(data["estimated_usd"])),
+            int(data["input_tokens"]), int(data["output_tokens"]),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpend:
+    """One run id's spend as the book holds it and as its journal records it, per model."""
+
+    run_id: str
+    exists: bool
+    """The run has a ``runs`` row (a book row of a run that does not exist was not written by the ledger)."""
+    book: dict[str, SpendLine]
+    journal: dict[str, SpendLine]
+    journaled: bool
+    """An event on the run's chain records a charged call (a pruned run's chain has none)."""
+
+
+def book_and_journal(store: Store, *, run_id: str | None = None, page: int = 500) -> Iterator[RunSpend]:
+    """Every run (or ``run_id`` only) and every run id the book names, in key order, with its
+    book rows and its journal's charged calls summed per model: the two sides of the check of
+    the book. Read a page of runs at a time, by key (memory stays flat on a large store)."""
+    if run_id is not None:
+        known = {run_id} if _tables.run_exists(store, run_id) else set()
+        yield from _range_spend(store, None, None, run_id, known)
+        return
+    after: str | None = None
+    while True:
+        ids = _tables.run_ids_after(store, after, page)
+        hi = ids[-1] if len(ids) == page else None  # the last page takes every id after it
+        yield from _range_spend(store, after, hi, None, set(ids))
+        if hi is None:
+            return
+        after = hi
+
+
+def _range_spend(store: Store, lo: str | None, hi: str | None, only: str | None, known: set[str]) -> Iterator[RunSpend]:
+    book: dict[str, dict[str, SpendLine]] = defaultdict(lambda: defaultdict(SpendLine))
+    journal: dict[str, dict[str, SpendLine]] = defaultdict(lambda: defaultdict(SpendLine))
+    for run, model, hour, calls, cost, est, tokens_in, tokens_out in _tables.book_range(store, lo, hi, only):
+        book[run][model].add(int_of(calls), usd_of(cost), usd_of(est), int_of(tokens_in), int_of(tokens_out), str(hour))
+    journaled: set[str] = set()
+    for c, from_event in _range_charges(store, lo, hi, only):
+        if from_event:
+            journaled.add(c.run_id)
+        journal[c.run_id][c.model].add(
+            1, c.usd, c.usd if c.estimated else Decimal(0), c.input_tokens, c.output_tokens, _tables.hour_of(c.at)
+        )
+    for run in sorted(known | set(book) | set(journal)):
+        yield RunSpend(run, run in known, dict(book.get(run, {})), dict(journal.get(run, {})), run in journaled)
+
+
+def journal_run_spend(store: Store, run_id: str) -> dict[str, SpendLine]:
+    """What one run's journal records it spent, per model (a prune keeps this on its record)."""
+    for run in book_and_journal(store, run_id=run_id):
+        return run.journal
+    return {}
 
 
 def charge_of(at: str, data_json: str, workflow: str, tenant: str | None, run_id: str) -> Charge | None:

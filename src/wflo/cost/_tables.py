@@ -758,6 +758,55 @@ def run_totals(store: Store, run_ids: Sequence[str]) -> dict[str, Decimal]:
     return out
 
 
+def run_ids_after(store: Store, after: str | None, limit: int) -> list[str]:
+    """The next ``limit`` run ids after ``after`` (from the first), in key order."""
+    where, params = ("WHERE id > ? ", [after]) if after is not None else ("", [])
+    return [str(r[0]) for r in store.read(f"SELECT id FROM runs {where}ORDER BY id LIMIT ?", [*params, limit])]
+
+
+def _id_range(column: str, lo: str | None, hi: str | None, only: str | None) -> tuple[str, list[Any]]:
+    """`` AND`` conditions for ``column`` in ``(lo, hi]`` (``None``: unbounded), or equal to ``only``."""
+    if only is not None:
+        return f" AND {column} = ?", [only]
+    where, params = "", []
+    if lo is not None:
+        where += f" AND {column} > ?"
+        params.append(lo)
+    if hi is not None:
+        where += f" AND {column} <= ?"
+        params.append(hi)
+    return where, params
+
+
+def book_range(store: Store, lo: str | None, hi: str | None, only: str | None = None) -> list[tuple[Any, ...]]:
+    """``(run, model, hour, calls, cost, estimated, input tokens, output tokens)`` of the
+    book's rows whose run id is in ``(lo, hi]`` (or is ``only``), as stored (rows of no run too)."""
+    where, params = _id_range("run_id", lo, hi, only)
+    return store.read(
+        "SELECT run_id, model, hour, calls, cost_usd, estimated_usd, input_tokens, output_tokens "
+        f"FROM ledger_spend WHERE 1 = 1{where}",
+        params,
+    )
+
+
+def journal_range(
+    store: Store, fields: str, lo: str | None, hi: str | None, only: str | None = None
+) -> list[tuple[Any, ...]]:
+    """``journal_rows`` of the runs whose id is in ``(lo, hi]`` (or is ``only``), read by the events' key."""
+    where, params = _id_range("e.chain", lo, hi, only)
+    return journal_rows(store, fields, where, params)
+
+
+def journal_lost_range(store: Store, lo: str | None, hi: str | None, only: str | None = None) -> list[tuple[Any, ...]]:
+    """``journal_lost`` of the runs whose id is in ``(lo, hi]`` (or is ``only``)."""
+    where, params = _id_range("u.run_id", lo, hi, only)
+    return journal_lost(store, where, params)
+
+
+def run_exists(store: Store, run_id: str) -> bool:
+    return bool(store.read("SELECT 1 FROM runs WHERE id = ?", (run_id,)))
+
+
 def run_total_sql(store: Store, run_column: str) -> str:
     """SQL for the booked spend of the run whose id is in ``run_column``, as a number (for
     filters: exact on PostgreSQL, a float on SQLite; the totals shown come from ``run_totals``)."""
