@@ -82,25 +82,6 @@ def charges(
         yield Charge(at, str(model or "?"), usd_of(amount), True, 0, 0, run_id, workflow, run_tenant)
 
 
-def _range_charges(store: Store, lo: str | None, hi: str | None, only: str | None) -> Iterator[tuple[Charge, bool]]:
-    """``charges`` of the runs whose id is in ``(lo, hi]`` or is ``only`` (no window, no
-    tenant), each with whether an event records it (else: lost, charged, not journaled yet)."""
-    fields = ", ".join(_tables.json_field(store, f) for f in _FIELDS)
-    try:
-        rows = _tables.journal_range(store, fields, lo, hi, only)
-    except Exception:  # a damaged event (not JSON): read them one by one, as ``charges`` does
-        rows = [
-            (at, *_fields_of(data), workflow, run_tenant, run_id)
-            for at, data, workflow, run_tenant, run_id in _tables.journal_range(store, "e.data", lo, hi, only)
-        ]
-    for at, *values, workflow, run_tenant, run_id in rows:
-        c = _charge(at, tuple(values), workflow, run_tenant, run_id)
-        if c is not None:
-            yield c, True
-    for _, at, model, amount, workflow, run_tenant, run_id in _tables.journal_lost_range(store, lo, hi, only):
-        yield Charge(at, str(model or "?"), usd_of(amount), True, 0, 0, run_id, workflow, run_tenant), False
-
-
 @dataclass(slots=True)
 class SpendLine:
     """A run's spend on one model: book rows (or journal calls) summed, and their hours."""
@@ -175,18 +156,60 @@ def book_and_journal(store: Store, *, run_id: str | None = None, page: int = 500
 
 def _range_spend(store: Store, lo: str | None, hi: str | None, only: str | None, known: set[str]) -> Iterator[RunSpend]:
     book: dict[str, dict[str, SpendLine]] = defaultdict(lambda: defaultdict(SpendLine))
-    journal: dict[str, dict[str, SpendLine]] = defaultdict(lambda: defaultdict(SpendLine))
     for run, model, hour, calls, cost, est, tokens_in, tokens_out in _tables.book_range(store, lo, hi, only):
         book[run][model].add(int_of(calls), usd_of(cost), usd_of(est), int_of(tokens_in), int_of(tokens_out), str(hour))
-    journaled: set[str] = set()
-    for c, from_event in _range_charges(store, lo, hi, only):
-        if from_event:
-            journaled.add(c.run_id)
-        journal[c.run_id][c.model].add(
-            1, c.usd, c.usd if c.estimated else Decimal(0), c.input_tokens, c.output_tokens, _tables.hour_of(c.at)
-        )
+    journal: dict[str, dict[str, SpendLine]] = defaultdict(dict)
+    for run, model, calls, usd, est, tokens_in, tokens_out in _journal_sums(store, lo, hi, only):
+        journal[run][model] = SpendLine(calls, usd, est, tokens_in, tokens_out)
+    journaled = set(journal)
+    for _, at, model, amount, _, _, run in _tables.journal_lost_range(store, lo, hi, only):
+        # Lost with its process, charged at its reservation, not on its journal yet.
+        usd = usd_of(amount)
+        journal[run].setdefault(str(model or "?"), SpendLine()).add(1, usd, usd, 0, 0, _tables.hour_of(at))
     for run in sorted(known | set(book) | set(journal)):
         yield RunSpend(run, run in known, dict(book.get(run, {})), dict(journal.get(run, {})), run in journaled)
+
+
+def _journal_sums(
+    store: Store, lo: str | None, hi: str | None, only: str | None
+) -> list[tuple[str, str, int, Decimal, Decimal, int, int]]:
+    """The charged calls on the journals of the runs in ``(lo, hi]`` (or ``only``), summed per
+    run and model by the rules of ``charges`` (the loop is ``_charge`` inlined: a store has
+    millions of calls). Amounts seen before are not parsed again."""
+    fields = ", ".join(_tables.json_field(store, f) for f in _FIELDS)
+    try:
+        rows = _tables.journal_range(store, fields, lo, hi, only)
+    except Exception:  # a damaged event (not JSON): read them one by one, as ``charges`` does
+        rows = [
+            (at, *_fields_of(data), workflow, run_tenant, run_id)
+            for at, data, workflow, run_tenant, run_id in _tables.journal_range(store, "e.data", lo, hi, only)
+        ]
+    sums: dict[tuple[str, str], list[Any]] = {}
+    amounts: dict[Any, Decimal] = {}
+    zero = Decimal(0)
+    for _, kind, name, cost, estimated, error, tokens_in, tokens_out, _, _, run_id in rows:
+        usd = amounts.get(cost)
+        if usd is None:
+            usd = amounts[cost] = usd_of(cost)
+        # A failed call counts only when it was charged (an answer lost after sending).
+        if kind == "llm":
+            model = str(name or "?")
+        elif kind == "tool" and usd:
+            model = f"tool:{name}"
+        else:
+            continue
+        if error and not cost:
+            continue
+        line = sums.get((run_id, model))
+        if line is None:
+            line = sums[run_id, model] = [0, zero, zero, 0, 0]
+        line[0] += 1
+        line[1] += usd
+        if truthy(estimated):
+            line[2] += usd
+        line[3] += int_of(tokens_in)
+        line[4] += int_of(tokens_out)
+    return [(run, model, *line) for (run, model), line in sums.items()]
 
 
 def journal_run_spend(store: Store, run_id: str) -> dict[str, SpendLine]:

@@ -794,7 +794,7 @@ def journal_range(
 ) -> list[tuple[Any, ...]]:
     """``journal_rows`` of the runs whose id is in ``(lo, hi]`` (or is ``only``), read by the events' key."""
     where, params = _id_range("e.chain", lo, hi, only)
-    return journal_rows(store, fields, where, params)
+    return store.read(_JOURNAL_BY_KEY.format(fields=fields, where=where), params)
 
 
 def journal_lost_range(store: Store, lo: str | None, hi: str | None, only: str | None = None) -> list[tuple[Any, ...]]:
@@ -854,6 +854,11 @@ JOURNAL_LOST = (
     "JOIN runs r ON r.id = u.run_id WHERE u.recorded = 0 AND u.actual_usd IS NULL{where}"
 )
 """Calls a dead process left in flight, charged at their reservation and not yet journaled."""
+
+
+_JOURNAL_BY_KEY = JOURNAL_EVENTS.replace("WHERE e.type IN", "WHERE e.type || '' IN")
+"""``JOURNAL_EVENTS`` for a range of runs: read by the events' key (chain, seq). SQLite would
+otherwise take the index on (type, at) and walk every charged call of the store for each page."""
 
 
 def journal_rows(store: Store, fields: str, where: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
