@@ -139,55 +139,50 @@ class RunSpend:
 def book_and_journal(store: Store, *, run_id: str | None = None, page: int = 500) -> Iterator[RunSpend]:
     """Every run (or ``run_id`` only) and every run id the book names, in key order, with its
     book rows and its journal's charged calls summed per model: the two sides of the check of
-    the book. Read a page of runs at a time, by key (memory stays flat on a large store)."""
+    the book. A page of runs at a time (memory stays flat on a large store), both sides of a
+    page read from one snapshot, so a charge committed meanwhile never shows on one side only."""
     if run_id is not None:
-        known = {run_id} if _tables.run_exists(store, run_id) else set()
-        yield from _range_spend(store, None, None, run_id, known)
+        yield from _range_spend(store, None, None, run_id)
         return
     after: str | None = None
     while True:
         ids = _tables.run_ids_after(store, after, page)
         hi = ids[-1] if len(ids) == page else None  # the last page takes every id after it
-        yield from _range_spend(store, after, hi, None, set(ids))
+        yield from _range_spend(store, after, hi, None)
         if hi is None:
             return
         after = hi
 
 
-def _range_spend(store: Store, lo: str | None, hi: str | None, only: str | None, known: set[str]) -> Iterator[RunSpend]:
-    book: dict[str, dict[str, SpendLine]] = defaultdict(lambda: defaultdict(SpendLine))
-    for run, model, hour, calls, cost, est, tokens_in, tokens_out in _tables.book_range(store, lo, hi, only):
-        book[run][model].add(int_of(calls), usd_of(cost), usd_of(est), int_of(tokens_in), int_of(tokens_out), str(hour))
-    journal: dict[str, dict[str, SpendLine]] = defaultdict(dict)
-    for run, model, calls, usd, est, tokens_in, tokens_out in _journal_sums(store, lo, hi, only):
-        journal[run][model] = SpendLine(calls, usd, est, tokens_in, tokens_out)
-    journaled = set(journal)
-    for _, at, model, amount, _, _, run in _tables.journal_lost_range(store, lo, hi, only):
-        # Lost with its process, charged at its reservation, not on its journal yet.
-        usd = usd_of(amount)
-        journal[run].setdefault(str(model or "?"), SpendLine()).add(1, usd, usd, 0, 0, _tables.hour_of(at))
-    for run in sorted(known | set(book) | set(journal)):
-        yield RunSpend(run, run in known, dict(book.get(run, {})), dict(journal.get(run, {})), run in journaled)
-
-
-def _journal_sums(
-    store: Store, lo: str | None, hi: str | None, only: str | None
-) -> list[tuple[str, str, int, Decimal, Decimal, int, int]]:
-    """The charged calls on the journals of the runs in ``(lo, hi]`` (or ``only``), summed per
-    run and model by the rules of ``charges`` (the loop is ``_charge`` inlined: a store has
-    millions of calls). Amounts seen before are not parsed again."""
+def _range_spend(store: Store, lo: str | None, hi: str | None, only: str | None) -> Iterator[RunSpend]:
+    """The runs whose id is in ``(lo, hi]`` (or is ``only``): the rules of ``charges`` applied
+    to each charged-call event in a loop of its own (a store has millions of calls); amounts
+    seen before are not parsed again."""
     fields = ", ".join(_tables.json_field(store, f) for f in _FIELDS)
     try:
-        rows = _tables.journal_range(store, fields, lo, hi, only)
-    except Exception:  # a damaged event (not JSON): read them one by one, as ``charges`` does
+        rows = _tables.spend_check_rows(store, fields, lo, hi, only)
+    except Exception:  # a damaged event (not JSON): its fields are read here, as ``charges`` does
         rows = [
-            (at, *_fields_of(data), workflow, run_tenant, run_id)
-            for at, data, workflow, run_tenant, run_id in _tables.journal_range(store, "e.data", lo, hi, only)
+            (r[0], r[1], *_fields_of(r[2])) if r[0] == "e" else r
+            for r in _tables.spend_check_rows(store, "e.data" + ", NULL" * 6, lo, hi, only)
         ]
+    known: set[str] = set()
+    book: dict[str, dict[str, SpendLine]] = defaultdict(lambda: defaultdict(SpendLine))
     sums: dict[tuple[str, str], list[Any]] = {}
+    lost: list[tuple[Any, ...]] = []
     amounts: dict[Any, Decimal] = {}
     zero = Decimal(0)
-    for _, kind, name, cost, estimated, error, tokens_in, tokens_out, _, _, run_id in rows:
+    for tag, run, kind, name, cost, estimated, error, tokens_in, tokens_out in rows:
+        if tag != "e":
+            if tag == "r":
+                known.add(run)
+            elif tag == "b":  # model, hour, calls, cost, estimated, input and output tokens
+                book[run][kind].add(
+                    int_of(cost), usd_of(estimated), usd_of(error), int_of(tokens_in), int_of(tokens_out), str(name)
+                )
+            else:
+                lost.append((run, kind, name, cost))
+            continue
         usd = amounts.get(cost)
         if usd is None:
             usd = amounts[cost] = usd_of(cost)
@@ -200,16 +195,27 @@ def _journal_sums(
             continue
         if error and not cost:
             continue
-        line = sums.get((run_id, model))
+        line = sums.get((run, model))
         if line is None:
-            line = sums[run_id, model] = [0, zero, zero, 0, 0]
+            line = sums[run, model] = [0, zero, zero, 0, 0]
         line[0] += 1
         line[1] += usd
         if truthy(estimated):
             line[2] += usd
         line[3] += int_of(tokens_in)
         line[4] += int_of(tokens_out)
-    return [(run, model, *line) for (run, model), line in sums.items()]
+    # The journals of runs only (``charges`` reads them joined with their runs).
+    journal: dict[str, dict[str, SpendLine]] = defaultdict(dict)
+    for (run, model), (calls, usd, est, tokens_in, tokens_out) in sums.items():
+        if run in known:
+            journal[run][model] = SpendLine(calls, usd, est, tokens_in, tokens_out)
+    journaled = set(journal)
+    for run, model, amount, at in lost:  # lost with its process, charged, not on its journal yet
+        if run in known:
+            usd = usd_of(amount)
+            journal[run].setdefault(str(model or "?"), SpendLine()).add(1, usd, usd, 0, 0, _tables.hour_of(str(at)))
+    for run in sorted(known | set(book) | set(journal)):
+        yield RunSpend(run, run in known, dict(book.get(run, {})), dict(journal.get(run, {})), run in journaled)
 
 
 def journal_run_spend(store: Store, run_id: str) -> dict[str, SpendLine]:

@@ -778,33 +778,45 @@ def _id_range(column: str, lo: str | None, hi: str | None, only: str | None) -> 
     return where, params
 
 
-def book_range(store: Store, lo: str | None, hi: str | None, only: str | None = None) -> list[tuple[Any, ...]]:
-    """``(run, model, hour, calls, cost, estimated, input tokens, output tokens)`` of the
-    book's rows whose run id is in ``(lo, hi]`` (or is ``only``), as stored (rows of no run too)."""
-    where, params = _id_range("run_id", lo, hi, only)
-    return store.read(
-        "SELECT run_id, model, hour, calls, cost_usd, estimated_usd, input_tokens, output_tokens "
-        f"FROM ledger_spend WHERE 1 = 1{where}",
-        params,
-    )
-
-
-def journal_range(
+def spend_check_rows(
     store: Store, fields: str, lo: str | None, hi: str | None, only: str | None = None
 ) -> list[tuple[Any, ...]]:
-    """``journal_rows`` of the runs whose id is in ``(lo, hi]`` (or is ``only``), read by the events' key."""
-    where, params = _id_range("e.chain", lo, hi, only)
-    return store.read(_JOURNAL_BY_KEY.format(fields=fields, where=where), params)
+    """Both sides of the check of the book for the runs whose id is in ``(lo, hi]`` (or is
+    ``only``), in one statement, so from one snapshot (a charge committed meanwhile is on both
+    sides or on neither). Rows of nine columns, tagged by the first:
 
-
-def journal_lost_range(store: Store, lo: str | None, hi: str | None, only: str | None = None) -> list[tuple[Any, ...]]:
-    """``journal_lost`` of the runs whose id is in ``(lo, hi]`` (or is ``only``)."""
-    where, params = _id_range("u.run_id", lo, hi, only)
-    return journal_lost(store, where, params)
-
-
-def run_exists(store: Store, run_id: str) -> bool:
-    return bool(store.read("SELECT 1 FROM runs WHERE id = ?", (run_id,)))
+    - ``r``, run id: a run that exists;
+    - ``b``, run, model, hour, calls, cost, estimated, input and output tokens: a book row (of
+      any run id, existing or not), numbers as text;
+    - ``e``, chain, then ``fields`` (seven, as ``charges`` reads them): a charged-call event,
+      read by the events' key (SQLite would otherwise walk the (type, at) index: every call
+      of the store, for each page);
+    - ``l``, run, model, amount, time: a call lost with its process, charged at its
+      reservation and not journaled yet.
+    """
+    parts, params = [], []
+    for sql, column in (
+        ("SELECT 'r', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM runs WHERE 1 = 1", "id"),
+        (
+            "SELECT 'b', run_id, model, hour, CAST(calls AS TEXT), cost_usd, estimated_usd, "
+            "CAST(input_tokens AS TEXT), CAST(output_tokens AS TEXT) FROM ledger_spend WHERE 1 = 1",
+            "run_id",
+        ),
+        (
+            f"SELECT 'e', e.chain, {fields} FROM events e "
+            "WHERE e.type || '' IN ('call.completed', 'call.failed', 'budget.unknown_outcome')",
+            "e.chain",
+        ),
+        (
+            "SELECT 'l', u.run_id, u.model, u.amount_usd, u.created_at, NULL, NULL, NULL, NULL FROM budget_unknown u "
+            "WHERE u.recorded = 0 AND u.actual_usd IS NULL",
+            "u.run_id",
+        ),
+    ):
+        where, values = _id_range(column, lo, hi, only)
+        parts.append(sql + where)
+        params += values
+    return store.read(" UNION ALL ".join(parts), params)
 
 
 def run_total_sql(store: Store, run_column: str) -> str:
@@ -854,11 +866,6 @@ JOURNAL_LOST = (
     "JOIN runs r ON r.id = u.run_id WHERE u.recorded = 0 AND u.actual_usd IS NULL{where}"
 )
 """Calls a dead process left in flight, charged at their reservation and not yet journaled."""
-
-
-_JOURNAL_BY_KEY = JOURNAL_EVENTS.replace("WHERE e.type IN", "WHERE e.type || '' IN")
-"""``JOURNAL_EVENTS`` for a range of runs: read by the events' key (chain, seq). SQLite would
-otherwise take the index on (type, at) and walk every charged call of the store for each page."""
 
 
 def journal_rows(store: Store, fields: str, where: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
