@@ -97,8 +97,15 @@ def verify_cmd(
         if as_json or not sys.stderr.isatty():
             book = verify_book(store, run_id=only, trusted=key)
         else:
-            with err_console.status("checking the spend book against the journals…"):
-                book = verify_book(store, run_id=only, trusted=key)
+            with err_console.status("checking the spend book against the journals…") as status:
+                done = 0
+
+                def progress(runs: int) -> None:
+                    nonlocal done
+                    done += runs
+                    status.update(f"checking the spend book against the journals… {done} runs")
+
+                book = verify_book(store, run_id=only, trusted=key, on_progress=progress)
     cp = verify_checkpoint(store, doc, key) if doc is not None else None
     ok = not broken and (cp is None or cp.ok) and (book is None or book.ok)
     events = sum(r.count for r in reports if not r.pruned)
