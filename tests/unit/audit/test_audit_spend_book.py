@@ -232,3 +232,16 @@ def test_the_cli_fails_on_a_forged_book(configured: str, tmp_path: Path) -> None
 
     doc = json.loads(wflo("audit", "verify", "--json", db=configured, cwd=tmp_path).stdout)
     assert doc["ok"] is False and doc["spend_book"]["findings"][0]["book"] == {"cost_usd": "0.0000001"}
+
+
+def test_with_a_pinned_key_only_signed_prune_records_vouch_for_a_pruned_runs_book(configured: str) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    store = _two_runs()
+    key, other = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    prune(store, "2999-01-01T00:00:00.000000Z", by="user:ops", retention_override="test", private_key=key)
+    report = verify_book(store, trusted=key.public_key())
+    assert report.ok and report.pruned == 2
+    # Under another key the record vouches for nothing: the rows have no journal to agree with.
+    report = verify_book(store, trusted=other.public_key())
+    assert not report.ok and {f.run_id for f in report.findings} == {"asb-r1", "asb-r2"}
