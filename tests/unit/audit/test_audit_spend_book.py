@@ -245,3 +245,23 @@ def test_with_a_pinned_key_only_signed_prune_records_vouch_for_a_pruned_runs_boo
     # Under another key the record vouches for nothing: the rows have no journal to agree with.
     report = verify_book(store, trusted=other.public_key())
     assert not report.ok and {f.run_id for f in report.findings} == {"asb-r1", "asb-r2"}
+
+
+def test_an_unknown_outcome_settled_after_its_expiry_is_counted_once(configured: str) -> None:
+    """A call whose answer was lost, settled at its reservation after an expiry already charged
+    it: its event records it, so the expiry's estimate is no longer a call waiting for its
+    journal (the journal's view counted it twice, and verify reported the book as short)."""
+    store = _config.get_store()
+    ledger = Ledger(store)
+    ledger.set_limit("global", "10")
+    store.create_run(run_id="race-1", workflow="wf", input={}, owner="w1")
+    res = ledger.reserve(run_id="race-1", scopes=["global"], cost=REQ, call_id="1", model="m", ttl_seconds=-1)
+    assert res is not None and ledger.expire() == 1
+    failed = NewEvent("call.failed", {
+        "call": "1", "kind": "llm", "name": "m", "cost_usd": str(res.amount), "cost_estimated": True,
+        "unknown_outcome": "timeout", "error": {"type": "Timeout"},
+    })  # fmt: skip
+    _append(store, "race-1", [failed], ledger.settle_unknown_op(res, "timeout", lambda: Booking("m", estimated=True)))
+    report = verify_book(store)
+    assert report.ok, report.findings
+    assert spend(store, "run")["total"]["calls"] == 1
