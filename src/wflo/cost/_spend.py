@@ -158,7 +158,7 @@ def _range_spend(store: Store, lo: str | None, hi: str | None, only: str | None)
     """The runs whose id is in ``(lo, hi]`` (or is ``only``): the rules of ``charges`` applied
     to each charged-call event in a loop of its own (a store has millions of calls); amounts
     seen before are not parsed again."""
-    fields = ", ".join(_tables.json_field(store, f) for f in _FIELDS)
+    fields = ", ".join(_tables.json_field(store, f, parsed=True) for f in _FIELDS)
     try:
         rows = _tables.spend_check_rows(store, fields, lo, hi, only)
     except Exception:  # a damaged event (not JSON): its fields are read here, as ``charges`` does
