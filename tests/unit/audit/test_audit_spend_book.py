@@ -265,3 +265,12 @@ def test_an_unknown_outcome_settled_after_its_expiry_is_counted_once(configured:
     report = verify_book(store)
     assert report.ok, report.findings
     assert spend(store, "run")["total"]["calls"] == 1
+
+
+def test_a_damaged_event_fails_its_chain_not_the_book_check(configured: str) -> None:
+    store = _two_runs()
+    with admin(configured) as db:
+        db.run("UPDATE events SET data = 'not json' WHERE chain = 'asb-r1' AND type = 'call.completed'")
+    report = verify_book(store)  # read event by event; the damaged calls no longer count
+    assert {(f.run_id, f.model) for f in report.findings} == {("asb-r1", "gpt-4o"), ("asb-r1", "gpt-4o-mini")}
+    assert not all(r.ok for r in verify_all(store))
