@@ -35,11 +35,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from _common import PG, fresh_pg, pct
 
-from wflo.audit import make_checkpoint, verify_all
+from wflo.audit import make_checkpoint, verify_all, verify_book
+from wflo.cost import usd_str
+from wflo.cost._tables import SPEND_COLUMNS
 from wflo.store import GENESIS, SYSTEM_CHAIN, NewEvent, Store, canonical_json, link_hash, now_iso, open_store
 from wflo.store._records import RUN_COLUMNS
 
@@ -102,6 +105,7 @@ def fill(store: Store, events: int) -> tuple[float, int]:
         f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, 'bench', 'succeeded', '{{}}', 'null', NULL, NULL, NULL, "
         "'{}', NULL, NULL, 0, NULL, ?, ?, 1, ?, ?, ?)"
     )
+    book_sql = store._sql(f"INSERT INTO ledger_spend ({SPEND_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     lengths = chain_lengths(events)
     with store._connection() as conn:
         cur = conn.cursor()
@@ -116,12 +120,27 @@ def fill(store: Store, events: int) -> tuple[float, int]:
                 prev = digest
             cur.executemany(sql, rows)
             cur.execute(run_sql, (chain, length, prev, at, at, at))
+            cur.execute(book_sql, _book_row(chain, length, at))
             if c % 1000 == 999:
                 cur.execute("COMMIT")
                 store._begin(cur)
         cur.execute("COMMIT")
         cur.close()
     return time.perf_counter() - t0, len(lengths)
+
+
+def _book_row(chain: str, length: int, at: str) -> tuple[Any, ...]:
+    """The spend book's row of a filled run: its ``length - 2`` calls (``_payload``), this hour."""
+    n = length - 2
+    return (at[:13] + ":00", chain, "gpt-4o-mini", "bench", None, n, usd_str(Decimal("0.0004836") * n), "0", 120 * n,
+            80 * n)  # fmt: skip
+
+
+def fill_book(store: Store) -> None:
+    """The spend book of a history kept by a release that did not fill it (``--keep``)."""
+    rows = store.read("SELECT id, last_seq, created_at FROM runs WHERE workflow = 'bench'")
+    sql = f"INSERT INTO ledger_spend ({SPEND_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    store.write(lambda cur: cur.executemany(store._sql(sql), [_book_row(r[0], int(r[1]), r[2]) for r in rows]))
 
 
 def kept_pg(name: str) -> str:
@@ -163,20 +182,23 @@ def bench_verify(store: Store, url: str, events: int, rounds: int) -> dict[str, 
     have = store.read_one("SELECT COUNT(*), COUNT(DISTINCT chain) FROM events WHERE chain <> ?", (SYSTEM_CHAIN,))
     if have and int(have[0]) == events:  # --keep: the history filled by an earlier run (and its checkpoints)
         fill_s, chains = 0.0, int(have[1])
+        if not store.read_one("SELECT COUNT(*) FROM ledger_spend")[0]:  # type: ignore[index]
+            fill_book(store)
     else:
         fill_s, chains = fill(store, events)
     # wflo's verify_all (split over two processes on a 2-core machine), the same in one process,
     # and the floor, alternating, the order rotating every round.
-    times: dict[str, list[float]] = {"wflo": [], "one": [], "floor": []}
+    times: dict[str, list[float]] = {"wflo": [], "one": [], "floor": [], "book": []}
     counts: dict[str, int] = {}
     cpu: dict[str, list[float]] = {k: [] for k in times}
     sides: list[tuple[str, Callable[[], int]]] = [
         ("wflo", lambda: _checked(verify_all(store))),
         ("one", lambda: _checked(verify_all(store, workers=1))),
         ("floor", lambda: floor(url)),
+        ("book", lambda: _book_checked(verify_book(store), total_events=events)),
     ]
     for r in range(rounds):
-        for name, fn in sides[r % 3 :] + sides[: r % 3]:
+        for name, fn in sides[r % 4 :] + sides[: r % 4]:
             t0, c0 = time.perf_counter(), _cpu()
             counts[name] = fn()
             times[name].append(time.perf_counter() - t0)
@@ -200,6 +222,11 @@ def _cpu() -> float:
     """CPU seconds of this process and of its children that ended (the verify_all child)."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _book_checked(report: Any, total_events: int) -> int:
+    assert report.ok, [f.describe() for f in report.findings][:3]
+    return total_events
 
 
 def _checked(reports: list[Any]) -> int:
@@ -257,18 +284,20 @@ def main() -> None:
               f"{r['append_batch100_median_us']:12.1f} {r['hash_only_us']:8.1f} {r['events']:9d} "
               f"{r['chains']:7d} {r['checkpoint_s']:13.2f}")  # fmt: skip
     print(f"\nverification, events/s: median (slowest..fastest round) over {args.rounds} rounds")
-    print(f"{'store':9} {'wflo verify_all':>26} {'wflo, one process':>26} {'floor (read + sha256)':>26}")
+    print(f"{'store':9} {'wflo verify_all':>26} {'wflo, one process':>26} {'floor (read + sha256)':>26} "
+          f"{'spend book pass':>26}")  # fmt: skip
     for r in rows:
         if "error" in r:
             continue
         cells = [f"{r[k + '_events_per_s']:,.0f} ({r[k + '_spread_events_per_s'][0]:,.0f}..{r[k + '_spread_events_per_s'][1]:,.0f})"
-                 for k in ("wflo", "one", "floor")]  # fmt: skip
+                 for k in ("wflo", "one", "floor", "book")]  # fmt: skip
         print(f"{r['store']:9} " + " ".join(f"{c:>26}" for c in cells))
     print("\nevents per CPU second of the client processes (the database server's CPU is not counted)")
     for r in rows:
         if "error" not in r:
             print(
-                f"{r['store']:9} " + " ".join(f"{r[k + '_events_per_cpu_s']:>26,.0f}" for k in ("wflo", "one", "floor"))
+                f"{r['store']:9} "
+                + " ".join(f"{r[k + '_events_per_cpu_s']:>26,.0f}" for k in ("wflo", "one", "floor", "book"))
             )
 
 

@@ -27,10 +27,10 @@ PINNED: dict[str, set[str]] = {
         "wait_for_notifications"
     },
     "wflo.audit": {
-        "ChainReport", "CheckpointResult", "PruneResult", "add_redactor", "build_report", "chain_hasher", "count_events",
+        "BookFinding", "BookReport", "ChainReport", "CheckpointResult", "PruneResult", "add_redactor", "build_report", "chain_hasher", "count_events",
         "export",
         "generate_key", "load_private_key", "load_public_key", "make_checkpoint", "merkle_root", "parse_when", "prune",
-        "prune_candidates", "pruned_chains", "read_checkpoint", "render_html", "verify_all", "verify_chain",
+        "prune_candidates", "pruned_chains", "read_checkpoint", "render_html", "verify_all", "verify_book", "verify_chain",
         "verify_checkpoint", "verify_run", "write_checkpoint"
     },
     "wflo.auth": {
@@ -49,8 +49,8 @@ PINNED: dict[str, set[str]] = {
     "wflo.config": {"Runtime", "Settings", "configure", "get_store", "runtime", "settings"},
     "wflo.cost": {
         "Budget", "BudgetGuard", "BudgetUsage", "Budgets", "Cost", "CostRequest", "DEFAULT_OUTPUT_CAP", "Ledger",
-        "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "Usage", "budget_alerted", "budget_periods",
-        "budget_records", "budgets", "estimate_input_tokens", "estimate_text_tokens", "ledger", "period_start", "prices",
+        "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "RunSpend", "SpendLine", "Usage", "book_and_journal", "budget_alerted", "budget_periods",
+        "budget_records", "budgets", "estimate_input_tokens", "estimate_text_tokens", "journal_run_spend", "ledger", "period_start", "prices",
         "run_cost", "run_spend", "run_spend_sql", "spend", "spend_rows", "sse_events", "top_runs",
         "usage_from_response", "usd_str"
     },

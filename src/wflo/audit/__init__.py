@@ -1,5 +1,6 @@
 """The flight recorder: verify the hash chains, sign checkpoints, prune, export and report."""
 
+from ._book import BookFinding, BookReport, verify_book
 from ._checkpoint import (
     CheckpointResult,
     generate_key,
@@ -19,6 +20,8 @@ from ._report import build_report, render_html
 from ._verify import ChainReport, chain_hasher, pruned_chains, verify_all, verify_chain, verify_run
 
 __all__ = [
+    "BookFinding",
+    "BookReport",
     "ChainReport",
     "CheckpointResult",
     "PruneResult",
@@ -39,6 +42,7 @@ __all__ = [
     "read_checkpoint",
     "render_html",
     "verify_all",
+    "verify_book",
     "verify_chain",
     "verify_checkpoint",
     "verify_run",

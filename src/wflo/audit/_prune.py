@@ -5,7 +5,8 @@ before the cut-off are pruned, and only if their chain verifies (pruning a tampe
 would launder it). Each batch is one transaction: the events are deleted and an
 ``audit.pruned`` event on the system chain names every pruned chain with its event count and
 head hash, so ``verify`` (and a checkpoint taken earlier) know the chain was removed on
-purpose. The ``runs`` rows stay, so run listings and the recorded heads survive.
+purpose, and with what its journal recorded it spent per model (``spend``: the figures the
+spend book's rows of the run are checked against once its events are gone). The ``runs`` rows stay, so run listings and the recorded heads survive.
 
 On PostgreSQL the events table refuses DELETE; the only way is the ``wflo_prune_chain``
 function (``SECURITY DEFINER``, owned by the tables' owner, executable only by the auditor
@@ -21,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import AuditError
+from ..cost import journal_run_spend
 from ..store import FINAL_STATUSES, NewEvent, Store
 from . import _tables
+from ._book import spend_record
 from ._verify import ChainReport, verify_chain
 
 BATCH = 500
@@ -101,6 +104,11 @@ class _Moved(AuditError):
         return f"run {self.chain} changed while it was being pruned; nothing was deleted, run prune again"
 
 
+def _chain_record(store: Store, chain: str, count: int, head: str) -> dict[str, Any]:
+    """A pruned chain as its ``audit.pruned`` record names it, with its journal's spend."""
+    return {"chain": chain, "count": count, "head": head, "spend": spend_record(journal_run_spend(store, chain))}
+
+
 def _prune_batch(
     store: Store, batch: list[tuple[str, int, str]], *, before: str, by: str, private_key: Any = None
 ) -> None:
@@ -127,11 +135,13 @@ def _prune_batch(
                 raise _Moved(chain=chain)
             _tables.drop_payloads(store, cur, chain)
 
+    # What each journal recorded it spent, per model: once its events are gone, the spend
+    # book's rows of the run are checked against these figures (``verify_book``).
     record: dict[str, Any] = {
         "by": by,
         "before": before,
         "events": sum(n for _, n, _ in batch),
-        "chains": [{"chain": c, "count": n, "head": h} for c, n, h in batch],
+        "chains": [_chain_record(store, c, n, h) for c, n, h in batch],
     }
     if private_key is not None:
         from ._checkpoint import sign_record

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from .. import config
 from ..audit import (
@@ -22,6 +23,7 @@ from ..audit import (
     read_checkpoint,
     render_html,
     verify_all,
+    verify_book,
     verify_checkpoint,
     verify_run,
     write_checkpoint,
@@ -57,6 +59,12 @@ def audit() -> None:
     help="The audit key's public half: pins the checkpoint's signer, and only prunes it signed count as prunes.",
 )
 @click.option("--since", metavar="DATE", help="Only chains with events at or after DATE (each verified whole).")
+@click.option(
+    "--no-spend-book",
+    "skip_book",
+    is_flag=True,
+    help="Skip the second pass, which checks the spend book (what `wflo costs` reports) against the journals.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @handle_errors
 def verify_cmd(
@@ -65,10 +73,15 @@ def verify_cmd(
     checkpoint_path: str | None,
     public_key_path: str | None,
     since: str | None,
+    skip_book: bool,
     as_json: bool,
 ) -> None:
-    """Exit 0 only if every chain is intact (and extends the checkpoint); else name the first
-    broken link of each chain (exit 10)."""
+    """Exit 0 only if every chain is intact (and extends the checkpoint) and the spend book
+    agrees with the journals; else name the first broken link of each chain and each spend
+    book row that differs from its run's journal (exit 10).
+
+    The spend book is checked in a second pass, per run and model (the run's book only, with
+    RUN_ID); a pruned run's rows against the figures its prune record kept."""
     doc = read_checkpoint(checkpoint_path) if checkpoint_path else None
     key = load_public_key(public_key_path) if public_key_path else None
     store = config.get_store(create=False)
@@ -78,8 +91,23 @@ def verify_cmd(
     else:
         reports = verify_all(store, since=cutoff, trusted=key)
     broken = [r for r in reports if not r.ok]
+    book = None
+    if not skip_book:
+        only = reports[0].chain if run_id and not all_chains else None
+        if as_json or not sys.stderr.isatty():
+            book = verify_book(store, run_id=only, trusted=key)
+        else:
+            with err_console.status("checking the spend book against the journals…") as status:
+                done = 0
+
+                def progress(runs: int) -> None:
+                    nonlocal done
+                    done += runs
+                    status.update(f"checking the spend book against the journals… {done} runs")
+
+                book = verify_book(store, run_id=only, trusted=key, on_progress=progress)
     cp = verify_checkpoint(store, doc, key) if doc is not None else None
-    ok = not broken and (cp is None or cp.ok)
+    ok = not broken and (cp is None or cp.ok) and (book is None or book.ok)
     events = sum(r.count for r in reports if not r.pruned)
     pruned = sum(1 for r in reports if r.pruned)
     if as_json:
@@ -94,6 +122,7 @@ def verify_cmd(
                     for r in broken
                 ],
                 "checkpoint": cp.to_dict() if cp is not None else None,
+                "spend_book": book.to_dict() if book is not None else None,
             }
         )
     else:
@@ -105,6 +134,15 @@ def verify_cmd(
         console.print(
             f"{'[green]intact[/]' if not broken else '[red]broken[/]'}: {plural(len(reports), 'chain')}, {plural(events, 'event')} verified{note}"
         )
+        if book is not None:
+            for f in book.findings:
+                err_console.print(f"[red]BROKEN[/] {escape(f.describe())}", soft_wrap=True)
+            for pruned_run in book.unchecked:
+                err_console.print(
+                    f"NOT CHECKABLE spend book: run {escape(pruned_run)} (pruned before prunes kept its spend)",
+                    soft_wrap=True,
+                )
+            console.print(f"{'[green]' if book.ok else '[red]'}{escape(book.describe())}[/]", soft_wrap=True)
         if cp is not None:
             if cp.problem:
                 err_console.print(f"[red]CHECKPOINT REFUSED[/] {checkpoint_path}: {cp.problem}", soft_wrap=True)

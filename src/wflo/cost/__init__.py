@@ -7,7 +7,18 @@ from ._ledger import PERIODS, Budget, BudgetUsage, CostRequest, Ledger, Limit, R
 from ._llm import sse_events
 from ._prices import Cost, Price, PriceBook, prices
 from ._records import budget_alerted, budget_periods, budget_records
-from ._spend import run_cost, run_spend, run_spend_sql, spend, spend_rows, top_runs
+from ._spend import (
+    RunSpend,
+    SpendLine,
+    book_and_journal,
+    journal_run_spend,
+    run_cost,
+    run_spend,
+    run_spend_sql,
+    spend,
+    spend_rows,
+    top_runs,
+)
 from ._usage import Usage, usage_from_response
 
 __all__ = [
@@ -24,13 +35,17 @@ __all__ = [
     "Price",
     "PriceBook",
     "Reservation",
+    "RunSpend",
+    "SpendLine",
     "Usage",
+    "book_and_journal",
     "budget_alerted",
     "budget_periods",
     "budget_records",
     "budgets",
     "estimate_input_tokens",
     "estimate_text_tokens",
+    "journal_run_spend",
     "ledger",
     "period_start",
     "prices",

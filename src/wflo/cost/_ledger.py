@@ -450,7 +450,11 @@ class Ledger:
         def op(cur: Any) -> None:
             st = self.store
             if not _tables.delete_reservation(st, cur, res.id):
-                return  # expired meanwhile: already charged (and booked) as an unknown outcome
+                # Expired meanwhile: already charged (and booked) as an unknown outcome. The
+                # call's event, committed with this op, records it now: it is no longer a lost
+                # call waiting for its journal (else the journal's view counted it twice).
+                _tables.mark_recorded(st, cur, res.id)
+                return
             hour = _tables.store_hour(st, cur)
             row = (res.id, res.run_id, res.call_id, res.model, json.dumps(res.scopes), usd_str(res.amount))
             _tables.insert_unknown(st, cur, row, reason, 1, now_iso(), hour)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -80,6 +80,149 @@ def charges(
     where, params = _window("u.created_at", since, until, tenant)
     for _, at, model, amount, workflow, run_tenant, run_id in _tables.journal_lost(store, where, params):
         yield Charge(at, str(model or "?"), usd_of(amount), True, 0, 0, run_id, workflow, run_tenant)
+
+
+@dataclass(slots=True)
+class SpendLine:
+    """A run's spend on one model: book rows (or journal calls) summed, and their hours."""
+
+    calls: int = 0
+    usd: Decimal = Decimal(0)
+    estimated: Decimal = Decimal(0)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    hours: set[str] = field(default_factory=set)
+
+    def add(
+        self, calls: int, usd: Decimal, estimated: Decimal, input_tokens: int, output_tokens: int, hour: str
+    ) -> None:
+        self.calls += calls
+        self.usd += usd
+        self.estimated += estimated
+        self.input_tokens += input_tokens
+        self.output_tokens += output_tokens
+        self.hours.add(hour)
+
+    def figures(self) -> dict[str, Any]:
+        """What is compared, exactly (money as ``Decimal``)."""
+        return {
+            "calls": self.calls, "cost_usd": self.usd, "estimated_usd": self.estimated,
+            "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+        }  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """The figures as JSON (money as exact decimal strings)."""
+        return {k: usd_str(v) if isinstance(v, Decimal) else v for k, v in self.figures().items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpendLine:
+        """The inverse of ``to_dict`` (a prune record's figures)."""
+        return cls(
+            int(data["calls"]), Decimal(str(data["cost_usd"])), Decimal(str(data["estimated_usd"])),
+            int(data["input_tokens"]), int(data["output_tokens"]),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpend:
+    """One run id's spend as the book holds it and as its journal records it, per model."""
+
+    run_id: str
+    exists: bool
+    """The run has a ``runs`` row (a book row of a run that does not exist was not written by the ledger)."""
+    book: dict[str, SpendLine]
+    journal: dict[str, SpendLine]
+    journaled: bool
+    """An event on the run's chain records a charged call (a pruned run's chain has none)."""
+
+
+def book_and_journal(store: Store, *, run_id: str | None = None, page: int = 500) -> Iterator[RunSpend]:
+    """Every run (or ``run_id`` only) and every run id the book names, in key order, with its
+    book rows and its journal's charged calls summed per model: the two sides of the check of
+    the book. A page of runs at a time (memory stays flat on a large store), both sides of a
+    page read from one snapshot, so a charge committed meanwhile never shows on one side only."""
+    if run_id is not None:
+        yield from _range_spend(store, None, None, run_id)
+        return
+    after: str | None = None
+    while True:
+        ids = _tables.run_ids_after(store, after, page)
+        hi = ids[-1] if len(ids) == page else None  # the last page takes every id after it
+        yield from _range_spend(store, after, hi, None)
+        if hi is None:
+            return
+        after = hi
+
+
+def _range_spend(store: Store, lo: str | None, hi: str | None, only: str | None) -> Iterator[RunSpend]:
+    """The runs whose id is in ``(lo, hi]`` (or is ``only``): the rules of ``charges`` applied
+    to each charged-call event in a loop of its own (a store has millions of calls); amounts
+    seen before are not parsed again."""
+    fields = ", ".join(_tables.json_field(store, f, parsed=True) for f in _FIELDS)
+    try:
+        rows = _tables.spend_check_rows(store, fields, lo, hi, only)
+    except Exception:  # a damaged event (not JSON): its fields are read here, as ``charges`` does
+        rows = [
+            (r[0], r[1], *_fields_of(r[2])) if r[0] == "e" else r
+            for r in _tables.spend_check_rows(store, "e.data" + ", NULL" * 6, lo, hi, only)
+        ]
+    known: set[str] = set()
+    book: dict[str, dict[str, SpendLine]] = defaultdict(lambda: defaultdict(SpendLine))
+    sums: dict[tuple[str, str], list[Any]] = {}
+    lost: list[tuple[Any, ...]] = []
+    amounts: dict[Any, Decimal] = {}
+    zero = Decimal(0)
+    for tag, run, kind, name, cost, estimated, error, tokens_in, tokens_out in rows:
+        if tag != "e":
+            if tag == "r":
+                known.add(run)
+            elif tag == "b":  # model, hour, calls, cost, estimated, input and output tokens
+                book[run][kind].add(
+                    int_of(cost), usd_of(estimated), usd_of(error), int_of(tokens_in), int_of(tokens_out), str(name)
+                )
+            else:
+                lost.append((run, kind, name, cost))
+            continue
+        usd = amounts.get(cost)
+        if usd is None:
+            usd = amounts[cost] = usd_of(cost)
+        # A failed call counts only when it was charged (an answer lost after sending).
+        if kind == "llm":
+            model = str(name or "?")
+        elif kind == "tool" and usd:
+            model = f"tool:{name}"
+        else:
+            continue
+        if error and not cost:
+            continue
+        line = sums.get((run, model))
+        if line is None:
+            line = sums[run, model] = [0, zero, zero, 0, 0]
+        line[0] += 1
+        line[1] += usd
+        if truthy(estimated):
+            line[2] += usd
+        line[3] += int_of(tokens_in)
+        line[4] += int_of(tokens_out)
+    # The journals of runs only (``charges`` reads them joined with their runs).
+    journal: dict[str, dict[str, SpendLine]] = defaultdict(dict)
+    for (run, model), (calls, usd, est, tokens_in, tokens_out) in sums.items():
+        if run in known:
+            journal[run][model] = SpendLine(calls, usd, est, tokens_in, tokens_out)
+    journaled = set(journal)
+    for run, model, amount, at in lost:  # lost with its process, charged, not on its journal yet
+        if run in known:
+            usd = usd_of(amount)
+            journal[run].setdefault(str(model or "?"), SpendLine()).add(1, usd, usd, 0, 0, _tables.hour_of(str(at)))
+    for run in sorted(known | set(book) | set(journal)):
+        yield RunSpend(run, run in known, dict(book.get(run, {})), dict(journal.get(run, {})), run in journaled)
+
+
+def journal_run_spend(store: Store, run_id: str) -> dict[str, SpendLine]:
+    """What one run's journal records it spent, per model (a prune keeps this on its record)."""
+    for run in book_and_journal(store, run_id=run_id):
+        return run.journal
+    return {}
 
 
 def charge_of(at: str, data_json: str, workflow: str, tenant: str | None, run_id: str) -> Charge | None:

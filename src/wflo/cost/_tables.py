@@ -758,6 +758,72 @@ def run_totals(store: Store, run_ids: Sequence[str]) -> dict[str, Decimal]:
     return out
 
 
+def run_ids_after(store: Store, after: str | None, limit: int) -> list[str]:
+    """The next ``limit`` run ids after ``after`` (from the first), in key order."""
+    where, params = ("WHERE id > ? ", [after]) if after is not None else ("", [])
+    return [str(r[0]) for r in store.read(f"SELECT id FROM runs {where}ORDER BY id LIMIT ?", [*params, limit])]
+
+
+def _id_range(column: str, lo: str | None, hi: str | None, only: str | None) -> tuple[str, list[Any]]:
+    """`` AND`` conditions for ``column`` in ``(lo, hi]`` (``None``: unbounded), or equal to ``only``."""
+    if only is not None:
+        return f" AND {column} = ?", [only]
+    where, params = "", []
+    if lo is not None:
+        where += f" AND {column} > ?"
+        params.append(lo)
+    if hi is not None:
+        where += f" AND {column} <= ?"
+        params.append(hi)
+    return where, params
+
+
+_PARSED = " CROSS JOIN LATERAL (SELECT e.data::jsonb AS doc OFFSET 0) parsed"
+"""PostgreSQL: each event's data parsed once for all the fields read from it (``parsed.doc``;
+``OFFSET 0`` keeps the planner from folding the cast back into each field, one parse each)."""
+
+
+def spend_check_rows(
+    store: Store, fields: str, lo: str | None, hi: str | None, only: str | None = None
+) -> list[tuple[Any, ...]]:
+    """Both sides of the check of the book for the runs whose id is in ``(lo, hi]`` (or is
+    ``only``), in one statement, so from one snapshot (a charge committed meanwhile is on both
+    sides or on neither). Rows of nine columns, tagged by the first:
+
+    - ``r``, run id: a run that exists;
+    - ``b``, run, model, hour, calls, cost, estimated, input and output tokens: a book row (of
+      any run id, existing or not), numbers as text;
+    - ``e``, chain, then ``fields`` (seven, as ``charges`` reads them): a charged-call event,
+      read by the events' key (SQLite would otherwise walk the (type, at) index: every call
+      of the store, for each page);
+    - ``l``, run, model, amount, time: a call lost with its process, charged at its
+      reservation and not journaled yet.
+    """
+    parts, params = [], []
+    for sql, column in (
+        ("SELECT 'r', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM runs WHERE 1 = 1", "id"),
+        (
+            "SELECT 'b', run_id, model, hour, CAST(calls AS TEXT), cost_usd, estimated_usd, "
+            "CAST(input_tokens AS TEXT), CAST(output_tokens AS TEXT) FROM ledger_spend WHERE 1 = 1",
+            "run_id",
+        ),
+        (
+            f"SELECT 'e', e.chain, {fields} FROM events e{_PARSED if 'parsed.doc' in fields else ''} "
+            "WHERE e.type || '' IN ('call.completed', 'call.failed', 'budget.unknown_outcome')",
+            "e.chain",
+        ),
+        (
+            "SELECT 'l', u.run_id, u.model, u.amount_usd, u.created_at, NULL, NULL, NULL, NULL FROM budget_unknown u "
+            "WHERE u.recorded = 0 AND u.actual_usd IS NULL",
+            "u.run_id",
+        ),
+    ):
+        where, values = _id_range(column, lo, hi, only)
+        parts.append(sql + where)
+        params += values
+    return store.read(" UNION ALL ".join(parts), params)
+
+
 def run_total_sql(store: Store, run_column: str) -> str:
     """SQL for the booked spend of the run whose id is in ``run_column``, as a number (for
     filters: exact on PostgreSQL, a float on SQLite; the totals shown come from ``run_totals``)."""
@@ -815,10 +881,11 @@ def journal_lost(store: Store, where: str, params: Sequence[Any]) -> list[tuple[
     return store.read(JOURNAL_LOST.format(where=where), params)
 
 
-def json_field(store: Store, path: str) -> str:
-    """A field of an event's JSON ``data`` as text, extracted by the database."""
+def json_field(store: Store, path: str, *, parsed: bool = False) -> str:
+    """A field of an event's JSON ``data`` as text, extracted by the database (``parsed``: on
+    PostgreSQL, from the document ``spend_check_rows`` parsed once per event)."""
     if store.dialect == "postgresql":
-        return "(e.data::jsonb) #>> '{" + path.replace(".", ",") + "}'"
+        return ("parsed.doc" if parsed else "(e.data::jsonb)") + " #>> '{" + path.replace(".", ",") + "}'"
     return f"json_extract(e.data, '$.{path}')"
 
 
