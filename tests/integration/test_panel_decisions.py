@@ -154,6 +154,7 @@ def test_verify_and_download_an_export(base: str, browser: Any) -> None:
         page.goto(base + "/audit")
         page.locator("#verify-all").click()
         assert page.locator("#verdict-text").inner_text() == "Intact"
+        assert "spend book agrees with the journals" in page.locator("#book-verdict").inner_text()
         assert page.locator("#report-link").get_attribute("href") == "/api/v1/audit/report?since=30d"
         with page.expect_download() as info:
             page.locator("#export-btn").click()
@@ -168,6 +169,28 @@ def test_verify_and_download_an_export(base: str, browser: Any) -> None:
         assert ctx.errors == []
     finally:
         ctx.close()
+
+
+def test_a_forged_spend_book_row_shows_as_broken(base: str, browser: Any) -> None:
+    store = _config.get_store()
+    forge = (
+        "INSERT INTO ledger_spend (hour, run_id, model, workflow, tenant, calls, cost_usd, estimated_usd, "
+        "input_tokens, output_tokens) VALUES ('2026-01-01T03:00', 'ghost-run', 'gpt-4o', 'wf', 'acme', 1, '9.5', "
+        "'0', 10, 10)"
+    )
+    store.write(lambda cur: store.execute(cur, forge, ()))
+    ctx = signed_in(browser, base, "user:aud2@acme.com", role="auditor")
+    try:
+        page = _page(ctx)
+        page.goto(base + "/audit")
+        page.locator("#verify-all").click()
+        assert page.locator("#verdict-text").inner_text() == "BROKEN"
+        assert "disagrees" in page.locator("#book-verdict").inner_text()
+        assert "ghost-run" in page.locator("#book-table").inner_text()
+        assert ctx.errors == []
+    finally:
+        ctx.close()
+        store.write(lambda cur: store.execute(cur, "DELETE FROM ledger_spend WHERE run_id = 'ghost-run'", ()))
 
 
 def test_a_tenants_viewer_sees_their_tenant(base: str, browser: Any) -> None:

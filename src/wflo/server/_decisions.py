@@ -28,7 +28,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from ..approvals import ApprovalRequest, Inbox
-from ..audit import build_report, export, parse_when, render_html, verify_all, verify_checkpoint
+from ..audit import build_report, export, parse_when, render_html, verify_all, verify_book, verify_checkpoint
 from ..auth import GLOBAL, Access, Principal, covers, tenant_scope
 from ..cost import Ledger, budget_alerted, budget_periods, spend, top_runs, usd_str
 from ..errors import UserError, WfloError
@@ -57,6 +57,7 @@ class BudgetBody(BaseModel):
 class VerifyBody(BaseModel):
     since: str | None = Field(None, description="only chains with events at or after this (YYYY-MM-DD, ISO, 30d)")
     checkpoint: dict[str, Any] | None = Field(None, description="a signed checkpoint (JSON) the store must extend")
+    spend_book: bool = Field(True, description="also check the spend book against the chained journals (whole book)")
 
 
 class ExportBody(BaseModel):
@@ -346,24 +347,30 @@ def _audit(router: Router) -> None:
     @router.route("POST", "/api/v1/audit/verify", permission="audit:read")
     def audit_verify(request: Request, body: VerifyBody | None = None) -> dict[str, Any]:
         """Recompute the hash chains (all, or those with events since a date) and, with a
-        ``checkpoint``, check the store still extends it. The verdict per chain."""
+        ``checkpoint``, check the store still extends it; unless ``spend_book`` is false, check
+        the whole spend book against the journals too (as ``wflo audit verify``). The verdict
+        per chain, and the book's findings."""
         body = body or VerifyBody(since=None, checkpoint=None)
         who = who_of(request)
         start, _ = _window(body.since, None)
         reports = verify_all(access.store, since=start)
         cp = verify_checkpoint(access.store, body.checkpoint) if body.checkpoint else None
+        book = verify_book(access.store) if body.spend_book else None
         broken = [r for r in reports if not r.ok]
-        ok = not broken and (cp is None or cp.ok)
+        ok = not broken and (cp is None or cp.ok) and (book is None or book.ok)
         events = sum(r.count for r in reports if not r.pruned)
         access.record(
             "audit.verified", who, remote=client_address(request), since=start, ok=ok, chains=len(reports),
-            broken=len(broken),
+            broken=len(broken), **({} if book is None else {"book_findings": len(book.findings)}),
         )  # fmt: skip
         return {
             "ok": ok, "since": start, "at": now_iso(), "chains": len(reports), "events": events,
             "pruned": sum(1 for r in reports if r.pruned), "broken": [r.to_dict() for r in broken],
             "reports": [r.to_dict() | {"verdict": r.describe()} for r in reports],
             "checkpoint": cp.to_dict() if cp is not None else None,
+            "spend_book": None if book is None else book.to_dict() | {
+                "verdict": book.describe(), "findings": [f.to_dict() | {"describe": f.describe()} for f in book.findings],
+            },
         }  # fmt: skip
 
     @router.route("GET", "/api/v1/audit/checkpoints", permission="audit:read")

@@ -269,6 +269,31 @@ def test_budgets_usage_and_alerts(env: dict[str, Any]) -> None:
     assert globex.get("/api/v1/budgets?tenant=globex").json() == []
 
 
+def test_audit_verify_checks_the_spend_book(env: dict[str, Any]) -> None:
+    """The costs' book is not chained: a row forged into it fails the API's verification (as
+    ``wflo audit verify``), naming the run; ``spend_book: false`` skips that pass."""
+    decisionsapp.refunds.options(tenant="acme").run("o-6", 20.0)
+    auditor = env["auditor"]
+    clean = auditor.post("/api/v1/audit/verify", {}).json()
+    assert clean["ok"] and clean["spend_book"]["ok"] and "agrees" in clean["spend_book"]["verdict"]
+    store = _config.get_store()
+    store.write(
+        lambda cur: store.execute(
+            cur,
+            "INSERT INTO ledger_spend (hour, run_id, model, workflow, tenant, calls, cost_usd, estimated_usd, "
+            "input_tokens, output_tokens) VALUES ('2026-01-01T03:00', 'ghost-run', 'gpt-4o', 'wf', 'acme', 1, "
+            "'9.5', '0', 10, 10)",
+            (),
+        )
+    )
+    forged = auditor.post("/api/v1/audit/verify", {}).json()
+    assert forged["ok"] is False and not forged["broken"]  # the chains are intact: the book is not
+    (finding,) = forged["spend_book"]["findings"]
+    assert (finding["run_id"], finding["kind"]) == ("ghost-run", "no-run") and "no such run" in finding["describe"]
+    skipped = auditor.post("/api/v1/audit/verify", {"spend_book": False}).json()
+    assert skipped["ok"] and skipped["spend_book"] is None
+
+
 def test_audit_verify_checkpoints_export_and_report(env: dict[str, Any], tmp_path: Path) -> None:
     from wflo.audit import write_checkpoint
     from wflo.audit._checkpoint import generate_key

@@ -1,4 +1,4 @@
-// Audit: verify the hash chains (all, or those with events since a date), the signed
+// Audit: verify the hash chains (all, or those with events since a date) and the spend book, the signed
 // checkpoints on record, an export download (events + manifest), and the compliance report.
 import { api, h, mount, params, setParams, query, when, toast, table, download } from "./wflo.js";
 
@@ -7,7 +7,7 @@ const state = { since: params().since || "", report: params().report || "30d" };
 const autoVerify = params().verify === "1";  // read now: the panels below rewrite the URL
 
 const verdictBox = h("div", { id: "verdict" },
-  h("p", { class: "muted" }, "Not verified yet: verification recomputes every link of the chosen chains (and is recorded)."));
+  h("p", { class: "muted" }, "Not verified yet: verification recomputes every link of the chosen chains, checks the spend book against them (and is recorded)."));
 
 async function verify(since) {
   mount(verdictBox, h("p", { class: "muted" }, "verifying…"));
@@ -31,13 +31,23 @@ async function verify(since) {
       ["Found", (r) => h("code", {}, String(r.found || "").slice(0, 24))],
     ], v.broken.map((r) => ({ ...r, id: r.chain })), { id: "broken-table" }))
     : null;
+  const b = v.spend_book;  // the costs' book recomputed from the journals (null: not asked)
+  const book = b
+    ? h("div", {}, h("p", { id: "book-verdict", class: b.ok ? "muted" : "status broken" }, b.verdict),
+      b.findings.length ? table([
+        ["Run", (f) => h("code", {}, f.run_id)],
+        ["Model", (f) => f.model],
+        ["Kind", (f) => h("span", { class: "status broken" }, f.kind)],
+        ["Finding", (f) => f.describe],
+      ], b.findings.map((f) => ({ ...f, id: f.run_id + "/" + f.model })), { id: "book-table" }) : null)
+    : null;
   const all = h("details", {}, h("summary", {}, "Every chain's verdict"), table([
     ["Chain", (r) => h("code", {}, r.chain)],
     ["Events", (r) => r.count],
     ["Verdict", (r) => h("span", { class: "status " + (r.ok ? "ok" : "broken") }, r.ok ? (r.pruned ? "pruned" : "ok") : "broken")],
     ["Head", (r) => h("code", {}, r.head.slice(0, 16))],
   ], v.reports.map((r) => ({ ...r, id: r.chain })), { id: "chain-table" }));
-  mount(verdictBox, head, broken, all);
+  mount(verdictBox, head, broken, book, all);
 }
 
 function verifyPanel() {
