@@ -17,7 +17,7 @@ from _common import Child, alternate_timed  # noqa: E402
 def test_a_child_runs_its_cases_in_its_own_process_and_times_them_there(tmp_path: Path) -> None:
     db = tmp_path / "raw.db"
     with Child("engine:raw_cases", f"sqlite:///{db}") as child:
-        assert child.names == ["raw commit"]
+        assert child.names == ["raw commit", "raw commits"]
         assert child.skipped is None
         commit = child.case("raw commit")
         times = [commit() for _ in range(3)]
