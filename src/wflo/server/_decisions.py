@@ -350,7 +350,7 @@ def _audit(router: Router) -> None:
         ``checkpoint``, check the store still extends it; unless ``spend_book`` is false, check
         the whole spend book against the journals too (as ``wflo audit verify``). The verdict
         per chain, and the book's findings."""
-        body = body or VerifyBody(since=None, checkpoint=None)
+        body = body or VerifyBody(since=None, checkpoint=None, spend_book=True)
         who = who_of(request)
         start, _ = _window(body.since, None)
         reports = verify_all(access.store, since=start)
