@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .._errors import StoreCorruptError, StoreNotFoundError, StoreUnavailableError
-from ._base import Store
+from ._base import Store, StoreOp
 from ._feed import SQLITE_WATCH_INTERVAL
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
+from ._records import Head
 
 T = TypeVar("T")
 
@@ -182,6 +183,64 @@ class SQLiteStore(Store):
             pool.put(conn)
 
         self._retrying(go)
+
+    def _append_once(
+        self,
+        run_id: str,
+        head: Head,
+        new: Head,
+        rows: list[tuple[Any, ...]],
+        *,
+        owner: str | None,
+        now: str,
+        status: str | None,
+        finish: bool,
+        output_json: str | None,
+        error_json: str | None,
+        release: bool,
+        wake_at: str | None,
+        notify: bool,
+        ops: Sequence[StoreOp],
+        relaxed: bool = False,
+    ) -> bool:
+        # A step's append (no ops) through one function, as ``write_rows`` is: the same pool,
+        # writer lock, BEGIN IMMEDIATE, fenced head move (``_move_head``), insert and commit
+        # (durable: SQLite commits a relaxed marker as any other), without the five context
+        # managers of ``_connection``/``_tx`` (about 5 µs of a step's Python). Ops (which may
+        # read through the store inside the transaction) and a caller's transaction take the
+        # shared path. A failed COMMIT leaves the transaction open: ``_conn_broken`` then
+        # closes the connection instead of pooling it, as ``_tx``'s callers do.
+        if ops or getattr(self._local, "held", None) is not None:
+            return super()._append_once(
+                run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish,
+                output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
+                notify=notify, ops=ops, relaxed=relaxed,
+            )  # fmt: skip
+        pool = self._get_pool()
+        conn = pool.get()
+        try:
+            with _writer_lock(self._writer_key):
+                cur = conn.cursor()
+                try:
+                    cur.execute("BEGIN IMMEDIATE")
+                    try:
+                        cancel = self._move_head(
+                            cur, run_id, head, new, owner=owner, now=now, status=status, finish=finish,
+                            output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
+                        )  # fmt: skip
+                        self._insert_rows(cur, rows)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            cur.execute("ROLLBACK")
+                        raise
+                    cur.execute("COMMIT")
+                finally:
+                    cur.close()
+        except BaseException as exc:
+            pool.put(conn, broken=self._is_disconnect(exc) or self._conn_broken(conn))
+            raise
+        pool.put(conn)
+        return cancel
 
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         # ``Connections._fetchall`` in one function (reads are on the LangGraph checkpointer's

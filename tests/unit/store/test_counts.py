@@ -99,3 +99,64 @@ def test_a_run_by_prefix_is_exact_about_wildcards(store_url: str) -> None:
         with pytest.raises(RunNotFoundError):
             store.find_run("abcz")
         assert store.find_run("abce-3").id == "abce-3"
+
+
+def _count_trigger_calls(store: Store) -> None:
+    """Make ``wflo_run_counts`` note each of its calls in a table ``calls`` (its body as is)."""
+
+    def wrap(cur: object) -> None:
+        store.execute(cur, "CREATE TABLE calls (op TEXT NOT NULL)")
+        (body,) = store.read("SELECT pg_get_functiondef('wflo_run_counts'::regproc)")[0]
+        assert "\nBEGIN\n" in body
+        store.execute(cur, body.replace("\nBEGIN\n", "\nBEGIN\n    INSERT INTO calls (op) VALUES (TG_OP);\n", 1))
+
+    store.write(wrap)
+
+
+def _steps(store: Store, run_id: str, owner: str, n: int) -> None:
+    for i in range(n):
+        run = store.get_run(run_id)
+        store.append(run_id, Head(run.last_seq, run.last_hash), [NewEvent("step.completed", {"i": i})], owner=owner)
+
+
+@pytest.mark.postgres
+def test_a_step_on_postgres_does_not_call_the_count_trigger(pg_url: str) -> None:
+    """m021: a step's head move names ``status`` in its UPDATE without changing it; only a
+    change of status calls the counting function, and the counts stay exact."""
+    with open_store(pg_url) as store:
+        _count_trigger_calls(store)
+        store.create_run(run_id="r", workflow="w", input={}, owner="me")
+        _steps(store, "r", "me", 10)
+        assert store.read("SELECT op, COUNT(*) FROM calls GROUP BY op") == [("INSERT", 1)]
+        _finish(store, "r", "me")
+        assert sorted(store.read("SELECT op, COUNT(*) FROM calls GROUP BY op")) == [("INSERT", 1), ("UPDATE", 1)]
+        assert store.count_runs_by_status() == {"succeeded": 1} == _truth(store)
+
+
+@pytest.mark.postgres
+def test_a_store_at_m020_upgrades_to_the_split_count_triggers(pg_url: str) -> None:
+    """A store migrated before m021 (one trigger for every change) upgrades in place: its
+    counts stay exact through steps and status changes afterwards."""
+    with open_store(pg_url) as store:
+        store.create_run(run_id="old", workflow="w", input={}, owner="me")
+
+        def back_to_m020(cur: object) -> None:
+            store.execute(cur, "DROP TRIGGER wflo_run_counts ON runs")
+            store.execute(cur, "DROP TRIGGER wflo_run_counts_status ON runs")
+            store.execute(
+                cur,
+                "CREATE TRIGGER wflo_run_counts AFTER INSERT OR DELETE OR UPDATE OF status ON runs "
+                "FOR EACH ROW EXECUTE FUNCTION wflo_run_counts()",
+            )
+            store.execute(cur, "UPDATE wflo_meta SET value = '20' WHERE key = 'schema_version'")
+
+        store.write(back_to_m020)
+        assert store.migrate() == ["m021_stepcost_status_trigger"]
+        triggers = sorted(r[0] for r in store.read("SELECT tgname FROM pg_trigger WHERE tgrelid = 'runs'::regclass"))
+        assert triggers == ["wflo_run_counts", "wflo_run_counts_status"]
+        store.create_run(run_id="new", workflow="w", input={}, owner="me")
+        _steps(store, "old", "me", 3)
+        _finish(store, "old", "me")
+        _steps(store, "new", "me", 3)
+        store.release("new", "me")
+        assert store.count_runs_by_status() == {"succeeded": 1, "running": 1} == _truth(store)

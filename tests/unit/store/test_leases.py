@@ -74,3 +74,32 @@ def test_fence_refuses_a_write_after_the_lease_moved(store_url: str) -> None:
             store.write(lambda cur: store.fence(cur, "f1", "a"))
         with pytest.raises(LeaseLost):
             store.write(lambda cur: store.fence(cur, "nope", "a"))
+
+
+def test_an_append_to_a_run_asked_to_cancel_is_fenced_and_says_so(store_url: str) -> None:
+    """The head move's two paths (SQLite: no cancel request, one UPDATE; a cancel request or a
+    lost lease, the same fenced UPDATE with RETURNING): each moves the head only under the
+    lease and at the expected head, and tells the caller about a cancel request."""
+    import pytest
+
+    from wflo._errors import LeaseLost
+    from wflo.store import Head, NewEvent, open_store
+
+    with open_store(store_url) as store:
+        store.create_run(run_id="c1", workflow="w", input={}, owner="a", lease_seconds=30)
+        run = store.get_run("c1")
+        head = store.append("c1", Head(run.last_seq, run.last_hash), [NewEvent("step.completed", {})], owner="a")
+        assert head.cancel_requested is False
+        store.request_cancel("c1")
+        stale = Head(run.last_seq, run.last_hash)
+        with pytest.raises(LeaseLost):  # asked to cancel and at a stale head: refused
+            store.append("c1", stale, [NewEvent("step.failed", {})], owner="a")
+        with pytest.raises(LeaseLost):  # asked to cancel and not the owner: refused
+            store.append("c1", head, [NewEvent("step.completed", {})], owner="b")
+        moved = store.append("c1", head, [NewEvent("step.completed", {})], owner="a")
+        assert moved.cancel_requested is True and moved.seq == head.seq + 1
+        assert store.get_run("c1").last_seq == moved.seq
+        store._write("UPDATE runs SET lease_owner = ? WHERE id = ?", ("b", "c1"))
+        with pytest.raises(LeaseLost):
+            store.append("c1", moved, [NewEvent("step.completed", {})], owner="a")
+        assert [e.seq for e in store.events("c1")][-1] == moved.seq
