@@ -23,14 +23,13 @@ Book rows of a run that does not exist (no run row) are always a finding.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..cost import SpendLine, book_and_journal
 from ..store import Store
-from . import _tables
+from ._verify import pruned_items
 
 FIGURES = ("calls", "cost_usd", "estimated_usd", "input_tokens", "output_tokens")
 
@@ -107,21 +106,14 @@ def pruned_spend(store: Store, trusted: Any = None) -> dict[str, dict[str, Spend
     (``None``: a record made before prunes kept it). With ``trusted``, only records signed by
     that key count (as in ``pruned_chains``)."""
     out: dict[str, dict[str, SpendLine] | None] = {}
-    for data_json in _tables.prune_records(store):
+    for item in pruned_items(store, trusted):
         try:
-            data = json.loads(data_json)
-            if trusted is not None:
-                from ._checkpoint import record_signed_by
-
-                if not record_signed_by(data, trusted):
-                    continue
-            for item in data.get("chains", []):
-                spent = item.get("spend")
-                out[str(item["chain"])] = (
-                    None if spent is None else {str(s["model"]): SpendLine.from_dict(s) for s in spent}
-                )
+            spent = item.get("spend")
+            out[str(item["chain"])] = (
+                None if spent is None else {str(s["model"]): SpendLine.from_dict(s) for s in spent}
+            )
         except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError):
-            continue  # a damaged prune record: the system chain's own verification reports it
+            continue  # a damaged entry: the system chain's own verification reports it
     return out
 
 

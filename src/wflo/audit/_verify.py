@@ -196,12 +196,11 @@ def _is_run(chain: str) -> bool:
 _recorded_head = _tables.recorded_head
 
 
-def pruned_chains(store: Store, trusted: Any = None) -> dict[str, tuple[int, str]]:
-    """Every chain an ``audit.pruned`` event on the system chain names: ``{chain: (count, head)}``.
+def pruned_items(store: Store, trusted: Any = None) -> Iterator[dict[str, Any]]:
+    """Each chain entry of the ``audit.pruned`` records on the system chain, oldest first.
 
-    With ``trusted`` (an Ed25519 public key), only prune records signed by it count: a chain
-    deleted under a forged or unsigned record is then reported as missing."""
-    out: dict[str, tuple[int, str]] = {}
+    With ``trusted`` (an Ed25519 public key), only the records signed by it. A damaged record
+    is skipped: the system chain's own verification reports it."""
     for data_json in _tables.prune_records(store):
         try:
             data = json.loads(data_json)
@@ -210,10 +209,23 @@ def pruned_chains(store: Store, trusted: Any = None) -> dict[str, tuple[int, str
 
                 if not record_signed_by(data, trusted):
                     continue
-            for item in data.get("chains", []):
-                out[str(item["chain"])] = (int(item["count"]), str(item["head"]))
+            items = [item for item in data.get("chains", []) if isinstance(item, dict)]
         except (ValueError, TypeError, KeyError, AttributeError):
-            continue  # a damaged prune record: the system chain's own verification reports it
+            continue
+        yield from items
+
+
+def pruned_chains(store: Store, trusted: Any = None) -> dict[str, tuple[int, str]]:
+    """Every chain an ``audit.pruned`` event on the system chain names: ``{chain: (count, head)}``.
+
+    With ``trusted`` (an Ed25519 public key), only prune records signed by it count: a chain
+    deleted under a forged or unsigned record is then reported as missing."""
+    out: dict[str, tuple[int, str]] = {}
+    for item in pruned_items(store, trusted):
+        try:
+            out[str(item["chain"])] = (int(item["count"]), str(item["head"]))
+        except (ValueError, TypeError, KeyError):
+            continue  # a damaged entry: the system chain's own verification reports it
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sqlite3
 import threading
@@ -152,37 +153,47 @@ class SQLiteStore(Store):
             return super().write_rows(sql, rows, fence=fence, relaxed=relaxed)
         relax = relaxed and self._syncing()
 
-        def go() -> None:
-            pool = self._get_pool()
-            conn = pool.get()
-            try:
-                if relax:
-                    conn.execute("PRAGMA synchronous = NORMAL")
-                try:
-                    with _writer_lock(self._writer_key):
-                        cur = conn.cursor()
-                        try:
-                            cur.execute("BEGIN IMMEDIATE")
-                            try:
-                                if fence is not None:
-                                    self.fence(cur, *fence)
-                                cur.executemany(sql, rows)
-                            except BaseException:
-                                with contextlib.suppress(Exception):
-                                    cur.execute("ROLLBACK")
-                                raise
-                            cur.execute("COMMIT")
-                        finally:
-                            cur.close()
-                finally:
-                    if relax:
-                        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            except BaseException as exc:
-                pool.put(conn, broken=self._is_disconnect(exc) or self._conn_broken(conn))
-                raise
-            pool.put(conn)
+        def rows_in(cur: Any) -> None:
+            if fence is not None:
+                self.fence(cur, *fence)
+            cur.executemany(sql, rows)
 
-        self._retrying(go)
+        self._retrying(functools.partial(self._immediate, rows_in, relax=relax))
+
+    def _immediate(self, body: Callable[[Any], T], *, relax: bool = False) -> T:
+        """``body(cursor)`` in one write transaction on a pooled connection, without the
+        layers of ``_connection``/``_tx``: the writer lock, ``BEGIN IMMEDIATE`` (busy
+        handling), a rollback on an error, the commit; ``relax``: the connection's level set to
+        ``NORMAL`` just before and put back right after. A connection whose commit or level
+        could not be put back is closed (``_conn_broken``), not pooled. The fast path of
+        ``write_rows`` and of a step's append; not retried here (the callers' ``_retrying``)."""
+        pool = self._get_pool()
+        conn = pool.get()
+        try:
+            if relax:
+                conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                with _writer_lock(self._writer_key):
+                    cur = conn.cursor()
+                    try:
+                        cur.execute("BEGIN IMMEDIATE")
+                        try:
+                            result = body(cur)
+                        except BaseException:
+                            with contextlib.suppress(Exception):
+                                cur.execute("ROLLBACK")
+                            raise
+                        cur.execute("COMMIT")
+                    finally:
+                        cur.close()
+            finally:
+                if relax:
+                    conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        except BaseException as exc:
+            pool.put(conn, broken=self._is_disconnect(exc) or self._conn_broken(conn))
+            raise
+        pool.put(conn)
+        return result
 
     def _append_once(
         self,
@@ -216,31 +227,16 @@ class SQLiteStore(Store):
                 output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
                 notify=notify, ops=ops, relaxed=relaxed,
             )  # fmt: skip
-        pool = self._get_pool()
-        conn = pool.get()
-        try:
-            with _writer_lock(self._writer_key):
-                cur = conn.cursor()
-                try:
-                    cur.execute("BEGIN IMMEDIATE")
-                    try:
-                        cancel = self._move_head(
-                            cur, run_id, head, new, owner=owner, now=now, status=status, finish=finish,
-                            output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
-                        )  # fmt: skip
-                        self._insert_rows(cur, rows)
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            cur.execute("ROLLBACK")
-                        raise
-                    cur.execute("COMMIT")
-                finally:
-                    cur.close()
-        except BaseException as exc:
-            pool.put(conn, broken=self._is_disconnect(exc) or self._conn_broken(conn))
-            raise
-        pool.put(conn)
-        return cancel
+
+        def step_in(cur: Any) -> bool:
+            cancel = self._move_head(
+                cur, run_id, head, new, owner=owner, now=now, status=status, finish=finish,
+                output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
+            )  # fmt: skip
+            self._insert_rows(cur, rows)
+            return cancel
+
+        return self._immediate(step_in)
 
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         # ``Connections._fetchall`` in one function (reads are on the LangGraph checkpointer's
