@@ -21,8 +21,8 @@ journal, ``synchronous=FULL``), on PostgreSQL both commit synchronously.
 
 Each side (the raw commit, wflo, DBOS) runs in a process of its own (``_common.Child``), as each
 would in production; this process only asks them in turn to run one case, timed in the side's
-process. Alternated in one process, wflo and DBOS slowed each other (DBOS merely loaded there
-did not): ``--one-process`` keeps that older method to compare.
+process: the engines share no interpreter (GIL, garbage collector, imports). ``--one-process``
+keeps the older method (everything loaded here) to compare; quiet, the two gave close ratios.
 
     python bench/engine.py [--iterations 60] [--rounds 5] [--stores sqlite,postgres] [--json] [--one-process]
 
