@@ -140,18 +140,19 @@ OUTAGE = LEASE * 3
 def test_sqlite_store_away_past_the_lease_then_back(sqlite_url: str, tmp_path: Path) -> None:
     """The store is away (its write lock held by another connection) for three leases while
     worker A is inside the first step of 6 runs: A's heartbeats fail (its writes give up on the
-    lock after 50 ms) and B's claims too. When the store is back, A's steps end and A journals
-    them (nobody claimed yet: the fence passes), while B may claim the expired runs. A must
+    lock after 50 ms) and B's claims too. A's steps end just before the store is back; then A
+    journals them (nobody claimed yet: the fence passes), while B may claim the expired runs. A must
     renew before its next step, so no step ever runs on both, whichever gets there first.
 
     This one does not force the losing order (B's claim landing between A's journal write
     and A's next heartbeat); the SIGSTOP test above does."""
 
-    def outage() -> None:
+    def outage(steps_end: Callable[[], None]) -> None:
         conn = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
         try:
             conn.execute("BEGIN IMMEDIATE")  # the write lock: every writer (heartbeats too) waits
             time.sleep(OUTAGE)
+            steps_end()
             conn.execute("ROLLBACK")
         finally:
             conn.close()
@@ -167,15 +168,16 @@ def test_postgres_server_away_past_the_lease_then_back(tmp_path: Path) -> None:
 
     with private_cluster(prefix="wflo-lease-pg-") as cluster:
 
-        def outage() -> None:
+        def outage(steps_end: Callable[[], None]) -> None:
             cluster.ctl("-m", "fast", "stop")
             time.sleep(OUTAGE)
+            steps_end()
             cluster.start()
 
         _store_away(cluster.url, tmp_path, outage)
 
 
-def _store_away(url: str, tmp_path: Path, outage: Callable[[], None], **env_extra: str) -> None:
+def _store_away(url: str, tmp_path: Path, outage: Callable[[Callable[[], None]], None], **env_extra: str) -> None:
     _config.configure(database=url, lease_seconds=LEASE)
     store = open_store(url)
     ids = [f"away-{i}" for i in range(RUNS)]
@@ -191,8 +193,18 @@ def _store_away(url: str, tmp_path: Path, outage: Callable[[], None], **env_extr
               lambda: sum(1 for k, st, pid, _ in _lines(effects) if k == "start" and pid == a.pid) == RUNS)  # fmt: skip
         b = _serve(env, idle=4)
         time.sleep(1.0)  # B is up and polling
-        outage()
-        release.touch()  # the steps end as the store comes back
+
+        def steps_end() -> None:
+            # A's first steps end just before the store comes back. Not after: once the store
+            # is back B may claim an expired run before this test process gets to release A
+            # (``pg_ctl start`` returns some time after the server accepts connections), and
+            # re-run a step A is still inside. Such a step was in flight when the lease
+            # lapsed: it may run again (P3), but nothing can stop the first run of it. What
+            # is asserted is that neither worker *starts* a step the other is running.
+            release.touch()
+            _wait("A's first steps to end", lambda: sum(1 for k, *_ in _lines(effects) if k == "end") >= RUNS)
+
+        outage(steps_end)
         _, err_a = a.communicate(timeout=90)
         _, err_b = b.communicate(timeout=90)
     finally:
