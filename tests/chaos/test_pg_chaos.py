@@ -59,8 +59,11 @@ class Cluster:
         subprocess.run(cmd, check=True, capture_output=True, timeout=90)
 
     def start(self) -> None:
+        # fsync=off is safe here (an immediate stop keeps what reached the kernel; the machine
+        # does not crash); synchronous_commit=off is not: it makes the server forget commits it
+        # acknowledged, which wflo relies on it to keep (a claim, a heartbeat, a step's record).
         opts = (f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c max_connections=200 "
-                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off")  # fmt: skip
+                "-c fsync=off -c full_page_writes=off -c synchronous_commit=on")  # fmt: skip
         self.ctl("-l", f"{self.datadir}/log", "-o", opts, "start")
 
     def restart(self, mode: str) -> None:

@@ -102,9 +102,10 @@ class Store(Connections):
     """:meth:`_time_sql` needs no clock read beforehand (``clock`` may be ``None``)."""
 
     def _claim_tx(self, fn: Callable[[Any], Callable[[], T]], *, relaxed: bool = True) -> T:
-        """Run ``fn(cursor)`` in a write transaction, relaxed by default (a claim: see "Commit
-        modes" in ``_postgres``); call what it returns once the transaction committed and
-        return that.
+        """Run ``fn(cursor)`` in a write transaction, relaxed by default (a claim); call what it
+        returns once the transaction committed and return that. A relaxed SQLite commit is lost
+        only with the machine, and every claimer on it; PostgreSQL's claims are synchronous (a
+        server crash is not its claimers': see "Commit modes" in ``_postgres``).
 
         PostgreSQL sends the transaction pipelined: statements go out without waiting for
         the answers of those before, and only reading an answer waits (one round trip for

@@ -84,11 +84,11 @@ def claim_next(
             return None
 
     def body(cur: Any) -> Callable[[], RunRecord | None]:
-        # A claim commits without waiting for the disk on PostgreSQL ("Commit modes" in
-        # ``_postgres``): a claim lost with the server is caught by the fence of the claimer's
-        # next append, which is also the first write that anything depends on. There it is
-        # also pipelined (``_claim_tx``) and reads the server's clock inside its statements:
-        # a wake-up is two round trips (the searches; the update with the commit).
+        # A claim commits synchronously on PostgreSQL ("Commit modes" in ``_postgres``): one
+        # lost with the server would let its claimer start a step that another worker, having
+        # claimed the run again, starts too. There it is also pipelined (``_claim_tx``) and
+        # reads the server's clock inside its statements: a wake-up is two round trips (the
+        # searches; the update with the commit).
         clock = None if store.server_clock else store._clock(cur)
         run_id = _find(store, cur, scope, clock, turn, lock=True)
         if run_id is None:

@@ -39,19 +39,18 @@ _PG_TIME = (
 )
 
 # Commit modes. Most commits wait for the WAL flush (``synchronous_commit`` as the server
-# has it, ``on`` by default): a few milliseconds each, most of what a short run costs. Three
+# has it, ``on`` by default): a few milliseconds each, most of what a short run costs. Two
 # commits here skip that wait (``set_config('synchronous_commit', 'off', true)``, inside the
 # same statement or transaction: no extra round trip):
 #
 # - the start of a run its caller executes at once (``create_run`` with an owner: ``.run()``,
 #   a child's ``.run()``, ``wflo.init()``);
-# - a claim (``claim_next``, ``claim``): a lease, nothing more;
 # - the marker that an execution began (``run.started``/``run.resumed`` appended alone,
 #   ``RELAXED_MARKERS`` in ``_base``).
 #
 # Why that is safe. PostgreSQL's WAL is one sequence: a synchronous commit flushes it up to
 # its own commit record, so every commit before it (asynchronous ones included) is durable
-# when it returns. Nothing outside the run depends on these three before the run's next
+# when it returns. Nothing outside the run depends on these two before the run's next
 # write, and every write a run makes that anything depends on commits synchronously: a step's
 # result, a budget reservation before an LLM call, an approval request, a decision, the
 # run's end (whose result goes back to the caller). A client that dies (``kill -9`` of a
@@ -64,17 +63,23 @@ _PG_TIME = (
 #   once, as for any step whose record was not written. A caller that died in the same crash
 #   (one machine for both) leaves nobody to resume the run: it is as if never started, but
 #   for what its steps did in that window;
-# - a lost claim: the run is again queued, waiting or held by the lapsed lease it had; the
-#   claimer's next append is fenced on the lease and raises ``LeaseLost``; the next claim
-#   takes the run again. A queue's count of running runs (and a rate limit's ``started_at``)
-#   is then briefly one lower than what executes, as with a lease that lapsed;
 # - a lost marker: the run's head and projection roll back with it (one transaction), the
 #   next append is fenced on that head and raises ``LeaseLost``; the run is resumed after its
-#   lease lapses. No other chain refers to it, and anything that read it and then committed
+#   lease lapses (the claim before the marker was synchronous: the lease held, so nobody else
+#   started the run's next step meanwhile). No other chain refers to it, and anything that read it and then committed
 #   (an audit checkpoint records itself on the system chain before its file is written)
 #   flushed it first. What only reads (a run listing, ``wflo audit export``, which writes its
 #   files before its own record commits) can see such an event in that window and the store
 #   then lose it: an export taken while the run executes, in the last ~600 ms before a crash.
+#
+# A claim (``claim_next``, ``claim``) is synchronous, like a heartbeat. It was relaxed once, and
+# that was wrong: a fence stops writes, not the start of a step. A claimer whose claim was lost
+# with the server still counts on its lease (``RunContext.ensure_lease`` trusts a fresh one
+# without a round trip), while in the store the run is queued or waiting again; once the
+# server is back, another worker claims it, and both start the same step at once (the
+# PostgreSQL chaos test saw it in CI, and ``test_pg_commit_modes`` makes it happen on purpose).
+# A start and a marker have no such window: nobody else can claim a run that does not exist,
+# and a lost marker leaves the (synchronous) claim's lease in place.
 #
 # Only a statement or transaction of its own is relaxed: inside a caller's transaction (a store
 # call from a ``write``) it commits as that transaction does (``_idle``).
@@ -116,10 +121,10 @@ _APPEND = (
 _APPEND_RELAXED = f"{_APPEND}, {_RELAX}"
 
 # A claim (``claim``): its update, or the row as it is when the update took nothing (not
-# due, another's, ended); relaxed when it took the run (see Commit modes).
+# due, another's, ended). Synchronous (see Commit modes).
 _CLAIM = f"""
-WITH u AS ({{update}} RETURNING {RUN_COLUMNS}), s AS (SELECT {_RELAX})
-SELECT {RUN_COLUMNS} FROM u, s
+WITH u AS ({{update}} RETURNING {RUN_COLUMNS})
+SELECT {RUN_COLUMNS} FROM u
 UNION ALL
 SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM u)
 """
@@ -266,8 +271,10 @@ class PostgresStore(Store):
         return conn.pipeline()  # nested: its end sends a sync and reads every answer
 
     def _claim_tx(self, fn: Callable[[Any], Callable[[], T]], *, relaxed: bool = True) -> T:
+        """Never relaxed here: a claim lost with the server, its claimer alive, would let two
+        workers start the same step (see Commit modes)."""
         if getattr(self._local, "held", None) is not None:
-            return super()._claim_tx(fn, relaxed=relaxed)  # inside a caller's transaction: commits with it
+            return super()._claim_tx(fn, relaxed=False)  # inside a caller's transaction: commits with it
 
         def go() -> T:
             with self._connection() as conn:
@@ -275,8 +282,6 @@ class PostgresStore(Store):
                 try:
                     with conn.pipeline():
                         cur.execute("BEGIN")
-                        if relaxed:
-                            cur.execute(f"SELECT {_RELAX}")  # a claim: see Commit modes
                         then = fn(cur)
                         end.execute("COMMIT")
                     return then()
@@ -290,10 +295,9 @@ class PostgresStore(Store):
         return self._retrying(go)
 
     def claim(self, run_id: str, owner: str, lease_seconds: float, *, woken: bool = False) -> RunRecord:
-        """One statement (the update, the row as it is if it took nothing, the relaxed commit:
-        see Commit modes), prepared on each connection, and after it the reads of
-        ``read_ahead`` (in the same implicit transaction: after the update took the run's row),
-        all in one round trip. The reads' answers are kept only if the run is now ours."""
+        """One statement (the update, the row as it is if it took nothing), prepared on each
+        connection, and after it the reads of ``read_ahead`` (in the same implicit transaction:
+        after the update took the run's row), all in one round trip. The reads' answers are kept only if the run is now ours."""
         if getattr(self._local, "held", None) is not None:
             return super().claim(run_id, owner, lease_seconds, woken=woken)  # commits with the caller's
         update, params = self._claim_update(None, run_id, owner, lease_seconds, woken)

@@ -1,8 +1,8 @@
 """Which commits wait for the disk (issue 20; "Commit modes" in ``wflo.store._postgres``).
 
-On PostgreSQL a run's start under its caller, a claim and the marker that an execution
-began commit with ``synchronous_commit = off``; everything that anything depends on commits
-synchronously. Observed at the commit itself: a deferred constraint trigger, which PostgreSQL
+On PostgreSQL a run's start under its caller and the marker that an execution began commit
+with ``synchronous_commit = off``; everything that anything depends on commits synchronously,
+claims included. Observed at the commit itself: a deferred constraint trigger, which PostgreSQL
 fires just before the commit record is written, logs ``current_setting('synchronous_commit')``
 for every row a transaction wrote.
 
@@ -119,7 +119,7 @@ def test_a_run_started_by_its_caller_starts_relaxed_and_ends_synchronously(pg_st
 
 
 @pytest.mark.postgres
-def test_enqueue_is_synchronous_and_a_claim_and_its_marker_are_relaxed(pg_store: Store) -> None:
+def test_enqueue_and_a_claim_are_synchronous_the_marker_relaxed(pg_store: Store) -> None:
     handle = two_steps.start(1)
     assert _modes(pg_store) == [
         ("runs", "INSERT", "queued", "on"),
@@ -128,7 +128,7 @@ def test_enqueue_is_synchronous_and_a_claim_and_its_marker_are_relaxed(pg_store:
     Worker(concurrency=1, workflows=None).run(max_runs=1, idle_timeout=1.0)
     assert handle.result(timeout=5) == 3
     assert _modes(pg_store) == [
-        ("runs", "UPDATE", "running", "off"),  # the claim
+        ("runs", "UPDATE", "running", "on"),  # the claim: synchronous (Commit modes)
         ("runs", "UPDATE", "running", "off"),  # run.started, alone
         ("events", "INSERT", "run.started", "off"),
         ("runs", "UPDATE", "running", "on"),
@@ -174,8 +174,9 @@ def test_an_approval_request_and_decision_are_synchronous_the_resume_relaxed(pg_
     requested = _modes(pg_store)
     assert ("approvals", "INSERT", "pending", "on") in requested, requested
     assert ("events", "INSERT", "run.waiting", "on") in requested, requested
+    marker = requested.index(("runs", "UPDATE", "running", "off"))  # run.started, alone
+    assert requested[marker - 1] == ("runs", "UPDATE", "running", "on"), requested  # the claim: synchronous
     assert [m for m in requested if m[3] != "on"] == [
-        ("runs", "UPDATE", "running", "off"),  # the claim
         ("runs", "UPDATE", "running", "off"),  # run.started, alone
         ("events", "INSERT", "run.started", "off"),
     ], requested
@@ -190,7 +191,7 @@ def test_an_approval_request_and_decision_are_synchronous_the_resume_relaxed(pg_
     assert handle.result(timeout=5) == "refunded 500.0"
     resumed = _modes(pg_store)
     assert resumed[:3] == [
-        ("runs", "UPDATE", "running", "off"),  # the claim
+        ("runs", "UPDATE", "running", "on"),  # the claim: synchronous (Commit modes)
         ("runs", "UPDATE", "running", "off"),  # run.resumed, alone
         ("events", "INSERT", "run.resumed", "off"),
     ], resumed
