@@ -1,6 +1,6 @@
 """The server's first start and its operations API in one minute: the one-time admin sign-in
 link, a token created with an Idempotency-Key (a retry gets the same token, not a second one),
-the workers view, and the error shape.
+the workers view (an idle worker is listed too), and the error shape.
 
 Needs wflo[server]; runs offline in a few seconds: python examples/server_admin.py
 """
@@ -8,11 +8,14 @@ Needs wflo[server]; runs offline in a few seconds: python examples/server_admin.
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 
 import httpx
 
 import wflo
 from wflo import auth
+from wflo.engine import Worker
 from wflo.server import FIRST_SIGNIN_PATH as PATH
 from wflo.server import FirstSignIn, create_app, serve_in_thread
 
@@ -42,7 +45,16 @@ def main() -> None:
             token = first.json()["token"]
 
         api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
-        print("workers (as the token):    ", api.get("/api/v1/workers").json()["workers"])
+        idle = Worker(concurrency=2, workflows=["nightly-report"])  # nothing queued: it stays idle
+        serving = threading.Thread(target=idle.run)
+        serving.start()
+        deadline = time.monotonic() + 10
+        while not (listed := api.get("/api/v1/workers").json()["workers"]) and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the worker has written its registry row
+        print("workers (as the token):    ",
+              [(w["id"], "busy" if w["leases"] else "idle", w["concurrency"]) for w in listed])  # fmt: skip
+        idle.stop()
+        serving.join()
         print("people (operator may not): ", api.get("/api/v1/users").json()["error"])
         print("health:                    ", httpx.get(base + "/healthz").json())
         tokens = [t.name for t in auth.tokens().list()]

@@ -31,7 +31,7 @@ PG_URL = os.environ.get("WFLO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/te
 def _clean_wflo_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Tests never see the developer's WFLO_* variables, nor another test's settings."""
     for key in list(os.environ):
-        if key.startswith("WFLO_") and key != "WFLO_TEST_PG":
+        if key.startswith("WFLO_") and key not in ("WFLO_TEST_PG", "WFLO_SCREENSHOTS"):
             monkeypatch.delenv(key, raising=False)
     config.reset()
     yield

@@ -57,11 +57,11 @@ PINNED: dict[str, set[str]] = {
     "wflo.demo": {"run_demo"},
     "wflo.engine": {
         "BoundWorkflow", "Call", "Guard", "JournalEntry", "NOT_REPLAYED", "Outcome", "Queue", "RunContext", "RunHandle",
-        "RunOptions", "Step", "StepOptions", "ToolOptions", "Worker", "Workflow", "WorkflowOptions", "add_cancel_hook",
+        "RunOptions", "Step", "StepOptions", "ToolOptions", "Worker", "WorkerInfo", "Workflow", "WorkflowOptions", "add_cancel_hook",
         "add_finish_op", "add_guard_factory", "add_resume_hook", "aguarded_call", "check_options", "current_run",
         "declared_queues",
         "finish_call", "get_workflow", "guarded_call", "module_for_file", "owner_is_dead_here", "process_owner",
-        "registered_workflows", "resume", "start_call", "step", "workflow"
+        "registered_workers", "registered_workflows", "resume", "start_call", "step", "workflow"
     },
     "wflo.errors": {
         "AccessDeniedError", "AccessError", "ActionMismatchError", "ApprovalClosedError", "ApprovalError",

@@ -21,6 +21,7 @@ SQL_HOMES: list[tuple[str, str]] = [
     ("wflo.approvals", "wflo.approvals._tables"),
     ("wflo.audit", "wflo.audit._tables"),
     ("wflo.cost", "wflo.cost._tables"),
+    ("wflo.engine", "wflo.engine._tables"),
     ("wflo.guards", "wflo.guards._tables"),
     ("wflo.integrations", "wflo.integrations._checkpoint_tables"),
 ]

@@ -3,6 +3,7 @@ sees its secret once; a viewer sees no write controls and the API refuses them a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from panel import chromium, grant, serve, shot, signed_in
 from wflo import _config
 from wflo.auth import access, tokens
+from wflo.engine import Worker
 
 
 @pytest.fixture
@@ -81,16 +83,26 @@ def test_workers_page_shows_leases_and_queues(base: str) -> None:
     for owner in ("ip-10-0-0-7:4121:worker-3fa2c1", "ip-10-0-0-8:977:worker-b81d0e"):
         assert st.claim_next(owner, lease, ["refunds", "etl"]) is not None
     assert st.claim_next("ip-10-0-0-7:4121:worker-3fa2c1", lease, ["triage"]) is not None
-    with chromium() as browser:
-        ctx: Any = signed_in(browser, base, "user:ops@acme.com", role="operator")
-        page = ctx.new_page()
-        page.goto(base + "/workers")
-        page.locator("#worker-list").wait_for()
-        assert page.locator("#alive").inner_text() == "2"
-        assert page.locator("#queued").inner_text() == "4"
-        assert "ip-10-0-0-8:977:worker-b81d0e" in page.locator("#worker-list").inner_text()
-        shot(page, "panel-workers.png")
-        assert ctx.errors == []
+    # A real worker with nothing to do (it serves a workflow nobody started): idle, yet listed.
+    idle = Worker(concurrency=2, workflows=["reports"])
+    serving = threading.Thread(target=idle.run)
+    serving.start()
+    try:
+        with chromium() as browser:
+            ctx: Any = signed_in(browser, base, "user:ops@acme.com", role="operator")
+            page = ctx.new_page()
+            page.goto(base + "/workers")
+            page.locator("#worker-list").wait_for()
+            assert page.locator("#alive").inner_text() == "3"
+            assert page.locator("#idle").inner_text() == "1"
+            assert page.locator("#queued").inner_text() == "4"
+            listed = page.locator("#worker-list").inner_text()
+            assert "ip-10-0-0-8:977:worker-b81d0e" in listed and idle.owner in listed and "idle" in listed
+            shot(page, "panel-workers.png")
+            assert ctx.errors == []
+    finally:
+        idle.stop()
+        serving.join(30)
 
 
 def test_a_tenant_admin_manages_only_their_tenant(base: str) -> None:

@@ -5,6 +5,7 @@ from ._context import JournalEntry, RunContext, current_run
 from ._executor import add_finish_op, add_guard_factory, add_resume_hook, owner_is_dead_here, process_owner
 from ._options import StepOptions, ToolOptions, WorkflowOptions, check_options
 from ._queues import Queue, declared_queues
+from ._tables import WorkerInfo, registered_workers
 from ._worker import Worker
 from ._workflow import (
     BoundWorkflow,
@@ -36,6 +37,7 @@ __all__ = [
     "StepOptions",
     "ToolOptions",
     "Worker",
+    "WorkerInfo",
     "Workflow",
     "WorkflowOptions",
     "add_cancel_hook",
@@ -52,6 +54,7 @@ __all__ = [
     "module_for_file",
     "owner_is_dead_here",
     "process_owner",
+    "registered_workers",
     "registered_workflows",
     "resume",
     "start_call",

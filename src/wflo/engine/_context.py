@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import LeaseLost, RunCancelled, RunEndedError
 from .._runtime import runtime as current_runtime
 from ..store import Head, NewEvent, RunRecord, Store, StoreOp
+from ._tables import journal_read
 
 if TYPE_CHECKING:
     from .._runtime import Runtime
@@ -115,12 +116,6 @@ class JournalEntry:
 
     def __repr__(self) -> str:
         return f"JournalEntry(call={self.call!r}, name={self.name!r}, kind={self.kind!r}, status={self.status!r}, seq={self.seq})"
-
-
-def journal_read(run_id: str) -> tuple[str, tuple[str]]:
-    """The read of a run's journal (what :meth:`RunContext.load` needs), as ``(sql, params)``:
-    a woken run sends it with its claim (``Store.read_ahead``)."""
-    return "SELECT seq, type, data FROM events WHERE chain = ? ORDER BY seq", (run_id,)
 
 
 class RunContext:

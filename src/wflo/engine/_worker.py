@@ -18,6 +18,7 @@ from .._runtime import runtime as current_runtime
 from ..store import QueueRule, RunRecord, Store, parse_iso
 from ._executor import execute
 from ._queues import Queue, check_declared, declared_queues, queue_name
+from ._tables import WorkerInfo, worker_gone, worker_seen
 from ._workflow import get_workflow, registered_workflows
 
 log = logging.getLogger("wflo.worker")
@@ -101,12 +102,17 @@ class Worker:
 
         cfg = self.runtime.settings
         idle_since = time.monotonic()
+        self._seen(first=True)
+        next_seen = time.monotonic() + cfg.lease_seconds / 3
         # Held across the loop: a change committed between a claim that found nothing and the
         # wait below is not missed (the wait returns at once).
         changes = self.store.changes()
         with changes, ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="wflo-run") as pool:
             while not self._stop.is_set():
                 run_schedule(self.store, background=True)  # no-op unless compliance_schedule is set
+                if time.monotonic() >= next_seen:
+                    self._seen()
+                    next_seen = time.monotonic() + cfg.lease_seconds / 3
                 if max_runs is not None and self.completed >= max_runs:
                     break
                 with self._lock:
@@ -141,9 +147,30 @@ class Worker:
                     changes.wait(self._idle_wait(cfg.poll_interval))
             with self._lock:
                 pending = list(self._active.values())
-            for fut in pending:
-                fut.result()
+            try:
+                for fut in pending:
+                    fut.result()
+            finally:
+                self._gone()
         return self.completed
+
+    def _info(self) -> WorkerInfo:
+        return WorkerInfo(id=self.owner, host=socket.gethostname(), pid=os.getpid(), concurrency=self.concurrency,
+                          workflows=tuple(self._names()), queues=None if self.queues is None else tuple(self.queues))  # fmt: skip
+
+    def _seen(self, *, first: bool = False) -> None:
+        """Keep this worker's row in the registry (the Workers page shows idle workers too).
+        Only what a person reads depends on it: a store that is away costs a log line."""
+        try:
+            worker_seen(self.store, self._info(), self.runtime.settings.lease_seconds, first=first)
+        except Exception as exc:
+            log.debug("wflo worker: the registry was not updated: %s", exc)
+
+    def _gone(self) -> None:
+        try:
+            worker_gone(self.store, self.owner)
+        except Exception as exc:
+            log.debug("wflo worker: the registry row was not removed: %s", exc)
 
     def _idle_wait(self, poll: float) -> float:
         """How long to wait for a change: ``poll`` at most, less if a timer is due sooner."""

@@ -29,11 +29,12 @@ from .._runtime import runtime as current_runtime
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
-from ._context import RunContext, _call_path, current_run, journal_read
+from ._context import RunContext, _call_path, current_run
 from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, prepare, process_owner
 from ._options import StepOptions, WorkflowOptions, check_options
 from ._queues import Queue, queue_name, queue_placement
 from ._serialize import check_serializer, decode, encode
+from ._tables import journal_read
 
 if TYPE_CHECKING:
     from ..cost import Budget

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..auth import GLOBAL, Access, covers, tenant_scope
 from ..config import settings
+from ..engine import registered_workers
 from ..store import now_iso, parse_iso
 from . import _firstrun
 from ._panel import page_route
@@ -67,7 +68,8 @@ def register(router: Router) -> None:
 
     @router.route("GET", "/api/v1/workers", permission="runs:read")
     def list_workers(request: Request) -> dict[str, Any]:
-        """Workers holding leases now, their runs, and the queue depth per workflow and status."""
+        """Workers that are up (idle ones too) and their leases and runs, and the queue depth per
+        workflow and status."""
         return workers(access)
 
     @router.route("GET", "/api/v1/grants", permission="grants:read", scope=tenant_query)
@@ -164,12 +166,14 @@ def users(access: Access) -> list[dict[str, Any]]:
 
 
 def workers(access: Access) -> dict[str, Any]:
-    """Workers, from the runs' leases: a worker is alive while it holds an unexpired lease.
+    """Workers: those in the registry (each ``Worker`` keeps its row while it is up, idle or
+    not), and any other that holds an unexpired lease (a worker whose registry row lapsed).
 
     A worker renews its leases on every heartbeat (to now + ``lease_seconds``), so its last
-    heartbeat is its latest lease expiry minus ``lease_seconds`` (this server's setting; an
-    estimate when workers run with another). An idle worker holds no lease and is not listed.
-    A running run whose lease expired waits for another worker to recover it (``orphaned``).
+    heartbeat is at least its latest lease expiry minus ``lease_seconds`` (this server's
+    setting; an estimate when workers run with another), and at least its registry row's
+    ``seen_at``. A running run whose lease expired waits for another worker to recover it
+    (``orphaned``).
     """
     st = access.store
     now = st.now()  # leases are judged on the store's clock, so they are read on it too
@@ -192,6 +196,14 @@ def workers(access: Access) -> dict[str, Any]:
         beat = parse_iso(w["lease_expires_at"]) - timedelta(seconds=lease)
         # A worker configured with a longer lease than this server's would look ahead of now.
         w["last_heartbeat"] = min(beat.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), now)
+        w.update(registered=False, started_at=None, concurrency=None, queues=None, workflows=None)
+    for info in registered_workers(st):
+        w = found.setdefault(info.id, {"id": info.id, "leases": 0, "runs": [], "lease_expires_at": None,
+                                       "last_heartbeat": info.seen_at})  # fmt: skip
+        w.update(host=info.host, pid=str(info.pid), registered=True, started_at=info.started_at,
+                 concurrency=info.concurrency, queues=None if info.queues is None else list(info.queues),
+                 workflows=list(info.workflows))  # fmt: skip
+        w["last_heartbeat"] = max(w["last_heartbeat"], info.seen_at)
     marks = ", ".join("?" * len(_UNFINISHED))
     queues = [
         {"workflow": wf, "status": status, "count": int(n), "oldest": oldest}
@@ -209,5 +221,5 @@ def workers(access: Access) -> dict[str, Any]:
             (now,),
         )
     ]
-    return {"now": now, "lease_seconds": lease, "workers": list(found.values()), "queues": queues,
+    return {"now": now, "lease_seconds": lease, "workers": sorted(found.values(), key=lambda w: w["id"]), "queues": queues,
             "orphaned": orphaned}  # fmt: skip

@@ -594,6 +594,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         "wflo.cost._tables:M019_SPEND_RUN",
         M020_PGEMPTY_RUN_WRITES,
         M021_STEPCOST_STATUS_TRIGGER,
+        "wflo.engine._tables:M022_WORKERS",
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -84,11 +87,72 @@ def test_workers_and_queue_depth(app: FastAPI) -> None:
     a = by_id["hostA:101:worker-aa"]
     assert (a["host"], a["pid"], a["leases"], len(a["runs"])) == ("hostA", "101", 2, 2)
     assert a["last_heartbeat"] < a["lease_expires_at"] and a["last_heartbeat"] <= data["now"]
+    assert a["registered"] is False and a["concurrency"] is None  # known from its leases only
     depth = {(q["workflow"], q["status"]): q["count"] for q in data["queues"]}
     assert depth == {("etl", "queued"): 1, ("etl", "running"): 2, ("mail", "running"): 2}
     assert data["orphaned"] == [{"workflow": "mail", "count": 1}]
     # Workers cut across tenants: a tenant's viewer may not see them.
     assert client.get("/api/v1/workers", headers=bearer("viewer", "tenant:acme")).status_code == 403
+
+
+_IDLE_APP = """
+import wflo
+
+
+@wflo.workflow(name="idle.app")
+def app() -> None:
+    return None
+"""
+
+
+def _worker_process(url: str, folder: Path, lease_seconds: str) -> subprocess.Popen[str]:
+    """``wflo worker`` serving a module with nothing queued: it stays idle."""
+    (folder / "idleapp.py").write_text(_IDLE_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update(WFLO_DATABASE_URL=url, WFLO_LEASE_SECONDS=lease_seconds,
+               PYTHONPATH=os.pathsep.join([str(folder), *sys.path]))  # fmt: skip
+    cmd = [sys.executable, "-m", "wflo.cli", "worker", "-i", "idleapp", "-q", "-c", "3"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _listed(client: TestClient, headers: dict[str, str], want: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The workers by pid, once ``want`` holds of them (within 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        by_pid = {w["pid"]: w for w in client.get("/api/v1/workers", headers=headers).json()["workers"]}
+        if want(by_pid):
+            return by_pid
+        assert time.monotonic() < deadline, by_pid
+        time.sleep(0.1)
+
+
+def test_idle_workers_are_listed_until_they_stop_or_their_row_expires(
+    app: FastAPI, configured: str, tmp_path: Path
+) -> None:
+    client, viewer = TestClient(app), bearer("viewer")
+    calm = _worker_process(configured, tmp_path, "30")
+    killed = _worker_process(configured, tmp_path, "4")
+    try:
+        pids = str(calm.pid), str(killed.pid)
+        by_pid = _listed(client, viewer, lambda ws: all(p in ws for p in pids))
+        w = by_pid[str(calm.pid)]
+        assert (w["leases"], w["runs"], w["registered"], w["concurrency"], w["queues"]) == (0, [], True, 3, None)
+        assert "idle.app" in w["workflows"] and w["host"] == socket.gethostname()
+        assert w["started_at"] <= w["last_heartbeat"] and w["lease_expires_at"] is None
+        # A worker that stops says goodbye: its row goes at once.
+        calm.send_signal(signal.SIGTERM)
+        assert calm.wait(30) == 0
+        assert str(calm.pid) not in _listed(client, viewer, lambda ws: True)
+        # A worker killed without a goodbye is listed until its row expires (its lease's length).
+        killed.kill()
+        killed.wait(30)
+        assert str(killed.pid) in _listed(client, viewer, lambda ws: True)
+        _listed(client, viewer, lambda ws: str(killed.pid) not in ws)
+    finally:
+        for proc in (calm, killed):
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
 
 def _first(client: TestClient, code: str) -> httpx.Response:

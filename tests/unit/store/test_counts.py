@@ -148,10 +148,11 @@ def test_a_store_at_m020_upgrades_to_the_split_count_triggers(pg_url: str) -> No
                 "CREATE TRIGGER wflo_run_counts AFTER INSERT OR DELETE OR UPDATE OF status ON runs "
                 "FOR EACH ROW EXECUTE FUNCTION wflo_run_counts()",
             )
+            store.execute(cur, "DROP TABLE workers")  # m022's, applied again below
             store.execute(cur, "UPDATE wflo_meta SET value = '20' WHERE key = 'schema_version'")
 
         store.write(back_to_m020)
-        assert store.migrate() == ["m021_stepcost_status_trigger"]
+        assert store.migrate()[:1] == ["m021_stepcost_status_trigger"]  # and those after it
         triggers = sorted(r[0] for r in store.read("SELECT tgname FROM pg_trigger WHERE tgrelid = 'runs'::regclass"))
         assert triggers == ["wflo_run_counts", "wflo_run_counts_status"]
         store.create_run(run_id="new", workflow="w", input={}, owner="me")

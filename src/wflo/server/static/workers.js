@@ -1,4 +1,4 @@
-// Workers: who holds leases now (alive), their runs, and the queue depth per workflow.
+// Workers: who is up (busy or idle), their leases and runs, and the queue depth per workflow.
 import { api, h, mount, when, table, ApiError } from "./wflo.js";
 
 async function render() {
@@ -13,11 +13,16 @@ async function render() {
   const workers = data.workers.length
     ? table([
         ["worker", (w) => h("code", {}, w.id)], ["host", (w) => w.host], ["pid", (w) => w.pid],
-        ["leases", (w) => String(w.leases)], ["last heartbeat", (w) => when(w.last_heartbeat)],
+        ["state", (w) => h("span", { class: w.leases ? "status running" : "status", title: w.registered ? "" : "known from its leases only" },
+          w.leases ? "busy" : "idle")],
+        ["concurrency", (w) => (w.concurrency == null ? "" : String(w.concurrency))],
+        ["queues", (w) => (w.queues == null ? (w.registered ? "all declared" : "") : w.queues.join(", ") || "none named")],
+        ["leases", (w) => String(w.leases)], ["started", (w) => (w.started_at ? when(w.started_at) : "")],
+        ["last heartbeat", (w) => when(w.last_heartbeat)],
         ["runs", (w) => h("span", {}, w.runs.slice(0, 5).map((r) => h("a", { href: `/runs/${r.id}`, class: "run" }, r.id, " ")),
           w.leases > 5 ? `… ${w.leases - 5} more` : "")],
       ], data.workers, { id: "worker-list" })
-    : h("p", { class: "empty" }, "No worker holds a lease now (idle workers are not listed).");
+    : h("p", { class: "empty" }, "No worker is up: start one with `wflo worker -i MODULE`.");
   const depth = {};
   for (const q of data.queues) (depth[q.workflow] ||= { workflow: q.workflow, id: q.workflow })[q.status] = q.count;
   for (const o of data.orphaned) (depth[o.workflow] ||= { workflow: o.workflow, id: o.workflow }).orphaned = o.count;
@@ -32,7 +37,8 @@ async function render() {
     : h("p", { class: "empty" }, "No unfinished runs.");
   mount("workers",
     h("div", { class: "cards" },
-      h("div", { class: "card" }, h("div", { class: "muted" }, "Workers alive"), h("div", { class: "value", id: "alive" }, String(data.workers.length))),
+      h("div", { class: "card" }, h("div", { class: "muted" }, "Workers up"), h("div", { class: "value", id: "alive" }, String(data.workers.length))),
+      h("div", { class: "card" }, h("div", { class: "muted" }, "Idle"), h("div", { class: "value", id: "idle" }, String(data.workers.filter((w) => !w.leases).length))),
       h("div", { class: "card" }, h("div", { class: "muted" }, "Queued runs"),
         h("div", { class: "value", id: "queued" }, String(data.queues.filter((q) => q.status === "queued").reduce((a, q) => a + q.count, 0))))),
     h("h2", {}, "Workers"), workers, h("h2", {}, "Queues"), queues,
