@@ -151,7 +151,7 @@ def test_a_store_at_m020_upgrades_to_the_split_count_triggers(pg_url: str) -> No
             store.execute(cur, "UPDATE wflo_meta SET value = '20' WHERE key = 'schema_version'")
 
         store.write(back_to_m020)
-        assert store.migrate() == ["m021_stepcost_status_trigger"]
+        assert store.migrate()[0] == "m021_stepcost_status_trigger"  # and those after it
         triggers = sorted(r[0] for r in store.read("SELECT tgname FROM pg_trigger WHERE tgrelid = 'runs'::regclass"))
         assert triggers == ["wflo_run_counts", "wflo_run_counts_status"]
         store.create_run(run_id="new", workflow="w", input={}, owner="me")
