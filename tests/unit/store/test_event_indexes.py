@@ -16,7 +16,7 @@ from wflo.audit._tables import run_events_of_types
 from wflo.compliance._common import _WINDOW_SQL
 from wflo.cost._tables import JOURNAL_EVENTS
 from wflo.server._decisions import ALERTS_SQL
-from wflo.server._runs_live import FEED_APPROVALS_SQL
+from wflo.server._runs_live import FEED_APPROVALS_SQL, FEED_HEADS_SQL
 from wflo.store import SYSTEM_CHAIN, TYPE_INDEXED, Head, NewEvent, Store, now_iso, open_store
 
 # The hot reads by type or time, and the index each must go through (SQLite; PostgreSQL, where
@@ -30,6 +30,7 @@ PLANS = {
         "events_type_at",
     ),
     "the feed's approvals": (FEED_APPROVALS_SQL, 1, "events_type_at", "events_(type_)?at"),
+    "the feed's head moves": (FEED_HEADS_SQL, 1, "events_at", "events_at"),
     "spend from the journal": (
         JOURNAL_EVENTS.format(fields="e.data", where=" AND e.at >= ? AND e.at < ?"),
         2,
@@ -96,10 +97,12 @@ def test_a_store_at_m021_with_events_upgrades_and_answers_alike(store_url: str) 
         assert store.migrate()[0] == "m022_eventidx_type_partial"  # and those after it
         assert _answers(store, old=False) == before
         assert before["budget alerts"] and before["the feed's approvals"] and before["spend from the journal"]
+        assert before["the feed's head moves"]
 
 
 def _answers(store: Store, *, old: bool) -> dict[str, Any]:
-    """Every read of ``PLANS`` (as m021's queries were, without ``TYPE_INDEXED``, if ``old``),
+    """Every read of ``PLANS`` (as m021's queries were, without ``TYPE_INDEXED``, and the feed's
+    head moves grouped by the bare column, if ``old``),
     and the compliance report's run events, over the whole history."""
     window = ("2000-01-01", "2999-01-01")
     params: dict[int, list[Any]] = {0: [], 1: [window[0]], 2: list(window)}
@@ -107,6 +110,7 @@ def _answers(store: Store, *, old: bool) -> dict[str, Any]:
     for name, (sql, n, _, _) in PLANS.items():
         if old:
             sql = sql.replace(f" AND e.{TYPE_INDEXED}", "").replace(f" AND {TYPE_INDEXED}", "")
+            sql = sql.replace("chain || ''", "chain")
         rows = store.read(sql, params[n])
         found[name] = rows if "ORDER BY" in sql else sorted(rows)
     found["report"] = run_events_of_types(store, window, ("call.completed", "call.failed", "loop.stopped"))
