@@ -33,11 +33,12 @@ def journal_read(run_id: str) -> tuple[str, tuple[str]]:
 
 
 # The worker registry: a worker holding no lease (idle) used to be invisible to
-# the Workers page and API. Read by those only, never by the engine's claims or fencing.
-M022_WORKERS = Migration(
-    "m022_workers",
+# the Workers page and API. Read by those only, never by the engine's claims or fencing. (IF NOT
+# EXISTS: a test that sets a store's version back applies it again.)
+M023_WORKERS = Migration(
+    "m023_workers",
     """
-CREATE TABLE workers (
+CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
@@ -48,7 +49,7 @@ CREATE TABLE workers (
     seen_at TEXT NOT NULL,
     expires_at TEXT NOT NULL
 );
-CREATE INDEX workers_expires ON workers (expires_at)
+CREATE INDEX IF NOT EXISTS workers_expires ON workers (expires_at)
 """,
 )
 

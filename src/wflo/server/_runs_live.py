@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..approvals import Inbox
-from ..store import FINAL_STATUSES, Store, now_iso, open_store
+from ..store import FINAL_STATUSES, TYPE_INDEXED, Store, now_iso, open_store
 from ._runs_detail import typed
 from ._runs_query import LIST_COLUMNS, _item
 
@@ -207,7 +207,7 @@ class Watcher:
         gone: list[Subscriber] = []
         now = time.monotonic()
         since = now_iso(-FEED_MARGIN_SECONDS)
-        rows = self.store.read("SELECT chain, MAX(seq) FROM events WHERE at >= ? GROUP BY chain", (since,))
+        rows = self.store.read(FEED_HEADS_SQL, (since,))
         changed = [c for c, seq in rows if c != "system" and (self._seen.get(c) or ("", 0, 0))[1] < int(seq)]
         messages: list[tuple[str | None, dict[str, Any]]] = []
         for start in range(0, len(changed), 500):
@@ -219,11 +219,7 @@ class Watcher:
                 if seen is None or (seen[0], seen[1]) != (row[2], int(row[9])):
                     self._seen[row[0]] = (row[2], int(row[9]), now)
                     messages.append((row[3], {"kind": "run", "run": _item(row, None)}))
-        approvals = self.store.read(
-            "SELECT chain, seq, data FROM events WHERE at >= ? AND type IN "
-            "('approval.requested', 'approval.decided', 'approval.expired', 'approval.cancelled')",
-            (since,),
-        )
+        approvals = self.store.read(FEED_APPROVALS_SQL, (since,))
         fresh = [(c, int(q), d) for c, q, d in approvals if (c, int(q)) not in self._approvals_seen]
         ids = []
         for c, q, d in fresh:
@@ -245,6 +241,20 @@ class Watcher:
         for akey in [k for k, t in self._approvals_seen.items() if now - t > 60]:
             del self._approvals_seen[akey]
         return gone
+
+
+FEED_HEADS_SQL = "SELECT chain || '', MAX(seq) FROM events WHERE at >= ? GROUP BY chain || ''"
+"""The head of each chain that moved in the last seconds, from ``events_at``. Grouped by the bare
+column, SQLite walked the whole key index instead (it gives the chains in order): 540 ms a poll
+at 1,000,000 events, against 0.1 ms (docs/benchmarks.md, "eventidx")."""
+
+FEED_APPROVALS_SQL = (
+    "SELECT chain, seq, data FROM events WHERE at >= ? AND type IN "
+    f"('approval.requested', 'approval.decided', 'approval.expired', 'approval.cancelled') AND {TYPE_INDEXED}"
+)
+"""The approvals of the last seconds, read through the (type, at) index: four short ranges
+however many steps the workers committed meanwhile (SQLite uses that index only when the query
+names its condition, ``TYPE_INDEXED``)."""
 
 
 async def sse(sub: Subscriber, watcher: Watcher, first: list[dict[str, Any]]) -> AsyncIterator[str]:

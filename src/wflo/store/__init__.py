@@ -11,7 +11,7 @@ from .._errors import ConfigurationError
 from ._base import SYSTEM_CHAIN, Store, StoreOp
 from ._chain import GENESIS, canonical_json, event_hash, link_hash
 from ._claim import QueueRule
-from ._migrations import MIGRATIONS, SCHEMA_VERSION, Migration
+from ._migrations import MIGRATIONS, SCHEMA_VERSION, TYPE_INDEXED, Migration
 from ._offload import OrderedExecutor
 from ._records import (
     FINAL_STATUSES,
@@ -45,6 +45,7 @@ __all__ = [
     "SYSTEM_CHAIN",
     "Store",
     "StoreOp",
+    "TYPE_INDEXED",
     "apply_roles",
     "canonical_json",
     "event_hash",

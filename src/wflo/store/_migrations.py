@@ -532,6 +532,28 @@ CREATE TRIGGER wflo_run_counts_status AFTER UPDATE OF status ON runs
 )
 
 
+# Fewer index writes per step (issue 20, measured): a step's event (``call.completed``) went into
+# both secondary indexes on ``events``, and the calls' events are nine in ten of all events.
+# The (type, at) index is read by type only for the other types (budget alerts, the live feed's
+# approvals); the calls' events are read by time (``events_at``: the journal's spend in a window,
+# the reports) or all of them (metrics, a seq scan either way). So the index now holds every
+# event but the calls': a step's commit writes one index page less (SQLite WAL frames per step
+# 6.1 -> 4.7; PostgreSQL WAL records per append 5.1 -> 4.1), and the index is ~1/20 the size.
+# SQLite uses a partial index only for a query whose WHERE holds the index's condition word for
+# word: such queries add ``TYPE_INDEXED`` (PostgreSQL proves it from ``type = '...'`` alone).
+M022_EVENTIDX_TYPE_PARTIAL = Migration(
+    "m022_eventidx_type_partial",
+    """
+DROP INDEX IF EXISTS events_type_at;
+CREATE INDEX events_type_at ON events (type, at) WHERE type NOT IN ('call.started', 'call.completed', 'call.failed', 'call.retry')
+""",
+)
+
+TYPE_INDEXED = "type NOT IN ('call.started', 'call.completed', 'call.failed', 'call.retry')"
+"""The condition of the events index by ``(type, at)`` (m022): every type but the calls'. A
+query by one of those types names it in its WHERE, so SQLite uses that index for it."""
+
+
 class _Migrations(Sequence[Migration]):
     """The one ordered list of migrations, some of them kept by the package owning their tables.
 
@@ -594,7 +616,8 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         "wflo.cost._tables:M019_SPEND_RUN",
         M020_PGEMPTY_RUN_WRITES,
         M021_STEPCOST_STATUS_TRIGGER,
-        "wflo.engine._tables:M022_WORKERS",
+        M022_EVENTIDX_TYPE_PARTIAL,
+        "wflo.engine._tables:M023_WORKERS",
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -148,7 +148,6 @@ def test_a_store_at_m020_upgrades_to_the_split_count_triggers(pg_url: str) -> No
                 "CREATE TRIGGER wflo_run_counts AFTER INSERT OR DELETE OR UPDATE OF status ON runs "
                 "FOR EACH ROW EXECUTE FUNCTION wflo_run_counts()",
             )
-            store.execute(cur, "DROP TABLE workers")  # m022's, applied again below
             store.execute(cur, "UPDATE wflo_meta SET value = '20' WHERE key = 'schema_version'")
 
         store.write(back_to_m020)
