@@ -89,14 +89,20 @@ _PG_TIME = (
 # (steps' side tables, reservations, approvals, decisions, wake-ups), heartbeats and releases.
 
 # A new run and its first events in one statement: nothing is inserted if the id exists, in
-# which case the existing row is returned (created = false). The relaxed form: see Commit modes.
+# which case the existing row is returned (created = false). A new run's row is not sent back:
+# the caller wrote it, all but its lease's expiry (the server's clock), which comes back in
+# that column among NULLs (``_written``): 20 columns of text less to form, send and parse
+# (issue 20). The relaxed form: see Commit modes.
+_NEW_RUN_ANSWER = ", ".join(
+    "r.lease_expires_at" if c == "lease_expires_at" else "NULL" for c in RUN_COLUMNS.split(", ")
+)
 _CREATE_RUN_TEMPLATE = f"""
 WITH r AS (
     INSERT INTO runs ({RUN_COLUMNS}, queue, priority, partition_key, started_at)
     VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s,
             CASE WHEN %s THEN {_PG_TIME} END, 0, NULL, %s, %s, %s, %s, %s, NULL, %s, %s, %s, %s)
     ON CONFLICT (id) DO NOTHING
-    RETURNING {RUN_COLUMNS}, queue
+    RETURNING id, lease_expires_at
 ), e AS (
     INSERT INTO events (chain, seq, type, at, data, prev_hash, hash)
     SELECT r.id, u.seq, u.type, u.at, u.data, u.prev, u.hash
@@ -105,10 +111,22 @@ WITH r AS (
 ), n AS (
     SELECT pg_notify('wflo_runs', r.id) FROM r WHERE %s
 ){{relax_cte}}
-SELECT {RUN_COLUMNS}, queue, true, (SELECT count(*) FROM n) FROM r{{relax_from}}
+SELECT {_NEW_RUN_ANSWER}, NULL, true, (SELECT count(*) FROM n) FROM r{{relax_from}}
 UNION ALL
 SELECT {RUN_COLUMNS}, queue, false, 0 FROM runs WHERE id = %s AND NOT EXISTS (SELECT 1 FROM r)
 """
+_LEASE_COLUMN = RUN_COLUMNS.split(", ").index("lease_expires_at")
+
+
+def _written(values: tuple[Any, ...], lease_expires_at: str | None) -> tuple[Any, ...]:
+    """The row ``_CREATE_RUN`` inserted (``RUN_COLUMNS`` and queue), from ``values`` (as
+    ``Store.create_run`` gives them) and the lease's expiry the server computed."""
+    (run_id, workflow, status, input_json, parent_id, tenant, options_json, owner, last_seq, last_hash,
+     attempts, created_at, updated_at, queue, _priority, _partition_key, _started_at) = values  # fmt: skip
+    return (run_id, workflow, status, input_json, None, None, parent_id, tenant, options_json, owner,
+            lease_expires_at, 0, None, last_seq, last_hash, attempts, created_at, updated_at, None, queue)  # fmt: skip
+
+
 _RELAX = "set_config('synchronous_commit', 'off', true)"
 _CREATE_RUN = _CREATE_RUN_TEMPLATE.format(relax_cte="", relax_from="")
 _CREATE_RUN_RELAXED = _CREATE_RUN_TEMPLATE.format(relax_cte=f", s AS (SELECT {_RELAX})", relax_from=", s")
@@ -485,7 +503,9 @@ class PostgresStore(Store):
                 row = conn.execute(_CREATE_RUN_RELAXED if relax else _CREATE_RUN, params).fetchone()
         if row is None:
             return None, False
-        return tuple(row[:-2]), bool(row[-2])
+        if not row[-2]:  # the id existed: its row as stored
+            return tuple(row[:-2]), False
+        return _written(values, row[_LEASE_COLUMN]), True
 
     def _append_once(
         self,

@@ -108,3 +108,37 @@ def test_array_literals_read_back_exactly(pg_url: str) -> None:
         for values in cases:
             got = conn.execute("SELECT %s::text[]", (array_text(values),)).fetchone()[0]
             assert got == [None if v is None else str(v) for v in values], values
+
+
+@pytest.mark.postgres
+def test_a_new_run_is_not_sent_back_but_its_record_is_the_stored_row(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new run's creation answers with its lease's expiry alone (the caller wrote the rest):
+    the record ``create_run`` gives is the row as stored; an id that exists still comes back
+    whole (created = false)."""
+    from wflo.store._postgres import PostgresStore
+
+    answers: list[list[Any]] = []
+    direct = PostgresStore._direct
+
+    def kept(self: PostgresStore, conn: Any, stmt: Any, params: Any) -> Any:
+        result = direct(self, conn, stmt, params)
+        answers.append([result.get_value(0, i) for i in range(result.nfields)] if result.ntuples else [])
+        return result
+
+    monkeypatch.setattr(PostgresStore, "_direct", kept)
+    with open_store(pg_url) as store:
+        options = {"budget": {"usd": "0.50", "alerts": [50]}, "tags": ("a", "b")}
+        record, created = store.create_run(
+            run_id="r-new", workflow="w", input={"args": [1, (2, 3)], "kwargs": {"é": None}}, options=options,
+            tenant="acme", owner="me", lease_seconds=30.0, queue=None,
+        )  # fmt: skip
+        assert created
+        sent_back = [v for v in answers[-1][:-2] if v is not None]
+        assert sent_back == [record.lease_expires_at.encode()], answers[-1]
+        assert record == store.get_run("r-new")
+        again, created = store.create_run(run_id="r-new", workflow="w", input={}, owner="other")
+        assert not created and again == record
+        queued, created = store.create_run(run_id="r-queued", workflow="w", input=[])
+        assert created and queued.lease_expires_at is None and queued == store.get_run("r-queued")

@@ -148,3 +148,32 @@ def test_a_bad_pool_size_is_a_one_line_error(store_url: str) -> None:
     sep = "&" if "?" in store_url else "?"
     with pytest.raises(ConfigurationError, match="pool_size must be"):
         open_store(f"{store_url}{sep}pool_size=zero")
+
+
+def test_statements_in_a_row_reuse_the_connection_returned_last(store_url: str) -> None:
+    """With several connections idle, the next statement takes the one returned last (LIFO).
+
+    psycopg_pool hands them out first in, first out: with two idle connections a run's
+    creation and its end went to two server processes, each asleep since the run before
+    (issue 20: waking an idle backend costs about a commit's flush on a small VM)."""
+    store = open_store(store_url)
+    try:
+        pool = store._get_pool()
+        held = [pool.get() for _ in range(3)]  # the pool grows to three connections
+        for conn in held:
+            pool.put(conn)
+        last = _identity(held[-1])
+        used = []
+        for _ in range(4):
+            conn = pool.get()
+            used.append(_identity(conn))
+            pool.put(conn)
+        assert used == [last] * 4, f"connections used in a row: {used}, the last one returned: {last}"
+    finally:
+        store.close()
+
+
+def _identity(conn: Any) -> int:
+    """The server process of a PostgreSQL connection, the object of a SQLite one."""
+    pgconn = getattr(conn, "pgconn", None)
+    return int(pgconn.backend_pid) if pgconn is not None else id(conn)
