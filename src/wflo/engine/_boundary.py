@@ -33,7 +33,7 @@ from ..store import NewEvent, StoreOp, canonical_json
 from ._attempts import Attempts, Step, adrive, drive, off_loop
 from ._context import Held, JournalEntry, RunContext, _call_path
 from ._executor import disk_full
-from ._serialize import decode, encode, error_data, rebuild_error
+from ._serialize import decode, encode, encode_input, error_data, rebuild_error
 
 log = logging.getLogger("wflo")
 
@@ -207,9 +207,9 @@ def _begin(call: Call) -> Any:
         return value
     if call.record_input:
         # Encoded before the call runs, so an input that cannot be stored fails before any effect.
-        call.meta["_input"] = encode(
-            {"args": list(call.args), "kwargs": call.kwargs}, serializer=call.serializer, step=call.name, what="input"
-        )
+        call.meta["_input"], text = encode_input(call.args, call.kwargs, serializer=call.serializer, step=call.name)
+        if text is not None and "_args_digest" not in call.meta:  # the same digest, from the same text
+            call.meta["_args_digest"] = hashlib.sha256(text.encode()).hexdigest()
     return _NOT_REPLAYED
 
 
@@ -393,10 +393,26 @@ def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
         return answered
     token = _call_path.set(call.call_id)
     try:
-        outcome = drive(_attempts(call), _Run(call, fn))
+        outcome = _run_once(call, fn) if call.retry is None else drive(_attempts(call), _Run(call, fn))
     finally:
         _call_path.reset(token)
     return finish_call(call, outcome)
+
+
+def _run_once(call: Call, fn: Callable[..., Any]) -> Outcome:
+    """:func:`_attempts` for a call with no retry policy (one attempt, its outcome), without
+    the generator and its driver: about 2 µs of every sync step."""
+    outcome = Outcome()
+    t0 = time.perf_counter()
+    try:
+        if call.timeout is None:
+            outcome.value = fn(*call.args, **call.kwargs)
+        else:
+            outcome.value = call.timeout.call(fn, *call.args, **call.kwargs)
+    except BaseException as exc:
+        outcome.error = exc
+    outcome.duration_ms = (time.perf_counter() - t0) * 1000
+    return outcome
 
 
 async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:

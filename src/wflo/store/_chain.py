@@ -23,7 +23,20 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 def canonical_json(value: Any) -> str:
     """Serialise ``value`` canonically (sorted keys, no spaces, UTF-8, no NaN)."""
-    return _CANONICAL.encode(value)
+    if isinstance(value, str):
+        return encode_basestring(value)
+    # What ``_CANONICAL.encode`` does, minus its Python layers (``iterencode`` builds a closure
+    # on every call): the C encoder it builds, with the same options and its own fresh
+    # ``markers`` (circular references refused as before; threads share nothing), about 0.4 µs
+    # less per call, four or five calls per step. Without the C encoder: the encoder itself.
+    if _c_encoder is None:  # pragma: no cover - CPython always has it
+        return _CANONICAL.encode(value)
+    return "".join(_c_encoder({}, _default, encode_basestring, None, ":", ",", True, False, False)(value, 0))
+
+
+# The C encoder ``json`` builds for each call (untyped in typeshed; ``None`` without ``_json``).
+_c_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+_default = _CANONICAL.default
 
 
 def link_hash(prev_hash: str, chain: str, seq: int, type_: str, at: str, data_json: str) -> str:
