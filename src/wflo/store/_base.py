@@ -549,7 +549,7 @@ class Store(Connections):
                 output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
                 notify=notify, ops=ops, relaxed=relaxed,
             )  # fmt: skip
-            return Head(new.seq, new.hash, cancel)
+            return Head(new.seq, new.hash, True) if cancel else new
 
         try:
             return self._retrying(go)
