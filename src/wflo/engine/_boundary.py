@@ -190,7 +190,8 @@ def start_call(call: Call) -> Any:
         call.run.ensure_lease()
     except BaseException as exc:
         _refused(call, exc, entered)
-    _started(call)
+    if call.at_most_once:
+        _started(call)
     return _NOT_REPLAYED
 
 
@@ -202,9 +203,10 @@ def _begin(call: Call) -> Any:
     if "non_determinism" in ctx.state:
         raise ctx.state["non_determinism"]
     call.call_id, entry = ctx.position(call.name, call.kind, lambda: call.args_digest)
-    value = _replay(call, entry)
-    if value is not _NOT_REPLAYED:
-        return value
+    if entry is not None:
+        value = _replay(call, entry)
+        if value is not _NOT_REPLAYED:
+            return value
     if call.record_input:
         # Encoded before the call runs, so an input that cannot be stored fails before any effect.
         call.meta["_input"], text = encode_input(call.args, call.kwargs, serializer=call.serializer, step=call.name)
@@ -222,9 +224,9 @@ def _refused(call: Call, exc: BaseException, entered: list[Guard]) -> NoReturn:
 
 
 def _started(call: Call) -> None:
-    if call.at_most_once:
-        data = {"call": call.call_id, "name": call.name, "kind": call.kind, "digest": call.args_digest}
-        call.run.append([NewEvent("call.started", data)])
+    """An at-most-once call journals its start (see :func:`_replay`)."""
+    data = {"call": call.call_id, "name": call.name, "kind": call.kind, "digest": call.args_digest}
+    call.run.append([NewEvent("call.started", data)])
 
 
 def _after(call: Call, outcome: Outcome, guards: list[Guard]) -> None:
@@ -388,9 +390,8 @@ def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
     replayed = start_call(call)
     if replayed is not _NOT_REPLAYED:
         return replayed
-    answered = _overridden(call)
-    if answered is not _NOT_REPLAYED:
-        return answered
+    if _OVERRIDE in call.meta:
+        return _overridden(call)
     token = _call_path.set(call.call_id)
     try:
         outcome = _run_once(call, fn) if call.retry is None else drive(_attempts(call), _Run(call, fn))
