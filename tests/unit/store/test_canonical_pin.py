@@ -4,7 +4,8 @@ The step path builds its event's JSON with shortcuts (``canonical_json`` calls t
 directly; a call's input and its argument digest come from one encoding of the arguments):
 each must give exactly the text the plain ``json`` encoder gives, or ``wflo audit verify``
 would fail on chains written before (or after) the change. Regression pins: they pass on the
-code before the shortcuts too, and fail if a shortcut ever changes a byte.
+code before the shortcuts too, and fail if a shortcut ever changes a byte. The clock's text
+(``now_iso``, formatted once per second) is checked against ``datetime``'s form.
 """
 
 from __future__ import annotations
@@ -111,3 +112,23 @@ def test_a_steps_event_is_stored_as_before(configured: str) -> None:
     )
     assert event.hash == link_hash(event.prev_hash, "pin-1", event.seq, event.type, event.at, event.data_json)
     assert verify_chain(store, "pin-1").ok
+
+
+def test_now_iso_formats_the_second_once_and_the_microseconds_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+    from datetime import UTC, datetime
+
+    from wflo.store import _records
+
+    clock = iter([1_764_483_599_999_999_500, 1_764_483_599_000_000_000 + 10**9 - 1, 1_764_483_600_000_000_999])
+    monkeypatch.setattr(_records, "time", types.SimpleNamespace(time_ns=lambda: next(clock)))
+
+    def expected(ns: int) -> str:
+        second, micro = divmod(ns // 1000, 1_000_000)
+        return datetime.fromtimestamp(second, UTC).replace(microsecond=micro).strftime(_records._TIME_FORMAT)
+
+    assert [_records.now_iso() for _ in range(3)] == [
+        expected(1_764_483_599_999_999_500),  # floored to the microsecond, as datetime.now
+        expected(1_764_483_599_999_999_999),
+        expected(1_764_483_600_000_000_999),  # the next second: its own date and time
+    ]
