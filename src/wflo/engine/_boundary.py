@@ -33,7 +33,7 @@ from ..store import NewEvent, StoreOp, canonical_json
 from ._attempts import Attempts, Step, adrive, drive, off_loop
 from ._context import Held, JournalEntry, RunContext, _call_path
 from ._executor import disk_full
-from ._serialize import decode, encode, error_data, rebuild_error
+from ._serialize import decode, encode, encode_input, error_data, rebuild_error
 
 log = logging.getLogger("wflo")
 
@@ -190,7 +190,8 @@ def start_call(call: Call) -> Any:
         call.run.ensure_lease()
     except BaseException as exc:
         _refused(call, exc, entered)
-    _started(call)
+    if call.at_most_once:
+        _started(call)
     return _NOT_REPLAYED
 
 
@@ -202,14 +203,15 @@ def _begin(call: Call) -> Any:
     if "non_determinism" in ctx.state:
         raise ctx.state["non_determinism"]
     call.call_id, entry = ctx.position(call.name, call.kind, lambda: call.args_digest)
-    value = _replay(call, entry)
-    if value is not _NOT_REPLAYED:
-        return value
+    if entry is not None:
+        value = _replay(call, entry)
+        if value is not _NOT_REPLAYED:
+            return value
     if call.record_input:
         # Encoded before the call runs, so an input that cannot be stored fails before any effect.
-        call.meta["_input"] = encode(
-            {"args": list(call.args), "kwargs": call.kwargs}, serializer=call.serializer, step=call.name, what="input"
-        )
+        call.meta["_input"], text = encode_input(call.args, call.kwargs, serializer=call.serializer, step=call.name)
+        if text is not None and "_args_digest" not in call.meta:  # the same digest, from the same text
+            call.meta["_args_digest"] = hashlib.sha256(text.encode()).hexdigest()
     return _NOT_REPLAYED
 
 
@@ -222,9 +224,9 @@ def _refused(call: Call, exc: BaseException, entered: list[Guard]) -> NoReturn:
 
 
 def _started(call: Call) -> None:
-    if call.at_most_once:
-        data = {"call": call.call_id, "name": call.name, "kind": call.kind, "digest": call.args_digest}
-        call.run.append([NewEvent("call.started", data)])
+    """An at-most-once call journals its start (see :func:`_replay`)."""
+    data = {"call": call.call_id, "name": call.name, "kind": call.kind, "digest": call.args_digest}
+    call.run.append([NewEvent("call.started", data)])
 
 
 def _after(call: Call, outcome: Outcome, guards: list[Guard]) -> None:
@@ -388,15 +390,30 @@ def guarded_call(call: Call, fn: Callable[..., Any]) -> Any:
     replayed = start_call(call)
     if replayed is not _NOT_REPLAYED:
         return replayed
-    answered = _overridden(call)
-    if answered is not _NOT_REPLAYED:
-        return answered
+    if _OVERRIDE in call.meta:
+        return _overridden(call)
     token = _call_path.set(call.call_id)
     try:
-        outcome = drive(_attempts(call), _Run(call, fn))
+        outcome = _run_once(call, fn) if call.retry is None else drive(_attempts(call), _Run(call, fn))
     finally:
         _call_path.reset(token)
     return finish_call(call, outcome)
+
+
+def _run_once(call: Call, fn: Callable[..., Any]) -> Outcome:
+    """:func:`_attempts` for a call with no retry policy (one attempt, its outcome), without
+    the generator and its driver: about 2 µs of every sync step."""
+    outcome = Outcome()
+    t0 = time.perf_counter()
+    try:
+        if call.timeout is None:
+            outcome.value = fn(*call.args, **call.kwargs)
+        else:
+            outcome.value = call.timeout.call(fn, *call.args, **call.kwargs)
+    except BaseException as exc:
+        outcome.error = exc
+    outcome.duration_ms = (time.perf_counter() - t0) * 1000
+    return outcome
 
 
 async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:

@@ -27,10 +27,16 @@ MAX_DEPTH = 500
 ``json`` recurse past Python's stack (a ``RecursionError``, here or when read back)."""
 
 
-def _limit() -> int | None:
-    from .._config import settings
+_settings: Any = None
 
-    return settings().max_value_bytes
+
+def _limit() -> int | None:
+    global _settings
+    if _settings is None:  # imported on first use (not at import), then kept: ~1 µs a call
+        from .._config import settings
+
+        _settings = settings
+    return _settings().max_value_bytes  # type: ignore[no-any-return]
 
 
 def _refuse(step: str, what: str, detail: str, fix: str) -> SerializationError:
@@ -54,27 +60,44 @@ def _precheck(value: Any, limit: int | None, step: str, what: str) -> None:
     """Walk ``value`` without recursion: refuse nesting past ``MAX_DEPTH``, and a value whose
     strings alone pass ``limit``, before ``json`` builds a text of it (100 MB of argument
     would otherwise be copied in full before being refused)."""
+    if not isinstance(value, _WALKED):
+        return  # a number, a bool, None, or what ``json`` refuses: nothing to walk
+    # Depth first, so a value that contains itself is refused at MAX_DEPTH, not walked level
+    # by level (which doubles a level's size at each list holding itself twice). Numbers,
+    # bools and None are not pushed: they count for neither check (half the time for the few
+    # small values a step's input and output usually are).
     stack: list[tuple[Any, int]] = [(value, 1)]
+    push = stack.append
     approx = 0
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
             approx += len(item)
-        elif isinstance(item, dict | list | tuple):
+        else:
             if depth > MAX_DEPTH:
-                raise _refuse(
-                    step,
-                    what,
-                    f"it is nested more than {MAX_DEPTH} levels deep",
-                    "flatten the data or pass a reference",
-                )
+                raise _deep(step, what)
+            depth += 1
             if isinstance(item, dict):
-                approx += sum(len(k) for k in item if isinstance(k, str))
-                stack.extend((v, depth + 1) for v in item.values())
+                for key, sub in item.items():
+                    if isinstance(key, str):
+                        approx += len(key)
+                    if isinstance(sub, _WALKED):
+                        push((sub, depth))
             else:
-                stack.extend((v, depth + 1) for v in item)
+                for sub in item:
+                    if isinstance(sub, _WALKED):
+                        push((sub, depth))
         if limit is not None and approx > limit:
             raise _too_large(step, what, None, limit)
+
+
+_WALKED = (str, dict, list, tuple)
+
+
+def _deep(step: str, what: str) -> SerializationError:
+    return _refuse(
+        step, what, f"it is nested more than {MAX_DEPTH} levels deep", "flatten the data or pass a reference"
+    )
 
 
 def encode(value: Any, *, serializer: str, step: str, what: str) -> Any:
@@ -95,12 +118,44 @@ def encode(value: Any, *, serializer: str, step: str, what: str) -> Any:
             raise _too_large(step, what, stored, limit)
         return {_PICKLE_KEY: base64.b64encode(blob).decode("ascii")}
     _precheck(value, limit, step, what)
+    _checked(_json_text(value, step, what), limit, step, what)
+    return value
+
+
+def encode_input(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, serializer: str, step: str
+) -> tuple[Any, str | None]:
+    """:func:`encode` of a call's input ``{"args": [...], "kwargs": {...}}``, and for JSON the
+    canonical text of ``[args, kwargs]`` (what a call's argument digest hashes; ``None`` for
+    pickle): the arguments are encoded once for both."""
+    value = {"args": list(args), "kwargs": kwargs}
+    if serializer != "json":
+        return encode(value, serializer=serializer, step=step, what="input"), None
+    limit = _limit()
+    _precheck(value, limit, step, "input")
+    # The canonical text of ``value`` in pieces (its keys sorted: "args" < "kwargs"), the same
+    # bytes as ``canonical_json(value)``.
+    arg_text = _json_text(value["args"], step, "input")
+    kw_text = _json_text(kwargs, step, "input") if kwargs else "{}"
+    _checked(f'{{"args":{arg_text},"kwargs":{kw_text}}}', limit, step, "input")
+    return value, f"[{arg_text},{kw_text}]"
+
+
+def _json_text(value: Any, step: str, what: str) -> str:
     try:
-        text = canonical_json(value)
+        return canonical_json(value)
     except RecursionError:
         raise _refuse(step, what, "it is nested too deeply to encode", "flatten the data or pass a reference") from None
     except (TypeError, ValueError) as exc:
         raise SerializationError(step=step, what=what, detail=str(exc)) from None
+
+
+def _checked(text: str, limit: int | None, step: str, what: str) -> None:
+    """Refuse a canonical text that is not valid Unicode or is over ``limit`` bytes."""
+    if text.isascii():  # its length is its size, and it is surely valid
+        if limit is not None and len(text) > limit:
+            raise _too_large(step, what, len(text), limit)
+        return
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -113,7 +168,6 @@ def encode(value: Any, *, serializer: str, step: str, what: str) -> Any:
         ) from None
     if limit is not None and size > limit:
         raise _too_large(step, what, size, limit)
-    return value
 
 
 def decode(data: Any) -> Any:

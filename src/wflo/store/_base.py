@@ -12,6 +12,7 @@ change in one transaction.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -61,6 +62,32 @@ def run_ops(ops: Sequence[StoreOp], cur: Any) -> list[Callable[[], None]]:
         if then is not None:
             after.append(then)
     return after
+
+
+@functools.cache
+def _head_update(
+    placeholder: str, status: bool, finish: bool, release: bool, wake_at: bool, owner: bool
+) -> tuple[str, str]:
+    """:meth:`Store._move_head`'s fenced update for one shape of append (which columns it
+    sets), with ``placeholder`` for ``?``: the common form, and the one with ``RETURNING``.
+    Built once per shape (a step's append has one), not on every append."""
+    sets = ["last_seq = ?", "last_hash = ?", "updated_at = ?"]
+    if status:
+        sets.append("status = ?")
+    if finish:
+        sets += ["output = ?", "error = ?", "finished_at = ?", "wake_at = NULL"]
+    if release or finish:
+        sets += ["lease_owner = NULL", "lease_expires_at = NULL"]
+    if wake_at:
+        # Keep an earlier wake-up (a decision that came in while we were running).
+        sets.append("wake_at = CASE WHEN wake_at IS NOT NULL AND wake_at < ? THEN wake_at ELSE ? END")
+    # Fenced on both the lease owner and the head: a worker paused past its lease (GC, a
+    # partition) that wakes up must not write, and two writers that both think they own the
+    # run must not both link to the same head; the chain would fork.
+    fence = "lease_owner = ?" if owner else "lease_owner IS NULL"
+    update = f"UPDATE runs SET {', '.join(sets)} WHERE id = ? AND last_seq = ? AND {fence}"
+    forms = (update + " AND cancel_requested = 0", update + " RETURNING cancel_requested")
+    return forms if placeholder == "?" else (forms[0].replace("?", placeholder), forms[1].replace("?", placeholder))
 
 
 class Store(Connections):
@@ -277,13 +304,16 @@ class Store(Connections):
 
     # ----------------------------------------------------------------- chains
     @staticmethod
-    def _link(chain: str, head: Head, events: Sequence[NewEvent]) -> tuple[Head, list[tuple[Any, ...]]]:
-        """Number and hash ``events`` after ``head``: the rows to insert and the new head."""
+    def _link(
+        chain: str, head: Head, events: Sequence[NewEvent], now: str | None = None
+    ) -> tuple[Head, list[tuple[Any, ...]]]:
+        """Number and hash ``events`` after ``head``: the rows to insert and the new head.
+        An event without its own time is stamped ``now`` (default: the clock, read here)."""
         seq, prev = head.seq, head.hash
         rows = []
         for ev in events:
             seq += 1
-            at = ev.at or now_iso()
+            at = ev.at or now or now_iso()
             data_json = canonical_json(ev.data)
             digest = link_hash(prev, chain, seq, ev.type, at, data_json)
             rows.append((chain, seq, ev.type, at, data_json, prev, digest))
@@ -506,19 +536,20 @@ class Store(Connections):
         notify = finish or status == "waiting"
         relaxed = (
             bool(events)
+            and events[0].type in RELAXED_MARKERS  # first: a step's event stops here
             and not ops
             and not (finish or release or status is not None or wake_at is not None)
             and all(e.type in RELAXED_MARKERS for e in events)
         )
 
         def go() -> Head:
-            new, rows = self._link(run_id, head, events)
+            new, rows = self._link(run_id, head, events, now)
             cancel = self._append_once(
                 run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish,
                 output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
                 notify=notify, ops=ops, relaxed=relaxed,
             )  # fmt: skip
-            return Head(new.seq, new.hash, cancel)
+            return Head(new.seq, new.hash, True) if cancel else new
 
         try:
             return self._retrying(go)
@@ -594,26 +625,17 @@ class Store(Connections):
     ) -> bool:
         """The fenced update of a run's head and projection in the caller's write transaction;
         returns the run's cancel request. Raises ``LeaseLost`` when it updated nothing."""
-        sets = ["last_seq = ?", "last_hash = ?", "updated_at = ?"]
         params: list[Any] = [new.seq, new.hash, now]
         if status is not None:
-            sets.append("status = ?")
             params.append(status)
         if finish:
-            sets += ["output = ?", "error = ?", "finished_at = ?", "wake_at = NULL"]
             params += [output_json, error_json, now]
-        if release or finish:
-            sets += ["lease_owner = NULL", "lease_expires_at = NULL"]
         if wake_at is not None:
-            # Keep an earlier wake-up (a decision that came in while we were running).
-            sets.append("wake_at = CASE WHEN wake_at IS NOT NULL AND wake_at < ? THEN wake_at ELSE ? END")
             params += [wake_at, wake_at]
-        # Fenced on both the lease owner and the head: a worker paused past its lease (GC,
-        # a partition) that wakes up must not write, and two writers that both think they
-        # own the run must not both link to the same head; the chain would fork.
-        fence = "lease_owner = ?" if owner is not None else "lease_owner IS NULL"
         params += [run_id, head.seq] + ([owner] if owner is not None else [])
-        update = f"UPDATE runs SET {', '.join(sets)} WHERE id = ? AND last_seq = ? AND {fence}"
+        update = _head_update(
+            self.placeholder, status is not None, finish, release, wake_at is not None, owner is not None
+        )
         # No ``RETURNING`` on the common path: on SQLite (the store that runs this) an UPDATE
         # ... RETURNING costs about 11 µs in a step's transaction against 2 µs without
         # (measured, issue 20). A run with no cancel request is updated by the fenced UPDATE
@@ -621,10 +643,10 @@ class Store(Connections):
         # and nobody asked to cancel. No row: the same fenced UPDATE again with ``RETURNING``
         # (the run was asked to cancel, or the lease is lost), in the same write transaction,
         # so under the same lock.
-        self.execute(cur, update + " AND cancel_requested = 0", params)
+        cur.execute(update[0], params)
         if cur.rowcount == 1:
             return False
-        self.execute(cur, update + " RETURNING cancel_requested", params)
+        cur.execute(update[1], params)
         row = cur.fetchone()
         if row is None:
             raise LeaseLost(run_id=run_id, owner=owner)

@@ -23,7 +23,38 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 
 def canonical_json(value: Any) -> str:
     """Serialise ``value`` canonically (sorted keys, no spaces, UTF-8, no NaN)."""
-    return _CANONICAL.encode(value)
+    if isinstance(value, str):
+        return encode_basestring(value)
+    # What ``_CANONICAL.encode`` does, minus its Python layers (``iterencode`` builds a closure
+    # on every call): the C encoder it builds, with the same options and its own fresh
+    # ``markers`` (circular references refused as before; threads share nothing), about 0.4 µs
+    # less per call, four or five calls per step. Without the C encoder (or one that does not
+    # give the encoder's own text for a probe, as another Python's might): the encoder itself.
+    if _c_encoder is None:
+        return _CANONICAL.encode(value)
+    return "".join(_c_encoder({}, _default, encode_basestring, None, ":", ",", True, False, False)(value, 0))
+
+
+def _checked_c_encoder() -> Any:
+    """``json``'s C encoder factory (undocumented; untyped in typeshed), if it takes the nine
+    arguments this Python's ``json`` passes it and gives the canonical text of a probe; else ``None``."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    probe = {"z": [1, 2.5, -0.0, 1e100, 'é\n"', None, True], "a": {"y": {}, "b": []}}
+    try:
+        text = "".join(make({}, _default, encode_basestring, None, ":", ",", True, False, False)(probe, 0))
+    except Exception:
+        return None
+    return make if text == _PROBE_TEXT else None
+
+
+# The probe's canonical text, fixed here: a broken C encoder would break ``_CANONICAL`` too.
+_PROBE_TEXT = r'{"a":{"b":[],"y":{}},"z":[1,2.5,-0.0,1e+100,"é\n\"",null,true]}'
+
+
+_default = _CANONICAL.default
+_c_encoder: Any = _checked_c_encoder()
 
 
 def link_hash(prev_hash: str, chain: str, seq: int, type_: str, at: str, data_json: str) -> str:

@@ -46,6 +46,7 @@ class BoundedPool:
         self._idle: list[Any] = []
         self._open = 0
         self._cond = threading.Condition()
+        self._waiting = 0  # threads in ``get`` waiting for a connection
         self._closed = False
 
     def get(self) -> Any:
@@ -64,7 +65,11 @@ class BoundedPool:
                         detail=f"all {self.size} pooled connections stayed busy for {self.timeout:g} s "
                         "(raise pool_size in the URL, or find the long transaction)",
                     )
-                self._cond.wait(left)
+                self._waiting += 1
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self._waiting -= 1
         try:
             return self._connect()
         except BaseException:
@@ -80,7 +85,8 @@ class BoundedPool:
             else:
                 self._idle.append(conn)
                 conn = None
-            self._cond.notify()
+            if self._waiting:  # ``notify`` is Python code: ~1 µs of every transaction, saved
+                self._cond.notify()
         if conn is not None:
             with suppress(Exception):
                 self._close(conn)

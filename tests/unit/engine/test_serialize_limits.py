@@ -87,6 +87,24 @@ def test_deep_nesting_is_refused_before_the_step_runs(configured: str, make: Any
     assert deep.options(id="deep-2").run(MAX_DEPTH - 5) == 1  # deep but within the limit
 
 
+def test_a_value_holding_itself_is_refused_at_the_depth_limit(configured: str) -> None:
+    # Walked depth first: a list holding itself twice is refused at MAX_DEPTH, not expanded
+    # level by level (2**500 items).
+    loop: list[Any] = []
+    loop += [loop, loop]
+
+    @wflo.step
+    def take(value: Any) -> int:
+        return 1
+
+    @wflo.workflow(name="selfish")
+    def selfish() -> int:
+        return take(loop)
+
+    with pytest.raises(wflo.errors.SerializationError, match=f"nested more than {MAX_DEPTH} levels"):
+        selfish.options(id="selfish-1").run()
+
+
 def test_deep_workflow_input_and_result(configured: str) -> None:
     @wflo.workflow(name="deep-io")
     def deep_io(value: Any, depth: int) -> Any:
