@@ -373,6 +373,11 @@ class RunContext:
         with self._lock:
             return any(mark is not mine and not task.done() for task, mark in tasks.items())
 
+    def one_task(self) -> bool:
+        """Whether no task created inside this run still runs (seen through ``create_task``,
+        see :func:`install_propagation`): the run's calls are then made by its own task alone."""
+        return not any(self._tasks.values())
+
     def task_started(self, task: asyncio.Task[Any], path: str, mark: object) -> None:
         """``task`` (known by ``mark`` in its context) was created inside this run at call path
         ``path`` (see ``install_propagation``)."""

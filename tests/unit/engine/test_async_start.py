@@ -90,9 +90,9 @@ def test_gathered_tasks_keep_their_call_numbers_on_replay(configured: str, shape
 def _hand_offs(monkeypatch: pytest.MonkeyPatch) -> Counter[Any]:
     """Count, by key, the jobs run on a store thread (not on the thread that submitted them)."""
     seen: Counter[Any] = Counter()
-    real = OrderedExecutor.submit
+    real = OrderedExecutor.post  # every job goes through it (``submit`` too)
 
-    def submit(self: OrderedExecutor, key: Any, fn: Any, **kwargs: Any) -> Any:
+    def post(self: OrderedExecutor, key: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         submitter = threading.current_thread()
 
         def job() -> Any:
@@ -100,9 +100,9 @@ def _hand_offs(monkeypatch: pytest.MonkeyPatch) -> Counter[Any]:
                 seen[key] += 1
             return fn()
 
-        return real(self, key, job, **kwargs)
+        return real(self, key, job, *args, **kwargs)
 
-    monkeypatch.setattr(OrderedExecutor, "submit", submit)
+    monkeypatch.setattr(OrderedExecutor, "post", post)
     return seen
 
 
