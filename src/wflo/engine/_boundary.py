@@ -568,8 +568,10 @@ async def _afinish(call: Call, outcome: Outcome) -> Any:
                 writer.close()
                 writer = None
                 return await off_loop(_finish_held, call, outcome, [], ev)
-            with ctx.hold_appends() as held:
-                _recorded(call, outcome)
+            held = []
+            if ctx.guards:
+                with ctx.hold_appends() as held:
+                    _recorded(call, outcome)
             if held:
                 writer.close()
                 writer = None
