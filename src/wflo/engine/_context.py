@@ -375,7 +375,8 @@ class RunContext:
     def one_task(self) -> bool:
         """Whether no task created inside this run still runs (seen through ``create_task``,
         see :func:`install_propagation`): the run's calls are then made by its own task alone."""
-        return not any(self._tasks.values())
+        with self._lock:  # another thread of the run may be starting a task of its own
+            return not self._tasks
 
     def task_started(self, task: asyncio.Task[Any], path: str, mark: object) -> None:
         """``task`` (known by ``mark`` in its context) was created inside this run at call path
@@ -388,7 +389,11 @@ class RunContext:
 
     def _task_ended(self, path: str, task: asyncio.Task[Any]) -> None:
         with self._lock:
-            self._tasks.get(path, {}).pop(task, None)
+            tasks = self._tasks.get(path)
+            if tasks is not None:
+                tasks.pop(task, None)
+                if not tasks:  # none left there: the path goes (``one_task`` looks at the paths)
+                    del self._tasks[path]
 
     def _lane_entries(self, spawn_point: str) -> list[JournalEntry]:
         if self._siblings is None:
