@@ -14,6 +14,8 @@ Guards are hooks rather than wrappers so that sync and async calls share one imp
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import hashlib
 import logging
@@ -471,7 +473,11 @@ async def _astart(call: Call) -> Any:
     if not _local_start(call):
         return await off_loop(start_call, call)
     ctx = call.run
-    begun = await off_loop(_start_here, call, here=True)
+    begun = _start_now(call)
+    if begun is None:
+        begun = await off_loop(_start_here, call, here=True)
+    elif begun.value is not _NOT_REPLAYED and begun.error is None and not begun.held:
+        await asyncio.sleep(0)  # a replay of many calls still gives the loop's other tasks turns
     if begun.error is not None:
         if begun.entered is not None:  # a guard refused the call: recorded there, then raised
             await off_loop(_write_then_refuse, call, begun.held, begun.error, begun.entered)
@@ -485,6 +491,24 @@ async def _astart(call: Call) -> Any:
     if begun.held or not ctx.lease_fresh():  # the lease ran out meanwhile: renewed there
         await off_loop(_write_then_admit, call, begun.held, begun.entered)
     return _NOT_REPLAYED
+
+
+def _start_now(call: Call) -> _Begun | None:
+    """:func:`_start_here` made at once, with no turn of the loop, when the run's one task
+    is the only one that can call (no task created inside the run still runs) and nothing of
+    the run is queued or running on the store's threads (``Store.run_here``); ``None``
+    otherwise (begun through ``off_loop(..., here=True)``).
+
+    Why no turn of the loop is needed then: the turn a start on the loop gives way with keeps
+    the order in which the run's *tasks* reach their next calls the same whichever starts ran
+    where (see :func:`_astart`); with one task there is no such order. What the start does is
+    what a start through ``off_loop`` does (in a copy of the context, in the run's place in
+    the order of the store's threads): in memory, no store, no wait (``_local_start``)."""
+    ctx = call.run
+    if not ctx.one_task():
+        return None
+    ran, begun = ctx.store.run_here(ctx.run_id, contextvars.copy_context().run, _start_here, call)
+    return begun if ran else None
 
 
 def _start_here(call: Call) -> _Begun:
@@ -561,8 +585,10 @@ async def _afinish(call: Call, outcome: Outcome) -> Any:
                 writer.close()
                 writer = None
                 return await off_loop(_finish_held, call, outcome, [], ev)
-            with ctx.hold_appends() as held:
-                _recorded(call, outcome)
+            held = []
+            if ctx.guards:
+                with ctx.hold_appends() as held:
+                    _recorded(call, outcome)
             if held:
                 writer.close()
                 writer = None

@@ -39,8 +39,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost, RunCancelled, RunEndedError
@@ -368,6 +367,12 @@ class RunContext:
         with self._lock:
             return any(mark is not mine and not task.done() for task, mark in tasks.items())
 
+    def one_task(self) -> bool:
+        """Whether no task created inside this run still runs (seen through ``create_task``,
+        see :func:`install_propagation`): the run's calls are then made by its own task alone."""
+        with self._lock:  # another thread of the run may be starting a task of its own
+            return not self._tasks
+
     def task_started(self, task: asyncio.Task[Any], path: str, mark: object) -> None:
         """``task`` (known by ``mark`` in its context) was created inside this run at call path
         ``path`` (see ``install_propagation``)."""
@@ -379,7 +384,11 @@ class RunContext:
 
     def _task_ended(self, path: str, task: asyncio.Task[Any]) -> None:
         with self._lock:
-            self._tasks.get(path, {}).pop(task, None)
+            tasks = self._tasks.get(path)
+            if tasks is not None:
+                tasks.pop(task, None)
+                if not tasks:  # none left there: the path goes (``one_task`` looks at the paths)
+                    del self._tasks[path]
 
     def _lane_entries(self, spawn_point: str) -> list[JournalEntry]:
         if self._siblings is None:
@@ -403,22 +412,17 @@ class RunContext:
         self.closed = True
 
     # ------------------------------------------------------------------ journal writes
-    @contextmanager
-    def hold_appends(self) -> Iterator[list[Held]]:
+    def hold_appends(self) -> _Holding:
         """Inside the block, this thread's :meth:`append` calls are held in the yielded list
         instead of written (each returns the current head); :meth:`write_held` writes them later.
 
         For code that runs on an async run's event loop and must not wait for the store there
         (a call begun on the loop, see ``_boundary``): a guard that records an event as it
         refuses the call has it written, in order, on the store's threads. Other threads of the
-        run append as usual meanwhile.
+        run append as usual meanwhile. (A class, not ``@contextmanager``: an async step enters
+        it once to three times, and a generator's context manager costs four times as much.)
         """
-        held: list[Held] = []
-        outer, self._held = self._held, (threading.get_ident(), held)
-        try:
-            yield held
-        finally:
-            self._held = outer
+        return _Holding(self)
 
     def write_held(self, held: Sequence[Held]) -> None:
         """Write appends held by :meth:`hold_appends`, in the order they were made."""
@@ -504,6 +508,25 @@ class RunContext:
             raise RunCancelled(run_id=self.run_id)
         if self.lease_lost:
             raise LeaseLost(run_id=self.run_id, owner=self.owner)
+
+
+class _Holding:
+    """:meth:`RunContext.hold_appends`'s block."""
+
+    __slots__ = ("ctx", "held", "outer")
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.held: list[Held] = []
+        self.outer: tuple[int, list[Held]] | None = None
+
+    def __enter__(self) -> list[Held]:
+        ctx = self.ctx
+        self.outer, ctx._held = ctx._held, (threading.get_ident(), self.held)
+        return self.held
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctx._held = self.outer
 
 
 def current_run() -> RunContext | None:

@@ -16,7 +16,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from typing import Any, TypeVar, cast
 
@@ -139,24 +138,16 @@ class Connections(abc.ABC):
         a store thread's run, so the run's tasks resume in the order of their operations.
         """
         executor = self._offload or self._offloader()
-        context = contextvars.copy_context()
-        job = functools.partial(context.run, fn, *args)
-        # Woken as ``asyncio.wrap_future`` would wake it (one callback on the loop), which also
-        # tells the executor the caller was woken (see ``OrderedExecutor.told``). Awaited without
-        # ``asyncio.shield`` (its own future and an extra turn of the loop, twice per step): a
-        # cancellation cancels only this loop future, never the job (see ``_cancelled``).
+        job = functools.partial(contextvars.copy_context().run, fn, *args)
+        # Woken as ``asyncio.wrap_future`` would wake it (one callback on the loop, queued by
+        # the executor as it lets the key go: see ``OrderedExecutor.post``), without a
+        # ``concurrent.futures.Future``. Awaited without ``asyncio.shield`` (its own future and
+        # an extra turn of the loop, twice per step): a cancellation cancels only this loop
+        # future, never the job (see ``_cancelled``).
         loop = asyncio.get_running_loop()
         waiter: list[asyncio.Future[T]] = [loop.create_future()]
-        done = executor.submit(key, job, here=here)
-        if done.done():  # ended already (run here): the loop is awake, no need for its pipe
-            loop.call_soon(_woken, executor, key, done, waiter)
-        else:
-
-            def tell(_: Future[Any]) -> None:
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(_woken, executor, key, done, waiter)
-
-            done.add_done_callback(tell)
+        outcome: list[tuple[Any, BaseException | None]] = []
+        executor.post(key, job, functools.partial(_wake, loop, waiter, outcome), here=here, wake_locked=True)
         try:
             return await waiter[0]
         except asyncio.CancelledError:
@@ -167,10 +158,26 @@ class Connections(abc.ABC):
             if task is None:
                 raise
             try:
-                return cast(T, await _cancelled(loop, done, waiter))
+                return cast(T, await _cancelled(loop, outcome, waiter))
             finally:
                 task.uncancel()
                 task.cancel()
+
+    def run_here(self, key: Any, fn: Callable[..., T], /, *args: Any) -> tuple[bool, T | None]:
+        """``(True, fn(*args))``, run on this thread at once, in ``key``'s place in the order of
+        :meth:`off_loop` operations, when nothing of ``key`` is queued or running on the
+        store's threads; ``(False, None)`` otherwise (nothing run). For ``fn`` that needs no
+        store and does not block (as ``off_loop(..., here=True)``), when its caller need not
+        give way to the loop: no future, no turn of the loop. Jobs of ``key`` submitted
+        meanwhile (by other threads) wait for it."""
+        executor = self._offload or self._offloader()
+        token = executor.take(key)
+        if token is None:
+            return False, None
+        try:
+            return True, fn(*args)
+        finally:
+            executor.give_back(key, token)
 
     def loop_writer(self, key: Any) -> Any:
         """A writer that appends to a run's journal from the event loop's own thread, holding
@@ -391,34 +398,55 @@ class _ReadAhead:
         self.answers: dict[tuple[str, tuple[Any, ...]], list[tuple[Any, ...]]] = {}
 
 
-def _woken(executor: OrderedExecutor, key: Any, source: Future[Any], waiter: list[asyncio.Future[Any]]) -> None:
+def _wake(
+    loop: asyncio.AbstractEventLoop,
+    waiter: list[asyncio.Future[Any]],
+    outcome: list[tuple[Any, BaseException | None]],
+    value: Any,
+    error: BaseException | None,
+    here: bool,
+) -> None:
+    """``off_loop``'s job ended (on the thread that ran it): its outcome kept, its caller's
+    wake-up queued on the loop (through the loop's wake-up pipe only from another thread)."""
+    outcome.append((value, error))
+    if here:
+        loop.call_soon(_woken, waiter, outcome)
+    elif not loop.is_closed():
+        with suppress(RuntimeError):  # closed meanwhile: nobody awaits the job any more
+            loop.call_soon_threadsafe(_woken, waiter, outcome)
+
+
+def _woken(waiter: list[asyncio.Future[Any]], outcome: list[tuple[Any, BaseException | None]]) -> None:
     """On the loop: the job's outcome into the awaited future (as ``asyncio.wrap_future``
-    copies it), and the executor told that its caller is being woken."""
-    if key is not None:
-        executor.told(key, source)
+    copies it)."""
     dest = waiter[0]
     if dest.cancelled():
         return
-    error = source.exception()
+    value, error = outcome[0]
     if error is not None:
         dest.set_exception(error)
     else:
-        dest.set_result(source.result())
+        dest.set_result(value)
 
 
-async def _cancelled(loop: asyncio.AbstractEventLoop, source: Future[Any], waiter: list[asyncio.Future[Any]]) -> Any:
+async def _cancelled(
+    loop: asyncio.AbstractEventLoop, outcome: list[tuple[Any, BaseException | None]], waiter: list[asyncio.Future[Any]]
+) -> Any:
     """The outcome of ``off_loop``'s job once its caller was cancelled: the job runs to its end.
 
     The cancellation cancelled the awaited loop future (``waiter[0]``), not the job: while the
     job runs, a fresh future takes its place (``_woken`` reads ``waiter[0]`` when it runs on
     the loop, and it runs only once the job has ended); once the job has ended, its outcome is
-    read from ``source`` itself."""
+    read from ``outcome`` itself."""
     while True:
         future = waiter[0]
         if not future.cancelled():  # the job had ended (its outcome is there) as the task was cancelled
             return await future
-        if source.done():
-            return source.result()
+        if outcome:
+            value, error = outcome[0]
+            if error is not None:
+                raise error
+            return value
         waiter[0] = loop.create_future()
         try:
             return await waiter[0]

@@ -15,10 +15,19 @@ Operations of different runs, or with no key, may run side by side on different 
 ``threads``).
 
 A job that needs no store (``here``: an async call's start when the journal and the guards
-answer it from memory) runs on the submitting thread at once when nothing of its key is queued,
-or only a job whose caller has already been woken (``told``) while its store thread has yet to
-let the key go: it then has the place in the key's order, and its caller the place among the
-loop's wake-ups, that a store thread running it instantly would have given it.
+answer it from memory) runs on the submitting thread at once when nothing of its key is queued
+or running: it then has the place in the key's order, and its caller the place among the loop's
+wake-ups, that a store thread running it instantly would have given it. A job posted with
+``wake_locked`` (``Store.off_loop``'s) lets its key go and wakes its caller in one step, under
+the executor's lock: by the time a job of the key can run ``here``, the caller of the one
+before it is already queued on its loop to be woken first.
+
+The hand-off is kept lean, because an async step pays it on every record (issue 20): the
+threads wait on a ``queue.SimpleQueue`` (its wait and wake-up are C, not a Python
+``Condition``), a job's end is a plain callback (no ``concurrent.futures.Future`` unless
+:meth:`OrderedExecutor.submit` asks for one), and the thread lets the key go and wakes the
+caller as its last work before it waits again: the woken loop does not wait for the GIL
+while the thread does its bookkeeping.
 
 The threads are named ``wflo-store-…`` (a run's thread propagation leaves ``wflo-`` threads
 alone), are started on demand and end after some idle seconds; a fork starts afresh.
@@ -26,7 +35,9 @@ alone), are started on demand and end after some idle seconds; a fork starts afr
 
 from __future__ import annotations
 
+import functools
 import os
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -35,11 +46,26 @@ from typing import Any
 
 _IDLE_SECONDS = 10.0
 
-_Job = tuple[Hashable | None, Callable[[], Any], "Future[Any]"]
+Done = Callable[[Any, "BaseException | None", bool], None]
+"""A job's end: ``done(value, error, here)``, ``here`` when it ran on the submitting thread."""
+
+
+class _Job:
+    __slots__ = ("done", "fn", "key", "wake_locked")
+
+    def __init__(self, key: Hashable | None, fn: Callable[[], Any], done: Done, wake_locked: bool) -> None:
+        self.key, self.fn, self.done, self.wake_locked = key, fn, done, wake_locked
 
 
 def _nothing() -> None:
     return None
+
+
+def _ignore(value: Any, error: BaseException | None, here: bool) -> None:
+    return None
+
+
+_SKIPPED: Any = object()  # a job whose future was cancelled before it ran
 
 
 class OrderedExecutor:
@@ -49,11 +75,9 @@ class OrderedExecutor:
         self.name = name
         self.threads = max(1, threads)
         self._lock = threading.Lock()
-        self._ready: deque[_Job] = deque()  # jobs any thread may take
+        self._ready: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # jobs any thread may take
         self._waiting: dict[Hashable, deque[_Job]] = {}  # key -> jobs behind the one running
-        self._running: dict[Hashable, Future[Any]] = {}  # key -> its job in flight (or just ended)
-        self._told: dict[Hashable, Future[Any]] = {}  # key -> that job, once its caller was woken
-        self._wake = threading.Condition(self._lock)
+        self._running: dict[Hashable, _Job] = {}  # key -> its job in flight
         self._alive = 0
         self._idle = 0
         self._pid = os.getpid()
@@ -68,130 +92,140 @@ class OrderedExecutor:
         the hand-off there and back. Otherwise it is queued as usual.
         """
         future: Future[Any] = Future()
-        job: _Job = (key, fn, future)
-        if here and key is not None and self._run_here(job):
-            return future
+        self.post(key, functools.partial(_unless_cancelled, future, fn), functools.partial(_settle, future), here=here)
+        return future
+
+    def post(self, key: Hashable | None, fn: Callable[[], Any], done: Done, *, here: bool = False,
+             wake_locked: bool = False) -> bool:  # fmt: skip
+        """:meth:`submit` without a future: ``done(value, error, here)`` is called once ``fn``
+        ended (on the thread that ran it), after the key was let go or passed to its next job.
+        ``wake_locked``: ``done`` is called under the executor's lock, in the same step as the
+        key is let go (it must only queue a wake-up, and never call back into the executor).
+        Returns whether ``fn`` ran here (``done`` has been called)."""
+        job = _Job(key, fn, done, wake_locked)
+        if here and key is not None and self._claim(key, job):
+            self._run(job, here=True)
+            return True
         with self._lock:
             if self._pid != os.getpid():  # forked: the parent's threads are not here
                 self._pid, self._alive, self._idle = os.getpid(), 0, 0
-                self._ready.clear()
+                self._ready = queue.SimpleQueue()
                 self._waiting.clear()
                 self._running.clear()
-                self._told.clear()
             self._closed = False
             if key is not None:
                 behind = self._waiting.get(key)
                 if behind is not None:  # a job of this key is queued or running: wait for it
                     behind.append(job)
-                    return future
+                    return False
                 self._waiting[key] = deque()
-                self._running[key] = future
-            self._ready.append(job)
-            if self._idle > 0:
-                self._wake.notify()
-            elif self._alive < self.threads:
-                self._start_thread()
-        return future
+                self._running[key] = job
+            self._dispatch(job)
+        return False
 
-    def told(self, key: Hashable, future: Future[Any]) -> None:
-        """The caller of ``key``'s job ``future`` has been woken (on its loop, by the callback
-        its end scheduled there): a job of ``key`` may run ``here`` after it even before the
-        store thread that ran it has let the key go."""
-        with self._lock:
-            if self._running.get(key) is future:
-                self._told[key] = future
-
-    def take(self, key: Hashable) -> Future[Any] | None:
+    def take(self, key: Hashable) -> object | None:
         """Take ``key``'s place in the order for work the caller does itself, on its own
         thread (an async run's record written from its event loop), by the rule of ``here``:
-        only when nothing of ``key`` is queued or running (or only a job whose caller was
-        already woken, ``told``). Returns the token to hand to :meth:`give_back` once the work
-        is done (jobs of ``key`` submitted meanwhile wait for it), or ``None``: busy."""
-        future: Future[Any] = Future()
-        return future if self._claim(key, future) else None
+        only when nothing of ``key`` is queued or running. Returns the token to hand to
+        :meth:`give_back` once the work is done (jobs of ``key`` submitted meanwhile wait for
+        it), or ``None``: busy."""
+        token = _Job(key, _nothing, _ignore, False)
+        return token if self._claim(key, token) else None
 
-    def give_back(self, key: Hashable, token: Future[Any]) -> None:
+    def give_back(self, key: Hashable, token: Any) -> None:
         """The work :meth:`take` made room for is done: the next job of ``key``, if any, may run."""
-        self._run((key, _nothing, token), here=True)
+        with self._lock:
+            self._let_go(key, token, here=True)
 
-    def _run_here(self, job: _Job) -> bool:
-        key, _, future = job
-        if not self._claim(key, future):
-            return False
-        self._run(job, here=True)
-        return True
-
-    def _claim(self, key: Hashable, future: Future[Any]) -> bool:
-        """Give ``key``'s place in the order to ``future`` if nothing of ``key`` is queued or
-        running (the rule of ``here`` and :meth:`take`); False: busy, or forked (``submit``
+    def _claim(self, key: Hashable, job: _Job) -> bool:
+        """Give ``key``'s place in the order to ``job`` if nothing of ``key`` is queued or
+        running (the rule of ``here`` and :meth:`take`); False: busy, or forked (``post``
         starts afresh)."""
         with self._lock:
-            if self._pid != os.getpid():
+            if self._pid != os.getpid() or key in self._waiting:
                 return False
-            behind = self._waiting.get(key)
-            if behind is not None:
-                running = self._running.get(key)
-                # Busy, unless its job in flight has ended and its caller was woken (a store
-                # thread has only to let the key go), with nothing behind it.
-                if behind or running is None or self._told.get(key) is not running:
-                    return False
             self._waiting[key] = deque()  # ours now: jobs of the key submitted meanwhile wait
-            self._running[key] = future
-            self._told.pop(key, None)
+            self._running[key] = job
         return True
 
     def _run(self, job: _Job, *, here: bool = False) -> None:
-        key, fn, future = job
-        if future.set_running_or_notify_cancel():
-            try:
-                result = fn()
-            except BaseException as exc:
-                future.set_exception(exc)
-            else:
-                future.set_result(result)
+        error: BaseException | None = None
+        try:
+            value = job.fn()
+        except BaseException as exc:
+            value, error = None, exc
+        key = job.key
         if key is None:
+            job.done(value, error, here)
             return
         with self._lock:
-            if self._running.get(key) is not future:
-                return  # a job run here took the key over once this one's caller was woken
-            self._told.pop(key, None)
-            behind = self._waiting.get(key)
-            if behind:
-                following = behind.popleft()
-                self._ready.append(following)
-                self._running[key] = following[2]
-                if here:  # no store thread is about to look at the ready jobs: wake one
-                    if self._idle > 0:
-                        self._wake.notify()
-                    elif self._alive < self.threads:
-                        self._start_thread()
-            else:
-                self._waiting.pop(key, None)
-                self._running.pop(key, None)
+            self._let_go(key, job, here=here)
+            if job.wake_locked:
+                job.done(value, error, here)
+        if not job.wake_locked:
+            job.done(value, error, here)
 
-    def _start_thread(self) -> None:
-        self._alive += 1
-        n = self._alive
-        threading.Thread(target=self._work, name=f"wflo-store-{self.name}-{n}", daemon=True).start()
+    def _let_go(self, key: Hashable, job: _Job, *, here: bool) -> None:
+        """(Under the lock.) ``job`` of ``key`` is over: its next job runs, or the key is free."""
+        if self._running.get(key) is not job:
+            return
+        behind = self._waiting.get(key)
+        if behind:
+            following = behind.popleft()
+            self._running[key] = following
+            # On a store thread, this thread takes it (or an idle one); from elsewhere, a
+            # store thread must be woken or started for it.
+            self._dispatch(following, start=here)
+        else:
+            self._waiting.pop(key, None)
+            self._running.pop(key, None)
+
+    def _dispatch(self, job: _Job, *, start: bool = True) -> None:
+        """(Under the lock.) Queue ``job`` for the store threads; start one if none is idle."""
+        self._ready.put(job)
+        if start and self._idle == 0 and self._alive < self.threads:
+            self._alive += 1
+            n = self._alive
+            threading.Thread(target=self._work, name=f"wflo-store-{self.name}-{n}", daemon=True).start()
 
     def _work(self) -> None:
+        ready = self._ready
         while True:
             with self._lock:
-                while not self._ready:
-                    if self._closed:
-                        self._alive -= 1
-                        return
-                    self._idle += 1
-                    woken = self._wake.wait(_IDLE_SECONDS)
-                    self._idle -= 1
-                    if not woken and not self._ready:
-                        self._alive -= 1
-                        return
-                job = self._ready.popleft()
-            self._run(job)
+                if self._closed and ready.empty():
+                    self._alive -= 1
+                    return
+                self._idle += 1
+            try:
+                job = ready.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                job = None
+            with self._lock:
+                self._idle -= 1
+                if job is None and ready.empty():  # idle too long, or closed
+                    self._alive -= 1
+                    return
+            if job is not None:
+                self._run(job)
 
     def close(self) -> None:
         """Let the idle threads end (a later ``submit`` starts new ones)."""
         with self._lock:
             self._closed = True
-            self._wake.notify_all()
+            for _ in range(self._idle):
+                self._ready.put(None)
+
+
+def _unless_cancelled(future: Future[Any], fn: Callable[[], Any]) -> Any:
+    if not future.set_running_or_notify_cancel():
+        return _SKIPPED
+    return fn()
+
+
+def _settle(future: Future[Any], value: Any, error: BaseException | None, here: bool) -> None:
+    if value is _SKIPPED:
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

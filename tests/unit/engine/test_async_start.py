@@ -90,9 +90,9 @@ def test_gathered_tasks_keep_their_call_numbers_on_replay(configured: str, shape
 def _hand_offs(monkeypatch: pytest.MonkeyPatch) -> Counter[Any]:
     """Count, by key, the jobs run on a store thread (not on the thread that submitted them)."""
     seen: Counter[Any] = Counter()
-    real = OrderedExecutor.submit
+    real = OrderedExecutor.post  # every job goes through it (``submit`` too)
 
-    def submit(self: OrderedExecutor, key: Any, fn: Any, **kwargs: Any) -> Any:
+    def post(self: OrderedExecutor, key: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
         submitter = threading.current_thread()
 
         def job() -> Any:
@@ -100,9 +100,9 @@ def _hand_offs(monkeypatch: pytest.MonkeyPatch) -> Counter[Any]:
                 seen[key] += 1
             return fn()
 
-        return real(self, key, job, **kwargs)
+        return real(self, key, job, *args, **kwargs)
 
-    monkeypatch.setattr(OrderedExecutor, "submit", submit)
+    monkeypatch.setattr(OrderedExecutor, "post", post)
     return seen
 
 
@@ -125,6 +125,36 @@ def test_a_plain_async_step_costs_one_hand_off(configured: str, monkeypatch: pyt
 
     asyncio.run(main())
     assert seen["astart-5"] - seen["astart-0"] == (0 if configured.startswith("postgresql") else 5)
+
+
+def test_a_start_in_a_run_of_one_task_takes_no_turn_of_the_loop(configured: str) -> None:
+    """With no task created inside the run still running, a plain async step is begun at once
+    (``Store.run_here``): nothing else the loop has ready runs between the call and its body
+    (before, the start gave way to the loop each time). With tasks of the run running (a
+    ``gather``) a start still gives way, keeping the order the tasks reach their calls."""
+    seen: list[tuple[str, bool]] = []
+    ticked: dict[str, bool] = {}
+
+    @wflo.step(name="astart.look")
+    async def look(tag: str) -> str:
+        seen.append((tag, ticked[tag]))
+        return tag
+
+    async def call(tag: str) -> str:
+        ticked[tag] = False
+        asyncio.get_running_loop().call_soon(ticked.__setitem__, tag, True)
+        return await look(tag)
+
+    @wflo.workflow(name="astart.one_task")
+    async def flow() -> list[str]:
+        alone = [await call(f"alone{i}") for i in range(3)]
+        tasks = list(await asyncio.gather(call("task0"), call("task1")))
+        return [*alone, *tasks, await call("after")]  # the gathered tasks are over: alone again
+
+    asyncio.run(flow.options(id="astart-one-task").arun())
+    assert seen[:3] == [("alone0", False), ("alone1", False), ("alone2", False)]
+    assert sorted(seen[3:5]) == [("task0", True), ("task1", True)]
+    assert seen[5:] == [("after", False)]
 
 
 def test_a_refusal_on_the_loop_is_written_on_the_store_threads(configured: str) -> None:
