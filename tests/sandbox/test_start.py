@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import pwd
+import queue
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from test_escapes import CORPUS, OUTSIDE, SECRET, _sleepers
 import wflo
 from wflo.sandbox import Sandbox, _bwrap, _cgroup
 from wflo.sandbox._cgroup import CGroup
-from wflo.sandbox._supervise import janitor
+from wflo.sandbox._supervise import _Janitor, janitor
 
 USER = "wflo-sbx-test"
 SRC = str(Path(wflo.__file__).resolve().parent.parent)
@@ -169,9 +171,8 @@ def test_each_sandbox_has_a_uid_of_its_own() -> None:
     assert all(_bwrap.UID_BASE <= uid < _bwrap.UID_BASE + _bwrap.UID_COUNT for uid in seen), seen
     janitor.drain()
     for uid in seen:  # released: the name can be taken again
-        probe = socket.socket(socket.AF_UNIX)
-        probe.bind(f"\0wflo-sandbox-uid-{uid}")
-        probe.close()
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.bind(f"\0wflo-sandbox-uid-{uid}")
 
 
 def test_pool_burst_from_threads() -> None:
@@ -246,3 +247,37 @@ def test_process_limit_kind_is_reported() -> None:
     kind = _bwrap.process_limit_kind()
     assert "RLIMIT_NPROC in the sandbox's user namespace" in kind
     assert ("pids cgroup" in kind) == CGroup.available()
+
+
+class _SlowHand:
+    """A janitor's queue whose thread, having taken a job, is held up before running it (as a
+    thread preempted there is)."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.taken = threading.Event()
+
+    def put(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def get_nowait(self) -> Callable[[], None]:
+        return self.jobs.get_nowait()
+
+    def get(self) -> Callable[[], None]:
+        job = self.jobs.get()
+        self.taken.set()
+        time.sleep(0.3)
+        return job
+
+
+def test_drain_waits_for_the_job_the_janitor_has_taken() -> None:
+    """``drain`` (also run at exit) returns only once every job put has run, including one the
+    janitor's thread took off the queue and has not run yet: else a sandbox's uid and scratch
+    directory were left behind at exit, and a test that drained saw the uid still held."""
+    j = _Janitor()
+    j._queue = _SlowHand()  # type: ignore[assignment]
+    ran: list[int] = []
+    j.put(lambda: ran.append(1))
+    assert j._queue.taken.wait(5)  # type: ignore[attr-defined]
+    j.drain()
+    assert ran == [1]

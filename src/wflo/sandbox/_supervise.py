@@ -162,16 +162,19 @@ def remove_tree(root: Path) -> None:
 
 
 class _Janitor:
-    """One background thread that removes finished sandboxes' cgroups and scratch directories;
-    what is still queued at exit is removed before the process ends."""
+    """One background thread that removes finished sandboxes' cgroups and scratch directories
+    and gives back their uids; what is still queued at exit is done before the process ends."""
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._busy = threading.Lock()
+        self._done = threading.Condition()
+        self._pending = 0  # jobs put and not finished: queued, or taken by the thread
         self._thread: threading.Thread | None = None
 
     def put(self, job: Callable[[], None]) -> None:
+        with self._done:
+            self._pending += 1
         self._queue.put(job)
         with self._lock:
             if self._thread is None:
@@ -181,21 +184,30 @@ class _Janitor:
 
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
-            try:
-                with self._busy:
-                    job()
-            except Exception:  # a directory that will not go away must not stop the others
-                log.exception("wflo sandbox: clean-up failed")
+            self._run(self._queue.get())
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception:  # a directory that will not go away must not stop the others
+            log.exception("wflo sandbox: clean-up failed")
+        finally:
+            with self._done:
+                self._pending -= 1
+                self._done.notify_all()
 
     def drain(self) -> None:
-        with self._busy:  # the job in hand finishes first
-            while True:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    return
-                job()
+        """Do what is queued here, then wait for the job the thread has in hand. (Waiting on
+        a lock the thread holds while it runs a job was not enough: between taking a job off
+        the queue and taking that lock, the thread held a job that ``drain`` did not see.)"""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._run(job)
+        with self._done:
+            self._done.wait_for(lambda: self._pending == 0)
 
 
 janitor = _Janitor()
