@@ -100,8 +100,9 @@ def direct(store: PostgresStore, conn: Any, stmt: Statement, params: Sequence[An
     store's ``_connection`` discards it; an interrupt is handled by psycopg's ``wait`` (the
     query is cancelled)."""
     psycopg = store._psycopg
-    # Text (most parameters) inline, the rest through ``_text``: 20 calls less per append.
-    values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
+    # Text and NULL (all but four parameters of a step's append) inline, numbers and booleans
+    # through ``_text``.
+    values = [v.encode() if type(v) is str and "\x00" not in v else None if v is None else _text(v) for v in params]
     pgconn = conn.pgconn
     with conn.lock:
         if pgconn.status != _CONNECTION_OK:
@@ -246,13 +247,13 @@ def _pipelined(generators: Any, pgconn: Any) -> Any:
 
 def _check(results: list[Any], stmt: Statement, ok: Any) -> Any:
     """The last of ``results``, or the error it reports (as psycopg raises it)."""
+    if results and results[-1].status == ok:  # before the imports: the answer is nearly always this
+        return results[-1]
     from psycopg import errors, pq
 
     if not results:
         raise errors.InterfaceError(f"no result from {stmt.sql[:40]!r}")
     result = results[-1]
-    if result.status == ok:
-        return result
     if result.status == pq.ExecStatus.FATAL_ERROR:
         raise errors.error_from_result(result, encoding="utf-8")
     raise errors.InterfaceError(f"unexpected result {pq.ExecStatus(result.status).name} from {stmt.sql[:40]!r}")
@@ -371,6 +372,14 @@ def array_text(values: Sequence[Any]) -> str:
     otherwise inspect every element of every list to choose the array's type, a large part of
     the client's work for a short run (issue 20). Every element is quoted, so no text can
     read as NULL, a delimiter or a nested array; ``None`` is NULL."""
+    if len(values) == 1:  # a step's append: one event, its six columns each alone
+        value = values[0]
+        if value is None:
+            return "{NULL}"
+        text = value if type(value) is str else str(value)
+        if '"' not in text and "\\" not in text:
+            return '{"' + text + '"}'
+        return "{" + _quoted(text) + "}"
     if values and None not in values:
         # Most columns (numbers, times, hashes, types) hold no quote or backslash: quoted
         # all at once, escaping nothing.
