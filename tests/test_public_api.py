@@ -49,7 +49,7 @@ PINNED: dict[str, set[str]] = {
     "wflo.config": {"Runtime", "Settings", "configure", "get_store", "runtime", "settings"},
     "wflo.cost": {
         "Budget", "BudgetGuard", "BudgetUsage", "Budgets", "Cost", "CostRequest", "DEFAULT_OUTPUT_CAP", "Ledger",
-        "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "RunSpend", "SpendLine", "Usage", "book_and_journal", "budget_alerted", "budget_periods",
+        "Limit", "PERIODS", "Price", "PriceBook", "Reservation", "RunSpend", "SpendLine", "Usage", "book_and_journal", "book_runs_since", "budget_alerted", "budget_periods",
         "budget_records", "budgets", "estimate_input_tokens", "estimate_text_tokens", "journal_run_spend", "ledger", "period_start", "prices",
         "run_cost", "run_spend", "run_spend_sql", "spend", "spend_rows", "sse_events", "top_runs",
         "usage_from_response", "usd_str"

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..cost import SpendLine, book_and_journal
-from ..store import Store
+from ..cost import SpendLine, book_and_journal, book_runs_since
+from ..store import SYSTEM_CHAIN, Store
+from ._tables import chains_since
 from ._verify import pruned_items
 
 FIGURES = ("calls", "cost_usd", "estimated_usd", "input_tokens", "output_tokens")
@@ -126,10 +127,15 @@ def verify_book(
     store: Store,
     *,
     run_id: str | None = None,
+    since: str | None = None,
     trusted: Any = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> BookReport:
     """Check the spend book against the runs' journals (every run, or ``run_id`` only).
+
+    ``since`` (an ISO time, as ``verify_all``'s): only the runs with an event at or after it and
+    the runs with a book row of its hour or later (a row forged for an old run, or for no run,
+    in that window is found; one dated before it is not looked at).
 
     Per run and model, the book's calls, cost, estimated cost and tokens must equal what the
     run's journal records (with its calls charged at their reservation and not journaled yet);
@@ -141,7 +147,10 @@ def verify_book(
     findings: list[BookFinding] = []
     unchecked: list[str] = []
     runs = rows = pruned_runs = page = 0
-    for run in book_and_journal(store, run_id=run_id):
+    only = None
+    if since is not None and run_id is None:
+        only = (chains_since(store, since) | set(book_runs_since(store, since))) - {SYSTEM_CHAIN}
+    for run in book_and_journal(store, run_id=run_id, run_ids=only):
         page += 1
         if on_progress is not None and page == 500:
             on_progress(page)

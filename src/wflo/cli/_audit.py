@@ -58,7 +58,12 @@ def audit() -> None:
     metavar="PEM",
     help="The audit key's public half: pins the checkpoint's signer, and only prunes it signed count as prunes.",
 )
-@click.option("--since", metavar="DATE", help="Only chains with events at or after DATE (each verified whole).")
+@click.option(
+    "--since",
+    metavar="DATE",
+    help="Only chains with events at or after DATE (each verified whole), and the spend book of those runs "
+    "and of any run with a book row of that hour or later.",
+)
 @click.option(
     "--no-spend-book",
     "skip_book",
@@ -95,7 +100,7 @@ def verify_cmd(
     if not skip_book:
         only = reports[0].chain if run_id and not all_chains else None
         if as_json or not sys.stderr.isatty():
-            book = verify_book(store, run_id=only, trusted=key)
+            book = verify_book(store, run_id=only, since=cutoff, trusted=key)
         else:
             with err_console.status("checking the spend book against the journals…") as status:
                 done = 0
@@ -105,7 +110,7 @@ def verify_cmd(
                     done += runs
                     status.update(f"checking the spend book against the journals… {done} runs")
 
-                book = verify_book(store, run_id=only, trusted=key, on_progress=progress)
+                book = verify_book(store, run_id=only, since=cutoff, trusted=key, on_progress=progress)
     cp = verify_checkpoint(store, doc, key) if doc is not None else None
     ok = not broken and (cp is None or cp.ok) and (book is None or book.ok)
     events = sum(r.count for r in reports if not r.pruned)

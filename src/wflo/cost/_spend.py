@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -136,13 +136,22 @@ class RunSpend:
     """An event on the run's chain records a charged call (a pruned run's chain has none)."""
 
 
-def book_and_journal(store: Store, *, run_id: str | None = None, page: int = 500) -> Iterator[RunSpend]:
-    """Every run (or ``run_id`` only) and every run id the book names, in key order, with its
-    book rows and its journal's charged calls summed per model: the two sides of the check of
-    the book. A page of runs at a time (memory stays flat on a large store), both sides of a
-    page read from one snapshot, so a charge committed meanwhile never shows on one side only."""
-    if run_id is not None:
-        yield from _range_spend(store, None, None, run_id)
+def book_runs_since(store: Store, since: str) -> list[str]:
+    """The runs with a spend book row of ``since``'s hour (an ISO time) or later."""
+    return _tables.book_runs_since(store, _tables.hour_of(since))
+
+
+def book_and_journal(
+    store: Store, *, run_id: str | None = None, run_ids: Iterable[str] | None = None, page: int = 500
+) -> Iterator[RunSpend]:
+    """Every run (or ``run_id`` only, or those of ``run_ids``) and every run id the book names,
+    in key order, with its book rows and its journal's charged calls summed per model: the two
+    sides of the check of the book. A page of runs at a time (memory stays flat on a large
+    store), both sides of a page read from one snapshot, so a charge committed meanwhile never
+    shows on one side only. ``run_ids``: one run at a time (each its own snapshot)."""
+    if run_id is not None or run_ids is not None:
+        for one in sorted({run_id} if run_id is not None else set(run_ids or ())):
+            yield from _range_spend(store, None, None, one)
         return
     after: str | None = None
     while True:

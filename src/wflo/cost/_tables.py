@@ -758,6 +758,11 @@ def run_totals(store: Store, run_ids: Sequence[str]) -> dict[str, Decimal]:
     return out
 
 
+def book_runs_since(store: Store, hour: str) -> list[str]:
+    """The run ids with a spend book row of ``hour`` (``hour_of``'s form) or later."""
+    return [str(r[0]) for r in store.read("SELECT DISTINCT run_id FROM ledger_spend WHERE hour >= ?", (hour,))]
+
+
 def run_ids_after(store: Store, after: str | None, limit: int) -> list[str]:
     """The next ``limit`` run ids after ``after`` (from the first), in key order."""
     where, params = ("WHERE id > ? ", [after]) if after is not None else ("", [])

@@ -57,7 +57,11 @@ class BudgetBody(BaseModel):
 class VerifyBody(BaseModel):
     since: str | None = Field(None, description="only chains with events at or after this (YYYY-MM-DD, ISO, 30d)")
     checkpoint: dict[str, Any] | None = Field(None, description="a signed checkpoint (JSON) the store must extend")
-    spend_book: bool = Field(True, description="also check the spend book against the chained journals (whole book)")
+    spend_book: bool = Field(
+        True,
+        description="also check the spend book against the chained journals (with since: the runs with events "
+        "since then and those with book rows of that hour or later)",
+    )
 
 
 class ExportBody(BaseModel):
@@ -353,14 +357,15 @@ def _audit(router: Router) -> None:
     def audit_verify(request: Request, body: VerifyBody | None = None) -> dict[str, Any]:
         """Recompute the hash chains (all, or those with events since a date) and, with a
         ``checkpoint``, check the store still extends it; unless ``spend_book`` is false, check
-        the whole spend book against the journals too (as ``wflo audit verify``). The verdict
+        the spend book against the journals too (as ``wflo audit verify``; with ``since``, of
+        the recent runs and of book rows since then). The verdict
         per chain, and the book's findings."""
         body = body or VerifyBody(since=None, checkpoint=None, spend_book=True)
         who = who_of(request)
         start, _ = _window(body.since, None)
         reports = verify_all(access.store, since=start)
         cp = verify_checkpoint(access.store, body.checkpoint) if body.checkpoint else None
-        book = verify_book(access.store) if body.spend_book else None
+        book = verify_book(access.store, since=start) if body.spend_book else None
         broken = [r for r in reports if not r.ok]
         ok = not broken and (cp is None or cp.ok) and (book is None or book.ok)
         events = sum(r.count for r in reports if not r.pruned)

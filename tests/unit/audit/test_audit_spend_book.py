@@ -274,3 +274,31 @@ def test_a_damaged_event_fails_its_chain_not_the_book_check(configured: str) -> 
     report = verify_book(store)  # read event by event; the damaged calls no longer count
     assert {(f.run_id, f.model) for f in report.findings} == {("asb-r1", "gpt-4o"), ("asb-r1", "gpt-4o-mini")}
     assert not all(r.ok for r in verify_all(store))
+
+
+def _forge(db: Any, hour: str, run_id: str) -> None:
+    db.run(
+        "INSERT INTO ledger_spend (hour, run_id, model, workflow, tenant, calls, cost_usd, estimated_usd, "
+        "input_tokens, output_tokens) VALUES (?, ?, 'gpt-4o', 'asb-research', NULL, 1, '0.5', '0', 10, 10)",
+        (hour, run_id),
+    )
+
+
+def test_since_checks_the_recent_runs_and_the_books_recent_rows(configured: str, tmp_path: Path) -> None:
+    """``since`` scopes the book's check as it scopes the chains': the runs with events since
+    then, and any run (real or not) with a book row of that hour or later; nothing older."""
+    store = _two_runs()
+    assert verify_book(store, since="2000-01-01T00:00:00.000000Z").runs == 2  # both runs are recent
+    late = "2999-01-01T00:00:00.000000Z"
+    assert verify_book(store, since=late).runs == 0  # no run has events that late: nothing looked at
+    with admin(configured) as db:
+        _forge(db, "2026-01-01T03:00", "asb-r1")  # dated long before ``late``
+    assert verify_book(store, since=late).ok  # out of scope
+    assert not verify_book(store, since="2000-01-01T00:00:00.000000Z").ok  # a recent run: found
+    with admin(configured) as db:
+        _forge(db, "2999-01-01T05:00", "asb-ghost")  # a row of that window, for no run
+    f = _one(store, since=late)
+    assert (f.run_id, f.kind) == ("asb-ghost", "no-run")
+    # The CLI and the API pass --since on to the book's check.
+    out = wflo("audit", "verify", "--since", "2999-01-01", "--json", db=configured, cwd=tmp_path)
+    assert out.returncode == 10 and '"asb-ghost"' in out.stdout, out.stdout

@@ -292,6 +292,11 @@ def test_audit_verify_checks_the_spend_book(env: dict[str, Any]) -> None:
     assert (finding["run_id"], finding["kind"]) == ("ghost-run", "no-run") and "no such run" in finding["describe"]
     skipped = auditor.post("/api/v1/audit/verify", {"spend_book": False}).json()
     assert skipped["ok"] and skipped["spend_book"] is None
+    # With ``since``, the book's check is scoped as the chains' are: the forged row is dated 2026-01-01.
+    later = auditor.post("/api/v1/audit/verify", {"since": "2026-02-01"}).json()
+    assert later["ok"] and later["spend_book"]["ok"], later["spend_book"]
+    earlier = auditor.post("/api/v1/audit/verify", {"since": "2025-12-31"}).json()
+    assert [f["run_id"] for f in earlier["spend_book"]["findings"]] == ["ghost-run"]
 
 
 def test_audit_verify_checkpoints_export_and_report(env: dict[str, Any], tmp_path: Path) -> None:
