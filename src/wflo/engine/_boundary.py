@@ -79,11 +79,15 @@ class Call:
                     text = repr((self.args, sorted(self.kwargs.items())))
                 except RecursionError:  # absurdly deep arguments: refused when encoded, not here
                     text = reprlib.repr((self.args, sorted(self.kwargs.items())))
-            # surrogatepass: a lone surrogate is refused by encode() with a SerializationError,
-            # not by the digest with a UnicodeEncodeError
-            cached = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-            self.meta["_args_digest"] = cached
+            cached = self.meta["_args_digest"] = _digest(text)
         return cached
+
+
+def _digest(text: str) -> str:
+    """A call's argument digest from the canonical text of ``[args, kwargs]``. surrogatepass:
+    a lone surrogate is refused by ``encode()`` with a SerializationError, not here with a
+    UnicodeEncodeError."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(slots=True)
@@ -213,7 +217,7 @@ def _begin(call: Call) -> Any:
         # Encoded before the call runs, so an input that cannot be stored fails before any effect.
         call.meta["_input"], text = encode_input(call.args, call.kwargs, serializer=call.serializer, step=call.name)
         if text is not None and "_args_digest" not in call.meta:  # the same digest, from the same text
-            call.meta["_args_digest"] = hashlib.sha256(text.encode()).hexdigest()
+            call.meta["_args_digest"] = _digest(text)
     return _NOT_REPLAYED
 
 
@@ -408,10 +412,7 @@ def _run_once(call: Call, fn: Callable[..., Any]) -> Outcome:
     outcome = Outcome()
     t0 = time.perf_counter()
     try:
-        if call.timeout is None:
-            outcome.value = fn(*call.args, **call.kwargs)
-        else:
-            outcome.value = call.timeout.call(fn, *call.args, **call.kwargs)
+        outcome.value = _Run(call, fn).run(None)
     except BaseException as exc:
         outcome.error = exc
     outcome.duration_ms = (time.perf_counter() - t0) * 1000

@@ -97,11 +97,10 @@ def worker_seen(store: Store, worker: WorkerInfo, ttl_seconds: float, *, first: 
 
     def body(cur: Any) -> None:
         now = store.now(cur=cur)  # the store's clock, as leases are judged
-        until = iso(parse_iso(now), ttl_seconds)
+        moment = parse_iso(now)
+        until = iso(moment, ttl_seconds)
         if first:
-            store.execute(
-                cur, "DELETE FROM workers WHERE expires_at < ?", (iso(parse_iso(now), -_KEEP_EXPIRED_SECONDS),)
-            )
+            store.execute(cur, "DELETE FROM workers WHERE expires_at < ?", (iso(moment, -_KEEP_EXPIRED_SECONDS),))
         store.execute(
             cur,
             "INSERT INTO workers (id, host, pid, concurrency, workflows, queues, started_at, seen_at, expires_at) "

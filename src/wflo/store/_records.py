@@ -23,10 +23,7 @@ def now_iso(offset_seconds: float = 0.0) -> str:
     """UTC now (plus an offset) in the fixed-width form the store compares as text."""
     global _second
     if offset_seconds:
-        moment = datetime.now(UTC) + timedelta(seconds=offset_seconds)
-        # ``isoformat`` with microseconds always written gives ``_TIME_FORMAT``'s text with
-        # ``+00:00`` for ``Z``, in about half the time of ``strftime``.
-        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
+        return iso(datetime.now(UTC), offset_seconds)
     # Every append reads the clock: the date and time of day are formatted once per second, and
     # only the microseconds each time (the clock and rounding of ``datetime.now``: floor).
     second, micro = divmod(time.time_ns() // 1000, 1_000_000)
@@ -40,6 +37,8 @@ def iso(moment: datetime, offset_seconds: float = 0.0) -> str:
     """``moment`` (plus an offset) in the store's UTC text form."""
     if offset_seconds:
         moment += timedelta(seconds=offset_seconds)
+    # ``isoformat`` with microseconds always written gives ``_TIME_FORMAT``'s text with
+    # ``+00:00`` for ``Z``, in about half the time of ``strftime``.
     return moment.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
