@@ -230,6 +230,42 @@ def pg_wal_per_append(url: str) -> dict[str, float]:
     return {k: statistics.mean(v) for k, v in found.items()}
 
 
+SINCES = {
+    "the last hour": HOUR,
+    "the last day": "2026-11-29T00:00:00.000000Z",
+    "the last 10 days": "2026-11-20T00:00:00.000000Z",
+    "all 30 days": "2026-10-01T00:00:00.000000Z",
+}
+
+
+def since_chains(url: str, rounds: int) -> dict[str, dict[str, float]]:
+    """``audit verify --since``'s chain lookup, median ms: before (one ``SELECT DISTINCT chain``,
+    which SQLite's planner runs as a walk of the whole key index) and now (``chains_since``:
+    a bounded count on the time index, then the window by time when it is small), alternating
+    every round, for three windows."""
+    from wflo.audit._tables import chains_since
+
+    out: dict[str, dict[str, float]] = {}
+    with open_store(url) as store:
+        for name, since in SINCES.items():
+            sides: dict[str, Any] = {
+                "before": lambda s=since: {
+                    r[0] for r in store.read("SELECT DISTINCT chain FROM events WHERE at >= ?", (s,))
+                },
+                "now": lambda s=since: chains_since(store, s) - {"system"},
+            }
+            times: dict[str, list[float]] = {k: [] for k in sides}
+            answers: dict[str, set[str]] = {}
+            for r in range(rounds):
+                for key in sorted(sides, reverse=bool(r % 2)):
+                    t0 = time.perf_counter()
+                    answers[key] = sides[key]()
+                    times[key].append((time.perf_counter() - t0) * 1000)
+            assert answers["before"] - {"system"} == answers["now"], name
+            out[name] = {k: statistics.median(v) for k, v in times.items()} | {"chains": len(answers["now"])}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -245,6 +281,7 @@ def main() -> None:
             out["sqlite"] = {
                 "reads_ms": reads(sqlite3.connect, new, old, args.rounds, pg=False),
                 "wal_frames_per_step": sqlite_wal_frames(tmp, args.steps),
+                "since_ms": since_chains(f"sqlite:///{new}", args.rounds),
             }
     if "postgres" in args.stores:
         import psycopg
@@ -253,6 +290,7 @@ def main() -> None:
         out["postgres"] = {
             "reads_ms": reads(lambda u: psycopg.connect(u, autocommit=True), new, old, args.rounds, pg=True),
             "wal_per_append": {"m022": pg_wal_per_append(new), "m021": pg_wal_per_append(old)},
+            "since_ms": since_chains(new, args.rounds),
         }
         with psycopg.connect(PG, autocommit=True) as conn:
             for url in (new, old):
@@ -266,6 +304,9 @@ def main() -> None:
             print(f"\n{store}: median ms at {args.events:,} events, m021 (every event in the type index) / m022")
             for name, sides in out[store]["reads_ms"].items():
                 print(f"  {name:32s} {sides['m021']:9.2f} {sides['m022']:9.2f}  x{sides['m022'] / sides['m021']:.2f}")
+            print(f"{store}: audit verify --since's chains, median ms, before / now")
+            for name, sides in out[store]["since_ms"].items():
+                print(f"  {name:32s} {sides['before']:9.2f} {sides['now']:9.2f}  ({sides['chains']:,} chains)")
     if "sqlite" in out:
         print(f"\nsqlite WAL frames per step, m021 / m022: {out['sqlite']['wal_frames_per_step']}")
     if "postgres" in out:

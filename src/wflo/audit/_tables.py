@@ -94,9 +94,21 @@ def prune_records(store: Store) -> list[str]:
     return [r[0] for r in rows]
 
 
+# Up to this many events since a time, their chains are read through the index on ``at`` (a
+# recent window: ~1 µs an event); beyond it one DISTINCT walk of the key index is cheaper
+# (~0.3 s at 1,000,000 events on SQLite, whose planner takes that walk whatever the window).
+SINCE_BY_TIME = 100_000
+
+
 def chains_since(store: Store, since: str) -> set[str]:
     """Chains with an event at or after ``since`` (plus the system chain if it has events)."""
-    recent = {r[0] for r in store.read("SELECT DISTINCT chain FROM events WHERE at >= ?", (since,))}
+    # How many events the window holds, counted on the ``at`` index and no further than the
+    # bound: a few milliseconds at most.
+    row = store.read_one("SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE at >= ? LIMIT ?) w", (since, SINCE_BY_TIME))
+    if row is not None and int(row[0]) < SINCE_BY_TIME:
+        recent = {r[0] for r in store.read("SELECT chain FROM events WHERE at >= ?", (since,))}
+    else:
+        recent = {r[0] for r in store.read("SELECT DISTINCT chain FROM events WHERE at >= ?", (since,))}
     if store.read_one("SELECT 1 FROM events WHERE chain = ?", (SYSTEM_CHAIN,)):
         recent.add(SYSTEM_CHAIN)
     return recent

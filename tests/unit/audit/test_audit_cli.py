@@ -167,3 +167,26 @@ def test_signed_prunes_and_a_forged_prune_record(store_url: str, tmp_path: Path)
     caught = wflo("audit", "verify", "--public-key", "pub.pem", db=store_url, cwd=tmp_path)
     assert caught.returncode == 10 and "forged" in caught.stderr and "victim" not in caught.stderr
     assert victim.seq > 0
+
+
+@pytest.mark.parametrize("bound", [1, 2, 100_000], ids=["distinct-walk", "at-bound", "by-time"])
+def test_since_finds_the_same_chains_by_time_or_by_walk(
+    store_url: str, tmp_path: Path, bound: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--since`` reads a small window's chains through the time index and a large one's in one
+    DISTINCT walk; both give the recent chains, once each, and none older."""
+    from wflo.audit import _tables
+
+    monkeypatch.setattr(_tables, "SINCE_BY_TIME", bound)
+    with open_store(store_url) as store:
+        make_run(store, "old", at=OLD)
+        make_run(store, "new1")
+        make_run(store, "new2")
+    with admin(store_url) as db:  # every event of "old" old (its chain broken: out of the window)
+        db.run(f"UPDATE events SET at = '{OLD}' WHERE chain = 'old'")
+    with open_store(store_url) as store:
+        assert _tables.chains_since(store, "2021-01-01T00:00:00.000000Z") == {"new1", "new2"}
+        assert _tables.chains_since(store, "2999-01-01T00:00:00.000000Z") == set()
+        assert _tables.chains_since(store, "2000-01-01T00:00:00.000000Z") == {"old", "new1", "new2"}
+    recent = json.loads(wflo("audit", "verify", "--since", "2021-01-01", "--json", db=store_url, cwd=tmp_path).stdout)
+    assert recent["ok"] and recent["chains"] == 2
