@@ -17,7 +17,7 @@ from pathlib import Path
 
 import wflo
 from wflo.mcp import connect
-from wflo.tools import Capabilities, ToolRefused
+from wflo.tools import Capabilities, ToolLimits, ToolRefused
 
 SERVER = r"""
 import json, sys
@@ -55,7 +55,10 @@ work.chmod(0o755)  # the sandbox runs as a uid of its own when wflo runs as root
 (work / "docs").mkdir()
 (work / "docs" / "readme.txt").write_text("granted: the docs directory")
 (work / "private.txt").write_text("not granted")
-MANIFEST = Capabilities(read=(str(work / "server.py"), str(work / "docs")))
+MANIFEST = Capabilities(
+    read=(str(work / "server.py"), str(work / "docs")),
+    limits=ToolLimits(output="256KiB"),  # a longer message stops the server; stderr is cut there
+)
 
 
 @wflo.workflow(name="mcp-sandboxed-example", budget=wflo.Budget(usd="1.00"))

@@ -103,7 +103,7 @@ PINNED: dict[str, set[str]] = {
     },
     "wflo.testing": {"LLMServer", "Recorded", "Reply", "ToolCall"},
     "wflo.tools": {
-        "Capabilities", "Effects", "Grant", "Manifest", "PackagedTool", "Tool", "ToolPackage", "ToolRefused",
+        "Capabilities", "Effects", "Grant", "Manifest", "PackagedTool", "Tool", "ToolLimits", "ToolPackage", "ToolRefused",
         "UntrustedTool", "catalog", "csv_stats", "files", "git", "grant", "grants", "http_get", "installed", "load",
         "memory", "python", "revoke", "sign_package", "sql_query", "tool", "trust", "trusted_keys", "untrust",
     },

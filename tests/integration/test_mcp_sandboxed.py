@@ -17,7 +17,7 @@ import pytest
 import wflo
 from wflo._errors import UserError
 from wflo.mcp import connect
-from wflo.tools import Capabilities, ToolRefused
+from wflo.tools import Capabilities, ToolLimits, ToolRefused
 
 pytest.importorskip("mcp")
 
@@ -161,3 +161,53 @@ def test_network_goes_only_through_the_egress_proxy(server: list[str], tmp_path:
         assert tools["env"](name="HTTPS_PROXY") == "http://127.0.0.1:3128"  # the sandbox's forwarder
         with pytest.raises(ToolRefused, match="Error"):
             tools["fetch"](host="10.1.2.3")  # its own network namespace: no route past the proxy
+
+
+# The same server with two hostile tools: one answers with a message of ``n`` bytes, one
+# writes ``n`` bytes to its stderr.
+FLOOD = SERVER.replace(
+    '    "env": {',
+    '    "flood": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},\n'
+    '    "noise": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]},\n'
+    '    "env": {',
+).replace(
+    '    if name == "env":',
+    '    if name == "flood":\n'
+    '        return "x" * args["n"]\n'
+    '    if name == "noise":\n'
+    '        sys.stderr.write("e" * args["n"])\n'
+    "        sys.stderr.flush()\n"
+    '        return "ok"\n'
+    '    if name == "env":',
+)
+
+
+@pytest.fixture
+def flood(tmp_path: Path) -> list[str]:
+    code = tmp_path / "flood"
+    code.mkdir()
+    (code / "server.py").write_text(FLOOD)
+    return ["/usr/bin/python3", "-I", str(code / "server.py")]
+
+
+def test_a_message_past_the_output_limit_stops_the_server(flood: list[str], tmp_path: Path) -> None:
+    """A server's message is held whole by the client to parse it: one longer than the
+    output limit stops the server instead of reaching the client."""
+    caps = Capabilities(read=(str(tmp_path / "flood"),), limits=ToolLimits(output=64 << 10))
+    with connect(flood, sandbox=caps, read_only=["flood", "noise"], timeout=20) as mcp:
+        tools = {t.name: t for t in mcp.tools}
+        assert tools["flood"](n=30_000) == "x" * 30_000  # within the limit: as it came
+        with pytest.raises(ToolRefused, match="MCP server failed"):
+            tools["flood"](n=4 << 20)
+        with pytest.raises(ToolRefused, match="MCP server"):
+            tools["flood"](n=10)  # stopped: nothing more from it
+
+
+def test_a_noisy_server_keeps_working(flood: list[str], tmp_path: Path) -> None:
+    """Megabytes on stderr past the output limit are read and dropped, so the server is not
+    blocked on a full pipe (what reaches the host is checked in tests/unit/tools/test_mcp_jail.py)."""
+    caps = Capabilities(read=(str(tmp_path / "flood"),), limits=ToolLimits(output=32 << 10))
+    with connect(flood, sandbox=caps, read_only=["flood", "noise"], timeout=20) as mcp:
+        tools = {t.name: t for t in mcp.tools}
+        assert tools["noise"](n=2 << 20) == "ok"
+        assert tools["flood"](n=10) == "x" * 10

@@ -168,7 +168,15 @@ class Connection:
             raise ToolRefused(tool=name, reason="the MCP server is not running")
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._loop.call_soon_threadsafe(self._requests.put_nowait, (name, args, fut))
-        result = fut.result(self._timeout)
+        try:
+            result = fut.result(self._timeout)
+        except concurrent.futures.TimeoutError:
+            raise
+        except Exception as exc:  # the connection closed under the call, or the SDK refused the answer
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if self.sandbox is not None:
+                why += " (a sandboxed server is stopped when it passes a limit: its stderr says which)"
+            raise ToolRefused(tool=name, reason=f"the MCP server failed ({why})") from None
         text = "\n".join(getattr(c, "text", "") for c in result.content if getattr(c, "type", "") == "text")
         if result.is_error:
             raise ToolRefused(tool=name, reason=f"the MCP server answered with an error: {text[:1000]}")

@@ -12,6 +12,9 @@ that goes away takes the server with it.
 
 Limits hold for the server's whole life: memory (address space), CPU seconds, processes
 (8, or 32 with ``subprocess``). ``wall`` bounds each call (the connection's timeout).
+``output`` bounds each message the server sends (a line of its stdout: a longer one stops the
+server, since the client would hold it all in memory to parse it) and its stderr as a whole
+(what follows is read and dropped, with one line saying so).
 """
 
 from __future__ import annotations
@@ -54,21 +57,56 @@ def config(argv: list[str], caps: Any, env: dict[str, str], secrets: dict[str, s
     })  # fmt: skip
 
 
+def _write_all(dst: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst, view) :]
+
+
 def _pump(src: int, dst: int, done: Any = None) -> None:
     try:
-        while True:
-            data = os.read(src, 65536)
-            if not data:
-                break
-            view = memoryview(data)
-            while view:
-                view = view[os.write(dst, view) :]
+        while data := os.read(src, 65536):
+            _write_all(dst, data)
     except OSError:
         pass
     finally:
         if done is not None:
             with contextlib.suppress(OSError):
                 done()
+
+
+def _pump_messages(src: int, dst: int, limit: int) -> bool:
+    """The server's stdout to the client as it comes; False (and the rest not sent) as soon
+    as one line passes ``limit`` bytes."""
+    run = 0  # bytes of the line not ended yet
+    try:
+        while data := os.read(src, 65536):
+            parts = data.split(b"\n")
+            run += len(parts[0])
+            if max(run, 0, *map(len, parts[1:])) > limit:
+                return False
+            if len(parts) > 1:
+                run = len(parts[-1])
+            _write_all(dst, data)
+    except OSError:
+        pass
+    return True
+
+
+def _pump_capped(src: int, dst: int, limit: int) -> None:
+    """Up to ``limit`` bytes of ``src`` to ``dst``, then a line saying the rest was dropped;
+    ``src`` is read to its end either way (a server blocked on a full pipe would hang)."""
+    sent = 0
+    try:
+        while data := os.read(src, 65536):
+            if sent < limit:
+                part = data[: limit - sent]
+                _write_all(dst, part)
+                sent += len(part)
+                if sent >= limit:
+                    _write_all(dst, f"\nsandbox: the MCP server's stderr cut at {limit} bytes\n".encode())
+    except OSError:
+        pass
 
 
 def main() -> int:
@@ -96,9 +134,15 @@ def main() -> int:
         proc.stdin.write(header([], BOOT) + boot)
         proc.stdin.flush()
         threading.Thread(target=_pump, args=(0, proc.stdin.fileno(), proc.stdin.close), daemon=True).start()
-        threading.Thread(target=_pump, args=(proc.stderr.fileno(), 2), daemon=True).start()
-        _pump(proc.stdout.fileno(), 1)
-        return 0
+        threading.Thread(target=_pump_capped, args=(proc.stderr.fileno(), 2, cfg["output"]), daemon=True).start()
+        if _pump_messages(proc.stdout.fileno(), 1, cfg["output"]):
+            return 0
+        proc.kill()
+        sys.stderr.write(
+            f"sandbox: the MCP server sent a message longer than its output limit ({cfg['output']} bytes); stopped\n"
+        )
+        sys.stderr.flush()
+        return 1
     finally:
         started.close()
 

@@ -15,7 +15,7 @@ from ._errors import ToolRefused, UntrustedTool
 from ._files import files
 from ._grants import Grant, grant, grants, revoke
 from ._http import http_get
-from ._manifest import Capabilities, Effects, Manifest
+from ._manifest import Capabilities, Effects, Manifest, ToolLimits
 from ._packages import PackagedTool, ToolPackage, installed, load
 from ._python import python
 from ._signing import sign_package, trust, trusted_keys, untrust
@@ -29,6 +29,7 @@ __all__ = [
     "Manifest",
     "PackagedTool",
     "Tool",
+    "ToolLimits",
     "ToolPackage",
     "ToolRefused",
     "UntrustedTool",

@@ -41,12 +41,21 @@ class Effects:
 
 @dataclass(frozen=True, kw_only=True)
 class ToolLimits:
-    """Sandbox limits a packaged tool runs under."""
+    """Sandbox limits a packaged tool (or a sandboxed MCP server) runs under. Sizes take
+    bytes or ``"256MiB"``, ``wall`` seconds or ``"30s"``; a bad value is a ``UserError``."""
 
     cpu_seconds: int = 5
     memory: int = 256 << 20
     wall: float = 10.0
     output: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        cpu = self.cpu_seconds
+        if not isinstance(cpu, int) or isinstance(cpu, bool) or not 1 <= cpu <= 3600:
+            raise UserError(f"ToolLimits.cpu_seconds must be an integer from 1 to 3600, got {cpu!r}")
+        object.__setattr__(self, "memory", parse_size(self.memory, "ToolLimits.memory"))
+        object.__setattr__(self, "wall", parse_duration(self.wall, "ToolLimits.wall"))
+        object.__setattr__(self, "output", parse_size(self.output, "ToolLimits.output"))
 
 
 @dataclass(frozen=True, kw_only=True)
