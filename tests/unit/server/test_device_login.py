@@ -218,3 +218,20 @@ def test_opening_requests_is_rate_limited(app: FastAPI) -> None:
     for _ in range(20):
         assert cli.post("/auth/device", data={"client": "x"}).status_code == 200
     assert cli.post("/auth/device", data={"client": "x"}).status_code == 429
+
+
+def test_a_request_decided_meanwhile_is_not_approved_again(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two people (or two tabs) press Approve and Deny on the same page: the second decision,
+    checked in its own transaction, writes nothing, not even the token it would have made."""
+    cli = TestClient(app)
+    got = start(cli)
+    devices = app.state.devices
+    seen = devices.find(got["user_code"])  # what the second page showed
+    person, csrf = browser(app)
+    person.post("/auth/device/verify", data={"code": got["user_code"], "decision": "deny", "csrf": csrf})
+    monkeypatch.setattr(devices, "find", lambda code: seen)  # that page's view: still pending
+    late = person.post("/auth/device/verify", data={"code": got["user_code"], "decision": "approve", "csrf": csrf})
+    assert late.status_code == 400 and "decided already" in late.text
+    assert [e for e in events("token.created") if e["principal"] == ANN] == [] and events("auth.device_approved") == []
+    assert _config.get_store().read("SELECT COUNT(*) FROM api_tokens WHERE principal = ?", (ANN,)) == [(0,)]
+    assert poll(cli, got["device_code"])[1]["error"] == "access_denied"
