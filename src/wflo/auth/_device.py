@@ -200,7 +200,11 @@ class DeviceRequests:
 
         found = self._pending(user_code)
         info, secret, token_op, token_event = self.tokens._personal(who, remote=remote)
-        rows = self.store.read("SELECT public_key FROM device_requests WHERE user_code = ?", (found.user_code,))
+        rows = self.store.read(
+            "SELECT public_key FROM device_requests WHERE user_code = ? AND status = 'pending'", (found.user_code,)
+        )
+        if not rows:
+            raise UserError("this sign-in request was decided already or has expired")
         sealed = jwe.encrypt_compact(
             {"alg": "ECDH-ES", "enc": "A256GCM"}, secret.encode(), OKPKey.import_key(json.loads(rows[0][0]))
         )
