@@ -227,8 +227,9 @@ class DeviceRequests:
         self.store.append_system([NewEvent("auth.device_denied", self._event(found, who, remote))], ops=[op])
         return found
 
-    def collect(self, device_code: str) -> DevicePoll:
-        """The token, once, for the request's ``device_code``; otherwise why not (``error``)."""
+    def collect(self, device_code: str, *, remote: str | None = None) -> DevicePoll:
+        """The token, once, for the request's ``device_code``; otherwise why not (``error``).
+        An unknown or already collected code is recorded (``auth.failed``, never the code)."""
         from joserfc import jwe
         from joserfc.jwk import OctKey, OKPKey
 
@@ -265,12 +266,19 @@ class DeviceRequests:
 
         got = st.write(go)
         if isinstance(got, str):
+            if got == "invalid_grant":
+                data = {"via": "device", "reason": _DESCRIPTIONS[got], "remote": remote}
+                st.append_system([NewEvent("auth.failed", data)])
             return DevicePoll(error=got, description=_DESCRIPTIONS[got])
         key = jwe.decrypt_compact(got[0], OctKey.import_key(_wrap_key(device_code))).plaintext
         token = jwe.decrypt_compact(got[1], OKPKey.import_key(json.loads(key or b"{}"))).plaintext
         return DevicePoll(token=(token or b"").decode())
 
     # ----------------------------------------------------------------- inside
+    def wrong_code(self, who: Principal, *, remote: str | None = None) -> None:
+        """Record a user code that names no pending request (``auth.failed``): guesses show."""
+        self.access.record("auth.failed", who, remote=remote, reason="unknown or expired device sign-in code")
+
     def _pending(self, user_code: str) -> DeviceRequest:
         found = self.find(user_code)
         if found is None:

@@ -55,6 +55,7 @@ def register(router: Router) -> None:
     def wrong_guess(remote: str, who: Principal) -> None:
         limiter.hit(f"device-code:{remote}")
         limiter.hit(f"device-code:{who.id}")
+        devices.wrong_code(who, remote=remote)
 
     @router.route("POST", "/auth/device", permission=PUBLIC)
     def device_start(
@@ -90,7 +91,7 @@ def register(router: Router) -> None:
             return _rfc("slow_down", "too many unknown device codes from this address; wait a minute", 429)
         if grant_type and grant_type != "urn:ietf:params:oauth:grant-type:device_code":
             return _rfc("unsupported_grant_type", "only the device_code grant is served here")
-        got = devices.collect(device_code)
+        got = devices.collect(device_code, remote=remote)
         if got.error == "invalid_grant":
             limiter.hit(f"device-token:{remote}")
         if got.error:

@@ -150,3 +150,25 @@ def test_a_server_without_device_sign_in_falls_back_to_pasting(
     assert done.exit_code == 0, done.output
     assert "/auth/login?next=/auth/cli-token" in done.output and "service:ci" in done.output
     assert asked == ["/auth/device"]
+
+
+def test_the_client_polls_at_the_interval_and_slows_down_when_told(server: str) -> None:
+    """``DeviceLogin`` sleeps ``interval`` before each poll and 5 s more after each ``slow_down``
+    (here its sleeps return at once, so the server says slow down)."""
+    from wflo.auth import DeviceLogin
+
+    slept: list[float] = []
+
+    def approve_on_the_fourth_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if len(slept) == 4:
+            assert decide(started["verification_uri_complete"], "approve").status_code == 200
+            st = _config.get_store()  # as after a real wait: the last poll is long ago
+            st.write(lambda cur: st.execute(cur, "UPDATE device_requests SET polled_at = ?", (st.now(-60, cur=cur),)))
+
+    flow = DeviceLogin(server, sleep=approve_on_the_fourth_sleep)
+    started = flow.start("test client")
+    assert started is not None and flow.interval == 1  # what this server says
+    flow.interval = 30  # as if it had said 30
+    token = flow.wait(started["device_code"], deadline=time.monotonic() + 60)
+    assert token.startswith("wflo_") and slept == [30, 30, 35, 40]

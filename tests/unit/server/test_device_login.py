@@ -161,6 +161,8 @@ def test_wrong_device_codes_are_refused_then_throttled(app: FastAPI) -> None:
         poll(cli, f"guess-{i}")
     status, body = poll(cli, got["device_code"])  # 20 unknown codes from this address: even a good one waits
     assert status == 429 and body["error"] == "slow_down"
+    failed = [e for e in events("auth.failed") if e["via"] == "device"]
+    assert len(failed) == 20 and failed[0]["remote"] == "testclient" and "guess-0" not in json.dumps(failed)
 
 
 def test_guessing_user_codes_is_throttled(app: FastAPI) -> None:
@@ -176,6 +178,8 @@ def test_guessing_user_codes_is_throttled(app: FastAPI) -> None:
     assert person.get(f"/auth/device/verify?code={got['user_code']}").status_code == 429
     late = person.post("/auth/device/verify", data={"code": got["user_code"], "decision": "approve", "csrf": csrf})
     assert late.status_code == 429 and events("auth.device_approved") == []
+    failed = events("auth.failed")
+    assert len(failed) == 20 and {(e["by"], e["via"], e["remote"]) for e in failed} == {(ANN, "panel", "testclient")}
     # Counted per person as well: the same person from another address is throttled too.
     assert any(r[0] == f"device-code:{ANN}" for r in _config.get_store().read("SELECT key FROM signin_attempts"))
 
