@@ -385,3 +385,43 @@ def test_browser_sign_in_with_a_tampered_or_foreign_id_token_is_refused(
     assert not any(c["name"] == "wflo_session" for c in page.context.cookies())
     assert _system("auth.login") == [] and why in _system("auth.failed")[-1]["reason"]
     assert _config.get_store().read("SELECT COUNT(*) FROM sessions")[0][0] == 0
+
+
+def test_browser_approves_the_cli_device_sign_in(server: str, browser: Any, tmp_path: Path) -> None:
+    """`wflo login` polls in a subprocess; the person opens its link in a browser not yet signed
+    in, goes through single sign-on and back to the page, checks the code and approves."""
+    import subprocess
+    import sys
+
+    creds = tmp_path / "creds.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update({"WFLO_CREDENTIALS": str(creds), "PYTHONPATH": os.pathsep.join(sys.path)})
+    login = subprocess.Popen([sys.executable, "-m", "wflo.cli", "login", "--server", server, "--no-browser"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert login.stdout is not None
+        link = ""
+        while "/auth/device/verify?code=" not in link:
+            link = login.stdout.readline().strip()
+            assert link or login.poll() is None, login.stderr.read() if login.stderr else ""
+        code = link.rsplit("=", 1)[1]
+        page = browser.new_page()
+        page.goto(link)  # not signed in: to the provider, and back here after it
+        page.get_by_role("button", name="ann", exact=True).click()
+        page.wait_for_url(lambda url: url.startswith(server + "/auth/device/verify"))
+        assert page.locator("#user-code").inner_text() == code
+        assert page.locator("#as").inner_text() == "user:ann@acme.com"
+        assert page.locator("#roles").inner_text() == "admin@*, approver@tenant:acme"
+        assert page.locator("#client").inner_text().startswith("wflo CLI, ")
+        page.locator("#approve").click()
+        assert "Approved" in page.locator("#done").inner_text()
+        out, err = login.communicate(timeout=60)
+    finally:
+        if login.poll() is None:
+            login.kill()
+    assert login.returncode == 0 and "as user:ann@acme.com" in out, err
+    token = json.loads(creds.read_text())["token"]
+    assert httpx.get(server + "/api/v1/me", headers={"Authorization": f"Bearer {token}"}).json()["via"] == "api"
+    approved = _system("auth.device_approved")
+    assert len(approved) == 1 and approved[0]["by"] == "user:ann@acme.com" and approved[0]["user_code"] == code
+    assert token not in json.dumps([e.data for e in _config.get_store().events("system")])

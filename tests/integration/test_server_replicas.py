@@ -224,3 +224,24 @@ def test_concurrent_attempts_cannot_all_slip_under_the_limit(configured: str) ->
     finally:
         for s in stores:
             s.close()
+
+
+def test_cli_device_sign_in_spans_replicas(replicas: tuple[str, str]) -> None:
+    """``wflo login``'s request opened on A, approved on B (its own process, which never sees the
+    device code yet seals the token for it), collected on A, and not again on B."""
+    from datetime import timedelta
+
+    a, b = replicas
+    started = httpx.post(a + "/auth/device", data={"client": "wflo CLI"}).json()
+    assert started["verification_uri_complete"].startswith(PUBLIC + "/auth/device/verify?code=")
+    sid, csrf = tokens().open_session("user:ann@acme.com", ttl=timedelta(hours=1))
+    cookies = {"wflo_session": sid, "wflo_csrf": csrf}
+    page = httpx.get(b + "/auth/device/verify", params={"code": started["user_code"]}, cookies=cookies)
+    assert page.status_code == 200 and started["user_code"] in page.text
+    form = {"code": started["user_code"], "decision": "approve", "csrf": csrf}
+    assert httpx.post(b + "/auth/device/verify", data=form, cookies=cookies).status_code == 200
+    got = httpx.post(a + "/auth/device/token", data={"device_code": started["device_code"]}).json()
+    me = httpx.get(b + "/api/v1/me", headers={"Authorization": f"Bearer {got['access_token']}"}).json()
+    assert me["principal"] == "user:ann@acme.com"
+    again = httpx.post(b + "/auth/device/token", data={"device_code": started["device_code"]})
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"

@@ -10,8 +10,9 @@ from __future__ import annotations
 from .._config import get_store
 from .._errors import AccessDeniedError, AccessError, AuthenticationError
 from ._access import Access, Grant, Principal, check_principal, os_user
-from ._client import ServerClient
+from ._client import DeviceLogin, ServerClient
 from ._credentials import Credentials, credentials_path, forget_credentials, load_credentials, save_credentials
+from ._device import DevicePoll, DeviceRequest, DeviceRequests, DeviceStart
 from ._identities import ClaimsPolicy, Identities, principal_id
 from ._roles import GLOBAL, PERMISSIONS, ROLES, check_scope, covers, role_allows, tenant_scope
 from ._tokens import Session, TokenInfo, Tokens, parse_duration
@@ -35,6 +36,11 @@ __all__ = [
     "AuthenticationError",
     "ClaimsPolicy",
     "Credentials",
+    "DeviceLogin",
+    "DevicePoll",
+    "DeviceRequest",
+    "DeviceRequests",
+    "DeviceStart",
     "GLOBAL",
     "Grant",
     "Identities",

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from .._errors import AuthenticationError, UserError
-from ..store import NewEvent, now_iso
+from ..store import NewEvent, StoreOp, now_iso
 from ._access import Access, Principal
 from ._roles import GLOBAL, ROLES, check_scope
 
@@ -140,6 +140,15 @@ class Tokens:
         """A token for the CLI that acts as ``who`` itself, with their roles *at each use*
         (role ``personal``): it can never do more than its owner can right now. Needs a
         signed-in person (``via: panel``)."""
+        info, secret, op, event = self._personal(who, expires=expires, remote=remote)
+        self.store.append_system([event], ops=[op])
+        return info, secret
+
+    def _personal(
+        self, who: Principal, *, expires: str = "30d", remote: str | None = None
+    ) -> tuple[TokenInfo, str, StoreOp, NewEvent]:
+        """A personal token not yet written: its insert and its ``token.created`` event, for a
+        caller that writes them in its own transaction (a device sign-in's approval)."""
         if who.via != "panel" or not who.id.startswith("user:"):
             raise UserError("a personal CLI token is created by a signed-in person in the browser")
         expires_at = _iso(_now() + parse_duration(expires))
@@ -163,8 +172,7 @@ class Tokens:
             "token_id": info.id, "name": info.name, "prefix": prefix, "principal": who.id, "role": PERSONAL,
             "scope": GLOBAL, "expires_at": expires_at,
         }  # fmt: skip
-        self.store.append_system([NewEvent("token.created", data)], ops=[op])
-        return info, secret
+        return info, secret, op, NewEvent("token.created", data)
 
     def list(self) -> list[TokenInfo]:
         rows = self.store.read(f"SELECT {_TOKEN_COLS} FROM api_tokens ORDER BY created_at")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
+import time
+import webbrowser
 from typing import Any
 
 import click
@@ -12,6 +16,7 @@ from ..auth import (
     GLOBAL,
     ROLES,
     Credentials,
+    DeviceLogin,
     Grant,
     ServerClient,
     TokenInfo,
@@ -20,12 +25,13 @@ from ..auth import (
     credentials_path,
     forget_credentials,
     load_credentials,
+    os_user,
     save_credentials,
     tokens,
 )
 from ..config import settings
 from ..errors import UserError
-from ._app import cli, console, dump_json, handle_errors
+from ._app import cli, console, dump_json, err_console, handle_errors
 
 
 @cli.group("admin")
@@ -201,21 +207,52 @@ def _get_me(server: str, token: str) -> dict[str, Any]:
 @cli.command("login")
 @click.option("--server", required=True, envvar="WFLO_SERVER", help="The wflo server URL.")
 @click.option("--token", "token", help="An API token (wflo tokens create); read from stdin if '-'.")
+@click.option("--no-browser", is_flag=True, help="Only print the sign-in address; do not open a browser.")
 @handle_errors
-def login_cmd(server: str, token: str | None) -> None:
-    """Sign the CLI in to a wflo server; the credentials are stored with 0600 permissions."""
+def login_cmd(server: str, token: str | None, no_browser: bool) -> None:
+    """Sign the CLI in to a wflo server; the credentials are stored with 0600 permissions.
+
+    Without --token: shows a code and opens the server's page where you (signed in) approve
+    it; the CLI waits for the approval and receives a personal token (Ctrl-C stops it).
+    """
     if token == "-":
         token = sys.stdin.readline().strip()
     if not token:
-        # The browser flow: sign in on the server, which shows a personal token once.
+        token = _device_login(server, open_browser=not no_browser)
+    me = _get_me(server, token)
+    path = save_credentials(Credentials(server=server, token=token))
+    console.print(f"signed in to {server} as {me['principal']} (credentials in {path}, mode 0600)")
+
+
+def _device_login(server: str, *, open_browser: bool) -> str:
+    flow = DeviceLogin(server)
+    started = flow.start(f"wflo CLI, {os_user()} on {socket.gethostname()}")
+    if started is None:  # a server without device sign-in: sign in, create a token, paste it
         url = server.rstrip("/") + "/auth/login?next=/auth/cli-token"
         console.print(f"open {url} in a browser, sign in, create a CLI token, then paste it here:")
         token = sys.stdin.readline().strip()
         if not token:
             raise UserError("no token given")
-    me = _get_me(server, token)
-    path = save_credentials(Credentials(server=server, token=token))
-    console.print(f"signed in to {server} as {me['principal']} (credentials in {path}, mode 0600)")
+        return token
+    code, link = started["user_code"], started["verification_uri_complete"]
+    console.print(f"Open {started['verification_uri']} and enter the code {code}, or open:\n  {link}",
+                  soft_wrap=True, markup=False)  # fmt: skip
+    if open_browser:
+        with contextlib.suppress(Exception):  # no browser here (SSH, CI): the printed link serves
+            webbrowser.open(link)
+    deadline = time.monotonic() + float(started["expires_in"])
+    try:
+        with console.status(f"waiting for the approval of {code} in the browser…") as status:
+
+            def tick() -> None:
+                status.update(
+                    f"waiting for the approval of {code} in the browser… ({int(deadline - time.monotonic())} s left)"
+                )
+
+            return flow.wait(str(started["device_code"]), deadline=deadline, tick=tick)
+    except KeyboardInterrupt:
+        err_console.print("login cancelled: nothing stored")
+        sys.exit(130)
 
 
 @cli.command("logout")

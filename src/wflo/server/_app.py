@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from ..auth import Access, ClaimsPolicy, Identities, Principal, Tokens
 from ..config import Settings, get_store, settings
 from ..errors import AuthenticationError, WfloError
-from . import _admin, _decisions, _panel, _runs, _tools
+from . import _admin, _decisions, _device, _panel, _runs, _tools
 from ._oidc import Provider, QueryRedactor
 from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, SIGNED_IN, Router, client_address, who_of
 from ._signin import PendingLogins, RateLimiter
@@ -164,7 +164,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
             "grants": [{"role": r, "scope": s} for r, s in who.grants],
         }  # fmt: skip
 
-    for module in (_panel, _runs, _decisions, _admin, _tools):
+    for module in (_panel, _runs, _decisions, _admin, _tools, _device):
         module.register(router)
 
     return app

@@ -618,6 +618,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         M021_STEPCOST_STATUS_TRIGGER,
         M022_EVENTIDX_TYPE_PARTIAL,
         "wflo.engine._tables:M023_WORKERS",
+        "wflo.auth._device:M027_DEVICE_REQUESTS",
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -112,6 +112,10 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("POST", "/api/v1/tools/grants/remove"): lambda: (
         "/api/v1/tools/grants/remove", {"tool": "sql_query", "to": "workflow:wf"}),
     ("GET", "/tools"): lambda: ("/tools", None),
+    ("POST", "/auth/device"): lambda: ("/auth/device", None),
+    ("POST", "/auth/device/token"): lambda: ("/auth/device/token", None),
+    ("GET", "/auth/device/verify"): lambda: ("/auth/device/verify?code=BCDF-GHJK", None),
+    ("POST", "/auth/device/verify"): lambda: ("/auth/device/verify", None),
 }  # fmt: skip
 
 
