@@ -324,7 +324,7 @@ def _costs(router: Router) -> None:
 
 ALERTS_SQL = (
     "SELECT e.at, e.chain, e.data, r.workflow, r.tenant FROM events e JOIN runs r ON r.id = e.chain "
-    f"WHERE e.type = 'budget.threshold' AND e.{TYPE_INDEXED}"
+    f"WHERE e.type = 'budget.threshold' AND {TYPE_INDEXED}"
 )
 """Budget alerts, read through the (type, at) index (which SQLite uses only when the query
 names its condition, ``TYPE_INDEXED``)."""
