@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ._context import _lane, current_run
 
@@ -110,8 +110,8 @@ def to_store(run: Any, fn: Callable[..., R], *args: Any) -> Awaitable[R]:
     step's record awaits it on every step)."""
     lane = getattr(_lane, "value", None)
     if lane is not None:
-        return cast("Awaitable[R]", run.store.off_loop(_in_lane, lane, fn, *args, key=run.run_id))
-    return cast("Awaitable[R]", run.store.off_loop(fn, *args, key=run.run_id))
+        return run.store.off_loop(_in_lane, lane, fn, *args, key=run.run_id)  # type: ignore[no-any-return]
+    return run.store.off_loop(fn, *args, key=run.run_id)  # type: ignore[no-any-return]
 
 
 def _in_lane(lane: Any, fn: Callable[..., R], *args: Any) -> R:
