@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ._context import _lane, current_run
@@ -102,6 +102,16 @@ async def off_loop(fn: Callable[..., R], *args: Any, run: Any = None, here: bool
     if lane is not None:  # a run's thread knows its lane by a thread-local: carry it over too
         return await store.off_loop(_in_lane, lane, fn, *args, key=run.run_id, here=here)
     return await store.off_loop(fn, *args, key=run.run_id, here=here)
+
+
+def to_store(run: Any, fn: Callable[..., R], *args: Any) -> Awaitable[R]:
+    """:func:`off_loop` for a run known to the caller (``run``, with its store), as the store's
+    awaitable itself: no coroutine of its own between the caller and the store's (an async
+    step's record awaits it on every step)."""
+    lane = getattr(_lane, "value", None)
+    if lane is not None:
+        return run.store.off_loop(_in_lane, lane, fn, *args, key=run.run_id)  # type: ignore[no-any-return]
+    return run.store.off_loop(fn, *args, key=run.run_id)  # type: ignore[no-any-return]
 
 
 def _in_lane(lane: Any, fn: Callable[..., R], *args: Any) -> R:

@@ -32,7 +32,7 @@ from .._errors import (
     WfloError,
 )
 from ..store import NewEvent, StoreOp, canonical_json
-from ._attempts import Attempts, Step, adrive, drive, off_loop
+from ._attempts import Attempts, Step, adrive, drive, off_loop, to_store
 from ._context import Held, JournalEntry, RunContext, _call_path
 from ._executor import disk_full
 from ._serialize import decode, encode, encode_input, error_data, rebuild_error
@@ -425,15 +425,37 @@ async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
     What touches the store (the guards' ``before`` and ``after`` when they need it, the record)
     runs on the store's threads, in order for the run (``off_loop``); ``fn`` runs on the loop,
     and so does the call's start when it needs no store (see :func:`_astart`).
+
+    The usual step (begun at once on the loop, no retry policy) passes through no coroutine
+    but this one and ``fn``'s on its way to its record: its start is made here
+    (:func:`_start_now`), its one attempt awaited here, and its end awaited on the store's
+    own awaitable (:func:`_afinish`), each layer saved a frame on every resumption.
     """
-    replayed = await _astart(call)
-    if replayed is not _NOT_REPLAYED:
-        return replayed
+    local = _local_start(call)
+    begun = _start_now(call) if local else None
+    if begun is None or begun.error is not None or begun.held or begun.value is not _NOT_REPLAYED:
+        replayed = await _astart(call, local, begun)
+        if replayed is not _NOT_REPLAYED:
+            return replayed
+    elif not call.run.lease_fresh():  # the lease ran out meanwhile: renewed there
+        await off_loop(_write_then_admit, call, [], begun.entered)
     if _OVERRIDE in call.meta:
         return await off_loop(_overridden, call)
     token = _call_path.set(call.call_id)
     try:
-        outcome = await adrive(_attempts(call), _ARun(call, fn))
+        if call.retry is None:  # one attempt: :func:`_attempts` without its generator and driver
+            outcome = Outcome()
+            t0 = time.perf_counter()
+            try:
+                if call.timeout is None:
+                    outcome.value = await fn(*call.args, **call.kwargs)
+                else:
+                    outcome.value = await call.timeout.acall(fn, *call.args, **call.kwargs)
+            except BaseException as exc:
+                outcome.error = exc
+            outcome.duration_ms = (time.perf_counter() - t0) * 1000
+        else:
+            outcome = await adrive(_attempts(call), _ARun(call, fn))
     finally:
         _call_path.reset(token)
     return await _afinish(call, outcome)
@@ -452,7 +474,7 @@ class _Begun(NamedTuple):
     entered: list[Guard] | None  # the guards that let the call in (None: none was asked)
 
 
-async def _astart(call: Call) -> Any:
+async def _astart(call: Call, local: bool, begun: _Begun | None) -> Any:
     """:func:`start_call` for an async call; on the event loop when it needs no store.
 
     Begun on the store's threads, a call costs a hand-off there and back before it runs and
@@ -470,11 +492,13 @@ async def _astart(call: Call) -> Any:
     What such a start still writes (a guard's event as it refuses the call, the refused call's
     record) is held and written on the store's threads before the call runs or its error is
     raised; a lease that ran out in between is renewed there.
+
+    ``local``: :func:`_local_start` said so; ``begun``: the start :func:`_start_now` made at
+    once, if it did (:func:`aguarded_call` goes on by itself when it needs nothing more).
     """
-    if not _local_start(call):
+    if not local:
         return await off_loop(start_call, call)
     ctx = call.run
-    begun = _start_now(call)
     if begun is None:
         begun = await off_loop(_start_here, call, here=True)
     elif begun.value is not _NOT_REPLAYED and begun.error is None and not begun.held:
@@ -560,7 +584,7 @@ def _local_end(call: Call) -> bool:
     return True
 
 
-async def _afinish(call: Call, outcome: Outcome) -> Any:
+def _afinish(call: Call, outcome: Outcome) -> Awaitable[Any]:
     """:func:`finish_call` for an async call; its record written from the event loop when the
     store can (``Store.loop_writer``: PostgreSQL with a pooled connection idle, nothing of the
     run queued or running on the store's threads) and the end needs the store for nothing
@@ -568,11 +592,19 @@ async def _afinish(call: Call, outcome: Outcome) -> Any:
     blocked (the commit is awaited on its reader). The writer holds the run's place in the
     order of the store's threads from the guards' ``after`` to the commit, as a job there
     would. Otherwise, or when the end turns out to need more (an append a guard made, ops
-    to commit with the record, another thread of the run appending), on the store's threads."""
+    to commit with the record, another thread of the run appending), on the store's threads.
+    Returns the awaitable of the end: the store's own (``Store.off_loop``'s) on the store's
+    threads, with no coroutine of its own between."""
     ctx = call.run
     writer = ctx.store.loop_writer(ctx.run_id) if _local_end(call) and not ctx.lease_lost else None
     if writer is None:
-        return await off_loop(finish_call, call, outcome)
+        return to_store(ctx, finish_call, call, outcome)
+    return _afinish_on_loop(call, outcome, writer)
+
+
+async def _afinish_on_loop(call: Call, outcome: Outcome, writer: Any) -> Any:
+    """:func:`_afinish` through the store's loop writer (``Store.loop_writer``)."""
+    ctx = call.run
     try:
         with ctx.hold_appends() as held:
             _after(call, outcome, ctx.guards)

@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from typing import Any, TypeVar, cast
 
 from .._errors import StoreError
-from ._offload import OrderedExecutor
+from ._offload import LoopWaiter, OrderedExecutor
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, BoundedPool
 from ._stream import DEFAULT_BATCH, RowStream
 
@@ -139,17 +139,17 @@ class Connections(abc.ABC):
         """
         executor = self._offload or self._offloader()
         job = functools.partial(contextvars.copy_context().run, fn, *args)
-        # Woken as ``asyncio.wrap_future`` would wake it (one callback on the loop, queued by
-        # the executor as it lets the key go: see ``OrderedExecutor.post``), without a
-        # ``concurrent.futures.Future``. Awaited without ``asyncio.shield`` (its own future and
-        # an extra turn of the loop, twice per step): a cancellation cancels only this loop
-        # future, never the job (see ``_cancelled``).
+        # Woken in the turn of the loop the job's end arrives in (a ``LoopWaiter``, one callback on
+        # the loop queued by the executor as it lets the key go: see ``OrderedExecutor.post``),
+        # not one turn later as an ``asyncio.wrap_future``'s or a loop future's caller is.
+        # Awaited without ``asyncio.shield`` (its own future and an extra turn of the loop): a
+        # cancellation cancels only the waiter, never the job (see ``_cancelled``).
         loop = asyncio.get_running_loop()
-        waiter: list[asyncio.Future[T]] = [loop.create_future()]
+        waiter: list[LoopWaiter] = [LoopWaiter(loop)]
         outcome: list[tuple[Any, BaseException | None]] = []
         executor.post(key, job, functools.partial(_wake, loop, waiter, outcome), here=here, wake_locked=True)
         try:
-            return await waiter[0]
+            return await waiter[0]  # type: ignore[no-any-return]  # (no ``cast``: a call on every step)
         except asyncio.CancelledError:
             # A store operation is not cut off half-way (a commit that may or may not have
             # happened, a reservation with no settlement): it runs to its end, and the caller's
@@ -400,37 +400,40 @@ class _ReadAhead:
 
 def _wake(
     loop: asyncio.AbstractEventLoop,
-    waiter: list[asyncio.Future[Any]],
+    waiter: list[LoopWaiter],
     outcome: list[tuple[Any, BaseException | None]],
     value: Any,
     error: BaseException | None,
     here: bool,
-) -> None:
-    """``off_loop``'s job ended (on the thread that ran it): its outcome kept, its caller's
-    wake-up queued on the loop (through the loop's wake-up pipe only from another thread)."""
+) -> Callable[[], Any] | None:
+    """``off_loop``'s job ended (on the thread that ran it, under the executor's lock): its
+    outcome kept, its caller's wake-up queued on the loop. From a store thread, the system call
+    that wakes the loop (its wake-up pipe) is returned, for the thread to make once the lock is
+    let go (see ``OrderedExecutor.post``): a selector loop's ``call_soon_threadsafe`` in two
+    halves (the queueing under the lock, the write after it); another loop's whole."""
     outcome.append((value, error))
     if here:
         loop.call_soon(_woken, waiter, outcome)
-    elif not loop.is_closed():
-        with suppress(RuntimeError):  # closed meanwhile: nobody awaits the job any more
-            loop.call_soon_threadsafe(_woken, waiter, outcome)
+        return None
+    if loop.is_closed():
+        return None  # nobody awaits the job any more
+    write = getattr(loop, "_write_to_self", None)
+    if isinstance(loop, asyncio.BaseEventLoop) and write is not None:
+        loop._call_soon(_woken, (waiter, outcome), None)  # type: ignore[attr-defined]
+        return write  # type: ignore[no-any-return]
+    with suppress(RuntimeError):  # closed meanwhile: nobody awaits the job any more
+        loop.call_soon_threadsafe(_woken, waiter, outcome)
+    return None
 
 
-def _woken(waiter: list[asyncio.Future[Any]], outcome: list[tuple[Any, BaseException | None]]) -> None:
-    """On the loop: the job's outcome into the awaited future (as ``asyncio.wrap_future``
-    copies it)."""
-    dest = waiter[0]
-    if dest.cancelled():
-        return
+def _woken(waiter: list[LoopWaiter], outcome: list[tuple[Any, BaseException | None]]) -> None:
+    """On the loop: the job's outcome to the awaiting task, which resumes now (``LoopWaiter``)."""
     value, error = outcome[0]
-    if error is not None:
-        dest.set_exception(error)
-    else:
-        dest.set_result(value)
+    waiter[0].deliver(value, error)
 
 
 async def _cancelled(
-    loop: asyncio.AbstractEventLoop, outcome: list[tuple[Any, BaseException | None]], waiter: list[asyncio.Future[Any]]
+    loop: asyncio.AbstractEventLoop, outcome: list[tuple[Any, BaseException | None]], waiter: list[LoopWaiter]
 ) -> Any:
     """The outcome of ``off_loop``'s job once its caller was cancelled: the job runs to its end.
 
@@ -447,7 +450,7 @@ async def _cancelled(
             if error is not None:
                 raise error
             return value
-        waiter[0] = loop.create_future()
+        waiter[0] = LoopWaiter(loop)
         try:
             return await waiter[0]
         except asyncio.CancelledError:

@@ -25,9 +25,12 @@ before it is already queued on its loop to be woken first.
 The hand-off is kept lean, because an async step pays it on every record (issue 20): the
 threads wait on a ``queue.SimpleQueue`` (its wait and wake-up are C, not a Python
 ``Condition``), a job's end is a plain callback (no ``concurrent.futures.Future`` unless
-:meth:`OrderedExecutor.submit` asks for one), and the thread lets the key go and wakes the
-caller as its last work before it waits again: the woken loop does not wait for the GIL
-while the thread does its bookkeeping.
+:meth:`OrderedExecutor.submit` asks for one), and the thread lets the key go and queues the
+caller's wake-up in one step under the lock, then makes the wake-up's system call once the lock
+is let go, its last work for the job. The system call lets the GIL go, and
+the woken loop often takes it then: had the thread still held the lock (as it did, issue 20),
+the loop's next step would find it taken at its start and wait for the thread (measured: three
+steps in four, ~24 µs each).
 
 The threads are named ``wflo-store-…`` (a run's thread propagation leaves ``wflo-`` threads
 alone), are started on demand and end after some idle seconds; a fork starts afresh.
@@ -35,6 +38,8 @@ alone), are started on demand and end after some idle seconds; a fork starts afr
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import os
 import queue
@@ -46,8 +51,10 @@ from typing import Any
 
 _IDLE_SECONDS = 10.0
 
-Done = Callable[[Any, "BaseException | None", bool], None]
-"""A job's end: ``done(value, error, here)``, ``here`` when it ran on the submitting thread."""
+Done = Callable[[Any, "BaseException | None", bool], "Callable[[], Any] | None"]
+"""A job's end: ``done(value, error, here)``, ``here`` when it ran on the submitting thread. It
+may return a last step, run once the executor's lock is let go (a ``wake_locked`` job's
+wake-up queued under the lock, the system call that wakes its loop after it)."""
 
 
 class _Job:
@@ -100,7 +107,9 @@ class OrderedExecutor:
         """:meth:`submit` without a future: ``done(value, error, here)`` is called once ``fn``
         ended (on the thread that ran it), after the key was let go or passed to its next job.
         ``wake_locked``: ``done`` is called under the executor's lock, in the same step as the
-        key is let go (it must only queue a wake-up, and never call back into the executor).
+        key is let go (it must only queue a wake-up, and never call back into the executor);
+        what it returns (the system call that wakes the loop) runs once the lock is let go:
+        code the wake-up lets run on another thread then finds the lock free.
         Returns whether ``fn`` ran here (``done`` has been called)."""
         job = _Job(key, fn, done, wake_locked)
         if here and key is not None and self._claim(key, job):
@@ -149,21 +158,26 @@ class OrderedExecutor:
         return True
 
     def _run(self, job: _Job, *, here: bool = False) -> None:
+        """Run ``job``, let its key go, end it (``done``). A ``wake_locked`` job's ``done`` runs
+        under the lock, in the same step as the key is let go, and what it returns (the system
+        call that wakes the loop) once the lock is let go, as the thread's last work before it
+        goes back to wait."""
         error: BaseException | None = None
         try:
             value = job.fn()
         except BaseException as exc:
             value, error = None, exc
         key = job.key
-        if key is None:
-            job.done(value, error, here)
-            return
-        with self._lock:
-            self._let_go(key, job, here=here)
-            if job.wake_locked:
-                job.done(value, error, here)
-        if not job.wake_locked:
-            job.done(value, error, here)
+        last: Callable[[], Any] | None = None
+        if key is not None:
+            with self._lock:
+                self._let_go(key, job, here=here)
+                if job.wake_locked:
+                    last = job.done(value, error, here)
+        if key is None or not job.wake_locked:
+            last = job.done(value, error, here)
+        if last is not None:
+            last()
 
     def _let_go(self, key: Hashable, job: _Job, *, here: bool) -> None:
         """(Under the lock.) ``job`` of ``key`` is over: its next job runs, or the key is free."""
@@ -195,6 +209,10 @@ class OrderedExecutor:
                 if self._closed and ready.empty():
                     self._alive -= 1
                     return
+                # Counted idle here, once it can wait: counted in ``_run``'s locked step instead
+                # (before the wake-up's system call), the next job was left to this thread while
+                # it waited for the GIL the woken loop held, not to another (measured under CPU
+                # contention: async steps 1.45 to 1.7 times slower).
                 self._idle += 1
             try:
                 job = ready.get(timeout=_IDLE_SECONDS)
@@ -229,3 +247,121 @@ def _settle(future: Future[Any], value: Any, error: BaseException | None, here: 
         future.set_exception(error)
     else:
         future.set_result(value)
+
+
+class LoopWaiter:
+    """What a task awaits on its loop for the end of work done elsewhere (``Store.off_loop``'s
+    job on a store thread, a statement's answer on the loop's reader): an ``asyncio.Future``
+    for the task (the protocol ``asyncio.Task`` drives any future-like object by), but one that
+    resumes the task in the turn of the loop its outcome is delivered in (:meth:`deliver`, called
+    from a callback the loop runs), not one turn later as a future's done callbacks are: one
+    turn (an ``epoll_wait`` and the loop's bookkeeping) less on each hand-off of an async step.
+
+    Only :meth:`deliver` (on the loop's thread, from a callback of the loop, never inside a
+    task) ends it with an outcome; ``cancel`` ends it cancelled, its task woken as a future's
+    is (scheduled). Loop thread only, as an ``asyncio.Future``."""
+
+    __slots__ = (
+        "_asyncio_future_blocking", "_callback", "_context", "_error", "_loop", "_message", "_others", "_state",
+        "_value",
+    )  # fmt: skip
+
+    _PENDING, _DONE, _CANCELLED = 0, 1, 2
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._state = LoopWaiter._PENDING
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._message: Any = None
+        self._callback: Callable[..., Any] | None = None
+        self._context: contextvars.Context | None = None
+        self._others: list[tuple[Callable[..., Any], contextvars.Context | None]] | None = None
+        self._asyncio_future_blocking = False
+
+    def deliver(self, value: Any, error: BaseException | None) -> None:
+        """The outcome (unless cancelled meanwhile): the awaiting task resumes now, in the
+        loop's callback that calls this (the task's context entered for it)."""
+        if self._state != LoopWaiter._PENDING:
+            return
+        self._state, self._value, self._error = LoopWaiter._DONE, value, error
+        self._schedule_others()
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            context = self._context
+            self._context = None
+            if context is None:
+                callback(self)
+            else:
+                context.run(callback, self)
+
+    def _schedule_others(self) -> None:
+        others, self._others = self._others, None
+        for fn, context in others or ():
+            self._loop.call_soon(fn, self, context=context)
+
+    # ------------------------------------------------------------ the future protocol
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def done(self) -> bool:
+        return self._state != LoopWaiter._PENDING
+
+    def cancelled(self) -> bool:
+        return self._state == LoopWaiter._CANCELLED
+
+    def result(self) -> Any:
+        if self._state == LoopWaiter._CANCELLED:
+            raise asyncio.CancelledError(*(() if self._message is None else (self._message,)))
+        if self._state == LoopWaiter._PENDING:
+            raise asyncio.InvalidStateError("Result is not ready.")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        if self._state == LoopWaiter._CANCELLED:
+            raise asyncio.CancelledError(*(() if self._message is None else (self._message,)))
+        if self._state == LoopWaiter._PENDING:
+            raise asyncio.InvalidStateError("Exception is not set.")
+        return self._error
+
+    def add_done_callback(self, fn: Callable[..., Any], *, context: contextvars.Context | None = None) -> None:
+        if self._state != LoopWaiter._PENDING:
+            self._loop.call_soon(fn, self, context=context)
+        elif self._callback is None:
+            self._callback, self._context = fn, context  # the awaiting task's: called at once
+        else:  # anyone else's: scheduled, as a future schedules its callbacks
+            if self._others is None:
+                self._others = []
+            self._others.append((fn, context))
+
+    def remove_done_callback(self, fn: Callable[..., Any]) -> int:
+        removed = 0
+        if self._callback is not None and self._callback == fn:
+            self._callback = self._context = None
+            removed = 1
+        if self._others:
+            kept = [(f, c) for f, c in self._others if f != fn]
+            removed += len(self._others) - len(kept)
+            self._others = kept
+        return removed
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self._state != LoopWaiter._PENDING:
+            return False
+        self._state, self._message = LoopWaiter._CANCELLED, msg
+        self._schedule_others()
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            context, self._context = self._context, None
+            self._loop.call_soon(callback, self, context=context)
+        return True
+
+    def __await__(self) -> Any:
+        if self._state == LoopWaiter._PENDING:
+            self._asyncio_future_blocking = True
+            yield self
+        return self.result()
+
+    __iter__ = __await__

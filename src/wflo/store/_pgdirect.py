@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost
 from ._base import RELAXED_MARKERS
+from ._offload import LoopWaiter
 from ._records import Head, NewEvent, now_iso
 
 if TYPE_CHECKING:
@@ -455,35 +456,95 @@ class Exchange:
     (the statement sent) and driven to its end either from the event loop (:meth:`run`:
     awaited on the loop's reader or writer, never a blocking read) or, when code on the loop's
     own thread cannot wait for the loop (a sync step's append behind it), by a blocking wait
-    on the socket (:meth:`finish`). Whichever ends it keeps the outcome; the other takes it."""
+    on the socket (:meth:`finish`). Whichever ends it keeps the outcome; the other takes it.
+
+    On the loop, the socket's reader (or writer) callback advances the generator itself and
+    keeps the socket watched while the generator waits for the same thing; the exchange's end
+    resumes the awaiting task in that callback (a ``LoopWaiter``): one turn of the loop per
+    answer, not two (the callback's, then the task's), and no reader removed and added again
+    between two waits for the same thing."""
 
     def __init__(self, gen: Any, pgconn: Any) -> None:
         self._gen = gen
         self._pgconn = pgconn
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: LoopWaiter | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watching = 0  # what the loop watches the socket for (WAIT_R | WAIT_W bits)
+        self._fileno = -1  # the socket watched (kept: a connection closed meanwhile has none)
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
         self._state = 0
-        self._step(None)
+        self._step(None, direct=False)
 
-    def _step(self, ready: int | None) -> None:
+    def _step(self, ready: int | None, *, direct: bool) -> None:
         """Advance the generator: begin it (``ready`` None), or tell it what is ready."""
         try:
             self._state = next(self._gen) if ready is None else self._gen.send(ready)
         except StopIteration as stop:
-            self._end(stop.value, None)
+            self._end(stop.value, None, direct=direct)
         except OSError as exc:
-            self._end(None, _socket_closed(exc))
+            self._end(None, _socket_closed(exc), direct=direct)
         except Exception as exc:
-            self._end(None, exc)
+            self._end(None, exc, direct=direct)
 
-    def _end(self, value: Any, error: BaseException | None) -> None:
+    def _end(self, value: Any, error: BaseException | None, *, direct: bool) -> None:
+        """The outcome kept, the socket no longer watched, the awaiting task (if any) resumed:
+        at once when ``direct`` (in a callback of the loop), else in the loop's next turn (from
+        code of another task on the loop's thread, :meth:`finish`)."""
         self.done, self.value, self.error = True, value, error
         self._gen = None
+        self._unwatch()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)  # the awaiting task, if any, wakes to the outcome
+            if direct:
+                waiter.deliver(None, None)
+            else:
+                waiter.get_loop().call_soon(waiter.deliver, None, None)
+
+    def _watch(self) -> None:
+        """Watch the socket for what the generator waits for (readers and writers changed only
+        where that changed)."""
+        READY_R, READY_W, WAIT_R, WAIT_W = _waits()
+        loop = self._loop
+        assert loop is not None
+        have = self._watching
+        if not have:
+            self._fileno = self._pgconn.socket
+        fileno = self._fileno
+        want = self._state & (WAIT_R | WAIT_W)
+        if (want ^ have) & WAIT_R:
+            if want & WAIT_R:
+                loop.add_reader(fileno, self._ready, READY_R)
+            else:
+                loop.remove_reader(fileno)
+        if (want ^ have) & WAIT_W:
+            if want & WAIT_W:
+                loop.add_writer(fileno, self._ready, READY_W)
+            else:
+                loop.remove_writer(fileno)
+        self._watching = want
+
+    def _unwatch(self) -> None:
+        _, _, WAIT_R, WAIT_W = _waits()
+        have, self._watching = self._watching, 0
+        loop = self._loop
+        if not have or loop is None:
+            return
+        fileno = self._fileno
+        if have & WAIT_R:
+            loop.remove_reader(fileno)
+        if have & WAIT_W:
+            loop.remove_writer(fileno)
+
+    def _ready(self, got: int) -> None:
+        """(A callback of the loop.) The socket is ready for ``got``: on with the exchange."""
+        got &= self._state
+        if self.done or not got:  # ended meanwhile (``finish``), or no longer waited for
+            return
+        self._step(got, direct=True)
+        if not self.done:
+            self._watch()
 
     async def run(self) -> None:
         """Drive the exchange to its end from the event loop (as ``psycopg.waiting.wait_async``,
@@ -491,48 +552,23 @@ class Exchange:
         statement sent must have its answer read, and a commit made must be known, as
         ``Store.off_loop`` runs an operation to its end): the cancellation is then raised at the
         task's next await."""
-        from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
-
         if self.done:
             return
         loop = asyncio.get_running_loop()
-        fileno = self._pgconn.socket
-        ready = 0
+        self._loop = loop
         cancelled = False
-
-        def wake(got: int) -> None:
-            nonlocal ready
-            ready |= got
-            waiter = self._waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
-
         try:
+            self._watch()
             while not self.done:
-                ready = 0
-                state = self._state
-                reading, writing = state & WAIT_R, state & WAIT_W
-                if reading:
-                    loop.add_reader(fileno, wake, READY_R)
-                if writing:
-                    loop.add_writer(fileno, wake, READY_W)
+                self._waiter = LoopWaiter(loop)
                 try:
-                    while not ready and not self.done:
-                        self._waiter = loop.create_future()
-                        try:
-                            await self._waiter
-                        except asyncio.CancelledError:
-                            cancelled = True  # not cut off half-way: raised once the answer is read
-                        finally:
-                            self._waiter = None
+                    await self._waiter
+                except asyncio.CancelledError:
+                    cancelled = True  # not cut off half-way: raised once the answer is read
                 finally:
-                    if reading:
-                        loop.remove_reader(fileno)
-                    if writing:
-                        loop.remove_writer(fileno)
-                if not self.done:  # else ended by ``finish`` meanwhile
-                    self._step(ready)
+                    self._waiter = None
         finally:
+            self._unwatch()
             if cancelled:
                 task = asyncio.current_task()
                 if task is not None:
@@ -553,15 +589,28 @@ class Exchange:
         try:
             value = wait(_resumed(gen, self._state), self._pgconn.socket, interval=_WAIT_INTERVAL)
         except OSError as exc:
-            self._end(None, _socket_closed(exc))
+            self._end(None, _socket_closed(exc), direct=False)
         except Exception as exc:
-            self._end(None, exc)
+            self._end(None, exc, direct=False)
         except BaseException:
             self._pgconn.finish()
-            self._end(None, OperationalError("the connection was closed: interrupted while reading"))
+            self._end(None, OperationalError("the connection was closed: interrupted while reading"), direct=False)
             raise
         else:
-            self._end(value, None)
+            self._end(value, None, direct=False)
+
+
+_WAITS: tuple[Any, Any, Any, Any] | None = None
+
+
+def _waits() -> tuple[Any, Any, Any, Any]:
+    """psycopg's ``READY_R, READY_W, WAIT_R, WAIT_W`` (imported on first use, as psycopg is)."""
+    global _WAITS
+    if _WAITS is None:
+        from psycopg.waiting import READY_R, READY_W, WAIT_R, WAIT_W
+
+        _WAITS = (READY_R, READY_W, WAIT_R, WAIT_W)
+    return _WAITS
 
 
 _WAIT_INTERVAL = 0.1  # s: how often a blocking wait on a socket looks for an interrupt (as psycopg)

@@ -327,3 +327,48 @@ def test_a_sync_step_on_the_loop_while_a_record_is_in_flight_appends_after_it(pg
     assert wflo.resume(run_id) == ["a", "b"]
     assert ran == {"a": 1, "b": 1}, "a recorded call ran again"
     assert store.get_run(run_id).status == "succeeded"
+
+
+def test_a_steps_record_is_awaited_through_no_coroutine_but_the_steps(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a plain async step's record is written on a store thread, the run's task awaits
+    it through the step's own coroutine (``aguarded_call``) and the store's ``off_loop``, with
+    no coroutine between that only passes the outcome through (before: ``_afinish`` and the
+    engine's ``off_loop``, each a frame on every resumption)."""
+    from wflo.engine import _boundary
+
+    _config.configure(database=sqlite_url, lease_seconds=5.0)
+    chains: list[list[str]] = []
+    tasks: list[asyncio.Task[Any]] = []
+    real = _boundary.finish_call
+
+    def finish_call(call: Call, *args: Any, **kwargs: Any) -> Any:
+        if call.name == "layers.tiny" and threading.current_thread().name.startswith("wflo-store-"):
+            names: list[str] = []
+            coro: Any = tasks[0].get_coro()
+            while coro is not None and hasattr(coro, "cr_code"):
+                names.append(coro.cr_code.co_name)
+                coro = coro.cr_await
+            chains.append(names[names.index("flow") + 1 :])
+        return real(call, *args, **kwargs)
+
+    monkeypatch.setattr(_boundary, "finish_call", finish_call)
+
+    @wflo.step(name="layers.tiny")
+    async def tiny(i: int) -> int:
+        return i + 1
+
+    @wflo.workflow(name="layers.flow")
+    async def flow() -> int:
+        total = 0
+        for i in range(3):
+            total += await tiny(i)
+        return total
+
+    async def main() -> int:
+        tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        return await flow.options(id="layers-1").arun()
+
+    assert asyncio.run(main()) == 6
+    assert chains == [["aguarded_call", "off_loop"]] * 3

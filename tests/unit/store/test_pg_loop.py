@@ -287,3 +287,43 @@ def test_an_append_finished_on_the_loop_thread_gives_its_outcome_to_the_awaiting
     assert finished == awaited == Head(head.seq + 1, finished.hash)
     assert after.seq == head.seq + 2
     assert [e.type for e in store.events("r-loop-finish")][-2:] == ["slow", "b"]
+
+
+def test_an_append_resumes_its_task_in_the_turn_its_answer_is_read(store: PostgresStore) -> None:
+    """The socket's reader callback reads the answer and resumes the awaiting task there
+    (``LoopWaiter``): no turn of the loop between (one before: the task was resumed by a
+    future's callback, scheduled for the next turn)."""
+    head = _run(store, "r-loop-turns")
+
+    async def main() -> tuple[list[int], int]:
+        loop = asyncio.get_running_loop()
+        turns = [0]
+        ticking = [True]
+
+        def tick() -> None:
+            if ticking[0]:
+                turns[0] += 1
+                loop.call_soon(tick)
+
+        read_at: list[int] = []
+        real = loop.add_reader
+
+        def add_reader(fd: Any, callback: Any, *args: Any) -> None:
+            def reading(*a: Any) -> None:
+                read_at.append(turns[0])
+                callback(*a)
+
+            real(fd, reading, *args)
+
+        loop.add_reader = add_reader  # type: ignore[method-assign]
+        loop.call_soon(tick)
+        try:
+            await _append(store, "r-loop-turns", head, [NewEvent("step.completed", {})])
+        finally:
+            ticking[0] = False
+            del loop.add_reader
+        return read_at, turns[0]
+
+    read_at, resumed_at = asyncio.run(main())
+    assert read_at, "the answer was never read on the loop's reader"
+    assert resumed_at == read_at[-1]
