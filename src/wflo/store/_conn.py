@@ -417,13 +417,39 @@ def _wake(
         return None
     if loop.is_closed():
         return None  # nobody awaits the job any more
-    write = getattr(loop, "_write_to_self", None)
-    if isinstance(loop, asyncio.BaseEventLoop) and write is not None:
+    if _splits_wake(type(loop)):
         loop._call_soon(_woken, (waiter, outcome), None)  # type: ignore[attr-defined]
-        return write  # type: ignore[no-any-return]
+        return loop._write_to_self  # type: ignore[attr-defined,no-any-return]
     with suppress(RuntimeError):  # closed meanwhile: nobody awaits the job any more
         loop.call_soon_threadsafe(_woken, waiter, outcome)
     return None
+
+
+_SPLIT_WAKE: dict[type, bool] = {}
+
+
+def _splits_wake(cls: type) -> bool:
+    """Whether a loop of class ``cls`` has the two private halves of its
+    ``call_soon_threadsafe`` as CPython's own loops have had them since 3.7 (``_call_soon(callback,
+    args, context)``, then ``_write_to_self()``): checked once per class, by signature, so that
+    another loop or a later Python whose internals differ takes the public call instead of
+    failing in a store thread (where a lost wake-up would leave its task waiting for ever)."""
+    known = _SPLIT_WAKE.get(cls)
+    if known is None:
+        import inspect
+
+        try:
+            params = list(inspect.signature(cls._call_soon).parameters)  # type: ignore[attr-defined]
+            known = (
+                issubclass(cls, asyncio.BaseEventLoop)
+                and params == ["self", "callback", "args", "context"]
+                and callable(getattr(cls, "_write_to_self", None))
+                and not inspect.signature(cls._write_to_self).parameters.keys() - {"self"}  # type: ignore[attr-defined]
+            )
+        except (AttributeError, TypeError, ValueError):
+            known = False
+        _SPLIT_WAKE[cls] = known
+    return known
 
 
 def _woken(waiter: list[LoopWaiter], outcome: list[tuple[Any, BaseException | None]]) -> None:

@@ -191,3 +191,33 @@ def test_a_store_thread_lets_the_lock_go_before_it_wakes_the_loop(configured: st
     seen = asyncio.run(main())
     assert len(seen) == 3
     assert seen == [(False, False)] * 3
+
+
+def test_a_loop_without_the_private_wake_halves_is_woken_the_public_way(configured: str) -> None:
+    """The store thread wakes a CPython loop through its two private halves (queue, then the
+    wake-up pipe); a loop whose ``_call_soon`` differs (another loop, a later Python) is woken
+    through ``call_soon_threadsafe``, not left waiting for ever."""
+    from wflo.store import _conn
+
+    store = _config.get_store()
+    public: list[int] = []
+
+    class Other(asyncio.SelectorEventLoop):
+        def _call_soon(self, callback: Any, args: Any, context: Any, *, extra: Any = None) -> Any:  # type: ignore[override]
+            return super()._call_soon(callback, args, context)
+
+        def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is not threading.main_thread():
+                public.append(1)
+            return super().call_soon_threadsafe(*args, **kwargs)
+
+    async def main() -> list[int]:
+        return [await store.off_loop(lambda i=i: i, key=f"other-{i}") for i in range(3)]
+
+    loop = Other()
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(main(), 10)) == [0, 1, 2]
+    finally:
+        loop.close()
+    assert not _conn._splits_wake(Other) and _conn._splits_wake(asyncio.SelectorEventLoop)
+    assert len(public) == 3
