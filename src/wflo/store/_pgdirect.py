@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost
 from ._base import RELAXED_MARKERS
+from ._chain import canonical_json
 from ._records import Head, NewEvent, now_iso
 
 if TYPE_CHECKING:
@@ -628,6 +629,38 @@ class LoopWriter:
             raise
         return LoopAppend(store, conn, exchange, functools.partial(store.append, run_id, head, events, owner=owner),
                           run_id, owner, new)  # fmt: skip
+
+    def append_end(
+        self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None, status: str, output: Any
+    ) -> LoopAppend:
+        """A run's final append: ``Store.append(run_id, head, events, owner=owner, status=status,
+        output=output, finish=True)`` with no ops, from the loop (issue 20: an async run's end
+        without a hand-off to a store thread). The same ``wflo_append`` statement with the run's
+        end (its status and output, the lease let go, ``wflo_runs`` notified), fenced as any
+        append and always durable (a run's end is never relaxed). Otherwise as :meth:`append`:
+        sent now, one per writer; a lost connection makes it again through ``Store.append``,
+        which finds out whether the first one committed."""
+        store = self._store
+        psycopg = store._psycopg
+        now = now_iso()
+        output_json = canonical_json(output)
+        new, rows = store._link(run_id, head, events)
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
+        params = (run_id, head.seq, owner, new.seq, new.hash, now, status, True, output_json, None, False, None,
+                  "wflo_runs", *[array_text(c) for c in cols[1:]])  # fmt: skip
+        conn = self._conn
+        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
+            raise psycopg.InterfaceError("the connection is in use")
+        self._conn = None  # given back by the append once answered
+        try:
+            exchange = Exchange(store._direct_gen(conn, self._append[False], params), conn.pgconn)
+        except BaseException:
+            conn.lock.release()
+            store._pool.put(conn, broken=store._conn_broken(conn))
+            raise
+        redo = functools.partial(store.append, run_id, head, events, owner=owner, status=status, output=output,
+                                 finish=True)  # fmt: skip
+        return LoopAppend(store, conn, exchange, redo, run_id, owner, new)
 
     def close(self) -> None:
         """Give the connection back to the pool (dropped if broken) and the place in the order."""
