@@ -25,6 +25,7 @@ from .._errors import (
 )
 from .._runtime import Runtime
 from .._runtime import runtime as current_runtime
+from ..observability import is_enabled, run_finished
 from ..store import NewEvent, RunRecord, Store, StoreOp
 from ._context import RunContext, _call_path, _current_run
 from ._heartbeat import heartbeats
@@ -293,8 +294,6 @@ async def _afinish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> An
             writer.close()
     if head is None:  # another thread of the run is appending: after it, on the store's threads
         return await store.off_loop(_finish_ok, ctx, wf, value, key=ctx.run_id)
-    from ..observability import is_enabled
-
     if is_enabled():  # the export reads the store
         await store.off_loop(_ended, ctx, key=ctx.run_id)
     return value
@@ -339,8 +338,6 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
 
 def _ended(ctx: RunContext) -> None:
     """The run ended, stopped, failed or waits: export it (a no-op unless export is on; never raises)."""
-    from ..observability import run_finished
-
     run_finished(ctx.store, ctx.run_id)
 
 

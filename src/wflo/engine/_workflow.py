@@ -139,12 +139,18 @@ class Workflow(Generic[P, R]):
 
     _signature: inspect.Signature | None = None
     """``fn``'s signature, read on the first start (not on every one)."""
+    _bare: bool = False
+    """Whether ``fn`` takes no arguments (known at the first start without any)."""
+    _options: dict[str, Any] | None = None
+    """:meth:`run_options`, made once (the options are frozen)."""
 
     def __repr__(self) -> str:
         return f"<wflo.engine.Workflow {self.name}>"
 
     def check_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse inputs the function cannot take, before a run is created for them."""
+        if self._bare and not args and not kwargs:
+            return  # taken once: always taken
         signature = self._signature
         if signature is None:
             try:
@@ -155,6 +161,8 @@ class Workflow(Generic[P, R]):
             signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise UserError(f"workflow {self.name!r} cannot take these inputs: {exc} (it takes {signature})") from None
+        if not args and not kwargs:
+            self._bare = True
 
     def run_options(self) -> dict[str, Any]:
         """Options stored with each run, so any worker resumes it under the same rules.
@@ -162,7 +170,10 @@ class Workflow(Generic[P, R]):
         Option objects of other layers (``Budget``, ``LoopGuard``, …) contribute through
         their ``to_run_options()``.
         """
-        return self.config.run_options()
+        options = self._options
+        if options is None:
+            options = self._options = self.config.run_options()
+        return dict(options)
 
     def options(self, **options: Any) -> BoundWorkflow[P, R]:
         """This workflow with start options (``id=``, ``tenant=``)."""

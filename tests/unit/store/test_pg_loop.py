@@ -287,3 +287,45 @@ def test_an_append_finished_on_the_loop_thread_gives_its_outcome_to_the_awaiting
     assert finished == awaited == Head(head.seq + 1, finished.hash)
     assert after.seq == head.seq + 2
     assert [e.type for e in store.events("r-loop-finish")][-2:] == ["slow", "b"]
+
+
+async def _end(store: PostgresStore, run_id: str, head: Head, output: Any, owner: str = "a") -> Head:
+    writer = store.loop_writer(run_id)
+    assert writer is not None, "no on-loop writer"
+    try:
+        events = [NewEvent("run.completed", {"output": output})]
+        return await writer.append_end(  # type: ignore[no-any-return]
+            run_id, head, events, owner=owner, status="succeeded", output=output
+        )
+    finally:
+        writer.close()
+
+
+def test_a_runs_end_from_the_loop_is_fenced_durable_ends_the_run_and_notifies(store: PostgresStore) -> None:
+    head = _run(store, "r-loop-end")
+    sent = _sent(store)
+    with psycopg.connect(store.url, autocommit=True) as listener:
+        listener.execute("LISTEN wflo_runs")
+        with pytest.raises(LeaseLost):
+            asyncio.run(_end(store, "r-loop-end", head, {"v": 1}, owner="b"))
+        assert store.get_run("r-loop-end").status == "running"
+        new = asyncio.run(_end(store, "r-loop-end", head, {"v": 1}))
+        heard = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+    assert heard == ["r-loop-end"]
+    assert len(sent) == 2 and all(s == _APPEND_ALONE[0].sql for s in sent)  # durable, never relaxed
+    run = store.get_run("r-loop-end")
+    assert (run.status, run.lease_owner, run.last_seq) == ("succeeded", None, new.seq)
+    assert run.done and run.output is not None
+    assert [e.type for e in store.events("r-loop-end")][-1] == "run.completed"
+
+
+def test_a_runs_end_on_a_dropped_connection_is_made_once_through_the_store(store: PostgresStore) -> None:
+    head = _run(store, "r-loop-end-drop")
+    with store._connection() as conn:
+        pid = conn.info.backend_pid
+    with psycopg.connect(store.url, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    new = asyncio.run(_end(store, "r-loop-end-drop", head, 2))
+    assert [e.type for e in store.events("r-loop-end-drop")].count("run.completed") == 1
+    run = store.get_run("r-loop-end-drop")
+    assert (run.status, run.last_seq) == ("succeeded", new.seq)
