@@ -222,13 +222,15 @@ class BoundWorkflow(Generic[P, R]):
                 # A child's id is derived from its parent and call position, so a replayed
                 # parent finds the same child instead of starting another.
                 run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wflo:{parent.run_id}:{_call_path.get()}"))
-        options = {**wf.run_options(), "started_by": settings().principal}
+        cfg = settings()
+        options = wf.run_options()  # a copy of its own
+        options["started_by"] = cfg.principal
         link = link_for_start(self.opts.traceparent, parent_id)
         if link is not None:
             options[LINK_OPTION] = link
         record, created = store.create_run(
             run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
-            tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds, options=options,
+            tenant=tenant, owner=owner, lease_seconds=cfg.lease_seconds, options=options,
             **queue_placement(self.opts, wf.queue, wf.name),
         )  # fmt: skip
         if parent is None:
