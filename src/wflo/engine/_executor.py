@@ -69,7 +69,18 @@ def chain_for(
     if _guard_factories or type(rt).run_guards is not Runtime.run_guards:
         return guards_for(rt, wf, record, store)
     rt.intercept()
+    global _wrapped
+    _wrapped = True
     return functools.partial(rt.run_guards, wf, record, store)
+
+
+_wrapped = False
+
+
+def clients_wrapped() -> bool:
+    """Whether a run of this process has wrapped the HTTP clients already (``Runtime.intercept``,
+    whose first call imports them: a later one is quick and in memory)."""
+    return _wrapped
 
 
 _process_owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -416,7 +427,8 @@ async def aexecute(
     leased_at: float | None = None,
 ) -> Any:
     """The async twin of :func:`execute`: the workflow runs on the loop, and its store work
-    (loading the journal, the start and final events) on the store's threads, in order.
+    (loading the journal, the start and final events) on the store's threads, in order; a
+    final append alone from the loop where the store can (:func:`_afinish_ok`).
 
     ``prepared``: the context :func:`prepare` gave (in the same hop as the run's creation, or
     as the claim that took it back)."""

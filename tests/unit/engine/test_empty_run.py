@@ -23,7 +23,7 @@ import pytest
 import wflo
 from wflo import _config, _wiring
 from wflo.config import Runtime
-from wflo.engine import _executor
+from wflo.engine import _executor, _workflow
 from wflo.ext import add_finish_op, current_run
 
 BUILT: list[str] = []
@@ -186,6 +186,45 @@ def test_an_async_runs_end_is_sent_from_the_loop_on_postgres(pg: Any, monkeypatc
     assert run.status == "succeeded" and run.lease_owner is None
     assert wflo.RunHandle("er-pg-1", pg).result() == {"x": 7}
     assert [e.type for e in pg.events("er-pg-1")] == ["run.created", "run.started", "run.completed"]
+
+
+@pytest.mark.postgres
+def test_an_async_run_on_postgres_needs_no_thread_once_the_store_is_open(
+    pg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @wflo.workflow(name="er-pg-nothread")
+    async def flow(x: int) -> int:
+        return x * 2
+
+    @wflo.workflow(name="er-pg-other")
+    async def other() -> int:
+        return 0
+
+    assert asyncio.run(flow.arun(1)) == 2  # the first run of a process may wrap the HTTP clients on a thread
+    names = _spy_off_loop(pg, monkeypatch)
+    hops: list[str] = []
+    real_submit = _workflow._openers.submit
+
+    def submit(key: Any, fn: Any) -> Any:
+        hops.append(repr(fn))
+        return real_submit(key, fn)
+
+    monkeypatch.setattr(_workflow._openers, "submit", submit)
+
+    async def main() -> list[int]:
+        return [await flow.options(id=f"er-nothread-{i}").arun(i) for i in range(3)]
+
+    assert asyncio.run(main()) == [0, 2, 4]
+    assert hops == [] and names == []  # created, begun and ended from the loop
+    for i in range(3):
+        run = pg.get_run(f"er-nothread-{i}")
+        assert (run.status, run.lease_owner, run.attempts) == ("succeeded", None, 1)
+        assert [e.type for e in pg.events(run.id)] == ["run.created", "run.started", "run.completed"]
+    # An id that exists: its result (a finished run), or the refusal of another workflow's id.
+    assert asyncio.run(flow.options(id="er-nothread-1").arun(1)) == 2
+    with pytest.raises(wflo.errors.UserError):
+        asyncio.run(other.options(id="er-nothread-2").arun())
+    assert [e.type for e in pg.events("er-nothread-1")] == ["run.created", "run.started", "run.completed"]
 
 
 @pytest.mark.postgres
