@@ -329,3 +329,36 @@ def test_a_runs_end_on_a_dropped_connection_is_made_once_through_the_store(store
     assert [e.type for e in store.events("r-loop-end-drop")].count("run.completed") == 1
     run = store.get_run("r-loop-end-drop")
     assert (run.status, run.last_seq) == ("succeeded", new.seq)
+
+
+async def _create(store: PostgresStore, run_id: str) -> Any:
+    writer = store.loop_writer(run_id)
+    assert writer is not None, "no on-loop writer"
+    try:
+        return await writer.create_run(
+            run_id=run_id, workflow="w", input={"args": [1]}, options={"serializer": "json"}, tenant=None,
+            owner="a", lease_seconds=30,
+        )  # fmt: skip
+    finally:
+        writer.close()
+
+
+def test_a_run_created_from_the_loop_is_the_direct_paths_run_and_idempotent(store: PostgresStore) -> None:
+    record, created = asyncio.run(_create(store, "r-loop-new"))
+    assert created and (record.status, record.lease_owner, record.attempts) == ("running", "a", 1)
+    stored = store.get_run("r-loop-new")
+    assert (stored.last_seq, stored.last_hash, stored.input) == (record.last_seq, record.last_hash, record.input)
+    assert stored.lease_expires_at == record.lease_expires_at
+    assert [e.type for e in store.events("r-loop-new")] == ["run.created", "run.started"]
+    again, created = asyncio.run(_create(store, "r-loop-new"))
+    assert not created and again.id == "r-loop-new" and again.last_seq == record.last_seq
+
+
+def test_a_run_created_on_a_dropped_connection_is_made_once_through_the_store(store: PostgresStore) -> None:
+    with store._connection() as conn:
+        pid = conn.info.backend_pid
+    with psycopg.connect(store.url, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    record, _ = asyncio.run(_create(store, "r-loop-new-drop"))
+    assert record.id == "r-loop-new-drop" and record.lease_owner == "a"
+    assert [e.type for e in store.events("r-loop-new-drop")] == ["run.created", "run.started"]
