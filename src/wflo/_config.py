@@ -365,6 +365,15 @@ def get_store(*, create: bool = True) -> Store:
         return _process.store
 
 
+def opened_store() -> Store | None:
+    """The store :func:`get_store` gives here if it is open already, else ``None`` (its first
+    use opens and migrates it: blocking work, which an event loop hands to a thread)."""
+    active = active_runtime.get()
+    if active is not None:
+        return getattr(active, "_store", None)  # a Runtime's own, once opened
+    return _process.store
+
+
 def reset() -> None:
     """Forget settings and close the store (tests use this between cases)."""
     with _process.lock:

@@ -111,7 +111,10 @@ class Runtime:
     def run_guards(self, wf: Workflow[Any, Any] | None, record: RunRecord, store: Store) -> list[Guard]:
         """The guards of one execution of ``record`` on ``store``, in order: the content
         policy, the loop guard, the approval guard, the policies, the budget guard (see
-        ``wflo._wiring``). Extensions' guards (``wflo.ext.add_guard_factory``) follow them."""
+        ``wflo._wiring``). Extensions' guards (``wflo.ext.add_guard_factory``) follow them.
+
+        The default chain is built at the execution's first guarded call (an execution that
+        makes none never builds it); a subclass's override is called at its start."""
         from . import _wiring
 
         self.intercept()

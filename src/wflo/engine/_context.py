@@ -126,7 +126,7 @@ class RunContext:
         record: RunRecord,
         owner: str,
         journal: dict[str, JournalEntry],
-        guards: Sequence[Guard] = (),
+        guards: Sequence[Guard] | Callable[[], Sequence[Guard]] = (),
         runtime: Runtime | None = None,
     ) -> None:
         self.store = store
@@ -138,7 +138,10 @@ class RunContext:
         self.owner = owner
         self.journal = journal
         self.head = Head(record.last_seq, record.last_hash, record.cancel_requested)
-        self.guards: list[Guard] = list(guards)
+        # The guard chain, or what builds it on first use (``guards``): a run that makes no
+        # guarded call never builds one (issue 20: an empty workflow's cost).
+        self._guards: list[Guard] | None = None if callable(guards) else list(guards)
+        self._chain: Callable[[], Sequence[Guard]] | None = guards if callable(guards) else None
         self.state: dict[str, Any] = {}  # per-run state of guards (loop counters, …)
         self._counters: dict[str, int] = {}
         self._lock = threading.RLock()
@@ -166,6 +169,25 @@ class RunContext:
         self._held: tuple[int, list[Held]] | None = None  # (thread, appends held back; see hold_appends)
         self._in_flight: Any = None  # an append from the loop not answered yet (append_on_loop)
         install_propagation()
+
+    @property
+    def guards(self) -> list[Guard]:
+        """The run's guard chain, in order; built at the first look when the context was given
+        its builder (the first guarded call, replay or record of the execution), once."""
+        guards = self._guards
+        if guards is None:
+            with self._lock:
+                guards = self._guards
+                if guards is None:
+                    assert self._chain is not None
+                    guards = self._guards = list(self._chain())
+                    self._chain = None
+        return guards
+
+    @guards.setter
+    def guards(self, guards: Sequence[Guard]) -> None:
+        with self._lock:
+            self._guards, self._chain = list(guards), None
 
     # ------------------------------------------------------------------ lease
     def lease_renewed(self, sent_at: float, lease_seconds: float | None = None) -> None:
@@ -213,7 +235,7 @@ class RunContext:
         store: Store,
         record: RunRecord,
         owner: str,
-        guards: Sequence[Guard] = (),
+        guards: Sequence[Guard] | Callable[[], Sequence[Guard]] = (),
         *,
         fresh: bool = False,
         runtime: Runtime | None = None,
@@ -451,13 +473,16 @@ class RunContext:
                 self.cancel_requested = True
             return self.head
 
-    async def append_on_loop(self, writer: Any, events: Sequence[NewEvent]) -> Head | None:
+    async def append_on_loop(
+        self, writer: Any, events: Sequence[NewEvent], *, end: dict[str, Any] | None = None
+    ) -> Head | None:
         """:meth:`append` from the run's event loop through ``writer`` (``Store.loop_writer``):
         the statement is awaited, the loop never blocked. ``None`` (nothing written) when
         another thread of the run is appending now: the caller writes through ``off_loop``. The write lock is held while the
         append is in flight, so the run's other threads append after it, on the head it
         leaves; code on the loop's own thread that appends meanwhile (a sync call of another
-        task) first ends this append where it stands (:meth:`_land`), then appends after it."""
+        task) first ends this append where it stands (:meth:`_land`), then appends after it.
+        ``end``: the run's final append, its ``status`` and ``output`` (``writer.append_end``)."""
         if self._in_flight is not None:
             return None
         if not self._write_lock.acquire(blocking=False):
@@ -465,7 +490,10 @@ class RunContext:
         try:
             if self.lease_lost:
                 raise LeaseLost(run_id=self.run_id, owner=self.owner)
-            pending = writer.append(self.run_id, self.head, events, owner=self.owner)
+            if end is None:
+                pending = writer.append(self.run_id, self.head, events, owner=self.owner)
+            else:
+                pending = writer.append_end(self.run_id, self.head, events, owner=self.owner, **end)
             self._in_flight = pending
             try:
                 head: Head = await pending

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import inspect
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._errors import (
@@ -22,14 +23,15 @@ from .._errors import (
     RunSuspended,
     SerializationError,
 )
+from .._runtime import Runtime
 from .._runtime import runtime as current_runtime
+from ..observability import is_enabled, run_finished
 from ..store import NewEvent, RunRecord, Store, StoreOp
 from ._context import RunContext, _call_path, _current_run
 from ._heartbeat import heartbeats
 from ._serialize import decode, encode, error_data
 
 if TYPE_CHECKING:
-    from .._runtime import Runtime
     from ._workflow import Workflow
 
 # Extensions (``wflo.ext``): guards and hooks added to every run of the process, whichever
@@ -52,6 +54,33 @@ def guards_for(rt: Runtime, wf: Workflow[Any, Any] | None, record: RunRecord, st
     for factory in _guard_factories:
         guards.extend(factory(wf, record))  # type: ignore[arg-type]
     return guards
+
+
+def chain_for(
+    rt: Runtime, wf: Workflow[Any, Any] | None, record: RunRecord, store: Store
+) -> list[Any] | Callable[[], Sequence[Any]]:
+    """What :class:`RunContext` takes as its guards: wflo's own chain (the default
+    ``Runtime.run_guards``, no extension's factory) as a builder, called at the run's first
+    guarded call (issue 20: a run that makes none never builds it; its guards are made of
+    memory alone, so building them later, on any thread, changes nothing they do). The HTTP
+    clients are wrapped now, before the run's code can send a request. A chain of another
+    runtime class, or with extensions' guards, is built now, as before: their factories may
+    expect to be called for every execution, or read the store."""
+    if _guard_factories or type(rt).run_guards is not Runtime.run_guards:
+        return guards_for(rt, wf, record, store)
+    rt.intercept()
+    global _wrapped
+    _wrapped = True
+    return functools.partial(rt.run_guards, wf, record, store)
+
+
+_wrapped = False
+
+
+def clients_wrapped() -> bool:
+    """Whether a run of this process has wrapped the HTTP clients already (``Runtime.intercept``,
+    whose first call imports them: a later one is quick and in memory)."""
+    return _wrapped
 
 
 _process_owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -103,7 +132,7 @@ def _prepare(
     rt: Runtime, store: Store, wf: Workflow[Any, Any], record: RunRecord, owner: str, fresh: bool = False,
     leased_at: float | None = None,
 ) -> RunContext:  # fmt: skip
-    ctx = RunContext.load(store, record, owner, guards_for(rt, wf, record, store), fresh=fresh, runtime=rt)
+    ctx = RunContext.load(store, record, owner, chain_for(rt, wf, record, store), fresh=fresh, runtime=rt)
     if leased_at is not None:
         ctx.lease_renewed(leased_at)
     if record.attempts <= 1 and not ctx.journal:
@@ -226,6 +255,61 @@ def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
     return value
 
 
+_ON_THREAD: Any = object()
+"""What :func:`_end_on_loop` gives when the run's end must be written on the store's threads."""
+
+
+def _end_on_loop(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
+    """The encoded output of an async run that succeeded, when its end is the final append
+    alone, which the event loop can send (:func:`_afinish_ok`); else ``_ON_THREAD``: a latched
+    stop or non-determinism, a lost lease, an output that cannot be encoded, or finish ops to
+    commit with it (kept payloads to drop, an extension's, another runtime's) go through
+    :func:`_finish_ok` on the store's threads, as before."""
+    if ctx.lease_lost or "non_determinism" in ctx.state or ctx.state.get("stopped") is not None:
+        return _ON_THREAD
+    if _finish_ops or type(ctx.runtime).finish_ops is not Runtime.finish_ops:
+        return _ON_THREAD  # may read the store
+    if ctx.runtime.finish_ops(ctx.store, ctx.run_id, "succeeded", run=ctx):  # wflo's own: in memory
+        return _ON_THREAD
+    try:
+        return encode(value, serializer=wf.serializer, step=wf.name, what="result")
+    except SerializationError:
+        return _ON_THREAD
+
+
+async def _afinish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
+    """:func:`_finish_ok` for an async run, its final append sent from the event loop when the
+    store can (``Store.loop_writer``: PostgreSQL with a pooled connection idle, nothing of the
+    run queued or running on the store's threads) and the end is that append alone
+    (:func:`_end_on_loop`): no hand-off to a store thread and back (issue 20). The append is
+    the same statement, fenced and durable, awaited before the value is returned; the writer
+    holds the run's place in the order of the store's threads until it is answered.
+    Otherwise, or when another thread of the run is appending, on the store's threads."""
+    store = ctx.store
+    output = _end_on_loop(ctx, wf, value)
+    writer = store.loop_writer(ctx.run_id) if output is not _ON_THREAD else None
+    if writer is None:
+        return await store.off_loop(_finish_ok, ctx, wf, value, key=ctx.run_id)
+    try:
+        end = {"status": "succeeded", "output": output}
+        head = await ctx.append_on_loop(writer, [NewEvent("run.completed", {"output": output})], end=end)
+    except Exception as exc:
+        writer.close()
+        writer = None
+        if disk_full(exc) is None:
+            raise
+        await store.off_loop(_block, ctx, "disk_full", exc, key=ctx.run_id)
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+    if head is None:  # another thread of the run is appending: after it, on the store's threads
+        return await store.off_loop(_finish_ok, ctx, wf, value, key=ctx.run_id)
+    if is_enabled():  # the export reads the store
+        await store.off_loop(_ended, ctx, key=ctx.run_id)
+    return value
+
+
 def _finish_error(ctx: RunContext, exc: BaseException) -> None:
     if isinstance(exc, LeaseLost):
         return  # another worker owns the run now; we must not write
@@ -265,8 +349,6 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
 
 def _ended(ctx: RunContext) -> None:
     """The run ended, stopped, failed or waits: export it (a no-op unless export is on; never raises)."""
-    from ..observability import run_finished
-
     run_finished(ctx.store, ctx.run_id)
 
 
@@ -345,7 +427,8 @@ async def aexecute(
     leased_at: float | None = None,
 ) -> Any:
     """The async twin of :func:`execute`: the workflow runs on the loop, and its store work
-    (loading the journal, the start and final events) on the store's threads, in order.
+    (loading the journal, the start and final events) on the store's threads, in order; a
+    final append alone from the loop where the store can (:func:`_afinish_ok`).
 
     ``prepared``: the context :func:`prepare` gave (in the same hop as the run's creation, or
     as the claim that took it back)."""
@@ -377,7 +460,7 @@ async def aexecute(
             _current_run.reset(run_token)
             heartbeats.untrack(ctx)
         ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
-        return await store.off_loop(_finish_ok, ctx, wf, value, key=record.id)
+        return await _afinish_ok(ctx, wf, value)
 
 
 def _run_coroutine(coro: Any) -> Any:

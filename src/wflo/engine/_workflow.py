@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
 
-from .._config import get_store, settings
+from .._config import get_store, opened_store, settings
 from .._errors import (
     ConfigurationError,
     ResultTimeoutError,
@@ -30,7 +30,15 @@ from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import RunContext, _call_path, current_run
-from ._executor import aexecute, execute, is_async_callable, owner_is_dead_here, prepare, process_owner
+from ._executor import (
+    aexecute,
+    clients_wrapped,
+    execute,
+    is_async_callable,
+    owner_is_dead_here,
+    prepare,
+    process_owner,
+)
 from ._options import StepOptions, WorkflowOptions, check_options
 from ._queues import Queue, queue_name, queue_placement
 from ._serialize import check_serializer, decode, encode
@@ -139,12 +147,18 @@ class Workflow(Generic[P, R]):
 
     _signature: inspect.Signature | None = None
     """``fn``'s signature, read on the first start (not on every one)."""
+    _bare: bool = False
+    """Whether ``fn`` takes no arguments (known at the first start without any)."""
+    _options: dict[str, Any] | None = None
+    """:meth:`run_options`, made once (the options are frozen)."""
 
     def __repr__(self) -> str:
         return f"<wflo.engine.Workflow {self.name}>"
 
     def check_inputs(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Refuse inputs the function cannot take, before a run is created for them."""
+        if self._bare and not args and not kwargs:
+            return  # taken once: always taken
         signature = self._signature
         if signature is None:
             try:
@@ -155,6 +169,8 @@ class Workflow(Generic[P, R]):
             signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise UserError(f"workflow {self.name!r} cannot take these inputs: {exc} (it takes {signature})") from None
+        if not args and not kwargs:
+            self._bare = True
 
     def run_options(self) -> dict[str, Any]:
         """Options stored with each run, so any worker resumes it under the same rules.
@@ -162,7 +178,10 @@ class Workflow(Generic[P, R]):
         Option objects of other layers (``Budget``, ``LoopGuard``, …) contribute through
         their ``to_run_options()``.
         """
-        return self.config.run_options()
+        options = self._options
+        if options is None:
+            options = self._options = self.config.run_options()
+        return dict(options)
 
     def options(self, **options: Any) -> BoundWorkflow[P, R]:
         """This workflow with start options (``id=``, ``tenant=``)."""
@@ -193,12 +212,12 @@ class BoundWorkflow(Generic[P, R]):
         self.wf = wf
         self.opts = opts
 
-    def _create(
+    def _request(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str | None
-    ) -> tuple[Store, RunRecord, bool]:
+    ) -> tuple[dict[str, Any], RunContext | None]:
+        """``Store.create_run``'s arguments for a start (its inputs encoded; checked before:
+        ``Workflow.check_inputs``), and the run it is started in (a child's parent), if any."""
         wf = self.wf
-        wf.check_inputs(args, kwargs)
-        store = get_store()
         payload = encode({"args": list(args), "kwargs": kwargs}, serializer=wf.serializer, step=wf.name, what="input")
         parent = current_run()
         run_id = self.opts.id
@@ -211,20 +230,34 @@ class BoundWorkflow(Generic[P, R]):
                 # A child's id is derived from its parent and call position, so a replayed
                 # parent finds the same child instead of starting another.
                 run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wflo:{parent.run_id}:{_call_path.get()}"))
-        options = {**wf.run_options(), "started_by": settings().principal}
+        cfg = settings()
+        options = wf.run_options()  # a copy of its own
+        options["started_by"] = cfg.principal
         link = link_for_start(self.opts.traceparent, parent_id)
         if link is not None:
             options[LINK_OPTION] = link
-        record, created = store.create_run(
+        request = dict(
             run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
-            tenant=tenant, owner=owner, lease_seconds=settings().lease_seconds, options=options,
+            tenant=tenant, owner=owner, lease_seconds=cfg.lease_seconds, options=options,
             **queue_placement(self.opts, wf.queue, wf.name),
         )  # fmt: skip
+        return request, parent
+
+    def _created(self, record: RunRecord, created: bool, parent: RunContext | None) -> RunRecord:
         if parent is None:
-            note_on_caller(record.id, wf.name)
-        if not created and record.workflow != wf.name:
+            note_on_caller(record.id, self.wf.name)
+        if not created and record.workflow != self.wf.name:
             raise UserError(f"run id {record.id!r} already belongs to workflow {record.workflow!r}")
-        return store, record, created
+        return record
+
+    def _create(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str | None
+    ) -> tuple[Store, RunRecord, bool]:
+        self.wf.check_inputs(args, kwargs)
+        store = get_store()
+        request, parent = self._request(args, kwargs, owner)
+        record, created = store.create_run(**request)
+        return store, self._created(record, created, parent), created
 
     def _claim_existing(self, store: Store, record: RunRecord, owner: str) -> RunRecord:
         """Hold an existing run: at once if it is free or its owner died on this host,
@@ -289,12 +322,14 @@ class BoundWorkflow(Generic[P, R]):
 
     async def _arun_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         owner = process_owner()
-        # Opening the store (first use), creating the run and, for a new async run, recording
-        # its start block: one hop off the loop.
-        context = contextvars.copy_context()
-        store, record, created, prepared = await asyncio.wrap_future(
-            _openers.submit(None, functools.partial(context.run, self._create_prepared, args, kwargs, owner))
-        )
+        begun = await self._astart_on_loop(args, kwargs, owner)
+        if begun is None:
+            # Opening the store (first use), creating the run and, for a new async run, recording
+            # its start block: one hop off the loop.
+            context = contextvars.copy_context()
+            opened = _openers.submit(None, functools.partial(context.run, self._create_prepared, args, kwargs, owner))
+            begun = cast(tuple[Store, RunRecord, bool, "RunContext | None"], await asyncio.wrap_future(opened))
+        store, record, created, prepared = begun
         leased_at: float | None = None
         if not created:
             leased_at = time.monotonic()
@@ -314,6 +349,36 @@ class BoundWorkflow(Generic[P, R]):
                 if prepared is None:
                     return _result_of(record)
                 fresh, leased_at = False, None
+
+    async def _astart_on_loop(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str
+    ) -> tuple[Store, RunRecord, bool, RunContext | None] | None:
+        """A top-level async run created from the event loop, and its context (issue 20: its
+        start without a hand-off to a thread and back), when nothing of it blocks: the store
+        open already, the HTTP clients wrapped by an earlier run, the store able to send the
+        creation from the loop (``Store.loop_writer``: PostgreSQL with a pooled connection
+        idle). ``None`` otherwise (nothing sent): the start goes through a thread, as before.
+        The same statement as there, relaxed as that start is; the loop is never blocked."""
+        wf = self.wf
+        if not wf.is_async or not clients_wrapped() or current_run() is not None:
+            return None
+        store = opened_store()
+        if store is None:
+            return None
+        wf.check_inputs(args, kwargs)
+        request, _ = self._request(args, kwargs, owner)
+        writer = store.loop_writer(request["run_id"])
+        if writer is None:
+            return None
+        del request["parent_id"]  # a top-level run's
+        sent_at = time.monotonic()  # before the request that gives us the lease
+        try:
+            record, created = await writer.create_run(**request)
+        finally:
+            writer.close()
+        record = self._created(record, created, None)
+        prepared = prepare(store, wf, record, owner, True, leased_at=sent_at) if created else None
+        return store, record, created, prepared
 
     def _create_prepared(
         self, args: tuple[Any, ...], kwargs: dict[str, Any], owner: str

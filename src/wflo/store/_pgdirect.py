@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost
 from ._base import RELAXED_MARKERS
+from ._chain import GENESIS, canonical_json
 from ._offload import LoopWaiter
-from ._records import Head, NewEvent, now_iso
+from ._records import Head, NewEvent, RunRecord, now_iso
 
 if TYPE_CHECKING:
     from ._postgres import PostgresStore
@@ -678,6 +679,79 @@ class LoopWriter:
         return LoopAppend(store, conn, exchange, functools.partial(store.append, run_id, head, events, owner=owner),
                           run_id, owner, new)  # fmt: skip
 
+    def append_end(
+        self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None, status: str, output: Any
+    ) -> LoopAppend:
+        """A run's final append: ``Store.append(run_id, head, events, owner=owner, status=status,
+        output=output, finish=True)`` with no ops, from the loop (issue 20: an async run's end
+        without a hand-off to a store thread). The same ``wflo_append`` statement with the run's
+        end (its status and output, the lease let go, ``wflo_runs`` notified), fenced as any
+        append and always durable (a run's end is never relaxed). Otherwise as :meth:`append`:
+        sent now, one per writer; a lost connection makes it again through ``Store.append``,
+        which finds out whether the first one committed."""
+        store = self._store
+        psycopg = store._psycopg
+        now = now_iso()
+        output_json = canonical_json(output)
+        new, rows = store._link(run_id, head, events)
+        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
+        params = (run_id, head.seq, owner, new.seq, new.hash, now, status, True, output_json, None, False, None,
+                  "wflo_runs", *[array_text(c) for c in cols[1:]])  # fmt: skip
+        conn = self._conn
+        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
+            raise psycopg.InterfaceError("the connection is in use")
+        self._conn = None  # given back by the append once answered
+        try:
+            exchange = Exchange(store._direct_gen(conn, self._append[False], params), conn.pgconn)
+        except BaseException:
+            conn.lock.release()
+            store._pool.put(conn, broken=store._conn_broken(conn))
+            raise
+        redo = functools.partial(store.append, run_id, head, events, owner=owner, status=status, output=output,
+                                 finish=True)  # fmt: skip
+        return LoopAppend(store, conn, exchange, redo, run_id, owner, new)
+
+    def create_run(
+        self, *, run_id: str, workflow: str, input: Any, options: dict[str, Any], tenant: str | None, owner: str,
+        lease_seconds: float, queue: str | None = None, priority: int = 0, partition_key: str | None = None,
+    ) -> LoopCreate:  # fmt: skip
+        """``Store.create_run(...)`` of a top-level run its caller executes now (``owner``, a
+        lease), from the loop (issue 20: an async run's start without a hand-off to a store
+        thread): the same statement as the direct path (the run and its ``run.created`` and
+        ``run.started`` events, relaxed as that start is: see "Commit modes" in ``_postgres``),
+        idempotent on ``run_id``. Await it for ``(record, created)``. A lost connection makes
+        it again through ``Store.create_run``; one statement per writer, as :meth:`append`."""
+        from ._postgres import _CREATE_ALONE
+
+        store = self._store
+        psycopg = store._psycopg
+        now = now_iso()
+        created_data = {"workflow": workflow, "input": input, "parent_id": None, "tenant": tenant}
+        events = [
+            NewEvent("run.created", created_data, now),
+            NewEvent("run.started", {"attempt": 1, "worker": owner}, now),
+        ]
+        head, rows = store._link(run_id, Head(0, GENESIS), events)
+        values = (run_id, workflow, "running", canonical_json(input), None, tenant, canonical_json(options), owner,
+                  head.seq, head.hash, 1, now, now, queue, priority, partition_key, now)  # fmt: skip
+        cols = list(zip(*rows, strict=True))
+        params = (*values[:8], True, lease_seconds, *values[8:], *[array_text(c) for c in cols[1:]], False, run_id)
+        conn = self._conn
+        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
+            raise psycopg.InterfaceError("the connection is in use")
+        self._conn = None  # given back once answered
+        try:
+            exchange = Exchange(store._direct_gen(conn, _CREATE_ALONE[True], params), conn.pgconn)
+        except BaseException:
+            conn.lock.release()
+            store._pool.put(conn, broken=store._conn_broken(conn))
+            raise
+        redo = functools.partial(
+            store.create_run, run_id=run_id, workflow=workflow, input=input, options=options, tenant=tenant,
+            owner=owner, lease_seconds=lease_seconds, queue=queue, priority=priority, partition_key=partition_key,
+        )  # fmt: skip
+        return LoopCreate(store, conn, exchange, redo, run_id, owner, head, values)
+
     def close(self) -> None:
         """Give the connection back to the pool (dropped if broken) and the place in the order."""
         conn, self._conn = self._conn, None
@@ -759,3 +833,44 @@ class LoopAppend:
             raise error
         assert head is not None
         return head
+
+
+class LoopCreate(LoopAppend):
+    """A run's creation sent from the event loop (``LoopWriter.create_run``): awaited, it gives
+    ``(record, created)`` as ``Store.create_run`` does (the stored run when the id existed)."""
+
+    def __init__(self, store: PostgresStore, conn: Any, exchange: Exchange, redo: Callable[[], Any],
+                 run_id: str, owner: str | None, new: Head, values: tuple[Any, ...]) -> None:  # fmt: skip
+        super().__init__(store, conn, exchange, redo, run_id, owner, new)
+        self._values = values
+
+    async def wait(self) -> Any:
+        await self._exchange.run()
+        if self._lost():
+            return await self._store.off_loop(self._again)
+        row = self._created()
+        if row is None:  # created by another process at this very moment: read it there
+            return await self._store.off_loop(self._existing)
+        return row
+
+    def finish(self) -> Any:
+        self._exchange.finish()
+        if self._lost():
+            return self._again()
+        return self._created() or self._existing()
+
+    def _created(self) -> tuple[RunRecord, bool] | None:
+        from ._postgres import _LEASE_COLUMN, _written
+
+        error = self._exchange.error
+        if error is not None:
+            raise error
+        row = first_row(self._exchange.value)
+        if row is None:
+            return None
+        if not row[-2]:  # the id existed: its row as stored
+            return RunRecord.from_row(tuple(row[:-2])), False
+        return RunRecord.from_row(_written(self._values, row[_LEASE_COLUMN])), True
+
+    def _existing(self) -> tuple[RunRecord, bool]:
+        return self._store.get_run(self._run_id), False

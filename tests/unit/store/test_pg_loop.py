@@ -327,3 +327,78 @@ def test_an_append_resumes_its_task_in_the_turn_its_answer_is_read(store: Postgr
     read_at, resumed_at = asyncio.run(main())
     assert read_at, "the answer was never read on the loop's reader"
     assert resumed_at == read_at[-1]
+
+
+async def _end(store: PostgresStore, run_id: str, head: Head, output: Any, owner: str = "a") -> Head:
+    writer = store.loop_writer(run_id)
+    assert writer is not None, "no on-loop writer"
+    try:
+        events = [NewEvent("run.completed", {"output": output})]
+        return await writer.append_end(  # type: ignore[no-any-return]
+            run_id, head, events, owner=owner, status="succeeded", output=output
+        )
+    finally:
+        writer.close()
+
+
+def test_a_runs_end_from_the_loop_is_fenced_durable_ends_the_run_and_notifies(store: PostgresStore) -> None:
+    head = _run(store, "r-loop-end")
+    sent = _sent(store)
+    with psycopg.connect(store.url, autocommit=True) as listener:
+        listener.execute("LISTEN wflo_runs")
+        with pytest.raises(LeaseLost):
+            asyncio.run(_end(store, "r-loop-end", head, {"v": 1}, owner="b"))
+        assert store.get_run("r-loop-end").status == "running"
+        new = asyncio.run(_end(store, "r-loop-end", head, {"v": 1}))
+        heard = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
+    assert heard == ["r-loop-end"]
+    assert len(sent) == 2 and all(s == _APPEND_ALONE[0].sql for s in sent)  # durable, never relaxed
+    run = store.get_run("r-loop-end")
+    assert (run.status, run.lease_owner, run.last_seq) == ("succeeded", None, new.seq)
+    assert run.done and run.output is not None
+    assert [e.type for e in store.events("r-loop-end")][-1] == "run.completed"
+
+
+def test_a_runs_end_on_a_dropped_connection_is_made_once_through_the_store(store: PostgresStore) -> None:
+    head = _run(store, "r-loop-end-drop")
+    with store._connection() as conn:
+        pid = conn.info.backend_pid
+    with psycopg.connect(store.url, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    new = asyncio.run(_end(store, "r-loop-end-drop", head, 2))
+    assert [e.type for e in store.events("r-loop-end-drop")].count("run.completed") == 1
+    run = store.get_run("r-loop-end-drop")
+    assert (run.status, run.last_seq) == ("succeeded", new.seq)
+
+
+async def _create(store: PostgresStore, run_id: str) -> Any:
+    writer = store.loop_writer(run_id)
+    assert writer is not None, "no on-loop writer"
+    try:
+        return await writer.create_run(
+            run_id=run_id, workflow="w", input={"args": [1]}, options={"serializer": "json"}, tenant=None,
+            owner="a", lease_seconds=30,
+        )  # fmt: skip
+    finally:
+        writer.close()
+
+
+def test_a_run_created_from_the_loop_is_the_direct_paths_run_and_idempotent(store: PostgresStore) -> None:
+    record, created = asyncio.run(_create(store, "r-loop-new"))
+    assert created and (record.status, record.lease_owner, record.attempts) == ("running", "a", 1)
+    stored = store.get_run("r-loop-new")
+    assert (stored.last_seq, stored.last_hash, stored.input) == (record.last_seq, record.last_hash, record.input)
+    assert stored.lease_expires_at == record.lease_expires_at
+    assert [e.type for e in store.events("r-loop-new")] == ["run.created", "run.started"]
+    again, created = asyncio.run(_create(store, "r-loop-new"))
+    assert not created and again.id == "r-loop-new" and again.last_seq == record.last_seq
+
+
+def test_a_run_created_on_a_dropped_connection_is_made_once_through_the_store(store: PostgresStore) -> None:
+    with store._connection() as conn:
+        pid = conn.info.backend_pid
+    with psycopg.connect(store.url, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    record, _ = asyncio.run(_create(store, "r-loop-new-drop"))
+    assert record.id == "r-loop-new-drop" and record.lease_owner == "a"
+    assert [e.type for e in store.events("r-loop-new-drop")] == ["run.created", "run.started"]

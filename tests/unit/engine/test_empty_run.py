@@ -1,0 +1,257 @@
+"""An empty workflow's cost (issue 20): what a run that makes no guarded call does not do, and
+what it still does.
+
+- wflo's guard chain is built at a run's first guarded call (a step, an LLM or tool call), once,
+  whichever thread makes it; a run that makes none never builds it. The HTTP clients are still
+  wrapped at the run's start, and a chain of another runtime class, or with extensions' guards,
+  is built at the start as before.
+- On PostgreSQL an async run's end (``run.completed`` with the run's status and output) is sent
+  from the event loop, not handed to the store's threads, when it is the final append alone; with
+  finish ops (an extension's, kept payloads to drop) it goes through the threads with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import wflo
+from wflo import _config, _wiring
+from wflo.config import Runtime
+from wflo.engine import _executor, _workflow
+from wflo.ext import add_finish_op, current_run
+
+BUILT: list[str] = []
+"""The run ids whose guard chain was built (``_wiring.run_guards``), in order (see ``built``)."""
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """:data:`BUILT`, counted from now."""
+    BUILT.clear()
+    real = _wiring.run_guards
+
+    def counted(rt: Any, record: Any, store: Any) -> Any:
+        BUILT.append(record.id)
+        return real(rt, record, store)
+
+    monkeypatch.setattr(_wiring, "run_guards", counted)
+    monkeypatch.setattr(_executor, "_guard_factories", [])  # another module's extension (test_ext) stays out
+    return BUILT
+
+
+@pytest.fixture
+def sqlite(tmp_path: Path) -> Iterator[None]:
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db")
+    yield
+    _config.reset()
+
+
+@wflo.step(name="er-tiny")
+def tiny(i: int) -> int:
+    return i + 1
+
+
+@wflo.workflow(name="er-empty")
+def empty() -> int:
+    return 0
+
+
+@wflo.workflow(name="er-aempty")
+async def aempty() -> int:
+    return 0
+
+
+@wflo.workflow(name="er-one-step")
+def one_step() -> int:
+    before = list(BUILT)
+    value = tiny(1)
+    assert before == [] and len(BUILT) == 1, (before, BUILT)  # built by the step, not before the body
+    return value
+
+
+@wflo.workflow(name="er-threads")
+def in_threads() -> list[int]:
+    out: list[int] = []
+    barrier = threading.Barrier(4)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        out.append(tiny(i))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(out)
+
+
+def test_a_run_without_calls_builds_no_guard_chain(sqlite: None, built: list[str]) -> None:
+    assert empty.run() == 0
+    assert asyncio.run(aempty.arun()) == 0
+    assert built == []
+
+
+def test_the_chain_is_built_at_the_first_call_once_whichever_thread_makes_it(sqlite: None, built: list[str]) -> None:
+    assert one_step.run() == 2
+    assert in_threads.run() == [1, 2, 3, 4]
+    assert len(built) == 2 and len(set(built)) == 2
+
+
+def test_the_http_clients_are_wrapped_at_the_start_of_a_run_without_calls(
+    sqlite: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrapped: list[bool] = []
+    monkeypatch.setattr(Runtime, "intercept", lambda self: wrapped.append(True))
+    assert empty.run() == 0
+    assert wrapped
+
+
+def test_a_runtime_of_its_own_class_or_an_extension_gets_its_chain_at_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[str] = []
+
+    class Mine(Runtime):
+        def run_guards(self, wf: Any, record: Any, store: Any) -> list[Any]:
+            seen.append("runtime")
+            return super().run_guards(wf, record, store)
+
+    monkeypatch.setattr(_executor, "_guard_factories", [])
+    rt = Mine(database=f"sqlite:///{tmp_path}/mine.db")
+    try:
+        with rt.activate():
+            assert empty.run() == 0
+        assert seen == ["runtime"]
+
+        def factory(wf: Any, record: Any) -> list[Any]:
+            seen.append("factory")
+            return []
+
+        _executor.add_guard_factory(factory)
+        with rt.activate():
+            assert empty.run() == 0
+        assert seen == ["runtime", "runtime", "factory"]
+    finally:
+        rt.close()
+
+
+def test_a_loop_guard_built_late_still_counts_from_the_first_call(sqlite: None) -> None:
+    @wflo.workflow(name="er-capped", guards=wflo.LoopGuard(max_steps=2))
+    def capped() -> int:
+        return sum(tiny(i) for i in range(3))
+
+    with pytest.raises(wflo.errors.LoopDetectedError):
+        capped.run()
+
+
+# ----------------------------------------------------------------------------- PostgreSQL
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[Any]:
+    _config.configure(database=pg_url, lease_seconds=5.0)
+    store = _config.get_store()
+    yield store
+    _config.reset()
+
+
+def _spy_off_loop(store: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    names: list[str] = []
+    real = store.off_loop
+
+    def spy(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        names.append(getattr(fn, "__name__", repr(fn)))
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store, "off_loop", spy)
+    return names
+
+
+@pytest.mark.postgres
+def test_an_async_runs_end_is_sent_from_the_loop_on_postgres(pg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = _spy_off_loop(pg, monkeypatch)
+
+    @wflo.workflow(name="er-pg-aempty")
+    async def flow(x: int) -> dict[str, int]:
+        return {"x": x}
+
+    assert asyncio.run(flow.options(id="er-pg-1").arun(7)) == {"x": 7}
+    assert "_finish_ok" not in names
+    run = pg.get_run("er-pg-1")
+    assert run.status == "succeeded" and run.lease_owner is None
+    assert wflo.RunHandle("er-pg-1", pg).result() == {"x": 7}
+    assert [e.type for e in pg.events("er-pg-1")] == ["run.created", "run.started", "run.completed"]
+
+
+@pytest.mark.postgres
+def test_an_async_run_on_postgres_needs_no_thread_once_the_store_is_open(
+    pg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @wflo.workflow(name="er-pg-nothread")
+    async def flow(x: int) -> int:
+        return x * 2
+
+    @wflo.workflow(name="er-pg-other")
+    async def other() -> int:
+        return 0
+
+    assert asyncio.run(flow.arun(1)) == 2  # the first run of a process may wrap the HTTP clients on a thread
+    names = _spy_off_loop(pg, monkeypatch)
+    hops: list[str] = []
+    real_submit = _workflow._openers.submit
+
+    def submit(key: Any, fn: Any) -> Any:
+        hops.append(repr(fn))
+        return real_submit(key, fn)
+
+    monkeypatch.setattr(_workflow._openers, "submit", submit)
+
+    async def main() -> list[int]:
+        return [await flow.options(id=f"er-nothread-{i}").arun(i) for i in range(3)]
+
+    assert asyncio.run(main()) == [0, 2, 4]
+    assert hops == [] and names == []  # created, begun and ended from the loop
+    for i in range(3):
+        run = pg.get_run(f"er-nothread-{i}")
+        assert (run.status, run.lease_owner, run.attempts) == ("succeeded", None, 1)
+        assert [e.type for e in pg.events(run.id)] == ["run.created", "run.started", "run.completed"]
+    # An id that exists: its result (a finished run), or the refusal of another workflow's id.
+    assert asyncio.run(flow.options(id="er-nothread-1").arun(1)) == 2
+    with pytest.raises(wflo.errors.UserError):
+        asyncio.run(other.options(id="er-nothread-2").arun())
+    assert [e.type for e in pg.events("er-nothread-1")] == ["run.created", "run.started", "run.completed"]
+
+
+@pytest.mark.postgres
+def test_an_async_runs_end_with_finish_ops_goes_through_the_threads_with_them(
+    pg: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = _spy_off_loop(pg, monkeypatch)
+    committed: list[str] = []
+
+    def finish_op(store: Any, run_id: str, status: str) -> Any:
+        if not run_id.startswith("er-ops-"):
+            return None
+
+        def op(cur: Any) -> None:
+            committed.append(status)
+
+        return op
+
+    monkeypatch.setattr(_executor, "_finish_ops", [])
+    add_finish_op(finish_op)
+
+    @wflo.workflow(name="er-pg-ops")
+    async def flow() -> int:
+        assert current_run() is not None
+        return 1
+
+    assert asyncio.run(flow.options(id="er-ops-1").arun()) == 1
+    assert "_finish_ok" in names
+    assert committed == ["succeeded"]
+    assert pg.get_run("er-ops-1").status == "succeeded"
