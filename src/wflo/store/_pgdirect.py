@@ -586,23 +586,31 @@ def _resumed(gen: Any, state: Any) -> Any:
             return stop.value
 
 
+# An append's statement (durable, relaxed) and its parameters, from the store (``_postgres``):
+# ``statement(run_id, head, new, rows, owner, now)`` for an append of ``rows`` (``_link``'s) that
+# changes nothing else of the run.
+AppendStatement = Callable[
+    [str, Head, Head, list[tuple[Any, ...]], str | None, str], tuple[tuple[Statement, Statement], tuple[Any, ...]]
+]
+
+
 class LoopWriter:
     """A run's append from its event loop on one pooled connection (``PostgresStore.loop_writer``),
-    sent as ``append``, the store's ``wflo_append`` statement (durable, and relaxed: see "Commit
-    modes" in ``_postgres``)."""
+    sent as the store's statement for it (``statement``: a step's, or ``wflo_append``; durable,
+    and relaxed: see "Commit modes" in ``_postgres``)."""
 
     def __init__(
-        self, store: PostgresStore, conn: Any, executor: Any, key: Any, token: Any, append: tuple[Statement, Statement]
+        self, store: PostgresStore, conn: Any, executor: Any, key: Any, token: Any, statement: AppendStatement
     ) -> None:
         self._store = store
-        self._append = append
+        self._statement = statement
         self._conn = conn
         self._executor = executor
         self._key = key
         self._token = token
 
     def append(self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None) -> LoopAppend:
-        """``Store.append(run_id, head, events, owner=owner)``: one ``wflo_append``, prepared,
+        """``Store.append(run_id, head, events, owner=owner)``: one statement, prepared,
         committed as ``append`` commits it (durable; relaxed only for a marker alone), sent now;
         await the result for the new head (or ``LeaseLost``, psycopg's errors), or call its
         ``finish()`` to wait for it on this thread. A lost connection is dropped and the append
@@ -613,15 +621,13 @@ class LoopWriter:
         now = now_iso()
         relaxed = bool(events) and all(e.type in RELAXED_MARKERS for e in events)
         new, rows = store._link(run_id, head, events)
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
-        params = (run_id, head.seq, owner, new.seq, new.hash, now, None, False, None, None, False, None, None,
-                  *[array_text(c) for c in cols[1:]])  # fmt: skip
+        statements, params = self._statement(run_id, head, new, rows, owner, now)
         conn = self._conn
         if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
             raise psycopg.InterfaceError("the connection is in use")
         self._conn = None  # given back by the append once answered
         try:
-            exchange = Exchange(store._direct_gen(conn, self._append[relaxed], params), conn.pgconn)
+            exchange = Exchange(store._direct_gen(conn, statements[relaxed], params), conn.pgconn)
         except BaseException:
             conn.lock.release()
             store._pool.put(conn, broken=store._conn_broken(conn))
