@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from .._errors import ConfigurationError, LeaseLost, StoreUnavailableError
 from ._base import Store, StoreOp, run_ops
+from ._migrations import M025_PGSTEP_LEAN_STEP, MIGRATIONS
 from ._pgdirect import (
     LEASE_LOST,
     PREPARED,
@@ -164,11 +165,11 @@ _STEP_RELAXED = f"{_STEP}, {_RELAX}"
 def _append_statement(
     run_id: str, head: Head, new: Head, rows: list[tuple[Any, ...]], *, owner: str | None, now: str,
     status: str | None, finish: bool, output_json: str | None, error_json: str | None, release: bool,
-    wake_at: str | None, notify: bool,
+    wake_at: str | None, notify: bool, lean: bool,
 ) -> tuple[bool, tuple[Any, ...]]:  # fmt: skip
     """An append's statement, as whether it is a step's (``_STEP``, else ``_APPEND``), and its
-    parameters."""
-    if len(rows) == 1 and status is None and not (finish or release or notify) and wake_at is None:
+    parameters. ``lean``: the schema has ``wflo_lease_lost`` (m025)."""
+    if lean and len(rows) == 1 and status is None and not (finish or release or notify) and wake_at is None:
         return True, (new.seq, new.hash, now, run_id, head.seq, owner, *rows[0], run_id)
     cols = list(zip(*rows, strict=True)) if rows else [()] * 7
     return False, (run_id, head.seq, owner, new.seq, new.hash, now, status, finish, output_json, error_json,
@@ -195,16 +196,6 @@ _FENCE_ALONE = (Statement("SELECT wflo_fence(%s, %s)"), Statement(f"SELECT wflo_
 _RELAX_ALONE = Statement(f"SELECT {_RELAX}")
 # ``write_rows``'s statements by their text as given (``?`` placeholders).
 _ROW_STATEMENTS: dict[str, Statement] = {}
-
-
-def _loop_statement(
-    run_id: str, head: Head, new: Head, rows: list[tuple[Any, ...]], owner: str | None, now: str
-) -> tuple[tuple[Statement, Statement], tuple[Any, ...]]:
-    """The statements (durable, relaxed) and parameters of an append from the event loop
-    (``LoopWriter``: events alone, no change of the run's projection)."""
-    step, params = _append_statement(run_id, head, new, rows, owner=owner, now=now, status=None, finish=False,
-                                    output_json=None, error_json=None, release=False, wake_at=None, notify=False)  # fmt: skip
-    return (_STEP_ALONE if step else _APPEND_ALONE), params
 
 
 T = TypeVar("T")
@@ -415,6 +406,36 @@ class PostgresStore(Store):
             if not self._idle(conn):
                 conn.rollback()
 
+    # Whether a step's append may be the lean statement (``_STEP``): its schema has m025's
+    # ``wflo_lease_lost``. True once the schema is known to be this wflo's (``ensure_schema``,
+    # ``migrate``); else (a store opened without checking its schema) read once from it.
+    _lean_step: bool | None = None
+
+    def ensure_schema(self, auto_migrate: bool = True) -> None:
+        super().ensure_schema(auto_migrate)
+        self._lean_step = True
+
+    def migrate(self) -> list[str]:
+        applied = super().migrate()
+        self._lean_step = True
+        return applied
+
+    def _lean(self) -> bool:
+        lean = self._lean_step
+        if lean is None:
+            lean = self._lean_step = self.schema_version() > MIGRATIONS.index(M025_PGSTEP_LEAN_STEP)
+        return lean
+
+    def _loop_statement(
+        self, run_id: str, head: Head, new: Head, rows: list[tuple[Any, ...]], owner: str | None, now: str
+    ) -> tuple[tuple[Statement, Statement], tuple[Any, ...]]:
+        """The statements (durable, relaxed) and parameters of an append from the event loop
+        (``LoopWriter``: events alone, no change of the run's projection)."""
+        step, params = _append_statement(run_id, head, new, rows, owner=owner, now=now, status=None, finish=False,
+                                         output_json=None, error_json=None, release=False, wake_at=None,
+                                         notify=False, lean=self._lean())  # fmt: skip
+        return (_STEP_ALONE if step else _APPEND_ALONE), params
+
     # The direct path's statement on its own (``_pgdirect``), as this store's methods: a store's
     # sends go through its own attribute, which a test can replace on that store alone.
     _direct = direct  # run it on the calling thread
@@ -439,7 +460,7 @@ class PostgresStore(Store):
         if conn is None:
             executor.give_back(key, token)
             return None
-        return LoopWriter(self, conn, executor, key, token, _loop_statement)
+        return LoopWriter(self, conn, executor, key, token, self._loop_statement)
 
     def _roll_back(self, conn: Any) -> None:
         """After a failed pipelined transaction: roll back what it left open on ``conn``, if
@@ -580,7 +601,7 @@ class PostgresStore(Store):
         waits for an answer before the commit. ``relaxed`` (never with ops): see Commit modes."""
         step, params = _append_statement(
             run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish, output_json=output_json,
-            error_json=error_json, release=release, wake_at=wake_at, notify=notify,
+            error_json=error_json, release=release, wake_at=wake_at, notify=notify, lean=self._lean(),
         )  # fmt: skip
         sql, sql_relaxed = (_STEP, _STEP_RELAXED) if step else (_APPEND, _APPEND_RELAXED)
         psycopg = self._psycopg
