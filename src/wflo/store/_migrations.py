@@ -575,6 +575,27 @@ M024_SQLSTEP_TYPE_COND = Migration(
 )
 
 
+# A step's append on PostgreSQL, leaner (issue 20, measured): a step moves its run's head and
+# appends one event, nothing else of the run changes. ``wflo_append`` did that with its general
+# UPDATE (a CASE for every column a run's end, a wait or a release changes, and ``status`` named,
+# so the executor prepared the status trigger's WHEN for each row) and six arrays parsed and
+# unnested for one event; the server spent about twice a raw insert's time on it. The store now
+# sends such an append as one plain statement (``_STEP`` in ``_postgres``): the head's fenced
+# UPDATE, the event's INSERT from that UPDATE's row (nothing is inserted when the fence fails),
+# and this function, called only when the UPDATE found no run at that head under that owner, to
+# raise the lost lease as ``wflo_append`` does (SQLSTATE WF001, the statement rolled back).
+# ``wflo_append`` is unchanged and still makes every other append.
+_PG_LEASE_LOST = """
+CREATE OR REPLACE FUNCTION wflo_lease_lost(p_run text) RETURNS integer
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RAISE EXCEPTION 'wflo: the lease of run % was lost', p_run USING ERRCODE = 'WF001';
+END
+$$"""
+
+M025_PGSTEP_LEAN_STEP = Migration("m025_pgstep_lean_step", "", {"postgresql": (_PG_LEASE_LOST,)})
+
+
 class _Migrations(Sequence[Migration]):
     """The one ordered list of migrations, some of them kept by the package owning their tables.
 
@@ -640,6 +661,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         M022_EVENTIDX_TYPE_PARTIAL,
         "wflo.engine._tables:M023_WORKERS",
         M024_SQLSTEP_TYPE_COND,
+        M025_PGSTEP_LEAN_STEP,
         "wflo.auth._device:M027_DEVICE_REQUESTS",
     )
 )

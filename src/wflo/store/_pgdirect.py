@@ -636,23 +636,31 @@ def _resumed(gen: Any, state: Any) -> Any:
             return stop.value
 
 
+# An append's statement (durable, relaxed) and its parameters, from the store (``_postgres``):
+# ``statement(run_id, head, new, rows, owner, now)`` for an append of ``rows`` (``_link``'s) that
+# changes nothing else of the run.
+AppendStatement = Callable[
+    [str, Head, Head, list[tuple[Any, ...]], str | None, str], tuple[tuple[Statement, Statement], tuple[Any, ...]]
+]
+
+
 class LoopWriter:
     """A run's append from its event loop on one pooled connection (``PostgresStore.loop_writer``),
-    sent as ``append``, the store's ``wflo_append`` statement (durable, and relaxed: see "Commit
-    modes" in ``_postgres``)."""
+    sent as the store's statement for it (``statement``: a step's, or ``wflo_append``; durable,
+    and relaxed: see "Commit modes" in ``_postgres``)."""
 
     def __init__(
-        self, store: PostgresStore, conn: Any, executor: Any, key: Any, token: Any, append: tuple[Statement, Statement]
+        self, store: PostgresStore, conn: Any, executor: Any, key: Any, token: Any, statement: AppendStatement
     ) -> None:
         self._store = store
-        self._append = append
+        self._statement = statement
         self._conn = conn
         self._executor = executor
         self._key = key
         self._token = token
 
     def append(self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None) -> LoopAppend:
-        """``Store.append(run_id, head, events, owner=owner)``: one ``wflo_append``, prepared,
+        """``Store.append(run_id, head, events, owner=owner)``: one statement, prepared,
         committed as ``append`` commits it (durable; relaxed only for a marker alone), sent now;
         await the result for the new head (or ``LeaseLost``, psycopg's errors), or call its
         ``finish()`` to wait for it on this thread. A lost connection is dropped and the append
@@ -663,15 +671,13 @@ class LoopWriter:
         now = now_iso()
         relaxed = bool(events) and all(e.type in RELAXED_MARKERS for e in events)
         new, rows = store._link(run_id, head, events)
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
-        params = (run_id, head.seq, owner, new.seq, new.hash, now, None, False, None, None, False, None, None,
-                  *[array_text(c) for c in cols[1:]])  # fmt: skip
+        statements, params = self._statement(run_id, head, new, rows, owner, now)
         conn = self._conn
         if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
             raise psycopg.InterfaceError("the connection is in use")
         self._conn = None  # given back by the append once answered
         try:
-            exchange = Exchange(store._direct_gen(conn, self._append[relaxed], params), conn.pgconn)
+            exchange = Exchange(store._direct_gen(conn, statements[relaxed], params), conn.pgconn)
         except BaseException:
             conn.lock.release()
             store._pool.put(conn, broken=store._conn_broken(conn))
@@ -689,20 +695,22 @@ class LoopWriter:
         append and always durable (a run's end is never relaxed). Otherwise as :meth:`append`:
         sent now, one per writer; a lost connection makes it again through ``Store.append``,
         which finds out whether the first one committed."""
+        from ._postgres import _APPEND_ALONE, _append_statement
+
         store = self._store
         psycopg = store._psycopg
         now = now_iso()
-        output_json = canonical_json(output)
         new, rows = store._link(run_id, head, events)
-        cols = list(zip(*rows, strict=True)) if rows else [()] * 7
-        params = (run_id, head.seq, owner, new.seq, new.hash, now, status, True, output_json, None, False, None,
-                  "wflo_runs", *[array_text(c) for c in cols[1:]])  # fmt: skip
+        _, params = _append_statement(
+            run_id, head, new, rows, owner=owner, now=now, status=status, finish=True,
+            output_json=canonical_json(output), error_json=None, release=False, wake_at=None, notify=True, lean=False,
+        )  # fmt: skip
         conn = self._conn
         if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
             raise psycopg.InterfaceError("the connection is in use")
         self._conn = None  # given back by the append once answered
         try:
-            exchange = Exchange(store._direct_gen(conn, self._append[False], params), conn.pgconn)
+            exchange = Exchange(store._direct_gen(conn, _APPEND_ALONE[False], params), conn.pgconn)
         except BaseException:
             conn.lock.release()
             store._pool.put(conn, broken=store._conn_broken(conn))

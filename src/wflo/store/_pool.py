@@ -138,8 +138,26 @@ def _most_recent_first(base: Any) -> Any:
     return MostRecentFirst
 
 
+_HOT_WAIT = 0.05  # s: how often a thread waiting for a connection looks in ``PsycopgPool``'s slot
+_IDLE = 0  # libpq's PQTRANS_IDLE (``psycopg.pq.TransactionStatus.IDLE``)
+_CONNECTION_OK = 0  # libpq's CONNECTION_OK
+
+
 class PsycopgPool:
-    """``psycopg_pool.ConnectionPool`` behind the store's small pool interface."""
+    """``psycopg_pool.ConnectionPool`` behind the store's small pool interface.
+
+    The connection given back last waits in a slot of its own (``_hot``) for the next ``get``,
+    not in ``psycopg_pool``'s queue (issue 20, measured): ``getconn`` and ``putconn`` are Python
+    code with a lock, statistics and log calls each, about a quarter of the client's work for a
+    step's append (the slot: a list's pop and append, atomic under the GIL). It is the
+    connection ``psycopg_pool`` would have handed out next (the last one back, see
+    ``_most_recent_first``; the one it displaces goes back to ``psycopg_pool``); for
+    ``psycopg_pool`` it stays checked out, so the bound on connections holds as before. Only an
+    idle, healthy connection waits there, and not past its ``max_lifetime`` (it then goes back
+    through ``putconn``, which replaces it), and only while no thread waits in ``psycopg_pool``
+    for one (it is then handed to the first of them there); a broken one goes back as before,
+    and the slot's one on ``discard_idle`` (then checked with the others) and ``close``.
+    """
 
     def __init__(self, store: PostgresStore) -> None:
         try:
@@ -164,10 +182,31 @@ class PsycopgPool:
             open=False,
         )
         self._pool.open(wait=False)
+        self._hot: list[Any] = []  # at most one connection, idle, checked out of ``_pool``
 
     def get(self) -> Any:
+        hot = self._hot
+        if hot:
+            try:
+                return hot.pop()
+            except IndexError:  # another thread took it meanwhile
+                pass
+        # A connection put in the slot just before this thread began to wait in psycopg_pool
+        # would not wake it (``put`` hands it to psycopg_pool only when somebody waits there
+        # already): wait in slices, and look in the slot between them.
+        deadline = time.monotonic() + self._store.pool_timeout
         try:
-            return self._pool.getconn()
+            while True:
+                try:
+                    return self._pool.getconn(timeout=max(min(_HOT_WAIT, deadline - time.monotonic()), 0.001))
+                except self._timeout_error:
+                    if time.monotonic() >= deadline:
+                        raise
+                if hot:
+                    try:
+                        return hot.pop()
+                    except IndexError:
+                        pass
         except self._timeout_error:
             try:
                 self._store._connect().close()
@@ -181,6 +220,12 @@ class PsycopgPool:
 
     def get_idle(self) -> Any:
         """A connection only if one is idle in the pool now (never waits for one), else ``None``."""
+        hot = self._hot
+        if hot:
+            try:
+                return hot.pop()
+            except IndexError:
+                pass
         idle = getattr(self._pool, "_pool", None)  # psycopg_pool's idle connections
         if not idle:
             return None
@@ -194,10 +239,42 @@ class PsycopgPool:
         if broken:
             with suppress(Exception):
                 conn.close()  # the pool then replaces it instead of handing it out again
+        elif self._ready(conn) and not getattr(self._pool, "_waiting", True):  # nobody waits in psycopg_pool
+            hot = self._hot
+            hot.append(conn)  # the last one back is the next one out
+            while len(hot) > 1:  # the one it displaces goes back to psycopg_pool
+                try:
+                    conn = hot.pop(0)
+                except IndexError:  # taken meanwhile
+                    return
+                self._pool.putconn(conn)
+            return
         self._pool.putconn(conn)
 
+    def _ready(self, conn: Any) -> bool:
+        """Whether ``conn`` may wait in the slot: open, idle, not past its lifetime, pool open."""
+        pgconn = conn.pgconn
+        return bool(
+            pgconn.status == _CONNECTION_OK
+            and pgconn.transaction_status == _IDLE
+            and not self._pool.closed
+            and getattr(conn, "_expire_at", 0.0) > time.monotonic()
+        )
+
+    def _give_back_hot(self) -> None:
+        """The slot's connection back to ``psycopg_pool`` (which checks it as any other)."""
+        while self._hot:
+            try:
+                conn = self._hot.pop()
+            except IndexError:
+                return
+            with suppress(Exception):
+                self._pool.putconn(conn)
+
     def discard_idle(self) -> None:
+        self._give_back_hot()
         self._pool.check()
 
     def close(self) -> None:
+        self._give_back_hot()
         self._pool.close(timeout=5.0)

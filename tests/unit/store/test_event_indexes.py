@@ -130,7 +130,7 @@ def test_a_store_at_m023_with_events_upgrades_and_answers_alike(store_url: str) 
 
         store.write(back_to_m023)
         before = _answers(store, old=False)
-        assert store.migrate() == ["m024_sqlstep_type_cond"]
+        assert store.migrate()[0] == "m024_sqlstep_type_cond"  # and those after it, re-applied
         assert _answers(store, old=False) == before
         assert before["budget alerts"] and before["the feed's approvals"] and before["spend from the journal"]
         if store.dialect == "sqlite":

@@ -1,10 +1,11 @@
 """PostgreSQL's hot append goes straight to libpq (issue 20): ``PostgresStore._direct`` sends
-the prepared ``wflo_append`` without psycopg's cursor. What that path must still do: raise
-``LeaseLost`` for a lost lease, raise other errors as psycopg's classes, survive a session
-that lost its prepared statements and a connection the server dropped, commit relaxed only
-where it did, and prepare nothing behind a transaction pooler. The same for ``write_rows``
-(the LangGraph checkpointer's writes), which pipelines its statements in one implicit
-transaction through ``direct_rows`` (both in ``wflo.store._pgdirect``)."""
+the prepared append (a step's statement, or ``wflo_append``) without psycopg's cursor. What
+that path must still do: raise ``LeaseLost`` for a lost lease, raise other errors as psycopg's
+classes, survive a session that lost its prepared statements and a connection the server
+dropped, commit relaxed only where it did, and prepare nothing behind a transaction pooler.
+The same for ``write_rows`` (the LangGraph checkpointer's writes), which pipelines its
+statements in one implicit transaction through ``direct_rows`` (both in
+``wflo.store._pgdirect``)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def test_a_lost_lease_still_raises_lease_lost_through_the_direct_path(store: Pos
         store.append("r-direct-fence", head, [NewEvent("step.completed", {})], owner="b")
     with pytest.raises(LeaseLost):  # a stale head, even for the holder
         store.append("r-direct-fence", Head(head.seq - 1, head.hash), [NewEvent("step.completed", {})], owner="a")
-    assert sent and all("wflo_append" in s for s in sent)
+    assert sent and all("wflo_lease_lost" in s for s in sent)  # a step's statement (m025)
     new = store.append("r-direct-fence", head, [NewEvent("step.completed", {"n": 1})], owner="a")
     assert new.seq == head.seq + 1
     assert [e.type for e in store.events("r-direct-fence")][-1] == "step.completed"

@@ -20,7 +20,7 @@ import pytest
 from wflo._errors import LeaseLost
 from wflo.store import Head, NewEvent, open_store
 from wflo.store._pgdirect import alone
-from wflo.store._postgres import _APPEND_ALONE, PostgresStore
+from wflo.store._postgres import _APPEND_ALONE, _STEP_ALONE, PostgresStore
 
 pytestmark = pytest.mark.postgres
 
@@ -71,7 +71,7 @@ def test_an_append_from_the_loop_is_fenced_durable_and_leaves_the_connection_idl
 
     new = asyncio.run(main())
     assert new.seq == head.seq + 1
-    assert len(sent) == 3 and all(s == _APPEND_ALONE[0].sql for s in sent)  # durable, not relaxed
+    assert len(sent) == 3 and all(s == _STEP_ALONE[0].sql for s in sent)  # durable, not relaxed
     assert [e.type for e in store.events("r-loop-fence")][-1] == "step.completed"
     assert store.get_run("r-loop-fence").last_seq == new.seq
     with store._connection() as conn:

@@ -177,3 +177,71 @@ def _identity(conn: Any) -> int:
     """The server process of a PostgreSQL connection, the object of a SQLite one."""
     pgconn = getattr(conn, "pgconn", None)
     return int(pgconn.backend_pid) if pgconn is not None else id(conn)
+
+
+@pytest.mark.postgres
+def test_the_connection_given_back_last_skips_psycopg_pool_until_it_cannot(pg_url: str) -> None:
+    """PostgreSQL (issue 20): the connection given back last waits in the store's slot, so a
+    statement in a row costs no ``getconn``/``putconn`` of psycopg_pool; a broken one, one past
+    its lifetime, and the slot's one on ``discard_idle`` and ``close`` go back to psycopg_pool."""
+    store = open_store(pg_url)
+    try:
+        pool = store._get_pool()
+        inner = pool._pool
+        calls: list[str] = []
+        getconn, putconn = inner.getconn, inner.putconn
+        inner.getconn = lambda *a, **k: (calls.append("get"), getconn(*a, **k))[1]
+        inner.putconn = lambda conn: (calls.append("put"), putconn(conn))[1]
+        for _ in range(5):
+            assert store.read("SELECT 1") == [(1,)]
+        assert calls == [], calls  # each from the slot, back to it
+        conn = pool.get()
+        pool.put(conn, broken=True)  # closed, and back to psycopg_pool, which replaces it
+        assert calls == ["put"] and conn.closed
+        conn = pool.get()
+        conn._expire_at = 0.0  # past its lifetime
+        pool.put(conn)
+        assert calls[-1] == "put" and not pool._hot
+        store.read("SELECT 1")
+        assert len(pool._hot) == 1
+        pool.discard_idle()
+        assert not pool._hot and calls[-1] == "put"
+        store.read("SELECT 1")
+        with store._connection() as conn:
+            conn.execute("BEGIN")  # not idle: never kept in the slot
+        assert not pool._hot and calls[-1] == "put"
+    finally:
+        store.close()
+    assert not pool._hot
+
+
+@pytest.mark.postgres
+def test_a_thread_waiting_for_the_only_connection_gets_it_back_at_once(pg_url: str) -> None:
+    """With every connection out, a thread waiting for one gets the next one given back, never
+    left waiting while it sits in the store's slot (pool_size=1: it would wait the pool's
+    timeout)."""
+    import threading
+    import time
+
+    store = open_store(f"{pg_url}&pool_size=1")
+    try:
+        pool = store._get_pool()
+        for delay in (0.0, 0.2):  # put before the waiter waits in psycopg_pool, and after
+            conn = pool.get()
+            got: list[float] = []
+
+            def waiter(got: list[float]) -> None:
+                other = pool.get()
+                got.append(time.monotonic())
+                pool.put(other)
+
+            thread = threading.Thread(target=waiter, args=(got,))
+            thread.start()
+            time.sleep(delay)
+            given = time.monotonic()
+            pool.put(conn)
+            thread.join(5)
+            assert got and got[0] - given < 0.5, (delay, got and got[0] - given)
+        assert store.read("SELECT 1") == [(1,)]
+    finally:
+        store.close()
