@@ -659,6 +659,21 @@ class LoopWriter:
         self._key = key
         self._token = token
 
+    def _send(self, statement: Statement, params: Sequence[Any]) -> tuple[Any, Exchange]:
+        """The writer's one statement begun on its connection (taken from the writer: given back
+        to the pool with the answer, or here at once when it could not be begun)."""
+        store = self._store
+        conn = self._conn
+        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
+            raise store._psycopg.InterfaceError("the connection is in use")
+        self._conn = None
+        try:
+            return conn, Exchange(store._direct_gen(conn, statement, params), conn.pgconn)
+        except BaseException:
+            conn.lock.release()
+            store._pool.put(conn, broken=store._conn_broken(conn))
+            raise
+
     def append(self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None) -> LoopAppend:
         """``Store.append(run_id, head, events, owner=owner)``: one statement, prepared,
         committed as ``append`` commits it (durable; relaxed only for a marker alone), sent now;
@@ -667,21 +682,11 @@ class LoopWriter:
         made again on a store thread, where ``append`` finds out whether the first one committed.
         One append per writer: its connection goes back to the pool with the answer."""
         store = self._store
-        psycopg = store._psycopg
         now = now_iso()
         relaxed = bool(events) and all(e.type in RELAXED_MARKERS for e in events)
         new, rows = store._link(run_id, head, events)
         statements, params = self._statement(run_id, head, new, rows, owner, now)
-        conn = self._conn
-        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
-            raise psycopg.InterfaceError("the connection is in use")
-        self._conn = None  # given back by the append once answered
-        try:
-            exchange = Exchange(store._direct_gen(conn, statements[relaxed], params), conn.pgconn)
-        except BaseException:
-            conn.lock.release()
-            store._pool.put(conn, broken=store._conn_broken(conn))
-            raise
+        conn, exchange = self._send(statements[relaxed], params)
         return LoopAppend(store, conn, exchange, functools.partial(store.append, run_id, head, events, owner=owner),
                           run_id, owner, new)  # fmt: skip
 
@@ -698,23 +703,13 @@ class LoopWriter:
         from ._postgres import _APPEND_ALONE, _append_statement
 
         store = self._store
-        psycopg = store._psycopg
         now = now_iso()
         new, rows = store._link(run_id, head, events)
         _, params = _append_statement(
             run_id, head, new, rows, owner=owner, now=now, status=status, finish=True,
             output_json=canonical_json(output), error_json=None, release=False, wake_at=None, notify=True, lean=False,
         )  # fmt: skip
-        conn = self._conn
-        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
-            raise psycopg.InterfaceError("the connection is in use")
-        self._conn = None  # given back by the append once answered
-        try:
-            exchange = Exchange(store._direct_gen(conn, _APPEND_ALONE[False], params), conn.pgconn)
-        except BaseException:
-            conn.lock.release()
-            store._pool.put(conn, broken=store._conn_broken(conn))
-            raise
+        conn, exchange = self._send(_APPEND_ALONE[False], params)
         redo = functools.partial(store.append, run_id, head, events, owner=owner, status=status, output=output,
                                  finish=True)  # fmt: skip
         return LoopAppend(store, conn, exchange, redo, run_id, owner, new)
@@ -732,7 +727,6 @@ class LoopWriter:
         from ._postgres import _CREATE_ALONE
 
         store = self._store
-        psycopg = store._psycopg
         now = now_iso()
         created_data = {"workflow": workflow, "input": input, "parent_id": None, "tenant": tenant}
         events = [
@@ -744,16 +738,7 @@ class LoopWriter:
                   head.seq, head.hash, 1, now, now, queue, priority, partition_key, now)  # fmt: skip
         cols = list(zip(*rows, strict=True))
         params = (*values[:8], True, lease_seconds, *values[8:], *[array_text(c) for c in cols[1:]], False, run_id)
-        conn = self._conn
-        if conn is None or not conn.lock.acquire(blocking=False):  # never: the connection is ours alone
-            raise psycopg.InterfaceError("the connection is in use")
-        self._conn = None  # given back once answered
-        try:
-            exchange = Exchange(store._direct_gen(conn, _CREATE_ALONE[True], params), conn.pgconn)
-        except BaseException:
-            conn.lock.release()
-            store._pool.put(conn, broken=store._conn_broken(conn))
-            raise
+        conn, exchange = self._send(_CREATE_ALONE[True], params)
         redo = functools.partial(
             store.create_run, run_id=run_id, workflow=workflow, input=input, options=options, tenant=tenant,
             owner=owner, lease_seconds=lease_seconds, queue=queue, priority=priority, partition_key=partition_key,
