@@ -7,8 +7,6 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .._config import settings
-
 if TYPE_CHECKING:
     from ..store import Store
     from ._context import RunContext
@@ -46,13 +44,15 @@ class Heartbeats:
 
     def _loop(self) -> None:
         while True:
-            with self._lock:
-                runs = list(self._runs.values())
             # Each run's lease is its runtime's; the beat comes as often as the shortest needs.
-            leases = [ctx.runtime.settings.lease_seconds for ctx in runs] or [settings().lease_seconds]
+            # No run: nothing to renew, so the thread waits for the next ``track`` (which wakes
+            # it: the period is set under the same lock as the runs are read, so a run tracked
+            # meanwhile sees it) and reads no settings: the process's may be unreadable now (an
+            # environment changed since), which must not end this thread.
             with self._lock:
-                self._period = min(leases) / 3
-            if self._wake.wait(self._period):
+                leases = [ctx.runtime.settings.lease_seconds for ctx in self._runs.values()]
+                self._period = min(leases) / 3 if leases else float("inf")
+            if self._wake.wait(self._period if leases else None):
                 self._wake.clear()
                 continue  # woken to wait less: the leases just taken have all their time
             with self._lock:

@@ -11,6 +11,7 @@ import pytest
 import wflo
 import wflo.config
 from wflo import _config
+from wflo._errors import ConfigurationError
 from wflo._runtime import _PROCESS
 from wflo.config import Runtime, runtime
 from wflo.cost import PriceBook
@@ -124,3 +125,37 @@ def test_heartbeats_renew_a_run_on_its_runtimes_lease(tmp_path: Path) -> None:
         assert taken and taken[0] not in (None, "thief:1:x")
     finally:
         rt.close()
+
+
+def test_the_heartbeat_thread_outlives_unreadable_settings_between_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between runs the heartbeat thread has nothing to renew: it waits for the next run and
+    reads no settings, so an environment that stopped making sense meanwhile (a test's bad
+    value; CI caught the thread dying of it) does not end it, and the next run is renewed."""
+    from wflo.engine._heartbeat import heartbeats
+
+    _config.configure(database=f"sqlite:///{tmp_path}/p.db", lease_seconds=1.0)
+    assert slow.options(id="beat-1").run() == "done"  # the thread runs, then has no run
+    thread = heartbeats._thread
+    assert thread is not None and thread.is_alive()
+    monkeypatch.setenv("WFLO_PG_POOLER", "statement")  # not a valid setting
+    _config.reset()  # as between tests: the process's settings are read again at next use
+    with pytest.raises(ConfigurationError):
+        _config.settings()  # and they now fail to load
+    heartbeats._wake.set()  # the thread looks again now
+    time.sleep(0.3)
+    assert thread.is_alive()
+    monkeypatch.delenv("WFLO_PG_POOLER")
+    _config.configure(database=f"sqlite:///{tmp_path}/p.db", lease_seconds=1.0)
+    taken: list[str | None] = []
+
+    def thief() -> None:
+        time.sleep(2.0)  # twice the lease: it would have lapsed without a beat
+        taken.append(_config.get_store().claim("beat-2", "thief:1:x", 1.0).lease_owner)
+
+    other = threading.Thread(target=thief)
+    other.start()
+    assert slow.options(id="beat-2").run() == "done"
+    other.join(timeout=10)
+    assert taken and taken[0] not in (None, "thief:1:x") and heartbeats._thread is thread
