@@ -724,7 +724,7 @@ class LoopWriter:
         ``run.started`` events, relaxed as that start is: see "Commit modes" in ``_postgres``),
         idempotent on ``run_id``. Await it for ``(record, created)``. A lost connection makes
         it again through ``Store.create_run``; one statement per writer, as :meth:`append`."""
-        from ._postgres import _CREATE_ALONE
+        from ._postgres import _CREATE_ALONE, _create_params
 
         store = self._store
         now = now_iso()
@@ -736,9 +736,7 @@ class LoopWriter:
         head, rows = store._link(run_id, Head(0, GENESIS), events)
         values = (run_id, workflow, "running", canonical_json(input), None, tenant, canonical_json(options), owner,
                   head.seq, head.hash, 1, now, now, queue, priority, partition_key, now)  # fmt: skip
-        cols = list(zip(*rows, strict=True))
-        params = (*values[:8], True, lease_seconds, *values[8:], *[array_text(c) for c in cols[1:]], False, run_id)
-        conn, exchange = self._send(_CREATE_ALONE[True], params)
+        conn, exchange = self._send(_CREATE_ALONE[True], _create_params(values, rows, lease_seconds))
         redo = functools.partial(
             store.create_run, run_id=run_id, workflow=workflow, input=input, options=options, tenant=tenant,
             owner=owner, lease_seconds=lease_seconds, queue=queue, priority=priority, partition_key=partition_key,

@@ -162,6 +162,16 @@ SELECT coalesce((SELECT cancel_requested FROM h), wflo_lease_lost(%s::text))"""
 _STEP_RELAXED = f"{_STEP}, {_RELAX}"
 
 
+def _create_params(
+    values: tuple[Any, ...], rows: list[tuple[Any, ...]], lease_seconds: float | None
+) -> tuple[Any, ...]:
+    """``_CREATE_RUN``'s parameters: the run's ``values``, its lease (``None``: enqueued, no
+    owner) and its first events' ``rows`` (``_link``'s) as arrays."""
+    cols = list(zip(*rows, strict=True))
+    return (*values[:8], lease_seconds is not None, lease_seconds or 0.0, *values[8:],
+            *[array_text(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
+
+
 def _append_statement(
     run_id: str, head: Head, new: Head, rows: list[tuple[Any, ...]], *, owner: str | None, now: str,
     status: str | None, finish: bool, output_json: str | None, error_json: str | None, release: bool,
@@ -560,9 +570,7 @@ class PostgresStore(Store):
     def _create_run_once(
         self, values: tuple[Any, ...], rows: list[tuple[Any, ...]], lease_seconds: float | None
     ) -> tuple[tuple[Any, ...] | None, bool]:
-        cols = list(zip(*rows, strict=True))
-        params = (*values[:8], lease_seconds is not None, lease_seconds or 0.0, *values[8:],
-                  *[array_text(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
+        params = _create_params(values, rows, lease_seconds)
         # A run its caller executes now (it has an owner) starts relaxed; an enqueued one is
         # durable before its handle is returned. See Commit modes.
         with self._connection() as conn:
