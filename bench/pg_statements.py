@@ -15,7 +15,9 @@ Variants (those whose statement the store does not have are skipped with a note)
   before "pgempty");
 - ``store``: the statements the store sends now (``_CREATE_OWNED_RELAXED`` and ``_END``);
 - ``no counts``: the store's with triggers off (``session_replication_role = replica``): what
-  the status counters (``wflo_run_counts``) cost the two statements.
+  the status counters (``wflo_run_counts``) cost the two statements;
+- ``m020 counts``: the store's statements on a second database whose counters' function is
+  m020's (a move's two counts sorted by ``ORDER BY``), against m026's in ``store``.
 
     python bench/pg_statements.py [--iterations 300] [--rounds 5] [--no-flush]
 
@@ -141,14 +143,19 @@ def main() -> None:
     parser.add_argument("--no-flush", action="store_true", help="every commit relaxed: the server's work alone")
     args = parser.parse_args()
 
-    url = fresh_pg("pg_statements")
-    store = pg.PostgresStore(url)
-    store.ensure_schema()
-    store.close()
     import psycopg
 
+    from wflo.store._migrations import _PG_RUN_COUNTS_ONE_STATEMENT
+
+    url, url_m020 = fresh_pg("pg_statements"), fresh_pg("pg_statements_m020")
+    for u in (url, url_m020):
+        store = pg.PostgresStore(u)
+        store.ensure_schema()
+        store.close()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(RAW_TABLE)
+    with psycopg.connect(url_m020, autocommit=True) as conn:
+        conn.execute(_PG_RUN_COUNTS_ONE_STATEMENT)
     nf = args.no_flush
     store_create = (pg._CREATE_ALONE[True].sql, pg._create_params)
     sides = {
@@ -156,6 +163,7 @@ def main() -> None:
         "general": Side(url, (pg._CREATE_RUN_RELAXED, _array_params), _end_with(False), no_flush=nf),
         "store": Side(url, store_create, _end_with(True), no_flush=nf),
         "no counts": Side(url, store_create, _end_with(True), replica=True, no_flush=nf),
+        "m020 counts": Side(url_m020, store_create, _end_with(True), no_flush=nf),
     }
     print(f"# {args.rounds} rounds x {args.iterations} iterations{', no flush' if nf else ''}")
     names = list(sides)
@@ -178,7 +186,8 @@ def main() -> None:
     for side in sides.values():
         side.conn.close()
     with psycopg.connect(PG, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
+        for u in (url, url_m020):
+            conn.execute(f"DROP DATABASE IF EXISTS {u.rsplit('/', 1)[1]} WITH (FORCE)")
 
 
 if __name__ == "__main__":
