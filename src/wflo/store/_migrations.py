@@ -596,6 +596,38 @@ $$"""
 M025_PGSTEP_LEAN_STEP = Migration("m025_pgstep_lean_step", "", {"postgresql": (_PG_LEASE_LOST,)})
 
 
+# A cheaper move of a run between two statuses on PostgreSQL (issue 20, measured: "pgempty" in
+# docs/benchmarks.md): m020's upsert of the two counts took its rows from a VALUES list sorted
+# by status (``ORDER BY``: a Sort node in the plan, run on every change of status, at every
+# run's end). The function now writes the two rows in status order itself (one comparison),
+# in the same one upsert, so the locks are still taken in status order (two changes never wait
+# on each other in a cycle) and the counts are the same. About 8 µs of the server's time less
+# per end. Inserts and deletes are as before.
+_PG_RUN_COUNTS_ORDERED = """
+CREATE OR REPLACE FUNCTION wflo_run_counts() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO run_counts (status, shard, n) VALUES (NEW.status, hashtext(NEW.id) & 15, 1)
+            ON CONFLICT (status, shard) DO UPDATE SET n = run_counts.n + 1;
+    ELSIF TG_OP = 'DELETE' THEN
+        UPDATE run_counts SET n = n - 1 WHERE status = OLD.status AND shard = hashtext(OLD.id) & 15;
+    ELSIF OLD.status < NEW.status THEN
+        INSERT INTO run_counts AS c (status, shard, n)
+        VALUES (OLD.status, hashtext(NEW.id) & 15, -1), (NEW.status, hashtext(NEW.id) & 15, 1)
+            ON CONFLICT (status, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
+    ELSIF OLD.status > NEW.status THEN
+        INSERT INTO run_counts AS c (status, shard, n)
+        VALUES (NEW.status, hashtext(NEW.id) & 15, 1), (OLD.status, hashtext(NEW.id) & 15, -1)
+            ON CONFLICT (status, shard) DO UPDATE SET n = c.n + EXCLUDED.n;
+    END IF;
+    RETURN NULL;
+END
+$$"""
+
+M026_PGEMPTY_COUNT_MOVES = Migration("m026_pgempty_count_moves", "", {"postgresql": (_PG_RUN_COUNTS_ORDERED,)})
+
+
 class _Migrations(Sequence[Migration]):
     """The one ordered list of migrations, some of them kept by the package owning their tables.
 
@@ -662,6 +694,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         "wflo.engine._tables:M023_WORKERS",
         M024_SQLSTEP_TYPE_COND,
         M025_PGSTEP_LEAN_STEP,
+        M026_PGEMPTY_COUNT_MOVES,
         "wflo.auth._device:M027_DEVICE_REQUESTS",
     )
 )

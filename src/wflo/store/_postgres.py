@@ -132,6 +132,33 @@ _RELAX = "set_config('synchronous_commit', 'off', true)"
 _CREATE_RUN = _CREATE_RUN_TEMPLATE.format(relax_cte="", relax_from="")
 _CREATE_RUN_RELAXED = _CREATE_RUN_TEMPLATE.format(relax_cte=f", s AS (SELECT {_RELAX})", relax_from=", s")
 
+# A run its caller executes now (an owner, a lease; issue 20, measured: "pgempty" in
+# docs/benchmarks.md): always two first events (``run.created``, ``run.started``), never a
+# notification (nobody claims a run that has an owner). So its statement has the two events as
+# scalars (no six arrays to parse and unnest), no ``pg_notify`` branch, and no ``UNION`` branch
+# for an id that exists: then it answers nothing and the caller reads the run (``create_run``'s
+# ``row is None``, as when another process created it at that moment): a second round trip, on
+# a retry only. The server's time for the create about 40 µs (~15 %) less. The same answer as
+# ``_CREATE_RUN`` for a new run. Parameters: ``_create_params``'s.
+_CREATE_OWNED_TEMPLATE = f"""
+WITH r AS (
+    INSERT INTO runs ({RUN_COLUMNS}, queue, priority, partition_key, started_at)
+    VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s,
+            CASE WHEN %s THEN {_PG_TIME} END, 0, NULL, %s, %s, %s, %s, %s, NULL, %s, %s, %s, %s)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, lease_expires_at
+), e AS (
+    INSERT INTO events (chain, seq, type, at, data, prev_hash, hash)
+    SELECT r.id, u.seq, u.type, u.at, u.data, u.prev, u.hash
+      FROM r, (VALUES (%s::bigint, %s::text, %s::text, %s::text, %s::text, %s::text),
+                      (%s::bigint, %s::text, %s::text, %s::text, %s::text, %s::text))
+           AS u(seq, type, at, data, prev, hash)
+){{relax_cte}}
+SELECT {_NEW_RUN_ANSWER}, NULL, true, 0 FROM r{{relax_from}}
+"""
+_CREATE_OWNED = _CREATE_OWNED_TEMPLATE.format(relax_cte="", relax_from="")
+_CREATE_OWNED_RELAXED = _CREATE_OWNED_TEMPLATE.format(relax_cte=f", s AS (SELECT {_RELAX})", relax_from=", s")
+
 _APPEND = (
     "SELECT wflo_append(%s::text, %s::bigint, %s::text, %s::bigint, %s::text, %s::text, %s::text, %s::boolean, "
     "%s::text, %s::text, %s::boolean, %s::text, %s::text, %s::bigint[], %s::text[], %s::text[], %s::text[], "
@@ -161,29 +188,65 @@ WITH h AS (
 SELECT coalesce((SELECT cancel_requested FROM h), wflo_lease_lost(%s::text))"""
 _STEP_RELAXED = f"{_STEP}, {_RELAX}"
 
+# A run's end (issue 20, measured: "pgempty" in docs/benchmarks.md; needs m025's function): one
+# event, the run's status, output or error and end time, its lease let go, ``wflo_runs``
+# notified. One plain statement, as a step's (``_STEP``), instead of ``wflo_append``: the fenced
+# UPDATE sets those columns as they are, without ``wflo_append``'s CASE for each, notifies from
+# its ``RETURNING`` (once, for the row it updated: nobody when the fence fails, and the
+# notification is sent at the commit only), the event's INSERT from that row as scalars, and
+# ``wflo_lease_lost`` raising WF001 when the fence failed (the statement rolled back). The status
+# counters' trigger fires as for ``wflo_append``'s UPDATE. Never relaxed: the end's commit waits
+# for the flush. Parameters: the new head (seq, hash), the time, status, output, error, the time
+# again, the fence (run, head's seq, owner), the event's row and the run again.
+_END = """
+WITH h AS (
+    UPDATE runs SET last_seq = %s::bigint, last_hash = %s::text, updated_at = %s::text, status = %s::text,
+           output = %s::text, error = %s::text, finished_at = %s::text, wake_at = NULL, lease_owner = NULL,
+           lease_expires_at = NULL
+     WHERE id = %s::text AND last_seq = %s::bigint AND lease_owner IS NOT DISTINCT FROM %s::text
+    RETURNING cancel_requested, pg_notify('wflo_runs', id)
+), e AS (
+    INSERT INTO events (chain, seq, type, at, data, prev_hash, hash)
+    SELECT %s::text, %s::bigint, %s::text, %s::text, %s::text, %s::text, %s::text FROM h
+)
+SELECT coalesce((SELECT cancel_requested FROM h), wflo_lease_lost(%s::text))"""
+
 
 def _create_params(
     values: tuple[Any, ...], rows: list[tuple[Any, ...]], lease_seconds: float | None
 ) -> tuple[Any, ...]:
-    """``_CREATE_RUN``'s parameters: the run's ``values``, its lease (``None``: enqueued, no
-    owner) and its first events' ``rows`` (``_link``'s) as arrays."""
+    """A new run's parameters: the run's ``values``, its lease (``None``: enqueued, no owner)
+    and its first events' ``rows`` (``_link``'s); for a run with an owner and its two events
+    (``_owned``) ``_CREATE_OWNED``'s (the events as scalars), else ``_CREATE_RUN``'s (as arrays)."""
+    if _owned(rows, lease_seconds):
+        return (*values[:8], True, lease_seconds, *values[8:], *rows[0][1:], *rows[1][1:])
     cols = list(zip(*rows, strict=True))
     return (*values[:8], lease_seconds is not None, lease_seconds or 0.0, *values[8:],
             *[array_text(c) for c in cols[1:]], lease_seconds is None, values[0])  # fmt: skip
+
+
+def _owned(rows: list[tuple[Any, ...]], lease_seconds: float | None) -> bool:
+    """Whether a new run is created by ``_CREATE_OWNED``: it has an owner (a lease) and its two
+    first events, as ``create_run`` and ``LoopWriter.create_run`` write them."""
+    return lease_seconds is not None and len(rows) == 2
 
 
 def _append_statement(
     run_id: str, head: Head, new: Head, rows: list[tuple[Any, ...]], *, owner: str | None, now: str,
     status: str | None, finish: bool, output_json: str | None, error_json: str | None, release: bool,
     wake_at: str | None, notify: bool, lean: bool,
-) -> tuple[bool, tuple[Any, ...]]:  # fmt: skip
-    """An append's statement, as whether it is a step's (``_STEP``, else ``_APPEND``), and its
-    parameters. ``lean``: the schema has ``wflo_lease_lost`` (m025)."""
-    if lean and len(rows) == 1 and status is None and not (finish or release or notify) and wake_at is None:
-        return True, (new.seq, new.hash, now, run_id, head.seq, owner, *rows[0], run_id)
+) -> tuple[tuple[Statement, Statement], tuple[Any, ...]]:  # fmt: skip
+    """An append's statements (durable, relaxed: a step's ``_STEP``, a run's end ``_END``, else
+    ``wflo_append``'s) and its parameters. ``lean``: the schema has ``wflo_lease_lost`` (m025)."""
+    if lean and len(rows) == 1 and wake_at is None:
+        if status is None and not (finish or release or notify):
+            return _STEP_ALONE, (new.seq, new.hash, now, run_id, head.seq, owner, *rows[0], run_id)
+        if finish and notify and status is not None:
+            return _END_ALONE, (new.seq, new.hash, now, status, output_json, error_json, now, run_id, head.seq,
+                                owner, *rows[0], run_id)  # fmt: skip
     cols = list(zip(*rows, strict=True)) if rows else [()] * 7
-    return False, (run_id, head.seq, owner, new.seq, new.hash, now, status, finish, output_json, error_json,
-                   release, wake_at, "wflo_runs" if notify else None, *[array_text(c) for c in cols[1:]])  # fmt: skip
+    return _APPEND_ALONE, (run_id, head.seq, owner, new.seq, new.hash, now, status, finish, output_json, error_json,
+                           release, wake_at, "wflo_runs" if notify else None, *[array_text(c) for c in cols[1:]])  # fmt: skip
 
 
 # A claim (``claim``): its update, or the row as it is when the update took nothing (not
@@ -199,7 +262,10 @@ SELECT {RUN_COLUMNS} FROM runs WHERE id = ? AND NOT EXISTS (SELECT 1 FROM u)
 # ``wflo_append``), and a new run with its first events; each durable, and relaxed (see Commit modes), by ``relaxed``.
 _APPEND_ALONE = (Statement(_APPEND), Statement(_APPEND_RELAXED))
 _STEP_ALONE = (Statement(_STEP), Statement(_STEP_RELAXED))
-_CREATE_ALONE = (Statement(_CREATE_RUN), Statement(_CREATE_RUN_RELAXED))
+_END_ALONE = (Statement(_END), Statement(_END))  # a run's end is never relaxed
+# A new run: enqueued (durable, ``_CREATE_RUN``), or with an owner (``_CREATE_OWNED``, relaxed: on
+# the direct path a create with an owner is always relaxed; see Commit modes).
+_CREATE_ALONE = (Statement(_CREATE_RUN), Statement(_CREATE_OWNED_RELAXED))
 # ``write_rows``'s statements before its rows: the lease check (``wflo_fence``) and, for a
 # relaxed write, the commit's setting (see Commit modes), in one statement.
 _FENCE_ALONE = (Statement("SELECT wflo_fence(%s, %s)"), Statement(f"SELECT wflo_fence(%s, %s), {_RELAX}"))
@@ -403,7 +469,7 @@ class PostgresStore(Store):
         if self.pooler == "transaction":
             return
         prepared = PREPARED.setdefault(conn, set())
-        for stmt in (*_STEP_ALONE, *_APPEND_ALONE, *_CREATE_ALONE):  # the statements of ``_direct``
+        for stmt in (*_STEP_ALONE, _END_ALONE[0], *_APPEND_ALONE, *_CREATE_ALONE):  # the statements of ``_direct``
             try:
                 with conn.lock:
                     prepare(self, conn, stmt, prepared)
@@ -441,10 +507,9 @@ class PostgresStore(Store):
     ) -> tuple[tuple[Statement, Statement], tuple[Any, ...]]:
         """The statements (durable, relaxed) and parameters of an append from the event loop
         (``LoopWriter``: events alone, no change of the run's projection)."""
-        step, params = _append_statement(run_id, head, new, rows, owner=owner, now=now, status=None, finish=False,
-                                         output_json=None, error_json=None, release=False, wake_at=None,
-                                         notify=False, lean=self._lean())  # fmt: skip
-        return (_STEP_ALONE if step else _APPEND_ALONE), params
+        return _append_statement(run_id, head, new, rows, owner=owner, now=now, status=None, finish=False,
+                                 output_json=None, error_json=None, release=False, wake_at=None, notify=False,
+                                 lean=self._lean())  # fmt: skip
 
     # The direct path's statement on its own (``_pgdirect``), as this store's methods: a store's
     # sends go through its own attribute, which a test can replace on that store alone.
@@ -573,13 +638,16 @@ class PostgresStore(Store):
         params = _create_params(values, rows, lease_seconds)
         # A run its caller executes now (it has an owner) starts relaxed; an enqueued one is
         # durable before its handle is returned. See Commit modes.
+        owned = _owned(rows, lease_seconds)
         with self._connection() as conn:
             relax = lease_seconds is not None and self._idle(conn)
-            if alone(conn):  # straight to libpq: see ``_direct``
+            if alone(conn) and relax == owned:  # straight to libpq: see ``_direct``
                 row = first_row(self._direct(conn, _CREATE_ALONE[relax], params))
             else:
-                row = conn.execute(_CREATE_RUN_RELAXED if relax else _CREATE_RUN, params).fetchone()
-        if row is None:
+                sql = (_CREATE_OWNED_RELAXED if relax else _CREATE_OWNED) if owned else \
+                    (_CREATE_RUN_RELAXED if relax else _CREATE_RUN)  # fmt: skip
+                row = conn.execute(sql, params).fetchone()
+        if row is None:  # not created: the id exists (``_CREATE_OWNED`` answers nothing then)
             return None, False
         if not row[-2]:  # the id existed: its row as stored
             return tuple(row[:-2]), False
@@ -607,17 +675,17 @@ class PostgresStore(Store):
         """The fenced append as one statement (a step's, or ``wflo_append``); with ops, that
         statement, the ops' statements and the commit are pipelined: one round trip unless an op
         waits for an answer before the commit. ``relaxed`` (never with ops): see Commit modes."""
-        step, params = _append_statement(
+        statements, params = _append_statement(
             run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish, output_json=output_json,
             error_json=error_json, release=release, wake_at=wake_at, notify=notify, lean=self._lean(),
         )  # fmt: skip
-        sql, sql_relaxed = (_STEP, _STEP_RELAXED) if step else (_APPEND, _APPEND_RELAXED)
+        sql, sql_relaxed = statements[0].sql, statements[1].sql
         psycopg = self._psycopg
         after: list[Callable[[], None]] = []
         with self._connection() as conn:
             if not ops and alone(conn):  # its own transaction: straight to libpq
                 try:
-                    value = first_value(self._direct(conn, (_STEP_ALONE if step else _APPEND_ALONE)[relaxed], params))
+                    value = first_value(self._direct(conn, statements[relaxed], params))
                 except psycopg.Error as exc:
                     if getattr(exc, "sqlstate", None) == LEASE_LOST:
                         raise LeaseLost(run_id=run_id, owner=owner) from None

@@ -160,3 +160,67 @@ def test_a_store_at_m020_upgrades_to_the_split_count_triggers(pg_url: str) -> No
         _steps(store, "new", "me", 3)
         store.release("new", "me")
         assert store.count_runs_by_status() == {"succeeded": 1, "running": 1} == _truth(store)
+
+
+def _move(store: Store, run_id: str, status: str) -> None:
+    store.write(lambda cur: store.execute(cur, "UPDATE runs SET status = ? WHERE id = ?", (status, run_id)))
+
+
+@pytest.mark.postgres
+def test_status_moves_either_way_keep_the_counts_exact_without_a_sort(pg_url: str) -> None:
+    """m026: a change of status writes its two counts in status order without sorting them (no
+    ``ORDER BY`` in the function), whichever of the two statuses sorts first, and runs counted
+    in another shard (m015's seed, shard 0) still move exactly."""
+    with open_store(pg_url) as store:
+        (body,) = store.read("SELECT pg_get_functiondef('wflo_run_counts'::regproc)")[0]
+        assert "ORDER BY" not in body.upper()
+        for i in range(4):
+            store.create_run(run_id=f"m{i}", workflow="w", input={}, owner="me")
+
+        def seed(cur: object) -> None:  # m2, m3 counted in shard 0, as m015 counted old runs
+            store.execute(
+                cur, "UPDATE run_counts SET n = n - 1 WHERE status = 'running' AND shard = hashtext('m2') & 15"
+            )
+            store.execute(
+                cur, "UPDATE run_counts SET n = n - 1 WHERE status = 'running' AND shard = hashtext('m3') & 15"
+            )
+            store.execute(cur, "INSERT INTO run_counts (status, shard, n) VALUES ('running', 0, 2) "
+                               "ON CONFLICT (status, shard) DO UPDATE SET n = run_counts.n + 2")  # fmt: skip
+
+        store.write(seed)
+        assert store.count_runs_by_status() == {"running": 4} == _truth(store)
+        for run_id in ("m0", "m2"):
+            _move(store, run_id, "waiting")  # r < w: the old status's row first
+            assert store.count_runs_by_status() == _truth(store)
+            _move(store, run_id, "running")  # w > r: the new status first
+            assert store.count_runs_by_status() == _truth(store)
+            _move(store, run_id, "queued")  # r > q
+            assert store.count_runs_by_status() == _truth(store)
+        _finish(store, "m1", "me")
+        _finish(store, "m3", "me", "failed")
+        assert store.count_runs_by_status() == {"queued": 2, "succeeded": 1, "failed": 1} == _truth(store)
+
+
+@pytest.mark.postgres
+def test_a_store_at_m025_upgrades_to_the_ordered_count_moves(pg_url: str) -> None:
+    """A store migrated before m026 (m020's sorted upsert) upgrades in place; counts stay exact."""
+    from wflo.store import MIGRATIONS
+    from wflo.store._migrations import _PG_RUN_COUNTS_ONE_STATEMENT
+
+    index = [m.name for m in MIGRATIONS].index("m026_pgempty_count_moves")
+    with open_store(pg_url) as store:
+        store.create_run(run_id="old", workflow="w", input={}, owner="me")
+
+        def back(cur: object) -> None:
+            store.execute(cur, _PG_RUN_COUNTS_ONE_STATEMENT)
+            store.execute(cur, f"UPDATE wflo_meta SET value = '{index}' WHERE key = 'schema_version'")
+
+        store.write(back)
+        assert "ORDER BY" in store.read("SELECT pg_get_functiondef('wflo_run_counts'::regproc)")[0][0]
+        assert store.migrate()[:1] == ["m026_pgempty_count_moves"]
+        assert "ORDER BY" not in store.read("SELECT pg_get_functiondef('wflo_run_counts'::regproc)")[0][0]
+        store.create_run(run_id="new", workflow="w", input={}, owner="me")
+        _finish(store, "old", "me")
+        _move(store, "new", "waiting")
+        _move(store, "new", "running")
+        assert store.count_runs_by_status() == {"succeeded": 1, "running": 1} == _truth(store)

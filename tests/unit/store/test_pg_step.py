@@ -122,7 +122,8 @@ def test_a_step_with_ops_is_pipelined_and_rolled_back_with_its_fence(
     head = _run(store, "r-step-ops")
     store.write(lambda cur: store.execute(cur, "CREATE TABLE ps_notes (n TEXT NOT NULL)"))
     # The step's statement, not ``wflo_append``'s, is the one pipelined with the ops.
-    monkeypatch.setattr(_postgres, "_APPEND", "SELECT 1 / 0")
+    broken = _postgres.Statement("SELECT 1 / 0")
+    monkeypatch.setattr(_postgres, "_APPEND_ALONE", (broken, broken))
 
     def op(cur: Any) -> None:
         store.execute(cur, "INSERT INTO ps_notes (n) VALUES (?)", ("x",))

@@ -144,7 +144,8 @@ def test_an_empty_workflow_is_two_statements_on_postgres(pg_url: str) -> None:
     try:
         counter = _measure(config.get_store(), empty)
         assert len(counter.statements) == 2, counter.statements
-        assert "INSERT INTO runs" in counter.statements[0] and "wflo_append" in counter.statements[1]
+        assert "INSERT INTO runs" in counter.statements[0]
+        assert "UPDATE runs" in counter.statements[1] and "pg_notify" in counter.statements[1]  # the end's (_END)
     finally:
         config.reset()
 
