@@ -200,6 +200,9 @@ def test_an_async_run_on_postgres_needs_no_thread_once_the_store_is_open(
     async def other() -> int:
         return 0
 
+    # No extension's guard factory: another test module's, added when it is imported, would make
+    # every run build its guards at the start (this test then depended on the modules collected).
+    monkeypatch.setattr(_executor, "_guard_factories", [])
     assert asyncio.run(flow.arun(1)) == 2  # the first run of a process may wrap the HTTP clients on a thread
     names = _spy_off_loop(pg, monkeypatch)
     hops: list[str] = []
