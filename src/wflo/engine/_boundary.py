@@ -21,6 +21,7 @@ import hashlib
 import logging
 import reprlib
 import time
+from json.encoder import encode_basestring
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn
@@ -35,7 +36,7 @@ from ..store import NewEvent, StoreOp, canonical_json
 from ._attempts import Attempts, Step, adrive, drive, off_loop, to_store
 from ._context import Held, JournalEntry, RunContext, _call_path
 from ._executor import disk_full
-from ._serialize import decode, encode, encode_input, error_data, rebuild_error
+from ._serialize import _limit, decode, encode_input_text, encode_text, error_data, rebuild_error
 
 log = logging.getLogger("wflo")
 
@@ -215,9 +216,19 @@ def _begin(call: Call) -> Any:
             return value
     if call.record_input:
         # Encoded before the call runs, so an input that cannot be stored fails before any effect.
-        call.meta["_input"], text = encode_input(call.args, call.kwargs, serializer=call.serializer, step=call.name)
-        if text is not None and "_args_digest" not in call.meta:  # the same digest, from the same text
-            call.meta["_args_digest"] = _digest(text)
+        meta = call.meta
+        value, text, stored = encode_input_text(
+            call.args, call.kwargs, serializer=call.serializer, step=call.name, limit=_limit()
+        )
+        meta["_input"] = value
+        if text is not None and "_args_digest" not in meta:  # the same digest, from the same text
+            meta["_args_digest"] = _digest(text)
+        if stored is not None:
+            # The input's text, for the record (:func:`_completed_text`): valid while the stored
+            # input is unchanged. Its arguments are scalars and strings (``stored`` is only given
+            # for those), so only its ``kwargs`` dict (the caller's) could change: kept as items.
+            kwargs = value["kwargs"]
+            meta["_input_text"] = (value, stored, tuple(kwargs.items()) if kwargs else None)
     return _NOT_REPLAYED
 
 
@@ -282,16 +293,17 @@ def _record(call: Call, outcome: Outcome) -> None:
 def _end_event(call: Call, outcome: Outcome) -> NewEvent | None:
     """The event that records how ``call`` ended, or ``None`` when it is not a result (see
     :func:`_record`)."""
-    output = None
+    output = text = None
     if outcome.error is None:
         try:
-            output = encode(outcome.value, serializer=call.serializer, step=call.name, what="output")
+            output, text = encode_text(
+                outcome.value, serializer=call.serializer, step=call.name, what="output", limit=_limit()
+            )
         except SerializationError as exc:
             outcome.error, outcome.value = exc, None
     if outcome.error is None:
-        ev = NewEvent(
-            "call.completed", _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts)
-        )
+        data = _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts)
+        ev = NewEvent("call.completed", data, data_json=None if text is None else _completed_text(call, data, text))
     else:
         if (
             not isinstance(outcome.error, Exception)
@@ -307,6 +319,56 @@ def _end_event(call: Call, outcome: Outcome) -> NewEvent | None:
             _end_data(call, error=outcome.error, duration_ms=outcome.duration_ms, attempts=outcome.attempts),
         )
     return ev
+
+
+def _completed_text(call: Call, data: dict[str, Any], output_text: str) -> str | None:
+    """``canonical_json(data)`` of a completed call's record, put together from the texts its
+    checks made (the input's in :func:`_begin`, the output's in :func:`_end_event`) rather
+    than by encoding the input and output again; ``None`` (the store encodes ``data``) unless
+    ``data`` has exactly :func:`_end_data`'s keys for a completed call, no guard added any
+    (``call.event``), and its input's text is still that of its stored input. Keys in sorted
+    order, strings as ``canonical_json`` writes them (``encode_basestring``), the same bytes
+    (``tests/unit/engine/test_record_text.py``)."""
+    if call.event:
+        return None
+    get = data.get
+    ms, name, kind, call_id, digest = get("ms"), get("name"), get("kind"), get("call"), get("digest")
+    if (
+        type(ms) is not float
+        or ms - ms != 0.0  # NaN, infinities: the store's encoder refuses them
+        or type(name) is not str
+        or type(kind) is not str
+        or type(call_id) is not str
+        or type(digest) is not str
+    ):
+        return None
+    keys = 7  # call, name, kind, ms, digest, input or args_digest, output
+    if "input" in data:
+        held = call.meta.get("_input_text")
+        if held is None or held[0] is not data["input"]:
+            return None
+        value, text, items = held
+        if items is not None and tuple(value["kwargs"].items()) != items:
+            return None
+        first, middle = "{", f',"input":{text}'
+    else:
+        args_digest = get("args_digest")
+        if type(args_digest) is not str:
+            return None
+        first, middle = f'{{"args_digest":{encode_basestring(args_digest)},', ""
+    if "attempts" in data:
+        attempts = data["attempts"]
+        if type(attempts) is not int:
+            return None
+        first += f'"attempts":{int.__repr__(attempts)},'
+        keys += 1
+    if len(data) != keys:
+        return None
+    return (
+        f'{first}"call":{encode_basestring(call_id)},"digest":{encode_basestring(digest)}{middle},'
+        f'"kind":{encode_basestring(kind)},"ms":{float.__repr__(ms)},"name":{encode_basestring(name)},'
+        f'"output":{output_text}}}'
+    )
 
 
 def _recorded(call: Call, outcome: Outcome) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib
 import pickle
+from json.encoder import encode_basestring
 from typing import Any
 
 from .._errors import SerializationError, StepFailedError, WfloError
@@ -28,6 +29,7 @@ MAX_DEPTH = 500
 
 
 _settings: Any = None
+_UNSET: Any = object()
 
 
 def _limit() -> int | None:
@@ -107,7 +109,13 @@ def encode(value: Any, *, serializer: str, step: str, what: str) -> Any:
     hold, text that is not valid Unicode (a lone surrogate), nesting deeper than
     ``MAX_DEPTH``, and a value larger than the ``max_value_bytes`` setting.
     """
-    limit = _limit()
+    return encode_text(value, serializer=serializer, step=step, what=what, limit=_limit())[0]
+
+
+def encode_text(value: Any, *, serializer: str, step: str, what: str, limit: int | None) -> tuple[Any, str | None]:
+    """:func:`encode` with the ``max_value_bytes`` setting given (``limit``), and the canonical
+    text of the stored value when it was made on the way (JSON; ``None`` for pickle): a call's
+    record reuses it rather than encoding the value again (``_boundary._end_event``)."""
     if serializer == "pickle":
         try:
             blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -116,29 +124,102 @@ def encode(value: Any, *, serializer: str, step: str, what: str) -> Any:
         stored = (len(blob) + 2) // 3 * 4  # its base64 form, what the journal holds
         if limit is not None and stored > limit:
             raise _too_large(step, what, stored, limit)
-        return {_PICKLE_KEY: base64.b64encode(blob).decode("ascii")}
+        return {_PICKLE_KEY: base64.b64encode(blob).decode("ascii")}, None
+    kind = type(value)
+    if kind in _SCALARS:
+        # Nothing to walk, one text: what ``canonical_json`` writes for these exact types (the
+        # C encoder calls ``int.__repr__``/``float.__repr__``), without building an encoder.
+        # A float JSON cannot hold, or an int too long to print, takes the general path (its
+        # error and message).
+        if kind is float:
+            if value - value == 0.0:  # finite (NaN and infinities give NaN)
+                text = float.__repr__(value)
+                _checked(text, limit, step, what)
+                return value, text
+        elif kind is int:
+            try:
+                text = int.__repr__(value)
+            except ValueError:  # more digits than ``sys.set_int_max_str_digits`` allows
+                pass
+            else:
+                _checked(text, limit, step, what)
+                return value, text
+        else:
+            return value, _CONSTANTS[value]
+    elif kind is str:
+        if limit is not None and len(value) > limit:
+            raise _too_large(step, what, None, limit)  # as ``_precheck`` does, before the copy
+        text = encode_basestring(value)
+        _checked(text, limit, step, what)
+        return value, text
     _precheck(value, limit, step, what)
-    _checked(_json_text(value, step, what), limit, step, what)
-    return value
+    text = _json_text(value, step, what)
+    _checked(text, limit, step, what)
+    return value, text
+
+
+_SCALARS = frozenset({int, float, bool, type(None)})
+"""Exact types a value of which is stored as it is, with no nesting (``_precheck``: nothing to walk)."""
+_CONSTANTS = {True: "true", False: "false", None: "null"}
+
+
+def _flat_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """What :func:`_precheck` counts for a call's input ``{"args": [...], "kwargs": {...}}``
+    whose arguments are all scalars or strings (the keys' and strings' lengths; it nests 3
+    levels, far from ``MAX_DEPTH``); ``-1`` when one is a container (the full walk decides)."""
+    size = 10  # "args", "kwargs"
+    for arg in args:
+        kind = type(arg)
+        if kind is str:
+            size += len(arg)
+        elif kind not in _SCALARS:
+            return -1
+    for key, arg in kwargs.items():
+        kind = type(arg)
+        if kind is str:
+            size += len(arg)
+        elif kind not in _SCALARS:
+            return -1
+        if type(key) is str:
+            size += len(key)
+    return size
 
 
 def encode_input(
-    args: tuple[Any, ...], kwargs: dict[str, Any], *, serializer: str, step: str
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, serializer: str, step: str, limit: Any = _UNSET
 ) -> tuple[Any, str | None]:
     """:func:`encode` of a call's input ``{"args": [...], "kwargs": {...}}``, and for JSON the
     canonical text of ``[args, kwargs]`` (what a call's argument digest hashes; ``None`` for
-    pickle): the arguments are encoded once for both."""
+    pickle): the arguments are encoded once for both. ``limit``: the ``max_value_bytes``
+    setting, if the caller read it already."""
+    value, digest_text, _ = encode_input_text(
+        args, kwargs, serializer=serializer, step=step, limit=_limit() if limit is _UNSET else limit
+    )
+    return value, digest_text
+
+
+def encode_input_text(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, serializer: str, step: str, limit: int | None
+) -> tuple[Any, str | None, str | None]:
+    """:func:`encode_input`, and the canonical text of the stored input when its arguments are
+    all scalars or strings (``None`` otherwise, and for pickle)."""
     value = {"args": list(args), "kwargs": kwargs}
     if serializer != "json":
-        return encode(value, serializer=serializer, step=step, what="input"), None
-    limit = _limit()
-    _precheck(value, limit, step, "input")
+        return encode_text(value, serializer=serializer, step=step, what="input", limit=limit)[0], None, None
+    size = _flat_size(args, kwargs)
+    if size < 0:
+        _precheck(value, limit, step, "input")
+    elif limit is not None and size > limit:
+        raise _too_large(step, "input", None, limit)
     # The canonical text of ``value`` in pieces (its keys sorted: "args" < "kwargs"), the same
     # bytes as ``canonical_json(value)``.
     arg_text = _json_text(value["args"], step, "input")
     kw_text = _json_text(kwargs, step, "input") if kwargs else "{}"
-    _checked(f'{{"args":{arg_text},"kwargs":{kw_text}}}', limit, step, "input")
-    return value, f"[{arg_text},{kw_text}]"
+    text = f'{{"args":{arg_text},"kwargs":{kw_text}}}'
+    _checked(text, limit, step, "input")
+    # The stored input's text only for scalars and strings: a container among the arguments
+    # may still change (the call's own code may fill a list it was given) before the record.
+    return value, f"[{arg_text},{kw_text}]", text if size >= 0 else None
 
 
 def _json_text(value: Any, step: str, what: str) -> str:

@@ -64,6 +64,9 @@ def run_ops(ops: Sequence[StoreOp], cur: Any) -> list[Callable[[], None]]:
     return after
 
 
+INSERT_EVENT = "INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
 @functools.cache
 def _head_update(
     placeholder: str, status: bool, finish: bool, release: bool, wake_at: bool, owner: bool
@@ -314,7 +317,9 @@ class Store(Connections):
         for ev in events:
             seq += 1
             at = ev.at or now or now_iso()
-            data_json = canonical_json(ev.data)
+            data_json = ev.data_json
+            if data_json is None:
+                data_json = canonical_json(ev.data)
             digest = link_hash(prev, chain, seq, ev.type, at, data_json)
             rows.append((chain, seq, ev.type, at, data_json, prev, digest))
             prev = digest
@@ -322,7 +327,7 @@ class Store(Connections):
 
     def _insert_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         cur.executemany(
-            self._sql("INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+            self._sql(INSERT_EVENT),
             rows,
         )
 
