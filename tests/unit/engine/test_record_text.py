@@ -111,7 +111,7 @@ def test_steps_records_are_the_plain_encoders_text(configured: str) -> None:
         return [
             scalar(1, 2.5, "é", True, None),
             scalar(-(10**30), -0.0, "", False, None),
-            named("a\"\\\n", k="\U0001f600", n=3),
+            named('a"\\\n', k="\U0001f600", n=3),
             named("plain"),
             nested([1, 2], {"y": [1.5, None], "x": "é"}),
             flaky(),
@@ -139,7 +139,6 @@ def test_a_guards_fields_and_an_input_changed_in_place_are_encoded_by_the_store(
                 call.event["zz_stamp"] = "é"
             if call.name.endswith("bumped"):
                 call.kwargs["n"] = 5  # in place: the input recorded is the dict as it is at the end
-
 
     def factory(wf: Any, record: Any) -> list[Guard]:
         return [Stamp()]
