@@ -142,6 +142,8 @@ class RunContext:
         # guarded call never builds one (issue 20: an empty workflow's cost).
         self._guards: list[Guard] | None = None if callable(guards) else list(guards)
         self._chain: Callable[[], Sequence[Guard]] | None = guards if callable(guards) else None
+        self.hooks: Any = None
+        """What each guard of the chain does (``_boundary._hooks``), read once per chain."""
         self.state: dict[str, Any] = {}  # per-run state of guards (loop counters, …)
         self._counters: dict[str, int] = {}
         self._lock = threading.RLock()

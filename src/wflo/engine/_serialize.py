@@ -125,31 +125,10 @@ def encode_text(value: Any, *, serializer: str, step: str, what: str, limit: int
         if limit is not None and stored > limit:
             raise _too_large(step, what, stored, limit)
         return {_PICKLE_KEY: base64.b64encode(blob).decode("ascii")}, None
-    kind = type(value)
-    if kind in _SCALARS:
-        # Nothing to walk, one text: what ``canonical_json`` writes for these exact types (the
-        # C encoder calls ``int.__repr__``/``float.__repr__``), without building an encoder.
-        # A float JSON cannot hold, or an int too long to print, takes the general path (its
-        # error and message).
-        if kind is float:
-            if value - value == 0.0:  # finite (NaN and infinities give NaN)
-                text = float.__repr__(value)
-                _checked(text, limit, step, what)
-                return value, text
-        elif kind is int:
-            try:
-                text = int.__repr__(value)
-            except ValueError:  # more digits than ``sys.set_int_max_str_digits`` allows
-                pass
-            else:
-                _checked(text, limit, step, what)
-                return value, text
-        else:
-            return value, _CONSTANTS[value]
-    elif kind is str:
-        if limit is not None and len(value) > limit:
-            raise _too_large(step, what, None, limit)  # as ``_precheck`` does, before the copy
-        text = encode_basestring(value)
+    # Nothing to walk, one text, no encoder built (a string over the limit: refused by
+    # ``_precheck`` before its copy, below).
+    text = None if limit is not None and type(value) is str and len(value) > limit else _scalar_json(value)
+    if text is not None:
         _checked(text, limit, step, what)
         return value, text
     _precheck(value, limit, step, what)
@@ -158,31 +137,60 @@ def encode_text(value: Any, *, serializer: str, step: str, what: str, limit: int
     return value, text
 
 
-_SCALARS = frozenset({int, float, bool, type(None)})
-"""Exact types a value of which is stored as it is, with no nesting (``_precheck``: nothing to walk)."""
-_CONSTANTS = {True: "true", False: "false", None: "null"}
+def _scalar_json(value: Any) -> str | None:
+    """``canonical_json(value)`` for a string or an exact int, float, bool or None (what the C
+    encoder writes: ``encode_basestring``, ``int.__repr__``, ``float.__repr__``, constants);
+    ``None`` for anything else, and for what the encoder refuses (NaN, infinities, an int
+    with more digits than ``sys.set_int_max_str_digits`` allows): the general path decides."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if kind is int:
+        try:
+            return int.__repr__(value)
+        except ValueError:
+            return None
+    if kind is float:
+        return float.__repr__(value) if value - value == 0.0 else None  # NaN, infinities: not 0
+    if kind is bool:
+        return "true" if value else "false"
+    return "null" if value is None else None
 
 
-def _flat_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """What :func:`_precheck` counts for a call's input ``{"args": [...], "kwargs": {...}}``
-    whose arguments are all scalars or strings (the keys' and strings' lengths; it nests 3
-    levels, far from ``MAX_DEPTH``); ``-1`` when one is a container (the full walk decides)."""
+def _flat_texts(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int | None) -> tuple[str, str] | None:
+    """For a call's input ``{"args": [...], "kwargs": {...}}`` whose arguments are all scalars
+    or strings (keyword names strings) and within what :func:`_precheck` allows (the keys'
+    and strings' lengths within ``limit``; it nests 3 levels, far from ``MAX_DEPTH``): the
+    canonical texts of its args list and kwargs dict (keys sorted), without the encoder;
+    ``None`` otherwise (the general path checks, encodes or refuses it)."""
     size = 10  # "args", "kwargs"
+    if limit is not None and size > limit:
+        return None
+    parts = []
     for arg in args:
-        kind = type(arg)
-        if kind is str:
+        if type(arg) is str:
             size += len(arg)
-        elif kind not in _SCALARS:
-            return -1
-    for key, arg in kwargs.items():
-        kind = type(arg)
-        if kind is str:
-            size += len(arg)
-        elif kind not in _SCALARS:
-            return -1
-        if type(key) is str:
-            size += len(key)
-    return size
+            if limit is not None and size > limit:
+                return None
+        text = _scalar_json(arg)
+        if text is None:
+            return None
+        parts.append(text)
+    if not kwargs:
+        return f"[{','.join(parts)}]", "{}"
+    items = []
+    for key in sorted(kwargs) if all(type(key) is str for key in kwargs) else ():
+        arg = kwargs[key]
+        size += len(key) + (len(arg) if type(arg) is str else 0)
+        if limit is not None and size > limit:
+            return None
+        text = _scalar_json(arg)
+        if text is None:
+            return None
+        items.append(f"{encode_basestring(key)}:{text}")
+    if len(items) != len(kwargs):
+        return None
+    return f"[{','.join(parts)}]", f"{{{','.join(items)}}}"
 
 
 def encode_input(
@@ -206,20 +214,20 @@ def encode_input_text(
     value = {"args": list(args), "kwargs": kwargs}
     if serializer != "json":
         return encode_text(value, serializer=serializer, step=step, what="input", limit=limit)[0], None, None
-    size = _flat_size(args, kwargs)
-    if size < 0:
+    flat = _flat_texts(args, kwargs, limit)
+    if flat is None:
         _precheck(value, limit, step, "input")
-    elif limit is not None and size > limit:
-        raise _too_large(step, "input", None, limit)
+        arg_text = _json_text(value["args"], step, "input")
+        kw_text = _json_text(kwargs, step, "input") if kwargs else "{}"
+    else:
+        arg_text, kw_text = flat
     # The canonical text of ``value`` in pieces (its keys sorted: "args" < "kwargs"), the same
     # bytes as ``canonical_json(value)``.
-    arg_text = _json_text(value["args"], step, "input")
-    kw_text = _json_text(kwargs, step, "input") if kwargs else "{}"
     text = f'{{"args":{arg_text},"kwargs":{kw_text}}}'
     _checked(text, limit, step, "input")
     # The stored input's text only for scalars and strings: a container among the arguments
     # may still change (the call's own code may fill a list it was given) before the record.
-    return value, f"[{arg_text},{kw_text}]", text if size >= 0 else None
+    return value, f"[{arg_text},{kw_text}]", None if flat is None else text
 
 
 def _json_text(value: Any, step: str, what: str) -> str:

@@ -547,13 +547,20 @@ class Store(Connections):
             and all(e.type in RELAXED_MARKERS for e in events)
         )
 
+        # A step's append: one event under a lease, only the head moves (``_append_step``).
+        step = len(events) == 1 and status is None and wake_at is None and not (finish or release or ops or relaxed)
+        lease = owner if step else None
+
         def go() -> Head:
             new, rows = self._link(run_id, head, events, now)
-            cancel = self._append_once(
-                run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish,
-                output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
-                notify=notify, ops=ops, relaxed=relaxed,
-            )  # fmt: skip
+            if lease is not None:
+                cancel = self._append_step(run_id, head, new, rows[0], lease, now)
+            else:
+                cancel = self._append_once(
+                    run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish,
+                    output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
+                    notify=notify, ops=ops, relaxed=relaxed,
+                )  # fmt: skip
             return Head(new.seq, new.hash, True) if cancel else new
 
         try:
@@ -611,6 +618,14 @@ class Store(Connections):
             for then in after:
                 then()
         return cancel
+
+    def _append_step(self, run_id: str, head: Head, new: Head, row: tuple[Any, ...], owner: str, now: str) -> bool:
+        """:meth:`_append_once` of a step's append (one event, ``owner``'s lease, no status,
+        end, release, wake-up or ops): a dialect may have a leaner path for it."""
+        return self._append_once(
+            run_id, head, new, [row], owner=owner, now=now, status=None, finish=False, output_json=None,
+            error_json=None, release=False, wake_at=None, notify=False, ops=(),
+        )  # fmt: skip
 
     def _move_head(
         self,

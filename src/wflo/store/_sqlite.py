@@ -27,7 +27,7 @@ _SYNCING = frozenset({"FULL", "EXTRA", "2", "3"})
 _CORRUPT = ("file is not a database", "malformed", "database disk image", "file is encrypted")
 
 
-# A step's statements (``SQLiteStore._step_once``): the fenced head move of an append that
+# A step's statements (``SQLiteStore._append_step``): the fenced head move of an append that
 # sets no status, end, release or wake-up, under an owner's lease (its insert: ``INSERT_EVENT``).
 _STEP_HEAD, _STEP_HEAD_RETURNING = _head_update("?", False, False, False, False, True)
 
@@ -232,9 +232,6 @@ class SQLiteStore(Store):
                 notify=notify, ops=ops, relaxed=relaxed,
             )  # fmt: skip
 
-        if owner is not None and len(rows) == 1 and status is None and not (finish or release) and wake_at is None:
-            return self._step_once(run_id, head.seq, new, rows[0], owner, now)
-
         def step_in(cur: Any) -> bool:
             cancel = self._move_head(
                 cur, run_id, head, new, owner=owner, now=now, status=status, finish=finish,
@@ -245,13 +242,16 @@ class SQLiteStore(Store):
 
         return self._immediate(step_in)
 
-    def _step_once(self, run_id: str, seq: int, new: Head, row: tuple[Any, ...], owner: str, now: str) -> bool:
-        """The usual append of a run (one event, only the head moves, under ``owner``'s lease)
-        as :meth:`_immediate` and ``_move_head`` make it, in one function: the same pool,
-        writer lock, ``BEGIN IMMEDIATE``, fenced head move (its ``RETURNING`` form only when
-        no row changed), insert (``execute``: one row) and commit. About 3 µs of a step's
-        Python less than the general path (issue 20, ``sqlcpu``)."""
-        params = (new.seq, new.hash, now, run_id, seq, owner)
+    def _append_step(self, run_id: str, head: Head, new: Head, row: tuple[Any, ...], owner: str, now: str) -> bool:
+        """A step's append (one event, only the head moves, under ``owner``'s lease) as
+        :meth:`_immediate` and ``_move_head`` make it, in one function: the same pool, writer
+        lock, ``BEGIN IMMEDIATE``, fenced head move (its ``RETURNING`` form only when no row
+        changed), insert (``execute``: one row) and commit. About 3 µs of a step's Python
+        less than the general path (issue 20, ``sqlcpu``). Inside a caller's transaction: the
+        shared path."""
+        if getattr(self._local, "held", None) is not None:
+            return super()._append_step(run_id, head, new, row, owner, now)
+        params = (new.seq, new.hash, now, run_id, head.seq, owner)
         pool = self._get_pool()
         conn = pool.get()
         try:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 import wflo
 from wflo import _config
 from wflo.audit import verify_chain
-from wflo.engine._serialize import encode, encode_text
+from wflo.engine._serialize import encode, encode_input_text, encode_text
 from wflo.errors import SerializationError
 
 
@@ -48,6 +48,28 @@ def test_a_values_text_is_the_plain_encoders(value: Any) -> None:
             _plain(value).encode("utf-8")
         return
     assert stored is value
+    assert text == _plain(value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    args=st.lists(_scalars, max_size=3).map(tuple),
+    kwargs=st.dictionaries(st.text(min_size=1, max_size=6), _scalars, max_size=3),
+    limit=st.one_of(st.none(), st.integers(min_value=0, max_value=40)),
+)
+def test_a_flat_inputs_texts_are_the_plain_encoders(
+    args: tuple[Any, ...], kwargs: dict[str, Any], limit: int | None
+) -> None:
+    value = {"args": list(args), "kwargs": kwargs}
+    try:
+        got, digest_text, text = encode_input_text(args, kwargs, serializer="json", step="s", limit=limit)
+    except SerializationError as exc:  # the same refusal as the general path's
+        with pytest.raises(SerializationError) as general:
+            encode_text(value, serializer="json", step="s", what="input", limit=limit)
+        assert str(exc) == str(general.value)
+        return
+    assert got == value
+    assert digest_text == _plain([list(args), kwargs])
     assert text == _plain(value)
 
 
