@@ -289,7 +289,9 @@ def _acts(guard: Guard, hook: str) -> bool:
 
 def _after_all(call: Call, outcome: Outcome) -> None:
     """:func:`_after` of the whole chain (the guards whose ``after`` does something)."""
-    _after(call, outcome, _hooks(call.run).after, ordered=True)
+    guards = _hooks(call.run).after
+    if guards:
+        _after(call, outcome, guards, ordered=True)
 
 
 def _after(call: Call, outcome: Outcome, guards: Sequence[Guard], *, ordered: bool = False) -> None:
@@ -437,8 +439,9 @@ def _quoted(text: str) -> str:
     return got
 
 
-def _recorded(call: Call, outcome: Outcome) -> None:
-    for guard in _hooks(call.run).recorded:
+def _recorded(call: Call, outcome: Outcome, guards: Sequence[Guard] | None = None) -> None:
+    """The guards' ``recorded`` (``guards``: those of the chain that act in it, if read)."""
+    for guard in _hooks(call.run).recorded if guards is None else guards:
         try:
             guard.recorded(call, outcome)
         except Exception:
@@ -786,8 +789,14 @@ def finish_call(call: Call, outcome: Outcome, *, check_cancel: bool = True) -> A
 
     Raises the call's error, if any; returns its value.
     """
-    _after_all(call, outcome)
-    _record(call, outcome)
+    hooks = _hooks(call.run)
+    if hooks.after:
+        _after(call, outcome, hooks.after, ordered=True)
+    ev = _end_event(call, outcome)
+    if ev is not None:  # :func:`_record`, with the hooks read once
+        call.run.append([ev], ops=call.ops)
+        if hooks.recorded:
+            _recorded(call, outcome, hooks.recorded)
     if outcome.error is not None:
         raise outcome.error
     if check_cancel:

@@ -303,8 +303,13 @@ class RunContext:
         content among the lanes of the same spawning point; a call with none gets a position
         that no entry holds.
         """
-        self.closed_check(name)
-        call_id = self.next_call_id()
+        if self.closed:
+            raise RunEndedError(run_id=self.run_id, name=name)
+        parent = self._parent()
+        with self._lock:  # :meth:`next_call_id`, without its frame (every call passes here)
+            n = self._counters.get(parent, 0) + 1
+            self._counters[parent] = n
+        call_id = f"{parent}.{n}" if parent else str(n)
         if not self.journal:
             return call_id, None  # a run's first execution: nothing to replay
         parent = call_id.rpartition(".")[0]
