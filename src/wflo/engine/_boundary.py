@@ -597,7 +597,12 @@ async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
 def _local_start(call: Call) -> bool:
     """Whether an async call's start needs no store: see :func:`_astart`."""
     ctx = call.run
-    return not call.at_most_once and ctx.lease_fresh() and all(guard.local(call) for guard in ctx.guards)
+    if call.at_most_once or not ctx.lease_fresh():
+        return False
+    for guard in ctx.guards:  # noqa: SIM110 (a loop, not ``all()`` of a generator: every async call asks)
+        if not guard.local(call):
+            return False
+    return True
 
 
 class _Begun(NamedTuple):

@@ -535,33 +535,41 @@ class Store(Connections):
         and the run's head is still ``head``. Raises ``LeaseLost`` otherwise.
         """
         now = now_iso()
-
-        output_json = None if not finish or error is not None else canonical_json(output)
-        error_json = canonical_json(error) if finish and error is not None else None
-        notify = finish or status == "waiting"
-        relaxed = (
-            bool(events)
-            and events[0].type in RELAXED_MARKERS  # first: a step's event stops here
-            and not ops
-            and not (finish or release or status is not None or wake_at is not None)
-            and all(e.type in RELAXED_MARKERS for e in events)
-        )
-
-        # A step's append: one event under a lease, only the head moves (``_append_step``).
-        step = len(events) == 1 and status is None and wake_at is None and not (finish or release or ops or relaxed)
-        lease = owner if step else None
-
-        def go() -> Head:
-            new, rows = self._link(run_id, head, events, now)
-            if lease is not None:
+        lease = owner
+        if (
+            lease is not None
+            and len(events) == 1
+            and status is None
+            and wake_at is None
+            and not (finish or release or ops)
+            and events[0].type not in RELAXED_MARKERS
+        ):
+            # A step's append: one event under a lease, only the head moves (``_append_step``).
+            def go() -> Head:
+                new, rows = self._link(run_id, head, events, now)
                 cancel = self._append_step(run_id, head, new, rows[0], lease, now)
-            else:
+                return Head(new.seq, new.hash, True) if cancel else new
+
+        else:
+            output_json = None if not finish or error is not None else canonical_json(output)
+            error_json = canonical_json(error) if finish and error is not None else None
+            notify = finish or status == "waiting"
+            relaxed = (
+                bool(events)
+                and events[0].type in RELAXED_MARKERS
+                and not ops
+                and not (finish or release or status is not None or wake_at is not None)
+                and all(e.type in RELAXED_MARKERS for e in events)
+            )
+
+            def go() -> Head:
+                new, rows = self._link(run_id, head, events, now)
                 cancel = self._append_once(
                     run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish,
                     output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
                     notify=notify, ops=ops, relaxed=relaxed,
                 )  # fmt: skip
-            return Head(new.seq, new.hash, True) if cancel else new
+                return Head(new.seq, new.hash, True) if cancel else new
 
         try:
             return self._retrying(go)
