@@ -21,8 +21,9 @@ import hashlib
 import logging
 import reprlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any, NamedTuple, NoReturn
 
 from .._errors import (
@@ -35,7 +36,7 @@ from ..store import NewEvent, StoreOp, canonical_json
 from ._attempts import Attempts, Step, adrive, drive, off_loop, to_store
 from ._context import Held, JournalEntry, RunContext, _call_path
 from ._executor import disk_full
-from ._serialize import decode, encode, encode_input, error_data, rebuild_error
+from ._serialize import _limit, decode, encode_input_text, encode_text, error_data, rebuild_error
 
 log = logging.getLogger("wflo")
 
@@ -128,6 +129,8 @@ class Guard:
         return cls.before is Guard.before and cls.replayed is Guard.replayed
 
 
+_UNREAD: Any = object()
+
 NOT_REPLAYED: Any = object()
 """What :func:`start_call` returns when the call must really run."""
 _NOT_REPLAYED = NOT_REPLAYED
@@ -164,11 +167,11 @@ def _replay(call: Call, entry: JournalEntry | None) -> Any:
         ctx.state.setdefault("non_determinism", mismatch)
         raise mismatch
     if entry.status == "completed":
-        for guard in ctx.guards:
+        for guard in _hooks(ctx).replayed:
             guard.replayed(call, entry)
         return decode(entry.data.get("output"))
     if entry.status == "failed":
-        for guard in ctx.guards:
+        for guard in _hooks(ctx).replayed:
             guard.replayed(call, entry)
         raise rebuild_error(entry.data.get("error") or {}, call.name)
     # "started" without an end: the call was in flight when the run died.
@@ -186,16 +189,19 @@ def start_call(call: Call) -> Any:
     value = _begin(call)
     if value is not _NOT_REPLAYED:
         return value
-    entered: list[Guard] = []
+    ctx = call.run
+    hooks = _hooks(ctx)
+    at = 0  # the guards before this one in the chain let the call in
     try:
-        for guard in call.run.guards:
+        for place, guard in hooks.before:
+            at = place
             guard.before(call)
-            entered.append(guard)
+        at = len(hooks.chain)
         # Last, right before the call's first effect: a guard's before() may have waited (a
         # rate limit) while the lease ran out.
-        call.run.ensure_lease()
+        ctx.ensure_lease()
     except BaseException as exc:
-        _refused(call, exc, entered)
+        _refused(call, exc, hooks.chain[:at])
     if call.at_most_once:
         _started(call)
     return _NOT_REPLAYED
@@ -215,9 +221,20 @@ def _begin(call: Call) -> Any:
             return value
     if call.record_input:
         # Encoded before the call runs, so an input that cannot be stored fails before any effect.
-        call.meta["_input"], text = encode_input(call.args, call.kwargs, serializer=call.serializer, step=call.name)
-        if text is not None and "_args_digest" not in call.meta:  # the same digest, from the same text
-            call.meta["_args_digest"] = _digest(text)
+        meta = call.meta
+        meta["_limit"] = limit = _limit()  # the record's output is checked against the same
+        value, text, stored = encode_input_text(
+            call.args, call.kwargs, serializer=call.serializer, step=call.name, limit=limit
+        )
+        meta["_input"] = value
+        if text is not None and "_args_digest" not in meta:  # the same digest, from the same text
+            meta["_args_digest"] = _digest(text)
+        if stored is not None:
+            # The input's text, for the record (:func:`_completed_text`): valid while the stored
+            # input is unchanged. Its arguments are scalars and strings (``stored`` is only given
+            # for those), so only its ``kwargs`` dict (the caller's) could change: kept as items.
+            kwargs = value["kwargs"]
+            meta["_input_text"] = (value, stored, tuple(kwargs.items()) if kwargs else None)
     return _NOT_REPLAYED
 
 
@@ -235,8 +252,51 @@ def _started(call: Call) -> None:
     call.run.append([NewEvent("call.started", data)])
 
 
-def _after(call: Call, outcome: Outcome, guards: list[Guard]) -> None:
-    for guard in reversed(guards):
+class _Hooks(NamedTuple):
+    """Which guards of a run's chain do something in each hook (``Guard``'s own hooks do
+    nothing: a guard that keeps one is not called for it), read once per chain: a call
+    runs through the chain three times (``before``, ``after``, ``recorded``)."""
+
+    chain: list[Guard]
+    size: int
+    before: tuple[tuple[int, Guard], ...]  # (its place in the chain, the guard)
+    after: tuple[Guard, ...]  # in reverse order, as they run
+    recorded: tuple[Guard, ...]
+    replayed: tuple[Guard, ...]
+
+
+def _hooks(ctx: RunContext) -> _Hooks:
+    """The run's :class:`_Hooks`, made again when its chain was replaced."""
+    chain = ctx.guards
+    hooks: _Hooks | None = ctx.hooks
+    if hooks is None or hooks.chain is not chain or hooks.size != len(chain):
+        hooks = ctx.hooks = _Hooks(
+            chain,
+            len(chain),
+            tuple((i, g) for i, g in enumerate(chain) if _acts(g, "before")),
+            tuple(g for g in reversed(chain) if _acts(g, "after")),
+            tuple(g for g in chain if _acts(g, "recorded")),
+            tuple(g for g in chain if _acts(g, "replayed")),
+        )
+    return hooks
+
+
+def _acts(guard: Guard, hook: str) -> bool:
+    """Whether ``guard``'s ``hook`` may do something: it is not ``Guard``'s own (which does
+    nothing), on its class or set on the guard itself."""
+    return getattr(type(guard), hook, None) is not getattr(Guard, hook) or hook in getattr(guard, "__dict__", ())
+
+
+def _after_all(call: Call, outcome: Outcome) -> None:
+    """:func:`_after` of the whole chain (the guards whose ``after`` does something)."""
+    guards = _hooks(call.run).after
+    if guards:
+        _after(call, outcome, guards, ordered=True)
+
+
+def _after(call: Call, outcome: Outcome, guards: Sequence[Guard], *, ordered: bool = False) -> None:
+    """The guards' ``after`` in reverse order (``ordered``: ``guards`` are in that order)."""
+    for guard in guards if ordered else reversed(guards):
         try:
             guard.after(call, outcome)
         except BaseException as exc:
@@ -282,16 +342,22 @@ def _record(call: Call, outcome: Outcome) -> None:
 def _end_event(call: Call, outcome: Outcome) -> NewEvent | None:
     """The event that records how ``call`` ended, or ``None`` when it is not a result (see
     :func:`_record`)."""
-    output = None
+    output = text = None
     if outcome.error is None:
         try:
-            output = encode(outcome.value, serializer=call.serializer, step=call.name, what="output")
+            limit = call.meta.get("_limit", _UNREAD)
+            output, text = encode_text(
+                outcome.value,
+                serializer=call.serializer,
+                step=call.name,
+                what="output",
+                limit=_limit() if limit is _UNREAD else limit,
+            )
         except SerializationError as exc:
             outcome.error, outcome.value = exc, None
     if outcome.error is None:
-        ev = NewEvent(
-            "call.completed", _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts)
-        )
+        data = _end_data(call, output=output, duration_ms=outcome.duration_ms, attempts=outcome.attempts)
+        ev = NewEvent("call.completed", data, data_json=None if text is None else _completed_text(call, data, text))
     else:
         if (
             not isinstance(outcome.error, Exception)
@@ -309,9 +375,73 @@ def _end_event(call: Call, outcome: Outcome) -> NewEvent | None:
     return ev
 
 
-def _recorded(call: Call, outcome: Outcome) -> None:
-    ctx = call.run
-    for guard in ctx.guards:
+def _completed_text(call: Call, data: dict[str, Any], output_text: str) -> str | None:
+    """``canonical_json(data)`` of a completed call's record, put together from the texts its
+    checks made (the input's in :func:`_begin`, the output's in :func:`_end_event`) rather
+    than by encoding the input and output again; ``None`` (the store encodes ``data``) unless
+    ``data`` has exactly :func:`_end_data`'s keys for a completed call, no guard added any
+    (``call.event``), and its input's text is still that of its stored input. Keys in sorted
+    order, strings as ``canonical_json`` writes them (``encode_basestring``), the same bytes
+    (``tests/unit/engine/test_record_text.py``)."""
+    if call.event:
+        return None
+    get = data.get
+    ms, name, kind, call_id, digest = get("ms"), get("name"), get("kind"), get("call"), get("digest")
+    if (
+        type(ms) is not float
+        or ms - ms != 0.0  # NaN, infinities: the store's encoder refuses them
+        or type(name) is not str
+        or type(kind) is not str
+        or type(call_id) is not str
+        or type(digest) is not str
+    ):
+        return None
+    keys = 7  # call, name, kind, ms, digest, input or args_digest, output
+    if "input" in data:
+        held = call.meta.get("_input_text")
+        if held is None or held[0] is not data["input"]:
+            return None
+        value, text, items = held
+        if items is not None and tuple(value["kwargs"].items()) != items:
+            return None
+        first, middle = "{", f',"input":{text}'
+    else:
+        args_digest = get("args_digest")
+        if type(args_digest) is not str:
+            return None
+        first, middle = f'{{"args_digest":{encode_basestring(args_digest)},', ""
+    if "attempts" in data:
+        attempts = data["attempts"]
+        if type(attempts) is not int:
+            return None
+        first += f'"attempts":{int.__repr__(attempts)},'
+        keys += 1
+    if len(data) != keys:
+        return None
+    # A digest is hexadecimal (letters and digits: nothing to escape); names and kinds repeat.
+    digest = f'"{digest}"' if digest.isascii() and digest.isalnum() else encode_basestring(digest)
+    return (
+        f'{first}"call":{encode_basestring(call_id)},"digest":{digest}{middle},'
+        f'"kind":{_NAMES.get(kind) or _quoted(kind)},"ms":{float.__repr__(ms)},'
+        f'"name":{_NAMES.get(name) or _quoted(name)},"output":{output_text}}}'
+    )
+
+
+_NAMES: dict[str, str] = {}
+"""Calls' names and kinds as JSON text (``encode_basestring``): they repeat, call after call."""
+
+
+def _quoted(text: str) -> str:
+    got: str = encode_basestring(text)
+    if len(_NAMES) >= 4096:  # a process making calls of ever new names keeps only the recent ones
+        _NAMES.clear()
+    _NAMES[text] = got
+    return got
+
+
+def _recorded(call: Call, outcome: Outcome, guards: Sequence[Guard] | None = None) -> None:
+    """The guards' ``recorded`` (``guards``: those of the chain that act in it, if read)."""
+    for guard in _hooks(call.run).recorded if guards is None else guards:
         try:
             guard.recorded(call, outcome)
         except Exception:
@@ -412,7 +542,10 @@ def _run_once(call: Call, fn: Callable[..., Any]) -> Outcome:
     outcome = Outcome()
     t0 = time.perf_counter()
     try:
-        outcome.value = _Run(call, fn).run(None)
+        if call.timeout is None:
+            outcome.value = fn(*call.args, **call.kwargs)
+        else:
+            outcome.value = call.timeout.call(fn, *call.args, **call.kwargs)
     except BaseException as exc:
         outcome.error = exc
     outcome.duration_ms = (time.perf_counter() - t0) * 1000
@@ -464,7 +597,12 @@ async def aguarded_call(call: Call, fn: Callable[..., Awaitable[Any]]) -> Any:
 def _local_start(call: Call) -> bool:
     """Whether an async call's start needs no store: see :func:`_astart`."""
     ctx = call.run
-    return not call.at_most_once and ctx.lease_fresh() and all(guard.local(call) for guard in ctx.guards)
+    if call.at_most_once or not ctx.lease_fresh():
+        return False
+    for guard in ctx.guards:  # noqa: SIM110 (a loop, not ``all()`` of a generator: every async call asks)
+        if not guard.local(call):
+            return False
+    return True
 
 
 class _Begun(NamedTuple):
@@ -544,10 +682,12 @@ def _start_here(call: Call) -> _Begun:
         try:
             value = _begin(call)
             if value is _NOT_REPLAYED:
-                entered = []
-                for guard in ctx.guards:
+                hooks = _hooks(ctx)
+                entered = []  # the guards before the one that refuses the call let it in
+                for place, guard in hooks.before:
+                    entered = hooks.chain[:place]
                     guard.before(call)
-                    entered.append(guard)
+                entered = hooks.chain
         except BaseException as exc:
             return _Begun(_NOT_REPLAYED, held, exc, entered)
     return _Begun(value, held, None, entered)
@@ -607,7 +747,7 @@ async def _afinish_on_loop(call: Call, outcome: Outcome, writer: Any) -> Any:
     ctx = call.run
     try:
         with ctx.hold_appends() as held:
-            _after(call, outcome, ctx.guards)
+            _after_all(call, outcome)
             ev = _end_event(call, outcome)
         if held or call.ops:
             writer.close()
@@ -654,8 +794,14 @@ def finish_call(call: Call, outcome: Outcome, *, check_cancel: bool = True) -> A
 
     Raises the call's error, if any; returns its value.
     """
-    _after(call, outcome, call.run.guards)
-    _record(call, outcome)
+    hooks = _hooks(call.run)
+    if hooks.after:
+        _after(call, outcome, hooks.after, ordered=True)
+    ev = _end_event(call, outcome)
+    if ev is not None:  # :func:`_record`, with the hooks read once
+        call.run.append([ev], ops=call.ops)
+        if hooks.recorded:
+            _recorded(call, outcome, hooks.recorded)
     if outcome.error is not None:
         raise outcome.error
     if check_cancel:

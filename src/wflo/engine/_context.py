@@ -142,6 +142,8 @@ class RunContext:
         # guarded call never builds one (issue 20: an empty workflow's cost).
         self._guards: list[Guard] | None = None if callable(guards) else list(guards)
         self._chain: Callable[[], Sequence[Guard]] | None = guards if callable(guards) else None
+        self.hooks: Any = None
+        """What each guard of the chain does (``_boundary._hooks``), read once per chain."""
         self.state: dict[str, Any] = {}  # per-run state of guards (loop counters, …)
         self._counters: dict[str, int] = {}
         self._lock = threading.RLock()
@@ -301,8 +303,13 @@ class RunContext:
         content among the lanes of the same spawning point; a call with none gets a position
         that no entry holds.
         """
-        self.closed_check(name)
-        call_id = self.next_call_id()
+        if self.closed:
+            raise RunEndedError(run_id=self.run_id, name=name)
+        parent = self._parent()
+        with self._lock:  # :meth:`next_call_id`, without its frame (every call passes here)
+            n = self._counters.get(parent, 0) + 1
+            self._counters[parent] = n
+        call_id = f"{parent}.{n}" if parent else str(n)
         if not self.journal:
             return call_id, None  # a run's first execution: nothing to replay
         parent = call_id.rpartition(".")[0]

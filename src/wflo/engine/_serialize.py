@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib
 import pickle
+from json.encoder import encode_basestring
 from typing import Any
 
 from .._errors import SerializationError, StepFailedError, WfloError
@@ -28,6 +29,7 @@ MAX_DEPTH = 500
 
 
 _settings: Any = None
+_UNSET: Any = object()
 
 
 def _limit() -> int | None:
@@ -107,7 +109,13 @@ def encode(value: Any, *, serializer: str, step: str, what: str) -> Any:
     hold, text that is not valid Unicode (a lone surrogate), nesting deeper than
     ``MAX_DEPTH``, and a value larger than the ``max_value_bytes`` setting.
     """
-    limit = _limit()
+    return encode_text(value, serializer=serializer, step=step, what=what, limit=_limit())[0]
+
+
+def encode_text(value: Any, *, serializer: str, step: str, what: str, limit: int | None) -> tuple[Any, str | None]:
+    """:func:`encode` with the ``max_value_bytes`` setting given (``limit``), and the canonical
+    text of the stored value when it was made on the way (JSON; ``None`` for pickle): a call's
+    record reuses it rather than encoding the value again (``_boundary._end_event``)."""
     if serializer == "pickle":
         try:
             blob = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -116,29 +124,110 @@ def encode(value: Any, *, serializer: str, step: str, what: str) -> Any:
         stored = (len(blob) + 2) // 3 * 4  # its base64 form, what the journal holds
         if limit is not None and stored > limit:
             raise _too_large(step, what, stored, limit)
-        return {_PICKLE_KEY: base64.b64encode(blob).decode("ascii")}
+        return {_PICKLE_KEY: base64.b64encode(blob).decode("ascii")}, None
+    # Nothing to walk, one text, no encoder built (a string over the limit: refused by
+    # ``_precheck`` before its copy, below).
+    text = None if limit is not None and type(value) is str and len(value) > limit else _scalar_json(value)
+    if text is not None:
+        _checked(text, limit, step, what)
+        return value, text
     _precheck(value, limit, step, what)
-    _checked(_json_text(value, step, what), limit, step, what)
-    return value
+    text = _json_text(value, step, what)
+    _checked(text, limit, step, what)
+    return value, text
+
+
+def _scalar_json(value: Any) -> str | None:
+    """``canonical_json(value)`` for a string or an exact int, float, bool or None (what the C
+    encoder writes: ``encode_basestring``, ``int.__repr__``, ``float.__repr__``, constants);
+    ``None`` for anything else, and for what the encoder refuses (NaN, infinities, an int
+    with more digits than ``sys.set_int_max_str_digits`` allows): the general path decides."""
+    kind = type(value)
+    if kind is str:
+        return encode_basestring(value)
+    if kind is int:
+        try:
+            return int.__repr__(value)
+        except ValueError:
+            return None
+    if kind is float:
+        return float.__repr__(value) if value - value == 0.0 else None  # NaN, infinities: not 0
+    if kind is bool:
+        return "true" if value else "false"
+    return "null" if value is None else None
+
+
+def _flat_texts(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int | None) -> tuple[str, str] | None:
+    """For a call's input ``{"args": [...], "kwargs": {...}}`` whose arguments are all scalars
+    or strings (keyword names strings) and within what :func:`_precheck` allows (the keys'
+    and strings' lengths within ``limit``; it nests 3 levels, far from ``MAX_DEPTH``): the
+    canonical texts of its args list and kwargs dict (keys sorted), without the encoder;
+    ``None`` otherwise (the general path checks, encodes or refuses it)."""
+    size = 10  # "args", "kwargs"
+    if limit is not None and size > limit:
+        return None
+    parts = []
+    for arg in args:
+        if type(arg) is str:
+            size += len(arg)
+            if limit is not None and size > limit:
+                return None
+        text = _scalar_json(arg)
+        if text is None:
+            return None
+        parts.append(text)
+    if not kwargs:
+        return f"[{','.join(parts)}]", "{}"
+    items = []
+    for key in sorted(kwargs) if all(type(key) is str for key in kwargs) else ():
+        arg = kwargs[key]
+        size += len(key) + (len(arg) if type(arg) is str else 0)
+        if limit is not None and size > limit:
+            return None
+        text = _scalar_json(arg)
+        if text is None:
+            return None
+        items.append(f"{encode_basestring(key)}:{text}")
+    if len(items) != len(kwargs):
+        return None
+    return f"[{','.join(parts)}]", f"{{{','.join(items)}}}"
 
 
 def encode_input(
-    args: tuple[Any, ...], kwargs: dict[str, Any], *, serializer: str, step: str
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, serializer: str, step: str, limit: Any = _UNSET
 ) -> tuple[Any, str | None]:
     """:func:`encode` of a call's input ``{"args": [...], "kwargs": {...}}``, and for JSON the
     canonical text of ``[args, kwargs]`` (what a call's argument digest hashes; ``None`` for
-    pickle): the arguments are encoded once for both."""
+    pickle): the arguments are encoded once for both. ``limit``: the ``max_value_bytes``
+    setting, if the caller read it already."""
+    value, digest_text, _ = encode_input_text(
+        args, kwargs, serializer=serializer, step=step, limit=_limit() if limit is _UNSET else limit
+    )
+    return value, digest_text
+
+
+def encode_input_text(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, serializer: str, step: str, limit: int | None
+) -> tuple[Any, str | None, str | None]:
+    """:func:`encode_input`, and the canonical text of the stored input when its arguments are
+    all scalars or strings (``None`` otherwise, and for pickle)."""
     value = {"args": list(args), "kwargs": kwargs}
     if serializer != "json":
-        return encode(value, serializer=serializer, step=step, what="input"), None
-    limit = _limit()
-    _precheck(value, limit, step, "input")
+        return encode_text(value, serializer=serializer, step=step, what="input", limit=limit)[0], None, None
+    flat = _flat_texts(args, kwargs, limit)
+    if flat is None:
+        _precheck(value, limit, step, "input")
+        arg_text = _json_text(value["args"], step, "input")
+        kw_text = _json_text(kwargs, step, "input") if kwargs else "{}"
+    else:
+        arg_text, kw_text = flat
     # The canonical text of ``value`` in pieces (its keys sorted: "args" < "kwargs"), the same
     # bytes as ``canonical_json(value)``.
-    arg_text = _json_text(value["args"], step, "input")
-    kw_text = _json_text(kwargs, step, "input") if kwargs else "{}"
-    _checked(f'{{"args":{arg_text},"kwargs":{kw_text}}}', limit, step, "input")
-    return value, f"[{arg_text},{kw_text}]"
+    text = f'{{"args":{arg_text},"kwargs":{kw_text}}}'
+    _checked(text, limit, step, "input")
+    # The stored input's text only for scalars and strings: a container among the arguments
+    # may still change (the call's own code may fill a list it was given) before the record.
+    return value, f"[{arg_text},{kw_text}]", None if flat is None else text
 
 
 def _json_text(value: Any, step: str, what: str) -> str:

@@ -64,6 +64,9 @@ def run_ops(ops: Sequence[StoreOp], cur: Any) -> list[Callable[[], None]]:
     return after
 
 
+INSERT_EVENT = "INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+
 @functools.cache
 def _head_update(
     placeholder: str, status: bool, finish: bool, release: bool, wake_at: bool, owner: bool
@@ -314,7 +317,9 @@ class Store(Connections):
         for ev in events:
             seq += 1
             at = ev.at or now or now_iso()
-            data_json = canonical_json(ev.data)
+            data_json = ev.data_json
+            if data_json is None:
+                data_json = canonical_json(ev.data)
             digest = link_hash(prev, chain, seq, ev.type, at, data_json)
             rows.append((chain, seq, ev.type, at, data_json, prev, digest))
             prev = digest
@@ -322,7 +327,7 @@ class Store(Connections):
 
     def _insert_rows(self, cur: Any, rows: list[tuple[Any, ...]]) -> None:
         cur.executemany(
-            self._sql("INSERT INTO events (chain, seq, type, at, data, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+            self._sql(INSERT_EVENT),
             rows,
         )
 
@@ -530,26 +535,41 @@ class Store(Connections):
         and the run's head is still ``head``. Raises ``LeaseLost`` otherwise.
         """
         now = now_iso()
+        lease = owner
+        if (
+            lease is not None
+            and len(events) == 1
+            and status is None
+            and wake_at is None
+            and not (finish or release or ops)
+            and events[0].type not in RELAXED_MARKERS
+        ):
+            # A step's append: one event under a lease, only the head moves (``_append_step``).
+            def go() -> Head:
+                new, rows = self._link(run_id, head, events, now)
+                cancel = self._append_step(run_id, head, new, rows[0], lease, now)
+                return Head(new.seq, new.hash, True) if cancel else new
 
-        output_json = None if not finish or error is not None else canonical_json(output)
-        error_json = canonical_json(error) if finish and error is not None else None
-        notify = finish or status == "waiting"
-        relaxed = (
-            bool(events)
-            and events[0].type in RELAXED_MARKERS  # first: a step's event stops here
-            and not ops
-            and not (finish or release or status is not None or wake_at is not None)
-            and all(e.type in RELAXED_MARKERS for e in events)
-        )
+        else:
+            output_json = None if not finish or error is not None else canonical_json(output)
+            error_json = canonical_json(error) if finish and error is not None else None
+            notify = finish or status == "waiting"
+            relaxed = (
+                bool(events)
+                and events[0].type in RELAXED_MARKERS
+                and not ops
+                and not (finish or release or status is not None or wake_at is not None)
+                and all(e.type in RELAXED_MARKERS for e in events)
+            )
 
-        def go() -> Head:
-            new, rows = self._link(run_id, head, events, now)
-            cancel = self._append_once(
-                run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish,
-                output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
-                notify=notify, ops=ops, relaxed=relaxed,
-            )  # fmt: skip
-            return Head(new.seq, new.hash, True) if cancel else new
+            def go() -> Head:
+                new, rows = self._link(run_id, head, events, now)
+                cancel = self._append_once(
+                    run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish,
+                    output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
+                    notify=notify, ops=ops, relaxed=relaxed,
+                )  # fmt: skip
+                return Head(new.seq, new.hash, True) if cancel else new
 
         try:
             return self._retrying(go)
@@ -606,6 +626,14 @@ class Store(Connections):
             for then in after:
                 then()
         return cancel
+
+    def _append_step(self, run_id: str, head: Head, new: Head, row: tuple[Any, ...], owner: str, now: str) -> bool:
+        """:meth:`_append_once` of a step's append (one event, ``owner``'s lease, no status,
+        end, release, wake-up or ops): a dialect may have a leaner path for it."""
+        return self._append_once(
+            run_id, head, new, [row], owner=owner, now=now, status=None, finish=False, output_json=None,
+            error_json=None, release=False, wake_at=None, notify=False, ops=(),
+        )  # fmt: skip
 
     def _move_head(
         self,

@@ -148,6 +148,10 @@ class NewEvent:
     type: str
     data: dict[str, Any]
     at: str | None = None
+    data_json: str | None = field(default=None, repr=False, compare=False)
+    """``canonical_json(data)``, when its maker has it already (a step's record builds it from
+    the texts its checks made): the store hashes and stores it as is. ``None``: the store
+    encodes ``data``."""
 
 
 @dataclass(frozen=True, slots=True)
