@@ -100,7 +100,7 @@ PINNED: dict[str, set[str]] = {
     "wflo.store": {
         "Event", "FINAL_STATUSES", "GENESIS", "Head", "MIGRATIONS", "Migration", "NewEvent", "OrderedExecutor", "QueueRule", "RUN_STATUSES",
         "RowStream", "RunRecord", "SCHEMA_VERSION", "SYSTEM_CHAIN", "Store", "StoreOp", "TYPE_INDEXED", "apply_roles", "canonical_json",
-        "event_hash", "iso", "link_hash", "new_id", "now_iso", "open_store", "parse_iso", "role_statements"
+        "event_hash", "iso", "json_string", "link_hash", "new_id", "now_iso", "open_store", "parse_iso", "role_statements"
     },
     "wflo.testing": {"LLMServer", "Recorded", "Reply", "ToolCall"},
     "wflo.tools": {

@@ -32,7 +32,7 @@ from .._errors import (
     SerializationError,
     WfloError,
 )
-from ..store import NewEvent, StoreOp, canonical_json
+from ..store import NewEvent, StoreOp, canonical_json, json_string
 from ._attempts import Attempts, Step, adrive, drive, off_loop, to_store
 from ._context import Held, JournalEntry, RunContext, _call_path
 from ._executor import disk_full
@@ -422,21 +422,9 @@ def _completed_text(call: Call, data: dict[str, Any], output_text: str) -> str |
     digest = f'"{digest}"' if digest.isascii() and digest.isalnum() else encode_basestring(digest)
     return (
         f'{first}"call":{encode_basestring(call_id)},"digest":{digest}{middle},'
-        f'"kind":{_NAMES.get(kind) or _quoted(kind)},"ms":{float.__repr__(ms)},'
-        f'"name":{_NAMES.get(name) or _quoted(name)},"output":{output_text}}}'
+        f'"kind":{json_string(kind)},"ms":{float.__repr__(ms)},'
+        f'"name":{json_string(name)},"output":{output_text}}}'
     )
-
-
-_NAMES: dict[str, str] = {}
-"""Calls' names and kinds as JSON text (``encode_basestring``): they repeat, call after call."""
-
-
-def _quoted(text: str) -> str:
-    got: str = encode_basestring(text)
-    if len(_NAMES) >= 4096:  # a process making calls of ever new names keeps only the recent ones
-        _NAMES.clear()
-    _NAMES[text] = got
-    return got
 
 
 def _recorded(call: Call, outcome: Outcome, guards: Sequence[Guard] | None = None) -> None:

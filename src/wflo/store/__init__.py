@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 from .._errors import ConfigurationError
 from ._base import SYSTEM_CHAIN, Store, StoreOp
-from ._chain import GENESIS, canonical_json, event_hash, link_hash
+from ._chain import GENESIS, canonical_json, event_hash, json_string, link_hash
 from ._claim import QueueRule
 from ._migrations import MIGRATIONS, SCHEMA_VERSION, TYPE_INDEXED, Migration
 from ._offload import OrderedExecutor
@@ -50,6 +50,7 @@ __all__ = [
     "canonical_json",
     "event_hash",
     "iso",
+    "json_string",
     "link_hash",
     "new_id",
     "now_iso",

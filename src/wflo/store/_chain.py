@@ -68,24 +68,25 @@ def link_hash(prev_hash: str, chain: str, seq: int, type_: str, at: str, data_js
     # (``encode_basestring[_ascii]`` is what ``json.dumps`` of a lone string calls). One
     # ``encode`` of the whole text: the same bytes as feeding the pieces one by one.
     text = (
-        f'{{"at":{encode_basestring_ascii(at)},"chain":{_QUOTED.get(chain) or quoted(chain)},"data":{data_json},'
-        f'"seq":{int(seq)},"type":{_QUOTED.get(type_) or quoted(type_)}}}'
+        f'{{"at":{encode_basestring_ascii(at)},"chain":{_QUOTED.get(chain) or json_string(chain)},"data":{data_json},'
+        f'"seq":{int(seq)},"type":{_QUOTED.get(type_) or json_string(type_)}}}'
     )
     return hashlib.sha256(prev_hash.encode("ascii") + text.encode()).hexdigest()
 
 
 _QUOTED: dict[str, str] = {}
-"""Recent strings' JSON text (``encode_basestring``): a run's chain and the event types are
-written into every link's envelope, step after step."""
 
 
-def quoted(text: str) -> str:
-    """``encode_basestring(text)``, kept in :data:`_QUOTED` (emptied at 4,096 strings: the
-    chains of a long-lived process are not all kept)."""
-    got: str = encode_basestring(text)
-    if len(_QUOTED) >= 4096:
-        _QUOTED.clear()
-    _QUOTED[text] = got
+def json_string(text: str) -> str:
+    """``encode_basestring(text)`` (a string's canonical JSON), for strings that repeat event
+    after event (a run's chain, event types, calls' names and kinds): kept in a dict emptied at
+    4,096 strings, so a long-lived process keeps only the recent ones."""
+    got = _QUOTED.get(text)
+    if got is None:
+        got = encode_basestring(text)
+        if len(_QUOTED) >= 4096:
+            _QUOTED.clear()
+        _QUOTED[text] = got
     return got
 
 
