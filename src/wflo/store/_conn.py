@@ -231,21 +231,22 @@ class Connections(abc.ABC):
     def _retrying(self, fn: Callable[[], T], attempts: int = 5) -> T:
         """Run ``fn``; on a lost connection reconnect and try again (with backoff)."""
         delay = 0.05
-        for attempt in range(attempts):
+        attempt = 0
+        while True:  # not ``for attempt in range(attempts)``: its iterator, on every store call
             try:
                 return fn()
             except Exception as exc:
                 better = self._translate_error(exc)
                 if better is not None:
                     raise better from None
-                if not self._is_disconnect(exc) or attempt == attempts - 1:
+                if not self._is_disconnect(exc) or attempt >= attempts - 1:
                     raise
                 # The server went away: the idle connections are as dead as this one.
                 with suppress(Exception):
                     self._get_pool().discard_idle()
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
-        raise AssertionError("unreachable")
+            attempt += 1
 
     @contextmanager
     def _writing(self) -> Iterator[None]:

@@ -435,6 +435,8 @@ def direct_gen(store: PostgresStore, conn: Any, stmt: Statement, params: Sequenc
     if stmt.name in prepared:
         pgconn.send_query_prepared(stmt.name, values)
         results = yield from execute(pgconn)
+        if results and results[-1].status == _TUPLES_OK:  # nearly always: no more questions
+            return results[-1]
         if not (results and results[-1].error_field(_SQLSTATE) == _NO_SUCH_STATEMENT):
             return _check(results, stmt, _TUPLES_OK)
         prepared.discard(stmt.name)  # the session lost it: nothing ran
@@ -699,7 +701,8 @@ class LoopWriter:
         One append per writer: its connection goes back to the pool with the answer."""
         store = self._store
         now = now_iso()
-        relaxed = bool(events) and all(e.type in RELAXED_MARKERS for e in events)
+        # A step's event stops at the first question.
+        relaxed = bool(events) and events[0].type in RELAXED_MARKERS and all(e.type in RELAXED_MARKERS for e in events)
         new, rows = store._link(run_id, head, events)
         statements, params = self._statement(run_id, head, new, rows, owner, now)
         conn, exchange = self._send(statements[relaxed], params)
