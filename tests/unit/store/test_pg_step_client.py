@@ -148,3 +148,22 @@ def test_a_forked_child_knows_its_process_and_takes_a_pool_of_its_own(store: Pos
     finally:
         os.close(read)
     assert store._get_pool() is parent  # the parent's own, kept
+
+
+def test_an_interrupted_step_append_gives_its_connection_back(pg_url: str) -> None:
+    """The step's connection is taken and given back by ``_append_once`` itself: an interrupt
+    (Ctrl-C) on the way must not keep it out of a pool of one."""
+    with open_store(f"{pg_url}&pool_size=1") as store:
+        assert isinstance(store, PostgresStore)
+        store.pool_timeout = 1.0  # a connection kept out: StoreUnavailableError after 1 s
+        head = _run(store, "r-interrupted")
+
+        def interrupted(conn: Any, stmt: Any, params: Any) -> Any:
+            raise KeyboardInterrupt
+
+        store._direct = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            store.append("r-interrupted", head, [NewEvent("step.completed", {})], owner="a")
+        del store._direct
+        new = store.append("r-interrupted", head, [NewEvent("step.completed", {})], owner="a")
+        assert new.seq == head.seq + 1 and store.get_run("r-interrupted").last_seq == new.seq
