@@ -110,7 +110,7 @@ def direct(store: PostgresStore, conn: Any, stmt: Statement, params: Sequence[An
     runs: it is prepared and sent again. Errors are psycopg's (the classes and SQLSTATEs a
     cursor raises); a connection lost on the way raises ``OperationalError`` and the
     store's ``_connection`` discards it; an interrupt is handled by psycopg's ``wait`` (the
-    query is cancelled)."""
+    query is cancelled). ``params`` as ``Values`` are sent as they are (already encoded)."""
     psycopg = store._psycopg
     if type(params) is Values:
         values: Sequence[bytes | None] = params
