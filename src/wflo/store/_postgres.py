@@ -201,9 +201,9 @@ def _step_values(
     """A step's parameters (``_append_statement``'s for ``_STEP``, its one event's ``row``) as the
     direct path sends them (``Values``), built from the append's own values: each encoded as
     the type it has there, without a tuple of them first and the generic encoding's question
-    per parameter (issue 20: about 9 K instructions of a step's client CPU less, measured).
+    per parameter (issue 20: 24.6 K → 9.5 K instructions of a step's append, measured).
     ``None`` for text holding a NUL byte (never in the hashes, times and canonical JSON
-    ``_link`` makes; the run's id, owner or event type could): the caller then sends
+    ``_link`` makes; the run's id, owner, event type or the caller's head could): the caller then sends
     ``_append_statement``'s parameters, which the generic encoding refuses with psycopg's
     error."""
     chain, seq, type_, at, data, prev_hash, event_hash = row
@@ -213,6 +213,7 @@ def _step_values(
         or "\x00" in type_
         or "\x00" in at
         or "\x00" in data
+        or "\x00" in prev_hash
         or (owner is not None and "\x00" in owner)
     ):
         return None

@@ -93,13 +93,14 @@ def test_a_steps_parameters_from_the_loop_go_ready_for_libpq_and_read_back_exact
     _check_chain(store, "r-ready-loop", head, new)
 
 
-@pytest.mark.parametrize("where", ["type", "owner"])
+@pytest.mark.parametrize("where", ["type", "owner", "head"])
 def test_a_steps_text_holding_nul_is_refused_and_nothing_is_written(store: PostgresStore, where: str) -> None:
     head = _run(store, f"r-nul-{where}")
     owner = "a\x00b" if where == "owner" else "a"
     kind = "step.\x00completed" if where == "type" else "step.completed"
+    given = Head(head.seq, head.hash[:-1] + "\x00") if where == "head" else head
     with pytest.raises(psycopg.DataError):
-        store.append(f"r-nul-{where}", head, [NewEvent(kind, {})], owner=owner)
+        store.append(f"r-nul-{where}", given, [NewEvent(kind, {})], owner=owner)
     assert store.get_run(f"r-nul-{where}").last_seq == head.seq
 
 
