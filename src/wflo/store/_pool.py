@@ -239,7 +239,15 @@ class PsycopgPool:
         if broken:
             with suppress(Exception):
                 conn.close()  # the pool then replaces it instead of handing it out again
-        elif self._ready(conn) and not getattr(self._pool, "_waiting", True):  # nobody waits in psycopg_pool
+        # Whether ``conn`` may wait in the slot (open, idle, not past its lifetime, the pool
+        # open) and nobody waits in psycopg_pool: written out, as this runs once per transaction.
+        elif (
+            (pgconn := conn.pgconn).status == _CONNECTION_OK
+            and pgconn.transaction_status == _IDLE
+            and getattr(conn, "_expire_at", 0.0) > time.monotonic()
+            and not getattr(self._pool, "_waiting", True)
+            and not self._pool.closed
+        ):
             hot = self._hot
             hot.append(conn)  # the last one back is the next one out
             while len(hot) > 1:  # the one it displaces goes back to psycopg_pool
@@ -250,16 +258,6 @@ class PsycopgPool:
                 self._pool.putconn(conn)
             return
         self._pool.putconn(conn)
-
-    def _ready(self, conn: Any) -> bool:
-        """Whether ``conn`` may wait in the slot: open, idle, not past its lifetime, pool open."""
-        pgconn = conn.pgconn
-        return bool(
-            pgconn.status == _CONNECTION_OK
-            and pgconn.transaction_status == _IDLE
-            and not self._pool.closed
-            and getattr(conn, "_expire_at", 0.0) > time.monotonic()
-        )
 
     def _give_back_hot(self) -> None:
         """The slot's connection back to ``psycopg_pool`` (which checks it as any other)."""
