@@ -258,3 +258,34 @@ def test_an_async_runs_end_with_finish_ops_goes_through_the_threads_with_them(
     assert "_finish_ok" in names
     assert committed == ["succeeded"]
     assert pg.get_run("er-ops-1").status == "succeeded"
+
+
+@pytest.mark.postgres
+def test_an_async_runs_end_from_the_loop_is_the_lean_end_statement(pg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From the loop an async run ends with the statement the sync path sends (``_END`` on a
+    schema with m025), not ``wflo_append``: the same fence, row, notification and chain."""
+    from wflo.audit import verify_run
+    from wflo.store._pgdirect import LoopWriter
+
+    monkeypatch.setattr(_executor, "_guard_factories", [])  # see the no-thread test above
+    sent: list[str] = []
+    real = LoopWriter._send
+
+    def spy(self: Any, stmt: Any, params: Any) -> Any:
+        sent.append(stmt.sql)
+        return real(self, stmt, params)
+
+    monkeypatch.setattr(LoopWriter, "_send", spy)
+
+    @wflo.workflow(name="er-pg-lean-end")
+    async def flow() -> list[str]:
+        return ["é", "x"]
+
+    assert asyncio.run(flow.options(id="er-pg-lean-end-1").arun()) == ["é", "x"]
+    ends = [sql for sql in sent if "INSERT INTO runs" not in sql]  # the create may come from the loop too
+    assert len(ends) == 1 and "finished_at" in ends[0] and "wflo_append" not in ends[0]
+    assert "wflo_lease_lost" in ends[0]
+    run = pg.get_run("er-pg-lean-end-1")
+    assert (run.status, run.lease_owner, run.output) == ("succeeded", None, ["é", "x"])
+    assert [e.type for e in pg.events(run.id)] == ["run.created", "run.started", "run.completed"]
+    assert verify_run(pg, run.id).ok
