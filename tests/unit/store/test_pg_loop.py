@@ -20,7 +20,7 @@ import pytest
 from wflo._errors import LeaseLost
 from wflo.store import Head, NewEvent, open_store
 from wflo.store._pgdirect import alone
-from wflo.store._postgres import _APPEND_ALONE, _STEP_ALONE, PostgresStore
+from wflo.store._postgres import _END_ALONE, _STEP_ALONE, PostgresStore
 
 pytestmark = pytest.mark.postgres
 
@@ -352,7 +352,7 @@ def test_a_runs_end_from_the_loop_is_fenced_durable_ends_the_run_and_notifies(st
         new = asyncio.run(_end(store, "r-loop-end", head, {"v": 1}))
         heard = [n.payload for n in listener.notifies(timeout=2, stop_after=1)]
     assert heard == ["r-loop-end"]
-    assert len(sent) == 2 and all(s == _APPEND_ALONE[0].sql for s in sent)  # durable, never relaxed
+    assert len(sent) == 2 and all(s == _END_ALONE[0].sql for s in sent)  # the sync path's end: durable, never relaxed
     run = store.get_run("r-loop-end")
     assert (run.status, run.lease_owner, run.last_seq) == ("succeeded", None, new.seq)
     assert run.done and run.output is not None
