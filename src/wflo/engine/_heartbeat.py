@@ -45,19 +45,14 @@ class Heartbeats:
     def _loop(self) -> None:
         while True:
             # Each run's lease is its runtime's; the beat comes as often as the shortest needs.
-            # No run: nothing to renew, and the thread keeps the last period (inf before the
-            # first run, when it waits for ``track`` to wake it). It reads no settings then: the
-            # process's may be unreadable now (an environment changed since), which must not
-            # end this thread. Keeping the period means the next run of the same lease needs
-            # no wake-up (a thread switch on every short run); its first beat comes within a
-            # period, as any run's tracked between two beats. The period is set under the same
-            # lock as the runs are read, so a run of a shorter lease tracked meanwhile sees it.
+            # No run: nothing to renew, so the thread waits for the next ``track`` (which wakes
+            # it: the period is set under the same lock as the runs are read, so a run tracked
+            # meanwhile sees it) and reads no settings: the process's may be unreadable now (an
+            # environment changed since), which must not end this thread.
             with self._lock:
                 leases = [ctx.runtime.settings.lease_seconds for ctx in self._runs.values()]
-                if leases:
-                    self._period = min(leases) / 3
-                period = self._period
-            if self._wake.wait(None if period == float("inf") else period):
+                self._period = min(leases) / 3 if leases else float("inf")
+            if self._wake.wait(self._period if leases else None):
                 self._wake.clear()
                 continue  # woken to wait less: the leases just taken have all their time
             with self._lock:

@@ -159,28 +159,3 @@ def test_the_heartbeat_thread_outlives_unreadable_settings_between_runs(
     assert slow.options(id="beat-2").run() == "done"
     other.join(timeout=10)
     assert taken and taken[0] not in (None, "thief:1:x") and heartbeats._thread is thread
-
-
-@wflo.workflow(name="rt-quick")
-def quick() -> int:
-    return 1
-
-
-def test_a_run_after_an_idle_spell_does_not_wake_the_heartbeat_thread(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Once the thread beats at a run's period it keeps that period while it has no run, so
-    the next run of the same lease starts without waking it: a thread switch on every short
-    run cost an empty workflow ~5-15% (it used to fall back to waiting for ever, and every
-    ``track`` woke it). A run of a shorter lease still wakes it (the first test above)."""
-    from wflo.engine._heartbeat import heartbeats
-
-    _config.configure(database=f"sqlite:///{tmp_path}/p.db", lease_seconds=1.0)
-    assert quick.run() == 1  # the thread now beats every third of a second
-    time.sleep(0.5)  # and has looked at least once since with no run
-    woken: list[int] = []
-    real_set = heartbeats._wake.set
-    monkeypatch.setattr(heartbeats._wake, "set", lambda: (woken.append(1), real_set())[1])
-    for _ in range(3):
-        assert quick.run() == 1
-    assert woken == []

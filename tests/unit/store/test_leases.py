@@ -22,8 +22,7 @@ def test_a_worker_does_not_run_its_own_run_twice_after_its_lease_lapsed(
 ) -> None:
     # The heartbeats cannot reach the database (as in the chaos test that found this), so none
     # renews the lapsed lease before the claim loop (every 0.05 s) takes it back, or the
-    # scenario under test never happens. (A long lease alone is not enough: the heartbeat
-    # thread keeps the period of the runs before this one, and may beat once at that period.)
+    # scenario under test never happens (a long lease alone leaves it to the heartbeat's timing).
     _config.configure(database=configured, lease_seconds=30.0, poll_interval=0.05)
 
     def unreachable(*args: object, **kwargs: object) -> dict[str, bool]:
