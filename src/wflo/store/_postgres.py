@@ -98,14 +98,17 @@ _PG_TIME = (
 _NEW_RUN_ANSWER = ", ".join(
     "r.lease_expires_at" if c == "lease_expires_at" else "NULL" for c in RUN_COLUMNS.split(", ")
 )
-_CREATE_RUN_TEMPLATE = f"""
-WITH r AS (
-    INSERT INTO runs ({RUN_COLUMNS}, queue, priority, partition_key, started_at)
+# A new run's row (both creates' first CTE): nothing for an id that exists; its lease's expiry
+# from the server's clock.
+_INSERT_RUN = f"""    INSERT INTO runs ({RUN_COLUMNS}, queue, priority, partition_key, started_at)
     VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s,
             CASE WHEN %s THEN {_PG_TIME} END, 0, NULL, %s, %s, %s, %s, %s, NULL, %s, %s, %s, %s)
     ON CONFLICT (id) DO NOTHING
     RETURNING id, lease_expires_at
-), e AS (
+"""
+_CREATE_RUN_TEMPLATE = f"""
+WITH r AS (
+{_INSERT_RUN}), e AS (
     INSERT INTO events (chain, seq, type, at, data, prev_hash, hash)
     SELECT r.id, u.seq, u.type, u.at, u.data, u.prev, u.hash
       FROM r, unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
@@ -143,12 +146,7 @@ _CREATE_RUN_RELAXED = _CREATE_RUN_TEMPLATE.format(relax_cte=f", s AS (SELECT {_R
 # ``_CREATE_RUN`` for a new run. Parameters: ``_create_params``'s.
 _CREATE_OWNED_TEMPLATE = f"""
 WITH r AS (
-    INSERT INTO runs ({RUN_COLUMNS}, queue, priority, partition_key, started_at)
-    VALUES (%s, %s, %s, %s, NULL, NULL, %s, %s, %s, %s,
-            CASE WHEN %s THEN {_PG_TIME} END, 0, NULL, %s, %s, %s, %s, %s, NULL, %s, %s, %s, %s)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING id, lease_expires_at
-), e AS (
+{_INSERT_RUN}), e AS (
     INSERT INTO events (chain, seq, type, at, data, prev_hash, hash)
     SELECT r.id, u.seq, u.type, u.at, u.data, u.prev, u.hash
       FROM r, (VALUES (%s::bigint, %s::text, %s::text, %s::text, %s::text, %s::text),
