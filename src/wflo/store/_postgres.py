@@ -721,50 +721,14 @@ class PostgresStore(Store):
         statement, the ops' statements and the commit are pipelined: one round trip unless an op
         waits for an answer before the commit. ``relaxed`` (never with ops): see Commit modes."""
         psycopg = self._psycopg
-        # A step's (nearly every append): its parameters ready for libpq at once (``_step_values``).
-        values: Sequence[Any] | None = None
-        if not ops and _is_step(rows, status, finish, release, notify, wake_at) and (self._lean_step or self._lean()):
-            values = _step_values(run_id, head, new, rows[0], owner, now)
-        if values is not None and getattr(self._local, "held", None) is None:
-            # Its own transaction on a pooled connection taken and given back here, as
-            # ``_connection`` does but without making it this thread's ``held`` (nothing on this
-            # thread asks the store anything while it is out): that object, the thread-local
-            # set and cleared and four calls were ~6 K of the ~111 K instructions of a step's
-            # append (issue 20, measured). Not alone (never, for a pooled connection): below.
-            pool = self._get_pool()
-            conn = pool.get()
-            broken = False
-            try:
-                if alone(conn):  # straight to libpq
-                    value = first_value(self._direct(conn, _STEP_ALONE[relaxed], values))
-                    return value is not None and int(value) != 0
-            except BaseException as exc:
-                broken = self._is_disconnect(exc) or self._conn_broken(conn)
-                if isinstance(exc, psycopg.Error) and getattr(exc, "sqlstate", None) == LEASE_LOST:
-                    raise LeaseLost(run_id=run_id, owner=owner) from None
-                raise
-            finally:
-                pool.put(conn, broken=broken)
         after: list[Callable[[], None]] = []
         with self._connection() as conn:
-            direct = not ops and alone(conn)  # its own transaction: straight to libpq
-            if values is not None and direct:
-                stmt = _STEP_ALONE[relaxed]
-            else:
-                statements, params = _append_statement(
-                    run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish,
-                    output_json=output_json, error_json=error_json, release=release, wake_at=wake_at,
-                    notify=notify, lean=self._lean(),
-                )  # fmt: skip
-                stmt, values = statements[relaxed], params
-            if direct:
-                try:
-                    value = first_value(self._direct(conn, stmt, values))
-                except psycopg.Error as exc:
-                    if getattr(exc, "sqlstate", None) == LEASE_LOST:
-                        raise LeaseLost(run_id=run_id, owner=owner) from None
-                    raise
-                return value is not None and int(value) != 0
+            statements, params = _append_statement(
+                run_id, head, new, rows, owner=owner, now=now, status=status, finish=finish, output_json=output_json,
+                error_json=error_json, release=release, wake_at=wake_at, notify=notify, lean=self._lean(),
+            )  # fmt: skip
+            if not ops and alone(conn):  # its own transaction: straight to libpq
+                return self._send_alone(conn, statements[relaxed], params, run_id, owner)
             sql, sql_relaxed = statements[0].sql, statements[1].sql
             cur = conn.cursor()
             try:
@@ -794,6 +758,44 @@ class PostgresStore(Store):
             for then in after:  # committed; read the ops' answers while the connection is ours
                 then()
         return bool(row[0])
+
+    def _append_step(
+        self, run_id: str, head: Head, new: Head, row: tuple[Any, ...], owner: str | None, now: str
+    ) -> bool:
+        """A step's append (one event fenced on ``owner``, only the head moves) on a schema
+        with m025: its parameters ready for libpq at once (``_step_values``), sent alone on a
+        pooled connection taken and given back here, as ``_connection`` does but without making
+        it this thread's ``held`` (nothing on this thread asks the store anything while it is
+        out): that object, the thread-local set and cleared and four calls were ~6 K of the
+        ~111 K instructions of a step's append (issue 20, measured). Inside a caller's
+        transaction, on an older schema, or with a NUL in its text: the shared path."""
+        values = None
+        if getattr(self._local, "held", None) is None and (self._lean_step or self._lean()):
+            values = _step_values(run_id, head, new, row, owner, now)
+        if values is not None:
+            pool = self._get_pool()
+            conn = pool.get()
+            broken = False
+            try:
+                if alone(conn):  # always, for a pooled connection; else the shared path below
+                    return self._send_alone(conn, _STEP_ALONE[False], values, run_id, owner)
+            except BaseException as exc:
+                broken = self._is_disconnect(exc) or self._conn_broken(conn)
+                raise
+            finally:
+                pool.put(conn, broken=broken)
+        return super()._append_step(run_id, head, new, row, owner, now)
+
+    def _send_alone(self, conn: Any, stmt: Statement, params: Sequence[Any], run_id: str, owner: str | None) -> bool:
+        """An append's statement in its own transaction through ``_direct``: the run's cancel
+        request; ``LeaseLost`` when the fence failed (WF001)."""
+        try:
+            value = first_value(self._direct(conn, stmt, params))
+        except self._psycopg.Error as exc:
+            if getattr(exc, "sqlstate", None) == LEASE_LOST:
+                raise LeaseLost(run_id=run_id, owner=owner) from None
+            raise
+        return value is not None and int(value) != 0
 
     def _is_disconnect(self, error: BaseException) -> bool:
         psycopg = self._psycopg

@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from .._errors import LeaseLost, StoreCorruptError, StoreNotFoundError, StoreUnavailableError
-from ._base import INSERT_EVENT, Store, StoreOp, _head_update
+from .._errors import StoreCorruptError, StoreNotFoundError, StoreUnavailableError
+from ._base import INSERT_EVENT, Store, StoreOp, _head_update, fenced_update
 from ._feed import SQLITE_WATCH_INTERVAL
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT
 from ._records import Head
@@ -27,9 +27,11 @@ _SYNCING = frozenset({"FULL", "EXTRA", "2", "3"})
 _CORRUPT = ("file is not a database", "malformed", "database disk image", "file is encrypted")
 
 
-# A step's statements (``SQLiteStore._append_step``): the fenced head move of an append that
-# sets no status, end, release or wake-up, under an owner's lease (its insert: ``INSERT_EVENT``).
-_STEP_HEAD, _STEP_HEAD_RETURNING = _head_update("?", False, False, False, False, True)
+# A step's head update (``SQLiteStore._append_step``), as ``_move_head`` builds it for an append
+# that sets no status, end, release or wake-up, under an owner's lease and with no owner (its
+# insert: ``INSERT_EVENT``).
+_STEP_HEAD = _head_update("?", False, False, False, False, True)
+_STEP_HEAD_UNOWNED = _head_update("?", False, False, False, False, False)
 
 _writers: dict[str, threading.RLock] = {}
 _writers_lock = threading.Lock()
@@ -242,45 +244,27 @@ class SQLiteStore(Store):
 
         return self._immediate(step_in)
 
-    def _append_step(self, run_id: str, head: Head, new: Head, row: tuple[Any, ...], owner: str, now: str) -> bool:
-        """A step's append (one event, only the head moves, under ``owner``'s lease) as
-        :meth:`_immediate` and ``_move_head`` make it, in one function: the same pool, writer
-        lock, ``BEGIN IMMEDIATE``, fenced head move (its ``RETURNING`` form only when no row
-        changed), insert (``execute``: one row) and commit. About 3 µs of a step's Python
-        less than the general path (issue 20, ``sqlcpu``). Inside a caller's transaction: the
-        shared path."""
+    def _append_step(
+        self, run_id: str, head: Head, new: Head, row: tuple[Any, ...], owner: str | None, now: str
+    ) -> bool:
+        """A step's append (one event, only the head moves, fenced on ``owner``) through
+        :meth:`_immediate`, with the step's head update (``_STEP_HEAD``) and one ``execute`` for
+        its row: without ``_move_head``'s parameter and statement building (issue 20,
+        ``sqlcpu``). Inside a caller's transaction: the shared path."""
         if getattr(self._local, "held", None) is not None:
             return super()._append_step(run_id, head, new, row, owner, now)
-        params = (new.seq, new.hash, now, run_id, head.seq, owner)
-        pool = self._get_pool()
-        conn = pool.get()
-        try:
-            with _writer_lock(self._writer_key):
-                cur = conn.cursor()
-                try:
-                    cur.execute("BEGIN IMMEDIATE")
-                    try:
-                        cur.execute(_STEP_HEAD, params)
-                        cancel = False
-                        if cur.rowcount != 1:  # asked to cancel, or the lease is lost
-                            cur.execute(_STEP_HEAD_RETURNING, params)
-                            got = cur.fetchone()
-                            if got is None:
-                                raise LeaseLost(run_id=run_id, owner=owner)
-                            cancel = bool(got[0])
-                        cur.execute(INSERT_EVENT, row)
-                    except BaseException:
-                        with contextlib.suppress(Exception):
-                            cur.execute("ROLLBACK")
-                        raise
-                    cur.execute("COMMIT")
-                finally:
-                    cur.close()
-        except BaseException as exc:
-            pool.put(conn, broken=self._is_disconnect(exc) or self._conn_broken(conn))
-            raise
-        pool.put(conn)
-        return cancel
+        params: tuple[Any, ...]
+        if owner is None:
+            update, params = _STEP_HEAD_UNOWNED, (new.seq, new.hash, now, run_id, head.seq)
+        else:
+            update, params = _STEP_HEAD, (new.seq, new.hash, now, run_id, head.seq, owner)
+
+        def step_in(cur: Any) -> bool:
+            cancel = fenced_update(cur, update, params, run_id, owner)
+            cur.execute(INSERT_EVENT, row)
+            return cancel
+
+        return self._immediate(step_in)
 
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         # ``Connections._fetchall`` in one function (reads are on the LangGraph checkpointer's

@@ -152,7 +152,7 @@ def test_a_forked_child_knows_its_process_and_takes_a_pool_of_its_own(store: Pos
 
 
 def test_an_interrupted_step_append_gives_its_connection_back(pg_url: str) -> None:
-    """The step's connection is taken and given back by ``_append_once`` itself: an interrupt
+    """The step's connection is taken and given back by ``_append_step`` itself: an interrupt
     (Ctrl-C) on the way must not keep it out of a pool of one."""
     with open_store(f"{pg_url}&pool_size=1") as store:
         assert isinstance(store, PostgresStore)
