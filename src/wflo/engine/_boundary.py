@@ -129,8 +129,6 @@ class Guard:
         return cls.before is Guard.before and cls.replayed is Guard.replayed
 
 
-_UNREAD: Any = object()
-
 NOT_REPLAYED: Any = object()
 """What :func:`start_call` returns when the call must really run."""
 _NOT_REPLAYED = NOT_REPLAYED
@@ -331,12 +329,15 @@ def _end_data(
     return data
 
 
-def _record(call: Call, outcome: Outcome) -> None:
+def _record(call: Call, outcome: Outcome, recorded: Sequence[Guard] | None = None) -> None:
+    """Journal how ``call`` ended (if it is a result), then the guards' ``recorded``
+    (``recorded``: those of the chain that act in it, if read already)."""
     ev = _end_event(call, outcome)
     if ev is None:
         return
     call.run.append([ev], ops=call.ops)
-    _recorded(call, outcome)
+    if recorded is None or recorded:
+        _recorded(call, outcome, recorded)
 
 
 def _end_event(call: Call, outcome: Outcome) -> NewEvent | None:
@@ -345,13 +346,10 @@ def _end_event(call: Call, outcome: Outcome) -> NewEvent | None:
     output = text = None
     if outcome.error is None:
         try:
-            limit = call.meta.get("_limit", _UNREAD)
+            meta = call.meta
+            limit = meta["_limit"] if "_limit" in meta else _limit()  # read at the start, if it was
             output, text = encode_text(
-                outcome.value,
-                serializer=call.serializer,
-                step=call.name,
-                what="output",
-                limit=_limit() if limit is _UNREAD else limit,
+                outcome.value, serializer=call.serializer, step=call.name, what="output", limit=limit
             )
         except SerializationError as exc:
             outcome.error, outcome.value = exc, None
@@ -665,18 +663,21 @@ def _start_now(call: Call) -> _Begun | None:
 def _start_here(call: Call) -> _Begun:
     """The start of a call that needs no store, wherever it runs: appends are held back."""
     ctx = call.run
-    entered: list[Guard] | None = None
+    entered: list[Guard] | None = None  # None: no guard was asked (the start failed before)
+    chain: list[Guard] | None = None
+    at = 0
     with ctx.hold_appends() as held:
         try:
             value = _begin(call)
             if value is _NOT_REPLAYED:
-                hooks = _hooks(ctx)
-                entered = []  # the guards before the one that refuses the call let it in
+                chain = (hooks := _hooks(ctx)).chain
                 for place, guard in hooks.before:
-                    entered = hooks.chain[:place]
+                    at = place
                     guard.before(call)
-                entered = hooks.chain
+                entered = chain
         except BaseException as exc:
+            if chain is not None:  # a guard refused it: the guards before it let it in
+                entered = chain[:at]
             return _Begun(_NOT_REPLAYED, held, exc, entered)
     return _Begun(value, held, None, entered)
 
@@ -785,11 +786,7 @@ def finish_call(call: Call, outcome: Outcome, *, check_cancel: bool = True) -> A
     hooks = _hooks(call.run)
     if hooks.after:
         _after(call, outcome, hooks.after, ordered=True)
-    ev = _end_event(call, outcome)
-    if ev is not None:  # :func:`_record`, with the hooks read once
-        call.run.append([ev], ops=call.ops)
-        if hooks.recorded:
-            _recorded(call, outcome, hooks.recorded)
+    _record(call, outcome, hooks.recorded)
     if outcome.error is not None:
         raise outcome.error
     if check_cancel:

@@ -278,13 +278,6 @@ class RunContext:
             return str(lane[1])
         return parent
 
-    def next_call_id(self) -> str:
-        parent = self._parent()
-        with self._lock:
-            n = self._counters.get(parent, 0) + 1
-            self._counters[parent] = n
-        return f"{parent}.{n}" if parent else str(n)
-
     def spawn(self) -> str:
         """The lane of a thread or task started now from the current position."""
         parent = self._parent()
@@ -306,7 +299,7 @@ class RunContext:
         if self.closed:
             raise RunEndedError(run_id=self.run_id, name=name)
         parent = self._parent()
-        with self._lock:  # :meth:`next_call_id`, without its frame (every call passes here)
+        with self._lock:  # numbered here, in this frame: every call passes here
             n = self._counters.get(parent, 0) + 1
             self._counters[parent] = n
         call_id = f"{parent}.{n}" if parent else str(n)
@@ -431,10 +424,6 @@ class RunContext:
                 entries.sort(key=lambda e: e.seq)
             self._siblings = index
         return self._siblings.get(spawn_point, [])
-
-    def closed_check(self, name: str) -> None:
-        if self.closed:
-            raise RunEndedError(run_id=self.run_id, name=name)
 
     def close(self) -> None:
         """This execution ended: its threads' later calls are refused."""

@@ -29,7 +29,6 @@ MAX_DEPTH = 500
 
 
 _settings: Any = None
-_UNSET: Any = object()
 
 
 def _limit() -> int | None:
@@ -194,15 +193,12 @@ def _flat_texts(args: tuple[Any, ...], kwargs: dict[str, Any], limit: int | None
 
 
 def encode_input(
-    args: tuple[Any, ...], kwargs: dict[str, Any], *, serializer: str, step: str, limit: Any = _UNSET
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, serializer: str, step: str
 ) -> tuple[Any, str | None]:
     """:func:`encode` of a call's input ``{"args": [...], "kwargs": {...}}``, and for JSON the
     canonical text of ``[args, kwargs]`` (what a call's argument digest hashes; ``None`` for
-    pickle): the arguments are encoded once for both. ``limit``: the ``max_value_bytes``
-    setting, if the caller read it already."""
-    value, digest_text, _ = encode_input_text(
-        args, kwargs, serializer=serializer, step=step, limit=_limit() if limit is _UNSET else limit
-    )
+    pickle): the arguments are encoded once for both."""
+    value, digest_text, _ = encode_input_text(args, kwargs, serializer=serializer, step=step, limit=_limit())
     return value, digest_text
 
 
