@@ -714,10 +714,10 @@ class LoopWriter:
     ) -> LoopAppend:
         """A run's final append: ``Store.append(run_id, head, events, owner=owner, status=status,
         output=output, finish=True)`` with no ops, from the loop (issue 20: an async run's end
-        without a hand-off to a store thread). The same ``wflo_append`` statement with the run's
-        end (its status and output, the lease let go, ``wflo_runs`` notified), fenced as any
-        append and always durable (a run's end is never relaxed): the sync path's statement
-        (``_END`` on a schema with m025, else ``wflo_append``). Otherwise as :meth:`append`:
+        without a hand-off to a store thread). The sync path's statement for a run's end
+        (``_END`` on a schema with m025, else ``wflo_append``: its status and output, the lease
+        let go, ``wflo_runs`` notified), fenced as any append and always durable (a run's end is
+        never relaxed). Otherwise as :meth:`append`:
         sent now, one per writer; a lost connection makes it again through ``Store.append``,
         which finds out whether the first one committed."""
         from ._postgres import _append_statement
