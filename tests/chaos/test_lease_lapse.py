@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from wflo import _config
+from wflo.engine._tables import registered_workers
 from wflo.store import open_store
 
 HERE = Path(__file__).parent
@@ -78,6 +79,12 @@ def _overlaps(effects: Path) -> list[str]:
     return found
 
 
+def _exits(a: subprocess.Popen[str], err_a: str, b: subprocess.Popen[str] | None, err_b: str) -> str:
+    """Both workers' exit codes and the ends of their logs, whole (a tuple's repr is cut short)."""
+    return "\n".join(f"worker {name} exited {p.returncode if p else None}; its log ends:\n{err[-4000:]}"
+                     for name, p, err in (("A", a, err_a), ("B", b, err_b)))  # fmt: skip
+
+
 def _stopped(pid: int) -> bool:
     # /proc/PID/stat: "pid (comm) STATE ..."; T = stopped by a signal.
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
@@ -123,7 +130,7 @@ def test_worker_frozen_past_its_lease_does_not_start_the_next_step(store_url: st
                 os.kill(p.pid, signal.SIGCONT)
                 p.kill()
                 p.wait()
-    assert a.returncode == 0 and b.returncode == 0, (err_a, err_b)
+    assert a.returncode == 0 and b.returncode == 0, _exits(a, err_a, b, err_b)
     assert "lost the lease of run frozen-1" in err_a, err_a
     assert "served 1" in out_b, (out_b, err_b)
     a_steps = [step for kind, step, pid, _ in _lines(effects) if pid == a.pid and kind == "start"]
@@ -192,7 +199,11 @@ def _store_away(url: str, tmp_path: Path, outage: Callable[[Callable[[], None]],
         _wait("worker A to start step one of every run",
               lambda: sum(1 for k, st, pid, _ in _lines(effects) if k == "start" and pid == a.pid) == RUNS)  # fmt: skip
         b = _serve(env, idle=4)
-        time.sleep(1.0)  # B is up and polling
+        # B is up (its store open, its registry row written) before the store goes away: a
+        # worker that cannot open its store at start exits with StoreUnavailableError. Under
+        # load B's start (imports, schema check) took longer than a fixed second (CI, once).
+        _wait("worker B to be up", lambda: any(w.pid == b.pid for w in registered_workers(store)))
+        time.sleep(0.3)  # and polling
 
         def steps_end() -> None:
             # A's first steps end just before the store comes back. Not after: once the store
@@ -213,7 +224,7 @@ def _store_away(url: str, tmp_path: Path, outage: Callable[[Callable[[], None]],
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-    assert a.returncode == 0 and b.returncode == 0, (err_a, err_b)
+    assert a.returncode == 0 and b.returncode == 0, _exits(a, err_a, b, err_b)
     assert _overlaps(effects) == []
     store = open_store(url)
     for i, run_id in enumerate(ids):
