@@ -12,6 +12,13 @@ import subprocess
 import sys
 import tempfile
 
+try:
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError:
+    print("examples/cli_device_login.py needs the server extra: pip install 'wflo[server]'")
+    sys.exit(0)
+
 import httpx
 
 import wflo

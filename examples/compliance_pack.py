@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
+
+try:
+    import cryptography  # noqa: F401
+except ImportError:
+    print("examples/compliance_pack.py needs cryptography (signed packs): pip install 'wflo[audit]'")
+    sys.exit(0)
 
 import wflo
 from wflo.audit import generate_key

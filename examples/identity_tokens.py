@@ -6,7 +6,15 @@ Needs wflo[server]; runs offline in a few seconds: python examples/identity_toke
 
 from __future__ import annotations
 
+import sys
 import tempfile
+
+try:
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError:
+    print("examples/identity_tokens.py needs the server extra: pip install 'wflo[server]'")
+    sys.exit(0)
 
 import httpx
 

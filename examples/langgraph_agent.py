@@ -9,8 +9,16 @@ OpenAI API instead (the graph does not change). Needs ``pip install 'wflo[langgr
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from typing import Any
+
+try:
+    import langchain_openai  # noqa: F401
+    import langgraph  # noqa: F401
+except ImportError:
+    print("examples/langgraph_agent.py needs LangGraph: pip install 'wflo[langgraph]'")
+    sys.exit(0)
 
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI

@@ -12,8 +12,15 @@ python examples/mcp_sandboxed.py
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
+
+try:
+    import mcp  # noqa: F401
+except ImportError:
+    print("examples/mcp_sandboxed.py needs the MCP SDK: pip install 'wflo[mcp]'")
+    sys.exit(0)
 
 import wflo
 from wflo.mcp import connect

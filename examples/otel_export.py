@@ -10,9 +10,15 @@ Jaeger), the spans go there over OTLP/HTTP. Without it, they are kept in memory 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
-import openai
+try:
+    import openai
+    import opentelemetry.sdk  # noqa: F401
+except ImportError:
+    print("examples/otel_export.py needs the OpenAI SDK and OpenTelemetry: pip install 'wflo[otel,openai]'")
+    sys.exit(0)
 
 import wflo
 import wflo.observability as obs

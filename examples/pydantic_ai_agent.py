@@ -9,7 +9,14 @@ OpenAI API instead (the agent does not change). Needs ``pip install 'wflo[pydant
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+
+try:
+    import pydantic_ai  # noqa: F401
+except ImportError:
+    print("examples/pydantic_ai_agent.py needs pydantic-ai: pip install 'wflo[pydantic-ai]'")
+    sys.exit(0)
 
 from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel

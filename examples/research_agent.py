@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 
-import openai
+try:
+    import openai
+except ImportError:
+    print("examples/research_agent.py needs the OpenAI SDK: pip install 'wflo[openai]'")
+    sys.exit(0)
 
 import wflo
 from wflo.testing import LLMServer, Reply, ToolCall

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
+
+try:
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError:
+    print("examples/runs_api.py needs the server extra: pip install 'wflo[server]'")
+    sys.exit(0)
 
 import httpx
 

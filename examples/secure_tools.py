@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
+
+try:
+    import sqlglot  # noqa: F401
+except ImportError:
+    print("examples/secure_tools.py needs the SQL parser sqlglot: pip install 'wflo[tools]'")
+    sys.exit(0)
 
 from wflo.tools import ToolRefused, files, http_get, sql_query
 

@@ -7,9 +7,17 @@ Needs wflo[server]; runs offline in a few seconds: python examples/server_admin.
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import threading
 import time
+
+try:
+    import fastapi  # noqa: F401
+    import uvicorn  # noqa: F401
+except ImportError:
+    print("examples/server_admin.py needs the server extra: pip install 'wflo[server]'")
+    sys.exit(0)
 
 import httpx
 

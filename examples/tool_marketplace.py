@@ -14,6 +14,12 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+try:
+    import cryptography  # noqa: F401
+except ImportError:
+    print("examples/tool_marketplace.py needs cryptography (signed tool packages): pip install 'wflo[audit]'")
+    sys.exit(0)
+
 import wflo
 from wflo.audit import generate_key
 from wflo.tools import ToolRefused, UntrustedTool, grant, load, sign_package, trust

@@ -100,7 +100,8 @@ class _OnlyNamedExtras:
     blocked = frozenset(%r)
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] in self.blocked:
-            raise ModuleNotFoundError(f"No module named {name!r} (this page does not name the extra that installs it)")
+            raise ModuleNotFoundError(f"No module named {name!r} (this page does not name the extra that installs it)",
+                                      name=name.partition(".")[0])
         return None
 _sys.meta_path.insert(0, _OnlyNamedExtras())
 del _sys, _OnlyNamedExtras

@@ -74,7 +74,7 @@ PINNED: dict[str, set[str]] = {
         "SandboxError", "SandboxSetupError", "SandboxUnavailableError", "SchemaVersionError", "SerializationError",
         "StepFailedError", "StoreCorruptError", "StoreError", "StoreNotFoundError", "StoreUnavailableError",
         "ToolDeniedError", "UnboundedRequestError", "UnknownPriceError", "UnknownWorkflowError", "UserError",
-        "WfloError", "WfloInterrupt", "exit_code_for"
+        "WfloError", "WfloInterrupt", "exit_code_for", "missing_extra"
     },
     "wflo.ext": {
         "BoundWorkflow", "Call", "Guard", "JournalEntry", "NOT_REPLAYED", "Outcome", "RunContext", "Step",

@@ -55,6 +55,7 @@ from ._errors import (
     WfloInterrupt,
     exit_code_for,
 )
+from ._extras import missing_extra
 
 __all__ = [
     "AccessDeniedError",
@@ -106,4 +107,5 @@ __all__ = [
     "WfloError",
     "WfloInterrupt",
     "exit_code_for",
+    "missing_extra",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from wflo import _config
-from wflo.engine._tables import registered_workers
+from wflo.engine import registered_workers
 from wflo.store import open_store
 
 HERE = Path(__file__).parent

@@ -41,7 +41,7 @@ VERSION = 1
 def _crypto() -> Any:
     try:
         from cryptography.hazmat.primitives.asymmetric import ed25519
-    except ImportError:  # pragma: no cover - the dev extra installs it
+    except ImportError:  # tests/test_extras.py: without the extra
         raise ConfigurationError(
             "signed checkpoints need the cryptography package: pip install 'wflo[audit]'"
         ) from None
@@ -51,9 +51,9 @@ def _crypto() -> Any:
 # --------------------------------------------------------------------------- keys
 def generate_key(out_path: str | os.PathLike[str]) -> str:
     """Write a new Ed25519 private key (PEM, mode 0600) to ``out_path``; return the public key PEM."""
+    ed25519 = _crypto()  # first: without cryptography, the line naming the extra
     from cryptography.hazmat.primitives import serialization
 
-    ed25519 = _crypto()
     key = ed25519.Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     try:
@@ -84,9 +84,9 @@ def _raw_public(public_key: Any) -> str:
 
 def load_private_key(path: str | os.PathLike[str]) -> Any:
     """The Ed25519 private key in a PEM file; ``UserError`` with one line if it is not one."""
+    ed25519 = _crypto()  # first: without cryptography, the line naming the extra
     from cryptography.hazmat.primitives import serialization
 
-    ed25519 = _crypto()
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -102,9 +102,9 @@ def load_private_key(path: str | os.PathLike[str]) -> Any:
 
 def load_public_key(path: str | os.PathLike[str]) -> Any:
     """An Ed25519 public key from a PEM file (a private key file gives its public half)."""
+    ed25519 = _crypto()  # first: without cryptography, the line naming the extra
     from cryptography.hazmat.primitives import serialization
 
-    ed25519 = _crypto()
     try:
         data = Path(path).read_bytes()
     except OSError as exc:

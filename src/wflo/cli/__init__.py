@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._app import cli
+from ._app import cli, fail_missing_extra
 
 # Each module adds its commands to ``cli`` when imported.
 from . import _approvals, _audit, _auth, _budgets, _compliance, _db, _demo, _mcp, _runs, _tools  # noqa: F401  isort: skip
@@ -12,4 +12,7 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     """Entry point of the ``wflo`` script."""
-    cli(prog_name="wflo")
+    try:
+        cli(prog_name="wflo")
+    except ImportError as exc:  # a command without ``handle_errors``: the same one line
+        fail_missing_extra(exc)

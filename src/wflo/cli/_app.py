@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import config
-from ..errors import UserError, WfloError, exit_code_for
+from ..errors import UserError, WfloError, exit_code_for, missing_extra
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,9 +45,20 @@ def handle_errors(fn: F) -> F:
             if os.environ.get("WFLO_DEBUG"):
                 raise
             fail(str(exc), 1)
+        except ImportError as exc:
+            fail_missing_extra(exc)
         return None
 
     return wrapper  # type: ignore[return-value]
+
+
+def fail_missing_extra(exc: ImportError) -> None:
+    """One line naming the extra to install when ``exc`` is an optional module that is not
+    installed (``wflo._extras``); any other import failure is raised as it is."""
+    better = missing_extra(exc)
+    if better is None or os.environ.get("WFLO_DEBUG"):
+        raise exc
+    fail(str(better), exit_code_for(better))
 
 
 def import_modules(modules: tuple[str, ...]) -> None:

@@ -176,7 +176,7 @@ def _fail(problem: str) -> PackResult:
 
 def verify_pack(directory: str | os.PathLike[str], public_key: Any | None = None) -> PackResult:
     """Check a pack offline: signature, every file's digest, no missing or extra file, records' hashes."""
-    from ..audit._checkpoint import _raw_public, record_signed_by
+    from ..audit._checkpoint import _crypto, _raw_public, record_signed_by
 
     folder = Path(directory)
     if not folder.is_dir():
@@ -198,7 +198,7 @@ def verify_pack(directory: str | os.PathLike[str], public_key: Any | None = None
         try:
             import base64
 
-            from cryptography.hazmat.primitives.asymmetric import ed25519
+            ed25519 = _crypto()
 
             key = ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(str(manifest.get("public_key"))))
         except (ValueError, TypeError):

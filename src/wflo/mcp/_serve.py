@@ -88,9 +88,9 @@ class ToolServer:
         return server_cls("wflo", on_list_tools=list_tools, on_call_tool=call_tool)
 
     async def serve_stdio(self) -> None:
+        server = self.build()  # first: without the SDK, the line naming the extra
         from mcp.server.stdio import stdio_server
 
-        server = self.build()
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())
 
