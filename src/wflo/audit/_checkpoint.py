@@ -43,7 +43,8 @@ def _crypto() -> Any:
         from cryptography.hazmat.primitives.asymmetric import ed25519
     except ImportError:  # tests/test_extras.py: without the extra
         raise ConfigurationError(
-            "signed checkpoints need the cryptography package: pip install 'wflo[audit]'"
+            "Ed25519 keys and signatures (audit checkpoints, evidence packs, tool packages) need the "
+            "cryptography package: pip install 'wflo[audit]'"
         ) from None
     return ed25519
 
