@@ -310,3 +310,15 @@ def test_llm_calls_in_crewai_threads_carry_the_run(configured: str, llm: LLMServ
     assert len(threaded) == 6 and all("t" in call for call in threaded), threaded
     assert ledger().scope_usage("run:crew-threads").spent == sum(Decimal(c["cost_usd"]) for c in calls)
     assert len(_events("crew-threads", "tool")) == 2 and EFFECTS == ["expert otter food?"] * 2
+
+
+def test_the_example_runs(tmp_path: Path) -> None:
+    """``examples/crewai_agent.py`` as a user runs it. The main suite's environment has no
+    crewai (``test_crewai_env.py``), so there the example only says which extra it needs; here
+    it runs its crew against its own scripted LLM server."""
+    example = HERE.parents[1] / "examples" / "crewai_agent.py"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}  # offline: see _offline
+    proc = subprocess.run([sys.executable, str(example)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "needs CrewAI" not in proc.stdout and "journal events, 3 LLM calls" in proc.stdout, proc.stdout
