@@ -70,7 +70,7 @@ PINNED: dict[str, set[str]] = {
         "AuthenticationError", "BudgetError", "BudgetExceededError", "ChainBrokenError", "CircuitOpenError",
         "ConfigurationError", "EgressRefusedError", "GuardError", "LeaseLost", "LoopDetectedError",
         "NonDeterminismError", "OptionError", "RateLimitedError", "ResultTimeoutError", "RetentionError",
-        "RunCancelled", "RunEndedError", "RunFailedError", "RunNotFoundError", "RunStopped", "RunSuspended",
+        "RunCancelled", "RunEndedError", "RunFailedError", "RunNotFoundError", "RunReleased", "RunStopped", "RunSuspended",
         "SandboxError", "SandboxSetupError", "SandboxUnavailableError", "SchemaVersionError", "SerializationError",
         "StepFailedError", "StoreCorruptError", "StoreError", "StoreNotFoundError", "StoreUnavailableError",
         "ToolDeniedError", "UnboundedRequestError", "UnknownPriceError", "UnknownWorkflowError", "UserError",

@@ -54,6 +54,7 @@ must not be able to swallow with ``except Exception`` (``WfloInterrupt``, a ``Ba
     ├── RunCancelled                   the run was cancelled; it stops at the next step boundary
     ├── LeaseLost                      another worker owns this run now; stop touching it
     ├── RunSuspended                   the run waits (approval, timer); the worker lets it go
+    ├── RunReleased                    a stopping worker hands the run back at a call boundary
     └── RunStopped                     a guarded call after a loop stop: the run is over
 
 Each error keeps its domain values as attributes, builds its own message, pickles cleanly
@@ -685,6 +686,19 @@ class RunSuspended(WfloInterrupt):
 
     def _message(self) -> str:
         return f"run {self.run_id} is waiting: {self.reason}"
+
+
+class RunReleased(WfloInterrupt):
+    """A stopping worker handed the run back at a call boundary (``Worker.stop(hand_back=True)``):
+    its lease is released, so any worker resumes it at once from its journal."""
+
+    code = "released"
+    _fields = ("run_id", "owner")
+    run_id: Any
+    owner: Any
+
+    def _message(self) -> str:
+        return f"worker {self.owner} is stopping: run {self.run_id} was handed back for another worker to resume"
 
 
 class RunStopped(WfloInterrupt):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from typing import Any
 
 import click
@@ -101,6 +103,9 @@ def db_roles(app: str, auditor: str, owner: str | None, print_only: bool, no_cre
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics (computed from the store) on this port; needs wflo[otel].")  # fmt: skip
+@click.option("--grace", type=click.FloatRange(0), default=10.0, show_default=True, metavar="SECONDS",
+              help="On SIGTERM/Ctrl-C, how long runs in progress may finish before they are handed back "
+              "at their next step for another worker to resume.")  # fmt: skip
 @handle_errors
 def worker_cmd(
     modules: tuple[str, ...],
@@ -110,11 +115,18 @@ def worker_cmd(
     quiet: bool,
     metrics_port: int | None = None,
     queues: tuple[str, ...] = (),
+    grace: float = 10.0,
 ) -> None:
     """Serve queued runs, and recover the runs of workers that died.
 
     With --queue, runs of other named queues stay queued for other workers; a name that
     none of the imported modules declares is an error.
+
+    Stopping (SIGTERM or Ctrl-C): no new runs are taken; runs in progress may finish for
+    --grace seconds, then each is handed back after the step it is in (its lease released,
+    so any worker resumes it at once from its journal). A second signal hands them back at
+    once; a third exits at once (a step still in flight is then as after a crash: its run
+    resumes elsewhere when its lease lapses).
     """
     import_modules(modules)
     if metrics_port is not None:
@@ -137,9 +149,29 @@ def worker_cmd(
 
     worker = Worker(concurrency=concurrency, on_event=progress, queues=list(queues) if queues else None)
 
-    def stop(*_: Any) -> None:
-        console.print("stopping: finishing runs in progress …")
-        worker.stop()
+    signals = [0]
+    timer: list[threading.Timer] = []
+
+    def hand_back() -> None:
+        worker.stop(hand_back=True)
+
+    def stop(signum: int, _frame: Any) -> None:
+        signals[0] += 1
+        if signals[0] == 1:
+            console.print(
+                f"stopping: no new runs; runs in progress may finish for {grace:g} s, then are handed back "
+                "after their current step (signal again: hand them back now)"
+            )
+            worker.stop()
+            timer.append(threading.Timer(grace, hand_back))
+            timer[0].daemon = True
+            timer[0].start()
+        elif signals[0] == 2:
+            console.print("handing runs in progress back after their current step (signal again: exit now)")
+            hand_back()
+        else:
+            console.print("exiting now: a run still in a step resumes elsewhere when its lease lapses")
+            os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -147,5 +179,8 @@ def worker_cmd(
         served = f", queue(s) {', '.join(worker.queues)}" if worker.queues is not None else ""
         console.print(f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {config.settings().database}")
     done = worker.run(max_runs=max_runs, idle_timeout=idle_exit)
+    for t in timer:
+        t.cancel()
     if not quiet:
-        console.print(f"worker exiting after {done} run(s)")
+        back = f", {worker.released} handed back" if worker.released else ""
+        console.print(f"worker exiting after {done} run(s){back}")

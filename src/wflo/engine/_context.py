@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._errors import LeaseLost, RunCancelled, RunEndedError
+from .._errors import LeaseLost, RunCancelled, RunEndedError, RunReleased
 from .._runtime import runtime as current_runtime
 from ..store import Head, NewEvent, RunRecord, Store, StoreOp
 from ._tables import journal_read
@@ -153,6 +153,8 @@ class RunContext:
         self._write_lock = threading.RLock()
         self.cancel_requested = record.cancel_requested
         self.lease_lost = False
+        self.release_requested = False
+        """Its worker is stopping and hands it back: it stops at its next call (``RunReleased``)."""
         self._lease_seconds = self.runtime.settings.lease_seconds
         # Until a claim or renewal says otherwise the lease is not counted on (the first call
         # renews): only the paths that know when their claim left pass ``leased_at``.
@@ -527,11 +529,14 @@ class RunContext:
             self.cancel_requested = True
 
     def check_cancelled(self) -> None:
-        """Raise ``RunCancelled`` if someone asked this run to stop (a step boundary)."""
+        """Raise ``RunCancelled`` if someone asked this run to stop (a step boundary), or
+        ``RunReleased`` if its worker is stopping and hands it back."""
         if self.cancel_requested:
             raise RunCancelled(run_id=self.run_id)
         if self.lease_lost:
             raise LeaseLost(run_id=self.run_id, owner=self.owner)
+        if self.release_requested:
+            raise RunReleased(run_id=self.run_id, owner=self.owner)
 
 
 class _Holding:

@@ -19,6 +19,7 @@ from .._errors import (
     LoopDetectedError,
     NonDeterminismError,
     RunCancelled,
+    RunReleased,
     RunStopped,
     RunSuspended,
     SerializationError,
@@ -327,6 +328,11 @@ def _finish_error(ctx: RunContext, exc: BaseException) -> None:
             wake_at=wake_at,
         )
         _ended(ctx)
+        return
+    if isinstance(exc, RunReleased):
+        # Its worker is stopping: the lease goes, the status stays (``running``), and any
+        # worker resumes the run at once from its journal (``run.resumed``).
+        ctx.append([NewEvent("run.released", {"worker": ctx.owner})], release=True)
         return
     if isinstance(exc, RunCancelled):
         kind, status = "run.cancelled", "cancelled"

@@ -27,11 +27,14 @@ class Heartbeats:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._period = float("inf")  # the current wait between beats
+        self._handing_back: set[str] = set()  # owners (stopping workers) whose runs stop at their next call
 
     def track(self, store: Store, owner: str, ctx: RunContext) -> None:
         period = ctx.runtime.settings.lease_seconds / 3
         with self._lock:
             self._runs[id(ctx)] = ctx
+            if owner in self._handing_back:
+                ctx.release_requested = True
             if period < self._period:
                 self._wake.set()  # a run of a shorter lease: the loop shortens its wait now
             if self._thread is None or not self._thread.is_alive():
@@ -41,6 +44,19 @@ class Heartbeats:
     def untrack(self, ctx: RunContext) -> None:
         with self._lock:
             self._runs.pop(id(ctx), None)
+
+    def hand_back(self, owner: str, *, on: bool = True) -> None:
+        """Ask every run ``owner`` executes, now or from now on, to stop at its next call and
+        release its lease (``RunReleased``): its worker is stopping. ``on=False``: forget
+        ``owner`` (the worker has stopped)."""
+        with self._lock:
+            if not on:
+                self._handing_back.discard(owner)
+                return
+            self._handing_back.add(owner)
+            for ctx in self._runs.values():
+                if ctx.owner == owner:
+                    ctx.release_requested = True
 
     def _loop(self) -> None:
         while True:

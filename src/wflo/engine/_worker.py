@@ -13,10 +13,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from .._errors import LeaseLost, WfloInterrupt
+from .._errors import LeaseLost, RunReleased, WfloInterrupt
 from .._runtime import runtime as current_runtime
 from ..store import QueueRule, RunRecord, Store, parse_iso
 from ._executor import execute
+from ._heartbeat import heartbeats
 from ._queues import Queue, check_declared, declared_queues, queue_name
 from ._tables import WorkerInfo, worker_gone, worker_seen
 from ._workflow import get_workflow, registered_workflows
@@ -38,7 +39,8 @@ class Worker:
         concurrency: runs executed at once (threads).
         workflows: names to serve (default: every workflow imported in this process).
         store: the store (default: the configured one).
-        on_event: called with ``(kind, run)`` for ``claimed``/``finished``/``failed`` (progress output).
+        on_event: called with ``(kind, run)`` for ``claimed``/``finished``/``failed``/``released``
+            (progress output).
         queues: the named queues (``wflo.Queue`` or names) whose runs to take, besides runs
             of no queue (default: every queue declared in this process).
     """
@@ -64,6 +66,8 @@ class Worker:
         self._active: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self.completed = 0
+        self.released = 0
+        """Runs handed back by ``stop(hand_back=True)``, for another worker to resume."""
         self.queues = None if queues is None else [queue_name(q, where="Worker") or "" for q in queues]
         for name in self.queues or ():
             check_declared(name)
@@ -82,9 +86,17 @@ class Worker:
                 rules.append(queue.rule())
         return rules
 
-    def stop(self) -> None:
-        """Ask the loop to stop claiming; runs in progress finish first."""
+    def stop(self, *, hand_back: bool = False) -> None:
+        """Ask the loop to stop claiming; runs in progress finish first, and then ``run`` returns.
+
+        ``hand_back=True`` (at once, or in a later call, e.g. when a grace period ends): runs in
+        progress do not finish here; each stops at its next call boundary (the call in progress
+        is recorded first) and releases its lease with a ``run.released`` event, so any worker
+        resumes it at once from its journal, without waiting for the lease to lapse.
+        """
         self._stop.set()
+        if hand_back:
+            heartbeats.hand_back(self.owner)
 
     def _names(self) -> list[str]:
         return self.workflows or sorted(registered_workflows())
@@ -151,6 +163,7 @@ class Worker:
                 for fut in pending:
                     fut.result()
             finally:
+                heartbeats.hand_back(self.owner, on=False)
                 self._gone()
         return self.completed
 
@@ -200,15 +213,18 @@ class Worker:
         except Exception as exc:
             log.warning("wflo worker: run %s %s; its status could not be read: %s", run_id, kind, exc)
 
-    def _count(self) -> None:
+    def _count(self, kind: str) -> None:
         with self._lock:
-            self.completed += 1
+            if kind == "released":
+                self.released += 1
+            else:
+                self.completed += 1
 
     def _execute(self, record: RunRecord, leased_at: float | None = None) -> None:
         try:
             kind = self._run_one(record, leased_at)
             if kind:
-                self._count()
+                self._count(kind)
                 self._notify(kind, record.id)
         finally:
             with self._lock:
@@ -216,7 +232,8 @@ class Worker:
                 self._queue_of.pop(record.id, None)
 
     def _run_one(self, record: RunRecord, leased_at: float | None = None) -> str:
-        """Execute one run; ``finished``, ``failed``, or ``""`` when another worker has it now."""
+        """Execute one run; ``finished``, ``failed``, ``released`` (handed back: ``stop``), or
+        ``""`` when another worker has it now."""
         try:
             execute(
                 self.store, get_workflow(record.workflow), record, self.owner, runtime=self.runtime, leased_at=leased_at
@@ -224,6 +241,9 @@ class Worker:
         except LeaseLost:
             log.info("wflo worker: lost the lease of run %s; another worker has it", record.id)
             return ""
+        except RunReleased:
+            log.info("wflo worker: handed run %s back (stopping); any worker resumes it", record.id)
+            return "released"
         except WfloInterrupt as exc:
             # Suspended (waiting) or cancelled: recorded by the executor already.
             log.debug("wflo worker: run %s: %s", record.id, exc)

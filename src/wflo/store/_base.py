@@ -571,7 +571,7 @@ class Store(Connections):
         else:
             output_json = None if not finish or error is not None else canonical_json(output)
             error_json = canonical_json(error) if finish and error is not None else None
-            notify = finish or status == "waiting"
+            notify = finish or status == "waiting" or release  # a released run: another worker takes it now
             relaxed = (
                 bool(events)
                 and events[0].type in RELAXED_MARKERS

@@ -1,0 +1,257 @@
+"""A stopping worker hands its runs back: each stops after the step it is in, releases its lease
+(``run.released``), and any worker resumes it at once, without redoing a step.
+
+The ways around it tried here: a step still running when the stop comes (it is recorded, not
+cut off, and not run again), an async run, a run whose lease would otherwise keep others out for
+``lease_seconds`` (the second worker must take it within a second or two, not 30 s), the stopping
+worker writing after it let go (refused by the fence), and the real command line stopped by
+SIGTERM and by Ctrl-C twice and three times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import wflo
+from wflo import _config
+from wflo.engine import Worker
+from wflo.errors import LeaseLost
+from wflo.store import Head, NewEvent
+
+
+def _types(store: object, run_id: str) -> list[str]:
+    return [e.type for e in store.events(run_id)]  # type: ignore[attr-defined]
+
+
+def _stop_in_step(worker: Worker, entered: threading.Event, gate: threading.Event) -> threading.Thread:
+    """Serve in a thread; once a step is in progress, ask for the hand-back, then let the step end."""
+    served = threading.Thread(target=worker.run, kwargs={"idle_timeout": 30})
+    served.start()
+    assert entered.wait(10), "the step never started"
+    worker.stop(hand_back=True)
+    gate.set()
+    served.join(15)
+    assert not served.is_alive(), "the worker did not stop after handing its run back"
+    return served
+
+
+def test_hand_back_after_the_step_in_progress_then_another_worker_resumes_at_once(configured: str) -> None:
+    _config.configure(database=configured, lease_seconds=30)
+    ran: list[int] = []
+    entered, gate = threading.Event(), threading.Event()
+
+    @wflo.step
+    def work(i: int) -> int:
+        ran.append(i)
+        if i == 1:
+            entered.set()
+            assert gate.wait(10)
+        return i * 10
+
+    @wflo.workflow(name="handback.sync")
+    def flow() -> int:
+        return sum(work(i) for i in range(4))
+
+    handle = flow.start()
+    first = Worker(concurrency=2, workflows=["handback.sync"])
+    _stop_in_step(first, entered, gate)
+    assert (first.completed, first.released) == (0, 1), _types(_config.get_store(), handle.id)
+
+    store = _config.get_store()
+    run = store.get_run(handle.id)
+    assert run.status == "running" and run.lease_owner is None, run
+    types = _types(store, handle.id)
+    assert types[-1] == "run.released" and types.count("call.completed") == 2, types  # step 1 recorded, not cut off
+    assert ran == [0, 1]
+
+    # Its old owner can no longer write: the fence refuses it.
+    last = store.events(handle.id)[-1]
+    with pytest.raises(LeaseLost):
+        store.append(handle.id, Head(last.seq, last.hash), [NewEvent("note", {})], owner=first.owner)
+
+    t0 = time.monotonic()
+    second = Worker(concurrency=1, workflows=["handback.sync"])
+    assert second.run(max_runs=1, idle_timeout=10) == 1
+    took = time.monotonic() - t0
+    # Its lease (30 s) was released: the run is taken at once, not when the lease would lapse.
+    assert took < 15, f"the handed-back run waited {took:.1f} s: {_types(store, handle.id)}"
+    assert handle.result(timeout=5) == 60
+    assert ran == [0, 1, 2, 3], "a step ran twice or not at all"
+    types = _types(store, handle.id)
+    assert types.count("call.completed") == 4 and "run.resumed" in types
+
+
+def test_an_async_run_is_handed_back_too(configured: str) -> None:
+    _config.configure(database=configured, lease_seconds=30)
+    ran: list[int] = []
+    entered, gate = threading.Event(), threading.Event()
+
+    @wflo.step
+    async def awork(i: int) -> int:
+        ran.append(i)
+        if i == 0:
+            entered.set()
+            while not gate.is_set():
+                await asyncio.sleep(0.01)
+        return i + 1
+
+    @wflo.workflow(name="handback.async")
+    async def aflow() -> int:
+        total = 0
+        for i in range(3):
+            total += await awork(i)
+        return total
+
+    handle = aflow.start()
+    first = Worker(concurrency=1, workflows=["handback.async"])
+    _stop_in_step(first, entered, gate)
+    assert first.released == 1
+    assert _types(_config.get_store(), handle.id)[-1] == "run.released"
+    assert Worker(concurrency=1, workflows=["handback.async"]).run(max_runs=1, idle_timeout=10) == 1
+    assert handle.result(timeout=5) == 6 and ran == [0, 1, 2]
+
+
+def test_stop_without_hand_back_lets_runs_finish(configured: str) -> None:
+    entered, gate = threading.Event(), threading.Event()
+
+    @wflo.step
+    def slow() -> str:
+        entered.set()
+        assert gate.wait(10)
+        return "done"
+
+    @wflo.workflow(name="handback.finish")
+    def flow() -> str:
+        return slow() + "!"
+
+    handle = flow.start()
+    worker = Worker(concurrency=1, workflows=["handback.finish"])
+    served = threading.Thread(target=worker.run, kwargs={"idle_timeout": 30})
+    served.start()
+    assert entered.wait(10)
+    worker.stop()
+    gate.set()
+    served.join(15)
+    assert not served.is_alive() and (worker.completed, worker.released) == (1, 0)
+    assert handle.result(timeout=5) == "done!"
+
+
+# ----------------------------------------------------------------------------- the command line
+APP = """
+import os, time, wflo
+
+@wflo.step
+def nap(i: int) -> int:
+    with open(os.environ["EFFECTS"], "a") as f:
+        f.write(f"start {i}\\n")
+    time.sleep(float(os.environ.get("NAP", "0.4")))
+    with open(os.environ["EFFECTS"], "a") as f:
+        f.write(f"end {i}\\n")
+    return i
+
+@wflo.workflow(name="stopapp.slow")
+def slow(n: int) -> int:
+    return sum(nap(i) for i in range(n))
+"""
+
+
+@pytest.fixture
+def app_env(sqlite_url: str, tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "stopapp.py").write_text(textwrap.dedent(APP))
+    env = dict(os.environ)
+    env.update(
+        WFLO_DATABASE_URL=sqlite_url,
+        WFLO_LEASE_SECONDS="30",
+        EFFECTS=str(tmp_path / "effects.log"),
+        PYTHONPATH=os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]),
+    )
+    return env
+
+
+def _worker(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "wflo.cli", "worker", "--import", "stopapp", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _started(proc: subprocess.Popen[str], effects: Path, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if effects.exists() and effects.read_text().count("start") >= n:
+            return
+        time.sleep(0.02)
+    proc.kill()
+    out, _ = proc.communicate()
+    raise AssertionError(f"fewer than {n} steps started; the worker printed:\n{out}")
+
+
+def _enqueue(env: dict[str, str], n: int) -> str:
+    _config.configure(database=env["WFLO_DATABASE_URL"])
+    sys.path.insert(0, str(Path(env["EFFECTS"]).parent))
+    try:
+        import stopapp  # type: ignore[import-not-found]
+
+        return str(stopapp.slow.start(n).id)
+    finally:
+        sys.path.pop(0)
+        sys.modules.pop("stopapp", None)
+
+
+def test_sigterm_waits_the_grace_then_hands_back(app_env: dict[str, str]) -> None:
+    run_id = _enqueue(app_env, 12)
+    proc = _worker(app_env, "--grace", "0.5")
+    effects = Path(app_env["EFFECTS"])
+    _started(proc, effects, 2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "1 handed back" in out and "Traceback" not in out, out
+    store = _config.get_store()
+    assert store.get_run(run_id).status == "running" and _types(store, run_id)[-1] == "run.released"
+
+    again = _worker(app_env, "--max-runs", "1", "--idle-exit", "20")
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 0, out
+    assert store.get_run(run_id).output == sum(range(12))
+    lines = effects.read_text().split()
+    ends = [int(x) for kind, x in zip(lines[::2], lines[1::2], strict=True) if kind == "end"]
+    assert sorted(ends) == list(range(12)), "a finished step ran again, or one never finished"
+
+
+def test_ctrl_c_twice_hands_back_now_three_times_exits_now(app_env: dict[str, str]) -> None:
+    env = dict(app_env, NAP="0.3")
+    run_id = _enqueue(env, 40)
+    proc = _worker(env, "--grace", "60")
+    effects = Path(env["EFFECTS"])
+    _started(proc, effects, 1)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and time.monotonic() - t0 < 10, out  # not the 60 s grace
+    assert "1 handed back" in out, out
+    assert _types(_config.get_store(), run_id)[-1] == "run.released"
+
+    env = dict(app_env, NAP="30")  # a step that would hold the worker for half a minute
+    started = effects.read_text().count("start")
+    proc = _worker(env, "--grace", "60")  # takes the handed-back run again
+    _started(proc, effects, started + 1)
+    t0 = time.monotonic()
+    for _ in range(3):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGINT and time.monotonic() - t0 < 10, out
+    assert "exiting now" in out and "Traceback" not in out, out
