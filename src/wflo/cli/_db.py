@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 import click
@@ -89,6 +90,29 @@ def db_roles(app: str, auditor: str, owner: str | None, print_only: bool, no_cre
     )
 
 
+def _wait_for_store(seconds: float) -> None:
+    """Open the store, retrying for up to ``seconds`` while it cannot be opened
+    (``StoreUnavailableError``: a database still starting beside the worker, a server that
+    refuses; each try prints why); the last refusal, and any other error (a schema newer than
+    this wflo), are raised as they are."""
+    from ..errors import StoreUnavailableError
+
+    deadline = time.monotonic() + seconds
+    delay = 0.5
+    while True:
+        try:
+            config.get_store()
+            return
+        except StoreUnavailableError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            wait = min(delay, left)
+            console.print(f"waiting for the store ({exc.detail}); trying again in {wait:.1f} s", soft_wrap=True)
+            time.sleep(wait)
+            delay = min(delay * 2, 5.0)
+
+
 @cli.command("worker")
 @click.option("--import", "-i", "modules", multiple=True, metavar="MODULE", required=True,
               help="Module(s) whose workflows this worker serves (repeatable).")  # fmt: skip
@@ -103,6 +127,9 @@ def db_roles(app: str, auditor: str, owner: str | None, print_only: bool, no_cre
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
               help="Serve Prometheus metrics (computed from the store) on this port; needs wflo[otel].")  # fmt: skip
+@click.option("--store-wait", type=click.FloatRange(0), default=0.0, show_default=True, metavar="SECONDS",
+              help="At start, wait this long for a store that cannot be reached yet (a database still starting), "
+              "retrying with a line each time, before giving up (exit 4).")  # fmt: skip
 @click.option("--grace", type=click.FloatRange(0), default=10.0, show_default=True, metavar="SECONDS",
               help="On SIGTERM/Ctrl-C, how long runs in progress may finish before they are handed back "
               "at their next step for another worker to resume.")  # fmt: skip
@@ -116,6 +143,7 @@ def worker_cmd(
     metrics_port: int | None = None,
     queues: tuple[str, ...] = (),
     grace: float = 10.0,
+    store_wait: float = 0.0,
 ) -> None:
     """Serve queued runs, and recover the runs of workers that died.
 
@@ -129,6 +157,7 @@ def worker_cmd(
     resumes elsewhere when its lease lapses).
     """
     import_modules(modules)
+    _wait_for_store(store_wait)
     if metrics_port is not None:
         from ..observability import serve_metrics
 

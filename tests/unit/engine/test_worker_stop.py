@@ -5,7 +5,8 @@ The ways around it tried here: a step still running when the stop comes (it is r
 cut off, and not run again), an async run, a run whose lease would otherwise keep others out for
 ``lease_seconds`` (the second worker must take it within a second or two, not 30 s), the stopping
 worker writing after it let go (refused by the fence), and the real command line stopped by
-SIGTERM and by Ctrl-C twice and three times.
+SIGTERM and by Ctrl-C twice and three times. And starting: ``--store-wait`` tries a store that
+cannot be opened yet again, and gives up with the reason.
 """
 
 from __future__ import annotations
@@ -255,3 +256,38 @@ def test_ctrl_c_twice_hands_back_now_three_times_exits_now(app_env: dict[str, st
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 128 + signal.SIGINT and time.monotonic() - t0 < 10, out
     assert "exiting now" in out and "Traceback" not in out, out
+
+
+# ----------------------------------------------------------------------------- starting
+def test_store_wait_retries_a_store_that_cannot_be_opened_yet(app_env: dict[str, str], tmp_path: Path) -> None:
+    # The store's directory cannot be made while a file stands in its place (as a database that is
+    # still starting cannot be reached); it is removed after a second: the worker then starts.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    env = dict(app_env, WFLO_DATABASE_URL=f"sqlite:///{blocker}/wflo.db")
+    threading.Timer(1.2, blocker.unlink).start()
+    proc = subprocess.run(
+        [sys.executable, "-m", "wflo.cli", "worker", "--import", "stopapp", "--store-wait", "30", "--idle-exit", "0.2"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("waiting for the store") >= 1 and "worker exiting" in proc.stdout, proc.stdout
+
+
+def test_store_wait_gives_up_with_the_reason(app_env: dict[str, str]) -> None:
+    env = dict(app_env, WFLO_DATABASE_URL="postgresql://127.0.0.1:1/nothing")
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "wflo.cli", "worker", "--import", "stopapp", "--store-wait", "1"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert 0.9 < time.monotonic() - t0 < 30
+    assert "waiting for the store" in proc.stdout and "Connection refused" in proc.stderr, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Without --store-wait: refused at once, as before (a supervisor starts it again).
+    proc = subprocess.run(
+        [sys.executable, "-m", "wflo.cli", "worker", "--import", "stopapp"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 4 and "waiting for the store" not in proc.stdout
