@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from fastapi import HTTPException, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..auth import GLOBAL, Access, tenant_scope
@@ -31,6 +31,9 @@ EVENTS_MAX = 1000
 
 
 class BulkBody(BaseModel):
+    # A misspelt field (``filters``, ``ids``) must not leave an empty filter: that is every run.
+    model_config = ConfigDict(extra="forbid")
+
     action: Literal["cancel", "resume"]
     filter: dict[str, Any] = Field(default_factory=dict)
     """The list's filters (``status``, ``workflow``, ``tenant``, ``since``, ``until``,
@@ -99,7 +102,8 @@ def register(router: Router) -> None:
         if not 1 <= limit <= EVENTS_MAX or after < 0:
             raise HTTPException(422, f"limit must be between 1 and {EVENTS_MAX} and after >= 0")
         r = store.get_run(run_id)
-        events = store.events(r.id, after_seq=after, limit=limit)
+        # Nothing comes after the head; past it, a number SQLite's INTEGER cannot hold is no error.
+        events = store.events(r.id, after_seq=min(after, r.last_seq), limit=limit)
         items = [typed(e) for e in events]
         more = len(items) == limit and items[-1]["seq"] < r.last_seq
         return {"items": items, "next_after": items[-1]["seq"] if more else None, "head": r.last_seq}

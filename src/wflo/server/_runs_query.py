@@ -29,6 +29,8 @@ MAX_LIMIT = 500
 SCAN_WINDOW = 5_000
 """Runs a page with a text or cost filter reads at most (see ``list_runs``)."""
 DEFAULT_LIMIT = 50
+MAX_COST = Decimal(10**15)
+"""The largest ``min_cost_usd`` (PostgreSQL's NUMERIC overflows far beyond it, at 131,072 digits)."""
 FILTER_KEYS = ("workflow", "status", "tenant", "since", "until", "min_cost_usd", "q")
 
 LIST_COLUMNS = (
@@ -90,8 +92,8 @@ class RunFilter:
                 min_cost = Decimal(cost)
             except InvalidOperation:
                 min_cost = None
-            if min_cost is None or not min_cost.is_finite() or min_cost < 0:
-                raise FilterError(f"min_cost_usd must be a number of US dollars >= 0, got {cost!r}")
+            if min_cost is None or not min_cost.is_finite() or not 0 <= min_cost <= MAX_COST:
+                raise FilterError(f"min_cost_usd must be a number of US dollars from 0 to {MAX_COST}, got {cost!r}")
         q = text("q")
         if q is not None and len(q) > 200:
             raise FilterError("q is at most 200 characters")
