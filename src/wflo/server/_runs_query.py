@@ -119,7 +119,8 @@ def encode_cursor(created_at: str, run_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        # Never NUL: PostgreSQL cannot compare text holding one (a forged cursor was a 500).
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) and "\x00" not in v for v in value):
             return value[0], value[1]
     except (ValueError, binascii.Error, UnicodeDecodeError):
         pass

@@ -4,6 +4,7 @@ answered 500, or not in the one error shape, or did more than asked. Each answer
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -80,6 +81,11 @@ def test_a_nul_character_is_refused_before_it_reaches_the_store(
     assert "NUL" in error(resp, 422)["message"]
     grants = client.get("/api/v1/grants", headers=admin).json()
     assert "\x00" not in json.dumps(grants, ensure_ascii=False), grants
+
+
+def test_a_forged_cursor_holding_nul_is_refused(client: TestClient, admin: dict[str, str]) -> None:
+    forged = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00Z", "a\x00b"]).encode()).decode()
+    assert "cursor" in error(client.get(f"/api/v1/runs?cursor={forged}", headers=admin), 422)["message"]
 
 
 def test_a_bug_answers_500_in_the_error_shape(app: FastAPI, admin: dict[str, str]) -> None:
