@@ -88,6 +88,13 @@ def test_a_forged_cursor_holding_nul_is_refused(client: TestClient, admin: dict[
     assert "cursor" in error(client.get(f"/api/v1/runs?cursor={forged}", headers=admin), 422)["message"]
 
 
+def test_a_405_names_every_method_of_the_path(client: TestClient, admin: dict[str, str]) -> None:
+    # GET and PUT /api/v1/budgets are two routes: the 405 said "Allow: GET" only.
+    resp = client.delete("/api/v1/budgets", headers=admin)
+    assert error(resp, 405)["code"] == "method_not_allowed"
+    assert resp.headers["allow"] == "GET, PUT"
+
+
 def test_a_bug_answers_500_in_the_error_shape(app: FastAPI, admin: dict[str, str]) -> None:
     def broken() -> None:
         raise RuntimeError("a bug")
