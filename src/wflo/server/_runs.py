@@ -10,9 +10,9 @@ the caller's grant is global. The queries live in ``_runs_query`` (list), ``_run
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -25,7 +25,16 @@ from ._panel import page_route
 from ._routes import Router, tenant_query, who_of
 from ._runs_detail import detail, run_json, typed
 from ._runs_live import END, Subscriber, Watcher, sse
-from ._runs_query import DEFAULT_LIMIT, FILTER_KEYS, FilterError, RunFilter, check_limit, ids_matching, list_runs
+from ._runs_query import (
+    DEFAULT_LIMIT,
+    FILTER_KEYS,
+    MAX_LIMIT,
+    FilterError,
+    RunFilter,
+    check_limit,
+    ids_matching,
+    list_runs,
+)
 
 EVENTS_MAX = 1000
 
@@ -66,6 +75,12 @@ async def bulk_scope(request: Request, access: Access) -> str:
     return tenant_scope(tenant) if isinstance(tenant, str) and tenant else GLOBAL
 
 
+def _range(low: int, high: int | None = None) -> Any:
+    """The range the endpoint checks itself (its own message), as the OpenAPI document says it."""
+    bounds = {"minimum": low} if high is None else {"minimum": low, "maximum": high}
+    return Query(json_schema_extra=bounds)
+
+
 def _filter(raw: dict[str, Any]) -> RunFilter:
     try:
         return RunFilter.parse(raw)
@@ -78,7 +93,9 @@ def register(router: Router) -> None:
     store = router.access.store
 
     @router.route("GET", "/api/v1/runs", permission="runs:read", scope=tenant_query)
-    def runs_list(request: Request, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> dict[str, Any]:
+    def runs_list(
+        request: Request, limit: Annotated[int, _range(1, MAX_LIMIT)] = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> dict[str, Any]:
         """Runs newest first. Filters: ``workflow`` and ``status`` (comma lists), ``tenant``,
         ``since``/``until`` (ISO 8601 or an age like ``2h``), ``min_cost_usd``, ``q`` (text in
         id, workflow or error). Pass ``next_cursor`` back as ``cursor`` for the next page."""
@@ -96,7 +113,10 @@ def register(router: Router) -> None:
         return detail(store, store.get_run(run_id))
 
     @router.route("GET", "/api/v1/runs/{run_id}/events", permission="runs:read", scope=run_scope)
-    def runs_events(request: Request, run_id: str, after: int = 0, limit: int = 200) -> dict[str, Any]:
+    def runs_events(
+        request: Request, run_id: str, after: Annotated[int, _range(0)] = 0,
+        limit: Annotated[int, _range(1, EVENTS_MAX)] = 200,
+    ) -> dict[str, Any]:  # fmt: skip
         """The run's journal after ``after`` as typed timeline items (``kind``: step, llm, tool,
         sandbox, child, budget, loop, breaker, approval, run)."""
         if not 1 <= limit <= EVENTS_MAX or after < 0:
