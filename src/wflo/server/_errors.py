@@ -31,14 +31,18 @@ def code_of(status: int) -> str:
     return CODES.get(status, "client_error" if status < 500 else "server_error")
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
+def http_error_response(exc: HTTPException) -> JSONResponse:
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
     body: dict[str, Any] = {"detail": exc.detail, "error": {"code": code_of(exc.status_code), "message": message}}
-    headers = dict(exc.headers or {})
+    return JSONResponse(body, status_code=exc.status_code, headers=dict(exc.headers or {}))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    resp = http_error_response(exc)
     if exc.status_code == 405:  # Starlette names the methods of the first route on the path only
-        headers["Allow"] = ", ".join(_allowed(request))
-    return JSONResponse(body, status_code=exc.status_code, headers=headers)
+        resp.headers["Allow"] = ", ".join(_allowed(request))
+    return resp
 
 
 def _allowed(request: Request) -> list[str]:

@@ -32,6 +32,8 @@ SIGNED_IN = "signed-in"
 SESSION_COOKIE = "wflo_session"
 CSRF_COOKIE = "wflo_csrf"
 _SAFE = ("GET", "HEAD", "OPTIONS")
+MAX_BODY = 1 << 20
+"""The largest request body (bytes): a larger one is 413 before it is read, whoever sends it."""
 
 ScopeFn = Callable[[Request, Access], Awaitable[str]]
 
@@ -98,6 +100,7 @@ class Router:
         # key, this middleware keeps the answer, the handler replays it (see _idempotency.py).
         self.idempotency = _idempotency.IdempotencyKeys(access.store)
         app.add_middleware(_idempotency.IdempotencyMiddleware, keys=self.idempotency)
+        app.add_middleware(BodyLimit)
         app.add_exception_handler(_idempotency.Replay, lambda request, exc: exc.response())
 
     def route(
@@ -178,6 +181,38 @@ class Router:
 
     def spec(self, method: str, path: str) -> RouteSpec:
         return next(s for s in self.table if s.method == method and s.path == path)
+
+
+class BodyLimit:
+    """413 for a body over ``MAX_BODY``: by its Content-Length at once, else as it arrives.
+
+    Without it a caller, signed in or not, could make the server hold any amount in memory:
+    a route reads the whole body before its check refuses the caller."""
+
+    def __init__(self, app: _idempotency.ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: _idempotency.Scope, receive: Callable[[], Awaitable[_idempotency.Message]],
+                       send: Callable[[_idempotency.Message], Awaitable[None]]) -> None:  # fmt: skip
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = HTTPException(413, f"the request body is over {self.limit} bytes")
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if length.isdigit() and int(length) > self.limit:
+            await _errors.http_error_response(refusal)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> _idempotency.Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # a chunked body: the route reading it gets the refusal
+                raise refusal
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def who_of(request: Request) -> Principal:

@@ -20,6 +20,7 @@ from wflo.auth import access, tokens
 from wflo.server import create_app
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
+MAX_BODY = 1 << 20  # wflo.server._routes.MAX_BODY
 
 
 @pytest.fixture
@@ -93,6 +94,18 @@ def test_a_405_names_every_method_of_the_path(client: TestClient, admin: dict[st
     resp = client.delete("/api/v1/budgets", headers=admin)
     assert error(resp, 405)["code"] == "method_not_allowed"
     assert resp.headers["allow"] == "GET, PUT"
+
+
+def test_a_body_over_the_limit_is_413_before_anything_else(client: TestClient, admin: dict[str, str]) -> None:
+    big = b'{"name": "big", "role": "viewer", "x": "' + b"x" * MAX_BODY + b'"}'
+    # Not signed in either: the body was read whole (any size) before the 401.
+    resp = client.post("/api/v1/tokens", content=big, headers={"Content-Type": "application/json"})
+    assert error(resp, 413)["code"] == "too_large"
+    # Without a Content-Length (chunked), it is refused as it arrives.
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+    resp = client.post("/api/v1/tokens", content=chunks, headers={**admin, "Content-Type": "application/json"})
+    assert error(resp, 413)["code"] == "too_large"
+    assert "big" not in json.dumps(client.get("/api/v1/tokens", headers=admin).json())
 
 
 def test_a_bug_answers_500_in_the_error_shape(app: FastAPI, admin: dict[str, str]) -> None:
