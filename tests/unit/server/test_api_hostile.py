@@ -134,6 +134,14 @@ def test_times_and_amounts_past_what_can_be_written_are_refused(
     error(client.get(path, headers=admin), status)
 
 
+@pytest.mark.parametrize("usd", ["1e999999", "1" + "0" * 5000, "1e-999999"])
+def test_a_budget_no_database_number_holds_is_refused(client: TestClient, admin: dict[str, str], usd: str) -> None:
+    # Stored as text, then cast to NUMERIC by the ledger: every reservation on the scope failed.
+    resp = client.put("/api/v1/budgets", json={"scope": "tenant:acme", "usd": usd, "period": "day"}, headers=admin)
+    assert "at most" in error(resp, 400)["message"]
+    assert client.get("/api/v1/budgets", headers=admin).json() == []
+
+
 def test_a_token_that_expires_after_any_date_is_refused(client: TestClient, admin: dict[str, str]) -> None:
     resp = client.post(
         "/api/v1/tokens", json={"name": "far", "role": "viewer", "expires": "99999999999d"}, headers=admin
