@@ -192,6 +192,8 @@ class Tokens:
         rows = self.store.read(
             f"SELECT {_TOKEN_COLS} FROM api_tokens WHERE id = ? OR prefix = ? OR name = ?", (ref, ref, ref)
         )
+        # An id is exact: another token named (or prefixed) like it must not make it ambiguous.
+        rows = [r for r in rows if r[0] == ref] or rows
         if len(rows) != 1:
             raise UserError(
                 f"no token {ref!r} (wflo tokens list)" if not rows else f"{ref!r} names several tokens: use its id"

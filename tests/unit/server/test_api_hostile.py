@@ -149,6 +149,16 @@ def test_a_token_that_expires_after_any_date_is_refused(client: TestClient, admi
     assert "at most" in error(resp, 400)["message"]
 
 
+def test_a_token_named_like_another_tokens_id_does_not_shield_it(client: TestClient, admin: dict[str, str]) -> None:
+    made = client.post("/api/v1/tokens", json={"name": "victim", "role": "viewer"}, headers=admin).json()
+    # A token may be named like a uuid: its name then matched the id, and revoking by id said
+    # "names several tokens: use its id".
+    client.post("/api/v1/tokens", json={"name": made["id"], "role": "viewer"}, headers=admin)
+    resp = client.delete(f"/api/v1/tokens/{made['id']}", headers=admin)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["id"] == made["id"] and resp.json()["revoked_at"]
+
+
 def test_events_after_a_huge_seq_are_none(client: TestClient, admin: dict[str, str]) -> None:
     rid = make_run()
     for after in (2**63, 10**30):
