@@ -165,6 +165,13 @@ async def check(request: Request, keys: IdempotencyKeys, principal: str | None) 
     request.state.__setattr__(_STATE, Claim(principal, key))
 
 
+def _text(body: bytes) -> bool:
+    try:
+        return "\x00" not in body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+
+
 class IdempotencyMiddleware:
     """Keeps the answer of a request whose check claimed an ``Idempotency-Key``."""
 
@@ -211,11 +218,11 @@ class IdempotencyMiddleware:
             await run_in_threadpool(self.keys.give_back, claim)
             return
         body, kind = b"".join(chunks), started["type"]
-        if len(body) > MAX_KEPT:
-            # Too large to keep, but done: a retry must not do it again, so it learns that instead.
-            message = (
-                f"the request with this Idempotency-Key was done (status {status}); its answer was too large to keep"
-            )
+        if len(body) > MAX_KEPT or not _text(body):
+            # Too large to keep (or binary, as an export's ZIP: the store keeps text, and PostgreSQL
+            # text no NUL), but done: a retry must not do it again, so it learns that instead.
+            why = "too large to keep" if len(body) > MAX_KEPT else "not text, so not kept"
+            message = f"the request with this Idempotency-Key was done (status {status}); its answer was {why}"
             body, status, kind = (
                 json.dumps({"error": {"code": "conflict", "message": message}}).encode(),
                 409,
