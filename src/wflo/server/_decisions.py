@@ -418,7 +418,10 @@ def _audit(router: Router) -> None:
             background=BackgroundTask(shutil.rmtree, work, ignore_errors=True),
         )  # fmt: skip
 
-    @router.route("GET", "/api/v1/audit/report", permission="audit:read", response_class=HTMLResponse)
+    @router.route(
+        "GET", "/api/v1/audit/report", permission="audit:read", response_class=HTMLResponse,
+        responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}},  # format=json
+    )  # fmt: skip
     def audit_report(
         request: Request, since: str = "30d", until: str | None = None,
         format: Annotated[str, Query(json_schema_extra={"enum": ["html", "json"]})] = "html",
