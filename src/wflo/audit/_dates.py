@@ -20,14 +20,13 @@ def parse_when(text: str, *, option: str = "date") -> str:
     """
     value = text.strip()
     match = _RELATIVE.match(value)
-    if match:
-        moment = datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-        return iso(moment)
     try:
+        if match:
+            return iso(datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))}))
         moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+        return iso(moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC))
     except ValueError:
-        raise UserError(
-            f"invalid {option} {text!r}: use YYYY-MM-DD, an ISO 8601 time (2026-01-31T12:00:00Z) or an age (30d, 12h)"
-        ) from None
-    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    return iso(moment)
+        problem = "use YYYY-MM-DD, an ISO 8601 time (2026-01-31T12:00:00Z) or an age (30d, 12h)"
+    except OverflowError:  # an age past year 1, or a time a zone moves past year 9999
+        problem = "it is outside the years 1 to 9999"
+    raise UserError(f"invalid {option} {text!r}: {problem}")

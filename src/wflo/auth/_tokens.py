@@ -34,13 +34,22 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+_LONGEST = timedelta(days=36_500)
+
+
 def parse_duration(text: str) -> timedelta:
     """``30d``, ``12h``, ``90m``, ``3600s`` as a duration (a ``UserError`` otherwise)."""
     m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
     if not m or int(m.group(1)) <= 0:
         raise UserError(f"a duration looks like 30d, 12h, 90m or 3600s, got {text!r}")
     unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
-    return timedelta(**{unit: int(m.group(1))})
+    try:
+        duration: timedelta | None = timedelta(**{unit: int(m.group(1))})
+    except OverflowError:
+        duration = None
+    if duration is None or duration > _LONGEST:  # later than any date can be written
+        raise UserError(f"a duration is at most {_LONGEST.days} days ('never' for no end), got {text!r}")
+    return duration
 
 
 def _iso(at: datetime) -> str:
@@ -183,6 +192,8 @@ class Tokens:
         rows = self.store.read(
             f"SELECT {_TOKEN_COLS} FROM api_tokens WHERE id = ? OR prefix = ? OR name = ?", (ref, ref, ref)
         )
+        # An id is exact: another token named (or prefixed) like it must not make it ambiguous.
+        rows = [r for r in rows if r[0] == ref] or rows
         if len(rows) != 1:
             raise UserError(
                 f"no token {ref!r} (wflo tokens list)" if not rows else f"{ref!r} names several tokens: use its id"

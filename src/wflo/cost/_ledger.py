@@ -36,6 +36,10 @@ _next_expiry: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionar
 DEFAULT_ALERTS = (50, 80, 100)
 
 
+_MOST_USD = Decimal(10**15)
+_PLACES = 30
+
+
 def to_usd(value: Any, what: str = "amount") -> Decimal:
     """A USD amount as an exact ``Decimal`` (str/int/Decimal; float through its repr)."""
     if isinstance(value, bool):
@@ -46,6 +50,10 @@ def to_usd(value: Any, what: str = "amount") -> Decimal:
         raise UserError(f"{what} must be a number of USD, got {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise UserError(f"{what} must be a finite, non-negative USD amount, got {value!r}")
+    # PostgreSQL's NUMERIC, which the ledger's SQL casts amounts to, overflows long before
+    # 1e999999: such a limit once stored made every reservation on its scope fail.
+    if amount > _MOST_USD or int(amount.as_tuple().exponent) < -_PLACES:
+        raise UserError(f"{what} must be at most {_MOST_USD} USD with at most {_PLACES} decimal places, got {value!r}")
     return amount
 
 

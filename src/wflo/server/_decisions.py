@@ -19,9 +19,9 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Header, Request
+from fastapi import Header, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
@@ -85,8 +85,9 @@ def _approvals(router: Router) -> None:
 
     @router.route("GET", "/api/v1/approvals", permission="approvals:read", scope=tenant_query)
     def list_approvals(
-        request: Request, status: str = "pending", tenant: str | None = None, mine: bool = False, limit: int = 200
-    ) -> list[dict[str, Any]]:
+        request: Request, status: Annotated[str, Query(json_schema_extra={"enum": list(STATUSES)})] = "pending",
+        tenant: str | None = None, mine: bool = False, limit: int = 200,
+    ) -> list[dict[str, Any]]:  # fmt: skip
         """The inbox: requests by status (``all``: any), of one tenant's runs, or only those
         routed to me (``mine=true``: I may decide them and did not ask)."""
         if status not in STATUSES:
@@ -417,8 +418,14 @@ def _audit(router: Router) -> None:
             background=BackgroundTask(shutil.rmtree, work, ignore_errors=True),
         )  # fmt: skip
 
-    @router.route("GET", "/api/v1/audit/report", permission="audit:read", response_class=HTMLResponse)
-    def audit_report(request: Request, since: str = "30d", until: str | None = None, format: str = "html") -> Response:
+    @router.route(
+        "GET", "/api/v1/audit/report", permission="audit:read", response_class=HTMLResponse,
+        responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}},  # format=json
+    )  # fmt: skip
+    def audit_report(
+        request: Request, since: str = "30d", until: str | None = None,
+        format: Annotated[str, Query(json_schema_extra={"enum": ["html", "json"]})] = "html",
+    ) -> Response:  # fmt: skip
         """The compliance report (``wflo report``) for ``[since, until)``: HTML or JSON."""
         start, end = _window(since or "30d", until)
         report = build_report(access.store, since=start or "", until=end, by=who_of(request).id)

@@ -41,7 +41,7 @@ ABANDONED = 600.0
 """A claim still running after this long is taken to be left by a crashed server (seconds)."""
 METHODS = ("POST", "PUT", "PATCH", "DELETE")
 OPENAPI_PARAMETER: dict[str, Any] = {
-    "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 255},
+    "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
     "description": "Makes a retry safe: the same key and request within 24 h get the first answer again "
     "(header Idempotent-Replayed: true); the same key with another request is 422; while the first runs, 409.",
 }  # fmt: skip
@@ -150,8 +150,8 @@ async def check(request: Request, keys: IdempotencyKeys, principal: str | None) 
     key = request.headers.get(HEADER)
     if key is None or request.method not in METHODS or not request.url.path.startswith("/api/v1/"):
         return
-    if not 1 <= len(key) <= 255 or not key.isprintable():
-        raise HTTPException(400, "Idempotency-Key must be 1 to 255 printable characters")
+    if not 1 <= len(key) <= 255 or not (key.isascii() and key.isprintable()):
+        raise HTTPException(400, "Idempotency-Key must be 1 to 255 printable ASCII characters")
     if principal is None:  # a public route: there is nobody to keep the answer for
         return
     try:
@@ -163,6 +163,13 @@ async def check(request: Request, keys: IdempotencyKeys, principal: str | None) 
     if replay is not None:
         raise replay
     request.state.__setattr__(_STATE, Claim(principal, key))
+
+
+def _text(body: bytes) -> bool:
+    try:
+        return "\x00" not in body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
 
 
 class IdempotencyMiddleware:
@@ -211,11 +218,11 @@ class IdempotencyMiddleware:
             await run_in_threadpool(self.keys.give_back, claim)
             return
         body, kind = b"".join(chunks), started["type"]
-        if len(body) > MAX_KEPT:
-            # Too large to keep, but done: a retry must not do it again, so it learns that instead.
-            message = (
-                f"the request with this Idempotency-Key was done (status {status}); its answer was too large to keep"
-            )
+        if len(body) > MAX_KEPT or not _text(body):
+            # Too large to keep (or binary, as an export's ZIP: the store keeps text, and PostgreSQL
+            # text no NUL), but done: a retry must not do it again, so it learns that instead.
+            why = "too large to keep" if len(body) > MAX_KEPT else "not text, so not kept"
+            message = f"the request with this Idempotency-Key was done (status {status}); its answer was {why}"
             body, status, kind = (
                 json.dumps({"error": {"code": "conflict", "message": message}}).encode(),
                 409,

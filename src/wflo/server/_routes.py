@@ -13,6 +13,8 @@ attempts are rate-limited per client address; refusals are recorded on the syste
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,8 @@ SIGNED_IN = "signed-in"
 SESSION_COOKIE = "wflo_session"
 CSRF_COOKIE = "wflo_csrf"
 _SAFE = ("GET", "HEAD", "OPTIONS")
+MAX_BODY = 1 << 20
+"""The largest request body (bytes): a larger one is 413 before it is read, whoever sends it."""
 
 ScopeFn = Callable[[Request, Access], Awaitable[str]]
 
@@ -52,6 +56,32 @@ async def body_scope(request: Request, access: Access) -> str:
     return str(body.get("scope") or GLOBAL) if isinstance(body, dict) else GLOBAL
 
 
+async def refuse_nul(request: Request) -> None:
+    """422 for a NUL character in the path, the query or a JSON body: no id, name or filter
+    holds one, and PostgreSQL cannot even compare text with one (it would answer 500)."""
+    where = "path" if "\x00" in request.scope.get("path", "") else None
+    if where is None and any("\x00" in k or "\x00" in v for k, v in request.query_params.multi_items()):
+        where = "query"
+    if where is None and request.method not in _SAFE and "json" in request.headers.get("content-type", ""):
+        body = await request.body()
+        if b"\x00" in body or b"\\u0000" in body.lower():
+            # Not JSON (or nested past reason): the endpoint's own parsing says so.
+            with contextlib.suppress(ValueError, RecursionError):
+                where = "body" if _has_nul(json.loads(body)) else None
+    if where is not None:
+        raise HTTPException(422, f"the request's {where} holds a NUL character (\\x00); text may not contain one")
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
     method: str
@@ -70,6 +100,7 @@ class Router:
         # key, this middleware keeps the answer, the handler replays it (see _idempotency.py).
         self.idempotency = _idempotency.IdempotencyKeys(access.store)
         app.add_middleware(_idempotency.IdempotencyMiddleware, keys=self.idempotency)
+        app.add_middleware(BodyLimit)
         app.add_exception_handler(_idempotency.Replay, lambda request, exc: exc.response())
 
     def route(
@@ -81,6 +112,7 @@ class Router:
         async def check(request: Request) -> None:
             # Runs before the endpoint, for every route registered here: an endpoint cannot
             # forget its check. The endpoint reads the principal from ``request.state.who``.
+            await refuse_nul(request)
             request.state.who = await self.authorize(request, spec)
             who = request.state.who
             await _idempotency.check(request, self.idempotency, who.id if who is not None else None)
@@ -149,6 +181,38 @@ class Router:
 
     def spec(self, method: str, path: str) -> RouteSpec:
         return next(s for s in self.table if s.method == method and s.path == path)
+
+
+class BodyLimit:
+    """413 for a body over ``MAX_BODY``: by its Content-Length at once, else as it arrives.
+
+    Without it a caller, signed in or not, could make the server hold any amount in memory:
+    a route reads the whole body before its check refuses the caller."""
+
+    def __init__(self, app: _idempotency.ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: _idempotency.Scope, receive: Callable[[], Awaitable[_idempotency.Message]],
+                       send: Callable[[_idempotency.Message], Awaitable[None]]) -> None:  # fmt: skip
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = HTTPException(413, f"the request body is over {self.limit} bytes")
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if length.isdigit() and int(length) > self.limit:
+            await _errors.http_error_response(refusal)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> _idempotency.Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # a chunked body: the route reading it gets the refusal
+                raise refusal
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def who_of(request: Request) -> Principal:

@@ -10,11 +10,11 @@ the caller's grant is global. The queries live in ``_runs_query`` (list), ``_run
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..auth import GLOBAL, Access, tenant_scope
@@ -25,12 +25,24 @@ from ._panel import page_route
 from ._routes import Router, tenant_query, who_of
 from ._runs_detail import detail, run_json, typed
 from ._runs_live import END, Subscriber, Watcher, sse
-from ._runs_query import DEFAULT_LIMIT, FILTER_KEYS, FilterError, RunFilter, check_limit, ids_matching, list_runs
+from ._runs_query import (
+    DEFAULT_LIMIT,
+    FILTER_KEYS,
+    MAX_LIMIT,
+    FilterError,
+    RunFilter,
+    check_limit,
+    ids_matching,
+    list_runs,
+)
 
 EVENTS_MAX = 1000
 
 
 class BulkBody(BaseModel):
+    # A misspelt field (``filters``, ``ids``) must not leave an empty filter: that is every run.
+    model_config = ConfigDict(extra="forbid")
+
     action: Literal["cancel", "resume"]
     filter: dict[str, Any] = Field(default_factory=dict)
     """The list's filters (``status``, ``workflow``, ``tenant``, ``since``, ``until``,
@@ -63,6 +75,12 @@ async def bulk_scope(request: Request, access: Access) -> str:
     return tenant_scope(tenant) if isinstance(tenant, str) and tenant else GLOBAL
 
 
+def _range(low: int, high: int | None = None) -> Any:
+    """The range the endpoint checks itself (its own message), as the OpenAPI document says it."""
+    bounds = {"minimum": low} if high is None else {"minimum": low, "maximum": high}
+    return Query(json_schema_extra=bounds)
+
+
 def _filter(raw: dict[str, Any]) -> RunFilter:
     try:
         return RunFilter.parse(raw)
@@ -75,7 +93,9 @@ def register(router: Router) -> None:
     store = router.access.store
 
     @router.route("GET", "/api/v1/runs", permission="runs:read", scope=tenant_query)
-    def runs_list(request: Request, limit: int = DEFAULT_LIMIT, cursor: str | None = None) -> dict[str, Any]:
+    def runs_list(
+        request: Request, limit: Annotated[int, _range(1, MAX_LIMIT)] = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> dict[str, Any]:
         """Runs newest first. Filters: ``workflow`` and ``status`` (comma lists), ``tenant``,
         ``since``/``until`` (ISO 8601 or an age like ``2h``), ``min_cost_usd``, ``q`` (text in
         id, workflow or error). Pass ``next_cursor`` back as ``cursor`` for the next page."""
@@ -93,13 +113,17 @@ def register(router: Router) -> None:
         return detail(store, store.get_run(run_id))
 
     @router.route("GET", "/api/v1/runs/{run_id}/events", permission="runs:read", scope=run_scope)
-    def runs_events(request: Request, run_id: str, after: int = 0, limit: int = 200) -> dict[str, Any]:
+    def runs_events(
+        request: Request, run_id: str, after: Annotated[int, _range(0)] = 0,
+        limit: Annotated[int, _range(1, EVENTS_MAX)] = 200,
+    ) -> dict[str, Any]:  # fmt: skip
         """The run's journal after ``after`` as typed timeline items (``kind``: step, llm, tool,
         sandbox, child, budget, loop, breaker, approval, run)."""
         if not 1 <= limit <= EVENTS_MAX or after < 0:
             raise HTTPException(422, f"limit must be between 1 and {EVENTS_MAX} and after >= 0")
         r = store.get_run(run_id)
-        events = store.events(r.id, after_seq=after, limit=limit)
+        # Nothing comes after the head; past it, a number SQLite's INTEGER cannot hold is no error.
+        events = store.events(r.id, after_seq=min(after, r.last_seq), limit=limit)
         items = [typed(e) for e in events]
         more = len(items) == limit and items[-1]["seq"] < r.last_seq
         return {"items": items, "next_after": items[-1]["seq"] if more else None, "head": r.last_seq}

@@ -29,6 +29,8 @@ MAX_LIMIT = 500
 SCAN_WINDOW = 5_000
 """Runs a page with a text or cost filter reads at most (see ``list_runs``)."""
 DEFAULT_LIMIT = 50
+MAX_COST = Decimal(10**15)
+"""The largest ``min_cost_usd`` (PostgreSQL's NUMERIC overflows far beyond it, at 131,072 digits)."""
 FILTER_KEYS = ("workflow", "status", "tenant", "since", "until", "min_cost_usd", "q")
 
 LIST_COLUMNS = (
@@ -90,8 +92,8 @@ class RunFilter:
                 min_cost = Decimal(cost)
             except InvalidOperation:
                 min_cost = None
-            if min_cost is None or not min_cost.is_finite() or min_cost < 0:
-                raise FilterError(f"min_cost_usd must be a number of US dollars >= 0, got {cost!r}")
+            if min_cost is None or not min_cost.is_finite() or not 0 <= min_cost <= MAX_COST:
+                raise FilterError(f"min_cost_usd must be a number of US dollars from 0 to {MAX_COST}, got {cost!r}")
         q = text("q")
         if q is not None and len(q) > 200:
             raise FilterError("q is at most 200 characters")
@@ -117,7 +119,8 @@ def encode_cursor(created_at: str, run_id: str) -> str:
 def decode_cursor(cursor: str) -> tuple[str, str]:
     try:
         value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        # Never NUL: PostgreSQL cannot compare text holding one (a forged cursor was a 500).
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) and "\x00" not in v for v in value):
             return value[0], value[1]
     except (ValueError, binascii.Error, UnicodeDecodeError):
         pass

@@ -1,0 +1,204 @@
+"""The API against a hostile client, on both stores: what a fuzzer (schemathesis) sent that
+answered 500, or not in the one error shape, or did more than asked. Each answer is a 4xx
+``{"error": {"code", "message"}}`` that names the mistake, and nothing is done."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from wflo import _config
+from wflo.auth import access, tokens
+from wflo.server import create_app
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
+MAX_BODY = 1 << 20  # wflo.server._routes.MAX_BODY
+
+
+@pytest.fixture
+def app(configured: str) -> FastAPI:
+    acc = access()
+    acc.bootstrap("user:root", who=acc.local("user:root"))
+    return create_app()
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def admin() -> dict[str, str]:
+    _, secret = tokens().create(f"admin-{uuid.uuid4().hex[:6]}", "admin", who=access().local("user:root"))
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def make_run(workflow: str = "wf") -> str:
+    rid = f"run-{uuid.uuid4().hex[:10]}"
+    _config.get_store().create_run(run_id=rid, workflow=workflow, input={"args": [], "kwargs": {}})
+    return rid
+
+
+def error(resp: Any, status: int) -> dict[str, Any]:
+    assert resp.status_code == status, (resp.status_code, resp.text[:500])
+    body: dict[str, Any] = resp.json()["error"]
+    assert isinstance(body["code"], str) and isinstance(body["message"], str) and body["message"], body
+    return body
+
+
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("GET", "/api/v1/runs/a%00b", None),
+        ("GET", "/api/v1/runs/a%00b/events", None),
+        ("POST", "/api/v1/runs/a%00b/cancel", None),
+        ("GET", "/api/v1/approvals/a%00b", None),
+        ("DELETE", "/api/v1/tokens/a%00b", None),
+        ("GET", "/api/v1/runs?tenant=a%00b", None),
+        ("GET", "/api/v1/runs?q=a%00b", None),
+        ("GET", "/api/v1/costs?tenant=a%00b", None),
+        ("GET", "/api/v1/budgets/usage?scope=a%00b", None),
+        ("POST", "/api/v1/grants", {"principal": "user:a\x00b", "role": "viewer"}),
+        ("POST", "/api/v1/tokens", {"name": "ok", "role": "viewer", "scope": "tenant:a\x00b"}),
+        ("PUT", "/api/v1/budgets", {"scope": "tenant:a\x00b", "usd": "5", "period": "day"}),
+        ("POST", "/api/v1/runs/bulk", {"action": "cancel", "filter": {"workflow": "a\x00b"}}),
+        ("POST", "/api/v1/sessions/revoke", {"principal": "user:a\x00b"}),
+    ],
+)
+def test_a_nul_character_is_refused_before_it_reaches_the_store(
+    client: TestClient, admin: dict[str, str], method: str, path: str, body: Any
+) -> None:
+    # On PostgreSQL each of these answered 500 (text cannot hold NUL); on SQLite some stored it.
+    resp = client.request(method, path, json=body, headers=admin)
+    assert "NUL" in error(resp, 422)["message"]
+    grants = client.get("/api/v1/grants", headers=admin).json()
+    assert "\x00" not in json.dumps(grants, ensure_ascii=False), grants
+
+
+def test_a_forged_cursor_holding_nul_is_refused(client: TestClient, admin: dict[str, str]) -> None:
+    forged = base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00Z", "a\x00b"]).encode()).decode()
+    assert "cursor" in error(client.get(f"/api/v1/runs?cursor={forged}", headers=admin), 422)["message"]
+
+
+def test_a_405_names_every_method_of_the_path(client: TestClient, admin: dict[str, str]) -> None:
+    # GET and PUT /api/v1/budgets are two routes: the 405 said "Allow: GET" only.
+    resp = client.delete("/api/v1/budgets", headers=admin)
+    assert error(resp, 405)["code"] == "method_not_allowed"
+    assert resp.headers["allow"] == "GET, PUT"
+
+
+def test_a_body_over_the_limit_is_413_before_anything_else(client: TestClient, admin: dict[str, str]) -> None:
+    big = b'{"name": "big", "role": "viewer", "x": "' + b"x" * MAX_BODY + b'"}'
+    # Not signed in either: the body was read whole (any size) before the 401.
+    resp = client.post("/api/v1/tokens", content=big, headers={"Content-Type": "application/json"})
+    assert error(resp, 413)["code"] == "too_large"
+    # Without a Content-Length (chunked), it is refused as it arrives.
+    chunks = (big[i : i + 65536] for i in range(0, len(big), 65536))
+    resp = client.post("/api/v1/tokens", content=chunks, headers={**admin, "Content-Type": "application/json"})
+    assert error(resp, 413)["code"] == "too_large"
+    assert "big" not in json.dumps(client.get("/api/v1/tokens", headers=admin).json())
+
+
+def test_a_binary_answer_with_an_idempotency_key_is_not_mangled(client: TestClient, admin: dict[str, str]) -> None:
+    headers = {**admin, "Idempotency-Key": "export-1"}
+    first = client.post("/api/v1/audit/export", json={}, headers=headers)
+    assert first.status_code == 200 and first.content.startswith(b"PK"), first.text[:200]
+    # The ZIP was kept as UTF-8 text with replacement characters (a corrupt replay on SQLite) or,
+    # on PostgreSQL, not at all (text cannot hold NUL: the key stayed "in progress").
+    again = client.post("/api/v1/audit/export", json={}, headers=headers)
+    assert "was done (status 200)" in error(again, 409)["message"]
+
+
+def test_a_bug_answers_500_in_the_error_shape(app: FastAPI, admin: dict[str, str]) -> None:
+    def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/api/v1/broken", broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        resp = client.get("/api/v1/broken", headers=admin)
+    body = error(resp, 500)
+    assert body["code"] == "internal_error" and "a bug" not in resp.text  # the log has it, not the client
+
+
+@pytest.mark.parametrize(
+    "path,status",
+    [
+        ("/api/v1/runs?since=999999999d", 422),
+        ("/api/v1/runs?until=9999-12-31T23:59:59-23:59", 422),
+        ("/api/v1/costs?since=999999999d", 400),
+        ("/api/v1/runs?min_cost_usd=1e999999", 422),
+    ],
+)
+def test_times_and_amounts_past_what_can_be_written_are_refused(
+    client: TestClient, admin: dict[str, str], path: str, status: int
+) -> None:
+    error(client.get(path, headers=admin), status)
+
+
+@pytest.mark.parametrize("usd", ["1e999999", "1" + "0" * 5000, "1e-999999"])
+def test_a_budget_no_database_number_holds_is_refused(client: TestClient, admin: dict[str, str], usd: str) -> None:
+    # Stored as text, then cast to NUMERIC by the ledger: every reservation on the scope failed.
+    resp = client.put("/api/v1/budgets", json={"scope": "tenant:acme", "usd": usd, "period": "day"}, headers=admin)
+    assert "at most" in error(resp, 400)["message"]
+    assert client.get("/api/v1/budgets", headers=admin).json() == []
+
+
+def test_a_token_that_expires_after_any_date_is_refused(client: TestClient, admin: dict[str, str]) -> None:
+    resp = client.post(
+        "/api/v1/tokens", json={"name": "far", "role": "viewer", "expires": "99999999999d"}, headers=admin
+    )
+    assert "at most" in error(resp, 400)["message"]
+
+
+def test_a_token_named_like_another_tokens_id_does_not_shield_it(client: TestClient, admin: dict[str, str]) -> None:
+    made = client.post("/api/v1/tokens", json={"name": "victim", "role": "viewer"}, headers=admin).json()
+    # A token may be named like a uuid: its name then matched the id, and revoking by id said
+    # "names several tokens: use its id".
+    client.post("/api/v1/tokens", json={"name": made["id"], "role": "viewer"}, headers=admin)
+    resp = client.delete(f"/api/v1/tokens/{made['id']}", headers=admin)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["id"] == made["id"] and resp.json()["revoked_at"]
+
+
+def test_events_after_a_huge_seq_are_none(client: TestClient, admin: dict[str, str]) -> None:
+    rid = make_run()
+    for after in (2**63, 10**30):
+        resp = client.get(f"/api/v1/runs/{rid}/events?after={after}", headers=admin)
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["items"] == [] and resp.json()["next_after"] is None
+
+
+def test_bulk_with_a_misspelt_field_acts_on_nothing(client: TestClient, admin: dict[str, str]) -> None:
+    rid = make_run()
+    # "ids" is no field: once ignored, the empty filter cancelled every active run.
+    resp = client.post("/api/v1/runs/bulk", json={"action": "cancel", "ids": ["other"]}, headers=admin)
+    assert "ids" in error(resp, 422)["message"]
+    assert _config.get_store().get_run(rid).status == "queued"
+
+
+def test_idempotency_key_is_printable_ascii(client: TestClient, admin: dict[str, str]) -> None:
+    headers: dict[str, Any] = {**admin, "Idempotency-Key": "clé".encode()}  # as bytes: read as latin-1
+    resp = client.post("/api/v1/tokens", json={"name": "k", "role": "viewer"}, headers=headers)
+    assert "ASCII" in error(resp, 400)["message"]
+
+
+def test_the_document_says_every_error_is_the_error_shape() -> None:
+    doc = json.loads(DOC.read_text())
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    assert doc["components"]["schemas"]["Error"]["required"] == ["error"]
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            responses = op["responses"]
+            if "422" in responses:
+                assert responses["422"]["content"]["application/json"]["schema"] == error_ref, (method, path)
+            if path.startswith("/api/v1/"):
+                assert responses["default"]["content"]["application/json"]["schema"] == error_ref, (method, path)
