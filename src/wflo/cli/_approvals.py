@@ -6,12 +6,11 @@ import json
 from typing import Any
 
 import click
-from rich.table import Table
 
 from ..approvals import ApprovalRequest, action_text, approvals, inbox
 from ..auth import ServerClient, load_credentials
 from ..errors import UserError
-from ._app import cli, console, dump_json, handle_errors
+from ._app import Table, cli, console, dump_json, handle_errors
 
 _STATUSES = ["pending", "approved", "rejected", "expired", "superseded", "cancelled", "all"]
 
@@ -112,15 +111,20 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
             markup=False,
             soft_wrap=True,
         )
-    console.print(f"approvers  {', '.join(r.approvers) or 'anyone but the requester'} (quorum {r.quorum})")
+    console.print(
+        f"approvers  {', '.join(r.approvers) or 'anyone but the requester'} (quorum {r.quorum})", markup=False
+    )
     console.print(
         f"requested  {r.created_at} by {r.requested_by}"
-        + (f"; times out {r.timeout_at} → {r.on_timeout}" if r.timeout_at else "")
+        + (f"; times out {r.timeout_at} → {r.on_timeout}" if r.timeout_at else ""),
+        markup=False,
     )
     if r.decided_by:
         console.print(
             f"decided    {r.status} by {r.decided_by} via {r.via} at {r.decided_at}"
-            + (f": {r.reason}" if r.reason else "")
+            + (f": {r.reason}" if r.reason else ""),
+            markup=False,
+            soft_wrap=True,
         )
 
 
@@ -209,7 +213,7 @@ def grant_cmd(principal: str, role: str, scope: str) -> None:
     if creds is not None:
         body = {"principal": principal, "role": role, "scope": scope}
         g = ServerClient(creds).call("POST", "/api/v1/grants", body)
-        console.print(f"{g['principal']}: {g['role']} on {g['scope']} (granted through {creds.server})")
+        console.print(f"{g['principal']}: {g['role']} on {g['scope']} (granted through {creds.server})", markup=False)
         return
     roles = approvals.grant(principal, role, scope=scope)
-    console.print(f"{principal}: roles {', '.join(sorted(roles))}")
+    console.print(f"{principal}: roles {', '.join(sorted(roles))}", markup=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import click
-from rich.table import Table
+from rich.text import Text
 
 from .. import config
 from ..audit import parse_when
@@ -14,7 +14,7 @@ from ..cost import PERIODS, BudgetUsage, spend, usd_str
 from ..cost import budgets as api
 from ..cost import ledger as api_ledger
 from ..errors import RunNotFoundError, UserError
-from ._app import cli, console, dump_json, handle_errors
+from ._app import Table, cli, console, dump_json, handle_errors
 
 
 @cli.group()
@@ -37,10 +37,12 @@ def budgets_set(scope: str, usd: str, period: str, max_reservation: str | None) 
         body = {"scope": scope, "usd": usd, "period": period, "max_reservation_usd": max_reservation}
         done = ServerClient(creds).call("PUT", "/api/v1/budgets", body)
         per = done["period"] if done["period"] != "none" else "total"
-        console.print(f"budget {done['scope']}: ${done['limit_usd']} per {per} (set on {creds.server})")
+        console.print(f"budget {done['scope']}: ${done['limit_usd']} per {per} (set on {creds.server})", markup=False)
         return
     lim = api.set(scope, usd=usd, period=period, max_reservation_usd=max_reservation)
-    console.print(f"budget {lim.scope}: ${usd_str(lim.limit)} per {lim.period if lim.period != 'none' else 'total'}")
+    console.print(
+        f"budget {lim.scope}: ${usd_str(lim.limit)} per {lim.period if lim.period != 'none' else 'total'}", markup=False
+    )
 
 
 @budgets.command("list")
@@ -68,7 +70,7 @@ def budgets_list(as_json: bool) -> None:
             f"${usd_str(u.limit)}",
             f"${usd_str(u.spent)}",
             f"${usd_str(u.reserved)}",
-            f"[{style}]{pct:.1f}%[/]",
+            Text(f"{pct:.1f}%", style=style),
         )
     console.print(table)
 

@@ -8,14 +8,15 @@ import sys
 from typing import Any
 
 import click
-from rich.table import Table
+from rich.markup import escape
+from rich.text import Text
 
 from .. import config
 from ..cost import Ledger
 from ..engine import RunHandle, get_workflow, owner_is_dead_here, resume
 from ..errors import RunSuspended, UserError, WfloError, exit_code_for
 from ..store import RUN_STATUSES, RunRecord, new_id
-from ._app import cli, console, dump_json, err_console, fail, handle_errors, import_modules
+from ._app import Table, cli, console, dump_json, err_console, fail, handle_errors, import_modules
 
 _STATUS_STYLE = {
     "succeeded": "green", "failed": "red", "cancelled": "yellow", "stopped": "magenta",
@@ -68,7 +69,12 @@ def runs_list(status: str | None, workflow: str | None, limit: int, as_json: boo
     for r in records:
         err = (r.error or {}).get("message", "") if r.error else ""
         table.add_row(
-            r.id, r.workflow, _status(r.status), r.created_at[:19].replace("T", " "), str(r.last_seq), _short(err, 50)
+            r.id,
+            r.workflow,
+            Text.from_markup(_status(r.status)),
+            r.created_at[:19].replace("T", " "),
+            str(r.last_seq),
+            _short(err, 50),
         )
     console.print(table)
 
@@ -88,30 +94,28 @@ def runs_show(run_id: str, as_json: bool) -> None:
         dump_json(data)
         return
     console.print(f"[bold]run[/] {r.id}  {_status(r.status)}")
-    console.print(f"workflow  {r.workflow}")
+    console.print(f"workflow  {r.workflow}", markup=False)
     console.print(
         f"created   {r.created_at}   attempts {r.attempts}" + (f"   finished {r.finished_at}" if r.finished_at else "")
     )
     if r.tenant:
-        console.print(f"tenant    {r.tenant}")
+        console.print(f"tenant    {r.tenant}", markup=False)
     if r.parent_id:
         console.print(f"parent    {r.parent_id}")
     if r.lease_owner and not r.done:
         dead = " (dead: resumable now)" if owner_is_dead_here(r.lease_owner) else ""
         console.print(f"held by   {r.lease_owner} until {r.lease_expires_at}{dead}")
-    console.print(f"input     {_short(r.input, 100)}")
+    console.print(f"input     {_short(r.input, 100)}", markup=False)
     if r.status == "succeeded":
-        console.print(f"output    {_short(r.output, 100)}")
+        console.print(f"output    {_short(r.output, 100)}", markup=False)
     if r.error:
-        console.print(f"[red]error[/]     {r.error.get('type')}: {r.error.get('message')}")
+        console.print(f"[red]error[/]     {escape(str(r.error.get('type')))}: {escape(str(r.error.get('message')))}")
     if r.status == "blocked":
         blocked = next((e.data for e in reversed(events) if e.type == "run.blocked"), {})
         err = blocked.get("error") or {}
-        console.print(
-            f"[bold red]blocked[/]   {blocked.get('reason', '?')}: {err.get('type', '')}: {err.get('message', '')}",
-            soft_wrap=True,
-        )
-        console.print(f"fix       {blocked.get('fix', '')}", soft_wrap=True)
+        why = f"{blocked.get('reason', '?')}: {err.get('type', '')}: {err.get('message', '')}"
+        console.print(f"[bold red]blocked[/]   {escape(why)}", soft_wrap=True)
+        console.print(f"fix       {blocked.get('fix', '')}", soft_wrap=True, markup=False)
     table = Table(box=None, header_style="bold", title="journal", title_justify="left")
     for col in ("seq", "at", "event", "call", "name", "ms", "detail"):
         table.add_column(col)

@@ -1,0 +1,68 @@
+"""What a careless or hostile user gives the `wflo` command: stored text that looks like rich
+markup, read-only commands in a directory with no store, ambiguous id prefixes, values out of
+range. Each answer is the text as it is, or one line and an exit status, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from wflo import _config
+from wflo.cli import cli
+
+HERE = Path(__file__).parent
+MARKUP = "bad [/] close, [bold]hidden[/bold] and :x:"
+"""A value as an agent or a user may write it: rich would raise on ``[/]``, swallow
+``[bold]`` and turn ``:x:`` into an emoji."""
+
+
+@pytest.fixture(autouse=True)
+def _cliapp_importable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    monkeypatch.syspath_prepend(str(HERE))
+    monkeypatch.chdir(tmp_path)
+    yield
+    _config.reset()
+
+
+def invoke(*args: str, db: str, principal: str = "user:ops") -> Result:
+    result = CliRunner().invoke(cli, list(args), env={"WFLO_DATABASE_URL": db, "WFLO_PRINCIPAL": principal})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        pytest.fail("".join(traceback.format_exception(result.exception)))  # a traceback in a terminal
+    _config.reset()
+    return result
+
+
+def test_stored_text_is_shown_as_it_is_not_as_markup(sqlite_url: str, tmp_path: Path) -> None:
+    (tmp_path / "markupapp.py").write_text(
+        "import wflo\n\n\n@wflo.workflow(name='markup_flow')\ndef markup_flow(msg: str) -> None:\n"
+        "    raise ValueError(msg)\n"
+    )
+    failed = invoke("run", "markupapp:markup_flow", "--input", json.dumps({"msg": MARKUP}), db=sqlite_url)
+    assert failed.exit_code == 6, failed.output
+    listed = invoke("runs", "list", db=sqlite_url)
+    assert listed.exit_code == 0 and MARKUP in listed.stdout
+    run_id = json.loads(invoke("runs", "list", "--json", db=sqlite_url).stdout)[0]["id"]
+    shown = invoke("runs", "show", run_id, db=sqlite_url)
+    assert shown.exit_code == 0
+    assert f"error     ValueError: {MARKUP}" in shown.stdout and f'"msg": "{MARKUP}"' in shown.stdout
+
+    for principal in ("user:x", "user:[/]b[bold]"):  # "user:x:" (before a colon) is rich's ❌ emoji code
+        granted = invoke("grant", principal, "approver", db=sqlite_url)
+        assert granted.exit_code == 0 and granted.stdout == f"{principal}: roles approver\n"
+    grants = invoke("grants", "list", db=sqlite_url)
+    assert grants.exit_code == 0 and "user:[/]b[bold]" in grants.stdout
+    who = invoke("whoami", db=sqlite_url, principal="user:x")
+    assert who.stdout.startswith("user:x via local")
+
+    # An agent's tool argument, shown to the approver in the inbox: exactly what will run.
+    env = ("--input", json.dumps(["[white on white]A-1", 250.0]))
+    started = invoke("run", "cliapp:refund_flow", *env, "--start", db=sqlite_url)
+    waiting = invoke("runs", "resume", started.stdout.strip(), "--import", "cliapp", "--no-wait", db=sqlite_url)
+    assert waiting.exit_code == 11, waiting.output
+    inbox = invoke("approvals", "list", db=sqlite_url)
+    assert inbox.exit_code == 0 and "order_id='[white on white]A-1'" in inbox.stdout
