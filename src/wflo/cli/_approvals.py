@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .. import config
 from ..approvals import ApprovalRequest, action_text, approvals, inbox
 from ..auth import ServerClient, load_credentials
 from ..errors import UserError
@@ -64,6 +65,7 @@ def approvals_group() -> None:
 @handle_errors
 def approvals_list(mine: bool, status: str, as_json: bool) -> None:
     """List approval requests (pending by default)."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     found = approvals.list(status=None if status == "all" else status, mine=mine)
     if as_json:
         dump_json([_as_json(r) for r in found])
@@ -88,6 +90,7 @@ def approvals_list(mine: bool, status: str, as_json: bool) -> None:
 @handle_errors
 def approvals_show(approval_id: str, as_json: bool) -> None:
     """One request: the exact action, who may decide, votes so far."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     r = approvals.get(approval_id)
     if as_json:
         data = _as_json(r)

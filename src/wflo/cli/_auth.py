@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from .. import config
 from ..auth import (
     GLOBAL,
     ROLES,
@@ -65,6 +66,7 @@ def grants_list(principal: str | None, as_json: bool) -> None:
         found = [Grant(**g) for g in ServerClient(creds).call("GET", "/api/v1/grants")]
         found = [g for g in found if not principal or g.principal == principal]
     else:
+        config.get_store(create=False)  # only reads: a store that is not there is named, not created
         found = access().grants(check_principal(principal) if principal else None)
     if as_json:
         dump_json([_grant(g) for g in found])
@@ -150,6 +152,8 @@ def tokens_create(name: str, role: str, tenant: str | None, scope: str | None, e
 def tokens_list(as_json: bool) -> None:
     """List tokens (prefix, role, scope, state); never their secrets."""
     creds = load_credentials()
+    if creds is None:
+        config.get_store(create=False)  # only reads: a store that is not there is named, not created
     if creds is None and settings().require_auth:
         access().require_local("tokens:read")
     found = (
@@ -276,6 +280,7 @@ def whoami_cmd(as_json: bool) -> None:
         me = _get_me(creds.server, creds.token)
         me["server"] = creds.server
     else:
+        config.get_store(create=False)  # only reads: a store that is not there is named, not created
         who = access().local()
         me = {
             "principal": who.id, "via": "local", "os_user": who.os_user,

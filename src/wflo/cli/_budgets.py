@@ -50,6 +50,7 @@ def budgets_set(scope: str, usd: str, period: str, max_reservation: str | None) 
 @handle_errors
 def budgets_list(as_json: bool) -> None:
     """Every limited scope with its spend and open reservations this period."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     rows = api.usage()
     if as_json:
         dump_json([{"scope": u.scope, "period": u.period, "period_start": u.period_start, "limit_usd": usd_str(u.limit),
@@ -80,6 +81,7 @@ def budgets_list(as_json: bool) -> None:
 @handle_errors
 def budgets_show(scope: str) -> None:
     """One scope's limit and current period."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     rows = api.usage(scope)
     note = ""
     if not rows:

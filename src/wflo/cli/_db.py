@@ -36,7 +36,7 @@ def db_migrate() -> None:
 @handle_errors
 def db_check() -> None:
     """Exit 0 if the store is reachable and its schema is this wflo's, else say how to fix it."""
-    store = open_store(config.settings().database, verify=False)
+    store = open_store(config.settings().database, verify=False, create=False)
     try:
         version = store.check()
         counts = store.count_runs_by_status()

@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 from rich.text import Text
 
+from .. import config
 from ..errors import UserError
 from ..tools import catalog
 from ._app import Table, cli, console, dump_json, handle_errors
@@ -162,6 +163,7 @@ def tools_revoke(name: str, to: str) -> None:
 @handle_errors
 def tools_grants(tool: str | None, as_json: bool) -> None:
     """Who may use which tool, under which approval and limits."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     from ..tools import grants
 
     rows = grants(tool)
@@ -207,6 +209,7 @@ def tools_untrust(key_id: str) -> None:
 @handle_errors
 def tools_trusted(as_json: bool) -> None:
     """The publisher keys trusted for signed tool packages."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     from ..tools import trusted_keys
 
     keys = trusted_keys()

@@ -66,3 +66,28 @@ def test_stored_text_is_shown_as_it_is_not_as_markup(sqlite_url: str, tmp_path: 
     assert waiting.exit_code == 11, waiting.output
     inbox = invoke("approvals", "list", db=sqlite_url)
     assert inbox.exit_code == 0 and "order_id='[white on white]A-1'" in inbox.stdout
+
+
+READ_ONLY = [
+    ["approvals", "list"],
+    ["approvals", "show", "0123abcd"],
+    ["budgets", "list"],
+    ["budgets", "show", "global"],
+    ["db", "check"],
+    ["grants", "list"],
+    ["tokens", "list"],
+    ["tools", "grants"],
+    ["tools", "trusted"],
+    ["whoami"],
+]
+
+
+@pytest.mark.parametrize("args", READ_ONLY, ids=[" ".join(a) for a in READ_ONLY])
+def test_a_read_only_command_where_there_is_no_store_says_so_and_creates_none(
+    args: list[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "typo" / "wflo.db"
+    result = invoke(*args, db=f"sqlite:///{missing}")
+    assert result.exit_code == 4, result.output
+    assert result.stderr.startswith(f"error: no wflo store at {missing}") and "wflo db migrate" in result.stderr
+    assert not missing.exists() and not missing.parent.exists()
