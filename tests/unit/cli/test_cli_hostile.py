@@ -83,9 +83,7 @@ READ_ONLY = [
 
 
 @pytest.mark.parametrize("args", READ_ONLY, ids=[" ".join(a) for a in READ_ONLY])
-def test_a_read_only_command_where_there_is_no_store_says_so_and_creates_none(
-    args: list[str], tmp_path: Path
-) -> None:
+def test_a_read_only_command_where_there_is_no_store_says_so_and_creates_none(args: list[str], tmp_path: Path) -> None:
     missing = tmp_path / "typo" / "wflo.db"
     result = invoke(*args, db=f"sqlite:///{missing}")
     assert result.exit_code == 4, result.output
