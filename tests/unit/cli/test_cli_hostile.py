@@ -89,3 +89,28 @@ def test_a_read_only_command_where_there_is_no_store_says_so_and_creates_none(ar
     assert result.exit_code == 4, result.output
     assert result.stderr.startswith(f"error: no wflo store at {missing}") and "wflo db migrate" in result.stderr
     assert not missing.exists() and not missing.parent.exists()
+
+
+def test_an_id_prefix_of_several_runs_or_approvals_says_so(sqlite_url: str) -> None:
+    for run_id in ("abcd-0001", "abcd-0002"):
+        invoke("run", "cliapp:greet", "--input", '{"name": "x"}', "--id", run_id, db=sqlite_url)
+    shown = invoke("runs", "show", "abcd", db=sqlite_url)
+    assert shown.exit_code == 3
+    assert shown.stderr.strip() == "error: 'abcd' is the start of more than one run id: give more of it"
+    assert invoke("runs", "show", "abcd-0002", db=sqlite_url).exit_code == 0
+    assert invoke("runs", "show", "zzzz", db=sqlite_url).stderr.strip() == "error: no run with id 'zzzz'"
+
+    # Approval ids are hashes of (run, call): these two runs' first requests both start "e148".
+    for run_id in ("amb-82", "amb-156"):
+        started = invoke(
+            "run", "cliapp:refund_flow", "--input", '["A-1", 250.0]', "--start", "--id", run_id, db=sqlite_url
+        )
+        invoke("runs", "resume", started.stdout.strip(), "--import", "cliapp", "--no-wait", db=sqlite_url)
+    ids = [r["id"] for r in json.loads(invoke("approvals", "list", "--json", db=sqlite_url).stdout)]
+    assert len(ids) == 2 and all(i.startswith("e148") for i in ids), ids
+    ambiguous = invoke("approvals", "show", "e148", db=sqlite_url)
+    assert ambiguous.exit_code == 3
+    assert (
+        ambiguous.stderr.strip() == "error: 'e148' is the start of more than one approval request id: give more of it"
+    )
+    assert invoke("approvals", "show", ids[0][:8], db=sqlite_url).exit_code == 0
