@@ -298,7 +298,7 @@ def whoami_cmd(as_json: bool) -> None:
 
 @cli.command("server")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8700, show_default=True, type=int)
+@click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--admin",
     "admin_principal",

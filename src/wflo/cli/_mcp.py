@@ -42,7 +42,8 @@ def _tools_from(spec: str) -> list[Any]:
 )
 @click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP only.")
-@click.option("--port", default=8765, show_default=True, help="HTTP only (streamable HTTP at /mcp).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535),
+              help="HTTP only (streamable HTTP at /mcp).")  # fmt: skip
 @handle_errors
 def mcp_serve(workflow: str, tenant: str | None, agent: str | None, tools_spec: str | None, transport: str,
               host: str, port: int) -> None:  # fmt: skip

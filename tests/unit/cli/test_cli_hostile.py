@@ -114,3 +114,10 @@ def test_an_id_prefix_of_several_runs_or_approvals_says_so(sqlite_url: str) -> N
         ambiguous.stderr.strip() == "error: 'e148' is the start of more than one approval request id: give more of it"
     )
     assert invoke("approvals", "show", ids[0][:8], db=sqlite_url).exit_code == 0
+
+
+@pytest.mark.parametrize("port", ["-1", "0", "65536", "99999"])
+@pytest.mark.parametrize("command", [["server"], ["mcp", "serve", "--workflow", "x", "--transport", "http"]])
+def test_a_port_out_of_range_is_a_usage_error(command: list[str], port: str, sqlite_url: str) -> None:
+    result = invoke(*command, "--port", port, db=sqlite_url)
+    assert result.exit_code == 2 and "Invalid value for '--port'" in result.stderr
