@@ -121,3 +121,14 @@ def test_an_id_prefix_of_several_runs_or_approvals_says_so(sqlite_url: str) -> N
 def test_a_port_out_of_range_is_a_usage_error(command: list[str], port: str, sqlite_url: str) -> None:
     result = invoke(*command, "--port", port, db=sqlite_url)
     assert result.exit_code == 2 and "Invalid value for '--port'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("WFLO_LEASE_SECONDS", "1e23"), ("WFLO_RETENTION_DAYS", "99999999999"), ("WFLO_RESERVATION_TTL", "1e300"),
+     ("WFLO_POLL_INTERVAL", "1e20"), ("WFLO_SESSION_HOURS", "1e20")],
+)  # fmt: skip
+def test_a_duration_setting_too_long_for_the_clock_is_refused(name: str, value: str, sqlite_url: str) -> None:
+    result = CliRunner().invoke(cli, ["runs", "list"], env={"WFLO_DATABASE_URL": sqlite_url, name: value})
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {name}='{value}' is not a valid") and "at most" in result.stderr
