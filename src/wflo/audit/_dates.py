@@ -21,7 +21,10 @@ def parse_when(text: str, *, option: str = "date") -> str:
     value = text.strip()
     match = _RELATIVE.match(value)
     if match:
-        moment = datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        try:
+            moment = datetime.now(UTC) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+        except OverflowError:
+            raise UserError(f"invalid {option} {text!r}: that age reaches back before the year 1") from None
         return iso(moment)
     try:
         moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)

@@ -43,6 +43,14 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(**{unit: int(m.group(1))})
 
 
+def _expires_at(expires: str) -> str:
+    """Now plus ``expires`` (``30d``), in the store's form; past the year 9999 is a ``UserError``."""
+    try:
+        return _iso(_now() + parse_duration(expires))
+    except OverflowError:
+        raise UserError(f"a token expiring in {expires} would outlive the calendar; use 'never'") from None
+
+
 def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -110,7 +118,7 @@ class Tokens:
         # Creating a token is handing out a role: the same permission as granting it.
         self.access._local_allowed(who, "tokens:write", scope, remote)
         self.access.authorize(who, "tokens:write", scope, remote=remote)
-        expires_at = _iso(_now() + parse_duration(expires)) if expires else None
+        expires_at = _expires_at(expires) if expires else None
         prefix = secrets.token_hex(4)
         secret = f"wflo_{prefix}_{secrets.token_urlsafe(32)}"
         info = TokenInfo(
@@ -151,7 +159,7 @@ class Tokens:
         caller that writes them in its own transaction (a device sign-in's approval)."""
         if who.via != "panel" or not who.id.startswith("user:"):
             raise UserError("a personal CLI token is created by a signed-in person in the browser")
-        expires_at = _iso(_now() + parse_duration(expires))
+        expires_at = _expires_at(expires)
         prefix = secrets.token_hex(4)
         secret = f"wflo_{prefix}_{secrets.token_urlsafe(32)}"
         info = TokenInfo(

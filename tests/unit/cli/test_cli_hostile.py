@@ -132,3 +132,31 @@ def test_a_duration_setting_too_long_for_the_clock_is_refused(name: str, value: 
     result = CliRunner().invoke(cli, ["runs", "list"], env={"WFLO_DATABASE_URL": sqlite_url, name: value})
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(f"error: {name}='{value}' is not a valid") and "at most" in result.stderr
+
+
+AGES = [
+    ["costs", "--since"],
+    ["audit", "verify", "--since"],
+    ["audit", "export", "--out", "exported", "--since"],
+    ["audit", "prune", "--yes", "--before"],
+    ["report", "--since"],
+    ["compliance", "report", "--out", "pack", "--since"],
+]
+
+
+@pytest.mark.parametrize("age", ["99999999999d", "1000000d"])
+@pytest.mark.parametrize("command", AGES, ids=[" ".join(c[:2]) for c in AGES])
+def test_an_age_older_than_the_calendar_is_one_line(command: list[str], age: str, sqlite_url: str) -> None:
+    invoke("db", "migrate", db=sqlite_url)
+    result = invoke(*command, age, db=sqlite_url)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: invalid {command[-1]} '{age}': that age reaches back before the year 1"
+
+
+def test_a_token_expiring_past_the_calendar_is_one_line(sqlite_url: str) -> None:
+    invoke("admin", "bootstrap", db=sqlite_url)
+    result = invoke("tokens", "create", "--name", "ci", "--role", "viewer", "--expires", "9999999d", db=sqlite_url)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == "error: a token expiring in 9999999d would outlive the calendar; use 'never'"
+    made = invoke("tokens", "create", "--name", "ci", "--role", "viewer", "--expires", "1000000d", db=sqlite_url)
+    assert made.exit_code == 0 and "expires 47" in made.stdout
