@@ -92,6 +92,8 @@ def import_modules(modules: tuple[str, ...]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise UserError(f"cannot import {name!r}: {exc}") from None
+        except Exception as exc:
+            failed_import(name, exc)
 
 
 def _import_file(path: str) -> None:
@@ -109,9 +111,20 @@ def _import_file(path: str) -> None:
         importlib.import_module(module)
     except ImportError as exc:
         raise UserError(f"cannot import {path!r} (as {module}): {exc}") from None
+    except Exception as exc:
+        failed_import(path, exc)
     loaded = getattr(sys.modules.get(module), "__file__", None)
     if loaded is None or os.path.abspath(loaded) != file:
         raise UserError(f"cannot import {path!r}: the module {module!r} found first is {loaded}")
+
+
+def failed_import(name: str, exc: Exception) -> None:
+    """The user's module raised while it was imported: one line, as for a run that failed
+    (``WFLO_DEBUG=1`` shows the traceback)."""
+    if os.environ.get("WFLO_DEBUG"):
+        raise exc
+    message = " ".join(str(exc).split())
+    raise UserError(f"cannot import {name!r}: it raised {type(exc).__name__}: {message} (WFLO_DEBUG=1 shows where)")
 
 
 def plural(n: int, word: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from ._app import cli, err_console, handle_errors
+from ._app import cli, err_console, failed_import, handle_errors
 
 
 @cli.group()
@@ -24,8 +24,10 @@ def _tools_from(spec: str) -> list[Any]:
         obj: Any = importlib.import_module(module)
         for part in (attr or "TOOLS").split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, ValueError) as exc:  # ValueError: no module name (":X")
         raise UserError(f"--tools {spec}: cannot load it ({exc})") from None
+    except Exception as exc:
+        failed_import(module, exc)
     items = obj() if callable(obj) and not isinstance(obj, Tool) else obj
     items = list(items) if isinstance(items, list | tuple) else [items]
     if not all(isinstance(t, Tool) for t in items):

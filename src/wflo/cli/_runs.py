@@ -242,9 +242,9 @@ def _parse_input(text: str | None) -> tuple[list[Any], dict[str, Any]]:
 @handle_errors
 def run_cmd(target: str, input_json: str | None, run_id: str | None, enqueue: bool) -> None:
     """Run a workflow: `wflo run myapp.agents:research --input '{"topic": "otters"}'`."""
-    if ":" not in target:
-        raise UserError(f"{target!r} is not MODULE:FUNCTION (e.g. myapp.agents:research)")
     module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise UserError(f"{target!r} is not MODULE:FUNCTION (e.g. myapp.agents:research)")
     import_modules((module,))
     import importlib
 

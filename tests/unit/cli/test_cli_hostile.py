@@ -160,3 +160,28 @@ def test_a_token_expiring_past_the_calendar_is_one_line(sqlite_url: str) -> None
     assert result.stderr.strip() == "error: a token expiring in 9999999d would outlive the calendar; use 'never'"
     made = invoke("tokens", "create", "--name", "ci", "--role", "viewer", "--expires", "1000000d", db=sqlite_url)
     assert made.exit_code == 0 and "expires 47" in made.stdout
+
+
+@pytest.mark.parametrize("target", [":greet", "cliapp:", ":"])
+def test_run_without_a_module_or_a_function_is_one_line(target: str, sqlite_url: str) -> None:
+    result = invoke("run", target, db=sqlite_url)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {target!r} is not MODULE:FUNCTION (e.g. myapp.agents:research)"
+
+
+@pytest.mark.parametrize(
+    ("source", "raised"),
+    [("raise RuntimeError('no API key set')\n", "RuntimeError: no API key set"),
+     ("def broken(:\n", "SyntaxError: invalid syntax (brokenapp.py, line 1)")],
+)  # fmt: skip
+def test_a_module_that_raises_on_import_is_one_line(source: str, raised: str, sqlite_url: str, tmp_path: Path) -> None:
+    (tmp_path / "brokenapp.py").write_text(source)
+    expected = f"error: cannot import 'brokenapp': it raised {raised} (WFLO_DEBUG=1 shows where)"
+    for args in (["run", "brokenapp:wf"], ["worker", "-i", "brokenapp"], ["mcp", "serve", "--workflow", "x", "--tools",
+                                                                          "brokenapp:TOOLS"]):  # fmt: skip
+        result = invoke(*args, db=sqlite_url)
+        assert result.exit_code == 2 and result.stderr.strip() == expected, (args, result.output)
+    file = invoke("worker", "-i", str(tmp_path / "brokenapp.py"), db=sqlite_url)
+    assert file.exit_code == 2 and file.stderr.startswith(
+        f"error: cannot import '{tmp_path / 'brokenapp.py'}': it raised"
+    )
