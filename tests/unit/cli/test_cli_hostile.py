@@ -185,3 +185,14 @@ def test_a_module_that_raises_on_import_is_one_line(source: str, raised: str, sq
     assert file.exit_code == 2 and file.stderr.startswith(
         f"error: cannot import '{tmp_path / 'brokenapp.py'}': it raised"
     )
+
+
+@pytest.mark.parametrize("content", ["[]", '"token"', "5", "not json", ""])
+def test_a_credentials_file_that_is_not_an_object_is_not_a_sign_in(
+    content: str, sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "credentials.json").write_text(content)
+    monkeypatch.setenv("WFLO_CREDENTIALS", str(tmp_path / "credentials.json"))
+    invoke("db", "migrate", db=sqlite_url)
+    result = invoke("whoami", db=sqlite_url)
+    assert result.exit_code == 0 and result.stdout.startswith("user:ops via local"), result.output
