@@ -196,3 +196,12 @@ def test_a_credentials_file_that_is_not_an_object_is_not_a_sign_in(
     invoke("db", "migrate", db=sqlite_url)
     result = invoke("whoami", db=sqlite_url)
     assert result.exit_code == 0 and result.stdout.startswith("user:ops via local"), result.output
+
+
+@pytest.mark.parametrize("query", ["synchronus=FULL", "mode=ro", "cache"])
+def test_an_unknown_sqlite_url_parameter_is_refused_not_ignored(query: str, sqlite_url: str) -> None:
+    result = invoke("runs", "list", db=f"{sqlite_url}?{query}")
+    assert result.exit_code == 2, result.output
+    name = query.split("=")[0]
+    assert result.stderr.startswith(f"error: unknown parameter '{name}' in '{sqlite_url}?{query}'")
+    assert "a SQLite URL takes synchronous= and pool_size=" in result.stderr
