@@ -205,3 +205,15 @@ def test_an_unknown_sqlite_url_parameter_is_refused_not_ignored(query: str, sqli
     name = query.split("=")[0]
     assert result.stderr.startswith(f"error: unknown parameter '{name}' in '{sqlite_url}?{query}'")
     assert "a SQLite URL takes synchronous= and pool_size=" in result.stderr
+
+
+def test_demo_in_a_directory_that_holds_a_store_says_so(tmp_path: Path, sqlite_url: str) -> None:
+    """Its runs have fixed ids: on an earlier demo's store they replayed and it said 'BROKEN'."""
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "wflo.db").write_bytes(b"")
+    result = invoke("demo", "--dir", str(tmp_path / "kept"), "--auto-approve", db=sqlite_url)
+    assert result.exit_code == 2, result.output
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'kept'} holds a store already (wflo.db): give the demo a new or empty --dir"
+    )
