@@ -133,7 +133,7 @@ def worker_cmd(
 
     def progress(kind: str, run: RunRecord) -> None:
         if not quiet:
-            console.print(f"{kind:8} {run.id} {run.workflow} {run.status}")
+            console.print(f"{kind:8} {run.id} {run.workflow} {run.status}", markup=False)
 
     worker = Worker(concurrency=concurrency, on_event=progress, queues=list(queues) if queues else None)
 

@@ -93,7 +93,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
         data["events"] = [{"seq": e.seq, "type": e.type, "at": e.at, "data": e.data, "hash": e.hash} for e in events]
         dump_json(data)
         return
-    console.print(f"[bold]run[/] {r.id}  {_status(r.status)}")
+    console.print(f"[bold]run[/] {escape(r.id)}  {_status(r.status)}")
     console.print(f"workflow  {r.workflow}", markup=False)
     console.print(
         f"created   {r.created_at}   attempts {r.attempts}" + (f"   finished {r.finished_at}" if r.finished_at else "")
@@ -101,10 +101,10 @@ def runs_show(run_id: str, as_json: bool) -> None:
     if r.tenant:
         console.print(f"tenant    {r.tenant}", markup=False)
     if r.parent_id:
-        console.print(f"parent    {r.parent_id}")
+        console.print(f"parent    {r.parent_id}", markup=False)
     if r.lease_owner and not r.done:
         dead = " (dead: resumable now)" if owner_is_dead_here(r.lease_owner) else ""
-        console.print(f"held by   {r.lease_owner} until {r.lease_expires_at}{dead}")
+        console.print(f"held by   {r.lease_owner} until {r.lease_expires_at}{dead}", markup=False)
     console.print(f"input     {_short(r.input, 100)}", markup=False)
     if r.status == "succeeded":
         console.print(f"output    {_short(r.output, 100)}", markup=False)
@@ -155,7 +155,7 @@ def runs_cancel(run_id: str) -> None:
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status})")
     status = RunHandle(r.id, store).cancel()
-    console.print(f"run {r.id}: cancel requested; status {_status(status)}")
+    console.print(f"run {escape(r.id)}: cancel requested; status {_status(status)}")
 
 
 @runs.command("resume")
@@ -177,7 +177,7 @@ def runs_resume(run_id: str, modules: tuple[str, ...], no_wait: bool) -> None:
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status}); nothing to resume")
     get_workflow(r.workflow)
-    console.print(f"resuming run {r.id} ({r.workflow}) …")
+    console.print(f"resuming run {r.id} ({r.workflow}) …", markup=False)
     try:
         value = resume(r.id, wait=not no_wait)
     except RunSuspended as pause:
@@ -187,11 +187,11 @@ def runs_resume(run_id: str, modules: tuple[str, ...], no_wait: bool) -> None:
         _interrupted(r.id, modules)
     except Exception as exc:
         r = store.get_run(r.id)
-        console.print(f"run {r.id}: {_status(r.status)}")
+        console.print(f"run {escape(r.id)}: {_status(r.status)}")
         if isinstance(exc, WfloError):
             raise
         _run_failed(r.id, exc)
-    console.print(f"run {r.id}: {_status('succeeded')}")
+    console.print(f"run {escape(r.id)}: {_status('succeeded')}")
     dump_json(value)
 
 
@@ -259,7 +259,7 @@ def run_cmd(target: str, input_json: str | None, run_id: str | None, enqueue: bo
     bound = wf.options(id=run_id)
     if enqueue:
         handle = bound.start(*args, **kwargs)
-        console.print(handle.id)
+        console.print(handle.id, markup=False)
         return
     try:
         value = bound.run(*args, **kwargs)

@@ -217,3 +217,14 @@ def test_demo_in_a_directory_that_holds_a_store_says_so(tmp_path: Path, sqlite_u
         result.stderr.strip()
         == f"error: {tmp_path / 'kept'} holds a store already (wflo.db): give the demo a new or empty --dir"
     )
+
+
+def test_a_run_id_that_looks_like_markup_is_printed_as_it_is(sqlite_url: str, tmp_path: Path) -> None:
+    run_id = "[/]order-7"  # an idempotency key is the caller's text
+    started = invoke("run", "cliapp:greet", "--input", '{"name": "x"}', "--id", run_id, "--start", db=sqlite_url)
+    assert started.exit_code == 0 and started.stdout == f"{run_id}\n"
+    assert invoke("runs", "show", run_id, db=sqlite_url).stdout.startswith(f"run {run_id}  queued")
+    assert invoke("runs", "cancel", run_id, db=sqlite_url).stdout.startswith(f"run {run_id}: cancel requested")
+    out = tmp_path / "[/]export"
+    exported = invoke("audit", "export", "--out", str(out), "--run", run_id, db=sqlite_url)
+    assert exported.exit_code == 0 and f"to {out} (events.jsonl" in exported.stdout
