@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from .. import config
 from ..approvals import ApprovalRequest, action_text, approvals, inbox
@@ -97,8 +98,8 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
         data["votes"] = inbox().votes(r.id)
         dump_json(data)
         return
-    console.print(f"[bold]approval[/] {r.id}  {r.status}")
-    console.print(f"run        {r.run_id}")
+    console.print(f"[bold]approval[/] {escape(r.id)}  {r.status}")
+    console.print(f"run        {r.run_id}", markup=False)
     console.print(f"message    {r.message}", markup=False, soft_wrap=True)
     console.print(f"action     {action_text(r.action)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"hash       {r.action_hash}")

@@ -43,7 +43,7 @@ def db_check() -> None:
     finally:
         store.close()
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
-    console.print(f"ok: {config.settings().database} schema version {version}; {summary}")
+    console.print(f"ok: {config.settings().database} schema version {version}; {summary}", markup=False)
 
 
 @db.command("roles")
@@ -145,7 +145,10 @@ def worker_cmd(
     signal.signal(signal.SIGINT, stop)
     if not quiet:
         served = f", queue(s) {', '.join(worker.queues)}" if worker.queues is not None else ""
-        console.print(f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {config.settings().database}")
+        console.print(
+            f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {config.settings().database}",
+            markup=False,
+        )
     done = worker.run(max_runs=max_runs, idle_timeout=idle_exit)
     if not quiet:
         console.print(f"worker exiting after {done} run(s)")

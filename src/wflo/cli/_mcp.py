@@ -59,5 +59,5 @@ def mcp_serve(workflow: str, tenant: str | None, agent: str | None, tools_spec: 
         try:
             tools.append(load(pkg.manifest.name))
         except UserError as exc:
-            err_console.print(f"skipped {pkg.manifest.name}: {exc}")
+            err_console.print(f"skipped {pkg.manifest.name}: {exc}", markup=False)
     serve(tools, workflow=workflow, tenant=tenant, agent=agent, transport=transport, host=host, port=port)

@@ -93,7 +93,7 @@ def tools_install(spec: tuple[str, ...]) -> None:
     if _pip(["install", *spec]) != 0:
         raise UserError(f"pip could not install {' '.join(spec)}")
     new = sorted({p.manifest.name for p in _installed_quiet()} - before)
-    console.print(f"new tools: {', '.join(new)}" if new else "no new tools (is it a wflo tool package?)")
+    console.print(f"new tools: {', '.join(new)}" if new else "no new tools (is it a wflo tool package?)", markup=False)
     if new:
         console.print("grant them before a run can use them: wflo tools grant NAME --to workflow:NAME")
 

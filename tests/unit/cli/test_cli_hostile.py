@@ -228,3 +228,10 @@ def test_a_run_id_that_looks_like_markup_is_printed_as_it_is(sqlite_url: str, tm
     out = tmp_path / "[/]export"
     exported = invoke("audit", "export", "--out", str(out), "--run", run_id, db=sqlite_url)
     assert exported.exit_code == 0 and f"to {out} (events.jsonl" in exported.stdout
+
+
+def test_a_directory_that_looks_like_markup_is_printed_as_it_is(sqlite_url: str, tmp_path: Path) -> None:
+    pack = tmp_path / "[/]pack"
+    pack.mkdir(parents=True)
+    result = invoke("compliance", "verify", str(pack), db=sqlite_url)
+    assert result.exit_code == 10 and result.stderr.strip() == f"NOT INTACT {pack}: manifest.json is missing"
