@@ -300,7 +300,7 @@ def run_demo(*, directory: str | None = None, auto_approve: bool = False, as_jso
         auto_approve = True
     demo = Demo(path, auto_approve=auto_approve, console=console, quiet=False)
     console.print(
-        f"[bold]wflo demo[/]: a research agent on the embedded store [dim]{demo.url}[/], LLM = scripted local server\n"
+        f"[bold]wflo demo[/]: a research agent on the embedded store [dim]{escape(demo.url)}[/], LLM = scripted local server\n"
     )
     t0 = time.monotonic()
     try:
@@ -345,5 +345,5 @@ def run_demo(*, directory: str | None = None, auto_approve: bool = False, as_jso
     if made and all_held:
         shutil.rmtree(path, ignore_errors=True)
     elif not all_held:
-        console.print(f"[red]some promises did not hold[/]; the store is kept in {path}")
+        console.print(f"[red]some promises did not hold[/]; the store is kept in {escape(str(path))}")
     return 0 if all_held else 1

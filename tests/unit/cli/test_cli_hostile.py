@@ -235,3 +235,8 @@ def test_a_directory_that_looks_like_markup_is_printed_as_it_is(sqlite_url: str,
     pack.mkdir(parents=True)
     result = invoke("compliance", "verify", str(pack), db=sqlite_url)
     assert result.exit_code == 10 and result.stderr.strip() == f"NOT INTACT {pack}: manifest.json is missing"
+
+
+def test_demo_in_a_directory_that_looks_like_markup(tmp_path: Path, sqlite_url: str) -> None:
+    result = invoke("demo", "--dir", str(tmp_path / "[/]demo"), "--auto-approve", db=sqlite_url)
+    assert f"embedded store sqlite:///{tmp_path / '[/]demo'}/wflo.db" in result.stdout, result.output
