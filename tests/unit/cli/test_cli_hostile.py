@@ -5,6 +5,9 @@ range. Each answer is the text as it is, or one line and an exit status, never a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +243,22 @@ def test_a_directory_that_looks_like_markup_is_printed_as_it_is(sqlite_url: str,
 def test_demo_in_a_directory_that_looks_like_markup(tmp_path: Path, sqlite_url: str) -> None:
     result = invoke("demo", "--dir", str(tmp_path / "[/]demo"), "--auto-approve", db=sqlite_url)
     assert f"embedded store sqlite:///{tmp_path / '[/]demo'}/wflo.db" in result.stdout, result.output
+
+
+def test_an_argument_that_is_not_utf8_is_one_line(sqlite_url: str) -> None:
+    """Bytes from a terminal in another encoding reach Python as lone surrogates: every store
+    query, hash and JSON refused them with a traceback. The real entry point, as a shell runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update(WFLO_DATABASE_URL=sqlite_url, PYTHONPATH=os.pathsep.join(sys.path))
+    invoke("db", "migrate", db=sqlite_url)
+    for args in ([b"runs", b"show", b"\xff\xfe"], [b"runs", b"list", b"--workflow", b"caf\xe9"]):
+        proc = subprocess.run([sys.executable.encode(), b"-m", b"wflo.cli", *args], env=env, capture_output=True,
+                              timeout=60)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        bad = args[-1]
+        assert proc.stderr.decode().strip() == (
+            f"error: the argument {bad!r} is not UTF-8 text; retype it or check the terminal's encoding"
+        )
+    ok = subprocess.run([sys.executable, "-m", "wflo.cli", "runs", "show", "café"], env=env, capture_output=True,
+                        text=True, timeout=60)  # fmt: skip
+    assert ok.returncode == 3 and ok.stderr.strip() == "error: no run with id 'café'"
