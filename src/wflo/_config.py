@@ -265,6 +265,9 @@ def _parse_env(field: dataclasses.Field[Any], name: str, raw: str) -> Any:
     text = raw.strip()
     kind = _kind(field)
     shown = f"{name}={raw!r}"
+    if not raw.isascii() and any("\udc80" <= ch <= "\udcff" for ch in raw):
+        # Bytes that are not UTF-8 arrive as lone surrogates, which no store, hash or JSON takes.
+        raise ConfigurationError(f"{name}={os.fsencode(raw)!r} is not UTF-8 text")
     if text.lower() in ("", "none") and _optional(field) and (kind != "str" or field.name in _CHOICES):
         return None
     if kind == "bool":

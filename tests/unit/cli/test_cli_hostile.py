@@ -259,6 +259,9 @@ def test_an_argument_that_is_not_utf8_is_one_line(sqlite_url: str) -> None:
         assert proc.stderr.decode().strip() == (
             f"error: the argument {bad!r} is not UTF-8 text; retype it or check the terminal's encoding"
         )
+    proc = subprocess.run([sys.executable, "-m", "wflo.cli", "whoami"], env={**env, "WFLO_PRINCIPAL": "user:\udcff"},
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: WFLO_PRINCIPAL=b'user:\\xff' is not UTF-8 text"
     ok = subprocess.run([sys.executable, "-m", "wflo.cli", "runs", "show", "café"], env=env, capture_output=True,
                         text=True, timeout=60)  # fmt: skip
     assert ok.returncode == 3 and ok.stderr.strip() == "error: no run with id 'café'"
