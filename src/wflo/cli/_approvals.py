@@ -11,7 +11,7 @@ from rich.markup import escape
 from .. import config
 from ..approvals import ApprovalRequest, action_text, approvals, inbox
 from ..auth import ServerClient, load_credentials
-from ..errors import UserError
+from ..errors import ApprovalClosedError, UserError
 from ._app import Table, cli, console, dump_json, handle_errors
 
 _STATUSES = ["pending", "approved", "rejected", "expired", "superseded", "cancelled", "all"]
@@ -170,6 +170,8 @@ def approve_cmd(approval_id: str, reason: str | None, args_json: str | None, sel
         return
     # Validate the edit and show the action that will run *before* deciding.
     r, action = inbox().preview(approval_id, _edits(args_json))
+    if r.status != "pending":  # before "approving …", which read as if it had been
+        raise ApprovalClosedError(approval_id=r.id, status=r.status)
     console.print(f"approving {r.id}: {action_text(action)}", markup=False, highlight=False, soft_wrap=True)
     if r.action != action:
         console.print(f"  edited: {_changes(r.action, action)}", markup=False, highlight=False, soft_wrap=True)

@@ -265,3 +265,15 @@ def test_an_argument_that_is_not_utf8_is_one_line(sqlite_url: str) -> None:
     ok = subprocess.run([sys.executable, "-m", "wflo.cli", "runs", "show", "café"], env=env, capture_output=True,
                         text=True, timeout=60)  # fmt: skip
     assert ok.returncode == 3 and ok.stderr.strip() == "error: no run with id 'café'"
+
+
+def test_approving_a_decided_request_says_only_that(sqlite_url: str) -> None:
+    started = invoke("run", "cliapp:refund_flow", "--input", '["A-1", 250.0]', "--start", db=sqlite_url)
+    invoke("runs", "resume", started.stdout.strip(), "--import", "cliapp", "--no-wait", db=sqlite_url)
+    request = json.loads(invoke("approvals", "list", "--json", db=sqlite_url).stdout)[0]["id"]
+    assert invoke("grant", "user:boss", "finance", db=sqlite_url).exit_code == 0
+    rejected = invoke("reject", request, "--reason", "no", db=sqlite_url, principal="user:boss")
+    assert rejected.exit_code == 0, rejected.output
+    again = invoke("approve", request, db=sqlite_url, principal="user:boss")
+    assert again.exit_code == 1 and again.stdout == ""  # no "approving …" line first
+    assert again.stderr.strip() == f"error: approval {request} is already rejected"
