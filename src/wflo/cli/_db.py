@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from typing import Any
 
@@ -9,7 +10,7 @@ import click
 
 from .. import config
 from ..store import SCHEMA_VERSION, RunRecord, open_store
-from ._app import cli, console, handle_errors, import_modules
+from ._app import cli, console, err_console, handle_errors, import_modules
 
 
 @cli.group()
@@ -114,7 +115,9 @@ def worker_cmd(
     """Serve queued runs, and recover the runs of workers that died.
 
     With --queue, runs of other named queues stay queued for other workers; a name that
-    none of the imported modules declares is an error.
+    none of the imported modules declares is an error. Ctrl-C (or SIGTERM) finishes the runs
+    in progress, then exits; a second Ctrl-C leaves at once (exit 130), and those runs resume
+    on a worker once their lease expires.
     """
     import_modules(modules)
     if metrics_port is not None:
@@ -137,8 +140,18 @@ def worker_cmd(
 
     worker = Worker(concurrency=concurrency, on_event=progress, queues=list(queues) if queues else None)
 
-    def stop(*_: Any) -> None:
-        console.print("stopping: finishing runs in progress …")
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        if stopping and signum == signal.SIGINT:
+            # A second Ctrl-C leaves at once, as a crash would: the runs in progress are
+            # journaled, and a worker resumes them once their lease expires.
+            err_console.print("interrupted again: leaving now; the runs in progress resume on a worker once their "
+                              "lease expires", soft_wrap=True)  # fmt: skip
+            os._exit(130)
+        stopping = True
+        console.print("stopping: finishing runs in progress … (Ctrl-C again to leave them now)")
         worker.stop()
 
     signal.signal(signal.SIGTERM, stop)

@@ -277,3 +277,44 @@ def test_approving_a_decided_request_says_only_that(sqlite_url: str) -> None:
     again = invoke("approve", request, db=sqlite_url, principal="user:boss")
     assert again.exit_code == 1 and again.stdout == ""  # no "approving …" line first
     assert again.stderr.strip() == f"error: approval {request} is already rejected"
+
+
+def test_a_second_ctrl_c_stops_the_worker_at_once_and_the_run_resumes_elsewhere(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    import signal
+    import time
+
+    (tmp_path / "sleepyapp.py").write_text(
+        "import time\nimport wflo\n\n\n@wflo.step\ndef nap(s: float) -> float:\n    time.sleep(s)\n    return s\n\n\n"
+        "@wflo.workflow(name='sleepy')\ndef sleepy(s: float) -> float:\n    return nap(s)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update(WFLO_DATABASE_URL=sqlite_url, WFLO_LEASE_SECONDS="1", PYTHONPATH=os.pathsep.join(sys.path))
+    started = invoke("run", "sleepyapp:sleepy", "--input", "[4]", "--start", db=sqlite_url)
+    run_id = started.stdout.strip()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "wflo.cli", "worker", "-i", "sleepyapp"], cwd=tmp_path, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert worker.stdout is not None
+    for line in worker.stdout:  # wait until it holds the run
+        if line.startswith("claimed"):
+            break
+    worker.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    _, err = worker.communicate(timeout=30)
+    assert worker.returncode == 130 and time.monotonic() - t0 < 3  # not after the 4 s step
+    assert err.strip() == (
+        "interrupted again: leaving now; the runs in progress resume on a worker once their lease expires"
+    )
+    time.sleep(1.5)  # the lease (1 s) of the worker that left
+    again = subprocess.run(
+        [sys.executable, "-m", "wflo.cli", "worker", "-i", "sleepyapp", "--max-runs", "1", "--idle-exit", "20", "-q"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    shown = json.loads(invoke("runs", "show", run_id, "--json", db=sqlite_url).stdout)
+    assert shown["status"] == "succeeded" and shown["output"] == 4
