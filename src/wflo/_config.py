@@ -208,6 +208,13 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Numbers that must be > 0 (all numeric settings unless listed in _NON_NEGATIVE).
 _NON_NEGATIVE: set[str] = {"retention_days"}
+# Durations: at most a century in their unit. Longer ones overflow the dates and timeouts they
+# are added to (a run failed with OverflowError; `wflo audit prune` raised it).
+_CENTURY_DAYS = 36_500
+_MAX: dict[str, float] = {
+    "lease_seconds": _CENTURY_DAYS * 86_400, "reservation_ttl": _CENTURY_DAYS * 86_400,
+    "poll_interval": _CENTURY_DAYS * 86_400, "retention_days": _CENTURY_DAYS, "session_hours": _CENTURY_DAYS * 24,
+}  # fmt: skip
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -236,10 +243,12 @@ def _accepted(field: dataclasses.Field[Any]) -> str:
         text = ", ".join(_CHOICES[field.name])
     elif kind == "bool":
         text = "1/0, true/false, yes/no, on/off"
-    elif kind == "int":
-        text = "a whole number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
-    elif kind == "float":
-        text = "a number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
+    elif kind in ("int", "float"):
+        text = ("a whole number" if kind == "int" else "a number") + (
+            " >= 0" if field.name in _NON_NEGATIVE else " > 0"
+        )
+        if field.name in _MAX:
+            text += f" and at most {_MAX[field.name]:,} (a century)"
     elif kind == "list":
         text = "a comma-separated list"
     else:
@@ -256,6 +265,9 @@ def _parse_env(field: dataclasses.Field[Any], name: str, raw: str) -> Any:
     text = raw.strip()
     kind = _kind(field)
     shown = f"{name}={raw!r}"
+    if not raw.isascii() and any("\udc80" <= ch <= "\udcff" for ch in raw):
+        # Bytes that are not UTF-8 arrive as lone surrogates, which no store, hash or JSON takes.
+        raise ConfigurationError(f"{name}={os.fsencode(raw)!r} is not UTF-8 text")
     if text.lower() in ("", "none") and _optional(field) and (kind != "str" or field.name in _CHOICES):
         return None
     if kind == "bool":
@@ -294,7 +306,7 @@ def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) 
         ok_type = isinstance(value, int) if kind == "int" else isinstance(value, int | float)
         if isinstance(value, bool) or not ok_type or value != value or value in (float("inf"), float("-inf")):
             raise _bad(field, shown)
-        if value < 0 or (value == 0 and field.name not in _NON_NEGATIVE):
+        if value < 0 or (value == 0 and field.name not in _NON_NEGATIVE) or value > _MAX.get(field.name, value):
             raise _bad(field, shown)
     elif kind == "list":
         if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):

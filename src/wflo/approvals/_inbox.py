@@ -105,7 +105,10 @@ class Inbox:
         row = tables.request(self.store, approval_id)
         if row is None and len(approval_id) >= 4:
             rows = tables.requests_by_prefix(self.store, approval_id)
-            row = rows[0] if len(rows) == 1 else None
+            if len(rows) > 1:
+                message = f"{approval_id!r} is the start of more than one approval request id: give more of it"
+                raise ApprovalNotFoundError(message, approval_id=approval_id)
+            row = rows[0] if rows else None
         if row is None:
             raise ApprovalNotFoundError(approval_id=approval_id)
         return ApprovalRequest.from_row(row)

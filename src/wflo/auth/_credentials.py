@@ -43,6 +43,8 @@ def load_credentials(path: Path | None = None) -> Credentials | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(data, dict):  # JSON, but not what `wflo login` writes: unreadable as well
+        return None
     return Credentials(server=str(data.get("server", "")), token=str(data.get("token", "")))
 
 

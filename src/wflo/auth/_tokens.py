@@ -52,6 +52,12 @@ def parse_duration(text: str) -> timedelta:
     return duration
 
 
+def _expires_at(expires: str) -> str:
+    """Now plus ``expires`` (``30d``), in the store's form (``parse_duration`` caps it well
+    before the year 9999)."""
+    return _iso(_now() + parse_duration(expires))
+
+
 def _iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -119,7 +125,7 @@ class Tokens:
         # Creating a token is handing out a role: the same permission as granting it.
         self.access._local_allowed(who, "tokens:write", scope, remote)
         self.access.authorize(who, "tokens:write", scope, remote=remote)
-        expires_at = _iso(_now() + parse_duration(expires)) if expires else None
+        expires_at = _expires_at(expires) if expires else None
         prefix = secrets.token_hex(4)
         secret = f"wflo_{prefix}_{secrets.token_urlsafe(32)}"
         info = TokenInfo(
@@ -160,7 +166,7 @@ class Tokens:
         caller that writes them in its own transaction (a device sign-in's approval)."""
         if who.via != "panel" or not who.id.startswith("user:"):
             raise UserError("a personal CLI token is created by a signed-in person in the browser")
-        expires_at = _iso(_now() + parse_duration(expires))
+        expires_at = _expires_at(expires)
         prefix = secrets.token_hex(4)
         secret = f"wflo_{prefix}_{secrets.token_urlsafe(32)}"
         info = TokenInfo(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ._app import cli, fail_missing_extra
+import os
+import sys
+
+from ._app import cli, fail, fail_missing_extra
 
 # Each module adds its commands to ``cli`` when imported.
 from . import _approvals, _audit, _auth, _budgets, _compliance, _db, _demo, _mcp, _runs, _tools  # noqa: F401  isort: skip
@@ -12,6 +15,10 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     """Entry point of the ``wflo`` script."""
+    for arg in sys.argv[1:]:
+        # Bytes that are not UTF-8 arrive as lone surrogates, which no store, hash or JSON takes.
+        if not arg.isascii() and any("\udc80" <= ch <= "\udcff" for ch in arg):
+            fail(f"the argument {os.fsencode(arg)!r} is not UTF-8 text; retype it or check the terminal's encoding")
     try:
         cli(prog_name="wflo")
     except ImportError as exc:  # a command without ``handle_errors``: the same one line

@@ -11,16 +11,28 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from rich import table as _table
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from .. import config
 from ..errors import UserError, WfloError, exit_code_for, missing_extra
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# No emoji codes: a principal ``user:x`` printed before a colon must not become "user❌".
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
+
+
+class Table(_table.Table):
+    """A table of stored values: a ``str`` cell is plain text, never markup (a run's error or a
+    tool's argument may hold ``[/]`` or ``[white]``); a cell styled on purpose is a ``Text``."""
+
+    def add_row(self, *renderables: Any, style: Any = None, end_section: bool = False) -> None:
+        cells = [Text(c) if isinstance(c, str) else c for c in renderables]
+        super().add_row(*cells, style=style, end_section=end_section)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -80,6 +92,8 @@ def import_modules(modules: tuple[str, ...]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise UserError(f"cannot import {name!r}: {exc}") from None
+        except Exception as exc:
+            failed_import(name, exc)
 
 
 def _import_file(path: str) -> None:
@@ -97,9 +111,20 @@ def _import_file(path: str) -> None:
         importlib.import_module(module)
     except ImportError as exc:
         raise UserError(f"cannot import {path!r} (as {module}): {exc}") from None
+    except Exception as exc:
+        failed_import(path, exc)
     loaded = getattr(sys.modules.get(module), "__file__", None)
     if loaded is None or os.path.abspath(loaded) != file:
         raise UserError(f"cannot import {path!r}: the module {module!r} found first is {loaded}")
+
+
+def failed_import(name: str, exc: Exception) -> None:
+    """The user's module raised while it was imported: one line, as for a run that failed
+    (``WFLO_DEBUG=1`` shows the traceback)."""
+    if os.environ.get("WFLO_DEBUG"):
+        raise exc
+    message = " ".join(str(exc).split())
+    raise UserError(f"cannot import {name!r}: it raised {type(exc).__name__}: {message} (WFLO_DEBUG=1 shows where)")
 
 
 def plural(n: int, word: str) -> str:

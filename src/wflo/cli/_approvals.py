@@ -6,12 +6,13 @@ import json
 from typing import Any
 
 import click
-from rich.table import Table
+from rich.markup import escape
 
+from .. import config
 from ..approvals import ApprovalRequest, action_text, approvals, inbox
 from ..auth import ServerClient, load_credentials
-from ..errors import UserError
-from ._app import cli, console, dump_json, handle_errors
+from ..errors import ApprovalClosedError, UserError
+from ._app import Table, cli, console, dump_json, handle_errors
 
 _STATUSES = ["pending", "approved", "rejected", "expired", "superseded", "cancelled", "all"]
 
@@ -65,6 +66,7 @@ def approvals_group() -> None:
 @handle_errors
 def approvals_list(mine: bool, status: str, as_json: bool) -> None:
     """List approval requests (pending by default)."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     found = approvals.list(status=None if status == "all" else status, mine=mine)
     if as_json:
         dump_json([_as_json(r) for r in found])
@@ -89,14 +91,15 @@ def approvals_list(mine: bool, status: str, as_json: bool) -> None:
 @handle_errors
 def approvals_show(approval_id: str, as_json: bool) -> None:
     """One request: the exact action, who may decide, votes so far."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     r = approvals.get(approval_id)
     if as_json:
         data = _as_json(r)
         data["votes"] = inbox().votes(r.id)
         dump_json(data)
         return
-    console.print(f"[bold]approval[/] {r.id}  {r.status}")
-    console.print(f"run        {r.run_id}")
+    console.print(f"[bold]approval[/] {escape(r.id)}  {r.status}")
+    console.print(f"run        {r.run_id}", markup=False)
     console.print(f"message    {r.message}", markup=False, soft_wrap=True)
     console.print(f"action     {action_text(r.action)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"hash       {r.action_hash}")
@@ -112,15 +115,20 @@ def approvals_show(approval_id: str, as_json: bool) -> None:
             markup=False,
             soft_wrap=True,
         )
-    console.print(f"approvers  {', '.join(r.approvers) or 'anyone but the requester'} (quorum {r.quorum})")
+    console.print(
+        f"approvers  {', '.join(r.approvers) or 'anyone but the requester'} (quorum {r.quorum})", markup=False
+    )
     console.print(
         f"requested  {r.created_at} by {r.requested_by}"
-        + (f"; times out {r.timeout_at} → {r.on_timeout}" if r.timeout_at else "")
+        + (f"; times out {r.timeout_at} → {r.on_timeout}" if r.timeout_at else ""),
+        markup=False,
     )
     if r.decided_by:
         console.print(
             f"decided    {r.status} by {r.decided_by} via {r.via} at {r.decided_at}"
-            + (f": {r.reason}" if r.reason else "")
+            + (f": {r.reason}" if r.reason else ""),
+            markup=False,
+            soft_wrap=True,
         )
 
 
@@ -162,6 +170,8 @@ def approve_cmd(approval_id: str, reason: str | None, args_json: str | None, sel
         return
     # Validate the edit and show the action that will run *before* deciding.
     r, action = inbox().preview(approval_id, _edits(args_json))
+    if r.status != "pending":  # before "approving …", which read as if it had been
+        raise ApprovalClosedError(approval_id=r.id, status=r.status)
     console.print(f"approving {r.id}: {action_text(action)}", markup=False, highlight=False, soft_wrap=True)
     if r.action != action:
         console.print(f"  edited: {_changes(r.action, action)}", markup=False, highlight=False, soft_wrap=True)
@@ -209,7 +219,7 @@ def grant_cmd(principal: str, role: str, scope: str) -> None:
     if creds is not None:
         body = {"principal": principal, "role": role, "scope": scope}
         g = ServerClient(creds).call("POST", "/api/v1/grants", body)
-        console.print(f"{g['principal']}: {g['role']} on {g['scope']} (granted through {creds.server})")
+        console.print(f"{g['principal']}: {g['role']} on {g['scope']} (granted through {creds.server})", markup=False)
         return
     roles = approvals.grant(principal, role, scope=scope)
-    console.print(f"{principal}: roles {', '.join(sorted(roles))}")
+    console.print(f"{principal}: roles {', '.join(sorted(roles))}", markup=False)

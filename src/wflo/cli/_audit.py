@@ -134,7 +134,7 @@ def verify_cmd(
         # A chain gone under a prune record the pinned key did not sign says so itself
         # (kind ``unsigned-prune``), so the line needs no cause of its own.
         for r in broken:
-            err_console.print(f"[red]BROKEN[/] {r.describe()}", soft_wrap=True, markup=True)
+            err_console.print(f"[red]BROKEN[/] {escape(r.describe())}", soft_wrap=True, markup=True)
         note = f" ({pruned} pruned on record)" if pruned else ""
         console.print(
             f"{'[green]intact[/]' if not broken else '[red]broken[/]'}: {plural(len(reports), 'chain')}, {plural(events, 'event')} verified{note}"
@@ -150,9 +150,11 @@ def verify_cmd(
             console.print(f"{'[green]' if book.ok else '[red]'}{escape(book.describe())}[/]", soft_wrap=True)
         if cp is not None:
             if cp.problem:
-                err_console.print(f"[red]CHECKPOINT REFUSED[/] {checkpoint_path}: {cp.problem}", soft_wrap=True)
+                err_console.print(
+                    f"[red]CHECKPOINT REFUSED[/] {escape(f'{checkpoint_path}: {cp.problem}')}", soft_wrap=True
+                )
             for r in cp.reports:
-                err_console.print(f"[red]NOT EXTENDED[/] {r.describe()}", soft_wrap=True)
+                err_console.print(f"[red]NOT EXTENDED[/] {escape(r.describe())}", soft_wrap=True)
             if cp.ok:
                 console.print(
                     f"[green]extends checkpoint[/] of {cp.at}: {plural(cp.chains, 'chain')}, signature valid"
@@ -168,7 +170,7 @@ def verify_cmd(
 def keygen_cmd(out: str) -> None:
     """Make an Ed25519 signing key for checkpoints; print its public key (PEM)."""
     click.echo(generate_key(out), nl=False)
-    err_console.print(f"private key written to {out} (mode 0600); keep it away from the database host")
+    err_console.print(f"private key written to {out} (mode 0600); keep it away from the database host", markup=False)
 
 
 @audit.command("checkpoint")
@@ -185,7 +187,8 @@ def checkpoint_cmd(key_path: str, out: str) -> None:
         raise UserError(f"key file {key_path} not found (make one with: wflo audit keygen --out {key_path})")
     doc = write_checkpoint(config.get_store(create=False), key_path, out, by=_principal())
     console.print(
-        f"checkpoint {out}: {plural(len(doc['chains']), 'chain')}, {plural(doc['events'], 'event')}, Merkle root {doc['merkle_root'][:16]}…"
+        f"checkpoint {out}: {plural(len(doc['chains']), 'chain')}, {plural(doc['events'], 'event')}, Merkle root {doc['merkle_root'][:16]}…",
+        markup=False,
     )
 
 
@@ -245,7 +248,7 @@ def prune_cmd(before: str, yes: bool, key_path: str | None, override: str | None
         )
     else:
         for r in result.skipped:
-            err_console.print(f"[red]skipped[/] (does not verify) {r.describe()}", soft_wrap=True)
+            err_console.print(f"[red]skipped[/] (does not verify) {escape(r.describe())}", soft_wrap=True)
         console.print(
             f"pruned {plural(len(result.pruned), 'run')} ({plural(result.events, 'event')}) before {cutoff}; recorded on the system chain"
         )
@@ -294,7 +297,8 @@ def export_cmd(run_id: str | None, since: str | None, fmt: str, out: str) -> Non
             )
     console.print(
         f"exported {plural(manifest['events'], 'event')} of {plural(len(manifest['chains']), 'chain')} to {out} "
-        f"({', '.join(f['name'] for f in manifest['files'])} + manifest.json)"
+        f"({', '.join(f['name'] for f in manifest['files'])} + manifest.json)",
+        markup=False,
     )
 
 
@@ -336,4 +340,4 @@ def report_cmd(
     except OSError as exc:
         raise UserError(f"cannot write {out}: {exc.strerror}") from None
     ok = report["verification"]["ok"]
-    console.print(f"report written to {out} (history {'[green]intact[/]' if ok else '[red]BROKEN[/]'})")
+    console.print(f"report written to {escape(str(out))} (history {'[green]intact[/]' if ok else '[red]BROKEN[/]'})")

@@ -10,8 +10,8 @@ import webbrowser
 from typing import Any
 
 import click
-from rich.table import Table
 
+from .. import config
 from ..auth import (
     GLOBAL,
     ROLES,
@@ -31,7 +31,7 @@ from ..auth import (
 )
 from ..config import settings
 from ..errors import UserError
-from ._app import cli, console, dump_json, err_console, handle_errors
+from ._app import Table, cli, console, dump_json, err_console, handle_errors
 
 
 @cli.group("admin")
@@ -47,7 +47,7 @@ def admin_bootstrap(principal: str | None) -> None:
     acc = access()
     who = acc.local()
     grant = acc.bootstrap(principal or who.id, who=who)
-    console.print(f"{grant.principal} is the admin (recorded; via local as OS user {who.os_user})")
+    console.print(f"{grant.principal} is the admin (recorded; via local as OS user {who.os_user})", markup=False)
 
 
 @cli.group("grants")
@@ -66,6 +66,7 @@ def grants_list(principal: str | None, as_json: bool) -> None:
         found = [Grant(**g) for g in ServerClient(creds).call("GET", "/api/v1/grants")]
         found = [g for g in found if not principal or g.principal == principal]
     else:
+        config.get_store(create=False)  # only reads: a store that is not there is named, not created
         found = access().grants(check_principal(principal) if principal else None)
     if as_json:
         dump_json([_grant(g) for g in found])
@@ -96,12 +97,15 @@ def grants_remove(principal: str, role: str, scope: str) -> None:
     if creds is not None:
         body = {"principal": principal, "role": role, "scope": scope}
         removed = ServerClient(creds).call("POST", "/api/v1/grants/remove", body)["removed"]
-        console.print(f"{principal}: {'removed' if removed else 'did not hold'} {role} on {scope} (via {creds.server})")
+        console.print(
+            f"{principal}: {'removed' if removed else 'did not hold'} {role} on {scope} (via {creds.server})",
+            markup=False,
+        )
         return
     acc = access()
     who = acc.require_local("grants:write", scope)
     removed = acc.revoke(principal, role, scope, who=who)
-    console.print(f"{principal}: {'removed' if removed else 'did not hold'} {role} on {scope}")
+    console.print(f"{principal}: {'removed' if removed else 'did not hold'} {role} on {scope}", markup=False)
 
 
 @cli.group("tokens")
@@ -135,7 +139,9 @@ def tokens_create(name: str, role: str, tenant: str | None, scope: str | None, e
     if as_json:
         dump_json({"id": info.id, "token": secret, "prefix": info.prefix, "expires_at": info.expires_at})
         return
-    console.print(f"token {info.id} for {info.principal}: {role} on {where}, expires {info.expires_at or 'never'}")
+    console.print(
+        f"token {info.id} for {info.principal}: {role} on {where}, expires {info.expires_at or 'never'}", markup=False
+    )
     console.print("shown once, store it now:")
     click.echo(secret)
 
@@ -146,6 +152,8 @@ def tokens_create(name: str, role: str, tenant: str | None, scope: str | None, e
 def tokens_list(as_json: bool) -> None:
     """List tokens (prefix, role, scope, state); never their secrets."""
     creds = load_credentials()
+    if creds is None:
+        config.get_store(create=False)  # only reads: a store that is not there is named, not created
     if creds is None and settings().require_auth:
         access().require_local("tokens:read")
     found = (
@@ -190,12 +198,12 @@ def tokens_revoke(token: str) -> None:
         if len(match) != 1:
             raise UserError(f"no single token {token!r} on {creds.server} (wflo tokens list)")
         done = client.call("DELETE", f"/api/v1/tokens/{match[0]['id']}")
-        console.print(f"token {done['id']} ({done['name']}, wflo_{done['prefix']}_…) revoked")
+        console.print(f"token {done['id']} ({done['name']}, wflo_{done['prefix']}_…) revoked", markup=False)
         return
     acc = access()
     who = acc.require_local("tokens:write")
     info = tokens().revoke(token, who=who)
-    console.print(f"token {info.id} ({info.name}, wflo_{info.prefix}_…) revoked")
+    console.print(f"token {info.id} ({info.name}, wflo_{info.prefix}_…) revoked", markup=False)
 
 
 # ----------------------------------------------------------------- login
@@ -221,7 +229,7 @@ def login_cmd(server: str, token: str | None, no_browser: bool) -> None:
         token = _device_login(server, open_browser=not no_browser)
     me = _get_me(server, token)
     path = save_credentials(Credentials(server=server, token=token))
-    console.print(f"signed in to {server} as {me['principal']} (credentials in {path}, mode 0600)")
+    console.print(f"signed in to {server} as {me['principal']} (credentials in {path}, mode 0600)", markup=False)
 
 
 def _device_login(server: str, *, open_browser: bool) -> str:
@@ -272,6 +280,7 @@ def whoami_cmd(as_json: bool) -> None:
         me = _get_me(creds.server, creds.token)
         me["server"] = creds.server
     else:
+        config.get_store(create=False)  # only reads: a store that is not there is named, not created
         who = access().local()
         me = {
             "principal": who.id, "via": "local", "os_user": who.os_user,
@@ -282,12 +291,14 @@ def whoami_cmd(as_json: bool) -> None:
         return
     roles = ", ".join(f"{g['role']}@{g['scope']}" for g in me.get("grants", [])) or "no roles"
     where = f"via {me['via']}" + (f" (OS user {me['os_user']})" if me.get("os_user") else "")
-    console.print(f"{me['principal']} {where}: {roles}" + (f" on {me['server']}" if me.get("server") else ""))
+    console.print(
+        f"{me['principal']} {where}: {roles}" + (f" on {me['server']}" if me.get("server") else ""), markup=False
+    )
 
 
 @cli.command("server")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8700, show_default=True, type=int)
+@click.option("--port", default=8700, show_default=True, type=click.IntRange(1, 65535))
 @click.option(
     "--admin",
     "admin_principal",

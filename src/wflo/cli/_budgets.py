@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import click
-from rich.table import Table
+from rich.text import Text
 
 from .. import config
 from ..audit import parse_when
@@ -14,7 +14,7 @@ from ..cost import PERIODS, BudgetUsage, spend, usd_str
 from ..cost import budgets as api
 from ..cost import ledger as api_ledger
 from ..errors import RunNotFoundError, UserError
-from ._app import cli, console, dump_json, handle_errors
+from ._app import Table, cli, console, dump_json, handle_errors
 
 
 @cli.group()
@@ -37,10 +37,12 @@ def budgets_set(scope: str, usd: str, period: str, max_reservation: str | None) 
         body = {"scope": scope, "usd": usd, "period": period, "max_reservation_usd": max_reservation}
         done = ServerClient(creds).call("PUT", "/api/v1/budgets", body)
         per = done["period"] if done["period"] != "none" else "total"
-        console.print(f"budget {done['scope']}: ${done['limit_usd']} per {per} (set on {creds.server})")
+        console.print(f"budget {done['scope']}: ${done['limit_usd']} per {per} (set on {creds.server})", markup=False)
         return
     lim = api.set(scope, usd=usd, period=period, max_reservation_usd=max_reservation)
-    console.print(f"budget {lim.scope}: ${usd_str(lim.limit)} per {lim.period if lim.period != 'none' else 'total'}")
+    console.print(
+        f"budget {lim.scope}: ${usd_str(lim.limit)} per {lim.period if lim.period != 'none' else 'total'}", markup=False
+    )
 
 
 @budgets.command("list")
@@ -48,6 +50,7 @@ def budgets_set(scope: str, usd: str, period: str, max_reservation: str | None) 
 @handle_errors
 def budgets_list(as_json: bool) -> None:
     """Every limited scope with its spend and open reservations this period."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     rows = api.usage()
     if as_json:
         dump_json([{"scope": u.scope, "period": u.period, "period_start": u.period_start, "limit_usd": usd_str(u.limit),
@@ -68,7 +71,7 @@ def budgets_list(as_json: bool) -> None:
             f"${usd_str(u.limit)}",
             f"${usd_str(u.spent)}",
             f"${usd_str(u.reserved)}",
-            f"[{style}]{pct:.1f}%[/]",
+            Text(f"{pct:.1f}%", style=style),
         )
     console.print(table)
 
@@ -78,6 +81,7 @@ def budgets_list(as_json: bool) -> None:
 @handle_errors
 def budgets_show(scope: str) -> None:
     """One scope's limit and current period."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     rows = api.usage(scope)
     note = ""
     if not rows:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from .. import config
 from ..audit import load_private_key, load_public_key, parse_when, read_checkpoint
@@ -68,7 +69,9 @@ def report_cmd(
         dump_json(manifest)
         return
     names = ", ".join(f["name"] for f in manifest["files"])
-    console.print(f"evidence pack written to {out}: {names} + manifest.json ({manifest['records']} cited records)")
+    console.print(
+        f"evidence pack written to {out}: {names} + manifest.json ({manifest['records']} cited records)", markup=False
+    )
 
 
 @compliance.command("verify")
@@ -86,8 +89,10 @@ def verify_cmd(directory: str, public_key_path: str | None, as_json: bool) -> No
     elif result.ok:
         console.print(f"[green]intact[/]: {result.files} files and {result.records} records match the signed manifest")
         if not result.pinned:  # anyone can sign a manifest: only a pinned key says it was the audit key
-            err_console.print(f"signed by key {result.signer}; pass --public-key to check it is your audit key")
+            err_console.print(
+                f"signed by key {result.signer}; pass --public-key to check it is your audit key", markup=False
+            )
     else:
-        err_console.print(f"[red]NOT INTACT[/] {directory}: {result.problem}", soft_wrap=True)
+        err_console.print(f"[red]NOT INTACT[/] {escape(f'{directory}: {result.problem}')}", soft_wrap=True)
     if not result.ok:
         sys.exit(10)

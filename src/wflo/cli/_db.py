@@ -12,7 +12,7 @@ import click
 
 from .. import config
 from ..store import SCHEMA_VERSION, RunRecord, open_store
-from ._app import cli, console, handle_errors, import_modules
+from ._app import cli, console, err_console, handle_errors, import_modules
 
 
 @cli.group()
@@ -39,14 +39,14 @@ def db_migrate() -> None:
 @handle_errors
 def db_check() -> None:
     """Exit 0 if the store is reachable and its schema is this wflo's, else say how to fix it."""
-    store = open_store(config.settings().database, verify=False)
+    store = open_store(config.settings().database, verify=False, create=False)
     try:
         version = store.check()
         counts = store.count_runs_by_status()
     finally:
         store.close()
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
-    console.print(f"ok: {config.settings().database} schema version {version}; {summary}")
+    console.print(f"ok: {config.settings().database} schema version {version}; {summary}", markup=False)
 
 
 @db.command("roles")
@@ -174,7 +174,7 @@ def worker_cmd(
 
     def progress(kind: str, run: RunRecord) -> None:
         if not quiet:
-            console.print(f"{kind:8} {run.id} {run.workflow} {run.status}")
+            console.print(f"{kind:8} {run.id} {run.workflow} {run.status}", markup=False)
 
     worker = Worker(concurrency=concurrency, on_event=progress, queues=list(queues) if queues else None)
 
@@ -206,7 +206,10 @@ def worker_cmd(
     signal.signal(signal.SIGINT, stop)
     if not quiet:
         served = f", queue(s) {', '.join(worker.queues)}" if worker.queues is not None else ""
-        console.print(f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {config.settings().database}")
+        console.print(
+            f"wflo worker {worker.owner}: {len(names)} workflow(s){served} on {config.settings().database}",
+            markup=False,
+        )
     done = worker.run(max_runs=max_runs, idle_timeout=idle_exit)
     for t in timer:
         t.cancel()

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import UserError
-from ._app import cli, err_console, handle_errors
+from ._app import cli, err_console, failed_import, handle_errors
 
 
 @cli.group()
@@ -24,8 +24,10 @@ def _tools_from(spec: str) -> list[Any]:
         obj: Any = importlib.import_module(module)
         for part in (attr or "TOOLS").split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
+    except (ImportError, AttributeError, ValueError) as exc:  # ValueError: no module name (":X")
         raise UserError(f"--tools {spec}: cannot load it ({exc})") from None
+    except Exception as exc:
+        failed_import(module, exc)
     items = obj() if callable(obj) and not isinstance(obj, Tool) else obj
     items = list(items) if isinstance(items, list | tuple) else [items]
     if not all(isinstance(t, Tool) for t in items):
@@ -42,7 +44,8 @@ def _tools_from(spec: str) -> list[Any]:
 )
 @click.option("--transport", type=click.Choice(["stdio", "http"]), default="stdio", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="HTTP only.")
-@click.option("--port", default=8765, show_default=True, help="HTTP only (streamable HTTP at /mcp).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(1, 65535),
+              help="HTTP only (streamable HTTP at /mcp).")  # fmt: skip
 @handle_errors
 def mcp_serve(workflow: str, tenant: str | None, agent: str | None, tools_spec: str | None, transport: str,
               host: str, port: int) -> None:  # fmt: skip
@@ -56,5 +59,5 @@ def mcp_serve(workflow: str, tenant: str | None, agent: str | None, tools_spec: 
         try:
             tools.append(load(pkg.manifest.name))
         except UserError as exc:
-            err_console.print(f"skipped {pkg.manifest.name}: {exc}")
+            err_console.print(f"skipped {pkg.manifest.name}: {exc}", markup=False)
     serve(tools, workflow=workflow, tenant=tenant, agent=agent, transport=transport, host=host, port=port)

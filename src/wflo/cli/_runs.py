@@ -8,14 +8,15 @@ import sys
 from typing import Any
 
 import click
-from rich.table import Table
+from rich.markup import escape
+from rich.text import Text
 
 from .. import config
 from ..cost import Ledger
 from ..engine import RunHandle, get_workflow, owner_is_dead_here, resume
 from ..errors import RunSuspended, UserError, WfloError, exit_code_for
 from ..store import RUN_STATUSES, RunRecord, new_id
-from ._app import cli, console, dump_json, err_console, fail, handle_errors, import_modules
+from ._app import Table, cli, console, dump_json, err_console, fail, handle_errors, import_modules
 
 _STATUS_STYLE = {
     "succeeded": "green", "failed": "red", "cancelled": "yellow", "stopped": "magenta",
@@ -68,7 +69,12 @@ def runs_list(status: str | None, workflow: str | None, limit: int, as_json: boo
     for r in records:
         err = (r.error or {}).get("message", "") if r.error else ""
         table.add_row(
-            r.id, r.workflow, _status(r.status), r.created_at[:19].replace("T", " "), str(r.last_seq), _short(err, 50)
+            r.id,
+            r.workflow,
+            Text.from_markup(_status(r.status)),
+            r.created_at[:19].replace("T", " "),
+            str(r.last_seq),
+            _short(err, 50),
         )
     console.print(table)
 
@@ -87,31 +93,29 @@ def runs_show(run_id: str, as_json: bool) -> None:
         data["events"] = [{"seq": e.seq, "type": e.type, "at": e.at, "data": e.data, "hash": e.hash} for e in events]
         dump_json(data)
         return
-    console.print(f"[bold]run[/] {r.id}  {_status(r.status)}")
-    console.print(f"workflow  {r.workflow}")
+    console.print(f"[bold]run[/] {escape(r.id)}  {_status(r.status)}")
+    console.print(f"workflow  {r.workflow}", markup=False)
     console.print(
         f"created   {r.created_at}   attempts {r.attempts}" + (f"   finished {r.finished_at}" if r.finished_at else "")
     )
     if r.tenant:
-        console.print(f"tenant    {r.tenant}")
+        console.print(f"tenant    {r.tenant}", markup=False)
     if r.parent_id:
-        console.print(f"parent    {r.parent_id}")
+        console.print(f"parent    {r.parent_id}", markup=False)
     if r.lease_owner and not r.done:
         dead = " (dead: resumable now)" if owner_is_dead_here(r.lease_owner) else ""
-        console.print(f"held by   {r.lease_owner} until {r.lease_expires_at}{dead}")
-    console.print(f"input     {_short(r.input, 100)}")
+        console.print(f"held by   {r.lease_owner} until {r.lease_expires_at}{dead}", markup=False)
+    console.print(f"input     {_short(r.input, 100)}", markup=False)
     if r.status == "succeeded":
-        console.print(f"output    {_short(r.output, 100)}")
+        console.print(f"output    {_short(r.output, 100)}", markup=False)
     if r.error:
-        console.print(f"[red]error[/]     {r.error.get('type')}: {r.error.get('message')}")
+        console.print(f"[red]error[/]     {escape(str(r.error.get('type')))}: {escape(str(r.error.get('message')))}")
     if r.status == "blocked":
         blocked = next((e.data for e in reversed(events) if e.type == "run.blocked"), {})
         err = blocked.get("error") or {}
-        console.print(
-            f"[bold red]blocked[/]   {blocked.get('reason', '?')}: {err.get('type', '')}: {err.get('message', '')}",
-            soft_wrap=True,
-        )
-        console.print(f"fix       {blocked.get('fix', '')}", soft_wrap=True)
+        why = f"{blocked.get('reason', '?')}: {err.get('type', '')}: {err.get('message', '')}"
+        console.print(f"[bold red]blocked[/]   {escape(why)}", soft_wrap=True)
+        console.print(f"fix       {blocked.get('fix', '')}", soft_wrap=True, markup=False)
     table = Table(box=None, header_style="bold", title="journal", title_justify="left")
     for col in ("seq", "at", "event", "call", "name", "ms", "detail"):
         table.add_column(col)
@@ -151,7 +155,7 @@ def runs_cancel(run_id: str) -> None:
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status})")
     status = RunHandle(r.id, store).cancel()
-    console.print(f"run {r.id}: cancel requested; status {_status(status)}")
+    console.print(f"run {escape(r.id)}: cancel requested; status {_status(status)}")
 
 
 @runs.command("resume")
@@ -173,7 +177,7 @@ def runs_resume(run_id: str, modules: tuple[str, ...], no_wait: bool) -> None:
     if r.done:
         raise UserError(f"run {r.id} already ended ({r.status}); nothing to resume")
     get_workflow(r.workflow)
-    console.print(f"resuming run {r.id} ({r.workflow}) …")
+    console.print(f"resuming run {r.id} ({r.workflow}) …", markup=False)
     try:
         value = resume(r.id, wait=not no_wait)
     except RunSuspended as pause:
@@ -183,11 +187,11 @@ def runs_resume(run_id: str, modules: tuple[str, ...], no_wait: bool) -> None:
         _interrupted(r.id, modules)
     except Exception as exc:
         r = store.get_run(r.id)
-        console.print(f"run {r.id}: {_status(r.status)}")
+        console.print(f"run {escape(r.id)}: {_status(r.status)}")
         if isinstance(exc, WfloError):
             raise
         _run_failed(r.id, exc)
-    console.print(f"run {r.id}: {_status('succeeded')}")
+    console.print(f"run {escape(r.id)}: {_status('succeeded')}")
     dump_json(value)
 
 
@@ -238,9 +242,9 @@ def _parse_input(text: str | None) -> tuple[list[Any], dict[str, Any]]:
 @handle_errors
 def run_cmd(target: str, input_json: str | None, run_id: str | None, enqueue: bool) -> None:
     """Run a workflow: `wflo run myapp.agents:research --input '{"topic": "otters"}'`."""
-    if ":" not in target:
-        raise UserError(f"{target!r} is not MODULE:FUNCTION (e.g. myapp.agents:research)")
     module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise UserError(f"{target!r} is not MODULE:FUNCTION (e.g. myapp.agents:research)")
     import_modules((module,))
     import importlib
 
@@ -255,7 +259,7 @@ def run_cmd(target: str, input_json: str | None, run_id: str | None, enqueue: bo
     bound = wf.options(id=run_id)
     if enqueue:
         handle = bound.start(*args, **kwargs)
-        console.print(handle.id)
+        console.print(handle.id, markup=False)
         return
     try:
         value = bound.run(*args, **kwargs)

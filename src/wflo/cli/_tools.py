@@ -8,11 +8,12 @@ from typing import Any
 
 import click
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
+from .. import config
 from ..errors import UserError
 from ..tools import catalog
-from ._app import cli, console, dump_json, handle_errors
+from ._app import Table, cli, console, dump_json, handle_errors
 
 
 @cli.group()
@@ -55,12 +56,12 @@ def tools_list(as_json: bool) -> None:
         style = {"low": "green", "medium": "yellow", "high": "red"}.get(risk, "")
         table.add_row(
             entry["name"],
-            escape(entry["source"]),
-            escape(args),
+            entry["source"],
+            args,
             effects,
-            f"[{style}]{risk}[/]" if style else "-",
+            Text(risk, style=style) if style else "-",
             "required" if entry.get("approval") or entry["effects"].get("destructive") else "-",
-            escape(entry["description"]),
+            entry["description"],
         )
     console.print(table)
     factories = sorted({e["factory"].split("(")[0] for e in entries if "factory" in e})
@@ -92,7 +93,7 @@ def tools_install(spec: tuple[str, ...]) -> None:
     if _pip(["install", *spec]) != 0:
         raise UserError(f"pip could not install {' '.join(spec)}")
     new = sorted({p.manifest.name for p in _installed_quiet()} - before)
-    console.print(f"new tools: {', '.join(new)}" if new else "no new tools (is it a wflo tool package?)")
+    console.print(f"new tools: {', '.join(new)}" if new else "no new tools (is it a wflo tool package?)", markup=False)
     if new:
         console.print("grant them before a run can use them: wflo tools grant NAME --to workflow:NAME")
 
@@ -141,7 +142,7 @@ def tools_grant(name: str, to: str, approval: str | None, max_calls: int | None,
     g = grant(name, to, approval=approval, max_calls=max_calls, budget_usd=budget)
     extra = [f"approval {g.approval}" if g.approval else "", f"max {g.max_calls} calls/run" if g.max_calls else "",
              f"${g.budget_usd} per run" if g.budget_usd is not None else ""]  # fmt: skip
-    console.print(f"granted {g.tool} to {g.principal}" + "".join(f", {e}" for e in extra if e))
+    console.print(f"granted {g.tool} to {g.principal}" + "".join(f", {e}" for e in extra if e), markup=False)
 
 
 @tools.command("revoke")
@@ -153,7 +154,7 @@ def tools_revoke(name: str, to: str) -> None:
     from ..tools import revoke
 
     existed = revoke(name, to)
-    console.print(f"revoked {name} from {to}" if existed else f"{name} was not granted to {to}")
+    console.print(f"revoked {name} from {to}" if existed else f"{name} was not granted to {to}", markup=False)
 
 
 @tools.command("grants")
@@ -162,6 +163,7 @@ def tools_revoke(name: str, to: str) -> None:
 @handle_errors
 def tools_grants(tool: str | None, as_json: bool) -> None:
     """Who may use which tool, under which approval and limits."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     from ..tools import grants
 
     rows = grants(tool)
@@ -177,7 +179,7 @@ def tools_grants(tool: str | None, as_json: bool) -> None:
     for g in rows:
         d = g.to_dict()
         table.add_row(g.tool, g.principal, d["approval"] or "default", str(d["max_calls"] or "-"),
-                      f"${d['budget_usd']}" if d["budget_usd"] else "-", escape(g.granted_by), g.granted_at)  # fmt: skip
+                      f"${d['budget_usd']}" if d["budget_usd"] else "-", g.granted_by, g.granted_at)  # fmt: skip
     console.print(table)
 
 
@@ -189,7 +191,7 @@ def tools_trust(key: str, name: str) -> None:
     """Trust a publisher's Ed25519 public key (a PEM file or base64) for signed tool packages."""
     from ..tools import trust
 
-    console.print(f"trusted key {trust(key, name=name)}" + (f" ({name})" if name else ""))
+    console.print(f"trusted key {trust(key, name=name)}" + (f" ({name})" if name else ""), markup=False)
 
 
 @tools.command("untrust")
@@ -199,7 +201,7 @@ def tools_untrust(key_id: str) -> None:
     """Stop trusting a publisher key (by the id `wflo tools trusted` shows)."""
     from ..tools import untrust
 
-    console.print(f"untrusted {key_id}" if untrust(key_id) else f"{key_id} was not trusted")
+    console.print(f"untrusted {key_id}" if untrust(key_id) else f"{key_id} was not trusted", markup=False)
 
 
 @tools.command("trusted")
@@ -207,6 +209,7 @@ def tools_untrust(key_id: str) -> None:
 @handle_errors
 def tools_trusted(as_json: bool) -> None:
     """The publisher keys trusted for signed tool packages."""
+    config.get_store(create=False)  # only reads: a store that is not there is named, not created
     from ..tools import trusted_keys
 
     keys = trusted_keys()

@@ -24,7 +24,7 @@ from rich.table import Table
 
 import wflo
 from wflo import _config
-from wflo._errors import SandboxUnavailableError
+from wflo._errors import SandboxUnavailableError, UserError
 from wflo.testing import LLMServer, Reply, ToolCall
 
 
@@ -291,12 +291,16 @@ def run_demo(*, directory: str | None = None, auto_approve: bool = False, as_jso
         console.width = 10_000  # piped or captured: whole lines, not cut at 80 columns
     made = directory is None
     path = Path(tempfile.mkdtemp(prefix="wflo-demo-")) if directory is None else Path(directory)
+    if (path / "wflo.db").exists():
+        # The scenes' runs have fixed ids: on an earlier demo's store they replay, and the
+        # demo reported promises as broken that it had not tried.
+        raise UserError(f"{path} holds a store already (wflo.db): give the demo a new or empty --dir")
     path.mkdir(parents=True, exist_ok=True)
     if not sys.stdin.isatty() and not auto_approve:
         auto_approve = True
     demo = Demo(path, auto_approve=auto_approve, console=console, quiet=False)
     console.print(
-        f"[bold]wflo demo[/]: a research agent on the embedded store [dim]{demo.url}[/], LLM = scripted local server\n"
+        f"[bold]wflo demo[/]: a research agent on the embedded store [dim]{escape(demo.url)}[/], LLM = scripted local server\n"
     )
     t0 = time.monotonic()
     try:
@@ -341,5 +345,5 @@ def run_demo(*, directory: str | None = None, auto_approve: bool = False, as_jso
     if made and all_held:
         shutil.rmtree(path, ignore_errors=True)
     elif not all_held:
-        console.print(f"[red]some promises did not hold[/]; the store is kept in {path}")
+        console.print(f"[red]some promises did not hold[/]; the store is kept in {escape(str(path))}")
     return 0 if all_held else 1

@@ -121,6 +121,12 @@ def _make(url: str, *, create: bool = True) -> Store:
         if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigurationError(f"synchronous must be NORMAL, FULL or EXTRA in {url!r}")
         size = _pool_size(url, params)
+        # A misspelt ?synchronus=FULL was ignored: the user believed every commit was fsynced.
+        unknown = sorted(params) + [p for p in query.split("&") if p and "=" not in p]
+        if unknown:
+            raise ConfigurationError(
+                f"unknown parameter {', '.join(map(repr, unknown))} in {url!r}: a SQLite URL takes synchronous= and pool_size="
+            )
         if not path or path == ":memory:":
             raise ConfigurationError(f"{url!r} names no database file; {_SQLITE_HELP}")
         from ._sqlite import SQLiteStore

@@ -511,6 +511,9 @@ class Store(Connections):
             )
             if len(rows) == 1:
                 return RunRecord.from_row(rows[0])
+            if rows:
+                message = f"{prefix!r} is the start of more than one run id: give more of it"
+                raise RunNotFoundError(message, run_id=prefix)
         raise RunNotFoundError(run_id=prefix)
 
     def list_runs(

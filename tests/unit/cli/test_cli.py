@@ -105,7 +105,9 @@ def test_unreachable_database_and_schema_checks(tmp_path: Path) -> None:
         wflo("runs", "list", db="postgresql://x:pw@127.0.0.1:1/none", create=False), 4, "cannot open the wflo store"
     )
     fresh = f"sqlite:///{tmp_path}/fresh.db"
-    assert_one_line_error(wflo("db", "check", db=fresh, create=False), 5, "wflo db migrate")
+    # A check looks, it does not create: no file yet is "no store here" (4), not schema version 0.
+    assert_one_line_error(wflo("db", "check", db=fresh, create=False), 4, "no wflo store")
+    assert not (tmp_path / "fresh.db").exists()
     assert (
         "applied m001_initial, m002_budgets, m003_approvals"
         in wflo("db", "migrate", db=fresh, check=True, create=False).stdout
