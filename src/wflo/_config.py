@@ -301,6 +301,10 @@ def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) 
             raise _bad(field, shown)
     elif not isinstance(value, str) or (field.name in _CHOICES and value not in _CHOICES[field.name]):
         raise _bad(field, shown)
+    elif field.name == "database":
+        from .store import check_url  # a mistyped URL is refused here, not at the first run
+
+        check_url(value)
 
 
 class _Process:
