@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
+import difflib
 import functools
 import inspect
 import os
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, cas
 from .._config import get_store, opened_store, settings
 from .._errors import (
     ConfigurationError,
+    OptionError,
     ResultTimeoutError,
     RunFailedError,
     RunSuspended,
@@ -26,6 +29,7 @@ from .._errors import (
     UserError,
 )
 from .._runtime import runtime as current_runtime
+from .._scope import check_name
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
@@ -107,6 +111,25 @@ def module_for_file(path: str) -> tuple[str, str]:
     return folder, ".".join(parts)
 
 
+def check_function(fn: Any, what: str) -> None:
+    """Refuse, at the decorator, what cannot be a workflow or a step: a run of it would only
+    fail later, after it was created (a generator's result cannot be journaled), or, for a
+    value that is not a function, deep inside with an ``AttributeError``."""
+    if isinstance(fn, str):
+        raise UserError(f"@wflo.{what} takes a function, got the text {fn!r}; to name it: @wflo.{what}(name={fn!r})")
+    if isinstance(fn, type):
+        raise UserError(
+            f"@wflo.{what} decorates a function, not a class ({fn.__qualname__}); decorate a function or a method"
+        )
+    if not callable(fn):
+        raise UserError(f"@wflo.{what} decorates a function, got {fn!r} ({type(fn).__name__})")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise UserError(
+            f"@wflo.{what} cannot decorate the generator function {getattr(fn, '__qualname__', fn)!r}: its result is "
+            "journaled, and a generator is not data; return a list instead of yielding"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """Per-start options: ``research.options(id="ticket-42", tenant="acme").run(...)``."""
@@ -126,14 +149,29 @@ class RunOptions:
     partition_key: str | None = None
     """Runs of one queue with the same key execute one at a time (``Queue.per_partition``)."""
 
+    def __post_init__(self) -> None:
+        # Refused before a run is created: a NUL reaches PostgreSQL as a driver error, a
+        # slash makes the run unreachable at /api/v1/runs/ID, a long id overflows its NOTIFY.
+        if self.id is not None:
+            check_name(self.id, "run id", colon=True)
+            if "/" in self.id:
+                raise UserError(f"run id must not contain '/' (it is part of the run's URL), got {self.id!r}")
+        if self.tenant is not None:
+            check_name(self.tenant, "tenant")
+
 
 class Workflow(Generic[P, R]):
     """A durable workflow: each run is journaled and resumes after a crash."""
 
     def __init__(self, fn: Callable[P, R], /, **options: Any) -> None:
+        check_function(fn, "workflow")
         self.fn = fn
         self.config = check_options(WorkflowOptions, options, what="workflow")
         """The decorator's options, typed and checked (see ``WorkflowOptions``)."""
+        if not self.config.name and getattr(fn, "__name__", None) == "<lambda>":
+            # Every lambda of a module has the same default name, and runs find their
+            # workflow by name: a second one would silently replace the first.
+            raise UserError("a lambda workflow needs a name of its own: wflo.workflow(name='...')(lambda ...)")
         self.name = self.config.name or _qualname(fn)
         self.serializer = check_serializer(self.config.serializer)
         self.is_async = is_async_callable(fn)
@@ -184,7 +222,16 @@ class Workflow(Generic[P, R]):
         return dict(options)
 
     def options(self, **options: Any) -> BoundWorkflow[P, R]:
-        """This workflow with start options (``id=``, ``tenant=``)."""
+        """This workflow with start options (``id=``, ``tenant=``; see ``RunOptions``)."""
+        if options:
+            known = [field.name for field in dataclasses.fields(RunOptions)]
+            for key in options:
+                if key not in known:
+                    close = difflib.get_close_matches(key, known, n=2)
+                    hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"valid: {', '.join(known)}"
+                    raise OptionError(
+                        f"{self.name}.options() got an unknown option {key!r}; {hint}", option=key, of="options"
+                    )
         return BoundWorkflow(self, RunOptions(**options))
 
     # --------------------------------------------------------------- calling
@@ -203,6 +250,13 @@ class Workflow(Generic[P, R]):
     def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle:
         """Enqueue a run for a worker and return its handle at once."""
         return self.options().start(*args, **kwargs)
+
+
+MAX_CHILD_DEPTH = 50
+"""How many child workflows may run nested in one another in one stack (``.run()`` inside a
+run): a workflow calling itself without end is refused with a ``UserError`` at this depth,
+before Python's recursion limit breaks the innermost run with a ``RecursionError``."""
+_child_depth: contextvars.ContextVar[int] = contextvars.ContextVar("wflo_child_depth", default=0)
 
 
 class BoundWorkflow(Generic[P, R]):
@@ -286,10 +340,24 @@ class BoundWorkflow(Generic[P, R]):
             record_input=False,
         )
 
+    def _nest(self) -> contextvars.Token[int]:
+        """One more child run nested in this stack, refused past ``MAX_CHILD_DEPTH``."""
+        depth = _child_depth.get()
+        if depth >= MAX_CHILD_DEPTH:
+            raise UserError(
+                f"workflow {self.wf.name!r} would run {depth + 1} child workflows deep (at most "
+                f"{MAX_CHILD_DEPTH}): does it call itself without end? Stop the recursion, or .start() the deeper runs"
+            )
+        return _child_depth.set(depth + 1)
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
         if call is not None:
-            return guarded_call(call, lambda *a, **k: self._run_here(a, k))
+            token = self._nest()
+            try:
+                return guarded_call(call, lambda *a, **k: self._run_here(a, k))
+            finally:
+                _child_depth.reset(token)
         return self._run_here(args, kwargs)
 
     def _run_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -317,7 +385,11 @@ class BoundWorkflow(Generic[P, R]):
     async def arun(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
         if call is not None:
-            return await aguarded_call(call, lambda *a, **k: self._arun_here(a, k))
+            token = self._nest()
+            try:
+                return await aguarded_call(call, lambda *a, **k: self._arun_here(a, k))
+            finally:
+                _child_depth.reset(token)
         return await self._arun_here(args, kwargs)
 
     async def _arun_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -663,6 +735,7 @@ class Step(Generic[P, R]):
         serializer: str = "json",
         kind: str = "step",
     ) -> None:
+        check_function(fn, kind)
         if not isinstance(retries, int) or retries < 0:
             raise UserError(f"retries must be an integer >= 0, got {retries!r}")
         if retries and retry is not None:
