@@ -657,7 +657,7 @@ class RunHandle:
 
         Raises ``ResultTimeoutError`` when ``timeout`` seconds pass first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         # Woken by the run's final commit (LISTEN/NOTIFY, or SQLite's change feed); the
         # timeout only bounds a missed notification (a reconnect).
         with self.store.changes(self.id) as changes:
@@ -672,7 +672,7 @@ class RunHandle:
 
     async def aresult(self, timeout: float | None = None) -> Any:
         """Async ``result``: reads on the store's threads, waits on the loop (no thread held)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         # Opening the store (and migrating it, on first use) is store work too.
         store = self._store
         if store is None:
@@ -690,6 +690,16 @@ class RunHandle:
                 await changes.await_change(pause)
 
 
+def _deadline(timeout: float | None) -> float | None:
+    """When a wait of ``timeout`` seconds ends; a NaN (which never compares past the clock:
+    the wait never ended) or negative timeout is refused."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < float("inf"):
+        raise UserError(f"timeout must be a finite number of seconds >= 0 (or None: no limit), got {timeout!r}")
+    return time.monotonic() + timeout
+
+
 def resume(run_id: str, *, wait: bool = True) -> Any:
     """Resume an interrupted (or blocked) run in this process and return its result.
 
@@ -700,6 +710,8 @@ def resume(run_id: str, *, wait: bool = True) -> Any:
     ``wait=False`` the ``RunSuspended`` signal is raised instead (the run stays ``waiting``
     for a worker).
     """
+    if not isinstance(run_id, str):
+        raise UserError(f"wflo.resume() takes a run id (text), got {run_id!r}")
     store = get_store()
     record = store.find_run(run_id)
     if record.done:

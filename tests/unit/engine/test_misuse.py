@@ -287,3 +287,43 @@ def test_a_workflow_calling_itself_without_end_is_stopped_with_a_user_error(sqli
 
     assert countdown.run(10) == 10
     assert countdown.run(10) == 10  # the depth was given back
+
+
+# ------------------------------------------------------------------ waiting, resuming, init
+@pytest.mark.parametrize("timeout", [float("nan"), -1, float("inf"), "5s", True])
+def test_a_nonsense_result_timeout_is_refused(sqlite_configured: str, timeout: Any) -> None:
+    @wflo.workflow(name="misuse.queued")
+    def flow() -> int:
+        return 1
+
+    handle = flow.start()  # queued: nothing runs it
+    # NaN never compares past the clock: result(timeout=nan) waited for ever.
+    with pytest.raises(wflo.UserError, match=r"timeout must be a finite number of seconds >= 0"):
+        handle.result(timeout=timeout)
+    with pytest.raises(wflo.UserError, match=r"timeout must be a finite number of seconds >= 0"):
+        asyncio.run(handle.aresult(timeout=timeout))
+
+
+@pytest.mark.parametrize("run_id", [None, 5])
+def test_resume_takes_a_run_id(sqlite_configured: str, run_id: Any) -> None:
+    # It was TypeError: object of type 'NoneType' has no len().
+    with pytest.raises(wflo.UserError, match=r"wflo\.resume\(\) takes a run id \(text\)"):
+        wflo.resume(run_id)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"tenant": "a:b"}, r"wflo\.init\(tenant=\.\.\.\) must be a name without ':'"),
+        ({"tenant": "a\x00b"}, r"wflo\.init\(tenant=\.\.\.\) must be printable text"),
+        ({"name": 5}, r"wflo\.init\(name=\.\.\.\) must be a non-empty name, got 5"),
+        ({"name": ""}, r"wflo\.init\(name=\.\.\.\) must be a non-empty name"),
+    ],
+)
+def test_init_checks_its_names_before_creating_its_run(
+    sqlite_configured: str, options: dict[str, Any], says: str
+) -> None:
+    # They were stored as given: name=5 as the run's workflow, a tenant with ':' or a NUL.
+    with pytest.raises(wflo.UserError, match=says):
+        wflo.init(**options)
+    assert _runs() == 0
