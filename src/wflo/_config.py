@@ -208,6 +208,15 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Numbers that must be > 0 (all numeric settings unless listed in _NON_NEGATIVE).
 _NON_NEGATIVE: set[str] = {"retention_days"}
+# Durations are at most ten years (a retention a hundred), each in its own unit: a lease of
+# 1e12 seconds overflowed the date of its expiry (OverflowError at the first run).
+_MAXIMUM: dict[str, float] = {
+    "lease_seconds": 315_360_000.0,
+    "reservation_ttl": 315_360_000.0,
+    "poll_interval": 315_360_000.0,
+    "session_hours": 87_600.0,
+    "retention_days": 36_500,
+}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -236,12 +245,16 @@ def _accepted(field: dataclasses.Field[Any]) -> str:
         text = ", ".join(_CHOICES[field.name])
     elif kind == "bool":
         text = "1/0, true/false, yes/no, on/off"
-    elif kind == "int":
-        text = "a whole number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
-    elif kind == "float":
-        text = "a number" + (" >= 0" if field.name in _NON_NEGATIVE else " > 0")
+    elif kind in ("int", "float"):
+        text = ("a whole number" if kind == "int" else "a number") + (
+            " >= 0" if field.name in _NON_NEGATIVE else " > 0"
+        )
+        if field.name in _MAXIMUM:
+            text += f" and at most {_MAXIMUM[field.name]:.0f}"
     elif kind == "list":
         text = "a comma-separated list"
+    elif field.name == "principal":
+        text = "printable text such as user:alice"
     else:
         text = "text"
     return text + (" (or empty or 'none' for none)" if _optional(field) and kind != "str" else "")
@@ -294,13 +307,15 @@ def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) 
         ok_type = isinstance(value, int) if kind == "int" else isinstance(value, int | float)
         if isinstance(value, bool) or not ok_type or value != value or value in (float("inf"), float("-inf")):
             raise _bad(field, shown)
-        if value < 0 or (value == 0 and field.name not in _NON_NEGATIVE):
+        if value < 0 or (value == 0 and field.name not in _NON_NEGATIVE) or value > _MAXIMUM.get(field.name, value):
             raise _bad(field, shown)
     elif kind == "list":
         if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
             raise _bad(field, shown)
     elif not isinstance(value, str) or (field.name in _CHOICES and value not in _CHOICES[field.name]):
         raise _bad(field, shown)
+    elif field.name == "principal" and value and not value.isprintable():
+        raise _bad(field, shown)  # a NUL reached PostgreSQL as a driver error with the first record
     elif field.name == "database":
         from .store import check_url  # a mistyped URL is refused here, not at the first run
 

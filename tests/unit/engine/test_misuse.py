@@ -219,6 +219,23 @@ def test_an_async_step_called_from_a_sync_workflow_says_await(sqlite_configured:
 
 # ------------------------------------------------------------------------- configuration
 @pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        # The lease's expiry date overflowed at the first run: OverflowError from datetime.
+        ({"lease_seconds": 1e12}, r"lease_seconds=1000000000000\.0 is not a valid .* at most 315360000"),
+        ({"reservation_ttl": 1e12}, r"reservation_ttl=.* at most 315360000"),
+        ({"session_hours": 1e9}, r"session_hours=.* at most 87600"),
+        ({"principal": "user:a\x00"}, r"principal='user:a\\x00' is not a valid principal setting; accepted: printable"),
+    ],
+)
+def test_settings_that_break_a_run_later_are_refused_by_configure(
+    sqlite_url: str, options: dict[str, Any], says: str
+) -> None:
+    with pytest.raises(wflo.errors.ConfigurationError, match=says):
+        wflo.configure(database=sqlite_url, **options)
+
+
+@pytest.mark.parametrize(
     ("url", "says"),
     [
         ("sqlte:///wflo.db", r"unsupported database URL 'sqlte:///wflo\.db'"),
