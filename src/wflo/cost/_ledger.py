@@ -47,7 +47,13 @@ def to_usd(value: Any, what: str = "amount") -> Decimal:
         raise UserError(f"{what} must be a number of USD, got {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise UserError(f"{what} must be a finite, non-negative USD amount, got {value!r}")
-    return amount
+    # Exact, but within reason: "1e999999999" was a billion digits of text in every run's options.
+    if amount > _MAX_USD or (amount and amount.adjusted() < -18):
+        raise UserError(f"{what} must be 0 or from 1e-18 to {_MAX_USD:,} USD, got {value!r}")
+    return amount if amount else Decimal(0)  # "0E-999999999" too
+
+
+_MAX_USD = Decimal(10**12)
 
 
 def to_alerts(value: Any, what: str = "alerts") -> tuple[int, ...]:

@@ -63,3 +63,20 @@ def test_set_refuses_bad_alerts_before_writing(sqlite_configured: str) -> None:
         wflo.budgets.set("tenant:acme", usd="5", alerts=[200])
     assert wflo.budgets.get("tenant:acme") is None
     assert wflo.budgets.set("tenant:acme", usd="5", alerts=[90]).alerts == (90,)
+
+
+@pytest.mark.parametrize("usd", ["1e999999999", "1e-999999999", "1000000000001", 1e-30])
+def test_amounts_beyond_reason_are_refused(usd: Any) -> None:
+    # "1e999999999" is finite: it was kept, and written out as a billion digits of text in
+    # the options of every run of the workflow (20 s and 1 GB each).
+    with pytest.raises(wflo.UserError, match=r"Budget\(usd=\.\.\.\) must be 0 or from 1e-18 to 1,000,000,000,000 USD"):
+        wflo.Budget(usd=usd)
+    with pytest.raises(wflo.UserError, match=r"input_per_mtok must be 0 or from 1e-18"):
+        wflo.cost.prices.set("misuse-model", input_per_mtok=usd, output_per_mtok=1)
+
+
+def test_exact_amounts_within_reason_are_kept() -> None:
+    assert wflo.Budget(usd="1000000000000").usd == 10**12
+    assert str(wflo.Budget(usd="0.000000000000000001").usd) == "1E-18"
+    budget = wflo.Budget(usd="0E-999999999")
+    assert budget.usd == 0 and budget.to_run_options()["budget"]["usd"] == "0"
