@@ -168,7 +168,9 @@ class Workflow(Generic[P, R]):
         self.fn = fn
         self.config = check_options(WorkflowOptions, options, what="workflow")
         """The decorator's options, typed and checked (see ``WorkflowOptions``)."""
-        if not self.config.name and getattr(fn, "__name__", None) == "<lambda>":
+        if self.config.name:
+            check_name(self.config.name, "a workflow's name", colon=True)  # no NUL, line break, 10k characters
+        elif getattr(fn, "__name__", None) == "<lambda>":
             # Every lambda of a module has the same default name, and runs find their
             # workflow by name: a second one would silently replace the first.
             raise UserError("a lambda workflow needs a name of its own: wflo.workflow(name='...')(lambda ...)")
@@ -769,6 +771,8 @@ class Step(Generic[P, R]):
         self.retry = retry
         self.timeout = None if timeout is None else make_timeout(timeout)
         self.fn = fn
+        if name:
+            check_name(name, f"a {kind}'s name", colon=True)  # no NUL, line break, 10k characters
         self.name = name or _qualname(fn)
         self.at_most_once = at_most_once
         self.serializer = check_serializer(serializer)

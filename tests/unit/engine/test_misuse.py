@@ -344,3 +344,40 @@ def test_init_checks_its_names_before_creating_its_run(
     with pytest.raises(wflo.UserError, match=says):
         wflo.init(**options)
     assert _runs() == 0
+
+
+# ----------------------------------------------------------------------- names and queues
+@pytest.mark.parametrize("name", ["a\x00b", "a\nb", "x" * 300])
+def test_explicit_names_are_checked_at_the_decorator(name: str) -> None:
+    # They were kept: a NUL failed the first run on PostgreSQL, a line break split the CLI's lines.
+    with pytest.raises(wflo.UserError, match=r"a workflow's name must be"):
+        wflo.workflow(name=name)(lambda: 1)
+    with pytest.raises(wflo.UserError, match=r"a step's name must be"):
+        wflo.step(name=name)(lambda: 1)
+    with pytest.raises(wflo.UserError, match=r"a tool's name must be"):
+        wflo.tool(name=name)(lambda: 1)
+    with pytest.raises(wflo.UserError, match=r"a queue's name must be"):
+        wflo.Queue(name)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"priority": 10**30}, r"priority must be a whole number from -2147483648 to 2147483647"),  # OverflowError
+        ({"priority": 2**31}, r"priority must be a whole number from"),  # out of PostgreSQL's INTEGER
+        ({"partition_key": "a\x00"}, r"partition_key must be printable text"),
+        ({"partition_key": "k" * 100_000}, r"partition_key must be at most 255 characters"),
+    ],
+)
+def test_queue_start_options_are_checked_before_a_run_exists(
+    sqlite_configured: str, options: dict[str, Any], says: str
+) -> None:
+    queue = wflo.Queue("misuse.queue")
+
+    @wflo.workflow(name="misuse.queued_flow", queue=queue)
+    def flow() -> int:
+        return 1
+
+    with pytest.raises(wflo.UserError, match=says):
+        flow.options(**options).start()
+    assert _runs() == 0
