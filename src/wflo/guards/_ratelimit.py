@@ -75,7 +75,7 @@ def check_rates(where: str, requests_per_minute: Any, tokens_per_minute: Any) ->
         if value is not None and (
             not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0
         ):
-            raise UserError(f"{where}({name}=...) must be a positive, finite number or None, got {value!r}")
+            raise UserError(f"{where}({name}=...) must be a finite, positive number or None, got {value!r}")
 
 
 def describe(requests_per_minute: float | None, tokens_per_minute: float | None) -> str:

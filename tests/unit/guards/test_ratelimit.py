@@ -124,7 +124,7 @@ def test_bad_limits_are_user_errors(kwargs: dict[str, Any]) -> None:
 @pytest.mark.parametrize("rate", [float("nan"), float("inf")])
 def test_a_rate_must_be_finite(rate: float) -> None:
     # NaN passed "<= 0" (every bucket then held NaN tokens); infinity is what None says.
-    with pytest.raises(UserError, match=r"requests_per_minute=\.\.\.\) must be a positive, finite number or None"):
+    with pytest.raises(UserError, match=r"requests_per_minute=\.\.\.\) must be a finite, positive number or None"):
         RateLimiter("provider:openai", requests_per_minute=rate)
-    with pytest.raises(UserError, match=r"rate_limit\(tokens_per_minute=\.\.\.\) must be a positive, finite number"):
+    with pytest.raises(UserError, match=r"rate_limit\(tokens_per_minute=\.\.\.\) must be a finite, positive number"):
         wflo.policies.rate_limit("provider:openai", tokens_per_minute=rate)
