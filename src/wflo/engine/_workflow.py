@@ -151,11 +151,9 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         # Refused before a run is created: a NUL reaches PostgreSQL as a driver error, a
-        # slash makes the run unreachable at /api/v1/runs/ID, a long id overflows its NOTIFY.
+        # long id overflows its NOTIFY.
         if self.id is not None:
             check_name(self.id, "run id", colon=True)
-            if "/" in self.id:
-                raise UserError(f"run id must not contain '/' (it is part of the run's URL), got {self.id!r}")
         if self.tenant is not None:
             check_name(self.tenant, "tenant")
 
@@ -718,7 +716,8 @@ def resume(run_id: str, *, wait: bool = True) -> Any:
     record = store.find_run(run_id)
     if record.done:
         return _result_of(record)
-    bound: BoundWorkflow[Any, Any] = BoundWorkflow(get_workflow(record.workflow), RunOptions(id=record.id))
+    # No start options: the run exists (its stored id is not checked again as a new one would be).
+    bound: BoundWorkflow[Any, Any] = BoundWorkflow(get_workflow(record.workflow), RunOptions())
     owner = process_owner()
     record = bound._claim_existing(store, record, owner)
     prepared: RunContext | None = None
