@@ -251,6 +251,8 @@ def _accepted(field: dataclasses.Field[Any]) -> str:
             text += f" and at most {_MAX[field.name]:,} (a century)"
     elif kind == "list":
         text = "a comma-separated list"
+    elif field.name == "principal":
+        text = "printable text such as user:alice"
     else:
         text = "text"
     return text + (" (or empty or 'none' for none)" if _optional(field) and kind != "str" else "")
@@ -313,6 +315,12 @@ def _check(field: dataclasses.Field[Any], value: Any, shown: str | None = None) 
             raise _bad(field, shown)
     elif not isinstance(value, str) or (field.name in _CHOICES and value not in _CHOICES[field.name]):
         raise _bad(field, shown)
+    elif field.name == "principal" and value and not value.isprintable():
+        raise _bad(field, shown)  # a NUL reached PostgreSQL as a driver error with the first record
+    elif field.name == "database":
+        from .store import check_url  # a mistyped URL is refused here, not at the first run
+
+        check_url(value)
 
 
 class _Process:

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import _config
 from ._runtime import runtime
+from ._scope import check_name
 from .cost import Budget
 from .engine import RunContext, RunHandle, process_owner
 from .engine._executor import guards_for
@@ -43,6 +44,13 @@ def init(
     Returns the run's handle (``wflo runs show <id>`` shows every call and its cost).
     """
     global _ctx
+    # Checked before anything is configured or created (name=5 was stored as the run's
+    # workflow; a tenant with ':' or a NUL as its tenant).
+    if tenant is not None:
+        check_name(tenant, "wflo.init(tenant=...)")
+    if name is not None:
+        check_name(name, "wflo.init(name=...)", colon=True)
+    budget = None if budget_usd is None else Budget(usd=budget_usd)
     with _lock:
         if database is not None:
             _config.configure(database=database)
@@ -57,8 +65,8 @@ def init(
         store = rt.store
         script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
         options: dict[str, Any] = {"serializer": "json", "implicit": True}
-        if budget_usd is not None:
-            options.update(Budget(usd=budget_usd).to_run_options())
+        if budget is not None:
+            options.update(budget.to_run_options())
         from .store import new_id
 
         sent_at = time.monotonic()  # the new run's lease is counted from here

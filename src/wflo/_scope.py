@@ -11,6 +11,27 @@ from ._errors import UserError
 _scope: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("wflo_scope", default={})  # noqa: B039 - never mutated; replaced per `with`
 
 SCOPE_KEYS = ("tenant", "agent", "project", "user")
+MAX_NAME = 255
+"""The longest tenant, agent, project or user name, and run id (as the server's ``Idempotency-Key``)."""
+
+
+def check_name(value: object, what: str, *, colon: bool = False) -> str:
+    """``value`` if it is a name wflo can store and show: non-empty text of at most
+    ``MAX_NAME`` printable characters (no NUL, which PostgreSQL cannot store, no line breaks
+    or bidi controls, which would disguise it in the panel and the CLI), without ``:`` (the
+    separator of budget scopes) unless ``colon``; else ``UserError`` naming ``what``."""
+    if not isinstance(value, str) or not value:
+        raise UserError(f"{what} must be a non-empty name, got {value!r}")
+    if len(value) > MAX_NAME:
+        raise UserError(f"{what} must be at most {MAX_NAME} characters, got {len(value)} ({value[:20]!r}...)")
+    if not value.isprintable():
+        bad = next(c for c in value if not c.isprintable())
+        raise UserError(f"{what} must be printable text, got {value!r} (it contains {bad!r})")
+    if value != value.strip():
+        raise UserError(f"{what} must not begin or end with spaces, got {value!r}")
+    if not colon and ":" in value:
+        raise UserError(f"{what} must be a name without ':', got {value!r}")
+    return value
 
 
 @contextmanager
@@ -25,8 +46,7 @@ def scope(**names: str) -> Iterator[dict[str, str]]:
     if bad:
         raise UserError(f"unknown scope key(s) {', '.join(bad)}; use {', '.join(SCOPE_KEYS)}")
     for key, value in names.items():
-        if not isinstance(value, str) or not value or ":" in value:
-            raise UserError(f"scope {key} must be a non-empty name without ':', got {value!r}")
+        check_name(value, f"scope {key}")
     merged = {**_scope.get(), **names}
     token = _scope.set(merged)
     try:

@@ -242,3 +242,19 @@ def test_runs_from_a_process_with_many_open_files() -> None:
         for fh in held:
             fh.close()
     assert result.ok and result.stdout == "ok\n", result.stderr
+
+
+@pytest.mark.parametrize(
+    ("files", "says"),
+    [
+        ({"/work/a.bin": 5}, r"sandbox file '/work/a\.bin' must be given as text or bytes, got int"),  # was 5 NUL bytes
+        ({"/work/a.txt": None}, r"must be given as text or bytes, got NoneType"),
+        ({"data.csv": "x"}, r"sandbox files go under /work/, got 'data\.csv'"),  # refused at the first run before
+        ({"/work/../etc/x": "x"}, r"sandbox files go under /work/"),
+        ({5: "x"}, r"sandbox files go under /work/, got 5"),
+        ({"/work/a\x00": "x"}, r"sandbox files go under /work/"),
+    ],
+)
+def test_bad_files_are_refused_when_the_sandbox_is_built(files: dict[object, object], says: str) -> None:
+    with pytest.raises(UserError, match=says):
+        Sandbox(files=files)  # type: ignore[arg-type]

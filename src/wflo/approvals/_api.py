@@ -168,12 +168,12 @@ def _approval_call(
     ctx = current_run()
     if ctx is None:
         raise UserError(f"wflo.{caller}() pauses a run, so it must be called inside a @wflo.workflow")
-    policy = Approval(
-        approvers=tuple(approvers),
+    policy = Approval(  # takes one "role:x" as well as a list, as @wflo.tool's Approval does
+        approvers=approvers,
         quorum=quorum,
         timeout=timeout,
         on_timeout=on_timeout,
-        escalate_to=tuple(escalate_to),
+        escalate_to=escalate_to,
         message=message,
     )
     # Both twins journal the same call ("approval"), so a run may move between them.

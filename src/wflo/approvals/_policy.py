@@ -8,6 +8,7 @@ import functools
 import hashlib
 import inspect
 import linecache
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +45,8 @@ def parse_duration(value: Any, what: str = "duration") -> float:
         if not match:
             raise UserError(f"{what} must be a duration like '90s', '15m', '4h' or '2d', got {value!r}")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if seconds <= 0:
-        raise UserError(f"{what} must be positive, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:  # NaN would pass "<= 0": the request would never expire
+        raise UserError(f"{what} must be a positive, finite duration (None: no timeout), got {value!r}")
     return seconds
 
 
@@ -94,8 +95,18 @@ class Approval:
     def __post_init__(self) -> None:
         object.__setattr__(self, "approvers", _check_approvers(self.approvers, "approvers"))
         object.__setattr__(self, "escalate_to", _check_approvers(self.escalate_to, "escalate_to"))
-        if not isinstance(self.quorum, int) or self.quorum < 1:
+        if not isinstance(self.quorum, int) or isinstance(self.quorum, bool) or self.quorum < 1:
             raise UserError(f"quorum must be a positive integer, got {self.quorum!r}")
+        users = set(self.approvers)
+        if users and all(a.startswith("user:") for a in users) and self.quorum > len(users):
+            # Only named people may decide and there are fewer of them than the quorum: the
+            # request could never be approved (a role may have any number of holders).
+            raise UserError(
+                f"quorum={self.quorum} needs {self.quorum} distinct approvers, but approvers names only "
+                f"{len(users)} ({', '.join(sorted(users))}); add approvers (or a role:NAME), or lower the quorum"
+            )
+        if self.message is not None and not isinstance(self.message, str):
+            raise UserError(f"message must be text, got {self.message!r}")
         if self.on_timeout not in ON_TIMEOUT:
             raise UserError(f"on_timeout must be one of {', '.join(ON_TIMEOUT)}, got {self.on_timeout!r}")
         if self.on_timeout == "escalate" and not self.escalate_to:

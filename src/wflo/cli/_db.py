@@ -12,7 +12,7 @@ import click
 
 from .. import config
 from ..store import SCHEMA_VERSION, RunRecord, open_store
-from ._app import cli, console, err_console, handle_errors, import_modules
+from ._app import cli, console, handle_errors, import_modules
 
 
 @cli.group()

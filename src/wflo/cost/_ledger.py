@@ -28,6 +28,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from .._errors import BudgetExceededError, UserError
+from .._scope import check_name
 from ..store import NewEvent, Store, StoreOp, new_id, now_iso
 from . import _tables
 
@@ -36,7 +37,6 @@ _next_expiry: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionar
 DEFAULT_ALERTS = (50, 80, 100)
 
 
-_MOST_USD = Decimal(10**15)
 _PLACES = 30
 
 
@@ -50,11 +50,27 @@ def to_usd(value: Any, what: str = "amount") -> Decimal:
         raise UserError(f"{what} must be a number of USD, got {value!r}") from None
     if not amount.is_finite() or amount < 0:
         raise UserError(f"{what} must be a finite, non-negative USD amount, got {value!r}")
-    # PostgreSQL's NUMERIC, which the ledger's SQL casts amounts to, overflows long before
-    # 1e999999: such a limit once stored made every reservation on its scope fail.
-    if amount > _MOST_USD or int(amount.as_tuple().exponent) < -_PLACES:
-        raise UserError(f"{what} must be at most {_MOST_USD} USD with at most {_PLACES} decimal places, got {value!r}")
-    return amount
+    # Exact, but within reason: "1e999999999" was a billion digits of text in every run's options,
+    # and PostgreSQL's NUMERIC, which the ledger's SQL casts amounts to, overflows long before it
+    # (such a limit once stored made every reservation on its scope fail).
+    if amount > _MAX_USD or (amount and amount.adjusted() < -18):
+        raise UserError(f"{what} must be 0 or from 1e-18 to {_MAX_USD:,} USD, got {value!r}")
+    if amount and int(amount.as_tuple().exponent) < -_PLACES:
+        raise UserError(f"{what} must have at most {_PLACES} decimal places, got {value!r}")
+    return amount if amount else Decimal(0)  # "0E-999999999" too
+
+
+_MAX_USD = Decimal(10**12)
+
+
+def to_alerts(value: Any, what: str = "alerts") -> tuple[int, ...]:
+    """Alert thresholds as sorted, distinct whole percentages from 1 to 100."""
+    if isinstance(value, str) or not isinstance(value, Sequence | set | frozenset):
+        raise UserError(f"{what} must be a list of percentages like (50, 80, 100), got {value!r}")
+    for pct in value:
+        if not isinstance(pct, int) or isinstance(pct, bool) or not 1 <= pct <= 100:
+            raise UserError(f"{what} must be whole percentages from 1 to 100, got {pct!r} in {value!r}")
+    return tuple(sorted(set(value)))
 
 
 def usd_str(amount: Decimal) -> str:
@@ -95,7 +111,7 @@ class Budget:
         object.__setattr__(self, "usd", to_usd(self.usd, "Budget(usd=...)"))
         if self.max_reservation_usd is not None:
             object.__setattr__(self, "max_reservation_usd", to_usd(self.max_reservation_usd, "max_reservation_usd"))
-        object.__setattr__(self, "alerts", tuple(sorted({int(a) for a in self.alerts})))
+        object.__setattr__(self, "alerts", to_alerts(self.alerts, "Budget(alerts=...)"))
 
     def to_run_options(self) -> dict[str, Any]:
         """How the budget is stored with each run (so any worker enforces the same limit)."""
@@ -212,7 +228,7 @@ class Ledger:
             raise UserError(f"period must be one of {', '.join(PERIODS)}, got {period!r}")
         limit = to_usd(usd, "usd")
         max_res = None if max_reservation_usd is None else to_usd(max_reservation_usd, "max_reservation_usd")
-        alert_list = sorted({int(a) for a in alerts})
+        alert_list = list(to_alerts(alerts))
         now = now_iso()
         before = self.get_limit(scope)
 
@@ -597,9 +613,11 @@ _SCOPE_KINDS = ("run", "workflow", "tenant", "agent", "global", "user", "project
 
 
 def _check_scope(scope: str) -> str:
-    kind = scope.split(":", 1)[0]
-    if scope != "global" and (":" not in scope or kind not in _SCOPE_KINDS or not scope.split(":", 1)[1]):
+    kind, _, name = scope.partition(":") if isinstance(scope, str) else ("", "", "")
+    if scope != "global" and (kind not in _SCOPE_KINDS or not name):
         raise UserError(
             f"budget scope {scope!r} must look like 'tenant:acme', 'workflow:NAME', 'agent:NAME', 'project:NAME' or 'global'"
         )
+    if scope != "global":
+        check_name(scope, "budget scope", colon=True)  # no NUL, line break or bidi control
     return scope

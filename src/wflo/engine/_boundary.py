@@ -36,7 +36,7 @@ from ..store import NewEvent, StoreOp, canonical_json, json_string
 from ._attempts import Attempts, Step, adrive, drive, off_loop, to_store
 from ._context import Held, JournalEntry, RunContext, _call_path
 from ._executor import disk_full
-from ._serialize import _limit, decode, encode_input_text, encode_text, error_data, rebuild_error
+from ._serialize import _limit, as_replayed, decode, encode_input_text, encode_text, error_data, rebuild_error
 
 log = logging.getLogger("wflo")
 
@@ -351,6 +351,8 @@ def _end_event(call: Call, outcome: Outcome) -> NewEvent | None:
             output, text = encode_text(
                 outcome.value, serializer=call.serializer, step=call.name, what="output", limit=limit
             )
+            if text is not None:  # JSON: what a replay will return (a tuple comes back a list)
+                outcome.value = as_replayed(outcome.value, text)
         except SerializationError as exc:
             outcome.error, outcome.value = exc, None
     if outcome.error is None:

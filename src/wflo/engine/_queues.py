@@ -21,6 +21,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from .._errors import ConfigurationError, UserError
+from .._scope import check_name
 from ..store import QueueRule
 
 _queues: dict[str, Queue] = {}
@@ -58,6 +59,7 @@ class Queue:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise UserError(f"a queue needs a name, got {self.name!r}")
+        check_name(self.name, "a queue's name", colon=True)  # no NUL (PostgreSQL), line break, 10k characters
         for field in ("concurrency", "worker_concurrency", "per_partition"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -121,10 +123,13 @@ def queue_placement(opts: object, default: str | None, workflow: str) -> dict[st
     name = queue_name(getattr(opts, "queue", None), where=f"workflow {workflow!r}") or default
     priority = getattr(opts, "priority", 0)
     partition_key = getattr(opts, "partition_key", None)
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise UserError(f"priority must be a whole number, got {priority!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool) or not -(2**31) <= priority < 2**31:
+        # The column is a 32-bit INTEGER: 10**30 was an OverflowError from the driver.
+        raise UserError(f"priority must be a whole number from -2147483648 to 2147483647, got {priority!r}")
     if partition_key is not None and not isinstance(partition_key, str):
         raise UserError(f"partition_key must be a string, got {partition_key!r}")
+    if partition_key is not None:
+        check_name(partition_key, "partition_key", colon=True)
     if name is None:
         if priority or partition_key is not None:
             raise UserError(

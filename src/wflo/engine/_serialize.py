@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import importlib
+import inspect
+import json
 import pickle
 from json.encoder import encode_basestring
 from typing import Any
@@ -130,10 +132,44 @@ def encode_text(value: Any, *, serializer: str, step: str, what: str, limit: int
     if text is not None:
         _checked(text, limit, step, what)
         return value, text
+    if inspect.iscoroutine(value):
+        value.close()  # never awaited: closed here rather than warned about at exit
+        raise _refuse(
+            step,
+            what,
+            "it is a coroutine (an async function called without await)",
+            "await it; an async step is awaited in an async workflow (or run with asyncio.run)",
+        )
     _precheck(value, limit, step, what)
-    text = _json_text(value, step, what)
+    # A workflow's input is {"args": [...], "kwargs": {...}}: its parts are named args[0], kwargs['x'].
+    call = what == "input" and type(value) is dict and value.keys() == {"args", "kwargs"}
+    text = _json_text(value, step, what, None if call else "")
     _checked(text, limit, step, what)
     return value, text
+
+
+def as_replayed(value: Any, text: str) -> Any:
+    """``value`` as a replay reads it back from the journal (``text``, its JSON): itself when
+    JSON gives it back unchanged (lists, dicts with text keys, exact scalars), else the parsed
+    ``text``, so that a step returning a tuple, or a dict with int keys, gives its workflow
+    the same list, or the same text keys, the first time as on every replay."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is list:
+            stack.extend(item)
+        elif kind is dict:
+            for key, sub in item.items():
+                if type(key) is not str:
+                    return json.loads(text)
+                stack.append(sub)
+        elif kind not in _PLAIN:
+            return json.loads(text)
+    return value
+
+
+_PLAIN = (str, int, float, bool, type(None))
 
 
 def _scalar_json(value: Any) -> str | None:
@@ -213,8 +249,8 @@ def encode_input_text(
     flat = _flat_texts(args, kwargs, limit)
     if flat is None:
         _precheck(value, limit, step, "input")
-        arg_text = _json_text(value["args"], step, "input")
-        kw_text = _json_text(kwargs, step, "input") if kwargs else "{}"
+        arg_text = _json_text(value["args"], step, "input", "args")
+        kw_text = _json_text(kwargs, step, "input", "kwargs") if kwargs else "{}"
     else:
         arg_text, kw_text = flat
     # The canonical text of ``value`` in pieces (its keys sorted: "args" < "kwargs"), the same
@@ -226,13 +262,39 @@ def encode_input_text(
     return value, f"[{arg_text},{kw_text}]", None if flat is None else text
 
 
-def _json_text(value: Any, step: str, what: str) -> str:
+def _json_text(value: Any, step: str, what: str, root: str | None = "") -> str:
+    """``canonical_json(value)``, or ``SerializationError`` naming the part of ``value`` that
+    JSON cannot hold (``args[1]``, ``kwargs['when']``, ``['items'][3]``) under ``root``
+    (``None``: ``value`` is a dict whose keys are named bare)."""
     try:
         return canonical_json(value)
     except RecursionError:
         raise _refuse(step, what, "it is nested too deeply to encode", "flatten the data or pass a reference") from None
     except (TypeError, ValueError) as exc:
-        raise SerializationError(step=step, what=what, detail=str(exc)) from None
+        where = _where(value, root)
+        detail = f"{where}: {exc}" if where else str(exc)
+        raise SerializationError(step=step, what=what, detail=detail) from None
+
+
+def _where(value: Any, root: str | None) -> str:
+    """The path, under ``root``, of the first part of ``value`` JSON cannot hold (``""``: the
+    value itself). Only called once ``_precheck`` passed: the value is not too deep to walk."""
+    stack: list[tuple[Any, str | None]] = [(value, root)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, dict):
+            for key in reversed(list(item)):
+                if key is not None and not isinstance(key, str | int | float | bool):
+                    return f"{at or ''} (its key {key!r})".strip()
+                stack.append((item[key], str(key) if at is None else f"{at}[{key!r}]"))
+        elif isinstance(item, list | tuple):
+            stack.extend((item[i], f"{at or ''}[{i}]") for i in reversed(range(len(item))))
+        else:
+            try:
+                canonical_json(item)
+            except (TypeError, ValueError):
+                return at or ""
+    return root or ""
 
 
 def _checked(text: str, limit: int | None, step: str, what: str) -> None:

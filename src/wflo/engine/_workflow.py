@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
+import difflib
 import functools
 import inspect
 import os
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, cas
 from .._config import get_store, opened_store, settings
 from .._errors import (
     ConfigurationError,
+    OptionError,
     ResultTimeoutError,
     RunFailedError,
     RunSuspended,
@@ -26,6 +29,7 @@ from .._errors import (
     UserError,
 )
 from .._runtime import runtime as current_runtime
+from .._scope import check_name
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
 from ._boundary import Call, aguarded_call, guarded_call
@@ -107,6 +111,25 @@ def module_for_file(path: str) -> tuple[str, str]:
     return folder, ".".join(parts)
 
 
+def check_function(fn: Any, what: str) -> None:
+    """Refuse, at the decorator, what cannot be a workflow or a step: a run of it would only
+    fail later, after it was created (a generator's result cannot be journaled), or, for a
+    value that is not a function, deep inside with an ``AttributeError``."""
+    if isinstance(fn, str):
+        raise UserError(f"@wflo.{what} takes a function, got the text {fn!r}; to name it: @wflo.{what}(name={fn!r})")
+    if isinstance(fn, type):
+        raise UserError(
+            f"@wflo.{what} decorates a function, not a class ({fn.__qualname__}); decorate a function or a method"
+        )
+    if not callable(fn):
+        raise UserError(f"@wflo.{what} decorates a function, got {fn!r} ({type(fn).__name__})")
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        raise UserError(
+            f"@wflo.{what} cannot decorate the generator function {getattr(fn, '__qualname__', fn)!r}: its result is "
+            "journaled, and a generator is not data; return a list instead of yielding"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """Per-start options: ``research.options(id="ticket-42", tenant="acme").run(...)``."""
@@ -126,14 +149,29 @@ class RunOptions:
     partition_key: str | None = None
     """Runs of one queue with the same key execute one at a time (``Queue.per_partition``)."""
 
+    def __post_init__(self) -> None:
+        # Refused before a run is created: a NUL reaches PostgreSQL as a driver error, a
+        # long id overflows its NOTIFY.
+        if self.id is not None:
+            check_name(self.id, "run id", colon=True)
+        if self.tenant is not None:
+            check_name(self.tenant, "tenant")
+
 
 class Workflow(Generic[P, R]):
     """A durable workflow: each run is journaled and resumes after a crash."""
 
     def __init__(self, fn: Callable[P, R], /, **options: Any) -> None:
+        check_function(fn, "workflow")
         self.fn = fn
         self.config = check_options(WorkflowOptions, options, what="workflow")
         """The decorator's options, typed and checked (see ``WorkflowOptions``)."""
+        if self.config.name:
+            check_name(self.config.name, "a workflow's name", colon=True)  # no NUL, line break, 10k characters
+        elif getattr(fn, "__name__", None) == "<lambda>":
+            # Every lambda of a module has the same default name, and runs find their
+            # workflow by name: a second one would silently replace the first.
+            raise UserError("a lambda workflow needs a name of its own: wflo.workflow(name='...')(lambda ...)")
         self.name = self.config.name or _qualname(fn)
         self.serializer = check_serializer(self.config.serializer)
         self.is_async = is_async_callable(fn)
@@ -184,7 +222,16 @@ class Workflow(Generic[P, R]):
         return dict(options)
 
     def options(self, **options: Any) -> BoundWorkflow[P, R]:
-        """This workflow with start options (``id=``, ``tenant=``)."""
+        """This workflow with start options (``id=``, ``tenant=``; see ``RunOptions``)."""
+        if options:
+            known = [field.name for field in dataclasses.fields(RunOptions)]
+            for key in options:
+                if key not in known:
+                    close = difflib.get_close_matches(key, known, n=2)
+                    hint = f"did you mean {' or '.join(map(repr, close))}?" if close else f"valid: {', '.join(known)}"
+                    raise OptionError(
+                        f"{self.name}.options() got an unknown option {key!r}; {hint}", option=key, of="options"
+                    )
         return BoundWorkflow(self, RunOptions(**options))
 
     # --------------------------------------------------------------- calling
@@ -203,6 +250,13 @@ class Workflow(Generic[P, R]):
     def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle:
         """Enqueue a run for a worker and return its handle at once."""
         return self.options().start(*args, **kwargs)
+
+
+MAX_CHILD_DEPTH = 50
+"""How many child workflows may run nested in one another in one stack (``.run()`` inside a
+run): a workflow calling itself without end is refused with a ``UserError`` at this depth,
+before Python's recursion limit breaks the innermost run with a ``RecursionError``."""
+_child_depth: contextvars.ContextVar[int] = contextvars.ContextVar("wflo_child_depth", default=0)
 
 
 class BoundWorkflow(Generic[P, R]):
@@ -286,10 +340,24 @@ class BoundWorkflow(Generic[P, R]):
             record_input=False,
         )
 
+    def _nest(self) -> contextvars.Token[int]:
+        """One more child run nested in this stack, refused past ``MAX_CHILD_DEPTH``."""
+        depth = _child_depth.get()
+        if depth >= MAX_CHILD_DEPTH:
+            raise UserError(
+                f"workflow {self.wf.name!r} would run {depth + 1} child workflows deep (at most "
+                f"{MAX_CHILD_DEPTH}): does it call itself without end? Stop the recursion, or .start() the deeper runs"
+            )
+        return _child_depth.set(depth + 1)
+
     def run(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
         if call is not None:
-            return guarded_call(call, lambda *a, **k: self._run_here(a, k))
+            token = self._nest()
+            try:
+                return guarded_call(call, lambda *a, **k: self._run_here(a, k))
+            finally:
+                _child_depth.reset(token)
         return self._run_here(args, kwargs)
 
     def _run_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -317,7 +385,11 @@ class BoundWorkflow(Generic[P, R]):
     async def arun(self, *args: Any, **kwargs: Any) -> Any:
         call = self._child_call("child", args, kwargs)
         if call is not None:
-            return await aguarded_call(call, lambda *a, **k: self._arun_here(a, k))
+            token = self._nest()
+            try:
+                return await aguarded_call(call, lambda *a, **k: self._arun_here(a, k))
+            finally:
+                _child_depth.reset(token)
         return await self._arun_here(args, kwargs)
 
     async def _arun_here(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -585,7 +657,7 @@ class RunHandle:
 
         Raises ``ResultTimeoutError`` when ``timeout`` seconds pass first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         # Woken by the run's final commit (LISTEN/NOTIFY, or SQLite's change feed); the
         # timeout only bounds a missed notification (a reconnect).
         with self.store.changes(self.id) as changes:
@@ -600,7 +672,7 @@ class RunHandle:
 
     async def aresult(self, timeout: float | None = None) -> Any:
         """Async ``result``: reads on the store's threads, waits on the loop (no thread held)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(timeout)
         # Opening the store (and migrating it, on first use) is store work too.
         store = self._store
         if store is None:
@@ -618,6 +690,16 @@ class RunHandle:
                 await changes.await_change(pause)
 
 
+def _deadline(timeout: float | None) -> float | None:
+    """When a wait of ``timeout`` seconds ends; a NaN (which never compares past the clock:
+    the wait never ended) or negative timeout is refused."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 <= timeout < float("inf"):
+        raise UserError(f"timeout must be a finite number of seconds >= 0 (or None: no limit), got {timeout!r}")
+    return time.monotonic() + timeout
+
+
 def resume(run_id: str, *, wait: bool = True) -> Any:
     """Resume an interrupted (or blocked) run in this process and return its result.
 
@@ -628,11 +710,14 @@ def resume(run_id: str, *, wait: bool = True) -> Any:
     ``wait=False`` the ``RunSuspended`` signal is raised instead (the run stays ``waiting``
     for a worker).
     """
+    if not isinstance(run_id, str):
+        raise UserError(f"wflo.resume() takes a run id (text), got {run_id!r}")
     store = get_store()
     record = store.find_run(run_id)
     if record.done:
         return _result_of(record)
-    bound: BoundWorkflow[Any, Any] = BoundWorkflow(get_workflow(record.workflow), RunOptions(id=record.id))
+    # No start options: the run exists (its stored id is not checked again as a new one would be).
+    bound: BoundWorkflow[Any, Any] = BoundWorkflow(get_workflow(record.workflow), RunOptions())
     owner = process_owner()
     record = bound._claim_existing(store, record, owner)
     prepared: RunContext | None = None
@@ -663,6 +748,7 @@ class Step(Generic[P, R]):
         serializer: str = "json",
         kind: str = "step",
     ) -> None:
+        check_function(fn, kind)
         if not isinstance(retries, int) or retries < 0:
             raise UserError(f"retries must be an integer >= 0, got {retries!r}")
         if retries and retry is not None:
@@ -684,6 +770,8 @@ class Step(Generic[P, R]):
         self.retry = retry
         self.timeout = None if timeout is None else make_timeout(timeout)
         self.fn = fn
+        if name:
+            check_name(name, f"a {kind}'s name", colon=True)  # no NUL, line break, 10k characters
         self.name = name or _qualname(fn)
         self.at_most_once = at_most_once
         self.serializer = check_serializer(serializer)

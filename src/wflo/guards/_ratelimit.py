@@ -13,6 +13,7 @@ limit) is let through once the bucket is full and leaves it in debt, rather than
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -70,8 +71,11 @@ def charge(bucket: Bucket | None, amount: float, *, capacity: float, per_second:
 def check_rates(where: str, requests_per_minute: Any, tokens_per_minute: Any) -> None:
     """Refuse a rate that is not a positive number (``None`` means no limit)."""
     for name, value in (("requests_per_minute", requests_per_minute), ("tokens_per_minute", tokens_per_minute)):
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
-            raise UserError(f"{where}({name}=...) must be a positive number or None, got {value!r}")
+        # NaN passed "<= 0" and made every bucket NaN; infinity is what None already says.
+        if value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value <= 0
+        ):
+            raise UserError(f"{where}({name}=...) must be a finite, positive number or None, got {value!r}")
 
 
 def describe(requests_per_minute: float | None, tokens_per_minute: float | None) -> str:

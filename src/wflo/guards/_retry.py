@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -172,10 +173,21 @@ class RetryPolicy:
             raise UserError(f"RetryPolicy(attempts=...) must be an integer >= 1, got {self.attempts!r}")
         for name in ("backoff", "max_backoff"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise UserError(f"RetryPolicy({name}=...) must be seconds >= 0, got {value!r}")
+            # NaN compares false with everything: it would pass "< 0" and sleep(nan) raises later.
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise UserError(f"RetryPolicy({name}=...) must be a finite number of seconds >= 0, got {value!r}")
         if self.max_backoff < self.backoff:
             raise UserError(f"RetryPolicy: max_backoff ({self.max_backoff}) is below backoff ({self.backoff})")
+        retry_on = self.retry_on
+        if isinstance(retry_on, type) and issubclass(retry_on, BaseException):
+            object.__setattr__(self, "retry_on", (retry_on,))  # retry_on=TimeoutError: as the tuple
+        elif isinstance(retry_on, tuple):
+            if not all(isinstance(c, type) and issubclass(c, BaseException) for c in retry_on):
+                raise UserError(f"RetryPolicy(retry_on=...) takes exception classes, got {retry_on!r}")
+        elif retry_on is not None and not callable(retry_on):
+            raise UserError(
+                f"RetryPolicy(retry_on=...) takes a tuple of exception classes or a function of the error, got {retry_on!r}"
+            )
 
     def should_retry(self, error: BaseException) -> bool:
         """Whether ``error`` is worth another attempt under this policy."""

@@ -11,7 +11,7 @@ from .._errors import UserError
 from ..engine import Call, current_run, guarded_call
 from ..guards import parse_duration
 from ._base import Limits, SandboxBackend, SandboxResult, parse_size
-from ._bwrap import BwrapBackend
+from ._bwrap import BwrapBackend, _work_path
 from ._egress import Egress
 
 PYTHON = "/usr/bin/python3"
@@ -51,6 +51,24 @@ def _backend(name: str) -> SandboxBackend:
     return _backends[name]
 
 
+def _path(path: Any) -> str:
+    """A file's path, refused here (not at the first run) unless it is under /work/."""
+    if not isinstance(path, str) or "\x00" in path:
+        raise UserError(f"sandbox files go under /work/, got {path!r}")
+    _work_path(path)
+    return path
+
+
+def _content(path: str, content: Any) -> bytes:
+    """A file's content as bytes; text is UTF-8. Anything else is refused: ``bytes(5)`` would
+    write five NUL bytes."""
+    if isinstance(content, str):
+        return content.encode()
+    if isinstance(content, bytes | bytearray | memoryview):
+        return bytes(content)
+    raise UserError(f"sandbox file {path!r} must be given as text or bytes, got {type(content).__name__}")
+
+
 class Sandbox:
     """Runs untrusted code with no host files, no network, no secrets and hard limits.
 
@@ -85,10 +103,7 @@ class Sandbox:
             memory=parse_size(memory, "memory"), cpu_seconds=cpu_seconds, wall=parse_duration(wall, "wall"), processes=processes,
             output=parse_size(output, "output"), file_size=parse_size(file_size, "file_size"),
         )  # fmt: skip
-        self.files = {
-            path: content.encode() if isinstance(content, str) else bytes(content)
-            for path, content in (files or {}).items()
-        }
+        self.files = {_path(path): _content(path, content) for path, content in (files or {}).items()}
         self.network = Egress.parse(network)
         if not isinstance(pool, int) or isinstance(pool, bool) or pool < 0:
             raise UserError(f"pool must be a number of warm sandboxes (0 for none), got {pool!r}")

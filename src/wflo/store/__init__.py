@@ -101,20 +101,39 @@ def _pool_size(url: str, params: dict[str, str]) -> int:
     return size
 
 
-def _make(url: str, *, create: bool = True) -> Store:
+def check_url(url: str) -> None:
+    """Refuse a store URL wflo cannot open (a typo of its scheme, a SQLite URL without its
+    third slash, a NUL) with ``ConfigurationError``, without opening anything: the settings
+    check it when they are built (``wflo.configure(database=...)``), not at the first run."""
     scheme, sep, rest = url.partition(":")
     scheme = scheme.split("+", 1)[0].lower()
+    if "\x00" in unquote(url):
+        raise ConfigurationError(f"database URL {url!r} contains a NUL character")
     if scheme == "sqlite":
         # sqlite:///relative.db and sqlite:////abs/path.db (the path follows the third
         # slash). Anything else is refused with that spelling rather than guessed at:
         # sqlite://rel.db used to open "el.db", and sqlite:/abc.db raised IndexError.
-        body, _, query = rest.partition("?")
+        body = rest.partition("?")[0]
         if not body.startswith("///"):
             hint = body.lstrip("/")
             raise ConfigurationError(
                 f"{url!r} is not a SQLite URL wflo understands: {_SQLITE_HELP} "
                 f"(did you mean sqlite:///{hint} or sqlite:////{hint}?)"
             )
+        return
+    if scheme in ("postgresql", "postgres") and sep:
+        return
+    raise ConfigurationError(
+        f"unsupported database URL {url!r}: use sqlite:///path/to/wflo.db or postgresql://user@host/db"
+    )
+
+
+def _make(url: str, *, create: bool = True) -> Store:
+    check_url(url)
+    scheme, sep, rest = url.partition(":")
+    scheme = scheme.split("+", 1)[0].lower()
+    if scheme == "sqlite":
+        body, _, query = rest.partition("?")
         path = unquote(body[3:])
         params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
         sync = params.pop("synchronous", "NORMAL").upper()

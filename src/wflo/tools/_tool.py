@@ -44,7 +44,7 @@ class Tool(Step[P, R]):
             raise UserError("approval= takes a wflo.Approval(...)")
         if risk not in RISKS:
             raise UserError(f"risk must be one of {', '.join(RISKS)}, got {risk!r}")
-        name = options.pop("name", None) or fn.__name__
+        name: str = options.pop("name", None) or getattr(fn, "__name__", "")  # not a function: Step says so
         super().__init__(fn, name=name, kind="tool", **options)
         self.description = description or inspect.cleandoc(fn.__doc__ or "").split("\n\n")[0] or name
         self.approval = approval

@@ -279,9 +279,7 @@ def test_approving_a_decided_request_says_only_that(sqlite_url: str) -> None:
     assert again.stderr.strip() == f"error: approval {request} is already rejected"
 
 
-def test_a_third_ctrl_c_stops_the_worker_at_once_and_the_run_resumes_elsewhere(
-    sqlite_url: str, tmp_path: Path
-) -> None:
+def test_a_third_ctrl_c_stops_the_worker_at_once_and_the_run_resumes_elsewhere(sqlite_url: str, tmp_path: Path) -> None:
     import signal
     import time
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import wflo
 from wflo._errors import RateLimitedError, UserError
 from wflo.guards import RateLimiter
 from wflo.guards._ratelimit import Bucket, refill, take
@@ -118,3 +119,12 @@ def test_no_limits_never_wait() -> None:
 def test_bad_limits_are_user_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(UserError):
         RateLimiter("k", **kwargs)
+
+
+@pytest.mark.parametrize("rate", [float("nan"), float("inf")])
+def test_a_rate_must_be_finite(rate: float) -> None:
+    # NaN passed "<= 0" (every bucket then held NaN tokens); infinity is what None says.
+    with pytest.raises(UserError, match=r"requests_per_minute=\.\.\.\) must be a finite, positive number or None"):
+        RateLimiter("provider:openai", requests_per_minute=rate)
+    with pytest.raises(UserError, match=r"rate_limit\(tokens_per_minute=\.\.\.\) must be a finite, positive number"):
+        wflo.policies.rate_limit("provider:openai", tokens_per_minute=rate)

@@ -279,3 +279,29 @@ def test_decorator_for_sync_and_async() -> None:
 def test_bad_policies_are_user_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(UserError):
         RetryPolicy(**kwargs)
+
+
+# ----------------------------------------------------------- policies built with nonsense
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        # NaN passed "< 0" and "max_backoff < backoff": a NaN delay reached sleep().
+        ({"backoff": float("nan")}, r"RetryPolicy\(backoff=\.\.\.\) must be a finite number of seconds >= 0, got nan"),
+        ({"max_backoff": float("nan")}, r"RetryPolicy\(max_backoff=\.\.\.\) must be a finite"),
+        ({"backoff": float("inf"), "max_backoff": float("inf")}, r"RetryPolicy\(backoff=\.\.\.\) must be a finite"),
+        ({"retry_on": 5}, r"retry_on=\.\.\.\) takes a tuple of exception classes or a function of the error, got 5"),
+        ({"retry_on": (ValueError, "TimeoutError")}, r"retry_on=\.\.\.\) takes exception classes"),
+    ],
+)
+def test_nonsense_retry_policies_are_refused(options: dict[str, Any], says: str) -> None:
+    with pytest.raises(UserError, match=says):
+        RetryPolicy(**options)
+
+
+def test_retry_on_one_exception_class_means_that_class() -> None:
+    # A class is callable: retry_on=ValueError was called as a predicate, ValueError(error),
+    # whose truthy instance retried every error, a KeyError too.
+    policy = RetryPolicy(retry_on=ValueError)
+    assert policy.retry_on == (ValueError,)
+    assert policy.should_retry(ValueError("x"))
+    assert not policy.should_retry(KeyError("x"))
