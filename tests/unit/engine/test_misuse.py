@@ -223,7 +223,10 @@ def test_an_async_step_called_from_a_sync_workflow_says_await(sqlite_configured:
     ("options", "says"),
     [
         # The lease's expiry date overflowed at the first run: OverflowError from datetime.
-        ({"lease_seconds": 1e12}, r"lease_seconds=1000000000000\.0 is not a valid .* at most 3,153,600,000 \(a century\)"),
+        (
+            {"lease_seconds": 1e12},
+            r"lease_seconds=1000000000000\.0 is not a valid .* at most 3,153,600,000 \(a century\)",
+        ),
         ({"reservation_ttl": 1e12}, r"reservation_ttl=.* at most 3,153,600,000"),
         ({"session_hours": 1e9}, r"session_hours=.* at most 876,000"),
         ({"principal": "user:a\x00"}, r"principal='user:a\\x00' is not a valid principal setting; accepted: printable"),
