@@ -12,20 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from test_serialize_limits import _one_line, _runs
 
 import wflo
 from wflo import _config
 from wflo.engine._workflow import registered_workflows
-
-
-def _runs() -> int:
-    return sum(_config.get_store().count_runs_by_status().values())
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc)
-    assert "\n" not in text
-    return text
 
 
 @pytest.fixture
