@@ -106,13 +106,7 @@ def register(router: Router) -> None:
             raise HTTPException(422, str(exc)) from None
         return {"items": items, "next_cursor": nxt}
 
-    @router.route("GET", "/api/v1/runs/{run_id}", permission="runs:read", scope=run_scope)
-    def runs_get(request: Request, run_id: str) -> dict[str, Any]:
-        """A run: its record, cost (spent, reserved, per limited scope), child runs, approvals,
-        and whether its hash chain verifies."""
-        return detail(store, store.get_run(run_id))
-
-    @router.route("GET", "/api/v1/runs/{run_id}/events", permission="runs:read", scope=run_scope)
+    @router.route("GET", "/api/v1/runs/{run_id:path}/events", permission="runs:read", scope=run_scope)
     def runs_events(
         request: Request, run_id: str, after: Annotated[int, _range(0)] = 0,
         limit: Annotated[int, _range(1, EVENTS_MAX)] = 200,
@@ -134,22 +128,32 @@ def register(router: Router) -> None:
         except actions.Conflict as exc:
             raise HTTPException(409, str(exc)) from None
 
-    @router.route("POST", "/api/v1/runs/{run_id}/cancel", permission="runs:cancel", scope=run_scope)
+    @router.route("POST", "/api/v1/runs/{run_id:path}/cancel", permission="runs:cancel", scope=run_scope)
     def runs_cancel(request: Request, run_id: str) -> dict[str, Any]:
         """Ask the run to stop at its next step boundary (at once when queued or waiting)."""
         return dict(_act(actions.cancel, store, run_id, who_of(request)))
 
-    @router.route("POST", "/api/v1/runs/{run_id}/resume", permission="runs:resume", scope=run_scope)
+    @router.route("POST", "/api/v1/runs/{run_id:path}/resume", permission="runs:resume", scope=run_scope)
     def runs_resume(request: Request, run_id: str) -> dict[str, Any]:
         """Hand a blocked run back to the workers (after the code or the disk was fixed)."""
         return dict(_act(actions.resume, store, run_id, who_of(request)))
 
-    @router.route("POST", "/api/v1/runs/{run_id}/retry", permission="runs:resume", scope=run_scope, status_code=201)
+    @router.route(
+        "POST", "/api/v1/runs/{run_id:path}/retry", permission="runs:resume", scope=run_scope, status_code=201
+    )
     def runs_retry(request: Request, run_id: str) -> dict[str, Any]:
         """Start the run again as a new run (same workflow, input, tenant). With an
         ``Idempotency-Key`` header, sending it twice starts one run."""
         key = request.headers.get("idempotency-key")
         return run_json(_act(actions.retry, store, run_id, who_of(request), key))
+
+    # After the routes below a run's id (``{run_id:path}``: an id may hold "/", as LangGraph's
+    # thread ids do), which would otherwise read ".../events" as part of an id.
+    @router.route("GET", "/api/v1/runs/{run_id:path}", permission="runs:read", scope=run_scope)
+    def runs_get(request: Request, run_id: str) -> dict[str, Any]:
+        """A run: its record, cost (spent, reserved, per limited scope), child runs, approvals,
+        and whether its hash chain verifies."""
+        return detail(store, store.get_run(run_id))
 
     @router.route("POST", "/api/v1/runs/bulk", permission="runs:cancel", scope=bulk_scope)
     def runs_bulk(request: Request, body: BulkBody) -> dict[str, Any]:
@@ -197,4 +201,4 @@ def register(router: Router) -> None:
         )  # fmt: skip
 
     page_route(router, "/runs", "Runs", script="runs.js", body="<div id='runs-page'></div>")
-    page_route(router, "/runs/{run_id}", "Run", script="run.js", body="<div id='run-page'></div>")
+    page_route(router, "/runs/{run_id:path}", "Run", script="run.js", body="<div id='run-page'></div>")

@@ -2,7 +2,7 @@
 // journal as a timeline that grows while the run runs.
 import { api, h, mount, stream, may, usd, when, toast, table } from "./wflo.js";
 
-const runId = decodeURIComponent(location.pathname.split("/")[2] || "");
+const runId = decodeURIComponent(location.pathname.slice("/runs/".length)); // an id may hold "/" (%2F)
 const FINAL = new Set(["succeeded", "failed", "cancelled", "stopped"]);
 let run = null;
 let lastSeq = 0;
