@@ -47,15 +47,25 @@ class Heartbeats:
 
     def hand_back(self, owner: str, *, on: bool = True) -> None:
         """Ask every run ``owner`` executes, now or from now on, to stop at its next call and
-        release its lease (``RunReleased``): its worker is stopping. ``on=False``: forget
-        ``owner`` (the worker has stopped)."""
+        release its lease (``RunReleased``): its worker is stopping. So are the child runs they
+        are inside now (a child runs in its parent's thread, under this process's owner): the
+        child is released first, then its parent, whose replay on another worker takes the
+        child up where it stopped. ``on=False``: forget ``owner`` (the worker has stopped)."""
         with self._lock:
             if not on:
                 self._handing_back.discard(owner)
                 return
             self._handing_back.add(owner)
+            released = {ctx.run_id for ctx in self._runs.values() if ctx.owner == owner}
+            grew = True
+            while grew:  # children, then their children
+                grew = False
+                for ctx in self._runs.values():
+                    if ctx.run_id not in released and ctx.record.parent_id in released:
+                        released.add(ctx.run_id)
+                        grew = True
             for ctx in self._runs.values():
-                if ctx.owner == owner:
+                if ctx.run_id in released:
                     ctx.release_requested = True
 
     def _loop(self) -> None:

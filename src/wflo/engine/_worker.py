@@ -146,12 +146,19 @@ class Worker:
                     # we took the run back under the same owner name: the thread running it
                     # carries on. Fencing cannot tell two threads of one owner apart, so a
                     # second thread would run its steps twice, at the same time.
+                    if not ours and self._stop.is_set():
+                        # Asked to stop while this claim was on its way: let the run go at once
+                        # (nothing of it ran here), for another worker, rather than start it.
+                        self._let_go(claimed)
+                        break
                     if not ours:
                         self._submit(pool, claimed, sent_at)
                     continue
                 with self._lock:
                     busy = bool(self._active)
-                if not busy and idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
+                if busy:  # idle means nothing to do: counted from the end of the last run, not its claim
+                    idle_since = time.monotonic()
+                elif idle_timeout is not None and time.monotonic() - idle_since > idle_timeout:
                     break
                 if busy and free <= 0:
                     time.sleep(0.01)
@@ -166,6 +173,12 @@ class Worker:
                 heartbeats.hand_back(self.owner, on=False)
                 self._gone()
         return self.completed
+
+    def _let_go(self, record: RunRecord) -> None:
+        try:
+            self.store.release(record.id, self.owner)
+        except Exception as exc:  # its lease then lapses, as a dead worker's would
+            log.warning("wflo worker: could not release run %s: %s", record.id, exc)
 
     def _info(self) -> WorkerInfo:
         return WorkerInfo(id=self.owner, host=socket.gethostname(), pid=os.getpid(), concurrency=self.concurrency,

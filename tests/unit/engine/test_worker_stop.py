@@ -122,6 +122,50 @@ def test_an_async_run_is_handed_back_too(configured: str) -> None:
     assert handle.result(timeout=5) == 6 and ran == [0, 1, 2]
 
 
+def test_a_child_run_in_progress_is_handed_back_with_its_parent(configured: str) -> None:
+    # A child runs in its parent's thread under the process's owner, not the worker's: the stop must
+    # reach it too, or the worker waits for the whole child (a sub-agent) before letting go.
+    _config.configure(database=configured, lease_seconds=30)
+    ran: list[str] = []
+    entered, gate = threading.Event(), threading.Event()
+
+    @wflo.step
+    def sub(i: int) -> int:
+        ran.append(f"sub{i}")
+        if i == 1:
+            entered.set()
+            assert gate.wait(10)
+        return i
+
+    @wflo.workflow(name="handback.child")
+    def child() -> int:
+        return sum(sub(i) for i in range(3))
+
+    @wflo.step
+    def top() -> int:
+        ran.append("top")
+        return 100
+
+    @wflo.workflow(name="handback.parent")
+    def parent() -> int:
+        return top() + child() + top()
+
+    handle = parent.start()
+    first = Worker(concurrency=1, workflows=["handback.parent", "handback.child"])
+    _stop_in_step(first, entered, gate)
+    store = _config.get_store()
+    kids = [r for r in store.list_runs(limit=50) if r.workflow == "handback.child"]
+    assert len(kids) == 1 and kids[0].lease_owner is None, kids
+    assert _types(store, kids[0].id)[-1] == "run.released"
+    assert _types(store, handle.id)[-1] == "run.released"
+    assert ran == ["top", "sub0", "sub1"]
+
+    assert Worker(concurrency=1, workflows=["handback.parent", "handback.child"]).run(max_runs=1, idle_timeout=10) == 1
+    assert handle.result(timeout=5) == 203
+    assert ran == ["top", "sub0", "sub1", "sub2", "top"], "a step ran twice or not at all"
+    assert store.get_run(kids[0].id).status == "succeeded"
+
+
 def test_stop_without_hand_back_lets_runs_finish(configured: str) -> None:
     entered, gate = threading.Event(), threading.Event()
 
@@ -291,3 +335,18 @@ def test_store_wait_gives_up_with_the_reason(app_env: dict[str, str]) -> None:
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 4 and "waiting for the store" not in proc.stdout
+
+
+def test_idle_exit_counts_from_the_end_of_the_last_run(configured: str) -> None:
+    # "Exit after this long with nothing to do": a run longer than the idle time does not count as
+    # idleness (the worker left the moment a long run ended, before a run enqueued then was seen).
+    @wflo.workflow(name="handback.long")
+    def long() -> str:
+        time.sleep(0.6)
+        return "done"
+
+    handle = long.start()
+    t0 = time.monotonic()
+    assert Worker(concurrency=1, workflows=["handback.long"]).run(idle_timeout=0.3) == 1
+    assert time.monotonic() - t0 >= 0.9, "the worker left at once after a run longer than --idle-exit"
+    assert handle.result(timeout=5) == "done"
