@@ -210,10 +210,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 _NON_NEGATIVE: set[str] = {"retention_days"}
 # Durations: at most a century in their unit. Longer ones overflow the dates and timeouts they
 # are added to (a run failed with OverflowError; `wflo audit prune` raised it).
-_CENTURY_DAYS = 36_500
+CENTURY_DAYS = 36_500
+"""The longest duration wflo takes anywhere (settings, token expiries), in days."""
 _MAX: dict[str, float] = {
-    "lease_seconds": _CENTURY_DAYS * 86_400, "reservation_ttl": _CENTURY_DAYS * 86_400,
-    "poll_interval": _CENTURY_DAYS * 86_400, "retention_days": _CENTURY_DAYS, "session_hours": _CENTURY_DAYS * 24,
+    "lease_seconds": CENTURY_DAYS * 86_400, "reservation_ttl": CENTURY_DAYS * 86_400,
+    "poll_interval": CENTURY_DAYS * 86_400, "retention_days": CENTURY_DAYS, "session_hours": CENTURY_DAYS * 24,
 }  # fmt: skip
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .._config import CENTURY_DAYS
 from .._errors import AuthenticationError, UserError
 from ..store import NewEvent, StoreOp, now_iso
 from ._access import Access, Principal
@@ -34,7 +35,7 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-_LONGEST = timedelta(days=36_500)
+_LONGEST = timedelta(days=CENTURY_DAYS)
 
 
 def parse_duration(text: str) -> timedelta:

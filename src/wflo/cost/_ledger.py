@@ -37,6 +37,7 @@ _next_expiry: weakref.WeakKeyDictionary[Store, float] = weakref.WeakKeyDictionar
 DEFAULT_ALERTS = (50, 80, 100)
 
 
+_MAX_USD = Decimal(10**12)
 _PLACES = 30
 
 
@@ -58,9 +59,6 @@ def to_usd(value: Any, what: str = "amount") -> Decimal:
     if amount and int(amount.as_tuple().exponent) < -_PLACES:
         raise UserError(f"{what} must have at most {_PLACES} decimal places, got {value!r}")
     return amount if amount else Decimal(0)  # "0E-999999999" too
-
-
-_MAX_USD = Decimal(10**12)
 
 
 def to_alerts(value: Any, what: str = "alerts") -> tuple[int, ...]:

@@ -146,12 +146,12 @@ class Worker:
                     # we took the run back under the same owner name: the thread running it
                     # carries on. Fencing cannot tell two threads of one owner apart, so a
                     # second thread would run its steps twice, at the same time.
-                    if not ours and self._stop.is_set():
-                        # Asked to stop while this claim was on its way: let the run go at once
-                        # (nothing of it ran here), for another worker, rather than start it.
-                        self._let_go(claimed)
-                        break
                     if not ours:
+                        if self._stop.is_set():
+                            # Asked to stop while this claim was on its way: let the run go at
+                            # once (nothing of it ran here), for another worker, not start it.
+                            self._let_go(claimed)
+                            break
                         self._submit(pool, claimed, sent_at)
                     continue
                 with self._lock:

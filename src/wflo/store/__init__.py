@@ -130,7 +130,7 @@ def check_url(url: str) -> None:
 
 def _make(url: str, *, create: bool = True) -> Store:
     check_url(url)
-    scheme, sep, rest = url.partition(":")
+    scheme, _, rest = url.partition(":")
     scheme = scheme.split("+", 1)[0].lower()
     if scheme == "sqlite":
         body, _, query = rest.partition("?")
@@ -151,33 +151,30 @@ def _make(url: str, *, create: bool = True) -> Store:
         from ._sqlite import SQLiteStore
 
         return SQLiteStore(url, path, synchronous=sync, create=create, pool_size=size)
-    if scheme in ("postgresql", "postgres") and sep:
-        from ._postgres import PostgresStore
+    # PostgreSQL: ``check_url`` refused every other scheme.
+    from ._postgres import PostgresStore
 
-        pg_url = "postgresql:" + rest
-        base, _, query = pg_url.partition("?")
-        parts = [p for p in query.split("&") if p]
-        params = dict(p.split("=", 1) for p in parts if "=" in p)
-        size = _pool_size(url, params)
-        # pool_size, pooler and listen_url are ours, not libpq's: they must not reach the
-        # server's connection string. Without them in the URL, the settings say (pg_pooler,
-        # pg_listen_url), so every store a process opens on the same URL agrees.
-        from .._config import settings
+    pg_url = "postgresql:" + rest
+    base, _, query = pg_url.partition("?")
+    parts = [p for p in query.split("&") if p]
+    params = dict(p.split("=", 1) for p in parts if "=" in p)
+    size = _pool_size(url, params)
+    # pool_size, pooler and listen_url are ours, not libpq's: they must not reach the
+    # server's connection string. Without them in the URL, the settings say (pg_pooler,
+    # pg_listen_url), so every store a process opens on the same URL agrees.
+    from .._config import settings
 
-        cfg = settings()
-        pooler = unquote(params.get("pooler", cfg.pg_pooler)).lower()
-        if pooler not in ("none", "session", "transaction"):
-            raise ConfigurationError(f"pooler must be none, session or transaction in {url!r}, got {pooler!r}")
-        listen_url = unquote(params.get("listen_url", cfg.pg_listen_url))
-        ours = ("pool_size=", "pooler=", "listen_url=")
-        kept = [p for p in parts if not p.startswith(ours)]
-        return PostgresStore(
-            base + ("?" + "&".join(kept) if kept else ""),
-            pool_size=size,
-            pooler=pooler,
-            listen_url=listen_url,
-            poll_interval=cfg.poll_interval,
-        )
-    raise ConfigurationError(
-        f"unsupported database URL {url!r}: use sqlite:///path/to/wflo.db or postgresql://user@host/db"
+    cfg = settings()
+    pooler = unquote(params.get("pooler", cfg.pg_pooler)).lower()
+    if pooler not in ("none", "session", "transaction"):
+        raise ConfigurationError(f"pooler must be none, session or transaction in {url!r}, got {pooler!r}")
+    listen_url = unquote(params.get("listen_url", cfg.pg_listen_url))
+    ours = ("pool_size=", "pooler=", "listen_url=")
+    kept = [p for p in parts if not p.startswith(ours)]
+    return PostgresStore(
+        base + ("?" + "&".join(kept) if kept else ""),
+        pool_size=size,
+        pooler=pooler,
+        listen_url=listen_url,
+        poll_interval=cfg.poll_interval,
     )

@@ -34,16 +34,16 @@ def _types(store: object, run_id: str) -> list[str]:
     return [e.type for e in store.events(run_id)]  # type: ignore[attr-defined]
 
 
-def _stop_in_step(worker: Worker, entered: threading.Event, gate: threading.Event) -> threading.Thread:
-    """Serve in a thread; once a step is in progress, ask for the hand-back, then let the step end."""
+def _stop_in_step(worker: Worker, entered: threading.Event, gate: threading.Event, *, hand_back: bool = True) -> None:
+    """Serve in a thread; once a step is in progress, ask the worker to stop (and hand its runs
+    back), then let the step end; the worker must then return."""
     served = threading.Thread(target=worker.run, kwargs={"idle_timeout": 30})
     served.start()
     assert entered.wait(10), "the step never started"
-    worker.stop(hand_back=True)
+    worker.stop(hand_back=hand_back)
     gate.set()
     served.join(15)
-    assert not served.is_alive(), "the worker did not stop after handing its run back"
-    return served
+    assert not served.is_alive(), "the worker did not stop" + (" after handing its run back" if hand_back else "")
 
 
 def test_hand_back_after_the_step_in_progress_then_another_worker_resumes_at_once(configured: str) -> None:
@@ -181,13 +181,8 @@ def test_stop_without_hand_back_lets_runs_finish(configured: str) -> None:
 
     handle = flow.start()
     worker = Worker(concurrency=1, workflows=["handback.finish"])
-    served = threading.Thread(target=worker.run, kwargs={"idle_timeout": 30})
-    served.start()
-    assert entered.wait(10)
-    worker.stop()
-    gate.set()
-    served.join(15)
-    assert not served.is_alive() and (worker.completed, worker.released) == (1, 0)
+    _stop_in_step(worker, entered, gate, hand_back=False)
+    assert (worker.completed, worker.released) == (1, 0)
     assert handle.result(timeout=5) == "done!"
 
 
