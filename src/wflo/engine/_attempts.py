@@ -36,12 +36,37 @@ class Step(NamedTuple):
     """One effect an attempt generator asks its driver to perform."""
 
     op: str
-    """``"sleep"`` (``arg`` seconds), ``"store"`` (call ``arg()``, which touches the store), else
-    the name of a method of the driver's ``io``."""
+    """``"sleep"`` (``arg``: ``(seconds, check)``, where ``check()`` raises to end the wait early
+    and is called at least every :data:`NAP` s), ``"store"`` (call ``arg()``, which touches the
+    store), else the name of a method of the driver's ``io``."""
     arg: Any = None
 
 
 Attempts = Generator[Step, Any, R]
+
+
+NAP = 0.1
+"""The longest a ``"sleep"`` step goes without calling its ``check``."""
+
+
+def _nap(seconds: float, check: Callable[[], None]) -> None:
+    end = time.monotonic() + seconds
+    while True:
+        check()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, NAP))
+
+
+async def _anap(seconds: float, check: Callable[[], None]) -> None:
+    end = time.monotonic() + seconds
+    while True:
+        check()
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, NAP))
 
 
 def drive(steps: Attempts[R], io: Any) -> R:
@@ -52,7 +77,7 @@ def drive(steps: Attempts[R], io: Any) -> R:
             try:
                 result = None
                 if step.op == "sleep":
-                    time.sleep(step.arg)
+                    _nap(*step.arg)
                 elif step.op == "store":
                     result = step.arg()
                 else:
@@ -73,7 +98,7 @@ async def adrive(steps: Attempts[R], io: Any) -> R:
             try:
                 result = None
                 if step.op == "sleep":
-                    await asyncio.sleep(step.arg)
+                    await _anap(*step.arg)
                 elif step.op == "store":
                     result = await off_loop(step.arg, run=getattr(io, "run", None))
                 else:

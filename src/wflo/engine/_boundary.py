@@ -470,7 +470,7 @@ def _attempts(call: Call) -> Attempts[Outcome]:
     while True:
         attempt += 1
         try:
-            outcome.value = yield Step("run")
+            outcome.value = yield Step("attempt")
             break
         except BaseException as exc:
             delay = _retry_delay(call, exc, attempt)
@@ -478,12 +478,14 @@ def _attempts(call: Call) -> Attempts[Outcome]:
                 outcome.error = exc
                 break
             yield Step("store", functools.partial(_note_retry, call, attempt, exc, delay))
-            yield Step("sleep", delay)
-            # The retry is a new start of the call, after a wait the lease may not have outlived.
             try:
+                # The wait ends early when the run is cancelled or handed back (its worker is
+                # stopping): a backoff of minutes must not hold up either.
+                yield Step("sleep", (delay, call.run.check_cancelled))
+                # The retry is a new start of the call, after a wait the lease may not have outlived.
                 yield Step("store", call.run.ensure_lease)
-            except BaseException as lost:
-                outcome.error = lost
+            except BaseException as stop:
+                outcome.error = stop
                 break
     outcome.duration_ms = (time.perf_counter() - t0) * 1000
     outcome.attempts = attempt
@@ -491,10 +493,14 @@ def _attempts(call: Call) -> Attempts[Outcome]:
 
 
 class _Run:
-    def __init__(self, call: Call, fn: Callable[..., Any]) -> None:
-        self.call, self.fn = call, fn
+    """The io of :func:`_attempts`' drivers. ``run``: the run whose store the ``"store"`` steps
+    go to (the drivers' convention; an op named ``run`` once shadowed it, and every async step
+    with a retry policy failed on its first retry with an AttributeError)."""
 
-    def run(self, _: object) -> Any:
+    def __init__(self, call: Call, fn: Callable[..., Any]) -> None:
+        self.call, self.fn, self.run = call, fn, call.run
+
+    def attempt(self, _: object) -> Any:
         call = self.call
         if call.timeout is None:
             return self.fn(*call.args, **call.kwargs)
@@ -502,7 +508,7 @@ class _Run:
 
 
 class _ARun(_Run):
-    async def run(self, _: object) -> Any:
+    async def attempt(self, _: object) -> Any:
         call = self.call
         if call.timeout is None:
             return await self.fn(*call.args, **call.kwargs)

@@ -159,7 +159,7 @@ def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
                     raise
             if after is None:  # finish_call raises the call's error: never reached
                 raise exc
-            yield Step("sleep", after.delay)
+            yield Step("sleep", (after.delay, ctx.check_cancelled))
             request, attempt, _, replaced = after
             continue
         after = _after_failure(call, mod, request, attempt, response, None, live=True)
@@ -167,7 +167,7 @@ def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
             yield Step("read", response)
             yield Step("store", functools.partial(_end, call, response, response.content, True, t0))
             yield Step("close", response)
-            yield Step("sleep", after.delay)
+            yield Step("sleep", (after.delay, ctx.check_cancelled))
             request, attempt, _, replaced = after
             continue
         if _is_stream(response):

@@ -839,11 +839,20 @@ class Store(Connections):
         here (its WAL writer flushes relaxed commits within about 3 x ``wal_writer_delay``)."""
 
     def release(self, run_id: str, owner: str) -> None:
-        """Give up a lease without changing the run (it becomes claimable at once)."""
-        self._retrying(lambda: self._write(
-            "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?",
-            (run_id, owner),
-        ))  # fmt: skip
+        """Give up a lease without changing the run (it becomes claimable at once, and idle
+        PostgreSQL workers are told so: they claim it now, not at their next poll)."""
+
+        def go() -> None:
+            with self._tx() as cur:
+                self.execute(
+                    cur,
+                    "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ? AND lease_owner = ?",
+                    (run_id, owner),
+                )
+                if cur.rowcount:
+                    self._notify(cur, "wflo_runs", run_id)
+
+        self._retrying(go)
 
     def _write(self, sql: str, params: Sequence[Any]) -> int:
         with self._tx() as cur:

@@ -13,7 +13,7 @@ import pytest
 import wflo
 from wflo import _config
 from wflo.approvals import Approval
-from wflo.engine import StepOptions, ToolOptions, WorkflowOptions
+from wflo.engine import StepOptions, ToolOptions, Worker, WorkflowOptions
 from wflo.guards import RetryPolicy
 from wflo.testing import LLMServer, Reply
 
@@ -180,6 +180,29 @@ def test_step_options_apply(configured: str) -> None:
 
     assert flow.run() == ["ok", 2, "timeout"]
     assert attempts.count(1) == 3 and flaky.name == "opt-flaky"
+
+
+def test_an_async_step_is_retried_by_its_policy() -> None:
+    # The retry driver's "store" steps looked for the run on the io's ``run``, which was the
+    # attempt method: every async step with a policy failed at its first retry (AttributeError).
+    attempts: list[int] = []
+
+    @wflo.step(retry=RetryPolicy(attempts=3, backoff=0.001, jitter=False))
+    async def flaky() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConnectionError("not yet")
+        return "ok"
+
+    @wflo.workflow(name="opt-async-retry")
+    async def flow() -> str:
+        return await flaky()
+
+    handle = flow.start()
+    assert Worker(concurrency=1, workflows=["opt-async-retry"]).run(max_runs=1, idle_timeout=10) == 1
+    assert handle.result(timeout=5) == "ok" and len(attempts) == 3
+    types = [e.type for e in _config.get_store().events(handle.id)]
+    assert types.count("call.retry") == 2 and types.count("call.completed") == 1, types
 
 
 def test_tool_options_apply() -> None:

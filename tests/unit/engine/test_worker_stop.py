@@ -186,6 +186,62 @@ def test_stop_without_hand_back_lets_runs_finish(configured: str) -> None:
     assert handle.result(timeout=5) == "done!"
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_step_waiting_out_a_retry_backoff_is_handed_back_without_waiting_it_out(configured: str, kind: str) -> None:
+    # The hand-back checks at call boundaries; a retry's backoff (here 60 s) is inside a call and
+    # held the worker for the whole wait before. The wait now ends at the stop.
+    _config.configure(database=configured, lease_seconds=30)
+    tries: list[int] = []
+    entered = threading.Event()
+    policy = wflo.RetryPolicy(attempts=3, backoff=60, max_backoff=60, jitter=False)
+
+    def attempt() -> str:
+        tries.append(1)
+        if len(tries) == 1:
+            entered.set()
+            raise ConnectionError("the first attempt fails")
+        return "ok"
+
+    if kind == "sync":
+
+        @wflo.step(retry=policy)
+        def flaky() -> str:
+            return attempt()
+
+        @wflo.workflow(name=f"handback.retry.{kind}")
+        def flow() -> str:
+            return flaky() + "!"
+
+    else:
+
+        @wflo.step(retry=policy)
+        async def flaky() -> str:  # type: ignore[misc]
+            return attempt()
+
+        @wflo.workflow(name=f"handback.retry.{kind}")
+        async def flow() -> str:  # type: ignore[misc]
+            return await flaky() + "!"
+
+    handle = flow.start()
+    worker = Worker(concurrency=1, workflows=[f"handback.retry.{kind}"])
+    served = threading.Thread(target=worker.run, kwargs={"idle_timeout": 90})
+    served.start()
+    assert entered.wait(10), "the step never started"
+    time.sleep(0.3)  # into the backoff
+    t0 = time.monotonic()
+    worker.stop(hand_back=True)
+    served.join(20)
+    took = time.monotonic() - t0
+    assert not served.is_alive(), "the worker waited out the 60 s backoff"
+    store = _config.get_store()
+    types = _types(store, handle.id)
+    assert took < 5, f"the hand-back took {took:.1f} s: {types}"
+    assert worker.released == 1 and types[-1] == "run.released", types
+    assert "call.retry" in types and "call.failed" not in types, types  # the interrupt is not the call's result
+    assert Worker(concurrency=1, workflows=[f"handback.retry.{kind}"]).run(max_runs=1, idle_timeout=10) == 1
+    assert handle.result(timeout=5) == "ok!" and len(tries) == 2
+
+
 # ----------------------------------------------------------------------------- the command line
 APP = """
 import os, time, wflo
@@ -300,17 +356,23 @@ def test_ctrl_c_twice_hands_back_now_three_times_exits_now(app_env: dict[str, st
 # ----------------------------------------------------------------------------- starting
 def test_store_wait_retries_a_store_that_cannot_be_opened_yet(app_env: dict[str, str], tmp_path: Path) -> None:
     # The store's directory cannot be made while a file stands in its place (as a database that is
-    # still starting cannot be reached); it is removed after a second: the worker then starts.
+    # still starting cannot be reached); it is removed once the worker said it waits (not after a
+    # fixed time: under load the worker's start alone took longer): the worker then starts.
     blocker = tmp_path / "blocker"
     blocker.write_text("")
     env = dict(app_env, WFLO_DATABASE_URL=f"sqlite:///{blocker}/wflo.db")
-    threading.Timer(1.2, blocker.unlink).start()
-    proc = subprocess.run(
-        [sys.executable, "-m", "wflo.cli", "worker", "--import", "stopapp", "--store-wait", "30", "--idle-exit", "0.2"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("waiting for the store") >= 1 and "worker exiting" in proc.stdout, proc.stdout
+    proc = _worker(env, "--store-wait", "30", "--idle-exit", "0.2")
+    assert proc.stdout is not None
+    lines = []
+    with proc.stdout:
+        for line in proc.stdout:
+            lines.append(line)
+            if "waiting for the store" in line and blocker.is_file():
+                blocker.unlink()
+    assert proc.wait(30) == 0, "".join(lines)
+    out = "".join(lines)
+    assert (blocker / "wflo.db").is_file(), f"the worker never said it waits for the store:\n{out}"
+    assert "worker exiting" in out, out
 
 
 def test_store_wait_gives_up_with_the_reason(app_env: dict[str, str]) -> None:

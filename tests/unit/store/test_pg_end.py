@@ -218,3 +218,23 @@ def test_racing_owned_creates_of_one_id_create_it_once(pg_url: str) -> None:
         assert len(winners) == 1 and {owner for owner, _ in results} == set(winners)
         assert store.count_runs_by_status() == {"running": 1}
         assert len(store.events("r-race")) == 2
+
+
+def test_a_released_lease_tells_the_idle_workers(store: PostgresStore, pg_url: str) -> None:
+    # A worker lets go of a claim that landed after it was asked to stop (Store.release): the run
+    # is claimable at once, and the other workers must hear so, not find it at their next poll.
+    # (NOTIFY is per database and the test schemas share one: other tests' payloads are ignored.)
+    _run(store, "r-release")
+    listener = _listen(pg_url)
+
+    def heard(timeout: float) -> bool:
+        return any(n.payload == "r-release" for n in listener.notifies(timeout=timeout, stop_after=50))
+
+    try:
+        store.release("r-release", "someone-else")  # not the holder: nothing released, nobody told
+        assert not heard(0.5)
+        store.release("r-release", "a")
+        assert heard(5.0)
+    finally:
+        listener.close()
+    assert store.get_run("r-release").lease_owner is None
