@@ -201,3 +201,21 @@ def test_bad_commands_are_clear_errors(tmp_path: Path) -> None:
         connect([sys.executable, "-c", "pass"], prices={"x": 0.1})
     with pytest.raises(UserError, match="did not start"):
         connect([sys.executable, str(tmp_path / "missing.py")], timeout=20)
+
+
+def test_read_only_names_tools_not_substrings(app: Path) -> None:
+    # read_only="count_and_wipe" was a string searched by substring: the unhinted "wipe" (a
+    # destructive tool, which waits for approval) became read-only. One string is one name.
+    from wflo.mcp import connect
+
+    with connect(
+        [sys.executable, str(app / "notes_server.py")],
+        env={"NOTES_FILE": str(app / "notes.txt")},
+        read_only="count_and_wipe",
+    ) as conn:
+        effects = {t.name: t.effects for t in conn.tools}
+    assert effects["wipe"].destructive and not effects["wipe"].read_only, effects["wipe"]
+    with connect(
+        [sys.executable, str(app / "notes_server.py")], env={"NOTES_FILE": str(app / "notes.txt")}, read_only="wipe"
+    ) as conn:
+        assert next(t for t in conn.tools if t.name == "wipe").effects.read_only

@@ -70,6 +70,9 @@ def test_bad_arguments_are_user_errors() -> None:
         box.run([])
     with pytest.raises(UserError, match="code must be a string"):
         box.run_python(b"print(1)")  # type: ignore[arg-type]
+    # A string is a sequence of strings: run("print(1)") ran "p" with the rest as its arguments.
+    with pytest.raises(UserError, match=r"not a string .*run_python\(code\)"):
+        box.run("print(6*7)")
 
 
 def test_killed_by_reports_the_limit() -> None:

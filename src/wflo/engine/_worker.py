@@ -55,6 +55,10 @@ class Worker:
         queues: Sequence[str | Queue] | None = None,
     ) -> None:
         self.concurrency = max(1, concurrency)
+        if isinstance(workflows, str):  # one name (its characters were taken for names)
+            workflows = [workflows]
+        if isinstance(queues, str | Queue):
+            queues = [queues]
         self.workflows = list(workflows) if workflows else None
         self.runtime = current_runtime()
         """The runtime the worker was built in: the runs it executes use it, whichever thread

@@ -236,7 +236,14 @@ class Workflow(Generic[P, R]):
 
     # --------------------------------------------------------------- calling
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Inside a workflow: run as a child workflow. Outside: the same as ``run``."""
+        """Inside a workflow: run as a child workflow. Outside: the same as ``run``.
+
+        An ``async def`` workflow called in async code (an event loop running in this thread)
+        gives an awaitable, ``arun``'s, as any ``async def`` function does: ``await child(x)``
+        in an async parent. (It ran synchronously, blocking the loop, and handed back its
+        result, which the ``await`` then refused with a ``TypeError``.) In sync code it runs."""
+        if self.is_async and _loop_running():
+            return cast(R, self.options().arun(*args, **kwargs))
         return cast(R, self.options().run(*args, **kwargs))
 
     def run(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -250,6 +257,14 @@ class Workflow(Generic[P, R]):
     def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle:
         """Enqueue a run for a worker and return its handle at once."""
         return self.options().start(*args, **kwargs)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 MAX_CHILD_DEPTH = 50

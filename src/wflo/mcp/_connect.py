@@ -93,6 +93,10 @@ class Connection:
     ) -> None:
         if isinstance(command, str) or not command or not all(isinstance(c, str) for c in command):
             raise UserError("connect() takes the server's command as a list: ['python', 'server.py']")
+        # One name as a string is that name (as Approval's approvers): ``name in "a_text"`` was a
+        # substring test, so read_only="count_and_wipe" made an unhinted "wipe" read-only,
+        # and it ran without the approval a destructive tool waits for.
+        read_only_names = frozenset([read_only] if isinstance(read_only, str) else read_only)
         try:
             from mcp.client.stdio import StdioServerParameters
         except ImportError:
@@ -123,7 +127,7 @@ class Connection:
                 eff = Effects(read_only=bool(hints.read_only_hint), idempotent=bool(hints.idempotent_hint),
                               destructive=not hints.read_only_hint and hints.destructive_hint is not False,
                               open_world=hints.open_world_hint is not False)  # fmt: skip
-            elif r.name in read_only:
+            elif r.name in read_only_names:
                 eff = Effects(read_only=True, open_world=True)
             else:
                 eff = Effects(destructive=True, open_world=True)

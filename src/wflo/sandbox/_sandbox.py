@@ -131,6 +131,11 @@ class Sandbox:
 
     def run(self, argv: Sequence[str], *, stdin: bytes | str | None = None) -> SandboxResult:
         """Run a command (``["sh", "-c", "..."]``) in the sandbox."""
+        if isinstance(argv, str):  # a str is a sequence of str: each character became an argument
+            raise UserError(
+                f"Sandbox.run takes a list of arguments, not a string (got {argv[:40]!r}): "
+                'use run(["sh", "-c", ...]) for a shell command or run_python(code) for Python source'
+            )
         if not argv or not all(isinstance(a, str) for a in argv):
             raise UserError("argv must be a non-empty list of strings")
         data = stdin.encode() if isinstance(stdin, str) else stdin

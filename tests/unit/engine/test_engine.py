@@ -338,6 +338,40 @@ def test_child_workflow_runs_once_across_parent_replay(configured: str) -> None:
     assert len(children) == 1 and children[0].status == "succeeded"
 
 
+def test_an_async_parent_awaits_its_async_children_and_replays_them(configured: str) -> None:
+    # ``await child(x)`` in an async parent: the call ran the child synchronously, blocking the
+    # loop, and handed back its result, which the ``await`` refused (TypeError).
+    counts: Counter[str] = Counter()
+    state = {"die": True}
+
+    @wflo.workflow(name="async-kid")
+    async def kid(n: int) -> int:
+        counts[f"kid{n}"] += 1
+        await asyncio.sleep(0)
+        return n * 2
+
+    @wflo.step
+    async def boom() -> None:
+        if state["die"]:
+            raise KeyboardInterrupt
+
+    @wflo.workflow(name="async-parent")
+    async def parent() -> int:
+        one = await kid(1)
+        two, three = await asyncio.gather(kid(2), kid(3))
+        await boom()
+        return one + two + three
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(parent.options(id="apar-1").arun())
+    state["die"] = False
+    assert wflo.resume("apar-1") == 12
+    assert counts == Counter(kid1=1, kid2=1, kid3=1), counts  # replayed, not run again
+    children = _config.get_store().list_runs(parent_id="apar-1")
+    assert sorted(c.status for c in children) == ["succeeded"] * 3
+    assert kid(5) == 10  # sync code (no loop running) still runs an async workflow and returns its result
+
+
 def test_async_workflow_and_steps(configured: str) -> None:
     @wflo.step
     async def inc(x: int) -> int:

@@ -376,3 +376,20 @@ def test_queue_start_options_are_checked_before_a_run_exists(
     with pytest.raises(wflo.UserError, match=says):
         flow.options(**options).start()
     assert _runs() == 0
+
+
+def test_a_worker_given_one_name_as_a_string_serves_that_workflow(configured: str) -> None:
+    # Worker(workflows="misuse.one") took each character for a workflow's name: it served
+    # nothing and waited; queues="q" the same (each character an undeclared queue).
+    from wflo.engine import Worker
+
+    @wflo.workflow(name="misuse.one")
+    def one() -> int:
+        return 1
+
+    handle = one.start()
+    worker = Worker(concurrency=1, workflows="misuse.one")
+    assert worker.workflows == ["misuse.one"]
+    assert worker.run(max_runs=1, idle_timeout=5) == 1 and handle.result(timeout=5) == 1
+    queue = wflo.Queue("misuse-q")
+    assert Worker(queues="misuse-q").queues == Worker(queues=queue).queues == ["misuse-q"]
