@@ -21,6 +21,7 @@ from ..auth import Access, ClaimsPolicy, Identities, Principal, Tokens
 from ..config import Settings, get_store, settings
 from ..errors import AuthenticationError, WfloError
 from . import _admin, _decisions, _device, _panel, _runs, _tools
+from ._headers import SecurityHeaders
 from ._oidc import Provider, QueryRedactor
 from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, SIGNED_IN, Router, client_address, who_of
 from ._signin import PendingLogins, RateLimiter
@@ -51,6 +52,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     limiter = RateLimiter(access.store, limit=20, window=60.0)
     router = Router(app, access, tokens, limiter)
     app.state.router = router
+    app.add_middleware(SecurityHeaders)  # outermost: every answer, refusals and replays too
     pending = PendingLogins(access.store)
     provider = Provider(cfg.oidc_issuer, cfg.oidc_client_id, cfg.oidc_client_secret) if cfg.oidc_issuer else None
     policy = ClaimsPolicy.parse(
@@ -91,7 +93,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         if provider is None:
             return _page("<p>single sign-on is not configured (WFLO_OIDC_ISSUER)</p>", 503)
         # Only a local path: never an open redirect to another site.
-        target = next if next.startswith("/") and not next.startswith("//") else "/"
+        target = next if _local_path(next) else "/"
         state, item = pending.add(target)
         resp = RedirectResponse(provider.authorize_url(redirect_uri(request), state, item.nonce, item.verifier), 303)
         resp.set_cookie(_LOGIN_COOKIE, state, max_age=600, httponly=True, secure=cfg.cookie_secure, samesite="lax")
@@ -171,6 +173,15 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
 
 
 _REDACT = QueryRedactor()
+
+
+def _local_path(target: str) -> bool:
+    """A path on this site: one leading slash, no backslash (browsers read ``/\\evil`` as
+    ``//evil``), no control character (a tab or line break is dropped by the browser)."""
+    return (
+        target.startswith("/") and not target.startswith("//") and "\\" not in target
+        and not any(ord(c) < 32 or ord(c) == 127 for c in target)
+    )  # fmt: skip
 
 
 @asynccontextmanager

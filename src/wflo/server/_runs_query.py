@@ -237,15 +237,24 @@ def _chunked(store: Store, sql: str, ids: Sequence[str]) -> list[tuple[Any, ...]
     return rows
 
 
+ERROR_LIMIT = 500
+"""Characters of an error's message in a list row: a page of 50 runs that each failed with a
+megabyte of message stays small (the run's own route has the message whole)."""
+
+
+def _cut(message: Any) -> Any:
+    return message[:ERROR_LIMIT] + "…" if isinstance(message, str) and len(message) > ERROR_LIMIT else message
+
+
 def _item(r: Sequence[Any], cost: Decimal | None) -> dict[str, Any]:
     """A list row as JSON (``cost``: ``None`` where it was not summed, as in live updates)."""
     error = None
     if r[11]:
         try:
             err = json.loads(r[11])
-            error = {"type": err.get("type"), "code": err.get("code"), "message": err.get("message")}
+            error = {"type": err.get("type"), "code": err.get("code"), "message": _cut(err.get("message"))}
         except (ValueError, AttributeError):
-            error = {"type": None, "code": None, "message": str(r[11])[:500]}
+            error = {"type": None, "code": None, "message": _cut(str(r[11]))}
     return {
         "id": r[0], "workflow": r[1], "status": r[2], "tenant": r[3], "parent_id": r[4], "created_at": r[5],
         "updated_at": r[6], "finished_at": r[7], "attempts": int(r[8]), "events": int(r[9]),

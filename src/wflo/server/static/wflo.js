@@ -38,18 +38,30 @@ export async function api(method, path, body, headers = {}) {
   return data;
 }
 
-/** Build a DOM element: h("a", {href: "/runs", class: "x"}, "text", child). Text is never HTML. */
+// Bidirectional controls (U+202A-202E embeddings and overrides, U+2066-2069 isolates, U+200E/F
+// and U+061C marks) reorder the text after them: a tool argument "\u202etxt.exe" reads "exe.txt".
+// Stored text is shown with them as visible escapes, never applied. Inside JSON text the escape
+// reads back as the same character, so an edited action keeps them.
+const BIDI = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/** `text` with its bidirectional controls written out as `\u202e` (what h() shows). */
+export function visible(text) {
+  return String(text).replace(BIDI, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+}
+
+/** Build a DOM element: h("a", {href: "/runs", class: "x"}, "text", child). Text is never HTML,
+ *  and its bidirectional controls are shown, not applied (see `visible`). */
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === null || v === undefined || v === false) continue;
     if (k.startsWith("on") && typeof v === "function") el.addEventListener(k.slice(2), v);
     else if (k === "dataset") Object.assign(el.dataset, v);
-    else el.setAttribute(k, v === true ? "" : String(v));
+    else el.setAttribute(k, v === true ? "" : k === "title" ? visible(v) : String(v));
   }
   for (const c of children.flat()) {
     if (c === null || c === undefined || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    el.append(c instanceof Node ? c : document.createTextNode(visible(c)));
   }
   return el;
 }

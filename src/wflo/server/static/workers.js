@@ -19,7 +19,7 @@ async function render() {
         ["queues", (w) => (w.queues == null ? (w.registered ? "all declared" : "") : w.queues.join(", ") || "none named")],
         ["leases", (w) => String(w.leases)], ["started", (w) => (w.started_at ? when(w.started_at) : "")],
         ["last heartbeat", (w) => when(w.last_heartbeat)],
-        ["runs", (w) => h("span", {}, w.runs.slice(0, 5).map((r) => h("a", { href: `/runs/${r.id}`, class: "run" }, r.id, " ")),
+        ["runs", (w) => h("span", {}, w.runs.slice(0, 5).map((r) => h("a", { href: "/runs/" + encodeURIComponent(r.id), class: "run" }, r.id, " ")),
           w.leases > 5 ? `… ${w.leases - 5} more` : "")],
       ], data.workers, { id: "worker-list" })
     : h("p", { class: "empty" }, "No worker is up: start one with `wflo worker -i MODULE`.");
