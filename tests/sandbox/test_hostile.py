@@ -5,16 +5,25 @@
   ``/dev`` (bwrap's own tmpfs mounts, unbounded), ``/dev/shm``, memfds and SysV segments. As an
   ordinary user (no memory cgroup) a ``memory="256MiB"`` sandbox held 4 GiB of host memory this
   way; under gVisor, as root, too.
+- A file name that is not UTF-8, left in ``/work`` by the code: inside a run, the journal's
+  append failed on it (``UnicodeEncodeError``) and the run crashed.
+- A directory the code locked (``chmod 0``): as an ordinary user the supervisor could not
+  remove the scratch directory, which stayed on the host's disk after each such run.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from test_start import _run_as, _test_user
 
+import wflo
+from wflo import _config
 from wflo.sandbox import Sandbox
 from wflo.sandbox._cgroup import CGroup
 
@@ -127,3 +136,63 @@ def test_gvisor_counts_shared_memory_against_the_memory_limit() -> None:
         pytest.skip("no cgroups here: gVisor's memory is bounded per process only (docs/sandbox.md)")
     r = Sandbox(backend="runsc", memory="128MiB", cpu_seconds=10, wall="30s").run_python(SYSV_BOMB)
     assert "held 1 GiB" not in r.stdout and r.killed_by == "memory", (r.stdout[-100:], r.killed_by, r.stderr[-300:])
+
+
+NAMES = r"""
+import os
+open(b"/work/raw\xff\xfe.bin", "wb").write(b"x")
+os.mkdir(b"/work/dir\xff")
+open(b"/work/dir\xff/inside.txt", "wb").write(b"y")
+open("/work/new\nline.txt", "w").write("z")
+open("/work/..dots", "w").write("d")
+print("left")
+"""
+
+
+def test_file_names_that_are_not_utf8_do_not_break_the_journal(configured: str) -> None:
+    """Before: the result's file names held surrogate escapes, and inside a run the journal's
+    append raised ``UnicodeEncodeError``: code in the sandbox crashed the run. Such files (and
+    what is under such directories) are not taken back; other odd names are, as they are."""
+    box = Sandbox(wall="10s")
+
+    @wflo.workflow(name="sbx-hostile-names")
+    def names() -> list[str]:
+        return sorted(box.run_python(NAMES).files)
+
+    assert names.run() == ["/work/..dots", "/work/new\nline.txt"]
+    store = _config.get_store()
+    run = store.list_runs(workflow="sbx-hostile-names")[0]
+    assert run.status == "succeeded", run
+    completed = [e.data for e in store.events(run.id) if e.type == "call.completed"]
+    assert completed[-1]["sandbox"]["files"] == ["/work/..dots", "/work/new\nline.txt"]
+
+
+LOCK_OUT = [
+    "import os; os.makedirs('/work/a/b'); open('/work/a/b/f', 'w').write('x'); os.chmod('/work/a', 0)",
+    "import os; os.makedirs('/work/d'); open('/work/d/f', 'w').write('x'); os.chmod('/work/d', 0o500)",
+    "import os; os.makedirs('/work/e/f'); os.chmod('/work/e/f', 0); os.chmod('/work/e', 0o100); os.chmod('/work', 0)",
+]
+
+
+def test_directories_the_code_locks_do_not_leave_its_scratch_behind() -> None:
+    """As an ordinary user the supervisor has the sandbox's uid: a directory the code made
+    unreadable or unwritable could not be emptied, and the scratch directory (with the code's
+    files) stayed on the host's disk after every such run."""
+    uid, gid = _test_user()
+    tmp = Path(tempfile.mkdtemp(prefix="wflo-hostile-"))
+    tmp.chmod(0o1777)
+    try:
+        done = _run_as(uid, gid, (
+            "import tempfile\n"
+            f"tempfile.tempdir = {str(tmp)!r}\n"
+            "box = wflo.Sandbox(wall='10s')\n"
+            f"for code in {LOCK_OUT!r}:\n"
+            "    print(box.run_python(code).ok)\n"
+            "from wflo.sandbox._supervise import janitor\n"
+            "janitor.drain()\n"
+        ))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["True"] * len(LOCK_OUT), done.stdout
+        assert [p.name for p in tmp.iterdir()] == [], "a scratch directory outlived its sandbox"
+    finally:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
