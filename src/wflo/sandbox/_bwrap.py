@@ -4,7 +4,8 @@ Isolation: new user, pid, network, mount, ipc, uts and cgroup namespaces (``--un
 plus ``--unshare-user``), no nested user namespaces (``--disable-userns``), a new session
 (no terminal injection), death with its parent, an empty environment, a root file system that
 holds only read-only ``/usr`` (and its ``/bin``, ``/lib`` links), a fresh ``/proc`` and
-``/dev``, a size-capped tmpfs ``/tmp`` and the scratch directory ``/work``. No host ``/etc``,
+``/dev``, size-capped tmpfs ``/tmp`` and ``/dev/shm`` and the scratch directory ``/work``; the
+root and ``/dev`` themselves are read-only. No host ``/etc``,
 home, project files or sockets exist inside. The network namespace is always the sandbox's
 own: empty (no route anywhere, loopback only), or with an egress allow-list, a Unix socket to
 the host's egress proxy (``_egress.py``). Never the host's.
@@ -60,6 +61,12 @@ UID_BASE = 0x7FF00000
 the range systemd leaves unused (1879048192 to 2147483647)."""
 UID_COUNT = 65536
 ATTEMPTS = 6
+SEAL = ("--remount-ro", "/dev", "--remount-ro", "/")
+"""The last mount operations, after every other (a subclass's binds too): the root and ``/dev``
+are bwrap's own tmpfs mounts, unbounded and writable until then, so code could hold host memory
+in files there far past its ``memory`` limit where no memory cgroup counts it (an ordinary user).
+Only the mounts on them (``/work``, the size-capped ``/tmp`` and ``/dev/shm``, granted paths)
+stay writable; bwrap remounts just the one mount, not those under it."""
 # bwrap's words for a shortage that passes (EAGAIN from clone, fork or namespace creation).
 TRANSIENT = ("Resource temporarily unavailable", "Can't fork", "No space left on device", "Cannot allocate memory")
 
@@ -156,7 +163,7 @@ class BwrapBackend(SandboxBackend):
         limits = Limits(memory=256 << 20, cpu_seconds=5, wall=5, processes=8, output=1024, file_size=1024)
         try:
             probe = subprocess.run(
-                [exe, *self._flags(Path("/tmp"), limits, None, seccomp_fd), "/usr/bin/true"],
+                [exe, *self._flags(Path("/tmp"), limits, None, seccomp_fd), *SEAL, "/usr/bin/true"],
                 capture_output=True, text=True, timeout=20, preexec_fn=self._drop_privileges, start_new_session=True,
                 pass_fds=(seccomp_fd,),
             )  # fmt: skip
@@ -182,7 +189,8 @@ class BwrapBackend(SandboxBackend):
             "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--clearenv",
             "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-            "--proc", "/proc", "--dev", "/dev", "--size", str(limits.file_size), "--tmpfs", "/tmp",
+            "--proc", "/proc", "--dev", "/dev", "--size", str(limits.file_size), "--tmpfs", "/dev/shm",
+            "--size", str(limits.file_size), "--tmpfs", "/tmp",
             "--bind", str(scratch), "/work", "--chdir", "/work",
             "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work", "--setenv", "LANG", "C.UTF-8",
             "--setenv", "PYTHONDONTWRITEBYTECODE", "1", "--seccomp", str(seccomp_fd),
@@ -274,7 +282,7 @@ class BwrapBackend(SandboxBackend):
             argv = [PYTHON, "-I", "-c", _launcher.SOURCE, str(nproc), str(status_w), _launcher.SOCKET if proxy else ""]
             try:
                 proc = subprocess.Popen(
-                    ["bwrap", *self._flags(scratch, limits, proxy, seccomp_fd), *argv],
+                    ["bwrap", *self._flags(scratch, limits, proxy, seccomp_fd), *SEAL, *argv],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=child_setup,
                     start_new_session=True, close_fds=True, pass_fds=(seccomp_fd, status_w), env={},
                 )  # fmt: skip

@@ -3,7 +3,10 @@
 Each execution is an OCI bundle made on the fly: a read-only root holding only ``/usr`` (and
 its ``/bin``, ``/lib`` links), a fresh ``/proc``, a small tmpfs ``/tmp`` and the scratch
 directory ``/work``; the program runs as ``nobody`` with no environment but ``PATH``/``HOME``,
-no network (``--network=none``), no new privileges and the rlimits of its ``Limits``. The
+no network (``--network=none``), no new privileges and the rlimits of its ``Limits``. Where
+wflo can make cgroups, all of gVisor runs in a memory group of ``memory`` plus gVisor's own
+overhead, so memory the code holds outside its processes' address space (SysV shared memory,
+memfds) is counted too. The
 sandboxed code talks to gVisor's Sentry, not to the host kernel, so a kernel bug reachable
 from a system call is not a host escape. Costs about 250 ms a start (bwrap: ~30 ms).
 
@@ -25,9 +28,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .._errors import SandboxUnavailableError, UserError
+from . import _cgroup
 from ._base import Limits, SandboxBackend, SandboxResult
 from ._bwrap import SANDBOX_GID, SANDBOX_UID, fill_scratch
 from ._supervise import Started
+
+RUNSC_OVERHEAD = 64 << 20
+"""Memory gVisor itself needs beside the code's (its kernel and gofer: about 20 MiB measured)."""
+RUNSC_TASKS = 4096
+"""The memory group's task cap: gVisor's own Go threads count in it; the code's processes are
+bounded by ``RLIMIT_NPROC`` inside gVisor."""
 
 
 class RunscBackend(SandboxBackend):
@@ -70,12 +80,23 @@ class RunscBackend(SandboxBackend):
             raise
         cid = f"wflo-{uuid.uuid4().hex[:16]}"
         base = ["runsc", "--network=none", "--ignore-cgroups", "--root", str(self._state)]
-        proc = subprocess.Popen(
-            [*base, "run", "--bundle", str(bundle), cid],
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, close_fds=True, env={"PATH": "/usr/bin:/bin"},
-        )  # fmt: skip
-        started = Started(self.name, proc, scratch, limits, None)
+        # The whole of gVisor (its kernel, the gofer, the code's memory in the kernel's memory
+        # file) in one memory group: RLIMIT_AS bounds each process, not shared memory (SysV
+        # segments, memfds, tmpfs files) that the user-space kernel keeps on the code's behalf.
+        group = _cgroup.CGroup.create(limits.memory + RUNSC_OVERHEAD, RUNSC_TASKS)
+        try:
+            proc = subprocess.Popen(
+                [*base, "run", "--bundle", str(bundle), cid],
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True, close_fds=True, env={"PATH": "/usr/bin:/bin"},
+                preexec_fn=group.join if group is not None else None,
+            )  # fmt: skip
+        except BaseException:
+            if group is not None:
+                group.close()
+            shutil.rmtree(bundle, ignore_errors=True)
+            raise
+        started = Started(self.name, proc, scratch, limits, group)
         started.cleanup = lambda: _delete(base, cid, bundle)
         return started.finish(stdin)
 

@@ -4,7 +4,8 @@ Built with the host's libseccomp (``libseccomp.so.2``, present wherever systemd 
 ctypes, exported as a classic BPF program and handed to ``bwrap --seccomp FD``. The filter
 allows by default and refuses, with an error code the program can handle, the system calls a
 sandbox has no business making: tracing other processes, kernel keyrings, mounts, new
-namespaces, BPF, io_uring, perf, module loading, terminal injection (``TIOCSTI``), and
+namespaces, BPF, io_uring, perf, module loading, terminal injection (``TIOCSTI``), memory
+outside every file-size and address-space limit (``memfd_create``, SysV ``shmget``), and
 sockets other than ``AF_UNIX`` pairs (``AF_INET``/``AF_INET6`` too when the network is on).
 Other architectures' system call tables (a 32-bit ``int 0x80`` on x86_64, x32) are killed by
 libseccomp's bad-architecture action.
@@ -38,6 +39,11 @@ DENIED = (
     "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "syslog", "settimeofday", "clock_settime", "adjtimex",
     "name_to_handle_at", "open_by_handle_at", "lookup_dcookie", "vhangup", "iopl", "ioperm",
+    # memory that no file-size cap or per-process address-space limit counts: a memfd (up to
+    # 64 per process, each as large as a file may be) and SysV shared memory (segments outlive
+    # the mapping; the IPC namespace's default caps are terabytes). Only a memory cgroup, which
+    # an ordinary user's sandbox has not, would count them.
+    "memfd_create", "shmget",
 )  # fmt: skip
 
 

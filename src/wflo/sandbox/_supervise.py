@@ -151,14 +151,39 @@ class Started:
 
 
 def remove_tree(root: Path) -> None:
-    """``rm -rf`` that also copes with trees too deep for ``shutil.rmtree``'s recursion."""
-    try:
-        shutil.rmtree(root)
-    except FileNotFoundError:
-        pass
-    except (OSError, RecursionError):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["rm", "-rf", "--one-file-system", "--", str(root)], capture_output=True, timeout=120)
+    """``rm -rf`` that also copes with trees too deep for ``shutil.rmtree``'s recursion and
+    with directories the code took its own rights away from (``chmod 0``): as an ordinary user
+    the supervisor has the sandbox's uid, and such a directory could not be listed or emptied,
+    so the scratch stayed on the host's disk, one per run."""
+    for attempt in range(2):
+        try:
+            shutil.rmtree(root)
+            return
+        except FileNotFoundError:
+            return
+        except PermissionError:
+            if attempt == 0:
+                _give_back_rights(root)
+        except (OSError, RecursionError):
+            break
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(root)], capture_output=True, timeout=120)
+
+
+def _give_back_rights(root: Path) -> None:
+    """``chmod 700`` every directory under ``root`` (the sandbox is gone by now), never
+    following a link: only what ``lstat`` says is a directory is changed or entered."""
+    stack = [str(root)]
+    while stack:
+        path = stack.pop()
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                continue
+            os.chmod(path, 0o700)
+            with os.scandir(path) as it:
+                stack.extend(e.path for e in it if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
 
 
 class _Janitor:
@@ -366,7 +391,8 @@ def files_back(scratch: Path) -> dict[str, bytes]:
     directory is opened relative to its parent's descriptor with ``O_NOFOLLOW``, so a directory
     swapped for a link to ``/etc`` while the walk runs leads nowhere (this runs with the
     supervisor's rights). FIFOs, sockets and device nodes are never opened (opening a FIFO
-    blocks until a writer comes). Files deeper than ``MAX_DEPTH`` directories are not returned."""
+    blocks until a writer comes). Files deeper than ``MAX_DEPTH`` directories, and files and
+    directories whose names are not UTF-8, are not returned."""
     out: dict[str, bytes] = {}
     budget = [MAX_FILES_BACK, MAX_ENTRIES]
     try:
@@ -391,6 +417,8 @@ def _take_back(dirfd: int, rel: str, depth: int, out: dict[str, bytes], budget: 
             budget[1] -= 1
             if budget[1] < 0:
                 return
+            if not _utf8(entry.name):
+                continue  # not text: it could not be journaled, shown or sent to a model
             path = f"{rel}/{entry.name}" if rel else entry.name
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -411,6 +439,15 @@ def _take_back(dirfd: int, rel: str, depth: int, out: dict[str, bytes], budget: 
         return
     finally:
         os.close(dirfd)
+
+
+def _utf8(name: str) -> bool:
+    """Whether a file name read from the scratch is UTF-8 (else it holds surrogate escapes)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _read_regular(dirfd: int, name: str, seen: os.stat_result, limit: int) -> bytes | None:
