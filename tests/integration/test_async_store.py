@@ -170,10 +170,15 @@ def test_loop_keeps_ticking_while_an_async_run_asks_for_an_approval(
     _config.configure(database=configured, lease_seconds=5.0, poll_interval=0.05)
 
     held: list[float] = []
+    asking = threading.Event()
 
     def hold(locked: threading.Event) -> None:
+        # Held for LOCK_SECONDS from the moment the run asks, not from the moment it is taken:
+        # under load the run's hop back from ``locked.wait`` alone outlasted a lock held for a
+        # fixed time, and the sync call then found the store free.
         with _hold_once(configured):
             locked.set()
+            asking.wait(5)
             t0 = time.perf_counter()
             time.sleep(LOCK_SECONDS)
             held.append(time.perf_counter() - t0)
@@ -184,6 +189,7 @@ def test_loop_keeps_ticking_while_an_async_run_asks_for_an_approval(
             locked = threading.Event()
             threading.Thread(target=hold, args=(locked,), name="test-locker").start()
             await asyncio.to_thread(locked.wait, 5)
+            asking.set()
         kwargs: dict[str, Any] = {"approvers": ["user:bob"], "timeout": 0.2, "on_timeout": "approve"}
         if ask == "aapproval":
             decision = await wflo.aapproval("go?", **kwargs)
