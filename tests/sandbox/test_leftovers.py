@@ -163,3 +163,61 @@ def test_files_back_never_follows_a_directory_swapped_for_a_link(
     monkeypatch.setattr(_supervise.os, "open", swap_then_open)
     got = files_back(scratch)
     assert swapped and b"host secret" not in got.values(), got
+
+
+SUPERVISOR = """
+import os, signal, sys, threading, wflo
+box = wflo.Sandbox(wall="60s")
+threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+box.run(["sh", "-c", "echo x > /work/kept.txt; sleep 50"])
+"""
+
+
+def _leftovers() -> tuple[set[str], set[str]]:
+    import tempfile
+
+    from wflo.sandbox import _cgroup
+
+    scratch = {p.name for p in Path(tempfile.gettempdir()).glob("wflo-sbx-*-*-*")}
+    return scratch, {p.name for p in _cgroup.CGroup.named("wflo-sbx-")}
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="leftovers are named after their sandbox's uid as root only")
+def test_what_a_killed_supervisor_left_is_removed_by_the_next_process() -> None:
+    # A worker killed with SIGKILL while its sandbox ran left its scratch directory (the code's
+    # files) and an empty cgroup on the host for good, one per crash. The next process to start a
+    # sandbox removes them, and never a live sandbox's (another process's): its uid is held while
+    # it runs.
+    before_scratch = _leftovers()[0]
+    crashed = subprocess.run([sys.executable, "-c", SUPERVISOR], capture_output=True, text=True, timeout=60)
+    assert crashed.returncode == -9, crashed.stderr
+    scratch, groups = _leftovers()
+    left = scratch - before_scratch
+    assert len(left) == 1, "the killed supervisor left no scratch directory: the test tests nothing"
+    (name,) = left
+    uid = "-".join(name.split("-")[2:4])  # its uid and network namespace
+    assert any(g.startswith(f"wflo-sbx-{uid}-") for g in groups), groups
+
+    live: list[SandboxResult] = []
+    started = threading.Event()
+    runner = threading.Thread(
+        target=lambda: live.append(Sandbox(wall="20s").run(["sh", "-c", "echo a > /work/mine.txt; sleep 3"]))
+    )
+    runner.start()
+    for _ in range(200):  # a live sandbox of this process, running while the sweep goes
+        if len(_leftovers()[0] - scratch) == 1:
+            started.set()
+            break
+        threading.Event().wait(0.02)
+    assert started.is_set(), "the live sandbox never started"
+    after = subprocess.run(
+        [sys.executable, "-c", "import wflo; print(wflo.Sandbox().run(['true']).exit_code)"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert after.stdout.strip() == "0", after.stderr
+    scratch_after, groups_after = _leftovers()
+    assert name not in scratch_after, "the dead supervisor's scratch directory is still there"
+    assert not any(g.startswith(f"wflo-sbx-{uid}-") for g in groups_after), groups_after
+    assert len(scratch_after - scratch) == 1, "the live sandbox's scratch directory was swept"
+    runner.join(30)
+    assert live and live[0].exit_code == 0 and live[0].files.get("/work/mine.txt") == b"a\n", live

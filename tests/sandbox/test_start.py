@@ -218,8 +218,8 @@ def test_the_cgroup_alone_holds_the_process_limit(monkeypatch: pytest.MonkeyPatc
     create = CGroup.create.__func__  # type: ignore[attr-defined]
     here = threading.current_thread()
 
-    def spy(cls: type[CGroup], memory: int, processes: int) -> CGroup | None:
-        group = create(cls, memory, processes)
+    def spy(cls: type[CGroup], memory: int, processes: int, **kwargs: str) -> CGroup | None:
+        group = create(cls, memory, processes, **kwargs)
         if threading.current_thread() is here:  # not a group an earlier test's pool thread makes now
             made.append(group)
         return group

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import random
 import resource
@@ -51,7 +52,9 @@ from pathlib import Path
 from .._errors import SandboxUnavailableError, UserError
 from . import _cgroup, _egress, _launcher, _seccomp
 from ._base import Limits, SandboxBackend, SandboxResult
-from ._supervise import Started, remove_tree
+from ._supervise import Started, janitor, remove_tree
+
+log = logging.getLogger("wflo.sandbox")
 
 PYTHON = "/usr/bin/python3"
 SANDBOX_UID = 65534  # the runsc backend's (gVisor maps it inside its own kernel)
@@ -107,16 +110,27 @@ class SandboxUid:
         if os.getuid() != 0:
             return cls(os.getuid(), None)  # an ordinary user cannot switch: the sandbox is theirs
         for _ in range(64):
-            uid = UID_BASE + secrets.randbelow(UID_COUNT)
-            lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                lock.bind(f"\0wflo-sandbox-uid-{uid}")
-            except OSError:
-                lock.close()
-                continue
-            return cls(uid, lock)
+            held = cls.take(UID_BASE + secrets.randbelow(UID_COUNT))
+            if held is not None:
+                return held
         raise SandboxUnavailableError(backend="bwrap", detail="no free uid in wflo's reserved range",
                                       hint="More than 65,536 sandboxes at once on one host?")  # fmt: skip
+
+    @classmethod
+    def take(cls, uid: int) -> SandboxUid | None:
+        """Hold ``uid`` if nobody on this host does; ``None`` if someone does."""
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lock.bind(f"\0wflo-sandbox-uid-{uid}")
+        except OSError:
+            lock.close()
+            return None
+        return cls(uid, lock)
+
+    @property
+    def held(self) -> bool:
+        """Whether this is one of wflo's reserved uids, held (as root), not the user's own."""
+        return self._lock is not None
 
     def release(self) -> None:
         if self._lock is not None:
@@ -176,6 +190,7 @@ class BwrapBackend(SandboxBackend):
                 hint="Allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1).",
             )
         self._checked = True
+        janitor.put(sweep_leftovers)  # once per process, off the caller's path
 
     @staticmethod
     def _drop_privileges(uid: int = SANDBOX_UID) -> None:
@@ -248,15 +263,22 @@ class BwrapBackend(SandboxBackend):
 
     def start(self, *, limits: Limits, files: Mapping[str, bytes], egress: _egress.Egress | None) -> Started:
         """Start a sandbox running the launcher; it waits for its program's header on stdin."""
-        scratch = Path(tempfile.mkdtemp(prefix="wflo-sbx-"))
+        owner = SandboxUid.allocate()
+        # As root, the scratch directory and the cgroup are named after the uid, which is held
+        # until both are removed: what a killed supervisor leaves is found by it (sweep_leftovers).
+        tag = f"{owner.uid}-{_netns()}-" if owner.held else ""
+        try:
+            scratch = Path(tempfile.mkdtemp(prefix=f"wflo-sbx-{tag}"))
+        except BaseException:
+            owner.release()
+            raise
         group: _cgroup.CGroup | None = None
         status_r = status_w = -1
-        owner = SandboxUid.allocate()
         try:
             fill_scratch(scratch, files, owner.uid)
             os.chmod(scratch, 0o700)
             proxy = _egress.proxy_for(egress, SANDBOX_GID if os.getuid() == 0 else None) if egress else None
-            group = _cgroup.CGroup.create(limits.memory, limits.processes)
+            group = _cgroup.CGroup.create(limits.memory, limits.processes, tag=tag)
             # Counted inside the sandbox's namespace: its bwrap init, the forwarder, the code.
             nproc = limits.processes + 2 if namespaced_nproc() or group is None else 0
 
@@ -300,6 +322,54 @@ class BwrapBackend(SandboxBackend):
         started = Started(self.name, proc, scratch, limits, group, status_r)
         started.cleanup = owner.release  # after the group is emptied and the scratch removed
         return started
+
+
+@functools.cache
+def _netns() -> int:
+    """This process's network namespace (its inode): where the uids' locks live."""
+    try:
+        return os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
+def sweep_leftovers() -> None:
+    """Remove what the sandboxes of dead supervisors left on this host (a worker killed with
+    SIGKILL while its sandbox ran leaves its scratch directory, with the code's files, and an
+    empty cgroup). As root only: there each
+    leftover is named after its sandbox's uid, and the supervisor holds that uid from before
+    either is made until after both are removed, so a uid nobody holds marks leftovers, never a
+    live sandbox's. The uid's lock is an abstract socket, one per network namespace, so the names
+    also hold the supervisor's namespace, and only this one's are swept. The sweep holds the uid
+    meanwhile, so no new sandbox takes it."""
+    if os.getuid() != 0:
+        return
+    groups = _cgroup.CGroup.named("wflo-sbx-")
+    found: dict[int, list[Path]] = {}
+    here = str(_netns())
+    for path in [*Path(tempfile.gettempdir()).glob("wflo-sbx-*-*-*"), *groups]:
+        # Only a supervisor of this network namespace holds its uid where this one can see it.
+        parts = path.name.split("-")
+        uid = int(parts[2]) if len(parts) >= 5 and parts[3] == here and parts[2].isdigit() else -1
+        if UID_BASE <= uid < UID_BASE + UID_COUNT:
+            found.setdefault(uid, []).append(path)
+    swept = 0
+    for uid, paths in found.items():
+        held = SandboxUid.take(uid)
+        if held is None:
+            continue  # a live sandbox's
+        try:
+            dirs = [p for p in paths if p in groups]
+            if dirs:
+                _cgroup.CGroup({str(i): d for i, d in enumerate(dirs)}, _cgroup.version()).close()
+            for p in paths:
+                if p not in groups:
+                    remove_tree(p)
+            swept += 1
+        finally:
+            held.release()
+    if swept:
+        log.info("wflo sandbox: removed what %d sandboxes of dead supervisors left", swept)
 
 
 def unavailable(stderr: str, attempts: int) -> SandboxUnavailableError:

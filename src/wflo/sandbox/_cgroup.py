@@ -44,11 +44,12 @@ class CGroup:
         self.version = version
 
     @classmethod
-    def create(cls, memory: int, processes: int) -> CGroup | None:
+    def create(cls, memory: int, processes: int, *, tag: str = "") -> CGroup | None:
+        """A new group beside this process's own (``tag``: put in its name after ``wflo-sbx-``)."""
         if os.getuid() != 0:
             return None
         own = _own_paths()
-        name = f"wflo-sbx-{uuid.uuid4().hex[:12]}"
+        name = f"wflo-sbx-{tag}{uuid.uuid4().hex[:12]}"
         try:
             if (ROOT / "cgroup.controllers").exists():
                 parent = ROOT / own.get("", "/").lstrip("/")
@@ -79,6 +80,21 @@ class CGroup:
             with contextlib.suppress(UnboundLocalError):
                 group.close()
             return None
+
+    @classmethod
+    def named(cls, prefix: str) -> list[Path]:
+        """The groups beside this process's own whose names start with ``prefix`` (on cgroup
+        v1, one directory per controller)."""
+        own = _own_paths()
+        if (ROOT / "cgroup.controllers").exists():
+            parents = [ROOT / own.get("", "/").lstrip("/")]
+        else:
+            parents = [ROOT / c / own.get(c, "/").lstrip("/") for c in ("memory", "pids")]
+        found: list[Path] = []
+        for parent in parents:
+            with contextlib.suppress(OSError):
+                found += [d for d in parent.glob(f"{prefix}*") if d.is_dir()]
+        return found
 
     @classmethod
     def available(cls) -> bool:
