@@ -143,3 +143,26 @@ def test_command_without_its_extra(args: list[str], extra: str, tmp_path: Path) 
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stderr.startswith("error: ") and f"pip install 'wflo[{extra}]'" in proc.stderr, proc.stderr
+
+
+# The modules a user imports by name that need an extra (``wflo.wrap`` and the CLI check their
+# own): each import alone, on the core, must raise the one-line error that names its extra.
+MODULES = [
+    ("wflo.integrations.langgraph", "langgraph"),
+    ("wflo.integrations.pydantic_ai", "pydantic-ai"),
+    ("wflo.server", "server"),
+]
+
+
+@pytest.mark.parametrize(("module", "extra"), MODULES, ids=[m for m, _ in MODULES])
+def test_importing_a_module_without_its_extra_names_it(module: str, extra: str, tmp_path: Path) -> None:
+    # ``import wflo.integrations.langgraph`` raised ModuleNotFoundError: No module named
+    # 'langchain_core', from deep inside, naming neither LangGraph nor the extra.
+    code = (
+        "from wflo.errors import ConfigurationError\n"
+        f"try:\n    import {module}\nexcept ConfigurationError as exc:\n    print(exc)\n"
+        "else:\n    print('imported')\n"
+    )
+    proc = run_with_extras(code, set(), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"pip install 'wflo[{extra}]'" in proc.stdout, proc.stdout

@@ -33,6 +33,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+try:  # one line naming the extra, not a ModuleNotFoundError from inside
+    import langchain_core  # noqa: F401
+    import langgraph  # noqa: F401
+except ModuleNotFoundError as exc:
+    from .._extras import missing_extra
+
+    raise (missing_extra(exc, "wflo.integrations.langgraph") or exc) from None
+
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (

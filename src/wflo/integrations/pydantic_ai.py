@@ -23,6 +23,13 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
+try:  # one line naming the extra, not a ModuleNotFoundError from inside
+    import pydantic_ai  # noqa: F401
+except ModuleNotFoundError as exc:
+    from .._extras import missing_extra
+
+    raise (missing_extra(exc, "wflo.integrations.pydantic_ai") or exc) from None
+
 from pydantic_ai.capabilities import AbstractCapability
 
 from .._config import get_store
