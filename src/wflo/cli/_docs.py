@@ -22,7 +22,8 @@ def render() -> str:
     lines = [
         "# Command line reference",
         "",
-        "Generated from `wflo --help` by `python -m wflo.cli._docs > docs/cli.md`; a test checks it is current.",
+        "Generated from `wflo --help` by `python -m wflo.cli._docs > docs/cli.md`; a test checks it is current. "
+        "Where the environment's scripts are not on PATH, `python -m wflo` is the same command.",
         "",
     ]
     for path, cmd in _walk(cli, ["wflo"]):

@@ -86,3 +86,15 @@ def test_the_real_entry_point_prints_one_line_for_a_bad_setting(sqlite_url: str)
         proc.stderr.strip()
         == "error: WFLO_OTEL='maybe' is not a valid otel setting; accepted: 1/0, true/false, yes/no, on/off"
     )
+
+
+def test_python_dash_m_wflo_is_the_wflo_command(sqlite_url: str) -> None:
+    # Where a venv's scripts are not on PATH, ``python -m wflo`` is what people type; it said
+    # "'wflo' is a package and cannot be directly executed".
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update(WFLO_DATABASE_URL=sqlite_url)
+    proc = subprocess.run([sys.executable, "-m", "wflo", "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: wflo "), proc.stdout + proc.stderr
