@@ -20,6 +20,7 @@ answers are read whole (``requests``, ``urllib3``, ``http.client``, ``aiohttp``)
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -88,6 +89,81 @@ def drive(steps: Attempts[R], io: Any) -> R:
                 step = steps.send(result)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+
+
+class LoopWait(NamedTuple):
+    """What a store operation gives back instead of its result when a guard's ``before`` must
+    wait (a rate limit's turn) for an async call: the wait is made on the event loop, not on a
+    store thread (:func:`on_store`), then ``resume()`` does the rest of the operation."""
+
+    seconds: float
+    check: Callable[[], None]
+    """Raises to cut the wait short (the run was cancelled or handed back)."""
+    resume: Callable[[], Any]
+    """The rest of the operation, on the store's threads, after the wait (may wait again)."""
+    refuse: Callable[[BaseException], Any]
+    """The operation's end when the wait was cut short by ``error`` (raises it)."""
+
+
+class _Pause(BaseException):
+    """Raised by :func:`pause` in an operation :func:`on_store` runs: caught where the
+    operation can give a :class:`LoopWait` instead (``_boundary.start_call``)."""
+
+    def __init__(self, seconds: float, check: Callable[[], None]) -> None:
+        super().__init__(seconds)
+        self.seconds, self.check = seconds, check
+
+
+_waits_on_loop: contextvars.ContextVar[object] = contextvars.ContextVar("wflo_waits_on_loop", default=None)
+"""In an operation :func:`on_store` runs: ``_ANY`` until a call's start claims it (that call,
+and no other started inside its guards, may then wait on the loop)."""
+_ANY = object()
+
+
+def claim_loop_waits(call: object) -> None:
+    """``call``'s start may wait on the event loop (:func:`pause`) if it is the first call
+    started in an operation :func:`on_store` runs; a call started inside its guards may not
+    (its caller expects a result, not a ``LoopWait``)."""
+    if _waits_on_loop.get() is _ANY:
+        _waits_on_loop.set(call)
+
+
+def pause(call: Any, seconds: float) -> None:
+    """A guard's wait before ``call`` (a rate limit's turn): ``seconds`` here, ended early when
+    the run is cancelled or handed back (``check_cancelled``, called at least every :data:`NAP`
+    s), for a sync call; for an async call begun on the store's threads (:func:`on_store`), on
+    the call's event loop instead.
+
+    A store thread is shared by every async run of the process (two on SQLite): a turn waited
+    for there held up the store work of all of them. The wait raises ``_Pause`` to the call's
+    start, which hands it to the loop and calls the waiting guard's ``before`` again after it:
+    the guard keeps what it did so far in ``call.meta``."""
+    check = call.run.check_cancelled
+    if _waits_on_loop.get() is call:
+        raise _Pause(seconds, check)
+    _nap(seconds, check)
+
+
+def _waiting_on_loop(fn: Callable[..., R], *args: Any) -> R:
+    token = _waits_on_loop.set(_ANY)
+    try:
+        return fn(*args)
+    finally:
+        _waits_on_loop.reset(token)
+
+
+async def on_store(fn: Callable[..., Any], *args: Any, run: Any = None) -> Any:
+    """:func:`off_loop` for an operation whose guards may wait (:func:`pause`): each wait is
+    made here, on the event loop, between hand-offs to the store's threads."""
+    result = await off_loop(_waiting_on_loop, fn, *args, run=run)
+    while isinstance(result, LoopWait):
+        try:
+            await _anap(result.seconds, result.check)
+        except BaseException as exc:
+            await off_loop(result.refuse, exc, run=run)
+            raise
+        result = await off_loop(_waiting_on_loop, result.resume, run=run)
+    return result
 
 
 async def adrive(steps: Attempts[R], io: Any) -> R:

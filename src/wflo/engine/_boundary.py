@@ -33,7 +33,7 @@ from .._errors import (
     WfloError,
 )
 from ..store import NewEvent, StoreOp, canonical_json, json_string
-from ._attempts import Attempts, Step, adrive, drive, off_loop, to_store
+from ._attempts import Attempts, LoopWait, Step, _Pause, adrive, claim_loop_waits, drive, off_loop, on_store, to_store
 from ._context import Held, JournalEntry, RunContext, _call_path
 from ._executor import disk_full
 from ._serialize import _limit, as_replayed, decode, encode_input_text, encode_text, error_data, rebuild_error
@@ -187,17 +187,36 @@ def start_call(call: Call) -> Any:
     value = _begin(call)
     if value is not _NOT_REPLAYED:
         return value
+    return _admit(call, 0)
+
+
+def _admit(call: Call, first: int) -> Any:
+    """The guards' ``before`` checks of :func:`start_call`, from the guard at place ``first``
+    of the chain (the earlier ones let the call in already). A guard that must wait for an
+    async call (``_attempts.pause``) gives a ``LoopWait``: the wait is made on the call's
+    event loop, then this goes on from that guard."""
     ctx = call.run
     hooks = _hooks(ctx)
-    at = 0  # the guards before this one in the chain let the call in
+    claim_loop_waits(call)
+    at = first  # the guards before this one in the chain let the call in
     try:
         for place, guard in hooks.before:
+            if place < first:
+                continue
             at = place
             guard.before(call)
         at = len(hooks.chain)
         # Last, right before the call's first effect: a guard's before() may have waited (a
         # rate limit) while the lease ran out.
         ctx.ensure_lease()
+    except _Pause as wait:
+        entered = hooks.chain[:at]
+        return LoopWait(
+            wait.seconds,
+            wait.check,
+            functools.partial(_admit, call, at),
+            lambda exc: _refused(call, exc, entered),
+        )
     except BaseException as exc:
         _refused(call, exc, hooks.chain[:at])
     if call.at_most_once:
@@ -628,8 +647,8 @@ async def _astart(call: Call, local: bool, begun: _Begun | None) -> Any:
     ``local``: :func:`_local_start` said so; ``begun``: the start :func:`_start_now` made at
     once, if it did (:func:`aguarded_call` goes on by itself when it needs nothing more).
     """
-    if not local:
-        return await off_loop(start_call, call)
+    if not local:  # a guard's wait (a rate limit's turn) is made on the loop, not a store thread
+        return await on_store(start_call, call)
     ctx = call.run
     if begun is None:
         begun = await off_loop(_start_here, call, here=True)

@@ -324,10 +324,31 @@ def decode(data: Any) -> Any:
     return data
 
 
-def error_data(exc: BaseException) -> dict[str, Any]:
-    """An exception as journal data: enough to rebuild it on replay without pickle."""
+MAX_GROUP = 100
+"""The most sub-exceptions of an exception group journaled (each nested group counts its own):
+the rest are left out of the record (its ``"more"`` says how many), and of the group rebuilt."""
+_GROUP_DEPTH = 10
+"""How deep exception groups nested in one another are journaled (a deeper one is recorded,
+and rebuilt, as a plain error of its class)."""
+
+
+def error_data(exc: BaseException, _depth: int = 0) -> dict[str, Any]:
+    """An exception as journal data: enough to rebuild it on replay without pickle.
+
+    An exception group (``ExceptionGroup``: what a ``TaskGroup`` or ``asyncio.gather``-style
+    code raises) keeps its own message and its sub-exceptions (``"group"``), so that replay
+    raises a group that ``except*`` matches as the first run's did."""
     cls = type(exc)
     data: dict[str, Any] = {"type": cls.__qualname__, "module": cls.__module__, "message": str(exc)}
+    if isinstance(exc, BaseExceptionGroup) and _depth < _GROUP_DEPTH:
+        subs = exc.exceptions
+        group: dict[str, Any] = {
+            "message": str(exc.message),
+            "exceptions": [error_data(e, _depth + 1) for e in subs[:MAX_GROUP]],
+        }
+        if len(subs) > MAX_GROUP:
+            group["more"] = len(subs) - MAX_GROUP
+        data["group"] = group
     if isinstance(exc, WfloError):
         fields = exc.to_dict()
         data["code"] = fields.pop("code")
@@ -352,6 +373,9 @@ def rebuild_error(data: dict[str, Any], step: str) -> BaseException:
                 cls = getattr(cls, part)
         except Exception:
             cls = None
+    group = data.get("group")
+    if isinstance(group, dict) and isinstance(group.get("exceptions"), list) and group["exceptions"]:
+        return _rebuild_group(cls, group, step)
     if isinstance(cls, type) and issubclass(cls, BaseException):
         if issubclass(cls, WfloError) and "fields" in data:
             try:
@@ -363,3 +387,19 @@ def rebuild_error(data: dict[str, Any], step: str) -> BaseException:
         except Exception:
             pass
     return StepFailedError(step=step, error_type=f"{module}.{qualname}", detail=message)
+
+
+def _rebuild_group(cls: Any, group: dict[str, Any], step: str) -> BaseException:
+    """The exception group ``error_data`` described: of its class when that can be made with
+    ``(message, exceptions)``, else a plain ``BaseExceptionGroup`` (an ``ExceptionGroup``
+    when every sub-exception is an ``Exception``), so ``except*`` sees the same errors."""
+    message = str(group.get("message", ""))
+    subs = [rebuild_error(d if isinstance(d, dict) else {}, step) for d in group["exceptions"]]
+    if isinstance(cls, type) and issubclass(cls, BaseExceptionGroup):
+        try:
+            rebuilt = cls(message, subs)
+            if isinstance(rebuilt, BaseExceptionGroup):
+                return rebuilt
+        except Exception:
+            pass
+    return BaseExceptionGroup(message, subs)

@@ -30,6 +30,7 @@ from typing import Any
 
 from .._errors import UserError
 from ..engine import Call, Guard, Outcome
+from ..engine._attempts import pause
 from ..store import NewEvent
 from . import _tables as tables
 from ._breaker import CircuitBreaker, Transition
@@ -128,16 +129,22 @@ class SharedRateLimit:
 
     def acquire(self, store: Any, tokens: float) -> float:
         """Wait for a turn (up to ``max_wait``); returns the seconds waited."""
-        from .._errors import RateLimitedError
-
         waited = 0.0
-        while (wait := self.try_take(store, tokens)) > 0:
-            if waited + wait > self.max_wait:
-                limit = describe(self.requests_per_minute, self.tokens_per_minute)
-                raise RateLimitedError(key=self.target, limit=limit, retry_after=round(wait, 3))
+        while (wait := self.next_wait(store, tokens, waited)) > 0:
             time.sleep(wait)
             waited += wait
         return waited
+
+    def next_wait(self, store: Any, tokens: float, waited: float) -> float:
+        """Take a turn: 0.0 once taken, else the seconds to wait before trying again; raises
+        ``RateLimitedError`` when that wait would take the ``waited`` seconds past ``max_wait``."""
+        from .._errors import RateLimitedError
+
+        wait = self.try_take(store, tokens)
+        if wait > 0 and waited + wait > self.max_wait:
+            limit = describe(self.requests_per_minute, self.tokens_per_minute)
+            raise RateLimitedError(key=self.target, limit=limit, retry_after=round(wait, 3))
+        return wait
 
     def adjust(self, store: Any, tokens: float) -> None:
         """After the call: take ``tokens`` more tokens (or give them back when negative)."""
@@ -303,8 +310,18 @@ class PolicyGuard(Guard):
             return
         tokens = _estimate_tokens(call)
         store = call.run.store
+        # What was done so far is kept on the call: an async call waits for its turn on its
+        # event loop (``pause`` raises there), and this is then called again to go on.
+        waiting: dict[str, float] = call.meta.setdefault("_rate_waited", {})  # target -> seconds waited
+        taken: set[str] = call.meta.setdefault("_rate_taken", set())
         for limit in limits:
-            waited = limit.acquire(store, tokens)
+            if limit.target in taken:
+                continue
+            waited = waiting.get(limit.target, 0.0)
+            while (wait := limit.next_wait(store, tokens, waited)) > 0:
+                waiting[limit.target] = waited = waited + wait  # counted before: a wait on the loop comes back here
+                pause(call, wait)
+            taken.add(limit.target)
             if waited:
                 call.event.setdefault("rate_limit", []).append({"target": limit.target, "waited_s": round(waited, 3)})
         permits = []
