@@ -397,6 +397,11 @@ class RunContext:
         with self._lock:  # another thread of the run may be starting a task of its own
             return not self._tasks
 
+    def live_tasks(self) -> list[asyncio.Task[Any]]:
+        """The tasks created inside this run that have not ended."""
+        with self._lock:
+            return [task for tasks in self._tasks.values() for task in tasks if not task.done()]
+
     def task_started(self, task: asyncio.Task[Any], path: str, mark: object) -> None:
         """``task`` (known by ``mark`` in its context) was created inside this run at call path
         ``path`` (see ``install_propagation``)."""

@@ -457,6 +457,8 @@ async def aexecute(
             ctx.check_cancelled()
             value = await wf.fn(*args, **kwargs)
         except BaseException as exc:
+            if isinstance(exc, RunSuspended | RunReleased):
+                await _settle_tasks(ctx)
             ctx.close()
             await store.off_loop(_finish_error, ctx, exc, key=record.id)
             _raise_stop(ctx, exc)
@@ -467,6 +469,17 @@ async def aexecute(
             heartbeats.untrack(ctx)
         ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
         return await _afinish_ok(ctx, wf, value)
+
+
+async def _settle_tasks(ctx: RunContext) -> None:
+    """Before a run that will resume ends (it waits, or is handed back): let the tasks it
+    started that still run finish, so their calls are recorded. ``asyncio.gather`` hands on
+    the first task's ``RunSuspended`` at once while its siblings' calls are still in flight;
+    their results then came after the run's end, were refused, and ran again on resume (sync
+    code records a call before it can go on, and a thread pool joins its threads)."""
+    me = asyncio.current_task()
+    while live := [t for t in ctx.live_tasks() if t is not me]:
+        await asyncio.wait(live)
 
 
 def _run_coroutine(coro: Any) -> Any:

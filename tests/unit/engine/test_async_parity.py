@@ -142,3 +142,38 @@ def test_a_rate_limit_turn_an_async_call_waits_for_holds_no_store_thread(configu
         if e.type == "call.completed" and "rate_limit" in e.data
     ]  # fmt: skip
     assert waited and all(w[0]["target"] == "step:parity.limited" and w[0]["waited_s"] > 1.0 for w in waited)
+
+
+def test_gathered_calls_in_flight_when_a_sibling_waits_are_recorded_not_run_again(configured: str) -> None:
+    # One gathered task asks for an approval (the run waits) while its siblings' steps are still
+    # running. gather hands the suspension on at once: the run ended, the siblings' results came
+    # after its end and were refused, and the resumed run ran all three steps again.
+    from wflo.engine import Worker
+
+    effects: Counter[str] = Counter()
+
+    @wflo.step
+    async def slow(i: int) -> int:
+        effects[f"slow{i}"] += 1
+        await asyncio.sleep(0.3)
+        return i
+
+    @wflo.tool(approval=wflo.Approval(approvers=["user:fin"]))
+    async def pay(n: int) -> str:
+        effects[f"pay{n}"] += 1
+        return "paid"
+
+    @wflo.workflow(name="parity.gather-wait")
+    async def flow() -> list[object]:
+        return list(await asyncio.gather(pay(1), slow(1), slow(2), slow(3)))
+
+    handle = flow.start()
+    Worker(concurrency=1, workflows=["parity.gather-wait"]).run(max_runs=1, idle_timeout=2)
+    assert handle.status() == "waiting"
+    types = [e.type for e in handle.events()]
+    assert types.count("call.completed") == 3 and types[-1] == "run.waiting", types  # recorded before the wait
+    (request,) = wflo.approvals.list(run_id=handle.id)
+    wflo.approvals.approve(request.id, principal="user:fin", action_hash=request.action_hash)
+    assert Worker(concurrency=1, workflows=["parity.gather-wait"]).run(max_runs=1, idle_timeout=5) == 1
+    assert handle.result(timeout=5) == ["paid", 1, 2, 3]
+    assert effects == Counter(slow1=1, slow2=1, slow3=1, pay1=1), effects
