@@ -180,3 +180,26 @@ def test_configuration_reference_lists_every_setting() -> None:
     page = (ROOT / "docs" / "configuration.md").read_text()
     missing = [f.name for f in dataclasses.fields(Settings) if f"| `{f.name}` |" not in page]
     assert not missing, f"docs/configuration.md does not document: {missing}"
+
+
+# Set by wflo for a child process of its own, never by a user: the sandboxed MCP server's host
+# side (its configuration, passed in the environment) and the demo's scripted LLM address.
+_INTERNAL_ENV = {"WFLO_MCP_JAIL", "WFLO_DEMO_LLM"}
+
+
+def test_configuration_reference_lists_every_environment_variable() -> None:
+    """Every WFLO_* name the code reads is on docs/configuration.md (settings and the others)."""
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    read = {
+        name
+        for path in (ROOT / "src" / "wflo").rglob("*.py")
+        for name in re.findall(r"\bWFLO_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
+    missing = sorted(read - _INTERNAL_ENV - set(re.findall(r"\bWFLO_[A-Z0-9_]*[A-Z0-9]\b", page)))
+    assert not missing, f"docs/configuration.md does not document: {missing}"
+
+
+def test_configuration_reference_lists_each_setting_once() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| `WFLO_", page, re.M)
+    assert len(rows) == len(set(rows)), f"settings listed twice: {sorted({r for r in rows if rows.count(r) > 1})}"
