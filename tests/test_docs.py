@@ -170,6 +170,22 @@ def test_mkdocs_site_builds_strict(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "budgets" / "index.html").exists()
+    assert readme_link_problems(tmp_path / "site") == []
+
+
+def readme_link_problems(site: Path) -> list[str]:
+    """The README's links into docs/ (not part of the site): each page exists, and each #anchor
+    is an id on the page mkdocs built (mkdocs itself checks the links between the pages)."""
+    problems = []
+    for target in re.findall(r"\]\((docs/[^)\s]+)\)", (ROOT / "README.md").read_text()):
+        page, _, anchor = target.partition("#")
+        if not (ROOT / page).exists():
+            problems.append(f"README.md links to {page}, which does not exist")
+        elif anchor and page.endswith(".md"):
+            html = site / Path(page).relative_to("docs").with_suffix("") / "index.html"
+            if f'id="{anchor}"' not in html.read_text():
+                problems.append(f"README.md links to {target}: {page} has no heading with that anchor")
+    return problems
 
 
 def test_configuration_reference_lists_every_setting() -> None:
