@@ -219,3 +219,29 @@ def test_configuration_reference_lists_each_setting_once() -> None:
     page = (ROOT / "docs" / "configuration.md").read_text()
     rows = re.findall(r"^\| `(\w+)` \| `WFLO_", page, re.M)
     assert len(rows) == len(set(rows)), f"settings listed twice: {sorted({r for r in rows if rows.count(r) > 1})}"
+
+
+def test_identity_roles_table_matches_the_roles() -> None:
+    """docs/identity.md's table of roles lists each built-in role's permissions exactly."""
+    from wflo.auth import ROLES
+
+    page = (ROOT / "docs" / "identity.md").read_text()
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| (.+?) \|", page, re.M))
+    assert set(rows) == set(ROLES), f"roles on the page {sorted(rows)}, in the code {sorted(ROLES)}"
+    for role, cell in rows.items():
+        listed = set(re.findall(r"`([\w*]+:[\w*]+)`", cell)) | (
+            set(ROLES["viewer"]) if cell.startswith("viewer +") else set()
+        )
+        assert listed == set(ROLES[role]), (
+            f"identity.md: {role} lists {sorted(listed)}, the code gives {sorted(ROLES[role])}"
+        )
+
+
+def test_api_reference_lists_every_route() -> None:
+    """Each path of the OpenAPI document is on docs/api.md or docs/identity.md."""
+    import json
+
+    paths = json.loads((ROOT / "docs" / "openapi.json").read_text())["paths"]
+    pages = (ROOT / "docs" / "api.md").read_text() + (ROOT / "docs" / "identity.md").read_text()
+    missing = [p for p in paths if re.sub(r"\{\w+\}", "{id}", p) not in pages and p not in pages]
+    assert not missing, f"docs/api.md does not describe: {missing}"
