@@ -170,6 +170,22 @@ def test_mkdocs_site_builds_strict(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "budgets" / "index.html").exists()
+    assert readme_link_problems(tmp_path / "site") == []
+
+
+def readme_link_problems(site: Path) -> list[str]:
+    """The README's links into docs/ (not part of the site): each page exists, and each #anchor
+    is an id on the page mkdocs built (mkdocs itself checks the links between the pages)."""
+    problems = []
+    for target in re.findall(r"\]\((docs/[^)\s]+)\)", (ROOT / "README.md").read_text()):
+        page, _, anchor = target.partition("#")
+        if not (ROOT / page).exists():
+            problems.append(f"README.md links to {page}, which does not exist")
+        elif anchor and page.endswith(".md"):
+            html = site / Path(page).relative_to("docs").with_suffix("") / "index.html"
+            if f'id="{anchor}"' not in html.read_text():
+                problems.append(f"README.md links to {target}: {page} has no heading with that anchor")
+    return problems
 
 
 def test_configuration_reference_lists_every_setting() -> None:
@@ -180,3 +196,52 @@ def test_configuration_reference_lists_every_setting() -> None:
     page = (ROOT / "docs" / "configuration.md").read_text()
     missing = [f.name for f in dataclasses.fields(Settings) if f"| `{f.name}` |" not in page]
     assert not missing, f"docs/configuration.md does not document: {missing}"
+
+
+# Set by wflo for a child process of its own, never by a user: the sandboxed MCP server's host
+# side (its configuration, passed in the environment) and the demo's scripted LLM address.
+_INTERNAL_ENV = {"WFLO_MCP_JAIL", "WFLO_DEMO_LLM"}
+
+
+def test_configuration_reference_lists_every_environment_variable() -> None:
+    """Every WFLO_* name the code reads is on docs/configuration.md (settings and the others)."""
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    read = {
+        name
+        for path in (ROOT / "src" / "wflo").rglob("*.py")
+        for name in re.findall(r"\bWFLO_[A-Z0-9_]*[A-Z0-9]\b", path.read_text())
+    }
+    missing = sorted(read - _INTERNAL_ENV - set(re.findall(r"\bWFLO_[A-Z0-9_]*[A-Z0-9]\b", page)))
+    assert not missing, f"docs/configuration.md does not document: {missing}"
+
+
+def test_configuration_reference_lists_each_setting_once() -> None:
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| `WFLO_", page, re.M)
+    assert len(rows) == len(set(rows)), f"settings listed twice: {sorted({r for r in rows if rows.count(r) > 1})}"
+
+
+def test_identity_roles_table_matches_the_roles() -> None:
+    """docs/identity.md's table of roles lists each built-in role's permissions exactly."""
+    from wflo.auth import ROLES
+
+    page = (ROOT / "docs" / "identity.md").read_text()
+    rows = dict(re.findall(r"^\| `([\w-]+)` \| (.+?) \|", page, re.M))
+    assert set(rows) == set(ROLES), f"roles on the page {sorted(rows)}, in the code {sorted(ROLES)}"
+    for role, cell in rows.items():
+        listed = set(re.findall(r"`([\w*]+:[\w*]+)`", cell)) | (
+            set(ROLES["viewer"]) if cell.startswith("viewer +") else set()
+        )
+        assert listed == set(ROLES[role]), (
+            f"identity.md: {role} lists {sorted(listed)}, the code gives {sorted(ROLES[role])}"
+        )
+
+
+def test_api_reference_lists_every_route() -> None:
+    """Each path of the OpenAPI document is on docs/api.md or docs/identity.md."""
+    import json
+
+    paths = json.loads((ROOT / "docs" / "openapi.json").read_text())["paths"]
+    pages = (ROOT / "docs" / "api.md").read_text() + (ROOT / "docs" / "identity.md").read_text()
+    missing = [p for p in paths if re.sub(r"\{\w+\}", "{id}", p) not in pages and p not in pages]
+    assert not missing, f"docs/api.md does not describe: {missing}"

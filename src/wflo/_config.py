@@ -46,7 +46,8 @@ class Settings:
     released. Env: ``WFLO_RESERVATION_TTL``."""
 
     poll_interval: float = 0.2
-    """How often an idle worker polls SQLite for work (PostgreSQL uses LISTEN/NOTIFY).
+    """How often an idle worker looks again without a wake-up (expired leases, due timers); new
+    work wakes it sooner (SQLite: the change feed, about 10 ms; PostgreSQL: LISTEN/NOTIFY).
     Env: ``WFLO_POLL_INTERVAL``."""
 
     otel: bool = False

@@ -237,6 +237,48 @@ def test_sigkill_mid_run_then_resume_resends_no_finished_call(configured: str, l
     assert len(_calls("lg-crash", "llm")) == 3 and len(_calls("lg-crash", "tool")) == 2
 
 
+KILLED_APP = """
+import os
+from typing import TypedDict
+
+from langgraph.graph import START, StateGraph
+
+import wflo
+
+
+class S(TypedDict):
+    n: int
+
+
+def node(state: S) -> dict:
+    os._exit(9)  # the process dies inside the wrapped run
+
+
+b = StateGraph(S)
+b.add_node("node", node)
+b.add_edge(START, "node")
+app = wflo.wrap(b.compile(), name="lg-killed")
+
+if __name__ == "__main__":
+    app.invoke({"n": 1}, {"configurable": {"thread_id": "lg-killed-1"}})
+"""
+
+
+def test_resuming_a_wrapped_run_from_the_cli_names_a_command_that_exists(configured: str, tmp_path: Path) -> None:
+    """The refusal said the run "cannot be resumed by a worker or `wflo resume`": there is no
+    `wflo resume` (the command is `wflo runs resume`, the one just refused)."""
+    (tmp_path / "lgkilled.py").write_text(KILLED_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update({"WFLO_DATABASE_URL": configured, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
+    first = subprocess.run([sys.executable, str(tmp_path / "lgkilled.py")], env=env, capture_output=True, timeout=60)
+    assert first.returncode == 9, first.stderr
+    resume = [sys.executable, "-m", "wflo.cli", "runs", "resume", "lg-killed-1", "--import", "lgkilled"]
+    out = subprocess.run(resume, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "invoked again with the same config (thread_id)" in out.stderr
+    assert "`wflo runs resume`" in out.stderr and "`wflo resume`" not in out.stderr
+
+
 def test_async_invoke_and_stream(configured: str, llm: LLMServer) -> None:
     import asyncio
 

@@ -89,6 +89,14 @@ def test_wrap_unknown_object_is_a_clear_error() -> None:
         wrap(object())
 
 
+def test_resuming_elsewhere_names_a_command_that_exists(configured: str, llm: LLMServer) -> None:
+    """What `wflo runs resume` (or a worker) hears for a wrapped agent's run: it named `wflo resume`,
+    a command that does not exist."""
+    agent = wrap(build(llm))
+    with pytest.raises(wflo.UserError, match=r"run again with the same run_id.*`wflo runs resume`"):
+        asyncio.run(agent._body({}))
+
+
 def test_tokens_and_cost_per_call_equal_server_usage(configured: str, llm: LLMServer) -> None:
     llm.script(
         Reply(tool_calls=[ToolCall("search", {"query": "otters"})], input_tokens=1200, output_tokens=7),

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
+from .._errors import ConfigurationError
 from ..store import NewEvent, Store
 
 if TYPE_CHECKING:
@@ -54,8 +55,20 @@ def _webhook(url: str) -> Callable[[str, ApprovalRequest], None]:
     return send
 
 
-def _email(host: str, port: int, sender: str, to: list[str]) -> Callable[[str, ApprovalRequest], None]:
+def smtp_port() -> int:
+    """``WFLO_SMTP_PORT`` (default 25), or a ``ConfigurationError`` naming it.
+
+    Read when a notification is sent, in the background: a mistyped port makes that
+    notification fail on the record (``approval.notify_failed``), never the run that asked."""
+    text = os.environ.get("WFLO_SMTP_PORT", "").strip() or "25"
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ConfigurationError(f"WFLO_SMTP_PORT={text!r} is not a port number; accepted: 1 to 65535 (default 25)")
+    return int(text)
+
+
+def _email(host: str, sender: str, to: list[str]) -> Callable[[str, ApprovalRequest], None]:
     def send(kind: str, req: ApprovalRequest) -> None:
+        port = smtp_port()
         msg = EmailMessage()
         msg["Subject"] = f"[wflo] approval {kind}: {req.tool}"
         msg["From"] = sender
@@ -74,7 +87,6 @@ def notifiers() -> dict[str, Callable[[str, ApprovalRequest], None]]:
     if os.environ.get("WFLO_SMTP_HOST") and os.environ.get("WFLO_SMTP_TO"):
         out["email"] = _email(
             os.environ["WFLO_SMTP_HOST"],
-            int(os.environ.get("WFLO_SMTP_PORT", "25")),
             os.environ.get("WFLO_SMTP_FROM", "wflo@localhost"),
             [a.strip() for a in os.environ["WFLO_SMTP_TO"].split(",") if a.strip()],
         )
@@ -94,6 +106,9 @@ def notify(kind: str, req: ApprovalRequest, store: Store, *, attempts: int = 3, 
                 try:
                     send(kind, req)
                     error = None
+                    break
+                except ConfigurationError as exc:  # a setting to fix: trying again cannot help
+                    error = exc
                     break
                 except Exception as exc:  # retried; the last failure is recorded
                     error = exc

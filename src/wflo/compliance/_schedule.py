@@ -31,6 +31,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from ..approvals._notify import smtp_port
 from ..store import SYSTEM_CHAIN, NewEvent, Store, iso
 
 log = logging.getLogger("wflo.compliance")
@@ -222,8 +223,7 @@ def send_pack(store: Store, folder: Path) -> None:
             msg["To"] = os.environ["WFLO_SMTP_TO"]
             msg.set_content(text)
             msg.add_attachment(_zip(folder), maintype="application", subtype="zip", filename=f"{folder.name}.zip")
-            port = int(os.environ.get("WFLO_SMTP_PORT", "25"))
-            with smtplib.SMTP(os.environ["WFLO_SMTP_HOST"], port, timeout=10) as smtp:
+            with smtplib.SMTP(os.environ["WFLO_SMTP_HOST"], smtp_port(), timeout=10) as smtp:
                 smtp.send_message(msg)
 
         targets.append(("email", email))

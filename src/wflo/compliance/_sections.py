@@ -170,6 +170,12 @@ def _inventory(store: Store, events: _Events, cites: set[tuple[str, int]]) -> di
 
 
 # --------------------------------------------------------------------------- access
+def _role_of(data: dict[str, Any]) -> Any:
+    """A grant's role, or the roles a sign-in mapped (``auth.login``)."""
+    roles = data.get("roles")
+    return data.get("role") or (", ".join(map(str, roles)) if isinstance(roles, list) else None)
+
+
 def _access(store: Store, events: _Events, cites: set[tuple[str, int]]) -> dict[str, Any]:
     changes = [r for r in events.rows if r[0] == SYSTEM_CHAIN and r[2].startswith(_ACCESS_PREFIXES)]
     cites.update((c, s) for c, s, *_ in changes)
@@ -181,6 +187,8 @@ def _access(store: Store, events: _Events, cites: set[tuple[str, int]]) -> dict[
     roles = [[p, ", ".join(names), created, updated] for p, names, created, updated in Inbox(store).principals()]
     grants = sum(1 for r in changes if r[2].endswith((".granted", ".created")))
     removals = sum(1 for r in changes if r[2].endswith((".revoked", ".removed", ".deleted")))
+    sign_ins = sum(1 for r in changes if r[2] == "auth.login")
+    refused = sum(1 for r in changes if r[2] == "auth.failed")
     return {
         "query": [
             "SELECT id, roles FROM principals (current roles: the store's projection)",
@@ -191,22 +199,26 @@ def _access(store: Store, events: _Events, cites: set[tuple[str, int]]) -> dict[
         ],
         "summary": (
             f"{n(len(roles), 'principal')} now {'holds' if len(roles) == 1 else 'hold'} roles. In the period: {n(grants, 'grant')}, "
-            f"{n(removals, 'removal')}, and {n(sum(decisions.values()), 'approval vote')} cast by "
-            f"{n(len({p for p, _ in decisions}), 'principal')}."
+            f"{n(removals, 'removal')}, {n(sign_ins, 'sign-in')}, {n(refused, 'refused sign-in or token')}, "
+            f"and {n(sum(decisions.values()), 'approval vote')} cast by {n(len({p for p, _ in decisions}), 'principal')}."
         ),
         "figures": {
             "principals_with_roles": len(roles),
             "access_changes": len(changes),
             "grants": grants,
             "removals": removals,
+            "sign_ins": sign_ins,
+            "refused_sign_ins_and_tokens": refused,
             "approval_votes": sum(decisions.values()),
         },
         "tables": [
             {"title": "Roles held (now)", "columns": ["principal", "roles", "since", "changed"], "rows": roles},
             {
-                "title": "Grants and removals",
+                "title": "Grants, removals, tokens and sign-ins",
                 "columns": ["at", "change", "principal", "role", "by"],
-                "rows": [[a, t, d.get("principal"), d.get("role"), d.get("by")] for _c, _s, t, a, d in changes],
+                "rows": [
+                    [a, t, d.get("principal") or d.get("by"), _role_of(d), d.get("by")] for _c, _s, t, a, d in changes
+                ],
             },
             {
                 "title": "Who decided, and how",
@@ -215,10 +227,11 @@ def _access(store: Store, events: _Events, cites: set[tuple[str, int]]) -> dict[
             },
         ],
         "notes": [
-            "wflo does not yet sign people in (sign-ins, failed sign-ins and API tokens arrive with the identity "
-            "issue). This section shows what the store knows today: role grants and approval decisions on the "
-            "system chain, each with the principal the deployment configured. Who may reach the database and the "
-            "hosts is the organisation's own access control."
+            "Access changes are read from the system chain: role grants and removals, API tokens created and "
+            "revoked, sign-ins through the server (single sign-on, with the roles mapped at sign-in), sign-outs, "
+            "and refused sign-ins and tokens (auth.failed). Work done directly on the store (local mode) is "
+            "recorded with the principal the process was configured with (WFLO_PRINCIPAL) and the OS user; "
+            "who may reach the database and the hosts is the organisation's own access control."
         ],
     }
 

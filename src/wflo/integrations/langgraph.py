@@ -370,7 +370,7 @@ class WrappedGraph:
         if ctx is None or job is None:
             raise UserError(
                 "a wrapped LangGraph run resumes when the graph is invoked again with the same "
-                "config (thread_id); it cannot be resumed by a worker or `wflo resume`"
+                "config (thread_id); it cannot be resumed by a worker or `wflo runs resume`"
             )
         config = await self._config(ctx, job)
         graph = self.graph

@@ -148,7 +148,7 @@ class WrappedAgent:
         if ctx is None or job is None:
             raise UserError(
                 "a wrapped pydantic-ai run resumes when the agent is run again with the same run_id; "
-                "it cannot be resumed by a worker or `wflo resume`"
+                "it cannot be resumed by a worker or `wflo runs resume`"
             )
         args, given, holder = job
         kwargs = dict(given)  # a copy: a resumed execution sees the caller's arguments again

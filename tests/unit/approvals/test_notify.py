@@ -100,3 +100,21 @@ def test_email_notification_over_smtp(configured: str, monkeypatch: pytest.Monke
         assert handle.status() == "waiting"
     finally:
         smtp.close()
+
+
+def test_a_mistyped_smtp_port_fails_the_notification_not_the_run(
+    configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """WFLO_SMTP_PORT=smtp raised a bare ValueError from int() while the request was filed: the
+    run failed with "invalid literal for int()", its request left pending. Now the run waits as
+    it should and the notification fails on the record, naming the variable."""
+    monkeypatch.setenv("WFLO_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("WFLO_SMTP_TO", "finance@example.org")
+    monkeypatch.setenv("WFLO_SMTP_PORT", "smtp")
+    handle = approvalapp.refunds.start("o11", 999.0)
+    Worker(concurrency=1).run(max_runs=1, idle_timeout=1)
+    assert handle.status() == "waiting"
+    wait_for_notifications()
+    failed = [e for e in _config.get_store().events("system") if e.type == "approval.notify_failed"]
+    assert failed and failed[-1].data["notifier"] == "email" and failed[-1].data["attempts"] == 1
+    assert "WFLO_SMTP_PORT='smtp' is not a port number" in failed[-1].data["error"]
