@@ -251,7 +251,9 @@ class S(TypedDict):
 
 
 def node(state: S) -> dict:
-    os._exit(9)  # the process dies inside the wrapped run
+    if os.environ.get("DIE"):
+        os._exit(9)  # the process dies inside the wrapped run
+    return {"n": state["n"] + 1}
 
 
 b = StateGraph(S)
@@ -264,19 +266,34 @@ if __name__ == "__main__":
 """
 
 
-def test_resuming_a_wrapped_run_from_the_cli_names_a_command_that_exists(configured: str, tmp_path: Path) -> None:
-    """The refusal said the run "cannot be resumed by a worker or `wflo resume`": there is no
-    `wflo resume` (the command is `wflo runs resume`, the one just refused)."""
+def test_a_killed_wrapped_run_is_left_for_its_program_not_failed_by_a_worker_or_the_cli(
+    configured: str, tmp_path: Path
+) -> None:
+    """A wrapped graph's run resumes when its program invokes the graph again on that thread. `wflo
+    runs resume` and a worker importing the program executed it without its call: the run failed
+    for good, and the next invoke on the thread started a new run (`#2`). They now leave it alone
+    (the refusal names `wflo runs resume`, which exists, not `wflo resume`)."""
     (tmp_path / "lgkilled.py").write_text(KILLED_APP)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
-    env.update({"WFLO_DATABASE_URL": configured, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
-    first = subprocess.run([sys.executable, str(tmp_path / "lgkilled.py")], env=env, capture_output=True, timeout=60)
+    env.update({"WFLO_DATABASE_URL": configured, "WFLO_LEASE_SECONDS": "1",
+                "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})  # fmt: skip
+    app = [sys.executable, str(tmp_path / "lgkilled.py")]
+    first = subprocess.run(app, env={**env, "DIE": "1"}, capture_output=True, timeout=60)
     assert first.returncode == 9, first.stderr
     resume = [sys.executable, "-m", "wflo.cli", "runs", "resume", "lg-killed-1", "--import", "lgkilled"]
     out = subprocess.run(resume, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr
     assert "invoked again with the same config (thread_id)" in out.stderr
     assert "`wflo runs resume`" in out.stderr and "`wflo resume`" not in out.stderr
+    time.sleep(1.2)  # the killed process's lease has lapsed: a worker may claim what it serves
+    worker = [sys.executable, "-m", "wflo.cli", "worker", "--import", "lgkilled", "--idle-exit", "1"]
+    served = subprocess.run(worker, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert served.returncode == 0 and "after 0 run(s)" in served.stdout, served.stdout + served.stderr
+    assert wflo.RunHandle("lg-killed-1").status() == "running"
+    again = subprocess.run(app, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert wflo.RunHandle("lg-killed-1").status() == "succeeded"
+    assert [r.id for r in _config.get_store().list_runs(workflow="lg-killed")] == ["lg-killed-1"]
 
 
 def test_async_invoke_and_stream(configured: str, llm: LLMServer) -> None:

@@ -95,6 +95,16 @@ def test_resuming_elsewhere_names_a_command_that_exists(configured: str, llm: LL
     agent = wrap(build(llm))
     with pytest.raises(wflo.UserError, match=r"run again with the same run_id.*`wflo runs resume`"):
         asyncio.run(agent._body({}))
+    # And neither gets that far: a worker does not claim such a run, wflo.resume refuses it first
+    # (both executed it without its call, which failed the run for good).
+    from wflo.engine import Worker
+
+    assert agent.workflow.name not in Worker()._names()
+    store = _config.get_store()
+    store.create_run(run_id="pa-left", workflow=agent.workflow.name, input={"args": [], "kwargs": {}})
+    with pytest.raises(wflo.UserError, match="cannot be resumed here"):
+        wflo.resume("pa-left")
+    assert store.get_run("pa-left").status != "failed"
 
 
 def test_tokens_and_cost_per_call_equal_server_usage(configured: str, llm: LLMServer) -> None:

@@ -103,7 +103,11 @@ class Worker:
             heartbeats.hand_back(self.owner)
 
     def _names(self) -> list[str]:
-        return self.workflows or sorted(registered_workflows())
+        # Not the runs only their own process can continue (a wrapped graph's): executed here
+        # without their call, they would fail for good.
+        ours = registered_workflows()
+        names = self.workflows or sorted(ours)
+        return [n for n in names if n not in ours or not ours[n].resumes_only_in_process]
 
     def run(self, *, max_runs: int | None = None, idle_timeout: float | None = None) -> int:
         """Serve until stopped (or ``max_runs`` finished, or idle for ``idle_timeout`` s).

@@ -183,6 +183,11 @@ class Workflow(Generic[P, R]):
                 raise ConfigurationError(f"two different workflows are named {self.name!r}; give one another name=")
             _registry[self.name] = self
 
+    resumes_only_in_process: str | None = None
+    """Set by an integration whose runs only the process that started them can continue (a
+    wrapped LangGraph graph or pydantic-ai agent: the graph and its call are that process's):
+    how such a run resumes. Workers do not claim these runs and ``wflo.resume`` refuses them
+    with it, instead of executing them without their call and failing them for good."""
     _signature: inspect.Signature | None = None
     """``fn``'s signature, read on the first start (not on every one)."""
     _bare: bool = False
@@ -731,8 +736,11 @@ def resume(run_id: str, *, wait: bool = True) -> Any:
     record = store.find_run(run_id)
     if record.done:
         return _result_of(record)
+    wf = get_workflow(record.workflow)
+    if wf.resumes_only_in_process:
+        raise UserError(f"run {record.id} ({wf.name}) cannot be resumed here: {wf.resumes_only_in_process}")
     # No start options: the run exists (its stored id is not checked again as a new one would be).
-    bound: BoundWorkflow[Any, Any] = BoundWorkflow(get_workflow(record.workflow), RunOptions())
+    bound: BoundWorkflow[Any, Any] = BoundWorkflow(wf, RunOptions())
     owner = process_owner()
     record = bound._claim_existing(store, record, owner)
     prepared: RunContext | None = None

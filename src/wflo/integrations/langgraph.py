@@ -67,6 +67,12 @@ __all__ = ["Checkpointer", "WrappedGraph", "wrap"]
 
 _MARK = "__wflo_wrapped__"
 
+RESUME = (
+    "a wrapped LangGraph run resumes when the graph is invoked again with the same config (thread_id), "
+    "in the program that wraps it; it cannot be resumed by a worker or `wflo runs resume`"
+)
+"""How a wrapped run resumes (``Workflow.resumes_only_in_process``)."""
+
 
 def wrap(
     graph: Any,
@@ -285,6 +291,7 @@ class WrappedGraph:
             extra["guards"] = guards
         graph_name = getattr(graph, "name", None) or "graph"
         self.workflow: Workflow[..., Any] = Workflow(self._body, name=name or f"langgraph.{graph_name}", **extra)
+        self.workflow.resumes_only_in_process = RESUME
         self.tool_nodes = tool_nodes(graph)
         for node in self.tool_nodes:
             guard_tool_node(node, self.approvals)
@@ -368,10 +375,7 @@ class WrappedGraph:
         ctx = current_run()
         job = self._jobs.get(ctx.run_id) if ctx is not None else None
         if ctx is None or job is None:
-            raise UserError(
-                "a wrapped LangGraph run resumes when the graph is invoked again with the same "
-                "config (thread_id); it cannot be resumed by a worker or `wflo runs resume`"
-            )
+            raise UserError(RESUME)
         config = await self._config(ctx, job)
         graph = self.graph
         try:

@@ -44,6 +44,12 @@ __all__ = ["WfloCapability", "WrappedAgent", "wrap"]
 
 _PICKLED = "__wflo_pickle__"
 
+RESUME = (
+    "a wrapped pydantic-ai run resumes when the agent is run again with the same run_id, in the "
+    "program that wraps it; it cannot be resumed by a worker or `wflo runs resume`"
+)
+"""How a wrapped run resumes (``Workflow.resumes_only_in_process``)."""
+
 
 def wrap(
     agent: Any,
@@ -135,6 +141,7 @@ class WrappedAgent:
         self.workflow: Workflow[..., Any] = Workflow(
             self._body, name=name or f"pydantic-ai.{agent_name}", agent=agent_name, **extra
         )
+        self.workflow.resumes_only_in_process = RESUME
 
     def __getattr__(self, item: str) -> Any:
         return getattr(self.agent, item)
@@ -146,10 +153,7 @@ class WrappedAgent:
         ctx = current_run()
         job = self._jobs.get(ctx.run_id) if ctx is not None else None
         if ctx is None or job is None:
-            raise UserError(
-                "a wrapped pydantic-ai run resumes when the agent is run again with the same run_id; "
-                "it cannot be resumed by a worker or `wflo runs resume`"
-            )
+            raise UserError(RESUME)
         args, given, holder = job
         kwargs = dict(given)  # a copy: a resumed execution sees the caller's arguments again
         capabilities = [*(kwargs.pop("capabilities", None) or ()), self.capability]
