@@ -744,7 +744,8 @@ _EXIT_CODES = {
 }
 
 
-def exit_code_for(error: BaseException) -> int:
-    """The CLI exit status for an error: stable per ``code``, 1 for anything else."""
+def exit_code_for(error: BaseException | type[BaseException]) -> int:
+    """The CLI exit status for an error (or an error class): stable per ``code``, 1 for anything
+    else (``docs/cli.md`` lists them, generated from this table)."""
     code = getattr(error, "code", None)
     return _EXIT_CODES.get(code, 1) if isinstance(code, str) else 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from .. import errors
 from . import cli
 
 
@@ -33,7 +34,34 @@ def render() -> str:
             cmd, info_name=" ".join(path), terminal_width=100, max_content_width=100, help_option_names=["-h", "--help"]
         )
         lines += [f"## `{' '.join(path)}`", "", "```text", cmd.get_help(ctx).rstrip(), "```", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _exit_statuses())
+
+
+def _exit_statuses() -> list[str]:
+    """The exit statuses of ``wflo``, from ``wflo.errors.exit_code_for`` and the errors' classes."""
+    by_status: dict[int, list[str]] = {}
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        if isinstance(cls, type) and issubclass(cls, BaseException) and "code" in vars(cls):
+            by_status.setdefault(errors.exit_code_for(cls), []).append(f"`{name}`")
+    lines = [
+        "## Exit status",
+        "",
+        "Every command ends with one of these; a mistake or a refusal prints one line on stderr (the error's class is "
+        "`wflo.errors.X`), never a traceback.",
+        "",
+        "| status | when |",
+        "|---|---|",
+        "| 0 | success |",
+    ]
+    for status in sorted(by_status):
+        other = "any other error, and " if status == 1 else ""
+        lines.append(f"| {status} | {other}{', '.join(sorted(by_status[status]))} |")
+    lines += [
+        "| 130 | interrupted (Ctrl-C; `wflo worker`: the third Ctrl-C, or `128 + signal` for a third signal) |",
+        "",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

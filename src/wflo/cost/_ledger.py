@@ -614,7 +614,8 @@ def _check_scope(scope: str) -> str:
     kind, _, name = scope.partition(":") if isinstance(scope, str) else ("", "", "")
     if scope != "global" and (kind not in _SCOPE_KINDS or not name):
         raise UserError(
-            f"budget scope {scope!r} must look like 'tenant:acme', 'workflow:NAME', 'agent:NAME', 'project:NAME' or 'global'"
+            f"budget scope {scope!r} must look like 'tenant:acme', 'workflow:NAME', 'agent:NAME', 'project:NAME', "
+            "'user:NAME', 'run:ID' or 'global'"
         )
     if scope != "global":
         check_name(scope, "budget scope", colon=True)  # no NUL, line break or bidi control

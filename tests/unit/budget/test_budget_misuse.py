@@ -47,6 +47,7 @@ def sqlite_configured(sqlite_url: str) -> Iterator[str]:
     [
         (5, r"budget scope 5 must look like 'tenant:acme'"),  # was AttributeError: 'int' ... 'split'
         (None, r"budget scope None must look like"),
+        ("bar", r"'user:NAME', 'run:ID' or 'global'"),  # the kinds it takes, all of them
         ("tenant:a\x00b", r"budget scope must be printable text"),  # psycopg.DataError on PostgreSQL
         ("tenant:acme\u202e", r"budget scope must be printable text"),
         ("tenant:" + "a" * 300, r"budget scope must be at most 255 characters"),
