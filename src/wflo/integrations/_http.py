@@ -521,6 +521,10 @@ class _Recorder:
         self._t0 = t0
         self._chunks: list[bytes] = []
         self._done = False
+        self._lock = threading.Lock()
+        # A stream its code stops reading without closing it (a ``break``, an error in the
+        # loop) ends with the run at the latest: recorded and settled before the run's end.
+        call.run.keep_open(id(self), self._end_on_run())
 
     def _pass(self, chunk: bytes) -> bytes:
         """What the caller sees of a chunk: with the usage event taken out if wflo asked for it."""
@@ -535,9 +539,32 @@ class _Recorder:
         return b"" if _usage_only(rest) else rest
 
     def _finish(self, complete: bool) -> None:
-        if not self._done:
+        with self._lock:
+            if self._done:
+                return
             self._done = True
-            _end(self._call, self._response, b"".join(self._chunks), complete, self._t0)
+        self._call.run.let_go(id(self))
+        _end(self._call, self._response, b"".join(self._chunks), complete, self._t0)
+
+    def _abandoned(self) -> None:
+        """The run ends with this stream still open: recorded as far as it was read (its
+        usage not seen: charged at its reservation). A sync stream's connection is closed."""
+        self._finish(False)
+
+    def _end_on_run(self) -> Any:
+        return self._abandoned
+
+
+class _RunEnd:
+    """What an async stream leaves with its run: ``end()`` anywhere, ``aend()`` on its loop."""
+
+    aend: Any = None
+
+    def __init__(self, end: Callable[[], None]) -> None:
+        self._end = end
+
+    def __call__(self) -> None:
+        self._end()
 
 
 class _SyncRecorder(_Recorder):
@@ -562,8 +589,27 @@ class _SyncRecorder(_Recorder):
         finally:
             self._finish(False)
 
+    def _abandoned(self) -> None:
+        try:
+            self._finish(False)
+        finally:
+            self._inner.close()
+
 
 class _AsyncRecorder(_Recorder):
+    def _end_on_run(self) -> Any:
+        end = _RunEnd(self._abandoned)
+        end.aend = self._aabandoned
+        return end
+
+    async def _aabandoned(self) -> None:
+        """The run ends with this stream open, on the stream's loop: its connection is closed,
+        then it is recorded as far as it was read (on the store's threads)."""
+        try:
+            await self._inner.aclose()
+        finally:
+            await self._afinish(False)
+
     async def _afinish(self, complete: bool) -> None:
         """``_finish`` on the store's threads (it records the call): the loop runs on."""
         if not self._done:
