@@ -1,14 +1,20 @@
 """P1 and P3 on the LLM-call paths, tried the way a careless user or a hostile agent would:
-streams left unread, calls cancelled mid-flight, partial stream usage. Through the
-real openai/anthropic SDKs, over HTTP, against wflo.testing's server, on both
+streams left unread, calls cancelled mid-flight, redirects, partial stream usage. Through the
+real openai/anthropic SDKs (and aiohttp), over HTTP, against wflo.testing's server, on both
 stores. Each test failed before the change it came with."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import aiohttp
 import anthropic
+import httpx
 import openai
 import pytest
 from budget_helpers import llm_events
@@ -170,3 +176,74 @@ def test_tight_budget_under_gather_with_timeouts_never_overspends(configured: st
     results = flow.options(id="gather").run()
     assert "refused" in results and "timeout" in results
     assert _settled("gather") <= Decimal("0.0004")
+
+
+# ----------------------------------------------------------------------------- redirects
+@pytest.fixture
+def redirector(llm: LLMServer) -> Iterator[str]:
+    """A server that answers every POST with a 307 to the LLM server's chat completions."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(307)
+            self.send_header("Location", llm.openai_url + "/chat/completions")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+BIG = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 100_000}
+
+
+@pytest.mark.parametrize("client", ["httpx", "httpx-async", "openai", "aiohttp"])
+def test_redirect_to_an_llm_endpoint_is_refused(configured: str, llm: LLMServer, redirector: str, client: str) -> None:
+    # A 307 keeps the method and the body. Before: the first request (not an LLM path) went
+    # out unguarded and the client followed the redirect to the chat completions endpoint:
+    # sent unpriced, past a $0.000001 budget, and not journaled.
+    @wflo.workflow(budget=wflo.Budget(usd="0.000001"))
+    def flow() -> None:
+        if client == "httpx":
+            httpx.post(redirector + "/v1/go", json=BIG, follow_redirects=True)
+        elif client == "openai":  # the SDK follows redirects by default
+            _oai(llm).with_options(base_url=redirector + "/v1").post("/go", cast_to=httpx.Response, body=BIG)
+        else:
+
+            async def go() -> None:
+                if client == "httpx-async":
+                    async with httpx.AsyncClient(follow_redirects=True) as c:
+                        await c.post(redirector + "/v1/go", json=BIG)
+                else:
+                    async with aiohttp.ClientSession() as s, s.post(redirector + "/v1/go", json=BIG):
+                        pass
+
+            asyncio.run(go())
+
+    with pytest.raises(wflo.errors.EgressRefusedError, match="redirect"):
+        flow.options(id=f"redirect-{client}").run()
+    assert llm.request_count == 0
+
+
+def test_redirect_of_a_guarded_request_and_outside_a_run_pass(configured: str, llm: LLMServer, redirector: str) -> None:
+    llm.script(Reply("ok", input_tokens=5, output_tokens=1))
+    assert httpx.post(redirector + "/v1/go", json=BIG, follow_redirects=True).status_code == 200  # no run
+    wflo.egress.allow("127.0.0.1", reason="the test's gateway")
+    try:
+
+        @wflo.workflow(budget=wflo.Budget(usd="1"))
+        def flow() -> int:
+            return httpx.post(redirector + "/v1/go", json=BIG, follow_redirects=True).status_code
+
+        assert flow.options(id="opted").run() == 200
+    finally:
+        wflo.egress.clear()
+    assert "egress.opted_out" in _types("opted")

@@ -109,7 +109,11 @@ def _wrap(mod: Any) -> None:
         fmt = _gate(request)
         ctx = run_context() if fmt is not None else None
         if ctx is None or fmt is None:
-            return sync_send(self, request, *args, **kwargs)
+            token = _passing.set(request)
+            try:
+                return sync_send(self, request, *args, **kwargs)
+            finally:
+                _passing.reset(token)
         io = _SyncIO(lambda r: sync_send(self, r, *args, **kwargs), sync_recorder)
         return drive(_attempts(mod, ctx, fmt, request), io)
 
@@ -117,7 +121,11 @@ def _wrap(mod: Any) -> None:
         fmt = _gate(request)
         ctx = run_context() if fmt is not None else None
         if ctx is None or fmt is None:
-            return await async_send(self, request, *args, **kwargs)
+            token = _passing.set(request)
+            try:
+                return await async_send(self, request, *args, **kwargs)
+            finally:
+                _passing.reset(token)
         io = _AsyncIO(lambda r: async_send(self, r, *args, **kwargs), async_recorder)
         io.run = ctx
         return await adrive(_attempts(mod, ctx, fmt, request), io)
@@ -126,6 +134,49 @@ def _wrap(mod: Any) -> None:
     asend.__wflo_wrapped__ = async_send  # type: ignore[attr-defined]
     mod.Client.send = send
     mod.AsyncClient.send = asend
+    _wrap_hops(mod)
+
+
+_passing: contextvars.ContextVar[Any] = contextvars.ContextVar("wflo_httpx_passing", default=None)
+"""The request an httpx ``send`` let through unguarded (not an LLM request), while it is sent."""
+
+
+def _wrap_hops(mod: Any) -> None:
+    """Gate each further hop of a request ``send`` let through unguarded: httpx follows a
+    redirect inside ``send`` (the openai and anthropic clients follow them), and a 307 or 308
+    keeps the method and the body, so a redirect could carry an LLM request past the budget
+    and the closed world. Such a hop is refused before it is sent."""
+    sync_single = getattr(mod.Client, "_send_single_request", None)
+    async_single = getattr(mod.AsyncClient, "_send_single_request", None)
+    if sync_single is None or async_single is None:  # not this library's layout: nothing to gate
+        return
+
+    def single(self: Any, request: Any) -> Any:
+        first = _passing.get()
+        if first is not None and first is not request:
+            _gate_hop(request)
+        return sync_single(self, request)
+
+    async def asingle(self: Any, request: Any) -> Any:
+        first = _passing.get()
+        if first is not None and first is not request:
+            _gate_hop(request)
+        return await async_single(self, request)
+
+    single.__wflo_wrapped__ = sync_single  # type: ignore[attr-defined]
+    asingle.__wflo_wrapped__ = async_single  # type: ignore[attr-defined]
+    mod.Client._send_single_request = single
+    mod.AsyncClient._send_single_request = asingle
+
+
+def _gate_hop(hop: Any) -> None:
+    """A redirect hop of a request sent unguarded: refused, inside a guarded run, when it is an
+    LLM request (it would be sent unpriced) or goes to an LLM provider's unpriced endpoint."""
+    url = hop.url
+    try:
+        _egress.redirect_check("httpx", hop.method, url.host, url.port, url.path)
+    except WfloError as exc:
+        raise sdk_visible(exc) from None
 
 
 def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
