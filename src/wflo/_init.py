@@ -92,6 +92,8 @@ def _finish() -> None:
         return
     heartbeats.untrack(ctx)
     error = getattr(sys, "last_value", None)
+    ctx.close()
+    ctx.end_open()  # a stream the script left unread: recorded and settled before the run's end
     try:
         if error is not None:
             err = {"type": type(error).__name__, "message": str(error)}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from decimal import Decimal
 from typing import Any
 
 from .._config import settings
-from .._errors import UnboundedRequestError, UnknownPriceError
+from .._errors import UnboundedRequestError, UnknownPriceError, WfloInterrupt
 from .._scope import current_scope
 from ..engine import Call, Guard, Outcome
 from ..store import NewEvent
@@ -182,6 +183,9 @@ class BudgetGuard(Guard):
 
         Every charged call also goes in the spend book (``wflo.cost._tables``), in the
         transaction of its event and of its settlement."""
+        if outcome.error is not None and _interrupted(outcome.error):
+            self._interrupted(call, outcome.error)
+            return
         book = _booking(call, outcome)
         if call.kind == "tool":
             price = call.meta.get("tool_price")
@@ -257,6 +261,22 @@ class BudgetGuard(Guard):
         else:
             call.ops.append(self.ledger.book_op(self.run_id, cost, book))
 
+    def _interrupted(self, call: Call, error: BaseException) -> None:
+        """A call cut off by a cancellation (``asyncio.wait_for``'s timeout, ``task.cancel()``)
+        or a ``KeyboardInterrupt`` is not a result: no event records it, so a replay makes it
+        again. Its request may have reached the provider, so its reservation is charged now
+        (an unknown outcome, as for a call lost with its process), recorded by a
+        ``budget.unknown_outcome`` event, rather than held until it expires."""
+        res: Reservation | None = call.meta.get("reservation")
+        if res is None:
+            return
+        reason = "cancelled" if isinstance(error, asyncio.CancelledError) else "interrupted"
+        event = NewEvent("budget.unknown_outcome", {
+            "call": call.call_id, "name": call.name, "kind": call.kind, "cost_usd": usd_str(res.amount),
+            "cost_estimated": True, "unknown_outcome": reason, "reservation": res.id,
+        })  # fmt: skip
+        call.run.append([event], ops=[self.ledger.settle_unknown_op(res, reason, None)])
+
     def replayed(self, call: Call, entry: Any) -> None:
         rid = entry.data.get("response_id") if call.kind == "llm" else None
         usage = entry.data.get("usage")
@@ -298,6 +318,13 @@ def _booking(call: Call, outcome: Outcome) -> BookingFn:
         )
 
     return make
+
+
+def _interrupted(error: BaseException) -> bool:
+    """A call's end that is no result of it (see ``wflo.engine``: not recorded), other than
+    wflo's own signals (a lost lease, a suspension, a stop), after which the run's next
+    execution settles what was in flight."""
+    return not isinstance(error, Exception | WfloInterrupt)
 
 
 def _priced(book: PriceBook, price: Any, usage: Any) -> Decimal | None:

@@ -36,6 +36,7 @@ import asyncio
 import contextvars
 import functools
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -53,6 +54,8 @@ if TYPE_CHECKING:
 
 Held = tuple[Sequence[NewEvent], Sequence[StoreOp], dict[str, Any]]
 """An append held back by :meth:`RunContext.hold_appends`: its events, ops and projection."""
+
+log = logging.getLogger("wflo")
 
 _current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("wflo_run", default=None)
 _call_path: contextvars.ContextVar[str] = contextvars.ContextVar("wflo_call_path", default="")
@@ -172,6 +175,7 @@ class RunContext:
         self._tasks: dict[str, dict[asyncio.Task[Any], object]] = {}  # call path -> live tasks there: marks
         self._held: tuple[int, list[Held]] | None = None  # (thread, appends held back; see hold_appends)
         self._in_flight: Any = None  # an append from the loop not answered yet (append_on_loop)
+        self._open: dict[int, Callable[[], None]] = {}  # calls still being read (see keep_open)
         install_propagation()
 
     @property
@@ -435,6 +439,58 @@ class RunContext:
     def close(self) -> None:
         """This execution ended: its threads' later calls are refused."""
         self.closed = True
+
+    def keep_open(self, key: int, end: Callable[[], None]) -> None:
+        """A call of this run returned to its code still open (a stream it reads): ``end()``
+        records it as far as it went, if the code has not by the time the run ends
+        (:meth:`end_open`). The call lets go of it (:meth:`let_go`) when it ends by itself."""
+        with self._lock:
+            self._open[key] = end
+
+    def let_go(self, key: int) -> None:
+        """The call kept open under ``key`` ended by itself."""
+        with self._lock:
+            self._open.pop(key, None)
+
+    def has_open(self) -> bool:
+        return bool(self._open)
+
+    async def aend_open(self) -> None:
+        """:meth:`end_open` in an async run, on its event loop: a call kept open with an
+        ``aend`` coroutine function (an async stream: its connection is closed on its loop)
+        is ended with it; the others on the store's threads."""
+        with self._lock:
+            ends = [(key, getattr(end, "aend", None)) for key, end in self._open.items()]
+        for key, aend in ends:
+            if aend is not None:
+                with self._lock:
+                    if self._open.pop(key, None) is None:
+                        continue
+                try:
+                    await aend()
+                except LeaseLost:
+                    return
+                except Exception:
+                    log.exception("wflo: could not record a call of run %s left open by its code", self.run_id)
+        if self._open:
+            await self.store.off_loop(self.end_open, key=self.run_id)
+
+    def end_open(self) -> None:
+        """End the calls still open as the run ends (a stream its code stopped reading, by
+        ``break`` or an error, and never closed): each is recorded, and its money settled, as
+        far as it went, before the run's own end. Left open, its reservation would be held
+        past the run's end and its record written after it (or never)."""
+        while True:
+            with self._lock:
+                if not self._open:
+                    return
+                _, end = self._open.popitem()
+            try:
+                end()
+            except LeaseLost:
+                return  # another worker owns the run now: it settles what was in flight
+            except Exception:
+                log.exception("wflo: could not record a call of run %s left open by its code", self.run_id)
 
     # ------------------------------------------------------------------ journal writes
     def hold_appends(self) -> _Holding:

@@ -400,6 +400,7 @@ def execute(
             value = wf.fn(*args, **kwargs)
         except BaseException as exc:
             ctx.close()
+            ctx.end_open()
             _finish_error(ctx, exc)
             _raise_stop(ctx, exc)
             raise
@@ -408,6 +409,7 @@ def execute(
             _current_run.reset(run_token)
             heartbeats.untrack(ctx)
         ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
+        ctx.end_open()  # a stream the code left unread: recorded and settled before the run's end
         return _finish_ok(ctx, wf, value)
 
 
@@ -460,6 +462,8 @@ async def aexecute(
             if isinstance(exc, RunSuspended | RunReleased):
                 await _settle_tasks(ctx)
             ctx.close()
+            if ctx.has_open():
+                await ctx.aend_open()
             await store.off_loop(_finish_error, ctx, exc, key=record.id)
             _raise_stop(ctx, exc)
             raise
@@ -468,6 +472,8 @@ async def aexecute(
             _current_run.reset(run_token)
             heartbeats.untrack(ctx)
         ctx.close()  # before the final event: a thread still calling now is refused, not journaled after it
+        if ctx.has_open():  # a stream the code left unread: recorded and settled before the run's end
+            await ctx.aend_open()
         return await _afinish_ok(ctx, wf, value)
 
 

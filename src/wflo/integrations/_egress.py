@@ -325,6 +325,39 @@ def _wrap_aiohttp(aiohttp: Any) -> None:
     _request.__wflo_wrapped__ = original  # type: ignore[attr-defined]
     session._request = _request
 
+    # ``_request`` follows redirects itself, each hop a new ``ClientRequest`` sent here; a 307
+    # or 308 keeps the method and the body. A hop the gate above did not guard is gated too.
+    request_class = aiohttp.ClientRequest
+    original_send = request_class.send
+
+    async def send(self: Any, conn: Any) -> Any:
+        if not _inside.get() and current_run is not None:
+            url = self.url
+            redirect_check("aiohttp", self.method, url.host or "", url.port, url.path or "/")
+        return await original_send(self, conn)
+
+    send.__wflo_wrapped__ = original_send  # type: ignore[attr-defined]
+    request_class.send = send
+
+
+def redirect_check(client: str, method: str, host: str, port: int | None, path: str) -> None:
+    """The gate for a request a client sends on its own (a redirect it follows) after the gate
+    let the first one through unguarded: an LLM request there is refused (it would go out
+    unpriced); a provider's unpriced endpoint too, as :func:`check` does."""
+    if _inside.get() or current_run is None or current_run() is None:
+        return
+    fmt = detect(method.upper(), path)
+    if egress.opted_out(host) is not None:
+        if fmt is not None:  # recorded (any other hop was, with the request that started it)
+            check(client, method, host, port, path)
+        return
+    if fmt is not None:
+        raise EgressRefusedError(
+            client=client, method=method.upper(), host=_host_of(host), path=path,
+            reason="it is a redirect from a request wflo did not guard (send it to the LLM endpoint itself)",
+        )  # fmt: skip
+    check(client, method, host, port, path)
+
 
 def _wrap_requests(adapters: Any) -> None:
     from . import _requests

@@ -109,7 +109,11 @@ def _wrap(mod: Any) -> None:
         fmt = _gate(request)
         ctx = run_context() if fmt is not None else None
         if ctx is None or fmt is None:
-            return sync_send(self, request, *args, **kwargs)
+            token = _passing.set(request)
+            try:
+                return sync_send(self, request, *args, **kwargs)
+            finally:
+                _passing.reset(token)
         io = _SyncIO(lambda r: sync_send(self, r, *args, **kwargs), sync_recorder)
         return drive(_attempts(mod, ctx, fmt, request), io)
 
@@ -117,7 +121,11 @@ def _wrap(mod: Any) -> None:
         fmt = _gate(request)
         ctx = run_context() if fmt is not None else None
         if ctx is None or fmt is None:
-            return await async_send(self, request, *args, **kwargs)
+            token = _passing.set(request)
+            try:
+                return await async_send(self, request, *args, **kwargs)
+            finally:
+                _passing.reset(token)
         io = _AsyncIO(lambda r: async_send(self, r, *args, **kwargs), async_recorder)
         io.run = ctx
         return await adrive(_attempts(mod, ctx, fmt, request), io)
@@ -126,6 +134,49 @@ def _wrap(mod: Any) -> None:
     asend.__wflo_wrapped__ = async_send  # type: ignore[attr-defined]
     mod.Client.send = send
     mod.AsyncClient.send = asend
+    _wrap_hops(mod)
+
+
+_passing: contextvars.ContextVar[Any] = contextvars.ContextVar("wflo_httpx_passing", default=None)
+"""The request an httpx ``send`` let through unguarded (not an LLM request), while it is sent."""
+
+
+def _wrap_hops(mod: Any) -> None:
+    """Gate each further hop of a request ``send`` let through unguarded: httpx follows a
+    redirect inside ``send`` (the openai and anthropic clients follow them), and a 307 or 308
+    keeps the method and the body, so a redirect could carry an LLM request past the budget
+    and the closed world. Such a hop is refused before it is sent."""
+    sync_single = getattr(mod.Client, "_send_single_request", None)
+    async_single = getattr(mod.AsyncClient, "_send_single_request", None)
+    if sync_single is None or async_single is None:  # not this library's layout: nothing to gate
+        return
+
+    def single(self: Any, request: Any) -> Any:
+        first = _passing.get()
+        if first is not None and first is not request:
+            _gate_hop(request)
+        return sync_single(self, request)
+
+    async def asingle(self: Any, request: Any) -> Any:
+        first = _passing.get()
+        if first is not None and first is not request:
+            _gate_hop(request)
+        return await async_single(self, request)
+
+    single.__wflo_wrapped__ = sync_single  # type: ignore[attr-defined]
+    asingle.__wflo_wrapped__ = async_single  # type: ignore[attr-defined]
+    mod.Client._send_single_request = single
+    mod.AsyncClient._send_single_request = asingle
+
+
+def _gate_hop(hop: Any) -> None:
+    """A redirect hop of a request sent unguarded: refused, inside a guarded run, when it is an
+    LLM request (it would be sent unpriced) or goes to an LLM provider's unpriced endpoint."""
+    url = hop.url
+    try:
+        _egress.redirect_check("httpx", hop.method, url.host, url.port, url.path)
+    except WfloError as exc:
+        raise sdk_visible(exc) from None
 
 
 def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
@@ -521,6 +572,10 @@ class _Recorder:
         self._t0 = t0
         self._chunks: list[bytes] = []
         self._done = False
+        self._lock = threading.Lock()
+        # A stream its code stops reading without closing it (a ``break``, an error in the
+        # loop) ends with the run at the latest: recorded and settled before the run's end.
+        call.run.keep_open(id(self), self._end_on_run())
 
     def _pass(self, chunk: bytes) -> bytes:
         """What the caller sees of a chunk: with the usage event taken out if wflo asked for it."""
@@ -535,9 +590,32 @@ class _Recorder:
         return b"" if _usage_only(rest) else rest
 
     def _finish(self, complete: bool) -> None:
-        if not self._done:
+        with self._lock:
+            if self._done:
+                return
             self._done = True
-            _end(self._call, self._response, b"".join(self._chunks), complete, self._t0)
+        self._call.run.let_go(id(self))
+        _end(self._call, self._response, b"".join(self._chunks), complete, self._t0)
+
+    def _abandoned(self) -> None:
+        """The run ends with this stream still open: recorded as far as it was read (its
+        usage not seen: charged at its reservation). A sync stream's connection is closed."""
+        self._finish(False)
+
+    def _end_on_run(self) -> Any:
+        return self._abandoned
+
+
+class _RunEnd:
+    """What an async stream leaves with its run: ``end()`` anywhere, ``aend()`` on its loop."""
+
+    aend: Any = None
+
+    def __init__(self, end: Callable[[], None]) -> None:
+        self._end = end
+
+    def __call__(self) -> None:
+        self._end()
 
 
 class _SyncRecorder(_Recorder):
@@ -562,8 +640,27 @@ class _SyncRecorder(_Recorder):
         finally:
             self._finish(False)
 
+    def _abandoned(self) -> None:
+        try:
+            self._finish(False)
+        finally:
+            self._inner.close()
+
 
 class _AsyncRecorder(_Recorder):
+    def _end_on_run(self) -> Any:
+        end = _RunEnd(self._abandoned)
+        end.aend = self._aabandoned
+        return end
+
+    async def _aabandoned(self) -> None:
+        """The run ends with this stream open, on the stream's loop: its connection is closed,
+        then it is recorded as far as it was read (on the store's threads)."""
+        try:
+            await self._inner.aclose()
+        finally:
+            await self._afinish(False)
+
     async def _afinish(self, complete: bool) -> None:
         """``_finish`` on the store's threads (it records the call): the loop runs on."""
         if not self._done:

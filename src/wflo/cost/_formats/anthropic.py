@@ -41,6 +41,10 @@ class AnthropicMessages(Format):
         return usage_from_response("messages", document) if document.get("usage") else None
 
     def stream_usage(self, events: list[dict[str, Any]]) -> Usage | None:
+        # The output is counted in ``message_delta`` at the end: ``message_start``'s usage
+        # (all input, one output token) is not what a stream cut before it was billed.
+        if not any(ev.get("type") == "message_delta" and ev.get("usage") for ev in events):
+            return None
         doc = anthropic_stream_document(events)
         return self.usage(doc) if doc else None
 

@@ -58,6 +58,13 @@ class Gemini(Format):
             reasoning_tokens=thoughts,
         )
 
+    def stream_usage(self, events: list[dict[str, Any]]) -> Usage | None:
+        # Every chunk may carry the usage so far; it is the call's only once a candidate
+        # finished (a stream cut before that was billed for more).
+        if not any(c.get("finishReason") for ev in events for c in ev.get("candidates") or [] if isinstance(c, dict)):
+            return None
+        return super().stream_usage(events)
+
     def streamed_text(self, events: list[dict[str, Any]]) -> str:
         return "".join(
             str(part.get("text") or "")
