@@ -71,6 +71,31 @@ def test_caps_read_and_written_where_each_api_keeps_them() -> None:
     assert BY_API["completions"].default_cap == 16
 
 
+def test_a_request_with_two_caps_is_bounded_by_the_larger_and_gets_both_written() -> None:
+    # A server may read either field: max_completion_tokens=10 beside max_tokens=100000 was
+    # bounded (and reserved) at 10, while a server reading max_tokens could bill 100,000.
+    chat = BY_API["chat"]
+    assert chat.get_cap({"max_completion_tokens": 10, "max_tokens": 100000}) == 100000
+    assert chat.get_cap({"max_tokens": "100000"}) is None  # a lenient server reads it as a number
+    assert chat.get_cap({"max_completion_tokens": 10, "max_tokens": 2.5}) is None
+    body: dict[str, Any] = {"max_completion_tokens": 10, "max_tokens": 100000}
+    _req("chat", body).set_output_cap(50)
+    assert body == {"max_completion_tokens": 50, "max_tokens": 50}
+    # With none, the one the provider reads (OpenAI's reasoning models refuse max_tokens): the
+    # event said max_completion_tokens while max_tokens was written.
+    body = {}
+    _req("chat", body).set_output_cap(50)  # provider "openai"
+    assert body == {"max_completion_tokens": 50}
+
+
+def test_counts_are_read_as_a_lenient_server_reads_them() -> None:
+    # n="8" or 8.0: vLLM bills eight outputs; they were read as one.
+    chat = BY_API["chat"]
+    assert chat.choices({"n": "8"}) == chat.choices({"n": 8.0}) == chat.choices({"n": " 8 "}) == 8
+    assert chat.choices({"n": "eight"}) == chat.choices({"n": 2.5}) == chat.choices({"n": True}) == 1
+    assert BY_API["completions"].choices({"n": "2", "best_of": "5", "prompt": "a"}) == 5
+
+
 def test_text_bound_is_at_least_the_utf8_size() -> None:
     body = {"messages": [{"role": "user", "content": "héllo wörld " * 50}], "tools": [{"type": "function"}]}
     assert body_bound(body) >= len(("héllo wörld " * 50).encode())
@@ -124,6 +149,10 @@ def test_refused_shapes() -> None:
         BY_API["responses"].check(_req("responses", {"service_tier": "priority"}))
     with pytest.raises(wflo.errors.UnboundedRequestError, match="prediction"):
         BY_API["chat"].check(_req("chat", {"prediction": {"type": "content", "content": "x"}}))
+    # The search models search (and bill a fee) on every call, without web_search_options; they
+    # were priced at their token rates alone.
+    with pytest.raises(wflo.errors.UnboundedRequestError, match="billed per search"):
+        BY_API["chat"].check(_req("chat", {"model": "gpt-4o-mini-search-preview", "messages": []}))
 
 
 def test_registered_base_url_matches_host_port_and_prefix() -> None:

@@ -76,7 +76,7 @@ class LLMRequest:
         return self.fmt.get_cap(self.body)
 
     def set_output_cap(self, value: int) -> None:
-        self.fmt.set_cap(self.body, value)
+        self.fmt.set_cap(self.body, value, self.provider)
         self.changed = True
 
 
@@ -110,14 +110,27 @@ class Format:
         return self.cap_fields[0]
 
     def get_cap(self, body: dict[str, Any]) -> int | None:
+        """The output cap the request sets: the largest of its cap fields (a server may read
+        any one of them: ``max_completion_tokens=10`` beside ``max_tokens=100000`` was bounded
+        at 10 while a server reading ``max_tokens`` could bill 100,000). ``None`` when none is
+        set, or one is not a positive integer (a lenient server reads ``"100000"`` as a
+        number): the request then gets a cap written into each of them."""
+        caps = []
         for name in self.cap_fields:
             value = _get(body, name)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
+            if value is None:
+                continue
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                return None
+            caps.append(value)
+        return max(caps) if caps else None
 
-    def set_cap(self, body: dict[str, Any], value: int) -> None:
-        _set(body, self.cap_field(body, ""), value)
+    def set_cap(self, body: dict[str, Any], value: int, provider: str = "") -> None:
+        """Write ``value`` into every cap field the request has (the one the provider reads
+        when it has none: OpenAI's reasoning models refuse ``max_tokens``)."""
+        present = [name for name in self.cap_fields if _get(body, name) is not None]
+        for name in present or [self.cap_field(body, provider)]:
+            _set(body, name, value)
 
     def choices(self, body: dict[str, Any]) -> int:
         """How many outputs, each up to the cap, the request is billed for."""
@@ -219,7 +232,21 @@ def body_bound(body: dict[str, Any]) -> int:
 
 
 def positive_int(value: Any, default: int = 1) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+    """A count the request asks for (``n``, ``best_of``, ``candidateCount``), as a server would
+    read it: a whole number also as a float or text (a lenient server such as vLLM takes
+    ``"8"`` and ``8.0`` as 8 and bills eight outputs; this read them as the default, 1)."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return default
+    if isinstance(value, float):
+        if not value.is_integer():
+            return default
+        value = int(value)
+    return value if isinstance(value, int) and value > 0 else default
 
 
 def openai_usage(document: dict[str, Any]) -> Usage | None:

@@ -31,7 +31,8 @@ class OpenAIChat(Format):
         modalities = req.body.get("modalities")
         if isinstance(modalities, list) and "audio" in modalities:
             raise self.unbounded(req, "audio output is billed at audio-token rates wflo does not bound")
-        if req.body.get("web_search_options") is not None:
+        if req.body.get("web_search_options") is not None or "search-preview" in req.model.lower():
+            # The search models (gpt-4o-search-preview, …) search on every call, options or not.
             raise self.unbounded(req, "web search is billed per search, outside the token caps")
         check_openai_pricing(self, req)
 

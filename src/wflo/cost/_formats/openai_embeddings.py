@@ -19,7 +19,7 @@ class OpenAIEmbeddings(Format):
     def get_cap(self, body: dict[str, Any]) -> int | None:
         return None
 
-    def set_cap(self, body: dict[str, Any], value: int) -> None:
+    def set_cap(self, body: dict[str, Any], value: int, provider: str = "") -> None:
         raise NotImplementedError("embeddings have no output cap")
 
     def choices(self, body: dict[str, Any]) -> int:
