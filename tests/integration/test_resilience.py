@@ -268,3 +268,53 @@ def test_model_timeout_policy(store_url: str, llm: LLMServer) -> None:
 def test_bad_model_policies_are_user_errors(build: object, message: str) -> None:
     with pytest.raises(UserError, match=message):
         build()  # type: ignore[operator]
+
+
+def test_an_async_llm_call_waits_for_its_rate_limit_turn_on_its_loop(store_url: str, llm: LLMServer) -> None:
+    # An async client's call that waits for a model's rate-limit turn waited on a store thread,
+    # which every async run of the process shares (two on SQLite): another run's store work then
+    # waited behind it. The wait is now made on the call's event loop.
+    import asyncio
+
+    wflo.configure(database=store_url)
+    store = _config.get_store()
+    threads = store._offloader().threads
+    limit = wflo.policies.rate_limit("model:gpt-4o-mini", requests_per_minute=30, max_wait="2.5s")
+    llm.script(*[Reply("ok")] * (threads + 2))
+    try:
+
+        @wflo.workflow(name="rl.llm")
+        async def ask() -> str:
+            async with openai.AsyncOpenAI(base_url=llm.openai_url, api_key="x", max_retries=0) as client:
+                try:
+                    r = await client.chat.completions.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+                    )
+                except wflo.errors.RateLimitedError:
+                    return "refused"
+            return str(r.choices[0].message.content)
+
+        @wflo.step(name="rl.plain")
+        async def plain(i: int) -> int:
+            return i
+
+        @wflo.workflow(name="rl.free")
+        async def free() -> int:
+            return sum([await plain(i) for i in range(3)])
+
+        async def main() -> tuple[list[str], float]:
+            await free.arun()  # the store open, the clients wrapped
+            while await asyncio.to_thread(limit.try_take, store, 0.0) == 0:
+                pass  # the bucket is empty: a turn comes every 2 s
+            waiting = [asyncio.ensure_future(ask.options(id=f"rl-llm-{i}").arun()) for i in range(threads)]
+            await asyncio.sleep(0.3)  # each of them waits for its turn now
+            t0 = time.perf_counter()
+            assert await free.options(id="rl-free").arun() == 3
+            took = time.perf_counter() - t0
+            return list(await asyncio.gather(*waiting)), took
+
+        results, took = asyncio.run(main())
+    finally:
+        wflo.policies.clear()
+    assert took < 0.8, f"a run's store work waited {took:.2f} s behind async LLM calls' rate-limit waits"
+    assert results.count("ok") >= 1 and set(results) <= {"ok", "refused"}, results

@@ -39,7 +39,9 @@ class Step(NamedTuple):
     op: str
     """``"sleep"`` (``arg``: ``(seconds, check)``, where ``check()`` raises to end the wait early
     and is called at least every :data:`NAP` s), ``"store"`` (call ``arg()``, which touches the
-    store), else the name of a method of the driver's ``io``."""
+    store), ``"begin"`` (the same for a call's start, whose guards may wait: an async driver
+    makes that wait on its loop, see :func:`on_store`), else the name of a method of the
+    driver's ``io``."""
     arg: Any = None
 
 
@@ -79,7 +81,7 @@ def drive(steps: Attempts[R], io: Any) -> R:
                 result = None
                 if step.op == "sleep":
                     _nap(*step.arg)
-                elif step.op == "store":
+                elif step.op in ("store", "begin"):
                     result = step.arg()
                 else:
                     result = getattr(io, step.op)(step.arg)
@@ -177,6 +179,8 @@ async def adrive(steps: Attempts[R], io: Any) -> R:
                     await _anap(*step.arg)
                 elif step.op == "store":
                     result = await off_loop(step.arg, run=getattr(io, "run", None))
+                elif step.op == "begin":  # a call's start, whose guards may wait on this loop
+                    result = await on_store(step.arg, run=getattr(io, "run", None))
                 else:
                     result = await getattr(io, step.op)(step.arg)
             except BaseException as exc:

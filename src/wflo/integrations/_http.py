@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 from .._errors import UserError, WfloError
 from ..cost._formats import Format, LLMRequest, detect
 from ..engine import NOT_REPLAYED, Call, Outcome, current_run, finish_call, start_call
-from ..engine._attempts import Attempts, Step, adrive, drive
+from ..engine._attempts import Attempts, LoopWait, Step, adrive, drive
 from ..guards._policies import ProviderStatusError
 from ..guards._retry import is_retryable, retryable_status
 from . import _egress
@@ -187,7 +187,7 @@ def _attempts(mod: Any, ctx: Any, fmt: Format, request: Any) -> Attempts[Any]:
     attempt, replaced = 0, None
     while True:
         attempt += 1
-        call, request, replayed = yield Step("store", functools.partial(_begin, mod, ctx, fmt, request, replaced))
+        call, request, replayed = yield Step("begin", functools.partial(_begin, mod, ctx, fmt, request, replaced))
         if replayed is not NOT_REPLAYED:
             after = _after_failure(call, mod, request, attempt, None, None, live=False)
             if after is None:
@@ -346,7 +346,7 @@ def exact_body(ctx: Any, call: Call, replayed: Any) -> dict[str, Any]:
     return replayed if isinstance(replayed, dict) else {}
 
 
-def _begin(mod: Any, ctx: Any, fmt: Format, request: Any, replaced: str | None = None) -> tuple[Call, Any, Any]:
+def _begin(mod: Any, ctx: Any, fmt: Format, request: Any, replaced: str | None = None) -> Any:
     try:
         body = json.loads(request.content or b"{}")
     except (ValueError, UnicodeDecodeError):
@@ -366,8 +366,16 @@ def _begin(mod: Any, ctx: Any, fmt: Format, request: Any, replaced: str | None =
     call.meta["_args_digest"] = hashlib.sha256(request.content or b"").hexdigest()
     if replaced is not None:
         call.event["fallback_from"] = replaced
+    return _begun(mod, ctx, call, request, req, functools.partial(start_call, call))
+
+
+def _begun(mod: Any, ctx: Any, call: Call, request: Any, req: LLMRequest, start: Callable[[], Any]) -> Any:
+    """:func:`_begin` from the call's start (``start``: ``start_call``, or what is left of it
+    after a guard's wait). A start that must wait for a rate limit's turn on an async client's
+    loop gives a ``LoopWait``, handed on with this as what follows it (``engine._attempts.on_store``):
+    that wait was made on a store thread, which every async run of the process shares."""
     try:
-        replayed = start_call(call)
+        replayed = start()
     except Exception as exc:
         entry = ctx.journal.get(call.call_id) if call.call_id else None
         if entry is not None and entry.status == "failed":
@@ -375,6 +383,8 @@ def _begin(mod: Any, ctx: Any, fmt: Format, request: Any, replaced: str | None =
         if isinstance(exc, WfloError):
             raise sdk_visible(exc) from None
         raise
+    if isinstance(replayed, LoopWait):
+        return replayed._replace(resume=functools.partial(_begun, mod, ctx, call, request, req, replayed.resume))
     if replayed is not NOT_REPLAYED:
         recorded = exact_body(ctx, call, replayed)
         if req.hide_usage and "text/event-stream" in (recorded.get("headers") or {}).get("content-type", ""):

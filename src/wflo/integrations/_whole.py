@@ -69,7 +69,7 @@ def attempt(ctx: Any, fmt: Format, client: str, url: str, host: str, port: int |
         meta={"request": req, "api": fmt.api, "provider": req.provider, "body": body, "url": url},
     )  # fmt: skip
     call.meta["_args_digest"] = hashlib.sha256(raw).hexdigest()
-    replayed = yield Step("store", functools.partial(start_call, call))
+    replayed = yield Step("begin", functools.partial(start_call, call))  # a rate limit waits on an async loop
     if replayed is not NOT_REPLAYED:
         recorded = exact_body(ctx, call, replayed)
         content = (recorded.get("body") or "").encode()
