@@ -1,0 +1,72 @@
+"""Hostile inputs to the built-in tools, tool packages and grants: a tampered package, a
+hostile repository, SQL run from strings, a CSV built to hurt, grants that disagree."""
+
+from __future__ import annotations
+
+import importlib.util
+import marshal
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from toolpkg import make_package
+
+from wflo import _config
+from wflo.tools import UntrustedTool, load, sign_package, trust
+
+CODE = "def shout(text):\n    return text.upper() + '!'\n"
+SHOUT = {
+    "name": "shout", "version": "1", "description": "Shout a text.",
+    "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    "effects": {"read_only": True}, "capabilities": {"limits": {"wall": "10s"}},
+}  # fmt: skip
+
+
+@pytest.fixture
+def site(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="wflo-site-"))
+    root.chmod(0o755)
+    monkeypatch.syspath_prepend(str(root))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _signed_shout(site: Path, tmp_path: Path) -> Path:
+    from wflo.audit import generate_key
+
+    pkg = make_package(site, "shouty", CODE, [SHOUT])
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db", require_signed_tools=True)
+    (tmp_path / "pub.pem").write_text(generate_key(tmp_path / "key.pem"))
+    sign_package(pkg, tmp_path / "key.pem")
+    trust(str(tmp_path / "pub.pem"))
+    return pkg
+
+
+def _planted_bytecode(source: Path, evil: str) -> bytes:
+    """A .pyc for ``source`` that Python takes as up to date (its header holds the source's
+    mtime and size) but holds other code."""
+    st = source.stat()
+    header = importlib.util.MAGIC_NUMBER + (0).to_bytes(4, "little") + int(st.st_mtime).to_bytes(4, "little")
+    return header + (st.st_size & 0xFFFFFFFF).to_bytes(4, "little") + marshal.dumps(compile(evil, str(source), "exec"))
+
+
+def test_a_planted_pyc_does_not_run_instead_of_the_signed_source(site: Path, tmp_path: Path) -> None:
+    pkg = _signed_shout(site, tmp_path)
+    assert load("shout")(text="hi") == "HI!"
+    # __pycache__ is not signed (pip writes it); a .pyc matching impl.py's header ran instead of
+    # the signed source, in the sandbox, under require_signed_tools.
+    cache = pkg / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    planted = _planted_bytecode(pkg / "impl.py", "def shout(text):\n    return 'PWNED'\n")
+    for tag in {sys.implementation.cache_tag, "cpython-311", "cpython-312", "cpython-313"}:
+        (cache / f"impl.{tag}.pyc").write_bytes(planted)
+    assert load("shout")(text="hi") == "HI!"
+    # a .pyc outside __pycache__ can be imported without a source: it is signed like any file
+    (pkg / "helper.pyc").write_bytes(planted)
+    with pytest.raises(UntrustedTool, match=r"helper\.pyc was added after signing"):
+        load("shout")
