@@ -56,8 +56,12 @@ def git_tools(root: str, *, max_bytes: int | str, timeout: float | str, prefix: 
         env = {k: os.environ[k] for k in _GIT_ENV_KEEP if k in os.environ}
         env |= {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0",
                 "GIT_OPTIONAL_LOCKS": "0"}  # fmt: skip
+        # The repository's own config is the attacker's: nothing in it may name a program that
+        # these commands run (log.showSignature makes log and show run gpg.program on any
+        # signed commit, and the repository can hold a fake signature).
         argv = ["git", "-C", root, "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
-                "-c", "diff.external=", "--no-pager", *args]  # fmt: skip
+                "-c", "diff.external=", "-c", "log.showSignature=false", "-c", "gpg.program=false",
+                "-c", "gpg.ssh.program=false", "-c", "gpg.x509.program=false", "--no-pager", *args]  # fmt: skip
         try:
             done = subprocess.run(argv, capture_output=True, timeout=seconds, env=env, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:

@@ -70,3 +70,40 @@ def test_a_planted_pyc_does_not_run_instead_of_the_signed_source(site: Path, tmp
     (pkg / "helper.pyc").write_bytes(planted)
     with pytest.raises(UntrustedTool, match=r"helper\.pyc was added after signing"):
         load("shout")
+
+
+def _git(repo: Path, *args: str) -> str:
+    import subprocess
+
+    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                          env={"PATH": "/usr/bin:/bin", "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_CONFIG_NOSYSTEM": "1",
+                               "GIT_AUTHOR_NAME": "a", "GIT_AUTHOR_EMAIL": "a@example.com",
+                               "GIT_COMMITTER_NAME": "a", "GIT_COMMITTER_EMAIL": "a@example.com"})  # fmt: skip
+    return done.stdout.strip()
+
+
+def test_git_does_not_run_a_signature_program_a_hostile_repository_names(tmp_path: Path) -> None:
+    from wflo.tools import git
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    _git(repo, "commit", "-q", "--allow-empty", "-m", "first")
+    # A commit with a (fake) signature, written as an object: verifying it runs gpg.program.
+    body = (f"tree {_git(repo, 'rev-parse', 'HEAD^{tree}')}\nparent {_git(repo, 'rev-parse', 'HEAD')}\n"
+            "author a <a@example.com> 1700000000 +0000\ncommitter a <a@example.com> 1700000000 +0000\n"
+            "gpgsig -----BEGIN PGP SIGNATURE-----\n \n iQEzBAABCAAdFiEE\n -----END PGP SIGNATURE-----\n\nsigned\n")  # fmt: skip
+    (tmp_path / "commit").write_text(body)
+    _git(repo, "update-ref", "HEAD", _git(repo, "hash-object", "-t", "commit", "-w", str(tmp_path / "commit")))
+    marker = tmp_path / "ran"
+    for key in ("gpg.program", "gpg.ssh.program", "gpg.x509.program"):
+        script = tmp_path / key
+        script.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+        script.chmod(0o755)
+        _git(repo, "config", key, str(script))
+    _git(repo, "config", "log.showSignature", "true")
+    log, show, diff = git(repo)
+    assert "signed" in log()["output"]
+    assert "signed" in show()["output"]
+    diff(base="HEAD~1")
+    assert not marker.exists()
