@@ -15,7 +15,7 @@ import pytest
 from toolpkg import make_package
 
 from wflo import _config
-from wflo.tools import UntrustedTool, load, sign_package, trust
+from wflo.tools import ToolRefused, UntrustedTool, load, sign_package, trust
 
 CODE = "def shout(text):\n    return text.upper() + '!'\n"
 SHOUT = {
@@ -107,3 +107,32 @@ def test_git_does_not_run_a_signature_program_a_hostile_repository_names(tmp_pat
     assert "signed" in show()["output"]
     diff(base="HEAD~1")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM ts_stat($$SELECT to_tsvector(pg_sleep(2)::text)$$)",
+        "SELECT ts_rewrite('a'::tsquery, $$SELECT 'a'::tsquery, to_tsquery(pg_read_file('/etc/hostname'))$$)",
+        "SELECT * FROM crosstab('SELECT dblink_exec(''x'', ''DELETE FROM t'')')",
+    ],
+)
+def test_functions_that_run_a_query_string_are_refused(query: str) -> None:
+    from wflo.tools._sql import check_query
+
+    # The string is SQL the parser never sees: ts_stat ran pg_sleep, ts_rewrite read a server file.
+    with pytest.raises(ToolRefused, match="is not allowed"):
+        check_query(query, "postgres")
+
+
+@pytest.mark.postgres
+def test_ts_stat_cannot_smuggle_a_denied_function_to_postgres(pg_url: str) -> None:
+    import time
+
+    from wflo.tools import sql_query
+
+    query = sql_query(pg_url, timeout="5s")
+    started = time.monotonic()
+    with pytest.raises(ToolRefused, match=r"ts_stat\(\) is not allowed"):
+        query("SELECT * FROM ts_stat($$SELECT to_tsvector(pg_sleep(2)::text || current_setting('port'))$$)")
+    assert time.monotonic() - started < 1.5
