@@ -136,3 +136,49 @@ def test_ts_stat_cannot_smuggle_a_denied_function_to_postgres(pg_url: str) -> No
     with pytest.raises(ToolRefused, match=r"ts_stat\(\) is not allowed"):
         query("SELECT * FROM ts_stat($$SELECT to_tsvector(pg_sleep(2)::text || current_setting('port'))$$)")
     assert time.monotonic() - started < 1.5
+
+
+def test_csv_stats_non_finite_values_are_not_numbers_and_the_run_keeps_its_result(
+    configured: str, tmp_path: Path
+) -> None:
+    import wflo
+    from wflo.tools import csv_stats
+
+    (tmp_path / "odd.csv").write_text("a,b\nnan,1\ninf,2\n-Infinity,3\n")
+    stats = csv_stats(tmp_path)
+
+    @wflo.workflow(name="csv_nan")
+    def summarize() -> dict:
+        return stats(path="odd.csv")
+
+    # float("nan") made the column a number with NaN statistics: no JSON for them, so the
+    # call failed in a run (SerializationError) instead of answering.
+    out = summarize.run()
+    a, b = out["columns"]
+    assert a["type"] == "text" and a["distinct"] == 3
+    assert b == {"name": "b", "missing": 0, "type": "number", "min": 1.0, "max": 3.0, "mean": 2.0, "median": 2.0}
+
+
+def test_csv_stats_refuses_an_oversized_field_with_a_reason(tmp_path: Path) -> None:
+    from wflo.tools import csv_stats
+
+    (tmp_path / "wide.csv").write_text('a,b\n"' + "x" * 200_000 + '",1\n')
+    with pytest.raises(ToolRefused, match="not a CSV file this tool can read: field larger than field limit"):
+        csv_stats(tmp_path)(path="wide.csv")
+
+
+@pytest.mark.parametrize("pattern", ['\n"', ',"\n', ', "x'])
+def test_csv_stats_delimiter_detection_is_fast_on_hostile_quotes(tmp_path: Path, pattern: str) -> None:
+    import time
+
+    from wflo.tools import csv_stats
+
+    # csv.Sniffer took ~30 s (holding the interpreter) on 20 KB of these.
+    (tmp_path / "slow.csv").write_text("a,b\n" + pattern * 10_000)
+    started = time.monotonic()
+    out = csv_stats(tmp_path)(path="slow.csv")
+    assert time.monotonic() - started < 2 and out["columns"][0]["name"] == "a"
+    (tmp_path / "pipes.csv").write_text("x|y|z\n1|2|3\n4|5|6\n")
+    (tmp_path / "tabs.csv").write_text("x\ty\n1,5\t2\n3,5\t4\n")
+    assert [c["name"] for c in csv_stats(tmp_path)(path="pipes.csv")["columns"]] == ["x", "y", "z"]
+    assert [c["name"] for c in csv_stats(tmp_path)(path="tabs.csv")["columns"]] == ["x", "y"]
