@@ -182,3 +182,29 @@ def test_csv_stats_delimiter_detection_is_fast_on_hostile_quotes(tmp_path: Path,
     (tmp_path / "tabs.csv").write_text("x\ty\n1,5\t2\n3,5\t4\n")
     assert [c["name"] for c in csv_stats(tmp_path)(path="pipes.csv")["columns"]] == ["x", "y", "z"]
     assert [c["name"] for c in csv_stats(tmp_path)(path="tabs.csv")["columns"]] == ["x", "y"]
+
+
+def test_the_workflows_grant_applies_before_an_agents(configured: str) -> None:
+    import wflo
+    from wflo.tools import grant
+
+    @wflo.tool
+    def lookup_hostile(q: str) -> str:
+        return q.upper()
+
+    _config.configure(database=configured, require_tool_grants=True)
+    grant("lookup_hostile", "workflow:capped", max_calls=1)
+    grant("lookup_hostile", "agent:scout")  # no cap: it sorted first and applied instead
+
+    @wflo.workflow(name="capped")
+    def capped() -> list[str]:
+        out = []
+        with wflo.scope(agent="scout"):
+            for q in ("a", "b"):
+                try:
+                    out.append(lookup_hostile(q))
+                except ToolRefused as refused:
+                    out.append(refused.reason)
+        return out
+
+    assert capped.run() == ["A", "the grant to workflow:capped allows 1 call(s) of lookup_hostile per run"]
