@@ -4,6 +4,7 @@ with the official SDK on the other side."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import textwrap
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 
+import wflo
+from wflo import _config
 from wflo._errors import UserError
 from wflo.tools import ToolRefused
 
@@ -101,3 +104,42 @@ def test_a_server_listing_tools_that_cannot_be_told_apart_is_refused_and_stopped
     with pytest.raises(UserError, match=match):
         connect(command, env=env, timeout=10, trust_hints=True)
     assert _gone(pid_file)
+
+
+def test_serve_answers_misfit_arguments_and_tool_failures_with_a_reason(sqlite_url: str) -> None:
+    from mcp import Client
+
+    from wflo.mcp import ToolServer
+
+    _config.configure(database=sqlite_url)
+
+    @wflo.tool
+    def repeat(text: str, times: int = 1) -> str:
+        return text * times
+
+    @wflo.tool
+    def leaky(x: str) -> str:
+        raise RuntimeError("password=hunter2 in the connection string")
+
+    server = ToolServer([repeat, leaky], workflow="hostile_mcp")
+
+    async def go() -> list[tuple[bool, str]]:
+        out = []
+        async with Client(server.build()) as client:
+            for name, args in [("repeat", {"text": "ab", "times": 2}), ("repeat", {}),
+                               ("repeat", {"text": "a", "run_id": "x", "tenant": "other"}),
+                               ("repeat", {"text": "a", "times": "9"}), ("leaky", {"x": "1"})]:  # fmt: skip
+                result = await client.call_tool(name, args)
+                out.append((result.is_error, result.content[0].text))
+        return out
+
+    # Each misfit was a failed run and a JSON-RPC "Internal server error" with no reason; the
+    # tool's exception text (which can hold secrets) went nowhere useful either.
+    ok, missing, extra, mistyped, failed = asyncio.run(asyncio.wait_for(go(), 60))
+    assert ok == (False, "abab")
+    assert missing[0] and "'text' is a required property" in missing[1]
+    assert extra[0] and "'run_id', 'tenant' were unexpected" in extra[1]
+    assert mistyped[0] and "times: '9' is not of type 'integer'" in mistyped[1]
+    assert failed[0] and "RuntimeError" in failed[1] and "hunter2" not in failed[1]
+    rows = _config.get_store()._fetchall("SELECT status FROM runs WHERE workflow = ?", ["hostile_mcp"])
+    assert sorted(r[0] for r in rows) == ["failed", "succeeded"]  # misfits start no run
