@@ -113,13 +113,26 @@ class Connection:
         self._thread = threading.Thread(target=self._loop.run_forever, name="wflo-mcp", daemon=True)
         self._thread.start()
         self._requests: asyncio.Queue[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = threading.Event()
         ready: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
         self._main = asyncio.run_coroutine_threadsafe(self._serve(ready), self._loop)
         try:
-            remote = ready.result(timeout)
-        except BaseException:
+            self.tools: list[MCPTool] = self._wrap(ready.result(timeout), prefix, read_only_names, trust_hints,
+                                                   approval, costs)  # fmt: skip
+        except BaseException:  # the server is stopped, whatever refused it (no process left behind)
             self.close()
             raise
+
+    def _wrap(
+        self, remote: list[Any], prefix: str, read_only_names: frozenset[str], trust_hints: bool,
+        approval: Approval | None, costs: dict[str, Decimal],
+    ) -> list[MCPTool]:  # fmt: skip
+        names = [r.name for r in remote]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice or "" in names:
+            what = f"two tools named {twice[0]!r}" if twice else "a tool with an empty name"
+            raise UserError(f"the MCP server {self._params.command!r} lists {what}; wflo cannot tell them apart")
         tools = []
         for r in remote:
             hints = r.annotations
@@ -134,7 +147,7 @@ class Connection:
             tools.append(
                 MCPTool(self, r, name=prefix + r.name, effects=eff, approval=approval, cost_usd=costs.get(r.name))
             )
-        self.tools: list[MCPTool] = tools
+        return tools
 
     async def _serve(self, ready: concurrent.futures.Future[list[Any]]) -> None:
         # One task owns the SDK's contexts from start to end (anyio's scopes must be left by
@@ -143,8 +156,14 @@ class Connection:
         from mcp.client.stdio import stdio_client
 
         self._requests = asyncio.Queue()
+        self._task = asyncio.current_task()
         try:
-            async with stdio_client(self._params) as (read, write), ClientSession(read, write) as session:
+            # Every request waits at most the timeout: a server that never answers (or sends a
+            # line the SDK drops) ends that call, not the connection's one task.
+            async with (
+                stdio_client(self._params) as (read, write),
+                ClientSession(read, write, read_timeout_seconds=self._timeout) as session,
+            ):
                 await session.initialize()
                 listed = await session.list_tools()
                 ready.set_result(list(listed.tools))
@@ -165,6 +184,8 @@ class Connection:
                 why = f"{type(leaf).__name__}: {leaf}" if str(leaf) else type(leaf).__name__
                 ready.set_exception(UserError(f"the MCP server {self._params.command!r} did not start ({why})"))
             raise
+        finally:
+            self._stopped.set()
 
     def call(self, name: str, args: dict[str, Any]) -> Any:
         """Call a tool of the server (blocking); its structured result, or its text."""
@@ -173,10 +194,14 @@ class Connection:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._loop.call_soon_threadsafe(self._requests.put_nowait, (name, args, fut))
         try:
-            result = fut.result(self._timeout)
+            result = fut.result(self._timeout + 5)  # the SDK's own timeout answers first
         except concurrent.futures.TimeoutError:
-            raise
+            raise ToolRefused(tool=name, reason=f"the MCP server did not answer within {self._timeout:g}s") from None
         except Exception as exc:  # the connection closed under the call, or the SDK refused the answer
+            if "timed out" in str(exc).lower():
+                raise ToolRefused(
+                    tool=name, reason=f"the MCP server did not answer within {self._timeout:g}s"
+                ) from None
             why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if self.sandbox is not None:
                 why += " (a sandboxed server is stopped when it passes a limit: its stderr says which)"
@@ -191,7 +216,13 @@ class Connection:
         if self._requests is not None and not self._main.done():
             self._loop.call_soon_threadsafe(self._requests.put_nowait, None)
             with contextlib.suppress(Exception):
-                self._main.result(10)
+                self._main.result(2)
+        if not self._main.done() and self._task is not None:
+            # A call still waits on the server (or it never finished starting): cancelling the
+            # task leaves the SDK's contexts, which stop the server's process. Stopping the
+            # loop under them instead left the process running.
+            self._loop.call_soon_threadsafe(self._task.cancel)
+            self._stopped.wait(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         if not self._loop.is_running():

@@ -18,7 +18,7 @@ from typing import Any
 from .. import _config
 from .._errors import UserError, WfloError
 from .._scope import scope
-from ..tools import Tool, grants
+from ..tools import Tool, ToolRefused, grants
 
 
 def _sdk() -> Any:
@@ -65,6 +65,7 @@ class ToolServer:
         """One call, as a run of the workflow (raises what the tool or a guard raised)."""
         if name not in {t.name for t in self.visible()}:
             raise UserError(f"no tool named {name!r} is granted here")
+        _check_arguments(self.tools[name], arguments)
         return self._wf.options(tenant=self.tenant).run(name, arguments)
 
     def build(self) -> Any:
@@ -80,6 +81,10 @@ class ToolServer:
                 value = await asyncio.to_thread(self.call, params.name, dict(params.arguments or {}))
             except (WfloError, UserError) as exc:
                 return types.CallToolResult(content=[types.TextContent(type="text", text=str(exc))], is_error=True)
+            except Exception as exc:  # the tool's own failure: its name, not its text (which may hold secrets)
+                why = (f"the call failed ({type(exc).__name__}); the failed run of workflow {self.workflow!r} "
+                       "has the details")  # fmt: skip
+                return types.CallToolResult(content=[types.TextContent(type="text", text=why)], is_error=True)
             text = value if isinstance(value, str) else json.dumps(value, default=str)
             structured = value if isinstance(value, dict) else None
             return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
@@ -97,6 +102,20 @@ class ToolServer:
     def http_app(self, *, host: str = "127.0.0.1") -> Any:
         """A Starlette app serving streamable HTTP at ``/mcp``."""
         return self.build().streamable_http_app(host=host)
+
+
+def _check_arguments(tool: Tool[..., Any], arguments: dict[str, Any]) -> None:
+    """Refuse arguments that do not fit the tool's input schema, before a run is started: a
+    missing, extra or mistyped argument is the client's mistake, told as such, not a failed run."""
+    from jsonschema import Draft202012Validator
+
+    try:
+        errors = sorted(Draft202012Validator(tool.parameters()).iter_errors(arguments), key=lambda e: list(e.path))
+    except Exception:  # the tool's own schema is odd (not the client's fault): the tool checks its input
+        return
+    if errors:
+        where = ".".join(str(p) for p in errors[0].path) or "arguments"
+        raise ToolRefused(tool=tool.name, reason=f"{where}: {errors[0].message[:500]}")
 
 
 def _describe(types: Any, t: Tool[..., Any]) -> Any:

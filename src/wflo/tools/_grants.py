@@ -209,7 +209,9 @@ def apply_grant(tool: Tool[..., Any], call: Call) -> None:
         if policy is not None:
             call.meta["approval"] = policy
         return
-    g = found[0]  # the workflow's grant, then the tenant's, then the agent's
+    # The workflow's grant, then the tenant's, then the agent's (``grants()`` sorts by
+    # principal, which put agent: first: an agent's grant overrode its workflow's caps).
+    g = min(found, key=lambda f: mine.index(f.principal))
     call.event["grant"] = g.principal
     counts: dict[str, int] = ctx.state.setdefault("tool_grant_calls", {})
     n = counts.get(tool.name, 0) + 1

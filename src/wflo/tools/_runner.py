@@ -39,7 +39,7 @@ CODE_ROOT = "/opt/wflo-tool"
 MARK = "\x1ewflo-tool-result\x1e"
 
 RUNNER = r"""
-import json, os, sys, types
+import importlib.machinery as _mach, json, os, sys, types
 _req = json.loads(sys.stdin.buffer.read().decode())
 _out = sys.stdout
 sys.stdout = sys.stderr
@@ -123,6 +123,21 @@ def secret(name):
     return _SECRETS[name]
 
 
+class _SourceOnly(_mach.SourceFileLoader):
+    # No bytecode is read for the tool's package: a signature covers its sources, not
+    # __pycache__, where a planted .pyc whose header matches a source's mtime and size would run.
+    def path_stats(self, path):
+        raise OSError("bytecode is not read for a tool package")
+
+
+def _tool_finder(path):
+    if not _under(path, ("/opt/wflo-tool",)):
+        raise ImportError(path)
+    return _mach.FileFinder(path, (_mach.ExtensionFileLoader, _mach.EXTENSION_SUFFIXES),
+                            (_SourceOnly, _mach.SOURCE_SUFFIXES))
+
+
+sys.path_hooks.insert(0, _tool_finder)
 _mod = types.ModuleType("wflo_tool")
 _mod.secret = secret
 sys.modules["wflo_tool"] = _mod

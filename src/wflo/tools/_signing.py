@@ -1,8 +1,9 @@
 """Signed tool packages: a publisher's Ed25519 signature over the manifest and every file.
 
 ``wflo tools sign DIR --key KEY`` (the key from ``wflo audit keygen``) writes
-``DIR/wflo_tools.sig``: the SHA-256 of each file of the package directory (``__pycache__``
-and ``*.pyc`` excepted; the manifest ``wflo_tools.json`` is one of them), the publisher's
+``DIR/wflo_tools.sig``: the SHA-256 of each file of the package directory (the ``.pyc`` files
+of ``__pycache__`` excepted, which the sandbox never reads; the manifest ``wflo_tools.json`` is
+one of them), the publisher's
 public key and a signature over both (the audit chain's ``sign_record``). ``wflo tools trust
 KEY`` pins a publisher's key in the store (on the system chain). With ``require_signed_tools``,
 ``wflo.tools.load(name)`` refuses a package that is unsigned, signed by an untrusted key, or
@@ -37,7 +38,10 @@ def file_digests(directory: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for path in sorted(directory.rglob("*")):
         rel = path.relative_to(directory).as_posix()
-        if "__pycache__" in path.parts or path.suffix == ".pyc" or rel == SIG_FILE:
+        # Compiled bytecode in __pycache__ is not signed (pip writes it at install) and never
+        # read in the sandbox (its runner looks for bytecode elsewhere). A .pyc anywhere else
+        # is importable on its own (no source beside it) and so is signed like any file.
+        if (path.parent.name == "__pycache__" and path.suffix == ".pyc") or rel == SIG_FILE:
             continue
         if path.is_symlink():
             out[rel] = "symlink:" + os.readlink(path)
