@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +23,6 @@ SHOUT = {
     "effects": {"read_only": True, "idempotent": True},
     "capabilities": {"limits": {"wall": "5s"}, "cost_usd": "0.001"},
 }  # fmt: skip
-
-
-@pytest.fixture
-def site(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="wflo-site-"))
-    root.chmod(0o755)
-    monkeypatch.syspath_prepend(str(root))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_an_installed_package_is_discovered_without_importing_it(site: Path) -> None:

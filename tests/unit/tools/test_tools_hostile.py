@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import marshal
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,17 +20,6 @@ SHOUT = {
     "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
     "effects": {"read_only": True}, "capabilities": {"limits": {"wall": "10s"}},
 }  # fmt: skip
-
-
-@pytest.fixture
-def site(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="wflo-site-"))
-    root.chmod(0o755)
-    monkeypatch.syspath_prepend(str(root))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _signed_shout(site: Path, tmp_path: Path) -> Path:
