@@ -256,6 +256,8 @@ def memory(
         return {"key": key, "stored": True}
 
     def memory_list(starts_with: str = "") -> dict[str, Any]:
+        if not isinstance(starts_with, str):  # an agent's 123 was a TypeError from inside
+            raise ToolRefused(tool=prefix + "list", reason="starts_with is text (a prefix of the keys)")
         with lock, connect() as db:
             keys = [r[0] for r in db.execute("SELECT key FROM memory WHERE agent = ? ORDER BY key", (agent,))]
         keys = [k for k in keys if k.startswith(starts_with)]

@@ -167,18 +167,25 @@ class _Root:
             else:
                 self._check_file("write_file", st, path)
                 mode = stat.S_IMODE(st.st_mode)
-            tmp = f".{leaf}.{secrets.token_hex(6)}.wflo-tmp"
+            # Not named after the leaf: a name the system takes (up to 255 bytes) must not fail
+            # here for the temporary's longer one (a raw OSError reached the agent).
+            tmp = f".wflo-tmp-{secrets.token_hex(8)}"
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            fd = os.open(tmp, flags, mode, dir_fd=dfd)
+            try:
+                fd = os.open(tmp, flags, mode, dir_fd=dfd)
+            except OSError as exc:
+                raise self._refusal("write_file", exc, path, leaf) from None
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
                 os.replace(tmp, leaf, src_dir_fd=dfd, dst_dir_fd=dfd)
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
+                if isinstance(exc, OSError):  # a name too long, a full disk: the agent is told why
+                    raise self._refusal("write_file", exc, path, leaf) from None
                 raise
             with contextlib.suppress(OSError):
                 os.fsync(dfd)  # the rename itself survives a crash

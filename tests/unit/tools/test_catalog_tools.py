@@ -111,6 +111,8 @@ def test_memory_per_agent(tmp_path: Path) -> None:
         small = memory(db, agent="tiny", max_keys=1)
         small[1](key="a", value="1")
         small[1](key="b", value="2")
+    with pytest.raises(ToolRefused, match="starts_with is text"):  # was a TypeError from inside
+        keys(starts_with=123)
 
 
 @wflo.workflow(name="remembering")

@@ -135,3 +135,14 @@ def test_root_must_exist(tmp_path: Path) -> None:
 
 def test_prefix_names_the_tools(workspace: Path) -> None:
     assert set(_tools(workspace, prefix="docs_")) == {"docs_read_file", "docs_list_dir"}
+
+
+def test_a_long_file_name_is_written_or_refused_with_the_reason(workspace: Path) -> None:
+    # The temporary file was named after the file plus 25 characters: a name of 231 to 255 bytes,
+    # which the system takes, failed with a raw OSError (ENAMETOOLONG) from inside.
+    write = _tools(workspace, writable=True, approval=None)["write_file"]
+    assert write(path="a" * 250, content="x")["bytes"] == 1
+    assert (workspace / ("a" * 250)).read_text() == "x"
+    with pytest.raises(ToolRefused, match="too long"):
+        write(path="b" * 300, content="x")
+    assert not [p for p in workspace.iterdir() if p.name.startswith(".wflo-tmp")]
