@@ -143,3 +143,43 @@ def test_serve_answers_misfit_arguments_and_tool_failures_with_a_reason(sqlite_u
     assert failed[0] and "RuntimeError" in failed[1] and "hunter2" not in failed[1]
     rows = _config.get_store()._fetchall("SELECT status FROM runs WHERE workflow = ?", ["hostile_mcp"])
     assert sorted(r[0] for r in rows) == ["failed", "succeeded"]  # misfits start no run
+
+
+def test_calls_waiting_for_approval_leave_the_server_answering(sqlite_url: str) -> None:
+    # Each call waiting for an approval held a thread of asyncio's default pool (6 on 2 CPUs):
+    # with a handful waiting, tools/list and every other call hung until someone decided.
+    from mcp import Client
+
+    from wflo.mcp import ToolServer
+
+    _config.configure(database=sqlite_url)
+
+    @wflo.tool(approval=wflo.Approval(approvers=["user:fin"]))
+    def wire(amount: int) -> str:
+        return f"sent {amount}"
+
+    @wflo.tool
+    def ping() -> str:
+        return "pong"
+
+    server = ToolServer([wire, ping], workflow="mcp_waits")
+    waiting = 10
+
+    async def go() -> tuple[float, str, list[bool]]:
+        async with Client(server.build()) as client:
+            calls = [asyncio.ensure_future(client.call_tool("wire", {"amount": i})) for i in range(waiting)]
+            while len(await asyncio.to_thread(wflo.approvals.list)) < waiting:
+                await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            listed = await asyncio.wait_for(client.list_tools(), 10)
+            pong = await asyncio.wait_for(client.call_tool("ping", {}), 10)
+            took = time.monotonic() - t0
+            assert {t.name for t in listed.tools} == {"wire", "ping"}
+            for request in await asyncio.to_thread(wflo.approvals.list):
+                await asyncio.to_thread(wflo.approvals.reject, request.id, principal="user:fin", reason="no")
+            results = await asyncio.wait_for(asyncio.gather(*calls), 30)
+            return took, pong.content[0].text, [r.is_error for r in results]
+
+    took, pong, errors = asyncio.run(asyncio.wait_for(go(), 90))
+    assert pong == "pong" and took < 5, f"the server answered after {took:.1f} s with {waiting} calls waiting"
+    assert errors == [True] * waiting  # each rejected, told to its caller

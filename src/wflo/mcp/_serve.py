@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import json
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import _config
@@ -30,6 +34,10 @@ def _sdk() -> Any:
     return mcp_types, Server
 
 
+CALL_THREADS = 64
+"""Tool calls in progress at once on one server (each may wait for an approval); more queue."""
+
+
 class ToolServer:
     """The tools an MCP client may call, for one workflow (and optionally tenant and agent)."""
 
@@ -44,6 +52,8 @@ class ToolServer:
         if len(self.tools) != len(tools):
             raise UserError("two tools have the same name")
         self.workflow, self.tenant, self.agent = workflow, tenant, agent
+        self._calls: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
         self.principals = [f"workflow:{workflow}"] + ([f"tenant:{tenant}"] if tenant else []) + (
             [f"agent:{agent}"] if agent else [])  # fmt: skip
 
@@ -68,6 +78,12 @@ class ToolServer:
         _check_arguments(self.tools[name], arguments)
         return self._wf.options(tenant=self.tenant).run(name, arguments)
 
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._calls is None:
+                self._calls = ThreadPoolExecutor(max_workers=CALL_THREADS, thread_name_prefix="wflo-mcp-call")
+            return self._calls
+
     def build(self) -> Any:
         """The ``mcp.server.lowlevel.Server``."""
         types, server_cls = _sdk()
@@ -78,7 +94,12 @@ class ToolServer:
 
         async def call_tool(ctx: Any, params: Any) -> Any:
             try:
-                value = await asyncio.to_thread(self.call, params.name, dict(params.arguments or {}))
+                # On threads of their own: a call waiting for an approval holds its thread for
+                # hours; in asyncio's default pool (6 threads on 2 CPUs) a few such calls left
+                # no thread for tools/list or any other call.
+                work = functools.partial(contextvars.copy_context().run, self.call, params.name,
+                                         dict(params.arguments or {}))  # fmt: skip
+                value = await asyncio.get_running_loop().run_in_executor(self._executor(), work)
             except (WfloError, UserError) as exc:
                 return types.CallToolResult(content=[types.TextContent(type="text", text=str(exc))], is_error=True)
             except Exception as exc:  # the tool's own failure: its name, not its text (which may hold secrets)
