@@ -72,20 +72,25 @@ def chain_at(store: Store, offset: int) -> str | None:
 
 def recorded_head(store: Store, chain: str) -> tuple[int, str] | None:
     """The head the store recorded for ``chain`` (a run's row, or the chain heads table)."""
-    if chain == SYSTEM_CHAIN or chain.startswith("_"):
-        row = store.read_one("SELECT last_seq, last_hash FROM chain_heads WHERE chain = ?", (chain,))
-    else:
+    row = None
+    if not (chain == SYSTEM_CHAIN or chain.startswith("_")):
         row = store.read_one("SELECT last_seq, last_hash FROM runs WHERE id = ?", (chain,))
+    if row is None:  # not a run's: a chain of ``Store.append_chain``
+        row = store.read_one("SELECT last_seq, last_hash FROM chain_heads WHERE chain = ?", (chain,))
     return (int(row[0]), row[1]) if row else None
 
 
-def run_heads(store: Store, run_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
-    """``{run id: (last_seq, last_hash)}`` of the runs that exist among ``run_ids``."""
+def run_rows(store: Store, run_ids: Sequence[str]) -> dict[str, Row]:
+    """``{run id: (last_seq, last_hash, status, output, workflow, tenant, parent_id)}`` of the
+    runs that exist among ``run_ids``."""
     if not run_ids:
         return {}
     marks = ", ".join("?" * len(run_ids))
-    rows = store.read(f"SELECT id, last_seq, last_hash FROM runs WHERE id IN ({marks})", list(run_ids))
-    return {id_: (int(seq), hash_) for id_, seq, hash_ in rows}
+    rows = store.read(
+        f"SELECT id, last_seq, last_hash, status, output, workflow, tenant, parent_id FROM runs WHERE id IN ({marks})",
+        list(run_ids),
+    )
+    return {r[0]: tuple(r[1:]) for r in rows}
 
 
 def prune_records(store: Store) -> list[str]:

@@ -1,0 +1,84 @@
+"""A hostile sweep of the flight recorder: someone with write access to the database (or to an
+exported file or a pack) tries to hide or change what happened. Each test is a way that worked
+before it was closed; both stores wherever storage is involved."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from auditkit import admin, make_run
+
+from wflo.audit import build_report, verify_all, verify_run
+from wflo.store import Store, open_store
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    with open_store(store_url) as st:
+        make_run(st, "ok1")  # seq 1 created, 2 started, 3..7 calls, 8 run.completed
+        make_run(st, "bad1", status="failed")  # ... 8 run.failed
+        make_run(st, "live1", finish=False)  # 7 events, still running
+        yield st
+
+
+def broken(store: Store) -> list[tuple[str, int | None, str | None]]:
+    return [(r.chain, r.seq, r.kind) for r in verify_all(store) if not r.ok]
+
+
+def cli_verify(store_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {"WFLO_DATABASE_URL": store_url, "PYTHONPATH": ":".join(sys.path)}
+    return subprocess.run([sys.executable, "-m", "wflo.cli", "audit", "verify"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the runs projection
+# The ``runs`` row is what the panel, `wflo runs`, the report and the costs group by; it is not
+# chained. Verify said "intact" for every edit below, and the report counted the forged values.
+
+
+def test_a_failed_run_turned_succeeded_in_its_row_is_found(store: Store, store_url: str, tmp_path: Path) -> None:
+    with admin(store_url) as db:
+        db.run("UPDATE runs SET status = 'succeeded', output = '\"all good\"', error = NULL WHERE id = 'bad1'")
+    assert broken(store) == [("bad1", 8, "projection")]
+    report = verify_run(store, "bad1")  # the panel's run page and `wflo audit verify RUN`
+    assert not report.ok and "status 'failed'" in report.describe() and "'succeeded'" in report.describe()
+    # The report still reads the row, but the verification it carries now says the history is not intact.
+    assert build_report(store, since="2000-01-01T00:00:00.000000Z")["verification"]["ok"] is False
+    proc = cli_verify(store_url, tmp_path)
+    assert proc.returncode == 10 and "bad1" in proc.stderr and "projection" in proc.stderr
+
+
+def test_an_edited_output_and_a_run_moved_to_another_tenant_are_found(store: Store, store_url: str) -> None:
+    with admin(store_url) as db:
+        db.run("UPDATE runs SET output = '99' WHERE id = 'ok1'")
+        db.run("UPDATE runs SET tenant = 'acme' WHERE id = 'bad1'")
+        db.run("UPDATE runs SET workflow = 'other' WHERE id = 'live1'")
+    assert broken(store) == [("bad1", 1, "projection"), ("live1", 1, "projection"), ("ok1", 8, "projection")]
+
+
+def test_a_running_run_marked_ended_and_an_ended_run_marked_running_are_found(store: Store, store_url: str) -> None:
+    with admin(store_url) as db:
+        db.run("UPDATE runs SET status = 'cancelled' WHERE id = 'live1'")
+        db.run("UPDATE runs SET status = 'running' WHERE id = 'ok1'")
+    assert broken(store) == [("live1", 7, "projection"), ("ok1", 8, "projection")]
+
+
+def test_a_finished_runs_tail_cut_with_its_head_moved_back_is_found_without_a_checkpoint(
+    store: Store, store_url: str
+) -> None:
+    # The chain and its recorded head agree, but the row still says the run ended: its end is gone.
+    with admin(store_url) as db:
+        db.run("DELETE FROM events WHERE chain = 'bad1' AND seq >= 7")
+        db.set_run_head("bad1", 6, db.hash_at("bad1", 6))
+    assert broken(store) == [("bad1", 6, "projection")]
+
+
+def test_a_runs_row_deleted_to_hide_the_run_is_found(store: Store, store_url: str) -> None:
+    with admin(store_url) as db:
+        db.run("DELETE FROM runs WHERE id = 'bad1'")
+    assert broken(store) == [("bad1", 8, "head")]
+    assert "no runs row" in verify_run(store, "bad1").describe()
