@@ -80,8 +80,18 @@ def iter_links(store: Store, chain: str) -> Any:
     Raw rows (data stays text) so that a damaged JSON document is reported as a broken hash,
     not raised as a parse error.
     """
-    with _tables.chain_links(store, chain, PAGE) as rows:
-        yield from rows
+    last: Any = None
+    try:
+        with _tables.chain_links(store, chain, PAGE) as rows:
+            for row in rows:
+                yield row
+                last = row[0]
+    except Exception as exc:
+        if not _tables.undecodable(store, exc):
+            raise
+        # A row that is not UTF-8 text: the rest of the chain read as bytes (and reported).
+        for row in _tables.raw_links(store, chain=chain, after=None if last is None else (chain, last)):
+            yield row[1:]
 
 
 def chain_hasher(chain: str) -> Callable[[str, int, str, str, str], str]:
@@ -494,6 +504,13 @@ def _batches(store: Store, lo: str, below: str | None) -> Iterator[list[Any]]:
             if attempt == RESUMES:
                 raise
             time.sleep(min(0.05 * 2**attempt, 1.0))
+        except Exception as exc:
+            if not _tables.undecodable(store, exc):
+                raise
+            # A row that is not UTF-8 text (written past wflo): the rest of the range read
+            # with text columns as bytes, so that row is reported where it is, not raised.
+            yield _tables.raw_links(store, lo=lo, after=after, below=below)
+            return
 
 
 def _split(store: Store, workers: int | None) -> list[tuple[str, str | None]]:
