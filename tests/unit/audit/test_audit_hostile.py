@@ -133,3 +133,36 @@ def test_a_nul_in_stored_data_is_text_that_hashes(store_url: str) -> None:
             db.run("UPDATE events SET data = ? WHERE chain = 'n1' AND seq = 3", ('{"t":"\x00"}',))
         with open_store(store_url) as st:
             assert broken(st) == [("n1", 3, "hash")]
+
+
+# --------------------------------------------------------------------------- what "intact" means
+def test_intact_without_a_checkpoint_says_what_it_cannot_show(store: Store, store_url: str, tmp_path: Path) -> None:
+    # A consistent rewrite verifies: the line under "intact" says so, and how to catch it.
+    with admin(store_url) as db:
+        db.run("UPDATE events SET data = replace(data, '\"i\":0', '\"i\":100') WHERE chain = 'ok1' AND seq = 3")
+        seq, head = db.rehash_from("ok1", 3)
+        db.set_run_head("ok1", seq, head)
+    proc = cli_verify(store_url, tmp_path)
+    assert proc.returncode == 0 and "intact" in proc.stdout
+    assert "no checkpoint given" in proc.stdout and "--checkpoint" in proc.stdout
+
+
+# --------------------------------------------------------------------------- evidence packs
+def test_a_pack_member_swapped_for_a_huge_file_is_refused_without_reading_it(tmp_path: Path, sqlite_url: str) -> None:
+    import time
+
+    from wflo.audit import generate_key
+    from wflo.audit._checkpoint import load_private_key
+    from wflo.compliance import build_pack, verify_pack
+
+    generate_key(tmp_path / "k.pem")
+    with open_store(sqlite_url) as st:
+        make_run(st, "p1")
+        build_pack(st, tmp_path / "pack", since="2000-01-01T00:00:00.000000Z", until="2999-01-01T00:00:00.000000Z",
+                   private_key=load_private_key(tmp_path / "k.pem"), fmt="json", by="user:auditor")  # fmt: skip
+    with (tmp_path / "pack" / "records.jsonl").open("r+b") as fh:
+        fh.truncate(64 << 30)  # 64 GiB, sparse: hashing it first took minutes
+    started = time.monotonic()
+    result = verify_pack(tmp_path / "pack")
+    assert not result.ok and "records.jsonl was altered" in str(result.problem)
+    assert time.monotonic() - started < 5
