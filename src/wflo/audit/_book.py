@@ -29,7 +29,7 @@ from typing import Any
 
 from ..cost import SpendLine, book_and_journal, book_runs_since
 from ..store import SYSTEM_CHAIN, Store
-from ._tables import chains_since
+from ._tables import chains_since, undecodable
 from ._verify import pruned_items
 
 FIGURES = ("calls", "cost_usd", "estimated_usd", "input_tokens", "output_tokens")
@@ -49,9 +49,12 @@ class BookFinding:
     """The same figures as the run's journal (or its prune record) records them."""
     kind: str = "mismatch"
     """``mismatch``; ``no-run`` (book rows of a run that does not exist); ``pruned``: a pruned
-    run's book against the figures its prune record kept."""
+    run's book against the figures its prune record kept; ``unreadable``: the pass could not
+    read the tables (text that is not UTF-8, written past wflo), so the book was not checked."""
 
     def describe(self) -> str:
+        if self.kind == "unreadable":
+            return f"spend book not checked: {self.book.get('error', 'unreadable')}"
         where = f"hours {', '.join(self.hours)}" if self.hours else "no book row"
         against = "prune record" if self.kind == "pruned" else "journal"
         figures = "; ".join(f"{k} book {self.book[k]}, {against} {self.journal[k]}" for k in self.book)
@@ -150,28 +153,35 @@ def verify_book(
     only = None
     if since is not None and run_id is None:
         only = (chains_since(store, since) | set(book_runs_since(store, since))) - {SYSTEM_CHAIN}
-    for run in book_and_journal(store, run_id=run_id, run_ids=only):
-        page += 1
-        if on_progress is not None and page == 500:
-            on_progress(page)
-            page = 0
-        if not run.book and not run.journal and not pruned.get(run.run_id):
-            continue
-        rows += sum(len(line.hours) for line in run.book.values())
-        expected, kind = run.journal, "mismatch"
-        if not run.exists:
-            kind = "no-run"
-        elif run.run_id in pruned and not run.journaled:
-            # No journal left to recompute from: the prune record's figures, if it kept any.
-            record = pruned[run.run_id]
-            if record is None:
-                if run.book:
-                    unchecked.append(run.run_id)
+    try:
+        for run in book_and_journal(store, run_id=run_id, run_ids=only):
+            page += 1
+            if on_progress is not None and page == 500:
+                on_progress(page)
+                page = 0
+            if not run.book and not run.journal and not pruned.get(run.run_id):
                 continue
-            expected, kind = record, "pruned"
-            pruned_runs += 1
-        runs += 1
-        findings += _compare(run.run_id, run.book, expected, kind)
+            rows += sum(len(line.hours) for line in run.book.values())
+            expected, kind = run.journal, "mismatch"
+            if not run.exists:
+                kind = "no-run"
+            elif run.run_id in pruned and not run.journaled:
+                # No journal left to recompute from: the prune record's figures, if it kept any.
+                record = pruned[run.run_id]
+                if record is None:
+                    if run.book:
+                        unchecked.append(run.run_id)
+                    continue
+                expected, kind = record, "pruned"
+                pruned_runs += 1
+            runs += 1
+            findings += _compare(run.run_id, run.book, expected, kind)
+    except Exception as exc:
+        if not undecodable(store, exc):
+            raise
+        # A finding, not a traceback: the chains' pass names the rows that are not text.
+        error = "the database holds text that is not UTF-8 (the chains' findings name the rows)"
+        findings.append(BookFinding(run_id or "*", "*", (), {"error": error}, {"error": "UTF-8 text"}, "unreadable"))
     if on_progress is not None and page:
         on_progress(page)
     return BookReport(runs, rows, pruned_runs, tuple(unchecked), tuple(findings))

@@ -59,6 +59,61 @@ def scan_links(store: Store, lo: str, below: str | None, batch: int, after: tupl
     )
 
 
+def undecodable(store: Store, exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite refusing to read a text column that is not valid UTF-8 (a row
+    written past wflo: wflo only writes text that is). PostgreSQL refuses such text on write."""
+    return store.dialect == "sqlite" and exc.__class__.__name__ == "OperationalError" and "decode" in str(exc)
+
+
+def _as_bytes(column: str) -> str:
+    return f"CASE WHEN typeof({column}) = 'text' THEN CAST({column} AS BLOB) ELSE {column} END"
+
+
+def _decoded(value: Any) -> Any:
+    """A text column read as bytes: its text, or the bytes themselves when they are not UTF-8
+    (verification then reports the row: bytes are never text that hashes)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
+
+
+def raw_links(
+    store: Store,
+    *,
+    chain: str | None = None,
+    lo: str = "",
+    after: tuple[Any, Any] | None = None,
+    below: str | None = None,
+) -> list[Row]:
+    """SQLite only: ``(chain, seq, type, at, data, prev_hash, hash)`` in key order, of ``chain``
+    or of the chains from ``lo`` (or after the key ``after``) up to ``below``, each text column
+    read as bytes so that a forged value that is not UTF-8 comes back as bytes instead of
+    failing the whole read. Only for the rare store that has one: every row asked is read at once."""
+    cols = ", ".join(_as_bytes(c) for c in ("chain", "seq", "type", "at", "data", "prev_hash", "hash"))
+    where, params = ["chain >= ?"], [lo]
+    if chain is not None:
+        where.append("chain = ?")
+        params.append(chain)
+    if after is not None:
+        where.append("(chain, seq) > (?, ?)")
+        params += [after[0], after[1]]
+    if below is not None:
+        where.append("chain < ?")
+        params.append(below)
+    out = []
+    for row in store.read(f"SELECT {cols} FROM events WHERE {' AND '.join(where)} ORDER BY chain, seq", params):
+        name = _decoded(row[0])
+        if isinstance(name, bytes):  # a chain name that is not UTF-8: named as best it can be, its rows failed
+            row = (name.decode("utf-8", "replace"), row[1], row[2], row[3], b"", *row[5:])
+        row = tuple(_decoded(v) for v in row)
+        # A hash that is not text can never be a link's hash; said as text, so reports stay JSON.
+        out.append(row[:5] + tuple(f"(not UTF-8: {v[:32].hex()})" if isinstance(v, bytes) else v for v in row[5:]))
+    return out
+
+
 def count_events(store: Store, where: str = "", params: Sequence[Any] = ()) -> int:
     row = store.read_one(f"SELECT COUNT(*) FROM events{where}", params)
     return int(row[0]) if row else 0
@@ -72,20 +127,25 @@ def chain_at(store: Store, offset: int) -> str | None:
 
 def recorded_head(store: Store, chain: str) -> tuple[int, str] | None:
     """The head the store recorded for ``chain`` (a run's row, or the chain heads table)."""
-    if chain == SYSTEM_CHAIN or chain.startswith("_"):
-        row = store.read_one("SELECT last_seq, last_hash FROM chain_heads WHERE chain = ?", (chain,))
-    else:
+    row = None
+    if not (chain == SYSTEM_CHAIN or chain.startswith("_")):
         row = store.read_one("SELECT last_seq, last_hash FROM runs WHERE id = ?", (chain,))
+    if row is None:  # not a run's: a chain of ``Store.append_chain``
+        row = store.read_one("SELECT last_seq, last_hash FROM chain_heads WHERE chain = ?", (chain,))
     return (int(row[0]), row[1]) if row else None
 
 
-def run_heads(store: Store, run_ids: Sequence[str]) -> dict[str, tuple[int, str]]:
-    """``{run id: (last_seq, last_hash)}`` of the runs that exist among ``run_ids``."""
+def run_rows(store: Store, run_ids: Sequence[str]) -> dict[str, Row]:
+    """``{run id: (last_seq, last_hash, status, output, workflow, tenant, parent_id)}`` of the
+    runs that exist among ``run_ids``."""
     if not run_ids:
         return {}
     marks = ", ".join("?" * len(run_ids))
-    rows = store.read(f"SELECT id, last_seq, last_hash FROM runs WHERE id IN ({marks})", list(run_ids))
-    return {id_: (int(seq), hash_) for id_, seq, hash_ in rows}
+    rows = store.read(
+        f"SELECT id, last_seq, last_hash, status, output, workflow, tenant, parent_id FROM runs WHERE id IN ({marks})",
+        list(run_ids),
+    )
+    return {r[0]: tuple(r[1:]) for r in rows}
 
 
 def prune_records(store: Store) -> list[str]:

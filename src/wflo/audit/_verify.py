@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import StoreUnavailableError
-from ..store import GENESIS, SYSTEM_CHAIN, Store
+from ..store import GENESIS, SYSTEM_CHAIN, Store, canonical_json
 from . import _tables
 
 PAGE = 1000
@@ -42,7 +42,9 @@ class ChainReport:
     """First broken sequence number (``None`` when intact)."""
     kind: str | None = None
     """``hash`` (content changed), ``link`` (prev_hash mismatch), ``gap`` (missing seq),
-    ``head`` (the recorded head is past the last event: truncated tail); against a checkpoint:
+    ``head`` (the recorded head is past the last event: truncated tail; or no head is recorded
+    at all), ``projection`` (the run's row in ``runs`` says another status, output, workflow,
+    tenant or parent than its chain); against a checkpoint:
     ``truncated`` (fewer events than signed), ``rewritten`` (another hash at the signed head),
     ``missing`` (the chain is gone and no prune recorded it); ``unsigned-prune`` (the chain is
     gone and only a prune record *not* signed by the pinned key names it)."""
@@ -78,8 +80,18 @@ def iter_links(store: Store, chain: str) -> Any:
     Raw rows (data stays text) so that a damaged JSON document is reported as a broken hash,
     not raised as a parse error.
     """
-    with _tables.chain_links(store, chain, PAGE) as rows:
-        yield from rows
+    last: Any = None
+    try:
+        with _tables.chain_links(store, chain, PAGE) as rows:
+            for row in rows:
+                yield row
+                last = row[0]
+    except Exception as exc:
+        if not _tables.undecodable(store, exc):
+            raise
+        # A row that is not UTF-8 text: the rest of the chain read as bytes (and reported).
+        for row in _tables.raw_links(store, chain=chain, after=None if last is None else (chain, last)):
+            yield row[1:]
 
 
 def chain_hasher(chain: str) -> Callable[[str, int, str, str, str], str]:
@@ -106,13 +118,16 @@ _ascii_json = encode_basestring_ascii
 class _ChainCheck:
     """Verifies one chain link by link as its rows arrive (memory stays flat on long chains)."""
 
-    __slots__ = ("broken", "chain", "count", "expected_seq", "link", "prev")
+    __slots__ = ("broken", "chain", "count", "expected_seq", "first", "last", "link", "prev")
 
     def __init__(self, chain: str, prev: str = GENESIS, expected_seq: int = 1, count: int = 0) -> None:
         self.chain = chain
         self.prev, self.expected_seq, self.count = prev, expected_seq, count
         self.link: Callable[[str, int, str, str, str], str] | None = None  # made on the first fed row
         self.broken: ChainReport | None = None
+        # (type, data JSON) of the chain's first and last events, for the run's projection.
+        self.first: tuple[Any, Any] | None = None
+        self.last: tuple[Any, Any] | None = None
 
     def feed(self, seq: Any, type_: str, at: str, data_json: str, prev_hash: str, hash_: str) -> None:
         if self.broken is not None:
@@ -135,6 +150,9 @@ class _ChainCheck:
                 self.broken = ChainReport(self.chain, self.count, False, prev, seq, "hash", digest, hash_)
             else:
                 self.prev, self.expected_seq, self.count = hash_, seq + 1, self.count + 1
+                self.last = (type_, data_json)
+                if seq == 1:
+                    self.first = self.last
 
     def report(self, recorded_head: tuple[int, str] | None, pruned: tuple[int, str] | None) -> ChainReport:
         if self.broken is not None:
@@ -153,6 +171,11 @@ class _ChainCheck:
                 f"{recorded_head[0]}:{recorded_head[1][:16]}",
                 f"pruned {pruned[0]}:{pruned[1][:16]}",
             )
+        if recorded_head is None and count > 0:
+            # Every writer records a chain's head (a run's row, or ``chain_heads``) in the
+            # transaction of its events: events with no head anywhere lost their run's row.
+            return ChainReport(chain, count, False, prev, count, "head", "a recorded head (a runs row)",
+                               "none: the chain has events but no runs row")  # fmt: skip
         if recorded_head is not None and (recorded_head[0] != count or recorded_head[1] != prev):
             return ChainReport(
                 chain,
@@ -165,6 +188,70 @@ class _ChainCheck:
                 f"{count}:{prev[:16]}",
             )
         return ChainReport(chain, count, True, prev)
+
+
+END_STATUS = {
+    "run.completed": "succeeded",
+    "run.failed": "failed",
+    "run.stopped": "stopped",
+    "run.cancelled": "cancelled",
+}
+"""The event that ends a run, and the final status it writes to the run's row in the same transaction."""
+FINAL = frozenset(END_STATUS.values())
+
+
+def projection_report(check: _ChainCheck, row: Sequence[Any] | None) -> ChainReport | None:
+    """The run's row in ``runs`` against its (intact) chain: ``None`` when they agree.
+
+    ``row`` is ``(last_seq, last_hash, status, output, workflow, tenant, parent_id)``. The row is
+    what the panel, ``wflo runs``, the compliance report and the costs group by, and it is not
+    chained: someone with write access could turn a failed run into a succeeded one, change its
+    output, or move it to another tenant or workflow, and the chain alone would still verify. Its
+    status, output, workflow, tenant and parent are written in the transaction of the events that
+    say them (``run.created``; the run's end event), so each must agree with them. Only compared
+    when the row's head is the chain's (a row read after the run moved on is not compared)."""
+    if row is None or check.first is None or check.last is None:
+        return None
+    chain, count, prev = check.chain, check.count, check.prev
+    _, _, status, output, workflow, tenant, parent = row
+
+    def differs(seq: int, what: str, chained: Any, found: Any) -> ChainReport:
+        return ChainReport(chain, count, False, prev, seq, "projection", f"{what} {chained}", f"runs row says {found}")
+
+    first_type, first_json = check.first
+    if first_type == "run.created":
+        try:
+            created = json.loads(first_json)
+        except (TypeError, ValueError):
+            created = None
+        if not isinstance(created, dict):
+            return differs(1, "run.created data", "a JSON object", "unreadable data")
+        for what, value in (("workflow", workflow), ("tenant", tenant), ("parent_id", parent)):
+            if created.get(what) != value:
+                return differs(1, what, repr(created.get(what)), repr(value))
+    last_type, last_json = check.last
+    ended = END_STATUS.get(last_type) if isinstance(last_type, str) else None
+    if ended is None:
+        if status in FINAL:
+            return differs(count, "status", f"not ended (last event {last_type})", repr(status))
+        return None
+    if status != ended:
+        return differs(count, "status", repr(ended), repr(status))
+    if ended == "succeeded":
+        try:
+            chained = canonical_json(json.loads(last_json).get("output"))
+            stored = None if output is None else canonical_json(json.loads(output))
+        except (TypeError, ValueError, AttributeError):
+            chained, stored = "", None
+        if chained != stored:
+            return differs(count, "output", _short(chained), _short(stored))
+    return None
+
+
+def _short(text: str | None) -> str:
+    if text is None:
+        return "none"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def verify_chain(
@@ -184,9 +271,17 @@ def verify_chain(
         check.feed(*row)
         if check.broken is not None:
             return check.broken
+    row = None
     if recorded_head is None:
-        recorded_head = _recorded_head(store, chain)
-    return check.report(recorded_head, pruned)
+        if _is_run(chain):
+            row = _tables.run_rows(store, [chain]).get(chain)
+            recorded_head = None if row is None else (int(row[0]), row[1])
+        if recorded_head is None:
+            recorded_head = _recorded_head(store, chain)
+    report = check.report(recorded_head, pruned)
+    if report.ok and row is not None:
+        return projection_report(check, row) or report
+    return report
 
 
 def _is_run(chain: str) -> bool:
@@ -289,10 +384,14 @@ class _Reports:
 
     def flush(self) -> list[ChainReport]:
         store, done = self.store, self.done
-        heads = _tables.run_heads(store, [c.chain for c in done if _is_run(c.chain)])
+        rows = _tables.run_rows(store, [c.chain for c in done if _is_run(c.chain)])
         for check in done:
-            head = heads.get(check.chain) if _is_run(check.chain) else _recorded_head(store, check.chain)
-            self.reports.append(check.report(head, None))
+            row = rows.get(check.chain)
+            head = (int(row[0]), row[1]) if row is not None else _recorded_head(store, check.chain)
+            report = check.report(head, None)
+            if report.ok and row is not None:
+                report = projection_report(check, row) or report
+            self.reports.append(report)
         done.clear()
         return self.reports
 
@@ -340,15 +439,18 @@ def _scan_pass(store: Store, lo: str = "", below: str | None = None) -> list[Cha
     chain: Any = None
     prev, expected = GENESIS, 1  # the events passed so far: expected - 1
     careful: _ChainCheck | None = None
+    first: Any = None
+    last: Any = None
     mid = ""
     for batch in _batches(store, lo, below):
         for row in batch:
             chain_, seq, type_, at, data_json, prev_hash, hash_ = row
             if chain_ != chain:
                 if chain is not None:
-                    out.add(careful or _ChainCheck(chain, prev, expected, expected - 1))
-                chain, prev, expected, careful = chain_, GENESIS, 1, None
+                    out.add(_ended(careful or _ChainCheck(chain, prev, expected, expected - 1), first, last))
+                chain, prev, expected, careful, first = chain_, GENESIS, 1, None, row
                 mid = f',"chain":{dumps(chain, ensure_ascii=False)},"data":'
+            last = row
             if careful is None:
                 # seq == expected (an int) and the hashed "seq" is written from expected: a
                 # forged seq of another type never hashes differently here than in feed().
@@ -371,8 +473,14 @@ def _scan_pass(store: Store, lo: str = "", below: str | None = None) -> list[Cha
                 careful = _ChainCheck(chain, prev, expected, expected - 1)
             careful.feed(*row[1:])
     if chain is not None:
-        out.add(careful or _ChainCheck(chain, prev, expected, expected - 1))
+        out.add(_ended(careful or _ChainCheck(chain, prev, expected, expected - 1), first, last))
     return out.flush()
+
+
+def _ended(check: _ChainCheck, first: Sequence[Any], last: Sequence[Any]) -> _ChainCheck:
+    """``check`` with its chain's first and last rows (``(chain, seq, type, at, data, …)``) noted."""
+    check.first, check.last = (first[2], first[4]), (last[2], last[4])
+    return check
 
 
 RESUMES = 5
@@ -396,6 +504,13 @@ def _batches(store: Store, lo: str, below: str | None) -> Iterator[list[Any]]:
             if attempt == RESUMES:
                 raise
             time.sleep(min(0.05 * 2**attempt, 1.0))
+        except Exception as exc:
+            if not _tables.undecodable(store, exc):
+                raise
+            # A row that is not UTF-8 text (written past wflo): the rest of the range read
+            # with text columns as bytes, so that row is reported where it is, not raised.
+            yield _tables.raw_links(store, lo=lo, after=after, below=below)
+            return
 
 
 def _split(store: Store, workers: int | None) -> list[tuple[str, str | None]]:

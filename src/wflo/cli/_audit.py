@@ -158,8 +158,16 @@ def verify_cmd(
             if cp.ok:
                 console.print(
                     f"[green]extends checkpoint[/] of {cp.at}: {plural(cp.chains, 'chain')}, signature valid"
-                    f"{' (pinned key)' if cp.pinned else ' (key from the file)'}"
+                    f"{' (pinned key)' if cp.pinned else ' (key from the file)'}; what was written after it "
+                    "rests on the chains alone"
                 )
+        elif ok:
+            # The chains alone cannot show a consistent rewrite: say so where "intact" is read.
+            console.print(
+                "no checkpoint given: a chain rewritten with every hash recomputed, or a run deleted whole, "
+                "would verify too; check against a signed one with --checkpoint FILE --public-key PEM",
+                markup=False,
+            )
     if not ok:
         sys.exit(10)
 

@@ -217,7 +217,8 @@ def verify_pack(directory: str | os.PathLike[str], public_key: Any | None = None
         path = folder / name
         if not path.is_file():
             return _fail(f"{name} is missing")
-        if _sha256(path) != f.get("sha256") or path.stat().st_size != f.get("bytes"):
+        # The size first: a file swapped for a huge one is refused without reading it.
+        if path.stat().st_size != f.get("bytes") or _sha256(path) != f.get("sha256"):
             return _fail(f"{name} was altered (its SHA-256 differs from the signed manifest)")
     extra = sorted(p.name for p in folder.iterdir() if p.name != "manifest.json" and p.name not in listed)
     if extra:

@@ -65,6 +65,7 @@ def test_keygen_checkpoint_verify_and_truncation(store_url: str, tmp_path: Path)
     with admin(store_url) as db:
         db.run("DELETE FROM events WHERE chain = 'r2' AND seq > 6")
         db.set_run_head("r2", 6, db.hash_at("r2", 6))
+        db.run("UPDATE runs SET status = 'running', output = NULL WHERE id = 'r2'")  # its end gone too
     plain = wflo("audit", "verify", db=store_url, cwd=tmp_path)
     assert plain.returncode == 0  # the chains alone look fine
     bad = wflo("audit", "verify", "--checkpoint", "cp.json", "--json", db=store_url, cwd=tmp_path)

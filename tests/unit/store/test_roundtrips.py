@@ -458,12 +458,12 @@ def test_awkward_text_reaches_the_journal_exactly(store_url: str) -> None:
         sent = [NewEvent(f"note.{i}", {"text": text, "all": _AWKWARD}) for i, text in enumerate(_AWKWARD)]
         head = store.append(_run.id, head, sent, owner="o")
         store.append(_run.id, head, [NewEvent("run.completed", {"output": "\\\"{}"})], owner="o",
-                     status="succeeded", output='"\\', finish=True)  # fmt: skip
+                     status="succeeded", output='\\"{}', finish=True)  # fmt: skip
         got = store.events(_run.id)
         assert got[0].data["texts"] == _AWKWARD
         assert [(e.type, e.data) for e in got[2:-1]] == [(e.type, e.data) for e in sent]
         assert got[-1].data == {"output": '\\"{}'}
-        assert store.get_run(_run.id).output == '"\\'
+        assert store.get_run(_run.id).output == '\\"{}'  # the run's row says what its end event says
         assert all(r.ok for r in verify_all(store))
     finally:
         store.close()
