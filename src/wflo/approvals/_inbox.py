@@ -388,8 +388,13 @@ class Inbox:
             # voted a moment ago, is refused even when both votes race.
             voters = [v for v, _, _ in earlier]
             clash = None if self_local else _conflict(principal, req.requested_by, voters, _by_principal(makers))
-            if clash or refusal:
-                raise ApprovalForbiddenError(approval_id=approval_id, principal=principal, detail=clash or refusal)
+            why = refusal
+            if not self_local and (cur_req.approvers, cur_req.escalations) != (req.approvers, req.escalations):
+                # Escalated since it was read: judged on the approvers it has now (the ones it
+                # had are past their deadline), not on those the decider was checked against.
+                why = self.why_not(cur_req, principal, authenticated=authenticated)
+            if clash or why:
+                raise ApprovalForbiddenError(approval_id=approval_id, principal=principal, detail=clash or why)
             if expected_hash is not None and expected_hash != cur_req.action_hash:
                 raise ActionMismatchError(approval_id=approval_id, expected=cur_req.action_hash, found=expected_hash)
             decided_action = None

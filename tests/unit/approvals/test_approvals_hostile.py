@@ -6,11 +6,13 @@ Each test is an attack that worked once: what it did is in its docstring."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -18,6 +20,7 @@ from fastapi.testclient import TestClient
 from wflo import _config
 from wflo._errors import ApprovalForbiddenError
 from wflo.approvals import ApprovalRequest, inbox
+from wflo.approvals import _tables as tables
 from wflo.auth import access, tokens
 from wflo.server import create_app
 
@@ -154,3 +157,61 @@ def test_a_person_and_their_token_racing_make_one_vote(configured: str, round_: 
         t.join(60)
     assert sorted(outcomes) == ["pending", "refused"]
     assert inbox().get(req.id).status == "pending" and len(inbox().votes(req.id)) == 1
+
+
+# ----------------------------------------------------------------- a vote as the deadline passes
+@pytest.mark.postgres
+def test_an_approver_replaced_by_an_escalation_cannot_slip_a_vote_in(pg_url: str) -> None:
+    """Alice's vote, read as hers to cast, waited for the request's lock while the worker
+    escalated it (her deadline had passed; the request went to user:cfo): it was then counted,
+    and the request approved by someone who was no longer its approver, after her deadline.
+
+    On PostgreSQL, where the test can see the vote wait for the lock (pg_stat_activity); the
+    check is the same code on SQLite."""
+    _config.configure(database=pg_url)
+    store = _config.get_store()
+    store.create_run(run_id="r-esc", workflow="wf", input={})
+    inbox().create(
+        approval_id="ap-esc", run_id="r-esc", call_id="c1", tool="refund", message="refund 900",
+        action={"tool": "refund", "args": [], "kwargs": {}}, approvers=["user:alice"], quorum=1,
+        requested_by="user:bob", timeout_at=store.now(-1), on_timeout="escalate", escalate_to=["user:cfo"],
+    )  # fmt: skip
+    locked, escalate = threading.Event(), threading.Event()
+    holder_pid: list[int] = []
+
+    def worker_escalates(cur: Any) -> None:  # what the worker's guard writes, holding the row
+        tables.lock_for_decision(store, cur, "r-esc", "ap-esc")
+        cur.execute("SELECT pg_backend_pid()")
+        holder_pid.append(int(cur.fetchone()[0]))
+        locked.set()
+        assert escalate.wait(30)
+        tables.escalate(store, cur, "ap-esc", approvers=["user:cfo"], timeout_at=store.now(3600), now=store.now())
+
+    holder = threading.Thread(target=store.write, args=(worker_escalates,))
+    holder.start()
+    assert locked.wait(30)
+    outcome: list[str] = []
+
+    def alice_votes() -> None:
+        try:
+            outcome.append(inbox().decide("ap-esc", "approve", principal="user:alice").status)
+        except ApprovalForbiddenError as exc:
+            outcome.append(str(exc))
+
+    voter = threading.Thread(target=alice_votes)
+    voter.start()
+    with psycopg.connect(pg_url, autocommit=True) as mon:
+        blocked = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+        for _ in range(1000):
+            row = mon.execute(blocked, (holder_pid[0],)).fetchone()
+            if row and row[0]:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the vote never waited for the request's lock")
+    escalate.set()
+    holder.join(30)
+    voter.join(30)
+    assert len(outcome) == 1 and "not one of the approvers user:cfo" in outcome[0], outcome
+    done = inbox().get("ap-esc")
+    assert done.status == "pending" and done.approvers == ["user:cfo"] and inbox().votes("ap-esc") == []
