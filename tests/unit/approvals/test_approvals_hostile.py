@@ -5,11 +5,15 @@ Each test is an attack that worked once: what it did is in its docstring."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,11 +22,15 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from wflo import _config
-from wflo._errors import ApprovalForbiddenError
-from wflo.approvals import ApprovalRequest, inbox
+from wflo._errors import ApprovalForbiddenError, UserError
+from wflo.approvals import ApprovalRequest, approvals, inbox
 from wflo.approvals import _tables as tables
 from wflo.auth import access, tokens
+from wflo.engine import RunHandle, Worker
 from wflo.server import create_app
+
+sys.path.insert(0, str(Path(__file__).parent))
+import approvalapp
 
 
 @pytest.fixture
@@ -215,3 +223,49 @@ def test_an_approver_replaced_by_an_escalation_cannot_slip_a_vote_in(pg_url: str
     assert len(outcome) == 1 and "not one of the approvers user:cfo" in outcome[0], outcome
     done = inbox().get("ap-esc")
     assert done.status == "pending" and done.approvers == ["user:cfo"] and inbox().votes("ap-esc") == []
+
+
+# ----------------------------------------------------------------- edited arguments
+@pytest.fixture
+def agent(configured: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs started by user:agent-owner; user:fin may decide (role finance)."""
+    monkeypatch.setenv("WFLO_PRINCIPAL", "user:agent-owner")
+    _config.configure(database=configured, lease_seconds=5.0, poll_interval=0.05)
+    approvals.grant("user:fin", "finance")
+    return configured
+
+
+def _waiting(workflow: Any, *args: Any) -> tuple[RunHandle, ApprovalRequest]:
+    handle = workflow.start(*args)
+    Worker(concurrency=1).run(max_runs=1, idle_timeout=1.0)
+    assert handle.status() == "waiting"
+    [req] = approvals.list(run_id=handle.id)
+    return handle, req
+
+
+def test_an_edit_of_an_argument_given_positionally_is_refused_before_deciding(agent: str) -> None:
+    """pay(to, *notes) keeps its values positional; an approver's edit of "to" was accepted
+    (approved), and the approved call, given "to" twice, could not run: the run failed for good."""
+    handle, req = _waiting(approvalapp.pays, "acct-1")
+    assert req.action["args"] == ["acct-1", "invoice 7"]
+    with pytest.raises(UserError, match="only the ones passed by name can change"):
+        approvals.approve(req.id, principal="user:fin", args={"to": "acct-2"}, action_hash=req.action_hash)
+    assert approvals.get(req.id).status == "pending" and inbox().votes(req.id) == []
+    approvals.approve(req.id, principal="user:fin", action_hash=req.action_hash)
+    Worker(concurrency=1).run(max_runs=1, idle_timeout=1.0)
+    assert handle.result(timeout=5) == "paid acct-1 (invoice 7)"
+
+
+@pytest.mark.parametrize("edit", ['{"amount": NaN}', '{"amount": Infinity}', '{"order_id": "o", "amount": -Infinity}'])
+def test_an_edit_that_is_not_json_is_a_one_line_error(agent: str, edit: str) -> None:
+    """Python's JSON parser takes NaN and Infinity; the edit passed the type check ("a number")
+    and the CLI died with a ValueError traceback from the hash."""
+    _, req = _waiting(approvalapp.refunds, "o-nan", 250.0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update(WFLO_DATABASE_URL=agent, WFLO_PRINCIPAL="user:fin", PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-m", "wflo.cli", "approve", req.id, "--args", edit], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "edited arguments must be JSON values (no NaN or Infinity)" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert approvals.get(req.id).status == "pending" and inbox().votes(req.id) == []
