@@ -36,6 +36,40 @@ class _Raced(Exception):
     """A concurrent decision changed the rows a transaction meant to close."""
 
 
+def _by_principal(pairs: builtins.list[tuple[str, str]]) -> dict[str, set[str]]:
+    makers: dict[str, set[str]] = {}
+    for principal, maker in pairs:
+        makers.setdefault(principal, set()).add(maker)
+    return makers
+
+
+def _people(principal: str, makers: dict[str, set[str]]) -> set[str]:
+    """Who answers for ``principal``: itself, and whoever made its API tokens (a service
+    account is its makers' hands)."""
+    return {principal} | makers.get(principal, set())
+
+
+def _conflict(principal: str, requester: str, voters: builtins.list[str], makers: dict[str, set[str]]) -> str | None:
+    """Why ``principal`` is the requester or an earlier voter under another name, or ``None``.
+
+    The same principal is left to the callers' own checks (their messages say it plainly)."""
+    mine = _people(principal, makers)
+    shared = sorted(mine & _people(requester, makers))
+    if principal != requester and shared:
+        return (
+            f"{principal} and the requester {requester} act for the same person ({', '.join(shared)}), "
+            "who cannot approve their own request"
+        )
+    for voter in voters:
+        shared = sorted(mine & _people(voter, makers))
+        if voter != principal and shared:
+            return (
+                f"{principal} and {voter}, who voted already, act for the same person ({', '.join(shared)}): "
+                "a quorum counts people, not accounts"
+            )
+    return None
+
+
 def _os_user() -> str:
     try:
         return getpass.getuser()
@@ -194,6 +228,9 @@ class Inbox:
         name themselves the admin), so there the rule would prove nothing; ``require_auth``
         turns local decisions off.
         """
+        clash = self.conflict(req, principal)
+        if clash:
+            return clash
         if not req.approvers or principal in req.approvers:
             return None
         from ..auth import Access, covers
@@ -210,6 +247,12 @@ class Inbox:
         if usable:
             return f"its role was granted by the requester {req.requested_by}, who cannot approve their own request"
         return f"not one of the approvers {', '.join(req.approvers)}"
+
+    def conflict(self, req: ApprovalRequest, principal: str) -> str | None:
+        """Why ``principal`` is the requester or an earlier voter under another name (``None``:
+        it is not): a service account acts for the people who made its API tokens."""
+        makers = _by_principal(tables.token_makers(self.store, req.id, [principal, req.requested_by]))
+        return _conflict(principal, req.requested_by, [v["principal"] for v in self.votes(req.id)], makers)
 
     # ----------------------------------------------------------------- writing
     def create(
@@ -322,7 +365,9 @@ class Inbox:
             st = self.store
             # The run's row first (the order every writer of both rows uses): a cancel that
             # committed before us is seen here, one that comes after waits for our decision.
-            run, row, earlier, store_now = tables.lock_for_decision(st, cur, req.run_id, approval_id)
+            run, row, earlier, store_now, makers = tables.lock_for_decision(
+                st, cur, req.run_id, approval_id, [principal, req.requested_by]
+            )
             if row is None:  # removed meanwhile (a store restored from a backup)
                 raise ApprovalNotFoundError(approval_id=approval_id)
             cur_req = ApprovalRequest.from_row(row)
@@ -339,8 +384,17 @@ class Inbox:
                 raise ApprovalForbiddenError(
                     approval_id=approval_id, principal=principal, detail="the requester cannot decide their own request"
                 )
-            if refusal:
-                raise ApprovalForbiddenError(approval_id=approval_id, principal=principal, detail=refusal)
+            # Read under the request's lock: a token made by the requester, or by someone who
+            # voted a moment ago, is refused even when both votes race.
+            voters = [v for v, _, _ in earlier]
+            clash = None if self_local else _conflict(principal, req.requested_by, voters, _by_principal(makers))
+            why = refusal
+            if not self_local and (cur_req.approvers, cur_req.escalations) != (req.approvers, req.escalations):
+                # Escalated since it was read: judged on the approvers it has now (the ones it
+                # had are past their deadline), not on those the decider was checked against.
+                why = self.why_not(cur_req, principal, authenticated=authenticated)
+            if clash or why:
+                raise ApprovalForbiddenError(approval_id=approval_id, principal=principal, detail=clash or why)
             if expected_hash is not None and expected_hash != cur_req.action_hash:
                 raise ActionMismatchError(approval_id=approval_id, expected=cur_req.action_hash, found=expected_hash)
             decided_action = None

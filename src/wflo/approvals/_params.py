@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._errors import UserError
+from ..store import canonical_json
 
 _SIMPLE: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null"}
 _ARRAYS = (list, tuple, set, frozenset, Sequence)
@@ -120,9 +121,21 @@ def edited_action(action: dict[str, Any], edits: Any, params: dict[str, Any] | N
     """
     if not isinstance(edits, dict) or not edits:
         raise UserError("edited arguments must be a non-empty JSON object of argument names to values")
+    try:  # what is hashed, stored and run is JSON: NaN and Infinity are not (Python's parser takes them)
+        canonical_json(edits)
+    except (TypeError, ValueError):
+        raise UserError(f"edited arguments must be JSON values (no NaN or Infinity), got {edits!r}") from None
     current = dict(action.get("kwargs", {}))
+    positional = action.get("args") or []
     changed: dict[str, Any] = {}
     for name, value in edits.items():
+        if positional and name not in current:
+            # The call passed positional values (its function takes *args): the name may be one
+            # of them, and a call with it given twice could not run once approved.
+            raise UserError(
+                f"{action.get('tool')} was called with positional arguments ({len(positional)}); only the ones "
+                f"passed by name can change ({', '.join(current) or 'none'}), not {name!r}"
+            )
         if params is not None:
             props = params.get("properties", {})
             if name not in props and not params.get("additionalProperties"):

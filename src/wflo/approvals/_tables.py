@@ -11,6 +11,7 @@ the caller holds (a write, or a read under the row lock), on the store's public 
 Rows come back as tuples in :data:`COLUMNS` order; ``ApprovalRequest.from_row`` reads them.
 Two queries read the store's ``runs`` table, under its lock where a decision needs it: the run
 a request belongs to decides whether it may still be decided, and its tenant who may decide.
+Two read ``wflo.auth``'s ``api_tokens``: who made a service account's tokens answers for it.
 """
 
 from __future__ import annotations
@@ -223,6 +224,25 @@ def principals(store: Store) -> list[tuple[str, list[str], str, str]]:
     return [(r[0], json.loads(r[1]) if r[1] else [], r[2], r[3]) for r in rows]
 
 
+_MAKERS = """
+WITH RECURSIVE makers (principal, person) AS (
+    SELECT principal, created_by FROM api_tokens
+    WHERE principal IN (SELECT principal FROM approval_votes WHERE approval_id = ?) OR principal IN ({marks})
+    UNION
+    SELECT m.principal, t.created_by FROM makers m JOIN api_tokens t ON t.principal = m.person
+)
+SELECT principal, person FROM makers"""
+
+
+def token_makers(store: Store, approval_id: str, principals: Sequence[str]) -> list[tuple[str, str]]:
+    """Who made the API tokens of each of ``principals`` and of the request's voters (the
+    makers of the tokens that made those, and so on): ``(principal, maker)`` pairs, only for
+    principals that have tokens. Reads ``wflo.auth``'s ``api_tokens``: a service account acts
+    for whoever made its tokens, so a decision counts them as the same person."""
+    marks = ", ".join("?" for _ in principals) or "NULL"
+    return [(r[0], r[1]) for r in store.read(_MAKERS.format(marks=marks), (approval_id, *principals))]
+
+
 def run_tenant(store: Store, run_id: str) -> str | None:
     """The tenant of a run (``None``: no tenant, or no such run)."""
     row = store.read_one("SELECT tenant FROM runs WHERE id = ?", (run_id,))
@@ -270,11 +290,12 @@ def insert(
 
 
 def lock_for_decision(
-    store: Store, cur: Any, run_id: str, approval_id: str
-) -> tuple[tuple[str, bool] | None, Row | None, list[tuple[str, str, str]], str]:
+    store: Store, cur: Any, run_id: str, approval_id: str, principals: Sequence[str] = ()
+) -> tuple[tuple[str, bool] | None, Row | None, list[tuple[str, str, str]], str, list[tuple[str, str]]]:
     """For a decision: ``(status, cancel_requested)`` of the run (``None``: no such run), the
-    request, its votes so far (``(principal, decision, action_hash)`` each), and now by the
-    store's clock; both rows locked until the transaction ends.
+    request, its votes so far (``(principal, decision, action_hash)`` each), now by the
+    store's clock, and the token makers of ``principals`` and of the voters (as
+    :func:`token_makers`); both rows locked until the transaction ends.
 
     The run's row is locked before the request's: the order every writer of both rows uses,
     so a cancel that committed first is seen, and one that comes after waits for the
@@ -300,6 +321,7 @@ def lock_for_decision(
     run = ask(f"SELECT status, cancel_requested FROM runs WHERE id = ?{store.for_update}", (run_id,))
     request = ask(f"SELECT {COLUMNS} FROM approvals WHERE id = ?{store.for_update}", (approval_id,))
     votes = ask("SELECT principal, decision, action_hash FROM approval_votes WHERE approval_id = ?", (approval_id,))
+    makers = ask(_MAKERS.format(marks=", ".join("?" for _ in principals) or "NULL"), (approval_id, *principals))
     clock = store.ask_now(cur)
     # The last answer first: once it is in, so are the others (one wait, not one per answer).
     now = clock()
@@ -309,6 +331,7 @@ def lock_for_decision(
         request_rows[0] if request_rows else None,
         [(r[0], r[1], r[2]) for r in vote_rows],
         now,
+        [(r[0], r[1]) for r in makers()],
     )
 
 

@@ -90,3 +90,14 @@ def escalating() -> str:
 @wflo.workflow(name="escalates")
 def escalates() -> str:
     return escalating()
+
+
+@wflo.tool(approval=wflo.Approval(approvers=["role:finance"]))
+def pay(to: str, *notes: str) -> str:
+    """A tool taking *args: its call keeps positional values."""
+    return f"paid {to} ({', '.join(notes)})"
+
+
+@wflo.workflow(name="pays")
+def pays(to: str) -> str:
+    return pay(to, "invoice 7")

@@ -148,7 +148,7 @@ def test_votes_tally_and_one_vote_each(store: Store) -> None:
     vote("user:a", "reject", "2026-01-01T00:00:01.000000Z")
     assert [v[0] for v in tables.votes(store, "ap")] == ["user:a", "user:b"]  # by time
     assert tables.votes(store, "ap")[0] == ("user:a", "reject", None, "h" * 64, "cli", "2026-01-01T00:00:01.000000Z")
-    _, _, votes, _ = store.write_batch(lambda cur: tables.lock_for_decision(store, cur, "r1", "ap"))
+    _, _, votes, _, _ = store.write_batch(lambda cur: tables.lock_for_decision(store, cur, "r1", "ap"))
     assert sorted(votes) == [("user:a", "reject", "h" * 64), ("user:b", "approve", "h" * 64)]
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):  # the key refuses a second vote
         vote("user:a", "approve", "2026-01-01T00:00:03.000000Z")
@@ -163,13 +163,40 @@ def test_locks_read_the_rows_a_decision_needs(store: Store) -> None:
         # Pipelined on PostgreSQL (write_batch), as a decision sends it: one round trip.
         return store.write_batch(lambda cur: tables.lock_for_decision(store, cur, run_id, approval_id))
 
-    run, row, votes, now = lock("r1", "ap")
-    assert run == ("running", False) and row is not None and row[0] == "ap" and votes == []
+    run, row, votes, now, makers = lock("r1", "ap")
+    assert run == ("running", False) and row is not None and row[0] == "ap" and votes == [] and makers == []
     assert now[:2] == "20" and now.endswith("Z")
-    run, row, _, _ = lock("nope", "nope")
+    run, row, _, _, _ = lock("nope", "nope")
     assert run is None and row is None
     store.request_cancel("r1")
     assert lock("r1", "ap")[0] == ("running", True)
+
+
+def test_token_makers_follow_tokens_made_with_tokens(store: Store) -> None:
+    """A service account answers to whoever made its tokens (and to whoever made theirs)."""
+    _run(store, "r1")
+    _file(store, "ap", "r1")
+
+    def token(principal: str, by: str) -> None:
+        store.write(lambda cur: store.execute(
+            cur, "INSERT INTO api_tokens (id, name, principal, prefix, digest, role, scope, created_by, created_at) "
+            "VALUES (?, ?, ?, 'p', ?, 'approver', '*', ?, '2026-01-01T00:00:00.000000Z')",
+            (principal + by, principal, principal, principal + by, by),
+        ))  # fmt: skip
+
+    token("service:bot", "service:maker")
+    token("service:maker", "user:alice")
+    token("service:maker", "user:bob")
+    token("service:cycle", "service:cycle")  # made by itself: no endless walk
+    bot = [("service:bot", "service:maker"), ("service:bot", "user:alice"), ("service:bot", "user:bob")]
+    want = sorted([*bot, ("service:cycle", "service:cycle")])
+    assert sorted(tables.token_makers(store, "ap", ["service:bot", "service:cycle", "user:x"])) == want
+    assert tables.token_makers(store, "ap", []) == []
+    store.write(lambda cur: tables.insert_vote(store, cur, "ap", "service:bot", decision="approve", reason=None,
+                                               action_hash="h" * 64, via="api", shown=None, at=store.now()))  # fmt: skip
+    assert sorted(tables.token_makers(store, "ap", [])) == bot  # the voters'
+    *_, makers = store.write_batch(lambda cur: tables.lock_for_decision(store, cur, "r1", "ap", ["service:cycle"]))
+    assert sorted(makers) == want
 
 
 def test_closing_writes_touch_only_pending_requests(store: Store) -> None:

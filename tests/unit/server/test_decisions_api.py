@@ -57,7 +57,10 @@ def _env(url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     def token(name: str, role: str, scope: str = "*", finance: bool = False) -> str:
         if finance:
             acc.grant(f"service:{name}", "finance", scope, who=root)
-        return tokens().create(name, role, scope, who=root)[1]
+        # Each made by its own admin: a service account acts for whoever made its token, so
+        # two tokens of one maker would be one person's two votes in a quorum.
+        acc.grant(f"user:maker-{name}", "admin", who=root)
+        return tokens().create(name, role, scope, who=acc.local(f"user:maker-{name}"))[1]
 
     with TestClient(create_app()) as client:
         yield {
