@@ -76,7 +76,8 @@ def finish(
     r = store().get_run(run_id)
     err = {"type": "ValueError", "message": error} if error else None
     store().append(
-        run_id, Head(r.last_seq, r.last_hash), [*(events or []), NewEvent(f"run.{'completed' if not error else 'failed'}", {})],
+        run_id, Head(r.last_seq, r.last_hash),
+        [*(events or []), NewEvent("run.completed", {"output": 1}) if not error else NewEvent("run.failed", {"error": err})],
         owner=None, status=status, output=None if error else 1, error=err, finish=True,
         ops=charged(run_id, events or []),
     )  # fmt: skip
