@@ -203,10 +203,21 @@ function onLive(msg) {
       tr.querySelector(".status-cell").replaceChildren(statusCell(rows[i]));
       tr.querySelector(".events-cell").textContent = String(r.events);
     }
-  } else if (matches(r)) {
+  } else if (matches(r) && (!rows.length || r.created_at > rows[0].created_at)) {
+    // Only a run newer than the list's newest is new: an older one not listed is on a later page
+    // (the stream catching up after a burst put 1,559 such runs at the top of a page of 50).
     rows.unshift(r);
-    render();
+    renderSoon();
   }
+}
+
+// A burst of new runs (a thousand enqueued at once, or the stream catching up) came as a
+// thousand messages, and rendering the whole table on each froze the page; one render a frame.
+let renderQueued = false;
+function renderSoon() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => { renderQueued = false; render(); });
 }
 
 function live() {
