@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ._context import _lane, current_run
@@ -52,24 +52,25 @@ NAP = 0.1
 """The longest a ``"sleep"`` step goes without calling its ``check``."""
 
 
-def _nap(seconds: float, check: Callable[[], None]) -> None:
+def _naps(seconds: float, check: Callable[[], None]) -> Iterator[float]:
+    """The slices of a ``seconds`` wait, ``check()`` called before each (and at the end)."""
     end = time.monotonic() + seconds
     while True:
         check()
         left = end - time.monotonic()
         if left <= 0:
             return
-        time.sleep(min(left, NAP))
+        yield min(left, NAP)
+
+
+def _nap(seconds: float, check: Callable[[], None]) -> None:
+    for nap in _naps(seconds, check):
+        time.sleep(nap)
 
 
 async def _anap(seconds: float, check: Callable[[], None]) -> None:
-    end = time.monotonic() + seconds
-    while True:
-        check()
-        left = end - time.monotonic()
-        if left <= 0:
-            return
-        await asyncio.sleep(min(left, NAP))
+    for nap in _naps(seconds, check):
+        await asyncio.sleep(nap)
 
 
 def drive(steps: Attempts[R], io: Any) -> R:
