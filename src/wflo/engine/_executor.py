@@ -488,11 +488,18 @@ async def _settle_tasks(ctx: RunContext) -> None:
         await asyncio.wait(live)
 
 
-def _run_coroutine(coro: Any) -> Any:
-    """Run a coroutine from sync code: here if no loop runs, else in a fresh thread's loop."""
+def loop_running() -> bool:
+    """Whether an event loop runs in this thread (the caller is async code, or under it)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
+        return False
+    return True
+
+
+def _run_coroutine(coro: Any) -> Any:
+    """Run a coroutine from sync code: here if no loop runs, else in a fresh thread's loop."""
+    if not loop_running():
         return asyncio.run(coro)
     result: dict[str, Any] = {}
 

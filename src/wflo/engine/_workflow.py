@@ -39,6 +39,7 @@ from ._executor import (
     clients_wrapped,
     execute,
     is_async_callable,
+    loop_running,
     owner_is_dead_here,
     prepare,
     process_owner,
@@ -247,7 +248,7 @@ class Workflow(Generic[P, R]):
         gives an awaitable, ``arun``'s, as any ``async def`` function does: ``await child(x)``
         in an async parent. (It ran synchronously, blocking the loop, and handed back its
         result, which the ``await`` then refused with a ``TypeError``.) In sync code it runs."""
-        if self.is_async and _loop_running():
+        if self.is_async and loop_running():
             return cast(R, self.options().arun(*args, **kwargs))
         return cast(R, self.options().run(*args, **kwargs))
 
@@ -262,14 +263,6 @@ class Workflow(Generic[P, R]):
     def start(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle:
         """Enqueue a run for a worker and return its handle at once."""
         return self.options().start(*args, **kwargs)
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 MAX_CHILD_DEPTH = 50
