@@ -336,35 +336,33 @@ def _netns() -> int:
 def sweep_leftovers() -> None:
     """Remove what the sandboxes of dead supervisors left on this host (a worker killed with
     SIGKILL while its sandbox ran leaves its scratch directory, with the code's files, and an
-    empty cgroup). As root only: there each
-    leftover is named after its sandbox's uid, and the supervisor holds that uid from before
-    either is made until after both are removed, so a uid nobody holds marks leftovers, never a
-    live sandbox's. The uid's lock is an abstract socket, one per network namespace, so the names
-    also hold the supervisor's namespace, and only this one's are swept. The sweep holds the uid
-    meanwhile, so no new sandbox takes it."""
+    empty cgroup). As root only: there each leftover is named after its sandbox's uid, and the
+    supervisor holds that uid from before either is made until after both are removed, so a uid
+    nobody holds marks leftovers, never a live sandbox's. The uid's lock is an abstract socket,
+    one per network namespace, so the names also hold the supervisor's namespace, and only this
+    one's are swept. The sweep holds the uid meanwhile, so no new sandbox takes it."""
     if os.getuid() != 0:
         return
-    groups = _cgroup.CGroup.named("wflo-sbx-")
-    found: dict[int, list[Path]] = {}
     here = str(_netns())
-    for path in [*Path(tempfile.gettempdir()).glob("wflo-sbx-*-*-*"), *groups]:
-        # Only a supervisor of this network namespace holds its uid where this one can see it.
-        parts = path.name.split("-")
-        uid = int(parts[2]) if len(parts) >= 5 and parts[3] == here and parts[2].isdigit() else -1
-        if UID_BASE <= uid < UID_BASE + UID_COUNT:
-            found.setdefault(uid, []).append(path)
+    found: dict[int, tuple[list[Path], list[Path]]] = {}  # uid -> (its scratch dirs, its cgroups)
+    places = [(Path(tempfile.gettempdir()).glob("wflo-sbx-*-*-*"), 0), (_cgroup.CGroup.named("wflo-sbx-"), 1)]
+    for paths, kind in places:
+        for path in paths:
+            # Only a supervisor of this network namespace holds its uid where this one can see it.
+            parts = path.name.split("-")
+            uid = int(parts[2]) if len(parts) >= 5 and parts[3] == here and parts[2].isdigit() else -1
+            if UID_BASE <= uid < UID_BASE + UID_COUNT:
+                found.setdefault(uid, ([], []))[kind].append(path)
     swept = 0
-    for uid, paths in found.items():
+    for uid, (scratches, groups) in found.items():
         held = SandboxUid.take(uid)
         if held is None:
             continue  # a live sandbox's
         try:
-            dirs = [p for p in paths if p in groups]
-            if dirs:
-                _cgroup.CGroup({str(i): d for i, d in enumerate(dirs)}, _cgroup.version()).close()
-            for p in paths:
-                if p not in groups:
-                    remove_tree(p)
+            if groups:
+                _cgroup.CGroup({str(i): d for i, d in enumerate(groups)}, _cgroup.version()).close()
+            for scratch in scratches:
+                remove_tree(scratch)
             swept += 1
         finally:
             held.release()

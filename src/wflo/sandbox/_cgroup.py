@@ -86,7 +86,7 @@ class CGroup:
         """The groups beside this process's own whose names start with ``prefix`` (on cgroup
         v1, one directory per controller)."""
         own = _own_paths()
-        if (ROOT / "cgroup.controllers").exists():
+        if version() == 2:
             parents = [ROOT / own.get("", "/").lstrip("/")]
         else:
             parents = [ROOT / c / own.get(c, "/").lstrip("/") for c in ("memory", "pids")]
