@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import StoreUnavailableError
-from ..store import GENESIS, SYSTEM_CHAIN, Store, canonical_json
+from ..store import FINAL_STATUSES, GENESIS, SYSTEM_CHAIN, Store, canonical_json
 from . import _tables
 
 PAGE = 1000
@@ -154,7 +154,17 @@ class _ChainCheck:
                 if seq == 1:
                     self.first = self.last
 
-    def report(self, recorded_head: tuple[int, str] | None, pruned: tuple[int, str] | None) -> ChainReport:
+    def report(
+        self, recorded_head: tuple[int, str] | None, pruned: tuple[int, str] | None, row: Sequence[Any] | None = None
+    ) -> ChainReport:
+        """The chain's verdict; ``row``: its run's row in ``runs``, compared with an intact
+        chain (:func:`projection_report`)."""
+        report = self._report(recorded_head, pruned)
+        if report.ok and row is not None:
+            return projection_report(self, row) or report
+        return report
+
+    def _report(self, recorded_head: tuple[int, str] | None, pruned: tuple[int, str] | None) -> ChainReport:
         if self.broken is not None:
             return self.broken
         chain, count, prev = self.chain, self.count, self.prev
@@ -196,8 +206,8 @@ END_STATUS = {
     "run.stopped": "stopped",
     "run.cancelled": "cancelled",
 }
-"""The event that ends a run, and the final status it writes to the run's row in the same transaction."""
-FINAL = frozenset(END_STATUS.values())
+"""The event that ends a run, and the final status (``FINAL_STATUSES``) it writes to the run's
+row in the same transaction."""
 
 
 def projection_report(check: _ChainCheck, row: Sequence[Any] | None) -> ChainReport | None:
@@ -232,7 +242,7 @@ def projection_report(check: _ChainCheck, row: Sequence[Any] | None) -> ChainRep
     last_type, last_json = check.last
     ended = END_STATUS.get(last_type) if isinstance(last_type, str) else None
     if ended is None:
-        if status in FINAL:
+        if status in FINAL_STATUSES:
             return differs(count, "status", f"not ended (last event {last_type})", repr(status))
         return None
     if status != ended:
@@ -278,10 +288,7 @@ def verify_chain(
             recorded_head = None if row is None else (int(row[0]), row[1])
         if recorded_head is None:
             recorded_head = _recorded_head(store, chain)
-    report = check.report(recorded_head, pruned)
-    if report.ok and row is not None:
-        return projection_report(check, row) or report
-    return report
+    return check.report(recorded_head, pruned, row)
 
 
 def _is_run(chain: str) -> bool:
@@ -388,10 +395,7 @@ class _Reports:
         for check in done:
             row = rows.get(check.chain)
             head = (int(row[0]), row[1]) if row is not None else _recorded_head(store, check.chain)
-            report = check.report(head, None)
-            if report.ok and row is not None:
-                report = projection_report(check, row) or report
-            self.reports.append(report)
+            self.reports.append(check.report(head, None, row))
         done.clear()
         return self.reports
 
