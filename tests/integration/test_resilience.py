@@ -14,6 +14,7 @@ import openai
 import pytest
 
 import wflo
+from rate_waits import store_work_behind_waits
 from wflo import UserError, _config
 from wflo.testing import LLMServer, Reply
 
@@ -274,13 +275,9 @@ def test_an_async_llm_call_waits_for_its_rate_limit_turn_on_its_loop(store_url: 
     # An async client's call that waits for a model's rate-limit turn waited on a store thread,
     # which every async run of the process shares (two on SQLite): another run's store work then
     # waited behind it. The wait is now made on the call's event loop.
-    import asyncio
-
     wflo.configure(database=store_url)
-    store = _config.get_store()
-    threads = store._offloader().threads
     limit = wflo.policies.rate_limit("model:gpt-4o-mini", requests_per_minute=30, max_wait="2.5s")
-    llm.script(*[Reply("ok")] * (threads + 2))
+    llm.script(*[Reply("ok")] * (_config.get_store()._offloader().threads + 2))
     try:
 
         @wflo.workflow(name="rl.llm")
@@ -294,26 +291,7 @@ def test_an_async_llm_call_waits_for_its_rate_limit_turn_on_its_loop(store_url: 
                     return "refused"
             return str(r.choices[0].message.content)
 
-        @wflo.step(name="rl.plain")
-        async def plain(i: int) -> int:
-            return i
-
-        @wflo.workflow(name="rl.free")
-        async def free() -> int:
-            return sum([await plain(i) for i in range(3)])
-
-        async def main() -> tuple[list[str], float]:
-            await free.arun()  # the store open, the clients wrapped
-            while await asyncio.to_thread(limit.try_take, store, 0.0) == 0:
-                pass  # the bucket is empty: a turn comes every 2 s
-            waiting = [asyncio.ensure_future(ask.options(id=f"rl-llm-{i}").arun()) for i in range(threads)]
-            await asyncio.sleep(0.3)  # each of them waits for its turn now
-            t0 = time.perf_counter()
-            assert await free.options(id="rl-free").arun() == 3
-            took = time.perf_counter() - t0
-            return list(await asyncio.gather(*waiting)), took
-
-        results, took = asyncio.run(main())
+        results, took = store_work_behind_waits(limit, ask, "rl")
     finally:
         wflo.policies.clear()
     assert took < 0.8, f"a run's store work waited {took:.2f} s behind async LLM calls' rate-limit waits"

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,23 +26,9 @@ from wflo.approvals import ApprovalRequest, approvals, inbox
 from wflo.approvals import _tables as tables
 from wflo.auth import access, tokens
 from wflo.engine import RunHandle, Worker
-from wflo.server import create_app
 
 sys.path.insert(0, str(Path(__file__).parent))
 import approvalapp
-
-
-@pytest.fixture
-def app(configured: str) -> FastAPI:
-    acc = access()
-    acc.bootstrap("user:root", who=acc.local("user:root"))
-    return create_app()
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as c:
-        yield c
 
 
 class Person:

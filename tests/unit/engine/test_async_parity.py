@@ -14,12 +14,12 @@ Each test here is the async variant of what a sync test checks, and failed befor
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 
 import pytest
 
 import wflo
+from rate_waits import store_work_behind_waits
 from wflo import _config
 from wflo.engine import RunHandle
 
@@ -95,18 +95,13 @@ def test_an_exception_group_of_any_size_and_depth_is_journaled_and_rebuilt() -> 
 
 
 def test_a_rate_limit_turn_an_async_call_waits_for_holds_no_store_thread(configured: str) -> None:
-    store = _config.get_store()
-    threads = store._offloader().threads  # the store's threads, shared by every async run here
+    threads = _config.get_store()._offloader().threads  # the store's threads, shared by every async run here
     limit = wflo.policies.rate_limit("step:parity.limited", requests_per_minute=30, max_wait="2.5s")
     try:
 
         @wflo.step(name="parity.limited")
         async def limited() -> str:
             return "taken"
-
-        @wflo.step(name="parity.plain")
-        async def plain(i: int) -> int:
-            return i
 
         @wflo.workflow(name="parity.waits")
         async def waits() -> str:
@@ -115,22 +110,7 @@ def test_a_rate_limit_turn_an_async_call_waits_for_holds_no_store_thread(configu
             except wflo.errors.RateLimitedError:
                 return "refused"
 
-        @wflo.workflow(name="parity.free")
-        async def free() -> int:
-            return sum([await plain(i) for i in range(3)])
-
-        async def main() -> tuple[list[str], float]:
-            await free.arun()  # the store open, the clients wrapped
-            while await asyncio.to_thread(limit.try_take, store, 0.0) == 0:
-                pass  # the bucket is empty: a turn comes every 2 s
-            waiting = [asyncio.ensure_future(waits.options(id=f"parity-wait-{i}").arun()) for i in range(threads)]
-            await asyncio.sleep(0.3)  # each of them waits for its turn now
-            t0 = time.perf_counter()
-            assert await free.options(id="parity-free").arun() == 3
-            took = time.perf_counter() - t0
-            return list(await asyncio.gather(*waiting)), took
-
-        results, took = asyncio.run(main())
+        results, took = store_work_behind_waits(limit, waits, "parity")
     finally:
         wflo.policies.clear()
     # Before, each waiting call slept on a store thread: with all of them asleep, the free run's

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,9 @@ from fastapi.testclient import TestClient
 
 from wflo import _config
 from wflo.auth import access, tokens
-from wflo.server import create_app
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
 MAX_BODY = 1 << 20  # wflo.server._routes.MAX_BODY
-
-
-@pytest.fixture
-def app(configured: str) -> FastAPI:
-    acc = access()
-    acc.bootstrap("user:root", who=acc.local("user:root"))
-    return create_app()
-
-
-@pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    with TestClient(app, raise_server_exceptions=False) as c:
-        yield c
 
 
 @pytest.fixture
