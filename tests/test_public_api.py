@@ -98,7 +98,7 @@ PINNED: dict[str, set[str]] = {
     },
     "wflo.server": {"FIRST_SIGNIN_PATH", "FirstSignIn", "PUBLIC", "RouteSpec", "SIGNED_IN", "create_app", "serve_in_thread"},
     "wflo.store": {
-        "Event", "FINAL_STATUSES", "GENESIS", "Head", "MIGRATIONS", "Migration", "NewEvent", "OrderedExecutor", "QueueRule", "RUN_STATUSES",
+        "END_EVENTS", "Event", "FINAL_STATUSES", "GENESIS", "Head", "MIGRATIONS", "Migration", "NewEvent", "OrderedExecutor", "QueueRule", "RUN_STATUSES",
         "RowStream", "RunRecord", "SCHEMA_VERSION", "SYSTEM_CHAIN", "Store", "StoreOp", "TYPE_INDEXED", "apply_roles", "canonical_json",
         "event_hash", "iso", "json_string", "link_hash", "new_id", "now_iso", "open_store", "parse_iso", "role_statements"
     },

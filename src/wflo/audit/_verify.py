@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import StoreUnavailableError
-from ..store import FINAL_STATUSES, GENESIS, SYSTEM_CHAIN, Store, canonical_json
+from ..store import END_EVENTS, FINAL_STATUSES, GENESIS, SYSTEM_CHAIN, Store, canonical_json
 from . import _tables
 
 PAGE = 1000
@@ -200,16 +200,6 @@ class _ChainCheck:
         return ChainReport(chain, count, True, prev)
 
 
-END_STATUS = {
-    "run.completed": "succeeded",
-    "run.failed": "failed",
-    "run.stopped": "stopped",
-    "run.cancelled": "cancelled",
-}
-"""The event that ends a run, and the final status (``FINAL_STATUSES``) it writes to the run's
-row in the same transaction."""
-
-
 def projection_report(check: _ChainCheck, row: Sequence[Any] | None) -> ChainReport | None:
     """The run's row in ``runs`` against its (intact) chain: ``None`` when they agree.
 
@@ -240,7 +230,7 @@ def projection_report(check: _ChainCheck, row: Sequence[Any] | None) -> ChainRep
             if created.get(what) != value:
                 return differs(1, what, repr(created.get(what)), repr(value))
     last_type, last_json = check.last
-    ended = END_STATUS.get(last_type) if isinstance(last_type, str) else None
+    ended = END_EVENTS.get(last_type) if isinstance(last_type, str) else None
     if ended is None:
         if status in FINAL_STATUSES:
             return differs(count, "status", f"not ended (last event {last_type})", repr(status))

@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..store import Store
+from ..store import END_EVENTS, Store
 
 _WINDOW_SQL = "SELECT chain, seq, type, at, data FROM events WHERE at >= ? AND at < ? ORDER BY at, chain, seq"
-_FINAL_EVENTS = {"run.completed", "run.failed", "run.cancelled", "run.stopped"}
-_IDLE_EVENTS = _FINAL_EVENTS | {"run.waiting"}
+_IDLE_EVENTS = {*END_EVENTS, "run.waiting"}
 INCIDENT_KINDS = (
     "budget_refusals",
     "budget_thresholds",

@@ -41,17 +41,11 @@ from opentelemetry.trace import (
 )
 
 from ..cost import sse_events
-from ..store import Event, RunRecord, Store, parse_iso
+from ..store import END_EVENTS, Event, RunRecord, Store, parse_iso
 from . import CONTENT_ENV, SEMCONV_SCHEMA_URL
 from ._link import LINK_OPTION, parse_traceparent, root_span_id_of, trace_id_of
 
-_END_TYPES = {
-    "run.completed": "succeeded",
-    "run.failed": "failed",
-    "run.stopped": "stopped",
-    "run.cancelled": "cancelled",
-    "run.waiting": "waiting",
-}
+_END_TYPES = {**END_EVENTS, "run.waiting": "waiting"}
 _REFUSALS = {"BudgetExceededError": "budget_exceeded", "UnknownPriceError": "unknown_price"}
 # Event fields that may carry user content (prompts, tool input, approval text): on spans
 # only when content capture is on.

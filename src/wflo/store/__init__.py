@@ -14,6 +14,7 @@ from ._claim import QueueRule
 from ._migrations import MIGRATIONS, SCHEMA_VERSION, TYPE_INDEXED, Migration
 from ._offload import OrderedExecutor
 from ._records import (
+    END_EVENTS,
     FINAL_STATUSES,
     RUN_STATUSES,
     Event,
@@ -29,6 +30,7 @@ from ._roles import apply_roles, role_statements
 from ._stream import RowStream
 
 __all__ = [
+    "END_EVENTS",
     "Event",
     "FINAL_STATUSES",
     "GENESIS",

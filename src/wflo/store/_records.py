@@ -11,6 +11,14 @@ from typing import Any
 
 RUN_STATUSES = ("queued", "running", "waiting", "blocked", "succeeded", "failed", "cancelled", "stopped")
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "stopped"})
+END_EVENTS = {
+    "run.completed": "succeeded",
+    "run.failed": "failed",
+    "run.stopped": "stopped",
+    "run.cancelled": "cancelled",
+}
+"""The event that ends a run, and the final status (``FINAL_STATUSES``) it writes to the run's
+row in the same transaction."""
 
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
