@@ -32,6 +32,7 @@ from .._runtime import runtime as current_runtime
 from .._scope import check_name
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
+from ._attempts import off_loop
 from ._boundary import Call, aguarded_call, guarded_call
 from ._context import RunContext, _call_path, current_run
 from ._executor import (
@@ -264,6 +265,10 @@ class Workflow(Generic[P, R]):
         """Enqueue a run for a worker and return its handle at once."""
         return self.options().start(*args, **kwargs)
 
+    async def astart(self, *args: P.args, **kwargs: P.kwargs) -> RunHandle:
+        """Async ``start``: the run is enqueued on the store's threads, not on the loop."""
+        return await self.options().astart(*args, **kwargs)
+
 
 MAX_CHILD_DEPTH = 50
 """How many child workflows may run nested in one another in one stack (``.run()`` inside a
@@ -483,6 +488,21 @@ class BoundWorkflow(Generic[P, R]):
         store, record, _ = self._create(args, kwargs, None)
         return RunHandle(record.id, store)
 
+    async def astart(self, *args: Any, **kwargs: Any) -> RunHandle:
+        """Async ``start``: the same run (a child's recorded once in its parent's journal, as
+        ``start`` records it), created on the store's threads; the loop goes on meanwhile."""
+        call = self._child_call("child.start", args, kwargs)
+        if call is not None:
+
+            async def create(*a: Any, **k: Any) -> str:
+                return await off_loop(lambda: self._create(a, k, None)[1].id)
+
+            return RunHandle(await aguarded_call(call, create), call.run.store)
+        context = contextvars.copy_context()
+        opened = _openers.submit(None, functools.partial(context.run, self._create, args, kwargs, None))
+        store, record, _ = cast(tuple[Store, RunRecord, bool], await asyncio.wrap_future(opened))
+        return RunHandle(record.id, store)
+
 
 _openers = OrderedExecutor("open", 4)
 """Threads on which async callers open the store and create runs (before a store is known)."""
@@ -655,15 +675,35 @@ class RunHandle:
         (``run.cancel_requested``): the run's own ``run.cancelled`` event is written by whoever
         stops it, which may be a worker long after, and knows no person.
         """
-        if not self.store.get_run(self.id).done:
-            who = by or settings().principal
-            self.store.append_system([NewEvent("run.cancel_requested", {"run_id": self.id, "by": who, "via": via})])
-        record = self.store.request_cancel(self.id)
-        if record.status == "cancelled" or record.cancel_requested:
-            current_runtime().cancelled(self.store, self.id)
-            for hook in _cancel_hooks:
-                hook(self.store, self.id)
-        return record.status
+        return _cancel(self.store, self.id, by, via)
+
+    async def _astore(self) -> Store:
+        """The handle's store, opened off the loop when this is the process's first use of it
+        (opening migrates a new store: store work too)."""
+        if self._store is not None:
+            return self._store
+        context = contextvars.copy_context()
+        opened = _openers.submit(None, functools.partial(context.run, get_store))
+        return cast(Store, await asyncio.wrap_future(opened))
+
+    async def arecord(self) -> RunRecord:
+        """Async ``record``: read on the store's threads."""
+        store = await self._astore()
+        return await store.off_loop(store.get_run, self.id, key=self.id)
+
+    async def astatus(self) -> str:
+        """Async ``status``."""
+        return (await self.arecord()).status
+
+    async def aevents(self) -> list[Event]:
+        """Async ``events``: the journal read on the store's threads."""
+        store = await self._astore()
+        return await store.off_loop(store.events, self.id, key=self.id)
+
+    async def acancel(self, *, by: str | None = None, via: str = "local") -> str:
+        """Async ``cancel``: the same request and record, written on the store's threads."""
+        store = await self._astore()
+        return await store.off_loop(_cancel, store, self.id, by, via, key=self.id)
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to end; return its result or raise ``RunFailedError``.
@@ -686,12 +726,7 @@ class RunHandle:
     async def aresult(self, timeout: float | None = None) -> Any:
         """Async ``result``: reads on the store's threads, waits on the loop (no thread held)."""
         deadline = _deadline(timeout)
-        # Opening the store (and migrating it, on first use) is store work too.
-        store = self._store
-        if store is None:
-            context = contextvars.copy_context()
-            opened = _openers.submit(None, functools.partial(context.run, get_store))
-            store = cast(Store, await asyncio.wrap_future(opened))
+        store = await self._astore()
         with store.changes(self.id) as changes:
             while True:
                 record = await store.off_loop(store.get_run, self.id, key=self.id)
@@ -701,6 +736,19 @@ class RunHandle:
                     raise ResultTimeoutError(run_id=self.id, timeout=timeout, status=record.status)
                 pause = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
                 await changes.await_change(pause)
+
+
+def _cancel(store: Store, run_id: str, by: str | None, via: str) -> str:
+    """``RunHandle.cancel``: the request recorded (who asked), the run told, its status now."""
+    if not store.get_run(run_id).done:
+        who = by or settings().principal
+        store.append_system([NewEvent("run.cancel_requested", {"run_id": run_id, "by": who, "via": via})])
+    record = store.request_cancel(run_id)
+    if record.status == "cancelled" or record.cancel_requested:
+        current_runtime().cancelled(store, run_id)
+        for hook in _cancel_hooks:
+            hook(store, run_id)
+    return record.status
 
 
 def _deadline(timeout: float | None) -> float | None:
