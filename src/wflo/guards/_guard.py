@@ -149,7 +149,12 @@ class LoopGuardGuard(Guard):
         if call.kind not in _COUNTED or isinstance(outcome.error, LoopDetectedError):
             return
         cost = call.event.get("cost_usd")
-        result = _outcome(call.kind, outcome.error, outcome.value, cost, now())
+        ended = now()
+        result = _outcome(call.kind, outcome.error, outcome.value, cost, ended)
+        if result.cost_usd and self.options.max_spend_rate is not None:
+            # When the money went, for a resumed run's spend-rate window (a crash must not
+            # empty it: the calls just before it still count against the rate).
+            call.event["spent_at"] = round(ended, 3)
         if call.kind == "llm" and result.output_digest is not None:
             # Recorded: the content policy may keep less of the answer than was hashed here.
             call.event["output_digest"] = result.output_digest
@@ -169,8 +174,10 @@ class LoopGuardGuard(Guard):
         from ..engine._serialize import decode
 
         output = decode(data.get("output")) if "output" in data else None
-        # Replayed spend is old: time 0 keeps it out of the spend-rate window.
-        outcome = _outcome(entry.kind, data.get("error"), output, data.get("cost_usd"), 0.0)
+        # Spend is in the rate window at the time it was made ("spent_at"); without one, old.
+        spent_at = data.get("spent_at")
+        at = float(spent_at) if isinstance(spent_at, int | float) and not isinstance(spent_at, bool) else 0.0
+        outcome = _outcome(entry.kind, data.get("error"), output, data.get("cost_usd"), at)
         if data.get("output_digest"):
             outcome = dataclasses.replace(outcome, output_digest=data["output_digest"])
         self.state.replay([(sig, outcome)])
