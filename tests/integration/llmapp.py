@@ -61,3 +61,16 @@ def claude() -> str:
     client = anthropic.Anthropic(base_url=BASE, api_key="test", max_retries=0)
     msg = client.messages.create(model="claude-haiku-4-5", max_tokens=100, messages=[{"role": "user", "content": "hi"}])
     return msg.content[0].text
+
+
+@wflo.workflow(name="spend-rate", budget=wflo.Budget(usd="1.00"), guards=wflo.LoopGuard(max_spend_rate="0.008/min"))
+def spend_rate(marker: str) -> int:
+    """Up to six calls of ~$0.003 each; killed (SIGKILL) after the second, once."""
+    client = oai()
+    for i in range(6):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": f"question {i}"}], max_tokens=50
+        )
+        if i == 1:
+            maybe_die(marker)
+    return 6

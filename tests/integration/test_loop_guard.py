@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
 
 import openai
 import pytest
+from budget_helpers import subprocess_env
 
 import wflo
 from wflo import _config
@@ -173,3 +178,22 @@ def test_defaults_cap_runaway_without_configuration(configured: str, llm: LLMSer
     with pytest.raises(wflo.LoopDetectedError) as info:
         agent.options(id="dflt").run()
     assert info.value.detector == "max_repeats" and llm.request_count <= 6
+
+
+def test_spend_rate_survives_a_kill_and_resume(configured: str, llm: LLMServer, tmp_path: Path) -> None:
+    # ~$0.003 a call against 0.008/min: two calls, SIGKILL, resume; the third is over the rate.
+    # (A resumed run that forgot the spend before the crash would have made five.)
+    llm.responder = lambda r: Reply("an answer", input_tokens=20_000)
+    code = "import llmapp, sys; print(llmapp.spend_rate.options(id='ratekill').run(sys.argv[1]))"
+    env = subprocess_env(configured, llm)
+    marker = str(tmp_path / "died-once")
+    first = subprocess.run([sys.executable, "-c", code, marker], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == -9, first.stderr  # SIGKILL after two finished calls
+    assert llm.request_count == 2
+    second = subprocess.run([sys.executable, "-c", code, marker], env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0 and "LoopDetectedError" in second.stderr, second.stderr
+    assert llm.request_count == 3
+    stop = _stop_event("ratekill")
+    assert stop["detector"] == "max_spend_rate" and stop["evidence"]["count"] == 3
+    assert Decimal(stop["evidence"]["spent"]) > Decimal("0.008")
+    assert _config.get_store().get_run("ratekill").status == "stopped"

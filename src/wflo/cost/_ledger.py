@@ -29,7 +29,7 @@ from typing import Any
 
 from .._errors import BudgetExceededError, UserError
 from .._scope import check_name
-from ..store import NewEvent, Store, StoreOp, new_id, now_iso
+from ..store import NewEvent, Store, StoreOp, new_id, now_iso, parse_iso
 from . import _tables
 
 PERIODS = ("none", "day", "month")
@@ -79,7 +79,13 @@ def usd_str(amount: Decimal) -> str:
     return text or "0"
 
 
+def _store_now(store: Store, cur: Any) -> datetime:
+    return parse_iso(store.now(cur=cur))
+
+
 def period_start(period: str, at: datetime | None = None) -> str:
+    """The period's key (``YYYY-MM-DD``, ``YYYY-MM`` or ``""``) at ``at`` (UTC); the ledger
+    passes the store's clock, never this process's."""
     at = at or datetime.now(UTC)
     if period == "day":
         return at.strftime("%Y-%m-%d")
@@ -239,7 +245,7 @@ class Ledger:
                 now,
                 by,
             )
-            _tables.replace_limit(self.store, cur, scope, row, period_start(period))
+            _tables.replace_limit(self.store, cur, scope, row, period_start(period, _store_now(self.store, cur)))
 
         self.store.append_system(
             [NewEvent("budget.set", {
@@ -276,8 +282,9 @@ class Ledger:
         """Current-period usage of every limited scope (or one)."""
         self.expire()
         result = []
+        at = parse_iso(self.store.now())  # the store's day and month, as the reservations'
         for lim in self.limits() if scope is None else [x for x in [self.get_limit(scope)] if x]:
-            start = period_start(lim.period)
+            start = period_start(lim.period, at)
             rows = _tables.read_usage(self.store, lim.scope, start)
             spent, reserved = (Decimal(rows[0][0]), Decimal(rows[0][1])) if rows else (Decimal(0), Decimal(0))
             result.append(BudgetUsage(lim.scope, lim.period, start, lim.limit, spent, reserved))
@@ -306,15 +313,18 @@ class Ledger:
         Returns ``None`` when no scope has a limit. Lowers the output cap when the worst case
         does not fit; raises ``BudgetExceededError`` when even ``min_output_tokens`` do not.
         """
-        now = now_iso()
         self._maybe_expire()
         if self.store.dialect == "postgresql":
             from ._ledger_pg import reserve
 
-            return reserve(self.store, run_id, scopes, extra_limits, cost, now, now_iso(ttl_seconds), call_id, model)
+            return reserve(self.store, run_id, scopes, extra_limits, cost, ttl_seconds, call_id, model)
 
         def txn(cur: Any) -> Reservation | None:
             st = self.store
+            # The store's clock decides the day, the month and the expiry (as on PostgreSQL,
+            # where it is the database's); on SQLite it is this machine's, which all share.
+            now = st.now(cur=cur)
+            at = parse_iso(now)
             limits = {lim.scope: lim for lim in extra_limits}
             names = [s for s in scopes if s not in limits]
             if names:
@@ -325,7 +335,7 @@ class Ledger:
             rows: list[tuple[Limit, str, Decimal, Decimal]] = []
             for scope in sorted(limits):  # a fixed lock order: no deadlocks between reservers
                 lim = limits[scope]
-                start = period_start(lim.period)
+                start = period_start(lim.period, at)
                 spent, reserved = self._lock_usage(cur, lim, start, now)
                 rows.append((lim, start, spent, reserved))
             # The call must fit every scope at once, so the scope with the least room left
@@ -371,7 +381,7 @@ class Ledger:
                 _tables.hold(st, cur, lim.scope, start, usd_str(reserved + needed), now)
             _tables.insert_reservation(
                 st, cur,
-                (res.id, run_id, json.dumps(res.scopes), usd_str(needed), now_iso(ttl_seconds), now, call_id, model),
+                (res.id, run_id, json.dumps(res.scopes), usd_str(needed), st.now(ttl_seconds, cur=cur), now, call_id, model),
             )  # fmt: skip
             return res
 
@@ -523,8 +533,11 @@ class Ledger:
         self.store.write(op)
 
     def expire(self) -> int:
-        """Settle every reservation past its expiry at its amount (an unknown outcome); return how many."""
-        return self.store.write(lambda cur: self._expire(cur, now_iso()))
+        """Settle every reservation past its expiry at its amount (an unknown outcome); return how many.
+
+        Expiry is judged on the store's clock (on which reservations set it), not this
+        process's: a worker whose clock runs ahead must not charge others' calls in flight."""
+        return self.store.write(lambda cur: self._expire(cur, self.store.now(cur=cur)))
 
     def _expire(self, cur: Any, now: str) -> int:
         st = self.store

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from .._errors import BudgetExceededError
 from ..store import Store, StoreOp, new_id, now_iso
 from . import _tables
-from ._ledger import BookingFn, CostRequest, Limit, Reservation, period_start, usd_str
+from ._ledger import BookingFn, CostRequest, Limit, Reservation, usd_str
 
 
 def reserve(
@@ -24,13 +23,13 @@ def reserve(
     scopes: Sequence[str],
     extra_limits: Sequence[Limit],
     cost: CostRequest,
-    now: str,
-    expires: str,
+    ttl_seconds: float,
     call_id: str | None,
     model: str | None,
 ) -> Reservation | None:
     """``reserve`` as one statement (the ``wflo_reserve`` function, migration m006): one
-    round trip, committed on its own. Sent again after a lost connection, it finds its
+    round trip, committed on its own. Its period (day, month), time and expiry are the
+    database's clock. Sent again after a lost connection, it finds its
     reservation (same id) instead of holding the money twice."""
     extra = [
             {"scope": lim.scope, "limit": usd_str(lim.limit), "period": lim.period,
@@ -38,12 +37,11 @@ def reserve(
             for lim in extra_limits
         ]  # fmt: skip
     res_id = new_id()
-    at = datetime.now(UTC)
     row = _tables.pg_reserve(
             store,
             (res_id, run_id, call_id, model, [s for s in scopes], json.dumps(extra), cost.input_cost,
-             cost.output_price_per_token, cost.output_cap, cost.min_output_tokens, period_start("day", at),
-             period_start("month", at), now, expires),
+             cost.output_price_per_token, cost.output_cap, cost.min_output_tokens),
+            ttl_seconds,
         )  # fmt: skip
     status, amount, cap, clamped, scopes_json, b_scope, b_limit, b_spent, b_reserved = row
     if status == "none":

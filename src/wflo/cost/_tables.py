@@ -613,10 +613,19 @@ def unknown_outcomes(store: Store, run_id: str | None) -> list[tuple[Any, ...]]:
 
 
 # --------------------------------------------------------------------------- PostgreSQL in one statement
-def pg_reserve(store: Store, params: Sequence[Any]) -> tuple[Any, ...]:
-    """``wflo_reserve`` (migration m008): one round trip, committed on its own."""
+def pg_reserve(store: Store, params: Sequence[Any], ttl_seconds: float) -> tuple[Any, ...]:
+    """``wflo_reserve`` (migration m008): one round trip, committed on its own.
+
+    The day and month of a limit's period, the reservation's time and its expiry are the
+    database's clock (one ``clock_timestamp()``, in UTC), never the worker's: a worker whose
+    clock runs a day ahead must not reserve against tomorrow's fresh budget, nor one whose
+    clock runs behind set an expiry that has already passed for everyone else."""
+    stamp = """'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'"""  # the store's text form of a time (``now_iso``)
     rows = store.read(
-        "SELECT * FROM wflo_reserve(?, ?, ?, ?, ?::text[], ?::jsonb, ?::numeric, ?::numeric, ?, ?, ?, ?, ?, ?)", params
+        "SELECT r.* FROM (SELECT clock_timestamp() AT TIME ZONE 'UTC' AS t) c, LATERAL wflo_reserve("
+        "?, ?, ?, ?, ?::text[], ?::jsonb, ?::numeric, ?::numeric, ?, ?, to_char(c.t, 'YYYY-MM-DD'), "
+        f"to_char(c.t, 'YYYY-MM'), to_char(c.t, {stamp}), to_char(c.t + make_interval(secs => ?), {stamp})) r",
+        (*params, float(ttl_seconds)),
     )
     return tuple(rows[0])
 

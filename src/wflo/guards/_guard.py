@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from decimal import Decimal
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 from .._errors import LoopDetectedError, UserError
 from ..engine import Call, Guard, JournalEntry
 from ..engine import Outcome as CallOutcome
-from ..store import NewEvent, parse_iso
-from ._loop import LoopGuard, LoopState, Outcome, Signature, digest, now
+from ..store import NewEvent, canonical_json, parse_iso
+from ._loop import LoopGuard, LoopState, Outcome, Signature, digest, now, same_value
 
 _COUNTED = frozenset({"step", "llm", "tool", "sandbox", "child"})
 
@@ -60,6 +61,26 @@ def _outcome(kind: str, error: Any, value: Any, cost: Any, at: float) -> Outcome
                    cost_usd=Decimal(cost) if cost else Decimal(0), at=at)  # fmt: skip
 
 
+def _loop_key(call: Call, recorded: str | None = None) -> str:
+    """The digest the detectors compare: the call's argument digest, unless its arguments
+    spell a value more than one way (``1.0``, decomposed text, a JSON string; see
+    :func:`same_value`), then the digest of their one spelling, so a respelled call is the
+    same call. ``recorded``: the digest a replayed call's event holds (kept if the call's own
+    arguments are no longer the recorded ones)."""
+    raw = call.args_digest
+    if recorded is not None and recorded != raw:
+        return recorded
+    if call.kind == "llm" or call.meta.get("_loop_key") is not None:
+        return str(call.meta.get("_loop_key") or raw)
+    try:
+        value, changed = same_value([list(call.args), call.kwargs])
+        key = hashlib.sha256(canonical_json(value).encode("utf-8", "surrogatepass")).hexdigest() if changed else raw
+    except (TypeError, ValueError, RecursionError):
+        key = raw  # not JSON: its digest is the engine's, from its encoded form
+    call.meta["_loop_key"] = key
+    return key
+
+
 ON_LOOP = ("stop", "pause")
 
 
@@ -84,7 +105,7 @@ class LoopGuardGuard(Guard):
         self.on_loop = on_loop
 
     def _sig(self, call: Call) -> Signature:
-        return Signature(call.call_id, call.kind, call.name, call.args_digest)
+        return Signature(call.call_id, call.kind, call.name, _loop_key(call))
 
     def local(self, call: Call) -> bool:
         # Counting is in memory; a stop's event goes through ``run.append``. A pause files an
@@ -128,7 +149,12 @@ class LoopGuardGuard(Guard):
         if call.kind not in _COUNTED or isinstance(outcome.error, LoopDetectedError):
             return
         cost = call.event.get("cost_usd")
-        result = _outcome(call.kind, outcome.error, outcome.value, cost, now())
+        ended = now()
+        result = _outcome(call.kind, outcome.error, outcome.value, cost, ended)
+        if result.cost_usd and self.options.max_spend_rate is not None:
+            # When the money went, for a resumed run's spend-rate window (a crash must not
+            # empty it: the calls just before it still count against the rate).
+            call.event["spent_at"] = round(ended, 3)
         if call.kind == "llm" and result.output_digest is not None:
             # Recorded: the content policy may keep less of the answer than was hashed here.
             call.event["output_digest"] = result.output_digest
@@ -144,12 +170,14 @@ class LoopGuardGuard(Guard):
         data = entry.data
         if data.get("loop_pause"):
             self._restart()  # a person let the run go on here: counting started afresh
-        sig = Signature(entry.call, entry.kind, entry.name, data.get("digest") or call.args_digest)
+        sig = Signature(entry.call, entry.kind, entry.name, _loop_key(call, data.get("digest")))
         from ..engine._serialize import decode
 
         output = decode(data.get("output")) if "output" in data else None
-        # Replayed spend is old: time 0 keeps it out of the spend-rate window.
-        outcome = _outcome(entry.kind, data.get("error"), output, data.get("cost_usd"), 0.0)
+        # Spend is in the rate window at the time it was made ("spent_at"); without one, old.
+        spent_at = data.get("spent_at")
+        at = float(spent_at) if isinstance(spent_at, int | float) and not isinstance(spent_at, bool) else 0.0
+        outcome = _outcome(entry.kind, data.get("error"), output, data.get("cost_usd"), at)
         if data.get("output_digest"):
             outcome = dataclasses.replace(outcome, output_digest=data["output_digest"])
         self.state.replay([(sig, outcome)])

@@ -27,10 +27,12 @@ counts: a resumed run that had made 3 identical calls may make ``max_repeats - 3
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 import time
+import unicodedata
 from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, fields
@@ -40,7 +42,7 @@ from typing import Any, NoReturn
 from .._errors import LoopDetectedError, RunStopped, UserError
 from ._parse import parse_duration, parse_rate
 
-__all__ = ["HISTORY", "TURN_KINDS", "LoopGuard", "LoopState", "Outcome", "Signature", "digest", "now"]
+__all__ = ["HISTORY", "TURN_KINDS", "LoopGuard", "LoopState", "Outcome", "Signature", "digest", "now", "same_value"]
 
 TURN_KINDS = frozenset({"llm", "tool", "sandbox"})
 """The kinds whose results the no-progress detector looks at (steps wrap them: not counted twice)."""
@@ -190,9 +192,60 @@ class Outcome:
         return ": ".join(p for p in (self.error_type, self.error_message) if p) or "error"
 
 
+_EXACT = 2**53  # floats up to here are exact integers when integral
+
+
+def same_value(value: Any) -> tuple[Any, bool]:
+    """``value`` with the spellings of one value made one, and whether anything changed.
+
+    "The same arguments" means the same values, not the same characters: a number is its value
+    (``1``, ``1.0`` and ``1e0`` are one; a model writes either), text is compared in Unicode
+    NFC (``"é"`` composed or decomposed is one word), and text that is a JSON object or array
+    (a tool that takes its arguments as a JSON string) is that object, whatever its key order
+    and whitespace. Without this, an agent repeating a call could slip past ``max_repeats`` and
+    ``max_oscillation`` by respelling it. Objects other than dicts, lists, tuples, strings and
+    floats are left as they are.
+    """
+    if isinstance(value, str):
+        if value[:1] in ("{", "[") or value[:1].isspace():
+            stripped = value.strip()
+            if stripped[:1] in ("{", "[") and stripped[-1:] in ("}", "]"):
+                try:
+                    parsed = json.loads(stripped)
+                except (ValueError, RecursionError):
+                    parsed = None
+                if isinstance(parsed, dict | list):
+                    return same_value(parsed)[0], True
+        if not value.isascii() and not unicodedata.is_normalized("NFC", value):
+            return unicodedata.normalize("NFC", value), True
+        return value, False
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) <= _EXACT:
+            return int(value), True
+        return value, False
+    if isinstance(value, dict):
+        changed = False
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            k2, ck = same_value(k) if isinstance(k, str) else (k, False)
+            v2, cv = same_value(v)
+            out[k2] = v2
+            changed = changed or ck or cv
+        return (out, True) if changed else (value, False)
+    if isinstance(value, list | tuple):
+        items = [same_value(v) for v in value]
+        if any(c for _, c in items):
+            return [v for v, _ in items], True
+        return value, False
+    return value, False
+
+
 def digest(value: Any) -> str:
-    """SHA-256 hex of the canonical JSON of ``value`` (sorted keys, no spaces; ``repr`` as a
-    last resort), the form ``Signature.args_digest`` and ``Outcome.output_digest`` use."""
+    """SHA-256 hex of the canonical JSON of ``value`` (sorted keys, no spaces, one spelling per
+    value: see :func:`same_value`; ``repr`` as a last resort), the form
+    ``Signature.args_digest`` and ``Outcome.output_digest`` use."""
+    with contextlib.suppress(RecursionError):  # too deep for one spelling: json.dumps decides
+        value = same_value(value)[0]
     try:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     except (TypeError, ValueError):
