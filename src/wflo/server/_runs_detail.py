@@ -16,7 +16,7 @@ from typing import Any
 from ..approvals import Inbox
 from ..audit import ChainReport, chain_hasher, verify_run
 from ..cost import Ledger, period_start, run_cost, run_spend, sse_events, usd_str
-from ..store import Event, RunRecord, Store, now_iso
+from ..store import Event, RunRecord, Store, now_iso, parse_iso
 from ._runs_query import LIST_COLUMNS, _item
 
 TEXT_LIMIT = 2000
@@ -106,9 +106,10 @@ def cost(store: Store, r: RunRecord) -> dict[str, Any]:
     ledger = Ledger(store)
     scopes = [f"run:{r.id}", f"workflow:{r.workflow}"] + ([f"tenant:{r.tenant}"] if r.tenant else []) + ["global"]
     budgets = []
+    at = parse_iso(store.now())  # the store's day and month, as the reservations'
     for scope in scopes:
         lim = ledger.get_limit(scope)
-        use = ledger.scope_usage(scope, period_start(lim.period) if lim else "")
+        use = ledger.scope_usage(scope, period_start(lim.period, at) if lim else "")
         if lim is None and use is None:
             continue
         budgets.append({
