@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from ..auth import GLOBAL, Access, covers, tenant_scope
 from ..config import settings
 from ..engine import registered_workers
-from ..store import now_iso, parse_iso
+from ..store import parse_iso
 from . import _firstrun
 from ._panel import page_route
 from ._routes import PUBLIC, Router, body_scope, client_address, tenant_query, who_of
@@ -150,7 +150,7 @@ def users(access: Access) -> list[dict[str, Any]]:
         )  # fmt: skip
     for g in access.grants():
         person(g.principal)["grants"].append(_grant(g))
-    now = now_iso()
+    now = st.now()  # tokens and sessions expire on the store's clock
     live_tokens = (
         "SELECT principal, COUNT(*) FROM api_tokens WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) "
         "GROUP BY principal"

@@ -227,6 +227,46 @@ def test_sessions_expire_and_are_revoked_server_side(configured: str) -> None:
         t.session("forged")
 
 
+def test_token_and_session_expiry_is_judged_on_the_stores_clock(
+    configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server replica whose clock runs two hours slow accepted a token and a session that had
+    expired by the store's clock; one running fast handed out longer ones."""
+    import wflo.auth._tokens as module
+    from wflo.store import now_iso
+
+    acc = access()
+    acc.bootstrap("user:root", who=acc.local("user:root"))
+    root = acc.local("user:root")
+    st = _config.get_store()
+
+    def skew(seconds: float) -> None:  # this process's clock, as the tokens module reads it
+        monkeypatch.setattr(module, "now_iso", lambda offset=0.0: now_iso(offset + seconds))
+        from datetime import UTC, datetime
+
+        monkeypatch.setattr(module, "_now", lambda: datetime.now(UTC) + timedelta(seconds=seconds), raising=False)
+
+    skew(7200)  # fast: a 1 h token and session still end 1 h from now by the store's clock
+    fast, _ = tokens().create("fast", "viewer", expires="1h", who=root)
+    fast_sid, _ = tokens().open_session("user:a", ttl=timedelta(hours=1))
+    latest = st.now(3600 + 60)
+    assert fast.expires_at is not None and fast.expires_at < latest
+    assert tokens().session(fast_sid).expires_at < latest
+
+    _, secret = tokens().create("slow", "viewer", expires="1h", who=root)
+    sid, _ = tokens().open_session("user:a", ttl=timedelta(hours=1))
+    past = st.now(-60)  # expired a minute ago by the store's clock
+    st.write(lambda cur: st.execute(cur, "UPDATE api_tokens SET expires_at = ? WHERE name = 'slow'", (past,)))
+    st.write(lambda cur: st.execute(cur, "UPDATE sessions SET expires_at = ? WHERE digest = ?",
+                                    (past, module.digest(sid))))  # fmt: skip
+    skew(-7200)  # slow: by this process's clock both have more than an hour to live
+    with pytest.raises(AuthenticationError, match="expired"):
+        tokens().authenticate(secret)
+    with pytest.raises(AuthenticationError, match="expired"):
+        tokens().session(sid)
+    assert st.read("SELECT last_used_at FROM api_tokens WHERE name = 'slow'") == [(None,)]
+
+
 # ----------------------------------------------------------------- claims, credentials
 def test_claims_policy_maps_groups_and_restricts_login() -> None:
     policy = ClaimsPolicy.parse(
