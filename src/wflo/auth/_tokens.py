@@ -189,6 +189,11 @@ class Tokens:
         rows = self.store.read(f"SELECT {_TOKEN_COLS} FROM api_tokens ORDER BY created_at")
         return [TokenInfo(*r) for r in rows]
 
+    def get(self, token_id: str) -> TokenInfo | None:
+        """The token with this id; None when there is none."""
+        rows = self.store.read(f"SELECT {_TOKEN_COLS} FROM api_tokens WHERE id = ?", (token_id,))
+        return TokenInfo(*rows[0]) if rows else None
+
     def find(self, ref: str) -> TokenInfo:
         """A token by id, prefix or name (only an unambiguous match)."""
         rows = self.store.read(

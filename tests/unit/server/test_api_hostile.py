@@ -154,6 +154,16 @@ def test_a_token_named_like_another_tokens_id_does_not_shield_it(client: TestCli
     assert resp.json()["id"] == made["id"] and resp.json()["revoked_at"]
 
 
+def test_revoking_an_unknown_token_is_404(client: TestClient, admin: dict[str, str]) -> None:
+    """It answered 400 (a ``UserError``), unlike every other unknown resource; a name or a
+    prefix is not an id either (the path names one, and the scope is judged on it)."""
+    made = client.post("/api/v1/tokens", json={"name": "named", "role": "viewer"}, headers=admin).json()
+    for ref in (str(uuid.uuid4()), "named", made["prefix"]):
+        assert error(client.delete(f"/api/v1/tokens/{ref}", headers=admin), 404)["code"] == "not_found"
+    kept = tokens().get(made["id"])
+    assert kept is not None and kept.revoked_at is None
+
+
 def test_events_after_a_huge_seq_are_none(client: TestClient, admin: dict[str, str]) -> None:
     rid = make_run()
     for after in (2**63, 10**30):
