@@ -170,6 +170,21 @@ def test_require_auth_refuses_local_grants_decisions_and_budget_changes(
     assert perms.count("budgets:write") == 2 and perms.count("tokens:write") == 2
 
 
+def test_a_tenant_grant_reaches_its_projects_only() -> None:
+    """``tenant:acme`` reached ``tenant:acme/x`` (a prefix match): the scope of a tenant named
+    ``acme/x``, another tenant."""
+    from wflo.auth import covers, tenant_scope
+
+    assert covers("tenant:acme", "tenant:acme") and covers("tenant:acme", "tenant:acme/project:etl")
+    assert covers("*", tenant_scope("acme/x")) and covers("tenant:acme/project:etl", "tenant:acme/project:etl")
+    for grant, resource in [("tenant:acme", tenant_scope("acme/x")), ("tenant:acme", "tenant:acme/project:etl/x"),
+                            ("tenant:acme", "tenant:acme/project:"), ("tenant:acme", "tenant:acmex"),
+                            ("tenant:acme/project:etl", "tenant:acme/project:etl/x"), ("tenant:acme", "*")]:  # fmt: skip
+        assert not covers(grant, resource), (grant, resource)
+    who = Principal(id="service:ci", via="api", grants=(("admin", "tenant:acme"),))
+    assert not who.allowed("runs:read", tenant_scope("acme/x"))
+
+
 # ----------------------------------------------------------------- tokens
 def test_tokens_shown_once_stored_hashed_expire_and_revoke(configured: str) -> None:
     acc = access()

@@ -164,6 +164,25 @@ def test_revoking_an_unknown_token_is_404(client: TestClient, admin: dict[str, s
     assert kept is not None and kept.revoked_at is None
 
 
+def test_a_tenants_grant_does_not_reach_a_tenant_named_below_it(client: TestClient, admin: dict[str, str]) -> None:
+    """A grant on ``tenant:acme`` reached a run of tenant ``acme/x`` (its scope
+    ``tenant:acme/x`` began with ``tenant:acme/``). Such a tenant stored before '/' was refused
+    in names stays readable by global grants."""
+    st = _config.get_store()
+    st.create_run(run_id="r-below", workflow="wf", input={}, tenant="acme/x")
+    st.create_run(run_id="r-acme", workflow="wf", input={}, tenant="acme")
+    _, secret = tokens().create("acme-op", "operator", "tenant:acme", who=access().local("user:root"))
+    acme = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/api/v1/runs/r-acme", headers=acme).status_code == 200
+    error(client.get("/api/v1/runs/r-below", headers=acme), 403)
+    error(client.get("/api/v1/runs", params={"tenant": "acme/x"}, headers=acme), 403)
+    error(client.post("/api/v1/runs/r-below/cancel", headers=acme), 403)
+    body = {"scope": "tenant:acme/x", "usd": "1", "period": "day"}
+    _, budgets = tokens().create("acme-budgets", "budget-admin", "tenant:acme", who=access().local("user:root"))
+    error(client.put("/api/v1/budgets", json=body, headers={"Authorization": f"Bearer {budgets}"}), 403)
+    assert client.get("/api/v1/runs/r-below", headers=admin).json()["tenant"] == "acme/x"
+
+
 def test_events_after_a_huge_seq_are_none(client: TestClient, admin: dict[str, str]) -> None:
     rid = make_run()
     for after in (2**63, 10**30):
