@@ -287,13 +287,22 @@ def test_claims_policy_maps_groups_and_restricts_login() -> None:
     policy = ClaimsPolicy.parse(
         "wflo-admins=admin, finance=approver@tenant:acme", allowed_groups="staff", allowed_domains="acme.com"
     )
-    claims = {"sub": "1", "email": "Ann@acme.com", "groups": ["staff", "finance"]}
+    claims = {"sub": "1", "email": "Ann@acme.com", "email_verified": True, "groups": ["staff", "finance"]}
     assert policy.refusal(claims) is None
     assert policy.grants(claims) == [("approver", "tenant:acme")]
     assert policy.refusal({**claims, "email": "ann@evil.com"}) == "email domain not allowed"
     assert policy.refusal({**claims, "email_verified": False}) == "email not verified by the provider"
     assert ClaimsPolicy().refusal({**claims, "email_verified": False}) == "email not verified by the provider"
     assert policy.refusal({**claims, "groups": ["finance"]}) == "not in an allowed group"
+    # An email the provider does not say it verified (no claim at all) named a principal all the same.
+    unsure = {k: v for k, v in claims.items() if k != "email_verified"}
+    assert policy.refusal(unsure) == "email not verified by the provider"
+    assert policy.refusal({**claims, "email_verified": "true"}) is None  # some providers send text
+    assert policy.refusal({**claims, "email_verified": "yes"}) == "email not verified by the provider"
+    trusting = ClaimsPolicy.parse(allowed_domains="acme.com", require_email_verified=False)
+    assert trusting.refusal(unsure) is None
+    assert trusting.refusal({**claims, "email_verified": False}) == "email not verified by the provider"
+    assert ClaimsPolicy().refusal({"sub": "1"}) is None  # no email: the principal is user:<sub>
     with pytest.raises(wflo.errors.ConfigurationError):
         ClaimsPolicy.parse("finance=superuser")
 
@@ -334,6 +343,35 @@ def test_login_from_claims_creates_the_user_and_syncs_mapped_roles(configured: s
         ("finance", "manual"),
     }
     assert [e["remote"] for e in _system("auth.login")] == ["10.0.0.1", "10.0.0.1"]
+
+
+def test_a_principal_is_bound_to_its_first_provider_account(configured: str) -> None:
+    """A recycled address (another subject with the same email) signed in as the old user and
+    held their grants."""
+    from wflo.auth import Identities
+
+    policy = ClaimsPolicy.parse("finance=approver@tenant:acme")
+    ids = Identities(access())
+    ann = {"iss": "https://idp", "sub": "1", "email": "ann@acme.com", "email_verified": True, "groups": ["finance"]}
+    assert ids.login(ann, policy, via="panel", remote=None) == "user:ann@acme.com"
+    access().grant("user:ann@acme.com", "admin", who=access().local("user:root"))
+    held = access().grants("user:ann@acme.com")
+    for other in ({**ann, "sub": "2", "groups": []}, {**ann, "iss": "https://other-idp"}):
+        with pytest.raises(AuthenticationError, match="bound to another account at the provider"):
+            ids.login(other, policy, via="panel", remote=None)
+    assert access().grants("user:ann@acme.com") == held and len(_system("auth.login")) == 1
+    assert ids.login(ann, policy, via="panel", remote=None) == "user:ann@acme.com"  # the owner still can
+    # A person granted roles before their first sign-in, or one stored without a subject: bound now.
+    st = _config.get_store()
+    st.write(lambda cur: st.execute(
+        cur, "INSERT INTO identities (id, kind, email, groups, disabled, created_at) VALUES "
+        "('user:bo@acme.com', 'user', 'bo@acme.com', '[]', 0, '2026-01-01T00:00:00.000000Z')",
+    ))  # fmt: skip
+    bo = {"iss": "https://idp", "sub": "b", "email": "bo@acme.com", "email_verified": True}
+    assert ids.login(bo, policy, via="panel", remote=None) == "user:bo@acme.com"
+    assert st.read("SELECT issuer, subject FROM identities WHERE id = 'user:bo@acme.com'") == [("https://idp", "b")]
+    with pytest.raises(AuthenticationError, match="bound to another account"):
+        ids.login({**bo, "sub": "b2"}, policy, via="panel", remote=None)
 
 
 def test_the_client_secret_stays_out_of_the_settings_repr() -> None:
