@@ -136,6 +136,12 @@ class Settings:
     """Only verified emails of these domains (comma separated) may sign in; empty: any.
     Env: ``WFLO_OIDC_ALLOWED_DOMAINS``."""
 
+    oidc_require_email_verified: bool = True
+    """A person signs in as ``user:<email>`` only when the ID token says the provider verified
+    the address (``email_verified: true``). Turn off only for a provider that never sends the
+    claim and whose addresses you trust; ``email_verified: false`` is refused all the same.
+    Env: ``WFLO_OIDC_REQUIRE_EMAIL_VERIFIED`` (``0``/``1``)."""
+
     session_hours: float = 8.0
     """How long a browser session lasts (it is revoked server-side at sign-out).
     Env: ``WFLO_SESSION_HOURS``."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import _config
 from ._runtime import runtime
-from ._scope import check_name
+from ._scope import check_name, check_tenant
 from .cost import Budget
 from .engine import RunContext, RunHandle, process_owner
 from .engine._executor import guards_for
@@ -47,7 +47,7 @@ def init(
     # Checked before anything is configured or created (name=5 was stored as the run's
     # workflow; a tenant with ':' or a NUL as its tenant).
     if tenant is not None:
-        check_name(tenant, "wflo.init(tenant=...)")
+        check_tenant(tenant, "wflo.init(tenant=...)")
     if name is not None:
         check_name(name, "wflo.init(name=...)", colon=True)
     budget = None if budget_usd is None else Budget(usd=budget_usd)

@@ -34,6 +34,16 @@ def check_name(value: object, what: str, *, colon: bool = False) -> str:
     return value
 
 
+def check_tenant(value: object, what: str) -> str:
+    """``value`` if it can name a tenant: a name (``check_name``) without ``/``, which separates
+    a tenant from its project in access scopes (``tenant:acme/project:etl``): a tenant named
+    ``acme/x`` would read as something below ``acme``."""
+    name = check_name(value, what)
+    if "/" in name:
+        raise UserError(f"{what} must be a name without '/' (it separates a tenant from its project), got {name!r}")
+    return name
+
+
 @contextmanager
 def scope(**names: str) -> Iterator[dict[str, str]]:
     """Attribute the LLM and tool calls made inside the block to budget scopes.
@@ -46,7 +56,7 @@ def scope(**names: str) -> Iterator[dict[str, str]]:
     if bad:
         raise UserError(f"unknown scope key(s) {', '.join(bad)}; use {', '.join(SCOPE_KEYS)}")
     for key, value in names.items():
-        check_name(value, f"scope {key}")
+        (check_tenant if key == "tenant" else check_name)(value, f"scope {key}")
     merged = {**_scope.get(), **names}
     token = _scope.set(merged)
     try:

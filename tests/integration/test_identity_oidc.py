@@ -29,9 +29,13 @@ with warnings.catch_warnings():  # the provider imports authlib.jose, deprecated
     warnings.simplefilter("ignore")
     from oidc_provider_mock import User, run_server_in_thread
 
+ANN = {"email": "ann@acme.com", "email_verified": True, "groups": ["staff", "wflo-admins", "finance"], "name": "Ann"}
 USERS = [
-    User(sub="ann", claims={"email": "ann@acme.com", "groups": ["staff", "wflo-admins", "finance"], "name": "Ann"}),
-    User(sub="eve", claims={"email": "eve@evil.example", "groups": ["staff"]}),
+    User(sub="ann", claims=ANN),
+    User(sub="eve", claims={"email": "eve@evil.example", "email_verified": True, "groups": ["staff"]}),
+    # Another account with ann's address (a mailbox given to someone new), and an unverified one.
+    User(sub="ann-2", claims={"email": "ann@acme.com", "email_verified": True, "groups": ["staff"]}),
+    User(sub="cy", claims={"email": "cy@acme.com", "groups": ["wflo-admins"]}),
 ]
 
 
@@ -127,6 +131,33 @@ def test_login_restricted_to_domains(server: str, browser: Any) -> None:
     failed = _system("auth.failed")
     assert failed[-1]["email"] == "eve@evil.example" and failed[-1]["reason"] == "email domain not allowed"
     assert _system("auth.login") == []
+
+
+def _sign_in_http(server: str, sub: str) -> httpx.Response:
+    """Sign-in without a browser: our /auth/login, the provider's form posted as ``sub``, our
+    callback with the state cookie; returns the callback's answer."""
+    with httpx.Client() as client:
+        start = client.get(server + "/auth/login", follow_redirects=False)
+        back = client.post(start.headers["location"], data={"sub": sub}, follow_redirects=False)
+        return client.get(back.headers["location"], follow_redirects=False)
+
+
+def test_an_unverified_email_or_another_account_with_the_same_email_is_refused(server: str) -> None:
+    """The email names the principal: one the provider did not say it verified was accepted, and
+    a second account with ann's address signed in as ann, with her grants (admin)."""
+    ok = _sign_in_http(server, "ann")
+    assert ok.status_code == 303 and "wflo_session" in ok.cookies
+    unverified = _sign_in_http(server, "cy")
+    assert unverified.status_code == 403 and "email not verified by the provider" in unverified.text
+    recycled = _sign_in_http(server, "ann-2")
+    assert recycled.status_code == 401 and "bound to another account at the provider" in recycled.text
+    assert "wflo_session" not in recycled.cookies
+    st = _config.get_store()
+    assert st.read("SELECT COUNT(*) FROM sessions")[0][0] == 1
+    assert [e["by"] for e in _system("auth.login")] == ["user:ann@acme.com"]
+    tried = [(e["email"], e["subject"]) for e in _system("auth.failed")]
+    assert tried == [("cy@acme.com", "cy"), ("ann@acme.com", "ann-2")]
+    assert _sign_in_http(server, "ann").status_code == 303  # ann herself still signs in
 
 
 def test_next_is_a_local_path_only(server: str, browser: Any) -> None:
@@ -362,7 +393,8 @@ def hostile(sqlite_url: str) -> Iterator[tuple[str, Hostile]]:
         warnings.simplefilter("ignore")
         from oidc_provider_mock import app as provider_app
 
-        mw = Hostile(provider_app(user_claims=[User(sub="eve", claims={"email": "eve@acme.com", "groups": []})]))
+        eve = User(sub="eve", claims={"email": "eve@acme.com", "email_verified": True, "groups": []})
+        mw = Hostile(provider_app(user_claims=[eve]))
         srv = werkzeug.serving.make_server("localhost", free_port(), mw, threaded=True)
         mw.base = f"http://localhost:{srv.server_port}"
         thread = threading.Thread(target=srv.serve_forever, args=(0.1,), daemon=True)

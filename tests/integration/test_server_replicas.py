@@ -39,7 +39,7 @@ OIDC = {
 
 @pytest.fixture
 def provider() -> Iterator[str]:
-    users = [User(sub="ann", claims={"email": "ann@acme.com", "groups": ["wflo-admins"]})]
+    users = [User(sub="ann", claims={"email": "ann@acme.com", "email_verified": True, "groups": ["wflo-admins"]})]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with run_server_in_thread(port=free_port(), user_claims=users) as server:

@@ -4,6 +4,11 @@ The mapping is configuration, not code: ``role_map`` is ``group=role[@scope]`` p
 separated by commas (``wflo-admins=admin, finance=approver@tenant:acme``). At each login the
 user's ``oidc`` grants are replaced by what their groups map to now, so removing someone
 from a group in the identity provider removes the role at their next login.
+
+A person is ``user:<email>``, so the email must be one the provider has verified
+(``email_verified``), and the principal is bound to the provider's account (issuer and
+subject) at its first sign-in: another account that comes with the same address later (a
+recycled mailbox, a second provider) is refused, and does not inherit the grants.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import ConfigurationError
+from .._errors import AuthenticationError, ConfigurationError
 from ..store import NewEvent, now_iso
 from ._access import Access
 from ._roles import GLOBAL, ROLES, check_scope
@@ -29,11 +34,15 @@ class ClaimsPolicy:
     allowed_domains: frozenset[str] = frozenset()
     """If set, only verified emails of these domains may sign in."""
     groups_claim: str = "groups"
+    require_email_verified: bool = True
+    """An email must come with ``email_verified: true``; off, a missing claim is accepted (a
+    provider that never sends it), an explicit ``false`` never is."""
 
     @classmethod
     def parse(
-        cls, role_map: str = "", allowed_groups: str = "", allowed_domains: str = "", groups_claim: str = "groups"
-    ) -> ClaimsPolicy:
+        cls, role_map: str = "", allowed_groups: str = "", allowed_domains: str = "", groups_claim: str = "groups",
+        require_email_verified: bool = True,
+    ) -> ClaimsPolicy:  # fmt: skip
         triples = []
         for item in filter(None, (p.strip() for p in role_map.split(","))):
             group, sep, rest = item.partition("=")
@@ -43,7 +52,10 @@ class ClaimsPolicy:
                     f"oidc_role_map entry {item!r} must be GROUP=ROLE[@SCOPE] with ROLE one of {', '.join(ROLES)}"
                 )
             triples.append((group.strip(), role.strip(), check_scope(scope.strip() or GLOBAL)))
-        return cls(tuple(triples), _words(allowed_groups), _words(allowed_domains), groups_claim or "groups")
+        return cls(
+            tuple(triples), _words(allowed_groups), _words(allowed_domains), groups_claim or "groups",
+            require_email_verified,
+        )  # fmt: skip
 
     def groups(self, claims: dict[str, Any]) -> list[str]:
         raw = claims.get(self.groups_claim) or []
@@ -52,9 +64,10 @@ class ClaimsPolicy:
     def refusal(self, claims: dict[str, Any]) -> str | None:
         """Why these claims may not sign in, or ``None``."""
         email = str(claims.get("email") or "").lower()
-        # The email names the principal (user:<email>): an address the provider says it has
-        # not verified could be someone else's, so it is refused outright.
-        if email and claims.get("email_verified") is False:
+        # The email names the principal (user:<email>): an address the provider does not say
+        # it has verified could be someone else's, so it is refused outright.
+        verified = claims.get("email_verified", None if not self.require_email_verified else False)
+        if email and verified not in (True, "true", None):  # some providers send the text "true"
             return "email not verified by the provider"
         if self.allowed_domains and (not email or email.rsplit("@", 1)[-1] not in self.allowed_domains):
             return "email domain not allowed"
@@ -91,15 +104,25 @@ class Identities:
         groups = policy.groups(claims)
         mapped = policy.grants(claims)
 
+        issuer, subject = claims.get("iss"), str(claims["sub"])
+
         def op(cur: Any) -> None:
             st = self.store
+            st.execute(cur, "SELECT issuer, subject FROM identities WHERE id = ?", (pid,))
+            bound = cur.fetchone()
+            if bound and bound[1] is not None and (bound[1] != subject or bound[0] not in (None, issuer)):
+                raise AuthenticationError(
+                    detail=f"{pid} is bound to another account at the provider (another subject or issuer): "
+                    "refused, so that this account does not take over its roles"
+                )
             st.execute(
                 cur,
                 "INSERT INTO identities (id, kind, email, name, issuer, subject, groups, disabled, created_at, last_login_at) "
                 "VALUES (?, 'user', ?, ?, ?, ?, ?, 0, ?, ?) ON CONFLICT (id) DO UPDATE SET email = excluded.email, "
-                "name = excluded.name, groups = excluded.groups, last_login_at = excluded.last_login_at",
-                (pid, claims.get("email"), claims.get("name"), claims.get("iss"), claims.get("sub"), json.dumps(groups),
-                 now, now),
+                "name = excluded.name, groups = excluded.groups, last_login_at = excluded.last_login_at, "
+                "issuer = COALESCE(identities.issuer, excluded.issuer), "
+                "subject = COALESCE(identities.subject, excluded.subject)",
+                (pid, claims.get("email"), claims.get("name"), issuer, subject, json.dumps(groups), now, now),
             )  # fmt: skip
             st.execute(cur, "DELETE FROM role_grants WHERE principal = ? AND source = 'oidc'", (pid,))
             for role, scope in mapped:

@@ -78,8 +78,14 @@ def covers(grant_scope: str, resource_scope: str) -> bool:
     """Whether a grant in ``grant_scope`` reaches a resource in ``resource_scope``.
 
     A resource without a tenant (``*``) is reachable only by global grants: a tenant's
-    operator does not see runs that belong to no tenant.
+    operator does not see runs that belong to no tenant. Below a tenant there are only its
+    projects: ``tenant:acme`` reaches ``tenant:acme/project:etl``, never ``tenant:acme/x``,
+    the scope of a tenant named ``acme/x`` (new tenant names may not hold a ``/``; one stored
+    before that rule is reachable by global grants only).
     """
     if grant_scope == GLOBAL:
         return True
-    return resource_scope == grant_scope or resource_scope.startswith(grant_scope + "/")
+    if resource_scope == grant_scope:
+        return True
+    project = resource_scope.removeprefix(grant_scope + "/project:")
+    return "/" not in grant_scope and project != resource_scope and bool(project) and "/" not in project

@@ -6,6 +6,10 @@ randomness, so a slow password hash would add nothing), looks the row up by dige
 compares digests in constant time. A token acts as ``service:<name>`` with exactly the role
 and scope written on it, until it expires or is revoked. Sessions work the same way: the
 cookie holds a random id, the store its digest, with an expiry and a revocation time.
+
+Expiry is set and judged on the store's clock (``Store.now``), never a process's own: a
+server replica whose clock runs slow would otherwise accept a token or a session that has
+expired, and one whose clock runs fast would hand out longer ones.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from .._config import CENTURY_DAYS
@@ -51,20 +55,6 @@ def parse_duration(text: str) -> timedelta:
     if duration is None or duration > _LONGEST:  # later than any date can be written
         raise UserError(f"a duration is at most {_LONGEST.days} days ('never' for no end), got {text!r}")
     return duration
-
-
-def _expires_at(expires: str) -> str:
-    """Now plus ``expires`` (``30d``), in the store's form (``parse_duration`` caps it well
-    before the year 9999)."""
-    return _iso(_now() + parse_duration(expires))
-
-
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,12 +116,12 @@ class Tokens:
         # Creating a token is handing out a role: the same permission as granting it.
         self.access._local_allowed(who, "tokens:write", scope, remote)
         self.access.authorize(who, "tokens:write", scope, remote=remote)
-        expires_at = _expires_at(expires) if expires else None
+        expires_at = self._expires_at(expires) if expires else None
         prefix = secrets.token_hex(4)
         secret = f"wflo_{prefix}_{secrets.token_urlsafe(32)}"
         info = TokenInfo(
             id=str(uuid.uuid4()), name=name, principal=f"service:{name}", prefix=prefix, role=role, scope=scope,
-            created_by=who.id, created_at=now_iso(), expires_at=expires_at, revoked_at=None, last_used_at=None,
+            created_by=who.id, created_at=self.store.now(), expires_at=expires_at, revoked_at=None, last_used_at=None,
         )  # fmt: skip
 
         def op(cur: Any) -> None:
@@ -167,12 +157,12 @@ class Tokens:
         caller that writes them in its own transaction (a device sign-in's approval)."""
         if who.via != "panel" or not who.id.startswith("user:"):
             raise UserError("a personal CLI token is created by a signed-in person in the browser")
-        expires_at = _expires_at(expires)
+        expires_at = self._expires_at(expires)
         prefix = secrets.token_hex(4)
         secret = f"wflo_{prefix}_{secrets.token_urlsafe(32)}"
         info = TokenInfo(
             id=str(uuid.uuid4()), name=f"cli-{who.id[5:]}"[:60], principal=who.id, prefix=prefix, role=PERSONAL,
-            scope=GLOBAL, created_by=who.id, created_at=now_iso(), expires_at=expires_at, revoked_at=None,
+            scope=GLOBAL, created_by=who.id, created_at=self.store.now(), expires_at=expires_at, revoked_at=None,
             last_used_at=None,
         )  # fmt: skip
 
@@ -190,9 +180,19 @@ class Tokens:
         }  # fmt: skip
         return info, secret, op, NewEvent("token.created", data)
 
+    def _expires_at(self, expires: str) -> str:
+        """Now plus ``expires`` (``30d``) on the store's clock (``parse_duration`` caps it well
+        before the year 9999)."""
+        return self.store.now(parse_duration(expires).total_seconds())
+
     def list(self) -> list[TokenInfo]:
         rows = self.store.read(f"SELECT {_TOKEN_COLS} FROM api_tokens ORDER BY created_at")
         return [TokenInfo(*r) for r in rows]
+
+    def get(self, token_id: str) -> TokenInfo | None:
+        """The token with this id; None when there is none."""
+        rows = self.store.read(f"SELECT {_TOKEN_COLS} FROM api_tokens WHERE id = ?", (token_id,))
+        return TokenInfo(*rows[0]) if rows else None
 
     def find(self, ref: str) -> TokenInfo:
         """A token by id, prefix or name (only an unambiguous match)."""
@@ -236,42 +236,50 @@ class Tokens:
             )
             # The lookup is by digest; the comparison is constant-time all the same.
             row = rows[0] if rows and hmac.compare_digest(rows[0][6], want) else None
-        problem = (
-            "unknown token"
-            if row is None
-            else "token revoked"
-            if row[5]
-            else "token expired"
-            if row[4] and row[4] < now_iso()
-            else None
-        )
+        problem = "unknown token" if row is None else "token revoked" if row[5] else None
+        if row is not None and problem is None:
+            problem = self._use(row[0])
         if problem or row is None:
             data: dict[str, Any] = {"via": via, "reason": problem or "unknown token", "remote": remote}
             if m:
                 data["prefix"] = m.group(1)  # the visible part only: never the secret
             self.store.append_system([NewEvent("auth.failed", data)])
             raise AuthenticationError(detail=problem or "unknown token")
-        self.store.write(
-            lambda cur: self.store.execute(
-                cur, "UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now_iso(), row[0])
-            )
-        )
         if row[2] == PERSONAL:  # its owner's roles as they are now
             grants = tuple((g.role, g.scope) for g in self.access.grants(row[1]))
             return Principal(id=row[1], via=via, grants=grants, token_id=row[0])
         return Principal(id=row[1], via=via, grants=((row[2], row[3]),), token_id=row[0])
 
+    def _use(self, token_id: str) -> str | None:
+        """Mark the token used, if it is live by the store's clock; else why not. Judged in the
+        write itself: a revocation that commits first is seen, and no process's clock counts."""
+        st = self.store
+
+        def go(cur: Any) -> str | None:
+            now = st.now(cur=cur)
+            st.execute(
+                cur, "UPDATE api_tokens SET last_used_at = ? WHERE id = ? AND revoked_at IS NULL "
+                "AND (expires_at IS NULL OR expires_at > ?)", (now, token_id, now),
+            )  # fmt: skip
+            if cur.rowcount == 1:
+                return None
+            st.execute(cur, "SELECT revoked_at FROM api_tokens WHERE id = ?", (token_id,))
+            found = cur.fetchone()
+            return "token revoked" if found is None or found[0] else "token expired"
+
+        return st.write(go)
+
     # ----------------------------------------------------------------- sessions
     def open_session(self, principal: str, *, ttl: timedelta, remote: str | None = None) -> tuple[str, str]:
         """A new server-side session: returns its id (the cookie) and its CSRF token."""
         sid, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        expires = _iso(_now() + ttl)
-        self.store.write(
-            lambda cur: self.store.execute(
+        st = self.store
+        st.write(
+            lambda cur: st.execute(
                 cur,
                 "INSERT INTO sessions (digest, principal, csrf_digest, created_at, expires_at, revoked_at, remote) "
                 "VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                (digest(sid), principal, digest(csrf), now_iso(), expires, remote),
+                (digest(sid), principal, digest(csrf), st.now(cur=cur), st.now(ttl.total_seconds(), cur=cur), remote),
             )
         )
         return sid, csrf
@@ -286,7 +294,7 @@ class Tokens:
             raise AuthenticationError(detail="no session")
         if rows[0][4]:
             raise AuthenticationError(detail="session revoked (signed out)")
-        if rows[0][3] < now_iso():
+        if rows[0][3] <= self.store.now():  # the store's clock: every replica judges alike
             raise AuthenticationError(detail="session expired")
         return Session(principal=rows[0][1], csrf_digest=rows[0][2], expires_at=rows[0][3])
 

@@ -29,7 +29,7 @@ from .._errors import (
     UserError,
 )
 from .._runtime import runtime as current_runtime
-from .._scope import check_name
+from .._scope import check_name, check_tenant
 from ..observability._link import LINK_OPTION, link_for_start, note_on_caller
 from ..store import Event, NewEvent, OrderedExecutor, RunRecord, Store, new_id, parse_iso
 from ._attempts import off_loop
@@ -157,7 +157,7 @@ class RunOptions:
         if self.id is not None:
             check_name(self.id, "run id", colon=True)
         if self.tenant is not None:
-            check_name(self.tenant, "tenant")
+            check_tenant(self.tenant, "tenant")
 
 
 class Workflow(Generic[P, R]):

@@ -11,7 +11,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from ..auth import GLOBAL, Access, covers, tenant_scope
 from ..config import settings
 from ..engine import registered_workers
-from ..store import now_iso, parse_iso
+from ..store import parse_iso
 from . import _firstrun
 from ._panel import page_route
 from ._routes import PUBLIC, Router, body_scope, client_address, tenant_query, who_of
@@ -102,13 +102,15 @@ def register(router: Router) -> None:
         return {**_token(info), "token": secret}
 
     async def token_scope(request: Request, acc: Access) -> str:
-        rows = await run_in_threadpool(
-            acc.store.read, "SELECT scope FROM api_tokens WHERE id = ?", (request.path_params["token_id"],)
-        )
-        return str(rows[0][0]) if rows else GLOBAL
+        """The token's scope (an unknown token: everywhere, then 404)."""
+        found = await run_in_threadpool(tokens.get, request.path_params["token_id"])
+        return found.scope if found else GLOBAL
 
     @router.route("DELETE", "/api/v1/tokens/{token_id}", permission="tokens:write", scope=token_scope)
     def revoke_token(request: Request, token_id: str) -> dict[str, Any]:
+        # By id only, as the path says: a name or a prefix would be judged on another scope.
+        if tokens.get(token_id) is None:
+            raise HTTPException(404, f"no token with id {token_id!r}")
         return _token(tokens.revoke(token_id, who=who_of(request), remote=client_address(request)))
 
     @router.route("POST", "/api/v1/sessions/revoke", permission="sessions:write")
@@ -150,7 +152,7 @@ def users(access: Access) -> list[dict[str, Any]]:
         )  # fmt: skip
     for g in access.grants():
         person(g.principal)["grants"].append(_grant(g))
-    now = now_iso()
+    now = st.now()  # tokens and sessions expire on the store's clock
     live_tokens = (
         "SELECT principal, COUNT(*) FROM api_tokens WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) "
         "GROUP BY principal"

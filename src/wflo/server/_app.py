@@ -56,8 +56,9 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
     pending = PendingLogins(access.store)
     provider = Provider(cfg.oidc_issuer, cfg.oidc_client_id, cfg.oidc_client_secret) if cfg.oidc_issuer else None
     policy = ClaimsPolicy.parse(
-        cfg.oidc_role_map, cfg.oidc_allowed_groups, cfg.oidc_allowed_domains, cfg.oidc_groups_claim
-    )
+        cfg.oidc_role_map, cfg.oidc_allowed_groups, cfg.oidc_allowed_domains, cfg.oidc_groups_claim,
+        cfg.oidc_require_email_verified,
+    )  # fmt: skip
     base = (cfg.server_url or "").rstrip("/")
     ttl = timedelta(hours=cfg.session_hours)
 
@@ -104,6 +105,7 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
         limited(request)
         remote = client_address(request)
         item = pending.take(state) if state and request.cookies.get(_LOGIN_COOKIE) == state else None
+        claims: dict[str, Any] | None = None
         try:
             if provider is None or item is None:
                 raise AuthenticationError(detail="unknown or expired sign-in attempt (start again)")
@@ -115,8 +117,8 @@ def create_app(cfg: Settings | None = None) -> FastAPI:
                 access.store.append_system([_failed(remote, refusal, claims)])
                 return _page(f"<p id='error'>sign-in refused: {html.escape(refusal)}</p>", 403)
             pid = Identities(access).login(claims, policy, via="panel", remote=remote)
-        except AuthenticationError as exc:
-            access.store.append_system([_failed(remote, str(exc.detail), None)])
+        except AuthenticationError as exc:  # with the verified claims when it is the account that is refused
+            access.store.append_system([_failed(remote, str(exc.detail), claims)])
             return _page(f"<p id='error'>{html.escape(str(exc))}</p>", 401)
         sid, csrf = tokens.open_session(pid, ttl=ttl, remote=remote)
         resp = RedirectResponse(item.next, 303)

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from ..auth import Access, Principal, Tokens, check_principal, token_digest
 from ..config import settings
 from ..errors import AccessDeniedError
-from ..store import NewEvent, now_iso
+from ..store import NewEvent
 from ._routes import CSRF_COOKIE, PUBLIC, SESSION_COOKIE, Router, client_address
 
 VALID_SECONDS = 3600.0
@@ -41,13 +41,14 @@ class FirstSignIn:
         if self.access.has_admin():
             return None
         code = secrets.token_urlsafe(32)
-        expires = now_iso(VALID_SECONDS)
+        # The store's clock: the replica that redeems the link judges its hour on it too.
+        expires = self.store.now(VALID_SECONDS)
 
         def op(cur: Any) -> None:
             self.store.execute(
                 cur,
                 "INSERT INTO signin_codes (digest, principal, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, NULL)",
-                (token_digest(code), principal, now_iso(), expires),
+                (token_digest(code), principal, self.store.now(cur=cur), expires),
             )
 
         event = NewEvent("auth.first_signin_issued", {"principal": principal, "expires_at": expires, "via": "local"})
@@ -61,11 +62,11 @@ class FirstSignIn:
         once one wins; the refusal of the other is recorded like any failed sign-in.
         """
         want = token_digest(code or "")
-        now = now_iso()
         found: list[str] = []
 
         def op(cur: Any) -> None:
             st = self.store
+            now = st.now(cur=cur)
             st.execute(cur, "SELECT principal, expires_at, used_at FROM signin_codes WHERE digest = ?", (want,))
             row = cur.fetchone()
             if row is None or row[2] is not None or row[1] < now:
@@ -78,7 +79,7 @@ class FirstSignIn:
         try:
             self.store.write(op)
             if not found:
-                reason = self._why(want, now)
+                reason = self._why(want)
             else:
                 self.access.bootstrap(found[0], who=Principal(id=found[0], via="panel"))
         except AccessDeniedError:
@@ -93,7 +94,7 @@ class FirstSignIn:
         )
         return found[0]
 
-    def _why(self, want: str, now: str) -> str:
+    def _why(self, want: str) -> str:
         rows = self.store.read("SELECT expires_at, used_at FROM signin_codes WHERE digest = ?", (want,))
         if not rows:
             return "unknown sign-in code"

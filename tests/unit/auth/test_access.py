@@ -170,6 +170,21 @@ def test_require_auth_refuses_local_grants_decisions_and_budget_changes(
     assert perms.count("budgets:write") == 2 and perms.count("tokens:write") == 2
 
 
+def test_a_tenant_grant_reaches_its_projects_only() -> None:
+    """``tenant:acme`` reached ``tenant:acme/x`` (a prefix match): the scope of a tenant named
+    ``acme/x``, another tenant."""
+    from wflo.auth import covers, tenant_scope
+
+    assert covers("tenant:acme", "tenant:acme") and covers("tenant:acme", "tenant:acme/project:etl")
+    assert covers("*", tenant_scope("acme/x")) and covers("tenant:acme/project:etl", "tenant:acme/project:etl")
+    for grant, resource in [("tenant:acme", tenant_scope("acme/x")), ("tenant:acme", "tenant:acme/project:etl/x"),
+                            ("tenant:acme", "tenant:acme/project:"), ("tenant:acme", "tenant:acmex"),
+                            ("tenant:acme/project:etl", "tenant:acme/project:etl/x"), ("tenant:acme", "*")]:  # fmt: skip
+        assert not covers(grant, resource), (grant, resource)
+    who = Principal(id="service:ci", via="api", grants=(("admin", "tenant:acme"),))
+    assert not who.allowed("runs:read", tenant_scope("acme/x"))
+
+
 # ----------------------------------------------------------------- tokens
 def test_tokens_shown_once_stored_hashed_expire_and_revoke(configured: str) -> None:
     acc = access()
@@ -227,18 +242,67 @@ def test_sessions_expire_and_are_revoked_server_side(configured: str) -> None:
         t.session("forged")
 
 
+def test_token_and_session_expiry_is_judged_on_the_stores_clock(
+    configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server replica whose clock runs two hours slow accepted a token and a session that had
+    expired by the store's clock; one running fast handed out longer ones."""
+    import wflo.auth._tokens as module
+    from wflo.store import now_iso
+
+    acc = access()
+    acc.bootstrap("user:root", who=acc.local("user:root"))
+    root = acc.local("user:root")
+    st = _config.get_store()
+
+    def skew(seconds: float) -> None:  # this process's clock, as the tokens module reads it
+        monkeypatch.setattr(module, "now_iso", lambda offset=0.0: now_iso(offset + seconds))
+        from datetime import UTC, datetime
+
+        monkeypatch.setattr(module, "_now", lambda: datetime.now(UTC) + timedelta(seconds=seconds), raising=False)
+
+    skew(7200)  # fast: a 1 h token and session still end 1 h from now by the store's clock
+    fast, _ = tokens().create("fast", "viewer", expires="1h", who=root)
+    fast_sid, _ = tokens().open_session("user:a", ttl=timedelta(hours=1))
+    latest = st.now(3600 + 60)
+    assert fast.expires_at is not None and fast.expires_at < latest
+    assert tokens().session(fast_sid).expires_at < latest
+
+    _, secret = tokens().create("slow", "viewer", expires="1h", who=root)
+    sid, _ = tokens().open_session("user:a", ttl=timedelta(hours=1))
+    past = st.now(-60)  # expired a minute ago by the store's clock
+    st.write(lambda cur: st.execute(cur, "UPDATE api_tokens SET expires_at = ? WHERE name = 'slow'", (past,)))
+    st.write(lambda cur: st.execute(cur, "UPDATE sessions SET expires_at = ? WHERE digest = ?",
+                                    (past, module.digest(sid))))  # fmt: skip
+    skew(-7200)  # slow: by this process's clock both have more than an hour to live
+    with pytest.raises(AuthenticationError, match="expired"):
+        tokens().authenticate(secret)
+    with pytest.raises(AuthenticationError, match="expired"):
+        tokens().session(sid)
+    assert st.read("SELECT last_used_at FROM api_tokens WHERE name = 'slow'") == [(None,)]
+
+
 # ----------------------------------------------------------------- claims, credentials
 def test_claims_policy_maps_groups_and_restricts_login() -> None:
     policy = ClaimsPolicy.parse(
         "wflo-admins=admin, finance=approver@tenant:acme", allowed_groups="staff", allowed_domains="acme.com"
     )
-    claims = {"sub": "1", "email": "Ann@acme.com", "groups": ["staff", "finance"]}
+    claims = {"sub": "1", "email": "Ann@acme.com", "email_verified": True, "groups": ["staff", "finance"]}
     assert policy.refusal(claims) is None
     assert policy.grants(claims) == [("approver", "tenant:acme")]
     assert policy.refusal({**claims, "email": "ann@evil.com"}) == "email domain not allowed"
     assert policy.refusal({**claims, "email_verified": False}) == "email not verified by the provider"
     assert ClaimsPolicy().refusal({**claims, "email_verified": False}) == "email not verified by the provider"
     assert policy.refusal({**claims, "groups": ["finance"]}) == "not in an allowed group"
+    # An email the provider does not say it verified (no claim at all) named a principal all the same.
+    unsure = {k: v for k, v in claims.items() if k != "email_verified"}
+    assert policy.refusal(unsure) == "email not verified by the provider"
+    assert policy.refusal({**claims, "email_verified": "true"}) is None  # some providers send text
+    assert policy.refusal({**claims, "email_verified": "yes"}) == "email not verified by the provider"
+    trusting = ClaimsPolicy.parse(allowed_domains="acme.com", require_email_verified=False)
+    assert trusting.refusal(unsure) is None
+    assert trusting.refusal({**claims, "email_verified": False}) == "email not verified by the provider"
+    assert ClaimsPolicy().refusal({"sub": "1"}) is None  # no email: the principal is user:<sub>
     with pytest.raises(wflo.errors.ConfigurationError):
         ClaimsPolicy.parse("finance=superuser")
 
@@ -279,6 +343,35 @@ def test_login_from_claims_creates_the_user_and_syncs_mapped_roles(configured: s
         ("finance", "manual"),
     }
     assert [e["remote"] for e in _system("auth.login")] == ["10.0.0.1", "10.0.0.1"]
+
+
+def test_a_principal_is_bound_to_its_first_provider_account(configured: str) -> None:
+    """A recycled address (another subject with the same email) signed in as the old user and
+    held their grants."""
+    from wflo.auth import Identities
+
+    policy = ClaimsPolicy.parse("finance=approver@tenant:acme")
+    ids = Identities(access())
+    ann = {"iss": "https://idp", "sub": "1", "email": "ann@acme.com", "email_verified": True, "groups": ["finance"]}
+    assert ids.login(ann, policy, via="panel", remote=None) == "user:ann@acme.com"
+    access().grant("user:ann@acme.com", "admin", who=access().local("user:root"))
+    held = access().grants("user:ann@acme.com")
+    for other in ({**ann, "sub": "2", "groups": []}, {**ann, "iss": "https://other-idp"}):
+        with pytest.raises(AuthenticationError, match="bound to another account at the provider"):
+            ids.login(other, policy, via="panel", remote=None)
+    assert access().grants("user:ann@acme.com") == held and len(_system("auth.login")) == 1
+    assert ids.login(ann, policy, via="panel", remote=None) == "user:ann@acme.com"  # the owner still can
+    # A person granted roles before their first sign-in, or one stored without a subject: bound now.
+    st = _config.get_store()
+    st.write(lambda cur: st.execute(
+        cur, "INSERT INTO identities (id, kind, email, groups, disabled, created_at) VALUES "
+        "('user:bo@acme.com', 'user', 'bo@acme.com', '[]', 0, '2026-01-01T00:00:00.000000Z')",
+    ))  # fmt: skip
+    bo = {"iss": "https://idp", "sub": "b", "email": "bo@acme.com", "email_verified": True}
+    assert ids.login(bo, policy, via="panel", remote=None) == "user:bo@acme.com"
+    assert st.read("SELECT issuer, subject FROM identities WHERE id = 'user:bo@acme.com'") == [("https://idp", "b")]
+    with pytest.raises(AuthenticationError, match="bound to another account"):
+        ids.login({**bo, "sub": "b2"}, policy, via="panel", remote=None)
 
 
 def test_the_client_secret_stays_out_of_the_settings_repr() -> None:

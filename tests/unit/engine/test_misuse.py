@@ -88,6 +88,7 @@ def test_a_lambda_workflow_needs_its_own_name(sqlite_configured: str) -> None:
         ({"tenant": 5}, r"tenant must be a non-empty name, got 5"),
         ({"tenant": "a:b"}, r"tenant must be a name without ':'"),
         ({"tenant": " acme"}, r"tenant must not begin or end with spaces"),
+        ({"tenant": "acme/x"}, r"tenant must be a name without '/'"),  # it would read as below tenant acme
     ],
 )
 def test_bad_run_ids_and_tenants_are_refused_before_a_run_exists(
@@ -133,6 +134,8 @@ def test_scope_refuses_names_postgres_cannot_store_or_the_panel_would_disguise()
     with pytest.raises(wflo.UserError, match=r"scope tenant must be printable text"), wflo.scope(tenant="a\x00b"):
         pass
     with pytest.raises(wflo.UserError, match=r"scope agent must be at most 255"), wflo.scope(agent="x" * 300):
+        pass
+    with pytest.raises(wflo.UserError, match=r"scope tenant must be a name without '/'"), wflo.scope(tenant="a/b"):
         pass
 
 
@@ -328,6 +331,7 @@ def test_resume_takes_a_run_id(sqlite_configured: str, run_id: Any) -> None:
     [
         ({"tenant": "a:b"}, r"wflo\.init\(tenant=\.\.\.\) must be a name without ':'"),
         ({"tenant": "a\x00b"}, r"wflo\.init\(tenant=\.\.\.\) must be printable text"),
+        ({"tenant": "acme/x"}, r"wflo\.init\(tenant=\.\.\.\) must be a name without '/'"),
         ({"name": 5}, r"wflo\.init\(name=\.\.\.\) must be a non-empty name, got 5"),
         ({"name": ""}, r"wflo\.init\(name=\.\.\.\) must be a non-empty name"),
     ],

@@ -205,6 +205,23 @@ def test_first_signin_expired_or_after_an_admin_is_refused(configured: str) -> N
     assert 429 in codes
 
 
+def test_first_signin_link_expiry_is_judged_on_the_stores_clock(
+    configured: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica whose clock runs two hours slow accepted a link that had expired."""
+    import wflo.server._firstrun as module
+    from wflo.store import now_iso
+
+    st = _config.get_store()
+    code = FirstSignIn(access()).issue("user:admin")
+    assert code
+    st.write(lambda cur: st.execute(cur, "UPDATE signin_codes SET expires_at = ?", (st.now(-60),)))
+    monkeypatch.setattr(module, "now_iso", lambda offset=0.0: now_iso(offset - 7200), raising=False)
+    refused = _first(TestClient(create_app()), code)
+    assert refused.status_code == 401 and "expired" in refused.text
+    assert access().grants("user:admin") == []
+
+
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_wflo_server_prints_a_working_first_signin_link(configured: str) -> None:
     """The real command on an empty store: the printed link signs in as the first admin."""

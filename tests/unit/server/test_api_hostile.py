@@ -154,6 +154,35 @@ def test_a_token_named_like_another_tokens_id_does_not_shield_it(client: TestCli
     assert resp.json()["id"] == made["id"] and resp.json()["revoked_at"]
 
 
+def test_revoking_an_unknown_token_is_404(client: TestClient, admin: dict[str, str]) -> None:
+    """It answered 400 (a ``UserError``), unlike every other unknown resource; a name or a
+    prefix is not an id either (the path names one, and the scope is judged on it)."""
+    made = client.post("/api/v1/tokens", json={"name": "named", "role": "viewer"}, headers=admin).json()
+    for ref in (str(uuid.uuid4()), "named", made["prefix"]):
+        assert error(client.delete(f"/api/v1/tokens/{ref}", headers=admin), 404)["code"] == "not_found"
+    kept = tokens().get(made["id"])
+    assert kept is not None and kept.revoked_at is None
+
+
+def test_a_tenants_grant_does_not_reach_a_tenant_named_below_it(client: TestClient, admin: dict[str, str]) -> None:
+    """A grant on ``tenant:acme`` reached a run of tenant ``acme/x`` (its scope
+    ``tenant:acme/x`` began with ``tenant:acme/``). Such a tenant stored before '/' was refused
+    in names stays readable by global grants."""
+    st = _config.get_store()
+    st.create_run(run_id="r-below", workflow="wf", input={}, tenant="acme/x")
+    st.create_run(run_id="r-acme", workflow="wf", input={}, tenant="acme")
+    _, secret = tokens().create("acme-op", "operator", "tenant:acme", who=access().local("user:root"))
+    acme = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/api/v1/runs/r-acme", headers=acme).status_code == 200
+    error(client.get("/api/v1/runs/r-below", headers=acme), 403)
+    error(client.get("/api/v1/runs", params={"tenant": "acme/x"}, headers=acme), 403)
+    error(client.post("/api/v1/runs/r-below/cancel", headers=acme), 403)
+    body = {"scope": "tenant:acme/x", "usd": "1", "period": "day"}
+    _, budgets = tokens().create("acme-budgets", "budget-admin", "tenant:acme", who=access().local("user:root"))
+    error(client.put("/api/v1/budgets", json=body, headers={"Authorization": f"Bearer {budgets}"}), 403)
+    assert client.get("/api/v1/runs/r-below", headers=admin).json()["tenant"] == "acme/x"
+
+
 def test_events_after_a_huge_seq_are_none(client: TestClient, admin: dict[str, str]) -> None:
     rid = make_run()
     for after in (2**63, 10**30):
