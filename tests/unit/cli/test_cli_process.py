@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -117,3 +118,23 @@ def test_head_1_of_a_long_listing_is_the_same_closed_pipe(args: list[str], many_
     """``wflo runs list | head -1``: the reader leaves in the middle of a write, which CPython's
     stdout reports as done (the rest dropped, status 0); the pipe itself says its reader left."""
     assert _cut_off(args, many_runs, tmp_path, read_a_line=True) == (OUTPUT_CLOSED, "")
+
+
+def test_audit_verify_says_broken_once_per_line(sqlite_url: str, tmp_path: Path) -> None:
+    """The line of a broken chain said "BROKEN r2: BROKEN at seq …"."""
+    (tmp_path / "sleepyapp.py").write_text(SLEEPY)
+    open_store(sqlite_url).close()
+    for run_id in ("r1", "r2"):
+        assert (
+            wflo("run", "sleepyapp:sleepy", "--input", "[0]", "--id", run_id, db=sqlite_url, cwd=tmp_path).returncode
+            == 0
+        )
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:  # a DBA edits a recorded event
+        db.execute(
+            """UPDATE events SET data = replace(data, '"output":0', '"output":7') WHERE chain = 'r2' AND seq = 3"""
+        )
+    verify = wflo("audit", "verify", "--no-spend-book", db=sqlite_url, cwd=tmp_path)
+    assert verify.returncode == 10, verify.stderr
+    [line] = verify.stderr.splitlines()
+    assert line.startswith("BROKEN r2: at seq 3 (hash): expected ") and line.count("BROKEN") == 1, line
+    assert verify.stdout.startswith("broken: 2 chains, "), verify.stdout
