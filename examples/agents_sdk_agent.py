@@ -60,26 +60,29 @@ OPTIONS = {
 
 
 async def main() -> None:
-    wflo.configure(database=f"sqlite:///{tempfile.mkdtemp()}/example.db")
-    topic = "What tools do sea otters use?"
-    if os.environ.get("OPENAI_API_KEY"):
-        print((await wflo.wrap(researcher(None), **OPTIONS).run(topic)).final_output)
-        return
-    with LLMServer() as llm:
-        llm.script(
-            Reply(tool_calls=[ToolCall("search", {"query": "sea otter tools"})]),
-            Reply(tool_calls=[ToolCall("send_email", {"to": "team@example.org", "body": "Otters use rocks."})]),
-            Reply("Otters use rocks as tools; the team has the summary."),
+    with tempfile.TemporaryDirectory() as tmp:
+        wflo.configure(database=f"sqlite:///{tmp}/example.db")
+        topic = "What tools do sea otters use?"
+        if os.environ.get("OPENAI_API_KEY"):
+            print((await wflo.wrap(researcher(None), **OPTIONS).run(topic)).final_output)
+            return
+        with LLMServer() as llm:
+            llm.script(
+                Reply(tool_calls=[ToolCall("search", {"query": "sea otter tools"})]),
+                Reply(tool_calls=[ToolCall("send_email", {"to": "team@example.org", "body": "Otters use rocks."})]),
+                Reply("Otters use rocks as tools; the team has the summary."),
+            )
+            agent = wflo.wrap(researcher(llm.openai_url), **OPTIONS)
+            result = await agent.options(id="example-agents").run(topic)
+            print(result.final_output)
+        events = wflo.RunHandle("example-agents").events()
+        llm_calls = [e.data for e in events if e.type == "call.completed" and e.data["kind"] == "llm"]
+        tools = [e.data["name"] for e in events if e.type == "call.completed" and e.data["kind"] == "tool"]
+        cost = sum(float(c["cost_usd"]) for c in llm_calls)
+        print(
+            f"{len(events)} journal events, {len(llm_calls)} LLM calls costing ${cost:.6f}, tools: {', '.join(tools)}"
         )
-        agent = wflo.wrap(researcher(llm.openai_url), **OPTIONS)
-        result = await agent.options(id="example-agents").run(topic)
-        print(result.final_output)
-    events = wflo.RunHandle("example-agents").events()
-    llm_calls = [e.data for e in events if e.type == "call.completed" and e.data["kind"] == "llm"]
-    tools = [e.data["name"] for e in events if e.type == "call.completed" and e.data["kind"] == "tool"]
-    cost = sum(float(c["cost_usd"]) for c in llm_calls)
-    print(f"{len(events)} journal events, {len(llm_calls)} LLM calls costing ${cost:.6f}, tools: {', '.join(tools)}")
-    assert len(llm_calls) == 3 and tools == ["search", "send_email"]
+        assert len(llm_calls) == 3 and tools == ["search", "send_email"]
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ import tempfile
 
 import wflo
 
-wflo.configure(database=f"sqlite:///{tempfile.mkdtemp()}/async_approval.db")
-
 
 @wflo.step
 async def refund(order: str, amount: float) -> str:
@@ -55,4 +53,6 @@ async def main() -> None:
     assert result == "refunded 80.0 on o-17"
 
 
-asyncio.run(main())
+with tempfile.TemporaryDirectory() as tmp:
+    wflo.configure(database=f"sqlite:///{tmp}/async_approval.db")
+    asyncio.run(main())

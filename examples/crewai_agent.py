@@ -54,33 +54,36 @@ def research_crew(base_url: str | None) -> crewai.Crew:
 
 
 def main() -> None:
-    wflo.configure(database=f"sqlite:///{tempfile.mkdtemp()}/example.db")
-    options = {
-        "name": "example.crewai-research",
-        "budget": wflo.Budget(usd="0.05"),
-        "guards": wflo.LoopGuard(max_repeats=3),
-        "approvals": {"send_email": wflo.Approval(when=lambda to, **_: not to.endswith("@example.org"))},
-    }
-    topic = {"topic": "What tools do sea otters use?"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # CrewAI's own
-        if os.environ.get("OPENAI_API_KEY"):
-            print(wflo.wrap(research_crew(None), **options).kickoff(topic).raw)
-            return
-        with LLMServer() as llm:
-            llm.script(
-                Reply(tool_calls=[ToolCall("search", {"query": "sea otter tools"})]),
-                Reply(tool_calls=[ToolCall("send_email", {"to": "team@example.org", "body": "Otters use rocks."})]),
-                Reply("Otters use rocks as tools; the team has the summary."),
-            )
-            crew = wflo.wrap(research_crew(llm.openai_url), **options)
-            print(crew.options(id="example-crewai").kickoff(topic).raw)
-    events = wflo.RunHandle("example-crewai").events()
-    llm_calls = [e.data for e in events if e.type == "call.completed" and e.data["kind"] == "llm"]
-    tools = [e.data["name"] for e in events if e.type == "call.completed" and e.data["kind"] == "tool"]
-    cost = sum(float(c["cost_usd"]) for c in llm_calls)
-    print(f"{len(events)} journal events, {len(llm_calls)} LLM calls costing ${cost:.6f}, tools: {', '.join(tools)}")
-    assert len(llm_calls) == 3 and tools == ["search", "send_email"]
+    with tempfile.TemporaryDirectory() as tmp:
+        wflo.configure(database=f"sqlite:///{tmp}/example.db")
+        options = {
+            "name": "example.crewai-research",
+            "budget": wflo.Budget(usd="0.05"),
+            "guards": wflo.LoopGuard(max_repeats=3),
+            "approvals": {"send_email": wflo.Approval(when=lambda to, **_: not to.endswith("@example.org"))},
+        }
+        topic = {"topic": "What tools do sea otters use?"}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # CrewAI's own
+            if os.environ.get("OPENAI_API_KEY"):
+                print(wflo.wrap(research_crew(None), **options).kickoff(topic).raw)
+                return
+            with LLMServer() as llm:
+                llm.script(
+                    Reply(tool_calls=[ToolCall("search", {"query": "sea otter tools"})]),
+                    Reply(tool_calls=[ToolCall("send_email", {"to": "team@example.org", "body": "Otters use rocks."})]),
+                    Reply("Otters use rocks as tools; the team has the summary."),
+                )
+                crew = wflo.wrap(research_crew(llm.openai_url), **options)
+                print(crew.options(id="example-crewai").kickoff(topic).raw)
+        events = wflo.RunHandle("example-crewai").events()
+        llm_calls = [e.data for e in events if e.type == "call.completed" and e.data["kind"] == "llm"]
+        tools = [e.data["name"] for e in events if e.type == "call.completed" and e.data["kind"] == "tool"]
+        cost = sum(float(c["cost_usd"]) for c in llm_calls)
+        print(
+            f"{len(events)} journal events, {len(llm_calls)} LLM calls costing ${cost:.6f}, tools: {', '.join(tools)}"
+        )
+        assert len(llm_calls) == 3 and tools == ["search", "send_email"]
 
 
 if __name__ == "__main__":

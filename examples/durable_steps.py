@@ -26,14 +26,15 @@ def downloads(names: list[str]) -> int:
 
 
 def main() -> None:
-    wflo.configure(database=f"sqlite:///{tempfile.mkdtemp()}/example.db")
-    try:
-        downloads.options(id="dl-1").run(["a", "b", "c", "d"])
-    except KeyboardInterrupt as exc:
-        print(f"interrupted: {exc}")
-    total = wflo.resume("dl-1")
-    print(f"resumed: total {total}; steps executed: {done}")
-    assert total == 400 and done == ["a", "b", "c", "c", "d"]  # a and b were not downloaded again
+    with tempfile.TemporaryDirectory() as tmp:
+        wflo.configure(database=f"sqlite:///{tmp}/example.db")
+        try:
+            downloads.options(id="dl-1").run(["a", "b", "c", "d"])
+        except KeyboardInterrupt as exc:
+            print(f"interrupted: {exc}")
+        total = wflo.resume("dl-1")
+        print(f"resumed: total {total}; steps executed: {done}")
+        assert total == 400 and done == ["a", "b", "c", "c", "d"]  # a and b were not downloaded again
 
 
 if __name__ == "__main__":

@@ -49,32 +49,33 @@ def build(base_url: str | None) -> Agent[None, str]:
 
 
 def main() -> None:
-    wflo.configure(database=f"sqlite:///{tempfile.mkdtemp()}/example.db")
-    options = {
-        "budget": wflo.Budget(usd="0.05"),
-        "guards": wflo.LoopGuard(max_repeats=3),
-        # outside example.org an email needs a human's approval (run pauses until decided)
-        "approvals": {"send_email": wflo.Approval(when=lambda to, **_: not to.endswith("@example.org"))},
-    }
-    question = "What tools do sea otters use?"
-    if os.environ.get("OPENAI_API_KEY"):
-        print(wflo.wrap(build(None), **options).run_sync(question).output)
-        return
-    with LLMServer() as llm:
-        llm.script(
-            Reply(tool_calls=[ToolCall("search", {"query": "sea otter tools"})]),
-            Reply(tool_calls=[ToolCall("send_email", {"to": "team@example.org", "body": "Otters use rocks."})]),
-            Reply("Done: otters use rocks as tools; the team has the summary."),
-        )
-        agent = wflo.wrap(build(llm.openai_url), **options)
-        print(agent.run_sync(question, run_id="example-pydantic-ai").output)
-        events = wflo.RunHandle("example-pydantic-ai").events()
-        calls = [e.data for e in events if e.type == "call.completed"]
-        llm_calls = [c for c in calls if c["kind"] == "llm"]
-        cost = sum(float(c["cost_usd"]) for c in llm_calls)
-        print(f"{len(events)} journal events: {len(llm_calls)} LLM calls costing ${cost:.6f}, "
-              f"{len(calls) - len(llm_calls)} tool calls")  # fmt: skip
-        assert len(llm_calls) == 3 and len(calls) == 5
+    with tempfile.TemporaryDirectory() as tmp:
+        wflo.configure(database=f"sqlite:///{tmp}/example.db")
+        options = {
+            "budget": wflo.Budget(usd="0.05"),
+            "guards": wflo.LoopGuard(max_repeats=3),
+            # outside example.org an email needs a human's approval (run pauses until decided)
+            "approvals": {"send_email": wflo.Approval(when=lambda to, **_: not to.endswith("@example.org"))},
+        }
+        question = "What tools do sea otters use?"
+        if os.environ.get("OPENAI_API_KEY"):
+            print(wflo.wrap(build(None), **options).run_sync(question).output)
+            return
+        with LLMServer() as llm:
+            llm.script(
+                Reply(tool_calls=[ToolCall("search", {"query": "sea otter tools"})]),
+                Reply(tool_calls=[ToolCall("send_email", {"to": "team@example.org", "body": "Otters use rocks."})]),
+                Reply("Done: otters use rocks as tools; the team has the summary."),
+            )
+            agent = wflo.wrap(build(llm.openai_url), **options)
+            print(agent.run_sync(question, run_id="example-pydantic-ai").output)
+            events = wflo.RunHandle("example-pydantic-ai").events()
+            calls = [e.data for e in events if e.type == "call.completed"]
+            llm_calls = [c for c in calls if c["kind"] == "llm"]
+            cost = sum(float(c["cost_usd"]) for c in llm_calls)
+            print(f"{len(events)} journal events: {len(llm_calls)} LLM calls costing ${cost:.6f}, "
+                  f"{len(calls) - len(llm_calls)} tool calls")  # fmt: skip
+            assert len(llm_calls) == 3 and len(calls) == 5
 
 
 if __name__ == "__main__":

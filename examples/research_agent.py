@@ -66,25 +66,26 @@ def research(topic: str, base_url: str | None) -> str:
 
 
 def main() -> None:
-    wflo.configure(database=f"sqlite:///{tempfile.mkdtemp()}/example.db")
-    if os.environ.get("OPENAI_API_KEY"):
-        print(research.run("What tools do sea otters use?", None))
-        return
-    with LLMServer() as llm:
-        llm.script(
-            Reply(tool_calls=[ToolCall("search", {"query": "sea otter tools"})]),
-            Reply(tool_calls=[ToolCall("send_email", {"to": "team@example.org", "body": "Otters use rocks."})]),
-            Reply("Done: otters use rocks as tools; the team has the summary."),
-        )
-        handle = research.options(id="example-research").start("What tools do sea otters use?", llm.openai_url)
-        wflo.engine.Worker().run(max_runs=1, idle_timeout=2)
-        print(handle.result(timeout=30))
-        events = handle.events()
-        llm_calls = [e.data for e in events if e.type == "call.completed" and e.data["kind"] == "llm"]
-        print(
-            f"{len(events)} journal events, {len(llm_calls)} LLM calls costing ${sum(float(c['cost_usd']) for c in llm_calls):.6f}"
-        )
-        assert handle.status() == "succeeded" and len(llm_calls) == 3
+    with tempfile.TemporaryDirectory() as tmp:
+        wflo.configure(database=f"sqlite:///{tmp}/example.db")
+        if os.environ.get("OPENAI_API_KEY"):
+            print(research.run("What tools do sea otters use?", None))
+            return
+        with LLMServer() as llm:
+            llm.script(
+                Reply(tool_calls=[ToolCall("search", {"query": "sea otter tools"})]),
+                Reply(tool_calls=[ToolCall("send_email", {"to": "team@example.org", "body": "Otters use rocks."})]),
+                Reply("Done: otters use rocks as tools; the team has the summary."),
+            )
+            handle = research.options(id="example-research").start("What tools do sea otters use?", llm.openai_url)
+            wflo.engine.Worker().run(max_runs=1, idle_timeout=2)
+            print(handle.result(timeout=30))
+            events = handle.events()
+            llm_calls = [e.data for e in events if e.type == "call.completed" and e.data["kind"] == "llm"]
+            print(
+                f"{len(events)} journal events, {len(llm_calls)} LLM calls costing ${sum(float(c['cost_usd']) for c in llm_calls):.6f}"
+            )
+            assert handle.status() == "succeeded" and len(llm_calls) == 3
 
 
 if __name__ == "__main__":

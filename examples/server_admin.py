@@ -29,44 +29,44 @@ from wflo.server import FirstSignIn, create_app, serve_in_thread
 
 
 def main() -> None:
-    work = tempfile.mkdtemp(prefix="wflo-server-")
-    wflo.configure(database=f"sqlite:///{work}/wflo.db", cookie_secure=False)
-    app = create_app()
-    # What `wflo server --admin user:ops` prints on a store without an admin:
-    code = FirstSignIn(auth.access()).issue("user:ops")
-    with serve_in_thread(app) as base:
-        print(f"first start: {base}{PATH}?code={str(code)[:8]}…")
+    with tempfile.TemporaryDirectory(prefix="wflo-server-") as work:
+        wflo.configure(database=f"sqlite:///{work}/wflo.db", cookie_secure=False)
+        app = create_app()
+        # What `wflo server --admin user:ops` prints on a store without an admin:
+        code = FirstSignIn(auth.access()).issue("user:ops")
+        with serve_in_thread(app) as base:
+            print(f"first start: {base}{PATH}?code={str(code)[:8]}…")
 
-        with httpx.Client(base_url=base) as browser:
-            signed = browser.post(PATH, data={"code": code})
-            print("sign in with the link:     ", signed.status_code, "->", signed.headers["location"])
-            print("the same link again:       ", httpx.post(base + PATH, data={"code": code}).status_code)
-            csrf = {"X-CSRF-Token": browser.cookies["wflo_csrf"], "Idempotency-Key": "create-ci-token-1"}
-            body = {"name": "ci", "role": "operator", "expires": "1d"}
-            first = browser.post("/api/v1/tokens", json=body, headers=csrf)
-            retry = browser.post("/api/v1/tokens", json=body, headers=csrf)
-            print("create a token:            ", first.status_code, first.json()["prefix"])
-            print("retry with the same key:   ", retry.status_code, retry.json()["prefix"],
-                  "replayed:", retry.headers.get("Idempotent-Replayed"))  # fmt: skip
-            other = browser.post("/api/v1/tokens", json={**body, "name": "other"}, headers=csrf)
-            print("same key, other request:   ", other.status_code, other.json()["error"]["code"])
-            token = first.json()["token"]
+            with httpx.Client(base_url=base) as browser:
+                signed = browser.post(PATH, data={"code": code})
+                print("sign in with the link:     ", signed.status_code, "->", signed.headers["location"])
+                print("the same link again:       ", httpx.post(base + PATH, data={"code": code}).status_code)
+                csrf = {"X-CSRF-Token": browser.cookies["wflo_csrf"], "Idempotency-Key": "create-ci-token-1"}
+                body = {"name": "ci", "role": "operator", "expires": "1d"}
+                first = browser.post("/api/v1/tokens", json=body, headers=csrf)
+                retry = browser.post("/api/v1/tokens", json=body, headers=csrf)
+                print("create a token:            ", first.status_code, first.json()["prefix"])
+                print("retry with the same key:   ", retry.status_code, retry.json()["prefix"],
+                      "replayed:", retry.headers.get("Idempotent-Replayed"))  # fmt: skip
+                other = browser.post("/api/v1/tokens", json={**body, "name": "other"}, headers=csrf)
+                print("same key, other request:   ", other.status_code, other.json()["error"]["code"])
+                token = first.json()["token"]
 
-        api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
-        idle = Worker(concurrency=2, workflows=["nightly-report"])  # nothing queued: it stays idle
-        serving = threading.Thread(target=idle.run)
-        serving.start()
-        deadline = time.monotonic() + 10
-        while not (listed := api.get("/api/v1/workers").json()["workers"]) and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the worker has written its registry row
-        print("workers (as the token):    ",
-              [(w["id"], "busy" if w["leases"] else "idle", w["concurrency"]) for w in listed])  # fmt: skip
-        idle.stop()
-        serving.join()
-        print("people (operator may not): ", api.get("/api/v1/users").json()["error"])
-        print("health:                    ", httpx.get(base + "/healthz").json())
-        tokens = [t.name for t in auth.tokens().list()]
-        print("tokens in the store:       ", tokens)
+            api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"})
+            idle = Worker(concurrency=2, workflows=["nightly-report"])  # nothing queued: it stays idle
+            serving = threading.Thread(target=idle.run)
+            serving.start()
+            deadline = time.monotonic() + 10
+            while not (listed := api.get("/api/v1/workers").json()["workers"]) and time.monotonic() < deadline:
+                time.sleep(0.05)  # until the worker has written its registry row
+            print("workers (as the token):    ",
+                  [(w["id"], "busy" if w["leases"] else "idle", w["concurrency"]) for w in listed])  # fmt: skip
+            idle.stop()
+            serving.join()
+            print("people (operator may not): ", api.get("/api/v1/users").json()["error"])
+            print("health:                    ", httpx.get(base + "/healthz").json())
+            tokens = [t.name for t in auth.tokens().list()]
+            print("tokens in the store:       ", tokens)
 
 
 if __name__ == "__main__":

@@ -35,23 +35,24 @@ def paper() -> list[str]:
 
 
 def main() -> None:
-    wflo.configure(database=f"sqlite:///{tempfile.mkdtemp()}/example.db", lease_seconds=30)
-    handle = paper.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        wflo.configure(database=f"sqlite:///{tmp}/example.db", lease_seconds=30)
+        handle = paper.start()
 
-    old = wflo.engine.Worker(concurrency=2)  # the worker being replaced (a rolling deploy)
-    serving = threading.Thread(target=old.run)
-    serving.start()
-    in_step.wait(5)
-    old.stop(hand_back=True)  # what its second SIGTERM (or the end of --grace) does
-    stopping.set()
-    serving.join()
-    print(f"old worker: {old.released} run handed back after {done}")
+        old = wflo.engine.Worker(concurrency=2)  # the worker being replaced (a rolling deploy)
+        serving = threading.Thread(target=old.run)
+        serving.start()
+        in_step.wait(5)
+        old.stop(hand_back=True)  # what its second SIGTERM (or the end of --grace) does
+        stopping.set()
+        serving.join()
+        print(f"old worker: {old.released} run handed back after {done}")
 
-    new = wflo.engine.Worker(concurrency=2)  # its replacement takes it at once, not after 30 s
-    new.run(max_runs=1, idle_timeout=5)
-    print("result:", handle.result(timeout=5))
-    print("each step ran once:", sorted(done) == sorted(set(done)) and len(done) == 4)
-    print("journal:", ", ".join(e.type for e in handle.events()))
+        new = wflo.engine.Worker(concurrency=2)  # its replacement takes it at once, not after 30 s
+        new.run(max_runs=1, idle_timeout=5)
+        print("result:", handle.result(timeout=5))
+        print("each step ran once:", sorted(done) == sorted(set(done)) and len(done) == 4)
+        print("journal:", ", ".join(e.type for e in handle.events()))
 
 
 if __name__ == "__main__":

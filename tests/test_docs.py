@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -158,10 +160,20 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
 def test_examples_run(example: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(example)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, f"{example.name} failed:\n{proc.stdout}\n{proc.stderr}"
+    """Each example runs, and leaves nothing in the temporary directory (they left a directory
+    with a database in /tmp at each run). Its own TMPDIR, outside pytest's private tmp_path, so
+    that a sandbox's user can still reach the scratch directories made there."""
+    scratch = Path(tempfile.mkdtemp(prefix="wflo-example-tmp-"))
+    scratch.chmod(0o755)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(example)], cwd=tmp_path, env=_clean_env() | {"TMPDIR": str(scratch)},
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, f"{example.name} failed:\n{proc.stdout}\n{proc.stderr}"
+        assert sorted(p.name for p in scratch.iterdir()) == [], f"{example.name} left these in its TMPDIR"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_mkdocs_site_builds_strict(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ The top level holds the names you type; the rest is one package away: every erro
 ``wflo.engine``, and the interface for integration, guard and tool authors in ``wflo.ext``.
 """
 
+from . import _entry  # noqa: F401  first: a Ctrl-C during the imports below  # isort: skip
 from . import config as config  # wflo.config.settings()
 from . import cost as cost  # wflo.cost.ledger(), wflo.cost.prices
 from . import errors as errors  # wflo.errors.RunCancelled, …

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import importlib
 import json
 import os
+import select
+import signal
+import stat
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich import table as _table
@@ -21,9 +26,72 @@ from ..errors import UserError, WfloError, exit_code_for, missing_extra
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+INTERRUPTED = 128 + signal.SIGINT
+"""The exit status after Ctrl-C (130), as the shell reports a command that SIGINT ended."""
+OUTPUT_CLOSED = 128 + signal.SIGPIPE
+"""The exit status when the reader of the output went away (141: ``wflo runs list | head -1``), as
+the shell reports a command that SIGPIPE ended; nothing more is printed."""
+
+
+def output_closed() -> NoReturn:
+    """The reader of stdout (or stderr) went away: stop quietly with ``OUTPUT_CLOSED``.
+
+    Both streams now write to ``/dev/null``, so the interpreter's last flush of what is still
+    buffered cannot fail again ("Exception ignored … BrokenPipeError", status 120).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    sys.exit(OUTPUT_CLOSED)
+
+
+def check_output_reader() -> None:
+    """End with ``OUTPUT_CLOSED`` if stdout is a pipe nobody reads any more.
+
+    A write that the reader's exit cut short can succeed in part, and CPython's buffered stdout
+    then drops the rest without an error (``wflo runs list | head -1``): asked at the end, the
+    pipe says whether its reader is gone, so that case ends as the others do, not with 0.
+    """
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not hasattr(select, "poll"):
+            return
+    except (OSError, ValueError, AttributeError):  # no stdout, or not a file
+        return
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    if any(events & select.POLLERR for _, events in poll.poll(0)):
+        output_closed()
+
+
+@contextlib.contextmanager
+def process_exits() -> Iterator[None]:
+    """Ctrl-C and a closed output end every command the same way: ``INTERRUPTED`` or
+    ``OUTPUT_CLOSED``, never a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        sys.exit(INTERRUPTED)
+    except click.Abort as exc:  # click's prompts turn Ctrl-C into Abort; "no" stays click's
+        if isinstance(exc.__context__, KeyboardInterrupt) or isinstance(exc.__cause__, KeyboardInterrupt):
+            sys.exit(INTERRUPTED)
+        raise
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        output_closed()
+
+
+class _Console(Console):
+    def on_broken_pipe(self) -> None:  # rich's own exits with 1
+        output_closed()
+
+
 # No emoji codes: a principal ``user:x`` printed before a colon must not become "user❌".
-console = Console(highlight=False, emoji=False)
-err_console = Console(stderr=True, highlight=False, emoji=False)
+console = _Console(highlight=False, emoji=False)
+err_console = _Console(stderr=True, highlight=False, emoji=False)
 
 
 class Table(_table.Table):
@@ -48,11 +116,10 @@ def handle_errors(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with process_exits():
+                return fn(*args, **kwargs)
         except WfloError as exc:
             fail(str(exc), exit_code_for(exc))
-        except (BrokenPipeError, KeyboardInterrupt):
-            sys.exit(130)
         except (OSError, json.JSONDecodeError) as exc:
             if os.environ.get("WFLO_DEBUG"):
                 raise
@@ -136,7 +203,20 @@ def dump_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """The ``wflo`` group: Ctrl-C or a closed output while the command line is read or a command
+    runs ends as ``process_exits`` says (click itself would print "Aborted!" or exit 1)."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        with process_exits():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with process_exits():
+            return super().invoke(ctx)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--database", "-d", envvar="WFLO_DATABASE_URL", metavar="URL",
               help="Store URL (sqlite:///path.db or postgresql://…). Env: WFLO_DATABASE_URL; "
                    "default sqlite:///.wflo/wflo.db")  # fmt: skip

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from .. import config
 from ..audit import (
+    ChainReport,
     build_report,
     count_events,
     export,
@@ -30,6 +31,14 @@ from ..audit import (
 )
 from ..errors import UserError
 from ._app import cli, console, dump_json, err_console, fail, handle_errors, plural
+
+
+def _where_broken(r: ChainReport) -> str:
+    """``r2: at seq 3 (hash): expected …, found …``: what follows a ``BROKEN`` or ``NOT EXTENDED``
+    verdict (``ChainReport.describe`` says "BROKEN" itself, and the line would say it twice)."""
+    if r.ok:
+        return r.describe()
+    return f"{r.chain}: at seq {r.seq} ({r.kind}): expected {r.expected}, found {r.found}"
 
 
 def _principal() -> str:
@@ -134,7 +143,7 @@ def verify_cmd(
         # A chain gone under a prune record the pinned key did not sign says so itself
         # (kind ``unsigned-prune``), so the line needs no cause of its own.
         for r in broken:
-            err_console.print(f"[red]BROKEN[/] {escape(r.describe())}", soft_wrap=True, markup=True)
+            err_console.print(f"[red]BROKEN[/] {escape(_where_broken(r))}", soft_wrap=True, markup=True)
         note = f" ({pruned} pruned on record)" if pruned else ""
         console.print(
             f"{'[green]intact[/]' if not broken else '[red]broken[/]'}: {plural(len(reports), 'chain')}, {plural(events, 'event')} verified{note}"
@@ -154,7 +163,7 @@ def verify_cmd(
                     f"[red]CHECKPOINT REFUSED[/] {escape(f'{checkpoint_path}: {cp.problem}')}", soft_wrap=True
                 )
             for r in cp.reports:
-                err_console.print(f"[red]NOT EXTENDED[/] {escape(r.describe())}", soft_wrap=True)
+                err_console.print(f"[red]NOT EXTENDED[/] {escape(_where_broken(r))}", soft_wrap=True)
             if cp.ok:
                 console.print(
                     f"[green]extends checkpoint[/] of {cp.at}: {plural(cp.chains, 'chain')}, signature valid"

@@ -31,7 +31,7 @@ from ..auth import (
 )
 from ..config import settings
 from ..errors import UserError
-from ._app import Table, cli, console, dump_json, err_console, handle_errors
+from ._app import INTERRUPTED, Table, cli, console, dump_json, err_console, handle_errors
 
 
 @cli.group("admin")
@@ -260,7 +260,7 @@ def _device_login(server: str, *, open_browser: bool) -> str:
             return flow.wait(str(started["device_code"]), deadline=deadline, tick=tick)
     except KeyboardInterrupt:
         err_console.print("login cancelled: nothing stored")
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
 
 
 @cli.command("logout")

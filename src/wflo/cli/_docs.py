@@ -59,6 +59,7 @@ def _exit_statuses() -> list[str]:
         lines.append(f"| {status} | {other}{', '.join(sorted(by_status[status]))} |")
     lines += [
         "| 130 | interrupted (Ctrl-C; `wflo worker`: the third Ctrl-C, or `128 + signal` for a third signal) |",
+        "| 141 | the reader of the output went away (`wflo runs list \\| head -1`); nothing more is printed |",
         "",
     ]
     return lines

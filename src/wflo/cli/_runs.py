@@ -16,7 +16,7 @@ from ..cost import Ledger
 from ..engine import RunHandle, get_workflow, owner_is_dead_here, resume
 from ..errors import RunSuspended, UserError, WfloError, exit_code_for
 from ..store import RUN_STATUSES, RunRecord, new_id
-from ._app import Table, cli, console, dump_json, err_console, fail, handle_errors, import_modules
+from ._app import INTERRUPTED, Table, cli, console, dump_json, err_console, fail, handle_errors, import_modules
 
 _STATUS_STYLE = {
     "succeeded": "green", "failed": "red", "cancelled": "yellow", "stopped": "magenta",
@@ -216,7 +216,7 @@ def _interrupted(run_id: str, modules: tuple[str, ...]) -> None:
         soft_wrap=True,
         markup=False,
     )
-    sys.exit(130)
+    sys.exit(INTERRUPTED)
 
 
 def _parse_input(text: str | None) -> tuple[list[Any], dict[str, Any]]:

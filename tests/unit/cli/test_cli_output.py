@@ -65,7 +65,7 @@ def test_prune_wording_costs_note_and_unsigned_prune_cause(sqlite_url: str, tmp_
     (tmp_path / "k.pub").write_text(key.stdout)
     verify = invoke("audit", "verify", "--public-key", str(tmp_path / "k.pub"), db=sqlite_url)
     assert verify.exit_code == 10
-    assert "old: BROKEN at seq 1 (unsigned-prune)" in verify.stderr
+    assert "BROKEN old: at seq 1 (unsigned-prune)" in verify.stderr and "BROKEN old: BROKEN" not in verify.stderr
     assert "not signed by the pinned key" in verify.stderr
 
 
