@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,11 +113,28 @@ del _sys, _OnlyNamedExtras
 
 
 def run_with_extras(code: str, named: set[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The block run in a process of its own; what it makes in the temporary directory (a
+    block's ``tempfile.mkdtemp()``, as a reader would write it) is removed afterwards: the
+    suite left a directory with a database in /tmp per block per run."""
     script = tmp_path / "block.py"
     script.write_text(_PRELUDE % (blocked_modules(frozenset(named)),) + code)
-    return subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120
-    )
+    with _scratch() as scratch:
+        return subprocess.run(
+            [sys.executable, str(script)], cwd=tmp_path, env=_clean_env() | {"TMPDIR": str(scratch)},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[Path]:
+    """A TMPDIR of its own, outside pytest's private (0700) tmp_path so that a sandbox's user
+    can still reach the scratch directories made there; removed at the end."""
+    scratch = Path(tempfile.mkdtemp(prefix="wflo-docs-tmp-"))
+    scratch.chmod(0o755)
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.mark.parametrize(("where", "code"), _blocks(), ids=[w for w, _ in _blocks()])
@@ -163,17 +182,13 @@ def test_examples_run(example: Path, tmp_path: Path) -> None:
     """Each example runs, and leaves nothing in the temporary directory (they left a directory
     with a database in /tmp at each run). Its own TMPDIR, outside pytest's private tmp_path, so
     that a sandbox's user can still reach the scratch directories made there."""
-    scratch = Path(tempfile.mkdtemp(prefix="wflo-example-tmp-"))
-    scratch.chmod(0o755)
-    try:
+    with _scratch() as scratch:
         proc = subprocess.run(
             [sys.executable, str(example)], cwd=tmp_path, env=_clean_env() | {"TMPDIR": str(scratch)},
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert proc.returncode == 0, f"{example.name} failed:\n{proc.stdout}\n{proc.stderr}"
         assert sorted(p.name for p in scratch.iterdir()) == [], f"{example.name} left these in its TMPDIR"
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_mkdocs_site_builds_strict(tmp_path: Path) -> None:
