@@ -30,7 +30,7 @@ from ..observability import is_enabled, run_finished
 from ..store import NewEvent, RunRecord, Store, StoreOp
 from ._context import RunContext, _call_path, _current_run
 from ._heartbeat import heartbeats
-from ._serialize import decode, encode, error_data
+from ._serialize import _limit, decode, encode_text, error_data
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
@@ -235,16 +235,17 @@ def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
         _finish_error(ctx, stopped)
         raise stopped
     try:
-        output = encode(value, serializer=wf.serializer, step=wf.name, what="result")
+        output, text = encode_text(value, serializer=wf.serializer, step=wf.name, what="result", limit=_limit())
     except SerializationError as exc:
         _finish_error(ctx, exc)
         raise
     try:
         ctx.append(
-            [NewEvent("run.completed", {"output": output})],
+            [_completed(output, text)],
             ops=_final_ops(ctx, "succeeded"),
             status="succeeded",
             output=output,
+            output_json=text,
             finish=True,
         )
     except Exception as exc:
@@ -256,14 +257,20 @@ def _finish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
     return value
 
 
+def _completed(output: Any, text: str | None) -> NewEvent:
+    """A run's ``run.completed`` event; its data's canonical JSON written around the output's
+    (``text``, ``None`` for pickle), which the store also keeps: the output serialised once."""
+    return NewEvent("run.completed", {"output": output}, data_json=None if text is None else f'{{"output":{text}}}')
+
+
 _ON_THREAD: Any = object()
 """What :func:`_end_on_loop` gives when the run's end must be written on the store's threads."""
 
 
 def _end_on_loop(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
-    """The encoded output of an async run that succeeded, when its end is the final append
-    alone, which the event loop can send (:func:`_afinish_ok`); else ``_ON_THREAD``: a latched
-    stop or non-determinism, a lost lease, an output that cannot be encoded, or finish ops to
+    """The encoded output of an async run that succeeded and its text (``encode_text``'s pair),
+    when its end is the final append alone, which the event loop can send
+    (:func:`_afinish_ok`); else ``_ON_THREAD``: a latched stop or non-determinism, a lost lease, an output that cannot be encoded, or finish ops to
     commit with it (kept payloads to drop, an extension's, another runtime's) go through
     :func:`_finish_ok` on the store's threads, as before."""
     if ctx.lease_lost or "non_determinism" in ctx.state or ctx.state.get("stopped") is not None:
@@ -273,7 +280,7 @@ def _end_on_loop(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> Any:
     if ctx.runtime.finish_ops(ctx.store, ctx.run_id, "succeeded", run=ctx):  # wflo's own: in memory
         return _ON_THREAD
     try:
-        return encode(value, serializer=wf.serializer, step=wf.name, what="result")
+        return encode_text(value, serializer=wf.serializer, step=wf.name, what="result", limit=_limit())
     except SerializationError:
         return _ON_THREAD
 
@@ -292,8 +299,9 @@ async def _afinish_ok(ctx: RunContext, wf: Workflow[Any, Any], value: Any) -> An
     if writer is None:
         return await store.off_loop(_finish_ok, ctx, wf, value, key=ctx.run_id)
     try:
-        end = {"status": "succeeded", "output": output}
-        head = await ctx.append_on_loop(writer, [NewEvent("run.completed", {"output": output})], end=end)
+        output, text = output
+        end = {"status": "succeeded", "output": output, "output_json": text}
+        head = await ctx.append_on_loop(writer, [_completed(output, text)], end=end)
     except Exception as exc:
         writer.close()
         writer = None

@@ -47,7 +47,7 @@ from ._executor import (
 )
 from ._options import StepOptions, WorkflowOptions, check_options
 from ._queues import Queue, queue_name, queue_placement
-from ._serialize import check_serializer, decode, encode
+from ._serialize import check_serializer, decode, encode_input_text
 from ._tables import journal_read
 
 if TYPE_CHECKING:
@@ -290,7 +290,11 @@ class BoundWorkflow(Generic[P, R]):
         """``Store.create_run``'s arguments for a start (its inputs encoded; checked before:
         ``Workflow.check_inputs``), and the run it is started in (a child's parent), if any."""
         wf = self.wf
-        payload = encode({"args": list(args), "kwargs": kwargs}, serializer=wf.serializer, step=wf.name, what="input")
+        cfg = settings()
+        # Encoded once: the text of arguments that are scalars and strings is stored as it is.
+        payload, _, input_json = encode_input_text(
+            args, kwargs, serializer=wf.serializer, step=wf.name, limit=cfg.max_value_bytes
+        )
         parent = current_run()
         run_id = self.opts.id
         parent_id = None
@@ -302,7 +306,6 @@ class BoundWorkflow(Generic[P, R]):
                 # A child's id is derived from its parent and call position, so a replayed
                 # parent finds the same child instead of starting another.
                 run_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"wflo:{parent.run_id}:{_call_path.get()}"))
-        cfg = settings()
         options = wf.run_options()  # a copy of its own
         options["started_by"] = cfg.principal
         link = link_for_start(self.opts.traceparent, parent_id)
@@ -310,7 +313,7 @@ class BoundWorkflow(Generic[P, R]):
             options[LINK_OPTION] = link
         request = dict(
             run_id=run_id or new_id(), workflow=wf.name, input=payload, parent_id=parent_id,
-            tenant=tenant, owner=owner, lease_seconds=cfg.lease_seconds, options=options,
+            tenant=tenant, owner=owner, lease_seconds=cfg.lease_seconds, options=options, input_json=input_json,
             **queue_placement(self.opts, wf.queue, wf.name),
         )  # fmt: skip
         return request, parent

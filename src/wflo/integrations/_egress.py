@@ -215,13 +215,15 @@ def install() -> None:
         if "http.client" not in _installed:
             _wrap_http_client()
             _installed.add("http.client")
-    hooks = (("urllib3", _wrap_urllib3), ("requests.adapters", _wrap_requests), ("aiohttp", _wrap_aiohttp),
-             ("botocore.client", _wrap_botocore), (_LITELLM, _wrap_litellm))  # fmt: skip
-    for name, wrap in hooks:
+    # Called at every run's start: what is wrapped, or waits for its import with the hook in
+    # place, is passed over without the lock (issue 20).
+    for name, wrap in _HOOKS:
+        if name in _installed:
+            continue
         if name in sys.modules:
             _once(name, wrap, sys.modules[name])
-        else:
-            _on_import(name, wrap)
+        elif _finder.pending.get(name) is not wrap or _finder not in sys.meta_path:
+            on_import(name, wrap)
 
 
 def _once(name: str, wrap: Callable[[Any], None], module: Any) -> None:
@@ -380,6 +382,11 @@ def _wrap_litellm(module: Any) -> None:
     litellm.wrap(module)
 
 
+# The modules ``install`` wraps, now or when they are imported, and how.
+_HOOKS = (("urllib3", _wrap_urllib3), ("requests.adapters", _wrap_requests), ("aiohttp", _wrap_aiohttp),
+          ("botocore.client", _wrap_botocore), (_LITELLM, _wrap_litellm))  # fmt: skip
+
+
 class _Finder:
     """A ``sys.meta_path`` entry that wraps a module right after its first import."""
 
@@ -414,7 +421,8 @@ class _Finder:
 _finder = _Finder()
 
 
-def _on_import(name: str, wrap: Callable[[Any], None]) -> None:
+def on_import(name: str, wrap: Callable[[Any], None]) -> None:
+    """Call ``wrap(module)`` once module ``name`` is imported (it is not yet)."""
     with _lock:
         _finder.pending[name] = wrap
         if _finder not in sys.meta_path:

@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any, TypeVar
 
 from .._errors import LeaseLost, RunNotFoundError, SchemaVersionError
-from ._chain import GENESIS, canonical_json, link_hash
+from ._chain import GENESIS, canonical_json, json_string, link_hash
 from ._claim import QueueRule, claim_next
 from ._conn import Connections
 from ._feed import ChangeFeed, Waiter
@@ -52,6 +53,11 @@ RELAXED_MARKERS = frozenset({"run.started", "run.resumed"})
 # statements answered reads it there, so that on PostgreSQL the whole append, ops included,
 # is sent in one round trip (pipelined) instead of waiting for each answer in turn.
 StoreOp = Callable[[Any], "Callable[[], None] | None"]
+
+
+def _json_or_null(text: str | None) -> str:
+    """``canonical_json`` of a string or ``None``."""
+    return "null" if text is None else encode_basestring(text)
 
 
 def run_ops(ops: Sequence[StoreOp], cur: Any) -> list[Callable[[], None]]:
@@ -426,27 +432,21 @@ class Store(Connections):
         queue: str | None = None,
         priority: int = 0,
         partition_key: str | None = None,
+        input_json: str | None = None,
     ) -> tuple[RunRecord, bool]:
         """Create a run (queued, or running under ``owner``); idempotent on ``run_id``.
 
         A queued run may belong to a named ``queue`` (claimed highest ``priority`` first, one
         ``partition_key`` at a time, within the queue's limits; see ``_claim``).
+        ``input_json``: ``canonical_json(input)``, when the caller has it already (the engine
+        does for arguments that are scalars and strings): stored and hashed as it is.
         Returns the run and whether this call created it.
         """
         now = now_iso()
-        input_json = canonical_json(input)
-        options_json = canonical_json(options or {})
-        created_data = {"workflow": workflow, "input": input, "parent_id": parent_id, "tenant": tenant}
-        created_data.update(event_data or {})
-        new_events = [NewEvent("run.created", created_data, now)]
-        if owner is not None:
-            new_events.append(NewEvent("run.started", {"attempt": 1, "worker": owner}, now))
-        status = "running" if owner is not None else "queued"
-
-        head, rows = self._link(run_id, Head(0, GENESIS), new_events)
-        values = (run_id, workflow, status, input_json, parent_id, tenant, options_json, owner, head.seq,
-                  head.hash, 1 if owner else 0, now, now, queue, priority, partition_key,
-                  now if owner else None)  # fmt: skip
+        values, rows = self._new_run(
+            run_id, workflow, input, input_json, options, parent_id, tenant, owner, event_data, queue, priority,
+            partition_key, now,
+        )  # fmt: skip
 
         def go() -> tuple[RunRecord, bool]:
             row, created = self._create_run_once(values, rows, lease_seconds if owner is not None else None)
@@ -455,6 +455,39 @@ class Store(Connections):
             return RunRecord.from_row(row), created
 
         return self._retrying(go)
+
+    @classmethod
+    def _new_run(
+        cls, run_id: str, workflow: str, input: Any, input_json: str | None, options: dict[str, Any] | None,
+        parent_id: str | None, tenant: str | None, owner: str | None, event_data: dict[str, Any] | None,
+        queue: str | None, priority: int, partition_key: str | None, now: str,
+    ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:  # fmt: skip
+        """A new run's row (``_create_run_once``'s ``values``) and its first events' rows: its
+        ``run.created`` event, and ``run.started`` when it has an ``owner``. The input is
+        serialised once (issue 20: it was three times, for its column, inside the created
+        event's data, and to read it back): the created event's canonical JSON is written
+        around the input's text, its keys in canonical order, the same bytes as
+        ``canonical_json`` of its data; with ``event_data``, that data is serialised whole."""
+        if input_json is None:
+            input_json = canonical_json(input)
+        if event_data:
+            created_data = {"workflow": workflow, "input": input, "parent_id": parent_id, "tenant": tenant}
+            created_data.update(event_data)
+            created = NewEvent("run.created", created_data, now)
+        else:
+            created_json = (
+                f'{{"input":{input_json},"parent_id":{_json_or_null(parent_id)},"tenant":{_json_or_null(tenant)},'
+                f'"workflow":{json_string(workflow)}}}'
+            )
+            created = NewEvent("run.created", {}, now, created_json)
+        new_events = [created]
+        if owner is not None:
+            new_events.append(NewEvent("run.started", {}, now, f'{{"attempt":1,"worker":{json_string(owner)}}}'))
+        head, rows = cls._link(run_id, Head(0, GENESIS), new_events)
+        values = (run_id, workflow, "running" if owner is not None else "queued", input_json, parent_id, tenant,
+                  canonical_json(options or {}), owner, head.seq, head.hash, 1 if owner else 0, now, now, queue,
+                  priority, partition_key, now if owner else None)  # fmt: skip
+        return values, rows
 
     def _create_run_once(
         self, values: tuple[Any, ...], rows: list[tuple[Any, ...]], lease_seconds: float | None
@@ -551,11 +584,13 @@ class Store(Connections):
         release: bool = False,
         wake_at: str | None = None,
         ops: Sequence[StoreOp] = (),
+        output_json: str | None = None,
     ) -> Head:
         """Append events to a run's journal and update its projection, atomically.
 
         Fenced: succeeds only while ``owner`` holds the lease (``None``: while nobody does)
         and the run's head is still ``head``. Raises ``LeaseLost`` otherwise.
+        ``output_json``: ``canonical_json(output)``, when the caller has it already.
         """
         now = now_iso()
         if (
@@ -572,7 +607,10 @@ class Store(Connections):
                 return Head(new.seq, new.hash, True) if cancel else new
 
         else:
-            output_json = None if not finish or error is not None else canonical_json(output)
+            if not finish or error is not None:
+                output_json = None
+            elif output_json is None:
+                output_json = canonical_json(output)
             error_json = canonical_json(error) if finish and error is not None else None
             notify = finish or status == "waiting" or release  # a released run: another worker takes it now
             relaxed = (

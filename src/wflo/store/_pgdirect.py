@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import LeaseLost
 from ._base import RELAXED_MARKERS
-from ._chain import GENESIS, canonical_json
+from ._chain import canonical_json
 from ._offload import LoopWaiter
-from ._records import Head, NewEvent, RunRecord, now_iso
+from ._records import RUN_COLUMNS, Head, NewEvent, RunRecord, now_iso
 
 if TYPE_CHECKING:
     from ._postgres import PostgresStore
@@ -72,6 +72,8 @@ class Values(list):  # type: ignore[type-arg]
 
 # The statements ``direct`` prepared on each connection (gone with the connection).
 PREPARED: weakref.WeakKeyDictionary[Any, set[bytes]] = weakref.WeakKeyDictionary()
+
+LEASE_COLUMN = RUN_COLUMNS.split(", ").index("lease_expires_at")  # in a run's row, as the creates answer it
 
 _SQLSTATE = ord("C")  # PG_DIAG_SQLSTATE
 # libpq's codes (``psycopg.pq``'s enums compare equal to them; the ints cost no attribute look-ups).
@@ -115,7 +117,10 @@ def direct(store: PostgresStore, conn: Any, stmt: Statement, params: Sequence[An
     if type(params) is Values:
         values: Sequence[bytes | None] = params
     else:  # text and NULL inline, numbers and booleans through ``_text``
-        values = [v.encode() if type(v) is str and "\x00" not in v else None if v is None else _text(v) for v in params]
+        values = [
+            v.encode() if type(v) is str and "\x00" not in v else None if v is None else b"%d" % v if type(v) is int
+            else _text(v) for v in params
+        ]  # fmt: skip
     pgconn = conn.pgconn
     with conn.lock:
         if pgconn.status != _CONNECTION_OK:
@@ -290,6 +295,14 @@ _READERS: dict[int, Callable[[bytes], Any]] = {
     21: int,  # smallint
     16: lambda v: v == b"t",  # boolean
 }
+
+
+def new_run_lease(result: Any) -> str | None:
+    """The lease's expiry in the answer of a new run's creation (``_CREATE_OWNED``'s one row):
+    the one value of it its caller did not write (issue 20: read alone, not as ``first_row``
+    reads the twenty columns of its row, NULLs all but this and two constants)."""
+    value: bytes | None = result.get_value(0, LEASE_COLUMN)
+    return None if value is None else value.decode()
 
 
 def first_row(result: Any) -> tuple[Any, ...] | None:
@@ -710,10 +723,11 @@ class LoopWriter:
                           run_id, owner, new)  # fmt: skip
 
     def append_end(
-        self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None, status: str, output: Any
-    ) -> LoopAppend:
+        self, run_id: str, head: Head, events: Sequence[NewEvent], *, owner: str | None, status: str, output: Any,
+        output_json: str | None = None,
+    ) -> LoopAppend:  # fmt: skip
         """A run's final append: ``Store.append(run_id, head, events, owner=owner, status=status,
-        output=output, finish=True)`` with no ops, from the loop (issue 20: an async run's end
+        output=output, finish=True, output_json=output_json)`` with no ops, from the loop (issue 20: an async run's end
         without a hand-off to a store thread). The sync path's statement for a run's end
         (``_END`` on a schema with m025, else ``wflo_append``: its status and output, the lease
         let go, ``wflo_runs`` notified), fenced as any append and always durable (a run's end is
@@ -727,17 +741,18 @@ class LoopWriter:
         new, rows = store._link(run_id, head, events)
         statements, params = _append_statement(
             run_id, head, new, rows, owner=owner, now=now, status=status, finish=True,
-            output_json=canonical_json(output), error_json=None, release=False, wake_at=None, notify=True,
-            lean=store._lean(),
+            output_json=canonical_json(output) if output_json is None else output_json, error_json=None,
+            release=False, wake_at=None, notify=True, lean=store._lean(),
         )  # fmt: skip
         conn, exchange = self._send(statements[False], params)
         redo = functools.partial(store.append, run_id, head, events, owner=owner, status=status, output=output,
-                                 finish=True)  # fmt: skip
+                                 finish=True, output_json=output_json)  # fmt: skip
         return LoopAppend(store, conn, exchange, redo, run_id, owner, new)
 
     def create_run(
         self, *, run_id: str, workflow: str, input: Any, options: dict[str, Any], tenant: str | None, owner: str,
         lease_seconds: float, queue: str | None = None, priority: int = 0, partition_key: str | None = None,
+        input_json: str | None = None,
     ) -> LoopCreate:  # fmt: skip
         """``Store.create_run(...)`` of a top-level run its caller executes now (``owner``, a
         lease), from the loop (issue 20: an async run's start without a hand-off to a store
@@ -748,21 +763,15 @@ class LoopWriter:
         from ._postgres import _CREATE_ALONE, _create_params
 
         store = self._store
-        now = now_iso()
-        created_data = {"workflow": workflow, "input": input, "parent_id": None, "tenant": tenant}
-        events = [
-            NewEvent("run.created", created_data, now),
-            NewEvent("run.started", {"attempt": 1, "worker": owner}, now),
-        ]
-        head, rows = store._link(run_id, Head(0, GENESIS), events)
-        values = (run_id, workflow, "running", canonical_json(input), None, tenant, canonical_json(options), owner,
-                  head.seq, head.hash, 1, now, now, queue, priority, partition_key, now)  # fmt: skip
+        values, rows = store._new_run(run_id, workflow, input, input_json, options, None, tenant, owner, None, queue,
+                                      priority, partition_key, now_iso())  # fmt: skip
         conn, exchange = self._send(_CREATE_ALONE[True], _create_params(values, rows, lease_seconds))
         redo = functools.partial(
             store.create_run, run_id=run_id, workflow=workflow, input=input, options=options, tenant=tenant,
             owner=owner, lease_seconds=lease_seconds, queue=queue, priority=priority, partition_key=partition_key,
+            input_json=input_json,
         )  # fmt: skip
-        return LoopCreate(store, conn, exchange, redo, run_id, owner, head, values)
+        return LoopCreate(store, conn, exchange, redo, run_id, owner, Head(values[8], values[9]), values)
 
     def close(self) -> None:
         """Give the connection back to the pool (dropped if broken) and the place in the order."""
@@ -872,17 +881,15 @@ class LoopCreate(LoopAppend):
         return self._created() or self._existing()
 
     def _created(self) -> tuple[RunRecord, bool] | None:
-        from ._postgres import _LEASE_COLUMN, _written
+        from ._postgres import _written
 
         error = self._exchange.error
         if error is not None:
             raise error
-        row = first_row(self._exchange.value)
-        if row is None:
+        result = self._exchange.value  # ``_CREATE_OWNED``'s: a new run's row, else none
+        if not result.ntuples:
             return None
-        if not row[-2]:  # the id existed: its row as stored
-            return RunRecord.from_row(tuple(row[:-2])), False
-        return RunRecord.from_row(_written(self._values, row[_LEASE_COLUMN])), True
+        return RunRecord.from_row(_written(self._values, new_run_lease(result))), True
 
     def _existing(self) -> tuple[RunRecord, bool]:
         return self._store.get_run(self._run_id), False

@@ -17,6 +17,7 @@ from ._base import Store, StoreOp, run_ops
 from ._conn import process_id
 from ._migrations import M025_PGSTEP_LEAN_STEP, MIGRATIONS
 from ._pgdirect import (
+    LEASE_COLUMN,
     LEASE_LOST,
     PREPARED,
     LoopWriter,
@@ -29,6 +30,7 @@ from ._pgdirect import (
     direct_rows,
     first_row,
     first_value,
+    new_run_lease,
     prepare,
 )
 from ._pool import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT, PsycopgPool
@@ -120,7 +122,6 @@ SELECT {_NEW_RUN_ANSWER}, NULL, true, (SELECT count(*) FROM n) FROM r{{relax_fro
 UNION ALL
 SELECT {RUN_COLUMNS}, queue, false, 0 FROM runs WHERE id = %s AND NOT EXISTS (SELECT 1 FROM r)
 """
-_LEASE_COLUMN = RUN_COLUMNS.split(", ").index("lease_expires_at")
 
 
 def _written(values: tuple[Any, ...], lease_expires_at: str | None) -> tuple[Any, ...]:
@@ -687,7 +688,10 @@ class PostgresStore(Store):
         with self._connection() as conn:
             relax = lease_seconds is not None and self._idle(conn)
             if alone(conn) and relax == owned:  # straight to libpq: see ``_direct``
-                row = first_row(self._direct(conn, _CREATE_ALONE[relax], params))
+                result = self._direct(conn, _CREATE_ALONE[relax], params)
+                if owned:  # ``_CREATE_OWNED``: a new run's answer, else none
+                    return (_written(values, new_run_lease(result)), True) if result.ntuples else (None, False)
+                row = first_row(result)
             else:
                 sql = (_CREATE_OWNED_RELAXED if relax else _CREATE_OWNED) if owned else \
                     (_CREATE_RUN_RELAXED if relax else _CREATE_RUN)  # fmt: skip
@@ -696,7 +700,7 @@ class PostgresStore(Store):
             return None, False
         if not row[-2]:  # the id existed: its row as stored
             return tuple(row[:-2]), False
-        return _written(values, row[_LEASE_COLUMN]), True
+        return _written(values, row[LEASE_COLUMN]), True
 
     def _append_once(
         self,

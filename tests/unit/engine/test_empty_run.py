@@ -113,6 +113,77 @@ def test_the_http_clients_are_wrapped_at_the_start_of_a_run_without_calls(
     assert wrapped
 
 
+_MISSING_CLIENT = """
+import sys
+
+looked = []
+
+
+class Missing:  # httpx2 as where it is not installed (most places)
+    def find_spec(self, name, path=None, target=None):
+        if name == "httpx2":
+            looked.append(name)
+            raise ModuleNotFoundError(name)
+        return None
+
+
+sys.meta_path.insert(0, Missing())
+import wflo
+from wflo.integrations import _http
+
+wflo.configure(database=sys.argv[1])
+
+
+@wflo.workflow(name="er-missing-client")
+def empty() -> int:
+    return 0
+
+
+for _ in range(5):
+    assert empty.run() == 0
+print(len(looked), "httpx2" in _http._installed)
+sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, Missing)]
+sys.path.insert(0, sys.argv[2])
+import httpx2  # installed after all (a stand-in on httpx's classes): wrapped at its import
+
+print(*(getattr(vars(c).get("send"), "__module__", None) for c in (httpx2.Client, httpx2.AsyncClient)), "httpx2" in _http._installed)
+"""
+
+_STAND_IN = """
+import httpx
+from httpx import AsyncByteStream, SyncByteStream
+
+
+class Client(httpx.Client):
+    pass
+
+
+class AsyncClient(httpx.AsyncClient):
+    pass
+"""
+
+
+def test_an_http_client_that_is_not_installed_is_looked_for_once_and_wrapped_when_imported(tmp_path: Path) -> None:
+    """Every run's start wraps the HTTP clients; a library that is not installed was looked for
+    again at each run (a failed import searches ``sys.path``: ~0.1 ms a run where ``httpx2`` is
+    missing). Now once, and the import hook wraps it if it is imported later: the closed world
+    holds."""
+    import subprocess
+    import sys
+
+    (tmp_path / "later" / "httpx2").mkdir(parents=True)
+    (tmp_path / "later" / "httpx2" / "__init__.py").write_text(_STAND_IN)
+    src = str(Path(wflo.__file__).parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", _MISSING_CLIENT, f"sqlite:///{tmp_path}/wflo.db", str(tmp_path / "later")],
+        capture_output=True, text=True, timeout=120, env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first, later = done.stdout.splitlines()
+    assert first == "1 False"
+    assert later == "wflo.integrations._http wflo.integrations._http True"
+
+
 def test_a_runtime_of_its_own_class_or_an_extension_gets_its_chain_at_the_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -142,3 +142,71 @@ def test_a_new_run_is_not_sent_back_but_its_record_is_the_stored_row(
         assert not created and again == record
         queued, created = store.create_run(run_id="r-queued", workflow="w", input=[])
         assert created and queued.lease_expires_at is None and queued == store.get_run("r-queued")
+
+
+@pytest.mark.parametrize(
+    ("workflow", "tenant", "parent_id", "owner"),
+    [("w", None, None, "me"), ('é✓\u2028"\\', "acme é", "p-1", 'o"w\\n é'), ("w", "t", None, None)],
+)
+def test_a_new_runs_events_hold_the_canonical_json_of_their_data(
+    store_url: str, workflow: str, tenant: str | None, parent_id: str | None, owner: str | None
+) -> None:
+    """A new run's input is serialised once: the events' JSON is written around its text (and
+    the caller's, when it has it), the same bytes as ``canonical_json`` of the events' data, so
+    the chain's hashes are what the audit format defines."""
+    from wflo.audit import verify_run
+
+    value = {"args": [1, 2.5, "é\n", None, [True, {}]], "kwargs": {"z": -0.0, "a": {"b": "\u2028"}}}
+    with open_store(store_url) as store:
+        for i, given in enumerate((None, canonical_json(value))):
+            record, created = store.create_run(
+                run_id=f"r-{i}", workflow=workflow, input=value, options={"k": ("v",)}, tenant=tenant,
+                parent_id=parent_id, owner=owner, input_json=given,
+            )  # fmt: skip
+            assert created and record == store.get_run(record.id)
+            assert record.input == value and record.options == {"k": ["v"]}
+            expected = [{"workflow": workflow, "input": value, "parent_id": parent_id, "tenant": tenant}]
+            if owner is not None:
+                expected.append({"attempt": 1, "worker": owner})
+            events = store.events(record.id)
+            assert [e.data for e in events] == expected
+            assert [e.data_json for e in events] == [canonical_json(data) for data in expected]
+            assert verify_run(store, record.id).ok
+        with_data, _ = store.create_run(run_id="r-data", workflow=workflow, input=value, event_data={"x": 1})
+        assert store.events(with_data.id)[0].data == {**expected[0], "tenant": None, "parent_id": None, "x": 1}
+        assert verify_run(store, with_data.id).ok
+
+
+@pytest.mark.parametrize("output", [0, "é\u2028", [1, (2, 3)], {"b": {"a": -0.0}, "a": None}, None])
+def test_a_runs_output_is_stored_and_recorded_as_its_canonical_json(store_url: str, output: Any) -> None:
+    """A run's output is serialised once for its end: ``runs.output`` and the ``run.completed``
+    event's data are the canonical JSON of what the workflow returned (tuples as lists)."""
+    from wflo.audit import verify_run
+
+    @wflo.workflow(name="tests.client_work.output")
+    def give() -> Any:
+        return output
+
+    @wflo.workflow(name="tests.client_work.aoutput")
+    async def agive() -> Any:
+        return output
+
+    config.configure(database=store_url, lease_seconds=5.0)
+    try:
+        import asyncio
+
+        give.options(id="out-sync").run()
+        asyncio.run(agive.options(id="out-async").arun())
+        store = config.get_store()
+        stored = json.loads(json.dumps(output))
+        for run_id in ("out-sync", "out-async"):
+            assert store.get_run(run_id).output == stored
+            end = store.events(run_id)[-1]
+            assert (end.type, end.data, end.data_json) == (
+                "run.completed",
+                {"output": stored},
+                canonical_json({"output": output}),
+            )
+            assert verify_run(store, run_id).ok
+    finally:
+        config.reset()
