@@ -27,11 +27,11 @@ PINNED: dict[str, set[str]] = {
         "wait_for_notifications"
     },
     "wflo.audit": {
-        "BookFinding", "BookReport", "ChainReport", "CheckpointResult", "PruneResult", "add_redactor", "build_report", "chain_hasher", "count_events",
+        "BookFinding", "BookReport", "ChainReport", "CheckpointResult", "ExportProblem", "ExportReport", "PruneResult", "add_redactor", "build_report", "chain_hasher", "count_events",
         "export",
         "generate_key", "load_private_key", "load_public_key", "make_checkpoint", "merkle_root", "parse_when", "prune",
         "prune_candidates", "pruned_chains", "read_checkpoint", "render_html", "verify_all", "verify_book", "verify_chain",
-        "verify_checkpoint", "verify_run", "write_checkpoint"
+        "verify_checkpoint", "verify_export", "verify_run", "write_checkpoint"
     },
     "wflo.auth": {
         "Access", "AccessDeniedError", "AccessError", "AuthenticationError", "ClaimsPolicy", "Credentials", "DeviceLogin",

@@ -1,4 +1,5 @@
-"""The flight recorder: verify the hash chains, sign checkpoints, prune, export and report."""
+"""The flight recorder: verify the hash chains, sign checkpoints, prune, export (and verify an
+export offline) and report."""
 
 from ._book import BookFinding, BookReport, verify_book
 from ._checkpoint import (
@@ -18,12 +19,15 @@ from ._export import count_events, export
 from ._prune import PruneResult, prune, prune_candidates
 from ._report import build_report, render_html
 from ._verify import ChainReport, chain_hasher, pruned_chains, verify_all, verify_chain, verify_run
+from ._verify_export import ExportProblem, ExportReport, verify_export
 
 __all__ = [
     "BookFinding",
     "BookReport",
     "ChainReport",
     "CheckpointResult",
+    "ExportProblem",
+    "ExportReport",
     "PruneResult",
     "add_redactor",
     "build_report",
@@ -45,6 +49,7 @@ __all__ = [
     "verify_book",
     "verify_chain",
     "verify_checkpoint",
+    "verify_export",
     "verify_run",
     "write_checkpoint",
 ]

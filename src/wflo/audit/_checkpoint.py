@@ -290,16 +290,46 @@ def verify_checkpoint(store: Store, doc: dict[str, Any], public_key: Any | None 
     """Check ``doc``'s signature (with ``public_key`` if given, else the key in the file) and
     that ``store`` extends it: every signed chain still holds the signed head at ``seq = count``
     (or was pruned with exactly that head on record)."""
-    ed25519 = _crypto()
-    from cryptography.exceptions import InvalidSignature
+    refused = checkpoint_refused(doc, public_key)
+    if refused is not None:
+        return refused
+    leaves = checkpoint_leaves(doc)
+    # With a pinned key, only prunes signed by it excuse a missing chain: anyone who can write
+    # the database can append an unsigned (or self-signed) audit.pruned record.
+    pruned = pruned_chains(store, public_key)
+    claimed = pruned_chains(store) if public_key is not None else pruned
+    reports = []
+    for chain, count, head in sorted(leaves):
+        report = _check_extends(store, chain, count, head, pruned.get(chain))
+        if report is not None and report.kind == "missing" and chain in claimed:
+            report = unsigned_prune(chain, count)
+        if report is not None:
+            reports.append(report)
+    return CheckpointResult(True, reports=reports, **_result_base(doc, public_key))
 
-    leaves = [(c["chain"], int(c["count"]), c["head"]) for c in doc["chains"]]
-    base: dict[str, Any] = {
+
+def checkpoint_leaves(doc: dict[str, Any]) -> list[tuple[str, int, str]]:
+    """``(chain, count, head)`` of each chain a checkpoint (from ``read_checkpoint``) signs."""
+    return [(c["chain"], int(c["count"]), c["head"]) for c in doc["chains"]]
+
+
+def _result_base(doc: dict[str, Any], public_key: Any | None) -> dict[str, Any]:
+    return {
         "pinned": public_key is not None,
         "at": str(doc.get("at")),
         "merkle_root": str(doc["merkle_root"]),
-        "chains": len(leaves),
+        "chains": len(doc["chains"]),
     }
+
+
+def checkpoint_refused(doc: dict[str, Any], public_key: Any | None = None) -> CheckpointResult | None:
+    """The failed result when ``doc``'s signature (by ``public_key`` if given, else the key in the
+    file) or its Merkle root does not hold; ``None`` when the file itself is sound. Checking
+    what it signs against a database or an export is the caller's part."""
+    ed25519 = _crypto()
+    from cryptography.exceptions import InvalidSignature
+
+    base = _result_base(doc, public_key)
     try:
         embedded = ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(doc["public_key"], validate=True))
     except (ValueError, TypeError):
@@ -313,20 +343,9 @@ def verify_checkpoint(store: Store, doc: dict[str, Any], public_key: Any | None 
         return CheckpointResult(
             False, problem="bad signature: the checkpoint file was altered or signed by another key", **base
         )
-    if merkle_root(leaves) != doc["merkle_root"]:
+    if merkle_root(checkpoint_leaves(doc)) != doc["merkle_root"]:
         return CheckpointResult(True, problem="the Merkle root does not match the listed chains", **base)
-    # With a pinned key, only prunes signed by it excuse a missing chain: anyone who can write
-    # the database can append an unsigned (or self-signed) audit.pruned record.
-    pruned = pruned_chains(store, public_key)
-    claimed = pruned_chains(store) if public_key is not None else pruned
-    reports = []
-    for chain, count, head in sorted(leaves):
-        report = _check_extends(store, chain, count, head, pruned.get(chain))
-        if report is not None and report.kind == "missing" and chain in claimed:
-            report = unsigned_prune(chain, count)
-        if report is not None:
-            reports.append(report)
-    return CheckpointResult(True, reports=reports, **base)
+    return None
 
 
 def _check_extends(
@@ -340,14 +359,20 @@ def _check_extends(
             return None
         return ChainReport(chain, count, False, found, count, "rewritten", head, found)
     have = _tables.last_seq(store, chain)
-    if have == 0 and pruned is not None:
+    if have == 0:
+        return gone_against(chain, count, head, pruned)
+    return ChainReport(chain, have, False, "", have + 1, "truncated", f"{count} events", f"{have} events")
+
+
+def gone_against(chain: str, count: int, head: str, pruned: tuple[int, str] | None) -> ChainReport | None:
+    """A signed chain ``(count, head)`` that has no events left: fine if ``pruned`` (a prune
+    record's ``(count, head)``) removed it after, or exactly at, the signed head; else a finding."""
+    if pruned is not None:
         p_count, p_head = pruned
         if p_count > count or (p_count == count and p_head == head):
             return None  # pruned deliberately, after (or exactly at) the checkpoint
         return ChainReport(
             chain, 0, False, p_head, count, "rewritten", f"{count}:{head[:16]}", f"pruned at {p_count}:{p_head[:16]}"
         )
-    if have == 0:
-        what = "system chain" if chain == SYSTEM_CHAIN else "chain"
-        return ChainReport(chain, 0, False, "", count, "missing", f"{count} events", f"no events in this {what}")
-    return ChainReport(chain, have, False, "", have + 1, "truncated", f"{count} events", f"{have} events")
+    what = "system chain" if chain == SYSTEM_CHAIN else "chain"
+    return ChainReport(chain, 0, False, "", count, "missing", f"{count} events", f"no events in this {what}")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -293,7 +293,13 @@ def pruned_items(store: Store, trusted: Any = None) -> Iterator[dict[str, Any]]:
 
     With ``trusted`` (an Ed25519 public key), only the records signed by it. A damaged record
     is skipped: the system chain's own verification reports it."""
-    for data_json in _tables.prune_records(store):
+    yield from prune_items(_tables.prune_records(store), trusted)
+
+
+def prune_items(records: Iterable[Any], trusted: Any = None) -> Iterator[dict[str, Any]]:
+    """Each chain entry of ``audit.pruned`` records (their data as JSON text), as
+    :func:`pruned_items` reads them from a store (an export's system chain holds them too)."""
+    for data_json in records:
         try:
             data = json.loads(data_json)
             if trusted is not None:
@@ -312,8 +318,13 @@ def pruned_chains(store: Store, trusted: Any = None) -> dict[str, tuple[int, str
 
     With ``trusted`` (an Ed25519 public key), only prune records signed by it count: a chain
     deleted under a forged or unsigned record is then reported as missing."""
+    return prunes_by_chain(pruned_items(store, trusted))
+
+
+def prunes_by_chain(items: Iterable[dict[str, Any]]) -> dict[str, tuple[int, str]]:
+    """``{chain: (count, head)}`` of prune record entries (a damaged entry is left out)."""
     out: dict[str, tuple[int, str]] = {}
-    for item in pruned_items(store, trusted):
+    for item in items:
         try:
             out[str(item["chain"])] = (int(item["count"]), str(item["head"]))
         except (ValueError, TypeError, KeyError):

@@ -116,6 +116,11 @@ def test_prune_export_report_commands(sqlite_url: str, tmp_path: Path) -> None:
         (["audit", "verify", "--checkpoint", "other.json"], 2, "not a wflo checkpoint"),
         (["audit", "verify", "--public-key", "k.pub"], 2, "cannot read public key k.pub"),
         (["report", "--since", "1d", "--checkpoint", "garbage.txt"], 2, "is not JSON"),
+        (["audit", "verify-export", "nope"], 2, "nope is not a directory"),
+        (["audit", "verify-export", "garbage.txt"], 2, "garbage.txt is not a directory"),
+        (["audit", "verify-export", ".", "--public-key", "k.pub"], 2, "give --checkpoint FILE too"),
+        (["audit", "verify-export", ".", "--checkpoint", "garbage.txt"], 2, "is not JSON"),
+        (["audit", "verify-export", ".", "--checkpoint", "other.json"], 2, "not a wflo checkpoint"),
     ],
 )
 def test_bad_input_is_one_line(sqlite_url: str, tmp_path: Path, args: list[str], code: int, text: str) -> None:
@@ -191,3 +196,51 @@ def test_since_finds_the_same_chains_by_time_or_by_walk(
         assert _tables.chains_since(store, "2000-01-01T00:00:00.000000Z") == {"old", "new1", "new2"}
     recent = json.loads(wflo("audit", "verify", "--since", "2021-01-01", "--json", db=store_url, cwd=tmp_path).stdout)
     assert recent["ok"] and recent["chains"] == 2
+
+
+def test_verify_export_offline(sqlite_url: str, tmp_path: Path) -> None:
+    """`wflo audit verify-export DIR` needs no database: it reads the directory alone."""
+    import subprocess
+    import sys
+
+    with open_store(sqlite_url) as store:
+        make_run(store, "r1")
+        make_run(store, "r2", calls=2)
+    assert wflo("audit", "keygen", "--out", "key.pem", db=sqlite_url, cwd=tmp_path).returncode == 0
+    (tmp_path / "pub.pem").write_text(wflo("audit", "keygen", "--out", "k2.pem", db=sqlite_url, cwd=tmp_path).stdout)
+    assert (
+        wflo("audit", "checkpoint", "--key", "key.pem", "--out", "cp.json", db=sqlite_url, cwd=tmp_path).returncode == 0
+    )
+    assert wflo("audit", "export", "--out", "ex", db=sqlite_url, cwd=tmp_path).returncode == 0
+    # No store at all: a database URL that does not exist is never opened.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3] / "src")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wflo.cli", "-d", f"sqlite:///{tmp_path}/none/x.db", "audit", "verify-export", "ex"],
+        cwd=tmp_path, capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("intact: 3 chains, 14 events of ex verified against its manifest (jsonl)")
+    assert "no checkpoint given" in proc.stdout and not (tmp_path / "none").exists()
+    js = wflo("audit", "verify-export", "ex", "--json", db=sqlite_url, cwd=tmp_path)
+    assert js.returncode == 0 and json.loads(js.stdout)["ok"] is True and json.loads(js.stdout)["events"] == 14
+    # Against the signed checkpoint: with its own key, and with another one pinned.
+    ok = wflo("audit", "verify-export", "ex", "--checkpoint", "cp.json", "--public-key", "key.pem",
+              db=sqlite_url, cwd=tmp_path)  # fmt: skip
+    assert ok.returncode == 0 and "extends checkpoint of" in ok.stdout and "(pinned key)" in ok.stdout
+    wrong = wflo("audit", "verify-export", "ex", "--checkpoint", "cp.json", "--public-key", "pub.pem",
+                 db=sqlite_url, cwd=tmp_path)  # fmt: skip
+    assert wrong.returncode == 10 and "CHECKPOINT REFUSED" in wrong.stderr and "pinned public key" in wrong.stderr
+    # An edited event: exit 10, the file and the link named, one line each.
+    events = tmp_path / "ex" / "events.jsonl"
+    events.write_bytes(events.read_bytes().replace(b'\\"i\\":1', b'\\"i\\":7', 1))
+    broken = wflo("audit", "verify-export", "ex", db=sqlite_url, cwd=tmp_path)
+    assert broken.returncode == 10 and "Traceback" not in broken.stderr
+    assert broken.stderr.splitlines()[0].startswith("BROKEN events.jsonl: SHA-256 ")
+    assert broken.stderr.splitlines()[1].startswith("BROKEN r1: at seq 4 (hash): expected ")
+    assert broken.stdout.startswith("broken: 3 chains")
+    js = json.loads(wflo("audit", "verify-export", "ex", "--json", db=sqlite_url, cwd=tmp_path).stdout)
+    assert js["ok"] is False and [(b["chain"], b["seq"], b["kind"]) for b in js["broken"]] == [("r1", 4, "hash")]
+    (tmp_path / "ex" / "manifest.json").write_text("{not json")
+    bad = wflo("audit", "verify-export", "ex", db=sqlite_url, cwd=tmp_path)
+    assert bad.returncode == 10 and bad.stderr.startswith("BROKEN manifest.json: not JSON")
