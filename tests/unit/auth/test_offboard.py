@@ -335,3 +335,39 @@ def test_the_panel_session_needs_csrf_to_disable(client: TestClient) -> None:
     resp = client.post("/api/v1/users/disable", json=body, headers={"X-CSRF-Token": csrf})
     assert resp.status_code == 200
     assert system("principal.disabled")[-1].data["via"] == "panel"
+
+
+def test_the_cli_offboards_on_the_local_store(configured: str, tmp_path: Any) -> None:
+    """``wflo users`` without a server: the local admin (``WFLO_PRINCIPAL``), one-line errors."""
+    from click.testing import CliRunner
+
+    from wflo.cli import cli
+
+    acc = access()
+    acc.bootstrap("user:root", who=acc.local("user:root"))
+    sign_in_ann()
+    tokens().create("etl-bot", "viewer", who=root())
+    acc.grant(ANN, "admin", "tenant:acme", who=root())
+    tokens().create("ann-bot", "viewer", "tenant:acme", who=acc.of(ANN, "panel"))
+    env = {"WFLO_DATABASE_URL": configured, "WFLO_PRINCIPAL": "user:root", "WFLO_CREDENTIALS": str(tmp_path / "c")}
+
+    def run(*args: str) -> Any:
+        _config.reset()
+        return CliRunner().invoke(cli, list(args), env=env)
+
+    out = run("users", "disable", ANN, "--reason", "left")
+    assert out.exit_code == 0, out.output
+    assert f"{ANN} disabled; 0 session(s) ended, 0 token(s) revoked (recorded)" in out.stdout
+    assert "service:ann-bot" in out.stdout and "service:etl-bot" not in out.stdout
+    for args, words in [
+        (("users", "disable", ANN, "--reason", "again"), "disabled already"),
+        (("users", "disable", "user:root", "--reason", "x"), "may not disable yourself"),
+        (("users", "enable", "user:nobody"), "no principal 'user:nobody' is known here"),
+        (("users", "unbind", "service:etl-bot", "--reason", "x"), "only a person (user:…) is bound"),
+    ]:
+        bad = run(*args)
+        assert bad.exit_code != 0 and words in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    listed = run("users", "list")
+    assert listed.exit_code == 0 and "disabled" in listed.stdout and "left" in listed.stdout
+    assert run("users", "enable", ANN).exit_code == 0
+    assert [e.data["via"] for e in system("principal.enabled")] == ["local"]
