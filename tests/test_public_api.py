@@ -36,7 +36,7 @@ PINNED: dict[str, set[str]] = {
     "wflo.auth": {
         "Access", "AccessDeniedError", "AccessError", "AuthenticationError", "ClaimsPolicy", "Credentials", "DeviceLogin",
         "DevicePoll", "DeviceRequest", "DeviceRequests", "DeviceStart", "GLOBAL",
-        "Grant", "Identities", "PERMISSIONS", "Principal", "ROLES", "ServerClient", "Session", "TokenInfo", "Tokens",
+        "Grant", "Identities", "Offboarded", "PERMISSIONS", "Principal", "ROLES", "ServerClient", "Session", "TokenInfo", "Tokens",
         "access", "check_principal", "check_scope", "covers", "credentials_path", "forget_credentials",
         "load_credentials", "os_user", "parse_duration", "principal_id", "role_allows", "save_credentials",
         "tenant_scope", "token_digest", "tokens"

@@ -459,3 +459,53 @@ def test_browser_approves_the_cli_device_sign_in(server: str, browser: Any, tmp_
     approved = _system("auth.device_approved")
     assert len(approved) == 1 and approved[0]["by"] == "user:ann@acme.com" and approved[0]["user_code"] == code
     assert token not in json.dumps([e.data for e in _config.get_store().events("system")])
+
+
+def test_cli_offboards_through_the_server_and_the_provider_sign_in_follows(server: str, tmp_path: Path) -> None:
+    """``wflo users`` through a signed-in CLI (a real subprocess): a disabled person's session
+    cookie and provider sign-in are refused; unbinding lets another account of her address bind."""
+    import subprocess
+    import sys
+
+    from wflo.auth import access, tokens
+
+    acc = access()
+    acc.bootstrap("user:root", who=acc.local("user:root"))
+    _, secret = tokens().create("ops", "admin", expires="1d", who=acc.local("user:root"))
+    creds = tmp_path / "creds" / "credentials.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
+    env.update({"WFLO_CREDENTIALS": str(creds), "PYTHONPATH": os.pathsep.join(sys.path)})
+
+    def wflo(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "wflo.cli", *args], input=stdin, env=env, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    signed = _sign_in_http(server, "ann")
+    assert signed.status_code == 303
+    cookie = signed.cookies["wflo_session"]
+    assert httpx.get(server + "/api/v1/me", cookies={"wflo_session": cookie}).status_code == 200
+    assert wflo("login", "--server", server, "--token", "-", stdin=secret + "\n").returncode == 0
+    missing = wflo("users", "disable", "user:ann@acme.com")
+    assert missing.returncode != 0 and "--reason" in missing.stderr
+    unknown = wflo("users", "disable", "user:nobody@acme.com", "--reason", "x")
+    assert unknown.returncode != 0 and "HTTP 404" in unknown.stderr and "Traceback" not in unknown.stderr
+    out = wflo("users", "disable", "user:ann@acme.com", "--reason", "left the company")
+    assert out.returncode == 0, out.stderr
+    assert "user:ann@acme.com disabled; 1 session(s) ended" in out.stdout
+    assert httpx.get(server + "/api/v1/me", cookies={"wflo_session": cookie}).status_code == 401
+    refused = _sign_in_http(server, "ann")
+    assert refused.status_code == 401 and "disabled" in refused.text and "wflo_session" not in refused.cookies
+    assert _system("auth.failed")[-1]["subject"] == "ann"
+    listed = json.loads(wflo("users", "list", "--json").stdout)
+    ann = next(u for u in listed if u["id"] == "user:ann@acme.com")
+    assert ann["disabled"] and ann["disabled_by"] == "service:ops" and ann["bound"]
+    # Her mailbox goes to someone else: enabled, released with her roles, the new account binds.
+    assert wflo("users", "enable", "user:ann@acme.com", "--reason", "mailbox reassigned").returncode == 0
+    assert _sign_in_http(server, "ann-2").status_code == 401  # still bound to the old account
+    out = wflo("users", "unbind", "user:ann@acme.com", "--reason", "mailbox reassigned", "--remove-grants")
+    assert out.returncode == 0 and "released from" in out.stdout and "roles removed: admin@*" in out.stdout
+    assert _sign_in_http(server, "ann-2").status_code == 303
+    unbound = _system("principal.unbound")[-1]
+    assert (unbound["by"], unbound["subject"], unbound["reason"]) == ("service:ops", "ann", "mailbox reassigned")
+    # ann-2's groups map no admin role: she does not inherit ann's.
+    assert [(g.role, g.source) for g in access().grants("user:ann@acme.com")] == []

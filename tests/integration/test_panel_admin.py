@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from panel import chromium, grant, serve, shot, signed_in
 from wflo import _config
 from wflo.auth import access, tokens
 from wflo.engine import Worker
+from wflo.errors import AuthenticationError
 
 
 @pytest.fixture
@@ -122,4 +124,50 @@ def test_a_tenant_admin_manages_only_their_tenant(base: str) -> None:
         assert page.locator("#token-secret").inner_text().startswith("wflo_")
         made = [t for t in tokens().list() if t.name == "acme-ci"]
         assert [(t.role, t.scope, t.created_by) for t in made] == [("viewer", "tenant:acme", "user:ta@acme.com")]
+        assert ctx.errors == []
+
+
+def test_an_admin_disables_and_enables_a_person_from_the_people_table(base: str) -> None:
+    grant("user:bo@acme.com", "admin", "tenant:acme")
+    bo_sid, _ = tokens().open_session("user:bo@acme.com", ttl=timedelta(hours=1))
+    bo = access().of("user:bo@acme.com", "panel")
+    _, bo_cli = tokens().create_personal(bo)
+    tokens().create("etl-bot", "operator", "tenant:acme", who=bo)
+    with chromium() as browser:
+        ctx: Any = signed_in(browser, base, "user:ann@acme.com", role="admin")
+        page = ctx.new_page()
+        asked: list[str] = []
+
+        def answer(dialog: Any) -> None:
+            asked.append(dialog.message)
+            dialog.accept("left the company (HR-1234)")
+
+        page.on("dialog", answer)
+        page.goto(base + "/admin")
+        row = page.locator("#people tr[data-id='user:bo@acme.com']")
+        row.wait_for()
+        # No button to disable yourself.
+        assert page.locator("#people tr[data-id='user:ann@acme.com'] button.disable").count() == 0
+        row.locator("button.disable").click()
+        row.locator(".status.failed", has_text="disabled").wait_for()
+        assert "left the company (HR-1234)" in row.inner_text()
+        assert asked and "Disable user:bo@acme.com?" in asked[0]
+        # The tokens bo made for a service account still work: the page names them.
+        note = page.locator("#offboard-note")
+        assert "etl-bot" in note.inner_text() and "service:etl-bot" in note.inner_text()
+        shot(page, "panel-admin-disabled.png")
+        # His session and his personal CLI token are refused at once.
+        with pytest.raises(AuthenticationError):
+            tokens().session(bo_sid)
+        assert page.request.get(base + "/api/v1/me", headers={"Authorization": f"Bearer {bo_cli}"}).status == 401
+        [event] = [e for e in _config.get_store().events("system") if e.type == "principal.disabled"]
+        assert (event.data["by"], event.data["via"], event.data["reason"]) == (
+            "user:ann@acme.com", "panel", "left the company (HR-1234)",
+        )  # fmt: skip
+        row.locator("button.enable").click()
+        row.locator("button.disable").wait_for()
+        assert "disabled" not in row.inner_text()
+        assert [e.data["by"] for e in _config.get_store().events("system") if e.type == "principal.enabled"] == [
+            "user:ann@acme.com"
+        ]
         assert ctx.errors == []

@@ -228,6 +228,8 @@ class Inbox:
         name themselves the admin), so there the rule would prove nothing; ``require_auth``
         turns local decisions off.
         """
+        if tables.disabled(self.store, principal):
+            return f"{principal} is disabled"
         clash = self.conflict(req, principal)
         if clash:
             return clash
@@ -365,7 +367,7 @@ class Inbox:
             st = self.store
             # The run's row first (the order every writer of both rows uses): a cancel that
             # committed before us is seen here, one that comes after waits for our decision.
-            run, row, earlier, store_now, makers = tables.lock_for_decision(
+            run, row, earlier, store_now, makers, off = tables.lock_for_decision(
                 st, cur, req.run_id, approval_id, [principal, req.requested_by]
             )
             if row is None:  # removed meanwhile (a store restored from a backup)
@@ -380,6 +382,10 @@ class Inbox:
             # decision in after the deadline.
             if cur_req.timeout_at and cur_req.timeout_at < store_now:
                 raise ApprovalClosedError(approval_id=approval_id, status="expired (its timeout passed)")
+            if off:  # read under its lock: a disable written meanwhile was waited for
+                raise ApprovalForbiddenError(
+                    approval_id=approval_id, principal=principal, detail=f"{principal} is disabled"
+                )
             if principal == cur_req.requested_by and not self_local:
                 raise ApprovalForbiddenError(
                     approval_id=approval_id, principal=principal, detail="the requester cannot decide their own request"

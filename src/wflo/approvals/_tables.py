@@ -12,6 +12,7 @@ Rows come back as tuples in :data:`COLUMNS` order; ``ApprovalRequest.from_row`` 
 Two queries read the store's ``runs`` table, under its lock where a decision needs it: the run
 a request belongs to decides whether it may still be decided, and its tenant who may decide.
 Two read ``wflo.auth``'s ``api_tokens``: who made a service account's tokens answers for it.
+Two read its ``identities``: a disabled principal may not decide.
 """
 
 from __future__ import annotations
@@ -289,13 +290,20 @@ def insert(
     )  # fmt: skip
 
 
+def disabled(store: Store, principal: str) -> bool:
+    """Whether an admin disabled ``principal`` (``wflo.auth``'s ``identities``)."""
+    return store.read_one("SELECT 1 FROM identities WHERE id = ? AND disabled <> 0", (principal,)) is not None
+
+
 def lock_for_decision(
     store: Store, cur: Any, run_id: str, approval_id: str, principals: Sequence[str] = ()
-) -> tuple[tuple[str, bool] | None, Row | None, list[tuple[str, str, str]], str, list[tuple[str, str]]]:
+) -> tuple[tuple[str, bool] | None, Row | None, list[tuple[str, str, str]], str, list[tuple[str, str]], bool]:
     """For a decision: ``(status, cancel_requested)`` of the run (``None``: no such run), the
     request, its votes so far (``(principal, decision, action_hash)`` each), now by the
-    store's clock, and the token makers of ``principals`` and of the voters (as
-    :func:`token_makers`); both rows locked until the transaction ends.
+    store's clock, the token makers of ``principals`` and of the voters (as
+    :func:`token_makers`), and whether the decider (``principals[0]``) is disabled; both rows
+    locked until the transaction ends, and the decider's identity row too: a disable that is
+    being written is waited for and then seen (``wflo.auth`` writes that row before it disables).
 
     The run's row is locked before the request's: the order every writer of both rows uses,
     so a cancel that committed first is seen, and one that comes after waits for the
@@ -322,6 +330,7 @@ def lock_for_decision(
     request = ask(f"SELECT {COLUMNS} FROM approvals WHERE id = ?{store.for_update}", (approval_id,))
     votes = ask("SELECT principal, decision, action_hash FROM approval_votes WHERE approval_id = ?", (approval_id,))
     makers = ask(_MAKERS.format(marks=", ".join("?" for _ in principals) or "NULL"), (approval_id, *principals))
+    off = ask(f"SELECT disabled FROM identities WHERE id = ?{store.for_update}", (principals[0] if principals else "",))
     clock = store.ask_now(cur)
     # The last answer first: once it is in, so are the others (one wait, not one per answer).
     now = clock()
@@ -332,6 +341,7 @@ def lock_for_decision(
         [(r[0], r[1], r[2]) for r in vote_rows],
         now,
         [(r[0], r[1]) for r in makers()],
+        any(r[0] for r in off()),
     )
 
 

@@ -13,7 +13,7 @@ from ._access import Access, Grant, Principal, check_principal, os_user
 from ._client import DeviceLogin, ServerClient
 from ._credentials import Credentials, credentials_path, forget_credentials, load_credentials, save_credentials
 from ._device import DevicePoll, DeviceRequest, DeviceRequests, DeviceStart
-from ._identities import ClaimsPolicy, Identities, principal_id
+from ._identities import ClaimsPolicy, Identities, Offboarded, principal_id
 from ._roles import GLOBAL, PERMISSIONS, ROLES, check_scope, covers, role_allows, tenant_scope
 from ._tokens import Session, TokenInfo, Tokens, parse_duration
 from ._tokens import digest as token_digest
@@ -44,6 +44,7 @@ __all__ = [
     "GLOBAL",
     "Grant",
     "Identities",
+    "Offboarded",
     "PERMISSIONS",
     "Principal",
     "ROLES",

@@ -29,6 +29,7 @@ PERMISSIONS: dict[str, str] = {
     "tokens:read": "list API tokens",
     "tokens:write": "create and revoke API tokens",
     "sessions:write": "revoke other people's sessions",
+    "users:write": "disable and enable people and service accounts, release a person's sign-in binding",
     "settings:write": "change deployment settings",
     "admin:*": "everything",
 }

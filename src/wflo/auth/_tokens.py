@@ -125,6 +125,7 @@ class Tokens:
         )  # fmt: skip
 
         def op(cur: Any) -> None:
+            self._refuse_disabled(cur, info.principal, f"{info.principal} is disabled: no new token acts as it")
             self.store.execute(
                 cur,
                 f"INSERT INTO api_tokens ({_TOKEN_COLS}, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -167,6 +168,7 @@ class Tokens:
         )  # fmt: skip
 
         def op(cur: Any) -> None:
+            self._refuse_disabled(cur, who.id, f"{who.id} is disabled")
             self.store.execute(
                 cur,
                 f"INSERT INTO api_tokens ({_TOKEN_COLS}, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -179,6 +181,14 @@ class Tokens:
             "scope": GLOBAL, "expires_at": expires_at,
         }  # fmt: skip
         return info, secret, op, NewEvent("token.created", data)
+
+    def _refuse_disabled(self, cur: Any, principal: str, why: str) -> None:
+        """Inside a token's insert: refused for a disabled principal (read in the transaction,
+        so a disable that committed first counts)."""
+        self.store.execute(cur, "SELECT disabled FROM identities WHERE id = ?", (principal,))
+        row = cur.fetchone()
+        if row is not None and row[0]:
+            raise UserError(why)
 
     def _expires_at(self, expires: str) -> str:
         """Now plus ``expires`` (``30d``) on the store's clock (``parse_duration`` caps it well
@@ -259,12 +269,18 @@ class Tokens:
             now = st.now(cur=cur)
             st.execute(
                 cur, "UPDATE api_tokens SET last_used_at = ? WHERE id = ? AND revoked_at IS NULL "
-                "AND (expires_at IS NULL OR expires_at > ?)", (now, token_id, now),
+                "AND (expires_at IS NULL OR expires_at > ?) AND NOT EXISTS (SELECT 1 FROM identities i "
+                "WHERE i.id = api_tokens.principal AND i.disabled <> 0)", (now, token_id, now),
             )  # fmt: skip
             if cur.rowcount == 1:
                 return None
-            st.execute(cur, "SELECT revoked_at FROM api_tokens WHERE id = ?", (token_id,))
+            st.execute(
+                cur, "SELECT t.revoked_at, i.disabled FROM api_tokens t LEFT JOIN identities i ON i.id = t.principal "
+                "WHERE t.id = ?", (token_id,),
+            )  # fmt: skip
             found = cur.fetchone()
+            if found is not None and found[1]:  # made while its principal was being disabled
+                return "token's principal is disabled"
             return "token revoked" if found is None or found[0] else "token expired"
 
         return st.write(go)
@@ -288,12 +304,16 @@ class Tokens:
         """The live session of a cookie value; ``AuthenticationError`` when unknown, expired or revoked."""
         want = digest(sid or "")
         rows = self.store.read(
-            "SELECT digest, principal, csrf_digest, expires_at, revoked_at FROM sessions WHERE digest = ?", (want,)
+            "SELECT s.digest, s.principal, s.csrf_digest, s.expires_at, s.revoked_at, i.disabled FROM sessions s "
+            "LEFT JOIN identities i ON i.id = s.principal WHERE s.digest = ?",
+            (want,),
         )
         if not rows or not hmac.compare_digest(rows[0][0], want):
             raise AuthenticationError(detail="no session")
         if rows[0][4]:
             raise AuthenticationError(detail="session revoked (signed out)")
+        if rows[0][5]:  # a session opened while its principal was being disabled
+            raise AuthenticationError(detail=f"{rows[0][1]} is disabled")
         if rows[0][3] <= self.store.now():  # the store's clock: every replica judges alike
             raise AuthenticationError(detail="session expired")
         return Session(principal=rows[0][1], csrf_digest=rows[0][2], expires_at=rows[0][3])

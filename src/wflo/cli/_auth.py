@@ -1,4 +1,5 @@
-"""``wflo admin``, ``wflo grants``, ``wflo tokens``, ``wflo login``/``logout``/``whoami``, ``wflo server``."""
+"""``wflo admin``, ``wflo grants``, ``wflo users``, ``wflo tokens``, ``wflo login``/``logout``/``whoami``,
+``wflo server``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..auth import (
     Credentials,
     DeviceLogin,
     Grant,
+    Identities,
     ServerClient,
     TokenInfo,
     access,
@@ -106,6 +108,120 @@ def grants_remove(principal: str, role: str, scope: str) -> None:
     who = acc.require_local("grants:write", scope)
     removed = acc.revoke(principal, role, scope, who=who)
     console.print(f"{principal}: {'removed' if removed else 'did not hold'} {role} on {scope}", markup=False)
+
+
+@cli.group("users")
+def users_group() -> None:
+    """People and service accounts: list them, disable and enable them, release a sign-in binding."""
+
+
+@users_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def users_list(as_json: bool) -> None:
+    """Everyone known here: roles, live tokens and sessions, disabled (by whom, why) or bound."""
+    creds = load_credentials()
+    if creds is not None:
+        found = ServerClient(creds).call("GET", "/api/v1/users")
+    else:
+        config.get_store(create=False)  # only reads: a store that is not there is named, not created
+        if settings().require_auth:
+            access().require_local("grants:read")
+        found = Identities(access()).people()
+    if as_json:
+        dump_json(found)
+        return
+    if not found:
+        console.print("nobody yet (wflo admin bootstrap makes the first admin)")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("principal", "roles", "tokens", "sessions", "last sign-in", "state"):
+        table.add_column(col)
+    for u in found:
+        state = (f"disabled {str(u['disabled_at'])[:10]} by {u['disabled_by']}: {u['disabled_reason']}"
+                 if u["disabled"] else "bound" if u.get("bound") else "active")  # fmt: skip
+        roles = ", ".join(f"{g['role']}@{g['scope']}" for g in u["grants"]) or "-"
+        table.add_row(u["id"], roles, str(u["tokens"]), str(u["sessions"]), (u["last_login_at"] or "-")[:19], state)
+    console.print(table, soft_wrap=True)
+
+
+def _users_change(action: str, principal: str, reason: str, **extra: Any) -> dict[str, Any]:
+    """Disable, enable or unbind through the signed-in server, else on the local store."""
+    creds = load_credentials()
+    if creds is not None:
+        done: dict[str, Any] = ServerClient(creds).call(
+            "POST", f"/api/v1/users/{action}", {"principal": principal, "reason": reason, **extra}
+        )
+        return done
+    acc = access()
+    who = acc.require_local("users:write")
+    people = Identities(acc)
+    if action == "disable":
+        made = people.disable(principal, reason=reason, who=who)
+    elif action == "enable":
+        made = people.enable(principal, reason=reason, who=who)
+    else:
+        made = people.unbind(principal, reason=reason, who=who, remove_grants=bool(extra.get("remove_grants")))
+    return {"action": made.action, **made.record()}
+
+
+def _say_change(done: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        dump_json(done)
+        return
+    who, n = done["principal"], len(done.get("tokens_revoked", []))
+    line = {"disabled": f"{who} disabled", "enabled": f"{who} enabled (it signs in afresh)",
+            "unbound": f"{who} released from {done.get('issuer')} (subject {done.get('subject')}): "
+                       "its next sign-in binds afresh"}[done["action"]]  # fmt: skip
+    if done["action"] != "enabled":
+        line += f"; {done['sessions_ended']} session(s) ended, {n} token(s) revoked"
+    if done.get("grants_removed"):
+        line += "; roles removed: " + ", ".join(f"{g['role']}@{g['scope']}" for g in done["grants_removed"])
+    console.print(line + " (recorded)", markup=False)
+    made = done.get("tokens_made") or []
+    if made:
+        console.print(f"{len(made)} token(s) {who} made still work (service accounts); review them:", markup=False)
+        for t in made:
+            console.print(f"  {t['id']}  {t['name']}  wflo_{t['prefix']}_…  {t['principal']}  {t['role']}@{t['scope']}",
+                          markup=False)  # fmt: skip
+
+
+@users_group.command("disable")
+@click.argument("principal")
+@click.option("--reason", required=True, help="Why (recorded on the system chain).")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def users_disable(principal: str, reason: str, as_json: bool) -> None:
+    """Disable a person or service account (needs admin; recorded).
+
+    Its sessions end and the tokens acting as it are revoked at once; its sign-ins (single
+    sign-on, wflo login, a first-start link) and approval votes are refused. Tokens it made for
+    service accounts keep working and are listed for review. Not yourself, not the last admin.
+    """
+    _say_change(_users_change("disable", principal, reason), as_json)
+
+
+@users_group.command("enable")
+@click.argument("principal")
+@click.option("--reason", default="", help="Why (recorded on the system chain).")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def users_enable(principal: str, reason: str, as_json: bool) -> None:
+    """Let a disabled principal sign in again (its revoked tokens and sessions stay revoked)."""
+    _say_change(_users_change("enable", principal, reason), as_json)
+
+
+@users_group.command("unbind")
+@click.argument("principal")
+@click.option("--reason", required=True, help="Why (recorded on the system chain).")
+@click.option("--remove-grants", is_flag=True, help="Also remove its roles (a mailbox given to someone else).")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def users_unbind(principal: str, reason: str, remove_grants: bool, as_json: bool) -> None:
+    """Release a person's binding to its single sign-on account (after a provider change, or a
+    mailbox given to someone else): the next sign-in with that email binds afresh. Its sessions
+    and personal tokens end (needs admin; recorded)."""
+    _say_change(_users_change("unbind", principal, reason, remove_grants=remove_grants), as_json)
 
 
 @cli.group("tokens")

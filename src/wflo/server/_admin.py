@@ -7,16 +7,15 @@ depth) read and act only through the routes here; the first-start sign-in link i
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from ..auth import GLOBAL, Access, covers, tenant_scope
+from ..auth import GLOBAL, Access, Identities, Offboarded, check_principal, covers, tenant_scope
 from ..config import settings
 from ..engine import registered_workers
 from ..store import parse_iso
@@ -38,6 +37,18 @@ class SignOutBody(BaseModel):
     principal: str
 
 
+class UserChangeBody(BaseModel):
+    principal: str = Field(max_length=300)
+    """``user:ann@example.com`` or ``service:ci``."""
+    reason: str = Field(default="", max_length=500)
+    """Why (recorded on the system chain); needed to disable and to unbind."""
+
+
+class UnbindBody(UserChangeBody):
+    remove_grants: bool = False
+    """Also remove every role the principal holds (a mailbox given to someone else)."""
+
+
 class TokenBody(BaseModel):
     name: str
     role: str
@@ -47,6 +58,7 @@ class TokenBody(BaseModel):
 
 def register(router: Router) -> None:
     access, tokens = router.access, router.tokens
+    people = Identities(access)
     page_route(router, "/admin", "Admin", script="admin.js", body="<div id='admin'></div>")
     page_route(router, "/workers", "Workers", script="workers.js", body="<div id='workers'></div>")
     _firstrun.register(router)
@@ -63,8 +75,41 @@ def register(router: Router) -> None:
 
     @router.route("GET", "/api/v1/users", permission="grants:read")
     def list_users(request: Request) -> list[dict[str, Any]]:
-        """People and service accounts: who signed in, who holds a role, their tokens and sessions."""
-        return users(access)
+        """People and service accounts: who signed in, who holds a role, their tokens and
+        sessions, and whether they are disabled (when, by whom, why) or bound to a provider account."""
+        return people.people()
+
+    def known(body: UserChangeBody) -> None:
+        # A malformed name is a 400 (what is wrong with it), an unknown one a 404.
+        pid = check_principal(body.principal.strip())
+        if not pid.startswith("group:") and not people.known(pid):  # a group: the 400 that says why
+            raise HTTPException(404, f"no principal {body.principal!r} is known here")
+
+    @router.route("POST", "/api/v1/users/disable", permission="users:write")
+    def disable_user(request: Request, body: UserChangeBody) -> dict[str, Any]:
+        """Disable a person or service account (``reason`` needed): its sessions end and the
+        tokens acting as it are revoked at once; its sign-ins and approval votes are refused.
+        Tokens it made for service accounts keep working and are listed (``tokens_made``).
+        Not yourself, not the last enabled admin."""
+        known(body)
+        return _change(people.disable(body.principal, reason=body.reason, who=who_of(request),
+                                      remote=client_address(request)))  # fmt: skip
+
+    @router.route("POST", "/api/v1/users/enable", permission="users:write")
+    def enable_user(request: Request, body: UserChangeBody) -> dict[str, Any]:
+        """Let a disabled principal sign in again (what was revoked stays revoked)."""
+        known(body)
+        return _change(people.enable(body.principal, reason=body.reason, who=who_of(request),
+                                     remote=client_address(request)))  # fmt: skip
+
+    @router.route("POST", "/api/v1/users/unbind", permission="users:write")
+    def unbind_user(request: Request, body: UnbindBody) -> dict[str, Any]:
+        """Release a person's binding to its provider account (``reason`` needed): the next
+        sign-in with its email binds afresh. Its sessions and personal tokens end;
+        ``remove_grants`` also removes its roles."""
+        known(body)
+        return _change(people.unbind(body.principal, reason=body.reason, who=who_of(request),
+                                     remote=client_address(request), remove_grants=body.remove_grants))  # fmt: skip
 
     @router.route("GET", "/api/v1/workers", permission="runs:read")
     def list_workers(request: Request) -> dict[str, Any]:
@@ -126,45 +171,14 @@ def _grant(g: Any) -> dict[str, Any]:
     return {k: getattr(g, k) for k in ("principal", "role", "scope", "granted_by", "via", "source", "granted_at")}
 
 
+def _change(done: Offboarded) -> dict[str, Any]:
+    return {"action": done.action, **done.record()}
+
+
 def _token(t: Any) -> dict[str, Any]:
     keys = ("id", "name", "principal", "prefix", "role", "scope", "created_by", "created_at", "expires_at",
             "revoked_at", "last_used_at")  # fmt: skip
     return {k: getattr(t, k) for k in keys}
-
-
-def users(access: Access) -> list[dict[str, Any]]:
-    """Everyone the server knows: signed-in people (identities), grant holders, token owners."""
-    st = access.store
-    people: dict[str, dict[str, Any]] = {}
-
-    def person(pid: str) -> dict[str, Any]:
-        kind = pid.split(":", 1)[0] if ":" in pid else "user"
-        return people.setdefault(pid, {
-            "id": pid, "kind": kind, "email": None, "name": None, "issuer": None, "groups": [], "disabled": False,
-            "created_at": None, "last_login_at": None, "grants": [], "tokens": 0, "sessions": 0,
-        })  # fmt: skip
-
-    cols = "id, kind, email, name, issuer, groups, disabled, created_at, last_login_at"
-    for row in st.read(f"SELECT {cols} FROM identities ORDER BY id"):
-        person(row[0]).update(
-            kind=row[1], email=row[2], name=row[3], issuer=row[4], groups=json.loads(row[5] or "[]"),
-            disabled=bool(row[6]), created_at=row[7], last_login_at=row[8],
-        )  # fmt: skip
-    for g in access.grants():
-        person(g.principal)["grants"].append(_grant(g))
-    now = st.now()  # tokens and sessions expire on the store's clock
-    live_tokens = (
-        "SELECT principal, COUNT(*) FROM api_tokens WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) "
-        "GROUP BY principal"
-    )
-    for pid, n in st.read(live_tokens, (now,)):
-        person(pid)["tokens"] = int(n)
-    live_sessions = (
-        "SELECT principal, COUNT(*) FROM sessions WHERE revoked_at IS NULL AND expires_at > ? GROUP BY principal"
-    )
-    for pid, n in st.read(live_sessions, (now,)):
-        person(pid)["sessions"] = int(n)
-    return sorted(people.values(), key=lambda p: (p["kind"] != "user", p["id"]))
 
 
 def workers(access: Access) -> dict[str, Any]:

@@ -63,13 +63,21 @@ class FirstSignIn:
         """
         want = token_digest(code or "")
         found: list[str] = []
+        disabled: list[str] = []
 
         def op(cur: Any) -> None:
             st = self.store
             now = st.now(cur=cur)
             st.execute(cur, "SELECT principal, expires_at, used_at FROM signin_codes WHERE digest = ?", (want,))
             row = cur.fetchone()
-            if row is None or row[2] is not None or row[1] < now:
+            if row is None:
+                return
+            st.execute(cur, "SELECT disabled FROM identities WHERE id = ?", (row[0],))
+            state = cur.fetchone()
+            if state is not None and state[0]:  # disabled by an admin: the link is void
+                disabled.append(row[0])
+                return
+            if row[2] is not None or row[1] < now:
                 return
             st.execute(cur, "UPDATE signin_codes SET used_at = ? WHERE digest = ? AND used_at IS NULL", (now, want))
             if cur.rowcount == 1:
@@ -78,7 +86,9 @@ class FirstSignIn:
         reason = None
         try:
             self.store.write(op)
-            if not found:
+            if disabled:
+                reason = f"{disabled[0]} is disabled"
+            elif not found:
                 reason = self._why(want)
             else:
                 self.access.bootstrap(found[0], who=Principal(id=found[0], via="panel"))

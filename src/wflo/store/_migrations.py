@@ -696,6 +696,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         M025_PGSTEP_LEAN_STEP,
         M026_PGEMPTY_COUNT_MOVES,
         "wflo.auth._device:M027_DEVICE_REQUESTS",
+        "wflo.auth._identities:M028_IDENTITY_DISABLED",
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -148,7 +148,7 @@ def test_votes_tally_and_one_vote_each(store: Store) -> None:
     vote("user:a", "reject", "2026-01-01T00:00:01.000000Z")
     assert [v[0] for v in tables.votes(store, "ap")] == ["user:a", "user:b"]  # by time
     assert tables.votes(store, "ap")[0] == ("user:a", "reject", None, "h" * 64, "cli", "2026-01-01T00:00:01.000000Z")
-    _, _, votes, _, _ = store.write_batch(lambda cur: tables.lock_for_decision(store, cur, "r1", "ap"))
+    _, _, votes, _, _, _ = store.write_batch(lambda cur: tables.lock_for_decision(store, cur, "r1", "ap"))
     assert sorted(votes) == [("user:a", "reject", "h" * 64), ("user:b", "approve", "h" * 64)]
     with pytest.raises(Exception, match=r"(?i)unique|duplicate"):  # the key refuses a second vote
         vote("user:a", "approve", "2026-01-01T00:00:03.000000Z")
@@ -163,10 +163,11 @@ def test_locks_read_the_rows_a_decision_needs(store: Store) -> None:
         # Pipelined on PostgreSQL (write_batch), as a decision sends it: one round trip.
         return store.write_batch(lambda cur: tables.lock_for_decision(store, cur, run_id, approval_id))
 
-    run, row, votes, now, makers = lock("r1", "ap")
+    run, row, votes, now, makers, off = lock("r1", "ap")
     assert run == ("running", False) and row is not None and row[0] == "ap" and votes == [] and makers == []
+    assert off is False
     assert now[:2] == "20" and now.endswith("Z")
-    run, row, _, _, _ = lock("nope", "nope")
+    run, row, _, _, _, _ = lock("nope", "nope")
     assert run is None and row is None
     store.request_cancel("r1")
     assert lock("r1", "ap")[0] == ("running", True)
@@ -195,8 +196,28 @@ def test_token_makers_follow_tokens_made_with_tokens(store: Store) -> None:
     store.write(lambda cur: tables.insert_vote(store, cur, "ap", "service:bot", decision="approve", reason=None,
                                                action_hash="h" * 64, via="api", shown=None, at=store.now()))  # fmt: skip
     assert sorted(tables.token_makers(store, "ap", [])) == bot  # the voters'
-    *_, makers = store.write_batch(lambda cur: tables.lock_for_decision(store, cur, "r1", "ap", ["service:cycle"]))
+    *_, makers, _ = store.write_batch(lambda cur: tables.lock_for_decision(store, cur, "r1", "ap", ["service:cycle"]))
     assert sorted(makers) == want
+
+
+def test_a_disabled_decider_is_read_under_its_lock(store: Store) -> None:
+    """``wflo.auth``'s identities: the decider's row says whether an admin disabled them."""
+    _run(store, "r1")
+    _file(store, "ap", "r1")
+
+    def person(pid: str, off: int) -> None:
+        store.write(lambda cur: store.execute(
+            cur, "INSERT INTO identities (id, kind, groups, disabled, created_at) VALUES (?, 'user', '[]', ?, ?)",
+            (pid, off, "2026-01-01T00:00:00.000000Z"),
+        ))  # fmt: skip
+
+    person("user:gone", 1)
+    person("user:here", 0)
+    assert tables.disabled(store, "user:gone") and not tables.disabled(store, "user:here")
+    assert not tables.disabled(store, "user:never-seen")
+    for pid, want in (("user:gone", True), ("user:here", False), ("user:never-seen", False)):
+        got = store.write_batch(lambda cur, p=pid: tables.lock_for_decision(store, cur, "r1", "ap", [p]))[-1]
+        assert got is want, pid
 
 
 def test_closing_writes_touch_only_pending_requests(store: Store) -> None:

@@ -71,6 +71,9 @@ EXAMPLES: dict[tuple[str, str], Example] = {
     ("POST", "/api/v1/grants/remove"): lambda: (
         "/api/v1/grants/remove", {"principal": "user:new", "role": "viewer", "scope": "tenant:acme"}),
     ("POST", "/api/v1/sessions/revoke"): lambda: ("/api/v1/sessions/revoke", {"principal": "user:someone"}),
+    ("POST", "/api/v1/users/disable"): lambda: ("/api/v1/users/disable", {"principal": "user:someone", "reason": "x"}),
+    ("POST", "/api/v1/users/enable"): lambda: ("/api/v1/users/enable", {"principal": "user:someone"}),
+    ("POST", "/api/v1/users/unbind"): lambda: ("/api/v1/users/unbind", {"principal": "user:someone", "reason": "x"}),
     ("GET", "/api/v1/tokens"): lambda: ("/api/v1/tokens?tenant=acme", None),
     ("POST", "/api/v1/tokens"): lambda: (
         "/api/v1/tokens", {"name": f"n{uuid.uuid4().hex[:6]}", "role": "viewer", "scope": "tenant:acme"}),
@@ -123,6 +126,7 @@ EXAMPLES: dict[tuple[str, str], Example] = {
 SCOPES = {"acme": "tenant:acme", "globex": "tenant:globex", "global": GLOBAL}
 # Routes whose resource belongs to no tenant (people): only global grants reach them.
 GLOBAL_ROUTES = {("POST", "/api/v1/sessions/revoke"), ("GET", "/api/v1/users"), ("GET", "/api/v1/workers")}
+GLOBAL_ROUTES |= {("POST", "/api/v1/users/disable"), ("POST", "/api/v1/users/enable"), ("POST", "/api/v1/users/unbind")}
 # The audit record spans every tenant (the system chain holds all their decisions).
 GLOBAL_ROUTES |= {("POST", "/api/v1/audit/verify"), ("GET", "/api/v1/audit/checkpoints"),
                   ("POST", "/api/v1/audit/export"), ("GET", "/api/v1/audit/report")}  # fmt: skip

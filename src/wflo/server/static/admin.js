@@ -1,4 +1,5 @@
-// Admin: people and their roles, API tokens, signing someone out. Every button is an API call
+// Admin: people and their roles, API tokens, signing someone out, disabling and enabling someone
+// (offboarding; the reason asked is recorded with it). Every button is an API call
 // by the signed-in person (the API decides; a viewer gets 403 and sees no write controls).
 import { api, h, mount, may, when, toast, table, ApiError } from "./wflo.js";
 
@@ -6,6 +7,9 @@ const ROLES = ["viewer", "operator", "approver", "budget-admin", "auditor", "adm
 const canGrant = may("grants:write");
 const canToken = may("tokens:write");
 const canSignOut = may("sessions:write");
+const canDisable = may("users:write");
+const me = document.body.dataset.principal || "";
+let note = null; // what the last disable left working (tokens the person made), until the next one
 
 // An admin or auditor of some tenants only sees and manages those tenants' grants and tokens.
 const myGrants = (document.body.dataset.grants || "").split(" ").filter(Boolean).map((g) => g.split("@"));
@@ -77,7 +81,9 @@ function grantCell(user) {
 async function people() {
   const users = await loadPeople();
   const cols = [
-    ["who", (u) => h("span", {}, h("b", {}, u.id), u.name ? h("div", { class: "muted" }, u.name) : null)],
+    ["who", (u) => h("span", {}, h("b", {}, u.id), u.name ? h("div", { class: "muted" }, u.name) : null,
+      u.disabled ? h("div", {}, h("span", { class: "status failed", title: `by ${u.disabled_by}, ${when(u.disabled_at)}` },
+        "disabled"), " ", h("span", { class: "muted" }, u.disabled_reason || "")) : null)],
     ["kind", (u) => u.kind],
     ["roles", grantCell],
     ["last sign-in", (u) => when(u.last_login_at)],
@@ -88,7 +94,26 @@ async function people() {
     ? h("button", { class: "danger", onclick: () => confirm(`Sign ${u.id} out everywhere?`) &&
         act(`${u.id} signed out`, () => api("POST", "/api/v1/sessions/revoke", { principal: u.id }, idem())) }, "Sign out everywhere")
     : ""]);
-  return h("section", {}, h("h2", {}, "People"), table(cols, users, { id: "people" }),
+  // A person spans tenants: only an admin everywhere disables or enables (the API says so too).
+  if (canDisable && everywhere) cols.push(["", (u) => u.kind === "group" || u.id === me ? ""
+    : u.disabled
+      ? h("button", { class: "enable", onclick: () => {
+          const reason = prompt(`Enable ${u.id}? They sign in afresh (nothing revoked comes back). Reason:`, "");
+          if (reason !== null) act(`${u.id} enabled`, () => api("POST", "/api/v1/users/enable", { principal: u.id, reason }, idem()));
+        } }, "Enable")
+      : h("button", { class: "danger disable", onclick: () => {
+          const reason = prompt(`Disable ${u.id}? Their sessions and personal tokens end at once. Reason (recorded):`, "");
+          if (reason === null) return;
+          act(`${u.id} disabled`, async () => {
+            const done = await api("POST", "/api/v1/users/disable", { principal: u.id, reason }, idem());
+            note = done.tokens_made.length
+              ? h("div", { class: "card", id: "offboard-note" },
+                  h("strong", {}, `${u.id} is disabled. Tokens they made still work (service accounts): review them below.`),
+                  h("ul", {}, done.tokens_made.map((t) => h("li", {}, h("code", {}, t.name), ` acts as ${t.principal}, ${t.role}@${t.scope}`))))
+              : null;
+          });
+        } }, "Disable")]);
+  return h("section", {}, h("h2", {}, "People"), note, table(cols, users, { id: "people" }),
     canGrant ? form("grant-form", "Grant", [field("principal", { placeholder: "user:ann@example.com", required: true }), roleSelect(),
       field("scope", { value: defaultScope, size: 16 })],
       (v) => act("role granted", () => api("POST", "/api/v1/grants", v, idem()))) : null);
