@@ -7,6 +7,8 @@ import asyncio
 import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,26 @@ from wflo.testing import LLMServer, Reply, ToolCall  # noqa: E402
 agents.set_tracing_disabled(True)  # the SDK's tracing would export to OpenAI's servers
 
 EFFECTS: list[str] = []
+
+
+def _close_thread_loop() -> None:
+    """Close the event loop run_sync (like the SDK's own) leaves this thread (``asyncio.run``
+    would drop it unclosed)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        return  # no loop left behind
+    if not loop.is_running():
+        loop.close()
+    asyncio.set_event_loop(None)
+
+
+@pytest.fixture(autouse=True)
+def _close_run_sync_loop() -> Iterator[None]:
+    yield
+    _close_thread_loop()
 
 
 @agents.function_tool
@@ -90,6 +112,7 @@ def test_run_sync_and_run_streamed(configured: str, llm: LLMServer) -> None:
     llm.script(Reply("sync answer"), Reply(tool_calls=[ToolCall("search", {"query": "s"})]), Reply("streamed answer"))
     agent = wflo.wrap(_agent(llm), name="agents-modes")
     assert agent.options(id="agents-sync").run_sync("hi").final_output == "sync answer"
+    _close_thread_loop()
 
     async def stream() -> list[Any]:
         return [event async for event in agent.options(id="agents-stream").run_streamed("hi")]
@@ -98,6 +121,25 @@ def test_run_sync_and_run_streamed(configured: str, llm: LLMServer) -> None:
     assert any(getattr(e, "type", "") == "run_item_stream_event" for e in events)
     assert _config.get_store().get_run("agents-stream").output == "streamed answer"
     assert [c["name"] for c in _events("agents-stream", "tool")] == ["search"]
+
+
+def test_run_sync_twice_with_one_client_kept_between_runs(configured: str, llm: LLMServer) -> None:
+    """``run_sync`` twice with one client kept between runs (as the SDK's default client is), as
+    ``Runner.run_sync`` allows. Each ``run_sync`` ran on a new event loop
+    that ``asyncio.run`` closed afterwards, so the second found the client's kept-alive connection
+    bound to a closed loop: ``RuntimeError: Event loop is closed``. It now runs on the thread's
+    own loop, kept open between calls, as ``Runner.run_sync`` does."""
+    llm.script(Reply("first"), Reply("second"))
+    client = AsyncOpenAI(base_url=llm.openai_url, api_key="test", max_retries=0)  # keeps connections alive
+    agent = agents.Agent(
+        name="plain", model=agents.OpenAIChatCompletionsModel(model="gpt-4o-mini", openai_client=client)
+    )
+    wrapped = wflo.wrap(agent, name="agents-sync-twice")
+    assert wrapped.run_sync("one").final_output == "first"
+    assert wrapped.run_sync("two").final_output == "second"
+    assert llm.request_count == 2
+    loop = asyncio.get_event_loop_policy().get_event_loop()
+    loop.run_until_complete(client.close())
 
 
 def test_budget_for_two_calls_stops_the_third_before_sending(configured: str, llm: LLMServer) -> None:

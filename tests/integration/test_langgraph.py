@@ -181,7 +181,9 @@ from langchain_openai import ChatOpenAI
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 
-effects, marker, base = sys.argv[1], sys.argv[2], sys.argv[3]
+from wflo.integrations.langgraph import Checkpointer
+
+effects, marker, base, saver = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 
 @tool
 def search(query: str) -> str:
@@ -207,13 +209,21 @@ g.add_node("tools", ToolNode([search, fetch]))
 g.add_edge(START, "agent")
 g.add_conditional_edges("agent", tools_condition)
 g.add_edge("tools", "agent")
-graph = wflo.wrap(g.compile(name="crashy"), budget=wflo.Budget(usd="1"))
+graph = wflo.wrap(g.compile(name="crashy", checkpointer=Checkpointer() if saver == "wflo" else None),
+                  budget=wflo.Budget(usd="1"))
 out = graph.invoke({"messages": [("user", "research")]}, {"configurable": {"thread_id": "lg-crash"}})
 print(out["messages"][-1].content)
 """
 
 
-def test_sigkill_mid_run_then_resume_resends_no_finished_call(configured: str, llm: LLMServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("saver", ["none", "wflo"])
+def test_sigkill_mid_run_then_resume_resends_no_finished_call(
+    configured: str, llm: LLMServer, tmp_path: Path, saver: str
+) -> None:
+    """With wflo's Checkpointer too: the resumed run deleted the dead attempt's checkpoints through
+    ``asyncio.to_thread``, a thread of the run that only the resume started, so the thread running
+    ``graph.invoke`` got the next lane number and the ToolNode's tool calls (journaled in a lane
+    of that thread) no longer matched their entries: the finished ``search`` ran again."""
     llm.script(
         Reply(tool_calls=[ToolCall("search", {"query": "otters"})]),
         Reply(tool_calls=[ToolCall("fetch", {"url": "https://otters.example"})]),
@@ -224,7 +234,7 @@ def test_sigkill_mid_run_then_resume_resends_no_finished_call(configured: str, l
     env = {k: v for k, v in os.environ.items() if not k.startswith("WFLO_")}
     env.update({"WFLO_DATABASE_URL": configured, "PYTHONPATH": os.pathsep.join(sys.path)})
     effects, marker = tmp_path / "effects.log", tmp_path / "died-once"
-    argv = [sys.executable, str(script), str(effects), str(marker), llm.openai_url]
+    argv = [sys.executable, str(script), str(effects), str(marker), llm.openai_url, saver]
     first = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == -9, first.stderr
     assert llm.request_count == 2

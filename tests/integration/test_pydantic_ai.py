@@ -136,6 +136,33 @@ def test_async_run(configured: str, llm: LLMServer) -> None:
     assert wflo.RunHandle("pa-async").status() == "succeeded" and len(_calls("pa-async", "llm")) == 1
 
 
+def test_run_stream_events_is_one_guarded_run(configured: str, llm: LLMServer) -> None:
+    """``run_stream_events`` on the wrapped agent passed through to the agent: no wflo run, so the
+    wrap's budget, loop guard and journal did not apply (the streamed calls went out unguarded,
+    past a budget too small for any of them). It is now one wflo run, streaming its events."""
+    from pydantic_ai import AgentRunResultEvent
+
+    llm.script(Reply(tool_calls=[ToolCall("search", {"query": "otters"})]), Reply("Otters use rocks."))
+    agent = wrap(build(llm, max_tokens=200), budget=wflo.Budget(usd="1"))
+
+    async def events(wrapped: Any, run_id: str) -> list[Any]:
+        async with wrapped.run_stream_events("What do otters use?", run_id=run_id) as stream:
+            return [event async for event in stream]
+
+    seen = asyncio.run(events(agent, "pa-events"))
+    assert isinstance(seen[-1], AgentRunResultEvent) and seen[-1].result.output == "Otters use rocks."
+    assert len(seen) > 2  # the model's streamed parts and the tool's events came through
+    assert all(r.body.get("stream") is True for r in llm.requests)  # streamed requests
+    assert [c["kind"] for c in _calls("pa-events")] == ["llm", "tool", "llm"]
+    assert wflo.RunHandle("pa-events").status() == "succeeded"
+
+    llm.reset()
+    tiny = wrap(build(llm, max_tokens=200), budget=wflo.Budget(usd="0.0000001"))
+    with pytest.raises(wflo.BudgetExceededError):
+        asyncio.run(events(tiny, "pa-events-tiny"))
+    assert llm.request_count == 0  # refused before it was sent
+
+
 def test_budget_allows_two_calls_and_refuses_the_third_before_sending(configured: str, llm: LLMServer) -> None:
     llm.script(
         Reply(tool_calls=[ToolCall("search", {"query": "a"})], input_tokens=10, output_tokens=1000),

@@ -20,7 +20,7 @@ Each ``run`` / ``run_sync`` / ``run_streamed`` of the wrapped agent is one durab
 Tracing: the SDK's tracing exports to OpenAI's servers by default; call
 ``agents.set_tracing_disabled(True)`` when that must not happen (wflo does not change it).
 
-Tested with openai-agents 0.20 (see ``docs/integrations-crewai-agents.md``).
+Tested with openai-agents 0.20 and 0.24 (see ``docs/integrations.md``).
 """
 
 from __future__ import annotations
@@ -29,12 +29,14 @@ import asyncio
 import dataclasses
 import json
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
 from .._errors import UserError, WfloError
 from ..approvals import Approval
 from ..engine import Call, Workflow, aguarded_call, current_run
+from ..engine._executor import loop_running
 from ..store import canonical_json
 from ._common import check_approvals
 
@@ -57,6 +59,22 @@ def _sdk() -> Any:
             f"wflo's Agents SDK integration needs openai-agents (pip install 'wflo[agents]'): {exc}"
         ) from None
     return agents
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop, made (and set) when it has none or it was closed, as
+    ``Runner.run_sync`` finds it."""
+    policy = asyncio.get_event_loop_policy()
+    try:
+        with warnings.catch_warnings():  # the implicit loop of an older Python warns
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loop = policy.get_event_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None or loop.is_closed():
+        loop = policy.new_event_loop()
+        policy.set_event_loop(loop)
+    return loop
 
 
 def _jsonable(value: Any) -> Any:
@@ -230,7 +248,15 @@ class WrappedAgent:
             self._local.pop(run_id, None)
 
     def run_sync(self, input: Any, **options: Any) -> Any:
-        """``Runner.run_sync``: ``run`` from synchronous code (waits in-process for approvals)."""
+        """``Runner.run_sync``: ``run`` from synchronous code (waits in-process for approvals).
+
+        Like ``Runner.run_sync``, it drives :meth:`run` on this thread's event loop, which stays
+        open between calls: a client shared by the runs (the SDK's default one) keeps its
+        connections bound to the loop that opened them, and one closed after each run would
+        fail the next. Called where a loop already runs, the run goes on a thread of its own.
+        """
+        if not loop_running():
+            return _thread_loop().run_until_complete(self.run(input, **options))
         run_id, max_turns = self._begin(options)
         try:
             final = self.workflow.options(id=run_id, tenant=self._tenant).run(input, max_turns)

@@ -48,7 +48,7 @@ def _hooks() -> Any:
     try:
         return importlib.import_module("crewai.hooks.dispatch")
     except ImportError as exc:  # pragma: no cover - depends on the installed CrewAI
-        raise UserError(f"wflo's CrewAI integration needs crewai>=1.6 (pip install 'wflo[crewai]'): {exc}") from None
+        raise UserError(f"wflo's CrewAI integration needs crewai>=1.15 (pip install 'wflo[crewai]'): {exc}") from None
 
 
 class _ToolBoundary:

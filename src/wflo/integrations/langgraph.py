@@ -59,6 +59,7 @@ from .._config import get_store
 from .._errors import ApprovalRejected, RunNotFoundError, UserError, WfloError, WfloInterrupt
 from ..approvals import Approval
 from ..engine import BoundWorkflow, Call, RunContext, Step, Workflow, aguarded_call, current_run, guarded_call
+from ..engine._attempts import off_loop
 from ..store import Store, new_id, open_store
 from . import _checkpoint_tables as _tables
 from ._common import check_approvals, jsonable
@@ -363,10 +364,14 @@ class WrappedGraph:
             return config
         if pinned is None:
             # Nothing was checkpointed before this run: all there is came from its dead attempt.
+            # Not through ``asyncio.to_thread``: a thread started here, on resume only, would
+            # take the lane number the thread running the graph had (``wflo.engine``'s run
+            # context), and calls in threads that thread starts (a ToolNode's tools) would no
+            # longer find their entries. The store's threads start no lane.
             try:
                 await saver.adelete_thread(str(conf["thread_id"]))
             except NotImplementedError:
-                await asyncio.to_thread(saver.delete_thread, str(conf["thread_id"]))
+                await off_loop(saver.delete_thread, str(conf["thread_id"]))
             return config
         conf["checkpoint_id"] = pinned
         return config
@@ -660,7 +665,7 @@ class Checkpointer(BaseCheckpointSaver[str]):
     ``Checkpointer()`` uses the configured store (``wflo.configure`` / ``WFLO_DATABASE_URL``);
     ``Checkpointer("postgresql://…")`` opens its own. Checkpoints live in two tables of their
     own (``wflo_lg_checkpoints``, ``wflo_lg_writes``; the store's migrations create them),
-    serialized as bytes. The async methods run the sync ones in a thread.
+    serialized as bytes. The async methods run the sync ones on the store's threads.
 
     A checkpoint (``put``) commits as every store write does; a task's ordinary pending
     writes (``put_writes``) commit relaxed and are made durable by the next checkpoint, or
@@ -857,8 +862,17 @@ class Checkpointer(BaseCheckpointSaver[str]):
         return f"{current_v + 1:032}.{random.random():016}"
 
     # ----------------------------------------------------------------- async twins
+    # On the store's threads (``Store.off_loop``), not ``asyncio.to_thread``: inside a run, each
+    # thread the run starts is one of its lanes, numbered in order (``wflo.engine``'s run
+    # context), and a checkpoint write is no work of the run's to number. The store's threads
+    # start no lane. Keyed by thread: one thread's writes keep their order.
+    def _off(self, config: RunnableConfig | None, fn: Callable[..., Any], *args: Any) -> Any:
+        key = ("wflo-lg", str(((config or {}).get("configurable") or {}).get("thread_id")))
+        return self.store.off_loop(fn, *args, key=key)
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await asyncio.to_thread(self.get_tuple, config)
+        found: CheckpointTuple | None = await self._off(config, self.get_tuple, config)
+        return found
 
     async def alist(
         self,
@@ -868,7 +882,7 @@ class Checkpointer(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        items = await asyncio.to_thread(lambda: list(self.list(config, filter=filter, before=before, limit=limit)))
+        items = await self._off(config, lambda: list(self.list(config, filter=filter, before=before, limit=limit)))
         for item in items:
             yield item
 
@@ -879,7 +893,8 @@ class Checkpointer(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+        saved: RunnableConfig = await self._off(config, self.put, config, checkpoint, metadata, new_versions)
+        return saved
 
     async def aput_writes(
         self,
@@ -888,7 +903,7 @@ class Checkpointer(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+        await self._off(config, self.put_writes, config, writes, task_id, task_path)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await asyncio.to_thread(self.delete_thread, thread_id)
+        await self._off({"configurable": {"thread_id": thread_id}}, self.delete_thread, thread_id)

@@ -1,7 +1,7 @@
 """pydantic-ai under wflo: ``wflo.wrap(agent)``.
 
-``wrap(agent)`` returns an object with the agent's API (``run``, ``run_sync``, every other
-attribute passed through) where each run is one wflo run:
+``wrap(agent)`` returns an object with the agent's API (``run``, ``run_sync``,
+``run_stream_events``, every other attribute passed through) where each run is one wflo run:
 
 * the model's requests go through the ``openai``/``anthropic`` SDKs, which wflo intercepts at
   the HTTP layer: budgeted, loop-guarded, journaled and replayed byte for byte on resume;
@@ -236,6 +236,21 @@ class WrappedAgent:
         finally:
             self._jobs.pop(run_id, None)
         return holder.get("result", value)
+
+    def run_stream_events(self, *args: Any, **kwargs: Any) -> Any:
+        """``agent.run_stream_events`` as one wflo run: ``async with wrapped.run_stream_events(...)
+        as events: async for event in events``, the events as they come, ending with the
+        ``AgentRunResultEvent``. The run's model requests are streamed (pydantic-ai's
+        ``event_stream_handler``), each budgeted and journaled as any other.
+        """
+        try:  # pydantic-ai's own context and iterator, over a run of ours
+            from pydantic_ai.agent.abstract import _RunStreamEventsContext
+        except ImportError:  # pragma: no cover - depends on the installed pydantic-ai
+            raise UserError(
+                "run_stream_events under wflo.wrap needs pydantic-ai-slim 2.x with AgentRunEvents "
+                "(pip install -U 'wflo[pydantic-ai]'); use run or run_sync"
+            ) from None
+        return _RunStreamEventsContext(lambda handler: self.run(*args, event_stream_handler=handler, **kwargs))
 
     def run_sync(self, *args: Any, **kwargs: Any) -> Any:
         """``agent.run_sync`` as one wflo run (waits in-process for a pending approval).
