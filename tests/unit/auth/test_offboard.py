@@ -371,3 +371,19 @@ def test_the_cli_offboards_on_the_local_store(configured: str, tmp_path: Any) ->
     assert listed.exit_code == 0 and "disabled" in listed.stdout and "left" in listed.stdout
     assert run("users", "enable", ANN).exit_code == 0
     assert [e.data["via"] for e in system("principal.enabled")] == ["local"]
+
+
+def test_the_migration_runs_again_over_a_store_that_has_its_columns(configured: str) -> None:
+    """A store set back one schema version (as the upgrade tests do) re-runs m028: the
+    columns it adds are there already, and the disable they record still works."""
+    from wflo.store import MIGRATIONS
+
+    store = _config.get_store()
+    index = [m.name for m in MIGRATIONS].index("m028_identity_disabled")
+    access().bootstrap("user:root", who=root())
+    sign_in_ann()
+    store.write(lambda cur: store.execute(cur, f"UPDATE wflo_meta SET value = '{index}' WHERE key = 'schema_version'"))
+    assert store.migrate()[:1] == ["m028_identity_disabled"]
+    Identities(access()).disable(ANN, reason="left", who=root())
+    row = store.read("SELECT disabled, disabled_by, disabled_reason FROM identities WHERE id = ?", (ANN,))
+    assert row[0][0] and row[0][1] == "user:root" and row[0][2] == "left"
