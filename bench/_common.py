@@ -57,23 +57,54 @@ def _timed(fn: Callable[[], Any]) -> Callable[[], float]:
 
 
 def alternate_timed(
-    cases: dict[str, Callable[[], float]], iterations: int, rounds: int, *, warm: int | None = None
-) -> list[dict[str, float]]:
+    cases: dict[str, Callable[[], float]], iterations: int, rounds: int, *, warm: int | None = None,
+    sides: list[list[str]] | None = None,
+) -> list[dict[str, float]]:  # fmt: skip
     """:func:`alternate` for cases that time themselves: each call returns its own µs (a
-    :class:`Child`'s case, timed in its process, without the pipe's cost)."""
+    :class:`Child`'s case, timed in its process, without the pipe's cost).
+
+    ``sides``: the cases' names grouped by the process that runs them. Then no case follows a
+    case of its own process (when no process has more than half the cases; else as few as can):
+    each case first wakes its process and its database connection, which costs about a commit
+    on this VM, so a case that always follows its own process's case reads faster than one that
+    always follows another's. A plain rotation gave that bias to fixed cases (``wflo async
+    empty`` always after ``wflo steps``, ``wflo empty`` always after the raw commit's process).
+    """
     names = list(cases)
-    for _ in range(max(5, iterations // 10) if warm is None else warm):
-        for name in names:
+    order = (lambda i: _spread(sides, i)) if sides else (lambda i: names[i % len(names) :] + names[: i % len(names)])
+    for i in range(max(5, iterations // 10) if warm is None else warm):
+        for name in order(i):
             cases[name]()
     out = []
     for _ in range(rounds):
         samples: dict[str, list[float]] = {n: [] for n in names}
         for i in range(iterations):
-            k = i % len(names)
-            for name in names[k:] + names[:k]:
+            for name in order(i):
                 samples[name].append(cases[name]())
         out.append({n: statistics.median(v) for n, v in samples.items()})
     return out
+
+
+def _spread(sides: list[list[str]], i: int) -> list[str]:
+    """Iteration ``i``'s order of the cases of ``sides`` (names grouped by process): the same
+    pattern of processes every iteration, laid out so that no two neighbours, the last and the
+    first included (the next iteration follows on), are of one process when none has more
+    than half the cases; each process's own cases rotated through its places from iteration to
+    iteration (so a slow patch of the machine falls on every case alike)."""
+    by_size = sorted(range(len(sides)), key=lambda k: -len(sides[k]))
+    slots = [k for k in by_size for _ in sides[k]]
+    n = len(slots)
+    pattern: list[int] = [0] * n
+    # The largest process's cases first, into every other place, then the rest: 0, 2, 4, …, 1, 3, …
+    for place, k in zip(list(range(0, n, 2)) + list(range(1, n, 2)), slots, strict=True):
+        pattern[place] = k
+    taken = [0] * len(sides)
+    order = []
+    for k in pattern:
+        own = sides[k]
+        order.append(own[(taken[k] + i) % len(own)])
+        taken[k] += 1
+    return order
 
 
 _CHILD = """

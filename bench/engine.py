@@ -1,8 +1,10 @@
 """wflo's durable steps and empty workflows beside one raw commit and DBOS Transact, in one run.
 
-Method. For each store every case runs once per iteration, in an order that rotates every
-iteration (so drift of a loaded machine hits all cases alike), ``--iterations`` times per
-round, ``--rounds`` rounds. Cases: an empty workflow and a workflow of 10 tiny steps on wflo
+Method. For each store every case runs once per iteration, ``--iterations`` times per round,
+``--rounds`` rounds, each case after a case of another side's process (``_common.alternate_timed``
+with ``sides``: a case that follows its own process's case skips the wake-up the others pay),
+each side's cases rotating through its places every iteration (so drift of a loaded machine
+hits all cases alike). Cases: an empty workflow and a workflow of 10 tiny steps on wflo
 (sync, and async on the same store) and on DBOS Transact (if installed), and a *raw durable
 commit* (an ``INSERT`` of a ~200-byte row committed on its own: SQLite in WAL with
 ``synchronous=FULL``, PostgreSQL with ``synchronous_commit=on``; the least any durable step can
@@ -248,7 +250,8 @@ def main() -> None:
                 cases.update(child.cases())
                 if child.skipped:
                     notes[store] = child.skipped
-            results[store] = derive(alternate_timed(cases, args.iterations, args.rounds))
+            sides = [child.names for child in children.values()]
+            results[store] = derive(alternate_timed(cases, args.iterations, args.rounds, sides=sides))
         finally:
             for child in children.values():
                 child.close()
