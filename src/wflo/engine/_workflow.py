@@ -337,14 +337,23 @@ class BoundWorkflow(Generic[P, R]):
     def _claim_existing(self, store: Store, record: RunRecord, owner: str) -> RunRecord:
         """Hold an existing run: at once if it is free or its owner died on this host,
         else when its owner's lease expires (unless it finishes first)."""
+        record = _claim_look(store, record, owner)
         while not record.done and record.lease_owner != owner:
-            if record.lease_owner is not None and owner_is_dead_here(record.lease_owner):
-                store.release(record.id, record.lease_owner)
-            record = store.claim(record.id, owner, settings().lease_seconds)
-            if record.done or record.lease_owner == owner:
-                break
-            time.sleep(min(1.0, settings().lease_seconds / 4))
-            record = store.get_run(record.id)
+            time.sleep(_claim_pause())
+            record = _claim_look(store, None, owner, record.id)
+        return record
+
+    async def _aclaim_existing(self, store: Store, record: RunRecord, owner: str) -> RunRecord:
+        """``_claim_existing`` for ``arun``: each look on the store's threads (in the run's
+        order), each wait between looks here, on the loop. The wait must hold no store thread
+        and no place in the run's order: the run it waits for may be held by this process (a
+        worker's slot runs a child whose parent, replaying on another slot, waits for it), and
+        that run's own store work would queue behind the wait, which ends only when the run
+        does: the worker hung for good."""
+        record = await store.off_loop(_claim_look, store, record, owner, key=record.id)
+        while not record.done and record.lease_owner != owner:
+            await asyncio.sleep(_claim_pause())
+            record = await store.off_loop(_claim_look, store, None, owner, record.id, key=record.id)
         return record
 
     def _child_call(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call | None:
@@ -426,7 +435,7 @@ class BoundWorkflow(Generic[P, R]):
         leased_at: float | None = None
         if not created:
             leased_at = time.monotonic()
-            record = await store.off_loop(self._claim_existing, store, record, owner, key=record.id)
+            record = await self._aclaim_existing(store, record, owner)
             if record.done:
                 return _result_of(record)
         fresh = created
@@ -505,6 +514,23 @@ class BoundWorkflow(Generic[P, R]):
         opened = _openers.submit(None, functools.partial(context.run, self._create, args, kwargs, None))
         store, record, _ = cast(tuple[Store, RunRecord, bool], await asyncio.wrap_future(opened))
         return RunHandle(record.id, store)
+
+
+def _claim_look(store: Store, record: RunRecord | None, owner: str, run_id: str = "") -> RunRecord:
+    """One look of ``_claim_existing`` at a run (``record``, or read now: ``run_id``): taken
+    if it is free, its lease expired or its owner died on this host; as it is otherwise."""
+    if record is None:
+        record = store.get_run(run_id)
+    if record.done or record.lease_owner == owner:
+        return record
+    if record.lease_owner is not None and owner_is_dead_here(record.lease_owner):
+        store.release(record.id, record.lease_owner)
+    return store.claim(record.id, owner, settings().lease_seconds)
+
+
+def _claim_pause() -> float:
+    """How long ``_claim_existing`` waits between looks at a run another owner holds."""
+    return min(1.0, settings().lease_seconds / 4)
 
 
 _openers = OrderedExecutor("open", 4)
