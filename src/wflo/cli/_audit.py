@@ -287,18 +287,7 @@ def export_cmd(run_id: str | None, since: str | None, fmt: str, out: str) -> Non
     store = config.get_store(create=False)
     rid = store.find_run(run_id).id if run_id else None
     total = count_events(store, run_id=rid, since=cutoff)
-    progress: Any = None
-    if console.is_terminal and total > 0:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(
-            TextColumn("exporting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
+    progress = _bar("exporting") if console.is_terminal and total > 0 else None
     if progress is None:
         manifest = export(store, out, fmt=fmt, run_id=rid, since=cutoff, by=_principal())
     else:
@@ -349,18 +338,7 @@ def verify_export_cmd(directory: str, checkpoint_path: str | None, public_key_pa
     key = load_public_key(public_key_path) if public_key_path else None
     if not Path(directory).is_dir():
         raise UserError(f"{directory} is not a directory (give the directory that holds manifest.json)")
-    progress: Any = None
-    if console.is_terminal and not as_json:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(
-            TextColumn("verifying"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
+    progress = _bar("verifying") if console.is_terminal and not as_json else None
     if progress is None:
         report = verify_export(directory, checkpoint=doc, public_key=key)
     else:
@@ -483,3 +461,12 @@ def report_cmd(
         raise UserError(f"cannot write {out}: {exc.strerror}") from None
     ok = report["verification"]["ok"]
     console.print(f"report written to {escape(str(out))} (history {'[green]intact[/]' if ok else '[red]BROKEN[/]'})")
+
+
+def _bar(label: str) -> Any:
+    """A transient progress bar on the console: ``label``, the bar, done of total, time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True
+    )
