@@ -21,8 +21,8 @@ Importing ``wflo`` changes nothing outside it: the HTTP clients are wrapped by t
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from . import _config
@@ -104,9 +104,7 @@ class Runtime:
         run's :meth:`run_guards` or by ``wflo.init()``, never at import. A request is guarded
         by the runtime of the run it is made in.
         """
-        from .integrations import _http
-
-        _http.install()
+        (_HTTP or _load_http()).install()
 
     def run_guards(self, wf: Workflow[Any, Any] | None, record: RunRecord, store: Store) -> list[Guard]:
         """The guards of one execution of ``record`` on ``store``, in order: the content
@@ -123,9 +121,8 @@ class Runtime:
     def finish_ops(self, store: Store, run_id: str, status: str, *, run: RunContext | None = None) -> list[StoreOp]:
         """Store writes committed with a run's final event (its kept payloads dropped).
         ``run``: the ending execution's context, if known (it may show nothing is to drop)."""
-        from . import _wiring
-
-        return _wiring.finish_ops(self, store, run_id, status, run=run)
+        ops: list[StoreOp] = (_WIRING or _load_wiring()).finish_ops(self, store, run_id, status, run=run)
+        return ops
 
     def resume_reads(self, store: Store, run_id: str) -> list[tuple[str, tuple[Any, ...]]]:
         """The reads :meth:`resume_ops` makes, as ``(sql, params)``: a woken run sends them
@@ -147,14 +144,9 @@ class Runtime:
         _wiring.cancelled(self, store, run_id)
 
     # ------------------------------------------------------------------ activation
-    @contextmanager
-    def activate(self) -> Iterator[Runtime]:
+    def activate(self) -> AbstractContextManager[Runtime]:
         """Use this runtime inside the block (this thread or task)."""
-        token = _config.active_runtime.set(self)
-        try:
-            yield self
-        finally:
-            _config.active_runtime.reset(token)
+        return _Activation(self, self)
 
     def close(self) -> None:
         """Close the store, if it was opened."""
@@ -194,20 +186,58 @@ class _ProcessRuntime(Runtime):
 
         return policies
 
-    @contextmanager
-    def activate(self) -> Iterator[Runtime]:
+    def activate(self) -> AbstractContextManager[Runtime]:
         """Leave any isolated runtime inside the block: the process's objects answer."""
-        token = _config.active_runtime.set(None)
-        try:
-            yield self
-        finally:
-            _config.active_runtime.reset(token)
+        return _Activation(self, None)
 
     def close(self) -> None:
         _config.reset()
 
 
+class _Activation:
+    """``with rt.activate():`` (one block per call): ``active_runtime`` set to ``value`` inside
+    it, as it was after it. A class, not a ``contextmanager`` generator: the engine enters one
+    per run, and the generator's object, its frames and two ``next`` calls cost ~4 K
+    instructions more (issue 20)."""
+
+    __slots__ = ("_runtime", "_token", "_value")
+
+    def __init__(self, runtime: Runtime, value: Runtime | None) -> None:
+        self._runtime = runtime
+        self._value = value
+        self._token: Any = None
+
+    def __enter__(self) -> Runtime:
+        self._token = _config.active_runtime.set(self._value)
+        return self._runtime
+
+    def __exit__(self, *exc: object) -> None:
+        _config.active_runtime.reset(self._token)
+
+
 _PROCESS = _ProcessRuntime()
+
+# Modules the engine asks on every run, imported at their first use (never at import: see the
+# module's doc) and kept here: an import statement in a function costs ~5 K instructions per
+# call even when the module is loaded (issue 20: three of them in every empty run).
+_WIRING: ModuleType | None = None
+_HTTP: ModuleType | None = None
+
+
+def _load_wiring() -> ModuleType:
+    global _WIRING
+    from . import _wiring as module
+
+    _WIRING = module
+    return module
+
+
+def _load_http() -> ModuleType:
+    global _HTTP
+    from .integrations import _http
+
+    _HTTP = _http
+    return _http
 
 
 def runtime() -> Runtime:

@@ -86,13 +86,24 @@ def disable() -> None:
             otel.shutdown()
 
 
+# ``wflo._config``, imported at the first run's end and kept (an import statement in a function
+# costs ~5 K instructions per call: issue 20, one per run).
+_CONFIG: ModuleType | None = None
+
+
+def _load_config() -> ModuleType:
+    global _CONFIG
+    from .. import _config
+
+    _CONFIG = _config
+    return _config
+
+
 def is_enabled() -> bool:
     """True when runs are exported (``enable()`` was called, or the ``otel`` setting is on)."""
     if _enabled:
         return True
-    from .. import _config
-
-    return _config.settings().otel
+    return bool((_CONFIG or _load_config()).settings().otel)
 
 
 def flush(timeout_seconds: float = 10.0) -> bool:
@@ -119,9 +130,7 @@ def run_finished(store: Store, run_id: str) -> None:
     global _warned
     if not _enabled:
         try:
-            from .. import _config
-
-            if not _config.settings().otel:
+            if not (_CONFIG or _load_config()).settings().otel:
                 return
         except Exception:
             return

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import selectors
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -435,7 +436,10 @@ def direct_gen(store: PostgresStore, conn: Any, stmt: Statement, params: Sequenc
     if type(params) is Values:
         values: Sequence[bytes | None] = params
     else:
-        values = [v.encode() if type(v) is str and "\x00" not in v else _text(v) for v in params]
+        values = [
+            v.encode() if type(v) is str and "\x00" not in v else None if v is None else b"%d" % v if type(v) is int
+            else _text(v) for v in params
+        ]  # fmt: skip
     pgconn = conn.pgconn
     if pgconn.status != _CONNECTION_OK:
         raise psycopg.OperationalError("the connection is closed")
@@ -503,6 +507,7 @@ class Exchange:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watching = 0  # what the loop watches the socket for (WAIT_R | WAIT_W bits)
         self._fileno = -1  # the socket watched (kept: a connection closed meanwhile has none)
+        self._handle: asyncio.Handle | None = None  # the reader ``_watch`` put on the loop's selector itself
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
@@ -536,7 +541,8 @@ class Exchange:
 
     def _watch(self) -> None:
         """Watch the socket for what the generator waits for (readers and writers changed only
-        where that changed)."""
+        where that changed). An answer awaited alone (the usual case) on asyncio's own selector
+        loop is registered with the loop's selector directly (``_selector_of``)."""
         READY_R, READY_W, WAIT_R, WAIT_W = _waits()
         loop = self._loop
         assert loop is not None
@@ -545,6 +551,21 @@ class Exchange:
             self._fileno = self._pgconn.socket
         fileno = self._fileno
         want = self._state & (WAIT_R | WAIT_W)
+        if want == have:  # waiting for the same again: nothing to change
+            return
+        if not have and want == WAIT_R:
+            selector = _selector_of(loop)
+            if selector is not None:
+                handle = asyncio.Handle(self._ready, (READY_R,), loop, None)
+                try:
+                    selector.register(fileno, _EVENT_READ, (handle, None))
+                except KeyError:  # watched already (by anyone): asyncio's own way below
+                    pass
+                else:
+                    self._handle = handle
+                    self._watching = want
+                    return
+        self._handle = None  # what follows goes through asyncio's own methods
         if (want ^ have) & WAIT_R:
             if want & WAIT_R:
                 loop.add_reader(fileno, self._ready, READY_R)
@@ -564,6 +585,16 @@ class Exchange:
         if not have or loop is None:
             return
         fileno = self._fileno
+        handle, self._handle = self._handle, None
+        if handle is not None:  # registered by ``_watch`` on the selector, as ``remove_reader`` undoes it
+            handle.cancel()
+            selector = _selector_of(loop)
+            if selector is not None:
+                try:  # noqa: SIM105 (``suppress`` is a context manager more per answer)
+                    selector.unregister(fileno)
+                except KeyError:  # not registered any more: nothing to undo
+                    pass
+                return
         if have & WAIT_R:
             loop.remove_reader(fileno)
         if have & WAIT_W:
@@ -645,6 +676,42 @@ def _waits() -> tuple[Any, Any, Any, Any]:
     return _WAITS
 
 
+_EVENT_READ = selectors.EVENT_READ
+_SELECTOR_LOOPS: dict[type, bool] = {}
+
+
+def _selector_of(loop: Any) -> selectors.BaseSelector | None:
+    """The selector of ``loop`` if it is asyncio's own selector loop (its reader methods and
+    its event dispatch not overridden), else ``None``: the exchange then watches its socket
+    through ``add_reader``.
+
+    ``add_reader`` and ``remove_reader`` cost ~51 K instructions a pair (issue 20: two pairs
+    per async empty run, a sixth of its client's work in asyncio's Python): each checks the
+    descriptor against the loop's transports and asks the selector for a key it does not hold,
+    four ``KeyError`` raised and caught with their messages formatted. For a socket no
+    transport owns (libpq's), they come down to what is done here instead (~18 K a pair): the
+    selector's ``register`` with ``(reader handle, None)`` as the key's data, which the loop's
+    ``_process_events`` reads as ``(reader, writer)``, and its ``unregister``, the handle
+    cancelled. Any other loop (uvloop, a subclass overriding them, one given its own ``add_reader``), or a
+    closed one: ``None``."""
+    kind = type(loop)
+    fast = _SELECTOR_LOOPS.get(kind)
+    if fast is None:
+        base = asyncio.selector_events.BaseSelectorEventLoop
+        fast = _SELECTOR_LOOPS[kind] = issubclass(kind, base) and all(
+            getattr(kind, name) is getattr(base, name)
+            for name in ("add_reader", "_add_reader", "remove_reader", "_remove_reader", "add_writer", "_add_writer",
+                         "remove_writer", "_remove_writer", "_process_events")
+        )  # fmt: skip
+    if not fast:
+        return None
+    own = loop.__dict__
+    if "add_reader" in own or "remove_reader" in own:  # set on this loop (a test's hook): called
+        return None
+    selector: selectors.BaseSelector | None = getattr(loop, "_selector", None)
+    return selector
+
+
 _WAIT_INTERVAL = 0.1  # s: how often a blocking wait on a socket looks for an interrupt (as psycopg)
 
 
@@ -673,6 +740,20 @@ def _resumed(gen: Any, state: Any) -> Any:
 AppendStatement = Callable[
     [str, Head, Head, list[tuple[Any, ...]], str | None, str], tuple[tuple[Statement, Statement], Sequence[Any]]
 ]
+
+
+# ``_postgres`` (which imports this module), imported at the first use and kept: an import
+# statement in a function costs ~5 K instructions per call (issue 20: an async run's create, its
+# answer and its end each had one).
+_PG: Any = None
+
+
+def _load_pg() -> Any:
+    global _PG
+    from . import _postgres
+
+    _PG = _postgres
+    return _postgres
 
 
 class LoopWriter:
@@ -734,12 +815,10 @@ class LoopWriter:
         never relaxed). Otherwise as :meth:`append`:
         sent now, one per writer; a lost connection makes it again through ``Store.append``,
         which finds out whether the first one committed."""
-        from ._postgres import _append_statement
-
         store = self._store
         now = now_iso()
         new, rows = store._link(run_id, head, events)
-        statements, params = _append_statement(
+        statements, params = (_PG or _load_pg())._append_statement(
             run_id, head, new, rows, owner=owner, now=now, status=status, finish=True,
             output_json=canonical_json(output) if output_json is None else output_json, error_json=None,
             release=False, wake_at=None, notify=True, lean=store._lean(),
@@ -760,12 +839,11 @@ class LoopWriter:
         ``run.started`` events, relaxed as that start is: see "Commit modes" in ``_postgres``),
         idempotent on ``run_id``. Await it for ``(record, created)``. A lost connection makes
         it again through ``Store.create_run``; one statement per writer, as :meth:`append`."""
-        from ._postgres import _CREATE_ALONE, _create_params
-
+        pg = _PG or _load_pg()
         store = self._store
         values, rows = store._new_run(run_id, workflow, input, input_json, options, None, tenant, owner, None, queue,
                                       priority, partition_key, now_iso())  # fmt: skip
-        conn, exchange = self._send(_CREATE_ALONE[True], _create_params(values, rows, lease_seconds))
+        conn, exchange = self._send(pg._CREATE_ALONE[True], pg._create_params(values, rows, lease_seconds))
         redo = functools.partial(
             store.create_run, run_id=run_id, workflow=workflow, input=input, options=options, tenant=tenant,
             owner=owner, lease_seconds=lease_seconds, queue=queue, priority=priority, partition_key=partition_key,
@@ -881,15 +959,13 @@ class LoopCreate(LoopAppend):
         return self._created() or self._existing()
 
     def _created(self) -> tuple[RunRecord, bool] | None:
-        from ._postgres import _written
-
         error = self._exchange.error
         if error is not None:
             raise error
         result = self._exchange.value  # ``_CREATE_OWNED``'s: a new run's row, else none
         if not result.ntuples:
             return None
-        return RunRecord.from_row(_written(self._values, new_run_lease(result))), True
+        return RunRecord.from_row((_PG or _load_pg())._written(self._values, new_run_lease(result))), True
 
     def _existing(self) -> tuple[RunRecord, bool]:
         return self._store.get_run(self._run_id), False

@@ -329,6 +329,49 @@ def test_an_append_resumes_its_task_in_the_turn_its_answer_is_read(store: Postgr
     assert resumed_at == read_at[-1]
 
 
+def test_an_append_on_asyncio_s_loop_watches_its_socket_on_the_selector_alone(store: PostgresStore) -> None:
+    """On asyncio's own selector loop an append's answer is awaited with one ``register`` and
+    one ``unregister`` of its socket on the loop's selector, and none of ``add_reader``'s work
+    around them (issue 20: the transport check and the selector's missing key, ~51 K
+    instructions a pair, four ``KeyError`` raised and caught): the loop's transport check is
+    never asked. The answer still resumes the task in the turn it is read, and the socket is
+    left unwatched."""
+    head = _run(store, "r-loop-selector")
+
+    async def main() -> tuple[Head, list[str], int]:
+        loop = asyncio.get_running_loop()
+        selector = loop._selector  # type: ignore[attr-defined]
+        calls: list[str] = []
+        checks = [0]
+        real_register, real_unregister = selector.register, selector.unregister
+        real_check = loop._ensure_fd_no_transport  # type: ignore[attr-defined]
+
+        def register(fileobj: Any, events: int, data: Any = None) -> Any:
+            calls.append("register")
+            return real_register(fileobj, events, data)
+
+        def unregister(fileobj: Any) -> Any:
+            calls.append("unregister")
+            return real_unregister(fileobj)
+
+        def check(fd: Any) -> Any:
+            checks[0] += 1
+            return real_check(fd)
+
+        selector.register, selector.unregister = register, unregister
+        loop._ensure_fd_no_transport = check  # type: ignore[attr-defined]
+        try:
+            new = await _append(store, "r-loop-selector", head, [NewEvent("step.completed", {})])
+            return new, calls, checks[0] + len(selector.get_map())
+        finally:
+            del selector.register, selector.unregister, loop._ensure_fd_no_transport  # type: ignore[attr-defined]
+
+    new, calls, left = asyncio.run(main())
+    assert new.seq == head.seq + 1
+    assert calls == ["register", "unregister"]
+    assert left == 1  # no transport check; the selector watches the loop's self-pipe alone
+
+
 async def _end(store: PostgresStore, run_id: str, head: Head, output: Any, owner: str = "a") -> Head:
     writer = store.loop_writer(run_id)
     assert writer is not None, "no on-loop writer"
