@@ -28,6 +28,7 @@ import asyncio
 import functools
 import hashlib
 import selectors
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -698,7 +699,10 @@ def _selector_of(loop: Any) -> selectors.BaseSelector | None:
     fast = _SELECTOR_LOOPS.get(kind)
     if fast is None:
         base = asyncio.selector_events.BaseSelectorEventLoop
-        fast = _SELECTOR_LOOPS[kind] = issubclass(kind, base) and all(
+        # The key's data as ``(reader, writer)`` is read from CPython 3.11 to 3.13's
+        # ``_process_events``; a later asyncio, unread, gets the public methods (a data layout
+        # changed under us would leave the answer unread: a hang, not a slower run).
+        fast = _SELECTOR_LOOPS[kind] = sys.version_info < (3, 14) and issubclass(kind, base) and all(
             getattr(kind, name) is getattr(base, name)
             for name in ("add_reader", "_add_reader", "remove_reader", "_remove_reader", "add_writer", "_add_writer",
                          "remove_writer", "_remove_writer", "_process_events")
