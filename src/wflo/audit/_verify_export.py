@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -101,6 +102,10 @@ class ExportReport:
     uncovered: list[str] = field(default_factory=list)
     """Chains the checkpoint signs that this export cannot speak to (filtered out, or exported
     only from after the signed head)."""
+    unlisted: list[str] = field(default_factory=list)
+    """Other entries of the directory, not in the manifest (a checkpoint kept beside the export, or
+    a file slipped in): nothing in them is verified. Not a problem, said so (at most
+    ``PROBLEMS_MAX`` names)."""
 
     @property
     def ok(self) -> bool:
@@ -126,6 +131,7 @@ class ExportReport:
             "filters": self.filters,
             "checkpoint": self.checkpoint.to_dict() if self.checkpoint is not None else None,
             "uncovered": self.uncovered,
+            "unlisted": self.unlisted,
         }
 
 
@@ -586,6 +592,8 @@ def verify_export(
         whole = filters.get("run") is None and filters.get("since") is None
         cp, uncovered = _against_checkpoint(checkpoint, public_key, chains, reports, whole)
     starts = {c: s.first_seq for c, s in chains.seen.items() if s.first_seq > 1}
+    known = {"manifest.json", *(f["name"] for f in manifest["files"])}
+    unlisted = sorted(itertools.islice((e.name for e in os.scandir(folder) if e.name not in known), PROBLEMS_MAX))
     return ExportReport(
         str(folder),
         fmt,
@@ -598,4 +606,5 @@ def verify_export(
         filters=dict(filters),
         checkpoint=cp,
         uncovered=uncovered,
+        unlisted=unlisted,
     )

@@ -385,6 +385,12 @@ def _print_export_report(report: Any, checkpoint_path: str | None) -> None:
     )
     if not intact:
         return
+    if report.unlisted:
+        console.print(
+            f"not verified: {', '.join(report.unlisted)} (in the directory, not in the manifest)",
+            soft_wrap=True,
+            markup=False,
+        )
     if report.starts:
         console.print(
             f"{plural(len(report.starts), 'chain')} exported from the middle: each is shown from its first "

@@ -147,6 +147,18 @@ def test_a_real_export_verifies_offline(store_url: str, tmp_path: Path, fmt: str
     assert sum(seen) == report.events
 
 
+def test_files_the_manifest_does_not_list_are_named_not_verified(sqlite_url: str, tmp_path: Path) -> None:
+    """A file slipped into the export's directory (another events file, a "summary") is no
+    part of what was verified: the report names it, and a clean export names nothing."""
+    out = exported(sqlite_url, tmp_path, "jsonl")
+    assert verify_export(out).unlisted == []
+    (out / "events-extra.jsonl").write_text('{"chain": "r9"}\n')
+    (out / "cp.json").write_text("{}")
+    report = verify_export(out)
+    assert report.ok and report.unlisted == ["cp.json", "events-extra.jsonl"]
+    assert report.to_dict()["unlisted"] == ["cp.json", "events-extra.jsonl"]
+
+
 def test_progress_comes_in_steps_with_the_manifest_total(sqlite_url: str, tmp_path: Path) -> None:
     with open_store(sqlite_url) as store:
         for i in range(30):
