@@ -15,6 +15,10 @@ When a tool is called in a run (checked before the call, in ``Tool._call``):
   can also require approval (``"required"``) or name approvers (``"role:ops,user:ana"``);
 - ``max_calls`` caps the calls of the tool in one run; ``budget_usd`` caps what its priced
   calls (``cost_usd`` in the manifest) may cost in one run.
+
+Since a grant names a tool, two tools must not share a name: ``wflo.mcp.connect`` refuses a
+server tool named like a built-in, a declared packaged tool or another open server's tool, and
+``load`` refuses a packaged tool named like a built-in (either would get the other's grants).
 """
 
 from __future__ import annotations
