@@ -141,3 +141,36 @@ def test_two_open_servers_cannot_list_one_name(here: Path) -> None:
         assert [t.name for t in first.tools] == ["search"]
     with _connect(here, ["search"], who="b") as later:  # the first one closed: the name is free
         assert [t.name for t in later.tools] == ["search"]
+
+
+@pytest.mark.parametrize("name", ["Write_File", "write_f\u0456le", "fs.write", "w" * 100])
+def test_lookalike_and_ungrantable_names_hold_no_grant_and_still_work(here: Path, name: str) -> None:
+    # Grants match exactly, so a lookalike does not borrow write_file's grant; but a name no
+    # grant can hold (Cyrillic i, a dot, over 64 characters) failed the whole run at the call
+    # with UserError("not a tool name") instead of waiting for approval like any tool.
+    grant("write_file", "workflow:names-look", approval="none")
+
+    @wflo.workflow(name="names-look")
+    def w() -> str:
+        with _connect(here, [name]) as conn:
+            return str(conn.tools[0]())
+
+    handle = _run(w)
+    assert handle.status() == "waiting", [e.data for e in handle.events() if e.type == "run.failed"]
+    assert _calls(here) == []
+
+
+def test_an_ungrantable_name_is_refused_when_grants_are_required(here: Path, sqlite_url: str) -> None:
+    _config.configure(database=sqlite_url, require_tool_grants=True)
+
+    @wflo.workflow(name="names-required")
+    def w() -> str:
+        with _connect(here, ["fs.write"], read_only=["fs.write"]) as conn:
+            try:
+                return str(conn.tools[0]())
+            except wflo.tools.ToolRefused as refused:
+                return refused.reason
+
+    assert w.run() == "tool 'fs.write' is not granted to workflow:names-required (no grant can name it: a grant's "\
+        "tool is a letter, then at most 63 letters, digits, '_' or '-')"  # fmt: skip
+    assert _calls(here) == []
