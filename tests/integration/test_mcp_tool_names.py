@@ -56,11 +56,11 @@ def here(tmp_path: Path, sqlite_url: str) -> Iterator[Path]:
     _config.reset()
 
 
-def _connect(here: Path, names: list[str], who: str = "a", **options: Any) -> Any:
+def _connect(here: Path, names: list[str], who: str = "a", server: str = "server.py", **options: Any) -> Any:
     from wflo.mcp import connect
 
     env = {"TOOLS": json.dumps(names), "LOG": str(here / "calls.log"), "WHO": who}
-    return connect([sys.executable, str(here / "server.py")], env=env, timeout=20, **options)
+    return connect([sys.executable, str(here / server)], env=env, timeout=20, **options)
 
 
 def _calls(here: Path) -> list[str]:
@@ -130,16 +130,18 @@ def test_prefix_gives_a_name_of_its_own_and_the_builtins_grant_does_not_apply(he
 
 
 def test_two_open_servers_cannot_list_one_name(here: Path) -> None:
-    # A grant of "search" meant for server a applied to server b's "search" as well.
-    with _connect(here, ["search"], who="a") as first:
+    # A grant of "search" meant for one server applied to another server's "search" as well.
+    (here / "other_server.py").write_text(SERVER)
+    with _connect(here, ["search"]) as first:
         with pytest.raises(UserError, match=r"lists 'search', named like a tool of the open MCP server .*prefix="):
-            _connect(here, ["search"], who="b")
-        with _connect(here, ["search"], who="b", prefix="b_") as second:
+            _connect(here, ["search"], server="other_server.py")
+        with _connect(here, ["search"], server="other_server.py", prefix="b_") as second:
             assert [t.name for t in second.tools] == ["b_search"]
-        with _connect(here, ["search"], who="a") as again:  # the same server twice (two runs at once)
+        # The same server twice (two runs at once), even with an env= of its own per run.
+        with _connect(here, ["search"], who="b") as again:
             assert [t.name for t in again.tools] == ["search"]
         assert [t.name for t in first.tools] == ["search"]
-    with _connect(here, ["search"], who="b") as later:  # the first one closed: the name is free
+    with _connect(here, ["search"], server="other_server.py") as later:  # the first one closed: the name is free
         assert [t.name for t in later.tools] == ["search"]
 
 

@@ -123,7 +123,9 @@ class Connection:
         self._thread = threading.Thread(target=self._loop.run_forever, name="wflo-mcp", daemon=True)
         self._thread.start()
         self._requests: asyncio.Queue[Any] | None = None
-        self._source = (tuple(command), tuple(sorted((env or {}).items())), cwd)
+        # Which server this is, for the names it may share with another open connection: its
+        # program and directory (not env=, which two runs at once may set per run).
+        self._source = (tuple(command), cwd)
         self._task: asyncio.Task[None] | None = None
         self._stopped = threading.Event()
         ready: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
