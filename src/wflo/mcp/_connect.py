@@ -13,6 +13,10 @@ them like LLM calls, and a grant's ``budget_usd`` caps them too.
 
 ``sandbox=Capabilities(...)`` (or a ``Manifest``) starts the server inside wflo's bubblewrap
 sandbox with exactly those capabilities (``_jail.py``).
+
+Grants name tools, so a tool's name must be its own: a server whose tool (after ``prefix=``)
+has the name of a built-in tool, of a declared packaged tool or of a tool of another open
+connection is refused (it would get that tool's grants: ``approval="none"``, its call caps).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import concurrent.futures
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -71,6 +76,11 @@ class MCPTool(Tool[..., Any]):
         return call
 
 
+_OPEN: weakref.WeakSet[Connection] = weakref.WeakSet()
+"""The connections not closed yet: their tool names are taken."""
+_OPEN_LOCK = threading.Lock()
+
+
 class Connection:
     """A running stdio MCP server and its tools (``close()`` or ``with`` stops it).
 
@@ -113,6 +123,9 @@ class Connection:
         self._thread = threading.Thread(target=self._loop.run_forever, name="wflo-mcp", daemon=True)
         self._thread.start()
         self._requests: asyncio.Queue[Any] | None = None
+        # Which server this is, for the names it may share with another open connection: its
+        # program and directory (not env=, which two runs at once may set per run).
+        self._source = (tuple(command), cwd)
         self._task: asyncio.Task[None] | None = None
         self._stopped = threading.Event()
         ready: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
@@ -120,6 +133,7 @@ class Connection:
         try:
             self.tools: list[MCPTool] = self._wrap(ready.result(timeout), prefix, read_only_names, trust_hints,
                                                    approval, costs)  # fmt: skip
+            self._claim_names()
         except BaseException:  # the server is stopped, whatever refused it (no process left behind)
             self.close()
             raise
@@ -148,6 +162,31 @@ class Connection:
                 MCPTool(self, r, name=prefix + r.name, effects=eff, approval=approval, cost_usd=costs.get(r.name))
             )
         return tools
+
+    def _claim_names(self) -> None:
+        """Refuse a tool name that another tool answers to in grants (a built-in, a declared
+        packaged tool, a tool of another server still open); then hold the names until ``close()``."""
+        from ..tools._packages import name_owner
+
+        prefix_hint = "connect it with prefix= (prefix='srv_' names it 'srv_{}')"
+        for t in self.tools:
+            owner = name_owner(t.name)
+            if owner is not None:
+                raise UserError(f"the MCP server {self._params.command!r} lists {t.remote_name!r}, named like {owner}; "
+                                f"grants name tools, so it would get that tool's grants: "
+                                + prefix_hint.format(t.remote_name))  # fmt: skip
+        with _OPEN_LOCK:
+            mine = {t.name for t in self.tools}
+            for other in list(_OPEN):
+                if other._source == self._source:
+                    continue  # the same server started twice (two runs at once): the same tools
+                clash = sorted(mine & {t.name for t in other.tools})
+                if clash:
+                    remote = next(t.remote_name for t in self.tools if t.name == clash[0])
+                    raise UserError(f"the MCP server {self._params.command!r} lists {remote!r}, named like a tool of "
+                                    f"the open MCP server {other._params.command!r}; grants name tools, so it would "
+                                    f"get that tool's grants: " + prefix_hint.format(remote))  # fmt: skip
+            _OPEN.add(self)
 
     async def _serve(self, ready: concurrent.futures.Future[list[Any]]) -> None:
         # One task owns the SDK's contexts from start to end (anyio's scopes must be left by
@@ -213,6 +252,8 @@ class Connection:
 
     def close(self) -> None:
         """Stop the server and the connection's thread."""
+        with _OPEN_LOCK:
+            _OPEN.discard(self)
         if self._requests is not None and not self._main.done():
             self._loop.call_soon_threadsafe(self._requests.put_nowait, None)
             with contextlib.suppress(Exception):

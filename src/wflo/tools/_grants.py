@@ -15,6 +15,10 @@ When a tool is called in a run (checked before the call, in ``Tool._call``):
   can also require approval (``"required"``) or name approvers (``"role:ops,user:ana"``);
 - ``max_calls`` caps the calls of the tool in one run; ``budget_usd`` caps what its priced
   calls (``cost_usd`` in the manifest) may cost in one run.
+
+Since a grant names a tool, two tools must not share a name: ``wflo.mcp.connect`` refuses a
+server tool named like a built-in, a declared packaged tool or another open server's tool, and
+``load`` refuses a packaged tool named like a built-in (either would get the other's grants).
 """
 
 from __future__ import annotations
@@ -195,13 +199,18 @@ def apply_grant(tool: Tool[..., Any], call: Call) -> None:
     ctx = call.run
     required = getattr(tool, "packaged", False) or settings().require_tool_grants
     mine = principals_of(ctx)
-    found = [g for g in grants(tool.name, store=ctx.store) if g.principal in mine]
+    from ._manifest import NAME
+
+    # A connected MCP server's tool may have a name no grant can hold ("fs.write", say): it has
+    # no grant (asking ``grants()`` for it raised UserError and failed the run at every call).
+    grantable = bool(NAME.match(tool.name))
+    found = [g for g in grants(tool.name, store=ctx.store) if g.principal in mine] if grantable else []
     if not found:
         if required:
+            fix = (f"grant it: wflo tools grant {tool.name} --to {mine[0]}" if grantable
+                   else "no grant can name it: a grant's tool is a letter, then at most 63 letters, digits, '_' or '-'")  # fmt: skip
             call.meta["grant_refused"] = ToolRefused(
-                tool=tool.name,
-                reason=f"tool {tool.name!r} is not granted to {' or '.join(mine)} "
-                f"(grant it: wflo tools grant {tool.name} --to {mine[0]})",
+                tool=tool.name, reason=f"tool {tool.name!r} is not granted to {' or '.join(mine)} ({fix})"
             )
             call.event["grant"] = None
             return

@@ -105,6 +105,27 @@ def installed() -> list[ToolPackage]:
     return [found[k] for k in sorted(found)]
 
 
+def builtin_names() -> frozenset[str]:
+    """The names of the built-in tools (as their factories name them by default)."""
+    from . import _FACTORIES
+
+    return frozenset(_FACTORIES)
+
+
+def name_owner(name: str) -> str | None:
+    """The built-in or declared packaged tool already called ``name`` (grants name tools, so a
+    second tool of that name would get its grants), described for an error; ``None`` if none.
+    Reads entry point names only: a broken package still holds its name."""
+    if name in builtin_names():
+        return f"the built-in tool {name!r}"
+    for ep in metadata.entry_points(group=GROUP):
+        if ep.name == name:
+            dist = getattr(ep, "dist", None)
+            where = dist.metadata["Name"] if dist is not None else ep.value.split(":", 1)[0].strip()
+            return f"the packaged tool {name!r} of {where}"
+    return None
+
+
 def find(name: str) -> ToolPackage:
     """The installed tool ``name``; ``UserError`` naming the installed ones otherwise."""
     for pkg in installed():
@@ -177,6 +198,11 @@ def load(name: str) -> PackagedTool:
     """The installed tool ``name``, ready to give to an agent (checked against its signature
     first when ``require_signed_tools`` is set)."""
     pkg = find(name)
+    if name in builtin_names():  # a grant of the built-in would be this tool's too
+        raise UserError(
+            f"{pkg.distribution} declares a tool named {name!r}, a built-in tool's name: grants name tools, so it would "
+            f"get the built-in's grants; wflo does not load it (its publisher must rename it)"
+        )
     if settings().require_signed_tools:
         from ._signing import verify_package
 
