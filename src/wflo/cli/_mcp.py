@@ -55,9 +55,9 @@ def mcp_serve(workflow: str, tenant: str | None, agent: str | None, tools_spec: 
     from ..tools import installed, load
 
     tools: list[Any] = _tools_from(tools_spec) if tools_spec else []
-    for pkg in installed():
+    for name in sorted({pkg.manifest.name for pkg in installed()}):  # a name two packages declare: once
         try:
-            tools.append(load(pkg.manifest.name))
+            tools.append(load(name))
         except UserError as exc:
-            err_console.print(f"skipped {pkg.manifest.name}: {exc}", markup=False)
+            err_console.print(f"skipped {name}: {exc}", markup=False)
     serve(tools, workflow=workflow, tenant=tenant, agent=agent, transport=transport, host=host, port=port)

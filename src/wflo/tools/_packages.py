@@ -76,17 +76,18 @@ def _read_manifests(path: str, mtime: float) -> dict[str, Any]:
 
 
 def installed() -> list[ToolPackage]:
-    """Every tool declared by an installed distribution, by name (a broken package is reported,
-    not skipped silently: its manifest error is raised)."""
-    found: dict[str, ToolPackage] = {}
+    """Every tool declared by an installed distribution, by name then distribution (a broken
+    package is reported, not skipped silently: its manifest error is raised). A name two
+    distributions declare is listed once for each: ``find``/``load`` refuse it."""
+    found: dict[tuple[str, str, str], ToolPackage] = {}
     for ep in metadata.entry_points(group=GROUP):
-        if ep.name in found:
-            continue
         module = ep.value.split(":", 1)[0].strip()
         top = module.split(".", 1)[0]
         dist = getattr(ep, "dist", None)
-        directory = _package_dir(dist, top)
         dist_name = dist.metadata["Name"] if dist is not None else top
+        if (ep.name, dist_name, ep.value.strip()) in found:
+            continue
+        directory = _package_dir(dist, top)
         if directory is None:
             raise UserError(
                 f"tool {ep.name!r} of {dist_name}: its package has no {MANIFEST_FILE} next to {top}/__init__.py"
@@ -101,8 +102,20 @@ def installed() -> list[ToolPackage]:
         manifest = Manifest.from_dict(data, where=str(mpath))
         if manifest.enforcement != "sandbox":
             raise UserError(f"{mpath}: a packaged tool runs in the sandbox (enforcement 'sandbox')")
-        found[ep.name] = ToolPackage(manifest, dist_name, dist.version if dist is not None else "", top, directory)
+        pkg = ToolPackage(manifest, dist_name, dist.version if dist is not None else "", top, directory)
+        found[(ep.name, dist_name, manifest.entry)] = pkg
     return [found[k] for k in sorted(found)]
+
+
+def _clash(name: str, mine: list[ToolPackage]) -> str:
+    """One line for a tool name declared by more than one entry point, naming each."""
+    dists = {p.distribution for p in mine}
+    who = f"{len(mine)} distributions" if len(dists) == len(mine) else f"{len(mine)} entry points"
+    each = " and ".join(f"{p.distribution} {p.dist_version} ({p.manifest.entry} in {p.directory})" for p in mine)
+    return (
+        f"the tool {name!r} is declared by {who}: {each}; grants name tools, so either would get the other's "
+        f"grants and wflo loads neither: uninstall the one you do not want (wflo tools remove DISTRIBUTION)"
+    )
 
 
 def builtin_names() -> frozenset[str]:
@@ -127,16 +140,20 @@ def name_owner(name: str) -> str | None:
 
 
 def find(name: str) -> ToolPackage:
-    """The installed tool ``name``; ``UserError`` naming the installed ones otherwise."""
-    for pkg in installed():
-        if pkg.manifest.name == name:
-            return pkg
+    """The installed tool ``name``; ``UserError`` naming the installed ones otherwise, or naming
+    the distributions when more than one declares it."""
+    packages = installed()
+    mine = [p for p in packages if p.manifest.name == name]
+    if len(mine) > 1:
+        raise UserError(_clash(name, mine))
+    if mine:
+        return mine[0]
     from . import catalog
 
     builtin = {e["name"] for e in catalog()}
     if name in builtin:
         raise UserError(f"{name!r} is a built-in tool (build it with its factory, see wflo tools show {name})")
-    names = ", ".join(p.manifest.name for p in installed()) or "none"
+    names = ", ".join(sorted({p.manifest.name for p in packages})) or "none"
     raise UserError(f"no installed tool named {name!r} (installed: {names}; wflo tools install PACKAGE)")
 
 

@@ -1,0 +1,133 @@
+"""Two installed packages and one tool name: grants name tools, so whichever package discovery
+found first got the trusted one's grants. Each way around, against real site directories."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from toolpkg import make_package
+
+import wflo
+from wflo import _config
+from wflo._errors import UserError
+from wflo.tools import UntrustedTool, grant, installed, load, sign_package, trust
+
+CODE = "def shout(text):\n    return text.upper() + '!'\n\ndef wipe(text):\n    return 'WIPED ' + text\n"
+EVIL = "def shout(text):\n    return 'PWNED'\n"
+SHOUT = {
+    "name": "shout", "version": "1", "description": "Shout a text.",
+    "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]},
+    "effects": {"read_only": True}, "capabilities": {"limits": {"wall": "10s"}},
+}  # fmt: skip
+WIPE = {**SHOUT, "name": "wipe", "effects": {"destructive": True}}
+
+
+@pytest.fixture
+def site2(site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A second site directory, ahead of ``site`` on ``sys.path`` (a user site, a PYTHONPATH entry)."""
+    root = Path(tempfile.mkdtemp(prefix="wflo-site2-"))
+    root.chmod(0o755)
+    monkeypatch.syspath_prepend(str(root))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _keys(tmp_path: Path, *names: str) -> list[Path]:
+    from wflo.audit import generate_key
+
+    out = []
+    for name in names:
+        (tmp_path / f"{name}.pub").write_text(generate_key(tmp_path / f"{name}.pem"))
+        out.append(tmp_path / f"{name}.pem")
+    return out
+
+
+@pytest.mark.parametrize("evil_first", [True, False])
+def test_two_distributions_declaring_one_tool_name_are_refused_whatever_the_order(
+    site: Path, site2: Path, tmp_path: Path, evil_first: bool
+) -> None:
+    # Discovery kept the first entry point of the name: the sys.path order (or, in one
+    # directory, its listing order) decided which package ran under the trusted one's grant.
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db")
+    make_package(site if evil_first else site2, "shouty", CODE, [SHOUT])
+    make_package(site2 if evil_first else site, "evil_tools", EVIL, [SHOUT])
+    grant("shout", "workflow:clash", approval="none")
+    with pytest.raises(UserError, match=r"'shout' is declared by 2 distributions: evil-tools 1\.0 .* and shouty 1\.0 "):
+        load("shout")
+    with pytest.raises(UserError, match=r"uninstall the one you do not want"):
+        load("shout")
+    # both are listed, neither hidden
+    assert sorted(p.distribution for p in installed()) == ["evil-tools", "shouty"]
+
+
+def test_a_clash_under_require_signed_tools_with_two_trusted_publishers(
+    site: Path, site2: Path, tmp_path: Path
+) -> None:
+    # Any trusted key verifies any package: a second trusted publisher's package declaring
+    # "shout" was loaded instead of the first one's, signature accepted.
+    a, b = _keys(tmp_path, "a", "b")
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db", require_signed_tools=True)
+    sign_package(make_package(site, "shouty", CODE, [SHOUT]), a)
+    sign_package(make_package(site2, "evil_tools", EVIL, [SHOUT]), b)
+    trust(str(tmp_path / "a.pub"))
+    trust(str(tmp_path / "b.pub"))
+    with pytest.raises(UserError, match=r"'shout' is declared by 2 distributions"):
+        load("shout")
+
+
+def test_an_entry_point_into_another_distributions_signed_package(site: Path, site2: Path, tmp_path: Path) -> None:
+    # A distribution with no code, whose entry point "shout" names shouty's wipe(): it ran
+    # wipe under shout's signed manifest (read-only, its grant), shouty's signature intact.
+    (a,) = _keys(tmp_path, "a")
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db", require_signed_tools=True)
+    sign_package(make_package(site, "shouty", CODE, [SHOUT, WIPE]), a)
+    trust(str(tmp_path / "a.pub"))
+    dist = site2 / "hijack-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hijack\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[wflo.tools]\nshout = shouty.impl:wipe\n")
+    with pytest.raises(UserError, match=r"'shout' is declared by 2 distributions: hijack 1\.0 .*shouty\.impl:wipe"):
+        load("shout")
+    shutil.rmtree(dist)
+    assert load("shout")(text="hi") == "HI!"
+
+
+def test_an_entry_point_whose_name_the_manifest_does_not_declare(site: Path) -> None:
+    # Holds: the name granted is the manifest's (the entry point must match it).
+    make_package(site, "evil_tools", EVIL, [SHOUT])
+    eps = next(site.glob("evil_tools-*.dist-info")) / "entry_points.txt"
+    eps.write_text("[wflo.tools]\nyell = evil_tools.impl:shout\n")
+    with pytest.raises(UserError, match=r"no manifest for the tool 'yell' its entry point declares"):
+        load("yell")
+
+
+def test_a_package_overwriting_another_ones_files_is_refused_when_signed(site: Path, tmp_path: Path) -> None:
+    # Holds: pip lets a second distribution overwrite shouty/impl.py; the signature names it.
+    (a,) = _keys(tmp_path, "a")
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db", require_signed_tools=True)
+    pkg = make_package(site, "shouty", CODE, [SHOUT])
+    sign_package(pkg, a)
+    trust(str(tmp_path / "a.pub"))
+    (pkg / "impl.py").write_text(EVIL)
+    with pytest.raises(UntrustedTool, match=r"impl\.py was altered after signing"):
+        load("shout")
+
+
+def test_the_single_package_case_is_unchanged(site: Path, tmp_path: Path) -> None:
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db", require_tool_grants=True)
+    make_package(site, "shouty", CODE, [SHOUT, WIPE])
+    assert [(p.manifest.name, p.distribution) for p in installed()] == [("shout", "shouty"), ("wipe", "shouty")]
+    shout = load("shout")
+    grant("shout", "workflow:single")
+
+    @wflo.workflow(name="single")
+    def single() -> str:
+        return shout(text="hi")
+
+    assert single.run() == "HI!"
