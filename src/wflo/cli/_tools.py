@@ -32,7 +32,24 @@ def _entries() -> list[dict[str, Any]]:
         entry = pkg.to_dict()
         entry["source"] = f"{pkg.distribution} {pkg.dist_version}".strip()
         out.append(entry)
+    sources: dict[str, list[str]] = {}
+    for entry in out:
+        sources.setdefault(entry["name"], []).append(entry["source"])
+    for entry in out:
+        if len(sources[entry["name"]]) > 1 and entry["source"] != "built-in":  # the built-in is unharmed
+            entry["clash"] = _clash(entry["name"], sources[entry["name"]])
     return out
+
+
+def _clash(name: str, sources: list[str]) -> str:
+    """Grants name tools, so a name two sources declare is loaded from neither package."""
+    if "built-in" in sources:
+        others = ", ".join(s for s in sources if s != "built-in")
+        return f"{name!r} is a built-in tool's name and {others} declares it too: wflo.tools.load refuses the package's"
+    return (
+        f"{name!r} is declared by {len(sources)} distributions ({', '.join(sources)}): wflo.tools.load refuses it, "
+        f"since grants name tools; uninstall one (wflo tools remove DISTRIBUTION)"
+    )
 
 
 @tools.command("list")
@@ -55,7 +72,7 @@ def tools_list(as_json: bool) -> None:
         risk = entry.get("risk", "")
         style = {"low": "green", "medium": "yellow", "high": "red"}.get(risk, "")
         table.add_row(
-            entry["name"],
+            Text(entry["name"] + " (clash)", style="red") if "clash" in entry else entry["name"],
             entry["source"],
             args,
             effects,
@@ -64,6 +81,8 @@ def tools_list(as_json: bool) -> None:
             entry["description"],
         )
     console.print(table)
+    for line in dict.fromkeys(e["clash"] for e in entries if "clash" in e):
+        console.print(f"clash: {line}", soft_wrap=True, markup=False, style="red")
     factories = sorted({e["factory"].split("(")[0] for e in entries if "factory" in e})
     console.print("build the built-ins with:", ", ".join(factories), soft_wrap=True)
 
@@ -74,10 +93,14 @@ def tools_list(as_json: bool) -> None:
 @handle_errors
 def tools_show(name: str, as_json: bool) -> None:
     """Print a tool's manifest: effects, capabilities, limits, publisher, signature."""
-    entry = next((e for e in _entries() if e["name"] == name), None)
-    if entry is None:
-        names = ", ".join(e["name"] for e in _entries())
+    entries = _entries()
+    matches = [e for e in entries if e["name"] == name]
+    if not matches:
+        names = ", ".join(e["name"] for e in entries)
         raise UserError(f"no tool named {name!r} (tools: {names})")
+    entry = matches[0]  # a built-in sorts first: its factory builds it whatever a package declares
+    if len(matches) > 1 and entry["source"] != "built-in":
+        raise UserError(f"{entry['clash']} (wflo tools list --json shows each)")
     if as_json:
         dump_json(entry)
         return
@@ -96,6 +119,8 @@ def tools_install(spec: tuple[str, ...]) -> None:
     console.print(f"new tools: {', '.join(new)}" if new else "no new tools (is it a wflo tool package?)", markup=False)
     if new:
         console.print("grant them before a run can use them: wflo tools grant NAME --to workflow:NAME")
+    for line in dict.fromkeys(e["clash"] for e in _entries() if "clash" in e):
+        console.print(f"clash: {line}", soft_wrap=True, markup=False, style="red")
 
 
 def _pip(args: list[str]) -> int:
@@ -121,7 +146,13 @@ def _installed_quiet() -> list[Any]:
 @handle_errors
 def tools_remove(name: str, yes: bool) -> None:
     """Uninstall the package that provides tool NAME (or the distribution NAME) with pip."""
-    dist = next((p.distribution for p in _installed_quiet() if p.manifest.name == name), name)
+    dists = sorted({p.distribution for p in _installed_quiet() if p.manifest.name == name})
+    if len(dists) > 1:
+        each = " or ".join(f"wflo tools remove {d}" for d in dists)
+        raise UserError(
+            f"the tool {name!r} is declared by {' and '.join(dists)}: name the distribution to uninstall ({each})"
+        )
+    dist = dists[0] if dists else name
     if not yes:
         click.confirm(f"uninstall {dist}?", abort=True)
     if _pip(["uninstall", "-y", dist]) != 0:

@@ -3,17 +3,20 @@ found first got the trusted one's grants. Each way around, against real site dir
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from toolpkg import make_package
 
 import wflo
 from wflo import _config
 from wflo._errors import UserError
+from wflo.cli import cli
 from wflo.tools import UntrustedTool, grant, installed, load, sign_package, trust
 
 CODE = "def shout(text):\n    return text.upper() + '!'\n\ndef wipe(text):\n    return 'WIPED ' + text\n"
@@ -131,3 +134,25 @@ def test_the_single_package_case_is_unchanged(site: Path, tmp_path: Path) -> Non
         return shout(text="hi")
 
     assert single.run() == "HI!"
+
+
+def test_cli_lists_a_clash_and_show_and_remove_refuse_to_pick(site: Path, site2: Path, tmp_path: Path) -> None:
+    # list showed one of the two packages (the one load() took), show described it, and
+    # remove uninstalled it: the other stayed, with the name and its grants.
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db")
+    make_package(site, "shouty", CODE, [SHOUT])
+    make_package(site2, "evil_tools", EVIL, [SHOUT])
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["tools", "list"], terminal_width=400)
+    assert listed.exit_code == 0, listed.output
+    assert "evil-tools 1.0" in listed.output and "shouty 1.0" in listed.output
+    assert "'shout' is declared by 2 distributions" in listed.output
+    as_json = json.loads(runner.invoke(cli, ["tools", "list", "--json"]).output)
+    clashing = [e for e in as_json if e["name"] == "shout"]
+    assert len(clashing) == 2 and all("declared by 2 distributions" in e["clash"] for e in clashing)
+    assert all("clash" not in e for e in as_json if e["name"] != "shout")
+    shown = runner.invoke(cli, ["tools", "show", "shout"])
+    assert shown.exit_code != 0 and "declared by 2 distributions" in shown.output, shown.output
+    removed = runner.invoke(cli, ["tools", "remove", "shout", "--yes"])
+    assert removed.exit_code != 0 and "wflo tools remove evil-tools" in removed.output, removed.output
+    assert "Traceback" not in shown.output + removed.output
