@@ -47,7 +47,7 @@ def _clash(name: str, sources: list[str]) -> str:
         others = ", ".join(s for s in sources if s != "built-in")
         return f"{name!r} is a built-in tool's name and {others} declares it too: wflo.tools.load refuses the package's"
     return (
-        f"{name!r} is declared by {len(sources)} distributions ({', '.join(sources)}): wflo.tools.load refuses it, "
+        f"{name!r} is declared by {len(sources)} packages ({', '.join(sources)}): wflo.tools.load refuses it, "
         f"since grants name tools; uninstall one (wflo tools remove DISTRIBUTION)"
     )
 

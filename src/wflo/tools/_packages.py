@@ -79,15 +79,19 @@ def installed() -> list[ToolPackage]:
     """Every tool declared by an installed distribution, by name then distribution (a broken
     package is reported, not skipped silently: its manifest error is raised). A name two
     distributions declare is listed once for each: ``find``/``load`` refuse it."""
-    found: dict[tuple[str, str, str], ToolPackage] = {}
-    for ep in metadata.entry_points(group=GROUP):
+    found: dict[tuple[str, str, str, str], ToolPackage] = {}
+    # Each distribution on sys.path, not metadata.entry_points(), which keeps only the first
+    # of a name: a second copy in another directory would shadow the installed one quietly.
+    eps = [ep for d in metadata.distributions() for ep in d.entry_points.select(group=GROUP)]
+    for ep in eps:
         module = ep.value.split(":", 1)[0].strip()
         top = module.split(".", 1)[0]
         dist = getattr(ep, "dist", None)
         dist_name = dist.metadata["Name"] if dist is not None else top
-        if (ep.name, dist_name, ep.value.strip()) in found:
-            continue
         directory = _package_dir(dist, top)
+        key = (ep.name, dist_name, ep.value.strip(), str(directory.resolve()) if directory else "")
+        if key in found:  # one directory twice on sys.path
+            continue
         if directory is None:
             raise UserError(
                 f"tool {ep.name!r} of {dist_name}: its package has no {MANIFEST_FILE} next to {top}/__init__.py"
@@ -102,19 +106,21 @@ def installed() -> list[ToolPackage]:
         manifest = Manifest.from_dict(data, where=str(mpath))
         if manifest.enforcement != "sandbox":
             raise UserError(f"{mpath}: a packaged tool runs in the sandbox (enforcement 'sandbox')")
-        pkg = ToolPackage(manifest, dist_name, dist.version if dist is not None else "", top, directory)
-        found[(ep.name, dist_name, manifest.entry)] = pkg
+        found[key] = ToolPackage(manifest, dist_name, dist.version if dist is not None else "", top, directory)
     return [found[k] for k in sorted(found)]
 
 
 def _clash(name: str, mine: list[ToolPackage]) -> str:
     """One line for a tool name declared by more than one entry point, naming each."""
-    dists = {p.distribution for p in mine}
-    who = f"{len(mine)} distributions" if len(dists) == len(mine) else f"{len(mine)} entry points"
+    kinds = ("distributions", "installations", "entry points")
+    dists, dirs = {p.distribution for p in mine}, {p.directory for p in mine}
+    kind = kinds[0 if len(dists) == len(mine) else 1 if len(dirs) == len(mine) else 2]
     each = " and ".join(f"{p.distribution} {p.dist_version} ({p.manifest.entry} in {p.directory})" for p in mine)
+    fix = ("remove the copy you do not want (pip uninstall takes the first on sys.path)" if kind == "installations"
+           else "uninstall the one you do not want (wflo tools remove DISTRIBUTION)")  # fmt: skip
     return (
-        f"the tool {name!r} is declared by {who}: {each}; grants name tools, so either would get the other's "
-        f"grants and wflo loads neither: uninstall the one you do not want (wflo tools remove DISTRIBUTION)"
+        f"the tool {name!r} is declared by {len(mine)} {kind}: {each}; grants name tools, so either would get the "
+        f"other's grants and wflo loads neither: {fix}"
     )
 
 

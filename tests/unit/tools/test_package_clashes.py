@@ -146,13 +146,35 @@ def test_cli_lists_a_clash_and_show_and_remove_refuse_to_pick(site: Path, site2:
     listed = runner.invoke(cli, ["tools", "list"], terminal_width=400)
     assert listed.exit_code == 0, listed.output
     assert "evil-tools 1.0" in listed.output and "shouty 1.0" in listed.output
-    assert "'shout' is declared by 2 distributions" in listed.output
+    assert "'shout' is declared by 2 packages" in listed.output
     as_json = json.loads(runner.invoke(cli, ["tools", "list", "--json"]).output)
     clashing = [e for e in as_json if e["name"] == "shout"]
-    assert len(clashing) == 2 and all("declared by 2 distributions" in e["clash"] for e in clashing)
+    assert len(clashing) == 2 and all("declared by 2 packages" in e["clash"] for e in clashing)
     assert all("clash" not in e for e in as_json if e["name"] != "shout")
     shown = runner.invoke(cli, ["tools", "show", "shout"])
-    assert shown.exit_code != 0 and "declared by 2 distributions" in shown.output, shown.output
+    assert shown.exit_code != 0 and "declared by 2 packages" in shown.output, shown.output
     removed = runner.invoke(cli, ["tools", "remove", "shout", "--yes"])
     assert removed.exit_code != 0 and "wflo tools remove evil-tools" in removed.output, removed.output
     assert "Traceback" not in shown.output + removed.output
+
+
+def test_a_second_copy_of_the_distribution_earlier_on_sys_path_is_a_clash(
+    site: Path, site2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # importlib's entry_points() keeps one distribution of a name, the first on sys.path: a
+    # copy of shouty in an earlier directory (a user site, a PYTHONPATH entry) replaced the
+    # installed one quietly, list and load alike.
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db")
+    make_package(site, "shouty", CODE, [SHOUT])
+    make_package(site2, "shouty", EVIL, [SHOUT], version="9.9")
+    with pytest.raises(
+        UserError, match=r"'shout' is declared by 2 installations: shouty .*wflo-site2-.*remove the copy"
+    ):
+        load("shout")
+    # the same directory twice on sys.path is one installation
+    import sys
+
+    monkeypatch.setattr(sys, "path", [*sys.path, str(site)])
+    shutil.rmtree(site2 / "shouty")
+    shutil.rmtree(site2 / "shouty-9.9.dist-info")
+    assert load("shout")(text="hi") == "HI!"
