@@ -13,7 +13,7 @@ from rich.text import Text
 from .. import config
 from ..errors import UserError
 from ..tools import catalog
-from ._app import Table, cli, console, dump_json, handle_errors
+from ._app import Table, cli, console, dump_json, err_console, handle_errors
 
 
 @cli.group()
@@ -217,12 +217,32 @@ def tools_grants(tool: str | None, as_json: bool) -> None:
 @tools.command("trust")
 @click.argument("key")
 @click.option("--name", default="", help="Who the key belongs to.")
+@click.option(
+    "--tools",
+    "tool_names",
+    default=None,
+    help="The tool names the key may vouch for, comma-separated (without it: any tool name).",
+)
 @handle_errors
-def tools_trust(key: str, name: str) -> None:
-    """Trust a publisher's Ed25519 public key (a PEM file or base64) for signed tool packages."""
-    from ..tools import trust
+def tools_trust(key: str, name: str, tool_names: str | None) -> None:
+    """Trust a publisher's key for signed tool packages, for the tools it may vouch for.
 
-    console.print(f"trusted key {trust(key, name=name)}" + (f" ({name})" if name else ""), markup=False)
+    KEY is the publisher's Ed25519 public key (a PEM file or base64), or the id of a key trusted
+    already (to change its tools; trusting a key again replaces its tools)."""
+    from ..tools import trust, trusted_keys
+
+    kid = trust(key, name=name, tools=tool_names)
+    info = trusted_keys()[kid]
+    scope = "any tool" if info["tools"] is None else ", ".join(info["tools"])
+    label = f" ({info['name']})" if info["name"] else ""
+    console.print(f"trusted key {kid}{label} for {scope}", markup=False)
+    if info["tools"] is None:
+        err_console.print(
+            f"warning: key {kid} may vouch for any tool name, another publisher's granted tools included; "
+            f"limit it: wflo tools trust {kid} --tools NAME,...",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @tools.command("untrust")
@@ -248,8 +268,10 @@ def tools_trusted(as_json: bool) -> None:
         dump_json(keys)
         return
     for kid, info in keys.items():
+        scope = "any tool" if info["tools"] is None else "tools: " + ", ".join(info["tools"])
         console.print(
-            f"{kid}  {escape(info['name'] or '-')}  trusted by {escape(info['trusted_by'])} at {info['trusted_at']}"
+            f"{kid}  {escape(info['name'] or '-')}  {scope}  "
+            f"trusted by {escape(info['trusted_by'])} at {info['trusted_at']}"
         )
     if not keys:
         console.print("no trusted publisher keys (wflo tools trust KEY)")

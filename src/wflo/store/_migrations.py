@@ -628,6 +628,26 @@ $$"""
 M026_PGEMPTY_COUNT_MOVES = Migration("m026_pgempty_count_moves", "", {"postgresql": (_PG_RUN_COUNTS_ORDERED,)})
 
 
+# A trusted publisher key vouches for the tool names listed in ``tools`` (comma-separated, as
+# ``wflo tools trust KEY --tools a,b`` records them); NULL, as every row before this migration
+# has, is a key trusted for any tool name. A store set back to an earlier schema version re-runs
+# this one, so it adds the column only where it is missing (SQLite's ``ADD COLUMN`` has no
+# ``IF NOT EXISTS``).
+def _add_tool_trust_scope(store: Any, cur: Any) -> None:
+    if store.dialect == "sqlite":
+        cur.execute("SELECT name FROM pragma_table_info('tool_trust')")
+        if "tools" not in {row[0] for row in cur.fetchall()}:
+            cur.execute("ALTER TABLE tool_trust ADD COLUMN tools TEXT")
+
+
+M029_TOOL_TRUST_SCOPE = Migration(
+    "m029_tool_trust_scope",
+    "",
+    dialect_sql={"postgresql": ("ALTER TABLE tool_trust ADD COLUMN IF NOT EXISTS tools TEXT",)},
+    then=_add_tool_trust_scope,
+)
+
+
 class _Migrations(Sequence[Migration]):
     """The one ordered list of migrations, some of them kept by the package owning their tables.
 
@@ -697,6 +717,7 @@ MIGRATIONS: Sequence[Migration] = _Migrations(
         M026_PGEMPTY_COUNT_MOVES,
         "wflo.auth._device:M027_DEVICE_REQUESTS",
         "wflo.auth._identities:M028_IDENTITY_DISABLED",
+        M029_TOOL_TRUST_SCOPE,
     )
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -5,9 +5,15 @@
 of ``__pycache__`` excepted, which the sandbox never reads; the manifest ``wflo_tools.json`` is
 one of them), the publisher's
 public key and a signature over both (the audit chain's ``sign_record``). ``wflo tools trust
-KEY`` pins a publisher's key in the store (on the system chain). With ``require_signed_tools``,
-``wflo.tools.load(name)`` refuses a package that is unsigned, signed by an untrusted key, or
-whose files differ from what was signed (changed, added or removed), naming the file.
+KEY --tools a,b`` pins a publisher's key in the store (on the system chain), for the tool names
+it may vouch for. With ``require_signed_tools``, ``wflo.tools.load(name)`` refuses a package
+that is unsigned, signed by an untrusted key, signed by a key not trusted for ``name``, or whose
+files differ from what was signed (changed, added or removed), naming the file.
+
+Grants name tools, not publishers: a key trusted for any name (``tools`` not given, as every
+key trusted before scopes existed) lets its publisher ship a package declaring another
+publisher's granted tool name and, wherever that one is not installed, get its grants. The
+default stays "any tool" so existing trust keeps working; ``wflo tools trust`` warns.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +32,7 @@ from .._errors import ConfigurationError, UserError
 from ..audit._checkpoint import _crypto, _raw_public, load_private_key, load_public_key, record_signed_by, sign_record
 from ..store import NewEvent
 from ._errors import UntrustedTool
+from ._manifest import NAME
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -67,8 +75,14 @@ def key_id(raw_public_b64: str) -> str:
     return hashlib.sha256(base64.b64decode(raw_public_b64)).hexdigest()[:16]
 
 
-def _raw_of(key: str) -> str:
-    """A raw base64 Ed25519 public key from a PEM file path or the base64 text itself."""
+def _raw_of(key: str, st: Store) -> str:
+    """A raw base64 Ed25519 public key from a PEM file path, the base64 text itself, or the id
+    of a key trusted already (to change what it is trusted for)."""
+    if re.fullmatch(r"[0-9a-f]{16}", key) and not os.path.exists(key):
+        known = trusted_keys(store=st).get(key)
+        if known is None:
+            raise UserError(f"{key!r} is not a trusted key id: give the publisher's public key (a PEM file or base64)")
+        return str(known["public_key"])
     if os.path.exists(key):
         return _raw_public(load_public_key(key))
     try:
@@ -80,26 +94,61 @@ def _raw_of(key: str) -> str:
     return key
 
 
-def trust(key: str, *, name: str = "", store: Store | None = None, by: str | None = None, via: str = "local") -> str:
-    """Pin a publisher key (a PEM file or base64); returns its key id. Recorded on the system chain."""
+def _scope(tools: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """The tool names a key may vouch for, checked and sorted; ``None`` is any name. A string is
+    a comma-separated list (``"shout,yell"``, as ``--tools`` takes it)."""
+    if tools is None:
+        return None
+    items = tools.split(",") if isinstance(tools, str) else list(tools)
+    if all(isinstance(item, str) and not item.strip() for item in items):
+        raise UserError("--tools names no tool: give the tool names the key may vouch for (--tools shout,yell)")
+    names = set()
+    for item in items:
+        if not isinstance(item, str) or not NAME.match(item.strip()):
+            raise UserError(
+                f"{item!r} is not a tool name (a letter, then letters, digits, '_' or '-', at most 64): "
+                f"--tools takes the tool names the key may vouch for, comma-separated"
+            )
+        names.add(item.strip())
+    return tuple(sorted(names))
+
+
+def trust(
+    key: str,
+    *,
+    name: str = "",
+    tools: str | Iterable[str] | None = None,
+    store: Store | None = None,
+    by: str | None = None,
+    via: str = "local",
+) -> str:
+    """Pin a publisher key (a PEM file, base64, or the id of a key trusted already); returns its
+    key id. ``tools`` are the tool names it may vouch for (exactly; ``None``, the default, is any
+    name, as before scopes existed). Trusting a key again replaces its name and tools. Recorded on
+    the system chain."""
     if via == "local" and settings().require_auth:
         from ..auth import access
 
         access().require_local("tools:write")
-    raw = _raw_of(key)
-    kid = key_id(raw)
+    scope = _scope(tools)
     st = store or get_store()
+    raw = _raw_of(key, st)
+    kid = key_id(raw)
+    if not name and kid == key:  # re-scoping a trusted key by its id keeps the name it was given
+        name = trusted_keys(store=st)[kid]["name"]
     who = by or settings().principal
     from ..store import now_iso
 
     at = now_iso()
+    stored = None if scope is None else ",".join(scope)
 
     def op(cur: Any) -> None:
         st.execute(cur, "DELETE FROM tool_trust WHERE key_id = ?", (kid,))
-        st.execute(cur, "INSERT INTO tool_trust (key_id, public_key, name, trusted_by, trusted_at) VALUES (?, ?, ?, ?, ?)",
-                   (kid, raw, name, who, at))  # fmt: skip
+        st.execute(cur, "INSERT INTO tool_trust (key_id, public_key, name, trusted_by, trusted_at, tools) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", (kid, raw, name, who, at, stored))  # fmt: skip
 
-    st.append_system([NewEvent("tool.key_trusted", {"key_id": kid, "public_key": raw, "name": name, "by": who,
+    st.append_system([NewEvent("tool.key_trusted", {"key_id": kid, "public_key": raw, "name": name,
+                                                     "tools": None if scope is None else list(scope), "by": who,
                                                      "via": via})], ops=[op])  # fmt: skip
     return kid
 
@@ -123,11 +172,24 @@ def untrust(kid: str, *, store: Store | None = None, by: str | None = None, via:
     return existed
 
 
-def trusted_keys(*, store: Store | None = None) -> dict[str, dict[str, str]]:
-    """``key_id -> {public_key, name, trusted_by, trusted_at}``."""
+def trusted_keys(*, store: Store | None = None) -> dict[str, dict[str, Any]]:
+    """``key_id -> {public_key, name, trusted_by, trusted_at, tools}``; ``tools`` is the list of
+    tool names the key may vouch for, or ``None``: any name."""
     st = store or get_store()
-    rows = st.read("SELECT key_id, public_key, name, trusted_by, trusted_at FROM tool_trust ORDER BY key_id", [])
-    return {r[0]: {"public_key": r[1], "name": r[2], "trusted_by": r[3], "trusted_at": r[4]} for r in rows}
+    rows = st.read("SELECT key_id, public_key, name, trusted_by, trusted_at, tools FROM tool_trust ORDER BY key_id", [])
+    out: dict[str, dict[str, Any]] = {}
+    for kid, public_key, name, trusted_by, trusted_at, tools in rows:
+        scope = None if tools is None else tools.split(",")
+        out[kid] = {"public_key": public_key, "name": name, "trusted_by": trusted_by, "trusted_at": trusted_at,
+                    "tools": scope}  # fmt: skip
+    return out
+
+
+def _not_for(kid: str, tool: str, scope: list[str]) -> str:
+    """Why a key trusted for ``scope`` does not vouch for ``tool``, and the command that would."""
+    return (f"it is signed by key {kid}, which is trusted only for {', '.join(scope)}, not for {tool!r} "
+            f"(wflo tools trust {kid} --tools {','.join(sorted({*scope, tool}))} if its publisher "
+            f"may provide {tool!r})")  # fmt: skip
 
 
 def check_signature(pkg: ToolPackage) -> tuple[str | None, str]:
@@ -165,10 +227,18 @@ def signature_status(pkg: ToolPackage) -> str:
     if problem:
         return problem
     try:
-        known = kid in trusted_keys()
+        known = trusted_keys().get(kid or "")
     except Exception:  # no store configured or reachable: say so rather than fail a listing
         return f"signed by {kid} (trust not checked: no store)"
-    return f"signed by {kid} ({'trusted' if known else 'not trusted: wflo tools trust KEY'})"
+    if known is None:
+        return f"signed by {kid} (not trusted: wflo tools trust KEY --tools {pkg.manifest.name})"
+    scope = known["tools"]
+    if scope is None:
+        return f"signed by {kid} (trusted for any tool)"
+    if pkg.manifest.name not in scope:
+        wider = ",".join(sorted({*scope, pkg.manifest.name}))
+        return f"signed by {kid} (trusted only for {', '.join(scope)}: wflo tools trust {kid} --tools {wider})"
+    return f"signed by {kid} (trusted for {', '.join(scope)})"
 
 
 def verify_package(pkg: ToolPackage, *, store: Store | None = None) -> str:
@@ -178,7 +248,11 @@ def verify_package(pkg: ToolPackage, *, store: Store | None = None) -> str:
     if problem:
         raise UntrustedTool(tool=name, reason=f"{problem}; require_signed_tools refuses it")
     assert kid is not None
-    if kid not in trusted_keys(store=store):
+    known = trusted_keys(store=store).get(kid)
+    if known is None:
         raise UntrustedTool(tool=name, reason=f"it is signed by key {kid}, which is not trusted "
-                            f"(wflo tools trust PUBLIC_KEY if you trust its publisher)")  # fmt: skip
+                            f"(wflo tools trust PUBLIC_KEY --tools {name} if you trust its publisher)")  # fmt: skip
+    # Grants name tools: a key vouches only for the names it was trusted for (None: any name).
+    if known["tools"] is not None and name not in known["tools"]:
+        raise UntrustedTool(tool=name, reason=_not_for(kid, name, known["tools"]))
     return kid
