@@ -124,7 +124,7 @@ def test_signed_package_trusted_then_altered_is_refused(site: Path, configured: 
 
 def test_cli_list_show_and_errors(site: Path, configured: str) -> None:
     make_package(site, "shouty", CODE, [SHOUT])
-    runner = CliRunner()
+    runner = CliRunner(env={"WFLO_DATABASE_URL": configured})
     out = runner.invoke(cli, ["tools", "list"])
     assert out.exit_code == 0, out.output
     assert "shout" in out.output and "sql_query" in out.output
@@ -140,7 +140,8 @@ def test_cli_list_show_and_errors(site: Path, configured: str) -> None:
 
 
 def test_cli_grant_list_revoke(configured: str) -> None:
-    runner = CliRunner()
+    # The store under test (else the CLI opens ./.wflo/wflo.db: the PostgreSQL case tested SQLite).
+    runner = CliRunner(env={"WFLO_DATABASE_URL": configured})
     done = runner.invoke(cli, ["tools", "grant", "sql_query", "--to", "workflow:report", "--max-calls", "5",
                                "--budget", "2.50", "--approval", "role:ops"])  # fmt: skip
     assert done.exit_code == 0, done.output
@@ -151,6 +152,10 @@ def test_cli_grant_list_revoke(configured: str) -> None:
     assert bad.exit_code != 0 and "workflow:NAME" in bad.output and "Traceback" not in bad.output
     assert runner.invoke(cli, ["tools", "revoke", "sql_query", "--to", "workflow:report"]).exit_code == 0
     assert json.loads(runner.invoke(cli, ["tools", "grants", "--json"]).output) == []
+    from wflo.store import open_store
+
+    with open_store(configured) as store:  # not _config's: the CLI in this process may have replaced it
+        assert [e.type for e in store.events("system")][-2:] == ["tool.granted", "tool.revoked"]
 
 
 def test_cli_install_wraps_pip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
