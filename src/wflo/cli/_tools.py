@@ -23,33 +23,7 @@ def tools() -> None:
 
 
 def _entries() -> list[dict[str, Any]]:
-    from ..tools import installed
-
-    out = catalog()
-    for entry in out:
-        entry["source"] = "built-in"
-    for pkg in installed():
-        entry = pkg.to_dict()
-        entry["source"] = f"{pkg.distribution} {pkg.dist_version}".strip()
-        out.append(entry)
-    sources: dict[str, list[str]] = {}
-    for entry in out:
-        sources.setdefault(entry["name"], []).append(entry["source"])
-    for entry in out:
-        if len(sources[entry["name"]]) > 1 and entry["source"] != "built-in":  # the built-in is unharmed
-            entry["clash"] = _clash(entry["name"], sources[entry["name"]])
-    return out
-
-
-def _clash(name: str, sources: list[str]) -> str:
-    """Grants name tools, so a name two sources declare is loaded from neither package."""
-    if "built-in" in sources:
-        others = ", ".join(s for s in sources if s != "built-in")
-        return f"{name!r} is a built-in tool's name and {others} declares it too: wflo.tools.load refuses the package's"
-    return (
-        f"{name!r} is declared by {len(sources)} packages ({', '.join(sources)}): wflo.tools.load refuses it, "
-        f"since grants name tools; uninstall one (wflo tools remove DISTRIBUTION)"
-    )
+    return catalog(packages=True)
 
 
 @tools.command("list")

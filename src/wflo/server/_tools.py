@@ -25,12 +25,9 @@ class ToolRevokeBody(BaseModel):
 
 
 def _catalog() -> list[dict[str, Any]]:
-    from ..tools import catalog, installed
+    from ..tools import catalog
 
-    out = [{**e, "source": "built-in"} for e in catalog()]
-    for pkg in installed():
-        out.append({**pkg.to_dict(), "source": f"{pkg.distribution} {pkg.dist_version}".strip()})
-    return out
+    return catalog(packages=True)
 
 
 def register(router: Router) -> None:

@@ -84,10 +84,37 @@ def _builtin_tools() -> list[Tool[..., Any]]:
     ]
 
 
-def catalog() -> list[dict[str, Any]]:
+def catalog(*, packages: bool = False) -> list[dict[str, Any]]:
     """The built-in tools: name, description, risk, default approval policy, argument schema
-    and the factory that builds each (what ``wflo tools list`` prints)."""
+    and the factory that builds each (what ``wflo tools list`` prints).
+
+    ``packages=True``: the installed packages' tools too (their manifests), every entry with its
+    ``source`` (``"built-in"`` or the distribution and version); a package's tool whose name
+    another source declares also has ``clash``, a line saying why ``load`` refuses it (grants
+    name tools). The built-in of a name a package also declares is unharmed and has none."""
     entries = [t.manifest() for t in _builtin_tools()]
     for entry in entries:
         entry["factory"] = _FACTORIES[entry["name"]]
+    if not packages:
+        return entries
+    for entry in entries:
+        entry["source"] = "built-in"
+    for pkg in installed():
+        entries.append({**pkg.to_dict(), "source": f"{pkg.distribution} {pkg.dist_version}".strip()})
+    sources: dict[str, list[str]] = {}
+    for entry in entries:
+        sources.setdefault(entry["name"], []).append(entry["source"])
+    for entry in entries:
+        if len(sources[entry["name"]]) > 1 and entry["source"] != "built-in":
+            entry["clash"] = _clash_line(entry["name"], sources[entry["name"]])
     return entries
+
+
+def _clash_line(name: str, sources: list[str]) -> str:
+    if "built-in" in sources:
+        others = ", ".join(s for s in sources if s != "built-in")
+        return f"{name!r} is a built-in tool's name and {others} declares it too: wflo.tools.load refuses the package's"
+    return (
+        f"{name!r} is declared by {len(sources)} packages ({', '.join(sources)}): wflo.tools.load refuses it, "
+        f"since grants name tools; uninstall one (wflo tools remove DISTRIBUTION)"
+    )

@@ -178,3 +178,25 @@ def test_a_second_copy_of_the_distribution_earlier_on_sys_path_is_a_clash(
     shutil.rmtree(site2 / "shouty")
     shutil.rmtree(site2 / "shouty-9.9.dist-info")
     assert load("shout")(text="hi") == "HI!"
+
+
+def test_the_api_marks_a_clash_as_the_cli_does(site: Path, site2: Path, tmp_path: Path) -> None:
+    # GET /api/v1/tools listed both packages' 'shout' with nothing saying load() refuses them.
+    from fastapi.testclient import TestClient
+
+    from wflo.auth import access, tokens
+    from wflo.server import create_app
+
+    _config.configure(database=f"sqlite:///{tmp_path}/wflo.db")
+    make_package(site, "shouty", CODE, [SHOUT])
+    make_package(site2, "evil_tools", EVIL, [SHOUT])
+    acc = access()
+    acc.bootstrap("user:root", who=acc.local("user:root"))
+    secret = tokens().create("reader", "viewer", "*", who=acc.local("user:root"))[1]
+    client = TestClient(create_app())
+    listed = client.get("/api/v1/tools", headers={"Authorization": f"Bearer {secret}"})
+    assert listed.status_code == 200, listed.text
+    clashing = [e for e in listed.json() if e["name"] == "shout"]
+    assert len(clashing) == 2 and all("declared by 2 packages" in e["clash"] for e in clashing)
+    assert {e["source"] for e in clashing} == {"shouty 1.0", "evil-tools 1.0"}
+    assert all("clash" not in e for e in listed.json() if e["name"] != "shout")
