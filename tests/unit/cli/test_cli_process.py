@@ -57,15 +57,27 @@ def test_ctrl_c_at_any_moment_ends_quietly_with_130(
     130 and no traceback (it was a traceback of whichever import the Ctrl-C reached)."""
     (tmp_path / "sleepyapp.py").write_text(SLEEPY)
     open_store(sqlite_url).close()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wflo", "run", "sleepyapp:sleepy", "--input", "[30]"],
-        cwd=tmp_path, env=_env(sqlite_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(interpreter_start + after)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wflo", "run", "sleepyapp:sleepy", "--input", "[30]"],
+            cwd=tmp_path, env=_env(sqlite_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(interpreter_start + after)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        if not _in_cpython_start_up(err):
+            break
+        # A loaded machine started this one slower than the bare interpreter measured: the
+        # Ctrl-C reached CPython's own start-up (runpy's imports), before any of wflo's code.
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert proc.returncode == INTERRUPTED, (proc.returncode, out, err)
+
+
+def _in_cpython_start_up(err: str) -> bool:
+    """A KeyboardInterrupt whose traceback holds only CPython's frozen bootstrap frames (as
+    "Could not import runpy module"): no file of wflo's, or of anyone's, had run yet."""
+    frames = [line for line in err.splitlines() if line.lstrip().startswith('File "')]
+    return "KeyboardInterrupt" in err and bool(frames) and all('File "<frozen ' in f for f in frames)
 
 
 @pytest.fixture
