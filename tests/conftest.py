@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,15 +25,47 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     )
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: object, ids: list[str]) -> None:
+    """Under pytest-xdist (``-n``), the controller starts the CrewAI environment's background build,
+    once, as soon as a worker's collection shows its test selected: the workers themselves do
+    not (see ``tests/integration/conftest.py``); the worker that runs the test waits for it."""
+    import importlib.util
+    import sys
+
+    if not any(i.endswith("test_crewai_env.py::test_crewai_suite_in_its_own_environment") for i in ids):
+        return
+    if importlib.util.find_spec("crewai") is not None:
+        return
+    config = node.config  # type: ignore[attr-defined]
+    if getattr(config, "_wflo_crewai_build", False):
+        return
+    config._wflo_crewai_build = True
+    sys.path.insert(0, str(Path(__file__).parent / "integration"))
+    try:
+        import test_crewai_env as module
+    finally:
+        sys.path.pop(0)
+    module.start_build()
+    config.add_cleanup(module.stop_build)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"wflo: building {module.VENV} in the background (log: {module.LOG})")
+
+
 PG_URL = os.environ.get("WFLO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(autouse=True)
 def _clean_wflo_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Tests never see the developer's WFLO_* variables, nor another test's settings."""
+    """Tests never see the developer's WFLO_* variables, nor another test's settings, nor a terminal
+    size in the environment (COLUMNS, LINES: a shell may export them, and a pytest-xdist worker has
+    them set to 80x24), which would make the CLI cut its piped tables at that width."""
     for key in list(os.environ):
         if key.startswith("WFLO_") and key not in ("WFLO_TEST_PG", "WFLO_SCREENSHOTS"):
             monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
     config.reset()
     yield
     config.reset()

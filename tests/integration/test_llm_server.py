@@ -121,3 +121,15 @@ def test_control_endpoints_from_another_process(llm: LLMServer) -> None:
     client.close()
     seen = httpx.get(llm.url + "/_wflo/requests").json()
     assert seen[-1]["api"] == "chat" and seen[-1]["body"]["messages"][0]["content"] == "q"
+
+
+def test_a_server_stops_at_once() -> None:
+    """stop() (leaving ``with``) does not wait out a half-second poll: each test starts and stops
+    its own server, so that wait was paid hundreds of times a session."""
+    import time
+
+    for _ in range(3):
+        with LLMServer() as server:
+            started = time.monotonic()
+            server.stop()
+            assert time.monotonic() - started < 0.25

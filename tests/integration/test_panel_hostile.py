@@ -222,7 +222,7 @@ def test_another_site_cannot_act_with_the_session(base: str, browser: Any, evil_
     before = len(tokens().list())
     _Evil.target, _Evil.run_id = base, rid
     server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Evil)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
     ctx = _watched(browser, base, "user:adm@acme.com", role="admin")
     try:
         page = ctx.new_page()

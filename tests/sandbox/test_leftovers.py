@@ -183,11 +183,29 @@ def _leftovers() -> tuple[set[str], set[str]]:
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="leftovers are named after their sandbox's uid as root only")
-def test_what_a_killed_supervisor_left_is_removed_by_the_next_process() -> None:
+def test_what_a_killed_supervisor_left_is_removed_by_the_next_process(monkeypatch: pytest.MonkeyPatch) -> None:
     # A worker killed with SIGKILL while its sandbox ran left its scratch directory (the code's
     # files) and an empty cgroup on the host for good, one per crash. The next process to start a
     # sandbox removes them, and never a live sandbox's (another process's): its uid is held while
     # it runs.
+    # The scratch directories are counted in a temporary directory of this test's own (TMPDIR, for
+    # this process and its children): sandboxes that other tests (an xdist worker beside this one,
+    # another session on the machine) start meanwhile are not counted as this test's. It is in the
+    # system's temporary directory and others may pass through it, as the sandbox's uid must.
+    import shutil
+    import tempfile
+
+    own = tempfile.mkdtemp(prefix="wflo-leftovers-")
+    os.chmod(own, 0o711)
+    monkeypatch.setenv("TMPDIR", own)
+    monkeypatch.setattr(tempfile, "tempdir", own)
+    try:
+        _killed_supervisor_leftovers_are_swept()
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def _killed_supervisor_leftovers_are_swept() -> None:
     before_scratch = _leftovers()[0]
     crashed = subprocess.run([sys.executable, "-c", SUPERVISOR], capture_output=True, text=True, timeout=60)
     assert crashed.returncode == -9, crashed.stderr

@@ -83,7 +83,11 @@ class LLMServer:
 
     def start(self) -> LLMServer:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._httpd.serve_forever, name="wflo-llm-server", daemon=True)
+            # A short poll: stop() waits for the serving loop to look, and with the default 0.5 s
+            # every stop (every test's server) took half a second.
+            self._thread = threading.Thread(
+                target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="wflo-llm-server", daemon=True
+            )
             self._thread.start()
         return self
 

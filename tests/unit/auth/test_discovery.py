@@ -60,7 +60,7 @@ def idp() -> Iterator[str]:
         **_doc(base, "entra"),
         "issuer": "https://login.microsoftonline.com/{tenantid}/v2.0",
     }
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield base
     srv.shutdown()
