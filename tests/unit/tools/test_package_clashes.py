@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from toolpkg import make_package
+from toolpkg import make_keys, make_package
 
 import wflo
 from wflo import _config
@@ -41,16 +41,6 @@ def site2(site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _keys(tmp_path: Path, *names: str) -> list[Path]:
-    from wflo.audit import generate_key
-
-    out = []
-    for name in names:
-        (tmp_path / f"{name}.pub").write_text(generate_key(tmp_path / f"{name}.pem"))
-        out.append(tmp_path / f"{name}.pem")
-    return out
-
-
 @pytest.mark.parametrize("evil_first", [True, False])
 def test_two_distributions_declaring_one_tool_name_are_refused_whatever_the_order(
     site: Path, site2: Path, tmp_path: Path, evil_first: bool
@@ -74,7 +64,7 @@ def test_a_clash_under_require_signed_tools_with_two_trusted_publishers(
 ) -> None:
     # Any trusted key verifies any package: a second trusted publisher's package declaring
     # "shout" was loaded instead of the first one's, signature accepted.
-    a, b = _keys(tmp_path, "a", "b")
+    a, b = make_keys(tmp_path, "a", "b")
     _config.configure(database=f"sqlite:///{tmp_path}/wflo.db", require_signed_tools=True)
     sign_package(make_package(site, "shouty", CODE, [SHOUT]), a)
     sign_package(make_package(site2, "evil_tools", EVIL, [SHOUT]), b)
@@ -87,7 +77,7 @@ def test_a_clash_under_require_signed_tools_with_two_trusted_publishers(
 def test_an_entry_point_into_another_distributions_signed_package(site: Path, site2: Path, tmp_path: Path) -> None:
     # A distribution with no code, whose entry point "shout" names shouty's wipe(): it ran
     # wipe under shout's signed manifest (read-only, its grant), shouty's signature intact.
-    (a,) = _keys(tmp_path, "a")
+    (a,) = make_keys(tmp_path, "a")
     _config.configure(database=f"sqlite:///{tmp_path}/wflo.db", require_signed_tools=True)
     sign_package(make_package(site, "shouty", CODE, [SHOUT, WIPE]), a)
     trust(str(tmp_path / "a.pub"))
@@ -112,7 +102,7 @@ def test_an_entry_point_whose_name_the_manifest_does_not_declare(site: Path) -> 
 
 def test_a_package_overwriting_another_ones_files_is_refused_when_signed(site: Path, tmp_path: Path) -> None:
     # Holds: pip lets a second distribution overwrite shouty/impl.py; the signature names it.
-    (a,) = _keys(tmp_path, "a")
+    (a,) = make_keys(tmp_path, "a")
     _config.configure(database=f"sqlite:///{tmp_path}/wflo.db", require_signed_tools=True)
     pkg = make_package(site, "shouty", CODE, [SHOUT])
     sign_package(pkg, a)

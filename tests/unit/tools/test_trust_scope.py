@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from toolpkg import make_package
+from toolpkg import make_keys, make_package
 
 import wflo
 from wflo import _config
@@ -32,17 +32,6 @@ SHOUT = {
 BARK = {**SHOUT, "name": "bark", "description": "Bark a text."}
 
 
-def _keys(tmp_path: Path, *names: str) -> list[Path]:
-    """``NAME.pem`` (private) and ``NAME.pub`` (public) per name; returns the private ones."""
-    from wflo.audit import generate_key
-
-    out = []
-    for name in names:
-        (tmp_path / f"{name}.pub").write_text(generate_key(tmp_path / f"{name}.pem"))
-        out.append(tmp_path / f"{name}.pem")
-    return out
-
-
 def _system(kind: str) -> list[dict[str, object]]:
     return [e.data for e in _config.get_store().events("system") if e.type == kind]
 
@@ -52,7 +41,7 @@ def test_a_key_trusted_for_its_own_tools_does_not_vouch_for_another_publishers_t
 ) -> None:
     # A's "shout" is granted without approval; A's package is not installed here. B, trusted
     # for its own "bark", ships a package declaring "shout" too: it loaded, and ran under A's grant.
-    (b,) = _keys(tmp_path, "b")
+    (b,) = make_keys(tmp_path, "b")
     _config.configure(database=configured, require_signed_tools=True, require_tool_grants=True)
     sign_package(make_package(site, "evil_tools", EVIL, [BARK, SHOUT]), b)
     kid = trust(str(tmp_path / "b.pub"), name="B", tools=("bark",))
@@ -73,7 +62,7 @@ def test_a_key_trusted_for_its_own_tools_does_not_vouch_for_another_publishers_t
 
 
 def test_a_key_trusted_for_a_tool_loads_it_and_its_grant_applies(site: Path, configured: str, tmp_path: Path) -> None:
-    a, b = _keys(tmp_path, "a", "b")
+    a, b = make_keys(tmp_path, "a", "b")
     _config.configure(database=configured, require_signed_tools=True, require_tool_grants=True)
     sign_package(make_package(site, "shouty", CODE, [SHOUT]), a)
     sign_package(make_package(site, "barky", EVIL.replace("def shout", "def _shout"), [BARK]), b)
@@ -94,7 +83,7 @@ def test_a_key_trusted_for_a_tool_loads_it_and_its_grant_applies(site: Path, con
 def test_a_key_trusted_before_scopes_still_vouches_for_any_name(site: Path, configured: str, tmp_path: Path) -> None:
     """The upgrade: a ``tool_trust`` row from before m029 (no ``tools`` column) is a key
     trusted for any tool name, as it was; m029 re-run over a store that has its column is a no-op."""
-    (b,) = _keys(tmp_path, "b")
+    (b,) = make_keys(tmp_path, "b")
     _config.configure(database=configured, require_signed_tools=True)
     store = _config.get_store()
     index = [m.name for m in MIGRATIONS].index("m029_tool_trust_scope")
@@ -118,7 +107,7 @@ def test_a_key_trusted_before_scopes_still_vouches_for_any_name(site: Path, conf
 
 
 def test_the_system_chain_records_the_scope(configured: str, tmp_path: Path) -> None:
-    _keys(tmp_path, "a")
+    make_keys(tmp_path, "a")
     kid = trust(str(tmp_path / "a.pub"), tools=("yell", "shout", "shout"))
     trust(str(tmp_path / "a.pub"))
     first, second = _system("tool.key_trusted")
@@ -134,7 +123,7 @@ def test_the_system_chain_records_the_scope(configured: str, tmp_path: Path) -> 
 def test_a_scope_that_names_no_tool_or_not_a_tool_name_is_refused(
     configured: str, tmp_path: Path, tools: object
 ) -> None:
-    _keys(tmp_path, "a")
+    make_keys(tmp_path, "a")
     with pytest.raises(UserError) as refused:
         trust(str(tmp_path / "a.pub"), tools=tools)  # type: ignore[arg-type]
     assert len(str(refused.value).splitlines()) == 1 and "--tools" in str(refused.value)
@@ -142,7 +131,7 @@ def test_a_scope_that_names_no_tool_or_not_a_tool_name_is_refused(
 
 
 def test_cli_trust_with_and_without_tools(configured: str, tmp_path: Path) -> None:
-    _keys(tmp_path, "a", "b")
+    make_keys(tmp_path, "a", "b")
     runner = CliRunner(env={"WFLO_DATABASE_URL": configured})
     scoped = runner.invoke(cli, ["tools", "trust", str(tmp_path / "a.pub"), "--name", "A", "--tools", "yell,shout"])
     assert scoped.exit_code == 0, scoped.output

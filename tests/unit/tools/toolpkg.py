@@ -31,3 +31,14 @@ def make_package(
     (dist / "entry_points.txt").write_text(f"[wflo.tools]\n{lines}\n")
     (dist / "top_level.txt").write_text(package + "\n")
     return pkg
+
+
+def make_keys(tmp_path: Path, *names: str) -> list[Path]:
+    """``NAME.pem`` (private) and ``NAME.pub`` (public) per name; returns the private ones."""
+    from wflo.audit import generate_key
+
+    out = []
+    for name in names:
+        (tmp_path / f"{name}.pub").write_text(generate_key(tmp_path / f"{name}.pem"))
+        out.append(tmp_path / f"{name}.pem")
+    return out
