@@ -35,28 +35,8 @@ from ._roles import GLOBAL, ROLES, check_scope, covers, role_allows
 from ._tokens import _TOKEN_COLS, TokenInfo
 
 # Who disabled a principal, when and why (the system chain has the same, this is for the list).
-_DISABLED_COLUMNS = ("disabled_at", "disabled_by", "disabled_reason")
-
-
-def _add_disabled_columns(store: Any, cur: Any) -> None:
-    """The columns a store lacks (SQLite's ``ADD COLUMN`` has no ``IF NOT EXISTS``): the
-    migration may run again over a store that has them, as a store set back to an earlier
-    schema version re-runs every later one."""
-    if store.dialect == "sqlite":
-        cur.execute("SELECT name FROM pragma_table_info('identities')")
-        have = {row[0] for row in cur.fetchall()}
-        for column in _DISABLED_COLUMNS:
-            if column not in have:
-                cur.execute(f"ALTER TABLE identities ADD COLUMN {column} TEXT")
-
-
-M028_IDENTITY_DISABLED = Migration(
-    "m028_identity_disabled",
-    "",
-    dialect_sql={
-        "postgresql": tuple(f"ALTER TABLE identities ADD COLUMN IF NOT EXISTS {c} TEXT" for c in _DISABLED_COLUMNS)
-    },
-    then=_add_disabled_columns,
+M028_IDENTITY_DISABLED = Migration.add_columns(
+    "m028_identity_disabled", "identities", ("disabled_at", "disabled_by", "disabled_reason")
 )
 
 PERMISSION = "users:write"

@@ -26,6 +26,23 @@ class Migration:
         portable = [s.strip() for s in self.sql.split(";\n") if s.strip()]
         return portable + [s.strip() for s in self.dialect_sql.get(dialect, ())]
 
+    @classmethod
+    def add_columns(cls, name: str, table: str, columns: Sequence[str]) -> Migration:
+        """A migration adding nullable ``TEXT`` columns to ``table``, only those it lacks: a
+        store set back to an earlier schema version re-runs every later migration, and
+        SQLite's ``ADD COLUMN`` has no ``IF NOT EXISTS`` (PostgreSQL's is used there)."""
+
+        def missing_only(store: Any, cur: Any) -> None:
+            if store.dialect == "sqlite":
+                cur.execute(f"SELECT name FROM pragma_table_info('{table}')")
+                have = {row[0] for row in cur.fetchall()}
+                for column in columns:
+                    if column not in have:
+                        cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+
+        pg = tuple(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {c} TEXT" for c in columns)
+        return cls(name, "", dialect_sql={"postgresql": pg}, then=missing_only)
+
 
 M001_INITIAL = Migration(
     "m001_initial",
@@ -630,22 +647,8 @@ M026_PGEMPTY_COUNT_MOVES = Migration("m026_pgempty_count_moves", "", {"postgresq
 
 # A trusted publisher key vouches for the tool names listed in ``tools`` (comma-separated, as
 # ``wflo tools trust KEY --tools a,b`` records them); NULL, as every row before this migration
-# has, is a key trusted for any tool name. A store set back to an earlier schema version re-runs
-# this one, so it adds the column only where it is missing (SQLite's ``ADD COLUMN`` has no
-# ``IF NOT EXISTS``).
-def _add_tool_trust_scope(store: Any, cur: Any) -> None:
-    if store.dialect == "sqlite":
-        cur.execute("SELECT name FROM pragma_table_info('tool_trust')")
-        if "tools" not in {row[0] for row in cur.fetchall()}:
-            cur.execute("ALTER TABLE tool_trust ADD COLUMN tools TEXT")
-
-
-M029_TOOL_TRUST_SCOPE = Migration(
-    "m029_tool_trust_scope",
-    "",
-    dialect_sql={"postgresql": ("ALTER TABLE tool_trust ADD COLUMN IF NOT EXISTS tools TEXT",)},
-    then=_add_tool_trust_scope,
-)
+# has, is a key trusted for any tool name.
+M029_TOOL_TRUST_SCOPE = Migration.add_columns("m029_tool_trust_scope", "tool_trust", ("tools",))
 
 
 class _Migrations(Sequence[Migration]):
