@@ -34,6 +34,7 @@ from ..approvals import Approval
 from ..cost._ledger import to_usd, usd_str
 from ..store import NewEvent
 from ._errors import ToolRefused
+from ._manifest import NAME
 
 if TYPE_CHECKING:
     from ..engine import Call
@@ -120,8 +121,6 @@ def grant(
 
 
 def _check_pair(tool: Any, to: Any) -> None:
-    from ._manifest import NAME
-
     if not isinstance(tool, str) or not NAME.match(tool):
         raise UserError(f"not a tool name: {tool!r}")
     if not isinstance(to, str) or not _PRINCIPAL.match(to):
@@ -149,11 +148,8 @@ def revoke(tool: str, to: str, *, store: Store | None = None, by: str | None = N
 
 def grants(tool: str | None = None, *, store: Store | None = None) -> list[Grant]:
     """The grants (of one tool, or all), ordered by tool and principal."""
-    if tool is not None:
-        from ._manifest import NAME
-
-        if not isinstance(tool, str) or not NAME.match(tool):
-            raise UserError(f"not a tool name: {tool!r}")
+    if tool is not None and (not isinstance(tool, str) or not NAME.match(tool)):
+        raise UserError(f"not a tool name: {tool!r}")
     st = store or get_store()
     sql = "SELECT tool, principal, approval, max_calls, budget_usd, granted_by, granted_at FROM tool_grants"
     params: list[Any] = []
@@ -199,8 +195,6 @@ def apply_grant(tool: Tool[..., Any], call: Call) -> None:
     ctx = call.run
     required = getattr(tool, "packaged", False) or settings().require_tool_grants
     mine = principals_of(ctx)
-    from ._manifest import NAME
-
     # A connected MCP server's tool may have a name no grant can hold ("fs.write", say): it has
     # no grant (asking ``grants()`` for it raised UserError and failed the run at every call).
     grantable = bool(NAME.match(tool.name))
