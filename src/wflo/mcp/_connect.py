@@ -166,11 +166,12 @@ class Connection:
     def _claim_names(self) -> None:
         """Refuse a tool name that another tool answers to in grants (a built-in, a declared
         packaged tool, a tool of another server still open); then hold the names until ``close()``."""
-        from ..tools._packages import name_owner
+        from ..tools._packages import name_owners
 
         prefix_hint = "connect it with prefix= (prefix='srv_' names it 'srv_{}')"
+        owners = name_owners([t.name for t in self.tools])
         for t in self.tools:
-            owner = name_owner(t.name)
+            owner = owners.get(t.name)
             if owner is not None:
                 raise UserError(f"the MCP server {self._params.command!r} lists {t.remote_name!r}, named like {owner}; "
                                 f"grants name tools, so it would get that tool's grants: "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -131,18 +131,19 @@ def builtin_names() -> frozenset[str]:
     return frozenset(_FACTORIES)
 
 
-def name_owner(name: str) -> str | None:
-    """The built-in or declared packaged tool already called ``name`` (grants name tools, so a
-    second tool of that name would get its grants), described for an error; ``None`` if none.
-    Reads entry point names only: a broken package still holds its name."""
-    if name in builtin_names():
-        return f"the built-in tool {name!r}"
+def name_owners(names: Sequence[str]) -> dict[str, str]:
+    """Of ``names``, those a built-in or a declared packaged tool already has (grants name tools,
+    so a second tool of that name would get its grants), each with that tool described for an
+    error. The entry points are read once, their names only: a broken package still holds its
+    name."""
+    wanted = set(names)
+    owners = {n: f"the built-in tool {n!r}" for n in wanted & builtin_names()}
     for ep in metadata.entry_points(group=GROUP):
-        if ep.name == name:
+        if ep.name in wanted and ep.name not in owners:
             dist = getattr(ep, "dist", None)
             where = dist.metadata["Name"] if dist is not None else ep.value.split(":", 1)[0].strip()
-            return f"the packaged tool {name!r} of {where}"
-    return None
+            owners[ep.name] = f"the packaged tool {ep.name!r} of {where}"
+    return owners
 
 
 def find(name: str) -> ToolPackage:
